@@ -1,0 +1,2 @@
+//! kv-bench: load generator for kvd.
+fn main() {}

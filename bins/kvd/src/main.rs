@@ -1,0 +1,2 @@
+//! kvd: the replicated key-value store daemon.
+fn main() {}

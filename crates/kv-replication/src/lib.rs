@@ -1,0 +1,1 @@
+//! kv-replication: pull replication of the leader's log (in progress).

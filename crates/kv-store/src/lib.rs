@@ -1,0 +1,1 @@
+//! kv-store: the key-value state machine built on kv-wal (in progress).

@@ -1,0 +1,1 @@
+//! kv-wal: a segmented, checksummed, group-committed write-ahead log (in progress).
