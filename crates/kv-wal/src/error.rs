@@ -1,0 +1,83 @@
+//! The crate's one error type, with the context needed to act on it.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in kv-wal.
+///
+/// Damage found at open is usually *not* an error: a torn tail is data, reported in
+/// [`crate::RecoveryReport`]. It becomes an error only when the chosen
+/// [`crate::RecoveryMode`] says the damage may not be repaired silently.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system call failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A segment holds bytes that do not decode as the log's records.
+    #[error("corrupt WAL segment {segment} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The segment file.
+        segment: PathBuf,
+        /// Byte offset of the damage within the file.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An earlier write or fsync failed; the log refuses writes from then on.
+    ///
+    /// Retrying an fsync after a failure is unsafe (the kernel may have dropped the dirty pages),
+    /// so the log latches instead. Reads keep working. Reopen the log to recover.
+    #[error("the log refuses writes after an earlier I/O failure: {0}")]
+    Poisoned(String),
+    /// A record is larger than [`crate::RECORD_BYTES_MAX`].
+    #[error("record of {len} bytes exceeds the limit of {max} bytes")]
+    RecordTooLarge {
+        /// Payload length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Frames handed to [`crate::Wal::append_frames`] do not continue the log.
+    #[error("frames start at id {first_id} but the log's next id is {next_id}")]
+    IdConflict {
+        /// The first id of the frames.
+        first_id: u64,
+        /// The id the log expects next.
+        next_id: u64,
+    },
+    /// A caller-supplied argument is out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Another process (or another `Wal` in this one) has the directory open.
+    #[error("the WAL directory {0} is in use by another process")]
+    Locked(PathBuf),
+    /// The log was truncated while an iterator was reading it.
+    #[error("the log was truncated while it was being read")]
+    Truncated,
+    /// The log has been closed.
+    #[error("the log is closed")]
+    Closed,
+}
+
+/// Result alias for kv-wal.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches a path to an [`io::Error`].
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })
+    }
+}

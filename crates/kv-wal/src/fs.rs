@@ -1,0 +1,332 @@
+//! The file-system seam: every byte the log reads or writes goes through [`FileSystem`].
+//!
+//! [`StdFs`] is the real thing. [`crate::sim::SimFs`] keeps files in memory and can simulate a
+//! power loss (unsynced bytes vanish, the last write tears), and [`FaultyFs`] wraps any file
+//! system to fail the Nth write or fsync. Tests use them to prove recovery; embedders can use
+//! them to test their own crash handling.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// An open file. Positional reads and writes only: the log tracks offsets itself, so one handle
+/// can serve concurrent readers and the writer.
+pub trait WalFile: Send + Sync + fmt::Debug {
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 at end of file).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Writes all of `buf` at `offset`.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Flushes the file's data (and the metadata needed to read it) to stable storage:
+    /// `fdatasync(2)`.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Sets the file length, cutting or zero-extending it.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The current file length.
+    fn len(&self) -> io::Result<u64>;
+}
+
+/// A held directory lock; dropping it releases the lock.
+pub trait DirLock: Send + Sync + fmt::Debug {}
+
+/// The directory and file operations the log needs.
+pub trait FileSystem: Send + Sync + fmt::Debug {
+    /// Creates `path` and its parents.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Lists the names (not paths) of the entries in a directory.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// Opens an existing file for reading and writing.
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn WalFile>>;
+    /// Creates a new file, failing if it exists.
+    fn create_new(&self, path: &Path) -> io::Result<Arc<dyn WalFile>>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Atomically renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creations, renames, removals) durable: `fsync(2)` on the
+    /// directory.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on `path` (created if missing), failing at once with
+    /// [`io::ErrorKind::WouldBlock`] if another holder has it.
+    fn try_lock(&self, path: &Path) -> io::Result<Box<dyn DirLock>>;
+}
+
+/// The operating system's file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdFs;
+
+#[derive(Debug)]
+struct StdFile(fs::File);
+
+impl WalFile for StdFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        loop {
+            match self.0.read_at(buf, offset) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                result => return result,
+            }
+        }
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+#[derive(Debug)]
+struct StdLock(#[allow(dead_code)] fs::File);
+impl DirLock for StdLock {}
+
+impl FileSystem for StdFs {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(path)? {
+            let entry = entry?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+        let file = fs::OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Arc::new(StdFile(file)))
+    }
+    fn create_new(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(Arc::new(StdFile(file)))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        fs::File::open(path)?.sync_all()
+    }
+    fn try_lock(&self, path: &Path) -> io::Result<Box<dyn DirLock>> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Box::new(StdLock(file))),
+            Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "locked by another process",
+            )),
+            Err(fs::TryLockError::Error(error)) => Err(error),
+        }
+    }
+}
+
+/// Counters shared by a [`FaultyFs`] and the test that drives it.
+///
+/// `fail_write_at(n)` makes the nth write from now fail (1 = the next one); likewise for
+/// fsyncs. A fault fires once; the counters keep counting.
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    writes: AtomicU64,
+    syncs: AtomicU64,
+    fail_write_number: AtomicU64,
+    fail_sync_number: AtomicU64,
+    faults_fired: AtomicU64,
+}
+
+impl FaultPlan {
+    /// A plan that injects nothing until told to.
+    pub fn new() -> Arc<FaultPlan> {
+        Arc::new(FaultPlan::default())
+    }
+    /// Fails the `n`th file write from now (`n >= 1`).
+    pub fn fail_write_at(&self, n: u64) {
+        let now = self.writes.load(Ordering::SeqCst);
+        self.fail_write_number.store(now + n, Ordering::SeqCst);
+    }
+    /// Fails the `n`th `sync_data`/`sync_dir` from now (`n >= 1`).
+    pub fn fail_sync_at(&self, n: u64) {
+        let now = self.syncs.load(Ordering::SeqCst);
+        self.fail_sync_number.store(now + n, Ordering::SeqCst);
+    }
+    /// Writes seen so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+    /// Syncs seen so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::SeqCst)
+    }
+    /// Faults injected so far.
+    pub fn faults_fired(&self) -> u64 {
+        self.faults_fired.load(Ordering::SeqCst)
+    }
+    fn on_write(&self) -> io::Result<()> {
+        let number = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        self.maybe_fail(number, &self.fail_write_number, "write")
+    }
+    fn on_sync(&self) -> io::Result<()> {
+        let number = self.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+        self.maybe_fail(number, &self.fail_sync_number, "fsync")
+    }
+    fn maybe_fail(&self, number: u64, target: &AtomicU64, what: &str) -> io::Result<()> {
+        if number == target.load(Ordering::SeqCst) {
+            self.faults_fired.fetch_add(1, Ordering::SeqCst);
+            return Err(io::Error::other(format!("injected {what} failure")));
+        }
+        Ok(())
+    }
+}
+
+/// Wraps a file system and fails the writes or fsyncs its [`FaultPlan`] names.
+#[derive(Debug, Clone)]
+pub struct FaultyFs {
+    inner: Arc<dyn FileSystem>,
+    plan: Arc<FaultPlan>,
+}
+
+impl FaultyFs {
+    /// Wraps `inner`, injecting the faults of `plan`.
+    pub fn new(inner: Arc<dyn FileSystem>, plan: Arc<FaultPlan>) -> FaultyFs {
+        FaultyFs { inner, plan }
+    }
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    inner: Arc<dyn WalFile>,
+    plan: Arc<FaultPlan>,
+}
+
+impl WalFile for FaultyFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.plan.on_write()?;
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.plan.on_sync()?;
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.plan.on_write()?;
+        self.inner.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+impl FileSystem for FaultyFs {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+        let inner = self.inner.open(path)?;
+        Ok(Arc::new(FaultyFile {
+            inner,
+            plan: self.plan.clone(),
+        }))
+    }
+    fn create_new(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+        let inner = self.inner.create_new(path)?;
+        Ok(Arc::new(FaultyFile {
+            inner,
+            plan: self.plan.clone(),
+        }))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.plan.on_sync()?;
+        self.inner.sync_dir(path)
+    }
+    fn try_lock(&self, path: &Path) -> io::Result<Box<dyn DirLock>> {
+        self.inner.try_lock(path)
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`, or fails with `UnexpectedEof`.
+pub(crate) fn read_exact_at(
+    file: &dyn WalFile,
+    mut buf: &mut [u8],
+    mut offset: u64,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        let read = file.read_at(buf, offset)?;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf = &mut buf[read..];
+        offset += read as u64;
+    }
+    Ok(())
+}
+
+/// Reads from `offset` to the end of the file (at most `len` bytes).
+pub(crate) fn read_range(file: &dyn WalFile, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len as usize];
+    let mut filled = 0usize;
+    while filled < buf.len() {
+        let read = file.read_at(&mut buf[filled..], offset + filled as u64)?;
+        if read == 0 {
+            break;
+        }
+        filled += read;
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, directory fsync.
+pub(crate) fn write_file_atomic(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> crate::Result<()> {
+    use crate::error::IoContext;
+    let path = dir.join(name);
+    let temp_path: PathBuf = dir.join(format!("{name}.tmp"));
+    match fs.remove_file(&temp_path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).at(&temp_path),
+    }
+    let file = fs.create_new(&temp_path).at(&temp_path)?;
+    file.write_all_at(bytes, 0).at(&temp_path)?;
+    file.sync_data().at(&temp_path)?;
+    drop(file);
+    fs.rename(&temp_path, &path).at(&path)?;
+    fs.sync_dir(dir).at(dir)?;
+    Ok(())
+}

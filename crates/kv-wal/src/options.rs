@@ -1,0 +1,177 @@
+//! How a log is opened: segment size, durability, recovery mode, file system.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::fs::{FileSystem, StdFs};
+
+/// Default segment size: 64 MiB.
+pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+/// Smallest segment size accepted (header, one small frame and the seal fit).
+pub const SEGMENT_BYTES_MIN: u64 = 128;
+
+/// When an append's bytes reach stable storage, named by the syscall that runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// The appending thread writes and `fdatasync`s before the append returns: one fsync per
+    /// append call, never shared.
+    Always,
+    /// Group commit (the default): appenders queue their frames; one committer writes everything
+    /// queued with one `write` and one `fdatasync`, then releases every waiter. The append returns
+    /// once durable, and concurrent appends share the fsync.
+    #[default]
+    Batch,
+    /// The append returns after `write`; a background `fdatasync` runs at most this often. A
+    /// power loss can lose the last interval of acknowledged appends.
+    Interval(Duration),
+    /// The append returns after `write`; the log only fsyncs when a segment rolls or the log
+    /// closes. A power loss can lose any acknowledged append not yet flushed by the OS.
+    Never,
+}
+
+impl SyncPolicy {
+    /// Whether an append under this policy is durable when it returns.
+    pub fn is_durable_on_return(&self) -> bool {
+        matches!(self, SyncPolicy::Always | SyncPolicy::Batch)
+    }
+}
+
+impl fmt::Display for SyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyncPolicy::Always => write!(f, "always"),
+            SyncPolicy::Batch => write!(f, "batch"),
+            SyncPolicy::Interval(interval) => write!(f, "interval:{}", interval.as_millis()),
+            SyncPolicy::Never => write!(f, "never"),
+        }
+    }
+}
+
+impl FromStr for SyncPolicy {
+    type Err = String;
+    /// Parses `always`, `batch`, `interval:<ms>` or `never`.
+    fn from_str(text: &str) -> Result<SyncPolicy, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "always" => Ok(SyncPolicy::Always),
+            "batch" => Ok(SyncPolicy::Batch),
+            "never" => Ok(SyncPolicy::Never),
+            other => {
+                let milliseconds = other
+                    .strip_prefix("interval:")
+                    .and_then(|ms| ms.parse::<u64>().ok())
+                    .filter(|&ms| ms > 0)
+                    .ok_or_else(|| {
+                        format!("unknown sync policy {text:?}: expected always, batch, interval:<ms> (ms > 0) or never")
+                    })?;
+                Ok(SyncPolicy::Interval(Duration::from_millis(milliseconds)))
+            }
+        }
+    }
+}
+
+/// What open does with damage it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// The default: an incomplete, garbage or zeroed tail of the last segment (a crash
+    /// mid-write) is cut off and reported. Damage anywhere else is an error naming the segment,
+    /// offset and reason. Only the last segment is scanned; sealed segments are checked as they
+    /// are read.
+    #[default]
+    TolerateTornTail,
+    /// Scans everything; stops at the first bad record anywhere, keeps what comes before it,
+    /// removes the rest and reports what was dropped.
+    PointInTime,
+    /// Scans everything; any damage, torn tail included, is an error.
+    Strict,
+    /// Scans everything; skips damaged records and carries on, reporting each hole by id range
+    /// (the original Python project's behaviour). Readers jump over the holes.
+    SkipCorrupt,
+}
+
+impl RecoveryMode {
+    /// Whether open scans every segment (instead of only the last one).
+    pub fn scans_all_segments(&self) -> bool {
+        !matches!(self, RecoveryMode::TolerateTornTail)
+    }
+}
+
+impl fmt::Display for RecoveryMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            RecoveryMode::TolerateTornTail => "tolerate-torn-tail",
+            RecoveryMode::PointInTime => "point-in-time",
+            RecoveryMode::Strict => "strict",
+            RecoveryMode::SkipCorrupt => "skip-corrupt",
+        };
+        f.write_str(name)
+    }
+}
+
+impl FromStr for RecoveryMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<RecoveryMode, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "tolerate-torn-tail" => Ok(RecoveryMode::TolerateTornTail),
+            "point-in-time" => Ok(RecoveryMode::PointInTime),
+            "strict" => Ok(RecoveryMode::Strict),
+            "skip-corrupt" => Ok(RecoveryMode::SkipCorrupt),
+            _ => Err(format!(
+                "unknown recovery mode {text:?}: expected tolerate-torn-tail, point-in-time, strict or skip-corrupt"
+            )),
+        }
+    }
+}
+
+/// Options for [`crate::Wal::open`].
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// A segment rolls when the next frame would take it past this size (default 64 MiB). A
+    /// record larger than this still goes in, alone in its segment.
+    pub segment_bytes_max: u64,
+    /// The default sync policy of appends (default [`SyncPolicy::Batch`]).
+    pub sync_policy: SyncPolicy,
+    /// What open does with damage (default [`RecoveryMode::TolerateTornTail`]).
+    pub recovery_mode: RecoveryMode,
+    /// The id of the first record of a *new* log (default 1; ignored for an existing log).
+    pub first_id: u64,
+    /// Where files live (default the real file system).
+    pub file_system: Arc<dyn FileSystem>,
+}
+
+impl Default for WalOptions {
+    fn default() -> WalOptions {
+        WalOptions {
+            segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
+            sync_policy: SyncPolicy::default(),
+            recovery_mode: RecoveryMode::default(),
+            first_id: 1,
+            file_system: Arc::new(StdFs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_and_print() {
+        for text in ["always", "batch", "never", "interval:25"] {
+            let policy: SyncPolicy = text.parse().unwrap();
+            assert_eq!(policy.to_string(), text);
+        }
+        assert!("interval:0".parse::<SyncPolicy>().is_err());
+        assert!("sometimes".parse::<SyncPolicy>().is_err());
+        for text in [
+            "tolerate-torn-tail",
+            "point-in-time",
+            "strict",
+            "skip-corrupt",
+        ] {
+            let mode: RecoveryMode = text.parse().unwrap();
+            assert_eq!(mode.to_string(), text);
+        }
+    }
+}

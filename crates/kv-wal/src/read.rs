@@ -1,0 +1,364 @@
+//! Reading: point reads, forward iteration across segments, and raw frame batches for
+//! replication. Readers never block writers: they read with positional reads up to each
+//! segment's published end.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::error::{Error, IoContext, Result};
+use crate::frame::{self, FRAME_HEADER_BYTES};
+use crate::fs::WalFile;
+use crate::recovery::build_index;
+use crate::segment::SEGMENT_HEADER_BYTES;
+use crate::wal::{Segment, Shared, Wal};
+
+/// Bytes read from a segment at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A record read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Its id.
+    pub id: u64,
+    frame: Vec<u8>,
+}
+
+impl Record {
+    /// The payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.frame[FRAME_HEADER_BYTES..]
+    }
+    /// The payload, owned.
+    pub fn into_payload(mut self) -> Vec<u8> {
+        self.frame.drain(..FRAME_HEADER_BYTES);
+        self.frame
+    }
+    /// The whole frame as stored, CRC included (what replication ships).
+    pub fn frame_bytes(&self) -> &[u8] {
+        &self.frame
+    }
+    /// The CRC-32C stored with the record.
+    pub fn crc(&self) -> u32 {
+        u32::from_le_bytes(self.frame[..4].try_into().expect("frame header"))
+    }
+}
+
+/// Consecutive frames, byte for byte as stored: the unit a leader ships to a follower.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameBatch {
+    /// Id of the first frame.
+    pub first_id: u64,
+    /// Id of the last frame.
+    pub last_id: u64,
+    /// The frames.
+    pub bytes: Vec<u8>,
+}
+
+/// Reads frames from one segment, buffering chunks.
+struct SegmentReader {
+    segment: Arc<Segment>,
+    file: Arc<dyn WalFile>,
+    offset: u64,
+    buffer: Vec<u8>,
+    buffer_start: u64,
+}
+
+impl SegmentReader {
+    fn open(shared: &Shared, segment: Arc<Segment>, id: u64) -> Result<SegmentReader> {
+        let file = shared.fs.open(&segment.path).at(&segment.path)?;
+        SegmentReader::new(segment, file, id)
+    }
+
+    fn new(segment: Arc<Segment>, file: Arc<dyn WalFile>, id: u64) -> Result<SegmentReader> {
+        let offset = {
+            let mut index = segment
+                .index
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if index.is_none() {
+                *index = Some(build_index(&*file, &segment)?);
+            }
+            index
+                .as_ref()
+                .and_then(|index| index.seek(id))
+                .map_or(SEGMENT_HEADER_BYTES as u64, |(_, offset)| offset)
+        };
+        Ok(SegmentReader {
+            segment,
+            file,
+            offset,
+            buffer: Vec::new(),
+            buffer_start: 0,
+        })
+    }
+
+    fn corrupt(&self, reason: String) -> Error {
+        Error::Corrupt {
+            segment: self.segment.path.clone(),
+            offset: self.offset,
+            reason,
+        }
+    }
+
+    /// The next frame: `(offset, id, frame bytes)`, or `None` at the segment's end.
+    fn next_frame(&mut self) -> Result<Option<(u64, u64, &[u8])>> {
+        let end = self.segment.end_offset();
+        loop {
+            if self.offset >= end {
+                return Ok(None);
+            }
+            let skip_to = {
+                let skips = self
+                    .segment
+                    .skips
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                skips
+                    .iter()
+                    .find(|skip| skip.from == self.offset)
+                    .map(|skip| skip.to)
+            };
+            match skip_to {
+                Some(to) => self.offset = to,
+                None => break,
+            }
+        }
+        if self.offset >= end {
+            return Ok(None);
+        }
+        let available = end - self.offset;
+        self.fill(FRAME_HEADER_BYTES.min(available as usize), end)?;
+        let mut needed = FRAME_HEADER_BYTES;
+        loop {
+            let start = (self.offset - self.buffer_start) as usize;
+            let window_end = self.buffer.len().min(start + available as usize);
+            match frame::decode(&self.buffer[start..window_end]) {
+                Ok(frame) => {
+                    let id = frame.id;
+                    let len = frame.encoded_len();
+                    if !frame.is_record() {
+                        return Err(
+                            self.corrupt("segment seal before the end of the segment".to_owned())
+                        );
+                    }
+                    let offset = self.offset;
+                    self.offset += len as u64;
+                    let start = (offset - self.buffer_start) as usize;
+                    return Ok(Some((offset, id, &self.buffer[start..start + len])));
+                }
+                Err(frame::FrameError::Incomplete { needed: more })
+                    if more > needed && (more as u64) <= available =>
+                {
+                    needed = more;
+                    self.fill(needed, end)?;
+                }
+                Err(error) => return Err(self.corrupt(error.to_string())),
+            }
+        }
+    }
+
+    /// Makes sure the buffer holds `needed` bytes from `self.offset`.
+    fn fill(&mut self, needed: usize, end: u64) -> Result<()> {
+        let buffered_end = self.buffer_start + self.buffer.len() as u64;
+        if self.offset >= self.buffer_start && self.offset + needed as u64 <= buffered_end {
+            return Ok(());
+        }
+        let want = needed
+            .max(READ_CHUNK_BYTES)
+            .min((end - self.offset) as usize);
+        self.buffer =
+            crate::fs::read_range(&*self.file, self.offset, want as u64).at(&self.segment.path)?;
+        self.buffer_start = self.offset;
+        if self.buffer.len() < needed {
+            return Err(self.corrupt(format!(
+                "segment is shorter than its published end ({} of {needed} bytes readable)",
+                self.buffer.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Iterates records in id order from a starting id to the tail as it was when each step ran.
+/// Crosses segments; jumps over gaps in ids (purged prefix, skipped holes). Ends with
+/// [`Error::Truncated`] if the log is truncated meanwhile.
+pub struct WalIter {
+    shared: Arc<Shared>,
+    next_id: u64,
+    truncations: u64,
+    reader: Option<SegmentReader>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for WalIter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalIter")
+            .field("next_id", &self.next_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WalIter {
+    /// The id the iterator looks for next.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// The segment holding `id` or, if none does, the first segment after it.
+    fn locate(&self) -> Option<Arc<Segment>> {
+        let segments = self.shared.segments_read();
+        let position = segments.partition_point(|segment| segment.first_id <= self.next_id);
+        let start = position.saturating_sub(1);
+        segments[start..]
+            .iter()
+            .find(|segment| !segment.is_empty() && segment.last_id() >= self.next_id)
+            .cloned()
+    }
+
+    fn step(&mut self) -> Result<Option<Record>> {
+        loop {
+            if self.shared.truncations.load(Ordering::Acquire) != self.truncations {
+                return Err(Error::Truncated);
+            }
+            if self.reader.is_none() {
+                let Some(segment) = self.locate() else {
+                    return Ok(None);
+                };
+                self.next_id = self.next_id.max(segment.first_id);
+                self.reader = Some(SegmentReader::open(&self.shared, segment, self.next_id)?);
+            }
+            let reader = self.reader.as_mut().expect("reader");
+            match reader.next_frame() {
+                Ok(Some((_, id, bytes))) if id >= self.next_id => {
+                    let frame = bytes.to_vec();
+                    self.next_id = id + 1;
+                    return Ok(Some(Record { id, frame }));
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    let finished = self.reader.take().expect("reader").segment;
+                    let is_last = self
+                        .shared
+                        .segments_read()
+                        .last()
+                        .is_some_and(|last| Arc::ptr_eq(last, &finished));
+                    if is_last {
+                        return Ok(None);
+                    }
+                    // The next segment holds `next_id` or later.
+                    self.next_id = self.next_id.max(finished.last_id() + 1);
+                }
+                Err(_) if self.shared.truncations.load(Ordering::Acquire) != self.truncations => {
+                    return Err(Error::Truncated);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+impl Iterator for WalIter {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        if self.finished {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(record)) => Some(Ok(record)),
+            Ok(None) => {
+                self.finished = true;
+                None
+            }
+            Err(error) => {
+                self.finished = true;
+                Some(Err(error))
+            }
+        }
+    }
+}
+
+/// The offset just past record `after_id` in `segment` (for truncation).
+pub(crate) fn offset_after(
+    file: Arc<dyn WalFile>,
+    segment: &Arc<Segment>,
+    after_id: u64,
+) -> Result<u64> {
+    let mut reader = SegmentReader::new(segment.clone(), file, after_id)?;
+    while let Some((offset, id, bytes)) = reader.next_frame()? {
+        if id == after_id {
+            return Ok(offset + bytes.len() as u64);
+        }
+        if id > after_id {
+            return Ok(offset);
+        }
+    }
+    Err(reader.corrupt(format!("record {after_id} not found in its segment")))
+}
+
+impl Wal {
+    /// Reads the record with `id`, if the log has it.
+    pub fn read(&self, id: u64) -> Result<Option<Vec<u8>>> {
+        match self.iter_from(id).next() {
+            Some(Ok(record)) if record.id == id => Ok(Some(record.into_payload())),
+            Some(Err(error)) => Err(error),
+            _ => Ok(None),
+        }
+    }
+
+    /// Iterates records with ids `>= id`, in order. If `id` precedes the first id kept (the
+    /// prefix was purged), iteration starts at the first id kept: compare the first record's
+    /// id with what you asked for.
+    pub fn iter_from(&self, id: u64) -> WalIter {
+        WalIter {
+            shared: self.shared.clone(),
+            next_id: id.max(1),
+            truncations: self.shared.truncations.load(Ordering::Acquire),
+            reader: None,
+            finished: false,
+        }
+    }
+
+    /// Reads consecutive frames from `from_id`, byte for byte as stored, up to `bytes_max`
+    /// bytes (at least one frame) and no id beyond `through_id`. Stops before a gap in ids.
+    /// `None` when there is nothing to read.
+    pub fn read_frames(
+        &self,
+        from_id: u64,
+        bytes_max: usize,
+        through_id: u64,
+    ) -> Result<Option<FrameBatch>> {
+        let mut batch: Option<FrameBatch> = None;
+        for record in self.iter_from(from_id) {
+            let record = record?;
+            if record.id > through_id {
+                break;
+            }
+            match batch.as_mut() {
+                None => {
+                    batch = Some(FrameBatch {
+                        first_id: record.id,
+                        last_id: record.id,
+                        bytes: record.frame,
+                    })
+                }
+                Some(batch) => {
+                    if record.id != batch.last_id + 1
+                        || batch.bytes.len() + record.frame.len() > bytes_max
+                    {
+                        break;
+                    }
+                    batch.last_id = record.id;
+                    batch.bytes.extend_from_slice(&record.frame);
+                }
+            }
+            if batch
+                .as_ref()
+                .is_some_and(|batch| batch.bytes.len() >= bytes_max)
+            {
+                break;
+            }
+        }
+        Ok(batch)
+    }
+}

@@ -1,0 +1,419 @@
+//! An in-memory file system that can lose power.
+//!
+//! [`SimFs`] keeps two views of every file: what a process would read (`current`) and what a
+//! disk would still hold after a power cut (`durable`). `sync_data` copies the first to the
+//! second; `sync_dir` makes the directory's creations, renames and removals durable. A
+//! [`SimFs::crash`] throws away everything not synced, and can tear the last unsynced write at
+//! 512-byte sector granularity, the way a real disk does. Handles opened before a crash keep
+//! pointing at the lost files, so a stale writer cannot touch the recovered state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::{Rng, SeedableRng};
+
+use crate::fs::{DirLock, FileSystem, WalFile};
+
+/// Sector size used when tearing writes.
+pub const SECTOR_BYTES: usize = 512;
+
+/// What a simulated crash does to unsynced data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Unsynced bytes vanish entirely.
+    DropUnsynced,
+    /// A random whole-sector prefix of each file's unsynced appended bytes survives, and the
+    /// last surviving sector may be zeroed or filled with garbage. Seeded.
+    TearUnsynced {
+        /// Seed for the choice of cut and fill.
+        seed: u64,
+    },
+}
+
+/// What crashes have done so far (so a test can show its faults fired).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CrashStats {
+    /// Crashes simulated.
+    pub crashes: u64,
+    /// Files whose unsynced bytes were lost, wholly or partly.
+    pub files_lost_bytes: u64,
+    /// Files left with a torn tail (some unsynced sectors kept).
+    pub torn_writes: u64,
+    /// Directory entries rolled back (unsynced creates, renames, removes).
+    pub directory_entries_rolled_back: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inode {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+    /// Lowest offset changed since the last sync (`usize::MAX` when clean).
+    dirty_from: usize,
+}
+
+impl Inode {
+    fn new() -> Inode {
+        Inode {
+            current: Vec::new(),
+            durable: Vec::new(),
+            dirty_from: usize::MAX,
+        }
+    }
+    fn mark_dirty(&mut self, from: usize) {
+        self.dirty_from = self.dirty_from.min(from);
+    }
+    fn sync(&mut self) {
+        if self.dirty_from == usize::MAX && self.durable.len() == self.current.len() {
+            return;
+        }
+        let from = self
+            .dirty_from
+            .min(self.durable.len())
+            .min(self.current.len());
+        self.durable.truncate(from);
+        self.durable.extend_from_slice(&self.current[from..]);
+        self.dirty_from = usize::MAX;
+    }
+}
+
+type InodeRef = Arc<Mutex<Inode>>;
+
+#[derive(Debug, Default)]
+struct State {
+    /// The namespace a process sees.
+    files: BTreeMap<PathBuf, InodeRef>,
+    /// The namespace as of the last `sync_dir` of each directory.
+    durable_files: BTreeMap<PathBuf, InodeRef>,
+    dirs: BTreeSet<PathBuf>,
+    locks: BTreeSet<PathBuf>,
+    stats: CrashStats,
+}
+
+/// The in-memory, power-loss-simulating file system. Cheap to clone (shared state).
+#[derive(Debug, Clone, Default)]
+pub struct SimFs {
+    state: Arc<Mutex<State>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SimFs {
+    /// An empty file system.
+    pub fn new() -> SimFs {
+        SimFs::default()
+    }
+
+    /// Simulates a power cut: unsynced data and directory changes are lost (or torn, per
+    /// `mode`), locks are released, and open handles are orphaned.
+    pub fn crash(&self, mode: CrashMode) {
+        let mut state = lock(&self.state);
+        let mut rng = match mode {
+            CrashMode::TearUnsynced { seed } => Some(rand::rngs::StdRng::seed_from_u64(seed)),
+            CrashMode::DropUnsynced => None,
+        };
+        let rolled_back = count_namespace_differences(&state.files, &state.durable_files);
+        let mut files = BTreeMap::new();
+        let mut stats = state.stats;
+        for (path, inode) in &state.durable_files {
+            let inode = lock(inode);
+            let mut survivor = inode.durable.clone();
+            let unsynced_tail_starts = inode.dirty_from.min(inode.current.len());
+            let lost = inode.current != inode.durable;
+            if lost {
+                stats.files_lost_bytes += 1;
+            }
+            // Tear only appends: the unsynced bytes lie past the durable length.
+            if let Some(rng) = rng.as_mut() {
+                if lost
+                    && unsynced_tail_starts >= survivor.len()
+                    && inode.current.len() > survivor.len()
+                {
+                    let start = survivor.len();
+                    let end = inode.current.len();
+                    // Sector boundaries (absolute offsets) where the disk may have stopped.
+                    let first_boundary = (start / SECTOR_BYTES + 1) * SECTOR_BYTES;
+                    let boundaries = (first_boundary..end).step_by(SECTOR_BYTES).chain([end]);
+                    let cuts: Vec<usize> = std::iter::once(start).chain(boundaries).collect();
+                    let cut = cuts[rng.gen_range(0..cuts.len())];
+                    if cut > start {
+                        survivor.extend_from_slice(&inode.current[start..cut]);
+                        let last_sector = ((cut - 1) / SECTOR_BYTES * SECTOR_BYTES).max(start);
+                        match rng.gen_range(0..3) {
+                            0 => {}
+                            1 => survivor[last_sector..].fill(0),
+                            _ => rng.fill(&mut survivor[last_sector..]),
+                        }
+                        stats.torn_writes += 1;
+                    }
+                }
+            }
+            let fresh = Inode {
+                durable: survivor.clone(),
+                current: survivor,
+                dirty_from: usize::MAX,
+            };
+            files.insert(path.clone(), Arc::new(Mutex::new(fresh)));
+        }
+        stats.crashes += 1;
+        stats.directory_entries_rolled_back += rolled_back;
+        state.durable_files = files.clone();
+        state.files = files;
+        state.locks.clear();
+        state.stats = stats;
+    }
+
+    /// What crashes have done so far.
+    pub fn crash_stats(&self) -> CrashStats {
+        lock(&self.state).stats
+    }
+
+    /// The current contents of a file (for tests that damage files on purpose).
+    pub fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let state = lock(&self.state);
+        let inode = state.files.get(path).ok_or_else(not_found)?;
+        let contents = lock(inode).current.clone();
+        Ok(contents)
+    }
+
+    /// Replaces a file's contents, durably (for tests that damage files on purpose).
+    pub fn write_file_durably(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        let inode = match state.files.get(path) {
+            Some(inode) => inode.clone(),
+            None => {
+                let inode = Arc::new(Mutex::new(Inode::new()));
+                state.files.insert(path.to_owned(), inode.clone());
+                state.durable_files.insert(path.to_owned(), inode.clone());
+                inode
+            }
+        };
+        let mut inode = lock(&inode);
+        inode.current = bytes.to_vec();
+        inode.durable = bytes.to_vec();
+        inode.dirty_from = usize::MAX;
+        Ok(())
+    }
+}
+
+fn count_namespace_differences(
+    current: &BTreeMap<PathBuf, InodeRef>,
+    durable: &BTreeMap<PathBuf, InodeRef>,
+) -> u64 {
+    let mut differences = 0;
+    for (path, inode) in current {
+        match durable.get(path) {
+            Some(other) if Arc::ptr_eq(inode, other) => {}
+            _ => differences += 1,
+        }
+    }
+    differences
+        + durable
+            .keys()
+            .filter(|path| !current.contains_key(*path))
+            .count() as u64
+}
+
+fn not_found() -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, "no such file (simulated)")
+}
+
+#[derive(Debug)]
+struct SimFile {
+    inode: InodeRef,
+}
+
+impl WalFile for SimFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let inode = lock(&self.inode);
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+        if offset >= inode.current.len() {
+            return Ok(0);
+        }
+        let available = &inode.current[offset..];
+        let count = available.len().min(buf.len());
+        buf[..count].copy_from_slice(&available[..count]);
+        Ok(count)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut inode = lock(&self.inode);
+        let offset = usize::try_from(offset).map_err(io::Error::other)?;
+        let end = offset + buf.len();
+        if inode.current.len() < end {
+            inode.current.resize(end, 0);
+        }
+        inode.current[offset..end].copy_from_slice(buf);
+        inode.mark_dirty(offset);
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        lock(&self.inode).sync();
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut inode = lock(&self.inode);
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        let old_len = inode.current.len();
+        inode.current.resize(len, 0);
+        inode.mark_dirty(len.min(old_len));
+        Ok(())
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(lock(&self.inode).current.len() as u64)
+    }
+}
+
+#[derive(Debug)]
+struct SimLock {
+    state: Arc<Mutex<State>>,
+    path: PathBuf,
+}
+
+impl DirLock for SimLock {}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        lock(&self.state).locks.remove(&self.path);
+    }
+}
+
+impl FileSystem for SimFs {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        for ancestor in path.ancestors() {
+            state.dirs.insert(ancestor.to_owned());
+        }
+        Ok(())
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let state = lock(&self.state);
+        if !state.dirs.contains(path) {
+            return Err(not_found());
+        }
+        Ok(state
+            .files
+            .keys()
+            .filter(|file| file.parent() == Some(path))
+            .filter_map(|file| file.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+        let state = lock(&self.state);
+        let inode = state.files.get(path).ok_or_else(not_found)?.clone();
+        Ok(Arc::new(SimFile { inode }))
+    }
+    fn create_new(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+        let mut state = lock(&self.state);
+        if state.files.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "file exists (simulated)",
+            ));
+        }
+        let parent = path.parent().unwrap_or(Path::new(""));
+        if !state.dirs.contains(parent) {
+            return Err(not_found());
+        }
+        let inode = Arc::new(Mutex::new(Inode::new()));
+        state.files.insert(path.to_owned(), inode.clone());
+        Ok(Arc::new(SimFile { inode }))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        state.files.remove(path).map(|_| ()).ok_or_else(not_found)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        let inode = state.files.remove(from).ok_or_else(not_found)?;
+        state.files.insert(to.to_owned(), inode);
+        Ok(())
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        let in_dir = |file: &PathBuf| file.parent() == Some(path);
+        state.durable_files.retain(|file, _| !in_dir(file));
+        let entries: Vec<(PathBuf, InodeRef)> = state
+            .files
+            .iter()
+            .filter(|(file, _)| in_dir(file))
+            .map(|(file, inode)| (file.clone(), inode.clone()))
+            .collect();
+        state.durable_files.extend(entries);
+        Ok(())
+    }
+    fn try_lock(&self, path: &Path) -> io::Result<Box<dyn DirLock>> {
+        let mut state = lock(&self.state);
+        if !state.locks.insert(path.to_owned()) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "locked (simulated)",
+            ));
+        }
+        Ok(Box::new(SimLock {
+            state: self.state.clone(),
+            path: path.to_owned(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsynced_data_and_entries_vanish_on_crash() {
+        let fs = SimFs::new();
+        let dir = Path::new("/d");
+        fs.create_dir_all(dir).unwrap();
+        let file = fs.create_new(&dir.join("a")).unwrap();
+        file.write_all_at(b"hello", 0).unwrap();
+        file.sync_data().unwrap();
+        fs.crash(CrashMode::DropUnsynced);
+        assert!(
+            fs.open(&dir.join("a")).is_err(),
+            "file creation was not made durable"
+        );
+
+        let file = fs.create_new(&dir.join("a")).unwrap();
+        file.write_all_at(b"hello", 0).unwrap();
+        file.sync_data().unwrap();
+        fs.sync_dir(dir).unwrap();
+        file.write_all_at(b" world", 5).unwrap();
+        fs.crash(CrashMode::DropUnsynced);
+        assert_eq!(fs.read_file(&dir.join("a")).unwrap(), b"hello");
+        // The old handle is orphaned.
+        file.write_all_at(b"zzz", 0).unwrap();
+        assert_eq!(fs.read_file(&dir.join("a")).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn torn_writes_keep_whole_sectors_of_the_tail() {
+        let mut torn = 0;
+        for seed in 0..64 {
+            let fs = SimFs::new();
+            let dir = Path::new("/d");
+            fs.create_dir_all(dir).unwrap();
+            let file = fs.create_new(&dir.join("a")).unwrap();
+            file.write_all_at(&[1u8; 100], 0).unwrap();
+            file.sync_data().unwrap();
+            fs.sync_dir(dir).unwrap();
+            file.write_all_at(&[2u8; 2000], 100).unwrap();
+            fs.crash(CrashMode::TearUnsynced { seed });
+            let contents = fs.read_file(&dir.join("a")).unwrap();
+            assert!(contents.len() >= 100);
+            assert_eq!(&contents[..100], &[1u8; 100]);
+            let len = contents.len();
+            assert!(
+                len == 100 || len == 2100 || len % SECTOR_BYTES == 0,
+                "seed {seed}: {len}"
+            );
+            torn += fs.crash_stats().torn_writes;
+        }
+        assert!(torn > 0, "no crash tore a write");
+    }
+}

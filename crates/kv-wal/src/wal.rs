@@ -1,0 +1,1047 @@
+//! The log itself: opening, the write path with group commit, truncation and purging.
+//!
+//! Writers encode frames into a pending buffer under one mutex. Who writes and fsyncs that
+//! buffer depends on the sync policy: the appending thread itself (`Always`, `Never`,
+//! `Interval`), or the committer thread that every `Wal` owns (`Batch`): while one fdatasync
+//! runs, new appends queue up, and the next round writes them all with one `write` and one
+//! `fdatasync`. Segments roll under the same mutex; the old segment is sealed and fsynced
+//! before the new one is created, so only the active segment ever holds unsynced bytes.
+
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::error::{Error, IoContext, Result};
+use crate::frame::{self, encode, FRAME_HEADER_BYTES, KIND_RECORD, RECORD_BYTES_MAX};
+use crate::fs::{write_file_atomic, DirLock, FileSystem, WalFile};
+use crate::options::{RecoveryMode, SyncPolicy, WalOptions, SEGMENT_BYTES_MIN};
+use crate::recovery::{self, Recovered};
+use crate::report::RecoveryReport;
+use crate::segment::{
+    encode_seal, segment_path, SegmentHeader, SkipRange, SparseIndex, SEAL_BYTES,
+    SEGMENT_HEADER_BYTES,
+};
+use crate::stats::{Stats, WalStats};
+use crate::ticket::AppendTicket;
+use crate::watermark::Watermark;
+
+/// File holding the log's identity.
+pub(crate) const META_FILE: &str = "wal.meta";
+/// Present while a truncation is in progress; open completes it.
+pub(crate) const TRUNCATE_MARKER_FILE: &str = "truncate.pending";
+/// Held while the log is open.
+pub(crate) const LOCK_FILE: &str = "wal.lock";
+const META_MAGIC: &[u8; 8] = b"KVWALMET";
+const MARKER_MAGIC: &[u8; 8] = b"KVWALTRN";
+
+/// One segment file as the running log sees it. Shared with readers.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub sequence: u64,
+    pub first_id: u64,
+    pub path: PathBuf,
+    /// Last record id (`first_id - 1` when empty).
+    last_id: AtomicU64,
+    /// End of the last readable frame.
+    end_offset: AtomicU64,
+    /// Bytes in the file, seal included.
+    file_bytes: AtomicU64,
+    sealed: AtomicBool,
+    /// `None` until built (sealed segments are not scanned at open).
+    pub index: Mutex<Option<SparseIndex>>,
+    /// Damaged regions readers jump over (SkipCorrupt).
+    pub skips: Mutex<Vec<SkipRange>>,
+}
+
+impl Segment {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        sequence: u64,
+        first_id: u64,
+        path: PathBuf,
+        last_id: u64,
+        end_offset: u64,
+        file_bytes: u64,
+        sealed: bool,
+        index_and_skips: Option<(SparseIndex, Vec<SkipRange>)>,
+    ) -> Segment {
+        let (index, skips) = match index_and_skips {
+            Some((index, skips)) => (Some(index), skips),
+            None => (None, Vec::new()),
+        };
+        Segment {
+            sequence,
+            first_id,
+            path,
+            last_id: AtomicU64::new(last_id),
+            end_offset: AtomicU64::new(end_offset),
+            file_bytes: AtomicU64::new(file_bytes),
+            sealed: AtomicBool::new(sealed),
+            index: Mutex::new(index),
+            skips: Mutex::new(skips),
+        }
+    }
+    pub(crate) fn last_id(&self) -> u64 {
+        self.last_id.load(Ordering::Acquire)
+    }
+    pub(crate) fn end_offset(&self) -> u64 {
+        self.end_offset.load(Ordering::Acquire)
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        self.last_id() < self.first_id
+    }
+}
+
+/// A segment as [`Wal::segments`] describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// The file.
+    pub path: PathBuf,
+    /// Its sequence number.
+    pub sequence: u64,
+    /// Bytes in the file.
+    pub size_bytes: u64,
+    /// First id the segment was created for.
+    pub first_id: u64,
+    /// Last id in it (`None` when empty).
+    pub last_id: Option<u64>,
+    /// Whether appends go here.
+    pub is_active: bool,
+}
+
+/// The writer's state, behind one mutex.
+struct Writer {
+    next_id: u64,
+    /// Encoded frames not yet written.
+    pending: Vec<u8>,
+    /// (id, offset within `pending`) of each pending frame.
+    pending_frames: Vec<(u64, usize)>,
+    active: Arc<Segment>,
+    active_file: Arc<dyn WalFile>,
+    next_sequence: u64,
+    /// Where the next frame goes in the active file.
+    write_offset: u64,
+    /// A `Batch` appender is waiting for the committer.
+    commit_wanted: bool,
+    last_sync: Instant,
+    poisoned: Option<String>,
+    closed: bool,
+}
+
+impl Writer {
+    fn check_writable(&self) -> Result<()> {
+        if let Some(reason) = &self.poisoned {
+            return Err(Error::Poisoned(reason.clone()));
+        }
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+    fn pending_last_id(&self) -> Option<u64> {
+        self.pending_frames.last().map(|&(id, _)| id)
+    }
+    fn active_has_records(&self) -> bool {
+        !self.active.is_empty() || !self.pending_frames.is_empty()
+    }
+}
+
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub fs: Arc<dyn FileSystem>,
+    pub log_id: u64,
+    pub segment_bytes_max: u64,
+    pub sync_policy: SyncPolicy,
+    pub recovery_mode: RecoveryMode,
+    writer: Mutex<Writer>,
+    commit_needed: Condvar,
+    pub segments: RwLock<Vec<Arc<Segment>>>,
+    /// Last id written (readable).
+    pub last: Arc<Watermark>,
+    /// Last id fsynced.
+    pub durable: Arc<Watermark>,
+    /// Bumped by every truncation, so iterators notice.
+    pub truncations: AtomicU64,
+    pub stats: Stats,
+    _lock: Box<dyn DirLock>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        lock(&self.writer)
+    }
+    pub(crate) fn segments_read(&self) -> RwLockReadGuard<'_, Vec<Arc<Segment>>> {
+        self.segments
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+    fn segments_write(&self) -> RwLockWriteGuard<'_, Vec<Arc<Segment>>> {
+        self.segments
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn poison(&self, writer: &mut Writer, reason: String) -> Error {
+        if writer.poisoned.is_none() {
+            writer.poisoned = Some(reason.clone());
+            self.durable.fail(&reason);
+        }
+        Error::Poisoned(writer.poisoned.clone().unwrap_or(reason))
+    }
+
+    /// Runs a fallible I/O step of the write path; a failure poisons the log.
+    fn guarded<T>(&self, writer: &mut Writer, step: Result<T>) -> Result<T> {
+        step.map_err(|error| self.poison(writer, error.to_string()))
+    }
+
+    /// Writes the pending frames to the active segment with one `write`.
+    fn flush_pending(&self, writer: &mut Writer) -> Result<()> {
+        if writer.pending.is_empty() {
+            return Ok(());
+        }
+        writer.check_writable()?;
+        let path = writer.active.path.clone();
+        let written = writer
+            .active_file
+            .write_all_at(&writer.pending, writer.write_offset)
+            .at(&path);
+        self.guarded(writer, written)?;
+        let base = writer.write_offset;
+        {
+            let mut index = lock(&writer.active.index);
+            let index = index.get_or_insert_with(SparseIndex::default);
+            for &(id, offset) in &writer.pending_frames {
+                index.observe(id, base + offset as u64);
+            }
+        }
+        let last_id = writer.pending_last_id().expect("pending frames");
+        writer.write_offset += writer.pending.len() as u64;
+        writer
+            .active
+            .end_offset
+            .store(writer.write_offset, Ordering::Release);
+        writer
+            .active
+            .file_bytes
+            .store(writer.write_offset, Ordering::Release);
+        writer.active.last_id.store(last_id, Ordering::Release);
+        self.stats.on_write(writer.pending.len() as u64);
+        writer.pending.clear();
+        writer.pending_frames.clear();
+        self.last.advance(last_id);
+        Ok(())
+    }
+
+    /// Makes room for a frame of `frame_bytes`, rolling the segment if it would overflow.
+    fn reserve(&self, writer: &mut Writer, frame_bytes: usize) -> Result<()> {
+        let projected = writer.write_offset
+            + writer.pending.len() as u64
+            + frame_bytes as u64
+            + SEAL_BYTES as u64;
+        if projected > self.segment_bytes_max && writer.active_has_records() {
+            let first_id = writer.next_id;
+            self.roll(writer, first_id)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (write, seal, fsync) and starts a new one at `first_id`. An
+    /// empty active segment is replaced instead of sealed.
+    fn roll(&self, writer: &mut Writer, first_id: u64) -> Result<()> {
+        self.flush_pending(writer)?;
+        let old = writer.active.clone();
+        if old.is_empty() {
+            let removed = self.fs.remove_file(&old.path).at(&old.path);
+            self.guarded(writer, removed)?;
+            let sequence = old.sequence;
+            let segment = self.create_segment(writer, sequence, first_id)?;
+            let mut segments = self.segments_write();
+            segments.pop();
+            segments.push(segment);
+            return Ok(());
+        }
+        let mut seal = Vec::with_capacity(SEAL_BYTES);
+        let last_id = old.last_id();
+        encode_seal(&mut seal, last_id, last_id - old.first_id + 1);
+        let sealed = writer
+            .active_file
+            .write_all_at(&seal, writer.write_offset)
+            .and_then(|()| writer.active_file.sync_data())
+            .at(&old.path);
+        self.guarded(writer, sealed)?;
+        self.stats.on_fsync(Duration::ZERO, 0);
+        old.file_bytes
+            .store(writer.write_offset + SEAL_BYTES as u64, Ordering::Release);
+        old.sealed.store(true, Ordering::Release);
+        self.durable.advance(last_id);
+        let sequence = writer.next_sequence;
+        let segment = self.create_segment(writer, sequence, first_id)?;
+        self.segments_write().push(segment);
+        Ok(())
+    }
+
+    /// Creates, fsyncs and installs a new active segment (and fsyncs the directory).
+    fn create_segment(
+        &self,
+        writer: &mut Writer,
+        sequence: u64,
+        first_id: u64,
+    ) -> Result<Arc<Segment>> {
+        let path = segment_path(&self.dir, sequence, first_id);
+        let header = SegmentHeader {
+            log_id: self.log_id,
+            sequence,
+            first_id,
+        };
+        let created = create_segment_file(&*self.fs, &self.dir, &path, &header);
+        let file = self.guarded(writer, created)?;
+        let segment = Arc::new(Segment::new(
+            sequence,
+            first_id,
+            path,
+            first_id - 1,
+            SEGMENT_HEADER_BYTES as u64,
+            SEGMENT_HEADER_BYTES as u64,
+            false,
+            Some((SparseIndex::default(), Vec::new())),
+        ));
+        writer.active = segment.clone();
+        writer.active_file = file;
+        writer.write_offset = SEGMENT_HEADER_BYTES as u64;
+        writer.next_sequence = sequence + 1;
+        writer.next_id = first_id;
+        Ok(segment)
+    }
+
+    /// Queues encoded frames (`encode_into` appends frame `index` with id `id`).
+    fn submit(
+        self: &Arc<Self>,
+        count: usize,
+        frame_bytes: impl Fn(usize) -> usize,
+        first_id: Option<u64>,
+        encode_into: impl Fn(usize, u64, &mut Vec<u8>),
+        policy: SyncPolicy,
+    ) -> Result<AppendTicket> {
+        if count == 0 {
+            return Err(Error::InvalidArgument(
+                "an append needs at least one record".to_owned(),
+            ));
+        }
+        let mut writer = self.writer();
+        writer.check_writable()?;
+        if let Some(first_id) = first_id {
+            if first_id < writer.next_id {
+                return Err(Error::IdConflict {
+                    first_id,
+                    next_id: writer.next_id,
+                });
+            }
+            if first_id > writer.next_id {
+                // The history continues after a gap: start a segment whose header says so.
+                self.roll(&mut writer, first_id)?;
+            }
+        }
+        let first = writer.next_id;
+        for index in 0..count {
+            self.reserve(&mut writer, frame_bytes(index))?;
+            let id = writer.next_id;
+            let offset = writer.pending.len();
+            encode_into(index, id, &mut writer.pending);
+            writer.pending_frames.push((id, offset));
+            writer.next_id += 1;
+        }
+        let last = writer.next_id - 1;
+        self.stats.on_append(count as u64);
+        match policy {
+            SyncPolicy::Never => {
+                self.flush_pending(&mut writer)?;
+                Ok(AppendTicket::done(first..=last))
+            }
+            SyncPolicy::Interval(interval) => {
+                self.flush_pending(&mut writer)?;
+                if writer.last_sync.elapsed() >= interval {
+                    writer.commit_wanted = true;
+                    self.commit_needed.notify_one();
+                }
+                Ok(AppendTicket::done(first..=last))
+            }
+            SyncPolicy::Batch => {
+                writer.commit_wanted = true;
+                self.commit_needed.notify_one();
+                Ok(AppendTicket::pending(first..=last, self.durable.clone()))
+            }
+            SyncPolicy::Always => {
+                self.flush_pending(&mut writer)?;
+                let file = writer.active_file.clone();
+                let path = writer.active.path.clone();
+                drop(writer);
+                let started = Instant::now();
+                match file.sync_data().at(&path) {
+                    Ok(()) => {
+                        self.stats.on_fsync(started.elapsed(), count as u64);
+                        self.durable.advance(last);
+                        Ok(AppendTicket::done(first..=last))
+                    }
+                    Err(error) => Err(self.poison(&mut self.writer(), error.to_string())),
+                }
+            }
+        }
+    }
+
+    /// The committer: writes and fsyncs whatever `Batch` appenders (and the interval) need.
+    fn run_committer(self: Arc<Self>) {
+        let mut writer = self.writer();
+        loop {
+            let interval = match self.sync_policy {
+                SyncPolicy::Interval(interval) => Some(interval),
+                _ => None,
+            };
+            let unsynced = self.last.get() > self.durable.get() || !writer.pending.is_empty();
+            let interval_due =
+                interval.is_some_and(|interval| unsynced && writer.last_sync.elapsed() >= interval);
+            if writer.poisoned.is_some() || (writer.closed && !unsynced) {
+                return;
+            }
+            if !(writer.commit_wanted || interval_due || writer.closed) {
+                writer = match interval {
+                    Some(interval) => {
+                        self.commit_needed
+                            .wait_timeout(writer, interval)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .0
+                    }
+                    None => self
+                        .commit_needed
+                        .wait(writer)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                };
+                continue;
+            }
+            writer.commit_wanted = false;
+            let batch_records = writer.pending_frames.len() as u64;
+            if self.flush_pending(&mut writer).is_err() {
+                return;
+            }
+            let target = self.last.get();
+            writer.last_sync = Instant::now();
+            if target <= self.durable.get() {
+                continue;
+            }
+            let file = writer.active_file.clone();
+            let path = writer.active.path.clone();
+            drop(writer);
+            let started = Instant::now();
+            let synced = file.sync_data().at(&path);
+            writer = self.writer();
+            match synced {
+                Ok(()) => {
+                    self.stats.on_fsync(started.elapsed(), batch_records.max(1));
+                    self.durable.advance(target);
+                }
+                Err(error) => {
+                    self.poison(&mut writer, error.to_string());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn create_segment_file(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    path: &Path,
+    header: &SegmentHeader,
+) -> Result<Arc<dyn WalFile>> {
+    let file = fs.create_new(path).at(path)?;
+    file.write_all_at(&header.encode(), 0).at(path)?;
+    file.sync_data().at(path)?;
+    fs.sync_dir(dir).at(dir)?;
+    Ok(file)
+}
+
+fn encode_meta(log_id: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(24);
+    bytes.extend_from_slice(META_MAGIC);
+    bytes.extend_from_slice(&1u32.to_le_bytes());
+    bytes.extend_from_slice(&log_id.to_le_bytes());
+    let crc = frame::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+fn decode_meta(bytes: &[u8]) -> Option<u64> {
+    if bytes.len() != 24 || &bytes[..8] != META_MAGIC || bytes[8..12] != 1u32.to_le_bytes() {
+        return None;
+    }
+    let crc = u32::from_le_bytes(bytes[20..24].try_into().ok()?);
+    (frame::crc32c(&bytes[..20]) == crc)
+        .then(|| u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")))
+}
+
+fn encode_marker(after_id: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(20);
+    bytes.extend_from_slice(MARKER_MAGIC);
+    bytes.extend_from_slice(&after_id.to_le_bytes());
+    let crc = frame::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+fn decode_marker(bytes: &[u8]) -> Option<u64> {
+    if bytes.len() != 20 || &bytes[..8] != MARKER_MAGIC {
+        return None;
+    }
+    let crc = u32::from_le_bytes(bytes[16..20].try_into().ok()?);
+    (frame::crc32c(&bytes[..16]) == crc)
+        .then(|| u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")))
+}
+
+fn read_small_file(fs: &dyn FileSystem, path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs.open(path) {
+        Ok(file) => {
+            let len = file.len().at(path)?.min(4096);
+            Ok(Some(crate::fs::read_range(&*file, 0, len).at(path)?))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).at(path),
+    }
+}
+
+/// A segmented, checksummed, group-committed write-ahead log of opaque records.
+///
+/// Cheap to share: wrap it in an [`Arc`]; every method takes `&self`. See the crate docs for
+/// a complete example.
+#[derive(Debug)]
+pub struct Wal {
+    pub(crate) shared: Arc<Shared>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, recovering it under `options.recovery_mode`.
+    ///
+    /// Returns the log and a report of what recovery found and did. Fails with
+    /// [`Error::Corrupt`] when the mode does not allow the damage found to be repaired, and
+    /// with [`Error::Locked`] when another process holds the directory.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(Wal, RecoveryReport)> {
+        let dir = dir.as_ref().to_owned();
+        if options.segment_bytes_max < SEGMENT_BYTES_MIN {
+            return Err(Error::InvalidArgument(format!(
+                "segment size {} is below the minimum of {SEGMENT_BYTES_MIN} bytes",
+                options.segment_bytes_max
+            )));
+        }
+        if options.first_id == 0 {
+            return Err(Error::InvalidArgument(
+                "ids start at 1; first_id 0 is invalid".to_owned(),
+            ));
+        }
+        let fs = options.file_system.clone();
+        fs.create_dir_all(&dir).at(&dir)?;
+        let lock_path = dir.join(LOCK_FILE);
+        let dir_lock = fs
+            .try_lock(&lock_path)
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::WouldBlock => Error::Locked(dir.clone()),
+                _ => Error::Io {
+                    path: lock_path.clone(),
+                    source: error,
+                },
+            })?;
+        let mut report = RecoveryReport {
+            mode: options.recovery_mode,
+            ..RecoveryReport::default()
+        };
+        let found = recovery::list_segments(&*fs, &dir, &mut report)?;
+        let meta_path = dir.join(META_FILE);
+        let log_id = match read_small_file(&*fs, &meta_path)? {
+            Some(bytes) => decode_meta(&bytes).ok_or_else(|| Error::Corrupt {
+                segment: meta_path.clone(),
+                offset: 0,
+                reason: "the log's identity file is damaged".to_owned(),
+            })?,
+            None if found.is_empty() => {
+                let log_id = rand::thread_rng().gen_range(1..u64::MAX);
+                write_file_atomic(&*fs, &dir, META_FILE, &encode_meta(log_id))?;
+                report.created = true;
+                log_id
+            }
+            None => {
+                return Err(Error::Corrupt {
+                    segment: meta_path,
+                    offset: 0,
+                    reason: "the log's identity file is missing but segments exist".to_owned(),
+                })
+            }
+        };
+        let Recovered {
+            mut segments,
+            max_id_seen,
+            next_sequence,
+        } = recovery::recover(&*fs, log_id, &found, options.recovery_mode, &mut report)?;
+
+        // The active segment: the last one, unless it is sealed or the ids must jump.
+        let next_id = segments
+            .last()
+            .map_or(options.first_id, |segment| segment.last_id() + 1)
+            .max(max_id_seen + 1);
+        let reuse_last = segments.last().is_some_and(|segment| {
+            !segment.sealed.load(Ordering::Acquire) && segment.last_id() + 1 == next_id
+        });
+        let (active, active_file, write_offset) = if reuse_last {
+            let segment = segments.last().expect("segment").clone();
+            let file = fs.open(&segment.path).at(&segment.path)?;
+            file.sync_data().at(&segment.path)?;
+            let end = segment.end_offset();
+            (segment, file, end)
+        } else {
+            // An empty, unsealed last segment is replaced by the new one.
+            let mut sequence = next_sequence;
+            if let Some(last) = segments.last() {
+                if last.is_empty() && !last.sealed.load(Ordering::Acquire) {
+                    fs.remove_file(&last.path).at(&last.path)?;
+                    sequence = last.sequence;
+                    segments.pop();
+                }
+            }
+            let header = SegmentHeader {
+                log_id,
+                sequence,
+                first_id: next_id,
+            };
+            let path = segment_path(&dir, sequence, next_id);
+            let file = create_segment_file(&*fs, &dir, &path, &header)?;
+            let segment = Arc::new(Segment::new(
+                sequence,
+                next_id,
+                path,
+                next_id - 1,
+                SEGMENT_HEADER_BYTES as u64,
+                SEGMENT_HEADER_BYTES as u64,
+                false,
+                Some((SparseIndex::default(), Vec::new())),
+            ));
+            segments.push(segment.clone());
+            (segment, file, SEGMENT_HEADER_BYTES as u64)
+        };
+        fs.sync_dir(&dir).at(&dir)?;
+        let last_id = active.last_id();
+        let next_sequence = active.sequence + 1;
+        let writer = Writer {
+            next_id,
+            pending: Vec::new(),
+            pending_frames: Vec::new(),
+            active,
+            active_file,
+            next_sequence,
+            write_offset,
+            commit_wanted: false,
+            last_sync: Instant::now(),
+            poisoned: None,
+            closed: false,
+        };
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            fs: fs.clone(),
+            log_id,
+            segment_bytes_max: options.segment_bytes_max,
+            sync_policy: options.sync_policy,
+            recovery_mode: options.recovery_mode,
+            writer: Mutex::new(writer),
+            commit_needed: Condvar::new(),
+            segments: RwLock::new(segments),
+            last: Arc::new(Watermark::new(last_id)),
+            durable: Arc::new(Watermark::new(last_id)),
+            truncations: AtomicU64::new(0),
+            stats: Stats::default(),
+            _lock: dir_lock,
+        });
+        let committer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("kv-wal-commit".to_owned())
+                .spawn(move || shared.run_committer())
+                .at(&dir)?
+        };
+        let wal = Wal {
+            shared,
+            committer: Mutex::new(Some(committer)),
+        };
+
+        // A truncation interrupted by a crash is finished before anything else.
+        let marker_path = dir.join(TRUNCATE_MARKER_FILE);
+        if let Some(bytes) = read_small_file(&*fs, &marker_path)? {
+            if let Some(after_id) = decode_marker(&bytes) {
+                wal.truncate_after_inner(after_id)?;
+                report.completed_truncation = Some(after_id);
+            }
+            fs.remove_file(&marker_path).at(&marker_path)?;
+            fs.sync_dir(&dir).at(&dir)?;
+        }
+        report.segments = wal.shared.segments_read().len();
+        report.first_id = wal.first_id();
+        report.last_id = wal.last_id();
+        report.next_id = wal.next_id();
+        Ok((wal, report))
+    }
+
+    /// Appends one record under the log's sync policy; returns its id once the policy is met.
+    pub fn append(&self, payload: &[u8]) -> Result<u64> {
+        self.append_with(payload, self.shared.sync_policy)
+    }
+
+    /// Appends one record under `policy`.
+    pub fn append_with(&self, payload: &[u8], policy: SyncPolicy) -> Result<u64> {
+        Ok(*self.append_batch_with(&[payload], policy)?.start())
+    }
+
+    /// Appends records atomically with respect to other appenders (consecutive ids), under the
+    /// log's sync policy. Returns their ids.
+    pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<RangeInclusive<u64>> {
+        self.append_batch_with(payloads, self.shared.sync_policy)
+    }
+
+    /// Appends records under `policy`; returns their ids once the policy is met.
+    pub fn append_batch_with<P: AsRef<[u8]>>(
+        &self,
+        payloads: &[P],
+        policy: SyncPolicy,
+    ) -> Result<RangeInclusive<u64>> {
+        self.submit_with(payloads, policy)?.wait()
+    }
+
+    /// Queues records and returns at once with a ticket holding their ids. The ticket resolves
+    /// when the log's sync policy is met: `.wait()` blocks the thread, `.await` suspends an async
+    /// task (no runtime needed by this crate). Under [`SyncPolicy::Always`] the fsync runs
+    /// before `submit` returns.
+    pub fn submit<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<AppendTicket> {
+        self.submit_with(payloads, self.shared.sync_policy)
+    }
+
+    /// [`Wal::submit`] under an explicit policy.
+    pub fn submit_with<P: AsRef<[u8]>>(
+        &self,
+        payloads: &[P],
+        policy: SyncPolicy,
+    ) -> Result<AppendTicket> {
+        for payload in payloads {
+            let len = payload.as_ref().len();
+            if len > RECORD_BYTES_MAX {
+                return Err(Error::RecordTooLarge {
+                    len,
+                    max: RECORD_BYTES_MAX,
+                });
+            }
+        }
+        self.shared.submit(
+            payloads.len(),
+            |index| FRAME_HEADER_BYTES + payloads[index].as_ref().len(),
+            None,
+            |index, id, out| encode(out, KIND_RECORD, id, payloads[index].as_ref()),
+            policy,
+        )
+    }
+
+    /// Appends frames exactly as another log encoded them (replication): every frame's CRC and
+    /// the continuity of ids are checked first, and the first id must be the log's next id or
+    /// later (a later id starts a new segment: the source log had a gap). Nothing is written if
+    /// any check fails.
+    pub fn append_frames(&self, frames: &[u8], policy: SyncPolicy) -> Result<AppendTicket> {
+        let decoded = frame::decode_all(frames).map_err(|(offset, reason)| Error::Corrupt {
+            segment: PathBuf::from("<frames to append>"),
+            offset: offset as u64,
+            reason,
+        })?;
+        let Some(first) = decoded.first() else {
+            return Err(Error::InvalidArgument("no frames to append".to_owned()));
+        };
+        let mut offsets = Vec::with_capacity(decoded.len());
+        let mut offset = 0usize;
+        for frame in &decoded {
+            offsets.push((offset, frame.encoded_len()));
+            offset += frame.encoded_len();
+        }
+        self.shared.submit(
+            decoded.len(),
+            |index| offsets[index].1,
+            Some(first.id),
+            |index, id, out| {
+                debug_assert_eq!(id, decoded[index].id);
+                let (start, len) = offsets[index];
+                out.extend_from_slice(&frames[start..start + len]);
+            },
+            policy,
+        )
+    }
+
+    /// Writes and fsyncs everything appended so far; returns the durable id.
+    pub fn sync(&self) -> Result<u64> {
+        let shared = &self.shared;
+        let mut writer = shared.writer();
+        shared.flush_pending(&mut writer)?;
+        writer.check_writable()?;
+        let target = shared.last.get();
+        if target <= shared.durable.get() {
+            return Ok(shared.durable.get());
+        }
+        let file = writer.active_file.clone();
+        let path = writer.active.path.clone();
+        let started = Instant::now();
+        let synced = file.sync_data().at(&path);
+        shared.guarded(&mut writer, synced)?;
+        shared.stats.on_fsync(started.elapsed(), 0);
+        shared.durable.advance(target);
+        Ok(shared.durable.get())
+    }
+
+    /// Drops every record after `after_id` (replication divergence). Crash-safe: a marker file
+    /// is made durable first, so a crash at any point leaves either the old log or, once open
+    /// completes the marked truncation, the new one. The next append gets `after_id + 1`: the
+    /// caller is replacing the suffix with another history's records for the same ids, as Raft
+    /// and Kafka followers do. Ids of records that were never truncated are never reused.
+    pub fn truncate_after(&self, after_id: u64) -> Result<()> {
+        let shared = &self.shared;
+        {
+            let mut writer = shared.writer();
+            writer.check_writable()?;
+            shared.flush_pending(&mut writer)?;
+            if after_id >= writer.next_id - 1 {
+                return Ok(());
+            }
+            let marked = write_file_atomic(
+                &*shared.fs,
+                &shared.dir,
+                TRUNCATE_MARKER_FILE,
+                &encode_marker(after_id),
+            );
+            shared.guarded(&mut writer, marked)?;
+        }
+        self.truncate_after_inner(after_id)?;
+        let marker = shared.dir.join(TRUNCATE_MARKER_FILE);
+        let mut writer = shared.writer();
+        let removed = shared
+            .fs
+            .remove_file(&marker)
+            .at(&marker)
+            .and_then(|()| shared.fs.sync_dir(&shared.dir).at(&shared.dir));
+        shared.guarded(&mut writer, removed)
+    }
+
+    fn truncate_after_inner(&self, after_id: u64) -> Result<()> {
+        let shared = &self.shared;
+        let mut writer = shared.writer();
+        shared.flush_pending(&mut writer)?;
+        let result = self.cut_segments(&mut writer, after_id);
+        shared.guarded(&mut writer, result)?;
+        shared.truncations.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn cut_segments(&self, writer: &mut Writer, after_id: u64) -> Result<()> {
+        let shared = &self.shared;
+        let mut segments = shared.segments_write();
+        // Newest first, so a crash leaves a prefix (and the marker finishes the job).
+        while segments.len() > 1
+            && segments
+                .last()
+                .is_some_and(|segment| segment.first_id > after_id)
+        {
+            let segment = segments.pop().expect("segment");
+            shared.fs.remove_file(&segment.path).at(&segment.path)?;
+        }
+        let target = segments.last().expect("a log always has a segment").clone();
+        if target.first_id > after_id {
+            // Everything goes: a fresh segment takes the same sequence, starting at after_id + 1.
+            shared.fs.remove_file(&target.path).at(&target.path)?;
+            shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
+            segments.pop();
+            let sequence = target.sequence;
+            drop(segments);
+            let segment = shared.create_segment(writer, sequence, after_id + 1)?;
+            shared.segments_write().push(segment);
+        } else {
+            let file = shared.fs.open(&target.path).at(&target.path)?;
+            let cut = if after_id >= target.last_id() {
+                target.end_offset()
+            } else {
+                crate::read::offset_after(file.clone(), &target, after_id)?
+            };
+            file.set_len(cut).at(&target.path)?;
+            file.sync_data().at(&target.path)?;
+            shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
+            if let Some(index) = lock(&target.index).as_mut() {
+                index.truncate_after(after_id);
+            }
+            lock(&target.skips).retain(|skip| skip.to <= cut);
+            let last_id = after_id.min(target.last_id());
+            target.last_id.store(last_id, Ordering::Release);
+            target.end_offset.store(cut, Ordering::Release);
+            target.file_bytes.store(cut, Ordering::Release);
+            target.sealed.store(false, Ordering::Release);
+            writer.active = target.clone();
+            writer.active_file = file;
+            writer.write_offset = cut;
+            writer.next_sequence = target.sequence + 1;
+            writer.next_id = last_id + 1;
+        }
+        let last_id = writer.next_id - 1;
+        shared.last.reset(last_id);
+        if shared.durable.get() > last_id {
+            shared.durable.reset(last_id);
+        }
+        Ok(())
+    }
+
+    /// Removes whole segments whose records all precede `before_id` (after a snapshot): log
+    /// compaction. The active segment is never removed. Returns the paths removed.
+    pub fn purge_before(&self, before_id: u64) -> Result<Vec<PathBuf>> {
+        let shared = &self.shared;
+        let mut removed = Vec::new();
+        {
+            let mut segments = shared.segments_write();
+            while segments.len() > 1 && segments[0].last_id() < before_id {
+                let segment = segments.remove(0);
+                shared.fs.remove_file(&segment.path).at(&segment.path)?;
+                removed.push(segment.path.clone());
+            }
+        }
+        if !removed.is_empty() {
+            shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
+        }
+        Ok(removed)
+    }
+
+    /// The segments, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let segments = self.shared.segments_read();
+        let last_index = segments.len().saturating_sub(1);
+        segments
+            .iter()
+            .enumerate()
+            .map(|(position, segment)| SegmentInfo {
+                path: segment.path.clone(),
+                sequence: segment.sequence,
+                size_bytes: segment.file_bytes.load(Ordering::Acquire),
+                first_id: segment.first_id,
+                last_id: (!segment.is_empty()).then(|| segment.last_id()),
+                is_active: position == last_index,
+            })
+            .collect()
+    }
+
+    /// The first id still in the log, if any record is.
+    pub fn first_id(&self) -> Option<u64> {
+        let segments = self.shared.segments_read();
+        segments
+            .iter()
+            .find(|segment| !segment.is_empty())
+            .map(|segment| segment.first_id)
+    }
+
+    /// The last id written (readable), if any.
+    pub fn last_id(&self) -> Option<u64> {
+        let last = self.shared.last.get();
+        let first = self
+            .shared
+            .segments_read()
+            .first()
+            .map_or(1, |segment| segment.first_id);
+        (last >= first && last > 0).then_some(last)
+    }
+
+    /// The id the next append will get.
+    pub fn next_id(&self) -> u64 {
+        self.shared.writer().next_id
+    }
+
+    /// The highest id known to be on stable storage (0 when none).
+    pub fn durable_id(&self) -> u64 {
+        self.shared.durable.get()
+    }
+
+    /// The last-written watermark: wait on it to follow the tail.
+    pub fn last_watermark(&self) -> &Arc<Watermark> {
+        &self.shared.last
+    }
+
+    /// The durable watermark: wait on it to learn when ids reach stable storage.
+    pub fn durable_watermark(&self) -> &Arc<Watermark> {
+        &self.shared.durable
+    }
+
+    /// The configured segment size.
+    pub fn segment_bytes_max(&self) -> u64 {
+        self.shared.segment_bytes_max
+    }
+
+    /// The default sync policy.
+    pub fn sync_policy(&self) -> SyncPolicy {
+        self.shared.sync_policy
+    }
+
+    /// The recovery mode the log was opened with.
+    pub fn recovery_mode(&self) -> RecoveryMode {
+        self.shared.recovery_mode
+    }
+
+    /// The directory the log lives in.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Counters: appends, writes, fsyncs, group-commit batch sizes.
+    pub fn stats(&self) -> WalStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Why the log refuses writes, if it does.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.writer().poisoned.clone()
+    }
+
+    /// Writes and fsyncs everything, stops the committer and refuses further appends. Reads keep
+    /// working. Idempotent; also run (ignoring errors) on drop.
+    pub fn close(&self) -> Result<()> {
+        let result = if self.poisoned().is_none() {
+            self.sync().map(|_| ())
+        } else {
+            Ok(())
+        };
+        {
+            let mut writer = self.shared.writer();
+            writer.closed = true;
+            self.shared.commit_needed.notify_all();
+        }
+        if let Some(handle) = lock(&self.committer).take() {
+            let _ = handle.join();
+        }
+        self.shared.durable.fail(crate::watermark::CLOSED);
+        result
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}

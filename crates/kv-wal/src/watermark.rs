@@ -1,0 +1,252 @@
+//! An id that only moves forward (mostly) and can be waited on, from threads or async tasks.
+//!
+//! The log keeps two: the last written id (what readers can see; replication's tail-follow
+//! waits on it) and the durable id (what has been fsynced; group-commit waiters wait on it).
+//! Waiting needs no async runtime: futures register a [`Waker`], threads park on a condvar.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// The failure reason a closed log gives its waiters.
+pub(crate) const CLOSED: &str = "the log is closed";
+
+/// Why a wait ended without reaching its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitError {
+    /// The deadline passed first.
+    TimedOut,
+    /// The log failed (poisoned) or closed; the message says why.
+    Failed(String),
+}
+
+#[derive(Debug, Default)]
+struct Waiters {
+    wakers: HashMap<u64, (u64, Waker)>,
+    next_key: u64,
+    failure: Option<String>,
+}
+
+/// A monotonic id with waiters.
+#[derive(Debug, Default)]
+pub struct Watermark {
+    value: AtomicU64,
+    waiters: Mutex<Waiters>,
+    changed: Condvar,
+}
+
+impl Watermark {
+    pub(crate) fn new(value: u64) -> Watermark {
+        Watermark {
+            value: AtomicU64::new(value),
+            ..Watermark::default()
+        }
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, Waiters> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Acquire)
+    }
+
+    /// Raises the value to `value` (never lowers it) and wakes whoever it satisfies.
+    pub(crate) fn advance(&self, value: u64) {
+        let previous = self.value.fetch_max(value, Ordering::AcqRel);
+        if previous < value {
+            self.wake(value);
+        }
+    }
+
+    /// Sets the value, even backwards (after a truncation).
+    pub(crate) fn reset(&self, value: u64) {
+        self.value.store(value, Ordering::Release);
+        self.wake(value);
+    }
+
+    /// Ends every present and future wait with `reason`.
+    pub(crate) fn fail(&self, reason: &str) {
+        let mut waiters = self.waiters();
+        waiters.failure.get_or_insert_with(|| reason.to_owned());
+        for (_, (_, waker)) in waiters.wakers.drain() {
+            waker.wake();
+        }
+        self.changed.notify_all();
+    }
+
+    fn wake(&self, value: u64) {
+        let mut waiters = self.waiters();
+        waiters.wakers.retain(|_, (target, waker)| {
+            if *target <= value {
+                waker.wake_by_ref();
+                false
+            } else {
+                true
+            }
+        });
+        self.changed.notify_all();
+    }
+
+    fn check(&self, target: u64, waiters: &Waiters) -> Option<Result<u64, WaitError>> {
+        let value = self.get();
+        if value >= target {
+            return Some(Ok(value));
+        }
+        waiters
+            .failure
+            .as_ref()
+            .map(|reason| Err(WaitError::Failed(reason.clone())))
+    }
+
+    /// Blocks the thread until the value reaches `target`, the watermark fails, or `timeout`
+    /// passes (`None`: no deadline).
+    pub fn wait_blocking(&self, target: u64, timeout: Option<Duration>) -> Result<u64, WaitError> {
+        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        let mut waiters = self.waiters();
+        loop {
+            if let Some(result) = self.check(target, &waiters) {
+                return result;
+            }
+            waiters = match deadline {
+                None => self
+                    .changed
+                    .wait(waiters)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(WaitError::TimedOut);
+                    }
+                    self.changed
+                        .wait_timeout(waiters, deadline - now)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// A future that resolves when the value reaches `target` (or the watermark fails). Wrap it
+    /// in your runtime's timeout to bound the wait.
+    pub fn wait(self: &Arc<Self>, target: u64) -> WatermarkWait {
+        WatermarkWait {
+            watermark: self.clone(),
+            target,
+            key: None,
+        }
+    }
+}
+
+/// Future returned by [`Watermark::wait`].
+#[derive(Debug)]
+pub struct WatermarkWait {
+    watermark: Arc<Watermark>,
+    target: u64,
+    key: Option<u64>,
+}
+
+impl WatermarkWait {
+    /// Blocks the thread until the wait resolves.
+    pub(crate) fn block(&self) -> Result<u64, WaitError> {
+        self.watermark.wait_blocking(self.target, None)
+    }
+}
+
+impl Future for WatermarkWait {
+    type Output = Result<u64, WaitError>;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut waiters = this.watermark.waiters();
+        if let Some(result) = this.watermark.check(this.target, &waiters) {
+            if let Some(key) = this.key.take() {
+                waiters.wakers.remove(&key);
+            }
+            return Poll::Ready(result);
+        }
+        let key = *this.key.get_or_insert_with(|| {
+            waiters.next_key += 1;
+            waiters.next_key
+        });
+        waiters
+            .wakers
+            .insert(key, (this.target, context.waker().clone()));
+        Poll::Pending
+    }
+}
+
+impl Drop for WatermarkWait {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.watermark.waiters().wakers.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Wake;
+
+    struct Flag(std::sync::atomic::AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn future_wakes_when_target_reached() {
+        let watermark = Arc::new(Watermark::new(0));
+        let flag = Arc::new(Flag(false.into()));
+        let waker = Waker::from(flag.clone());
+        let mut context = Context::from_waker(&waker);
+        let mut wait = watermark.wait(3);
+        assert!(Pin::new(&mut wait).poll(&mut context).is_pending());
+        watermark.advance(2);
+        assert!(!flag.0.load(Ordering::SeqCst));
+        watermark.advance(3);
+        assert!(flag.0.load(Ordering::SeqCst));
+        assert_eq!(Pin::new(&mut wait).poll(&mut context), Poll::Ready(Ok(3)));
+    }
+
+    #[test]
+    fn dropped_futures_unregister() {
+        let watermark = Arc::new(Watermark::new(0));
+        let waker = Waker::from(Arc::new(Flag(false.into())));
+        let mut context = Context::from_waker(&waker);
+        for _ in 0..10 {
+            let mut wait = watermark.wait(5);
+            assert!(Pin::new(&mut wait).poll(&mut context).is_pending());
+            assert!(Pin::new(&mut wait).poll(&mut context).is_pending());
+        }
+        assert!(watermark.waiters().wakers.is_empty());
+    }
+
+    #[test]
+    fn blocking_wait_times_out_and_fails() {
+        let watermark = Arc::new(Watermark::new(1));
+        assert_eq!(watermark.wait_blocking(1, None), Ok(1));
+        assert_eq!(
+            watermark.wait_blocking(2, Some(Duration::from_millis(5))),
+            Err(WaitError::TimedOut)
+        );
+        let thread = {
+            let watermark = watermark.clone();
+            std::thread::spawn(move || watermark.wait_blocking(10, None))
+        };
+        watermark.fail("disk gone");
+        assert_eq!(
+            thread.join().unwrap(),
+            Err(WaitError::Failed("disk gone".to_owned()))
+        );
+    }
+}
