@@ -1,0 +1,407 @@
+//! Drives a run: resolve targets, wait for them, prefill, warm up, measure, report.
+//!
+//! Workers are tokio tasks. Each owns at most one connection per target, its own random number
+//! generator and its own [`PhaseStats`]; the only shared state is a few atomic counters (the
+//! measured-request cap, and in an open loop the schedule's ticket counter). A worker stops at
+//! the first of: the measured phase's deadline, the request cap, its own iteration cap.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+use crate::cli::{BenchConfig, REQUEST_COUNT_MAX, RUN_DURATION_MAX};
+use crate::connection::{wait_until_accepting, HttpConnection};
+use crate::outcome::{classify_response, BodyCheck, FailureKind, Outcome};
+use crate::report::{BenchReport, PrefillReport};
+use crate::schedule::{open_loop_latency_start_offset, OpenLoopSchedule};
+use crate::stats::PhaseStats;
+use crate::workload::Operation;
+use crate::BenchError;
+
+/// The most iterations of one worker's loop in one phase, whatever the clock says.
+pub const WORKER_ITERATION_COUNT_MAX: u64 = 2 * REQUEST_COUNT_MAX;
+/// First pause after a failed connect in a closed loop; doubles up to [`CONNECT_BACKOFF_MAX`].
+pub const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest pause after a failed connect in a closed loop.
+pub const CONNECT_BACKOFF_MAX: Duration = Duration::from_millis(200);
+
+/// Runs the whole benchmark described by `config` and returns its report.
+pub async fn run_benchmark(config: BenchConfig) -> Result<BenchReport, BenchError> {
+    let mut socket_addresses = Vec::with_capacity(config.targets.len());
+    for target in &config.targets {
+        socket_addresses.push(target.resolve(config.allow_non_loopback).await?);
+    }
+    if let Some(wait) = config.wait_ready {
+        for (target, socket_address) in config.targets.iter().zip(&socket_addresses) {
+            if !wait_until_accepting(*socket_address, wait).await {
+                return Err(BenchError::NotReady {
+                    url: target.url_text.clone(),
+                    waited_ms: wait.as_millis(),
+                });
+            }
+        }
+    }
+    let config = Arc::new(config);
+    let socket_addresses = Arc::new(socket_addresses);
+
+    let prefill_report = if config.prefill {
+        Some(run_prefill(&config, &socket_addresses).await)
+    } else {
+        None
+    };
+
+    let run_start = Instant::now();
+    let timeline = Timeline {
+        run_start,
+        warmup_end: run_start + config.warmup,
+        measure_end: run_start + config.warmup + config.duration,
+    };
+    let shared_counters = Arc::new(SharedCounters::default());
+    let mut worker_handles = Vec::with_capacity(config.connection_count);
+    for worker_index in 0..config.connection_count {
+        let worker = Worker::new(worker_index, &config, &socket_addresses);
+        let shared_counters = Arc::clone(&shared_counters);
+        worker_handles.push(tokio::spawn(async move {
+            let stats = match worker.config.open_loop_schedule {
+                Some(schedule) => {
+                    worker
+                        .run_open_loop(schedule, timeline, &shared_counters)
+                        .await
+                }
+                None => worker.run_closed_loop(timeline, &shared_counters).await,
+            };
+            (stats, Instant::now())
+        }));
+    }
+    let mut measured_stats = PhaseStats::default();
+    let mut last_finish = timeline.warmup_end;
+    for worker_handle in worker_handles {
+        let (stats, finish) = worker_handle.await.expect("benchmark workers do not panic");
+        measured_stats.merge(&stats);
+        last_finish = last_finish.max(finish);
+    }
+    let elapsed = last_finish.saturating_duration_since(timeline.warmup_end);
+    let scheduled_not_sent = match config.open_loop_schedule {
+        Some(schedule) => {
+            let due_before_measure_end =
+                schedule.due_count_before(config.warmup.saturating_add(config.duration));
+            let due_in_warmup = schedule.due_count_before(config.warmup);
+            let scheduled = (due_before_measure_end - due_in_warmup).min(config.request_count_max);
+            scheduled.saturating_sub(measured_stats.request_count())
+        }
+        None => 0,
+    };
+    Ok(BenchReport::new(
+        &config,
+        &measured_stats,
+        elapsed,
+        scheduled_not_sent,
+        prefill_report,
+    ))
+}
+
+/// PUTs every key once, spread over `connection_count` workers, bounded by
+/// [`RUN_DURATION_MAX`].
+async fn run_prefill(
+    config: &Arc<BenchConfig>,
+    socket_addresses: &Arc<Vec<SocketAddr>>,
+) -> PrefillReport {
+    let prefill_start = Instant::now();
+    let deadline = prefill_start + RUN_DURATION_MAX;
+    let next_key_index = Arc::new(AtomicU64::new(0));
+    let mut worker_handles = Vec::with_capacity(config.connection_count);
+    for worker_index in 0..config.connection_count {
+        let mut worker = Worker::new(worker_index, config, socket_addresses);
+        let next_key_index = Arc::clone(&next_key_index);
+        worker_handles.push(tokio::spawn(async move {
+            let mut stats = PhaseStats::default();
+            let key_count = worker.config.key_space.key_count();
+            for _ in 0..key_count {
+                let key_index = next_key_index.fetch_add(1, Ordering::Relaxed);
+                if key_index >= key_count || Instant::now() >= deadline {
+                    break;
+                }
+                let exchange = worker.execute(Operation::Put, key_index).await;
+                exchange.record_into(&mut stats, Operation::Put);
+            }
+            stats
+        }));
+    }
+    let mut prefill_stats = PhaseStats::default();
+    for worker_handle in worker_handles {
+        prefill_stats.merge(&worker_handle.await.expect("prefill workers do not panic"));
+    }
+    PrefillReport::from_stats(&prefill_stats, prefill_start.elapsed())
+}
+
+/// The three instants that divide a run.
+#[derive(Debug, Clone, Copy)]
+struct Timeline {
+    run_start: Instant,
+    warmup_end: Instant,
+    measure_end: Instant,
+}
+
+#[derive(Debug, Default)]
+struct SharedCounters {
+    /// Measured requests started so far (closed loop), for the request cap.
+    measured_started_count: AtomicU64,
+    /// The next open-loop ticket: the schedule index of the next request to send.
+    next_ticket_index: AtomicU64,
+}
+
+/// What became of one request, as seen by the worker.
+struct Exchange {
+    outcome: Outcome,
+    /// Whether an HTTP answer arrived (only then is latency meaningful).
+    answered: bool,
+    /// Whether a connection had to be reopened for it.
+    reconnected: bool,
+}
+
+impl Exchange {
+    fn record_into(&self, stats: &mut PhaseStats, operation: Operation) {
+        self.record_with_latency(stats, operation, None);
+    }
+
+    fn record_with_latency(
+        &self,
+        stats: &mut PhaseStats,
+        operation: Operation,
+        latency: Option<Duration>,
+    ) {
+        let latency = if self.answered { latency } else { None };
+        stats.record(operation, self.outcome, latency);
+        if self.reconnected {
+            stats.reconnect_count += 1;
+        }
+    }
+}
+
+struct Worker {
+    config: Arc<BenchConfig>,
+    socket_addresses: Arc<Vec<SocketAddr>>,
+    connections: Vec<Option<HttpConnection>>,
+    has_connected: Vec<bool>,
+    read_target_cursor: usize,
+    rng: StdRng,
+    connect_backoff: Duration,
+}
+
+impl Worker {
+    fn new(
+        worker_index: usize,
+        config: &Arc<BenchConfig>,
+        socket_addresses: &Arc<Vec<SocketAddr>>,
+    ) -> Worker {
+        let target_count = socket_addresses.len();
+        // Distinct, reproducible streams per worker: mix the index into the seed.
+        let worker_seed = config
+            .seed
+            .wrapping_add((worker_index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        Worker {
+            config: Arc::clone(config),
+            socket_addresses: Arc::clone(socket_addresses),
+            connections: (0..target_count).map(|_| None).collect(),
+            has_connected: vec![false; target_count],
+            read_target_cursor: worker_index % target_count,
+            rng: StdRng::seed_from_u64(worker_seed),
+            connect_backoff: CONNECT_BACKOFF_MIN,
+        }
+    }
+
+    async fn run_closed_loop(
+        mut self,
+        timeline: Timeline,
+        shared_counters: &SharedCounters,
+    ) -> PhaseStats {
+        let mut stats = PhaseStats::default();
+        for _ in 0..WORKER_ITERATION_COUNT_MAX {
+            let started = Instant::now();
+            if started >= timeline.measure_end {
+                break;
+            }
+            let measured = started >= timeline.warmup_end;
+            if measured
+                && shared_counters
+                    .measured_started_count
+                    .fetch_add(1, Ordering::Relaxed)
+                    >= self.config.request_count_max
+            {
+                break;
+            }
+            let operation = self.config.workload.choose_operation(&mut self.rng);
+            let key_index = self.rng.gen_range(0..self.config.key_space.key_count());
+            let exchange = self.execute(operation, key_index).await;
+            if measured {
+                exchange.record_with_latency(&mut stats, operation, Some(started.elapsed()));
+            }
+            if exchange.outcome == Outcome::Failed(FailureKind::Connect) {
+                let pause_end = (Instant::now() + self.connect_backoff).min(timeline.measure_end);
+                tokio::time::sleep_until(pause_end).await;
+                self.connect_backoff = (self.connect_backoff * 2).min(CONNECT_BACKOFF_MAX);
+            } else {
+                self.connect_backoff = CONNECT_BACKOFF_MIN;
+            }
+        }
+        stats
+    }
+
+    async fn run_open_loop(
+        mut self,
+        schedule: OpenLoopSchedule,
+        timeline: Timeline,
+        shared_counters: &SharedCounters,
+    ) -> PhaseStats {
+        let mut stats = PhaseStats::default();
+        let warmup_ticket_count = schedule.due_count_before(self.config.warmup);
+        let ticket_count_max = warmup_ticket_count.saturating_add(self.config.request_count_max);
+        for _ in 0..WORKER_ITERATION_COUNT_MAX {
+            let ticket_index = shared_counters
+                .next_ticket_index
+                .fetch_add(1, Ordering::Relaxed);
+            if ticket_index >= ticket_count_max {
+                break;
+            }
+            let due = timeline.run_start + schedule.due_offset(ticket_index);
+            if due >= timeline.measure_end {
+                break;
+            }
+            let taken_at = Instant::now();
+            if due < timeline.warmup_end && taken_at >= timeline.warmup_end {
+                // An overloaded warm-up left a backlog: drop it (it would not be measured) and
+                // let the measured phase start on its own schedule.
+                shared_counters
+                    .next_ticket_index
+                    .fetch_max(warmup_ticket_count, Ordering::Relaxed);
+                continue;
+            }
+            tokio::time::sleep_until(due).await;
+            let woken_at = Instant::now();
+            if woken_at >= timeline.measure_end {
+                // Due in time but sent too late: counted as scheduled-not-sent in the report.
+                break;
+            }
+            let latency_start = timeline.run_start
+                + open_loop_latency_start_offset(
+                    due - timeline.run_start,
+                    taken_at - timeline.run_start,
+                    woken_at - timeline.run_start,
+                );
+            let operation = self.config.workload.choose_operation(&mut self.rng);
+            let key_index = self.rng.gen_range(0..self.config.key_space.key_count());
+            let exchange = self.execute(operation, key_index).await;
+            if due >= timeline.warmup_end {
+                exchange.record_with_latency(&mut stats, operation, Some(latency_start.elapsed()));
+            }
+        }
+        stats
+    }
+
+    /// Sends one request on the right connection, opening it if needed, and judges the answer.
+    async fn execute(&mut self, operation: Operation, key_index: u64) -> Exchange {
+        let target_index = if operation.is_write() {
+            0
+        } else {
+            let target_index = self.read_target_cursor;
+            self.read_target_cursor = (self.read_target_cursor + 1) % self.socket_addresses.len();
+            target_index
+        };
+        let mut reconnected = false;
+        if self.connections[target_index].is_none() {
+            match HttpConnection::connect(
+                self.socket_addresses[target_index],
+                self.config.request_timeout,
+            )
+            .await
+            {
+                Ok(connection) => {
+                    reconnected = self.has_connected[target_index];
+                    self.has_connected[target_index] = true;
+                    self.connections[target_index] = Some(connection);
+                }
+                Err(_) => {
+                    return Exchange {
+                        outcome: Outcome::Failed(FailureKind::Connect),
+                        answered: false,
+                        reconnected: false,
+                    };
+                }
+            }
+        }
+        let request = self.build_request(operation, key_index, target_index);
+        let connection = self.connections[target_index]
+            .as_mut()
+            .expect("connection opened above");
+        let answer =
+            tokio::time::timeout(self.config.request_timeout, connection.send(request)).await;
+        let failure_kind = match answer {
+            Ok(Ok(answer)) => {
+                let key_space = &self.config.key_space;
+                let outcome = if self.config.verify_values && operation == Operation::Get {
+                    let key = key_space.key(key_index);
+                    let value = key_space.value(key_index);
+                    let body_check = BodyCheck::Exact {
+                        key: &key,
+                        value: &value,
+                    };
+                    classify_response(operation, answer.status, &answer.body, body_check)
+                } else {
+                    classify_response(operation, answer.status, &answer.body, BodyCheck::Shape)
+                };
+                return Exchange {
+                    outcome,
+                    answered: true,
+                    reconnected,
+                };
+            }
+            Ok(Err(_)) => FailureKind::Io,
+            Err(_elapsed) => FailureKind::Timeout,
+        };
+        // The connection's state is unknown after an error or a timeout: start afresh.
+        self.connections[target_index] = None;
+        Exchange {
+            outcome: Outcome::Failed(failure_kind),
+            answered: false,
+            reconnected,
+        }
+    }
+
+    fn build_request(
+        &self,
+        operation: Operation,
+        key_index: u64,
+        target_index: usize,
+    ) -> http::Request<Full<Bytes>> {
+        let key_space = &self.config.key_space;
+        let mut path_and_query = format!("/key/{}", key_space.key(key_index));
+        if let (true, Some(acks)) = (operation.is_write(), self.config.acks) {
+            path_and_query.push_str("?acks=");
+            path_and_query.push_str(acks.query_value());
+        }
+        let mut request_builder = http::Request::builder()
+            .method(operation.method())
+            .uri(path_and_query)
+            .header(
+                http::header::HOST,
+                self.config.targets[target_index].authority.as_str(),
+            );
+        let body = if operation == Operation::Put {
+            request_builder =
+                request_builder.header(http::header::CONTENT_TYPE, "application/json");
+            key_space.put_body(key_index)
+        } else {
+            Bytes::new()
+        };
+        request_builder
+            .body(Full::new(body))
+            .expect("ASCII keys and a parsed authority make a valid request")
+    }
+}

@@ -1,0 +1,144 @@
+//! Per-worker tallies of one phase of a run, merged into one at the end.
+//!
+//! Each worker owns its own [`PhaseStats`], so recording takes no lock; the runner merges
+//! them once every worker has stopped.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::latency::{new_latency_histogram_us, record_latency};
+use crate::outcome::{FailureCounts, Outcome};
+use crate::workload::Operation;
+
+/// How many requests of each verb were sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationCounts {
+    /// GET requests.
+    pub get: u64,
+    /// PUT requests.
+    pub put: u64,
+    /// DELETE requests.
+    pub delete: u64,
+}
+
+/// What one worker saw in one phase.
+#[derive(Debug, Clone)]
+pub struct PhaseStats {
+    /// Latency of every request that got an HTTP answer, whatever its status, in µs.
+    pub latency_histogram_us: Histogram<u64>,
+    /// Requests answered with the expected 2xx.
+    pub ok_count: u64,
+    /// GETs and DELETEs answered 404.
+    pub not_found_count: u64,
+    /// Failed requests by kind.
+    pub failure_counts: FailureCounts,
+    /// Connections opened again after an earlier one to the same target broke.
+    pub reconnect_count: u64,
+    /// Requests by verb.
+    pub operation_counts: OperationCounts,
+}
+
+impl Default for PhaseStats {
+    fn default() -> Self {
+        PhaseStats {
+            latency_histogram_us: new_latency_histogram_us(),
+            ok_count: 0,
+            not_found_count: 0,
+            failure_counts: FailureCounts::default(),
+            reconnect_count: 0,
+            operation_counts: OperationCounts::default(),
+        }
+    }
+}
+
+impl PhaseStats {
+    /// Records one finished request. `latency` is `None` when there was no HTTP answer
+    /// (connect failure, timeout, broken connection): such requests are counted, not timed.
+    pub fn record(&mut self, operation: Operation, outcome: Outcome, latency: Option<Duration>) {
+        match operation {
+            Operation::Get => self.operation_counts.get += 1,
+            Operation::Put => self.operation_counts.put += 1,
+            Operation::Delete => self.operation_counts.delete += 1,
+        }
+        match outcome {
+            Outcome::Ok => self.ok_count += 1,
+            Outcome::NotFound => self.not_found_count += 1,
+            Outcome::Failed(failure_kind) => self.failure_counts.add(failure_kind),
+        }
+        if let Some(latency) = latency {
+            record_latency(&mut self.latency_histogram_us, latency);
+        }
+    }
+
+    /// Adds another worker's tallies to these.
+    pub fn merge(&mut self, other: &PhaseStats) {
+        self.latency_histogram_us
+            .add(&other.latency_histogram_us)
+            .expect("histograms with the same bounds always merge");
+        self.ok_count += other.ok_count;
+        self.not_found_count += other.not_found_count;
+        self.failure_counts.merge(&other.failure_counts);
+        self.reconnect_count += other.reconnect_count;
+        self.operation_counts.get += other.operation_counts.get;
+        self.operation_counts.put += other.operation_counts.put;
+        self.operation_counts.delete += other.operation_counts.delete;
+    }
+
+    /// Every request that finished, one way or another.
+    pub fn request_count(&self) -> u64 {
+        self.ok_count + self.not_found_count + self.failure_counts.total()
+    }
+
+    /// Requests that got the answer the API promises (ok or not found).
+    pub fn success_count(&self) -> u64 {
+        self.ok_count + self.not_found_count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::FailureKind;
+
+    #[test]
+    fn records_and_merges() {
+        let mut first = PhaseStats::default();
+        first.record(
+            Operation::Get,
+            Outcome::Ok,
+            Some(Duration::from_micros(100)),
+        );
+        first.record(
+            Operation::Get,
+            Outcome::NotFound,
+            Some(Duration::from_micros(50)),
+        );
+        first.record(Operation::Put, Outcome::Failed(FailureKind::Timeout), None);
+        let mut second = PhaseStats::default();
+        second.record(
+            Operation::Delete,
+            Outcome::Ok,
+            Some(Duration::from_micros(300)),
+        );
+        second.reconnect_count = 2;
+
+        first.merge(&second);
+        assert_eq!(first.request_count(), 4);
+        assert_eq!(first.success_count(), 3);
+        assert_eq!(first.failure_counts.timeout, 1);
+        assert_eq!(first.reconnect_count, 2);
+        assert_eq!(
+            first.operation_counts,
+            OperationCounts {
+                get: 2,
+                put: 1,
+                delete: 1
+            }
+        );
+        // The timeout has no latency: three timed requests.
+        assert_eq!(first.latency_histogram_us.len(), 3);
+        assert_eq!(first.latency_histogram_us.max(), 300);
+    }
+}

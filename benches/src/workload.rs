@@ -1,0 +1,208 @@
+//! What the workers send: the workload mix, the operation drawn for each request, and `acks`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rand::Rng;
+
+use crate::BenchError;
+
+/// The request mix of a run, named on the command line as `put`, `get`, `delete` or `mixed:R`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Only `PUT /key/{key}`.
+    Put,
+    /// Only `GET /key/{key}`.
+    Get,
+    /// `read_percent`% GETs, the rest PUTs, drawn independently for every request.
+    Mixed {
+        /// The share of GETs, 0 to 100.
+        read_percent: u8,
+    },
+    /// Only `DELETE /key/{key}`.
+    Delete,
+}
+
+/// One request's verb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// `PUT /key/{key}` with a JSON value: a write.
+    Put,
+    /// `GET /key/{key}`: a read.
+    Get,
+    /// `DELETE /key/{key}`: a write.
+    Delete,
+}
+
+impl Operation {
+    /// Whether the operation changes the store (and so goes to the first URL and takes `acks`).
+    pub fn is_write(self) -> bool {
+        matches!(self, Operation::Put | Operation::Delete)
+    }
+
+    /// The HTTP method.
+    pub fn method(self) -> http::Method {
+        match self {
+            Operation::Put => http::Method::PUT,
+            Operation::Get => http::Method::GET,
+            Operation::Delete => http::Method::DELETE,
+        }
+    }
+}
+
+impl Workload {
+    /// Draws the operation of the next request.
+    pub fn choose_operation(self, rng: &mut impl Rng) -> Operation {
+        match self {
+            Workload::Put => Operation::Put,
+            Workload::Get => Operation::Get,
+            Workload::Delete => Operation::Delete,
+            Workload::Mixed { read_percent } => {
+                if rng.gen_range(0..100u8) < read_percent {
+                    Operation::Get
+                } else {
+                    Operation::Put
+                }
+            }
+        }
+    }
+
+    /// Whether the workload ever writes, which decides whether a `--prefill` makes sense.
+    pub fn writes(self) -> bool {
+        !matches!(self, Workload::Get | Workload::Mixed { read_percent: 100 })
+    }
+}
+
+impl FromStr for Workload {
+    type Err = BenchError;
+
+    fn from_str(text: &str) -> Result<Workload, BenchError> {
+        let invalid = || BenchError::InvalidWorkload {
+            text: text.to_string(),
+        };
+        match text {
+            "put" => Ok(Workload::Put),
+            "get" => Ok(Workload::Get),
+            "delete" => Ok(Workload::Delete),
+            _ => {
+                let read_percent_text = text.strip_prefix("mixed:").ok_or_else(invalid)?;
+                let read_percent: u8 = read_percent_text.parse().map_err(|_| invalid())?;
+                if read_percent > 100 {
+                    return Err(invalid());
+                }
+                Ok(Workload::Mixed { read_percent })
+            }
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Workload::Put => formatter.write_str("put"),
+            Workload::Get => formatter.write_str("get"),
+            Workload::Delete => formatter.write_str("delete"),
+            Workload::Mixed { read_percent } => write!(formatter, "mixed:{read_percent}"),
+        }
+    }
+}
+
+/// How many nodes must hold a write before kvd answers it; sent as `?acks=` on writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Acks {
+    /// The leader alone.
+    Leader,
+    /// A majority of the nodes.
+    Quorum,
+    /// Every node.
+    All,
+}
+
+impl Acks {
+    /// The value of the `acks` query parameter.
+    pub fn query_value(self) -> &'static str {
+        match self {
+            Acks::Leader => "leader",
+            Acks::Quorum => "quorum",
+            Acks::All => "all",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_workloads() {
+        for (text, workload) in [
+            ("put", Workload::Put),
+            ("get", Workload::Get),
+            ("delete", Workload::Delete),
+            ("mixed:90", Workload::Mixed { read_percent: 90 }),
+            ("mixed:0", Workload::Mixed { read_percent: 0 }),
+            ("mixed:100", Workload::Mixed { read_percent: 100 }),
+        ] {
+            assert_eq!(text.parse::<Workload>().unwrap(), workload);
+            assert_eq!(workload.to_string(), text);
+        }
+        for text in [
+            "",
+            "PUT",
+            "mixed",
+            "mixed:",
+            "mixed:101",
+            "mixed:-1",
+            "mixed:5.5",
+        ] {
+            assert!(
+                matches!(
+                    text.parse::<Workload>(),
+                    Err(BenchError::InvalidWorkload { .. })
+                ),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mixed_draws_about_the_asked_share() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let workload = Workload::Mixed { read_percent: 90 };
+        let draw_count = 10_000;
+        let get_count = (0..draw_count)
+            .filter(|_| workload.choose_operation(&mut rng) == Operation::Get)
+            .count();
+        // 9000 expected; the standard deviation is 30, so 8700..9300 holds for any sane RNG.
+        assert!((8_700..9_300).contains(&get_count), "{get_count}");
+    }
+
+    #[test]
+    fn pure_workloads_and_extremes_are_exact() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..1000 {
+            assert_eq!(Workload::Put.choose_operation(&mut rng), Operation::Put);
+            assert_eq!(Workload::Get.choose_operation(&mut rng), Operation::Get);
+            assert_eq!(
+                Workload::Delete.choose_operation(&mut rng),
+                Operation::Delete
+            );
+            let all_reads = Workload::Mixed { read_percent: 100 };
+            assert_eq!(all_reads.choose_operation(&mut rng), Operation::Get);
+            let no_reads = Workload::Mixed { read_percent: 0 };
+            assert_eq!(no_reads.choose_operation(&mut rng), Operation::Put);
+        }
+    }
+
+    #[test]
+    fn writes_are_puts_and_deletes() {
+        assert!(Operation::Put.is_write());
+        assert!(Operation::Delete.is_write());
+        assert!(!Operation::Get.is_write());
+        assert!(!Workload::Get.writes());
+        assert!(Workload::Mixed { read_percent: 50 }.writes());
+    }
+}
