@@ -1,1 +1,52 @@
-//! kv-store: the key-value state machine built on kv-wal (in progress).
+//! kv-store: the key-value state machine of kvd, rebuilt from a kv-wal log.
+//!
+//! The store is an ordered in-memory map from keys (bytes) to values (a [`ValueKind`] and
+//! bytes). Every change is a [`LogEntry`] — a SET or a DELETE stamped with the writing leader's
+//! epoch — encoded in a small versioned binary format (see [`entry`]) and appended to the WAL
+//! as one record; the WAL id of that record is the change's id. Opening a store replays the
+//! whole log into the map.
+//!
+//! Writes are applied only once they are safe and always in id order: [`Store::submit`] puts
+//! the entry in the log and queues it; [`Store::apply_through`] moves queued entries into the
+//! map up to an id the caller knows to be durable (single node) or committed (replication).
+//! [`Store::write`] does both for a single node. Reads ([`Store::get`],
+//! [`Store::scan_prefix`]) see the applied map only.
+//!
+//! The crate needs no async runtime: [`Store::write`] is a plain future (the WAL ticket wakes
+//! it), and [`Store::write_blocking`] waits on a thread.
+//!
+//! ```
+//! use kv_store::{Op, Store, StoreOptions, Value};
+//!
+//! # fn main() -> Result<(), kv_store::Error> {
+//! let dir = tempfile::tempdir().expect("temp dir");
+//! let (store, _report) = Store::open(dir.path(), StoreOptions::default())?;
+//! let id = store.write_blocking(Op::Set { key: b"k".to_vec(), value: Value::json("42") })?;
+//! assert_eq!(store.get(b"k").map(|entry| entry.to_value()), Some(Value::json("42")));
+//!
+//! // Submit and apply separately, as replication does with a commit id.
+//! let submitted = store.submit(Op::Delete { key: b"k".to_vec() })?;
+//! assert_eq!(submitted.id, id + 1);
+//! assert!(store.get(b"k").is_some());           // not applied yet
+//! submitted.ticket.wait()?;
+//! store.apply_through(submitted.id);
+//! assert!(store.get(b"k").is_none());
+//! store.close()?;
+//! drop(store);
+//!
+//! // Reopen: the log is replayed.
+//! let (store, _report) = Store::open(dir.path(), StoreOptions::default())?;
+//! assert_eq!((store.applied_id(), store.key_count()), (id + 1, 0));
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod entry;
+mod error;
+mod map;
+mod store;
+
+pub use entry::{LogEntry, Op, Value, ValueKind, ENTRY_FORMAT_VERSION};
+pub use error::{Error, Result};
+pub use map::KeyValue;
+pub use store::{Store, StoreOptions, Submitted, EPOCH_DEFAULT};

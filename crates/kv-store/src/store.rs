@@ -1,0 +1,245 @@
+//! The store: the map, the WAL underneath it, and the path from a submitted op to an applied
+//! one.
+//!
+//! A write goes through two steps that callers may run apart:
+//!
+//! 1. [`Store::submit`] encodes the op, hands it to the WAL (which assigns the id without
+//!    waiting for the disk) and queues `(id, op)` as *pending*. All of that happens under one
+//!    short mutex, so pending ops are queued in id order.
+//! 2. Once the id is safe — durable under the sync policy for a single node (the
+//!    [`kv_wal::AppendTicket`] resolved), or committed by a quorum under replication —
+//!    [`Store::apply_through`] applies every pending op up to that id, in order, to the map.
+//!
+//! Readers only see the map, so they never see a write that is not yet safe.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use kv_wal::{AppendTicket, RecoveryReport, Wal, WalOptions};
+
+use crate::entry::{LogEntry, Op};
+use crate::error::{Error, Result};
+use crate::map::{KeyMap, KeyValue};
+
+/// The epoch a store writes with unless told otherwise.
+pub const EPOCH_DEFAULT: u64 = 1;
+
+/// Options for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How the WAL is opened (directory layout aside).
+    pub wal: WalOptions,
+    /// The leader epoch written into new entries (default [`EPOCH_DEFAULT`]).
+    pub epoch: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            wal: WalOptions::default(),
+            epoch: EPOCH_DEFAULT,
+        }
+    }
+}
+
+/// An op handed to the WAL but not yet applied: its id and the ticket that resolves once the
+/// WAL's sync policy is met.
+#[derive(Debug)]
+#[must_use = "the op is applied only after apply_through covers its id"]
+pub struct Submitted {
+    /// The WAL id of the entry.
+    pub id: u64,
+    /// Resolves when the entry is durable under the WAL's sync policy (`.await` or `.wait()`).
+    pub ticket: AppendTicket,
+}
+
+/// The key-value state machine over a [`Wal`]. Share it behind an `Arc`; every method takes
+/// `&self`.
+#[derive(Debug)]
+pub struct Store {
+    wal: Wal,
+    epoch: AtomicU64,
+    /// Submitted, not yet applied, in id order. Its mutex is the submit mutex: it also orders
+    /// appends to the WAL, and `apply_through` holds it while it applies.
+    pending: Mutex<VecDeque<(u64, Op)>>,
+    map: RwLock<KeyMap>,
+    applied_id: AtomicU64,
+}
+
+impl Store {
+    /// Opens (or creates) the WAL in `dir` and rebuilds the map by replaying every record.
+    /// Returns the WAL's recovery report for the caller to log.
+    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<(Store, RecoveryReport)> {
+        let (wal, report) = Wal::open(dir, options.wal)?;
+        let store = Store::from_wal(wal, options.epoch)?;
+        Ok((store, report))
+    }
+
+    /// Builds a store over an open WAL, replaying every record in it.
+    ///
+    /// Fails with [`Error::Decode`] naming the id of a record that is not a store entry.
+    pub fn from_wal(wal: Wal, epoch: u64) -> Result<Store> {
+        let mut map = KeyMap::default();
+        let mut applied_id = 0;
+        for record in wal.iter_from(1) {
+            let record = record?;
+            let entry = LogEntry::decode(record.payload()).map_err(|reason| Error::Decode {
+                id: record.id,
+                reason,
+            })?;
+            apply(&mut map, &entry.op);
+            applied_id = record.id;
+        }
+        Ok(Store {
+            wal,
+            epoch: AtomicU64::new(epoch),
+            pending: Mutex::new(VecDeque::new()),
+            map: RwLock::new(map),
+            applied_id: AtomicU64::new(applied_id),
+        })
+    }
+
+    /// Hands `op` to the WAL and queues it for [`Store::apply_through`]; returns its id and
+    /// ticket without waiting for the disk (except under `SyncPolicy::Always`, where the WAL
+    /// fsyncs inside the call).
+    ///
+    /// A DELETE of a key that is neither in the map nor set by a pending op fails with
+    /// [`Error::KeyNotFound`] and writes nothing.
+    pub fn submit(&self, op: Op) -> Result<Submitted> {
+        let mut pending = lock(&self.pending);
+        if let Op::Delete { key } = &op {
+            if !self.exists_including_pending(&pending, key) {
+                return Err(Error::KeyNotFound);
+            }
+        }
+        let entry = LogEntry {
+            epoch: self.epoch(),
+            op,
+        };
+        let ticket = self.wal.submit(&[entry.encode()])?;
+        let id = *ticket.ids().start();
+        pending.push_back((id, entry.op));
+        Ok(Submitted { id, ticket })
+    }
+
+    /// Applies every pending op with an id `<= through_id`, in id order; returns the applied
+    /// id afterwards. Ids already applied are skipped, so calling it twice is harmless.
+    ///
+    /// The caller vouches that every id up to `through_id` is safe to expose: its ticket has
+    /// resolved (single node) or a quorum holds it (replication).
+    pub fn apply_through(&self, through_id: u64) -> u64 {
+        let mut pending = lock(&self.pending);
+        let ready = pending.partition_point(|(id, _)| *id <= through_id);
+        if ready == 0 {
+            return self.applied_id();
+        }
+        let mut map = write(&self.map);
+        for (id, op) in pending.drain(..ready) {
+            apply(&mut map, &op);
+            self.applied_id.store(id, Ordering::Release);
+        }
+        self.applied_id()
+    }
+
+    /// Submits `op`, waits until it is durable under the WAL's sync policy, applies it; returns
+    /// its id. For a single node.
+    ///
+    /// If this future is dropped after submitting, the op stays pending until a later
+    /// `apply_through` covers its id: run it on a task of its own when the caller may be
+    /// cancelled.
+    pub async fn write(&self, op: Op) -> Result<u64> {
+        let Submitted { id, ticket } = self.submit(op)?;
+        ticket.await?;
+        self.apply_through(id);
+        Ok(id)
+    }
+
+    /// [`Store::write`], blocking the calling thread instead.
+    pub fn write_blocking(&self, op: Op) -> Result<u64> {
+        let Submitted { id, ticket } = self.submit(op)?;
+        ticket.wait()?;
+        self.apply_through(id);
+        Ok(id)
+    }
+
+    /// The applied value of `key`, if any.
+    pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
+        read(&self.map).get(key)
+    }
+
+    /// Up to `limit` applied entries whose key starts with `prefix`, in key order, starting
+    /// after the key `after` when given (for paging).
+    pub fn scan_prefix(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<KeyValue> {
+        read(&self.map).scan_prefix(prefix, after, limit)
+    }
+
+    /// How many keys the applied map holds.
+    pub fn key_count(&self) -> usize {
+        read(&self.map).len()
+    }
+
+    /// The id of the last entry applied to the map (0 when none).
+    pub fn applied_id(&self) -> u64 {
+        self.applied_id.load(Ordering::Acquire)
+    }
+
+    /// How many submitted ops wait to be applied.
+    pub fn pending_count(&self) -> usize {
+        lock(&self.pending).len()
+    }
+
+    /// The epoch written into new entries.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Changes the epoch written into new entries.
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    /// The WAL underneath (segments, ids, stats).
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// Syncs and closes the WAL; reads keep working, writes fail from then on.
+    pub fn close(&self) -> Result<()> {
+        Ok(self.wal.close()?)
+    }
+
+    fn exists_including_pending(&self, pending: &VecDeque<(u64, Op)>, key: &[u8]) -> bool {
+        // The newest pending op on the key decides; without one, the map does.
+        match pending.iter().rev().find(|(_, op)| op.key() == key) {
+            Some((_, Op::Set { .. })) => true,
+            Some((_, Op::Delete { .. })) => false,
+            None => read(&self.map).contains(key),
+        }
+    }
+}
+
+fn apply(map: &mut KeyMap, op: &Op) {
+    match op {
+        Op::Set { key, value } => map.set(key, value.kind, &value.bytes),
+        Op::Delete { key } => {
+            map.delete(key);
+        }
+    }
+}
+
+// The guarded data stays consistent across a panic (every mutation is a single call on the
+// map or the queue), so a poisoned lock is used as is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

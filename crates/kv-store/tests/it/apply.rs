@@ -1,0 +1,133 @@
+//! The submit/apply contract: nothing is visible before `apply_through`, application is in id
+//! order, absent deletes write nothing, and a record that is not an entry is named at open.
+
+use std::sync::Arc;
+
+use kv_store::{Error, Op, Store, StoreOptions, Value};
+use kv_wal::{Wal, WalOptions};
+
+fn set(key: &str, value: &str) -> Op {
+    Op::Set {
+        key: key.as_bytes().to_vec(),
+        value: Value::json(value),
+    }
+}
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(dir, StoreOptions::default()).expect("open").0
+}
+
+#[test]
+fn submitted_ops_are_invisible_until_applied_then_applied_in_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    let first = store.submit(set("k", "1")).expect("submit");
+    let second = store.submit(set("k", "2")).expect("submit");
+    let third = store.submit(set("other", "3")).expect("submit");
+    assert_eq!((second.id, third.id), (first.id + 1, first.id + 2));
+    third.ticket.wait().expect("durable");
+    assert!(store.get(b"k").is_none(), "durable but not applied");
+    assert_eq!(store.pending_count(), 3);
+
+    assert_eq!(store.apply_through(second.id), second.id);
+    assert_eq!(store.get(b"k").unwrap().value_bytes(), b"2");
+    assert!(store.get(b"other").is_none(), "beyond the applied id");
+    // Applying an id again, or an older one, changes nothing.
+    assert_eq!(store.apply_through(first.id), second.id);
+    assert_eq!(store.get(b"k").unwrap().value_bytes(), b"2");
+
+    assert_eq!(store.apply_through(u64::MAX), third.id);
+    assert_eq!(store.pending_count(), 0);
+    assert_eq!(store.key_count(), 2);
+}
+
+#[test]
+fn deleting_an_absent_key_writes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    let next_id = store.wal().next_id();
+    assert!(matches!(
+        store.write_blocking(Op::Delete {
+            key: b"nope".to_vec()
+        }),
+        Err(Error::KeyNotFound)
+    ));
+    assert_eq!(store.wal().next_id(), next_id);
+    assert_eq!(store.applied_id(), 0);
+}
+
+#[test]
+fn concurrent_writers_to_one_key_leave_the_value_with_the_highest_id() {
+    const THREADS: usize = 8;
+    const WRITES_PER_THREAD: usize = 200;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(open(dir.path()));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|thread| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut last = (0, String::new());
+                for write in 0..WRITES_PER_THREAD {
+                    let value = format!("{thread}-{write}");
+                    let id = store
+                        .write_blocking(set("shared", &format!("\"{value}\"")))
+                        .expect("write");
+                    assert!(
+                        store.applied_id() >= id,
+                        "the write is applied when it returns"
+                    );
+                    last = (id, value);
+                }
+                last
+            })
+        })
+        .collect();
+    let lasts: Vec<(u64, String)> = handles
+        .into_iter()
+        .map(|handle| handle.join().expect("writer"))
+        .collect();
+    let (highest_id, winner) = lasts.into_iter().max().expect("writers");
+    assert_eq!(store.applied_id(), highest_id);
+    assert_eq!(
+        store.get(b"shared").unwrap().value_bytes(),
+        format!("\"{winner}\"").as_bytes()
+    );
+    assert_eq!(highest_id, (THREADS * WRITES_PER_THREAD) as u64);
+    let stats = store.wal().stats();
+    println!(
+        "{} appends shared {} fsyncs",
+        stats.records_appended, stats.fsyncs
+    );
+}
+
+#[test]
+fn a_record_that_is_not_an_entry_is_an_error_naming_its_id() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let store = open(dir.path());
+        store.write_blocking(set("k", "1")).expect("write");
+        store.close().expect("close");
+    }
+    {
+        let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open wal");
+        wal.append(b"\x01\x09garbage-garbage").expect("append");
+        wal.close().expect("close");
+    }
+    let error = Store::open(dir.path(), StoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(&error, Error::Decode { id: 2, reason } if reason.contains("op 9")),
+        "{error}"
+    );
+}
+
+#[test]
+fn new_entries_carry_the_store_epoch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    store.set_epoch(9);
+    let id = store.write_blocking(set("k", "1")).expect("write");
+    let payload = store.wal().read(id).expect("read").expect("record");
+    let entry = kv_store::LogEntry::decode(&payload).expect("decode");
+    assert_eq!(entry.epoch, 9);
+    assert_eq!(entry.op, set("k", "1"));
+}

@@ -1,0 +1,7 @@
+//! kv-store's integration tests: the store against a `BTreeMap` model (with reopen and with
+//! simulated power loss), and the submit/apply contract.
+
+mod apply;
+mod crash;
+mod model;
+mod seed;
