@@ -1,1 +1,56 @@
-//! kv-http: the raw hyper 1.x HTTP service (in progress).
+//! kv-http: kvd's HTTP/1.1 API, a raw hyper 1.x service with no web framework.
+//!
+//! The API is the original Python project's, done properly: `PUT/GET/DELETE /key/{key}` with
+//! JSON values (or raw bytes), `GET /segments`, plus `GET /keys`, `GET /health` and
+//! `GET /metrics`. The full contract — bodies, statuses, limits — is in `docs/http-api.md`.
+//!
+//! # Model
+//!
+//! - [`serve`] runs the accept loop: a task per connection, at most
+//!   [`HttpOptions::connections_max`] at once, hyper's header read timeout (which also closes
+//!   idle keep-alive connections), and a graceful shutdown.
+//! - [`handle`] answers one request and never fails: routing ([`Route`]), then one function per
+//!   endpoint, then [`error_response`] — the one place an [`Error`] becomes a status and a
+//!   `{"detail": …}` body. Tests call it directly, without a socket.
+//! - [`AppState`] holds the [`kv_store::Store`], the limits, the metrics and the node's
+//!   [`NodeRole`]: a follower answers writes with a 307 to its leader.
+//! - Writes answer only once the entry is durable under the WAL's sync policy and applied to
+//!   the map; reads see only applied entries.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use kv_http::{AppState, HttpOptions, NodeRole};
+//! use kv_store::{Store, StoreOptions};
+//!
+//! let (store, _report) = Store::open("data/leader/wal", StoreOptions::default())?;
+//! let state = Arc::new(AppState::new(Arc::new(store), NodeRole::Leader, HttpOptions::default()));
+//! let listener = kv_http::bind("127.0.0.1:8000").await?;
+//! kv_http::serve(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod body;
+mod error;
+mod handlers;
+mod metrics;
+mod options;
+mod percent;
+mod route;
+mod server;
+mod service;
+mod state;
+
+pub use body::OCTET_STREAM;
+pub use error::{error_response, Error, Result};
+pub use metrics::Metrics;
+pub use options::{
+    HttpOptions, BODY_BYTES_MAX_DEFAULT, BODY_READ_TIMEOUT_DEFAULT, CONNECTIONS_MAX_DEFAULT,
+    HEADER_READ_TIMEOUT_DEFAULT, KEYS_LIMIT_DEFAULT, KEYS_LIMIT_MAX, KEY_BYTES_MAX_DEFAULT,
+    SHUTDOWN_DRAIN_TIMEOUT_DEFAULT,
+};
+pub use route::Route;
+pub use server::{bind, serve};
+pub use service::handle;
+pub use state::{AppState, NodeRole};

@@ -1,0 +1,170 @@
+//! Reading request bodies within the size and time limits, and reading the PUT body's JSON.
+
+use std::error::Error as StdError;
+
+use bytes::Bytes;
+use http::{header, HeaderMap};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Body;
+
+use crate::error::{Error, Result};
+use crate::options::HttpOptions;
+
+/// Reads the whole body. A `Content-Length` over the limit fails before anything is read;
+/// a body without one fails as soon as it passes the limit; a body not finished within the
+/// body read timeout fails with [`Error::BodyReadTimeout`].
+pub async fn read_body<B>(body: B, headers: &HeaderMap, options: &HttpOptions) -> Result<Bytes>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let limit_bytes = options.body_bytes_max;
+    let declared_bytes = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    if declared_bytes.is_some_and(|declared| declared > limit_bytes) {
+        return Err(Error::BodyTooLarge { limit_bytes });
+    }
+    let limited = Limited::new(body, usize::try_from(limit_bytes).unwrap_or(usize::MAX));
+    match tokio::time::timeout(options.body_read_timeout, limited.collect()).await {
+        Err(_elapsed) => Err(Error::BodyReadTimeout {
+            timeout_ms: options.body_read_timeout.as_millis(),
+        }),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => {
+            Err(Error::BodyTooLarge { limit_bytes })
+        }
+        Ok(Err(error)) => Err(Error::BodyRead(error.to_string())),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// The `value` of a PUT body `{"value": …}`, as compact JSON text (object members keep their
+/// order). Other members are ignored.
+pub fn value_from_put_body(body: &[u8]) -> Result<Vec<u8>> {
+    let document: serde_json::Value = serde_json::from_slice(body).map_err(json_error)?;
+    let serde_json::Value::Object(mut members) = document else {
+        return Err(Error::MissingValue);
+    };
+    let value = members.remove("value").ok_or(Error::MissingValue)?;
+    Ok(serde_json::to_vec(&value).expect("a JSON value always serializes"))
+}
+
+fn json_error(error: serde_json::Error) -> Error {
+    // serde_json stops at 128 levels of nesting (no stack overflow) and says so only in text.
+    let message = error.to_string();
+    if message.contains("recursion limit exceeded") {
+        Error::JsonTooDeep(message)
+    } else {
+        Error::MalformedJson(message)
+    }
+}
+
+/// Whether the request's `Content-Type` is `application/octet-stream` (parameters ignored).
+pub fn is_octet_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case(OCTET_STREAM))
+}
+
+/// Whether the request's `Accept` names `application/octet-stream` (with a non-zero quality).
+pub fn accepts_octet_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|media_range| {
+            let mut parts = media_range.split(';');
+            let media_type = parts.next().unwrap_or_default().trim();
+            media_type.eq_ignore_ascii_case(OCTET_STREAM)
+                && !parts.any(|parameter| is_zero_quality(parameter.trim()))
+        })
+}
+
+fn is_zero_quality(parameter: &str) -> bool {
+    parameter
+        .strip_prefix("q=")
+        .and_then(|quality| quality.trim().parse::<f32>().ok())
+        .is_some_and(|quality| quality == 0.0)
+}
+
+/// The media type of raw values.
+pub const OCTET_STREAM: &str = "application/octet-stream";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn put_bodies_yield_compact_values_in_member_order() {
+        assert_eq!(
+            value_from_put_body(br#"{"value": "myvalue"}"#).unwrap(),
+            br#""myvalue""#
+        );
+        assert_eq!(
+            value_from_put_body(br#" {"value": {"b": 1, "a": [true, null]}, "x": 0} "#).unwrap(),
+            br#"{"b":1,"a":[true,null]}"#
+        );
+        assert_eq!(value_from_put_body(br#"{"value": null}"#).unwrap(), b"null");
+    }
+
+    #[test]
+    fn bad_put_bodies_are_classified() {
+        assert!(matches!(
+            value_from_put_body(b"{"),
+            Err(Error::MalformedJson(_))
+        ));
+        assert!(matches!(
+            value_from_put_body(br#"{"value":1} x"#),
+            Err(Error::MalformedJson(_))
+        ));
+        assert!(matches!(
+            value_from_put_body(b""),
+            Err(Error::MalformedJson(_))
+        ));
+        assert!(matches!(
+            value_from_put_body(br#"{"valu":1}"#),
+            Err(Error::MissingValue)
+        ));
+        assert!(matches!(
+            value_from_put_body(b"[1]"),
+            Err(Error::MissingValue)
+        ));
+        let deep = format!(
+            "{{\"value\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(matches!(
+            value_from_put_body(deep.as_bytes()),
+            Err(Error::JsonTooDeep(_))
+        ));
+    }
+
+    #[test]
+    fn media_types_are_matched_loosely() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_octet_stream(&headers));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/Octet-Stream; x=1"),
+        );
+        assert!(is_octet_stream(&headers));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/html, application/octet-stream;q=0.5"),
+        );
+        assert!(accepts_octet_stream(&headers));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/octet-stream;q=0"),
+        );
+        assert!(!accepts_octet_stream(&headers));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(!accepts_octet_stream(&headers));
+    }
+}

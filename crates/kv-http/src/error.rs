@@ -1,0 +1,163 @@
+//! The crate's one error type, and the one place where an error becomes a response.
+//!
+//! Every failure a request can meet — bad input, a missing key, a store that refuses writes —
+//! is an [`Error`]; [`error_response`] turns it into a status code and a JSON body
+//! `{"detail": "…"}` (plus `Allow` for 405 and `Location` for 307). Handlers return
+//! `Result<Response, Error>` and never build an error response themselves.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use kv_wal::Error as WalError;
+
+/// Everything that can go wrong in kv-http.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The body is not JSON, or has bytes after the JSON value.
+    #[error("malformed JSON body: {0}")]
+    MalformedJson(String),
+    /// The body's JSON nests deeper than the parser allows.
+    #[error("JSON body nests too deeply: {0}")]
+    JsonTooDeep(String),
+    /// The body is JSON but not an object with a `value` field.
+    #[error("body must be a JSON object with a \"value\" field")]
+    MissingValue,
+    /// The body is larger than the limit.
+    #[error("request body exceeds the limit of {limit_bytes} bytes")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit_bytes: u64,
+    },
+    /// The client did not send the whole body in time.
+    #[error("request body not received within {timeout_ms} ms")]
+    BodyReadTimeout {
+        /// The configured timeout.
+        timeout_ms: u128,
+    },
+    /// Reading the body failed (the client broke the framing or went away).
+    #[error("could not read request body: {0}")]
+    BodyRead(String),
+    /// The key is longer than the limit.
+    #[error("key of {key_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
+    KeyTooLong {
+        /// The key's length (after percent-decoding, or a lower bound).
+        key_bytes: usize,
+        /// The configured limit.
+        limit_bytes: usize,
+    },
+    /// The key is empty, badly percent-encoded or not UTF-8.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    /// A query parameter is malformed or out of range.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// No route has this path.
+    #[error("Not Found")]
+    RouteNotFound,
+    /// The route exists but not for this method.
+    #[error("Method Not Allowed")]
+    MethodNotAllowed {
+        /// The methods the route answers, for the `Allow` header.
+        allow: &'static str,
+    },
+    /// The key is not in the store.
+    #[error("Key not found")]
+    KeyNotFound,
+    /// A write reached a node that is not the leader.
+    #[error("this node is a follower; send writes to the leader at {leader_url}")]
+    NotLeader {
+        /// The leader's base URL.
+        leader_url: String,
+        /// Where the client should resend this request.
+        location: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] kv_store::Error),
+    /// A task the request was waiting on died.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// A socket operation of the server failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the server was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result alias for kv-http.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The status code the error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::MalformedJson(_)
+            | Error::JsonTooDeep(_)
+            | Error::BodyRead(_)
+            | Error::InvalidKey(_)
+            | Error::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            Error::MissingValue => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BodyReadTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Error::KeyTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Error::RouteNotFound | Error::KeyNotFound => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::NotLeader { .. } => StatusCode::TEMPORARY_REDIRECT,
+            Error::Store(kv_store::Error::KeyNotFound) => StatusCode::NOT_FOUND,
+            Error::Store(kv_store::Error::Wal(WalError::RecordTooLarge { .. })) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Error::Store(kv_store::Error::Wal(WalError::Poisoned(_) | WalError::Closed)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Error::Store(_) | Error::Internal(_) | Error::Io { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Error::Store(kv_store::Error::KeyNotFound) => Error::KeyNotFound.to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The response for `error`: its status, `{"detail": …}`, and the headers the status needs.
+pub fn error_response(error: &Error) -> Response<Full<Bytes>> {
+    let status = error.status();
+    if status.is_server_error() {
+        tracing::error!(%error, "request failed");
+    }
+    let body = serde_json::json!({ "detail": error.detail() });
+    let mut response = json_response(status, body.to_string().into_bytes());
+    let headers = response.headers_mut();
+    match error {
+        Error::MethodNotAllowed { allow } => {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        Error::NotLeader { location, .. } => {
+            if let Ok(location) = HeaderValue::from_str(location) {
+                headers.insert(header::LOCATION, location);
+            }
+        }
+        _ => {}
+    }
+    response
+}
+
+/// A response with a JSON body.
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,293 @@
+//! One function per endpoint. Each returns a response or an [`Error`]; none builds an error
+//! response itself.
+
+use std::error::Error as StdError;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Body;
+use kv_store::{Op, Store, Value, ValueKind};
+use kv_wal::SyncPolicy;
+use serde::Serialize;
+use std::sync::Arc;
+
+use crate::body::{self, OCTET_STREAM};
+use crate::error::{json_response, Error, Result};
+use crate::options::{KEYS_LIMIT_DEFAULT, KEYS_LIMIT_MAX};
+use crate::percent::{percent_decode, query_parameter};
+use crate::state::{AppState, NodeRole};
+
+/// Decodes the key of `/key/{key}`: percent-decoded, non-empty, at most `key_bytes_max`
+/// bytes, UTF-8.
+pub fn decode_key(encoded_key: &str, key_bytes_max: usize) -> Result<String> {
+    let too_long = |key_bytes| Error::KeyTooLong {
+        key_bytes,
+        limit_bytes: key_bytes_max,
+    };
+    // Every decoded byte takes at most three encoded ones: reject huge keys before decoding.
+    if encoded_key.len() / 3 > key_bytes_max {
+        return Err(too_long(encoded_key.len() / 3));
+    }
+    let key = percent_decode(encoded_key, false).map_err(Error::InvalidKey)?;
+    if key.len() > key_bytes_max {
+        return Err(too_long(key.len()));
+    }
+    if key.is_empty() {
+        return Err(Error::InvalidKey("the key must not be empty".to_owned()));
+    }
+    String::from_utf8(key.into_owned())
+        .map_err(|_| Error::InvalidKey("the key is not valid UTF-8".to_owned()))
+}
+
+/// `GET /key/{key}`: `{"key":k,"value":v}` for JSON clients, the bytes for
+/// `Accept: application/octet-stream`.
+pub fn get_key(state: &AppState, key: &str, headers: &HeaderMap) -> Result<Response<Full<Bytes>>> {
+    let entry = state.store.get(key.as_bytes()).ok_or(Error::KeyNotFound)?;
+    let (kind, value) = (entry.value_kind(), entry.value_bytes());
+    if body::accepts_octet_stream(headers) {
+        let bytes = match kind {
+            ValueKind::Raw => value.to_vec(),
+            // A JSON string is returned as its text; any other JSON value as compact JSON.
+            ValueKind::Json => match serde_json::from_slice::<String>(value) {
+                Ok(text) if value.first() == Some(&b'"') => text.into_bytes(),
+                _ => value.to_vec(),
+            },
+        };
+        let mut response = Response::new(Full::new(Bytes::from(bytes)));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(OCTET_STREAM));
+        return Ok(response);
+    }
+    let mut body = Vec::with_capacity(value.len() + key.len() + 32);
+    body.extend_from_slice(br#"{"key":"#);
+    serde_json::to_writer(&mut body, key).expect("writing to a Vec cannot fail");
+    body.extend_from_slice(br#","value":"#);
+    match kind {
+        // Stored as compact JSON text: spliced in as is.
+        ValueKind::Json => body.extend_from_slice(value),
+        ValueKind::Raw => match std::str::from_utf8(value) {
+            Ok(text) => serde_json::to_writer(&mut body, text).expect("writing to a Vec"),
+            Err(_) => {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+                serde_json::to_writer(&mut body, &encoded).expect("writing to a Vec");
+                body.extend_from_slice(br#","encoding":"base64""#);
+            }
+        },
+    }
+    body.push(b'}');
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// `PUT /key/{key}`: stores the JSON `value` of the body, or the body's bytes when it is
+/// `application/octet-stream`; answers once the entry is durable and applied.
+pub async fn put_key<B>(
+    state: &AppState,
+    key: String,
+    parts: &Parts,
+    body: B,
+) -> Result<Response<Full<Bytes>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    require_leader(state, parts)?;
+    let bytes = body::read_body(body, &parts.headers, &state.options).await?;
+    let value = if body::is_octet_stream(&parts.headers) {
+        Value::raw(bytes)
+    } else {
+        Value::json(body::value_from_put_body(&bytes)?)
+    };
+    let op = Op::Set {
+        key: key.into_bytes(),
+        value,
+    };
+    let id = write(&state.store, op).await?;
+    Ok(written(id))
+}
+
+/// `DELETE /key/{key}`: removes the key; 404 (and nothing written) when it is absent.
+pub async fn delete_key(
+    state: &AppState,
+    key: String,
+    parts: &Parts,
+) -> Result<Response<Full<Bytes>>> {
+    require_leader(state, parts)?;
+    let id = write(
+        &state.store,
+        Op::Delete {
+            key: key.into_bytes(),
+        },
+    )
+    .await?;
+    Ok(written(id))
+}
+
+fn require_leader(state: &AppState, parts: &Parts) -> Result<()> {
+    match state.role() {
+        NodeRole::Leader => Ok(()),
+        NodeRole::Follower { leader_url } => {
+            let path_and_query = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |path_and_query| path_and_query.as_str());
+            let location = format!("{}{path_and_query}", leader_url.trim_end_matches('/'));
+            Err(Error::NotLeader {
+                leader_url,
+                location,
+            })
+        }
+    }
+}
+
+/// Runs a write to completion on a task of its own, so a client that hangs up cannot leave
+/// its durable entry unapplied. Under `SyncPolicy::Always` the WAL fsyncs inside the submit
+/// call, so that write runs on the blocking pool instead of stalling an async worker.
+async fn write(store: &Arc<Store>, op: Op) -> Result<u64> {
+    let store = store.clone();
+    let joined = if store.wal().sync_policy() == SyncPolicy::Always {
+        tokio::task::spawn_blocking(move || store.write_blocking(op)).await
+    } else {
+        tokio::spawn(async move { store.write(op).await }).await
+    };
+    let id = joined.map_err(|error| Error::Internal(format!("write task failed: {error}")))??;
+    Ok(id)
+}
+
+fn written(id: u64) -> Response<Full<Bytes>> {
+    let body = format!(r#"{{"status":"ok","id":{id}}}"#);
+    json_response(StatusCode::OK, body.into_bytes())
+}
+
+#[derive(Serialize)]
+struct KeysBody {
+    keys: Vec<String>,
+    count: usize,
+}
+
+/// `GET /keys?prefix=&limit=&after=`: keys with the prefix, in byte order, at most `limit`
+/// (default 1000, at most 10000), after the key `after` when given.
+pub fn list_keys(state: &AppState, query: &str) -> Result<Response<Full<Bytes>>> {
+    let parameter = |name| query_parameter(query, name).map_err(Error::InvalidQuery);
+    let prefix = parameter("prefix")?.unwrap_or_default();
+    let after = parameter("after")?;
+    let limit = match parameter("limit")? {
+        None => KEYS_LIMIT_DEFAULT,
+        Some(text) => std::str::from_utf8(&text)
+            .ok()
+            .and_then(|text| text.parse::<usize>().ok())
+            .filter(|&limit| limit <= KEYS_LIMIT_MAX)
+            .ok_or_else(|| {
+                Error::InvalidQuery(format!(
+                    "limit must be an integer from 0 to {KEYS_LIMIT_MAX}"
+                ))
+            })?,
+    };
+    let entries = state.store.scan_prefix(&prefix, after.as_deref(), limit);
+    let keys: Vec<String> = entries
+        .iter()
+        .map(|entry| String::from_utf8_lossy(entry.key()).into_owned())
+        .collect();
+    let body = KeysBody {
+        count: keys.len(),
+        keys,
+    };
+    Ok(json_response(StatusCode::OK, to_json(&body)))
+}
+
+#[derive(Serialize)]
+struct SegmentBody {
+    path: String,
+    size: u64,
+    is_active: bool,
+    first_id: u64,
+    last_id: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct SegmentsBody {
+    segments: Vec<SegmentBody>,
+    total_segments: usize,
+    max_segment_size: u64,
+}
+
+/// `GET /segments`: the WAL's segment files.
+pub fn segments(state: &AppState) -> Response<Full<Bytes>> {
+    let wal = state.store.wal();
+    let segments: Vec<SegmentBody> = wal
+        .segments()
+        .into_iter()
+        .map(|segment| SegmentBody {
+            path: segment.path.display().to_string(),
+            size: segment.size_bytes,
+            is_active: segment.is_active,
+            first_id: segment.first_id,
+            last_id: segment.last_id,
+        })
+        .collect();
+    let body = SegmentsBody {
+        total_segments: segments.len(),
+        segments,
+        max_segment_size: wal.segment_bytes_max(),
+    };
+    json_response(StatusCode::OK, to_json(&body))
+}
+
+#[derive(Serialize)]
+struct HealthBody<'a> {
+    status: &'a str,
+    role: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    applied_id: u64,
+    last_id: Option<u64>,
+    durable_id: u64,
+    next_id: u64,
+    keys: usize,
+}
+
+/// `GET /health`: 200 while the node can take writes, 503 once its WAL refuses them.
+pub fn health(state: &AppState) -> Response<Full<Bytes>> {
+    let store = &state.store;
+    let wal = store.wal();
+    let poisoned = wal.poisoned();
+    let role = state.role();
+    let body = HealthBody {
+        status: if poisoned.is_some() {
+            "unavailable"
+        } else {
+            "ok"
+        },
+        role: role.name(),
+        detail: poisoned.map(|reason| format!("the WAL refuses writes: {reason}")),
+        applied_id: store.applied_id(),
+        last_id: wal.last_id(),
+        durable_id: wal.durable_id(),
+        next_id: wal.next_id(),
+        keys: store.key_count(),
+    };
+    let status = if body.detail.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json_response(status, to_json(&body))
+}
+
+/// `GET /metrics`: Prometheus text.
+pub fn metrics(state: &AppState) -> Response<Full<Bytes>> {
+    let text = state.metrics.render(&state.store, state.role().name());
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+fn to_json(body: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(body).expect("response bodies always serialize")
+}

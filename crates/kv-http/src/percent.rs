@@ -1,0 +1,106 @@
+//! Percent-decoding of path segments and query strings (RFC 3986), without allocating for
+//! input that has nothing to decode.
+
+use std::borrow::Cow;
+
+/// Decodes `%XX` escapes. `plus_is_space` turns `+` into a space (query strings, HTML-form
+/// style); path segments keep `+` as is. Fails on a `%` not followed by two hex digits.
+pub fn percent_decode(text: &str, plus_is_space: bool) -> Result<Cow<'_, [u8]>, String> {
+    let bytes = text.as_bytes();
+    let needs_decoding = bytes.contains(&b'%') || (plus_is_space && bytes.contains(&b'+'));
+    if !needs_decoding {
+        return Ok(Cow::Borrowed(bytes));
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' => {
+                let high = bytes.get(index + 1).copied().and_then(hex_value);
+                let low = bytes.get(index + 2).copied().and_then(hex_value);
+                let (Some(high), Some(low)) = (high, low) else {
+                    return Err(format!("bad percent-escape at byte {index}"));
+                };
+                out.push(high << 4 | low);
+                index += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                index += 1;
+            }
+            byte => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    Ok(Cow::Owned(out))
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The decoded value of the first `name=value` pair in a query string, if present.
+pub fn query_parameter(query: &str, name: &str) -> Result<Option<Vec<u8>>, String> {
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decode(key, true)?.as_ref() == name.as_bytes() {
+            return Ok(Some(percent_decode(value, true)?.into_owned()));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_escapes_and_keeps_plain_text_borrowed() {
+        assert!(matches!(
+            percent_decode("key6", false),
+            Ok(Cow::Borrowed(b"key6"))
+        ));
+        assert_eq!(
+            percent_decode("a%2Fb%2fc", false).unwrap().as_ref(),
+            b"a/b/c"
+        );
+        assert_eq!(
+            percent_decode("%CE%BA", false).unwrap().as_ref(),
+            "κ".as_bytes()
+        );
+        assert_eq!(percent_decode("a+b", false).unwrap().as_ref(), b"a+b");
+        assert_eq!(percent_decode("a+b", true).unwrap().as_ref(), b"a b");
+        assert_eq!(percent_decode("%00", false).unwrap().as_ref(), [0]);
+    }
+
+    #[test]
+    fn rejects_broken_escapes() {
+        for text in ["%", "%4", "%zz", "a%g0", "%%41"] {
+            assert!(percent_decode(text, false).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn finds_query_parameters() {
+        let query = "limit=5&prefix=a%2Fb+c&empty=&flag";
+        assert_eq!(
+            query_parameter(query, "prefix").unwrap(),
+            Some(b"a/b c".to_vec())
+        );
+        assert_eq!(
+            query_parameter(query, "limit").unwrap(),
+            Some(b"5".to_vec())
+        );
+        assert_eq!(query_parameter(query, "empty").unwrap(), Some(Vec::new()));
+        assert_eq!(query_parameter(query, "flag").unwrap(), Some(Vec::new()));
+        assert_eq!(query_parameter(query, "missing").unwrap(), None);
+        assert!(query_parameter("prefix=%zz", "prefix").is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! Which endpoint a request is for, decided from its path alone; the method is checked by
+//! the caller against [`Route::allowed_methods`].
+
+use http::Method;
+
+/// An endpoint of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `/key/{key}`, with the key still percent-encoded.
+    Key(&'a str),
+    /// `/keys`
+    Keys,
+    /// `/segments`
+    Segments,
+    /// `/health`
+    Health,
+    /// `/metrics`
+    Metrics,
+}
+
+/// Route names used as metric labels (and their index in metric arrays).
+pub const ROUTE_LABELS: [&str; 6] = [
+    "/key/{key}",
+    "/keys",
+    "/segments",
+    "/health",
+    "/metrics",
+    "unknown",
+];
+/// Index of the label for paths that match no route.
+pub const ROUTE_LABEL_UNKNOWN: usize = 5;
+
+impl<'a> Route<'a> {
+    /// The route for `path`, if any. `/key/a/b` is no route: a key is one path segment
+    /// (a `/` inside a key is sent as `%2F`).
+    pub fn from_path(path: &'a str) -> Option<Route<'a>> {
+        if let Some(encoded_key) = path.strip_prefix("/key/") {
+            return (!encoded_key.contains('/')).then_some(Route::Key(encoded_key));
+        }
+        match path {
+            "/keys" => Some(Route::Keys),
+            "/segments" => Some(Route::Segments),
+            "/health" => Some(Route::Health),
+            "/metrics" => Some(Route::Metrics),
+            _ => None,
+        }
+    }
+
+    /// The methods the route answers, in `Allow` header form.
+    pub fn allowed_methods(&self) -> &'static str {
+        match self {
+            Route::Key(_) => "GET, PUT, DELETE",
+            _ => "GET",
+        }
+    }
+
+    /// Whether `method` is one of [`Route::allowed_methods`].
+    pub fn allows(&self, method: &Method) -> bool {
+        match self {
+            Route::Key(_) => {
+                *method == Method::GET || *method == Method::PUT || *method == Method::DELETE
+            }
+            _ => *method == Method::GET,
+        }
+    }
+
+    /// Index of the route's metric label in [`ROUTE_LABELS`].
+    pub fn label_index(&self) -> usize {
+        match self {
+            Route::Key(_) => 0,
+            Route::Keys => 1,
+            Route::Segments => 2,
+            Route::Health => 3,
+            Route::Metrics => 4,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_routes() {
+        assert_eq!(Route::from_path("/key/key6"), Some(Route::Key("key6")));
+        assert_eq!(Route::from_path("/key/a%2Fb"), Some(Route::Key("a%2Fb")));
+        assert_eq!(Route::from_path("/key/"), Some(Route::Key("")));
+        assert_eq!(Route::from_path("/key/a/b"), None);
+        assert_eq!(Route::from_path("/key"), None);
+        assert_eq!(Route::from_path("/keys"), Some(Route::Keys));
+        assert_eq!(Route::from_path("/segments"), Some(Route::Segments));
+        assert_eq!(Route::from_path("/health"), Some(Route::Health));
+        assert_eq!(Route::from_path("/metrics"), Some(Route::Metrics));
+        assert_eq!(Route::from_path("/"), None);
+        assert_eq!(Route::from_path("/segments/"), None);
+    }
+
+    #[test]
+    fn labels_line_up_with_routes() {
+        for (route, label) in [
+            (Route::Key("k"), "/key/{key}"),
+            (Route::Keys, "/keys"),
+            (Route::Segments, "/segments"),
+            (Route::Health, "/health"),
+            (Route::Metrics, "/metrics"),
+        ] {
+            assert_eq!(ROUTE_LABELS[route.label_index()], label);
+        }
+        assert_eq!(ROUTE_LABELS[ROUTE_LABEL_UNKNOWN], "unknown");
+    }
+}

@@ -1,0 +1,67 @@
+//! The request handler: routing, the method check, metrics, and the single point where an
+//! error becomes a response. Callable without a socket: tests hand it requests directly.
+
+use std::error::Error as StdError;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Body;
+
+use crate::error::{error_response, Error, Result};
+use crate::handlers;
+use crate::route::{Route, ROUTE_LABEL_UNKNOWN};
+use crate::state::AppState;
+
+/// Answers one request. Never fails: every error is answered with its status and a JSON
+/// `{"detail": …}` body.
+pub async fn handle<B>(state: &AppState, request: Request<B>) -> Response<Full<Bytes>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route_label_index = Route::from_path(request.uri().path())
+        .map_or(ROUTE_LABEL_UNKNOWN, |route| route.label_index());
+    let response = match dispatch(state, request).await {
+        Ok(response) => response,
+        Err(error) => error_response(&error),
+    };
+    state.metrics.record_request(
+        route_label_index,
+        &method,
+        response.status(),
+        started.elapsed(),
+    );
+    response
+}
+
+async fn dispatch<B>(state: &AppState, request: Request<B>) -> Result<Response<Full<Bytes>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let (parts, body) = request.into_parts();
+    let route = Route::from_path(parts.uri.path()).ok_or(Error::RouteNotFound)?;
+    if !route.allows(&parts.method) {
+        return Err(Error::MethodNotAllowed {
+            allow: route.allowed_methods(),
+        });
+    }
+    match route {
+        Route::Key(encoded_key) => {
+            let key = handlers::decode_key(encoded_key, state.options.key_bytes_max)?;
+            match parts.method {
+                Method::GET => handlers::get_key(state, &key, &parts.headers),
+                Method::PUT => handlers::put_key(state, key, &parts, body).await,
+                _ => handlers::delete_key(state, key, &parts).await,
+            }
+        }
+        Route::Keys => handlers::list_keys(state, parts.uri.query().unwrap_or_default()),
+        Route::Segments => Ok(handlers::segments(state)),
+        Route::Health => Ok(handlers::health(state)),
+        Route::Metrics => Ok(handlers::metrics(state)),
+    }
+}

@@ -1,0 +1,7 @@
+//! kv-http's integration tests: every route and every bad input through the service called
+//! directly (no socket), and the server's connection handling over loopback.
+
+mod bad_input;
+mod routes;
+mod server;
+mod support;

@@ -1,0 +1,99 @@
+//! A store on a temp dir behind an [`AppState`], and a way to call the service directly.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use kv_http::{AppState, HttpOptions, NodeRole};
+use kv_store::{Store, StoreOptions};
+
+pub struct Node {
+    pub state: Arc<AppState>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn node_with(options: HttpOptions, role: NodeRole) -> Node {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (store, _report) =
+        Store::open(dir.path().join("wal"), StoreOptions::default()).expect("open store");
+    let state = Arc::new(AppState::new(Arc::new(store), role, options));
+    Node { state, _dir: dir }
+}
+
+pub fn node() -> Node {
+    node_with(HttpOptions::default(), NodeRole::Leader)
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
+            panic!(
+                "not JSON ({error}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn detail(&self) -> String {
+        self.json()["detail"]
+            .as_str()
+            .expect("a detail string")
+            .to_owned()
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header"))
+            .to_str()
+            .expect("ASCII header")
+    }
+}
+
+pub async fn call_with(node: &Node, request: Request<Full<Bytes>>) -> Answer {
+    let response = kv_http::handle(&node.state, request).await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("full body")
+        .to_bytes();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn call(node: &Node, method: Method, uri: &str, body: &str) -> Answer {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request");
+    call_with(node, request).await
+}
+
+pub async fn get(node: &Node, uri: &str) -> Answer {
+    call(node, Method::GET, uri, "").await
+}
+
+pub async fn put(node: &Node, uri: &str, body: &str) -> Answer {
+    call(node, Method::PUT, uri, body).await
+}
+
+/// What a request may not change: the WAL's next id and the number of keys.
+pub fn footprint(node: &Node) -> (u64, usize) {
+    let store = &node.state.store;
+    (store.wal().next_id(), store.key_count())
+}
