@@ -1,0 +1,100 @@
+//! The leader role: open the store (replaying the WAL), serve the HTTP API, and on
+//! SIGINT/SIGTERM stop accepting, let in-flight requests finish and sync the WAL.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use kv_http::{AppState, NodeRole};
+use kv_store::{Store, StoreOptions, EPOCH_DEFAULT};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::config::NodeConfig;
+
+/// Runs the leader until a shutdown signal; returns once the WAL is synced and closed.
+pub fn run_leader(config: NodeConfig) -> anyhow::Result<()> {
+    let opening_started = Instant::now();
+    let wal_dir = config.wal_dir();
+    tracing::info!(
+        wal_dir = %wal_dir.display(),
+        sync_policy = %config.sync_policy,
+        recovery_mode = %config.recovery_mode,
+        segment_bytes_max = config.segment_bytes_max,
+        "opening the store"
+    );
+    let options = StoreOptions {
+        wal: config.wal_options(),
+        epoch: EPOCH_DEFAULT,
+    };
+    let (store, report) = Store::open(&wal_dir, options)
+        .with_context(|| format!("cannot open the store in {}", wal_dir.display()))?;
+    if report.is_clean() {
+        tracing::info!(%report, "WAL recovered");
+    } else {
+        tracing::warn!(%report, "WAL recovered after repairing damage");
+    }
+    tracing::info!(
+        keys = store.key_count(),
+        applied_id = store.applied_id(),
+        elapsed_ms = opening_started.elapsed().as_millis() as u64,
+        "store ready"
+    );
+    let store = Arc::new(store);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let served = runtime.block_on(serve(&config, store.clone()));
+    drop(runtime);
+    let closed = store.close().context("cannot sync and close the WAL");
+    served?;
+    closed?;
+    tracing::info!(last_id = ?store.wal().last_id(), "WAL synced and closed; bye");
+    Ok(())
+}
+
+async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
+    // Signal handlers go in before the address is announced, so a signal sent as soon as the
+    // node is up is a clean shutdown, not a kill.
+    let shutdown = ShutdownSignals::install()?;
+    let listener = kv_http::bind(&config.listen).await?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    tracing::info!(%address, "listening on {address}");
+    // Also on stdout, for scripts and tests that need the port.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {address}").context("cannot write to stdout")?;
+    stdout.flush().context("cannot write to stdout")?;
+    drop(stdout);
+    let state = Arc::new(AppState::new(store, NodeRole::Leader, config.http.clone()));
+    kv_http::serve(listener, state, shutdown.received()).await?;
+    tracing::info!("all connections closed");
+    Ok(())
+}
+
+struct ShutdownSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<ShutdownSignals> {
+        Ok(ShutdownSignals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    async fn received(mut self) {
+        let name = tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(
+            signal = name,
+            "shutting down: no new connections, finishing requests in flight"
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! The command line itself: help, validation, the follower's not-yet state.
+
+use crate::harness::kvd_command;
+
+fn output(args: &[&str]) -> (bool, String, String) {
+    let child = kvd_command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn kvd");
+    let output = child.wait_with_output().expect("kvd output");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_explains_every_option() {
+    let (success, stdout, _) = output(&["leader", "--help"]);
+    assert!(success);
+    for option in [
+        "--listen",
+        "--data-dir",
+        "--config",
+        "--max-segment-size",
+        "--sync-policy",
+        "--recovery-mode",
+        "--max-body-bytes",
+        "--max-key-bytes",
+        "--max-connections",
+        "--header-read-timeout-ms",
+        "--body-read-timeout-ms",
+        "--shutdown-timeout-ms",
+        "--log-level",
+        "--log-format",
+        "KVD_LISTEN",
+        "MAX_SEGMENT_SIZE",
+    ] {
+        assert!(
+            stdout.contains(option),
+            "leader --help does not mention {option}"
+        );
+    }
+    let (success, stdout, _) = output(&["follower", "--help"]);
+    assert!(success);
+    assert!(stdout.contains("--leader") && stdout.contains("follower-N"));
+    let (success, stdout, _) = output(&["--help"]);
+    assert!(success && stdout.contains("leader") && stdout.contains("follower"));
+}
+
+#[test]
+fn bad_settings_fail_before_anything_starts() {
+    let (success, _, stderr) = output(&["leader", "--sync-policy", "sometimes"]);
+    assert!(!success && stderr.contains("sync policy"), "{stderr}");
+    let (success, _, stderr) = output(&["leader", "--max-segment-size", "12X"]);
+    assert!(!success && stderr.contains("size suffix"), "{stderr}");
+}
+
+#[test]
+fn a_follower_validates_its_config_then_says_replication_is_not_built() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("f1");
+    let child = kvd_command(&[
+        "follower",
+        "1",
+        "--data-dir",
+        data_dir.to_str().expect("UTF-8"),
+    ])
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn kvd");
+    let pid = child.id();
+    let finished = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&finished.stderr);
+    assert!(!finished.status.success(), "pid {pid}");
+    assert!(stderr.contains("replication is not built yet"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:8001"), "{stderr}");
+    let (success, _, stderr) = output(&["follower", "follower-0"]);
+    assert!(
+        !success && stderr.contains("invalid follower id"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,230 @@
+//! Starting and stopping `kvd`, and a minimal HTTP/1.1 client over `std::net::TcpStream`.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The deadline of every wait in these tests.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Env variables kvd reads; cleared so the host's environment cannot change a test.
+const KVD_ENV: [&str; 15] = [
+    "KVD_LISTEN",
+    "KVD_DATA_DIR",
+    "KVD_CONFIG",
+    "KVD_MAX_SEGMENT_SIZE",
+    "MAX_SEGMENT_SIZE",
+    "KVD_SYNC_POLICY",
+    "KVD_RECOVERY_MODE",
+    "KVD_MAX_BODY_BYTES",
+    "KVD_MAX_KEY_BYTES",
+    "KVD_MAX_CONNECTIONS",
+    "KVD_HEADER_READ_TIMEOUT_MS",
+    "KVD_BODY_READ_TIMEOUT_MS",
+    "KVD_SHUTDOWN_TIMEOUT_MS",
+    "KVD_LOG_FORMAT",
+    "KVD_LEADER",
+];
+
+/// A `kvd` command with a clean environment and the given arguments.
+pub fn kvd_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kvd"));
+    for name in KVD_ENV {
+        command.env_remove(name);
+    }
+    command.env("KVD_LOG_LEVEL", "info").args(args);
+    command
+}
+
+/// A running `kvd leader`.
+pub struct Kvd {
+    child: Option<Child>,
+    pub address: SocketAddr,
+    stderr_path: PathBuf,
+}
+
+impl Kvd {
+    /// Starts `kvd leader` on an ephemeral port with `data_dir`; returns once it has printed
+    /// the address it listens on.
+    pub fn start(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Kvd {
+        let stderr_path = data_dir.with_extension(format!("stderr-{}.log", std::process::id()));
+        let stderr = File::create(&stderr_path).expect("stderr file");
+        let data_dir = data_dir.to_str().expect("UTF-8 path");
+        let mut args = vec!["leader", "--listen", "127.0.0.1:0", "--data-dir", data_dir];
+        args.extend_from_slice(extra_args);
+        let mut command = kvd_command(&args);
+        command
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let mut child = command.spawn().expect("spawn kvd");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(address) = line.strip_prefix("listening on ") {
+                    let _ = sender.send(address.parse::<SocketAddr>().expect("address"));
+                }
+            }
+        });
+        let address = match receiver.recv_timeout(DEADLINE) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "kvd did not start:\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+        };
+        Kvd {
+            child: Some(child),
+            address,
+            stderr_path,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no chance to sync or clean up.
+    pub fn kill_9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        wait_with_deadline(self.child.take().expect("running"))
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
+        request(
+            self.address,
+            method,
+            path,
+            &[("Content-Type", "application/json")],
+            body.map(str::as_bytes),
+        )
+        .unwrap_or_else(|error| panic!("{method} {path}: {error}\nkvd stderr:\n{}", self.stderr()))
+    }
+
+    pub fn json(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let answer = self.request(method, path, body);
+        (answer.status, answer.json())
+    }
+}
+
+impl Drop for Kvd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// Waits for `child` to exit, failing the test after [`DEADLINE`].
+pub fn wait_with_deadline(mut child: Child) -> ExitStatus {
+    let pid = child.id();
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait());
+    });
+    receiver
+        .recv_timeout(DEADLINE)
+        .unwrap_or_else(|_| panic!("kvd (pid {pid}) did not exit in time"))
+        .expect("wait")
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
+            panic!(
+                "not JSON ({error}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`), read to the end.
+pub fn request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() || method == "PUT" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw).ok_or_else(|| {
+        std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw)))
+    })
+}
+
+fn parse_response(raw: &[u8]) -> Option<Answer> {
+    let head_end = raw.windows(4).position(|window| window == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..head_end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect();
+    let body = raw[head_end + 4..].to_vec();
+    let answer = Answer {
+        status,
+        headers,
+        body,
+    };
+    if let Some(length) = answer.header("content-length") {
+        if length.parse::<usize>().ok()? != answer.body.len() {
+            return None;
+        }
+    }
+    Some(answer)
+}

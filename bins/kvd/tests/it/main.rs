@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `kvd` binary on an ephemeral port with a temp data dir, driven
+//! over HTTP the way the original project's README drives it with curl.
+
+mod cli;
+mod harness;
+mod restart;
+mod walkthrough;
