@@ -64,7 +64,7 @@ impl<'a> Route<'a> {
         }
     }
 
-    /// Index of the route's metric label in [`ROUTE_LABELS`].
+    /// Index of the route's metric label (in `ROUTE_LABELS`, the `route` label of metrics).
     pub fn label_index(&self) -> usize {
         match self {
             Route::Key(_) => 0,
