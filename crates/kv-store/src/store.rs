@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use kv_wal::{AppendTicket, RecoveryReport, Wal, WalOptions};
+use kv_wal::{AppendTicket, RecoveryReport, SyncPolicy, Wal, WalOptions};
 
 use crate::entry::{LogEntry, Op};
 use crate::error::{Error, Result};
@@ -122,6 +122,35 @@ impl Store {
         let id = *ticket.ids().start();
         pending.push_back((id, entry.op));
         Ok(Submitted { id, ticket })
+    }
+
+    /// Appends frames exactly as another node's WAL encoded them (a follower copying its
+    /// leader) and queues their entries for [`Store::apply_through`], as [`Store::submit`] does
+    /// for local writes. Returns the WAL's ticket (its `ids()` are the frames' ids).
+    ///
+    /// Every frame's CRC, the continuity of ids and every payload's entry encoding are checked
+    /// before anything is written; a payload that is not a store entry fails with
+    /// [`Error::Decode`] naming its id, and nothing is appended.
+    pub fn submit_frames(&self, frames: &[u8], policy: SyncPolicy) -> Result<AppendTicket> {
+        let decoded = kv_wal::frame::decode_all(frames).map_err(|(offset, reason)| {
+            kv_wal::Error::Corrupt {
+                segment: "<frames to append>".into(),
+                offset: offset as u64,
+                reason,
+            }
+        })?;
+        let mut ops = Vec::with_capacity(decoded.len());
+        for frame in &decoded {
+            let entry = LogEntry::decode(frame.payload).map_err(|reason| Error::Decode {
+                id: frame.id,
+                reason,
+            })?;
+            ops.push((frame.id, entry.op));
+        }
+        let mut pending = lock(&self.pending);
+        let ticket = self.wal.append_frames(frames, policy)?;
+        pending.extend(ops);
+        Ok(ticket)
     }
 
     /// Applies every pending op with an id `<= through_id`, in id order; returns the applied

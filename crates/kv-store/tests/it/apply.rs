@@ -131,3 +131,88 @@ fn new_entries_carry_the_store_epoch() {
     assert_eq!(entry.epoch, 9);
     assert_eq!(entry.op, set("k", "1"));
 }
+
+#[test]
+fn frames_copied_from_another_log_apply_up_to_a_commit_id() {
+    let leader_dir = tempfile::tempdir().expect("temp dir");
+    let follower_dir = tempfile::tempdir().expect("temp dir");
+    let leader = open(leader_dir.path());
+    for index in 1..=5 {
+        leader
+            .write_blocking(set(&format!("k{index}"), &index.to_string()))
+            .expect("leader write");
+    }
+    leader
+        .write_blocking(Op::Delete {
+            key: b"k1".to_vec(),
+        })
+        .expect("leader delete");
+    let batch = leader
+        .wal()
+        .read_frames(1, usize::MAX, u64::MAX)
+        .expect("read frames")
+        .expect("frames");
+    assert_eq!((batch.first_id, batch.last_id), (1, 6));
+
+    let follower = open(follower_dir.path());
+    let ticket = follower
+        .submit_frames(&batch.bytes, kv_wal::SyncPolicy::Batch)
+        .expect("submit frames");
+    assert_eq!(ticket.ids(), 1..=6);
+    ticket.wait().expect("durable");
+    assert_eq!(
+        follower.key_count(),
+        0,
+        "nothing applied before the commit id"
+    );
+    // The commit id (a quorum's durable id) lags: apply only up to it.
+    assert_eq!(follower.apply_through(3), 3);
+    let keys: Vec<Vec<u8>> = follower
+        .scan_prefix(b"", None, 10)
+        .iter()
+        .map(|entry| entry.key().to_vec())
+        .collect();
+    assert_eq!(keys, [b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec()]);
+    assert_eq!(follower.apply_through(6), 6);
+    assert!(follower.get(b"k1").is_none());
+    assert_eq!(follower.key_count(), 4);
+    assert_eq!(
+        follower.get(b"k5").expect("k5").value_bytes(),
+        leader.get(b"k5").expect("k5").value_bytes()
+    );
+}
+
+#[test]
+fn copied_frames_that_are_not_entries_are_refused_whole() {
+    let source_dir = tempfile::tempdir().expect("temp dir");
+    let (source, _) = Wal::open(source_dir.path(), WalOptions::default()).expect("open wal");
+    let good = kv_store::LogEntry {
+        epoch: 1,
+        op: set("k", "1"),
+    }
+    .encode();
+    source.append(&good).expect("append");
+    source.append(b"not an entry").expect("append");
+    let batch = source
+        .read_frames(1, usize::MAX, u64::MAX)
+        .expect("read")
+        .expect("frames");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    let error = store
+        .submit_frames(&batch.bytes, kv_wal::SyncPolicy::Batch)
+        .unwrap_err();
+    assert!(matches!(error, Error::Decode { id: 2, .. }), "{error}");
+    let mut damaged = batch.bytes.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    let error = store
+        .submit_frames(&damaged, kv_wal::SyncPolicy::Batch)
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Wal(kv_wal::Error::Corrupt { .. })),
+        "{error}"
+    );
+    assert_eq!((store.wal().next_id(), store.pending_count()), (1, 0));
+}
