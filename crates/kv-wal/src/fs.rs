@@ -25,8 +25,8 @@ pub trait WalFile: Send + Sync + fmt::Debug {
     fn sync_data(&self) -> io::Result<()>;
     /// Sets the file length, cutting or zero-extending it.
     fn set_len(&self, len: u64) -> io::Result<()>;
-    /// The current file length.
-    fn len(&self) -> io::Result<u64>;
+    /// The current file length in bytes.
+    fn size_bytes(&self) -> io::Result<u64>;
 }
 
 /// A held directory lock; dropping it releases the lock.
@@ -79,7 +79,7 @@ impl WalFile for StdFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size_bytes(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 }
@@ -234,8 +234,8 @@ impl WalFile for FaultyFile {
         self.plan.on_write()?;
         self.inner.set_len(len)
     }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
+    fn size_bytes(&self) -> io::Result<u64> {
+        self.inner.size_bytes()
     }
 }
 

@@ -115,7 +115,7 @@ impl SegmentReader {
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 skips
                     .iter()
-                    .find(|skip| skip.from == self.offset)
+                    .find(|skip| skip.from == self.offset && skip.to > skip.from)
                     .map(|skip| skip.to)
             };
             match skip_to {

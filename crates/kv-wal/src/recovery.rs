@@ -99,7 +99,7 @@ pub(crate) fn recover(
         }
 
         let file = fs.open(&entry.path).at(&entry.path)?;
-        let file_len = file.len().at(&entry.path)?;
+        let file_len = file.size_bytes().at(&entry.path)?;
         let header_problem = check_header(&*file, file_len, log_id, entry, previous_last_id);
         if let Err(reason) = header_problem {
             let torn_creation = is_last && file_len <= SEGMENT_HEADER_BYTES as u64;
@@ -230,10 +230,12 @@ pub(crate) fn recover(
                                     last_missing_id: id - 1,
                                     reason: damage.reason.clone(),
                                 });
-                                skips.push(SkipRange {
-                                    from: damage.offset,
-                                    to: offset,
-                                });
+                                if offset > damage.offset {
+                                    skips.push(SkipRange {
+                                        from: damage.offset,
+                                        to: offset,
+                                    });
+                                }
                                 good_before = id;
                             }
                             None if !is_last => {

@@ -22,7 +22,7 @@ pub(crate) const INDEX_INTERVAL_BYTES: u64 = 16 * 1024;
 /// Suffix of segment file names.
 pub(crate) const SEGMENT_SUFFIX: &str = ".wal";
 
-const _: () = assert!(SEGMENT_HEADER_BYTES % 8 == 0);
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(8));
 const _: () = assert!(SEAL_BYTES == 28);
 
 /// The fixed header at the start of each segment file.
@@ -235,7 +235,38 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64) -> ScanResult {
                     Some(problem) => problem,
                 }
             }
-            Ok(frame) => format!("record id {} where {expected_id} was expected", frame.id),
+            Ok(frame) => {
+                let reason = format!("record id {} where {expected_id} was expected", frame.id);
+                if frame.id > expected_id {
+                    // Records are missing here; this one is good and is where reading resumes.
+                    result.damages.push(Damage {
+                        offset: position as u64,
+                        reason,
+                        resume: Some((position as u64, frame.id)),
+                        zeroed_to_end: false,
+                    });
+                    damaged = true;
+                    expected_id = frame.id;
+                    continue;
+                }
+                // A replayed or out-of-order record: skip it whole.
+                let resume = find_resume(bytes, position + frame.encoded_len(), expected_id);
+                result.damages.push(Damage {
+                    offset: position as u64,
+                    reason,
+                    resume: resume.map(|(offset, id)| (offset as u64, id)),
+                    zeroed_to_end: false,
+                });
+                damaged = true;
+                match resume {
+                    Some((offset, id)) => {
+                        position = offset;
+                        expected_id = id;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
             Err(error) => error.to_string(),
         };
         let resume = find_resume(bytes, position + 1, expected_id);

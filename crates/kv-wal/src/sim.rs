@@ -168,6 +168,48 @@ impl SimFs {
         state.stats = stats;
     }
 
+    /// An independent copy of this file system: same files (current and durable contents),
+    /// same directory state, no locks. Tests damage copies of one pristine image.
+    pub fn fork(&self) -> SimFs {
+        let state = lock(&self.state);
+        let mut copies: Vec<(InodeRef, InodeRef)> = Vec::new();
+        let mut copy_of = |inode: &InodeRef| -> InodeRef {
+            if let Some((_, copy)) = copies
+                .iter()
+                .find(|(original, _)| Arc::ptr_eq(original, inode))
+            {
+                return copy.clone();
+            }
+            let source = lock(inode);
+            let copy = Arc::new(Mutex::new(Inode {
+                current: source.current.clone(),
+                durable: source.durable.clone(),
+                dirty_from: source.dirty_from,
+            }));
+            copies.push((inode.clone(), copy.clone()));
+            copy
+        };
+        let files = state
+            .files
+            .iter()
+            .map(|(path, inode)| (path.clone(), copy_of(inode)))
+            .collect();
+        let durable_files = state
+            .durable_files
+            .iter()
+            .map(|(path, inode)| (path.clone(), copy_of(inode)))
+            .collect();
+        SimFs {
+            state: Arc::new(Mutex::new(State {
+                files,
+                durable_files,
+                dirs: state.dirs.clone(),
+                locks: BTreeSet::new(),
+                stats: state.stats,
+            })),
+        }
+    }
+
     /// What crashes have done so far.
     pub fn crash_stats(&self) -> CrashStats {
         lock(&self.state).stats
@@ -263,7 +305,7 @@ impl WalFile for SimFile {
         inode.mark_dirty(len.min(old_len));
         Ok(())
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size_bytes(&self) -> io::Result<u64> {
         Ok(lock(&self.inode).current.len() as u64)
     }
 }
@@ -409,7 +451,7 @@ mod tests {
             assert_eq!(&contents[..100], &[1u8; 100]);
             let len = contents.len();
             assert!(
-                len == 100 || len == 2100 || len % SECTOR_BYTES == 0,
+                len == 100 || len == 2100 || len.is_multiple_of(SECTOR_BYTES),
                 "seed {seed}: {len}"
             );
             torn += fs.crash_stats().torn_writes;

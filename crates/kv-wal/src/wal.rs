@@ -519,7 +519,7 @@ fn decode_marker(bytes: &[u8]) -> Option<u64> {
 fn read_small_file(fs: &dyn FileSystem, path: &Path) -> Result<Option<Vec<u8>>> {
     match fs.open(path) {
         Ok(file) => {
-            let len = file.len().at(path)?.min(4096);
+            let len = file.size_bytes().at(path)?.min(4096);
             Ok(Some(crate::fs::read_range(&*file, 0, len).at(path)?))
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -1,0 +1,336 @@
+//! Appends, reads, rolling, reopening, truncation and purging on a healthy log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_wal::sim::SimFs;
+use kv_wal::{Error, RecoveryMode, SyncPolicy, Wal, WalOptions};
+
+use crate::support::{collect, open_sim, payload, segment_files};
+
+#[test]
+fn append_read_iterate_reopen_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        segment_bytes_max: 4096,
+        ..WalOptions::default()
+    };
+    let (wal, report) = Wal::open(dir.path(), options.clone()).unwrap();
+    assert!(report.created);
+    for id in 1..=500u64 {
+        assert_eq!(wal.append(&payload(id, 50)).unwrap(), id);
+    }
+    assert!(wal.segments().len() > 5, "segments roll at 4 KiB");
+    assert_eq!(wal.read(250).unwrap(), Some(payload(250, 50)));
+    assert_eq!(wal.read(501).unwrap(), None);
+    let records = collect(&wal, 1);
+    assert_eq!(records.len(), 500);
+    assert!(records
+        .iter()
+        .enumerate()
+        .all(|(index, (id, bytes))| *id == index as u64 + 1 && *bytes == payload(*id, 50)));
+    wal.close().unwrap();
+    drop(wal);
+
+    let (wal, report) = Wal::open(dir.path(), options).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(
+        report.segments_scanned, 1,
+        "only the active segment is scanned: {report}"
+    );
+    assert_eq!(report.last_id, Some(500));
+    assert_eq!(wal.next_id(), 501);
+    assert_eq!(collect(&wal, 123).len(), 378);
+    assert_eq!(wal.read(77).unwrap(), Some(payload(77, 50)));
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert!(matches!(
+        Wal::open(dir.path(), WalOptions::default()),
+        Err(Error::Locked(_))
+    ));
+}
+
+#[test]
+fn segments_report_ids_sizes_and_the_active_one() {
+    let fs = SimFs::new();
+    let (wal, _) = open_sim(&fs, 1024, RecoveryMode::TolerateTornTail).unwrap();
+    for id in 1..=40 {
+        wal.append(&payload(id, 100)).unwrap();
+    }
+    let segments = wal.segments();
+    assert!(segments.len() >= 4);
+    assert_eq!(
+        segments.iter().filter(|segment| segment.is_active).count(),
+        1
+    );
+    assert!(segments.last().unwrap().is_active);
+    let mut expected_first = 1;
+    for segment in &segments {
+        assert_eq!(segment.first_id, expected_first);
+        let last = segment.last_id.unwrap();
+        expected_first = last + 1;
+        assert!(segment.size_bytes <= 1024, "{segment:?}");
+    }
+    assert_eq!(expected_first, 41);
+}
+
+#[test]
+fn a_record_larger_than_a_segment_goes_in_alone() {
+    let fs = SimFs::new();
+    let (wal, _) = open_sim(&fs, 1024, RecoveryMode::TolerateTornTail).unwrap();
+    wal.append(b"small").unwrap();
+    let big = vec![7u8; 5000];
+    let id = wal.append(&big).unwrap();
+    wal.append(b"after").unwrap();
+    let segments = wal.segments();
+    let holder = segments
+        .iter()
+        .find(|segment| segment.first_id == id)
+        .unwrap();
+    assert_eq!(holder.last_id, Some(id));
+    assert!(holder.size_bytes > 5000);
+    assert_eq!(wal.read(id).unwrap(), Some(big));
+    drop(wal);
+    let (wal, report) = open_sim(&fs, 1024, RecoveryMode::Strict).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(wal.read(id + 1).unwrap().as_deref(), Some(&b"after"[..]));
+}
+
+#[test]
+fn truncate_after_then_continue_with_new_history() {
+    let fs = SimFs::new();
+    let (wal, _) = open_sim(&fs, 512, RecoveryMode::TolerateTornTail).unwrap();
+    for id in 1..=60 {
+        wal.append(&payload(id, 40)).unwrap();
+    }
+    wal.truncate_after(25).unwrap();
+    assert_eq!(wal.last_id(), Some(25));
+    assert_eq!(wal.next_id(), 26);
+    assert_eq!(wal.read(26).unwrap(), None);
+    assert_eq!(wal.append(b"new 26").unwrap(), 26);
+    drop(wal);
+    let (wal, report) = open_sim(&fs, 512, RecoveryMode::Strict).unwrap();
+    assert!(report.is_clean(), "{report}");
+    let records = collect(&wal, 1);
+    assert_eq!(records.len(), 26);
+    assert_eq!(records[24].1, payload(25, 40));
+    assert_eq!(records[25].1, b"new 26");
+}
+
+#[test]
+fn truncate_everything_and_restart_at_a_later_id() {
+    let fs = SimFs::new();
+    let (wal, _) = open_sim(&fs, 512, RecoveryMode::TolerateTornTail).unwrap();
+    for id in 1..=30 {
+        wal.append(&payload(id, 40)).unwrap();
+    }
+    wal.truncate_after(0).unwrap();
+    assert_eq!(wal.last_id(), None);
+    assert_eq!(wal.first_id(), None);
+    // A follower installing a snapshot at id 1000 continues from 1001.
+    let frames = kv_wal::frame::encode_record(1001, b"after snapshot");
+    let ids = wal
+        .append_frames(&frames, SyncPolicy::Batch)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(ids, 1001..=1001);
+    drop(wal);
+    let (wal, report) = open_sim(&fs, 512, RecoveryMode::Strict).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(wal.first_id(), Some(1001));
+    assert_eq!(collect(&wal, 1), vec![(1001, b"after snapshot".to_vec())]);
+}
+
+#[test]
+fn purge_before_drops_whole_segments_only() {
+    let fs = SimFs::new();
+    let (wal, _) = open_sim(&fs, 512, RecoveryMode::TolerateTornTail).unwrap();
+    for id in 1..=100 {
+        wal.append(&payload(id, 40)).unwrap();
+    }
+    let before = segment_files(&fs).len();
+    let removed = wal.purge_before(50).unwrap();
+    assert!(!removed.is_empty());
+    assert_eq!(segment_files(&fs).len(), before - removed.len());
+    let first = wal.first_id().unwrap();
+    assert!(first <= 50 && first > 1, "first id {first}");
+    assert_eq!(wal.read(50).unwrap(), Some(payload(50, 40)));
+    // Iterating from a purged id starts at the first id kept.
+    assert_eq!(collect(&wal, 1)[0].0, first);
+    // The active segment is never purged.
+    wal.purge_before(10_000).unwrap();
+    assert_eq!(wal.last_id(), Some(100));
+    assert_eq!(wal.append(b"more").unwrap(), 101);
+    drop(wal);
+    let (wal, report) = open_sim(&fs, 512, RecoveryMode::Strict).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(wal.next_id(), 102);
+}
+
+#[test]
+fn append_frames_checks_crc_and_continuity() {
+    let fs = SimFs::new();
+    let (leader, _) = open_sim(&fs, 4096, RecoveryMode::TolerateTornTail).unwrap();
+    for id in 1..=10 {
+        leader.append(&payload(id, 30)).unwrap();
+    }
+    let batch = leader.read_frames(1, 1 << 20, u64::MAX).unwrap().unwrap();
+    assert_eq!((batch.first_id, batch.last_id), (1, 10));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (follower, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let mut damaged = batch.bytes.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x01;
+    assert!(matches!(
+        follower.append_frames(&damaged, SyncPolicy::Batch),
+        Err(Error::Corrupt { .. })
+    ));
+    assert_eq!(
+        follower.last_id(),
+        None,
+        "nothing written when any frame is bad"
+    );
+    let ids = follower
+        .append_frames(&batch.bytes, SyncPolicy::Batch)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(ids, 1..=10);
+    assert!(matches!(
+        follower.append_frames(&batch.bytes, SyncPolicy::Batch),
+        Err(Error::IdConflict {
+            first_id: 1,
+            next_id: 11
+        })
+    ));
+    assert_eq!(collect(&follower, 1), collect(&leader, 1));
+    let small = leader.read_frames(3, 1, 5).unwrap().unwrap();
+    assert_eq!(
+        (small.first_id, small.last_id),
+        (3, 3),
+        "at least one frame, at most bytes_max"
+    );
+    let bounded = leader.read_frames(3, 1 << 20, 5).unwrap().unwrap();
+    assert_eq!((bounded.first_id, bounded.last_id), (3, 5));
+}
+
+#[test]
+fn concurrent_batch_appenders_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let wal = Arc::new(wal);
+    let threads: Vec<_> = (0..16)
+        .map(|thread| {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                let mut ids = Vec::new();
+                for index in 0..50u64 {
+                    let id = wal.append(&payload(thread * 1000 + index, 64)).unwrap();
+                    assert!(
+                        wal.durable_id() >= id,
+                        "append returned before its record was durable"
+                    );
+                    ids.push(id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|thread| thread.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=800).collect::<Vec<_>>());
+    let stats = wal.stats();
+    assert_eq!(stats.records_appended, 800);
+    assert!(stats.fsyncs < 800, "group commit shares fsyncs: {stats:?}");
+}
+
+#[test]
+fn policies_never_and_interval_return_before_fsync_and_sync_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        sync_policy: SyncPolicy::Interval(Duration::from_millis(5)),
+        ..WalOptions::default()
+    };
+    let (wal, _) = Wal::open(dir.path(), options).unwrap();
+    let id = wal.append(b"x").unwrap();
+    wal.durable_watermark()
+        .wait_blocking(id, Some(Duration::from_secs(10)))
+        .expect("the interval committer syncs");
+    let id = wal.append_with(b"y", SyncPolicy::Never).unwrap();
+    assert_eq!(wal.read(id).unwrap().as_deref(), Some(&b"y"[..]));
+    assert_eq!(wal.sync().unwrap(), id);
+    let id = wal.append_with(b"z", SyncPolicy::Always).unwrap();
+    assert!(wal.durable_id() >= id);
+}
+
+#[test]
+fn async_tickets_resolve_without_a_runtime() {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let mut ticket = pin!(wal.submit(&[b"a", b"b"]).unwrap());
+    let mut context = Context::from_waker(Waker::noop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Poll::Ready(ids) = ticket.as_mut().poll(&mut context) {
+            assert_eq!(ids.unwrap(), 1..=2);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ticket never resolved"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn tail_followers_wake_on_new_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let wal = Arc::new(wal);
+    let last = wal.last_watermark().clone();
+    let follower = std::thread::spawn(move || last.wait_blocking(3, Some(Duration::from_secs(10))));
+    for _ in 0..3 {
+        wal.append(b"r").unwrap();
+    }
+    assert_eq!(follower.join().unwrap(), Ok(3));
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = WalOptions {
+        segment_bytes_max: 10,
+        ..WalOptions::default()
+    };
+    assert!(matches!(
+        Wal::open(dir.path(), tiny),
+        Err(Error::InvalidArgument(_))
+    ));
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let empty: [&[u8]; 0] = [];
+    assert!(matches!(
+        wal.append_batch(&empty),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        wal.append_frames(&[], SyncPolicy::Batch),
+        Err(Error::InvalidArgument(_))
+    ));
+    wal.close().unwrap();
+    assert!(matches!(wal.append(b"late"), Err(Error::Closed)));
+    assert_eq!(wal.read(1).unwrap(), None);
+}

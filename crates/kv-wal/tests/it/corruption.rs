@@ -1,0 +1,533 @@
+//! Damage of every kind, in every recovery mode: each case lands in its documented outcome
+//! (see docs/wal-format.md, "Recovery"), never panics, never yields a record that was not
+//! written, and never allocates from a bad length.
+
+use kv_wal::sim::SimFs;
+use kv_wal::{Error, RecoveryMode, RecoveryReport, Wal, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+
+use crate::support::{collect, open_sim, payload, segment_files};
+
+const MODES: [RecoveryMode; 4] = [
+    RecoveryMode::TolerateTornTail,
+    RecoveryMode::PointInTime,
+    RecoveryMode::Strict,
+    RecoveryMode::SkipCorrupt,
+];
+const SEGMENT_BYTES: u64 = 600;
+const RECORD_BYTES: usize = 40;
+const RECORD_COUNT: u64 = 40;
+
+/// A log of `RECORD_COUNT` records over several segments, closed cleanly (a fresh copy of one
+/// image per call, so every case starts from the same bytes).
+fn written_log() -> SimFs {
+    static PRISTINE: std::sync::OnceLock<SimFs> = std::sync::OnceLock::new();
+    PRISTINE.get_or_init(write_log).fork()
+}
+
+fn write_log() -> SimFs {
+    let fs = SimFs::new();
+    let (wal, _) = open_sim(&fs, SEGMENT_BYTES, RecoveryMode::TolerateTornTail).unwrap();
+    for id in 1..=RECORD_COUNT {
+        wal.append(&payload(id, RECORD_BYTES)).unwrap();
+    }
+    wal.close().unwrap();
+    fs
+}
+
+/// Offset of record `index` (0-based) within a segment of equal-sized records.
+fn record_offset(index: usize) -> usize {
+    SEGMENT_HEADER_BYTES + index * (FRAME_HEADER_BYTES + RECORD_BYTES)
+}
+
+fn records_per_segment() -> u64 {
+    (SEGMENT_BYTES as usize - SEGMENT_HEADER_BYTES - kv_wal::SEAL_BYTES) as u64
+        / (FRAME_HEADER_BYTES + RECORD_BYTES) as u64
+}
+
+fn mutate(fs: &SimFs, path: &std::path::Path, change: impl FnOnce(&mut Vec<u8>)) {
+    let mut bytes = fs.read_file(path).unwrap();
+    change(&mut bytes);
+    fs.write_file_durably(path, &bytes).unwrap();
+}
+
+/// What a case must produce in one mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Opens clean: every record is there.
+    Clean,
+    /// Opens; a torn tail was cut; the records are exactly ids 1..=last.
+    TornTail { last: u64 },
+    /// Opens; everything from the damage on was dropped; records are ids 1..=last.
+    Dropped { last: u64 },
+    /// Opens; these ids are missing, the rest are there.
+    Holes { missing: &'static [u64] },
+    /// Refuses to open with `Error::Corrupt`.
+    Refused,
+    /// Opens (the damage is in a sealed segment that open trusts), reading the damaged record
+    /// fails with `Error::Corrupt`.
+    OpensFailsOnRead { damaged_id: u64 },
+}
+
+fn check(case: &str, mode: RecoveryMode, fs: &SimFs, expected: Outcome) {
+    let opened = open_sim(fs, SEGMENT_BYTES, mode);
+    let context = format!("case {case:?} in mode {mode}");
+    match expected {
+        Outcome::Refused => match opened {
+            Err(Error::Corrupt {
+                segment, reason, ..
+            }) => {
+                assert!(!reason.is_empty(), "{context}: empty reason");
+                assert!(
+                    segment.to_string_lossy().contains("/sim/wal"),
+                    "{context}: {segment:?}"
+                );
+            }
+            Err(other) => panic!("{context}: expected Corrupt, got {other}"),
+            Ok((_, report)) => panic!("{context}: expected refusal, opened: {report}"),
+        },
+        _ => {
+            let (wal, report) =
+                opened.unwrap_or_else(|error| panic!("{context}: open failed: {error}"));
+            check_opened(&context, &wal, &report, expected);
+            // The log takes appends after recovery, with an id above everything seen.
+            let next = wal.next_id();
+            let id = wal
+                .append(b"after recovery")
+                .unwrap_or_else(|error| panic!("{context}: append: {error}"));
+            assert_eq!(id, next, "{context}");
+            assert!(id > report.last_id.unwrap_or(0), "{context}");
+        }
+    }
+}
+
+fn check_opened(context: &str, wal: &Wal, report: &RecoveryReport, expected: Outcome) {
+    let expect_ids = |ids: Vec<u64>| {
+        let records = collect(wal, 1);
+        let got: Vec<u64> = records.iter().map(|(id, _)| *id).collect();
+        assert_eq!(got, ids, "{context}: {report}");
+        for (id, bytes) in records {
+            assert_eq!(
+                bytes,
+                payload(id, RECORD_BYTES),
+                "{context}: record {id} differs"
+            );
+        }
+    };
+    match expected {
+        Outcome::Clean => {
+            assert!(report.is_clean(), "{context}: {report}");
+            expect_ids((1..=RECORD_COUNT).collect());
+        }
+        Outcome::TornTail { last } => {
+            assert!(
+                report.torn_tail.is_some(),
+                "{context}: no torn tail in {report}"
+            );
+            assert!(
+                report.holes.is_empty() && report.dropped.is_none(),
+                "{context}: {report}"
+            );
+            expect_ids((1..=last).collect());
+        }
+        Outcome::Dropped { last } => {
+            assert!(
+                report.dropped.is_some(),
+                "{context}: nothing dropped in {report}"
+            );
+            expect_ids((1..=last).collect());
+            assert!(wal.next_id() > last, "{context}");
+        }
+        Outcome::Holes { missing } => {
+            assert!(!report.holes.is_empty(), "{context}: no holes in {report}");
+            let reported: Vec<u64> = report
+                .holes
+                .iter()
+                .flat_map(|hole| hole.first_missing_id..=hole.last_missing_id)
+                .collect();
+            assert_eq!(reported, missing, "{context}: {report}");
+            expect_ids(
+                (1..=RECORD_COUNT)
+                    .filter(|id| !missing.contains(id))
+                    .collect(),
+            );
+        }
+        Outcome::OpensFailsOnRead { damaged_id } => {
+            assert!(report.is_clean(), "{context}: {report}");
+            assert!(
+                matches!(wal.read(damaged_id), Err(Error::Corrupt { .. })),
+                "{context}"
+            );
+            let failed = wal.iter_from(1).find_map(|record| record.err());
+            assert!(
+                matches!(failed, Some(Error::Corrupt { .. })),
+                "{context}: iteration did not fail"
+            );
+        }
+        Outcome::Refused => unreachable!(),
+    }
+}
+
+/// One case: a damage applied to a fresh log, and the outcome per mode (TTT, PIT, Strict, Skip).
+struct Case {
+    name: &'static str,
+    damage: fn(&SimFs),
+    outcomes: [Outcome; 4],
+}
+
+fn last_segment(fs: &SimFs) -> std::path::PathBuf {
+    segment_files(fs).pop().unwrap()
+}
+
+fn middle_segment(fs: &SimFs) -> std::path::PathBuf {
+    let files = segment_files(fs);
+    files[files.len() / 2].clone()
+}
+
+/// First id stored in a segment file (from its name).
+fn first_id_of(path: &std::path::Path) -> u64 {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    name[21..41].parse().unwrap()
+}
+
+fn cases() -> Vec<Case> {
+    use Outcome::*;
+    vec![
+        Case {
+            name: "untouched log (control)",
+            damage: |_| {},
+            outcomes: [Clean, Clean, Clean, Clean],
+        },
+        Case {
+            name: "zeroed tail",
+            damage: |fs| mutate(fs, &last_segment(fs), |bytes| bytes.extend([0u8; 300])),
+            outcomes: [
+                TornTail { last: RECORD_COUNT },
+                TornTail { last: RECORD_COUNT },
+                Refused,
+                TornTail { last: RECORD_COUNT },
+            ],
+        },
+        Case {
+            name: "garbage appended",
+            damage: |fs| {
+                mutate(fs, &last_segment(fs), |bytes| {
+                    bytes.extend((0..300).map(|i| (i * 7 + 3) as u8))
+                })
+            },
+            outcomes: [
+                TornTail { last: RECORD_COUNT },
+                TornTail { last: RECORD_COUNT },
+                Refused,
+                TornTail { last: RECORD_COUNT },
+            ],
+        },
+        Case {
+            name: "last record half written",
+            damage: |fs| {
+                mutate(fs, &last_segment(fs), |bytes| {
+                    bytes.truncate(bytes.len() - 10)
+                })
+            },
+            outcomes: [
+                TornTail {
+                    last: RECORD_COUNT - 1,
+                },
+                TornTail {
+                    last: RECORD_COUNT - 1,
+                },
+                Refused,
+                TornTail {
+                    last: RECORD_COUNT - 1,
+                },
+            ],
+        },
+        Case {
+            name: "length 0 in a middle record of the last segment",
+            damage: |fs| {
+                mutate(fs, &last_segment(fs), |bytes| {
+                    bytes[record_offset(0) + 8..record_offset(0) + 12].fill(0)
+                })
+            },
+            outcomes: [
+                Refused,
+                Dropped { last: 0 },
+                Refused,
+                Holes { missing: &[] },
+            ],
+        },
+        Case {
+            name: "length u32::MAX",
+            damage: |fs| {
+                mutate(fs, &last_segment(fs), |bytes| {
+                    bytes[record_offset(0) + 8..record_offset(0) + 12]
+                        .copy_from_slice(&u32::MAX.to_le_bytes())
+                })
+            },
+            outcomes: [
+                Refused,
+                Dropped { last: 0 },
+                Refused,
+                Holes { missing: &[] },
+            ],
+        },
+        Case {
+            name: "length past end of file on the last record",
+            damage: |fs| {
+                let path = last_segment(fs);
+                mutate(fs, &path, |bytes| {
+                    let last = bytes.len() - (FRAME_HEADER_BYTES + RECORD_BYTES);
+                    bytes[last + 8..last + 12].copy_from_slice(&1_000_000u32.to_le_bytes());
+                })
+            },
+            outcomes: [
+                TornTail {
+                    last: RECORD_COUNT - 1,
+                },
+                TornTail {
+                    last: RECORD_COUNT - 1,
+                },
+                Refused,
+                TornTail {
+                    last: RECORD_COUNT - 1,
+                },
+            ],
+        },
+        Case {
+            name: "duplicated record",
+            damage: |fs| {
+                mutate(fs, &last_segment(fs), |bytes| {
+                    let record = bytes[record_offset(0)..record_offset(1)].to_vec();
+                    bytes.splice(record_offset(1)..record_offset(1), record);
+                })
+            },
+            outcomes: [
+                Refused,
+                Dropped { last: 0 },
+                Refused,
+                Holes { missing: &[] },
+            ],
+        },
+        Case {
+            name: "swapped records",
+            damage: |fs| {
+                mutate(fs, &last_segment(fs), |bytes| {
+                    let first = bytes[record_offset(0)..record_offset(1)].to_vec();
+                    let second = bytes[record_offset(1)..record_offset(2)].to_vec();
+                    bytes[record_offset(0)..record_offset(1)].copy_from_slice(&second);
+                    bytes[record_offset(1)..record_offset(2)].copy_from_slice(&first);
+                })
+            },
+            outcomes: [
+                Refused,
+                Dropped { last: 0 },
+                Refused,
+                Holes { missing: &[] },
+            ],
+        },
+        Case {
+            name: "bit flip in a sealed segment",
+            damage: |fs| {
+                mutate(fs, &middle_segment(fs), |bytes| {
+                    bytes[record_offset(1) + FRAME_HEADER_BYTES + 3] ^= 0x10
+                })
+            },
+            outcomes: [
+                OpensFailsOnRead { damaged_id: 0 },
+                Dropped { last: 0 },
+                Refused,
+                Holes { missing: &[] },
+            ],
+        },
+        Case {
+            name: "missing middle segment",
+            damage: |fs| {
+                use kv_wal::fs::FileSystem;
+                fs.remove_file(&middle_segment(fs)).unwrap();
+                fs.sync_dir(&crate::support::sim_dir()).unwrap();
+            },
+            outcomes: [
+                Refused,
+                Dropped { last: 0 },
+                Refused,
+                Holes { missing: &[] },
+            ],
+        },
+        Case {
+            name: "stale segment from another log",
+            damage: |fs| {
+                let other = write_log();
+                let path = middle_segment(fs);
+                let foreign = other.read_file(&path).unwrap();
+                fs.write_file_durably(&path, &foreign).unwrap();
+            },
+            outcomes: [
+                Refused,
+                Dropped { last: 0 },
+                Refused,
+                Holes { missing: &[] },
+            ],
+        },
+    ]
+}
+
+/// Resolves the placeholders (`last: 0`, `missing: &[]`, `damaged_id: 0`) that depend on where
+/// the case's damage landed.
+fn resolve(case: &Case, outcome: Outcome, fs_before: &SimFs) -> Outcome {
+    let last_first = first_id_of(&last_segment(fs_before));
+    let middle_first = first_id_of(&middle_segment(fs_before));
+    let per_segment = records_per_segment();
+    match (case.name, outcome) {
+        (_, Outcome::Dropped { last: 0 }) if case.name.contains("sealed") => {
+            Outcome::Dropped { last: middle_first }
+        }
+        (_, Outcome::Dropped { last: 0 })
+            if case.name.contains("middle segment") || case.name.contains("stale") =>
+        {
+            Outcome::Dropped {
+                last: middle_first - 1,
+            }
+        }
+        (_, Outcome::Dropped { last: 0 })
+            if case.name.contains("duplicated") || case.name.contains("swapped") =>
+        {
+            Outcome::Dropped {
+                last: last_first + if case.name.contains("swapped") { 0 } else { 1 } - 1,
+            }
+        }
+        (_, Outcome::Dropped { last: 0 }) => Outcome::Dropped {
+            last: last_first - 1,
+        },
+        (_, Outcome::OpensFailsOnRead { damaged_id: 0 }) => Outcome::OpensFailsOnRead {
+            damaged_id: middle_first + 1,
+        },
+        ("bit flip in a sealed segment", Outcome::Holes { .. }) => Outcome::Holes {
+            missing: leak(vec![middle_first + 1]),
+        },
+        ("missing middle segment" | "stale segment from another log", Outcome::Holes { .. }) => {
+            Outcome::Holes {
+                missing: leak((middle_first..middle_first + per_segment).collect()),
+            }
+        }
+        ("swapped records", Outcome::Holes { .. }) => Outcome::Holes {
+            missing: leak(vec![last_first]),
+        },
+        (name, Outcome::Holes { .. }) if name.starts_with("length") => Outcome::Holes {
+            missing: leak(vec![last_first]),
+        },
+        ("duplicated record", Outcome::Holes { .. }) => Outcome::Holes {
+            missing: leak(vec![]),
+        },
+        (_, outcome) => outcome,
+    }
+}
+
+fn leak(ids: Vec<u64>) -> &'static [u64] {
+    Box::leak(ids.into_boxed_slice())
+}
+
+#[test]
+fn corruption_matrix() {
+    for case in cases() {
+        for (mode, outcome) in MODES.into_iter().zip(case.outcomes) {
+            let fs = written_log();
+            let outcome = resolve(&case, outcome, &fs);
+            (case.damage)(&fs);
+            eprintln!("case {} mode {mode}", case.name);
+            check(case.name, mode, &fs, outcome);
+        }
+    }
+}
+
+#[test]
+fn cutting_the_last_segment_at_every_offset_yields_a_prefix() {
+    let pristine = written_log();
+    let path = last_segment(&pristine);
+    let length = pristine.read_file(&path).unwrap().len();
+    let last_first = first_id_of(&path);
+    for cut in 0..=length {
+        let fs = written_log();
+        let bytes = fs.read_file(&path).unwrap();
+        fs.write_file_durably(&path, &bytes[..cut]).unwrap();
+        let (wal, report) = open_sim(&fs, SEGMENT_BYTES, RecoveryMode::TolerateTornTail)
+            .unwrap_or_else(|error| panic!("cut at {cut}: {error}"));
+        let records = collect(&wal, 1);
+        let last = records.last().map_or(0, |(id, _)| *id);
+        assert!(
+            last >= last_first - 1,
+            "cut at {cut} lost sealed data: {report}"
+        );
+        for (index, (id, bytes)) in records.iter().enumerate() {
+            assert_eq!(*id, index as u64 + 1, "cut at {cut}: ids must be a prefix");
+            assert_eq!(
+                *bytes,
+                payload(*id, RECORD_BYTES),
+                "cut at {cut}: phantom record {id}"
+            );
+        }
+        let whole = (cut - SEGMENT_HEADER_BYTES.min(cut)) / (FRAME_HEADER_BYTES + RECORD_BYTES);
+        if cut >= SEGMENT_HEADER_BYTES {
+            assert_eq!(
+                last,
+                last_first - 1 + whole as u64,
+                "cut at {cut}: {report}"
+            );
+        }
+        let id = wal.append(b"next").unwrap();
+        assert_eq!(id, last + 1, "cut at {cut}");
+    }
+}
+
+#[test]
+fn every_bit_flip_in_the_last_segment_is_caught() {
+    let pristine = written_log();
+    let path = last_segment(&pristine);
+    let length = pristine.read_file(&path).unwrap().len();
+    for bit in (SEGMENT_HEADER_BYTES * 8)..(length * 8) {
+        let fs = written_log();
+        let mut damaged = fs.read_file(&path).unwrap();
+        damaged[bit / 8] ^= 1 << (bit % 8);
+        fs.write_file_durably(&path, &damaged).unwrap();
+        // Whatever the mode decides, no record may come back different from what was written.
+        for mode in MODES {
+            // Recovery may repair the files: each mode gets its own copy.
+            if let Ok((wal, _)) = open_sim(&fs.fork(), SEGMENT_BYTES, mode) {
+                for record in wal.iter_from(1).map_while(Result::ok) {
+                    assert_eq!(
+                        record.payload(),
+                        payload(record.id, RECORD_BYTES),
+                        "bit {bit} in {mode}"
+                    );
+                }
+            }
+        }
+        let strict = open_sim(&fs, SEGMENT_BYTES, RecoveryMode::Strict);
+        assert!(
+            strict.is_err(),
+            "bit {bit}: strict mode accepted a flipped bit"
+        );
+    }
+}
+
+#[test]
+fn a_torn_segment_creation_is_removed() {
+    let fs = written_log();
+    use kv_wal::fs::FileSystem;
+    let path = crate::support::sim_dir().join(format!("{:020}-{:020}.wal", 99, RECORD_COUNT + 1));
+    let last = segment_files(&fs).pop().unwrap();
+    let name = last.file_name().unwrap().to_str().unwrap();
+    let sequence: u64 = name[..20].parse().unwrap();
+    let _ = path;
+    let torn = crate::support::sim_dir().join(format!(
+        "{:020}-{:020}.wal",
+        sequence + 1,
+        RECORD_COUNT + 1
+    ));
+    let file = fs.create_new(&torn).unwrap();
+    file.write_all_at(&[0u8; 20], 0).unwrap();
+    file.sync_data().unwrap();
+    fs.sync_dir(&crate::support::sim_dir()).unwrap();
+    let (wal, report) = open_sim(&fs, SEGMENT_BYTES, RecoveryMode::TolerateTornTail).unwrap();
+    assert_eq!(report.removed_files, vec![torn], "{report}");
+    assert_eq!(wal.last_id(), Some(RECORD_COUNT));
+    assert_eq!(wal.append(b"x").unwrap(), RECORD_COUNT + 1);
+}

@@ -1,0 +1,7 @@
+//! kv-wal's integration tests: one binary, a module per concern.
+
+mod basics;
+mod corruption;
+mod faults;
+mod model;
+mod support;
