@@ -42,11 +42,13 @@
 //! ```
 
 pub mod entry;
+mod epochs;
 mod error;
 mod map;
 mod store;
 
 pub use entry::{LogEntry, Op, Value, ValueKind, ENTRY_FORMAT_VERSION};
+pub use epochs::EpochHistory;
 pub use error::{Error, Result};
 pub use map::KeyValue;
 pub use store::{Store, StoreOptions, Submitted, EPOCH_DEFAULT};

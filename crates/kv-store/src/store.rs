@@ -20,6 +20,7 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use kv_wal::{AppendTicket, RecoveryReport, SyncPolicy, Wal, WalOptions};
 
 use crate::entry::{LogEntry, Op};
+use crate::epochs::EpochHistory;
 use crate::error::{Error, Result};
 use crate::map::{KeyMap, KeyValue};
 
@@ -66,6 +67,8 @@ pub struct Store {
     pending: Mutex<VecDeque<(u64, Op)>>,
     map: RwLock<KeyMap>,
     applied_id: AtomicU64,
+    /// Which epoch wrote which ids; guarded like the pending queue (changed under it).
+    epochs: Mutex<EpochHistory>,
 }
 
 impl Store {
@@ -81,23 +84,14 @@ impl Store {
     ///
     /// Fails with [`Error::Decode`] naming the id of a record that is not a store entry.
     pub fn from_wal(wal: Wal, epoch: u64) -> Result<Store> {
-        let mut map = KeyMap::default();
-        let mut applied_id = 0;
-        for record in wal.iter_from(1) {
-            let record = record?;
-            let entry = LogEntry::decode(record.payload()).map_err(|reason| Error::Decode {
-                id: record.id,
-                reason,
-            })?;
-            apply(&mut map, &entry.op);
-            applied_id = record.id;
-        }
+        let (map, applied_id, epochs, _) = replay(&wal, u64::MAX)?;
         Ok(Store {
             wal,
             epoch: AtomicU64::new(epoch),
             pending: Mutex::new(VecDeque::new()),
             map: RwLock::new(map),
             applied_id: AtomicU64::new(applied_id),
+            epochs: Mutex::new(epochs),
         })
     }
 
@@ -120,6 +114,7 @@ impl Store {
         };
         let ticket = self.wal.submit(&[entry.encode()])?;
         let id = *ticket.ids().start();
+        lock(&self.epochs).observe(entry.epoch, id);
         pending.push_back((id, entry.op));
         Ok(Submitted { id, ticket })
     }
@@ -145,12 +140,57 @@ impl Store {
                 id: frame.id,
                 reason,
             })?;
-            ops.push((frame.id, entry.op));
+            ops.push((frame.id, entry.epoch, entry.op));
         }
         let mut pending = lock(&self.pending);
         let ticket = self.wal.append_frames(frames, policy)?;
-        pending.extend(ops);
+        let mut epochs = lock(&self.epochs);
+        for (id, epoch, op) in ops {
+            epochs.observe(epoch, id);
+            pending.push_back((id, op));
+        }
         Ok(ticket)
+    }
+
+    /// Drops every entry after `after_id` from the log (a follower whose log diverged from
+    /// its leader's), along with pending ops and the epoch history past it. If applied entries
+    /// are dropped, the map is rebuilt from the log that remains.
+    pub fn truncate_after(&self, after_id: u64) -> Result<()> {
+        let mut pending = lock(&self.pending);
+        self.wal.truncate_after(after_id)?;
+        pending.retain(|(id, _)| *id <= after_id);
+        lock(&self.epochs).truncate_after(after_id);
+        if self.applied_id() > after_id {
+            // Rebuild what stays applied; what was pending stays pending.
+            let apply_limit = pending.front().map_or(after_id, |(id, _)| id - 1);
+            let (map, applied_id, _, rest) = replay(&self.wal, apply_limit)?;
+            let mut current = write(&self.map);
+            *current = map;
+            self.applied_id.store(applied_id, Ordering::Release);
+            *pending = rest;
+        }
+        Ok(())
+    }
+
+    /// The epoch that wrote entry `id`, if the log holds it.
+    pub fn epoch_at(&self, id: u64) -> Option<u64> {
+        let last_id = self.wal.last_id()?;
+        if id == 0 || id > last_id {
+            return None;
+        }
+        lock(&self.epochs).epoch_at(id)
+    }
+
+    /// The last id in the log written in an epoch `<= epoch` (see
+    /// [`EpochHistory::end_of_epoch`]).
+    pub fn end_of_epoch(&self, epoch: u64) -> u64 {
+        let last_id = self.wal.last_id().unwrap_or(0);
+        lock(&self.epochs).end_of_epoch(epoch, last_id)
+    }
+
+    /// The epoch of the newest entry in the log.
+    pub fn last_entry_epoch(&self) -> Option<u64> {
+        lock(&self.epochs).last_epoch()
     }
 
     /// Applies every pending op with an id `<= through_id`, in id order; returns the applied
@@ -247,6 +287,34 @@ impl Store {
             None => read(&self.map).contains(key),
         }
     }
+}
+
+/// What replaying the log rebuilds: the map, its applied id, the epoch history and the ops
+/// past the apply limit (still pending).
+type Replayed = (KeyMap, u64, EpochHistory, VecDeque<(u64, Op)>);
+
+/// Rebuilds the map from the records of the log up to `apply_limit`; later records become
+/// pending ops.
+fn replay(wal: &Wal, apply_limit: u64) -> Result<Replayed> {
+    let mut map = KeyMap::default();
+    let mut applied_id = 0;
+    let mut epochs = EpochHistory::default();
+    let mut pending = VecDeque::new();
+    for record in wal.iter_from(1) {
+        let record = record?;
+        let entry = LogEntry::decode(record.payload()).map_err(|reason| Error::Decode {
+            id: record.id,
+            reason,
+        })?;
+        epochs.observe(entry.epoch, record.id);
+        if record.id <= apply_limit {
+            apply(&mut map, &entry.op);
+            applied_id = record.id;
+        } else {
+            pending.push_back((record.id, entry.op));
+        }
+    }
+    Ok((map, applied_id, epochs, pending))
 }
 
 fn apply(map: &mut KeyMap, op: &Op) {

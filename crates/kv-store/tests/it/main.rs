@@ -4,4 +4,5 @@
 mod apply;
 mod crash;
 mod model;
+mod replication;
 mod seed;
