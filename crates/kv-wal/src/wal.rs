@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::error::{Error, IoContext, Result};
+use crate::failpoint;
 use crate::frame::{self, encode, FRAME_HEADER_BYTES, KIND_RECORD, RECORD_BYTES_MAX};
 use crate::fs::{write_file_atomic, DirLock, FileSystem, WalFile};
 use crate::options::{RecoveryMode, SyncPolicy, WalOptions, SEGMENT_BYTES_MIN};
@@ -348,6 +349,7 @@ impl Shared {
         }
         let mut writer = self.writer();
         writer.check_writable()?;
+        failpoint::hit(failpoint::WAL_BEFORE_APPEND).at(&self.dir)?;
         if let Some(first_id) = first_id {
             if first_id < writer.next_id {
                 return Err(Error::IdConflict {
@@ -395,10 +397,14 @@ impl Shared {
                 let path = writer.active.path.clone();
                 drop(writer);
                 let started = Instant::now();
-                match file.sync_data().at(&path) {
+                let synced = failpoint::hit(failpoint::WAL_AFTER_WRITE_BEFORE_FSYNC)
+                    .and_then(|()| file.sync_data());
+                match synced.at(&path) {
                     Ok(()) => {
                         self.stats.on_fsync(started.elapsed(), count as u64);
                         self.durable.advance(last);
+                        failpoint::hit(failpoint::WAL_AFTER_FSYNC_BEFORE_ACK)
+                            .map_err(|error| self.poison(&mut self.writer(), error.to_string()))?;
                         Ok(AppendTicket::done(first..=last))
                     }
                     Err(error) => Err(self.poison(&mut self.writer(), error.to_string())),
@@ -450,12 +456,18 @@ impl Shared {
             let path = writer.active.path.clone();
             drop(writer);
             let started = Instant::now();
-            let synced = file.sync_data().at(&path);
+            let synced = failpoint::hit(failpoint::WAL_AFTER_WRITE_BEFORE_FSYNC)
+                .and_then(|()| file.sync_data())
+                .at(&path);
             writer = self.writer();
             match synced {
                 Ok(()) => {
                     self.stats.on_fsync(started.elapsed(), batch_records.max(1));
                     self.durable.advance(target);
+                    if let Err(error) = failpoint::hit(failpoint::WAL_AFTER_FSYNC_BEFORE_ACK) {
+                        self.poison(&mut writer, error.to_string());
+                        return;
+                    }
                 }
                 Err(error) => {
                     self.poison(&mut writer, error.to_string());
@@ -475,6 +487,7 @@ fn create_segment_file(
     let file = fs.create_new(path).at(path)?;
     file.write_all_at(&header.encode(), 0).at(path)?;
     file.sync_data().at(path)?;
+    failpoint::hit(failpoint::WAL_ROLL_BEFORE_DIR_FSYNC).at(dir)?;
     fs.sync_dir(dir).at(dir)?;
     Ok(file)
 }
@@ -869,6 +882,7 @@ impl Wal {
             let segment = segments.pop().expect("segment");
             shared.fs.remove_file(&segment.path).at(&segment.path)?;
         }
+        failpoint::hit(failpoint::WAL_TRUNCATE_BEFORE_CUT).at(&shared.dir)?;
         let target = segments.last().expect("a log always has a segment").clone();
         if target.first_id > after_id {
             // Everything goes: a fresh segment takes the same sequence, starting at after_id + 1.

@@ -2,6 +2,7 @@
 
 mod basics;
 mod corruption;
+mod failpoints;
 mod faults;
 mod model;
 mod support;
