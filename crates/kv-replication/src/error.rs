@@ -1,0 +1,53 @@
+//! The crate's one error type.
+
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong in kv-replication.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store (and the WAL under it) failed.
+    #[error(transparent)]
+    Store(#[from] kv_store::Error),
+    /// The node's meta file could not be read or written.
+    #[error("node meta file {path}: {reason}")]
+    Meta {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A write reached a node that does not lead.
+    #[error("this node is not the leader")]
+    NotLeader {
+        /// The leader's URL, if known.
+        leader_url: Option<String>,
+    },
+    /// The write is durable on the leader (and will commit once enough followers have it),
+    /// but the requested acknowledgements did not arrive in time.
+    #[error(
+        "entry {id} is durable on the leader but was not acknowledged by {wanted} within {waited_ms} ms \
+         (commit id {commit_id})"
+    )]
+    AcksTimeout {
+        /// The entry's id.
+        id: u64,
+        /// The commit id when the wait ended.
+        commit_id: u64,
+        /// What was waited for: "a write quorum of N" or "every live follower".
+        wanted: String,
+        /// How long.
+        waited_ms: u64,
+    },
+}
+
+impl Error {
+    pub(crate) fn meta(path: &Path, reason: impl Into<String>) -> Error {
+        Error::Meta {
+            path: path.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Result alias for kv-replication.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,341 @@
+//! The follower's state machine, without I/O: what to ask the leader next, and what to do
+//! with each answer or failure. A driver ([`crate::Node::run_follower`]) performs the steps.
+//!
+//! Every method takes `now`, and jitter comes from a seeded generator, so the logic runs on
+//! virtual time in tests.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::log_view::LogView;
+use crate::protocol::{FetchRequest, FetchResponse};
+
+/// Settings of the follower's loop.
+#[derive(Debug, Clone)]
+pub struct FollowerOptions {
+    /// This follower's name.
+    pub follower_id: String,
+    /// Most frame bytes per fetch.
+    pub fetch_bytes_max: u32,
+    /// How long the leader may hold a fetch that has nothing new (the heartbeat interval).
+    pub fetch_wait: Duration,
+    /// First retry delay after a failure.
+    pub backoff_initial: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Seed of the retry jitter.
+    pub jitter_seed: u64,
+}
+
+impl Default for FollowerOptions {
+    fn default() -> FollowerOptions {
+        FollowerOptions {
+            follower_id: "follower-1".to_owned(),
+            fetch_bytes_max: 4 << 20,
+            fetch_wait: Duration::from_millis(500),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            jitter_seed: 0,
+        }
+    }
+}
+
+/// What the driver does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Append these frames (already checked: CRCs, ids from the requested id on), wait until
+    /// durable, then apply up to `commit_id` (never past what is durable). If `adopt_cluster`
+    /// is set, persist that cluster id first.
+    Append {
+        /// The frames.
+        frames: Vec<u8>,
+        /// The leader's commit id.
+        commit_id: u64,
+        /// A cluster id to adopt (a new follower's first answer).
+        adopt_cluster: Option<u64>,
+    },
+    /// Nothing new: apply up to `commit_id` and fetch again.
+    Apply {
+        /// The leader's commit id.
+        commit_id: u64,
+        /// A cluster id to adopt.
+        adopt_cluster: Option<u64>,
+    },
+    /// Drop every entry after `after_id`, then fetch again.
+    Truncate {
+        /// The last id to keep.
+        after_id: u64,
+    },
+    /// Wait, then fetch again.
+    Retry {
+        /// How long.
+        after: Duration,
+    },
+    /// Stop replicating; an operator must act.
+    Stop {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The follower's link to its leader, as `/cluster_status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum LinkState {
+    /// No answer yet.
+    Connecting,
+    /// The last fetch was answered.
+    Connected,
+    /// Fetches fail; retrying with backoff.
+    Retrying {
+        /// The last failure.
+        error: String,
+        /// Failures in a row.
+        failures: u32,
+    },
+    /// Replication stopped for a reason an operator must look at.
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The follower's state.
+#[derive(Debug)]
+pub struct FollowerState {
+    options: FollowerOptions,
+    cluster_id: u64,
+    leader_epoch: u64,
+    /// The highest commit id heard: entries up to it must never be truncated.
+    commit_seen: u64,
+    failures: u32,
+    link: LinkState,
+    last_contact: Option<Instant>,
+    corrupt_batches_refused: u64,
+    jitter: StdRng,
+}
+
+impl FollowerState {
+    /// A follower of cluster `cluster_id` (0: not joined yet).
+    pub fn new(options: FollowerOptions, cluster_id: u64) -> FollowerState {
+        let jitter = StdRng::seed_from_u64(options.jitter_seed);
+        FollowerState {
+            options,
+            cluster_id,
+            leader_epoch: 0,
+            commit_seen: 0,
+            failures: 0,
+            link: LinkState::Connecting,
+            last_contact: None,
+            corrupt_batches_refused: 0,
+            jitter,
+        }
+    }
+
+    /// The next fetch, from the local log's state.
+    pub fn request(&self, log: &impl LogView) -> FetchRequest {
+        let next_id = log.next_id();
+        let previous = next_id - 1;
+        FetchRequest {
+            cluster_id: self.cluster_id,
+            follower_id: self.options.follower_id.clone(),
+            next_id,
+            last_epoch: if previous == 0 {
+                0
+            } else {
+                log.epoch_at(previous).unwrap_or(0)
+            },
+            durable_id: log.durable_id().min(previous),
+            commit_id: self.commit_seen,
+            bytes_max: self.options.fetch_bytes_max,
+            wait_ms: self.options.fetch_wait.as_millis().min(u32::MAX as u128) as u32,
+        }
+    }
+
+    /// Decides what to do with the leader's answer to `request`.
+    pub fn on_response(
+        &mut self,
+        now: Instant,
+        request: &FetchRequest,
+        response: FetchResponse,
+    ) -> Step {
+        match response {
+            FetchResponse::Entries {
+                cluster_id,
+                leader_epoch,
+                commit_id,
+                frames,
+                ..
+            } => {
+                if let Some(step) = self.check_cluster(cluster_id) {
+                    return step;
+                }
+                let adopt_cluster = (self.cluster_id == 0).then_some(cluster_id);
+                self.cluster_id = cluster_id;
+                self.leader_epoch = self.leader_epoch.max(leader_epoch);
+                self.commit_seen = self.commit_seen.max(commit_id);
+                if frames.is_empty() {
+                    self.connected(now);
+                    return Step::Apply {
+                        commit_id,
+                        adopt_cluster,
+                    };
+                }
+                if let Err(reason) = check_frames(&frames, request.next_id) {
+                    // Damaged in transit or on the leader: never appended, fetched again.
+                    self.corrupt_batches_refused += 1;
+                    return self.failed(now, format!("refused a damaged batch: {reason}"));
+                }
+                self.connected(now);
+                Step::Append {
+                    frames,
+                    commit_id,
+                    adopt_cluster,
+                }
+            }
+            FetchResponse::Diverged {
+                cluster_id,
+                leader_epoch,
+                truncate_after,
+            } => {
+                if let Some(step) = self.check_cluster(cluster_id) {
+                    return step;
+                }
+                self.leader_epoch = self.leader_epoch.max(leader_epoch);
+                self.connected(now);
+                if truncate_after < self.commit_seen {
+                    return self.stop(format!(
+                        "the leader's log parts from this follower's at id {}, below the commit id {} \
+                         this follower has seen: committed entries would be discarded; resync this \
+                         follower from an empty data directory",
+                        truncate_after + 1,
+                        self.commit_seen
+                    ));
+                }
+                if truncate_after >= request.next_id - 1 {
+                    return self.failed(now, "the leader asked for a truncation that drops nothing".to_owned());
+                }
+                Step::Truncate {
+                    after_id: truncate_after,
+                }
+            }
+            FetchResponse::SnapshotNeeded { first_id, .. } => self.stop(format!(
+                "the leader compacted its log: it starts at id {first_id}, this follower needs id {}; \
+                 install a snapshot (resync this follower from an empty data directory)",
+                request.next_id
+            )),
+            FetchResponse::NotLeader { leader_url } => self.failed(
+                now,
+                match leader_url {
+                    Some(url) => format!("the node asked is not the leader (the leader is {url})"),
+                    None => "the node asked is not the leader".to_owned(),
+                },
+            ),
+            FetchResponse::ClusterMismatch { leader_cluster_id } => self.stop(format!(
+                "this follower belongs to cluster {:016x} but the leader runs cluster {leader_cluster_id:016x} \
+                 (a leader started on a fresh data directory, or the wrong leader)",
+                self.cluster_id
+            )),
+        }
+    }
+
+    fn check_cluster(&mut self, cluster_id: u64) -> Option<Step> {
+        (self.cluster_id != 0 && cluster_id != self.cluster_id).then(|| {
+            self.stop(format!(
+                "the leader answered for cluster {cluster_id:016x}, this follower belongs to {:016x}",
+                self.cluster_id
+            ))
+        })
+    }
+
+    /// A fetch failed (connection, timeout, bad answer): retry after an exponential backoff
+    /// with full jitter.
+    pub fn on_failure(&mut self, now: Instant, error: String) -> Step {
+        self.failed(now, error)
+    }
+
+    fn failed(&mut self, _now: Instant, error: String) -> Step {
+        self.failures = self.failures.saturating_add(1);
+        self.link = LinkState::Retrying {
+            error,
+            failures: self.failures,
+        };
+        let exponent = (self.failures - 1).min(16);
+        let ceiling = self
+            .options
+            .backoff_initial
+            .saturating_mul(1 << exponent)
+            .min(self.options.backoff_max);
+        let low = ceiling / 2;
+        let after = low
+            + ceiling
+                .saturating_sub(low)
+                .mul_f64(self.jitter.gen::<f64>());
+        Step::Retry { after }
+    }
+
+    fn connected(&mut self, now: Instant) {
+        self.failures = 0;
+        self.link = LinkState::Connected;
+        self.last_contact = Some(now);
+    }
+
+    /// Stops replication for a reason found outside the protocol (a local I/O failure).
+    pub fn force_stop(&mut self, reason: String) {
+        self.link = LinkState::Stopped { reason };
+    }
+
+    fn stop(&mut self, reason: String) -> Step {
+        self.link = LinkState::Stopped {
+            reason: reason.clone(),
+        };
+        Step::Stop { reason }
+    }
+
+    /// The cluster this follower belongs to (0: not joined yet).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// The leader's epoch as last heard.
+    pub fn leader_epoch(&self) -> u64 {
+        self.leader_epoch
+    }
+
+    /// The highest commit id heard.
+    pub fn commit_seen(&self) -> u64 {
+        self.commit_seen
+    }
+
+    /// The link's state.
+    pub fn link(&self) -> &LinkState {
+        &self.link
+    }
+
+    /// Time of the last answered fetch.
+    pub fn last_contact(&self) -> Option<Instant> {
+        self.last_contact
+    }
+
+    /// Batches refused because a frame was damaged.
+    pub fn corrupt_batches_refused(&self) -> u64 {
+        self.corrupt_batches_refused
+    }
+}
+
+/// Checks a batch before it may be appended: every CRC, ids consecutive from `first_id`.
+pub fn check_frames(frames: &[u8], first_id: u64) -> Result<u64, String> {
+    let decoded = kv_wal::frame::decode_all(frames)
+        .map_err(|(offset, reason)| format!("at byte {offset}: {reason}"))?;
+    match (decoded.first(), decoded.last()) {
+        (Some(first), Some(last)) if first.id == first_id => Ok(last.id),
+        (Some(first), _) => Err(format!(
+            "batch starts at id {}, {first_id} was asked for",
+            first.id
+        )),
+        _ => Err("empty batch".to_owned()),
+    }
+}

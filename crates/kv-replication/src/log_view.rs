@@ -1,0 +1,69 @@
+//! What the protocol logic needs to know about a log, as a trait: the real implementation
+//! reads a [`kv_store::Store`]; tests use a `Vec` on virtual time.
+
+use kv_store::Store;
+
+/// A read-only view of one node's log.
+pub trait LogView {
+    /// The first id still held (`next_id()` when the log is empty).
+    fn first_id(&self) -> u64;
+    /// The last id held (0 when none).
+    fn last_id(&self) -> u64;
+    /// The highest id on stable storage.
+    fn durable_id(&self) -> u64;
+    /// The epoch of entry `id`, if held.
+    fn epoch_at(&self, id: u64) -> Option<u64>;
+    /// The last id written in an epoch `<= epoch`.
+    fn end_of_epoch(&self, epoch: u64) -> u64;
+    /// Frames from `from_id`, at most `bytes_max` bytes (at least one frame), through
+    /// `through_id`.
+    fn read_frames(
+        &self,
+        from_id: u64,
+        bytes_max: usize,
+        through_id: u64,
+    ) -> Result<Vec<u8>, String>;
+    /// The id the next entry gets.
+    fn next_id(&self) -> u64 {
+        self.last_id() + 1
+    }
+}
+
+impl LogView for Store {
+    fn first_id(&self) -> u64 {
+        self.wal()
+            .first_id()
+            .unwrap_or_else(|| self.wal().next_id())
+    }
+    fn last_id(&self) -> u64 {
+        self.wal().last_id().unwrap_or(0)
+    }
+    fn durable_id(&self) -> u64 {
+        self.wal().durable_id()
+    }
+    fn epoch_at(&self, id: u64) -> Option<u64> {
+        Store::epoch_at(self, id)
+    }
+    fn end_of_epoch(&self, epoch: u64) -> u64 {
+        Store::end_of_epoch(self, epoch)
+    }
+    fn read_frames(
+        &self,
+        from_id: u64,
+        bytes_max: usize,
+        through_id: u64,
+    ) -> Result<Vec<u8>, String> {
+        match self.wal().read_frames(from_id, bytes_max, through_id) {
+            Ok(Some(batch)) if batch.first_id == from_id => Ok(batch.bytes),
+            Ok(Some(batch)) => Err(format!(
+                "the log has a gap: asked for id {from_id}, found {}",
+                batch.first_id
+            )),
+            Ok(None) => Ok(Vec::new()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+    fn next_id(&self) -> u64 {
+        self.wal().next_id()
+    }
+}

@@ -1,0 +1,549 @@
+//! The node: a store plus its replication role, driven on tokio. The leader answers fetches
+//! (long-polling) and waits for acknowledgements; the follower runs the fetch loop. The
+//! decisions are made by [`LeaderState`] and [`FollowerState`]; this module does the waiting,
+//! the I/O and the publishing of commit and applied ids.
+
+use std::future::Future;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use kv_store::{Op, Store};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::follower::{FollowerOptions, FollowerState, LinkState, Step};
+use crate::leader::{FetchDecision, FollowerStatus, LeaderOptions, LeaderState};
+use crate::log_view::LogView;
+use crate::meta::NodeMeta;
+use crate::protocol::{FetchRequest, FetchResponse};
+
+/// The longest a leader holds a fetch, whatever the follower asks.
+pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// How a follower reaches its leader. The HTTP implementation lives in kv-http; tests use
+/// in-memory ones.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends one fetch and returns the answer, or why there is none.
+    fn fetch(
+        &self,
+        request: &FetchRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<FetchResponse, String>> + Send;
+}
+
+/// Which acknowledgements a write waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Acks {
+    /// Durable on the leader.
+    Leader,
+    /// Committed: durable on a write quorum (the default).
+    #[default]
+    Quorum,
+    /// Committed and durable on every follower that is not down.
+    All,
+}
+
+impl FromStr for Acks {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Acks, String> {
+        match text {
+            "leader" => Ok(Acks::Leader),
+            "quorum" => Ok(Acks::Quorum),
+            "all" => Ok(Acks::All),
+            other => Err(format!(
+                "unknown acks {other:?}: expected leader, quorum or all"
+            )),
+        }
+    }
+}
+
+/// The node's role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Takes writes, answers fetches.
+    Leader,
+    /// Copies the leader's log.
+    Follower {
+        /// The leader's base URL.
+        leader_url: String,
+    },
+}
+
+/// Settings of a node.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// The leader's bookkeeping.
+    pub leader: LeaderOptions,
+    /// The follower's loop.
+    pub follower: FollowerOptions,
+    /// How long a write waits for `acks=quorum|all` before answering that it timed out.
+    pub acks_timeout: Duration,
+}
+
+impl Default for NodeOptions {
+    fn default() -> NodeOptions {
+        NodeOptions {
+            leader: LeaderOptions::default(),
+            follower: FollowerOptions::default(),
+            acks_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What `/cluster_status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// `leader` or `follower`.
+    pub role: &'static str,
+    /// The leader's URL (followers).
+    pub leader: Option<String>,
+    /// The cluster id, hex (empty for a follower that has not joined yet).
+    pub cluster_id: String,
+    /// The epoch this node leads in, or the leader's as last heard.
+    pub epoch: u64,
+    /// The commit id (followers: as last heard).
+    pub commit_id: u64,
+    /// The last entry applied to the map.
+    pub applied_id: u64,
+    /// The highest id durable here.
+    pub durable_id: u64,
+    /// The last id in the local log.
+    pub last_id: u64,
+    /// The first id in the local log.
+    pub first_id: u64,
+    /// The write quorum (leader).
+    pub write_quorum: Option<usize>,
+    /// Every follower heard from (leader).
+    pub followers: Option<Vec<FollowerStatus>>,
+    /// The link to the leader (followers).
+    pub link: Option<LinkState>,
+    /// Milliseconds since the leader last answered (followers).
+    pub last_contact_age_ms: Option<u64>,
+    /// Damaged batches refused (followers).
+    pub corrupt_batches_refused: Option<u64>,
+}
+
+/// A store with its replication role.
+#[derive(Debug)]
+pub struct Node {
+    store: Arc<Store>,
+    role: Role,
+    data_dir: std::path::PathBuf,
+    meta: Mutex<NodeMeta>,
+    leader: Option<Mutex<LeaderState>>,
+    follower: Option<Mutex<FollowerState>>,
+    commit: watch::Sender<u64>,
+    applied: watch::Sender<u64>,
+    progress: watch::Sender<u64>,
+    options: NodeOptions,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Node {
+    /// Makes `store` the leader's: joins (or creates) the cluster recorded in `data_dir`,
+    /// starts a new epoch above every epoch in the meta file and the log, and persists it
+    /// before any write can use it.
+    pub fn open_leader(store: Arc<Store>, data_dir: &Path, options: NodeOptions) -> Result<Node> {
+        let mut meta = NodeMeta::load(data_dir)?.unwrap_or_default();
+        if meta.cluster_id == 0 {
+            meta.cluster_id = rand::random::<u64>().max(1);
+        }
+        meta.epoch = meta.epoch.max(store.last_entry_epoch().unwrap_or(0)) + 1;
+        meta.store(data_dir)?;
+        store.set_epoch(meta.epoch);
+        let mut leader = LeaderState::new(meta.cluster_id, meta.epoch, options.leader.clone());
+        let commit = leader.recompute_commit(store.durable_id());
+        tracing::info!(cluster_id = %format!("{:016x}", meta.cluster_id), epoch = meta.epoch, "leading");
+        Ok(Node::new(
+            store,
+            Role::Leader,
+            data_dir,
+            meta,
+            Some(leader),
+            None,
+            commit,
+            options,
+        ))
+    }
+
+    /// Makes `store` a follower of `leader_url`.
+    pub fn open_follower(
+        store: Arc<Store>,
+        data_dir: &Path,
+        leader_url: String,
+        options: NodeOptions,
+    ) -> Result<Node> {
+        let meta = NodeMeta::load(data_dir)?.unwrap_or_default();
+        let follower = FollowerState::new(options.follower.clone(), meta.cluster_id);
+        Ok(Node::new(
+            store,
+            Role::Follower { leader_url },
+            data_dir,
+            meta,
+            None,
+            Some(follower),
+            0,
+            options,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        store: Arc<Store>,
+        role: Role,
+        data_dir: &Path,
+        meta: NodeMeta,
+        leader: Option<LeaderState>,
+        follower: Option<FollowerState>,
+        commit_id: u64,
+        options: NodeOptions,
+    ) -> Node {
+        let applied_id = store.applied_id();
+        Node {
+            store,
+            role,
+            data_dir: data_dir.to_owned(),
+            meta: Mutex::new(meta),
+            leader: leader.map(Mutex::new),
+            follower: follower.map(Mutex::new),
+            commit: watch::Sender::new(commit_id),
+            applied: watch::Sender::new(applied_id),
+            progress: watch::Sender::new(0),
+            options,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The role.
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    /// The commit id (followers: as last heard).
+    pub fn commit_id(&self) -> u64 {
+        *self.commit.borrow()
+    }
+
+    /// Raises the commit id and applies up to it (never past what is durable here).
+    fn publish_commit(&self, commit_id: u64) {
+        self.commit.send_if_modified(|current| {
+            let raised = commit_id > *current;
+            if raised {
+                *current = commit_id;
+            }
+            raised
+        });
+        let through = self.commit_id().min(self.store.durable_id());
+        let applied = self.store.apply_through(through);
+        self.applied.send_if_modified(|current| {
+            let raised = applied > *current;
+            if raised {
+                *current = applied;
+            }
+            raised
+        });
+    }
+
+    fn leader(&self) -> Result<MutexGuard<'_, LeaderState>> {
+        match (&self.leader, &self.role) {
+            (Some(leader), _) => Ok(lock(leader)),
+            (None, Role::Follower { leader_url }) => Err(Error::NotLeader {
+                leader_url: Some(leader_url.clone()),
+            }),
+            (None, Role::Leader) => Err(Error::NotLeader { leader_url: None }),
+        }
+    }
+
+    /// Writes `op` on the leader and waits for `acks`; returns its id. Cancel-safe in the sense
+    /// that a dropped future leaves the entry to be applied when it commits.
+    pub async fn write(&self, op: Op, acks: Acks) -> Result<u64> {
+        drop(self.leader()?);
+        let submitted = self.store.submit(op)?;
+        let id = submitted.id;
+        submitted.ticket.await.map_err(kv_store::Error::from)?;
+        let commit_id = self.leader()?.recompute_commit(self.store.durable_id());
+        self.publish_commit(commit_id);
+        match acks {
+            Acks::Leader => Ok(id),
+            Acks::Quorum => {
+                let quorum = self.leader()?.write_quorum();
+                self.wait_for(id, format!("a write quorum of {quorum}"), |node| {
+                    node.commit_id() >= id
+                })
+                .await
+            }
+            Acks::All => {
+                self.wait_for(id, "every live follower".to_owned(), |node| {
+                    node.commit_id() >= id
+                        && node.leader.as_ref().is_some_and(|leader| {
+                            lock(leader).all_live_followers_hold(Instant::now(), id)
+                        })
+                })
+                .await
+            }
+        }
+    }
+
+    async fn wait_for(&self, id: u64, wanted: String, done: impl Fn(&Node) -> bool) -> Result<u64> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.options.acks_timeout;
+        let mut commits = self.commit.subscribe();
+        let mut progress = self.progress.subscribe();
+        loop {
+            if done(self) {
+                // Visible to readers once committed.
+                self.publish_commit(self.commit_id());
+                return Ok(id);
+            }
+            let changed = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    _ = commits.changed() => {}
+                    _ = progress.changed() => {}
+                }
+            })
+            .await;
+            if changed.is_err() {
+                return Err(Error::AcksTimeout {
+                    id,
+                    commit_id: self.commit_id(),
+                    wanted,
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+        }
+    }
+
+    /// Answers a follower's fetch, holding it up to its wait (capped at [`FETCH_WAIT_MAX`])
+    /// when there is nothing new. `record` is false for debugging views: they are answered but
+    /// not counted as a follower's acknowledgement.
+    pub async fn handle_fetch(&self, request: &FetchRequest, record: bool) -> FetchResponse {
+        let Some(leader) = &self.leader else {
+            let leader_url = match &self.role {
+                Role::Follower { leader_url } => Some(leader_url.clone()),
+                Role::Leader => None,
+            };
+            return FetchResponse::NotLeader { leader_url };
+        };
+        let wait = Duration::from_millis(u64::from(request.wait_ms)).min(FETCH_WAIT_MAX);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut commits = self.commit.subscribe();
+        loop {
+            let may_wait = tokio::time::Instant::now() < deadline;
+            let (decision, commit_id) = {
+                let mut leader = lock(leader);
+                let decision =
+                    leader.on_fetch(Instant::now(), request, &*self.store, may_wait, record);
+                (decision, leader.commit_id())
+            };
+            if record {
+                self.publish_commit(commit_id);
+                self.progress.send_modify(|count| *count += 1);
+            }
+            match decision {
+                FetchDecision::Respond(response) => return response,
+                FetchDecision::Wait => {
+                    commits.mark_unchanged();
+                    let new_entries = self.store.wal().last_watermark().wait(request.next_id);
+                    let _ = tokio::time::timeout_at(deadline, async {
+                        tokio::select! {
+                            _ = new_entries => {}
+                            _ = commits.changed() => {}
+                        }
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// Waits until the map has applied `id` (for read-your-writes on any node); false if
+    /// `timeout` passes first.
+    pub async fn wait_applied(&self, id: u64, timeout: Duration) -> bool {
+        let mut applied = self.applied.subscribe();
+        tokio::time::timeout(timeout, applied.wait_for(|applied| *applied >= id))
+            .await
+            .is_ok_and(|result| result.is_ok())
+    }
+
+    /// Runs the follower's fetch loop until `shutdown` resolves or replication stops for a
+    /// reason an operator must look at (the node keeps serving reads either way).
+    pub async fn run_follower<T: Transport>(
+        self: Arc<Self>,
+        transport: T,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let Some(follower) = &self.follower else {
+            tracing::error!("run_follower called on a leader");
+            return;
+        };
+        tokio::pin!(shutdown);
+        let fetch_timeout = self.options.follower.fetch_wait + Duration::from_secs(5);
+        loop {
+            let request = lock(follower).request(&*self.store);
+            let answer = tokio::select! {
+                _ = &mut shutdown => return,
+                answer = transport.fetch(&request, fetch_timeout) => answer,
+            };
+            let step = {
+                let mut state = lock(follower);
+                match answer {
+                    Ok(response) => state.on_response(Instant::now(), &request, response),
+                    Err(error) => state.on_failure(Instant::now(), error),
+                }
+            };
+            match self.perform(step).await {
+                Ok(None) => {}
+                Ok(Some(delay)) => {
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(reason) => {
+                    tracing::error!(%reason, "replication stopped");
+                    self.stop_link(reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn stop_link(&self, reason: String) {
+        if let Some(follower) = &self.follower {
+            lock(follower).force_stop(reason);
+        }
+    }
+
+    /// Performs one step; returns a delay before the next fetch, or why replication stops.
+    async fn perform(&self, step: Step) -> Result<Option<Duration>, String> {
+        match step {
+            Step::Append {
+                frames,
+                commit_id,
+                adopt_cluster,
+            } => {
+                self.adopt(adopt_cluster)?;
+                let ticket = self
+                    .store
+                    .submit_frames(&frames, self.store.wal().sync_policy())
+                    .map_err(|error| format!("cannot append the leader's entries: {error}"))?;
+                ticket.await.map_err(|error| {
+                    format!("cannot make the leader's entries durable: {error}")
+                })?;
+                self.publish_commit(commit_id);
+                Ok(None)
+            }
+            Step::Apply {
+                commit_id,
+                adopt_cluster,
+            } => {
+                self.adopt(adopt_cluster)?;
+                self.publish_commit(commit_id);
+                Ok(None)
+            }
+            Step::Truncate { after_id } => {
+                tracing::warn!(
+                    after_id,
+                    "this follower's log diverged from the leader's: truncating"
+                );
+                self.store
+                    .truncate_after(after_id)
+                    .map_err(|error| format!("cannot truncate the diverged suffix: {error}"))?;
+                let applied = self.store.applied_id();
+                self.applied.send_replace(applied);
+                Ok(None)
+            }
+            Step::Retry { after } => {
+                if let Some(follower) = &self.follower {
+                    if let LinkState::Retrying { error, failures } = lock(follower).link() {
+                        if *failures == 1 || failures.is_power_of_two() {
+                            tracing::warn!(%error, failures, "fetch failed; retrying");
+                        }
+                    }
+                }
+                Ok(Some(after))
+            }
+            Step::Stop { reason } => Err(reason),
+        }
+    }
+
+    fn adopt(&self, cluster_id: Option<u64>) -> Result<(), String> {
+        let Some(cluster_id) = cluster_id else {
+            return Ok(());
+        };
+        let mut meta = lock(&self.meta);
+        if meta.cluster_id == cluster_id {
+            return Ok(());
+        }
+        meta.cluster_id = cluster_id;
+        meta.store(&self.data_dir)
+            .map_err(|error| error.to_string())?;
+        tracing::info!(cluster_id = %format!("{cluster_id:016x}"), "joined the cluster");
+        Ok(())
+    }
+
+    /// What `/cluster_status` shows.
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let now = Instant::now();
+        let store = &self.store;
+        let last_id = LogView::last_id(&**store);
+        let meta = *lock(&self.meta);
+        let mut status = ClusterStatus {
+            role: match self.role {
+                Role::Leader => "leader",
+                Role::Follower { .. } => "follower",
+            },
+            leader: match &self.role {
+                Role::Leader => None,
+                Role::Follower { leader_url } => Some(leader_url.clone()),
+            },
+            cluster_id: if meta.cluster_id == 0 {
+                String::new()
+            } else {
+                format!("{:016x}", meta.cluster_id)
+            },
+            epoch: meta.epoch,
+            commit_id: self.commit_id(),
+            applied_id: store.applied_id(),
+            durable_id: store.durable_id(),
+            last_id,
+            first_id: LogView::first_id(&**store),
+            write_quorum: None,
+            followers: None,
+            link: None,
+            last_contact_age_ms: None,
+            corrupt_batches_refused: None,
+        };
+        if let Some(leader) = &self.leader {
+            let leader = lock(leader);
+            status.write_quorum = Some(leader.write_quorum());
+            status.followers = Some(leader.followers(now, last_id));
+        }
+        if let Some(follower) = &self.follower {
+            let follower = lock(follower);
+            if follower.cluster_id() != 0 {
+                status.cluster_id = format!("{:016x}", follower.cluster_id());
+            }
+            status.epoch = follower.leader_epoch();
+            status.link = Some(follower.link().clone());
+            status.last_contact_age_ms = follower
+                .last_contact()
+                .map(|at| now.duration_since(at).as_millis() as u64);
+            status.corrupt_batches_refused = Some(follower.corrupt_batches_refused());
+        }
+        status
+    }
+}
