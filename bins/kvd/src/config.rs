@@ -73,6 +73,8 @@ impl NodeConfig {
             segment_bytes_max: self.segment_bytes_max,
             sync_policy: self.sync_policy,
             recovery_mode: self.recovery_mode,
+            // The real file system, or a faulty one when a test asks (`faults.rs`).
+            file_system: crate::faults::wal_file_system(),
             ..WalOptions::default()
         }
     }

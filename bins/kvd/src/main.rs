@@ -7,6 +7,7 @@
 
 mod cli;
 mod config;
+mod faults;
 mod follower;
 mod leader;
 mod logging;
@@ -41,6 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => config::resolve(Some(&id), leader, options, segment_size_env)?,
     };
     logging::init(&config.log_level, config.log_format)?;
+    faults::configure_from_env()?;
     match config.role {
         config::Role::Leader => leader::run_leader(config),
         config::Role::Follower { .. } => follower::run_follower(config),

@@ -12,7 +12,7 @@ use std::time::Duration;
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Env variables kvd reads; cleared so the host's environment cannot change a test.
-const KVD_ENV: [&str; 15] = [
+const KVD_ENV: [&str; 18] = [
     "KVD_LISTEN",
     "KVD_DATA_DIR",
     "KVD_CONFIG",
@@ -28,6 +28,9 @@ const KVD_ENV: [&str; 15] = [
     "KVD_SHUTDOWN_TIMEOUT_MS",
     "KVD_LOG_FORMAT",
     "KVD_LEADER",
+    "KVD_FAILPOINTS",
+    "KVD_FAULT_FSYNC_FAIL_AT",
+    "KVD_FAULT_WRITE_FAIL_AT",
 ];
 
 /// A `kvd` command with a clean environment and the given arguments.
