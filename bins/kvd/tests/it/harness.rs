@@ -33,6 +33,43 @@ const KVD_ENV: [&str; 18] = [
     "KVD_FAULT_WRITE_FAIL_AT",
 ];
 
+/// The base seed of a randomized test: `KVD_TEST_SEED` when set, else fresh; always printed.
+pub fn base_seed(test_name: &str) -> u64 {
+    let seed = match std::env::var("KVD_TEST_SEED") {
+        Ok(text) => text.parse().expect("KVD_TEST_SEED must be a u64"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos() as u64,
+    };
+    println!("{test_name}: seed {seed} (replay with KVD_TEST_SEED={seed})");
+    seed
+}
+
+/// A small seeded PRNG (SplitMix64): enough to draw test choices, and no dependency for kvd.
+#[derive(Debug, Clone)]
+pub struct TestRng(u64);
+
+impl TestRng {
+    pub fn new(seed: u64) -> TestRng {
+        TestRng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `range` (inclusive), near enough to uniform for tests.
+    pub fn in_range(&mut self, range: std::ops::RangeInclusive<u64>) -> u64 {
+        let span = range.end() - range.start() + 1;
+        range.start() + self.next_u64() % span
+    }
+}
+
 /// A `kvd` command with a clean environment and the given arguments.
 pub fn kvd_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kvd"));
@@ -113,6 +150,11 @@ impl Kvd {
         wait_with_deadline(self.child.take().expect("running"))
     }
 
+    /// Waits for kvd to exit on its own (a fail point aborting it), failing after [`DEADLINE`].
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
+        wait_with_deadline(self.child.take().expect("running"))
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
@@ -179,6 +221,82 @@ impl Answer {
             .find(|(key, _)| key.eq_ignore_ascii_case(name))
             .map(|(_, value)| value.as_str())
     }
+}
+
+/// A keep-alive HTTP/1.1 connection: many requests, one after the other.
+pub struct Connection {
+    reader: BufReader<TcpStream>,
+    address: SocketAddr,
+}
+
+impl Connection {
+    pub fn open(address: SocketAddr) -> std::io::Result<Connection> {
+        let stream = TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        stream.set_nodelay(true)?;
+        Ok(Connection {
+            reader: BufReader::new(stream),
+            address,
+        })
+    }
+
+    /// Sends one request (a JSON body when given) and reads its answer. Any failure — the
+    /// server died, closed the connection, answered garbage — is an error.
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<Answer> {
+        let body = body.unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.address,
+            body.len()
+        );
+        let stream = self.reader.get_mut();
+        stream.write_all(format!("{head}{body}").as_bytes())?;
+        read_answer(&mut self.reader)
+    }
+}
+
+/// Reads one response with a `Content-Length` body from a keep-alive connection.
+pub fn read_answer(reader: &mut impl BufRead) -> std::io::Result<Answer> {
+    let bad = |what: &str| std::io::Error::other(format!("bad response: {what}"));
+    let mut status_line = String::new();
+    if reader.read_line(&mut status_line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .ok_or_else(|| bad(&status_line))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').ok_or_else(|| bad(line))?;
+        headers.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
+    let mut answer = Answer {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let length: usize = answer
+        .header("content-length")
+        .and_then(|length| length.parse().ok())
+        .ok_or_else(|| bad("no Content-Length"))?;
+    answer.body = vec![0; length];
+    reader.read_exact(&mut answer.body)?;
+    Ok(answer)
 }
 
 /// One request on a fresh connection (`Connection: close`), read to the end.

@@ -2,6 +2,7 @@
 //! over HTTP the way the original project's README drives it with curl.
 
 mod cli;
+mod crash_loop;
 mod harness;
 mod restart;
 mod walkthrough;
