@@ -4,5 +4,6 @@
 mod apply;
 mod crash;
 mod model;
+mod power_loss;
 mod replication;
 mod seed;
