@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash_loop;
+mod fsync_failure;
 mod harness;
 mod restart;
 mod walkthrough;
