@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `kvd` binary on an ephemeral port with a temp data dir, driven
 //! over HTTP the way the original project's README drives it with curl.
 
+mod bad_input;
 mod cli;
 mod crash_loop;
 mod fsync_failure;
