@@ -7,4 +7,5 @@ mod crash_loop;
 mod fsync_failure;
 mod harness;
 mod restart;
+mod slow_clients;
 mod walkthrough;
