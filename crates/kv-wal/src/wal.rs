@@ -387,8 +387,13 @@ impl Shared {
                 Ok(AppendTicket::done(first..=last))
             }
             SyncPolicy::Batch => {
-                writer.commit_wanted = true;
-                self.commit_needed.notify_one();
+                // Once `commit_wanted` is set the committer is bound to see it before it waits
+                // again (only it clears the flag, under this lock), so appenders queued behind
+                // the first one skip the notify, a `futex` syscall each.
+                if !writer.commit_wanted {
+                    writer.commit_wanted = true;
+                    self.commit_needed.notify_one();
+                }
                 Ok(AppendTicket::pending(first..=last, self.durable.clone()))
             }
             SyncPolicy::Always => {
@@ -459,11 +464,14 @@ impl Shared {
             let synced = failpoint::hit(failpoint::WAL_AFTER_WRITE_BEFORE_FSYNC)
                 .and_then(|()| file.sync_data())
                 .at(&path);
+            if synced.is_ok() {
+                self.stats.on_fsync(started.elapsed(), batch_records.max(1));
+                // Release the appenders before taking the lock they are about to ask for.
+                self.durable.advance(target);
+            }
             writer = self.writer();
             match synced {
                 Ok(()) => {
-                    self.stats.on_fsync(started.elapsed(), batch_records.max(1));
-                    self.durable.advance(target);
                     if let Err(error) = failpoint::hit(failpoint::WAL_AFTER_FSYNC_BEFORE_ACK) {
                         self.poison(&mut writer, error.to_string());
                         return;

@@ -2,14 +2,16 @@
 //!
 //! The log keeps two: the last written id (what readers can see; replication's tail-follow
 //! waits on it) and the durable id (what has been fsynced; group-commit waiters wait on it).
-//! Waiting needs no async runtime: futures register a [`Waker`], threads park on a condvar.
+//! Waiting needs no async runtime: futures register their [`Waker`], and a blocked thread
+//! registers one that unparks it. Advancing wakes only the waiters whose target it reaches, so
+//! a group commit releases its own appenders and leaves those queued for the next fsync asleep.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 /// The failure reason a closed log gives its waiters.
@@ -36,7 +38,6 @@ struct Waiters {
 pub struct Watermark {
     value: AtomicU64,
     waiters: Mutex<Waiters>,
-    changed: Condvar,
 }
 
 impl Watermark {
@@ -79,20 +80,28 @@ impl Watermark {
         for (_, (_, waker)) in waiters.wakers.drain() {
             waker.wake();
         }
-        self.changed.notify_all();
     }
 
+    /// Wakes the waiters whose target `value` reaches, after releasing the lock they need.
     fn wake(&self, value: u64) {
-        let mut waiters = self.waiters();
-        waiters.wakers.retain(|_, (target, waker)| {
-            if *target <= value {
-                waker.wake_by_ref();
-                false
-            } else {
-                true
+        let mut reached = Vec::new();
+        {
+            let mut waiters = self.waiters();
+            if waiters.wakers.is_empty() {
+                return;
             }
-        });
-        self.changed.notify_all();
+            waiters.wakers.retain(|_, (target, waker)| {
+                if *target <= value {
+                    reached.push(waker.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        for waker in reached {
+            waker.wake();
+        }
     }
 
     fn check(&self, target: u64, waiters: &Waiters) -> Option<Result<u64, WaitError>> {
@@ -110,27 +119,40 @@ impl Watermark {
     /// passes (`None`: no deadline).
     pub fn wait_blocking(&self, target: u64, timeout: Option<Duration>) -> Result<u64, WaitError> {
         let deadline = timeout.map(|timeout| Instant::now() + timeout);
-        let mut waiters = self.waiters();
+        let waker = Waker::from(Arc::new(Unparker(std::thread::current())));
+        let mut key = None;
         loop {
-            if let Some(result) = self.check(target, &waiters) {
-                return result;
-            }
-            waiters = match deadline {
-                None => self
-                    .changed
-                    .wait(waiters)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(WaitError::TimedOut);
+            let park_for = {
+                let mut waiters = self.waiters();
+                let result = match self.check(target, &waiters) {
+                    Some(result) => Some(result),
+                    None => match deadline {
+                        Some(deadline) if Instant::now() >= deadline => {
+                            Some(Err(WaitError::TimedOut))
+                        }
+                        _ => None,
+                    },
+                };
+                if let Some(result) = result {
+                    if let Some(key) = key {
+                        waiters.wakers.remove(&key);
                     }
-                    self.changed
-                        .wait_timeout(waiters, deadline - now)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .0
+                    return result;
                 }
+                // (Re-)registered on every round: `wake` removes the entry when it fires, and
+                // a truncation may have moved the value back below the target since.
+                let key = *key.get_or_insert_with(|| {
+                    waiters.next_key += 1;
+                    waiters.next_key
+                });
+                waiters.wakers.insert(key, (target, waker.clone()));
+                deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()))
             };
+            // An unpark that came first makes this return at once: no wake-up is lost.
+            match park_for {
+                None => std::thread::park(),
+                Some(park_for) => std::thread::park_timeout(park_for),
+            }
         }
     }
 
@@ -142,6 +164,18 @@ impl Watermark {
             target,
             key: None,
         }
+    }
+}
+
+/// Wakes a thread blocked in [`Watermark::wait_blocking`].
+struct Unparker(std::thread::Thread);
+
+impl Wake for Unparker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
     }
 }
 
@@ -228,6 +262,21 @@ mod tests {
             assert!(Pin::new(&mut wait).poll(&mut context).is_pending());
             assert!(Pin::new(&mut wait).poll(&mut context).is_pending());
         }
+        assert!(watermark.waiters().wakers.is_empty());
+    }
+
+    #[test]
+    fn blocked_threads_wake_when_their_target_is_reached() {
+        let watermark = Arc::new(Watermark::new(0));
+        let waiter = |target| {
+            let watermark = watermark.clone();
+            std::thread::spawn(move || watermark.wait_blocking(target, None))
+        };
+        let (early, late) = (waiter(2), waiter(5));
+        watermark.advance(2);
+        assert_eq!(early.join().unwrap(), Ok(2));
+        watermark.advance(5);
+        assert_eq!(late.join().unwrap(), Ok(5));
         assert!(watermark.waiters().wakers.is_empty());
     }
 
