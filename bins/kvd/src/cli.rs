@@ -108,6 +108,23 @@ pub struct NodeArgs {
     /// Time in-flight requests get to finish on SIGINT/SIGTERM [default: 10000].
     #[arg(long, env = "KVD_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
     pub shutdown_timeout_ms: Option<u64>,
+    /// Leader: nodes (the leader included) that must hold a write durably before it is
+    /// acknowledged with `acks=quorum` (the default acks). 1 = asynchronous replication; with 3
+    /// nodes, 2 survives the loss of any one node without losing an acknowledged write
+    /// [default: 1].
+    #[arg(long, env = "KVD_WRITE_QUORUM", value_name = "N")]
+    pub write_quorum: Option<usize>,
+    /// Leader: how long a write waits for its acknowledgements before answering 503 with its
+    /// id (the write stays in the log and commits when followers catch up) [default: 5000].
+    #[arg(long, env = "KVD_ACKS_TIMEOUT_MS", value_name = "MS")]
+    pub acks_timeout_ms: Option<u64>,
+    /// Leader: a follower not heard from for this long is reported down [default: 5000].
+    #[arg(long, env = "KVD_FOLLOWER_DOWN_MS", value_name = "MS")]
+    pub follower_down_ms: Option<u64>,
+    /// Follower: how long the leader may hold an idle fetch — the heartbeat interval
+    /// [default: 500].
+    #[arg(long, env = "KVD_FETCH_WAIT_MS", value_name = "MS")]
+    pub fetch_wait_ms: Option<u64>,
     /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as
     /// `info,kv_http=debug` [default: info].
     #[arg(long, env = "KVD_LOG_LEVEL", value_name = "LEVEL")]

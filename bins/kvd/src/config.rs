@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use kv_http::HttpOptions;
+use kv_replication::NodeOptions;
 use kv_wal::{RecoveryMode, SyncPolicy, WalOptions, SEGMENT_BYTES_MAX_DEFAULT, SEGMENT_BYTES_MIN};
 use serde::Deserialize;
 
@@ -55,6 +56,8 @@ pub struct NodeConfig {
     pub recovery_mode: RecoveryMode,
     /// HTTP limits and timeouts.
     pub http: HttpOptions,
+    /// Replication settings (quorum, timeouts, the follower's fetch loop).
+    pub replication: NodeOptions,
     /// Log filter directives.
     pub log_level: String,
     /// Log format.
@@ -96,6 +99,10 @@ struct FileConfig {
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
+    write_quorum: Option<usize>,
+    acks_timeout_ms: Option<u64>,
+    follower_down_ms: Option<u64>,
+    fetch_wait_ms: Option<u64>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -188,8 +195,8 @@ pub fn resolve(
     };
     if let Role::Follower { leader_url, .. } = &role {
         ensure!(
-            leader_url.starts_with("http://") || leader_url.starts_with("https://"),
-            "invalid leader URL {leader_url:?}: expected http://HOST:PORT"
+            leader_url.starts_with("http://") && leader_url.len() > "http://".len(),
+            "invalid leader URL {leader_url:?}: expected http://HOST:PORT (TLS is not supported yet)"
         );
     }
     let (listen_default, data_dir_default) = match &role {
@@ -239,6 +246,7 @@ pub fn resolve(
         (None, None) => RecoveryMode::default(),
     };
     let http = resolve_http(&args, &file)?;
+    let replication = resolve_replication(&args, &file, &role)?;
     let log_level = args
         .log_level
         .or(file.log_level)
@@ -251,6 +259,7 @@ pub fn resolve(
         sync_policy,
         recovery_mode,
         http,
+        replication,
         log_level,
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
     })
@@ -315,6 +324,64 @@ fn resolve_http(args: &NodeArgs, file: &FileConfig) -> anyhow::Result<HttpOption
         }
     }
     Ok(options)
+}
+
+fn resolve_replication(
+    args: &NodeArgs,
+    file: &FileConfig,
+    role: &Role,
+) -> anyhow::Result<NodeOptions> {
+    let defaults = NodeOptions::default();
+    let millis = |flag: Option<u64>, from_file: Option<u64>, default: Duration, name: &str| {
+        let duration = flag.or(from_file).map_or(default, Duration::from_millis);
+        ensure!(!duration.is_zero(), "{name} must be more than 0 ms");
+        Ok(duration)
+    };
+    let write_quorum = args
+        .write_quorum
+        .or(file.write_quorum)
+        .unwrap_or(defaults.leader.write_quorum);
+    ensure!(
+        (1..=64).contains(&write_quorum),
+        "write quorum must be from 1 to 64 (it counts the leader)"
+    );
+    let follower_id = match role {
+        Role::Leader => "leader".to_owned(),
+        Role::Follower { number, .. } => format!("follower-{number}"),
+    };
+    let mut options = NodeOptions {
+        acks_timeout: millis(
+            args.acks_timeout_ms,
+            file.acks_timeout_ms,
+            defaults.acks_timeout,
+            "acks timeout",
+        )?,
+        ..defaults
+    };
+    options.leader.write_quorum = write_quorum;
+    options.leader.follower_down_after = millis(
+        args.follower_down_ms,
+        file.follower_down_ms,
+        options.leader.follower_down_after,
+        "follower down timeout",
+    )?;
+    options.follower.fetch_wait = millis(
+        args.fetch_wait_ms,
+        file.fetch_wait_ms,
+        options.follower.fetch_wait,
+        "fetch wait",
+    )?;
+    options.follower.jitter_seed = rand_seed(&follower_id);
+    options.follower.follower_id = follower_id;
+    Ok(options)
+}
+
+/// A jitter seed that differs between followers and between runs.
+fn rand_seed(follower_id: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(follower_id.as_bytes());
+    hasher.finish()
 }
 
 fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {

@@ -1,16 +1,16 @@
 //! kvd: the replicated key-value store daemon.
 //!
 //! A thin binary: it reads the configuration (flags, env, config file — see [`config`]),
-//! sets up logging, and runs the node's role: [`leader::run_leader`] opens the store and serves
-//! the HTTP API until SIGINT/SIGTERM; [`follower::run_follower`] is where replication will
-//! plug in. Everything else lives in the library crates (kv-wal, kv-store, kv-http).
+//! sets up logging, and runs the node ([`node::run_node`]): it opens the store, takes its
+//! replication role (leader, or follower pulling from the leader), and serves the HTTP API
+//! until SIGINT/SIGTERM. Everything else lives in the library crates (kv-wal, kv-store,
+//! kv-replication, kv-http).
 
 mod cli;
 mod config;
 mod faults;
-mod follower;
-mod leader;
 mod logging;
+mod node;
 
 use std::process::ExitCode;
 
@@ -43,8 +43,5 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     logging::init(&config.log_level, config.log_format)?;
     faults::configure_from_env()?;
-    match config.role {
-        config::Role::Leader => leader::run_leader(config),
-        config::Role::Follower { .. } => follower::run_follower(config),
-    }
+    node::run_node(config)
 }

@@ -1,4 +1,5 @@
-//! The leader role: open the store (replaying the WAL), serve the HTTP API, and on
+//! Running a node, leader or follower: open the store (replaying the WAL), take the
+//! replication role, serve the HTTP API (and, on a follower, run the fetch loop), and on
 //! SIGINT/SIGTERM stop accepting, let in-flight requests finish and sync the WAL.
 
 use std::io::Write;
@@ -6,17 +7,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use kv_http::{AppState, NodeRole};
+use kv_http::{AppState, HttpTransport};
+use kv_replication::Node;
 use kv_store::{Store, StoreOptions, EPOCH_DEFAULT};
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::watch;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, Role};
 
-/// Runs the leader until a shutdown signal; returns once the WAL is synced and closed.
-pub fn run_leader(config: NodeConfig) -> anyhow::Result<()> {
+/// Runs the node until a shutdown signal; returns once the WAL is synced and closed.
+pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let opening_started = Instant::now();
     let wal_dir = config.wal_dir();
     tracing::info!(
+        role = match config.role { Role::Leader => "leader", Role::Follower { .. } => "follower" },
         wal_dir = %wal_dir.display(),
         sync_policy = %config.sync_policy,
         recovery_mode = %config.recovery_mode,
@@ -34,18 +38,31 @@ pub fn run_leader(config: NodeConfig) -> anyhow::Result<()> {
     } else {
         tracing::warn!(%report, "WAL recovered after repairing damage");
     }
+    let store = Arc::new(store);
+    let node = match &config.role {
+        Role::Leader => {
+            Node::open_leader(store.clone(), &config.data_dir, config.replication.clone())
+        }
+        Role::Follower { leader_url, .. } => Node::open_follower(
+            store.clone(),
+            &config.data_dir,
+            leader_url.clone(),
+            config.replication.clone(),
+        ),
+    }
+    .context("cannot take the node's replication role")?;
     tracing::info!(
         keys = store.key_count(),
         applied_id = store.applied_id(),
         elapsed_ms = opening_started.elapsed().as_millis() as u64,
         "store ready"
     );
-    let store = Arc::new(store);
+    let node = Arc::new(node);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let served = runtime.block_on(serve(&config, store.clone()));
+    let served = runtime.block_on(serve(&config, node));
     drop(runtime);
     let closed = store.close().context("cannot sync and close the WAL");
     served?;
@@ -54,7 +71,7 @@ pub fn run_leader(config: NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
+async fn serve(config: &NodeConfig, node: Arc<Node>) -> anyhow::Result<()> {
     // Signal handlers go in before the address is announced, so a signal sent as soon as the
     // node is up is a clean shutdown, not a kill.
     let shutdown = ShutdownSignals::install()?;
@@ -68,8 +85,30 @@ async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
     writeln!(stdout, "listening on {address}").context("cannot write to stdout")?;
     stdout.flush().context("cannot write to stdout")?;
     drop(stdout);
-    let state = Arc::new(AppState::new(store, NodeRole::Leader, config.http.clone()));
-    kv_http::serve(listener, state, shutdown.received()).await?;
+
+    let (stop_replication, replication_stopped) = watch::channel(false);
+    let follower_loop = match &config.role {
+        Role::Leader => None,
+        Role::Follower { leader_url, .. } => {
+            let transport = HttpTransport::new(leader_url).map_err(anyhow::Error::msg)?;
+            tracing::info!(leader = %leader_url, "following");
+            let mut stopped = replication_stopped.clone();
+            let node = node.clone();
+            Some(tokio::spawn(async move {
+                node.run_follower(transport, async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await;
+            }))
+        }
+    };
+    let state = Arc::new(AppState::new(node, config.http.clone()));
+    let served = kv_http::serve(listener, state, shutdown.received()).await;
+    let _ = stop_replication.send(true);
+    if let Some(follower_loop) = follower_loop {
+        let _ = follower_loop.await;
+    }
+    served?;
     tracing::info!("all connections closed");
     Ok(())
 }

@@ -74,6 +74,32 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] kv_store::Error),
+    /// The write is durable on the leader but the acknowledgements asked for did not arrive in
+    /// time; the body carries the entry's id.
+    #[error("{detail}")]
+    AcksTimeout {
+        /// The entry's id.
+        id: u64,
+        /// The commit id when the wait ended.
+        commit_id: u64,
+        /// What happened.
+        detail: String,
+    },
+    /// `min_id` was not applied within the wait.
+    #[error(
+        "this node has applied id {applied_id}, not yet {min_id}, after waiting {waited_ms} ms"
+    )]
+    NotYetApplied {
+        /// The id asked for.
+        min_id: u64,
+        /// The id applied.
+        applied_id: u64,
+        /// How long the request waited.
+        waited_ms: u64,
+    },
+    /// A replication fetch could not be decoded.
+    #[error("bad replication request: {0}")]
+    BadFetch(String),
     /// A task the request was waiting on died.
     #[error("internal error: {0}")]
     Internal(String),
@@ -86,6 +112,27 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<kv_replication::Error> for Error {
+    fn from(error: kv_replication::Error) -> Error {
+        match error {
+            kv_replication::Error::Store(error) => Error::Store(error),
+            kv_replication::Error::AcksTimeout { id, commit_id, .. } => Error::AcksTimeout {
+                id,
+                commit_id,
+                detail: error.to_string(),
+            },
+            kv_replication::Error::NotLeader { leader_url } => {
+                let leader_url = leader_url.unwrap_or_default();
+                Error::NotLeader {
+                    location: leader_url.clone(),
+                    leader_url,
+                }
+            }
+            kv_replication::Error::Meta { .. } => Error::Internal(error.to_string()),
+        }
+    }
 }
 
 /// Result alias for kv-http.
@@ -114,6 +161,9 @@ impl Error {
             Error::Store(kv_store::Error::Wal(WalError::Poisoned(_) | WalError::Closed)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Error::AcksTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NotYetApplied { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Error::BadFetch(_) => StatusCode::BAD_REQUEST,
             Error::Store(_) | Error::Internal(_) | Error::Io { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -134,7 +184,12 @@ pub fn error_response(error: &Error) -> Response<Full<Bytes>> {
     if status.is_server_error() {
         tracing::error!(%error, "request failed");
     }
-    let body = serde_json::json!({ "detail": error.detail() });
+    let body = match error {
+        Error::AcksTimeout { id, commit_id, .. } => {
+            serde_json::json!({ "detail": error.detail(), "id": id, "commit_id": commit_id })
+        }
+        _ => serde_json::json!({ "detail": error.detail() }),
+    };
     let mut response = json_response(status, body.to_string().into_bytes());
     let headers = response.headers_mut();
     match error {

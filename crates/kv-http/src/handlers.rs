@@ -6,13 +6,15 @@ use std::error::Error as StdError;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
-use kv_store::{Op, Store, Value, ValueKind};
+use kv_replication::{Acks, Node};
+use kv_store::{Op, Value, ValueKind};
 use kv_wal::SyncPolicy;
 use serde::Serialize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::body::{self, OCTET_STREAM};
 use crate::error::{json_response, Error, Result};
@@ -42,9 +44,29 @@ pub fn decode_key(encoded_key: &str, key_bytes_max: usize) -> Result<String> {
         .map_err(|_| Error::InvalidKey("the key is not valid UTF-8".to_owned()))
 }
 
-/// `GET /key/{key}`: `{"key":k,"value":v}` for JSON clients, the bytes for
-/// `Accept: application/octet-stream`.
-pub fn get_key(state: &AppState, key: &str, headers: &HeaderMap) -> Result<Response<Full<Bytes>>> {
+/// `GET /key/{key}[?min_id=N[&wait_ms=M]]`: `{"key":k,"value":v}` for JSON clients, the bytes
+/// for `Accept: application/octet-stream`. With `min_id`, first waits (at most `wait_ms`,
+/// default 1000, at most 30000) until this node has applied entry N — read-your-writes on any
+/// node after a write that returned id N.
+pub async fn get_key(state: &AppState, key: &str, parts: &Parts) -> Result<Response<Full<Bytes>>> {
+    let query = parts.uri.query().unwrap_or_default();
+    if let Some(min_id) = number_parameter(query, "min_id", u64::MAX)? {
+        let wait_ms = number_parameter(query, "wait_ms", MIN_ID_WAIT_MS_MAX)?
+            .unwrap_or(MIN_ID_WAIT_MS_DEFAULT);
+        let started = std::time::Instant::now();
+        if !state
+            .node
+            .wait_applied(min_id, Duration::from_millis(wait_ms))
+            .await
+        {
+            return Err(Error::NotYetApplied {
+                min_id,
+                applied_id: state.store.applied_id(),
+                waited_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+    }
+    let headers = &parts.headers;
     let entry = state.store.get(key.as_bytes()).ok_or(Error::KeyNotFound)?;
     let (kind, value) = (entry.value_kind(), entry.value_bytes());
     if body::accepts_octet_stream(headers) {
@@ -95,6 +117,7 @@ where
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     require_leader(state, parts)?;
+    let acks = acks_parameter(parts)?;
     let bytes = body::read_body(body, &parts.headers, &state.options).await?;
     let value = if body::is_octet_stream(&parts.headers) {
         Value::raw(bytes)
@@ -105,7 +128,7 @@ where
         key: key.into_bytes(),
         value,
     };
-    let id = write(&state.store, op).await?;
+    let id = write(state, op, acks).await?;
     Ok(written(id))
 }
 
@@ -116,20 +139,48 @@ pub async fn delete_key(
     parts: &Parts,
 ) -> Result<Response<Full<Bytes>>> {
     require_leader(state, parts)?;
-    let id = write(
-        &state.store,
-        Op::Delete {
-            key: key.into_bytes(),
-        },
-    )
-    .await?;
+    let acks = acks_parameter(parts)?;
+    let op = Op::Delete {
+        key: key.into_bytes(),
+    };
+    let id = write(state, op, acks).await?;
     Ok(written(id))
+}
+
+/// Longest `wait_ms` a `min_id` read may ask for.
+pub const MIN_ID_WAIT_MS_MAX: u64 = 30_000;
+/// `wait_ms` of a `min_id` read that gives none.
+pub const MIN_ID_WAIT_MS_DEFAULT: u64 = 1_000;
+
+/// An optional integer query parameter, at most `max`.
+fn number_parameter(query: &str, name: &str, max: u64) -> Result<Option<u64>> {
+    let Some(text) = query_parameter(query, name).map_err(Error::InvalidQuery)? else {
+        return Ok(None);
+    };
+    std::str::from_utf8(&text)
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .filter(|&value| value <= max)
+        .map(Some)
+        .ok_or_else(|| Error::InvalidQuery(format!("{name} must be an integer from 0 to {max}")))
+}
+
+/// `?acks=leader|quorum|all` (default quorum: with a write quorum of 1, the leader alone).
+fn acks_parameter(parts: &Parts) -> Result<Acks> {
+    let query = parts.uri.query().unwrap_or_default();
+    match query_parameter(query, "acks").map_err(Error::InvalidQuery)? {
+        None => Ok(Acks::default()),
+        Some(text) => String::from_utf8_lossy(&text)
+            .parse()
+            .map_err(Error::InvalidQuery),
+    }
 }
 
 fn require_leader(state: &AppState, parts: &Parts) -> Result<()> {
     match state.role() {
         NodeRole::Leader => Ok(()),
         NodeRole::Follower { leader_url } => {
+            let leader_url = leader_url.clone();
             let path_and_query = parts
                 .uri
                 .path_and_query()
@@ -143,15 +194,16 @@ fn require_leader(state: &AppState, parts: &Parts) -> Result<()> {
     }
 }
 
-/// Runs a write to completion on a task of its own, so a client that hangs up cannot leave
-/// its durable entry unapplied. Under `SyncPolicy::Always` the WAL fsyncs inside the submit
-/// call, so that write runs on the blocking pool instead of stalling an async worker.
-async fn write(store: &Arc<Store>, op: Op) -> Result<u64> {
-    let store = store.clone();
-    let joined = if store.wal().sync_policy() == SyncPolicy::Always {
-        tokio::task::spawn_blocking(move || store.write_blocking(op)).await
+/// Runs a write to completion on a task of its own, so a client that hangs up cannot stop
+/// it half-way. Under `SyncPolicy::Always` the WAL fsyncs inside the submit call, so that
+/// write runs on the blocking pool instead of stalling an async worker.
+async fn write(state: &AppState, op: Op, acks: Acks) -> Result<u64> {
+    let node: Arc<Node> = state.node.clone();
+    let joined = if state.store.wal().sync_policy() == SyncPolicy::Always {
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || runtime.block_on(node.write(op, acks))).await
     } else {
-        tokio::spawn(async move { store.write(op).await }).await
+        tokio::spawn(async move { node.write(op, acks).await }).await
     };
     let id = joined.map_err(|error| Error::Internal(format!("write task failed: {error}")))??;
     Ok(id)
@@ -254,14 +306,13 @@ pub fn health(state: &AppState) -> Response<Full<Bytes>> {
     let store = &state.store;
     let wal = store.wal();
     let poisoned = wal.poisoned();
-    let role = state.role();
     let body = HealthBody {
         status: if poisoned.is_some() {
             "unavailable"
         } else {
             "ok"
         },
-        role: role.name(),
+        role: state.role_name(),
         detail: poisoned.map(|reason| format!("the WAL refuses writes: {reason}")),
         applied_id: store.applied_id(),
         last_id: wal.last_id(),
@@ -279,7 +330,7 @@ pub fn health(state: &AppState) -> Response<Full<Bytes>> {
 
 /// `GET /metrics`: Prometheus text.
 pub fn metrics(state: &AppState) -> Response<Full<Bytes>> {
-    let text = state.metrics.render(&state.store, state.role().name());
+    let text = state.metrics.render(&state.node, state.role_name());
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

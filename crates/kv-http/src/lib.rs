@@ -12,19 +12,24 @@
 //! - [`handle`] answers one request and never fails: routing ([`Route`]), then one function per
 //!   endpoint, then [`error_response`] — the one place an [`Error`] becomes a status and a
 //!   `{"detail": …}` body. Tests call it directly, without a socket.
-//! - [`AppState`] holds the [`kv_store::Store`], the limits, the metrics and the node's
-//!   [`NodeRole`]: a follower answers writes with a 307 to its leader.
+//! - [`AppState`] holds the replication [`kv_replication::Node`] (the store and its role),
+//!   the limits and the metrics: a follower answers writes with a 307 to its leader.
+//! - Replication rides on the same server: followers `POST /replication/fetch` (long-polled
+//!   by the leader), and [`HttpTransport`] is the follower's keep-alive client for it.
+//!   `GET /cluster_status` shows the cluster as this node sees it.
 //! - Writes answer only once the entry is durable under the WAL's sync policy and applied to
 //!   the map; reads see only applied entries.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use kv_http::{AppState, HttpOptions, NodeRole};
+//! use kv_http::{AppState, HttpOptions};
+//! use kv_replication::{Node, NodeOptions};
 //! use kv_store::{Store, StoreOptions};
 //!
 //! let (store, _report) = Store::open("data/leader/wal", StoreOptions::default())?;
-//! let state = Arc::new(AppState::new(Arc::new(store), NodeRole::Leader, HttpOptions::default()));
+//! let node = Node::open_leader(Arc::new(store), "data/leader".as_ref(), NodeOptions::default())?;
+//! let state = Arc::new(AppState::new(Arc::new(node), HttpOptions::default()));
 //! let listener = kv_http::bind("127.0.0.1:8000").await?;
 //! kv_http::serve(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(())
@@ -32,17 +37,20 @@
 //! ```
 
 mod body;
+mod client;
 mod error;
 mod handlers;
 mod metrics;
 mod options;
 mod percent;
+mod replication;
 mod route;
 mod server;
 mod service;
 mod state;
 
 pub use body::OCTET_STREAM;
+pub use client::HttpTransport;
 pub use error::{error_response, Error, Result};
 pub use metrics::Metrics;
 pub use options::{
@@ -50,6 +58,7 @@ pub use options::{
     HEADER_READ_TIMEOUT_DEFAULT, KEYS_LIMIT_DEFAULT, KEYS_LIMIT_MAX, KEY_BYTES_MAX_DEFAULT,
     SHUTDOWN_DRAIN_TIMEOUT_DEFAULT,
 };
+pub use replication::FETCH_REQUEST_BYTES_MAX;
 pub use route::Route;
 pub use server::{bind, serve};
 pub use service::handle;

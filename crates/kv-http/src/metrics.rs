@@ -11,6 +11,7 @@ use kv_store::Store;
 use kv_wal::FSYNC_BATCH_BOUNDS;
 
 use crate::route::ROUTE_LABELS;
+use kv_replication::Node;
 
 /// Method labels; anything else counts as `other`.
 const METHOD_LABELS: [&str; 4] = ["GET", "PUT", "DELETE", "other"];
@@ -97,7 +98,8 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of these counters and of `store`.
-    pub fn render(&self, store: &Store, role_name: &str) -> String {
+    pub fn render(&self, node: &Node, role_name: &str) -> String {
+        let store = node.store();
         let mut out = String::with_capacity(8 * 1024);
         self.render_requests(&mut out);
         self.render_latency(&mut out);
@@ -114,6 +116,7 @@ impl Metrics {
             self.connections_accepted.load(Ordering::Relaxed),
         );
         render_store(&mut out, store, role_name);
+        render_replication(&mut out, node);
         out
     }
 
@@ -180,6 +183,76 @@ fn route_method_labels(route_method: usize) -> (&'static str, &'static str) {
         ROUTE_LABELS[route_method / METHOD_LABELS.len()],
         METHOD_LABELS[route_method % METHOD_LABELS.len()],
     )
+}
+
+fn render_replication(out: &mut String, node: &Node) {
+    let status = node.cluster_status();
+    gauge(
+        out,
+        "kvd_replication_commit_id",
+        "The commit id (followers: as last heard from the leader).",
+        status.commit_id,
+    );
+    gauge(
+        out,
+        "kvd_replication_epoch",
+        "The leader epoch.",
+        status.epoch,
+    );
+    if let Some(followers) = &status.followers {
+        out.push_str("# HELP kvd_replication_follower_lag_entries Entries a follower lacks, as the leader sees it.\n");
+        out.push_str("# TYPE kvd_replication_follower_lag_entries gauge\n");
+        for follower in followers {
+            let _ = writeln!(
+                out,
+                "kvd_replication_follower_lag_entries{{follower=\"{}\"}} {}",
+                follower.follower_id, follower.lag_entries
+            );
+        }
+        out.push_str(
+            "# HELP kvd_replication_follower_lag_ms How long a follower has been behind.\n",
+        );
+        out.push_str("# TYPE kvd_replication_follower_lag_ms gauge\n");
+        for follower in followers {
+            let _ = writeln!(
+                out,
+                "kvd_replication_follower_lag_ms{{follower=\"{}\"}} {}",
+                follower.follower_id, follower.lag_ms
+            );
+        }
+        out.push_str("# HELP kvd_replication_follower_up Whether a follower fetched within the down timeout.\n");
+        out.push_str("# TYPE kvd_replication_follower_up gauge\n");
+        for follower in followers {
+            let up = u64::from(follower.status != kv_replication::FollowerHealth::Down);
+            let _ = writeln!(
+                out,
+                "kvd_replication_follower_up{{follower=\"{}\"}} {up}",
+                follower.follower_id
+            );
+        }
+    }
+    if let Some(age) = status.last_contact_age_ms {
+        gauge(
+            out,
+            "kvd_replication_leader_contact_age_ms",
+            "Time since the leader last answered a fetch.",
+            age,
+        );
+    }
+    if let Some(refused) = status.corrupt_batches_refused {
+        counter(
+            out,
+            "kvd_replication_corrupt_batches_refused_total",
+            "Fetched batches refused for a bad CRC or id.",
+            refused,
+        );
+    }
+    gauge(
+        out,
+        "kvd_replication_apply_lag_entries",
+        "Entries held durably here but not yet applied (awaiting commit).",
+        status.last_id.saturating_sub(status.applied_id),
+    );
 }
 
 fn render_store(out: &mut String, store: &Store, role_name: &str) {

@@ -16,19 +16,25 @@ pub enum Route<'a> {
     Health,
     /// `/metrics`
     Metrics,
+    /// `/replication/fetch`: followers pull here (POST, binary); GET is a JSON debugging view.
+    ReplicationFetch,
+    /// `/cluster_status`
+    ClusterStatus,
 }
 
 /// Route names used as metric labels (and their index in metric arrays).
-pub const ROUTE_LABELS: [&str; 6] = [
+pub const ROUTE_LABELS: [&str; 8] = [
     "/key/{key}",
     "/keys",
     "/segments",
     "/health",
     "/metrics",
+    "/replication/fetch",
+    "/cluster_status",
     "unknown",
 ];
 /// Index of the label for paths that match no route.
-pub const ROUTE_LABEL_UNKNOWN: usize = 5;
+pub const ROUTE_LABEL_UNKNOWN: usize = 7;
 
 impl<'a> Route<'a> {
     /// The route for `path`, if any. `/key/a/b` is no route: a key is one path segment
@@ -42,6 +48,8 @@ impl<'a> Route<'a> {
             "/segments" => Some(Route::Segments),
             "/health" => Some(Route::Health),
             "/metrics" => Some(Route::Metrics),
+            "/replication/fetch" => Some(Route::ReplicationFetch),
+            "/cluster_status" => Some(Route::ClusterStatus),
             _ => None,
         }
     }
@@ -50,6 +58,7 @@ impl<'a> Route<'a> {
     pub fn allowed_methods(&self) -> &'static str {
         match self {
             Route::Key(_) => "GET, PUT, DELETE",
+            Route::ReplicationFetch => "GET, POST",
             _ => "GET",
         }
     }
@@ -60,6 +69,7 @@ impl<'a> Route<'a> {
             Route::Key(_) => {
                 *method == Method::GET || *method == Method::PUT || *method == Method::DELETE
             }
+            Route::ReplicationFetch => *method == Method::GET || *method == Method::POST,
             _ => *method == Method::GET,
         }
     }
@@ -72,6 +82,8 @@ impl<'a> Route<'a> {
             Route::Segments => 2,
             Route::Health => 3,
             Route::Metrics => 4,
+            Route::ReplicationFetch => 5,
+            Route::ClusterStatus => 6,
         }
     }
 }
@@ -103,6 +115,8 @@ mod tests {
             (Route::Segments, "/segments"),
             (Route::Health, "/health"),
             (Route::Metrics, "/metrics"),
+            (Route::ReplicationFetch, "/replication/fetch"),
+            (Route::ClusterStatus, "/cluster_status"),
         ] {
             assert_eq!(ROUTE_LABELS[route.label_index()], label);
         }

@@ -11,6 +11,7 @@ use hyper::body::Body;
 
 use crate::error::{error_response, Error, Result};
 use crate::handlers;
+use crate::replication;
 use crate::route::{Route, ROUTE_LABEL_UNKNOWN};
 use crate::state::AppState;
 
@@ -54,7 +55,7 @@ where
         Route::Key(encoded_key) => {
             let key = handlers::decode_key(encoded_key, state.options.key_bytes_max)?;
             match parts.method {
-                Method::GET => handlers::get_key(state, &key, &parts.headers),
+                Method::GET => handlers::get_key(state, &key, &parts).await,
                 Method::PUT => handlers::put_key(state, key, &parts, body).await,
                 _ => handlers::delete_key(state, key, &parts).await,
             }
@@ -63,5 +64,10 @@ where
         Route::Segments => Ok(handlers::segments(state)),
         Route::Health => Ok(handlers::health(state)),
         Route::Metrics => Ok(handlers::metrics(state)),
+        Route::ReplicationFetch => match parts.method {
+            Method::POST => replication::fetch(state, &parts, body).await,
+            _ => replication::fetch_view(state, parts.uri.query().unwrap_or_default()).await,
+        },
+        Route::ClusterStatus => Ok(replication::cluster_status(state)),
     }
 }

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use kv_http::{AppState, HttpOptions, NodeRole};
+use kv_replication::NodeOptions;
 use kv_store::{Store, StoreOptions};
 
 pub struct Node {
@@ -17,7 +18,20 @@ pub fn node_with(options: HttpOptions, role: NodeRole) -> Node {
     let dir = tempfile::tempdir().expect("temp dir");
     let (store, _report) =
         Store::open(dir.path().join("wal"), StoreOptions::default()).expect("open store");
-    let state = Arc::new(AppState::new(Arc::new(store), role, options));
+    let store = Arc::new(store);
+    let node = match role {
+        NodeRole::Leader => {
+            kv_replication::Node::open_leader(store, dir.path(), NodeOptions::default())
+        }
+        NodeRole::Follower { leader_url } => kv_replication::Node::open_follower(
+            store,
+            dir.path(),
+            leader_url,
+            NodeOptions::default(),
+        ),
+    }
+    .expect("open node");
+    let state = Arc::new(AppState::new(Arc::new(node), options));
     Node { state, _dir: dir }
 }
 

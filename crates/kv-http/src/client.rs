@@ -1,0 +1,151 @@
+//! The follower's side of the fetch protocol over HTTP/1.1: one keep-alive connection to the
+//! leader with `TCP_NODELAY`, re-established after any failure.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use kv_replication::{FetchRequest, FetchResponse, Transport};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+/// Largest fetch response accepted (the protocol's frame limit plus its header).
+const FETCH_RESPONSE_BYTES_MAX: usize = kv_replication::protocol::FRAMES_BYTES_MAX as usize + 4096;
+
+/// Fetches from a leader at an `http://host:port` URL.
+#[derive(Debug)]
+pub struct HttpTransport {
+    authority: String,
+    path: String,
+    connection: Mutex<Option<SendRequest<Full<Bytes>>>>,
+}
+
+impl HttpTransport {
+    /// A transport to the leader at `leader_url` (`http://host:port`, optionally with a path
+    /// prefix). Fails for other schemes.
+    pub fn new(leader_url: &str) -> Result<HttpTransport, String> {
+        let rest = leader_url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("leader URL {leader_url:?} must start with http://"))?;
+        let (authority, prefix) = match rest.split_once('/') {
+            Some((authority, prefix)) => (authority, prefix.trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(format!("leader URL {leader_url:?} has no host"));
+        }
+        let path = if prefix.is_empty() {
+            "/replication/fetch".to_owned()
+        } else {
+            format!("/{prefix}/replication/fetch")
+        };
+        Ok(HttpTransport {
+            authority: authority.to_owned(),
+            path,
+            connection: Mutex::new(None),
+        })
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        let stream = TcpStream::connect(&self.authority).await.map_err(|error| {
+            format!(
+                "cannot connect to the leader at {}: {error}",
+                self.authority
+            )
+        })?;
+        stream
+            .set_nodelay(true)
+            .map_err(|error| format!("cannot set TCP_NODELAY: {error}"))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| format!("HTTP handshake with the leader failed: {error}"))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "replication connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn exchange(&self, request: &FetchRequest) -> Result<FetchResponse, String> {
+        let mut connection = self.connection.lock().await;
+        let sender = match connection.as_mut() {
+            Some(sender) if !sender.is_closed() => sender,
+            _ => connection.insert(self.connect().await?),
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|error| format!("the connection to the leader broke: {error}"))?;
+        let http_request = Request::post(&self.path)
+            .header(header::HOST, &self.authority)
+            .header(header::CONTENT_TYPE, crate::body::OCTET_STREAM)
+            .body(Full::new(Bytes::from(request.encode())))
+            .map_err(|error| error.to_string())?;
+        let result = async {
+            let response = sender
+                .send_request(http_request)
+                .await
+                .map_err(|error| format!("fetch failed: {error}"))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), FETCH_RESPONSE_BYTES_MAX)
+                .collect()
+                .await
+                .map_err(|error| format!("reading the fetch response failed: {error}"))?
+                .to_bytes();
+            if status != StatusCode::OK {
+                return Err(format!(
+                    "the leader answered {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(512)])
+                ));
+            }
+            FetchResponse::decode(&body).map_err(|error| error.to_string())
+        }
+        .await;
+        if result.is_err() {
+            *connection = None;
+        }
+        result
+    }
+}
+
+impl Transport for HttpTransport {
+    async fn fetch(
+        &self,
+        request: &FetchRequest,
+        timeout: Duration,
+    ) -> Result<FetchResponse, String> {
+        match tokio::time::timeout(timeout, self.exchange(request)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The connection may hold a half-finished exchange: start afresh.
+                *self.connection.lock().await = None;
+                Err(format!(
+                    "no answer from the leader within {} ms",
+                    timeout.as_millis()
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        let transport = HttpTransport::new("http://127.0.0.1:8000").unwrap();
+        assert_eq!(
+            (transport.authority.as_str(), transport.path.as_str()),
+            ("127.0.0.1:8000", "/replication/fetch")
+        );
+        let transport = HttpTransport::new("http://localhost:9/kv/").unwrap();
+        assert_eq!(transport.path, "/kv/replication/fetch");
+        assert!(HttpTransport::new("https://x:1").is_err());
+        assert!(HttpTransport::new("http://").is_err());
+    }
+}

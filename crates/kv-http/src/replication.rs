@@ -1,0 +1,175 @@
+//! The replication endpoints: `POST /replication/fetch` (followers pull here; binary bodies,
+//! see kv-replication's protocol), `GET /replication/fetch?…` (the same answer as JSON, for
+//! people debugging; it is not counted as a follower's acknowledgement), and
+//! `GET /cluster_status`.
+
+use std::error::Error as StdError;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Body;
+use kv_replication::{FetchRequest, FetchResponse};
+use kv_store::{LogEntry, Op, ValueKind};
+use serde_json::json;
+
+use crate::body;
+use crate::error::{json_response, Error, Result};
+use crate::percent::query_parameter;
+use crate::state::AppState;
+
+/// Largest fetch request body accepted.
+pub const FETCH_REQUEST_BYTES_MAX: u64 = 4096;
+/// Largest batch the JSON view returns.
+const FETCH_VIEW_BYTES_MAX: u32 = 64 * 1024;
+
+/// `POST /replication/fetch`: a follower's fetch, answered (possibly after a long poll) with a
+/// binary response.
+pub async fn fetch<B>(state: &AppState, parts: &Parts, body: B) -> Result<Response<Full<Bytes>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let mut options = state.options.clone();
+    options.body_bytes_max = options.body_bytes_max.min(FETCH_REQUEST_BYTES_MAX);
+    let bytes = body::read_body(body, &parts.headers, &options).await?;
+    let request =
+        FetchRequest::decode(&bytes).map_err(|error| Error::BadFetch(error.to_string()))?;
+    let response = state.node.handle_fetch(&request, true).await;
+    let mut answer = Response::new(Full::new(Bytes::from(response.encode())));
+    answer.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(body::OCTET_STREAM),
+    );
+    Ok(answer)
+}
+
+/// `GET /replication/fetch?follower_id=&next_id=&last_epoch=&durable_id=&wait_ms=`: what the
+/// leader would answer that fetch, as JSON, with entries decoded. Does not wait by default and
+/// never counts as a follower.
+pub async fn fetch_view(state: &AppState, query: &str) -> Result<Response<Full<Bytes>>> {
+    let number = |name: &str, default: u64| -> Result<u64> {
+        match query_parameter(query, name).map_err(Error::InvalidQuery)? {
+            None => Ok(default),
+            Some(text) => String::from_utf8_lossy(&text)
+                .parse()
+                .map_err(|_| Error::InvalidQuery(format!("{name} must be an integer"))),
+        }
+    };
+    let follower_id = query_parameter(query, "follower_id")
+        .map_err(Error::InvalidQuery)?
+        .map_or_else(
+            || "debug".to_owned(),
+            |id| String::from_utf8_lossy(&id).into_owned(),
+        );
+    let cluster_id = match query_parameter(query, "cluster_id").map_err(Error::InvalidQuery)? {
+        None => state.node.cluster_status().cluster_id.clone(),
+        Some(text) => String::from_utf8_lossy(&text).into_owned(),
+    };
+    let request = FetchRequest {
+        cluster_id: u64::from_str_radix(&cluster_id, 16).unwrap_or(0),
+        follower_id,
+        next_id: number("next_id", 1)?,
+        last_epoch: number("last_epoch", 0)?,
+        durable_id: number("durable_id", 0)?,
+        commit_id: number("commit_id", 0)?,
+        bytes_max: number("bytes_max", u64::from(FETCH_VIEW_BYTES_MAX))?
+            .min(u64::from(FETCH_VIEW_BYTES_MAX)) as u32,
+        wait_ms: number("wait_ms", 0)?.min(10_000) as u32,
+    };
+    request
+        .validate()
+        .map_err(|error| Error::BadFetch(error.to_string()))?;
+    let response = state.node.handle_fetch(&request, false).await;
+    Ok(json_response(
+        StatusCode::OK,
+        view(&response).to_string().into_bytes(),
+    ))
+}
+
+fn view(response: &FetchResponse) -> serde_json::Value {
+    match response {
+        FetchResponse::Entries {
+            cluster_id,
+            leader_epoch,
+            commit_id,
+            first_id,
+            last_id,
+            frames,
+        } => {
+            let entries: Vec<serde_json::Value> = match kv_wal::frame::decode_all(frames) {
+                Ok(decoded) => decoded
+                    .iter()
+                    .map(|frame| {
+                        let mut entry = json!({ "id": frame.id, "crc": frame.crc, "bytes": frame.encoded_len() });
+                        if let Ok(LogEntry { epoch, op }) = LogEntry::decode(frame.payload) {
+                            entry["epoch"] = json!(epoch);
+                            match op {
+                                Op::Set { key, value } => {
+                                    entry["op"] = json!("SET");
+                                    entry["key"] = json!(String::from_utf8_lossy(&key));
+                                    entry["value_kind"] = json!(match value.kind {
+                                        ValueKind::Json => "json",
+                                        ValueKind::Raw => "raw",
+                                    });
+                                    entry["value_bytes"] = json!(value.bytes.len());
+                                }
+                                Op::Delete { key } => {
+                                    entry["op"] = json!("DELETE");
+                                    entry["key"] = json!(String::from_utf8_lossy(&key));
+                                }
+                            }
+                        }
+                        entry
+                    })
+                    .collect(),
+                Err((offset, reason)) => vec![json!({ "error": reason, "offset": offset })],
+            };
+            json!({
+                "kind": "entries",
+                "cluster_id": format!("{cluster_id:016x}"),
+                "leader_epoch": leader_epoch,
+                "commit_id": commit_id,
+                "first_id": first_id,
+                "last_id": last_id,
+                "entries": entries,
+            })
+        }
+        FetchResponse::Diverged {
+            cluster_id,
+            leader_epoch,
+            truncate_after,
+        } => json!({
+            "kind": "diverged",
+            "cluster_id": format!("{cluster_id:016x}"),
+            "leader_epoch": leader_epoch,
+            "truncate_after": truncate_after,
+        }),
+        FetchResponse::SnapshotNeeded {
+            cluster_id,
+            leader_epoch,
+            first_id,
+        } => json!({
+            "kind": "snapshot_needed",
+            "cluster_id": format!("{cluster_id:016x}"),
+            "leader_epoch": leader_epoch,
+            "first_id": first_id,
+        }),
+        FetchResponse::NotLeader { leader_url } => {
+            json!({ "kind": "not_leader", "leader": leader_url })
+        }
+        FetchResponse::ClusterMismatch { leader_cluster_id } => json!({
+            "kind": "cluster_mismatch",
+            "leader_cluster_id": format!("{leader_cluster_id:016x}"),
+        }),
+    }
+}
+
+/// `GET /cluster_status`: role, leader, epoch, commit/applied/durable ids and, on the
+/// leader, every follower with its lag and health.
+pub fn cluster_status(state: &AppState) -> Response<Full<Bytes>> {
+    let status = state.node.cluster_status();
+    let body = serde_json::to_vec(&status).expect("the status always serializes");
+    json_response(StatusCode::OK, body)
+}
