@@ -82,6 +82,9 @@ pub(crate) fn recover(
                             records_dropped: 0,
                             segments_removed: removed,
                         });
+                        // The next segment closes the gap, or the next open would see it again
+                        // and drop what was appended since.
+                        next_sequence = previous.sequence + 1;
                         break;
                     }
                     RecoveryMode::SkipCorrupt => {
@@ -125,6 +128,8 @@ pub(crate) fn recover(
                         records_dropped: 0,
                         segments_removed: removed,
                     });
+                    // The next segment takes the removed one's sequence (no gap to trip over).
+                    next_sequence = entry.sequence;
                     break;
                 }
                 RecoveryMode::SkipCorrupt => {

@@ -4,5 +4,6 @@ mod basics;
 mod corruption;
 mod failpoints;
 mod faults;
+mod fuzz_corpus;
 mod model;
 mod support;
