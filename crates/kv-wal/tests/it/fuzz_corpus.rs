@@ -59,7 +59,7 @@ fn a_real_log_round_trips_through_the_image_format() {
     };
     let (wal, _) = Wal::open(dir, options).expect("open");
     for id in 1..=50u64 {
-        wal.append(&vec![id as u8; 150]).expect("append");
+        wal.append(&[id as u8; 150]).expect("append");
     }
     wal.close().expect("close");
     drop(wal);
