@@ -9,7 +9,9 @@ pub trait LogView {
     fn first_id(&self) -> u64;
     /// The last id held (0 when none).
     fn last_id(&self) -> u64;
-    /// The highest id on stable storage.
+    /// The highest id this node holds under its sync policy: on stable storage under
+    /// `always`/`batch`; written (to the OS) under `interval`/`never`, which by choice do not
+    /// wait for the disk. This is what a fetch acknowledges and what commits count.
     fn durable_id(&self) -> u64;
     /// The epoch of entry `id`, if held.
     fn epoch_at(&self, id: u64) -> Option<u64>;
@@ -39,7 +41,13 @@ impl LogView for Store {
         self.wal().last_id().unwrap_or(0)
     }
     fn durable_id(&self) -> u64 {
-        self.wal().durable_id()
+        if self.wal().sync_policy().is_durable_on_return() {
+            self.wal().durable_id()
+        } else {
+            self.wal()
+                .durable_id()
+                .max(self.wal().last_id().unwrap_or(0))
+        }
     }
     fn epoch_at(&self, id: u64) -> Option<u64> {
         Store::epoch_at(self, id)

@@ -59,24 +59,14 @@ fn bad_settings_fail_before_anything_starts() {
 }
 
 #[test]
-fn a_follower_validates_its_config_then_says_replication_is_not_built() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data_dir = dir.path().join("f1");
-    let child = kvd_command(&[
-        "follower",
-        "1",
-        "--data-dir",
-        data_dir.to_str().expect("UTF-8"),
-    ])
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .expect("spawn kvd");
-    let pid = child.id();
-    let finished = child.wait_with_output().expect("output");
-    let stderr = String::from_utf8_lossy(&finished.stderr);
-    assert!(!finished.status.success(), "pid {pid}");
-    assert!(stderr.contains("replication is not built yet"), "{stderr}");
-    assert!(stderr.contains("127.0.0.1:8001"), "{stderr}");
+fn a_follower_refuses_a_leader_url_it_cannot_use() {
+    for url in ["https://127.0.0.1:8000", "ftp://x", "http://"] {
+        let (success, _, stderr) = output(&["follower", "1", "--leader", url]);
+        assert!(
+            !success && stderr.contains("invalid leader URL"),
+            "{url}: {stderr}"
+        );
+    }
     let (success, _, stderr) = output(&["follower", "follower-0"]);
     assert!(
         !success && stderr.contains("invalid follower id"),
