@@ -173,23 +173,25 @@ impl FollowerState {
                 if let Some(step) = self.check_cluster(cluster_id) {
                     return step;
                 }
+                if !frames.is_empty() {
+                    if let Err(reason) = check_frames(&frames, request.next_id) {
+                        // Damaged in transit or on the leader: never appended, fetched again,
+                        // and nothing else in the answer is trusted either.
+                        self.corrupt_batches_refused += 1;
+                        return self.failed(now, format!("refused a damaged batch: {reason}"));
+                    }
+                }
                 let adopt_cluster = (self.cluster_id == 0).then_some(cluster_id);
                 self.cluster_id = cluster_id;
                 self.leader_epoch = self.leader_epoch.max(leader_epoch);
                 self.commit_seen = self.commit_seen.max(commit_id);
+                self.connected(now);
                 if frames.is_empty() {
-                    self.connected(now);
                     return Step::Apply {
                         commit_id,
                         adopt_cluster,
                     };
                 }
-                if let Err(reason) = check_frames(&frames, request.next_id) {
-                    // Damaged in transit or on the leader: never appended, fetched again.
-                    self.corrupt_batches_refused += 1;
-                    return self.failed(now, format!("refused a damaged batch: {reason}"));
-                }
-                self.connected(now);
                 Step::Append {
                     frames,
                     commit_id,

@@ -436,6 +436,12 @@ impl Node {
                 adopt_cluster,
             } => {
                 self.adopt(adopt_cluster)?;
+                if kv_wal::frame::decode(&frames).map(|frame| frame.id).ok()
+                    != Some(self.store.wal().next_id())
+                {
+                    // An answer to an older request (the log moved since): fetch again.
+                    return Ok(None);
+                }
                 let ticket = self
                     .store
                     .submit_frames(&frames, self.store.wal().sync_policy())

@@ -1,0 +1,334 @@
+//! The leader's and the follower's decisions, one case at a time.
+
+use std::time::{Duration, Instant};
+
+use kv_replication::{
+    FetchDecision, FetchRequest, FetchResponse, FollowerHealth, FollowerOptions, FollowerState,
+    LeaderOptions, LeaderState, Step,
+};
+
+use crate::support::{payload, VecLog};
+
+const CLUSTER: u64 = 0xc1;
+
+fn leader_log(entries: &[(u64, &str)]) -> VecLog {
+    let mut log = VecLog::new();
+    for (epoch, tag) in entries {
+        log.append(*epoch, payload(*epoch, tag));
+    }
+    log.sync();
+    log
+}
+
+fn request(follower: &str, next_id: u64, last_epoch: u64, durable_id: u64) -> FetchRequest {
+    FetchRequest {
+        cluster_id: CLUSTER,
+        follower_id: follower.to_owned(),
+        next_id,
+        last_epoch,
+        durable_id,
+        commit_id: 0,
+        bytes_max: 1 << 20,
+        wait_ms: 100,
+    }
+}
+
+fn respond(
+    leader: &mut LeaderState,
+    now: Instant,
+    request: &FetchRequest,
+    log: &VecLog,
+) -> FetchResponse {
+    match leader.on_fetch(now, request, log, false, true) {
+        FetchDecision::Respond(response) => response,
+        FetchDecision::Wait => panic!("asked to wait with may_wait = false"),
+    }
+}
+
+#[test]
+fn commit_needs_the_quorum_and_never_passes_the_leader() {
+    let now = Instant::now();
+    let mut log = leader_log(&[(1, "a"), (1, "b"), (1, "c"), (1, "d")]);
+    let mut leader = LeaderState::new(
+        CLUSTER,
+        1,
+        LeaderOptions {
+            write_quorum: 2,
+            ..LeaderOptions::default()
+        },
+    );
+    assert_eq!(
+        leader.recompute_commit(log.durable_id),
+        0,
+        "no follower yet"
+    );
+    respond(&mut leader, now, &request("f1", 3, 1, 2), &log);
+    assert_eq!(leader.commit_id(), 2);
+    respond(&mut leader, now, &request("f2", 5, 1, 4), &log);
+    assert_eq!(leader.commit_id(), 4);
+    // The leader lost durability of its tail (a follower ahead of the leader's durable id).
+    log.durable_id = 3;
+    let mut other = LeaderState::new(
+        CLUSTER,
+        1,
+        LeaderOptions {
+            write_quorum: 2,
+            ..LeaderOptions::default()
+        },
+    );
+    respond(&mut other, now, &request("f1", 5, 1, 4), &log);
+    respond(&mut other, now, &request("f2", 5, 1, 4), &log);
+    assert_eq!(
+        other.commit_id(),
+        3,
+        "commit is capped at the leader's durable id"
+    );
+    // Never backwards, even when a follower is wiped.
+    respond(
+        &mut leader,
+        now,
+        &FetchRequest {
+            cluster_id: 0,
+            ..request("f2", 1, 0, 0)
+        },
+        &log,
+    );
+    assert_eq!(leader.commit_id(), 4);
+}
+
+#[test]
+fn the_leader_tells_a_diverged_follower_where_to_cut() {
+    let now = Instant::now();
+    // Leader: 1-3 in epoch 1, 4-6 in epoch 3.
+    let log = leader_log(&[(1, "a"), (1, "b"), (1, "c"), (3, "d"), (3, "e"), (3, "f")]);
+    let mut leader = LeaderState::new(CLUSTER, 3, LeaderOptions::default());
+    // A follower with 1-5, its 4-5 written in epoch 2 by an old leader.
+    let answer = respond(&mut leader, now, &request("f", 6, 2, 5), &log);
+    assert_eq!(
+        answer,
+        FetchResponse::Diverged {
+            cluster_id: CLUSTER,
+            leader_epoch: 3,
+            truncate_after: 3
+        }
+    );
+    // A follower ahead of the leader (an old leader's unreplicated tail in epoch 3? no: epoch 2).
+    let answer = respond(&mut leader, now, &request("g", 9, 2, 8), &log);
+    assert!(
+        matches!(
+            answer,
+            FetchResponse::Diverged {
+                truncate_after: 3,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    // A follower ahead with entries of the leader's own epoch: cut at the leader's end.
+    let answer = respond(&mut leader, now, &request("h", 9, 3, 8), &log);
+    assert!(
+        matches!(
+            answer,
+            FetchResponse::Diverged {
+                truncate_after: 6,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    // Diverged followers' durable ids do not count.
+    assert_eq!(leader.commit_id(), 0);
+    // A matching follower gets entries.
+    let answer = respond(&mut leader, now, &request("f", 4, 1, 3), &log);
+    let FetchResponse::Entries { frames, .. } = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(kv_replication::check_frames(&frames, 4), Ok(6));
+}
+
+#[test]
+fn other_clusters_compacted_logs_and_waits() {
+    let now = Instant::now();
+    let mut log = leader_log(&[(1, "a"), (1, "b"), (1, "c")]);
+    let mut leader = LeaderState::new(CLUSTER, 1, LeaderOptions::default());
+    let stranger = FetchRequest {
+        cluster_id: 0xbad,
+        ..request("f", 1, 0, 0)
+    };
+    assert_eq!(
+        respond(&mut leader, now, &stranger, &log),
+        FetchResponse::ClusterMismatch {
+            leader_cluster_id: CLUSTER
+        }
+    );
+    // No cluster id but data: not a new follower.
+    let unknown_with_data = FetchRequest {
+        cluster_id: 0,
+        ..request("f", 3, 1, 2)
+    };
+    assert!(matches!(
+        respond(&mut leader, now, &unknown_with_data, &log),
+        FetchResponse::ClusterMismatch { .. }
+    ));
+    // A new empty follower is welcome.
+    let newcomer = FetchRequest {
+        cluster_id: 0,
+        ..request("f", 1, 0, 0)
+    };
+    assert!(matches!(
+        respond(&mut leader, now, &newcomer, &log),
+        FetchResponse::Entries { .. }
+    ));
+    // Caught up: wait, unless the leader knows a newer commit than the follower.
+    leader.recompute_commit(3);
+    let caught_up = request("f", 4, 1, 3);
+    assert!(matches!(
+        leader.on_fetch(now, &caught_up, &log, true, true),
+        FetchDecision::Respond(FetchResponse::Entries { commit_id: 3, .. })
+    ));
+    let knows_commit = FetchRequest {
+        commit_id: 3,
+        ..caught_up
+    };
+    assert_eq!(
+        leader.on_fetch(now, &knows_commit, &log, true, true),
+        FetchDecision::Wait
+    );
+    // Compacted past the follower.
+    log.entries.remove(0);
+    assert!(matches!(
+        respond(&mut leader, now, &request("f", 1, 0, 0), &log),
+        FetchResponse::SnapshotNeeded { first_id: 2, .. }
+    ));
+}
+
+#[test]
+fn follower_health_comes_from_fetch_times_and_lag() {
+    let start = Instant::now();
+    let log = leader_log(&[(1, "a"), (1, "b")]);
+    let mut leader = LeaderState::new(
+        CLUSTER,
+        1,
+        LeaderOptions {
+            write_quorum: 1,
+            follower_down_after: Duration::from_secs(5),
+            follower_lagging_entries: 1,
+        },
+    );
+    respond(&mut leader, start, &request("fast", 3, 1, 2), &log);
+    respond(&mut leader, start, &request("slow", 1, 0, 0), &log);
+    let statuses = leader.followers(start + Duration::from_secs(1), 2);
+    assert_eq!(statuses[0].follower_id, "fast");
+    assert_eq!(statuses[0].status, FollowerHealth::Healthy);
+    assert_eq!(statuses[1].status, FollowerHealth::Lagging);
+    assert_eq!(statuses[1].lag_entries, 2);
+    let later = leader.followers(start + Duration::from_secs(6), 2);
+    assert!(later
+        .iter()
+        .all(|status| status.status == FollowerHealth::Down));
+    assert!(!leader.all_live_followers_hold(start, 2));
+    assert!(
+        leader.all_live_followers_hold(start + Duration::from_secs(6), 2),
+        "down followers do not block"
+    );
+}
+
+#[test]
+fn the_follower_refuses_damage_backs_off_and_stops_for_operators() {
+    let now = Instant::now();
+    let mut log = VecLog::new();
+    let options = FollowerOptions {
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        ..FollowerOptions::default()
+    };
+    let mut follower = FollowerState::new(options, 0);
+    let first = follower.request(&log);
+    assert_eq!(
+        (first.next_id, first.last_epoch, first.cluster_id),
+        (1, 0, 0)
+    );
+
+    // A damaged batch is refused and fetched again.
+    let mut frames = kv_wal::frame::encode_record(1, &payload(1, "x"));
+    let last = frames.len() - 1;
+    frames[last] ^= 1;
+    let entries = |frames: Vec<u8>| FetchResponse::Entries {
+        cluster_id: CLUSTER,
+        leader_epoch: 1,
+        commit_id: 1,
+        first_id: 1,
+        last_id: 1,
+        frames,
+    };
+    assert!(matches!(
+        follower.on_response(now, &first, entries(frames)),
+        Step::Retry { .. }
+    ));
+    assert_eq!(follower.corrupt_batches_refused(), 1);
+    // A batch that does not start where asked is refused too.
+    let wrong_start = kv_wal::frame::encode_record(2, &payload(1, "x"));
+    assert!(matches!(
+        follower.on_response(now, &first, entries(wrong_start)),
+        Step::Retry { .. }
+    ));
+
+    // The good batch: adopt the cluster, append.
+    let good = kv_wal::frame::encode_record(1, &payload(1, "x"));
+    match follower.on_response(now, &first, entries(good.clone())) {
+        Step::Append {
+            frames,
+            commit_id: 1,
+            adopt_cluster: Some(CLUSTER),
+        } => assert_eq!(frames, good),
+        other => panic!("{other:?}"),
+    }
+    log.append_frames(&good, crate::support::epoch_of);
+    log.sync();
+    let next = follower.request(&log);
+    assert_eq!(
+        (
+            next.next_id,
+            next.last_epoch,
+            next.durable_id,
+            next.commit_id
+        ),
+        (2, 1, 1, 1)
+    );
+
+    // Backoff grows with failures, stays within [ceiling/2, ceiling], and resets on success.
+    let mut delays = Vec::new();
+    for _ in 0..6 {
+        match follower.on_failure(now, "connection refused".to_owned()) {
+            Step::Retry { after } => delays.push(after),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100),
+        "{delays:?}"
+    );
+    assert!(
+        delays[5] >= Duration::from_millis(500) && delays[5] <= Duration::from_secs(1),
+        "{delays:?}"
+    );
+
+    // A divergence below the commit id seen is for an operator.
+    let diverged = FetchResponse::Diverged {
+        cluster_id: CLUSTER,
+        leader_epoch: 2,
+        truncate_after: 0,
+    };
+    assert!(matches!(
+        follower.on_response(now, &next, diverged),
+        Step::Stop { .. }
+    ));
+    let mut fresh = FollowerState::new(FollowerOptions::default(), CLUSTER);
+    let mismatch = FetchResponse::ClusterMismatch {
+        leader_cluster_id: 0xbad,
+    };
+    assert!(matches!(
+        fresh.on_response(now, &next, mismatch),
+        Step::Stop { .. }
+    ));
+}

@@ -1,0 +1,293 @@
+//! Real nodes (store, WAL, node driver) over an in-memory transport that can corrupt, drop and
+//! fail: followers catch up, refuse damaged batches and recover them, and quorum writes wait.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_replication::{Acks, FetchRequest, FetchResponse, Node, NodeOptions, Transport};
+use kv_store::{Op, Store, StoreOptions, Value};
+
+/// Calls the leader directly; corrupts the response of the fetches numbered in `corrupt`.
+struct Direct {
+    leader: Arc<Node>,
+    fetches: AtomicU64,
+    corrupt_every: u64,
+    corrupted: AtomicU64,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Transport for Direct {
+    async fn fetch(
+        &self,
+        request: &FetchRequest,
+        timeout: Duration,
+    ) -> Result<FetchResponse, String> {
+        if self.down.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            return Err("leader unreachable (test)".to_owned());
+        }
+        let number = self.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut response = tokio::time::timeout(timeout, self.leader.handle_fetch(request, true))
+            .await
+            .map_err(|_| "timeout".to_owned())?;
+        if self.corrupt_every > 0 && number.is_multiple_of(self.corrupt_every) {
+            if let FetchResponse::Entries { frames, .. } = &mut response {
+                if !frames.is_empty() {
+                    let middle = frames.len() / 2;
+                    frames[middle] ^= 0x40;
+                    self.corrupted.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        Ok(response)
+    }
+}
+
+fn open(dir: &std::path::Path) -> Arc<Store> {
+    Arc::new(
+        Store::open(dir.join("wal"), StoreOptions::default())
+            .expect("open store")
+            .0,
+    )
+}
+
+fn set(key: String, value: u64) -> Op {
+    Op::Set {
+        key: key.into_bytes(),
+        value: Value::json(value.to_string()),
+    }
+}
+
+fn options(write_quorum: usize) -> NodeOptions {
+    let mut options = NodeOptions::default();
+    options.leader.write_quorum = write_quorum;
+    options.follower.fetch_wait = Duration::from_millis(50);
+    options.follower.backoff_initial = Duration::from_millis(5);
+    options.acks_timeout = Duration::from_secs(10);
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_refuses_corrupted_batches_and_recovers_them_from_the_leader() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let leader = Arc::new(
+        Node::open_leader(open(leader_dir.path()), leader_dir.path(), options(2)).unwrap(),
+    );
+    let mut follower_options = options(2);
+    follower_options.follower.fetch_bytes_max = 512; // many small batches
+    let follower = Arc::new(
+        Node::open_follower(
+            open(follower_dir.path()),
+            follower_dir.path(),
+            "test://leader".to_owned(),
+            follower_options,
+        )
+        .unwrap(),
+    );
+    let transport = Direct {
+        leader: leader.clone(),
+        fetches: AtomicU64::new(0),
+        corrupt_every: 3,
+        corrupted: AtomicU64::new(0),
+        down: Arc::default(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let loop_handle = tokio::spawn(follower.clone().run_follower(transport, async move {
+        let _ = stopped.await;
+    }));
+    // Writes with a quorum of 2 need the follower: each one proves it holds the entry.
+    for index in 0..200u64 {
+        let id = leader
+            .write(set(format!("k{index}"), index), Acks::Quorum)
+            .await
+            .unwrap();
+        assert_eq!(id, index + 1);
+    }
+    assert!(
+        follower.wait_applied(200, Duration::from_secs(10)).await,
+        "follower never applied 200"
+    );
+    let status = follower.cluster_status();
+    let refused = status.corrupt_batches_refused.unwrap();
+    assert!(refused > 0, "no corrupted batch reached the follower");
+    for index in 0..200u64 {
+        let value = follower
+            .store()
+            .get(format!("k{index}").as_bytes())
+            .expect("replicated")
+            .to_value();
+        assert_eq!(value, Value::json(index.to_string()));
+    }
+    // Byte-identical WALs: entries travel with the leader's CRCs.
+    let leader_frames = leader
+        .store()
+        .wal()
+        .read_frames(1, usize::MAX, 200)
+        .unwrap()
+        .unwrap();
+    let follower_frames = follower
+        .store()
+        .wal()
+        .read_frames(1, usize::MAX, 200)
+        .unwrap()
+        .unwrap();
+    assert_eq!(leader_frames, follower_frames);
+    println!("{refused} corrupted batch(es) refused and re-fetched");
+    let _ = stop.send(());
+    loop_handle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_writes_time_out_without_followers_and_commit_when_one_returns() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut leader_options = options(2);
+    leader_options.acks_timeout = Duration::from_millis(300);
+    let leader = Arc::new(
+        Node::open_leader(open(leader_dir.path()), leader_dir.path(), leader_options).unwrap(),
+    );
+
+    // No follower: the write is durable on the leader but not acknowledged, and not visible.
+    let error = leader
+        .write(set("k".to_owned(), 1), Acks::Quorum)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            kv_replication::Error::AcksTimeout {
+                id: 1,
+                commit_id: 0,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        leader.store().get(b"k").is_none(),
+        "an uncommitted write is visible"
+    );
+    assert_eq!(
+        leader
+            .write(set("l".to_owned(), 2), Acks::Leader)
+            .await
+            .unwrap(),
+        2
+    );
+
+    // A follower joins: both entries commit and become visible.
+    let follower = Arc::new(
+        Node::open_follower(
+            open(follower_dir.path()),
+            follower_dir.path(),
+            "test://leader".to_owned(),
+            options(2),
+        )
+        .unwrap(),
+    );
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let transport = Direct {
+        leader: leader.clone(),
+        fetches: AtomicU64::new(0),
+        corrupt_every: 0,
+        corrupted: AtomicU64::new(0),
+        down: down.clone(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let loop_handle = tokio::spawn(follower.clone().run_follower(transport, async move {
+        let _ = stopped.await;
+    }));
+    assert!(
+        leader.wait_applied(2, Duration::from_secs(10)).await,
+        "entries never committed"
+    );
+    assert!(leader.store().get(b"k").is_some());
+    assert!(follower.wait_applied(2, Duration::from_secs(10)).await);
+    assert_eq!(
+        leader
+            .write(set("m".to_owned(), 3), Acks::All)
+            .await
+            .unwrap(),
+        3
+    );
+
+    // The leader becomes unreachable: quorum writes time out, leader acks still succeed.
+    down.store(true, Ordering::SeqCst);
+    let error = leader
+        .write(set("n".to_owned(), 4), Acks::Quorum)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, kv_replication::Error::AcksTimeout { id: 4, .. }),
+        "{error}"
+    );
+    down.store(false, Ordering::SeqCst);
+    assert!(
+        follower.wait_applied(4, Duration::from_secs(10)).await,
+        "no catch-up after the outage"
+    );
+    let _ = stop.send(());
+    loop_handle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_of_another_cluster_stops_and_keeps_its_data() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let leader = Arc::new(
+        Node::open_leader(open(leader_dir.path()), leader_dir.path(), options(1)).unwrap(),
+    );
+    let other =
+        Arc::new(Node::open_leader(open(other_dir.path()), other_dir.path(), options(1)).unwrap());
+    leader
+        .write(set("a".to_owned(), 1), Acks::Leader)
+        .await
+        .unwrap();
+    other
+        .write(set("b".to_owned(), 1), Acks::Leader)
+        .await
+        .unwrap();
+    let follower = Arc::new(
+        Node::open_follower(
+            open(follower_dir.path()),
+            follower_dir.path(),
+            "test://leader".to_owned(),
+            options(1),
+        )
+        .unwrap(),
+    );
+    let direct = |node: &Arc<Node>| Direct {
+        leader: node.clone(),
+        fetches: AtomicU64::new(0),
+        corrupt_every: 0,
+        corrupted: AtomicU64::new(0),
+        down: Arc::default(),
+    };
+    // Join the first cluster and copy its entry.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn(follower.clone().run_follower(direct(&leader), async move {
+        let _ = stopped.await;
+    }));
+    assert!(follower.wait_applied(1, Duration::from_secs(10)).await);
+    let _ = stop.send(());
+    first.await.unwrap();
+    // Pointed at another cluster's leader, it stops on its own and says why.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        follower
+            .clone()
+            .run_follower(direct(&other), std::future::pending()),
+    )
+    .await
+    .expect("the loop stops by itself");
+    let link = follower.cluster_status().link.unwrap();
+    assert!(
+        matches!(&link, kv_replication::LinkState::Stopped { reason } if reason.contains("cluster")),
+        "{link:?}"
+    );
+    assert!(follower.store().get(b"a").is_some(), "its data is kept");
+    assert!(follower.store().get(b"b").is_none(), "histories never mix");
+}
