@@ -35,7 +35,7 @@ impl LogView for Store {
     fn first_id(&self) -> u64 {
         self.wal()
             .first_id()
-            .unwrap_or_else(|| self.wal().next_id())
+            .unwrap_or_else(|| self.wal().start_id())
     }
     fn last_id(&self) -> u64 {
         self.wal().last_id().unwrap_or(0)

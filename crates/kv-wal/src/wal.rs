@@ -980,6 +980,15 @@ impl Wal {
             .map(|segment| segment.first_id)
     }
 
+    /// Where the log starts: the id of its first record, or of the first record it will hold
+    /// when it is empty. Unlike [`Wal::next_id`] it does not move when appends are queued.
+    pub fn start_id(&self) -> u64 {
+        self.shared
+            .segments_read()
+            .first()
+            .map_or(1, |segment| segment.first_id)
+    }
+
     /// The last id written (readable), if any.
     pub fn last_id(&self) -> Option<u64> {
         let last = self.shared.last.get();

@@ -99,10 +99,17 @@ async fn a_follower_refuses_corrupted_batches_and_recovers_them_from_the_leader(
     }));
     // Writes with a quorum of 2 need the follower: each one proves it holds the entry.
     for index in 0..200u64 {
-        let id = leader
+        let id = match leader
             .write(set(format!("k{index}"), index), Acks::Quorum)
             .await
-            .unwrap();
+        {
+            Ok(id) => id,
+            Err(error) => panic!(
+                "{error}\nleader: {:?}\nfollower: {:?}",
+                leader.cluster_status(),
+                follower.cluster_status()
+            ),
+        };
         assert_eq!(id, index + 1);
     }
     assert!(
