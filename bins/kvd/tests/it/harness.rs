@@ -91,12 +91,22 @@ impl Kvd {
     /// Starts `kvd leader` on an ephemeral port with `data_dir`; returns once it has printed
     /// the address it listens on.
     pub fn start(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Kvd {
-        let stderr_path = data_dir.with_extension(format!("stderr-{}.log", std::process::id()));
-        let stderr = File::create(&stderr_path).expect("stderr file");
-        let data_dir = data_dir.to_str().expect("UTF-8 path");
-        let mut args = vec!["leader", "--listen", "127.0.0.1:0", "--data-dir", data_dir];
+        let path = data_dir.to_str().expect("UTF-8 path");
+        let mut args = vec!["leader", "--listen", "127.0.0.1:0", "--data-dir", path];
         args.extend_from_slice(extra_args);
-        let mut command = kvd_command(&args);
+        Kvd::spawn(data_dir, &args, env)
+    }
+
+    /// Starts kvd with exactly `args` (which must include `--data-dir data_dir` and a
+    /// `--listen` address); returns once it has printed the address it listens on.
+    pub fn spawn(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Kvd {
+        let stderr_path = data_dir.with_extension(format!("stderr-{}.log", std::process::id()));
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .expect("stderr file");
+        let mut command = kvd_command(args);
         command
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

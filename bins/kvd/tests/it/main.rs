@@ -6,6 +6,7 @@ mod cli;
 mod crash_loop;
 mod fsync_failure;
 mod harness;
+mod replication;
 mod restart;
 mod slow_clients;
 mod walkthrough;

@@ -1,0 +1,405 @@
+//! A real cluster: the `kvd` binary as a leader and two followers on ephemeral loopback ports.
+//! Followers pull; kill -9, SIGSTOP and restarts of any node need no operator; with a write
+//! quorum of 2, no acknowledged write is lost when the leader dies.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::{Kvd, DEADLINE};
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    leader: Kvd,
+    leader_port: u16,
+    leader_args: Vec<String>,
+    followers: Vec<Option<Kvd>>,
+    follower_args: Vec<String>,
+}
+
+impl Cluster {
+    fn start(leader_args: &[&str], follower_args: &[&str], followers: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().to_owned();
+        let leader_args: Vec<String> = leader_args.iter().map(|arg| arg.to_string()).collect();
+        let leader = start_leader(&root, "127.0.0.1:0", &leader_args);
+        let leader_port = leader.address.port();
+        let mut cluster = Cluster {
+            _dir: dir,
+            root,
+            leader,
+            leader_port,
+            leader_args,
+            followers: Vec::new(),
+            follower_args: follower_args.iter().map(|arg| arg.to_string()).collect(),
+        };
+        for number in 1..=followers {
+            let follower = cluster.start_follower(number);
+            cluster.followers.push(Some(follower));
+        }
+        cluster
+    }
+
+    fn start_follower(&self, number: usize) -> Kvd {
+        let data_dir = self.root.join(format!("follower-{number}"));
+        let leader_url = format!("http://127.0.0.1:{}", self.leader_port);
+        let mut args = vec![
+            "follower".to_owned(),
+            number.to_string(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--data-dir".to_owned(),
+            data_dir.to_str().expect("UTF-8").to_owned(),
+            "--leader".to_owned(),
+            leader_url,
+            "--fetch-wait-ms".to_owned(),
+            "200".to_owned(),
+        ];
+        args.extend(self.follower_args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Kvd::spawn(&data_dir, &args, &[])
+    }
+
+    fn restart_follower(&mut self, number: usize) {
+        let follower = self.start_follower(number);
+        self.followers[number - 1] = Some(follower);
+    }
+
+    fn restart_leader(&mut self) {
+        self.leader = start_leader(
+            &self.root,
+            &format!("127.0.0.1:{}", self.leader_port),
+            &self.leader_args,
+        );
+    }
+
+    fn follower(&self, number: usize) -> &Kvd {
+        self.followers[number - 1]
+            .as_ref()
+            .expect("follower running")
+    }
+
+    fn kill_follower(&mut self, number: usize) {
+        let mut follower = self.followers[number - 1].take().expect("follower running");
+        follower.kill_9();
+    }
+
+    fn follower_data_dir(&self, number: usize) -> PathBuf {
+        self.root.join(format!("follower-{number}"))
+    }
+}
+
+fn start_leader(root: &Path, listen: &str, extra: &[String]) -> Kvd {
+    let data_dir = root.join("leader");
+    let path = data_dir.to_str().expect("UTF-8").to_owned();
+    let mut args = vec!["leader", "--listen", listen, "--data-dir", &path];
+    args.extend(extra.iter().map(String::as_str));
+    Kvd::spawn(&data_dir, &args, &[])
+}
+
+fn put(kvd: &Kvd, key: &str, value: &Value) -> (u16, Value) {
+    kvd.json(
+        "PUT",
+        &format!("/key/{key}"),
+        Some(&json!({ "value": value }).to_string()),
+    )
+}
+
+/// Reads `key` on `kvd` once it has applied `min_id`.
+fn get_after(kvd: &Kvd, key: &str, min_id: u64) -> (u16, Value) {
+    kvd.json(
+        "GET",
+        &format!("/key/{key}?min_id={min_id}&wait_ms=20000"),
+        None,
+    )
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(kvd: &Kvd, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &kvd.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+#[test]
+fn the_seed_readme_flow_works_on_followers() {
+    let cluster = Cluster::start(&[], &[], 2);
+    let (status, written) = put(&cluster.leader, "key6", &json!("myvalue"));
+    assert_eq!(status, 200, "{written}");
+    let id = written["id"].as_u64().expect("id");
+    for number in [1, 2] {
+        assert_eq!(
+            get_after(cluster.follower(number), "key6", id),
+            (200, json!({"key": "key6", "value": "myvalue"}))
+        );
+    }
+    let (status, deleted) = cluster.leader.json("DELETE", "/key/key6", None);
+    assert_eq!(status, 200);
+    let deleted_id = deleted["id"].as_u64().expect("id");
+    assert!(deleted_id > id);
+    for number in [1, 2] {
+        assert_eq!(
+            get_after(cluster.follower(number), "key6", deleted_id),
+            (404, json!({"detail": "Key not found"}))
+        );
+    }
+    // A write sent to a follower is redirected to the leader, and nothing is written there.
+    let answer = cluster
+        .follower(1)
+        .request("PUT", "/key/k", Some(r#"{"value": 1}"#));
+    assert_eq!(answer.status, 307);
+    let location = answer.header("location").expect("a Location header");
+    assert_eq!(
+        location,
+        format!("http://127.0.0.1:{}/key/k", cluster.leader_port)
+    );
+    // The leader sees both followers healthy, caught up.
+    wait_until("both followers are healthy and caught up", || {
+        let (_, status) = cluster.leader.json("GET", "/cluster_status", None);
+        let followers = status["followers"].as_array().cloned().unwrap_or_default();
+        followers.len() == 2
+            && followers.iter().all(|follower| {
+                follower["status"] == "healthy"
+                    && follower["durable_id"].as_u64() == Some(deleted_id)
+            })
+    });
+    let (_, status) = cluster.follower(2).json("GET", "/cluster_status", None);
+    assert_eq!(status["role"], "follower");
+    assert_eq!(status["link"]["state"], "connected");
+    assert_eq!(status["applied_id"].as_u64(), Some(deleted_id));
+}
+
+#[test]
+fn a_killed_follower_catches_up_after_restart() {
+    let mut cluster = Cluster::start(&[], &[], 2);
+    put(&cluster.leader, "before", &json!(0));
+    cluster.kill_follower(1);
+    let mut last_id = 0;
+    for index in 0..500 {
+        let (status, written) = put(&cluster.leader, &format!("k{index}"), &json!(index));
+        assert_eq!(status, 200, "{written}");
+        last_id = written["id"].as_u64().expect("id");
+    }
+    cluster.restart_follower(1);
+    for index in (0..500).step_by(50) {
+        let key = format!("k{index}");
+        assert_eq!(
+            get_after(cluster.follower(1), &key, last_id),
+            (200, json!({"key": key, "value": index}))
+        );
+    }
+}
+
+#[test]
+fn followers_continue_on_their_own_after_the_leader_is_killed_and_restarted() {
+    let mut cluster = Cluster::start(&[], &[], 2);
+    let (_, written) = put(&cluster.leader, "first", &json!(1));
+    let first_id = written["id"].as_u64().expect("id");
+    let (_, status) = cluster.leader.json("GET", "/cluster_status", None);
+    let first_epoch = status["epoch"].as_u64().expect("epoch");
+    cluster.leader.kill_9();
+    cluster.restart_leader();
+    let (_, status) = cluster.leader.json("GET", "/cluster_status", None);
+    assert!(
+        status["epoch"].as_u64().expect("epoch") > first_epoch,
+        "a restarted leader takes a new epoch"
+    );
+    let (code, written) = put(&cluster.leader, "second", &json!(2));
+    assert_eq!(code, 200);
+    let second_id = written["id"].as_u64().expect("id");
+    assert!(second_id > first_id);
+    for number in [1, 2] {
+        assert_eq!(
+            get_after(cluster.follower(number), "second", second_id),
+            (200, json!({"key": "second", "value": 2}))
+        );
+        assert_eq!(
+            get_after(cluster.follower(number), "first", second_id).0,
+            200
+        );
+    }
+}
+
+#[test]
+fn a_stopped_follower_does_not_block_quorum_writes_and_catches_up() {
+    let cluster = Cluster::start(
+        &["--write-quorum", "2", "--follower-down-ms", "1000"],
+        &[],
+        2,
+    );
+    assert_eq!(put(&cluster.leader, "warmup", &json!(0)).0, 200);
+    signal(cluster.follower(2), "STOP");
+    let mut last_id = 0;
+    for index in 0..200 {
+        let (status, written) = put(&cluster.leader, &format!("k{index}"), &json!(index));
+        assert_eq!(
+            status, 200,
+            "quorum writes must flow with one follower stopped: {written}"
+        );
+        last_id = written["id"].as_u64().expect("id");
+    }
+    wait_until("the stopped follower is reported down", || {
+        let (_, status) = cluster.leader.json("GET", "/cluster_status", None);
+        status["followers"].as_array().is_some_and(|followers| {
+            followers.iter().any(|follower| {
+                follower["follower_id"] == "follower-2" && follower["status"] == "down"
+            })
+        })
+    });
+    signal(cluster.follower(2), "CONT");
+    assert_eq!(
+        get_after(cluster.follower(2), "k199", last_id),
+        (200, json!({"key": "k199", "value": 199}))
+    );
+}
+
+#[test]
+fn with_a_write_quorum_of_2_killing_the_leader_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(&["--write-quorum", "2"], &[], 2);
+    let acknowledged: Arc<Mutex<Vec<(String, u64, u64)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let address = cluster.leader.address;
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let acknowledged = acknowledged.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                for index in 0..100_000u64 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let key = format!("w{writer}-{index}");
+                    let body = json!({ "value": index }).to_string();
+                    let answer = crate::harness::request(
+                        address,
+                        "PUT",
+                        &format!("/key/{key}"),
+                        &[("Content-Type", "application/json")],
+                        Some(body.as_bytes()),
+                    );
+                    match answer {
+                        Ok(answer) if answer.status == 200 => {
+                            let id = answer.json()["id"].as_u64().expect("id");
+                            acknowledged.lock().expect("lock").push((key, index, id));
+                        }
+                        _ => break, // the leader is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until("some writes are acknowledged", || {
+        acknowledged.lock().expect("lock").len() >= 300
+    });
+    cluster.leader.kill_9();
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    // Stop the followers cleanly and read their WALs directly.
+    let mut logs = Vec::new();
+    for number in [1, 2] {
+        let mut follower = cluster.followers[number - 1].take().expect("follower");
+        assert!(follower.terminate().success());
+        logs.push(read_wal(&cluster.follower_data_dir(number)));
+    }
+    // Both followers' logs are prefixes of the leader's: the longer one is the one to promote,
+    // and it must hold every acknowledged write.
+    let most_advanced = logs.iter().max_by_key(|log| log.len()).expect("two logs");
+    for (key, value, id) in &acknowledged {
+        let entry = most_advanced
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged id {id} ({key}) is on no follower"));
+        assert_eq!(entry, &(key.clone(), *value), "id {id}");
+    }
+    println!(
+        "{} acknowledged writes, all on the most advanced follower ({} entries)",
+        acknowledged.len(),
+        most_advanced.len()
+    );
+}
+
+/// The (key, value) of every SET in a node's WAL, by id.
+fn read_wal(data_dir: &Path) -> std::collections::BTreeMap<u64, (String, u64)> {
+    let (wal, _) = kv_wal::Wal::open(data_dir.join("wal"), kv_wal::WalOptions::default())
+        .expect("open follower WAL");
+    let mut entries = std::collections::BTreeMap::new();
+    for record in wal.iter_from(1) {
+        let record = record.expect("record");
+        if let Ok(kv_store::LogEntry {
+            op: kv_store::Op::Set { key, value },
+            ..
+        }) = kv_store::LogEntry::decode(record.payload())
+        {
+            let value: u64 = serde_json::from_slice(&value.bytes).unwrap_or(u64::MAX);
+            entries.insert(
+                record.id,
+                (String::from_utf8_lossy(&key).into_owned(), value),
+            );
+        }
+    }
+    entries
+}
+
+#[test]
+fn a_follower_fed_corrupted_batches_refuses_them_and_recovers_from_the_leader() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let leader = start_leader(dir.path(), "127.0.0.1:0", &[]);
+    for index in 0..100 {
+        assert_eq!(put(&leader, &format!("k{index}"), &json!(index)).0, 200);
+    }
+    let data_dir = dir.path().join("follower-1");
+    let leader_url = format!("http://{}", leader.address);
+    let follower = Kvd::spawn(
+        &data_dir,
+        &[
+            "follower",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().expect("UTF-8"),
+            "--leader",
+            &leader_url,
+            "--fetch-wait-ms",
+            "100",
+        ],
+        &[("KVD_FAULT_CORRUPT_FETCH_EVERY", "2")],
+    );
+    for index in 100..200 {
+        assert_eq!(put(&leader, &format!("k{index}"), &json!(index)).0, 200);
+    }
+    for index in [0, 57, 100, 199] {
+        let key = format!("k{index}");
+        assert_eq!(
+            get_after(&follower, &key, 200),
+            (200, json!({"key": key, "value": index}))
+        );
+    }
+    let (_, status) = follower.json("GET", "/cluster_status", None);
+    assert!(
+        status["corrupt_batches_refused"].as_u64().expect("count") > 0,
+        "{status}"
+    );
+    let metrics = follower.request("GET", "/metrics", None);
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        text.contains("kvd_replication_corrupt_batches_refused_total"),
+        "{text}"
+    );
+}
