@@ -15,6 +15,23 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The log does not continue the snapshot the store starts from (or, with no snapshot,
+    /// does not start at the beginning): ids are missing.
+    #[error("the WAL starts at id {wal_first_id} but {}: ids are missing", match snapshot_id { Some(id) => format!("the newest valid snapshot ends at id {id}"), None => "no valid snapshot covers the ids before it".to_owned() })]
+    Gap {
+        /// The WAL's first id.
+        wal_first_id: u64,
+        /// The snapshot's applied id, if one was loaded.
+        snapshot_id: Option<u64>,
+    },
+    /// Writing, reading or installing a snapshot failed.
+    #[error("snapshot {path}: {reason}")]
+    Snapshot {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A DELETE named a key that is neither in the map nor pending. Nothing was written.
     #[error("key not found")]
     KeyNotFound,

@@ -45,10 +45,12 @@ pub mod entry;
 mod epochs;
 mod error;
 mod map;
+pub mod snapshot;
 mod store;
 
 pub use entry::{LogEntry, Op, Value, ValueKind, ENTRY_FORMAT_VERSION};
 pub use epochs::EpochHistory;
 pub use error::{Error, Result};
 pub use map::KeyValue;
-pub use store::{Store, StoreOptions, Submitted, EPOCH_DEFAULT};
+pub use snapshot::{Codec, SnapshotInfo};
+pub use store::{SnapshotLoad, Store, StoreOptions, Submitted, EPOCH_DEFAULT};

@@ -32,6 +32,18 @@ impl KeyValue {
         KeyValue(Arc::from(bytes))
     }
 
+    /// The whole cell: `[key_len u32][key][kind u8][value]` (what snapshots store).
+    pub(crate) fn cell(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// A cell read back from a snapshot, if it is well formed.
+    pub(crate) fn from_cell(cell: &[u8]) -> Option<KeyValue> {
+        let key_len = u32::from_le_bytes(cell.get(..KEY_LEN_BYTES)?.try_into().ok()?) as usize;
+        let kind = *cell.get(KEY_LEN_BYTES + key_len)?;
+        crate::snapshot::valid_kind(kind).then(|| KeyValue(Arc::from(cell)))
+    }
+
     fn key_len(&self) -> usize {
         u32::from_le_bytes(self.0[..KEY_LEN_BYTES].try_into().expect("4 bytes")) as usize
     }
@@ -121,6 +133,15 @@ impl KeyMap {
 
     pub fn set(&mut self, key: &[u8], kind: ValueKind, value: &[u8]) {
         self.entries.replace(ByKey(KeyValue::new(key, kind, value)));
+    }
+
+    pub fn insert(&mut self, entry: KeyValue) {
+        self.entries.replace(ByKey(entry));
+    }
+
+    /// Every entry, in key order (one reference-count increment each).
+    pub fn entries(&self) -> Vec<KeyValue> {
+        self.entries.iter().map(|entry| entry.0.clone()).collect()
     }
 
     pub fn delete(&mut self, key: &[u8]) -> bool {

@@ -13,7 +13,7 @@
 //! Readers only see the map, so they never see a write that is not yet safe.
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -23,6 +23,7 @@ use crate::entry::{LogEntry, Op};
 use crate::epochs::EpochHistory;
 use crate::error::{Error, Result};
 use crate::map::{KeyMap, KeyValue};
+use crate::snapshot::{self, Codec, SnapshotInfo, SnapshotView};
 
 /// The epoch a store writes with unless told otherwise.
 pub const EPOCH_DEFAULT: u64 = 1;
@@ -34,6 +35,19 @@ pub struct StoreOptions {
     pub wal: WalOptions,
     /// The leader epoch written into new entries (default [`EPOCH_DEFAULT`]).
     pub epoch: u64,
+    /// Where snapshots live; `None`: no snapshots (the whole log is replayed at open).
+    pub snapshot_dir: Option<PathBuf>,
+}
+
+/// What opening found in the snapshot directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotLoad {
+    /// The snapshot the map was loaded from, and its applied id.
+    pub loaded: Option<(PathBuf, u64)>,
+    /// Newer snapshots that were damaged and skipped, with why.
+    pub skipped: Vec<(PathBuf, String)>,
+    /// WAL records replayed after the snapshot.
+    pub replayed_records: u64,
 }
 
 impl Default for StoreOptions {
@@ -41,6 +55,7 @@ impl Default for StoreOptions {
         StoreOptions {
             wal: WalOptions::default(),
             epoch: EPOCH_DEFAULT,
+            snapshot_dir: None,
         }
     }
 }
@@ -69,6 +84,11 @@ pub struct Store {
     applied_id: AtomicU64,
     /// Which epoch wrote which ids; guarded like the pending queue (changed under it).
     epochs: Mutex<EpochHistory>,
+    snapshot_dir: Option<PathBuf>,
+    /// The applied id of the snapshot the map was loaded from or installed (0: none): the
+    /// log may lack ids up to it.
+    snapshot_base: AtomicU64,
+    snapshot_load: SnapshotLoad,
 }
 
 impl Store {
@@ -76,8 +96,73 @@ impl Store {
     /// Returns the WAL's recovery report for the caller to log.
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<(Store, RecoveryReport)> {
         let (wal, report) = Wal::open(dir, options.wal)?;
-        let store = Store::from_wal(wal, options.epoch)?;
+        let store = match options.snapshot_dir {
+            None => Store::from_wal(wal, options.epoch)?,
+            Some(snapshot_dir) => Store::from_snapshot_and_wal(snapshot_dir, wal, options.epoch)?,
+        };
         Ok((store, report))
+    }
+
+    /// Builds a store from the newest valid snapshot in `snapshot_dir` (damaged ones are
+    /// skipped and reported in [`Store::snapshot_load`]) and the WAL records after it.
+    pub fn from_snapshot_and_wal(snapshot_dir: PathBuf, wal: Wal, epoch: u64) -> Result<Store> {
+        let mut load = SnapshotLoad::default();
+        let listed = snapshot::list_snapshots(&snapshot_dir).map_err(|error| Error::Snapshot {
+            path: snapshot_dir.clone(),
+            reason: error.to_string(),
+        })?;
+        let mut loaded = None;
+        for (_, path) in listed {
+            match snapshot::read_snapshot(&path) {
+                Ok(snapshot) => {
+                    loaded = Some(snapshot);
+                    break;
+                }
+                Err(reason) => load.skipped.push((path, reason)),
+            }
+        }
+        let (mut map, mut applied_id, mut epochs, base) = match loaded {
+            Some(snapshot) => {
+                load.loaded = Some((snapshot.path.clone(), snapshot.applied_id));
+                (
+                    snapshot.map,
+                    snapshot.applied_id,
+                    snapshot.epochs,
+                    snapshot.applied_id,
+                )
+            }
+            None => (KeyMap::default(), 0, EpochHistory::default(), 0),
+        };
+        if let Some(wal_first_id) = wal.first_id() {
+            if wal_first_id > base + 1 {
+                return Err(Error::Gap {
+                    wal_first_id,
+                    snapshot_id: (base > 0).then_some(base),
+                });
+            }
+        }
+        for record in wal.iter_from(base + 1) {
+            let record = record?;
+            let entry = LogEntry::decode(record.payload()).map_err(|reason| Error::Decode {
+                id: record.id,
+                reason,
+            })?;
+            epochs.observe(entry.epoch, record.id);
+            apply(&mut map, &entry.op);
+            applied_id = record.id;
+            load.replayed_records += 1;
+        }
+        Ok(Store {
+            wal,
+            epoch: AtomicU64::new(epoch),
+            pending: Mutex::new(VecDeque::new()),
+            map: RwLock::new(map),
+            applied_id: AtomicU64::new(applied_id),
+            epochs: Mutex::new(epochs),
+            snapshot_dir: Some(snapshot_dir),
+            snapshot_base: AtomicU64::new(base),
+            snapshot_load: load,
+        })
     }
 
     /// Builds a store over an open WAL, replaying every record in it.
@@ -92,7 +177,122 @@ impl Store {
             map: RwLock::new(map),
             applied_id: AtomicU64::new(applied_id),
             epochs: Mutex::new(epochs),
+            snapshot_dir: None,
+            snapshot_base: AtomicU64::new(0),
+            snapshot_load: SnapshotLoad::default(),
         })
+    }
+
+    /// What opening found in the snapshot directory.
+    pub fn snapshot_load(&self) -> &SnapshotLoad {
+        &self.snapshot_load
+    }
+
+    /// The snapshot directory, if snapshots are on.
+    pub fn snapshot_dir(&self) -> Option<&Path> {
+        self.snapshot_dir.as_deref()
+    }
+
+    /// A consistent view of the applied map: the map lock is held only while one pointer per
+    /// key is copied; writing the snapshot happens outside it.
+    pub fn snapshot_view(&self) -> SnapshotView {
+        let (entries, applied_id) = {
+            let map = read(&self.map);
+            (map.entries(), self.applied_id())
+        };
+        let mut epochs = lock(&self.epochs).clone();
+        epochs.truncate_after(applied_id);
+        SnapshotView {
+            applied_id,
+            epochs,
+            entries,
+        }
+    }
+
+    /// Writes a snapshot of the applied map into the snapshot directory and deletes all but
+    /// the newest `keep` snapshots. Blocking: run it on a thread of its own; writes go on.
+    pub fn write_snapshot(&self, codec: Codec, keep: usize) -> Result<SnapshotInfo> {
+        let dir = self.snapshot_dir.clone().ok_or_else(|| Error::Snapshot {
+            path: PathBuf::new(),
+            reason: "snapshots are off (no snapshot directory)".to_owned(),
+        })?;
+        let view = self.snapshot_view();
+        let info =
+            snapshot::write_snapshot(&view, &dir, codec).map_err(|error| Error::Snapshot {
+                path: dir.clone(),
+                reason: error.to_string(),
+            })?;
+        self.prune_snapshots(keep.max(1))?;
+        Ok(info)
+    }
+
+    /// Deletes all but the newest `keep` snapshots.
+    pub fn prune_snapshots(&self, keep: usize) -> Result<()> {
+        let Some(dir) = &self.snapshot_dir else {
+            return Ok(());
+        };
+        let listed = snapshot::list_snapshots(dir).map_err(|error| Error::Snapshot {
+            path: dir.clone(),
+            reason: error.to_string(),
+        })?;
+        for (_, path) in listed.into_iter().skip(keep) {
+            std::fs::remove_file(&path).map_err(|error| Error::Snapshot {
+                path: path.clone(),
+                reason: error.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Snapshot files, newest first.
+    pub fn snapshots(&self) -> Vec<(u64, PathBuf)> {
+        self.snapshot_dir
+            .as_deref()
+            .and_then(|dir| snapshot::list_snapshots(dir).ok())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the whole state with the snapshot at `path`, which must already be in the
+    /// snapshot directory (durably): the log is emptied and continues after the snapshot's
+    /// applied id. A follower too far behind a compacted log does this. A crash at any point
+    /// reopens to the snapshot plus whatever the log holds after it.
+    pub fn install_snapshot(&self, path: &Path) -> Result<u64> {
+        let snapshot = snapshot::read_snapshot(path).map_err(|reason| Error::Snapshot {
+            path: path.to_owned(),
+            reason,
+        })?;
+        let mut pending = lock(&self.pending);
+        self.wal.truncate_after(0)?;
+        pending.clear();
+        *lock(&self.epochs) = snapshot.epochs;
+        let mut map = write(&self.map);
+        *map = snapshot.map;
+        self.applied_id
+            .store(snapshot.applied_id, Ordering::Release);
+        self.snapshot_base
+            .store(snapshot.applied_id, Ordering::Release);
+        Ok(snapshot.applied_id)
+    }
+
+    /// The applied id of the snapshot the store rests on (0: none).
+    pub fn snapshot_base(&self) -> u64 {
+        self.snapshot_base.load(Ordering::Acquire)
+    }
+
+    /// The last id the store holds: in the log, or covered by its snapshot.
+    pub fn last_id(&self) -> u64 {
+        self.wal.last_id().unwrap_or(0).max(self.snapshot_base())
+    }
+
+    /// The id the next entry gets (never inside the snapshot).
+    pub fn next_id(&self) -> u64 {
+        self.wal.next_id().max(self.snapshot_base() + 1)
+    }
+
+    /// Removes WAL segments wholly before `before_id` (never past the newest snapshot: the
+    /// caller checks). Returns the files removed.
+    pub fn purge_wal_before(&self, before_id: u64) -> Result<Vec<PathBuf>> {
+        Ok(self.wal.purge_before(before_id)?)
     }
 
     /// Hands `op` to the WAL and queues it for [`Store::apply_through`]; returns its id and
@@ -174,7 +374,7 @@ impl Store {
 
     /// The epoch that wrote entry `id`, if the log holds it.
     pub fn epoch_at(&self, id: u64) -> Option<u64> {
-        let last_id = self.wal.last_id()?;
+        let last_id = self.last_id();
         if id == 0 || id > last_id {
             return None;
         }
@@ -184,7 +384,7 @@ impl Store {
     /// The last id in the log written in an epoch `<= epoch` (see
     /// [`EpochHistory::end_of_epoch`]).
     pub fn end_of_epoch(&self, epoch: u64) -> u64 {
-        let last_id = self.wal.last_id().unwrap_or(0);
+        let last_id = self.last_id();
         lock(&self.epochs).end_of_epoch(epoch, last_id)
     }
 

@@ -31,6 +31,38 @@ pub(crate) const KIND_RECORD: u8 = 0x52; // 'R'
 /// `kind` byte of the footer that seals a segment.
 pub(crate) const KIND_SEAL: u8 = 0x53; // 'S'
 
+static CRC32C_STREAMING: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISCSI);
+
+/// A CRC-32C computed over several pieces (same algorithm and table as the frames).
+pub struct Crc32c(crc::Digest<'static, u32, Table<16>>);
+
+impl Crc32c {
+    /// A fresh digest.
+    pub fn new() -> Crc32c {
+        Crc32c(CRC32C_STREAMING.digest())
+    }
+    /// Adds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    /// The CRC of everything added.
+    pub fn finalize(self) -> u32 {
+        self.0.finalize()
+    }
+}
+
+impl Default for Crc32c {
+    fn default() -> Crc32c {
+        Crc32c::new()
+    }
+}
+
+impl std::fmt::Debug for Crc32c {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Crc32c")
+    }
+}
+
 /// Computes the CRC-32C of `bytes` (exposed so embedders can check frames they ship).
 pub fn crc32c(bytes: &[u8]) -> u32 {
     CASTAGNOLI.checksum(bytes)
@@ -213,6 +245,15 @@ mod tests {
         assert_eq!(frame.payload, b"hello");
         assert!(frame.is_record());
         assert_eq!(frame.encoded_len(), bytes.len());
+    }
+
+    #[test]
+    fn streaming_crc_matches_one_shot() {
+        let bytes = b"a streaming digest over pieces";
+        let mut digest = Crc32c::new();
+        digest.update(&bytes[..7]);
+        digest.update(&bytes[7..]);
+        assert_eq!(digest.finalize(), crc32c(bytes));
     }
 
     #[test]

@@ -7,3 +7,4 @@ mod model;
 mod power_loss;
 mod replication;
 mod seed;
+mod snapshot;

@@ -1,0 +1,270 @@
+//! Snapshots: restart from a snapshot plus the log tail equals a full replay; a snapshot cut
+//! or damaged at any point is skipped for an older one (or the full log) and reported; a
+//! purged log without a valid snapshot is refused; installing a snapshot replaces the state.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use kv_store::snapshot::{list_snapshots, read_snapshot};
+use kv_store::{Codec, Error, Op, Store, StoreOptions, Value};
+use rand::{Rng, SeedableRng};
+
+fn options(dir: &Path) -> StoreOptions {
+    let mut options = StoreOptions {
+        snapshot_dir: Some(dir.join("snapshots")),
+        ..StoreOptions::default()
+    };
+    options.wal.segment_bytes_max = 4096;
+    options
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir.join("wal"), options(dir)).expect("open").0
+}
+
+fn state(store: &Store) -> BTreeMap<Vec<u8>, Value> {
+    store
+        .scan_prefix(b"", None, usize::MAX)
+        .into_iter()
+        .map(|entry| (entry.key().to_vec(), entry.to_value()))
+        .collect()
+}
+
+fn random_op(rng: &mut impl Rng, model: &BTreeMap<Vec<u8>, Value>) -> Op {
+    let key = format!("key-{}", rng.gen_range(0..200)).into_bytes();
+    if rng.gen_ratio(1, 5) && model.contains_key(&key) {
+        Op::Delete { key }
+    } else if rng.gen_ratio(1, 4) {
+        Op::Set {
+            key,
+            value: Value::raw(
+                (0..rng.gen_range(0..300))
+                    .map(|_| rng.gen())
+                    .collect::<Vec<u8>>(),
+            ),
+        }
+    } else {
+        Op::Set {
+            key,
+            value: Value::json(format!("{}", rng.gen::<u32>())),
+        }
+    }
+}
+
+fn apply_to_model(model: &mut BTreeMap<Vec<u8>, Value>, op: &Op) {
+    match op {
+        Op::Set { key, value } => {
+            model.insert(key.clone(), value.clone());
+        }
+        Op::Delete { key } => {
+            model.remove(key);
+        }
+    }
+}
+
+#[test]
+fn restart_from_snapshot_and_tail_equals_the_model_for_every_codec() {
+    let seed = rand::random::<u64>();
+    println!("snapshot model seed: {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = BTreeMap::new();
+        let mut store = open(dir.path());
+        for round in 0..6 {
+            for _ in 0..150 {
+                let op = random_op(&mut rng, &model);
+                store.write_blocking(op.clone()).unwrap();
+                apply_to_model(&mut model, &op);
+            }
+            let info = store.write_snapshot(codec, 2).unwrap();
+            assert_eq!(info.applied_id, store.applied_id());
+            assert_eq!(info.key_count, model.len() as u64);
+            // Compaction: the log before the snapshot may go.
+            store.purge_wal_before(info.applied_id + 1).unwrap();
+            // A tail after the snapshot, replayed at open.
+            let tail = rng.gen_range(0..40);
+            for _ in 0..tail {
+                let op = random_op(&mut rng, &model);
+                store.write_blocking(op.clone()).unwrap();
+                apply_to_model(&mut model, &op);
+            }
+            store.close().unwrap();
+            drop(store);
+            store = open(dir.path());
+            assert_eq!(state(&store), model, "codec {codec}, round {round}");
+            let load = store.snapshot_load();
+            assert_eq!(
+                load.loaded.as_ref().map(|(_, id)| *id),
+                Some(info.applied_id)
+            );
+            assert_eq!(load.replayed_records, tail, "only the tail is replayed");
+        }
+        assert_eq!(
+            list_snapshots(&dir.path().join("snapshots")).unwrap().len(),
+            2,
+            "old snapshots are pruned"
+        );
+    }
+}
+
+#[test]
+fn a_snapshot_cut_or_damaged_anywhere_falls_back_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = BTreeMap::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let store = open(dir.path());
+    for _ in 0..300 {
+        let op = random_op(&mut rng, &model);
+        store.write_blocking(op.clone()).unwrap();
+        apply_to_model(&mut model, &op);
+    }
+    let older = store.write_snapshot(Codec::Zstd, 5).unwrap();
+    for _ in 0..100 {
+        let op = random_op(&mut rng, &model);
+        store.write_blocking(op.clone()).unwrap();
+        apply_to_model(&mut model, &op);
+    }
+    let newer = store.write_snapshot(Codec::Zstd, 5).unwrap();
+    store.close().unwrap();
+    drop(store);
+    let pristine = std::fs::read(&newer.path).unwrap();
+    assert!(read_snapshot(&older.path).is_ok());
+
+    // A crash at any step of writing the newer snapshot: a partial temporary file, or (worst
+    // case) a damaged final file. The store falls back to the older snapshot plus the log.
+    let step = (pristine.len() / 60).max(1);
+    let mut cut = 0;
+    while cut < pristine.len() {
+        let temp = newer.path.with_extension("snap.tmp");
+        std::fs::write(&temp, &pristine[..cut]).unwrap();
+        std::fs::write(&newer.path, &pristine[..cut]).unwrap();
+        let store = open(dir.path());
+        assert_eq!(state(&store), model, "cut at {cut}");
+        let load = store.snapshot_load();
+        assert_eq!(
+            load.loaded.as_ref().map(|(_, id)| *id),
+            Some(older.applied_id),
+            "cut at {cut}"
+        );
+        assert_eq!(load.skipped.len(), 1, "cut at {cut}: {load:?}");
+        assert!(!temp.exists(), "leftover temporary removed");
+        store.close().unwrap();
+        drop(store);
+        cut += step;
+    }
+    // Every flipped byte in the header and the first block is caught.
+    for position in (0..pristine.len().min(2000)).step_by(7) {
+        let mut damaged = pristine.clone();
+        damaged[position] ^= 0x20;
+        assert!(
+            read_snapshot_bytes(&newer.path, &damaged).is_err(),
+            "flip at {position} accepted"
+        );
+    }
+    std::fs::write(&newer.path, &pristine).unwrap();
+    let store = open(dir.path());
+    assert_eq!(
+        store.snapshot_load().loaded.as_ref().map(|(_, id)| *id),
+        Some(newer.applied_id)
+    );
+}
+
+fn read_snapshot_bytes(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    std::fs::write(path, bytes).unwrap();
+    read_snapshot(path).map(|_| ())
+}
+
+#[test]
+fn a_purged_log_without_a_valid_snapshot_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for index in 0..400u32 {
+        store
+            .write_blocking(Op::Set {
+                key: format!("k{index}").into_bytes(),
+                value: Value::json(index.to_string()),
+            })
+            .unwrap();
+    }
+    let info = store.write_snapshot(Codec::Lz4, 1).unwrap();
+    assert!(!store
+        .purge_wal_before(info.applied_id + 1)
+        .unwrap()
+        .is_empty());
+    store.close().unwrap();
+    drop(store);
+    std::fs::write(&info.path, b"garbage").unwrap();
+    match Store::open(dir.path().join("wal"), options(dir.path())) {
+        Err(Error::Gap {
+            wal_first_id,
+            snapshot_id: None,
+        }) => assert!(wal_first_id > 1),
+        Err(other) => panic!("expected a gap error, got {other}"),
+        Ok(_) => panic!("opened a store with missing ids"),
+    }
+}
+
+#[test]
+fn installing_a_snapshot_replaces_the_state_and_the_log_continues_after_it() {
+    let source_dir = tempfile::tempdir().unwrap();
+    let source = open(source_dir.path());
+    for index in 0..50u32 {
+        source
+            .write_blocking(Op::Set {
+                key: format!("s{index}").into_bytes(),
+                value: Value::json(index.to_string()),
+            })
+            .unwrap();
+    }
+    let info = source.write_snapshot(Codec::Zstd, 2).unwrap();
+
+    let target_dir = tempfile::tempdir().unwrap();
+    let target = open(target_dir.path());
+    target
+        .write_blocking(Op::Set {
+            key: b"old".to_vec(),
+            value: Value::json("1"),
+        })
+        .unwrap();
+    let installed = target_dir
+        .path()
+        .join("snapshots")
+        .join(info.path.file_name().unwrap());
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    std::fs::copy(&info.path, &installed).unwrap();
+    assert_eq!(target.install_snapshot(&installed).unwrap(), 50);
+    assert_eq!(state(&target), state(&source));
+    assert_eq!(target.next_id(), 51);
+    assert_eq!(target.last_id(), 50);
+    // The leader's next entries continue the log after the snapshot.
+    let frames = source
+        .wal()
+        .read_frames(1, usize::MAX, u64::MAX)
+        .unwrap()
+        .unwrap();
+    assert_eq!(frames.last_id, 50);
+    source
+        .write_blocking(Op::Set {
+            key: b"next".to_vec(),
+            value: Value::json("51"),
+        })
+        .unwrap();
+    let next = source
+        .wal()
+        .read_frames(51, usize::MAX, 51)
+        .unwrap()
+        .unwrap();
+    let ticket = target
+        .submit_frames(&next.bytes, kv_wal::SyncPolicy::Batch)
+        .unwrap();
+    assert_eq!(ticket.ids(), 51..=51);
+    ticket.wait().unwrap();
+    target.apply_through(51);
+    assert!(target.get(b"next").is_some());
+    target.close().unwrap();
+    drop(target);
+    let reopened = open(target_dir.path());
+    assert_eq!(state(&reopened).len(), 51);
+    assert!(reopened.get(b"old").is_none());
+}
