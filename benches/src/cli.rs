@@ -1,9 +1,10 @@
 //! The `kv-bench` command line and its check into a [`BenchConfig`].
 //!
 //! ```text
-//! kv-bench put|get|mixed:R|delete --url URL [--url URL…] --connections N
+//! kv-bench put|get|mixed:R|delete|lag --url URL [--url URL…] --connections N
 //!          (--duration 10s | --requests N) [--rate R] [--keys N] [--key-size B]
 //!          [--value-size B] [--acks leader|quorum|all] [--warmup 1s] [--json] [--prefill]
+//!          [--lag-wait 5s]
 //! ```
 //!
 //! Every run is bounded twice: by time and by a request count. `--duration D` caps the
@@ -32,6 +33,8 @@ pub const WARMUP_DURATION_MAX: Duration = Duration::from_secs(600);
 pub const REQUEST_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 /// The most target URLs.
 pub const TARGET_COUNT_MAX: usize = 64;
+/// The longest `wait_ms` of a `lag` read: kvd's own limit for `min_id` reads.
+pub const LAG_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// An HTTP/1.1 keep-alive load generator for kvd.
 ///
@@ -41,7 +44,8 @@ pub const TARGET_COUNT_MAX: usize = 64;
 #[command(name = "kv-bench", version)]
 #[command(group = clap::ArgGroup::new("bound").required(true).args(["duration", "request_count"]))]
 pub struct BenchArgs {
-    /// put, get, delete, or mixed:R (R% GETs, the rest PUTs).
+    /// put, get, delete, mixed:R (R% GETs, the rest PUTs), or lag (PUTs to the first URL,
+    /// each followed by a `?min_id=` read of the key on the next follower URL: replication lag).
     pub workload: Workload,
 
     /// Base URL of a kvd node (repeatable). Writes go to the first; reads round-robin over all.
@@ -87,6 +91,10 @@ pub struct BenchArgs {
     /// Per-request timeout (also the connect timeout).
     #[arg(long = "timeout", default_value = "5s", value_parser = parse_duration_text)]
     pub request_timeout: Duration,
+
+    /// lag: how long a follower may hold a `min_id` read before answering 504 (`wait_ms`).
+    #[arg(long = "lag-wait", default_value = "5s", value_parser = parse_duration_text)]
+    pub lag_wait: Duration,
 
     /// PUT every key once before the warm-up, so GETs find their keys.
     #[arg(long = "prefill")]
@@ -157,6 +165,8 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Whether non-loopback targets are allowed.
     pub allow_non_loopback: bool,
+    /// `lag`: the `wait_ms` of each follower read.
+    pub lag_wait: Duration,
 }
 
 impl BenchArgs {
@@ -228,6 +238,18 @@ impl BenchArgs {
                 WARMUP_DURATION_MAX.as_secs()
             )));
         }
+        if self.workload == Workload::Lag && targets.len() < 2 {
+            return Err(invalid(
+                "lag needs the leader's --url first and at least one follower --url after it"
+                    .into(),
+            ));
+        }
+        if self.lag_wait.is_zero() || self.lag_wait > LAG_WAIT_MAX {
+            return Err(invalid(format!(
+                "--lag-wait must be above 0 and at most {}s",
+                LAG_WAIT_MAX.as_secs()
+            )));
+        }
         if self.verify_values && !self.prefill && !self.workload.writes() {
             return Err(invalid(
                 "--verify-values on a read-only workload needs --prefill".into(),
@@ -250,6 +272,7 @@ impl BenchArgs {
             wait_ready: self.wait_ready,
             seed: self.seed.unwrap_or(default_seed),
             allow_non_loopback: self.allow_non_loopback,
+            lag_wait: self.lag_wait,
         })
     }
 }
@@ -377,6 +400,9 @@ mod tests {
         assert!(with("get", &["--verify-values"]).is_err());
         assert!(with("get", &["--verify-values", "--prefill"]).is_ok());
         assert!(with("put", &["--url", "ftp://127.0.0.1:1"]).is_err());
+        assert!(with("lag", &[]).is_err(), "lag needs a follower URL");
+        assert!(with("lag", &["--url", "http://127.0.0.1:2"]).is_ok());
+        assert!(with("lag", &["--url", "http://127.0.0.1:2", "--lag-wait", "31s"]).is_err());
         let zero_duration = parse(&["get", "--url", "http://127.0.0.1:1", "--duration", "0s"])
             .unwrap()
             .into_config(0);

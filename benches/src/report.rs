@@ -12,6 +12,7 @@ use crate::duration::format_duration_short;
 use crate::latency::LatencySummary;
 use crate::outcome::FailureCounts;
 use crate::stats::{OperationCounts, PhaseStats};
+use crate::workload::Workload;
 
 /// Everything a run measured, plus the settings needed to read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +65,23 @@ pub struct BenchReport {
     pub operations: OperationCounts,
     /// The prefill phase, if one ran.
     pub prefill: Option<PrefillReport>,
+    /// `lag` workload only: leader acknowledgement to follower answer.
+    pub replication_lag: Option<ReplicationLagReport>,
+}
+
+/// The follower reads of a `lag` run: for each acknowledged PUT, the time from the leader's
+/// answer to a follower's 200 to `GET /key/{key}?min_id=<id>`. An upper bound of the true lag:
+/// it includes one loopback round trip to the follower.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationLagReport {
+    /// Lag of every follower read answered 200.
+    pub lag: LatencySummary,
+    /// Follower reads that failed (504 when the write was not applied within `--lag-wait`).
+    pub errors: u64,
+    /// Failed follower reads by kind.
+    pub error_kinds: FailureCounts,
+    /// The `wait_ms` of each follower read.
+    pub wait_ms: u64,
 }
 
 /// What the `--prefill` phase did.
@@ -145,6 +163,12 @@ impl BenchReport {
             scheduled_not_sent,
             operations: stats.operation_counts,
             prefill,
+            replication_lag: (config.workload == Workload::Lag).then(|| ReplicationLagReport {
+                lag: LatencySummary::from_histogram(&stats.replication_lag_histogram_us),
+                errors: stats.replication_lag_failure_counts.total(),
+                error_kinds: stats.replication_lag_failure_counts,
+                wait_ms: config.lag_wait.as_millis() as u64,
+            }),
         }
     }
 
@@ -210,6 +234,23 @@ impl BenchReport {
             kinds.body_mismatch,
             self.reconnects
         ));
+        if let Some(replication_lag) = &self.replication_lag {
+            lines.push(format!(
+                "replication lag (leader ack -> follower min_id read): {}",
+                replication_lag.lag.to_text()
+            ));
+            lines.push(format!(
+                "follower reads failed: {} (5xx/504 not applied within {} ms: {}, timeout {}, \
+                 other {})",
+                replication_lag.errors,
+                replication_lag.wait_ms,
+                replication_lag.error_kinds.status_5xx,
+                replication_lag.error_kinds.timeout,
+                replication_lag.errors
+                    - replication_lag.error_kinds.status_5xx
+                    - replication_lag.error_kinds.timeout
+            ));
+        }
         if self.target_rate_per_second.is_some() {
             lines.push(format!(
                 "scheduled but not sent before the end: {}",
@@ -310,6 +351,7 @@ mod tests {
             "scheduled_not_sent",
             "operations",
             "prefill",
+            "replication_lag",
         ];
         let mut actual_fields: Vec<&str> = object.keys().map(String::as_str).collect();
         actual_fields.sort_unstable();
@@ -338,6 +380,7 @@ mod tests {
         }
         assert_eq!(json["operations"]["get"], 4);
         assert_eq!(json["prefill"]["requests"], 0);
+        assert_eq!(json["replication_lag"], serde_json::Value::Null);
 
         let round_trip: BenchReport = serde_json::from_value(json).unwrap();
         assert_eq!(round_trip, report);

@@ -22,7 +22,7 @@ use crate::outcome::{classify_response, BodyCheck, FailureKind, Outcome};
 use crate::report::{BenchReport, PrefillReport};
 use crate::schedule::{open_loop_latency_start_offset, OpenLoopSchedule};
 use crate::stats::PhaseStats;
-use crate::workload::Operation;
+use crate::workload::{Operation, Workload};
 use crate::BenchError;
 
 /// The most iterations of one worker's loop in one phase, whatever the clock says.
@@ -164,6 +164,14 @@ struct Exchange {
     answered: bool,
     /// Whether a connection had to be reopened for it.
     reconnected: bool,
+    /// `lag` workload: the follower read that followed an acknowledged write.
+    replication_lag: Option<Result<Duration, FailureKind>>,
+}
+
+/// The id in a write's answer, `{"status":"ok","id":N}`.
+#[derive(serde::Deserialize)]
+struct WrittenId {
+    id: u64,
 }
 
 impl Exchange {
@@ -179,6 +187,9 @@ impl Exchange {
     ) {
         let latency = if self.answered { latency } else { None };
         stats.record(operation, self.outcome, latency);
+        if let Some(replication_lag) = self.replication_lag {
+            stats.record_replication_lag(replication_lag);
+        }
         if self.reconnected {
             stats.reconnect_count += 1;
         }
@@ -191,6 +202,8 @@ struct Worker {
     connections: Vec<Option<HttpConnection>>,
     has_connected: Vec<bool>,
     read_target_cursor: usize,
+    /// `lag` workload: the next follower (targets after the first) to read from.
+    follower_target_cursor: usize,
     rng: StdRng,
     connect_backoff: Duration,
 }
@@ -212,6 +225,7 @@ impl Worker {
             connections: (0..target_count).map(|_| None).collect(),
             has_connected: vec![false; target_count],
             read_target_cursor: worker_index % target_count,
+            follower_target_cursor: worker_index % target_count.saturating_sub(1).max(1),
             rng: StdRng::seed_from_u64(worker_seed),
             connect_backoff: CONNECT_BACKOFF_MIN,
         }
@@ -306,6 +320,7 @@ impl Worker {
     }
 
     /// Sends one request on the right connection, opening it if needed, and judges the answer.
+    /// In a `lag` run, an acknowledged write is followed by its `min_id` read on a follower.
     async fn execute(&mut self, operation: Operation, key_index: u64) -> Exchange {
         let target_index = if operation.is_write() {
             0
@@ -314,34 +329,113 @@ impl Worker {
             self.read_target_cursor = (self.read_target_cursor + 1) % self.socket_addresses.len();
             target_index
         };
+        let (mut exchange, answer_body) = self.exchange(operation, key_index, target_index).await;
+        if self.config.workload == Workload::Lag && exchange.outcome == Outcome::Ok {
+            let acknowledged_at = Instant::now();
+            exchange.replication_lag =
+                Some(match serde_json::from_slice::<WrittenId>(&answer_body) {
+                    Ok(written) => {
+                        self.read_after_write(key_index, written.id, acknowledged_at)
+                            .await
+                    }
+                    Err(_) => Err(FailureKind::BodyMismatch),
+                });
+        }
+        exchange
+    }
+
+    /// `lag`: reads `key_index` on the next follower once it has applied `id`; the lag is the
+    /// time from `acknowledged_at` to the follower's 200.
+    async fn read_after_write(
+        &mut self,
+        key_index: u64,
+        id: u64,
+        acknowledged_at: Instant,
+    ) -> Result<Duration, FailureKind> {
+        let follower_count = self.socket_addresses.len() - 1;
+        let target_index = 1 + self.follower_target_cursor % follower_count;
+        self.follower_target_cursor = (self.follower_target_cursor + 1) % follower_count;
+        let path_and_query = format!(
+            "/key/{}?min_id={id}&wait_ms={}",
+            self.config.key_space.key(key_index),
+            self.config.lag_wait.as_millis()
+        );
+        let request = http::Request::get(path_and_query)
+            .header(
+                http::header::HOST,
+                self.config.targets[target_index].authority.as_str(),
+            )
+            .body(Full::new(Bytes::new()))
+            .expect("ASCII keys and a parsed authority make a valid request");
+        let timeout = self
+            .config
+            .request_timeout
+            .max(self.config.lag_wait + Duration::from_secs(1));
+        let (connection, _) = self
+            .connection(target_index)
+            .await
+            .map_err(|_| FailureKind::Connect)?;
+        let failure_kind = match tokio::time::timeout(timeout, connection.send(request)).await {
+            Ok(Ok(answer)) => {
+                let lag = acknowledged_at.elapsed();
+                return match classify_response(
+                    Operation::Get,
+                    answer.status,
+                    &answer.body,
+                    BodyCheck::Shape,
+                ) {
+                    Outcome::Ok => Ok(lag),
+                    Outcome::NotFound => Err(FailureKind::Status4xx),
+                    Outcome::Failed(failure_kind) => Err(failure_kind),
+                };
+            }
+            Ok(Err(_)) => FailureKind::Io,
+            Err(_elapsed) => FailureKind::Timeout,
+        };
+        self.connections[target_index] = None;
+        Err(failure_kind)
+    }
+
+    /// The worker's open connection to `target_index`, opened now if there is none; the
+    /// flag says whether an earlier one to the same target had to be replaced.
+    async fn connection(&mut self, target_index: usize) -> Result<(&mut HttpConnection, bool), ()> {
         let mut reconnected = false;
         if self.connections[target_index].is_none() {
-            match HttpConnection::connect(
+            let connection = HttpConnection::connect(
                 self.socket_addresses[target_index],
                 self.config.request_timeout,
             )
             .await
-            {
-                Ok(connection) => {
-                    reconnected = self.has_connected[target_index];
-                    self.has_connected[target_index] = true;
-                    self.connections[target_index] = Some(connection);
-                }
-                Err(_) => {
-                    return Exchange {
-                        outcome: Outcome::Failed(FailureKind::Connect),
-                        answered: false,
-                        reconnected: false,
-                    };
-                }
-            }
+            .map_err(|_| ())?;
+            reconnected = self.has_connected[target_index];
+            self.has_connected[target_index] = true;
+            self.connections[target_index] = Some(connection);
         }
-        let request = self.build_request(operation, key_index, target_index);
         let connection = self.connections[target_index]
             .as_mut()
             .expect("connection opened above");
-        let answer =
-            tokio::time::timeout(self.config.request_timeout, connection.send(request)).await;
+        Ok((connection, reconnected))
+    }
+
+    /// Sends one request to `target_index` and judges the answer; returns the body too.
+    async fn exchange(
+        &mut self,
+        operation: Operation,
+        key_index: u64,
+        target_index: usize,
+    ) -> (Exchange, Bytes) {
+        let request = self.build_request(operation, key_index, target_index);
+        let request_timeout = self.config.request_timeout;
+        let Ok((connection, reconnected)) = self.connection(target_index).await else {
+            let exchange = Exchange {
+                outcome: Outcome::Failed(FailureKind::Connect),
+                answered: false,
+                reconnected: false,
+                replication_lag: None,
+            };
+            return (exchange, Bytes::new());
+        };
+        let answer = tokio::time::timeout(request_timeout, connection.send(request)).await;
         let failure_kind = match answer {
             Ok(Ok(answer)) => {
                 let key_space = &self.config.key_space;
@@ -356,22 +450,26 @@ impl Worker {
                 } else {
                     classify_response(operation, answer.status, &answer.body, BodyCheck::Shape)
                 };
-                return Exchange {
+                let exchange = Exchange {
                     outcome,
                     answered: true,
                     reconnected,
+                    replication_lag: None,
                 };
+                return (exchange, answer.body);
             }
             Ok(Err(_)) => FailureKind::Io,
             Err(_elapsed) => FailureKind::Timeout,
         };
         // The connection's state is unknown after an error or a timeout: start afresh.
         self.connections[target_index] = None;
-        Exchange {
+        let exchange = Exchange {
             outcome: Outcome::Failed(failure_kind),
             answered: false,
             reconnected,
-        }
+            replication_lag: None,
+        };
+        (exchange, Bytes::new())
     }
 
     fn build_request(

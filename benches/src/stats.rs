@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::latency::{new_latency_histogram_us, record_latency};
-use crate::outcome::{FailureCounts, Outcome};
+use crate::outcome::{FailureCounts, FailureKind, Outcome};
 use crate::workload::Operation;
 
 /// How many requests of each verb were sent.
@@ -38,6 +38,11 @@ pub struct PhaseStats {
     pub reconnect_count: u64,
     /// Requests by verb.
     pub operation_counts: OperationCounts,
+    /// `lag` workload: time from the leader's answer to a PUT to a follower's answer to the
+    /// `min_id` read of that write, in µs (only reads answered 200).
+    pub replication_lag_histogram_us: Histogram<u64>,
+    /// `lag` workload: follower reads that failed (504: not applied within `--lag-wait`).
+    pub replication_lag_failure_counts: FailureCounts,
 }
 
 impl Default for PhaseStats {
@@ -49,6 +54,8 @@ impl Default for PhaseStats {
             failure_counts: FailureCounts::default(),
             reconnect_count: 0,
             operation_counts: OperationCounts::default(),
+            replication_lag_histogram_us: new_latency_histogram_us(),
+            replication_lag_failure_counts: FailureCounts::default(),
         }
     }
 }
@@ -72,6 +79,14 @@ impl PhaseStats {
         }
     }
 
+    /// Records the follower read of a `lag` write: its lag, or why there is none.
+    pub fn record_replication_lag(&mut self, lag: Result<Duration, FailureKind>) {
+        match lag {
+            Ok(lag) => record_latency(&mut self.replication_lag_histogram_us, lag),
+            Err(failure_kind) => self.replication_lag_failure_counts.add(failure_kind),
+        }
+    }
+
     /// Adds another worker's tallies to these.
     pub fn merge(&mut self, other: &PhaseStats) {
         self.latency_histogram_us
@@ -84,6 +99,11 @@ impl PhaseStats {
         self.operation_counts.get += other.operation_counts.get;
         self.operation_counts.put += other.operation_counts.put;
         self.operation_counts.delete += other.operation_counts.delete;
+        self.replication_lag_histogram_us
+            .add(&other.replication_lag_histogram_us)
+            .expect("histograms with the same bounds always merge");
+        self.replication_lag_failure_counts
+            .merge(&other.replication_lag_failure_counts);
     }
 
     /// Every request that finished, one way or another.
@@ -100,7 +120,6 @@ impl PhaseStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::FailureKind;
 
     #[test]
     fn records_and_merges() {
@@ -123,6 +142,8 @@ mod tests {
             Some(Duration::from_micros(300)),
         );
         second.reconnect_count = 2;
+        second.record_replication_lag(Ok(Duration::from_micros(700)));
+        second.record_replication_lag(Err(FailureKind::Status5xx));
 
         first.merge(&second);
         assert_eq!(first.request_count(), 4);
@@ -140,5 +161,7 @@ mod tests {
         // The timeout has no latency: three timed requests.
         assert_eq!(first.latency_histogram_us.len(), 3);
         assert_eq!(first.latency_histogram_us.max(), 300);
+        assert_eq!(first.replication_lag_histogram_us.len(), 1);
+        assert_eq!(first.replication_lag_failure_counts.status_5xx, 1);
     }
 }

@@ -1,4 +1,9 @@
 //! What the workers send: the workload mix, the operation drawn for each request, and `acks`.
+//!
+//! `lag` is a write workload with a second step: after each acknowledged PUT to the leader (the
+//! first URL) the worker reads the same key from a follower (the other URLs, in turn) with
+//! `?min_id=<the write's id>`, which kvd answers once that follower has applied the write. The
+//! time from the leader's answer to the follower's is the replication lag of that write.
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,7 +12,8 @@ use rand::Rng;
 
 use crate::BenchError;
 
-/// The request mix of a run, named on the command line as `put`, `get`, `delete` or `mixed:R`.
+/// The request mix of a run, named on the command line as `put`, `get`, `delete`, `mixed:R`
+/// or `lag`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
     /// Only `PUT /key/{key}`.
@@ -21,6 +27,9 @@ pub enum Workload {
     },
     /// Only `DELETE /key/{key}`.
     Delete,
+    /// PUTs to the leader, each followed by a `min_id` read of the same key on a follower:
+    /// the replication lag from the leader's acknowledgement to the follower's answer.
+    Lag,
 }
 
 /// One request's verb.
@@ -54,7 +63,7 @@ impl Workload {
     /// Draws the operation of the next request.
     pub fn choose_operation(self, rng: &mut impl Rng) -> Operation {
         match self {
-            Workload::Put => Operation::Put,
+            Workload::Put | Workload::Lag => Operation::Put,
             Workload::Get => Operation::Get,
             Workload::Delete => Operation::Delete,
             Workload::Mixed { read_percent } => {
@@ -84,6 +93,7 @@ impl FromStr for Workload {
             "put" => Ok(Workload::Put),
             "get" => Ok(Workload::Get),
             "delete" => Ok(Workload::Delete),
+            "lag" => Ok(Workload::Lag),
             _ => {
                 let read_percent_text = text.strip_prefix("mixed:").ok_or_else(invalid)?;
                 let read_percent: u8 = read_percent_text.parse().map_err(|_| invalid())?;
@@ -102,6 +112,7 @@ impl fmt::Display for Workload {
             Workload::Put => formatter.write_str("put"),
             Workload::Get => formatter.write_str("get"),
             Workload::Delete => formatter.write_str("delete"),
+            Workload::Lag => formatter.write_str("lag"),
             Workload::Mixed { read_percent } => write!(formatter, "mixed:{read_percent}"),
         }
     }
@@ -145,6 +156,7 @@ mod tests {
             ("mixed:90", Workload::Mixed { read_percent: 90 }),
             ("mixed:0", Workload::Mixed { read_percent: 0 }),
             ("mixed:100", Workload::Mixed { read_percent: 100 }),
+            ("lag", Workload::Lag),
         ] {
             assert_eq!(text.parse::<Workload>().unwrap(), workload);
             assert_eq!(workload.to_string(), text);
@@ -190,6 +202,7 @@ mod tests {
                 Workload::Delete.choose_operation(&mut rng),
                 Operation::Delete
             );
+            assert_eq!(Workload::Lag.choose_operation(&mut rng), Operation::Put);
             let all_reads = Workload::Mixed { read_percent: 100 };
             assert_eq!(all_reads.choose_operation(&mut rng), Operation::Get);
             let no_reads = Workload::Mixed { read_percent: 0 };
@@ -204,5 +217,6 @@ mod tests {
         assert!(!Operation::Get.is_write());
         assert!(!Workload::Get.writes());
         assert!(Workload::Mixed { read_percent: 50 }.writes());
+        assert!(Workload::Lag.writes());
     }
 }
