@@ -125,6 +125,24 @@ pub struct NodeArgs {
     /// [default: 500].
     #[arg(long, env = "KVD_FETCH_WAIT_MS", value_name = "MS")]
     pub fetch_wait_ms: Option<u64>,
+    /// Write a snapshot once this many entries were applied since the last one (0: never by
+    /// count) [default: 1000000].
+    #[arg(long, env = "KVD_SNAPSHOT_EVERY_ENTRIES", value_name = "N")]
+    pub snapshot_every_entries: Option<u64>,
+    /// Write a snapshot once the WAL after the last one holds this many bytes (0: never by
+    /// size) [default: 256MiB].
+    #[arg(long, env = "KVD_SNAPSHOT_EVERY_WAL_BYTES", value_name = "BYTES", value_parser = parse_bytes)]
+    pub snapshot_every_wal_bytes: Option<u64>,
+    /// Snapshots kept on disk [default: 2].
+    #[arg(long, env = "KVD_SNAPSHOTS_KEPT", value_name = "N")]
+    pub snapshots_kept: Option<usize>,
+    /// Leader: WAL bytes before the newest snapshot kept for followers that still need them;
+    /// a follower needing more installs a snapshot instead [default: 1GiB].
+    #[arg(long, env = "KVD_WAL_RETENTION_BYTES", value_name = "BYTES", value_parser = parse_bytes)]
+    pub wal_retention_bytes: Option<u64>,
+    /// Snapshot compression: `zstd`, `lz4` or `none` [default: zstd].
+    #[arg(long, env = "KVD_SNAPSHOT_CODEC", value_name = "CODEC")]
+    pub snapshot_codec: Option<kv_store::Codec>,
     /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as
     /// `info,kv_http=debug` [default: info].
     #[arg(long, env = "KVD_LOG_LEVEL", value_name = "LEVEL")]

@@ -22,6 +22,8 @@ pub const FOLLOWER_PORT_BASE: u16 = 8000;
 pub const LEADER_URL_DEFAULT: &str = "http://127.0.0.1:8000";
 /// The WAL's directory inside a node's data directory.
 pub const WAL_DIR_NAME: &str = "wal";
+/// The snapshots' directory inside a node's data directory.
+pub const SNAPSHOT_DIR_NAME: &str = "snapshots";
 /// The compatibility env variable for the segment size (the original project's).
 pub const MAX_SEGMENT_SIZE_ENV: &str = "MAX_SEGMENT_SIZE";
 
@@ -70,6 +72,11 @@ impl NodeConfig {
         self.data_dir.join(WAL_DIR_NAME)
     }
 
+    /// The snapshots' directory.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.data_dir.join(SNAPSHOT_DIR_NAME)
+    }
+
     /// Options to open the WAL with.
     pub fn wal_options(&self) -> WalOptions {
         WalOptions {
@@ -103,6 +110,11 @@ struct FileConfig {
     acks_timeout_ms: Option<u64>,
     follower_down_ms: Option<u64>,
     fetch_wait_ms: Option<u64>,
+    snapshot_every_entries: Option<u64>,
+    snapshot_every_wal_bytes: Option<ByteSize>,
+    snapshots_kept: Option<usize>,
+    wal_retention_bytes: Option<ByteSize>,
+    snapshot_codec: Option<String>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -371,6 +383,50 @@ fn resolve_replication(
         options.follower.fetch_wait,
         "fetch wait",
     )?;
+    let compaction = &mut options.compaction;
+    compaction.snapshot_every_entries = args
+        .snapshot_every_entries
+        .or(file.snapshot_every_entries)
+        .unwrap_or(compaction.snapshot_every_entries);
+    if let Some(bytes) = match (
+        args.snapshot_every_wal_bytes,
+        &file.snapshot_every_wal_bytes,
+    ) {
+        (Some(bytes), _) => Some(bytes),
+        (None, Some(size)) => Some(
+            size.bytes()
+                .context("snapshot_every_wal_bytes in the config file")?,
+        ),
+        (None, None) => None,
+    } {
+        compaction.snapshot_every_wal_bytes = bytes;
+    }
+    if let Some(bytes) = match (args.wal_retention_bytes, &file.wal_retention_bytes) {
+        (Some(bytes), _) => Some(bytes),
+        (None, Some(size)) => Some(
+            size.bytes()
+                .context("wal_retention_bytes in the config file")?,
+        ),
+        (None, None) => None,
+    } {
+        compaction.wal_retention_bytes = bytes;
+    }
+    compaction.snapshots_kept = args
+        .snapshots_kept
+        .or(file.snapshots_kept)
+        .unwrap_or(compaction.snapshots_kept);
+    ensure!(
+        compaction.snapshots_kept >= 1,
+        "snapshots kept must be at least 1"
+    );
+    compaction.codec = match (args.snapshot_codec, &file.snapshot_codec) {
+        (Some(codec), _) => codec,
+        (None, Some(text)) => text
+            .parse()
+            .map_err(anyhow::Error::msg)
+            .context("snapshot_codec in the config file")?,
+        (None, None) => compaction.codec,
+    };
     options.follower.jitter_seed = rand_seed(&follower_id);
     options.follower.follower_id = follower_id;
     Ok(options)

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use kv_http::{AppState, HttpTransport};
-use kv_replication::{FetchRequest, FetchResponse, Node, Transport};
+use kv_replication::{FetchRequest, FetchResponse, Node, SnapshotMeta, Transport};
 use kv_store::{Store, StoreOptions, EPOCH_DEFAULT};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -32,6 +32,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let options = StoreOptions {
         wal: config.wal_options(),
         epoch: EPOCH_DEFAULT,
+        snapshot_dir: Some(config.snapshot_dir()),
     };
     let (store, report) = Store::open(&wal_dir, options)
         .with_context(|| format!("cannot open the store in {}", wal_dir.display()))?;
@@ -39,6 +40,13 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         tracing::info!(%report, "WAL recovered");
     } else {
         tracing::warn!(%report, "WAL recovered after repairing damage");
+    }
+    let load = store.snapshot_load();
+    for (path, reason) in &load.skipped {
+        tracing::warn!(path = %path.display(), %reason, "skipped a damaged snapshot");
+    }
+    if let Some((path, applied_id)) = &load.loaded {
+        tracing::info!(path = %path.display(), applied_id, replayed = load.replayed_records, "loaded snapshot, replayed the log after it");
     }
     let store = Arc::new(store);
     let node = match &config.role {
@@ -109,9 +117,31 @@ async fn serve(config: &NodeConfig, node: Arc<Node>) -> anyhow::Result<()> {
             }))
         }
     };
+    let compactor = {
+        let mut stopped = replication_stopped.clone();
+        let node = node.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stopped.wait_for(|stop| *stop) => return,
+                    _ = tokio::time::sleep(COMPACTION_CHECK_INTERVAL) => {}
+                }
+                if !node.snapshot_due() {
+                    continue;
+                }
+                let worker = node.clone();
+                match tokio::task::spawn_blocking(move || worker.snapshot_and_compact()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::error!(%error, "snapshot failed"),
+                    Err(error) => tracing::error!(%error, "snapshot task failed"),
+                }
+            }
+        })
+    };
     let state = Arc::new(AppState::new(node, config.http.clone()));
     let served = kv_http::serve(listener, state, shutdown.received()).await;
     let _ = stop_replication.send(true);
+    let _ = compactor.await;
     if let Some(follower_loop) = follower_loop {
         let _ = follower_loop.await;
     }
@@ -144,7 +174,26 @@ struct CorruptingTransport {
     fetches: AtomicU64,
 }
 
+/// How often the snapshot policy is checked.
+const COMPACTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Transport for CorruptingTransport {
+    async fn snapshot_meta(&self, timeout: Duration) -> Result<Option<SnapshotMeta>, String> {
+        self.inner.snapshot_meta(timeout).await
+    }
+
+    async fn snapshot_chunk(
+        &self,
+        applied_id: u64,
+        offset: u64,
+        len: u32,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
+        self.inner
+            .snapshot_chunk(applied_id, offset, len, timeout)
+            .await
+    }
+
     async fn fetch(
         &self,
         request: &FetchRequest,

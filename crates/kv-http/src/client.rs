@@ -8,7 +8,7 @@ use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use kv_replication::{FetchRequest, FetchResponse, Transport};
+use kv_replication::{FetchRequest, FetchResponse, SnapshotMeta, Transport};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
@@ -112,7 +112,96 @@ impl HttpTransport {
     }
 }
 
+impl HttpTransport {
+    async fn get(
+        &self,
+        path_and_query: &str,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
+        let mut connection = self.connection.lock().await;
+        let sender = match connection.as_mut() {
+            Some(sender) if !sender.is_closed() => sender,
+            _ => connection.insert(self.connect().await?),
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|error| format!("the connection to the leader broke: {error}"))?;
+        let request = Request::get(format!("{}{path_and_query}", self.prefix()))
+            .header(header::HOST, &self.authority)
+            .body(Full::new(Bytes::new()))
+            .map_err(|error| error.to_string())?;
+        let result = async {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|error| format!("request failed: {error}"))?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = Limited::new(response.into_body(), FETCH_RESPONSE_BYTES_MAX)
+                .collect()
+                .await
+                .map_err(|error| format!("reading the response failed: {error}"))?
+                .to_bytes();
+            Ok((status, headers, body))
+        }
+        .await;
+        if result.is_err() {
+            *connection = None;
+        }
+        result
+    }
+
+    fn prefix(&self) -> &str {
+        self.path.strip_suffix("/replication/fetch").unwrap_or("")
+    }
+}
+
 impl Transport for HttpTransport {
+    async fn snapshot_meta(&self, timeout: Duration) -> Result<Option<SnapshotMeta>, String> {
+        let (status, _, body) = tokio::time::timeout(timeout, self.get("/replication/snapshot"))
+            .await
+            .map_err(|_| "no answer from the leader".to_owned())??;
+        match status {
+            StatusCode::OK => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|error| format!("bad snapshot description: {error}")),
+            StatusCode::NOT_FOUND => Ok(None),
+            other => Err(format!("the leader answered {other} for its snapshot")),
+        }
+    }
+
+    async fn snapshot_chunk(
+        &self,
+        applied_id: u64,
+        offset: u64,
+        len: u32,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
+        let path = format!("/replication/snapshot/{applied_id}?offset={offset}&len={len}");
+        let (status, headers, body) = tokio::time::timeout(timeout, self.get(&path))
+            .await
+            .map_err(|_| {
+                format!(
+                    "snapshot chunk at {offset} not received within {} ms",
+                    timeout.as_millis()
+                )
+            })??;
+        if status != StatusCode::OK {
+            return Err(format!(
+                "the leader answered {status} for snapshot {applied_id} at {offset}"
+            ));
+        }
+        let expected: u32 = headers
+            .get(crate::replication::CHUNK_CRC_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok())
+            .ok_or("the snapshot chunk came without its CRC")?;
+        if kv_wal::frame::crc32c(&body) != expected {
+            return Err(format!("snapshot chunk at {offset} failed its CRC check"));
+        }
+        Ok(body.to_vec())
+    }
+
     async fn fetch(
         &self,
         request: &FetchRequest,

@@ -97,6 +97,12 @@ pub enum Error {
         /// How long the request waited.
         waited_ms: u64,
     },
+    /// The thing asked for is already being done (a snapshot).
+    #[error("{0}")]
+    Busy(String),
+    /// No snapshot (or not that one) is on this node.
+    #[error("{0}")]
+    SnapshotNotFound(String),
     /// A replication fetch could not be decoded.
     #[error("bad replication request: {0}")]
     BadFetch(String),
@@ -131,6 +137,7 @@ impl From<kv_replication::Error> for Error {
                 }
             }
             kv_replication::Error::Meta { .. } => Error::Internal(error.to_string()),
+            kv_replication::Error::Busy(detail) => Error::Busy(detail),
         }
     }
 }
@@ -164,6 +171,8 @@ impl Error {
             Error::AcksTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::NotYetApplied { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::BadFetch(_) => StatusCode::BAD_REQUEST,
+            Error::Busy(_) => StatusCode::CONFLICT,
+            Error::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
             Error::Store(_) | Error::Internal(_) | Error::Io { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

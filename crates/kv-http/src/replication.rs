@@ -1,7 +1,9 @@
 //! The replication endpoints: `POST /replication/fetch` (followers pull here; binary bodies,
 //! see kv-replication's protocol), `GET /replication/fetch?…` (the same answer as JSON, for
-//! people debugging; it is not counted as a follower's acknowledgement), and
-//! `GET /cluster_status`.
+//! people debugging; it is not counted as a follower's acknowledgement), `GET /cluster_status`,
+//! the snapshot a follower behind the compacted log downloads (`GET /replication/snapshot`,
+//! `GET /replication/snapshot/{applied_id}?offset=&len=`, each chunk with its CRC-32C in the
+//! `x-kvd-chunk-crc32c` header), `POST /admin/snapshot` and `GET /compaction/status`.
 
 use std::error::Error as StdError;
 
@@ -172,4 +174,91 @@ pub fn cluster_status(state: &AppState) -> Response<Full<Bytes>> {
     let status = state.node.cluster_status();
     let body = serde_json::to_vec(&status).expect("the status always serializes");
     json_response(StatusCode::OK, body)
+}
+
+/// Header carrying a snapshot chunk's CRC-32C (decimal).
+pub const CHUNK_CRC_HEADER: &str = "x-kvd-chunk-crc32c";
+/// Largest snapshot chunk served.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: u64 = 8 << 20;
+
+/// `GET /replication/snapshot`: `{"applied_id","size_bytes"}` of the newest snapshot, 404 when
+/// there is none.
+pub fn snapshot_meta(state: &AppState) -> Result<Response<Full<Bytes>>> {
+    let meta = state
+        .node
+        .snapshot_meta()
+        .ok_or_else(|| Error::SnapshotNotFound("this node has no snapshot".to_owned()))?;
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&meta).expect("serializes"),
+    ))
+}
+
+/// `GET /replication/snapshot/{applied_id}?offset=&len=`: raw bytes of the snapshot file.
+pub fn snapshot_chunk(
+    state: &AppState,
+    applied_id: &str,
+    query: &str,
+) -> Result<Response<Full<Bytes>>> {
+    let applied_id: u64 = applied_id
+        .parse()
+        .map_err(|_| Error::InvalidQuery(format!("snapshot id {applied_id:?} is not a number")))?;
+    let number = |name: &str, default: u64| -> Result<u64> {
+        match query_parameter(query, name).map_err(Error::InvalidQuery)? {
+            None => Ok(default),
+            Some(text) => String::from_utf8_lossy(&text)
+                .parse()
+                .map_err(|_| Error::InvalidQuery(format!("{name} must be an integer"))),
+        }
+    };
+    let offset = number("offset", 0)?;
+    let len = number("len", 1 << 20)?.min(SNAPSHOT_CHUNK_BYTES_MAX) as u32;
+    let chunk = state
+        .node
+        .snapshot_chunk(applied_id, offset, len)
+        .ok_or_else(|| {
+            Error::SnapshotNotFound(format!("snapshot {applied_id} is not on this node"))
+        })?
+        .map_err(|error| Error::Internal(format!("reading snapshot {applied_id}: {error}")))?;
+    let crc = kv_wal::frame::crc32c(&chunk);
+    let mut response = Response::new(Full::new(Bytes::from(chunk)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(body::OCTET_STREAM),
+    );
+    headers.insert(CHUNK_CRC_HEADER, HeaderValue::from(crc));
+    Ok(response)
+}
+
+/// `POST /admin/snapshot`: writes a snapshot now (writes go on), prunes old ones, compacts
+/// the log; answers what it did. 409 while another snapshot is being written.
+pub async fn admin_snapshot(state: &AppState) -> Result<Response<Full<Bytes>>> {
+    let node = state.node.clone();
+    let (info, purge) = tokio::task::spawn_blocking(move || node.snapshot_and_compact())
+        .await
+        .map_err(|error| Error::Internal(format!("snapshot task failed: {error}")))??;
+    let body = json!({
+        "snapshot": {
+            "path": info.path.display().to_string(),
+            "applied_id": info.applied_id,
+            "key_count": info.key_count,
+            "size_bytes": info.size_bytes,
+            "raw_bytes": info.raw_bytes,
+            "codec": info.codec.to_string(),
+            "write_ms": info.write_duration.as_millis() as u64,
+        },
+        "purge": purge,
+    });
+    Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
+}
+
+/// `GET /compaction/status`: snapshots on disk, the last snapshot and purge (what was kept and
+/// why), the WAL's extent and the policy.
+pub fn compaction_status(state: &AppState) -> Response<Full<Bytes>> {
+    let status = state.node.compaction_status();
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&status).expect("serializes"),
+    )
 }

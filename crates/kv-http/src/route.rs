@@ -20,10 +20,18 @@ pub enum Route<'a> {
     ReplicationFetch,
     /// `/cluster_status`
     ClusterStatus,
+    /// `/replication/snapshot`: which snapshot the node offers followers.
+    SnapshotMeta,
+    /// `/replication/snapshot/{applied_id}`: a chunk of that snapshot (`?offset=&len=`).
+    SnapshotChunk(&'a str),
+    /// `/admin/snapshot`: write a snapshot and compact the log now (POST).
+    AdminSnapshot,
+    /// `/compaction/status`
+    CompactionStatus,
 }
 
 /// Route names used as metric labels (and their index in metric arrays).
-pub const ROUTE_LABELS: [&str; 8] = [
+pub const ROUTE_LABELS: [&str; 12] = [
     "/key/{key}",
     "/keys",
     "/segments",
@@ -31,10 +39,14 @@ pub const ROUTE_LABELS: [&str; 8] = [
     "/metrics",
     "/replication/fetch",
     "/cluster_status",
+    "/replication/snapshot",
+    "/replication/snapshot/{id}",
+    "/admin/snapshot",
+    "/compaction/status",
     "unknown",
 ];
 /// Index of the label for paths that match no route.
-pub const ROUTE_LABEL_UNKNOWN: usize = 7;
+pub const ROUTE_LABEL_UNKNOWN: usize = 11;
 
 impl<'a> Route<'a> {
     /// The route for `path`, if any. `/key/a/b` is no route: a key is one path segment
@@ -43,6 +55,9 @@ impl<'a> Route<'a> {
         if let Some(encoded_key) = path.strip_prefix("/key/") {
             return (!encoded_key.contains('/')).then_some(Route::Key(encoded_key));
         }
+        if let Some(applied_id) = path.strip_prefix("/replication/snapshot/") {
+            return (!applied_id.contains('/')).then_some(Route::SnapshotChunk(applied_id));
+        }
         match path {
             "/keys" => Some(Route::Keys),
             "/segments" => Some(Route::Segments),
@@ -50,6 +65,9 @@ impl<'a> Route<'a> {
             "/metrics" => Some(Route::Metrics),
             "/replication/fetch" => Some(Route::ReplicationFetch),
             "/cluster_status" => Some(Route::ClusterStatus),
+            "/replication/snapshot" => Some(Route::SnapshotMeta),
+            "/admin/snapshot" => Some(Route::AdminSnapshot),
+            "/compaction/status" => Some(Route::CompactionStatus),
             _ => None,
         }
     }
@@ -59,6 +77,7 @@ impl<'a> Route<'a> {
         match self {
             Route::Key(_) => "GET, PUT, DELETE",
             Route::ReplicationFetch => "GET, POST",
+            Route::AdminSnapshot => "POST",
             _ => "GET",
         }
     }
@@ -70,6 +89,7 @@ impl<'a> Route<'a> {
                 *method == Method::GET || *method == Method::PUT || *method == Method::DELETE
             }
             Route::ReplicationFetch => *method == Method::GET || *method == Method::POST,
+            Route::AdminSnapshot => *method == Method::POST,
             _ => *method == Method::GET,
         }
     }
@@ -84,6 +104,10 @@ impl<'a> Route<'a> {
             Route::Metrics => 4,
             Route::ReplicationFetch => 5,
             Route::ClusterStatus => 6,
+            Route::SnapshotMeta => 7,
+            Route::SnapshotChunk(_) => 8,
+            Route::AdminSnapshot => 9,
+            Route::CompactionStatus => 10,
         }
     }
 }
@@ -117,6 +141,10 @@ mod tests {
             (Route::Metrics, "/metrics"),
             (Route::ReplicationFetch, "/replication/fetch"),
             (Route::ClusterStatus, "/cluster_status"),
+            (Route::SnapshotMeta, "/replication/snapshot"),
+            (Route::SnapshotChunk("1"), "/replication/snapshot/{id}"),
+            (Route::AdminSnapshot, "/admin/snapshot"),
+            (Route::CompactionStatus, "/compaction/status"),
         ] {
             assert_eq!(ROUTE_LABELS[route.label_index()], label);
         }

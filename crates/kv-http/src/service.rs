@@ -69,5 +69,11 @@ where
             _ => replication::fetch_view(state, parts.uri.query().unwrap_or_default()).await,
         },
         Route::ClusterStatus => Ok(replication::cluster_status(state)),
+        Route::SnapshotMeta => replication::snapshot_meta(state),
+        Route::SnapshotChunk(applied_id) => {
+            replication::snapshot_chunk(state, applied_id, parts.uri.query().unwrap_or_default())
+        }
+        Route::AdminSnapshot => replication::admin_snapshot(state).await,
+        Route::CompactionStatus => Ok(replication::compaction_status(state)),
     }
 }

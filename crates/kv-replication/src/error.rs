@@ -22,6 +22,9 @@ pub enum Error {
         /// The leader's URL, if known.
         leader_url: Option<String>,
     },
+    /// The operation is already running.
+    #[error("{0}")]
+    Busy(String),
     /// The write is durable on the leader (and will commit once enough followers have it),
     /// but the requested acknowledgements did not arrive in time.
     #[error(

@@ -69,6 +69,14 @@ pub enum Step {
         /// The last id to keep.
         after_id: u64,
     },
+    /// The entries needed were compacted away on the leader: download its newest snapshot,
+    /// install it, then fetch from after it.
+    InstallSnapshot {
+        /// The leader's first id.
+        leader_first_id: u64,
+        /// A cluster id to adopt (a new follower's first answer).
+        adopt_cluster: Option<u64>,
+    },
     /// Wait, then fetch again.
     Retry {
         /// How long.
@@ -224,11 +232,20 @@ impl FollowerState {
                     after_id: truncate_after,
                 }
             }
-            FetchResponse::SnapshotNeeded { first_id, .. } => self.stop(format!(
-                "the leader compacted its log: it starts at id {first_id}, this follower needs id {}; \
-                 install a snapshot (resync this follower from an empty data directory)",
-                request.next_id
-            )),
+            FetchResponse::SnapshotNeeded {
+                cluster_id, first_id, ..
+            } => {
+                if let Some(step) = self.check_cluster(cluster_id) {
+                    return step;
+                }
+                let adopt_cluster = (self.cluster_id == 0).then_some(cluster_id);
+                self.cluster_id = cluster_id;
+                self.connected(now);
+                Step::InstallSnapshot {
+                    leader_first_id: first_id,
+                    adopt_cluster,
+                }
+            }
             FetchResponse::NotLeader { leader_url } => self.failed(
                 now,
                 match leader_url {
@@ -283,6 +300,12 @@ impl FollowerState {
         self.failures = 0;
         self.link = LinkState::Connected;
         self.last_contact = Some(now);
+    }
+
+    /// A snapshot download or install failed: retry later with backoff (the partial download
+    /// is kept and resumed).
+    pub fn on_snapshot_failure(&mut self, now: Instant, error: String) -> Step {
+        self.failed(now, error)
     }
 
     /// Stops replication for a reason found outside the protocol (a local I/O failure).

@@ -181,10 +181,14 @@ impl LeaderState {
         if previous > 0 {
             let truncate_after = if previous > last_id {
                 Some(log.end_of_epoch(request.last_epoch).min(last_id))
-            } else if previous >= first_id && log.epoch_at(previous) != Some(request.last_epoch) {
-                Some(log.end_of_epoch(request.last_epoch).min(previous - 1))
             } else {
-                None
+                // Unknown only before the oldest epoch the log remembers: trusted.
+                match log.epoch_at(previous) {
+                    Some(epoch) if epoch != request.last_epoch => {
+                        Some(log.end_of_epoch(request.last_epoch).min(previous - 1))
+                    }
+                    _ => None,
+                }
             };
             if let Some(truncate_after) = truncate_after {
                 return FetchDecision::Respond(FetchResponse::Diverged {

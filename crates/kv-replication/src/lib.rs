@@ -24,8 +24,14 @@
 //! - [`NodeMeta`]: the cluster id and epoch on disk. A node starting as leader bumps the
 //!   epoch; entries carry the epoch of the leader that wrote them (kv-store's entry format).
 //!
+//! - [`compaction`]: when to snapshot and how far the log may be purged — never past what a
+//!   live follower needs, within a retention limit; beyond it that follower installs the
+//!   leader's snapshot ([`Step::InstallSnapshot`]: a chunked, resumable download, checked
+//!   whole, installed atomically).
+//!
 //! Nothing here depends on hyper; the protocol logic depends on no runtime at all.
 
+pub mod compaction;
 mod error;
 pub mod follower;
 pub mod leader;
@@ -34,10 +40,14 @@ mod meta;
 mod node;
 pub mod protocol;
 
+pub use compaction::{CompactionOptions, PurgeReport, RetentionNote};
 pub use error::{Error, Result};
 pub use follower::{check_frames, FollowerOptions, FollowerState, LinkState, Step};
 pub use leader::{FetchDecision, FollowerHealth, FollowerStatus, LeaderOptions, LeaderState};
 pub use log_view::LogView;
 pub use meta::{NodeMeta, META_FILE_NAME};
-pub use node::{Acks, ClusterStatus, Node, NodeOptions, Role, Transport, FETCH_WAIT_MAX};
-pub use protocol::{DecodeError, FetchRequest, FetchResponse};
+pub use node::{
+    Acks, ClusterStatus, CompactionStatus, Node, NodeOptions, Role, SnapshotSummary, Transport,
+    FETCH_WAIT_MAX,
+};
+pub use protocol::{DecodeError, FetchRequest, FetchResponse, SnapshotMeta};

@@ -33,21 +33,23 @@ pub trait LogView {
 
 impl LogView for Store {
     fn first_id(&self) -> u64 {
+        // Where entries start: the first record, or — for an empty log (a new leader with an
+        // append queued, a follower that just installed a snapshot) — where the first will go.
         self.wal()
             .first_id()
-            .unwrap_or_else(|| self.wal().start_id())
+            .unwrap_or_else(|| self.wal().start_id().max(self.snapshot_base() + 1))
     }
     fn last_id(&self) -> u64 {
-        self.wal().last_id().unwrap_or(0)
+        Store::last_id(self)
     }
     fn durable_id(&self) -> u64 {
-        if self.wal().sync_policy().is_durable_on_return() {
-            self.wal().durable_id()
+        let wal = self.wal();
+        let held = if wal.sync_policy().is_durable_on_return() {
+            wal.durable_id()
         } else {
-            self.wal()
-                .durable_id()
-                .max(self.wal().last_id().unwrap_or(0))
-        }
+            wal.durable_id().max(wal.last_id().unwrap_or(0))
+        };
+        held.max(self.snapshot_base())
     }
     fn epoch_at(&self, id: u64) -> Option<u64> {
         Store::epoch_at(self, id)
@@ -72,6 +74,6 @@ impl LogView for Store {
         }
     }
     fn next_id(&self) -> u64 {
-        self.wal().next_id()
+        Store::next_id(self)
     }
 }

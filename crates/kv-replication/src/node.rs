@@ -13,12 +13,13 @@ use kv_store::{Op, Store};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::compaction::{purge_point, CompactionOptions, PurgeReport};
 use crate::error::{Error, Result};
 use crate::follower::{FollowerOptions, FollowerState, LinkState, Step};
 use crate::leader::{FetchDecision, FollowerStatus, LeaderOptions, LeaderState};
 use crate::log_view::LogView;
 use crate::meta::NodeMeta;
-use crate::protocol::{FetchRequest, FetchResponse};
+use crate::protocol::{FetchRequest, FetchResponse, SnapshotMeta};
 
 /// The longest a leader holds a fetch, whatever the follower asks.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(10);
@@ -32,6 +33,20 @@ pub trait Transport: Send + Sync + 'static {
         request: &FetchRequest,
         timeout: Duration,
     ) -> impl Future<Output = Result<FetchResponse, String>> + Send;
+    /// Asks which snapshot the leader offers (`None`: it has none).
+    fn snapshot_meta(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<SnapshotMeta>, String>> + Send;
+    /// Downloads `len` bytes of snapshot `applied_id` from `offset`, checked in transit (the
+    /// HTTP transport checks a CRC-32C per chunk). Fewer bytes only at the end of the file.
+    fn snapshot_chunk(
+        &self,
+        applied_id: u64,
+        offset: u64,
+        len: u32,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
 }
 
 /// Which acknowledgements a write waits for.
@@ -82,6 +97,8 @@ pub struct NodeOptions {
     pub follower: FollowerOptions,
     /// How long a write waits for `acks=quorum|all` before answering that it timed out.
     pub acks_timeout: Duration,
+    /// Snapshots and log compaction.
+    pub compaction: CompactionOptions,
 }
 
 impl Default for NodeOptions {
@@ -90,6 +107,7 @@ impl Default for NodeOptions {
             leader: LeaderOptions::default(),
             follower: FollowerOptions::default(),
             acks_timeout: Duration::from_secs(5),
+            compaction: CompactionOptions::default(),
         }
     }
 }
@@ -140,6 +158,66 @@ pub struct Node {
     applied: watch::Sender<u64>,
     progress: watch::Sender<u64>,
     options: NodeOptions,
+    compaction: Mutex<CompactionState>,
+}
+
+#[derive(Debug, Default)]
+struct CompactionState {
+    running: bool,
+    snapshots_written: u64,
+    last_snapshot: Option<kv_store::SnapshotInfo>,
+    last_purge: Option<PurgeReport>,
+    snapshots_installed: u64,
+}
+
+/// What `/compaction/status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompactionStatus {
+    /// Snapshots on disk, newest first: `(applied_id, path)`.
+    pub snapshots: Vec<(u64, String)>,
+    /// The last snapshot this process wrote.
+    pub last_snapshot: Option<SnapshotSummary>,
+    /// What the last purge removed and kept, and why.
+    pub last_purge: Option<PurgeReport>,
+    /// Snapshots written by this process.
+    pub snapshots_written: u64,
+    /// Snapshots installed from the leader by this process.
+    pub snapshots_installed: u64,
+    /// The WAL's first id, segment count and bytes.
+    pub wal_first_id: u64,
+    /// Segments in the WAL.
+    pub wal_segments: usize,
+    /// Bytes in the WAL.
+    pub wal_bytes: u64,
+    /// Entries applied since the newest snapshot.
+    pub entries_since_snapshot: u64,
+    /// The policy.
+    pub snapshot_every_entries: u64,
+    /// The policy.
+    pub snapshot_every_wal_bytes: u64,
+    /// The policy.
+    pub snapshots_kept: usize,
+    /// The policy.
+    pub wal_retention_bytes: u64,
+    /// The codec.
+    pub codec: String,
+}
+
+/// A snapshot as `/compaction/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotSummary {
+    /// Its applied id.
+    pub applied_id: u64,
+    /// Keys in it.
+    pub key_count: u64,
+    /// Its size.
+    pub size_bytes: u64,
+    /// Bytes before compression.
+    pub raw_bytes: u64,
+    /// Its codec.
+    pub codec: String,
+    /// How long writing it took.
+    pub write_ms: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -219,6 +297,7 @@ impl Node {
             applied: watch::Sender::new(applied_id),
             progress: watch::Sender::new(0),
             options,
+            compaction: Mutex::new(CompactionState::default()),
         }
     }
 
@@ -404,7 +483,7 @@ impl Node {
                     Err(error) => state.on_failure(Instant::now(), error),
                 }
             };
-            match self.perform(step).await {
+            match self.perform(step, &transport).await {
                 Ok(None) => {}
                 Ok(Some(delay)) => {
                     tokio::select! {
@@ -428,8 +507,38 @@ impl Node {
     }
 
     /// Performs one step; returns a delay before the next fetch, or why replication stops.
-    async fn perform(&self, step: Step) -> Result<Option<Duration>, String> {
+    async fn perform<T: Transport>(
+        &self,
+        step: Step,
+        transport: &T,
+    ) -> Result<Option<Duration>, String> {
         match step {
+            Step::InstallSnapshot {
+                leader_first_id,
+                adopt_cluster,
+            } => {
+                self.adopt(adopt_cluster)?;
+                tracing::warn!(
+                    leader_first_id,
+                    next_id = self.store.next_id(),
+                    "the leader compacted the entries this follower needs: installing its snapshot"
+                );
+                match self.download_and_install(transport).await {
+                    Ok(applied_id) => {
+                        tracing::info!(applied_id, "snapshot installed; fetching after it");
+                        self.applied.send_replace(self.store.applied_id());
+                        Ok(None)
+                    }
+                    Err(error) => {
+                        let follower = self.follower.as_ref().expect("a follower");
+                        let step = lock(follower).on_snapshot_failure(Instant::now(), error);
+                        match step {
+                            Step::Retry { after } => Ok(Some(after)),
+                            _ => Ok(Some(Duration::from_secs(1))),
+                        }
+                    }
+                }
+            }
             Step::Append {
                 frames,
                 commit_id,
@@ -437,7 +546,7 @@ impl Node {
             } => {
                 self.adopt(adopt_cluster)?;
                 if kv_wal::frame::decode(&frames).map(|frame| frame.id).ok()
-                    != Some(self.store.wal().next_id())
+                    != Some(self.store.next_id())
                 {
                     // An answer to an older request (the log moved since): fetch again.
                     return Ok(None);
@@ -483,6 +592,279 @@ impl Node {
                 Ok(Some(after))
             }
             Step::Stop { reason } => Err(reason),
+        }
+    }
+
+    /// Downloads the leader's newest snapshot into `incoming-{id}.part` in the snapshot
+    /// directory (resuming a partial download of the same snapshot), checks it whole, moves it
+    /// into place and installs it. Per-chunk timeouts bound the transfer; the install is not
+    /// timed.
+    async fn download_and_install<T: Transport>(&self, transport: &T) -> Result<u64, String> {
+        let options = &self.options.compaction;
+        let dir = self
+            .store
+            .snapshot_dir()
+            .ok_or("snapshots are off on this follower (no snapshot directory)")?
+            .to_owned();
+        let meta = transport
+            .snapshot_meta(options.snapshot_chunk_timeout)
+            .await?
+            .ok_or("the leader has compacted its log but offers no snapshot")?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+        let part_name = format!("incoming-{:020}.part", meta.applied_id);
+        let part_path = dir.join(&part_name);
+        // Older partial downloads are of snapshots the leader no longer offers.
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("incoming-") && name != part_name {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&part_path)
+            .map_err(|error| format!("cannot open {}: {error}", part_path.display()))?;
+        let mut offset = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
+        if offset > meta.size_bytes {
+            offset = 0;
+            file.set_len(0).map_err(|error| error.to_string())?;
+        }
+        if offset > 0 {
+            tracing::info!(
+                offset,
+                size_bytes = meta.size_bytes,
+                "resuming a snapshot download"
+            );
+        }
+        while offset < meta.size_bytes {
+            let want =
+                (meta.size_bytes - offset).min(u64::from(options.snapshot_chunk_bytes)) as u32;
+            let chunk = transport
+                .snapshot_chunk(
+                    meta.applied_id,
+                    offset,
+                    want,
+                    options.snapshot_chunk_timeout,
+                )
+                .await?;
+            if chunk.is_empty() || chunk.len() > want as usize {
+                return Err(format!(
+                    "snapshot chunk at {offset}: {} bytes for {want} asked",
+                    chunk.len()
+                ));
+            }
+            use std::io::Write;
+            file.write_all(&chunk)
+                .map_err(|error| format!("writing the snapshot: {error}"))?;
+            offset += chunk.len() as u64;
+        }
+        file.sync_all()
+            .map_err(|error| format!("syncing the snapshot: {error}"))?;
+        drop(file);
+        let store = self.store.clone();
+        let final_path = dir.join(kv_store::snapshot::snapshot_file_name(meta.applied_id));
+        tokio::task::spawn_blocking(move || -> Result<u64, String> {
+            if let Err(reason) = kv_store::snapshot::read_snapshot(&part_path) {
+                let _ = std::fs::remove_file(&part_path);
+                return Err(format!(
+                    "the downloaded snapshot is damaged ({reason}); downloading again"
+                ));
+            }
+            std::fs::rename(&part_path, &final_path).map_err(|error| error.to_string())?;
+            std::fs::File::open(&dir)
+                .and_then(|directory| directory.sync_all())
+                .map_err(|error| error.to_string())?;
+            store
+                .install_snapshot(&final_path)
+                .map_err(|error| format!("cannot install the snapshot: {error}"))
+        })
+        .await
+        .map_err(|error| error.to_string())?
+        .inspect(|_| lock(&self.compaction).snapshots_installed += 1)
+    }
+
+    /// The newest snapshot this node offers to followers.
+    pub fn snapshot_meta(&self) -> Option<SnapshotMeta> {
+        let (applied_id, path) = self.store.snapshots().into_iter().next()?;
+        let size_bytes = std::fs::metadata(path).ok()?.len();
+        Some(SnapshotMeta {
+            applied_id,
+            size_bytes,
+        })
+    }
+
+    /// Reads `len` bytes of snapshot `applied_id` from `offset`; `None` when this node no longer
+    /// has that snapshot.
+    pub fn snapshot_chunk(
+        &self,
+        applied_id: u64,
+        offset: u64,
+        len: u32,
+    ) -> Option<std::io::Result<Vec<u8>>> {
+        let (_, path) = self
+            .store
+            .snapshots()
+            .into_iter()
+            .find(|(id, _)| *id == applied_id)?;
+        let read = || -> std::io::Result<Vec<u8>> {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut file = std::fs::File::open(&path)?;
+            file.seek(SeekFrom::Start(offset))?;
+            let mut chunk = Vec::with_capacity(len as usize);
+            file.take(u64::from(len)).read_to_end(&mut chunk)?;
+            Ok(chunk)
+        };
+        Some(read())
+    }
+
+    /// Whether the policy asks for a snapshot now.
+    pub fn snapshot_due(&self) -> bool {
+        let options = &self.options.compaction;
+        if self.store.snapshot_dir().is_none() {
+            return false;
+        }
+        let newest = self.store.snapshots().first().map_or(0, |(id, _)| *id);
+        let applied = self.store.applied_id();
+        if applied <= newest {
+            return false;
+        }
+        let by_count = options.snapshot_every_entries > 0
+            && applied - newest >= options.snapshot_every_entries;
+        let wal_bytes_after: u64 = self
+            .store
+            .wal()
+            .segments()
+            .iter()
+            .filter(|segment| segment.last_id.is_none_or(|last| last > newest))
+            .map(|segment| segment.size_bytes)
+            .sum();
+        let by_size = options.snapshot_every_wal_bytes > 0
+            && wal_bytes_after >= options.snapshot_every_wal_bytes;
+        by_count || by_size
+    }
+
+    /// Writes a snapshot of the applied map (writes go on meanwhile), prunes old snapshots and
+    /// compacts the log. Blocking: run it on a thread of its own.
+    pub fn snapshot_and_compact(&self) -> Result<(kv_store::SnapshotInfo, PurgeReport)> {
+        {
+            let mut state = lock(&self.compaction);
+            if state.running {
+                return Err(Error::Busy(
+                    "a snapshot is already being written".to_owned(),
+                ));
+            }
+            state.running = true;
+        }
+        let written = self.store.write_snapshot(
+            self.options.compaction.codec,
+            self.options.compaction.snapshots_kept,
+        );
+        let result = written.map_err(Error::from).and_then(|info| {
+            tracing::info!(
+                applied_id = info.applied_id,
+                keys = info.key_count,
+                size_bytes = info.size_bytes,
+                raw_bytes = info.raw_bytes,
+                codec = %info.codec,
+                write_ms = info.write_duration.as_millis() as u64,
+                "snapshot written"
+            );
+            let purge = self.compact()?;
+            Ok((info, purge))
+        });
+        let mut state = lock(&self.compaction);
+        state.running = false;
+        if let Ok((info, purge)) = &result {
+            state.snapshots_written += 1;
+            state.last_snapshot = Some(info.clone());
+            state.last_purge = Some(purge.clone());
+        }
+        result
+    }
+
+    /// Removes the WAL segments the newest snapshot covers, keeping those live followers still
+    /// need within the retention limit.
+    pub fn compact(&self) -> Result<PurgeReport> {
+        let Some((snapshot_id, _)) = self.store.snapshots().into_iter().next() else {
+            return Ok(PurgeReport {
+                snapshot_id: 0,
+                purge_before: 0,
+                segments_removed: Vec::new(),
+                retained_for: Vec::new(),
+            });
+        };
+        let segments: Vec<(u64, u64)> = self
+            .store
+            .wal()
+            .segments()
+            .iter()
+            .filter(|segment| !segment.is_active)
+            .filter_map(|segment| Some((segment.last_id?, segment.size_bytes)))
+            .collect();
+        let followers: Vec<(String, u64)> = match &self.leader {
+            Some(leader) => lock(leader)
+                .followers(Instant::now(), self.store.last_id())
+                .into_iter()
+                .filter(|follower| follower.status != crate::leader::FollowerHealth::Down)
+                .map(|follower| (follower.follower_id, follower.next_id))
+                .collect(),
+            None => Vec::new(),
+        };
+        let (purge_before, retained_for) = purge_point(
+            snapshot_id,
+            &segments,
+            &followers,
+            self.options.compaction.wal_retention_bytes,
+        );
+        let removed = self.store.purge_wal_before(purge_before)?;
+        Ok(PurgeReport {
+            snapshot_id,
+            purge_before,
+            segments_removed: removed
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect(),
+            retained_for,
+        })
+    }
+
+    /// What `/compaction/status` shows.
+    pub fn compaction_status(&self) -> CompactionStatus {
+        let options = &self.options.compaction;
+        let state = lock(&self.compaction);
+        let snapshots = self.store.snapshots();
+        let newest = snapshots.first().map_or(0, |(id, _)| *id);
+        let segments = self.store.wal().segments();
+        CompactionStatus {
+            snapshots: snapshots
+                .iter()
+                .map(|(id, path)| (*id, path.display().to_string()))
+                .collect(),
+            last_snapshot: state.last_snapshot.as_ref().map(|info| SnapshotSummary {
+                applied_id: info.applied_id,
+                key_count: info.key_count,
+                size_bytes: info.size_bytes,
+                raw_bytes: info.raw_bytes,
+                codec: info.codec.to_string(),
+                write_ms: info.write_duration.as_millis() as u64,
+            }),
+            last_purge: state.last_purge.clone(),
+            snapshots_written: state.snapshots_written,
+            snapshots_installed: state.snapshots_installed,
+            wal_first_id: LogView::first_id(&*self.store),
+            wal_segments: segments.len(),
+            wal_bytes: segments.iter().map(|segment| segment.size_bytes).sum(),
+            entries_since_snapshot: self.store.applied_id().saturating_sub(newest),
+            snapshot_every_entries: options.snapshot_every_entries,
+            snapshot_every_wal_bytes: options.snapshot_every_wal_bytes,
+            snapshots_kept: options.snapshots_kept,
+            wal_retention_bytes: options.wal_retention_bytes,
+            codec: options.codec.to_string(),
         }
     }
 

@@ -96,6 +96,15 @@ pub enum FetchResponse {
     },
 }
 
+/// The snapshot a leader offers to followers behind its compacted log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SnapshotMeta {
+    /// The applied id the snapshot holds the map at.
+    pub applied_id: u64,
+    /// The file's size.
+    pub size_bytes: u64,
+}
+
 /// Why bytes are not a protocol message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed replication message: {0}")]

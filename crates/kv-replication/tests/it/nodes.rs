@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_replication::{Acks, FetchRequest, FetchResponse, Node, NodeOptions, Transport};
+use kv_replication::{
+    Acks, FetchRequest, FetchResponse, Node, NodeOptions, SnapshotMeta, Transport,
+};
 use kv_store::{Op, Store, StoreOptions, Value};
 
 /// Calls the leader directly; corrupts the response of the fetches numbered in `corrupt`.
@@ -15,9 +17,32 @@ struct Direct {
     corrupt_every: u64,
     corrupted: AtomicU64,
     down: Arc<std::sync::atomic::AtomicBool>,
+    snapshot_chunks: AtomicU64,
+    fail_snapshot_chunk_at: u64,
 }
 
 impl Transport for Direct {
+    async fn snapshot_meta(&self, _timeout: Duration) -> Result<Option<SnapshotMeta>, String> {
+        Ok(self.leader.snapshot_meta())
+    }
+
+    async fn snapshot_chunk(
+        &self,
+        applied_id: u64,
+        offset: u64,
+        len: u32,
+        _timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
+        let chunks = self.snapshot_chunks.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_snapshot_chunk_at == chunks {
+            return Err("connection reset during the snapshot download (test)".to_owned());
+        }
+        self.leader
+            .snapshot_chunk(applied_id, offset, len)
+            .ok_or("gone")?
+            .map_err(|error| error.to_string())
+    }
+
     async fn fetch(
         &self,
         request: &FetchRequest,
@@ -45,11 +70,12 @@ impl Transport for Direct {
 }
 
 fn open(dir: &std::path::Path) -> Arc<Store> {
-    Arc::new(
-        Store::open(dir.join("wal"), StoreOptions::default())
-            .expect("open store")
-            .0,
-    )
+    let mut options = StoreOptions {
+        snapshot_dir: Some(dir.join("snapshots")),
+        ..StoreOptions::default()
+    };
+    options.wal.segment_bytes_max = 8192;
+    Arc::new(Store::open(dir.join("wal"), options).expect("open store").0)
 }
 
 fn set(key: String, value: u64) -> Op {
@@ -92,6 +118,8 @@ async fn a_follower_refuses_corrupted_batches_and_recovers_them_from_the_leader(
         corrupt_every: 3,
         corrupted: AtomicU64::new(0),
         down: Arc::default(),
+        snapshot_chunks: AtomicU64::new(0),
+        fail_snapshot_chunk_at: 0,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let loop_handle = tokio::spawn(follower.clone().run_follower(transport, async move {
@@ -201,6 +229,8 @@ async fn quorum_writes_time_out_without_followers_and_commit_when_one_returns() 
         corrupt_every: 0,
         corrupted: AtomicU64::new(0),
         down: down.clone(),
+        snapshot_chunks: AtomicU64::new(0),
+        fail_snapshot_chunk_at: 0,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let loop_handle = tokio::spawn(follower.clone().run_follower(transport, async move {
@@ -272,6 +302,8 @@ async fn a_follower_of_another_cluster_stops_and_keeps_its_data() {
         corrupt_every: 0,
         corrupted: AtomicU64::new(0),
         down: Arc::default(),
+        snapshot_chunks: AtomicU64::new(0),
+        fail_snapshot_chunk_at: 0,
     };
     // Join the first cluster and copy its entry.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -297,4 +329,155 @@ async fn a_follower_of_another_cluster_stops_and_keeps_its_data() {
     );
     assert!(follower.store().get(b"a").is_some(), "its data is kept");
     assert!(follower.store().get(b"b").is_none(), "histories never mix");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_a_compacted_log_installs_the_snapshot_resuming_a_broken_download() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut leader_options = options(1);
+    leader_options.compaction.snapshot_chunk_bytes = 1024; // many chunks
+    let leader = Arc::new(
+        Node::open_leader(
+            open(leader_dir.path()),
+            leader_dir.path(),
+            leader_options.clone(),
+        )
+        .unwrap(),
+    );
+    for index in 0..2_000u64 {
+        leader
+            .write(set(format!("k{index}"), index), Acks::Leader)
+            .await
+            .unwrap();
+    }
+    let worker = leader.clone();
+    let (info, purge) = tokio::task::spawn_blocking(move || worker.snapshot_and_compact())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.applied_id, 2_000);
+    assert!(
+        !purge.segments_removed.is_empty(),
+        "no follower yet: the log is compacted"
+    );
+    assert!(leader.store().wal().first_id().unwrap() > 1);
+    for index in 2_000..2_100u64 {
+        leader
+            .write(set(format!("k{index}"), index), Acks::Leader)
+            .await
+            .unwrap();
+    }
+
+    let follower = Arc::new(
+        Node::open_follower(
+            open(follower_dir.path()),
+            follower_dir.path(),
+            "test://leader".to_owned(),
+            leader_options,
+        )
+        .unwrap(),
+    );
+    let transport = Direct {
+        leader: leader.clone(),
+        fetches: AtomicU64::new(0),
+        corrupt_every: 0,
+        corrupted: AtomicU64::new(0),
+        down: Arc::default(),
+        snapshot_chunks: AtomicU64::new(0),
+        fail_snapshot_chunk_at: 5, // the download breaks after four chunks
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let loop_handle = tokio::spawn(follower.clone().run_follower(transport, async move {
+        let _ = stopped.await;
+    }));
+    assert!(
+        follower.wait_applied(2_100, Duration::from_secs(20)).await,
+        "{:?}",
+        follower.cluster_status()
+    );
+    for index in [0u64, 1_999, 2_000, 2_099] {
+        let value = follower
+            .store()
+            .get(format!("k{index}").as_bytes())
+            .expect("present")
+            .to_value();
+        assert_eq!(value, Value::json(index.to_string()));
+    }
+    assert_eq!(follower.compaction_status().snapshots_installed, 1);
+    let _ = stop.send(());
+    loop_handle.await.unwrap();
+    // It restarts from the snapshot plus its own log.
+    drop(follower);
+    let store = open(follower_dir.path());
+    assert_eq!(
+        store.snapshot_load().loaded.as_ref().map(|(_, id)| *id),
+        Some(2_000)
+    );
+    assert_eq!(store.applied_id(), 2_100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_what_a_live_follower_needs_within_the_retention_limit() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let leader = Arc::new(
+        Node::open_leader(open(leader_dir.path()), leader_dir.path(), options(1)).unwrap(),
+    );
+    let follower = Arc::new(
+        Node::open_follower(
+            open(follower_dir.path()),
+            follower_dir.path(),
+            "test://leader".to_owned(),
+            options(1),
+        )
+        .unwrap(),
+    );
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let transport = Direct {
+        leader: leader.clone(),
+        fetches: AtomicU64::new(0),
+        corrupt_every: 0,
+        corrupted: AtomicU64::new(0),
+        down: down.clone(),
+        snapshot_chunks: AtomicU64::new(0),
+        fail_snapshot_chunk_at: 0,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let loop_handle = tokio::spawn(follower.clone().run_follower(transport, async move {
+        let _ = stopped.await;
+    }));
+    leader
+        .write(set("a".to_owned(), 1), Acks::Leader)
+        .await
+        .unwrap();
+    assert!(follower.wait_applied(1, Duration::from_secs(10)).await);
+    // The follower stalls (still counted live), the leader writes on and snapshots.
+    down.store(true, Ordering::SeqCst);
+    for index in 0..1_000u64 {
+        leader
+            .write(set(format!("k{index}"), index), Acks::Leader)
+            .await
+            .unwrap();
+    }
+    let worker = leader.clone();
+    let (_, purge) = tokio::task::spawn_blocking(move || worker.snapshot_and_compact())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        purge.purge_before, 2,
+        "segments kept for follower-1 (next id 2)"
+    );
+    assert_eq!(purge.retained_for[0].decision, "kept");
+    assert!(purge.segments_removed.is_empty());
+    down.store(false, Ordering::SeqCst);
+    assert!(follower.wait_applied(1_001, Duration::from_secs(20)).await);
+    assert_eq!(
+        follower.compaction_status().snapshots_installed,
+        0,
+        "caught up from the log, not a snapshot"
+    );
+    let _ = stop.send(());
+    loop_handle.await.unwrap();
 }

@@ -252,6 +252,7 @@ impl Simulation {
                 follower.retry_at = tick + after.as_millis() as u64;
             }
             Step::Stop { reason } => panic!("follower-{number} stopped: {reason}"),
+            Step::InstallSnapshot { .. } => panic!("the simulated leader never compacts"),
         }
     }
 

@@ -1,0 +1,133 @@
+//! Log compaction: when to snapshot, and how much of the WAL a snapshot lets go — never the
+//! segments a live follower still needs, unless keeping them would pass the retention limit,
+//! in which case that follower installs a snapshot instead.
+
+use std::time::Duration;
+
+use kv_store::Codec;
+use serde::Serialize;
+
+/// Settings of snapshots and compaction.
+#[derive(Debug, Clone)]
+pub struct CompactionOptions {
+    /// Snapshot once this many entries were applied since the last snapshot (0: never by count).
+    pub snapshot_every_entries: u64,
+    /// Snapshot once the WAL after the last snapshot holds this many bytes (0: never by size).
+    pub snapshot_every_wal_bytes: u64,
+    /// Snapshots kept on disk (at least 1).
+    pub snapshots_kept: usize,
+    /// WAL bytes before the newest snapshot kept for followers that still need them.
+    pub wal_retention_bytes: u64,
+    /// How snapshots are compressed.
+    pub codec: Codec,
+    /// Bytes per snapshot chunk a follower downloads.
+    pub snapshot_chunk_bytes: u32,
+    /// Timeout of one chunk download (the install after the download is not timed).
+    pub snapshot_chunk_timeout: Duration,
+}
+
+impl Default for CompactionOptions {
+    fn default() -> CompactionOptions {
+        CompactionOptions {
+            snapshot_every_entries: 1_000_000,
+            snapshot_every_wal_bytes: 256 << 20,
+            snapshots_kept: 2,
+            wal_retention_bytes: 1 << 30,
+            codec: Codec::Zstd,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_chunk_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One follower's effect on a purge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetentionNote {
+    /// The follower.
+    pub follower_id: String,
+    /// The id it needs next.
+    pub next_id: u64,
+    /// `kept`: segments were kept for it; `snapshot`: it will install a snapshot instead
+    /// (keeping its segments would pass the retention limit).
+    pub decision: &'static str,
+}
+
+/// What the last compaction did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PurgeReport {
+    /// The newest snapshot's applied id.
+    pub snapshot_id: u64,
+    /// Segments wholly before this id may go.
+    pub purge_before: u64,
+    /// Segment files removed.
+    pub segments_removed: Vec<String>,
+    /// Why segments before the snapshot were kept.
+    pub retained_for: Vec<RetentionNote>,
+}
+
+/// Decides where the purge may stop: right after the snapshot, or earlier for a follower that
+/// still needs older entries — unless the WAL bytes kept for it would pass `retention_bytes`.
+/// `segments` are `(last_id, size_bytes)` of sealed segments, oldest first; `followers` are
+/// `(name, next_id)` of followers that are not down.
+pub fn purge_point(
+    snapshot_id: u64,
+    segments: &[(u64, u64)],
+    followers: &[(String, u64)],
+    retention_bytes: u64,
+) -> (u64, Vec<RetentionNote>) {
+    let mut purge_before = snapshot_id + 1;
+    let mut notes = Vec::new();
+    let mut needy: Vec<&(String, u64)> = followers
+        .iter()
+        .filter(|(_, next_id)| *next_id <= snapshot_id)
+        .collect();
+    needy.sort_by_key(|(_, next_id)| *next_id);
+    for (follower_id, next_id) in needy {
+        // Bytes of the segments that would go but hold ids this follower still needs.
+        let kept_bytes: u64 = segments
+            .iter()
+            .filter(|(last_id, _)| *last_id >= *next_id && *last_id < snapshot_id + 1)
+            .map(|(_, size_bytes)| size_bytes)
+            .sum();
+        let decision = if kept_bytes <= retention_bytes {
+            purge_before = purge_before.min(*next_id);
+            "kept"
+        } else {
+            "snapshot"
+        };
+        notes.push(RetentionNote {
+            follower_id: follower_id.clone(),
+            next_id: *next_id,
+            decision,
+        });
+    }
+    (purge_before, notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn followers_hold_segments_back_within_the_retention_limit() {
+        let segments = [(100, 1000), (200, 1000), (300, 1000)];
+        let (point, notes) = purge_point(250, &segments, &[], 10_000);
+        assert_eq!(point, 251);
+        assert!(notes.is_empty());
+        let followers = vec![("slow".to_owned(), 150), ("fast".to_owned(), 260)];
+        let (point, notes) = purge_point(250, &segments, &followers, 10_000);
+        assert_eq!(point, 150);
+        assert_eq!(
+            notes,
+            vec![RetentionNote {
+                follower_id: "slow".to_owned(),
+                next_id: 150,
+                decision: "kept"
+            }]
+        );
+        // Keeping them would pass the limit: the follower will install a snapshot.
+        let (point, notes) = purge_point(250, &segments, &followers, 500);
+        assert_eq!(point, 251);
+        assert_eq!(notes[0].decision, "snapshot");
+    }
+}
