@@ -9,7 +9,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -83,13 +83,44 @@ pub async fn serve(
 }
 
 /// Binds a listener on `address` (e.g. `127.0.0.1:0` for an ephemeral port).
+///
+/// The listen backlog is 1024 connections (the kernel caps it at `net.core.somaxconn`), not
+/// the 128 `TcpListener::bind` asks for: when a burst of clients connects at once (say, the
+/// server's header timeout cutting hundreds of slow clients who all reconnect), a short
+/// backlog drops SYNs and well-behaved clients wait a full second for the retry.
 pub async fn bind(address: &str) -> Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| Error::Io {
-            context: format!("cannot listen on {address}"),
-            source,
-        })
+    let io_error = |source| Error::Io {
+        context: format!("cannot listen on {address}"),
+        source,
+    };
+    let mut last_error = None;
+    for socket_address in tokio::net::lookup_host(address).await.map_err(io_error)? {
+        match listen(socket_address) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(io_error(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    })))
+}
+
+/// Most connections waiting to be accepted (see [`bind`]).
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted server can take its port back at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn serve_connection(
