@@ -9,4 +9,5 @@ mod harness;
 mod replication;
 mod restart;
 mod slow_clients;
+mod snapshots;
 mod walkthrough;

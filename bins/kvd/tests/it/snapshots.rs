@@ -1,0 +1,168 @@
+//! Snapshots and compaction with the real binary: disk stays bounded under an overwrite-heavy
+//! load, a restart loads the snapshot and replays only the tail, and a follower behind the
+//! leader's compacted log catches up by installing the leader's snapshot.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::harness::{Kvd, DEADLINE};
+
+fn directory_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(metadata) if metadata.is_dir() => directory_bytes(&entry.path()),
+            Ok(metadata) => metadata.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn put(kvd: &Kvd, key: &str, value: u64) -> u64 {
+    let (status, body) = kvd.json(
+        "PUT",
+        &format!("/key/{key}"),
+        Some(&json!({ "value": value }).to_string()),
+    );
+    assert_eq!(status, 200, "{body}");
+    body["id"].as_u64().expect("id")
+}
+
+#[test]
+fn overwrites_keep_disk_bounded_and_restart_replays_only_the_tail() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("leader");
+    let args = [
+        "--max-segment-size",
+        "64KiB",
+        "--snapshot-every-entries",
+        "2000",
+        "--sync-policy",
+        "never",
+    ];
+    let kvd = Kvd::start(&data_dir, &args, &[]);
+    // 1,000 keys written over and over: history grows, live data does not.
+    let writes = std::env::var("KVD_OVERWRITE_WRITES")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(20_000u64);
+    let mut last_id = 0;
+    let mut peak_bytes = 0;
+    for index in 0..writes {
+        last_id = put(&kvd, &format!("key-{}", index % 1_000), index);
+        if index % 2_000 == 1_999 {
+            peak_bytes = peak_bytes.max(directory_bytes(&data_dir));
+        }
+    }
+    let (_, status) = kvd.json("GET", "/compaction/status", None);
+    assert!(
+        status["snapshots_written"].as_u64().expect("count") >= 1,
+        "{status}"
+    );
+    // Live data: 1,000 keys of ~20 bytes. The WAL is bounded by the snapshot interval, not by
+    // the history of `writes` entries.
+    let (_, segments) = kvd.json("GET", "/segments", None);
+    let wal_bytes: u64 = segments["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .map(|segment| segment["size"].as_u64().expect("size"))
+        .sum();
+    println!(
+        "{writes} overwrites of 1,000 keys: peak data dir {peak_bytes} bytes, WAL now {wal_bytes} bytes, status {status}"
+    );
+    assert!(
+        peak_bytes < 2 << 20,
+        "disk use grew with history: {peak_bytes} bytes"
+    );
+    drop(kvd);
+
+    // Restart: the newest snapshot plus the tail after it.
+    let kvd = Kvd::start(&data_dir, &args, &[]);
+    assert!(kvd.stderr().contains("loaded snapshot"), "{}", kvd.stderr());
+    for key in [0, 499, 999] {
+        let (status, body) = kvd.json("GET", &format!("/key/key-{key}"), None);
+        assert_eq!(status, 200);
+        let value = body["value"].as_u64().expect("value");
+        assert_eq!(value % 1_000, key, "key-{key} = {value}");
+        assert!(
+            value + 1_000 >= writes,
+            "key-{key} lost its last write: {value}"
+        );
+    }
+    assert!(
+        put(&kvd, "after", 1) > last_id,
+        "ids continue after the snapshot"
+    );
+    let (status, answer) = kvd.json("POST", "/admin/snapshot", None);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["snapshot"]["applied_id"].as_u64().expect("id") > last_id);
+}
+
+#[test]
+fn a_follower_behind_a_compacted_log_installs_the_leaders_snapshot() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let leader_dir = dir.path().join("leader");
+    let leader = Kvd::start(
+        &leader_dir,
+        &["--max-segment-size", "16KiB", "--sync-policy", "never"],
+        &[],
+    );
+    for index in 0..3_000 {
+        put(&leader, &format!("k{index}"), index);
+    }
+    let (status, answer) = leader.json("POST", "/admin/snapshot", None);
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        !answer["purge"]["segments_removed"]
+            .as_array()
+            .expect("list")
+            .is_empty(),
+        "{answer}"
+    );
+    let (_, status) = leader.json("GET", "/compaction/status", None);
+    assert!(
+        status["wal_first_id"].as_u64().expect("first id") > 1,
+        "{status}"
+    );
+    let last_id = put(&leader, "tail", 1);
+
+    let follower_dir = dir.path().join("follower-1");
+    let leader_url = format!("http://{}", leader.address);
+    let follower = Kvd::spawn(
+        &follower_dir,
+        &[
+            "follower",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            follower_dir.to_str().expect("UTF-8"),
+            "--leader",
+            &leader_url,
+        ],
+        &[],
+    );
+    let (status, body) = follower.json(
+        "GET",
+        &format!(
+            "/key/k2999?min_id={last_id}&wait_ms={}",
+            DEADLINE.as_millis()
+        ),
+        None,
+    );
+    assert_eq!(
+        (status, body),
+        (200, json!({"key": "k2999", "value": 2999}))
+    );
+    let (_, body) = follower.json("GET", "/key/tail", None);
+    assert_eq!(body["value"], 1);
+    let (_, status) = follower.json("GET", "/compaction/status", None);
+    assert_eq!(status["snapshots_installed"], 1, "{status}");
+    let (_, cluster) = follower.json("GET", "/cluster_status", None);
+    assert_eq!(cluster["link"]["state"], "connected", "{cluster}");
+}
