@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod cluster_crash;
 mod crash_loop;
 mod fsync_failure;
 mod harness;

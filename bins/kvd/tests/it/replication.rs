@@ -66,6 +66,7 @@ impl Cluster {
     }
 
     fn restart_follower(&mut self, number: usize) {
+        self.followers[number - 1] = None;
         let follower = self.start_follower(number);
         self.followers[number - 1] = Some(follower);
     }
