@@ -57,22 +57,28 @@ pub(crate) fn recover(
             .map(|s| s.path.clone())
             .collect();
         max_id_seen = max_id_seen.max(entry.first_id.saturating_sub(1));
-        next_sequence = entry.sequence + 1;
+        next_sequence = entry.sequence.saturating_add(1);
         let previous_last_id = kept.last().map(|segment| segment.last_id());
 
         // A gap in sequence numbers means a segment is missing.
         if let Some(previous) = position.checked_sub(1).map(|index| &found[index]) {
-            if entry.sequence != previous.sequence + 1 {
-                let reason = format!(
-                    "segment sequence {}..={} is missing",
-                    previous.sequence + 1,
-                    entry.sequence - 1
-                );
+            if previous.sequence.checked_add(1) != Some(entry.sequence) {
+                // Sorted by sequence: the same sequence twice, or a gap.
+                let reason = if entry.sequence == previous.sequence {
+                    format!("segment sequence {} appears twice", entry.sequence)
+                } else {
+                    format!(
+                        "segment sequence {}..={} is missing",
+                        previous.sequence + 1,
+                        entry.sequence - 1
+                    )
+                };
                 match mode {
                     RecoveryMode::Strict | RecoveryMode::TolerateTornTail => {
                         return Err(corrupt(&entry.path, 0, reason))
                     }
                     RecoveryMode::PointInTime => {
+                        max_id_seen = max_id_seen.max(highest_id_in(fs, &found[position..]));
                         let removed =
                             remove_all(fs, std::iter::once(entry.path.clone()).chain(later))?;
                         report.dropped = Some(Dropped {
@@ -84,7 +90,7 @@ pub(crate) fn recover(
                         });
                         // The next segment closes the gap, or the next open would see it again
                         // and drop what was appended since.
-                        next_sequence = previous.sequence + 1;
+                        next_sequence = previous.sequence.saturating_add(1);
                         break;
                     }
                     RecoveryMode::SkipCorrupt => {
@@ -120,6 +126,7 @@ pub(crate) fn recover(
                 }
                 RecoveryMode::PointInTime => {
                     drop(file);
+                    max_id_seen = max_id_seen.max(highest_id_in(fs, &found[position..]));
                     let removed = remove_all(fs, std::iter::once(entry.path.clone()).chain(later))?;
                     report.dropped = Some(Dropped {
                         segment: entry.path.clone(),
@@ -209,6 +216,7 @@ pub(crate) fn recover(
                 RecoveryMode::PointInTime if is_last && !not_a_tail => {}
                 RecoveryMode::PointInTime => {
                     index.truncate_after(last_id.unwrap_or(0));
+                    max_id_seen = max_id_seen.max(highest_id_in(fs, &found[position + 1..]));
                     let removed = remove_all(fs, later)?;
                     report.dropped = Some(Dropped {
                         segment: entry.path.clone(),
@@ -361,6 +369,24 @@ fn check_header(
         }
     }
     Ok(())
+}
+
+/// The highest id in segments about to be dropped (so ids are never reused after them): the
+/// last valid record of each, or at least its first id from the name.
+fn highest_id_in(fs: &dyn FileSystem, segments: &[FoundSegment]) -> u64 {
+    let mut highest = 0;
+    for segment in segments {
+        highest = highest.max(segment.first_id.saturating_sub(1));
+        let Ok(file) = fs.open(&segment.path) else {
+            continue;
+        };
+        let Ok(len) = file.size_bytes() else { continue };
+        let Ok(bytes) = read_range(&*file, 0, len) else {
+            continue;
+        };
+        highest = highest.max(scan(&bytes, segment.first_id).all_last_id.unwrap_or(0));
+    }
+    highest
 }
 
 fn remove_all(
