@@ -4,7 +4,7 @@
 //! kv-bench put|get|mixed:R|delete|lag --url URL [--url URL…] --connections N
 //!          (--duration 10s | --requests N) [--rate R] [--keys N] [--key-size B]
 //!          [--value-size B] [--acks leader|quorum|all] [--warmup 1s] [--json] [--prefill]
-//!          [--lag-wait 5s]
+//!          [--lag-wait 5s] [--lag-every N]
 //! ```
 //!
 //! Every run is bounded twice: by time and by a request count. `--duration D` caps the
@@ -35,6 +35,8 @@ pub const REQUEST_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 pub const TARGET_COUNT_MAX: usize = 64;
 /// The longest `wait_ms` of a `lag` read: kvd's own limit for `min_id` reads.
 pub const LAG_WAIT_MAX: Duration = Duration::from_secs(30);
+/// The sparsest `lag` sampling: one write in this many.
+pub const LAG_EVERY_MAX: u64 = 1000;
 
 /// An HTTP/1.1 keep-alive load generator for kvd.
 ///
@@ -95,6 +97,11 @@ pub struct BenchArgs {
     /// lag: how long a follower may hold a `min_id` read before answering 504 (`wait_ms`).
     #[arg(long = "lag-wait", default_value = "5s", value_parser = parse_duration_text)]
     pub lag_wait: Duration,
+
+    /// lag: time the follower read of one acknowledged write in N (per connection), so the
+    /// reads add little load and do not hold the writers back.
+    #[arg(long = "lag-every", default_value_t = 1, value_name = "N")]
+    pub lag_every: u64,
 
     /// PUT every key once before the warm-up, so GETs find their keys.
     #[arg(long = "prefill")]
@@ -167,6 +174,8 @@ pub struct BenchConfig {
     pub allow_non_loopback: bool,
     /// `lag`: the `wait_ms` of each follower read.
     pub lag_wait: Duration,
+    /// `lag`: one acknowledged write in this many (per worker) gets a follower read.
+    pub lag_every: u64,
 }
 
 impl BenchArgs {
@@ -250,6 +259,11 @@ impl BenchArgs {
                 LAG_WAIT_MAX.as_secs()
             )));
         }
+        if !(1..=LAG_EVERY_MAX).contains(&self.lag_every) {
+            return Err(invalid(format!(
+                "--lag-every must be between 1 and {LAG_EVERY_MAX}"
+            )));
+        }
         if self.verify_values && !self.prefill && !self.workload.writes() {
             return Err(invalid(
                 "--verify-values on a read-only workload needs --prefill".into(),
@@ -273,6 +287,7 @@ impl BenchArgs {
             seed: self.seed.unwrap_or(default_seed),
             allow_non_loopback: self.allow_non_loopback,
             lag_wait: self.lag_wait,
+            lag_every: self.lag_every,
         })
     }
 }
@@ -403,6 +418,8 @@ mod tests {
         assert!(with("lag", &[]).is_err(), "lag needs a follower URL");
         assert!(with("lag", &["--url", "http://127.0.0.1:2"]).is_ok());
         assert!(with("lag", &["--url", "http://127.0.0.1:2", "--lag-wait", "31s"]).is_err());
+        assert!(with("lag", &["--url", "http://127.0.0.1:2", "--lag-every", "0"]).is_err());
+        assert!(with("lag", &["--url", "http://127.0.0.1:2", "--lag-every", "10"]).is_ok());
         let zero_duration = parse(&["get", "--url", "http://127.0.0.1:1", "--duration", "0s"])
             .unwrap()
             .into_config(0);

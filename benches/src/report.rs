@@ -82,6 +82,8 @@ pub struct ReplicationLagReport {
     pub error_kinds: FailureCounts,
     /// The `wait_ms` of each follower read.
     pub wait_ms: u64,
+    /// One acknowledged write in this many (per connection) was followed by a read.
+    pub every: u64,
 }
 
 /// What the `--prefill` phase did.
@@ -168,6 +170,7 @@ impl BenchReport {
                 errors: stats.replication_lag_failure_counts.total(),
                 error_kinds: stats.replication_lag_failure_counts,
                 wait_ms: config.lag_wait.as_millis() as u64,
+                every: config.lag_every,
             }),
         }
     }
@@ -236,7 +239,8 @@ impl BenchReport {
         ));
         if let Some(replication_lag) = &self.replication_lag {
             lines.push(format!(
-                "replication lag (leader ack -> follower min_id read): {}",
+                "replication lag (leader ack -> follower min_id read, 1 write in {}): {}",
+                replication_lag.every,
                 replication_lag.lag.to_text()
             ));
             lines.push(format!(

@@ -204,6 +204,8 @@ struct Worker {
     read_target_cursor: usize,
     /// `lag` workload: the next follower (targets after the first) to read from.
     follower_target_cursor: usize,
+    /// `lag` workload: acknowledged writes so far, for `--lag-every`.
+    acknowledged_write_count: u64,
     rng: StdRng,
     connect_backoff: Duration,
 }
@@ -226,6 +228,7 @@ impl Worker {
             has_connected: vec![false; target_count],
             read_target_cursor: worker_index % target_count,
             follower_target_cursor: worker_index % target_count.saturating_sub(1).max(1),
+            acknowledged_write_count: 0,
             rng: StdRng::seed_from_u64(worker_seed),
             connect_backoff: CONNECT_BACKOFF_MIN,
         }
@@ -330,7 +333,10 @@ impl Worker {
             target_index
         };
         let (mut exchange, answer_body) = self.exchange(operation, key_index, target_index).await;
-        if self.config.workload == Workload::Lag && exchange.outcome == Outcome::Ok {
+        let sampled = self.config.workload == Workload::Lag
+            && exchange.outcome == Outcome::Ok
+            && self.next_write_is_sampled();
+        if sampled {
             let acknowledged_at = Instant::now();
             exchange.replication_lag =
                 Some(match serde_json::from_slice::<WrittenId>(&answer_body) {
@@ -342,6 +348,13 @@ impl Worker {
                 });
         }
         exchange
+    }
+
+    /// `lag`: counts an acknowledged write; true for one in `--lag-every`.
+    fn next_write_is_sampled(&mut self) -> bool {
+        self.acknowledged_write_count += 1;
+        self.acknowledged_write_count
+            .is_multiple_of(self.config.lag_every)
     }
 
     /// `lag`: reads `key_index` on the next follower once it has applied `id`; the lag is the
