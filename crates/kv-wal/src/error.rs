@@ -57,8 +57,9 @@ pub enum Error {
     /// Another process (or another `Wal` in this one) has the directory open.
     #[error("the WAL directory {0} is in use by another process")]
     Locked(PathBuf),
-    /// The log was truncated while an iterator was reading it.
-    #[error("the log was truncated while it was being read")]
+    /// The log was truncated under the operation: an iterator reading it, or an append whose
+    /// records were dropped before they became durable.
+    #[error("the log was truncated under this operation")]
     Truncated,
     /// The log has been closed.
     #[error("the log is closed")]

@@ -26,8 +26,14 @@ impl AppendTicket {
         AppendTicket { ids, wait: None }
     }
 
-    pub(crate) fn pending(ids: RangeInclusive<u64>, durable: Arc<Watermark>) -> AppendTicket {
-        let wait = Some(durable.wait(*ids.end()));
+    /// Waits for `durable` to reach the last id, unless a truncation (a reset after
+    /// `generation`) drops the records first.
+    pub(crate) fn pending(
+        ids: RangeInclusive<u64>,
+        durable: Arc<Watermark>,
+        generation: u64,
+    ) -> AppendTicket {
+        let wait = Some(durable.wait_in_generation(*ids.end(), generation));
         AppendTicket { ids, wait }
     }
 
@@ -50,6 +56,7 @@ fn wait_error(error: WaitError) -> Error {
         WaitError::Failed(reason) if reason == crate::watermark::CLOSED => Error::Closed,
         WaitError::Failed(reason) => Error::Poisoned(reason),
         WaitError::TimedOut => Error::Poisoned("timed out waiting for durability".to_owned()),
+        WaitError::Reset => Error::Truncated,
     }
 }
 

@@ -394,12 +394,17 @@ impl Shared {
                     writer.commit_wanted = true;
                     self.commit_needed.notify_one();
                 }
-                Ok(AppendTicket::pending(first..=last, self.durable.clone()))
+                Ok(AppendTicket::pending(
+                    first..=last,
+                    self.durable.clone(),
+                    self.durable.generation(),
+                ))
             }
             SyncPolicy::Always => {
                 self.flush_pending(&mut writer)?;
                 let file = writer.active_file.clone();
                 let path = writer.active.path.clone();
+                let generation = self.durable.generation();
                 drop(writer);
                 let started = Instant::now();
                 let synced = failpoint::hit(failpoint::WAL_AFTER_WRITE_BEFORE_FSYNC)
@@ -407,7 +412,7 @@ impl Shared {
                 match synced.at(&path) {
                     Ok(()) => {
                         self.stats.on_fsync(started.elapsed(), count as u64);
-                        self.durable.advance(last);
+                        self.durable.advance_in_generation(last, generation);
                         failpoint::hit(failpoint::WAL_AFTER_FSYNC_BEFORE_ACK)
                             .map_err(|error| self.poison(&mut self.writer(), error.to_string()))?;
                         Ok(AppendTicket::done(first..=last))
@@ -459,6 +464,7 @@ impl Shared {
             }
             let file = writer.active_file.clone();
             let path = writer.active.path.clone();
+            let generation = self.durable.generation();
             drop(writer);
             let started = Instant::now();
             let synced = failpoint::hit(failpoint::WAL_AFTER_WRITE_BEFORE_FSYNC)
@@ -466,10 +472,14 @@ impl Shared {
                 .at(&path);
             if synced.is_ok() {
                 self.stats.on_fsync(started.elapsed(), batch_records.max(1));
-                // Release the appenders before taking the lock they are about to ask for.
-                self.durable.advance(target);
+                // Release the appenders before taking the lock they are about to ask for. A
+                // truncation meanwhile (a new generation) voids this fsync's target.
+                self.durable.advance_in_generation(target, generation);
             }
             writer = self.writer();
+            if self.durable.generation() != generation {
+                writer.commit_wanted = true;
+            }
             match synced {
                 Ok(()) => {
                     if let Err(error) = failpoint::hit(failpoint::WAL_AFTER_FSYNC_BEFORE_ACK) {
@@ -928,9 +938,9 @@ impl Wal {
         }
         let last_id = writer.next_id - 1;
         shared.last.reset(last_id);
-        if shared.durable.get() > last_id {
-            shared.durable.reset(last_id);
-        }
+        // Always a new generation: appends still waiting for ids that were just dropped end
+        // with `Error::Truncated` instead of waiting for ids that now mean other records.
+        shared.durable.reset(shared.durable.get().min(last_id));
         Ok(())
     }
 

@@ -22,6 +22,8 @@ pub(crate) const CLOSED: &str = "the log is closed";
 pub enum WaitError {
     /// The deadline passed first.
     TimedOut,
+    /// The watermark was reset (the log truncated) while waiting in a generation.
+    Reset,
     /// The log failed (poisoned) or closed; the message says why.
     Failed(String),
 }
@@ -37,6 +39,8 @@ struct Waiters {
 #[derive(Debug, Default)]
 pub struct Watermark {
     value: AtomicU64,
+    /// Bumped by every reset; guards advances that race with one.
+    generation: Mutex<u64>,
     waiters: Mutex<Waiters>,
 }
 
@@ -67,10 +71,39 @@ impl Watermark {
         }
     }
 
-    /// Sets the value, even backwards (after a truncation).
+    /// Sets the value, even backwards (after a truncation), and starts a new generation so
+    /// that advances computed before the reset are ignored.
     pub(crate) fn reset(&self, value: u64) {
-        self.value.store(value, Ordering::Release);
-        self.wake(value);
+        {
+            let mut generation = self.generation_lock();
+            *generation += 1;
+            self.value.store(value, Ordering::Release);
+        }
+        // Everyone re-checks: waits bound to the old generation end.
+        self.wake(u64::MAX);
+    }
+
+    fn generation_lock(&self) -> MutexGuard<'_, u64> {
+        self.generation
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current generation (changes at every [`Watermark::reset`]).
+    pub(crate) fn generation(&self) -> u64 {
+        *self.generation_lock()
+    }
+
+    /// [`Watermark::advance`], unless a reset happened since `generation` was read: an fsync
+    /// that started before a truncation must not mark the truncated ids' replacements durable.
+    pub(crate) fn advance_in_generation(&self, value: u64, generation: u64) {
+        let raised = {
+            let current = self.generation_lock();
+            *current == generation && self.value.fetch_max(value, Ordering::AcqRel) < value
+        };
+        if raised {
+            self.wake(value);
+        }
     }
 
     /// Ends every present and future wait with `reason`.
@@ -104,7 +137,15 @@ impl Watermark {
         }
     }
 
-    fn check(&self, target: u64, waiters: &Waiters) -> Option<Result<u64, WaitError>> {
+    fn check(
+        &self,
+        target: u64,
+        generation: Option<u64>,
+        waiters: &Waiters,
+    ) -> Option<Result<u64, WaitError>> {
+        if generation.is_some_and(|generation| generation != self.generation()) {
+            return Some(Err(WaitError::Reset));
+        }
         let value = self.get();
         if value >= target {
             return Some(Ok(value));
@@ -118,13 +159,22 @@ impl Watermark {
     /// Blocks the thread until the value reaches `target`, the watermark fails, or `timeout`
     /// passes (`None`: no deadline).
     pub fn wait_blocking(&self, target: u64, timeout: Option<Duration>) -> Result<u64, WaitError> {
+        self.wait_blocking_in(target, None, timeout)
+    }
+
+    fn wait_blocking_in(
+        &self,
+        target: u64,
+        generation: Option<u64>,
+        timeout: Option<Duration>,
+    ) -> Result<u64, WaitError> {
         let deadline = timeout.map(|timeout| Instant::now() + timeout);
         let waker = Waker::from(Arc::new(Unparker(std::thread::current())));
         let mut key = None;
         loop {
             let park_for = {
                 let mut waiters = self.waiters();
-                let result = match self.check(target, &waiters) {
+                let result = match self.check(target, generation, &waiters) {
                     Some(result) => Some(result),
                     None => match deadline {
                         Some(deadline) if Instant::now() >= deadline => {
@@ -162,6 +212,22 @@ impl Watermark {
         WatermarkWait {
             watermark: self.clone(),
             target,
+            generation: None,
+            key: None,
+        }
+    }
+
+    /// Like [`Watermark::wait`], but ends with [`WaitError::Reset`] if the watermark is reset
+    /// (a truncation) after `generation`: what was waited for may be gone.
+    pub(crate) fn wait_in_generation(
+        self: &Arc<Self>,
+        target: u64,
+        generation: u64,
+    ) -> WatermarkWait {
+        WatermarkWait {
+            watermark: self.clone(),
+            target,
+            generation: Some(generation),
             key: None,
         }
     }
@@ -184,13 +250,15 @@ impl Wake for Unparker {
 pub struct WatermarkWait {
     watermark: Arc<Watermark>,
     target: u64,
+    generation: Option<u64>,
     key: Option<u64>,
 }
 
 impl WatermarkWait {
     /// Blocks the thread until the wait resolves.
     pub(crate) fn block(&self) -> Result<u64, WaitError> {
-        self.watermark.wait_blocking(self.target, None)
+        self.watermark
+            .wait_blocking_in(self.target, self.generation, None)
     }
 }
 
@@ -200,7 +268,7 @@ impl Future for WatermarkWait {
     fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let mut waiters = this.watermark.waiters();
-        if let Some(result) = this.watermark.check(this.target, &waiters) {
+        if let Some(result) = this.watermark.check(this.target, this.generation, &waiters) {
             if let Some(key) = this.key.take() {
                 waiters.wakers.remove(&key);
             }
