@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::BenchConfig;
 use crate::duration::format_duration_short;
-use crate::latency::LatencySummary;
+use crate::latency::{new_latency_histogram_us, LatencySummary};
 use crate::outcome::FailureCounts;
 use crate::stats::{OperationCounts, PhaseStats};
 use crate::workload::Workload;
@@ -84,6 +84,17 @@ pub struct ReplicationLagReport {
     pub wait_ms: u64,
     /// One acknowledged write in this many (per connection) was followed by a read.
     pub every: u64,
+    /// The lag on each follower, in the order of the URLs after the first.
+    pub by_follower: Vec<FollowerLagReport>,
+}
+
+/// The lag measured on one follower.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowerLagReport {
+    /// The follower's URL.
+    pub url: String,
+    /// Lag of the reads it answered 200.
+    pub lag: LatencySummary,
 }
 
 /// What the `--prefill` phase did.
@@ -171,6 +182,22 @@ impl BenchReport {
                 error_kinds: stats.replication_lag_failure_counts,
                 wait_ms: config.lag_wait.as_millis() as u64,
                 every: config.lag_every,
+                by_follower: config
+                    .targets
+                    .iter()
+                    .skip(1)
+                    .enumerate()
+                    .map(|(follower_index, target)| FollowerLagReport {
+                        url: target.url_text.clone(),
+                        lag: stats
+                            .replication_lag_by_follower_us
+                            .get(follower_index)
+                            .map_or_else(
+                                || LatencySummary::from_histogram(&new_latency_histogram_us()),
+                                LatencySummary::from_histogram,
+                            ),
+                    })
+                    .collect(),
             }),
         }
     }
@@ -243,6 +270,9 @@ impl BenchReport {
                 replication_lag.every,
                 replication_lag.lag.to_text()
             ));
+            for follower in &replication_lag.by_follower {
+                lines.push(format!("  on {}: {}", follower.url, follower.lag.to_text()));
+            }
             lines.push(format!(
                 "follower reads failed: {} (5xx/504 not applied within {} ms: {}, timeout {}, \
                  other {})",

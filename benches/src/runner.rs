@@ -164,8 +164,9 @@ struct Exchange {
     answered: bool,
     /// Whether a connection had to be reopened for it.
     reconnected: bool,
-    /// `lag` workload: the follower read that followed an acknowledged write.
-    replication_lag: Option<Result<Duration, FailureKind>>,
+    /// `lag` workload: the follower read that followed an acknowledged write, with the
+    /// follower's index (0: the second URL).
+    replication_lag: Option<(usize, Result<Duration, FailureKind>)>,
 }
 
 /// The id in a write's answer, `{"status":"ok","id":N}`.
@@ -187,8 +188,8 @@ impl Exchange {
     ) {
         let latency = if self.answered { latency } else { None };
         stats.record(operation, self.outcome, latency);
-        if let Some(replication_lag) = self.replication_lag {
-            stats.record_replication_lag(replication_lag);
+        if let Some((follower_index, replication_lag)) = self.replication_lag {
+            stats.record_replication_lag(follower_index, replication_lag);
         }
         if self.reconnected {
             stats.reconnect_count += 1;
@@ -338,14 +339,20 @@ impl Worker {
             && self.next_write_is_sampled();
         if sampled {
             let acknowledged_at = Instant::now();
-            exchange.replication_lag =
-                Some(match serde_json::from_slice::<WrittenId>(&answer_body) {
-                    Ok(written) => {
-                        self.read_after_write(key_index, written.id, acknowledged_at)
-                            .await
-                    }
-                    Err(_) => Err(FailureKind::BodyMismatch),
-                });
+            let follower_index = self.next_follower_index();
+            let lag = match serde_json::from_slice::<WrittenId>(&answer_body) {
+                Ok(written) => {
+                    self.read_after_write(
+                        follower_index + 1,
+                        key_index,
+                        written.id,
+                        acknowledged_at,
+                    )
+                    .await
+                }
+                Err(_) => Err(FailureKind::BodyMismatch),
+            };
+            exchange.replication_lag = Some((follower_index, lag));
         }
         exchange
     }
@@ -357,17 +364,23 @@ impl Worker {
             .is_multiple_of(self.config.lag_every)
     }
 
-    /// `lag`: reads `key_index` on the next follower once it has applied `id`; the lag is the
-    /// time from `acknowledged_at` to the follower's 200.
+    /// `lag`: the follower to read from next, in turn (0: the second URL).
+    fn next_follower_index(&mut self) -> usize {
+        let follower_count = self.socket_addresses.len() - 1;
+        let follower_index = self.follower_target_cursor % follower_count;
+        self.follower_target_cursor = (follower_index + 1) % follower_count;
+        follower_index
+    }
+
+    /// `lag`: reads `key_index` on target `target_index` once it has applied `id`; the lag is
+    /// the time from `acknowledged_at` to the follower's 200.
     async fn read_after_write(
         &mut self,
+        target_index: usize,
         key_index: u64,
         id: u64,
         acknowledged_at: Instant,
     ) -> Result<Duration, FailureKind> {
-        let follower_count = self.socket_addresses.len() - 1;
-        let target_index = 1 + self.follower_target_cursor % follower_count;
-        self.follower_target_cursor = (self.follower_target_cursor + 1) % follower_count;
         let path_and_query = format!(
             "/key/{}?min_id={id}&wait_ms={}",
             self.config.key_space.key(key_index),

@@ -43,6 +43,9 @@ pub struct PhaseStats {
     pub replication_lag_histogram_us: Histogram<u64>,
     /// `lag` workload: follower reads that failed (504: not applied within `--lag-wait`).
     pub replication_lag_failure_counts: FailureCounts,
+    /// `lag` workload: the same lags split by follower (index 0 is the second URL); grown as
+    /// followers are first recorded.
+    pub replication_lag_by_follower_us: Vec<Histogram<u64>>,
 }
 
 impl Default for PhaseStats {
@@ -56,6 +59,7 @@ impl Default for PhaseStats {
             operation_counts: OperationCounts::default(),
             replication_lag_histogram_us: new_latency_histogram_us(),
             replication_lag_failure_counts: FailureCounts::default(),
+            replication_lag_by_follower_us: Vec::new(),
         }
     }
 }
@@ -79,10 +83,22 @@ impl PhaseStats {
         }
     }
 
-    /// Records the follower read of a `lag` write: its lag, or why there is none.
-    pub fn record_replication_lag(&mut self, lag: Result<Duration, FailureKind>) {
+    /// Records the read of a `lag` write on follower `follower_index` (0: the second URL): its
+    /// lag, or why there is none.
+    pub fn record_replication_lag(
+        &mut self,
+        follower_index: usize,
+        lag: Result<Duration, FailureKind>,
+    ) {
         match lag {
-            Ok(lag) => record_latency(&mut self.replication_lag_histogram_us, lag),
+            Ok(lag) => {
+                record_latency(&mut self.replication_lag_histogram_us, lag);
+                grow_histograms(&mut self.replication_lag_by_follower_us, follower_index + 1);
+                record_latency(
+                    &mut self.replication_lag_by_follower_us[follower_index],
+                    lag,
+                );
+            }
             Err(failure_kind) => self.replication_lag_failure_counts.add(failure_kind),
         }
     }
@@ -104,6 +120,18 @@ impl PhaseStats {
             .expect("histograms with the same bounds always merge");
         self.replication_lag_failure_counts
             .merge(&other.replication_lag_failure_counts);
+        grow_histograms(
+            &mut self.replication_lag_by_follower_us,
+            other.replication_lag_by_follower_us.len(),
+        );
+        for (mine, theirs) in self
+            .replication_lag_by_follower_us
+            .iter_mut()
+            .zip(&other.replication_lag_by_follower_us)
+        {
+            mine.add(theirs)
+                .expect("histograms with the same bounds always merge");
+        }
     }
 
     /// Every request that finished, one way or another.
@@ -114,6 +142,13 @@ impl PhaseStats {
     /// Requests that got the answer the API promises (ok or not found).
     pub fn success_count(&self) -> u64 {
         self.ok_count + self.not_found_count
+    }
+}
+
+/// Appends empty histograms until there are `count`.
+fn grow_histograms(histograms: &mut Vec<Histogram<u64>>, count: usize) {
+    while histograms.len() < count {
+        histograms.push(new_latency_histogram_us());
     }
 }
 
@@ -142,8 +177,9 @@ mod tests {
             Some(Duration::from_micros(300)),
         );
         second.reconnect_count = 2;
-        second.record_replication_lag(Ok(Duration::from_micros(700)));
-        second.record_replication_lag(Err(FailureKind::Status5xx));
+        second.record_replication_lag(1, Ok(Duration::from_micros(700)));
+        second.record_replication_lag(0, Err(FailureKind::Status5xx));
+        first.record_replication_lag(0, Ok(Duration::from_micros(200)));
 
         first.merge(&second);
         assert_eq!(first.request_count(), 4);
@@ -161,7 +197,10 @@ mod tests {
         // The timeout has no latency: three timed requests.
         assert_eq!(first.latency_histogram_us.len(), 3);
         assert_eq!(first.latency_histogram_us.max(), 300);
-        assert_eq!(first.replication_lag_histogram_us.len(), 1);
+        assert_eq!(first.replication_lag_histogram_us.len(), 2);
         assert_eq!(first.replication_lag_failure_counts.status_5xx, 1);
+        assert_eq!(first.replication_lag_by_follower_us.len(), 2);
+        assert_eq!(first.replication_lag_by_follower_us[0].max(), 200);
+        assert_eq!(first.replication_lag_by_follower_us[1].max(), 700);
     }
 }

@@ -138,3 +138,53 @@ fn non_loopback_targets_are_refused_before_sending() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not a loopback address"), "{stderr}");
 }
+
+#[test]
+fn lag_reads_a_follower_after_each_write() {
+    // The trivial server answers `{"status":"ok","id":0}` to writes and ignores `min_id`, so two
+    // of them stand in for a leader and a follower: the run checks the plumbing, not kvd.
+    let (_leader, leader_address) = start_trivial_server();
+    let (_follower, follower_address) = start_trivial_server();
+    let leader_url = format!("http://{leader_address}");
+    let follower_url = format!("http://{follower_address}");
+    let output = run_kv_bench(&[
+        "lag",
+        "--url",
+        &leader_url,
+        "--url",
+        &follower_url,
+        "--url",
+        &follower_url,
+        "--requests",
+        "400",
+        "--rate",
+        "2000",
+        "--connections",
+        "2",
+        "--warmup",
+        "0s",
+        "--json",
+        "--fail-on-error",
+    ]);
+    let report = parse_report(&output);
+    assert_eq!(report["workload"], "lag");
+    assert_eq!(report["requests"], 400, "{report}");
+    assert_eq!(report["operations"]["put"], 400, "{report}");
+    let lag = &report["replication_lag"];
+    assert_eq!(lag["every"], 1);
+    assert_eq!(lag["errors"], 0, "{report}");
+    assert_eq!(lag["lag"]["count"], 400, "every write is timed: {report}");
+    let by_follower = lag["by_follower"].as_array().expect("by_follower");
+    assert_eq!(by_follower.len(), 2);
+    let mut read_count = 0;
+    for follower in by_follower {
+        assert_eq!(follower["url"], follower_url.as_str());
+        let count = follower["lag"]["count"].as_u64().unwrap();
+        assert!(
+            count > 0,
+            "each worker alternates between followers: {report}"
+        );
+        read_count += count;
+    }
+    assert_eq!(read_count, 400, "{report}");
+}
