@@ -6,9 +6,11 @@
 //!   mode.
 //! - [`http_target::serve_raw_bytes`]: raw bytes into hyper's server and `kv_http::handle`.
 //!
-//! The replication response decoder's target belongs with kv-replication.
+//! - [`replication_targets::decode_messages`]: the fetch protocol's request and response
+//!   decoders, and the follower's frame checks.
 
 pub mod http_target;
+pub mod replication_targets;
 pub mod wal_targets;
 
 use std::path::PathBuf;

@@ -344,8 +344,17 @@ impl FetchResponse {
                 first_id: reader.u64("first id")?,
             },
             KIND_NOT_LEADER => {
-                let has_url = reader.u8("has url")? != 0;
+                let has_url = match reader.u8("has url")? {
+                    0 => false,
+                    1 => true,
+                    other => {
+                        return Err(DecodeError(format!("has url must be 0 or 1, not {other}")))
+                    }
+                };
                 let url = reader.string(2048, "leader url")?;
+                if !has_url && !url.is_empty() {
+                    return Err(DecodeError("a leader url without its flag".to_owned()));
+                }
                 FetchResponse::NotLeader {
                     leader_url: has_url.then_some(url),
                 }

@@ -1,6 +1,7 @@
 //! kv-replication's integration tests: the protocol logic on virtual time (unit-level checks
 //! and a lossy-network simulation), and real nodes over an in-memory transport.
 
+mod fuzz_corpus;
 mod logic;
 mod nodes;
 mod simulation;
