@@ -29,10 +29,24 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         segment_bytes_max = config.segment_bytes_max,
         "opening the store"
     );
+    let role = match &config.role {
+        Role::Leader => kv_replication::Role::Leader,
+        Role::Follower { leader_url, .. } => kv_replication::Role::Follower {
+            leader_url: leader_url.clone(),
+        },
+    };
+    // A replica applies at open only what it knows committed; the rest waits for the cluster.
+    let apply_limit = Node::apply_limit_at_open(
+        &config.data_dir,
+        &role,
+        config.replication.leader.write_quorum,
+    )
+    .context("cannot read the node's meta file")?;
     let options = StoreOptions {
         wal: config.wal_options(),
         epoch: EPOCH_DEFAULT,
         snapshot_dir: Some(config.snapshot_dir()),
+        apply_limit,
     };
     let (store, report) = Store::open(&wal_dir, options)
         .with_context(|| format!("cannot open the store in {}", wal_dir.display()))?;
@@ -126,6 +140,9 @@ async fn serve(config: &NodeConfig, node: Arc<Node>) -> anyhow::Result<()> {
                     _ = stopped.wait_for(|stop| *stop) => return,
                     _ = tokio::time::sleep(COMPACTION_CHECK_INTERVAL) => {}
                 }
+                if let Err(error) = node.persist_progress() {
+                    tracing::error!(%error, "cannot save the commit id and epoch");
+                }
                 if !node.snapshot_due() {
                     continue;
                 }
@@ -138,12 +155,16 @@ async fn serve(config: &NodeConfig, node: Arc<Node>) -> anyhow::Result<()> {
             }
         })
     };
+    let state_node = node.clone();
     let state = Arc::new(AppState::new(node, config.http.clone()));
     let served = kv_http::serve(listener, state, shutdown.received()).await;
     let _ = stop_replication.send(true);
     let _ = compactor.await;
     if let Some(follower_loop) = follower_loop {
         let _ = follower_loop.await;
+    }
+    if let Err(error) = state_node.persist_progress() {
+        tracing::error!(%error, "cannot save the commit id and epoch");
     }
     served?;
     tracing::info!("all connections closed");

@@ -127,14 +127,26 @@ pub struct FollowerState {
 }
 
 impl FollowerState {
-    /// A follower of cluster `cluster_id` (0: not joined yet).
+    /// A follower of cluster `cluster_id` (0: not joined yet) that has not heard anything yet.
     pub fn new(options: FollowerOptions, cluster_id: u64) -> FollowerState {
+        FollowerState::resume(options, cluster_id, 0, 0)
+    }
+
+    /// A follower that remembers (from its meta file) the highest leader epoch and commit id
+    /// it heard before a restart: a leader in an older epoch is refused (a stale leader that
+    /// came back), and the log is never cut below that commit id.
+    pub fn resume(
+        options: FollowerOptions,
+        cluster_id: u64,
+        leader_epoch: u64,
+        commit_seen: u64,
+    ) -> FollowerState {
         let jitter = StdRng::seed_from_u64(options.jitter_seed);
         FollowerState {
             options,
             cluster_id,
-            leader_epoch: 0,
-            commit_seen: 0,
+            leader_epoch,
+            commit_seen,
             failures: 0,
             link: LinkState::Connecting,
             last_contact: None,
@@ -181,6 +193,9 @@ impl FollowerState {
                 if let Some(step) = self.check_cluster(cluster_id) {
                     return step;
                 }
+                if let Some(step) = self.check_epoch(now, leader_epoch) {
+                    return step;
+                }
                 if !frames.is_empty() {
                     if let Err(reason) = check_frames(&frames, request.next_id) {
                         // Damaged in transit or on the leader: never appended, fetched again,
@@ -214,6 +229,9 @@ impl FollowerState {
                 if let Some(step) = self.check_cluster(cluster_id) {
                     return step;
                 }
+                if let Some(step) = self.check_epoch(now, leader_epoch) {
+                    return step;
+                }
                 self.leader_epoch = self.leader_epoch.max(leader_epoch);
                 self.connected(now);
                 if truncate_after < self.commit_seen {
@@ -233,11 +251,17 @@ impl FollowerState {
                 }
             }
             FetchResponse::SnapshotNeeded {
-                cluster_id, first_id, ..
+                cluster_id,
+                first_id,
+                leader_epoch,
             } => {
                 if let Some(step) = self.check_cluster(cluster_id) {
                     return step;
                 }
+                if let Some(step) = self.check_epoch(now, leader_epoch) {
+                    return step;
+                }
+                self.leader_epoch = self.leader_epoch.max(leader_epoch);
                 let adopt_cluster = (self.cluster_id == 0).then_some(cluster_id);
                 self.cluster_id = cluster_id;
                 self.connected(now);
@@ -267,6 +291,21 @@ impl FollowerState {
                 "the leader answered for cluster {cluster_id:016x}, this follower belongs to {:016x}",
                 self.cluster_id
             ))
+        })
+    }
+
+    /// A leader in an epoch older than one already heard is a stale leader (an old leader
+    /// that came back after another took over): its answers are refused, and fetching goes on
+    /// with backoff until the current leader answers.
+    fn check_epoch(&mut self, now: Instant, leader_epoch: u64) -> Option<Step> {
+        (leader_epoch < self.leader_epoch).then(|| {
+            self.failed(
+                now,
+                format!(
+                    "refused a stale leader: it leads epoch {leader_epoch}, but epoch {} was already heard",
+                    self.leader_epoch
+                ),
+            )
         })
     }
 

@@ -121,6 +121,11 @@ impl LeaderState {
         self.epoch
     }
 
+    /// Raises the commit id to one known from before a restart (the node's meta file).
+    pub fn restore_commit(&mut self, commit_id: u64) {
+        self.commit_id = self.commit_id.max(commit_id);
+    }
+
     /// The highest id a write quorum holds durably. Never goes backwards.
     pub fn commit_id(&self) -> u64 {
         self.commit_id

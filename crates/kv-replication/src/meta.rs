@@ -21,6 +21,9 @@ pub struct NodeMeta {
     pub cluster_id: u64,
     /// The highest leader epoch this node has used or seen.
     pub epoch: u64,
+    /// The highest commit id this node knows to be committed (saved now and then and at
+    /// shutdown): at open, entries above it are not applied until the cluster says they are.
+    pub commit_id: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -28,6 +31,8 @@ struct MetaFile {
     format: u32,
     cluster_id: String,
     epoch: u64,
+    #[serde(default)]
+    commit_id: u64,
 }
 
 impl NodeMeta {
@@ -57,6 +62,7 @@ impl NodeMeta {
         Ok(Some(NodeMeta {
             cluster_id,
             epoch: file.epoch,
+            commit_id: file.commit_id,
         }))
     }
 
@@ -68,6 +74,7 @@ impl NodeMeta {
             format: META_FORMAT,
             cluster_id: format!("{:016x}", self.cluster_id),
             epoch: self.epoch,
+            commit_id: self.commit_id,
         })
         .map_err(|error| Error::meta(&path, error.to_string()))?;
         let write = || -> std::io::Result<()> {
@@ -94,6 +101,7 @@ mod tests {
         let meta = NodeMeta {
             cluster_id: 0xdead_beef_0000_0001,
             epoch: 7,
+            commit_id: 40,
         };
         meta.store(dir.path()).unwrap();
         assert_eq!(NodeMeta::load(dir.path()).unwrap(), Some(meta));

@@ -239,6 +239,7 @@ impl Node {
         meta.store(data_dir)?;
         store.set_epoch(meta.epoch);
         let mut leader = LeaderState::new(meta.cluster_id, meta.epoch, options.leader.clone());
+        leader.restore_commit(meta.commit_id.min(store.durable_id()));
         let commit = leader.recompute_commit(store.durable_id());
         tracing::info!(cluster_id = %format!("{:016x}", meta.cluster_id), epoch = meta.epoch, "leading");
         Ok(Node::new(
@@ -261,7 +262,12 @@ impl Node {
         options: NodeOptions,
     ) -> Result<Node> {
         let meta = NodeMeta::load(data_dir)?.unwrap_or_default();
-        let follower = FollowerState::new(options.follower.clone(), meta.cluster_id);
+        let follower = FollowerState::resume(
+            options.follower.clone(),
+            meta.cluster_id,
+            meta.epoch,
+            meta.commit_id,
+        );
         Ok(Node::new(
             store,
             Role::Follower { leader_url },
@@ -269,7 +275,7 @@ impl Node {
             meta,
             None,
             Some(follower),
-            0,
+            meta.commit_id,
             options,
         ))
     }
@@ -476,13 +482,23 @@ impl Node {
                 _ = &mut shutdown => return,
                 answer = transport.fetch(&request, fetch_timeout) => answer,
             };
-            let step = {
+            let (step, leader_epoch) = {
                 let mut state = lock(follower);
-                match answer {
+                let step = match answer {
                     Ok(response) => state.on_response(Instant::now(), &request, response),
                     Err(error) => state.on_failure(Instant::now(), error),
-                }
+                };
+                (step, state.leader_epoch())
             };
+            if leader_epoch > lock(&self.meta).epoch {
+                // On disk before anything of the new epoch is appended: a node promoted later
+                // must start above every epoch it has followed.
+                if let Err(error) = self.persist_progress() {
+                    tracing::error!(%error, "replication stopped: cannot record the leader's epoch");
+                    self.stop_link(error.to_string());
+                    return;
+                }
+            }
             match self.perform(step, &transport).await {
                 Ok(None) => {}
                 Ok(Some(delay)) => {
@@ -868,6 +884,42 @@ impl Node {
             wal_retention_bytes: options.wal_retention_bytes,
             codec: options.codec.to_string(),
         }
+    }
+
+    /// Saves the highest leader epoch heard and the applied (committed) id in the node's meta
+    /// file, if they moved. kvd calls it every second and at shutdown; the follower loop calls
+    /// it as soon as it hears a new epoch.
+    pub fn persist_progress(&self) -> Result<()> {
+        let epoch_heard = self
+            .follower
+            .as_ref()
+            .map_or(0, |follower| lock(follower).leader_epoch());
+        let applied_id = self.store.applied_id();
+        let mut meta = lock(&self.meta);
+        if epoch_heard <= meta.epoch && applied_id <= meta.commit_id {
+            return Ok(());
+        }
+        let mut next = *meta;
+        next.epoch = next.epoch.max(epoch_heard);
+        next.commit_id = next.commit_id.max(applied_id);
+        next.store(&self.data_dir)?;
+        *meta = next;
+        Ok(())
+    }
+
+    /// The commit id a restart may apply up to at once (from the meta file): everything for a
+    /// single-node leader (durable means committed), the saved commit id otherwise.
+    pub fn apply_limit_at_open(
+        data_dir: &Path,
+        role: &Role,
+        write_quorum: usize,
+    ) -> Result<Option<u64>> {
+        if *role == Role::Leader && write_quorum <= 1 {
+            return Ok(None);
+        }
+        Ok(Some(
+            NodeMeta::load(data_dir)?.unwrap_or_default().commit_id,
+        ))
     }
 
     fn adopt(&self, cluster_id: Option<u64>) -> Result<(), String> {

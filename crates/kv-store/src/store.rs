@@ -37,6 +37,10 @@ pub struct StoreOptions {
     pub epoch: u64,
     /// Where snapshots live; `None`: no snapshots (the whole log is replayed at open).
     pub snapshot_dir: Option<PathBuf>,
+    /// Entries above this id are not applied at open: they stay pending until
+    /// [`Store::apply_through`] covers them (a replica that does not yet know whether they
+    /// committed). `None`: apply everything (a single node, where durable means committed).
+    pub apply_limit: Option<u64>,
 }
 
 /// What opening found in the snapshot directory.
@@ -56,6 +60,7 @@ impl Default for StoreOptions {
             wal: WalOptions::default(),
             epoch: EPOCH_DEFAULT,
             snapshot_dir: None,
+            apply_limit: None,
         }
     }
 }
@@ -96,16 +101,25 @@ impl Store {
     /// Returns the WAL's recovery report for the caller to log.
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<(Store, RecoveryReport)> {
         let (wal, report) = Wal::open(dir, options.wal)?;
+        let apply_limit = options.apply_limit.unwrap_or(u64::MAX);
         let store = match options.snapshot_dir {
-            None => Store::from_wal(wal, options.epoch)?,
-            Some(snapshot_dir) => Store::from_snapshot_and_wal(snapshot_dir, wal, options.epoch)?,
+            None => Store::from_wal(wal, options.epoch, apply_limit)?,
+            Some(snapshot_dir) => {
+                Store::from_snapshot_and_wal(snapshot_dir, wal, options.epoch, apply_limit)?
+            }
         };
         Ok((store, report))
     }
 
     /// Builds a store from the newest valid snapshot in `snapshot_dir` (damaged ones are
     /// skipped and reported in [`Store::snapshot_load`]) and the WAL records after it.
-    pub fn from_snapshot_and_wal(snapshot_dir: PathBuf, wal: Wal, epoch: u64) -> Result<Store> {
+    /// Records above `apply_limit` are left pending (see [`StoreOptions::apply_limit`]).
+    pub fn from_snapshot_and_wal(
+        snapshot_dir: PathBuf,
+        wal: Wal,
+        epoch: u64,
+        apply_limit: u64,
+    ) -> Result<Store> {
         let mut load = SnapshotLoad::default();
         let listed = snapshot::list_snapshots(&snapshot_dir).map_err(|error| Error::Snapshot {
             path: snapshot_dir.clone(),
@@ -141,6 +155,7 @@ impl Store {
                 });
             }
         }
+        let mut pending = VecDeque::new();
         for record in wal.iter_from(base + 1) {
             let record = record?;
             let entry = LogEntry::decode(record.payload()).map_err(|reason| Error::Decode {
@@ -148,14 +163,18 @@ impl Store {
                 reason,
             })?;
             epochs.observe(entry.epoch, record.id);
-            apply(&mut map, &entry.op);
-            applied_id = record.id;
-            load.replayed_records += 1;
+            if record.id <= apply_limit {
+                apply(&mut map, &entry.op);
+                applied_id = record.id;
+                load.replayed_records += 1;
+            } else {
+                pending.push_back((record.id, entry.op));
+            }
         }
         Ok(Store {
             wal,
             epoch: AtomicU64::new(epoch),
-            pending: Mutex::new(VecDeque::new()),
+            pending: Mutex::new(pending),
             map: RwLock::new(map),
             applied_id: AtomicU64::new(applied_id),
             epochs: Mutex::new(epochs),
@@ -165,15 +184,16 @@ impl Store {
         })
     }
 
-    /// Builds a store over an open WAL, replaying every record in it.
+    /// Builds a store over an open WAL, replaying its records up to `apply_limit` (the rest
+    /// stay pending; `u64::MAX` applies everything).
     ///
     /// Fails with [`Error::Decode`] naming the id of a record that is not a store entry.
-    pub fn from_wal(wal: Wal, epoch: u64) -> Result<Store> {
-        let (map, applied_id, epochs, _) = replay(&wal, u64::MAX)?;
+    pub fn from_wal(wal: Wal, epoch: u64, apply_limit: u64) -> Result<Store> {
+        let (map, applied_id, epochs, pending) = replay(&wal, apply_limit)?;
         Ok(Store {
             wal,
             epoch: AtomicU64::new(epoch),
-            pending: Mutex::new(VecDeque::new()),
+            pending: Mutex::new(pending),
             map: RwLock::new(map),
             applied_id: AtomicU64::new(applied_id),
             epochs: Mutex::new(epochs),

@@ -404,3 +404,147 @@ fn a_follower_fed_corrupted_batches_refuses_them_and_recovers_from_the_leader() 
         "{text}"
     );
 }
+
+#[test]
+fn restarts_never_expose_uncommitted_entries() {
+    // Write quorum 3 of 3: with follower 2 stopped nothing new commits.
+    let mut cluster = Cluster::start(&["--write-quorum", "3", "--acks-timeout-ms", "500"], &[], 2);
+    let (status, written) = put(&cluster.leader, "x", &json!(1));
+    assert_eq!(status, 200, "{written}");
+    let committed_id = written["id"].as_u64().expect("id");
+    assert_eq!(
+        get_after(cluster.follower(1), "x", committed_id).1["value"],
+        1
+    );
+    signal(cluster.follower(2), "STOP");
+    let (status, written) =
+        cluster
+            .leader
+            .json("PUT", "/key/x?acks=leader", Some(r#"{"value": 2}"#));
+    assert_eq!(status, 200, "{written}");
+    let uncommitted_id = written["id"].as_u64().expect("id");
+    wait_until("follower 1 holds the uncommitted entry", || {
+        let (_, status) = cluster.follower(1).json("GET", "/cluster_status", None);
+        status["durable_id"].as_u64() == Some(uncommitted_id)
+    });
+    let read_x = |kvd: &Kvd| kvd.json("GET", "/key/x", None).1["value"].clone();
+    assert_eq!(read_x(cluster.follower(1)), 1);
+    assert_eq!(read_x(&cluster.leader), 1);
+
+    // Restart follower 1 and the leader: the uncommitted entry stays invisible.
+    let mut follower = cluster.followers[0].take().expect("follower 1");
+    assert!(follower.terminate().success());
+    drop(follower);
+    cluster.restart_follower(1);
+    assert_eq!(
+        read_x(cluster.follower(1)),
+        1,
+        "a restarted follower exposed an uncommitted entry"
+    );
+    assert!(cluster.leader.terminate().success());
+    cluster.restart_leader();
+    assert_eq!(
+        read_x(&cluster.leader),
+        1,
+        "a restarted leader exposed an uncommitted entry"
+    );
+
+    // Follower 2 returns: the entry commits and becomes visible everywhere.
+    signal(cluster.follower(2), "CONT");
+    for kvd in [&cluster.leader, cluster.follower(1), cluster.follower(2)] {
+        assert_eq!(
+            get_after(kvd, "x", uncommitted_id),
+            (200, json!({"key": "x", "value": 2}))
+        );
+    }
+}
+
+#[test]
+fn a_promoted_follower_takes_a_new_epoch_and_the_old_leader_never_mixes_histories() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a_dir = dir.path().join("a");
+    let b_dir = dir.path().join("b");
+    let a_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let b_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let leader_args = |data_dir: &Path, port: u16| -> Vec<String> {
+        [
+            "leader",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect()
+    };
+    let follower_args = |data_dir: &Path, port: u16, leader_port: u16| -> Vec<String> {
+        [
+            "follower",
+            "1",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--leader",
+            &format!("http://127.0.0.1:{leader_port}"),
+            "--fetch-wait-ms",
+            "100",
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect()
+    };
+    let spawn = |data_dir: &Path, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Kvd::spawn(data_dir, &args, &[])
+    };
+    // A leads (epoch 1); B copies a=1.
+    let mut a = spawn(&a_dir, leader_args(&a_dir, a_port));
+    let (_, written) = put(&a, "a", &json!(1));
+    let first_id = written["id"].as_u64().unwrap();
+    let mut b = spawn(&b_dir, follower_args(&b_dir, b_port, a_port));
+    assert_eq!(get_after(&b, "a", first_id).0, 200);
+    // A restarts (epoch 2); B hears the new epoch and stops.
+    assert!(a.terminate().success());
+    drop(a);
+    let mut a = spawn(&a_dir, leader_args(&a_dir, a_port));
+    wait_until("the follower heard epoch 2", || {
+        b.json("GET", "/cluster_status", None).1["epoch"] == 2
+    });
+    assert!(b.terminate().success());
+    drop(b);
+    // A writes b="from A" alone (acknowledged, so committed with a write quorum of 1) and stops.
+    assert_eq!(put(&a, "b", &json!("from A")).0, 200);
+    assert!(a.terminate().success());
+    drop(a);
+    // The operator promotes B: it must lead an epoch above every epoch it followed.
+    let b = spawn(&b_dir, leader_args(&b_dir, b_port));
+    let (_, status) = b.json("GET", "/cluster_status", None);
+    assert!(
+        status["epoch"].as_u64().unwrap() >= 3,
+        "promoted leader reused an epoch: {status}"
+    );
+    assert_eq!(put(&b, "b", &json!("from B")).0, 200);
+    // A's data dir rejoins as a follower of B: its committed b="from A" is not on B, so it
+    // stops replicating with a clear reason and keeps its own history, never a mix.
+    let a = spawn(&a_dir, follower_args(&a_dir, a_port, b_port));
+    wait_until("the old leader stops replicating", || {
+        a.json("GET", "/cluster_status", None).1["link"]["state"] == "stopped"
+    });
+    let (_, status) = a.json("GET", "/cluster_status", None);
+    let reason = status["link"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reason.contains("committed"), "{status}");
+    assert_eq!(a.json("GET", "/key/b", None).1["value"], "from A");
+}

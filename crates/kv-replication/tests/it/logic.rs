@@ -332,3 +332,43 @@ fn the_follower_refuses_damage_backs_off_and_stops_for_operators() {
         Step::Stop { .. }
     ));
 }
+
+#[test]
+fn a_resumed_follower_refuses_a_stale_leader_and_guards_its_saved_commit() {
+    let now = Instant::now();
+    let log = VecLog::new();
+    // Before the restart it heard epoch 5 and commit 10.
+    let mut follower = FollowerState::resume(FollowerOptions::default(), CLUSTER, 5, 10);
+    let request = follower.request(&log);
+    assert_eq!(request.commit_id, 10);
+    let stale = FetchResponse::Entries {
+        cluster_id: CLUSTER,
+        leader_epoch: 4,
+        commit_id: 12,
+        first_id: 1,
+        last_id: 12,
+        frames: Vec::new(),
+    };
+    assert!(matches!(
+        follower.on_response(now, &request, stale),
+        Step::Retry { .. }
+    ));
+    assert_eq!(
+        follower.commit_seen(),
+        10,
+        "nothing from a stale leader is believed"
+    );
+    let cut_committed = FetchResponse::Diverged {
+        cluster_id: CLUSTER,
+        leader_epoch: 6,
+        truncate_after: 7,
+    };
+    let request = FetchRequest {
+        next_id: 12,
+        ..request
+    };
+    assert!(matches!(
+        follower.on_response(now, &request, cut_committed),
+        Step::Stop { .. }
+    ));
+}
