@@ -14,9 +14,9 @@ use crate::route::ROUTE_LABELS;
 use kv_replication::Node;
 
 /// Method labels; anything else counts as `other`.
-const METHOD_LABELS: [&str; 4] = ["GET", "PUT", "DELETE", "other"];
+const METHOD_LABELS: [&str; 5] = ["GET", "PUT", "DELETE", "POST", "other"];
 /// Every status the service answers with; anything else counts under the last slot.
-const STATUSES: [u16; 12] = [200, 307, 400, 404, 405, 408, 413, 414, 422, 500, 503, 0];
+const STATUSES: [u16; 15] = [200, 307, 400, 404, 405, 408, 409, 413, 414, 422, 500, 503, 504, 431, 0];
 /// Upper bounds of the latency histogram, in microseconds.
 const LATENCY_BOUNDS_MICROS: [u64; 16] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
@@ -63,7 +63,8 @@ impl Metrics {
             Method::GET => 0,
             Method::PUT => 1,
             Method::DELETE => 2,
-            _ => 3,
+            Method::POST => 3,
+            _ => 4,
         };
         let route_method = route_label_index * METHOD_LABELS.len() + method_index;
         let status_index = STATUSES

@@ -310,7 +310,7 @@ impl FollowerState {
     }
 
     /// A fetch failed (connection, timeout, bad answer): retry after an exponential backoff
-    /// with full jitter.
+    /// with equal jitter (a delay drawn between half the ceiling and the ceiling).
     pub fn on_failure(&mut self, now: Instant, error: String) -> Step {
         self.failed(now, error)
     }
