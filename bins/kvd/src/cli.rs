@@ -89,6 +89,10 @@ pub struct NodeArgs {
     /// [default: tolerate-torn-tail].
     #[arg(long, env = "KVD_RECOVERY_MODE", value_name = "MODE")]
     pub recovery_mode: Option<RecoveryMode>,
+    /// Store WAL records of at least this many bytes LZ4-compressed (when that makes them
+    /// smaller); followers receive them compressed too [default: off].
+    #[arg(long, env = "KVD_COMPRESS_RECORDS_ABOVE", value_name = "BYTES", value_parser = parse_bytes)]
+    pub compress_records_above: Option<u64>,
     /// Largest request body accepted; larger ones get 413 [default: 16MiB].
     #[arg(long, env = "KVD_MAX_BODY_BYTES", value_name = "BYTES", value_parser = parse_bytes)]
     pub max_body_bytes: Option<u64>,

@@ -56,6 +56,8 @@ pub struct NodeConfig {
     pub sync_policy: SyncPolicy,
     /// WAL recovery mode.
     pub recovery_mode: RecoveryMode,
+    /// WAL records at least this large are stored compressed.
+    pub compress_records_above: Option<usize>,
     /// HTTP limits and timeouts.
     pub http: HttpOptions,
     /// Replication settings (quorum, timeouts, the follower's fetch loop).
@@ -83,6 +85,7 @@ impl NodeConfig {
             segment_bytes_max: self.segment_bytes_max,
             sync_policy: self.sync_policy,
             recovery_mode: self.recovery_mode,
+            compress_records_above: self.compress_records_above,
             // The real file system, or a faulty one when a test asks (`faults.rs`).
             file_system: crate::faults::wal_file_system(),
             ..WalOptions::default()
@@ -100,6 +103,7 @@ struct FileConfig {
     max_segment_size: Option<ByteSize>,
     sync_policy: Option<String>,
     recovery_mode: Option<String>,
+    compress_records_above: Option<ByteSize>,
     max_body_bytes: Option<ByteSize>,
     max_key_bytes: Option<ByteSize>,
     max_connections: Option<usize>,
@@ -257,6 +261,16 @@ pub fn resolve(
             .context("recovery_mode in the config file")?,
         (None, None) => RecoveryMode::default(),
     };
+    let compress_records_above =
+        match (args.compress_records_above, &file.compress_records_above) {
+            (Some(bytes), _) => Some(bytes),
+            (None, Some(size)) => Some(
+                size.bytes()
+                    .context("compress_records_above in the config file")?,
+            ),
+            (None, None) => None,
+        }
+        .map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX));
     let http = resolve_http(&args, &file)?;
     let replication = resolve_replication(&args, &file, &role)?;
     let log_level = args
@@ -270,6 +284,7 @@ pub fn resolve(
         segment_bytes_max,
         sync_policy,
         recovery_mode,
+        compress_records_above,
         http,
         replication,
         log_level,

@@ -105,7 +105,8 @@ fn view(response: &FetchResponse) -> serde_json::Value {
                     .iter()
                     .map(|frame| {
                         let mut entry = json!({ "id": frame.id, "crc": frame.crc, "bytes": frame.encoded_len() });
-                        if let Ok(LogEntry { epoch, op }) = LogEntry::decode(frame.payload) {
+                        let contents = frame.contents().unwrap_or_default();
+                        if let Ok(LogEntry { epoch, op }) = LogEntry::decode(&contents) {
                             entry["epoch"] = json!(epoch);
                             match op {
                                 Op::Set { key, value } => {

@@ -68,13 +68,22 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
     CASTAGNOLI.checksum(bytes)
 }
 
+/// `flags` bit: the stored payload is LZ4-compressed (lz4_flex block format with the
+/// uncompressed size prepended as a little-endian u32). Only data records use it.
+pub const FLAG_LZ4: u8 = 0x01;
+
 /// Appends one frame to `out`.
 pub(crate) fn encode(out: &mut Vec<u8>, kind: u8, id: u64, payload: &[u8]) {
+    encode_flagged(out, kind, 0, id, payload);
+}
+
+/// Appends one frame whose payload is stored as given, with `flags`.
+pub(crate) fn encode_flagged(out: &mut Vec<u8>, kind: u8, flags: u8, id: u64, payload: &[u8]) {
     debug_assert!(payload.len() <= RECORD_BYTES_MAX);
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
     out.push(kind);
-    out.push(0);
+    out.push(flags);
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&id.to_le_bytes());
@@ -90,20 +99,46 @@ pub fn encode_record(id: u64, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Compresses `payload` for storage if that makes it smaller: `(flags, stored bytes)`.
+pub(crate) fn compress_payload(payload: &[u8]) -> Option<Vec<u8>> {
+    let compressed = lz4_flex::compress_prepend_size(payload);
+    (compressed.len() < payload.len()).then_some(compressed)
+}
+
 /// A frame decoded in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame<'a> {
     /// `KIND_RECORD` or `KIND_SEAL`.
     pub(crate) kind: u8,
+    /// Flags ([`FLAG_LZ4`]).
+    pub flags: u8,
     /// The record id (for a seal: the segment's last record id).
     pub id: u64,
-    /// The payload.
+    /// The payload as stored (compressed when `flags` says so: use [`Frame::contents`]).
     pub payload: &'a [u8],
     /// The stored CRC.
     pub crc: u32,
 }
 
-impl Frame<'_> {
+impl<'a> Frame<'a> {
+    /// The record's payload as it was appended: decompressed if it was stored compressed.
+    pub fn contents(&self) -> Result<std::borrow::Cow<'a, [u8]>, FrameError> {
+        if self.flags & FLAG_LZ4 == 0 {
+            return Ok(std::borrow::Cow::Borrowed(self.payload));
+        }
+        let size = self
+            .payload
+            .get(..4)
+            .map(|bytes| u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+            .ok_or_else(|| FrameError::Decompress("no size prefix".to_owned()))?;
+        if size as usize > RECORD_BYTES_MAX {
+            return Err(FrameError::LengthTooLarge(size));
+        }
+        lz4_flex::decompress_size_prepended(self.payload)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|error| FrameError::Decompress(error.to_string()))
+    }
+
     /// Bytes the frame occupies.
     pub fn encoded_len(&self) -> usize {
         FRAME_HEADER_BYTES + self.payload.len()
@@ -130,6 +165,8 @@ pub enum FrameError {
     ReservedBitsSet,
     /// The length field is larger than [`RECORD_BYTES_MAX`].
     LengthTooLarge(u32),
+    /// A compressed payload does not decompress.
+    Decompress(String),
     /// The CRC does not match the bytes.
     CrcMismatch {
         /// CRC in the frame.
@@ -148,6 +185,7 @@ impl std::fmt::Display for FrameError {
             FrameError::Zeroed => write!(f, "zero-filled space where a frame should start"),
             FrameError::UnknownKind(kind) => write!(f, "unknown frame kind 0x{kind:02x}"),
             FrameError::ReservedBitsSet => write!(f, "reserved header bits are set"),
+            FrameError::Decompress(reason) => write!(f, "compressed payload is damaged: {reason}"),
             FrameError::LengthTooLarge(len) => {
                 write!(
                     f,
@@ -182,7 +220,9 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
     if kind != KIND_RECORD && kind != KIND_SEAL {
         return Err(FrameError::UnknownKind(kind));
     }
-    if header[5] != 0 || header[6] != 0 || header[7] != 0 {
+    let flags = header[5];
+    let allowed_flags = if kind == KIND_RECORD { FLAG_LZ4 } else { 0 };
+    if flags & !allowed_flags != 0 || header[6] != 0 || header[7] != 0 {
         return Err(FrameError::ReservedBitsSet);
     }
     let len = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
@@ -200,6 +240,7 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
     }
     Ok(Frame {
         kind,
+        flags,
         id: u64::from_le_bytes(header[12..20].try_into().expect("8 bytes")),
         payload: &bytes[FRAME_HEADER_BYTES..total],
         crc: stored,
@@ -254,6 +295,31 @@ mod tests {
         digest.update(&bytes[..7]);
         digest.update(&bytes[7..]);
         assert_eq!(digest.finalize(), crc32c(bytes));
+    }
+
+    #[test]
+    fn compressed_records_round_trip_and_damage_is_caught() {
+        let payload = b"abcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabc".repeat(4);
+        let stored = compress_payload(&payload).expect("compressible");
+        let mut bytes = Vec::new();
+        encode_flagged(&mut bytes, KIND_RECORD, FLAG_LZ4, 3, &stored);
+        let frame = decode(&bytes).unwrap();
+        assert!(frame.payload.len() < payload.len());
+        assert_eq!(frame.contents().unwrap().as_ref(), &payload[..]);
+        // A valid CRC over a bad compressed stream is still refused by contents().
+        let mut garbage = Vec::new();
+        encode_flagged(
+            &mut garbage,
+            KIND_RECORD,
+            FLAG_LZ4,
+            3,
+            &[0xff, 0xff, 0xff, 0x7f, 1, 2],
+        );
+        assert!(decode(&garbage).unwrap().contents().is_err());
+        // Seals never carry flags.
+        let mut seal = Vec::new();
+        encode_flagged(&mut seal, KIND_SEAL, FLAG_LZ4, 3, &[0; 8]);
+        assert_eq!(decode(&seal), Err(FrameError::ReservedBitsSet));
     }
 
     #[test]

@@ -136,6 +136,11 @@ pub struct WalOptions {
     pub recovery_mode: RecoveryMode,
     /// The id of the first record of a *new* log (default 1; ignored for an existing log).
     pub first_id: u64,
+    /// Payloads of at least this many bytes are stored LZ4-compressed (when that makes them
+    /// smaller), flagged in their frame; `None` (the default): never. Readers decompress
+    /// transparently; replication ships frames as stored, so compressed frames stay compressed
+    /// on the wire.
+    pub compress_records_above: Option<usize>,
     /// Where files live (default the real file system).
     pub file_system: Arc<dyn FileSystem>,
 }
@@ -147,6 +152,7 @@ impl Default for WalOptions {
             sync_policy: SyncPolicy::default(),
             recovery_mode: RecoveryMode::default(),
             first_id: 1,
+            compress_records_above: None,
             file_system: Arc::new(StdFs),
         }
     }

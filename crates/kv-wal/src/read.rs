@@ -21,15 +21,23 @@ pub struct Record {
     /// Its id.
     pub id: u64,
     frame: Vec<u8>,
+    /// The payload, when the frame stores it compressed.
+    decompressed: Option<Vec<u8>>,
 }
 
 impl Record {
-    /// The payload.
+    /// The payload, as appended (decompressed if it was stored compressed).
     pub fn payload(&self) -> &[u8] {
-        &self.frame[FRAME_HEADER_BYTES..]
+        match &self.decompressed {
+            Some(payload) => payload,
+            None => &self.frame[FRAME_HEADER_BYTES..],
+        }
     }
     /// The payload, owned.
     pub fn into_payload(mut self) -> Vec<u8> {
+        if let Some(payload) = self.decompressed {
+            return payload;
+        }
         self.frame.drain(..FRAME_HEADER_BYTES);
         self.frame
     }
@@ -229,10 +237,28 @@ impl WalIter {
             }
             let reader = self.reader.as_mut().expect("reader");
             match reader.next_frame() {
-                Ok(Some((_, id, bytes))) if id >= self.next_id => {
+                Ok(Some((offset, id, bytes))) if id >= self.next_id => {
                     let frame = bytes.to_vec();
+                    let decompressed = if frame[5] & frame::FLAG_LZ4 != 0 {
+                        let contents = frame::decode(&frame)
+                            .and_then(|decoded| {
+                                decoded.contents().map(|contents| contents.into_owned())
+                            })
+                            .map_err(|error| Error::Corrupt {
+                                segment: reader.segment.path.clone(),
+                                offset,
+                                reason: error.to_string(),
+                            })?;
+                        Some(contents)
+                    } else {
+                        None
+                    };
                     self.next_id = id + 1;
-                    return Ok(Some(Record { id, frame }));
+                    return Ok(Some(Record {
+                        id,
+                        frame,
+                        decompressed,
+                    }));
                 }
                 Ok(Some(_)) => continue,
                 Ok(None) => {

@@ -18,7 +18,7 @@ use rand::Rng;
 
 use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
-use crate::frame::{self, encode, FRAME_HEADER_BYTES, KIND_RECORD, RECORD_BYTES_MAX};
+use crate::frame::{self, FRAME_HEADER_BYTES, KIND_RECORD, RECORD_BYTES_MAX};
 use crate::fs::{write_file_atomic, DirLock, FileSystem, WalFile};
 use crate::options::{RecoveryMode, SyncPolicy, WalOptions, SEGMENT_BYTES_MIN};
 use crate::recovery::{self, Recovered};
@@ -157,6 +157,7 @@ pub(crate) struct Shared {
     pub fs: Arc<dyn FileSystem>,
     pub log_id: u64,
     pub segment_bytes_max: u64,
+    pub compress_records_above: Option<usize>,
     pub sync_policy: SyncPolicy,
     pub recovery_mode: RecoveryMode,
     writer: Mutex<Writer>,
@@ -696,6 +697,7 @@ impl Wal {
             fs: fs.clone(),
             log_id,
             segment_bytes_max: options.segment_bytes_max,
+            compress_records_above: options.compress_records_above,
             sync_policy: options.sync_policy,
             recovery_mode: options.recovery_mode,
             writer: Mutex::new(writer),
@@ -784,11 +786,31 @@ impl Wal {
                 });
             }
         }
+        // Compression happens here, before the writer lock is taken.
+        let compressed: Vec<Option<Vec<u8>>> = payloads
+            .iter()
+            .map(|payload| {
+                let payload = payload.as_ref();
+                self.shared
+                    .compress_records_above
+                    .filter(|&threshold| payload.len() >= threshold)
+                    .and_then(|_| frame::compress_payload(payload))
+            })
+            .collect();
+        let stored = |index: usize| -> (u8, &[u8]) {
+            match &compressed[index] {
+                Some(bytes) => (frame::FLAG_LZ4, bytes),
+                None => (0, payloads[index].as_ref()),
+            }
+        };
         self.shared.submit(
             payloads.len(),
-            |index| FRAME_HEADER_BYTES + payloads[index].as_ref().len(),
+            |index| FRAME_HEADER_BYTES + stored(index).1.len(),
             None,
-            |index, id, out| encode(out, KIND_RECORD, id, payloads[index].as_ref()),
+            |index, id, out| {
+                let (flags, bytes) = stored(index);
+                frame::encode_flagged(out, KIND_RECORD, flags, id, bytes)
+            },
             policy,
         )
     }

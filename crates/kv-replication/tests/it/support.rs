@@ -30,6 +30,7 @@ impl VecLog {
             assert_eq!(frame.id, self.next_id(), "frames must continue the log");
             self.entries
                 .push((frame.id, epoch_of(frame.payload), frame.payload.to_vec()));
+            // never compressed here
         }
     }
 

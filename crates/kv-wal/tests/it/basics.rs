@@ -377,3 +377,45 @@ fn a_truncation_during_a_group_commit_never_marks_replacements_durable() {
         }
     }
 }
+
+#[test]
+fn large_records_are_stored_compressed_and_read_back_whole() {
+    let fs = SimFs::new();
+    let options = WalOptions {
+        compress_records_above: Some(256),
+        ..crate::support::sim_options(&fs, 1 << 20)
+    };
+    let (wal, _) = Wal::open(crate::support::sim_dir(), options.clone()).unwrap();
+    let compressible = b"{\"user\":\"someone\",\"tags\":[\"a\",\"b\"]}".repeat(40);
+    let random: Vec<u8> = (0..2000u32)
+        .map(|index| (index.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let small = b"small".to_vec();
+    let ids: Vec<u64> = [&compressible, &random, &small]
+        .iter()
+        .map(|payload| wal.append(payload).unwrap())
+        .collect();
+    let stored = wal.segments()[0].size_bytes;
+    assert!(
+        stored < (compressible.len() + random.len() + small.len()) as u64,
+        "nothing was compressed: {stored} bytes"
+    );
+    for (id, payload) in ids.iter().zip([&compressible, &random, &small]) {
+        assert_eq!(wal.read(*id).unwrap().as_ref(), Some(payload));
+    }
+    // Replication ships frames as stored: compressed on the wire, whole at the other end.
+    let batch = wal.read_frames(1, usize::MAX, 3).unwrap().unwrap();
+    assert!(batch.bytes.len() < compressible.len());
+    let dir = tempfile::tempdir().unwrap();
+    let (copy, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    copy.append_frames(&batch.bytes, SyncPolicy::Batch)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(copy.read(1).unwrap(), Some(compressible.clone()));
+    drop(wal);
+    let (wal, report) = Wal::open(crate::support::sim_dir(), options).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(collect(&wal, 1).len(), 3);
+    assert_eq!(wal.read(1).unwrap(), Some(compressible));
+}

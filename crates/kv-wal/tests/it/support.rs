@@ -17,6 +17,7 @@ pub fn sim_options(fs: &SimFs, segment_bytes_max: u64) -> WalOptions {
         sync_policy: SyncPolicy::Batch,
         recovery_mode: RecoveryMode::TolerateTornTail,
         first_id: 1,
+        compress_records_above: None,
         file_system: Arc::new(fs.clone()),
     }
 }
