@@ -71,76 +71,58 @@ impl HttpTransport {
     }
 
     async fn exchange(&self, request: &FetchRequest) -> Result<FetchResponse, String> {
-        let mut connection = self.connection.lock().await;
-        let sender = match connection.as_mut() {
-            Some(sender) if !sender.is_closed() => sender,
-            _ => connection.insert(self.connect().await?),
-        };
-        sender
-            .ready()
-            .await
-            .map_err(|error| format!("the connection to the leader broke: {error}"))?;
         let http_request = Request::post(&self.path)
-            .header(header::HOST, &self.authority)
             .header(header::CONTENT_TYPE, crate::body::OCTET_STREAM)
-            .body(Full::new(Bytes::from(request.encode())))
-            .map_err(|error| error.to_string())?;
-        let result = async {
-            let response = sender
-                .send_request(http_request)
-                .await
-                .map_err(|error| format!("fetch failed: {error}"))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), FETCH_RESPONSE_BYTES_MAX)
-                .collect()
-                .await
-                .map_err(|error| format!("reading the fetch response failed: {error}"))?
-                .to_bytes();
-            if status != StatusCode::OK {
-                return Err(format!(
-                    "the leader answered {status}: {}",
-                    String::from_utf8_lossy(&body[..body.len().min(512)])
-                ));
-            }
-            FetchResponse::decode(&body).map_err(|error| error.to_string())
+            .body(Full::new(Bytes::from(request.encode())));
+        let (status, _, body) = self.send(http_request).await?;
+        if status != StatusCode::OK {
+            return Err(format!(
+                "the leader answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(512)])
+            ));
         }
-        .await;
-        if result.is_err() {
-            *connection = None;
-        }
-        result
+        FetchResponse::decode(&body).map_err(|error| error.to_string())
     }
-}
 
-impl HttpTransport {
     async fn get(
         &self,
         path_and_query: &str,
     ) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
+        let request = Request::get(format!("{}{path_and_query}", self.prefix()))
+            .body(Full::new(Bytes::new()));
+        self.send(request).await
+    }
+
+    /// Sends one request on the kept-alive connection (made first if there is none); any
+    /// failure drops the connection so the next request starts afresh.
+    async fn send(
+        &self,
+        request: http::Result<Request<Full<Bytes>>>,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
+        let mut request = request.map_err(|error| error.to_string())?;
+        let host =
+            header::HeaderValue::from_str(&self.authority).map_err(|error| error.to_string())?;
+        request.headers_mut().insert(header::HOST, host);
         let mut connection = self.connection.lock().await;
         let sender = match connection.as_mut() {
             Some(sender) if !sender.is_closed() => sender,
             _ => connection.insert(self.connect().await?),
         };
-        sender
-            .ready()
-            .await
-            .map_err(|error| format!("the connection to the leader broke: {error}"))?;
-        let request = Request::get(format!("{}{path_and_query}", self.prefix()))
-            .header(header::HOST, &self.authority)
-            .body(Full::new(Bytes::new()))
-            .map_err(|error| error.to_string())?;
         let result = async {
+            sender
+                .ready()
+                .await
+                .map_err(|error| format!("the connection to the leader broke: {error}"))?;
             let response = sender
                 .send_request(request)
                 .await
-                .map_err(|error| format!("request failed: {error}"))?;
+                .map_err(|error| format!("request to the leader failed: {error}"))?;
             let status = response.status();
             let headers = response.headers().clone();
             let body = Limited::new(response.into_body(), FETCH_RESPONSE_BYTES_MAX)
                 .collect()
                 .await
-                .map_err(|error| format!("reading the response failed: {error}"))?
+                .map_err(|error| format!("reading the leader's answer failed: {error}"))?
                 .to_bytes();
             Ok((status, headers, body))
         }

@@ -16,7 +16,9 @@ use kv_replication::Node;
 /// Method labels; anything else counts as `other`.
 const METHOD_LABELS: [&str; 5] = ["GET", "PUT", "DELETE", "POST", "other"];
 /// Every status the service answers with; anything else counts under the last slot.
-const STATUSES: [u16; 15] = [200, 307, 400, 404, 405, 408, 409, 413, 414, 422, 500, 503, 504, 431, 0];
+const STATUSES: [u16; 15] = [
+    200, 307, 400, 404, 405, 408, 409, 413, 414, 422, 500, 503, 504, 431, 0,
+];
 /// Upper bounds of the latency histogram, in microseconds.
 const LATENCY_BOUNDS_MICROS: [u64; 16] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
