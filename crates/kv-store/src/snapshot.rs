@@ -174,7 +174,29 @@ pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
     (digits.len() == 20).then(|| digits.parse().ok()).flatten()
 }
 
-/// Snapshot files in `dir`, newest (highest applied id) first. Leftover temporaries are removed.
+/// Removes the temporary files of snapshots whose writing a crash interrupted. Only for
+/// opening: at run time a temporary file may be a snapshot being written.
+pub fn remove_temporaries(dir: &Path) -> std::io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.ends_with(".snap.tmp"))
+        {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Snapshot files in `dir`, newest (highest applied id) first. Temporary files (snapshots
+/// being written) are not listed, and left alone.
 pub fn list_snapshots(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     let entries = match fs::read_dir(dir) {
@@ -186,10 +208,6 @@ pub fn list_snapshots(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".snap.tmp") {
-            let _ = fs::remove_file(entry.path());
-            continue;
-        }
         if let Some(applied_id) = parse_snapshot_file_name(name) {
             found.push((applied_id, entry.path()));
         }

@@ -141,6 +141,10 @@ impl Store {
         apply_limit: u64,
     ) -> Result<Store> {
         let mut load = SnapshotLoad::default();
+        snapshot::remove_temporaries(&snapshot_dir).map_err(|error| Error::Snapshot {
+            path: snapshot_dir.clone(),
+            reason: error.to_string(),
+        })?;
         let listed = snapshot::list_snapshots(&snapshot_dir).map_err(|error| Error::Snapshot {
             path: snapshot_dir.clone(),
             reason: error.to_string(),
@@ -155,42 +159,22 @@ impl Store {
                 Err(reason) => load.skipped.push((path, reason)),
             }
         }
-        let (mut map, mut applied_id, mut epochs, base) = match loaded {
+        let (start, base) = match loaded {
             Some(snapshot) => {
                 load.loaded = Some((snapshot.path.clone(), snapshot.applied_id));
-                (
-                    snapshot.map,
-                    snapshot.applied_id,
-                    snapshot.epochs,
-                    snapshot.applied_id,
-                )
+                let base = snapshot.applied_id;
+                (Replayed::from_snapshot(snapshot), base)
             }
-            None => (KeyMap::default(), 0, EpochHistory::default(), 0),
+            None => (Replayed::default(), 0),
         };
-        if let Some(wal_first_id) = wal.first_id() {
-            if wal_first_id > base + 1 {
-                return Err(Error::Gap {
-                    wal_first_id,
-                    snapshot_id: (base > 0).then_some(base),
-                });
-            }
-        }
-        let mut pending = VecDeque::new();
-        for record in wal.iter_from(base + 1) {
-            let record = record?;
-            let entry = LogEntry::decode(record.payload()).map_err(|reason| Error::Decode {
-                id: record.id,
-                reason,
-            })?;
-            epochs.observe(entry.epoch, record.id);
-            if record.id <= apply_limit {
-                apply(&mut map, &entry.op);
-                applied_id = record.id;
-                load.replayed_records += 1;
-            } else {
-                pending.push_back((record.id, entry.op));
-            }
-        }
+        let Replayed {
+            map,
+            applied_id,
+            epochs,
+            pending,
+            replayed_records,
+        } = replay(&wal, start, base, apply_limit)?;
+        load.replayed_records = replayed_records;
         Ok(Store {
             wal,
             epoch: AtomicU64::new(epoch),
@@ -211,7 +195,13 @@ impl Store {
     ///
     /// Fails with [`Error::Decode`] naming the id of a record that is not a store entry.
     pub fn from_wal(wal: Wal, epoch: u64, apply_limit: u64) -> Result<Store> {
-        let (map, applied_id, epochs, pending) = replay(&wal, apply_limit)?;
+        let Replayed {
+            map,
+            applied_id,
+            epochs,
+            pending,
+            ..
+        } = replay(&wal, Replayed::default(), 0, apply_limit)?;
         Ok(Store {
             wal,
             epoch: AtomicU64::new(epoch),
@@ -445,13 +435,49 @@ impl Store {
         if self.applied_id() > after_id {
             // Rebuild what stays applied; what was pending stays pending.
             let apply_limit = pending.front().map_or(after_id, |(id, _)| id - 1);
-            let (map, applied_id, _, rest) = replay(&self.wal, apply_limit)?;
+            let (start, base) = self.rebuild_start(after_id)?;
+            let rebuilt = replay(&self.wal, start, base, apply_limit)?;
             let mut current = write(&self.map);
-            *current = map;
-            self.applied_id.store(applied_id, Ordering::Release);
-            *pending = rest;
+            *current = rebuilt.map;
+            self.applied_id.store(rebuilt.applied_id, Ordering::Release);
+            *pending = rebuilt.pending;
         }
         Ok(())
+    }
+
+    /// Where a rebuild of the map after a cut at `after_id` starts: empty when the log still
+    /// starts at id 1; otherwise the newest snapshot the log continues that holds nothing past
+    /// `after_id`, read again from its file.
+    fn rebuild_start(&self, after_id: u64) -> Result<(Replayed, u64)> {
+        let log_start = self.wal.start_id();
+        if log_start <= 1 {
+            return Ok((Replayed::default(), 0));
+        }
+        let dir = self.snapshot_dir.clone().unwrap_or_default();
+        let mut reasons = Vec::new();
+        for (applied_id, path) in self.snapshots() {
+            if applied_id > after_id || applied_id + 1 < log_start {
+                continue;
+            }
+            match snapshot::read_snapshot(&path) {
+                Ok(snapshot) => return Ok((Replayed::from_snapshot(snapshot), applied_id)),
+                Err(reason) => reasons.push(format!("{}: {reason}", path.display())),
+            }
+        }
+        Err(Error::Snapshot {
+            path: dir,
+            reason: format!(
+                "cannot rebuild the map after dropping the entries after id {after_id}: the log \
+                 starts at id {log_start} and no snapshot between ids {} and {after_id} is \
+                 readable{}",
+                log_start - 1,
+                if reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", reasons.join("; "))
+                }
+            ),
+        })
     }
 
     /// The epoch that wrote entry `id`, if the log holds it.
@@ -571,32 +597,57 @@ impl Store {
     }
 }
 
-/// What replaying the log rebuilds: the map, its applied id, the epoch history and the ops
-/// past the apply limit (still pending).
-type Replayed = (KeyMap, u64, EpochHistory, VecDeque<(u64, Op)>);
+/// What replaying the log rebuilds: the map, its applied id, the epoch history, the ops past
+/// the apply limit (still pending) and how many records were applied.
+#[derive(Default)]
+struct Replayed {
+    map: KeyMap,
+    applied_id: u64,
+    epochs: EpochHistory,
+    pending: VecDeque<(u64, Op)>,
+    replayed_records: u64,
+}
 
-/// Rebuilds the map from the records of the log up to `apply_limit`; later records become
-/// pending ops.
-fn replay(wal: &Wal, apply_limit: u64) -> Result<Replayed> {
-    let mut map = KeyMap::default();
-    let mut applied_id = 0;
-    let mut epochs = EpochHistory::default();
-    let mut pending = VecDeque::new();
-    for record in wal.iter_from(1) {
+impl Replayed {
+    fn from_snapshot(snapshot: snapshot::LoadedSnapshot) -> Replayed {
+        Replayed {
+            map: snapshot.map,
+            applied_id: snapshot.applied_id,
+            epochs: snapshot.epochs,
+            ..Replayed::default()
+        }
+    }
+}
+
+/// Replays the records of the log after `base` (the id `start` holds the map at) onto
+/// `start`, applying those up to `apply_limit`; later records become pending ops. Fails with
+/// [`Error::Gap`] when the log does not continue `base`.
+fn replay(wal: &Wal, start: Replayed, base: u64, apply_limit: u64) -> Result<Replayed> {
+    if let Some(wal_first_id) = wal.first_id() {
+        if wal_first_id > base + 1 {
+            return Err(Error::Gap {
+                wal_first_id,
+                snapshot_id: (base > 0).then_some(base),
+            });
+        }
+    }
+    let mut replayed = start;
+    for record in wal.iter_from(base + 1) {
         let record = record?;
         let entry = LogEntry::decode(record.payload()).map_err(|reason| Error::Decode {
             id: record.id,
             reason,
         })?;
-        epochs.observe(entry.epoch, record.id);
+        replayed.epochs.observe(entry.epoch, record.id);
         if record.id <= apply_limit {
-            apply(&mut map, &entry.op);
-            applied_id = record.id;
+            apply(&mut replayed.map, &entry.op);
+            replayed.applied_id = record.id;
+            replayed.replayed_records += 1;
         } else {
-            pending.push_back((record.id, entry.op));
+            replayed.pending.push_back((record.id, entry.op));
         }
     }
-    Ok((map, applied_id, epochs, pending))
+    Ok(replayed)
 }
 
 fn apply(map: &mut KeyMap, op: &Op) {

@@ -268,3 +268,76 @@ fn installing_a_snapshot_replaces_the_state_and_the_log_continues_after_it() {
     assert_eq!(state(&reopened).len(), 51);
     assert!(reopened.get(b"old").is_none());
 }
+
+/// A cut that drops applied entries rebuilds the map from the snapshot the purged log
+/// continues, not from the log alone (which no longer starts at id 1).
+#[test]
+fn truncating_applied_entries_over_a_purged_log_rebuilds_from_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut model = BTreeMap::new();
+    for index in 0..300u32 {
+        let op = Op::Set {
+            key: format!("k{}", index % 70).into_bytes(),
+            value: Value::json(index.to_string()),
+        };
+        store.write_blocking(op.clone()).unwrap();
+        apply_to_model(&mut model, &op);
+    }
+    let info = store.write_snapshot(Codec::Zstd, 2).unwrap();
+    assert!(!store
+        .purge_wal_before(info.applied_id + 1)
+        .unwrap()
+        .is_empty());
+    assert!(store.wal().start_id() > 1);
+    let at_cut = model.clone();
+    for index in 0..40u32 {
+        store
+            .write_blocking(Op::Set {
+                key: format!("later{index}").into_bytes(),
+                value: Value::json(index.to_string()),
+            })
+            .unwrap();
+    }
+    store.truncate_after(info.applied_id).unwrap();
+    assert_eq!(store.applied_id(), info.applied_id);
+    assert_eq!(state(&store), at_cut);
+    // Cutting below every snapshot the log continues is refused, and changes nothing.
+    let error = store.truncate_after(5).unwrap_err();
+    assert!(
+        matches!(error, Error::Snapshot { .. }),
+        "unexpected error {error}"
+    );
+    assert_eq!(state(&store), at_cut);
+}
+
+/// Listing snapshots at run time leaves a snapshot being written alone; opening removes the
+/// temporaries a crash left behind.
+#[test]
+fn temporaries_survive_listing_and_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .write_blocking(Op::Set {
+            key: b"a".to_vec(),
+            value: Value::json("1"),
+        })
+        .unwrap();
+    store.write_snapshot(Codec::Lz4, 2).unwrap();
+    let temp = dir
+        .path()
+        .join("snapshots")
+        .join("snapshot-00000000000000000009.snap.tmp");
+    std::fs::write(&temp, b"being written").unwrap();
+    assert_eq!(store.snapshots().len(), 1);
+    assert_eq!(
+        list_snapshots(&dir.path().join("snapshots")).unwrap().len(),
+        1
+    );
+    assert!(temp.exists(), "a listing deleted a snapshot being written");
+    store.close().unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert!(!temp.exists(), "leftover temporary kept at open");
+    assert_eq!(store.snapshots().len(), 1);
+}
