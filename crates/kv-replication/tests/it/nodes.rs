@@ -21,6 +21,37 @@ struct Direct {
     fail_snapshot_chunk_at: u64,
 }
 
+impl Direct {
+    /// A faithful transport to `leader`: no corruption, never down, no broken downloads.
+    fn to(leader: &Arc<Node>) -> Direct {
+        Direct {
+            leader: leader.clone(),
+            fetches: AtomicU64::new(0),
+            corrupt_every: 0,
+            corrupted: AtomicU64::new(0),
+            down: Arc::default(),
+            snapshot_chunks: AtomicU64::new(0),
+            fail_snapshot_chunk_at: 0,
+        }
+    }
+}
+
+/// Runs `follower`'s fetch loop over `transport` until the returned sender is used (or
+/// dropped).
+fn spawn_follower(
+    follower: &Arc<Node>,
+    transport: Direct,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(follower.clone().run_follower(transport, async move {
+        let _ = stopped.await;
+    }));
+    (stop, handle)
+}
+
 impl Transport for Direct {
     async fn snapshot_meta(&self, _timeout: Duration) -> Result<Option<SnapshotMeta>, String> {
         Ok(self.leader.snapshot_meta())
@@ -113,18 +144,10 @@ async fn a_follower_refuses_corrupted_batches_and_recovers_them_from_the_leader(
         .unwrap(),
     );
     let transport = Direct {
-        leader: leader.clone(),
-        fetches: AtomicU64::new(0),
         corrupt_every: 3,
-        corrupted: AtomicU64::new(0),
-        down: Arc::default(),
-        snapshot_chunks: AtomicU64::new(0),
-        fail_snapshot_chunk_at: 0,
+        ..Direct::to(&leader)
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let loop_handle = tokio::spawn(follower.clone().run_follower(transport, async move {
-        let _ = stopped.await;
-    }));
+    let (stop, loop_handle) = spawn_follower(&follower, transport);
     // Writes with a quorum of 2 need the follower: each one proves it holds the entry.
     for index in 0..200u64 {
         let id = match leader
@@ -224,18 +247,10 @@ async fn quorum_writes_time_out_without_followers_and_commit_when_one_returns() 
     );
     let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let transport = Direct {
-        leader: leader.clone(),
-        fetches: AtomicU64::new(0),
-        corrupt_every: 0,
-        corrupted: AtomicU64::new(0),
         down: down.clone(),
-        snapshot_chunks: AtomicU64::new(0),
-        fail_snapshot_chunk_at: 0,
+        ..Direct::to(&leader)
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let loop_handle = tokio::spawn(follower.clone().run_follower(transport, async move {
-        let _ = stopped.await;
-    }));
+    let (stop, loop_handle) = spawn_follower(&follower, transport);
     assert!(
         leader.wait_applied(2, Duration::from_secs(10)).await,
         "entries never committed"
@@ -296,15 +311,7 @@ async fn a_follower_of_another_cluster_stops_and_keeps_its_data() {
         )
         .unwrap(),
     );
-    let direct = |node: &Arc<Node>| Direct {
-        leader: node.clone(),
-        fetches: AtomicU64::new(0),
-        corrupt_every: 0,
-        corrupted: AtomicU64::new(0),
-        down: Arc::default(),
-        snapshot_chunks: AtomicU64::new(0),
-        fail_snapshot_chunk_at: 0,
-    };
+    let direct = |node: &Arc<Node>| Direct::to(node);
     // Join the first cluster and copy its entry.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let first = tokio::spawn(follower.clone().run_follower(direct(&leader), async move {
@@ -379,18 +386,10 @@ async fn a_follower_behind_a_compacted_log_installs_the_snapshot_resuming_a_brok
         .unwrap(),
     );
     let transport = Direct {
-        leader: leader.clone(),
-        fetches: AtomicU64::new(0),
-        corrupt_every: 0,
-        corrupted: AtomicU64::new(0),
-        down: Arc::default(),
-        snapshot_chunks: AtomicU64::new(0),
         fail_snapshot_chunk_at: 5, // the download breaks after four chunks
+        ..Direct::to(&leader)
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let loop_handle = tokio::spawn(follower.clone().run_follower(transport, async move {
-        let _ = stopped.await;
-    }));
+    let (stop, loop_handle) = spawn_follower(&follower, transport);
     assert!(
         follower.wait_applied(2_100, Duration::from_secs(20)).await,
         "{:?}",
@@ -435,18 +434,10 @@ async fn compaction_keeps_what_a_live_follower_needs_within_the_retention_limit(
     );
     let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let transport = Direct {
-        leader: leader.clone(),
-        fetches: AtomicU64::new(0),
-        corrupt_every: 0,
-        corrupted: AtomicU64::new(0),
         down: down.clone(),
-        snapshot_chunks: AtomicU64::new(0),
-        fail_snapshot_chunk_at: 0,
+        ..Direct::to(&leader)
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let loop_handle = tokio::spawn(follower.clone().run_follower(transport, async move {
-        let _ = stopped.await;
-    }));
+    let (stop, loop_handle) = spawn_follower(&follower, transport);
     leader
         .write(set("a".to_owned(), 1), Acks::Leader)
         .await
