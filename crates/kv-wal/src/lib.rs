@@ -60,6 +60,8 @@
 //!   them.
 //! - A failed write or fsync poisons the log: appends fail with [`Error::Poisoned`], reads go on.
 
+mod compress;
+mod compressed;
 mod error;
 pub mod failpoint;
 pub mod frame;
@@ -75,6 +77,8 @@ mod ticket;
 mod wal;
 mod watermark;
 
+pub use compress::CompressReport;
+pub use compressed::{SegmentCodec, BLOCK_FRAMES_BYTES_TARGET, ZSTD_LEVEL};
 pub use error::{Error, Result};
 pub use frame::{FRAME_HEADER_BYTES, RECORD_BYTES_MAX};
 pub use options::{

@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::compressed::SegmentCodec;
 use crate::fs::{FileSystem, StdFs};
 
 /// Default segment size: 64 MiB.
@@ -141,6 +142,10 @@ pub struct WalOptions {
     /// transparently; replication ships frames as stored, so compressed frames stay compressed
     /// on the wire.
     pub compress_records_above: Option<usize>,
+    /// The codec [`crate::Wal::compress_sealed`] rewrites sealed segments with; `None` (the
+    /// default): sealed segments stay plain and `compress_sealed` does nothing. Compressed
+    /// segments are read whatever this says.
+    pub compress_sealed_segments: Option<SegmentCodec>,
     /// Where files live (default the real file system).
     pub file_system: Arc<dyn FileSystem>,
 }
@@ -153,6 +158,7 @@ impl Default for WalOptions {
             recovery_mode: RecoveryMode::default(),
             first_id: 1,
             compress_records_above: None,
+            compress_sealed_segments: None,
             file_system: Arc::new(StdFs),
         }
     }

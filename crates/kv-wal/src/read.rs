@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::compressed::{read_block, CompressedLayout};
 use crate::error::{Error, IoContext, Result};
 use crate::frame::{self, FRAME_HEADER_BYTES};
 use crate::fs::WalFile;
@@ -62,13 +63,22 @@ pub struct FrameBatch {
     pub bytes: Vec<u8>,
 }
 
-/// Reads frames from one segment, buffering chunks.
+/// Reads frames from one segment, buffering chunks (plain) or one block (compressed).
 struct SegmentReader {
     segment: Arc<Segment>,
     file: Arc<dyn WalFile>,
     offset: u64,
     buffer: Vec<u8>,
     buffer_start: u64,
+    compressed: Option<BlockCursor>,
+}
+
+/// Where a reader is in a compressed segment: the frames of the current block, decompressed.
+struct BlockCursor {
+    layout: Arc<CompressedLayout>,
+    next_block: usize,
+    frames: Vec<u8>,
+    position: usize,
 }
 
 impl SegmentReader {
@@ -78,6 +88,26 @@ impl SegmentReader {
     }
 
     fn new(segment: Arc<Segment>, file: Arc<dyn WalFile>, id: u64) -> Result<SegmentReader> {
+        if let Some(layout) = segment.compressed.clone() {
+            let next_block = layout.block_for(id);
+            let offset = layout
+                .blocks
+                .get(next_block)
+                .map_or(SEGMENT_HEADER_BYTES as u64, |block| block.offset);
+            return Ok(SegmentReader {
+                segment,
+                file,
+                offset,
+                buffer: Vec::new(),
+                buffer_start: 0,
+                compressed: Some(BlockCursor {
+                    layout,
+                    next_block,
+                    frames: Vec::new(),
+                    position: 0,
+                }),
+            });
+        }
         let offset = {
             let mut index = segment
                 .index
@@ -97,6 +127,7 @@ impl SegmentReader {
             offset,
             buffer: Vec::new(),
             buffer_start: 0,
+            compressed: None,
         })
     }
 
@@ -110,6 +141,9 @@ impl SegmentReader {
 
     /// The next frame: `(offset, id, frame bytes)`, or `None` at the segment's end.
     fn next_frame(&mut self) -> Result<Option<(u64, u64, &[u8])>> {
+        if self.compressed.is_some() {
+            return self.next_block_frame();
+        }
         let end = self.segment.end_offset();
         loop {
             if self.offset >= end {
@@ -163,6 +197,51 @@ impl SegmentReader {
                 Err(error) => return Err(self.corrupt(error.to_string())),
             }
         }
+    }
+
+    /// The next frame of a compressed segment; the offset returned is its block's.
+    fn next_block_frame(&mut self) -> Result<Option<(u64, u64, &[u8])>> {
+        let SegmentReader {
+            segment,
+            file,
+            offset,
+            compressed,
+            ..
+        } = self;
+        let cursor = compressed.as_mut().expect("a compressed segment");
+        if cursor.position >= cursor.frames.len() {
+            let Some(block) = cursor.layout.blocks.get(cursor.next_block).copied() else {
+                return Ok(None);
+            };
+            *offset = block.offset;
+            let stored = crate::fs::read_range(&**file, block.offset, block.stored_len())
+                .at(&segment.path)?;
+            let (frames, _) =
+                read_block(&stored, cursor.layout.codec, block.first_id).map_err(|reason| {
+                    Error::Corrupt {
+                        segment: segment.path.clone(),
+                        offset: block.offset,
+                        reason: format!(
+                            "compressed block of ids {}..={}: {reason}",
+                            block.first_id,
+                            block.last_id()
+                        ),
+                    }
+                })?;
+            cursor.frames = frames;
+            cursor.position = 0;
+            cursor.next_block += 1;
+        }
+        let start = cursor.position;
+        // The whole block was checked frame by frame when it was read.
+        let frame = frame::decode(&cursor.frames[start..]).map_err(|error| Error::Corrupt {
+            segment: segment.path.clone(),
+            offset: *offset,
+            reason: error.to_string(),
+        })?;
+        let (id, len) = (frame.id, frame.encoded_len());
+        cursor.position += len;
+        Ok(Some((*offset, id, &cursor.frames[start..start + len])))
     }
 
     /// Makes sure the buffer holds `needed` bytes from `self.offset`.
@@ -233,7 +312,18 @@ impl WalIter {
                     return Ok(None);
                 };
                 self.next_id = self.next_id.max(segment.first_id);
-                self.reader = Some(SegmentReader::open(&self.shared, segment, self.next_id)?);
+                match SegmentReader::open(&self.shared, segment.clone(), self.next_id) {
+                    Ok(reader) => self.reader = Some(reader),
+                    // The file was replaced (compressed) or removed (purged) after this segment
+                    // was located: locate again.
+                    Err(Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound
+                            && !self.shared.holds(&segment) =>
+                    {
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             let reader = self.reader.as_mut().expect("reader");
             match reader.next_frame() {

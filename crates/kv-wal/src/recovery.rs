@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::compress::write_plain_segment;
+use crate::compressed::{self, SegmentCodec, FOOTER_BYTES};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{read_exact_at, read_range, FileSystem, WalFile};
 use crate::options::RecoveryMode;
@@ -20,6 +22,8 @@ pub(crate) struct FoundSegment {
     pub sequence: u64,
     pub first_id: u64,
     pub path: PathBuf,
+    /// Named `.walz`: a compressed sealed segment.
+    pub compressed: bool,
 }
 
 /// The segments kept, in order, and what was learned.
@@ -109,8 +113,9 @@ pub(crate) fn recover(
 
         let file = fs.open(&entry.path).at(&entry.path)?;
         let file_len = file.size_bytes().at(&entry.path)?;
-        let header_problem = check_header(&*file, file_len, log_id, entry, previous_last_id);
-        if let Err(reason) = header_problem {
+        let header_checked = check_header(&*file, file_len, log_id, entry, previous_last_id);
+        if let Err(reason) = &header_checked {
+            let reason = reason.clone();
             let torn_creation = is_last && file_len <= SEGMENT_HEADER_BYTES as u64;
             match mode {
                 _ if torn_creation && mode != RecoveryMode::Strict => {
@@ -154,6 +159,35 @@ pub(crate) fn recover(
                     continue;
                 }
             }
+        }
+
+        if let Ok(
+            header @ SegmentHeader {
+                codec: Some(codec), ..
+            },
+        ) = header_checked
+        {
+            let (segment, stop) = recover_compressed(
+                fs,
+                CompressedEntry {
+                    file,
+                    file_len,
+                    header,
+                    codec,
+                    entry,
+                    later: &found[position + 1..],
+                    is_last,
+                },
+                mode,
+                report,
+                &mut max_id_seen,
+            )?;
+            kept.push(segment);
+            if stop {
+                next_sequence = entry.sequence + 1;
+                break;
+            }
+            continue;
         }
 
         // Sealed segments are trusted to their seal unless the mode scans everything.
@@ -336,7 +370,7 @@ fn check_header(
     log_id: u64,
     entry: &FoundSegment,
     previous_last_id: Option<u64>,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<SegmentHeader, String> {
     let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
     if file_len < SEGMENT_HEADER_BYTES as u64 {
         return Err(format!(
@@ -345,6 +379,13 @@ fn check_header(
     }
     read_exact_at(file, &mut bytes, 0).map_err(|error| format!("reading the header: {error}"))?;
     let header = SegmentHeader::decode(&bytes)?;
+    if header.codec.is_some() != entry.compressed {
+        return Err(if entry.compressed {
+            "a .walz file with a plain segment header".to_owned()
+        } else {
+            "a .wal file with a compressed segment header".to_owned()
+        });
+    }
     if header.log_id != log_id {
         return Err(format!(
             "segment belongs to another log (log id {:#018x}, this log is {log_id:#018x})",
@@ -368,7 +409,7 @@ fn check_header(
             ));
         }
     }
-    Ok(())
+    Ok(header)
 }
 
 /// The highest id in segments about to be dropped (so ids are never reused after them): the
@@ -384,7 +425,17 @@ fn highest_id_in(fs: &dyn FileSystem, segments: &[FoundSegment]) -> u64 {
         let Ok(bytes) = read_range(&*file, 0, len) else {
             continue;
         };
-        highest = highest.max(scan(&bytes, segment.first_id).all_last_id.unwrap_or(0));
+        let codec = SegmentHeader::decode(&bytes)
+            .ok()
+            .and_then(|header| header.codec);
+        let last = match codec {
+            Some(codec) => {
+                let scanned = compressed::scan(&bytes, segment.first_id, codec);
+                scanned.layout.last_id().max(scanned.footer_last_id)
+            }
+            None => scan(&bytes, segment.first_id).all_last_id,
+        };
+        highest = highest.max(last.unwrap_or(0));
     }
     highest
 }
@@ -418,16 +469,36 @@ pub(crate) fn list_segments(
             report.removed_files.push(path);
             continue;
         }
-        if let Some((sequence, first_id)) = segment::parse_segment_file_name(&name) {
+        if let Some((sequence, first_id, compressed)) = segment::parse_segment_file_name(&name) {
             found.push(FoundSegment {
                 sequence,
                 first_id,
                 path: dir.join(name),
+                compressed,
             });
         }
     }
-    found.sort_by_key(|segment| segment.sequence);
-    Ok(found)
+    // Plain before compressed for the same segment.
+    found.sort_by_key(|segment| (segment.sequence, segment.compressed));
+    // A crash while a segment was being compressed (or rewritten plain) can leave both files:
+    // the plain one is kept, always. Both hold the same records up to where the plain one ends,
+    // and a plain file only replaces a compressed one when a truncation or repair cut it.
+    let mut kept: Vec<FoundSegment> = Vec::with_capacity(found.len());
+    for segment in found {
+        let twin = kept.last().is_some_and(|plain| {
+            plain.sequence == segment.sequence
+                && plain.first_id == segment.first_id
+                && !plain.compressed
+                && segment.compressed
+        });
+        if twin {
+            fs.remove_file(&segment.path).at(&segment.path)?;
+            report.removed_files.push(segment.path);
+            continue;
+        }
+        kept.push(segment);
+    }
+    Ok(kept)
 }
 
 /// An index over one segment, built by scanning it (for sealed segments not scanned at open).
@@ -450,4 +521,185 @@ pub(crate) fn build_index(file: &dyn WalFile, segment: &Segment) -> Result<Spars
         ));
     }
     Ok(result.index)
+}
+
+/// A compressed segment found at open, its header checked.
+struct CompressedEntry<'a> {
+    file: Arc<dyn WalFile>,
+    file_len: u64,
+    header: SegmentHeader,
+    codec: SegmentCodec,
+    entry: &'a FoundSegment,
+    /// The segments after it.
+    later: &'a [FoundSegment],
+    is_last: bool,
+}
+
+/// Recovers one compressed segment under `mode`: returns the segment to keep and whether open
+/// stops after it (`PointInTime` dropped what follows).
+///
+/// A compressed segment is never a torn tail (it was fsynced before it got its name), so any
+/// damage in it is refused by `Strict` and `TolerateTornTail`. `PointInTime` rewrites the
+/// blocks before the damage as a plain, unsealed segment and removes the later segments;
+/// `SkipCorrupt` keeps the file and leaves the damaged blocks out of the readable layout.
+fn recover_compressed(
+    fs: &dyn FileSystem,
+    found: CompressedEntry<'_>,
+    mode: RecoveryMode,
+    report: &mut RecoveryReport,
+    max_id_seen: &mut u64,
+) -> Result<(Arc<Segment>, bool)> {
+    let CompressedEntry {
+        file,
+        file_len,
+        header,
+        codec,
+        entry,
+        later,
+        is_last,
+    } = found;
+    let path = &entry.path;
+    if !mode.scans_all_segments() {
+        if let Ok(layout) = read_layout(&*file, file_len, entry.first_id, codec) {
+            report.records += layout.record_count();
+            *max_id_seen = (*max_id_seen).max(layout.last_id().unwrap_or(0));
+            let segment = Segment::new_compressed(
+                entry.sequence,
+                entry.first_id,
+                path.clone(),
+                layout,
+                file_len,
+            );
+            return Ok((Arc::new(segment), false));
+        }
+    }
+    let bytes = read_range(&*file, 0, file_len).at(path)?;
+    drop(file);
+    let scanned = compressed::scan(&bytes, entry.first_id, codec);
+    report.segments_scanned += 1;
+    let all_last_id = scanned.layout.last_id().max(scanned.footer_last_id);
+    *max_id_seen = (*max_id_seen).max(all_last_id.unwrap_or(0));
+    let Some(damage) = scanned.damages.first().cloned() else {
+        report.records += scanned.layout.record_count();
+        let segment = Segment::new_compressed(
+            entry.sequence,
+            entry.first_id,
+            path.clone(),
+            scanned.layout,
+            file_len,
+        );
+        return Ok((Arc::new(segment), false));
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    match mode {
+        RecoveryMode::Strict | RecoveryMode::TolerateTornTail => Err(corrupt(
+            path,
+            damage.offset,
+            format!("{} (in a compressed segment)", damage.reason),
+        )),
+        RecoveryMode::PointInTime if scanned.only_index_damaged => {
+            // Every record reads; only the index is bad. Keep them all, as a plain segment.
+            let last_id = scanned.clean_last_id().expect("blocks read");
+            let rewrite =
+                write_plain_segment(fs, dir, header, &scanned.clean_frames, Some(last_id))?;
+            fs.remove_file(path).at(path)?;
+            report.removed_files.push(path.clone());
+            report.records += scanned.clean_records();
+            let image_len = rewrite.image.len() as u64;
+            let index = scan(&rewrite.image, entry.first_id).index;
+            let segment = Segment::new(
+                entry.sequence,
+                entry.first_id,
+                rewrite.path,
+                last_id,
+                image_len - SEAL_BYTES as u64,
+                image_len,
+                true,
+                Some((index, Vec::new())),
+            );
+            Ok((Arc::new(segment), false))
+        }
+        RecoveryMode::PointInTime => {
+            *max_id_seen = (*max_id_seen).max(highest_id_in(fs, later));
+            let removed = remove_all(fs, later.iter().map(|later| later.path.clone()))?;
+            let rewrite = write_plain_segment(fs, dir, header, &scanned.clean_frames, None)?;
+            fs.remove_file(path).at(path)?;
+            let last_id = scanned.clean_last_id().unwrap_or(entry.first_id - 1);
+            report.records += scanned.clean_records();
+            report.dropped = Some(Dropped {
+                segment: path.clone(),
+                offset: damage.offset,
+                reason: damage.reason.clone(),
+                records_dropped: all_last_id.unwrap_or(last_id).saturating_sub(last_id),
+                segments_removed: removed,
+            });
+            let image_len = rewrite.image.len() as u64;
+            let index = scan(&rewrite.image, entry.first_id).index;
+            let segment = Segment::new(
+                entry.sequence,
+                entry.first_id,
+                rewrite.path,
+                last_id,
+                image_len,
+                image_len,
+                false,
+                Some((index, Vec::new())),
+            );
+            Ok((Arc::new(segment), true))
+        }
+        RecoveryMode::SkipCorrupt => {
+            for damage in &scanned.damages {
+                let last_missing_id = match damage.resume {
+                    Some((_, id)) => id - 1,
+                    None => scanned
+                        .footer_last_id
+                        .or_else(|| {
+                            later
+                                .first()
+                                .filter(|_| !is_last)
+                                .map(|next| next.first_id.saturating_sub(1))
+                        })
+                        .unwrap_or(damage.first_missing_id - 1),
+                };
+                report.holes.push(Hole {
+                    segment: path.clone(),
+                    offset: damage.offset,
+                    first_missing_id: damage.first_missing_id,
+                    last_missing_id,
+                    reason: damage.reason.clone(),
+                });
+            }
+            report.records += scanned.layout.record_count();
+            let segment = Segment::new_compressed(
+                entry.sequence,
+                entry.first_id,
+                path.clone(),
+                scanned.layout,
+                file_len,
+            );
+            Ok((Arc::new(segment), false))
+        }
+    }
+}
+
+/// The layout of a compressed segment from its footer and index alone (no block is read).
+pub(crate) fn read_layout(
+    file: &dyn WalFile,
+    file_len: u64,
+    first_id: u64,
+    codec: SegmentCodec,
+) -> std::result::Result<compressed::CompressedLayout, String> {
+    if file_len < (SEGMENT_HEADER_BYTES + FOOTER_BYTES) as u64 {
+        return Err("file too short for a compressed segment".to_owned());
+    }
+    let mut footer = [0u8; FOOTER_BYTES];
+    read_exact_at(file, &mut footer, file_len - FOOTER_BYTES as u64)
+        .map_err(|error| format!("reading the footer: {error}"))?;
+    let index_offset = u64::from_le_bytes(footer[8..16].try_into().expect("8 bytes"));
+    if index_offset < SEGMENT_HEADER_BYTES as u64 || index_offset > file_len - FOOTER_BYTES as u64 {
+        return Err("the footer's index offset is outside the file".to_owned());
+    }
+    let tail = read_range(file, index_offset, file_len - index_offset)
+        .map_err(|error| format!("reading the index: {error}"))?;
+    compressed::decode_layout(&tail, index_offset, file_len, first_id, codec)
 }

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::compressed::{SegmentCodec, COMPRESSED_SUFFIX};
 use crate::frame::{self, crc32c, Frame, FrameError, FRAME_HEADER_BYTES, KIND_RECORD, KIND_SEAL};
 
 /// Bytes of the segment header.
@@ -15,8 +16,10 @@ pub const SEGMENT_HEADER_BYTES: usize = 48;
 pub const SEAL_BYTES: usize = FRAME_HEADER_BYTES + 8;
 /// Magic at the start of every segment.
 pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"KVWALSEG";
-/// Format version written into headers.
+/// Format version of plain segments (flags must be 0).
 pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Format version of compressed sealed segments (flags hold the codec id).
+pub(crate) const FORMAT_VERSION_COMPRESSED: u32 = 2;
 /// Spacing of the in-memory sparse index: one entry per this many bytes of frames.
 pub(crate) const INDEX_INTERVAL_BYTES: u64 = 16 * 1024;
 /// Suffix of segment file names.
@@ -31,14 +34,20 @@ pub(crate) struct SegmentHeader {
     pub log_id: u64,
     pub sequence: u64,
     pub first_id: u64,
+    /// `Some` for a compressed sealed segment (version 2, the codec id in `flags`).
+    pub codec: Option<SegmentCodec>,
 }
 
 impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
         bytes[0..8].copy_from_slice(SEGMENT_MAGIC);
-        bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        // 12..16 flags, zero in version 1.
+        let (version, flags) = match self.codec {
+            None => (FORMAT_VERSION, 0),
+            Some(codec) => (FORMAT_VERSION_COMPRESSED, codec.id()),
+        };
+        bytes[8..12].copy_from_slice(&version.to_le_bytes());
+        bytes[12..16].copy_from_slice(&flags.to_le_bytes());
         bytes[16..24].copy_from_slice(&self.log_id.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.sequence.to_le_bytes());
         bytes[32..40].copy_from_slice(&self.first_id.to_le_bytes());
@@ -70,18 +79,22 @@ impl SegmentHeader {
             ));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if version != FORMAT_VERSION {
-            return Err(format!("unsupported format version {version}"));
-        }
         let flags = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
-        if flags != 0 {
-            return Err(format!("unsupported header flags {flags:#x}"));
-        }
+        let codec = match (version, flags) {
+            (FORMAT_VERSION, 0) => None,
+            (FORMAT_VERSION_COMPRESSED, codec) => Some(
+                SegmentCodec::from_id(codec)
+                    .ok_or_else(|| format!("unknown segment codec id {codec}"))?,
+            ),
+            (FORMAT_VERSION, flags) => return Err(format!("unsupported header flags {flags:#x}")),
+            (version, _) => return Err(format!("unsupported format version {version}")),
+        };
         let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         Ok(SegmentHeader {
             log_id: word(16),
             sequence: word(24),
             first_id: word(32),
+            codec,
         })
     }
 }
@@ -91,14 +104,22 @@ pub(crate) fn segment_file_name(sequence: u64, first_id: u64) -> String {
     format!("{sequence:020}-{first_id:020}{SEGMENT_SUFFIX}")
 }
 
-/// Parses a segment file name into (sequence, first id).
-pub(crate) fn parse_segment_file_name(name: &str) -> Option<(u64, u64)> {
-    let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
+/// `{sequence:020}-{first_id:020}.walz`: the compressed form of a sealed segment.
+pub(crate) fn compressed_segment_file_name(sequence: u64, first_id: u64) -> String {
+    format!("{sequence:020}-{first_id:020}{COMPRESSED_SUFFIX}")
+}
+
+/// Parses a segment file name into (sequence, first id, compressed).
+pub(crate) fn parse_segment_file_name(name: &str) -> Option<(u64, u64, bool)> {
+    let (stem, compressed) = match name.strip_suffix(SEGMENT_SUFFIX) {
+        Some(stem) => (stem, false),
+        None => (name.strip_suffix(COMPRESSED_SUFFIX)?, true),
+    };
     let (sequence, first_id) = stem.split_once('-')?;
     if sequence.len() != 20 || first_id.len() != 20 {
         return None;
     }
-    Some((sequence.parse().ok()?, first_id.parse().ok()?))
+    Some((sequence.parse().ok()?, first_id.parse().ok()?, compressed))
 }
 
 /// Encodes the seal footer of a segment whose last record is `last_id`.
@@ -350,6 +371,7 @@ mod tests {
             log_id: 9,
             sequence: 1,
             first_id,
+            codec: None,
         };
         let mut bytes = header.encode().to_vec();
         for (index, payload) in payloads.iter().enumerate() {
@@ -368,7 +390,9 @@ mod tests {
     #[test]
     fn names_sort_and_parse() {
         let name = segment_file_name(3, 1_000);
-        assert_eq!(parse_segment_file_name(&name), Some((3, 1_000)));
+        assert_eq!(parse_segment_file_name(&name), Some((3, 1_000, false)));
+        let name = compressed_segment_file_name(3, 1_000);
+        assert_eq!(parse_segment_file_name(&name), Some((3, 1_000, true)));
         assert!(segment_file_name(9, 5) < segment_file_name(10, 1));
         assert_eq!(parse_segment_file_name("wal.meta"), None);
         assert_eq!(parse_segment_file_name("1-2.wal"), None);
@@ -380,14 +404,29 @@ mod tests {
             log_id: 1,
             sequence: 2,
             first_id: 3,
+            codec: None,
         };
-        let bytes = header.encode();
-        assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
-        for bit in 0..SEGMENT_HEADER_BYTES * 8 {
-            let mut damaged = bytes;
-            damaged[bit / 8] ^= 1 << (bit % 8);
-            assert!(SegmentHeader::decode(&damaged).is_err(), "bit {bit}");
+        for codec in [None, Some(SegmentCodec::Lz4), Some(SegmentCodec::Zstd)] {
+            let header = SegmentHeader { codec, ..header };
+            let bytes = header.encode();
+            assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
+            for bit in 0..SEGMENT_HEADER_BYTES * 8 {
+                let mut damaged = bytes;
+                damaged[bit / 8] ^= 1 << (bit % 8);
+                assert!(SegmentHeader::decode(&damaged).is_err(), "bit {bit}");
+            }
         }
+        // A version 1 reader's rule still holds: a plain header has no flags.
+        let compressed = SegmentHeader {
+            codec: Some(SegmentCodec::Lz4),
+            ..header
+        }
+        .encode();
+        assert_eq!(u32::from_le_bytes(compressed[8..12].try_into().unwrap()), 2);
+        assert_eq!(
+            u32::from_le_bytes(compressed[12..16].try_into().unwrap()),
+            1
+        );
         assert!(SegmentHeader::decode(&[0u8; 48])
             .unwrap_err()
             .contains("zero"));

@@ -16,6 +16,9 @@ pub(crate) struct Stats {
     fsync_nanos: AtomicU64,
     fsync_batch_counts: [AtomicU64; FSYNC_BATCH_BOUNDS.len() + 1],
     fsync_batch_records: AtomicU64,
+    segments_compressed: AtomicU64,
+    compressed_bytes_before: AtomicU64,
+    compressed_bytes_after: AtomicU64,
 }
 
 impl Stats {
@@ -44,6 +47,14 @@ impl Stats {
                 .fetch_add(records, Ordering::Relaxed);
         }
     }
+    /// A segment of `before` bytes was rewritten compressed in `after` bytes.
+    pub fn on_compress(&self, before: u64, after: u64) {
+        self.segments_compressed.fetch_add(1, Ordering::Relaxed);
+        self.compressed_bytes_before
+            .fetch_add(before, Ordering::Relaxed);
+        self.compressed_bytes_after
+            .fetch_add(after, Ordering::Relaxed);
+    }
     pub fn snapshot(&self) -> WalStats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         WalStats {
@@ -55,6 +66,9 @@ impl Stats {
             fsync_seconds_total: load(&self.fsync_nanos) as f64 / 1e9,
             fsync_batch_counts: self.fsync_batch_counts.iter().map(load).collect(),
             fsync_batch_records_total: load(&self.fsync_batch_records),
+            segments_compressed: load(&self.segments_compressed),
+            compressed_bytes_before: load(&self.compressed_bytes_before),
+            compressed_bytes_after: load(&self.compressed_bytes_after),
         }
     }
 }
@@ -79,4 +93,10 @@ pub struct WalStats {
     pub fsync_batch_counts: Vec<u64>,
     /// Records made durable by counted fsyncs.
     pub fsync_batch_records_total: u64,
+    /// Sealed segments rewritten compressed by this process ([`crate::Wal::compress_sealed`]).
+    pub segments_compressed: u64,
+    /// Their plain bytes.
+    pub compressed_bytes_before: u64,
+    /// Their compressed bytes.
+    pub compressed_bytes_after: u64,
 }

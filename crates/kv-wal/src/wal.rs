@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use crate::compress::write_plain_segment;
+use crate::compressed::{CompressedLayout, SegmentCodec};
 use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
 use crate::frame::{self, FRAME_HEADER_BYTES, KIND_RECORD, RECORD_BYTES_MAX};
@@ -57,6 +59,9 @@ pub(crate) struct Segment {
     pub index: Mutex<Option<SparseIndex>>,
     /// Damaged regions readers jump over (SkipCorrupt).
     pub skips: Mutex<Vec<SkipRange>>,
+    /// The blocks of a compressed sealed segment (`None`: a plain segment). Never changes: a
+    /// segment that is compressed, or rewritten plain, gets a new `Segment`.
+    pub compressed: Option<Arc<CompressedLayout>>,
 }
 
 impl Segment {
@@ -85,6 +90,30 @@ impl Segment {
             sealed: AtomicBool::new(sealed),
             index: Mutex::new(index),
             skips: Mutex::new(skips),
+            compressed: None,
+        }
+    }
+
+    /// A compressed sealed segment.
+    pub(crate) fn new_compressed(
+        sequence: u64,
+        first_id: u64,
+        path: PathBuf,
+        layout: CompressedLayout,
+        file_bytes: u64,
+    ) -> Segment {
+        let last_id = layout.last_id().unwrap_or(first_id - 1);
+        Segment {
+            sequence,
+            first_id,
+            path,
+            last_id: AtomicU64::new(last_id),
+            end_offset: AtomicU64::new(file_bytes),
+            file_bytes: AtomicU64::new(file_bytes),
+            sealed: AtomicBool::new(true),
+            index: Mutex::new(None),
+            skips: Mutex::new(Vec::new()),
+            compressed: Some(Arc::new(layout)),
         }
     }
     pub(crate) fn last_id(&self) -> u64 {
@@ -95,6 +124,12 @@ impl Segment {
     }
     pub(crate) fn is_empty(&self) -> bool {
         self.last_id() < self.first_id
+    }
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+    pub(crate) fn file_bytes(&self) -> u64 {
+        self.file_bytes.load(Ordering::Acquire)
     }
 }
 
@@ -113,6 +148,10 @@ pub struct SegmentInfo {
     pub last_id: Option<u64>,
     /// Whether appends go here.
     pub is_active: bool,
+    /// The codec of a compressed sealed segment; `None` for a plain one.
+    pub codec: Option<SegmentCodec>,
+    /// What the segment holds uncompressed: the size it has (or had) as a plain file.
+    pub original_bytes: u64,
 }
 
 /// The writer's state, behind one mutex.
@@ -158,6 +197,7 @@ pub(crate) struct Shared {
     pub log_id: u64,
     pub segment_bytes_max: u64,
     pub compress_records_above: Option<usize>,
+    pub compress_sealed_segments: Option<SegmentCodec>,
     pub sync_policy: SyncPolicy,
     pub recovery_mode: RecoveryMode,
     writer: Mutex<Writer>,
@@ -169,6 +209,12 @@ pub(crate) struct Shared {
     pub durable: Arc<Watermark>,
     /// Bumped by every truncation, so iterators notice.
     pub truncations: AtomicU64,
+    /// Held while segment files are replaced or removed (truncation, purging, the last step of
+    /// compressing a segment), so a compressed file never lands after its segment was dropped.
+    /// Taken before the writer lock when both are needed.
+    pub maintenance: Mutex<()>,
+    /// One compression pass at a time.
+    pub compressing: Mutex<()>,
     pub stats: Stats,
     _lock: Box<dyn DirLock>,
 }
@@ -181,7 +227,7 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -196,7 +242,13 @@ impl Shared {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-    fn segments_write(&self) -> RwLockWriteGuard<'_, Vec<Arc<Segment>>> {
+    /// Whether `segment` is still one of the log's segments (not replaced or removed).
+    pub(crate) fn holds(&self, segment: &Arc<Segment>) -> bool {
+        self.segments_read()
+            .iter()
+            .any(|held| Arc::ptr_eq(held, segment))
+    }
+    pub(crate) fn segments_write(&self) -> RwLockWriteGuard<'_, Vec<Arc<Segment>>> {
         self.segments
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -313,6 +365,7 @@ impl Shared {
             log_id: self.log_id,
             sequence,
             first_id,
+            codec: None,
         };
         let created = create_segment_file(&*self.fs, &self.dir, &path, &header);
         let file = self.guarded(writer, created)?;
@@ -660,6 +713,7 @@ impl Wal {
                 log_id,
                 sequence,
                 first_id: next_id,
+                codec: None,
             };
             let path = segment_path(&dir, sequence, next_id);
             let file = create_segment_file(&*fs, &dir, &path, &header)?;
@@ -698,6 +752,7 @@ impl Wal {
             log_id,
             segment_bytes_max: options.segment_bytes_max,
             compress_records_above: options.compress_records_above,
+            compress_sealed_segments: options.compress_sealed_segments,
             sync_policy: options.sync_policy,
             recovery_mode: options.recovery_mode,
             writer: Mutex::new(writer),
@@ -706,6 +761,8 @@ impl Wal {
             last: Arc::new(Watermark::new(last_id)),
             durable: Arc::new(Watermark::new(last_id)),
             truncations: AtomicU64::new(0),
+            maintenance: Mutex::new(()),
+            compressing: Mutex::new(()),
             stats: Stats::default(),
             _lock: dir_lock,
         });
@@ -902,6 +959,7 @@ impl Wal {
 
     fn truncate_after_inner(&self, after_id: u64) -> Result<()> {
         let shared = &self.shared;
+        let _maintenance = lock(&shared.maintenance);
         let mut writer = shared.writer();
         shared.flush_pending(&mut writer)?;
         let result = self.cut_segments(&mut writer, after_id);
@@ -933,6 +991,41 @@ impl Wal {
             drop(segments);
             let segment = shared.create_segment(writer, sequence, after_id + 1)?;
             shared.segments_write().push(segment);
+        } else if target.compressed.is_some() {
+            // A compressed segment is rewritten plain, cut after `after_id` and unsealed: it
+            // becomes the active segment. A crash before the compressed file is removed leaves
+            // both; open keeps the plain one, and the marker finishes the truncation.
+            let file = shared.fs.open(&target.path).at(&target.path)?;
+            let frames = crate::compress::frames_through(&*file, &target, after_id)?;
+            drop(file);
+            let header = SegmentHeader {
+                log_id: shared.log_id,
+                sequence: target.sequence,
+                first_id: target.first_id,
+                codec: None,
+            };
+            let rewrite = write_plain_segment(&*shared.fs, &shared.dir, header, &frames, None)?;
+            shared.fs.remove_file(&target.path).at(&target.path)?;
+            shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
+            let image_len = rewrite.image.len() as u64;
+            let scanned = crate::segment::scan(&rewrite.image, target.first_id);
+            let last_id = scanned.clean_last_id.unwrap_or(target.first_id - 1);
+            let segment = Arc::new(Segment::new(
+                target.sequence,
+                target.first_id,
+                rewrite.path,
+                last_id,
+                image_len,
+                image_len,
+                false,
+                Some((scanned.index, Vec::new())),
+            ));
+            *segments.last_mut().expect("the target") = segment.clone();
+            writer.active = segment;
+            writer.active_file = rewrite.file;
+            writer.write_offset = image_len;
+            writer.next_sequence = target.sequence + 1;
+            writer.next_id = last_id + 1;
         } else {
             let file = shared.fs.open(&target.path).at(&target.path)?;
             let cut = if after_id >= target.last_id() {
@@ -971,6 +1064,7 @@ impl Wal {
     pub fn purge_before(&self, before_id: u64) -> Result<Vec<PathBuf>> {
         let shared = &self.shared;
         let mut removed = Vec::new();
+        let _maintenance = lock(&shared.maintenance);
         {
             let mut segments = shared.segments_write();
             while segments.len() > 1 && segments[0].last_id() < before_id {
@@ -992,13 +1086,21 @@ impl Wal {
         segments
             .iter()
             .enumerate()
-            .map(|(position, segment)| SegmentInfo {
-                path: segment.path.clone(),
-                sequence: segment.sequence,
-                size_bytes: segment.file_bytes.load(Ordering::Acquire),
-                first_id: segment.first_id,
-                last_id: (!segment.is_empty()).then(|| segment.last_id()),
-                is_active: position == last_index,
+            .map(|(position, segment)| {
+                let size_bytes = segment.file_bytes();
+                SegmentInfo {
+                    path: segment.path.clone(),
+                    sequence: segment.sequence,
+                    size_bytes,
+                    first_id: segment.first_id,
+                    last_id: (!segment.is_empty()).then(|| segment.last_id()),
+                    is_active: position == last_index,
+                    codec: segment.compressed.as_ref().map(|layout| layout.codec),
+                    original_bytes: segment
+                        .compressed
+                        .as_ref()
+                        .map_or(size_bytes, |layout| layout.original_bytes()),
+                }
             })
             .collect()
     }

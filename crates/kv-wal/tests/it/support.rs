@@ -18,6 +18,7 @@ pub fn sim_options(fs: &SimFs, segment_bytes_max: u64) -> WalOptions {
         recovery_mode: RecoveryMode::TolerateTornTail,
         first_id: 1,
         compress_records_above: None,
+        compress_sealed_segments: None,
         file_system: Arc::new(fs.clone()),
     }
 }

@@ -1,0 +1,292 @@
+//! Rewriting sealed segments compressed ([`Wal::compress_sealed`]), and back to plain when a
+//! truncation or a point-in-time repair must cut into one.
+//!
+//! Compressing a segment never holds the writer lock: the segment is read, checked and
+//! compressed into `{name}.walz.tmp` while appends go on; only the swap (rename, replace the
+//! in-memory entry) runs under the maintenance lock that truncation and purging also take.
+//! Readers that already opened the plain file keep reading it (the open handle outlives the
+//! removal); readers that find it gone locate the segment again and get the compressed one.
+//!
+//! Crash safety, at every step (`docs/wal-format.md` has the table):
+//!
+//! ```text
+//! 1. create {seq}-{first}.walz.tmp, write, fdatasync     crash: open removes the .tmp
+//! 2. rename to {seq}-{first}.walz                         crash: both files; open keeps .wal
+//! 3. fsync(dir)
+//! 4. remove {seq}-{first}.wal                             crash: only the .walz survives
+//! 5. fsync(dir)
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::compressed::{self, SegmentCodec};
+use crate::error::{IoContext, Result};
+use crate::fs::{read_range, FileSystem, WalFile};
+use crate::segment::{
+    compressed_segment_file_name, encode_seal, scan, segment_file_name, SegmentHeader, SEAL_BYTES,
+    SEGMENT_HEADER_BYTES,
+};
+use crate::wal::{lock, Segment, Wal};
+
+/// What one [`Wal::compress_sealed`] pass did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompressReport {
+    /// Segments rewritten compressed.
+    pub segments_compressed: usize,
+    /// Their bytes on disk before (plain files).
+    pub bytes_before: u64,
+    /// Their bytes on disk after (compressed files).
+    pub bytes_after: u64,
+    /// Sealed segments left plain, and why: damage found while checking them, or a
+    /// truncation or purge that took them away meanwhile.
+    pub skipped: Vec<(PathBuf, String)>,
+    /// Time the pass took.
+    pub seconds: f64,
+}
+
+impl CompressReport {
+    /// `bytes_before / bytes_after` (1.0 when nothing was compressed).
+    pub fn ratio(&self) -> f64 {
+        if self.bytes_after == 0 {
+            return 1.0;
+        }
+        self.bytes_before as f64 / self.bytes_after as f64
+    }
+}
+
+impl Wal {
+    /// Rewrites every sealed, still plain segment (never the active one) compressed with
+    /// [`crate::WalOptions::compress_sealed_segments`]; does nothing when that is `None`.
+    ///
+    /// Meant to be called from a background thread: appends are not blocked (the writer lock
+    /// is never taken), reads go on throughout, and a crash at any step leaves a log that opens
+    /// with every record. A segment with damage is left as it is and listed in
+    /// [`CompressReport::skipped`]. I/O errors are returned without poisoning the log (no log
+    /// data is written).
+    pub fn compress_sealed(&self) -> Result<CompressReport> {
+        let started = Instant::now();
+        let mut report = CompressReport::default();
+        let Some(codec) = self.shared.compress_sealed_segments else {
+            return Ok(report);
+        };
+        let _one_pass_at_a_time = lock(&self.shared.compressing);
+        let candidates: Vec<Arc<Segment>> = {
+            let segments = self.shared.segments_read();
+            let sealed = segments.len().saturating_sub(1);
+            segments[..sealed]
+                .iter()
+                .filter(|segment| {
+                    segment.compressed.is_none() && segment.is_sealed() && !segment.is_empty()
+                })
+                .cloned()
+                .collect()
+        };
+        for segment in candidates {
+            self.compress_one(&segment, codec, &mut report)?;
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    fn compress_one(
+        &self,
+        segment: &Arc<Segment>,
+        codec: SegmentCodec,
+        report: &mut CompressReport,
+    ) -> Result<()> {
+        let shared = &self.shared;
+        let truncations = shared
+            .truncations
+            .load(std::sync::atomic::Ordering::Acquire);
+        let file = match shared.fs.open(&segment.path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                report
+                    .skipped
+                    .push((segment.path.clone(), "removed meanwhile".to_owned()));
+                return Ok(());
+            }
+            Err(error) => return Err(error).at(&segment.path),
+        };
+        let file_bytes = segment.file_bytes();
+        let bytes = read_range(&*file, 0, file_bytes).at(&segment.path)?;
+        drop(file);
+        if let Err(reason) = check_plain_sealed(&bytes, segment) {
+            report.skipped.push((segment.path.clone(), reason));
+            return Ok(());
+        }
+        let header = SegmentHeader {
+            log_id: shared.log_id,
+            sequence: segment.sequence,
+            first_id: segment.first_id,
+            codec: Some(codec),
+        };
+        let frames = &bytes[SEGMENT_HEADER_BYTES..bytes.len() - SEAL_BYTES];
+        let (image, layout) = compressed::build(&header.encode(), codec, frames, segment.first_id);
+        let name = compressed_segment_file_name(segment.sequence, segment.first_id);
+        let path = shared.dir.join(&name);
+        let temp_path = shared.dir.join(format!("{name}.tmp"));
+        write_and_sync(&*shared.fs, &temp_path, &image)?;
+
+        // The swap: nothing may remove or cut the segment meanwhile.
+        let _maintenance = lock(&shared.maintenance);
+        let unchanged = shared
+            .truncations
+            .load(std::sync::atomic::Ordering::Acquire)
+            == truncations
+            && segment.is_sealed()
+            && {
+                let segments = shared.segments_read();
+                let position = segments.iter().position(|held| Arc::ptr_eq(held, segment));
+                position.is_some_and(|position| position + 1 < segments.len())
+            };
+        if !unchanged {
+            shared.fs.remove_file(&temp_path).at(&temp_path)?;
+            report.skipped.push((
+                segment.path.clone(),
+                "truncated or removed meanwhile".to_owned(),
+            ));
+            return Ok(());
+        }
+        shared.fs.rename(&temp_path, &path).at(&path)?;
+        let replacement = Arc::new(Segment::new_compressed(
+            segment.sequence,
+            segment.first_id,
+            path,
+            layout,
+            image.len() as u64,
+        ));
+        {
+            let mut segments = shared.segments_write();
+            if let Some(slot) = segments.iter_mut().find(|held| Arc::ptr_eq(held, segment)) {
+                *slot = replacement;
+            }
+        }
+        shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
+        shared.fs.remove_file(&segment.path).at(&segment.path)?;
+        shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
+        shared
+            .stats
+            .on_compress(bytes.len() as u64, image.len() as u64);
+        report.segments_compressed += 1;
+        report.bytes_before += bytes.len() as u64;
+        report.bytes_after += image.len() as u64;
+        Ok(())
+    }
+}
+
+/// Checks a plain sealed segment whole before it is compressed: header, every frame, the seal,
+/// and that it ends where the log thinks it does.
+fn check_plain_sealed(bytes: &[u8], segment: &Segment) -> std::result::Result<(), String> {
+    let header = SegmentHeader::decode(bytes)?;
+    if header.codec.is_some() || header.first_id != segment.first_id {
+        return Err("the header does not match the segment".to_owned());
+    }
+    if !lock(&segment.skips).is_empty() {
+        return Err("the segment has damage skipped at open".to_owned());
+    }
+    let result = scan(bytes, segment.first_id);
+    if let Some(damage) = result.damages.first() {
+        return Err(format!(
+            "damage at offset {}: {}",
+            damage.offset, damage.reason
+        ));
+    }
+    if !result.sealed || result.clean_last_id != Some(segment.last_id()) {
+        return Err("the segment does not end with the seal the log expects".to_owned());
+    }
+    Ok(())
+}
+
+/// Creates `path` (replacing a leftover), writes `bytes` and fdatasyncs it.
+fn write_and_sync(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<Arc<dyn WalFile>> {
+    match fs.remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).at(path),
+    }
+    let file = fs.create_new(path).at(path)?;
+    file.write_all_at(bytes, 0).at(path)?;
+    file.sync_data().at(path)?;
+    Ok(file)
+}
+
+/// A plain segment rewritten from a compressed one's frames (truncation, point-in-time
+/// repair).
+pub(crate) struct PlainRewrite {
+    pub path: PathBuf,
+    pub file: Arc<dyn WalFile>,
+    /// The whole file as written.
+    pub image: Vec<u8>,
+}
+
+/// Writes a plain segment `{sequence}-{first_id}.wal` holding `frames` (sealed with
+/// `last_id` when `seal` is set), atomically: a `.tmp`, fdatasync, rename, fsync(dir). The
+/// caller then removes the compressed file and fsyncs the directory; a crash in between leaves
+/// both files, and open keeps the plain one.
+pub(crate) fn write_plain_segment(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    header: SegmentHeader,
+    frames: &[u8],
+    seal: Option<u64>,
+) -> Result<PlainRewrite> {
+    let header = SegmentHeader {
+        codec: None,
+        ..header
+    };
+    let mut image = Vec::with_capacity(SEGMENT_HEADER_BYTES + frames.len() + SEAL_BYTES);
+    image.extend_from_slice(&header.encode());
+    image.extend_from_slice(frames);
+    if let Some(last_id) = seal {
+        encode_seal(&mut image, last_id, last_id - header.first_id + 1);
+    }
+    let name = segment_file_name(header.sequence, header.first_id);
+    let path = dir.join(&name);
+    let temp_path = dir.join(format!("{name}.tmp"));
+    let file = write_and_sync(fs, &temp_path, &image)?;
+    fs.rename(&temp_path, &path).at(&path)?;
+    fs.sync_dir(dir).at(dir)?;
+    Ok(PlainRewrite { path, file, image })
+}
+
+/// The frames of a compressed segment with ids up to `through_id`, read and checked block by
+/// block.
+pub(crate) fn frames_through(
+    file: &dyn WalFile,
+    segment: &Segment,
+    through_id: u64,
+) -> Result<Vec<u8>> {
+    let layout = segment.compressed.as_ref().expect("a compressed segment");
+    let mut out = Vec::new();
+    for (position, block) in layout.blocks.iter().enumerate() {
+        // A plain segment has no gaps: stop before a block skipped at open, if any.
+        let contiguous = position == 0 && block.first_id == segment.first_id
+            || position > 0 && layout.blocks[position - 1].last_id() + 1 == block.first_id;
+        if block.first_id > through_id || !contiguous {
+            break;
+        }
+        let stored = read_range(file, block.offset, block.stored_len()).at(&segment.path)?;
+        let (frames, _) =
+            compressed::read_block(&stored, layout.codec, block.first_id).map_err(|reason| {
+                crate::Error::Corrupt {
+                    segment: segment.path.clone(),
+                    offset: block.offset,
+                    reason,
+                }
+            })?;
+        let mut position = 0;
+        while position < frames.len() {
+            let frame = crate::frame::decode(&frames[position..]).expect("checked block");
+            if frame.id > through_id {
+                break;
+            }
+            position += frame.encoded_len();
+        }
+        out.extend_from_slice(&frames[..position]);
+    }
+    Ok(out)
+}
