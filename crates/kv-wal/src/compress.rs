@@ -19,6 +19,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,6 +32,10 @@ use crate::segment::{
 };
 use crate::wal::{lock, Segment, Wal};
 
+/// Why a segment is left plain when compressing it would not make it smaller (it is not
+/// tried again while the log stays open).
+pub const INCOMPRESSIBLE: &str = "compressed, it would not be smaller";
+
 /// What one [`Wal::compress_sealed`] pass did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CompressReport {
@@ -40,8 +45,8 @@ pub struct CompressReport {
     pub bytes_before: u64,
     /// Their bytes on disk after (compressed files).
     pub bytes_after: u64,
-    /// Sealed segments left plain, and why: damage found while checking them, or a
-    /// truncation or purge that took them away meanwhile.
+    /// Sealed segments left plain, and why: damage found while checking them, a truncation or
+    /// purge that took them away meanwhile, or [`INCOMPRESSIBLE`].
     pub skipped: Vec<(PathBuf, String)>,
     /// Time the pass took.
     pub seconds: f64,
@@ -79,7 +84,10 @@ impl Wal {
             segments[..sealed]
                 .iter()
                 .filter(|segment| {
-                    segment.compressed.is_none() && segment.is_sealed() && !segment.is_empty()
+                    segment.compressed.is_none()
+                        && segment.is_sealed()
+                        && !segment.is_empty()
+                        && !segment.incompressible.load(Ordering::Relaxed)
                 })
                 .cloned()
                 .collect()
@@ -126,6 +134,13 @@ impl Wal {
         };
         let frames = &bytes[SEGMENT_HEADER_BYTES..bytes.len() - SEAL_BYTES];
         let (image, layout) = compressed::build(&header.encode(), codec, frames, segment.first_id);
+        if image.len() >= bytes.len() {
+            segment.incompressible.store(true, Ordering::Relaxed);
+            report
+                .skipped
+                .push((segment.path.clone(), INCOMPRESSIBLE.to_owned()));
+            return Ok(());
+        }
         let name = compressed_segment_file_name(segment.sequence, segment.first_id);
         let path = shared.dir.join(&name);
         let temp_path = shared.dir.join(format!("{name}.tmp"));

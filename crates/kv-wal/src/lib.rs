@@ -77,7 +77,7 @@ mod ticket;
 mod wal;
 mod watermark;
 
-pub use compress::CompressReport;
+pub use compress::{CompressReport, INCOMPRESSIBLE};
 pub use compressed::{SegmentCodec, BLOCK_FRAMES_BYTES_TARGET, ZSTD_LEVEL};
 pub use error::{Error, Result};
 pub use frame::{FRAME_HEADER_BYTES, RECORD_BYTES_MAX};

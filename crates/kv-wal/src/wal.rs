@@ -62,6 +62,8 @@ pub(crate) struct Segment {
     /// The blocks of a compressed sealed segment (`None`: a plain segment). Never changes: a
     /// segment that is compressed, or rewritten plain, gets a new `Segment`.
     pub compressed: Option<Arc<CompressedLayout>>,
+    /// Compressing it did not make it smaller: later passes leave it plain.
+    pub incompressible: AtomicBool,
 }
 
 impl Segment {
@@ -91,6 +93,7 @@ impl Segment {
             index: Mutex::new(index),
             skips: Mutex::new(skips),
             compressed: None,
+            incompressible: AtomicBool::new(false),
         }
     }
 
@@ -114,6 +117,7 @@ impl Segment {
             index: Mutex::new(None),
             skips: Mutex::new(Vec::new()),
             compressed: Some(Arc::new(layout)),
+            incompressible: AtomicBool::new(false),
         }
     }
     pub(crate) fn last_id(&self) -> u64 {

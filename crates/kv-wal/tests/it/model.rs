@@ -1,13 +1,16 @@
 //! The log against a model: random appends (under every sync policy), rolls, truncations,
-//! purges, clean reopens and simulated power losses (unsynced bytes dropped or torn at sector
-//! granularity) on the in-memory file system. After every step the log must equal the model;
-//! after a crash it must equal a prefix of the model that holds every durable record.
+//! purges, compression of sealed segments, clean reopens and simulated power losses (unsynced
+//! bytes dropped or torn at sector granularity) on the in-memory file system, including power
+//! losses at a random step of a compression pass. After every step the log must equal the
+//! model; after a crash it must equal a prefix of the model that holds every durable record.
+
+use std::sync::Arc;
 
 use kv_wal::sim::{CrashMode, SimFs};
-use kv_wal::{RecoveryMode, SyncPolicy, Wal};
+use kv_wal::{RecoveryMode, SegmentCodec, SyncPolicy, Wal, WalOptions};
 use proptest::prelude::*;
 
-use crate::support::{collect, open_sim};
+use crate::support::{collect, sim_dir, StepFs};
 
 const SEGMENT_BYTES: u64 = 700;
 
@@ -32,6 +35,13 @@ enum Op {
     Read {
         pick: u64,
     },
+    Compress,
+    /// A power loss at the `step`th file-system call of a compression pass.
+    CompressCrash {
+        step: u64,
+        seed: u64,
+        tear: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -42,6 +52,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         2 => (any::<u64>(), any::<bool>()).prop_map(|(seed, tear)| Op::Crash { seed, tear }),
         2 => any::<u64>().prop_map(|pick| Op::Read { pick }),
+        2 => Just(Op::Compress),
+        1 => (1u64..16, any::<u64>(), any::<bool>()).prop_map(|(step, seed, tear)| Op::CompressCrash { step, seed, tear }),
     ]
 }
 
@@ -61,12 +73,19 @@ fn bytes_for(id: u64, generation: u64, len: usize) -> Vec<u8> {
 
 struct Run {
     fs: SimFs,
+    /// The file system the log runs on: `fs`, able to die at a chosen step.
+    step_fs: StepFs,
     wal: Option<Wal>,
     model: Vec<(u64, Vec<u8>)>,
     /// Every id at or below this was acknowledged durable.
     durable_through: u64,
     generation: u64,
     torn_tails_cut: u64,
+    /// Segments compressed, and compression passes a power loss interrupted.
+    segments_compressed: usize,
+    compress_passes_killed: u64,
+    /// Segments a compression pass left plain because they would not shrink.
+    incompressible: std::collections::HashSet<std::path::PathBuf>,
 }
 
 impl Run {
@@ -75,10 +94,67 @@ impl Run {
     }
 
     fn reopen(&mut self) -> kv_wal::RecoveryReport {
-        let (wal, report) = open_sim(&self.fs, SEGMENT_BYTES, RecoveryMode::TolerateTornTail)
-            .unwrap_or_else(|error| panic!("reopen failed: {error}"));
+        // A fresh process: the step counter starts again, nothing is armed.
+        self.step_fs = StepFs::new(self.fs.clone());
+        let codec = if self.generation % 2 == 0 {
+            SegmentCodec::Lz4
+        } else {
+            SegmentCodec::Zstd
+        };
+        let options = WalOptions {
+            segment_bytes_max: SEGMENT_BYTES,
+            recovery_mode: RecoveryMode::TolerateTornTail,
+            compress_sealed_segments: Some(codec),
+            file_system: Arc::new(self.step_fs.clone()),
+            ..WalOptions::default()
+        };
+        let (wal, report) =
+            Wal::open(sim_dir(), options).unwrap_or_else(|error| panic!("reopen failed: {error}"));
         self.wal = Some(wal);
         report
+    }
+
+    /// A power loss now; the reopened log must be a prefix of the model holding every durable
+    /// record.
+    fn crash_and_check(&mut self, mode: CrashMode) {
+        self.fs.crash(mode);
+        self.wal = None; // Its handles point at the lost files now.
+        let report = self.reopen();
+        if report.torn_tail.is_some() {
+            self.torn_tails_cut += 1;
+        }
+        assert!(
+            report.holes.is_empty() && report.dropped.is_none(),
+            "{report}"
+        );
+        let records = collect(self.wal(), 1);
+        assert!(
+            records.len() <= self.model.len(),
+            "phantom records after a crash: {report}"
+        );
+        assert!(
+            records[..] == self.model[..records.len()],
+            "recovered log is not a prefix: {report}"
+        );
+        let recovered_last = records.last().map_or(0, |(id, _)| *id);
+        // Every durable record still in the model survives. (Comparing ids alone is
+        // wrong once a purge and a truncation have removed every durable record.)
+        let durable_records = self
+            .model
+            .iter()
+            .take_while(|(id, _)| *id <= self.durable_through)
+            .count();
+        assert!(
+            records.len() >= durable_records,
+            "lost durable records: recovered through {recovered_last}, durable through {}: {report}",
+            self.durable_through
+        );
+        assert!(
+            self.wal().next_id() > self.durable_through,
+            "an acknowledged id would be reused"
+        );
+        self.model.truncate(records.len());
+        self.durable_through = recovered_last;
     }
 
     fn check_equal(&self, context: &str) {
@@ -150,50 +226,39 @@ impl Run {
                 assert!(report.is_clean(), "clean reopen reported damage: {report}");
                 self.durable_through = self.model.last().map_or(0, |(id, _)| *id);
             }
-            Op::Crash { seed, tear } => {
-                let mode = if tear {
-                    CrashMode::TearUnsynced { seed }
-                } else {
-                    CrashMode::DropUnsynced
-                };
-                self.fs.crash(mode);
-                self.wal = None; // Its handles point at the lost files now.
-                let report = self.reopen();
-                if report.torn_tail.is_some() {
-                    self.torn_tails_cut += 1;
+            Op::Crash { seed, tear } => self.crash_and_check(crash_mode(seed, tear)),
+            Op::Compress => {
+                let report = self.wal().compress_sealed().expect("compress");
+                self.segments_compressed += report.segments_compressed;
+                assert!(
+                    report
+                        .skipped
+                        .iter()
+                        .all(|(_, reason)| reason == kv_wal::INCOMPRESSIBLE),
+                    "{report:?}"
+                );
+                self.incompressible
+                    .extend(report.skipped.iter().map(|(path, _)| path.clone()));
+                let segments = self.wal().segments();
+                for segment in &segments[..segments.len() - 1] {
+                    let left_plain = self.incompressible.contains(&segment.path);
+                    assert!(
+                        segment.codec.is_some() || segment.last_id.is_none() || left_plain,
+                        "a sealed segment stayed plain: {segment:?}"
+                    );
                 }
+            }
+            Op::CompressCrash { step, seed, tear } => {
+                self.step_fs.plan().die_at(step);
+                let compressed = self.wal().compress_sealed();
                 assert!(
-                    report.holes.is_empty() && report.dropped.is_none(),
-                    "{report}"
+                    compressed.is_ok() || self.step_fs.plan().died(),
+                    "{compressed:?}"
                 );
-                let records = collect(self.wal(), 1);
-                assert!(
-                    records.len() <= self.model.len(),
-                    "phantom records after a crash: {report}"
-                );
-                assert!(
-                    records[..] == self.model[..records.len()],
-                    "recovered log is not a prefix: {report}"
-                );
-                let recovered_last = records.last().map_or(0, |(id, _)| *id);
-                // Every durable record still in the model survives. (Comparing ids alone is
-                // wrong once a purge and a truncation have removed every durable record.)
-                let durable_records = self
-                    .model
-                    .iter()
-                    .take_while(|(id, _)| *id <= self.durable_through)
-                    .count();
-                assert!(
-                    records.len() >= durable_records,
-                    "lost durable records: recovered through {recovered_last}, durable through {}: {report}",
-                    self.durable_through
-                );
-                assert!(
-                    self.wal().next_id() > self.durable_through,
-                    "an acknowledged id would be reused"
-                );
-                self.model.truncate(records.len());
-                self.durable_through = recovered_last;
+                if compressed.is_err() {
+                    self.compress_passes_killed += 1;
+                }
+                self.crash_and_check(crash_mode(seed, tear));
             }
             Op::Read { pick } => {
                 if self.model.is_empty() {
@@ -206,22 +271,46 @@ impl Run {
     }
 }
 
-fn run(ops: &[Op]) -> u64 {
+fn crash_mode(seed: u64, tear: bool) -> CrashMode {
+    if tear {
+        CrashMode::TearUnsynced { seed }
+    } else {
+        CrashMode::DropUnsynced
+    }
+}
+
+/// What a run did, to show the faults fired.
+#[derive(Debug, Default)]
+struct RunCounts {
+    torn_tails_cut: u64,
+    segments_compressed: usize,
+    compress_passes_killed: u64,
+}
+
+fn run(ops: &[Op]) -> RunCounts {
     let fs = SimFs::new();
     let mut run = Run {
         fs: fs.clone(),
+        step_fs: StepFs::new(fs.clone()),
         wal: None,
         model: Vec::new(),
         durable_through: 0,
         generation: 0,
         torn_tails_cut: 0,
+        incompressible: Default::default(),
+        segments_compressed: 0,
+        compress_passes_killed: 0,
     };
     run.reopen();
     for (step, op) in ops.iter().enumerate() {
         run.step(op);
         run.check_equal(&format!("after step {step} ({op:?})"));
     }
-    run.torn_tails_cut
+    RunCounts {
+        torn_tails_cut: run.torn_tails_cut,
+        segments_compressed: run.segments_compressed,
+        compress_passes_killed: run.compress_passes_killed,
+    }
 }
 
 proptest! {
@@ -242,9 +331,17 @@ fn seeded_crash_campaign_tears_and_cuts_tails() {
     println!("seeded_crash_campaign seed: {seed} (replay with KV_TEST_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut torn_tails_cut = 0;
+    let mut segments_compressed = 0;
+    let mut compress_passes_killed = 0;
     for _ in 0..8 {
         let ops: Vec<Op> = (0..120)
-            .map(|_| match rng.gen_range(0..10) {
+            .map(|_| match rng.gen_range(0..12) {
+                10 => Op::Compress,
+                11 => Op::CompressCrash {
+                    step: rng.gen_range(1..16),
+                    seed: rng.gen(),
+                    tear: true,
+                },
                 0..=5 => Op::Append {
                     count: rng.gen_range(1..6),
                     len: rng.gen_range(1..600),
@@ -263,9 +360,20 @@ fn seeded_crash_campaign_tears_and_cuts_tails() {
                 _ => Op::Read { pick: rng.gen() },
             })
             .collect();
-        torn_tails_cut += run(&ops);
+        let counts = run(&ops);
+        torn_tails_cut += counts.torn_tails_cut;
+        segments_compressed += counts.segments_compressed;
+        compress_passes_killed += counts.compress_passes_killed;
     }
-    println!("torn tails produced and cut: {torn_tails_cut}");
+    println!(
+        "torn tails produced and cut: {torn_tails_cut}; segments compressed: \
+         {segments_compressed}; compression passes killed by a power loss: \
+         {compress_passes_killed}"
+    );
+    assert!(
+        segments_compressed > 0 && compress_passes_killed > 0,
+        "seed {seed}: compression never ran, or no power loss hit it"
+    );
     assert!(
         torn_tails_cut > 0,
         "seed {seed}: no crash produced a torn tail; the fault never fired"

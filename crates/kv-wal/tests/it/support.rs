@@ -1,10 +1,12 @@
 //! Helpers shared by the test modules.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use kv_wal::fs::{DirLock, FileSystem, WalFile};
 use kv_wal::sim::SimFs;
-use kv_wal::{RecoveryMode, RecoveryReport, SyncPolicy, Wal, WalOptions};
+use kv_wal::{RecoveryMode, RecoveryReport, SegmentCodec, SyncPolicy, Wal, WalOptions};
 
 /// The directory every simulated log lives in.
 pub fn sim_dir() -> PathBuf {
@@ -54,7 +56,6 @@ pub fn collect(wal: &Wal, from: u64) -> Vec<(u64, Vec<u8>)> {
 }
 
 pub fn segment_files(fs: &SimFs) -> Vec<PathBuf> {
-    use kv_wal::fs::FileSystem;
     let mut names: Vec<String> = fs
         .list_dir(&sim_dir())
         .expect("list")
@@ -70,4 +71,143 @@ pub fn seed_from_env(default: u64) -> u64 {
         .ok()
         .and_then(|seed| seed.parse().ok())
         .unwrap_or(default)
+}
+
+/// A file system that dies at a chosen step: once armed, the Nth mutating call (a write,
+/// `set_len`, fsync, create, rename, remove or directory fsync) fails, and so does every one
+/// after it, as if the process had been killed there. Pair it with [`SimFs::crash`] to lose
+/// what was not synced. Steps are counted whether or not it is armed.
+#[derive(Debug, Clone)]
+pub struct StepFs {
+    inner: SimFs,
+    plan: Arc<StepPlan>,
+}
+
+#[derive(Debug, Default)]
+pub struct StepPlan {
+    steps: AtomicU64,
+    /// Fail from this step on (0: never).
+    fail_from: AtomicU64,
+}
+
+impl StepPlan {
+    /// Mutating calls seen so far.
+    pub fn steps(&self) -> u64 {
+        self.steps.load(Ordering::SeqCst)
+    }
+    /// Makes the `n`th mutating call from now, and all after it, fail.
+    pub fn die_at(&self, n: u64) {
+        self.fail_from.store(self.steps() + n, Ordering::SeqCst);
+    }
+    /// Whether the planned death has happened.
+    pub fn died(&self) -> bool {
+        let from = self.fail_from.load(Ordering::SeqCst);
+        from != 0 && self.steps() >= from
+    }
+    fn step(&self) -> std::io::Result<()> {
+        let number = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
+        let from = self.fail_from.load(Ordering::SeqCst);
+        if from != 0 && number >= from {
+            return Err(std::io::Error::other("the process died here (simulated)"));
+        }
+        Ok(())
+    }
+}
+
+impl StepFs {
+    pub fn new(inner: SimFs) -> StepFs {
+        StepFs {
+            inner,
+            plan: Arc::new(StepPlan::default()),
+        }
+    }
+    pub fn plan(&self) -> &Arc<StepPlan> {
+        &self.plan
+    }
+}
+
+#[derive(Debug)]
+struct StepFile {
+    inner: Arc<dyn WalFile>,
+    plan: Arc<StepPlan>,
+}
+
+impl WalFile for StepFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.plan.step()?;
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.plan.step()?;
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.plan.step()?;
+        self.inner.set_len(len)
+    }
+    fn size_bytes(&self) -> std::io::Result<u64> {
+        self.inner.size_bytes()
+    }
+}
+
+impl FileSystem for StepFs {
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+    fn open(&self, path: &Path) -> std::io::Result<Arc<dyn WalFile>> {
+        Ok(Arc::new(StepFile {
+            inner: self.inner.open(path)?,
+            plan: self.plan.clone(),
+        }))
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Arc<dyn WalFile>> {
+        self.plan.step()?;
+        Ok(Arc::new(StepFile {
+            inner: self.inner.create_new(path)?,
+            plan: self.plan.clone(),
+        }))
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.plan.step()?;
+        self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.plan.step()?;
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.plan.step()?;
+        self.inner.sync_dir(path)
+    }
+    fn try_lock(&self, path: &Path) -> std::io::Result<Box<dyn DirLock>> {
+        self.inner.try_lock(path)
+    }
+}
+
+/// Options for a simulated log whose sealed segments `compress_sealed` compresses with `codec`.
+pub fn compressing_options(fs: Arc<dyn FileSystem>, segment_bytes_max: u64) -> WalOptions {
+    WalOptions {
+        segment_bytes_max,
+        compress_sealed_segments: Some(SegmentCodec::Lz4),
+        file_system: fs,
+        ..WalOptions::default()
+    }
+}
+
+/// The compressed segment files (`.walz`) in the simulated log directory.
+pub fn compressed_files(fs: &SimFs) -> Vec<PathBuf> {
+    let mut names: Vec<String> = fs
+        .list_dir(&sim_dir())
+        .expect("list")
+        .into_iter()
+        .filter(|name| name.ends_with(".walz"))
+        .collect();
+    names.sort();
+    names.into_iter().map(|name| sim_dir().join(name)).collect()
 }
