@@ -96,7 +96,7 @@ impl Run {
     fn reopen(&mut self) -> kv_wal::RecoveryReport {
         // A fresh process: the step counter starts again, nothing is armed.
         self.step_fs = StepFs::new(self.fs.clone());
-        let codec = if self.generation % 2 == 0 {
+        let codec = if self.generation.is_multiple_of(2) {
             SegmentCodec::Lz4
         } else {
             SegmentCodec::Zstd

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use kv_wal::fs::{DirLock, FileSystem, WalFile};
 use kv_wal::sim::SimFs;
-use kv_wal::{RecoveryMode, RecoveryReport, SegmentCodec, SyncPolicy, Wal, WalOptions};
+use kv_wal::{RecoveryMode, RecoveryReport, SyncPolicy, Wal, WalOptions};
 
 /// The directory every simulated log lives in.
 pub fn sim_dir() -> PathBuf {
@@ -187,16 +187,6 @@ impl FileSystem for StepFs {
     }
     fn try_lock(&self, path: &Path) -> std::io::Result<Box<dyn DirLock>> {
         self.inner.try_lock(path)
-    }
-}
-
-/// Options for a simulated log whose sealed segments `compress_sealed` compresses with `codec`.
-pub fn compressing_options(fs: Arc<dyn FileSystem>, segment_bytes_max: u64) -> WalOptions {
-    WalOptions {
-        segment_bytes_max,
-        compress_sealed_segments: Some(SegmentCodec::Lz4),
-        file_system: fs,
-        ..WalOptions::default()
     }
 }
 
