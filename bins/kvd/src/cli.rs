@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use kv_wal::{RecoveryMode, SyncPolicy};
+use kv_wal::{RecoveryMode, SegmentCodec, SyncPolicy};
 
 use crate::config::parse_bytes;
 
@@ -93,6 +93,11 @@ pub struct NodeArgs {
     /// smaller); followers receive them compressed too [default: off].
     #[arg(long, env = "KVD_COMPRESS_RECORDS_ABOVE", value_name = "BYTES", value_parser = parse_bytes)]
     pub compress_records_above: Option<u64>,
+    /// Rewrite sealed WAL segments compressed, in the background (`lz4`, `zstd`) or not at all
+    /// (`none`). Reads, recovery and replication see the same records either way
+    /// [default: none].
+    #[arg(long, env = "KVD_COMPRESS_SEALED_SEGMENTS", value_name = "CODEC")]
+    pub compress_sealed_segments: Option<SegmentCompression>,
     /// Largest request body accepted; larger ones get 413 [default: 16MiB].
     #[arg(long, env = "KVD_MAX_BODY_BYTES", value_name = "BYTES", value_parser = parse_bytes)]
     pub max_body_bytes: Option<u64>,
@@ -154,6 +159,24 @@ pub struct NodeArgs {
     /// Log format on stderr: `text` or `json` [default: text].
     #[arg(long, env = "KVD_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+}
+
+/// `--compress-sealed-segments`: `none`, or the codec sealed segments are rewritten with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentCompression(pub Option<SegmentCodec>);
+
+impl std::str::FromStr for SegmentCompression {
+    type Err = String;
+    fn from_str(text: &str) -> Result<SegmentCompression, String> {
+        if text.trim().eq_ignore_ascii_case("none") {
+            return Ok(SegmentCompression(None));
+        }
+        text.parse()
+            .map(|codec| SegmentCompression(Some(codec)))
+            .map_err(|_| {
+                format!("unknown segment compression {text:?}: expected none, lz4 or zstd")
+            })
+    }
 }
 
 /// How log lines are written.

@@ -7,10 +7,13 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 use kv_http::HttpOptions;
 use kv_replication::NodeOptions;
-use kv_wal::{RecoveryMode, SyncPolicy, WalOptions, SEGMENT_BYTES_MAX_DEFAULT, SEGMENT_BYTES_MIN};
+use kv_wal::{
+    RecoveryMode, SegmentCodec, SyncPolicy, WalOptions, SEGMENT_BYTES_MAX_DEFAULT,
+    SEGMENT_BYTES_MIN,
+};
 use serde::Deserialize;
 
-use crate::cli::{LogFormat, NodeArgs};
+use crate::cli::{LogFormat, NodeArgs, SegmentCompression};
 
 /// The leader's default address.
 pub const LEADER_LISTEN_DEFAULT: &str = "127.0.0.1:8000";
@@ -58,6 +61,8 @@ pub struct NodeConfig {
     pub recovery_mode: RecoveryMode,
     /// WAL records at least this large are stored compressed.
     pub compress_records_above: Option<usize>,
+    /// Sealed WAL segments are rewritten compressed with this codec by the compactor task.
+    pub compress_sealed_segments: Option<SegmentCodec>,
     /// HTTP limits and timeouts.
     pub http: HttpOptions,
     /// Replication settings (quorum, timeouts, the follower's fetch loop).
@@ -86,6 +91,7 @@ impl NodeConfig {
             sync_policy: self.sync_policy,
             recovery_mode: self.recovery_mode,
             compress_records_above: self.compress_records_above,
+            compress_sealed_segments: self.compress_sealed_segments,
             // The real file system, or a faulty one when a test asks (`faults.rs`).
             file_system: crate::faults::wal_file_system(),
             ..WalOptions::default()
@@ -104,6 +110,7 @@ struct FileConfig {
     sync_policy: Option<String>,
     recovery_mode: Option<String>,
     compress_records_above: Option<ByteSize>,
+    compress_sealed_segments: Option<String>,
     max_body_bytes: Option<ByteSize>,
     max_key_bytes: Option<ByteSize>,
     max_connections: Option<usize>,
@@ -271,6 +278,19 @@ pub fn resolve(
             (None, None) => None,
         }
         .map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX));
+    let compress_sealed_segments = match (
+        args.compress_sealed_segments,
+        &file.compress_sealed_segments,
+    ) {
+        (Some(SegmentCompression(codec)), _) => codec,
+        (None, Some(text)) => {
+            text.parse::<SegmentCompression>()
+                .map_err(anyhow::Error::msg)
+                .context("compress_sealed_segments in the config file")?
+                .0
+        }
+        (None, None) => None,
+    };
     let http = resolve_http(&args, &file)?;
     let replication = resolve_replication(&args, &file, &role)?;
     let log_level = args
@@ -285,6 +305,7 @@ pub fn resolve(
         sync_policy,
         recovery_mode,
         compress_records_above,
+        compress_sealed_segments,
         http,
         replication,
         log_level,

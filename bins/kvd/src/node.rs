@@ -134,6 +134,7 @@ async fn serve(config: &NodeConfig, node: Arc<Node>) -> anyhow::Result<()> {
     let compactor = {
         let mut stopped = replication_stopped.clone();
         let node = node.clone();
+        let compress_sealed = config.compress_sealed_segments.is_some();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -142,6 +143,15 @@ async fn serve(config: &NodeConfig, node: Arc<Node>) -> anyhow::Result<()> {
                 }
                 if let Err(error) = node.persist_progress() {
                     tracing::error!(%error, "cannot save the commit id and epoch");
+                }
+                if compress_sealed {
+                    let worker = node.clone();
+                    match tokio::task::spawn_blocking(move || compress_sealed_segments(&worker))
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(error) => tracing::error!(%error, "segment compression task failed"),
+                    }
                 }
                 if !node.snapshot_due() {
                     continue;
@@ -196,6 +206,31 @@ struct CorruptingTransport {
 }
 
 /// How often the snapshot policy is checked.
+/// Rewrites the WAL's sealed, still plain segments compressed (a blocking call: appends and
+/// reads go on meanwhile) and logs what it did.
+fn compress_sealed_segments(node: &Node) {
+    match node.store().wal().compress_sealed() {
+        Ok(report) => {
+            if report.segments_compressed > 0 {
+                tracing::info!(
+                    segments = report.segments_compressed,
+                    bytes_before = report.bytes_before,
+                    bytes_after = report.bytes_after,
+                    seconds = report.seconds,
+                    "compressed sealed WAL segments ({:.2}x)",
+                    report.ratio()
+                );
+            }
+            for (segment, reason) in &report.skipped {
+                if reason != kv_wal::INCOMPRESSIBLE {
+                    tracing::warn!(segment = %segment.display(), %reason, "sealed WAL segment left plain");
+                }
+            }
+        }
+        Err(error) => tracing::error!(%error, "cannot compress sealed WAL segments"),
+    }
+}
+
 const COMPACTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Transport for CorruptingTransport {

@@ -253,10 +253,15 @@ pub fn list_keys(state: &AppState, query: &str) -> Result<Response<Full<Bytes>>>
 #[derive(Serialize)]
 struct SegmentBody {
     path: String,
+    /// Bytes on disk.
     size: u64,
     is_active: bool,
     first_id: u64,
     last_id: Option<u64>,
+    /// `"lz4"` or `"zstd"` for a compressed sealed segment, `null` for a plain one.
+    compression: Option<String>,
+    /// Bytes the segment holds (or would hold) as a plain file.
+    original_size: u64,
 }
 
 #[derive(Serialize)]
@@ -278,6 +283,8 @@ pub fn segments(state: &AppState) -> Response<Full<Bytes>> {
             is_active: segment.is_active,
             first_id: segment.first_id,
             last_id: segment.last_id,
+            compression: segment.codec.map(|codec| codec.to_string()),
+            original_size: segment.original_bytes,
         })
         .collect();
     let body = SegmentsBody {
