@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod cluster_crash;
+mod compressed_segments;
 mod crash_loop;
 mod fsync_failure;
 mod harness;
