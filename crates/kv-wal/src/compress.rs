@@ -36,6 +36,9 @@ use crate::wal::{lock, Segment, Wal};
 /// tried again while the log stays open).
 pub const INCOMPRESSIBLE: &str = "compressed, it would not be smaller";
 
+/// Why a segment is left plain when a truncation or purge took it away during the pass.
+const CHANGED_MEANWHILE: &str = "truncated or removed while it was being compressed";
+
 /// What one [`Wal::compress_sealed`] pass did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CompressReport {
@@ -114,7 +117,7 @@ impl Wal {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 report
                     .skipped
-                    .push((segment.path.clone(), "removed meanwhile".to_owned()));
+                    .push((segment.path.clone(), CHANGED_MEANWHILE.to_owned()));
                 return Ok(());
             }
             Err(error) => return Err(error).at(&segment.path),
@@ -123,6 +126,14 @@ impl Wal {
         let bytes = read_range(&*file, 0, file_bytes).at(&segment.path)?;
         drop(file);
         if let Err(reason) = check_plain_sealed(&bytes, segment) {
+            // A truncation or purge meanwhile explains a short read; anything else is damage.
+            let changed =
+                shared.truncations.load(Ordering::Acquire) != truncations || !shared.holds(segment);
+            let reason = if changed {
+                CHANGED_MEANWHILE.to_owned()
+            } else {
+                reason
+            };
             report.skipped.push((segment.path.clone(), reason));
             return Ok(());
         }
@@ -160,10 +171,9 @@ impl Wal {
             };
         if !unchanged {
             shared.fs.remove_file(&temp_path).at(&temp_path)?;
-            report.skipped.push((
-                segment.path.clone(),
-                "truncated or removed meanwhile".to_owned(),
-            ));
+            report
+                .skipped
+                .push((segment.path.clone(), CHANGED_MEANWHILE.to_owned()));
             return Ok(());
         }
         shared.fs.rename(&temp_path, &path).at(&path)?;

@@ -59,6 +59,12 @@
 //! - [`failpoint`] holds named crash points on the write path, off unless a binary configures
 //!   them.
 //! - A failed write or fsync poisons the log: appends fail with [`Error::Poisoned`], reads go on.
+//! - Sealed segments can be rewritten compressed ([`Wal::compress_sealed`], with the codec of
+//!   [`WalOptions::compress_sealed_segments`]): a `.walz` file of independently compressed
+//!   blocks of whole frames, with a block index, so a read decompresses one block and hands
+//!   out the original frames (replication ships the same bytes). Writers are not blocked while
+//!   a segment is compressed, and a crash at any step leaves a log that opens with every
+//!   record.
 
 mod compress;
 mod compressed;
