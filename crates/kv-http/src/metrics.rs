@@ -302,6 +302,28 @@ fn render_store(out: &mut String, store: &Store, role_name: &str) {
         "Segment files in the WAL.",
         wal.segments().len() as u64,
     );
+    let segments = wal.segments();
+    gauge(
+        out,
+        "kvd_wal_segment_bytes",
+        "Bytes of the WAL's segment files on disk.",
+        segments.iter().map(|segment| segment.size_bytes).sum(),
+    );
+    gauge(
+        out,
+        "kvd_wal_segment_original_bytes",
+        "Bytes the WAL's segments would take uncompressed (equal to kvd_wal_segment_bytes when none is compressed).",
+        segments.iter().map(|segment| segment.original_bytes).sum(),
+    );
+    gauge(
+        out,
+        "kvd_wal_segments_compressed",
+        "Sealed WAL segments stored compressed.",
+        segments
+            .iter()
+            .filter(|segment| segment.codec.is_some())
+            .count() as u64,
+    );
     gauge(
         out,
         "kvd_wal_poisoned",

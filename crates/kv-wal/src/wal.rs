@@ -246,6 +246,21 @@ impl Shared {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+    /// Removes a segment's file. For a compressed one, also its plain twin if a failed
+    /// removal during compression left it (open would otherwise bring it back).
+    pub(crate) fn remove_segment_files(&self, segment: &Segment) -> Result<()> {
+        self.fs.remove_file(&segment.path).at(&segment.path)?;
+        if segment.compressed.is_some() {
+            let plain = segment_path(&self.dir, segment.sequence, segment.first_id);
+            match self.fs.remove_file(&plain) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error).at(&plain),
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `segment` is still one of the log's segments (not replaced or removed).
     pub(crate) fn holds(&self, segment: &Arc<Segment>) -> bool {
         self.segments_read()
@@ -982,13 +997,13 @@ impl Wal {
                 .is_some_and(|segment| segment.first_id > after_id)
         {
             let segment = segments.pop().expect("segment");
-            shared.fs.remove_file(&segment.path).at(&segment.path)?;
+            shared.remove_segment_files(&segment)?;
         }
         failpoint::hit(failpoint::WAL_TRUNCATE_BEFORE_CUT).at(&shared.dir)?;
         let target = segments.last().expect("a log always has a segment").clone();
         if target.first_id > after_id {
             // Everything goes: a fresh segment takes the same sequence, starting at after_id + 1.
-            shared.fs.remove_file(&target.path).at(&target.path)?;
+            shared.remove_segment_files(&target)?;
             shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
             segments.pop();
             let sequence = target.sequence;
@@ -1073,7 +1088,7 @@ impl Wal {
             let mut segments = shared.segments_write();
             while segments.len() > 1 && segments[0].last_id() < before_id {
                 let segment = segments.remove(0);
-                shared.fs.remove_file(&segment.path).at(&segment.path)?;
+                shared.remove_segment_files(&segment)?;
                 removed.push(segment.path.clone());
             }
         }

@@ -108,6 +108,13 @@ fn sealed_segments_are_compressed_in_the_background_and_read_after_a_restart() {
         sealed.len(),
         original as f64 / on_disk as f64
     );
+    let metrics = String::from_utf8(kvd.request("GET", "/metrics", None).body).expect("UTF-8");
+    let compressed_gauge = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("kvd_wal_segments_compressed "))
+        .and_then(|value| value.trim().parse::<usize>().ok())
+        .expect("kvd_wal_segments_compressed in /metrics");
+    assert!(compressed_gauge >= sealed.len(), "{metrics}");
     check_all(&kvd);
     drop(kvd);
 
