@@ -594,28 +594,61 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, codec: SegmentCodec) -> Compress
         }
     }
     if let Err(reason) = footer {
-        let damage_offset = result
-            .layout
-            .blocks
-            .last()
-            .map_or(SEGMENT_HEADER_BYTES as u64, |block| {
-                block.offset + block.stored_len()
-            });
-        let blocks_ok = result.damages.is_empty();
-        // The scan ran into the index as if it were a block: that is the index's damage.
+        check_unindexed_tail(bytes, &mut result, expected, reason);
+    }
+    result
+}
+
+/// After a scan of a segment whose footer did not check: decides whether what follows the last
+/// good block is the block index (only the index or footer is damaged, every record is there)
+/// or a damaged block.
+///
+/// It is the index only if the bytes after the last good block are exactly as long as an index
+/// of the blocks found plus a footer, and either the index entries are exactly those blocks or
+/// the footer's block count and index offset say so. A lost block cannot pass: the index of a
+/// file with one more block is longer.
+fn check_unindexed_tail(bytes: &[u8], result: &mut CompressedScan, expected: u64, reason: String) {
+    let blocks = &result.layout.blocks;
+    let end_of_blocks = blocks.last().map_or(SEGMENT_HEADER_BYTES as u64, |block| {
+        block.offset + block.stored_len()
+    });
+    let index_len = blocks.len() * INDEX_ENTRY_BYTES;
+    let fits = !blocks.is_empty()
+        && bytes.len() as u64 == end_of_blocks + (index_len + FOOTER_BYTES) as u64;
+    let tail_is_index = fits && {
+        let tail = &bytes[end_of_blocks as usize..];
+        let mut expected_index = Vec::with_capacity(index_len);
+        for block in blocks {
+            expected_index.extend_from_slice(&block.offset.to_le_bytes());
+            expected_index.extend_from_slice(&block.first_id.to_le_bytes());
+            expected_index.extend_from_slice(&block.record_count.to_le_bytes());
+            expected_index.extend_from_slice(&block.compressed_len.to_le_bytes());
+        }
+        let footer = &tail[index_len..];
+        let footer_agrees = &footer[40..48] == FOOTER_MAGIC
+            && footer[4..8] == (blocks.len() as u32).to_le_bytes()
+            && footer[8..16] == end_of_blocks.to_le_bytes();
+        tail[..index_len] == expected_index[..] || footer_agrees
+    };
+    if tail_is_index {
+        // The scan ran into the index as if it were a block: that was the index, not a block.
         result
             .damages
-            .retain(|damage| damage.offset < damage_offset);
-        result.only_index_damaged = blocks_ok || result.damages.is_empty();
+            .retain(|damage| damage.offset < end_of_blocks);
+        result.only_index_damaged = result.damages.is_empty();
+    }
+    let tail_reported = result
+        .damages
+        .iter()
+        .any(|damage| damage.offset >= end_of_blocks);
+    if !tail_reported {
         result.damages.push(BlockDamage {
-            offset: damage_offset,
+            offset: end_of_blocks,
             reason: format!("block index or footer: {reason}"),
             first_missing_id: expected,
             resume: None,
         });
-        result.only_index_damaged &= result.damages.len() == 1 && !result.layout.blocks.is_empty();
     }
-    result
 }
 
 /// The next offset at or after `from` where a good block with an id at or above `min_id`
@@ -730,6 +763,29 @@ mod tests {
         assert!(result.only_index_damaged, "{:?}", result.damages);
         assert_eq!(result.clean_frames, frames);
         assert_eq!(result.damages.len(), 1);
+    }
+
+    #[test]
+    fn a_damaged_last_block_is_not_mistaken_for_a_damaged_index() {
+        let (mut bytes, _) = image(SegmentCodec::Lz4, 1, &payloads(6_000, 100));
+        let layout = decode_layout(&bytes, 0, bytes.len() as u64, 1, SegmentCodec::Lz4).unwrap();
+        let last = *layout.blocks.last().unwrap();
+        bytes[last.offset as usize + BLOCK_HEADER_BYTES + 5] ^= 1;
+        let len = bytes.len();
+        bytes[len - 1] ^= 1;
+        let result = scan(&bytes, 1, SegmentCodec::Lz4);
+        assert!(!result.only_index_damaged);
+        assert_eq!(result.damages[0].offset, last.offset);
+        assert_eq!(result.damages[0].first_missing_id, last.first_id);
+        assert_eq!(result.clean_last_id(), Some(last.first_id - 1));
+
+        // The index alone damaged (entries and footer both), every block fine: told apart.
+        let (mut bytes, frames) = image(SegmentCodec::Lz4, 1, &payloads(6_000, 100));
+        let index_offset = last.offset as usize + last.stored_len() as usize;
+        bytes[index_offset + 3] ^= 1;
+        let result = scan(&bytes, 1, SegmentCodec::Lz4);
+        assert!(result.only_index_damaged, "{:?}", result.damages);
+        assert_eq!(result.clean_frames, frames);
     }
 
     #[test]
