@@ -578,6 +578,30 @@ mod tests {
     }
 
     #[test]
+    fn sealed_segment_compression_is_off_by_default_and_set_by_flag_or_file() {
+        let config = leader(NodeArgs::default());
+        assert_eq!(config.compress_sealed_segments, None);
+        assert_eq!(config.wal_options().compress_sealed_segments, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kvd.toml");
+        std::fs::write(&path, "compress_sealed_segments = \"zstd\"\n").unwrap();
+        let from_file = leader(NodeArgs {
+            config: Some(path.clone()),
+            ..NodeArgs::default()
+        });
+        assert_eq!(from_file.compress_sealed_segments, Some(SegmentCodec::Zstd));
+        let flag_off = leader(NodeArgs {
+            config: Some(path),
+            compress_sealed_segments: Some("none".parse().unwrap()),
+            ..NodeArgs::default()
+        });
+        assert_eq!(flag_off.compress_sealed_segments, None);
+        let lz4: SegmentCompression = "LZ4".parse().unwrap();
+        assert_eq!(lz4, SegmentCompression(Some(SegmentCodec::Lz4)));
+        assert!("gzip".parse::<SegmentCompression>().is_err());
+    }
+
+    #[test]
     fn bad_settings_are_refused_with_their_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kvd.toml");
@@ -590,6 +614,10 @@ mod tests {
             ("leader = \"http://x\"", "followers only"),
             ("max_connections = 0", "at least 1"),
             ("header_read_timeout_ms = 0", "more than 0"),
+            (
+                "compress_sealed_segments = \"gzip\"",
+                "compress_sealed_segments",
+            ),
         ] {
             std::fs::write(&path, text).unwrap();
             let args = NodeArgs {
