@@ -156,11 +156,8 @@ async fn serve(config: &NodeConfig, node: Arc<Node>) -> anyhow::Result<()> {
                 if !node.snapshot_due() {
                     continue;
                 }
-                let worker = node.clone();
-                match tokio::task::spawn_blocking(move || worker.snapshot_and_compact()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => tracing::error!(%error, "snapshot failed"),
-                    Err(error) => tracing::error!(%error, "snapshot task failed"),
+                if let Err(error) = node.snapshot_and_compact_in_background().await {
+                    tracing::error!(%error, "snapshot failed");
                 }
             }
         })

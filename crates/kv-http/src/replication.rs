@@ -12,7 +12,7 @@ use http::request::Parts;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
-use kv_replication::{FetchRequest, FetchResponse};
+use kv_replication::{FetchRequest, FetchResponse, SnapshotSummary};
 use kv_store::{LogEntry, Op, ValueKind};
 use serde_json::json;
 
@@ -235,20 +235,9 @@ pub fn snapshot_chunk(
 /// `POST /admin/snapshot`: writes a snapshot now (writes go on), prunes old ones, compacts
 /// the log; answers what it did. 409 while another snapshot is being written.
 pub async fn admin_snapshot(state: &AppState) -> Result<Response<Full<Bytes>>> {
-    let node = state.node.clone();
-    let (info, purge) = tokio::task::spawn_blocking(move || node.snapshot_and_compact())
-        .await
-        .map_err(|error| Error::Internal(format!("snapshot task failed: {error}")))??;
+    let (info, purge) = state.node.snapshot_and_compact_in_background().await?;
     let body = json!({
-        "snapshot": {
-            "path": info.path.display().to_string(),
-            "applied_id": info.applied_id,
-            "key_count": info.key_count,
-            "size_bytes": info.size_bytes,
-            "raw_bytes": info.raw_bytes,
-            "codec": info.codec.to_string(),
-            "write_ms": info.write_duration.as_millis() as u64,
-        },
+        "snapshot": SnapshotSummary::from(&info),
         "purge": purge,
     });
     Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))

@@ -25,6 +25,9 @@ pub enum Error {
     /// The operation is already running.
     #[error("{0}")]
     Busy(String),
+    /// A background thread could not be started, or died without an answer.
+    #[error("background work failed: {0}")]
+    Background(String),
     /// The write is durable on the leader (and will commit once enough followers have it),
     /// but the requested acknowledgements did not arrive in time.
     #[error(

@@ -206,6 +206,8 @@ pub struct CompactionStatus {
 /// A snapshot as `/compaction/status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotSummary {
+    /// The file.
+    pub path: String,
     /// Its applied id.
     pub applied_id: u64,
     /// Keys in it.
@@ -216,8 +218,28 @@ pub struct SnapshotSummary {
     pub raw_bytes: u64,
     /// Its codec.
     pub codec: String,
-    /// How long writing it took.
+    /// How long writing it took, after the view was copied.
     pub write_ms: u64,
+    /// How long copying the map's consistent view took (writes go on meanwhile).
+    pub view_ms: u64,
+    /// The longest the copy held the map's lock at once: the longest a write waited for it.
+    pub longest_lock_hold_us: u64,
+}
+
+impl From<&kv_store::SnapshotInfo> for SnapshotSummary {
+    fn from(info: &kv_store::SnapshotInfo) -> SnapshotSummary {
+        SnapshotSummary {
+            path: info.path.display().to_string(),
+            applied_id: info.applied_id,
+            key_count: info.key_count,
+            size_bytes: info.size_bytes,
+            raw_bytes: info.raw_bytes,
+            codec: info.codec.to_string(),
+            write_ms: info.write_duration.as_millis() as u64,
+            view_ms: info.view_duration.as_millis() as u64,
+            longest_lock_hold_us: info.longest_lock_hold.as_micros() as u64,
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -766,9 +788,44 @@ impl Node {
         by_count || by_size
     }
 
+    /// [`Node::snapshot_and_compact`] on a thread of its own. The view of the map is copied
+    /// at normal priority (the copy takes the map's lock in short turns, and a preempted
+    /// holder would make writes wait); then the thread's CPU priority is lowered (nice +10 on
+    /// Linux), so that on a busy machine serializing and compressing a large snapshot yields
+    /// to request handling instead of raising its latency (as RocksDB does for its background
+    /// work). The future resolves when the snapshot is written.
+    pub async fn snapshot_and_compact_in_background(
+        self: &Arc<Self>,
+    ) -> Result<(kv_store::SnapshotInfo, PurgeReport)> {
+        let node = self.clone();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("kvd-snapshot".to_owned())
+            .spawn(move || {
+                let _ = sender.send(node.snapshot_and_compact_then(lower_this_threads_priority));
+            })
+            .map_err(|error| {
+                Error::Background(format!("cannot start the snapshot thread: {error}"))
+            })?;
+        receiver.await.unwrap_or_else(|_| {
+            Err(Error::Background(
+                "the snapshot thread ended without an answer".to_owned(),
+            ))
+        })
+    }
+
     /// Writes a snapshot of the applied map (writes go on meanwhile), prunes old snapshots and
-    /// compacts the log. Blocking: run it on a thread of its own.
+    /// compacts the log. Blocking: run it on a thread of its own (see
+    /// [`Node::snapshot_and_compact_in_background`]).
     pub fn snapshot_and_compact(&self) -> Result<(kv_store::SnapshotInfo, PurgeReport)> {
+        self.snapshot_and_compact_then(|| {})
+    }
+
+    /// [`Node::snapshot_and_compact`], calling `after_view` once the view is copied.
+    fn snapshot_and_compact_then(
+        &self,
+        after_view: impl FnOnce(),
+    ) -> Result<(kv_store::SnapshotInfo, PurgeReport)> {
         {
             let mut state = lock(&self.compaction);
             if state.running {
@@ -778,7 +835,10 @@ impl Node {
             }
             state.running = true;
         }
-        let written = self.store.write_snapshot(
+        let view = self.store.snapshot_view();
+        after_view();
+        let written = self.store.write_snapshot_of(
+            view,
             self.options.compaction.codec,
             self.options.compaction.snapshots_kept,
         );
@@ -790,6 +850,8 @@ impl Node {
                 raw_bytes = info.raw_bytes,
                 codec = %info.codec,
                 write_ms = info.write_duration.as_millis() as u64,
+                view_ms = info.view_duration.as_millis() as u64,
+                longest_lock_hold_us = info.longest_lock_hold.as_micros() as u64,
                 "snapshot written"
             );
             let purge = self.compact()?;
@@ -863,14 +925,7 @@ impl Node {
                 .iter()
                 .map(|(id, path)| (*id, path.display().to_string()))
                 .collect(),
-            last_snapshot: state.last_snapshot.as_ref().map(|info| SnapshotSummary {
-                applied_id: info.applied_id,
-                key_count: info.key_count,
-                size_bytes: info.size_bytes,
-                raw_bytes: info.raw_bytes,
-                codec: info.codec.to_string(),
-                write_ms: info.write_duration.as_millis() as u64,
-            }),
+            last_snapshot: state.last_snapshot.as_ref().map(SnapshotSummary::from),
             last_purge: state.last_purge.clone(),
             snapshots_written: state.snapshots_written,
             snapshots_installed: state.snapshots_installed,
@@ -987,5 +1042,20 @@ impl Node {
             status.corrupt_batches_refused = Some(follower.corrupt_batches_refused());
         }
         status
+    }
+}
+
+/// Nice value of background threads (snapshots): 0 is normal, 19 the lowest priority.
+const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`BACKGROUND_NICE`] (Linux: the nice value is
+/// per thread). Best effort: a failure is logged and the work runs at normal priority.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let thread = rustix::thread::gettid();
+        if let Err(error) = rustix::process::setpriority_process(Some(thread), BACKGROUND_NICE) {
+            tracing::warn!(%error, "cannot lower the snapshot thread's priority");
+        }
     }
 }

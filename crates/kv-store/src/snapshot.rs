@@ -130,6 +130,10 @@ pub struct SnapshotView {
     pub epochs: EpochHistory,
     /// Every key and value, in key order.
     pub entries: Vec<KeyValue>,
+    /// How long copying the map took.
+    pub copy_duration: Duration,
+    /// The longest the copy held the map's lock at once: the longest a write waited for it.
+    pub longest_lock_hold: Duration,
 }
 
 /// A snapshot file on disk.
@@ -147,8 +151,12 @@ pub struct SnapshotInfo {
     pub raw_bytes: u64,
     /// Its codec.
     pub codec: Codec,
-    /// How long writing it took.
+    /// How long writing it took (after the view was copied).
     pub write_duration: Duration,
+    /// How long copying the map's view took (see [`SnapshotView::copy_duration`]).
+    pub view_duration: Duration,
+    /// The longest the copy held the map's lock at once.
+    pub longest_lock_hold: Duration,
 }
 
 /// A snapshot read back.
@@ -323,6 +331,8 @@ pub fn write_snapshot(
         raw_bytes,
         codec,
         write_duration: started.elapsed(),
+        view_duration: view.copy_duration,
+        longest_lock_hold: view.longest_lock_hold,
     })
 }
 

@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use kv_wal::{AppendTicket, RecoveryReport, SyncPolicy, Wal, WalOptions};
@@ -100,9 +101,11 @@ pub struct Store {
     capture_count: AtomicU64,
 }
 
-/// Keys copied into a snapshot view per hold of the map's read lock (~0.1 ms for 100-byte
-/// values on the project machine): the longest a write waits for a snapshot.
-const SNAPSHOT_COPY_CHUNK_KEYS: usize = 4096;
+/// Keys copied into a snapshot view per hold of the map's read lock (~0.1 ms on the project
+/// machine): what a write may wait for while a snapshot's view is copied — unless the copying
+/// thread is preempted while it holds the lock, which is why it should not run at a lowered
+/// CPU priority (`SnapshotInfo::longest_lock_hold` shows what happened).
+const SNAPSHOT_COPY_CHUNK_KEYS: usize = 1024;
 
 /// Ends a capture of the map when the copy is done or abandoned.
 struct EndCapture<'a> {
@@ -244,6 +247,7 @@ impl Store {
 
     fn try_snapshot_view(&self) -> Option<SnapshotView> {
         let capture_id = self.capture_count.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let (applied_id, key_count) = {
             let mut map = write(&self.map);
             map.start_capture(capture_id);
@@ -256,14 +260,19 @@ impl Store {
         };
         let mut entries = Vec::with_capacity(key_count);
         let mut after: Option<Vec<u8>> = None;
+        let mut longest_lock_hold = Duration::ZERO;
         loop {
-            let copied = read(&self.map).copy_captured(
+            let map = read(&self.map);
+            let held = Instant::now();
+            let copied = map.copy_captured(
                 capture_id,
                 after.as_deref(),
                 SNAPSHOT_COPY_CHUNK_KEYS,
                 &mut entries,
-            )?;
-            match copied {
+            );
+            drop(map);
+            longest_lock_hold = longest_lock_hold.max(held.elapsed());
+            match copied? {
                 Some(key) => after = Some(key),
                 None => break,
             }
@@ -274,17 +283,31 @@ impl Store {
             applied_id,
             epochs,
             entries,
+            copy_duration: started.elapsed(),
+            longest_lock_hold,
         })
     }
 
     /// Writes a snapshot of the applied map into the snapshot directory and deletes all but
     /// the newest `keep` snapshots. Blocking: run it on a thread of its own; writes go on.
     pub fn write_snapshot(&self, codec: Codec, keep: usize) -> Result<SnapshotInfo> {
+        self.write_snapshot_of(self.snapshot_view(), codec, keep)
+    }
+
+    /// Writes `view` (from [`Store::snapshot_view`]) as a snapshot and deletes all but the
+    /// newest `keep`: [`Store::write_snapshot`] in two steps, for a caller that treats the
+    /// short copy under the map's lock and the long serializing differently (kvd lowers its
+    /// thread's CPU priority in between).
+    pub fn write_snapshot_of(
+        &self,
+        view: SnapshotView,
+        codec: Codec,
+        keep: usize,
+    ) -> Result<SnapshotInfo> {
         let dir = self.snapshot_dir.clone().ok_or_else(|| Error::Snapshot {
             path: PathBuf::new(),
             reason: "snapshots are off (no snapshot directory)".to_owned(),
         })?;
-        let view = self.snapshot_view();
         let info =
             snapshot::write_snapshot(&view, &dir, codec).map_err(|error| Error::Snapshot {
                 path: dir.clone(),

@@ -1082,15 +1082,23 @@ impl Wal {
     /// compaction. The active segment is never removed. Returns the paths removed.
     pub fn purge_before(&self, before_id: u64) -> Result<Vec<PathBuf>> {
         let shared = &self.shared;
-        let mut removed = Vec::new();
         let _maintenance = lock(&shared.maintenance);
-        {
+        // Out of the list under the lock, off the disk after it: deleting a large file can
+        // take milliseconds, and readers (and the id lookups of every write path) take the
+        // segment list's read lock. Oldest first, so a crash leaves a log without a hole.
+        let purged: Vec<Arc<Segment>> = {
             let mut segments = shared.segments_write();
-            while segments.len() > 1 && segments[0].last_id() < before_id {
-                let segment = segments.remove(0);
-                shared.remove_segment_files(&segment)?;
-                removed.push(segment.path.clone());
-            }
+            let count = segments
+                .iter()
+                .take(segments.len().saturating_sub(1))
+                .take_while(|segment| segment.last_id() < before_id)
+                .count();
+            segments.drain(..count).collect()
+        };
+        let mut removed = Vec::with_capacity(purged.len());
+        for segment in purged {
+            shared.remove_segment_files(&segment)?;
+            removed.push(segment.path.clone());
         }
         if !removed.is_empty() {
             shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
