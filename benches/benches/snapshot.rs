@@ -226,7 +226,7 @@ impl DataSet {
 fn raw_blocks(view: &SnapshotView) -> Vec<Vec<u8>> {
     let mut blocks = Vec::new();
     let mut raw = Vec::with_capacity(SNAPSHOT_BLOCK_BYTES + 4096);
-    for entry in &view.entries {
+    for entry in view.entries() {
         let key = entry.key();
         let value = entry.value_bytes();
         let cell_len = 4 + key.len() + 1 + value.len();

@@ -788,12 +788,12 @@ impl Node {
         by_count || by_size
     }
 
-    /// [`Node::snapshot_and_compact`] on a thread of its own. The view of the map is copied
-    /// at normal priority (the copy takes the map's lock in short turns, and a preempted
-    /// holder would make writes wait); then the thread's CPU priority is lowered (nice +10 on
-    /// Linux), so that on a busy machine serializing and compressing a large snapshot yields
-    /// to request handling instead of raising its latency (as RocksDB does for its background
-    /// work). The future resolves when the snapshot is written.
+    /// [`Node::snapshot_and_compact`] on a thread of its own. The view of the map is taken at
+    /// normal priority (it holds the map's read lock for an instant, and a holder preempted
+    /// there would make writes wait); then the thread's CPU priority drops to the lowest
+    /// (nice 19 on Linux), so that on a busy machine serializing and compressing a large
+    /// snapshot yields to request handling instead of raising its latency (as RocksDB does
+    /// for its background work). The future resolves when the snapshot is written.
     pub async fn snapshot_and_compact_in_background(
         self: &Arc<Self>,
     ) -> Result<(kv_store::SnapshotInfo, PurgeReport)> {
@@ -1046,7 +1046,7 @@ impl Node {
 }
 
 /// Nice value of background threads (snapshots): 0 is normal, 19 the lowest priority.
-const BACKGROUND_NICE: i32 = 10;
+const BACKGROUND_NICE: i32 = 19;
 
 /// Lowers the calling thread's CPU priority to [`BACKGROUND_NICE`] (Linux: the nice value is
 /// per thread). Best effort: a failure is logged and the work runs at normal priority.

@@ -128,12 +128,24 @@ pub struct SnapshotView {
     pub applied_id: u64,
     /// The epochs of the log up to `applied_id`.
     pub epochs: EpochHistory,
-    /// Every key and value, in key order.
-    pub entries: Vec<KeyValue>,
-    /// How long copying the map took.
+    /// Every key and value: a frozen copy of the map.
+    pub(crate) map: KeyMap,
+    /// How long taking the view took.
     pub copy_duration: Duration,
-    /// The longest the copy held the map's lock at once: the longest a write waited for it.
+    /// How long the view held the map's lock: the longest a write waited for it.
     pub longest_lock_hold: Duration,
+}
+
+impl SnapshotView {
+    /// How many keys the view holds.
+    pub fn key_count(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Every entry, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = &KeyValue> {
+        self.map.iter()
+    }
 }
 
 /// A snapshot file on disk.
@@ -256,7 +268,7 @@ pub fn write_snapshot(
     header.extend_from_slice(&[codec.to_byte(), 0, 0, 0]);
     header.extend_from_slice(&view.applied_id.to_le_bytes());
     header.extend_from_slice(&last_epoch.to_le_bytes());
-    header.extend_from_slice(&(view.entries.len() as u64).to_le_bytes());
+    header.extend_from_slice(&(view.key_count() as u64).to_le_bytes());
     header.extend_from_slice(&(epochs.len() as u32).to_le_bytes());
     header.extend_from_slice(&0u32.to_le_bytes());
     let now_ms = SystemTime::now()
@@ -298,7 +310,7 @@ pub fn write_snapshot(
         write(out, &block_header)?;
         write(out, &stored)
     };
-    for entry in &view.entries {
+    for entry in view.entries() {
         let cell = entry.cell();
         raw.extend_from_slice(&(cell.len() as u32).to_le_bytes());
         raw.extend_from_slice(cell);
@@ -315,7 +327,7 @@ pub fn write_snapshot(
         block_count += 1;
     }
     let mut end = Vec::with_capacity(16);
-    end.extend_from_slice(&(view.entries.len() as u64).to_le_bytes());
+    end.extend_from_slice(&(view.key_count() as u64).to_le_bytes());
     end.extend_from_slice(&block_count.to_le_bytes());
     emit(&mut out, KIND_END, &end, Codec::None)?;
     let file = out.into_inner().map_err(|error| error.into_error())?;
@@ -326,7 +338,7 @@ pub fn write_snapshot(
     Ok(SnapshotInfo {
         path,
         applied_id: view.applied_id,
-        key_count: view.entries.len() as u64,
+        key_count: view.key_count() as u64,
         size_bytes,
         raw_bytes,
         codec,

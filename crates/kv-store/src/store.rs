@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kv_wal::{AppendTicket, RecoveryReport, SyncPolicy, Wal, WalOptions};
 
@@ -95,28 +95,6 @@ pub struct Store {
     /// log may lack ids up to it.
     snapshot_base: AtomicU64,
     snapshot_load: SnapshotLoad,
-    /// Held while a snapshot view is copied: one capture of the map at a time.
-    snapshot_view_running: Mutex<()>,
-    /// Captures started, for their ids.
-    capture_count: AtomicU64,
-}
-
-/// Keys copied into a snapshot view per hold of the map's read lock (~0.1 ms on the project
-/// machine): what a write may wait for while a snapshot's view is copied — unless the copying
-/// thread is preempted while it holds the lock, which is why it should not run at a lowered
-/// CPU priority (`SnapshotInfo::longest_lock_hold` shows what happened).
-const SNAPSHOT_COPY_CHUNK_KEYS: usize = 1024;
-
-/// Ends a capture of the map when the copy is done or abandoned.
-struct EndCapture<'a> {
-    map: &'a RwLock<KeyMap>,
-    capture_id: u64,
-}
-
-impl Drop for EndCapture<'_> {
-    fn drop(&mut self) {
-        write(self.map).end_capture(self.capture_id);
-    }
 }
 
 impl Store {
@@ -188,8 +166,6 @@ impl Store {
             snapshot_dir: Some(snapshot_dir),
             snapshot_base: AtomicU64::new(base),
             snapshot_load: load,
-            snapshot_view_running: Mutex::new(()),
-            capture_count: AtomicU64::new(0),
         })
     }
 
@@ -215,8 +191,6 @@ impl Store {
             snapshot_dir: None,
             snapshot_base: AtomicU64::new(0),
             snapshot_load: SnapshotLoad::default(),
-            snapshot_view_running: Mutex::new(()),
-            capture_count: AtomicU64::new(0),
         })
     }
 
@@ -230,62 +204,27 @@ impl Store {
         self.snapshot_dir.as_deref()
     }
 
-    /// A consistent view of the applied map at one applied id. One pointer per key is copied,
-    /// a few thousand keys per hold of the map's read lock, so a writer waits for one chunk at
-    /// most, never for the whole copy; changes made meanwhile are kept out of the view by the
-    /// map's capture (see `map.rs`). Writing the snapshot happens outside the lock.
+    /// A consistent view of the applied map at one applied id: a frozen copy of the map,
+    /// taken in `O(1)` under the map's read lock (the tree is shared and copied on write; see
+    /// `map.rs`). Writes go on while the view is serialized.
     pub fn snapshot_view(&self) -> SnapshotView {
-        let _one_at_a_time = lock(&self.snapshot_view_running);
-        loop {
-            // A map replaced wholesale (install_snapshot, truncate_after) ends the capture: the
-            // copy starts again from the new map.
-            if let Some(view) = self.try_snapshot_view() {
-                return view;
-            }
-        }
-    }
-
-    fn try_snapshot_view(&self) -> Option<SnapshotView> {
-        let capture_id = self.capture_count.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let (applied_id, key_count) = {
-            let mut map = write(&self.map);
-            map.start_capture(capture_id);
-            // Applies happen under the map's write lock: the applied id is the map's.
-            (self.applied_id(), map.len())
-        };
-        let _end_capture = EndCapture {
-            map: &self.map,
-            capture_id,
-        };
-        let mut entries = Vec::with_capacity(key_count);
-        let mut after: Option<Vec<u8>> = None;
-        let mut longest_lock_hold = Duration::ZERO;
-        loop {
+        let (map, applied_id, longest_lock_hold) = {
             let map = read(&self.map);
             let held = Instant::now();
-            let copied = map.copy_captured(
-                capture_id,
-                after.as_deref(),
-                SNAPSHOT_COPY_CHUNK_KEYS,
-                &mut entries,
-            );
-            drop(map);
-            longest_lock_hold = longest_lock_hold.max(held.elapsed());
-            match copied? {
-                Some(key) => after = Some(key),
-                None => break,
-            }
-        }
+            // Applies happen under the map's write lock: the applied id is the map's.
+            let frozen = (map.clone(), self.applied_id());
+            (frozen.0, frozen.1, held.elapsed())
+        };
         let mut epochs = lock(&self.epochs).clone();
         epochs.truncate_after(applied_id);
-        Some(SnapshotView {
+        SnapshotView {
             applied_id,
             epochs,
-            entries,
+            map,
             copy_duration: started.elapsed(),
             longest_lock_hold,
-        })
+        }
     }
 
     /// Writes a snapshot of the applied map into the snapshot directory and deletes all but
