@@ -135,13 +135,18 @@ pub struct NodeArgs {
     #[arg(long, env = "KVD_FETCH_WAIT_MS", value_name = "MS")]
     pub fetch_wait_ms: Option<u64>,
     /// Write a snapshot once this many entries were applied since the last one (0: never by
-    /// count) [default: 1000000].
+    /// count; bounds the replay at a restart) [default: 500000].
     #[arg(long, env = "KVD_SNAPSHOT_EVERY_ENTRIES", value_name = "N")]
     pub snapshot_every_entries: Option<u64>,
     /// Write a snapshot once the WAL after the last one holds this many bytes (0: never by
     /// size) [default: 256MiB].
     #[arg(long, env = "KVD_SNAPSHOT_EVERY_WAL_BYTES", value_name = "BYTES", value_parser = parse_bytes)]
     pub snapshot_every_wal_bytes: Option<u64>,
+    /// Write a snapshot once the WAL after the last one holds this many times the live data
+    /// (and at least 4 MiB; 0: never by ratio): disk use stays a small multiple of the data
+    /// under overwrites [default: 2].
+    #[arg(long, env = "KVD_SNAPSHOT_WAL_LIVE_RATIO", value_name = "N")]
+    pub snapshot_wal_live_ratio: Option<u64>,
     /// Snapshots kept on disk [default: 2].
     #[arg(long, env = "KVD_SNAPSHOTS_KEPT", value_name = "N")]
     pub snapshots_kept: Option<usize>,

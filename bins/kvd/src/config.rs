@@ -123,6 +123,7 @@ struct FileConfig {
     fetch_wait_ms: Option<u64>,
     snapshot_every_entries: Option<u64>,
     snapshot_every_wal_bytes: Option<ByteSize>,
+    snapshot_wal_live_ratio: Option<u64>,
     snapshots_kept: Option<usize>,
     wal_retention_bytes: Option<ByteSize>,
     snapshot_codec: Option<String>,
@@ -424,6 +425,10 @@ fn resolve_replication(
         .snapshot_every_entries
         .or(file.snapshot_every_entries)
         .unwrap_or(compaction.snapshot_every_entries);
+    compaction.snapshot_wal_live_ratio = args
+        .snapshot_wal_live_ratio
+        .or(file.snapshot_wal_live_ratio)
+        .unwrap_or(compaction.snapshot_wal_live_ratio);
     if let Some(bytes) = match (
         args.snapshot_every_wal_bytes,
         &file.snapshot_every_wal_bytes,

@@ -14,6 +14,11 @@ pub struct CompactionOptions {
     pub snapshot_every_entries: u64,
     /// Snapshot once the WAL after the last snapshot holds this many bytes (0: never by size).
     pub snapshot_every_wal_bytes: u64,
+    /// Snapshot once the WAL after the last snapshot holds this many times the live data (and
+    /// at least [`SNAPSHOT_WAL_FLOOR_BYTES`]; 0: never by ratio): keeps the disk use of a small
+    /// data set under overwrites a small multiple of the data, as Redis's
+    /// `auto-aof-rewrite-percentage` does.
+    pub snapshot_wal_live_ratio: u64,
     /// Snapshots kept on disk (at least 1).
     pub snapshots_kept: usize,
     /// WAL bytes before the newest snapshot kept for followers that still need them.
@@ -29,8 +34,9 @@ pub struct CompactionOptions {
 impl Default for CompactionOptions {
     fn default() -> CompactionOptions {
         CompactionOptions {
-            snapshot_every_entries: 1_000_000,
+            snapshot_every_entries: 500_000,
             snapshot_every_wal_bytes: 256 << 20,
+            snapshot_wal_live_ratio: 2,
             snapshots_kept: 2,
             wal_retention_bytes: 1 << 30,
             codec: Codec::Zstd,
@@ -38,6 +44,36 @@ impl Default for CompactionOptions {
             snapshot_chunk_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// The WAL a snapshot by ratio waits for at least (so a tiny data set is not snapshotted on
+/// every write).
+pub const SNAPSHOT_WAL_FLOOR_BYTES: u64 = 4 << 20;
+
+/// An active segment at least this large is sealed before a snapshot, so that the compaction
+/// after it can purge it (only sealed segments are purged).
+pub const SEAL_BEFORE_SNAPSHOT_BYTES: u64 = 1 << 20;
+
+/// Whether the policy asks for a snapshot, given what happened since the last one: entries
+/// applied, WAL bytes written, and the live data's size now.
+pub fn snapshot_due(
+    options: &CompactionOptions,
+    entries_since: u64,
+    wal_bytes_since: u64,
+    live_bytes: u64,
+) -> bool {
+    if entries_since == 0 {
+        return false;
+    }
+    let by_count =
+        options.snapshot_every_entries > 0 && entries_since >= options.snapshot_every_entries;
+    let by_size =
+        options.snapshot_every_wal_bytes > 0 && wal_bytes_since >= options.snapshot_every_wal_bytes;
+    let by_ratio = options.snapshot_wal_live_ratio > 0
+        && wal_bytes_since
+            >= SNAPSHOT_WAL_FLOOR_BYTES
+                .max(live_bytes.saturating_mul(options.snapshot_wal_live_ratio));
+    by_count || by_size || by_ratio
 }
 
 /// One follower's effect on a purge.
@@ -107,6 +143,42 @@ pub fn purge_point(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshots_are_due_by_count_size_or_ratio_to_the_live_data() {
+        let options = CompactionOptions::default();
+        let mib = 1u64 << 20;
+        // Nothing applied since the last snapshot: never.
+        assert!(!snapshot_due(&options, 0, 10 << 30, 1));
+        // By count.
+        assert!(snapshot_due(&options, 500_000, 0, 0));
+        assert!(!snapshot_due(&options, 499_999, 0, 1 << 30));
+        // By size.
+        assert!(snapshot_due(&options, 1, 256 * mib, 1 << 30));
+        // By ratio: twice the live data, and at least the floor.
+        assert!(snapshot_due(&options, 1, 20 * mib, 10 * mib));
+        assert!(!snapshot_due(&options, 1, 20 * mib - 1, 10 * mib));
+        assert!(!snapshot_due(&options, 1, SNAPSHOT_WAL_FLOOR_BYTES - 1, 1));
+        assert!(snapshot_due(&options, 1, SNAPSHOT_WAL_FLOOR_BYTES, 1));
+        // 0 turns each trigger off.
+        let off = CompactionOptions {
+            snapshot_every_entries: 0,
+            snapshot_every_wal_bytes: 0,
+            snapshot_wal_live_ratio: 0,
+            ..CompactionOptions::default()
+        };
+        assert!(!snapshot_due(&off, u64::MAX, u64::MAX, 0));
+        // A huge live size does not overflow.
+        assert!(!snapshot_due(
+            &CompactionOptions {
+                snapshot_every_wal_bytes: 0,
+                ..CompactionOptions::default()
+            },
+            1,
+            u64::MAX - 1,
+            u64::MAX
+        ));
+    }
 
     #[test]
     fn followers_hold_segments_back_within_the_retention_limit() {

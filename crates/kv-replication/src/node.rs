@@ -196,6 +196,10 @@ pub struct CompactionStatus {
     /// The policy.
     pub snapshot_every_wal_bytes: u64,
     /// The policy.
+    pub snapshot_wal_live_ratio: u64,
+    /// Bytes of live data in the map (what the ratio is taken of).
+    pub live_bytes: u64,
+    /// The policy.
     pub snapshots_kept: usize,
     /// The policy.
     pub wal_retention_bytes: u64,
@@ -773,8 +777,6 @@ impl Node {
         if applied <= newest {
             return false;
         }
-        let by_count = options.snapshot_every_entries > 0
-            && applied - newest >= options.snapshot_every_entries;
         let wal_bytes_after: u64 = self
             .store
             .wal()
@@ -783,9 +785,12 @@ impl Node {
             .filter(|segment| segment.last_id.is_none_or(|last| last > newest))
             .map(|segment| segment.size_bytes)
             .sum();
-        let by_size = options.snapshot_every_wal_bytes > 0
-            && wal_bytes_after >= options.snapshot_every_wal_bytes;
-        by_count || by_size
+        crate::compaction::snapshot_due(
+            options,
+            applied - newest,
+            wal_bytes_after,
+            self.store.live_bytes(),
+        )
     }
 
     /// [`Node::snapshot_and_compact`] on a thread of its own. The view of the map is taken at
@@ -834,6 +839,16 @@ impl Node {
                 ));
             }
             state.running = true;
+        }
+        // Seal a large active segment first: the compaction after the snapshot can then
+        // purge it once the snapshot covers it.
+        if let Err(error) = self
+            .store
+            .wal()
+            .seal_active(crate::compaction::SEAL_BEFORE_SNAPSHOT_BYTES)
+        {
+            lock(&self.compaction).running = false;
+            return Err(Error::Store(error.into()));
         }
         let view = self.store.snapshot_view();
         after_view();
@@ -935,6 +950,8 @@ impl Node {
             entries_since_snapshot: self.store.applied_id().saturating_sub(newest),
             snapshot_every_entries: options.snapshot_every_entries,
             snapshot_every_wal_bytes: options.snapshot_every_wal_bytes,
+            snapshot_wal_live_ratio: options.snapshot_wal_live_ratio,
+            live_bytes: self.store.live_bytes(),
             snapshots_kept: options.snapshots_kept,
             wal_retention_bytes: options.wal_retention_bytes,
             codec: options.codec.to_string(),

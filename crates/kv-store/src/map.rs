@@ -120,6 +120,8 @@ impl Borrow<[u8]> for ByKey {
 #[derive(Default, Clone)]
 pub(crate) struct KeyMap {
     entries: imbl::OrdSet<ByKey>,
+    /// The sum of the cells' sizes: the live data, what a snapshot holds before compression.
+    bytes: u64,
 }
 
 impl std::fmt::Debug for KeyMap {
@@ -138,15 +140,29 @@ impl KeyMap {
     }
 
     pub fn set(&mut self, key: &[u8], kind: ValueKind, value: &[u8]) {
-        self.entries.insert(ByKey(KeyValue::new(key, kind, value)));
+        self.insert(KeyValue::new(key, kind, value));
     }
 
     pub fn insert(&mut self, entry: KeyValue) {
-        self.entries.insert(ByKey(entry));
+        self.bytes += entry.cell().len() as u64;
+        if let Some(old) = self.entries.insert(ByKey(entry)) {
+            self.bytes -= old.0.cell().len() as u64;
+        }
     }
 
     pub fn delete(&mut self, key: &[u8]) -> bool {
-        self.entries.remove(key).is_some()
+        match self.entries.remove(key) {
+            Some(old) => {
+                self.bytes -= old.0.cell().len() as u64;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bytes of live data: the sum of every cell's size (`[key_len u32][key][kind u8][value]`).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Every entry, in key order.
@@ -257,6 +273,13 @@ mod tests {
             .all(|entry| entry.value_kind() == ValueKind::Json && entry.value_bytes() == b"1"));
         assert!(frozen.get(b"new").is_none());
         assert_eq!(map.len(), 1_000 - 334 + 1);
+        let cells = |map: &KeyMap| {
+            map.iter()
+                .map(|entry| entry.cell().len() as u64)
+                .sum::<u64>()
+        };
+        assert_eq!(map.bytes(), cells(&map));
+        assert_eq!(frozen.bytes(), cells(&frozen));
         assert_eq!(map.get(b"1").unwrap().value_bytes(), b"2");
         let mut keys: Vec<&[u8]> = frozen.iter().map(KeyValue::key).collect();
         let in_order = keys.clone();

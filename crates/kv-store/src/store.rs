@@ -519,6 +519,12 @@ impl Store {
         read(&self.map).len()
     }
 
+    /// Bytes of live data in the applied map (every key and value with a few bytes of framing
+    /// each: what a snapshot holds before compression).
+    pub fn live_bytes(&self) -> u64 {
+        read(&self.map).bytes()
+    }
+
     /// The id of the last entry applied to the map (0 when none).
     pub fn applied_id(&self) -> u64 {
         self.applied_id.load(Ordering::Acquire)

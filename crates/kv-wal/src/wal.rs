@@ -943,6 +943,23 @@ impl Wal {
         Ok(shared.durable.get())
     }
 
+    /// Seals the active segment now and starts a new one, if it holds records and at least
+    /// `min_bytes`; returns whether it did. For compaction: only sealed segments can be
+    /// purged, so a log whose active segment is large and already covered by a snapshot seals
+    /// it to let [`Wal::purge_before`] reclaim it. The seal is fsynced like a roll.
+    pub fn seal_active(&self, min_bytes: u64) -> Result<bool> {
+        let shared = &self.shared;
+        let mut writer = shared.writer();
+        writer.check_writable()?;
+        let bytes = writer.write_offset + writer.pending.len() as u64;
+        if !writer.active_has_records() || bytes < min_bytes {
+            return Ok(false);
+        }
+        let first_id = writer.next_id;
+        shared.roll(&mut writer, first_id)?;
+        Ok(true)
+    }
+
     /// Drops every record after `after_id` (replication divergence). Crash-safe: a marker file
     /// is made durable first, so a crash at any point leaves either the old log or, once open
     /// completes the marked truncation, the new one. The next append gets `after_id + 1`: the

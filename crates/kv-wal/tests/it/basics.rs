@@ -172,6 +172,41 @@ fn purge_before_drops_whole_segments_only() {
     assert_eq!(wal.next_id(), 102);
 }
 
+/// Sealing the active segment early lets a purge reclaim it; a small or empty active segment
+/// is left alone, and the log reopens clean and continues.
+#[test]
+fn seal_active_lets_purge_reclaim_a_covered_active_segment() {
+    let fs = SimFs::new();
+    let (wal, _) = open_sim(&fs, 1 << 20, RecoveryMode::TolerateTornTail).unwrap();
+    assert!(
+        !wal.seal_active(0).unwrap(),
+        "an empty active segment is not sealed"
+    );
+    for id in 1..=100 {
+        wal.append(&payload(id, 40)).unwrap();
+    }
+    assert_eq!(wal.segments().len(), 1);
+    assert!(!wal.seal_active(1 << 20).unwrap(), "below min_bytes");
+    assert!(
+        wal.purge_before(101).unwrap().is_empty(),
+        "the active segment stays"
+    );
+    assert!(wal.seal_active(1).unwrap());
+    let segments = wal.segments();
+    assert_eq!(segments.len(), 2);
+    assert_eq!(segments[0].last_id, Some(100));
+    assert!(segments[1].is_active && segments[1].first_id == 101);
+    assert_eq!(wal.durable_id(), 100, "the seal is fsynced");
+    assert_eq!(wal.purge_before(101).unwrap().len(), 1);
+    assert_eq!(wal.start_id(), 101);
+    assert_eq!(wal.append(b"next").unwrap(), 101);
+    assert_eq!(wal.read(101).unwrap(), Some(b"next".to_vec()));
+    drop(wal);
+    let (wal, report) = open_sim(&fs, 1 << 20, RecoveryMode::Strict).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!((wal.first_id(), wal.next_id()), (Some(101), 102));
+}
+
 #[test]
 fn append_frames_checks_crc_and_continuity() {
     let fs = SimFs::new();
