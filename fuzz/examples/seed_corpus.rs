@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use kv_wal::frame::encode_record;
 use kv_wal::sim::{CrashMode, SimFs};
-use kv_wal::{SyncPolicy, Wal, WalOptions};
+use kv_wal::{SegmentCodec, SyncPolicy, Wal, WalOptions};
 use kvd_fuzz::wal_targets::{encode_directory_image, IMAGE_DIR, IMAGE_SEGMENT_BYTES_MAX};
 
 fn write_seed(target: &str, name: &str, bytes: &[u8]) {
@@ -17,10 +17,20 @@ fn write_seed(target: &str, name: &str, bytes: &[u8]) {
 }
 
 fn log_image(records: u64, record_bytes: usize, crash: Option<CrashMode>) -> Vec<u8> {
+    compressed_log_image(records, record_bytes, crash, None)
+}
+
+fn compressed_log_image(
+    records: u64,
+    record_bytes: usize,
+    crash: Option<CrashMode>,
+    codec: Option<SegmentCodec>,
+) -> Vec<u8> {
     let fs = SimFs::new();
     let options = WalOptions {
         segment_bytes_max: IMAGE_SEGMENT_BYTES_MAX,
         sync_policy: SyncPolicy::Never,
+        compress_sealed_segments: codec,
         file_system: Arc::new(fs.clone()),
         ..WalOptions::default()
     };
@@ -28,6 +38,10 @@ fn log_image(records: u64, record_bytes: usize, crash: Option<CrashMode>) -> Vec
     for id in 1..=records {
         let payload = vec![b'a' + (id % 26) as u8; record_bytes];
         wal.append(&payload).expect("append");
+    }
+    if codec.is_some() {
+        let report = wal.compress_sealed().expect("compress");
+        assert!(report.segments_compressed > 0, "{report:?}");
     }
     match crash {
         Some(mode) => fs.crash(mode),
@@ -60,6 +74,23 @@ fn main() {
             "wal_recovery",
             &format!("torn-tail-{seed}"),
             &log_image(40, 300, Some(CrashMode::TearUnsynced { seed })),
+        );
+    }
+    for (name, codec) in [("lz4", SegmentCodec::Lz4), ("zstd", SegmentCodec::Zstd)] {
+        write_seed(
+            "wal_recovery",
+            &format!("compressed-segments-{name}"),
+            &compressed_log_image(60, 200, None, Some(codec)),
+        );
+        write_seed(
+            "wal_recovery",
+            &format!("compressed-segments-{name}-torn-tail"),
+            &compressed_log_image(
+                60,
+                200,
+                Some(CrashMode::TearUnsynced { seed: 7 }),
+                Some(codec),
+            ),
         );
     }
     write_seed(

@@ -11,8 +11,9 @@
 //! kind u8 | sequence u8 | first_id u16 LE | len u16 LE | len bytes of content
 //! ```
 //!
-//! where `kind % 4` is 0 or 1 for a segment file named `{sequence:020}-{first_id:020}.wal`,
-//! 2 for `wal.meta` and 3 for `truncate.pending`. [`encode_directory_image`] makes one from a
+//! where `kind % 4` is 0 for a segment file named `{sequence:020}-{first_id:020}.wal`, 1 for a
+//! compressed segment `{sequence:020}-{first_id:020}.walz`, 2 for `wal.meta` and 3 for
+//! `truncate.pending`. [`encode_directory_image`] makes one from a
 //! real log, for seeds.
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 use kv_wal::fs::FileSystem;
 use kv_wal::sim::SimFs;
-use kv_wal::{frame, RecoveryMode, SyncPolicy, Wal, WalOptions};
+use kv_wal::{frame, RecoveryMode, SegmentCodec, SyncPolicy, Wal, WalOptions};
 
 /// Where images are laid out.
 pub const IMAGE_DIR: &str = "/fuzz/wal";
@@ -88,7 +89,8 @@ pub fn directory_image(data: &[u8]) -> SimFs {
         let (contents, tail) = tail.split_at(len);
         rest = tail;
         let name = match header[0] % 4 {
-            0 | 1 => format!("{sequence:020}-{first_id:020}.wal"),
+            0 => format!("{sequence:020}-{first_id:020}.wal"),
+            1 => format!("{sequence:020}-{first_id:020}.walz"),
             2 => META_FILE.to_owned(),
             _ => TRUNCATE_MARKER_FILE.to_owned(),
         };
@@ -108,12 +110,16 @@ pub fn encode_directory_image(fs: &SimFs, dir: &Path) -> Vec<u8> {
             (2u8, 0u64, 0u64)
         } else if name == TRUNCATE_MARKER_FILE {
             (3, 0, 0)
-        } else if let Some((sequence, first_id)) = name
+        } else if let Some((kind, (sequence, first_id))) = name
             .strip_suffix(".wal")
-            .and_then(|stem| stem.split_once('-'))
-            .and_then(|(sequence, first_id)| Some((sequence.parse().ok()?, first_id.parse().ok()?)))
+            .map(|stem| (0u8, stem))
+            .or_else(|| name.strip_suffix(".walz").map(|stem| (1u8, stem)))
+            .and_then(|(kind, stem)| Some((kind, stem.split_once('-')?)))
+            .and_then(|(kind, (sequence, first_id))| {
+                Some((kind, (sequence.parse().ok()?, first_id.parse().ok()?)))
+            })
         {
-            (0, sequence, first_id)
+            (kind, sequence, first_id)
         } else {
             continue;
         };
@@ -136,14 +142,16 @@ fn image_options(fs: &SimFs, recovery_mode: RecoveryMode) -> WalOptions {
         segment_bytes_max: IMAGE_SEGMENT_BYTES_MAX,
         sync_policy: SyncPolicy::Always,
         recovery_mode,
+        compress_sealed_segments: Some(SegmentCodec::Lz4),
         file_system: Arc::new(fs.clone()),
         ..WalOptions::default()
     }
 }
 
 /// Opens the image `data` describes in every recovery mode (each on its own copy). Open may
-/// refuse; it must not panic, and a log it opens must iterate in id order, take an append at
-/// its next id, and reopen with that record as its last.
+/// refuse; it must not panic, and a log it opens must iterate in id order, read back the same
+/// records after a pass compressing its sealed segments, take an append at its next id, and
+/// reopen with that record as its last.
 pub fn recover_directory(data: &[u8]) {
     let image = directory_image(data);
     for mode in RECOVERY_MODES {
@@ -158,6 +166,27 @@ fn check_recovery(fs: SimFs, mode: RecoveryMode) {
     };
     let next_id = wal.next_id();
     assert_eq!(report.next_id, next_id, "{mode}: {report}");
+    let records = |wal: &Wal| -> Vec<(u64, Vec<u8>)> {
+        wal.iter_from(1)
+            .take(ITERATED_RECORDS_MAX)
+            .map_while(|record| record.ok().map(|record| (record.id, record.into_payload())))
+            .collect()
+    };
+    let before = records(&wal);
+    // Compressing checks each sealed segment whole and skips one that does not check; what
+    // it compresses must read back the same.
+    if wal.compress_sealed().is_ok() {
+        let after = records(&wal);
+        assert_eq!(
+            before.len(),
+            after.len(),
+            "{mode}: compressing changed what reads back ({report})"
+        );
+        assert!(
+            before == after,
+            "{mode}: compressing changed a record ({report})"
+        );
+    }
     let mut previous: Option<u64> = None;
     for record in wal.iter_from(1).take(ITERATED_RECORDS_MAX) {
         // Damage found while reading (a sealed segment is checked as it is read) is an error,

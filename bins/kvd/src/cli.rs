@@ -143,7 +143,7 @@ pub struct NodeArgs {
     #[arg(long, env = "KVD_SNAPSHOT_EVERY_WAL_BYTES", value_name = "BYTES", value_parser = parse_bytes)]
     pub snapshot_every_wal_bytes: Option<u64>,
     /// Write a snapshot once the WAL after the last one holds this many times the live data
-    /// (and at least 4 MiB; 0: never by ratio): disk use stays a small multiple of the data
+    /// (and at least 2 MiB; 0: never by ratio): disk use stays a small multiple of the data
     /// under overwrites [default: 2].
     #[arg(long, env = "KVD_SNAPSHOT_WAL_LIVE_RATIO", value_name = "N")]
     pub snapshot_wal_live_ratio: Option<u64>,

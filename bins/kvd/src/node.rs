@@ -136,13 +136,17 @@ async fn serve(config: &NodeConfig, node: Arc<Node>) -> anyhow::Result<()> {
         let node = node.clone();
         let compress_sealed = config.compress_sealed_segments.is_some();
         tokio::spawn(async move {
+            let mut last_persisted = Instant::now();
             loop {
                 tokio::select! {
                     _ = stopped.wait_for(|stop| *stop) => return,
                     _ = tokio::time::sleep(COMPACTION_CHECK_INTERVAL) => {}
                 }
-                if let Err(error) = node.persist_progress() {
-                    tracing::error!(%error, "cannot save the commit id and epoch");
+                if last_persisted.elapsed() >= PERSIST_PROGRESS_INTERVAL {
+                    last_persisted = Instant::now();
+                    if let Err(error) = node.persist_progress() {
+                        tracing::error!(%error, "cannot save the commit id and epoch");
+                    }
                 }
                 if compress_sealed {
                     let worker = node.clone();
@@ -228,7 +232,11 @@ fn compress_sealed_segments(node: &Node) {
     }
 }
 
-const COMPACTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the snapshot policy is checked (and sealed segments compressed, when on): the
+/// WAL written between two checks adds to the disk use the policy allows.
+const COMPACTION_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the applied commit id and the epoch heard are saved in `node.meta`.
+const PERSIST_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Transport for CorruptingTransport {
     async fn snapshot_meta(&self, timeout: Duration) -> Result<Option<SnapshotMeta>, String> {

@@ -48,7 +48,7 @@ impl Default for CompactionOptions {
 
 /// The WAL a snapshot by ratio waits for at least (so a tiny data set is not snapshotted on
 /// every write).
-pub const SNAPSHOT_WAL_FLOOR_BYTES: u64 = 4 << 20;
+pub const SNAPSHOT_WAL_FLOOR_BYTES: u64 = 2 << 20;
 
 /// An active segment at least this large is sealed before a snapshot, so that the compaction
 /// after it can purge it (only sealed segments are purged).
