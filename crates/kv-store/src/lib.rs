@@ -12,6 +12,14 @@
 //! [`Store::write`] does both for a single node. Reads ([`Store::get`],
 //! [`Store::scan_prefix`]) see the applied map only.
 //!
+//! **Snapshots** ([`snapshot`]): with [`StoreOptions::snapshot_dir`] set, [`Store::write_snapshot`]
+//! writes the applied map at one id — a copy-on-write clone taken in `O(1)` under the map's
+//! lock, serialized with none held, so writes go on — as a checksummed, compressed file;
+//! [`Store::open`] loads the newest valid one and replays only the log after it (a damaged
+//! snapshot falls back to an older one or to the whole log, and [`Store::snapshot_load`] says
+//! so); [`Store::purge_wal_before`] then drops the log the snapshot covers, and
+//! [`Store::install_snapshot`] replaces the whole state with another node's snapshot.
+//!
 //! The crate needs no async runtime: [`Store::write`] is a plain future (the WAL ticket wakes
 //! it), and [`Store::write_blocking`] waits on a thread.
 //!
