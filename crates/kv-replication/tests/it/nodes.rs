@@ -109,6 +109,17 @@ fn open(dir: &std::path::Path) -> Arc<Store> {
     Arc::new(Store::open(dir.join("wal"), options).expect("open store").0)
 }
 
+fn leader_node(dir: &std::path::Path, options: NodeOptions) -> Arc<Node> {
+    Arc::new(Node::open_leader(open(dir), dir, options).expect("open leader"))
+}
+
+fn follower_node(dir: &std::path::Path, options: NodeOptions) -> Arc<Node> {
+    Arc::new(
+        Node::open_follower(open(dir), dir, "test://leader".to_owned(), options)
+            .expect("open follower"),
+    )
+}
+
 fn set(key: String, value: u64) -> Op {
     Op::Set {
         key: key.into_bytes(),
@@ -129,20 +140,10 @@ fn options(write_quorum: usize) -> NodeOptions {
 async fn a_follower_refuses_corrupted_batches_and_recovers_them_from_the_leader() {
     let leader_dir = tempfile::tempdir().unwrap();
     let follower_dir = tempfile::tempdir().unwrap();
-    let leader = Arc::new(
-        Node::open_leader(open(leader_dir.path()), leader_dir.path(), options(2)).unwrap(),
-    );
+    let leader = leader_node(leader_dir.path(), options(2));
     let mut follower_options = options(2);
     follower_options.follower.fetch_bytes_max = 512; // many small batches
-    let follower = Arc::new(
-        Node::open_follower(
-            open(follower_dir.path()),
-            follower_dir.path(),
-            "test://leader".to_owned(),
-            follower_options,
-        )
-        .unwrap(),
-    );
+    let follower = follower_node(follower_dir.path(), follower_options);
     let transport = Direct {
         corrupt_every: 3,
         ..Direct::to(&leader)
@@ -203,9 +204,7 @@ async fn quorum_writes_time_out_without_followers_and_commit_when_one_returns() 
     let follower_dir = tempfile::tempdir().unwrap();
     let mut leader_options = options(2);
     leader_options.acks_timeout = Duration::from_millis(300);
-    let leader = Arc::new(
-        Node::open_leader(open(leader_dir.path()), leader_dir.path(), leader_options).unwrap(),
-    );
+    let leader = leader_node(leader_dir.path(), leader_options);
 
     // No follower: the write is durable on the leader but not acknowledged, and not visible.
     let error = leader
@@ -236,15 +235,7 @@ async fn quorum_writes_time_out_without_followers_and_commit_when_one_returns() 
     );
 
     // A follower joins: both entries commit and become visible.
-    let follower = Arc::new(
-        Node::open_follower(
-            open(follower_dir.path()),
-            follower_dir.path(),
-            "test://leader".to_owned(),
-            options(2),
-        )
-        .unwrap(),
-    );
+    let follower = follower_node(follower_dir.path(), options(2));
     let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let transport = Direct {
         down: down.clone(),
@@ -289,11 +280,8 @@ async fn a_follower_of_another_cluster_stops_and_keeps_its_data() {
     let leader_dir = tempfile::tempdir().unwrap();
     let other_dir = tempfile::tempdir().unwrap();
     let follower_dir = tempfile::tempdir().unwrap();
-    let leader = Arc::new(
-        Node::open_leader(open(leader_dir.path()), leader_dir.path(), options(1)).unwrap(),
-    );
-    let other =
-        Arc::new(Node::open_leader(open(other_dir.path()), other_dir.path(), options(1)).unwrap());
+    let leader = leader_node(leader_dir.path(), options(1));
+    let other = leader_node(other_dir.path(), options(1));
     leader
         .write(set("a".to_owned(), 1), Acks::Leader)
         .await
@@ -302,15 +290,7 @@ async fn a_follower_of_another_cluster_stops_and_keeps_its_data() {
         .write(set("b".to_owned(), 1), Acks::Leader)
         .await
         .unwrap();
-    let follower = Arc::new(
-        Node::open_follower(
-            open(follower_dir.path()),
-            follower_dir.path(),
-            "test://leader".to_owned(),
-            options(1),
-        )
-        .unwrap(),
-    );
+    let follower = follower_node(follower_dir.path(), options(1));
     let direct = |node: &Arc<Node>| Direct::to(node);
     // Join the first cluster and copy its entry.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -344,14 +324,7 @@ async fn a_follower_behind_a_compacted_log_installs_the_snapshot_resuming_a_brok
     let follower_dir = tempfile::tempdir().unwrap();
     let mut leader_options = options(1);
     leader_options.compaction.snapshot_chunk_bytes = 1024; // many chunks
-    let leader = Arc::new(
-        Node::open_leader(
-            open(leader_dir.path()),
-            leader_dir.path(),
-            leader_options.clone(),
-        )
-        .unwrap(),
-    );
+    let leader = leader_node(leader_dir.path(), leader_options.clone());
     for index in 0..2_000u64 {
         leader
             .write(set(format!("k{index}"), index), Acks::Leader)
@@ -376,15 +349,7 @@ async fn a_follower_behind_a_compacted_log_installs_the_snapshot_resuming_a_brok
             .unwrap();
     }
 
-    let follower = Arc::new(
-        Node::open_follower(
-            open(follower_dir.path()),
-            follower_dir.path(),
-            "test://leader".to_owned(),
-            leader_options,
-        )
-        .unwrap(),
-    );
+    let follower = follower_node(follower_dir.path(), leader_options);
     let transport = Direct {
         fail_snapshot_chunk_at: 5, // the download breaks after four chunks
         ..Direct::to(&leader)
@@ -420,18 +385,8 @@ async fn a_follower_behind_a_compacted_log_installs_the_snapshot_resuming_a_brok
 async fn compaction_keeps_what_a_live_follower_needs_within_the_retention_limit() {
     let leader_dir = tempfile::tempdir().unwrap();
     let follower_dir = tempfile::tempdir().unwrap();
-    let leader = Arc::new(
-        Node::open_leader(open(leader_dir.path()), leader_dir.path(), options(1)).unwrap(),
-    );
-    let follower = Arc::new(
-        Node::open_follower(
-            open(follower_dir.path()),
-            follower_dir.path(),
-            "test://leader".to_owned(),
-            options(1),
-        )
-        .unwrap(),
-    );
+    let leader = leader_node(leader_dir.path(), options(1));
+    let follower = follower_node(follower_dir.path(), options(1));
     let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let transport = Direct {
         down: down.clone(),
