@@ -190,10 +190,7 @@ impl FollowerState {
                 frames,
                 ..
             } => {
-                if let Some(step) = self.check_cluster(cluster_id) {
-                    return step;
-                }
-                if let Some(step) = self.check_epoch(now, leader_epoch) {
+                if let Some(step) = self.check_leader(now, cluster_id, leader_epoch) {
                     return step;
                 }
                 if !frames.is_empty() {
@@ -226,10 +223,7 @@ impl FollowerState {
                 leader_epoch,
                 truncate_after,
             } => {
-                if let Some(step) = self.check_cluster(cluster_id) {
-                    return step;
-                }
-                if let Some(step) = self.check_epoch(now, leader_epoch) {
+                if let Some(step) = self.check_leader(now, cluster_id, leader_epoch) {
                     return step;
                 }
                 self.leader_epoch = self.leader_epoch.max(leader_epoch);
@@ -255,10 +249,7 @@ impl FollowerState {
                 first_id,
                 leader_epoch,
             } => {
-                if let Some(step) = self.check_cluster(cluster_id) {
-                    return step;
-                }
-                if let Some(step) = self.check_epoch(now, leader_epoch) {
+                if let Some(step) = self.check_leader(now, cluster_id, leader_epoch) {
                     return step;
                 }
                 self.leader_epoch = self.leader_epoch.max(leader_epoch);
@@ -283,6 +274,12 @@ impl FollowerState {
                 self.cluster_id
             )),
         }
+    }
+
+    /// The checks every answer from the leader passes first: its cluster, then its epoch.
+    fn check_leader(&mut self, now: Instant, cluster_id: u64, leader_epoch: u64) -> Option<Step> {
+        self.check_cluster(cluster_id)
+            .or_else(|| self.check_epoch(now, leader_epoch))
     }
 
     fn check_cluster(&mut self, cluster_id: u64) -> Option<Step> {
