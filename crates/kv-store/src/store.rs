@@ -148,25 +148,38 @@ impl Store {
             }
             None => (Replayed::default(), 0),
         };
-        let Replayed {
-            map,
-            applied_id,
-            epochs,
-            pending,
-            replayed_records,
-        } = replay(&wal, start, base, apply_limit)?;
-        load.replayed_records = replayed_records;
-        Ok(Store {
+        let replayed = replay(&wal, start, base, apply_limit)?;
+        load.replayed_records = replayed.replayed_records;
+        Ok(Store::assemble(
+            wal,
+            epoch,
+            replayed,
+            Some(snapshot_dir),
+            base,
+            load,
+        ))
+    }
+
+    /// A store over `wal` holding what replaying rebuilt.
+    fn assemble(
+        wal: Wal,
+        epoch: u64,
+        replayed: Replayed,
+        snapshot_dir: Option<PathBuf>,
+        snapshot_base: u64,
+        snapshot_load: SnapshotLoad,
+    ) -> Store {
+        Store {
             wal,
             epoch: AtomicU64::new(epoch),
-            pending: Mutex::new(pending),
-            map: RwLock::new(map),
-            applied_id: AtomicU64::new(applied_id),
-            epochs: Mutex::new(epochs),
-            snapshot_dir: Some(snapshot_dir),
-            snapshot_base: AtomicU64::new(base),
-            snapshot_load: load,
-        })
+            pending: Mutex::new(replayed.pending),
+            map: RwLock::new(replayed.map),
+            applied_id: AtomicU64::new(replayed.applied_id),
+            epochs: Mutex::new(replayed.epochs),
+            snapshot_dir,
+            snapshot_base: AtomicU64::new(snapshot_base),
+            snapshot_load,
+        }
     }
 
     /// Builds a store over an open WAL, replaying its records up to `apply_limit` (the rest
@@ -174,24 +187,15 @@ impl Store {
     ///
     /// Fails with [`Error::Decode`] naming the id of a record that is not a store entry.
     pub fn from_wal(wal: Wal, epoch: u64, apply_limit: u64) -> Result<Store> {
-        let Replayed {
-            map,
-            applied_id,
-            epochs,
-            pending,
-            ..
-        } = replay(&wal, Replayed::default(), 0, apply_limit)?;
-        Ok(Store {
+        let replayed = replay(&wal, Replayed::default(), 0, apply_limit)?;
+        Ok(Store::assemble(
             wal,
-            epoch: AtomicU64::new(epoch),
-            pending: Mutex::new(pending),
-            map: RwLock::new(map),
-            applied_id: AtomicU64::new(applied_id),
-            epochs: Mutex::new(epochs),
-            snapshot_dir: None,
-            snapshot_base: AtomicU64::new(0),
-            snapshot_load: SnapshotLoad::default(),
-        })
+            epoch,
+            replayed,
+            None,
+            0,
+            SnapshotLoad::default(),
+        ))
     }
 
     /// What opening found in the snapshot directory.
