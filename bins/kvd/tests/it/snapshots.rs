@@ -32,6 +32,49 @@ fn put(kvd: &Kvd, key: &str, value: u64) -> u64 {
     body["id"].as_u64().expect("id")
 }
 
+/// With the default policy (64 MiB segments, no tuning), overwrites keep the data directory a
+/// few MiB: the ratio trigger snapshots once the WAL since the last snapshot holds twice the live
+/// data (at least 2 MiB), the active segment is sealed first, and the purge takes it.
+#[test]
+fn the_default_policy_keeps_disk_near_the_live_data_under_overwrites() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("leader");
+    let kvd = Kvd::start(&data_dir, &["--sync-policy", "never"], &[]);
+    let value = "v".repeat(1_000);
+    let writes = 12_000u64; // ~12 MB of history over 100 keys (~100 KB live)
+    let mut peak_bytes = 0;
+    for index in 0..writes {
+        let body = json!({ "value": format!("{index}-{value}") }).to_string();
+        let (status, answer) = kvd.json("PUT", &format!("/key/key-{}", index % 100), Some(&body));
+        assert_eq!(status, 200, "{answer}");
+        if index % 500 == 499 {
+            peak_bytes = peak_bytes.max(directory_bytes(&data_dir));
+        }
+    }
+    // Let the compactor (every 250 ms) catch up with the last writes.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let final_bytes = loop {
+        let bytes = directory_bytes(&data_dir);
+        if bytes < 3 << 20 || std::time::Instant::now() > deadline {
+            break bytes;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let (_, status) = kvd.json("GET", "/compaction/status", None);
+    println!("{writes} overwrites of 100 keys of 1 KB: peak {peak_bytes} bytes, final {final_bytes} bytes, {status}");
+    assert!(
+        status["snapshots_written"].as_u64().expect("count") >= 3,
+        "{status}"
+    );
+    let live = status["live_bytes"].as_u64().expect("live bytes");
+    assert!((100_000..120_000).contains(&live), "{status}");
+    assert!(
+        peak_bytes < 6 << 20,
+        "disk use grew with history (~12 MB written): peak {peak_bytes} bytes"
+    );
+    assert!(final_bytes < 3 << 20, "final {final_bytes} bytes: {status}");
+}
+
 #[test]
 fn overwrites_keep_disk_bounded_and_restart_replays_only_the_tail() {
     let dir = tempfile::tempdir().expect("temp dir");
