@@ -395,13 +395,20 @@ impl Store {
     /// are dropped, the map is rebuilt from the log that remains.
     pub fn truncate_after(&self, after_id: u64) -> Result<()> {
         let mut pending = lock(&self.pending);
+        // A cut that drops applied entries rebuilds the map from a base: find it before
+        // anything changes, so a cut that cannot be served is refused whole. (Applies take the
+        // pending lock first: the applied id cannot move meanwhile.)
+        let rebuild_from = if self.applied_id() > after_id {
+            Some(self.rebuild_start(after_id)?)
+        } else {
+            None
+        };
         self.wal.truncate_after(after_id)?;
         pending.retain(|(id, _)| *id <= after_id);
         lock(&self.epochs).truncate_after(after_id);
-        if self.applied_id() > after_id {
+        if let Some((start, base)) = rebuild_from {
             // Rebuild what stays applied; what was pending stays pending.
             let apply_limit = pending.front().map_or(after_id, |(id, _)| id - 1);
-            let (start, base) = self.rebuild_start(after_id)?;
             let rebuilt = replay(&self.wal, start, base, apply_limit)?;
             let mut current = write(&self.map);
             *current = rebuilt.map;

@@ -302,13 +302,17 @@ fn truncating_applied_entries_over_a_purged_log_rebuilds_from_the_snapshot() {
     store.truncate_after(info.applied_id).unwrap();
     assert_eq!(store.applied_id(), info.applied_id);
     assert_eq!(state(&store), at_cut);
-    // Cutting below every snapshot the log continues is refused, and changes nothing.
+    // Cutting below every snapshot the log continues is refused, and changes nothing: not the
+    // map, not the log.
+    let (last_id, next_id, start_id) = (store.last_id(), store.next_id(), store.wal().start_id());
     let error = store.truncate_after(5).unwrap_err();
     assert!(
         matches!(error, Error::Snapshot { .. }),
         "unexpected error {error}"
     );
     assert_eq!(state(&store), at_cut);
+    assert_eq!((store.last_id(), store.next_id()), (last_id, next_id));
+    assert_eq!(store.wal().start_id(), start_id);
 }
 
 /// Listing snapshots at run time leaves a snapshot being written alone; opening removes the
