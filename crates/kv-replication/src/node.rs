@@ -841,14 +841,14 @@ impl Node {
             state.running = true;
         }
         // Seal a large active segment first: the compaction after the snapshot can then
-        // purge it once the snapshot covers it.
+        // purge it once the snapshot covers it. A log that cannot take the seal (poisoned by a
+        // failed write or fsync) is still snapshotted: its applied state is sound.
         if let Err(error) = self
             .store
             .wal()
             .seal_active(crate::compaction::SEAL_BEFORE_SNAPSHOT_BYTES)
         {
-            lock(&self.compaction).running = false;
-            return Err(Error::Store(error.into()));
+            tracing::warn!(%error, "cannot seal the active WAL segment before the snapshot");
         }
         let view = self.store.snapshot_view();
         after_view();
