@@ -50,10 +50,17 @@ pub fn decode_frames(data: &[u8]) {
         assert!(length <= data.len(), "a frame longer than its input");
         if decoded.is_record() {
             assert_eq!(
-                frame::encode_record(decoded.id, decoded.payload),
+                frame::encode_record_stored(decoded.id, decoded.flags, decoded.payload),
                 &data[..length],
                 "an accepted frame re-encodes to other bytes"
             );
+            // A flagged payload that does not decompress is an error, never a panic; one that
+            // does gives back what compressing it again decompresses to.
+            if let Ok(contents) = decoded.contents() {
+                if decoded.flags & frame::FLAG_LZ4 == 0 {
+                    assert_eq!(&contents[..], decoded.payload);
+                }
+            }
         }
     }
     match frame::decode_all(data) {

@@ -99,6 +99,15 @@ pub fn encode_record(id: u64, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Encodes one data record whose payload is given as stored, with its `flags` (e.g.
+/// [`FLAG_LZ4`] for a payload already compressed): the inverse of [`decode`] for any record it
+/// accepts.
+pub fn encode_record_stored(id: u64, flags: u8, stored: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + stored.len());
+    encode_flagged(&mut out, KIND_RECORD, flags, id, stored);
+    out
+}
+
 /// Compresses `payload` for storage if that makes it smaller: `(flags, stored bytes)`.
 pub(crate) fn compress_payload(payload: &[u8]) -> Option<Vec<u8>> {
     let compressed = lz4_flex::compress_prepend_size(payload);
