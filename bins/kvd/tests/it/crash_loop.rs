@@ -37,6 +37,9 @@ use crate::harness::{base_seed, Connection, Kvd, TestRng, DEADLINE};
 const WRITERS: usize = 6;
 /// Cycles of a CI run (`KVD_CRASH_CYCLES` overrides).
 const CYCLES_DEFAULT: u64 = 60;
+/// A long campaign prints how far it got every this many cycles.
+const PROGRESS_EVERY_CYCLES: u64 = 250;
+
 /// The run goes on past its cycles until this many writes were acknowledged
 /// (`KVD_CRASH_WRITES_MIN` overrides).
 const ACKNOWLEDGED_WRITES_MIN_DEFAULT: u64 = 10_000;
@@ -149,6 +152,16 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write() {
         };
         run_cycle(&data_dir, cycle, seed, crash, &mut ledger);
         cycle += 1;
+        if cycle % PROGRESS_EVERY_CYCLES == 0 {
+            // Long campaigns: how far they got, even if stopped before the end.
+            println!(
+                "seed {seed}: {cycle} cycles, {} acknowledged writes, {} full checks, no failure \
+                 so far, {:.1?}",
+                ledger.acknowledged_writes,
+                ledger.full_checks,
+                started.elapsed()
+            );
+        }
     }
     let final_check = Kvd::start(&data_dir, &KVD_ARGS, &[]);
     check_after_restart(&final_check, &mut ledger, true, "final");
