@@ -206,7 +206,6 @@ struct CorruptingTransport {
     fetches: AtomicU64,
 }
 
-/// How often the snapshot policy is checked.
 /// Rewrites the WAL's sealed, still plain segments compressed (a blocking call: appends and
 /// reads go on meanwhile) and logs what it did.
 fn compress_sealed_segments(node: &Node) {
