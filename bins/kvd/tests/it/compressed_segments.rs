@@ -160,21 +160,10 @@ fn a_follower_catches_up_from_a_leader_whose_old_segments_are_compressed() {
     wait_until_compressed(&leader, "zstd", 10);
 
     let follower_dir = dir.path().join("follower-1");
-    let leader_url = format!("http://{}", leader.address);
-    let follower = Kvd::spawn(
+    let follower = Kvd::start_follower(
         &follower_dir,
-        &[
-            "follower",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            follower_dir.to_str().expect("UTF-8"),
-            "--leader",
-            &leader_url,
-            "--max-segment-size",
-            "16KiB",
-        ],
+        &leader,
+        &["--max-segment-size", "16KiB"],
         &[],
     );
     let last_key = key(KEY_COUNT - 1);

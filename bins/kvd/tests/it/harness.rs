@@ -97,6 +97,29 @@ impl Kvd {
         Kvd::spawn(data_dir, &args, env)
     }
 
+    /// Starts `kvd follower 1` on an ephemeral port with `data_dir`, following `leader`.
+    pub fn start_follower(
+        data_dir: &Path,
+        leader: &Kvd,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Kvd {
+        let path = data_dir.to_str().expect("UTF-8 path");
+        let leader_url = format!("http://{}", leader.address);
+        let mut args = vec![
+            "follower",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            path,
+            "--leader",
+            &leader_url,
+        ];
+        args.extend_from_slice(extra_args);
+        Kvd::spawn(data_dir, &args, env)
+    }
+
     /// Starts kvd with exactly `args` (which must include `--data-dir data_dir` and a
     /// `--listen` address); returns once it has printed the address it listens on.
     pub fn spawn(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Kvd {

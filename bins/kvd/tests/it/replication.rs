@@ -365,21 +365,10 @@ fn a_follower_fed_corrupted_batches_refuses_them_and_recovers_from_the_leader() 
         assert_eq!(put(&leader, &format!("k{index}"), &json!(index)).0, 200);
     }
     let data_dir = dir.path().join("follower-1");
-    let leader_url = format!("http://{}", leader.address);
-    let follower = Kvd::spawn(
+    let follower = Kvd::start_follower(
         &data_dir,
-        &[
-            "follower",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data_dir.to_str().expect("UTF-8"),
-            "--leader",
-            &leader_url,
-            "--fetch-wait-ms",
-            "100",
-        ],
+        &leader,
+        &["--fetch-wait-ms", "100"],
         &[("KVD_FAULT_CORRUPT_FETCH_EVERY", "2")],
     );
     for index in 100..200 {

@@ -177,21 +177,7 @@ fn a_follower_behind_a_compacted_log_installs_the_leaders_snapshot() {
     let last_id = put(&leader, "tail", 1);
 
     let follower_dir = dir.path().join("follower-1");
-    let leader_url = format!("http://{}", leader.address);
-    let follower = Kvd::spawn(
-        &follower_dir,
-        &[
-            "follower",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            follower_dir.to_str().expect("UTF-8"),
-            "--leader",
-            &leader_url,
-        ],
-        &[],
-    );
+    let follower = Kvd::start_follower(&follower_dir, &leader, &[], &[]);
     let (status, body) = follower.json(
         "GET",
         &format!(
