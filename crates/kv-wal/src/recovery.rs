@@ -579,16 +579,20 @@ fn recover_compressed(
     report.segments_scanned += 1;
     let all_last_id = scanned.layout.last_id().max(scanned.footer_last_id);
     *max_id_seen = (*max_id_seen).max(all_last_id.unwrap_or(0));
-    let Some(damage) = scanned.damages.first().cloned() else {
-        report.records += scanned.layout.record_count();
+    // The segment kept as it is, with what its blocks hold.
+    let keep = |report: &mut RecoveryReport, layout: compressed::CompressedLayout| {
+        report.records += layout.record_count();
         let segment = Segment::new_compressed(
             entry.sequence,
             entry.first_id,
             path.clone(),
-            scanned.layout,
+            layout,
             file_len,
         );
-        return Ok((Arc::new(segment), false));
+        (Arc::new(segment), false)
+    };
+    let Some(damage) = scanned.damages.first().cloned() else {
+        return Ok(keep(report, scanned.layout));
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     match mode {
@@ -669,15 +673,7 @@ fn recover_compressed(
                     reason: damage.reason.clone(),
                 });
             }
-            report.records += scanned.layout.record_count();
-            let segment = Segment::new_compressed(
-                entry.sequence,
-                entry.first_id,
-                path.clone(),
-                scanned.layout,
-                file_len,
-            );
-            Ok((Arc::new(segment), false))
+            Ok(keep(report, scanned.layout))
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Power loss on a simulated disk: after a crash the store must come back as the model after
 //! some prefix of the submitted ops that includes every acknowledged one.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kv_store::{Error, Op, Store, StoreOptions, Value};
@@ -10,27 +9,11 @@ use kv_wal::{SyncPolicy, WalOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::model::{assert_same_state, random_key, random_value};
+use crate::model::{assert_same_state, model_after, random_key, random_value};
 use crate::seed::base_seed;
 
 const CASES: u64 = 24;
 const STEPS_PER_CASE: usize = 400;
-
-/// The model after the first `count` ops of `history`.
-fn model_after(history: &[(u64, Op)], count: usize) -> BTreeMap<Vec<u8>, Value> {
-    let mut model = BTreeMap::new();
-    for (_, op) in &history[..count] {
-        match op {
-            Op::Set { key, value } => {
-                model.insert(key.clone(), value.clone());
-            }
-            Op::Delete { key } => {
-                model.remove(key);
-            }
-        }
-    }
-    model
-}
 
 fn open(fs: &Arc<SimFs>, sync_policy: SyncPolicy) -> Store {
     let options = StoreOptions {

@@ -28,6 +28,22 @@ const PREFIXES: [&str; 6] = ["", "a", "a/", "b", "κ", "zz"];
 
 type Model = BTreeMap<Vec<u8>, Value>;
 
+/// The model after the first `count` ops of `history`.
+pub fn model_after(history: &[(u64, Op)], count: usize) -> BTreeMap<Vec<u8>, Value> {
+    let mut model = BTreeMap::new();
+    for (_, op) in &history[..count] {
+        match op {
+            Op::Set { key, value } => {
+                model.insert(key.clone(), value.clone());
+            }
+            Op::Delete { key } => {
+                model.remove(key);
+            }
+        }
+    }
+    model
+}
+
 pub fn random_value(rng: &mut StdRng) -> Value {
     let len = rng.gen_range(0..40);
     if rng.gen_bool(0.5) {

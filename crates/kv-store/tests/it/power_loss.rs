@@ -22,7 +22,7 @@ use kv_wal::{SyncPolicy, WalOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::model::{assert_same_state, random_key};
+use crate::model::{assert_same_state, model_after, random_key};
 use crate::seed::base_seed;
 
 const CASES: u64 = 32;
@@ -140,21 +140,6 @@ fn open(fs: &Arc<GatedFs>) -> (Store, kv_wal::RecoveryReport) {
         ..StoreOptions::default()
     };
     Store::open("/kvd/wal", options).expect("open store")
-}
-
-fn model_after(history: &[(u64, Op)], count: usize) -> BTreeMap<Vec<u8>, Value> {
-    let mut model = BTreeMap::new();
-    for (_, op) in &history[..count] {
-        match op {
-            Op::Set { key, value } => {
-                model.insert(key.clone(), value.clone());
-            }
-            Op::Delete { key } => {
-                model.remove(key);
-            }
-        }
-    }
-    model
 }
 
 fn random_op(rng: &mut StdRng, model: &BTreeMap<Vec<u8>, Value>) -> Op {
