@@ -28,6 +28,9 @@
 //! `cargo bench -p kv-bench --bench snapshot [-- FILTER]`; `scripts/bench-snapshots` runs it
 //! and turns Criterion's estimates into the table of `docs/benchmarks.md`.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -248,20 +251,8 @@ fn raw_blocks(view: &SnapshotView) -> Vec<Vec<u8>> {
     blocks
 }
 
-fn bench_parent_directory() -> PathBuf {
-    match std::env::var_os("KV_SNAPSHOT_BENCH_DIR") {
-        Some(directory) => PathBuf::from(directory),
-        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
-    }
-}
-
 fn fresh_directory(purpose: &str) -> TempDir {
-    let parent = bench_parent_directory();
-    std::fs::create_dir_all(&parent).expect("create the benchmark directory");
-    tempfile::Builder::new()
-        .prefix(&format!("kv-snapshot-bench-{purpose}-"))
-        .tempdir_in(&parent)
-        .unwrap_or_else(|error| panic!("temporary directory in {}: {error}", parent.display()))
+    support::fresh_directory("KV_SNAPSHOT_BENCH_DIR", "snapshot", purpose)
 }
 
 fn megabytes(bytes: u64) -> f64 {

@@ -28,9 +28,12 @@
 //! `cargo bench -p kv-bench --bench wal [-- FILTER]`; `scripts/wal-bench-summary` turns
 //! Criterion's estimates into the table and the target ratios of `docs/benchmarks.md`.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -63,21 +66,8 @@ const MEASUREMENT_TIME_DISK_BOUND: Duration = Duration::from_secs(4);
 
 const _: () = assert!(RECOVERY_RECORD_COUNT.is_multiple_of(RECOVERY_BUILD_BATCH_RECORDS as u64));
 
-/// Where the benchmark logs go.
-fn bench_parent_directory() -> PathBuf {
-    match std::env::var_os("KV_WAL_BENCH_DIR") {
-        Some(directory) => PathBuf::from(directory),
-        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
-    }
-}
-
 fn fresh_directory(purpose: &str) -> TempDir {
-    let parent = bench_parent_directory();
-    std::fs::create_dir_all(&parent).expect("create the benchmark directory");
-    tempfile::Builder::new()
-        .prefix(&format!("kv-wal-bench-{purpose}-"))
-        .tempdir_in(&parent)
-        .unwrap_or_else(|error| panic!("temporary directory in {}: {error}", parent.display()))
+    support::fresh_directory("KV_WAL_BENCH_DIR", "wal", purpose)
 }
 
 /// A payload that is never all zeros.
