@@ -772,7 +772,7 @@ impl Node {
         if self.store.snapshot_dir().is_none() {
             return false;
         }
-        let newest = self.store.snapshots().first().map_or(0, |(id, _)| *id);
+        let newest = self.store.newest_snapshot_id();
         let applied = self.store.applied_id();
         if applied <= newest {
             return false;

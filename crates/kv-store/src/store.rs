@@ -94,6 +94,9 @@ pub struct Store {
     /// The applied id of the snapshot the map was loaded from or installed (0: none): the
     /// log may lack ids up to it.
     snapshot_base: AtomicU64,
+    /// The applied id of the newest valid snapshot this store loaded, wrote or installed (0:
+    /// none), kept so the snapshot policy need not list the directory.
+    newest_snapshot: AtomicU64,
     snapshot_load: SnapshotLoad,
 }
 
@@ -178,6 +181,7 @@ impl Store {
             epochs: Mutex::new(replayed.epochs),
             snapshot_dir,
             snapshot_base: AtomicU64::new(snapshot_base),
+            newest_snapshot: AtomicU64::new(snapshot_base),
             snapshot_load,
         }
     }
@@ -256,6 +260,8 @@ impl Store {
                 path: dir.clone(),
                 reason: error.to_string(),
             })?;
+        self.newest_snapshot
+            .fetch_max(info.applied_id, Ordering::AcqRel);
         self.prune_snapshots(keep.max(1))?;
         Ok(info)
     }
@@ -305,7 +311,15 @@ impl Store {
             .store(snapshot.applied_id, Ordering::Release);
         self.snapshot_base
             .store(snapshot.applied_id, Ordering::Release);
+        self.newest_snapshot
+            .store(snapshot.applied_id, Ordering::Release);
         Ok(snapshot.applied_id)
+    }
+
+    /// The applied id of the newest valid snapshot this store loaded at open, wrote or
+    /// installed since (0: none).
+    pub fn newest_snapshot_id(&self) -> u64 {
+        self.newest_snapshot.load(Ordering::Acquire)
     }
 
     /// The applied id of the snapshot the store rests on (0: none).

@@ -327,7 +327,9 @@ fn temporaries_survive_listing_and_are_removed_at_open() {
             value: Value::json("1"),
         })
         .unwrap();
-    store.write_snapshot(Codec::Lz4, 2).unwrap();
+    assert_eq!(store.newest_snapshot_id(), 0);
+    let info = store.write_snapshot(Codec::Lz4, 2).unwrap();
+    assert_eq!(store.newest_snapshot_id(), info.applied_id);
     let temp = dir
         .path()
         .join("snapshots")
@@ -344,4 +346,9 @@ fn temporaries_survive_listing_and_are_removed_at_open() {
     let store = open(dir.path());
     assert!(!temp.exists(), "leftover temporary kept at open");
     assert_eq!(store.snapshots().len(), 1);
+    assert_eq!(
+        store.newest_snapshot_id(),
+        info.applied_id,
+        "known again at open"
+    );
 }
