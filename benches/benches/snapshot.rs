@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use criterion::{black_box, Criterion, SamplingMode, Throughput};
 use kv_store::snapshot::{self, SnapshotView, SNAPSHOT_BLOCK_BYTES};
 use kv_store::{Codec, Op, Store, StoreOptions, Value};
+use kv_wal::fs::StdFs;
 use kv_wal::{SyncPolicy, WalOptions};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -340,17 +341,18 @@ fn bench_files(criterion: &mut Criterion, data: &DataSet) {
     for codec in CODECS {
         // Written once outside the measurement, so `read` has a file even when `write` is
         // filtered out; each `write` replaces it (same applied id, same name).
-        let info = snapshot::write_snapshot(&data.view, &dir, codec).expect("write snapshot");
+        let info =
+            snapshot::write_snapshot(&StdFs, &data.view, &dir, codec).expect("write snapshot");
         sizes.push((codec, info.size_bytes));
         group.bench_function(format!("{codec}/write"), |bencher| {
             bencher.iter(|| {
-                snapshot::write_snapshot(black_box(&data.view), &dir, codec)
+                snapshot::write_snapshot(&StdFs, black_box(&data.view), &dir, codec)
                     .expect("write snapshot")
             });
         });
         group.bench_function(format!("{codec}/read"), |bencher| {
             bencher.iter_with_large_drop(|| {
-                let loaded = snapshot::read_snapshot(&info.path).expect("read snapshot");
+                let loaded = snapshot::read_snapshot(&StdFs, &info.path).expect("read snapshot");
                 assert_eq!(loaded.applied_id, data.view.applied_id);
                 loaded
             });

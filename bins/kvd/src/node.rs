@@ -37,6 +37,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     };
     // A replica applies at open only what it knows committed; the rest waits for the cluster.
     let apply_limit = Node::apply_limit_at_open(
+        &kv_wal::fs::StdFs,
         &config.data_dir,
         &role,
         config.replication.leader.write_quorum,

@@ -136,9 +136,9 @@ impl From<kv_replication::Error> for Error {
                     leader_url,
                 }
             }
-            kv_replication::Error::Meta { .. } | kv_replication::Error::Background(_) => {
-                Error::Internal(error.to_string())
-            }
+            kv_replication::Error::Meta { .. }
+            | kv_replication::Error::MetaIo(_)
+            | kv_replication::Error::Background(_) => Error::Internal(error.to_string()),
             kv_replication::Error::Busy(detail) => Error::Busy(detail),
         }
     }

@@ -16,6 +16,9 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The node's meta file could not be read or written (the error names the file).
+    #[error("node meta file: {0}")]
+    MetaIo(#[source] kv_wal::Error),
     /// A write reached a node that does not lead.
     #[error("this node is not the leader")]
     NotLeader {

@@ -1,10 +1,10 @@
 //! The node's replication identity on disk (`node.meta` in the data directory): the cluster it
-//! belongs to and the highest epoch it has led or followed. Written atomically (temporary
-//! file, fsync, rename, directory fsync).
+//! belongs to and the highest epoch it has led or followed. Written atomically through the
+//! durable-file seam ([`kv_wal::durable`]: temporary file, fsync, rename, directory fsync).
 
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use kv_wal::fs::FileSystem;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,14 +42,12 @@ impl NodeMeta {
     }
 
     /// Reads the meta file; `None` when there is none.
-    pub fn load(data_dir: &Path) -> Result<Option<NodeMeta>> {
+    pub fn load(fs: &dyn FileSystem, data_dir: &Path) -> Result<Option<NodeMeta>> {
         let path = NodeMeta::path(data_dir);
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(Error::meta(&path, error.to_string())),
+        let Some(bytes) = kv_wal::durable::read_file(fs, &path).map_err(Error::MetaIo)? else {
+            return Ok(None);
         };
-        let file: MetaFile = serde_json::from_str(&text)
+        let file: MetaFile = serde_json::from_slice(&bytes)
             .map_err(|error| Error::meta(&path, format!("not a node meta file: {error}")))?;
         if file.format != META_FORMAT {
             return Err(Error::meta(
@@ -67,26 +65,19 @@ impl NodeMeta {
     }
 
     /// Writes the meta file atomically.
-    pub fn store(&self, data_dir: &Path) -> Result<()> {
+    pub fn store(&self, fs: &dyn FileSystem, data_dir: &Path) -> Result<()> {
         let path = NodeMeta::path(data_dir);
-        let temp = data_dir.join(format!("{META_FILE_NAME}.tmp"));
-        let text = serde_json::to_string_pretty(&MetaFile {
+        let mut text = serde_json::to_string_pretty(&MetaFile {
             format: META_FORMAT,
             cluster_id: format!("{:016x}", self.cluster_id),
             epoch: self.epoch,
             commit_id: self.commit_id,
         })
         .map_err(|error| Error::meta(&path, error.to_string()))?;
-        let write = || -> std::io::Result<()> {
-            fs::create_dir_all(data_dir)?;
-            let mut file = fs::File::create(&temp)?;
-            file.write_all(text.as_bytes())?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
-            fs::rename(&temp, &path)?;
-            fs::File::open(data_dir)?.sync_all()
-        };
-        write().map_err(|error| Error::meta(&path, error.to_string()))
+        text.push('\n');
+        kv_wal::durable::create_dir_all_durable(fs, data_dir).map_err(Error::MetaIo)?;
+        kv_wal::durable::write_file_atomic(fs, data_dir, META_FILE_NAME, text.as_bytes())
+            .map_err(Error::MetaIo)
     }
 }
 
@@ -97,18 +88,63 @@ mod tests {
     #[test]
     fn round_trip_and_damage() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(NodeMeta::load(dir.path()).unwrap(), None);
+        let fs = kv_wal::fs::StdFs;
+        assert_eq!(NodeMeta::load(&fs, dir.path()).unwrap(), None);
         let meta = NodeMeta {
             cluster_id: 0xdead_beef_0000_0001,
             epoch: 7,
             commit_id: 40,
         };
-        meta.store(dir.path()).unwrap();
-        assert_eq!(NodeMeta::load(dir.path()).unwrap(), Some(meta));
-        fs::write(NodeMeta::path(dir.path()), "{not json").unwrap();
+        meta.store(&fs, dir.path()).unwrap();
+        assert_eq!(NodeMeta::load(&fs, dir.path()).unwrap(), Some(meta));
+        std::fs::write(NodeMeta::path(dir.path()), "{not json").unwrap();
         assert!(matches!(
-            NodeMeta::load(dir.path()),
+            NodeMeta::load(&fs, dir.path()),
             Err(Error::Meta { .. })
         ));
+    }
+
+    /// `node.meta` goes through the durable-file seam: a power cut at any point of a store
+    /// leaves the old meta or the new one, never a mix or nothing.
+    #[test]
+    fn a_power_cut_leaves_the_old_meta_or_the_new() {
+        use kv_wal::fs::{FaultPlan, FaultyFs, FileSystem};
+        use kv_wal::sim::{CrashMode, SimFs};
+        let dir = Path::new("/data");
+        let old = NodeMeta {
+            cluster_id: 9,
+            epoch: 1,
+            commit_id: 10,
+        };
+        let new = NodeMeta {
+            epoch: 2,
+            commit_id: 20,
+            ..old
+        };
+        // Fail each fsync of the store in turn (1: the file, 2: the directory), then cut.
+        for failing_sync in 1..=3 {
+            let sim = SimFs::new();
+            old.store(&sim, dir).unwrap();
+            let plan = FaultPlan::new();
+            plan.fail_sync_at(failing_sync);
+            let faulty = FaultyFs::new(std::sync::Arc::new(sim.clone()), plan.clone());
+            let stored = new.store(&faulty, dir);
+            assert_eq!(stored.is_err(), plan.faults_fired() == 1);
+            sim.crash(CrashMode::DropUnsynced);
+            let loaded = NodeMeta::load(&sim, dir).unwrap();
+            if stored.is_ok() {
+                assert_eq!(loaded, Some(new), "sync {failing_sync}");
+            } else {
+                assert!(
+                    loaded == Some(old) || loaded == Some(new),
+                    "sync {failing_sync}"
+                );
+            }
+            assert!(sim
+                .list_dir(dir)
+                .unwrap()
+                .iter()
+                .all(|name| name == META_FILE_NAME));
+        }
     }
 }

@@ -257,12 +257,13 @@ impl Node {
     /// starts a new epoch above every epoch in the meta file and the log, and persists it
     /// before any write can use it.
     pub fn open_leader(store: Arc<Store>, data_dir: &Path, options: NodeOptions) -> Result<Node> {
-        let mut meta = NodeMeta::load(data_dir)?.unwrap_or_default();
+        let fs = store.file_system().clone();
+        let mut meta = NodeMeta::load(&*fs, data_dir)?.unwrap_or_default();
         if meta.cluster_id == 0 {
             meta.cluster_id = rand::random::<u64>().max(1);
         }
         meta.epoch = meta.epoch.max(store.last_entry_epoch().unwrap_or(0)) + 1;
-        meta.store(data_dir)?;
+        meta.store(&*fs, data_dir)?;
         store.set_epoch(meta.epoch);
         let mut leader = LeaderState::new(meta.cluster_id, meta.epoch, options.leader.clone());
         leader.restore_commit(meta.commit_id.min(store.durable_id()));
@@ -287,7 +288,7 @@ impl Node {
         leader_url: String,
         options: NodeOptions,
     ) -> Result<Node> {
-        let meta = NodeMeta::load(data_dir)?.unwrap_or_default();
+        let meta = NodeMeta::load(&**store.file_system(), data_dir)?.unwrap_or_default();
         let follower = FollowerState::resume(
             options.follower.clone(),
             meta.cluster_id,
@@ -654,38 +655,29 @@ impl Node {
             .snapshot_meta(options.snapshot_chunk_timeout)
             .await?
             .ok_or("the leader has compacted its log but offers no snapshot")?;
-        std::fs::create_dir_all(&dir)
-            .map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+        let fs = self.store.file_system().clone();
+        kv_wal::durable::create_dir_all_durable(&*fs, &dir).map_err(|error| error.to_string())?;
         let part_name = format!("incoming-{:020}.part", meta.applied_id);
-        let part_path = dir.join(&part_name);
         // Older partial downloads are of snapshots the leader no longer offers.
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with("incoming-") && name != part_name {
-                    let _ = std::fs::remove_file(entry.path());
-                }
+        for name in fs.list_dir(&dir).unwrap_or_default() {
+            if name.starts_with("incoming-") && name != part_name {
+                let _ = kv_wal::durable::remove_file_if_exists(&*fs, &dir.join(name));
             }
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&part_path)
-            .map_err(|error| format!("cannot open {}: {error}", part_path.display()))?;
-        let mut offset = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
-        if offset > meta.size_bytes {
-            offset = 0;
-            file.set_len(0).map_err(|error| error.to_string())?;
+        let mut part = kv_wal::durable::PartialFile::open_or_create(&*fs, &dir, &part_name)
+            .map_err(|error| error.to_string())?;
+        if part.len_bytes() > meta.size_bytes {
+            part.clear().map_err(|error| error.to_string())?;
         }
-        if offset > 0 {
+        if part.len_bytes() > 0 {
             tracing::info!(
-                offset,
+                offset = part.len_bytes(),
                 size_bytes = meta.size_bytes,
                 "resuming a snapshot download"
             );
         }
-        while offset < meta.size_bytes {
+        while part.len_bytes() < meta.size_bytes {
+            let offset = part.len_bytes();
             let want =
                 (meta.size_bytes - offset).min(u64::from(options.snapshot_chunk_bytes)) as u32;
             let chunk = transport
@@ -702,26 +694,24 @@ impl Node {
                     chunk.len()
                 ));
             }
-            use std::io::Write;
-            file.write_all(&chunk)
+            part.append(&chunk)
                 .map_err(|error| format!("writing the snapshot: {error}"))?;
-            offset += chunk.len() as u64;
         }
-        file.sync_all()
+        part.sync()
             .map_err(|error| format!("syncing the snapshot: {error}"))?;
-        drop(file);
+        let part_path = part.path().to_owned();
+        drop(part);
         let store = self.store.clone();
-        let final_path = dir.join(kv_store::snapshot::snapshot_file_name(meta.applied_id));
+        let final_name = kv_store::snapshot::snapshot_file_name(meta.applied_id);
         tokio::task::spawn_blocking(move || -> Result<u64, String> {
-            if let Err(reason) = kv_store::snapshot::read_snapshot(&part_path) {
-                let _ = std::fs::remove_file(&part_path);
+            let fs = store.file_system().clone();
+            if let Err(error) = kv_store::snapshot::verify_snapshot(&*fs, &part_path) {
+                let _ = kv_wal::durable::remove_file_if_exists(&*fs, &part_path);
                 return Err(format!(
-                    "the downloaded snapshot is damaged ({reason}); downloading again"
+                    "the downloaded snapshot is damaged ({error}); downloading again"
                 ));
             }
-            std::fs::rename(&part_path, &final_path).map_err(|error| error.to_string())?;
-            std::fs::File::open(&dir)
-                .and_then(|directory| directory.sync_all())
+            let final_path = kv_wal::durable::rename_durable(&*fs, &dir, &part_name, &final_name)
                 .map_err(|error| error.to_string())?;
             store
                 .install_snapshot(&final_path)
@@ -735,7 +725,10 @@ impl Node {
     /// The newest snapshot this node offers to followers.
     pub fn snapshot_meta(&self) -> Option<SnapshotMeta> {
         let (applied_id, path) = self.store.snapshots().into_iter().next()?;
-        let size_bytes = std::fs::metadata(path).ok()?.len();
+        let size_bytes = kv_wal::durable::FileReader::open(&**self.store.file_system(), &path)
+            .ok()?
+            .len_bytes()
+            .ok()?;
         Some(SnapshotMeta {
             applied_id,
             size_bytes,
@@ -756,9 +749,10 @@ impl Node {
             .into_iter()
             .find(|(id, _)| *id == applied_id)?;
         let read = || -> std::io::Result<Vec<u8>> {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut file = std::fs::File::open(&path)?;
-            file.seek(SeekFrom::Start(offset))?;
+            use std::io::Read;
+            let mut file = kv_wal::durable::FileReader::open(&**self.store.file_system(), &path)
+                .map_err(std::io::Error::other)?;
+            file.seek_to(offset);
             let mut chunk = Vec::with_capacity(len as usize);
             file.take(u64::from(len)).read_to_end(&mut chunk)?;
             Ok(chunk)
@@ -974,7 +968,7 @@ impl Node {
         let mut next = *meta;
         next.epoch = next.epoch.max(epoch_heard);
         next.commit_id = next.commit_id.max(applied_id);
-        next.store(&self.data_dir)?;
+        next.store(&**self.store.file_system(), &self.data_dir)?;
         *meta = next;
         Ok(())
     }
@@ -982,6 +976,7 @@ impl Node {
     /// The commit id a restart may apply up to at once (from the meta file): everything for a
     /// single-node leader (durable means committed), the saved commit id otherwise.
     pub fn apply_limit_at_open(
+        fs: &dyn kv_wal::fs::FileSystem,
         data_dir: &Path,
         role: &Role,
         write_quorum: usize,
@@ -990,7 +985,7 @@ impl Node {
             return Ok(None);
         }
         Ok(Some(
-            NodeMeta::load(data_dir)?.unwrap_or_default().commit_id,
+            NodeMeta::load(fs, data_dir)?.unwrap_or_default().commit_id,
         ))
     }
 
@@ -1003,7 +998,7 @@ impl Node {
             return Ok(());
         }
         meta.cluster_id = cluster_id;
-        meta.store(&self.data_dir)
+        meta.store(&**self.store.file_system(), &self.data_dir)
             .map_err(|error| error.to_string())?;
         tracing::info!(cluster_id = %format!("{cluster_id:016x}"), "joined the cluster");
         Ok(())

@@ -25,12 +25,22 @@ pub enum Error {
         snapshot_id: Option<u64>,
     },
     /// Writing, reading or installing a snapshot failed.
-    #[error("snapshot {path}: {reason}")]
-    Snapshot {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What went wrong.
-        reason: String,
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// A snapshot was asked of a store opened without a snapshot directory.
+    #[error("snapshots are off (no snapshot directory)")]
+    SnapshotsOff,
+    /// A cut at `after_id` would drop applied entries, and the map cannot be rebuilt: the log
+    /// no longer starts at id 1 and no readable snapshot lies between its start and the cut.
+    /// Nothing was changed.
+    #[error("cannot rebuild the map after dropping the entries after id {after_id}: the log starts at id {log_start} and no snapshot between ids {} and {after_id} is readable{}", log_start - 1, if unreadable.is_empty() { String::new() } else { format!(" ({})", unreadable.join("; ")) })]
+    CannotRebuild {
+        /// Where the cut was asked.
+        after_id: u64,
+        /// The log's first id.
+        log_start: u64,
+        /// The snapshots that were candidates but could not be read, and why.
+        unreadable: Vec<String>,
     },
     /// A DELETE named a key that is neither in the map nor pending. Nothing was written.
     #[error("key not found")]

@@ -17,11 +17,13 @@
 //! snapshot file that exists is complete; a damaged one is detected by its CRCs and skipped.
 
 use std::fmt;
-use std::fs;
-use std::io::{BufWriter, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kv_wal::durable::{remove_file_if_exists, DurableFileWriter, FileReader};
+use kv_wal::fs::FileSystem;
 
 use crate::entry::ValueKind;
 use crate::epochs::EpochHistory;
@@ -38,6 +40,23 @@ const BLOCK_HEADER_BYTES: usize = 16;
 const KIND_DATA: u8 = 1;
 const KIND_END: u8 = 2;
 const SUFFIX: &str = ".snap";
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The file system failed (the error names the file).
+    #[error(transparent)]
+    Io(#[from] kv_wal::Error),
+    /// The file is not a whole, valid snapshot: a bad magic, version, length or CRC, a cell
+    /// that does not parse, counts that disagree.
+    #[error("snapshot {path}: {reason}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        reason: String,
+    },
+}
 
 /// How snapshot blocks are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -196,20 +215,10 @@ pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
 
 /// Removes the temporary files of snapshots whose writing a crash interrupted. Only for
 /// opening: at run time a temporary file may be a snapshot being written.
-pub fn remove_temporaries(dir: &Path) -> std::io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(error),
-    };
-    for entry in entries {
-        let entry = entry?;
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.ends_with(".snap.tmp"))
-        {
-            fs::remove_file(entry.path())?;
+pub fn remove_temporaries(fs: &dyn FileSystem, dir: &Path) -> Result<(), SnapshotError> {
+    for name in list_names(fs, dir)? {
+        if name.ends_with(".snap.tmp") {
+            remove_file_if_exists(fs, &dir.join(name))?;
         }
     }
     Ok(())
@@ -217,48 +226,49 @@ pub fn remove_temporaries(dir: &Path) -> std::io::Result<()> {
 
 /// Snapshot files in `dir`, newest (highest applied id) first. Temporary files (snapshots
 /// being written) are not listed, and left alone.
-pub fn list_snapshots(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut found = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-        Err(error) => return Err(error),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(applied_id) = parse_snapshot_file_name(name) {
-            found.push((applied_id, entry.path()));
-        }
-    }
+pub fn list_snapshots(
+    fs: &dyn FileSystem,
+    dir: &Path,
+) -> Result<Vec<(u64, PathBuf)>, SnapshotError> {
+    let mut found: Vec<(u64, PathBuf)> = list_names(fs, dir)?
+        .into_iter()
+        .filter_map(|name| Some((parse_snapshot_file_name(&name)?, dir.join(name))))
+        .collect();
     found.sort_by_key(|(applied_id, _)| std::cmp::Reverse(*applied_id));
     Ok(found)
+}
+
+/// The names in `dir`; none when it does not exist.
+fn list_names(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<String>, SnapshotError> {
+    match fs.list_dir(dir) {
+        Ok(names) => Ok(names),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(kv_wal::Error::Io {
+            path: dir.to_owned(),
+            source,
+        }
+        .into()),
+    }
 }
 
 fn crc(bytes: &[u8]) -> u32 {
     kv_wal::frame::crc32c(bytes)
 }
 
-/// Writes `view` as a snapshot in `dir` (created if missing), atomically: temporary file,
-/// fsync, rename, directory fsync.
+/// Writes `view` as a snapshot in `dir` (created if missing), atomically through the
+/// durable-file seam ([`kv_wal::durable`]): temporary file, fsync, rename, directory fsync.
 pub fn write_snapshot(
+    fs: &dyn FileSystem,
     view: &SnapshotView,
     dir: &Path,
     codec: Codec,
-) -> std::io::Result<SnapshotInfo> {
+) -> Result<SnapshotInfo, SnapshotError> {
     let started = Instant::now();
-    fs::create_dir_all(dir)?;
+    kv_wal::durable::create_dir_all_durable(fs, dir)?;
     let name = snapshot_file_name(view.applied_id);
     let path = dir.join(&name);
-    let temp_path = dir.join(format!("{name}.tmp"));
-    let file = fs::File::create(&temp_path)?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    let mut size_bytes = 0u64;
-    let mut write = |out: &mut BufWriter<fs::File>, bytes: &[u8]| -> std::io::Result<()> {
-        size_bytes += bytes.len() as u64;
-        out.write_all(bytes)
-    };
+    let mut out = DurableFileWriter::create(fs, dir, &name)?;
+    let write = |out: &mut DurableFileWriter<'_>, bytes: &[u8]| out.write_bytes(bytes);
 
     let epochs = view.epochs.starts();
     let last_epoch = view.epochs.epoch_at(view.applied_id).unwrap_or(0);
@@ -293,11 +303,11 @@ pub fn write_snapshot(
     let mut raw = Vec::with_capacity(SNAPSHOT_BLOCK_BYTES + 4096);
     let mut raw_bytes = 0u64;
     let mut block_count = 0u64;
-    let mut emit = |out: &mut BufWriter<fs::File>,
-                    kind: u8,
-                    raw: &[u8],
-                    codec: Codec|
-     -> std::io::Result<()> {
+    let emit = |out: &mut DurableFileWriter<'_>,
+                kind: u8,
+                raw: &[u8],
+                codec: Codec|
+     -> Result<(), kv_wal::Error> {
         let stored = codec.compress(raw);
         let mut block_header = Vec::with_capacity(BLOCK_HEADER_BYTES);
         block_header.extend_from_slice(&[kind, codec.to_byte(), 0, 0]);
@@ -330,11 +340,7 @@ pub fn write_snapshot(
     end.extend_from_slice(&(view.key_count() as u64).to_le_bytes());
     end.extend_from_slice(&block_count.to_le_bytes());
     emit(&mut out, KIND_END, &end, Codec::None)?;
-    let file = out.into_inner().map_err(|error| error.into_error())?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&temp_path, &path)?;
-    fs::File::open(dir)?.sync_all()?;
+    let size_bytes = out.commit()?;
     Ok(SnapshotInfo {
         path,
         applied_id: view.applied_id,
@@ -373,12 +379,24 @@ fn half(bytes: &[u8], at: usize) -> u32 {
 }
 
 /// Reads and checks a whole snapshot file: every CRC, every cell, the counts at the end.
-pub fn read_snapshot(path: &Path) -> Result<LoadedSnapshot, String> {
-    let file = fs::File::open(path).map_err(|error| format!("cannot open: {error}"))?;
-    let mut reader = Reader {
-        inner: std::io::BufReader::with_capacity(1 << 20, file),
+pub fn read_snapshot(fs: &dyn FileSystem, path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
+    let file = FileReader::open(fs, path)?;
+    let reader = Reader {
+        inner: io::BufReader::with_capacity(1 << 20, file),
         offset: 0,
     };
+    parse_snapshot(reader, path).map_err(|reason| SnapshotError::Damaged {
+        path: path.to_owned(),
+        reason,
+    })
+}
+
+/// Checks that the file at `path` is a whole, valid snapshot (every CRC, every cell).
+pub fn verify_snapshot(fs: &dyn FileSystem, path: &Path) -> Result<u64, SnapshotError> {
+    read_snapshot(fs, path).map(|snapshot| snapshot.applied_id)
+}
+
+fn parse_snapshot<R: Read>(mut reader: Reader<R>, path: &Path) -> Result<LoadedSnapshot, String> {
     let header = reader.exact(HEADER_BYTES, "header")?;
     if &header[..8] != MAGIC {
         return Err("not a kvd snapshot (bad magic)".to_owned());

@@ -125,22 +125,17 @@ impl Store {
         apply_limit: u64,
     ) -> Result<Store> {
         let mut load = SnapshotLoad::default();
-        snapshot::remove_temporaries(&snapshot_dir).map_err(|error| Error::Snapshot {
-            path: snapshot_dir.clone(),
-            reason: error.to_string(),
-        })?;
-        let listed = snapshot::list_snapshots(&snapshot_dir).map_err(|error| Error::Snapshot {
-            path: snapshot_dir.clone(),
-            reason: error.to_string(),
-        })?;
+        let fs = wal.file_system().clone();
+        snapshot::remove_temporaries(&*fs, &snapshot_dir)?;
+        let listed = snapshot::list_snapshots(&*fs, &snapshot_dir)?;
         let mut loaded = None;
         for (_, path) in listed {
-            match snapshot::read_snapshot(&path) {
+            match snapshot::read_snapshot(&*fs, &path) {
                 Ok(snapshot) => {
                     loaded = Some(snapshot);
                     break;
                 }
-                Err(reason) => load.skipped.push((path, reason)),
+                Err(error) => load.skipped.push((path, error.to_string())),
             }
         }
         let (start, base) = match loaded {
@@ -207,6 +202,12 @@ impl Store {
         &self.snapshot_load
     }
 
+    /// The file system under the store (the WAL's): snapshots and every other durable file
+    /// beside the log go through it ([`kv_wal::durable`]).
+    pub fn file_system(&self) -> &std::sync::Arc<dyn kv_wal::fs::FileSystem> {
+        self.wal.file_system()
+    }
+
     /// The snapshot directory, if snapshots are on.
     pub fn snapshot_dir(&self) -> Option<&Path> {
         self.snapshot_dir.as_deref()
@@ -251,15 +252,8 @@ impl Store {
         codec: Codec,
         keep: usize,
     ) -> Result<SnapshotInfo> {
-        let dir = self.snapshot_dir.clone().ok_or_else(|| Error::Snapshot {
-            path: PathBuf::new(),
-            reason: "snapshots are off (no snapshot directory)".to_owned(),
-        })?;
-        let info =
-            snapshot::write_snapshot(&view, &dir, codec).map_err(|error| Error::Snapshot {
-                path: dir.clone(),
-                reason: error.to_string(),
-            })?;
+        let dir = self.snapshot_dir.as_deref().ok_or(Error::SnapshotsOff)?;
+        let info = snapshot::write_snapshot(&**self.wal.file_system(), &view, dir, codec)?;
         self.newest_snapshot
             .fetch_max(info.applied_id, Ordering::AcqRel);
         self.prune_snapshots(keep.max(1))?;
@@ -271,15 +265,10 @@ impl Store {
         let Some(dir) = &self.snapshot_dir else {
             return Ok(());
         };
-        let listed = snapshot::list_snapshots(dir).map_err(|error| Error::Snapshot {
-            path: dir.clone(),
-            reason: error.to_string(),
-        })?;
+        let fs = &**self.wal.file_system();
+        let listed = snapshot::list_snapshots(fs, dir)?;
         for (_, path) in listed.into_iter().skip(keep) {
-            std::fs::remove_file(&path).map_err(|error| Error::Snapshot {
-                path: path.clone(),
-                reason: error.to_string(),
-            })?;
+            kv_wal::durable::remove_file_if_exists(fs, &path)?;
         }
         Ok(())
     }
@@ -288,7 +277,7 @@ impl Store {
     pub fn snapshots(&self) -> Vec<(u64, PathBuf)> {
         self.snapshot_dir
             .as_deref()
-            .and_then(|dir| snapshot::list_snapshots(dir).ok())
+            .and_then(|dir| snapshot::list_snapshots(&**self.wal.file_system(), dir).ok())
             .unwrap_or_default()
     }
 
@@ -297,10 +286,7 @@ impl Store {
     /// applied id. A follower too far behind a compacted log does this. A crash at any point
     /// reopens to the snapshot plus whatever the log holds after it.
     pub fn install_snapshot(&self, path: &Path) -> Result<u64> {
-        let snapshot = snapshot::read_snapshot(path).map_err(|reason| Error::Snapshot {
-            path: path.to_owned(),
-            reason,
-        })?;
+        let snapshot = snapshot::read_snapshot(&**self.wal.file_system(), path)?;
         let mut pending = lock(&self.pending);
         self.wal.truncate_after(0)?;
         pending.clear();
@@ -440,30 +426,20 @@ impl Store {
         if log_start <= 1 {
             return Ok((Replayed::default(), 0));
         }
-        let dir = self.snapshot_dir.clone().unwrap_or_default();
         let mut reasons = Vec::new();
         for (applied_id, path) in self.snapshots() {
             if applied_id > after_id || applied_id + 1 < log_start {
                 continue;
             }
-            match snapshot::read_snapshot(&path) {
+            match snapshot::read_snapshot(&**self.wal.file_system(), &path) {
                 Ok(snapshot) => return Ok((Replayed::from_snapshot(snapshot), applied_id)),
-                Err(reason) => reasons.push(format!("{}: {reason}", path.display())),
+                Err(error) => reasons.push(error.to_string()),
             }
         }
-        Err(Error::Snapshot {
-            path: dir,
-            reason: format!(
-                "cannot rebuild the map after dropping the entries after id {after_id}: the log \
-                 starts at id {log_start} and no snapshot between ids {} and {after_id} is \
-                 readable{}",
-                log_start - 1,
-                if reasons.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", reasons.join("; "))
-                }
-            ),
+        Err(Error::CannotRebuild {
+            after_id,
+            log_start,
+            unreadable: reasons,
         })
     }
 

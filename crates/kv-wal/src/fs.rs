@@ -9,7 +9,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -305,28 +305,4 @@ pub(crate) fn read_range(file: &dyn WalFile, offset: u64, len: u64) -> io::Resul
     }
     buf.truncate(filled);
     Ok(buf)
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, directory fsync.
-pub(crate) fn write_file_atomic(
-    fs: &dyn FileSystem,
-    dir: &Path,
-    name: &str,
-    bytes: &[u8],
-) -> crate::Result<()> {
-    use crate::error::IoContext;
-    let path = dir.join(name);
-    let temp_path: PathBuf = dir.join(format!("{name}.tmp"));
-    match fs.remove_file(&temp_path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error).at(&temp_path),
-    }
-    let file = fs.create_new(&temp_path).at(&temp_path)?;
-    file.write_all_at(bytes, 0).at(&temp_path)?;
-    file.sync_data().at(&temp_path)?;
-    drop(file);
-    fs.rename(&temp_path, &path).at(&path)?;
-    fs.sync_dir(dir).at(dir)?;
-    Ok(())
 }

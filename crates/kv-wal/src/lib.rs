@@ -68,6 +68,7 @@
 
 mod compress;
 mod compressed;
+pub mod durable;
 mod error;
 pub mod failpoint;
 pub mod frame;

@@ -18,10 +18,11 @@ use rand::Rng;
 
 use crate::compress::write_plain_segment;
 use crate::compressed::{CompressedLayout, SegmentCodec};
+use crate::durable::write_file_atomic;
 use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
 use crate::frame::{self, FRAME_HEADER_BYTES, KIND_RECORD, RECORD_BYTES_MAX};
-use crate::fs::{write_file_atomic, DirLock, FileSystem, WalFile};
+use crate::fs::{DirLock, FileSystem, WalFile};
 use crate::options::{RecoveryMode, SyncPolicy, WalOptions, SEGMENT_BYTES_MIN};
 use crate::recovery::{self, Recovered};
 use crate::report::RecoveryReport;
@@ -1211,6 +1212,12 @@ impl Wal {
     /// The recovery mode the log was opened with.
     pub fn recovery_mode(&self) -> RecoveryMode {
         self.shared.recovery_mode
+    }
+
+    /// The file system the log writes through (snapshots and other durable files beside the
+    /// log use the same one, see [`crate::durable`]).
+    pub fn file_system(&self) -> &Arc<dyn FileSystem> {
+        &self.shared.fs
     }
 
     /// The directory the log lives in.

@@ -8,3 +8,4 @@ mod power_loss;
 mod replication;
 mod seed;
 mod snapshot;
+mod snapshot_power_loss;

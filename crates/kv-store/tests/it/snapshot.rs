@@ -7,6 +7,7 @@ use std::path::Path;
 
 use kv_store::snapshot::{list_snapshots, read_snapshot};
 use kv_store::{Codec, Error, Op, Store, StoreOptions, Value};
+use kv_wal::fs::StdFs;
 use rand::{Rng, SeedableRng};
 
 fn options(dir: &Path) -> StoreOptions {
@@ -101,7 +102,9 @@ fn restart_from_snapshot_and_tail_equals_the_model_for_every_codec() {
             assert_eq!(load.replayed_records, tail, "only the tail is replayed");
         }
         assert_eq!(
-            list_snapshots(&dir.path().join("snapshots")).unwrap().len(),
+            list_snapshots(&StdFs, &dir.path().join("snapshots"))
+                .unwrap()
+                .len(),
             2,
             "old snapshots are pruned"
         );
@@ -129,7 +132,7 @@ fn a_snapshot_cut_or_damaged_anywhere_falls_back_and_says_so() {
     store.close().unwrap();
     drop(store);
     let pristine = std::fs::read(&newer.path).unwrap();
-    assert!(read_snapshot(&older.path).is_ok());
+    assert!(read_snapshot(&StdFs, &older.path).is_ok());
 
     // A crash at any step of writing the newer snapshot: a partial temporary file, or (worst
     // case) a damaged final file. The store falls back to the older snapshot plus the log.
@@ -172,7 +175,9 @@ fn a_snapshot_cut_or_damaged_anywhere_falls_back_and_says_so() {
 
 fn read_snapshot_bytes(path: &Path, bytes: &[u8]) -> Result<(), String> {
     std::fs::write(path, bytes).unwrap();
-    read_snapshot(path).map(|_| ())
+    read_snapshot(&StdFs, path)
+        .map(|_| ())
+        .map_err(|error| error.to_string())
 }
 
 #[test]
@@ -307,7 +312,7 @@ fn truncating_applied_entries_over_a_purged_log_rebuilds_from_the_snapshot() {
     let (last_id, next_id, start_id) = (store.last_id(), store.next_id(), store.wal().start_id());
     let error = store.truncate_after(5).unwrap_err();
     assert!(
-        matches!(error, Error::Snapshot { .. }),
+        matches!(error, Error::CannotRebuild { .. }),
         "unexpected error {error}"
     );
     assert_eq!(state(&store), at_cut);
@@ -337,7 +342,9 @@ fn temporaries_survive_listing_and_are_removed_at_open() {
     std::fs::write(&temp, b"being written").unwrap();
     assert_eq!(store.snapshots().len(), 1);
     assert_eq!(
-        list_snapshots(&dir.path().join("snapshots")).unwrap().len(),
+        list_snapshots(&StdFs, &dir.path().join("snapshots"))
+            .unwrap()
+            .len(),
         1
     );
     assert!(temp.exists(), "a listing deleted a snapshot being written");
