@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::Rng;
 
@@ -174,20 +174,10 @@ struct Writer {
     /// A `Batch` appender is waiting for the committer.
     commit_wanted: bool,
     last_sync: Instant,
-    poisoned: Option<String>,
     closed: bool,
 }
 
 impl Writer {
-    fn check_writable(&self) -> Result<()> {
-        if let Some(reason) = &self.poisoned {
-            return Err(Error::Poisoned(reason.clone()));
-        }
-        if self.closed {
-            return Err(Error::Closed);
-        }
-        Ok(())
-    }
     fn pending_last_id(&self) -> Option<u64> {
         self.pending_frames.last().map(|&(id, _)| id)
     }
@@ -221,7 +211,47 @@ pub(crate) struct Shared {
     /// One compression pass at a time.
     pub compressing: Mutex<()>,
     pub stats: Stats,
+    /// Why the log refuses writes, once a write or fsync failed. Set before anything else can
+    /// observe the failure's consequences (see [`Shared::sync_and_advance`]).
+    failure: Failure,
+    /// The fsyncs of segments in flight, and the durable ids they proved that wait to be
+    /// published (see [`Shared::sync_and_advance`]).
+    fsyncs: Mutex<FsyncsInFlight>,
     _lock: Box<dyn DirLock>,
+}
+
+/// Segment fsyncs that have started and not reported, and the successes not yet published.
+#[derive(Debug, Default)]
+struct FsyncsInFlight {
+    count: usize,
+    /// `(target, generation)` of each success since the last publication.
+    succeeded: Vec<(u64, Option<u64>)>,
+}
+
+/// The log's write failure, latched: the first reason wins and never clears.
+#[derive(Debug, Default)]
+struct Failure {
+    failed: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl Failure {
+    /// Latches `reason` (unless a failure is already latched); returns the latched reason.
+    fn set(&self, reason: String) -> String {
+        let mut latched = lock(&self.reason);
+        let reason = latched.get_or_insert(reason).clone();
+        self.failed.store(true, Ordering::SeqCst);
+        reason
+    }
+    fn is_set(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+    fn reason(&self) -> Option<String> {
+        if !self.is_set() {
+            return None;
+        }
+        lock(&self.reason).clone()
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -274,17 +304,89 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn poison(&self, writer: &mut Writer, reason: String) -> Error {
-        if writer.poisoned.is_none() {
-            writer.poisoned = Some(reason.clone());
-            self.durable.fail(&reason);
-        }
-        Error::Poisoned(writer.poisoned.clone().unwrap_or(reason))
+    /// Latches a write-path failure: appends fail from now on, and durability waiters that have
+    /// not reached their target end with the reason.
+    fn poison(&self, reason: String) -> Error {
+        let reason = self.failure.set(reason);
+        self.durable.fail(&reason);
+        Error::Poisoned(reason)
     }
 
     /// Runs a fallible I/O step of the write path; a failure poisons the log.
-    fn guarded<T>(&self, writer: &mut Writer, step: Result<T>) -> Result<T> {
-        step.map_err(|error| self.poison(writer, error.to_string()))
+    fn guarded<T>(&self, step: Result<T>) -> Result<T> {
+        step.map_err(|error| self.poison(error.to_string()))
+    }
+
+    /// Fails if the log no longer takes writes.
+    fn check_writable(&self, writer: &Writer) -> Result<()> {
+        if let Some(reason) = self.failure.reason() {
+            return Err(Error::Poisoned(reason));
+        }
+        if writer.closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// `fdatasync`s `file`; if that succeeds, the durable id will reach `target` (within
+    /// `generation`, when given: a truncation meanwhile voids the target).
+    ///
+    /// Linux reports a writeback error once per open file: after one fsync fails, another
+    /// fsync of the same file (a roll's, `sync`'s, an `Always` append's) returns success for
+    /// the pages that were dropped, and two fsyncs running at once share one report. So a
+    /// success proves nothing while another fsync is in flight: the durable id is raised only
+    /// when no fsync is in flight and none has failed, by whichever fsync finishes last. A
+    /// failure is latched under the same lock, before any later success can be published.
+    /// Returns `Ok` once this fsync succeeded; its target may be published later (callers
+    /// that acknowledge wait on the durable watermark).
+    fn sync_and_advance(
+        &self,
+        file: &dyn WalFile,
+        path: &Path,
+        target: u64,
+        generation: Option<u64>,
+        records: u64,
+    ) -> Result<()> {
+        {
+            let mut fsyncs = lock(&self.fsyncs);
+            if let Some(reason) = self.failure.reason() {
+                return Err(Error::Poisoned(reason));
+            }
+            fsyncs.count += 1;
+        }
+        let started = Instant::now();
+        let synced = file.sync_data().at(path);
+        let mut fsyncs = lock(&self.fsyncs);
+        fsyncs.count -= 1;
+        if let Err(error) = synced {
+            fsyncs.succeeded.clear();
+            let reason = self.failure.set(error.to_string());
+            drop(fsyncs);
+            self.durable.fail(&reason);
+            return Err(Error::Poisoned(reason));
+        }
+        if let Some(reason) = self.failure.reason() {
+            fsyncs.succeeded.clear();
+            return Err(Error::Poisoned(reason));
+        }
+        self.stats.on_fsync(started.elapsed(), records);
+        fsyncs.succeeded.push((target, generation));
+        if fsyncs.count == 0 {
+            for (target, generation) in fsyncs.succeeded.drain(..) {
+                match generation {
+                    Some(generation) => self.durable.advance_in_generation(target, generation),
+                    None => self.durable.advance(target),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the durable id reaches `target` (published by the last fsync in flight).
+    fn wait_durable(&self, target: u64, generation: u64) -> Result<()> {
+        AppendTicket::pending(target..=target, self.durable.clone(), generation)
+            .wait()
+            .map(drop)
     }
 
     /// Writes the pending frames to the active segment with one `write`.
@@ -292,13 +394,13 @@ impl Shared {
         if writer.pending.is_empty() {
             return Ok(());
         }
-        writer.check_writable()?;
+        self.check_writable(writer)?;
         let path = writer.active.path.clone();
         let written = writer
             .active_file
             .write_all_at(&writer.pending, writer.write_offset)
             .at(&path);
-        self.guarded(writer, written)?;
+        self.guarded(written)?;
         let base = writer.write_offset;
         {
             let mut index = lock(&writer.active.index);
@@ -345,7 +447,7 @@ impl Shared {
         let old = writer.active.clone();
         if old.is_empty() {
             let removed = self.fs.remove_file(&old.path).at(&old.path);
-            self.guarded(writer, removed)?;
+            self.guarded(removed)?;
             let sequence = old.sequence;
             let segment = self.create_segment(writer, sequence, first_id)?;
             let mut segments = self.segments_write();
@@ -359,14 +461,12 @@ impl Shared {
         let sealed = writer
             .active_file
             .write_all_at(&seal, writer.write_offset)
-            .and_then(|()| writer.active_file.sync_data())
             .at(&old.path);
-        self.guarded(writer, sealed)?;
-        self.stats.on_fsync(Duration::ZERO, 0);
+        self.guarded(sealed)?;
+        self.sync_and_advance(&*writer.active_file, &old.path, last_id, None, 0)?;
         old.file_bytes
             .store(writer.write_offset + SEAL_BYTES as u64, Ordering::Release);
         old.sealed.store(true, Ordering::Release);
-        self.durable.advance(last_id);
         let sequence = writer.next_sequence;
         let segment = self.create_segment(writer, sequence, first_id)?;
         self.segments_write().push(segment);
@@ -388,7 +488,7 @@ impl Shared {
             codec: None,
         };
         let created = create_segment_file(&*self.fs, &self.dir, &path, &header);
-        let file = self.guarded(writer, created)?;
+        let file = self.guarded(created)?;
         let segment = Arc::new(Segment::new(
             sequence,
             first_id,
@@ -422,7 +522,7 @@ impl Shared {
             ));
         }
         let mut writer = self.writer();
-        writer.check_writable()?;
+        self.check_writable(&writer)?;
         failpoint::hit(failpoint::WAL_BEFORE_APPEND).at(&self.dir)?;
         if let Some(first_id) = first_id {
             if first_id < writer.next_id {
@@ -480,19 +580,14 @@ impl Shared {
                 let path = writer.active.path.clone();
                 let generation = self.durable.generation();
                 drop(writer);
-                let started = Instant::now();
-                let synced = failpoint::hit(failpoint::WAL_AFTER_WRITE_BEFORE_FSYNC)
-                    .and_then(|()| file.sync_data());
-                match synced.at(&path) {
-                    Ok(()) => {
-                        self.stats.on_fsync(started.elapsed(), count as u64);
-                        self.durable.advance_in_generation(last, generation);
-                        failpoint::hit(failpoint::WAL_AFTER_FSYNC_BEFORE_ACK)
-                            .map_err(|error| self.poison(&mut self.writer(), error.to_string()))?;
-                        Ok(AppendTicket::done(first..=last))
-                    }
-                    Err(error) => Err(self.poison(&mut self.writer(), error.to_string())),
-                }
+                failpoint::hit(failpoint::WAL_AFTER_WRITE_BEFORE_FSYNC)
+                    .at(&path)
+                    .map_err(|error| self.poison(error.to_string()))?;
+                self.sync_and_advance(&*file, &path, last, Some(generation), count as u64)?;
+                self.wait_durable(last, generation)?;
+                failpoint::hit(failpoint::WAL_AFTER_FSYNC_BEFORE_ACK)
+                    .map_err(|error| self.poison(error.to_string()))?;
+                Ok(AppendTicket::done(first..=last))
             }
         }
     }
@@ -508,7 +603,7 @@ impl Shared {
             let unsynced = self.last.get() > self.durable.get() || !writer.pending.is_empty();
             let interval_due =
                 interval.is_some_and(|interval| unsynced && writer.last_sync.elapsed() >= interval);
-            if writer.poisoned.is_some() || (writer.closed && !unsynced) {
+            if self.failure.is_set() || (writer.closed && !unsynced) {
                 return;
             }
             if !(writer.commit_wanted || interval_due || writer.closed) {
@@ -540,31 +635,31 @@ impl Shared {
             let path = writer.active.path.clone();
             let generation = self.durable.generation();
             drop(writer);
-            let started = Instant::now();
+            // The appenders are released (by the advance) before the committer takes the lock
+            // they are about to ask for. A truncation meanwhile (a new generation) voids this
+            // fsync's target.
             let synced = failpoint::hit(failpoint::WAL_AFTER_WRITE_BEFORE_FSYNC)
-                .and_then(|()| file.sync_data())
-                .at(&path);
-            if synced.is_ok() {
-                self.stats.on_fsync(started.elapsed(), batch_records.max(1));
-                // Release the appenders before taking the lock they are about to ask for. A
-                // truncation meanwhile (a new generation) voids this fsync's target.
-                self.durable.advance_in_generation(target, generation);
+                .at(&path)
+                .map_err(|error| self.poison(error.to_string()))
+                .and_then(|()| {
+                    self.sync_and_advance(
+                        &*file,
+                        &path,
+                        target,
+                        Some(generation),
+                        batch_records.max(1),
+                    )
+                });
+            if synced.is_err() {
+                return;
             }
             writer = self.writer();
             if self.durable.generation() != generation {
                 writer.commit_wanted = true;
             }
-            match synced {
-                Ok(()) => {
-                    if let Err(error) = failpoint::hit(failpoint::WAL_AFTER_FSYNC_BEFORE_ACK) {
-                        self.poison(&mut writer, error.to_string());
-                        return;
-                    }
-                }
-                Err(error) => {
-                    self.poison(&mut writer, error.to_string());
-                    return;
-                }
+            if let Err(error) = failpoint::hit(failpoint::WAL_AFTER_FSYNC_BEFORE_ACK) {
+                self.poison(error.to_string());
+                return;
             }
         }
     }
@@ -763,7 +858,6 @@ impl Wal {
             write_offset,
             commit_wanted: false,
             last_sync: Instant::now(),
-            poisoned: None,
             closed: false,
         };
         let shared = Arc::new(Shared {
@@ -784,6 +878,8 @@ impl Wal {
             maintenance: Mutex::new(()),
             compressing: Mutex::new(()),
             stats: Stats::default(),
+            failure: Failure::default(),
+            fsyncs: Mutex::new(FsyncsInFlight::default()),
             _lock: dir_lock,
         });
         let committer = {
@@ -929,18 +1025,15 @@ impl Wal {
         let shared = &self.shared;
         let mut writer = shared.writer();
         shared.flush_pending(&mut writer)?;
-        writer.check_writable()?;
+        shared.check_writable(&writer)?;
         let target = shared.last.get();
         if target <= shared.durable.get() {
             return Ok(shared.durable.get());
         }
-        let file = writer.active_file.clone();
         let path = writer.active.path.clone();
-        let started = Instant::now();
-        let synced = file.sync_data().at(&path);
-        shared.guarded(&mut writer, synced)?;
-        shared.stats.on_fsync(started.elapsed(), 0);
-        shared.durable.advance(target);
+        let generation = shared.durable.generation();
+        shared.sync_and_advance(&*writer.active_file, &path, target, None, 0)?;
+        shared.wait_durable(target, generation)?;
         Ok(shared.durable.get())
     }
 
@@ -951,7 +1044,7 @@ impl Wal {
     pub fn seal_active(&self, min_bytes: u64) -> Result<bool> {
         let shared = &self.shared;
         let mut writer = shared.writer();
-        writer.check_writable()?;
+        shared.check_writable(&writer)?;
         let bytes = writer.write_offset + writer.pending.len() as u64;
         if !writer.active_has_records() || bytes < min_bytes {
             return Ok(false);
@@ -970,7 +1063,7 @@ impl Wal {
         let shared = &self.shared;
         {
             let mut writer = shared.writer();
-            writer.check_writable()?;
+            shared.check_writable(&writer)?;
             shared.flush_pending(&mut writer)?;
             if after_id >= writer.next_id - 1 {
                 return Ok(());
@@ -981,17 +1074,17 @@ impl Wal {
                 TRUNCATE_MARKER_FILE,
                 &encode_marker(after_id),
             );
-            shared.guarded(&mut writer, marked)?;
+            shared.guarded(marked)?;
         }
         self.truncate_after_inner(after_id)?;
         let marker = shared.dir.join(TRUNCATE_MARKER_FILE);
-        let mut writer = shared.writer();
+        let _writer = shared.writer();
         let removed = shared
             .fs
             .remove_file(&marker)
             .at(&marker)
             .and_then(|()| shared.fs.sync_dir(&shared.dir).at(&shared.dir));
-        shared.guarded(&mut writer, removed)
+        shared.guarded(removed)
     }
 
     fn truncate_after_inner(&self, after_id: u64) -> Result<()> {
@@ -1000,7 +1093,7 @@ impl Wal {
         let mut writer = shared.writer();
         shared.flush_pending(&mut writer)?;
         let result = self.cut_segments(&mut writer, after_id);
-        shared.guarded(&mut writer, result)?;
+        shared.guarded(result)?;
         shared.truncations.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
@@ -1232,7 +1325,7 @@ impl Wal {
 
     /// Why the log refuses writes, if it does.
     pub fn poisoned(&self) -> Option<String> {
-        self.shared.writer().poisoned.clone()
+        self.shared.failure.reason()
     }
 
     /// Writes and fsyncs everything, stops the committer and refuses further appends. Reads keep

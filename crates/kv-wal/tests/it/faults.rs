@@ -1,9 +1,11 @@
 //! Failed writes and fsyncs: the log poisons itself, refuses writes with a clear error, never
 //! retries an fsync, keeps serving reads, and loses nothing that was acknowledged.
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use kv_wal::fs::{FaultPlan, FaultyFs};
+use kv_wal::fs::{DirLock, FaultPlan, FaultyFs, FileSystem, WalFile};
 use kv_wal::sim::{CrashMode, SimFs};
 use kv_wal::{Error, RecoveryMode, SyncPolicy, Wal, WalOptions};
 
@@ -140,5 +142,194 @@ fn failures_during_truncation_leave_old_or_new_log() {
         if truncated.is_ok() {
             assert_eq!(ids, new, "a truncation that returned Ok must stick");
         }
+    }
+}
+
+/// Holds the first `sync_data` after [`FsyncGate::arm`] (after the file system beneath ran it)
+/// until another `sync_data` starts, or a deadline passes: so a second fsync from another path
+/// can run while the failure of the first has not been handled yet.
+#[derive(Debug, Default)]
+struct FsyncGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    armed: bool,
+    held: bool,
+    second_started: bool,
+}
+
+/// How long the held fsync waits for a second one before it returns anyway.
+const GATE_DEADLINE: Duration = Duration::from_millis(500);
+
+impl FsyncGate {
+    fn arm(&self) {
+        self.state.lock().unwrap().armed = true;
+    }
+    fn wait_until_held(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut state = self.state.lock().unwrap();
+        while !state.held {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "the armed fsync never ran");
+            state = self.changed.wait_timeout(state, left).unwrap().0;
+        }
+    }
+    fn on_sync(&self) {
+        let mut state = self.state.lock().unwrap();
+        if state.armed {
+            state.armed = false;
+            state.held = true;
+            self.changed.notify_all();
+            let deadline = Instant::now() + GATE_DEADLINE;
+            while !state.second_started {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                state = self.changed.wait_timeout(state, left).unwrap().0;
+            }
+        } else if state.held && !state.second_started {
+            state.second_started = true;
+            self.changed.notify_all();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct GatedFs {
+    inner: Arc<dyn FileSystem>,
+    gate: Arc<FsyncGate>,
+}
+
+#[derive(Debug)]
+struct GatedFile {
+    inner: Arc<dyn WalFile>,
+    gate: Arc<FsyncGate>,
+}
+
+impl WalFile for GatedFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        let result = self.inner.sync_data();
+        self.gate.on_sync();
+        result
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn size_bytes(&self) -> std::io::Result<u64> {
+        self.inner.size_bytes()
+    }
+}
+
+impl FileSystem for GatedFs {
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+    fn open(&self, path: &Path) -> std::io::Result<Arc<dyn WalFile>> {
+        Ok(Arc::new(GatedFile {
+            inner: self.inner.open(path)?,
+            gate: self.gate.clone(),
+        }))
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Arc<dyn WalFile>> {
+        Ok(Arc::new(GatedFile {
+            inner: self.inner.create_new(path)?,
+            gate: self.gate.clone(),
+        }))
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+    fn try_lock(&self, path: &Path) -> std::io::Result<Box<dyn DirLock>> {
+        self.inner.try_lock(path)
+    }
+}
+
+/// Issue 11 finding 2: the committer's fsync fails; before it has handled the failure, another
+/// path (`sync`, `seal_active`, an `Always` append) fsyncs the same file, which a real kernel
+/// answers with success for pages it dropped. The failed batch must never be acknowledged,
+/// and neither may anything the second path would acknowledge (`sync`'s durable id, the
+/// `Always` append).
+#[test]
+fn a_later_fsync_from_another_path_never_acknowledges_a_failed_batch() {
+    type OtherPath = fn(&Wal) -> kv_wal::Result<()>;
+    // (name, the path, whether it acknowledges anything)
+    let paths: [(&str, OtherPath, bool); 3] = [
+        ("sync", |wal| wal.sync().map(drop), true),
+        ("seal_active", |wal| wal.seal_active(0).map(drop), false),
+        (
+            "append under Always",
+            |wal| {
+                wal.append_with(&payload(7, 64), SyncPolicy::Always)
+                    .map(drop)
+            },
+            true,
+        ),
+    ];
+    for (name, other_path, acknowledges) in paths {
+        let fs = SimFs::new();
+        let plan = FaultPlan::new();
+        let gate = Arc::new(FsyncGate::default());
+        let options = WalOptions {
+            segment_bytes_max: 1 << 20,
+            sync_policy: SyncPolicy::Batch,
+            file_system: Arc::new(GatedFs {
+                inner: Arc::new(FaultyFs::new(Arc::new(fs.clone()), plan.clone())),
+                gate: gate.clone(),
+            }),
+            ..WalOptions::default()
+        };
+        let wal = Arc::new(Wal::open(sim_dir(), options).expect("open").0);
+        for id in 1..=5 {
+            assert_eq!(wal.append(&payload(id, 64)).unwrap(), id);
+        }
+        plan.fail_sync_at(1);
+        gate.arm();
+        let appender = {
+            let wal = wal.clone();
+            std::thread::spawn(move || wal.append(&payload(6, 64)))
+        };
+        gate.wait_until_held();
+        let other = {
+            let wal = wal.clone();
+            std::thread::spawn(move || other_path(&wal))
+        };
+        let appended = appender.join().unwrap();
+        let other = other.join().unwrap();
+        assert_eq!(plan.faults_fired(), 1, "{name}: the fault fired");
+        assert!(
+            matches!(appended, Err(Error::Poisoned(_))),
+            "{name}: the batch whose fsync failed was acknowledged: {appended:?}"
+        );
+        if acknowledges {
+            assert!(
+                matches!(other, Err(Error::Poisoned(_))),
+                "{name}: acknowledged after a failed fsync: {other:?}"
+            );
+        }
+        assert!(wal.poisoned().is_some(), "{name}");
+        assert!(
+            wal.durable_id() < 6,
+            "{name}: durable id {}",
+            wal.durable_id()
+        );
     }
 }
