@@ -824,6 +824,14 @@ impl Wal {
                     segments.pop();
                 }
             }
+            // What open replays must be durable before the log serves: a crash after a roll
+            // wrote the seal but before its fdatasync leaves a sealed last segment whose
+            // bytes may still be only in the page cache. (Segments before the last were
+            // fsynced before the next one was created.)
+            if let Some(last) = segments.last() {
+                let file = fs.open(&last.path).at(&last.path)?;
+                file.sync_data().at(&last.path)?;
+            }
             let header = SegmentHeader {
                 log_id,
                 sequence,

@@ -3,6 +3,7 @@
 mod basics;
 mod compressed;
 mod corruption;
+mod durability;
 mod failpoints;
 mod faults;
 mod fuzz_corpus;
