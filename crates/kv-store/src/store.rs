@@ -148,6 +148,10 @@ impl Store {
         };
         let replayed = replay(&wal, start, base, apply_limit)?;
         load.replayed_records = replayed.replayed_records;
+        // The log must continue after the snapshot: when it lost records the snapshot holds (a
+        // power cut under `interval`/`never`, a point-in-time repair, an install interrupted
+        // before its first fetch), ids up to the snapshot's are never handed out again.
+        wal.skip_to(base + 1)?;
         Ok(Store::assemble(
             wal,
             epoch,
@@ -289,6 +293,8 @@ impl Store {
         let snapshot = snapshot::read_snapshot(&**self.wal.file_system(), path)?;
         let mut pending = lock(&self.pending);
         self.wal.truncate_after(0)?;
+        // A crash here reopens to the snapshot over an empty log, and open skips the same way.
+        self.wal.skip_to(snapshot.applied_id + 1)?;
         pending.clear();
         *lock(&self.epochs) = snapshot.epochs;
         let mut map = write(&self.map);
@@ -318,9 +324,10 @@ impl Store {
         self.wal.last_id().unwrap_or(0).max(self.snapshot_base())
     }
 
-    /// The id the next entry gets (never inside the snapshot).
+    /// The id the next entry gets (never inside the snapshot: opening and installing a
+    /// snapshot make the log continue after it).
     pub fn next_id(&self) -> u64 {
-        self.wal.next_id().max(self.snapshot_base() + 1)
+        self.wal.next_id()
     }
 
     /// Removes WAL segments wholly before `before_id` (never past the newest snapshot: the
@@ -403,6 +410,9 @@ impl Store {
         } else {
             None
         };
+        // Snapshots past the cut hold the history being dropped: they go first (durably), so
+        // no open, however interrupted, can bring that history back.
+        self.remove_snapshots_after(after_id)?;
         self.wal.truncate_after(after_id)?;
         pending.retain(|(id, _)| *id <= after_id);
         lock(&self.epochs).truncate_after(after_id);
@@ -413,7 +423,37 @@ impl Store {
             let mut current = write(&self.map);
             *current = rebuilt.map;
             self.applied_id.store(rebuilt.applied_id, Ordering::Release);
+            self.snapshot_base.store(base, Ordering::Release);
             *pending = rebuilt.pending;
+        }
+        Ok(())
+    }
+
+    /// Deletes every snapshot whose applied id is past `after_id` (and fsyncs the directory),
+    /// so the store rests only on snapshots at or before it.
+    fn remove_snapshots_after(&self, after_id: u64) -> Result<()> {
+        let Some(dir) = &self.snapshot_dir else {
+            return Ok(());
+        };
+        let fs = &**self.wal.file_system();
+        let mut removed = false;
+        let mut newest_kept = 0;
+        for (applied_id, path) in snapshot::list_snapshots(fs, dir)? {
+            if applied_id > after_id {
+                kv_wal::durable::remove_file_if_exists(fs, &path)?;
+                removed = true;
+            } else {
+                newest_kept = newest_kept.max(applied_id);
+            }
+        }
+        if removed {
+            fs.sync_dir(dir).map_err(|source| kv_wal::Error::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        if removed {
+            self.newest_snapshot.store(newest_kept, Ordering::Release);
         }
         Ok(())
     }
@@ -592,13 +632,14 @@ impl Replayed {
 /// `start`, applying those up to `apply_limit`; later records become pending ops. Fails with
 /// [`Error::Gap`] when the log does not continue `base`.
 fn replay(wal: &Wal, start: Replayed, base: u64, apply_limit: u64) -> Result<Replayed> {
-    if let Some(wal_first_id) = wal.first_id() {
-        if wal_first_id > base + 1 {
-            return Err(Error::Gap {
-                wal_first_id,
-                snapshot_id: (base > 0).then_some(base),
-            });
-        }
+    // Where the log starts, records or not: an empty log that starts past `base + 1` (purged
+    // after a newer snapshot that is now unreadable) lacks ids as much as one with records.
+    let wal_first_id = wal.first_id().unwrap_or_else(|| wal.start_id());
+    if wal_first_id > base + 1 {
+        return Err(Error::Gap {
+            wal_first_id,
+            snapshot_id: (base > 0).then_some(base),
+        });
     }
     let mut replayed = start;
     for record in wal.iter_from(base + 1) {

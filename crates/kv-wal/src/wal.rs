@@ -1045,6 +1045,25 @@ impl Wal {
         Ok(shared.durable.get())
     }
 
+    /// Makes the log continue at `next_id`, skipping the ids between its current next id and
+    /// it: the active segment is sealed (or, when empty, replaced) and a new one starts at
+    /// `next_id`, durably (its name carries its first id). Returns whether it moved. The ids
+    /// skipped are never handed out, and records already in the log stay readable. For a
+    /// caller whose state runs ahead of the log — a snapshot that covers ids the log does not
+    /// hold (installed from a leader, or the log cut back by a power loss) — so that a new
+    /// record never takes an id the snapshot already covers.
+    pub fn skip_to(&self, next_id: u64) -> Result<bool> {
+        let shared = &self.shared;
+        let mut writer = shared.writer();
+        writer.check_writable()?;
+        shared.flush_pending(&mut writer)?;
+        if next_id <= writer.next_id {
+            return Ok(false);
+        }
+        shared.roll(&mut writer, next_id)?;
+        Ok(true)
+    }
+
     /// Seals the active segment now and starts a new one, if it holds records and at least
     /// `min_bytes`; returns whether it did. For compaction: only sealed segments can be
     /// purged, so a log whose active segment is large and already covered by a snapshot seals

@@ -6,6 +6,7 @@ mod cli;
 mod cluster_crash;
 mod compressed_segments;
 mod crash_loop;
+mod durability;
 mod fsync_failure;
 mod harness;
 mod replication;

@@ -3,6 +3,7 @@
 
 mod apply;
 mod crash;
+mod durability;
 mod model;
 mod power_loss;
 mod replication;

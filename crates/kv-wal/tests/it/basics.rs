@@ -454,3 +454,30 @@ fn large_records_are_stored_compressed_and_read_back_whole() {
     assert_eq!(collect(&wal, 1).len(), 3);
     assert_eq!(wal.read(1).unwrap(), Some(compressible));
 }
+
+/// `skip_to` moves the next id forward durably: the ids skipped are never handed out, the
+/// records before them stay readable, and a power cut right after it keeps the jump.
+#[test]
+fn skip_to_moves_the_next_id_forward_for_good() {
+    let sim = SimFs::new();
+    let (wal, _) = open_sim(&sim, 1 << 20, RecoveryMode::default()).unwrap();
+    for id in 1..=3u64 {
+        assert_eq!(wal.append(&payload(id, 10)).unwrap(), id);
+    }
+    assert!(!wal.skip_to(2).unwrap(), "never backwards");
+    assert!(wal.skip_to(100).unwrap());
+    assert_eq!(wal.next_id(), 100);
+    assert_eq!(wal.append(&payload(100, 10)).unwrap(), 100);
+    assert_eq!(wal.read(3).unwrap(), Some(payload(3, 10)));
+    assert_eq!(wal.read(50).unwrap(), None);
+    // An empty active segment is replaced, not sealed.
+    assert!(wal.skip_to(200).unwrap());
+    assert!(wal.skip_to(300).unwrap());
+    drop(wal);
+    sim.crash(kv_wal::sim::CrashMode::DropUnsynced);
+    let (wal, report) = open_sim(&sim, 1 << 20, RecoveryMode::default()).unwrap();
+    assert!(report.dropped.is_none(), "{report}");
+    assert_eq!(wal.next_id(), 300);
+    let ids: Vec<u64> = collect(&wal, 1).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, vec![1, 2, 3, 100]);
+}
