@@ -1055,7 +1055,7 @@ impl Wal {
     pub fn skip_to(&self, next_id: u64) -> Result<bool> {
         let shared = &self.shared;
         let mut writer = shared.writer();
-        writer.check_writable()?;
+        shared.check_writable(&writer)?;
         shared.flush_pending(&mut writer)?;
         if next_id <= writer.next_id {
             return Ok(false);
