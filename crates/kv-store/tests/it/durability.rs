@@ -140,9 +140,9 @@ fn a_damaged_newest_snapshot_over_an_empty_log_is_refused() {
     bytes[middle] ^= 0x10;
     std::fs::write(&newest, bytes).unwrap();
 
-    let error = Store::open(dir.path().join("wal"), options(dir.path()))
-        .err()
-        .expect("opening over a damaged newest snapshot and an empty log must fail");
+    let Err(error) = Store::open(dir.path().join("wal"), options(dir.path())) else {
+        panic!("opening over a damaged newest snapshot and an empty log must fail");
+    };
     assert!(
         matches!(
             error,
