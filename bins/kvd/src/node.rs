@@ -49,8 +49,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         snapshot_dir: Some(config.snapshot_dir()),
         apply_limit,
     };
-    let (store, report) = Store::open(&wal_dir, options)
-        .with_context(|| format!("cannot open the store in {}", wal_dir.display()))?;
+    let (store, report) = open_store(&config, options)?;
     if report.is_clean() {
         tracing::info!(%report, "WAL recovered");
     } else {
@@ -94,6 +93,38 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     closed?;
     tracing::info!(last_id = ?store.wal().last_id(), "WAL synced and closed; bye");
     Ok(())
+}
+
+/// Opens the store. A follower whose data is damaged (a bad record before good ones, a log
+/// that does not continue its snapshot) repairs itself from its leader: the damaged files are
+/// moved into `damaged-<unix ms>/` in the data directory and the store starts empty, to be
+/// filled by replication. A leader refuses to start instead: it has no one to copy from.
+fn open_store(
+    config: &NodeConfig,
+    options: StoreOptions,
+) -> anyhow::Result<(Store, kv_wal::RecoveryReport)> {
+    let wal_dir = config.wal_dir();
+    let context = || format!("cannot open the store in {}", wal_dir.display());
+    match Store::open(&wal_dir, options.clone()) {
+        Err(error) if error.is_damage() && matches!(config.role, Role::Follower { .. }) => {
+            let moved_to = kv_store::repair::quarantine(
+                &kv_wal::fs::StdFs,
+                &config.data_dir,
+                &[
+                    crate::config::WAL_DIR_NAME,
+                    crate::config::SNAPSHOT_DIR_NAME,
+                ],
+            )
+            .with_context(context)?;
+            tracing::error!(
+                %error,
+                moved_to = %moved_to.display(),
+                "this follower's data is damaged: moved it aside, re-syncing from the leader"
+            );
+            Store::open(&wal_dir, options).with_context(context)
+        }
+        opened => opened.with_context(context),
+    }
 }
 
 async fn serve(config: &NodeConfig, node: Arc<Node>) -> anyhow::Result<()> {

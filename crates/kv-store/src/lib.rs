@@ -53,6 +53,7 @@ pub mod entry;
 mod epochs;
 mod error;
 mod map;
+pub mod repair;
 pub mod snapshot;
 mod store;
 

@@ -143,3 +143,58 @@ fn start_expecting_exit(data_dir: &Path) -> (std::process::ExitStatus, String) {
         std::fs::read_to_string(&stderr_path).expect("stderr"),
     )
 }
+
+/// Repair from a replica: a follower whose log is damaged in the middle (valid records after
+/// the damage: the default recovery mode refuses it) moves its data aside and re-syncs from
+/// the leader, instead of refusing to start until an operator deletes its directory.
+#[test]
+fn a_follower_with_a_damaged_log_resyncs_from_its_leader() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let leader = Kvd::start(&dir.path().join("leader"), &[], &[]);
+    let follower_dir = dir.path().join("follower");
+    let mut follower = Kvd::start_follower(&follower_dir, &leader, &[], &[]);
+    let mut last_id = 0;
+    for index in 1..=40 {
+        last_id = put(&leader, &format!("k{index}"), &format!("{index:0>200}"));
+    }
+    let (status, body) = follower.json(
+        "GET",
+        &format!("/key/k40?min_id={last_id}&wait_ms=20000"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(follower.terminate().success());
+
+    let segment = files_with_suffix(&follower_dir.join("wal"), ".wal")
+        .pop()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&segment, bytes).expect("damage");
+
+    let follower = Kvd::start_follower(&follower_dir, &leader, &[], &[]);
+    assert!(
+        follower.stderr().contains("re-syncing from the leader"),
+        "{}",
+        follower.stderr()
+    );
+    let quarantined: Vec<_> = std::fs::read_dir(&follower_dir)
+        .expect("data dir")
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("damaged-"))
+        .collect();
+    assert_eq!(quarantined.len(), 1, "the damaged data is kept aside");
+    let next = put(&leader, "after-repair", "yes");
+    for index in 1..=40 {
+        let (status, body) = follower.json(
+            "GET",
+            &format!("/key/k{index}?min_id={next}&wait_ms=20000"),
+            None,
+        );
+        assert_eq!(status, 200, "k{index}: {body}");
+        assert_eq!(body["value"], format!("{index:0>200}"));
+    }
+    let (status, _) = follower.json("GET", "/key/after-repair", None);
+    assert_eq!(status, 200);
+}
