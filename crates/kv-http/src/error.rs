@@ -124,7 +124,8 @@ impl From<kv_replication::Error> for Error {
     fn from(error: kv_replication::Error) -> Error {
         match error {
             kv_replication::Error::Store(error) => Error::Store(error),
-            kv_replication::Error::AcksTimeout { id, commit_id, .. } => Error::AcksTimeout {
+            kv_replication::Error::AcksTimeout { id, commit_id, .. }
+            | kv_replication::Error::SteppedDown { id, commit_id, .. } => Error::AcksTimeout {
                 id,
                 commit_id,
                 detail: error.to_string(),
@@ -138,7 +139,8 @@ impl From<kv_replication::Error> for Error {
             }
             kv_replication::Error::Meta { .. }
             | kv_replication::Error::MetaIo(_)
-            | kv_replication::Error::Background(_) => Error::Internal(error.to_string()),
+            | kv_replication::Error::Background(_)
+            | kv_replication::Error::StaleEpoch { .. } => Error::Internal(error.to_string()),
             kv_replication::Error::Busy(detail) => Error::Busy(detail),
         }
     }

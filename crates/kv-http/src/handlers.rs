@@ -180,7 +180,6 @@ fn require_leader(state: &AppState, parts: &Parts) -> Result<()> {
     match state.role() {
         NodeRole::Leader => Ok(()),
         NodeRole::Follower { leader_url } => {
-            let leader_url = leader_url.clone();
             let path_and_query = parts
                 .uri
                 .path_and_query()

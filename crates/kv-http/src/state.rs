@@ -37,7 +37,7 @@ impl AppState {
     }
 
     /// The node's role.
-    pub fn role(&self) -> &NodeRole {
+    pub fn role(&self) -> NodeRole {
         self.node.role()
     }
 

@@ -25,6 +25,31 @@ pub enum Error {
         /// The leader's URL, if known.
         leader_url: Option<String>,
     },
+    /// A role change named an epoch that is not new to this node.
+    #[error(
+        "epoch {epoch} is not above epoch {highest}, which this node has already led, followed \
+         or holds entries of"
+    )]
+    StaleEpoch {
+        /// The epoch asked for.
+        epoch: u64,
+        /// The highest epoch this node knows.
+        highest: u64,
+    },
+    /// The write is durable on this node, but the node stopped leading before the
+    /// acknowledgements it waited for arrived: whether the write survives is unknown.
+    #[error(
+        "entry {id} is durable on this node, but the node stopped leading after {waited_ms} ms, \
+         before the entry was acknowledged; it may or may not survive"
+    )]
+    SteppedDown {
+        /// The entry's id.
+        id: u64,
+        /// The commit id this node knows now.
+        commit_id: u64,
+        /// How long the write had waited.
+        waited_ms: u64,
+    },
     /// The operation is already running.
     #[error("{0}")]
     Busy(String),

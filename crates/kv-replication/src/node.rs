@@ -145,15 +145,54 @@ pub struct ClusterStatus {
     pub corrupt_batches_refused: Option<u64>,
 }
 
+/// What the node is in the cluster, with the state that role needs: one value behind one lock,
+/// so a node is always exactly one of them, and changing role is one assignment
+/// ([`Node::become_leader`], [`Node::become_follower`]).
+#[derive(Debug)]
+enum RoleState {
+    /// Takes writes and answers fetches.
+    Leader(LeaderState),
+    /// Copies the log of the leader at `leader_url`.
+    Follower {
+        /// The leader's base URL.
+        leader_url: String,
+        /// The fetch loop's state machine (boxed: its jitter generator is large).
+        state: Box<FollowerState>,
+    },
+}
+
+impl RoleState {
+    fn role(&self) -> Role {
+        match self {
+            RoleState::Leader(_) => Role::Leader,
+            RoleState::Follower { leader_url, .. } => Role::Follower {
+                leader_url: leader_url.clone(),
+            },
+        }
+    }
+
+    fn not_leader(&self) -> Error {
+        Error::NotLeader {
+            leader_url: match self {
+                RoleState::Leader(_) => None,
+                RoleState::Follower { leader_url, .. } => Some(leader_url.clone()),
+            },
+        }
+    }
+}
+
 /// A store with its replication role.
+///
+/// Lock order: `role` before `meta` (a role change persists the epoch under both).
 #[derive(Debug)]
 pub struct Node {
     store: Arc<Store>,
-    role: Role,
     data_dir: std::path::PathBuf,
     meta: Mutex<NodeMeta>,
-    leader: Option<Mutex<LeaderState>>,
-    follower: Option<Mutex<FollowerState>>,
+    role: Mutex<RoleState>,
+    /// Bumped at every role change, so a held fetch, a waiting write or a fetch loop started
+    /// for the old role notices at once.
+    role_changes: watch::Sender<u64>,
     commit: watch::Sender<u64>,
     applied: watch::Sender<u64>,
     progress: watch::Sender<u64>,
@@ -255,77 +294,65 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Node {
     /// Makes `store` the leader's: joins (or creates) the cluster recorded in `data_dir`,
     /// starts a new epoch above every epoch in the meta file and the log, and persists it
-    /// before any write can use it.
+    /// before any write can use it (as [`Node::become_leader`] does).
     pub fn open_leader(store: Arc<Store>, data_dir: &Path, options: NodeOptions) -> Result<Node> {
-        let fs = store.file_system().clone();
-        let mut meta = NodeMeta::load(&*fs, data_dir)?.unwrap_or_default();
-        if meta.cluster_id == 0 {
-            meta.cluster_id = rand::random::<u64>().max(1);
-        }
-        meta.epoch = meta.epoch.max(store.last_entry_epoch().unwrap_or(0)) + 1;
-        meta.store(&*fs, data_dir)?;
-        store.set_epoch(meta.epoch);
-        let mut leader = LeaderState::new(meta.cluster_id, meta.epoch, options.leader.clone());
-        leader.restore_commit(meta.commit_id.min(store.durable_id()));
-        let commit = leader.recompute_commit(store.durable_id());
-        tracing::info!(cluster_id = %format!("{:016x}", meta.cluster_id), epoch = meta.epoch, "leading");
+        let mut meta = NodeMeta::load(&**store.file_system(), data_dir)?.unwrap_or_default();
+        let epoch = next_epoch(&meta, &store);
+        let known_commit = meta.commit_id;
+        let leader = take_leadership(
+            &store,
+            data_dir,
+            &mut meta,
+            epoch,
+            known_commit,
+            &options.leader,
+        )?;
+        let commit_id = leader.commit_id();
         Ok(Node::new(
             store,
-            Role::Leader,
             data_dir,
             meta,
-            Some(leader),
-            None,
-            commit,
+            RoleState::Leader(leader),
+            commit_id,
             options,
         ))
     }
 
-    /// Makes `store` a follower of `leader_url`.
+    /// Makes `store` a follower of `leader_url` (as [`Node::become_follower`] does).
     pub fn open_follower(
         store: Arc<Store>,
         data_dir: &Path,
         leader_url: String,
         options: NodeOptions,
     ) -> Result<Node> {
-        let meta = NodeMeta::load(&**store.file_system(), data_dir)?.unwrap_or_default();
-        let follower = FollowerState::resume(
-            options.follower.clone(),
-            meta.cluster_id,
-            meta.epoch,
-            meta.commit_id,
-        );
-        Ok(Node::new(
-            store,
-            Role::Follower { leader_url },
+        let mut meta = NodeMeta::load(&**store.file_system(), data_dir)?.unwrap_or_default();
+        let role = take_followership(
+            &store,
             data_dir,
-            meta,
-            None,
-            Some(follower),
-            meta.commit_id,
-            options,
-        ))
+            &mut meta,
+            leader_url,
+            0,
+            &options.follower,
+        )?;
+        let commit_id = meta.commit_id;
+        Ok(Node::new(store, data_dir, meta, role, commit_id, options))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn new(
         store: Arc<Store>,
-        role: Role,
         data_dir: &Path,
         meta: NodeMeta,
-        leader: Option<LeaderState>,
-        follower: Option<FollowerState>,
+        role: RoleState,
         commit_id: u64,
         options: NodeOptions,
     ) -> Node {
         let applied_id = store.applied_id();
         Node {
             store,
-            role,
             data_dir: data_dir.to_owned(),
             meta: Mutex::new(meta),
-            leader: leader.map(Mutex::new),
-            follower: follower.map(Mutex::new),
+            role: Mutex::new(role),
+            role_changes: watch::Sender::new(0),
             commit: watch::Sender::new(commit_id),
             applied: watch::Sender::new(applied_id),
             progress: watch::Sender::new(0),
@@ -334,14 +361,71 @@ impl Node {
         }
     }
 
+    /// Makes this node the leader in `epoch`, at run time: the seam failover uses when the
+    /// controller names this node the data leader (`open_leader` takes the same path at
+    /// start). `epoch` must be above every epoch this node has led, followed or holds entries
+    /// of; it is on disk (`node.meta`) before this returns, so no write of the epoch can come
+    /// first. The commit id starts at what this node knows committed (never above what it
+    /// holds durably) and moves with the followers' fetches. A fetch loop still running for
+    /// the follower role ends on its own ([`Node::run_follower`]).
+    pub fn become_leader(&self, epoch: u64) -> Result<()> {
+        let mut role = lock(&self.role);
+        let leader = {
+            let mut meta = lock(&self.meta);
+            let known_commit = meta.commit_id.max(self.commit_id());
+            take_leadership(
+                &self.store,
+                &self.data_dir,
+                &mut meta,
+                epoch,
+                known_commit,
+                &self.options.leader,
+            )?
+        };
+        // This leadership's commit id is its own: a follower's "commit as last heard" may
+        // be above what this node holds, and must not acknowledge its new writes.
+        self.commit.send_replace(leader.commit_id());
+        *role = RoleState::Leader(leader);
+        drop(role);
+        self.role_changes.send_modify(|generation| *generation += 1);
+        tracing::info!(epoch, "now leading");
+        Ok(())
+    }
+
+    /// Makes this node a follower of `leader_url`, at run time: the seam failover uses to
+    /// demote a leader or re-point a follower (`open_follower` takes the same path at start
+    /// with `leader_epoch` 0). `leader_epoch` is the epoch the new leader leads, if known: it
+    /// is recorded before anything is fetched, and answers from any older epoch are refused
+    /// (the node also refuses epochs below every one it led or heard before). Writes are
+    /// refused from now on; a held fetch answers "not the leader". Start the fetch loop
+    /// ([`Node::run_follower`]) with a transport to `leader_url` afterwards.
+    pub fn become_follower(&self, leader_url: String, leader_epoch: u64) -> Result<()> {
+        let mut role = lock(&self.role);
+        let follower = {
+            let mut meta = lock(&self.meta);
+            take_followership(
+                &self.store,
+                &self.data_dir,
+                &mut meta,
+                leader_url,
+                leader_epoch,
+                &self.options.follower,
+            )?
+        };
+        *role = follower;
+        drop(role);
+        self.role_changes.send_modify(|generation| *generation += 1);
+        Ok(())
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
 
     /// The role.
-    pub fn role(&self) -> &Role {
-        &self.role
+    pub fn role(&self) -> Role {
+        lock(&self.role).role()
     }
 
     /// The commit id (followers: as last heard).
@@ -369,52 +453,82 @@ impl Node {
         });
     }
 
-    fn leader(&self) -> Result<MutexGuard<'_, LeaderState>> {
-        match (&self.leader, &self.role) {
-            (Some(leader), _) => Ok(lock(leader)),
-            (None, Role::Follower { leader_url }) => Err(Error::NotLeader {
-                leader_url: Some(leader_url.clone()),
-            }),
-            (None, Role::Leader) => Err(Error::NotLeader { leader_url: None }),
+    /// Runs `action` on the leader's state; [`Error::NotLeader`] when this node does not lead.
+    fn with_leader<R>(&self, action: impl FnOnce(&mut LeaderState) -> R) -> Result<R> {
+        match &mut *lock(&self.role) {
+            RoleState::Leader(leader) => Ok(action(leader)),
+            other => Err(other.not_leader()),
+        }
+    }
+
+    /// Runs `action` on the follower's state; `None` when this node does not follow.
+    fn with_follower<R>(&self, action: impl FnOnce(&mut FollowerState) -> R) -> Option<R> {
+        match &mut *lock(&self.role) {
+            RoleState::Follower { state, .. } => Some(action(state)),
+            RoleState::Leader(_) => None,
         }
     }
 
     /// Writes `op` on the leader and waits for `acks`; returns its id. Cancel-safe in the sense
     /// that a dropped future leaves the entry to be applied when it commits.
     pub async fn write(&self, op: Op, acks: Acks) -> Result<u64> {
-        drop(self.leader()?);
+        let leadership = *self.role_changes.borrow();
+        self.with_leader(|_| ())?;
         let submitted = self.store.submit(op)?;
         let id = submitted.id;
         submitted.ticket.await.map_err(kv_store::Error::from)?;
-        let commit_id = self.leader()?.recompute_commit(self.store.durable_id());
+        let commit_id =
+            self.with_leader(|leader| leader.recompute_commit(self.store.durable_id()))?;
         self.publish_commit(commit_id);
         match acks {
             Acks::Leader => Ok(id),
             Acks::Quorum => {
-                let quorum = self.leader()?.write_quorum();
-                self.wait_for(id, format!("a write quorum of {quorum}"), |node| {
-                    node.commit_id() >= id
-                })
+                let quorum = self.with_leader(|leader| leader.write_quorum())?;
+                self.wait_for(
+                    id,
+                    leadership,
+                    format!("a write quorum of {quorum}"),
+                    |node| node.commit_id() >= id,
+                )
                 .await
             }
             Acks::All => {
-                self.wait_for(id, "every live follower".to_owned(), |node| {
+                self.wait_for(id, leadership, "every live follower".to_owned(), |node| {
                     node.commit_id() >= id
-                        && node.leader.as_ref().is_some_and(|leader| {
-                            lock(leader).all_live_followers_hold(Instant::now(), id)
-                        })
+                        && node
+                            .with_leader(|leader| {
+                                leader.all_live_followers_hold(Instant::now(), id)
+                            })
+                            .unwrap_or(false)
                 })
                 .await
             }
         }
     }
 
-    async fn wait_for(&self, id: u64, wanted: String, done: impl Fn(&Node) -> bool) -> Result<u64> {
+    /// Waits until `done` holds, while this node keeps the leadership it wrote `id` in
+    /// (`leadership`: the role generation then); after a role change the commit id is no
+    /// longer this leadership's, so nothing can be acknowledged any more.
+    async fn wait_for(
+        &self,
+        id: u64,
+        leadership: u64,
+        wanted: String,
+        done: impl Fn(&Node) -> bool,
+    ) -> Result<u64> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.options.acks_timeout;
         let mut commits = self.commit.subscribe();
         let mut progress = self.progress.subscribe();
+        let mut role_changes = self.role_changes.subscribe();
         loop {
+            if *role_changes.borrow_and_update() != leadership {
+                return Err(Error::SteppedDown {
+                    id,
+                    commit_id: self.commit_id(),
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
             if done(self) {
                 // Visible to readers once committed.
                 self.publish_commit(self.commit_id());
@@ -424,6 +538,7 @@ impl Node {
                 tokio::select! {
                     _ = commits.changed() => {}
                     _ = progress.changed() => {}
+                    _ = role_changes.changed() => {}
                 }
             })
             .await;
@@ -442,23 +557,23 @@ impl Node {
     /// when there is nothing new. `record` is false for debugging views: they are answered but
     /// not counted as a follower's acknowledgement.
     pub async fn handle_fetch(&self, request: &FetchRequest, record: bool) -> FetchResponse {
-        let Some(leader) = &self.leader else {
-            let leader_url = match &self.role {
-                Role::Follower { leader_url } => Some(leader_url.clone()),
-                Role::Leader => None,
-            };
-            return FetchResponse::NotLeader { leader_url };
-        };
         let wait = Duration::from_millis(u64::from(request.wait_ms)).min(FETCH_WAIT_MAX);
         let deadline = tokio::time::Instant::now() + wait;
         let mut commits = self.commit.subscribe();
+        let mut role_changes = self.role_changes.subscribe();
         loop {
             let may_wait = tokio::time::Instant::now() < deadline;
-            let (decision, commit_id) = {
-                let mut leader = lock(leader);
-                let decision =
-                    leader.on_fetch(Instant::now(), request, &*self.store, may_wait, record);
-                (decision, leader.commit_id())
+            let (decision, commit_id) = match &mut *lock(&self.role) {
+                RoleState::Leader(leader) => {
+                    let decision =
+                        leader.on_fetch(Instant::now(), request, &*self.store, may_wait, record);
+                    (decision, leader.commit_id())
+                }
+                RoleState::Follower { leader_url, .. } => {
+                    return FetchResponse::NotLeader {
+                        leader_url: Some(leader_url.clone()),
+                    }
+                }
             };
             if record {
                 self.publish_commit(commit_id);
@@ -473,6 +588,7 @@ impl Node {
                         tokio::select! {
                             _ = new_entries => {}
                             _ = commits.changed() => {}
+                            _ = role_changes.changed() => {}
                         }
                     })
                     .await;
@@ -490,32 +606,39 @@ impl Node {
             .is_ok_and(|result| result.is_ok())
     }
 
-    /// Runs the follower's fetch loop until `shutdown` resolves or replication stops for a
-    /// reason an operator must look at (the node keeps serving reads either way).
+    /// Runs the follower's fetch loop until `shutdown` resolves, replication stops for a
+    /// reason an operator must look at (the node keeps serving reads either way), or the
+    /// node's role changes ([`Node::become_leader`], [`Node::become_follower`]: a new leader
+    /// needs a new loop with a transport to it).
     pub async fn run_follower<T: Transport>(
         self: Arc<Self>,
         transport: T,
         shutdown: impl Future<Output = ()>,
     ) {
-        let Some(follower) = &self.follower else {
-            tracing::error!("run_follower called on a leader");
-            return;
+        let mut role_changes = self.role_changes.subscribe();
+        let role_changed = async move {
+            let _ = role_changes.changed().await;
         };
-        tokio::pin!(shutdown);
+        tokio::pin!(shutdown, role_changed);
         let fetch_timeout = self.options.follower.fetch_wait + Duration::from_secs(5);
         loop {
-            let request = lock(follower).request(&*self.store);
+            let Some(request) = self.with_follower(|state| state.request(&*self.store)) else {
+                tracing::error!("run_follower called on a leader");
+                return;
+            };
             let answer = tokio::select! {
                 _ = &mut shutdown => return,
+                _ = &mut role_changed => return,
                 answer = transport.fetch(&request, fetch_timeout) => answer,
             };
-            let (step, leader_epoch) = {
-                let mut state = lock(follower);
+            let Some((step, leader_epoch)) = self.with_follower(|state| {
                 let step = match answer {
                     Ok(response) => state.on_response(Instant::now(), &request, response),
                     Err(error) => state.on_failure(Instant::now(), error),
                 };
                 (step, state.leader_epoch())
+            }) else {
+                return;
             };
             if leader_epoch > lock(&self.meta).epoch {
                 // On disk before anything of the new epoch is appended: a node promoted later
@@ -531,6 +654,7 @@ impl Node {
                 Ok(Some(delay)) => {
                     tokio::select! {
                         _ = &mut shutdown => return,
+                        _ = &mut role_changed => return,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -544,9 +668,7 @@ impl Node {
     }
 
     fn stop_link(&self, reason: String) {
-        if let Some(follower) = &self.follower {
-            lock(follower).force_stop(reason);
-        }
+        self.with_follower(|state| state.force_stop(reason));
     }
 
     /// Performs one step; returns a delay before the next fetch, or why replication stops.
@@ -573,9 +695,12 @@ impl Node {
                         Ok(None)
                     }
                     Err(error) => {
-                        let follower = self.follower.as_ref().expect("a follower");
-                        let step = lock(follower).on_snapshot_failure(Instant::now(), error);
-                        match step {
+                        let step = self.with_follower(|state| {
+                            state.on_snapshot_failure(Instant::now(), error)
+                        });
+                        match step.unwrap_or(Step::Retry {
+                            after: Duration::from_secs(1),
+                        }) {
                             Step::Retry { after } => Ok(Some(after)),
                             _ => Ok(Some(Duration::from_secs(1))),
                         }
@@ -627,13 +752,13 @@ impl Node {
                 Ok(None)
             }
             Step::Retry { after } => {
-                if let Some(follower) = &self.follower {
-                    if let LinkState::Retrying { error, failures } = lock(follower).link() {
+                self.with_follower(|state| {
+                    if let LinkState::Retrying { error, failures } = state.link() {
                         if *failures == 1 || failures.is_power_of_two() {
                             tracing::warn!(%error, failures, "fetch failed; retrying");
                         }
                     }
-                }
+                });
                 Ok(Some(after))
             }
             Step::Stop { reason } => Err(reason),
@@ -895,15 +1020,16 @@ impl Node {
             .filter(|segment| !segment.is_active)
             .filter_map(|segment| Some((segment.last_id?, segment.size_bytes)))
             .collect();
-        let followers: Vec<(String, u64)> = match &self.leader {
-            Some(leader) => lock(leader)
-                .followers(Instant::now(), self.store.last_id())
-                .into_iter()
-                .filter(|follower| follower.status != crate::leader::FollowerHealth::Down)
-                .map(|follower| (follower.follower_id, follower.next_id))
-                .collect(),
-            None => Vec::new(),
-        };
+        let followers: Vec<(String, u64)> = self
+            .with_leader(|leader| {
+                leader
+                    .followers(Instant::now(), self.store.last_id())
+                    .into_iter()
+                    .filter(|follower| follower.status != crate::leader::FollowerHealth::Down)
+                    .map(|follower| (follower.follower_id, follower.next_id))
+                    .collect()
+            })
+            .unwrap_or_default();
         let (purge_before, retained_for) = purge_point(
             snapshot_id,
             &segments,
@@ -957,9 +1083,8 @@ impl Node {
     /// it as soon as it hears a new epoch.
     pub fn persist_progress(&self) -> Result<()> {
         let epoch_heard = self
-            .follower
-            .as_ref()
-            .map_or(0, |follower| lock(follower).leader_epoch());
+            .with_follower(|state| state.leader_epoch())
+            .unwrap_or(0);
         let applied_id = self.store.applied_id();
         let mut meta = lock(&self.meta);
         if epoch_heard <= meta.epoch && applied_id <= meta.commit_id {
@@ -1011,14 +1136,8 @@ impl Node {
         let last_id = LogView::last_id(&**store);
         let meta = *lock(&self.meta);
         let mut status = ClusterStatus {
-            role: match self.role {
-                Role::Leader => "leader",
-                Role::Follower { .. } => "follower",
-            },
-            leader: match &self.role {
-                Role::Leader => None,
-                Role::Follower { leader_url } => Some(leader_url.clone()),
-            },
+            role: "leader",
+            leader: None,
             cluster_id: if meta.cluster_id == 0 {
                 String::new()
             } else {
@@ -1036,22 +1155,24 @@ impl Node {
             last_contact_age_ms: None,
             corrupt_batches_refused: None,
         };
-        if let Some(leader) = &self.leader {
-            let leader = lock(leader);
-            status.write_quorum = Some(leader.write_quorum());
-            status.followers = Some(leader.followers(now, last_id));
-        }
-        if let Some(follower) = &self.follower {
-            let follower = lock(follower);
-            if follower.cluster_id() != 0 {
-                status.cluster_id = format!("{:016x}", follower.cluster_id());
+        match &*lock(&self.role) {
+            RoleState::Leader(leader) => {
+                status.write_quorum = Some(leader.write_quorum());
+                status.followers = Some(leader.followers(now, last_id));
             }
-            status.epoch = follower.leader_epoch();
-            status.link = Some(follower.link().clone());
-            status.last_contact_age_ms = follower
-                .last_contact()
-                .map(|at| now.duration_since(at).as_millis() as u64);
-            status.corrupt_batches_refused = Some(follower.corrupt_batches_refused());
+            RoleState::Follower { leader_url, state } => {
+                status.role = "follower";
+                status.leader = Some(leader_url.clone());
+                if state.cluster_id() != 0 {
+                    status.cluster_id = format!("{:016x}", state.cluster_id());
+                }
+                status.epoch = state.leader_epoch();
+                status.link = Some(state.link().clone());
+                status.last_contact_age_ms = state
+                    .last_contact()
+                    .map(|at| now.duration_since(at).as_millis() as u64);
+                status.corrupt_batches_refused = Some(state.corrupt_batches_refused());
+            }
         }
         status
     }
@@ -1070,4 +1191,63 @@ fn lower_this_threads_priority() {
             tracing::warn!(%error, "cannot lower the snapshot thread's priority");
         }
     }
+}
+
+/// The epoch `open_leader` takes: one above every epoch in the meta file and the log.
+fn next_epoch(meta: &NodeMeta, store: &Store) -> u64 {
+    meta.epoch.max(store.last_entry_epoch().unwrap_or(0)) + 1
+}
+
+/// The leader's side of a role change: checks that `epoch` is new, joins (or creates) the
+/// cluster, persists the epoch, stamps new entries with it and restores the commit id.
+fn take_leadership(
+    store: &Store,
+    data_dir: &Path,
+    meta: &mut NodeMeta,
+    epoch: u64,
+    known_commit: u64,
+    options: &LeaderOptions,
+) -> Result<LeaderState> {
+    let highest = meta.epoch.max(store.last_entry_epoch().unwrap_or(0));
+    if epoch <= highest {
+        return Err(Error::StaleEpoch { epoch, highest });
+    }
+    let mut next = *meta;
+    if next.cluster_id == 0 {
+        next.cluster_id = rand::random::<u64>().max(1);
+    }
+    next.epoch = epoch;
+    next.store(&**store.file_system(), data_dir)?;
+    *meta = next;
+    store.set_epoch(epoch);
+    let mut leader = LeaderState::new(meta.cluster_id, epoch, options.clone());
+    leader.restore_commit(known_commit.min(store.durable_id()));
+    leader.recompute_commit(store.durable_id());
+    tracing::info!(cluster_id = %format!("{:016x}", meta.cluster_id), epoch, "leading");
+    Ok(leader)
+}
+
+/// The follower's side of a role change: records `leader_epoch` if it is new, and resumes the
+/// follower's state from what the node has heard and committed.
+fn take_followership(
+    store: &Store,
+    data_dir: &Path,
+    meta: &mut NodeMeta,
+    leader_url: String,
+    leader_epoch: u64,
+    options: &FollowerOptions,
+) -> Result<RoleState> {
+    if leader_epoch > meta.epoch {
+        let mut next = *meta;
+        next.epoch = leader_epoch;
+        next.store(&**store.file_system(), data_dir)?;
+        *meta = next;
+    }
+    // Applied entries are committed: never cut below them either.
+    let commit_seen = meta.commit_id.max(store.applied_id());
+    let state = FollowerState::resume(options.clone(), meta.cluster_id, meta.epoch, commit_seen);
+    Ok(RoleState::Follower {
+        leader_url,
+        state: Box::new(state),
+    })
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_replication::{
-    Acks, FetchRequest, FetchResponse, Node, NodeOptions, SnapshotMeta, Transport,
+    Acks, FetchRequest, FetchResponse, Node, NodeOptions, Role, SnapshotMeta, Transport,
 };
 use kv_store::{Op, Store, StoreOptions, Value};
 
@@ -118,6 +118,15 @@ fn follower_node(dir: &std::path::Path, options: NodeOptions) -> Arc<Node> {
         Node::open_follower(open(dir), dir, "test://leader".to_owned(), options)
             .expect("open follower"),
     )
+}
+
+/// Waits (up to 10 s) until `condition` holds.
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 fn set(key: String, value: u64) -> Op {
@@ -426,4 +435,134 @@ async fn compaction_keeps_what_a_live_follower_needs_within_the_retention_limit(
     );
     let _ = stop.send(());
     loop_handle.await.unwrap();
+}
+
+/// The role-change seam failover builds on: a follower promoted with `become_leader` at a new
+/// epoch takes writes in it (its fetch loop ends by itself), the old leader demoted with
+/// `become_follower` refuses writes, answers a held fetch with "not the leader", fails a write
+/// still waiting for its quorum, and then follows the new leader; stale epochs are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_change_at_run_time_through_become_leader_and_become_follower() {
+    let old_dir = tempfile::tempdir().unwrap();
+    let new_dir = tempfile::tempdir().unwrap();
+    let old = leader_node(old_dir.path(), options(2));
+    let new = follower_node(new_dir.path(), options(2));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let transport = Direct {
+        down: down.clone(),
+        ..Direct::to(&old)
+    };
+    let (_stop, loop_handle) = spawn_follower(&new, transport);
+    assert_eq!(
+        old.write(set("a".to_owned(), 1), Acks::Quorum)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(new.wait_applied(1, Duration::from_secs(10)).await);
+
+    // The follower about to be promoted loses the old leader: a write of the old leader
+    // waits for a quorum it will never get, and a fetch is held on the old leader.
+    down.store(true, Ordering::SeqCst);
+    eventually("the follower's fetches fail", || {
+        matches!(
+            new.cluster_status().link,
+            Some(kv_replication::LinkState::Retrying { .. })
+        )
+    })
+    .await;
+    let waiting_write = tokio::spawn({
+        let old = old.clone();
+        async move { old.write(set("lost".to_owned(), 2), Acks::Quorum).await }
+    });
+    eventually("the lost write is in the old leader's log", || {
+        old.store().last_id() == 2
+    })
+    .await;
+    let held_fetch = tokio::spawn({
+        let old = old.clone();
+        async move {
+            let request = FetchRequest {
+                cluster_id: u64::from_str_radix(&old.cluster_status().cluster_id, 16).unwrap(),
+                follower_id: "follower-9".to_owned(),
+                next_id: 3,
+                last_epoch: 1,
+                durable_id: 0,
+                commit_id: u64::MAX,
+                bytes_max: 1 << 20,
+                wait_ms: 10_000,
+            };
+            old.handle_fetch(&request, true).await
+        }
+    });
+    eventually("the fetch is held", || {
+        old.cluster_status()
+            .followers
+            .unwrap_or_default()
+            .iter()
+            .any(|follower| follower.follower_id == "follower-9")
+    })
+    .await;
+
+    assert!(matches!(
+        new.become_leader(1),
+        Err(kv_replication::Error::StaleEpoch {
+            epoch: 1,
+            highest: 1
+        })
+    ));
+    new.become_leader(2).unwrap();
+    assert_eq!(new.role(), Role::Leader);
+    tokio::time::timeout(Duration::from_secs(10), loop_handle)
+        .await
+        .expect("the fetch loop ends when its node leads")
+        .unwrap();
+
+    old.become_follower("test://new".to_owned(), 2).unwrap();
+    assert_eq!(
+        old.role(),
+        Role::Follower {
+            leader_url: "test://new".to_owned()
+        }
+    );
+    let write = tokio::time::timeout(Duration::from_secs(5), waiting_write)
+        .await
+        .expect("a waiting write ends at the step-down")
+        .unwrap();
+    assert!(
+        matches!(write, Err(kv_replication::Error::SteppedDown { id: 2, .. })),
+        "{write:?}"
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(5), held_fetch)
+        .await
+        .expect("a held fetch ends at the step-down")
+        .unwrap();
+    assert_eq!(
+        answer,
+        FetchResponse::NotLeader {
+            leader_url: Some("test://new".to_owned())
+        }
+    );
+    assert!(matches!(
+        old.write(set("b".to_owned(), 3), Acks::Leader).await,
+        Err(kv_replication::Error::NotLeader { leader_url: Some(url) }) if url == "test://new"
+    ));
+    let meta = kv_replication::NodeMeta::load(&kv_wal::fs::StdFs, old_dir.path())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        meta.epoch, 2,
+        "the new leader's epoch is on disk before any fetch"
+    );
+
+    // The new leader writes in its epoch; the old one follows it and cuts its lost entry.
+    let (_stop, _loop_handle) = spawn_follower(&old, Direct::to(&new));
+    let id = new
+        .write(set("c".to_owned(), 4), Acks::Quorum)
+        .await
+        .unwrap();
+    assert_eq!((id, new.store().epoch_at(id)), (2, Some(2)));
+    assert!(old.wait_applied(2, Duration::from_secs(10)).await);
+    assert_eq!(old.store().epoch_at(2), Some(2));
+    assert!(old.store().get(b"lost").is_none() && old.store().get(b"c").is_some());
 }
