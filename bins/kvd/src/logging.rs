@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+use crate::settings::LogFormat;
 
 /// Installs the global subscriber.
 pub fn init(log_level: &str, log_format: LogFormat) -> anyhow::Result<()> {

@@ -1,9 +1,9 @@
 //! kvd: the replicated key-value store daemon.
 //!
-//! A thin binary: it reads the configuration (flags, env, config file — see [`config`]),
-//! sets up logging, and runs the node ([`node::run_node`]): it opens the store, takes its
-//! replication role (leader, or follower pulling from the leader), and serves the HTTP API
-//! until SIGINT/SIGTERM. Everything else lives in the library crates (kv-wal, kv-store,
+//! A thin binary: it reads the configuration (flags, env, config file: every setting is defined
+//! once in [`settings`]; [`config`] merges the layers and validates them), sets up logging, and
+//! runs the node ([`node::run_node`]): it opens the store, takes its replication role (leader,
+//! or follower pulling from the leader), and serves the HTTP API until SIGINT/SIGTERM. Everything else lives in the library crates (kv-wal, kv-store,
 //! kv-replication, kv-http).
 
 mod cli;
@@ -11,13 +11,18 @@ mod config;
 mod faults;
 mod logging;
 mod node;
+mod settings;
+
+#[cfg(test)]
+mod precedence_tests;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
-use crate::config::MAX_SEGMENT_SIZE_ENV;
+use crate::cli::Cli;
+use crate::config::Sources;
+use crate::settings::MAX_SEGMENT_SIZE_ENV;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,15 +37,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let segment_size_env = std::env::var(MAX_SEGMENT_SIZE_ENV).ok();
-    let config = match cli.command {
-        Command::Leader { options } => config::resolve(None, None, options, segment_size_env)?,
-        Command::Follower {
-            id,
-            leader,
-            options,
-        } => config::resolve(Some(&id), leader, options, segment_size_env)?,
+    let invocation = cli.command.into_invocation();
+    let sources = Sources {
+        command_line: invocation.command_line,
+        max_segment_size_env: std::env::var(MAX_SEGMENT_SIZE_ENV).ok(),
+        config_file: invocation.config_file,
     };
+    let config = config::resolve(invocation.follower_id.as_deref(), sources)?;
     logging::init(&config.log_level, config.log_format)?;
     faults::configure_from_env()?;
     node::run_node(config)
