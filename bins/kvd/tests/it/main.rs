@@ -9,6 +9,7 @@ mod crash_loop;
 mod durability;
 mod fsync_failure;
 mod harness;
+mod nemesis;
 mod replication;
 mod restart;
 mod slow_clients;

@@ -1,0 +1,500 @@
+//! The checks of a recorded history.
+//!
+//! **Linearizability** of the leader's reads and every write, key by key, with an existing
+//! checker: `todc-utils`' [`WGLChecker`] (Wing & Gong's search with Lowe's memoisation; see
+//! "Checking histories" in the design brief for why this one). Each key is a register whose
+//! state is `Option<Value>` (`None`: absent). The history handed to the checker:
+//!
+//! - an acknowledged PUT is `Write(v)` between its invoke and complete times; an acknowledged
+//!   DELETE is `Delete` that must find the key (kvd answers 404, writing nothing, when it is
+//!   absent — counting writes not yet committed, which precede the delete in the log);
+//! - a write with no clear answer (timeout, reset, a 503 with the entry's id) may have taken
+//!   effect at any moment after its invoke, or never: its response goes at the end of the
+//!   history (Jepsen's and etcd's treatment), and a DELETE of that kind may find the key absent;
+//! - a definite failure (4xx — a DELETE's 404 included — a 503 without an id, a refused
+//!   connection) wrote nothing and is left out;
+//! - a leader read is `Read(Some(v))` or `Read(None)` (404); a read with no answer is left out.
+//!
+//! Every process of the checker's history is one operation (a process id per operation), so a
+//! client whose request timed out and who went on with the next one never pairs a call with the
+//! wrong response.
+//!
+//! **Follower reads** (`?min_id=N`) are not linearizable by design; they are checked for
+//! phantoms (a value no PUT wrote, one from a PUT that failed definitely, or one whose PUT was
+//! invoked only after the read completed) and for the `min_id` promise: the node has applied
+//! every entry up to N, so the value read comes from the newest acknowledged write with an id up
+//! to N or from a later one.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use todc_utils::linearizability::history::{Action, History};
+use todc_utils::linearizability::WGLChecker;
+use todc_utils::specifications::Specification;
+
+use super::history::{by_key, Nanos, Op, Outcome, Record, Value};
+
+/// An operation on one key, as the register specification sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RegisterOp {
+    Write(Value),
+    /// `must_exist`: an acknowledged DELETE found the key; one of unknown outcome may have
+    /// found nothing.
+    Delete {
+        must_exist: bool,
+    },
+    Read(Option<Value>),
+}
+
+/// One key of kvd: a register that may be absent.
+pub struct KeyRegister;
+
+impl Specification for KeyRegister {
+    type State = Option<Value>;
+    type Operation = RegisterOp;
+
+    fn init() -> Option<Value> {
+        None
+    }
+
+    fn apply(operation: &RegisterOp, state: &Option<Value>) -> (bool, Option<Value>) {
+        match *operation {
+            RegisterOp::Write(value) => (true, Some(value)),
+            RegisterOp::Delete { must_exist } if must_exist && state.is_none() => (false, None),
+            RegisterOp::Delete { .. } => (true, None),
+            RegisterOp::Read(value) => (value == *state, *state),
+        }
+    }
+}
+
+/// What the checker is given for one record: the operation and whether its response is known
+/// (else it goes at the end of the history). `None`: the record is left out.
+pub fn register_op(record: &Record) -> Option<(RegisterOp, bool)> {
+    match (record.op, &record.outcome) {
+        (Op::Put(value), Outcome::Written { .. }) => Some((RegisterOp::Write(value), true)),
+        (Op::Put(value), Outcome::Unknown { .. }) => Some((RegisterOp::Write(value), false)),
+        (Op::Delete, Outcome::Written { .. }) => {
+            Some((RegisterOp::Delete { must_exist: true }, true))
+        }
+        (Op::Delete, Outcome::Unknown { .. }) => {
+            Some((RegisterOp::Delete { must_exist: false }, false))
+        }
+        (Op::Get, Outcome::Read(value)) => Some((RegisterOp::Read(*value), true)),
+        _ => None,
+    }
+}
+
+/// Whether one key's records are linearizable; also how many operations were checked.
+pub fn key_is_linearizable(records: &[&Record]) -> (bool, usize) {
+    let operations: Vec<(RegisterOp, bool, &Record)> = records
+        .iter()
+        .filter_map(|record| register_op(record).map(|(op, known)| (op, known, *record)))
+        .collect();
+    if operations.is_empty() {
+        return (true, 0);
+    }
+    // (time, 0 = call / 1 = response, process, action): at equal times calls go first, which
+    // makes the two operations concurrent (the lenient reading of a tie).
+    let mut events: Vec<(Nanos, u8, usize, Action<RegisterOp>)> = Vec::new();
+    for (process, (op, known, record)) in operations.iter().enumerate() {
+        events.push((record.invoked, 0, process, Action::Call(*op)));
+        let responded = if *known { record.completed } else { Nanos::MAX };
+        events.push((responded, 1, process, Action::Response(*op)));
+    }
+    events.sort_by_key(|(time, kind, process, _)| (*time, *kind, *process));
+    let actions = events
+        .into_iter()
+        .map(|(_, _, process, action)| (process, action))
+        .collect();
+    let linearizable = WGLChecker::<KeyRegister>::is_linearizable(History::from_actions(actions));
+    (linearizable, operations.len())
+}
+
+/// The verdict over a whole history.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub keys_checked: usize,
+    pub operations_checked: usize,
+    /// Keys whose history is not linearizable, each with its records printed.
+    pub violations: Vec<String>,
+    pub elapsed: Duration,
+}
+
+/// Checks every key's history on its own.
+pub fn check_linearizable(records: &[Record]) -> Verdict {
+    let started = Instant::now();
+    let mut verdict = Verdict::default();
+    for (key, records) in by_key(records) {
+        let (linearizable, operations) = key_is_linearizable(&records);
+        verdict.keys_checked += 1;
+        verdict.operations_checked += operations;
+        if !linearizable {
+            verdict.violations.push(describe(key, &records));
+        }
+    }
+    verdict.elapsed = started.elapsed();
+    verdict
+}
+
+/// A key's records, one per line, for a failure message.
+pub fn describe(key: &str, records: &[&Record]) -> String {
+    let mut text = format!("key {key}: {} operations\n", records.len());
+    for record in records {
+        text.push_str(&format!("  {record}\n"));
+    }
+    text
+}
+
+/// Problems of follower reads (phantoms, broken `min_id` promises), one line each.
+pub fn check_follower_reads(records: &[Record]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for records in by_key(records).into_values() {
+        let puts: HashMap<Value, &Record> = records
+            .iter()
+            .filter_map(|record| match record.op {
+                Op::Put(value) => Some((value, *record)),
+                _ => None,
+            })
+            .collect();
+        // The acknowledged writes, by id: what a node that applied id N must reflect.
+        let mut acknowledged: Vec<(u64, &Record)> = records
+            .iter()
+            .filter_map(|record| match record.outcome {
+                Outcome::Written { id } => Some((id, *record)),
+                _ => None,
+            })
+            .collect();
+        acknowledged.sort_by_key(|(id, _)| *id);
+        for read in &records {
+            let (Op::FollowerGet { min_id, .. }, Outcome::Read(value)) = (read.op, &read.outcome)
+            else {
+                continue;
+            };
+            let floor = acknowledged
+                .iter()
+                .rev()
+                .find(|(id, _)| *id <= min_id)
+                .map(|(_, record)| *record);
+            if let Some(problem) = follower_read_problem(read, *value, &puts, floor, &records) {
+                problems.push(format!("{problem}\n  {read}"));
+            }
+        }
+        if problems.len() > 20 {
+            break;
+        }
+    }
+    problems
+}
+
+fn follower_read_problem(
+    read: &Record,
+    value: Option<Value>,
+    puts: &HashMap<Value, &Record>,
+    floor: Option<&Record>,
+    records: &[&Record],
+) -> Option<String> {
+    let floor_id = floor.and_then(Record::write_id);
+    match value {
+        Some(value) => {
+            let Some(put) = puts.get(&value) else {
+                return Some(format!("phantom: {value:#x} was never written to this key"));
+            };
+            if let Outcome::Failed(reason) = &put.outcome {
+                return Some(format!("phantom: {value:#x} is the value of a PUT that failed definitely ({reason}): {put}"));
+            }
+            if put.invoked > read.completed {
+                return Some(format!(
+                    "phantom: {value:#x} was read before its PUT was sent: {put}"
+                ));
+            }
+            match (put.write_id(), floor_id) {
+                (Some(id), Some(floor_id)) if id < floor_id => Some(format!(
+                    "stale: the value has id {id}, but the node had applied the acknowledged \
+                     write {floor_id} (min_id): {}",
+                    floor.expect("floor")
+                )),
+                _ => None,
+            }
+        }
+        None => {
+            let floor = floor?;
+            if floor.op == Op::Delete {
+                return None;
+            }
+            let floor_id = floor_id.expect("acknowledged");
+            let deleted_later = records.iter().any(|record| {
+                record.op == Op::Delete
+                    && record.may_have_written()
+                    && record.write_id().is_none_or(|id| id > floor_id)
+            });
+            (!deleted_later).then(|| {
+                format!(
+                    "stale: not found, but the node had applied the acknowledged write \
+                     {floor_id} (min_id) and no DELETE came after it: {floor}"
+                )
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The adapter must reject what a broken store does and accept what concurrency allows.
+    //! Times are in milliseconds here; each test draws its history as a timeline.
+
+    use super::*;
+
+    const KEY: &str = "k";
+
+    fn record(client: usize, op: Op, from_ms: u64, to_ms: u64, outcome: Outcome) -> Record {
+        Record {
+            client,
+            node: 0,
+            key: KEY.to_owned(),
+            op,
+            invoked: from_ms * 1_000_000,
+            completed: to_ms * 1_000_000,
+            outcome,
+        }
+    }
+
+    fn put(value: Value, from_ms: u64, to_ms: u64, id: u64) -> Record {
+        record(0, Op::Put(value), from_ms, to_ms, Outcome::Written { id })
+    }
+
+    fn put_unknown(value: Value, from_ms: u64, to_ms: u64) -> Record {
+        let outcome = Outcome::Unknown {
+            reason: "timeout".to_owned(),
+            id: None,
+        };
+        record(1, Op::Put(value), from_ms, to_ms, outcome)
+    }
+
+    fn delete(from_ms: u64, to_ms: u64, id: u64) -> Record {
+        record(0, Op::Delete, from_ms, to_ms, Outcome::Written { id })
+    }
+
+    fn get(value: Option<Value>, from_ms: u64, to_ms: u64) -> Record {
+        record(2, Op::Get, from_ms, to_ms, Outcome::Read(value))
+    }
+
+    fn follower_get(value: Option<Value>, min_id: u64, from_ms: u64, to_ms: u64) -> Record {
+        let op = Op::FollowerGet { node: 1, min_id };
+        record(3, op, from_ms, to_ms, Outcome::Read(value))
+    }
+
+    fn linearizable(records: &[Record]) -> bool {
+        let verdict = check_linearizable(records);
+        verdict.violations.is_empty()
+    }
+
+    #[test]
+    fn a_sequential_history_is_linearizable() {
+        // W1 |--|  R1 |--|  D |--|  R- |--|  W2 |--|  R2 |--|
+        let history = [
+            put(1, 0, 1, 1),
+            get(Some(1), 2, 3),
+            delete(4, 5, 2),
+            get(None, 6, 7),
+            put(2, 8, 9, 3),
+            get(Some(2), 10, 11),
+        ];
+        assert!(linearizable(&history));
+    }
+
+    #[test]
+    fn a_stale_read_is_caught() {
+        // W1 |--|  W2 |--|  R1 |--|   (W2 completed before the read began)
+        let history = [put(1, 0, 1, 1), put(2, 2, 3, 2), get(Some(1), 4, 5)];
+        assert!(!linearizable(&history));
+        // The same read overlapping W2 is fine: W2 may take effect after it.
+        let history = [put(1, 0, 1, 1), put(2, 2, 6, 2), get(Some(1), 4, 5)];
+        assert!(linearizable(&history));
+    }
+
+    #[test]
+    fn a_lost_acknowledged_write_is_caught() {
+        // W1 |--|  R- |--|: the acknowledged value is gone.
+        let history = [put(1, 0, 1, 1), get(None, 2, 3)];
+        assert!(!linearizable(&history));
+        // W1 |--| W2 |--|  R1 |--|: the last acknowledged write was lost, an older value is back.
+        let history = [put(1, 0, 1, 1), put(2, 2, 3, 2), get(Some(1), 10, 11)];
+        assert!(!linearizable(&history));
+        // An acknowledged DELETE undone.
+        let history = [put(1, 0, 1, 1), delete(2, 3, 2), get(Some(1), 4, 5)];
+        assert!(!linearizable(&history));
+    }
+
+    #[test]
+    fn a_read_of_a_value_never_written_is_caught() {
+        let history = [put(1, 0, 1, 1), get(Some(7), 2, 3)];
+        assert!(!linearizable(&history));
+        // Nor may a definitely failed write show.
+        let failed = record(0, Op::Put(9), 0, 1, Outcome::Failed("400".to_owned()));
+        assert!(!linearizable(&[failed, get(Some(9), 2, 3)]));
+        // Nor a value before its write was sent.
+        assert!(!linearizable(&[get(Some(1), 0, 1), put(1, 2, 3, 1)]));
+    }
+
+    #[test]
+    fn concurrent_overlaps_are_accepted_and_real_time_order_is_kept() {
+        // W1 |----------------|
+        // W2  |--------------|
+        // R2    |--|
+        // R1          |--|        W2 then W1: both reads fit.
+        let history = [
+            put(1, 0, 20, 1),
+            put(2, 1, 19, 2),
+            get(Some(2), 2, 3),
+            get(Some(1), 5, 6),
+        ];
+        assert!(linearizable(&history));
+        // The same reads after both writes completed cannot both be right.
+        let history = [
+            put(1, 0, 2, 1),
+            put(2, 1, 3, 2),
+            get(Some(2), 5, 6),
+            get(Some(1), 7, 8),
+        ];
+        assert!(!linearizable(&history));
+        // A read during a DELETE may see the value or not; once it saw "absent", it stays so.
+        let history = [
+            put(1, 0, 1, 1),
+            delete(2, 10, 2),
+            get(Some(1), 3, 4),
+            get(None, 5, 6),
+        ];
+        assert!(linearizable(&history));
+        let history = [
+            put(1, 0, 1, 1),
+            delete(2, 10, 2),
+            get(None, 3, 4),
+            get(Some(1), 5, 6),
+        ];
+        assert!(!linearizable(&history));
+    }
+
+    #[test]
+    fn a_write_of_unknown_outcome_may_happen_late_or_never_but_only_once() {
+        // W? |--x (timed out)     R- |--|  R1 |--|: it took effect after the first read.
+        let history = [put_unknown(1, 0, 1), get(None, 5, 6), get(Some(1), 7, 8)];
+        assert!(linearizable(&history));
+        // Never taking effect is allowed too.
+        let history = [put_unknown(1, 0, 1), get(None, 5, 6)];
+        assert!(linearizable(&history));
+        // But a value, once seen, cannot vanish again: R1 then R- with no other write.
+        let history = [put_unknown(1, 0, 1), get(Some(1), 5, 6), get(None, 7, 8)];
+        assert!(!linearizable(&history));
+        // A read with no answer is left out: it constrains nothing.
+        let lost_read = record(
+            2,
+            Op::Get,
+            2,
+            3,
+            Outcome::Unknown {
+                reason: "timeout".to_owned(),
+                id: None,
+            },
+        );
+        assert!(linearizable(&[put(1, 0, 1, 1), lost_read]));
+    }
+
+    #[test]
+    fn deletes_must_find_the_key_unless_their_outcome_is_unknown() {
+        // An acknowledged DELETE of a key that was never there: kvd would have answered 404.
+        assert!(!linearizable(&[delete(0, 1, 1)]));
+        let unknown_delete = record(
+            0,
+            Op::Delete,
+            0,
+            1,
+            Outcome::Unknown {
+                reason: "reset".to_owned(),
+                id: None,
+            },
+        );
+        assert!(linearizable(&[unknown_delete.clone(), get(None, 2, 3)]));
+        // A DELETE's 404 wrote nothing: it is left out.
+        let not_found = record(0, Op::Delete, 4, 5, Outcome::Failed("404".to_owned()));
+        assert!(linearizable(&[
+            put(1, 0, 1, 1),
+            not_found,
+            get(Some(1), 6, 7)
+        ]));
+    }
+
+    #[test]
+    fn keys_are_checked_on_their_own() {
+        let mut other = put(1, 0, 1, 1);
+        other.key = "other".to_owned();
+        // Key "k" reads 1 only because "other" holds it: a violation on "k" alone.
+        let history = [other, get(Some(1), 2, 3)];
+        let verdict = check_linearizable(&history);
+        assert_eq!(verdict.keys_checked, 2);
+        assert_eq!(verdict.violations.len(), 1);
+        assert!(
+            verdict.violations[0].starts_with("key k:"),
+            "{:?}",
+            verdict.violations
+        );
+    }
+
+    #[test]
+    fn follower_reads_are_checked_for_phantoms_and_the_min_id_promise() {
+        let ok = [
+            put(1, 0, 1, 1),
+            put(2, 2, 3, 2),
+            // Stale but allowed: min_id 1 only promises id 1.
+            follower_get(Some(1), 1, 4, 5),
+            follower_get(Some(2), 2, 6, 7),
+            follower_get(None, 0, 8, 9),
+        ];
+        assert_eq!(check_follower_reads(&ok), Vec::<String>::new());
+
+        let phantom = [put(1, 0, 1, 1), follower_get(Some(5), 1, 2, 3)];
+        assert_eq!(check_follower_reads(&phantom).len(), 1);
+        let from_the_future = [follower_get(Some(1), 0, 0, 1), put(1, 2, 3, 1)];
+        assert_eq!(check_follower_reads(&from_the_future).len(), 1);
+        let below_min_id = [
+            put(1, 0, 1, 1),
+            put(2, 2, 3, 2),
+            follower_get(Some(1), 2, 4, 5),
+        ];
+        assert_eq!(check_follower_reads(&below_min_id).len(), 1);
+        let lost = [put(1, 0, 1, 1), follower_get(None, 1, 2, 3)];
+        assert_eq!(check_follower_reads(&lost).len(), 1);
+        let deleted = [
+            put(1, 0, 1, 1),
+            delete(2, 3, 2),
+            follower_get(None, 1, 4, 5),
+        ];
+        assert_eq!(check_follower_reads(&deleted), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_few_hundred_operations_per_key_check_quickly() {
+        // Four clients, 300 operations, overlapping in pairs, with some writes of unknown
+        // outcome: the size of one key's history in a long campaign.
+        let mut history = Vec::new();
+        let mut state = None;
+        for index in 0..300u64 {
+            let from = index * 10;
+            let record = match index % 5 {
+                0 | 1 => {
+                    state = Some(index);
+                    put(index, from, from + 15, index)
+                }
+                2 if state.is_some() => {
+                    state = None;
+                    delete(from, from + 15, index)
+                }
+                3 if index % 15 == 3 => put_unknown(1_000_000 + index, from, from + 15),
+                _ => get(state, from + 5, from + 8),
+            };
+            history.push(record);
+        }
+        let verdict = check_linearizable(&history);
+        assert!(verdict.violations.is_empty(), "{:?}", verdict.violations);
+        println!("300 operations checked in {:?}", verdict.elapsed);
+    }
+}
