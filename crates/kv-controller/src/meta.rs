@@ -1,0 +1,623 @@
+//! The replicated state — [`ClusterMeta`] — and the [`Command`]s that change it.
+//!
+//! Every command is validated in [`ClusterMeta::apply`], deterministically, on every controller
+//! replica: a rejected command changes nothing and says why ([`Rejection`]). The rules are the
+//! cluster's safety rules (KRaft's, with KIP-841 for ISR changes):
+//!
+//! - the leader epoch only grows, by one per leadership change ([`Command::ElectLeader`],
+//!   [`Command::TransferLeader`]), and an election applies only if it was decided against the
+//!   current epoch (`expected_epoch`), so two controllers racing cannot both elect;
+//! - a data leader is elected only from the ISR (unless an election says `unclean` out loud);
+//! - the ISR changes only at the current data leader's request, in its current epoch, and
+//!   always keeps that leader (a deposed leader can never shrink the ISR to commit alone).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's id: the `kvd leader` node is 0, `follower-N` is N.
+pub type NodeId = u64;
+
+/// Most voters in the controller quorum; further members are learners (KRaft's combined mode
+/// with a bounded quorum: five voters survive two failures, more only slow commits down).
+pub const VOTERS_MAX: usize = 5;
+
+/// Longest member URL accepted.
+pub const MEMBER_URL_BYTES_MAX: usize = 1024;
+
+/// A node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its id.
+    pub id: NodeId,
+    /// Its HTTP base URL (`http://host:port`), for data and controller traffic alike.
+    pub url: String,
+    /// Whether it votes in the controller quorum (else a learner). Follows the Raft membership:
+    /// set when a membership entry is applied, never by a command.
+    pub voter: bool,
+}
+
+/// A planned leadership transfer in progress (see [`Command::BeginTransfer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingTransfer {
+    /// The ISR member that takes over.
+    pub to: NodeId,
+    /// The epoch of the leader that hands over.
+    pub leader_epoch: u64,
+}
+
+/// The cluster's metadata: the controller's replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    /// The cluster's id (0: not bootstrapped yet).
+    pub cluster_id: u64,
+    /// Every node, by id.
+    pub members: BTreeMap<NodeId, Member>,
+    /// The node that takes writes (`None`: no ISR member was alive at the last election).
+    pub data_leader: Option<NodeId>,
+    /// The data leader's epoch. Only grows; every leadership change bumps it by one.
+    pub leader_epoch: u64,
+    /// The in-sync replicas: every member that holds every acknowledged write. Contains the
+    /// data leader whenever there is one.
+    pub isr: BTreeSet<NodeId>,
+    /// Nodes (the leader included) that must hold a write before it is acknowledged
+    /// (`--write-quorum`).
+    pub write_quorum: u32,
+    /// A planned leadership transfer in progress.
+    pub transfer: Option<PendingTransfer>,
+}
+
+/// A change to [`ClusterMeta`]: the application data of the controller's Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "command")]
+pub enum Command {
+    /// Creates the cluster: its id, its first data leader (also its first member and ISR) and
+    /// its first epoch, one above `epoch_floor` (the highest epoch a data directory from before
+    /// the controller used — its `node.meta` — so a migrated cluster never reuses an epoch).
+    /// Applies once.
+    Bootstrap {
+        /// The new cluster id (not 0).
+        cluster_id: u64,
+        /// The first data leader.
+        leader: NodeId,
+        /// Its URL.
+        leader_url: String,
+        /// The first epoch is `epoch_floor + 1`.
+        epoch_floor: u64,
+        /// The write quorum (at least 1).
+        write_quorum: u32,
+    },
+    /// Adds a node, as a learner of the controller quorum and outside the ISR. Adding a member
+    /// again with the same URL changes nothing (a retried join).
+    AddMember {
+        /// The node.
+        id: NodeId,
+        /// Its URL.
+        url: String,
+    },
+    /// Changes a member's URL.
+    UpdateUrl {
+        /// The node.
+        id: NodeId,
+        /// Its new URL.
+        url: String,
+    },
+    /// Removes a member. Refused for the data leader (transfer first), for a controller voter
+    /// (remove it from the Raft membership first) and when fewer members than the write quorum
+    /// would remain.
+    RemoveMember {
+        /// The node.
+        id: NodeId,
+    },
+    /// Names a new data leader (or none) with a new ISR and bumps the epoch by one, if the
+    /// epoch is still `expected_epoch`. The new leader must be in the current ISR and the new
+    /// ISR a subset of it, unless `unclean` (then any member, with an ISR of itself alone:
+    /// acknowledged writes may be lost).
+    ElectLeader {
+        /// The epoch the decision was made in.
+        expected_epoch: u64,
+        /// The new leader.
+        new_leader: Option<NodeId>,
+        /// The new ISR.
+        new_isr: BTreeSet<NodeId>,
+        /// An unclean election, outside the ISR. Off unless an operator asked for it.
+        #[serde(default)]
+        unclean: bool,
+    },
+    /// The data leader's request to shrink or grow the ISR (KIP-841): applies only if
+    /// `leader_epoch` is current and `sender` is its leader; the leader stays in the ISR.
+    ChangeIsr {
+        /// Who asks.
+        sender: NodeId,
+        /// The epoch the sender leads.
+        leader_epoch: u64,
+        /// The new ISR.
+        isr: BTreeSet<NodeId>,
+    },
+    /// Step one of a planned leadership transfer: records that the leader should hand over to
+    /// `to` (an ISR member). The leader then stops taking writes, waits until `to` holds its
+    /// whole log, and proposes [`Command::TransferLeader`].
+    BeginTransfer {
+        /// The ISR member to take over.
+        to: NodeId,
+    },
+    /// Step two: the data leader, no longer taking writes and with `to` caught up, hands over.
+    /// Applies only in the leader's current epoch, from the leader itself, with the transfer
+    /// begun; bumps the epoch by one, the ISR unchanged.
+    TransferLeader {
+        /// Who asks (the current leader).
+        sender: NodeId,
+        /// The epoch the sender leads.
+        leader_epoch: u64,
+        /// The node taking over.
+        to: NodeId,
+    },
+    /// Abandons a planned transfer (the target died, or it took too long).
+    CancelTransfer {
+        /// The epoch the transfer was begun in.
+        leader_epoch: u64,
+    },
+    /// Changes the write quorum (1 ..= number of members).
+    SetWriteQuorum {
+        /// The new write quorum.
+        write_quorum: u32,
+    },
+}
+
+/// Why a command was refused. A refused command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum Rejection {
+    /// The cluster has not been bootstrapped.
+    #[error("the cluster is not bootstrapped yet")]
+    NotBootstrapped,
+    /// Bootstrap applies once.
+    #[error("the cluster is already bootstrapped (cluster id {cluster_id:016x})")]
+    AlreadyBootstrapped {
+        /// The existing cluster id.
+        cluster_id: u64,
+    },
+    /// The command was decided against an older (or future) epoch.
+    #[error("stale epoch: the command is for epoch {expected}, the current epoch is {current}")]
+    StaleEpoch {
+        /// The epoch in the command.
+        expected: u64,
+        /// The current epoch.
+        current: u64,
+    },
+    /// Only the current data leader may send this command.
+    #[error("node {sender} is not the data leader (the leader is {leader:?})")]
+    NotDataLeader {
+        /// Who sent it.
+        sender: NodeId,
+        /// The current leader.
+        leader: Option<NodeId>,
+    },
+    /// The node is not in the ISR.
+    #[error("node {id} is not in the ISR")]
+    NotInIsr {
+        /// The node.
+        id: NodeId,
+    },
+    /// The node is not a member.
+    #[error("node {id} is not a member")]
+    UnknownMember {
+        /// The node.
+        id: NodeId,
+    },
+    /// The id is taken by a member with another URL.
+    #[error("node {id} is already a member, at {url}")]
+    MemberExists {
+        /// The node.
+        id: NodeId,
+        /// Its URL.
+        url: String,
+    },
+    /// The data leader cannot be removed.
+    #[error("node {id} is the data leader: transfer the leadership first")]
+    IsDataLeader {
+        /// The node.
+        id: NodeId,
+    },
+    /// A controller voter cannot be removed from the metadata before the Raft membership.
+    #[error("node {id} is a controller voter: remove it from the controller quorum first")]
+    IsVoter {
+        /// The node.
+        id: NodeId,
+    },
+    /// A planned transfer is already in progress.
+    #[error("a leadership transfer to node {to} is in progress")]
+    TransferInProgress {
+        /// Its target.
+        to: NodeId,
+    },
+    /// No matching planned transfer is in progress.
+    #[error("no leadership transfer to that node is in progress")]
+    NoTransfer,
+    /// Anything else malformed (an empty URL, a write quorum of 0, …).
+    #[error("invalid command: {detail}")]
+    Invalid {
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// What applying a log entry did, returned to whoever proposed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum ApplyResult {
+    /// Applied; the metadata as it now stands.
+    Applied {
+        /// The metadata after the entry.
+        meta: ClusterMeta,
+    },
+    /// Refused; nothing changed.
+    Rejected {
+        /// Why.
+        rejection: Rejection,
+    },
+}
+
+impl ApplyResult {
+    /// The metadata after an applied command, or the rejection.
+    pub fn into_result(self) -> Result<ClusterMeta, Rejection> {
+        match self {
+            ApplyResult::Applied { meta } => Ok(meta),
+            ApplyResult::Rejected { rejection } => Err(rejection),
+        }
+    }
+}
+
+impl ClusterMeta {
+    /// Whether the cluster has been bootstrapped.
+    pub fn is_bootstrapped(&self) -> bool {
+        self.cluster_id != 0
+    }
+
+    /// The member's URL.
+    pub fn url_of(&self, id: NodeId) -> Option<&str> {
+        self.members.get(&id).map(|member| member.url.as_str())
+    }
+
+    /// The data leader's URL.
+    pub fn leader_url(&self) -> Option<&str> {
+        self.data_leader.and_then(|id| self.url_of(id))
+    }
+
+    /// Applies `command`: either every change it makes, or none and the reason.
+    /// `voters` is the controller quorum's current voter set (a new member's `voter` flag).
+    pub fn apply(&mut self, command: &Command, voters: &BTreeSet<NodeId>) -> ApplyResult {
+        let mut next = self.clone();
+        match next.apply_in_place(command, voters) {
+            Ok(()) => {
+                *self = next;
+                ApplyResult::Applied { meta: self.clone() }
+            }
+            Err(rejection) => ApplyResult::Rejected { rejection },
+        }
+    }
+
+    /// Follows a new controller membership: a member votes iff it is in `voters`.
+    pub fn set_voters(&mut self, voters: &BTreeSet<NodeId>) {
+        for member in self.members.values_mut() {
+            member.voter = voters.contains(&member.id);
+        }
+    }
+
+    fn apply_in_place(
+        &mut self,
+        command: &Command,
+        voters: &BTreeSet<NodeId>,
+    ) -> Result<(), Rejection> {
+        if let Command::Bootstrap {
+            cluster_id,
+            leader,
+            leader_url,
+            epoch_floor,
+            write_quorum,
+        } = command
+        {
+            return self.bootstrap(
+                *cluster_id,
+                *leader,
+                leader_url,
+                *epoch_floor,
+                *write_quorum,
+                voters,
+            );
+        }
+        if !self.is_bootstrapped() {
+            return Err(Rejection::NotBootstrapped);
+        }
+        match command {
+            Command::Bootstrap { .. } => unreachable!("handled above"),
+            Command::AddMember { id, url } => {
+                check_url(url)?;
+                match self.members.get(id) {
+                    Some(member) if member.url == *url => Ok(()),
+                    Some(member) => Err(Rejection::MemberExists {
+                        id: *id,
+                        url: member.url.clone(),
+                    }),
+                    None => {
+                        self.members.insert(
+                            *id,
+                            Member {
+                                id: *id,
+                                url: url.clone(),
+                                voter: voters.contains(id),
+                            },
+                        );
+                        Ok(())
+                    }
+                }
+            }
+            Command::UpdateUrl { id, url } => {
+                check_url(url)?;
+                let member = self
+                    .members
+                    .get_mut(id)
+                    .ok_or(Rejection::UnknownMember { id: *id })?;
+                member.url = url.clone();
+                Ok(())
+            }
+            Command::RemoveMember { id } => self.remove_member(*id),
+            Command::ElectLeader {
+                expected_epoch,
+                new_leader,
+                new_isr,
+                unclean,
+            } => self.elect(*expected_epoch, *new_leader, new_isr, *unclean),
+            Command::ChangeIsr {
+                sender,
+                leader_epoch,
+                isr,
+            } => {
+                self.check_leader_request(*sender, *leader_epoch)?;
+                if !isr.contains(sender) {
+                    return Err(Rejection::Invalid {
+                        detail: format!("the ISR must keep its leader {sender}"),
+                    });
+                }
+                self.check_members(isr)?;
+                self.isr = isr.clone();
+                Ok(())
+            }
+            Command::BeginTransfer { to } => {
+                let leader = self.data_leader.ok_or(Rejection::NotDataLeader {
+                    sender: *to,
+                    leader: None,
+                })?;
+                if let Some(transfer) = self.transfer {
+                    return Err(Rejection::TransferInProgress { to: transfer.to });
+                }
+                if *to == leader {
+                    return Err(Rejection::Invalid {
+                        detail: format!("node {to} already leads"),
+                    });
+                }
+                if !self.isr.contains(to) {
+                    return Err(Rejection::NotInIsr { id: *to });
+                }
+                self.transfer = Some(PendingTransfer {
+                    to: *to,
+                    leader_epoch: self.leader_epoch,
+                });
+                Ok(())
+            }
+            Command::TransferLeader {
+                sender,
+                leader_epoch,
+                to,
+            } => {
+                self.check_leader_request(*sender, *leader_epoch)?;
+                match self.transfer {
+                    Some(transfer) if transfer.to == *to => {}
+                    _ => return Err(Rejection::NoTransfer),
+                }
+                if !self.isr.contains(to) {
+                    return Err(Rejection::NotInIsr { id: *to });
+                }
+                self.data_leader = Some(*to);
+                self.leader_epoch += 1;
+                self.transfer = None;
+                Ok(())
+            }
+            Command::CancelTransfer { leader_epoch } => {
+                if *leader_epoch != self.leader_epoch {
+                    return Err(Rejection::StaleEpoch {
+                        expected: *leader_epoch,
+                        current: self.leader_epoch,
+                    });
+                }
+                self.transfer
+                    .take()
+                    .map(|_| ())
+                    .ok_or(Rejection::NoTransfer)
+            }
+            Command::SetWriteQuorum { write_quorum } => {
+                if *write_quorum == 0 || *write_quorum as usize > self.members.len() {
+                    return Err(Rejection::Invalid {
+                        detail: format!(
+                            "write quorum {write_quorum} is outside 1..={} (the members)",
+                            self.members.len()
+                        ),
+                    });
+                }
+                self.write_quorum = *write_quorum;
+                Ok(())
+            }
+        }
+    }
+
+    fn bootstrap(
+        &mut self,
+        cluster_id: u64,
+        leader: NodeId,
+        leader_url: &str,
+        epoch_floor: u64,
+        write_quorum: u32,
+        voters: &BTreeSet<NodeId>,
+    ) -> Result<(), Rejection> {
+        if self.is_bootstrapped() {
+            return Err(Rejection::AlreadyBootstrapped {
+                cluster_id: self.cluster_id,
+            });
+        }
+        if cluster_id == 0 || write_quorum == 0 {
+            return Err(Rejection::Invalid {
+                detail: "a cluster id and a write quorum must not be 0".to_owned(),
+            });
+        }
+        check_url(leader_url)?;
+        let leader_epoch = epoch_floor.checked_add(1).ok_or(Rejection::Invalid {
+            detail: "epoch floor overflows".to_owned(),
+        })?;
+        *self = ClusterMeta {
+            cluster_id,
+            members: BTreeMap::from([(
+                leader,
+                Member {
+                    id: leader,
+                    url: leader_url.to_owned(),
+                    voter: voters.contains(&leader),
+                },
+            )]),
+            data_leader: Some(leader),
+            leader_epoch,
+            isr: BTreeSet::from([leader]),
+            write_quorum,
+            transfer: None,
+        };
+        Ok(())
+    }
+
+    fn remove_member(&mut self, id: NodeId) -> Result<(), Rejection> {
+        let member = self
+            .members
+            .get(&id)
+            .ok_or(Rejection::UnknownMember { id })?;
+        if self.data_leader == Some(id) {
+            return Err(Rejection::IsDataLeader { id });
+        }
+        if member.voter {
+            return Err(Rejection::IsVoter { id });
+        }
+        if self.members.len() - 1 < self.write_quorum as usize {
+            return Err(Rejection::Invalid {
+                detail: format!(
+                    "removing node {id} would leave fewer members than the write quorum {}: lower it first",
+                    self.write_quorum
+                ),
+            });
+        }
+        let shrunk: BTreeSet<NodeId> = self.isr.iter().copied().filter(|&n| n != id).collect();
+        if shrunk.is_empty() {
+            return Err(Rejection::Invalid {
+                detail: format!("node {id} is the last ISR member"),
+            });
+        }
+        self.members.remove(&id);
+        self.isr = shrunk;
+        if self.transfer.is_some_and(|transfer| transfer.to == id) {
+            self.transfer = None;
+        }
+        Ok(())
+    }
+
+    fn elect(
+        &mut self,
+        expected_epoch: u64,
+        new_leader: Option<NodeId>,
+        new_isr: &BTreeSet<NodeId>,
+        unclean: bool,
+    ) -> Result<(), Rejection> {
+        if expected_epoch != self.leader_epoch {
+            return Err(Rejection::StaleEpoch {
+                expected: expected_epoch,
+                current: self.leader_epoch,
+            });
+        }
+        if new_isr.is_empty() {
+            return Err(Rejection::Invalid {
+                detail: "the new ISR is empty".to_owned(),
+            });
+        }
+        self.check_members(new_isr)?;
+        if let Some(leader) = new_leader {
+            if !new_isr.contains(&leader) {
+                return Err(Rejection::Invalid {
+                    detail: format!("the new ISR must contain the new leader {leader}"),
+                });
+            }
+        }
+        if unclean {
+            let Some(leader) = new_leader else {
+                return Err(Rejection::Invalid {
+                    detail: "an unclean election names a leader".to_owned(),
+                });
+            };
+            if new_isr.len() != 1 {
+                return Err(Rejection::Invalid {
+                    detail: "an unclean election's ISR is its leader alone".to_owned(),
+                });
+            }
+            tracing::warn!(
+                leader,
+                epoch = self.leader_epoch + 1,
+                "UNCLEAN ELECTION: a node outside the ISR leads; acknowledged writes may be lost"
+            );
+        } else {
+            if let Some(outside) = new_isr.iter().find(|id| !self.isr.contains(id)) {
+                return Err(Rejection::NotInIsr { id: *outside });
+            }
+        }
+        self.data_leader = new_leader;
+        self.isr = new_isr.clone();
+        self.leader_epoch += 1;
+        self.transfer = None;
+        Ok(())
+    }
+
+    fn check_leader_request(&self, sender: NodeId, leader_epoch: u64) -> Result<(), Rejection> {
+        if leader_epoch != self.leader_epoch {
+            return Err(Rejection::StaleEpoch {
+                expected: leader_epoch,
+                current: self.leader_epoch,
+            });
+        }
+        if self.data_leader != Some(sender) {
+            return Err(Rejection::NotDataLeader {
+                sender,
+                leader: self.data_leader,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_members(&self, ids: &BTreeSet<NodeId>) -> Result<(), Rejection> {
+        match ids.iter().find(|id| !self.members.contains_key(id)) {
+            Some(id) => Err(Rejection::UnknownMember { id: *id }),
+            None => Ok(()),
+        }
+    }
+}
+
+fn check_url(url: &str) -> Result<(), Rejection> {
+    if url.is_empty() || url.len() > MEMBER_URL_BYTES_MAX {
+        return Err(Rejection::Invalid {
+            detail: format!("a member URL has 1..={MEMBER_URL_BYTES_MAX} bytes"),
+        });
+    }
+    Ok(())
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match serde_json::to_string(self) {
+            Ok(text) => f.write_str(&text),
+            Err(_) => write!(f, "{self:?}"),
+        }
+    }
+}

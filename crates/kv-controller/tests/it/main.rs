@@ -1,0 +1,4 @@
+//! kv-controller's integration tests: one binary, one module per subject.
+
+mod apply;
+mod simulation;
