@@ -16,12 +16,36 @@
 //!   [`Lease`] (no I/O) is the data leader's side: when it may acknowledge writes.
 //! - [`Timing`] holds every clock and checks the relations between them (lease < session).
 //!
-//! Nothing here depends on hyper or kv-http; the Raft storage and network come next.
+//! - [`LogStore`] and [`StateMachineStore`] are openraft's storage (`storage-v2`): the log
+//!   in a kv-wal `Wal`, the vote and log marks in an atomically rewritten file, the snapshot
+//!   likewise, all under `<data_dir>/controller/` through kv-wal's file-system seam.
+//! - [`Controller`] is the tokio driver around `openraft::Raft`: open/initialize, propose,
+//!   heartbeats (with lease grants), the watch channel of applied metadata, membership
+//!   helpers, status.
+//!
+//! Nothing here depends on hyper or kv-http: the network is the [`ControllerTransport`]
+//! trait, which kv-http implements over HTTP (an in-memory one for tests is in [`memory`]).
+//! The design, the timing budget and what the tests prove: `docs/controller.md`.
 
+mod controller;
+mod error;
+mod files;
 mod lease;
+pub mod log_store;
 pub mod logic;
+pub mod memory;
 pub mod meta;
+pub mod network;
+pub mod raft_types;
+pub mod state_machine;
 mod timing;
+
+pub use controller::{
+    BootstrapSpec, Controller, ControllerOptions, ControllerStatus, CONTROLLER_DIR,
+};
+pub use error::{Error, Result};
+pub use log_store::LogStore;
+pub use state_machine::StateMachineStore;
 
 pub use lease::Lease;
 pub use logic::{
@@ -30,4 +54,5 @@ pub use logic::{
 pub use meta::{
     ApplyResult, ClusterMeta, Command, Member, NodeId, PendingTransfer, Rejection, VOTERS_MAX,
 };
+pub use network::{ControllerTransport, RaftMessage, RaftReply, RaftRequest, TransportError};
 pub use timing::Timing;

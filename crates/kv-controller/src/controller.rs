@@ -1,0 +1,635 @@
+//! The tokio driver: [`Controller`] wraps an `openraft::Raft` over the durable stores, runs
+//! [`ControllerLogic`] while this node is the Raft leader (the active controller), and serves
+//! proposals, heartbeats, Raft RPCs, membership changes and status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use kv_wal::fs::{FileSystem, StdFs};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::log_store::LogStore;
+use crate::logic::{
+    ControllerLogic, ElectionPolicy, HeartbeatReply, HeartbeatRequest, SessionStatus,
+};
+use crate::meta::{ApplyResult, ClusterMeta, Command, NodeId, VOTERS_MAX};
+use crate::network::{ControllerTransport, Network, RaftMessage, RaftReply, RaftRequest};
+use crate::raft_types::Raft;
+use crate::state_machine::StateMachineStore;
+use crate::timing::Timing;
+
+/// The controller's directory inside the node's data directory.
+pub const CONTROLLER_DIR: &str = "controller";
+
+/// How a [`Controller`] is set up.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// This node's HTTP base URL.
+    pub url: String,
+    /// The node's data directory; the controller's files go to `<data_dir>/controller/`.
+    pub data_dir: PathBuf,
+    /// Where files live (the real file system, or `SimFs` in tests).
+    pub file_system: Arc<dyn FileSystem>,
+    /// Every clock.
+    pub timing: Timing,
+    /// Whether elections may leave the ISR (off by default).
+    pub election_policy: ElectionPolicy,
+    /// Whether the active controller promotes caught-up learners to voters by itself
+    /// (an odd number of voters at a time, up to [`VOTERS_MAX`]).
+    pub promote_voters: bool,
+    /// A snapshot is taken every this many log entries; as many entries are kept behind it for
+    /// lagging peers.
+    pub snapshot_every_entries: u64,
+}
+
+impl ControllerOptions {
+    /// Options with the defaults for node `node_id` at `url`, storing under `data_dir`.
+    pub fn new(
+        node_id: NodeId,
+        url: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+    ) -> ControllerOptions {
+        ControllerOptions {
+            node_id,
+            url: url.into(),
+            data_dir: data_dir.into(),
+            file_system: Arc::new(StdFs),
+            timing: Timing::default(),
+            election_policy: ElectionPolicy::CleanOnly,
+            promote_voters: true,
+            snapshot_every_entries: 1000,
+        }
+    }
+}
+
+/// How a new cluster starts (see [`crate::Command::Bootstrap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootstrapSpec {
+    /// The new cluster id (not 0).
+    pub cluster_id: u64,
+    /// The highest epoch used before the controller existed (`node.meta`'s; 0 for a new
+    /// cluster): the first epoch is one above it.
+    pub epoch_floor: u64,
+    /// The write quorum.
+    pub write_quorum: u32,
+}
+
+/// The controller as `/cluster_status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ControllerStatus {
+    /// This node.
+    pub node_id: NodeId,
+    /// The Raft term.
+    pub term: u64,
+    /// This node's Raft role (`Leader`, `Follower`, `Candidate`, `Learner`, `Shutdown`).
+    pub raft_state: String,
+    /// The Raft leader (the active controller), if known.
+    pub raft_leader: Option<NodeId>,
+    /// The controller voters.
+    pub voters: BTreeSet<NodeId>,
+    /// The controller learners.
+    pub learners: BTreeSet<NodeId>,
+    /// The last Raft log index.
+    pub last_log_index: Option<u64>,
+    /// The last applied Raft log index.
+    pub last_applied_index: Option<u64>,
+    /// Whether this node is the active controller.
+    pub active: bool,
+    /// The data nodes' sessions (on the active controller only).
+    pub sessions: Vec<SessionStatus>,
+}
+
+struct Inner {
+    options: ControllerOptions,
+    raft: Raft,
+    state_machine: StateMachineStore,
+    log: LogStore,
+    logic: Mutex<ControllerLogic>,
+    cluster_id: Arc<AtomicU64>,
+    wake: Notify,
+    stopping: AtomicBool,
+    membership_change: tokio::sync::Mutex<()>,
+    driver: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A running controller. Cheap to clone.
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("node_id", &self.inner.options.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn raft_error<E: std::fmt::Debug + std::fmt::Display>(error: E) -> Error {
+    Error::Raft(error.to_string())
+}
+
+impl Controller {
+    /// Opens the controller of this node from `<data_dir>/controller/` (creating it empty),
+    /// and starts it. An empty controller waits to be initialized ([`Controller::initialize`])
+    /// or to be added to a cluster by its leader.
+    pub async fn open(
+        options: ControllerOptions,
+        transport: Arc<dyn ControllerTransport>,
+    ) -> Result<Controller> {
+        options.timing.check().map_err(Error::InvalidOptions)?;
+        let dir = options.data_dir.join(CONTROLLER_DIR);
+        let fs = options.file_system.clone();
+        let node_id = options.node_id;
+        let (log, state_machine) = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let log = LogStore::open(fs.clone(), &dir, node_id)?;
+                let state_machine = StateMachineStore::open(fs, &dir)?;
+                Ok((log, state_machine))
+            })
+            .await
+            .map_err(raft_error)??
+        };
+        let timing = options.timing;
+        let config = openraft::Config {
+            cluster_name: "kvd-controller".to_owned(),
+            heartbeat_interval: timing.raft_heartbeat.as_millis() as u64,
+            election_timeout_min: timing.raft_election_timeout_min.as_millis() as u64,
+            election_timeout_max: timing.raft_election_timeout_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: options.snapshot_every_entries,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|error| Error::InvalidOptions(error.to_string()))?;
+        let cluster_id = Arc::new(AtomicU64::new(state_machine.meta().cluster_id));
+        let network = Network {
+            transport,
+            from: node_id,
+            cluster_id: cluster_id.clone(),
+        };
+        let raft = Raft::new(
+            node_id,
+            Arc::new(config),
+            network,
+            log.clone(),
+            state_machine.clone(),
+        )
+        .await
+        .map_err(raft_error)?;
+        let controller = Controller {
+            inner: Arc::new(Inner {
+                logic: Mutex::new(ControllerLogic::new(timing, options.election_policy)),
+                options,
+                raft,
+                state_machine,
+                log,
+                cluster_id,
+                wake: Notify::new(),
+                stopping: AtomicBool::new(false),
+                membership_change: tokio::sync::Mutex::new(()),
+                driver: Mutex::new(None),
+            }),
+        };
+        let driver = tokio::spawn(drive(Arc::downgrade(&controller.inner)));
+        *lock(&controller.inner.driver) = Some(driver);
+        Ok(controller)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.options.node_id
+    }
+
+    /// Whether this controller holds any state (a vote, log entries, a snapshot): such a node
+    /// is part of a cluster and must never be initialized again.
+    pub fn has_state(&self) -> bool {
+        self.inner.log.has_state() || self.inner.state_machine.last_applied().is_some()
+    }
+
+    /// Creates a one-member controller quorum with this node as its voter and data leader,
+    /// and bootstraps the metadata. Refused on a controller with state.
+    pub async fn initialize(&self, spec: BootstrapSpec) -> Result<ClusterMeta> {
+        if self.has_state() {
+            return Err(Error::AlreadyInitialized);
+        }
+        let options = &self.inner.options;
+        let members = BTreeMap::from([(
+            options.node_id,
+            BasicNode {
+                addr: options.url.clone(),
+            },
+        )]);
+        self.inner
+            .raft
+            .initialize(members)
+            .await
+            .map_err(raft_error)?;
+        self.inner
+            .raft
+            .wait(Some(Duration::from_secs(10)))
+            .current_leader(options.node_id, "initialize: leading the new quorum")
+            .await
+            .map_err(raft_error)?;
+        let meta = self
+            .propose(Command::Bootstrap {
+                cluster_id: spec.cluster_id,
+                leader: options.node_id,
+                leader_url: options.url.clone(),
+                epoch_floor: spec.epoch_floor,
+                write_quorum: spec.write_quorum,
+            })
+            .await?
+            .into_result()?;
+        Ok(meta)
+    }
+
+    /// Proposes `command` through Raft and returns what applying it did. Only the active
+    /// controller proposes: elsewhere the answer is [`Error::NotLeader`] naming it, and the
+    /// caller forwards.
+    pub async fn propose(&self, command: Command) -> Result<ApplyResult> {
+        match self.inner.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(Error::NotLeader {
+                    leader_id: forward.leader_id,
+                    leader_url: forward.leader_node.map(|node| node.addr),
+                })
+            }
+            Err(error) => Err(raft_error(error)),
+        }
+    }
+
+    /// Handles a data node's heartbeat on the active controller: confirms this node still
+    /// leads the controller quorum (a round of Raft heartbeats), renews the sender's session,
+    /// and answers with the applied metadata and, for the data leader, a lease.
+    pub async fn heartbeat(&self, request: HeartbeatRequest) -> Result<HeartbeatReply> {
+        self.check_cluster(request.cluster_id)?;
+        if let Err(error) = self.inner.raft.ensure_linearizable().await {
+            return Err(match error.forward_to_leader() {
+                Some(forward) => Error::NotLeader {
+                    leader_id: forward.leader_id,
+                    leader_url: forward.leader_node.clone().map(|node| node.addr),
+                },
+                None => raft_error(error),
+            });
+        }
+        let now = Instant::now();
+        let meta = self.inner.state_machine.meta();
+        let lease = {
+            let mut logic = lock(&self.inner.logic);
+            if !logic.is_active() {
+                // Leadership confirmed above; the driver has not noticed yet.
+                logic.activate(now);
+            }
+            logic.on_heartbeat(now, &meta, &request)
+        };
+        self.inner.wake.notify_one();
+        Ok(HeartbeatReply {
+            meta,
+            lease_ms: lease.map(|lease| lease.as_millis() as u64),
+            heartbeat_interval_ms: self.inner.options.timing.heartbeat_interval.as_millis() as u64,
+            controller: self.inner.options.node_id,
+        })
+    }
+
+    /// Serves a Raft RPC from a peer controller (kv-http calls this for
+    /// `POST /controller/raft`).
+    pub async fn handle_raft(&self, message: RaftMessage) -> RaftReply {
+        if self.check_cluster(message.cluster_id).is_err() {
+            return RaftReply::ClusterMismatch {
+                cluster_id: self.cluster_id(),
+            };
+        }
+        let raft = &self.inner.raft;
+        match message.request {
+            RaftRequest::AppendEntries(request) => {
+                RaftReply::AppendEntries(raft.append_entries(request).await)
+            }
+            RaftRequest::Vote(request) => RaftReply::Vote(raft.vote(request).await),
+            RaftRequest::InstallSnapshot(request) => {
+                RaftReply::InstallSnapshot(raft.install_snapshot(request).await)
+            }
+        }
+    }
+
+    /// A receiver of every applied [`ClusterMeta`] (the data plane subscribes to it).
+    pub fn subscribe(&self) -> watch::Receiver<ClusterMeta> {
+        self.inner.state_machine.subscribe()
+    }
+
+    /// The metadata as this node has applied it.
+    pub fn meta(&self) -> ClusterMeta {
+        self.inner.state_machine.meta()
+    }
+
+    /// The cluster id as this node knows it (0: not joined yet).
+    pub fn cluster_id(&self) -> u64 {
+        let known = self.inner.state_machine.meta().cluster_id;
+        self.inner.cluster_id.store(known, Ordering::Release);
+        known
+    }
+
+    /// Adds node `id` at `url`: a member in the metadata, then a learner of the controller
+    /// quorum (it catches up on the Raft log in the background; the active controller promotes
+    /// it to voter once it reports being caught up, if `promote_voters`). A retried join is
+    /// harmless.
+    pub async fn add_member(&self, id: NodeId, url: &str) -> Result<ClusterMeta> {
+        let _change = self.inner.membership_change.lock().await;
+        self.propose(Command::AddMember {
+            id,
+            url: url.to_owned(),
+        })
+        .await?
+        .into_result()?;
+        let already = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        if !already {
+            self.inner
+                .raft
+                .add_learner(
+                    id,
+                    BasicNode {
+                        addr: url.to_owned(),
+                    },
+                    false,
+                )
+                .await
+                .map_err(|error| self.forward_or(error))?;
+        }
+        Ok(self.meta())
+    }
+
+    /// Makes learner `id` a voter of the controller quorum (at most [`VOTERS_MAX`]).
+    pub async fn promote_voter(&self, id: NodeId) -> Result<()> {
+        let _change = self.inner.membership_change.lock().await;
+        let voters: BTreeSet<NodeId> = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.contains(&id) {
+            return Ok(());
+        }
+        if voters.len() >= VOTERS_MAX {
+            return Err(Error::InvalidOptions(format!(
+                "the controller quorum has {VOTERS_MAX} voters already"
+            )));
+        }
+        self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+            .await
+    }
+
+    /// Removes node `id`: from the controller quorum (voter or learner), then from the
+    /// metadata. Refused for the data leader (transfer first).
+    pub async fn remove_member(&self, id: NodeId) -> Result<ClusterMeta> {
+        let _change = self.inner.membership_change.lock().await;
+        if self.meta().data_leader == Some(id) {
+            return Err(Error::Rejected(crate::Rejection::IsDataLeader { id }));
+        }
+        let membership = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        if membership.voter_ids().any(|voter| voter == id) {
+            self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                .await?;
+        }
+        let membership = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        if membership.get_node(&id).is_some() {
+            self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                .await?;
+        }
+        self.propose(Command::RemoveMember { id })
+            .await?
+            .into_result()?;
+        Ok(self.meta())
+    }
+
+    /// Starts a planned leadership transfer to `to`, or (`None`) to the most advanced live ISR
+    /// member this active controller knows. The data leader completes it.
+    pub async fn transfer_leader(&self, to: Option<NodeId>) -> Result<ClusterMeta> {
+        let meta = self.meta();
+        let to = match to {
+            Some(to) => to,
+            None => {
+                let sessions = lock(&self.inner.logic).sessions(Instant::now(), &meta);
+                sessions
+                    .iter()
+                    .filter(|session| session.live && session.heard)
+                    .filter(|session| {
+                        meta.isr.contains(&session.node) && Some(session.node) != meta.data_leader
+                    })
+                    .max_by(|a, b| a.position.cmp(&b.position).then(b.node.cmp(&a.node)))
+                    .map(|session| session.node)
+                    .ok_or_else(|| {
+                        Error::InvalidOptions(
+                            "no live ISR member to transfer the leadership to".to_owned(),
+                        )
+                    })?
+            }
+        };
+        Ok(self
+            .propose(Command::BeginTransfer { to })
+            .await?
+            .into_result()?)
+    }
+
+    /// The controller's state, for `/cluster_status`.
+    pub fn status(&self) -> ControllerStatus {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        let meta = self.meta();
+        let logic = lock(&self.inner.logic);
+        ControllerStatus {
+            node_id: self.inner.options.node_id,
+            term: metrics.current_term,
+            raft_state: format!("{:?}", metrics.state),
+            raft_leader: metrics.current_leader,
+            voters,
+            learners,
+            last_log_index: metrics.last_log_index,
+            last_applied_index: metrics.last_applied.map(|log_id| log_id.index),
+            active: logic.is_active(),
+            sessions: logic.sessions(Instant::now(), &meta),
+        }
+    }
+
+    /// The underlying Raft handle (for metrics and tests).
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// Stops the driver and Raft; the stores close when the last clone is dropped.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+        let driver = lock(&self.inner.driver).take();
+        if let Some(driver) = driver {
+            let _ = driver.await;
+        }
+        self.inner.raft.shutdown().await.map_err(raft_error)
+    }
+
+    fn check_cluster(&self, theirs: u64) -> Result<()> {
+        let ours = self.cluster_id();
+        if theirs != 0 && ours != 0 && theirs != ours {
+            return Err(Error::ClusterMismatch { ours, theirs });
+        }
+        Ok(())
+    }
+
+    async fn change_membership(&self, change: ChangeMembers<NodeId, BasicNode>) -> Result<()> {
+        self.inner
+            .raft
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(|error| self.forward_or(error))
+    }
+
+    fn forward_or(&self, error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+        match error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => Error::NotLeader {
+                leader_id: forward.leader_id,
+                leader_url: forward.leader_node.map(|node| node.addr),
+            },
+            error => raft_error(error),
+        }
+    }
+}
+
+/// The active controller's loop: follows Raft leadership (activating the logic fresh when
+/// this node becomes leader), runs the logic's ticks at its deadlines, and proposes what it
+/// decides.
+async fn drive(inner: std::sync::Weak<Inner>) {
+    let Some(strong) = inner.upgrade() else {
+        return;
+    };
+    let mut metrics = strong.raft.metrics();
+    let node_id = strong.options.node_id;
+    let tick_max = strong.options.timing.heartbeat_interval;
+    drop(strong);
+    let mut in_flight: Option<JoinHandle<()>> = None;
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if strong.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let now = Instant::now();
+        let leading = {
+            let metrics = metrics.borrow();
+            metrics.state == ServerState::Leader && metrics.current_leader == Some(node_id)
+        };
+        let meta = strong.state_machine.meta();
+        strong.cluster_id.store(meta.cluster_id, Ordering::Release);
+        let (command, voters, deadline) = {
+            let mut logic = lock(&strong.logic);
+            if leading && !logic.is_active() {
+                tracing::info!(node_id, "controller: active (every session starts now)");
+                logic.activate(now);
+            } else if !leading && logic.is_active() {
+                tracing::info!(node_id, "controller: no longer active");
+                logic.deactivate();
+            }
+            let command = logic.on_tick(now, &meta);
+            let voters = if strong.options.promote_voters {
+                logic.voters_wanted(now, &meta)
+            } else {
+                None
+            };
+            let deadline = logic
+                .next_deadline(&meta)
+                .unwrap_or(now + tick_max)
+                .min(now + tick_max);
+            (command, voters, deadline)
+        };
+        let idle = in_flight.as_ref().is_none_or(|task| task.is_finished());
+        if idle && (command.is_some() || voters.is_some()) {
+            let controller = Controller {
+                inner: strong.clone(),
+            };
+            in_flight = Some(tokio::spawn(async move {
+                if let Some(command) = command {
+                    match controller.propose(command.clone()).await {
+                        Ok(ApplyResult::Applied { .. }) => {
+                            tracing::info!(%command, "controller: decision applied")
+                        }
+                        Ok(ApplyResult::Rejected { rejection }) => {
+                            tracing::info!(%command, %rejection, "controller: decision refused")
+                        }
+                        Err(error) => {
+                            tracing::warn!(%command, %error, "controller: decision not proposed")
+                        }
+                    }
+                }
+                if let Some(voters) = voters {
+                    let _change = controller.inner.membership_change.lock().await;
+                    let result = controller
+                        .change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()))
+                        .await;
+                    match result {
+                        Ok(()) => tracing::info!(?voters, "controller: voters promoted"),
+                        Err(error) => {
+                            tracing::warn!(?voters, %error, "controller: promotion failed")
+                        }
+                    }
+                }
+            }));
+        }
+        drop(strong);
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        tokio::select! {
+            _ = sleep => {}
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = strong.wake.notified() => {}
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The crate's one error type.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::meta::{NodeId, Rejection};
+
+/// What can go wrong in the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file operation failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The Raft log (a kv-wal log) failed.
+    #[error("controller log: {0}")]
+    Log(#[from] kv_wal::Error),
+    /// A controller file does not decode.
+    #[error("corrupt controller file {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// This node is not the active controller (the Raft leader); send the request there.
+    #[error("this node is not the active controller; it is {leader_id:?} at {leader_url:?}")]
+    NotLeader {
+        /// The active controller, if known.
+        leader_id: Option<NodeId>,
+        /// Its URL, if known.
+        leader_url: Option<String>,
+    },
+    /// The state machine refused a command (nothing changed).
+    #[error("refused: {0}")]
+    Rejected(#[from] Rejection),
+    /// The data directory belongs to another node.
+    #[error(
+        "the controller state in this data directory belongs to node {stored}, not {configured}"
+    )]
+    NodeIdMismatch {
+        /// The id stored.
+        stored: NodeId,
+        /// The id configured.
+        configured: NodeId,
+    },
+    /// A peer of another cluster spoke to this one.
+    #[error(
+        "cluster mismatch: this node belongs to cluster {ours:016x}, the peer to {theirs:016x}"
+    )]
+    ClusterMismatch {
+        /// This node's cluster id.
+        ours: u64,
+        /// The peer's.
+        theirs: u64,
+    },
+    /// The controller already holds state and must not be initialized again.
+    #[error("the controller is already initialized")]
+    AlreadyInitialized,
+    /// Bad options.
+    #[error("invalid controller options: {0}")]
+    InvalidOptions(String),
+    /// Raft failed in another way (it is shutting down, a membership change is in progress, …).
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,425 @@
+//! The Raft log and vote, durable: openraft's [`RaftLogStorage`].
+//!
+//! Entries live in a kv-wal [`Wal`] under `<data_dir>/controller/log/`, one JSON-encoded
+//! entry per record, appended under `SyncPolicy::Batch`: openraft is told an append is durable
+//! only once the WAL's fsync covers it. The vote, the committed log id, the last purged log id
+//! and the id shift (below) are in `<data_dir>/controller/raft-state.json`, rewritten
+//! atomically (temporary file, fsync, rename, directory fsync) before each call that changes
+//! them returns: a vote held only in memory could be cast twice across a restart.
+//!
+//! Raft index `i` is WAL id `i + 1 - shift`. The shift is 0 until a snapshot installed from
+//! the leader purges past the end of the local log; then the next WAL id must stand for the
+//! index after the snapshot, which a WAL (whose ids never jump) cannot do, so the shift moves
+//! instead, written in the same atomic update as the purge mark. Truncation (a conflicting
+//! suffix) is the WAL's crash-safe `truncate_after`; purging drops whole sealed segments.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kv_wal::fs::FileSystem;
+use kv_wal::{SyncPolicy, Wal, WalOptions};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{RaftLogReader, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::files;
+use crate::meta::NodeId;
+use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// The state file's name.
+pub const RAFT_STATE_FILE: &str = "raft-state.json";
+/// The log's directory name.
+pub const LOG_DIR: &str = "log";
+/// Segment size of the controller's log: small, so purges after snapshots free space.
+const LOG_SEGMENT_BYTES: u64 = 1 << 20;
+const STATE_FORMAT: u32 = 1;
+
+/// Everything durable about the log that is not an entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct RaftState {
+    format: u32,
+    node_id: NodeId,
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    last_purged: Option<LogId>,
+    /// WAL id = raft index + 1 - shift.
+    shift: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    wal: Wal,
+    state: Mutex<RaftState>,
+    last_log_id: Mutex<Option<LogId>>,
+}
+
+/// The controller's Raft log storage (and its reader: clones share everything).
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl LogStore {
+    /// Opens (or creates) the log of node `node_id` in `dir` (the controller directory).
+    /// Fails if the directory belongs to another node.
+    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path, node_id: NodeId) -> Result<LogStore> {
+        fs.create_dir_all(dir)
+            .map_err(|error| Error::io(dir, error))?;
+        let state_path = dir.join(RAFT_STATE_FILE);
+        let state = match files::read(&*fs, &state_path)? {
+            Some(bytes) => {
+                let state: RaftState =
+                    serde_json::from_slice(&bytes).map_err(|error| Error::Corrupt {
+                        path: state_path.clone(),
+                        reason: error.to_string(),
+                    })?;
+                if state.format != STATE_FORMAT {
+                    return Err(Error::Corrupt {
+                        path: state_path,
+                        reason: format!("unsupported format {}", state.format),
+                    });
+                }
+                if state.node_id != node_id {
+                    return Err(Error::NodeIdMismatch {
+                        stored: state.node_id,
+                        configured: node_id,
+                    });
+                }
+                state
+            }
+            None => {
+                let state = RaftState {
+                    format: STATE_FORMAT,
+                    node_id,
+                    ..RaftState::default()
+                };
+                files::write_atomic(&*fs, dir, RAFT_STATE_FILE, &encode_state(&state)?)?;
+                state
+            }
+        };
+        let (wal, report) = Wal::open(
+            dir.join(LOG_DIR),
+            WalOptions {
+                segment_bytes_max: LOG_SEGMENT_BYTES,
+                sync_policy: SyncPolicy::Batch,
+                file_system: fs.clone(),
+                ..WalOptions::default()
+            },
+        )?;
+        if !report.is_clean() {
+            tracing::warn!(?report, "the controller log was repaired at open");
+        }
+        let store = LogStore {
+            shared: Arc::new(Shared {
+                dir: dir.to_owned(),
+                fs,
+                wal,
+                state: Mutex::new(state),
+                last_log_id: Mutex::new(None),
+            }),
+        };
+        let last = store.read_last_log_id()?;
+        *lock(&store.shared.last_log_id) = last;
+        Ok(store)
+    }
+
+    /// Whether this log holds anything (a vote, an entry, a purge mark): a node with state
+    /// must never be initialized again.
+    pub fn has_state(&self) -> bool {
+        let state = lock(&self.shared.state);
+        state.vote.is_some() || state.last_purged.is_some() || self.shared.wal.last_id().is_some()
+    }
+
+    /// The saved vote.
+    pub fn vote(&self) -> Option<Vote> {
+        lock(&self.shared.state).vote
+    }
+
+    /// The last log id (or the last purged one, with no entries after it).
+    pub fn last_log_id(&self) -> Option<LogId> {
+        *lock(&self.shared.last_log_id)
+    }
+
+    fn wal_id(&self, index: u64) -> u64 {
+        index + 1 - lock(&self.shared.state).shift
+    }
+
+    fn purged_index(&self) -> Option<u64> {
+        lock(&self.shared.state)
+            .last_purged
+            .map(|log_id| log_id.index)
+    }
+
+    /// The log id of the last live entry in the WAL, else the last purged one.
+    fn read_last_log_id(&self) -> Result<Option<LogId>> {
+        let (shift, purged) = {
+            let state = lock(&self.shared.state);
+            (state.shift, state.last_purged)
+        };
+        let Some(last_wal_id) = self.shared.wal.last_id() else {
+            return Ok(purged);
+        };
+        let last_index = (last_wal_id + shift).checked_sub(1);
+        let live = match (last_index, purged) {
+            (None, _) => false,
+            (Some(index), Some(purged)) => index > purged.index,
+            (Some(_), None) => true,
+        };
+        if !live {
+            return Ok(purged);
+        }
+        let entry = self.read_entry(last_wal_id)?;
+        Ok(Some(entry.log_id))
+    }
+
+    fn read_entry(&self, wal_id: u64) -> Result<Entry> {
+        let path = self.shared.wal.dir().to_owned();
+        let payload = self
+            .shared
+            .wal
+            .read(wal_id)?
+            .ok_or_else(|| Error::Corrupt {
+                path: path.clone(),
+                reason: format!("record {wal_id} is missing"),
+            })?;
+        serde_json::from_slice(&payload).map_err(|error| Error::Corrupt {
+            path,
+            reason: format!("record {wal_id}: {error}"),
+        })
+    }
+
+    fn entries(&self, start: u64, end: u64) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        if start >= end {
+            return Ok(entries);
+        }
+        let first_wal_id = self.wal_id(start);
+        for record in self.shared.wal.iter_from(first_wal_id) {
+            let record = record?;
+            let expected = start + entries.len() as u64;
+            if expected >= end {
+                break;
+            }
+            let entry: Entry =
+                serde_json::from_slice(record.payload()).map_err(|error| Error::Corrupt {
+                    path: self.shared.wal.dir().to_owned(),
+                    reason: format!("record {}: {error}", record.id),
+                })?;
+            if entry.log_id.index != expected || record.id != self.wal_id(expected) {
+                return Err(Error::Corrupt {
+                    path: self.shared.wal.dir().to_owned(),
+                    reason: format!(
+                        "record {} holds raft index {}, {expected} was expected",
+                        record.id, entry.log_id.index
+                    ),
+                });
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    /// Applies `change` to the durable state and writes it atomically; the memory copy
+    /// changes only once the file is durable.
+    fn update_state(&self, change: impl FnOnce(&mut RaftState)) -> Result<()> {
+        let mut state = lock(&self.shared.state);
+        let mut next = state.clone();
+        change(&mut next);
+        files::write_atomic(
+            &*self.shared.fs,
+            &self.shared.dir,
+            RAFT_STATE_FILE,
+            &encode_state(&next)?,
+        )?;
+        *state = next;
+        Ok(())
+    }
+
+    fn append_blocking(&self, entries: Vec<Entry>) -> Result<()> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let expected = self.wal_id(first.log_id.index);
+        if expected != self.shared.wal.next_id() {
+            return Err(Error::Corrupt {
+                path: self.shared.wal.dir().to_owned(),
+                reason: format!(
+                    "append at raft index {} (WAL id {expected}) would leave a hole: the WAL's next id is {}",
+                    first.log_id.index,
+                    self.shared.wal.next_id()
+                ),
+            });
+        }
+        let last = entries.last().expect("not empty").log_id;
+        let payloads = entries
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| Error::Raft(format!("encoding an entry: {error}")))?;
+        // Batch policy: returns once an fsync covers the records.
+        self.shared.wal.append_batch(&payloads)?;
+        *lock(&self.shared.last_log_id) = Some(last);
+        Ok(())
+    }
+
+    fn truncate_blocking(&self, log_id: LogId) -> Result<()> {
+        let keep_through = self.wal_id(log_id.index) - 1;
+        self.shared.wal.truncate_after(keep_through)?;
+        let last = self.read_last_log_id()?;
+        *lock(&self.shared.last_log_id) = last;
+        Ok(())
+    }
+
+    fn purge_blocking(&self, log_id: LogId) -> Result<()> {
+        let last = self.last_log_id();
+        let whole_log = last.is_none_or(|last| log_id.index >= last.index);
+        let next_wal_id = self.shared.wal.next_id();
+        self.update_state(|state| {
+            state.last_purged = Some(log_id);
+            if whole_log {
+                // The next entry, raft index log_id.index + 1, takes the WAL's next id.
+                state.shift = log_id.index + 2 - next_wal_id;
+            }
+        })?;
+        let purge_before = if whole_log {
+            next_wal_id
+        } else {
+            self.wal_id(log_id.index) + 1
+        };
+        self.shared.wal.purge_before(purge_before)?;
+        if whole_log {
+            *lock(&self.shared.last_log_id) = Some(log_id);
+        }
+        Ok(())
+    }
+}
+
+fn encode_state(state: &RaftState) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(state).map_err(|error| Error::Raft(error.to_string()))
+}
+
+fn write_error(error: Error) -> StorageError {
+    StorageIOError::write_logs(&error).into()
+}
+
+fn read_error(error: Error) -> StorageError {
+    StorageIOError::read_logs(&error).into()
+}
+
+/// Runs blocking file work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| Error::Raft(format!("storage task failed: {error}")))?
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&start) => start,
+            Bound::Excluded(&start) => start + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&end) => end + 1,
+            Bound::Excluded(&end) => end,
+            Bound::Unbounded => u64::MAX,
+        };
+        let first_live = self.purged_index().map_or(0, |index| index + 1);
+        let last_end = self.last_log_id().map_or(0, |log_id| log_id.index + 1);
+        self.entries(start.max(first_live), end.min(last_end))
+            .map_err(read_error)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = lock(&self.shared.state).last_purged;
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: self.last_log_id().max(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let store = self.clone();
+        let vote = *vote;
+        blocking(move || store.update_state(|state| state.vote = Some(vote)))
+            .await
+            .map_err(|error| StorageIOError::write_vote(&error).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.vote())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let store = self.clone();
+        blocking(move || store.update_state(|state| state.committed = committed))
+            .await
+            .map_err(write_error)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(lock(&self.shared.state).committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let store = self.clone();
+        match blocking(move || store.append_blocking(entries)).await {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+                Err(write_error(error))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let store = self.clone();
+        blocking(move || store.truncate_blocking(log_id))
+            .await
+            .map_err(write_error)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let store = self.clone();
+        blocking(move || store.purge_blocking(log_id))
+            .await
+            .map_err(write_error)
+    }
+}

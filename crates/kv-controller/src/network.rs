@@ -1,0 +1,221 @@
+//! The controllers' network: what kv-http carries between nodes, and openraft's
+//! `RaftNetworkFactory` on top of it.
+//!
+//! A [`ControllerTransport`] sends one [`RaftMessage`] (serde-serializable: kv-http sends it
+//! as JSON to `POST {url}/controller/raft`) and returns the peer's [`RaftReply`], which the
+//! peer produced with [`crate::Controller::handle_raft`]. Every message carries the sender's
+//! cluster id, and a node that knows its cluster refuses another's
+//! ([`RaftReply::ClusterMismatch`]). The in-memory transport of the tests is
+//! [`crate::memory::MemoryNetwork`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+
+use crate::meta::NodeId;
+use crate::raft_types::TypeConfig;
+
+/// A Raft RPC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RaftRequest {
+    /// Log replication and heartbeats.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// A candidate asks for a vote.
+    Vote(VoteRequest<NodeId>),
+    /// A chunk of a snapshot.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// A Raft RPC with its envelope.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RaftMessage {
+    /// The sender's cluster id (0: it has none yet).
+    pub cluster_id: u64,
+    /// The sender.
+    pub from: NodeId,
+    /// The RPC.
+    pub request: RaftRequest,
+}
+
+/// The answer to a [`RaftMessage`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RaftReply {
+    /// To an `AppendEntries`.
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To a `Vote`.
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To an `InstallSnapshot`.
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    /// The receiver belongs to another cluster: nothing was done.
+    ClusterMismatch {
+        /// The receiver's cluster id.
+        cluster_id: u64,
+    },
+}
+
+/// Why a message got no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The peer could not be reached (refused, reset, partitioned): retried after a backoff.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// Anything else (a timeout, a malformed answer): retried at once.
+    #[error("network: {0}")]
+    Network(String),
+}
+
+/// A boxed future, as the transport returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Carries Raft messages between controllers. kv-http implements it over HTTP; the tests'
+/// implementation is in memory.
+pub trait ControllerTransport: Send + Sync + fmt::Debug + 'static {
+    /// Sends `message` to node `target` at base URL `url` and returns its reply; gives up after
+    /// `timeout`.
+    fn send<'a>(
+        &'a self,
+        target: NodeId,
+        url: &'a str,
+        message: RaftMessage,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<RaftReply, TransportError>>;
+}
+
+/// openraft's network factory over a [`ControllerTransport`].
+#[derive(Debug, Clone)]
+pub(crate) struct Network {
+    pub(crate) transport: Arc<dyn ControllerTransport>,
+    pub(crate) from: NodeId,
+    /// This node's cluster id, once known.
+    pub(crate) cluster_id: Arc<AtomicU64>,
+}
+
+/// One peer.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    network: Network,
+    target: NodeId,
+    url: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        Connection {
+            network: self.clone(),
+            target,
+            url: node.addr.clone(),
+        }
+    }
+}
+
+type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+impl Connection {
+    async fn call(
+        &self,
+        request: RaftRequest,
+        option: &RPCOption,
+    ) -> Result<RaftReply, TransportError> {
+        let message = RaftMessage {
+            cluster_id: self.network.cluster_id.load(Ordering::Acquire),
+            from: self.network.from,
+            request,
+        };
+        let reply = self
+            .network
+            .transport
+            .send(self.target, &self.url, message, option.hard_ttl())
+            .await?;
+        if let RaftReply::ClusterMismatch { cluster_id } = reply {
+            return Err(TransportError::Unreachable(format!(
+                "node {} belongs to cluster {cluster_id:016x}",
+                self.target
+            )));
+        }
+        Ok(reply)
+    }
+
+    fn remote<E: std::error::Error>(
+        &self,
+        error: RaftError<NodeId, E>,
+    ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+        RPCError::RemoteError(RemoteError::new(self.target, error))
+    }
+}
+
+fn transport_error<E: std::error::Error>(
+    error: TransportError,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    match &error {
+        TransportError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&error)),
+        TransportError::Network(_) => RPCError::Network(NetworkError::new(&error)),
+    }
+}
+
+fn unexpected<E: std::error::Error>(
+    reply: &RaftReply,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    let error = TransportError::Network(format!("unexpected reply {reply:?}"));
+    RPCError::Network(NetworkError::new(&error))
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        match self.call(RaftRequest::AppendEntries(rpc), &option).await {
+            Ok(RaftReply::AppendEntries(Ok(response))) => Ok(response),
+            Ok(RaftReply::AppendEntries(Err(error))) => Err(self.remote(error)),
+            Ok(reply) => Err(unexpected(&reply)),
+            Err(error) => Err(transport_error(error)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
+        match self.call(RaftRequest::InstallSnapshot(rpc), &option).await {
+            Ok(RaftReply::InstallSnapshot(Ok(response))) => Ok(response),
+            Ok(RaftReply::InstallSnapshot(Err(error))) => Err(self.remote(error)),
+            Ok(reply) => Err(unexpected(&reply)),
+            Err(error) => Err(transport_error(error)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcError> {
+        match self.call(RaftRequest::Vote(rpc), &option).await {
+            Ok(RaftReply::Vote(Ok(response))) => Ok(response),
+            Ok(RaftReply::Vote(Err(error))) => Err(self.remote(error)),
+            Ok(reply) => Err(unexpected(&reply)),
+            Err(error) => Err(transport_error(error)),
+        }
+    }
+}

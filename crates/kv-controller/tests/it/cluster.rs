@@ -1,0 +1,484 @@
+//! In-process controller clusters (openraft over `MemoryNetwork`): losing the Raft leader,
+//! restarting from disk, power loss of the controller's files, data-leader failover through
+//! heartbeats, and refusals (not the leader, another cluster).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_controller::memory::MemoryNetwork;
+use kv_controller::{
+    BootstrapSpec, ClusterMeta, Command, Controller, ControllerOptions, Error, HeartbeatRequest,
+    Lease, Position, Timing,
+};
+use kv_wal::fs::FileSystem;
+use kv_wal::sim::{CrashMode, SimFs};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn url(id: u64) -> String {
+    format!("http://node-{id}")
+}
+
+struct Cluster {
+    network: MemoryNetwork,
+    fs: SimFs,
+    nodes: BTreeMap<u64, Controller>,
+    timing: Timing,
+}
+
+/// Timing for tests that send no data heartbeats: sessions that never expire within a test,
+/// so the active controller leaves the data leader alone.
+fn quiet() -> Timing {
+    Timing {
+        lease: Duration::from_secs(3000),
+        session_timeout: Duration::from_secs(3600),
+        ..Timing::default()
+    }
+}
+
+impl Cluster {
+    fn options(&self, id: u64) -> ControllerOptions {
+        let mut options =
+            ControllerOptions::new(id, url(id), PathBuf::from(format!("/data/node-{id}")));
+        options.file_system = Arc::new(self.fs.clone()) as Arc<dyn FileSystem>;
+        options.promote_voters = false;
+        options.timing = self.timing;
+        options
+    }
+
+    async fn open(&mut self, id: u64) -> Controller {
+        // A node just shut down may still be releasing its log's lock (tasks winding down).
+        let started = Instant::now();
+        let controller = loop {
+            match Controller::open(self.options(id), self.network.transport(id)).await {
+                Ok(controller) => break controller,
+                Err(Error::Log(kv_wal::Error::Locked(_))) if started.elapsed() < DEADLINE => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => panic!("opening node {id}: {error}"),
+            }
+        };
+        self.network.register(controller.clone());
+        self.nodes.insert(id, controller.clone());
+        controller
+    }
+
+    /// Node 0 initializes; the others join as learners and are promoted to voters.
+    async fn start(size: u64, timing: Timing) -> Cluster {
+        let mut cluster = Cluster {
+            network: MemoryNetwork::new(),
+            fs: SimFs::new(),
+            nodes: BTreeMap::new(),
+            timing,
+        };
+        let first = cluster.open(0).await;
+        let meta = first
+            .initialize(BootstrapSpec {
+                cluster_id: 0xabc,
+                epoch_floor: 0,
+                write_quorum: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!((meta.data_leader, meta.leader_epoch), (Some(0), 1));
+        for id in 1..size {
+            cluster.open(id).await;
+            first.add_member(id, &url(id)).await.unwrap();
+            first.promote_voter(id).await.unwrap();
+        }
+        let voters: BTreeSet<u64> = (0..size).collect();
+        for node in cluster.nodes.values() {
+            node.raft()
+                .wait(Some(DEADLINE))
+                .voter_ids(voters.clone(), "all voters known")
+                .await
+                .unwrap();
+        }
+        cluster
+    }
+
+    /// Kills node `id`: unreachable at once, its tasks stopped.
+    async fn kill(&mut self, id: u64) {
+        self.network.unregister(id);
+        let node = self.nodes.remove(&id).unwrap();
+        node.shutdown().await.unwrap();
+    }
+
+    /// Waits until the live nodes agree on a Raft leader among them; returns it.
+    async fn raft_leader(&self) -> Controller {
+        let started = Instant::now();
+        loop {
+            let leaders: BTreeSet<Option<u64>> = self
+                .nodes
+                .values()
+                .map(|node| node.status().raft_leader)
+                .collect();
+            if let [Some(leader)] = leaders.into_iter().collect::<Vec<_>>()[..] {
+                if let Some(node) = self.nodes.get(&leader) {
+                    if node.status().raft_state == "Leader" {
+                        return node.clone();
+                    }
+                }
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "no controller leader within {DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until every live node has applied metadata satisfying `done`.
+    async fn converge(&self, what: &str, done: impl Fn(&ClusterMeta) -> bool) -> ClusterMeta {
+        let started = Instant::now();
+        loop {
+            let metas: Vec<ClusterMeta> = self.nodes.values().map(|node| node.meta()).collect();
+            if metas.iter().all(&done) && metas.windows(2).all(|pair| pair[0] == pair[1]) {
+                return metas[0].clone();
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "not converged within {DEADLINE:?}: {what}: {metas:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn shutdown(self) {
+        for (id, node) in self.nodes {
+            self.network.unregister(id);
+            node.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// Proposes on whichever node is the controller leader, retrying through leader changes.
+async fn propose(cluster: &Cluster, command: Command) -> ClusterMeta {
+    let started = Instant::now();
+    loop {
+        let leader = cluster.raft_leader().await;
+        match leader.propose(command.clone()).await {
+            Ok(result) => return result.into_result().unwrap(),
+            Err(Error::NotLeader { .. } | Error::Raft(_)) => {}
+            Err(error) => panic!("{command}: {error}"),
+        }
+        assert!(started.elapsed() < DEADLINE, "{command} never applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_controllers_survive_the_loss_of_the_raft_leader_and_a_restart_from_disk() {
+    let mut cluster = Cluster::start(3, quiet()).await;
+    propose(&cluster, Command::SetWriteQuorum { write_quorum: 2 }).await;
+    propose(
+        &cluster,
+        Command::ChangeIsr {
+            sender: 0,
+            leader_epoch: 1,
+            isr: BTreeSet::from([0, 1, 2]),
+        },
+    )
+    .await;
+    let before = cluster.converge("isr", |meta| meta.isr.len() == 3).await;
+
+    // A follower answers with who leads, by id and URL.
+    let leader = cluster.raft_leader().await;
+    let follower = cluster
+        .nodes
+        .values()
+        .find(|node| node.node_id() != leader.node_id())
+        .unwrap()
+        .clone();
+    match follower
+        .propose(Command::SetWriteQuorum { write_quorum: 1 })
+        .await
+    {
+        Err(Error::NotLeader {
+            leader_id,
+            leader_url,
+        }) => {
+            assert_eq!(leader_id, Some(leader.node_id()));
+            assert_eq!(leader_url, Some(url(leader.node_id())));
+        }
+        other => panic!("a follower proposed: {other:?}"),
+    }
+
+    // Kill the Raft leader: the two others elect one and keep the metadata.
+    let term_before = leader.status().term;
+    let killed = leader.node_id();
+    drop((leader, follower));
+    cluster.kill(killed).await;
+    let new_leader = cluster.raft_leader().await;
+    assert_ne!(new_leader.node_id(), killed);
+    assert!(new_leader.status().term > term_before);
+    assert_eq!(new_leader.meta(), before);
+    drop(new_leader);
+    propose(&cluster, Command::SetWriteQuorum { write_quorum: 3 }).await;
+    cluster
+        .converge("quorum 3", |meta| meta.write_quorum == 3)
+        .await;
+
+    // Restart everyone from disk (the killed node too): votes and logs were durable.
+    let terms: BTreeMap<u64, u64> = cluster
+        .nodes
+        .iter()
+        .map(|(id, node)| (*id, node.status().term))
+        .collect();
+    let ids: Vec<u64> = (0..3).collect();
+    let nodes = std::mem::take(&mut cluster.nodes);
+    for (id, node) in nodes {
+        cluster.network.unregister(id);
+        node.shutdown().await.unwrap();
+    }
+    for &id in &ids {
+        let node = cluster.open(id).await;
+        assert!(node.has_state(), "node {id} forgot it belongs to a cluster");
+        assert!(matches!(
+            node.initialize(BootstrapSpec {
+                cluster_id: 1,
+                epoch_floor: 0,
+                write_quorum: 1
+            })
+            .await,
+            Err(Error::AlreadyInitialized)
+        ));
+        if let Some(&term) = terms.get(&id) {
+            // The vote was durable: the restarted node starts from its term, not from 0.
+            node.raft()
+                .wait(Some(DEADLINE))
+                .metrics(
+                    |metrics| metrics.current_term >= term,
+                    "the term survives the restart",
+                )
+                .await
+                .unwrap();
+            assert!(node.raft().metrics().borrow().vote.leader_id().term >= term);
+        }
+    }
+    cluster.raft_leader().await;
+    let after = cluster
+        .converge("restarted", |meta| meta.write_quorum == 3)
+        .await;
+    assert_eq!(
+        (after.isr.clone(), after.leader_epoch, after.cluster_id),
+        (before.isr, 1, 0xabc)
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_controllers_keep_working_without_two_of_them_and_a_partitioned_leader_is_replaced() {
+    let mut cluster = Cluster::start(5, quiet()).await;
+    let leader = cluster.raft_leader().await;
+    let old = leader.node_id();
+    // Partition the leader away: the majority elects another and commits without it.
+    cluster.network.isolate(old, 0..5);
+    let started = Instant::now();
+    let new_leader = loop {
+        let candidate = cluster
+            .nodes
+            .values()
+            .filter(|node| node.node_id() != old)
+            .find(|node| node.status().raft_state == "Leader")
+            .cloned();
+        if let Some(candidate) = candidate {
+            break candidate;
+        }
+        assert!(started.elapsed() < DEADLINE, "the majority elected nobody");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let applied = new_leader
+        .propose(Command::SetWriteQuorum { write_quorum: 2 })
+        .await
+        .unwrap();
+    assert_eq!(applied.into_result().unwrap().write_quorum, 2);
+    // The isolated old leader cannot commit anything.
+    let stale = tokio::time::timeout(
+        Duration::from_secs(2),
+        leader.propose(Command::SetWriteQuorum { write_quorum: 4 }),
+    )
+    .await;
+    assert!(
+        !matches!(stale, Ok(Ok(_))),
+        "an isolated leader committed: {stale:?}"
+    );
+    cluster.network.heal();
+    // Two voters die (the new leader among them): three of five still decide.
+    let second = cluster
+        .nodes
+        .keys()
+        .copied()
+        .find(|&id| id != old && id != new_leader.node_id())
+        .unwrap();
+    cluster.kill(new_leader.node_id()).await;
+    cluster.kill(second).await;
+    let meta = propose(&cluster, Command::AddMember { id: 9, url: url(9) }).await;
+    assert_eq!(meta.write_quorum, 2, "the majority's commit survived");
+    cluster
+        .converge("member 9", |meta| meta.members.contains_key(&9))
+        .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_loss_of_every_controller_keeps_everything_committed() {
+    let mut cluster = Cluster::start(3, quiet()).await;
+    for quorum in [2, 3, 1] {
+        propose(
+            &cluster,
+            Command::SetWriteQuorum {
+                write_quorum: quorum,
+            },
+        )
+        .await;
+    }
+    let before = cluster
+        .converge("quorum 1", |meta| meta.write_quorum == 1)
+        .await;
+    // Power cut: everything not fsynced is gone (or torn), every process dies.
+    cluster.fs.crash(CrashMode::TearUnsynced { seed: 11 });
+    for id in 0..3 {
+        cluster.network.unregister(id);
+    }
+    let nodes = std::mem::take(&mut cluster.nodes);
+    for node in nodes.values() {
+        let _ = node.shutdown().await;
+    }
+    drop(nodes);
+    for id in 0..3 {
+        cluster.open(id).await;
+    }
+    cluster.raft_leader().await;
+    let after = cluster
+        .converge("after power loss", |meta| meta.write_quorum == 1)
+        .await;
+    assert_eq!(after, before);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_controller_fails_the_data_leader_over_to_the_most_advanced_isr_member() {
+    // Sessions long enough that the setup never outlasts one on a busy machine.
+    let timing = Timing {
+        lease: Duration::from_millis(1500),
+        session_timeout: Duration::from_secs(2),
+        ..Timing::default()
+    };
+    let cluster = Cluster::start(3, timing).await;
+    propose(
+        &cluster,
+        Command::ChangeIsr {
+            sender: 0,
+            leader_epoch: 1,
+            isr: BTreeSet::from([0, 1, 2]),
+        },
+    )
+    .await;
+    let heartbeat = |node: u64, epoch: u64, position: Position| HeartbeatRequest {
+        cluster_id: 0xabc,
+        node,
+        leader_epoch: epoch,
+        position,
+        caught_up: true,
+    };
+    // The data leader (node 0) gets a lease; another cluster's heartbeat is refused.
+    let active = cluster.raft_leader().await;
+    let sent_at = Instant::now();
+    let reply = active
+        .heartbeat(heartbeat(0, 1, Position { epoch: 1, id: 10 }))
+        .await
+        .unwrap();
+    let mut lease = Lease::new();
+    lease.on_reply(sent_at, 1, reply.lease_ms.map(Duration::from_millis));
+    assert!(lease.is_valid(Instant::now()));
+    assert!(matches!(
+        active
+            .heartbeat(HeartbeatRequest {
+                cluster_id: 0xdef,
+                ..heartbeat(1, 1, Position::default())
+            })
+            .await,
+        Err(Error::ClusterMismatch {
+            ours: 0xabc,
+            theirs: 0xdef
+        })
+    ));
+    // Node 0 stops heartbeating; 1 and 2 go on, 2 ahead.
+    let mut watch = cluster.nodes[&2].subscribe();
+    let started = Instant::now();
+    let meta = loop {
+        let leader = cluster.raft_leader().await;
+        for (node, id) in [(1, 9), (2, 10)] {
+            let _ = leader
+                .heartbeat(heartbeat(node, 1, Position { epoch: 1, id }))
+                .await;
+        }
+        let meta = watch.borrow_and_update().clone();
+        if meta.leader_epoch > 1 {
+            break meta;
+        }
+        assert!(started.elapsed() < DEADLINE, "no failover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let failover = started.elapsed();
+    assert_eq!(
+        (meta.data_leader, meta.leader_epoch, meta.isr.clone()),
+        (Some(2), 2, BTreeSet::from([1, 2]))
+    );
+    assert!(
+        !lease.is_valid(Instant::now()),
+        "the old lease outlived the session"
+    );
+    // The old leader is refused a lease in its old epoch; the new one gets one.
+    let leader = cluster.raft_leader().await;
+    assert_eq!(
+        leader
+            .heartbeat(heartbeat(0, 1, Position { epoch: 1, id: 10 }))
+            .await
+            .unwrap()
+            .lease_ms,
+        None
+    );
+    assert!(leader
+        .heartbeat(heartbeat(2, 2, Position { epoch: 1, id: 10 }))
+        .await
+        .unwrap()
+        .lease_ms
+        .is_some());
+    println!("data-leader failover after the last heartbeat: {failover:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_cluster_is_refused() {
+    let mut first = Cluster::start(1, quiet()).await;
+    // A second, separate cluster whose node 5 is pointed at the first cluster's node 0.
+    let mut second = Cluster {
+        network: first.network.clone(),
+        fs: SimFs::new(),
+        nodes: BTreeMap::new(),
+        timing: quiet(),
+    };
+    let stranger = second.open(5).await;
+    stranger
+        .initialize(BootstrapSpec {
+            cluster_id: 0x999,
+            epoch_floor: 0,
+            write_quorum: 1,
+        })
+        .await
+        .unwrap();
+    let leader = first.raft_leader().await;
+    leader.add_member(5, &url(5)).await.unwrap();
+    // The stranger refuses the first cluster's Raft traffic: it never learns the first
+    // cluster's metadata.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stranger.meta().cluster_id, 0x999);
+    assert_eq!(stranger.meta().members.len(), 1);
+    second.shutdown().await;
+    first.nodes.remove(&5);
+    first.shutdown().await;
+}

@@ -1,0 +1,164 @@
+//! The Raft log, vote and snapshot on disk: restart and power loss (kv-wal's `SimFs`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kv_controller::raft_types::{Entry, LogId, Vote};
+use kv_controller::{Command, LogStore};
+use kv_wal::fs::FileSystem;
+use kv_wal::sim::{CrashMode, SimFs};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 0), index)
+}
+
+fn entry(term: u64, index: u64) -> Entry {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(Command::AddMember {
+            id: index,
+            url: format!("http://n{index}"),
+        }),
+    }
+}
+
+fn open(fs: &SimFs, node: u64) -> LogStore {
+    LogStore::open(
+        Arc::new(fs.clone()) as Arc<dyn FileSystem>,
+        Path::new("/data/controller"),
+        node,
+    )
+    .unwrap()
+}
+
+async fn indexes(store: &mut LogStore) -> Vec<(u64, u64)> {
+    store
+        .try_get_log_entries(0..u64::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|entry| (entry.log_id.leader_id.term, entry.log_id.index))
+        .collect()
+}
+
+#[tokio::test]
+async fn votes_entries_and_marks_survive_a_power_loss_once_reported_durable() {
+    let fs = SimFs::new();
+    let mut store = open(&fs, 1);
+    assert!(!store.has_state());
+    store.save_vote(&Vote::new(3, 1)).await.unwrap();
+    store
+        .blocking_append((0..5).map(|index| entry(3, index)))
+        .await
+        .unwrap();
+    store.save_committed(Some(log_id(3, 3))).await.unwrap();
+    fs.crash(CrashMode::TearUnsynced { seed: 1 });
+
+    let mut store = open(&fs, 1);
+    assert!(store.has_state());
+    assert_eq!(
+        store.read_vote().await.unwrap(),
+        Some(Vote::new(3, 1)),
+        "a vote in memory only is unsafe"
+    );
+    assert_eq!(store.read_committed().await.unwrap(), Some(log_id(3, 3)));
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(
+        (state.last_purged_log_id, state.last_log_id),
+        (None, Some(log_id(3, 4)))
+    );
+    assert_eq!(
+        indexes(&mut store).await,
+        (0..5).map(|index| (3, index)).collect::<Vec<_>>()
+    );
+    // Another node's id is refused.
+    let other = LogStore::open(
+        Arc::new(fs.clone()) as Arc<dyn FileSystem>,
+        Path::new("/data/controller"),
+        2,
+    );
+    assert!(matches!(
+        other,
+        Err(kv_controller::Error::NodeIdMismatch {
+            stored: 1,
+            configured: 2
+        })
+    ));
+}
+
+#[tokio::test]
+async fn a_conflicting_suffix_is_truncated_crash_safely_and_replaced() {
+    let fs = SimFs::new();
+    let mut store = open(&fs, 1);
+    store
+        .blocking_append((0..6).map(|index| entry(2, index)))
+        .await
+        .unwrap();
+    // A new leader's log differs from index 3 on.
+    store.truncate(log_id(2, 3)).await.unwrap();
+    assert_eq!(
+        store.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(2, 2))
+    );
+    store
+        .blocking_append((3..5).map(|index| entry(4, index)))
+        .await
+        .unwrap();
+    fs.crash(CrashMode::DropUnsynced);
+    let mut store = open(&fs, 1);
+    assert_eq!(
+        indexes(&mut store).await,
+        vec![(2, 0), (2, 1), (2, 2), (4, 3), (4, 4)]
+    );
+    // Appending past a hole is refused, not silently misnumbered.
+    assert!(store.blocking_append([entry(4, 9)]).await.is_err());
+}
+
+#[tokio::test]
+async fn purging_inside_and_past_the_log_keeps_indexes_straight_across_restarts() {
+    let fs = SimFs::new();
+    let mut store = open(&fs, 1);
+    store
+        .blocking_append((0..10).map(|index| entry(1, index)))
+        .await
+        .unwrap();
+    store.purge(log_id(1, 4)).await.unwrap();
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(
+        (state.last_purged_log_id, state.last_log_id),
+        (Some(log_id(1, 4)), Some(log_id(1, 9)))
+    );
+    assert_eq!(
+        indexes(&mut store).await,
+        (5..10).map(|index| (1, index)).collect::<Vec<_>>()
+    );
+    // A snapshot installed from the leader purges past the end: the log continues at 101.
+    store.purge(log_id(3, 100)).await.unwrap();
+    assert_eq!(
+        store.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(3, 100))
+    );
+    assert!(indexes(&mut store).await.is_empty());
+    fs.crash(CrashMode::DropUnsynced);
+    let mut store = open(&fs, 1);
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(
+        (state.last_purged_log_id, state.last_log_id),
+        (Some(log_id(3, 100)), Some(log_id(3, 100)))
+    );
+    store
+        .blocking_append((101..104).map(|index| entry(3, index)))
+        .await
+        .unwrap();
+    fs.crash(CrashMode::TearUnsynced { seed: 7 });
+    let mut store = open(&fs, 1);
+    assert_eq!(
+        indexes(&mut store).await,
+        vec![(3, 101), (3, 102), (3, 103)]
+    );
+    assert_eq!(store.try_get_log_entries(102..103).await.unwrap().len(), 1);
+    store.truncate(log_id(3, 102)).await.unwrap();
+    assert_eq!(indexes(&mut store).await, vec![(3, 101)]);
+}
