@@ -268,13 +268,7 @@ impl Controller {
     pub async fn propose(&self, command: Command) -> Result<ApplyResult> {
         match self.inner.raft.client_write(command).await {
             Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(Error::NotLeader {
-                    leader_id: forward.leader_id,
-                    leader_url: forward.leader_node.map(|node| node.addr),
-                })
-            }
-            Err(error) => Err(raft_error(error)),
+            Err(error) => Err(write_error(error)),
         }
     }
 
@@ -285,10 +279,7 @@ impl Controller {
         self.check_cluster(request.cluster_id)?;
         if let Err(error) = self.inner.raft.ensure_linearizable().await {
             return Err(match error.forward_to_leader() {
-                Some(forward) => Error::NotLeader {
-                    leader_id: forward.leader_id,
-                    leader_url: forward.leader_node.clone().map(|node| node.addr),
-                },
+                Some(forward) => not_leader(forward),
                 None => raft_error(error),
             });
         }
@@ -360,15 +351,7 @@ impl Controller {
         })
         .await?
         .into_result()?;
-        let already = self
-            .inner
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .is_some();
+        let already = self.raft_membership().get_node(&id).is_some();
         if !already {
             self.inner
                 .raft
@@ -380,7 +363,7 @@ impl Controller {
                     false,
                 )
                 .await
-                .map_err(|error| self.forward_or(error))?;
+                .map_err(write_error)?;
         }
         Ok(self.meta())
     }
@@ -388,15 +371,7 @@ impl Controller {
     /// Makes learner `id` a voter of the controller quorum (at most [`VOTERS_MAX`]).
     pub async fn promote_voter(&self, id: NodeId) -> Result<()> {
         let _change = self.inner.membership_change.lock().await;
-        let voters: BTreeSet<NodeId> = self
-            .inner
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let voters: BTreeSet<NodeId> = self.raft_membership().voter_ids().collect();
         if voters.contains(&id) {
             return Ok(());
         }
@@ -416,26 +391,12 @@ impl Controller {
         if self.meta().data_leader == Some(id) {
             return Err(Error::Rejected(crate::Rejection::IsDataLeader { id }));
         }
-        let membership = self
-            .inner
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.raft_membership();
         if membership.voter_ids().any(|voter| voter == id) {
             self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
                 .await?;
         }
-        let membership = self
-            .inner
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.raft_membership();
         if membership.get_node(&id).is_some() {
             self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
                 .await?;
@@ -527,17 +488,33 @@ impl Controller {
             .change_membership(change, false)
             .await
             .map(|_| ())
-            .map_err(|error| self.forward_or(error))
+            .map_err(write_error)
     }
 
-    fn forward_or(&self, error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
-        match error {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => Error::NotLeader {
-                leader_id: forward.leader_id,
-                leader_url: forward.leader_node.map(|node| node.addr),
-            },
-            error => raft_error(error),
-        }
+    /// The controller quorum's membership as this node knows it.
+    fn raft_membership(&self) -> openraft::Membership<NodeId, BasicNode> {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone()
+    }
+}
+
+fn not_leader(forward: &openraft::error::ForwardToLeader<NodeId, BasicNode>) -> Error {
+    Error::NotLeader {
+        leader_id: forward.leader_id,
+        leader_url: forward.leader_node.as_ref().map(|node| node.addr.clone()),
+    }
+}
+
+/// A failed write (a proposal or a membership change): "ask the leader" or a Raft error.
+fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+    match error.forward_to_leader() {
+        Some(forward) => not_leader(forward),
+        None => raft_error(error),
     }
 }
 

@@ -149,6 +149,15 @@ impl StateMachineStore {
         files::write_atomic(&*self.shared.fs, &self.shared.dir, SNAPSHOT_FILE, &bytes)
     }
 
+    async fn write_snapshot_off_thread(&self, file: &SnapshotFile) -> Result<(), StorageError> {
+        let store = self.clone();
+        let written = file.clone();
+        tokio::task::spawn_blocking(move || store.write_snapshot(&written))
+            .await
+            .map_err(|error| snapshot_error(Error::Raft(error.to_string())))?
+            .map_err(snapshot_error)
+    }
+
     fn snapshot_of(file: &SnapshotFile) -> Result<Snapshot<TypeConfig>> {
         let data =
             serde_json::to_vec(&file.state).map_err(|error| Error::Raft(error.to_string()))?;
@@ -185,12 +194,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 state: applied.meta.clone(),
             }
         };
-        let store = self.clone();
-        let written = file.clone();
-        tokio::task::spawn_blocking(move || store.write_snapshot(&written))
-            .await
-            .map_err(|error| snapshot_error(Error::Raft(error.to_string())))?
-            .map_err(snapshot_error)?;
+        self.write_snapshot_off_thread(&file).await?;
         let snapshot = StateMachineStore::snapshot_of(&file).map_err(snapshot_error)?;
         lock(&self.shared.applied).snapshot = Some(file);
         Ok(snapshot)
@@ -272,12 +276,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             state: state.clone(),
         };
-        let store = self.clone();
-        let written = file.clone();
-        tokio::task::spawn_blocking(move || store.write_snapshot(&written))
-            .await
-            .map_err(|error| snapshot_error(Error::Raft(error.to_string())))?
-            .map_err(snapshot_error)?;
+        self.write_snapshot_off_thread(&file).await?;
         let mut applied = lock(&self.shared.applied);
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();

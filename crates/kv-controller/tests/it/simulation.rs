@@ -615,6 +615,35 @@ impl Sim {
     }
 }
 
+/// A cluster led by node 0 in epoch `epoch_floor + 1`, write quorum 1, with `members` and
+/// `isr`, as the tests' starting point.
+fn bootstrapped(epoch_floor: u64, members: &[u64], isr: &[u64]) -> ClusterMeta {
+    let voters = BTreeSet::from([0]);
+    let mut meta = ClusterMeta::default();
+    let mut commands = vec![Command::Bootstrap {
+        cluster_id: 7,
+        leader: 0,
+        leader_url: "n0".into(),
+        epoch_floor,
+        write_quorum: 1,
+    }];
+    for &id in members.iter().filter(|&&id| id != 0) {
+        commands.push(Command::AddMember {
+            id,
+            url: format!("n{id}"),
+        });
+    }
+    commands.push(Command::ChangeIsr {
+        sender: 0,
+        leader_epoch: epoch_floor + 1,
+        isr: isr.iter().copied().collect(),
+    });
+    for command in &commands {
+        meta.apply(command, &voters).into_result().unwrap();
+    }
+    meta
+}
+
 #[test]
 fn the_controller_keeps_one_leader_per_epoch_and_loses_no_acknowledged_write() {
     let base: u64 = std::env::var("KV_CONTROLLER_SIM_SEED")
@@ -656,27 +685,7 @@ fn a_controller_that_does_not_wait_for_the_session_would_overlap_leases() {
     };
     assert!(timing.check().is_err());
     let voters = BTreeSet::from([0]);
-    let mut meta = ClusterMeta::default();
-    for command in [
-        Command::Bootstrap {
-            cluster_id: 7,
-            leader: 0,
-            leader_url: "n0".into(),
-            epoch_floor: 0,
-            write_quorum: 1,
-        },
-        Command::AddMember {
-            id: 1,
-            url: "n1".into(),
-        },
-        Command::ChangeIsr {
-            sender: 0,
-            leader_epoch: 1,
-            isr: BTreeSet::from([0, 1]),
-        },
-    ] {
-        meta.apply(&command, &voters).into_result().unwrap();
-    }
+    let mut meta = bootstrapped(0, &[0, 1], &[0, 1]);
     let mut logic = ControllerLogic::new(timing, ElectionPolicy::CleanOnly);
     logic.activate(start);
     let heartbeat = |node, epoch| HeartbeatRequest {
@@ -713,35 +722,7 @@ fn a_fenced_leader_that_comes_back_gets_no_lease_and_the_most_advanced_isr_membe
     let start = Instant::now();
     let timing = Timing::default();
     let voters = BTreeSet::from([0]);
-    let mut meta = ClusterMeta::default();
-    for command in [
-        Command::Bootstrap {
-            cluster_id: 7,
-            leader: 0,
-            leader_url: "n0".into(),
-            epoch_floor: 3,
-            write_quorum: 1,
-        },
-        Command::AddMember {
-            id: 1,
-            url: "n1".into(),
-        },
-        Command::AddMember {
-            id: 2,
-            url: "n2".into(),
-        },
-        Command::AddMember {
-            id: 3,
-            url: "n3".into(),
-        },
-        Command::ChangeIsr {
-            sender: 0,
-            leader_epoch: 4,
-            isr: BTreeSet::from([0, 1, 2]),
-        },
-    ] {
-        meta.apply(&command, &voters).into_result().unwrap();
-    }
+    let mut meta = bootstrapped(3, &[0, 1, 2, 3], &[0, 1, 2]);
     let mut logic = ControllerLogic::new(timing, ElectionPolicy::CleanOnly);
     logic.activate(start);
     let heartbeat = |node, epoch, id| HeartbeatRequest {
@@ -805,31 +786,7 @@ fn with_no_live_isr_member_the_cluster_goes_leaderless_until_one_returns_unless_
     let start = Instant::now();
     let timing = Timing::default();
     let voters = BTreeSet::from([0]);
-    let mut meta = ClusterMeta::default();
-    for command in [
-        Command::Bootstrap {
-            cluster_id: 7,
-            leader: 0,
-            leader_url: "n0".into(),
-            epoch_floor: 0,
-            write_quorum: 1,
-        },
-        Command::AddMember {
-            id: 1,
-            url: "n1".into(),
-        },
-        Command::AddMember {
-            id: 2,
-            url: "n2".into(),
-        },
-        Command::ChangeIsr {
-            sender: 0,
-            leader_epoch: 1,
-            isr: BTreeSet::from([0, 1]),
-        },
-    ] {
-        meta.apply(&command, &voters).into_result().unwrap();
-    }
+    let mut meta = bootstrapped(0, &[0, 1, 2], &[0, 1]);
     let heartbeat = |node| HeartbeatRequest {
         cluster_id: 7,
         node,
@@ -888,27 +845,7 @@ fn a_new_active_controller_starts_every_session_fresh() {
     let start = Instant::now();
     let timing = Timing::default();
     let voters = BTreeSet::from([0]);
-    let mut meta = ClusterMeta::default();
-    for command in [
-        Command::Bootstrap {
-            cluster_id: 7,
-            leader: 0,
-            leader_url: "n0".into(),
-            epoch_floor: 0,
-            write_quorum: 1,
-        },
-        Command::AddMember {
-            id: 1,
-            url: "n1".into(),
-        },
-        Command::ChangeIsr {
-            sender: 0,
-            leader_epoch: 1,
-            isr: BTreeSet::from([0, 1]),
-        },
-    ] {
-        meta.apply(&command, &voters).into_result().unwrap();
-    }
+    let meta = bootstrapped(0, &[0, 1], &[0, 1]);
     let mut logic = ControllerLogic::new(timing, ElectionPolicy::CleanOnly);
     // Inactive: no decisions, no leases.
     let heartbeat = HeartbeatRequest {
