@@ -17,8 +17,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The Raft log (a kv-wal log) failed.
-    #[error("controller log: {0}")]
+    /// The Raft log (a kv-wal log) or a controller file (written through `kv_wal::durable`)
+    /// failed; the error names the file.
+    #[error("controller storage: {0}")]
     Log(#[from] kv_wal::Error),
     /// A controller file does not decode.
     #[error("corrupt controller file {path}: {reason}")]

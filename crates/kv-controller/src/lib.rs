@@ -29,7 +29,6 @@
 
 mod controller;
 mod error;
-mod files;
 mod lease;
 pub mod log_store;
 pub mod logic;

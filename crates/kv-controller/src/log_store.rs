@@ -18,6 +18,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use kv_wal::durable;
 use kv_wal::fs::FileSystem;
 use kv_wal::{SyncPolicy, Wal, WalOptions};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -25,7 +26,6 @@ use openraft::{RaftLogReader, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::files;
 use crate::meta::NodeId;
 use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -77,7 +77,7 @@ impl LogStore {
         fs.create_dir_all(dir)
             .map_err(|error| Error::io(dir, error))?;
         let state_path = dir.join(RAFT_STATE_FILE);
-        let state = match files::read(&*fs, &state_path)? {
+        let state = match durable::read_file(&*fs, &state_path)? {
             Some(bytes) => {
                 let state: RaftState =
                     serde_json::from_slice(&bytes).map_err(|error| Error::Corrupt {
@@ -104,7 +104,7 @@ impl LogStore {
                     node_id,
                     ..RaftState::default()
                 };
-                files::write_atomic(&*fs, dir, RAFT_STATE_FILE, &encode_state(&state)?)?;
+                durable::write_file_atomic(&*fs, dir, RAFT_STATE_FILE, &encode_state(&state)?)?;
                 state
             }
         };
@@ -236,7 +236,7 @@ impl LogStore {
         let mut state = lock(&self.shared.state);
         let mut next = state.clone();
         change(&mut next);
-        files::write_atomic(
+        durable::write_file_atomic(
             &*self.shared.fs,
             &self.shared.dir,
             RAFT_STATE_FILE,

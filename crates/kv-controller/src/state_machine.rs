@@ -11,6 +11,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use kv_wal::durable;
 use kv_wal::fs::FileSystem;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
@@ -18,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::files;
 use crate::meta::{ApplyResult, ClusterMeta, NodeId};
 use crate::raft_types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -70,7 +70,7 @@ impl StateMachineStore {
         fs.create_dir_all(dir)
             .map_err(|error| Error::io(dir, error))?;
         let path = dir.join(SNAPSHOT_FILE);
-        let snapshot = match files::read(&*fs, &path)? {
+        let snapshot = match durable::read_file(&*fs, &path)? {
             Some(bytes) => {
                 let file: SnapshotFile =
                     serde_json::from_slice(&bytes).map_err(|error| Error::Corrupt {
@@ -146,7 +146,12 @@ impl StateMachineStore {
     fn write_snapshot(&self, file: &SnapshotFile) -> Result<()> {
         let bytes =
             serde_json::to_vec_pretty(file).map_err(|error| Error::Raft(error.to_string()))?;
-        files::write_atomic(&*self.shared.fs, &self.shared.dir, SNAPSHOT_FILE, &bytes)
+        Ok(durable::write_file_atomic(
+            &*self.shared.fs,
+            &self.shared.dir,
+            SNAPSHOT_FILE,
+            &bytes,
+        )?)
     }
 
     async fn write_snapshot_off_thread(&self, file: &SnapshotFile) -> Result<(), StorageError> {
