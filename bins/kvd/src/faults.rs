@@ -3,7 +3,8 @@
 //! binary at chosen moments; an operator never sets them.
 //!
 //! - `KVD_FAILPOINTS`: a kv-wal fail point spec, e.g. `wal-before-append=abort@3` (see
-//!   [`kv_wal::failpoint`]): the process aborts, or the step fails, at that hit.
+//!   [`kv_wal::failpoint`]): the process aborts, or the step fails, at that hit. Only in a
+//!   build with the `failpoints` feature (kvd's tests turn it on); a default build ignores it.
 //! - `KVD_FAULT_FSYNC_FAIL_AT=N`: the Nth fsync the WAL runs (`fdatasync` of a segment or
 //!   `fsync` of the directory, counted from process start, the ones open runs included) fails.
 //! - `KVD_FAULT_WRITE_FAIL_AT=N`: likewise the Nth write (or length change) of a WAL file.
@@ -13,10 +14,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use kv_wal::fs::{FaultPlan, FaultyFs, FileSystem, StdFs};
 
-/// Env variable holding the fail point spec.
+/// Env variable holding the fail point spec (read only in a build with fail points).
+#[allow(dead_code)] // unused in a build without fail points
 pub const FAILPOINTS_ENV: &str = "KVD_FAILPOINTS";
 /// Env variable: the number of the WAL fsync that fails.
 pub const FAULT_FSYNC_FAIL_AT_ENV: &str = "KVD_FAULT_FSYNC_FAIL_AT";
@@ -29,14 +31,19 @@ static WAL_FILE_SYSTEM: OnceLock<Arc<dyn FileSystem>> = OnceLock::new();
 /// Reads the fault env variables, configures the fail points and picks the WAL's file system.
 /// Fails on a malformed value, so a typo never silently runs a test without its fault.
 pub fn configure_from_env() -> anyhow::Result<()> {
-    if let Some(spec) = env_value(FAILPOINTS_ENV) {
-        kv_wal::failpoint::configure(&spec)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("{FAILPOINTS_ENV}={spec:?}"))?;
-        tracing::warn!(
-            spec,
-            "fail points configured ({FAILPOINTS_ENV}): test use only"
-        );
+    // A build without fail points (the default release build) carries no fail point code and
+    // ignores the variable.
+    kv_wal::with_failpoints! {
+        if let Some(spec) = env_value(FAILPOINTS_ENV) {
+            use anyhow::Context as _;
+            kv_wal::failpoint::configure(&spec)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{FAILPOINTS_ENV}={spec:?}"))?;
+            tracing::warn!(
+                spec,
+                "fail points configured ({FAILPOINTS_ENV}): test use only"
+            );
+        }
     }
     let fsync_fail_at = hit_number(FAULT_FSYNC_FAIL_AT_ENV)?;
     let write_fail_at = hit_number(FAULT_WRITE_FAIL_AT_ENV)?;

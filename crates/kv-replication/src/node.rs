@@ -719,7 +719,7 @@ impl Node {
                     // An answer to an older request (the log moved since): fetch again.
                     return Ok(None);
                 }
-                kv_wal::failpoint::hit(kv_wal::failpoint::FOLLOWER_AFTER_FETCH_BEFORE_APPEND)
+                kv_wal::fail_point!(FOLLOWER_AFTER_FETCH_BEFORE_APPEND)
                     .map_err(|error| format!("fail point: {error}"))?;
                 let ticket = self
                     .store

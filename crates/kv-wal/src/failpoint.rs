@@ -29,6 +29,11 @@
 //! | `wal-truncate-before-cut` | a truncation removed later segments, the last kept one not yet cut |
 //! | `follower-after-fetch-before-append` | replication: a follower fetched frames and has not appended them (called by kv-replication) |
 //!
+//! This module exists only with the `failpoints` cargo feature (off by default, as in
+//! raft-engine). Call sites use [`crate::fail_point!`], which expands to `Ok(())` without the
+//! feature, so a default build carries no fault-injection code at all. kv-wal's own tests turn
+//! the feature on (a dev-dependency of the crate on itself), and so do kvd's.
+//!
 //! Tests that use fail points run the code under test in a child process: the registry is
 //! global, so one test's configuration would fire in every other test of the same process.
 

@@ -66,26 +66,81 @@
 //!   a segment is compressed, and a crash at any step leaves a log that opens with every
 //!   record.
 
-mod compress;
-mod compressed;
+mod append;
+mod codec;
+mod committer;
+mod compress_sealed;
+mod compressed_format;
+mod compressed_scan;
+mod durability;
 pub mod durable;
 mod error;
+#[cfg(feature = "failpoints")]
 pub mod failpoint;
 pub mod frame;
 pub mod fs;
+mod meta;
+mod mutex;
+mod open;
 mod options;
+mod plain_rewrite;
 mod read;
 mod recovery;
 mod report;
-mod segment;
+mod segment_file;
+mod segment_scan;
+mod segments;
+mod shared;
 pub mod sim;
 mod stats;
 mod ticket;
+mod truncate;
 mod wal;
 mod watermark;
+mod writer;
 
-pub use compress::{CompressReport, INCOMPRESSIBLE};
-pub use compressed::{SegmentCodec, BLOCK_FRAMES_BYTES_TARGET, ZSTD_LEVEL};
+/// Runs the fail point named by a constant of [`failpoint`] (e.g.
+/// `fail_point!(WAL_BEFORE_APPEND)`): an `io::Result<()>` that is `Ok(())` unless a test
+/// configured the point to fire. Without the `failpoints` feature it expands to `Ok(())`, and
+/// the name is not even looked up.
+#[cfg(feature = "failpoints")]
+#[macro_export]
+macro_rules! fail_point {
+    ($name:ident) => {
+        $crate::failpoint::hit($crate::failpoint::$name)
+    };
+}
+
+/// Runs the fail point named by a constant of `failpoint`: without the `failpoints` feature,
+/// always `Ok(())`.
+#[cfg(not(feature = "failpoints"))]
+#[macro_export]
+macro_rules! fail_point {
+    ($name:ident) => {
+        ::std::io::Result::<()>::Ok(())
+    };
+}
+
+/// The statements inside, only in a build with the `failpoints` feature (for a binary that
+/// configures fail points: its own features cannot see kv-wal's).
+#[cfg(feature = "failpoints")]
+#[macro_export]
+macro_rules! with_failpoints {
+    ($($body:tt)*) => {
+        $($body)*
+    };
+}
+
+/// The statements inside, only in a build with the `failpoints` feature: here, nothing.
+#[cfg(not(feature = "failpoints"))]
+#[macro_export]
+macro_rules! with_failpoints {
+    ($($body:tt)*) => {};
+}
+
+pub use codec::{SegmentCodec, ZSTD_LEVEL};
+pub use compress_sealed::{CompressReport, INCOMPRESSIBLE};
+pub use compressed_format::BLOCK_FRAMES_BYTES_TARGET;
 pub use error::{Error, Result};
 pub use frame::{FRAME_HEADER_BYTES, RECORD_BYTES_MAX};
 pub use options::{
@@ -93,8 +148,9 @@ pub use options::{
 };
 pub use read::{FrameBatch, Record, WalIter};
 pub use report::{Dropped, Hole, RecoveryReport, TornTail};
-pub use segment::{SEAL_BYTES, SEGMENT_HEADER_BYTES};
+pub use segment_file::{SEAL_BYTES, SEGMENT_HEADER_BYTES};
+pub use segments::SegmentInfo;
 pub use stats::{WalStats, FSYNC_BATCH_BOUNDS};
 pub use ticket::AppendTicket;
-pub use wal::{SegmentInfo, Wal};
+pub use wal::Wal;
 pub use watermark::{WaitError, Watermark, WatermarkWait};

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::compressed::SegmentCodec;
+use crate::codec::SegmentCodec;
 use crate::fs::{FileSystem, StdFs};
 
 /// Default segment size: 64 MiB.

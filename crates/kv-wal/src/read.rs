@@ -5,13 +5,14 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::compressed::{read_block, CompressedLayout};
+use crate::compressed_format::{read_block, CompressedLayout};
 use crate::error::{Error, IoContext, Result};
 use crate::frame::{self, FRAME_HEADER_BYTES};
 use crate::fs::WalFile;
-use crate::recovery::build_index;
-use crate::segment::SEGMENT_HEADER_BYTES;
-use crate::wal::{Segment, Shared, Wal};
+use crate::segment_file::SEGMENT_HEADER_BYTES;
+use crate::segments::{build_index, Segment};
+use crate::shared::Shared;
+use crate::wal::Wal;
 
 /// Bytes read from a segment at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;

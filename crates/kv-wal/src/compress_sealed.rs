@@ -1,5 +1,4 @@
-//! Rewriting sealed segments compressed ([`Wal::compress_sealed`]), and back to plain when a
-//! truncation or a point-in-time repair must cut into one.
+//! The pass that rewrites sealed segments compressed ([`Wal::compress_sealed`]).
 //!
 //! Compressing a segment never holds the writer lock: the segment is read, checked and
 //! compressed into `{name}.walz.tmp` while appends go on; only the swap (rename, replace the
@@ -18,19 +17,23 @@
 //! ```
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::compressed::{self, SegmentCodec};
+use crate::codec::SegmentCodec;
+use crate::compressed_format;
 use crate::error::{IoContext, Result};
-use crate::fs::{read_range, FileSystem, WalFile};
-use crate::segment::{
-    compressed_segment_file_name, encode_seal, scan, segment_file_name, SegmentHeader, SEAL_BYTES,
-    SEGMENT_HEADER_BYTES,
+use crate::fs::read_range;
+use crate::mutex::lock;
+use crate::plain_rewrite::write_and_sync;
+use crate::segment_file::{
+    compressed_segment_file_name, SegmentHeader, SEAL_BYTES, SEGMENT_HEADER_BYTES,
 };
-use crate::wal::{lock, Segment, Wal};
+use crate::segment_scan::scan;
+use crate::segments::Segment;
+use crate::wal::Wal;
 
 /// Why a segment is left plain when compressing it would not make it smaller (it is not
 /// tried again while the log stays open).
@@ -144,7 +147,8 @@ impl Wal {
             codec: Some(codec),
         };
         let frames = &bytes[SEGMENT_HEADER_BYTES..bytes.len() - SEAL_BYTES];
-        let (image, layout) = compressed::build(&header.encode(), codec, frames, segment.first_id);
+        let (image, layout) =
+            compressed_format::build(&header.encode(), codec, frames, segment.first_id);
         if image.len() >= bytes.len() {
             segment.incompressible.store(true, Ordering::Relaxed);
             report
@@ -224,94 +228,4 @@ fn check_plain_sealed(bytes: &[u8], segment: &Segment) -> std::result::Result<()
         return Err("the segment does not end with the seal the log expects".to_owned());
     }
     Ok(())
-}
-
-/// Creates `path` (replacing a leftover), writes `bytes` and fdatasyncs it.
-fn write_and_sync(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<Arc<dyn WalFile>> {
-    match fs.remove_file(path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error).at(path),
-    }
-    let file = fs.create_new(path).at(path)?;
-    file.write_all_at(bytes, 0).at(path)?;
-    file.sync_data().at(path)?;
-    Ok(file)
-}
-
-/// A plain segment rewritten from a compressed one's frames (truncation, point-in-time
-/// repair).
-pub(crate) struct PlainRewrite {
-    pub path: PathBuf,
-    pub file: Arc<dyn WalFile>,
-    /// The whole file as written.
-    pub image: Vec<u8>,
-}
-
-/// Writes a plain segment `{sequence}-{first_id}.wal` holding `frames` (sealed with
-/// `last_id` when `seal` is set), atomically: a `.tmp`, fdatasync, rename, fsync(dir). The
-/// caller then removes the compressed file and fsyncs the directory; a crash in between leaves
-/// both files, and open keeps the plain one.
-pub(crate) fn write_plain_segment(
-    fs: &dyn FileSystem,
-    dir: &Path,
-    header: SegmentHeader,
-    frames: &[u8],
-    seal: Option<u64>,
-) -> Result<PlainRewrite> {
-    let header = SegmentHeader {
-        codec: None,
-        ..header
-    };
-    let mut image = Vec::with_capacity(SEGMENT_HEADER_BYTES + frames.len() + SEAL_BYTES);
-    image.extend_from_slice(&header.encode());
-    image.extend_from_slice(frames);
-    if let Some(last_id) = seal {
-        encode_seal(&mut image, last_id, last_id - header.first_id + 1);
-    }
-    let name = segment_file_name(header.sequence, header.first_id);
-    let path = dir.join(&name);
-    let temp_path = dir.join(format!("{name}.tmp"));
-    let file = write_and_sync(fs, &temp_path, &image)?;
-    fs.rename(&temp_path, &path).at(&path)?;
-    fs.sync_dir(dir).at(dir)?;
-    Ok(PlainRewrite { path, file, image })
-}
-
-/// The frames of a compressed segment with ids up to `through_id`, read and checked block by
-/// block.
-pub(crate) fn frames_through(
-    file: &dyn WalFile,
-    segment: &Segment,
-    through_id: u64,
-) -> Result<Vec<u8>> {
-    let layout = segment.compressed.as_ref().expect("a compressed segment");
-    let mut out = Vec::new();
-    for (position, block) in layout.blocks.iter().enumerate() {
-        // A plain segment has no gaps: stop before a block skipped at open, if any.
-        let contiguous = position == 0 && block.first_id == segment.first_id
-            || position > 0 && layout.blocks[position - 1].last_id() + 1 == block.first_id;
-        if block.first_id > through_id || !contiguous {
-            break;
-        }
-        let stored = read_range(file, block.offset, block.stored_len()).at(&segment.path)?;
-        let (frames, _) =
-            compressed::read_block(&stored, layout.codec, block.first_id).map_err(|reason| {
-                crate::Error::Corrupt {
-                    segment: segment.path.clone(),
-                    offset: block.offset,
-                    reason,
-                }
-            })?;
-        let mut position = 0;
-        while position < frames.len() {
-            let frame = crate::frame::decode(&frames[position..]).expect("checked block");
-            if frame.id > through_id {
-                break;
-            }
-            position += frame.encoded_len();
-        }
-        out.extend_from_slice(&frames[..position]);
-    }
-    Ok(out)
 }

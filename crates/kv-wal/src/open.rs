@@ -1,0 +1,281 @@
+//! Opening a log (the builder): lock the directory, read or create its identity, recover the
+//! segments, pick the active segment, start the committer, finish a truncation a crash
+//! interrupted.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Instant;
+
+use rand::Rng;
+
+use crate::append::create_segment_file;
+use crate::durability::Durability;
+use crate::durable::write_file_atomic;
+use crate::error::{Error, IoContext, Result};
+use crate::fs::{DirLock, FileSystem, WalFile};
+use crate::meta::{
+    decode_marker, decode_meta, encode_meta, read_small_file, LOCK_FILE, META_FILE,
+    TRUNCATE_MARKER_FILE,
+};
+use crate::options::{WalOptions, SEGMENT_BYTES_MIN};
+use crate::recovery::{self, Recovered};
+use crate::report::RecoveryReport;
+use crate::segment_file::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::segment_scan::SparseIndex;
+use crate::segments::Segment;
+use crate::shared::Shared;
+use crate::stats::Stats;
+use crate::wal::Wal;
+use crate::watermark::Watermark;
+use crate::writer::Writer;
+
+/// The segment appends go to after open, and where in it.
+struct Active {
+    segment: Arc<Segment>,
+    file: Arc<dyn WalFile>,
+    write_offset: u64,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, recovering it under `options.recovery_mode`.
+    ///
+    /// Returns the log and a report of what recovery found and did. Fails with
+    /// [`Error::Corrupt`] when the mode does not allow the damage found to be repaired, and
+    /// with [`Error::Locked`] when another process holds the directory.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(Wal, RecoveryReport)> {
+        let dir = dir.as_ref().to_owned();
+        check_options(&options)?;
+        let fs = options.file_system.clone();
+        fs.create_dir_all(&dir).at(&dir)?;
+        let dir_lock = lock_dir(&*fs, &dir)?;
+        let mut report = RecoveryReport {
+            mode: options.recovery_mode,
+            ..RecoveryReport::default()
+        };
+        let found = recovery::list_segments(&*fs, &dir, &mut report)?;
+        let log_id = read_or_create_log_id(&*fs, &dir, found.is_empty(), &mut report)?;
+        let recovered =
+            recovery::recover(&*fs, log_id, &found, options.recovery_mode, &mut report)?;
+        let (segments, active, next_id) =
+            choose_active(&*fs, &dir, log_id, options.first_id, recovered)?;
+        fs.sync_dir(&dir).at(&dir)?;
+        let wal = start(&dir, &options, log_id, segments, active, next_id, dir_lock)?;
+        wal.finish_marked_truncation(&mut report)?;
+        report.segments = wal.shared.segments_read().len();
+        report.first_id = wal.first_id();
+        report.last_id = wal.last_id();
+        report.next_id = wal.next_id();
+        Ok((wal, report))
+    }
+
+    /// A truncation interrupted by a crash is finished before anything else.
+    fn finish_marked_truncation(&self, report: &mut RecoveryReport) -> Result<()> {
+        let shared = &self.shared;
+        let marker_path = shared.dir.join(TRUNCATE_MARKER_FILE);
+        if let Some(bytes) = read_small_file(&*shared.fs, &marker_path)? {
+            if let Some(after_id) = decode_marker(&bytes) {
+                self.truncate_after_inner(after_id)?;
+                report.completed_truncation = Some(after_id);
+            }
+            shared.fs.remove_file(&marker_path).at(&marker_path)?;
+            shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_options(options: &WalOptions) -> Result<()> {
+    if options.segment_bytes_max < SEGMENT_BYTES_MIN {
+        return Err(Error::InvalidArgument(format!(
+            "segment size {} is below the minimum of {SEGMENT_BYTES_MIN} bytes",
+            options.segment_bytes_max
+        )));
+    }
+    if options.first_id == 0 {
+        return Err(Error::InvalidArgument(
+            "ids start at 1; first_id 0 is invalid".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn lock_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Box<dyn DirLock>> {
+    let lock_path = dir.join(LOCK_FILE);
+    fs.try_lock(&lock_path).map_err(|error| match error.kind() {
+        std::io::ErrorKind::WouldBlock => Error::Locked(dir.to_owned()),
+        _ => Error::Io {
+            path: lock_path.clone(),
+            source: error,
+        },
+    })
+}
+
+/// The log's identity from `wal.meta`; a new one for a new log (no segments yet).
+fn read_or_create_log_id(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    no_segments: bool,
+    report: &mut RecoveryReport,
+) -> Result<u64> {
+    let meta_path = dir.join(META_FILE);
+    match read_small_file(fs, &meta_path)? {
+        Some(bytes) => decode_meta(&bytes).ok_or_else(|| Error::Corrupt {
+            segment: meta_path.clone(),
+            offset: 0,
+            reason: "the log's identity file is damaged".to_owned(),
+        }),
+        None if no_segments => {
+            let log_id = rand::thread_rng().gen_range(1..u64::MAX);
+            write_file_atomic(fs, dir, META_FILE, &encode_meta(log_id))?;
+            report.created = true;
+            Ok(log_id)
+        }
+        None => Err(Error::Corrupt {
+            segment: meta_path,
+            offset: 0,
+            reason: "the log's identity file is missing but segments exist".to_owned(),
+        }),
+    }
+}
+
+/// Builds the segment list from what recovery kept and picks the active segment: the last
+/// one, unless it is sealed or the ids must jump (then a new one). Returns the list, the active
+/// segment and the next id.
+fn choose_active(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    log_id: u64,
+    first_id: u64,
+    recovered: Recovered,
+) -> Result<(Vec<Arc<Segment>>, Active, u64)> {
+    let Recovered {
+        segments,
+        max_id_seen,
+        next_sequence,
+    } = recovered;
+    let mut segments: Vec<Arc<Segment>> = segments
+        .into_iter()
+        .map(|segment| Arc::new(Segment::from(segment)))
+        .collect();
+    let next_id = segments
+        .last()
+        .map_or(first_id, |segment| segment.last_id() + 1)
+        .max(max_id_seen + 1);
+    let reuse_last = segments
+        .last()
+        .is_some_and(|segment| !segment.is_sealed() && segment.last_id() + 1 == next_id);
+    if reuse_last {
+        let segment = segments.last().expect("segment").clone();
+        let file = fs.open(&segment.path).at(&segment.path)?;
+        // Bytes a crashed process left in the page cache become durable before new ones go
+        // after them.
+        file.sync_data().at(&segment.path)?;
+        let write_offset = segment.end_offset();
+        let active = Active {
+            segment,
+            file,
+            write_offset,
+        };
+        return Ok((segments, active, next_id));
+    }
+    // An empty, unsealed last segment is replaced by the new one.
+    let mut sequence = next_sequence;
+    if let Some(last) = segments.last() {
+        if last.is_empty() && !last.sealed.load(Ordering::Acquire) {
+            fs.remove_file(&last.path).at(&last.path)?;
+            sequence = last.sequence;
+            segments.pop();
+        }
+    }
+    // What open replays must be durable before the log serves: a crash after a roll wrote the
+    // seal but before its fdatasync leaves a sealed last segment whose bytes may still be only
+    // in the page cache. (Segments before the last were fsynced before the next one was
+    // created.)
+    if let Some(last) = segments.last() {
+        let file = fs.open(&last.path).at(&last.path)?;
+        file.sync_data().at(&last.path)?;
+    }
+    let header = SegmentHeader {
+        log_id,
+        sequence,
+        first_id: next_id,
+        codec: None,
+    };
+    let path = segment_path(dir, sequence, next_id);
+    let file = create_segment_file(fs, dir, &path, &header)?;
+    let segment = Arc::new(Segment::new(
+        sequence,
+        next_id,
+        path,
+        next_id - 1,
+        SEGMENT_HEADER_BYTES as u64,
+        SEGMENT_HEADER_BYTES as u64,
+        false,
+        Some((SparseIndex::default(), Vec::new())),
+    ));
+    segments.push(segment.clone());
+    let active = Active {
+        segment,
+        file,
+        write_offset: SEGMENT_HEADER_BYTES as u64,
+    };
+    Ok((segments, active, next_id))
+}
+
+/// Assembles the running log and starts its committer thread.
+fn start(
+    dir: &PathBuf,
+    options: &WalOptions,
+    log_id: u64,
+    segments: Vec<Arc<Segment>>,
+    active: Active,
+    next_id: u64,
+    dir_lock: Box<dyn DirLock>,
+) -> Result<Wal> {
+    let last_id = active.segment.last_id();
+    let next_sequence = active.segment.sequence + 1;
+    let writer = Writer {
+        next_id,
+        pending: Vec::new(),
+        pending_frames: Vec::new(),
+        active: active.segment,
+        active_file: active.file,
+        next_sequence,
+        write_offset: active.write_offset,
+        commit_wanted: false,
+        last_sync: Instant::now(),
+        closed: false,
+    };
+    let shared = Arc::new(Shared {
+        dir: dir.clone(),
+        fs: options.file_system.clone(),
+        log_id,
+        segment_bytes_max: options.segment_bytes_max,
+        compress_records_above: options.compress_records_above,
+        compress_sealed_segments: options.compress_sealed_segments,
+        sync_policy: options.sync_policy,
+        recovery_mode: options.recovery_mode,
+        writer: Mutex::new(writer),
+        commit_needed: Condvar::new(),
+        segments: RwLock::new(segments),
+        last: Arc::new(Watermark::new(last_id)),
+        durability: Durability::new(last_id),
+        truncations: AtomicU64::new(0),
+        maintenance: Mutex::new(()),
+        compressing: Mutex::new(()),
+        stats: Stats::default(),
+        _lock: dir_lock,
+    });
+    let committer = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("kv-wal-commit".to_owned())
+            .spawn(move || shared.run_committer())
+            .at(dir)?
+    };
+    Ok(Wal {
+        shared,
+        committer: Mutex::new(Some(committer)),
+    })
+}

@@ -1,0 +1,221 @@
+//! Recovering a plain segment: trust its seal (default mode, not the last segment), or scan
+//! it, classify each damage found and act as [`decide`] says.
+
+use std::sync::Arc;
+
+use super::{corrupt, decide, Action, Damage, Position, RecoveredSegment, Recovery, Step};
+use crate::error::{IoContext, Result};
+use crate::fs::{read_exact_at, read_range, WalFile};
+use crate::options::RecoveryMode;
+use crate::report::{Dropped, Hole, TornTail};
+use crate::segment_file::{decode_seal, SEAL_BYTES, SEGMENT_HEADER_BYTES};
+use crate::segment_scan::{scan, FrameDamage, ScanResult};
+
+/// What is kept of a scanned segment.
+struct Kept {
+    end: u64,
+    last_id: Option<u64>,
+    records: u64,
+    sealed: bool,
+    /// Damage was dropped from here on (`PointInTime`): the segment is cut and recovery stops.
+    stop: bool,
+    /// Damage was skipped over (`SkipCorrupt`): every readable frame is kept.
+    skipped: bool,
+}
+
+impl Recovery<'_> {
+    pub(super) fn plain_segment(
+        &mut self,
+        index: usize,
+        file: Arc<dyn WalFile>,
+        file_len: u64,
+    ) -> Result<Step> {
+        let entry = &self.found[index];
+        // Sealed segments are trusted to their seal unless the mode scans everything.
+        if self.position(index) == Position::Earlier
+            && !self.mode.scans_all_segments()
+            && file_len >= (SEGMENT_HEADER_BYTES + SEAL_BYTES) as u64
+        {
+            let mut tail = [0u8; SEAL_BYTES];
+            read_exact_at(&*file, &mut tail, file_len - SEAL_BYTES as u64).at(&entry.path)?;
+            if let Some(seal) = decode_seal(&tail, entry.first_id) {
+                self.report.records += seal.record_count;
+                self.see_id(seal.last_id);
+                self.kept.push(RecoveredSegment {
+                    sequence: entry.sequence,
+                    first_id: entry.first_id,
+                    path: entry.path.clone(),
+                    last_id: seal.last_id,
+                    end_offset: file_len - SEAL_BYTES as u64,
+                    file_bytes: file_len,
+                    sealed: true,
+                    index: None,
+                    skips: Vec::new(),
+                    compressed: None,
+                });
+                return Ok(Step::Next);
+            }
+        }
+        let bytes = read_range(&*file, 0, file_len).at(&entry.path)?;
+        let result = scan(&bytes, entry.first_id);
+        self.report.segments_scanned += 1;
+        self.see_id(result.all_last_id.unwrap_or(0));
+        self.scanned_segment(index, &*file, file_len, result)
+    }
+
+    /// Acts on every damage the scan found, in order, as the mode decides.
+    fn scanned_segment(
+        &mut self,
+        index: usize,
+        file: &dyn WalFile,
+        file_len: u64,
+        result: ScanResult,
+    ) -> Result<Step> {
+        let entry = &self.found[index];
+        let position = self.position(index);
+        let mut kept = Kept {
+            end: result.clean_end,
+            last_id: result.clean_last_id,
+            records: result.clean_records,
+            sealed: result.sealed && result.damages.is_empty(),
+            stop: false,
+            skipped: false,
+        };
+        let mut frame_index = result.index.clone();
+        let mut skips = Vec::new();
+        let mut good_before = result.clean_last_id.unwrap_or(
+            self.previous_last_id()
+                .unwrap_or(entry.first_id.saturating_sub(1)),
+        );
+        for damage in &result.damages {
+            let kind = match damage.resume {
+                Some(_) => Damage::BadFrame,
+                None => Damage::TornTail,
+            };
+            match decide(self.mode, kind, position) {
+                Action::CutTail => break,
+                Action::DropFromHere => {
+                    frame_index.truncate_after(kept.last_id.unwrap_or(0));
+                    let removed = self.remove_later(index)?;
+                    self.report.dropped = Some(Dropped {
+                        segment: entry.path.clone(),
+                        offset: damage.offset,
+                        reason: damage.reason.clone(),
+                        records_dropped: result.all_records - result.clean_records,
+                        segments_removed: removed,
+                    });
+                    kept.stop = true;
+                    break;
+                }
+                Action::SkipOver => {
+                    kept.skipped = true;
+                    let (hole, skip) = self.hole(index, damage, good_before);
+                    if let Some((_, id)) = damage.resume {
+                        good_before = id;
+                    }
+                    self.report.holes.push(hole);
+                    skips.extend(skip);
+                }
+                Action::Refuse | Action::RemoveFile | Action::RewritePlain => {
+                    let reason = refusal(self.mode, kind, position, damage);
+                    return Err(corrupt(&entry.path, damage.offset, reason));
+                }
+            }
+        }
+        if kept.skipped {
+            kept.end = result.all_end;
+            kept.last_id = result.all_last_id;
+            kept.records = result.all_records;
+            kept.sealed = result.sealed;
+        }
+        if !kept.sealed && kept.end < file_len && (position == Position::Last || kept.stop) {
+            file.set_len(kept.end).at(&entry.path)?;
+            file.sync_data().at(&entry.path)?;
+            if self.report.dropped.is_none() {
+                self.report.torn_tail = Some(TornTail {
+                    segment: entry.path.clone(),
+                    offset: kept.end,
+                    bytes_dropped: file_len - kept.end,
+                    reason: torn_tail_reason(&result),
+                });
+            }
+        }
+        self.report.records += kept.records;
+        self.kept.push(RecoveredSegment {
+            sequence: entry.sequence,
+            first_id: entry.first_id,
+            path: entry.path.clone(),
+            last_id: kept.last_id.unwrap_or(entry.first_id - 1),
+            end_offset: if kept.sealed {
+                file_len - SEAL_BYTES as u64
+            } else {
+                kept.end
+            },
+            file_bytes: if kept.sealed { file_len } else { kept.end },
+            sealed: kept.sealed || (position == Position::Earlier && !kept.stop),
+            index: Some(frame_index),
+            skips,
+            compressed: None,
+        });
+        if kept.stop {
+            self.next_sequence = entry.sequence + 1;
+            return Ok(Step::Stop);
+        }
+        Ok(Step::Next)
+    }
+
+    /// The hole a damage leaves (`SkipCorrupt`), and the range readers jump over.
+    fn hole(
+        &self,
+        index: usize,
+        damage: &FrameDamage,
+        good_before: u64,
+    ) -> (Hole, Option<crate::segment_scan::SkipRange>) {
+        let entry = &self.found[index];
+        let (last_missing_id, skip) = match damage.resume {
+            Some((offset, id)) => {
+                let skip = (offset > damage.offset).then_some(crate::segment_scan::SkipRange {
+                    from: damage.offset,
+                    to: offset,
+                });
+                (id - 1, skip)
+            }
+            // A tail that is not the last segment's: what is missing runs to the next segment.
+            None => (self.found[index + 1].first_id.saturating_sub(1), None),
+        };
+        let hole = Hole {
+            segment: entry.path.clone(),
+            offset: damage.offset,
+            first_missing_id: good_before + 1,
+            last_missing_id,
+            reason: damage.reason.clone(),
+        };
+        (hole, skip)
+    }
+}
+
+/// Why open refuses: the damage, and for the default mode why it is not a torn tail.
+fn refusal(mode: RecoveryMode, kind: Damage, position: Position, damage: &FrameDamage) -> String {
+    if mode != RecoveryMode::TolerateTornTail {
+        return damage.reason.clone();
+    }
+    let why = match (kind, position) {
+        (_, Position::Earlier) => "it is not in the last segment, so it is not a torn tail",
+        _ => "valid records follow it, so it is not a torn tail",
+    };
+    format!("{} ({why})", damage.reason)
+}
+
+fn torn_tail_reason(result: &ScanResult) -> String {
+    result
+        .damages
+        .first()
+        .map(|damage| {
+            let mut reason = damage.reason.clone();
+            if damage.zeroed_to_end {
+                reason.push_str(" (zero-filled to the end)");
+            }
+            reason
+        })
+        .unwrap_or_else(|| "incomplete tail".to_owned())
+}

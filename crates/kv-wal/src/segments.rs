@@ -1,0 +1,181 @@
+//! The segments as the running log sees them: one [`Segment`] per file, shared by the writer
+//! and readers, and [`SegmentInfo`], what [`crate::Wal::segments`] tells.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::codec::SegmentCodec;
+use crate::compressed_format::CompressedLayout;
+use crate::error::{IoContext, Result};
+use crate::fs::{read_range, WalFile};
+use crate::recovery::{corrupt, RecoveredSegment};
+use crate::segment_scan::{scan, SkipRange, SparseIndex};
+
+/// One segment file as the running log sees it. Shared with readers.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub sequence: u64,
+    pub first_id: u64,
+    pub path: PathBuf,
+    /// Last record id (`first_id - 1` when empty).
+    pub(crate) last_id: AtomicU64,
+    /// End of the last readable frame.
+    pub(crate) end_offset: AtomicU64,
+    /// Bytes in the file, seal included.
+    pub(crate) file_bytes: AtomicU64,
+    pub(crate) sealed: AtomicBool,
+    /// `None` until built (sealed segments are not scanned at open).
+    pub index: Mutex<Option<SparseIndex>>,
+    /// Damaged regions readers jump over (SkipCorrupt).
+    pub skips: Mutex<Vec<SkipRange>>,
+    /// The blocks of a compressed sealed segment (`None`: a plain segment). Never changes: a
+    /// segment that is compressed, or rewritten plain, gets a new `Segment`.
+    pub compressed: Option<Arc<CompressedLayout>>,
+    /// Compressing it did not make it smaller: later passes leave it plain.
+    pub incompressible: AtomicBool,
+}
+
+impl Segment {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        sequence: u64,
+        first_id: u64,
+        path: PathBuf,
+        last_id: u64,
+        end_offset: u64,
+        file_bytes: u64,
+        sealed: bool,
+        index_and_skips: Option<(SparseIndex, Vec<SkipRange>)>,
+    ) -> Segment {
+        let (index, skips) = match index_and_skips {
+            Some((index, skips)) => (Some(index), skips),
+            None => (None, Vec::new()),
+        };
+        Segment {
+            sequence,
+            first_id,
+            path,
+            last_id: AtomicU64::new(last_id),
+            end_offset: AtomicU64::new(end_offset),
+            file_bytes: AtomicU64::new(file_bytes),
+            sealed: AtomicBool::new(sealed),
+            index: Mutex::new(index),
+            skips: Mutex::new(skips),
+            compressed: None,
+            incompressible: AtomicBool::new(false),
+        }
+    }
+
+    /// A compressed sealed segment.
+    pub(crate) fn new_compressed(
+        sequence: u64,
+        first_id: u64,
+        path: PathBuf,
+        layout: CompressedLayout,
+        file_bytes: u64,
+    ) -> Segment {
+        let last_id = layout.last_id().unwrap_or(first_id - 1);
+        Segment {
+            sequence,
+            first_id,
+            path,
+            last_id: AtomicU64::new(last_id),
+            end_offset: AtomicU64::new(file_bytes),
+            file_bytes: AtomicU64::new(file_bytes),
+            sealed: AtomicBool::new(true),
+            index: Mutex::new(None),
+            skips: Mutex::new(Vec::new()),
+            compressed: Some(Arc::new(layout)),
+            incompressible: AtomicBool::new(false),
+        }
+    }
+    pub(crate) fn last_id(&self) -> u64 {
+        self.last_id.load(Ordering::Acquire)
+    }
+    pub(crate) fn end_offset(&self) -> u64 {
+        self.end_offset.load(Ordering::Acquire)
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        self.last_id() < self.first_id
+    }
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+    pub(crate) fn file_bytes(&self) -> u64 {
+        self.file_bytes.load(Ordering::Acquire)
+    }
+}
+
+/// A segment as [`Wal::segments`] describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// The file.
+    pub path: PathBuf,
+    /// Its sequence number.
+    pub sequence: u64,
+    /// Bytes in the file.
+    pub size_bytes: u64,
+    /// First id the segment was created for.
+    pub first_id: u64,
+    /// Last id in it (`None` when empty).
+    pub last_id: Option<u64>,
+    /// Whether appends go here.
+    pub is_active: bool,
+    /// The codec of a compressed sealed segment; `None` for a plain one.
+    pub codec: Option<SegmentCodec>,
+    /// What the segment holds uncompressed: the size it has (or had) as a plain file.
+    pub original_bytes: u64,
+}
+
+impl From<RecoveredSegment> for Segment {
+    fn from(recovered: RecoveredSegment) -> Segment {
+        let RecoveredSegment {
+            sequence,
+            first_id,
+            path,
+            last_id,
+            end_offset,
+            file_bytes,
+            sealed,
+            index,
+            skips,
+            compressed,
+        } = recovered;
+        Segment {
+            sequence,
+            first_id,
+            path,
+            last_id: AtomicU64::new(last_id),
+            end_offset: AtomicU64::new(end_offset),
+            file_bytes: AtomicU64::new(file_bytes),
+            sealed: AtomicBool::new(sealed),
+            index: Mutex::new(index),
+            skips: Mutex::new(skips),
+            compressed: compressed.map(Arc::new),
+            incompressible: AtomicBool::new(false),
+        }
+    }
+}
+
+/// An index over one segment, built by scanning it (for sealed segments not scanned at open).
+pub(crate) fn build_index(file: &dyn WalFile, segment: &Segment) -> Result<SparseIndex> {
+    let end = segment.end_offset();
+    let bytes = read_range(file, 0, end).at(&segment.path)?;
+    let result = scan(&bytes, segment.first_id);
+    if let Some(damage) = result.damages.first() {
+        return Err(corrupt(&segment.path, damage.offset, damage.reason.clone()));
+    }
+    if result.clean_last_id.unwrap_or(segment.first_id - 1) != segment.last_id() {
+        return Err(corrupt(
+            &segment.path,
+            result.clean_end,
+            format!(
+                "segment ends at id {:?} but its seal says {}",
+                result.clean_last_id,
+                segment.last_id()
+            ),
+        ));
+    }
+    Ok(result.index)
+}

@@ -1,0 +1,223 @@
+//! Truncation (drop the suffix after an id: replication divergence) and purging (drop whole
+//! segments before an id: log compaction).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::compressed_format;
+use crate::durable::write_file_atomic;
+use crate::error::{IoContext, Result};
+use crate::fs::{read_range, WalFile};
+use crate::meta::{encode_marker, TRUNCATE_MARKER_FILE};
+use crate::mutex::lock;
+use crate::plain_rewrite::write_plain_segment;
+use crate::segment_file::SegmentHeader;
+use crate::segment_scan::scan;
+use crate::segments::Segment;
+use crate::wal::Wal;
+use crate::writer::Writer;
+
+impl Wal {
+    /// Drops every record after `after_id` (replication divergence). Crash-safe: a marker file
+    /// is made durable first, so a crash at any point leaves either the old log or, once open
+    /// completes the marked truncation, the new one. The next append gets `after_id + 1`: the
+    /// caller is replacing the suffix with another history's records for the same ids, as Raft
+    /// and Kafka followers do. Ids of records that were never truncated are never reused.
+    pub fn truncate_after(&self, after_id: u64) -> Result<()> {
+        let shared = &self.shared;
+        {
+            let mut writer = shared.writer();
+            shared.check_writable(&writer)?;
+            shared.flush_pending(&mut writer)?;
+            if after_id >= writer.next_id - 1 {
+                return Ok(());
+            }
+            let marked = write_file_atomic(
+                &*shared.fs,
+                &shared.dir,
+                TRUNCATE_MARKER_FILE,
+                &encode_marker(after_id),
+            );
+            shared.guarded(marked)?;
+        }
+        self.truncate_after_inner(after_id)?;
+        let marker = shared.dir.join(TRUNCATE_MARKER_FILE);
+        let _writer = shared.writer();
+        let removed = shared
+            .fs
+            .remove_file(&marker)
+            .at(&marker)
+            .and_then(|()| shared.fs.sync_dir(&shared.dir).at(&shared.dir));
+        shared.guarded(removed)
+    }
+
+    pub(crate) fn truncate_after_inner(&self, after_id: u64) -> Result<()> {
+        let shared = &self.shared;
+        let _maintenance = lock(&shared.maintenance);
+        let mut writer = shared.writer();
+        shared.flush_pending(&mut writer)?;
+        let result = self.cut_segments(&mut writer, after_id);
+        shared.guarded(result)?;
+        shared.truncations.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn cut_segments(&self, writer: &mut Writer, after_id: u64) -> Result<()> {
+        let shared = &self.shared;
+        let mut segments = shared.segments_write();
+        // Newest first, so a crash leaves a prefix (and the marker finishes the job).
+        while segments.len() > 1
+            && segments
+                .last()
+                .is_some_and(|segment| segment.first_id > after_id)
+        {
+            let segment = segments.pop().expect("segment");
+            shared.remove_segment_files(&segment)?;
+        }
+        crate::fail_point!(WAL_TRUNCATE_BEFORE_CUT).at(&shared.dir)?;
+        let target = segments.last().expect("a log always has a segment").clone();
+        if target.first_id > after_id {
+            // Everything goes: a fresh segment takes the same sequence, starting at after_id + 1.
+            shared.remove_segment_files(&target)?;
+            shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
+            segments.pop();
+            let sequence = target.sequence;
+            drop(segments);
+            let segment = shared.create_segment(writer, sequence, after_id + 1)?;
+            shared.segments_write().push(segment);
+        } else if target.compressed.is_some() {
+            // A compressed segment is rewritten plain, cut after `after_id` and unsealed: it
+            // becomes the active segment. A crash before the compressed file is removed leaves
+            // both; open keeps the plain one, and the marker finishes the truncation.
+            let file = shared.fs.open(&target.path).at(&target.path)?;
+            let frames = frames_through(&*file, &target, after_id)?;
+            drop(file);
+            let header = SegmentHeader {
+                log_id: shared.log_id,
+                sequence: target.sequence,
+                first_id: target.first_id,
+                codec: None,
+            };
+            let rewrite = write_plain_segment(&*shared.fs, &shared.dir, header, &frames, None)?;
+            shared.fs.remove_file(&target.path).at(&target.path)?;
+            shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
+            let image_len = rewrite.image.len() as u64;
+            let scanned = scan(&rewrite.image, target.first_id);
+            let last_id = scanned.clean_last_id.unwrap_or(target.first_id - 1);
+            let segment = Arc::new(Segment::new(
+                target.sequence,
+                target.first_id,
+                rewrite.path,
+                last_id,
+                image_len,
+                image_len,
+                false,
+                Some((scanned.index, Vec::new())),
+            ));
+            *segments.last_mut().expect("the target") = segment.clone();
+            writer.active = segment;
+            writer.active_file = rewrite.file;
+            writer.write_offset = image_len;
+            writer.next_sequence = target.sequence + 1;
+            writer.next_id = last_id + 1;
+        } else {
+            let file = shared.fs.open(&target.path).at(&target.path)?;
+            let cut = if after_id >= target.last_id() {
+                target.end_offset()
+            } else {
+                crate::read::offset_after(file.clone(), &target, after_id)?
+            };
+            file.set_len(cut).at(&target.path)?;
+            file.sync_data().at(&target.path)?;
+            shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
+            if let Some(index) = lock(&target.index).as_mut() {
+                index.truncate_after(after_id);
+            }
+            lock(&target.skips).retain(|skip| skip.to <= cut);
+            let last_id = after_id.min(target.last_id());
+            target.last_id.store(last_id, Ordering::Release);
+            target.end_offset.store(cut, Ordering::Release);
+            target.file_bytes.store(cut, Ordering::Release);
+            target.sealed.store(false, Ordering::Release);
+            writer.active = target.clone();
+            writer.active_file = file;
+            writer.write_offset = cut;
+            writer.next_sequence = target.sequence + 1;
+            writer.next_id = last_id + 1;
+        }
+        let last_id = writer.next_id - 1;
+        shared.last.reset(last_id);
+        // Always a new generation: appends still waiting for ids that were just dropped end
+        // with `Error::Truncated` instead of waiting for ids that now mean other records.
+        shared
+            .durability
+            .durable
+            .reset(shared.durability.durable.get().min(last_id));
+        Ok(())
+    }
+
+    /// Removes whole segments whose records all precede `before_id` (after a snapshot): log
+    /// compaction. The active segment is never removed. Returns the paths removed.
+    pub fn purge_before(&self, before_id: u64) -> Result<Vec<PathBuf>> {
+        let shared = &self.shared;
+        let _maintenance = lock(&shared.maintenance);
+        // Out of the list under the lock, off the disk after it: deleting a large file can
+        // take milliseconds, and readers (and the id lookups of every write path) take the
+        // segment list's read lock. Oldest first, so a crash leaves a log without a hole.
+        let purged: Vec<Arc<Segment>> = {
+            let mut segments = shared.segments_write();
+            let count = segments
+                .iter()
+                .take(segments.len().saturating_sub(1))
+                .take_while(|segment| segment.last_id() < before_id)
+                .count();
+            segments.drain(..count).collect()
+        };
+        let mut removed = Vec::with_capacity(purged.len());
+        for segment in purged {
+            shared.remove_segment_files(&segment)?;
+            removed.push(segment.path.clone());
+        }
+        if !removed.is_empty() {
+            shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
+        }
+        Ok(removed)
+    }
+}
+
+/// The frames of a compressed segment with ids up to `through_id`, read and checked block by
+/// block.
+pub(crate) fn frames_through(
+    file: &dyn WalFile,
+    segment: &Segment,
+    through_id: u64,
+) -> Result<Vec<u8>> {
+    let layout = segment.compressed.as_ref().expect("a compressed segment");
+    let mut out = Vec::new();
+    for (position, block) in layout.blocks.iter().enumerate() {
+        // A plain segment has no gaps: stop before a block skipped at open, if any.
+        let contiguous = position == 0 && block.first_id == segment.first_id
+            || position > 0 && layout.blocks[position - 1].last_id() + 1 == block.first_id;
+        if block.first_id > through_id || !contiguous {
+            break;
+        }
+        let stored = read_range(file, block.offset, block.stored_len()).at(&segment.path)?;
+        let (frames, _) = compressed_format::read_block(&stored, layout.codec, block.first_id)
+            .map_err(|reason| crate::error::Error::Corrupt {
+                segment: segment.path.clone(),
+                offset: block.offset,
+                reason,
+            })?;
+        let mut position = 0;
+        while position < frames.len() {
+            let frame = crate::frame::decode(&frames[position..]).expect("checked block");
+            if frame.id > through_id {
+                break;
+            }
+            position += frame.encoded_len();
+        }
+        out.extend_from_slice(&frames[..position]);
+    }
+    Ok(out)
+}
