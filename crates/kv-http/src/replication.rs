@@ -106,7 +106,7 @@ fn view(response: &FetchResponse) -> serde_json::Value {
                     .map(|frame| {
                         let mut entry = json!({ "id": frame.id, "crc": frame.crc, "bytes": frame.encoded_len() });
                         let contents = frame.contents().unwrap_or_default();
-                        if let Ok(LogEntry { epoch, op }) = LogEntry::decode(&contents) {
+                        if let Ok(LogEntry { epoch, op, .. }) = LogEntry::decode(&contents) {
                             entry["epoch"] = json!(epoch);
                             match op {
                                 Op::Set { key, value } => {
@@ -121,6 +121,12 @@ fn view(response: &FetchResponse) -> serde_json::Value {
                                 Op::Delete { key } => {
                                     entry["op"] = json!("DELETE");
                                     entry["key"] = json!(String::from_utf8_lossy(&key));
+                                }
+                                Op::Txn(txn) => {
+                                    entry["op"] = json!("TXN");
+                                    entry["compares"] = json!(txn.compares.len());
+                                    entry["success_ops"] = json!(txn.success.len());
+                                    entry["failure_ops"] = json!(txn.failure.len());
                                 }
                             }
                         }

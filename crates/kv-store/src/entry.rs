@@ -1,25 +1,50 @@
 //! The store's log entries and their versioned binary encoding.
 //!
-//! Every write to the store is one WAL record holding one [`LogEntry`]:
+//! Every write to the store is one WAL record holding one [`LogEntry`]. This build writes
+//! format version 2 and reads versions 1 and 2 (integers little-endian, fixed width):
 //!
 //! ```text
+//! version 2:
+//! entry   = [version u8 = 2][op u8][epoch u64][flags u8][request, if flags bit 0][body]
+//! request = [timestamp_ms u64][form u8][client_id_len u32][client_id][request_id_len u32][request_id]
+//! op 1 SET:    body = [key_len u32][key][kind u8][value bytes to the end]
+//! op 2 DELETE: body = [key_len u32][key]
+//! op 3 TXN:    body = [compare_count u32] compare* [success_count u32] txn_op* [failure_count u32] txn_op*
+//! compare = [key_len u32][key][target u8][relation u8] operand
+//!           target 1 value: operand = [kind u8][len u32][bytes]; 2 version, 3 create_revision,
+//!           4 mod_revision: operand = [u64]; relation 1 =, 2 !=, 3 <, 4 >
+//! txn_op  = [1 put][key_len u32][key][kind u8][len u32][value] | [2 delete][key_len u32][key]
+//!         | [3 get][key_len u32][key] | [4 range][prefix_len u32][prefix][limit u32]
+//!
+//! version 1 (still read):
 //! SET:    [version u8 = 1][op u8 = 1][epoch u64 LE][key_len u32 LE][key bytes][kind u8][value bytes]
 //! DELETE: [version u8 = 1][op u8 = 2][epoch u64 LE][key_len u32 LE][key bytes]
 //! ```
 //!
-//! `kind` is 1 for a JSON value (stored as compact JSON text) and 2 for raw bytes. The value runs
-//! to the end of the record (the WAL frames records with their length). A record that does not
-//! decode exactly (unknown version, op or kind, short key, bytes after a DELETE) is rejected.
+//! `kind` is 1 for a JSON value (stored as compact JSON text) and 2 for raw bytes. A SET's
+//! value runs to the end of the record (the WAL frames records with their length). The
+//! `request` part names an idempotent request (`dedup.rs`): the leader's clock when it was
+//! written (for pruning by age, alike on every replica), the form of the request (opaque to
+//! the store: the HTTP layer's), and the client's ids. A record that does not decode exactly
+//! (unknown version, op, kind, target or relation, short fields, bytes left over) is rejected.
 
-/// The only entry format version this build writes and reads.
-pub const ENTRY_FORMAT_VERSION: u8 = 1;
-/// Bytes before the key: version, op, epoch, key length.
-pub const ENTRY_HEADER_BYTES: usize = 1 + 1 + 8 + 4;
+use crate::dedup::{RequestIds, RequestMeta};
+use crate::encoding::{put_bytes, put_u64, Reader};
+use crate::txn::{decode_txn, encode_txn, Txn};
+
+/// The entry format version this build writes (it also reads version 1).
+pub const ENTRY_FORMAT_VERSION: u8 = 2;
+/// The first entry format: SET and DELETE only, no request ids.
+const ENTRY_FORMAT_V1: u8 = 1;
+/// Bytes before the key in a version 1 entry: version, op, epoch, key length.
+const V1_HEADER_BYTES: usize = 1 + 1 + 8 + 4;
 
 const OP_SET: u8 = 1;
 const OP_DELETE: u8 = 2;
+const OP_TXN: u8 = 3;
 const KIND_JSON: u8 = 1;
 const KIND_RAW: u8 = 2;
+const FLAG_REQUEST: u8 = 1;
 
 /// How a value's bytes are to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,183 +116,393 @@ pub enum Op {
         /// The key.
         key: Vec<u8>,
     },
+    /// Evaluate the compares and run one branch, at one revision (see [`Txn`]).
+    Txn(Txn),
 }
 
 impl Op {
-    /// The key the op changes.
-    pub fn key(&self) -> &[u8] {
+    /// The key a SET or DELETE changes (`None` for a transaction).
+    pub fn key(&self) -> Option<&[u8]> {
         match self {
-            Op::Set { key, .. } | Op::Delete { key } => key,
+            Op::Set { key, .. } | Op::Delete { key } => Some(key),
+            Op::Txn(_) => None,
         }
+    }
+
+    fn code(&self) -> u8 {
+        match self {
+            Op::Set { .. } => OP_SET,
+            Op::Delete { .. } => OP_DELETE,
+            Op::Txn(_) => OP_TXN,
+        }
+    }
+
+    /// Appends the op's body (everything after the header and request).
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Op::Set { key, value } => {
+                put_bytes(out, key);
+                out.push(value.kind.to_byte());
+                out.extend_from_slice(&value.bytes);
+            }
+            Op::Delete { key } => put_bytes(out, key),
+            Op::Txn(txn) => encode_txn(out, txn),
+        }
+    }
+
+    /// A stable 64-bit fingerprint of the op and the request's form: the same request sent
+    /// again has the same one; another method, key, value or condition has another.
+    pub fn fingerprint(&self, form: u8) -> u64 {
+        let mut body = Vec::new();
+        self.encode_body(&mut body);
+        crate::encoding::fnv1a64(&[&[form, self.code()], &body])
     }
 }
 
-/// One WAL record's worth of store change: the op and the epoch of the leader that wrote it.
+/// One WAL record's worth of store change: the op, the epoch of the leader that wrote it and,
+/// for an idempotent request, its ids.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LogEntry {
     /// The writing leader's epoch.
     pub epoch: u64,
     /// The change.
     pub op: Op,
+    /// The idempotent request this entry carries out, if any.
+    pub request: Option<RequestMeta>,
 }
 
 impl LogEntry {
+    /// An entry without a request id.
+    pub fn new(epoch: u64, op: Op) -> LogEntry {
+        LogEntry {
+            epoch,
+            op,
+            request: None,
+        }
+    }
+
     /// Encodes the entry in format version [`ENTRY_FORMAT_VERSION`].
     pub fn encode(&self) -> Vec<u8> {
-        let (op_byte, key, value) = match &self.op {
-            Op::Set { key, value } => (OP_SET, key, Some(value)),
-            Op::Delete { key } => (OP_DELETE, key, None),
+        let value_bytes = match &self.op {
+            Op::Set { value, .. } => value.bytes.len(),
+            _ => 0,
         };
-        let value_bytes = value.map_or(0, |value| 1 + value.bytes.len());
-        let mut out = Vec::with_capacity(ENTRY_HEADER_BYTES + key.len() + value_bytes);
+        let mut out = Vec::with_capacity(64 + value_bytes);
         out.push(ENTRY_FORMAT_VERSION);
-        out.push(op_byte);
-        out.extend_from_slice(&self.epoch.to_le_bytes());
-        let key_len = u32::try_from(key.len()).expect("keys are limited far below 4 GiB");
-        out.extend_from_slice(&key_len.to_le_bytes());
-        out.extend_from_slice(key);
-        if let Some(value) = value {
-            out.push(value.kind.to_byte());
-            out.extend_from_slice(&value.bytes);
+        out.push(self.op.code());
+        put_u64(&mut out, self.epoch);
+        match &self.request {
+            None => out.push(0),
+            Some(request) => {
+                out.push(FLAG_REQUEST);
+                put_u64(&mut out, request.timestamp_ms);
+                out.push(request.ids.form);
+                put_bytes(&mut out, request.ids.client_id.as_bytes());
+                put_bytes(&mut out, request.ids.request_id.as_bytes());
+            }
         }
+        self.op.encode_body(&mut out);
         out
     }
 
-    /// Decodes an entry; the error says what is wrong with the bytes.
+    /// Decodes an entry of format version 1 or 2; the error says what is wrong with the bytes.
     pub fn decode(bytes: &[u8]) -> Result<LogEntry, String> {
-        if bytes.len() < ENTRY_HEADER_BYTES {
-            return Err(format!(
-                "entry of {} bytes is shorter than its {ENTRY_HEADER_BYTES}-byte header",
-                bytes.len()
-            ));
+        match bytes.first() {
+            None => Err("empty entry".to_owned()),
+            Some(&ENTRY_FORMAT_V1) => decode_v1(bytes),
+            Some(&ENTRY_FORMAT_VERSION) => decode_v2(bytes),
+            Some(version) => Err(format!(
+                "entry format version {version} is not supported (this build reads 1 and {ENTRY_FORMAT_VERSION})"
+            )),
         }
-        let version = bytes[0];
-        if version != ENTRY_FORMAT_VERSION {
-            return Err(format!(
-                "entry format version {version} is not supported (this build reads {ENTRY_FORMAT_VERSION})"
-            ));
-        }
-        let op_byte = bytes[1];
-        if op_byte != OP_SET && op_byte != OP_DELETE {
-            return Err(format!("unknown op {op_byte}"));
-        }
-        let epoch = u64::from_le_bytes(bytes[2..10].try_into().expect("8 bytes"));
-        let key_len = u32::from_le_bytes(bytes[10..14].try_into().expect("4 bytes")) as usize;
-        let rest = &bytes[ENTRY_HEADER_BYTES..];
-        if rest.len() < key_len {
-            return Err(format!(
-                "key length {key_len} runs past the end of the entry ({} bytes left)",
-                rest.len()
-            ));
-        }
-        let (key, rest) = rest.split_at(key_len);
-        let key = key.to_vec();
-        let op = match op_byte {
-            OP_SET => {
-                let (&kind_byte, value) = rest
-                    .split_first()
-                    .ok_or_else(|| "SET entry has no value kind".to_owned())?;
-                let kind = ValueKind::from_byte(kind_byte)
-                    .ok_or_else(|| format!("unknown value kind {kind_byte}"))?;
-                Op::Set {
-                    key,
-                    value: Value {
-                        kind,
-                        bytes: value.to_vec(),
-                    },
-                }
-            }
-            OP_DELETE if rest.is_empty() => Op::Delete { key },
-            _ => {
-                return Err(format!(
-                    "DELETE entry has {} unexpected bytes after its key",
-                    rest.len()
-                ))
-            }
-        };
-        Ok(LogEntry { epoch, op })
     }
+}
+
+fn text(bytes: &[u8], what: &str) -> Result<String, String> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+}
+
+fn decode_v2(bytes: &[u8]) -> Result<LogEntry, String> {
+    let mut reader = Reader::new(&bytes[1..]);
+    let op_byte = reader.u8("op")?;
+    let epoch = reader.u64("epoch")?;
+    let flags = reader.u8("flags")?;
+    if flags & !FLAG_REQUEST != 0 {
+        return Err(format!("unknown entry flags {flags:#x}"));
+    }
+    let request = if flags & FLAG_REQUEST != 0 {
+        let timestamp_ms = reader.u64("request timestamp")?;
+        let form = reader.u8("request form")?;
+        Some(RequestMeta {
+            ids: RequestIds {
+                client_id: text(reader.bytes("client id")?, "client id")?,
+                request_id: text(reader.bytes("request id")?, "request id")?,
+                form,
+            },
+            timestamp_ms,
+        })
+    } else {
+        None
+    };
+    let op = match op_byte {
+        OP_SET => {
+            let key = reader.bytes("key")?.to_vec();
+            let kind_byte = reader
+                .u8("value kind")
+                .map_err(|_| "SET entry has no value kind".to_owned())?;
+            let kind = ValueKind::from_byte(kind_byte)
+                .ok_or_else(|| format!("unknown value kind {kind_byte}"))?;
+            let value = reader.rest().to_vec();
+            reader.take(value.len(), "value")?;
+            Op::Set {
+                key,
+                value: Value { kind, bytes: value },
+            }
+        }
+        OP_DELETE => Op::Delete {
+            key: reader.bytes("key")?.to_vec(),
+        },
+        OP_TXN => Op::Txn(decode_txn(&mut reader)?),
+        other => return Err(format!("unknown op {other}")),
+    };
+    if !reader.is_empty() {
+        return Err(format!(
+            "{} unexpected bytes after the entry",
+            reader.rest().len()
+        ));
+    }
+    Ok(LogEntry { epoch, op, request })
+}
+
+fn decode_v1(bytes: &[u8]) -> Result<LogEntry, String> {
+    if bytes.len() < V1_HEADER_BYTES {
+        return Err(format!(
+            "entry of {} bytes is shorter than its {V1_HEADER_BYTES}-byte header",
+            bytes.len()
+        ));
+    }
+    let op_byte = bytes[1];
+    if op_byte != OP_SET && op_byte != OP_DELETE {
+        return Err(format!("unknown op {op_byte}"));
+    }
+    let epoch = u64::from_le_bytes(bytes[2..10].try_into().expect("8 bytes"));
+    let key_len = u32::from_le_bytes(bytes[10..14].try_into().expect("4 bytes")) as usize;
+    let rest = &bytes[V1_HEADER_BYTES..];
+    if rest.len() < key_len {
+        return Err(format!(
+            "key length {key_len} runs past the end of the entry ({} bytes left)",
+            rest.len()
+        ));
+    }
+    let (key, rest) = rest.split_at(key_len);
+    let key = key.to_vec();
+    let op = match op_byte {
+        OP_SET => {
+            let (&kind_byte, value) = rest
+                .split_first()
+                .ok_or_else(|| "SET entry has no value kind".to_owned())?;
+            let kind = ValueKind::from_byte(kind_byte)
+                .ok_or_else(|| format!("unknown value kind {kind_byte}"))?;
+            Op::Set {
+                key,
+                value: Value {
+                    kind,
+                    bytes: value.to_vec(),
+                },
+            }
+        }
+        OP_DELETE if rest.is_empty() => Op::Delete { key },
+        _ => {
+            return Err(format!(
+                "DELETE entry has {} unexpected bytes after its key",
+                rest.len()
+            ))
+        }
+    };
+    Ok(LogEntry::new(epoch, op))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::txn::{Compare, CompareTarget, Relation, TxnOp};
+
+    fn set(key: &[u8], value: Value) -> Op {
+        Op::Set {
+            key: key.to_vec(),
+            value,
+        }
+    }
 
     #[test]
     fn set_encodes_to_the_documented_layout() {
-        let entry = LogEntry {
-            epoch: 7,
-            op: Op::Set {
-                key: b"ab".to_vec(),
-                value: Value::json("1"),
-            },
-        };
+        let entry = LogEntry::new(7, set(b"ab", Value::json("1")));
         let bytes = entry.encode();
         assert_eq!(
             bytes,
-            [1, 1, 7, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, b'a', b'b', 1, b'1']
+            [2, 1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, b'a', b'b', 1, b'1']
         );
         assert_eq!(LogEntry::decode(&bytes), Ok(entry));
     }
 
     #[test]
-    fn delete_encodes_to_the_documented_layout() {
+    fn delete_with_a_request_encodes_to_the_documented_layout() {
         let entry = LogEntry {
             epoch: 1,
             op: Op::Delete { key: b"k".to_vec() },
+            request: Some(RequestMeta {
+                ids: RequestIds {
+                    client_id: "c".to_owned(),
+                    request_id: "r".to_owned(),
+                    form: 4,
+                },
+                timestamp_ms: 258,
+            }),
         };
         let bytes = entry.encode();
-        assert_eq!(bytes, [1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, b'k']);
+        #[rustfmt::skip]
+        assert_eq!(
+            bytes,
+            [2, 2, 1, 0, 0, 0, 0, 0, 0, 0, 1,
+             2, 1, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, b'c', 1, 0, 0, 0, b'r',
+             1, 0, 0, 0, b'k']
+        );
         assert_eq!(LogEntry::decode(&bytes), Ok(entry));
+    }
+
+    #[test]
+    fn version_1_records_still_decode() {
+        let set_v1 = [
+            1, 1, 7, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, b'a', b'b', 1, b'1',
+        ];
+        assert_eq!(
+            LogEntry::decode(&set_v1),
+            Ok(LogEntry::new(7, set(b"ab", Value::json("1"))))
+        );
+        let delete_v1 = [1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, b'k'];
+        assert_eq!(
+            LogEntry::decode(&delete_v1),
+            Ok(LogEntry::new(1, Op::Delete { key: b"k".to_vec() }))
+        );
+        for len in 0..set_v1.len() - 1 {
+            assert!(LogEntry::decode(&set_v1[..len]).is_err(), "prefix of {len}");
+        }
+        let mut delete_with_tail = delete_v1.to_vec();
+        delete_with_tail.push(0);
+        assert!(LogEntry::decode(&delete_with_tail).is_err());
+    }
+
+    fn a_transaction() -> Op {
+        Op::Txn(Txn {
+            compares: vec![
+                Compare {
+                    key: b"a".to_vec(),
+                    relation: Relation::Equal,
+                    target: CompareTarget::Value(Value::raw(vec![0, 1])),
+                },
+                Compare {
+                    key: b"b".to_vec(),
+                    relation: Relation::Less,
+                    target: CompareTarget::Version(3),
+                },
+                Compare {
+                    key: Vec::new(),
+                    relation: Relation::Greater,
+                    target: CompareTarget::CreateRevision(u64::MAX),
+                },
+                Compare {
+                    key: b"d".to_vec(),
+                    relation: Relation::NotEqual,
+                    target: CompareTarget::ModRevision(9),
+                },
+            ],
+            success: vec![
+                TxnOp::Put {
+                    key: b"a".to_vec(),
+                    value: Value::json("[1]"),
+                },
+                TxnOp::Delete { key: b"b".to_vec() },
+            ],
+            failure: vec![
+                TxnOp::Get { key: b"a".to_vec() },
+                TxnOp::Range {
+                    prefix: b"p/".to_vec(),
+                    limit: 10,
+                },
+            ],
+        })
+    }
+
+    #[test]
+    fn transactions_round_trip_and_every_truncation_is_rejected() {
+        let entry = LogEntry::new(u64::MAX, a_transaction());
+        let bytes = entry.encode();
+        assert_eq!(LogEntry::decode(&bytes), Ok(entry));
+        for len in 0..bytes.len() {
+            assert!(LogEntry::decode(&bytes[..len]).is_err(), "prefix of {len}");
+        }
+        let mut with_tail = bytes.clone();
+        with_tail.push(0);
+        assert!(LogEntry::decode(&with_tail).is_err());
     }
 
     #[test]
     fn raw_and_empty_values_round_trip() {
         for value in [Value::raw(vec![0, 255, 3]), Value::raw(Vec::new())] {
-            let entry = LogEntry {
-                epoch: u64::MAX,
-                op: Op::Set {
-                    key: Vec::new(),
-                    value,
-                },
-            };
+            let entry = LogEntry::new(u64::MAX, set(b"", value));
             assert_eq!(LogEntry::decode(&entry.encode()), Ok(entry));
         }
     }
 
     #[test]
     fn every_truncation_and_bad_tag_is_rejected() {
-        let set = LogEntry {
-            epoch: 3,
-            op: Op::Set {
-                key: b"key".to_vec(),
-                value: Value::raw(b"v".to_vec()),
-            },
-        }
-        .encode();
+        let set = LogEntry::new(3, set(b"key", Value::raw(b"v".to_vec()))).encode();
         // Every prefix that cuts into the header, the key or the kind byte fails.
-        for len in 0..ENTRY_HEADER_BYTES + 3 + 1 {
+        for len in 0..set.len() - 1 {
             assert!(LogEntry::decode(&set[..len]).is_err(), "prefix of {len}");
         }
         let mut bad_version = set.clone();
-        bad_version[0] = 2;
+        bad_version[0] = 3;
         assert!(LogEntry::decode(&bad_version)
             .unwrap_err()
-            .contains("version 2"));
+            .contains("version 3"));
         let mut bad_op = set.clone();
         bad_op[1] = 9;
         assert!(LogEntry::decode(&bad_op).unwrap_err().contains("op 9"));
+        let mut bad_flags = set.clone();
+        bad_flags[10] = 0x80;
+        assert!(LogEntry::decode(&bad_flags).unwrap_err().contains("flags"));
         let mut bad_kind = set.clone();
-        bad_kind[ENTRY_HEADER_BYTES + 3] = 0;
+        bad_kind[11 + 4 + 3] = 0;
         assert!(LogEntry::decode(&bad_kind).unwrap_err().contains("kind 0"));
-        let mut delete_with_tail = LogEntry {
-            epoch: 3,
-            op: Op::Delete {
+        let mut delete_with_tail = LogEntry::new(
+            3,
+            Op::Delete {
                 key: b"key".to_vec(),
             },
-        }
+        )
         .encode();
         delete_with_tail.push(0);
         assert!(LogEntry::decode(&delete_with_tail).is_err());
+    }
+
+    #[test]
+    fn fingerprints_tell_requests_apart() {
+        let put = set(b"k", Value::json("1"));
+        assert_eq!(put.fingerprint(1), put.fingerprint(1));
+        assert_ne!(put.fingerprint(1), put.fingerprint(2));
+        assert_ne!(
+            put.fingerprint(1),
+            set(b"k", Value::json("2")).fingerprint(1)
+        );
+        assert_ne!(
+            put.fingerprint(1),
+            set(b"k", Value::raw("1")).fingerprint(1)
+        );
+        assert_ne!(
+            put.fingerprint(1),
+            Op::Delete { key: b"k".to_vec() }.fingerprint(1)
+        );
+        assert_ne!(put.fingerprint(1), a_transaction().fingerprint(1));
     }
 }

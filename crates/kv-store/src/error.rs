@@ -45,6 +45,23 @@ pub enum Error {
     /// A DELETE named a key that is neither in the map nor pending. Nothing was written.
     #[error("key not found")]
     KeyNotFound,
+    /// The request's ids were submitted before, with the same op: nothing was written. `id` is
+    /// the first submission's entry; `outcome` is filled once that entry is applied (already,
+    /// if it was).
+    #[error("request already submitted as entry {id}")]
+    DuplicateRequest {
+        /// The first submission's entry id.
+        id: u64,
+        /// Its outcome, once applied.
+        outcome: crate::outcome::OutcomeSlot,
+    },
+    /// The request's ids were submitted before with another op (another method, key, value
+    /// or condition). Nothing was written.
+    #[error("this client_id and request_id were already used by a different request (entry {id})")]
+    RequestMismatch {
+        /// The entry of the request that used the ids first.
+        id: u64,
+    },
 }
 
 /// Result alias for kv-store.

@@ -6,6 +6,15 @@
 //! as one record; the WAL id of that record is the change's id. Opening a store replays the
 //! whole log into the map.
 //!
+//! Every key carries a [`KeyMeta`]: its `version` (writes since creation), `create_revision`
+//! and `mod_revision` — log ids, so the store's revision is the log id and every replica
+//! computes the same numbers from the same log. Conditional writes are [`Txn`]s (etcd's
+//! compares, then one of two branches of operations), one record each, evaluated when the
+//! record is applied; the [`Outcome`] is handed back to the submitter. A write may name an
+//! idempotent request ([`RequestIds`], kept in the record): the [`dedup`] table remembers the
+//! outcome, so a retry is answered instead of applied twice. Replaced values stay readable
+//! from the log within a retention ([`history`]).
+//!
 //! Writes are applied only once they are safe and always in id order: [`Store::submit`] puts
 //! the entry in the log and queues it; [`Store::apply_through`] moves queued entries into the
 //! map up to an id the caller knows to be durable (single node) or committed (replication).
@@ -49,17 +58,28 @@
 //! # }
 //! ```
 
+mod applied;
+pub mod dedup;
+mod encoding;
 pub mod entry;
 mod epochs;
 mod error;
+pub mod history;
 mod map;
+mod outcome;
 pub mod repair;
 pub mod snapshot;
 mod store;
+pub mod txn;
 
+pub use applied::RetentionOptions;
+pub use dedup::{DedupOptions, DedupStats, RequestIds, RequestMeta, RequestRecord};
 pub use entry::{LogEntry, Op, Value, ValueKind, ENTRY_FORMAT_VERSION};
 pub use epochs::EpochHistory;
 pub use error::{Error, Result};
-pub use map::KeyValue;
+pub use history::{HistoryOptions, KeyHistory, VersionRead};
+pub use map::{KeyMeta, KeyValue};
+pub use outcome::{FailedCompare, OpResponse, Outcome, OutcomeSlot};
 pub use snapshot::{Codec, SnapshotInfo};
-pub use store::{SnapshotLoad, Store, StoreOptions, Submitted, EPOCH_DEFAULT};
+pub use store::{Command, SnapshotLoad, Store, StoreOptions, Submitted, EPOCH_DEFAULT};
+pub use txn::{Compare, CompareTarget, Relation, Txn, TxnInvalid, TxnOp};

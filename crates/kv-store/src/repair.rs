@@ -29,7 +29,12 @@ impl Error {
             | Error::Gap { .. }
             | Error::CannotRebuild { .. } => true,
             Error::Snapshot(crate::snapshot::SnapshotError::Damaged { .. }) => true,
-            Error::Wal(_) | Error::Snapshot(_) | Error::SnapshotsOff | Error::KeyNotFound => false,
+            Error::Wal(_)
+            | Error::Snapshot(_)
+            | Error::SnapshotsOff
+            | Error::KeyNotFound
+            | Error::DuplicateRequest { .. }
+            | Error::RequestMismatch { .. } => false,
         }
     }
 }

@@ -1,4 +1,6 @@
-//! Snapshots: the map at an applied id, in one checksummed, compressed file.
+//! Snapshots: the applied state at an applied id — every key with its value, version and
+//! revisions, the history links and the idempotent requests remembered — in one checksummed,
+//! compressed file.
 //!
 //! ```text
 //! file   = header epochs block* end
@@ -6,8 +8,21 @@
 //!          key_count:u64 epoch_count:u32 pad:u32 created_unix_ms:u64 pad:u32 crc:u32   (64 bytes)
 //! epochs = (epoch:u64 first_id:u64) * epoch_count, crc:u32
 //! block  = kind:u8 codec:u8 pad:u16 raw_len:u32 stored_len:u32 crc:u32 stored:[u8; stored_len]
-//!          kind 1: data; raw = (cell_len:u32 cell)*, cell = key_len:u32 key kind:u8 value
-//!          kind 2: end;  raw = key_count:u64 block_count:u64
+//!
+//! version 2 (written):
+//!   kind 1: data;     raw = (cell_len:u32 cell)*, cell as in the map (`map.rs`):
+//!                     key_len:varint key mod_revision:varint (mod - create):varint
+//!                     version:varint op_index:varint kind:u8 value
+//!   kind 3: history;  raw = (revision:u64 op_index:u32 previous_revision:u64
+//!                     previous_op_index:u32 previous_bytes:u32)*       (28 bytes per link)
+//!   kind 4: requests; the raw bytes of all kind 4 blocks, in order, are the dedup table
+//!                     (`dedup.rs`): count:u64 newest_ms:u64 then per request client_id,
+//!                     request_id (len:u32 bytes), fingerprint:u64 form:u8 timestamp_ms:u64,
+//!                     outcome (`outcome.rs`)
+//!   kind 2: end;      raw = key_count:u64 data_block_count:u64 link_count:u64 request_count:u64
+//! version 1 (read): kind 1 cells are key_len:u32 key kind:u8 value (no revisions: every key
+//!   is read as created and last written at the snapshot's applied id, version 1); no kinds
+//!   3 and 4; the end block is key_count:u64 block_count:u64.
 //! ```
 //!
 //! Integers are little-endian; every CRC is CRC-32C. A block's CRC covers its first 12 header
@@ -25,20 +40,28 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kv_wal::durable::{remove_file_if_exists, DurableFileWriter, FileReader};
 use kv_wal::fs::FileSystem;
 
-use crate::entry::ValueKind;
+use crate::applied::AppliedState;
+use crate::dedup::DedupTable;
+use crate::encoding::Reader as FieldReader;
 use crate::epochs::EpochHistory;
-use crate::map::{KeyMap, KeyValue};
+use crate::history::Link;
+use crate::map::{KeyValue, Locator};
 
 /// Bytes of cells per block before compression.
 pub const SNAPSHOT_BLOCK_BYTES: usize = 256 * 1024;
 /// Largest stored or raw block accepted when reading (a bad length never allocates more).
 const BLOCK_BYTES_MAX: u32 = 64 << 20;
 const MAGIC: &[u8; 8] = b"KVSNAP\0\x01";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The first format: cells without revisions, no history or requests.
+const VERSION_1: u32 = 1;
 const HEADER_BYTES: usize = 64;
 const BLOCK_HEADER_BYTES: usize = 16;
 const KIND_DATA: u8 = 1;
 const KIND_END: u8 = 2;
+const KIND_HISTORY: u8 = 3;
+const KIND_REQUESTS: u8 = 4;
+const LINK_BYTES: usize = 28;
 const SUFFIX: &str = ".snap";
 
 /// Why a snapshot could not be written or read.
@@ -147,8 +170,8 @@ pub struct SnapshotView {
     pub applied_id: u64,
     /// The epochs of the log up to `applied_id`.
     pub epochs: EpochHistory,
-    /// Every key and value: a frozen copy of the map.
-    pub(crate) map: KeyMap,
+    /// Every key and value, the history links and the requests: a frozen copy.
+    pub(crate) map: AppliedState,
     /// How long taking the view took.
     pub copy_duration: Duration,
     /// How long the view held the map's lock: the longest a write waited for it.
@@ -158,12 +181,12 @@ pub struct SnapshotView {
 impl SnapshotView {
     /// How many keys the view holds.
     pub fn key_count(&self) -> usize {
-        self.map.len()
+        self.map.keys.len()
     }
 
     /// Every entry, in key order.
     pub fn entries(&self) -> impl Iterator<Item = &KeyValue> {
-        self.map.iter()
+        self.map.keys.iter()
     }
 }
 
@@ -193,7 +216,7 @@ pub struct SnapshotInfo {
 /// A snapshot read back.
 #[derive(Debug)]
 pub struct LoadedSnapshot {
-    pub(crate) map: KeyMap,
+    pub(crate) map: AppliedState,
     /// The applied id.
     pub applied_id: u64,
     /// The epochs up to it.
@@ -335,10 +358,37 @@ pub fn write_snapshot(
         raw_bytes += raw.len() as u64;
         emit(&mut out, KIND_DATA, &raw, codec)?;
         block_count += 1;
+        raw.clear();
     }
-    let mut end = Vec::with_capacity(16);
+    let data_block_count = block_count;
+    for (locator, link) in view.map.history.iter() {
+        raw.extend_from_slice(&locator.revision.to_le_bytes());
+        raw.extend_from_slice(&locator.op_index.to_le_bytes());
+        raw.extend_from_slice(&link.previous.revision.to_le_bytes());
+        raw.extend_from_slice(&link.previous.op_index.to_le_bytes());
+        raw.extend_from_slice(&link.previous_bytes.to_le_bytes());
+        if raw.len() >= SNAPSHOT_BLOCK_BYTES {
+            raw_bytes += raw.len() as u64;
+            emit(&mut out, KIND_HISTORY, &raw, codec)?;
+            raw.clear();
+        }
+    }
+    if !raw.is_empty() {
+        raw_bytes += raw.len() as u64;
+        emit(&mut out, KIND_HISTORY, &raw, codec)?;
+        raw.clear();
+    }
+    let mut requests = Vec::new();
+    view.map.requests.encode(&mut requests);
+    raw_bytes += requests.len() as u64;
+    for chunk in requests.chunks(SNAPSHOT_BLOCK_BYTES) {
+        emit(&mut out, KIND_REQUESTS, chunk, codec)?;
+    }
+    let mut end = Vec::with_capacity(32);
     end.extend_from_slice(&(view.key_count() as u64).to_le_bytes());
-    end.extend_from_slice(&block_count.to_le_bytes());
+    end.extend_from_slice(&data_block_count.to_le_bytes());
+    end.extend_from_slice(&(view.map.history.len() as u64).to_le_bytes());
+    end.extend_from_slice(&(view.map.requests.len() as u64).to_le_bytes());
     emit(&mut out, KIND_END, &end, Codec::None)?;
     let size_bytes = out.commit()?;
     Ok(SnapshotInfo {
@@ -405,7 +455,7 @@ fn parse_snapshot<R: Read>(mut reader: Reader<R>, path: &Path) -> Result<LoadedS
         return Err("header CRC mismatch".to_owned());
     }
     let version = half(&header, 8);
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(format!("unsupported snapshot version {version}"));
     }
     Codec::from_byte(header[12]).ok_or_else(|| format!("unknown codec {}", header[12]))?;
@@ -426,9 +476,11 @@ fn parse_snapshot<R: Read>(mut reader: Reader<R>, path: &Path) -> Result<LoadedS
             word(&epoch_bytes, index * 16 + 8),
         );
     }
-    let mut map = KeyMap::default();
+    let mut map = AppliedState::default();
     let mut keys_read = 0u64;
     let mut blocks_read = 0u64;
+    let mut links_read = 0u64;
+    let mut requests = Vec::new();
     loop {
         let block_offset = reader.offset;
         let block_header = reader.exact(BLOCK_HEADER_BYTES, "block header")?;
@@ -465,16 +517,45 @@ fn parse_snapshot<R: Read>(mut reader: Reader<R>, path: &Path) -> Result<LoadedS
                     let cell = raw
                         .get(position + 4..position + 4 + cell_len)
                         .ok_or_else(|| format!("block at byte {block_offset}: truncated cell"))?;
-                    let entry = KeyValue::from_cell(cell)
-                        .ok_or_else(|| format!("block at byte {block_offset}: bad cell"))?;
-                    map.insert(entry);
+                    let entry = if version == VERSION_1 {
+                        KeyValue::from_cell_v1(cell, applied_id)
+                    } else {
+                        KeyValue::from_cell(cell)
+                    }
+                    .ok_or_else(|| format!("block at byte {block_offset}: bad cell"))?;
+                    map.keys.insert(entry);
                     keys_read += 1;
                     position += 4 + cell_len;
                 }
                 blocks_read += 1;
             }
+            KIND_HISTORY if version != VERSION_1 => {
+                if raw.len() % LINK_BYTES != 0 {
+                    return Err(format!("block at byte {block_offset}: torn history link"));
+                }
+                for link in raw.chunks_exact(LINK_BYTES) {
+                    let new = Locator {
+                        revision: word(link, 0),
+                        op_index: half(link, 8),
+                    };
+                    let previous = Locator {
+                        revision: word(link, 12),
+                        op_index: half(link, 20),
+                    };
+                    map.history.restore(
+                        new,
+                        Link {
+                            previous,
+                            previous_bytes: half(link, 24),
+                        },
+                    );
+                    links_read += 1;
+                }
+            }
+            KIND_REQUESTS if version != VERSION_1 => requests.extend_from_slice(&raw),
             KIND_END => {
-                if raw.len() != 16
+                let end_len = if version == VERSION_1 { 16 } else { 32 };
+                if raw.len() != end_len
                     || word(&raw, 0) != keys_read
                     || word(&raw, 8) != blocks_read
                     || keys_read != key_count
@@ -483,8 +564,19 @@ fn parse_snapshot<R: Read>(mut reader: Reader<R>, path: &Path) -> Result<LoadedS
                         "end block disagrees: {keys_read} keys in {blocks_read} blocks read, header says {key_count}"
                     ));
                 }
-                if map.len() as u64 != key_count {
+                if map.keys.len() as u64 != key_count {
                     return Err("duplicate keys in the snapshot".to_owned());
+                }
+                if version != VERSION_1 {
+                    if word(&raw, 16) != links_read || map.history.len() as u64 != links_read {
+                        return Err("end block disagrees on the history links".to_owned());
+                    }
+                    let mut fields = FieldReader::new(&requests);
+                    map.requests = DedupTable::decode(&mut fields)
+                        .map_err(|error| format!("requests: {error}"))?;
+                    if !fields.is_empty() || word(&raw, 24) != map.requests.len() as u64 {
+                        return Err("end block disagrees on the requests".to_owned());
+                    }
                 }
                 let mut rest = Vec::new();
                 reader
@@ -508,9 +600,4 @@ fn parse_snapshot<R: Read>(mut reader: Reader<R>, path: &Path) -> Result<LoadedS
             }
         }
     }
-}
-
-/// Makes sure the kind byte of a cell is one the map knows.
-pub(crate) fn valid_kind(byte: u8) -> bool {
-    ValueKind::from_byte(byte).is_some()
 }

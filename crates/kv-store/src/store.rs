@@ -8,7 +8,10 @@
 //!    short mutex, so pending ops are queued in id order.
 //! 2. Once the id is safe — durable under the sync policy for a single node (the
 //!    [`kv_wal::AppendTicket`] resolved), or committed by a quorum under replication —
-//!    [`Store::apply_through`] applies every pending op up to that id, in order, to the map.
+//!    [`Store::apply_through`] applies every pending op up to that id, in order, to the map
+//!    (`applied.rs`: versions, transactions, history, idempotent requests). What applying an
+//!    op decided (a transaction's verdict, a key's new version) is left in the submitter's
+//!    [`OutcomeSlot`].
 //!
 //! Readers only see the map, so they never see a write that is not yet safe.
 
@@ -20,10 +23,13 @@ use std::time::Instant;
 
 use kv_wal::{AppendTicket, RecoveryReport, SyncPolicy, Wal, WalOptions};
 
+use crate::applied::{AppliedState, RetentionOptions};
+use crate::dedup::{RequestIds, RequestMeta};
 use crate::entry::{LogEntry, Op};
 use crate::epochs::EpochHistory;
 use crate::error::{Error, Result};
-use crate::map::{KeyMap, KeyValue};
+use crate::map::KeyValue;
+use crate::outcome::OutcomeSlot;
 use crate::snapshot::{self, Codec, SnapshotInfo, SnapshotView};
 
 /// The epoch a store writes with unless told otherwise.
@@ -38,6 +44,9 @@ pub struct StoreOptions {
     pub epoch: u64,
     /// Where snapshots live; `None`: no snapshots (the whole log is replayed at open).
     pub snapshot_dir: Option<PathBuf>,
+    /// How much history and how many idempotent requests the map keeps. Every replica should
+    /// use the same: they prune at apply time.
+    pub retention: RetentionOptions,
     /// Entries above this id are not applied at open: they stay pending until
     /// [`Store::apply_through`] covers them (a replica that does not yet know whether they
     /// committed). `None`: apply everything (a single node, where durable means committed).
@@ -61,13 +70,14 @@ impl Default for StoreOptions {
             wal: WalOptions::default(),
             epoch: EPOCH_DEFAULT,
             snapshot_dir: None,
+            retention: RetentionOptions::default(),
             apply_limit: None,
         }
     }
 }
 
-/// An op handed to the WAL but not yet applied: its id and the ticket that resolves once the
-/// WAL's sync policy is met.
+/// An op handed to the WAL but not yet applied: its id, the ticket that resolves once the
+/// WAL's sync policy is met, and where its outcome appears once applied.
 #[derive(Debug)]
 #[must_use = "the op is applied only after apply_through covers its id"]
 pub struct Submitted {
@@ -75,6 +85,33 @@ pub struct Submitted {
     pub id: u64,
     /// Resolves when the entry is durable under the WAL's sync policy (`.await` or `.wait()`).
     pub ticket: AppendTicket,
+    /// Filled when the entry is applied (never, if a cut drops it first).
+    pub outcome: OutcomeSlot,
+}
+
+/// What [`Store::submit`] takes: an op and, for an idempotent request, its ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The change.
+    pub op: Op,
+    /// The request's ids: a second submit with the same ids is refused with
+    /// [`Error::DuplicateRequest`] (or [`Error::RequestMismatch`]) instead of written.
+    pub request: Option<RequestIds>,
+}
+
+impl From<Op> for Command {
+    fn from(op: Op) -> Command {
+        Command { op, request: None }
+    }
+}
+
+/// An op queued for apply: its request, if any, and the slot its outcome goes to (`None` for
+/// entries copied from a leader or replayed, until a retry asks for it).
+#[derive(Debug)]
+struct PendingOp {
+    op: Op,
+    request: Option<RequestMeta>,
+    outcome: Option<OutcomeSlot>,
 }
 
 /// The key-value state machine over a [`Wal`]. Share it behind an `Arc`; every method takes
@@ -85,8 +122,11 @@ pub struct Store {
     epoch: AtomicU64,
     /// Submitted, not yet applied, in id order. Its mutex is the submit mutex: it also orders
     /// appends to the WAL, and `apply_through` holds it while it applies.
-    pending: Mutex<VecDeque<(u64, Op)>>,
-    map: RwLock<KeyMap>,
+    pending: Mutex<VecDeque<(u64, PendingOp)>>,
+    /// The applied state: keys with their versions, history, idempotent requests.
+    map: RwLock<AppliedState>,
+    retention: RetentionOptions,
+    requests_seen: RequestCounters,
     applied_id: AtomicU64,
     /// Which epoch wrote which ids; guarded like the pending queue (changed under it).
     epochs: Mutex<EpochHistory>,
@@ -106,11 +146,16 @@ impl Store {
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<(Store, RecoveryReport)> {
         let (wal, report) = Wal::open(dir, options.wal)?;
         let apply_limit = options.apply_limit.unwrap_or(u64::MAX);
+        let retention = options.retention;
         let store = match options.snapshot_dir {
-            None => Store::from_wal(wal, options.epoch, apply_limit)?,
-            Some(snapshot_dir) => {
-                Store::from_snapshot_and_wal(snapshot_dir, wal, options.epoch, apply_limit)?
-            }
+            None => Store::from_wal(wal, options.epoch, apply_limit, retention)?,
+            Some(snapshot_dir) => Store::from_snapshot_and_wal(
+                snapshot_dir,
+                wal,
+                options.epoch,
+                apply_limit,
+                retention,
+            )?,
         };
         Ok((store, report))
     }
@@ -123,6 +168,7 @@ impl Store {
         wal: Wal,
         epoch: u64,
         apply_limit: u64,
+        retention: RetentionOptions,
     ) -> Result<Store> {
         let mut load = SnapshotLoad::default();
         let fs = wal.file_system().clone();
@@ -146,7 +192,7 @@ impl Store {
             }
             None => (Replayed::default(), 0),
         };
-        let replayed = replay(&wal, start, base, apply_limit)?;
+        let replayed = replay(&wal, start, base, apply_limit, &retention)?;
         load.replayed_records = replayed.replayed_records;
         // The log must continue after the snapshot: when it lost records the snapshot holds (a
         // power cut under `interval`/`never`, a point-in-time repair, an install interrupted
@@ -159,6 +205,7 @@ impl Store {
             Some(snapshot_dir),
             base,
             load,
+            retention,
         ))
     }
 
@@ -170,12 +217,15 @@ impl Store {
         snapshot_dir: Option<PathBuf>,
         snapshot_base: u64,
         snapshot_load: SnapshotLoad,
+        retention: RetentionOptions,
     ) -> Store {
         Store {
             wal,
             epoch: AtomicU64::new(epoch),
             pending: Mutex::new(replayed.pending),
             map: RwLock::new(replayed.map),
+            retention,
+            requests_seen: RequestCounters::default(),
             applied_id: AtomicU64::new(replayed.applied_id),
             epochs: Mutex::new(replayed.epochs),
             snapshot_dir,
@@ -189,8 +239,13 @@ impl Store {
     /// stay pending; `u64::MAX` applies everything).
     ///
     /// Fails with [`Error::Decode`] naming the id of a record that is not a store entry.
-    pub fn from_wal(wal: Wal, epoch: u64, apply_limit: u64) -> Result<Store> {
-        let replayed = replay(&wal, Replayed::default(), 0, apply_limit)?;
+    pub fn from_wal(
+        wal: Wal,
+        epoch: u64,
+        apply_limit: u64,
+        retention: RetentionOptions,
+    ) -> Result<Store> {
+        let replayed = replay(&wal, Replayed::default(), 0, apply_limit, &retention)?;
         Ok(Store::assemble(
             wal,
             epoch,
@@ -198,6 +253,7 @@ impl Store {
             None,
             0,
             SnapshotLoad::default(),
+            retention,
         ))
     }
 
@@ -336,14 +392,21 @@ impl Store {
         Ok(self.wal.purge_before(before_id)?)
     }
 
-    /// Hands `op` to the WAL and queues it for [`Store::apply_through`]; returns its id and
-    /// ticket without waiting for the disk (except under `SyncPolicy::Always`, where the WAL
-    /// fsyncs inside the call).
+    /// Hands the command's op to the WAL and queues it for [`Store::apply_through`]; returns
+    /// its id, ticket and outcome slot without waiting for the disk (except under
+    /// `SyncPolicy::Always`, where the WAL fsyncs inside the call).
     ///
-    /// A DELETE of a key that is neither in the map nor set by a pending op fails with
-    /// [`Error::KeyNotFound`] and writes nothing.
-    pub fn submit(&self, op: Op) -> Result<Submitted> {
+    /// A DELETE of a key that is neither in the map nor possibly set by a pending op fails
+    /// with [`Error::KeyNotFound`] and writes nothing. A command whose request ids were
+    /// submitted before (applied, or still pending) writes nothing either: it fails with
+    /// [`Error::DuplicateRequest`] (the same op: the first one's id and outcome slot) or
+    /// [`Error::RequestMismatch`] (another op under the same ids).
+    pub fn submit(&self, command: impl Into<Command>) -> Result<Submitted> {
+        let Command { op, request } = command.into();
         let mut pending = lock(&self.pending);
+        if let Some(ids) = &request {
+            self.refuse_repeated_request(&mut pending, ids, &op)?;
+        }
         if let Op::Delete { key } = &op {
             if !self.exists_including_pending(&pending, key) {
                 return Err(Error::KeyNotFound);
@@ -352,12 +415,28 @@ impl Store {
         let entry = LogEntry {
             epoch: self.epoch(),
             op,
+            request: request.map(|ids| RequestMeta {
+                ids,
+                timestamp_ms: unix_ms_now(),
+            }),
         };
         let ticket = self.wal.submit(&[entry.encode()])?;
         let id = *ticket.ids().start();
         lock(&self.epochs).observe(entry.epoch, id);
-        pending.push_back((id, entry.op));
-        Ok(Submitted { id, ticket })
+        let outcome = OutcomeSlot::default();
+        pending.push_back((
+            id,
+            PendingOp {
+                op: entry.op,
+                request: entry.request,
+                outcome: Some(outcome.clone()),
+            },
+        ));
+        Ok(Submitted {
+            id,
+            ticket,
+            outcome,
+        })
     }
 
     /// Appends frames exactly as another node's WAL encoded them (a follower copying its
@@ -385,14 +464,21 @@ impl Store {
                 id: frame.id,
                 reason,
             })?;
-            ops.push((frame.id, entry.epoch, entry.op));
+            ops.push((frame.id, entry));
         }
         let mut pending = lock(&self.pending);
         let ticket = self.wal.append_frames(frames, policy)?;
         let mut epochs = lock(&self.epochs);
-        for (id, epoch, op) in ops {
-            epochs.observe(epoch, id);
-            pending.push_back((id, op));
+        for (id, entry) in ops {
+            epochs.observe(entry.epoch, id);
+            pending.push_back((
+                id,
+                PendingOp {
+                    op: entry.op,
+                    request: entry.request,
+                    outcome: None,
+                },
+            ));
         }
         Ok(ticket)
     }
@@ -419,7 +505,7 @@ impl Store {
         if let Some((start, base)) = rebuild_from {
             // Rebuild what stays applied; what was pending stays pending.
             let apply_limit = pending.front().map_or(after_id, |(id, _)| id - 1);
-            let rebuilt = replay(&self.wal, start, base, apply_limit)?;
+            let rebuilt = replay(&self.wal, start, base, apply_limit, &self.retention)?;
             let mut current = write(&self.map);
             *current = rebuilt.map;
             self.applied_id.store(rebuilt.applied_id, Ordering::Release);
@@ -516,8 +602,17 @@ impl Store {
             return self.applied_id();
         }
         let mut map = write(&self.map);
-        for (id, op) in pending.drain(..ready) {
-            apply(&mut map, &op);
+        for (id, pending) in pending.drain(..ready) {
+            let outcome = map.apply(
+                id,
+                &pending.op,
+                pending.request.as_ref(),
+                pending.outcome.is_some(),
+                &self.retention,
+            );
+            if let (Some(slot), Some(outcome)) = (pending.outcome, outcome) {
+                slot.fill(outcome);
+            }
             self.applied_id.store(id, Ordering::Release);
         }
         self.applied_id()
@@ -530,7 +625,7 @@ impl Store {
     /// `apply_through` covers its id: run it on a task of its own when the caller may be
     /// cancelled.
     pub async fn write(&self, op: Op) -> Result<u64> {
-        let Submitted { id, ticket } = self.submit(op)?;
+        let Submitted { id, ticket, .. } = self.submit(op)?;
         ticket.await?;
         self.apply_through(id);
         Ok(id)
@@ -538,7 +633,7 @@ impl Store {
 
     /// [`Store::write`], blocking the calling thread instead.
     pub fn write_blocking(&self, op: Op) -> Result<u64> {
-        let Submitted { id, ticket } = self.submit(op)?;
+        let Submitted { id, ticket, .. } = self.submit(op)?;
         ticket.wait()?;
         self.apply_through(id);
         Ok(id)
@@ -546,24 +641,24 @@ impl Store {
 
     /// The applied value of `key`, if any.
     pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
-        read(&self.map).get(key)
+        read(&self.map).keys.get(key)
     }
 
     /// Up to `limit` applied entries whose key starts with `prefix`, in key order, starting
     /// after the key `after` when given (for paging).
     pub fn scan_prefix(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<KeyValue> {
-        read(&self.map).scan_prefix(prefix, after, limit)
+        read(&self.map).keys.scan_prefix(prefix, after, limit)
     }
 
     /// How many keys the applied map holds.
     pub fn key_count(&self) -> usize {
-        read(&self.map).len()
+        read(&self.map).keys.len()
     }
 
     /// Bytes of live data in the applied map (every key and value with a few bytes of framing
     /// each: what a snapshot holds before compression).
     pub fn live_bytes(&self) -> u64 {
-        read(&self.map).bytes()
+        read(&self.map).keys.bytes()
     }
 
     /// The id of the last entry applied to the map (0 when none).
@@ -596,24 +691,117 @@ impl Store {
         Ok(self.wal.close()?)
     }
 
-    fn exists_including_pending(&self, pending: &VecDeque<(u64, Op)>, key: &[u8]) -> bool {
-        // The newest pending op on the key decides; without one, the map does.
-        match pending.iter().rev().find(|(_, op)| op.key() == key) {
-            Some((_, Op::Set { .. })) => true,
-            Some((_, Op::Delete { .. })) => false,
-            None => read(&self.map).contains(key),
+    /// The applied state, read-locked (for the read paths in `history.rs` and `dedup.rs`).
+    pub(crate) fn applied_state(&self) -> RwLockReadGuard<'_, AppliedState> {
+        read(&self.map)
+    }
+
+    /// Refused retries since the store opened.
+    pub(crate) fn request_counters(&self) -> &RequestCounters {
+        &self.requests_seen
+    }
+
+    /// The retention the apply step follows.
+    pub fn retention(&self) -> &RetentionOptions {
+        &self.retention
+    }
+
+    fn exists_including_pending(&self, pending: &VecDeque<(u64, PendingOp)>, key: &[u8]) -> bool {
+        // The newest pending op that may write the key decides; without one, the map does. A
+        // transaction that may write it leaves the answer to apply time: the DELETE is written
+        // and its outcome says whether it deleted anything.
+        for (_, pending) in pending.iter().rev() {
+            match &pending.op {
+                Op::Set { key: set, .. } if set == key => return true,
+                Op::Delete { key: deleted } if deleted == key => return false,
+                Op::Txn(txn)
+                    if txn
+                        .success
+                        .iter()
+                        .chain(&txn.failure)
+                        .any(|op| op.written_key() == Some(key)) =>
+                {
+                    return true
+                }
+                _ => {}
+            }
+        }
+        read(&self.map).keys.contains(key)
+    }
+
+    /// Fails when `ids` were submitted before: with [`Error::DuplicateRequest`] when the op is
+    /// the same (its first id; its outcome slot, filled once applied), else with
+    /// [`Error::RequestMismatch`].
+    fn refuse_repeated_request(
+        &self,
+        pending: &mut VecDeque<(u64, PendingOp)>,
+        ids: &RequestIds,
+        op: &Op,
+    ) -> Result<()> {
+        let fingerprint = op.fingerprint(ids.form);
+        let earlier = pending.iter_mut().rev().find(|(_, pending)| {
+            pending.request.as_ref().is_some_and(|request| {
+                request.ids.client_id == ids.client_id && request.ids.request_id == ids.request_id
+            })
+        });
+        let (id, same, outcome) = match earlier {
+            Some((id, pending)) => {
+                let request = pending.request.as_ref().expect("matched a request");
+                let same = pending.op.fingerprint(request.ids.form) == fingerprint;
+                let slot = pending.outcome.get_or_insert_with(OutcomeSlot::default);
+                (*id, same, slot.clone())
+            }
+            None => {
+                let map = read(&self.map);
+                let Some(record) = map.requests.get(&ids.client_id, &ids.request_id) else {
+                    return Ok(());
+                };
+                let outcome = OutcomeSlot::filled(record.outcome.clone());
+                (
+                    record.outcome.revision,
+                    record.fingerprint == fingerprint,
+                    outcome,
+                )
+            }
+        };
+        if same {
+            self.requests_seen
+                .duplicates
+                .fetch_add(1, Ordering::Relaxed);
+            Err(Error::DuplicateRequest { id, outcome })
+        } else {
+            self.requests_seen
+                .mismatches
+                .fetch_add(1, Ordering::Relaxed);
+            Err(Error::RequestMismatch { id })
         }
     }
+}
+
+/// Retries of idempotent requests this store refused since it opened.
+#[derive(Debug, Default)]
+pub(crate) struct RequestCounters {
+    /// Refused as duplicates of the same op.
+    pub duplicates: AtomicU64,
+    /// Refused because the ids named another op.
+    pub mismatches: AtomicU64,
+}
+
+/// The leader's clock, for the request part of a record.
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 /// What replaying the log rebuilds: the map, its applied id, the epoch history, the ops past
 /// the apply limit (still pending) and how many records were applied.
 #[derive(Default)]
 struct Replayed {
-    map: KeyMap,
+    map: AppliedState,
     applied_id: u64,
     epochs: EpochHistory,
-    pending: VecDeque<(u64, Op)>,
+    pending: VecDeque<(u64, PendingOp)>,
     replayed_records: u64,
 }
 
@@ -631,7 +819,13 @@ impl Replayed {
 /// Replays the records of the log after `base` (the id `start` holds the map at) onto
 /// `start`, applying those up to `apply_limit`; later records become pending ops. Fails with
 /// [`Error::Gap`] when the log does not continue `base`.
-fn replay(wal: &Wal, start: Replayed, base: u64, apply_limit: u64) -> Result<Replayed> {
+fn replay(
+    wal: &Wal,
+    start: Replayed,
+    base: u64,
+    apply_limit: u64,
+    retention: &RetentionOptions,
+) -> Result<Replayed> {
     // Where the log starts, records or not: an empty log that starts past `base + 1` (purged
     // after a newer snapshot that is now unreadable) lacks ids as much as one with records.
     let wal_first_id = wal.first_id().unwrap_or_else(|| wal.start_id());
@@ -650,23 +844,24 @@ fn replay(wal: &Wal, start: Replayed, base: u64, apply_limit: u64) -> Result<Rep
         })?;
         replayed.epochs.observe(entry.epoch, record.id);
         if record.id <= apply_limit {
-            apply(&mut replayed.map, &entry.op);
+            let request = entry.request.as_ref();
+            replayed
+                .map
+                .apply(record.id, &entry.op, request, false, retention);
             replayed.applied_id = record.id;
             replayed.replayed_records += 1;
         } else {
-            replayed.pending.push_back((record.id, entry.op));
+            replayed.pending.push_back((
+                record.id,
+                PendingOp {
+                    op: entry.op,
+                    request: entry.request,
+                    outcome: None,
+                },
+            ));
         }
     }
     Ok(replayed)
-}
-
-fn apply(map: &mut KeyMap, op: &Op) {
-    match op {
-        Op::Set { key, value } => map.set(key, value.kind, &value.bytes),
-        Op::Delete { key } => {
-            map.delete(key);
-        }
-    }
 }
 
 // The guarded data stays consistent across a panic (every mutation is a single call on the

@@ -186,11 +186,7 @@ fn frames_copied_from_another_log_apply_up_to_a_commit_id() {
 fn copied_frames_that_are_not_entries_are_refused_whole() {
     let source_dir = tempfile::tempdir().expect("temp dir");
     let (source, _) = Wal::open(source_dir.path(), WalOptions::default()).expect("open wal");
-    let good = kv_store::LogEntry {
-        epoch: 1,
-        op: set("k", "1"),
-    }
-    .encode();
+    let good = kv_store::LogEntry::new(1, set("k", "1")).encode();
     source.append(&good).expect("append");
     source.append(b"not an entry").expect("append");
     let batch = source

@@ -10,3 +10,4 @@ mod replication;
 mod seed;
 mod snapshot;
 mod snapshot_power_loss;
+mod txn_model;

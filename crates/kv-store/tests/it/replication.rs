@@ -33,14 +33,8 @@ fn epoch_history_follows_appends_frames_and_truncation() {
     let replicated = frames(
         4,
         &[
-            LogEntry {
-                epoch: 4,
-                op: set("d", "4"),
-            },
-            LogEntry {
-                epoch: 6,
-                op: set("e", "6"),
-            },
+            LogEntry::new(4, set("d", "4")),
+            LogEntry::new(6, set("e", "6")),
         ],
     );
     let ticket = store.submit_frames(&replicated, SyncPolicy::Batch).unwrap();

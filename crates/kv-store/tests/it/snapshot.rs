@@ -60,6 +60,7 @@ fn apply_to_model(model: &mut BTreeMap<Vec<u8>, Value>, op: &Op) {
         Op::Delete { key } => {
             model.remove(key);
         }
+        Op::Txn(_) => unreachable!("this test writes no transactions"),
     }
 }
 
