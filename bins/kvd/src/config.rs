@@ -93,7 +93,9 @@ impl NodeConfig {
             recovery_mode: self.recovery_mode,
             compress_records_above: self.compress_records_above,
             compress_sealed_segments: self.compress_sealed_segments,
-            // The real file system, or a faulty one when a test asks (`faults.rs`).
+            // A fault build: the real file system, or a faulty one when a test asks
+            // (`faults.rs`). A default build: the real one, from the defaults.
+            #[cfg(feature = "fault-injection")]
             file_system: crate::faults::wal_file_system(),
             ..WalOptions::default()
         }

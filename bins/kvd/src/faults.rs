@@ -1,94 +1,123 @@
-//! Test-only fault injection, switched on by env variables and off by default. The reliability
-//! tests (`bins/kvd/tests/it/`, `docs/reliability.md`) use them to crash or break the real
-//! binary at chosen moments; an operator never sets them.
+//! Test-only fault injection, and the guard that keeps a test's fault from being silently
+//! dropped.
 //!
-//! - `KVD_FAILPOINTS`: a kv-wal fail point spec, e.g. `wal-before-append=abort@3` (see
-//!   [`kv_wal::failpoint`]): the process aborts, or the step fails, at that hit. Only in a
-//!   build with the `failpoints` feature (kvd's tests turn it on); a default build ignores it.
-//! - `KVD_FAULT_FSYNC_FAIL_AT=N`: the Nth fsync the WAL runs (`fdatasync` of a segment or
-//!   `fsync` of the directory, counted from process start, the ones open runs included) fails.
-//! - `KVD_FAULT_WRITE_FAIL_AT=N`: likewise the Nth write (or length change) of a WAL file.
+//! The faults — env variables that make the real binary crash or fail at a chosen moment, for
+//! the reliability tests (`bins/kvd/tests/it/`, `docs/reliability.md`) — compile only with the
+//! `fault-injection` feature (`injection.rs`). kvd's tests turn the feature on themselves (a
+//! dev-dependency of kvd on itself); the default build, the kvd that ships, has none of that
+//! code.
 //!
-//! [`configure_from_env`] reads and checks them once at startup; [`wal_file_system`] is the file
-//! system the WAL opens with: the real one, wrapped in a [`FaultyFs`] when a fault is asked for.
+//! The guard, [`check_environment`], is in every build and runs first. The fault variables are
+//! `KVD_FAILPOINTS` and the `KVD_FAULT_*` family. A default build that finds one set refuses to
+//! start: a test (or an operator who copied its command) must not believe a fault is injected
+//! when this build cannot inject it. A fault build refuses a name of that family it does not
+//! know, so a typo never runs a test without its fault.
 
-use std::sync::{Arc, OnceLock};
+#[cfg(feature = "fault-injection")]
+mod injection;
 
 use anyhow::bail;
-use kv_wal::fs::{FaultPlan, FaultyFs, FileSystem, StdFs};
 
-/// Env variable holding the fail point spec (read only in a build with fail points).
-#[allow(dead_code)] // unused in a build without fail points
-pub const FAILPOINTS_ENV: &str = "KVD_FAILPOINTS";
-/// Env variable: the number of the WAL fsync that fails.
-pub const FAULT_FSYNC_FAIL_AT_ENV: &str = "KVD_FAULT_FSYNC_FAIL_AT";
-/// Env variable: the number of the WAL file write that fails.
-pub const FAULT_WRITE_FAIL_AT_ENV: &str = "KVD_FAULT_WRITE_FAIL_AT";
+#[cfg(feature = "fault-injection")]
+pub use injection::{configure_from_env, wal_file_system};
 
-/// The WAL's file system, chosen once by [`configure_from_env`].
-static WAL_FILE_SYSTEM: OnceLock<Arc<dyn FileSystem>> = OnceLock::new();
+/// The fault variables this build reads: none without the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
+const BUILT_IN: &[&str] = &injection::VARIABLES;
+#[cfg(not(feature = "fault-injection"))]
+const BUILT_IN: &[&str] = &[];
 
-/// Reads the fault env variables, configures the fail points and picks the WAL's file system.
-/// Fails on a malformed value, so a typo never silently runs a test without its fault.
-pub fn configure_from_env() -> anyhow::Result<()> {
-    // A build without fail points (the default release build) carries no fail point code and
-    // ignores the variable.
-    kv_wal::with_failpoints! {
-        if let Some(spec) = env_value(FAILPOINTS_ENV) {
-            use anyhow::Context as _;
-            kv_wal::failpoint::configure(&spec)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("{FAILPOINTS_ENV}={spec:?}"))?;
-            tracing::warn!(
-                spec,
-                "fail points configured ({FAILPOINTS_ENV}): test use only"
+/// Refuses to start on a fault variable this build does not act on (see the module docs).
+pub fn check_environment() -> anyhow::Result<()> {
+    let names = std::env::vars_os().map(|(name, _)| name.to_string_lossy().into_owned());
+    check_variables(names, BUILT_IN)
+}
+
+/// [`check_environment`] over given variable names and the fault variables a build reads.
+fn check_variables(
+    names: impl IntoIterator<Item = String>,
+    built_in: &[&str],
+) -> anyhow::Result<()> {
+    for name in names {
+        let is_fault = name == "KVD_FAILPOINTS" || name.starts_with("KVD_FAULT_");
+        if !is_fault || built_in.contains(&name.as_str()) {
+            continue;
+        }
+        if built_in.is_empty() {
+            bail!(
+                "{name} is set, but this kvd was built without fault injection: {name} is for \
+                 kvd's tests, which build kvd with the `fault-injection` cargo feature; unset it"
             );
         }
-    }
-    let fsync_fail_at = hit_number(FAULT_FSYNC_FAIL_AT_ENV)?;
-    let write_fail_at = hit_number(FAULT_WRITE_FAIL_AT_ENV)?;
-    let file_system: Arc<dyn FileSystem> = if fsync_fail_at.is_none() && write_fail_at.is_none() {
-        Arc::new(StdFs)
-    } else {
-        let plan = FaultPlan::new();
-        if let Some(number) = fsync_fail_at {
-            plan.fail_sync_at(number);
-        }
-        if let Some(number) = write_fail_at {
-            plan.fail_write_at(number);
-        }
-        tracing::warn!(
-            fsync_fail_at,
-            write_fail_at,
-            "the WAL runs on a faulty file system: test use only"
+        bail!(
+            "{name} is not a fault variable: expected one of {}",
+            built_in.join(", ")
         );
-        Arc::new(FaultyFs::new(Arc::new(StdFs), plan))
-    };
-    // A second call keeps the first choice: the env does not change while the process runs.
-    let _ = WAL_FILE_SYSTEM.set(file_system);
+    }
     Ok(())
 }
 
-/// The file system the WAL opens with: the real one unless a fault was asked for.
-pub fn wal_file_system() -> Arc<dyn FileSystem> {
-    WAL_FILE_SYSTEM
-        .get()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(StdFs))
-}
+#[cfg(test)]
+mod tests {
+    use super::check_variables;
 
-fn env_value(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .filter(|value| !value.trim().is_empty())
-}
+    const FAULTS: [&str; 2] = ["KVD_FAILPOINTS", "KVD_FAULT_FSYNC_FAIL_AT"];
 
-fn hit_number(name: &str) -> anyhow::Result<Option<u64>> {
-    let Some(text) = env_value(name) else {
-        return Ok(None);
-    };
-    match text.trim().parse::<u64>() {
-        Ok(number) if number >= 1 => Ok(Some(number)),
-        _ => bail!("{name}={text:?}: expected a number from 1"),
+    fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn a_build_without_fault_injection_refuses_every_fault_variable() {
+        for name in [
+            "KVD_FAILPOINTS",
+            "KVD_FAULT_FSYNC_FAIL_AT",
+            "KVD_FAULT_ANYTHING",
+        ] {
+            let error = check_variables(names(&["PATH", name]), &[]).unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.contains(name) && message.contains("without fault injection"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fault_build_takes_its_variables_and_refuses_unknown_ones() {
+        check_variables(names(&["PATH", "KVD_FAILPOINTS"]), &FAULTS).unwrap();
+        check_variables(names(&["KVD_FAULT_FSYNC_FAIL_AT"]), &FAULTS).unwrap();
+        let error = check_variables(names(&["KVD_FAULT_FSYNC_FAIL"]), &FAULTS).unwrap_err();
+        assert!(
+            error.to_string().contains("not a fault variable"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn other_variables_pass_in_every_build() {
+        for built_in in [&[][..], &FAULTS[..]] {
+            let others = names(&[
+                "KVD_LISTEN",
+                "KVD_FAILPOINTS_X",
+                "KVD_FAULTY",
+                "MAX_SEGMENT_SIZE",
+            ]);
+            check_variables(others, built_in).unwrap();
+        }
+    }
+
+    #[test]
+    fn this_build_reads_every_variable_the_tests_set() {
+        // kvd's tests run a fault build (the dev-dependency turns the feature on); without
+        // the feature the list is empty and this fails.
+        for name in [
+            "KVD_FAILPOINTS",
+            "KVD_FAULT_FSYNC_FAIL_AT",
+            "KVD_FAULT_WRITE_FAIL_AT",
+            "KVD_FAULT_CORRUPT_FETCH_EVERY",
+        ] {
+            assert!(super::BUILT_IN.contains(&name), "{name}");
+        }
     }
 }

@@ -1,0 +1,99 @@
+//! The faults themselves, in a build with the `fault-injection` feature only: env variables, off
+//! unless set, that crash or break the real binary at chosen moments. The reliability tests
+//! (`bins/kvd/tests/it/`, `docs/reliability.md`) set them; an operator never does.
+//!
+//! - `KVD_FAILPOINTS`: a kv-wal fail point spec, e.g. `wal-before-append=abort@3` (see
+//!   [`kv_wal::failpoint`]): the process aborts, or the step fails, at that hit.
+//! - `KVD_FAULT_FSYNC_FAIL_AT=N`: the Nth fsync the WAL runs (`fdatasync` of a segment or
+//!   `fsync` of the directory, counted from process start, the ones open runs included) fails.
+//! - `KVD_FAULT_WRITE_FAIL_AT=N`: likewise the Nth write (or length change) of a WAL file.
+//! - `KVD_FAULT_CORRUPT_FETCH_EVERY=N`: a follower flips a bit in every Nth batch it fetches
+//!   (read by `node.rs`, which wraps the follower's transport).
+//!
+//! [`configure_from_env`] reads and checks them once at startup; [`wal_file_system`] is the file
+//! system the WAL opens with: the real one, wrapped in a [`FaultyFs`] when a fault is asked for.
+
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{bail, Context};
+use kv_wal::fs::{FaultPlan, FaultyFs, FileSystem, StdFs};
+
+/// Env variable holding the fail point spec.
+pub const FAILPOINTS_ENV: &str = "KVD_FAILPOINTS";
+/// Env variable: the number of the WAL fsync that fails.
+pub const FAULT_FSYNC_FAIL_AT_ENV: &str = "KVD_FAULT_FSYNC_FAIL_AT";
+/// Env variable: the number of the WAL file write that fails.
+pub const FAULT_WRITE_FAIL_AT_ENV: &str = "KVD_FAULT_WRITE_FAIL_AT";
+/// Env variable: every how many fetched batches a follower corrupts one (read in `node.rs`).
+pub const FAULT_CORRUPT_FETCH_EVERY_ENV: &str = "KVD_FAULT_CORRUPT_FETCH_EVERY";
+
+/// Every fault variable this build reads.
+pub const VARIABLES: [&str; 4] = [
+    FAILPOINTS_ENV,
+    FAULT_FSYNC_FAIL_AT_ENV,
+    FAULT_WRITE_FAIL_AT_ENV,
+    FAULT_CORRUPT_FETCH_EVERY_ENV,
+];
+
+/// The WAL's file system, chosen once by [`configure_from_env`].
+static WAL_FILE_SYSTEM: OnceLock<Arc<dyn FileSystem>> = OnceLock::new();
+
+/// Reads the fault env variables, configures the fail points and picks the WAL's file system.
+/// Fails on a malformed value, so a typo never silently runs a test without its fault.
+pub fn configure_from_env() -> anyhow::Result<()> {
+    if let Some(spec) = env_value(FAILPOINTS_ENV) {
+        kv_wal::failpoint::configure(&spec)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{FAILPOINTS_ENV}={spec:?}"))?;
+        tracing::warn!(
+            spec,
+            "fail points configured ({FAILPOINTS_ENV}): test use only"
+        );
+    }
+    let fsync_fail_at = hit_number(FAULT_FSYNC_FAIL_AT_ENV)?;
+    let write_fail_at = hit_number(FAULT_WRITE_FAIL_AT_ENV)?;
+    let file_system: Arc<dyn FileSystem> = if fsync_fail_at.is_none() && write_fail_at.is_none() {
+        Arc::new(StdFs)
+    } else {
+        let plan = FaultPlan::new();
+        if let Some(number) = fsync_fail_at {
+            plan.fail_sync_at(number);
+        }
+        if let Some(number) = write_fail_at {
+            plan.fail_write_at(number);
+        }
+        tracing::warn!(
+            fsync_fail_at,
+            write_fail_at,
+            "the WAL runs on a faulty file system: test use only"
+        );
+        Arc::new(FaultyFs::new(Arc::new(StdFs), plan))
+    };
+    // A second call keeps the first choice: the env does not change while the process runs.
+    let _ = WAL_FILE_SYSTEM.set(file_system);
+    Ok(())
+}
+
+/// The file system the WAL opens with: the real one unless a fault was asked for.
+pub fn wal_file_system() -> Arc<dyn FileSystem> {
+    WAL_FILE_SYSTEM
+        .get()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(StdFs))
+}
+
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+}
+
+fn hit_number(name: &str) -> anyhow::Result<Option<u64>> {
+    let Some(text) = env_value(name) else {
+        return Ok(None);
+    };
+    match text.trim().parse::<u64>() {
+        Ok(number) if number >= 1 => Ok(Some(number)),
+        _ => bail!("{name}={text:?}: expected a number from 1"),
+    }
+}
