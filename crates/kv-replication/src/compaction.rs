@@ -101,6 +101,22 @@ pub struct PurgeReport {
     pub retained_for: Vec<RetentionNote>,
 }
 
+/// What this process did about snapshots: whether one is being written, the last one written,
+/// the last purge, counts (for `/compaction/status`).
+#[derive(Debug, Default)]
+pub(crate) struct CompactionHistory {
+    /// A snapshot is being written (a second one is refused meanwhile).
+    pub(crate) running: bool,
+    /// Snapshots written by this process.
+    pub(crate) snapshots_written: u64,
+    /// The last snapshot written.
+    pub(crate) last_snapshot: Option<kv_store::SnapshotInfo>,
+    /// What the last purge removed and kept.
+    pub(crate) last_purge: Option<PurgeReport>,
+    /// Snapshots installed from the leader.
+    pub(crate) snapshots_installed: u64,
+}
+
 /// Decides where the purge may stop: right after the snapshot, or earlier for a follower that
 /// still needs older entries — unless the WAL bytes kept for it would pass `retention_bytes`.
 /// `segments` are `(last_id, size_bytes)` of sealed segments, oldest first; `followers` are

@@ -39,6 +39,7 @@ mod log_view;
 mod meta;
 mod node;
 pub mod protocol;
+mod transport;
 
 pub use compaction::{CompactionOptions, PurgeReport, RetentionNote};
 pub use error::{Error, Result};
@@ -46,8 +47,8 @@ pub use follower::{check_frames, FollowerOptions, FollowerState, LinkState, Step
 pub use leader::{FetchDecision, FollowerHealth, FollowerStatus, LeaderOptions, LeaderState};
 pub use log_view::LogView;
 pub use meta::{NodeMeta, META_FILE_NAME};
-pub use node::{
-    Acks, ClusterStatus, CompactionStatus, Node, NodeOptions, Role, SnapshotSummary, Transport,
-    FETCH_WAIT_MAX,
-};
+pub use node::leading::{Acks, FETCH_WAIT_MAX};
+pub use node::status::{ClusterStatus, CompactionStatus, SnapshotSummary};
+pub use node::{Node, NodeOptions, Role};
 pub use protocol::{DecodeError, FetchRequest, FetchResponse, SnapshotMeta};
+pub use transport::Transport;

@@ -1,0 +1,190 @@
+//! Maintenance: snapshots and log compaction. The policy ([`crate::compaction`]) says when a
+//! snapshot is due and how far the log may be purged; this module writes the snapshot on a
+//! low-priority thread of its own and purges.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{lock, Node};
+use crate::compaction::{purge_point, PurgeReport};
+use crate::error::{Error, Result};
+
+impl Node {
+    /// Whether the policy asks for a snapshot now.
+    pub fn snapshot_due(&self) -> bool {
+        let options = &self.options.compaction;
+        if self.store.snapshot_dir().is_none() {
+            return false;
+        }
+        let newest = self.store.newest_snapshot_id();
+        let applied = self.store.applied_id();
+        if applied <= newest {
+            return false;
+        }
+        let wal_bytes_after: u64 = self
+            .store
+            .wal()
+            .segments()
+            .iter()
+            .filter(|segment| segment.last_id.is_none_or(|last| last > newest))
+            .map(|segment| segment.size_bytes)
+            .sum();
+        crate::compaction::snapshot_due(
+            options,
+            applied - newest,
+            wal_bytes_after,
+            self.store.live_bytes(),
+        )
+    }
+
+    /// [`Node::snapshot_and_compact`] on a thread of its own. The view of the map is taken at
+    /// normal priority (it holds the map's read lock for an instant, and a holder preempted
+    /// there would make writes wait); then the thread's CPU priority drops to the lowest
+    /// (nice 19 on Linux), so that on a busy machine serializing and compressing a large
+    /// snapshot yields to request handling instead of raising its latency (as RocksDB does
+    /// for its background work). The future resolves when the snapshot is written.
+    pub async fn snapshot_and_compact_in_background(
+        self: &Arc<Self>,
+    ) -> Result<(kv_store::SnapshotInfo, PurgeReport)> {
+        let node = self.clone();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("kvd-snapshot".to_owned())
+            .spawn(move || {
+                let _ = sender.send(node.snapshot_and_compact_then(lower_this_threads_priority));
+            })
+            .map_err(|error| {
+                Error::Background(format!("cannot start the snapshot thread: {error}"))
+            })?;
+        receiver.await.unwrap_or_else(|_| {
+            Err(Error::Background(
+                "the snapshot thread ended without an answer".to_owned(),
+            ))
+        })
+    }
+
+    /// Writes a snapshot of the applied map (writes go on meanwhile), prunes old snapshots and
+    /// compacts the log. Blocking: run it on a thread of its own (see
+    /// [`Node::snapshot_and_compact_in_background`]).
+    pub fn snapshot_and_compact(&self) -> Result<(kv_store::SnapshotInfo, PurgeReport)> {
+        self.snapshot_and_compact_then(|| {})
+    }
+
+    /// [`Node::snapshot_and_compact`], calling `after_view` once the view is copied.
+    fn snapshot_and_compact_then(
+        &self,
+        after_view: impl FnOnce(),
+    ) -> Result<(kv_store::SnapshotInfo, PurgeReport)> {
+        {
+            let mut state = lock(&self.compaction);
+            if state.running {
+                return Err(Error::Busy(
+                    "a snapshot is already being written".to_owned(),
+                ));
+            }
+            state.running = true;
+        }
+        // Seal a large active segment first: the compaction after the snapshot can then
+        // purge it once the snapshot covers it. A log that cannot take the seal (poisoned by a
+        // failed write or fsync) is still snapshotted: its applied state is sound.
+        if let Err(error) = self
+            .store
+            .wal()
+            .seal_active(crate::compaction::SEAL_BEFORE_SNAPSHOT_BYTES)
+        {
+            tracing::warn!(%error, "cannot seal the active WAL segment before the snapshot");
+        }
+        let view = self.store.snapshot_view();
+        after_view();
+        let written = self.store.write_snapshot_of(
+            view,
+            self.options.compaction.codec,
+            self.options.compaction.snapshots_kept,
+        );
+        let result = written.map_err(Error::from).and_then(|info| {
+            tracing::info!(
+                applied_id = info.applied_id,
+                keys = info.key_count,
+                size_bytes = info.size_bytes,
+                raw_bytes = info.raw_bytes,
+                codec = %info.codec,
+                write_ms = info.write_duration.as_millis() as u64,
+                view_ms = info.view_duration.as_millis() as u64,
+                longest_lock_hold_us = info.longest_lock_hold.as_micros() as u64,
+                "snapshot written"
+            );
+            let purge = self.compact()?;
+            Ok((info, purge))
+        });
+        let mut state = lock(&self.compaction);
+        state.running = false;
+        if let Ok((info, purge)) = &result {
+            state.snapshots_written += 1;
+            state.last_snapshot = Some(info.clone());
+            state.last_purge = Some(purge.clone());
+        }
+        result
+    }
+
+    /// Removes the WAL segments the newest snapshot covers, keeping those live followers still
+    /// need within the retention limit.
+    pub fn compact(&self) -> Result<PurgeReport> {
+        let Some((snapshot_id, _)) = self.store.snapshots().into_iter().next() else {
+            return Ok(PurgeReport {
+                snapshot_id: 0,
+                purge_before: 0,
+                segments_removed: Vec::new(),
+                retained_for: Vec::new(),
+            });
+        };
+        let segments: Vec<(u64, u64)> = self
+            .store
+            .wal()
+            .segments()
+            .iter()
+            .filter(|segment| !segment.is_active)
+            .filter_map(|segment| Some((segment.last_id?, segment.size_bytes)))
+            .collect();
+        let followers: Vec<(String, u64)> = self
+            .with_leader(|leader| {
+                leader
+                    .followers(Instant::now(), self.store.last_id())
+                    .into_iter()
+                    .filter(|follower| follower.status != crate::leader::FollowerHealth::Down)
+                    .map(|follower| (follower.follower_id, follower.next_id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (purge_before, retained_for) = purge_point(
+            snapshot_id,
+            &segments,
+            &followers,
+            self.options.compaction.wal_retention_bytes,
+        );
+        let removed = self.store.purge_wal_before(purge_before)?;
+        Ok(PurgeReport {
+            snapshot_id,
+            purge_before,
+            segments_removed: removed
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect(),
+            retained_for,
+        })
+    }
+}
+
+/// Nice value of background threads (snapshots): 0 is normal, 19 the lowest priority.
+const BACKGROUND_NICE: i32 = 19;
+
+/// Lowers the calling thread's CPU priority to [`BACKGROUND_NICE`] (Linux: the nice value is
+/// per thread). Best effort: a failure is logged and the work runs at normal priority.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let thread = rustix::thread::gettid();
+        if let Err(error) = rustix::process::setpriority_process(Some(thread), BACKGROUND_NICE) {
+            tracing::warn!(%error, "cannot lower the snapshot thread's priority");
+        }
+    }
+}

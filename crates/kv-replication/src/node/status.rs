@@ -1,0 +1,201 @@
+//! What a node shows of itself: `/cluster_status` ([`ClusterStatus`]: role, epoch, ids, the
+//! followers' health or the link to the leader) and `/compaction/status` ([`CompactionStatus`]).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{lock, Node, RoleState};
+use crate::compaction::PurgeReport;
+use crate::follower::LinkState;
+use crate::leader::FollowerStatus;
+use crate::log_view::LogView;
+
+/// What `/cluster_status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// `leader` or `follower`.
+    pub role: &'static str,
+    /// The leader's URL (followers).
+    pub leader: Option<String>,
+    /// The cluster id, hex (empty for a follower that has not joined yet).
+    pub cluster_id: String,
+    /// The epoch this node leads in, or the leader's as last heard.
+    pub epoch: u64,
+    /// The commit id (followers: as last heard).
+    pub commit_id: u64,
+    /// The last entry applied to the map.
+    pub applied_id: u64,
+    /// The highest id durable here.
+    pub durable_id: u64,
+    /// The last id in the local log.
+    pub last_id: u64,
+    /// The first id in the local log.
+    pub first_id: u64,
+    /// The write quorum (leader).
+    pub write_quorum: Option<usize>,
+    /// Every follower heard from (leader).
+    pub followers: Option<Vec<FollowerStatus>>,
+    /// The link to the leader (followers).
+    pub link: Option<LinkState>,
+    /// Milliseconds since the leader last answered (followers).
+    pub last_contact_age_ms: Option<u64>,
+    /// Damaged batches refused (followers).
+    pub corrupt_batches_refused: Option<u64>,
+}
+
+/// What `/compaction/status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompactionStatus {
+    /// Snapshots on disk, newest first: `(applied_id, path)`.
+    pub snapshots: Vec<(u64, String)>,
+    /// The last snapshot this process wrote.
+    pub last_snapshot: Option<SnapshotSummary>,
+    /// What the last purge removed and kept, and why.
+    pub last_purge: Option<PurgeReport>,
+    /// Snapshots written by this process.
+    pub snapshots_written: u64,
+    /// Snapshots installed from the leader by this process.
+    pub snapshots_installed: u64,
+    /// The WAL's first id, segment count and bytes.
+    pub wal_first_id: u64,
+    /// Segments in the WAL.
+    pub wal_segments: usize,
+    /// Bytes in the WAL.
+    pub wal_bytes: u64,
+    /// Entries applied since the newest snapshot.
+    pub entries_since_snapshot: u64,
+    /// The policy.
+    pub snapshot_every_entries: u64,
+    /// The policy.
+    pub snapshot_every_wal_bytes: u64,
+    /// The policy.
+    pub snapshot_wal_live_ratio: u64,
+    /// Bytes of live data in the map (what the ratio is taken of).
+    pub live_bytes: u64,
+    /// The policy.
+    pub snapshots_kept: usize,
+    /// The policy.
+    pub wal_retention_bytes: u64,
+    /// The codec.
+    pub codec: String,
+}
+
+/// A snapshot as `/compaction/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotSummary {
+    /// The file.
+    pub path: String,
+    /// Its applied id.
+    pub applied_id: u64,
+    /// Keys in it.
+    pub key_count: u64,
+    /// Its size.
+    pub size_bytes: u64,
+    /// Bytes before compression.
+    pub raw_bytes: u64,
+    /// Its codec.
+    pub codec: String,
+    /// How long writing it took, after the view was copied.
+    pub write_ms: u64,
+    /// How long copying the map's consistent view took (writes go on meanwhile).
+    pub view_ms: u64,
+    /// The longest the copy held the map's lock at once: the longest a write waited for it.
+    pub longest_lock_hold_us: u64,
+}
+
+impl From<&kv_store::SnapshotInfo> for SnapshotSummary {
+    fn from(info: &kv_store::SnapshotInfo) -> SnapshotSummary {
+        SnapshotSummary {
+            path: info.path.display().to_string(),
+            applied_id: info.applied_id,
+            key_count: info.key_count,
+            size_bytes: info.size_bytes,
+            raw_bytes: info.raw_bytes,
+            codec: info.codec.to_string(),
+            write_ms: info.write_duration.as_millis() as u64,
+            view_ms: info.view_duration.as_millis() as u64,
+            longest_lock_hold_us: info.longest_lock_hold.as_micros() as u64,
+        }
+    }
+}
+
+impl Node {
+    /// What `/cluster_status` shows.
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let now = Instant::now();
+        let store = &self.store;
+        let last_id = LogView::last_id(&**store);
+        let meta = *lock(&self.meta);
+        let mut status = ClusterStatus {
+            role: "leader",
+            leader: None,
+            cluster_id: if meta.cluster_id == 0 {
+                String::new()
+            } else {
+                format!("{:016x}", meta.cluster_id)
+            },
+            epoch: meta.epoch,
+            commit_id: self.commit_id(),
+            applied_id: store.applied_id(),
+            durable_id: store.durable_id(),
+            last_id,
+            first_id: LogView::first_id(&**store),
+            write_quorum: None,
+            followers: None,
+            link: None,
+            last_contact_age_ms: None,
+            corrupt_batches_refused: None,
+        };
+        match &*lock(&self.role) {
+            RoleState::Leader(leader) => {
+                status.write_quorum = Some(leader.write_quorum());
+                status.followers = Some(leader.followers(now, last_id));
+            }
+            RoleState::Follower { leader_url, state } => {
+                status.role = "follower";
+                status.leader = Some(leader_url.clone());
+                if state.cluster_id() != 0 {
+                    status.cluster_id = format!("{:016x}", state.cluster_id());
+                }
+                status.epoch = state.leader_epoch();
+                status.link = Some(state.link().clone());
+                status.last_contact_age_ms = state
+                    .last_contact()
+                    .map(|at| now.duration_since(at).as_millis() as u64);
+                status.corrupt_batches_refused = Some(state.corrupt_batches_refused());
+            }
+        }
+        status
+    }
+
+    /// What `/compaction/status` shows.
+    pub fn compaction_status(&self) -> CompactionStatus {
+        let options = &self.options.compaction;
+        let state = lock(&self.compaction);
+        let snapshots = self.store.snapshots();
+        let newest = snapshots.first().map_or(0, |(id, _)| *id);
+        let segments = self.store.wal().segments();
+        CompactionStatus {
+            snapshots: snapshots
+                .iter()
+                .map(|(id, path)| (*id, path.display().to_string()))
+                .collect(),
+            last_snapshot: state.last_snapshot.as_ref().map(SnapshotSummary::from),
+            last_purge: state.last_purge.clone(),
+            snapshots_written: state.snapshots_written,
+            snapshots_installed: state.snapshots_installed,
+            wal_first_id: LogView::first_id(&*self.store),
+            wal_segments: segments.len(),
+            wal_bytes: segments.iter().map(|segment| segment.size_bytes).sum(),
+            entries_since_snapshot: self.store.applied_id().saturating_sub(newest),
+            snapshot_every_entries: options.snapshot_every_entries,
+            snapshot_every_wal_bytes: options.snapshot_every_wal_bytes,
+            snapshot_wal_live_ratio: options.snapshot_wal_live_ratio,
+            live_bytes: self.store.live_bytes(),
+            snapshots_kept: options.snapshots_kept,
+            wal_retention_bytes: options.wal_retention_bytes,
+            codec: options.codec.to_string(),
+        }
+    }
+}
