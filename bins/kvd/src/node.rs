@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use kv_http::{AppState, HttpTransport};
-use kv_replication::{FetchRequest, FetchResponse, Node, SnapshotMeta, Transport};
+use kv_replication::{
+    FetchRequest, FetchResponse, MaintenanceOptions, Node, SnapshotMeta, Transport,
+};
 use kv_store::{Store, StoreOptions, EPOCH_DEFAULT};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -164,46 +166,21 @@ async fn serve(config: &NodeConfig, node: Arc<Node>) -> anyhow::Result<()> {
             }))
         }
     };
-    let compactor = {
+    let maintenance = {
         let mut stopped = replication_stopped.clone();
-        let node = node.clone();
-        let compress_sealed = config.compress_sealed_segments.is_some();
-        tokio::spawn(async move {
-            let mut last_persisted = Instant::now();
-            loop {
-                tokio::select! {
-                    _ = stopped.wait_for(|stop| *stop) => return,
-                    _ = tokio::time::sleep(COMPACTION_CHECK_INTERVAL) => {}
-                }
-                if last_persisted.elapsed() >= PERSIST_PROGRESS_INTERVAL {
-                    last_persisted = Instant::now();
-                    if let Err(error) = node.persist_progress() {
-                        tracing::error!(%error, "cannot save the commit id and epoch");
-                    }
-                }
-                if compress_sealed {
-                    let worker = node.clone();
-                    match tokio::task::spawn_blocking(move || compress_sealed_segments(&worker))
-                        .await
-                    {
-                        Ok(()) => {}
-                        Err(error) => tracing::error!(%error, "segment compression task failed"),
-                    }
-                }
-                if !node.snapshot_due() {
-                    continue;
-                }
-                if let Err(error) = node.snapshot_and_compact_in_background().await {
-                    tracing::error!(%error, "snapshot failed");
-                }
-            }
-        })
+        let options = MaintenanceOptions {
+            compress_sealed_segments: config.compress_sealed_segments.is_some(),
+            ..MaintenanceOptions::default()
+        };
+        tokio::spawn(node.clone().run_maintenance(options, async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }))
     };
     let state_node = node.clone();
     let state = Arc::new(AppState::new(node, config.http.clone()));
     let served = kv_http::serve(listener, state, shutdown.received()).await;
     let _ = stop_replication.send(true);
-    let _ = compactor.await;
+    let _ = maintenance.await;
     if let Some(follower_loop) = follower_loop {
         let _ = follower_loop.await;
     }
@@ -238,37 +215,6 @@ struct CorruptingTransport {
     corrupt_every: u64,
     fetches: AtomicU64,
 }
-
-/// Rewrites the WAL's sealed, still plain segments compressed (a blocking call: appends and
-/// reads go on meanwhile) and logs what it did.
-fn compress_sealed_segments(node: &Node) {
-    match node.store().wal().compress_sealed() {
-        Ok(report) => {
-            if report.segments_compressed > 0 {
-                tracing::info!(
-                    segments = report.segments_compressed,
-                    bytes_before = report.bytes_before,
-                    bytes_after = report.bytes_after,
-                    seconds = report.seconds,
-                    "compressed sealed WAL segments ({:.2}x)",
-                    report.ratio()
-                );
-            }
-            for (segment, reason) in &report.skipped {
-                if reason != kv_wal::INCOMPRESSIBLE {
-                    tracing::warn!(segment = %segment.display(), %reason, "sealed WAL segment left plain");
-                }
-            }
-        }
-        Err(error) => tracing::error!(%error, "cannot compress sealed WAL segments"),
-    }
-}
-
-/// How often the snapshot policy is checked (and sealed segments compressed, when on): the
-/// WAL written between two checks adds to the disk use the policy allows.
-const COMPACTION_CHECK_INTERVAL: Duration = Duration::from_millis(250);
-/// How often the applied commit id and the epoch heard are saved in `node.meta`.
-const PERSIST_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Transport for CorruptingTransport {
     async fn snapshot_meta(&self, timeout: Duration) -> Result<Option<SnapshotMeta>, String> {

@@ -48,6 +48,9 @@ pub use leader::{FetchDecision, FollowerHealth, FollowerStatus, LeaderOptions, L
 pub use log_view::LogView;
 pub use meta::{NodeMeta, META_FILE_NAME};
 pub use node::leading::{Acks, FETCH_WAIT_MAX};
+pub use node::maintenance::{
+    MaintenanceOptions, MAINTENANCE_CHECK_INTERVAL, PERSIST_PROGRESS_INTERVAL,
+};
 pub use node::status::{ClusterStatus, CompactionStatus, SnapshotSummary};
 pub use node::{Node, NodeOptions, Role};
 pub use protocol::{DecodeError, FetchRequest, FetchResponse, SnapshotMeta};

@@ -1,15 +1,114 @@
-//! Maintenance: snapshots and log compaction. The policy ([`crate::compaction`]) says when a
-//! snapshot is due and how far the log may be purged; this module writes the snapshot on a
-//! low-priority thread of its own and purges.
+//! Maintenance: snapshots, log compaction and the background task that runs them. The policy
+//! ([`crate::compaction`]) says when a snapshot is due and how far the log may be purged; this
+//! module writes the snapshot on a low-priority thread of its own and purges.
+//! [`Node::run_maintenance`] is the task a node runs beside its role: every
+//! [`MaintenanceOptions::check_interval`] it saves its progress (now and then), compresses the
+//! log's sealed segments (when asked) and snapshots when the policy says so.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{lock, Node};
 use crate::compaction::{purge_point, PurgeReport};
 use crate::error::{Error, Result};
 
+/// How often the maintenance task checks the snapshot policy (and compresses sealed segments,
+/// when on): the WAL written between two checks adds to the disk use the policy allows.
+pub const MAINTENANCE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the maintenance task saves the applied commit id and the epoch heard in
+/// `node.meta`.
+pub const PERSIST_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Settings of [`Node::run_maintenance`].
+#[derive(Debug, Clone)]
+pub struct MaintenanceOptions {
+    /// How often the task runs.
+    pub check_interval: Duration,
+    /// How often it saves the node's progress ([`Node::persist_progress`]).
+    pub persist_interval: Duration,
+    /// Whether it rewrites the log's sealed segments compressed (with the codec the WAL was
+    /// opened with).
+    pub compress_sealed_segments: bool,
+}
+
+impl Default for MaintenanceOptions {
+    fn default() -> MaintenanceOptions {
+        MaintenanceOptions {
+            check_interval: MAINTENANCE_CHECK_INTERVAL,
+            persist_interval: PERSIST_PROGRESS_INTERVAL,
+            compress_sealed_segments: false,
+        }
+    }
+}
+
 impl Node {
+    /// The node's background maintenance, until `shutdown` resolves: every
+    /// `check_interval`, save the progress (every `persist_interval`), compress sealed
+    /// segments (if on; a blocking task, appends and reads go on), and write a snapshot and
+    /// compact the log when the policy says so. Failures are logged and retried at the next
+    /// check. Saving the progress one last time at shutdown is the caller's (after the other
+    /// loops stopped).
+    pub async fn run_maintenance(
+        self: Arc<Self>,
+        options: MaintenanceOptions,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut last_persisted = Instant::now();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(options.check_interval) => {}
+            }
+            if last_persisted.elapsed() >= options.persist_interval {
+                last_persisted = Instant::now();
+                if let Err(error) = self.persist_progress() {
+                    tracing::error!(%error, "cannot save the commit id and epoch");
+                }
+            }
+            if options.compress_sealed_segments {
+                let worker = self.clone();
+                if let Err(error) =
+                    tokio::task::spawn_blocking(move || worker.compress_sealed_segments()).await
+                {
+                    tracing::error!(%error, "segment compression task failed");
+                }
+            }
+            if !self.snapshot_due() {
+                continue;
+            }
+            if let Err(error) = self.snapshot_and_compact_in_background().await {
+                tracing::error!(%error, "snapshot failed");
+            }
+        }
+    }
+
+    /// Rewrites the WAL's sealed, still plain segments compressed (a blocking call: appends
+    /// and reads go on meanwhile) and logs what it did.
+    fn compress_sealed_segments(&self) {
+        match self.store.wal().compress_sealed() {
+            Ok(report) => {
+                if report.segments_compressed > 0 {
+                    tracing::info!(
+                        segments = report.segments_compressed,
+                        bytes_before = report.bytes_before,
+                        bytes_after = report.bytes_after,
+                        seconds = report.seconds,
+                        "compressed sealed WAL segments ({:.2}x)",
+                        report.ratio()
+                    );
+                }
+                for (segment, reason) in &report.skipped {
+                    if reason != kv_wal::INCOMPRESSIBLE {
+                        tracing::warn!(segment = %segment.display(), %reason, "sealed WAL segment left plain");
+                    }
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot compress sealed WAL segments"),
+        }
+    }
+
     /// Whether the policy asks for a snapshot now.
     pub fn snapshot_due(&self) -> bool {
         let options = &self.options.compaction;
