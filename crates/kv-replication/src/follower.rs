@@ -1,6 +1,11 @@
 //! The follower's state machine, without I/O: what to ask the leader next, and what to do
 //! with each answer or failure. A driver ([`crate::Node::run_follower`]) performs the steps.
 //!
+//! Every decision is made here, so the simulation covers it: an answer to a request the log
+//! has moved past is dropped ([`Step::Refetch`]); a leader epoch newer than the one recorded
+//! on disk is recorded before anything else is done with the answer ([`Step::PersistEpoch`]);
+//! a failed snapshot download or install backs off like a failed fetch.
+//!
 //! Every method takes `now`, and jitter comes from a seeded generator, so the logic runs on
 //! virtual time in tests.
 
@@ -77,6 +82,19 @@ pub enum Step {
         /// A cluster id to adopt (a new follower's first answer).
         adopt_cluster: Option<u64>,
     },
+    /// Record `epoch` — the newest leader epoch heard — in the node's meta file, then perform
+    /// `then`. Emitted before anything of a new epoch is appended (or truncated, or
+    /// installed), so that a node promoted later starts above every epoch it has followed.
+    /// The driver must record it or stop replicating.
+    PersistEpoch {
+        /// The epoch to record.
+        epoch: u64,
+        /// What to do once it is on disk.
+        then: Box<Step>,
+    },
+    /// The answer was to a request the local log has moved past since (its next id or the
+    /// epoch of its last entry changed): nothing in it is believed; fetch again at once.
+    Refetch,
     /// Wait, then fetch again.
     Retry {
         /// How long.
@@ -117,6 +135,8 @@ pub struct FollowerState {
     options: FollowerOptions,
     cluster_id: u64,
     leader_epoch: u64,
+    /// The highest leader epoch known to be in the node's meta file.
+    epoch_persisted: u64,
     /// The highest commit id heard: entries up to it must never be truncated.
     commit_seen: u64,
     failures: u32,
@@ -134,7 +154,8 @@ impl FollowerState {
 
     /// A follower that remembers (from its meta file) the highest leader epoch and commit id
     /// it heard before a restart: a leader in an older epoch is refused (a stale leader that
-    /// came back), and the log is never cut below that commit id.
+    /// came back), and the log is never cut below that commit id. `leader_epoch` is on disk
+    /// already.
     pub fn resume(
         options: FollowerOptions,
         cluster_id: u64,
@@ -146,6 +167,7 @@ impl FollowerState {
             options,
             cluster_id,
             leader_epoch,
+            epoch_persisted: leader_epoch,
             commit_seen,
             failures: 0,
             link: LinkState::Connecting,
@@ -157,31 +179,50 @@ impl FollowerState {
 
     /// The next fetch, from the local log's state.
     pub fn request(&self, log: &impl LogView) -> FetchRequest {
-        let next_id = log.next_id();
-        let previous = next_id - 1;
+        let (next_id, last_epoch) = position(log);
         FetchRequest {
             cluster_id: self.cluster_id,
             follower_id: self.options.follower_id.clone(),
             next_id,
-            last_epoch: if previous == 0 {
-                0
-            } else {
-                log.epoch_at(previous).unwrap_or(0)
-            },
-            durable_id: log.durable_id().min(previous),
+            last_epoch,
+            durable_id: log.durable_id().min(next_id - 1),
             commit_id: self.commit_seen,
             bytes_max: self.options.fetch_bytes_max,
             wait_ms: self.options.fetch_wait.as_millis().min(u32::MAX as u128) as u32,
         }
     }
 
-    /// Decides what to do with the leader's answer to `request`.
+    /// Decides what to do with the leader's answer to `request`, given the local log now.
     pub fn on_response(
         &mut self,
         now: Instant,
         request: &FetchRequest,
         response: FetchResponse,
+        log: &impl LogView,
     ) -> Step {
+        if position(log) != (request.next_id, request.last_epoch) {
+            // An answer to an older request (a late or repeated one): its entries, its cut or
+            // its snapshot were decided for a log that is no longer there.
+            return Step::Refetch;
+        }
+        let step = self.decide(now, request, response);
+        self.epoch_first(step)
+    }
+
+    /// Wraps `step` in [`Step::PersistEpoch`] when the answer raised the leader epoch above
+    /// the one on disk.
+    fn epoch_first(&mut self, step: Step) -> Step {
+        if self.leader_epoch <= self.epoch_persisted {
+            return step;
+        }
+        self.epoch_persisted = self.leader_epoch;
+        Step::PersistEpoch {
+            epoch: self.leader_epoch,
+            then: Box::new(step),
+        }
+    }
+
+    fn decide(&mut self, now: Instant, request: &FetchRequest, response: FetchResponse) -> Step {
         match response {
             FetchResponse::Entries {
                 cluster_id,
@@ -189,78 +230,25 @@ impl FollowerState {
                 commit_id,
                 frames,
                 ..
-            } => {
-                if let Some(step) = self.check_leader(now, cluster_id, leader_epoch) {
-                    return step;
-                }
-                if !frames.is_empty() {
-                    if let Err(reason) = check_frames(&frames, request.next_id) {
-                        // Damaged in transit or on the leader: never appended, fetched again,
-                        // and nothing else in the answer is trusted either.
-                        self.corrupt_batches_refused += 1;
-                        return self.failed(now, format!("refused a damaged batch: {reason}"));
-                    }
-                }
-                let adopt_cluster = (self.cluster_id == 0).then_some(cluster_id);
-                self.cluster_id = cluster_id;
-                self.leader_epoch = self.leader_epoch.max(leader_epoch);
-                self.commit_seen = self.commit_seen.max(commit_id);
-                self.connected(now);
-                if frames.is_empty() {
-                    return Step::Apply {
-                        commit_id,
-                        adopt_cluster,
-                    };
-                }
-                Step::Append {
-                    frames,
-                    commit_id,
-                    adopt_cluster,
-                }
-            }
+            } => self
+                .check_leader(now, cluster_id, leader_epoch)
+                .unwrap_or_else(|| {
+                    self.on_entries(now, request, cluster_id, leader_epoch, commit_id, frames)
+                }),
             FetchResponse::Diverged {
                 cluster_id,
                 leader_epoch,
                 truncate_after,
-            } => {
-                if let Some(step) = self.check_leader(now, cluster_id, leader_epoch) {
-                    return step;
-                }
-                self.leader_epoch = self.leader_epoch.max(leader_epoch);
-                self.connected(now);
-                if truncate_after < self.commit_seen {
-                    return self.stop(format!(
-                        "the leader's log parts from this follower's at id {}, below the commit id {} \
-                         this follower has seen: committed entries would be discarded; resync this \
-                         follower from an empty data directory",
-                        truncate_after + 1,
-                        self.commit_seen
-                    ));
-                }
-                if truncate_after >= request.next_id - 1 {
-                    return self.failed(now, "the leader asked for a truncation that drops nothing".to_owned());
-                }
-                Step::Truncate {
-                    after_id: truncate_after,
-                }
-            }
+            } => self
+                .check_leader(now, cluster_id, leader_epoch)
+                .unwrap_or_else(|| self.on_diverged(now, request, leader_epoch, truncate_after)),
             FetchResponse::SnapshotNeeded {
                 cluster_id,
                 first_id,
                 leader_epoch,
-            } => {
-                if let Some(step) = self.check_leader(now, cluster_id, leader_epoch) {
-                    return step;
-                }
-                self.leader_epoch = self.leader_epoch.max(leader_epoch);
-                let adopt_cluster = (self.cluster_id == 0).then_some(cluster_id);
-                self.cluster_id = cluster_id;
-                self.connected(now);
-                Step::InstallSnapshot {
-                    leader_first_id: first_id,
-                    adopt_cluster,
-                }
-            }
+            } => self
+                .check_leader(now, cluster_id, leader_epoch)
+                .unwrap_or_else(|| self.on_snapshot_needed(now, cluster_id, leader_epoch, first_id)),
             FetchResponse::NotLeader { leader_url } => self.failed(
                 now,
                 match leader_url {
@@ -273,6 +261,90 @@ impl FollowerState {
                  (a leader started on a fresh data directory, or the wrong leader)",
                 self.cluster_id
             )),
+        }
+    }
+
+    /// Entries (or none: a heartbeat) from a leader that passed [`FollowerState::check_leader`].
+    fn on_entries(
+        &mut self,
+        now: Instant,
+        request: &FetchRequest,
+        cluster_id: u64,
+        leader_epoch: u64,
+        commit_id: u64,
+        frames: Vec<u8>,
+    ) -> Step {
+        if !frames.is_empty() {
+            if let Err(reason) = check_frames(&frames, request.next_id) {
+                // Damaged in transit or on the leader: never appended, fetched again, and
+                // nothing else in the answer is trusted either.
+                self.corrupt_batches_refused += 1;
+                return self.failed(now, format!("refused a damaged batch: {reason}"));
+            }
+        }
+        let adopt_cluster = (self.cluster_id == 0).then_some(cluster_id);
+        self.cluster_id = cluster_id;
+        self.leader_epoch = self.leader_epoch.max(leader_epoch);
+        self.commit_seen = self.commit_seen.max(commit_id);
+        self.connected(now);
+        if frames.is_empty() {
+            return Step::Apply {
+                commit_id,
+                adopt_cluster,
+            };
+        }
+        Step::Append {
+            frames,
+            commit_id,
+            adopt_cluster,
+        }
+    }
+
+    /// The leader says this log parts from its own after `truncate_after`.
+    fn on_diverged(
+        &mut self,
+        now: Instant,
+        request: &FetchRequest,
+        leader_epoch: u64,
+        truncate_after: u64,
+    ) -> Step {
+        self.leader_epoch = self.leader_epoch.max(leader_epoch);
+        self.connected(now);
+        if truncate_after < self.commit_seen {
+            return self.stop(format!(
+                "the leader's log parts from this follower's at id {}, below the commit id {} \
+                 this follower has seen: committed entries would be discarded; resync this \
+                 follower from an empty data directory",
+                truncate_after + 1,
+                self.commit_seen
+            ));
+        }
+        if truncate_after >= request.next_id - 1 {
+            return self.failed(
+                now,
+                "the leader asked for a truncation that drops nothing".to_owned(),
+            );
+        }
+        Step::Truncate {
+            after_id: truncate_after,
+        }
+    }
+
+    /// The leader no longer holds the entries this follower needs next.
+    fn on_snapshot_needed(
+        &mut self,
+        now: Instant,
+        cluster_id: u64,
+        leader_epoch: u64,
+        first_id: u64,
+    ) -> Step {
+        self.leader_epoch = self.leader_epoch.max(leader_epoch);
+        let adopt_cluster = (self.cluster_id == 0).then_some(cluster_id);
+        self.cluster_id = cluster_id;
+        self.connected(now);
+        Step::InstallSnapshot {
+            leader_first_id: first_id,
+            adopt_cluster,
         }
     }
 
@@ -385,6 +457,19 @@ impl FollowerState {
     pub fn corrupt_batches_refused(&self) -> u64 {
         self.corrupt_batches_refused
     }
+}
+
+/// Where the local log stands: its next id and the epoch of its last entry (0 for none), the
+/// position a fetch asks from.
+fn position(log: &impl LogView) -> (u64, u64) {
+    let next_id = log.next_id();
+    let previous = next_id - 1;
+    let last_epoch = if previous == 0 {
+        0
+    } else {
+        log.epoch_at(previous).unwrap_or(0)
+    };
+    (next_id, last_epoch)
 }
 
 /// Checks a batch before it may be appended: every CRC, ids consecutive from `first_id`.

@@ -1,14 +1,18 @@
 //! The follower's driver: the fetch loop. [`FollowerState`](crate::FollowerState) builds each
 //! request and turns each answer into a [`Step`]; this module sends the requests over a
-//! [`Transport`] and performs the steps (append, apply, truncate, install a snapshot, wait).
+//! [`Transport`] and performs the steps (record an epoch, append, apply, truncate, install a
+//! snapshot, wait). It decides nothing itself.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{lock, Node};
+use super::Node;
 use crate::follower::{LinkState, Step};
 use crate::transport::Transport;
+
+/// How much longer than the fetch wait a follower gives the leader to answer.
+const FETCH_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 
 impl Node {
     /// Runs the follower's fetch loop until `shutdown` resolves, replication stops for a
@@ -25,10 +29,14 @@ impl Node {
             let _ = role_changes.changed().await;
         };
         tokio::pin!(shutdown, role_changed);
-        let fetch_timeout = self.options.follower.fetch_wait + Duration::from_secs(5);
+        let fetch_timeout = self.options.follower.fetch_wait + FETCH_TIMEOUT_MARGIN;
+        if self.with_follower(|_| ()).is_none() {
+            tracing::error!("run_follower called on a leader");
+            return;
+        }
         loop {
+            // `None` once the role changed under the loop.
             let Some(request) = self.with_follower(|state| state.request(&*self.store)) else {
-                tracing::error!("run_follower called on a leader");
                 return;
             };
             let answer = tokio::select! {
@@ -36,24 +44,12 @@ impl Node {
                 _ = &mut role_changed => return,
                 answer = transport.fetch(&request, fetch_timeout) => answer,
             };
-            let Some((step, leader_epoch)) = self.with_follower(|state| {
-                let step = match answer {
-                    Ok(response) => state.on_response(Instant::now(), &request, response),
-                    Err(error) => state.on_failure(Instant::now(), error),
-                };
-                (step, state.leader_epoch())
+            let Some(step) = self.with_follower(|state| match answer {
+                Ok(response) => state.on_response(Instant::now(), &request, response, &*self.store),
+                Err(error) => state.on_failure(Instant::now(), error),
             }) else {
                 return;
             };
-            if leader_epoch > lock(&self.meta).epoch {
-                // On disk before anything of the new epoch is appended: a node promoted later
-                // must start above every epoch it has followed.
-                if let Err(error) = self.persist_progress() {
-                    tracing::error!(%error, "replication stopped: cannot record the leader's epoch");
-                    self.stop_link(error.to_string());
-                    return;
-                }
-            }
             match self.perform(step, &transport).await {
                 Ok(None) => {}
                 Ok(Some(delay)) => {
@@ -76,97 +72,128 @@ impl Node {
         self.with_follower(|state| state.force_stop(reason));
     }
 
-    /// Performs one step; returns a delay before the next fetch, or why replication stops.
+    /// Performs `step` (and the steps it leads to); returns a delay before the next fetch, or
+    /// why replication stops.
     async fn perform<T: Transport>(
         &self,
-        step: Step,
+        mut step: Step,
         transport: &T,
     ) -> Result<Option<Duration>, String> {
-        match step {
-            Step::InstallSnapshot {
-                leader_first_id,
-                adopt_cluster,
-            } => {
-                self.adopt(adopt_cluster)?;
-                tracing::warn!(
+        loop {
+            step = match step {
+                Step::PersistEpoch { epoch, then } => {
+                    // On disk before anything of the new epoch is appended: a node promoted
+                    // later must start above every epoch it has followed.
+                    self.persist_progress().map_err(|error| {
+                        format!("cannot record the leader's epoch {epoch}: {error}")
+                    })?;
+                    *then
+                }
+                Step::InstallSnapshot {
                     leader_first_id,
-                    next_id = self.store.next_id(),
-                    "the leader compacted the entries this follower needs: installing its snapshot"
-                );
-                match self.download_and_install(transport).await {
-                    Ok(applied_id) => {
-                        tracing::info!(applied_id, "snapshot installed; fetching after it");
-                        self.applied.send_replace(self.store.applied_id());
-                        Ok(None)
-                    }
-                    Err(error) => {
-                        let step = self.with_follower(|state| {
-                            state.on_snapshot_failure(Instant::now(), error)
-                        });
-                        match step.unwrap_or(Step::Retry {
-                            after: Duration::from_secs(1),
-                        }) {
-                            Step::Retry { after } => Ok(Some(after)),
-                            _ => Ok(Some(Duration::from_secs(1))),
-                        }
+                    adopt_cluster,
+                } => {
+                    self.adopt(adopt_cluster)?;
+                    match self
+                        .install_leaders_snapshot(leader_first_id, transport)
+                        .await
+                    {
+                        Some(next) => next,
+                        None => return Ok(None),
                     }
                 }
-            }
-            Step::Append {
-                frames,
-                commit_id,
-                adopt_cluster,
-            } => {
-                self.adopt(adopt_cluster)?;
-                if kv_wal::frame::decode(&frames).map(|frame| frame.id).ok()
-                    != Some(self.store.next_id())
-                {
-                    // An answer to an older request (the log moved since): fetch again.
+                Step::Append {
+                    frames,
+                    commit_id,
+                    adopt_cluster,
+                } => {
+                    self.adopt(adopt_cluster)?;
+                    self.append(&frames, commit_id).await?;
                     return Ok(None);
                 }
-                kv_wal::fail_point!(FOLLOWER_AFTER_FETCH_BEFORE_APPEND)
-                    .map_err(|error| format!("fail point: {error}"))?;
-                let ticket = self
-                    .store
-                    .submit_frames(&frames, self.store.wal().sync_policy())
-                    .map_err(|error| format!("cannot append the leader's entries: {error}"))?;
-                ticket.await.map_err(|error| {
-                    format!("cannot make the leader's entries durable: {error}")
-                })?;
-                self.publish_commit(commit_id);
-                Ok(None)
-            }
-            Step::Apply {
-                commit_id,
-                adopt_cluster,
-            } => {
-                self.adopt(adopt_cluster)?;
-                self.publish_commit(commit_id);
-                Ok(None)
-            }
-            Step::Truncate { after_id } => {
-                tracing::warn!(
-                    after_id,
-                    "this follower's log diverged from the leader's: truncating"
-                );
-                self.store
-                    .truncate_after(after_id)
-                    .map_err(|error| format!("cannot truncate the diverged suffix: {error}"))?;
-                let applied = self.store.applied_id();
-                self.applied.send_replace(applied);
-                Ok(None)
-            }
-            Step::Retry { after } => {
-                self.with_follower(|state| {
-                    if let LinkState::Retrying { error, failures } = state.link() {
-                        if *failures == 1 || failures.is_power_of_two() {
-                            tracing::warn!(%error, failures, "fetch failed; retrying");
-                        }
-                    }
-                });
-                Ok(Some(after))
-            }
-            Step::Stop { reason } => Err(reason),
+                Step::Apply {
+                    commit_id,
+                    adopt_cluster,
+                } => {
+                    self.adopt(adopt_cluster)?;
+                    self.publish_commit(commit_id);
+                    return Ok(None);
+                }
+                Step::Truncate { after_id } => {
+                    self.truncate(after_id)?;
+                    return Ok(None);
+                }
+                Step::Refetch => return Ok(None),
+                Step::Retry { after } => {
+                    self.log_retry();
+                    return Ok(Some(after));
+                }
+                Step::Stop { reason } => return Err(reason),
+            };
         }
+    }
+
+    /// Downloads and installs the leader's snapshot. `None` once installed (fetch after it);
+    /// otherwise the step the state machine chose after the failure.
+    async fn install_leaders_snapshot<T: Transport>(
+        &self,
+        leader_first_id: u64,
+        transport: &T,
+    ) -> Option<Step> {
+        tracing::warn!(
+            leader_first_id,
+            next_id = self.store.next_id(),
+            "the leader compacted the entries this follower needs: installing its snapshot"
+        );
+        match self.download_and_install(transport).await {
+            Ok(applied_id) => {
+                tracing::info!(applied_id, "snapshot installed; fetching after it");
+                self.applied.send_replace(self.store.applied_id());
+                None
+            }
+            Err(error) => {
+                self.with_follower(|state| state.on_snapshot_failure(Instant::now(), error))
+            }
+        }
+    }
+
+    /// Appends the leader's frames (checked by the state machine), waits until they are
+    /// durable here, and applies up to `commit_id`.
+    async fn append(&self, frames: &[u8], commit_id: u64) -> Result<(), String> {
+        kv_wal::fail_point!(FOLLOWER_AFTER_FETCH_BEFORE_APPEND)
+            .map_err(|error| format!("fail point: {error}"))?;
+        let ticket = self
+            .store
+            .submit_frames(frames, self.store.wal().sync_policy())
+            .map_err(|error| format!("cannot append the leader's entries: {error}"))?;
+        ticket
+            .await
+            .map_err(|error| format!("cannot make the leader's entries durable: {error}"))?;
+        self.publish_commit(commit_id);
+        Ok(())
+    }
+
+    /// Drops this log's entries after `after_id`, where it parts from the leader's.
+    fn truncate(&self, after_id: u64) -> Result<(), String> {
+        tracing::warn!(
+            after_id,
+            "this follower's log diverged from the leader's: truncating"
+        );
+        self.store
+            .truncate_after(after_id)
+            .map_err(|error| format!("cannot truncate the diverged suffix: {error}"))?;
+        self.applied.send_replace(self.store.applied_id());
+        Ok(())
+    }
+
+    /// Logs a failed fetch: the first of a run and then at every power of two.
+    fn log_retry(&self) {
+        self.with_follower(|state| {
+            if let LinkState::Retrying { error, failures } = state.link() {
+                if *failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(%error, failures, "fetch failed; retrying");
+                }
+            }
+        });
     }
 }

@@ -33,6 +33,17 @@ fn request(follower: &str, next_id: u64, last_epoch: u64, durable_id: u64) -> Fe
     }
 }
 
+/// The step inside a [`Step::PersistEpoch`], checking that `epoch` is recorded first.
+fn after_recording(step: Step, epoch: u64) -> Step {
+    match step {
+        Step::PersistEpoch {
+            epoch: recorded,
+            then,
+        } if recorded == epoch => *then,
+        other => panic!("expected epoch {epoch} to be recorded first: {other:?}"),
+    }
+}
+
 fn respond(
     leader: &mut LeaderState,
     now: Instant,
@@ -262,20 +273,23 @@ fn the_follower_refuses_damage_backs_off_and_stops_for_operators() {
         frames,
     };
     assert!(matches!(
-        follower.on_response(now, &first, entries(frames)),
+        follower.on_response(now, &first, entries(frames), &log),
         Step::Retry { .. }
     ));
     assert_eq!(follower.corrupt_batches_refused(), 1);
     // A batch that does not start where asked is refused too.
     let wrong_start = kv_wal::frame::encode_record(2, &payload(1, "x"));
     assert!(matches!(
-        follower.on_response(now, &first, entries(wrong_start)),
+        follower.on_response(now, &first, entries(wrong_start), &log),
         Step::Retry { .. }
     ));
 
     // The good batch: adopt the cluster, append.
     let good = kv_wal::frame::encode_record(1, &payload(1, "x"));
-    match follower.on_response(now, &first, entries(good.clone())) {
+    match after_recording(
+        follower.on_response(now, &first, entries(good.clone()), &log),
+        1,
+    ) {
         Step::Append {
             frames,
             commit_id: 1,
@@ -320,7 +334,7 @@ fn the_follower_refuses_damage_backs_off_and_stops_for_operators() {
         truncate_after: 0,
     };
     assert!(matches!(
-        follower.on_response(now, &next, diverged),
+        after_recording(follower.on_response(now, &next, diverged, &log), 2),
         Step::Stop { .. }
     ));
     let mut fresh = FollowerState::new(FollowerOptions::default(), CLUSTER);
@@ -328,7 +342,7 @@ fn the_follower_refuses_damage_backs_off_and_stops_for_operators() {
         leader_cluster_id: 0xbad,
     };
     assert!(matches!(
-        fresh.on_response(now, &next, mismatch),
+        fresh.on_response(now, &next, mismatch, &log),
         Step::Stop { .. }
     ));
 }
@@ -336,11 +350,11 @@ fn the_follower_refuses_damage_backs_off_and_stops_for_operators() {
 #[test]
 fn a_resumed_follower_refuses_a_stale_leader_and_guards_its_saved_commit() {
     let now = Instant::now();
-    let log = VecLog::new();
+    let log = leader_log(&[(5, "a"); 11]);
     // Before the restart it heard epoch 5 and commit 10.
     let mut follower = FollowerState::resume(FollowerOptions::default(), CLUSTER, 5, 10);
     let request = follower.request(&log);
-    assert_eq!(request.commit_id, 10);
+    assert_eq!((request.next_id, request.commit_id), (12, 10));
     let stale = FetchResponse::Entries {
         cluster_id: CLUSTER,
         leader_epoch: 4,
@@ -350,7 +364,7 @@ fn a_resumed_follower_refuses_a_stale_leader_and_guards_its_saved_commit() {
         frames: Vec::new(),
     };
     assert!(matches!(
-        follower.on_response(now, &request, stale),
+        follower.on_response(now, &request, stale, &log),
         Step::Retry { .. }
     ));
     assert_eq!(
@@ -363,12 +377,208 @@ fn a_resumed_follower_refuses_a_stale_leader_and_guards_its_saved_commit() {
         leader_epoch: 6,
         truncate_after: 7,
     };
-    let request = FetchRequest {
-        next_id: 12,
-        ..request
-    };
     assert!(matches!(
-        follower.on_response(now, &request, cut_committed),
+        after_recording(follower.on_response(now, &request, cut_committed, &log), 6),
         Step::Stop { .. }
     ));
+}
+
+/// The stale-answer check (it was the driver's, for entries only): an answer to a request the
+/// log has moved past — its next id or the epoch of its last entry changed — is dropped
+/// whole, whatever its kind; an answer to the request the log would send now is used.
+#[test]
+fn an_answer_to_a_request_the_log_has_moved_past_is_dropped() {
+    let now = Instant::now();
+    let mut log = leader_log(&[(1, "a"), (1, "b")]);
+    let mut follower = FollowerState::resume(FollowerOptions::default(), CLUSTER, 1, 0);
+    let old = follower.request(&log);
+    assert_eq!((old.next_id, old.last_epoch), (3, 1));
+    // The log moves on (the answer to an earlier copy of the request was appended).
+    log.append(1, payload(1, "c"));
+    log.sync();
+    let entries = FetchResponse::Entries {
+        cluster_id: CLUSTER,
+        leader_epoch: 1,
+        commit_id: 3,
+        first_id: 1,
+        last_id: 3,
+        frames: kv_wal::frame::encode_record(3, &payload(1, "c")),
+    };
+    let late_answers = [
+        entries.clone(),
+        FetchResponse::Diverged {
+            cluster_id: CLUSTER,
+            leader_epoch: 1,
+            truncate_after: 1,
+        },
+        FetchResponse::SnapshotNeeded {
+            cluster_id: CLUSTER,
+            leader_epoch: 1,
+            first_id: 9,
+        },
+    ];
+    for answer in late_answers {
+        assert_eq!(follower.on_response(now, &old, answer, &log), Step::Refetch);
+    }
+    assert_eq!(
+        follower.commit_seen(),
+        0,
+        "nothing in a late answer is believed"
+    );
+    assert_eq!(*follower.link(), kv_replication::LinkState::Connecting);
+
+    // Same next id, but the last entry was rewritten in another epoch: moved too.
+    let current = follower.request(&log);
+    log.truncate_after(2);
+    log.append(2, payload(2, "c'"));
+    assert_eq!(
+        follower.on_response(now, &current, entries, &log),
+        Step::Refetch
+    );
+
+    // The answer to the request the log would send now is used.
+    let current = follower.request(&log);
+    let next = FetchResponse::Entries {
+        cluster_id: CLUSTER,
+        leader_epoch: 2,
+        commit_id: 3,
+        first_id: 1,
+        last_id: 4,
+        frames: kv_wal::frame::encode_record(4, &payload(2, "d")),
+    };
+    assert!(matches!(
+        after_recording(follower.on_response(now, &current, next, &log), 2),
+        Step::Append { .. }
+    ));
+}
+
+/// The epoch-before-append ordering (it was the driver's): an answer that raises the leader
+/// epoch above the one on disk first asks for it to be recorded, whatever it then does;
+/// answers refused (damaged, from an older epoch) record nothing; an epoch is asked for once.
+#[test]
+fn a_new_leader_epoch_is_recorded_before_anything_of_it_is_done() {
+    let now = Instant::now();
+    let log = leader_log(&[(1, "a")]);
+    let mut follower = FollowerState::resume(FollowerOptions::default(), CLUSTER, 1, 0);
+    let request = follower.request(&log);
+    let entries = |leader_epoch: u64, frames: Vec<u8>| FetchResponse::Entries {
+        cluster_id: CLUSTER,
+        leader_epoch,
+        commit_id: 0,
+        first_id: 1,
+        last_id: 2,
+        frames,
+    };
+    let frame = kv_wal::frame::encode_record(2, &payload(1, "b"));
+    // The epoch already on disk: nothing to record.
+    assert!(matches!(
+        follower.on_response(now, &request, entries(1, frame.clone()), &log),
+        Step::Append { .. }
+    ));
+    // Refused answers record nothing: a damaged batch, then an older epoch.
+    let mut damaged = frame.clone();
+    damaged[8] ^= 1;
+    assert!(matches!(
+        follower.on_response(now, &request, entries(5, damaged), &log),
+        Step::Retry { .. }
+    ));
+    assert!(matches!(
+        follower.on_response(now, &request, entries(0, Vec::new()), &log),
+        Step::Retry { .. }
+    ));
+    // A new epoch, whatever the answer does: recorded first, once.
+    assert!(matches!(
+        after_recording(
+            follower.on_response(now, &request, entries(2, frame.clone()), &log),
+            2
+        ),
+        Step::Append { .. }
+    ));
+    assert!(matches!(
+        follower.on_response(now, &request, entries(2, Vec::new()), &log),
+        Step::Apply { .. }
+    ));
+    let diverged = FetchResponse::Diverged {
+        cluster_id: CLUSTER,
+        leader_epoch: 3,
+        truncate_after: 0,
+    };
+    assert_eq!(
+        after_recording(follower.on_response(now, &request, diverged, &log), 3),
+        Step::Truncate { after_id: 0 }
+    );
+    let snapshot_needed = FetchResponse::SnapshotNeeded {
+        cluster_id: CLUSTER,
+        leader_epoch: 4,
+        first_id: 9,
+    };
+    assert!(matches!(
+        after_recording(
+            follower.on_response(now, &request, snapshot_needed, &log),
+            4
+        ),
+        Step::InstallSnapshot {
+            leader_first_id: 9,
+            ..
+        }
+    ));
+    // After a restart, the epoch in the meta file counts as recorded.
+    let mut resumed = FollowerState::resume(FollowerOptions::default(), CLUSTER, 4, 0);
+    assert!(matches!(
+        resumed.on_response(now, &request, entries(4, frame), &log),
+        Step::Append { .. }
+    ));
+}
+
+/// The fallback after a failed snapshot download or install (it was the driver's): back off
+/// as for a failed fetch, growing with failures in a row, and start again from the first
+/// delay once the leader answers.
+#[test]
+fn a_failed_snapshot_install_backs_off_and_the_next_answer_resets() {
+    let now = Instant::now();
+    let log = VecLog::new();
+    let options = FollowerOptions {
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        ..FollowerOptions::default()
+    };
+    let mut follower = FollowerState::resume(options, CLUSTER, 1, 0);
+    let request = follower.request(&log);
+    let snapshot_needed = FetchResponse::SnapshotNeeded {
+        cluster_id: CLUSTER,
+        leader_epoch: 1,
+        first_id: 50,
+    };
+    assert!(matches!(
+        follower.on_response(now, &request, snapshot_needed.clone(), &log),
+        Step::InstallSnapshot { .. }
+    ));
+    for failure in 1..=4u32 {
+        let Step::Retry { after } =
+            follower.on_snapshot_failure(now, "the download broke".to_owned())
+        else {
+            panic!("a failed install is retried");
+        };
+        let ceiling = Duration::from_millis(100 << (failure - 1)).min(Duration::from_secs(1));
+        assert!(after >= ceiling / 2 && after <= ceiling, "{after:?}");
+        assert_eq!(
+            *follower.link(),
+            kv_replication::LinkState::Retrying {
+                error: "the download broke".to_owned(),
+                failures: failure
+            }
+        );
+    }
+    assert!(matches!(
+        follower.on_response(now, &request, snapshot_needed, &log),
+        Step::InstallSnapshot { .. }
+    ));
+    assert_eq!(*follower.link(), kv_replication::LinkState::Connected);
+    let Step::Retry { after } = follower.on_snapshot_failure(now, "again".to_owned()) else {
+        panic!("a failed install is retried");
+    };
+    assert!(
+        after <= Duration::from_millis(100),
+        "the backoff starts again: {after:?}"
+    );
 }

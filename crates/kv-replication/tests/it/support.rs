@@ -3,11 +3,14 @@
 use kv_replication::LogView;
 
 /// A log as a `Vec`: `(id, epoch, payload)` from `first_id`, durable through `durable_id`.
+/// `base` is the `(id, epoch)` of the last entry a snapshot holds, for a log that continues a
+/// snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VecLog {
     pub first_id: u64,
     pub entries: Vec<(u64, u64, Vec<u8>)>,
     pub durable_id: u64,
+    pub base: Option<(u64, u64)>,
 }
 
 impl VecLog {
@@ -16,7 +19,24 @@ impl VecLog {
             first_id: 1,
             entries: Vec::new(),
             durable_id: 0,
+            base: None,
         }
+    }
+
+    /// An empty log continuing a snapshot whose last entry is `id`, written in `epoch`.
+    pub fn after_snapshot(id: u64, epoch: u64) -> VecLog {
+        VecLog {
+            first_id: id + 1,
+            entries: Vec::new(),
+            durable_id: id,
+            base: Some((id, epoch)),
+        }
+    }
+
+    /// Drops the entries before `before_id` (a leader compacting after a snapshot).
+    pub fn purge_before(&mut self, before_id: u64) {
+        self.entries.retain(|(id, _, _)| *id >= before_id);
+        self.first_id = self.first_id.max(before_id);
     }
 
     pub fn append(&mut self, epoch: u64, payload: Vec<u8>) -> u64 {
@@ -72,6 +92,11 @@ impl LogView for VecLog {
             .iter()
             .find(|(entry_id, _, _)| *entry_id == id)
             .map(|(_, epoch, _)| *epoch)
+            .or_else(|| {
+                self.base
+                    .filter(|(base_id, _)| *base_id == id)
+                    .map(|(_, epoch)| epoch)
+            })
     }
     fn end_of_epoch(&self, epoch: u64) -> u64 {
         match self
