@@ -15,7 +15,7 @@ use crate::fs::{FileSystem, WalFile};
 use crate::mutex::lock;
 use crate::options::SyncPolicy;
 use crate::segment_file::{
-    encode_seal, segment_path, SegmentHeader, SEAL_BYTES, SEGMENT_HEADER_BYTES,
+    encode_seal, new_salt, segment_path, SegmentHeader, SEAL_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::segment_scan::SparseIndex;
 use crate::segments::Segment;
@@ -92,7 +92,7 @@ impl Shared {
         }
         let mut seal = Vec::with_capacity(SEAL_BYTES);
         let last_id = old.last_id();
-        encode_seal(&mut seal, last_id, last_id - old.first_id + 1);
+        encode_seal(&mut seal, last_id, last_id - old.first_id + 1, old.salt);
         let sealed = writer
             .active_file
             .write_all_at(&seal, writer.write_offset)
@@ -128,19 +128,11 @@ impl Shared {
             sequence,
             first_id,
             codec: None,
+            salt: new_salt(),
         };
         let created = create_segment_file(&*self.fs, &self.dir, &path, &header);
         let file = self.guarded(created)?;
-        let segment = Arc::new(Segment::new(
-            sequence,
-            first_id,
-            path,
-            first_id - 1,
-            SEGMENT_HEADER_BYTES as u64,
-            SEGMENT_HEADER_BYTES as u64,
-            false,
-            Some((SparseIndex::default(), Vec::new())),
-        ));
+        let segment = Arc::new(Segment::empty(sequence, first_id, path, header.salt));
         writer.active = segment.clone();
         writer.active_file = file;
         writer.write_offset = SEGMENT_HEADER_BYTES as u64;
@@ -149,13 +141,14 @@ impl Shared {
         Ok(segment)
     }
 
-    /// Queues encoded frames (`encode_into` appends frame `index` with id `id`).
+    /// Queues encoded frames (`encode_into` appends frame `index` with id `id`, sealed with the
+    /// active segment's salt).
     pub(crate) fn submit(
         self: &Arc<Self>,
         count: usize,
         frame_bytes: impl Fn(usize) -> usize,
         first_id: Option<u64>,
-        encode_into: impl Fn(usize, u64, &mut Vec<u8>),
+        encode_into: impl Fn(usize, u64, u32, &mut Vec<u8>),
         policy: SyncPolicy,
     ) -> Result<AppendTicket> {
         if count == 0 {
@@ -183,7 +176,8 @@ impl Shared {
             self.reserve(&mut writer, frame_bytes(index))?;
             let id = writer.next_id;
             let offset = writer.pending.len();
-            encode_into(index, id, &mut writer.pending);
+            let salt = writer.active.salt;
+            encode_into(index, id, salt, &mut writer.pending);
             writer.pending_frames.push((id, offset));
             writer.next_id += 1;
         }

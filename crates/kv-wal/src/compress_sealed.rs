@@ -145,10 +145,16 @@ impl Wal {
             sequence: segment.sequence,
             first_id: segment.first_id,
             codec: Some(codec),
+            salt: segment.salt,
         };
         let frames = &bytes[SEGMENT_HEADER_BYTES..bytes.len() - SEAL_BYTES];
-        let (image, layout) =
-            compressed_format::build(&header.encode(), codec, frames, segment.first_id);
+        let (image, layout) = compressed_format::build(
+            &header.encode(),
+            codec,
+            frames,
+            segment.first_id,
+            segment.salt,
+        );
         if image.len() >= bytes.len() {
             segment.incompressible.store(true, Ordering::Relaxed);
             report
@@ -163,17 +169,7 @@ impl Wal {
 
         // The swap: nothing may remove or cut the segment meanwhile.
         let _maintenance = lock(&shared.maintenance);
-        let unchanged = shared
-            .truncations
-            .load(std::sync::atomic::Ordering::Acquire)
-            == truncations
-            && segment.is_sealed()
-            && {
-                let segments = shared.segments_read();
-                let position = segments.iter().position(|held| Arc::ptr_eq(held, segment));
-                position.is_some_and(|position| position + 1 < segments.len())
-            };
-        if !unchanged {
+        if !self.still_sealed_and_held(segment, truncations) {
             shared.fs.remove_file(&temp_path).at(&temp_path)?;
             report
                 .skipped
@@ -187,6 +183,7 @@ impl Wal {
             path,
             layout,
             image.len() as u64,
+            segment.salt,
         ));
         {
             let mut segments = shared.segments_write();
@@ -207,6 +204,19 @@ impl Wal {
     }
 }
 
+impl Wal {
+    /// Whether `segment` is still a sealed, not active, segment of the log and no truncation
+    /// ran since `truncations` was read: the compressed file may take its place.
+    fn still_sealed_and_held(&self, segment: &Arc<Segment>, truncations: u64) -> bool {
+        let shared = &self.shared;
+        shared.truncations.load(Ordering::Acquire) == truncations && segment.is_sealed() && {
+            let segments = shared.segments_read();
+            let position = segments.iter().position(|held| Arc::ptr_eq(held, segment));
+            position.is_some_and(|position| position + 1 < segments.len())
+        }
+    }
+}
+
 /// Checks a plain sealed segment whole before it is compressed: header, every frame, the seal,
 /// and that it ends where the log thinks it does.
 fn check_plain_sealed(bytes: &[u8], segment: &Segment) -> std::result::Result<(), String> {
@@ -217,7 +227,7 @@ fn check_plain_sealed(bytes: &[u8], segment: &Segment) -> std::result::Result<()
     if !lock(&segment.skips).is_empty() {
         return Err("the segment has damage skipped at open".to_owned());
     }
-    let result = scan(bytes, segment.first_id);
+    let result = scan(bytes, segment.first_id, segment.salt);
     if let Some(damage) = result.damages.first() {
         return Err(format!(
             "damage at offset {}: {}",

@@ -171,6 +171,7 @@ pub(crate) fn read_block(
     bytes: &[u8],
     codec: SegmentCodec,
     expected_first_id: u64,
+    salt: u32,
 ) -> Result<(Vec<u8>, BlockEntry), String> {
     let header = decode_block_header(bytes)?;
     let body_end = BLOCK_HEADER_BYTES + header.compressed_len as usize;
@@ -196,7 +197,7 @@ pub(crate) fn read_block(
         ));
     }
     let frames = codec.decompress(body, header.frames_len as usize)?;
-    check_frames(&frames, header.first_id, header.record_count)?;
+    check_frames(&frames, header.first_id, header.record_count, salt)?;
     Ok((
         frames,
         BlockEntry {
@@ -208,11 +209,11 @@ pub(crate) fn read_block(
     ))
 }
 
-fn check_frames(frames: &[u8], first_id: u64, count: u32) -> Result<(), String> {
+fn check_frames(frames: &[u8], first_id: u64, count: u32, salt: u32) -> Result<(), String> {
     let mut position = 0;
     let mut expected = first_id;
     while position < frames.len() {
-        let frame = frame::decode(&frames[position..])
+        let frame = frame::decode_salted(&frames[position..], salt)
             .map_err(|error| format!("frame in block at {position}: {error}"))?;
         if frame.kind != KIND_RECORD || frame.id != expected {
             return Err(format!(
@@ -265,12 +266,14 @@ fn encode_index_and_footer(out: &mut Vec<u8>, blocks: &[BlockEntry], footer: &Fo
 }
 
 /// Builds a compressed segment image: `header` (already encoded with the codec), then the
-/// blocks, index and footer for `frames` (whole data frames, ids from `first_id`).
+/// blocks, index and footer for `frames` (whole data frames sealed with `salt`, ids from
+/// `first_id`).
 pub(crate) fn build(
     header: &[u8; SEGMENT_HEADER_BYTES],
     codec: SegmentCodec,
     frames: &[u8],
     first_id: u64,
+    salt: u32,
 ) -> (Vec<u8>, CompressedLayout) {
     let mut out = Vec::with_capacity(SEGMENT_HEADER_BYTES + frames.len() / 2);
     out.extend_from_slice(header);
@@ -280,7 +283,7 @@ pub(crate) fn build(
     let mut position = 0usize;
     let mut id = first_id;
     while position < frames.len() {
-        let len = frame::decode(&frames[position..])
+        let len = frame::decode_salted(&frames[position..], salt)
             .expect("only checked frames are compressed")
             .encoded_len();
         position += len;

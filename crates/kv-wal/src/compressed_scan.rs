@@ -54,7 +54,7 @@ impl CompressedScan {
 
 /// Scans a whole compressed segment image (header included): every block's CRC, its
 /// decompression and every frame in it, then the index and footer.
-pub(crate) fn scan(bytes: &[u8], first_id: u64, codec: SegmentCodec) -> CompressedScan {
+pub(crate) fn scan(bytes: &[u8], first_id: u64, codec: SegmentCodec, salt: u32) -> CompressedScan {
     let file_len = bytes.len() as u64;
     let footer = decode_layout(bytes, 0, file_len, first_id, codec);
     let footer_last_id = footer.as_ref().ok().and_then(CompressedLayout::last_id);
@@ -82,7 +82,7 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, codec: SegmentCodec) -> Compress
     let mut position = SEGMENT_HEADER_BYTES;
     let mut expected = first_id;
     while position < data_end {
-        match read_block(&bytes[position..data_end], codec, expected) {
+        match read_block(&bytes[position..data_end], codec, expected, salt) {
             Ok((frames, mut block)) => {
                 block.offset = position as u64;
                 if result.damages.is_empty() {
@@ -95,7 +95,7 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, codec: SegmentCodec) -> Compress
                 expected = block.last_id() + 1;
             }
             Err(reason) => {
-                let resume = find_block(bytes, position + 1, data_end, expected, codec);
+                let resume = find_block(bytes, position + 1, data_end, expected, codec, salt);
                 result.damages.push(BlockDamage {
                     offset: position as u64,
                     reason,
@@ -178,17 +178,22 @@ fn find_block(
     end: usize,
     min_id: u64,
     codec: SegmentCodec,
+    salt: u32,
 ) -> Option<(usize, u64)> {
     (from..end.saturating_sub(BLOCK_HEADER_BYTES)).find_map(|offset| {
         let header = decode_block_header(&bytes[offset..end]).ok()?;
         if header.first_id < min_id {
             return None;
         }
-        read_block(&bytes[offset..end], codec, header.first_id)
+        read_block(&bytes[offset..end], codec, header.first_id, salt)
             .ok()
             .map(|_| (offset, header.first_id))
     })
 }
+
+/// The salt of the test images' frames.
+#[cfg(test)]
+const SALT: u32 = 0x5a17_0001;
 
 /// A compressed segment image of `payloads` and the plain frames it holds (for tests).
 #[cfg(test)]
@@ -198,6 +203,7 @@ fn image(codec: SegmentCodec, first_id: u64, payloads: &[Vec<u8>]) -> (Vec<u8>, 
         sequence: 1,
         first_id,
         codec: Some(codec),
+        salt: SALT,
     }
     .encode();
     let mut frames = Vec::new();
@@ -207,9 +213,10 @@ fn image(codec: SegmentCodec, first_id: u64, payloads: &[Vec<u8>]) -> (Vec<u8>, 
             crate::frame::KIND_RECORD,
             first_id + index as u64,
             payload,
+            SALT,
         );
     }
-    let (bytes, _) = crate::compressed_format::build(&header, codec, &frames, first_id);
+    let (bytes, _) = crate::compressed_format::build(&header, codec, &frames, first_id, SALT);
     (bytes, frames)
 }
 
@@ -245,7 +252,7 @@ mod tests {
                 bytes.len(),
                 frames.len()
             );
-            let result = scan(&bytes, 10, codec);
+            let result = scan(&bytes, 10, codec, SALT);
             assert!(result.damages.is_empty(), "{:?}", result.damages);
             assert!(result.layout.blocks.len() > 1);
             assert_eq!(result.clean_frames, frames);
@@ -263,7 +270,7 @@ mod tests {
         let layout = decode_layout(&bytes, 0, bytes.len() as u64, 1, SegmentCodec::Lz4).unwrap();
         let second = layout.blocks[1];
         bytes[second.offset as usize + BLOCK_HEADER_BYTES + 10] ^= 0x40;
-        let result = scan(&bytes, 1, SegmentCodec::Lz4);
+        let result = scan(&bytes, 1, SegmentCodec::Lz4, SALT);
         assert_eq!(result.damages.len(), 1);
         let damage = &result.damages[0];
         assert_eq!(damage.offset, second.offset);
@@ -283,7 +290,7 @@ mod tests {
         let (mut bytes, frames) = image(SegmentCodec::Zstd, 1, &payloads(50, 10));
         let len = bytes.len();
         bytes[len - 20] ^= 1;
-        let result = scan(&bytes, 1, SegmentCodec::Zstd);
+        let result = scan(&bytes, 1, SegmentCodec::Zstd, SALT);
         assert!(result.only_index_damaged, "{:?}", result.damages);
         assert_eq!(result.clean_frames, frames);
         assert_eq!(result.damages.len(), 1);
@@ -297,7 +304,7 @@ mod tests {
         bytes[last.offset as usize + BLOCK_HEADER_BYTES + 5] ^= 1;
         let len = bytes.len();
         bytes[len - 1] ^= 1;
-        let result = scan(&bytes, 1, SegmentCodec::Lz4);
+        let result = scan(&bytes, 1, SegmentCodec::Lz4, SALT);
         assert!(!result.only_index_damaged);
         assert_eq!(result.damages[0].offset, last.offset);
         assert_eq!(result.damages[0].first_missing_id, last.first_id);
@@ -307,7 +314,7 @@ mod tests {
         let (mut bytes, frames) = image(SegmentCodec::Lz4, 1, &payloads(6_000, 100));
         let index_offset = last.offset as usize + last.stored_len() as usize;
         bytes[index_offset + 3] ^= 1;
-        let result = scan(&bytes, 1, SegmentCodec::Lz4);
+        let result = scan(&bytes, 1, SegmentCodec::Lz4, SALT);
         assert!(result.only_index_damaged, "{:?}", result.damages);
         assert_eq!(result.clean_frames, frames);
     }
@@ -321,7 +328,7 @@ mod tests {
         for bit in SEGMENT_HEADER_BYTES * 8..bytes.len() * 8 {
             let mut damaged = bytes.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
-            let result = scan(&damaged, 3, SegmentCodec::Lz4);
+            let result = scan(&damaged, 3, SegmentCodec::Lz4, SALT);
             assert!(!result.damages.is_empty(), "bit {bit} went unnoticed");
             assert!(frames.starts_with(&result.clean_frames), "bit {bit}");
         }

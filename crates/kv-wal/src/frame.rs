@@ -10,9 +10,17 @@
 //!
 //! All integers are little-endian. The CRC-32C (Castagnoli) covers bytes 4.. to the end of the
 //! payload: everything but itself. `kind` is never zero, so zero-filled or preallocated space
-//! never decodes as a frame even though the CRC of zeros can be zero; `flags` and `rsvd` must be
-//! zero in this format version. Frames are the unit of replication: a follower receives them
-//! byte for byte, with the CRC the leader computed.
+//! never decodes as a frame even though the CRC of zeros can be zero; `flags` (but `FLAG_LZ4` on
+//! a record) and `rsvd` must be zero.
+//!
+//! **Salt.** In a segment of format version 3 or 4 the `crc` field holds the CRC-32C XOR the
+//! segment's random 32-bit salt (from its header). Bytes that look like a frame inside a
+//! record's payload were sealed with no salt (the author does not know it), so they never check
+//! in a segment: a torn write of a value holding frames can never make recovery resume inside
+//! it and serve them. The **wire form** of a frame has salt 0 (the plain CRC-32C): it is what
+//! [`encode_record`] makes, [`decode`] and [`decode_all`] check, `Wal::read_frames` ships and
+//! `Wal::append_frames` takes; the log re-seals frames with the salt of the segment they go
+//! to (a change of the CRC field only, [`reseal`]).
 
 use crc::{Crc, Table, CRC_32_ISCSI};
 
@@ -72,13 +80,20 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
 /// uncompressed size prepended as a little-endian u32). Only data records use it.
 pub const FLAG_LZ4: u8 = 0x01;
 
-/// Appends one frame to `out`.
-pub(crate) fn encode(out: &mut Vec<u8>, kind: u8, id: u64, payload: &[u8]) {
-    encode_flagged(out, kind, 0, id, payload);
+/// Appends one frame to `out`, sealed with `salt` (0: the wire form).
+pub(crate) fn encode(out: &mut Vec<u8>, kind: u8, id: u64, payload: &[u8], salt: u32) {
+    encode_flagged(out, kind, 0, id, payload, salt);
 }
 
-/// Appends one frame whose payload is stored as given, with `flags`.
-pub(crate) fn encode_flagged(out: &mut Vec<u8>, kind: u8, flags: u8, id: u64, payload: &[u8]) {
+/// Appends one frame whose payload is stored as given, with `flags`, sealed with `salt`.
+pub(crate) fn encode_flagged(
+    out: &mut Vec<u8>,
+    kind: u8,
+    flags: u8,
+    id: u64,
+    payload: &[u8],
+    salt: u32,
+) {
     debug_assert!(payload.len() <= RECORD_BYTES_MAX);
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
@@ -88,14 +103,21 @@ pub(crate) fn encode_flagged(out: &mut Vec<u8>, kind: u8, flags: u8, id: u64, pa
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(payload);
-    let crc = crc32c(&out[start + 4..]);
+    let crc = crc32c(&out[start + 4..]) ^ salt;
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Re-seals an encoded frame sealed with `from` (0: the wire form) for a segment whose salt
+/// is `to`: only the CRC field changes.
+pub(crate) fn reseal(frame: &mut [u8], from: u32, to: u32) {
+    let crc = u32::from_le_bytes(frame[..4].try_into().expect("a frame header")) ^ from ^ to;
+    frame[..4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Encodes one data record as a standalone frame.
 pub fn encode_record(id: u64, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
-    encode(&mut out, KIND_RECORD, id, payload);
+    encode(&mut out, KIND_RECORD, id, payload, 0);
     out
 }
 
@@ -104,7 +126,7 @@ pub fn encode_record(id: u64, payload: &[u8]) -> Vec<u8> {
 /// accepts.
 pub fn encode_record_stored(id: u64, flags: u8, stored: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + stored.len());
-    encode_flagged(&mut out, KIND_RECORD, flags, id, stored);
+    encode_flagged(&mut out, KIND_RECORD, flags, id, stored, 0);
     out
 }
 
@@ -125,7 +147,7 @@ pub struct Frame<'a> {
     pub id: u64,
     /// The payload as stored (compressed when `flags` says so: use [`Frame::contents`]).
     pub payload: &'a [u8],
-    /// The stored CRC.
+    /// The frame's CRC-32C (its wire form's CRC field: without a segment's salt).
     pub crc: u32,
 }
 
@@ -211,8 +233,13 @@ impl std::fmt::Display for FrameError {
     }
 }
 
-/// Decodes the frame at the start of `bytes`, checking everything but id order.
+/// Decodes the wire-form frame at the start of `bytes`, checking everything but id order.
 pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
+    decode_salted(bytes, 0)
+}
+
+/// Decodes a frame sealed with `salt` (a segment's; 0: the wire form).
+pub(crate) fn decode_salted(bytes: &[u8], salt: u32) -> Result<Frame<'_>, FrameError> {
     if bytes.len() < FRAME_HEADER_BYTES {
         if bytes.iter().all(|&byte| byte == 0) && !bytes.is_empty() {
             return Err(FrameError::Zeroed);
@@ -242,7 +269,7 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
     if bytes.len() < total {
         return Err(FrameError::Incomplete { needed: total });
     }
-    let stored = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+    let stored = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) ^ salt;
     let computed = crc32c(&bytes[4..total]);
     if stored != computed {
         return Err(FrameError::CrcMismatch { stored, computed });
@@ -311,7 +338,7 @@ mod tests {
         let payload = b"abcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabc".repeat(4);
         let stored = compress_payload(&payload).expect("compressible");
         let mut bytes = Vec::new();
-        encode_flagged(&mut bytes, KIND_RECORD, FLAG_LZ4, 3, &stored);
+        encode_flagged(&mut bytes, KIND_RECORD, FLAG_LZ4, 3, &stored, 0);
         let frame = decode(&bytes).unwrap();
         assert!(frame.payload.len() < payload.len());
         assert_eq!(frame.contents().unwrap().as_ref(), &payload[..]);
@@ -323,12 +350,30 @@ mod tests {
             FLAG_LZ4,
             3,
             &[0xff, 0xff, 0xff, 0x7f, 1, 2],
+            0,
         );
         assert!(decode(&garbage).unwrap().contents().is_err());
         // Seals never carry flags.
         let mut seal = Vec::new();
-        encode_flagged(&mut seal, KIND_SEAL, FLAG_LZ4, 3, &[0; 8]);
+        encode_flagged(&mut seal, KIND_SEAL, FLAG_LZ4, 3, &[0; 8], 0);
         assert_eq!(decode(&seal), Err(FrameError::ReservedBitsSet));
+    }
+
+    #[test]
+    fn a_salted_frame_checks_only_with_its_salt() {
+        let mut bytes = Vec::new();
+        encode(&mut bytes, KIND_RECORD, 9, b"salted", 0x5eed_1234);
+        assert!(matches!(
+            decode(&bytes),
+            Err(FrameError::CrcMismatch { .. })
+        ));
+        assert!(decode_salted(&bytes, 0x5eed_1235).is_err());
+        let frame = decode_salted(&bytes, 0x5eed_1234).unwrap();
+        assert_eq!(frame.crc, crc32c(&bytes[4..]), "the wire CRC");
+        reseal(&mut bytes, 0x5eed_1234, 0);
+        assert_eq!(bytes, encode_record(9, b"salted"));
+        reseal(&mut bytes, 0, 7);
+        assert_eq!(decode_salted(&bytes, 7).unwrap().payload, b"salted");
     }
 
     #[test]

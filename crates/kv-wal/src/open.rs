@@ -21,8 +21,7 @@ use crate::meta::{
 use crate::options::{WalOptions, SEGMENT_BYTES_MIN};
 use crate::recovery::{self, Recovered};
 use crate::report::RecoveryReport;
-use crate::segment_file::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
-use crate::segment_scan::SparseIndex;
+use crate::segment_file::{new_salt, segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::segments::Segment;
 use crate::shared::Shared;
 use crate::stats::Stats;
@@ -201,19 +200,11 @@ fn choose_active(
         sequence,
         first_id: next_id,
         codec: None,
+        salt: new_salt(),
     };
     let path = segment_path(dir, sequence, next_id);
     let file = create_segment_file(fs, dir, &path, &header)?;
-    let segment = Arc::new(Segment::new(
-        sequence,
-        next_id,
-        path,
-        next_id - 1,
-        SEGMENT_HEADER_BYTES as u64,
-        SEGMENT_HEADER_BYTES as u64,
-        false,
-        Some((SparseIndex::default(), Vec::new())),
-    ));
+    let segment = Arc::new(Segment::empty(sequence, next_id, path, header.salt));
     segments.push(segment.clone());
     let active = Active {
         segment,

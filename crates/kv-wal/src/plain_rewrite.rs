@@ -57,7 +57,12 @@ pub(crate) fn write_plain_segment(
     image.extend_from_slice(&header.encode());
     image.extend_from_slice(frames);
     if let Some(last_id) = seal {
-        encode_seal(&mut image, last_id, last_id - header.first_id + 1);
+        encode_seal(
+            &mut image,
+            last_id,
+            last_id - header.first_id + 1,
+            header.salt,
+        );
     }
     let name = segment_file_name(header.sequence, header.first_id);
     let path = dir.join(&name);

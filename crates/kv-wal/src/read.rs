@@ -43,17 +43,19 @@ impl Record {
         self.frame.drain(..FRAME_HEADER_BYTES);
         self.frame
     }
-    /// The whole frame as stored, CRC included (what replication ships).
+    /// The whole frame in its wire form: as stored, but with the plain CRC-32C of the frame
+    /// (without its segment's salt; see `kv_wal::frame`). What replication ships.
     pub fn frame_bytes(&self) -> &[u8] {
         &self.frame
     }
-    /// The CRC-32C stored with the record.
+    /// The record's CRC-32C (of its wire form).
     pub fn crc(&self) -> u32 {
         u32::from_le_bytes(self.frame[..4].try_into().expect("frame header"))
     }
 }
 
-/// Consecutive frames, byte for byte as stored: the unit a leader ships to a follower.
+/// Consecutive frames in their wire form (byte for byte as stored, but each CRC without its
+/// segment's salt): the unit a leader ships to a follower.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameBatch {
     /// Id of the first frame.
@@ -175,7 +177,7 @@ impl SegmentReader {
         loop {
             let start = (self.offset - self.buffer_start) as usize;
             let window_end = self.buffer.len().min(start + available as usize);
-            match frame::decode(&self.buffer[start..window_end]) {
+            match frame::decode_salted(&self.buffer[start..window_end], self.segment.salt) {
                 Ok(frame) => {
                     let id = frame.id;
                     let len = frame.encoded_len();
@@ -218,8 +220,8 @@ impl SegmentReader {
             let stored = crate::fs::read_range(&**file, block.offset, block.stored_len())
                 .at(&segment.path)?;
             let (frames, _) =
-                read_block(&stored, cursor.layout.codec, block.first_id).map_err(|reason| {
-                    Error::Corrupt {
+                read_block(&stored, cursor.layout.codec, block.first_id, segment.salt).map_err(
+                    |reason| Error::Corrupt {
                         segment: segment.path.clone(),
                         offset: block.offset,
                         reason: format!(
@@ -227,19 +229,22 @@ impl SegmentReader {
                             block.first_id,
                             block.last_id()
                         ),
-                    }
-                })?;
+                    },
+                )?;
             cursor.frames = frames;
             cursor.position = 0;
             cursor.next_block += 1;
         }
         let start = cursor.position;
         // The whole block was checked frame by frame when it was read.
-        let frame = frame::decode(&cursor.frames[start..]).map_err(|error| Error::Corrupt {
-            segment: segment.path.clone(),
-            offset: *offset,
-            reason: error.to_string(),
-        })?;
+        let frame =
+            frame::decode_salted(&cursor.frames[start..], segment.salt).map_err(|error| {
+                Error::Corrupt {
+                    segment: segment.path.clone(),
+                    offset: *offset,
+                    reason: error.to_string(),
+                }
+            })?;
         let (id, len) = (frame.id, frame.encoded_len());
         cursor.position += len;
         Ok(Some((*offset, id, &cursor.frames[start..start + len])))
@@ -329,7 +334,8 @@ impl WalIter {
             let reader = self.reader.as_mut().expect("reader");
             match reader.next_frame() {
                 Ok(Some((offset, id, bytes))) if id >= self.next_id => {
-                    let frame = bytes.to_vec();
+                    let mut frame = bytes.to_vec();
+                    frame::reseal(&mut frame, reader.segment.salt, 0);
                     let decompressed = if frame[5] & frame::FLAG_LZ4 != 0 {
                         let contents = frame::decode(&frame)
                             .and_then(|decoded| {
@@ -436,7 +442,7 @@ impl Wal {
         }
     }
 
-    /// Reads consecutive frames from `from_id`, byte for byte as stored, up to `bytes_max`
+    /// Reads consecutive frames from `from_id` in their wire form, up to `bytes_max`
     /// bytes (at least one frame) and no id beyond `through_id`. Stops before a gap in ids.
     /// `None` when there is nothing to read.
     pub fn read_frames(

@@ -17,10 +17,14 @@ pub const SEGMENT_HEADER_BYTES: usize = 48;
 pub const SEAL_BYTES: usize = FRAME_HEADER_BYTES + 8;
 /// Magic at the start of every segment.
 pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"KVWALSEG";
-/// Format version of plain segments (flags must be 0).
+/// Format version of plain segments whose frames carry the plain CRC (read, never written).
 pub(crate) const FORMAT_VERSION: u32 = 1;
-/// Format version of compressed sealed segments (flags hold the codec id).
+/// Format version of compressed sealed segments of plain-CRC frames (read, never written).
 pub(crate) const FORMAT_VERSION_COMPRESSED: u32 = 2;
+/// Format version of plain segments whose frames' CRCs are sealed with the header's salt.
+pub(crate) const FORMAT_VERSION_SALTED: u32 = 3;
+/// Format version of compressed sealed segments of salted frames (flags hold the codec id).
+pub(crate) const FORMAT_VERSION_SALTED_COMPRESSED: u32 = 4;
 /// Suffix of segment file names.
 pub(crate) const SEGMENT_SUFFIX: &str = ".wal";
 /// Suffix of compressed segment files (`compressed_format.rs`).
@@ -35,24 +39,33 @@ pub(crate) struct SegmentHeader {
     pub log_id: u64,
     pub sequence: u64,
     pub first_id: u64,
-    /// `Some` for a compressed sealed segment (version 2, the codec id in `flags`).
+    /// `Some` for a compressed sealed segment (version 2 or 4, the codec id in `flags`).
     pub codec: Option<SegmentCodec>,
+    /// The salt of every frame's CRC in the segment (`frame.rs`); 0 in versions 1 and 2.
+    pub salt: u32,
+}
+
+/// A random salt for a new segment (never 0, which means "no salt").
+pub(crate) fn new_salt() -> u32 {
+    rand::Rng::gen_range(&mut rand::thread_rng(), 1..=u32::MAX)
 }
 
 impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
         bytes[0..8].copy_from_slice(SEGMENT_MAGIC);
-        let (version, flags) = match self.codec {
-            None => (FORMAT_VERSION, 0),
-            Some(codec) => (FORMAT_VERSION_COMPRESSED, codec.id()),
+        let (version, flags) = match (self.codec, self.salt != 0) {
+            (None, false) => (FORMAT_VERSION, 0),
+            (Some(codec), false) => (FORMAT_VERSION_COMPRESSED, codec.id()),
+            (None, true) => (FORMAT_VERSION_SALTED, 0),
+            (Some(codec), true) => (FORMAT_VERSION_SALTED_COMPRESSED, codec.id()),
         };
         bytes[8..12].copy_from_slice(&version.to_le_bytes());
         bytes[12..16].copy_from_slice(&flags.to_le_bytes());
         bytes[16..24].copy_from_slice(&self.log_id.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.sequence.to_le_bytes());
         bytes[32..40].copy_from_slice(&self.first_id.to_le_bytes());
-        // 40..44 reserved.
+        bytes[40..44].copy_from_slice(&self.salt.to_le_bytes());
         let crc = crc32c(&bytes[..44]);
         bytes[44..48].copy_from_slice(&crc.to_le_bytes());
         bytes
@@ -81,21 +94,32 @@ impl SegmentHeader {
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         let flags = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
-        let codec = match (version, flags) {
-            (FORMAT_VERSION, 0) => None,
-            (FORMAT_VERSION_COMPRESSED, codec) => Some(
-                SegmentCodec::from_id(codec)
-                    .ok_or_else(|| format!("unknown segment codec id {codec}"))?,
-            ),
-            (FORMAT_VERSION, flags) => return Err(format!("unsupported header flags {flags:#x}")),
+        let codec_of = |id: u32| {
+            SegmentCodec::from_id(id).ok_or_else(|| format!("unknown segment codec id {id}"))
+        };
+        let (codec, salted) = match (version, flags) {
+            (FORMAT_VERSION, 0) => (None, false),
+            (FORMAT_VERSION_SALTED, 0) => (None, true),
+            (FORMAT_VERSION_COMPRESSED, codec) => (Some(codec_of(codec)?), false),
+            (FORMAT_VERSION_SALTED_COMPRESSED, codec) => (Some(codec_of(codec)?), true),
+            (FORMAT_VERSION | FORMAT_VERSION_SALTED, flags) => {
+                return Err(format!("unsupported header flags {flags:#x}"))
+            }
             (version, _) => return Err(format!("unsupported format version {version}")),
         };
+        // Versions 1 and 2 have no salt: bytes 40..44 were reserved there.
+        let salt = u32::from_le_bytes(bytes[40..44].try_into().expect("4 bytes"));
+        let salt = if salted { salt } else { 0 };
+        if salted && salt == 0 {
+            return Err("a salted segment header with salt 0".to_owned());
+        }
         let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         Ok(SegmentHeader {
             log_id: word(16),
             sequence: word(24),
             first_id: word(32),
             codec,
+            salt,
         })
     }
 }
@@ -123,9 +147,10 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<(u64, u64, bool)> {
     Some((sequence.parse().ok()?, first_id.parse().ok()?, compressed))
 }
 
-/// Encodes the seal footer of a segment whose last record is `last_id`.
-pub(crate) fn encode_seal(out: &mut Vec<u8>, last_id: u64, record_count: u64) {
-    frame::encode(out, KIND_SEAL, last_id, &record_count.to_le_bytes());
+/// Encodes the seal footer of a segment whose last record is `last_id`, sealed with the
+/// segment's `salt`.
+pub(crate) fn encode_seal(out: &mut Vec<u8>, last_id: u64, record_count: u64, salt: u32) {
+    frame::encode(out, KIND_SEAL, last_id, &record_count.to_le_bytes(), salt);
 }
 
 /// A seal read from the end of a segment.
@@ -137,8 +162,8 @@ pub(crate) struct Seal {
 
 /// Decodes the seal in the final [`SEAL_BYTES`] of a segment, if there is a valid one that
 /// agrees with the header.
-pub(crate) fn decode_seal(tail: &[u8], first_id: u64) -> Option<Seal> {
-    let frame = frame::decode(tail).ok()?;
+pub(crate) fn decode_seal(tail: &[u8], first_id: u64, salt: u32) -> Option<Seal> {
+    let frame = frame::decode_salted(tail, salt).ok()?;
     if frame.kind != KIND_SEAL || frame.payload.len() != 8 || frame.encoded_len() != tail.len() {
         return None;
     }
@@ -179,24 +204,44 @@ mod tests {
             sequence: 2,
             first_id: 3,
             codec: None,
+            salt: 0,
         };
         for codec in [None, Some(SegmentCodec::Lz4), Some(SegmentCodec::Zstd)] {
-            let header = SegmentHeader { codec, ..header };
-            let bytes = header.encode();
-            assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
-            for bit in 0..SEGMENT_HEADER_BYTES * 8 {
-                let mut damaged = bytes;
-                damaged[bit / 8] ^= 1 << (bit % 8);
-                assert!(SegmentHeader::decode(&damaged).is_err(), "bit {bit}");
+            for salt in [0, 0xdead_beef] {
+                let header = SegmentHeader {
+                    codec,
+                    salt,
+                    ..header
+                };
+                let bytes = header.encode();
+                assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
+                for bit in 0..SEGMENT_HEADER_BYTES * 8 {
+                    let mut damaged = bytes;
+                    damaged[bit / 8] ^= 1 << (bit % 8);
+                    assert!(SegmentHeader::decode(&damaged).is_err(), "bit {bit}");
+                }
             }
         }
+        // The versions: 1 and 2 (read only) have no salt, 3 and 4 (written) have one.
+        let version = |codec, salt| {
+            let bytes = SegmentHeader {
+                codec,
+                salt,
+                ..header
+            }
+            .encode();
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap())
+        };
+        assert_eq!(version(None, 0), 1);
+        assert_eq!(version(Some(SegmentCodec::Lz4), 0), 2);
+        assert_eq!(version(None, 5), 3);
+        assert_eq!(version(Some(SegmentCodec::Lz4), 5), 4);
         // A version 1 reader's rule still holds: a plain header has no flags.
         let compressed = SegmentHeader {
             codec: Some(SegmentCodec::Lz4),
             ..header
         }
         .encode();
-        assert_eq!(u32::from_le_bytes(compressed[8..12].try_into().unwrap()), 2);
         assert_eq!(
             u32::from_le_bytes(compressed[12..16].try_into().unwrap()),
             1

@@ -77,8 +77,9 @@ pub(crate) struct ScanResult {
     pub index: SparseIndex,
 }
 
-/// Scans a whole segment image (`bytes` includes the header), expecting ids from `first_id`.
-pub(crate) fn scan(bytes: &[u8], first_id: u64) -> ScanResult {
+/// Scans a whole segment image (`bytes` includes the header), expecting ids from `first_id`,
+/// its frames sealed with `salt`.
+pub(crate) fn scan(bytes: &[u8], first_id: u64, salt: u32) -> ScanResult {
     let mut result = ScanResult {
         clean_end: SEGMENT_HEADER_BYTES as u64,
         all_end: SEGMENT_HEADER_BYTES as u64,
@@ -88,7 +89,7 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64) -> ScanResult {
     let mut expected_id = first_id;
     let mut damaged = false;
     while position < bytes.len() {
-        let problem = match frame::decode(&bytes[position..]) {
+        let (problem, resume_from) = match frame::decode_salted(&bytes[position..], salt) {
             Ok(frame) if frame.kind == KIND_RECORD && frame.id == expected_id => {
                 result.index.observe(frame.id, position as u64);
                 position += frame.encoded_len();
@@ -109,7 +110,7 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64) -> ScanResult {
                         result.sealed = true;
                         return result;
                     }
-                    Some(problem) => problem,
+                    Some(problem) => (problem, position + 1),
                 }
             }
             Ok(frame) => {
@@ -127,7 +128,7 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64) -> ScanResult {
                     continue;
                 }
                 // A replayed or out-of-order record: skip it whole.
-                let resume = find_resume(bytes, position + frame.encoded_len(), expected_id);
+                let resume = find_resume(bytes, position + frame.encoded_len(), expected_id, salt);
                 result.damages.push(FrameDamage {
                     offset: position as u64,
                     reason,
@@ -144,9 +145,12 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64) -> ScanResult {
                     None => break,
                 }
             }
-            Err(error) => error.to_string(),
+            Err(error) => {
+                let resume_from = position + resume_distance(&bytes[position..], &error);
+                (error.to_string(), resume_from)
+            }
         };
-        let resume = find_resume(bytes, position + 1, expected_id);
+        let resume = find_resume(bytes, resume_from, expected_id, salt);
         let zeroed_to_end = bytes[position..].iter().all(|&byte| byte == 0);
         result.damages.push(FrameDamage {
             offset: position as u64,
@@ -190,9 +194,23 @@ fn seal_problem(
     None
 }
 
+/// How far past a frame that does not decode the search for good frames starts. A frame whose
+/// header is whole but whose CRC fails declares its extent: the search starts after it, never
+/// inside its payload, where bytes that look like frames may be a value's contents (issue 11).
+/// Any other damage leaves no extent to trust: the search starts at the next byte.
+fn resume_distance(bytes: &[u8], error: &FrameError) -> usize {
+    match error {
+        FrameError::CrcMismatch { .. } => {
+            let len = u32::from_le_bytes(bytes[8..12].try_into().expect("a whole header"));
+            FRAME_HEADER_BYTES + len as usize
+        }
+        _ => 1,
+    }
+}
+
 /// Finds the next offset at or after `from` where a valid record with id `>= min_id` (or a
-/// valid seal at the very end) starts.
-fn find_resume(bytes: &[u8], from: usize, min_id: u64) -> Option<(usize, u64)> {
+/// valid seal at the very end) starts, its CRC sealed with `salt`.
+fn find_resume(bytes: &[u8], from: usize, min_id: u64, salt: u32) -> Option<(usize, u64)> {
     let last_start = bytes.len().checked_sub(FRAME_HEADER_BYTES)?;
     for offset in from..=last_start {
         let kind = bytes[offset + 4];
@@ -200,7 +218,7 @@ fn find_resume(bytes: &[u8], from: usize, min_id: u64) -> Option<(usize, u64)> {
         {
             continue;
         }
-        match frame::decode(&bytes[offset..]) {
+        match frame::decode_salted(&bytes[offset..], salt) {
             Ok(frame) if frame.kind == KIND_RECORD && frame.id >= min_id => {
                 return Some((offset, frame.id))
             }
@@ -218,22 +236,32 @@ mod tests {
     use super::*;
     use crate::segment_file::{decode_seal, encode_seal, Seal, SegmentHeader, SEAL_BYTES};
 
+    const SALT: u32 = 0x0bad_5a17;
+
     fn image(first_id: u64, payloads: &[&[u8]], seal: bool) -> Vec<u8> {
         let header = SegmentHeader {
             log_id: 9,
             sequence: 1,
             first_id,
             codec: None,
+            salt: SALT,
         };
         let mut bytes = header.encode().to_vec();
         for (index, payload) in payloads.iter().enumerate() {
-            frame::encode(&mut bytes, KIND_RECORD, first_id + index as u64, payload);
+            frame::encode(
+                &mut bytes,
+                KIND_RECORD,
+                first_id + index as u64,
+                payload,
+                SALT,
+            );
         }
         if seal {
             encode_seal(
                 &mut bytes,
                 first_id + payloads.len() as u64 - 1,
                 payloads.len() as u64,
+                SALT,
             );
         }
         bytes
@@ -242,12 +270,12 @@ mod tests {
     #[test]
     fn clean_and_sealed_scans() {
         let bytes = image(5, &[b"a", b"bb", b"ccc"], true);
-        let result = scan(&bytes, 5);
+        let result = scan(&bytes, 5, SALT);
         assert!(result.sealed);
         assert!(result.damages.is_empty());
         assert_eq!(result.clean_last_id, Some(7));
         assert_eq!(result.clean_records, 3);
-        let seal = decode_seal(&bytes[bytes.len() - SEAL_BYTES..], 5).unwrap();
+        let seal = decode_seal(&bytes[bytes.len() - SEAL_BYTES..], 5, SALT).unwrap();
         assert_eq!(
             seal,
             Seal {
@@ -262,7 +290,7 @@ mod tests {
         let mut bytes = image(1, &[b"first", b"second", b"third"], false);
         let second = SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES + 5;
         bytes[second + FRAME_HEADER_BYTES] ^= 0xff;
-        let result = scan(&bytes, 1);
+        let result = scan(&bytes, 1, SALT);
         assert_eq!(result.clean_last_id, Some(1));
         assert_eq!(result.damages.len(), 1);
         let damage = &result.damages[0];
@@ -276,7 +304,7 @@ mod tests {
         let mut bytes = image(1, &[b"first"], false);
         let end = bytes.len();
         bytes.extend([0u8; 100]);
-        let result = scan(&bytes, 1);
+        let result = scan(&bytes, 1, SALT);
         assert_eq!(result.clean_end, end as u64);
         assert!(result.damages[0].zeroed_to_end);
         assert_eq!(result.damages[0].resume, None);

@@ -10,6 +10,7 @@ use crate::compressed_format::CompressedLayout;
 use crate::error::{IoContext, Result};
 use crate::fs::{read_range, WalFile};
 use crate::recovery::{corrupt, RecoveredSegment};
+use crate::segment_file::SEGMENT_HEADER_BYTES;
 use crate::segment_scan::{scan, SkipRange, SparseIndex};
 
 /// One segment file as the running log sees it. Shared with readers.
@@ -34,37 +35,26 @@ pub(crate) struct Segment {
     pub compressed: Option<Arc<CompressedLayout>>,
     /// Compressing it did not make it smaller: later passes leave it plain.
     pub incompressible: AtomicBool,
+    /// The salt of its frames' CRCs (0: a segment of format version 1 or 2).
+    pub salt: u32,
 }
 
 impl Segment {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        sequence: u64,
-        first_id: u64,
-        path: PathBuf,
-        last_id: u64,
-        end_offset: u64,
-        file_bytes: u64,
-        sealed: bool,
-        index_and_skips: Option<(SparseIndex, Vec<SkipRange>)>,
-    ) -> Segment {
-        let (index, skips) = match index_and_skips {
-            Some((index, skips)) => (Some(index), skips),
-            None => (None, Vec::new()),
-        };
-        Segment {
+    /// A new, empty segment: the active one.
+    pub(crate) fn empty(sequence: u64, first_id: u64, path: PathBuf, salt: u32) -> Segment {
+        Segment::from(RecoveredSegment {
             sequence,
             first_id,
             path,
-            last_id: AtomicU64::new(last_id),
-            end_offset: AtomicU64::new(end_offset),
-            file_bytes: AtomicU64::new(file_bytes),
-            sealed: AtomicBool::new(sealed),
-            index: Mutex::new(index),
-            skips: Mutex::new(skips),
+            last_id: first_id - 1,
+            end_offset: SEGMENT_HEADER_BYTES as u64,
+            file_bytes: SEGMENT_HEADER_BYTES as u64,
+            sealed: false,
+            index: Some(SparseIndex::default()),
+            skips: Vec::new(),
             compressed: None,
-            incompressible: AtomicBool::new(false),
-        }
+            salt,
+        })
     }
 
     /// A compressed sealed segment.
@@ -74,22 +64,13 @@ impl Segment {
         path: PathBuf,
         layout: CompressedLayout,
         file_bytes: u64,
+        salt: u32,
     ) -> Segment {
-        let last_id = layout.last_id().unwrap_or(first_id - 1);
-        Segment {
-            sequence,
-            first_id,
-            path,
-            last_id: AtomicU64::new(last_id),
-            end_offset: AtomicU64::new(file_bytes),
-            file_bytes: AtomicU64::new(file_bytes),
-            sealed: AtomicBool::new(true),
-            index: Mutex::new(None),
-            skips: Mutex::new(Vec::new()),
-            compressed: Some(Arc::new(layout)),
-            incompressible: AtomicBool::new(false),
-        }
+        Segment::from(RecoveredSegment::compressed(
+            sequence, first_id, path, layout, file_bytes, salt,
+        ))
     }
+
     pub(crate) fn last_id(&self) -> u64 {
         self.last_id.load(Ordering::Acquire)
     }
@@ -141,6 +122,7 @@ impl From<RecoveredSegment> for Segment {
             index,
             skips,
             compressed,
+            salt,
         } = recovered;
         Segment {
             sequence,
@@ -154,6 +136,7 @@ impl From<RecoveredSegment> for Segment {
             skips: Mutex::new(skips),
             compressed: compressed.map(Arc::new),
             incompressible: AtomicBool::new(false),
+            salt,
         }
     }
 }
@@ -162,7 +145,7 @@ impl From<RecoveredSegment> for Segment {
 pub(crate) fn build_index(file: &dyn WalFile, segment: &Segment) -> Result<SparseIndex> {
     let end = segment.end_offset();
     let bytes = read_range(file, 0, end).at(&segment.path)?;
-    let result = scan(&bytes, segment.first_id);
+    let result = scan(&bytes, segment.first_id, segment.salt);
     if let Some(damage) = result.damages.first() {
         return Err(corrupt(&segment.path, damage.offset, damage.reason.clone()));
     }

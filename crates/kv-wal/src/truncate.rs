@@ -12,6 +12,7 @@ use crate::fs::{read_range, WalFile};
 use crate::meta::{encode_marker, TRUNCATE_MARKER_FILE};
 use crate::mutex::lock;
 use crate::plain_rewrite::write_plain_segment;
+use crate::recovery::RecoveredSegment;
 use crate::segment_file::SegmentHeader;
 use crate::segment_scan::scan;
 use crate::segments::Segment;
@@ -98,23 +99,27 @@ impl Wal {
                 sequence: target.sequence,
                 first_id: target.first_id,
                 codec: None,
+                salt: target.salt,
             };
             let rewrite = write_plain_segment(&*shared.fs, &shared.dir, header, &frames, None)?;
             shared.fs.remove_file(&target.path).at(&target.path)?;
             shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
             let image_len = rewrite.image.len() as u64;
-            let scanned = scan(&rewrite.image, target.first_id);
+            let scanned = scan(&rewrite.image, target.first_id, target.salt);
             let last_id = scanned.clean_last_id.unwrap_or(target.first_id - 1);
-            let segment = Arc::new(Segment::new(
-                target.sequence,
-                target.first_id,
-                rewrite.path,
+            let segment = Arc::new(Segment::from(RecoveredSegment {
+                sequence: target.sequence,
+                first_id: target.first_id,
+                path: rewrite.path,
                 last_id,
-                image_len,
-                image_len,
-                false,
-                Some((scanned.index, Vec::new())),
-            ));
+                end_offset: image_len,
+                file_bytes: image_len,
+                sealed: false,
+                index: Some(scanned.index),
+                skips: Vec::new(),
+                compressed: None,
+                salt: target.salt,
+            }));
             *segments.last_mut().expect("the target") = segment.clone();
             writer.active = segment;
             writer.active_file = rewrite.file;
@@ -203,15 +208,17 @@ pub(crate) fn frames_through(
             break;
         }
         let stored = read_range(file, block.offset, block.stored_len()).at(&segment.path)?;
-        let (frames, _) = compressed_format::read_block(&stored, layout.codec, block.first_id)
-            .map_err(|reason| crate::error::Error::Corrupt {
-                segment: segment.path.clone(),
-                offset: block.offset,
-                reason,
-            })?;
+        let (frames, _) =
+            compressed_format::read_block(&stored, layout.codec, block.first_id, segment.salt)
+                .map_err(|reason| crate::error::Error::Corrupt {
+                    segment: segment.path.clone(),
+                    offset: block.offset,
+                    reason,
+                })?;
         let mut position = 0;
         while position < frames.len() {
-            let frame = crate::frame::decode(&frames[position..]).expect("checked block");
+            let frame = crate::frame::decode_salted(&frames[position..], segment.salt)
+                .expect("checked block");
             if frame.id > through_id {
                 break;
             }

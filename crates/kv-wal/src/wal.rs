@@ -98,18 +98,19 @@ impl Wal {
             payloads.len(),
             |index| FRAME_HEADER_BYTES + stored(index).1.len(),
             None,
-            |index, id, out| {
+            |index, id, salt, out| {
                 let (flags, bytes) = stored(index);
-                frame::encode_flagged(out, KIND_RECORD, flags, id, bytes)
+                frame::encode_flagged(out, KIND_RECORD, flags, id, bytes, salt)
             },
             policy,
         )
     }
 
-    /// Appends frames exactly as another log encoded them (replication): every frame's CRC and
-    /// the continuity of ids are checked first, and the first id must be the log's next id or
-    /// later (a later id starts a new segment: the source log had a gap). Nothing is written if
-    /// any check fails.
+    /// Appends frames as another log shipped them, in their wire form (replication, see
+    /// [`Wal::read_frames`]): every frame's CRC and the continuity of ids are checked first, and
+    /// the first id must be the log's next id or later (a later id starts a new segment: the
+    /// source log had a gap). Nothing is written if any check fails. Each frame is written as
+    /// received but for its CRC field, re-sealed with the salt of the segment it goes to.
     pub fn append_frames(&self, frames: &[u8], policy: SyncPolicy) -> Result<AppendTicket> {
         let decoded = frame::decode_all(frames).map_err(|(offset, reason)| Error::Corrupt {
             segment: PathBuf::from("<frames to append>"),
@@ -129,10 +130,12 @@ impl Wal {
             decoded.len(),
             |index| offsets[index].1,
             Some(first.id),
-            |index, id, out| {
+            |index, id, salt, out| {
                 debug_assert_eq!(id, decoded[index].id);
                 let (start, len) = offsets[index];
+                let at = out.len();
                 out.extend_from_slice(&frames[start..start + len]);
+                frame::reseal(&mut out[at..], 0, salt);
             },
             policy,
         )

@@ -33,18 +33,18 @@ impl Recovery<'_> {
         let entry = &self.found[index];
         if !self.mode.scans_all_segments() {
             if let Ok(layout) = read_layout(&*file, file_len, entry.first_id, codec) {
-                self.keep_compressed(index, layout, file_len);
+                self.keep_compressed(index, layout, file_len, header.salt);
                 return Ok(Step::Next);
             }
         }
         let bytes = read_range(&*file, 0, file_len).at(&entry.path)?;
         drop(file);
-        let scanned = compressed_scan::scan(&bytes, entry.first_id, codec);
+        let scanned = compressed_scan::scan(&bytes, entry.first_id, codec, header.salt);
         self.report.segments_scanned += 1;
         let all_last_id = scanned.layout.last_id().max(scanned.footer_last_id);
         self.see_id(all_last_id.unwrap_or(0));
         let Some(damage) = scanned.damages.first().cloned() else {
-            self.keep_compressed(index, scanned.layout, file_len);
+            self.keep_compressed(index, scanned.layout, file_len, header.salt);
             return Ok(Step::Next);
         };
         let kind = Damage::BadBlock {
@@ -73,7 +73,7 @@ impl Recovery<'_> {
             }
             Action::SkipOver => {
                 self.report_block_holes(index, &scanned);
-                self.keep_compressed(index, scanned.layout, file_len);
+                self.keep_compressed(index, scanned.layout, file_len, header.salt);
                 Ok(Step::Next)
             }
             Action::Refuse | Action::RemoveFile | Action::CutTail => Err(corrupt(
@@ -85,12 +85,24 @@ impl Recovery<'_> {
     }
 
     /// Keeps the compressed segment as it is, with what its blocks hold.
-    fn keep_compressed(&mut self, index: usize, layout: CompressedLayout, file_len: u64) {
+    fn keep_compressed(
+        &mut self,
+        index: usize,
+        layout: CompressedLayout,
+        file_len: u64,
+        salt: u32,
+    ) {
         let entry = &self.found[index];
         self.report.records += layout.record_count();
         self.see_id(layout.last_id().unwrap_or(0));
-        self.kept
-            .push(RecoveredSegment::compressed(entry, layout, file_len));
+        self.kept.push(RecoveredSegment::compressed(
+            entry.sequence,
+            entry.first_id,
+            entry.path.clone(),
+            layout,
+            file_len,
+            salt,
+        ));
     }
 
     /// Rewrites the clean blocks' frames as a plain segment (sealed at `seal` when given,
@@ -111,7 +123,7 @@ impl Recovery<'_> {
         let last_id = scanned.clean_last_id().unwrap_or(entry.first_id - 1);
         self.report.records += scanned.clean_records();
         let image_len = rewrite.image.len() as u64;
-        let frame_index = scan(&rewrite.image, entry.first_id).index;
+        let frame_index = scan(&rewrite.image, entry.first_id, header.salt).index;
         let sealed = seal.is_some();
         self.kept.push(RecoveredSegment {
             sequence: entry.sequence,
@@ -128,6 +140,7 @@ impl Recovery<'_> {
             index: Some(frame_index),
             skips: Vec::new(),
             compressed: None,
+            salt: header.salt,
         });
         Ok(last_id)
     }

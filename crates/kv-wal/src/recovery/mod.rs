@@ -42,22 +42,32 @@ pub(crate) struct RecoveredSegment {
     pub skips: Vec<SkipRange>,
     /// The blocks of a compressed segment.
     pub compressed: Option<CompressedLayout>,
+    /// The salt of its frames' CRCs, from its header.
+    pub salt: u32,
 }
 
 impl RecoveredSegment {
     /// A compressed segment, as its layout describes it.
-    fn compressed(entry: &FoundSegment, layout: CompressedLayout, file_bytes: u64) -> Self {
+    pub(crate) fn compressed(
+        sequence: u64,
+        first_id: u64,
+        path: PathBuf,
+        layout: CompressedLayout,
+        file_bytes: u64,
+        salt: u32,
+    ) -> Self {
         RecoveredSegment {
-            sequence: entry.sequence,
-            first_id: entry.first_id,
-            path: entry.path.clone(),
-            last_id: layout.last_id().unwrap_or(entry.first_id - 1),
+            sequence,
+            first_id,
+            path,
+            last_id: layout.last_id().unwrap_or(first_id - 1),
             end_offset: file_bytes,
             file_bytes,
             sealed: true,
             index: None,
             skips: Vec::new(),
             compressed: Some(layout),
+            salt,
         }
     }
 }
@@ -170,7 +180,7 @@ impl Recovery<'_> {
         };
         match header.codec {
             Some(codec) => self.compressed_segment(index, file, file_len, header, codec),
-            None => self.plain_segment(index, file, file_len),
+            None => self.plain_segment(index, file, file_len, header.salt),
         }
     }
 
@@ -331,15 +341,14 @@ fn highest_id_in(fs: &dyn FileSystem, segments: &[FoundSegment]) -> u64 {
         let Ok(bytes) = read_range(&*file, 0, len) else {
             continue;
         };
-        let codec = SegmentHeader::decode(&bytes)
-            .ok()
-            .and_then(|header| header.codec);
-        let last = match codec {
+        let header = SegmentHeader::decode(&bytes).ok();
+        let salt = header.map_or(0, |header| header.salt);
+        let last = match header.and_then(|header| header.codec) {
             Some(codec) => {
-                let scanned = compressed_scan::scan(&bytes, segment.first_id, codec);
+                let scanned = compressed_scan::scan(&bytes, segment.first_id, codec, salt);
                 scanned.layout.last_id().max(scanned.footer_last_id)
             }
-            None => scan(&bytes, segment.first_id).all_last_id,
+            None => scan(&bytes, segment.first_id, salt).all_last_id,
         };
         highest = highest.max(last.unwrap_or(0));
     }

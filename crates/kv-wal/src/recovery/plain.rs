@@ -29,6 +29,7 @@ impl Recovery<'_> {
         index: usize,
         file: Arc<dyn WalFile>,
         file_len: u64,
+        salt: u32,
     ) -> Result<Step> {
         let entry = &self.found[index];
         // Sealed segments are trusted to their seal unless the mode scans everything.
@@ -38,7 +39,7 @@ impl Recovery<'_> {
         {
             let mut tail = [0u8; SEAL_BYTES];
             read_exact_at(&*file, &mut tail, file_len - SEAL_BYTES as u64).at(&entry.path)?;
-            if let Some(seal) = decode_seal(&tail, entry.first_id) {
+            if let Some(seal) = decode_seal(&tail, entry.first_id, salt) {
                 self.report.records += seal.record_count;
                 self.see_id(seal.last_id);
                 self.kept.push(RecoveredSegment {
@@ -52,15 +53,16 @@ impl Recovery<'_> {
                     index: None,
                     skips: Vec::new(),
                     compressed: None,
+                    salt,
                 });
                 return Ok(Step::Next);
             }
         }
         let bytes = read_range(&*file, 0, file_len).at(&entry.path)?;
-        let result = scan(&bytes, entry.first_id);
+        let result = scan(&bytes, entry.first_id, salt);
         self.report.segments_scanned += 1;
         self.see_id(result.all_last_id.unwrap_or(0));
-        self.scanned_segment(index, &*file, file_len, result)
+        self.scanned_segment(index, &*file, file_len, result, salt)
     }
 
     /// Acts on every damage the scan found, in order, as the mode decides.
@@ -70,6 +72,7 @@ impl Recovery<'_> {
         file: &dyn WalFile,
         file_len: u64,
         result: ScanResult,
+        salt: u32,
     ) -> Result<Step> {
         let entry = &self.found[index];
         let position = self.position(index);
@@ -129,16 +132,7 @@ impl Recovery<'_> {
             kept.sealed = result.sealed;
         }
         if !kept.sealed && kept.end < file_len && (position == Position::Last || kept.stop) {
-            file.set_len(kept.end).at(&entry.path)?;
-            file.sync_data().at(&entry.path)?;
-            if self.report.dropped.is_none() {
-                self.report.torn_tail = Some(TornTail {
-                    segment: entry.path.clone(),
-                    offset: kept.end,
-                    bytes_dropped: file_len - kept.end,
-                    reason: torn_tail_reason(&result),
-                });
-            }
+            self.cut(index, file, file_len, kept.end, &result)?;
         }
         self.report.records += kept.records;
         self.kept.push(RecoveredSegment {
@@ -156,12 +150,37 @@ impl Recovery<'_> {
             index: Some(frame_index),
             skips,
             compressed: None,
+            salt,
         });
         if kept.stop {
             self.next_sequence = entry.sequence + 1;
             return Ok(Step::Stop);
         }
         Ok(Step::Next)
+    }
+
+    /// Cuts the segment at `end` (durably) and reports the torn tail, unless the cut is part
+    /// of a point-in-time drop, which the report already tells.
+    fn cut(
+        &mut self,
+        index: usize,
+        file: &dyn WalFile,
+        file_len: u64,
+        end: u64,
+        result: &ScanResult,
+    ) -> Result<()> {
+        let entry = &self.found[index];
+        file.set_len(end).at(&entry.path)?;
+        file.sync_data().at(&entry.path)?;
+        if self.report.dropped.is_none() {
+            self.report.torn_tail = Some(TornTail {
+                segment: entry.path.clone(),
+                offset: end,
+                bytes_dropped: file_len - end,
+                reason: torn_tail_reason(result),
+            });
+        }
+        Ok(())
     }
 
     /// The hole a damage leaves (`SkipCorrupt`), and the range readers jump over.

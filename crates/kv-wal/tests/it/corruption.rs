@@ -535,3 +535,88 @@ fn a_torn_segment_creation_is_removed() {
     assert_eq!(wal.last_id(), Some(RECORD_COUNT));
     assert_eq!(wal.append(b"x").unwrap(), RECORD_COUNT + 1);
 }
+
+/// Issue 11 finding 3: a value holding well-formed frames (a wire-form record with the next id,
+/// one far ahead), then a torn write of that value. No mode serves the embedded records; the
+/// default mode opens (a torn tail); point-in-time does not move the next id from them.
+#[test]
+fn a_torn_value_holding_frames_never_yields_its_embedded_records() {
+    for mode in MODES {
+        let fs = SimFs::new();
+        let (wal, _) = open_sim(&fs, 1 << 20, RecoveryMode::TolerateTornTail).unwrap();
+        for id in 1..=5 {
+            wal.append(&payload(id, 100)).unwrap();
+        }
+        let mut value = b"a value with frames inside: ".to_vec();
+        value.extend(kv_wal::frame::encode_record(6, b"forged next"));
+        value.extend(kv_wal::frame::encode_record(1_000_000, b"forged far"));
+        value.extend(vec![b'.'; 4096]);
+        assert_eq!(wal.append(&value).unwrap(), 6);
+        drop(wal);
+        // The torn write: the value's frame ends after the embedded frames, before its own end.
+        let segment = segment_files(&fs).pop().expect("a segment");
+        let bytes = fs.read_file(&segment).unwrap();
+        fs.write_file_durably(&segment, &bytes[..bytes.len() - 2048])
+            .unwrap();
+
+        let opened = open_sim(&fs, 1 << 20, mode);
+        if mode == RecoveryMode::Strict {
+            assert!(opened.is_err(), "{mode}: a torn tail is damage to strict");
+            continue;
+        }
+        let (wal, report) = opened.unwrap_or_else(|error| panic!("{mode}: {error}"));
+        let records = collect(&wal, 1);
+        assert!(
+            records
+                .iter()
+                .all(|(_, bytes)| !bytes.starts_with(b"forged")),
+            "{mode}: served a record nobody wrote: {report}"
+        );
+        assert_eq!(
+            records.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            (1..=5).collect::<Vec<u64>>(),
+            "{mode}: {report}"
+        );
+        assert!(report.torn_tail.is_some(), "{mode}: {report}");
+        assert_eq!(wal.next_id(), 6, "{mode}: the next id moved: {report}");
+    }
+}
+
+/// The same with frames sealed with the segment's own salt, as if its author knew it: the
+/// scan never resumes inside the declared extent of a record whose CRC fails, so a record
+/// torn by a bad sector (its length intact) still hides nothing.
+#[test]
+fn a_damaged_record_is_never_resumed_inside_even_with_the_salt() {
+    for mode in [
+        RecoveryMode::TolerateTornTail,
+        RecoveryMode::SkipCorrupt,
+        RecoveryMode::PointInTime,
+    ] {
+        let fs = SimFs::new();
+        let (wal, _) = open_sim(&fs, 1 << 20, RecoveryMode::TolerateTornTail).unwrap();
+        wal.append(&payload(1, 100)).unwrap();
+        let segment = segment_files(&fs).pop().expect("a segment");
+        let header = fs.read_file(&segment).unwrap();
+        let salt = u32::from_le_bytes(header[40..44].try_into().unwrap());
+        assert_ne!(salt, 0, "a new segment has a salt");
+        let mut forged = kv_wal::frame::encode_record(3, b"forged with the salt");
+        let crc = u32::from_le_bytes(forged[..4].try_into().unwrap()) ^ salt;
+        forged[..4].copy_from_slice(&crc.to_le_bytes());
+        let mut value = b"prefix ".to_vec();
+        value.extend(&forged);
+        value.extend(vec![b'.'; 1024]);
+        assert_eq!(wal.append(&value).unwrap(), 2);
+        drop(wal);
+        // A bad sector at the end of the value: its length is intact, its CRC fails.
+        let mut bytes = fs.read_file(&segment).unwrap();
+        let len = bytes.len();
+        bytes[len - 512..].fill(0);
+        fs.write_file_durably(&segment, &bytes).unwrap();
+
+        let (wal, report) =
+            open_sim(&fs, 1 << 20, mode).unwrap_or_else(|error| panic!("{mode}: {error}"));
+        let ids: Vec<u64> = collect(&wal, 1).iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, vec![1], "{mode}: {report}");
+        assert_eq!(wal.next_id(), 2, "{mode}: {report}");
+    }
+}
