@@ -115,7 +115,7 @@ pub fn key_is_linearizable(records: &[&Record]) -> (bool, usize) {
 pub struct Verdict {
     pub keys_checked: usize,
     pub operations_checked: usize,
-    /// Keys whose history is not linearizable, each with its records printed.
+    /// Keys whose history is not linearizable, each with the records around the violation.
     pub violations: Vec<String>,
     pub elapsed: Duration,
 }
@@ -136,11 +136,72 @@ pub fn check_linearizable(records: &[Record]) -> Verdict {
     verdict
 }
 
-/// A key's records, one per line, for a failure message.
+/// The history as it stood at `at`: what was invoked by then, and what had not completed by
+/// then as of unknown outcome (writes may still happen; reads say nothing).
+fn cut(records: &[&Record], at: Nanos) -> Vec<Record> {
+    records
+        .iter()
+        .filter(|record| record.invoked <= at)
+        .map(|record| {
+            let mut record = (*record).clone();
+            if record.completed > at {
+                record.outcome = Outcome::Unknown {
+                    reason: "not yet completed".to_owned(),
+                    id: None,
+                };
+            }
+            record
+        })
+        .collect()
+}
+
+/// The first completion after which the key's history is not linearizable (a history cut at a
+/// moment, with what is still running counted as of unknown outcome, stays non-linearizable
+/// once it is, so this is a binary search).
+pub fn first_violation(records: &[&Record]) -> Option<Nanos> {
+    let mut moments: Vec<Nanos> = records.iter().map(|record| record.completed).collect();
+    moments.sort_unstable();
+    moments.dedup();
+    let fails = |at: Nanos| {
+        let cut = cut(records, at);
+        !key_is_linearizable(&cut.iter().collect::<Vec<_>>()).0
+    };
+    let first = moments.partition_point(|moment| !fails(*moment));
+    moments.get(first).copied()
+}
+
+/// Records shown before the moment of a violation.
+const DESCRIBE_RECORDS_MAX: usize = 40;
+
+/// The records of a key up to its first violation, the operation completing then marked `>>`
+/// (refused connections left out: they change nothing), for a failure message.
 pub fn describe(key: &str, records: &[&Record]) -> String {
-    let mut text = format!("key {key}: {} operations\n", records.len());
-    for record in records {
-        text.push_str(&format!("  {record}\n"));
+    let at = first_violation(records);
+    let shown: Vec<&&Record> = records
+        .iter()
+        .filter(|record| at.is_none_or(|at| record.invoked <= at))
+        .filter(|record| {
+            !matches!(&record.outcome, Outcome::Failed(reason) if reason.starts_with("connect"))
+        })
+        .collect();
+    let skipped = shown.len().saturating_sub(DESCRIBE_RECORDS_MAX);
+    let mut text = match at {
+        Some(at) => format!(
+            "key {key}: {} operations; not linearizable once the operation marked >> completed \
+             ({:.3} ms); the {} operations before it:\n",
+            records.len(),
+            at as f64 / 1e6,
+            shown.len() - skipped
+        ),
+        None => format!("key {key}: {} operations\n", records.len()),
+    };
+    for record in &shown[skipped..] {
+        let mark = if Some(record.completed) == at {
+            ">>"
+        } else {
+            "  "
+        };
+        text.push_str(&format!("{mark}{record}\n"));
     }
     text
 }
@@ -421,6 +482,25 @@ mod tests {
             not_found,
             get(Some(1), 6, 7)
         ]));
+    }
+
+    #[test]
+    fn the_first_violation_is_the_completion_that_makes_the_history_fail() {
+        let history = [
+            put(1, 0, 1, 1),
+            get(Some(1), 2, 3),
+            put(2, 4, 5, 2),
+            get(Some(2), 6, 7),
+            get(Some(1), 8, 9),
+            get(Some(2), 10, 11),
+        ];
+        let records: Vec<&Record> = history.iter().collect();
+        assert_eq!(first_violation(&records), Some(9_000_000));
+        // Cut while the stale read ran, the history is still fine.
+        assert!(key_is_linearizable(&cut(&records, 8_500_000).iter().collect::<Vec<_>>()).0);
+        assert!(describe(KEY, &records).contains(">>[     8.000 ..      9.000 ms]"));
+        let fine: Vec<&Record> = history[..4].iter().collect();
+        assert_eq!(first_violation(&fine), None);
     }
 
     #[test]

@@ -5,12 +5,27 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Instant;
 
 /// A written value: unique in a run (`client << 40 | sequence`).
 pub type Value = u64;
 
-/// Nanoseconds since the run started, on one clock.
+/// Nanoseconds since the run's [`Clock`] started.
 pub type Nanos = u64;
+
+/// The one clock of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    pub fn start() -> Clock {
+        Clock(Instant::now())
+    }
+
+    pub fn now(&self) -> Nanos {
+        self.0.elapsed().as_nanos() as Nanos
+    }
+}
 
 /// What a client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,4 +130,54 @@ pub fn by_key(records: &[Record]) -> BTreeMap<&str, Vec<&Record>> {
         records.sort_by_key(|record| (record.invoked, record.completed));
     }
     keys
+}
+
+/// Operations counted by kind and outcome, for the run's summary line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub writes_ok: u64,
+    pub writes_failed: u64,
+    pub writes_unknown: u64,
+    pub reads_ok: u64,
+    pub reads_not_found: u64,
+    pub reads_failed: u64,
+    pub follower_reads_ok: u64,
+    pub follower_reads_failed: u64,
+}
+
+impl Counts {
+    pub fn of(records: &[Record]) -> Counts {
+        let mut counts = Counts::default();
+        for record in records {
+            match (record.op, &record.outcome) {
+                (Op::Put(_) | Op::Delete, Outcome::Written { .. }) => counts.writes_ok += 1,
+                (Op::Put(_) | Op::Delete, Outcome::Failed(_)) => counts.writes_failed += 1,
+                (Op::Put(_) | Op::Delete, _) => counts.writes_unknown += 1,
+                (Op::Get, Outcome::Read(Some(_))) => counts.reads_ok += 1,
+                (Op::Get, Outcome::Read(None)) => counts.reads_not_found += 1,
+                (Op::Get, _) => counts.reads_failed += 1,
+                (Op::FollowerGet { .. }, Outcome::Read(_)) => counts.follower_reads_ok += 1,
+                (Op::FollowerGet { .. }, _) => counts.follower_reads_failed += 1,
+            }
+        }
+        counts
+    }
+}
+
+impl fmt::Display for Counts {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            formatter,
+            "writes: {} acknowledged, {} failed, {} unknown; leader reads: {} values, {} \
+             not-found, {} failed/timed out; follower reads: {} answered, {} failed/timed out",
+            self.writes_ok,
+            self.writes_failed,
+            self.writes_unknown,
+            self.reads_ok,
+            self.reads_not_found,
+            self.reads_failed,
+            self.follower_reads_ok,
+            self.follower_reads_failed
+        )
+    }
 }

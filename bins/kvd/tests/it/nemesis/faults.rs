@@ -1,0 +1,218 @@
+//! The nemesis: injects one fault at a time (or two at once on larger clusters) into a
+//! running cluster, holds it, heals it, and logs what it did and when on the run's clock.
+//! Targets and kinds are drawn from shuffled rounds, so every node (the leader included) and
+//! every kind of fault is hit within a few faults, in a seeded order.
+
+use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
+
+use super::cluster::Cluster;
+use super::history::{Clock, Nanos, Outcome, Record};
+use super::proxy::Partition;
+use crate::harness::TestRng;
+
+/// What the nemesis does to its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// `kill -9`, then a restart with the node's original command line.
+    Kill,
+    /// SIGSTOP, then SIGCONT.
+    Pause,
+    /// Cut off from every peer through the proxies, then healed.
+    Partition(Partition),
+}
+
+impl FaultKind {
+    pub fn name(&self) -> String {
+        match self {
+            FaultKind::Kill => "kill -9".to_owned(),
+            FaultKind::Pause => "SIGSTOP".to_owned(),
+            FaultKind::Partition(Partition::Cut) => "partition (cut)".to_owned(),
+            FaultKind::Partition(Partition::BlackHole) => "partition (black hole)".to_owned(),
+            FaultKind::Partition(Partition::Deafen) => "partition (one way)".to_owned(),
+            FaultKind::Partition(Partition::Slow(delay)) => format!("slow links ({delay:?})"),
+        }
+    }
+}
+
+/// How the nemesis runs.
+#[derive(Debug, Clone)]
+pub struct NemesisOptions {
+    pub kinds: Vec<FaultKind>,
+    pub faults_max: u64,
+    pub duration: Duration,
+    /// How long a fault is held, in ms.
+    pub hold_ms: RangeInclusive<u64>,
+    /// How long the cluster runs undisturbed between faults, in ms.
+    pub quiet_ms: RangeInclusive<u64>,
+    /// Nodes hit by one fault at most (a minority: the quorum must still be reachable).
+    pub targets_max: usize,
+}
+
+/// One fault as injected.
+#[derive(Debug, Clone)]
+pub struct FaultRecord {
+    pub kind: FaultKind,
+    pub nodes: Vec<usize>,
+    /// Whether the node leading at the time was among them.
+    pub leader_hit: bool,
+    pub started: Nanos,
+    pub healed: Nanos,
+    /// A restarted leader: from its restart until it had committed its whole log again (see
+    /// [`Cluster::wait_until_caught_up`]).
+    pub leader_catching_up: Option<(usize, Nanos, Nanos)>,
+}
+
+impl std::fmt::Display for FaultRecord {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let millis = |nanos: Nanos| nanos as f64 / 1e6;
+        write!(
+            formatter,
+            "[{:>10.3} .. {:>10.3} ms] {} of nodes {:?}{}",
+            millis(self.started),
+            millis(self.healed),
+            self.kind.name(),
+            self.nodes,
+            if self.leader_hit { " (the leader)" } else { "" }
+        )?;
+        if let Some((_, from, to)) = self.leader_catching_up {
+            write!(
+                formatter,
+                "; restarted at {:.3} ms, applied its whole log again at {:.3} ms",
+                millis(from),
+                millis(to)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Draws from shuffled rounds of `0..count`: every item once per round.
+struct Rounds {
+    count: usize,
+    left: Vec<usize>,
+}
+
+impl Rounds {
+    fn new(count: usize) -> Rounds {
+        Rounds {
+            count,
+            left: Vec::new(),
+        }
+    }
+
+    fn next(&mut self, rng: &mut TestRng) -> usize {
+        if self.left.is_empty() {
+            self.left = (0..self.count).collect();
+            for index in (1..self.left.len()).rev() {
+                let other = rng.in_range(0..=index as u64) as usize;
+                self.left.swap(index, other);
+            }
+        }
+        self.left.pop().expect("a round is never empty")
+    }
+}
+
+fn sleep_ms(rng: &mut TestRng, range: &RangeInclusive<u64>) {
+    std::thread::sleep(Duration::from_millis(rng.in_range(range.clone())));
+}
+
+/// Runs faults until `duration` passes or `faults_max` were injected; leaves the cluster healed.
+/// `leader` says which node leads now (today: always node 0).
+pub fn run(
+    cluster: &mut Cluster,
+    options: &NemesisOptions,
+    rng: &mut TestRng,
+    clock: Clock,
+    mut leader: impl FnMut() -> Option<usize>,
+) -> Vec<FaultRecord> {
+    let until = Instant::now() + options.duration;
+    let mut kinds = Rounds::new(options.kinds.len());
+    let mut targets = Rounds::new(cluster.nodes.len());
+    let mut faults = Vec::new();
+    while (faults.len() as u64) < options.faults_max && Instant::now() < until {
+        sleep_ms(rng, &options.quiet_ms);
+        let kind = options.kinds[kinds.next(rng)];
+        let count = rng.in_range(1..=options.targets_max as u64) as usize;
+        let mut nodes: Vec<usize> = Vec::new();
+        while nodes.len() < count {
+            let node = targets.next(rng);
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+        let leader_now = leader();
+        let started = clock.now();
+        for &node in &nodes {
+            match kind {
+                FaultKind::Kill => cluster.kill(node),
+                FaultKind::Pause => cluster.pause(node),
+                FaultKind::Partition(partition) => cluster.network.isolate(node, partition),
+            }
+        }
+        sleep_ms(rng, &options.hold_ms);
+        let restarted = clock.now();
+        for &node in &nodes {
+            match kind {
+                FaultKind::Kill => cluster.start_node(node),
+                FaultKind::Pause => cluster.resume(node),
+                FaultKind::Partition(_) => cluster.network.heal(),
+            }
+        }
+        let healed = clock.now();
+        let leader_hit = leader_now.filter(|leader| nodes.contains(leader));
+        let leader_catching_up = match (kind, leader_hit) {
+            (FaultKind::Kill, Some(leader)) if cluster.wait_until_caught_up(leader) => {
+                Some((leader, restarted, clock.now()))
+            }
+            _ => None,
+        };
+        faults.push(FaultRecord {
+            kind,
+            leader_hit: leader_hit.is_some(),
+            nodes,
+            started,
+            healed,
+            leader_catching_up,
+        });
+    }
+    faults
+}
+
+/// For each fault: how long after it began the first write invoked after it was acknowledged
+/// (`None`: none was). With manual failover a fault of the leader lasts at least as long as it
+/// is held; with failover it should end with the election.
+pub fn unavailability(faults: &[FaultRecord], records: &[Record]) -> Vec<Option<Duration>> {
+    let mut acknowledged: Vec<(Nanos, Nanos)> = records
+        .iter()
+        .filter(|record| record.is_write() && matches!(record.outcome, Outcome::Written { .. }))
+        .map(|record| (record.invoked, record.completed))
+        .collect();
+    acknowledged.sort_unstable();
+    faults
+        .iter()
+        .map(|fault| {
+            let first = acknowledged.partition_point(|(invoked, _)| *invoked < fault.started);
+            acknowledged[first..]
+                .iter()
+                .map(|(_, completed)| *completed)
+                .min()
+                .map(|completed| Duration::from_nanos(completed - fault.started))
+        })
+        .collect()
+}
+
+/// "median m, max x over n" of some durations.
+pub fn describe_durations(durations: &[Duration]) -> String {
+    if durations.is_empty() {
+        return "none".to_owned();
+    }
+    let mut sorted = durations.to_vec();
+    sorted.sort_unstable();
+    format!(
+        "median {:.0?}, max {:.0?} over {}",
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1],
+        sorted.len()
+    )
+}

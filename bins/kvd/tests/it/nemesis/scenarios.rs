@@ -1,0 +1,356 @@
+//! The scenarios: a cluster, clients, a nemesis, then the checks. Each is CI-sized by default
+//! and scales with env variables for a long campaign:
+//!
+//! | variable | default | what |
+//! |---|---|---|
+//! | `KVD_TEST_SEED` | fresh, printed | replays the run's choices (ops, keys, faults, timings) |
+//! | `KVD_NEMESIS_SECS` | 12 | how long the nemesis runs |
+//! | `KVD_NEMESIS_FAULTS` | 200 | faults at most |
+//! | `KVD_NEMESIS_CLIENTS` | per scenario | concurrent clients |
+//! | `KVD_NEMESIS_LEADER` | `fixed` | `discover`: clients find the leader by `/cluster_status` and 307s |
+//! | `KVD_NEMESIS_STRICT` | unset | `1`: also check the reads set aside for the known issue below |
+//!
+//! **Known issue** (kvd today, `known_issues.rs`): a leader restarted after `kill -9` with a
+//! write quorum above 1 applies only up to the commit id its `node.meta` saved (every second),
+//! so until a follower fetches again its reads miss writes acknowledged before the kill. The
+//! nemesis measures each such window (restart → the leader applied its whole log again); the
+//! leader reads answered by that node inside it are set aside and checked separately: the run
+//! prints how many keys they would make non-linearizable, and fails on them only with
+//! `KVD_NEMESIS_STRICT=1`. Everything else is checked as usual.
+//!
+//! ```text
+//! KVD_NEMESIS_SECS=600 cargo test -p kvd --release --test it nemesis::scenarios -- --nocapture --test-threads 1
+//! ```
+//!
+//! Thread timing is not replayed: a seed gives the same plan, not the same interleaving.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::checker::{check_follower_reads, check_linearizable};
+use super::client::{discover_leader, Client, Directory, KeySpace, LeaderMode, Shared};
+use super::cluster::{Cluster, ClusterOptions};
+use super::faults::{self, describe_durations, FaultKind, NemesisOptions};
+use super::history::{Clock, Counts, Nanos, Op, Outcome, Record};
+use super::proxy::Partition;
+use crate::harness::{base_seed, TestRng, DEADLINE};
+
+const SECS_DEFAULT: u64 = 12;
+const FAULTS_MAX_DEFAULT: u64 = 200;
+/// Keys in use at a time, and the answered operations after which fresh keys replace them.
+const KEYS_PER_GENERATION: u64 = 4;
+const ANSWERS_PER_GENERATION: u64 = 240;
+/// The clients stop at the latest this long after the nemesis was due to end.
+const CLIENT_GRACE: Duration = Duration::from_secs(10);
+
+struct Scenario {
+    name: &'static str,
+    nodes: usize,
+    write_quorum: usize,
+    clients: usize,
+    kinds: Vec<FaultKind>,
+    targets_max: usize,
+    hold_ms: std::ops::RangeInclusive<u64>,
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number")),
+        Err(_) => default,
+    }
+}
+
+fn leader_mode() -> LeaderMode {
+    match std::env::var("KVD_NEMESIS_LEADER").as_deref() {
+        Ok("discover") => LeaderMode::Discover,
+        Ok("fixed") | Err(_) => LeaderMode::Fixed,
+        Ok(other) => panic!("KVD_NEMESIS_LEADER must be fixed or discover, not {other}"),
+    }
+}
+
+const PARTITIONS: [FaultKind; 4] = [
+    FaultKind::Partition(Partition::Cut),
+    FaultKind::Partition(Partition::BlackHole),
+    FaultKind::Partition(Partition::Deafen),
+    FaultKind::Partition(Partition::Slow(Duration::from_millis(40))),
+];
+
+#[test]
+fn kill_9_of_any_node_of_3_with_write_quorum_2_keeps_every_key_linearizable() {
+    run(Scenario {
+        name: "nemesis_kill_9_3_nodes",
+        nodes: 3,
+        write_quorum: 2,
+        clients: 4,
+        kinds: vec![FaultKind::Kill],
+        targets_max: 1,
+        hold_ms: 100..=1200,
+    });
+}
+
+#[test]
+fn sigstop_of_any_node_of_3_with_write_quorum_2_keeps_every_key_linearizable() {
+    run(Scenario {
+        name: "nemesis_sigstop_3_nodes",
+        nodes: 3,
+        write_quorum: 2,
+        clients: 4,
+        kinds: vec![FaultKind::Pause],
+        targets_max: 1,
+        hold_ms: 100..=1500,
+    });
+}
+
+#[test]
+fn partitions_of_followers_and_of_the_leader_keep_every_key_linearizable() {
+    run(Scenario {
+        name: "nemesis_partitions_3_nodes",
+        nodes: 3,
+        write_quorum: 2,
+        clients: 4,
+        kinds: PARTITIONS.to_vec(),
+        targets_max: 1,
+        hold_ms: 300..=2500,
+    });
+}
+
+#[test]
+fn every_fault_on_5_nodes_with_write_quorum_3_keeps_every_key_linearizable() {
+    let mut kinds = vec![FaultKind::Kill, FaultKind::Pause];
+    kinds.extend(PARTITIONS);
+    run(Scenario {
+        name: "nemesis_mixed_5_nodes",
+        nodes: 5,
+        write_quorum: 3,
+        clients: 5,
+        kinds,
+        targets_max: 2,
+        hold_ms: 100..=1500,
+    });
+}
+
+fn run(scenario: Scenario) {
+    let seed = base_seed(scenario.name);
+    let mut rng = TestRng::new(seed);
+    let duration = Duration::from_secs(env_number("KVD_NEMESIS_SECS", SECS_DEFAULT));
+    let faults_max = env_number("KVD_NEMESIS_FAULTS", FAULTS_MAX_DEFAULT);
+    let clients = env_number("KVD_NEMESIS_CLIENTS", scenario.clients as u64) as usize;
+    let leader_mode = leader_mode();
+    let started = Instant::now();
+
+    let mut cluster = Cluster::start(&ClusterOptions {
+        nodes: scenario.nodes,
+        write_quorum: scenario.write_quorum,
+    });
+    let directory = Arc::new(Directory {
+        nodes: cluster.addresses(),
+        proxies: cluster.network.proxies(),
+    });
+    let clock = Clock::start();
+    let shared = Shared {
+        clock,
+        directory: directory.clone(),
+        keys: Arc::new(KeySpace::new(KEYS_PER_GENERATION, ANSWERS_PER_GENERATION)),
+        leader_mode,
+        stop: Arc::new(AtomicBool::new(false)),
+        deadline: Instant::now() + duration + CLIENT_GRACE,
+        operations_max: u64::MAX,
+    };
+    let threads: Vec<_> = (0..clients)
+        .map(|id| {
+            let client = Client::new(id, shared.clone(), rng.next_u64());
+            std::thread::spawn(move || client.run())
+        })
+        .collect();
+
+    let options = NemesisOptions {
+        kinds: scenario.kinds.clone(),
+        faults_max,
+        duration,
+        hold_ms: scenario.hold_ms.clone(),
+        quiet_ms: 200..=800,
+        targets_max: scenario.targets_max,
+    };
+    let faults = faults::run(
+        &mut cluster,
+        &options,
+        &mut rng,
+        clock,
+        || match leader_mode {
+            LeaderMode::Fixed => Some(0),
+            LeaderMode::Discover => discover_leader(&directory),
+        },
+    );
+    shared.stop.store(true, Ordering::SeqCst);
+    let mut records: Vec<Record> = threads
+        .into_iter()
+        .flat_map(|thread| thread.join().expect("client thread"))
+        .collect();
+
+    // Everything healed and committed, then a last read of every key on the leader (part of
+    // the history) and on every follower (which must all agree with it).
+    cluster.heal();
+    let mut reader = Client::new(clients, shared.clone(), rng.next_u64());
+    if leader_mode == LeaderMode::Discover {
+        reader.discover_leader();
+    }
+    let leader = reader.leader();
+    let commit_id = cluster.wait_until_settled(leader, DEADLINE);
+    let keys: BTreeSet<String> = records.iter().map(|record| record.key.clone()).collect();
+    let mut divergent = Vec::new();
+    for key in &keys {
+        let on_leader = reader.perform(key.clone(), Op::Get);
+        for node in (0..scenario.nodes).filter(|node| *node != leader) {
+            // Every follower has the whole log by now (the leader saw them all healthy) and
+            // learns the commit id within a fetch: a 504 is retried within the deadline.
+            let until = Instant::now() + DEADLINE;
+            let on_follower = loop {
+                let op = Op::FollowerGet {
+                    node,
+                    min_id: commit_id,
+                };
+                let record = reader.perform(key.clone(), op);
+                if matches!(record.outcome, Outcome::Read(_)) || Instant::now() > until {
+                    break record;
+                }
+            };
+            if on_follower.outcome != on_leader.outcome {
+                divergent.push(format!("{on_leader}\n  {on_follower}"));
+            }
+            records.push(on_follower);
+        }
+        records.push(on_leader);
+    }
+
+    // The known issue's windows (see the module doc).
+    let catching_up: Vec<(usize, Nanos, Nanos)> = faults
+        .iter()
+        .filter_map(|fault| fault.leader_catching_up)
+        .collect();
+    let set_aside = |record: &Record| {
+        record.op == Op::Get
+            && catching_up.iter().any(|(node, from, to)| {
+                record.node == *node && record.completed >= *from && record.invoked <= *to
+            })
+    };
+    let strict = std::env::var("KVD_NEMESIS_STRICT").is_ok_and(|value| value == "1");
+    let (checked, aside): (Vec<Record>, Vec<Record>) = if strict {
+        (records.clone(), Vec::new())
+    } else {
+        records
+            .iter()
+            .cloned()
+            .partition(|record| !set_aside(record))
+    };
+    let verdict = check_linearizable(&checked);
+    let follower_problems = check_follower_reads(&records);
+    let counts = Counts::of(&records);
+    let windows = faults::unavailability(&faults, &records);
+    println!(
+        "{}: seed {seed}, {} nodes, write quorum {}, {clients} clients ({leader_mode:?} leader), {:.1?}",
+        scenario.name,
+        scenario.nodes,
+        scenario.write_quorum,
+        started.elapsed()
+    );
+    println!("  {} operations: {counts}", records.len());
+    for kind in &scenario.kinds {
+        let of_kind: Vec<usize> = (0..faults.len())
+            .filter(|index| faults[*index].kind == *kind)
+            .collect();
+        let hit = |leader: bool| -> Vec<Duration> {
+            of_kind
+                .iter()
+                .filter(|index| faults[**index].leader_hit == leader)
+                .filter_map(|index| windows[*index])
+                .collect()
+        };
+        println!(
+            "  {}: {} faults, {} of them hit the leader; first acknowledged write after the \
+             fault: leader hit {}; followers only {}",
+            kind.name(),
+            of_kind.len(),
+            of_kind
+                .iter()
+                .filter(|index| faults[**index].leader_hit)
+                .count(),
+            describe_durations(&hit(true)),
+            describe_durations(&hit(false)),
+        );
+    }
+    println!(
+        "  checked {} keys, {} operations, in {:.1?}; {} connections through the proxies",
+        verdict.keys_checked,
+        verdict.operations_checked,
+        verdict.elapsed,
+        cluster.network.connections_accepted()
+    );
+    if !aside.is_empty() {
+        let with_them = check_linearizable(&records);
+        let windows: Vec<Duration> = catching_up
+            .iter()
+            .map(|(_, from, to)| Duration::from_nanos(to - from))
+            .collect();
+        println!(
+            "  known issue (stale reads on a restarted leader): {} leader reads were answered by \
+             a restarted leader before it applied its whole log (windows: {}); with them, {} \
+             keys are not linearizable (KVD_NEMESIS_STRICT=1 fails on them)",
+            aside.len(),
+            describe_durations(&windows),
+            with_them.violations.len(),
+        );
+        if let Some(first) = with_them.violations.first() {
+            println!("  the first of them:\n{first}");
+        }
+    }
+
+    let mut failures = Vec::new();
+    if !verdict.violations.is_empty() {
+        failures.push(format!(
+            "{} keys are not linearizable:\n{}",
+            verdict.violations.len(),
+            verdict.violations.join("\n")
+        ));
+    }
+    if !follower_problems.is_empty() {
+        failures.push(format!("follower reads:\n{}", follower_problems.join("\n")));
+    }
+    if !divergent.is_empty() {
+        failures.push(format!(
+            "after healing, followers disagree with the leader:\n{}",
+            divergent.join("\n")
+        ));
+    }
+    if failures.is_empty() {
+        // The run must have tested something.
+        assert!(counts.writes_ok > 0 && counts.reads_ok > 0, "{counts}");
+        assert!(
+            faults.iter().any(|fault| fault.leader_hit),
+            "no fault hit the leader: run longer (KVD_NEMESIS_SECS)"
+        );
+        for kind in &scenario.kinds {
+            assert!(
+                faults.iter().any(|fault| fault.kind == *kind),
+                "no {} fault was injected: run longer (KVD_NEMESIS_SECS)",
+                kind.name()
+            );
+        }
+        return;
+    }
+    let kept = cluster.keep_for_post_mortem();
+    let history: String = records.iter().map(|record| format!("{record}\n")).collect();
+    let faults_text: String = faults.iter().map(|fault| format!("{fault}\n")).collect();
+    let _ = std::fs::write(kept.join("history.txt"), history);
+    let _ = std::fs::write(kept.join("faults.txt"), faults_text);
+    panic!(
+        "{}: seed {seed} (replay with KVD_TEST_SEED={seed}); data, logs, history.txt and \
+         faults.txt kept in {}\n{}",
+        scenario.name,
+        kept.display(),
+        failures.join("\n")
+    );
+}
