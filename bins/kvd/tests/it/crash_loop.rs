@@ -31,7 +31,7 @@ use std::time::Instant;
 use kv_wal::failpoint;
 use serde_json::Value as Json;
 
-use crate::harness::{base_seed, Connection, Kvd, TestRng, DEADLINE};
+use crate::harness::{base_seed, env_number, Connection, Kvd, TestRng, DEADLINE};
 
 /// Concurrent writers, each on its own keep-alive connection.
 const WRITERS: usize = 6;
@@ -122,15 +122,6 @@ enum Crash {
     Kill9 { acknowledged_before: u64 },
     /// `KVD_FAILPOINTS=point=abort@hit`: the process aborts by itself.
     FailPoint { point: &'static str, hit: u64 },
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(text) => text
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a number")),
-        Err(_) => default,
-    }
 }
 
 #[test]

@@ -382,3 +382,13 @@ fn parse_response(raw: &[u8]) -> Option<Answer> {
     }
     Some(answer)
 }
+
+/// A test's size knob: the env variable `name` as a number, else `default`.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number")),
+        Err(_) => default,
+    }
+}

@@ -35,7 +35,7 @@ use super::cluster::{Cluster, ClusterOptions};
 use super::faults::{self, describe_durations, FaultKind, NemesisOptions};
 use super::history::{Clock, Counts, Nanos, Op, Outcome, Record};
 use super::proxy::Partition;
-use crate::harness::{base_seed, TestRng, DEADLINE};
+use crate::harness::{base_seed, env_number, TestRng, DEADLINE};
 
 const SECS_DEFAULT: u64 = 12;
 const FAULTS_MAX_DEFAULT: u64 = 200;
@@ -53,15 +53,6 @@ struct Scenario {
     kinds: Vec<FaultKind>,
     targets_max: usize,
     hold_ms: std::ops::RangeInclusive<u64>,
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(text) => text
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a number")),
-        Err(_) => default,
-    }
 }
 
 fn leader_mode() -> LeaderMode {
