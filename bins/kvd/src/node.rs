@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use kv_http::{AppState, HttpTransport};
 use kv_replication::{
-    FetchRequest, FetchResponse, MaintenanceOptions, Node, SnapshotMeta, Transport,
+    FetchRequest, FetchResponse, MaintenanceOptions, Node, SnapshotMeta, Transport, TransportError,
 };
 use kv_store::{Store, StoreOptions, EPOCH_DEFAULT};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -217,7 +217,10 @@ struct CorruptingTransport {
 }
 
 impl Transport for CorruptingTransport {
-    async fn snapshot_meta(&self, timeout: Duration) -> Result<Option<SnapshotMeta>, String> {
+    async fn snapshot_meta(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<SnapshotMeta>, TransportError> {
         self.inner.snapshot_meta(timeout).await
     }
 
@@ -227,7 +230,7 @@ impl Transport for CorruptingTransport {
         offset: u64,
         len: u32,
         timeout: Duration,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, TransportError> {
         self.inner
             .snapshot_chunk(applied_id, offset, len, timeout)
             .await
@@ -237,7 +240,7 @@ impl Transport for CorruptingTransport {
         &self,
         request: &FetchRequest,
         timeout: Duration,
-    ) -> Result<FetchResponse, String> {
+    ) -> Result<FetchResponse, TransportError> {
         let mut response = self.inner.fetch(request, timeout).await?;
         if self.corrupt_every > 0 {
             if let FetchResponse::Entries { frames, .. } = &mut response {

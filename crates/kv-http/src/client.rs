@@ -8,7 +8,9 @@ use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use kv_replication::{FetchRequest, FetchResponse, SnapshotMeta, Transport};
+use kv_replication::{
+    FetchRequest, FetchResponse, SnapshotMeta, Transport, TransportError, TransportErrorKind,
+};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
@@ -26,16 +28,22 @@ pub struct HttpTransport {
 impl HttpTransport {
     /// A transport to the leader at `leader_url` (`http://host:port`, optionally with a path
     /// prefix). Fails for other schemes.
-    pub fn new(leader_url: &str) -> Result<HttpTransport, String> {
+    pub fn new(leader_url: &str) -> Result<HttpTransport, TransportError> {
+        let bad_url = |reason: &str| {
+            TransportError::new(
+                TransportErrorKind::Address,
+                format!("leader URL {leader_url:?} {reason}"),
+            )
+        };
         let rest = leader_url
             .strip_prefix("http://")
-            .ok_or_else(|| format!("leader URL {leader_url:?} must start with http://"))?;
+            .ok_or_else(|| bad_url("must start with http://"))?;
         let (authority, prefix) = match rest.split_once('/') {
             Some((authority, prefix)) => (authority, prefix.trim_end_matches('/')),
             None => (rest, ""),
         };
         if authority.is_empty() {
-            return Err(format!("leader URL {leader_url:?} has no host"));
+            return Err(bad_url("has no host"));
         }
         let path = if prefix.is_empty() {
             "/replication/fetch".to_owned()
@@ -49,19 +57,23 @@ impl HttpTransport {
         })
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, TransportError> {
+        let connect_error =
+            |detail: String| TransportError::new(TransportErrorKind::Connect, detail);
         let stream = TcpStream::connect(&self.authority).await.map_err(|error| {
-            format!(
+            connect_error(format!(
                 "cannot connect to the leader at {}: {error}",
                 self.authority
-            )
+            ))
         })?;
         stream
             .set_nodelay(true)
-            .map_err(|error| format!("cannot set TCP_NODELAY: {error}"))?;
+            .map_err(|error| connect_error(format!("cannot set TCP_NODELAY: {error}")))?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|error| format!("HTTP handshake with the leader failed: {error}"))?;
+            .map_err(|error| {
+                connect_error(format!("HTTP handshake with the leader failed: {error}"))
+            })?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "replication connection closed");
@@ -70,24 +82,28 @@ impl HttpTransport {
         Ok(sender)
     }
 
-    async fn exchange(&self, request: &FetchRequest) -> Result<FetchResponse, String> {
+    async fn exchange(&self, request: &FetchRequest) -> Result<FetchResponse, TransportError> {
         let http_request = Request::post(&self.path)
             .header(header::CONTENT_TYPE, crate::body::OCTET_STREAM)
             .body(Full::new(Bytes::from(request.encode())));
         let (status, _, body) = self.send(http_request).await?;
         if status != StatusCode::OK {
-            return Err(format!(
-                "the leader answered {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(512)])
+            return Err(TransportError::new(
+                TransportErrorKind::Status,
+                format!(
+                    "the leader answered {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(512)])
+                ),
             ));
         }
-        FetchResponse::decode(&body).map_err(|error| error.to_string())
+        FetchResponse::decode(&body)
+            .map_err(|error| TransportError::new(TransportErrorKind::Decode, error.to_string()))
     }
 
     async fn get(
         &self,
         path_and_query: &str,
-    ) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), TransportError> {
         let request = Request::get(format!("{}{path_and_query}", self.prefix()))
             .body(Full::new(Bytes::new()));
         self.send(request).await
@@ -98,10 +114,13 @@ impl HttpTransport {
     async fn send(
         &self,
         request: http::Result<Request<Full<Bytes>>>,
-    ) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
-        let mut request = request.map_err(|error| error.to_string())?;
-        let host =
-            header::HeaderValue::from_str(&self.authority).map_err(|error| error.to_string())?;
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), TransportError> {
+        let address_error = |error: &dyn std::fmt::Display| {
+            TransportError::new(TransportErrorKind::Address, error.to_string())
+        };
+        let mut request = request.map_err(|error| address_error(&error))?;
+        let host = header::HeaderValue::from_str(&self.authority)
+            .map_err(|error| address_error(&error))?;
         request.headers_mut().insert(header::HOST, host);
         let mut connection = self.connection.lock().await;
         let sender = match connection.as_mut() {
@@ -109,20 +128,26 @@ impl HttpTransport {
             _ => connection.insert(self.connect().await?),
         };
         let result = async {
-            sender
-                .ready()
-                .await
-                .map_err(|error| format!("the connection to the leader broke: {error}"))?;
+            let connect_error =
+                |detail: String| TransportError::new(TransportErrorKind::Connect, detail);
+            sender.ready().await.map_err(|error| {
+                connect_error(format!("the connection to the leader broke: {error}"))
+            })?;
             let response = sender
                 .send_request(request)
                 .await
-                .map_err(|error| format!("request to the leader failed: {error}"))?;
+                .map_err(|error| connect_error(format!("request to the leader failed: {error}")))?;
             let status = response.status();
             let headers = response.headers().clone();
             let body = Limited::new(response.into_body(), FETCH_RESPONSE_BYTES_MAX)
                 .collect()
                 .await
-                .map_err(|error| format!("reading the leader's answer failed: {error}"))?
+                .map_err(|error| {
+                    TransportError::new(
+                        TransportErrorKind::Decode,
+                        format!("reading the leader's answer failed: {error}"),
+                    )
+                })?
                 .to_bytes();
             Ok((status, headers, body))
         }
@@ -138,17 +163,34 @@ impl HttpTransport {
     }
 }
 
+/// The error of a call that did not finish within `timeout`.
+fn timed_out(what: &str, timeout: Duration) -> TransportError {
+    TransportError::new(
+        TransportErrorKind::Timeout,
+        format!("{what} within {} ms", timeout.as_millis()),
+    )
+}
+
 impl Transport for HttpTransport {
-    async fn snapshot_meta(&self, timeout: Duration) -> Result<Option<SnapshotMeta>, String> {
+    async fn snapshot_meta(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<SnapshotMeta>, TransportError> {
         let (status, _, body) = tokio::time::timeout(timeout, self.get("/replication/snapshot"))
             .await
-            .map_err(|_| "no answer from the leader".to_owned())??;
+            .map_err(|_| timed_out("no answer from the leader", timeout))??;
         match status {
-            StatusCode::OK => serde_json::from_slice(&body)
-                .map(Some)
-                .map_err(|error| format!("bad snapshot description: {error}")),
+            StatusCode::OK => serde_json::from_slice(&body).map(Some).map_err(|error| {
+                TransportError::new(
+                    TransportErrorKind::Decode,
+                    format!("bad snapshot description: {error}"),
+                )
+            }),
             StatusCode::NOT_FOUND => Ok(None),
-            other => Err(format!("the leader answered {other} for its snapshot")),
+            other => Err(TransportError::new(
+                TransportErrorKind::Status,
+                format!("the leader answered {other} for its snapshot"),
+            )),
         }
     }
 
@@ -158,28 +200,34 @@ impl Transport for HttpTransport {
         offset: u64,
         len: u32,
         timeout: Duration,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, TransportError> {
         let path = format!("/replication/snapshot/{applied_id}?offset={offset}&len={len}");
         let (status, headers, body) = tokio::time::timeout(timeout, self.get(&path))
             .await
             .map_err(|_| {
-                format!(
-                    "snapshot chunk at {offset} not received within {} ms",
-                    timeout.as_millis()
-                )
+                timed_out(&format!("snapshot chunk at {offset} not received"), timeout)
             })??;
         if status != StatusCode::OK {
-            return Err(format!(
-                "the leader answered {status} for snapshot {applied_id} at {offset}"
+            return Err(TransportError::new(
+                TransportErrorKind::Status,
+                format!("the leader answered {status} for snapshot {applied_id} at {offset}"),
             ));
         }
         let expected: u32 = headers
             .get(crate::replication::CHUNK_CRC_HEADER)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse().ok())
-            .ok_or("the snapshot chunk came without its CRC")?;
+            .ok_or_else(|| {
+                TransportError::new(
+                    TransportErrorKind::Decode,
+                    "the snapshot chunk came without its CRC",
+                )
+            })?;
         if kv_wal::frame::crc32c(&body) != expected {
-            return Err(format!("snapshot chunk at {offset} failed its CRC check"));
+            return Err(TransportError::new(
+                TransportErrorKind::Corrupt,
+                format!("snapshot chunk at {offset} failed its CRC check"),
+            ));
         }
         Ok(body.to_vec())
     }
@@ -188,16 +236,13 @@ impl Transport for HttpTransport {
         &self,
         request: &FetchRequest,
         timeout: Duration,
-    ) -> Result<FetchResponse, String> {
+    ) -> Result<FetchResponse, TransportError> {
         match tokio::time::timeout(timeout, self.exchange(request)).await {
             Ok(result) => result,
             Err(_) => {
                 // The connection may hold a half-finished exchange: start afresh.
                 *self.connection.lock().await = None;
-                Err(format!(
-                    "no answer from the leader within {} ms",
-                    timeout.as_millis()
-                ))
+                Err(timed_out("no answer from the leader", timeout))
             }
         }
     }

@@ -137,11 +137,11 @@ impl From<kv_replication::Error> for Error {
                     leader_url,
                 }
             }
-            kv_replication::Error::Meta { .. }
-            | kv_replication::Error::MetaIo(_)
-            | kv_replication::Error::Background(_)
-            | kv_replication::Error::StaleEpoch { .. } => Error::Internal(error.to_string()),
             kv_replication::Error::Busy(detail) => Error::Busy(detail),
+            kv_replication::Error::UnknownAcks { .. } => Error::InvalidQuery(error.to_string()),
+            // The node's own trouble (its meta file, a background task, replication): not the
+            // request's.
+            _ => Error::Internal(error.to_string()),
         }
     }
 }

@@ -33,7 +33,7 @@ pub fn decode_key(encoded_key: &str, key_bytes_max: usize) -> Result<String> {
     if encoded_key.len() / 3 > key_bytes_max {
         return Err(too_long(encoded_key.len() / 3));
     }
-    let key = percent_decode(encoded_key, false).map_err(Error::InvalidKey)?;
+    let key = percent_decode(encoded_key, false, Error::InvalidKey)?;
     if key.len() > key_bytes_max {
         return Err(too_long(key.len()));
     }
@@ -154,7 +154,7 @@ pub const MIN_ID_WAIT_MS_DEFAULT: u64 = 1_000;
 
 /// An optional integer query parameter, at most `max`.
 fn number_parameter(query: &str, name: &str, max: u64) -> Result<Option<u64>> {
-    let Some(text) = query_parameter(query, name).map_err(Error::InvalidQuery)? else {
+    let Some(text) = query_parameter(query, name)? else {
         return Ok(None);
     };
     std::str::from_utf8(&text)
@@ -168,11 +168,11 @@ fn number_parameter(query: &str, name: &str, max: u64) -> Result<Option<u64>> {
 /// `?acks=leader|quorum|all` (default quorum: with a write quorum of 1, the leader alone).
 fn acks_parameter(parts: &Parts) -> Result<Acks> {
     let query = parts.uri.query().unwrap_or_default();
-    match query_parameter(query, "acks").map_err(Error::InvalidQuery)? {
+    match query_parameter(query, "acks")? {
         None => Ok(Acks::default()),
         Some(text) => String::from_utf8_lossy(&text)
             .parse()
-            .map_err(Error::InvalidQuery),
+            .map_err(|error: kv_replication::Error| Error::InvalidQuery(error.to_string())),
     }
 }
 
@@ -222,7 +222,7 @@ struct KeysBody {
 /// `GET /keys?prefix=&limit=&after=`: keys with the prefix, in byte order, at most `limit`
 /// (default 1000, at most 10000), after the key `after` when given.
 pub fn list_keys(state: &AppState, query: &str) -> Result<Response<Full<Bytes>>> {
-    let parameter = |name| query_parameter(query, name).map_err(Error::InvalidQuery);
+    let parameter = |name| query_parameter(query, name);
     let prefix = parameter("prefix")?.unwrap_or_default();
     let after = parameter("after")?;
     let limit = match parameter("limit")? {

@@ -3,9 +3,16 @@
 
 use std::borrow::Cow;
 
+use crate::error::{Error, Result};
+
 /// Decodes `%XX` escapes. `plus_is_space` turns `+` into a space (query strings, HTML-form
-/// style); path segments keep `+` as is. Fails on a `%` not followed by two hex digits.
-pub fn percent_decode(text: &str, plus_is_space: bool) -> Result<Cow<'_, [u8]>, String> {
+/// style); path segments keep `+` as is. Fails on a `%` not followed by two hex digits, with
+/// the error `invalid` makes of the reason ([`Error::InvalidKey`], [`Error::InvalidQuery`]).
+pub fn percent_decode(
+    text: &str,
+    plus_is_space: bool,
+    invalid: fn(String) -> Error,
+) -> Result<Cow<'_, [u8]>> {
     let bytes = text.as_bytes();
     let needs_decoding = bytes.contains(&b'%') || (plus_is_space && bytes.contains(&b'+'));
     if !needs_decoding {
@@ -19,7 +26,7 @@ pub fn percent_decode(text: &str, plus_is_space: bool) -> Result<Cow<'_, [u8]>, 
                 let high = bytes.get(index + 1).copied().and_then(hex_value);
                 let low = bytes.get(index + 2).copied().and_then(hex_value);
                 let (Some(high), Some(low)) = (high, low) else {
-                    return Err(format!("bad percent-escape at byte {index}"));
+                    return Err(invalid(format!("bad percent-escape at byte {index}")));
                 };
                 out.push(high << 4 | low);
                 index += 3;
@@ -46,12 +53,15 @@ fn hex_value(byte: u8) -> Option<u8> {
     }
 }
 
-/// The decoded value of the first `name=value` pair in a query string, if present.
-pub fn query_parameter(query: &str, name: &str) -> Result<Option<Vec<u8>>, String> {
+/// The decoded value of the first `name=value` pair in a query string, if present; a bad
+/// escape is an [`Error::InvalidQuery`].
+pub fn query_parameter(query: &str, name: &str) -> Result<Option<Vec<u8>>> {
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(key, true)?.as_ref() == name.as_bytes() {
-            return Ok(Some(percent_decode(value, true)?.into_owned()));
+        if percent_decode(key, true, Error::InvalidQuery)?.as_ref() == name.as_bytes() {
+            return Ok(Some(
+                percent_decode(value, true, Error::InvalidQuery)?.into_owned(),
+            ));
         }
     }
     Ok(None)
@@ -64,26 +74,48 @@ mod tests {
     #[test]
     fn decodes_escapes_and_keeps_plain_text_borrowed() {
         assert!(matches!(
-            percent_decode("key6", false),
+            percent_decode("key6", false, Error::InvalidKey),
             Ok(Cow::Borrowed(b"key6"))
         ));
         assert_eq!(
-            percent_decode("a%2Fb%2fc", false).unwrap().as_ref(),
+            percent_decode("a%2Fb%2fc", false, Error::InvalidKey)
+                .unwrap()
+                .as_ref(),
             b"a/b/c"
         );
         assert_eq!(
-            percent_decode("%CE%BA", false).unwrap().as_ref(),
+            percent_decode("%CE%BA", false, Error::InvalidKey)
+                .unwrap()
+                .as_ref(),
             "κ".as_bytes()
         );
-        assert_eq!(percent_decode("a+b", false).unwrap().as_ref(), b"a+b");
-        assert_eq!(percent_decode("a+b", true).unwrap().as_ref(), b"a b");
-        assert_eq!(percent_decode("%00", false).unwrap().as_ref(), [0]);
+        assert_eq!(
+            percent_decode("a+b", false, Error::InvalidKey)
+                .unwrap()
+                .as_ref(),
+            b"a+b"
+        );
+        assert_eq!(
+            percent_decode("a+b", true, Error::InvalidKey)
+                .unwrap()
+                .as_ref(),
+            b"a b"
+        );
+        assert_eq!(
+            percent_decode("%00", false, Error::InvalidKey)
+                .unwrap()
+                .as_ref(),
+            [0]
+        );
     }
 
     #[test]
     fn rejects_broken_escapes() {
         for text in ["%", "%4", "%zz", "a%g0", "%%41"] {
-            assert!(percent_decode(text, false).is_err(), "{text}");
+            assert!(
+                percent_decode(text, false, Error::InvalidKey).is_err(),
+                "{text}"
+            );
         }
     }
 

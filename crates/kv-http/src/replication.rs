@@ -52,20 +52,18 @@ where
 /// never counts as a follower.
 pub async fn fetch_view(state: &AppState, query: &str) -> Result<Response<Full<Bytes>>> {
     let number = |name: &str, default: u64| -> Result<u64> {
-        match query_parameter(query, name).map_err(Error::InvalidQuery)? {
+        match query_parameter(query, name)? {
             None => Ok(default),
             Some(text) => String::from_utf8_lossy(&text)
                 .parse()
                 .map_err(|_| Error::InvalidQuery(format!("{name} must be an integer"))),
         }
     };
-    let follower_id = query_parameter(query, "follower_id")
-        .map_err(Error::InvalidQuery)?
-        .map_or_else(
-            || "debug".to_owned(),
-            |id| String::from_utf8_lossy(&id).into_owned(),
-        );
-    let cluster_id = match query_parameter(query, "cluster_id").map_err(Error::InvalidQuery)? {
+    let follower_id = query_parameter(query, "follower_id")?.map_or_else(
+        || "debug".to_owned(),
+        |id| String::from_utf8_lossy(&id).into_owned(),
+    );
+    let cluster_id = match query_parameter(query, "cluster_id")? {
         None => state.node.cluster_status().cluster_id.clone(),
         Some(text) => String::from_utf8_lossy(&text).into_owned(),
     };
@@ -211,7 +209,7 @@ pub fn snapshot_chunk(
         .parse()
         .map_err(|_| Error::InvalidQuery(format!("snapshot id {applied_id:?} is not a number")))?;
     let number = |name: &str, default: u64| -> Result<u64> {
-        match query_parameter(query, name).map_err(Error::InvalidQuery)? {
+        match query_parameter(query, name)? {
             None => Ok(default),
             Some(text) => String::from_utf8_lossy(&text)
                 .parse()

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::transport::TransportError;
+
 /// Everything that can go wrong in kv-replication.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,6 +51,110 @@ pub enum Error {
         commit_id: u64,
         /// How long the write had waited.
         waited_ms: u64,
+    },
+    /// `acks=` named no known level.
+    #[error("unknown acks {text:?}: expected leader, quorum or all")]
+    UnknownAcks {
+        /// What was given.
+        text: String,
+    },
+    /// The leader could not be reached, or its answer could not be read.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A batch of frames failed its checks at `offset` (a bad CRC, a torn or malformed frame).
+    #[error("at byte {offset}: {reason}")]
+    DamagedBatch {
+        /// Where in the batch.
+        offset: usize,
+        /// What is wrong there.
+        reason: String,
+    },
+    /// A batch does not start at the id asked for.
+    #[error("batch starts at id {first_id}, {asked_id} was asked for")]
+    BatchStart {
+        /// Its first id.
+        first_id: u64,
+        /// The id asked for.
+        asked_id: u64,
+    },
+    /// A batch holds no frame.
+    #[error("empty batch")]
+    EmptyBatch,
+    /// The log changed under a read (purged or truncated): it skips from `asked_id` to
+    /// `found_id`.
+    #[error("the log has a gap: asked for id {asked_id}, found {found_id}")]
+    LogGap {
+        /// The id asked for.
+        asked_id: u64,
+        /// The first id found after it.
+        found_id: u64,
+    },
+    /// A snapshot was needed on a node opened without a snapshot directory.
+    #[error("snapshots are off on this follower (no snapshot directory)")]
+    SnapshotsOff,
+    /// The leader compacted the entries a follower needs but has no snapshot to offer.
+    #[error("the leader has compacted its log but offers no snapshot")]
+    NoSnapshotOffered,
+    /// The leader sent a snapshot chunk of the wrong size.
+    #[error("snapshot chunk at {offset}: {received_bytes} bytes for {asked_bytes} asked")]
+    SnapshotChunk {
+        /// Where in the file.
+        offset: u64,
+        /// Bytes received.
+        received_bytes: usize,
+        /// Bytes asked for.
+        asked_bytes: u32,
+    },
+    /// A file of the snapshot download could not be written.
+    #[error("{doing}: {source}")]
+    SnapshotFile {
+        /// What the download was doing.
+        doing: &'static str,
+        /// What failed (the error names the file).
+        #[source]
+        source: kv_wal::Error,
+    },
+    /// The downloaded snapshot did not check whole; it was deleted, to be downloaded again.
+    #[error("the downloaded snapshot is damaged ({source}); downloading again")]
+    SnapshotDamaged {
+        /// What is wrong with it.
+        #[source]
+        source: kv_store::snapshot::SnapshotError,
+    },
+    /// The downloaded snapshot could not be installed.
+    #[error("cannot install the snapshot: {source}")]
+    SnapshotInstall {
+        /// Why.
+        #[source]
+        source: kv_store::Error,
+    },
+    /// A follower's own log refused what the leader sent.
+    #[error("cannot {action}: {source}")]
+    FollowerLog {
+        /// What the follower was doing: "append the leader's entries", ...
+        action: &'static str,
+        /// Why it failed.
+        #[source]
+        source: kv_store::Error,
+    },
+    /// A follower could not record a new leader epoch before acting on it.
+    #[error("cannot record the leader's epoch {epoch}: {source}")]
+    RecordEpoch {
+        /// The epoch.
+        epoch: u64,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A test's fail point fired.
+    #[error("fail point: {0}")]
+    FailPoint(#[source] std::io::Error),
+    /// Replication stopped for a reason an operator must look at (another cluster, a cut
+    /// below the commit id).
+    #[error("{reason}")]
+    ReplicationStopped {
+        /// Why.
+        reason: String,
     },
     /// The operation is already running.
     #[error("{0}")]

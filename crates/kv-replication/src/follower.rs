@@ -15,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::error::{Error, Result};
 use crate::log_view::LogView;
 use crate::protocol::{FetchRequest, FetchResponse};
 
@@ -473,15 +474,16 @@ fn position(log: &impl LogView) -> (u64, u64) {
 }
 
 /// Checks a batch before it may be appended: every CRC, ids consecutive from `first_id`.
-pub fn check_frames(frames: &[u8], first_id: u64) -> Result<u64, String> {
+/// Returns the batch's last id.
+pub fn check_frames(frames: &[u8], first_id: u64) -> Result<u64> {
     let decoded = kv_wal::frame::decode_all(frames)
-        .map_err(|(offset, reason)| format!("at byte {offset}: {reason}"))?;
+        .map_err(|(offset, reason)| Error::DamagedBatch { offset, reason })?;
     match (decoded.first(), decoded.last()) {
         (Some(first), Some(last)) if first.id == first_id => Ok(last.id),
-        (Some(first), _) => Err(format!(
-            "batch starts at id {}, {first_id} was asked for",
-            first.id
-        )),
-        _ => Err("empty batch".to_owned()),
+        (Some(first), _) => Err(Error::BatchStart {
+            first_id: first.id,
+            asked_id: first_id,
+        }),
+        _ => Err(Error::EmptyBatch),
     }
 }

@@ -54,4 +54,4 @@ pub use node::maintenance::{
 pub use node::status::{ClusterStatus, CompactionStatus, SnapshotSummary};
 pub use node::{Node, NodeOptions, Role};
 pub use protocol::{DecodeError, FetchRequest, FetchResponse, SnapshotMeta};
-pub use transport::Transport;
+pub use transport::{Transport, TransportError, TransportErrorKind};

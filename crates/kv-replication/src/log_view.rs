@@ -3,6 +3,8 @@
 
 use kv_store::Store;
 
+use crate::error::{Error, Result};
+
 /// A read-only view of one node's log.
 pub trait LogView {
     /// The first id still held (`next_id()` when the log is empty).
@@ -19,12 +21,7 @@ pub trait LogView {
     fn end_of_epoch(&self, epoch: u64) -> u64;
     /// Frames from `from_id`, at most `bytes_max` bytes (at least one frame), through
     /// `through_id`.
-    fn read_frames(
-        &self,
-        from_id: u64,
-        bytes_max: usize,
-        through_id: u64,
-    ) -> Result<Vec<u8>, String>;
+    fn read_frames(&self, from_id: u64, bytes_max: usize, through_id: u64) -> Result<Vec<u8>>;
     /// The id the next entry gets.
     fn next_id(&self) -> u64 {
         self.last_id() + 1
@@ -57,20 +54,15 @@ impl LogView for Store {
     fn end_of_epoch(&self, epoch: u64) -> u64 {
         Store::end_of_epoch(self, epoch)
     }
-    fn read_frames(
-        &self,
-        from_id: u64,
-        bytes_max: usize,
-        through_id: u64,
-    ) -> Result<Vec<u8>, String> {
+    fn read_frames(&self, from_id: u64, bytes_max: usize, through_id: u64) -> Result<Vec<u8>> {
         match self.wal().read_frames(from_id, bytes_max, through_id) {
             Ok(Some(batch)) if batch.first_id == from_id => Ok(batch.bytes),
-            Ok(Some(batch)) => Err(format!(
-                "the log has a gap: asked for id {from_id}, found {}",
-                batch.first_id
-            )),
+            Ok(Some(batch)) => Err(Error::LogGap {
+                asked_id: from_id,
+                found_id: batch.first_id,
+            }),
             Ok(None) => Ok(Vec::new()),
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(kv_store::Error::from(error).into()),
         }
     }
     fn next_id(&self) -> u64 {

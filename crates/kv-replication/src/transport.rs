@@ -1,5 +1,6 @@
-//! How a follower reaches its leader: the [`Transport`] trait. The HTTP implementation lives in
-//! kv-http (`HttpTransport`); the tests use in-memory ones. kv-replication never sees a socket.
+//! How a follower reaches its leader: the [`Transport`] trait and its [`TransportError`]. The
+//! HTTP implementation lives in kv-http (`HttpTransport`); the tests use in-memory ones.
+//! kv-replication never sees a socket.
 
 use std::future::Future;
 use std::time::Duration;
@@ -13,12 +14,12 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         request: &FetchRequest,
         timeout: Duration,
-    ) -> impl Future<Output = Result<FetchResponse, String>> + Send;
+    ) -> impl Future<Output = Result<FetchResponse, TransportError>> + Send;
     /// Asks which snapshot the leader offers (`None`: it has none).
     fn snapshot_meta(
         &self,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Option<SnapshotMeta>, String>> + Send;
+    ) -> impl Future<Output = Result<Option<SnapshotMeta>, TransportError>> + Send;
     /// Downloads `len` bytes of snapshot `applied_id` from `offset`, checked in transit (the
     /// HTTP transport checks a CRC-32C per chunk). Fewer bytes only at the end of the file.
     fn snapshot_chunk(
@@ -27,5 +28,43 @@ pub trait Transport: Send + Sync + 'static {
         offset: u64,
         len: u32,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
+    ) -> impl Future<Output = Result<Vec<u8>, TransportError>> + Send;
+}
+
+/// Why a transport call has no answer: what kind of failure, and what happened in words.
+/// Every kind is retried by the follower with backoff.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct TransportError {
+    /// What kind of failure.
+    pub kind: TransportErrorKind,
+    /// What happened, for the log and `/cluster_status`.
+    pub detail: String,
+}
+
+/// Kinds of [`TransportError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportErrorKind {
+    /// The leader's address is not one the transport can use.
+    Address,
+    /// The leader could not be reached, or the connection broke.
+    Connect,
+    /// No answer within the timeout.
+    Timeout,
+    /// The leader answered with an error status.
+    Status,
+    /// The answer could not be read or decoded.
+    Decode,
+    /// The answer arrived damaged (a checksum in transit did not match).
+    Corrupt,
+}
+
+impl TransportError {
+    /// An error of `kind`.
+    pub fn new(kind: TransportErrorKind, detail: impl Into<String>) -> TransportError {
+        TransportError {
+            kind,
+            detail: detail.into(),
+        }
+    }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Node;
+use crate::error::{Error, Result};
 use crate::follower::{LinkState, Step};
 use crate::transport::Transport;
 
@@ -46,7 +47,7 @@ impl Node {
             };
             let Some(step) = self.with_follower(|state| match answer {
                 Ok(response) => state.on_response(Instant::now(), &request, response, &*self.store),
-                Err(error) => state.on_failure(Instant::now(), error),
+                Err(error) => state.on_failure(Instant::now(), error.to_string()),
             }) else {
                 return;
             };
@@ -59,9 +60,9 @@ impl Node {
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
-                Err(reason) => {
-                    tracing::error!(%reason, "replication stopped");
-                    self.stop_link(reason);
+                Err(error) => {
+                    tracing::error!(%error, "replication stopped");
+                    self.stop_link(error.to_string());
                     return;
                 }
             }
@@ -78,15 +79,17 @@ impl Node {
         &self,
         mut step: Step,
         transport: &T,
-    ) -> Result<Option<Duration>, String> {
+    ) -> Result<Option<Duration>> {
         loop {
             step = match step {
                 Step::PersistEpoch { epoch, then } => {
                     // On disk before anything of the new epoch is appended: a node promoted
                     // later must start above every epoch it has followed.
-                    self.persist_progress().map_err(|error| {
-                        format!("cannot record the leader's epoch {epoch}: {error}")
-                    })?;
+                    self.persist_progress()
+                        .map_err(|error| Error::RecordEpoch {
+                            epoch,
+                            source: Box::new(error),
+                        })?;
                     *then
                 }
                 Step::InstallSnapshot {
@@ -128,7 +131,7 @@ impl Node {
                     self.log_retry();
                     return Ok(Some(after));
                 }
-                Step::Stop { reason } => return Err(reason),
+                Step::Stop { reason } => return Err(Error::ReplicationStopped { reason }),
             };
         }
     }
@@ -151,37 +154,43 @@ impl Node {
                 self.applied.send_replace(self.store.applied_id());
                 None
             }
-            Err(error) => {
-                self.with_follower(|state| state.on_snapshot_failure(Instant::now(), error))
-            }
+            Err(error) => self.with_follower(|state| {
+                state.on_snapshot_failure(Instant::now(), error.to_string())
+            }),
         }
     }
 
     /// Appends the leader's frames (checked by the state machine), waits until they are
     /// durable here, and applies up to `commit_id`.
-    async fn append(&self, frames: &[u8], commit_id: u64) -> Result<(), String> {
-        kv_wal::fail_point!(FOLLOWER_AFTER_FETCH_BEFORE_APPEND)
-            .map_err(|error| format!("fail point: {error}"))?;
+    async fn append(&self, frames: &[u8], commit_id: u64) -> Result<()> {
+        kv_wal::fail_point!(FOLLOWER_AFTER_FETCH_BEFORE_APPEND).map_err(Error::FailPoint)?;
         let ticket = self
             .store
             .submit_frames(frames, self.store.wal().sync_policy())
-            .map_err(|error| format!("cannot append the leader's entries: {error}"))?;
-        ticket
-            .await
-            .map_err(|error| format!("cannot make the leader's entries durable: {error}"))?;
+            .map_err(|source| Error::FollowerLog {
+                action: "append the leader's entries",
+                source,
+            })?;
+        ticket.await.map_err(|error| Error::FollowerLog {
+            action: "make the leader's entries durable",
+            source: error.into(),
+        })?;
         self.publish_commit(commit_id);
         Ok(())
     }
 
     /// Drops this log's entries after `after_id`, where it parts from the leader's.
-    fn truncate(&self, after_id: u64) -> Result<(), String> {
+    fn truncate(&self, after_id: u64) -> Result<()> {
         tracing::warn!(
             after_id,
             "this follower's log diverged from the leader's: truncating"
         );
         self.store
             .truncate_after(after_id)
-            .map_err(|error| format!("cannot truncate the diverged suffix: {error}"))?;
+            .map_err(|source| Error::FollowerLog {
+                action: "truncate the diverged suffix",
+                source,
+            })?;
         self.applied.send_replace(self.store.applied_id());
         Ok(())
     }

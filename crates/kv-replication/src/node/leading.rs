@@ -31,15 +31,15 @@ pub enum Acks {
 }
 
 impl FromStr for Acks {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Acks, String> {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Acks> {
         match text {
             "leader" => Ok(Acks::Leader),
             "quorum" => Ok(Acks::Quorum),
             "all" => Ok(Acks::All),
-            other => Err(format!(
-                "unknown acks {other:?}: expected leader, quorum or all"
-            )),
+            other => Err(Error::UnknownAcks {
+                text: other.to_owned(),
+            }),
         }
     }
 }

@@ -355,7 +355,7 @@ impl Node {
         ))
     }
 
-    fn adopt(&self, cluster_id: Option<u64>) -> Result<(), String> {
+    fn adopt(&self, cluster_id: Option<u64>) -> Result<()> {
         let Some(cluster_id) = cluster_id else {
             return Ok(());
         };
@@ -363,9 +363,12 @@ impl Node {
         if meta.cluster_id == cluster_id {
             return Ok(());
         }
-        meta.cluster_id = cluster_id;
-        meta.store(&**self.store.file_system(), &self.data_dir)
-            .map_err(|error| error.to_string())?;
+        let next = NodeMeta {
+            cluster_id,
+            ..*meta
+        };
+        next.store(&**self.store.file_system(), &self.data_dir)?;
+        *meta = next;
         tracing::info!(cluster_id = %format!("{cluster_id:016x}"), "joined the cluster");
         Ok(())
     }

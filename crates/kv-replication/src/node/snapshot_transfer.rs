@@ -2,42 +2,68 @@
 //! snapshot in checked chunks (resuming a broken download), checks it whole and installs it;
 //! the leader serves its snapshots in chunks.
 
+use std::path::Path;
+
+use kv_store::Store;
+
 use super::{lock, Node};
+use crate::error::{Error, Result};
 use crate::protocol::SnapshotMeta;
 use crate::transport::Transport;
 
 impl Node {
     /// Downloads the leader's newest snapshot into `incoming-{id}.part` in the snapshot
     /// directory (resuming a partial download of the same snapshot), checks it whole, moves it
-    /// into place and installs it. Per-chunk timeouts bound the transfer; the install is not
-    /// timed.
-    pub(super) async fn download_and_install<T: Transport>(
-        &self,
-        transport: &T,
-    ) -> Result<u64, String> {
-        let options = &self.options.compaction;
+    /// into place and installs it; returns its applied id. Per-chunk timeouts bound the
+    /// transfer; the install is not timed.
+    pub(super) async fn download_and_install<T: Transport>(&self, transport: &T) -> Result<u64> {
         let dir = self
             .store
             .snapshot_dir()
-            .ok_or("snapshots are off on this follower (no snapshot directory)")?
+            .ok_or(Error::SnapshotsOff)?
             .to_owned();
         let meta = transport
-            .snapshot_meta(options.snapshot_chunk_timeout)
+            .snapshot_meta(self.options.compaction.snapshot_chunk_timeout)
             .await?
-            .ok_or("the leader has compacted its log but offers no snapshot")?;
+            .ok_or(Error::NoSnapshotOffered)?;
+        let part_name = self.download(transport, &dir, meta).await?;
+        let store = self.store.clone();
+        let applied_id = tokio::task::spawn_blocking(move || {
+            install_download(&store, &dir, &part_name, meta.applied_id)
+        })
+        .await
+        .map_err(|error| {
+            Error::Background(format!("the snapshot install task failed: {error}"))
+        })??;
+        lock(&self.compaction).snapshots_installed += 1;
+        Ok(applied_id)
+    }
+
+    /// Downloads snapshot `meta` into its partial file in `dir` (resuming what an earlier
+    /// download left) and syncs it; returns the partial file's name.
+    async fn download<T: Transport>(
+        &self,
+        transport: &T,
+        dir: &Path,
+        meta: SnapshotMeta,
+    ) -> Result<String> {
+        let options = &self.options.compaction;
         let fs = self.store.file_system().clone();
-        kv_wal::durable::create_dir_all_durable(&*fs, &dir).map_err(|error| error.to_string())?;
+        let file_error = |doing| move |source| Error::SnapshotFile { doing, source };
+        kv_wal::durable::create_dir_all_durable(&*fs, dir)
+            .map_err(file_error("creating the snapshot directory"))?;
         let part_name = format!("incoming-{:020}.part", meta.applied_id);
         // Older partial downloads are of snapshots the leader no longer offers.
-        for name in fs.list_dir(&dir).unwrap_or_default() {
+        for name in fs.list_dir(dir).unwrap_or_default() {
             if name.starts_with("incoming-") && name != part_name {
                 let _ = kv_wal::durable::remove_file_if_exists(&*fs, &dir.join(name));
             }
         }
-        let mut part = kv_wal::durable::PartialFile::open_or_create(&*fs, &dir, &part_name)
-            .map_err(|error| error.to_string())?;
+        let mut part = kv_wal::durable::PartialFile::open_or_create(&*fs, dir, &part_name)
+            .map_err(file_error("opening the snapshot download"))?;
         if part.len_bytes() > meta.size_bytes {
-            part.clear().map_err(|error| error.to_string())?;
+            part.clear()
+                .map_err(file_error("clearing the snapshot download"))?;
         }
         if part.len_bytes() > 0 {
             tracing::info!(
@@ -59,37 +85,17 @@ impl Node {
                 )
                 .await?;
             if chunk.is_empty() || chunk.len() > want as usize {
-                return Err(format!(
-                    "snapshot chunk at {offset}: {} bytes for {want} asked",
-                    chunk.len()
-                ));
+                return Err(Error::SnapshotChunk {
+                    offset,
+                    received_bytes: chunk.len(),
+                    asked_bytes: want,
+                });
             }
             part.append(&chunk)
-                .map_err(|error| format!("writing the snapshot: {error}"))?;
+                .map_err(file_error("writing the snapshot"))?;
         }
-        part.sync()
-            .map_err(|error| format!("syncing the snapshot: {error}"))?;
-        let part_path = part.path().to_owned();
-        drop(part);
-        let store = self.store.clone();
-        let final_name = kv_store::snapshot::snapshot_file_name(meta.applied_id);
-        tokio::task::spawn_blocking(move || -> Result<u64, String> {
-            let fs = store.file_system().clone();
-            if let Err(error) = kv_store::snapshot::verify_snapshot(&*fs, &part_path) {
-                let _ = kv_wal::durable::remove_file_if_exists(&*fs, &part_path);
-                return Err(format!(
-                    "the downloaded snapshot is damaged ({error}); downloading again"
-                ));
-            }
-            let final_path = kv_wal::durable::rename_durable(&*fs, &dir, &part_name, &final_name)
-                .map_err(|error| error.to_string())?;
-            store
-                .install_snapshot(&final_path)
-                .map_err(|error| format!("cannot install the snapshot: {error}"))
-        })
-        .await
-        .map_err(|error| error.to_string())?
-        .inspect(|_| lock(&self.compaction).snapshots_installed += 1)
+        part.sync().map_err(file_error("syncing the snapshot"))?;
+        Ok(part_name)
     }
 
     /// The newest snapshot this node offers to followers.
@@ -129,4 +135,26 @@ impl Node {
         };
         Some(read())
     }
+}
+
+/// Checks the downloaded snapshot `part_name` in `dir` whole (a damaged one is deleted, to be
+/// downloaded again), moves it into place and installs it. Blocking.
+fn install_download(store: &Store, dir: &Path, part_name: &str, applied_id: u64) -> Result<u64> {
+    let fs = store.file_system().clone();
+    let part_path = dir.join(part_name);
+    if let Err(source) = kv_store::snapshot::verify_snapshot(&*fs, &part_path) {
+        let _ = kv_wal::durable::remove_file_if_exists(&*fs, &part_path);
+        return Err(Error::SnapshotDamaged { source });
+    }
+    let final_name = kv_store::snapshot::snapshot_file_name(applied_id);
+    let final_path =
+        kv_wal::durable::rename_durable(&*fs, dir, part_name, &final_name).map_err(|source| {
+            Error::SnapshotFile {
+                doing: "moving the snapshot into place",
+                source,
+            }
+        })?;
+    store
+        .install_snapshot(&final_path)
+        .map_err(|source| Error::SnapshotInstall { source })
 }

@@ -154,7 +154,7 @@ fn the_leader_tells_a_diverged_follower_where_to_cut() {
     let FetchResponse::Entries { frames, .. } = answer else {
         panic!("{answer:?}")
     };
-    assert_eq!(kv_replication::check_frames(&frames, 4), Ok(6));
+    assert!(matches!(kv_replication::check_frames(&frames, 4), Ok(6)));
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use kv_replication::{
     Acks, FetchRequest, FetchResponse, Node, NodeOptions, Role, SnapshotMeta, Transport,
+    TransportError, TransportErrorKind,
 };
 use kv_store::{Op, Store, StoreOptions, Value};
 
@@ -53,7 +54,10 @@ fn spawn_follower(
 }
 
 impl Transport for Direct {
-    async fn snapshot_meta(&self, _timeout: Duration) -> Result<Option<SnapshotMeta>, String> {
+    async fn snapshot_meta(
+        &self,
+        _timeout: Duration,
+    ) -> Result<Option<SnapshotMeta>, TransportError> {
         Ok(self.leader.snapshot_meta())
     }
 
@@ -63,30 +67,36 @@ impl Transport for Direct {
         offset: u64,
         len: u32,
         _timeout: Duration,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, TransportError> {
         let chunks = self.snapshot_chunks.fetch_add(1, Ordering::SeqCst) + 1;
         if self.fail_snapshot_chunk_at == chunks {
-            return Err("connection reset during the snapshot download (test)".to_owned());
+            return Err(TransportError::new(
+                TransportErrorKind::Connect,
+                "connection reset during the snapshot download (test)",
+            ));
         }
         self.leader
             .snapshot_chunk(applied_id, offset, len)
-            .ok_or("gone")?
-            .map_err(|error| error.to_string())
+            .ok_or_else(|| TransportError::new(TransportErrorKind::Status, "gone"))?
+            .map_err(|error| TransportError::new(TransportErrorKind::Status, error.to_string()))
     }
 
     async fn fetch(
         &self,
         request: &FetchRequest,
         timeout: Duration,
-    ) -> Result<FetchResponse, String> {
+    ) -> Result<FetchResponse, TransportError> {
         if self.down.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            return Err("leader unreachable (test)".to_owned());
+            return Err(TransportError::new(
+                TransportErrorKind::Connect,
+                "leader unreachable (test)",
+            ));
         }
         let number = self.fetches.fetch_add(1, Ordering::SeqCst) + 1;
         let mut response = tokio::time::timeout(timeout, self.leader.handle_fetch(request, true))
             .await
-            .map_err(|_| "timeout".to_owned())?;
+            .map_err(|_| TransportError::new(TransportErrorKind::Timeout, "timeout"))?;
         if self.corrupt_every > 0 && number.is_multiple_of(self.corrupt_every) {
             if let FetchResponse::Entries { frames, .. } = &mut response {
                 if !frames.is_empty() {

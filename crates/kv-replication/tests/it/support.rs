@@ -113,7 +113,7 @@ impl LogView for VecLog {
         from_id: u64,
         bytes_max: usize,
         through_id: u64,
-    ) -> Result<Vec<u8>, String> {
+    ) -> kv_replication::Result<Vec<u8>> {
         let mut out = Vec::new();
         for (id, _, payload) in &self.entries {
             if *id < from_id || *id > through_id {
