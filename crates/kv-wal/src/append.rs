@@ -10,12 +10,14 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::durability::Fsync;
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{FileSystem, WalFile};
 use crate::mutex::lock;
 use crate::options::SyncPolicy;
 use crate::segment_file::{
-    encode_seal, new_salt, segment_path, SegmentHeader, SEAL_BYTES, SEGMENT_HEADER_BYTES,
+    encode_mark, encode_seal, new_salt, segment_path, SegmentHeader, MARK_BYTES, SEAL_BYTES,
+    SEGMENT_HEADER_BYTES,
 };
 use crate::segment_scan::SparseIndex;
 use crate::segments::Segment;
@@ -30,6 +32,16 @@ impl Shared {
             return Ok(());
         }
         self.check_writable(writer)?;
+        if writer.mark_pending {
+            // The placeholder at the front of the batch becomes the durability mark: what was
+            // synced before this write.
+            let synced_through = writer.active.synced_through();
+            let first_id = writer.pending_frames.first().expect("pending frames").0;
+            let salt = writer.active.salt;
+            encode_mark(&mut writer.pending, first_id, synced_through, salt);
+            writer.last_mark_claim = synced_through;
+            writer.mark_pending = false;
+        }
         let path = writer.active.path.clone();
         let written = writer
             .active_file
@@ -98,14 +110,15 @@ impl Shared {
             .write_all_at(&seal, writer.write_offset)
             .at(&old.path);
         self.guarded(sealed)?;
-        self.durability.sync(
-            &*writer.active_file,
-            &old.path,
-            last_id,
-            None,
-            0,
-            &self.stats,
-        )?;
+        let fsync = Fsync {
+            file: &*writer.active_file,
+            path: &old.path,
+            target: last_id,
+            generation: None,
+            records: 0,
+            covers: None,
+        };
+        self.durability.sync(fsync, &self.stats)?;
         old.file_bytes
             .store(writer.write_offset + SEAL_BYTES as u64, Ordering::Release);
         old.sealed.store(true, Ordering::Release);
@@ -136,6 +149,7 @@ impl Shared {
         writer.active = segment.clone();
         writer.active_file = file;
         writer.write_offset = SEGMENT_HEADER_BYTES as u64;
+        writer.last_mark_claim = 0;
         writer.next_sequence = sequence + 1;
         writer.next_id = first_id;
         Ok(segment)
@@ -173,7 +187,12 @@ impl Shared {
         }
         let first = writer.next_id;
         for index in 0..count {
-            self.reserve(&mut writer, frame_bytes(index))?;
+            self.reserve(&mut writer, frame_bytes(index) + MARK_BYTES)?;
+            if writer.pending.is_empty() && writer.mark_due() {
+                // Room for a durability mark, written in front of the batch (`flush_pending`).
+                writer.pending.resize(MARK_BYTES, 0);
+                writer.mark_pending = true;
+            }
             let id = writer.next_id;
             let offset = writer.pending.len();
             let salt = writer.active.salt;
@@ -214,19 +233,21 @@ impl Shared {
                 self.flush_pending(&mut writer)?;
                 let file = writer.active_file.clone();
                 let path = writer.active.path.clone();
+                let (segment, synced_offset) = (writer.active.clone(), writer.write_offset);
                 let generation = self.durability.durable.generation();
                 drop(writer);
                 crate::fail_point!(WAL_AFTER_WRITE_BEFORE_FSYNC)
                     .at(&path)
                     .map_err(|error| self.poison(error.to_string()))?;
-                self.durability.sync(
-                    &*file,
-                    &path,
-                    last,
-                    Some(generation),
-                    count as u64,
-                    &self.stats,
-                )?;
+                let fsync = Fsync {
+                    file: &*file,
+                    path: &path,
+                    target: last,
+                    generation: Some(generation),
+                    records: count as u64,
+                    covers: Some((&segment, synced_offset)),
+                };
+                self.durability.sync(fsync, &self.stats)?;
                 self.durability.wait(last, generation)?;
                 crate::fail_point!(WAL_AFTER_FSYNC_BEFORE_ACK)
                     .map_err(|error| self.poison(error.to_string()))?;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::durability::Fsync;
 use crate::error::IoContext;
 use crate::options::SyncPolicy;
 use crate::shared::Shared;
@@ -51,6 +52,7 @@ impl Shared {
             }
             let file = writer.active_file.clone();
             let path = writer.active.path.clone();
+            let (segment, synced_offset) = (writer.active.clone(), writer.write_offset);
             let generation = self.durability.durable.generation();
             drop(writer);
             // The appenders are released (by the advance) before the committer takes the lock
@@ -60,14 +62,15 @@ impl Shared {
                 .at(&path)
                 .map_err(|error| self.poison(error.to_string()))
                 .and_then(|()| {
-                    self.durability.sync(
-                        &*file,
-                        &path,
+                    let fsync = Fsync {
+                        file: &*file,
+                        path: &path,
                         target,
-                        Some(generation),
-                        batch_records.max(1),
-                        &self.stats,
-                    )
+                        generation: Some(generation),
+                        records: batch_records.max(1),
+                        covers: Some((&segment, synced_offset)),
+                    };
+                    self.durability.sync(fsync, &self.stats)
                 });
             if synced.is_err() {
                 return;

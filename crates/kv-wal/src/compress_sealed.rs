@@ -25,6 +25,7 @@ use std::time::Instant;
 use crate::codec::SegmentCodec;
 use crate::compressed_format;
 use crate::error::{IoContext, Result};
+use crate::frame;
 use crate::fs::read_range;
 use crate::mutex::lock;
 use crate::plain_rewrite::write_and_sync;
@@ -147,11 +148,14 @@ impl Wal {
             codec: Some(codec),
             salt: segment.salt,
         };
-        let frames = &bytes[SEGMENT_HEADER_BYTES..bytes.len() - SEAL_BYTES];
+        let frames = records_only(
+            &bytes[SEGMENT_HEADER_BYTES..bytes.len() - SEAL_BYTES],
+            segment.salt,
+        );
         let (image, layout) = compressed_format::build(
             &header.encode(),
             codec,
-            frames,
+            &frames,
             segment.first_id,
             segment.salt,
         );
@@ -215,6 +219,22 @@ impl Wal {
             position.is_some_and(|position| position + 1 < segments.len())
         }
     }
+}
+
+/// The record frames of a checked plain segment's frame region, without its durability marks
+/// (a sealed segment is synced whole: compressed, it needs none).
+fn records_only(frames: &[u8], salt: u32) -> Vec<u8> {
+    let mut records = Vec::with_capacity(frames.len());
+    let mut position = 0;
+    while position < frames.len() {
+        let frame = frame::decode_salted(&frames[position..], salt).expect("a checked segment");
+        let len = frame.encoded_len();
+        if frame.is_record() {
+            records.extend_from_slice(&frames[position..position + len]);
+        }
+        position += len;
+    }
+    records
 }
 
 /// Checks a plain sealed segment whole before it is compressed: header, every frame, the seal,

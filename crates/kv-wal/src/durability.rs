@@ -9,9 +9,25 @@ use std::time::Instant;
 use crate::error::{Error, IoContext, Result};
 use crate::fs::WalFile;
 use crate::mutex::lock;
+use crate::segments::Segment;
 use crate::stats::Stats;
 use crate::ticket::AppendTicket;
 use crate::watermark::Watermark;
+
+/// One segment fsync and what its success means.
+pub(crate) struct Fsync<'a> {
+    pub file: &'a dyn WalFile,
+    pub path: &'a Path,
+    /// The id the durable watermark may reach when it succeeds.
+    pub target: u64,
+    /// The watermark's generation the target belongs to (`None`: any).
+    pub generation: Option<u64>,
+    /// Records it makes durable (for the group-commit statistics).
+    pub records: u64,
+    /// The segment it covers and through which offset: noted before the success is published,
+    /// so the next batch's durability mark says so.
+    pub covers: Option<(&'a Segment, u64)>,
+}
 
 /// The durable id, and what guards it: the failure latch and the fsyncs in flight.
 #[derive(Debug)]
@@ -97,15 +113,15 @@ impl Durability {
     /// failure is latched under the same lock, before any later success can be published.
     /// Returns `Ok` once this fsync succeeded; its target may be published later (callers
     /// that acknowledge wait on the durable watermark).
-    pub(crate) fn sync(
-        &self,
-        file: &dyn WalFile,
-        path: &Path,
-        target: u64,
-        generation: Option<u64>,
-        records: u64,
-        stats: &Stats,
-    ) -> Result<()> {
+    pub(crate) fn sync(&self, fsync: Fsync<'_>, stats: &Stats) -> Result<()> {
+        let Fsync {
+            file,
+            path,
+            target,
+            generation,
+            records,
+            covers,
+        } = fsync;
         {
             let mut fsyncs = lock(&self.fsyncs);
             if let Some(reason) = self.failure.reason() {
@@ -129,6 +145,9 @@ impl Durability {
             return Err(Error::Poisoned(reason));
         }
         stats.on_fsync(started.elapsed(), records);
+        if let Some((segment, offset)) = covers {
+            segment.note_synced(offset);
+        }
         fsyncs.succeeded.push((target, generation));
         if fsyncs.count == 0 {
             for (target, generation) in fsyncs.succeeded.drain(..) {

@@ -38,6 +38,9 @@ pub const RECORD_BYTES_MAX: usize = 256 << 20;
 pub(crate) const KIND_RECORD: u8 = 0x52; // 'R'
 /// `kind` byte of the footer that seals a segment.
 pub(crate) const KIND_SEAL: u8 = 0x53; // 'S'
+/// `kind` byte of a durability mark: the segment was synced through an offset before the
+/// frames after the mark were written (`docs/wal-format.md`, "Durability marks").
+pub(crate) const KIND_MARK: u8 = 0x44; // 'D'
 
 static CRC32C_STREAMING: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISCSI);
 
@@ -174,9 +177,13 @@ impl<'a> Frame<'a> {
     pub fn encoded_len(&self) -> usize {
         FRAME_HEADER_BYTES + self.payload.len()
     }
-    /// Whether this is a data record (not a segment seal).
+    /// Whether this is a data record (not a segment seal or a durability mark).
     pub fn is_record(&self) -> bool {
         self.kind == KIND_RECORD
+    }
+    /// Whether this is a durability mark.
+    pub(crate) fn is_mark(&self) -> bool {
+        self.kind == KIND_MARK
     }
 }
 
@@ -253,7 +260,7 @@ pub(crate) fn decode_salted(bytes: &[u8], salt: u32) -> Result<Frame<'_>, FrameE
         return Err(FrameError::Zeroed);
     }
     let kind = header[4];
-    if kind != KIND_RECORD && kind != KIND_SEAL {
+    if kind != KIND_RECORD && kind != KIND_SEAL && kind != KIND_MARK {
         return Err(FrameError::UnknownKind(kind));
     }
     let flags = header[5];

@@ -237,6 +237,8 @@ fn start(
         commit_wanted: false,
         last_sync: Instant::now(),
         closed: false,
+        mark_pending: false,
+        last_mark_claim: 0,
     };
     let shared = Arc::new(Shared {
         dir: dir.clone(),

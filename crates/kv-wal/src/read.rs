@@ -142,11 +142,28 @@ impl SegmentReader {
         }
     }
 
-    /// The next frame: `(offset, id, frame bytes)`, or `None` at the segment's end.
+    /// The next record's frame: `(offset, id, frame bytes)`, or `None` at the segment's end.
+    /// Durability marks are stepped over.
     fn next_frame(&mut self) -> Result<Option<(u64, u64, &[u8])>> {
         if self.compressed.is_some() {
             return self.next_block_frame();
         }
+        loop {
+            match self.next_plain_frame()? {
+                None => return Ok(None),
+                Some((_, _, len, false)) => self.offset += len as u64,
+                Some((offset, id, len, true)) => {
+                    self.offset += len as u64;
+                    let start = (offset - self.buffer_start) as usize;
+                    return Ok(Some((offset, id, &self.buffer[start..start + len])));
+                }
+            }
+        }
+    }
+
+    /// Decodes the frame at `self.offset` (after any skipped range) into the buffer, without
+    /// moving past it: `(offset, id, length, is a record)`, or `None` at the segment's end.
+    fn next_plain_frame(&mut self) -> Result<Option<(u64, u64, usize, bool)>> {
         let end = self.segment.end_offset();
         loop {
             if self.offset >= end {
@@ -178,19 +195,15 @@ impl SegmentReader {
             let start = (self.offset - self.buffer_start) as usize;
             let window_end = self.buffer.len().min(start + available as usize);
             match frame::decode_salted(&self.buffer[start..window_end], self.segment.salt) {
-                Ok(frame) => {
-                    let id = frame.id;
-                    let len = frame.encoded_len();
-                    if !frame.is_record() {
-                        return Err(
-                            self.corrupt("segment seal before the end of the segment".to_owned())
-                        );
-                    }
-                    let offset = self.offset;
-                    self.offset += len as u64;
-                    let start = (offset - self.buffer_start) as usize;
-                    return Ok(Some((offset, id, &self.buffer[start..start + len])));
+                Ok(frame) if frame.is_mark() => {
+                    return Ok(Some((self.offset, frame.id, frame.encoded_len(), false)));
                 }
+                Ok(frame) if !frame.is_record() => {
+                    return Err(
+                        self.corrupt("segment seal before the end of the segment".to_owned())
+                    );
+                }
+                Ok(frame) => return Ok(Some((self.offset, frame.id, frame.encoded_len(), true))),
                 Err(frame::FrameError::Incomplete { needed: more })
                     if more > needed && (more as u64) <= available =>
                 {

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::codec::SegmentCodec;
-use crate::frame::{self, crc32c, FRAME_HEADER_BYTES, KIND_SEAL};
+use crate::frame::{self, crc32c, FRAME_HEADER_BYTES, KIND_MARK, KIND_SEAL};
 
 /// Bytes of the segment header.
 pub const SEGMENT_HEADER_BYTES: usize = 48;
@@ -151,6 +151,23 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<(u64, u64, bool)> {
 /// segment's `salt`.
 pub(crate) fn encode_seal(out: &mut Vec<u8>, last_id: u64, record_count: u64, salt: u32) {
     frame::encode(out, KIND_SEAL, last_id, &record_count.to_le_bytes(), salt);
+}
+
+/// Bytes of a durability mark (a frame with an 8-byte payload).
+pub(crate) const MARK_BYTES: usize = FRAME_HEADER_BYTES + 8;
+
+/// Encodes a durability mark: the segment is durable through `synced_through` (an offset in
+/// it), known before the frames after the mark (ids from `next_id`) were written.
+pub(crate) fn encode_mark(out: &mut [u8], next_id: u64, synced_through: u64, salt: u32) {
+    let mut frame = Vec::with_capacity(MARK_BYTES);
+    frame::encode(
+        &mut frame,
+        KIND_MARK,
+        next_id,
+        &synced_through.to_le_bytes(),
+        salt,
+    );
+    out[..MARK_BYTES].copy_from_slice(&frame);
 }
 
 /// A seal read from the end of a segment.

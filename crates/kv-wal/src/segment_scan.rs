@@ -1,8 +1,13 @@
 //! The scan that checks a plain segment: every frame's CRC and id, the seal, where damage is
 //! and where good frames resume after it; and the sparse index readers seek with.
 
-use crate::frame::{self, Frame, FrameError, FRAME_HEADER_BYTES, KIND_RECORD, KIND_SEAL};
+use crate::frame::{
+    self, Frame, FrameError, FRAME_HEADER_BYTES, KIND_MARK, KIND_RECORD, KIND_SEAL,
+};
 use crate::segment_file::SEGMENT_HEADER_BYTES;
+
+/// The disk's sector: the unit in which unsynced writes are lost or torn.
+const SECTOR_BYTES: usize = 512;
 
 /// Spacing of the in-memory sparse index: one entry per this many bytes of frames.
 pub(crate) const INDEX_INTERVAL_BYTES: u64 = 16 * 1024;
@@ -47,6 +52,13 @@ pub(crate) struct FrameDamage {
     pub resume: Option<(u64, u64)>,
     /// Whether everything from `offset` to the end is zero.
     pub zeroed_to_end: bool,
+    /// The last good record before the damage, and how many good records precede it: what a
+    /// cut at `offset` keeps.
+    pub good_last_id: Option<u64>,
+    pub good_records: u64,
+    /// Whether the damaged stretch (up to where good frames resume) holds a whole zero-filled
+    /// 512-byte sector: what a page or sector the disk never got leaves.
+    pub zero_sector: bool,
 }
 
 /// A region readers must jump over (SkipCorrupt mode): `[from, to)`.
@@ -75,6 +87,25 @@ pub(crate) struct ScanResult {
     pub all_end: u64,
     /// The index over every good frame; callers cut it to the prefix they keep.
     pub index: SparseIndex,
+    /// The highest offset a valid durability mark anywhere in the segment says was synced
+    /// (the header's end when none does). `u64::MAX` for a segment without salt (format 1),
+    /// which has no marks: everything in it counts as synced, as before marks existed.
+    pub synced_through: u64,
+}
+
+impl ScanResult {
+    /// Records damage at `offset`, with what precedes it.
+    fn damage(&mut self, offset: usize, reason: String, resume: Option<(usize, u64)>) {
+        self.damages.push(FrameDamage {
+            offset: offset as u64,
+            reason,
+            resume: resume.map(|(offset, id)| (offset as u64, id)),
+            zeroed_to_end: false,
+            good_last_id: self.all_last_id,
+            good_records: self.all_records,
+            zero_sector: false,
+        });
+    }
 }
 
 /// Scans a whole segment image (`bytes` includes the header), expecting ids from `first_id`,
@@ -83,23 +114,32 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, salt: u32) -> ScanResult {
     let mut result = ScanResult {
         clean_end: SEGMENT_HEADER_BYTES as u64,
         all_end: SEGMENT_HEADER_BYTES as u64,
+        synced_through: if salt == 0 {
+            u64::MAX
+        } else {
+            SEGMENT_HEADER_BYTES as u64
+        },
         ..ScanResult::default()
     };
     let mut position = SEGMENT_HEADER_BYTES;
     let mut expected_id = first_id;
-    let mut damaged = false;
     while position < bytes.len() {
+        let damaged = !result.damages.is_empty();
         let (problem, resume_from) = match frame::decode_salted(&bytes[position..], salt) {
-            Ok(frame) if frame.kind == KIND_RECORD && frame.id == expected_id => {
-                result.index.observe(frame.id, position as u64);
+            Ok(frame) if frame.kind != KIND_SEAL && frame.id == expected_id => {
+                if frame.kind == KIND_RECORD {
+                    result.index.observe(frame.id, position as u64);
+                    expected_id += 1;
+                    result.all_records += 1;
+                    result.all_last_id = Some(frame.id);
+                } else {
+                    note_mark(&mut result, &frame, position);
+                }
                 position += frame.encoded_len();
-                expected_id += 1;
-                result.all_records += 1;
-                result.all_last_id = Some(frame.id);
                 result.all_end = position as u64;
                 if !damaged {
-                    result.clean_records += 1;
-                    result.clean_last_id = Some(frame.id);
+                    result.clean_records = result.all_records;
+                    result.clean_last_id = result.all_last_id;
                     result.clean_end = position as u64;
                 }
                 continue;
@@ -117,33 +157,12 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, salt: u32) -> ScanResult {
                 let reason = format!("record id {} where {expected_id} was expected", frame.id);
                 if frame.id > expected_id {
                     // Records are missing here; this one is good and is where reading resumes.
-                    result.damages.push(FrameDamage {
-                        offset: position as u64,
-                        reason,
-                        resume: Some((position as u64, frame.id)),
-                        zeroed_to_end: false,
-                    });
-                    damaged = true;
+                    result.damage(position, reason, Some((position, frame.id)));
                     expected_id = frame.id;
                     continue;
                 }
                 // A replayed or out-of-order record: skip it whole.
-                let resume = find_resume(bytes, position + frame.encoded_len(), expected_id, salt);
-                result.damages.push(FrameDamage {
-                    offset: position as u64,
-                    reason,
-                    resume: resume.map(|(offset, id)| (offset as u64, id)),
-                    zeroed_to_end: false,
-                });
-                damaged = true;
-                match resume {
-                    Some((offset, id)) => {
-                        position = offset;
-                        expected_id = id;
-                        continue;
-                    }
-                    None => break,
-                }
+                (reason, position + frame.encoded_len())
             }
             Err(error) => {
                 let resume_from = position + resume_distance(&bytes[position..], &error);
@@ -151,14 +170,11 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, salt: u32) -> ScanResult {
             }
         };
         let resume = find_resume(bytes, resume_from, expected_id, salt);
-        let zeroed_to_end = bytes[position..].iter().all(|&byte| byte == 0);
-        result.damages.push(FrameDamage {
-            offset: position as u64,
-            reason: problem,
-            resume: resume.map(|(offset, id)| (offset as u64, id)),
-            zeroed_to_end,
-        });
-        damaged = true;
+        result.damage(position, problem, resume);
+        let damage = result.damages.last_mut().expect("just pushed");
+        damage.zeroed_to_end = bytes[position..].iter().all(|&byte| byte == 0);
+        let stretch_end = resume.map_or(bytes.len(), |(offset, _)| offset);
+        damage.zero_sector = holds_zero_sector(bytes, position, stretch_end);
         match resume {
             Some((offset, id)) => {
                 position = offset;
@@ -168,6 +184,36 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, salt: u32) -> ScanResult {
         }
     }
     result
+}
+
+/// Whether `bytes[from..to]` holds what a sector the disk never got leaves: zeros from `from`
+/// to the end of its sector (a sector partly synced before), or a whole aligned zero sector.
+fn holds_zero_sector(bytes: &[u8], from: usize, to: usize) -> bool {
+    let zero = |range: std::ops::Range<usize>| bytes[range].iter().all(|&byte| byte == 0);
+    let mut sector = (from / SECTOR_BYTES + 1) * SECTOR_BYTES;
+    if sector <= to && zero(from..sector) {
+        return true;
+    }
+    while sector + SECTOR_BYTES <= to {
+        if zero(sector..sector + SECTOR_BYTES) {
+            return true;
+        }
+        sector += SECTOR_BYTES;
+    }
+    false
+}
+
+/// Takes note of a durability mark at `position`: a mark never claims more than what precedes
+/// it.
+fn note_mark(result: &mut ScanResult, frame: &Frame<'_>, position: usize) {
+    let claim = frame
+        .payload
+        .try_into()
+        .map(u64::from_le_bytes)
+        .unwrap_or(0);
+    if claim <= position as u64 && result.synced_through != u64::MAX {
+        result.synced_through = result.synced_through.max(claim);
+    }
 }
 
 fn seal_problem(
@@ -214,12 +260,12 @@ fn find_resume(bytes: &[u8], from: usize, min_id: u64, salt: u32) -> Option<(usi
     let last_start = bytes.len().checked_sub(FRAME_HEADER_BYTES)?;
     for offset in from..=last_start {
         let kind = bytes[offset + 4];
-        if (kind != KIND_RECORD && kind != KIND_SEAL) || bytes[offset + 5..offset + 8] != [0, 0, 0]
-        {
+        let known = kind == KIND_RECORD || kind == KIND_SEAL || kind == KIND_MARK;
+        if !known || bytes[offset + 5..offset + 8] != [0, 0, 0] {
             continue;
         }
         match frame::decode_salted(&bytes[offset..], salt) {
-            Ok(frame) if frame.kind == KIND_RECORD && frame.id >= min_id => {
+            Ok(frame) if frame.kind != KIND_SEAL && frame.id >= min_id => {
                 return Some((offset, frame.id))
             }
             Ok(frame) if frame.kind == KIND_SEAL && offset + frame.encoded_len() == bytes.len() => {

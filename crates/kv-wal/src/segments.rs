@@ -37,6 +37,8 @@ pub(crate) struct Segment {
     pub incompressible: AtomicBool,
     /// The salt of its frames' CRCs (0: a segment of format version 1 or 2).
     pub salt: u32,
+    /// Offset through which the file is known synced (for durability marks).
+    synced_through: AtomicU64,
 }
 
 impl Segment {
@@ -82,6 +84,18 @@ impl Segment {
     }
     pub(crate) fn is_sealed(&self) -> bool {
         self.sealed.load(Ordering::Acquire)
+    }
+    /// Offset through which the file is known synced.
+    pub(crate) fn synced_through(&self) -> u64 {
+        self.synced_through.load(Ordering::Acquire)
+    }
+    /// Records that an fsync covered the file through `offset`.
+    pub(crate) fn note_synced(&self, offset: u64) {
+        self.synced_through.fetch_max(offset, Ordering::AcqRel);
+    }
+    /// Sets how far the file is synced after a cut (the cut was fsynced).
+    pub(crate) fn reset_synced(&self, offset: u64) {
+        self.synced_through.store(offset, Ordering::Release);
     }
     pub(crate) fn file_bytes(&self) -> u64 {
         self.file_bytes.load(Ordering::Acquire)
@@ -137,6 +151,8 @@ impl From<RecoveredSegment> for Segment {
             compressed: compressed.map(Arc::new),
             incompressible: AtomicBool::new(false),
             salt,
+            // Recovered segments are durable once open is done (it fsyncs the last one).
+            synced_through: AtomicU64::new(end_offset),
         }
     }
 }

@@ -124,6 +124,7 @@ impl Wal {
             writer.active = segment;
             writer.active_file = rewrite.file;
             writer.write_offset = image_len;
+            writer.last_mark_claim = 0;
             writer.next_sequence = target.sequence + 1;
             writer.next_id = last_id + 1;
         } else {
@@ -145,6 +146,8 @@ impl Wal {
             target.end_offset.store(cut, Ordering::Release);
             target.file_bytes.store(cut, Ordering::Release);
             target.sealed.store(false, Ordering::Release);
+            target.reset_synced(cut);
+            writer.last_mark_claim = 0;
             writer.active = target.clone();
             writer.active_file = file;
             writer.write_offset = cut;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use crate::durability::Fsync;
 use crate::error::{Error, Result};
 use crate::frame::{self, FRAME_HEADER_BYTES, KIND_RECORD, RECORD_BYTES_MAX};
 use crate::fs::FileSystem;
@@ -153,9 +154,15 @@ impl Wal {
         }
         let path = writer.active.path.clone();
         let generation = shared.durability.durable.generation();
-        shared
-            .durability
-            .sync(&*writer.active_file, &path, target, None, 0, &shared.stats)?;
+        let fsync = Fsync {
+            file: &*writer.active_file,
+            path: &path,
+            target,
+            generation: None,
+            records: 0,
+            covers: Some((&writer.active, writer.write_offset)),
+        };
+        shared.durability.sync(fsync, &shared.stats)?;
         shared.durability.wait(target, generation)?;
         Ok(shared.durability.durable.get())
     }

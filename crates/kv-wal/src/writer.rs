@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::fs::WalFile;
+use crate::segment_file::SEGMENT_HEADER_BYTES;
 use crate::segments::Segment;
 
 /// The writer's state, behind one mutex.
@@ -24,9 +25,20 @@ pub(crate) struct Writer {
     pub commit_wanted: bool,
     pub last_sync: Instant,
     pub closed: bool,
+    /// `pending` starts with room for a durability mark (filled in when it is written).
+    pub mark_pending: bool,
+    /// What the last durability mark written to the active segment claimed.
+    pub last_mark_claim: u64,
 }
 
 impl Writer {
+    /// Whether the next batch should carry a durability mark: the active segment was synced
+    /// further than the last mark says.
+    pub(crate) fn mark_due(&self) -> bool {
+        let synced_through = self.active.synced_through();
+        synced_through > self.last_mark_claim && synced_through > SEGMENT_HEADER_BYTES as u64
+    }
+
     pub(crate) fn pending_last_id(&self) -> Option<u64> {
         self.pending_frames.last().map(|&(id, _)| id)
     }

@@ -9,7 +9,7 @@ use crate::fs::{read_exact_at, read_range, WalFile};
 use crate::options::RecoveryMode;
 use crate::report::{Dropped, Hole, TornTail};
 use crate::segment_file::{decode_seal, SEAL_BYTES, SEGMENT_HEADER_BYTES};
-use crate::segment_scan::{scan, FrameDamage, ScanResult};
+use crate::segment_scan::{scan, FrameDamage, ScanResult, SkipRange, SparseIndex};
 
 /// What is kept of a scanned segment.
 struct Kept {
@@ -86,17 +86,18 @@ impl Recovery<'_> {
         };
         let mut frame_index = result.index.clone();
         let mut skips = Vec::new();
+        let mut cut_at: Option<&FrameDamage> = None;
         let mut good_before = result.clean_last_id.unwrap_or(
             self.previous_last_id()
                 .unwrap_or(entry.first_id.saturating_sub(1)),
         );
         for damage in &result.damages {
-            let kind = match damage.resume {
-                Some(_) => Damage::BadFrame,
-                None => Damage::TornTail,
-            };
+            let kind = classify(damage, position, result.synced_through);
             match decide(self.mode, kind, position) {
-                Action::CutTail => break,
+                Action::CutTail => {
+                    cut_at = Some(damage);
+                    break;
+                }
                 Action::DropFromHere => {
                     frame_index.truncate_after(kept.last_id.unwrap_or(0));
                     let removed = self.remove_later(index)?;
@@ -125,15 +126,50 @@ impl Recovery<'_> {
                 }
             }
         }
-        if kept.skipped {
+        if let Some(damage) = cut_at {
+            // Everything from the damage on goes, valid-looking frames after it included.
+            kept.end = damage.offset;
+            kept.last_id = damage.good_last_id;
+            kept.records = damage.good_records;
+            kept.sealed = false;
+            frame_index.truncate_after(kept.last_id.unwrap_or(0));
+        } else if kept.skipped {
             kept.end = result.all_end;
             kept.last_id = result.all_last_id;
             kept.records = result.all_records;
             kept.sealed = result.sealed;
         }
         if !kept.sealed && kept.end < file_len && (position == Position::Last || kept.stop) {
-            self.cut(index, file, file_len, kept.end, &result)?;
+            let reason = match cut_at {
+                Some(damage) if damage.resume.is_some() => format!(
+                    "{} (past the offset the log's durability marks prove synced: \
+                     unsynced pages lost, the valid frames after it never acknowledged)",
+                    damage.reason
+                ),
+                _ => torn_tail_reason(&result),
+            };
+            self.cut(index, file, file_len, kept.end, reason)?;
         }
+        self.keep_scanned(index, &kept, file_len, frame_index, skips, salt);
+        if kept.stop {
+            self.next_sequence = entry.sequence + 1;
+            return Ok(Step::Stop);
+        }
+        Ok(Step::Next)
+    }
+
+    /// Keeps a scanned segment as `kept` says.
+    fn keep_scanned(
+        &mut self,
+        index: usize,
+        kept: &Kept,
+        file_len: u64,
+        frame_index: SparseIndex,
+        skips: Vec<SkipRange>,
+        salt: u32,
+    ) {
+        let entry = &self.found[index];
+        let position = self.position(index);
         self.report.records += kept.records;
         self.kept.push(RecoveredSegment {
             sequence: entry.sequence,
@@ -152,11 +188,6 @@ impl Recovery<'_> {
             compressed: None,
             salt,
         });
-        if kept.stop {
-            self.next_sequence = entry.sequence + 1;
-            return Ok(Step::Stop);
-        }
-        Ok(Step::Next)
     }
 
     /// Cuts the segment at `end` (durably) and reports the torn tail, unless the cut is part
@@ -167,7 +198,7 @@ impl Recovery<'_> {
         file: &dyn WalFile,
         file_len: u64,
         end: u64,
-        result: &ScanResult,
+        reason: String,
     ) -> Result<()> {
         let entry = &self.found[index];
         file.set_len(end).at(&entry.path)?;
@@ -177,7 +208,7 @@ impl Recovery<'_> {
                 segment: entry.path.clone(),
                 offset: end,
                 bytes_dropped: file_len - end,
-                reason: torn_tail_reason(result),
+                reason,
             });
         }
         Ok(())
@@ -189,11 +220,11 @@ impl Recovery<'_> {
         index: usize,
         damage: &FrameDamage,
         good_before: u64,
-    ) -> (Hole, Option<crate::segment_scan::SkipRange>) {
+    ) -> (Hole, Option<SkipRange>) {
         let entry = &self.found[index];
         let (last_missing_id, skip) = match damage.resume {
             Some((offset, id)) => {
-                let skip = (offset > damage.offset).then_some(crate::segment_scan::SkipRange {
+                let skip = (offset > damage.offset).then_some(SkipRange {
                     from: damage.offset,
                     to: offset,
                 });
@@ -210,6 +241,26 @@ impl Recovery<'_> {
             reason: damage.reason.clone(),
         };
         (hole, skip)
+    }
+}
+
+/// What a damage found by the scan is. Damage with nothing valid after it is a torn tail.
+/// Damage in the last segment at or after the offset its durability marks prove synced, whose
+/// damaged stretch holds a zero-filled sector, is one too, even with valid frames after it: the
+/// page cache may write back a later page and not an earlier one, so a power cut can leave any
+/// subset of unsynced pages (the lost ones read as zeros) — and nothing there was acknowledged
+/// under `Always` or `Batch` (`docs/wal-format.md`, "Durability marks").
+fn classify(damage: &FrameDamage, position: Position, synced_through: u64) -> Damage {
+    match damage.resume {
+        None => Damage::TornTail,
+        Some(_)
+            if position == Position::Last
+                && damage.offset >= synced_through
+                && damage.zero_sector =>
+        {
+            Damage::TornTail
+        }
+        Some(_) => Damage::BadFrame,
     }
 }
 

@@ -34,14 +34,29 @@ fn write_log() -> SimFs {
     fs
 }
 
-/// Offset of record `index` (0-based) within a segment of equal-sized records.
-fn record_offset(index: usize) -> usize {
-    SEGMENT_HEADER_BYTES + index * (FRAME_HEADER_BYTES + RECORD_BYTES)
+/// Offsets of the record frames in a segment image, in order: frames are walked by their
+/// length fields, and the log's other frames (durability marks, the seal) are left out.
+fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut at = SEGMENT_HEADER_BYTES;
+    while at + FRAME_HEADER_BYTES <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        if bytes[at + 4] == b'R' {
+            offsets.push(at);
+        }
+        at += FRAME_HEADER_BYTES + len;
+    }
+    offsets
 }
 
-fn records_per_segment() -> u64 {
-    (SEGMENT_BYTES as usize - SEGMENT_HEADER_BYTES - kv_wal::SEAL_BYTES) as u64
-        / (FRAME_HEADER_BYTES + RECORD_BYTES) as u64
+/// Offset of record `index` (0-based) within a segment image.
+fn record_offset(bytes: &[u8], index: usize) -> usize {
+    record_offsets(bytes)[index]
+}
+
+/// Offset just past record `index` (0-based) within a segment image.
+fn record_end(bytes: &[u8], index: usize) -> usize {
+    record_offset(bytes, index) + FRAME_HEADER_BYTES + RECORD_BYTES
 }
 
 fn mutate(fs: &SimFs, path: &std::path::Path, change: impl FnOnce(&mut Vec<u8>)) {
@@ -249,7 +264,8 @@ fn cases() -> Vec<Case> {
             name: "length 0 in a middle record of the last segment",
             damage: |fs| {
                 mutate(fs, &last_segment(fs), |bytes| {
-                    bytes[record_offset(0) + 8..record_offset(0) + 12].fill(0)
+                    let at = record_offset(bytes, 0);
+                    bytes[at + 8..at + 12].fill(0)
                 })
             },
             outcomes: [
@@ -263,8 +279,8 @@ fn cases() -> Vec<Case> {
             name: "length u32::MAX",
             damage: |fs| {
                 mutate(fs, &last_segment(fs), |bytes| {
-                    bytes[record_offset(0) + 8..record_offset(0) + 12]
-                        .copy_from_slice(&u32::MAX.to_le_bytes())
+                    let at = record_offset(bytes, 0);
+                    bytes[at + 8..at + 12].copy_from_slice(&u32::MAX.to_le_bytes())
                 })
             },
             outcomes: [
@@ -279,7 +295,7 @@ fn cases() -> Vec<Case> {
             damage: |fs| {
                 let path = last_segment(fs);
                 mutate(fs, &path, |bytes| {
-                    let last = bytes.len() - (FRAME_HEADER_BYTES + RECORD_BYTES);
+                    let last = *record_offsets(bytes).last().unwrap();
                     bytes[last + 8..last + 12].copy_from_slice(&1_000_000u32.to_le_bytes());
                 })
             },
@@ -300,8 +316,9 @@ fn cases() -> Vec<Case> {
             name: "duplicated record",
             damage: |fs| {
                 mutate(fs, &last_segment(fs), |bytes| {
-                    let record = bytes[record_offset(0)..record_offset(1)].to_vec();
-                    bytes.splice(record_offset(1)..record_offset(1), record);
+                    let (start, end) = (record_offset(bytes, 0), record_end(bytes, 0));
+                    let record = bytes[start..end].to_vec();
+                    bytes.splice(end..end, record);
                 })
             },
             outcomes: [
@@ -315,10 +332,12 @@ fn cases() -> Vec<Case> {
             name: "swapped records",
             damage: |fs| {
                 mutate(fs, &last_segment(fs), |bytes| {
-                    let first = bytes[record_offset(0)..record_offset(1)].to_vec();
-                    let second = bytes[record_offset(1)..record_offset(2)].to_vec();
-                    bytes[record_offset(0)..record_offset(1)].copy_from_slice(&second);
-                    bytes[record_offset(1)..record_offset(2)].copy_from_slice(&first);
+                    let (first_at, second_at) = (record_offset(bytes, 0), record_offset(bytes, 1));
+                    let (first_end, second_end) = (record_end(bytes, 0), record_end(bytes, 1));
+                    let first = bytes[first_at..first_end].to_vec();
+                    let second = bytes[second_at..second_end].to_vec();
+                    bytes[first_at..first_end].copy_from_slice(&second);
+                    bytes[second_at..second_end].copy_from_slice(&first);
                 })
             },
             outcomes: [
@@ -332,7 +351,8 @@ fn cases() -> Vec<Case> {
             name: "bit flip in a sealed segment",
             damage: |fs| {
                 mutate(fs, &middle_segment(fs), |bytes| {
-                    bytes[record_offset(1) + FRAME_HEADER_BYTES + 3] ^= 0x10
+                    let at = record_offset(bytes, 1);
+                    bytes[at + FRAME_HEADER_BYTES + 3] ^= 0x10
                 })
             },
             outcomes: [
@@ -379,7 +399,9 @@ fn cases() -> Vec<Case> {
 fn resolve(case: &Case, outcome: Outcome, fs_before: &SimFs) -> Outcome {
     let last_first = first_id_of(&last_segment(fs_before));
     let middle_first = first_id_of(&middle_segment(fs_before));
-    let per_segment = records_per_segment();
+    let pristine = written_log();
+    let middle = pristine.read_file(&middle_segment(&pristine)).unwrap();
+    let per_segment = record_offsets(&middle).len() as u64;
     match (case.name, outcome) {
         (_, Outcome::Dropped { last: 0 }) if case.name.contains("sealed") => {
             Outcome::Dropped { last: middle_first }
@@ -468,7 +490,10 @@ fn cutting_the_last_segment_at_every_offset_yields_a_prefix() {
                 "cut at {cut}: phantom record {id}"
             );
         }
-        let whole = (cut - SEGMENT_HEADER_BYTES.min(cut)) / (FRAME_HEADER_BYTES + RECORD_BYTES);
+        let whole = record_offsets(&bytes)
+            .iter()
+            .filter(|&&at| at + FRAME_HEADER_BYTES + RECORD_BYTES <= cut)
+            .count();
         if cut >= SEGMENT_HEADER_BYTES {
             assert_eq!(
                 last,

@@ -8,4 +8,5 @@ mod failpoints;
 mod faults;
 mod fuzz_corpus;
 mod model;
+mod power_cut;
 mod support;

@@ -4,20 +4,31 @@
 //! disk would still hold after a power cut (`durable`). `sync_data` copies the first to the
 //! second; `sync_dir` makes the directory's creations, renames and removals durable. A
 //! [`SimFs::crash`] throws away everything not synced, and can tear the last unsynced write at
-//! 512-byte sector granularity, the way a real disk does. Handles opened before a crash keep
-//! pointing at the lost files, so a stale writer cannot touch the recovered state.
+//! 512-byte sector granularity, the way a real disk does, or keep any subset of the unsynced
+//! 4 KiB pages, each whole, lost or torn at sector granularity, as LazyFS does
+//! ([`CrashMode::LoseUnsyncedPages`]): the page cache writes pages back in any order, so a
+//! later page can survive an earlier one. [`SimFs::fail_next_syncs`] makes `sync_data` fail the
+//! way Linux does: the dirty pages are dropped (marked clean without reaching the disk), so a
+//! later `sync_data` of the same file succeeds and the lost bytes never come back. Handles
+//! opened before a crash keep pointing at the lost files, so a stale writer cannot touch the
+//! recovered state.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 use crate::fs::{DirLock, FileSystem, WalFile};
 
+mod power_cut;
+use power_cut::{lose_pages, tear_tail};
+
 /// Sector size used when tearing writes.
 pub const SECTOR_BYTES: usize = 512;
+/// Page size of the simulated page cache ([`CrashMode::LoseUnsyncedPages`]).
+pub const PAGE_BYTES: usize = 4096;
 
 /// What a simulated crash does to unsynced data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +39,14 @@ pub enum CrashMode {
     /// last surviving sector may be zeroed or filled with garbage. Seeded.
     TearUnsynced {
         /// Seed for the choice of cut and fill.
+        seed: u64,
+    },
+    /// Any subset of each file's unsynced 4 KiB pages survives: each page is kept whole,
+    /// lost, or torn (a random subset of its 512-byte sectors kept). Lost bytes read as what
+    /// the disk held before (zeros past its old end); the file ends after its last byte kept.
+    /// Seeded.
+    LoseUnsyncedPages {
+        /// Seed for the choice of pages and sectors.
         seed: u64,
     },
 }
@@ -43,6 +62,10 @@ pub struct CrashStats {
     pub torn_writes: u64,
     /// Directory entries rolled back (unsynced creates, renames, removes).
     pub directory_entries_rolled_back: u64,
+    /// Times a kept unsynced sector followed a lost one (the survivor is not a prefix).
+    pub non_prefix_losses: u64,
+    /// `sync_data` calls failed on purpose ([`SimFs::fail_next_syncs`]).
+    pub syncs_failed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -68,12 +91,17 @@ impl Inode {
         if self.dirty_from == usize::MAX && self.durable.len() == self.current.len() {
             return;
         }
-        let from = self
-            .dirty_from
-            .min(self.durable.len())
-            .min(self.current.len());
-        self.durable.truncate(from);
-        self.durable.extend_from_slice(&self.current[from..]);
+        // Bytes before `from` that differ were dropped by a failed sync: the disk keeps what
+        // it had there (zeros past its old end).
+        let from = self.dirty_from.min(self.current.len());
+        self.durable.resize(self.current.len(), 0);
+        self.durable[from..].copy_from_slice(&self.current[from..]);
+        self.dirty_from = usize::MAX;
+    }
+
+    /// What a failed `fdatasync` leaves: the dirty pages are marked clean without reaching
+    /// the disk, so no later sync writes them.
+    fn drop_dirty_pages(&mut self) {
         self.dirty_from = usize::MAX;
     }
 }
@@ -89,6 +117,8 @@ struct State {
     dirs: BTreeSet<PathBuf>,
     locks: BTreeSet<PathBuf>,
     stats: CrashStats,
+    /// `sync_data` calls still to fail ([`SimFs::fail_next_syncs`]).
+    syncs_to_fail: u64,
 }
 
 /// The in-memory, power-loss-simulating file system. Cheap to clone (shared state).
@@ -114,7 +144,9 @@ impl SimFs {
     pub fn crash(&self, mode: CrashMode) {
         let mut state = lock(&self.state);
         let mut rng = match mode {
-            CrashMode::TearUnsynced { seed } => Some(rand::rngs::StdRng::seed_from_u64(seed)),
+            CrashMode::TearUnsynced { seed } | CrashMode::LoseUnsyncedPages { seed } => {
+                Some(rand::rngs::StdRng::seed_from_u64(seed))
+            }
             CrashMode::DropUnsynced => None,
         };
         let rolled_back = count_namespace_differences(&state.files, &state.durable_files);
@@ -122,37 +154,16 @@ impl SimFs {
         let mut stats = state.stats;
         for (path, inode) in &state.durable_files {
             let inode = lock(inode);
-            let mut survivor = inode.durable.clone();
-            let unsynced_tail_starts = inode.dirty_from.min(inode.current.len());
-            let lost = inode.current != inode.durable;
-            if lost {
+            if inode.current != inode.durable {
                 stats.files_lost_bytes += 1;
             }
-            // Tear only appends: the unsynced bytes lie past the durable length.
-            if let Some(rng) = rng.as_mut() {
-                if lost
-                    && unsynced_tail_starts >= survivor.len()
-                    && inode.current.len() > survivor.len()
-                {
-                    let start = survivor.len();
-                    let end = inode.current.len();
-                    // Sector boundaries (absolute offsets) where the disk may have stopped.
-                    let first_boundary = (start / SECTOR_BYTES + 1) * SECTOR_BYTES;
-                    let boundaries = (first_boundary..end).step_by(SECTOR_BYTES).chain([end]);
-                    let cuts: Vec<usize> = std::iter::once(start).chain(boundaries).collect();
-                    let cut = cuts[rng.gen_range(0..cuts.len())];
-                    if cut > start {
-                        survivor.extend_from_slice(&inode.current[start..cut]);
-                        let last_sector = ((cut - 1) / SECTOR_BYTES * SECTOR_BYTES).max(start);
-                        match rng.gen_range(0..3) {
-                            0 => {}
-                            1 => survivor[last_sector..].fill(0),
-                            _ => rng.fill(&mut survivor[last_sector..]),
-                        }
-                        stats.torn_writes += 1;
-                    }
+            let survivor = match (mode, rng.as_mut()) {
+                (CrashMode::TearUnsynced { .. }, Some(rng)) => tear_tail(&inode, rng, &mut stats),
+                (CrashMode::LoseUnsyncedPages { .. }, Some(rng)) => {
+                    lose_pages(&inode, rng, &mut stats)
                 }
-            }
+                _ => inode.durable.clone(),
+            };
             let fresh = Inode {
                 durable: survivor.clone(),
                 current: survivor,
@@ -206,8 +217,15 @@ impl SimFs {
                 dirs: state.dirs.clone(),
                 locks: BTreeSet::new(),
                 stats: state.stats,
+                syncs_to_fail: 0,
             })),
         }
+    }
+
+    /// Makes the next `count` `sync_data` calls (of any file) fail as a failing disk makes
+    /// Linux's fail: the file's dirty pages are dropped, so a later sync succeeds without them.
+    pub fn fail_next_syncs(&self, count: u64) {
+        lock(&self.state).syncs_to_fail = count;
     }
 
     /// What crashes have done so far.
@@ -268,6 +286,7 @@ fn not_found() -> io::Error {
 #[derive(Debug)]
 struct SimFile {
     inode: InodeRef,
+    state: Arc<Mutex<State>>,
 }
 
 impl WalFile for SimFile {
@@ -294,7 +313,17 @@ impl WalFile for SimFile {
         Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {
-        lock(&self.inode).sync();
+        let mut state = lock(&self.state);
+        let mut inode = lock(&self.inode);
+        if state.syncs_to_fail > 0 {
+            state.syncs_to_fail -= 1;
+            state.stats.syncs_failed += 1;
+            inode.drop_dirty_pages();
+            return Err(io::Error::other(
+                "injected fdatasync failure (simulated: the dirty pages were dropped)",
+            ));
+        }
+        inode.sync();
         Ok(())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -347,7 +376,10 @@ impl FileSystem for SimFs {
     fn open(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
         let state = lock(&self.state);
         let inode = state.files.get(path).ok_or_else(not_found)?.clone();
-        Ok(Arc::new(SimFile { inode }))
+        Ok(Arc::new(SimFile {
+            inode,
+            state: self.state.clone(),
+        }))
     }
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
         let mut state = lock(&self.state);
@@ -363,7 +395,10 @@ impl FileSystem for SimFs {
         }
         let inode = Arc::new(Mutex::new(Inode::new()));
         state.files.insert(path.to_owned(), inode.clone());
-        Ok(Arc::new(SimFile { inode }))
+        Ok(Arc::new(SimFile {
+            inode,
+            state: self.state.clone(),
+        }))
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut state = lock(&self.state);
@@ -431,6 +466,62 @@ mod tests {
         // The old handle is orphaned.
         file.write_all_at(b"zzz", 0).unwrap();
         assert_eq!(fs.read_file(&dir.join("a")).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn a_power_cut_can_keep_a_later_unsynced_page_and_lose_an_earlier_one() {
+        let mut non_prefix = 0;
+        for seed in 0..64 {
+            let fs = SimFs::new();
+            let dir = Path::new("/d");
+            fs.create_dir_all(dir).unwrap();
+            let file = fs.create_new(&dir.join("a")).unwrap();
+            file.write_all_at(&[1u8; 100], 0).unwrap();
+            file.sync_data().unwrap();
+            fs.sync_dir(dir).unwrap();
+            file.write_all_at(&[2u8; 3 * PAGE_BYTES], 100).unwrap();
+            fs.crash(CrashMode::LoseUnsyncedPages { seed });
+            let contents = fs.read_file(&dir.join("a")).unwrap();
+            assert_eq!(
+                &contents[..100],
+                &[1u8; 100],
+                "seed {seed}: synced bytes kept"
+            );
+            for (offset, &byte) in contents.iter().enumerate().skip(100) {
+                assert!(
+                    byte == 2 || byte == 0,
+                    "seed {seed}: byte {offset} is {byte}"
+                );
+            }
+            non_prefix += fs.crash_stats().non_prefix_losses;
+        }
+        assert!(non_prefix > 0, "no crash kept a page after a lost one");
+    }
+
+    #[test]
+    fn a_failed_sync_drops_the_pages_and_a_later_sync_does_not_bring_them_back() {
+        let fs = SimFs::new();
+        let dir = Path::new("/d");
+        fs.create_dir_all(dir).unwrap();
+        let file = fs.create_new(&dir.join("a")).unwrap();
+        fs.sync_dir(dir).unwrap();
+        file.write_all_at(b"kept", 0).unwrap();
+        file.sync_data().unwrap();
+        file.write_all_at(b"lost", 4).unwrap();
+        fs.fail_next_syncs(1);
+        assert!(file.sync_data().is_err());
+        assert_eq!(
+            fs.read_file(&dir.join("a")).unwrap(),
+            b"keptlost",
+            "still cached"
+        );
+        file.sync_data()
+            .expect("the next sync succeeds, as on Linux");
+        fs.crash(CrashMode::DropUnsynced);
+        let contents = fs.read_file(&dir.join("a")).unwrap();
+        assert_eq!(&contents[..4], b"kept");
+        assert!(contents[4..].iter().all(|&byte| byte == 0), "{contents:?}");
+        assert_eq!(fs.crash_stats().syncs_failed, 1);
     }
 
     #[test]
