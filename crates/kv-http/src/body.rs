@@ -40,17 +40,34 @@ where
 }
 
 /// The `value` of a PUT body `{"value": …}`, as compact JSON text (object members keep their
-/// order). Other members are ignored.
-pub fn value_from_put_body(body: &[u8]) -> Result<Vec<u8>> {
+/// order), and its `version` (the original project's v1.5 condition): absent, `null` or 0 mean
+/// none (0 is "no version" there too); any other non-negative integer is the version the write
+/// must be above. Other members are ignored.
+pub fn put_body(body: &[u8]) -> Result<(Vec<u8>, Option<u64>)> {
     let document: serde_json::Value = serde_json::from_slice(body).map_err(json_error)?;
     let serde_json::Value::Object(mut members) = document else {
         return Err(Error::MissingValue);
     };
     let value = members.remove("value").ok_or(Error::MissingValue)?;
-    Ok(serde_json::to_vec(&value).expect("a JSON value always serializes"))
+    let version = match members.remove("version") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(version) => match version.as_u64() {
+            Some(0) => None,
+            Some(version) => Some(version),
+            None => {
+                return Err(Error::InvalidBody(format!(
+                    "\"version\" must be a non-negative integer, not {version}"
+                )))
+            }
+        },
+    };
+    Ok((
+        serde_json::to_vec(&value).expect("a JSON value always serializes"),
+        version,
+    ))
 }
 
-fn json_error(error: serde_json::Error) -> Error {
+pub(crate) fn json_error(error: serde_json::Error) -> Error {
     // serde_json stops at 128 levels of nesting (no stack overflow) and says so only in text.
     let message = error.to_string();
     if message.contains("recursion limit exceeded") {
@@ -99,6 +116,10 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    fn value_from_put_body(body: &[u8]) -> Result<Vec<u8>> {
+        Ok(put_body(body)?.0)
+    }
+
     #[test]
     fn put_bodies_yield_compact_values_in_member_order() {
         assert_eq!(
@@ -110,6 +131,30 @@ mod tests {
             br#"{"b":1,"a":[true,null]}"#
         );
         assert_eq!(value_from_put_body(br#"{"value": null}"#).unwrap(), b"null");
+    }
+
+    #[test]
+    fn put_bodies_may_carry_a_version() {
+        assert_eq!(put_body(br#"{"value": 1}"#).unwrap(), (b"1".to_vec(), None));
+        assert_eq!(
+            put_body(br#"{"value": 1, "version": 3}"#).unwrap(),
+            (b"1".to_vec(), Some(3))
+        );
+        for none in [
+            r#"{"value": 1, "version": 0}"#,
+            r#"{"value": 1, "version": null}"#,
+        ] {
+            assert_eq!(put_body(none.as_bytes()).unwrap().1, None);
+        }
+        for bad in [
+            r#"{"value": 1, "version": -1}"#,
+            r#"{"value": 1, "version": "2"}"#,
+        ] {
+            assert!(matches!(
+                put_body(bad.as_bytes()),
+                Err(Error::InvalidBody(_))
+            ));
+        }
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub enum Error {
     /// The body is JSON but not an object with a `value` field.
     #[error("body must be a JSON object with a \"value\" field")]
     MissingValue,
+    /// The body is a JSON object with a `value`, but another member is wrong.
+    #[error("{0}")]
+    InvalidBody(String),
     /// The body is larger than the limit.
     #[error("request body exceeds the limit of {limit_bytes} bytes")]
     BodyTooLarge {
@@ -109,6 +112,51 @@ pub enum Error {
     /// A task the request was waiting on died.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A condition of a conditional write (`If-Match`, `If-None-Match`) did not hold when the
+    /// write was applied; nothing changed.
+    #[error("precondition failed: {detail}")]
+    PreconditionFailed {
+        /// What did not hold.
+        detail: String,
+        /// The key's version and revisions then (`None`: absent).
+        current: Option<kv_store::KeyMeta>,
+        /// The store's revision when it was decided (the entry's id).
+        revision: u64,
+    },
+    /// The body's `version` was not above the key's (the original project's v1.5 check).
+    #[error("Version conflict: provided version {provided} is outdated")]
+    VersionConflict {
+        /// The version the request gave (`None` when not known: a request status).
+        provided: u64,
+        /// The key's version then.
+        current_version: u64,
+    },
+    /// A version older than the history kept.
+    #[error("version {version} is compacted: the oldest version kept is {oldest_available} (latest {latest})")]
+    VersionCompacted {
+        /// The version asked for.
+        version: u64,
+        /// The oldest version still held.
+        oldest_available: u64,
+        /// The key's current version.
+        latest: u64,
+    },
+    /// Something asked for (a key's version) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request's ids (`client_id` + `request_id`, or `Idempotency-Key`) were used by a
+    /// different request.
+    #[error("this client_id and request_id (or Idempotency-Key) were already used by a different request (entry {id})")]
+    RequestMismatch {
+        /// The entry of the request that used them first.
+        id: u64,
+    },
+    /// A transaction body that does not describe a valid transaction.
+    #[error("invalid transaction: {0}")]
+    InvalidTxn(String),
+    /// A transaction with more operations than allowed.
+    #[error("transaction too large: {0}")]
+    TxnTooLarge(String),
     /// A socket operation of the server failed.
     #[error("{context}: {source}")]
     Io {
@@ -157,8 +205,18 @@ impl Error {
             | Error::JsonTooDeep(_)
             | Error::BodyRead(_)
             | Error::InvalidKey(_)
-            | Error::InvalidQuery(_) => StatusCode::BAD_REQUEST,
-            Error::MissingValue => StatusCode::UNPROCESSABLE_ENTITY,
+            | Error::InvalidQuery(_)
+            | Error::InvalidTxn(_) => StatusCode::BAD_REQUEST,
+            Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            Error::VersionConflict { .. } => StatusCode::CONFLICT,
+            Error::VersionCompacted { .. } => StatusCode::GONE,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::RequestMismatch { .. }
+            | Error::Store(kv_store::Error::RequestMismatch { .. }) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Error::TxnTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::MissingValue | Error::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BodyReadTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::KeyTooLong { .. } => StatusCode::URI_TOO_LONG,
@@ -201,6 +259,29 @@ pub fn error_response(error: &Error) -> Response<Full<Bytes>> {
         Error::AcksTimeout { id, commit_id, .. } => {
             serde_json::json!({ "detail": error.detail(), "id": id, "commit_id": commit_id })
         }
+        Error::PreconditionFailed {
+            current, revision, ..
+        } => serde_json::json!({
+            "detail": error.detail(),
+            "mod_revision": current.map(|meta| meta.mod_revision),
+            "version": current.map(|meta| meta.version),
+            "revision": revision,
+        }),
+        Error::VersionConflict {
+            current_version, ..
+        } => serde_json::json!({ "detail": error.detail(), "current_version": current_version }),
+        Error::VersionCompacted {
+            oldest_available,
+            latest,
+            ..
+        } => serde_json::json!({
+            "detail": error.detail(),
+            "oldest_available_version": oldest_available,
+            "latest_version": latest,
+        }),
+        Error::RequestMismatch { id } | Error::Store(kv_store::Error::RequestMismatch { id }) => {
+            serde_json::json!({ "detail": error.detail(), "id": id })
+        }
         _ => serde_json::json!({ "detail": error.detail() }),
     };
     let mut response = json_response(status, body.to_string().into_bytes());
@@ -214,9 +295,20 @@ pub fn error_response(error: &Error) -> Response<Full<Bytes>> {
                 headers.insert(header::LOCATION, location);
             }
         }
+        Error::PreconditionFailed {
+            current: Some(current),
+            ..
+        } => {
+            headers.insert(header::ETAG, etag(current.mod_revision));
+        }
         _ => {}
     }
     response
+}
+
+/// The `ETag` of a value written at `mod_revision`: `"<mod_revision>"`.
+pub(crate) fn etag(mod_revision: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{mod_revision}\"")).expect("digits and quotes")
 }
 
 /// A response with a JSON body.

@@ -9,18 +9,18 @@ use http::request::Parts;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
-use kv_replication::{Acks, Node};
-use kv_store::{Op, Value, ValueKind};
-use kv_wal::SyncPolicy;
+use kv_replication::Acks;
+use kv_store::{Command, KeyMeta, Op, OpResponse, Outcome, Txn, TxnOp, Value, ValueKind};
 use serde::Serialize;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::body::{self, OCTET_STREAM};
-use crate::error::{json_response, Error, Result};
+use crate::conditions::{form, request_ids, Condition, WriteConditions, IDEMPOTENT_REPLAYED};
+use crate::error::{etag, json_response, Error, Result};
 use crate::options::{KEYS_LIMIT_DEFAULT, KEYS_LIMIT_MAX};
 use crate::percent::{percent_decode, query_parameter};
 use crate::state::{AppState, NodeRole};
+use crate::writes::{execute, Executed};
 
 /// Decodes the key of `/key/{key}`: percent-decoded, non-empty, at most `key_bytes_max`
 /// bytes, UTF-8.
@@ -44,10 +44,12 @@ pub fn decode_key(encoded_key: &str, key_bytes_max: usize) -> Result<String> {
         .map_err(|_| Error::InvalidKey("the key is not valid UTF-8".to_owned()))
 }
 
-/// `GET /key/{key}[?min_id=N[&wait_ms=M]]`: `{"key":k,"value":v}` for JSON clients, the bytes
-/// for `Accept: application/octet-stream`. With `min_id`, first waits (at most `wait_ms`,
-/// default 1000, at most 30000) until this node has applied entry N — read-your-writes on any
-/// node after a write that returned id N.
+/// `GET /key/{key}[?min_id=N[&wait_ms=M]][&version=V]`: `{"key":k,"value":v,"version":…,
+/// "mod_revision":…,"create_revision":…}` with `ETag: "<mod_revision>"` for JSON clients, the
+/// bytes for `Accept: application/octet-stream`. With `min_id`, first waits (at most
+/// `wait_ms`, default 1000, at most 30000) until this node has applied entry N —
+/// read-your-writes on any node after a write that returned id N. With `version`, answers the
+/// value the key had at that version (`history.rs`).
 pub async fn get_key(state: &AppState, key: &str, parts: &Parts) -> Result<Response<Full<Bytes>>> {
     let query = parts.uri.query().unwrap_or_default();
     if let Some(min_id) = number_parameter(query, "min_id", u64::MAX)? {
@@ -66,9 +68,41 @@ pub async fn get_key(state: &AppState, key: &str, parts: &Parts) -> Result<Respo
             });
         }
     }
-    let headers = &parts.headers;
+    if let Some(version) = number_parameter(query, "version", u64::MAX)? {
+        return crate::history::get_version(state, key, version, &parts.headers);
+    }
     let entry = state.store.get(key.as_bytes()).ok_or(Error::KeyNotFound)?;
-    let (kind, value) = (entry.value_kind(), entry.value_bytes());
+    let meta = entry.meta();
+    let mut response = value_response(
+        key,
+        entry.value_kind(),
+        entry.value_bytes(),
+        &parts.headers,
+        |body| {
+            body.extend_from_slice(
+                format!(
+                    r#","version":{},"mod_revision":{},"create_revision":{}"#,
+                    meta.version, meta.mod_revision, meta.create_revision
+                )
+                .as_bytes(),
+            );
+        },
+    );
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(meta.mod_revision));
+    Ok(response)
+}
+
+/// A value's answer: its bytes for `Accept: application/octet-stream`, else
+/// `{"key":k,"value":v[,"encoding":"base64"]…}` with `more_members` appending the rest.
+pub(crate) fn value_response(
+    key: &str,
+    kind: ValueKind,
+    value: &[u8],
+    headers: &http::HeaderMap,
+    more_members: impl FnOnce(&mut Vec<u8>),
+) -> Response<Full<Bytes>> {
     if body::accepts_octet_stream(headers) {
         let bytes = match kind {
             ValueKind::Raw => value.to_vec(),
@@ -82,30 +116,40 @@ pub async fn get_key(state: &AppState, key: &str, parts: &Parts) -> Result<Respo
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(OCTET_STREAM));
-        return Ok(response);
+        return response;
     }
-    let mut body = Vec::with_capacity(value.len() + key.len() + 32);
+    let mut body = Vec::with_capacity(value.len() + key.len() + 96);
     body.extend_from_slice(br#"{"key":"#);
     serde_json::to_writer(&mut body, key).expect("writing to a Vec cannot fail");
     body.extend_from_slice(br#","value":"#);
+    write_value(&mut body, kind, value);
+    more_members(&mut body);
+    body.push(b'}');
+    json_response(StatusCode::OK, body)
+}
+
+/// Appends a value as JSON: stored JSON as is, raw UTF-8 as a string, other raw bytes as a
+/// base64 string followed by `,"encoding":"base64"`.
+pub(crate) fn write_value(body: &mut Vec<u8>, kind: ValueKind, value: &[u8]) {
     match kind {
         // Stored as compact JSON text: spliced in as is.
         ValueKind::Json => body.extend_from_slice(value),
         ValueKind::Raw => match std::str::from_utf8(value) {
-            Ok(text) => serde_json::to_writer(&mut body, text).expect("writing to a Vec"),
+            Ok(text) => serde_json::to_writer(&mut *body, text).expect("writing to a Vec"),
             Err(_) => {
                 let encoded = base64::engine::general_purpose::STANDARD.encode(value);
-                serde_json::to_writer(&mut body, &encoded).expect("writing to a Vec");
+                serde_json::to_writer(&mut *body, &encoded).expect("writing to a Vec");
                 body.extend_from_slice(br#","encoding":"base64""#);
             }
         },
     }
-    body.push(b'}');
-    Ok(json_response(StatusCode::OK, body))
 }
 
 /// `PUT /key/{key}`: stores the JSON `value` of the body, or the body's bytes when it is
-/// `application/octet-stream`; answers once the entry is durable and applied.
+/// `application/octet-stream`; answers `{"status":"ok","id":N,"key":k,"version":v}` once the
+/// entry is durable and applied. Conditions (`If-Match`, `If-None-Match`, the body's
+/// `version`) make it a one-compare-each transaction, decided when applied: 412 or 409 when
+/// one fails. Request ids make a retry answer as the first submission did.
 pub async fn put_key<B>(
     state: &AppState,
     key: String,
@@ -118,21 +162,31 @@ where
 {
     require_leader(state, parts)?;
     let acks = acks_parameter(parts)?;
+    let mut conditions = WriteConditions::from_headers(&parts.headers)?;
     let bytes = body::read_body(body, &parts.headers, &state.options).await?;
     let value = if body::is_octet_stream(&parts.headers) {
         Value::raw(bytes)
     } else {
-        Value::json(body::value_from_put_body(&bytes)?)
+        let (value, version) = body::put_body(&bytes)?;
+        conditions.version = version;
+        Value::json(value)
     };
-    let op = Op::Set {
-        key: key.into_bytes(),
-        value,
+    let form = form::PUT | conditions.form_bits();
+    let key = key.into_bytes();
+    let op = if conditions.is_empty() {
+        Op::Set { key, value }
+    } else {
+        Op::Txn(Txn {
+            compares: conditions.compares(&key),
+            success: vec![TxnOp::Put { key, value }],
+            failure: Vec::new(),
+        })
     };
-    let id = write(state, op, acks).await?;
-    Ok(written(id))
+    write_key(state, parts, op, form, conditions, acks).await
 }
 
-/// `DELETE /key/{key}`: removes the key; 404 (and nothing written) when it is absent.
+/// `DELETE /key/{key}`: removes the key; 404 (and nothing written) when it is absent. With
+/// `If-Match`/`If-None-Match`, a one-compare transaction (412 when it fails).
 pub async fn delete_key(
     state: &AppState,
     key: String,
@@ -140,11 +194,135 @@ pub async fn delete_key(
 ) -> Result<Response<Full<Bytes>>> {
     require_leader(state, parts)?;
     let acks = acks_parameter(parts)?;
-    let op = Op::Delete {
-        key: key.into_bytes(),
+    let conditions = WriteConditions::from_headers(&parts.headers)?;
+    let form = form::DELETE | conditions.form_bits();
+    let key = key.into_bytes();
+    let op = if conditions.is_empty() {
+        Op::Delete { key }
+    } else {
+        Op::Txn(Txn {
+            compares: conditions.compares(&key),
+            success: vec![TxnOp::Delete { key }],
+            failure: Vec::new(),
+        })
     };
-    let id = write(state, op, acks).await?;
-    Ok(written(id))
+    write_key(state, parts, op, form, conditions, acks).await
+}
+
+async fn write_key(
+    state: &AppState,
+    parts: &Parts,
+    op: Op,
+    form: u8,
+    conditions: WriteConditions,
+    acks: Acks,
+) -> Result<Response<Full<Bytes>>> {
+    let query = parts.uri.query().unwrap_or_default();
+    let request = request_ids(query, &parts.headers, form)?;
+    let need_outcome = !conditions.is_empty();
+    let key = String::from_utf8_lossy(op_key(&op)).into_owned();
+    let executed = execute(state, Command { op, request }, acks, need_outcome).await?;
+    key_write_answer(form, conditions.version, &key, &executed)
+}
+
+/// The key a key route's op writes.
+fn op_key(op: &Op) -> &[u8] {
+    match op {
+        Op::Set { key, .. } | Op::Delete { key } => key,
+        Op::Txn(txn) => txn
+            .success
+            .first()
+            .and_then(TxnOp::written_key)
+            .unwrap_or_default(),
+    }
+}
+
+/// The answer to a key write of `form` from its outcome (the same for a retry: `replayed`
+/// adds `Idempotent-Replayed: true`). `provided_version` is the v1.5 body's, for the 409.
+pub(crate) fn key_write_answer(
+    form: u8,
+    provided_version: Option<u64>,
+    key: &str,
+    executed: &Executed,
+) -> Result<Response<Full<Bytes>>> {
+    let Some(outcome) = &executed.outcome else {
+        // acks=leader under a write quorum above 1: durable on the leader, not applied yet, so
+        // the version is not known.
+        let body = if form & form::KIND_MASK == form::PUT {
+            serde_json::json!({"status": "ok", "id": executed.id, "key": key, "version": null})
+        } else {
+            serde_json::json!({"status": "ok", "id": executed.id})
+        };
+        return Ok(json_response(StatusCode::OK, body.to_string().into_bytes()));
+    };
+    if let Some(failed) = &outcome.failed_compare {
+        return Err(condition_failed(form, provided_version, outcome, failed));
+    }
+    let mut response = match outcome.responses.first() {
+        Some(OpResponse::Put { key, meta }) => {
+            let body = serde_json::json!({
+                "status": "ok",
+                "id": executed.id,
+                "key": String::from_utf8_lossy(key),
+                "version": meta.version,
+            });
+            let mut response = json_response(StatusCode::OK, body.to_string().into_bytes());
+            response
+                .headers_mut()
+                .insert(header::ETAG, etag(meta.mod_revision));
+            response
+        }
+        Some(OpResponse::Delete { deleted: true, .. }) => {
+            let body = format!(r#"{{"status":"ok","id":{}}}"#, executed.id);
+            json_response(StatusCode::OK, body.into_bytes())
+        }
+        // The key was gone by the time the delete applied.
+        Some(OpResponse::Delete { deleted: false, .. }) => return Err(Error::KeyNotFound),
+        other => {
+            return Err(Error::Internal(format!(
+                "entry {} of a key write answered {other:?}",
+                executed.id
+            )))
+        }
+    };
+    if executed.replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// The error for a key write whose condition failed: 412 for `If-Match`/`If-None-Match`, 409
+/// for the body's `version`.
+fn condition_failed(
+    form: u8,
+    provided_version: Option<u64>,
+    outcome: &Outcome,
+    failed: &kv_store::FailedCompare,
+) -> Error {
+    let current = failed.current;
+    let key = String::from_utf8_lossy(&failed.key);
+    let describe = |current: Option<KeyMeta>| match current {
+        Some(meta) => format!("key {key:?} is at mod_revision {}", meta.mod_revision),
+        None => format!("key {key:?} does not exist"),
+    };
+    match Condition::of(form, failed.index) {
+        Some(Condition::Version) => Error::VersionConflict {
+            provided: provided_version.unwrap_or_default(),
+            current_version: current.map_or(0, |meta| meta.version),
+        },
+        Some(Condition::IfMatch) => Error::PreconditionFailed {
+            detail: format!("If-Match does not hold: {}", describe(current)),
+            current,
+            revision: outcome.revision,
+        },
+        Some(Condition::IfNoneMatch) | None => Error::PreconditionFailed {
+            detail: format!("If-None-Match does not hold: {}", describe(current)),
+            current,
+            revision: outcome.revision,
+        },
+    }
 }
 
 /// Longest `wait_ms` a `min_id` read may ask for.
@@ -153,7 +331,7 @@ pub const MIN_ID_WAIT_MS_MAX: u64 = 30_000;
 pub const MIN_ID_WAIT_MS_DEFAULT: u64 = 1_000;
 
 /// An optional integer query parameter, at most `max`.
-fn number_parameter(query: &str, name: &str, max: u64) -> Result<Option<u64>> {
+pub(crate) fn number_parameter(query: &str, name: &str, max: u64) -> Result<Option<u64>> {
     let Some(text) = query_parameter(query, name)? else {
         return Ok(None);
     };
@@ -166,7 +344,7 @@ fn number_parameter(query: &str, name: &str, max: u64) -> Result<Option<u64>> {
 }
 
 /// `?acks=leader|quorum|all` (default quorum: with a write quorum of 1, the leader alone).
-fn acks_parameter(parts: &Parts) -> Result<Acks> {
+pub(crate) fn acks_parameter(parts: &Parts) -> Result<Acks> {
     let query = parts.uri.query().unwrap_or_default();
     match query_parameter(query, "acks")? {
         None => Ok(Acks::default()),
@@ -176,7 +354,7 @@ fn acks_parameter(parts: &Parts) -> Result<Acks> {
     }
 }
 
-fn require_leader(state: &AppState, parts: &Parts) -> Result<()> {
+pub(crate) fn require_leader(state: &AppState, parts: &Parts) -> Result<()> {
     match state.role() {
         NodeRole::Leader => Ok(()),
         NodeRole::Follower { leader_url } => {
@@ -191,26 +369,6 @@ fn require_leader(state: &AppState, parts: &Parts) -> Result<()> {
             })
         }
     }
-}
-
-/// Runs a write to completion on a task of its own, so a client that hangs up cannot stop
-/// it half-way. Under `SyncPolicy::Always` the WAL fsyncs inside the submit call, so that
-/// write runs on the blocking pool instead of stalling an async worker.
-async fn write(state: &AppState, op: Op, acks: Acks) -> Result<u64> {
-    let node: Arc<Node> = state.node.clone();
-    let joined = if state.store.wal().sync_policy() == SyncPolicy::Always {
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || runtime.block_on(node.write(op, acks))).await
-    } else {
-        tokio::spawn(async move { node.write(op, acks).await }).await
-    };
-    let id = joined.map_err(|error| Error::Internal(format!("write task failed: {error}")))??;
-    Ok(id)
-}
-
-fn written(id: u64) -> Response<Full<Bytes>> {
-    let body = format!(r#"{{"status":"ok","id":{id}}}"#);
-    json_response(StatusCode::OK, body.into_bytes())
 }
 
 #[derive(Serialize)]

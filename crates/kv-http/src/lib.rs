@@ -38,8 +38,11 @@
 
 mod body;
 mod client;
+mod conditions;
 mod error;
 mod handlers;
+mod history;
+mod idempotency;
 mod metrics;
 mod options;
 mod percent;
@@ -48,10 +51,16 @@ mod route;
 mod server;
 mod service;
 mod state;
+mod txn;
+mod writes;
 
 pub use body::OCTET_STREAM;
 pub use client::HttpTransport;
+pub use conditions::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use error::{error_response, Error, Result};
+pub use history::{
+    HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, VERSIONS_LIMIT_DEFAULT, VERSIONS_LIMIT_MAX,
+};
 pub use metrics::Metrics;
 pub use options::{
     HttpOptions, BODY_BYTES_MAX_DEFAULT, BODY_READ_TIMEOUT_DEFAULT, CONNECTIONS_MAX_DEFAULT,

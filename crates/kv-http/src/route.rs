@@ -8,6 +8,16 @@ use http::Method;
 pub enum Route<'a> {
     /// `/key/{key}`, with the key still percent-encoded.
     Key(&'a str),
+    /// `/key/{key}/history`: the key's versions with their values.
+    KeyHistory(&'a str),
+    /// `/key/{key}/versions`: the key's version numbers.
+    KeyVersions(&'a str),
+    /// `/txn`: a transaction (POST).
+    Txn,
+    /// `/request_status`: whether an idempotent request was applied, and its answer.
+    RequestStatus,
+    /// `/deduplication_stats`
+    DeduplicationStats,
     /// `/keys`
     Keys,
     /// `/segments`
@@ -31,8 +41,13 @@ pub enum Route<'a> {
 }
 
 /// Route names used as metric labels (and their index in metric arrays).
-pub const ROUTE_LABELS: [&str; 12] = [
+pub const ROUTE_LABELS: [&str; 17] = [
     "/key/{key}",
+    "/key/{key}/history",
+    "/key/{key}/versions",
+    "/txn",
+    "/request_status",
+    "/deduplication_stats",
     "/keys",
     "/segments",
     "/health",
@@ -46,14 +61,19 @@ pub const ROUTE_LABELS: [&str; 12] = [
     "unknown",
 ];
 /// Index of the label for paths that match no route.
-pub const ROUTE_LABEL_UNKNOWN: usize = 11;
+pub const ROUTE_LABEL_UNKNOWN: usize = ROUTE_LABELS.len() - 1;
 
 impl<'a> Route<'a> {
     /// The route for `path`, if any. `/key/a/b` is no route: a key is one path segment
     /// (a `/` inside a key is sent as `%2F`).
     pub fn from_path(path: &'a str) -> Option<Route<'a>> {
-        if let Some(encoded_key) = path.strip_prefix("/key/") {
-            return (!encoded_key.contains('/')).then_some(Route::Key(encoded_key));
+        if let Some(rest) = path.strip_prefix("/key/") {
+            return match rest.split_once('/') {
+                None => Some(Route::Key(rest)),
+                Some((encoded_key, "history")) => Some(Route::KeyHistory(encoded_key)),
+                Some((encoded_key, "versions")) => Some(Route::KeyVersions(encoded_key)),
+                Some(_) => None,
+            };
         }
         if let Some(applied_id) = path.strip_prefix("/replication/snapshot/") {
             return (!applied_id.contains('/')).then_some(Route::SnapshotChunk(applied_id));
@@ -68,6 +88,9 @@ impl<'a> Route<'a> {
             "/replication/snapshot" => Some(Route::SnapshotMeta),
             "/admin/snapshot" => Some(Route::AdminSnapshot),
             "/compaction/status" => Some(Route::CompactionStatus),
+            "/txn" => Some(Route::Txn),
+            "/request_status" => Some(Route::RequestStatus),
+            "/deduplication_stats" => Some(Route::DeduplicationStats),
             _ => None,
         }
     }
@@ -77,7 +100,7 @@ impl<'a> Route<'a> {
         match self {
             Route::Key(_) => "GET, PUT, DELETE",
             Route::ReplicationFetch => "GET, POST",
-            Route::AdminSnapshot => "POST",
+            Route::AdminSnapshot | Route::Txn => "POST",
             _ => "GET",
         }
     }
@@ -89,7 +112,7 @@ impl<'a> Route<'a> {
                 *method == Method::GET || *method == Method::PUT || *method == Method::DELETE
             }
             Route::ReplicationFetch => *method == Method::GET || *method == Method::POST,
-            Route::AdminSnapshot => *method == Method::POST,
+            Route::AdminSnapshot | Route::Txn => *method == Method::POST,
             _ => *method == Method::GET,
         }
     }
@@ -98,16 +121,21 @@ impl<'a> Route<'a> {
     pub fn label_index(&self) -> usize {
         match self {
             Route::Key(_) => 0,
-            Route::Keys => 1,
-            Route::Segments => 2,
-            Route::Health => 3,
-            Route::Metrics => 4,
-            Route::ReplicationFetch => 5,
-            Route::ClusterStatus => 6,
-            Route::SnapshotMeta => 7,
-            Route::SnapshotChunk(_) => 8,
-            Route::AdminSnapshot => 9,
-            Route::CompactionStatus => 10,
+            Route::KeyHistory(_) => 1,
+            Route::KeyVersions(_) => 2,
+            Route::Txn => 3,
+            Route::RequestStatus => 4,
+            Route::DeduplicationStats => 5,
+            Route::Keys => 6,
+            Route::Segments => 7,
+            Route::Health => 8,
+            Route::Metrics => 9,
+            Route::ReplicationFetch => 10,
+            Route::ClusterStatus => 11,
+            Route::SnapshotMeta => 12,
+            Route::SnapshotChunk(_) => 13,
+            Route::AdminSnapshot => 14,
+            Route::CompactionStatus => 15,
         }
     }
 }
@@ -122,6 +150,16 @@ mod tests {
         assert_eq!(Route::from_path("/key/a%2Fb"), Some(Route::Key("a%2Fb")));
         assert_eq!(Route::from_path("/key/"), Some(Route::Key("")));
         assert_eq!(Route::from_path("/key/a/b"), None);
+        assert_eq!(
+            Route::from_path("/key/a%2Fb/history"),
+            Some(Route::KeyHistory("a%2Fb"))
+        );
+        assert_eq!(
+            Route::from_path("/key/k/versions"),
+            Some(Route::KeyVersions("k"))
+        );
+        assert_eq!(Route::from_path("/key/k/versions/"), None);
+        assert_eq!(Route::from_path("/txn"), Some(Route::Txn));
         assert_eq!(Route::from_path("/key"), None);
         assert_eq!(Route::from_path("/keys"), Some(Route::Keys));
         assert_eq!(Route::from_path("/segments"), Some(Route::Segments));
@@ -135,6 +173,11 @@ mod tests {
     fn labels_line_up_with_routes() {
         for (route, label) in [
             (Route::Key("k"), "/key/{key}"),
+            (Route::KeyHistory("k"), "/key/{key}/history"),
+            (Route::KeyVersions("k"), "/key/{key}/versions"),
+            (Route::Txn, "/txn"),
+            (Route::RequestStatus, "/request_status"),
+            (Route::DeduplicationStats, "/deduplication_stats"),
             (Route::Keys, "/keys"),
             (Route::Segments, "/segments"),
             (Route::Health, "/health"),

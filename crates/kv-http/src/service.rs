@@ -11,9 +11,12 @@ use hyper::body::Body;
 
 use crate::error::{error_response, Error, Result};
 use crate::handlers;
+use crate::history;
+use crate::idempotency;
 use crate::replication;
 use crate::route::{Route, ROUTE_LABEL_UNKNOWN};
 use crate::state::AppState;
+use crate::txn;
 
 /// Answers one request. Never fails: every error is answered with its status and a JSON
 /// `{"detail": …}` body.
@@ -60,6 +63,19 @@ where
                 _ => handlers::delete_key(state, key, &parts).await,
             }
         }
+        Route::KeyHistory(encoded_key) | Route::KeyVersions(encoded_key) => {
+            let key = handlers::decode_key(encoded_key, state.options.key_bytes_max)?;
+            let query = parts.uri.query().unwrap_or_default();
+            match route {
+                Route::KeyHistory(_) => history::key_history(state, &key, query),
+                _ => history::key_versions(state, &key, query),
+            }
+        }
+        Route::Txn => txn::txn(state, &parts, body).await,
+        Route::RequestStatus => {
+            idempotency::request_status(state, parts.uri.query().unwrap_or_default()).await
+        }
+        Route::DeduplicationStats => Ok(idempotency::deduplication_stats(state)),
         Route::Keys => handlers::list_keys(state, parts.uri.query().unwrap_or_default()),
         Route::Segments => Ok(handlers::segments(state)),
         Route::Health => Ok(handlers::health(state)),

@@ -47,7 +47,7 @@ pub use follower::{check_frames, FollowerOptions, FollowerState, LinkState, Step
 pub use leader::{FetchDecision, FollowerHealth, FollowerStatus, LeaderOptions, LeaderState};
 pub use log_view::LogView;
 pub use meta::{NodeMeta, META_FILE_NAME};
-pub use node::leading::{Acks, FETCH_WAIT_MAX};
+pub use node::leading::{Acks, Written, FETCH_WAIT_MAX};
 pub use node::maintenance::{
     MaintenanceOptions, MAINTENANCE_CHECK_INTERVAL, PERSIST_PROGRESS_INTERVAL,
 };

@@ -188,7 +188,7 @@ async fn shutdown_finishes_in_flight_requests_then_returns() {
     })
     .await;
     assert!(status.contains("200"), "{status}");
-    assert_eq!(answer, r#"{"status":"ok","id":1}"#);
+    assert_eq!(answer, r#"{"status":"ok","id":1,"key":"k","version":1}"#);
     tokio::time::timeout(DEADLINE, running.server)
         .await
         .expect("serve returned")

@@ -15,9 +15,12 @@ pub struct Node {
 }
 
 pub fn node_with(options: HttpOptions, role: NodeRole) -> Node {
+    node_with_store(StoreOptions::default(), options, role)
+}
+
+pub fn node_with_store(store_options: StoreOptions, options: HttpOptions, role: NodeRole) -> Node {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (store, _report) =
-        Store::open(dir.path().join("wal"), StoreOptions::default()).expect("open store");
+    let (store, _report) = Store::open(dir.path().join("wal"), store_options).expect("open store");
     let store = Arc::new(store);
     let node = match role {
         NodeRole::Leader => {
@@ -62,6 +65,15 @@ impl Answer {
             .to_owned()
     }
 
+    /// Asserts the body is a JSON object holding every member of `expected` with its value
+    /// (other members allowed): how the seed's answers stay valid as fields are added.
+    pub fn assert_has(&self, expected: serde_json::Value) {
+        let actual = self.json();
+        for (name, value) in expected.as_object().expect("an object") {
+            assert_eq!(actual.get(name), Some(value), "{name} in {actual}");
+        }
+    }
+
     pub fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
@@ -104,6 +116,30 @@ pub async fn get(node: &Node, uri: &str) -> Answer {
 
 pub async fn put(node: &Node, uri: &str, body: &str) -> Answer {
     call(node, Method::PUT, uri, body).await
+}
+
+/// A request with extra headers (`content-type: application/json` unless given).
+pub async fn call_with_headers(
+    node: &Node,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let mut request = Request::builder().method(method).uri(uri);
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+    {
+        request = request.header("content-type", "application/json");
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request");
+    call_with(node, request).await
 }
 
 /// What a request may not change: the WAL's next id and the number of keys.

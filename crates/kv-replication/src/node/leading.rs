@@ -5,7 +5,7 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use kv_store::Op;
+use kv_store::{Command, Op, OutcomeSlot};
 use serde::Serialize;
 
 use super::{lock, Node, RoleState};
@@ -16,6 +16,15 @@ use crate::protocol::{FetchRequest, FetchResponse};
 
 /// The longest a leader holds a fetch, whatever the follower asks.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// A write taken by [`Node::write_command`]: its entry id and where its outcome appears.
+#[derive(Debug)]
+pub struct Written {
+    /// The entry's id.
+    pub id: u64,
+    /// Filled once the entry is applied (see [`Node::write_command`]).
+    pub outcome: OutcomeSlot,
+}
 
 /// Which acknowledgements a write waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -48,15 +57,24 @@ impl Node {
     /// Writes `op` on the leader and waits for `acks`; returns its id. Cancel-safe in the sense
     /// that a dropped future leaves the entry to be applied when it commits.
     pub async fn write(&self, op: Op, acks: Acks) -> Result<u64> {
+        Ok(self.write_command(op.into(), acks).await?.id)
+    }
+
+    /// [`Node::write`] for a [`Command`] (an op with idempotency ids, if any); returns its id
+    /// and the slot its outcome appears in once applied: by the time this returns, unless
+    /// `acks` is `leader` under a write quorum above 1 (then once the entry commits). A
+    /// repeated request fails with the store's `DuplicateRequest` or `RequestMismatch`,
+    /// unwritten.
+    pub async fn write_command(&self, command: Command, acks: Acks) -> Result<Written> {
         let leadership = *self.role_changes.borrow();
         self.with_leader(|_| ())?;
-        let submitted = self.store.submit(op)?;
+        let submitted = self.store.submit(command)?;
         let id = submitted.id;
         submitted.ticket.await.map_err(kv_store::Error::from)?;
         let commit_id =
             self.with_leader(|leader| leader.recompute_commit(self.store.durable_id()))?;
         self.publish_commit(commit_id);
-        match acks {
+        let id = match acks {
             Acks::Leader => Ok(id),
             Acks::Quorum => {
                 let quorum = self.with_leader(|leader| leader.write_quorum())?;
@@ -79,7 +97,16 @@ impl Node {
                 })
                 .await
             }
-        }
+        }?;
+        Ok(Written {
+            id,
+            outcome: submitted.outcome,
+        })
+    }
+
+    /// How long a write waits for its acknowledgements (`NodeOptions::acks_timeout`).
+    pub fn acks_timeout(&self) -> Duration {
+        self.options.acks_timeout
     }
 
     /// Waits until `done` holds, while this node keeps the leadership it wrote `id` in

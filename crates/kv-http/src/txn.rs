@@ -1,0 +1,457 @@
+//! `POST /txn`: etcd's transaction over JSON — compares, then the `success` or `failure`
+//! operations — carried out as one log record and answered with its outcome. The JSON shapes
+//! are in `docs/http-api.md`.
+
+use std::error::Error as StdError;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Body;
+use kv_store::{
+    Command, Compare, CompareTarget, KeyMeta, KeyValue, Op, OpResponse, Outcome, Relation, Txn,
+    TxnInvalid, TxnOp, Value,
+};
+use serde_json::{Map, Value as Json};
+
+use crate::body;
+use crate::conditions::{form, request_ids, IDEMPOTENT_REPLAYED};
+use crate::error::{json_response, Error, Result};
+use crate::handlers::{acks_parameter, require_leader, write_value};
+use crate::options::KEYS_LIMIT_DEFAULT;
+use crate::state::AppState;
+use crate::writes::{execute, Executed};
+
+/// `POST /txn`: parses the body, runs the transaction as one entry (on the leader; a follower
+/// answers 307), answers `{"succeeded","revision","responses":[…]}` (200 whatever the verdict).
+pub async fn txn<B>(state: &AppState, parts: &Parts, body: B) -> Result<Response<Full<Bytes>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    require_leader(state, parts)?;
+    let acks = acks_parameter(parts)?;
+    let bytes = body::read_body(body, &parts.headers, &state.options).await?;
+    let txn = parse_txn(&bytes, state.options.key_bytes_max)?;
+    txn.check().map_err(|invalid| match invalid {
+        TxnInvalid::TooLarge { .. } => Error::TxnTooLarge(invalid.to_string()),
+        other => Error::InvalidTxn(other.to_string()),
+    })?;
+    let query = parts.uri.query().unwrap_or_default();
+    let request = request_ids(query, &parts.headers, form::TXN)?;
+    let command = Command {
+        op: Op::Txn(txn),
+        request,
+    };
+    let executed = execute(state, command, acks, true).await?;
+    txn_answer(&executed)
+}
+
+/// The answer to a transaction from its outcome (a retry's too, with
+/// `Idempotent-Replayed: true` and its reads elided).
+pub(crate) fn txn_answer(executed: &Executed) -> Result<Response<Full<Bytes>>> {
+    let outcome = executed
+        .outcome
+        .as_ref()
+        .ok_or_else(|| Error::Internal("a transaction answered without its outcome".to_owned()))?;
+    let mut response = json_response(StatusCode::OK, outcome_json(outcome));
+    if executed.replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// `{"succeeded","revision","responses":[…][,"failed_compare":{…}]}`.
+pub(crate) fn outcome_json(outcome: &Outcome) -> Vec<u8> {
+    let mut body = Vec::with_capacity(128);
+    body.extend_from_slice(
+        format!(
+            r#"{{"succeeded":{},"revision":{},"responses":["#,
+            outcome.succeeded, outcome.revision
+        )
+        .as_bytes(),
+    );
+    for (index, response) in outcome.responses.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        write_response(&mut body, response);
+    }
+    body.push(b']');
+    if let Some(failed) = &outcome.failed_compare {
+        body.extend_from_slice(
+            format!(r#","failed_compare":{{"index":{},"key":"#, failed.index).as_bytes(),
+        );
+        write_text(&mut body, &failed.key);
+        body.extend_from_slice(br#","current":"#);
+        match failed.current {
+            Some(meta) => {
+                body.push(b'{');
+                write_meta(&mut body, meta);
+                body.push(b'}');
+            }
+            None => body.extend_from_slice(b"null"),
+        }
+        body.push(b'}');
+    }
+    body.push(b'}');
+    body
+}
+
+fn write_response(body: &mut Vec<u8>, response: &OpResponse) {
+    match response {
+        OpResponse::Put { key, meta } => {
+            body.extend_from_slice(br#"{"put":{"key":"#);
+            write_text(body, key);
+            body.push(b',');
+            write_meta(body, *meta);
+            body.extend_from_slice(b"}}");
+        }
+        OpResponse::Delete { key, deleted } => {
+            body.extend_from_slice(br#"{"delete":{"key":"#);
+            write_text(body, key);
+            body.extend_from_slice(format!(r#","deleted":{}}}}}"#, u8::from(*deleted)).as_bytes());
+        }
+        OpResponse::Get { key, found } => {
+            body.extend_from_slice(br#"{"get":"#);
+            match found {
+                Some(cell) => write_cell(body, cell),
+                None => {
+                    body.extend_from_slice(br#"{"key":"#);
+                    write_text(body, key);
+                    body.extend_from_slice(br#","found":false}"#);
+                }
+            }
+            body.push(b'}');
+        }
+        OpResponse::Range {
+            prefix,
+            found,
+            more,
+        } => {
+            body.extend_from_slice(br#"{"range":{"prefix":"#);
+            write_text(body, prefix);
+            body.extend_from_slice(br#","kvs":["#);
+            for (index, cell) in found.iter().enumerate() {
+                if index > 0 {
+                    body.push(b',');
+                }
+                write_cell(body, cell);
+            }
+            body.extend_from_slice(
+                format!(r#"],"count":{},"more":{more}}}}}"#, found.len()).as_bytes(),
+            );
+        }
+        OpResponse::Elided => body.extend_from_slice(br#"{"elided":true}"#),
+    }
+}
+
+/// `{"key","found":true,"value"[,"encoding"],"version","mod_revision","create_revision"}`.
+fn write_cell(body: &mut Vec<u8>, cell: &KeyValue) {
+    body.extend_from_slice(br#"{"key":"#);
+    write_text(body, cell.key());
+    body.extend_from_slice(br#","found":true,"value":"#);
+    write_value(body, cell.value_kind(), cell.value_bytes());
+    body.push(b',');
+    write_meta(body, cell.meta());
+    body.push(b'}');
+}
+
+fn write_meta(body: &mut Vec<u8>, meta: KeyMeta) {
+    body.extend_from_slice(
+        format!(
+            r#""version":{},"mod_revision":{},"create_revision":{}"#,
+            meta.version, meta.mod_revision, meta.create_revision
+        )
+        .as_bytes(),
+    );
+}
+
+/// A key as a JSON string (keys are UTF-8; lossily otherwise).
+fn write_text(body: &mut Vec<u8>, bytes: &[u8]) {
+    serde_json::to_writer(body, &String::from_utf8_lossy(bytes)).expect("writing to a Vec");
+}
+
+/// Parses a transaction body (see `docs/http-api.md`); every problem is an
+/// [`Error::InvalidTxn`] naming where it is.
+pub(crate) fn parse_txn(bytes: &[u8], key_bytes_max: usize) -> Result<Txn> {
+    let document: Json = serde_json::from_slice(bytes).map_err(body::json_error)?;
+    let Json::Object(mut members) = document else {
+        return Err(invalid("the body must be a JSON object"));
+    };
+    let mut list = |name: &str| -> Result<Vec<Json>> {
+        match members.remove(name) {
+            None | Some(Json::Null) => Ok(Vec::new()),
+            Some(Json::Array(items)) => Ok(items),
+            Some(_) => Err(invalid(format!("\"{name}\" must be an array"))),
+        }
+    };
+    let compares = list("compare")?;
+    let success = list("success")?;
+    let failure = list("failure")?;
+    if let Some(name) = members.keys().next() {
+        return Err(invalid(format!(
+            "unknown member \"{name}\" (expected compare, success, failure)"
+        )));
+    }
+    let key = |member: &Json, place: &str| -> Result<Vec<u8>> {
+        let key = member
+            .as_str()
+            .ok_or_else(|| invalid(format!("{place}: \"key\" must be a string")))?;
+        if key.is_empty() || key.len() > key_bytes_max {
+            return Err(invalid(format!(
+                "{place}: a key must be 1 to {key_bytes_max} bytes"
+            )));
+        }
+        Ok(key.as_bytes().to_vec())
+    };
+    let compares = compares
+        .iter()
+        .enumerate()
+        .map(|(index, item)| parse_compare(item, &format!("compare[{index}]"), &key))
+        .collect::<Result<Vec<_>>>()?;
+    let ops = |items: &[Json], branch: &str| -> Result<Vec<TxnOp>> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| parse_op(item, &format!("{branch}[{index}]"), &key))
+            .collect()
+    };
+    Ok(Txn {
+        compares,
+        success: ops(&success, "success")?,
+        failure: ops(&failure, "failure")?,
+    })
+}
+
+fn invalid(detail: impl Into<String>) -> Error {
+    Error::InvalidTxn(detail.into())
+}
+
+type KeyParser<'a> = dyn Fn(&Json, &str) -> Result<Vec<u8>> + 'a;
+
+fn object<'a>(item: &'a Json, place: &str) -> Result<&'a Map<String, Json>> {
+    item.as_object()
+        .ok_or_else(|| invalid(format!("{place} must be an object")))
+}
+
+fn parse_compare(item: &Json, place: &str, key: &KeyParser<'_>) -> Result<Compare> {
+    let members = object(item, place)?;
+    let known = [
+        "key",
+        "target",
+        "result",
+        "value",
+        "value_base64",
+        "version",
+        "create_revision",
+        "mod_revision",
+    ];
+    if let Some(name) = members.keys().find(|name| !known.contains(&name.as_str())) {
+        return Err(invalid(format!("{place}: unknown member \"{name}\"")));
+    }
+    let key = key(members.get("key").unwrap_or(&Json::Null), place)?;
+    let relation = match members.get("result").and_then(Json::as_str) {
+        Some("=" | "==" | "EQUAL") => Relation::Equal,
+        Some("!=" | "NOT_EQUAL") => Relation::NotEqual,
+        Some("<" | "LESS") => Relation::Less,
+        Some(">" | "GREATER") => Relation::Greater,
+        _ => {
+            return Err(invalid(format!(
+                "{place}: \"result\" must be one of \"=\", \"!=\", \"<\", \">\""
+            )))
+        }
+    };
+    let number = |name: &str| -> Result<u64> {
+        members.get(name).and_then(Json::as_u64).ok_or_else(|| {
+            invalid(format!(
+                "{place}: \"{name}\" must be a non-negative integer"
+            ))
+        })
+    };
+    let target = match members.get("target").and_then(Json::as_str) {
+        Some("value" | "VALUE") => CompareTarget::Value(parse_value(members, place)?),
+        Some("version" | "VERSION") => CompareTarget::Version(number("version")?),
+        Some("create_revision" | "CREATE") => {
+            CompareTarget::CreateRevision(number("create_revision")?)
+        }
+        Some("mod_revision" | "MOD") => CompareTarget::ModRevision(number("mod_revision")?),
+        _ => {
+            return Err(invalid(format!(
+                "{place}: \"target\" must be one of \"value\", \"version\", \"create_revision\", \"mod_revision\""
+            )))
+        }
+    };
+    Ok(Compare {
+        key,
+        relation,
+        target,
+    })
+}
+
+/// `"value": <any JSON>` (stored as compact JSON), or `"value_base64": "<bytes>"` (raw).
+fn parse_value(members: &Map<String, Json>, place: &str) -> Result<Value> {
+    match (members.get("value"), members.get("value_base64")) {
+        (Some(value), None) => Ok(Value::json(
+            serde_json::to_vec(value).expect("a JSON value always serializes"),
+        )),
+        (None, Some(Json::String(encoded))) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map(Value::raw)
+            .map_err(|error| invalid(format!("{place}: \"value_base64\" is not base64: {error}"))),
+        _ => Err(invalid(format!(
+            "{place}: give \"value\" (JSON) or \"value_base64\" (raw bytes), one of them"
+        ))),
+    }
+}
+
+fn parse_op(item: &Json, place: &str, key: &KeyParser<'_>) -> Result<TxnOp> {
+    let members = object(item, place)?;
+    let mut entries = members.iter();
+    let (Some((name, inner)), None) = (entries.next(), entries.next()) else {
+        return Err(invalid(format!(
+            "{place} must have exactly one of put, delete, get, range"
+        )));
+    };
+    let place = format!("{place}.{name}");
+    let inner = object(inner, &place)?;
+    let allowed: &[&str] = match name.as_str() {
+        "put" => &["key", "value", "value_base64"],
+        "delete" | "get" => &["key"],
+        "range" => &["prefix", "limit"],
+        other => {
+            return Err(invalid(format!(
+                "{place}: unknown operation \"{other}\" (expected put, delete, get, range)"
+            )))
+        }
+    };
+    if let Some(extra) = inner
+        .keys()
+        .find(|member| !allowed.contains(&member.as_str()))
+    {
+        return Err(invalid(format!("{place}: unknown member \"{extra}\"")));
+    }
+    let key = || key(inner.get("key").unwrap_or(&Json::Null), &place);
+    Ok(match name.as_str() {
+        "put" => TxnOp::Put {
+            key: key()?,
+            value: parse_value(inner, &place)?,
+        },
+        "delete" => TxnOp::Delete { key: key()? },
+        "get" => TxnOp::Get { key: key()? },
+        _ => TxnOp::Range {
+            prefix: match inner.get("prefix") {
+                None => Vec::new(),
+                Some(Json::String(prefix)) => prefix.as_bytes().to_vec(),
+                Some(_) => return Err(invalid(format!("{place}: \"prefix\" must be a string"))),
+            },
+            limit: match inner.get("limit") {
+                None => KEYS_LIMIT_DEFAULT as u32,
+                Some(limit) => limit
+                    .as_u64()
+                    .and_then(|limit| u32::try_from(limit).ok())
+                    .ok_or_else(|| {
+                        invalid(format!("{place}: \"limit\" must be a non-negative integer"))
+                    })?,
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_transaction_parses() {
+        let body = br#"{
+            "compare": [
+                {"key": "a", "target": "version", "result": ">", "version": 0},
+                {"key": "b", "target": "value", "result": "=", "value": {"x": [1]}},
+                {"key": "c", "target": "value", "result": "!=", "value_base64": "AAE="},
+                {"key": "d", "target": "MOD", "result": "LESS", "mod_revision": 9}
+            ],
+            "success": [{"put": {"key": "a", "value": 1}}, {"range": {"prefix": "p/", "limit": 2}}],
+            "failure": [{"get": {"key": "a"}}, {"delete": {"key": "b"}}, {"range": {}}]
+        }"#;
+        let txn = parse_txn(body, 100).unwrap();
+        assert_eq!(txn.compares.len(), 4);
+        assert_eq!(
+            txn.compares[1].target,
+            CompareTarget::Value(Value::json(r#"{"x":[1]}"#))
+        );
+        assert_eq!(
+            txn.compares[2].target,
+            CompareTarget::Value(Value::raw(vec![0, 1]))
+        );
+        assert_eq!(txn.compares[3].relation, Relation::Less);
+        assert_eq!(
+            txn.success[1],
+            TxnOp::Range {
+                prefix: b"p/".to_vec(),
+                limit: 2
+            }
+        );
+        assert_eq!(
+            txn.failure[2],
+            TxnOp::Range {
+                prefix: Vec::new(),
+                limit: KEYS_LIMIT_DEFAULT as u32
+            }
+        );
+        assert_eq!(parse_txn(b"{}", 100).unwrap(), Txn::default());
+    }
+
+    #[test]
+    fn bad_transactions_say_where() {
+        for (body, place) in [
+            (r#"[]"#, "object"),
+            (r#"{"compares": []}"#, "compares"),
+            (
+                r#"{"compare": [{"key": "a", "target": "version", "result": "~", "version": 1}]}"#,
+                "compare[0]",
+            ),
+            (
+                r#"{"compare": [{"key": "a", "target": "version", "result": "=", "version": -1}]}"#,
+                "compare[0]",
+            ),
+            (
+                r#"{"compare": [{"key": "", "target": "version", "result": "=", "version": 1}]}"#,
+                "compare[0]",
+            ),
+            (
+                r#"{"compare": [{"key": "a", "target": "value", "result": "="}]}"#,
+                "compare[0]",
+            ),
+            (r#"{"success": [{"put": {"key": "a"}}]}"#, "success[0].put"),
+            (
+                r#"{"success": [{"put": {"key": "a", "value": 1}, "get": {"key": "a"}}]}"#,
+                "success[0]",
+            ),
+            (
+                r#"{"failure": [{"increment": {"key": "a"}}]}"#,
+                "failure[0].increment",
+            ),
+            (
+                r#"{"failure": [{"get": {"key": "a", "x": 1}}]}"#,
+                "failure[0].get",
+            ),
+            (
+                r#"{"failure": [{"range": {"limit": "ten"}}]}"#,
+                "failure[0].range",
+            ),
+        ] {
+            match parse_txn(body.as_bytes(), 100) {
+                Err(Error::InvalidTxn(detail)) => {
+                    assert!(detail.contains(place), "{body}: {detail}")
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        assert!(matches!(parse_txn(b"{", 100), Err(Error::MalformedJson(_))));
+    }
+}
