@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 use kv_http::HttpOptions;
 use kv_replication::NodeOptions;
+use kv_store::RetentionOptions;
 use kv_wal::{
     RecoveryMode, SegmentCodec, SyncPolicy, WalOptions, SEGMENT_BYTES_MAX_DEFAULT,
     SEGMENT_BYTES_MIN,
@@ -15,7 +16,7 @@ use kv_wal::{
 
 use crate::settings::{
     merge, ByteSize, CompactionSettings, FollowerSettings, HttpSettings, LogFormat,
-    ReplicationSettings, Settings, WalSettings, MAX_SEGMENT_SIZE_ENV,
+    ReplicationSettings, RetentionSettings, Settings, WalSettings, MAX_SEGMENT_SIZE_ENV,
 };
 
 /// The leader's default address.
@@ -68,6 +69,8 @@ pub struct NodeConfig {
     pub http: HttpOptions,
     /// Replication settings (quorum, timeouts, the follower's fetch loop).
     pub replication: NodeOptions,
+    /// Key history and idempotent requests kept.
+    pub retention: RetentionOptions,
     /// Log filter directives.
     pub log_level: String,
     /// Log format.
@@ -171,6 +174,7 @@ impl NodeConfig {
             compress_sealed_segments: wal.compress_sealed_segments.and_then(|choice| choice.0),
             http: resolve_http(settings.http)?,
             replication,
+            retention: resolve_retention(settings.retention),
             log_level: settings
                 .logging
                 .log_level
@@ -178,6 +182,22 @@ impl NodeConfig {
             log_format: settings.logging.log_format.unwrap_or_default(),
         })
     }
+}
+
+/// History and dedup retention: what is set, over the store's defaults.
+fn resolve_retention(settings: RetentionSettings) -> RetentionOptions {
+    let mut options = RetentionOptions::default();
+    let history = &mut options.history;
+    history.revisions_max = settings.history_revisions.unwrap_or(history.revisions_max);
+    history.bytes_max = settings
+        .history_bytes
+        .map_or(history.bytes_max, |size| size.0);
+    let dedup = &mut options.dedup;
+    dedup.entries_max = settings.dedup_max_entries.unwrap_or(dedup.entries_max);
+    dedup.age_max_ms = settings
+        .dedup_max_age_secs
+        .map_or(dedup.age_max_ms, |secs| secs.saturating_mul(1000));
+    options
 }
 
 /// Parses a follower id: `follower-N` or `N`, with N ≥ 1 and 8000+N a valid port.

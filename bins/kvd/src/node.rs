@@ -50,7 +50,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         epoch: EPOCH_DEFAULT,
         snapshot_dir: Some(config.snapshot_dir()),
         apply_limit,
-        ..StoreOptions::default()
+        retention: config.retention,
     };
     let (store, report) = open_store(&config, options)?;
     if report.is_clean() {

@@ -25,6 +25,7 @@ fn samples(value_name: &str) -> [(&'static str, &'static str); 3] {
         "BYTES" => [("1MiB", "\"1MiB\""), ("2K", "\"2K\""), ("3145728", "3145728")],
         "N" => [("2", "2"), ("3", "3"), ("4", "4")],
         "MS" => [("100", "100"), ("200", "200"), ("300", "300")],
+        "SECS" => [("10", "10"), ("20", "20"), ("30", "30")],
         "POLICY" => [("always", "\"always\""), ("never", "\"never\""), ("interval:7", "\"interval:7\"")],
         "MODE" => [("strict", "\"strict\""), ("point-in-time", "\"point-in-time\""), ("skip-corrupt", "\"skip-corrupt\"")],
         "CODEC" => [("lz4", "\"lz4\""), ("zstd", "\"zstd\""), ("none", "\"none\"")],

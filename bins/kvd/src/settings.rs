@@ -213,6 +213,31 @@ settings_group! {
 }
 
 settings_group! {
+    /// How much key history and how many idempotent requests the store keeps. Every node of a
+    /// cluster should use the same: they are pruned as the log is applied.
+    #[command(next_help_heading = "History and idempotent requests")]
+    pub struct RetentionSettings {
+        /// Earlier versions of a key stay readable (`?version=`, `/history`) while the write
+        /// that replaced them is among this many latest revisions (0: no history)
+        /// [default: 100000].
+        #[arg(long, env = "KVD_HISTORY_REVISIONS", value_name = "N")]
+        pub history_revisions: Option<u64>,
+        /// ... and while the replaced values kept add up to at most this many bytes (they are
+        /// read back from the WAL; this bounds what history refers to) [default: 64MiB].
+        #[arg(long, env = "KVD_HISTORY_BYTES", value_name = "BYTES")]
+        pub history_bytes: Option<ByteSize>,
+        /// Idempotent requests (client_id + request_id, Idempotency-Key) remembered; the
+        /// oldest are forgotten first [default: 100000].
+        #[arg(long, env = "KVD_DEDUP_MAX_ENTRIES", value_name = "N")]
+        pub dedup_max_entries: Option<usize>,
+        /// Idempotent requests older than this (by the leader's clock when written) are
+        /// forgotten [default: 3600].
+        #[arg(long, env = "KVD_DEDUP_MAX_AGE_SECS", value_name = "SECS")]
+        pub dedup_max_age_secs: Option<u64>,
+    }
+}
+
+settings_group! {
     /// Logs on stderr.
     #[command(next_help_heading = "Logging")]
     pub struct LogSettings {
@@ -255,6 +280,9 @@ pub struct Settings {
     /// Snapshots and compaction.
     #[command(flatten)]
     pub compaction: CompactionSettings,
+    /// History and idempotent requests.
+    #[command(flatten)]
+    pub retention: RetentionSettings,
     /// Logging.
     #[command(flatten)]
     pub logging: LogSettings,
@@ -271,6 +299,7 @@ impl Layer for Settings {
             http: self.http.or(lower.http),
             replication: self.replication.or(lower.replication),
             compaction: self.compaction.or(lower.compaction),
+            retention: self.retention.or(lower.retention),
             logging: self.logging.or(lower.logging),
             follower: self.follower.or(lower.follower),
         }
@@ -286,6 +315,7 @@ impl Settings {
             HttpSettings::KEYS,
             ReplicationSettings::KEYS,
             CompactionSettings::KEYS,
+            RetentionSettings::KEYS,
             LogSettings::KEYS,
             FollowerSettings::KEYS,
         ]
@@ -303,6 +333,7 @@ impl Settings {
                 || absorb(&mut settings.http, &key, &value)?
                 || absorb(&mut settings.replication, &key, &value)?
                 || absorb(&mut settings.compaction, &key, &value)?
+                || absorb(&mut settings.retention, &key, &value)?
                 || absorb(&mut settings.logging, &key, &value)?
                 || absorb(&mut settings.follower, &key, &value)?;
             if !found {
@@ -324,6 +355,7 @@ impl Settings {
             self.http.value_text(key),
             self.replication.value_text(key),
             self.compaction.value_text(key),
+            self.retention.value_text(key),
             self.logging.value_text(key),
             self.follower.value_text(key),
         ]

@@ -183,7 +183,7 @@ fn bad_settings_are_refused_with_their_name() {
 /// test below insists every setting is here, so a new one cannot skip its conversion.
 #[allow(clippy::type_complexity)]
 #[rustfmt::skip]
-const EFFECTS: [(&str, &str, fn(&NodeConfig) -> String, &str); 27] = [
+const EFFECTS: [(&str, &str, fn(&NodeConfig) -> String, &str); 31] = [
     ("listen", "\"127.0.0.1:7\"", |c| c.listen.clone(), "127.0.0.1:7"),
     ("data_dir", "\"/x\"", |c| c.data_dir.display().to_string(), "/x"),
     ("max_segment_size", "\"1MiB\"", |c| c.segment_bytes_max.to_string(), "1048576"),
@@ -207,6 +207,10 @@ const EFFECTS: [(&str, &str, fn(&NodeConfig) -> String, &str); 27] = [
     ("snapshots_kept", "4", |c| c.replication.compaction.snapshots_kept.to_string(), "4"),
     ("wal_retention_bytes", "\"5K\"", |c| c.replication.compaction.wal_retention_bytes.to_string(), "5120"),
     ("snapshot_codec", "\"lz4\"", |c| c.replication.compaction.codec.to_string(), "lz4"),
+    ("history_revisions", "18", |c| c.retention.history.revisions_max.to_string(), "18"),
+    ("history_bytes", "\"2K\"", |c| c.retention.history.bytes_max.to_string(), "2048"),
+    ("dedup_max_entries", "19", |c| c.retention.dedup.entries_max.to_string(), "19"),
+    ("dedup_max_age_secs", "20", |c| c.retention.dedup.age_max_ms.to_string(), "20000"),
     ("log_level", "\"debug\"", |c| c.log_level.clone(), "debug"),
     ("log_format", "\"json\"", |c| format!("{:?}", c.log_format), "Json"),
     ("leader", "\"http://10.0.0.1:9\"", |c| format!("{:?}", c.role), "Follower { number: 1, leader_url: \"http://10.0.0.1:9\" }"),
