@@ -380,7 +380,7 @@ fn every_bad_request_gets_its_exact_status_and_changes_nothing() {
     let (status, written) = kvd.json("PUT", "/key/after", Some(r#"{"value": [1, 2]}"#));
     assert_eq!(status, 200, "{written}");
     assert_eq!(
-        kvd.json("GET", "/key/after", None),
+        kvd.seed_json("GET", "/key/after", None),
         (200, json!({"key": "after", "value": [1, 2]}))
     );
 }

@@ -123,7 +123,7 @@ fn a_failed_fsync_or_write_poisons_the_node_and_loses_nothing_acknowledged() {
         // may not be (it reached the file, not necessarily the disk), but never altered.
         let kvd = Kvd::start(&data_dir, &args, &[]);
         for (key, value, _) in &acknowledged {
-            let (status, body) = kvd.json("GET", &format!("/key/{key}"), None);
+            let (status, body) = kvd.seed_json("GET", &format!("/key/{key}"), None);
             assert_eq!(
                 (status, body),
                 (200, json!({"key": key, "value": value})),

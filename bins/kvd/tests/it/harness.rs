@@ -207,6 +207,32 @@ impl Kvd {
         let answer = self.request(method, path, body);
         (answer.status, answer.json())
     }
+
+    /// [`Kvd::json`] with only the members the seed project's answers had (`key`, `value`,
+    /// `encoding`, `status`, `id`, `detail`): later releases add members (versions,
+    /// revisions) that tests about something else need not spell out.
+    pub fn seed_json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let (status, body) = self.json(method, path, body);
+        (status, seed_members(body))
+    }
+}
+
+/// `body` with only the members the seed project's answers had (see [`Kvd::seed_json`]).
+pub fn seed_members(body: serde_json::Value) -> serde_json::Value {
+    match body {
+        serde_json::Value::Object(members) => members
+            .into_iter()
+            .filter(|(name, _)| {
+                ["key", "value", "encoding", "status", "id", "detail"].contains(&name.as_str())
+            })
+            .collect(),
+        other => other,
+    }
 }
 
 impl Drop for Kvd {

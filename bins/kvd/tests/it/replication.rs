@@ -113,7 +113,7 @@ fn put(kvd: &Kvd, key: &str, value: &Value) -> (u16, Value) {
 
 /// Reads `key` on `kvd` once it has applied `min_id`.
 fn get_after(kvd: &Kvd, key: &str, min_id: u64) -> (u16, Value) {
-    kvd.json(
+    kvd.seed_json(
         "GET",
         &format!("/key/{key}?min_id={min_id}&wait_ms=20000"),
         None,

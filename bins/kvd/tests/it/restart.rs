@@ -80,7 +80,7 @@ fn kill_9_during_writes_loses_no_acknowledged_write() {
 
     let kvd = Kvd::start(&data_dir, &["--max-segment-size", "4K"], &[]);
     for (key, (value, _)) in &acknowledged_writes {
-        let (status, body) = kvd.json("GET", &format!("/key/{key}"), None);
+        let (status, body) = kvd.seed_json("GET", &format!("/key/{key}"), None);
         assert_eq!(
             (status, body),
             (200, json!({"key": key, "value": value})),

@@ -178,7 +178,7 @@ fn a_follower_behind_a_compacted_log_installs_the_leaders_snapshot() {
 
     let follower_dir = dir.path().join("follower-1");
     let follower = Kvd::start_follower(&follower_dir, &leader, &[], &[]);
-    let (status, body) = follower.json(
+    let (status, body) = follower.seed_json(
         "GET",
         &format!(
             "/key/k2999?min_id={last_id}&wait_ms={}",
