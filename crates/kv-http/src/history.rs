@@ -67,11 +67,7 @@ pub fn key_history(state: &AppState, key: &str, query: &str) -> Result<Response<
     let limit =
         number_parameter(query, "limit", HISTORY_LIMIT_MAX)?.unwrap_or(HISTORY_LIMIT_DEFAULT);
     let history = read(state, key, limit, true)?;
-    let mut body = Vec::with_capacity(256);
-    body.extend_from_slice(br#"{"key":"#);
-    serde_json::to_writer(&mut body, key).expect("writing to a Vec");
-    body.extend_from_slice(br#","versions":"#);
-    write_versions(&mut body, &history);
+    let mut body = open_body(key, &history);
     body.extend_from_slice(br#","history":["#);
     for (index, (version, mod_revision, value)) in history.versions.iter().rev().enumerate() {
         if index > 0 {
@@ -82,14 +78,8 @@ pub fn key_history(state: &AppState, key: &str, query: &str) -> Result<Response<
         write_value(&mut body, value.kind, &value.bytes);
         body.extend_from_slice(format!(r#","mod_revision":{mod_revision}}}"#).as_bytes());
     }
-    body.extend_from_slice(
-        format!(
-            r#"],"latest_version":{},"compacted":{}}}"#,
-            history.latest.version, history.compacted
-        )
-        .as_bytes(),
-    );
-    Ok(json_response(StatusCode::OK, body))
+    body.push(b']');
+    Ok(close_body(body, &history))
 }
 
 /// `GET /key/{key}/versions[?limit=L]`: `{"key","versions":[…],"latest_version","compacted"}`,
@@ -98,19 +88,7 @@ pub fn key_versions(state: &AppState, key: &str, query: &str) -> Result<Response
     let limit =
         number_parameter(query, "limit", VERSIONS_LIMIT_MAX)?.unwrap_or(VERSIONS_LIMIT_DEFAULT);
     let history = read(state, key, limit, false)?;
-    let mut body = Vec::with_capacity(128);
-    body.extend_from_slice(br#"{"key":"#);
-    serde_json::to_writer(&mut body, key).expect("writing to a Vec");
-    body.extend_from_slice(br#","versions":"#);
-    write_versions(&mut body, &history);
-    body.extend_from_slice(
-        format!(
-            r#","latest_version":{},"compacted":{}}}"#,
-            history.latest.version, history.compacted
-        )
-        .as_bytes(),
-    );
-    Ok(json_response(StatusCode::OK, body))
+    Ok(close_body(open_body(key, &history), &history))
 }
 
 fn read(state: &AppState, key: &str, limit: u64, with_values: bool) -> Result<KeyHistory> {
@@ -121,13 +99,30 @@ fn read(state: &AppState, key: &str, limit: u64, with_values: bool) -> Result<Ke
         .ok_or(Error::KeyNotFound)
 }
 
-/// `[v1,v2,…]`, oldest first.
-fn write_versions(body: &mut Vec<u8>, history: &KeyHistory) {
+/// `{"key":k,"versions":[v1,v2,…]` (oldest first), for the caller to go on.
+fn open_body(key: &str, history: &KeyHistory) -> Vec<u8> {
+    let mut body = Vec::with_capacity(256);
+    body.extend_from_slice(br#"{"key":"#);
+    serde_json::to_writer(&mut body, key).expect("writing to a Vec");
+    body.extend_from_slice(br#","versions":"#);
     let versions: Vec<u64> = history
         .versions
         .iter()
         .rev()
         .map(|(version, ..)| *version)
         .collect();
-    serde_json::to_writer(body, &versions).expect("writing to a Vec");
+    serde_json::to_writer(&mut body, &versions).expect("writing to a Vec");
+    body
+}
+
+/// Ends the body with `"latest_version"` and `"compacted"`.
+fn close_body(mut body: Vec<u8>, history: &KeyHistory) -> Response<Full<Bytes>> {
+    body.extend_from_slice(
+        format!(
+            r#","latest_version":{},"compacted":{}}}"#,
+            history.latest.version, history.compacted
+        )
+        .as_bytes(),
+    );
+    json_response(StatusCode::OK, body)
 }
