@@ -3,7 +3,8 @@
 //!
 //! The faults — env variables that make the real binary crash or fail at a chosen moment, for
 //! the reliability tests (`bins/kvd/tests/it/`, `docs/reliability.md`) — compile only with the
-//! `fault-injection` feature (`injection.rs`). kvd's tests turn the feature on themselves (a
+//! `fault-injection` feature (`injection.rs`: fail points and a failing WAL file system;
+//! `corrupt_fetch.rs`: a follower that corrupts what it fetches). kvd's tests turn the feature on themselves (a
 //! dev-dependency of kvd on itself); the default build, the kvd that ships, has none of that
 //! code.
 //!
@@ -14,12 +15,22 @@
 //! know, so a typo never runs a test without its fault.
 
 #[cfg(feature = "fault-injection")]
+mod corrupt_fetch;
+#[cfg(feature = "fault-injection")]
 mod injection;
 
 use anyhow::bail;
 
 #[cfg(feature = "fault-injection")]
+pub use corrupt_fetch::follower_transport;
+#[cfg(feature = "fault-injection")]
 pub use injection::{configure_from_env, wal_file_system};
+
+/// The follower's transport to its leader: without fault injection, the HTTP one as it is.
+#[cfg(not(feature = "fault-injection"))]
+pub fn follower_transport(inner: kv_http::HttpTransport) -> anyhow::Result<kv_http::HttpTransport> {
+    Ok(inner)
+}
 
 /// The fault variables this build reads: none without the `fault-injection` feature.
 #[cfg(feature = "fault-injection")]

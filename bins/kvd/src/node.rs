@@ -8,12 +8,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use kv_http::{AppState, HttpTransport};
-use kv_replication::{
-    FetchRequest, FetchResponse, MaintenanceOptions, Node, SnapshotMeta, Transport, TransportError,
-};
+use kv_replication::{MaintenanceOptions, Node};
 use kv_store::{Store, StoreOptions, EPOCH_DEFAULT};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
@@ -150,11 +146,8 @@ async fn serve(config: &NodeConfig, node: Arc<Node>) -> anyhow::Result<()> {
         Role::Leader => None,
         Role::Follower { leader_url, .. } => {
             let transport = HttpTransport::new(leader_url).map_err(anyhow::Error::msg)?;
-            let transport = CorruptingTransport {
-                inner: transport,
-                corrupt_every: corrupt_fetch_every()?,
-                fetches: AtomicU64::new(0),
-            };
+            // Wrapped by the corrupting fault in a fault-injection build (`faults.rs`).
+            let transport = crate::faults::follower_transport(transport)?;
             tracing::info!(leader = %leader_url, "following");
             let mut stopped = replication_stopped.clone();
             let node = node.clone();
@@ -190,69 +183,6 @@ async fn serve(config: &NodeConfig, node: Arc<Node>) -> anyhow::Result<()> {
     served?;
     tracing::info!("all connections closed");
     Ok(())
-}
-
-/// Test-only fault: `KVD_FAULT_CORRUPT_FETCH_EVERY=N` flips a bit in the frames of every Nth
-/// fetch answer a follower receives, to prove it refuses damaged entries and fetches them again.
-const CORRUPT_FETCH_EVERY_ENV: &str = "KVD_FAULT_CORRUPT_FETCH_EVERY";
-
-fn corrupt_fetch_every() -> anyhow::Result<u64> {
-    match std::env::var(CORRUPT_FETCH_EVERY_ENV) {
-        Err(_) => Ok(0),
-        Ok(text) => {
-            let every = text
-                .parse::<u64>()
-                .with_context(|| format!("{CORRUPT_FETCH_EVERY_ENV}={text:?} is not a number"))?;
-            tracing::warn!(every, "test fault: corrupting fetched batches");
-            Ok(every)
-        }
-    }
-}
-
-/// The follower's transport, with the corrupting fault when asked for.
-struct CorruptingTransport {
-    inner: HttpTransport,
-    corrupt_every: u64,
-    fetches: AtomicU64,
-}
-
-impl Transport for CorruptingTransport {
-    async fn snapshot_meta(
-        &self,
-        timeout: Duration,
-    ) -> Result<Option<SnapshotMeta>, TransportError> {
-        self.inner.snapshot_meta(timeout).await
-    }
-
-    async fn snapshot_chunk(
-        &self,
-        applied_id: u64,
-        offset: u64,
-        len: u32,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, TransportError> {
-        self.inner
-            .snapshot_chunk(applied_id, offset, len, timeout)
-            .await
-    }
-
-    async fn fetch(
-        &self,
-        request: &FetchRequest,
-        timeout: Duration,
-    ) -> Result<FetchResponse, TransportError> {
-        let mut response = self.inner.fetch(request, timeout).await?;
-        if self.corrupt_every > 0 {
-            if let FetchResponse::Entries { frames, .. } = &mut response {
-                let number = self.fetches.fetch_add(1, Ordering::Relaxed) + 1;
-                if !frames.is_empty() && number.is_multiple_of(self.corrupt_every) {
-                    let middle = frames.len() / 2;
-                    frames[middle] ^= 0x08;
-                }
-            }
-        }
-        Ok(response)
-    }
 }
 
 struct ShutdownSignals {

@@ -8,7 +8,7 @@
 //!   `fsync` of the directory, counted from process start, the ones open runs included) fails.
 //! - `KVD_FAULT_WRITE_FAIL_AT=N`: likewise the Nth write (or length change) of a WAL file.
 //! - `KVD_FAULT_CORRUPT_FETCH_EVERY=N`: a follower flips a bit in every Nth batch it fetches
-//!   (read by `node.rs`, which wraps the follower's transport).
+//!   (`corrupt_fetch.rs`: the follower transport `node.rs` uses is wrapped).
 //!
 //! [`configure_from_env`] reads and checks them once at startup; [`wal_file_system`] is the file
 //! system the WAL opens with: the real one, wrapped in a [`FaultyFs`] when a fault is asked for.
@@ -24,7 +24,7 @@ pub const FAILPOINTS_ENV: &str = "KVD_FAILPOINTS";
 pub const FAULT_FSYNC_FAIL_AT_ENV: &str = "KVD_FAULT_FSYNC_FAIL_AT";
 /// Env variable: the number of the WAL file write that fails.
 pub const FAULT_WRITE_FAIL_AT_ENV: &str = "KVD_FAULT_WRITE_FAIL_AT";
-/// Env variable: every how many fetched batches a follower corrupts one (read in `node.rs`).
+/// Env variable: every how many fetched batches a follower corrupts one (`corrupt_fetch.rs`).
 pub const FAULT_CORRUPT_FETCH_EVERY_ENV: &str = "KVD_FAULT_CORRUPT_FETCH_EVERY";
 
 /// Every fault variable this build reads.
