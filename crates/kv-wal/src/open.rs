@@ -11,7 +11,7 @@ use rand::Rng;
 
 use crate::append::create_segment_file;
 use crate::durability::Durability;
-use crate::durable::write_file_atomic;
+use crate::durable::{create_dir_all_durable, write_file_atomic};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{DirLock, FileSystem, WalFile};
 use crate::meta::{
@@ -46,7 +46,8 @@ impl Wal {
         let dir = dir.as_ref().to_owned();
         check_options(&options)?;
         let fs = options.file_system.clone();
-        fs.create_dir_all(&dir).at(&dir)?;
+        // A new directory is fsynced in its parent, or a power cut could lose it and the log.
+        create_dir_all_durable(&*fs, &dir)?;
         let dir_lock = lock_dir(&*fs, &dir)?;
         let mut report = RecoveryReport {
             mode: options.recovery_mode,
@@ -56,8 +57,14 @@ impl Wal {
         let log_id = read_or_create_log_id(&*fs, &dir, found.is_empty(), &mut report)?;
         let recovered =
             recovery::recover(&*fs, log_id, &found, options.recovery_mode, &mut report)?;
-        let (segments, active, next_id) =
-            choose_active(&*fs, &dir, log_id, options.first_id, recovered)?;
+        // A truncation a crash interrupted says up to which id the log held records: ids are
+        // never handed out below it, even when the crash left no segment at all.
+        let marked = read_small_file(&*fs, &dir.join(TRUNCATE_MARKER_FILE))?
+            .and_then(|bytes| decode_marker(&bytes));
+        let first_id = options
+            .first_id
+            .max(marked.map_or(0, |after_id| after_id + 1));
+        let (segments, active, next_id) = choose_active(&*fs, &dir, log_id, first_id, recovered)?;
         fs.sync_dir(&dir).at(&dir)?;
         let wal = start(&dir, &options, log_id, segments, active, next_id, dir_lock)?;
         wal.finish_marked_truncation(&mut report)?;
@@ -224,7 +231,13 @@ fn start(
     next_id: u64,
     dir_lock: Box<dyn DirLock>,
 ) -> Result<Wal> {
-    let last_id = active.segment.last_id();
+    // The last record the log holds: after a repair that dropped records, the next id is
+    // above ids the log no longer has, and the watermarks must not claim them.
+    let last_id = segments
+        .iter()
+        .rev()
+        .find(|segment| !segment.is_empty())
+        .map_or(active.segment.first_id - 1, |segment| segment.last_id());
     let next_sequence = active.segment.sequence + 1;
     let writer = Writer {
         next_id,

@@ -27,24 +27,24 @@ impl Wal {
     /// and Kafka followers do. Ids of records that were never truncated are never reused.
     pub fn truncate_after(&self, after_id: u64) -> Result<()> {
         let shared = &self.shared;
-        {
-            let mut writer = shared.writer();
-            shared.check_writable(&writer)?;
-            shared.flush_pending(&mut writer)?;
-            if after_id >= writer.next_id - 1 {
-                return Ok(());
-            }
-            let marked = write_file_atomic(
-                &*shared.fs,
-                &shared.dir,
-                TRUNCATE_MARKER_FILE,
-                &encode_marker(after_id),
-            );
-            shared.guarded(marked)?;
+        // Both locks are held from the marker to its removal: an append acknowledged while the
+        // marker is still there would be cut again by the open that completes the marker.
+        let _maintenance = lock(&shared.maintenance);
+        let mut writer = shared.writer();
+        shared.check_writable(&writer)?;
+        shared.flush_pending(&mut writer)?;
+        if after_id >= writer.next_id - 1 {
+            return Ok(());
         }
-        self.truncate_after_inner(after_id)?;
+        let marked = write_file_atomic(
+            &*shared.fs,
+            &shared.dir,
+            TRUNCATE_MARKER_FILE,
+            &encode_marker(after_id),
+        );
+        shared.guarded(marked)?;
+        self.cut_locked(&mut writer, after_id)?;
         let marker = shared.dir.join(TRUNCATE_MARKER_FILE);
-        let _writer = shared.writer();
         let removed = shared
             .fs
             .remove_file(&marker)
@@ -53,15 +53,23 @@ impl Wal {
         shared.guarded(removed)
     }
 
+    /// Completes a truncation (open finishing a marked one).
     pub(crate) fn truncate_after_inner(&self, after_id: u64) -> Result<()> {
+        let _maintenance = lock(&self.shared.maintenance);
+        let mut writer = self.shared.writer();
+        self.cut_locked(&mut writer, after_id)
+    }
+
+    /// Cuts the log after `after_id`, the maintenance and writer locks held. The truncation
+    /// counter moves before the files change and again after, so a reader that meets a file
+    /// cut under it reports `Error::Truncated`, never a spurious `Corrupt`.
+    fn cut_locked(&self, writer: &mut Writer, after_id: u64) -> Result<()> {
         let shared = &self.shared;
-        let _maintenance = lock(&shared.maintenance);
-        let mut writer = shared.writer();
-        shared.flush_pending(&mut writer)?;
-        let result = self.cut_segments(&mut writer, after_id);
-        shared.guarded(result)?;
+        shared.flush_pending(writer)?;
         shared.truncations.fetch_add(1, Ordering::AcqRel);
-        Ok(())
+        let result = self.cut_segments(writer, after_id);
+        shared.truncations.fetch_add(1, Ordering::AcqRel);
+        shared.guarded(result)
     }
 
     fn cut_segments(&self, writer: &mut Writer, after_id: u64) -> Result<()> {

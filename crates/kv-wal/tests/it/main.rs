@@ -10,3 +10,4 @@ mod fuzz_corpus;
 mod model;
 mod power_cut;
 mod support;
+mod truncation;

@@ -201,3 +201,100 @@ pub fn compressed_files(fs: &SimFs) -> Vec<PathBuf> {
     names.sort();
     names.into_iter().map(|name| sim_dir().join(name)).collect()
 }
+
+/// Called before every mutating file-system call of a [`HookFs`] with the call's name
+/// (`write`, `sync_data`, `set_len`, `create`, `remove`, `rename`, `sync_dir`, `create_dir`)
+/// and its path.
+pub type Hook = Arc<dyn Fn(&str, &Path) + Send + Sync>;
+
+/// [`SimFs`] with a [`Hook`] before every mutating call: tests watch or pause the log at a
+/// chosen step.
+#[derive(Clone)]
+pub struct HookFs {
+    inner: SimFs,
+    hook: Hook,
+}
+
+impl std::fmt::Debug for HookFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HookFs")
+    }
+}
+
+impl HookFs {
+    pub fn new(inner: SimFs, hook: Hook) -> HookFs {
+        HookFs { inner, hook }
+    }
+    fn wrap(&self, path: &Path, inner: Arc<dyn WalFile>) -> Arc<dyn WalFile> {
+        Arc::new(HookFile {
+            inner,
+            path: path.to_owned(),
+            hook: self.hook.clone(),
+        })
+    }
+}
+
+struct HookFile {
+    inner: Arc<dyn WalFile>,
+    path: PathBuf,
+    hook: Hook,
+}
+
+impl std::fmt::Debug for HookFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HookFile({})", self.path.display())
+    }
+}
+
+impl WalFile for HookFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        (self.hook)("write", &self.path);
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        (self.hook)("sync_data", &self.path);
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        (self.hook)("set_len", &self.path);
+        self.inner.set_len(len)
+    }
+    fn size_bytes(&self) -> std::io::Result<u64> {
+        self.inner.size_bytes()
+    }
+}
+
+impl FileSystem for HookFs {
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        (self.hook)("create_dir", path);
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+    fn open(&self, path: &Path) -> std::io::Result<Arc<dyn WalFile>> {
+        Ok(self.wrap(path, self.inner.open(path)?))
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Arc<dyn WalFile>> {
+        (self.hook)("create", path);
+        Ok(self.wrap(path, self.inner.create_new(path)?))
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        (self.hook)("remove", path);
+        self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        (self.hook)("rename", to);
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        (self.hook)("sync_dir", path);
+        self.inner.sync_dir(path)
+    }
+    fn try_lock(&self, path: &Path) -> std::io::Result<Box<dyn DirLock>> {
+        self.inner.try_lock(path)
+    }
+}
