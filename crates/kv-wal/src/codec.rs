@@ -1,59 +1,75 @@
-//! The compression codecs: LZ4 and zstd, one type for every place that compresses (sealed
-//! segments here).
+//! The compression codecs: LZ4 and zstd, one type for every place in kvd that compresses —
+//! kv-wal's compressed sealed segments, and kv-store's snapshots (which reuse [`Codec`]).
+//!
+//! A codec compresses one block at a time, and the reader is told the block's uncompressed
+//! length (both formats store it): [`Codec::compress`], [`Codec::decompress`]. Each codec has a
+//! stable one-byte id for file headers ([`Codec::id`], [`Codec::from_id`]) and a name for
+//! flags and config files (`lz4`, `zstd`: [`std::fmt::Display`], [`std::str::FromStr`]).
 
 use std::fmt;
 use std::str::FromStr;
 
-/// How a sealed segment is compressed, recorded in its header's `flags` word.
+/// A block compression codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SegmentCodec {
+pub enum Codec {
     /// LZ4 block format (`lz4_flex`): fast, a modest ratio. Codec id 1.
     Lz4,
-    /// Zstandard at level [`ZSTD_LEVEL`]: a better ratio, slower. Codec id 2.
+    /// Zstandard: a better ratio, slower. Codec id 2. [`Codec::compress`] uses [`ZSTD_LEVEL`];
+    /// [`Codec::compress_at_level`] takes another.
     Zstd,
 }
+
+/// The name kv-wal's segment code has used for [`Codec`].
+pub type SegmentCodec = Codec;
 
 /// The zstd level compressed segments are written with.
 pub const ZSTD_LEVEL: i32 = 3;
 
-impl SegmentCodec {
-    /// The id stored in the segment header.
-    pub(crate) fn id(self) -> u32 {
+impl Codec {
+    /// The codec's stable id (1: LZ4, 2: zstd), for file headers.
+    pub fn id(self) -> u8 {
         match self {
-            SegmentCodec::Lz4 => 1,
-            SegmentCodec::Zstd => 2,
+            Codec::Lz4 => 1,
+            Codec::Zstd => 2,
         }
     }
 
-    pub(crate) fn from_id(id: u32) -> Option<SegmentCodec> {
+    /// The codec with id `id`, if there is one.
+    pub fn from_id(id: u8) -> Option<Codec> {
         match id {
-            1 => Some(SegmentCodec::Lz4),
-            2 => Some(SegmentCodec::Zstd),
+            1 => Some(Codec::Lz4),
+            2 => Some(Codec::Zstd),
             _ => None,
         }
     }
 
-    pub(crate) fn compress(self, bytes: &[u8]) -> Vec<u8> {
+    /// Compresses one block (zstd at [`ZSTD_LEVEL`]).
+    pub fn compress(self, bytes: &[u8]) -> Vec<u8> {
+        self.compress_at_level(bytes, ZSTD_LEVEL)
+    }
+
+    /// Compresses one block, zstd at `zstd_level` (LZ4 has no level).
+    pub fn compress_at_level(self, bytes: &[u8], zstd_level: i32) -> Vec<u8> {
         match self {
-            SegmentCodec::Lz4 => lz4_flex::block::compress(bytes),
-            SegmentCodec::Zstd => {
-                zstd::bulk::compress(bytes, ZSTD_LEVEL).expect("zstd compresses any input")
+            Codec::Lz4 => lz4_flex::block::compress(bytes),
+            Codec::Zstd => {
+                zstd::bulk::compress(bytes, zstd_level).expect("zstd compresses any input")
             }
         }
     }
 
-    pub(crate) fn decompress(self, bytes: &[u8], len: usize) -> Result<Vec<u8>, String> {
+    /// Decompresses one block whose uncompressed length is `len`; fails on damaged input or a
+    /// block of another length.
+    pub fn decompress(self, bytes: &[u8], len: usize) -> Result<Vec<u8>, String> {
         let out = match self {
-            SegmentCodec::Lz4 => {
+            Codec::Lz4 => {
                 lz4_flex::block::decompress(bytes, len).map_err(|error| error.to_string())?
             }
-            SegmentCodec::Zstd => {
-                zstd::bulk::decompress(bytes, len).map_err(|error| error.to_string())?
-            }
+            Codec::Zstd => zstd::bulk::decompress(bytes, len).map_err(|error| error.to_string())?,
         };
         if out.len() != len {
             return Err(format!(
-                "block decompressed to {} bytes, its header says {len}",
+                "block decompressed to {} bytes, {len} expected",
                 out.len()
             ));
         }
@@ -61,22 +77,22 @@ impl SegmentCodec {
     }
 }
 
-impl fmt::Display for SegmentCodec {
+impl fmt::Display for Codec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            SegmentCodec::Lz4 => "lz4",
-            SegmentCodec::Zstd => "zstd",
+            Codec::Lz4 => "lz4",
+            Codec::Zstd => "zstd",
         })
     }
 }
 
-impl FromStr for SegmentCodec {
+impl FromStr for Codec {
     type Err = String;
     /// Parses `lz4` or `zstd`.
-    fn from_str(text: &str) -> Result<SegmentCodec, String> {
+    fn from_str(text: &str) -> Result<Codec, String> {
         match text.trim().to_ascii_lowercase().as_str() {
-            "lz4" => Ok(SegmentCodec::Lz4),
-            "zstd" => Ok(SegmentCodec::Zstd),
+            "lz4" => Ok(Codec::Lz4),
+            "zstd" => Ok(Codec::Zstd),
             _ => Err(format!(
                 "unknown segment codec {text:?}: expected lz4 or zstd"
             )),
@@ -89,12 +105,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codecs_parse_and_print() {
-        for codec in [SegmentCodec::Lz4, SegmentCodec::Zstd] {
-            assert_eq!(codec.to_string().parse::<SegmentCodec>(), Ok(codec));
-            assert_eq!(SegmentCodec::from_id(codec.id()), Some(codec));
+    fn codecs_parse_print_and_round_trip() {
+        let block = b"a block that compresses, a block that compresses, a block".repeat(20);
+        for codec in [Codec::Lz4, Codec::Zstd] {
+            assert_eq!(codec.to_string().parse::<Codec>(), Ok(codec));
+            assert_eq!(Codec::from_id(codec.id()), Some(codec));
+            for stored in [codec.compress(&block), codec.compress_at_level(&block, 1)] {
+                assert!(stored.len() < block.len(), "{codec}");
+                assert_eq!(codec.decompress(&stored, block.len()).unwrap(), block);
+                assert!(
+                    codec.decompress(&stored, block.len() + 1).is_err(),
+                    "{codec}"
+                );
+            }
         }
-        assert!("gzip".parse::<SegmentCodec>().is_err());
-        assert_eq!(SegmentCodec::from_id(0), None);
+        assert!("gzip".parse::<Codec>().is_err());
+        assert_eq!(Codec::from_id(0), None);
     }
 }

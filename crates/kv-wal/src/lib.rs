@@ -67,7 +67,7 @@
 //!   record.
 
 mod append;
-mod codec;
+pub mod codec;
 mod committer;
 mod compress_sealed;
 mod compressed_format;
@@ -138,7 +138,7 @@ macro_rules! with_failpoints {
     ($($body:tt)*) => {};
 }
 
-pub use codec::{SegmentCodec, ZSTD_LEVEL};
+pub use codec::{Codec, SegmentCodec, ZSTD_LEVEL};
 pub use compress_sealed::{CompressReport, INCOMPRESSIBLE};
 pub use compressed_format::BLOCK_FRAMES_BYTES_TARGET;
 pub use error::{Error, Result};

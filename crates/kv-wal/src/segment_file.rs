@@ -56,9 +56,9 @@ impl SegmentHeader {
         bytes[0..8].copy_from_slice(SEGMENT_MAGIC);
         let (version, flags) = match (self.codec, self.salt != 0) {
             (None, false) => (FORMAT_VERSION, 0),
-            (Some(codec), false) => (FORMAT_VERSION_COMPRESSED, codec.id()),
+            (Some(codec), false) => (FORMAT_VERSION_COMPRESSED, u32::from(codec.id())),
             (None, true) => (FORMAT_VERSION_SALTED, 0),
-            (Some(codec), true) => (FORMAT_VERSION_SALTED_COMPRESSED, codec.id()),
+            (Some(codec), true) => (FORMAT_VERSION_SALTED_COMPRESSED, u32::from(codec.id())),
         };
         bytes[8..12].copy_from_slice(&version.to_le_bytes());
         bytes[12..16].copy_from_slice(&flags.to_le_bytes());
@@ -95,7 +95,10 @@ impl SegmentHeader {
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         let flags = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
         let codec_of = |id: u32| {
-            SegmentCodec::from_id(id).ok_or_else(|| format!("unknown segment codec id {id}"))
+            u8::try_from(id)
+                .ok()
+                .and_then(SegmentCodec::from_id)
+                .ok_or_else(|| format!("unknown segment codec id {id}"))
         };
         let (codec, salted) = match (version, flags) {
             (FORMAT_VERSION, 0) => (None, false),
