@@ -20,7 +20,7 @@
 //! it and serve them. The **wire form** of a frame has salt 0 (the plain CRC-32C): it is what
 //! [`encode_record`] makes, [`decode`] and [`decode_all`] check, `Wal::read_frames` ships and
 //! `Wal::append_frames` takes; the log re-seals frames with the salt of the segment they go
-//! to (a change of the CRC field only, [`reseal`]).
+//! to (a change of the CRC field only, `reseal`).
 
 use crc::{Crc, Table, CRC_32_ISCSI};
 

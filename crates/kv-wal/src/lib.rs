@@ -56,8 +56,8 @@
 //!   group commit, and the list of segments readers see.
 //! - [`frame`] is the record framing; [`fs`] is the file-system seam every byte goes through;
 //!   [`sim`] is an in-memory file system that can lose power, for tests.
-//! - [`failpoint`] holds named crash points on the write path, off unless a binary configures
-//!   them.
+//! - `failpoint` (with the `failpoints` feature) holds named crash points on the write path,
+//!   off unless a binary configures them.
 //! - A failed write or fsync poisons the log: appends fail with [`Error::Poisoned`], reads go on.
 //! - Sealed segments can be rewritten compressed ([`Wal::compress_sealed`], with the codec of
 //!   [`WalOptions::compress_sealed_segments`]): a `.walz` file of independently compressed

@@ -102,7 +102,7 @@ impl Segment {
     }
 }
 
-/// A segment as [`Wal::segments`] describes it.
+/// A segment as [`crate::Wal::segments`] describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentInfo {
     /// The file.
