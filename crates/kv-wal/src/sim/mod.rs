@@ -468,17 +468,24 @@ mod tests {
         assert_eq!(fs.read_file(&dir.join("a")).unwrap(), b"hello");
     }
 
+    /// `/d/a` holding 100 bytes of 1s, synced, its name too.
+    fn file_with_100_synced_bytes() -> (SimFs, Arc<dyn WalFile>) {
+        let fs = SimFs::new();
+        let dir = Path::new("/d");
+        fs.create_dir_all(dir).unwrap();
+        let file = fs.create_new(&dir.join("a")).unwrap();
+        file.write_all_at(&[1u8; 100], 0).unwrap();
+        file.sync_data().unwrap();
+        fs.sync_dir(dir).unwrap();
+        (fs, file)
+    }
+
     #[test]
     fn a_power_cut_can_keep_a_later_unsynced_page_and_lose_an_earlier_one() {
         let mut non_prefix = 0;
         for seed in 0..64 {
-            let fs = SimFs::new();
+            let (fs, file) = file_with_100_synced_bytes();
             let dir = Path::new("/d");
-            fs.create_dir_all(dir).unwrap();
-            let file = fs.create_new(&dir.join("a")).unwrap();
-            file.write_all_at(&[1u8; 100], 0).unwrap();
-            file.sync_data().unwrap();
-            fs.sync_dir(dir).unwrap();
             file.write_all_at(&[2u8; 3 * PAGE_BYTES], 100).unwrap();
             fs.crash(CrashMode::LoseUnsyncedPages { seed });
             let contents = fs.read_file(&dir.join("a")).unwrap();
@@ -528,13 +535,8 @@ mod tests {
     fn torn_writes_keep_whole_sectors_of_the_tail() {
         let mut torn = 0;
         for seed in 0..64 {
-            let fs = SimFs::new();
+            let (fs, file) = file_with_100_synced_bytes();
             let dir = Path::new("/d");
-            fs.create_dir_all(dir).unwrap();
-            let file = fs.create_new(&dir.join("a")).unwrap();
-            file.write_all_at(&[1u8; 100], 0).unwrap();
-            file.sync_data().unwrap();
-            fs.sync_dir(dir).unwrap();
             file.write_all_at(&[2u8; 2000], 100).unwrap();
             fs.crash(CrashMode::TearUnsynced { seed });
             let contents = fs.read_file(&dir.join("a")).unwrap();
