@@ -116,12 +116,14 @@ fn no_append_is_acknowledged_while_a_truncation_is_marked() {
     );
 }
 
+/// A read a hook runs once, in the middle of a truncation.
+type ArmedRead = Box<dyn FnOnce() -> bool + Send>;
+
 /// A reader positioned in a segment that a truncation cuts under it gets `Error::Truncated`,
 /// never a spurious `Error::Corrupt` from reading past the new end.
 #[test]
 fn a_reader_during_a_truncation_sees_truncated_not_corrupt() {
-    let next_read: Arc<Mutex<Option<Box<dyn FnOnce() -> bool + Send>>>> =
-        Arc::new(Mutex::new(None));
+    let next_read: Arc<Mutex<Option<ArmedRead>>> = Arc::new(Mutex::new(None));
     let hook = {
         let next_read = next_read.clone();
         Arc::new(move |op: &str, path: &Path| {
@@ -150,7 +152,7 @@ fn a_reader_during_a_truncation_sees_truncated_not_corrupt() {
     {
         let outcome = outcome.clone();
         let mut iter = Some(iter);
-        let armed: Box<dyn FnOnce() -> bool + Send> = Box::new(move || {
+        let armed: ArmedRead = Box::new(move || {
             let mut iter = iter.take().unwrap();
             let next = iter.next();
             let truncated = matches!(next, Some(Err(Error::Truncated)));
