@@ -117,8 +117,12 @@ fn sleep_ms(rng: &mut TestRng, range: &RangeInclusive<u64>) {
     std::thread::sleep(Duration::from_millis(rng.in_range(range.clone())));
 }
 
-/// Runs faults until `duration` passes or `faults_max` were injected; leaves the cluster healed.
-/// `leader` says which node leads now (today: always node 0).
+/// How far past its duration the nemesis may run to hit every node and every kind once.
+const COVERAGE_GRACE: Duration = Duration::from_secs(60);
+
+/// Runs faults until `duration` passes or `faults_max` were injected — but, on a slow machine,
+/// past `duration` (by [`COVERAGE_GRACE`] at most) until every node and every kind was hit
+/// once; leaves the cluster healed. `leader` says which node leads now (today: node 0).
 pub fn run(
     cluster: &mut Cluster,
     options: &NemesisOptions,
@@ -127,10 +131,15 @@ pub fn run(
     mut leader: impl FnMut() -> Option<usize>,
 ) -> Vec<FaultRecord> {
     let until = Instant::now() + options.duration;
+    let coverage = options.kinds.len().max(cluster.nodes.len());
     let mut kinds = Rounds::new(options.kinds.len());
     let mut targets = Rounds::new(cluster.nodes.len());
     let mut faults = Vec::new();
-    while (faults.len() as u64) < options.faults_max && Instant::now() < until {
+    while (faults.len() as u64) < options.faults_max {
+        let now = Instant::now();
+        if now >= until && (faults.len() >= coverage || now >= until + COVERAGE_GRACE) {
+            break;
+        }
         sleep_ms(rng, &options.quiet_ms);
         let kind = options.kinds[kinds.next(rng)];
         let count = rng.in_range(1..=options.targets_max as u64) as usize;

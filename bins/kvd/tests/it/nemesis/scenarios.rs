@@ -42,8 +42,9 @@ const FAULTS_MAX_DEFAULT: u64 = 200;
 /// Keys in use at a time, and the answered operations after which fresh keys replace them.
 const KEYS_PER_GENERATION: u64 = 4;
 const ANSWERS_PER_GENERATION: u64 = 240;
-/// The clients stop at the latest this long after the nemesis was due to end.
-const CLIENT_GRACE: Duration = Duration::from_secs(10);
+/// The clients stop when the nemesis is done, and at the latest this long after it was due
+/// to end (it may run on to hit every node and kind once).
+const CLIENT_GRACE: Duration = Duration::from_secs(90);
 
 struct Scenario {
     name: &'static str,
