@@ -163,7 +163,7 @@ impl Node {
     /// Appends the leader's frames (checked by the state machine), waits until they are
     /// durable here, and applies up to `commit_id`.
     async fn append(&self, frames: &[u8], commit_id: u64) -> Result<()> {
-        kv_wal::fail_point!(FOLLOWER_AFTER_FETCH_BEFORE_APPEND).map_err(Error::FailPoint)?;
+        kv_wal::fail_point!(FOLLOWER_AFTER_FETCH_BEFORE_APPEND).map_err(Error::InjectedFault)?;
         let ticket = self
             .store
             .submit_frames(frames, self.store.wal().sync_policy())
