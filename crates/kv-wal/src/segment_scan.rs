@@ -59,6 +59,11 @@ pub(crate) struct FrameDamage {
     /// Whether the damaged stretch (up to where good frames resume) holds a whole zero-filled
     /// 512-byte sector: what a page or sector the disk never got leaves.
     pub zero_sector: bool,
+    /// The highest id of the records sealed with the segment's salt that lie inside the
+    /// declared extent of the damaged frame (whose CRC failed), if any: its length field is
+    /// what is wrong, so this is damage with records after it, never a torn tail. They are
+    /// evidence only — never served — but their ids are never handed out again.
+    pub inside_extent_last_id: Option<u64>,
 }
 
 /// A region readers must jump over (SkipCorrupt mode): `[from, to)`.
@@ -104,6 +109,7 @@ impl ScanResult {
             good_last_id: self.all_last_id,
             good_records: self.all_records,
             zero_sector: false,
+            inside_extent_last_id: None,
         });
     }
 }
@@ -170,8 +176,16 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, salt: u32) -> ScanResult {
             }
         };
         let resume = find_resume(bytes, resume_from, expected_id, salt);
+        // A torn record's payload cannot hold frames sealed with this segment's salt (a value's
+        // author does not know it): if its declared extent does, the length is what is damaged.
+        let inside_extent_last_id = if resume.is_none() && salt != 0 && resume_from > position + 1 {
+            last_record_id_within(bytes, position + 1, resume_from, expected_id, salt)
+        } else {
+            None
+        };
         result.damage(position, problem, resume);
         let damage = result.damages.last_mut().expect("just pushed");
+        damage.inside_extent_last_id = inside_extent_last_id;
         damage.zeroed_to_end = bytes[position..].iter().all(|&byte| byte == 0);
         let stretch_end = resume.map_or(bytes.len(), |(offset, _)| offset);
         damage.zero_sector = holds_zero_sector(bytes, position, stretch_end);
@@ -252,6 +266,24 @@ fn resume_distance(bytes: &[u8], error: &FrameError) -> usize {
         }
         _ => 1,
     }
+}
+
+/// The highest id of the valid records (id `>= min_id`, sealed with `salt`) that start in
+/// `bytes[from..to]`, if any.
+fn last_record_id_within(
+    bytes: &[u8],
+    from: usize,
+    to: usize,
+    min_id: u64,
+    salt: u32,
+) -> Option<u64> {
+    let mut last = None;
+    let mut offset = from;
+    while let Some((found, id)) = find_resume(&bytes[..to.min(bytes.len())], offset, min_id, salt) {
+        last = last.max(Some(id));
+        offset = found + 1;
+    }
+    last
 }
 
 /// Finds the next offset at or after `from` where a valid record with id `>= min_id` (or a

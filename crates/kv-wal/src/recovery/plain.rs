@@ -92,6 +92,8 @@ impl Recovery<'_> {
                 .unwrap_or(entry.first_id.saturating_sub(1)),
         );
         for damage in &result.damages {
+            // Records inside a damaged record's bad extent were durable: their ids never return.
+            self.see_id(damage.inside_extent_last_id.unwrap_or(0));
             let kind = classify(damage, position, result.synced_through);
             match decide(self.mode, kind, position) {
                 Action::CutTail => {
@@ -230,8 +232,12 @@ impl Recovery<'_> {
                 });
                 (id - 1, skip)
             }
-            // A tail that is not the last segment's: what is missing runs to the next segment.
-            None => (self.found[index + 1].first_id.saturating_sub(1), None),
+            // What is missing runs to the next segment, or in the last one to the highest id
+            // found inside the damaged record's extent.
+            None => match self.found.get(index + 1) {
+                Some(next) => (next.first_id.saturating_sub(1), None),
+                None => (damage.inside_extent_last_id.unwrap_or(good_before), None),
+            },
         };
         let hole = Hole {
             segment: entry.path.clone(),
@@ -252,6 +258,7 @@ impl Recovery<'_> {
 /// under `Always` or `Batch` (`docs/wal-format.md`, "Durability marks").
 fn classify(damage: &FrameDamage, position: Position, synced_through: u64) -> Damage {
     match damage.resume {
+        None if damage.inside_extent_last_id.is_some() => Damage::BadFrame,
         None => Damage::TornTail,
         Some(_)
             if position == Position::Last

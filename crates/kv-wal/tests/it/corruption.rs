@@ -609,7 +609,10 @@ fn a_torn_value_holding_frames_never_yields_its_embedded_records() {
 
 /// The same with frames sealed with the segment's own salt, as if its author knew it: the
 /// scan never resumes inside the declared extent of a record whose CRC fails, so a record
-/// torn by a bad sector (its length intact) still hides nothing.
+/// torn by a bad sector (its length intact) still hides nothing. A frame sealed with the salt
+/// inside a bad extent is what a damaged length leaves (see
+/// `a_flipped_length_in_synced_data_is_refused_not_cut`), so the default mode refuses; the
+/// repairing modes never serve it, and never hand its id out again.
 #[test]
 fn a_damaged_record_is_never_resumed_inside_even_with_the_salt() {
     for mode in [
@@ -638,10 +641,51 @@ fn a_damaged_record_is_never_resumed_inside_even_with_the_salt() {
         bytes[len - 512..].fill(0);
         fs.write_file_durably(&segment, &bytes).unwrap();
 
-        let (wal, report) =
-            open_sim(&fs, 1 << 20, mode).unwrap_or_else(|error| panic!("{mode}: {error}"));
+        let opened = open_sim(&fs, 1 << 20, mode);
+        if mode == RecoveryMode::TolerateTornTail {
+            assert!(opened.is_err(), "{mode}: a salted frame in a bad extent");
+            continue;
+        }
+        let (wal, report) = opened.unwrap_or_else(|error| panic!("{mode}: {error}"));
         let ids: Vec<u64> = collect(&wal, 1).iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, vec![1], "{mode}: {report}");
-        assert_eq!(wal.next_id(), 2, "{mode}: {report}");
+        assert_eq!(wal.next_id(), 4, "{mode}: past the id seen inside: {report}");
+    }
+}
+
+/// A bit flip in the length field of a synced record in the middle of the last segment makes
+/// its declared extent run past the end of the file. That is damage to acknowledged data with
+/// acknowledged records after it, not a torn tail: the default mode refuses (it cut the log
+/// there, silently dropping every acknowledged record after the flip), and no mode serves a
+/// record from inside the bad extent.
+#[test]
+fn a_flipped_length_in_synced_data_is_refused_not_cut() {
+    let fs = SimFs::new();
+    let (wal, _) = open_sim(&fs, 1 << 20, RecoveryMode::TolerateTornTail).unwrap();
+    for id in 1..=20 {
+        wal.append(&payload(id, 100)).unwrap();
+    }
+    drop(wal);
+    let segment = segment_files(&fs).pop().expect("a segment");
+    let mut bytes = fs.read_file(&segment).unwrap();
+    let fifth = record_offset(&bytes, 4);
+    // The length (bytes 8..12 of the frame header) damaged so that the frame's declared
+    // extent ends inside the last record: its CRC fails, and no whole frame follows it.
+    let damaged_len = (bytes.len() - 10 - fifth - FRAME_HEADER_BYTES) as u32;
+    bytes[fifth + 8..fifth + 12].copy_from_slice(&damaged_len.to_le_bytes());
+    fs.write_file_durably(&segment, &bytes).unwrap();
+
+    let refused = open_sim(&fs.fork(), 1 << 20, RecoveryMode::TolerateTornTail);
+    assert!(
+        refused.is_err(),
+        "the default mode cut acknowledged records after a flipped length: {:?}",
+        refused.map(|(_, report)| report.to_string())
+    );
+    for mode in [RecoveryMode::PointInTime, RecoveryMode::SkipCorrupt] {
+        let (wal, report) =
+            open_sim(&fs.fork(), 1 << 20, mode).unwrap_or_else(|error| panic!("{mode}: {error}"));
+        for (id, record) in collect(&wal, 1) {
+            assert_eq!(record, payload(id, 100), "{mode}: {report}");
+        }
     }
 }
