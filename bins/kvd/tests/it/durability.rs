@@ -198,3 +198,76 @@ fn a_follower_with_a_damaged_log_resyncs_from_its_leader() {
     let (status, _) = follower.json("GET", "/key/after-repair", None);
     assert_eq!(status, 200);
 }
+
+/// Finding 3 as the review reproduced it: a raw value holding a well-formed frame (a SET of
+/// `forged` with the next id), then a torn write of that value. The default mode refused to
+/// start ("valid records follow it") and `skip-corrupt` served `GET /key/forged`, a value
+/// nobody wrote. Now every mode starts, none serves it, and the next id is not moved by it.
+#[test]
+fn a_value_holding_a_frame_never_yields_a_forged_record() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("leader");
+    let mut kvd = Kvd::start(&data_dir, &[], &[]);
+    for index in 1..=5 {
+        assert_eq!(put(&kvd, &format!("k{index}"), "v"), index);
+    }
+    let forged_entry = kv_store::LogEntry::new(
+        1,
+        kv_store::Op::Set {
+            key: b"forged".to_vec(),
+            value: kv_store::Value::json("\"nobody wrote this\"".to_owned()),
+        },
+    );
+    let mut value = b"a value with a frame inside: ".to_vec();
+    value.extend(kv_wal::frame::encode_record(7, &forged_entry.encode()));
+    value.extend(vec![b'.'; 4096]);
+    let answer = crate::harness::request(
+        kvd.address,
+        "PUT",
+        "/key/carrier",
+        &[("Content-Type", "application/octet-stream")],
+        Some(&value),
+    )
+    .expect("PUT");
+    assert_eq!(answer.status, 200);
+    kvd.kill_9();
+    // The torn write: the value's frame ends after the embedded frame, before its own end.
+    let segment = files_with_suffix(&data_dir.join("wal"), ".wal")
+        .pop()
+        .expect("a segment");
+    let len = std::fs::metadata(&segment).expect("segment").len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("segment");
+    file.set_len(len - 2048).expect("cut");
+    drop(file);
+
+    for mode in ["tolerate-torn-tail", "skip-corrupt", "point-in-time"] {
+        let copy = dir.path().join(mode);
+        copy_dir(&data_dir, &copy);
+        let mut kvd = Kvd::start(&copy, &["--recovery-mode", mode], &[]);
+        let (status, body) = kvd.json("GET", "/key/forged", None);
+        assert_eq!(status, 404, "{mode} served a value nobody wrote: {body}");
+        let (status, _) = kvd.json("GET", "/key/k5", None);
+        assert_eq!(status, 200, "{mode}");
+        assert_eq!(
+            put(&kvd, "after", "v"),
+            6,
+            "{mode}: the embedded id moved the next id"
+        );
+        assert!(kvd.terminate().success());
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}

@@ -649,7 +649,11 @@ fn a_damaged_record_is_never_resumed_inside_even_with_the_salt() {
         let (wal, report) = opened.unwrap_or_else(|error| panic!("{mode}: {error}"));
         let ids: Vec<u64> = collect(&wal, 1).iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, vec![1], "{mode}: {report}");
-        assert_eq!(wal.next_id(), 4, "{mode}: past the id seen inside: {report}");
+        assert_eq!(
+            wal.next_id(),
+            4,
+            "{mode}: past the id seen inside: {report}"
+        );
     }
 }
 
