@@ -322,6 +322,9 @@ fn resolve_replication(
     policy.snapshot_wal_live_ratio = compaction
         .snapshot_wal_live_ratio
         .unwrap_or(policy.snapshot_wal_live_ratio);
+    if let Some(seconds) = compaction.snapshot_every_secs {
+        policy.snapshot_interval = (seconds > 0).then(|| Duration::from_secs(seconds));
+    }
     policy.snapshots_kept = compaction.snapshots_kept.unwrap_or(policy.snapshots_kept);
     ensure!(
         policy.snapshots_kept >= 1,

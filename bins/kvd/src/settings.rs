@@ -198,6 +198,11 @@ settings_group! {
         /// data under overwrites [default: 2].
         #[arg(long, env = "KVD_SNAPSHOT_WAL_LIVE_RATIO", value_name = "N")]
         pub snapshot_wal_live_ratio: Option<u64>,
+        /// Write a snapshot once this many seconds passed since the last one, if anything was
+        /// written since (0: never by time; `POST /compaction/configure?interval=` changes it
+        /// at run time) [default: 0].
+        #[arg(long, env = "KVD_SNAPSHOT_EVERY_SECS", value_name = "SECS")]
+        pub snapshot_every_secs: Option<u64>,
         /// Snapshots kept on disk [default: 2].
         #[arg(long, env = "KVD_SNAPSHOTS_KEPT", value_name = "N")]
         pub snapshots_kept: Option<usize>,

@@ -38,6 +38,7 @@
 
 mod body;
 mod client;
+mod compaction;
 mod conditions;
 mod error;
 mod handlers;

@@ -246,13 +246,3 @@ pub async fn admin_snapshot(state: &AppState) -> Result<Response<Full<Bytes>>> {
     });
     Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
 }
-
-/// `GET /compaction/status`: snapshots on disk, the last snapshot and purge (what was kept and
-/// why), the WAL's extent and the policy.
-pub fn compaction_status(state: &AppState) -> Response<Full<Bytes>> {
-    let status = state.node.compaction_status();
-    json_response(
-        StatusCode::OK,
-        serde_json::to_vec(&status).expect("serializes"),
-    )
-}

@@ -38,10 +38,14 @@ pub enum Route<'a> {
     AdminSnapshot,
     /// `/compaction/status`
     CompactionStatus,
+    /// `/compaction/run`: snapshot and compact now (POST; the original's v1.6).
+    CompactionRun,
+    /// `/compaction/configure?enabled=&interval=`: automatic compaction's switches (POST).
+    CompactionConfigure,
 }
 
 /// Route names used as metric labels (and their index in metric arrays).
-pub const ROUTE_LABELS: [&str; 17] = [
+pub const ROUTE_LABELS: [&str; 19] = [
     "/key/{key}",
     "/key/{key}/history",
     "/key/{key}/versions",
@@ -58,6 +62,8 @@ pub const ROUTE_LABELS: [&str; 17] = [
     "/replication/snapshot/{id}",
     "/admin/snapshot",
     "/compaction/status",
+    "/compaction/run",
+    "/compaction/configure",
     "unknown",
 ];
 /// Index of the label for paths that match no route.
@@ -88,6 +94,8 @@ impl<'a> Route<'a> {
             "/replication/snapshot" => Some(Route::SnapshotMeta),
             "/admin/snapshot" => Some(Route::AdminSnapshot),
             "/compaction/status" => Some(Route::CompactionStatus),
+            "/compaction/run" => Some(Route::CompactionRun),
+            "/compaction/configure" => Some(Route::CompactionConfigure),
             "/txn" => Some(Route::Txn),
             "/request_status" => Some(Route::RequestStatus),
             "/deduplication_stats" => Some(Route::DeduplicationStats),
@@ -100,7 +108,10 @@ impl<'a> Route<'a> {
         match self {
             Route::Key(_) => "GET, PUT, DELETE",
             Route::ReplicationFetch => "GET, POST",
-            Route::AdminSnapshot | Route::Txn => "POST",
+            Route::AdminSnapshot
+            | Route::Txn
+            | Route::CompactionRun
+            | Route::CompactionConfigure => "POST",
             _ => "GET",
         }
     }
@@ -112,7 +123,10 @@ impl<'a> Route<'a> {
                 *method == Method::GET || *method == Method::PUT || *method == Method::DELETE
             }
             Route::ReplicationFetch => *method == Method::GET || *method == Method::POST,
-            Route::AdminSnapshot | Route::Txn => *method == Method::POST,
+            Route::AdminSnapshot
+            | Route::Txn
+            | Route::CompactionRun
+            | Route::CompactionConfigure => *method == Method::POST,
             _ => *method == Method::GET,
         }
     }
@@ -136,6 +150,8 @@ impl<'a> Route<'a> {
             Route::SnapshotChunk(_) => 13,
             Route::AdminSnapshot => 14,
             Route::CompactionStatus => 15,
+            Route::CompactionRun => 16,
+            Route::CompactionConfigure => 17,
         }
     }
 }
@@ -188,6 +204,8 @@ mod tests {
             (Route::SnapshotChunk("1"), "/replication/snapshot/{id}"),
             (Route::AdminSnapshot, "/admin/snapshot"),
             (Route::CompactionStatus, "/compaction/status"),
+            (Route::CompactionRun, "/compaction/run"),
+            (Route::CompactionConfigure, "/compaction/configure"),
         ] {
             assert_eq!(ROUTE_LABELS[route.label_index()], label);
         }

@@ -9,6 +9,7 @@ use http::{Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Body;
 
+use crate::compaction;
 use crate::error::{error_response, Error, Result};
 use crate::handlers;
 use crate::history;
@@ -90,6 +91,10 @@ where
             replication::snapshot_chunk(state, applied_id, parts.uri.query().unwrap_or_default())
         }
         Route::AdminSnapshot => replication::admin_snapshot(state).await,
-        Route::CompactionStatus => Ok(replication::compaction_status(state)),
+        Route::CompactionStatus => Ok(compaction::status(state)),
+        Route::CompactionRun => compaction::run(state, parts.uri.query().unwrap_or_default()).await,
+        Route::CompactionConfigure => {
+            compaction::configure(state, parts.uri.query().unwrap_or_default())
+        }
     }
 }

@@ -19,6 +19,10 @@ pub struct CompactionOptions {
     /// data set under overwrites a small multiple of the data, as Redis's
     /// `auto-aof-rewrite-percentage` does.
     pub snapshot_wal_live_ratio: u64,
+    /// Snapshot once this long has passed since the last one, when entries were applied
+    /// since (`None`: never by time). `POST /compaction/configure?interval=` changes it at
+    /// run time.
+    pub snapshot_interval: Option<Duration>,
     /// Snapshots kept on disk (at least 1).
     pub snapshots_kept: usize,
     /// WAL bytes before the newest snapshot kept for followers that still need them.
@@ -37,6 +41,7 @@ impl Default for CompactionOptions {
             snapshot_every_entries: 500_000,
             snapshot_every_wal_bytes: 256 << 20,
             snapshot_wal_live_ratio: 2,
+            snapshot_interval: None,
             snapshots_kept: 2,
             wal_retention_bytes: 1 << 30,
             codec: Codec::Zstd,
@@ -115,6 +120,45 @@ pub(crate) struct CompactionHistory {
     pub(crate) last_purge: Option<PurgeReport>,
     /// Snapshots installed from the leader.
     pub(crate) snapshots_installed: u64,
+    /// Automatic snapshots are off (`POST /compaction/configure?enabled=false`).
+    pub(crate) automatic_off: bool,
+    /// The time trigger set at run time, over [`CompactionOptions::snapshot_interval`].
+    pub(crate) interval_set: Option<Option<Duration>>,
+    /// Since when the time trigger counts: the last snapshot, or when it was first checked.
+    pub(crate) interval_since: Option<std::time::Instant>,
+    /// The last [`COMPACTION_RUNS_KEPT`] snapshots written, oldest first.
+    pub(crate) runs: std::collections::VecDeque<CompactionRun>,
+}
+
+/// Compaction runs `/compaction/status` lists (the original project kept 10).
+pub const COMPACTION_RUNS_KEPT: usize = 10;
+
+/// One snapshot and purge, as the original project's v1.6 `compaction_history` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CompactionRun {
+    /// When it ended, in ms since the Unix epoch.
+    pub unix_ms: u64,
+    /// How long the snapshot and the purge took.
+    pub duration_ms: u64,
+    /// The snapshot's applied id.
+    pub snapshot_id: u64,
+    /// WAL segment files removed.
+    pub segments_removed: usize,
+    /// WAL entries those segments held (the log's first id moved by this much).
+    pub entries_removed: u64,
+}
+
+/// The switches of automatic compaction that can change at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactionControl {
+    /// Whether the maintenance task writes snapshots when the policy says so.
+    pub enabled: bool,
+    /// The time trigger (`None`: off).
+    pub interval: Option<Duration>,
+    /// Whether a snapshot is being written now.
+    pub running: bool,
+    /// The last runs, oldest first.
+    pub runs: Vec<CompactionRun>,
 }
 
 /// Decides where the purge may stop: right after the snapshot, or earlier for a follower that

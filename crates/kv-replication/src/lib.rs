@@ -41,7 +41,10 @@ mod node;
 pub mod protocol;
 mod transport;
 
-pub use compaction::{CompactionOptions, PurgeReport, RetentionNote};
+pub use compaction::{
+    CompactionControl, CompactionOptions, CompactionRun, PurgeReport, RetentionNote,
+    COMPACTION_RUNS_KEPT,
+};
 pub use error::{Error, Result};
 pub use follower::{check_frames, FollowerOptions, FollowerState, LinkState, Step};
 pub use leader::{FetchDecision, FollowerHealth, FollowerStatus, LeaderOptions, LeaderState};

@@ -183,7 +183,7 @@ fn bad_settings_are_refused_with_their_name() {
 /// test below insists every setting is here, so a new one cannot skip its conversion.
 #[allow(clippy::type_complexity)]
 #[rustfmt::skip]
-const EFFECTS: [(&str, &str, fn(&NodeConfig) -> String, &str); 31] = [
+const EFFECTS: [(&str, &str, fn(&NodeConfig) -> String, &str); 32] = [
     ("listen", "\"127.0.0.1:7\"", |c| c.listen.clone(), "127.0.0.1:7"),
     ("data_dir", "\"/x\"", |c| c.data_dir.display().to_string(), "/x"),
     ("max_segment_size", "\"1MiB\"", |c| c.segment_bytes_max.to_string(), "1048576"),
@@ -204,6 +204,7 @@ const EFFECTS: [(&str, &str, fn(&NodeConfig) -> String, &str); 31] = [
     ("snapshot_every_entries", "17", |c| c.replication.compaction.snapshot_every_entries.to_string(), "17"),
     ("snapshot_every_wal_bytes", "\"1K\"", |c| c.replication.compaction.snapshot_every_wal_bytes.to_string(), "1024"),
     ("snapshot_wal_live_ratio", "0", |c| c.replication.compaction.snapshot_wal_live_ratio.to_string(), "0"),
+    ("snapshot_every_secs", "21", |c| format!("{:?}", c.replication.compaction.snapshot_interval), "Some(21s)"),
     ("snapshots_kept", "4", |c| c.replication.compaction.snapshots_kept.to_string(), "4"),
     ("wal_retention_bytes", "\"5K\"", |c| c.replication.compaction.wal_retention_bytes.to_string(), "5120"),
     ("snapshot_codec", "\"lz4\"", |c| c.replication.compaction.codec.to_string(), "lz4"),

@@ -7,7 +7,8 @@ use kv_store::{HistoryOptions, RetentionOptions, StoreOptions};
 use serde_json::json;
 
 use crate::support::{
-    call, call_with_headers, footprint, get, node, node_with, node_with_store, put, Node,
+    call, call_with_headers, footprint, get, node, node_with, node_with_snapshots, node_with_store,
+    put, Node,
 };
 
 async fn put_with(
@@ -490,4 +491,102 @@ async fn a_follower_redirects_transactions_and_serves_history() {
     get(&node, "/deduplication_stats")
         .await
         .assert_has(json!({"service_name": "follower"}));
+}
+
+#[tokio::test]
+async fn compaction_endpoints_answer_in_the_original_shapes() {
+    let node = node_with_snapshots();
+    let answer = get(&node, "/compaction/status").await;
+    answer.assert_has(json!({"enabled": true, "compaction_interval_seconds": 0,
+        "min_compaction_interval_seconds": 0, "last_compaction": null,
+        "compaction_running": false, "compaction_history": [], "snapshots_written": 0}));
+    for index in 0..5 {
+        put(&node, &format!("/key/k{index}"), r#"{"value": 1}"#).await;
+    }
+    let answer = post(&node, "/compaction/run", "").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    answer.assert_has(json!({"status": "success", "segments_compacted": 0, "entries_removed": 0}));
+    assert_eq!(answer.json()["snapshot"]["applied_id"], json!(5));
+    let status = get(&node, "/compaction/status").await.json();
+    assert_eq!(
+        status["compaction_history"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(status["compaction_history"][0]["snapshot_id"], json!(5));
+    assert_eq!(
+        status["last_compaction"],
+        status["compaction_history"][0]["timestamp"]
+    );
+    assert!(status["last_compaction"]
+        .as_str()
+        .is_some_and(|text| text.ends_with('Z')));
+
+    let answer = post(
+        &node,
+        "/compaction/configure?enabled=false&interval=7200",
+        "",
+    )
+    .await;
+    assert_eq!(
+        answer.json(),
+        json!({"status": "success", "changes": {"enabled": false, "interval": 7200}})
+    );
+    get(&node, "/compaction/status")
+        .await
+        .assert_has(json!({"enabled": false, "compaction_interval_seconds": 7200}));
+    assert!(
+        !node.state.node.snapshot_due(),
+        "automatic snapshots are off"
+    );
+    let answer = post(&node, "/compaction/configure?interval=0", "").await;
+    assert_eq!(
+        answer.json(),
+        json!({"status": "success", "changes": {"interval": 0}})
+    );
+    for bad in [
+        "/compaction/configure?enabled=maybe",
+        "/compaction/configure?interval=-1",
+        "/compaction/run?force=x",
+    ] {
+        assert_eq!(
+            post(&node, bad, "").await.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        get(&node, "/compaction/run").await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+#[tokio::test]
+async fn the_time_trigger_makes_a_snapshot_due() {
+    let node = node_with_snapshots();
+    put(&node, "/key/k", r#"{"value": 1}"#).await;
+    assert!(
+        !node.state.node.snapshot_due(),
+        "one entry is not due by count or size"
+    );
+    post(&node, "/compaction/configure?interval=1", "").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !node.state.node.snapshot_due() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not due after the interval"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    post(&node, "/compaction/run", "").await;
+    assert!(
+        !node.state.node.snapshot_due(),
+        "nothing applied since the snapshot"
+    );
+}
+
+#[tokio::test]
+async fn compaction_run_without_snapshots_is_an_error() {
+    let node = node();
+    let answer = post(&node, "/compaction/run", "").await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
 }

@@ -38,6 +38,21 @@ pub fn node_with_store(store_options: StoreOptions, options: HttpOptions, role: 
     Node { state, _dir: dir }
 }
 
+/// A leader whose store keeps snapshots (in the node's directory).
+pub fn node_with_snapshots() -> Node {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = StoreOptions {
+        snapshot_dir: Some(dir.path().join("snapshots")),
+        ..StoreOptions::default()
+    };
+    let (store, _report) = Store::open(dir.path().join("wal"), options).expect("open store");
+    let node =
+        kv_replication::Node::open_leader(Arc::new(store), dir.path(), NodeOptions::default())
+            .expect("open node");
+    let state = Arc::new(AppState::new(Arc::new(node), HttpOptions::default()));
+    Node { state, _dir: dir }
+}
+
 pub fn node() -> Node {
     node_with(HttpOptions::default(), NodeRole::Leader)
 }

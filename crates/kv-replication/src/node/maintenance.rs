@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{lock, Node};
-use crate::compaction::{purge_point, PurgeReport};
+use crate::compaction::{
+    purge_point, CompactionControl, CompactionRun, PurgeReport, COMPACTION_RUNS_KEPT,
+};
 use crate::error::{Error, Result};
 
 /// How often the maintenance task checks the snapshot policy (and compresses sealed segments,
@@ -109,16 +111,30 @@ impl Node {
         }
     }
 
-    /// Whether the policy asks for a snapshot now.
+    /// Whether the policy asks for a snapshot now (never while automatic snapshots are off).
     pub fn snapshot_due(&self) -> bool {
         let options = &self.options.compaction;
         if self.store.snapshot_dir().is_none() {
             return false;
         }
+        let by_time = {
+            let mut state = lock(&self.compaction);
+            if state.automatic_off {
+                return false;
+            }
+            let since = *state.interval_since.get_or_insert_with(Instant::now);
+            state
+                .interval_set
+                .unwrap_or(options.snapshot_interval)
+                .is_some_and(|interval| since.elapsed() >= interval)
+        };
         let newest = self.store.newest_snapshot_id();
         let applied = self.store.applied_id();
         if applied <= newest {
             return false;
+        }
+        if by_time {
+            return true;
         }
         let wal_bytes_after: u64 = self
             .store
@@ -134,6 +150,39 @@ impl Node {
             wal_bytes_after,
             self.store.live_bytes(),
         )
+    }
+
+    /// Turns automatic snapshots on or off and sets the time trigger (`Some(None)`: off), as
+    /// `POST /compaction/configure` asks; `None` leaves a switch as it is. Returns the result.
+    pub fn configure_compaction(
+        &self,
+        enabled: Option<bool>,
+        interval: Option<Option<Duration>>,
+    ) -> CompactionControl {
+        {
+            let mut state = lock(&self.compaction);
+            if let Some(enabled) = enabled {
+                state.automatic_off = !enabled;
+            }
+            if let Some(interval) = interval {
+                state.interval_set = Some(interval);
+                state.interval_since = Some(Instant::now());
+            }
+        }
+        self.compaction_control()
+    }
+
+    /// The switches of automatic compaction and the last runs.
+    pub fn compaction_control(&self) -> CompactionControl {
+        let state = lock(&self.compaction);
+        CompactionControl {
+            enabled: !state.automatic_off,
+            interval: state
+                .interval_set
+                .unwrap_or(self.options.compaction.snapshot_interval),
+            running: state.running,
+            runs: state.runs.iter().cloned().collect(),
+        }
     }
 
     /// [`Node::snapshot_and_compact`] on a thread of its own. The view of the map is taken at
@@ -183,6 +232,12 @@ impl Node {
             }
             state.running = true;
         }
+        let started = Instant::now();
+        let log_start = |node: &Node| {
+            let wal = node.store.wal();
+            wal.first_id().unwrap_or_else(|| wal.start_id())
+        };
+        let first_id_before = log_start(self);
         // Seal a large active segment first: the compaction after the snapshot can then
         // purge it once the snapshot covers it. A log that cannot take the seal (poisoned by a
         // failed write or fsync) is still snapshotted: its applied state is sound.
@@ -221,6 +276,20 @@ impl Node {
             state.snapshots_written += 1;
             state.last_snapshot = Some(info.clone());
             state.last_purge = Some(purge.clone());
+            state.interval_since = Some(Instant::now());
+            let first_id_after = log_start(self);
+            if state.runs.len() == COMPACTION_RUNS_KEPT {
+                state.runs.pop_front();
+            }
+            state.runs.push_back(CompactionRun {
+                unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_millis() as u64),
+                duration_ms: started.elapsed().as_millis() as u64,
+                snapshot_id: info.applied_id,
+                segments_removed: purge.segments_removed.len(),
+                entries_removed: first_id_after.saturating_sub(first_id_before),
+            });
         }
         result
     }
