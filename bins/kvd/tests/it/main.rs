@@ -14,4 +14,5 @@ mod replication;
 mod restart;
 mod slow_clients;
 mod snapshots;
+mod transactions;
 mod walkthrough;

@@ -12,10 +12,12 @@ use serde_json::{json, Value};
 
 use crate::harness::{Kvd, DEADLINE};
 
-struct Cluster {
+/// A leader and numbered followers on ephemeral ports (the leader keeps its port across
+/// restarts, so followers find it again).
+pub(crate) struct Cluster {
     _dir: tempfile::TempDir,
     root: PathBuf,
-    leader: Kvd,
+    pub(crate) leader: Kvd,
     leader_port: u16,
     leader_args: Vec<String>,
     followers: Vec<Option<Kvd>>,
@@ -23,7 +25,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(leader_args: &[&str], follower_args: &[&str], followers: usize) -> Cluster {
+    pub(crate) fn start(leader_args: &[&str], follower_args: &[&str], followers: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().to_owned();
         let leader_args: Vec<String> = leader_args.iter().map(|arg| arg.to_string()).collect();
@@ -71,7 +73,7 @@ impl Cluster {
         self.followers[number - 1] = Some(follower);
     }
 
-    fn restart_leader(&mut self) {
+    pub(crate) fn restart_leader(&mut self) {
         self.leader = start_leader(
             &self.root,
             &format!("127.0.0.1:{}", self.leader_port),
@@ -79,7 +81,7 @@ impl Cluster {
         );
     }
 
-    fn follower(&self, number: usize) -> &Kvd {
+    pub(crate) fn follower(&self, number: usize) -> &Kvd {
         self.followers[number - 1]
             .as_ref()
             .expect("follower running")
@@ -128,7 +130,7 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-fn signal(kvd: &Kvd, name: &str) {
+pub(crate) fn signal(kvd: &Kvd, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &kvd.pid().to_string()])
         .status()
