@@ -234,6 +234,7 @@ fn op_key(op: &Op) -> &[u8] {
             .first()
             .and_then(TxnOp::written_key)
             .unwrap_or_default(),
+        Op::Noop => &[],
     }
 }
 

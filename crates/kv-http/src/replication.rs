@@ -126,6 +126,7 @@ fn view(response: &FetchResponse) -> serde_json::Value {
                                     entry["success_ops"] = json!(txn.success.len());
                                     entry["failure_ops"] = json!(txn.failure.len());
                                 }
+                                Op::Noop => entry["op"] = json!("NOOP"),
                             }
                         }
                         entry

@@ -77,6 +77,12 @@ impl AppliedState {
                 })
             }
             Op::Txn(txn) => self.apply_txn(revision, txn, respond, want_outcome),
+            Op::Noop => respond.then(|| Outcome {
+                revision,
+                succeeded: true,
+                failed_compare: None,
+                responses: Vec::new(),
+            }),
         };
         self.history.prune(revision, &options.history);
         if let (Some(request), Some(outcome)) = (request, &outcome) {

@@ -10,6 +10,7 @@
 //! op 1 SET:    body = [key_len u32][key][kind u8][value bytes to the end]
 //! op 2 DELETE: body = [key_len u32][key]
 //! op 3 TXN:    body = [compare_count u32] compare* [success_count u32] txn_op* [failure_count u32] txn_op*
+//! op 4 NOOP:   body = (none): a new leader's first entry in its epoch (replication)
 //! compare = [key_len u32][key][target u8][relation u8] operand
 //!           target 1 value: operand = [kind u8][len u32][bytes]; 2 version, 3 create_revision,
 //!           4 mod_revision: operand = [u64]; relation 1 =, 2 !=, 3 <, 4 >
@@ -42,6 +43,7 @@ const V1_HEADER_BYTES: usize = 1 + 1 + 8 + 4;
 const OP_SET: u8 = 1;
 const OP_DELETE: u8 = 2;
 const OP_TXN: u8 = 3;
+const OP_NOOP: u8 = 4;
 const KIND_JSON: u8 = 1;
 const KIND_RAW: u8 = 2;
 const FLAG_REQUEST: u8 = 1;
@@ -118,6 +120,9 @@ pub enum Op {
     },
     /// Evaluate the compares and run one branch, at one revision (see [`Txn`]).
     Txn(Txn),
+    /// Changes nothing. A new leader writes one as the first entry of its epoch, so that it
+    /// can count entries as committed from an entry of its own epoch on (Raft's "figure 8").
+    Noop,
 }
 
 impl Op {
@@ -125,7 +130,7 @@ impl Op {
     pub fn key(&self) -> Option<&[u8]> {
         match self {
             Op::Set { key, .. } | Op::Delete { key } => Some(key),
-            Op::Txn(_) => None,
+            Op::Txn(_) | Op::Noop => None,
         }
     }
 
@@ -134,6 +139,7 @@ impl Op {
             Op::Set { .. } => OP_SET,
             Op::Delete { .. } => OP_DELETE,
             Op::Txn(_) => OP_TXN,
+            Op::Noop => OP_NOOP,
         }
     }
 
@@ -147,6 +153,7 @@ impl Op {
             }
             Op::Delete { key } => put_bytes(out, key),
             Op::Txn(txn) => encode_txn(out, txn),
+            Op::Noop => {}
         }
     }
 
@@ -263,6 +270,7 @@ fn decode_v2(bytes: &[u8]) -> Result<LogEntry, String> {
             key: reader.bytes("key")?.to_vec(),
         },
         OP_TXN => Op::Txn(decode_txn(&mut reader)?),
+        OP_NOOP => Op::Noop,
         other => return Err(format!("unknown op {other}")),
     };
     if !reader.is_empty() {
@@ -332,6 +340,19 @@ mod tests {
             key: key.to_vec(),
             value,
         }
+    }
+
+    #[test]
+    fn a_noop_encodes_to_the_documented_layout_and_nothing_may_follow_it() {
+        let entry = LogEntry::new(9, Op::Noop);
+        let bytes = entry.encode();
+        assert_eq!(bytes, [2, 4, 9, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(LogEntry::decode(&bytes), Ok(entry));
+        assert_eq!(Op::Noop.key(), None);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(LogEntry::decode(&longer).is_err());
+        assert!(LogEntry::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]

@@ -132,6 +132,27 @@ fn new_entries_carry_the_store_epoch() {
     assert_eq!(entry.op, set("k", "1"));
 }
 
+/// A leader's no-op takes an id, carries its epoch and moves the applied id, and changes no key,
+/// at submit, at replay and between writes.
+#[test]
+fn a_noop_takes_an_id_and_its_epoch_and_changes_no_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    store.write_blocking(set("k", "1")).expect("write");
+    store.set_epoch(4);
+    let noop = store.write_blocking(Op::Noop).expect("no-op");
+    assert_eq!((noop, store.applied_id()), (2, 2));
+    assert_eq!(store.epoch_at(noop), Some(4));
+    assert_eq!(store.key_count(), 1);
+    store.write_blocking(set("k", "2")).expect("write");
+    store.close().expect("close");
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!((store.applied_id(), store.key_count()), (3, 1));
+    assert_eq!(store.get(b"k").unwrap().value_bytes(), b"2");
+    assert_eq!(store.last_entry_epoch(), Some(4));
+}
+
 #[test]
 fn frames_copied_from_another_log_apply_up_to_a_commit_id() {
     let leader_dir = tempfile::tempdir().expect("temp dir");

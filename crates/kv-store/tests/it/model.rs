@@ -39,7 +39,7 @@ pub fn model_after(history: &[(u64, Op)], count: usize) -> BTreeMap<Vec<u8>, Val
             Op::Delete { key } => {
                 model.remove(key);
             }
-            Op::Txn(_) => unreachable!("these histories hold no transactions"),
+            Op::Txn(_) | Op::Noop => unreachable!("these histories hold no transactions or no-ops"),
         }
     }
     model

@@ -205,7 +205,9 @@ fn power_loss_mid_group_commit_tears_the_tail_and_loses_nothing_acknowledged() {
                 match &op {
                     Op::Set { key, value } => model.insert(key.clone(), value.clone()),
                     Op::Delete { key } => model.remove(key),
-                    Op::Txn(_) => unreachable!("this test writes no transactions"),
+                    Op::Txn(_) | Op::Noop => {
+                        unreachable!("this test writes no transactions or no-ops")
+                    }
                 };
                 history.push((submitted.id, op));
                 tickets.push(submitted.ticket);

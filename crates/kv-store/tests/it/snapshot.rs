@@ -60,7 +60,7 @@ fn apply_to_model(model: &mut BTreeMap<Vec<u8>, Value>, op: &Op) {
         Op::Delete { key } => {
             model.remove(key);
         }
-        Op::Txn(_) => unreachable!("this test writes no transactions"),
+        Op::Txn(_) | Op::Noop => unreachable!("this test writes no transactions or no-ops"),
     }
 }
 

@@ -206,6 +206,7 @@ impl Model {
                 let deleted = self.delete(key);
                 plain(vec![Response::Delete(key.clone(), deleted)])
             }
+            Op::Noop => plain(Vec::new()),
             Op::Txn(txn) => {
                 let failed_compare =
                     txn.compares
