@@ -40,7 +40,8 @@ pub fn seeds() -> Vec<Vec<u8>> {
     vec![
         FetchRequest {
             cluster_id: 7,
-            follower_id: "follower-1".to_owned(),
+            node_id: 1,
+            leader_epoch: 2,
             next_id: 11,
             last_epoch: 2,
             durable_id: 10,
@@ -71,11 +72,13 @@ pub fn seeds() -> Vec<Vec<u8>> {
         }
         .encode(),
         FetchResponse::NotLeader {
+            leader_epoch: 3,
             leader_url: Some("http://127.0.0.1:8000".to_owned()),
         }
         .encode(),
         FetchResponse::ClusterMismatch {
             leader_cluster_id: 9,
+            leader_epoch: 3,
         }
         .encode(),
     ]

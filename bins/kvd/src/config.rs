@@ -305,11 +305,11 @@ fn resolve_replication(
     )?;
     let follower = &mut options.follower;
     follower.fetch_wait = millis(replication.fetch_wait_ms, follower.fetch_wait, "fetch wait")?;
-    follower.follower_id = match role {
-        Role::Leader => "leader".to_owned(),
-        Role::Follower { number, .. } => format!("follower-{number}"),
+    follower.node_id = match role {
+        Role::Leader => 0,
+        Role::Follower { number, .. } => u64::from(*number),
     };
-    follower.jitter_seed = rand_seed(&follower.follower_id);
+    follower.jitter_seed = rand_seed(&follower.node_id.to_le_bytes());
     let policy = &mut options.compaction;
     let bytes = |value: Option<ByteSize>, default: u64| value.map_or(default, |size| size.0);
     policy.snapshot_every_entries = compaction
@@ -336,10 +336,10 @@ fn resolve_replication(
 }
 
 /// A jitter seed that differs between followers and between runs.
-fn rand_seed(follower_id: &str) -> u64 {
+fn rand_seed(follower_id: &[u8]) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write(follower_id.as_bytes());
+    hasher.write(follower_id);
     hasher.finish()
 }
 

@@ -103,6 +103,10 @@ pub enum Error {
     /// The thing asked for is already being done (a snapshot).
     #[error("{0}")]
     Busy(String),
+    /// The node cannot serve this now, for a while (no leader known, no lease, a transfer
+    /// under way): retry.
+    #[error("{0}")]
+    Unavailable(String),
     /// No snapshot (or not that one) is on this node.
     #[error("{0}")]
     SnapshotNotFound(String),
@@ -187,8 +191,9 @@ impl From<kv_replication::Error> for Error {
             }
             kv_replication::Error::Busy(detail) => Error::Busy(detail),
             kv_replication::Error::UnknownAcks { .. } => Error::InvalidQuery(error.to_string()),
-            // The node's own trouble (its meta file, a background task, replication): not the
-            // request's.
+            kv_replication::Error::Unavailable(detail) => Error::Unavailable(detail),
+            // The node's own trouble (its meta file, a background task, replication, a view
+            // it refused): not the request's.
             _ => Error::Internal(error.to_string()),
         }
     }
@@ -230,7 +235,7 @@ impl Error {
             Error::Store(kv_store::Error::Wal(WalError::Poisoned(_) | WalError::Closed)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Error::AcksTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::AcksTimeout { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::NotYetApplied { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::BadFetch(_) => StatusCode::BAD_REQUEST,
             Error::Busy(_) => StatusCode::CONFLICT,

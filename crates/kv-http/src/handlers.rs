@@ -358,6 +358,9 @@ pub(crate) fn acks_parameter(parts: &Parts) -> Result<Acks> {
 pub(crate) fn require_leader(state: &AppState, parts: &Parts) -> Result<()> {
     match state.role() {
         NodeRole::Leader => Ok(()),
+        NodeRole::NoLeader => Err(Error::Unavailable(
+            "no leader is known right now (an election is under way); retry".to_owned(),
+        )),
         NodeRole::Follower { leader_url } => {
             let path_and_query = parts
                 .uri

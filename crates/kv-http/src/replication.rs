@@ -47,7 +47,7 @@ where
     Ok(answer)
 }
 
-/// `GET /replication/fetch?follower_id=&next_id=&last_epoch=&durable_id=&wait_ms=`: what the
+/// `GET /replication/fetch?node_id=&next_id=&last_epoch=&durable_id=&wait_ms=`: what the
 /// leader would answer that fetch, as JSON, with entries decoded. Does not wait by default and
 /// never counts as a follower.
 pub async fn fetch_view(state: &AppState, query: &str) -> Result<Response<Full<Bytes>>> {
@@ -59,17 +59,14 @@ pub async fn fetch_view(state: &AppState, query: &str) -> Result<Response<Full<B
                 .map_err(|_| Error::InvalidQuery(format!("{name} must be an integer"))),
         }
     };
-    let follower_id = query_parameter(query, "follower_id")?.map_or_else(
-        || "debug".to_owned(),
-        |id| String::from_utf8_lossy(&id).into_owned(),
-    );
     let cluster_id = match query_parameter(query, "cluster_id")? {
         None => state.node.cluster_status().cluster_id.clone(),
         Some(text) => String::from_utf8_lossy(&text).into_owned(),
     };
     let request = FetchRequest {
         cluster_id: u64::from_str_radix(&cluster_id, 16).unwrap_or(0),
-        follower_id,
+        node_id: number("node_id", 0)?,
+        leader_epoch: 0,
         next_id: number("next_id", 1)?,
         last_epoch: number("last_epoch", 0)?,
         durable_id: number("durable_id", 0)?,
@@ -164,12 +161,19 @@ fn view(response: &FetchResponse) -> serde_json::Value {
             "leader_epoch": leader_epoch,
             "first_id": first_id,
         }),
-        FetchResponse::NotLeader { leader_url } => {
-            json!({ "kind": "not_leader", "leader": leader_url })
+        FetchResponse::NotLeader {
+            leader_epoch,
+            leader_url,
+        } => {
+            json!({ "kind": "not_leader", "leader_epoch": leader_epoch, "leader": leader_url })
         }
-        FetchResponse::ClusterMismatch { leader_cluster_id } => json!({
+        FetchResponse::ClusterMismatch {
+            leader_cluster_id,
+            leader_epoch,
+        } => json!({
             "kind": "cluster_mismatch",
             "leader_cluster_id": format!("{leader_cluster_id:016x}"),
+            "leader_epoch": leader_epoch,
         }),
     }
 }

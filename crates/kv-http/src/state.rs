@@ -46,6 +46,7 @@ impl AppState {
         match self.node.role() {
             NodeRole::Leader => "leader",
             NodeRole::Follower { .. } => "follower",
+            NodeRole::NoLeader => "none",
         }
     }
 }

@@ -95,6 +95,17 @@ pub enum Error {
     /// The leader compacted the entries a follower needs but has no snapshot to offer.
     #[error("the leader has compacted its log but offers no snapshot")]
     NoSnapshotOffered,
+    /// The node offering the snapshot does not lead the epoch whose leader asked for it.
+    #[error(
+        "the node offering the snapshot leads epoch {offered_by}, not epoch {asked_by} whose \
+         leader asked for the install; fetching again"
+    )]
+    SnapshotOfAnotherEpoch {
+        /// The epoch the offering node leads (0: none).
+        offered_by: u64,
+        /// The epoch of the leader that asked.
+        asked_by: u64,
+    },
     /// The leader sent a snapshot chunk of the wrong size.
     #[error("snapshot chunk at {offset}: {received_bytes} bytes for {asked_bytes} asked")]
     SnapshotChunk {
@@ -160,6 +171,16 @@ pub enum Error {
     /// The operation is already running.
     #[error("{0}")]
     Busy(String),
+    /// The node cannot take the write now, for a while: no leader is known, it holds no
+    /// lease, a newer epoch began, a leadership transfer is being prepared. Retryable (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A controller's call on a node opened without the controller.
+    #[error("this node was not opened under the controller (Node::open_controlled)")]
+    NotControlled,
+    /// A controller's view that is not for this node (another node id or cluster).
+    #[error("controller view refused: {0}")]
+    ViewMismatch(String),
     /// A background thread could not be started, or died without an answer.
     #[error("background work failed: {0}")]
     Background(String),

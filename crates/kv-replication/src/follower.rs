@@ -6,6 +6,14 @@
 //! on disk is recorded before anything else is done with the answer ([`Step::PersistEpoch`]);
 //! a failed snapshot download or install backs off like a failed fetch.
 //!
+//! Epochs: every answer carries the answering node's leader epoch. An answer from an epoch
+//! below the highest one known is refused whole (a deposed leader); a higher one is recorded
+//! before anything of it is done. Under the controller ([`FollowerState::with_epochs_from_controller`])
+//! a leader's cut is obeyed even below the commit id heard from an earlier leader (under
+//! `N = 1` an earlier leader's acknowledged tail may be lost in a failover, as documented;
+//! under `N >= 2` a correct leader never asks for such a cut), and counted; without it such a
+//! cut stops replication for an operator.
+//!
 //! Every method takes `now`, and jitter comes from a seeded generator, so the logic runs on
 //! virtual time in tests.
 
@@ -22,8 +30,8 @@ use crate::protocol::{FetchRequest, FetchResponse};
 /// Settings of the follower's loop.
 #[derive(Debug, Clone)]
 pub struct FollowerOptions {
-    /// This follower's name.
-    pub follower_id: String,
+    /// This follower's node id (the controller's: `follower-N` is N).
+    pub node_id: u64,
     /// Most frame bytes per fetch.
     pub fetch_bytes_max: u32,
     /// How long the leader may hold a fetch that has nothing new (the heartbeat interval).
@@ -39,7 +47,7 @@ pub struct FollowerOptions {
 impl Default for FollowerOptions {
     fn default() -> FollowerOptions {
         FollowerOptions {
-            follower_id: "follower-1".to_owned(),
+            node_id: 1,
             fetch_bytes_max: 4 << 20,
             fetch_wait: Duration::from_millis(500),
             backoff_initial: Duration::from_millis(50),
@@ -80,6 +88,9 @@ pub enum Step {
     InstallSnapshot {
         /// The leader's first id.
         leader_first_id: u64,
+        /// The epoch of the leader that said so: a snapshot is installed only if the node
+        /// offering it still leads this epoch.
+        leader_epoch: u64,
         /// A cluster id to adopt (a new follower's first answer).
         adopt_cluster: Option<u64>,
     },
@@ -145,6 +156,17 @@ pub struct FollowerState {
     last_contact: Option<Instant>,
     corrupt_batches_refused: u64,
     jitter: StdRng,
+    /// Cuts below the commit id heard are obeyed (the leader's epoch is the controller's).
+    epochs_from_controller: bool,
+    /// Cuts obeyed below the commit id heard.
+    committed_truncations: u64,
+    /// When this follower last held everything its leader had (as of the leader's answer, or
+    /// of the answer before).
+    caught_up_at: Option<Instant>,
+    /// The leader's last id and the time of the previous answer with entries.
+    previous_answer: Option<(u64, Instant)>,
+    /// The send time of the last request whose answer's commit id this follower applied.
+    fresh_as_of: Option<Instant>,
 }
 
 impl FollowerState {
@@ -175,7 +197,19 @@ impl FollowerState {
             last_contact: None,
             corrupt_batches_refused: 0,
             jitter,
+            epochs_from_controller: false,
+            committed_truncations: 0,
+            caught_up_at: None,
+            previous_answer: None,
+            fresh_as_of: None,
         }
+    }
+
+    /// A follower whose leaders are named by the controller: a cut below the commit id heard
+    /// from an earlier leader is obeyed (and counted), not a reason to stop.
+    pub fn with_epochs_from_controller(mut self) -> FollowerState {
+        self.epochs_from_controller = true;
+        self
     }
 
     /// The next fetch, from the local log's state.
@@ -183,7 +217,8 @@ impl FollowerState {
         let (next_id, last_epoch) = position(log);
         FetchRequest {
             cluster_id: self.cluster_id,
-            follower_id: self.options.follower_id.clone(),
+            node_id: self.options.node_id,
+            leader_epoch: self.leader_epoch,
             next_id,
             last_epoch,
             durable_id: log.durable_id().min(next_id - 1),
@@ -229,11 +264,13 @@ impl FollowerState {
                 cluster_id,
                 leader_epoch,
                 commit_id,
+                last_id,
                 frames,
                 ..
             } => self
                 .check_leader(now, cluster_id, leader_epoch)
                 .unwrap_or_else(|| {
+                    self.caught_up(now, request, last_id);
                     self.on_entries(now, request, cluster_id, leader_epoch, commit_id, frames)
                 }),
             FetchResponse::Diverged {
@@ -250,14 +287,26 @@ impl FollowerState {
             } => self
                 .check_leader(now, cluster_id, leader_epoch)
                 .unwrap_or_else(|| self.on_snapshot_needed(now, cluster_id, leader_epoch, first_id)),
-            FetchResponse::NotLeader { leader_url } => self.failed(
-                now,
-                match leader_url {
-                    Some(url) => format!("the node asked is not the leader (the leader is {url})"),
-                    None => "the node asked is not the leader".to_owned(),
-                },
-            ),
-            FetchResponse::ClusterMismatch { leader_cluster_id } => self.stop(format!(
+            FetchResponse::NotLeader {
+                leader_epoch,
+                leader_url,
+            } => {
+                // It knows a newer epoch, or it was deposed: either way, nothing older than
+                // the highest epoch heard is believed from now on.
+                self.leader_epoch = self.leader_epoch.max(leader_epoch);
+                self.failed(
+                    now,
+                    match leader_url {
+                        Some(url) => {
+                            format!("the node asked is not the leader (the leader is {url})")
+                        }
+                        None => "the node asked is not the leader".to_owned(),
+                    },
+                )
+            }
+            FetchResponse::ClusterMismatch {
+                leader_cluster_id, ..
+            } => self.stop(format!(
                 "this follower belongs to cluster {:016x} but the leader runs cluster {leader_cluster_id:016x} \
                  (a leader started on a fresh data directory, or the wrong leader)",
                 self.cluster_id
@@ -311,20 +360,26 @@ impl FollowerState {
     ) -> Step {
         self.leader_epoch = self.leader_epoch.max(leader_epoch);
         self.connected(now);
-        if truncate_after < self.commit_seen {
-            return self.stop(format!(
-                "the leader's log parts from this follower's at id {}, below the commit id {} \
-                 this follower has seen: committed entries would be discarded; resync this \
-                 follower from an empty data directory",
-                truncate_after + 1,
-                self.commit_seen
-            ));
-        }
         if truncate_after >= request.next_id - 1 {
             return self.failed(
                 now,
                 "the leader asked for a truncation that drops nothing".to_owned(),
             );
+        }
+        if truncate_after < self.commit_seen {
+            if !self.epochs_from_controller {
+                return self.stop(format!(
+                    "the leader's log parts from this follower's at id {}, below the commit id {} \
+                     this follower has seen: committed entries would be discarded; resync this \
+                     follower from an empty data directory",
+                    truncate_after + 1,
+                    self.commit_seen
+                ));
+            }
+            // The controller's leader of a newer epoch lacks what an earlier leader committed:
+            // possible only where acknowledgement did not wait for the ISR (`N = 1`).
+            self.committed_truncations += 1;
+            self.commit_seen = truncate_after;
         }
         Step::Truncate {
             after_id: truncate_after,
@@ -345,8 +400,53 @@ impl FollowerState {
         self.connected(now);
         Step::InstallSnapshot {
             leader_first_id: first_id,
+            leader_epoch,
             adopt_cluster,
         }
+    }
+
+    /// Notes whether the answer shows this follower caught up: it held (durably, as the
+    /// request said) the leader's last id as of this answer — or as of the previous answer,
+    /// which it then held at that answer's time (Kafka's rule, so a follower one batch behind
+    /// under a steady load counts as caught up).
+    fn caught_up(&mut self, now: Instant, request: &FetchRequest, leader_last_id: u64) {
+        if request.durable_id >= leader_last_id {
+            self.caught_up_at = Some(now);
+        } else if let Some((previous_last_id, previous_at)) = self.previous_answer {
+            if request.durable_id >= previous_last_id {
+                self.caught_up_at = Some(
+                    self.caught_up_at
+                        .map_or(previous_at, |at| at.max(previous_at)),
+                );
+            }
+        }
+        self.previous_answer = Some((leader_last_id, now));
+    }
+
+    /// The driver applied up to `applied_id` after an answer carrying `commit_id` to a request
+    /// it sent at `sent_at`: if that covers the commit id, this follower held everything
+    /// committed as of `sent_at` (the answer was made later).
+    pub fn on_applied(&mut self, sent_at: Instant, commit_id: u64, applied_id: u64) {
+        if applied_id >= commit_id {
+            self.fresh_as_of = Some(self.fresh_as_of.map_or(sent_at, |at| at.max(sent_at)));
+        }
+    }
+
+    /// How stale this follower's reads may be at `now`: the time since the send time of the
+    /// last fetch whose answer's commit id it had applied. `None` before any.
+    pub fn staleness(&self, now: Instant) -> Option<Duration> {
+        self.fresh_as_of.map(|at| now.saturating_duration_since(at))
+    }
+
+    /// Whether this follower held everything its leader had within `lag_limit` of `now`.
+    pub fn is_caught_up(&self, now: Instant, lag_limit: Duration) -> bool {
+        self.caught_up_at
+            .is_some_and(|at| now.saturating_duration_since(at) <= lag_limit)
+    }
+
+    /// Cuts obeyed below the commit id heard (see the module).
+    pub fn committed_truncations(&self) -> u64 {
+        self.committed_truncations
     }
 
     /// The checks every answer from the leader passes first: its cluster, then its epoch.

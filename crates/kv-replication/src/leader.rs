@@ -1,9 +1,24 @@
 //! The leader's bookkeeping, without I/O: it hears fetches, checks that each follower's log
-//! matches its own, tracks what every follower holds durably, and derives the commit id.
+//! matches its own by `(epoch, id)`, tracks what every follower holds durably, derives the
+//! commit id, and decides when a write may be acknowledged.
+//!
+//! Two commit rules live here ([`LeaderState::new`] and [`LeaderState::elected`]):
+//!
+//! - **Elected by the controller** (issue 13): the leader's epoch, ISR and write quorum `N` come
+//!   from the controller. Its first entry in the epoch is a no-op, and nothing before it counts
+//!   as committed on this leader's authority (Raft's "figure 8"). An id commits once every member
+//!   of the *maximal* ISR — the applied ISR plus members whose addition is in flight (KIP-841) —
+//!   holds it durably and the ISR has at least `N` members (`N = 1`: once the leader holds it).
+//!   Followers outside the ISR are tracked (lag, catch-up, ISR expansion) but never counted.
+//!   A write is acknowledged only while the controller's lease for this epoch holds, and never
+//!   again once a fetch told this leader of a higher epoch ([`FetchDecision::StepDown`]).
+//! - **Legacy** (`kvd leader` before the wiring switches over): the `write_quorum`-th highest
+//!   durable id of every follower heard from, no lease, no no-op.
 //!
 //! Every method takes `now`, so the logic runs on virtual time in tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -14,12 +29,19 @@ use crate::protocol::{FetchRequest, FetchResponse};
 /// Settings of the leader's bookkeeping.
 #[derive(Debug, Clone)]
 pub struct LeaderOptions {
-    /// Nodes (the leader included) that must hold an entry durably before it commits.
+    /// Nodes (the leader included) that must hold an entry durably before it commits. Under
+    /// the controller its value is the controller's (`ClusterView::write_quorum`).
     pub write_quorum: usize,
-    /// A follower not heard from for this long is down.
+    /// A follower not heard from for this long is down (status; the legacy `acks=all`).
     pub follower_down_after: Duration,
     /// A follower more than this many entries behind is lagging.
     pub follower_lagging_entries: u64,
+    /// The lag limit (Kafka's `replica.lag.time.max.ms`): an ISR member that has not caught up
+    /// with the leader's log for this long (or stopped fetching) is removed from the ISR; a
+    /// follower that last heard its leader longer ago than this is not ready (`/health`).
+    pub lag_limit: Duration,
+    /// A follower outside the ISR not heard from for this long is forgotten.
+    pub follower_forget_after: Duration,
 }
 
 impl Default for LeaderOptions {
@@ -28,6 +50,44 @@ impl Default for LeaderOptions {
             write_quorum: 1,
             follower_down_after: Duration::from_secs(5),
             follower_lagging_entries: 10_000,
+            lag_limit: LAG_LIMIT_DEFAULT,
+            follower_forget_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The default lag limit: long enough for a fetch held by the leader (at most half of it) and
+/// a slow fsync on a busy machine, short enough that one dead follower under `N = 2` of 3
+/// costs writes two seconds, not a timeout each.
+pub const LAG_LIMIT_DEFAULT: Duration = Duration::from_secs(2);
+
+/// Which acknowledgements a write waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Acks {
+    /// Durable on the leader (`?acks=leader`).
+    Leader,
+    /// Committed under the node's write quorum `N` (the default, no `?acks=`): with `N = 1`
+    /// durable on the leader; with `N >= 2` held by every member of an ISR of at least `N`.
+    #[default]
+    WriteQuorum,
+    /// `?acks=quorum`: committed as under `N >= 2` with the node's `N`, at least 2 — held by
+    /// every member of an ISR of at least `max(N, 2)` (a legacy leader: committed).
+    Quorum,
+    /// Committed and durable on every ISR member (legacy: on every follower not down).
+    All,
+}
+
+impl FromStr for Acks {
+    type Err = crate::error::Error;
+    fn from_str(text: &str) -> Result<Acks, crate::error::Error> {
+        match text {
+            "leader" => Ok(Acks::Leader),
+            "quorum" => Ok(Acks::Quorum),
+            "all" => Ok(Acks::All),
+            other => Err(crate::error::Error::UnknownAcks {
+                text: other.to_owned(),
+            }),
         }
     }
 }
@@ -39,9 +99,12 @@ struct Progress {
     durable_id: u64,
     /// The follower's next id as of its last fetch.
     next_id: u64,
+    first_fetch_at: Instant,
     last_fetch_at: Instant,
-    /// Last time the follower had everything the leader had.
-    caught_up_at: Instant,
+    /// Last time the follower held what the leader had (see [`LeaderState::on_fetch`]).
+    caught_up_at: Option<Instant>,
+    /// The leader's last id when this follower's previous fetch arrived.
+    leader_last_at_fetch: u64,
     fetches: u64,
 }
 
@@ -60,8 +123,13 @@ pub enum FollowerHealth {
 /// A follower as `/cluster_status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FollowerStatus {
-    /// Its name.
+    /// Its name, `follower-<node id>`.
     pub follower_id: String,
+    /// Its node id.
+    pub node_id: u64,
+    /// Whether it counts for commits (a member of the maximal ISR; `None` for a legacy leader,
+    /// where every follower counts).
+    pub in_isr: Option<bool>,
     /// Highest id it holds durably (matching the leader's log).
     pub durable_id: u64,
     /// The id it asked for last.
@@ -87,6 +155,55 @@ pub enum FetchDecision {
     /// `next_id - 1`, the commit id moves or the wait ends, then ask again (with
     /// `may_wait = false` once the wait is over).
     Wait,
+    /// The follower knows a higher leader epoch: this leader was replaced. It acknowledges
+    /// nothing from now on ([`LeaderState::deposed_by`]); the driver steps down and answers
+    /// "not the leader".
+    StepDown {
+        /// The epoch heard.
+        epoch: u64,
+    },
+}
+
+/// The controller's view of the data plane, as the leader's commit rule needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The applied ISR (the leader included).
+    pub isr: BTreeSet<u64>,
+    /// Every member of the cluster (ISR expansion proposes members only).
+    pub members: BTreeSet<u64>,
+    /// `N`: the ISR must have at least this many members for a write to be acknowledged.
+    pub write_quorum: usize,
+}
+
+/// The state of a leader elected by the controller.
+#[derive(Debug)]
+struct Elected {
+    node_id: u64,
+    /// The id of this epoch's no-op: commits count from it on.
+    noop_id: u64,
+    /// When the leadership began (the baseline of an ISR member never heard from).
+    since: Instant,
+    membership: Membership,
+    /// The ISR change proposed and not yet applied, and when it was asked for.
+    in_flight: Option<(BTreeSet<u64>, Instant)>,
+    lease_until: Option<Instant>,
+    /// Highest id held at once by every maximal-ISR member of an ISR of at least `N`.
+    held_by_isr: u64,
+    /// The same, of an ISR of at least `max(N, 2)`.
+    held_by_quorum: u64,
+    /// A planned transfer to this node is being prepared: writes are refused.
+    transfer_to: Option<u64>,
+}
+
+impl Elected {
+    /// The applied ISR plus the members whose addition is in flight.
+    fn maximal_isr(&self) -> BTreeSet<u64> {
+        let mut isr = self.membership.isr.clone();
+        if let Some((wanted, _)) = &self.in_flight {
+            isr.extend(wanted.iter().copied());
+        }
+        isr
+    }
 }
 
 /// The leader's state.
@@ -95,12 +212,17 @@ pub struct LeaderState {
     cluster_id: u64,
     epoch: u64,
     options: LeaderOptions,
-    followers: BTreeMap<String, Progress>,
+    followers: BTreeMap<u64, Progress>,
     commit_id: u64,
+    /// `None`: a legacy leader.
+    elected: Option<Box<Elected>>,
+    /// A higher epoch heard in a fetch.
+    deposed_by: Option<u64>,
 }
 
 impl LeaderState {
-    /// A leader of `cluster_id` in `epoch`, whose own log is durable through `durable_id`.
+    /// A legacy leader of `cluster_id` in `epoch` (it chose the epoch itself): the commit id
+    /// is the `write_quorum`-th highest durable id of every follower heard from; no lease.
     pub fn new(cluster_id: u64, epoch: u64, options: LeaderOptions) -> LeaderState {
         LeaderState {
             cluster_id,
@@ -108,7 +230,37 @@ impl LeaderState {
             options,
             followers: BTreeMap::new(),
             commit_id: 0,
+            elected: None,
+            deposed_by: None,
         }
+    }
+
+    /// A leader elected by the controller: node `node_id` leads `epoch`, whose no-op is entry
+    /// `noop_id`, with the controller's ISR and write quorum. It acknowledges nothing until a
+    /// lease is granted ([`LeaderState::grant_lease`]).
+    pub fn elected(
+        cluster_id: u64,
+        epoch: u64,
+        node_id: u64,
+        noop_id: u64,
+        membership: Membership,
+        options: LeaderOptions,
+        now: Instant,
+    ) -> LeaderState {
+        let mut leader = LeaderState::new(cluster_id, epoch, options);
+        leader.options.write_quorum = membership.write_quorum;
+        leader.elected = Some(Box::new(Elected {
+            node_id,
+            noop_id,
+            since: now,
+            membership,
+            in_flight: None,
+            lease_until: None,
+            held_by_isr: 0,
+            held_by_quorum: 0,
+            transfer_to: None,
+        }));
+        leader
     }
 
     /// The cluster id.
@@ -121,12 +273,13 @@ impl LeaderState {
         self.epoch
     }
 
-    /// Raises the commit id to one known from before a restart (the node's meta file).
+    /// Raises the commit id to one known from before (the node's meta file, or the commit a
+    /// follower heard from an earlier leader): such ids were committed by an earlier leader.
     pub fn restore_commit(&mut self, commit_id: u64) {
         self.commit_id = self.commit_id.max(commit_id);
     }
 
-    /// The highest id a write quorum holds durably. Never goes backwards.
+    /// The highest id this leadership may expose to readers. Never goes backwards.
     pub fn commit_id(&self) -> u64 {
         self.commit_id
     }
@@ -136,11 +289,161 @@ impl LeaderState {
         self.options.write_quorum
     }
 
-    /// Handles a fetch: checks the cluster, the compaction point and that the follower's log
-    /// matches this one at `next_id - 1`; records the follower's durable id (the fetch is the
-    /// acknowledgement); answers with entries, or asks the caller to wait when there are none
-    /// and `may_wait`. `record` is false for debugging views, which must not count as a
-    /// follower.
+    /// The settings.
+    pub fn options(&self) -> &LeaderOptions {
+        &self.options
+    }
+
+    /// This epoch's no-op (a leader elected by the controller).
+    pub fn noop_id(&self) -> Option<u64> {
+        self.elected.as_ref().map(|elected| elected.noop_id)
+    }
+
+    /// The applied ISR (a leader elected by the controller).
+    pub fn isr(&self) -> Option<&BTreeSet<u64>> {
+        self.elected.as_ref().map(|elected| &elected.membership.isr)
+    }
+
+    /// The ISR that counts for commits: the applied one plus additions in flight.
+    pub fn maximal_isr(&self) -> Option<BTreeSet<u64>> {
+        self.elected.as_ref().map(|elected| elected.maximal_isr())
+    }
+
+    /// The higher epoch a fetch told this leader of, if any: it acknowledges nothing more.
+    pub fn deposed_by(&self) -> Option<u64> {
+        self.deposed_by
+    }
+
+    /// The controller's lease for this epoch: acknowledge until `valid_until`. Extends,
+    /// never shortens; ignored once deposed.
+    pub fn grant_lease(&mut self, valid_until: Instant) {
+        if self.deposed_by.is_some() {
+            return;
+        }
+        if let Some(elected) = &mut self.elected {
+            elected.lease_until = Some(
+                elected
+                    .lease_until
+                    .map_or(valid_until, |until| until.max(valid_until)),
+            );
+        }
+    }
+
+    /// Ends the lease now.
+    pub fn revoke_lease(&mut self) {
+        if let Some(elected) = &mut self.elected {
+            elected.lease_until = None;
+        }
+    }
+
+    /// When the lease ends (`None`: no lease; a legacy leader needs none).
+    pub fn lease_until(&self) -> Option<Instant> {
+        self.elected
+            .as_ref()
+            .and_then(|elected| elected.lease_until)
+    }
+
+    /// Whether this leader may act on its own authority at `now`: not deposed, and (elected
+    /// by the controller) holding a lease.
+    pub fn lease_valid(&self, now: Instant) -> bool {
+        self.deposed_by.is_none()
+            && self
+                .elected
+                .as_ref()
+                .is_none_or(|elected| elected.lease_until.is_some_and(|until| now < until))
+    }
+
+    /// Whether a read of this leader's map at `now` sees every acknowledged write: the lease
+    /// holds and this epoch's no-op has committed (so everything earlier leaders acknowledged
+    /// is committed and applied here).
+    pub fn linearizable(&self, now: Instant) -> bool {
+        self.lease_valid(now)
+            && self
+                .elected
+                .as_ref()
+                .is_none_or(|elected| self.commit_id >= elected.noop_id)
+    }
+
+    /// Whether the write `id` has the acknowledgements `acks` asks for at `now`, the leader
+    /// holding `leader_durable_id` durably.
+    pub fn acknowledged(&self, now: Instant, id: u64, acks: Acks, leader_durable_id: u64) -> bool {
+        if !self.lease_valid(now) {
+            return false;
+        }
+        match (&self.elected, acks) {
+            (_, Acks::Leader) => leader_durable_id >= id,
+            (_, Acks::WriteQuorum) | (None, Acks::Quorum) => self.commit_id >= id,
+            (None, Acks::All) => self.commit_id >= id && self.all_live_followers_hold(now, id),
+            (Some(elected), Acks::Quorum) if self.options.write_quorum <= 1 => {
+                elected.held_by_quorum >= id
+            }
+            (Some(_), Acks::Quorum) => self.commit_id >= id,
+            (Some(elected), Acks::All) => self.commit_id >= id && elected.held_by_isr >= id,
+        }
+    }
+
+    /// What a write waits for under `acks`, for error messages.
+    pub fn describe(&self, acks: Acks) -> String {
+        let quorum = self.options.write_quorum;
+        match (&self.elected, acks) {
+            (_, Acks::Leader) => "the leader".to_owned(),
+            (None, Acks::Quorum | Acks::WriteQuorum) => format!("a write quorum of {quorum}"),
+            (Some(_), Acks::WriteQuorum) if quorum <= 1 => "the leader".to_owned(),
+            (Some(_), Acks::WriteQuorum) => {
+                format!("every in-sync replica of an ISR of at least {quorum}")
+            }
+            (None, Acks::All) => "every live follower".to_owned(),
+            (Some(_), Acks::Quorum) => format!(
+                "every in-sync replica of an ISR of at least {}",
+                quorum.max(2)
+            ),
+            (Some(_), Acks::All) => "every in-sync replica".to_owned(),
+        }
+    }
+
+    /// Applies the controller's ISR and write quorum (same epoch). An ISR change in flight
+    /// ends when the applied ISR is the one asked for.
+    pub fn set_membership(&mut self, membership: Membership) {
+        if let Some(elected) = &mut self.elected {
+            if elected
+                .in_flight
+                .as_ref()
+                .is_some_and(|(wanted, _)| *wanted == membership.isr)
+            {
+                elected.in_flight = None;
+            }
+            self.options.write_quorum = membership.write_quorum;
+            elected.membership = membership;
+        }
+    }
+
+    /// Refuses writes while a planned transfer to `to` is prepared (`None`: takes them again).
+    pub fn set_transfer(&mut self, to: Option<u64>) {
+        if let Some(elected) = &mut self.elected {
+            elected.transfer_to = to;
+        }
+    }
+
+    /// The node a planned transfer is being prepared for.
+    pub fn transfer_to(&self) -> Option<u64> {
+        self.elected
+            .as_ref()
+            .and_then(|elected| elected.transfer_to)
+    }
+
+    /// Whether follower `node_id` holds `id` durably (as of its last fetch).
+    pub fn follower_holds(&self, node_id: u64, id: u64) -> bool {
+        self.followers
+            .get(&node_id)
+            .is_some_and(|progress| progress.durable_id >= id)
+    }
+
+    /// Handles a fetch: checks the cluster and the follower's epoch, that the follower's log
+    /// matches this one at `next_id - 1` (also when it is behind the compaction point, so a
+    /// snapshot never replaces entries of another history unchecked), records the follower's
+    /// durable id (the fetch is the acknowledgement), and answers with entries, or asks the
+    /// caller to wait when there are none and `may_wait`. `record` is false for debugging
+    /// views, which neither count as a follower nor depose the leader.
     pub fn on_fetch(
         &mut self,
         now: Instant,
@@ -156,63 +459,61 @@ impl LeaderState {
         if !known_cluster && !new_empty_follower {
             return FetchDecision::Respond(FetchResponse::ClusterMismatch {
                 leader_cluster_id: cluster_id,
+                leader_epoch,
             });
+        }
+        if record && request.leader_epoch > leader_epoch {
+            self.deposed_by = Some(self.deposed_by.unwrap_or(0).max(request.leader_epoch));
+            self.revoke_lease();
+            return FetchDecision::StepDown {
+                epoch: request.leader_epoch,
+            };
         }
         let first_id = log.first_id();
         let last_id = log.last_id();
         if record {
-            let progress = self
-                .followers
-                .entry(request.follower_id.clone())
-                .or_insert(Progress {
-                    durable_id: 0,
-                    next_id: request.next_id,
-                    last_fetch_at: now,
-                    caught_up_at: now,
-                    fetches: 0,
-                });
-            progress.last_fetch_at = now;
+            self.prune(now);
+            let progress = self.followers.entry(request.node_id).or_insert(Progress {
+                durable_id: 0,
+                next_id: request.next_id,
+                first_fetch_at: now,
+                last_fetch_at: now,
+                caught_up_at: None,
+                leader_last_at_fetch: u64::MAX,
+                fetches: 0,
+            });
             progress.next_id = request.next_id;
             progress.fetches += 1;
         }
+        let previous = request.next_id - 1;
+        if let Some(truncate_after) = divergence(log, previous, request.last_epoch) {
+            if record {
+                self.fetched(now, request.node_id, None, last_id);
+            }
+            return FetchDecision::Respond(FetchResponse::Diverged {
+                cluster_id,
+                leader_epoch,
+                truncate_after,
+            });
+        }
         if request.next_id < first_id {
+            if record {
+                self.fetched(now, request.node_id, None, last_id);
+            }
             return FetchDecision::Respond(FetchResponse::SnapshotNeeded {
                 cluster_id,
                 leader_epoch,
                 first_id,
             });
         }
-        let previous = request.next_id - 1;
-        if previous > 0 {
-            let truncate_after = if previous > last_id {
-                Some(log.end_of_epoch(request.last_epoch).min(last_id))
-            } else {
-                // Unknown only before the oldest epoch the log remembers: trusted.
-                match log.epoch_at(previous) {
-                    Some(epoch) if epoch != request.last_epoch => {
-                        Some(log.end_of_epoch(request.last_epoch).min(previous - 1))
-                    }
-                    _ => None,
-                }
-            };
-            if let Some(truncate_after) = truncate_after {
-                return FetchDecision::Respond(FetchResponse::Diverged {
-                    cluster_id,
-                    leader_epoch,
-                    truncate_after,
-                });
-            }
-        }
         // The follower's log matches through `previous`: its durable entries count.
         if record {
-            let progress = self
-                .followers
-                .get_mut(&request.follower_id)
-                .expect("recorded above");
-            progress.durable_id = request.durable_id.min(previous);
-            if previous >= last_id {
-                progress.caught_up_at = now;
-            }
+            self.fetched(
+                now,
+                request.node_id,
+                Some(request.durable_id.min(previous)),
+                last_id,
+            );
             self.recompute_commit(log.durable_id());
         }
         if request.next_id > last_id {
@@ -228,6 +529,35 @@ impl LeaderState {
         }
     }
 
+    /// Records a fetch of `node_id` that arrived at `now` (when it was recorded at all), with
+    /// its matched durable id if its log matches. Caught up (Kafka's rule): it held the
+    /// leader's last id as of now — or as of its previous fetch, which it then held at that
+    /// fetch's time — so a follower one batch behind under a steady load stays in sync.
+    fn fetched(&mut self, now: Instant, node_id: u64, durable_id: Option<u64>, last_id: u64) {
+        let Some(progress) = self.followers.get_mut(&node_id) else {
+            return;
+        };
+        if progress.last_fetch_at > now {
+            return;
+        }
+        let previous_fetch_at = progress.last_fetch_at;
+        progress.last_fetch_at = now;
+        let previous_target = std::mem::replace(&mut progress.leader_last_at_fetch, last_id);
+        let Some(durable_id) = durable_id else {
+            return;
+        };
+        progress.durable_id = durable_id;
+        if durable_id >= last_id {
+            progress.caught_up_at = Some(now);
+        } else if durable_id >= previous_target {
+            progress.caught_up_at = Some(
+                progress
+                    .caught_up_at
+                    .map_or(previous_fetch_at, |at| at.max(previous_fetch_at)),
+            );
+        }
+    }
+
     fn entries(&self, log: &impl LogView, frames: Vec<u8>) -> FetchResponse {
         FetchResponse::Entries {
             cluster_id: self.cluster_id,
@@ -239,45 +569,147 @@ impl LeaderState {
         }
     }
 
-    /// Recomputes the commit id from the leader's durable id and the followers' acks: the
-    /// `write_quorum`-th highest durable id, never above the leader's own (so an entry the
-    /// leader could lose in a power cut never commits), never backwards.
+    /// Recomputes the commit id from the leader's durable id and the followers' acks, never
+    /// above the leader's own durable id (an entry the leader could lose in a power cut never
+    /// commits) and never backwards. Elected: see the module; legacy: the `write_quorum`-th
+    /// highest durable id of every follower heard from.
     pub fn recompute_commit(&mut self, leader_durable_id: u64) -> u64 {
-        let mut durable: Vec<u64> = self
-            .followers
-            .values()
-            .map(|progress| progress.durable_id)
-            .collect();
-        durable.push(leader_durable_id);
-        durable.sort_unstable_by(|a, b| b.cmp(a));
         let quorum = self.options.write_quorum.max(1);
-        if let Some(&candidate) = durable.get(quorum - 1) {
-            self.commit_id = self.commit_id.max(candidate.min(leader_durable_id));
+        let Some(elected) = &mut self.elected else {
+            let mut durable: Vec<u64> = self
+                .followers
+                .values()
+                .map(|progress| progress.durable_id)
+                .collect();
+            durable.push(leader_durable_id);
+            durable.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(&candidate) = durable.get(quorum - 1) {
+                self.commit_id = self.commit_id.max(candidate.min(leader_durable_id));
+            }
+            return self.commit_id;
+        };
+        let floor = elected
+            .maximal_isr()
+            .iter()
+            .filter(|&&member| member != elected.node_id)
+            .map(|member| {
+                self.followers
+                    .get(member)
+                    .map_or(0, |progress| progress.durable_id)
+            })
+            .fold(leader_durable_id, u64::min);
+        if floor >= elected.noop_id {
+            let isr_size = elected.membership.isr.len();
+            if isr_size >= quorum {
+                elected.held_by_isr = elected.held_by_isr.max(floor);
+            }
+            if isr_size >= quorum.max(2) {
+                elected.held_by_quorum = elected.held_by_quorum.max(floor);
+            }
         }
+        let candidate = if quorum <= 1 {
+            if leader_durable_id >= elected.noop_id {
+                leader_durable_id
+            } else {
+                0
+            }
+        } else {
+            elected.held_by_quorum
+        };
+        self.commit_id = self.commit_id.max(candidate);
         self.commit_id
     }
 
-    /// Whether every follower that is not down holds `id` durably (for `acks=all`).
+    /// The ISR this leader wants the controller to apply, or `None` (KIP-841): without the
+    /// members that have not caught up with its log for longer than the lag limit (or never
+    /// fetched since it leads), with the members outside it that caught up — they hold every
+    /// id the ISR was ever counted for — and fetch. One change is in flight at a time (until
+    /// the controller applies it, or for a lag limit); until a removal is applied the member
+    /// still counts, and an addition counts from the moment it is asked for.
+    pub fn wanted_isr(&mut self, now: Instant) -> Option<BTreeSet<u64>> {
+        let lag_limit = self.options.lag_limit;
+        let quorum = self.options.write_quorum;
+        let commit_id = self.commit_id;
+        let elected = self.elected.as_mut()?;
+        if self.deposed_by.is_some() {
+            return None;
+        }
+        if let Some((_, asked_at)) = &elected.in_flight {
+            if now.saturating_duration_since(*asked_at) < lag_limit {
+                return None;
+            }
+            elected.in_flight = None;
+        }
+        let recent = |at: Instant| now.saturating_duration_since(at) <= lag_limit;
+        let mut wanted = BTreeSet::from([elected.node_id]);
+        for &member in &elected.membership.isr {
+            let caught_up_at = self
+                .followers
+                .get(&member)
+                .and_then(|progress| progress.caught_up_at)
+                .unwrap_or(elected.since)
+                .max(elected.since);
+            if member == elected.node_id || recent(caught_up_at) {
+                wanted.insert(member);
+            }
+        }
+        let must_hold = elected
+            .held_by_isr
+            .max(elected.held_by_quorum)
+            .max(elected.noop_id)
+            .max(if quorum >= 2 { commit_id } else { 0 });
+        for (&node_id, progress) in &self.followers {
+            let joins = !elected.membership.isr.contains(&node_id)
+                && elected.membership.members.contains(&node_id)
+                && progress.durable_id >= must_hold
+                && progress.caught_up_at.is_some_and(recent)
+                && recent(progress.last_fetch_at);
+            if joins {
+                wanted.insert(node_id);
+            }
+        }
+        if wanted == elected.membership.isr {
+            return None;
+        }
+        elected.in_flight = Some((wanted.clone(), now));
+        Some(wanted)
+    }
+
+    /// Forgets followers outside the maximal ISR not heard from for a while.
+    fn prune(&mut self, now: Instant) {
+        let forget_after = self.options.follower_forget_after;
+        let counted = self.maximal_isr();
+        self.followers.retain(|node_id, progress| {
+            counted.as_ref().is_some_and(|isr| isr.contains(node_id))
+                || now.saturating_duration_since(progress.last_fetch_at) < forget_after
+        });
+    }
+
+    /// Whether every follower that is not down holds `id` durably (the legacy `acks=all`).
     pub fn all_live_followers_hold(&self, now: Instant, id: u64) -> bool {
         self.followers
             .values()
             .filter(|progress| {
-                now.duration_since(progress.last_fetch_at) < self.options.follower_down_after
+                now.saturating_duration_since(progress.last_fetch_at)
+                    < self.options.follower_down_after
             })
             .all(|progress| progress.durable_id >= id)
     }
 
     /// Every follower heard from, as `/cluster_status` shows it.
     pub fn followers(&self, now: Instant, leader_last_id: u64) -> Vec<FollowerStatus> {
+        let counted = self.maximal_isr();
         self.followers
             .iter()
-            .map(|(follower_id, progress)| {
-                let age = now.duration_since(progress.last_fetch_at);
+            .map(|(&node_id, progress)| {
+                let age = now.saturating_duration_since(progress.last_fetch_at);
                 let lag_entries = leader_last_id.saturating_sub(progress.durable_id);
                 let behind_for = if lag_entries == 0 {
                     Duration::ZERO
                 } else {
-                    now.duration_since(progress.caught_up_at)
+                    now.saturating_duration_since(
+                        progress.caught_up_at.unwrap_or(progress.first_fetch_at),
+                    )
                 };
                 let status = if age >= self.options.follower_down_after {
                     FollowerHealth::Down
@@ -287,7 +719,9 @@ impl LeaderState {
                     FollowerHealth::Healthy
                 };
                 FollowerStatus {
-                    follower_id: follower_id.clone(),
+                    follower_id: format!("follower-{node_id}"),
+                    node_id,
+                    in_isr: counted.as_ref().map(|isr| isr.contains(&node_id)),
                     durable_id: progress.durable_id,
                     next_id: progress.next_id,
                     lag_entries,
@@ -298,5 +732,24 @@ impl LeaderState {
                 }
             })
             .collect()
+    }
+}
+
+/// Where a follower whose entry `previous` has `last_epoch` must cut its log to agree with
+/// `log`, or `None` when the two agree there (Kafka's `OffsetsForLeaderEpoch`): the last id
+/// the leader holds in an epoch `<= last_epoch`, below `previous` (or, for a follower ahead of
+/// the leader, at most the leader's last id). An id whose epoch the leader no longer knows
+/// (before the oldest epoch its history remembers) is trusted.
+pub fn divergence(log: &impl LogView, previous: u64, last_epoch: u64) -> Option<u64> {
+    if previous == 0 {
+        return None;
+    }
+    let last_id = log.last_id();
+    if previous > last_id {
+        return Some(log.end_of_epoch(last_epoch).min(last_id));
+    }
+    match log.epoch_at(previous) {
+        Some(epoch) if epoch != last_epoch => Some(log.end_of_epoch(last_epoch).min(previous - 1)),
+        _ => None,
     }
 }

@@ -9,25 +9,34 @@
 //!
 //! # Model
 //!
-//! - [`protocol`]: the messages and their binary encoding.
-//! - [`LeaderState`] (no I/O): checks each fetch against the leader's log (cluster id,
-//!   compaction point, the epoch of the follower's last entry — a mismatch means the logs
-//!   diverged and the follower is told where to cut), records each follower's durable id,
-//!   and derives the **commit id**: the `write_quorum`-th highest durable id, counting the
-//!   leader, never above the leader's own.
+//! - [`protocol`]: the messages and their binary encoding (version 2: every fetch carries the
+//!   follower's node id and the newest leader epoch it knows; every answer the sender's epoch).
+//! - [`LeaderState`] (no I/O): checks each fetch against the leader's log (cluster id, the
+//!   follower's epoch — a newer one deposes this leader —, and the epoch of the follower's last
+//!   entry: a mismatch means the logs diverged and the follower is told where to cut, also
+//!   before a snapshot), records each follower's durable id, and derives the **commit id**.
+//!   Elected by the controller, it counts only the ISR's durable ids, only from its epoch's
+//!   no-op on, and acknowledges only under the controller's lease; legacy, the
+//!   `write_quorum`-th highest durable id, counting the leader, never above the leader's own.
 //! - [`FollowerState`] (no I/O): builds the next fetch from the local log, turns answers into
-//!   [`Step`]s — append, apply, truncate, retry with backoff and jitter, or stop for an
-//!   operator (another cluster; a divergence below the commit id).
-//! - [`Node`]: the tokio driver. The leader's [`Node::handle_fetch`] long-polls and
-//!   [`Node::write`] waits for [`Acks`]; [`Node::run_follower`] runs the loop over a
-//!   [`Transport`] (HTTP in kv-http; in memory in tests).
-//! - [`NodeMeta`]: the cluster id and epoch on disk. A node starting as leader bumps the
-//!   epoch; entries carry the epoch of the leader that wrote them (kv-store's entry format).
+//!   [`Step`]s — append, apply, truncate, install a snapshot, retry with backoff and jitter,
+//!   or stop for an operator (another cluster; legacy: a divergence below the commit id) —,
+//!   refuses answers from an epoch older than one it knows, and tracks whether it is caught
+//!   up and how stale its reads may be.
+//! - [`view`] (no I/O): the controller's [`ClusterView`] and what a node does with it.
+//! - [`Node`]: the tokio driver. [`Node::open_controlled`] and
+//!   [`Node::apply_cluster_view`] give it the controller's role (the legacy
+//!   [`Node::open_leader`]/[`Node::open_follower`] fix one at open); the leader's
+//!   [`Node::handle_fetch`] long-polls and [`Node::write`] waits for [`Acks`];
+//!   [`Node::run_replication`] runs the fetch loop over a [`Transport`] (HTTP in kv-http; in
+//!   memory in tests) to whichever leader the node follows.
+//! - [`NodeMeta`]: the cluster id and the highest epoch led or followed, on disk. Entries
+//!   carry the epoch of the leader that wrote them (kv-store's entry format).
 //!
 //! - [`compaction`]: when to snapshot and how far the log may be purged — never past what a
 //!   live follower needs, within a retention limit; beyond it that follower installs the
 //!   leader's snapshot ([`Step::InstallSnapshot`]: a chunked, resumable download, checked
-//!   whole, installed atomically).
+//!   whole, installed atomically, only from the leader of the epoch that asked).
 //!
 //! Nothing here depends on hyper; the protocol logic depends on no runtime at all.
 
@@ -40,6 +49,7 @@ mod meta;
 mod node;
 pub mod protocol;
 mod transport;
+pub mod view;
 
 pub use compaction::{
     CompactionControl, CompactionOptions, CompactionRun, PurgeReport, RetentionNote,
@@ -47,10 +57,14 @@ pub use compaction::{
 };
 pub use error::{Error, Result};
 pub use follower::{check_frames, FollowerOptions, FollowerState, LinkState, Step};
-pub use leader::{FetchDecision, FollowerHealth, FollowerStatus, LeaderOptions, LeaderState};
+pub use leader::{
+    Acks, FetchDecision, FollowerHealth, FollowerStatus, LeaderOptions, LeaderState, Membership,
+    LAG_LIMIT_DEFAULT,
+};
 pub use log_view::LogView;
 pub use meta::{NodeMeta, META_FILE_NAME};
-pub use node::leading::{Acks, Written, FETCH_WAIT_MAX};
+pub use node::control::Position;
+pub use node::leading::{Written, FETCH_WAIT_MAX};
 pub use node::maintenance::{
     MaintenanceOptions, MAINTENANCE_CHECK_INTERVAL, PERSIST_PROGRESS_INTERVAL,
 };
@@ -58,3 +72,4 @@ pub use node::status::{ClusterStatus, CompactionStatus, SnapshotSummary};
 pub use node::{Node, NodeOptions, Role};
 pub use protocol::{DecodeError, FetchRequest, FetchResponse, SnapshotMeta};
 pub use transport::{Transport, TransportError, TransportErrorKind};
+pub use view::{ClusterView, LeaderRef};

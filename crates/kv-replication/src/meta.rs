@@ -21,6 +21,10 @@ pub struct NodeMeta {
     pub cluster_id: u64,
     /// The highest leader epoch this node has used or seen.
     pub epoch: u64,
+    /// The highest leader epoch this node has led (under the controller it never leads an
+    /// epoch again: a follower may hold entries of it that it lost). A meta file from before
+    /// this field counts its `epoch` as led.
+    pub led_epoch: u64,
     /// The highest commit id this node knows to be committed (saved now and then and at
     /// shutdown): at open, entries above it are not applied until the cluster says they are.
     pub commit_id: u64,
@@ -33,6 +37,8 @@ struct MetaFile {
     epoch: u64,
     #[serde(default)]
     commit_id: u64,
+    #[serde(default)]
+    led_epoch: Option<u64>,
 }
 
 impl NodeMeta {
@@ -61,6 +67,7 @@ impl NodeMeta {
             cluster_id,
             epoch: file.epoch,
             commit_id: file.commit_id,
+            led_epoch: file.led_epoch.unwrap_or(file.epoch),
         }))
     }
 
@@ -72,6 +79,7 @@ impl NodeMeta {
             cluster_id: format!("{:016x}", self.cluster_id),
             epoch: self.epoch,
             commit_id: self.commit_id,
+            led_epoch: Some(self.led_epoch),
         })
         .map_err(|error| Error::meta(&path, error.to_string()))?;
         text.push('\n');
@@ -94,9 +102,22 @@ mod tests {
             cluster_id: 0xdead_beef_0000_0001,
             epoch: 7,
             commit_id: 40,
+            led_epoch: 5,
         };
         meta.store(&fs, dir.path()).unwrap();
         assert_eq!(NodeMeta::load(&fs, dir.path()).unwrap(), Some(meta));
+        // A meta file from before `led_epoch` counts its epoch as led.
+        std::fs::write(
+            NodeMeta::path(dir.path()),
+            r#"{"format":1,"cluster_id":"0000000000000009","epoch":4,"commit_id":3}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            NodeMeta::load(&fs, dir.path())
+                .unwrap()
+                .map(|meta| meta.led_epoch),
+            Some(4)
+        );
         std::fs::write(NodeMeta::path(dir.path()), "{not json").unwrap();
         assert!(matches!(
             NodeMeta::load(&fs, dir.path()),
@@ -115,6 +136,7 @@ mod tests {
             cluster_id: 9,
             epoch: 1,
             commit_id: 10,
+            led_epoch: 1,
         };
         let new = NodeMeta {
             epoch: 2,

@@ -3,36 +3,46 @@
 //! message can panic the reader or make it allocate more than the message holds).
 //!
 //! ```text
-//! request  = "KVRQ" version:u8 cluster_id:u64 next_id:u64 last_epoch:u64 durable_id:u64
-//!            commit_id:u64 bytes_max:u32 wait_ms:u32 follower_id_len:u16 follower_id:utf8
+//! request  = "KVRQ" version:u8 cluster_id:u64 node_id:u64 leader_epoch:u64 next_id:u64
+//!            last_epoch:u64 durable_id:u64 commit_id:u64 bytes_max:u32 wait_ms:u32
 //! response = "KVRS" version:u8 kind:u8 body
 //!   kind 1 entries:        cluster_id:u64 leader_epoch:u64 commit_id:u64 first_id:u64
 //!                          last_id:u64 frames_len:u32 frames (kv-wal frames, as stored)
 //!   kind 2 diverged:       cluster_id:u64 leader_epoch:u64 truncate_after:u64
 //!   kind 3 snapshot needed: cluster_id:u64 leader_epoch:u64 first_id:u64
-//!   kind 4 not the leader: has_url:u8 url_len:u16 url:utf8
-//!   kind 5 other cluster:  leader_cluster_id:u64
+//!   kind 4 not the leader: leader_epoch:u64 has_url:u8 url_len:u16 url:utf8
+//!   kind 5 other cluster:  leader_cluster_id:u64 leader_epoch:u64
 //! ```
+//!
+//! Version 2 (issue 13) added the follower's node id and known leader epoch to the request
+//! and the sender's epoch to every answer; a node refuses any other version with an error
+//! that names both (mixed versions do not replicate).
 
 use serde::Serialize;
 
 /// Protocol version carried by every message.
-pub const PROTOCOL_VERSION: u8 = 1;
-/// Longest follower id accepted.
-pub const FOLLOWER_ID_BYTES_MAX: usize = 256;
+pub const PROTOCOL_VERSION: u8 = 2;
+/// Bytes of an encoded request.
+pub const REQUEST_BYTES: usize = 4 + 1 + 7 * 8 + 4 + 4;
+/// Longest leader URL a "not the leader" answer carries.
+pub const LEADER_URL_BYTES_MAX: usize = 2048;
 /// Largest batch of frames a response may carry (64 MiB).
 pub const FRAMES_BYTES_MAX: u32 = 64 << 20;
 const REQUEST_MAGIC: &[u8; 4] = b"KVRQ";
 const RESPONSE_MAGIC: &[u8; 4] = b"KVRS";
 
-/// A follower's fetch: where it is, what it holds durably (the acknowledgement), how much it
-/// wants and how long the leader may hold the request.
+/// A follower's fetch: who it is, the newest leader epoch it knows, where its log is, what it
+/// holds durably (the acknowledgement), how much it wants and how long the leader may hold the
+/// request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FetchRequest {
     /// The cluster the follower belongs to (0: none yet — a new, empty follower).
     pub cluster_id: u64,
-    /// The follower's name, e.g. `follower-1`.
-    pub follower_id: String,
+    /// The follower's node id (the controller's: `kvd leader` is 0, `follower-N` is N).
+    pub node_id: u64,
+    /// The highest leader epoch the follower knows: a leader of a lower epoch that hears it
+    /// stops acknowledging at once (it was replaced).
+    pub leader_epoch: u64,
     /// The first id it wants (its last id + 1).
     pub next_id: u64,
     /// The epoch of its entry `next_id - 1` (0 when it has none).
@@ -86,6 +96,8 @@ pub enum FetchResponse {
     },
     /// This node does not lead; `leader_url` is who does, if known.
     NotLeader {
+        /// The highest leader epoch this node knows.
+        leader_epoch: u64,
         /// The leader's base URL.
         leader_url: Option<String>,
     },
@@ -93,7 +105,22 @@ pub enum FetchResponse {
     ClusterMismatch {
         /// This leader's cluster id.
         leader_cluster_id: u64,
+        /// This leader's epoch.
+        leader_epoch: u64,
     },
+}
+
+impl FetchResponse {
+    /// The epoch the answering node leads (or, for "not the leader", the highest it knows).
+    pub fn leader_epoch(&self) -> u64 {
+        match self {
+            FetchResponse::Entries { leader_epoch, .. }
+            | FetchResponse::Diverged { leader_epoch, .. }
+            | FetchResponse::SnapshotNeeded { leader_epoch, .. }
+            | FetchResponse::NotLeader { leader_epoch, .. }
+            | FetchResponse::ClusterMismatch { leader_epoch, .. } => *leader_epoch,
+        }
+    }
 }
 
 /// The snapshot a leader offers to followers behind its compacted log.
@@ -103,6 +130,10 @@ pub struct SnapshotMeta {
     pub applied_id: u64,
     /// The file's size.
     pub size_bytes: u64,
+    /// The epoch the offering node leads (0: it does not lead). A follower installs a
+    /// snapshot only from the leader of the epoch that told it to.
+    #[serde(default)]
+    pub leader_epoch: u64,
 }
 
 /// Why bytes are not a protocol message.
@@ -161,7 +192,9 @@ impl<'a> Reader<'a> {
         let version = self.u8("version")?;
         if version != PROTOCOL_VERSION {
             return Err(DecodeError(format!(
-                "unsupported protocol version {version}"
+                "replication protocol version {version}, but this node speaks version \
+                 {PROTOCOL_VERSION}: nodes of different versions do not replicate (upgrade every \
+                 node)"
             )));
         }
         Ok(())
@@ -184,11 +217,13 @@ fn put_string(out: &mut Vec<u8>, text: &str) {
 impl FetchRequest {
     /// Encodes the request.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(48 + self.follower_id.len());
+        let mut out = Vec::with_capacity(REQUEST_BYTES);
         out.extend_from_slice(REQUEST_MAGIC);
         out.push(PROTOCOL_VERSION);
         for word in [
             self.cluster_id,
+            self.node_id,
+            self.leader_epoch,
             self.next_id,
             self.last_epoch,
             self.durable_id,
@@ -198,7 +233,6 @@ impl FetchRequest {
         }
         out.extend_from_slice(&self.bytes_max.to_le_bytes());
         out.extend_from_slice(&self.wait_ms.to_le_bytes());
-        put_string(&mut out, &self.follower_id);
         out
     }
 
@@ -208,13 +242,14 @@ impl FetchRequest {
         reader.header(REQUEST_MAGIC)?;
         let request = FetchRequest {
             cluster_id: reader.u64("cluster id")?,
+            node_id: reader.u64("node id")?,
+            leader_epoch: reader.u64("leader epoch")?,
             next_id: reader.u64("next id")?,
             last_epoch: reader.u64("last epoch")?,
             durable_id: reader.u64("durable id")?,
             commit_id: reader.u64("commit id")?,
             bytes_max: reader.u32("bytes max")?,
             wait_ms: reader.u32("wait ms")?,
-            follower_id: reader.string(FOLLOWER_ID_BYTES_MAX, "follower id")?,
         };
         reader.finish()?;
         request.validate()?;
@@ -223,9 +258,6 @@ impl FetchRequest {
 
     /// Checks the fields make sense together.
     pub fn validate(&self) -> Result<(), DecodeError> {
-        if self.follower_id.is_empty() || self.follower_id.len() > FOLLOWER_ID_BYTES_MAX {
-            return Err(DecodeError("follower id must be 1 to 256 bytes".to_owned()));
-        }
         if self.next_id == 0 {
             return Err(DecodeError("next id must be at least 1".to_owned()));
         }
@@ -295,14 +327,22 @@ impl FetchResponse {
                 KIND_SNAPSHOT_NEEDED,
                 &[*cluster_id, *leader_epoch, *first_id],
             ),
-            FetchResponse::NotLeader { leader_url } => {
-                out.push(KIND_NOT_LEADER);
+            FetchResponse::NotLeader {
+                leader_epoch,
+                leader_url,
+            } => {
+                words(&mut out, KIND_NOT_LEADER, &[*leader_epoch]);
                 out.push(u8::from(leader_url.is_some()));
                 put_string(&mut out, leader_url.as_deref().unwrap_or(""));
             }
-            FetchResponse::ClusterMismatch { leader_cluster_id } => {
-                words(&mut out, KIND_CLUSTER_MISMATCH, &[*leader_cluster_id])
-            }
+            FetchResponse::ClusterMismatch {
+                leader_cluster_id,
+                leader_epoch,
+            } => words(
+                &mut out,
+                KIND_CLUSTER_MISMATCH,
+                &[*leader_cluster_id, *leader_epoch],
+            ),
         }
         out
     }
@@ -344,6 +384,7 @@ impl FetchResponse {
                 first_id: reader.u64("first id")?,
             },
             KIND_NOT_LEADER => {
+                let leader_epoch = reader.u64("leader epoch")?;
                 let has_url = match reader.u8("has url")? {
                     0 => false,
                     1 => true,
@@ -351,16 +392,18 @@ impl FetchResponse {
                         return Err(DecodeError(format!("has url must be 0 or 1, not {other}")))
                     }
                 };
-                let url = reader.string(2048, "leader url")?;
+                let url = reader.string(LEADER_URL_BYTES_MAX, "leader url")?;
                 if !has_url && !url.is_empty() {
                     return Err(DecodeError("a leader url without its flag".to_owned()));
                 }
                 FetchResponse::NotLeader {
+                    leader_epoch,
                     leader_url: has_url.then_some(url),
                 }
             }
             KIND_CLUSTER_MISMATCH => FetchResponse::ClusterMismatch {
                 leader_cluster_id: reader.u64("cluster id")?,
+                leader_epoch: reader.u64("leader epoch")?,
             },
             other => return Err(DecodeError(format!("unknown response kind {other}"))),
         };
@@ -376,7 +419,8 @@ mod tests {
     fn request() -> FetchRequest {
         FetchRequest {
             cluster_id: 7,
-            follower_id: "follower-1".to_owned(),
+            node_id: 1,
+            leader_epoch: 3,
             next_id: 11,
             last_epoch: 2,
             durable_id: 10,
@@ -409,16 +453,45 @@ mod tests {
                 first_id: 100,
             },
             FetchResponse::NotLeader {
+                leader_epoch: 4,
                 leader_url: Some("http://127.0.0.1:8000".to_owned()),
             },
-            FetchResponse::NotLeader { leader_url: None },
+            FetchResponse::NotLeader {
+                leader_epoch: 0,
+                leader_url: None,
+            },
             FetchResponse::ClusterMismatch {
                 leader_cluster_id: 9,
+                leader_epoch: 2,
             },
         ];
         for response in responses {
             assert_eq!(FetchResponse::decode(&response.encode()), Ok(response));
         }
+        assert_eq!(request().encode().len(), REQUEST_BYTES);
+    }
+
+    /// Version 2 changed the layout: a message of another version is refused with an error
+    /// that names both versions, never misread.
+    #[test]
+    fn another_protocol_version_is_refused_by_name() {
+        let mut old = request().encode();
+        old[4] = 1;
+        let error = FetchRequest::decode(&old).unwrap_err();
+        assert!(
+            error.0.contains("version 1") && error.0.contains("version 2"),
+            "{error}"
+        );
+        let mut newer = FetchResponse::NotLeader {
+            leader_epoch: 1,
+            leader_url: None,
+        }
+        .encode();
+        newer[4] = 3;
+        assert!(FetchResponse::decode(&newer)
+            .unwrap_err()
+            .0
+            .contains("version 3"));
     }
 
     #[test]
@@ -456,7 +529,9 @@ mod tests {
         bad.next_id = 0;
         assert!(FetchRequest::decode(&bad.encode()).is_err());
         let mut bad = request();
-        bad.follower_id = String::new();
+        bad.last_epoch = 1;
+        bad.next_id = 1;
+        bad.durable_id = 0;
         assert!(FetchRequest::decode(&bad.encode()).is_err());
         let mut huge = FetchResponse::Entries {
             cluster_id: 1,

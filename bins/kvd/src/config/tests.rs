@@ -216,7 +216,7 @@ const EFFECTS: [(&str, &str, fn(&NodeConfig) -> String, &str); 32] = [
     ("log_format", "\"json\"", |c| format!("{:?}", c.log_format), "Json"),
     ("leader", "\"http://10.0.0.1:9\"", |c| format!("{:?}", c.role), "Follower { number: 1, leader_url: \"http://10.0.0.1:9\" }"),
     // Not a setting: the role's own part of the configuration, from `kvd follower 1`.
-    ("(follower id)", "", |c| c.replication.follower.follower_id.clone(), "follower-1"),
+    ("(follower id)", "", |c| c.replication.follower.node_id.to_string(), "1"),
 ];
 
 #[test]

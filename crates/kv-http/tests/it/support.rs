@@ -32,6 +32,9 @@ pub fn node_with_store(store_options: StoreOptions, options: HttpOptions, role: 
             leader_url,
             NodeOptions::default(),
         ),
+        NodeRole::NoLeader => {
+            kv_replication::Node::open_controlled(store, dir.path(), 1, NodeOptions::default())
+        }
     }
     .expect("open node");
     let state = Arc::new(AppState::new(Arc::new(node), options));

@@ -16,23 +16,34 @@ use crate::transport::Transport;
 const FETCH_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 
 impl Node {
-    /// Runs the follower's fetch loop until `shutdown` resolves, replication stops for a
-    /// reason an operator must look at (the node keeps serving reads either way), or the
-    /// node's role changes ([`Node::become_leader`], [`Node::become_follower`]: a new leader
-    /// needs a new loop with a transport to it).
+    /// Runs the follower's fetch loop over `transport` (to the leader this node follows)
+    /// until `shutdown` resolves, replication stops for a reason an operator must look at (the
+    /// node keeps serving reads either way), or the node's role changes (a new leader needs a
+    /// new loop with a transport to it: [`Node::run_replication`] does that).
     pub async fn run_follower<T: Transport>(
         self: Arc<Self>,
         transport: T,
         shutdown: impl Future<Output = ()>,
     ) {
+        let generation = *self.role_changes.borrow();
+        tokio::select! {
+            _ = shutdown => {}
+            _ = self.fetch_loop(&transport, generation) => {}
+        }
+    }
+
+    /// The fetch loop, for as long as the role is the one of `generation`.
+    pub(super) async fn fetch_loop<T: Transport>(&self, transport: &T, generation: u64) {
         let mut role_changes = self.role_changes.subscribe();
         let role_changed = async move {
-            let _ = role_changes.changed().await;
+            let _ = role_changes
+                .wait_for(|current| *current != generation)
+                .await;
         };
-        tokio::pin!(shutdown, role_changed);
+        tokio::pin!(role_changed);
         let fetch_timeout = self.options.follower.fetch_wait + FETCH_TIMEOUT_MARGIN;
         if self.with_follower(|_| ()).is_none() {
-            tracing::error!("run_follower called on a leader");
+            tracing::error!("the fetch loop started on a leader");
             return;
         }
         loop {
@@ -40,8 +51,8 @@ impl Node {
             let Some(request) = self.with_follower(|state| state.request(&*self.store)) else {
                 return;
             };
+            let sent_at = Instant::now();
             let answer = tokio::select! {
-                _ = &mut shutdown => return,
                 _ = &mut role_changed => return,
                 answer = transport.fetch(&request, fetch_timeout) => answer,
             };
@@ -51,11 +62,10 @@ impl Node {
             }) else {
                 return;
             };
-            match self.perform(step, &transport).await {
+            match self.perform(step, transport, sent_at).await {
                 Ok(None) => {}
                 Ok(Some(delay)) => {
                     tokio::select! {
-                        _ = &mut shutdown => return,
                         _ = &mut role_changed => return,
                         _ = tokio::time::sleep(delay) => {}
                     }
@@ -79,6 +89,7 @@ impl Node {
         &self,
         mut step: Step,
         transport: &T,
+        sent_at: Instant,
     ) -> Result<Option<Duration>> {
         loop {
             step = match step {
@@ -94,11 +105,12 @@ impl Node {
                 }
                 Step::InstallSnapshot {
                     leader_first_id,
+                    leader_epoch,
                     adopt_cluster,
                 } => {
                     self.adopt(adopt_cluster)?;
                     match self
-                        .install_leaders_snapshot(leader_first_id, transport)
+                        .install_leaders_snapshot(leader_first_id, leader_epoch, transport)
                         .await
                     {
                         Some(next) => next,
@@ -112,6 +124,7 @@ impl Node {
                 } => {
                     self.adopt(adopt_cluster)?;
                     self.append(&frames, commit_id).await?;
+                    self.applied_after(sent_at, commit_id);
                     return Ok(None);
                 }
                 Step::Apply {
@@ -120,6 +133,7 @@ impl Node {
                 } => {
                     self.adopt(adopt_cluster)?;
                     self.publish_commit(commit_id);
+                    self.applied_after(sent_at, commit_id);
                     return Ok(None);
                 }
                 Step::Truncate { after_id } => {
@@ -141,6 +155,7 @@ impl Node {
     async fn install_leaders_snapshot<T: Transport>(
         &self,
         leader_first_id: u64,
+        leader_epoch: u64,
         transport: &T,
     ) -> Option<Step> {
         tracing::warn!(
@@ -148,7 +163,7 @@ impl Node {
             next_id = self.store.next_id(),
             "the leader compacted the entries this follower needs: installing its snapshot"
         );
-        match self.download_and_install(transport).await {
+        match self.download_and_install(transport, leader_epoch).await {
             Ok(applied_id) => {
                 tracing::info!(applied_id, "snapshot installed; fetching after it");
                 self.applied.send_replace(self.store.applied_id());
@@ -177,6 +192,13 @@ impl Node {
         })?;
         self.publish_commit(commit_id);
         Ok(())
+    }
+
+    /// Tells the state machine what the answer to a request sent at `sent_at` let this
+    /// follower apply (for its staleness bound).
+    fn applied_after(&self, sent_at: Instant, commit_id: u64) {
+        let applied_id = self.store.applied_id();
+        self.with_follower(|state| state.on_applied(sent_at, commit_id, applied_id));
     }
 
     /// Drops this log's entries after `after_id`, where it parts from the leader's.

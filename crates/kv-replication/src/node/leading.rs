@@ -2,15 +2,13 @@
 //! follower's fetch is answered by [`LeaderState::on_fetch`] — at once, or held (the long
 //! poll) until new entries or a new commit id, up to its wait.
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use kv_store::{Command, Op, OutcomeSlot};
-use serde::Serialize;
 
-use super::{lock, Node, RoleState};
+use super::{lock, progress_or_role_change, shared, Node, RoleState};
 use crate::error::{Error, Result};
-use crate::leader::FetchDecision;
+use crate::leader::{Acks, FetchDecision};
 use crate::log_view::LogView;
 use crate::protocol::{FetchRequest, FetchResponse};
 
@@ -26,33 +24,6 @@ pub struct Written {
     pub outcome: OutcomeSlot,
 }
 
-/// Which acknowledgements a write waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Acks {
-    /// Durable on the leader.
-    Leader,
-    /// Committed: durable on a write quorum (the default).
-    #[default]
-    Quorum,
-    /// Committed and durable on every follower that is not down.
-    All,
-}
-
-impl FromStr for Acks {
-    type Err = Error;
-    fn from_str(text: &str) -> Result<Acks> {
-        match text {
-            "leader" => Ok(Acks::Leader),
-            "quorum" => Ok(Acks::Quorum),
-            "all" => Ok(Acks::All),
-            other => Err(Error::UnknownAcks {
-                text: other.to_owned(),
-            }),
-        }
-    }
-}
-
 impl Node {
     /// Writes `op` on the leader and waits for `acks`; returns its id. Cancel-safe in the sense
     /// that a dropped future leaves the entry to be applied when it commits.
@@ -64,40 +35,20 @@ impl Node {
     /// and the slot its outcome appears in once applied: by the time this returns, unless
     /// `acks` is `leader` under a write quorum above 1 (then once the entry commits). A
     /// repeated request fails with the store's `DuplicateRequest` or `RequestMismatch`,
-    /// unwritten.
+    /// unwritten. Under the controller, a leader without a lease waits for one (up to the acks
+    /// timeout) before writing, and acknowledges only while its lease holds.
     pub async fn write_command(&self, command: Command, acks: Acks) -> Result<Written> {
-        let leadership = *self.role_changes.borrow();
-        self.with_leader(|_| ())?;
-        let submitted = self.store.submit(command)?;
+        let deadline = tokio::time::Instant::now() + self.options.acks_timeout;
+        self.wait_for_lease(deadline).await?;
+        let (submitted, leadership) = self.admit(command)?;
         let id = submitted.id;
         submitted.ticket.await.map_err(kv_store::Error::from)?;
-        let commit_id =
-            self.with_leader(|leader| leader.recompute_commit(self.store.durable_id()))?;
-        self.publish_commit(commit_id);
-        let id = match acks {
-            Acks::Leader => Ok(id),
-            Acks::Quorum => {
-                let quorum = self.with_leader(|leader| leader.write_quorum())?;
-                self.wait_for(
-                    id,
-                    leadership,
-                    format!("a write quorum of {quorum}"),
-                    |node| node.commit_id() >= id,
-                )
-                .await
-            }
-            Acks::All => {
-                self.wait_for(id, leadership, "every live follower".to_owned(), |node| {
-                    node.commit_id() >= id
-                        && node
-                            .with_leader(|leader| {
-                                leader.all_live_followers_hold(Instant::now(), id)
-                            })
-                            .unwrap_or(false)
-                })
-                .await
-            }
-        }?;
+        if let Ok(commit_id) =
+            self.with_leader(|leader| leader.recompute_commit(self.store.durable_id()))
+        {
+            self.publish_commit(commit_id);
+        }
+        let id = self.wait_for(id, leadership, acks, deadline).await?;
         Ok(Written {
             id,
             outcome: submitted.outcome,
@@ -109,32 +60,96 @@ impl Node {
         self.options.acks_timeout
     }
 
-    /// Waits until `done` holds, while this node keeps the leadership it wrote `id` in
-    /// (`leadership`: the role generation then); after a role change the commit id is no
-    /// longer this leadership's, so nothing can be acknowledged any more.
+    /// Checks that this node takes writes (it leads, was not deposed, prepares no transfer)
+    /// and submits `command`, with role changes held off in between; returns the submitted
+    /// entry and the role generation it was written under.
+    fn admit(&self, command: Command) -> Result<(kv_store::Submitted, u64)> {
+        let _admission = shared(&self.admission);
+        let leadership = *self.role_changes.borrow();
+        match &*lock(&self.role) {
+            RoleState::Leader(leader) => {
+                if let Some(epoch) = leader.deposed_by() {
+                    return Err(Error::Unavailable(format!(
+                        "this node led epoch {} but epoch {epoch} has begun: it takes no writes",
+                        leader.epoch()
+                    )));
+                }
+                if let Some(to) = leader.transfer_to() {
+                    return Err(Error::Unavailable(format!(
+                        "leadership is being transferred to node {to}; retry"
+                    )));
+                }
+            }
+            other => return Err(other.not_leader()),
+        }
+        Ok((self.store.submit(command)?, leadership))
+    }
+
+    /// Waits (until `deadline`) for this leader to hold a lease; at once for a legacy leader.
+    async fn wait_for_lease(&self, deadline: tokio::time::Instant) -> Result<()> {
+        let mut progress = self.progress.subscribe();
+        let mut role_changes = self.role_changes.subscribe();
+        loop {
+            progress.borrow_and_update();
+            let epoch = match &*lock(&self.role) {
+                RoleState::Leader(leader) if leader.lease_valid(Instant::now()) => return Ok(()),
+                RoleState::Leader(leader) if leader.deposed_by().is_some() => {
+                    return Err(Error::Unavailable(format!(
+                        "this node led epoch {} but a newer epoch has begun",
+                        leader.epoch()
+                    )))
+                }
+                RoleState::Leader(leader) => leader.epoch(),
+                other => return Err(other.not_leader()),
+            };
+            if !progress_or_role_change(deadline, &mut progress, &mut role_changes).await {
+                return Err(Error::Unavailable(format!(
+                    "this node leads epoch {epoch} but holds no lease from the controller \
+                     (it may have been cut off from it); retry"
+                )));
+            }
+        }
+    }
+
+    /// Waits until the write `id` has what `acks` asks for, while this node keeps the
+    /// leadership it wrote `id` in (`leadership`: the role generation then); after a role
+    /// change the commit id is no longer this leadership's, so nothing can be acknowledged any
+    /// more.
     async fn wait_for(
         &self,
         id: u64,
         leadership: u64,
-        wanted: String,
-        done: impl Fn(&Node) -> bool,
+        acks: Acks,
+        deadline: tokio::time::Instant,
     ) -> Result<u64> {
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.options.acks_timeout;
         let mut commits = self.commit.subscribe();
         let mut progress = self.progress.subscribe();
         let mut role_changes = self.role_changes.subscribe();
+        let stepped_down = || Error::SteppedDown {
+            id,
+            commit_id: self.commit_id(),
+            waited_ms: started.elapsed().as_millis() as u64,
+        };
         loop {
+            commits.borrow_and_update();
+            progress.borrow_and_update();
             if *role_changes.borrow_and_update() != leadership {
-                return Err(Error::SteppedDown {
-                    id,
-                    commit_id: self.commit_id(),
-                    waited_ms: started.elapsed().as_millis() as u64,
-                });
+                return Err(stepped_down());
             }
-            if done(self) {
-                // Visible to readers once committed.
-                self.publish_commit(self.commit_id());
+            let durable_id = self.store.durable_id();
+            let Ok((done, commit_id)) = self.with_leader(|leader| {
+                let done = leader.acknowledged(Instant::now(), id, acks, durable_id);
+                (done, leader.commit_id())
+            }) else {
+                return Err(stepped_down());
+            };
+            if done {
+                // Visible to readers once committed, before the answer: the commit id the
+                // acknowledgement saw (the published one may not have caught up with it yet:
+                // a fetch raises the leader's commit under the role lock and publishes it
+                // after).
+                self.publish_commit(commit_id);
                 return Ok(id);
             }
             let changed = tokio::time::timeout_at(deadline, async {
@@ -146,6 +161,15 @@ impl Node {
             })
             .await;
             if changed.is_err() {
+                let Ok(wanted) = self.with_leader(|leader| {
+                    let mut wanted = leader.describe(acks);
+                    if !leader.lease_valid(Instant::now()) {
+                        wanted.push_str(" while holding a lease (this node holds none now)");
+                    }
+                    wanted
+                }) else {
+                    return Err(stepped_down());
+                };
                 return Err(Error::AcksTimeout {
                     id,
                     commit_id: self.commit_id(),
@@ -156,11 +180,15 @@ impl Node {
         }
     }
 
-    /// Answers a follower's fetch, holding it up to its wait (capped at [`FETCH_WAIT_MAX`])
-    /// when there is nothing new. `record` is false for debugging views: they are answered but
-    /// not counted as a follower's acknowledgement.
+    /// Answers a follower's fetch, holding it up to its wait (capped at [`FETCH_WAIT_MAX`]
+    /// and at half the lag limit, so an idle follower is heard often enough to stay in the
+    /// ISR) when there is nothing new. `record` is false for debugging views: they are
+    /// answered but not counted as a follower's acknowledgement. A fetch from a follower that
+    /// knows a newer epoch deposes this leader: it steps down at once.
     pub async fn handle_fetch(&self, request: &FetchRequest, record: bool) -> FetchResponse {
-        let wait = Duration::from_millis(u64::from(request.wait_ms)).min(FETCH_WAIT_MAX);
+        let wait = Duration::from_millis(u64::from(request.wait_ms))
+            .min(FETCH_WAIT_MAX)
+            .min(self.lag_limit() / 2);
         let deadline = tokio::time::Instant::now() + wait;
         let mut commits = self.commit.subscribe();
         let mut role_changes = self.role_changes.subscribe();
@@ -172,10 +200,15 @@ impl Node {
                         leader.on_fetch(Instant::now(), request, &*self.store, may_wait, record);
                     (decision, leader.commit_id())
                 }
-                RoleState::Follower { leader_url, .. } => {
+                RoleState::Follower {
+                    leader_url,
+                    epoch,
+                    state,
+                } => {
                     return FetchResponse::NotLeader {
-                        leader_url: Some(leader_url.clone()),
-                    }
+                        leader_epoch: (*epoch).max(state.leader_epoch()),
+                        leader_url: leader_url.clone(),
+                    };
                 }
             };
             if record {
@@ -184,6 +217,13 @@ impl Node {
             }
             match decision {
                 FetchDecision::Respond(response) => return response,
+                FetchDecision::StepDown { epoch } => {
+                    self.step_down(epoch);
+                    return FetchResponse::NotLeader {
+                        leader_epoch: epoch,
+                        leader_url: None,
+                    };
+                }
                 FetchDecision::Wait => {
                     commits.mark_unchanged();
                     let new_entries = self.store.wal().last_watermark().wait(request.next_id);

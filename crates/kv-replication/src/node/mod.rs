@@ -1,9 +1,13 @@
 //! The node: a store plus its replication role, driven on tokio. The role is one
-//! [`RoleState`] — a leader with its [`LeaderState`], or a follower with its leader's URL and
-//! [`FollowerState`] — behind one lock, taken at open and changed at run time by
-//! [`Node::become_leader`] and [`Node::become_follower`]. The decisions are made by the
-//! sans-I/O state machines; the submodules drive them, one concern each:
+//! [`RoleState`] — a leader with its [`LeaderState`], or a follower with its leader's URL (or
+//! none) and [`FollowerState`] — behind one lock. A node opened with [`Node::open_controlled`]
+//! takes the role the controller gives it ([`Node::apply_cluster_view`], in [`control`]); the
+//! legacy [`Node::open_leader`] and [`Node::open_follower`] fix it at open. The decisions are
+//! made by the sans-I/O state machines; the submodules drive them, one concern each:
 //!
+//! - [`control`]: the controller's side — views, leases, the ISR the leader wants, planned
+//!   transfers, what the node reports in its heartbeat and its health, and the replication
+//!   task that follows whichever leader the node is told of.
 //! - [`leading`]: the leader's driver — writes that wait for their acknowledgements, and the
 //!   long-polled fetch.
 //! - [`following`]: the follower's driver — the fetch loop over a [`crate::Transport`].
@@ -15,6 +19,7 @@
 //! This module holds what they share: the role, the node's meta file, and the commit and
 //! applied ids it publishes.
 
+pub mod control;
 pub mod following;
 pub mod leading;
 pub mod maintenance;
@@ -22,16 +27,16 @@ pub mod snapshot_transfer;
 pub mod status;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
-use kv_store::Store;
+use kv_store::{Op, Store};
 use tokio::sync::watch;
 
 use crate::compaction::{CompactionHistory, CompactionOptions};
 use crate::error::{Error, Result};
 use crate::follower::{FollowerOptions, FollowerState};
-use crate::leader::{LeaderOptions, LeaderState};
+use crate::leader::{LeaderOptions, LeaderState, Membership};
 use crate::log_view::LogView;
 use crate::meta::NodeMeta;
 
@@ -45,6 +50,9 @@ pub enum Role {
         /// The leader's base URL.
         leader_url: String,
     },
+    /// Knows no leader right now (the controller named none, or not yet, or this node may
+    /// not lead the epoch it was named for): serves reads, refuses writes with 503.
+    NoLeader,
 }
 
 /// Settings of a node.
@@ -73,15 +81,17 @@ impl Default for NodeOptions {
 
 /// What the node is in the cluster, with the state that role needs: one value behind one lock,
 /// so a node is always exactly one of them, and changing role is one assignment
-/// ([`Node::become_leader`], [`Node::become_follower`]).
+/// ([`Node::change_role`]).
 #[derive(Debug)]
 enum RoleState {
     /// Takes writes and answers fetches.
-    Leader(LeaderState),
-    /// Copies the log of the leader at `leader_url`.
+    Leader(Box<LeaderState>),
+    /// Copies the log of the leader at `leader_url` (`None`: knows no leader).
     Follower {
         /// The leader's base URL.
-        leader_url: String,
+        leader_url: Option<String>,
+        /// The epoch it follows in (the controller's, or the highest heard).
+        epoch: u64,
         /// The fetch loop's state machine (boxed: its jitter generator is large).
         state: Box<FollowerState>,
     },
@@ -91,31 +101,58 @@ impl RoleState {
     fn role(&self) -> Role {
         match self {
             RoleState::Leader(_) => Role::Leader,
-            RoleState::Follower { leader_url, .. } => Role::Follower {
+            RoleState::Follower {
+                leader_url: Some(leader_url),
+                ..
+            } => Role::Follower {
                 leader_url: leader_url.clone(),
             },
+            RoleState::Follower { .. } => Role::NoLeader,
         }
     }
 
     fn not_leader(&self) -> Error {
-        Error::NotLeader {
-            leader_url: match self {
-                RoleState::Leader(_) => None,
-                RoleState::Follower { leader_url, .. } => Some(leader_url.clone()),
+        match self {
+            RoleState::Follower {
+                leader_url: Some(leader_url),
+                ..
+            } => Error::NotLeader {
+                leader_url: Some(leader_url.clone()),
             },
+            RoleState::Follower { epoch, .. } => Error::Unavailable(format!(
+                "no leader is known in epoch {epoch} right now (an election is under way, or \
+                 no in-sync replica is up); retry"
+            )),
+            RoleState::Leader(_) => Error::NotLeader { leader_url: None },
+        }
+    }
+
+    /// The highest leader epoch this role knows.
+    fn epoch(&self) -> u64 {
+        match self {
+            RoleState::Leader(leader) => leader.epoch(),
+            RoleState::Follower { epoch, state, .. } => (*epoch).max(state.leader_epoch()),
         }
     }
 }
 
 /// A store with its replication role.
 ///
-/// Lock order: `role` before `meta` (a role change persists the epoch under both).
+/// Lock order: `admission` before `role` before `meta` (a role change persists the epoch
+/// under all three).
 #[derive(Debug)]
 pub struct Node {
     store: Arc<Store>,
     data_dir: std::path::PathBuf,
     meta: Mutex<NodeMeta>,
+    /// Held (shared) by a write from its role check to its submit, and exclusively by a role
+    /// change: no write admitted under one role reaches the log under another.
+    admission: RwLock<()>,
     role: Mutex<RoleState>,
+    /// This node's id under the controller (`None`: a legacy node).
+    node_id: Option<u64>,
+    /// The epoch this node was named leader of but may not lead (it led it before a restart).
+    reelection_wanted: Mutex<Option<u64>>,
     /// Bumped at every role change, so a held fetch, a waiting write or a fetch loop started
     /// for the old role notices at once.
     role_changes: watch::Sender<u64>,
@@ -132,51 +169,106 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Waits until `progress` or `role_changes` moves; false if `deadline` passes first.
+async fn progress_or_role_change(
+    deadline: tokio::time::Instant,
+    progress: &mut watch::Receiver<u64>,
+    role_changes: &mut watch::Receiver<u64>,
+) -> bool {
+    tokio::time::timeout_at(deadline, async {
+        tokio::select! {
+            _ = progress.changed() => {}
+            _ = role_changes.changed() => {}
+        }
+    })
+    .await
+    .is_ok()
+}
+
+fn shared<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn exclusive<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Node {
-    /// Makes `store` the leader's: joins (or creates) the cluster recorded in `data_dir`,
-    /// starts a new epoch above every epoch in the meta file and the log, and persists it
-    /// before any write can use it (as [`Node::become_leader`] does).
-    pub fn open_leader(store: Arc<Store>, data_dir: &Path, options: NodeOptions) -> Result<Node> {
-        let mut meta = NodeMeta::load(&**store.file_system(), data_dir)?.unwrap_or_default();
-        let epoch = next_epoch(&meta, &store);
-        let known_commit = meta.commit_id;
-        let leader = take_leadership(
-            &store,
-            data_dir,
-            &mut meta,
-            epoch,
-            known_commit,
-            &options.leader,
-        )?;
-        let commit_id = leader.commit_id();
+    /// Opens a node whose role the controller decides ([`Node::apply_cluster_view`]): it
+    /// starts following nobody — serving reads of what it has, refusing writes — in the epoch
+    /// its meta file remembers. `node_id` is its id under the controller, sent with every fetch.
+    pub fn open_controlled(
+        store: Arc<Store>,
+        data_dir: &Path,
+        node_id: u64,
+        mut options: NodeOptions,
+    ) -> Result<Node> {
+        let meta = NodeMeta::load(&**store.file_system(), data_dir)?.unwrap_or_default();
+        options.follower.node_id = node_id;
+        let state = follower_state(&store, &meta, &options.follower, true);
+        let role = RoleState::Follower {
+            leader_url: None,
+            epoch: meta.epoch,
+            state: Box::new(state),
+        };
+        let commit_id = meta.commit_id;
         Ok(Node::new(
             store,
             data_dir,
             meta,
-            RoleState::Leader(leader),
+            role,
+            Some(node_id),
             commit_id,
             options,
         ))
     }
 
-    /// Makes `store` a follower of `leader_url` (as [`Node::become_follower`] does).
+    /// A legacy leader (before the controller): makes `store` the leader's, joins (or
+    /// creates) the cluster recorded in `data_dir`, starts a new epoch above every epoch in the
+    /// meta file and the log, and persists it before any write can use it. No lease, no no-op.
+    pub fn open_leader(store: Arc<Store>, data_dir: &Path, options: NodeOptions) -> Result<Node> {
+        let mut meta = NodeMeta::load(&**store.file_system(), data_dir)?.unwrap_or_default();
+        let epoch = next_epoch(&meta, &store);
+        if meta.cluster_id == 0 {
+            meta.cluster_id = rand::random::<u64>().max(1);
+        }
+        persist_epoch(&store, data_dir, &mut meta, epoch, true)?;
+        store.set_epoch(epoch);
+        let mut leader = LeaderState::new(meta.cluster_id, epoch, options.leader.clone());
+        leader.restore_commit(meta.commit_id.min(store.durable_id()));
+        leader.recompute_commit(store.durable_id());
+        tracing::info!(cluster_id = %format!("{:016x}", meta.cluster_id), epoch, "leading");
+        let commit_id = leader.commit_id();
+        Ok(Node::new(
+            store,
+            data_dir,
+            meta,
+            RoleState::Leader(Box::new(leader)),
+            None,
+            commit_id,
+            options,
+        ))
+    }
+
+    /// A legacy follower of `leader_url` (before the controller).
     pub fn open_follower(
         store: Arc<Store>,
         data_dir: &Path,
         leader_url: String,
         options: NodeOptions,
     ) -> Result<Node> {
-        let mut meta = NodeMeta::load(&**store.file_system(), data_dir)?.unwrap_or_default();
-        let role = take_followership(
-            &store,
-            data_dir,
-            &mut meta,
-            leader_url,
-            0,
-            &options.follower,
-        )?;
+        let meta = NodeMeta::load(&**store.file_system(), data_dir)?.unwrap_or_default();
+        let state = follower_state(&store, &meta, &options.follower, false);
+        let role = RoleState::Follower {
+            leader_url: Some(leader_url),
+            epoch: meta.epoch,
+            state: Box::new(state),
+        };
         let commit_id = meta.commit_id;
-        Ok(Node::new(store, data_dir, meta, role, commit_id, options))
+        Ok(Node::new(
+            store, data_dir, meta, role, None, commit_id, options,
+        ))
     }
 
     fn new(
@@ -184,6 +276,7 @@ impl Node {
         data_dir: &Path,
         meta: NodeMeta,
         role: RoleState,
+        node_id: Option<u64>,
         commit_id: u64,
         options: NodeOptions,
     ) -> Node {
@@ -192,7 +285,10 @@ impl Node {
             store,
             data_dir: data_dir.to_owned(),
             meta: Mutex::new(meta),
+            admission: RwLock::new(()),
             role: Mutex::new(role),
+            node_id,
+            reelection_wanted: Mutex::new(None),
             role_changes: watch::Sender::new(0),
             commit: watch::Sender::new(commit_id),
             applied: watch::Sender::new(applied_id),
@@ -202,61 +298,83 @@ impl Node {
         }
     }
 
-    /// Makes this node the leader in `epoch`, at run time: the seam failover uses when the
-    /// controller names this node the data leader (`open_leader` takes the same path at
-    /// start). `epoch` must be above every epoch this node has led, followed or holds entries
-    /// of; it is on disk (`node.meta`) before this returns, so no write of the epoch can come
-    /// first. The commit id starts at what this node knows committed (never above what it
-    /// holds durably) and moves with the followers' fetches. A fetch loop still running for
-    /// the follower role ends on its own ([`Node::run_follower`]).
-    pub fn become_leader(&self, epoch: u64) -> Result<()> {
+    /// Replaces the role by what `change` makes of it, with writes held off (no write admitted
+    /// under the old role reaches the log under the new one), then tells everyone waiting on
+    /// the old role (held fetches, waiting writes, the fetch loop). `change` may also change
+    /// the role in place; it returns the new role (`None`: keep it) and a value for the caller.
+    fn change_role<R>(
+        &self,
+        change: impl FnOnce(&mut RoleState, &mut NodeMeta) -> Result<(Option<RoleState>, R)>,
+    ) -> Result<R> {
+        let _admission = exclusive(&self.admission);
         let mut role = lock(&self.role);
-        let leader = {
+        let (next, value) = {
             let mut meta = lock(&self.meta);
-            let known_commit = meta.commit_id.max(self.commit_id());
-            take_leadership(
-                &self.store,
-                &self.data_dir,
-                &mut meta,
-                epoch,
-                known_commit,
-                &self.options.leader,
-            )?
+            change(&mut role, &mut meta)?
         };
-        // This leadership's commit id is its own: a follower's "commit as last heard" may
-        // be above what this node holds, and must not acknowledge its new writes.
-        self.commit.send_replace(leader.commit_id());
-        *role = RoleState::Leader(leader);
+        let Some(next) = next else {
+            return Ok(value);
+        };
+        if let RoleState::Leader(leader) = &next {
+            // This leadership's commit id is its own: a follower's "commit as last heard" may
+            // be above what this node holds, and must not acknowledge its new writes.
+            self.commit.send_replace(leader.commit_id());
+        }
+        *role = next;
         drop(role);
         self.role_changes.send_modify(|generation| *generation += 1);
-        tracing::info!(epoch, "now leading");
-        Ok(())
+        Ok(value)
     }
 
-    /// Makes this node a follower of `leader_url`, at run time: the seam failover uses to
-    /// demote a leader or re-point a follower (`open_follower` takes the same path at start
-    /// with `leader_epoch` 0). `leader_epoch` is the epoch the new leader leads, if known: it
-    /// is recorded before anything is fetched, and answers from any older epoch are refused
-    /// (the node also refuses epochs below every one it led or heard before). Writes are
-    /// refused from now on; a held fetch answers "not the leader". Start the fetch loop
-    /// ([`Node::run_follower`]) with a transport to `leader_url` afterwards.
-    pub fn become_follower(&self, leader_url: String, leader_epoch: u64) -> Result<()> {
-        let mut role = lock(&self.role);
-        let follower = {
-            let mut meta = lock(&self.meta);
-            take_followership(
-                &self.store,
-                &self.data_dir,
-                &mut meta,
-                leader_url,
-                leader_epoch,
-                &self.options.follower,
-            )?
-        };
-        *role = follower;
-        drop(role);
-        self.role_changes.send_modify(|generation| *generation += 1);
-        Ok(())
+    /// A follower of `leader_url` (`None`: of nobody) in `epoch`: records the epoch first if it
+    /// is new, and resumes the follower's state from what the node has heard and committed.
+    fn follower_role(
+        &self,
+        meta: &mut NodeMeta,
+        leader_url: Option<String>,
+        epoch: u64,
+    ) -> Result<RoleState> {
+        if epoch > meta.epoch {
+            persist_epoch(&self.store, &self.data_dir, meta, epoch, false)?;
+        }
+        let state = follower_state(
+            &self.store,
+            meta,
+            &self.options.follower,
+            self.node_id.is_some(),
+        );
+        Ok(RoleState::Follower {
+            leader_url,
+            epoch: epoch.max(meta.epoch),
+            state: Box::new(state),
+        })
+    }
+
+    /// A fetch told this leader of a higher epoch: it was replaced. It stops acknowledging at
+    /// once (its waiting writes end "stepped down") and follows nobody until the controller's
+    /// view names the new leader. The epoch heard is kept in memory only.
+    fn step_down(&self, heard_epoch: u64) {
+        let controlled = self.node_id.is_some();
+        let changed = self.change_role(|role, meta| {
+            let RoleState::Leader(leader) = role else {
+                return Ok((None, ()));
+            };
+            tracing::warn!(
+                epoch = leader.epoch(),
+                heard_epoch,
+                "a follower knows a newer leader epoch: stepping down"
+            );
+            let state = follower_state(&self.store, meta, &self.options.follower, controlled);
+            let follower = RoleState::Follower {
+                leader_url: None,
+                epoch: heard_epoch.max(leader.epoch()),
+                state: Box::new(state),
+            };
+            Ok((Some(follower), ()))
+        });
+        if let Err(error) = changed {
+            tracing::error!(%error, "cannot step down");
+        }
     }
 
     /// The store.
@@ -267,6 +385,11 @@ impl Node {
     /// The role.
     pub fn role(&self) -> Role {
         lock(&self.role).role()
+    }
+
+    /// This node's id under the controller (`None`: a legacy node).
+    pub fn node_id(&self) -> Option<u64> {
+        self.node_id
     }
 
     /// The commit id (followers: as last heard).
@@ -294,7 +417,8 @@ impl Node {
         });
     }
 
-    /// Runs `action` on the leader's state; [`Error::NotLeader`] when this node does not lead.
+    /// Runs `action` on the leader's state; [`Error::NotLeader`] (or [`Error::Unavailable`]
+    /// with no leader known) when this node does not lead.
     fn with_leader<R>(&self, action: impl FnOnce(&mut LeaderState) -> R) -> Result<R> {
         match &mut *lock(&self.role) {
             RoleState::Leader(leader) => Ok(action(leader)),
@@ -320,8 +444,8 @@ impl Node {
     }
 
     /// Saves the highest leader epoch heard and the applied (committed) id in the node's meta
-    /// file, if they moved. kvd calls it every second and at shutdown; the follower loop calls
-    /// it as soon as it hears a new epoch.
+    /// file, if they moved. The maintenance task calls it every second and kvd at shutdown;
+    /// the follower loop calls it as soon as it hears a new epoch.
     pub fn persist_progress(&self) -> Result<()> {
         let epoch_heard = self
             .with_follower(|state| state.leader_epoch())
@@ -340,7 +464,8 @@ impl Node {
     }
 
     /// The commit id a restart may apply up to at once (from the meta file): everything for a
-    /// single-node leader (durable means committed), the saved commit id otherwise.
+    /// single-node legacy leader (durable means committed), the saved commit id otherwise
+    /// (pass [`Role::NoLeader`] for a node opened with [`Node::open_controlled`]).
     pub fn apply_limit_at_open(
         fs: &dyn kv_wal::fs::FileSystem,
         data_dir: &Path,
@@ -379,56 +504,82 @@ fn next_epoch(meta: &NodeMeta, store: &Store) -> u64 {
     meta.epoch.max(store.last_entry_epoch().unwrap_or(0)) + 1
 }
 
-/// The leader's side of a role change: checks that `epoch` is new, joins (or creates) the
-/// cluster, persists the epoch, stamps new entries with it and restores the commit id.
-fn take_leadership(
+/// The highest epoch this node has led or holds entries of: under the controller it may lead
+/// only above.
+fn highest_epoch_led(meta: &NodeMeta, store: &Store) -> u64 {
+    meta.led_epoch.max(store.last_entry_epoch().unwrap_or(0))
+}
+
+/// Records `epoch` in the meta file (before anything of it is written or followed), and as led
+/// when this node leads it.
+fn persist_epoch(
     store: &Store,
     data_dir: &Path,
     meta: &mut NodeMeta,
     epoch: u64,
-    known_commit: u64,
-    options: &LeaderOptions,
-) -> Result<LeaderState> {
-    let highest = meta.epoch.max(store.last_entry_epoch().unwrap_or(0));
-    if epoch <= highest {
-        return Err(Error::StaleEpoch { epoch, highest });
-    }
+    led: bool,
+) -> Result<()> {
     let mut next = *meta;
-    if next.cluster_id == 0 {
-        next.cluster_id = rand::random::<u64>().max(1);
+    next.epoch = next.epoch.max(epoch);
+    if led {
+        next.led_epoch = next.led_epoch.max(epoch);
     }
-    next.epoch = epoch;
     next.store(&**store.file_system(), data_dir)?;
     *meta = next;
-    store.set_epoch(epoch);
-    let mut leader = LeaderState::new(meta.cluster_id, epoch, options.clone());
-    leader.restore_commit(known_commit.min(store.durable_id()));
-    leader.recompute_commit(store.durable_id());
-    tracing::info!(cluster_id = %format!("{:016x}", meta.cluster_id), epoch, "leading");
-    Ok(leader)
+    Ok(())
 }
 
-/// The follower's side of a role change: records `leader_epoch` if it is new, and resumes the
-/// follower's state from what the node has heard and committed.
-fn take_followership(
+/// A follower's state resumed from what the node has heard and committed (applied entries are
+/// committed: never cut below them either, unless the controller's leader says so).
+fn follower_state(
+    store: &Store,
+    meta: &NodeMeta,
+    options: &FollowerOptions,
+    controlled: bool,
+) -> FollowerState {
+    let commit_seen = meta.commit_id.max(store.applied_id());
+    let state = FollowerState::resume(options.clone(), meta.cluster_id, meta.epoch, commit_seen);
+    if controlled {
+        state.with_epochs_from_controller()
+    } else {
+        state
+    }
+}
+
+/// The leader's side of a change to leadership under the controller: checks that `epoch` is
+/// new, persists it, stamps new entries with it, writes its no-op (the first entry of the
+/// epoch; commits count from it on) and starts the commit id at what this node knows
+/// committed (never above what it holds durably).
+#[allow(clippy::too_many_arguments)]
+fn take_leadership(
     store: &Store,
     data_dir: &Path,
     meta: &mut NodeMeta,
-    leader_url: String,
-    leader_epoch: u64,
-    options: &FollowerOptions,
-) -> Result<RoleState> {
-    if leader_epoch > meta.epoch {
-        let mut next = *meta;
-        next.epoch = leader_epoch;
-        next.store(&**store.file_system(), data_dir)?;
-        *meta = next;
+    node_id: u64,
+    epoch: u64,
+    known_commit: u64,
+    membership: Membership,
+    options: &LeaderOptions,
+) -> Result<(LeaderState, kv_wal::AppendTicket)> {
+    let highest = highest_epoch_led(meta, store);
+    if epoch <= highest {
+        return Err(Error::StaleEpoch { epoch, highest });
     }
-    // Applied entries are committed: never cut below them either.
-    let commit_seen = meta.commit_id.max(store.applied_id());
-    let state = FollowerState::resume(options.clone(), meta.cluster_id, meta.epoch, commit_seen);
-    Ok(RoleState::Follower {
-        leader_url,
-        state: Box::new(state),
-    })
+    persist_epoch(store, data_dir, meta, epoch, true)?;
+    store.set_epoch(epoch);
+    let noop = store.submit(Op::Noop)?;
+    let noop_id = noop.id;
+    let mut leader = LeaderState::elected(
+        meta.cluster_id,
+        epoch,
+        node_id,
+        noop_id,
+        membership,
+        options.clone(),
+        Instant::now(),
+    );
+    leader.restore_commit(known_commit.min(store.durable_id()));
+    leader.recompute_commit(store.durable_id());
+    tracing::info!(cluster_id = %format!("{:016x}", meta.cluster_id), epoch, noop_id, "leading");
+    Ok((leader, noop.ticket))
 }

@@ -14,9 +14,14 @@ use crate::transport::Transport;
 impl Node {
     /// Downloads the leader's newest snapshot into `incoming-{id}.part` in the snapshot
     /// directory (resuming a partial download of the same snapshot), checks it whole, moves it
-    /// into place and installs it; returns its applied id. Per-chunk timeouts bound the
-    /// transfer; the install is not timed.
-    pub(super) async fn download_and_install<T: Transport>(&self, transport: &T) -> Result<u64> {
+    /// into place and installs it; returns its applied id. Only a snapshot offered by the
+    /// leader of `leader_epoch` (the epoch whose leader asked for it) is taken. Per-chunk
+    /// timeouts bound the transfer; the install is not timed.
+    pub(super) async fn download_and_install<T: Transport>(
+        &self,
+        transport: &T,
+        leader_epoch: u64,
+    ) -> Result<u64> {
         let dir = self
             .store
             .snapshot_dir()
@@ -26,6 +31,14 @@ impl Node {
             .snapshot_meta(self.options.compaction.snapshot_chunk_timeout)
             .await?
             .ok_or(Error::NoSnapshotOffered)?;
+        if meta.leader_epoch != leader_epoch {
+            // Another node answers at that address now (a failover): its snapshot is not the
+            // one the leader of `leader_epoch` meant, and may hold another history.
+            return Err(Error::SnapshotOfAnotherEpoch {
+                offered_by: meta.leader_epoch,
+                asked_by: leader_epoch,
+            });
+        }
         let part_name = self.download(transport, &dir, meta).await?;
         let store = self.store.clone();
         let applied_id = tokio::task::spawn_blocking(move || {
@@ -98,8 +111,13 @@ impl Node {
         Ok(part_name)
     }
 
-    /// The newest snapshot this node offers to followers.
+    /// The newest snapshot this node offers to followers, with the epoch it leads (0: it
+    /// does not lead).
     pub fn snapshot_meta(&self) -> Option<SnapshotMeta> {
+        let leader_epoch = match &*lock(&self.role) {
+            super::RoleState::Leader(leader) => leader.epoch(),
+            super::RoleState::Follower { .. } => 0,
+        };
         let (applied_id, path) = self.store.snapshots().into_iter().next()?;
         let size_bytes = kv_wal::durable::FileReader::open(&**self.store.file_system(), &path)
             .ok()?
@@ -108,6 +126,7 @@ impl Node {
         Some(SnapshotMeta {
             applied_id,
             size_bytes,
+            leader_epoch,
         })
     }
 

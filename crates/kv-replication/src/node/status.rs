@@ -14,8 +14,10 @@ use crate::log_view::LogView;
 /// What `/cluster_status` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterStatus {
-    /// `leader` or `follower`.
+    /// `leader`, `follower`, or `none` (a node that knows no leader).
     pub role: &'static str,
+    /// This node's id under the controller (`None`: a legacy node).
+    pub node_id: Option<u64>,
     /// The leader's URL (followers).
     pub leader: Option<String>,
     /// The cluster id, hex (empty for a follower that has not joined yet).
@@ -36,6 +38,23 @@ pub struct ClusterStatus {
     pub write_quorum: Option<usize>,
     /// Every follower heard from (leader).
     pub followers: Option<Vec<FollowerStatus>>,
+    /// The applied ISR (a leader under the controller).
+    pub isr: Option<Vec<u64>>,
+    /// This epoch's no-op: commits count from it on (a leader under the controller).
+    pub noop_id: Option<u64>,
+    /// Milliseconds the controller's lease still holds (a leader under the controller; 0:
+    /// none — it acknowledges nothing).
+    pub lease_remaining_ms: Option<u64>,
+    /// The newer epoch a fetch told this leader of (it acknowledges nothing more).
+    pub deposed_by: Option<u64>,
+    /// The epoch this node was named leader of but may not lead (it led it before a restart).
+    pub reelection_wanted: Option<u64>,
+    /// Whether this follower is caught up with its leader (within the lag limit).
+    pub caught_up: Option<bool>,
+    /// How stale this node's reads may be, in milliseconds (see `Node::staleness`).
+    pub staleness_ms: Option<u64>,
+    /// Cuts obeyed below the commit id heard from an earlier leader (followers).
+    pub committed_truncations: Option<u64>,
     /// The link to the leader (followers).
     pub link: Option<LinkState>,
     /// Milliseconds since the leader last answered (followers).
@@ -129,6 +148,7 @@ impl Node {
         let meta = *lock(&self.meta);
         let mut status = ClusterStatus {
             role: "leader",
+            node_id: self.node_id,
             leader: None,
             cluster_id: if meta.cluster_id == 0 {
                 String::new()
@@ -143,18 +163,45 @@ impl Node {
             first_id: LogView::first_id(&**store),
             write_quorum: None,
             followers: None,
+            isr: None,
+            noop_id: None,
+            lease_remaining_ms: None,
+            deposed_by: None,
+            reelection_wanted: *lock(&self.reelection_wanted),
+            caught_up: None,
+            staleness_ms: self
+                .staleness()
+                .map(|staleness| staleness.as_millis() as u64),
+            committed_truncations: None,
             link: None,
             last_contact_age_ms: None,
             corrupt_batches_refused: None,
         };
         match &*lock(&self.role) {
             RoleState::Leader(leader) => {
+                status.epoch = leader.epoch();
                 status.write_quorum = Some(leader.write_quorum());
                 status.followers = Some(leader.followers(now, last_id));
+                status.isr = leader.isr().map(|isr| isr.iter().copied().collect());
+                status.noop_id = leader.noop_id();
+                if status.noop_id.is_some() {
+                    status.lease_remaining_ms = Some(leader.lease_until().map_or(0, |until| {
+                        until.saturating_duration_since(now).as_millis() as u64
+                    }));
+                }
+                status.deposed_by = leader.deposed_by();
             }
-            RoleState::Follower { leader_url, state } => {
-                status.role = "follower";
-                status.leader = Some(leader_url.clone());
+            RoleState::Follower {
+                leader_url, state, ..
+            } => {
+                status.role = if leader_url.is_some() {
+                    "follower"
+                } else {
+                    "none"
+                };
+                status.leader = leader_url.clone();
+                status.caught_up = Some(state.is_caught_up(now, self.lag_limit()));
+                status.committed_truncations = Some(state.committed_truncations());
                 if state.cluster_id() != 0 {
                     status.cluster_id = format!("{:016x}", state.cluster_id());
                 }

@@ -20,10 +20,11 @@ fn leader_log(entries: &[(u64, &str)]) -> VecLog {
     log
 }
 
-fn request(follower: &str, next_id: u64, last_epoch: u64, durable_id: u64) -> FetchRequest {
+fn request(follower: u64, next_id: u64, last_epoch: u64, durable_id: u64) -> FetchRequest {
     FetchRequest {
         cluster_id: CLUSTER,
-        follower_id: follower.to_owned(),
+        node_id: follower,
+        leader_epoch: 0,
         next_id,
         last_epoch,
         durable_id,
@@ -53,6 +54,7 @@ fn respond(
     match leader.on_fetch(now, request, log, false, true) {
         FetchDecision::Respond(response) => response,
         FetchDecision::Wait => panic!("asked to wait with may_wait = false"),
+        FetchDecision::StepDown { epoch } => panic!("deposed by epoch {epoch}"),
     }
 }
 
@@ -73,9 +75,9 @@ fn commit_needs_the_quorum_and_never_passes_the_leader() {
         0,
         "no follower yet"
     );
-    respond(&mut leader, now, &request("f1", 3, 1, 2), &log);
+    respond(&mut leader, now, &request(1, 3, 1, 2), &log);
     assert_eq!(leader.commit_id(), 2);
-    respond(&mut leader, now, &request("f2", 5, 1, 4), &log);
+    respond(&mut leader, now, &request(2, 5, 1, 4), &log);
     assert_eq!(leader.commit_id(), 4);
     // The leader lost durability of its tail (a follower ahead of the leader's durable id).
     log.durable_id = 3;
@@ -87,8 +89,8 @@ fn commit_needs_the_quorum_and_never_passes_the_leader() {
             ..LeaderOptions::default()
         },
     );
-    respond(&mut other, now, &request("f1", 5, 1, 4), &log);
-    respond(&mut other, now, &request("f2", 5, 1, 4), &log);
+    respond(&mut other, now, &request(1, 5, 1, 4), &log);
+    respond(&mut other, now, &request(2, 5, 1, 4), &log);
     assert_eq!(
         other.commit_id(),
         3,
@@ -100,7 +102,7 @@ fn commit_needs_the_quorum_and_never_passes_the_leader() {
         now,
         &FetchRequest {
             cluster_id: 0,
-            ..request("f2", 1, 0, 0)
+            ..request(2, 1, 0, 0)
         },
         &log,
     );
@@ -114,7 +116,7 @@ fn the_leader_tells_a_diverged_follower_where_to_cut() {
     let log = leader_log(&[(1, "a"), (1, "b"), (1, "c"), (3, "d"), (3, "e"), (3, "f")]);
     let mut leader = LeaderState::new(CLUSTER, 3, LeaderOptions::default());
     // A follower with 1-5, its 4-5 written in epoch 2 by an old leader.
-    let answer = respond(&mut leader, now, &request("f", 6, 2, 5), &log);
+    let answer = respond(&mut leader, now, &request(10, 6, 2, 5), &log);
     assert_eq!(
         answer,
         FetchResponse::Diverged {
@@ -124,7 +126,7 @@ fn the_leader_tells_a_diverged_follower_where_to_cut() {
         }
     );
     // A follower ahead of the leader (an old leader's unreplicated tail in epoch 3? no: epoch 2).
-    let answer = respond(&mut leader, now, &request("g", 9, 2, 8), &log);
+    let answer = respond(&mut leader, now, &request(11, 9, 2, 8), &log);
     assert!(
         matches!(
             answer,
@@ -136,7 +138,7 @@ fn the_leader_tells_a_diverged_follower_where_to_cut() {
         "{answer:?}"
     );
     // A follower ahead with entries of the leader's own epoch: cut at the leader's end.
-    let answer = respond(&mut leader, now, &request("h", 9, 3, 8), &log);
+    let answer = respond(&mut leader, now, &request(12, 9, 3, 8), &log);
     assert!(
         matches!(
             answer,
@@ -150,7 +152,7 @@ fn the_leader_tells_a_diverged_follower_where_to_cut() {
     // Diverged followers' durable ids do not count.
     assert_eq!(leader.commit_id(), 0);
     // A matching follower gets entries.
-    let answer = respond(&mut leader, now, &request("f", 4, 1, 3), &log);
+    let answer = respond(&mut leader, now, &request(10, 4, 1, 3), &log);
     let FetchResponse::Entries { frames, .. } = answer else {
         panic!("{answer:?}")
     };
@@ -164,18 +166,19 @@ fn other_clusters_compacted_logs_and_waits() {
     let mut leader = LeaderState::new(CLUSTER, 1, LeaderOptions::default());
     let stranger = FetchRequest {
         cluster_id: 0xbad,
-        ..request("f", 1, 0, 0)
+        ..request(10, 1, 0, 0)
     };
     assert_eq!(
         respond(&mut leader, now, &stranger, &log),
         FetchResponse::ClusterMismatch {
-            leader_cluster_id: CLUSTER
+            leader_cluster_id: CLUSTER,
+            leader_epoch: 1,
         }
     );
     // No cluster id but data: not a new follower.
     let unknown_with_data = FetchRequest {
         cluster_id: 0,
-        ..request("f", 3, 1, 2)
+        ..request(10, 3, 1, 2)
     };
     assert!(matches!(
         respond(&mut leader, now, &unknown_with_data, &log),
@@ -184,7 +187,7 @@ fn other_clusters_compacted_logs_and_waits() {
     // A new empty follower is welcome.
     let newcomer = FetchRequest {
         cluster_id: 0,
-        ..request("f", 1, 0, 0)
+        ..request(10, 1, 0, 0)
     };
     assert!(matches!(
         respond(&mut leader, now, &newcomer, &log),
@@ -192,7 +195,7 @@ fn other_clusters_compacted_logs_and_waits() {
     ));
     // Caught up: wait, unless the leader knows a newer commit than the follower.
     leader.recompute_commit(3);
-    let caught_up = request("f", 4, 1, 3);
+    let caught_up = request(10, 4, 1, 3);
     assert!(matches!(
         leader.on_fetch(now, &caught_up, &log, true, true),
         FetchDecision::Respond(FetchResponse::Entries { commit_id: 3, .. })
@@ -208,7 +211,7 @@ fn other_clusters_compacted_logs_and_waits() {
     // Compacted past the follower.
     log.entries.remove(0);
     assert!(matches!(
-        respond(&mut leader, now, &request("f", 1, 0, 0), &log),
+        respond(&mut leader, now, &request(10, 1, 0, 0), &log),
         FetchResponse::SnapshotNeeded { first_id: 2, .. }
     ));
 }
@@ -224,12 +227,13 @@ fn follower_health_comes_from_fetch_times_and_lag() {
             write_quorum: 1,
             follower_down_after: Duration::from_secs(5),
             follower_lagging_entries: 1,
+            ..LeaderOptions::default()
         },
     );
-    respond(&mut leader, start, &request("fast", 3, 1, 2), &log);
-    respond(&mut leader, start, &request("slow", 1, 0, 0), &log);
+    respond(&mut leader, start, &request(1, 3, 1, 2), &log);
+    respond(&mut leader, start, &request(2, 1, 0, 0), &log);
     let statuses = leader.followers(start + Duration::from_secs(1), 2);
-    assert_eq!(statuses[0].follower_id, "fast");
+    assert_eq!(statuses[0].node_id, 1);
     assert_eq!(statuses[0].status, FollowerHealth::Healthy);
     assert_eq!(statuses[1].status, FollowerHealth::Lagging);
     assert_eq!(statuses[1].lag_entries, 2);
@@ -340,6 +344,7 @@ fn the_follower_refuses_damage_backs_off_and_stops_for_operators() {
     let mut fresh = FollowerState::new(FollowerOptions::default(), CLUSTER);
     let mismatch = FetchResponse::ClusterMismatch {
         leader_cluster_id: 0xbad,
+        leader_epoch: 1,
     };
     assert!(matches!(
         fresh.on_response(now, &next, mismatch, &log),

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_replication::{
-    Acks, FetchRequest, FetchResponse, Node, NodeOptions, Role, SnapshotMeta, Transport,
-    TransportError, TransportErrorKind,
+    Acks, FetchRequest, FetchResponse, Node, NodeOptions, SnapshotMeta, Transport, TransportError,
+    TransportErrorKind,
 };
-use kv_store::{Op, Store, StoreOptions, Value};
+use kv_store::Value;
+
+use crate::support::{chunk_of, open, set};
 
 /// Calls the leader directly; corrupts the response of the fetches numbered in `corrupt`.
 struct Direct {
@@ -75,10 +77,7 @@ impl Transport for Direct {
                 "connection reset during the snapshot download (test)",
             ));
         }
-        self.leader
-            .snapshot_chunk(applied_id, offset, len)
-            .ok_or_else(|| TransportError::new(TransportErrorKind::Status, "gone"))?
-            .map_err(|error| TransportError::new(TransportErrorKind::Status, error.to_string()))
+        chunk_of(&self.leader, applied_id, offset, len)
     }
 
     async fn fetch(
@@ -110,15 +109,6 @@ impl Transport for Direct {
     }
 }
 
-fn open(dir: &std::path::Path) -> Arc<Store> {
-    let mut options = StoreOptions {
-        snapshot_dir: Some(dir.join("snapshots")),
-        ..StoreOptions::default()
-    };
-    options.wal.segment_bytes_max = 8192;
-    Arc::new(Store::open(dir.join("wal"), options).expect("open store").0)
-}
-
 fn leader_node(dir: &std::path::Path, options: NodeOptions) -> Arc<Node> {
     Arc::new(Node::open_leader(open(dir), dir, options).expect("open leader"))
 }
@@ -128,22 +118,6 @@ fn follower_node(dir: &std::path::Path, options: NodeOptions) -> Arc<Node> {
         Node::open_follower(open(dir), dir, "test://leader".to_owned(), options)
             .expect("open follower"),
     )
-}
-
-/// Waits (up to 10 s) until `condition` holds.
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-fn set(key: String, value: u64) -> Op {
-    Op::Set {
-        key: key.into_bytes(),
-        value: Value::json(value.to_string()),
-    }
 }
 
 fn options(write_quorum: usize) -> NodeOptions {
@@ -447,132 +421,44 @@ async fn compaction_keeps_what_a_live_follower_needs_within_the_retention_limit(
     loop_handle.await.unwrap();
 }
 
-/// The role-change seam failover builds on: a follower promoted with `become_leader` at a new
-/// epoch takes writes in it (its fetch loop ends by itself), the old leader demoted with
-/// `become_follower` refuses writes, answers a held fetch with "not the leader", fails a write
-/// still waiting for its quorum, and then follows the new leader; stale epochs are refused.
+/// A write acknowledged under the write quorum is visible in the leader's map by the time the
+/// write returns, however its acknowledgement raced the fetches that committed it (a fetch
+/// raises the leader's commit id under the role lock and publishes it just after; the
+/// nemesis suite once saw a read on the leader miss a write acknowledged a moment before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn roles_change_at_run_time_through_become_leader_and_become_follower() {
-    let old_dir = tempfile::tempdir().unwrap();
-    let new_dir = tempfile::tempdir().unwrap();
-    let old = leader_node(old_dir.path(), options(2));
-    let new = follower_node(new_dir.path(), options(2));
-    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let transport = Direct {
-        down: down.clone(),
-        ..Direct::to(&old)
-    };
-    let (_stop, loop_handle) = spawn_follower(&new, transport);
-    assert_eq!(
-        old.write(set("a".to_owned(), 1), Acks::Quorum)
-            .await
-            .unwrap(),
-        1
-    );
-    assert!(new.wait_applied(1, Duration::from_secs(10)).await);
-
-    // The follower about to be promoted loses the old leader: a write of the old leader
-    // waits for a quorum it will never get, and a fetch is held on the old leader.
-    down.store(true, Ordering::SeqCst);
-    eventually("the follower's fetches fail", || {
-        matches!(
-            new.cluster_status().link,
-            Some(kv_replication::LinkState::Retrying { .. })
-        )
-    })
-    .await;
-    let waiting_write = tokio::spawn({
-        let old = old.clone();
-        async move { old.write(set("lost".to_owned(), 2), Acks::Quorum).await }
-    });
-    eventually("the lost write is in the old leader's log", || {
-        old.store().last_id() == 2
-    })
-    .await;
-    let held_fetch = tokio::spawn({
-        let old = old.clone();
-        async move {
-            let request = FetchRequest {
-                cluster_id: u64::from_str_radix(&old.cluster_status().cluster_id, 16).unwrap(),
-                follower_id: "follower-9".to_owned(),
-                next_id: 3,
-                last_epoch: 1,
-                durable_id: 0,
-                commit_id: u64::MAX,
-                bytes_max: 1 << 20,
-                wait_ms: 10_000,
-            };
-            old.handle_fetch(&request, true).await
-        }
-    });
-    eventually("the fetch is held", || {
-        old.cluster_status()
-            .followers
-            .unwrap_or_default()
-            .iter()
-            .any(|follower| follower.follower_id == "follower-9")
-    })
-    .await;
-
-    assert!(matches!(
-        new.become_leader(1),
-        Err(kv_replication::Error::StaleEpoch {
-            epoch: 1,
-            highest: 1
+async fn an_acknowledged_write_is_visible_on_the_leader_when_it_returns() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let leader = leader_node(dirs[0].path(), options(3));
+    let mut loops = Vec::new();
+    for (node_id, dir) in (1..).zip(&dirs[1..]) {
+        let mut options = options(3);
+        options.follower.node_id = node_id;
+        let follower = follower_node(dir.path(), options);
+        loops.push(spawn_follower(&follower, Direct::to(&leader)));
+    }
+    let writers: Vec<_> = (0..4u64)
+        .map(|writer| {
+            let leader = leader.clone();
+            tokio::spawn(async move {
+                for index in 0..400u64 {
+                    let key = format!("w{writer}-{index}");
+                    leader
+                        .write(set(key.clone(), index), Acks::default())
+                        .await
+                        .unwrap();
+                    assert!(
+                        leader.store().get(key.as_bytes()).is_some(),
+                        "{key} acknowledged but not visible on the leader"
+                    );
+                }
+            })
         })
-    ));
-    new.become_leader(2).unwrap();
-    assert_eq!(new.role(), Role::Leader);
-    tokio::time::timeout(Duration::from_secs(10), loop_handle)
-        .await
-        .expect("the fetch loop ends when its node leads")
-        .unwrap();
-
-    old.become_follower("test://new".to_owned(), 2).unwrap();
-    assert_eq!(
-        old.role(),
-        Role::Follower {
-            leader_url: "test://new".to_owned()
-        }
-    );
-    let write = tokio::time::timeout(Duration::from_secs(5), waiting_write)
-        .await
-        .expect("a waiting write ends at the step-down")
-        .unwrap();
-    assert!(
-        matches!(write, Err(kv_replication::Error::SteppedDown { id: 2, .. })),
-        "{write:?}"
-    );
-    let answer = tokio::time::timeout(Duration::from_secs(5), held_fetch)
-        .await
-        .expect("a held fetch ends at the step-down")
-        .unwrap();
-    assert_eq!(
-        answer,
-        FetchResponse::NotLeader {
-            leader_url: Some("test://new".to_owned())
-        }
-    );
-    assert!(matches!(
-        old.write(set("b".to_owned(), 3), Acks::Leader).await,
-        Err(kv_replication::Error::NotLeader { leader_url: Some(url) }) if url == "test://new"
-    ));
-    let meta = kv_replication::NodeMeta::load(&kv_wal::fs::StdFs, old_dir.path())
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        meta.epoch, 2,
-        "the new leader's epoch is on disk before any fetch"
-    );
-
-    // The new leader writes in its epoch; the old one follows it and cuts its lost entry.
-    let (_stop, _loop_handle) = spawn_follower(&old, Direct::to(&new));
-    let id = new
-        .write(set("c".to_owned(), 4), Acks::Quorum)
-        .await
-        .unwrap();
-    assert_eq!((id, new.store().epoch_at(id)), (2, Some(2)));
-    assert!(old.wait_applied(2, Duration::from_secs(10)).await);
-    assert_eq!(old.store().epoch_at(2), Some(2));
-    assert!(old.store().get(b"lost").is_none() && old.store().get(b"c").is_some());
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for (stop, handle) in loops {
+        let _ = stop.send(());
+        handle.await.unwrap();
+    }
 }

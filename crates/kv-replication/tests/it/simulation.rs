@@ -221,7 +221,7 @@ impl Simulation {
         };
         log.sync();
         let options = FollowerOptions {
-            follower_id: format!("follower-{number}"),
+            node_id: number + 1,
             backoff_initial: Duration::from_millis(1),
             backoff_max: Duration::from_millis(16),
             jitter_seed: seed ^ number,
@@ -314,16 +314,11 @@ impl Simulation {
                 .all(|follower| follower.meta_epoch >= LEADER_EPOCH)
     }
 
-    /// The leader snapshots at its commit id and drops the log up to it, once no follower
-    /// holds a divergent suffix (a follower whose next id is exactly the leader's first id
-    /// is not checked for divergence on the snapshot path: issue 13).
+    /// The leader snapshots at its commit id and drops the log up to it — also while a
+    /// follower holds a divergent suffix: the snapshot path checks divergence first.
     fn compact(&mut self) {
         let commit = self.leader.commit_id();
-        let diverged = self
-            .followers
-            .iter()
-            .any(|follower| !self.agrees_through(follower, u64::MAX));
-        if diverged || commit < self.leader_log.first_id() {
+        if commit < self.leader_log.first_id() {
             return;
         }
         let epoch = self
@@ -356,16 +351,26 @@ impl Simulation {
                 to_stale_leader,
             } => {
                 let now = self.now();
-                let (leader, log) = if to_stale_leader {
+                // The stale leader hears the follower's newer epoch and steps down — unless
+                // it does not look (an answer as a debugging view would give, which the
+                // follower must refuse by the answer's epoch).
+                let looks = self.rng.gen_bool(0.5);
+                let (leader, log, record) = if to_stale_leader {
                     self.counts.stale_leader_answers += 1;
-                    (&mut self.stale_leader, &self.stale_leader_log)
+                    (&mut self.stale_leader, &self.stale_leader_log, looks)
                 } else {
-                    (&mut self.leader, &self.leader_log)
+                    (&mut self.leader, &self.leader_log, true)
                 };
-                let FetchDecision::Respond(response) =
-                    leader.on_fetch(now, &request, log, false, true)
-                else {
-                    panic!("the leader waited with may_wait = false")
+                let response = match leader.on_fetch(now, &request, log, false, record) {
+                    FetchDecision::Respond(response) => response,
+                    FetchDecision::StepDown { epoch } => {
+                        assert!(to_stale_leader, "the current leader was deposed");
+                        FetchResponse::NotLeader {
+                            leader_epoch: epoch,
+                            leader_url: None,
+                        }
+                    }
+                    FetchDecision::Wait => panic!("the leader waited with may_wait = false"),
                 };
                 self.network.push(Message::Response {
                     to: from,

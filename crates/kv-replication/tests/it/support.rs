@@ -1,6 +1,50 @@
 //! An in-memory log for the protocol logic, and seed handling.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use kv_replication::LogView;
+use kv_store::{Op, Store, StoreOptions, Value};
+
+/// A store in `dir` (WAL and snapshots), with small segments so compaction has some to drop.
+pub fn open(dir: &std::path::Path) -> Arc<Store> {
+    let mut options = StoreOptions {
+        snapshot_dir: Some(dir.join("snapshots")),
+        ..StoreOptions::default()
+    };
+    options.wal.segment_bytes_max = 8192;
+    Arc::new(Store::open(dir.join("wal"), options).expect("open store").0)
+}
+
+/// Waits (up to 10 s) until `condition` holds.
+pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Chunk `offset..offset + len` of `node`'s snapshot `applied_id`, as a transport returns it.
+pub fn chunk_of(
+    node: &kv_replication::Node,
+    applied_id: u64,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<u8>, kv_replication::TransportError> {
+    use kv_replication::{TransportError, TransportErrorKind};
+    node.snapshot_chunk(applied_id, offset, len)
+        .ok_or_else(|| TransportError::new(TransportErrorKind::Status, "no such snapshot"))?
+        .map_err(|error| TransportError::new(TransportErrorKind::Status, error.to_string()))
+}
+
+/// `SET key = value` (a JSON number).
+pub fn set(key: String, value: u64) -> Op {
+    Op::Set {
+        key: key.into_bytes(),
+        value: Value::json(value.to_string()),
+    }
+}
 
 /// A log as a `Vec`: `(id, epoch, payload)` from `first_id`, durable through `durable_id`.
 /// `base` is the `(id, epoch)` of the last entry a snapshot holds, for a log that continues a
@@ -11,6 +55,8 @@ pub struct VecLog {
     pub entries: Vec<(u64, u64, Vec<u8>)>,
     pub durable_id: u64,
     pub base: Option<(u64, u64)>,
+    /// `(id, epoch)` of entries purged from the front.
+    pub purged: Vec<(u64, u64)>,
 }
 
 impl VecLog {
@@ -20,6 +66,7 @@ impl VecLog {
             entries: Vec::new(),
             durable_id: 0,
             base: None,
+            purged: Vec::new(),
         }
     }
 
@@ -30,11 +77,16 @@ impl VecLog {
             entries: Vec::new(),
             durable_id: id,
             base: Some((id, epoch)),
+            purged: Vec::new(),
         }
     }
 
-    /// Drops the entries before `before_id` (a leader compacting after a snapshot).
+    /// Drops the entries before `before_id` (a leader compacting after a snapshot). Their
+    /// epochs are remembered, as the store's epoch history remembers them.
     pub fn purge_before(&mut self, before_id: u64) {
+        let purged = self.entries.iter().filter(|(id, _, _)| *id < before_id);
+        self.purged
+            .extend(purged.map(|(id, epoch, _)| (*id, *epoch)));
         self.entries.retain(|(id, _, _)| *id >= before_id);
         self.first_id = self.first_id.max(before_id);
     }
@@ -88,10 +140,15 @@ impl LogView for VecLog {
         self.durable_id
     }
     fn epoch_at(&self, id: u64) -> Option<u64> {
+        if id > self.last_id() {
+            return None;
+        }
         self.entries
             .iter()
-            .find(|(entry_id, _, _)| *entry_id == id)
-            .map(|(_, epoch, _)| *epoch)
+            .map(|(entry_id, epoch, _)| (*entry_id, *epoch))
+            .chain(self.purged.iter().copied())
+            .find(|(entry_id, _)| *entry_id == id)
+            .map(|(_, epoch)| epoch)
             .or_else(|| {
                 self.base
                     .filter(|(base_id, _)| *base_id == id)
@@ -100,11 +157,13 @@ impl LogView for VecLog {
     }
     fn end_of_epoch(&self, epoch: u64) -> u64 {
         match self
-            .entries
+            .purged
             .iter()
-            .find(|(_, entry_epoch, _)| *entry_epoch > epoch)
+            .copied()
+            .chain(self.entries.iter().map(|(id, epoch, _)| (*id, *epoch)))
+            .find(|(_, entry_epoch)| *entry_epoch > epoch)
         {
-            Some((id, _, _)) => id - 1,
+            Some((id, _)) => (id - 1).min(self.last_id()),
             None => self.last_id(),
         }
     }

@@ -1,0 +1,363 @@
+//! The controller's side of a node (issue 13): the wiring turns the controller's metadata and
+//! heartbeat replies into calls here, and asks the node what to report and propose.
+//!
+//! - [`Node::apply_cluster_view`]: the controller's view → the role ([`crate::view::decide`]).
+//! - [`Node::grant_lease`] / [`Node::revoke_lease`]: the leader acknowledges writes (and serves
+//!   linearizable reads) only under a lease for its epoch.
+//! - [`Node::position`], [`Node::leader_epoch`]: what the heartbeat reports.
+//! - [`Node::wanted_isr`], [`Node::wanted_reelection`]: what the wiring should propose.
+//! - [`Node::prepare_transfer`] / [`Node::cancel_transfer`]: a planned leadership transfer.
+//! - [`Node::leader_contact_age`], [`Node::staleness`], [`Node::lag_limit`],
+//!   [`Node::linearizable_reads`]: health and bounded-staleness reads.
+//! - [`Node::run_replication`]: the fetch loop, following whichever leader the node is told of.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{exclusive, lock, progress_or_role_change, take_leadership, Node, RoleState};
+use crate::error::{Error, Result};
+use crate::leader::Membership;
+use crate::log_view::LogView;
+use crate::transport::Transport;
+use crate::view::{decide, ClusterView, Standing, ViewAction};
+
+/// Where a node's log ends and whether it is in sync, as its heartbeat reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The epoch of the entry at `id` (0: an empty log).
+    pub epoch: u64,
+    /// The highest id this node holds durably.
+    pub id: u64,
+    /// A follower: it held everything its leader had, as of a fetch answer within the lag
+    /// limit. The leader: always.
+    pub caught_up: bool,
+}
+
+impl Node {
+    /// Applies the controller's view (idempotent; never back to a lower epoch; see
+    /// [`crate::view`]): leads a new epoch it is named leader of (persisting the epoch and
+    /// writing the epoch's no-op first; no write is acknowledged until a lease is granted),
+    /// follows the named leader (a leader steps down at once), follows nobody without one, and
+    /// as leader takes ISR and write-quorum changes. Named leader of an epoch it already used,
+    /// it follows nobody and [`Node::wanted_reelection`] says so. Fails on a view of another
+    /// cluster or node, or when the epoch cannot be recorded.
+    pub fn apply_cluster_view(&self, view: &ClusterView) -> Result<()> {
+        let Some(node_id) = self.node_id else {
+            return Err(Error::NotControlled);
+        };
+        if view.node_id != node_id {
+            return Err(Error::ViewMismatch(format!(
+                "a view for node {} given to node {node_id}",
+                view.node_id
+            )));
+        }
+        self.adopt_cluster(view.cluster_id)?;
+        let membership = Membership {
+            isr: view.isr.clone(),
+            members: view.members.clone(),
+            write_quorum: view.write_quorum.max(1),
+        };
+        let mut noop = None;
+        let action = self.change_role(|role, meta| {
+            let standing = standing(role);
+            let action = decide(&standing, super::highest_epoch_led(meta, &self.store), view);
+            let next = match &action {
+                ViewAction::Nothing => None,
+                ViewAction::UpdateLeader => {
+                    if let RoleState::Leader(leader) = role {
+                        leader.set_membership(membership.clone());
+                    }
+                    None
+                }
+                ViewAction::Lead { epoch } => {
+                    let known_commit = meta.commit_id.max(self.commit_id());
+                    let (leader, ticket) = take_leadership(
+                        &self.store,
+                        &self.data_dir,
+                        meta,
+                        node_id,
+                        *epoch,
+                        known_commit,
+                        membership.clone(),
+                        &self.options.leader,
+                    )?;
+                    noop = Some(ticket);
+                    Some(RoleState::Leader(Box::new(leader)))
+                }
+                ViewAction::CannotLead { epoch } => {
+                    let already = standing
+                        == Standing::Follower {
+                            leader_url: None,
+                            epoch: *epoch,
+                        };
+                    if already {
+                        None
+                    } else {
+                        Some(self.follower_role(meta, None, *epoch)?)
+                    }
+                }
+                ViewAction::Follow { leader_url, epoch } => {
+                    Some(self.follower_role(meta, leader_url.clone(), *epoch)?)
+                }
+            };
+            Ok((next, action))
+        })?;
+        match action {
+            ViewAction::Nothing => {}
+            ViewAction::UpdateLeader => self.recompute_and_publish(),
+            ViewAction::Lead { epoch } => {
+                *lock(&self.reelection_wanted) = None;
+                tracing::info!(epoch, "the controller named this node the data leader");
+                // Once the no-op is durable, a leader that needs no follower (`N = 1`) commits
+                // it without waiting for a write or a fetch. One fsync, once per epoch.
+                if let Some(ticket) = noop {
+                    ticket.wait().map_err(kv_store::Error::from)?;
+                }
+                self.recompute_and_publish();
+            }
+            ViewAction::CannotLead { epoch } => {
+                let mut wanted = lock(&self.reelection_wanted);
+                if *wanted != Some(epoch) {
+                    tracing::warn!(
+                        epoch,
+                        "named data leader of an epoch this node already led before a restart: \
+                         not leading it again, asking for a new epoch"
+                    );
+                    *wanted = Some(epoch);
+                }
+            }
+            ViewAction::Follow { leader_url, epoch } => {
+                *lock(&self.reelection_wanted) = None;
+                tracing::info!(epoch, leader = ?leader_url, "following");
+            }
+        }
+        Ok(())
+    }
+
+    fn adopt_cluster(&self, cluster_id: u64) -> Result<()> {
+        let current = lock(&self.meta).cluster_id;
+        if current == cluster_id {
+            return Ok(());
+        }
+        if current != 0 {
+            return Err(Error::ViewMismatch(format!(
+                "this node belongs to cluster {current:016x}, the controller's view is of \
+                 cluster {cluster_id:016x}"
+            )));
+        }
+        self.adopt(Some(cluster_id))
+    }
+
+    fn recompute_and_publish(&self) {
+        let durable = self.store.durable_id();
+        if let Ok(commit_id) = self.with_leader(|leader| leader.recompute_commit(durable)) {
+            self.publish_commit(commit_id);
+        }
+        self.progress.send_modify(|count| *count += 1);
+    }
+
+    /// The controller's lease for `epoch`: while `now < valid_until` this node, if it leads
+    /// `epoch`, acknowledges writes and serves linearizable reads. A lease for another epoch
+    /// (or for a leader that heard of a newer epoch) is ignored.
+    pub fn grant_lease(&self, epoch: u64, valid_until: Instant) {
+        let granted = self
+            .with_leader(|leader| {
+                let ours = leader.epoch() == epoch;
+                if ours {
+                    leader.grant_lease(valid_until);
+                }
+                ours
+            })
+            .unwrap_or(false);
+        if granted {
+            self.progress.send_modify(|count| *count += 1);
+        }
+    }
+
+    /// Ends the lease now (the controller refused one, or the wiring lost it).
+    pub fn revoke_lease(&self) {
+        let _ = self.with_leader(|leader| leader.revoke_lease());
+    }
+
+    /// What the heartbeat reports: the highest id held durably, the epoch of that entry, and
+    /// whether this node is caught up with its leader (the leader itself: always).
+    pub fn position(&self) -> Position {
+        let id = self.store.durable_id();
+        let epoch = self.store.epoch_at(id).unwrap_or(0);
+        let caught_up = match &*lock(&self.role) {
+            RoleState::Leader(_) => true,
+            RoleState::Follower { state, .. } => {
+                state.is_caught_up(Instant::now(), self.lag_limit())
+            }
+        };
+        Position {
+            epoch,
+            id,
+            caught_up,
+        }
+    }
+
+    /// The epoch this node leads, or else the highest it knows (the heartbeat's
+    /// `leader_epoch`).
+    pub fn leader_epoch(&self) -> u64 {
+        let role_epoch = lock(&self.role).epoch();
+        role_epoch.max(lock(&self.meta).epoch)
+    }
+
+    /// On the leader: the ISR it wants the controller to apply (propose
+    /// `Command::ChangeIsr{sender, leader_epoch, isr}`), or `None`. One change is in flight at
+    /// a time; the applied ISR comes back through [`Node::apply_cluster_view`].
+    pub fn wanted_isr(&self) -> Option<BTreeSet<u64>> {
+        self.with_leader(|leader| leader.wanted_isr(Instant::now()))
+            .ok()
+            .flatten()
+    }
+
+    /// The epoch this node was named leader of but may not lead, having led it before a
+    /// restart: propose `Command::ElectLeader{expected_epoch: epoch, new_leader: Some(this
+    /// node), new_isr: the view's ISR}` so it leads a new epoch.
+    pub fn wanted_reelection(&self) -> Option<u64> {
+        *lock(&self.reelection_wanted)
+    }
+
+    /// A planned transfer to node `to`: stops taking writes (new ones get
+    /// [`Error::Unavailable`], retryable), waits until `to` holds this leader's whole log
+    /// durably (its fetch acknowledges the last id), then returns, writes still refused: the
+    /// wiring proposes `Command::TransferLeader` and the new view makes this node a follower
+    /// (or [`Node::cancel_transfer`] takes writes again). On timeout or a role change, writes
+    /// are taken again and the error says why.
+    pub async fn prepare_transfer(&self, to: u64, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let started = Instant::now();
+        let mut progress = self.progress.subscribe();
+        let mut role_changes = self.role_changes.subscribe();
+        let leadership = *role_changes.borrow_and_update();
+        let target = {
+            // No write is between its role check and its submit while this is held.
+            let _admission = exclusive(&self.admission);
+            self.with_leader(|leader| leader.set_transfer(Some(to)))?;
+            self.store.last_id()
+        };
+        tracing::info!(
+            to,
+            target,
+            "preparing a leadership transfer: writes stopped"
+        );
+        loop {
+            if *role_changes.borrow_and_update() != leadership {
+                return Err(Error::Unavailable(
+                    "this node stopped leading while preparing the transfer".to_owned(),
+                ));
+            }
+            if self.with_leader(|leader| leader.follower_holds(to, target))? {
+                tracing::info!(to, target, "the transfer target holds the whole log");
+                return Ok(());
+            }
+            if !progress_or_role_change(deadline, &mut progress, &mut role_changes).await {
+                self.cancel_transfer();
+                return Err(Error::Unavailable(format!(
+                    "node {to} did not catch up with id {target} within {} ms: transfer \
+                     abandoned, writes resumed",
+                    started.elapsed().as_millis()
+                )));
+            }
+        }
+    }
+
+    /// Takes writes again after [`Node::prepare_transfer`] (the transfer was cancelled).
+    pub fn cancel_transfer(&self) {
+        let _ = self.with_leader(|leader| leader.set_transfer(None));
+    }
+
+    /// A follower: how long ago its leader last answered a fetch (`None`: never, or this node
+    /// leads). `/health` is not ready past [`Node::lag_limit`].
+    pub fn leader_contact_age(&self) -> Option<Duration> {
+        match &*lock(&self.role) {
+            RoleState::Follower { state, .. } => state
+                .last_contact()
+                .map(|at| Instant::now().saturating_duration_since(at)),
+            RoleState::Leader(_) => None,
+        }
+    }
+
+    /// How stale a read of this node's map may be: a follower, the time since it sent the last
+    /// fetch whose answer's commit id it had applied (`?max_staleness_ms=N` is served when
+    /// this is at most N); a leader with a valid lease and its no-op committed, zero. `None`:
+    /// it cannot vouch for any bound.
+    pub fn staleness(&self) -> Option<Duration> {
+        let now = Instant::now();
+        match &*lock(&self.role) {
+            RoleState::Leader(leader) => leader.linearizable(now).then_some(Duration::ZERO),
+            RoleState::Follower { state, .. } => state.staleness(now),
+        }
+    }
+
+    /// Whether a read on this node now is linearizable: it leads, holds a valid lease, and its
+    /// epoch's no-op has committed (a legacy leader: whenever it leads).
+    pub fn linearizable_reads(&self) -> bool {
+        match &*lock(&self.role) {
+            RoleState::Leader(leader) => leader.linearizable(Instant::now()),
+            RoleState::Follower { .. } => false,
+        }
+    }
+
+    /// The lag limit (see [`crate::LeaderOptions::lag_limit`]).
+    pub fn lag_limit(&self) -> Duration {
+        self.options.leader.lag_limit
+    }
+
+    /// The node's replication task, until `shutdown` resolves: whenever the node follows a
+    /// leader, the fetch loop ([`Node::run_follower`]) over `connect(leader_url)`; on every
+    /// role change it starts again for the new leader (or waits, leading or knowing none). A
+    /// loop stopped for an operator (another cluster, a local I/O failure) waits for the next
+    /// role change.
+    pub async fn run_replication<T: Transport>(
+        self: Arc<Self>,
+        connect: impl Fn(&str) -> T,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut role_changes = self.role_changes.subscribe();
+        loop {
+            let generation = *role_changes.borrow_and_update();
+            let leader_url = match &*lock(&self.role) {
+                RoleState::Follower {
+                    leader_url: Some(url),
+                    ..
+                } => Some(url.clone()),
+                _ => None,
+            };
+            if let Some(url) = leader_url {
+                let transport = connect(&url);
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = self.fetch_loop(&transport, generation) => {}
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                changed = role_changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn standing(role: &RoleState) -> Standing {
+    match role {
+        RoleState::Leader(leader) => Standing::Leader {
+            epoch: leader.epoch(),
+        },
+        RoleState::Follower {
+            leader_url, epoch, ..
+        } => Standing::Follower {
+            leader_url: leader_url.clone(),
+            epoch: *epoch,
+        },
+    }
+}

@@ -1,0 +1,768 @@
+//! Real nodes (store, WAL, node driver) under a controller — a stand-in in the test that hands
+//! out views (epoch, leader, ISR, write quorum) and leases, as kv-controller does through the
+//! wiring — over an in-memory network whose links can be cut: role switches at run time, the
+//! no-op at the start of each epoch, the lease gate, a deposed leader stepping down, ISR
+//! changes, planned transfers, health.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kv_replication::{
+    Acks, ClusterView, Error, FetchRequest, FetchResponse, LeaderRef, Node, NodeOptions, Role,
+    SnapshotMeta, Transport, TransportError, TransportErrorKind,
+};
+
+use crate::support::{chunk_of, eventually, open, set};
+
+const CLUSTER: u64 = 0xc0de;
+
+/// The in-memory network: nodes by id, and the links that are cut (both directions).
+#[derive(Default)]
+struct Net {
+    nodes: Mutex<BTreeMap<u64, Arc<Node>>>,
+    cut: Mutex<BTreeSet<(u64, u64)>>,
+}
+
+impl Net {
+    fn reach(&self, from: u64, to: u64) -> Result<Arc<Node>, TransportError> {
+        let unreachable = |detail: String| TransportError::new(TransportErrorKind::Connect, detail);
+        if self.cut.lock().unwrap().contains(&(from, to)) {
+            return Err(unreachable(format!("link {from} -> {to} is cut (test)")));
+        }
+        self.nodes
+            .lock()
+            .unwrap()
+            .get(&to)
+            .cloned()
+            .ok_or_else(|| unreachable(format!("node {to} is down (test)")))
+    }
+}
+
+fn url(id: u64) -> String {
+    format!("mem://{id}")
+}
+
+/// One node's link to another.
+struct Link {
+    net: Arc<Net>,
+    from: u64,
+    to: u64,
+}
+
+impl Transport for Link {
+    async fn fetch(
+        &self,
+        request: &FetchRequest,
+        timeout: Duration,
+    ) -> Result<FetchResponse, TransportError> {
+        let node = match self.net.reach(self.from, self.to) {
+            Ok(node) => node,
+            Err(error) => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                return Err(error);
+            }
+        };
+        let answer = tokio::time::timeout(timeout, node.handle_fetch(request, true))
+            .await
+            .map_err(|_| TransportError::new(TransportErrorKind::Timeout, "timeout (test)"))?;
+        // Cut while the fetch was held: the answer is lost on the way back.
+        self.net.reach(self.from, self.to)?;
+        Ok(answer)
+    }
+
+    async fn snapshot_meta(
+        &self,
+        _timeout: Duration,
+    ) -> Result<Option<SnapshotMeta>, TransportError> {
+        Ok(self.net.reach(self.from, self.to)?.snapshot_meta())
+    }
+
+    async fn snapshot_chunk(
+        &self,
+        applied_id: u64,
+        offset: u64,
+        len: u32,
+        _timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        chunk_of(
+            &*self.net.reach(self.from, self.to)?,
+            applied_id,
+            offset,
+            len,
+        )
+    }
+}
+
+/// Nodes `0..size` under a test controller.
+struct Cluster {
+    net: Arc<Net>,
+    dirs: Vec<tempfile::TempDir>,
+    options: NodeOptions,
+    epoch: u64,
+    leader: Option<u64>,
+    isr: BTreeSet<u64>,
+    write_quorum: usize,
+    tasks: BTreeMap<
+        u64,
+        (
+            tokio::sync::oneshot::Sender<()>,
+            tokio::task::JoinHandle<()>,
+        ),
+    >,
+}
+
+fn options() -> NodeOptions {
+    let mut options = NodeOptions::default();
+    options.follower.fetch_wait = Duration::from_millis(50);
+    options.follower.backoff_initial = Duration::from_millis(5);
+    options.follower.backoff_max = Duration::from_millis(50);
+    options.acks_timeout = Duration::from_secs(10);
+    options
+}
+
+impl Cluster {
+    fn start(size: u64, write_quorum: usize, options: NodeOptions) -> Cluster {
+        let mut cluster = Cluster {
+            net: Arc::default(),
+            dirs: Vec::new(),
+            options,
+            epoch: 0,
+            leader: None,
+            isr: (0..size).collect(),
+            write_quorum,
+            tasks: BTreeMap::new(),
+        };
+        for id in 0..size {
+            cluster.dirs.push(tempfile::tempdir().unwrap());
+            cluster.open(id);
+        }
+        cluster
+    }
+
+    /// Opens node `id` from its data directory and starts its replication task.
+    fn open(&mut self, id: u64) {
+        let dir = self.dirs[id as usize].path();
+        let node = Arc::new(
+            Node::open_controlled(open(dir), dir, id, self.options.clone())
+                .expect("open controlled"),
+        );
+        assert_eq!(
+            node.role(),
+            Role::NoLeader,
+            "a node starts knowing no leader"
+        );
+        self.net.nodes.lock().unwrap().insert(id, node.clone());
+        let net = self.net.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(node.run_replication(
+            move |leader_url: &str| Link {
+                net: net.clone(),
+                from: id,
+                to: leader_url["mem://".len()..].parse().expect("a mem:// url"),
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        self.tasks.insert(id, (stop, task));
+    }
+
+    /// Stops node `id`: it leaves the network, its replication task ends, its log is closed.
+    /// Its data directory can be opened again once the caller dropped its handles.
+    async fn kill(&mut self, id: u64) {
+        let node = self.net.nodes.lock().unwrap().remove(&id).expect("running");
+        let (stop, task) = self.tasks.remove(&id).expect("running");
+        let _ = stop.send(());
+        task.await.unwrap();
+        node.store().close().expect("close");
+    }
+
+    fn node(&self, id: u64) -> Arc<Node> {
+        self.net.nodes.lock().unwrap()[&id].clone()
+    }
+
+    fn view(&self, id: u64) -> ClusterView {
+        ClusterView {
+            cluster_id: CLUSTER,
+            node_id: id,
+            leader_epoch: self.epoch,
+            leader: self.leader.map(|leader| LeaderRef {
+                id: leader,
+                url: url(leader),
+            }),
+            isr: self.isr.clone(),
+            members: (0..self.dirs.len() as u64).collect(),
+            write_quorum: self.write_quorum,
+        }
+    }
+
+    /// Hands the current view to every running node.
+    fn publish(&self) {
+        let nodes: Vec<(u64, Arc<Node>)> = self
+            .net
+            .nodes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect();
+        for (id, node) in nodes {
+            node.apply_cluster_view(&self.view(id)).expect("apply view");
+        }
+    }
+
+    /// A new epoch led by `leader`, which gets a long lease.
+    fn elect(&mut self, leader: Option<u64>) {
+        self.epoch += 1;
+        self.leader = leader;
+        self.publish();
+        self.grant(Duration::from_secs(60));
+    }
+
+    fn grant(&self, valid_for: Duration) {
+        if let Some(leader) = self.leader {
+            self.node(leader)
+                .grant_lease(self.epoch, Instant::now() + valid_for);
+        }
+    }
+
+    fn cut(&self, a: u64, b: u64) {
+        let mut cut = self.net.cut.lock().unwrap();
+        cut.insert((a, b));
+        cut.insert((b, a));
+    }
+
+    fn heal(&self) {
+        self.net.cut.lock().unwrap().clear();
+    }
+}
+
+fn value_of(node: &Node, key: &str) -> Option<Vec<u8>> {
+    node.store()
+        .get(key.as_bytes())
+        .map(|value| value.value_bytes().to_vec())
+}
+
+/// A node takes only the role the controller gives it: it starts knowing no leader (writes
+/// 503), leads an epoch it is named for by writing the epoch's no-op first, acknowledges only
+/// under a lease for that epoch, and — restarted — never leads the epoch it led before: it
+/// asks for a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_leads_only_new_epochs_from_a_noop_and_acknowledges_only_under_a_lease() {
+    let mut options = options();
+    options.acks_timeout = Duration::from_millis(300);
+    let mut cluster = Cluster::start(1, 1, options);
+    let node = cluster.node(0);
+    assert!(matches!(
+        node.write(set("a".to_owned(), 1), Acks::Leader).await,
+        Err(Error::Unavailable(_))
+    ));
+
+    // Named leader of epoch 1, without a lease yet: the no-op is written, writes wait.
+    cluster.epoch = 1;
+    cluster.leader = Some(0);
+    cluster.publish();
+    assert_eq!(node.role(), Role::Leader);
+    assert_eq!(node.store().epoch_at(1), Some(1), "the epoch's first entry");
+    assert_eq!(node.cluster_status().noop_id, Some(1));
+    let refused = node.write(set("a".to_owned(), 1), Acks::Leader).await;
+    assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+    assert!(!node.linearizable_reads());
+    cluster.publish(); // the same view again changes nothing
+    assert_eq!(node.store().last_id(), 1, "no second no-op");
+
+    // A lease for another epoch is ignored; one for epoch 1 opens writes.
+    node.grant_lease(7, Instant::now() + Duration::from_secs(60));
+    assert!(node
+        .write(set("a".to_owned(), 1), Acks::Leader)
+        .await
+        .is_err());
+    let lease_end = Instant::now() + Duration::from_millis(400);
+    node.grant_lease(1, lease_end);
+    assert_eq!(
+        node.write(set("a".to_owned(), 1), Acks::WriteQuorum)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(node.linearizable_reads());
+    assert_eq!(value_of(&node, "a").as_deref(), Some(&b"1"[..]));
+    // `?acks=quorum` asks for an ISR of at least two even under `N = 1`: alone, it times out
+    // (the entry stays, committed under `N = 1`).
+    let alone = node.write(set("q".to_owned(), 1), Acks::Quorum).await;
+    assert!(
+        matches!(alone, Err(Error::AcksTimeout { id: 3, .. })),
+        "{alone:?}"
+    );
+    let position = node.position();
+    assert_eq!(
+        (position.epoch, position.id, position.caught_up),
+        (1, 3, true)
+    );
+
+    // The lease runs out: nothing more is acknowledged.
+    tokio::time::sleep_until(lease_end.into()).await;
+    assert!(matches!(
+        node.write(set("b".to_owned(), 2), Acks::Leader).await,
+        Err(Error::Unavailable(_))
+    ));
+    assert!(!node.linearizable_reads());
+
+    // Restarted, it is named leader of epoch 1 again (its session never expired): it may not
+    // lead that epoch again, and asks for a new one.
+    cluster.kill(0).await;
+    drop(node);
+    cluster.open(0);
+    let node = cluster.node(0);
+    cluster.publish();
+    assert_eq!(node.role(), Role::NoLeader);
+    assert_eq!(node.wanted_reelection(), Some(1));
+    assert!(matches!(
+        node.write(set("b".to_owned(), 2), Acks::Leader).await,
+        Err(Error::Unavailable(_))
+    ));
+    cluster.elect(Some(0));
+    assert_eq!(node.role(), Role::Leader);
+    assert_eq!(node.wanted_reelection(), None);
+    assert_eq!(
+        (node.store().epoch_at(3), node.store().epoch_at(4)),
+        (Some(1), Some(2)),
+        "epoch 2 starts with its no-op"
+    );
+    assert_eq!(
+        node.write(set("b".to_owned(), 2), Acks::WriteQuorum)
+            .await
+            .unwrap(),
+        5
+    );
+    // An older view arriving late changes nothing.
+    let mut old = cluster.view(0);
+    old.leader_epoch = 1;
+    old.leader = None;
+    node.apply_cluster_view(&old).unwrap();
+    assert_eq!(node.role(), Role::Leader);
+    // A view of another cluster is refused.
+    let mut stranger = cluster.view(0);
+    stranger.cluster_id = 0xbad;
+    assert!(matches!(
+        node.apply_cluster_view(&stranger),
+        Err(Error::ViewMismatch(_))
+    ));
+}
+
+/// Leadership moves between three nodes (`N = 2`) while writers keep writing to whoever
+/// leads: a leader's writes waiting for acknowledgements when it is replaced end 503 (stepped
+/// down), never 200; every write acknowledged is on every node in the end; followers
+/// re-point at once and ids stay one history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_switches_under_load_end_the_old_leaders_writes_503_and_lose_nothing() {
+    let mut cluster = Cluster::start(3, 2, options());
+    cluster.elect(Some(0));
+    let acknowledged: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let mut stepped_down = 0;
+    for round in 0..4u64 {
+        let leader = cluster.leader.unwrap();
+        let leader_node = cluster.node(leader);
+        // A steady load on the leader.
+        let writers: Vec<_> = (0..4u64)
+            .map(|writer| {
+                let node = leader_node.clone();
+                let acknowledged = acknowledged.clone();
+                tokio::spawn(async move {
+                    for index in 0..25u64 {
+                        let key = format!("r{round}-w{writer}-{index}");
+                        match node.write(set(key.clone(), index), Acks::Quorum).await {
+                            Ok(id) => acknowledged.lock().unwrap().push((key, id)),
+                            Err(error) => panic!("round {round}: {error}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        // The followers lose the leader: its next writes wait for acknowledgements that cannot
+        // come, until the controller names another leader.
+        let next = (leader + 1) % 3;
+        for follower in (0..3).filter(|&id| id != leader) {
+            cluster.cut(leader, follower);
+        }
+        let waiting: Vec<_> = (0..3u64)
+            .map(|index| {
+                let node = leader_node.clone();
+                tokio::spawn(async move {
+                    node.write(set(format!("lost-{round}-{index}"), index), Acks::Quorum)
+                        .await
+                })
+            })
+            .collect();
+        eventually("the waiting writes are in the old leader's log", || {
+            (0..3).all(|index| value_of(&leader_node, &format!("lost-{round}-{index}")).is_none())
+                && leader_node.store().pending_count() >= 3
+        })
+        .await;
+        cluster.elect(Some(next));
+        assert_ne!(leader_node.role(), Role::Leader);
+        for write in waiting {
+            let outcome = tokio::time::timeout(Duration::from_secs(5), write)
+                .await
+                .expect("a waiting write ends at the step-down")
+                .unwrap();
+            assert!(
+                matches!(outcome, Err(Error::SteppedDown { .. })),
+                "round {round}: {outcome:?}"
+            );
+            stepped_down += 1;
+        }
+        cluster.heal();
+    }
+    assert_eq!(stepped_down, 12);
+    // Everyone converges on the last leader's log; nothing acknowledged is missing.
+    let leader = cluster.node(cluster.leader.unwrap());
+    let last = leader
+        .write(set("last".to_owned(), 0), Acks::All)
+        .await
+        .unwrap();
+    for id in 0..3 {
+        let node = cluster.node(id);
+        assert!(
+            node.wait_applied(last, Duration::from_secs(10)).await,
+            "node {id}: {:?}",
+            node.cluster_status()
+        );
+        for (key, _) in acknowledged.lock().unwrap().iter() {
+            assert!(value_of(&node, key).is_some(), "node {id} lost {key}");
+        }
+        for round in 0..4 {
+            for index in 0..3 {
+                assert!(value_of(&node, &format!("lost-{round}-{index}")).is_none());
+            }
+        }
+    }
+    let frames = |id: u64| {
+        let node = cluster.node(id);
+        node.store()
+            .wal()
+            .read_frames(1, usize::MAX, last)
+            .unwrap()
+            .unwrap()
+            .bytes
+    };
+    assert_eq!(frames(0), frames(1));
+    assert_eq!(frames(1), frames(2));
+}
+
+/// A leader that hears of a newer epoch in a fetch — the follower heard it from the
+/// controller first — stops at once, lease or not: its waiting writes end 503, new ones are
+/// refused, and it answers "not the leader" until the controller's view reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_told_of_a_newer_epoch_by_a_fetch_stops_acknowledging_at_once() {
+    let mut cluster = Cluster::start(2, 2, options());
+    cluster.elect(Some(0));
+    let leader = cluster.node(0);
+    assert_eq!(
+        leader
+            .write(set("a".to_owned(), 1), Acks::Quorum)
+            .await
+            .unwrap(),
+        2
+    );
+    cluster.cut(0, 1);
+    let waiting = tokio::spawn({
+        let leader = leader.clone();
+        async move { leader.write(set("b".to_owned(), 2), Acks::Quorum).await }
+    });
+    eventually("the write waits", || leader.store().last_id() == 3).await;
+    let request = FetchRequest {
+        cluster_id: CLUSTER,
+        node_id: 1,
+        leader_epoch: 2,
+        next_id: 3,
+        last_epoch: 1,
+        durable_id: 2,
+        commit_id: 2,
+        bytes_max: 1 << 20,
+        wait_ms: 0,
+    };
+    assert_eq!(
+        leader.handle_fetch(&request, true).await,
+        FetchResponse::NotLeader {
+            leader_epoch: 2,
+            leader_url: None
+        }
+    );
+    let outcome = waiting.await.unwrap();
+    assert!(
+        matches!(outcome, Err(Error::SteppedDown { id: 3, .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(leader.role(), Role::NoLeader);
+    assert!(matches!(
+        leader.write(set("c".to_owned(), 3), Acks::Leader).await,
+        Err(Error::Unavailable(_))
+    ));
+    // A lease granted for its old epoch changes nothing; the new view makes it a follower.
+    leader.grant_lease(1, Instant::now() + Duration::from_secs(60));
+    assert!(leader
+        .write(set("c".to_owned(), 3), Acks::Leader)
+        .await
+        .is_err());
+    assert_eq!(leader.leader_epoch(), 2);
+    cluster.heal();
+    cluster.elect(Some(1));
+    assert_eq!(leader.role(), Role::Follower { leader_url: url(1) });
+}
+
+/// `N = 2` of 3 with one follower cut off: writes wait only until the leader's wanted ISR
+/// (without it) is applied, then go on with the ISR of two; the follower, back and caught up,
+/// is asked back in. Followers outside the ISR never count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_follower_leaves_the_isr_through_the_controller_and_comes_back() {
+    let mut options = options();
+    options.leader.lag_limit = Duration::from_millis(300);
+    let mut cluster = Cluster::start(3, 2, options);
+    cluster.elect(Some(0));
+    let leader = cluster.node(0);
+    assert_eq!(
+        leader
+            .write(set("a".to_owned(), 1), Acks::Quorum)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(leader.wanted_isr(), None, "everyone is in sync");
+    cluster.cut(0, 2);
+    let waiting = tokio::spawn({
+        let leader = leader.clone();
+        async move { leader.write(set("b".to_owned(), 2), Acks::Quorum).await }
+    });
+    let started = Instant::now();
+    let wanted = Mutex::new(None);
+    eventually("the leader wants follower 2 out", || {
+        *wanted.lock().unwrap() = leader.wanted_isr();
+        wanted.lock().unwrap().is_some()
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not before the lag limit"
+    );
+    assert_eq!(*wanted.lock().unwrap(), Some(BTreeSet::from([0, 1])));
+    assert_eq!(leader.wanted_isr(), None, "one change in flight");
+    assert!(
+        !waiting.is_finished(),
+        "the member still counts until the change applies"
+    );
+    cluster.isr = BTreeSet::from([0, 1]);
+    cluster.publish();
+    assert_eq!(waiting.await.unwrap().unwrap(), 3);
+    assert_eq!(leader.cluster_status().isr, Some(vec![0, 1]));
+
+    // Back: it catches up, and the leader wants it in again (it does not count before).
+    cluster.heal();
+    let node2 = cluster.node(2);
+    eventually("node 2 catches up", || node2.store().applied_id() >= 3).await;
+    eventually("the leader wants follower 2 back", || {
+        *wanted.lock().unwrap() = leader.wanted_isr();
+        wanted.lock().unwrap().is_some()
+    })
+    .await;
+    assert_eq!(*wanted.lock().unwrap(), Some(BTreeSet::from([0, 1, 2])));
+    cluster.isr = BTreeSet::from([0, 1, 2]);
+    cluster.publish();
+    assert_eq!(
+        leader
+            .write(set("c".to_owned(), 3), Acks::All)
+            .await
+            .unwrap(),
+        4
+    );
+    assert!(node2.position().caught_up);
+}
+
+/// A planned transfer: the leader stops taking writes, returns once the target holds its
+/// whole log, and the target leads the next epoch with every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_transfer_stops_writes_until_the_target_holds_everything() {
+    let mut cluster = Cluster::start(3, 1, options());
+    cluster.elect(Some(0));
+    let leader = cluster.node(0);
+    let mut last = 0;
+    for index in 0..50 {
+        last = leader
+            .write(set(format!("k{index}"), index), Acks::Leader)
+            .await
+            .unwrap();
+    }
+    leader
+        .prepare_transfer(2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(matches!(
+        leader
+            .write(set("during".to_owned(), 0), Acks::Leader)
+            .await,
+        Err(Error::Unavailable(_))
+    ));
+    assert!(cluster.node(2).position().id >= last);
+    cluster.elect(Some(2));
+    let new_leader = cluster.node(2);
+    for index in 0..50 {
+        assert!(value_of(&new_leader, &format!("k{index}")).is_some());
+    }
+    let after = new_leader
+        .write(set("after".to_owned(), 1), Acks::Leader)
+        .await;
+    assert!(after.is_ok(), "{after:?}");
+
+    // A transfer to a node that never catches up times out and writes resume.
+    cluster.cut(2, 1);
+    new_leader
+        .write(set("unseen".to_owned(), 1), Acks::Leader)
+        .await
+        .unwrap();
+    let error = new_leader
+        .prepare_transfer(1, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Unavailable(_)), "{error}");
+    assert!(new_leader
+        .write(set("again".to_owned(), 1), Acks::Leader)
+        .await
+        .is_ok());
+}
+
+/// What a follower reports: its last contact with the leader, whether it is caught up, and
+/// how stale its reads may be — bounded while it hears the leader, unbounded once cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_report_contact_catch_up_and_a_staleness_bound() {
+    let mut cluster = Cluster::start(2, 1, options());
+    cluster.elect(Some(0));
+    let leader = cluster.node(0);
+    let follower = cluster.node(1);
+    let id = leader
+        .write(set("a".to_owned(), 1), Acks::Leader)
+        .await
+        .unwrap();
+    assert!(follower.wait_applied(id, Duration::from_secs(10)).await);
+    eventually("the follower is fresh", || {
+        follower
+            .staleness()
+            .is_some_and(|staleness| staleness < Duration::from_secs(1))
+    })
+    .await;
+    assert!(follower.position().caught_up);
+    assert!(follower.leader_contact_age().unwrap() < Duration::from_secs(1));
+    assert_eq!(leader.staleness(), Some(Duration::ZERO));
+    cluster.cut(0, 1);
+    let cut_at = Instant::now();
+    eventually("the bound grows past the cut", || {
+        follower
+            .staleness()
+            .is_some_and(|staleness| staleness >= Duration::from_millis(200))
+    })
+    .await;
+    // No fetch sent after the cut was answered: the bound covers the whole time since.
+    assert!(follower.staleness().unwrap() >= cut_at.elapsed());
+    assert!(follower.leader_contact_age().unwrap() >= Duration::from_millis(150));
+}
+
+/// A follower asked by the leader of epoch E to install a snapshot installs only a snapshot
+/// offered by the leader of E: a node at that address that leads another epoch (or none) is
+/// refused, and the follower fetches again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_installed_only_from_the_leader_of_the_epoch_that_asked() {
+    let mut cluster = Cluster::start(2, 1, options());
+    cluster.kill(1).await;
+    cluster.elect(Some(0));
+    let leader = cluster.node(0);
+    for index in 0..2_000u64 {
+        leader
+            .write(set(format!("k{index}"), index), Acks::Leader)
+            .await
+            .unwrap();
+    }
+    let worker = leader.clone();
+    tokio::task::spawn_blocking(move || worker.snapshot_and_compact())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(leader.store().wal().first_id().unwrap() > 1);
+
+    // Node 1 comes back; its link answers snapshot metadata as another epoch's leader would.
+    struct Impostor(Link);
+    impl Transport for Impostor {
+        async fn fetch(
+            &self,
+            request: &FetchRequest,
+            timeout: Duration,
+        ) -> Result<FetchResponse, TransportError> {
+            self.0.fetch(request, timeout).await
+        }
+        async fn snapshot_meta(
+            &self,
+            timeout: Duration,
+        ) -> Result<Option<SnapshotMeta>, TransportError> {
+            let meta = self.0.snapshot_meta(timeout).await?;
+            Ok(meta.map(|meta| SnapshotMeta {
+                leader_epoch: meta.leader_epoch + 1,
+                ..meta
+            }))
+        }
+        async fn snapshot_chunk(
+            &self,
+            applied_id: u64,
+            offset: u64,
+            len: u32,
+            timeout: Duration,
+        ) -> Result<Vec<u8>, TransportError> {
+            self.0
+                .snapshot_chunk(applied_id, offset, len, timeout)
+                .await
+        }
+    }
+    let dir = cluster.dirs[1].path();
+    let follower = Arc::new(Node::open_controlled(open(dir), dir, 1, options()).unwrap());
+    follower.apply_cluster_view(&cluster.view(1)).unwrap();
+    let link = Impostor(Link {
+        net: cluster.net.clone(),
+        from: 1,
+        to: 0,
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let fetching = tokio::spawn(follower.clone().run_follower(link, async move {
+        let _ = stopped.await;
+    }));
+    eventually("the impostor's snapshot is refused", || {
+        matches!(
+            follower.cluster_status().link,
+            Some(kv_replication::LinkState::Retrying { ref error, .. }) if error.contains("epoch")
+        )
+    })
+    .await;
+    assert_eq!(follower.compaction_status().snapshots_installed, 0);
+    assert_eq!(follower.store().applied_id(), 0);
+    let _ = stop.send(());
+    fetching.await.unwrap();
+
+    // From the leader itself, it installs.
+    cluster
+        .net
+        .nodes
+        .lock()
+        .unwrap()
+        .insert(1, follower.clone());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let link = Link {
+        net: cluster.net.clone(),
+        from: 1,
+        to: 0,
+    };
+    tokio::spawn(follower.clone().run_follower(link, async move {
+        let _ = stopped.await;
+    }));
+    assert!(follower.wait_applied(2_001, Duration::from_secs(20)).await);
+    assert_eq!(follower.compaction_status().snapshots_installed, 1);
+}
