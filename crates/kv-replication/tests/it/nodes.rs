@@ -11,7 +11,7 @@ use kv_replication::{
 };
 use kv_store::Value;
 
-use crate::support::{chunk_of, open, set};
+use crate::support::{chunk_of, eventually, open, set};
 
 /// Calls the leader directly; corrupts the response of the fetches numbered in `corrupt`.
 struct Direct {
@@ -391,6 +391,14 @@ async fn compaction_keeps_what_a_live_follower_needs_within_the_retention_limit(
         .await
         .unwrap();
     assert!(follower.wait_applied(1, Duration::from_secs(10)).await);
+    // Its next fetch (next id 2) has reached the leader: the stall starts from there.
+    eventually("the leader hears next id 2", || {
+        leader
+            .cluster_status()
+            .followers
+            .is_some_and(|followers| followers.iter().any(|follower| follower.next_id == 2))
+    })
+    .await;
     // The follower stalls (still counted live), the leader writes on and snapshots.
     down.store(true, Ordering::SeqCst);
     for index in 0..1_000u64 {
