@@ -180,7 +180,10 @@ impl Controller {
         }
         .validate()
         .map_err(|error| Error::InvalidOptions(error.to_string()))?;
-        let cluster_id = Arc::new(AtomicU64::new(state_machine.meta().cluster_id));
+        let cluster_id = Arc::new(AtomicU64::new(known_cluster_id(
+            &state_machine.meta(),
+            &log,
+        )));
         let network = Network {
             transport,
             from: node_id,
@@ -332,11 +335,30 @@ impl Controller {
         self.inner.state_machine.meta()
     }
 
-    /// The cluster id as this node knows it (0: not joined yet).
+    /// The cluster id as this node knows it (0: not joined yet): from the applied metadata,
+    /// else the one stored when it joined ([`Controller::adopt_cluster_id`]).
     pub fn cluster_id(&self) -> u64 {
-        let known = self.inner.state_machine.meta().cluster_id;
+        let known = known_cluster_id(&self.inner.state_machine.meta(), &self.inner.log);
         self.inner.cluster_id.store(known, Ordering::Release);
         known
+    }
+
+    /// Records, durably, the id of the cluster this node was admitted to (the answer to its
+    /// join), before its controller log holds anything: from then on it refuses peers of any
+    /// other cluster. Refused if this node already belongs to another cluster.
+    pub fn adopt_cluster_id(&self, cluster_id: u64) -> Result<()> {
+        let ours = self.cluster_id();
+        if ours != 0 && ours != cluster_id {
+            return Err(Error::ClusterMismatch {
+                ours,
+                theirs: cluster_id,
+            });
+        }
+        if self.inner.log.joined_cluster_id() != cluster_id {
+            self.inner.log.set_joined_cluster_id(cluster_id)?;
+        }
+        self.inner.cluster_id.store(cluster_id, Ordering::Release);
+        Ok(())
     }
 
     /// Adds node `id` at `url`: a member in the metadata, then a learner of the controller
@@ -364,6 +386,34 @@ impl Controller {
                 )
                 .await
                 .map_err(write_error)?;
+        }
+        Ok(self.meta())
+    }
+
+    /// Changes member `id`'s URL, in the metadata and in the controller quorum's membership
+    /// (openraft's address of the node), so data and controller traffic both go to the new
+    /// one.
+    pub async fn update_url(&self, id: NodeId, url: &str) -> Result<ClusterMeta> {
+        let _change = self.inner.membership_change.lock().await;
+        self.propose(Command::UpdateUrl {
+            id,
+            url: url.to_owned(),
+        })
+        .await?
+        .into_result()?;
+        let membership = self.raft_membership();
+        let stale = membership
+            .get_node(&id)
+            .is_some_and(|node| node.addr != url);
+        if stale {
+            let nodes = BTreeMap::from([(
+                id,
+                BasicNode {
+                    addr: url.to_owned(),
+                },
+            )]);
+            self.change_membership(ChangeMembers::SetNodes(nodes))
+                .await?;
         }
         Ok(self.meta())
     }
@@ -500,6 +550,14 @@ impl Controller {
             .membership_config
             .membership()
             .clone()
+    }
+}
+
+/// The cluster id the applied metadata names, else the one stored at join.
+fn known_cluster_id(meta: &ClusterMeta, log: &LogStore) -> u64 {
+    match meta.cluster_id {
+        0 => log.joined_cluster_id(),
+        known => known,
     }
 }
 

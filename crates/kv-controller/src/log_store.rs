@@ -47,6 +47,10 @@ struct RaftState {
     last_purged: Option<LogId>,
     /// WAL id = raft index + 1 - shift.
     shift: u64,
+    /// The cluster this node joined (0: none yet), stored before its log holds anything, so a
+    /// node that joined refuses another cluster's peers from the start.
+    #[serde(default)]
+    joined_cluster_id: u64,
 }
 
 #[derive(Debug)]
@@ -139,6 +143,16 @@ impl LogStore {
     pub fn has_state(&self) -> bool {
         let state = lock(&self.shared.state);
         state.vote.is_some() || state.last_purged.is_some() || self.shared.wal.last_id().is_some()
+    }
+
+    /// The cluster id stored when this node joined a cluster (0: none).
+    pub fn joined_cluster_id(&self) -> u64 {
+        lock(&self.shared.state).joined_cluster_id
+    }
+
+    /// Stores the id of the cluster this node joins, durably.
+    pub fn set_joined_cluster_id(&self, cluster_id: u64) -> Result<()> {
+        self.update_state(|state| state.joined_cluster_id = cluster_id)
     }
 
     /// The saved vote.

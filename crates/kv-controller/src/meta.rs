@@ -66,6 +66,13 @@ pub struct ClusterMeta {
     pub write_quorum: u32,
     /// A planned leadership transfer in progress.
     pub transfer: Option<PendingTransfer>,
+    /// Bumped by one by every command that changes anything (a refused one, or a no-op such
+    /// as a retried join, leaves it): of two metadata
+    /// values of one cluster, the one with the higher version is the later. A data node that
+    /// hears the metadata from two sources (its own controller's applied state and the active
+    /// controller's heartbeat replies) applies only the newer, so an ISR never goes back.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// A change to [`ClusterMeta`]: the application data of the controller's Raft log.
@@ -291,6 +298,9 @@ impl ClusterMeta {
         let mut next = self.clone();
         match next.apply_in_place(command, voters) {
             Ok(()) => {
+                if next != *self {
+                    next.version = self.version + 1;
+                }
                 *self = next;
                 ApplyResult::Applied { meta: self.clone() }
             }
@@ -489,6 +499,7 @@ impl ClusterMeta {
             isr: BTreeSet::from([leader]),
             write_quorum,
             transfer: None,
+            version: self.version,
         };
         Ok(())
     }

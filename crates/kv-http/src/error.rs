@@ -104,7 +104,8 @@ pub enum Error {
     #[error("{0}")]
     Busy(String),
     /// The node cannot serve this now, for a while (no leader known, no lease, a transfer
-    /// under way): retry.
+    /// under way, no active controller, a follower that cannot vouch for a read's
+    /// staleness): retry.
     #[error("{0}")]
     Unavailable(String),
     /// No snapshot (or not that one) is on this node.
@@ -113,6 +114,19 @@ pub enum Error {
     /// A replication fetch could not be decoded.
     #[error("bad replication request: {0}")]
     BadFetch(String),
+    /// A controller call reached a node that is not the active controller; the body names
+    /// the one that is, if known (421).
+    #[error("this node is not the active controller; ask node {leader_id:?} at {leader_url:?}")]
+    NotController {
+        /// The active controller.
+        leader_id: Option<u64>,
+        /// Its URL.
+        leader_url: Option<String>,
+    },
+    /// The cluster refused: another cluster's node, a member id taken at another URL, a
+    /// command the controller's rules refuse (409).
+    #[error("{0}")]
+    ClusterConflict(String),
     /// A task the request was waiting on died.
     #[error("internal error: {0}")]
     Internal(String),
@@ -238,6 +252,8 @@ impl Error {
             Error::AcksTimeout { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::NotYetApplied { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::BadFetch(_) => StatusCode::BAD_REQUEST,
+            Error::NotController { .. } => StatusCode::MISDIRECTED_REQUEST,
+            Error::ClusterConflict(_) => StatusCode::CONFLICT,
             Error::Busy(_) => StatusCode::CONFLICT,
             Error::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
             Error::Store(_) | Error::Internal(_) | Error::Io { .. } => {
@@ -257,7 +273,8 @@ impl Error {
 /// The response for `error`: its status, `{"detail": …}`, and the headers the status needs.
 pub fn error_response(error: &Error) -> Response<Full<Bytes>> {
     let status = error.status();
-    if status.is_server_error() {
+    // An unavailable cluster (an election, a stale follower) is expected, not an error here.
+    if status.is_server_error() && !matches!(error, Error::Unavailable(_)) {
         tracing::error!(%error, "request failed");
     }
     let body = match error {
@@ -287,6 +304,14 @@ pub fn error_response(error: &Error) -> Response<Full<Bytes>> {
         Error::RequestMismatch { id } | Error::Store(kv_store::Error::RequestMismatch { id }) => {
             serde_json::json!({ "detail": error.detail(), "id": id })
         }
+        Error::NotController {
+            leader_id,
+            leader_url,
+        } => serde_json::json!({
+            "detail": error.detail(),
+            "leader_id": leader_id,
+            "leader_url": leader_url,
+        }),
         _ => serde_json::json!({ "detail": error.detail() }),
     };
     let mut response = json_response(status, body.to_string().into_bytes());

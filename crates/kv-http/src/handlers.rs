@@ -51,6 +51,7 @@ pub fn decode_key(encoded_key: &str, key_bytes_max: usize) -> Result<String> {
 /// read-your-writes on any node after a write that returned id N. With `version`, answers the
 /// value the key had at that version (`history.rs`).
 pub async fn get_key(state: &AppState, key: &str, parts: &Parts) -> Result<Response<Full<Bytes>>> {
+    crate::cluster::check_read(state, parts)?;
     let query = parts.uri.query().unwrap_or_default();
     if let Some(min_id) = number_parameter(query, "min_id", u64::MAX)? {
         let wait_ms = number_parameter(query, "wait_ms", MIN_ID_WAIT_MS_MAX)?
@@ -361,17 +362,20 @@ pub(crate) fn require_leader(state: &AppState, parts: &Parts) -> Result<()> {
         NodeRole::NoLeader => Err(Error::Unavailable(
             "no leader is known right now (an election is under way); retry".to_owned(),
         )),
-        NodeRole::Follower { leader_url } => {
-            let path_and_query = parts
-                .uri
-                .path_and_query()
-                .map_or("/", |path_and_query| path_and_query.as_str());
-            let location = format!("{}{path_and_query}", leader_url.trim_end_matches('/'));
-            Err(Error::NotLeader {
-                leader_url,
-                location,
-            })
-        }
+        NodeRole::Follower { leader_url } => Err(redirect_to(&leader_url, parts)),
+    }
+}
+
+/// The 307 that sends this request to the leader at `leader_url`.
+pub(crate) fn redirect_to(leader_url: &str, parts: &Parts) -> Error {
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |path_and_query| path_and_query.as_str());
+    let location = format!("{}{path_and_query}", leader_url.trim_end_matches('/'));
+    Error::NotLeader {
+        leader_url: leader_url.to_owned(),
+        location,
     }
 }
 
@@ -474,14 +478,17 @@ pub fn health(state: &AppState) -> Response<Full<Bytes>> {
     let store = &state.store;
     let wal = store.wal();
     let poisoned = wal.poisoned();
+    let detail = poisoned
+        .map(|reason| format!("the WAL refuses writes: {reason}"))
+        .or_else(|| crate::cluster::health_problem(state));
     let body = HealthBody {
-        status: if poisoned.is_some() {
+        status: if detail.is_some() {
             "unavailable"
         } else {
             "ok"
         },
         role: state.role_name(),
-        detail: poisoned.map(|reason| format!("the WAL refuses writes: {reason}")),
+        detail,
         applied_id: store.applied_id(),
         last_id: wal.last_id(),
         durable_id: wal.durable_id(),

@@ -38,14 +38,17 @@
 
 mod body;
 mod client;
+mod cluster;
 mod compaction;
 mod conditions;
+mod controller_net;
 mod error;
 mod handlers;
 mod history;
 mod idempotency;
 mod metrics;
 mod options;
+mod peers;
 mod percent;
 mod replication;
 mod route;
@@ -57,7 +60,14 @@ mod writes;
 
 pub use body::OCTET_STREAM;
 pub use client::HttpTransport;
+pub use cluster::{
+    admit, cluster_view, controller_error, AdmitError, ClusterState, FORWARDED_HEADER,
+};
 pub use conditions::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+pub use controller_net::{
+    paths as controller_paths, ClientError, ControllerClient, HttpControllerTransport, JoinReply,
+    JoinRequest, NotControllerBody, ProposeReply,
+};
 pub use error::{error_response, Error, Result};
 pub use history::{
     HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, VERSIONS_LIMIT_DEFAULT, VERSIONS_LIMIT_MAX,
@@ -68,6 +78,7 @@ pub use options::{
     HEADER_READ_TIMEOUT_DEFAULT, KEYS_LIMIT_DEFAULT, KEYS_LIMIT_MAX, KEY_BYTES_MAX_DEFAULT,
     SHUTDOWN_DRAIN_TIMEOUT_DEFAULT,
 };
+pub use peers::{PeerAnswer, PeerClient, PeerError};
 pub use replication::FETCH_REQUEST_BYTES_MAX;
 pub use route::Route;
 pub use server::{bind, serve};

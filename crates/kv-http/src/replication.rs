@@ -1,7 +1,6 @@
 //! The replication endpoints: `POST /replication/fetch` (followers pull here; binary bodies,
 //! see kv-replication's protocol), `GET /replication/fetch?…` (the same answer as JSON, for
-//! people debugging; it is not counted as a follower's acknowledgement), `GET /cluster_status`,
-//! the snapshot a follower behind the compacted log downloads (`GET /replication/snapshot`,
+//! people debugging; it is not counted as a follower's acknowledgement), the snapshot a follower behind the compacted log downloads (`GET /replication/snapshot`,
 //! `GET /replication/snapshot/{applied_id}?offset=&len=`, each chunk with its CRC-32C in the
 //! `x-kvd-chunk-crc32c` header), `POST /admin/snapshot` and `GET /compaction/status`.
 
@@ -176,14 +175,6 @@ fn view(response: &FetchResponse) -> serde_json::Value {
             "leader_epoch": leader_epoch,
         }),
     }
-}
-
-/// `GET /cluster_status`: role, leader, epoch, commit/applied/durable ids and, on the
-/// leader, every follower with its lag and health.
-pub fn cluster_status(state: &AppState) -> Response<Full<Bytes>> {
-    let status = state.node.cluster_status();
-    let body = serde_json::to_vec(&status).expect("the status always serializes");
-    json_response(StatusCode::OK, body)
 }
 
 /// Header carrying a snapshot chunk's CRC-32C (decimal).

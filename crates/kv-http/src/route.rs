@@ -42,10 +42,22 @@ pub enum Route<'a> {
     CompactionRun,
     /// `/compaction/configure?enabled=&interval=`: automatic compaction's switches (POST).
     CompactionConfigure,
+    /// `/controller/raft`: Raft messages between controllers (POST, JSON).
+    ControllerRaft,
+    /// `/controller/heartbeat`: a data node's heartbeat to the active controller (POST).
+    ControllerHeartbeat,
+    /// `/controller/propose`: a command for the active controller (POST).
+    ControllerPropose,
+    /// `/controller/join`: a new node asks to join (POST).
+    ControllerJoin,
+    /// `/admin/transfer-leader`: move the data leadership (POST).
+    AdminTransferLeader,
+    /// `/admin/members/{id}`: remove a node (DELETE).
+    AdminMember(&'a str),
 }
 
 /// Route names used as metric labels (and their index in metric arrays).
-pub const ROUTE_LABELS: [&str; 19] = [
+pub const ROUTE_LABELS: [&str; 25] = [
     "/key/{key}",
     "/key/{key}/history",
     "/key/{key}/versions",
@@ -64,6 +76,12 @@ pub const ROUTE_LABELS: [&str; 19] = [
     "/compaction/status",
     "/compaction/run",
     "/compaction/configure",
+    "/controller/raft",
+    "/controller/heartbeat",
+    "/controller/propose",
+    "/controller/join",
+    "/admin/transfer-leader",
+    "/admin/members/{id}",
     "unknown",
 ];
 /// Index of the label for paths that match no route.
@@ -84,6 +102,9 @@ impl<'a> Route<'a> {
         if let Some(applied_id) = path.strip_prefix("/replication/snapshot/") {
             return (!applied_id.contains('/')).then_some(Route::SnapshotChunk(applied_id));
         }
+        if let Some(id) = path.strip_prefix("/admin/members/") {
+            return (!id.contains('/')).then_some(Route::AdminMember(id));
+        }
         match path {
             "/keys" => Some(Route::Keys),
             "/segments" => Some(Route::Segments),
@@ -99,6 +120,11 @@ impl<'a> Route<'a> {
             "/txn" => Some(Route::Txn),
             "/request_status" => Some(Route::RequestStatus),
             "/deduplication_stats" => Some(Route::DeduplicationStats),
+            "/controller/raft" => Some(Route::ControllerRaft),
+            "/controller/heartbeat" => Some(Route::ControllerHeartbeat),
+            "/controller/propose" => Some(Route::ControllerPropose),
+            "/controller/join" => Some(Route::ControllerJoin),
+            "/admin/transfer-leader" => Some(Route::AdminTransferLeader),
             _ => None,
         }
     }
@@ -111,7 +137,13 @@ impl<'a> Route<'a> {
             Route::AdminSnapshot
             | Route::Txn
             | Route::CompactionRun
-            | Route::CompactionConfigure => "POST",
+            | Route::CompactionConfigure
+            | Route::ControllerRaft
+            | Route::ControllerHeartbeat
+            | Route::ControllerPropose
+            | Route::ControllerJoin
+            | Route::AdminTransferLeader => "POST",
+            Route::AdminMember(_) => "DELETE",
             _ => "GET",
         }
     }
@@ -126,7 +158,13 @@ impl<'a> Route<'a> {
             Route::AdminSnapshot
             | Route::Txn
             | Route::CompactionRun
-            | Route::CompactionConfigure => *method == Method::POST,
+            | Route::CompactionConfigure
+            | Route::ControllerRaft
+            | Route::ControllerHeartbeat
+            | Route::ControllerPropose
+            | Route::ControllerJoin
+            | Route::AdminTransferLeader => *method == Method::POST,
+            Route::AdminMember(_) => *method == Method::DELETE,
             _ => *method == Method::GET,
         }
     }
@@ -152,6 +190,12 @@ impl<'a> Route<'a> {
             Route::CompactionStatus => 15,
             Route::CompactionRun => 16,
             Route::CompactionConfigure => 17,
+            Route::ControllerRaft => 18,
+            Route::ControllerHeartbeat => 19,
+            Route::ControllerPropose => 20,
+            Route::ControllerJoin => 21,
+            Route::AdminTransferLeader => 22,
+            Route::AdminMember(_) => 23,
         }
     }
 }
@@ -183,6 +227,15 @@ mod tests {
         assert_eq!(Route::from_path("/metrics"), Some(Route::Metrics));
         assert_eq!(Route::from_path("/"), None);
         assert_eq!(Route::from_path("/segments/"), None);
+        assert_eq!(
+            Route::from_path("/admin/members/2"),
+            Some(Route::AdminMember("2"))
+        );
+        assert_eq!(Route::from_path("/admin/members/2/x"), None);
+        assert_eq!(
+            Route::from_path("/controller/join"),
+            Some(Route::ControllerJoin)
+        );
     }
 
     #[test]
@@ -206,6 +259,12 @@ mod tests {
             (Route::CompactionStatus, "/compaction/status"),
             (Route::CompactionRun, "/compaction/run"),
             (Route::CompactionConfigure, "/compaction/configure"),
+            (Route::ControllerRaft, "/controller/raft"),
+            (Route::ControllerHeartbeat, "/controller/heartbeat"),
+            (Route::ControllerPropose, "/controller/propose"),
+            (Route::ControllerJoin, "/controller/join"),
+            (Route::AdminTransferLeader, "/admin/transfer-leader"),
+            (Route::AdminMember("3"), "/admin/members/{id}"),
         ] {
             assert_eq!(ROUTE_LABELS[route.label_index()], label);
         }

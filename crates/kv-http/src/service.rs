@@ -9,6 +9,7 @@ use http::{Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Body;
 
+use crate::cluster::{self, ControllerEndpoint};
 use crate::compaction;
 use crate::error::{error_response, Error, Result};
 use crate::handlers;
@@ -85,7 +86,7 @@ where
             Method::POST => replication::fetch(state, &parts, body).await,
             _ => replication::fetch_view(state, parts.uri.query().unwrap_or_default()).await,
         },
-        Route::ClusterStatus => Ok(replication::cluster_status(state)),
+        Route::ClusterStatus => Ok(cluster::cluster_status(state)),
         Route::SnapshotMeta => replication::snapshot_meta(state),
         Route::SnapshotChunk(applied_id) => {
             replication::snapshot_chunk(state, applied_id, parts.uri.query().unwrap_or_default())
@@ -96,5 +97,19 @@ where
         Route::CompactionConfigure => {
             compaction::configure(state, parts.uri.query().unwrap_or_default())
         }
+        Route::ControllerRaft => {
+            cluster::controller_endpoint(state, &parts, body, ControllerEndpoint::Raft).await
+        }
+        Route::ControllerHeartbeat => {
+            cluster::controller_endpoint(state, &parts, body, ControllerEndpoint::Heartbeat).await
+        }
+        Route::ControllerPropose => {
+            cluster::controller_endpoint(state, &parts, body, ControllerEndpoint::Propose).await
+        }
+        Route::ControllerJoin => {
+            cluster::controller_endpoint(state, &parts, body, ControllerEndpoint::Join).await
+        }
+        Route::AdminTransferLeader => cluster::admin_transfer_leader(state, &parts, body).await,
+        Route::AdminMember(id) => cluster::admin_remove_member(state, &parts, id).await,
     }
 }

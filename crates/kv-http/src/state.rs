@@ -5,6 +5,7 @@ use std::sync::Arc;
 use kv_replication::Node;
 use kv_store::Store;
 
+use crate::cluster::ClusterState;
 use crate::metrics::Metrics;
 use crate::options::HttpOptions;
 
@@ -23,6 +24,9 @@ pub struct AppState {
     pub options: HttpOptions,
     /// Request, latency and connection counters.
     pub metrics: Metrics,
+    /// The node's controller and what it learned of the cluster (`None`: a node run without
+    /// a controller, as in kv-http's own tests).
+    pub cluster: Option<Arc<ClusterState>>,
 }
 
 impl AppState {
@@ -33,6 +37,15 @@ impl AppState {
             node,
             options,
             metrics: Metrics::default(),
+            cluster: None,
+        }
+    }
+
+    /// The same state, as a member of a controlled cluster.
+    pub fn with_cluster(self, cluster: Arc<ClusterState>) -> AppState {
+        AppState {
+            cluster: Some(cluster),
+            ..self
         }
     }
 

@@ -512,3 +512,37 @@ fn commands_and_results_round_trip_through_json() {
     let text = serde_json::to_string(&meta).unwrap();
     assert_eq!(serde_json::from_str::<ClusterMeta>(&text).unwrap(), meta);
 }
+
+#[test]
+fn every_change_bumps_the_version_and_a_refusal_or_a_no_op_does_not() {
+    let meta = cluster();
+    // Bootstrap, three members, an ISR change, a write quorum: six applied commands.
+    assert_eq!(meta.version, 6);
+    let after = applied(
+        &meta,
+        Command::UpdateUrl {
+            id: 3,
+            url: "http://n3b".into(),
+        },
+    );
+    assert_eq!(after.version, 7);
+    // A retried join changes nothing.
+    let again = applied(
+        &after,
+        Command::AddMember {
+            id: 3,
+            url: "http://n3b".into(),
+        },
+    );
+    assert_eq!(again.version, 7);
+    refused(
+        &again,
+        Command::RemoveMember { id: 9 },
+        Rejection::UnknownMember { id: 9 },
+    );
+    // Metadata written before the field existed reads as version 0.
+    let mut json = serde_json::to_value(&meta).unwrap();
+    json.as_object_mut().unwrap().remove("version");
+    let old: ClusterMeta = serde_json::from_value(json).unwrap();
+    assert_eq!(old.version, 0);
+}

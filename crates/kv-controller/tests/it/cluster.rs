@@ -482,3 +482,72 @@ async fn a_node_of_another_cluster_is_refused() {
     first.nodes.remove(&5);
     first.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_node_keeps_its_cluster_id_across_a_restart_before_any_raft_entry() {
+    let mut cluster = Cluster::start(1, quiet()).await;
+    // Node 1 was admitted (the join's answer named cluster 0xabc) but no Raft entry reached it.
+    let joiner = cluster.open(1).await;
+    assert_eq!(joiner.cluster_id(), 0);
+    joiner.adopt_cluster_id(0xabc).unwrap();
+    assert!(
+        !joiner.has_state(),
+        "adopting an id is not controller state"
+    );
+    joiner.shutdown().await.unwrap();
+    cluster.network.unregister(1);
+    cluster.nodes.remove(&1);
+    drop(joiner);
+    let joiner = cluster.open(1).await;
+    assert_eq!(joiner.cluster_id(), 0xabc, "stored across the restart");
+    assert!(matches!(
+        joiner.adopt_cluster_id(0x999),
+        Err(Error::ClusterMismatch {
+            ours: 0xabc,
+            theirs: 0x999
+        })
+    ));
+    // Another cluster's Raft traffic is refused from the start.
+    let reply = joiner
+        .handle_raft(kv_controller::RaftMessage {
+            cluster_id: 0x999,
+            from: 7,
+            request: kv_controller::RaftRequest::Vote(openraft::raft::VoteRequest::new(
+                openraft::Vote::new(1, 7),
+                None,
+            )),
+        })
+        .await;
+    assert!(matches!(
+        reply,
+        kv_controller::RaftReply::ClusterMismatch { cluster_id: 0xabc }
+    ));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_url_changes_in_the_metadata_and_in_the_raft_membership() {
+    let cluster = Cluster::start(3, quiet()).await;
+    let leader = cluster.raft_leader().await;
+    let moved = "http://node-2-moved";
+    let meta = leader.update_url(2, moved).await.unwrap();
+    assert_eq!(meta.url_of(2), Some(moved));
+    let membership = leader
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone();
+    assert_eq!(
+        membership.get_node(&2).map(|node| node.addr.as_str()),
+        Some(moved)
+    );
+    assert!(membership.voter_ids().any(|id| id == 2), "still a voter");
+    cluster
+        .converge("every node knows the new URL", |meta| {
+            meta.url_of(2) == Some(moved)
+        })
+        .await;
+    cluster.shutdown().await;
+}

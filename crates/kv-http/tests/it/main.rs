@@ -2,6 +2,7 @@
 //! directly (no socket), and the server's connection handling over loopback.
 
 mod bad_input;
+mod cluster;
 mod conditional;
 mod fuzz_corpus;
 mod routes;

@@ -11,7 +11,7 @@ use kv_store::{Store, StoreOptions};
 
 pub struct Node {
     pub state: Arc<AppState>,
-    _dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
 }
 
 pub fn node_with(options: HttpOptions, role: NodeRole) -> Node {

@@ -1,0 +1,505 @@
+//! Controllers talking over real HTTP on loopback: a cluster formed by initialize and joins,
+//! `421` answers naming the active controller and clients that follow them, admin calls made
+//! on any node, `/cluster_status`, and the read and health rules that follow a node's view and
+//! lease.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use kv_controller::{
+    ApplyResult, BootstrapSpec, ClusterMeta, Command, Controller, ControllerOptions,
+    HeartbeatRequest, Position, Timing,
+};
+use kv_http::{
+    AppState, ClientError, ClusterState, ControllerClient, HttpControllerTransport, HttpOptions,
+    JoinRequest, PeerClient,
+};
+use kv_replication::NodeOptions;
+use kv_store::{Store, StoreOptions};
+use tokio::sync::oneshot;
+
+use crate::support::{self, Node};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// One node: a store, a controller over HTTP, the server.
+struct Member {
+    id: u64,
+    url: String,
+    node: Node,
+    cluster: Arc<ClusterState>,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<kv_http::Result<()>>,
+}
+
+/// No data plane runs here and the tests heartbeat by hand: sessions that never expire within
+/// a test (no elections), and a short transfer timeout.
+fn timing() -> Timing {
+    Timing {
+        lease: Duration::from_secs(3000),
+        session_timeout: Duration::from_secs(3600),
+        transfer_timeout: Duration::from_millis(800),
+        ..Timing::default()
+    }
+}
+
+async fn member(id: u64, seeds: &[&str]) -> Member {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (store, _) = Store::open(dir.path().join("wal"), StoreOptions::default()).expect("store");
+    let store = Arc::new(store);
+    let node = kv_replication::Node::open_controlled(store, dir.path(), id, NodeOptions::default())
+        .expect("node");
+    let listener = kv_http::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let url = format!("http://{address}");
+    let peers = Arc::new(PeerClient::new());
+    let mut options = ControllerOptions::new(id, url.clone(), dir.path());
+    options.timing = timing();
+    let controller = Controller::open(
+        options,
+        Arc::new(HttpControllerTransport::new(peers.clone())),
+    )
+    .await
+    .expect("controller");
+    let seeds = seeds.iter().map(|seed| seed.to_string()).collect();
+    let client = ControllerClient::new(id, controller, peers, seeds, Duration::from_secs(2));
+    let cluster = Arc::new(ClusterState::new(
+        id,
+        url.clone(),
+        client,
+        timing(),
+        Duration::from_millis(2000),
+    ));
+    let state = Arc::new(
+        AppState::new(Arc::new(node), HttpOptions::default()).with_cluster(cluster.clone()),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(kv_http::serve(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+    Member {
+        id,
+        url,
+        node: Node { state, _dir: dir },
+        cluster,
+        stop: Some(stop),
+        server,
+    }
+}
+
+impl Member {
+    fn controller(&self) -> &Controller {
+        self.cluster.controller()
+    }
+
+    fn client(&self) -> &ControllerClient {
+        self.cluster.client()
+    }
+
+    async fn heartbeat(&self) -> Result<kv_controller::HeartbeatReply, ClientError> {
+        let request = HeartbeatRequest {
+            cluster_id: self.controller().cluster_id(),
+            node: self.id,
+            leader_epoch: self.controller().meta().leader_epoch,
+            position: Position::default(),
+            caught_up: true,
+        };
+        self.client().heartbeat(&request).await
+    }
+
+    async fn http(
+        &self,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let peers = PeerClient::new();
+        let body = (!body.is_empty()).then(|| bytes::Bytes::from(body.to_owned()));
+        let answer = peers
+            .send(method, &self.url, path, body, DEADLINE, None)
+            .await
+            .expect("an answer");
+        let json = serde_json::from_slice(&answer.body).unwrap_or(serde_json::Value::Null);
+        (answer.status, json)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().expect("running").send(());
+        let controller = self.controller().clone();
+        let _ = self.server.await;
+        let _ = controller.shutdown().await;
+    }
+}
+
+/// Waits until `done` holds for `member`'s applied metadata.
+async fn converge(member: &Member, what: &str, done: impl Fn(&ClusterMeta) -> bool) -> ClusterMeta {
+    let started = Instant::now();
+    loop {
+        let meta = member.controller().meta();
+        if done(&meta) {
+            return meta;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "node {}: not within {DEADLINE:?}: {what}: {meta:?}",
+            member.id
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `member` creates cluster 0xfeed, which it leads.
+async fn initialized(member: &Member) -> ClusterMeta {
+    member
+        .controller()
+        .initialize(BootstrapSpec {
+            cluster_id: 0xfeed,
+            epoch_floor: 0,
+            write_quorum: 1,
+        })
+        .await
+        .expect("initialize")
+}
+
+/// Node 0 initializes; 1 joins through 0, 2 through 1 (which is not the active controller:
+/// the join follows its 421); every node heartbeats until all three are voters.
+async fn three_members() -> Vec<Member> {
+    let first = member(0, &[]).await;
+    initialized(&first).await;
+    let second = member(1, &[&first.url]).await;
+    let third = member(2, &[&second.url]).await;
+    for joiner in [&second, &third] {
+        let reply = joiner
+            .client()
+            .join(&JoinRequest {
+                id: joiner.id,
+                url: joiner.url.clone(),
+                cluster_id: 0,
+                has_state: false,
+            })
+            .await
+            .expect("joined");
+        assert_eq!(reply.cluster_id, 0xfeed);
+        joiner
+            .controller()
+            .adopt_cluster_id(reply.cluster_id)
+            .expect("adopt");
+        // The next node joins through this one: it must know the active controller first.
+        converge(joiner, "a member that knows the cluster", |meta| {
+            meta.members.contains_key(&joiner.id)
+        })
+        .await;
+    }
+    let members = vec![first, second, third];
+    let started = Instant::now();
+    loop {
+        for member in &members {
+            let _ = member.heartbeat().await;
+        }
+        let voters = members[0]
+            .controller()
+            .meta()
+            .members
+            .values()
+            .filter(|member| member.voter)
+            .count();
+        if voters == 3 {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "never three voters");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    members
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_form_a_cluster_over_http_and_calls_follow_421_to_the_active_one() {
+    let members = three_members().await;
+    for member in &members {
+        converge(member, "three members", |meta| meta.members.len() == 3).await;
+        assert_eq!(member.controller().cluster_id(), 0xfeed);
+    }
+    // A node that is not the active controller answers 421 naming the one that is.
+    let heartbeat = serde_json::json!({
+        "cluster_id": 0xfeed, "node": 1, "leader_epoch": 1,
+        "position": {"epoch": 0, "id": 0}, "caught_up": true,
+    });
+    let (status, body) = members[1]
+        .http(
+            Method::POST,
+            "/controller/heartbeat",
+            &heartbeat.to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
+    assert_eq!(body["leader_id"], 0);
+    assert_eq!(body["leader_url"], members[0].url.as_str());
+    // The client follows it: a heartbeat and a proposal from node 2 reach node 0.
+    let reply = members[2].heartbeat().await.expect("heartbeat");
+    assert_eq!(reply.controller, 0);
+    assert_eq!(reply.lease_ms, None, "node 2 does not lead the data");
+    let lease = members[0].heartbeat().await.expect("heartbeat").lease_ms;
+    assert!(lease.is_some(), "the data leader gets a lease");
+    let result = members[2]
+        .client()
+        .propose(&Command::SetWriteQuorum { write_quorum: 2 })
+        .await
+        .expect("proposed");
+    assert!(matches!(result, ApplyResult::Applied { ref meta } if meta.write_quorum == 2));
+    // /cluster_status on any node shows the controller and the metadata.
+    converge(&members[2], "write quorum 2", |meta| meta.write_quorum == 2).await;
+    let (status, body) = members[2].http(Method::GET, "/cluster_status", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["node_id"], 2);
+    assert_eq!(body["data_leader"], 0);
+    assert_eq!(body["data_leader_url"], members[0].url.as_str());
+    assert_eq!(body["leader_epoch"], 1);
+    assert_eq!(body["isr"], serde_json::json!([0]));
+    assert_eq!(body["members"].as_array().map(Vec::len), Some(3));
+    assert_eq!(body["controller"]["raft_leader"], 0);
+    assert_eq!(body["controller"]["voters"], serde_json::json!([0, 1, 2]));
+    let (_, active) = members[0].http(Method::GET, "/cluster_status", "").await;
+    assert_eq!(active["controller"]["active"], true);
+    assert_eq!(
+        active["controller"]["sessions"].as_array().map(Vec::len),
+        Some(3)
+    );
+    for member in members {
+        member.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_are_idempotent_and_refuse_another_cluster_or_a_taken_id() {
+    let members = three_members().await;
+    let join = |id: u64, url: &str, cluster_id: u64, has_state: bool| JoinRequest {
+        id,
+        url: url.to_owned(),
+        cluster_id,
+        has_state,
+    };
+    // A retried join changes nothing.
+    let version = members[0].controller().meta().version;
+    let reply = members[1]
+        .client()
+        .join(&join(2, &members[2].url, 0xfeed, false))
+        .await
+        .expect("a retried join");
+    assert_eq!(reply.meta.version, version);
+    // Another cluster's node is refused.
+    let refused = members[1]
+        .client()
+        .join(&join(7, "http://127.0.0.1:9", 0xbad, false))
+        .await;
+    assert!(
+        matches!(&refused, Err(ClientError::Refused { status, detail })
+            if *status == StatusCode::CONFLICT && detail.contains("cluster")),
+        "{refused:?}"
+    );
+    // A fresh node cannot take a member's id at another URL…
+    let refused = members[2]
+        .client()
+        .join(&join(1, "http://127.0.0.1:9", 0, false))
+        .await;
+    assert!(
+        matches!(&refused, Err(ClientError::Refused { detail, .. }) if detail.contains("already a member")),
+        "{refused:?}"
+    );
+    // …but a member with the cluster's state moves its URL, in the metadata and the Raft
+    // membership alike.
+    members[2]
+        .client()
+        .join(&join(1, "http://127.0.0.1:9", 0xfeed, true))
+        .await
+        .expect("URL moved");
+    let meta = converge(&members[2], "node 1 moved", |meta| {
+        meta.url_of(1) == Some("http://127.0.0.1:9")
+    })
+    .await;
+    assert!(meta.members[&1].voter);
+    for member in members {
+        member.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_on_any_node_reach_the_active_controller() {
+    let members = three_members().await;
+    let result = members[0]
+        .client()
+        .propose(&Command::ChangeIsr {
+            sender: 0,
+            leader_epoch: 1,
+            isr: BTreeSet::from([0, 1]),
+        })
+        .await
+        .expect("proposed");
+    assert!(matches!(result, ApplyResult::Applied { .. }), "{result:?}");
+    converge(&members[1], "node 1 in the ISR", |meta| {
+        meta.isr.contains(&1)
+    })
+    .await;
+    // A transfer nobody carries out (no data plane runs here) is cancelled at the timeout and
+    // answered 503.
+    let (status, body) = members[1]
+        .http(Method::POST, "/admin/transfer-leader", r#"{"to": 1}"#)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("node 1"),
+        "{body}"
+    );
+    // Node 2 is not in the ISR: a transfer to it is refused.
+    let (status, body) = members[2]
+        .http(Method::POST, "/admin/transfer-leader", r#"{"to": 2}"#)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _) = members[2]
+        .http(Method::POST, "/admin/transfer-leader", r#"{"to": "x"}"#)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Removing the data leader is refused; removing node 2, sent to node 1, works.
+    let (status, body) = members[1]
+        .http(Method::DELETE, "/admin/members/0", "")
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = members[1]
+        .http(Method::DELETE, "/admin/members/2", "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["members"], serde_json::json!([0, 1]));
+    let meta = converge(&members[1], "node 2 removed", |meta| {
+        meta.members.len() == 2
+    })
+    .await;
+    assert!(!meta.members.contains_key(&2));
+    let (status, _) = members[1]
+        .http(Method::DELETE, "/admin/members/two", "")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    for member in members {
+        member.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_health_follow_the_view_and_the_lease() {
+    let leader = member(0, &[]).await;
+    let meta = initialized(&leader).await;
+    let node = &leader.node.state.node;
+    // No view taken yet: unhealthy, no writes; reads answer from what the node has.
+    let (status, body) = leader.http(Method::GET, "/health", "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let answer = support::put(&leader.node, "/key/k", r#"{"value": 1}"#).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        support::get(&leader.node, "/key/k").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // The view names it the leader: healthy, but no linearizable read before a lease.
+    node.apply_cluster_view(&kv_http::cluster_view(&meta, 0))
+        .expect("view");
+    leader.cluster.set_view(&meta);
+    let (status, _) = leader.http(Method::GET, "/health", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        support::get(&leader.node, "/key/k").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    node.grant_lease(meta.leader_epoch, Instant::now() + Duration::from_secs(60));
+    let answer = support::put(&leader.node, "/key/k", r#"{"value": 1}"#).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.detail());
+    assert_eq!(
+        support::get(&leader.node, "/key/k").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        support::get(&leader.node, "/key/k?linearizable=true")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        support::get(&leader.node, "/key/k?linearizable=maybe")
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    // Handing over (a planned transfer): no more linearizable reads here.
+    leader.cluster.set_handing_over(true);
+    assert_eq!(
+        support::get(&leader.node, "/key/k").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    leader.cluster.set_handing_over(false);
+    // A newer view names another leader: this node follows it; its reads may be stale, a
+    // linearizable one goes there (307), and it cannot vouch for a staleness bound.
+    let mut moved = meta.clone();
+    moved.data_leader = Some(1);
+    moved.leader_epoch += 1;
+    moved.version += 1;
+    moved.isr.insert(1);
+    moved.members.insert(
+        1,
+        kv_controller::Member {
+            id: 1,
+            url: "http://127.0.0.1:9".to_owned(),
+            voter: true,
+        },
+    );
+    assert!(leader.cluster.is_newer_view(&moved));
+    node.apply_cluster_view(&kv_http::cluster_view(&moved, 0))
+        .expect("view");
+    leader.cluster.set_view(&moved);
+    assert!(!leader.cluster.is_newer_view(&meta), "views never go back");
+    assert_eq!(
+        support::get(&leader.node, "/key/k").await.status,
+        StatusCode::OK
+    );
+    let answer = support::get(&leader.node, "/key/k?linearizable=true").await;
+    assert_eq!(answer.status, StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        answer.header("location"),
+        "http://127.0.0.1:9/key/k?linearizable=true"
+    );
+    let answer = support::get(&leader.node, "/key/k?max_staleness_ms=1000").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.detail().contains("staleness"), "{}", answer.detail());
+    // A follower that never heard its leader: unhealthy.
+    let (status, body) = leader.http(Method::GET, "/health", "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not heard"),
+        "{body}"
+    );
+    // A view with no leader: writes and linearizable reads answer 503, not a 307 to nowhere.
+    let mut leaderless = moved.clone();
+    leaderless.data_leader = None;
+    leaderless.leader_epoch += 1;
+    leaderless.version += 1;
+    node.apply_cluster_view(&kv_http::cluster_view(&leaderless, 0))
+        .expect("view");
+    leader.cluster.set_view(&leaderless);
+    let answer = support::put(&leader.node, "/key/k", r#"{"value": 1}"#).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    let answer = support::get(&leader.node, "/key/k?linearizable=true").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, body) = leader.http(Method::GET, "/health", "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no leader"),
+        "{body}"
+    );
+    leader.stop().await;
+}
