@@ -26,7 +26,7 @@ pub enum Error {
     },
     /// Writing, reading or installing a snapshot failed.
     #[error(transparent)]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
+    Snapshot(#[from] SnapshotError),
     /// A snapshot was asked of a store opened without a snapshot directory.
     #[error("snapshots are off (no snapshot directory)")]
     SnapshotsOff,
@@ -66,3 +66,20 @@ pub enum Error {
 
 /// Result alias for kv-store.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The file system failed (the error names the file).
+    #[error(transparent)]
+    Io(#[from] kv_wal::Error),
+    /// The file is not a whole, valid snapshot: a bad magic, version, length or CRC, a cell
+    /// that does not parse, counts that disagree.
+    #[error("snapshot {path}: {reason}")]
+    Damaged {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, and where.
+        reason: String,
+    },
+}

@@ -16,7 +16,8 @@
 //! HTTP), never a wrong answer. A delete ends the key's history with it: a key created again
 //! starts at version 1.
 
-use crate::entry::{LogEntry, Op, Value};
+use crate::entry::{LogEntry, Op};
+use crate::value::Value;
 use crate::error::Result;
 use crate::map::{KeyMeta, KeyValue, Locator};
 use crate::store::Store;
@@ -317,7 +318,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::Value;
+    use crate::value::Value;
     use crate::map::KeyMap;
 
     fn at(revision: u64) -> Locator {

@@ -71,6 +71,7 @@ pub mod repair;
 pub mod snapshot;
 mod store;
 pub mod txn;
+mod value;
 
 pub use applied::RetentionOptions;
 pub use dedup::{DedupOptions, DedupStats, RequestIds, RequestMeta, RequestRecord};

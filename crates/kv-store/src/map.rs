@@ -30,7 +30,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::encoding::{get_varint, put_varint};
-use crate::entry::{Value, ValueKind};
+use crate::value::{Value, ValueKind};
 
 /// A key's place in the history of writes: its version (writes since creation, 1 for the
 /// first) and the revisions (log ids) that created it and last wrote it.

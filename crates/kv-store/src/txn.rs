@@ -13,7 +13,7 @@
 //! (compact JSON text or raw bytes).
 
 use crate::encoding::{put_bytes, put_u32, put_u64, Reader};
-use crate::entry::{Value, ValueKind};
+use crate::value::{Value, ValueKind};
 use crate::map::KeyValue;
 
 /// Most compares a transaction may hold.

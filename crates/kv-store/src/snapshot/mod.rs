@@ -61,22 +61,7 @@ const KIND_REQUESTS: u8 = 4;
 const LINK_BYTES: usize = 28;
 const SUFFIX: &str = ".snap";
 
-/// Why a snapshot could not be written or read.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    /// The file system failed (the error names the file).
-    #[error(transparent)]
-    Io(#[from] kv_wal::Error),
-    /// The file is not a whole, valid snapshot: a bad magic, version, length or CRC, a cell
-    /// that does not parse, counts that disagree.
-    #[error("snapshot {path}: {reason}")]
-    Damaged {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, and where.
-        reason: String,
-    },
-}
+pub use crate::error::SnapshotError;
 
 /// How snapshot blocks are compressed: stored as is, or with one of kv-wal's block codecs
 /// ([`kv_wal::codec::Codec`], the one codec type of the project; zstd at level
