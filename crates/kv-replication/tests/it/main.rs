@@ -3,6 +3,7 @@
 
 mod controlled;
 mod failover_logic;
+mod failover_simulation;
 mod fuzz_corpus;
 mod logic;
 mod nodes;

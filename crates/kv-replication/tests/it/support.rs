@@ -91,6 +91,25 @@ impl VecLog {
         self.first_id = self.first_id.max(before_id);
     }
 
+    /// A log that installed this one's snapshot at `id`: it continues after `id` and knows
+    /// the epochs of every id up to it (a snapshot carries the epoch history).
+    pub fn snapshot_through(&self, id: u64) -> VecLog {
+        let epochs = self
+            .purged
+            .iter()
+            .copied()
+            .chain(self.entries.iter().map(|(id, epoch, _)| (*id, *epoch)))
+            .filter(|(entry_id, _)| *entry_id <= id)
+            .collect();
+        VecLog {
+            first_id: id + 1,
+            entries: Vec::new(),
+            durable_id: id,
+            base: self.epoch_at(id).map(|epoch| (id, epoch)),
+            purged: epochs,
+        }
+    }
+
     pub fn append(&mut self, epoch: u64, payload: Vec<u8>) -> u64 {
         let id = self.next_id();
         self.entries.push((id, epoch, payload));
