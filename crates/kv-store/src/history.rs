@@ -17,11 +17,11 @@
 //! starts at version 1.
 
 use crate::entry::{LogEntry, Op};
-use crate::value::Value;
 use crate::error::Result;
 use crate::map::{KeyMeta, KeyValue, Locator};
 use crate::store::Store;
 use crate::txn::TxnOp;
+use crate::value::Value;
 
 /// How much history is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,8 +318,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::Value;
     use crate::map::KeyMap;
+    use crate::value::Value;
 
     fn at(revision: u64) -> Locator {
         Locator {

@@ -13,8 +13,8 @@
 //! (compact JSON text or raw bytes).
 
 use crate::encoding::{put_bytes, put_u32, put_u64, Reader};
-use crate::value::{Value, ValueKind};
 use crate::map::KeyValue;
+use crate::value::{Value, ValueKind};
 
 /// Most compares a transaction may hold.
 pub const TXN_COMPARES_MAX: usize = 128;

@@ -551,3 +551,48 @@ fn views_decide_roles_by_epoch() {
         );
     }
 }
+
+/// Followers outside the ISR are forgotten once not heard from for `follower_forget_after`;
+/// ISR members are kept however long they are silent (they still count, until the controller
+/// removes them).
+#[test]
+fn silent_followers_outside_the_isr_are_forgotten() {
+    let start = Instant::now();
+    let log = log_of(0, 2);
+    let mut leader = LeaderState::elected(
+        CLUSTER,
+        2,
+        0,
+        1,
+        Membership {
+            isr: BTreeSet::from([0, 1]),
+            members: (0..5).collect(),
+            write_quorum: 1,
+        },
+        LeaderOptions {
+            follower_forget_after: 1_000 * MS,
+            ..LeaderOptions::default()
+        },
+        start,
+    );
+    answer(&mut leader, start, &fetch(1, 4, 2, 3), &log);
+    answer(&mut leader, start, &fetch(2, 4, 2, 3), &log);
+    let heard = |leader: &LeaderState, now| -> Vec<(u64, Option<bool>)> {
+        leader
+            .followers(now, 3)
+            .iter()
+            .map(|follower| (follower.node_id, follower.in_isr))
+            .collect()
+    };
+    assert_eq!(
+        heard(&leader, start),
+        vec![(1, Some(true)), (2, Some(false))]
+    );
+    // Someone else fetches a while later: the silent follower 2 is forgotten, 1 is kept.
+    let later = start + 1_001 * MS;
+    answer(&mut leader, later, &fetch(3, 4, 2, 3), &log);
+    assert_eq!(
+        heard(&leader, later),
+        vec![(1, Some(true)), (3, Some(false))]
+    );
+}
