@@ -90,7 +90,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let closed = store.close().context("cannot sync and close the WAL");
     served?;
     closed?;
-    tracing::info!(last_id = ?store.wal().last_id(), "WAL synced and closed; bye");
+    tracing::info!(last_id = store.last_id(), "WAL synced and closed; bye");
     Ok(())
 }
 

@@ -223,7 +223,7 @@ impl Transport for HttpTransport {
                     "the snapshot chunk came without its CRC",
                 )
             })?;
-        if kv_wal::frame::crc32c(&body) != expected {
+        if kv_replication::chunk_crc(&body) != expected {
             return Err(TransportError::new(
                 TransportErrorKind::Corrupt,
                 format!("snapshot chunk at {offset} failed its CRC check"),

@@ -438,8 +438,8 @@ struct SegmentsBody {
 
 /// `GET /segments`: the WAL's segment files.
 pub fn segments(state: &AppState) -> Response<Full<Bytes>> {
-    let wal = state.store.wal();
-    let segments: Vec<SegmentBody> = wal
+    let segments: Vec<SegmentBody> = state
+        .store
         .segments()
         .into_iter()
         .map(|segment| SegmentBody {
@@ -455,7 +455,7 @@ pub fn segments(state: &AppState) -> Response<Full<Bytes>> {
     let body = SegmentsBody {
         total_segments: segments.len(),
         segments,
-        max_segment_size: wal.segment_bytes_max(),
+        max_segment_size: state.store.segment_bytes_max(),
     };
     json_response(StatusCode::OK, to_json(&body))
 }
@@ -476,9 +476,9 @@ struct HealthBody<'a> {
 /// `GET /health`: 200 while the node can take writes, 503 once its WAL refuses them.
 pub fn health(state: &AppState) -> Response<Full<Bytes>> {
     let store = &state.store;
-    let wal = store.wal();
-    let poisoned = wal.poisoned();
-    let detail = poisoned
+    let log = store.log_status();
+    let detail = log
+        .poisoned
         .map(|reason| format!("the WAL refuses writes: {reason}"))
         .or_else(|| crate::cluster::health_problem(state));
     let body = HealthBody {
@@ -490,9 +490,9 @@ pub fn health(state: &AppState) -> Response<Full<Bytes>> {
         role: state.role_name(),
         detail,
         applied_id: store.applied_id(),
-        last_id: wal.last_id(),
-        durable_id: wal.durable_id(),
-        next_id: wal.next_id(),
+        last_id: log.last_id,
+        durable_id: log.durable_id,
+        next_id: log.next_id,
         keys: store.key_count(),
     };
     let status = if body.detail.is_some() {

@@ -259,8 +259,9 @@ fn render_replication(out: &mut String, node: &Node) {
 }
 
 fn render_store(out: &mut String, store: &Store, role_name: &str) {
-    let wal = store.wal();
-    let stats = wal.stats();
+    let log = store.log_status();
+    let stats = store.wal_stats();
+    let segments = store.segments();
     let _ = writeln!(
         out,
         "# HELP kvd_node_info The node's role.\n# TYPE kvd_node_info gauge"
@@ -288,21 +289,20 @@ fn render_store(out: &mut String, store: &Store, role_name: &str) {
         out,
         "kvd_wal_last_id",
         "Last id written to the WAL (0 when empty).",
-        wal.last_id().unwrap_or(0),
+        log.last_id.unwrap_or(0),
     );
     gauge(
         out,
         "kvd_wal_durable_id",
         "Highest id known to be on stable storage.",
-        wal.durable_id(),
+        log.durable_id,
     );
     gauge(
         out,
         "kvd_wal_segments",
         "Segment files in the WAL.",
-        wal.segments().len() as u64,
+        segments.len() as u64,
     );
-    let segments = wal.segments();
     gauge(
         out,
         "kvd_wal_segment_bytes",
@@ -328,7 +328,7 @@ fn render_store(out: &mut String, store: &Store, role_name: &str) {
         out,
         "kvd_wal_poisoned",
         "1 when the WAL refuses writes after an I/O failure.",
-        u64::from(wal.poisoned().is_some()),
+        u64::from(log.poisoned.is_some()),
     );
     counter(
         out,

@@ -11,7 +11,7 @@ use http::request::Parts;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
-use kv_replication::{FetchRequest, FetchResponse, SnapshotSummary};
+use kv_replication::{chunk_crc, describe_frames, FetchRequest, FetchResponse, SnapshotSummary};
 use kv_store::{LogEntry, Op, ValueKind};
 use serde_json::json;
 
@@ -94,13 +94,13 @@ fn view(response: &FetchResponse) -> serde_json::Value {
             last_id,
             frames,
         } => {
-            let entries: Vec<serde_json::Value> = match kv_wal::frame::decode_all(frames) {
+            let entries: Vec<serde_json::Value> = match describe_frames(frames) {
                 Ok(decoded) => decoded
-                    .iter()
+                    .into_iter()
                     .map(|frame| {
-                        let mut entry = json!({ "id": frame.id, "crc": frame.crc, "bytes": frame.encoded_len() });
-                        let contents = frame.contents().unwrap_or_default();
-                        if let Ok(LogEntry { epoch, op, .. }) = LogEntry::decode(&contents) {
+                        let mut entry =
+                            json!({ "id": frame.id, "crc": frame.crc, "bytes": frame.bytes });
+                        if let Some(LogEntry { epoch, op, .. }) = frame.entry {
                             entry["epoch"] = json!(epoch);
                             match op {
                                 Op::Set { key, value } => {
@@ -128,7 +128,10 @@ fn view(response: &FetchResponse) -> serde_json::Value {
                         entry
                     })
                     .collect(),
-                Err((offset, reason)) => vec![json!({ "error": reason, "offset": offset })],
+                Err(kv_replication::Error::DamagedBatch { offset, reason }) => {
+                    vec![json!({ "error": reason, "offset": offset })]
+                }
+                Err(other) => vec![json!({ "error": other.to_string() })],
             };
             json!({
                 "kind": "entries",
@@ -221,7 +224,7 @@ pub fn snapshot_chunk(
             Error::SnapshotNotFound(format!("snapshot {applied_id} is not on this node"))
         })?
         .map_err(|error| Error::Internal(format!("reading snapshot {applied_id}: {error}")))?;
-    let crc = kv_wal::frame::crc32c(&chunk);
+    let crc = chunk_crc(&chunk);
     let mut response = Response::new(Full::new(Bytes::from(chunk)));
     let headers = response.headers_mut();
     headers.insert(

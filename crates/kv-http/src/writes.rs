@@ -2,12 +2,10 @@
 //! wait for the outcome when the answer depends on it, and answer a retried request with the
 //! outcome its first submission got.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use kv_replication::{Acks, Node, Written};
+use kv_replication::{Acks, Written};
 use kv_store::{Command, Outcome, OutcomeSlot};
-use kv_wal::SyncPolicy;
 
 use crate::error::{Error, Result};
 use crate::state::AppState;
@@ -77,19 +75,10 @@ pub(crate) async fn execute(
     }
 }
 
-/// Runs the write on a task of its own, so a client that hangs up cannot stop it half-way.
-/// Under `SyncPolicy::Always` the WAL fsyncs inside the submit call, so that write runs on the
-/// blocking pool instead of stalling an async worker.
+/// Runs the write on a task of its own, so a client that hangs up cannot stop it half-way
+/// (kv-replication's `Node::write_to_completion` picks the task).
 async fn submit(state: &AppState, command: Command, acks: Acks) -> Result<Written> {
-    let node: Arc<Node> = state.node.clone();
-    let joined = if state.store.wal().sync_policy() == SyncPolicy::Always {
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || runtime.block_on(node.write_command(command, acks)))
-            .await
-    } else {
-        tokio::spawn(async move { node.write_command(command, acks).await }).await
-    };
-    Ok(joined.map_err(|error| Error::Internal(format!("write task failed: {error}")))??)
+    Ok(state.node.write_to_completion(command, acks).await?)
 }
 
 /// Waits (up to the node's acks timeout) until entry `id` is applied; its outcome, or `None`

@@ -23,7 +23,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::frames::check_frames;
 use crate::log_view::LogView;
 use crate::protocol::{FetchRequest, FetchResponse};
 
@@ -571,19 +571,4 @@ fn position(log: &impl LogView) -> (u64, u64) {
         log.epoch_at(previous).unwrap_or(0)
     };
     (next_id, last_epoch)
-}
-
-/// Checks a batch before it may be appended: every CRC, ids consecutive from `first_id`.
-/// Returns the batch's last id.
-pub fn check_frames(frames: &[u8], first_id: u64) -> Result<u64> {
-    let decoded = kv_wal::frame::decode_all(frames)
-        .map_err(|(offset, reason)| Error::DamagedBatch { offset, reason })?;
-    match (decoded.first(), decoded.last()) {
-        (Some(first), Some(last)) if first.id == first_id => Ok(last.id),
-        (Some(first), _) => Err(Error::BatchStart {
-            first_id: first.id,
-            asked_id: first_id,
-        }),
-        _ => Err(Error::EmptyBatch),
-    }
 }

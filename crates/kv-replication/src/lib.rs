@@ -43,6 +43,7 @@
 pub mod compaction;
 mod error;
 pub mod follower;
+pub mod frames;
 pub mod leader;
 mod log_view;
 mod meta;
@@ -56,7 +57,8 @@ pub use compaction::{
     COMPACTION_RUNS_KEPT,
 };
 pub use error::{Error, Result};
-pub use follower::{check_frames, FollowerOptions, FollowerState, LinkState, Step};
+pub use follower::{FollowerOptions, FollowerState, LinkState, Step};
+pub use frames::{check_frames, chunk_crc, describe_frames, FrameSummary};
 pub use leader::{
     Acks, FetchDecision, FollowerHealth, FollowerStatus, LeaderOptions, LeaderState, Membership,
     LAG_LIMIT_DEFAULT,

@@ -30,23 +30,13 @@ pub trait LogView {
 
 impl LogView for Store {
     fn first_id(&self) -> u64 {
-        // Where entries start: the first record, or — for an empty log (a new leader with an
-        // append queued, a follower that just installed a snapshot) — where the first will go.
-        self.wal()
-            .first_id()
-            .unwrap_or_else(|| self.wal().start_id().max(self.snapshot_base() + 1))
+        Store::first_id(self)
     }
     fn last_id(&self) -> u64 {
         Store::last_id(self)
     }
     fn durable_id(&self) -> u64 {
-        let wal = self.wal();
-        let held = if wal.sync_policy().is_durable_on_return() {
-            wal.durable_id()
-        } else {
-            wal.durable_id().max(wal.last_id().unwrap_or(0))
-        };
-        held.max(self.snapshot_base())
+        Store::held_id(self)
     }
     fn epoch_at(&self, id: u64) -> Option<u64> {
         Store::epoch_at(self, id)
@@ -55,14 +45,13 @@ impl LogView for Store {
         Store::end_of_epoch(self, epoch)
     }
     fn read_frames(&self, from_id: u64, bytes_max: usize, through_id: u64) -> Result<Vec<u8>> {
-        match self.wal().read_frames(from_id, bytes_max, through_id) {
-            Ok(Some(batch)) if batch.first_id == from_id => Ok(batch.bytes),
-            Ok(Some(batch)) => Err(Error::LogGap {
+        match Store::read_frames(self, from_id, bytes_max, through_id)? {
+            Some(batch) if batch.first_id == from_id => Ok(batch.bytes),
+            Some(batch) => Err(Error::LogGap {
                 asked_id: from_id,
                 found_id: batch.first_id,
             }),
-            Ok(None) => Ok(Vec::new()),
-            Err(error) => Err(kv_store::Error::from(error).into()),
+            None => Ok(Vec::new()),
         }
     }
     fn next_id(&self) -> u64 {

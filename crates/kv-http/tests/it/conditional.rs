@@ -360,7 +360,7 @@ async fn a_retried_request_gets_the_first_answer_once() {
     let retry = put(&node, uri, r#"{"value": "testvalue"}"#).await;
     assert_eq!(retry.json(), first.json());
     assert_eq!(retry.header("idempotent-replayed"), "true");
-    assert_eq!(node.state.store.wal().next_id(), 2, "applied once");
+    assert_eq!(node.state.store.log_status().next_id, 2, "applied once");
 
     // The same ids for another request: 422, nothing written.
     for (method, body) in [(Method::PUT, r#"{"value": "other"}"#), (Method::DELETE, "")] {
@@ -368,7 +368,7 @@ async fn a_retried_request_gets_the_first_answer_once() {
         assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
         answer.assert_has(json!({"id": 1}));
     }
-    assert_eq!(node.state.store.wal().next_id(), 2);
+    assert_eq!(node.state.store.log_status().next_id, 2);
 
     // An Idempotency-Key header works the same; a failed CAS is remembered as failed.
     let headers = [("idempotency-key", "k-1"), ("if-match", "\"9\"")];
@@ -376,7 +376,7 @@ async fn a_retried_request_gets_the_first_answer_once() {
     assert_eq!(failed.status, StatusCode::PRECONDITION_FAILED);
     let again = put_with(&node, "/key/testkey", &headers, r#"{"value": 2}"#).await;
     assert_eq!((again.status, again.json()), (failed.status, failed.json()));
-    assert_eq!(node.state.store.wal().next_id(), 3);
+    assert_eq!(node.state.store.log_status().next_id, 3);
 
     // Transactions too.
     let txn = r#"{"success": [{"put": {"key": "t", "value": 1}}, {"get": {"key": "t"}}]}"#;

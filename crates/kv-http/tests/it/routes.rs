@@ -45,7 +45,7 @@ async fn the_seed_readme_walkthrough_answers_the_same() {
         (StatusCode::NOT_FOUND, "Key not found")
     );
     assert_eq!(
-        node.state.store.wal().next_id(),
+        node.state.store.log_status().next_id,
         3,
         "the failed DELETE wrote nothing"
     );
@@ -203,7 +203,7 @@ async fn segments_describe_the_wal() {
     assert!(segment["path"]
         .as_str()
         .expect("path")
-        .starts_with(&*node.state.store.wal().dir().to_string_lossy()));
+        .starts_with(&*node.state.store.log_dir().to_string_lossy()));
 }
 
 #[tokio::test]
@@ -278,5 +278,5 @@ async fn a_follower_redirects_writes_to_its_leader_and_serves_reads() {
         get(&node, "/health").await.json()["role"],
         json!("follower")
     );
-    assert_eq!(node.state.store.wal().next_id(), 1, "nothing written");
+    assert_eq!(node.state.store.log_status().next_id, 1, "nothing written");
 }

@@ -163,5 +163,5 @@ pub async fn call_with_headers(
 /// What a request may not change: the WAL's next id and the number of keys.
 pub fn footprint(node: &Node) -> (u64, usize) {
     let store = &node.state.store;
-    (store.wal().next_id(), store.key_count())
+    (store.log_status().next_id, store.key_count())
 }

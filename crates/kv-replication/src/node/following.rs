@@ -179,13 +179,13 @@ impl Node {
     /// durable here, and applies up to `commit_id`.
     async fn append(&self, frames: &[u8], commit_id: u64) -> Result<()> {
         kv_wal::fail_point!(FOLLOWER_AFTER_FETCH_BEFORE_APPEND).map_err(Error::InjectedFault)?;
-        let ticket = self
-            .store
-            .submit_frames(frames, self.store.wal().sync_policy())
-            .map_err(|source| Error::FollowerLog {
-                action: "append the leader's entries",
-                source,
-            })?;
+        let ticket =
+            self.store
+                .submit_leader_frames(frames)
+                .map_err(|source| Error::FollowerLog {
+                    action: "append the leader's entries",
+                    source,
+                })?;
         ticket.await.map_err(|error| Error::FollowerLog {
             action: "make the leader's entries durable",
             source: error.into(),

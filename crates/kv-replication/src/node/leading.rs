@@ -2,6 +2,7 @@
 //! follower's fetch is answered by [`LeaderState::on_fetch`] — at once, or held (the long
 //! poll) until new entries or a new commit id, up to its wait.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_store::{Command, Op, OutcomeSlot};
@@ -25,6 +26,27 @@ pub struct Written {
 }
 
 impl Node {
+    /// [`Node::write_command`] on a task of its own, so a caller that goes away (a client
+    /// hanging up) cannot stop it half-way. When the store's submit waits for the disk
+    /// ([`kv_store::Store::submit_waits_for_disk`]: under `SyncPolicy::Always` the WAL fsyncs
+    /// inside the call) the write runs on the blocking pool instead of stalling an async
+    /// worker; otherwise on an ordinary task.
+    pub async fn write_to_completion(
+        self: &Arc<Self>,
+        command: Command,
+        acks: Acks,
+    ) -> Result<Written> {
+        let node = self.clone();
+        let joined = if self.store.submit_waits_for_disk() {
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || runtime.block_on(node.write_command(command, acks)))
+                .await
+        } else {
+            tokio::spawn(async move { node.write_command(command, acks).await }).await
+        };
+        joined.map_err(|error| Error::Background(format!("write task failed: {error}")))?
+    }
+
     /// Writes `op` on the leader and waits for `acks`; returns its id. Cancel-safe in the sense
     /// that a dropped future leaves the entry to be applied when it commits.
     pub async fn write(&self, op: Op, acks: Acks) -> Result<u64> {
@@ -226,7 +248,7 @@ impl Node {
                 }
                 FetchDecision::Wait => {
                     commits.mark_unchanged();
-                    let new_entries = self.store.wal().last_watermark().wait(request.next_id);
+                    let new_entries = self.store.wait_for_id(request.next_id);
                     let _ = tokio::time::timeout_at(deadline, async {
                         tokio::select! {
                             _ = new_entries => {}

@@ -89,7 +89,7 @@ impl Node {
     /// Rewrites the WAL's sealed, still plain segments compressed (a blocking call: appends
     /// and reads go on meanwhile) and logs what it did.
     fn compress_sealed_segments(&self) {
-        match self.store.wal().compress_sealed() {
+        match self.store.compress_sealed_segments() {
             Ok(report) => {
                 if report.segments_compressed > 0 {
                     tracing::info!(
@@ -138,7 +138,6 @@ impl Node {
         }
         let wal_bytes_after: u64 = self
             .store
-            .wal()
             .segments()
             .iter()
             .filter(|segment| segment.last_id.is_none_or(|last| last > newest))
@@ -233,18 +232,13 @@ impl Node {
             state.running = true;
         }
         let started = Instant::now();
-        let log_start = |node: &Node| {
-            let wal = node.store.wal();
-            wal.first_id().unwrap_or_else(|| wal.start_id())
-        };
-        let first_id_before = log_start(self);
+        let first_id_before = self.store.first_id();
         // Seal a large active segment first: the compaction after the snapshot can then
         // purge it once the snapshot covers it. A log that cannot take the seal (poisoned by a
         // failed write or fsync) is still snapshotted: its applied state is sound.
         if let Err(error) = self
             .store
-            .wal()
-            .seal_active(crate::compaction::SEAL_BEFORE_SNAPSHOT_BYTES)
+            .seal_active_segment(crate::compaction::SEAL_BEFORE_SNAPSHOT_BYTES)
         {
             tracing::warn!(%error, "cannot seal the active WAL segment before the snapshot");
         }
@@ -277,7 +271,7 @@ impl Node {
             state.last_snapshot = Some(info.clone());
             state.last_purge = Some(purge.clone());
             state.interval_since = Some(Instant::now());
-            let first_id_after = log_start(self);
+            let first_id_after = self.store.first_id();
             if state.runs.len() == COMPACTION_RUNS_KEPT {
                 state.runs.pop_front();
             }
@@ -307,7 +301,6 @@ impl Node {
         };
         let segments: Vec<(u64, u64)> = self
             .store
-            .wal()
             .segments()
             .iter()
             .filter(|segment| !segment.is_active)

@@ -222,7 +222,7 @@ impl Node {
         let state = lock(&self.compaction);
         let snapshots = self.store.snapshots();
         let newest = snapshots.first().map_or(0, |(id, _)| *id);
-        let segments = self.store.wal().segments();
+        let segments = self.store.segments();
         CompactionStatus {
             snapshots: snapshots
                 .iter()

@@ -444,7 +444,6 @@ async fn role_switches_under_load_end_the_old_leaders_writes_503_and_lose_nothin
     let frames = |id: u64| {
         let node = cluster.node(id);
         node.store()
-            .wal()
             .read_frames(1, usize::MAX, last)
             .unwrap()
             .unwrap()
@@ -689,7 +688,7 @@ async fn a_snapshot_is_installed_only_from_the_leader_of_the_epoch_that_asked() 
         .await
         .unwrap()
         .unwrap();
-    assert!(leader.store().wal().first_id().unwrap() > 1);
+    assert!(leader.store().first_id() > 1);
 
     // Node 1 comes back; its link answers snapshot metadata as another epoch's leader would.
     struct Impostor(Link);

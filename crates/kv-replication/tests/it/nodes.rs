@@ -175,13 +175,11 @@ async fn a_follower_refuses_corrupted_batches_and_recovers_them_from_the_leader(
     // Byte-identical WALs: entries travel with the leader's CRCs.
     let leader_frames = leader
         .store()
-        .wal()
         .read_frames(1, usize::MAX, 200)
         .unwrap()
         .unwrap();
     let follower_frames = follower
         .store()
-        .wal()
         .read_frames(1, usize::MAX, 200)
         .unwrap()
         .unwrap();
@@ -334,7 +332,7 @@ async fn a_follower_behind_a_compacted_log_installs_the_snapshot_resuming_a_brok
         !purge.segments_removed.is_empty(),
         "no follower yet: the log is compacted"
     );
-    assert!(leader.store().wal().first_id().unwrap() > 1);
+    assert!(leader.store().first_id() > 1);
     for index in 2_000..2_100u64 {
         leader
             .write(set(format!("k{index}"), index), Acks::Leader)
