@@ -522,15 +522,17 @@ impl Simulation {
             }
             now < write.started + ACKS_TIMEOUT_MS
         });
-        if compact_now && node.applied_id > node.log.first_id() {
-            node.snapshot_id = Some(node.applied_id);
-            node.log.purge_before(node.applied_id + 1);
-        }
         let id = node.id;
         for (write_id, epoch, bytes) in acked {
             self.acknowledge(id, write_id, epoch, bytes);
         }
+        // The model reads what committed from the log: before the compaction drops it.
         self.model_commit(index);
+        let node = &mut self.nodes[index];
+        if compact_now && node.applied_id > node.log.first_id() {
+            node.snapshot_id = Some(node.applied_id);
+            node.log.purge_before(node.applied_id + 1);
+        }
     }
 
     /// A write acknowledged by `node` in `epoch`.
@@ -1000,13 +1002,20 @@ impl Simulation {
         node.retry_at = 0;
     }
 
-    /// A new leader holds every write acknowledged before it (`N >= 2`).
+    /// The leader of `epoch` holds every write acknowledged in an earlier epoch (`N >= 2`). (A
+    /// view can reach a node late — a paused node reads its socket after the pause —, so a
+    /// node may start leading an epoch after a later one began; it cannot acknowledge then:
+    /// its lease for that epoch ended before the later epoch was elected.)
     fn check_new_leader(&self, index: usize, epoch: u64) {
         if !self.strict() {
             return;
         }
         let node = &self.nodes[index];
-        for (id, acked_epoch, bytes) in &self.acked {
+        let earlier = self
+            .acked
+            .iter()
+            .filter(|(_, acked_epoch, _)| *acked_epoch < epoch);
+        for (id, acked_epoch, bytes) in earlier {
             let held = node
                 .log
                 .entries
@@ -1198,6 +1207,9 @@ fn failover_keeps_every_acknowledged_write_under_faults() {
         total += counts;
     }
     println!("{runs} runs in {:?}: {total:?}", started.elapsed());
+    if runs < 16 {
+        return; // replaying a few runs: the coverage below is over the default number
+    }
     // Every path the faults open was taken (over the runs, not in each).
     assert!(total.elections > 0 && total.leaderless > 0, "{total:?}");
     assert!(total.reelections > 0 && total.isr_changes > 0, "{total:?}");
