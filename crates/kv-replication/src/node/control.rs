@@ -59,6 +59,31 @@ impl Node {
             members: view.members.clone(),
             write_quorum: view.write_quorum.max(1),
         };
+        // The same view comes with every heartbeat reply: decide first without holding writes
+        // off, and take the role change path (which does) only when the role changes.
+        let quick = {
+            let role = lock(&self.role);
+            let highest_led = super::highest_epoch_led(&lock(&self.meta), &self.store);
+            decide(&standing(&role), highest_led, view)
+        };
+        match quick {
+            ViewAction::Nothing => return Ok(()),
+            ViewAction::UpdateLeader => {
+                if self
+                    .with_leader(|leader| {
+                        let changed = leader.isr() != Some(&membership.isr)
+                            || leader.write_quorum() != membership.write_quorum;
+                        leader.set_membership(membership.clone());
+                        changed
+                    })
+                    .unwrap_or(false)
+                {
+                    self.recompute_and_publish();
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
         let mut noop = None;
         let action = self.change_role(|role, meta| {
             let standing = standing(role);
