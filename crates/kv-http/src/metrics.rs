@@ -259,9 +259,6 @@ fn render_replication(out: &mut String, node: &Node) {
 }
 
 fn render_store(out: &mut String, store: &Store, role_name: &str) {
-    let log = store.log_status();
-    let stats = store.wal_stats();
-    let segments = store.segments();
     let _ = writeln!(
         out,
         "# HELP kvd_node_info The node's role.\n# TYPE kvd_node_info gauge"
@@ -285,6 +282,13 @@ fn render_store(out: &mut String, store: &Store, role_name: &str) {
         "Entries submitted to the WAL, not yet applied.",
         store.pending_count() as u64,
     );
+    render_wal(out, store);
+}
+
+/// The WAL under the store: ids, segments, health, and the write path's counters.
+fn render_wal(out: &mut String, store: &Store) {
+    let log = store.log_status();
+    let segments = store.segments();
     gauge(
         out,
         "kvd_wal_last_id",
@@ -330,6 +334,12 @@ fn render_store(out: &mut String, store: &Store, role_name: &str) {
         "1 when the WAL refuses writes after an I/O failure.",
         u64::from(log.poisoned.is_some()),
     );
+    render_wal_stats(out, store);
+}
+
+/// The WAL's write path: appends, writes, fsyncs and the group-commit batch sizes.
+fn render_wal_stats(out: &mut String, store: &Store) {
+    let stats = store.wal_stats();
     counter(
         out,
         "kvd_wal_append_calls_total",

@@ -11,7 +11,9 @@ use http::request::Parts;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
-use kv_replication::{chunk_crc, describe_frames, FetchRequest, FetchResponse, SnapshotSummary};
+use kv_replication::{
+    chunk_crc, describe_frames, FetchRequest, FetchResponse, FrameSummary, SnapshotSummary,
+};
 use kv_store::{LogEntry, Op, ValueKind};
 use serde_json::json;
 
@@ -84,6 +86,38 @@ pub async fn fetch_view(state: &AppState, query: &str) -> Result<Response<Full<B
     ))
 }
 
+/// One frame of a fetch answer as JSON: id, CRC, size, and the entry in it.
+fn entry_view(frame: FrameSummary) -> serde_json::Value {
+    let mut entry = json!({ "id": frame.id, "crc": frame.crc, "bytes": frame.bytes });
+    let Some(LogEntry { epoch, op, .. }) = frame.entry else {
+        return entry;
+    };
+    entry["epoch"] = json!(epoch);
+    match op {
+        Op::Set { key, value } => {
+            entry["op"] = json!("SET");
+            entry["key"] = json!(String::from_utf8_lossy(&key));
+            entry["value_kind"] = json!(match value.kind {
+                ValueKind::Json => "json",
+                ValueKind::Raw => "raw",
+            });
+            entry["value_bytes"] = json!(value.bytes.len());
+        }
+        Op::Delete { key } => {
+            entry["op"] = json!("DELETE");
+            entry["key"] = json!(String::from_utf8_lossy(&key));
+        }
+        Op::Txn(txn) => {
+            entry["op"] = json!("TXN");
+            entry["compares"] = json!(txn.compares.len());
+            entry["success_ops"] = json!(txn.success.len());
+            entry["failure_ops"] = json!(txn.failure.len());
+        }
+        Op::Noop => entry["op"] = json!("NOOP"),
+    }
+    entry
+}
+
 fn view(response: &FetchResponse) -> serde_json::Value {
     match response {
         FetchResponse::Entries {
@@ -95,39 +129,7 @@ fn view(response: &FetchResponse) -> serde_json::Value {
             frames,
         } => {
             let entries: Vec<serde_json::Value> = match describe_frames(frames) {
-                Ok(decoded) => decoded
-                    .into_iter()
-                    .map(|frame| {
-                        let mut entry =
-                            json!({ "id": frame.id, "crc": frame.crc, "bytes": frame.bytes });
-                        if let Some(LogEntry { epoch, op, .. }) = frame.entry {
-                            entry["epoch"] = json!(epoch);
-                            match op {
-                                Op::Set { key, value } => {
-                                    entry["op"] = json!("SET");
-                                    entry["key"] = json!(String::from_utf8_lossy(&key));
-                                    entry["value_kind"] = json!(match value.kind {
-                                        ValueKind::Json => "json",
-                                        ValueKind::Raw => "raw",
-                                    });
-                                    entry["value_bytes"] = json!(value.bytes.len());
-                                }
-                                Op::Delete { key } => {
-                                    entry["op"] = json!("DELETE");
-                                    entry["key"] = json!(String::from_utf8_lossy(&key));
-                                }
-                                Op::Txn(txn) => {
-                                    entry["op"] = json!("TXN");
-                                    entry["compares"] = json!(txn.compares.len());
-                                    entry["success_ops"] = json!(txn.success.len());
-                                    entry["failure_ops"] = json!(txn.failure.len());
-                                }
-                                Op::Noop => entry["op"] = json!("NOOP"),
-                            }
-                        }
-                        entry
-                    })
-                    .collect(),
+                Ok(decoded) => decoded.into_iter().map(entry_view).collect(),
                 Err(kv_replication::Error::DamagedBatch { offset, reason }) => {
                     vec![json!({ "error": reason, "offset": offset })]
                 }
