@@ -1,11 +1,11 @@
 //! The cluster side of the API: the controller endpoints other nodes call
 //! (`POST /controller/raft|heartbeat|propose|join`: a node that is not the active controller
 //! answers `421` naming the one that is), the admin endpoints (`POST /admin/transfer-leader`,
-//! `DELETE /admin/members/{id}`: on any node, forwarded to the active controller), and what
-//! `/cluster_status`, `/health` and reads need to know of the cluster ([`ClusterState`]).
+//! `DELETE /admin/members/{id}`: on any node, forwarded to the active controller), and
+//! `/cluster_status`. What a node knows of its cluster is in cluster_state.rs; who may answer
+//! a read in gate.rs.
 
 use std::error::Error as StdError;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,149 +14,16 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
 use kv_controller::{
-    ClusterMeta, Command, Controller, HeartbeatRequest, NodeId, RaftMessage, Rejection, Timing,
+    ClusterMeta, Command, Controller, HeartbeatRequest, NodeId, RaftMessage, Rejection,
 };
-use kv_replication::{ClusterView, LeaderRef};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::body;
-use crate::controller_net::{ClientError, ControllerClient, JoinReply, JoinRequest, ProposeReply};
+use crate::cluster_state::ClusterState;
+use crate::controller_net::{ClientError, JoinReply, JoinRequest, ProposeReply, FORWARDED_HEADER};
 use crate::error::{json_response, Error, Result};
-use crate::percent::query_parameter;
-use crate::state::{AppState, NodeRole};
-
-/// The header a node puts on the requests it sends its peers: a forwarded admin call that
-/// lands on a node that is not the active controller is answered `421`, never forwarded again.
-pub const FORWARDED_HEADER: &str = "x-kvd-forwarded";
-
-/// What a node of a controlled cluster knows beyond its data: who it is, its controller and
-/// the way to the active one, the metadata its data plane follows, and whether it is handing
-/// its leadership over.
-#[derive(Debug)]
-pub struct ClusterState {
-    node_id: NodeId,
-    url: String,
-    client: ControllerClient,
-    timing: Timing,
-    lag_limit: Duration,
-    learned: Mutex<Learned>,
-}
-
-#[derive(Debug, Default)]
-struct Learned {
-    /// The newest metadata applied to the data plane.
-    view: Option<ClusterMeta>,
-    /// A planned transfer away from this leader is under way.
-    handing_over: bool,
-}
-
-impl ClusterState {
-    /// The cluster state of node `node_id`, reachable at `url`; a follower cut off from its
-    /// leader for longer than `lag_limit` reports itself unhealthy.
-    pub fn new(
-        node_id: NodeId,
-        url: String,
-        client: ControllerClient,
-        timing: Timing,
-        lag_limit: Duration,
-    ) -> ClusterState {
-        ClusterState {
-            node_id,
-            url,
-            client,
-            timing,
-            lag_limit,
-            learned: Mutex::new(Learned::default()),
-        }
-    }
-
-    /// This node's id.
-    pub fn node_id(&self) -> NodeId {
-        self.node_id
-    }
-
-    /// This node's URL, as its peers reach it.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// The way to the active controller.
-    pub fn client(&self) -> &ControllerClient {
-        &self.client
-    }
-
-    /// This node's controller.
-    pub fn controller(&self) -> &Controller {
-        self.client.controller()
-    }
-
-    /// The controller's clocks.
-    pub fn timing(&self) -> &Timing {
-        &self.timing
-    }
-
-    /// How long a follower may go without hearing its leader and still call itself healthy.
-    pub fn lag_limit(&self) -> Duration {
-        self.lag_limit
-    }
-
-    /// Whether `meta` is newer (by [`ClusterMeta::version`]) than the view the data plane
-    /// follows. The heartbeat replies and the node's own controller both offer metadata; the
-    /// driver applies only ever-newer views, one at a time, so an ISR never goes back.
-    pub fn is_newer_view(&self, meta: &ClusterMeta) -> bool {
-        self.learned()
-            .view
-            .as_ref()
-            .is_none_or(|view| meta.version > view.version)
-    }
-
-    /// Records `meta` as the view the data plane now follows.
-    pub fn set_view(&self, meta: &ClusterMeta) {
-        self.learned().view = Some(meta.clone());
-    }
-
-    /// The view the data plane follows, if it took one yet.
-    pub fn view(&self) -> Option<ClusterMeta> {
-        self.learned().view.clone()
-    }
-
-    /// Marks this leader as handing its leadership over (a planned transfer): it answers no
-    /// read as linearizable until that ends, since the new leader may take writes before this
-    /// node's lease runs out.
-    pub fn set_handing_over(&self, handing_over: bool) {
-        self.learned().handing_over = handing_over;
-    }
-
-    /// Whether a planned transfer away from this leader is under way.
-    pub fn handing_over(&self) -> bool {
-        self.learned().handing_over
-    }
-
-    fn learned(&self) -> MutexGuard<'_, Learned> {
-        self.learned
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// The controller's metadata as node `node_id`'s data plane takes it.
-pub fn cluster_view(meta: &ClusterMeta, node_id: NodeId) -> ClusterView {
-    ClusterView {
-        cluster_id: meta.cluster_id,
-        node_id,
-        leader_epoch: meta.leader_epoch,
-        leader: meta.data_leader.and_then(|id| {
-            Some(LeaderRef {
-                id,
-                url: meta.url_of(id)?.to_owned(),
-            })
-        }),
-        isr: meta.isr.clone(),
-        members: meta.members.keys().copied().collect(),
-        write_quorum: meta.write_quorum as usize,
-    }
-}
+use crate::state::AppState;
 
 /// The cluster state, or 503 on a node that runs without a controller.
 fn cluster_of(state: &AppState) -> Result<&ClusterState> {
@@ -505,107 +372,4 @@ pub fn cluster_status(state: &AppState) -> Response<Full<Bytes>> {
         StatusCode::OK,
         serde_json::to_vec(&body).expect("serializes"),
     )
-}
-
-/// Why this node is not healthy as a member of its cluster, if it is not: a follower that
-/// has not heard its leader for longer than the lag limit (its reads may be that stale), or
-/// a node that knows no leader.
-pub fn health_problem(state: &AppState) -> Option<String> {
-    let cluster = state.cluster.as_deref()?;
-    let Some(view) = cluster.view() else {
-        return Some("this node has not learned the cluster's metadata yet".to_owned());
-    };
-    let Some(leader) = view.data_leader else {
-        return Some("the cluster has no leader right now (an election is due)".to_owned());
-    };
-    match state.role() {
-        NodeRole::Leader => None,
-        NodeRole::NoLeader => Some(format!(
-            "this node follows no leader yet (the cluster names node {leader})"
-        )),
-        NodeRole::Follower { .. } => {
-            let limit = state.node.lag_limit();
-            match state.node.leader_contact_age() {
-                None => Some(format!(
-                    "this follower has not heard from its leader (node {leader}) yet"
-                )),
-                Some(age) if age > limit => Some(format!(
-                    "this follower has not heard from its leader (node {leader}) for {} ms \
-                     (lag limit {} ms): its reads may be that stale",
-                    age.as_millis(),
-                    limit.as_millis()
-                )),
-                Some(_) => None,
-            }
-        }
-    }
-}
-
-/// Longest `max_staleness_ms` a read may give.
-pub const MAX_STALENESS_MS_MAX: u64 = 24 * 3600 * 1000;
-
-/// Checks that this node may answer a read as asked, before it reads:
-///
-/// - `?linearizable=true` — only the leader answers, while its lease holds (a follower
-///   answers `307` to the leader);
-/// - `?max_staleness_ms=N` — a follower answers only if it heard its leader within the last
-///   N ms and held what it said then; else `503`;
-/// - no option — a follower answers from what it has (as stale as `/cluster_status` says);
-///   the leader answers only while its lease holds (a deposed leader answers `307` to the new
-///   one, or `503` while none is known): the leader's reads are linearizable.
-pub fn check_read(state: &AppState, parts: &Parts) -> Result<()> {
-    let query = parts.uri.query().unwrap_or_default();
-    let linearizable = match query_parameter(query, "linearizable")? {
-        None => false,
-        Some(text) => match &text[..] {
-            b"true" | b"1" => true,
-            b"false" | b"0" => false,
-            _ => {
-                return Err(Error::InvalidQuery(
-                    "linearizable must be true or false".to_owned(),
-                ))
-            }
-        },
-    };
-    let max_staleness_ms =
-        crate::handlers::number_parameter(query, "max_staleness_ms", MAX_STALENESS_MS_MAX)?;
-    let Some(cluster) = state.cluster.as_deref() else {
-        return Ok(());
-    };
-    let role = state.role();
-    if role == NodeRole::Leader {
-        if !cluster.handing_over() && state.node.linearizable_reads() {
-            return Ok(());
-        }
-        // Not sure it still leads (a lease that ran out, a transfer under way, a no-op not yet
-        // committed): the leader the view names, if another, answers.
-        return match cluster
-            .view()
-            .and_then(|view| view.leader_url().map(str::to_owned))
-        {
-            Some(url) if url != cluster.url() => Err(crate::handlers::redirect_to(&url, parts)),
-            _ => Err(Error::Unavailable(
-                "this node cannot vouch that it still leads (its lease ran out, or it is \
-                 handing over): retry"
-                    .to_owned(),
-            )),
-        };
-    }
-    if linearizable {
-        return crate::handlers::require_leader(state, parts);
-    }
-    let Some(max_ms) = max_staleness_ms else {
-        return Ok(());
-    };
-    match state.node.staleness() {
-        Some(staleness) if staleness.as_millis() <= u128::from(max_ms) => Ok(()),
-        staleness => Err(Error::Unavailable(format!(
-            "this node cannot vouch for a staleness of at most {max_ms} ms (it may be {}): \
-             read from the leader",
-            staleness.map_or("unbounded".to_owned(), |staleness| format!(
-                "{} ms",
-                staleness.as_millis()
-            ))
-        ))),
-    }
 }

@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::peers::{json_bytes, PeerAnswer, PeerClient, PeerError};
 
+/// The header a node puts on the requests it sends its peers: a forwarded admin call that
+/// lands on a node that is not the active controller is answered `421`, never forwarded again.
+pub const FORWARDED_HEADER: &str = "x-kvd-forwarded";
+
 /// The controller endpoints.
 pub mod paths {
     /// Raft messages between controllers.
@@ -300,7 +304,7 @@ impl ControllerClient {
         body: Option<Bytes>,
     ) -> Result<PeerAnswer, ClientError> {
         let hint = self.raft_leader_url();
-        let header = Some((crate::cluster::FORWARDED_HEADER, "1"));
+        let header = Some((FORWARDED_HEADER, "1"));
         self.call_remote(method, path, body.map(|body| body.to_vec()), hint, header)
             .await
     }

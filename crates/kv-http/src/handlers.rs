@@ -3,23 +3,25 @@
 
 use std::error::Error as StdError;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
 use kv_replication::Acks;
-use kv_store::{Command, KeyMeta, Op, OpResponse, Outcome, Txn, TxnOp, Value, ValueKind};
+use kv_store::{Command, KeyMeta, Op, OpResponse, Outcome, Txn, TxnOp, Value};
 use serde::Serialize;
 use std::time::Duration;
 
-use crate::body::{self, OCTET_STREAM};
+use crate::body;
 use crate::conditions::{form, request_ids, Condition, WriteConditions, IDEMPOTENT_REPLAYED};
 use crate::error::{etag, json_response, Error, Result};
+use crate::gate::require_leader;
 use crate::options::{KEYS_LIMIT_DEFAULT, KEYS_LIMIT_MAX};
+use crate::params::{acks_parameter, number_parameter};
 use crate::percent::{percent_decode, query_parameter};
-use crate::state::{AppState, NodeRole};
+use crate::state::AppState;
+use crate::values::value_response;
 use crate::writes::{execute, Executed};
 
 /// Decodes the key of `/key/{key}`: percent-decoded, non-empty, at most `key_bytes_max`
@@ -51,7 +53,7 @@ pub fn decode_key(encoded_key: &str, key_bytes_max: usize) -> Result<String> {
 /// read-your-writes on any node after a write that returned id N. With `version`, answers the
 /// value the key had at that version (`history.rs`).
 pub async fn get_key(state: &AppState, key: &str, parts: &Parts) -> Result<Response<Full<Bytes>>> {
-    crate::cluster::check_read(state, parts)?;
+    crate::gate::check_read(state, parts)?;
     let query = parts.uri.query().unwrap_or_default();
     if let Some(min_id) = number_parameter(query, "min_id", u64::MAX)? {
         let wait_ms = number_parameter(query, "wait_ms", MIN_ID_WAIT_MS_MAX)?
@@ -93,57 +95,6 @@ pub async fn get_key(state: &AppState, key: &str, parts: &Parts) -> Result<Respo
         .headers_mut()
         .insert(header::ETAG, etag(meta.mod_revision));
     Ok(response)
-}
-
-/// A value's answer: its bytes for `Accept: application/octet-stream`, else
-/// `{"key":k,"value":v[,"encoding":"base64"]…}` with `more_members` appending the rest.
-pub(crate) fn value_response(
-    key: &str,
-    kind: ValueKind,
-    value: &[u8],
-    headers: &http::HeaderMap,
-    more_members: impl FnOnce(&mut Vec<u8>),
-) -> Response<Full<Bytes>> {
-    if body::accepts_octet_stream(headers) {
-        let bytes = match kind {
-            ValueKind::Raw => value.to_vec(),
-            // A JSON string is returned as its text; any other JSON value as compact JSON.
-            ValueKind::Json => match serde_json::from_slice::<String>(value) {
-                Ok(text) if value.first() == Some(&b'"') => text.into_bytes(),
-                _ => value.to_vec(),
-            },
-        };
-        let mut response = Response::new(Full::new(Bytes::from(bytes)));
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(OCTET_STREAM));
-        return response;
-    }
-    let mut body = Vec::with_capacity(value.len() + key.len() + 96);
-    body.extend_from_slice(br#"{"key":"#);
-    serde_json::to_writer(&mut body, key).expect("writing to a Vec cannot fail");
-    body.extend_from_slice(br#","value":"#);
-    write_value(&mut body, kind, value);
-    more_members(&mut body);
-    body.push(b'}');
-    json_response(StatusCode::OK, body)
-}
-
-/// Appends a value as JSON: stored JSON as is, raw UTF-8 as a string, other raw bytes as a
-/// base64 string followed by `,"encoding":"base64"`.
-pub(crate) fn write_value(body: &mut Vec<u8>, kind: ValueKind, value: &[u8]) {
-    match kind {
-        // Stored as compact JSON text: spliced in as is.
-        ValueKind::Json => body.extend_from_slice(value),
-        ValueKind::Raw => match std::str::from_utf8(value) {
-            Ok(text) => serde_json::to_writer(&mut *body, text).expect("writing to a Vec"),
-            Err(_) => {
-                let encoded = base64::engine::general_purpose::STANDARD.encode(value);
-                serde_json::to_writer(&mut *body, &encoded).expect("writing to a Vec");
-                body.extend_from_slice(br#","encoding":"base64""#);
-            }
-        },
-    }
 }
 
 /// `PUT /key/{key}`: stores the JSON `value` of the body, or the body's bytes when it is
@@ -332,53 +283,6 @@ pub const MIN_ID_WAIT_MS_MAX: u64 = 30_000;
 /// `wait_ms` of a `min_id` read that gives none.
 pub const MIN_ID_WAIT_MS_DEFAULT: u64 = 1_000;
 
-/// An optional integer query parameter, at most `max`.
-pub(crate) fn number_parameter(query: &str, name: &str, max: u64) -> Result<Option<u64>> {
-    let Some(text) = query_parameter(query, name)? else {
-        return Ok(None);
-    };
-    std::str::from_utf8(&text)
-        .ok()
-        .and_then(|text| text.parse::<u64>().ok())
-        .filter(|&value| value <= max)
-        .map(Some)
-        .ok_or_else(|| Error::InvalidQuery(format!("{name} must be an integer from 0 to {max}")))
-}
-
-/// `?acks=leader|quorum|all` (default quorum: with a write quorum of 1, the leader alone).
-pub(crate) fn acks_parameter(parts: &Parts) -> Result<Acks> {
-    let query = parts.uri.query().unwrap_or_default();
-    match query_parameter(query, "acks")? {
-        None => Ok(Acks::default()),
-        Some(text) => String::from_utf8_lossy(&text)
-            .parse()
-            .map_err(|error: kv_replication::Error| Error::InvalidQuery(error.to_string())),
-    }
-}
-
-pub(crate) fn require_leader(state: &AppState, parts: &Parts) -> Result<()> {
-    match state.role() {
-        NodeRole::Leader => Ok(()),
-        NodeRole::NoLeader => Err(Error::Unavailable(
-            "no leader is known right now (an election is under way); retry".to_owned(),
-        )),
-        NodeRole::Follower { leader_url } => Err(redirect_to(&leader_url, parts)),
-    }
-}
-
-/// The 307 that sends this request to the leader at `leader_url`.
-pub(crate) fn redirect_to(leader_url: &str, parts: &Parts) -> Error {
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |path_and_query| path_and_query.as_str());
-    let location = format!("{}{path_and_query}", leader_url.trim_end_matches('/'));
-    Error::NotLeader {
-        leader_url: leader_url.to_owned(),
-        location,
-    }
-}
-
 #[derive(Serialize)]
 struct KeysBody {
     keys: Vec<String>,
@@ -480,7 +384,7 @@ pub fn health(state: &AppState) -> Response<Full<Bytes>> {
     let detail = log
         .poisoned
         .map(|reason| format!("the WAL refuses writes: {reason}"))
-        .or_else(|| crate::cluster::health_problem(state));
+        .or_else(|| crate::gate::health_problem(state));
     let body = HealthBody {
         status: if detail.is_some() {
             "unavailable"

@@ -9,8 +9,9 @@ use http_body_util::Full;
 use kv_store::{KeyHistory, VersionRead};
 
 use crate::error::{json_response, Error, Result};
-use crate::handlers::{number_parameter, value_response, write_value};
+use crate::params::number_parameter;
 use crate::state::AppState;
+use crate::values::{value_response, write_value};
 
 /// Versions `/history` returns without a `limit` (newest first, then listed oldest first).
 pub const HISTORY_LIMIT_DEFAULT: u64 = 100;

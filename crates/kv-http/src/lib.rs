@@ -39,15 +39,18 @@
 mod body;
 mod client;
 mod cluster;
+mod cluster_state;
 mod compaction;
 mod conditions;
 mod controller_net;
 mod error;
+mod gate;
 mod handlers;
 mod history;
 mod idempotency;
 mod metrics;
 mod options;
+mod params;
 mod peers;
 mod percent;
 mod replication;
@@ -56,17 +59,17 @@ mod server;
 mod service;
 mod state;
 mod txn;
+mod values;
 mod writes;
 
 pub use body::OCTET_STREAM;
 pub use client::HttpTransport;
-pub use cluster::{
-    admit, cluster_view, controller_error, AdmitError, ClusterState, FORWARDED_HEADER,
-};
+pub use cluster::{admit, controller_error, AdmitError};
+pub use cluster_state::{cluster_view, ClusterState};
 pub use conditions::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use controller_net::{
     paths as controller_paths, ClientError, ControllerClient, HttpControllerTransport, JoinReply,
-    JoinRequest, NotControllerBody, ProposeReply,
+    JoinRequest, NotControllerBody, ProposeReply, FORWARDED_HEADER,
 };
 pub use error::{error_response, Error, Result};
 pub use history::{

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use kv_replication::Node;
 use kv_store::Store;
 
-use crate::cluster::ClusterState;
+use crate::cluster_state::ClusterState;
 use crate::metrics::Metrics;
 use crate::options::HttpOptions;
 

@@ -19,9 +19,11 @@ use serde_json::{Map, Value as Json};
 use crate::body;
 use crate::conditions::{form, request_ids, IDEMPOTENT_REPLAYED};
 use crate::error::{json_response, Error, Result};
-use crate::handlers::{acks_parameter, require_leader, write_value};
+use crate::gate::require_leader;
 use crate::options::KEYS_LIMIT_DEFAULT;
+use crate::params::acks_parameter;
 use crate::state::AppState;
+use crate::values::write_value;
 use crate::writes::{execute, Executed};
 
 /// `POST /txn`: parses the body, runs the transaction as one entry (on the leader; a follower

@@ -1,0 +1,139 @@
+//! What a node of a controlled cluster knows of it ([`ClusterState`]): who it is, its
+//! controller and the way to the active one, the metadata its data plane follows; and
+//! [`cluster_view`], the controller's metadata as the data plane takes it.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use kv_controller::{ClusterMeta, Controller, NodeId, Timing};
+use kv_replication::{ClusterView, LeaderRef};
+
+use crate::controller_net::ControllerClient;
+
+/// What a node of a controlled cluster knows beyond its data: who it is, its controller and
+/// the way to the active one, the metadata its data plane follows, and whether it is handing
+/// its leadership over.
+#[derive(Debug)]
+pub struct ClusterState {
+    node_id: NodeId,
+    url: String,
+    client: ControllerClient,
+    timing: Timing,
+    lag_limit: Duration,
+    learned: Mutex<Learned>,
+}
+
+#[derive(Debug, Default)]
+struct Learned {
+    /// The newest metadata applied to the data plane.
+    view: Option<ClusterMeta>,
+    /// A planned transfer away from this leader is under way.
+    handing_over: bool,
+}
+
+impl ClusterState {
+    /// The cluster state of node `node_id`, reachable at `url`; a follower cut off from its
+    /// leader for longer than `lag_limit` reports itself unhealthy.
+    pub fn new(
+        node_id: NodeId,
+        url: String,
+        client: ControllerClient,
+        timing: Timing,
+        lag_limit: Duration,
+    ) -> ClusterState {
+        ClusterState {
+            node_id,
+            url,
+            client,
+            timing,
+            lag_limit,
+            learned: Mutex::new(Learned::default()),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// This node's URL, as its peers reach it.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The way to the active controller.
+    pub fn client(&self) -> &ControllerClient {
+        &self.client
+    }
+
+    /// This node's controller.
+    pub fn controller(&self) -> &Controller {
+        self.client.controller()
+    }
+
+    /// The controller's clocks.
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// How long a follower may go without hearing its leader and still call itself healthy.
+    pub fn lag_limit(&self) -> Duration {
+        self.lag_limit
+    }
+
+    /// Whether `meta` is newer (by [`ClusterMeta::version`]) than the view the data plane
+    /// follows. The heartbeat replies and the node's own controller both offer metadata; the
+    /// driver applies only ever-newer views, one at a time, so an ISR never goes back.
+    pub fn is_newer_view(&self, meta: &ClusterMeta) -> bool {
+        self.learned()
+            .view
+            .as_ref()
+            .is_none_or(|view| meta.version > view.version)
+    }
+
+    /// Records `meta` as the view the data plane now follows.
+    pub fn set_view(&self, meta: &ClusterMeta) {
+        self.learned().view = Some(meta.clone());
+    }
+
+    /// The view the data plane follows, if it took one yet.
+    pub fn view(&self) -> Option<ClusterMeta> {
+        self.learned().view.clone()
+    }
+
+    /// Marks this leader as handing its leadership over (a planned transfer): it answers no
+    /// read as linearizable until that ends, since the new leader may take writes before this
+    /// node's lease runs out.
+    pub fn set_handing_over(&self, handing_over: bool) {
+        self.learned().handing_over = handing_over;
+    }
+
+    /// Whether a planned transfer away from this leader is under way.
+    pub fn handing_over(&self) -> bool {
+        self.learned().handing_over
+    }
+
+    fn learned(&self) -> MutexGuard<'_, Learned> {
+        self.learned
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The controller's metadata as node `node_id`'s data plane takes it.
+pub fn cluster_view(meta: &ClusterMeta, node_id: NodeId) -> ClusterView {
+    ClusterView {
+        cluster_id: meta.cluster_id,
+        node_id,
+        leader_epoch: meta.leader_epoch,
+        leader: meta.data_leader.and_then(|id| {
+            Some(LeaderRef {
+                id,
+                url: meta.url_of(id)?.to_owned(),
+            })
+        }),
+        isr: meta.isr.clone(),
+        members: meta.members.keys().copied().collect(),
+        write_quorum: meta.write_quorum as usize,
+    }
+}

@@ -1,0 +1,135 @@
+//! Who may answer a request: the leader alone for writes (a follower answers `307` to it),
+//! and for reads what `?linearizable` and `?max_staleness_ms` ask, with the node's lease and
+//! staleness; and whether the node is healthy as a member of its cluster.
+
+use http::request::Parts;
+
+use crate::error::{Error, Result};
+use crate::params::number_parameter;
+use crate::percent::query_parameter;
+use crate::state::{AppState, NodeRole};
+
+pub(crate) fn require_leader(state: &AppState, parts: &Parts) -> Result<()> {
+    match state.role() {
+        NodeRole::Leader => Ok(()),
+        NodeRole::NoLeader => Err(Error::Unavailable(
+            "no leader is known right now (an election is under way); retry".to_owned(),
+        )),
+        NodeRole::Follower { leader_url } => Err(redirect_to(&leader_url, parts)),
+    }
+}
+
+/// The 307 that sends this request to the leader at `leader_url`.
+pub(crate) fn redirect_to(leader_url: &str, parts: &Parts) -> Error {
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |path_and_query| path_and_query.as_str());
+    let location = format!("{}{path_and_query}", leader_url.trim_end_matches('/'));
+    Error::NotLeader {
+        leader_url: leader_url.to_owned(),
+        location,
+    }
+}
+
+/// Why this node is not healthy as a member of its cluster, if it is not: a follower that
+/// has not heard its leader for longer than the lag limit (its reads may be that stale), or
+/// a node that knows no leader.
+pub fn health_problem(state: &AppState) -> Option<String> {
+    let cluster = state.cluster.as_deref()?;
+    let Some(view) = cluster.view() else {
+        return Some("this node has not learned the cluster's metadata yet".to_owned());
+    };
+    let Some(leader) = view.data_leader else {
+        return Some("the cluster has no leader right now (an election is due)".to_owned());
+    };
+    match state.role() {
+        NodeRole::Leader => None,
+        NodeRole::NoLeader => Some(format!(
+            "this node follows no leader yet (the cluster names node {leader})"
+        )),
+        NodeRole::Follower { .. } => {
+            let limit = state.node.lag_limit();
+            match state.node.leader_contact_age() {
+                None => Some(format!(
+                    "this follower has not heard from its leader (node {leader}) yet"
+                )),
+                Some(age) if age > limit => Some(format!(
+                    "this follower has not heard from its leader (node {leader}) for {} ms \
+                     (lag limit {} ms): its reads may be that stale",
+                    age.as_millis(),
+                    limit.as_millis()
+                )),
+                Some(_) => None,
+            }
+        }
+    }
+}
+
+/// Longest `max_staleness_ms` a read may give.
+pub const MAX_STALENESS_MS_MAX: u64 = 24 * 3600 * 1000;
+
+/// Checks that this node may answer a read as asked, before it reads:
+///
+/// - `?linearizable=true` — only the leader answers, while its lease holds (a follower
+///   answers `307` to the leader);
+/// - `?max_staleness_ms=N` — a follower answers only if it heard its leader within the last
+///   N ms and held what it said then; else `503`;
+/// - no option — a follower answers from what it has (as stale as `/cluster_status` says);
+///   the leader answers only while its lease holds (a deposed leader answers `307` to the new
+///   one, or `503` while none is known): the leader's reads are linearizable.
+pub fn check_read(state: &AppState, parts: &Parts) -> Result<()> {
+    let query = parts.uri.query().unwrap_or_default();
+    let linearizable = match query_parameter(query, "linearizable")? {
+        None => false,
+        Some(text) => match &text[..] {
+            b"true" | b"1" => true,
+            b"false" | b"0" => false,
+            _ => {
+                return Err(Error::InvalidQuery(
+                    "linearizable must be true or false".to_owned(),
+                ))
+            }
+        },
+    };
+    let max_staleness_ms = number_parameter(query, "max_staleness_ms", MAX_STALENESS_MS_MAX)?;
+    let Some(cluster) = state.cluster.as_deref() else {
+        return Ok(());
+    };
+    let role = state.role();
+    if role == NodeRole::Leader {
+        if !cluster.handing_over() && state.node.linearizable_reads() {
+            return Ok(());
+        }
+        // Not sure it still leads (a lease that ran out, a transfer under way, a no-op not yet
+        // committed): the leader the view names, if another, answers.
+        return match cluster
+            .view()
+            .and_then(|view| view.leader_url().map(str::to_owned))
+        {
+            Some(url) if url != cluster.url() => Err(redirect_to(&url, parts)),
+            _ => Err(Error::Unavailable(
+                "this node cannot vouch that it still leads (its lease ran out, or it is \
+                 handing over): retry"
+                    .to_owned(),
+            )),
+        };
+    }
+    if linearizable {
+        return require_leader(state, parts);
+    }
+    let Some(max_ms) = max_staleness_ms else {
+        return Ok(());
+    };
+    match state.node.staleness() {
+        Some(staleness) if staleness.as_millis() <= u128::from(max_ms) => Ok(()),
+        staleness => Err(Error::Unavailable(format!(
+            "this node cannot vouch for a staleness of at most {max_ms} ms (it may be {}): \
+             read from the leader",
+            staleness.map_or("unbounded".to_owned(), |staleness| format!(
+                "{} ms",
+                staleness.as_millis()
+            ))
+        ))),
+    }
+}
