@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use crate::encoding::{put_bytes, put_u64, Reader};
 use crate::outcome::Outcome;
-use crate::store::Store;
 
 /// Pruning limits of the dedup table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,44 +227,6 @@ pub struct DedupStats {
     pub pruned: u64,
     /// The limits.
     pub options: DedupOptions,
-}
-
-impl Store {
-    /// What the dedup table remembers of `(client_id, request_id)`, if anything.
-    pub fn request_record(&self, client_id: &str, request_id: &str) -> Option<RequestRecord> {
-        self.applied_state()
-            .requests
-            .get(client_id, request_id)
-            .cloned()
-    }
-
-    /// Counts about the dedup table.
-    pub fn dedup_stats(&self) -> DedupStats {
-        let state = self.applied_state();
-        let table = &state.requests;
-        let mut request_ids = std::collections::HashSet::new();
-        let mut clients = std::collections::HashSet::new();
-        for ((client_id, request_id), _) in table.iter() {
-            request_ids.insert(request_id.as_str());
-            clients.insert(client_id.as_str());
-        }
-        let counters = self.request_counters();
-        DedupStats {
-            entries: table.len(),
-            unique_request_ids: request_ids.len(),
-            clients: clients.len(),
-            inserted: table.inserted,
-            duplicates: counters
-                .duplicates
-                .load(std::sync::atomic::Ordering::Relaxed),
-            mismatches: counters
-                .mismatches
-                .load(std::sync::atomic::Ordering::Relaxed),
-            cleanups: table.cleanups,
-            pruned: table.pruned,
-            options: self.retention().dedup,
-        }
-    }
 }
 
 #[cfg(test)]
