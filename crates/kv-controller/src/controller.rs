@@ -154,7 +154,7 @@ impl Controller {
         options: ControllerOptions,
         transport: Arc<dyn ControllerTransport>,
     ) -> Result<Controller> {
-        options.timing.check().map_err(Error::InvalidOptions)?;
+        options.timing.check()?;
         let dir = options.data_dir.join(CONTROLLER_DIR);
         let fs = options.file_system.clone();
         let node_id = options.node_id;

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use crate::error::Error;
+
 /// Every timing setting of the controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
@@ -43,30 +45,34 @@ impl Default for Timing {
 
 impl Timing {
     /// Checks the relations the safety and liveness arguments rely on.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), Error> {
         if self.raft_heartbeat.is_zero() || self.heartbeat_interval.is_zero() {
-            return Err("heartbeat intervals must be positive".to_owned());
+            return Err(Error::InvalidOptions(
+                "heartbeat intervals must be positive".to_owned(),
+            ));
         }
         if self.raft_election_timeout_min <= self.raft_heartbeat {
-            return Err(format!(
+            return Err(Error::InvalidOptions(format!(
                 "the Raft election timeout ({:?}) must exceed the Raft heartbeat ({:?})",
                 self.raft_election_timeout_min, self.raft_heartbeat
-            ));
+            )));
         }
         if self.raft_election_timeout_max <= self.raft_election_timeout_min {
-            return Err("the Raft election timeout range is empty".to_owned());
+            return Err(Error::InvalidOptions(
+                "the Raft election timeout range is empty".to_owned(),
+            ));
         }
         if self.lease >= self.session_timeout {
-            return Err(format!(
+            return Err(Error::InvalidOptions(format!(
                 "the lease ({:?}) must be shorter than the session timeout ({:?}): else two data leaders could acknowledge writes at once",
                 self.lease, self.session_timeout
-            ));
+            )));
         }
         if self.lease <= self.heartbeat_interval {
-            return Err(format!(
+            return Err(Error::InvalidOptions(format!(
                 "the lease ({:?}) must outlast the heartbeat interval ({:?}): else the leader loses its lease between heartbeats",
                 self.lease, self.heartbeat_interval
-            ));
+            )));
         }
         Ok(())
     }
@@ -83,7 +89,11 @@ mod tests {
             lease: Duration::from_millis(600),
             ..Timing::default()
         };
-        assert!(lease_too_long.check().unwrap_err().contains("lease"));
+        assert!(lease_too_long
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("lease"));
         let lease_too_short = Timing {
             lease: Duration::from_millis(50),
             ..Timing::default()

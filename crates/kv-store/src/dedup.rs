@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use crate::encoding::Malformed;
 use crate::encoding::{put_bytes, put_u64, Reader};
 use crate::outcome::Outcome;
 
@@ -174,7 +175,7 @@ impl DedupTable {
     }
 
     /// Reads entries written by [`DedupTable::encode`].
-    pub fn decode(reader: &mut Reader<'_>) -> Result<DedupTable, String> {
+    pub fn decode(reader: &mut Reader<'_>) -> Result<DedupTable, Malformed> {
         let count = reader.u64("request count")?;
         let newest_timestamp_ms = reader.u64("newest request time")?;
         let mut table = DedupTable {
@@ -199,7 +200,7 @@ impl DedupTable {
                 .order
                 .push_back((record.outcome.revision, key.clone()));
             if table.entries.insert(key, Arc::new(record)).is_some() {
-                return Err("a request appears twice".to_owned());
+                return Err("a request appears twice".into());
             }
         }
         Ok(table)

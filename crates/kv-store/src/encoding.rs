@@ -44,6 +44,25 @@ pub(crate) fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
+/// Why bytes did not decode: what was malformed and where, in words. Every decoder in the
+/// crate (log entries, transactions, snapshots, the dedup table) fails with it; the store's
+/// errors carry it as their reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(String);
+
+impl From<String> for Malformed {
+    fn from(reason: String) -> Malformed {
+        Malformed(reason)
+    }
+}
+
+impl From<&str> for Malformed {
+    fn from(reason: &str) -> Malformed {
+        Malformed(reason.to_owned())
+    }
+}
+
 /// A cursor over an encoded record that fails with a description of what was missing.
 pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
@@ -64,7 +83,7 @@ impl<'a> Reader<'a> {
         self.at == self.bytes.len()
     }
 
-    pub(crate) fn take(&mut self, count: usize, what: &str) -> Result<&'a [u8], String> {
+    pub(crate) fn take(&mut self, count: usize, what: &str) -> Result<&'a [u8], Malformed> {
         let end = self
             .at
             .checked_add(count)
@@ -80,32 +99,32 @@ impl<'a> Reader<'a> {
         Ok(taken)
     }
 
-    pub(crate) fn u8(&mut self, what: &str) -> Result<u8, String> {
+    pub(crate) fn u8(&mut self, what: &str) -> Result<u8, Malformed> {
         Ok(self.take(1, what)?[0])
     }
 
-    pub(crate) fn u32(&mut self, what: &str) -> Result<u32, String> {
+    pub(crate) fn u32(&mut self, what: &str) -> Result<u32, Malformed> {
         let bytes = self.take(4, what)?;
         Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
     }
 
-    pub(crate) fn u64(&mut self, what: &str) -> Result<u64, String> {
+    pub(crate) fn u64(&mut self, what: &str) -> Result<u64, Malformed> {
         let bytes = self.take(8, what)?;
         Ok(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
     }
 
     /// A u32 length, then that many bytes.
-    pub(crate) fn bytes(&mut self, what: &str) -> Result<&'a [u8], String> {
+    pub(crate) fn bytes(&mut self, what: &str) -> Result<&'a [u8], Malformed> {
         let len = self.u32(what)? as usize;
         self.take(len, what)
     }
 
     /// A u32 count that must not claim more items than bytes left (each item takes at least
     /// `item_bytes_min`), so a damaged count never allocates much.
-    pub(crate) fn count(&mut self, what: &str, item_bytes_min: usize) -> Result<usize, String> {
+    pub(crate) fn count(&mut self, what: &str, item_bytes_min: usize) -> Result<usize, Malformed> {
         let count = self.u32(what)? as usize;
         if count.saturating_mul(item_bytes_min.max(1)) > self.bytes.len() - self.at {
-            return Err(format!("{what} of {count} is more than the bytes left"));
+            return Err(format!("{what} of {count} is more than the bytes left").into());
         }
         Ok(count)
     }

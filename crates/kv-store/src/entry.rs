@@ -30,6 +30,7 @@
 //! (unknown version, op, kind, target or relation, short fields, bytes left over) is rejected.
 
 use crate::dedup::{RequestIds, RequestMeta};
+use crate::encoding::Malformed;
 use crate::encoding::{put_bytes, put_u64, Reader};
 use crate::txn::{decode_txn, encode_txn, Txn};
 pub use crate::value::{Value, ValueKind};
@@ -157,29 +158,29 @@ impl LogEntry {
     }
 
     /// Decodes an entry of format version 1 or 2; the error says what is wrong with the bytes.
-    pub fn decode(bytes: &[u8]) -> Result<LogEntry, String> {
+    pub fn decode(bytes: &[u8]) -> Result<LogEntry, Malformed> {
         match bytes.first() {
-            None => Err("empty entry".to_owned()),
+            None => Err("empty entry".into()),
             Some(&ENTRY_FORMAT_V1) => decode_v1(bytes),
             Some(&ENTRY_FORMAT_VERSION) => decode_v2(bytes),
             Some(version) => Err(format!(
                 "entry format version {version} is not supported (this build reads 1 and {ENTRY_FORMAT_VERSION})"
-            )),
+            ).into()),
         }
     }
 }
 
-fn text(bytes: &[u8], what: &str) -> Result<String, String> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+fn text(bytes: &[u8], what: &str) -> Result<String, Malformed> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| Malformed::from(format!("{what} is not UTF-8")))
 }
 
-fn decode_v2(bytes: &[u8]) -> Result<LogEntry, String> {
+fn decode_v2(bytes: &[u8]) -> Result<LogEntry, Malformed> {
     let mut reader = Reader::new(&bytes[1..]);
     let op_byte = reader.u8("op")?;
     let epoch = reader.u64("epoch")?;
     let flags = reader.u8("flags")?;
     if flags & !FLAG_REQUEST != 0 {
-        return Err(format!("unknown entry flags {flags:#x}"));
+        return Err(format!("unknown entry flags {flags:#x}").into());
     }
     let request = if flags & FLAG_REQUEST != 0 {
         let timestamp_ms = reader.u64("request timestamp")?;
@@ -202,7 +203,7 @@ fn decode_v2(bytes: &[u8]) -> Result<LogEntry, String> {
                 .u8("value kind")
                 .map_err(|_| "SET entry has no value kind".to_owned())?;
             let kind = ValueKind::from_byte(kind_byte)
-                .ok_or_else(|| format!("unknown value kind {kind_byte}"))?;
+                .ok_or_else(|| Malformed::from(format!("unknown value kind {kind_byte}")))?;
             let value = reader.rest().to_vec();
             reader.take(value.len(), "value")?;
             Op::Set {
@@ -215,27 +216,25 @@ fn decode_v2(bytes: &[u8]) -> Result<LogEntry, String> {
         },
         OP_TXN => Op::Txn(decode_txn(&mut reader)?),
         OP_NOOP => Op::Noop,
-        other => return Err(format!("unknown op {other}")),
+        other => return Err(format!("unknown op {other}").into()),
     };
     if !reader.is_empty() {
-        return Err(format!(
-            "{} unexpected bytes after the entry",
-            reader.rest().len()
-        ));
+        return Err(format!("{} unexpected bytes after the entry", reader.rest().len()).into());
     }
     Ok(LogEntry { epoch, op, request })
 }
 
-fn decode_v1(bytes: &[u8]) -> Result<LogEntry, String> {
+fn decode_v1(bytes: &[u8]) -> Result<LogEntry, Malformed> {
     if bytes.len() < V1_HEADER_BYTES {
         return Err(format!(
             "entry of {} bytes is shorter than its {V1_HEADER_BYTES}-byte header",
             bytes.len()
-        ));
+        )
+        .into());
     }
     let op_byte = bytes[1];
     if op_byte != OP_SET && op_byte != OP_DELETE {
-        return Err(format!("unknown op {op_byte}"));
+        return Err(format!("unknown op {op_byte}").into());
     }
     let epoch = u64::from_le_bytes(bytes[2..10].try_into().expect("8 bytes"));
     let key_len = u32::from_le_bytes(bytes[10..14].try_into().expect("4 bytes")) as usize;
@@ -244,7 +243,8 @@ fn decode_v1(bytes: &[u8]) -> Result<LogEntry, String> {
         return Err(format!(
             "key length {key_len} runs past the end of the entry ({} bytes left)",
             rest.len()
-        ));
+        )
+        .into());
     }
     let (key, rest) = rest.split_at(key_len);
     let key = key.to_vec();
@@ -254,7 +254,7 @@ fn decode_v1(bytes: &[u8]) -> Result<LogEntry, String> {
                 .split_first()
                 .ok_or_else(|| "SET entry has no value kind".to_owned())?;
             let kind = ValueKind::from_byte(kind_byte)
-                .ok_or_else(|| format!("unknown value kind {kind_byte}"))?;
+                .ok_or_else(|| Malformed::from(format!("unknown value kind {kind_byte}")))?;
             Op::Set {
                 key,
                 value: Value {
@@ -268,7 +268,8 @@ fn decode_v1(bytes: &[u8]) -> Result<LogEntry, String> {
             return Err(format!(
                 "DELETE entry has {} unexpected bytes after its key",
                 rest.len()
-            ))
+            )
+            .into())
         }
     };
     Ok(LogEntry::new(epoch, op))
@@ -430,16 +431,26 @@ mod tests {
         bad_version[0] = 3;
         assert!(LogEntry::decode(&bad_version)
             .unwrap_err()
+            .to_string()
             .contains("version 3"));
         let mut bad_op = set.clone();
         bad_op[1] = 9;
-        assert!(LogEntry::decode(&bad_op).unwrap_err().contains("op 9"));
+        assert!(LogEntry::decode(&bad_op)
+            .unwrap_err()
+            .to_string()
+            .contains("op 9"));
         let mut bad_flags = set.clone();
         bad_flags[10] = 0x80;
-        assert!(LogEntry::decode(&bad_flags).unwrap_err().contains("flags"));
+        assert!(LogEntry::decode(&bad_flags)
+            .unwrap_err()
+            .to_string()
+            .contains("flags"));
         let mut bad_kind = set.clone();
         bad_kind[11 + 4 + 3] = 0;
-        assert!(LogEntry::decode(&bad_kind).unwrap_err().contains("kind 0"));
+        assert!(LogEntry::decode(&bad_kind)
+            .unwrap_err()
+            .to_string()
+            .contains("kind 0"));
         let mut delete_with_tail = LogEntry::new(
             3,
             Op::Delete {

@@ -1,5 +1,7 @@
 //! The crate's one error type.
 
+use crate::encoding::Malformed;
+
 /// Everything that can go wrong in kv-store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -13,7 +15,7 @@ pub enum Error {
         /// The record's id.
         id: u64,
         /// What is wrong with it.
-        reason: String,
+        reason: Malformed,
     },
     /// The log does not continue the snapshot the store starts from (or, with no snapshot,
     /// does not start at the beginning): ids are missing.
@@ -80,6 +82,6 @@ pub enum SnapshotError {
         /// The file.
         path: std::path::PathBuf,
         /// What is wrong, and where.
-        reason: String,
+        reason: Malformed,
     },
 }

@@ -76,6 +76,7 @@ mod value;
 
 pub use applied::RetentionOptions;
 pub use dedup::{DedupOptions, DedupStats, RequestIds, RequestMeta, RequestRecord};
+pub use encoding::Malformed;
 pub use entry::{LogEntry, Op, Value, ValueKind, ENTRY_FORMAT_VERSION};
 pub use epochs::EpochHistory;
 pub use error::{Error, Result};

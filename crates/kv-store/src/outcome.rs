@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::encoding::Malformed;
 use crate::encoding::{put_bytes, put_u32, put_u64, Reader};
 use crate::map::{KeyMeta, KeyValue};
 
@@ -119,7 +120,7 @@ impl Outcome {
         }
     }
 
-    pub(crate) fn decode(reader: &mut Reader<'_>) -> Result<Outcome, String> {
+    pub(crate) fn decode(reader: &mut Reader<'_>) -> Result<Outcome, Malformed> {
         let revision = reader.u64("outcome revision")?;
         let succeeded = reader.u8("outcome verdict")? != 0;
         let failed_compare = match reader.u8("failed compare flag")? {
@@ -144,7 +145,7 @@ impl Outcome {
                     deleted: reader.u8("deleted")? != 0,
                 },
                 3 => OpResponse::Elided,
-                other => return Err(format!("unknown response kind {other}")),
+                other => return Err(format!("unknown response kind {other}").into()),
             });
         }
         Ok(Outcome {
@@ -168,7 +169,7 @@ fn put_meta(out: &mut Vec<u8>, meta: Option<KeyMeta>) {
     }
 }
 
-fn get_meta(reader: &mut Reader<'_>) -> Result<Option<KeyMeta>, String> {
+fn get_meta(reader: &mut Reader<'_>) -> Result<Option<KeyMeta>, Malformed> {
     Ok(match reader.u8("meta flag")? {
         0 => None,
         _ => Some(KeyMeta {

@@ -12,6 +12,7 @@
 //! value is equal only to a value of the same kind and bytes; `<` and `>` order by the bytes
 //! (compact JSON text or raw bytes).
 
+use crate::encoding::Malformed;
 use crate::encoding::{put_bytes, put_u32, put_u64, Reader};
 use crate::map::KeyValue;
 use crate::value::{Value, ValueKind};
@@ -310,13 +311,13 @@ pub(crate) fn encode_txn(out: &mut Vec<u8>, txn: &Txn) {
     }
 }
 
-fn value_kind(reader: &mut Reader<'_>) -> Result<ValueKind, String> {
+fn value_kind(reader: &mut Reader<'_>) -> Result<ValueKind, Malformed> {
     let byte = reader.u8("value kind")?;
-    ValueKind::from_byte(byte).ok_or_else(|| format!("unknown value kind {byte}"))
+    ValueKind::from_byte(byte).ok_or_else(|| Malformed::from(format!("unknown value kind {byte}")))
 }
 
 /// Reads a transaction encoded by [`encode_txn`].
-pub(crate) fn decode_txn(reader: &mut Reader<'_>) -> Result<Txn, String> {
+pub(crate) fn decode_txn(reader: &mut Reader<'_>) -> Result<Txn, Malformed> {
     // Each compare takes at least 4 + 1 + 1 + 8 bytes, each op at least 1 + 4.
     let compare_count = reader.count("compare count", 14)?;
     let mut compares = Vec::with_capacity(compare_count);
@@ -325,7 +326,7 @@ pub(crate) fn decode_txn(reader: &mut Reader<'_>) -> Result<Txn, String> {
         let target = reader.u8("compare target")?;
         let relation_byte = reader.u8("compare relation")?;
         let relation = Relation::from_byte(relation_byte)
-            .ok_or_else(|| format!("unknown compare relation {relation_byte}"))?;
+            .ok_or_else(|| Malformed::from(format!("unknown compare relation {relation_byte}")))?;
         let target = match target {
             TARGET_VALUE => {
                 let kind = value_kind(reader)?;
@@ -337,7 +338,7 @@ pub(crate) fn decode_txn(reader: &mut Reader<'_>) -> Result<Txn, String> {
                 CompareTarget::CreateRevision(reader.u64("compare create revision")?)
             }
             TARGET_MOD_REVISION => CompareTarget::ModRevision(reader.u64("compare mod revision")?),
-            other => return Err(format!("unknown compare target {other}")),
+            other => return Err(format!("unknown compare target {other}").into()),
         };
         compares.push(Compare {
             key,
@@ -370,7 +371,7 @@ pub(crate) fn decode_txn(reader: &mut Reader<'_>) -> Result<Txn, String> {
                     prefix: reader.bytes("range prefix")?.to_vec(),
                     limit: reader.u32("range limit")?,
                 },
-                other => return Err(format!("unknown transaction operation {other}")),
+                other => return Err(format!("unknown transaction operation {other}").into()),
             };
             branch.push(op);
         }

@@ -41,6 +41,7 @@ use kv_wal::durable::remove_file_if_exists;
 use kv_wal::fs::FileSystem;
 
 use crate::applied::AppliedState;
+use crate::encoding::Malformed;
 use crate::epochs::EpochHistory;
 use crate::map::KeyValue;
 
@@ -110,14 +111,11 @@ impl Codec {
         }
     }
     /// Decompresses one block of `raw_len` bytes.
-    pub fn decompress(self, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
+    pub fn decompress(self, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, Malformed> {
         match self.block_codec() {
-            Some(codec) => codec.decompress(stored, raw_len),
+            Some(codec) => codec.decompress(stored, raw_len).map_err(Malformed::from),
             None if stored.len() == raw_len => Ok(stored.to_vec()),
-            None => Err(format!(
-                "block holds {} bytes, {raw_len} expected",
-                stored.len()
-            )),
+            None => Err(format!("block holds {} bytes, {raw_len} expected", stored.len()).into()),
         }
     }
 }
@@ -133,15 +131,15 @@ impl fmt::Display for Codec {
 }
 
 impl FromStr for Codec {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Codec, String> {
+    type Err = Malformed;
+    fn from_str(text: &str) -> Result<Codec, Malformed> {
         match text {
             "none" => Ok(Codec::None),
             "lz4" => Ok(Codec::Lz4),
             "zstd" => Ok(Codec::Zstd),
-            other => Err(format!(
-                "unknown snapshot codec {other:?}: expected none, lz4 or zstd"
-            )),
+            other => {
+                Err(format!("unknown snapshot codec {other:?}: expected none, lz4 or zstd").into())
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::applied::AppliedState;
 use crate::dedup::DedupTable;
+use crate::encoding::Malformed;
 use crate::encoding::Reader as FieldReader;
 use crate::epochs::EpochHistory;
 use crate::history::Link;
@@ -23,11 +24,11 @@ struct Reader<R> {
 }
 
 impl<R: Read> Reader<R> {
-    fn exact(&mut self, count: usize, what: &str) -> Result<Vec<u8>, String> {
+    fn exact(&mut self, count: usize, what: &str) -> Result<Vec<u8>, Malformed> {
         let mut bytes = vec![0u8; count];
         self.inner
             .read_exact(&mut bytes)
-            .map_err(|error| format!("{what} at byte {}: {error}", self.offset))?;
+            .map_err(|error| Malformed::from(format!("{what} at byte {}: {error}", self.offset)))?;
         self.offset += count as u64;
         Ok(bytes)
     }
@@ -59,7 +60,10 @@ pub fn verify_snapshot(fs: &dyn FileSystem, path: &Path) -> Result<u64, Snapshot
     read_snapshot(fs, path).map(|snapshot| snapshot.applied_id)
 }
 
-fn parse_snapshot<R: Read>(mut reader: Reader<R>, path: &Path) -> Result<LoadedSnapshot, String> {
+fn parse_snapshot<R: Read>(
+    mut reader: Reader<R>,
+    path: &Path,
+) -> Result<LoadedSnapshot, Malformed> {
     let header = read_header(&mut reader)?;
     let epochs = read_epochs(&mut reader, header.epoch_count)?;
     let mut loader = Loader {
@@ -72,7 +76,9 @@ fn parse_snapshot<R: Read>(mut reader: Reader<R>, path: &Path) -> Result<LoadedS
     };
     loop {
         let (kind, raw, block_offset) = read_block(&mut reader)?;
-        let at = |reason: &str| format!("block at byte {block_offset}: {reason}");
+        let at = |reason: &dyn std::fmt::Display| {
+            Malformed::from(format!("block at byte {block_offset}: {reason}"))
+        };
         match kind {
             KIND_DATA => loader.data_block(&raw).map_err(|reason| at(&reason))?,
             KIND_HISTORY if loader.header.version != VERSION_1 => {
@@ -84,12 +90,11 @@ fn parse_snapshot<R: Read>(mut reader: Reader<R>, path: &Path) -> Result<LoadedS
             KIND_END => {
                 let state = loader.finish(&raw)?;
                 let mut rest = Vec::new();
-                reader
-                    .inner
-                    .read_to_end(&mut rest)
-                    .map_err(|error| format!("reading past the end block: {error}"))?;
+                reader.inner.read_to_end(&mut rest).map_err(|error| {
+                    Malformed::from(format!("reading past the end block: {error}"))
+                })?;
                 if !rest.is_empty() {
-                    return Err(format!("{} bytes after the end block", rest.len()));
+                    return Err(format!("{} bytes after the end block", rest.len()).into());
                 }
                 return Ok(LoadedSnapshot {
                     map: state,
@@ -111,22 +116,23 @@ struct Header {
     epoch_count: usize,
 }
 
-fn read_header<R: Read>(reader: &mut Reader<R>) -> Result<Header, String> {
+fn read_header<R: Read>(reader: &mut Reader<R>) -> Result<Header, Malformed> {
     let header = reader.exact(HEADER_BYTES, "header")?;
     if &header[..8] != MAGIC {
-        return Err("not a kvd snapshot (bad magic)".to_owned());
+        return Err("not a kvd snapshot (bad magic)".into());
     }
     if half(&header, 60) != crc(&header[..60]) {
-        return Err("header CRC mismatch".to_owned());
+        return Err("header CRC mismatch".into());
     }
     let version = half(&header, 8);
     if version != VERSION && version != VERSION_1 {
-        return Err(format!("unsupported snapshot version {version}"));
+        return Err(format!("unsupported snapshot version {version}").into());
     }
-    Codec::from_byte(header[12]).ok_or_else(|| format!("unknown codec {}", header[12]))?;
+    Codec::from_byte(header[12])
+        .ok_or_else(|| Malformed::from(format!("unknown codec {}", header[12])))?;
     let epoch_count = half(&header, 40) as usize;
     if epoch_count > 1 << 20 {
-        return Err(format!("{epoch_count} epochs is not plausible"));
+        return Err(format!("{epoch_count} epochs is not plausible").into());
     }
     Ok(Header {
         version,
@@ -136,10 +142,10 @@ fn read_header<R: Read>(reader: &mut Reader<R>) -> Result<Header, String> {
     })
 }
 
-fn read_epochs<R: Read>(reader: &mut Reader<R>, count: usize) -> Result<EpochHistory, String> {
+fn read_epochs<R: Read>(reader: &mut Reader<R>, count: usize) -> Result<EpochHistory, Malformed> {
     let bytes = reader.exact(count * 16 + 4, "epochs")?;
     if half(&bytes, count * 16) != crc(&bytes[..count * 16]) {
-        return Err("epochs CRC mismatch".to_owned());
+        return Err("epochs CRC mismatch".into());
     }
     let mut epochs = EpochHistory::default();
     for index in 0..count {
@@ -149,27 +155,27 @@ fn read_epochs<R: Read>(reader: &mut Reader<R>, count: usize) -> Result<EpochHis
 }
 
 /// Reads one block, checks its CRC and decompresses it: its kind, its raw bytes, its offset.
-fn read_block<R: Read>(reader: &mut Reader<R>) -> Result<(u8, Vec<u8>, u64), String> {
+fn read_block<R: Read>(reader: &mut Reader<R>) -> Result<(u8, Vec<u8>, u64), Malformed> {
     let block_offset = reader.offset;
     let block_header = reader.exact(BLOCK_HEADER_BYTES, "block header")?;
     let (kind, block_codec) = (block_header[0], block_header[1]);
     let raw_len = half(&block_header, 4);
     let stored_len = half(&block_header, 8);
     if raw_len > BLOCK_BYTES_MAX || stored_len > BLOCK_BYTES_MAX {
-        return Err(format!("block at byte {block_offset}: implausible length"));
+        return Err(format!("block at byte {block_offset}: implausible length").into());
     }
     let stored = reader.exact(stored_len as usize, "block")?;
     let mut digest = kv_wal::frame::Crc32c::new();
     digest.update(&block_header[..12]);
     digest.update(&stored);
     if digest.finalize() != half(&block_header, 12) {
-        return Err(format!("block at byte {block_offset}: CRC mismatch"));
+        return Err(format!("block at byte {block_offset}: CRC mismatch").into());
     }
     let block_codec = Codec::from_byte(block_codec)
-        .ok_or_else(|| format!("block at byte {block_offset}: unknown codec"))?;
+        .ok_or_else(|| Malformed::from(format!("block at byte {block_offset}: unknown codec")))?;
     let raw = block_codec
         .decompress(&stored, raw_len as usize)
-        .map_err(|error| format!("block at byte {block_offset}: {error}"))?;
+        .map_err(|error| Malformed::from(format!("block at byte {block_offset}: {error}")))?;
     Ok((kind, raw, block_offset))
 }
 
@@ -184,7 +190,7 @@ struct Loader {
 }
 
 impl Loader {
-    fn data_block(&mut self, raw: &[u8]) -> Result<(), String> {
+    fn data_block(&mut self, raw: &[u8]) -> Result<(), Malformed> {
         let mut position = 0usize;
         while position < raw.len() {
             let cell_len = raw
@@ -208,9 +214,9 @@ impl Loader {
         Ok(())
     }
 
-    fn history_block(&mut self, raw: &[u8]) -> Result<(), String> {
+    fn history_block(&mut self, raw: &[u8]) -> Result<(), Malformed> {
         if !raw.len().is_multiple_of(LINK_BYTES) {
-            return Err("torn history link".to_owned());
+            return Err("torn history link".into());
         }
         for link in raw.chunks_exact(LINK_BYTES) {
             let new = Locator {
@@ -234,7 +240,7 @@ impl Loader {
     }
 
     /// Checks the end block against what was read and decodes the requests.
-    fn finish(&mut self, end: &[u8]) -> Result<AppliedState, String> {
+    fn finish(&mut self, end: &[u8]) -> Result<AppliedState, Malformed> {
         let key_count = self.header.key_count;
         let end_len = if self.header.version == VERSION_1 {
             16
@@ -249,22 +255,23 @@ impl Loader {
             return Err(format!(
                 "end block disagrees: {} keys in {} blocks read, header says {key_count}",
                 self.keys_read, self.data_blocks_read
-            ));
+            )
+            .into());
         }
         if self.state.keys.len() as u64 != key_count {
-            return Err("duplicate keys in the snapshot".to_owned());
+            return Err("duplicate keys in the snapshot".into());
         }
         if self.header.version != VERSION_1 {
             if word(end, 16) != self.links_read
                 || self.state.history.len() as u64 != self.links_read
             {
-                return Err("end block disagrees on the history links".to_owned());
+                return Err("end block disagrees on the history links".into());
             }
             let mut fields = FieldReader::new(&self.requests);
-            self.state.requests =
-                DedupTable::decode(&mut fields).map_err(|error| format!("requests: {error}"))?;
+            self.state.requests = DedupTable::decode(&mut fields)
+                .map_err(|error| Malformed::from(format!("requests: {error}")))?;
             if !fields.is_empty() || word(end, 24) != self.state.requests.len() as u64 {
-                return Err("end block disagrees on the requests".to_owned());
+                return Err("end block disagrees on the requests".into());
             }
         }
         Ok(std::mem::take(&mut self.state))

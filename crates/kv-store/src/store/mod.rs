@@ -31,6 +31,7 @@ use kv_wal::{AppendTicket, RecoveryReport, SyncPolicy, Wal, WalOptions};
 
 use crate::applied::{AppliedState, RetentionOptions};
 use crate::dedup::{RequestIds, RequestMeta};
+use crate::encoding::Malformed;
 use crate::entry::{LogEntry, Op};
 use crate::epochs::EpochHistory;
 use crate::error::{Error, Result};
@@ -352,7 +353,7 @@ impl Store {
         for frame in &decoded {
             let contents = frame.contents().map_err(|error| Error::Decode {
                 id: frame.id,
-                reason: error.to_string(),
+                reason: Malformed::from(error.to_string()),
             })?;
             let entry = LogEntry::decode(&contents).map_err(|reason| Error::Decode {
                 id: frame.id,

@@ -115,7 +115,7 @@ fn a_record_that_is_not_an_entry_is_an_error_naming_its_id() {
     }
     let error = Store::open(dir.path(), StoreOptions::default()).unwrap_err();
     assert!(
-        matches!(&error, Error::Decode { id: 2, reason } if reason.contains("op 9")),
+        matches!(&error, Error::Decode { id: 2, reason } if reason.to_string().contains("op 9")),
         "{error}"
     );
 }
