@@ -342,36 +342,8 @@ impl ClusterMeta {
         }
         match command {
             Command::Bootstrap { .. } => unreachable!("handled above"),
-            Command::AddMember { id, url } => {
-                check_url(url)?;
-                match self.members.get(id) {
-                    Some(member) if member.url == *url => Ok(()),
-                    Some(member) => Err(Rejection::MemberExists {
-                        id: *id,
-                        url: member.url.clone(),
-                    }),
-                    None => {
-                        self.members.insert(
-                            *id,
-                            Member {
-                                id: *id,
-                                url: url.clone(),
-                                voter: voters.contains(id),
-                            },
-                        );
-                        Ok(())
-                    }
-                }
-            }
-            Command::UpdateUrl { id, url } => {
-                check_url(url)?;
-                let member = self
-                    .members
-                    .get_mut(id)
-                    .ok_or(Rejection::UnknownMember { id: *id })?;
-                member.url = url.clone();
-                Ok(())
-            }
+            Command::AddMember { id, url } => self.add_member(*id, url, voters),
+            Command::UpdateUrl { id, url } => self.update_url(*id, url),
             Command::RemoveMember { id } => self.remove_member(*id),
             Command::ElectLeader {
                 expected_epoch,
@@ -383,82 +355,140 @@ impl ClusterMeta {
                 sender,
                 leader_epoch,
                 isr,
-            } => {
-                self.check_leader_request(*sender, *leader_epoch)?;
-                if !isr.contains(sender) {
-                    return Err(Rejection::Invalid {
-                        detail: format!("the ISR must keep its leader {sender}"),
-                    });
-                }
-                self.check_members(isr)?;
-                self.isr = isr.clone();
-                Ok(())
-            }
-            Command::BeginTransfer { to } => {
-                let leader = self.data_leader.ok_or(Rejection::NotDataLeader {
-                    sender: *to,
-                    leader: None,
-                })?;
-                if let Some(transfer) = self.transfer {
-                    return Err(Rejection::TransferInProgress { to: transfer.to });
-                }
-                if *to == leader {
-                    return Err(Rejection::Invalid {
-                        detail: format!("node {to} already leads"),
-                    });
-                }
-                if !self.isr.contains(to) {
-                    return Err(Rejection::NotInIsr { id: *to });
-                }
-                self.transfer = Some(PendingTransfer {
-                    to: *to,
-                    leader_epoch: self.leader_epoch,
-                });
-                Ok(())
-            }
+            } => self.change_isr(*sender, *leader_epoch, isr),
+            Command::BeginTransfer { to } => self.begin_transfer(*to),
             Command::TransferLeader {
                 sender,
                 leader_epoch,
                 to,
-            } => {
-                self.check_leader_request(*sender, *leader_epoch)?;
-                match self.transfer {
-                    Some(transfer) if transfer.to == *to => {}
-                    _ => return Err(Rejection::NoTransfer),
-                }
-                if !self.isr.contains(to) {
-                    return Err(Rejection::NotInIsr { id: *to });
-                }
-                self.data_leader = Some(*to);
-                self.leader_epoch += 1;
-                self.transfer = None;
-                Ok(())
-            }
-            Command::CancelTransfer { leader_epoch } => {
-                if *leader_epoch != self.leader_epoch {
-                    return Err(Rejection::StaleEpoch {
-                        expected: *leader_epoch,
-                        current: self.leader_epoch,
-                    });
-                }
-                self.transfer
-                    .take()
-                    .map(|_| ())
-                    .ok_or(Rejection::NoTransfer)
-            }
-            Command::SetWriteQuorum { write_quorum } => {
-                if *write_quorum == 0 || *write_quorum as usize > self.members.len() {
-                    return Err(Rejection::Invalid {
-                        detail: format!(
-                            "write quorum {write_quorum} is outside 1..={} (the members)",
-                            self.members.len()
-                        ),
-                    });
-                }
-                self.write_quorum = *write_quorum;
+            } => self.transfer_leader(*sender, *leader_epoch, *to),
+            Command::CancelTransfer { leader_epoch } => self.cancel_transfer(*leader_epoch),
+            Command::SetWriteQuorum { write_quorum } => self.set_write_quorum(*write_quorum),
+        }
+    }
+
+    fn add_member(
+        &mut self,
+        id: NodeId,
+        url: &str,
+        voters: &BTreeSet<NodeId>,
+    ) -> Result<(), Rejection> {
+        check_url(url)?;
+        match self.members.get(&id) {
+            Some(member) if member.url == url => Ok(()),
+            Some(member) => Err(Rejection::MemberExists {
+                id,
+                url: member.url.clone(),
+            }),
+            None => {
+                self.members.insert(
+                    id,
+                    Member {
+                        id,
+                        url: url.to_owned(),
+                        voter: voters.contains(&id),
+                    },
+                );
                 Ok(())
             }
         }
+    }
+
+    fn update_url(&mut self, id: NodeId, url: &str) -> Result<(), Rejection> {
+        check_url(url)?;
+        let member = self
+            .members
+            .get_mut(&id)
+            .ok_or(Rejection::UnknownMember { id })?;
+        member.url = url.to_owned();
+        Ok(())
+    }
+
+    /// The leader of `leader_epoch` sets its ISR (KIP-841: only the current epoch's leader).
+    fn change_isr(
+        &mut self,
+        sender: NodeId,
+        leader_epoch: u64,
+        isr: &BTreeSet<NodeId>,
+    ) -> Result<(), Rejection> {
+        self.check_leader_request(sender, leader_epoch)?;
+        if !isr.contains(&sender) {
+            return Err(Rejection::Invalid {
+                detail: format!("the ISR must keep its leader {sender}"),
+            });
+        }
+        self.check_members(isr)?;
+        self.isr = isr.clone();
+        Ok(())
+    }
+
+    fn begin_transfer(&mut self, to: NodeId) -> Result<(), Rejection> {
+        let leader = self.data_leader.ok_or(Rejection::NotDataLeader {
+            sender: to,
+            leader: None,
+        })?;
+        if let Some(transfer) = self.transfer {
+            return Err(Rejection::TransferInProgress { to: transfer.to });
+        }
+        if to == leader {
+            return Err(Rejection::Invalid {
+                detail: format!("node {to} already leads"),
+            });
+        }
+        if !self.isr.contains(&to) {
+            return Err(Rejection::NotInIsr { id: to });
+        }
+        self.transfer = Some(PendingTransfer {
+            to,
+            leader_epoch: self.leader_epoch,
+        });
+        Ok(())
+    }
+
+    fn transfer_leader(
+        &mut self,
+        sender: NodeId,
+        leader_epoch: u64,
+        to: NodeId,
+    ) -> Result<(), Rejection> {
+        self.check_leader_request(sender, leader_epoch)?;
+        match self.transfer {
+            Some(transfer) if transfer.to == to => {}
+            _ => return Err(Rejection::NoTransfer),
+        }
+        if !self.isr.contains(&to) {
+            return Err(Rejection::NotInIsr { id: to });
+        }
+        self.data_leader = Some(to);
+        self.leader_epoch += 1;
+        self.transfer = None;
+        Ok(())
+    }
+
+    fn cancel_transfer(&mut self, leader_epoch: u64) -> Result<(), Rejection> {
+        if leader_epoch != self.leader_epoch {
+            return Err(Rejection::StaleEpoch {
+                expected: leader_epoch,
+                current: self.leader_epoch,
+            });
+        }
+        self.transfer
+            .take()
+            .map(|_| ())
+            .ok_or(Rejection::NoTransfer)
+    }
+
+    fn set_write_quorum(&mut self, write_quorum: u32) -> Result<(), Rejection> {
+        if write_quorum == 0 || write_quorum as usize > self.members.len() {
+            return Err(Rejection::Invalid {
+                detail: format!(
+                    "write quorum {write_quorum} is outside 1..={} (the members)",
+                    self.members.len()
+                ),
+            });
+        }
+        self.write_quorum = write_quorum;
+        Ok(())
     }
 
     fn bootstrap(

@@ -129,6 +129,17 @@ impl Node {
             };
             Ok((next, action))
         })?;
+        self.settle_view_action(action, noop)
+    }
+
+    /// After a role change: waits for a new epoch's no-op to be durable (a leader that needs
+    /// no follower commits it at once) and publishes, or records that this node was named
+    /// leader of an epoch it already used.
+    fn settle_view_action(
+        &self,
+        action: ViewAction,
+        noop: Option<kv_wal::AppendTicket>,
+    ) -> Result<()> {
         match action {
             ViewAction::Nothing => {}
             ViewAction::UpdateLeader => self.recompute_and_publish(),

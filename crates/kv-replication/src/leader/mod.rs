@@ -17,80 +17,20 @@
 //!
 //! Every method takes `now`, so the logic runs on virtual time in tests.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::str::FromStr;
-use std::time::{Duration, Instant};
+mod isr;
+mod options;
+mod status;
 
-use serde::Serialize;
+pub use isr::Membership;
+pub use options::{Acks, LeaderOptions, LAG_LIMIT_DEFAULT};
+pub use status::{FollowerHealth, FollowerStatus};
+
+use isr::Elected;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use crate::log_view::LogView;
 use crate::protocol::{FetchRequest, FetchResponse};
-
-/// Settings of the leader's bookkeeping.
-#[derive(Debug, Clone)]
-pub struct LeaderOptions {
-    /// Nodes (the leader included) that must hold an entry durably before it commits. Under
-    /// the controller its value is the controller's (`ClusterView::write_quorum`).
-    pub write_quorum: usize,
-    /// A follower not heard from for this long is down (status; the legacy `acks=all`).
-    pub follower_down_after: Duration,
-    /// A follower more than this many entries behind is lagging.
-    pub follower_lagging_entries: u64,
-    /// The lag limit (Kafka's `replica.lag.time.max.ms`): an ISR member that has not caught up
-    /// with the leader's log for this long (or stopped fetching) is removed from the ISR; a
-    /// follower that last heard its leader longer ago than this is not ready (`/health`).
-    pub lag_limit: Duration,
-    /// A follower outside the ISR not heard from for this long is forgotten.
-    pub follower_forget_after: Duration,
-}
-
-impl Default for LeaderOptions {
-    fn default() -> LeaderOptions {
-        LeaderOptions {
-            write_quorum: 1,
-            follower_down_after: Duration::from_secs(5),
-            follower_lagging_entries: 10_000,
-            lag_limit: LAG_LIMIT_DEFAULT,
-            follower_forget_after: Duration::from_secs(60),
-        }
-    }
-}
-
-/// The default lag limit: long enough for a fetch held by the leader (at most half of it) and
-/// a slow fsync on a busy machine, short enough that one dead follower under `N = 2` of 3
-/// costs writes two seconds, not a timeout each.
-pub const LAG_LIMIT_DEFAULT: Duration = Duration::from_secs(2);
-
-/// Which acknowledgements a write waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Acks {
-    /// Durable on the leader (`?acks=leader`).
-    Leader,
-    /// Committed under the node's write quorum `N` (the default, no `?acks=`): with `N = 1`
-    /// durable on the leader; with `N >= 2` held by every member of an ISR of at least `N`.
-    #[default]
-    WriteQuorum,
-    /// `?acks=quorum`: committed as under `N >= 2` with the node's `N`, at least 2 — held by
-    /// every member of an ISR of at least `max(N, 2)` (a legacy leader: committed).
-    Quorum,
-    /// Committed and durable on every ISR member (legacy: on every follower not down).
-    All,
-}
-
-impl FromStr for Acks {
-    type Err = crate::error::Error;
-    fn from_str(text: &str) -> Result<Acks, crate::error::Error> {
-        match text {
-            "leader" => Ok(Acks::Leader),
-            "quorum" => Ok(Acks::Quorum),
-            "all" => Ok(Acks::All),
-            other => Err(crate::error::Error::UnknownAcks {
-                text: other.to_owned(),
-            }),
-        }
-    }
-}
 
 /// What the leader knows of one follower.
 #[derive(Debug, Clone)]
@@ -106,44 +46,6 @@ struct Progress {
     /// The leader's last id when this follower's previous fetch arrived.
     leader_last_at_fetch: u64,
     fetches: u64,
-}
-
-/// How a follower is doing, derived from its fetches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FollowerHealth {
-    /// Fetching, and close behind.
-    Healthy,
-    /// Fetching, but far behind.
-    Lagging,
-    /// Not heard from within the down timeout.
-    Down,
-}
-
-/// A follower as `/cluster_status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FollowerStatus {
-    /// Its name, `follower-<node id>`.
-    pub follower_id: String,
-    /// Its node id.
-    pub node_id: u64,
-    /// Whether it counts for commits (a member of the maximal ISR; `None` for a legacy leader,
-    /// where every follower counts).
-    pub in_isr: Option<bool>,
-    /// Highest id it holds durably (matching the leader's log).
-    pub durable_id: u64,
-    /// The id it asked for last.
-    pub next_id: u64,
-    /// Entries it lacks.
-    pub lag_entries: u64,
-    /// How long it has been behind (0 when caught up).
-    pub lag_ms: u64,
-    /// Time since its last fetch.
-    pub last_fetch_age_ms: u64,
-    /// Fetches heard.
-    pub fetches: u64,
-    /// Healthy, lagging or down.
-    pub status: FollowerHealth,
 }
 
 /// What to do with a fetch.
@@ -162,48 +64,6 @@ pub enum FetchDecision {
         /// The epoch heard.
         epoch: u64,
     },
-}
-
-/// The controller's view of the data plane, as the leader's commit rule needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Membership {
-    /// The applied ISR (the leader included).
-    pub isr: BTreeSet<u64>,
-    /// Every member of the cluster (ISR expansion proposes members only).
-    pub members: BTreeSet<u64>,
-    /// `N`: the ISR must have at least this many members for a write to be acknowledged.
-    pub write_quorum: usize,
-}
-
-/// The state of a leader elected by the controller.
-#[derive(Debug)]
-struct Elected {
-    node_id: u64,
-    /// The id of this epoch's no-op: commits count from it on.
-    noop_id: u64,
-    /// When the leadership began (the baseline of an ISR member never heard from).
-    since: Instant,
-    membership: Membership,
-    /// The ISR change proposed and not yet applied, and when it was asked for.
-    in_flight: Option<(BTreeSet<u64>, Instant)>,
-    lease_until: Option<Instant>,
-    /// Highest id held at once by every maximal-ISR member of an ISR of at least `N`.
-    held_by_isr: u64,
-    /// The same, of an ISR of at least `max(N, 2)`.
-    held_by_quorum: u64,
-    /// A planned transfer to this node is being prepared: writes are refused.
-    transfer_to: Option<u64>,
-}
-
-impl Elected {
-    /// The applied ISR plus the members whose addition is in flight.
-    fn maximal_isr(&self) -> BTreeSet<u64> {
-        let mut isr = self.membership.isr.clone();
-        if let Some((wanted, _)) = &self.in_flight {
-            isr.extend(wanted.iter().copied());
-        }
-        isr
-    }
 }
 
 /// The leader's state.
@@ -398,22 +258,6 @@ impl LeaderState {
                 quorum.max(2)
             ),
             (Some(_), Acks::All) => "every in-sync replica".to_owned(),
-        }
-    }
-
-    /// Applies the controller's ISR and write quorum (same epoch). An ISR change in flight
-    /// ends when the applied ISR is the one asked for.
-    pub fn set_membership(&mut self, membership: Membership) {
-        if let Some(elected) = &mut self.elected {
-            if elected
-                .in_flight
-                .as_ref()
-                .is_some_and(|(wanted, _)| *wanted == membership.isr)
-            {
-                elected.in_flight = None;
-            }
-            self.options.write_quorum = membership.write_quorum;
-            elected.membership = membership;
         }
     }
 
@@ -620,71 +464,6 @@ impl LeaderState {
         self.commit_id
     }
 
-    /// The ISR this leader wants the controller to apply, or `None` (KIP-841): without the
-    /// members that have not caught up with its log for longer than the lag limit (or never
-    /// fetched since it leads), with the members outside it that caught up — they hold every
-    /// id the ISR was ever counted for — and fetch. One change is in flight at a time (until
-    /// the controller applies it, or for a lag limit); until a removal is applied the member
-    /// still counts, and an addition counts from the moment it is asked for.
-    pub fn wanted_isr(&mut self, now: Instant) -> Option<BTreeSet<u64>> {
-        let lag_limit = self.options.lag_limit;
-        let quorum = self.options.write_quorum;
-        let commit_id = self.commit_id;
-        let elected = self.elected.as_mut()?;
-        if self.deposed_by.is_some() {
-            return None;
-        }
-        if let Some((_, asked_at)) = &elected.in_flight {
-            if now.saturating_duration_since(*asked_at) < lag_limit {
-                return None;
-            }
-            elected.in_flight = None;
-        }
-        let recent = |at: Instant| now.saturating_duration_since(at) <= lag_limit;
-        let mut wanted = BTreeSet::from([elected.node_id]);
-        for &member in &elected.membership.isr {
-            let caught_up_at = self
-                .followers
-                .get(&member)
-                .and_then(|progress| progress.caught_up_at)
-                .unwrap_or(elected.since)
-                .max(elected.since);
-            if member == elected.node_id || recent(caught_up_at) {
-                wanted.insert(member);
-            }
-        }
-        let must_hold = elected
-            .held_by_isr
-            .max(elected.held_by_quorum)
-            .max(elected.noop_id)
-            .max(if quorum >= 2 { commit_id } else { 0 });
-        for (&node_id, progress) in &self.followers {
-            let joins = !elected.membership.isr.contains(&node_id)
-                && elected.membership.members.contains(&node_id)
-                && progress.durable_id >= must_hold
-                && progress.caught_up_at.is_some_and(recent)
-                && recent(progress.last_fetch_at);
-            if joins {
-                wanted.insert(node_id);
-            }
-        }
-        if wanted == elected.membership.isr {
-            return None;
-        }
-        elected.in_flight = Some((wanted.clone(), now));
-        Some(wanted)
-    }
-
-    /// Forgets followers outside the maximal ISR not heard from for a while.
-    fn prune(&mut self, now: Instant) {
-        let forget_after = self.options.follower_forget_after;
-        let counted = self.maximal_isr();
-        self.followers.retain(|node_id, progress| {
-            counted.as_ref().is_some_and(|isr| isr.contains(node_id))
-                || now.saturating_duration_since(progress.last_fetch_at) < forget_after
-        });
-    }
-
     /// Whether every follower that is not down holds `id` durably (the legacy `acks=all`).
     pub fn all_live_followers_hold(&self, now: Instant, id: u64) -> bool {
         self.followers
@@ -694,44 +473,6 @@ impl LeaderState {
                     < self.options.follower_down_after
             })
             .all(|progress| progress.durable_id >= id)
-    }
-
-    /// Every follower heard from, as `/cluster_status` shows it.
-    pub fn followers(&self, now: Instant, leader_last_id: u64) -> Vec<FollowerStatus> {
-        let counted = self.maximal_isr();
-        self.followers
-            .iter()
-            .map(|(&node_id, progress)| {
-                let age = now.saturating_duration_since(progress.last_fetch_at);
-                let lag_entries = leader_last_id.saturating_sub(progress.durable_id);
-                let behind_for = if lag_entries == 0 {
-                    Duration::ZERO
-                } else {
-                    now.saturating_duration_since(
-                        progress.caught_up_at.unwrap_or(progress.first_fetch_at),
-                    )
-                };
-                let status = if age >= self.options.follower_down_after {
-                    FollowerHealth::Down
-                } else if lag_entries > self.options.follower_lagging_entries {
-                    FollowerHealth::Lagging
-                } else {
-                    FollowerHealth::Healthy
-                };
-                FollowerStatus {
-                    follower_id: format!("follower-{node_id}"),
-                    node_id,
-                    in_isr: counted.as_ref().map(|isr| isr.contains(&node_id)),
-                    durable_id: progress.durable_id,
-                    next_id: progress.next_id,
-                    lag_entries,
-                    lag_ms: behind_for.as_millis() as u64,
-                    last_fetch_age_ms: age.as_millis() as u64,
-                    fetches: progress.fetches,
-                    status,
-                }
-            })
-            .collect()
     }
 }
 

@@ -1,0 +1,134 @@
+//! The in-sync replica set on the leader: the controller's membership, the maximal ISR
+//! (KIP-841: the applied ISR plus additions in flight), and the ISR changes the leader asks the
+//! controller for — shrinking by members that lag past the lag limit, growing by members that
+//! caught up.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use super::LeaderState;
+
+/// The controller's view of the data plane, as the leader's commit rule needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The applied ISR (the leader included).
+    pub isr: BTreeSet<u64>,
+    /// Every member of the cluster (ISR expansion proposes members only).
+    pub members: BTreeSet<u64>,
+    /// `N`: the ISR must have at least this many members for a write to be acknowledged.
+    pub write_quorum: usize,
+}
+
+/// The state of a leader elected by the controller.
+#[derive(Debug)]
+pub(super) struct Elected {
+    pub(super) node_id: u64,
+    /// The id of this epoch's no-op: commits count from it on.
+    pub(super) noop_id: u64,
+    /// When the leadership began (the baseline of an ISR member never heard from).
+    pub(super) since: Instant,
+    pub(super) membership: Membership,
+    /// The ISR change proposed and not yet applied, and when it was asked for.
+    pub(super) in_flight: Option<(BTreeSet<u64>, Instant)>,
+    pub(super) lease_until: Option<Instant>,
+    /// Highest id held at once by every maximal-ISR member of an ISR of at least `N`.
+    pub(super) held_by_isr: u64,
+    /// The same, of an ISR of at least `max(N, 2)`.
+    pub(super) held_by_quorum: u64,
+    /// A planned transfer to this node is being prepared: writes are refused.
+    pub(super) transfer_to: Option<u64>,
+}
+
+impl Elected {
+    /// The applied ISR plus the members whose addition is in flight.
+    pub(super) fn maximal_isr(&self) -> BTreeSet<u64> {
+        let mut isr = self.membership.isr.clone();
+        if let Some((wanted, _)) = &self.in_flight {
+            isr.extend(wanted.iter().copied());
+        }
+        isr
+    }
+}
+
+impl LeaderState {
+    /// Applies the controller's ISR and write quorum (same epoch). An ISR change in flight
+    /// ends when the applied ISR is the one asked for.
+    pub fn set_membership(&mut self, membership: Membership) {
+        if let Some(elected) = &mut self.elected {
+            if elected
+                .in_flight
+                .as_ref()
+                .is_some_and(|(wanted, _)| *wanted == membership.isr)
+            {
+                elected.in_flight = None;
+            }
+            self.options.write_quorum = membership.write_quorum;
+            elected.membership = membership;
+        }
+    }
+
+    /// The ISR this leader wants the controller to apply, or `None` (KIP-841): without the
+    /// members that have not caught up with its log for longer than the lag limit (or never
+    /// fetched since it leads), with the members outside it that caught up — they hold every
+    /// id the ISR was ever counted for — and fetch. One change is in flight at a time (until
+    /// the controller applies it, or for a lag limit); until a removal is applied the member
+    /// still counts, and an addition counts from the moment it is asked for.
+    pub fn wanted_isr(&mut self, now: Instant) -> Option<BTreeSet<u64>> {
+        let lag_limit = self.options.lag_limit;
+        let quorum = self.options.write_quorum;
+        let commit_id = self.commit_id;
+        let elected = self.elected.as_mut()?;
+        if self.deposed_by.is_some() {
+            return None;
+        }
+        if let Some((_, asked_at)) = &elected.in_flight {
+            if now.saturating_duration_since(*asked_at) < lag_limit {
+                return None;
+            }
+            elected.in_flight = None;
+        }
+        let recent = |at: Instant| now.saturating_duration_since(at) <= lag_limit;
+        let mut wanted = BTreeSet::from([elected.node_id]);
+        for &member in &elected.membership.isr {
+            let caught_up_at = self
+                .followers
+                .get(&member)
+                .and_then(|progress| progress.caught_up_at)
+                .unwrap_or(elected.since)
+                .max(elected.since);
+            if member == elected.node_id || recent(caught_up_at) {
+                wanted.insert(member);
+            }
+        }
+        let must_hold = elected
+            .held_by_isr
+            .max(elected.held_by_quorum)
+            .max(elected.noop_id)
+            .max(if quorum >= 2 { commit_id } else { 0 });
+        for (&node_id, progress) in &self.followers {
+            let joins = !elected.membership.isr.contains(&node_id)
+                && elected.membership.members.contains(&node_id)
+                && progress.durable_id >= must_hold
+                && progress.caught_up_at.is_some_and(recent)
+                && recent(progress.last_fetch_at);
+            if joins {
+                wanted.insert(node_id);
+            }
+        }
+        if wanted == elected.membership.isr {
+            return None;
+        }
+        elected.in_flight = Some((wanted.clone(), now));
+        Some(wanted)
+    }
+
+    /// Forgets followers outside the maximal ISR not heard from for a while.
+    pub(super) fn prune(&mut self, now: Instant) {
+        let forget_after = self.options.follower_forget_after;
+        let counted = self.maximal_isr();
+        self.followers.retain(|node_id, progress| {
+            counted.as_ref().is_some_and(|isr| isr.contains(node_id))
+                || now.saturating_duration_since(progress.last_fetch_at) < forget_after
+        });
+    }
+}
