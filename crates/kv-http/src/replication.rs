@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::body;
 use crate::error::{json_response, Error, Result};
+use crate::params::number_parameter;
 use crate::percent::query_parameter;
 use crate::state::AppState;
 
@@ -52,14 +53,7 @@ where
 /// leader would answer that fetch, as JSON, with entries decoded. Does not wait by default and
 /// never counts as a follower.
 pub async fn fetch_view(state: &AppState, query: &str) -> Result<Response<Full<Bytes>>> {
-    let number = |name: &str, default: u64| -> Result<u64> {
-        match query_parameter(query, name)? {
-            None => Ok(default),
-            Some(text) => String::from_utf8_lossy(&text)
-                .parse()
-                .map_err(|_| Error::InvalidQuery(format!("{name} must be an integer"))),
-        }
-    };
+    let number = |name: &str, default: u64| number_or(query, name, default);
     let cluster_id = match query_parameter(query, "cluster_id")? {
         None => state.node.cluster_status().cluster_id.clone(),
         Some(text) => String::from_utf8_lossy(&text).into_owned(),
@@ -209,14 +203,7 @@ pub fn snapshot_chunk(
     let applied_id: u64 = applied_id
         .parse()
         .map_err(|_| Error::InvalidQuery(format!("snapshot id {applied_id:?} is not a number")))?;
-    let number = |name: &str, default: u64| -> Result<u64> {
-        match query_parameter(query, name)? {
-            None => Ok(default),
-            Some(text) => String::from_utf8_lossy(&text)
-                .parse()
-                .map_err(|_| Error::InvalidQuery(format!("{name} must be an integer"))),
-        }
-    };
+    let number = |name: &str, default: u64| number_or(query, name, default);
     let offset = number("offset", 0)?;
     let len = number("len", 1 << 20)?.min(SNAPSHOT_CHUNK_BYTES_MAX) as u32;
     let chunk = state
@@ -246,4 +233,9 @@ pub async fn admin_snapshot(state: &AppState) -> Result<Response<Full<Bytes>>> {
         "purge": purge,
     });
     Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
+}
+
+/// An optional integer query parameter, `default` when absent.
+fn number_or(query: &str, name: &str, default: u64) -> Result<u64> {
+    Ok(number_parameter(query, name, u64::MAX)?.unwrap_or(default))
 }
