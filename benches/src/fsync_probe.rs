@@ -1,16 +1,27 @@
-//! The fsync probe: append a small record to a file and `fdatasync` it, again and again.
+//! The fsync probe: write a small record to a file and `fdatasync` it, again and again.
 //!
 //! This is exactly the work of a write-ahead log under the `always` sync policy with one
 //! writer, minus everything else, so its rate is the ceiling of durable single-writer commits
 //! on this disk. Group commit (the `batch` policy) beats it by sharing one sync among many
 //! writers; nothing durable beats it per sync.
 //!
-//! Each record is written with `write(2)` at the end of the file (the file grows, as a log
-//! does) and made durable with `File::sync_data`, which is `fdatasync(2)` on Linux. One
-//! unmeasured record goes first so the file's creation is not in the figures.
+//! Each record is written with `pwrite(2)` after the previous one and made durable with
+//! `File::sync_data`, which is `fdatasync(2)` on Linux. The file is prepared in one of three
+//! ways ([`ProbeFileMode`]), which decides whether that `fdatasync` must also write metadata:
+//!
+//! - `append`: the file grows with every record, as a log without preallocation does; every
+//!   `fdatasync` also writes the new file size (an inode write, or a journal commit).
+//! - `preallocated`: the file was written whole with zeros and synced before the loop (already
+//!   allocated, already written): `fdatasync` writes the data block and nothing else. kv-wal's
+//!   preallocated segments (`docs/wal-format.md`) aim at this; it is the c1 ceiling.
+//! - `fallocated`: the file's space was reserved with `fallocate(2)` but never written: on most
+//!   file systems the blocks are "unwritten" extents, and the first write into each turns it
+//!   into a written one, a metadata change the `fdatasync` must carry.
+//!
+//! One unmeasured record goes first so the file's creation is not in the figures.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,9 +39,57 @@ pub const PROBE_DURATION_MAX: Duration = Duration::from_secs(3600);
 /// The name of the file the probe appends to, inside its own temporary directory.
 pub const PROBE_FILE_NAME: &str = "fsync-probe.log";
 
+/// The most bytes a probe prepares up front (`preallocated`, `fallocated`).
+pub const PREPARED_BYTES_MAX: u64 = 1 << 30;
+
+/// How the probe's file is prepared before the measured loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeFileMode {
+    /// An empty file that grows with every record.
+    #[default]
+    Append,
+    /// A file written whole with zeros and synced first: every record overwrites zeros.
+    Preallocated,
+    /// A file whose space was reserved with `fallocate(2)` (mode 0) and synced, never written.
+    Fallocated,
+}
+
+impl ProbeFileMode {
+    /// Every mode, in the order reports list them.
+    pub const ALL: [ProbeFileMode; 3] = [
+        ProbeFileMode::Append,
+        ProbeFileMode::Preallocated,
+        ProbeFileMode::Fallocated,
+    ];
+
+    /// The mode's name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeFileMode::Append => "append",
+            ProbeFileMode::Preallocated => "preallocated",
+            ProbeFileMode::Fallocated => "fallocated",
+        }
+    }
+}
+
+impl std::str::FromStr for ProbeFileMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<ProbeFileMode, String> {
+        ProbeFileMode::ALL
+            .into_iter()
+            .find(|mode| mode.name() == text)
+            .ok_or_else(|| {
+                format!("unknown probe mode {text:?}: expected append, preallocated or fallocated")
+            })
+    }
+}
+
 /// What to probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsyncProbeConfig {
+    /// How the file is prepared.
+    pub mode: ProbeFileMode,
     /// Where to create the probe's temporary directory; `None` means the system's temp dir.
     pub parent_directory: Option<PathBuf>,
     /// Bytes per record.
@@ -46,6 +105,9 @@ pub struct FsyncProbeConfig {
 pub struct FsyncProbeReport {
     /// Always `fsync-probe`.
     pub tool: String,
+    /// How the file was prepared (reports from before the modes existed were `append`).
+    #[serde(default)]
+    pub mode: ProbeFileMode,
     /// The directory the file was in (removed afterwards).
     pub directory: String,
     /// Bytes per record.
@@ -80,7 +142,20 @@ impl FsyncProbeConfig {
                 PROBE_DURATION_MAX.as_secs()
             ));
         }
+        let prepared_bytes = self.prepared_bytes();
+        if self.mode != ProbeFileMode::Append && prepared_bytes > PREPARED_BYTES_MAX {
+            return invalid(format!(
+                "--record-size × (--count + 1) is {prepared_bytes} bytes; a {} probe prepares \
+                 at most {PREPARED_BYTES_MAX}",
+                self.mode.name()
+            ));
+        }
         Ok(())
+    }
+
+    /// The bytes every record of the run takes, the unmeasured first one included.
+    fn prepared_bytes(&self) -> u64 {
+        (self.record_size_bytes as u64).saturating_mul(self.record_count.saturating_add(1))
     }
 }
 
@@ -105,14 +180,16 @@ pub fn run_fsync_probe(config: &FsyncProbeConfig) -> Result<FsyncProbeReport, Be
         path: file_path.clone(),
         source,
     };
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create_new(true)
-        .append(true)
+        .read(true)
+        .write(true)
         .open(&file_path)
         .map_err(io_error)?;
+    prepare(&file, config.mode, config.prepared_bytes()).map_err(io_error)?;
 
     let mut record = vec![0u8; config.record_size_bytes];
-    append_and_sync(&mut file, &mut record, 0).map_err(io_error)?;
+    write_and_sync(&file, &mut record, 0).map_err(io_error)?;
 
     let mut fdatasync_histogram_us = new_latency_histogram_us();
     let mut write_histogram_us = new_latency_histogram_us();
@@ -123,7 +200,7 @@ pub fn run_fsync_probe(config: &FsyncProbeConfig) -> Result<FsyncProbeReport, Be
             break;
         }
         let (write_latency, fdatasync_latency) =
-            append_and_sync(&mut file, &mut record, record_index).map_err(io_error)?;
+            write_and_sync(&file, &mut record, record_index).map_err(io_error)?;
         record_latency(&mut write_histogram_us, write_latency);
         record_latency(&mut fdatasync_histogram_us, fdatasync_latency);
         record_count_done = record_index;
@@ -131,6 +208,7 @@ pub fn run_fsync_probe(config: &FsyncProbeConfig) -> Result<FsyncProbeReport, Be
     let elapsed = probe_start.elapsed();
     let report = FsyncProbeReport {
         tool: "fsync-probe".to_string(),
+        mode: config.mode,
         directory: display_path(temporary_directory.path()),
         record_size_bytes: config.record_size_bytes,
         records: record_count_done,
@@ -153,10 +231,11 @@ impl FsyncProbeReport {
     /// The report for people, a few lines.
     pub fn to_text(&self) -> String {
         format!(
-            "fsync-probe: {} records of {} B appended and fdatasync'd in {} ({})\n\
-             {:.1} durable appends/s\n\
+            "fsync-probe ({}): {} records of {} B written and fdatasync'd in {} ({})\n\
+             {:.1} durable writes/s\n\
              fdatasync: {}\n\
              write:     {}",
+            self.mode.name(),
             self.records,
             self.record_size_bytes,
             crate::duration::format_duration_short(Duration::from_secs_f64(self.elapsed_seconds)),
@@ -168,16 +247,38 @@ impl FsyncProbeReport {
     }
 }
 
-/// Fills `record` with a pattern that is never all zeros, appends it and syncs the data.
-fn append_and_sync(
-    file: &mut File,
+/// Prepares the file for `mode`: nothing, `bytes` of zeros written and synced, or `bytes`
+/// reserved with `fallocate(2)` and synced.
+fn prepare(file: &File, mode: ProbeFileMode, bytes: u64) -> std::io::Result<()> {
+    match mode {
+        ProbeFileMode::Append => return Ok(()),
+        ProbeFileMode::Preallocated => {
+            let zeros = vec![0u8; 1 << 20];
+            let mut offset = 0;
+            while offset < bytes {
+                let chunk = (bytes - offset).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..chunk], offset)?;
+                offset += chunk as u64;
+            }
+        }
+        ProbeFileMode::Fallocated => {
+            rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, bytes)?;
+        }
+    }
+    file.sync_data()
+}
+
+/// Fills `record` with a pattern that is never all zeros, writes it after the previous record
+/// (record `record_index` at `record_index × record size`) and syncs the data.
+fn write_and_sync(
+    file: &File,
     record: &mut [u8],
     record_index: u64,
 ) -> std::io::Result<(Duration, Duration)> {
     let fill_byte = (record_index % 255) as u8 + 1;
     record.fill(fill_byte);
     let write_start = Instant::now();
-    file.write_all(record)?;
+    file.write_all_at(record, record_index * record.len() as u64)?;
     let sync_start = Instant::now();
     file.sync_data()?;
     Ok((sync_start - write_start, sync_start.elapsed()))
@@ -195,6 +296,7 @@ mod tests {
     fn probe_writes_every_record_and_cleans_up() {
         let parent_directory = tempfile::tempdir().unwrap();
         let config = FsyncProbeConfig {
+            mode: ProbeFileMode::Append,
             parent_directory: Some(parent_directory.path().to_path_buf()),
             record_size_bytes: 64,
             record_count: 20,
@@ -202,6 +304,7 @@ mod tests {
         };
         let report = run_fsync_probe(&config).unwrap();
         assert_eq!(report.records, 20);
+        assert_eq!(report.mode, ProbeFileMode::Append);
         assert_eq!(report.fdatasync_latency.count, 20);
         assert_eq!(report.write_latency.count, 20);
         assert!(report
@@ -228,6 +331,7 @@ mod tests {
     #[test]
     fn limits_are_checked() {
         let valid = FsyncProbeConfig {
+            mode: ProbeFileMode::Append,
             parent_directory: None,
             record_size_bytes: 128,
             record_count: 2000,
@@ -247,11 +351,36 @@ mod tests {
                 duration_max: Duration::ZERO,
                 ..valid.clone()
             },
+            FsyncProbeConfig {
+                mode: ProbeFileMode::Preallocated,
+                record_size_bytes: 1 << 20,
+                record_count: 1 << 10,
+                ..valid.clone()
+            },
         ] {
             assert!(matches!(
                 run_fsync_probe(&invalid),
                 Err(BenchError::InvalidConfig { .. })
             ));
         }
+    }
+
+    #[test]
+    fn every_mode_runs_and_names_itself() {
+        for mode in ProbeFileMode::ALL {
+            let parent_directory = tempfile::tempdir().unwrap();
+            let config = FsyncProbeConfig {
+                mode,
+                parent_directory: Some(parent_directory.path().to_path_buf()),
+                record_size_bytes: 100,
+                record_count: 7,
+                duration_max: Duration::from_secs(600),
+            };
+            let report = run_fsync_probe(&config).unwrap();
+            assert_eq!(report.records, 7, "{mode:?}");
+            assert_eq!(report.mode, mode);
+            assert_eq!(mode.name().parse::<ProbeFileMode>(), Ok(mode));
+        }
+        assert!("sideways".parse::<ProbeFileMode>().is_err());
     }
 }

@@ -1,7 +1,10 @@
 //! `fsync-probe`: the durability ceiling of this disk.
 //!
-//! Appends `--count` records of `--record-size` bytes to a file in a fresh temporary directory,
-//! `fdatasync`ing after each, and reports durable appends per second and the sync latency.
+//! Writes `--count` records of `--record-size` bytes one after another into a file in a fresh
+//! temporary directory, `fdatasync`ing after each, and reports durable writes per second and
+//! the sync latency. `--mode` says how the file is prepared: `append` (it grows with every
+//! record), `preallocated` (written whole with zeros first: the c1 ceiling of a log with
+//! preallocated segments) or `fallocated` (space reserved with `fallocate(2)`, never written).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,12 +12,16 @@ use std::time::Duration;
 
 use clap::Parser;
 use kv_bench::duration::parse_duration_text;
-use kv_bench::fsync_probe::{run_fsync_probe, FsyncProbeConfig};
+use kv_bench::fsync_probe::{run_fsync_probe, FsyncProbeConfig, ProbeFileMode};
 
 /// Measures append + fdatasync on one file: the ceiling of the `always` sync policy.
 #[derive(Debug, Parser)]
 #[command(name = "fsync-probe", version)]
 struct FsyncProbeArgs {
+    /// How the file is prepared: append, preallocated or fallocated.
+    #[arg(long = "mode", default_value = "append", value_name = "MODE")]
+    mode: ProbeFileMode,
+
     /// Directory in which to create the probe's temporary directory (default: the system's
     /// temp dir). Put it on the disk you mean to measure.
     #[arg(long = "dir", value_name = "DIR")]
@@ -40,6 +47,7 @@ struct FsyncProbeArgs {
 fn main() -> ExitCode {
     let arguments = FsyncProbeArgs::parse();
     let config = FsyncProbeConfig {
+        mode: arguments.mode,
         parent_directory: arguments.parent_directory,
         record_size_bytes: arguments.record_size_bytes,
         record_count: arguments.record_count,
