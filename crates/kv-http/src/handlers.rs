@@ -322,8 +322,10 @@ pub fn list_keys(state: &AppState, query: &str) -> Result<Response<Full<Bytes>>>
 #[derive(Serialize)]
 struct SegmentBody {
     path: String,
-    /// Bytes on disk.
+    /// Bytes used: header, records, seal.
     size: u64,
+    /// The file's length: `size` plus a preallocated segment's free space.
+    allocated: u64,
     is_active: bool,
     first_id: u64,
     last_id: Option<u64>,
@@ -349,6 +351,7 @@ pub fn segments(state: &AppState) -> Response<Full<Bytes>> {
         .map(|segment| SegmentBody {
             path: segment.path.display().to_string(),
             size: segment.size_bytes,
+            allocated: segment.allocated_bytes,
             is_active: segment.is_active,
             first_id: segment.first_id,
             last_id: segment.last_id,

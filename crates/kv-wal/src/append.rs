@@ -16,7 +16,7 @@ use crate::fs::{FileSystem, WalFile};
 use crate::mutex::lock;
 use crate::options::SyncPolicy;
 use crate::segment_file::{
-    encode_mark, encode_seal, new_salt, segment_path, SegmentHeader, MARK_BYTES, SEAL_BYTES,
+    encode_mark, encode_seal, segment_path, SegmentHeader, MARK_BYTES, SEAL_BYTES,
     SEGMENT_HEADER_BYTES,
 };
 use crate::segment_scan::SparseIndex;
@@ -66,6 +66,10 @@ impl Shared {
             .active
             .file_bytes
             .store(writer.write_offset, Ordering::Release);
+        writer
+            .active
+            .allocated_bytes
+            .fetch_max(writer.write_offset, Ordering::AcqRel);
         writer.active.last_id.store(last_id, Ordering::Release);
         self.stats.on_write(writer.pending.len() as u64);
         writer.pending.clear();
@@ -102,8 +106,28 @@ impl Shared {
             segments.push(segment);
             return Ok(());
         }
-        let mut seal = Vec::with_capacity(SEAL_BYTES);
         let last_id = old.last_id();
+        if old.allocated_bytes() > writer.write_offset {
+            // A sealed segment ends with its seal: the free space goes first, durably, so a
+            // power cut can never leave a seal followed by zeros.
+            let shrunk = writer
+                .active_file
+                .set_len(writer.write_offset)
+                .at(&old.path);
+            self.guarded(shrunk)?;
+            let fsync = Fsync {
+                file: &*writer.active_file,
+                path: &old.path,
+                target: last_id,
+                generation: None,
+                records: 0,
+                covers: None,
+            };
+            self.durability.sync(fsync, &self.stats)?;
+            old.allocated_bytes
+                .store(writer.write_offset, Ordering::Release);
+        }
+        let mut seal = Vec::with_capacity(SEAL_BYTES);
         encode_seal(&mut seal, last_id, last_id - old.first_id + 1, old.salt);
         let sealed = writer
             .active_file
@@ -121,6 +145,8 @@ impl Shared {
         self.durability.sync(fsync, &self.stats)?;
         old.file_bytes
             .store(writer.write_offset + SEAL_BYTES as u64, Ordering::Release);
+        old.allocated_bytes
+            .store(writer.write_offset + SEAL_BYTES as u64, Ordering::Release);
         old.sealed.store(true, Ordering::Release);
         let sequence = writer.next_sequence;
         let segment = self.create_segment(writer, sequence, first_id)?;
@@ -136,16 +162,18 @@ impl Shared {
         first_id: u64,
     ) -> Result<Arc<Segment>> {
         let path = segment_path(&self.dir, sequence, first_id);
-        let header = SegmentHeader {
-            log_id: self.log_id,
+        let allocated_bytes = self.preallocated_segment_bytes;
+        let header =
+            SegmentHeader::new_active(self.log_id, sequence, first_id, allocated_bytes > 0);
+        let created = create_segment_file(&*self.fs, &self.dir, &path, &header, allocated_bytes);
+        let file = self.guarded(created)?;
+        let segment = Arc::new(Segment::empty(
             sequence,
             first_id,
-            codec: None,
-            salt: new_salt(),
-        };
-        let created = create_segment_file(&*self.fs, &self.dir, &path, &header);
-        let file = self.guarded(created)?;
-        let segment = Arc::new(Segment::empty(sequence, first_id, path, header.salt));
+            path,
+            header.salt,
+            allocated_bytes,
+        ));
         writer.active = segment.clone();
         writer.active_file = file;
         writer.write_offset = SEGMENT_HEADER_BYTES as u64;
@@ -262,9 +290,11 @@ pub(crate) fn create_segment_file(
     dir: &Path,
     path: &Path,
     header: &SegmentHeader,
+    allocated_bytes: u64,
 ) -> Result<Arc<dyn WalFile>> {
     let file = fs.create_new(path).at(path)?;
     file.write_all_at(&header.encode(), 0).at(path)?;
+    file.allocate(allocated_bytes).at(path)?;
     file.sync_data().at(path)?;
     crate::fail_point!(WAL_ROLL_BEFORE_DIR_FSYNC).at(dir)?;
     fs.sync_dir(dir).at(dir)?;

@@ -147,6 +147,7 @@ impl Wal {
             first_id: segment.first_id,
             codec: Some(codec),
             salt: segment.salt,
+            preallocated: false,
         };
         let frames = records_only(
             &bytes[SEGMENT_HEADER_BYTES..bytes.len() - SEAL_BYTES],
@@ -247,7 +248,7 @@ fn check_plain_sealed(bytes: &[u8], segment: &Segment) -> std::result::Result<()
     if !lock(&segment.skips).is_empty() {
         return Err("the segment has damage skipped at open".to_owned());
     }
-    let result = scan(bytes, segment.first_id, segment.salt);
+    let result = scan(bytes, segment.first_id, segment.salt, false);
     if let Some(damage) = result.damages.first() {
         return Err(format!(
             "damage at offset {}: {}",

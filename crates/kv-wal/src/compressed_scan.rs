@@ -204,6 +204,7 @@ fn image(codec: SegmentCodec, first_id: u64, payloads: &[Vec<u8>]) -> (Vec<u8>, 
         first_id,
         codec: Some(codec),
         salt: SALT,
+        preallocated: false,
     }
     .encode();
     let mut frames = Vec::new();

@@ -27,6 +27,16 @@ pub trait WalFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The current file length in bytes.
     fn size_bytes(&self) -> io::Result<u64>;
+    /// Makes the file at least `len` bytes long, the new bytes zero, with its disk space
+    /// reserved where the file system can (`fallocate(2)`), so later writes inside it change
+    /// neither the file's size nor, on most file systems, its block map. Never shortens the
+    /// file. The default zero-extends it with [`WalFile::set_len`].
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        if self.size_bytes()? < len {
+            self.set_len(len)?;
+        }
+        Ok(())
+    }
 }
 
 /// A held directory lock; dropping it releases the lock.
@@ -81,6 +91,24 @@ impl WalFile for StdFile {
     }
     fn size_bytes(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let size = self.size_bytes()?;
+        if size >= len {
+            return Ok(());
+        }
+        // Mode 0: allocate and extend the size. A file system without fallocate (some network
+        // and FUSE ones) gets a zero-extended file instead.
+        match rustix::fs::fallocate(
+            &self.0,
+            rustix::fs::FallocateFlags::empty(),
+            size,
+            len - size,
+        ) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => self.0.set_len(len),
+            Err(error) => Err(error.into()),
+        }
     }
 }
 
@@ -236,6 +264,10 @@ impl WalFile for FaultyFile {
     }
     fn size_bytes(&self) -> io::Result<u64> {
         self.inner.size_bytes()
+    }
+    /// Not counted as a write: fault plans count the writes that carry data.
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        self.inner.allocate(len)
     }
 }
 

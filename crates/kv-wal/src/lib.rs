@@ -145,6 +145,7 @@ pub use error::{Error, Result};
 pub use frame::{FRAME_HEADER_BYTES, RECORD_BYTES_MAX};
 pub use options::{
     RecoveryMode, SyncPolicy, WalOptions, SEGMENT_BYTES_MAX_DEFAULT, SEGMENT_BYTES_MIN,
+    SEGMENT_PREALLOCATION_BYTES_DEFAULT,
 };
 pub use read::{FrameBatch, Record, WalIter};
 pub use report::{Dropped, Hole, RecoveryReport, TornTail};

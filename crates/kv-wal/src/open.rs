@@ -21,7 +21,7 @@ use crate::meta::{
 use crate::options::{WalOptions, SEGMENT_BYTES_MIN};
 use crate::recovery::{self, Recovered};
 use crate::report::RecoveryReport;
-use crate::segment_file::{new_salt, segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::segment_file::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::segments::Segment;
 use crate::shared::Shared;
 use crate::stats::Stats;
@@ -64,7 +64,14 @@ impl Wal {
         let first_id = options
             .first_id
             .max(marked.map_or(0, |after_id| after_id + 1));
-        let (segments, active, next_id) = choose_active(&*fs, &dir, log_id, first_id, recovered)?;
+        let (segments, active, next_id) = choose_active(
+            &*fs,
+            &dir,
+            log_id,
+            first_id,
+            options.preallocated_segment_bytes(),
+            recovered,
+        )?;
         fs.sync_dir(&dir).at(&dir)?;
         let wal = start(&dir, &options, log_id, segments, active, next_id, dir_lock)?;
         wal.finish_marked_truncation(&mut report)?;
@@ -153,6 +160,7 @@ fn choose_active(
     dir: &Path,
     log_id: u64,
     first_id: u64,
+    preallocated_segment_bytes: u64,
     recovered: Recovered,
 ) -> Result<(Vec<Arc<Segment>>, Active, u64)> {
     let Recovered {
@@ -174,8 +182,16 @@ fn choose_active(
     if reuse_last {
         let segment = segments.last().expect("segment").clone();
         let file = fs.open(&segment.path).at(&segment.path)?;
+        if segment.preallocated {
+            // Recovery may have cut it: appends go into allocated space again.
+            file.allocate(preallocated_segment_bytes)
+                .at(&segment.path)?;
+            segment
+                .allocated_bytes
+                .fetch_max(preallocated_segment_bytes, Ordering::AcqRel);
+        }
         // Bytes a crashed process left in the page cache become durable before new ones go
-        // after them.
+        // after them (and the allocation with them).
         file.sync_data().at(&segment.path)?;
         let write_offset = segment.end_offset();
         let active = Active {
@@ -202,16 +218,17 @@ fn choose_active(
         let file = fs.open(&last.path).at(&last.path)?;
         file.sync_data().at(&last.path)?;
     }
-    let header = SegmentHeader {
-        log_id,
-        sequence,
-        first_id: next_id,
-        codec: None,
-        salt: new_salt(),
-    };
+    let allocated_bytes = preallocated_segment_bytes;
+    let header = SegmentHeader::new_active(log_id, sequence, next_id, allocated_bytes > 0);
     let path = segment_path(dir, sequence, next_id);
-    let file = create_segment_file(fs, dir, &path, &header)?;
-    let segment = Arc::new(Segment::empty(sequence, next_id, path, header.salt));
+    let file = create_segment_file(fs, dir, &path, &header, allocated_bytes)?;
+    let segment = Arc::new(Segment::empty(
+        sequence,
+        next_id,
+        path,
+        header.salt,
+        allocated_bytes,
+    ));
     segments.push(segment.clone());
     let active = Active {
         segment,
@@ -258,6 +275,7 @@ fn start(
         fs: options.file_system.clone(),
         log_id,
         segment_bytes_max: options.segment_bytes_max,
+        preallocated_segment_bytes: options.preallocated_segment_bytes(),
         compress_records_above: options.compress_records_above,
         compress_sealed_segments: options.compress_sealed_segments,
         sync_policy: options.sync_policy,

@@ -12,6 +12,9 @@ use crate::fs::{FileSystem, StdFs};
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 << 20;
 /// Smallest segment size accepted (header, one small frame and the seal fit).
 pub const SEGMENT_BYTES_MIN: u64 = 128;
+/// Default preallocation of a new segment file: 64 MiB, as etcd's WAL (capped by the segment
+/// size, [`WalOptions::preallocated_segment_bytes`]).
+pub const SEGMENT_PREALLOCATION_BYTES_DEFAULT: u64 = 64 << 20;
 
 /// When an append's bytes reach stable storage, named by the syscall that runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -146,8 +149,27 @@ pub struct WalOptions {
     /// default): sealed segments stay plain and `compress_sealed` does nothing. Compressed
     /// segments are read whatever this says.
     pub compress_sealed_segments: Option<SegmentCodec>,
+    /// How long a new segment file is made when it is created, its disk space reserved with
+    /// `fallocate(2)` (default [`SEGMENT_PREALLOCATION_BYTES_DEFAULT`], 64 MiB; capped by
+    /// `segment_bytes_max`). Appends then write into space the file already has, so their
+    /// `fdatasync` never changes the file's size (no journal commit for it). Zeros after a
+    /// preallocated segment's data are free space, not a torn tail (`docs/wal-format.md`,
+    /// "Preallocated segments"). 0 turns preallocation off: segments grow as records arrive.
+    pub segment_preallocation_bytes: u64,
     /// Where files live (default the real file system).
     pub file_system: Arc<dyn FileSystem>,
+}
+
+impl WalOptions {
+    /// How long a new segment file is made: `min(segment_preallocation_bytes,
+    /// segment_bytes_max)`, 0 when that is no longer than a segment header (no preallocation).
+    pub fn preallocated_segment_bytes(&self) -> u64 {
+        let bytes = self.segment_preallocation_bytes.min(self.segment_bytes_max);
+        if bytes <= crate::segment_file::SEGMENT_HEADER_BYTES as u64 {
+            return 0;
+        }
+        bytes
+    }
 }
 
 impl Default for WalOptions {
@@ -159,6 +181,7 @@ impl Default for WalOptions {
             first_id: 1,
             compress_records_above: None,
             compress_sealed_segments: None,
+            segment_preallocation_bytes: SEGMENT_PREALLOCATION_BYTES_DEFAULT,
             file_system: Arc::new(StdFs),
         }
     }

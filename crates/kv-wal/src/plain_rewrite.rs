@@ -51,6 +51,7 @@ pub(crate) fn write_plain_segment(
 ) -> Result<PlainRewrite> {
     let header = SegmentHeader {
         codec: None,
+        preallocated: false,
         ..header
     };
     let mut image = Vec::with_capacity(SEGMENT_HEADER_BYTES + frames.len() + SEAL_BYTES);

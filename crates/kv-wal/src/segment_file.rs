@@ -25,6 +25,10 @@ pub(crate) const FORMAT_VERSION_COMPRESSED: u32 = 2;
 pub(crate) const FORMAT_VERSION_SALTED: u32 = 3;
 /// Format version of compressed sealed segments of salted frames (flags hold the codec id).
 pub(crate) const FORMAT_VERSION_SALTED_COMPRESSED: u32 = 4;
+/// Format version of plain segments of salted frames that were preallocated: the file may be
+/// longer than its frames, and zeros from the end of the frames to the end of the file are
+/// free space, not a torn tail (`docs/wal-format.md`, "Preallocated segments").
+pub(crate) const FORMAT_VERSION_PREALLOCATED: u32 = 5;
 /// Suffix of segment file names.
 pub(crate) const SEGMENT_SUFFIX: &str = ".wal";
 /// Suffix of compressed segment files (`compressed_format.rs`).
@@ -43,6 +47,9 @@ pub(crate) struct SegmentHeader {
     pub codec: Option<SegmentCodec>,
     /// The salt of every frame's CRC in the segment (`frame.rs`); 0 in versions 1 and 2.
     pub salt: u32,
+    /// A plain, salted segment created preallocated (version 5): zeros after its frames are
+    /// free space. Always `false` for the other versions.
+    pub preallocated: bool,
 }
 
 /// A random salt for a new segment (never 0, which means "no salt").
@@ -51,12 +58,35 @@ pub(crate) fn new_salt() -> u32 {
 }
 
 impl SegmentHeader {
+    /// The header of a new active segment: salted, and preallocated (format version 5) or
+    /// not (version 3).
+    pub fn new_active(
+        log_id: u64,
+        sequence: u64,
+        first_id: u64,
+        preallocated: bool,
+    ) -> SegmentHeader {
+        SegmentHeader {
+            log_id,
+            sequence,
+            first_id,
+            codec: None,
+            salt: new_salt(),
+            preallocated,
+        }
+    }
+
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
         bytes[0..8].copy_from_slice(SEGMENT_MAGIC);
+        debug_assert!(
+            !self.preallocated || (self.codec.is_none() && self.salt != 0),
+            "only plain salted segments are preallocated"
+        );
         let (version, flags) = match (self.codec, self.salt != 0) {
             (None, false) => (FORMAT_VERSION, 0),
             (Some(codec), false) => (FORMAT_VERSION_COMPRESSED, u32::from(codec.id())),
+            (None, true) if self.preallocated => (FORMAT_VERSION_PREALLOCATED, 0),
             (None, true) => (FORMAT_VERSION_SALTED, 0),
             (Some(codec), true) => (FORMAT_VERSION_SALTED_COMPRESSED, u32::from(codec.id())),
         };
@@ -102,10 +132,10 @@ impl SegmentHeader {
         };
         let (codec, salted) = match (version, flags) {
             (FORMAT_VERSION, 0) => (None, false),
-            (FORMAT_VERSION_SALTED, 0) => (None, true),
+            (FORMAT_VERSION_SALTED | FORMAT_VERSION_PREALLOCATED, 0) => (None, true),
             (FORMAT_VERSION_COMPRESSED, codec) => (Some(codec_of(codec)?), false),
             (FORMAT_VERSION_SALTED_COMPRESSED, codec) => (Some(codec_of(codec)?), true),
-            (FORMAT_VERSION | FORMAT_VERSION_SALTED, flags) => {
+            (FORMAT_VERSION | FORMAT_VERSION_SALTED | FORMAT_VERSION_PREALLOCATED, flags) => {
                 return Err(format!("unsupported header flags {flags:#x}"))
             }
             (version, _) => return Err(format!("unsupported format version {version}")),
@@ -123,6 +153,7 @@ impl SegmentHeader {
             first_id: word(32),
             codec,
             salt,
+            preallocated: version == FORMAT_VERSION_PREALLOCATED,
         })
     }
 }
@@ -225,12 +256,14 @@ mod tests {
             first_id: 3,
             codec: None,
             salt: 0,
+            preallocated: false,
         };
         for codec in [None, Some(SegmentCodec::Lz4), Some(SegmentCodec::Zstd)] {
-            for salt in [0, 0xdead_beef] {
+            for (salt, preallocated) in [(0, false), (0xdead_beef, false), (0xdead_beef, true)] {
                 let header = SegmentHeader {
                     codec,
                     salt,
+                    preallocated: preallocated && codec.is_none(),
                     ..header
                 };
                 let bytes = header.encode();
@@ -242,20 +275,23 @@ mod tests {
                 }
             }
         }
-        // The versions: 1 and 2 (read only) have no salt, 3 and 4 (written) have one.
-        let version = |codec, salt| {
+        // The versions: 1 and 2 (read only) have no salt, 3 (read only), 4 and 5 (written)
+        // have one; 5 is a preallocated plain segment.
+        let version = |codec, salt, preallocated| {
             let bytes = SegmentHeader {
                 codec,
                 salt,
+                preallocated,
                 ..header
             }
             .encode();
             u32::from_le_bytes(bytes[8..12].try_into().unwrap())
         };
-        assert_eq!(version(None, 0), 1);
-        assert_eq!(version(Some(SegmentCodec::Lz4), 0), 2);
-        assert_eq!(version(None, 5), 3);
-        assert_eq!(version(Some(SegmentCodec::Lz4), 5), 4);
+        assert_eq!(version(None, 0, false), 1);
+        assert_eq!(version(Some(SegmentCodec::Lz4), 0, false), 2);
+        assert_eq!(version(None, 5, false), 3);
+        assert_eq!(version(Some(SegmentCodec::Lz4), 5, false), 4);
+        assert_eq!(version(None, 5, true), 5);
         // A version 1 reader's rule still holds: a plain header has no flags.
         let compressed = SegmentHeader {
             codec: Some(SegmentCodec::Lz4),

@@ -96,6 +96,17 @@ pub(crate) struct ScanResult {
     /// (the header's end when none does). `u64::MAX` for a segment without salt (format 1),
     /// which has no marks: everything in it counts as synced, as before marks existed.
     pub synced_through: u64,
+    /// In a preallocated segment, where its free space starts: from here to the end of the
+    /// image every byte is zero, and none of it is damage. `None`: the data runs to the end.
+    pub free_from: Option<u64>,
+}
+
+impl ScanResult {
+    /// Where the segment's data ends: its length without the free space of a preallocated
+    /// segment.
+    pub fn data_len(&self, image_len: u64) -> u64 {
+        self.free_from.unwrap_or(image_len)
+    }
 }
 
 impl ScanResult {
@@ -115,8 +126,10 @@ impl ScanResult {
 }
 
 /// Scans a whole segment image (`bytes` includes the header), expecting ids from `first_id`,
-/// its frames sealed with `salt`.
-pub(crate) fn scan(bytes: &[u8], first_id: u64, salt: u32) -> ScanResult {
+/// its frames sealed with `salt`. With `free_tail` (a preallocated segment), a run of zeros
+/// from where a frame should start to the end of the image is free space, not damage: the
+/// scan ends there ([`ScanResult::free_from`]).
+pub(crate) fn scan(bytes: &[u8], first_id: u64, salt: u32, free_tail: bool) -> ScanResult {
     let mut result = ScanResult {
         clean_end: SEGMENT_HEADER_BYTES as u64,
         all_end: SEGMENT_HEADER_BYTES as u64,
@@ -130,6 +143,11 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, salt: u32) -> ScanResult {
     let mut position = SEGMENT_HEADER_BYTES;
     let mut expected_id = first_id;
     while position < bytes.len() {
+        // Cheap: a frame's kind byte is never zero, so a frame stops the check by byte 5.
+        if free_tail && bytes[position..].iter().all(|&byte| byte == 0) {
+            result.free_from = Some(position as u64);
+            break;
+        }
         let damaged = !result.damages.is_empty();
         let (problem, resume_from) = match frame::decode_salted(&bytes[position..], salt) {
             Ok(frame) if frame.kind != KIND_SEAL && frame.id == expected_id => {
@@ -323,6 +341,7 @@ mod tests {
             first_id,
             codec: None,
             salt: SALT,
+            preallocated: false,
         };
         let mut bytes = header.encode().to_vec();
         for (index, payload) in payloads.iter().enumerate() {
@@ -348,7 +367,7 @@ mod tests {
     #[test]
     fn clean_and_sealed_scans() {
         let bytes = image(5, &[b"a", b"bb", b"ccc"], true);
-        let result = scan(&bytes, 5, SALT);
+        let result = scan(&bytes, 5, SALT, false);
         assert!(result.sealed);
         assert!(result.damages.is_empty());
         assert_eq!(result.clean_last_id, Some(7));
@@ -368,7 +387,7 @@ mod tests {
         let mut bytes = image(1, &[b"first", b"second", b"third"], false);
         let second = SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES + 5;
         bytes[second + FRAME_HEADER_BYTES] ^= 0xff;
-        let result = scan(&bytes, 1, SALT);
+        let result = scan(&bytes, 1, SALT, false);
         assert_eq!(result.clean_last_id, Some(1));
         assert_eq!(result.damages.len(), 1);
         let damage = &result.damages[0];
@@ -382,10 +401,37 @@ mod tests {
         let mut bytes = image(1, &[b"first"], false);
         let end = bytes.len();
         bytes.extend([0u8; 100]);
-        let result = scan(&bytes, 1, SALT);
+        let result = scan(&bytes, 1, SALT, false);
         assert_eq!(result.clean_end, end as u64);
         assert!(result.damages[0].zeroed_to_end);
         assert_eq!(result.damages[0].resume, None);
+    }
+
+    #[test]
+    fn the_free_space_of_a_preallocated_segment_is_not_damage() {
+        let mut bytes = image(1, &[b"first", b"second\0\0"], false);
+        let end = bytes.len();
+        bytes.extend([0u8; 4096]);
+        let result = scan(&bytes, 1, SALT, true);
+        assert!(result.damages.is_empty(), "{:?}", result.damages);
+        assert_eq!(result.free_from, Some(end as u64));
+        assert_eq!(result.clean_end, end as u64);
+        assert_eq!(result.clean_last_id, Some(2));
+        assert_eq!(result.data_len(bytes.len() as u64), end as u64);
+        // Zeros are never a record, and data after zeros is not free space: a lost page.
+        let mut holed = bytes.clone();
+        let later = image(1, &[b"first", b"second\0\0", b"third"], false);
+        let third = &later[end..];
+        holed[end + 1024..end + 1024 + third.len()].copy_from_slice(third);
+        let result = scan(&holed, 1, SALT, true);
+        assert_eq!(result.damages.len(), 1, "{:?}", result.damages);
+        assert_eq!(result.damages[0].offset, end as u64);
+        assert_eq!(result.damages[0].resume, Some(((end + 1024) as u64, 3)));
+        assert_eq!(result.free_from, Some((end + 1024 + third.len()) as u64));
+        // Without the free tail (an appending segment), the same zeros are a zeroed tail.
+        let result = scan(&bytes, 1, SALT, false);
+        assert_eq!(result.free_from, None);
+        assert!(result.damages[0].zeroed_to_end);
     }
 
     #[test]

@@ -23,8 +23,10 @@ pub(crate) struct Segment {
     pub(crate) last_id: AtomicU64,
     /// End of the last readable frame.
     pub(crate) end_offset: AtomicU64,
-    /// Bytes in the file, seal included.
+    /// Bytes of data in the file, seal included (what `/segments` calls its size).
     pub(crate) file_bytes: AtomicU64,
+    /// The file's length: the data and, in a preallocated segment, the free space after it.
+    pub(crate) allocated_bytes: AtomicU64,
     pub(crate) sealed: AtomicBool,
     /// `None` until built (sealed segments are not scanned at open).
     pub index: Mutex<Option<SparseIndex>>,
@@ -37,13 +39,22 @@ pub(crate) struct Segment {
     pub incompressible: AtomicBool,
     /// The salt of its frames' CRCs (0: a segment of format version 1 or 2).
     pub salt: u32,
+    /// Created preallocated (format version 5): zeros after its data are free space.
+    pub preallocated: bool,
     /// Offset through which the file is known synced (for durability marks).
     synced_through: AtomicU64,
 }
 
 impl Segment {
-    /// A new, empty segment: the active one.
-    pub(crate) fn empty(sequence: u64, first_id: u64, path: PathBuf, salt: u32) -> Segment {
+    /// A new, empty segment: the active one, its file preallocated `allocated_bytes` long (0:
+    /// not preallocated).
+    pub(crate) fn empty(
+        sequence: u64,
+        first_id: u64,
+        path: PathBuf,
+        salt: u32,
+        allocated_bytes: u64,
+    ) -> Segment {
         Segment::from(RecoveredSegment {
             sequence,
             first_id,
@@ -51,11 +62,13 @@ impl Segment {
             last_id: first_id - 1,
             end_offset: SEGMENT_HEADER_BYTES as u64,
             file_bytes: SEGMENT_HEADER_BYTES as u64,
+            allocated_bytes: allocated_bytes.max(SEGMENT_HEADER_BYTES as u64),
             sealed: false,
             index: Some(SparseIndex::default()),
             skips: Vec::new(),
             compressed: None,
             salt,
+            preallocated: allocated_bytes > 0,
         })
     }
 
@@ -100,6 +113,12 @@ impl Segment {
     pub(crate) fn file_bytes(&self) -> u64 {
         self.file_bytes.load(Ordering::Acquire)
     }
+    /// The file's length (never less than its data).
+    pub(crate) fn allocated_bytes(&self) -> u64 {
+        self.allocated_bytes
+            .load(Ordering::Acquire)
+            .max(self.file_bytes())
+    }
 }
 
 /// A segment as [`crate::Wal::segments`] describes it.
@@ -109,8 +128,11 @@ pub struct SegmentInfo {
     pub path: PathBuf,
     /// Its sequence number.
     pub sequence: u64,
-    /// Bytes in the file.
+    /// Bytes used: the header, the frames and the seal.
     pub size_bytes: u64,
+    /// The file's length: `size_bytes` plus, in a preallocated segment, the free space after
+    /// its data (the disk space the segment takes).
+    pub allocated_bytes: u64,
     /// First id the segment was created for.
     pub first_id: u64,
     /// Last id in it (`None` when empty).
@@ -132,11 +154,13 @@ impl From<RecoveredSegment> for Segment {
             last_id,
             end_offset,
             file_bytes,
+            allocated_bytes,
             sealed,
             index,
             skips,
             compressed,
             salt,
+            preallocated,
         } = recovered;
         Segment {
             sequence,
@@ -145,12 +169,14 @@ impl From<RecoveredSegment> for Segment {
             last_id: AtomicU64::new(last_id),
             end_offset: AtomicU64::new(end_offset),
             file_bytes: AtomicU64::new(file_bytes),
+            allocated_bytes: AtomicU64::new(allocated_bytes),
             sealed: AtomicBool::new(sealed),
             index: Mutex::new(index),
             skips: Mutex::new(skips),
             compressed: compressed.map(Arc::new),
             incompressible: AtomicBool::new(false),
             salt,
+            preallocated,
             // Recovered segments are durable once open is done (it fsyncs the last one).
             synced_through: AtomicU64::new(end_offset),
         }
@@ -161,7 +187,7 @@ impl From<RecoveredSegment> for Segment {
 pub(crate) fn build_index(file: &dyn WalFile, segment: &Segment) -> Result<SparseIndex> {
     let end = segment.end_offset();
     let bytes = read_range(file, 0, end).at(&segment.path)?;
-    let result = scan(&bytes, segment.first_id, segment.salt);
+    let result = scan(&bytes, segment.first_id, segment.salt, false);
     if let Some(damage) = result.damages.first() {
         return Err(corrupt(&segment.path, damage.offset, damage.reason.clone()));
     }

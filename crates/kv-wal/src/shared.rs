@@ -22,6 +22,8 @@ pub(crate) struct Shared {
     pub fs: Arc<dyn FileSystem>,
     pub log_id: u64,
     pub segment_bytes_max: u64,
+    /// `WalOptions::preallocated_segment_bytes`: how long a new segment file is made.
+    pub preallocated_segment_bytes: u64,
     pub compress_records_above: Option<usize>,
     pub compress_sealed_segments: Option<SegmentCodec>,
     pub sync_policy: SyncPolicy,

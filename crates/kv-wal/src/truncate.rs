@@ -108,12 +108,13 @@ impl Wal {
                 first_id: target.first_id,
                 codec: None,
                 salt: target.salt,
+                preallocated: false,
             };
             let rewrite = write_plain_segment(&*shared.fs, &shared.dir, header, &frames, None)?;
             shared.fs.remove_file(&target.path).at(&target.path)?;
             shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
             let image_len = rewrite.image.len() as u64;
-            let scanned = scan(&rewrite.image, target.first_id, target.salt);
+            let scanned = scan(&rewrite.image, target.first_id, target.salt, false);
             let last_id = scanned.clean_last_id.unwrap_or(target.first_id - 1);
             let segment = Arc::new(Segment::from(RecoveredSegment {
                 sequence: target.sequence,
@@ -122,11 +123,13 @@ impl Wal {
                 last_id,
                 end_offset: image_len,
                 file_bytes: image_len,
+                allocated_bytes: image_len,
                 sealed: false,
                 index: Some(scanned.index),
                 skips: Vec::new(),
                 compressed: None,
                 salt: target.salt,
+                preallocated: false,
             }));
             *segments.last_mut().expect("the target") = segment.clone();
             writer.active = segment;
@@ -143,6 +146,16 @@ impl Wal {
                 crate::read::offset_after(file.clone(), &target, after_id)?
             };
             file.set_len(cut).at(&target.path)?;
+            if target.preallocated {
+                // The cut leaves zeros behind it: free space, allocated again.
+                let allocated_bytes = shared.preallocated_segment_bytes;
+                file.allocate(allocated_bytes).at(&target.path)?;
+                target
+                    .allocated_bytes
+                    .store(allocated_bytes.max(cut), Ordering::Release);
+            } else {
+                target.allocated_bytes.store(cut, Ordering::Release);
+            }
             file.sync_data().at(&target.path)?;
             shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
             if let Some(index) = lock(&target.index).as_mut() {

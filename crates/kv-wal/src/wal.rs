@@ -216,6 +216,7 @@ impl Wal {
                     path: segment.path.clone(),
                     sequence: segment.sequence,
                     size_bytes,
+                    allocated_bytes: segment.allocated_bytes(),
                     first_id: segment.first_id,
                     last_id: (!segment.is_empty()).then(|| segment.last_id()),
                     is_active: position == last_index,

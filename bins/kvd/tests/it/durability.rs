@@ -50,13 +50,11 @@ fn a_log_cut_back_behind_its_snapshot_continues_after_it() {
     let segment = files_with_suffix(&data_dir.join("wal"), ".wal")
         .pop()
         .expect("a segment");
-    let len = std::fs::metadata(&segment).expect("segment").len();
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .expect("segment");
-    file.set_len(len - 300).expect("cut");
-    drop(file);
+    // (A preallocated segment keeps its length: the lost bytes read as zeros.)
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    let used = used_bytes(&bytes);
+    bytes[used - 300..used].fill(0);
+    std::fs::write(&segment, bytes).expect("cut");
 
     let mut kvd = Kvd::start(&data_dir, &args, &[]);
     let id = put(&kvd, "after", "written after the cut");
@@ -144,6 +142,15 @@ fn start_expecting_exit(data_dir: &Path) -> (std::process::ExitStatus, String) {
     )
 }
 
+/// How much of a segment file holds data: up to its last non-zero byte (a preallocated
+/// segment's free space after its records is zeros).
+fn used_bytes(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .rposition(|&byte| byte != 0)
+        .map_or(0, |last| last + 1)
+}
+
 /// Repair from a replica: a follower whose log is damaged in the middle (valid records after
 /// the damage: the default recovery mode refuses it) moves its data aside and re-syncs from
 /// the leader, instead of refusing to start until an operator deletes its directory.
@@ -169,7 +176,8 @@ fn a_follower_with_a_damaged_log_resyncs_from_its_leader() {
         .pop()
         .expect("a segment");
     let mut bytes = std::fs::read(&segment).expect("segment");
-    let middle = bytes.len() / 2;
+    // The middle of the records, not of the segment's preallocated free space after them.
+    let middle = used_bytes(&bytes) / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&segment, bytes).expect("damage");
 
@@ -235,13 +243,12 @@ fn a_value_holding_a_frame_never_yields_a_forged_record() {
     let segment = files_with_suffix(&data_dir.join("wal"), ".wal")
         .pop()
         .expect("a segment");
-    let len = std::fs::metadata(&segment).expect("segment").len();
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .expect("segment");
-    file.set_len(len - 2048).expect("cut");
-    drop(file);
+    // In a preallocated segment the bytes a torn write never wrote are zeros, and the file
+    // keeps its length.
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    let used = used_bytes(&bytes);
+    bytes[used - 2048..used].fill(0);
+    std::fs::write(&segment, bytes).expect("tear");
 
     for mode in ["tolerate-torn-tail", "skip-corrupt", "point-in-time"] {
         let copy = dir.path().join(mode);

@@ -198,6 +198,10 @@ async fn segments_describe_the_wal() {
         (json!(1), json!(1))
     );
     assert!(segment["size"].as_u64().expect("size") > 0);
+    assert_eq!(
+        segment["allocated"],
+        json!(kv_wal::WalOptions::default().preallocated_segment_bytes())
+    );
     assert_eq!(segment["compression"], json!(null));
     assert_eq!(segment["original_size"], segment["size"]);
     assert!(segment["path"]

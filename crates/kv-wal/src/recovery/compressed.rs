@@ -123,7 +123,7 @@ impl Recovery<'_> {
         let last_id = scanned.clean_last_id().unwrap_or(entry.first_id - 1);
         self.report.records += scanned.clean_records();
         let image_len = rewrite.image.len() as u64;
-        let frame_index = scan(&rewrite.image, entry.first_id, header.salt).index;
+        let frame_index = scan(&rewrite.image, entry.first_id, header.salt, false).index;
         let sealed = seal.is_some();
         self.kept.push(RecoveredSegment {
             sequence: entry.sequence,
@@ -136,11 +136,13 @@ impl Recovery<'_> {
                 image_len
             },
             file_bytes: image_len,
+            allocated_bytes: image_len,
             sealed,
             index: Some(frame_index),
             skips: Vec::new(),
             compressed: None,
             salt: header.salt,
+            preallocated: false,
         });
         Ok(last_id)
     }

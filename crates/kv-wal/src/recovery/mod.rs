@@ -33,8 +33,11 @@ pub(crate) struct RecoveredSegment {
     pub last_id: u64,
     /// End of the last readable frame.
     pub end_offset: u64,
-    /// Bytes in the file, seal included.
+    /// Bytes of data in the file, seal included (the free space of a preallocated segment
+    /// excluded).
     pub file_bytes: u64,
+    /// The file's length: `file_bytes` plus the free space of a preallocated segment.
+    pub allocated_bytes: u64,
     pub sealed: bool,
     /// The index over its frames, when it was scanned (`None`: built on first read).
     pub index: Option<SparseIndex>,
@@ -44,6 +47,8 @@ pub(crate) struct RecoveredSegment {
     pub compressed: Option<CompressedLayout>,
     /// The salt of its frames' CRCs, from its header.
     pub salt: u32,
+    /// Created preallocated (format version 5): zeros after its data are free space.
+    pub preallocated: bool,
 }
 
 impl RecoveredSegment {
@@ -63,11 +68,13 @@ impl RecoveredSegment {
             last_id: layout.last_id().unwrap_or(first_id - 1),
             end_offset: file_bytes,
             file_bytes,
+            allocated_bytes: file_bytes,
             sealed: true,
             index: None,
             skips: Vec::new(),
             compressed: Some(layout),
             salt,
+            preallocated: false,
         }
     }
 }
@@ -170,9 +177,12 @@ impl Recovery<'_> {
         let header = match check_header(&*file, file_len, self.log_id, entry, previous_last_id) {
             Ok(header) => header,
             Err(reason) => {
-                drop(file);
+                // A crash while the segment was created: no longer than its header, or (a
+                // preallocated one) nothing but zeros after it. Either way it holds no record.
                 let torn_creation = self.position(index) == Position::Last
-                    && file_len <= SEGMENT_HEADER_BYTES as u64;
+                    && (file_len <= SEGMENT_HEADER_BYTES as u64
+                        || zeros_after_header(&*file, file_len).at(&entry.path)?);
+                drop(file);
                 let damage = Damage::BadHeader { torn_creation };
                 let step = self.whole_segment_damage(index, damage, reason)?;
                 return Ok(step.unwrap_or(Step::Next));
@@ -180,7 +190,7 @@ impl Recovery<'_> {
         };
         match header.codec {
             Some(codec) => self.compressed_segment(index, file, file_len, header, codec),
-            None => self.plain_segment(index, file, file_len, header.salt),
+            None => self.plain_segment(index, file, file_len, header),
         }
     }
 
@@ -328,6 +338,23 @@ fn check_header(
     Ok(header)
 }
 
+/// Whether every byte of the file after the header is zero.
+fn zeros_after_header(file: &dyn WalFile, file_len: u64) -> std::io::Result<bool> {
+    const CHUNK_BYTES: u64 = 1 << 20;
+    let mut offset = SEGMENT_HEADER_BYTES as u64;
+    while offset < file_len {
+        let chunk = read_range(file, offset, CHUNK_BYTES.min(file_len - offset))?;
+        if chunk.is_empty() {
+            break;
+        }
+        if chunk.iter().any(|&byte| byte != 0) {
+            return Ok(false);
+        }
+        offset += chunk.len() as u64;
+    }
+    Ok(true)
+}
+
 /// The highest id in segments about to be dropped (so ids are never reused after them): the
 /// last valid record of each, or at least its first id from the name.
 fn highest_id_in(fs: &dyn FileSystem, segments: &[FoundSegment]) -> u64 {
@@ -343,12 +370,13 @@ fn highest_id_in(fs: &dyn FileSystem, segments: &[FoundSegment]) -> u64 {
         };
         let header = SegmentHeader::decode(&bytes).ok();
         let salt = header.map_or(0, |header| header.salt);
+        let free_tail = header.is_some_and(|header| header.preallocated);
         let last = match header.and_then(|header| header.codec) {
             Some(codec) => {
                 let scanned = compressed_scan::scan(&bytes, segment.first_id, codec, salt);
                 scanned.layout.last_id().max(scanned.footer_last_id)
             }
-            None => scan(&bytes, segment.first_id, salt).all_last_id,
+            None => scan(&bytes, segment.first_id, salt, free_tail).all_last_id,
         };
         highest = highest.max(last.unwrap_or(0));
     }

@@ -8,8 +8,20 @@ use crate::error::{IoContext, Result};
 use crate::fs::{read_exact_at, read_range, WalFile};
 use crate::options::RecoveryMode;
 use crate::report::{Dropped, Hole, TornTail};
-use crate::segment_file::{decode_seal, SEAL_BYTES, SEGMENT_HEADER_BYTES};
+use crate::segment_file::{decode_seal, SegmentHeader, SEAL_BYTES, SEGMENT_HEADER_BYTES};
 use crate::segment_scan::{scan, FrameDamage, ScanResult, SkipRange, SparseIndex};
+
+/// A segment file being recovered.
+struct ScannedFile<'a> {
+    file: &'a dyn WalFile,
+    /// Its length.
+    len: u64,
+    /// Where the bytes a cut would drop end: the file's length, or in a preallocated segment
+    /// the end of its last non-zero byte.
+    dropped_to: u64,
+    /// Created preallocated (format version 5).
+    preallocated: bool,
+}
 
 /// What is kept of a scanned segment.
 struct Kept {
@@ -29,9 +41,10 @@ impl Recovery<'_> {
         index: usize,
         file: Arc<dyn WalFile>,
         file_len: u64,
-        salt: u32,
+        header: SegmentHeader,
     ) -> Result<Step> {
         let entry = &self.found[index];
+        let salt = header.salt;
         // Sealed segments are trusted to their seal unless the mode scans everything.
         if self.position(index) == Position::Earlier
             && !self.mode.scans_all_segments()
@@ -49,32 +62,47 @@ impl Recovery<'_> {
                     last_id: seal.last_id,
                     end_offset: file_len - SEAL_BYTES as u64,
                     file_bytes: file_len,
+                    allocated_bytes: file_len,
                     sealed: true,
                     index: None,
                     skips: Vec::new(),
                     compressed: None,
                     salt,
+                    preallocated: header.preallocated,
                 });
                 return Ok(Step::Next);
             }
         }
         let bytes = read_range(&*file, 0, file_len).at(&entry.path)?;
-        let result = scan(&bytes, entry.first_id, salt);
+        let result = scan(&bytes, entry.first_id, salt, header.preallocated);
         self.report.segments_scanned += 1;
         self.see_id(result.all_last_id.unwrap_or(0));
-        self.scanned_segment(index, &*file, file_len, result, salt)
+        // What damage left behind in a preallocated segment's free space ends at its last
+        // non-zero byte: that is what a cut drops, not the free space after it.
+        let dropped_to = match header.preallocated {
+            true => (bytes.iter().rposition(|&byte| byte != 0)).map_or(0, |last| last as u64 + 1),
+            false => file_len,
+        };
+        let file = ScannedFile {
+            file: &*file,
+            len: file_len,
+            dropped_to,
+            preallocated: header.preallocated,
+        };
+        self.scanned_segment(index, file, result, salt)
     }
 
     /// Acts on every damage the scan found, in order, as the mode decides.
     fn scanned_segment(
         &mut self,
         index: usize,
-        file: &dyn WalFile,
-        file_len: u64,
+        file: ScannedFile<'_>,
         result: ScanResult,
         salt: u32,
     ) -> Result<Step> {
         let entry = &self.found[index];
+        // The free space of a preallocated segment is neither data nor damage.
+        let data_len = result.data_len(file.len);
         let position = self.position(index);
         let mut kept = Kept {
             end: result.clean_end,
@@ -141,7 +169,8 @@ impl Recovery<'_> {
             kept.records = result.all_records;
             kept.sealed = result.sealed;
         }
-        if !kept.sealed && kept.end < file_len && (position == Position::Last || kept.stop) {
+        let mut allocated_bytes = file.len;
+        if !kept.sealed && kept.end < data_len && (position == Position::Last || kept.stop) {
             let reason = match cut_at {
                 Some(damage) if damage.resume.is_some() => format!(
                     "{} (past the offset the log's durability marks prove synced: \
@@ -150,9 +179,13 @@ impl Recovery<'_> {
                 ),
                 _ => torn_tail_reason(&result),
             };
-            self.cut(index, file, file_len, kept.end, reason)?;
+            self.cut(index, &file, kept.end, reason)?;
+            allocated_bytes = kept.end;
         }
-        self.keep_scanned(index, &kept, file_len, frame_index, skips, salt);
+        self.keep_scanned(index, &kept, data_len, frame_index, skips, salt);
+        let kept_segment = self.kept.last_mut().expect("just kept");
+        kept_segment.preallocated = file.preallocated;
+        kept_segment.allocated_bytes = allocated_bytes;
         if kept.stop {
             self.next_sequence = entry.sequence + 1;
             return Ok(Step::Stop);
@@ -160,12 +193,13 @@ impl Recovery<'_> {
         Ok(Step::Next)
     }
 
-    /// Keeps a scanned segment as `kept` says.
+    /// Keeps a scanned segment as `kept` says (`data_len`: the file's length without the free
+    /// space of a preallocated segment).
     fn keep_scanned(
         &mut self,
         index: usize,
         kept: &Kept,
-        file_len: u64,
+        data_len: u64,
         frame_index: SparseIndex,
         skips: Vec<SkipRange>,
         salt: u32,
@@ -179,37 +213,39 @@ impl Recovery<'_> {
             path: entry.path.clone(),
             last_id: kept.last_id.unwrap_or(entry.first_id - 1),
             end_offset: if kept.sealed {
-                file_len - SEAL_BYTES as u64
+                data_len - SEAL_BYTES as u64
             } else {
                 kept.end
             },
-            file_bytes: if kept.sealed { file_len } else { kept.end },
+            file_bytes: if kept.sealed { data_len } else { kept.end },
+            allocated_bytes: data_len,
             sealed: kept.sealed || (position == Position::Earlier && !kept.stop),
             index: Some(frame_index),
             skips,
             compressed: None,
             salt,
+            preallocated: false,
         });
     }
 
     /// Cuts the segment at `end` (durably) and reports the torn tail, unless the cut is part
-    /// of a point-in-time drop, which the report already tells.
+    /// of a point-in-time drop, which the report already tells. A preallocated segment loses
+    /// its free space with the cut; the log allocates it again if it appends there.
     fn cut(
         &mut self,
         index: usize,
-        file: &dyn WalFile,
-        file_len: u64,
+        file: &ScannedFile<'_>,
         end: u64,
         reason: String,
     ) -> Result<()> {
         let entry = &self.found[index];
-        file.set_len(end).at(&entry.path)?;
-        file.sync_data().at(&entry.path)?;
+        file.file.set_len(end).at(&entry.path)?;
+        file.file.sync_data().at(&entry.path)?;
         if self.report.dropped.is_none() {
             self.report.torn_tail = Some(TornTail {
                 segment: entry.path.clone(),
                 offset: end,
-                bytes_dropped: file_len - end,
+                bytes_dropped: file.dropped_to.max(end) - end,
                 reason,
             });
         }

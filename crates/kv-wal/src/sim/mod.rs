@@ -35,8 +35,9 @@ pub const PAGE_BYTES: usize = 4096;
 pub enum CrashMode {
     /// Unsynced bytes vanish entirely.
     DropUnsynced,
-    /// A random whole-sector prefix of each file's unsynced appended bytes survives, and the
-    /// last surviving sector may be zeroed or filled with garbage. Seeded.
+    /// A random whole-sector prefix of each file's unsynced bytes (appended, or written over
+    /// the zeros of a preallocated file) survives, and the last surviving sector may be zeroed
+    /// or filled with garbage; past the tear the file holds what the disk had. Seeded.
     TearUnsynced {
         /// Seed for the choice of cut and fill.
         seed: u64,
@@ -74,6 +75,9 @@ struct Inode {
     durable: Vec<u8>,
     /// Lowest offset changed since the last sync (`usize::MAX` when clean).
     dirty_from: usize,
+    /// End of the highest range changed since the last sync (0 when clean): a write into a
+    /// preallocated file leaves the zeros after it clean.
+    dirty_to: usize,
 }
 
 impl Inode {
@@ -82,27 +86,36 @@ impl Inode {
             current: Vec::new(),
             durable: Vec::new(),
             dirty_from: usize::MAX,
+            dirty_to: 0,
         }
     }
-    fn mark_dirty(&mut self, from: usize) {
+    fn mark_dirty(&mut self, from: usize, to: usize) {
         self.dirty_from = self.dirty_from.min(from);
+        self.dirty_to = self.dirty_to.max(to);
+    }
+    /// The unsynced range: `[dirty_from, dirty_to)` within the current length.
+    fn dirty_range(&self) -> std::ops::Range<usize> {
+        let end = self.dirty_to.min(self.current.len());
+        self.dirty_from.min(end)..end
     }
     fn sync(&mut self) {
         if self.dirty_from == usize::MAX && self.durable.len() == self.current.len() {
             return;
         }
-        // Bytes before `from` that differ were dropped by a failed sync: the disk keeps what
-        // it had there (zeros past its old end).
-        let from = self.dirty_from.min(self.current.len());
+        // Bytes outside the dirty range that differ were dropped by a failed sync: the disk
+        // keeps what it had there (zeros past its old end).
+        let range = self.dirty_range();
         self.durable.resize(self.current.len(), 0);
-        self.durable[from..].copy_from_slice(&self.current[from..]);
+        self.durable[range.clone()].copy_from_slice(&self.current[range]);
         self.dirty_from = usize::MAX;
+        self.dirty_to = 0;
     }
 
     /// What a failed `fdatasync` leaves: the dirty pages are marked clean without reaching
     /// the disk, so no later sync writes them.
     fn drop_dirty_pages(&mut self) {
         self.dirty_from = usize::MAX;
+        self.dirty_to = 0;
     }
 }
 
@@ -168,6 +181,7 @@ impl SimFs {
                 durable: survivor.clone(),
                 current: survivor,
                 dirty_from: usize::MAX,
+                dirty_to: 0,
             };
             files.insert(path.clone(), Arc::new(Mutex::new(fresh)));
         }
@@ -196,6 +210,7 @@ impl SimFs {
                 current: source.current.clone(),
                 durable: source.durable.clone(),
                 dirty_from: source.dirty_from,
+                dirty_to: source.dirty_to,
             }));
             copies.push((inode.clone(), copy.clone()));
             copy
@@ -257,6 +272,7 @@ impl SimFs {
         inode.current = bytes.to_vec();
         inode.durable = bytes.to_vec();
         inode.dirty_from = usize::MAX;
+        inode.dirty_to = 0;
         Ok(())
     }
 }
@@ -309,7 +325,7 @@ impl WalFile for SimFile {
             inode.current.resize(end, 0);
         }
         inode.current[offset..end].copy_from_slice(buf);
-        inode.mark_dirty(offset);
+        inode.mark_dirty(offset, end);
         Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {
@@ -331,7 +347,7 @@ impl WalFile for SimFile {
         let len = usize::try_from(len).map_err(io::Error::other)?;
         let old_len = inode.current.len();
         inode.current.resize(len, 0);
-        inode.mark_dirty(len.min(old_len));
+        inode.mark_dirty(len.min(old_len), len.max(old_len));
         Ok(())
     }
     fn size_bytes(&self) -> io::Result<u64> {
@@ -546,6 +562,42 @@ mod tests {
             assert!(
                 len == 100 || len == 2100 || len.is_multiple_of(SECTOR_BYTES),
                 "seed {seed}: {len}"
+            );
+            torn += fs.crash_stats().torn_writes;
+        }
+        assert!(torn > 0, "no crash tore a write");
+    }
+
+    #[test]
+    fn torn_writes_into_preallocated_space_keep_its_zeros_past_the_tear() {
+        let mut torn = 0;
+        for seed in 0..64 {
+            let (fs, file) = file_with_100_synced_bytes();
+            let dir = Path::new("/d");
+            file.allocate(8192).unwrap();
+            file.sync_data().unwrap();
+            file.write_all_at(&[2u8; 2000], 100).unwrap();
+            fs.crash(CrashMode::TearUnsynced { seed });
+            let contents = fs.read_file(&dir.join("a")).unwrap();
+            assert_eq!(
+                contents.len(),
+                8192,
+                "seed {seed}: the allocation was synced"
+            );
+            assert_eq!(&contents[..100], &[1u8; 100]);
+            // Whole sectors of the write, then the disk's zeros (the last sector kept may be
+            // zeroed or garbage).
+            let first_other = (100..2100)
+                .find(|&offset| contents[offset] != 2)
+                .unwrap_or(2100);
+            let torn_sector_end = (first_other / SECTOR_BYTES + 1) * SECTOR_BYTES;
+            assert!(
+                contents[torn_sector_end.min(2100)..].iter().all(|&byte| byte == 0),
+                "seed {seed}: bytes survived past the tear: first other {first_other}, nonzero at {:?}", contents.iter().rposition(|&b| b != 0)
+            );
+            assert!(
+                contents[2100..].iter().all(|&byte| byte == 0),
+                "seed {seed}: past the write, the disk's zeros"
             );
             torn += fs.crash_stats().torn_writes;
         }

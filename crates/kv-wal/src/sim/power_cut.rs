@@ -6,36 +6,40 @@ use rand::Rng;
 
 use super::{CrashStats, Inode, PAGE_BYTES, SECTOR_BYTES};
 
-/// What survives of a file whose unsynced appended bytes are torn: a random whole-sector prefix
-/// of them, its last sector maybe zeroed or garbage ([`super::CrashMode::TearUnsynced`]).
+/// What survives of a file whose unsynced bytes are torn: a random whole-sector prefix of them,
+/// its last sector maybe zeroed or garbage ([`super::CrashMode::TearUnsynced`]). The unsynced
+/// bytes run from the lowest offset written since the last sync to the end: bytes appended, or
+/// (in a preallocated file) written over zeros the disk already holds, which it keeps where the
+/// tear stops.
 pub(super) fn tear_tail(
     inode: &Inode,
     rng: &mut rand::rngs::StdRng,
     stats: &mut CrashStats,
 ) -> Vec<u8> {
     let mut survivor = inode.durable.clone();
-    // Tear only appends: the unsynced bytes lie past the durable length (bytes a failed sync
-    // dropped are not dirty any more, and stay lost).
-    let start = survivor
-        .len()
-        .max(inode.dirty_from.min(inode.current.len()));
-    let end = inode.current.len();
-    if inode.dirty_from < survivor.len() || end <= start {
+    // Bytes a failed sync dropped are not dirty any more, and stay lost.
+    let std::ops::Range { start, end } = inode.dirty_range();
+    if end <= start {
         return survivor;
     }
-    survivor.resize(start, 0);
+    if survivor.len() < start {
+        survivor.resize(start, 0);
+    }
     // Sector boundaries (absolute offsets) where the disk may have stopped.
     let first_boundary = (start / SECTOR_BYTES + 1) * SECTOR_BYTES;
     let boundaries = (first_boundary..end).step_by(SECTOR_BYTES).chain([end]);
     let cuts: Vec<usize> = std::iter::once(start).chain(boundaries).collect();
     let cut = cuts[rng.gen_range(0..cuts.len())];
     if cut > start {
-        survivor.extend_from_slice(&inode.current[start..cut]);
+        if survivor.len() < cut {
+            survivor.resize(cut, 0);
+        }
+        survivor[start..cut].copy_from_slice(&inode.current[start..cut]);
         let last_sector = ((cut - 1) / SECTOR_BYTES * SECTOR_BYTES).max(start);
         match rng.gen_range(0..3) {
             0 => {}
-            1 => survivor[last_sector..].fill(0),
-            _ => rng.fill(&mut survivor[last_sector..]),
+            1 => survivor[last_sector..cut].fill(0),
+            _ => rng.fill(&mut survivor[last_sector..cut]),
         }
         stats.torn_writes += 1;
     }
@@ -52,12 +56,12 @@ pub(super) fn lose_pages(
     stats: &mut CrashStats,
 ) -> Vec<u8> {
     let mut survivor = inode.durable.clone();
-    let from = inode.dirty_from.min(inode.current.len());
-    let end = inode.current.len();
+    let std::ops::Range { start: from, end } = inode.dirty_range();
     if from >= end {
         // Nothing dirty (or only a cut, whose new length may or may not have reached the disk).
-        if end < survivor.len() && rng.gen_bool(0.5) {
-            survivor.truncate(end);
+        let len = inode.current.len();
+        if len < survivor.len() && rng.gen_bool(0.5) {
+            survivor.truncate(len);
         }
         return survivor;
     }

@@ -5,7 +5,9 @@
 use kv_wal::sim::SimFs;
 use kv_wal::{Error, RecoveryMode, RecoveryReport, Wal, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 
-use crate::support::{collect, open_sim, payload, segment_files};
+use crate::support::{
+    as_appending_segment, collect, data_end, open_sim, payload, segment_files, torn_at,
+};
 
 const MODES: [RecoveryMode; 4] = [
     RecoveryMode::TolerateTornTail,
@@ -17,11 +19,40 @@ const SEGMENT_BYTES: u64 = 600;
 const RECORD_BYTES: usize = 40;
 const RECORD_COUNT: u64 = 40;
 
-/// A log of `RECORD_COUNT` records over several segments, closed cleanly (a fresh copy of one
-/// image per call, so every case starts from the same bytes).
+/// The two plain segment formats a log holds: new segments are preallocated (format version
+/// 5: zeros after the data are free space), segments written before preallocation append
+/// (version 3: the file ends with its data). The matrix runs over both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Preallocated,
+    Appending,
+}
+
+/// A log of `RECORD_COUNT` records over several segments, closed cleanly, as this version
+/// writes it (a fresh copy of one image per call, so every case starts from the same bytes).
 fn written_log() -> SimFs {
-    static PRISTINE: std::sync::OnceLock<SimFs> = std::sync::OnceLock::new();
-    PRISTINE.get_or_init(write_log).fork()
+    written_log_in(Format::Preallocated)
+}
+
+/// [`written_log`] in `format`: for `Appending`, every segment is rewritten as a log written
+/// before preallocation has it.
+fn written_log_in(format: Format) -> SimFs {
+    static PREALLOCATED: std::sync::OnceLock<SimFs> = std::sync::OnceLock::new();
+    static APPENDING: std::sync::OnceLock<SimFs> = std::sync::OnceLock::new();
+    match format {
+        Format::Preallocated => PREALLOCATED.get_or_init(write_log).fork(),
+        Format::Appending => APPENDING
+            .get_or_init(|| {
+                let fs = write_log();
+                for path in segment_files(&fs) {
+                    let bytes = fs.read_file(&path).unwrap();
+                    fs.write_file_durably(&path, &as_appending_segment(&bytes))
+                        .unwrap();
+                }
+                fs
+            })
+            .fork(),
+    }
 }
 
 fn write_log() -> SimFs {
@@ -59,10 +90,17 @@ fn record_end(bytes: &[u8], index: usize) -> usize {
     record_offset(bytes, index) + FRAME_HEADER_BYTES + RECORD_BYTES
 }
 
+/// Changes the data of a segment file (its bytes up to the end of its last frame): what lies
+/// past it is zeros again, as far as the file reached before (the free space of a
+/// preallocated segment, which a torn or shortened write leaves zero).
 fn mutate(fs: &SimFs, path: &std::path::Path, change: impl FnOnce(&mut Vec<u8>)) {
-    let mut bytes = fs.read_file(path).unwrap();
-    change(&mut bytes);
-    fs.write_file_durably(path, &bytes).unwrap();
+    let bytes = fs.read_file(path).unwrap();
+    let mut data = bytes[..data_end(&bytes)].to_vec();
+    change(&mut data);
+    if data.len() < bytes.len() {
+        data.resize(bytes.len(), 0);
+    }
+    fs.write_file_durably(path, &data).unwrap();
 }
 
 /// What a case must produce in one mode.
@@ -191,6 +229,17 @@ struct Case {
     name: &'static str,
     damage: fn(&SimFs),
     outcomes: [Outcome; 4],
+    /// Where a preallocated segment's outcomes differ from `outcomes`.
+    preallocated: Option<[Outcome; 4]>,
+}
+
+impl Case {
+    fn outcomes(&self, format: Format) -> [Outcome; 4] {
+        match (format, self.preallocated) {
+            (Format::Preallocated, Some(outcomes)) => outcomes,
+            _ => self.outcomes,
+        }
+    }
 }
 
 fn last_segment(fs: &SimFs) -> std::path::PathBuf {
@@ -215,8 +264,11 @@ fn cases() -> Vec<Case> {
             name: "untouched log (control)",
             damage: |_| {},
             outcomes: [Clean, Clean, Clean, Clean],
+            preallocated: None,
         },
         Case {
+            // In a preallocated segment zeros after the data are its free space, in every mode:
+            // a preallocated tail is not a torn write.
             name: "zeroed tail",
             damage: |fs| mutate(fs, &last_segment(fs), |bytes| bytes.extend([0u8; 300])),
             outcomes: [
@@ -225,6 +277,7 @@ fn cases() -> Vec<Case> {
                 Refused,
                 TornTail { last: RECORD_COUNT },
             ],
+            preallocated: Some([Clean, Clean, Clean, Clean]),
         },
         Case {
             name: "garbage appended",
@@ -239,6 +292,7 @@ fn cases() -> Vec<Case> {
                 Refused,
                 TornTail { last: RECORD_COUNT },
             ],
+            preallocated: None,
         },
         Case {
             name: "last record half written",
@@ -259,6 +313,7 @@ fn cases() -> Vec<Case> {
                     last: RECORD_COUNT - 1,
                 },
             ],
+            preallocated: None,
         },
         Case {
             name: "length 0 in a middle record of the last segment",
@@ -274,6 +329,7 @@ fn cases() -> Vec<Case> {
                 Refused,
                 Holes { missing: &[] },
             ],
+            preallocated: None,
         },
         Case {
             name: "length u32::MAX",
@@ -289,6 +345,7 @@ fn cases() -> Vec<Case> {
                 Refused,
                 Holes { missing: &[] },
             ],
+            preallocated: None,
         },
         Case {
             name: "length past end of file on the last record",
@@ -311,6 +368,7 @@ fn cases() -> Vec<Case> {
                     last: RECORD_COUNT - 1,
                 },
             ],
+            preallocated: None,
         },
         Case {
             name: "duplicated record",
@@ -327,6 +385,7 @@ fn cases() -> Vec<Case> {
                 Refused,
                 Holes { missing: &[] },
             ],
+            preallocated: None,
         },
         Case {
             name: "swapped records",
@@ -346,6 +405,7 @@ fn cases() -> Vec<Case> {
                 Refused,
                 Holes { missing: &[] },
             ],
+            preallocated: None,
         },
         Case {
             name: "bit flip in a sealed segment",
@@ -361,6 +421,7 @@ fn cases() -> Vec<Case> {
                 Refused,
                 Holes { missing: &[] },
             ],
+            preallocated: None,
         },
         Case {
             name: "missing middle segment",
@@ -375,6 +436,7 @@ fn cases() -> Vec<Case> {
                 Refused,
                 Holes { missing: &[] },
             ],
+            preallocated: None,
         },
         Case {
             name: "stale segment from another log",
@@ -390,6 +452,7 @@ fn cases() -> Vec<Case> {
                 Refused,
                 Holes { missing: &[] },
             ],
+            preallocated: None,
         },
     ]
 }
@@ -453,25 +516,33 @@ fn leak(ids: Vec<u64>) -> &'static [u64] {
 
 #[test]
 fn corruption_matrix() {
-    for case in cases() {
-        for (mode, outcome) in MODES.into_iter().zip(case.outcomes) {
-            let fs = written_log();
-            let outcome = resolve(&case, outcome, &fs);
-            (case.damage)(&fs);
-            eprintln!("case {} mode {mode}", case.name);
-            check(case.name, mode, &fs, outcome);
+    for format in [Format::Preallocated, Format::Appending] {
+        for case in cases() {
+            for (mode, outcome) in MODES.into_iter().zip(case.outcomes(format)) {
+                let fs = written_log_in(format);
+                let outcome = resolve(&case, outcome, &fs);
+                (case.damage)(&fs);
+                let name = format!("{} ({format:?})", case.name);
+                check(&name, mode, &fs, outcome);
+            }
         }
     }
 }
 
 #[test]
 fn cutting_the_last_segment_at_every_offset_yields_a_prefix() {
-    let pristine = written_log();
+    for format in [Format::Preallocated, Format::Appending] {
+        cut_at_every_offset(format);
+    }
+}
+
+fn cut_at_every_offset(format: Format) {
+    let pristine = written_log_in(format);
     let path = last_segment(&pristine);
     let length = pristine.read_file(&path).unwrap().len();
     let last_first = first_id_of(&path);
     for cut in 0..=length {
-        let fs = written_log();
+        let fs = written_log_in(format);
         let bytes = fs.read_file(&path).unwrap();
         fs.write_file_durably(&path, &bytes[..cut]).unwrap();
         let (wal, report) = open_sim(&fs, SEGMENT_BYTES, RecoveryMode::TolerateTornTail)
@@ -537,6 +608,30 @@ fn every_bit_flip_in_the_last_segment_is_caught() {
     }
 }
 
+/// A preallocated segment whose creation a crash cut short: the file has its length, but its
+/// header never reached the disk (zeros). It held nothing: open removes it.
+#[test]
+fn a_torn_creation_of_a_preallocated_segment_is_removed() {
+    use kv_wal::fs::FileSystem;
+    let fs = written_log();
+    let last = segment_files(&fs).pop().unwrap();
+    let name = last.file_name().unwrap().to_str().unwrap();
+    let sequence: u64 = name[..20].parse().unwrap();
+    let torn = crate::support::sim_dir().join(format!(
+        "{:020}-{:020}.wal",
+        sequence + 1,
+        RECORD_COUNT + 1
+    ));
+    let file = fs.create_new(&torn).unwrap();
+    file.allocate(SEGMENT_BYTES).unwrap();
+    file.sync_data().unwrap();
+    fs.sync_dir(&crate::support::sim_dir()).unwrap();
+    let (wal, report) = open_sim(&fs, SEGMENT_BYTES, RecoveryMode::TolerateTornTail).unwrap();
+    assert_eq!(report.removed_files, vec![torn], "{report}");
+    assert_eq!(wal.last_id(), Some(RECORD_COUNT));
+    assert_eq!(wal.append(b"x").unwrap(), RECORD_COUNT + 1);
+}
+
 #[test]
 fn a_torn_segment_creation_is_removed() {
     let fs = written_log();
@@ -580,9 +675,10 @@ fn a_torn_value_holding_frames_never_yields_its_embedded_records() {
         drop(wal);
         // The torn write: the value's frame ends after the embedded frames, before its own end.
         let segment = segment_files(&fs).pop().expect("a segment");
-        let bytes = fs.read_file(&segment).unwrap();
-        fs.write_file_durably(&segment, &bytes[..bytes.len() - 2048])
-            .unwrap();
+        let mut bytes = fs.read_file(&segment).unwrap();
+        let end = data_end(&bytes);
+        torn_at(&mut bytes, end - 2048);
+        fs.write_file_durably(&segment, &bytes).unwrap();
 
         let opened = open_sim(&fs, 1 << 20, mode);
         if mode == RecoveryMode::Strict {
@@ -637,8 +733,8 @@ fn a_damaged_record_is_never_resumed_inside_even_with_the_salt() {
         drop(wal);
         // A bad sector at the end of the value: its length is intact, its CRC fails.
         let mut bytes = fs.read_file(&segment).unwrap();
-        let len = bytes.len();
-        bytes[len - 512..].fill(0);
+        let end = data_end(&bytes);
+        bytes[end - 512..end].fill(0);
         fs.write_file_durably(&segment, &bytes).unwrap();
 
         let opened = open_sim(&fs, 1 << 20, mode);
@@ -675,7 +771,7 @@ fn a_flipped_length_in_synced_data_is_refused_not_cut() {
     let fifth = record_offset(&bytes, 4);
     // The length (bytes 8..12 of the frame header) damaged so that the frame's declared
     // extent ends inside the last record: its CRC fails, and no whole frame follows it.
-    let damaged_len = (bytes.len() - 10 - fifth - FRAME_HEADER_BYTES) as u32;
+    let damaged_len = (data_end(&bytes) - 10 - fifth - FRAME_HEADER_BYTES) as u32;
     bytes[fifth + 8..fifth + 12].copy_from_slice(&damaged_len.to_le_bytes());
     fs.write_file_durably(&segment, &bytes).unwrap();
 

@@ -9,5 +9,6 @@ mod faults;
 mod fuzz_corpus;
 mod model;
 mod power_cut;
+mod preallocation;
 mod support;
 mod truncation;

@@ -10,7 +10,7 @@ use kv_wal::{Error, RecoveryMode, SyncPolicy, Wal};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::{collect, open_sim, payload, seed_from_env, segment_files};
+use crate::support::{collect, data_end, open_sim, payload, seed_from_env, segment_files};
 
 const SEGMENT_BYTES: u64 = 64 << 10;
 
@@ -61,7 +61,7 @@ fn a_zeroed_sector_in_synced_data_is_refused() {
     drop(wal);
     let path = segment_files(&fs).pop().unwrap();
     let mut bytes = fs.read_file(&path).unwrap();
-    let sector = bytes.len() / 2 / SECTOR_BYTES * SECTOR_BYTES;
+    let sector = data_end(&bytes) / 2 / SECTOR_BYTES * SECTOR_BYTES;
     bytes[sector..sector + SECTOR_BYTES].fill(0);
     fs.write_file_durably(&path, &bytes).unwrap();
     let opened = open_sim(&fs, 1 << 20, RecoveryMode::TolerateTornTail);
@@ -216,4 +216,97 @@ fn append_round(
         );
     }
     fs.fail_next_syncs(0);
+}
+
+/// A power cut in a preallocated segment (issue 15): the records written after the
+/// acknowledged ones and never synced vanish, wholly or page by page, and the file keeps its
+/// length, the zeros it was created with where the disk never got the bytes. Zeros from the
+/// end of the kept records to the end of the file are the end of the log in every mode —
+/// `Strict` included, never a torn write to refuse — and every acknowledged record is served.
+/// `Strict` refuses exactly what the default mode reports as a torn tail: a torn record, or a
+/// lost page before kept ones.
+#[test]
+fn a_preallocated_tail_left_by_a_power_cut_is_the_end_of_the_log() {
+    let modes = [
+        RecoveryMode::TolerateTornTail,
+        RecoveryMode::PointInTime,
+        RecoveryMode::Strict,
+        RecoveryMode::SkipCorrupt,
+    ];
+    let (mut clean_ends, mut torn_tails) = (0, 0);
+    for seed in 0..48u64 {
+        let fs = SimFs::new();
+        let (wal, _) = open_sim(&fs, 1 << 20, RecoveryMode::TolerateTornTail).unwrap();
+        for id in 1..=10 {
+            assert_eq!(wal.append(&payload(id, 1000)).unwrap(), id);
+        }
+        for id in 11..=20 {
+            let appended = wal.append_with(&payload(id, 3000), SyncPolicy::Never);
+            assert_eq!(appended.unwrap(), id);
+        }
+        let crash = match seed % 3 {
+            0 => CrashMode::DropUnsynced,
+            1 => CrashMode::TearUnsynced { seed },
+            _ => CrashMode::LoseUnsyncedPages { seed },
+        };
+        fs.crash(crash);
+        drop(wal);
+        let path = segment_files(&fs).pop().unwrap();
+        assert_eq!(fs.read_file(&path).unwrap().len(), 1 << 20, "seed {seed}");
+        let (_, default_report) = open_sim(&fs.fork(), 1 << 20, RecoveryMode::TolerateTornTail)
+            .unwrap_or_else(|error| panic!("seed {seed} ({crash:?}): {error}"));
+        let torn = default_report.torn_tail.is_some();
+        if matches!(crash, CrashMode::DropUnsynced) {
+            assert!(
+                !torn,
+                "seed {seed}: a preallocated tail cut: {default_report}"
+            );
+            assert_eq!(default_report.last_id, Some(10), "seed {seed}");
+        }
+        if torn {
+            torn_tails += 1;
+        } else {
+            clean_ends += 1;
+        }
+        for mode in modes {
+            let context = format!("seed {seed} ({crash:?}), {mode}");
+            let fork = fs.fork();
+            let opened = open_sim(&fork, 1 << 20, mode);
+            let (wal, report) = match opened {
+                Err(error) => {
+                    assert!(
+                        mode == RecoveryMode::Strict && torn,
+                        "{context}: refused: {error}"
+                    );
+                    continue;
+                }
+                Ok(opened) => opened,
+            };
+            assert!(mode != RecoveryMode::Strict || !torn, "{context}: {report}");
+            assert_eq!(report.torn_tail.is_some(), torn, "{context}: {report}");
+            let records = collect(&wal, 1);
+            assert!(
+                records.len() >= 10,
+                "{context}: acknowledged lost: {report}"
+            );
+            for (index, (id, bytes)) in records.iter().enumerate() {
+                assert_eq!(*id, index as u64 + 1, "{context}: not a prefix: {report}");
+                let len = if *id <= 10 { 1000 } else { 3000 };
+                assert_eq!(*bytes, payload(*id, len), "{context}: record {id}");
+            }
+            // The log goes on after what it kept, in the free space (ids seen past a hole
+            // are never reused).
+            let id = wal.append(b"after the cut").unwrap();
+            assert!(id > records.len() as u64, "{context}: id {id}");
+            assert_eq!(
+                wal.read(id).unwrap().as_deref(),
+                Some(&b"after the cut"[..])
+            );
+        }
+    }
+    println!("preallocated power cuts: {clean_ends} clean ends, {torn_tails} torn tails");
+    assert!(
+        clean_ends > 0 && torn_tails > 0,
+        "{clean_ends} clean, {torn_tails} torn"
+    );
 }

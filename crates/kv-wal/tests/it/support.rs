@@ -21,6 +21,7 @@ pub fn sim_options(fs: &SimFs, segment_bytes_max: u64) -> WalOptions {
         first_id: 1,
         compress_records_above: None,
         compress_sealed_segments: None,
+        segment_preallocation_bytes: kv_wal::SEGMENT_PREALLOCATION_BYTES_DEFAULT,
         file_system: Arc::new(fs.clone()),
     }
 }
@@ -64,6 +65,52 @@ pub fn segment_files(fs: &SimFs) -> Vec<PathBuf> {
         .collect();
     names.sort();
     names.into_iter().map(|name| sim_dir().join(name)).collect()
+}
+
+/// Where the data of a segment image ends: past its last frame (walked by the frames' length
+/// fields from the header on), before the free space of a preallocated segment.
+pub fn data_end(bytes: &[u8]) -> usize {
+    let mut at = kv_wal::SEGMENT_HEADER_BYTES;
+    while at + kv_wal::FRAME_HEADER_BYTES <= bytes.len()
+        && bytes[at..at + kv_wal::FRAME_HEADER_BYTES]
+            .iter()
+            .any(|&byte| byte != 0)
+    {
+        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        at += kv_wal::FRAME_HEADER_BYTES + len;
+    }
+    at.min(bytes.len())
+}
+
+/// What a torn write leaves of a segment image: the bytes from `at` to the end of its data
+/// never reached the disk. A preallocated segment keeps its length, zeros there; an appending
+/// one ends at `at`.
+pub fn torn_at(bytes: &mut Vec<u8>, at: usize) {
+    let end = data_end(bytes);
+    if is_preallocated(bytes) {
+        bytes[at..end].fill(0);
+    } else {
+        bytes.truncate(at);
+    }
+}
+
+/// Whether a segment image is a preallocated one (format version 5).
+pub fn is_preallocated(bytes: &[u8]) -> bool {
+    u32::from_le_bytes(bytes[8..12].try_into().unwrap()) == 5
+}
+
+/// A preallocated segment image (format version 5) as the appending format (version 3) has
+/// it: the free space gone, the header says 3 (its CRC redone). Sealed segments only change
+/// their header.
+pub fn as_appending_segment(bytes: &[u8]) -> Vec<u8> {
+    if !is_preallocated(bytes) {
+        return bytes.to_vec();
+    }
+    let mut appending = bytes[..data_end(bytes)].to_vec();
+    appending[8..12].copy_from_slice(&3u32.to_le_bytes());
+    let crc = kv_wal::frame::crc32c(&appending[..44]);
+    appending[44..48].copy_from_slice(&crc.to_le_bytes());
+    appending
 }
 
 pub fn seed_from_env(default: u64) -> u64 {
