@@ -115,15 +115,7 @@ impl Shared {
                 .set_len(writer.write_offset)
                 .at(&old.path);
             self.guarded(shrunk)?;
-            let fsync = Fsync {
-                file: &*writer.active_file,
-                path: &old.path,
-                target: last_id,
-                generation: None,
-                records: 0,
-                covers: None,
-            };
-            self.durability.sync(fsync, &self.stats)?;
+            self.sync_sealing(writer, last_id)?;
             old.allocated_bytes
                 .store(writer.write_offset, Ordering::Release);
         }
@@ -134,15 +126,7 @@ impl Shared {
             .write_all_at(&seal, writer.write_offset)
             .at(&old.path);
         self.guarded(sealed)?;
-        let fsync = Fsync {
-            file: &*writer.active_file,
-            path: &old.path,
-            target: last_id,
-            generation: None,
-            records: 0,
-            covers: None,
-        };
-        self.durability.sync(fsync, &self.stats)?;
+        self.sync_sealing(writer, last_id)?;
         old.file_bytes
             .store(writer.write_offset + SEAL_BYTES as u64, Ordering::Release);
         old.allocated_bytes
@@ -152,6 +136,19 @@ impl Shared {
         let segment = self.create_segment(writer, sequence, first_id)?;
         self.segments_write().push(segment);
         Ok(())
+    }
+
+    /// The `fdatasync`s of a roll, on the segment being sealed (through `last_id`).
+    fn sync_sealing(&self, writer: &Writer, last_id: u64) -> Result<()> {
+        let fsync = Fsync {
+            file: &*writer.active_file,
+            path: &writer.active.path,
+            target: last_id,
+            generation: None,
+            records: 0,
+            covers: None,
+        };
+        self.durability.sync(fsync, &self.stats)
     }
 
     /// Creates, fsyncs and installs a new active segment (and fsyncs the directory).

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::codec::SegmentCodec;
-use crate::compressed_format;
+use crate::compressed_format::{self, CompressedLayout};
 use crate::error::{IoContext, Result};
 use crate::frame;
 use crate::fs::read_range;
@@ -141,25 +141,7 @@ impl Wal {
             report.skipped.push((segment.path.clone(), reason));
             return Ok(());
         }
-        let header = SegmentHeader {
-            log_id: shared.log_id,
-            sequence: segment.sequence,
-            first_id: segment.first_id,
-            codec: Some(codec),
-            salt: segment.salt,
-            preallocated: false,
-        };
-        let frames = records_only(
-            &bytes[SEGMENT_HEADER_BYTES..bytes.len() - SEAL_BYTES],
-            segment.salt,
-        );
-        let (image, layout) = compressed_format::build(
-            &header.encode(),
-            codec,
-            &frames,
-            segment.first_id,
-            segment.salt,
-        );
+        let (image, layout) = compressed_image(shared.log_id, segment, codec, &bytes);
         if image.len() >= bytes.len() {
             segment.incompressible.store(true, Ordering::Relaxed);
             report
@@ -207,6 +189,34 @@ impl Wal {
         report.bytes_after += image.len() as u64;
         Ok(())
     }
+}
+
+/// The compressed image of a sealed plain segment (`bytes`: its whole file) and its layout.
+fn compressed_image(
+    log_id: u64,
+    segment: &Segment,
+    codec: SegmentCodec,
+    bytes: &[u8],
+) -> (Vec<u8>, CompressedLayout) {
+    let header = SegmentHeader {
+        log_id,
+        sequence: segment.sequence,
+        first_id: segment.first_id,
+        codec: Some(codec),
+        salt: segment.salt,
+        preallocated: false,
+    };
+    let frames = records_only(
+        &bytes[SEGMENT_HEADER_BYTES..bytes.len() - SEAL_BYTES],
+        segment.salt,
+    );
+    compressed_format::build(
+        &header.encode(),
+        codec,
+        &frames,
+        segment.first_id,
+        segment.salt,
+    )
 }
 
 impl Wal {

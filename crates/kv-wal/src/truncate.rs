@@ -99,81 +99,10 @@ impl Wal {
             // A compressed segment is rewritten plain, cut after `after_id` and unsealed: it
             // becomes the active segment. A crash before the compressed file is removed leaves
             // both; open keeps the plain one, and the marker finishes the truncation.
-            let file = shared.fs.open(&target.path).at(&target.path)?;
-            let frames = frames_through(&*file, &target, after_id)?;
-            drop(file);
-            let header = SegmentHeader {
-                log_id: shared.log_id,
-                sequence: target.sequence,
-                first_id: target.first_id,
-                codec: None,
-                salt: target.salt,
-                preallocated: false,
-            };
-            let rewrite = write_plain_segment(&*shared.fs, &shared.dir, header, &frames, None)?;
-            shared.fs.remove_file(&target.path).at(&target.path)?;
-            shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
-            let image_len = rewrite.image.len() as u64;
-            let scanned = scan(&rewrite.image, target.first_id, target.salt, false);
-            let last_id = scanned.clean_last_id.unwrap_or(target.first_id - 1);
-            let segment = Arc::new(Segment::from(RecoveredSegment {
-                sequence: target.sequence,
-                first_id: target.first_id,
-                path: rewrite.path,
-                last_id,
-                end_offset: image_len,
-                file_bytes: image_len,
-                allocated_bytes: image_len,
-                sealed: false,
-                index: Some(scanned.index),
-                skips: Vec::new(),
-                compressed: None,
-                salt: target.salt,
-                preallocated: false,
-            }));
-            *segments.last_mut().expect("the target") = segment.clone();
-            writer.active = segment;
-            writer.active_file = rewrite.file;
-            writer.write_offset = image_len;
-            writer.last_mark_claim = 0;
-            writer.next_sequence = target.sequence + 1;
-            writer.next_id = last_id + 1;
+            let segment = self.rewrite_plain_through(writer, &target, after_id)?;
+            *segments.last_mut().expect("the target") = segment;
         } else {
-            let file = shared.fs.open(&target.path).at(&target.path)?;
-            let cut = if after_id >= target.last_id() {
-                target.end_offset()
-            } else {
-                crate::read::offset_after(file.clone(), &target, after_id)?
-            };
-            file.set_len(cut).at(&target.path)?;
-            if target.preallocated {
-                // The cut leaves zeros behind it: free space, allocated again.
-                let allocated_bytes = shared.preallocated_segment_bytes;
-                file.allocate(allocated_bytes).at(&target.path)?;
-                target
-                    .allocated_bytes
-                    .store(allocated_bytes.max(cut), Ordering::Release);
-            } else {
-                target.allocated_bytes.store(cut, Ordering::Release);
-            }
-            file.sync_data().at(&target.path)?;
-            shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
-            if let Some(index) = lock(&target.index).as_mut() {
-                index.truncate_after(after_id);
-            }
-            lock(&target.skips).retain(|skip| skip.to <= cut);
-            let last_id = after_id.min(target.last_id());
-            target.last_id.store(last_id, Ordering::Release);
-            target.end_offset.store(cut, Ordering::Release);
-            target.file_bytes.store(cut, Ordering::Release);
-            target.sealed.store(false, Ordering::Release);
-            target.reset_synced(cut);
-            writer.last_mark_claim = 0;
-            writer.active = target.clone();
-            writer.active_file = file;
-            writer.write_offset = cut;
-            writer.next_sequence = target.sequence + 1;
-            writer.next_id = last_id + 1;
+            self.cut_plain_after(writer, &target, after_id)?;
         }
         let last_id = writer.next_id - 1;
         shared.last.reset(last_id);
@@ -183,6 +112,103 @@ impl Wal {
             .durability
             .durable
             .reset(shared.durability.durable.get().min(last_id));
+        Ok(())
+    }
+
+    /// The compressed `target`, rewritten as a plain unsealed segment of its records through
+    /// `after_id`: the new active segment.
+    fn rewrite_plain_through(
+        &self,
+        writer: &mut Writer,
+        target: &Arc<Segment>,
+        after_id: u64,
+    ) -> Result<Arc<Segment>> {
+        let shared = &self.shared;
+        let file = shared.fs.open(&target.path).at(&target.path)?;
+        let frames = frames_through(&*file, target, after_id)?;
+        drop(file);
+        let header = SegmentHeader {
+            log_id: shared.log_id,
+            sequence: target.sequence,
+            first_id: target.first_id,
+            codec: None,
+            salt: target.salt,
+            preallocated: false,
+        };
+        let rewrite = write_plain_segment(&*shared.fs, &shared.dir, header, &frames, None)?;
+        shared.fs.remove_file(&target.path).at(&target.path)?;
+        shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
+        let image_len = rewrite.image.len() as u64;
+        let scanned = scan(&rewrite.image, target.first_id, target.salt, false);
+        let last_id = scanned.clean_last_id.unwrap_or(target.first_id - 1);
+        let segment = Arc::new(Segment::from(RecoveredSegment {
+            sequence: target.sequence,
+            first_id: target.first_id,
+            path: rewrite.path,
+            last_id,
+            end_offset: image_len,
+            file_bytes: image_len,
+            allocated_bytes: image_len,
+            sealed: false,
+            index: Some(scanned.index),
+            skips: Vec::new(),
+            compressed: None,
+            salt: target.salt,
+            preallocated: false,
+        }));
+        writer.active = segment.clone();
+        writer.active_file = rewrite.file;
+        writer.write_offset = image_len;
+        writer.last_mark_claim = 0;
+        writer.next_sequence = target.sequence + 1;
+        writer.next_id = last_id + 1;
+        Ok(segment)
+    }
+
+    /// Cuts the plain `target` after `after_id` (its free space allocated again if it is
+    /// preallocated): it becomes the active segment.
+    fn cut_plain_after(
+        &self,
+        writer: &mut Writer,
+        target: &Arc<Segment>,
+        after_id: u64,
+    ) -> Result<()> {
+        let shared = &self.shared;
+        let file = shared.fs.open(&target.path).at(&target.path)?;
+        let cut = if after_id >= target.last_id() {
+            target.end_offset()
+        } else {
+            crate::read::offset_after(file.clone(), target, after_id)?
+        };
+        file.set_len(cut).at(&target.path)?;
+        if target.preallocated {
+            // The cut leaves zeros behind it: free space, allocated again.
+            let allocated_bytes = shared.preallocated_segment_bytes;
+            file.allocate(allocated_bytes).at(&target.path)?;
+            target
+                .allocated_bytes
+                .store(allocated_bytes.max(cut), Ordering::Release);
+        } else {
+            target.allocated_bytes.store(cut, Ordering::Release);
+        }
+        file.sync_data().at(&target.path)?;
+        shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
+        if let Some(index) = lock(&target.index).as_mut() {
+            index.truncate_after(after_id);
+        }
+        lock(&target.skips).retain(|skip| skip.to <= cut);
+        let last_id = after_id.min(target.last_id());
+        target.last_id.store(last_id, Ordering::Release);
+        target.end_offset.store(cut, Ordering::Release);
+        target.file_bytes.store(cut, Ordering::Release);
+        target.sealed.store(false, Ordering::Release);
+        target.reset_synced(cut);
+        writer.last_mark_claim = 0;
+        writer.active = target.clone();
+        writer.active_file = file;
+        writer.write_offset = cut;
+        writer.next_sequence = target.sequence + 1;
+        writer.next_id = last_id + 1;
         Ok(())
     }
 
