@@ -228,6 +228,10 @@ impl WalFile for GatedFile {
     fn size_bytes(&self) -> std::io::Result<u64> {
         self.inner.size_bytes()
     }
+    /// Not a `set_len` of the log's: the file's own allocation, forwarded as it is.
+    fn allocate(&self, len: u64) -> std::io::Result<()> {
+        self.inner.allocate(len)
+    }
 }
 
 impl FileSystem for GatedFs {
