@@ -1,7 +1,7 @@
 //! The `kv-bench` command line and its check into a [`BenchConfig`].
 //!
 //! ```text
-//! kv-bench put|get|mixed:R|delete|lag --url URL [--url URL…] --connections N
+//! kv-bench put|get|mixed:R|delete|lag|cas|txn --url URL [--url URL…] --connections N
 //!          (--duration 10s | --requests N) [--rate R] [--keys N] [--key-size B]
 //!          [--value-size B] [--acks leader|quorum|all] [--warmup 1s] [--json] [--prefill]
 //!          [--lag-wait 5s] [--lag-every N]
@@ -46,8 +46,13 @@ pub const LAG_EVERY_MAX: u64 = 1000;
 #[command(name = "kv-bench", version)]
 #[command(group = clap::ArgGroup::new("bound").required(true).args(["duration", "request_count"]))]
 pub struct BenchArgs {
-    /// put, get, delete, mixed:R (R% GETs, the rest PUTs), or lag (PUTs to the first URL,
-    /// each followed by a `?min_id=` read of the key on the next follower URL: replication lag).
+    /// put, get, delete, mixed:R (R% GETs, the rest PUTs), lag (PUTs to the first URL, each
+    /// followed by a `?min_id=` read of the key on the next follower URL: replication lag),
+    /// cas (PUTs with `If-Match: "<mod_revision>"`) or txn (`POST /txn`: one compare on a key's
+    /// mod_revision, then puts of 2 keys and gets of 2). In cas and txn each connection owns
+    /// its keys (--keys must be at least --connections, twice that for txn), reads them once
+    /// before the warm-up and tracks their revisions from its answers: a 412 or a failed
+    /// compare is an error (`condition_failed`).
     pub workload: Workload,
 
     /// Base URL of a kvd node (repeatable). Writes go to the first; reads round-robin over all.
@@ -247,28 +252,7 @@ impl BenchArgs {
                 WARMUP_DURATION_MAX.as_secs()
             )));
         }
-        if self.workload == Workload::Lag && targets.len() < 2 {
-            return Err(invalid(
-                "lag needs the leader's --url first and at least one follower --url after it"
-                    .into(),
-            ));
-        }
-        if self.lag_wait.is_zero() || self.lag_wait > LAG_WAIT_MAX {
-            return Err(invalid(format!(
-                "--lag-wait must be above 0 and at most {}s",
-                LAG_WAIT_MAX.as_secs()
-            )));
-        }
-        if !(1..=LAG_EVERY_MAX).contains(&self.lag_every) {
-            return Err(invalid(format!(
-                "--lag-every must be between 1 and {LAG_EVERY_MAX}"
-            )));
-        }
-        if self.verify_values && !self.prefill && !self.workload.writes() {
-            return Err(invalid(
-                "--verify-values on a read-only workload needs --prefill".into(),
-            ));
-        }
+        self.check_workload_options(targets.len())?;
         Ok(BenchConfig {
             workload: self.workload,
             targets,
@@ -289,6 +273,43 @@ impl BenchArgs {
             lag_wait: self.lag_wait,
             lag_every: self.lag_every,
         })
+    }
+
+    /// The checks of what one workload needs: `lag` a follower and its own options, `cas` and
+    /// `txn` enough keys for every connection to own some, `--verify-values` something to read.
+    fn check_workload_options(&self, target_count: usize) -> Result<(), BenchError> {
+        let invalid = |reason: String| BenchError::InvalidConfig { reason };
+        if self.workload == Workload::Lag && target_count < 2 {
+            return Err(invalid(
+                "lag needs the leader's --url first and at least one follower --url after it"
+                    .into(),
+            ));
+        }
+        let owned_key_count_min = self.workload.owned_key_count_min();
+        if self.key_count < owned_key_count_min.saturating_mul(self.connection_count as u64) {
+            return Err(invalid(format!(
+                "{} gives each connection its own keys: --keys must be at least {} × \
+                 --connections ({}), got {}",
+                self.workload, owned_key_count_min, self.connection_count, self.key_count
+            )));
+        }
+        if self.lag_wait.is_zero() || self.lag_wait > LAG_WAIT_MAX {
+            return Err(invalid(format!(
+                "--lag-wait must be above 0 and at most {}s",
+                LAG_WAIT_MAX.as_secs()
+            )));
+        }
+        if !(1..=LAG_EVERY_MAX).contains(&self.lag_every) {
+            return Err(invalid(format!(
+                "--lag-every must be between 1 and {LAG_EVERY_MAX}"
+            )));
+        }
+        if self.verify_values && !self.prefill && !self.workload.writes() {
+            return Err(invalid(
+                "--verify-values on a read-only workload needs --prefill".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -420,6 +441,10 @@ mod tests {
         assert!(with("lag", &["--url", "http://127.0.0.1:2", "--lag-wait", "31s"]).is_err());
         assert!(with("lag", &["--url", "http://127.0.0.1:2", "--lag-every", "0"]).is_err());
         assert!(with("lag", &["--url", "http://127.0.0.1:2", "--lag-every", "10"]).is_ok());
+        assert!(with("cas", &["--connections", "64", "--keys", "64"]).is_ok());
+        assert!(with("cas", &["--connections", "64", "--keys", "63"]).is_err());
+        assert!(with("txn", &["--connections", "64", "--keys", "128"]).is_ok());
+        assert!(with("txn", &["--connections", "64", "--keys", "127"]).is_err());
         let zero_duration = parse(&["get", "--url", "http://127.0.0.1:1", "--duration", "0s"])
             .unwrap()
             .into_config(0);

@@ -18,10 +18,13 @@
 //! drives workers through a warm-up and a measured phase. Each worker classifies every answer
 //! into an [`outcome::Outcome`] and records latency in its own [`stats::PhaseStats`]; at the end
 //! the stats are merged into one [`report::BenchReport`], printed as text or as one JSON object.
+//! The conditional workloads (`cas`, `txn`) give each worker its own keys and track their
+//! revisions ([`conditional`]).
 //!
 //! Every loop here is bounded by a deadline *and* a count, so a benchmark always stops.
 
 pub mod cli;
+pub mod conditional;
 pub mod connection;
 pub mod duration;
 pub mod error;

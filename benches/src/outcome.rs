@@ -4,7 +4,9 @@
 //! or DELETE is *not found*, an expected answer counted on its own, not a failure. A 2xx whose
 //! body does not have the documented shape (`{"key","value"}` for a GET, `{"status":"ok"}` for a
 //! write) is a *body mismatch*; with value checking on, so is a GET whose value differs from
-//! the one kv-bench writes under that key.
+//! the one kv-bench writes under that key. A conditional write that did not apply — a 412, or
+//! a transaction answered `"succeeded":false` — is a *condition failure*: in the `cas` and
+//! `txn` workloads each worker owns its keys, so it should never happen.
 
 use std::borrow::Cow;
 
@@ -32,7 +34,7 @@ pub enum FailureKind {
     Timeout,
     /// The connection broke while sending or receiving.
     Io,
-    /// A 4xx answer other than an expected 404.
+    /// A 4xx answer other than an expected 404 or a 412.
     Status4xx,
     /// A 5xx answer.
     Status5xx,
@@ -40,6 +42,8 @@ pub enum FailureKind {
     StatusOther,
     /// A 2xx whose body is not what the API promises.
     BodyMismatch,
+    /// A conditional write that did not apply: a 412, or a transaction whose compare failed.
+    ConditionFailed,
 }
 
 /// Counts of failed requests by kind.
@@ -59,6 +63,9 @@ pub struct FailureCounts {
     pub status_other: u64,
     /// See [`FailureKind::BodyMismatch`].
     pub body_mismatch: u64,
+    /// See [`FailureKind::ConditionFailed`]. (Absent from reports older than the field.)
+    #[serde(default)]
+    pub condition_failed: u64,
 }
 
 impl FailureCounts {
@@ -72,6 +79,7 @@ impl FailureCounts {
             FailureKind::Status5xx => &mut self.status_5xx,
             FailureKind::StatusOther => &mut self.status_other,
             FailureKind::BodyMismatch => &mut self.body_mismatch,
+            FailureKind::ConditionFailed => &mut self.condition_failed,
         };
         *counter += 1;
     }
@@ -85,6 +93,7 @@ impl FailureCounts {
         self.status_5xx += other.status_5xx;
         self.status_other += other.status_other;
         self.body_mismatch += other.body_mismatch;
+        self.condition_failed += other.condition_failed;
     }
 
     /// All failures together.
@@ -96,6 +105,7 @@ impl FailureCounts {
             + self.status_5xx
             + self.status_other
             + self.body_mismatch
+            + self.condition_failed
     }
 }
 
@@ -133,6 +143,13 @@ struct WriteAnswer<'a> {
     status: Cow<'a, str>,
 }
 
+#[derive(Deserialize)]
+struct TxnAnswer {
+    succeeded: bool,
+    #[allow(dead_code)] // Deserializing proves the field is present.
+    revision: u64,
+}
+
 /// Judges one HTTP answer to `operation`.
 pub fn classify_response(
     operation: Operation,
@@ -141,13 +158,29 @@ pub fn classify_response(
     body_check: BodyCheck<'_>,
 ) -> Outcome {
     if status.is_success() {
+        if operation == Operation::Txn {
+            return match serde_json::from_slice::<TxnAnswer>(body) {
+                Ok(TxnAnswer {
+                    succeeded: true, ..
+                }) => Outcome::Ok,
+                Ok(TxnAnswer {
+                    succeeded: false, ..
+                }) => Outcome::Failed(FailureKind::ConditionFailed),
+                Err(_) => Outcome::Failed(FailureKind::BodyMismatch),
+            };
+        }
         return if body_matches(operation, body, body_check) {
             Outcome::Ok
         } else {
             Outcome::Failed(FailureKind::BodyMismatch)
         };
     }
-    if status == http::StatusCode::NOT_FOUND && !matches!(operation, Operation::Put) {
+    if status == http::StatusCode::PRECONDITION_FAILED {
+        return Outcome::Failed(FailureKind::ConditionFailed);
+    }
+    if status == http::StatusCode::NOT_FOUND
+        && matches!(operation, Operation::Get | Operation::Delete)
+    {
         return Outcome::NotFound;
     }
     let failure_kind = if status.is_client_error() {
@@ -169,7 +202,7 @@ fn body_matches(operation: Operation, body: &[u8], body_check: BodyCheck<'_>) ->
                 Err(_) => false,
             }
         }
-        (Operation::Put | Operation::Delete, _) => {
+        (Operation::Put | Operation::Delete | Operation::CasPut | Operation::Txn, _) => {
             match serde_json::from_slice::<WriteAnswer<'_>>(body) {
                 Ok(answer) => answer.status == "ok",
                 Err(_) => false,
@@ -308,14 +341,69 @@ mod tests {
     }
 
     #[test]
+    fn conditional_writes_judge_their_verdict() {
+        let check = BodyCheck::Shape;
+        let cas_written = br#"{"status":"ok","id":9,"key":"k","version":3}"#;
+        assert_eq!(
+            classify_response(Operation::CasPut, StatusCode::OK, cas_written, check),
+            Outcome::Ok
+        );
+        let stale =
+            br#"{"detail":"precondition failed","mod_revision":9,"version":3,"revision":10}"#;
+        assert_eq!(
+            classify_response(
+                Operation::CasPut,
+                StatusCode::PRECONDITION_FAILED,
+                stale,
+                check
+            ),
+            Outcome::Failed(FailureKind::ConditionFailed)
+        );
+        assert_eq!(
+            classify_response(Operation::CasPut, StatusCode::NOT_FOUND, b"{}", check),
+            Outcome::Failed(FailureKind::Status4xx)
+        );
+        let succeeded = br#"{"succeeded":true,"revision":42,"responses":[]}"#;
+        let failed = br#"{"succeeded":false,"revision":43,"responses":[],"failed_compare":{"index":0,"key":"a","current":null}}"#;
+        assert_eq!(
+            classify_response(Operation::Txn, StatusCode::OK, succeeded, check),
+            Outcome::Ok
+        );
+        assert_eq!(
+            classify_response(Operation::Txn, StatusCode::OK, failed, check),
+            Outcome::Failed(FailureKind::ConditionFailed)
+        );
+        // A transaction's answer is not a plain write's.
+        assert_eq!(
+            classify_response(Operation::Txn, StatusCode::OK, PUT_BODY, check),
+            Outcome::Failed(FailureKind::BodyMismatch)
+        );
+        assert_eq!(
+            classify_response(Operation::Txn, StatusCode::PAYLOAD_TOO_LARGE, b"{}", check),
+            Outcome::Failed(FailureKind::Status4xx)
+        );
+    }
+
+    #[test]
     fn failure_counts_add_merge_and_total() {
         let mut counts = FailureCounts::default();
         counts.add(FailureKind::Connect);
         counts.add(FailureKind::Timeout);
         counts.add(FailureKind::BodyMismatch);
+        counts.add(FailureKind::ConditionFailed);
         let mut merged = counts;
         merged.merge(&counts);
         assert_eq!(merged.connect, 2);
-        assert_eq!(merged.total(), 6);
+        assert_eq!(merged.condition_failed, 2);
+        assert_eq!(merged.total(), 8);
+    }
+
+    #[test]
+    fn old_reports_without_condition_failures_still_read() {
+        let old = r#"{"connect":0,"timeout":0,"io":0,"status_4xx":1,"status_5xx":0,
+                      "status_other":0,"body_mismatch":0}"#;
+        let counts: FailureCounts = serde_json::from_str(old).unwrap();
+        assert_eq!(counts.status_4xx, 1);
+        assert_eq!(counts.condition_failed, 0);
     }
 }

@@ -19,7 +19,7 @@ use crate::workload::Workload;
 pub struct BenchReport {
     /// Always `kv-bench`.
     pub tool: String,
-    /// The workload as given: `put`, `get`, `delete`, `mixed:R`.
+    /// The workload as given: `put`, `get`, `delete`, `mixed:R`, `lag`, `cas`, `txn`.
     pub workload: String,
     /// `closed` or `open`.
     pub loop_mode: String,
@@ -251,7 +251,7 @@ impl BenchReport {
         let kinds = &self.error_kinds;
         lines.push(format!(
             "ok {}  not found {}  errors {} (connect {}, timeout {}, io {}, 4xx {}, 5xx {}, \
-             other status {}, body mismatch {})  reconnects {}",
+             other status {}, body mismatch {}, condition failed {})  reconnects {}",
             self.ok,
             self.not_found,
             self.errors,
@@ -262,6 +262,7 @@ impl BenchReport {
             kinds.status_5xx,
             kinds.status_other,
             kinds.body_mismatch,
+            kinds.condition_failed,
             self.reconnects
         ));
         if let Some(replication_lag) = &self.replication_lag {

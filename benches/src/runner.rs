@@ -4,6 +4,10 @@
 //! generator and its own [`PhaseStats`]; the only shared state is a few atomic counters (the
 //! measured-request cap, and in an open loop the schedule's ticket counter). A worker stops at
 //! the first of: the measured phase's deadline, the request cap, its own iteration cap.
+//!
+//! In the `cas` and `txn` workloads a worker also owns its keys ([`OwnedKeys`]): before the
+//! warm-up it reads each of them once on the first URL to learn its `mod_revision`, and then
+//! keeps the revisions up to date from the answers to its own writes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +21,10 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use crate::cli::{BenchConfig, REQUEST_COUNT_MAX, RUN_DURATION_MAX};
+use crate::conditional::{
+    cas_condition, revision_after_cas, revision_of_read, txn_verdict, OwnedKeys, TxnPlan,
+    TxnVerdict, ABSENT_REVISION,
+};
 use crate::connection::{wait_until_accepting, HttpConnection};
 use crate::outcome::{classify_response, BodyCheck, FailureKind, Outcome};
 use crate::report::{BenchReport, PrefillReport};
@@ -57,6 +65,13 @@ pub async fn run_benchmark(config: BenchConfig) -> Result<BenchReport, BenchErro
         None
     };
 
+    let mut workers: Vec<Worker> = (0..config.connection_count)
+        .map(|worker_index| Worker::new(worker_index, &config, &socket_addresses))
+        .collect();
+    if config.workload.owns_keys() {
+        workers = learn_revisions(workers).await;
+    }
+
     let run_start = Instant::now();
     let timeline = Timeline {
         run_start,
@@ -65,8 +80,7 @@ pub async fn run_benchmark(config: BenchConfig) -> Result<BenchReport, BenchErro
     };
     let shared_counters = Arc::new(SharedCounters::default());
     let mut worker_handles = Vec::with_capacity(config.connection_count);
-    for worker_index in 0..config.connection_count {
-        let worker = Worker::new(worker_index, &config, &socket_addresses);
+    for worker in workers {
         let shared_counters = Arc::clone(&shared_counters);
         worker_handles.push(tokio::spawn(async move {
             let stats = match worker.config.open_loop_schedule {
@@ -141,6 +155,28 @@ async fn run_prefill(
     PrefillReport::from_stats(&prefill_stats, prefill_start.elapsed())
 }
 
+/// `cas`, `txn`: every worker reads each key it owns once, so it starts knowing their
+/// revisions; bounded by [`RUN_DURATION_MAX`]. A read that fails leaves the key's revision
+/// unknown (taken as absent): the worker's first write to it then fails its condition, and
+/// learns the revision from that answer.
+async fn learn_revisions(workers: Vec<Worker>) -> Vec<Worker> {
+    let deadline = Instant::now() + RUN_DURATION_MAX;
+    let worker_handles: Vec<_> = workers
+        .into_iter()
+        .map(|mut worker| {
+            tokio::spawn(async move {
+                worker.learn_revisions(deadline).await;
+                worker
+            })
+        })
+        .collect();
+    let mut workers = Vec::with_capacity(worker_handles.len());
+    for worker_handle in worker_handles {
+        workers.push(worker_handle.await.expect("learning workers do not panic"));
+    }
+    workers
+}
+
 /// The three instants that divide a run.
 #[derive(Debug, Clone, Copy)]
 struct Timeline {
@@ -160,6 +196,8 @@ struct SharedCounters {
 /// What became of one request, as seen by the worker.
 struct Exchange {
     outcome: Outcome,
+    /// The answer's status, if one arrived.
+    status: Option<http::StatusCode>,
     /// Whether an HTTP answer arrived (only then is latency meaningful).
     answered: bool,
     /// Whether a connection had to be reopened for it.
@@ -207,6 +245,8 @@ struct Worker {
     follower_target_cursor: usize,
     /// `lag` workload: acknowledged writes so far, for `--lag-every`.
     acknowledged_write_count: u64,
+    /// `cas`, `txn`: the keys this worker alone writes, with their last seen revisions.
+    owned_keys: Option<OwnedKeys>,
     rng: StdRng,
     connect_backoff: Duration,
 }
@@ -230,6 +270,13 @@ impl Worker {
             read_target_cursor: worker_index % target_count,
             follower_target_cursor: worker_index % target_count.saturating_sub(1).max(1),
             acknowledged_write_count: 0,
+            owned_keys: config.workload.owns_keys().then(|| {
+                OwnedKeys::new(
+                    worker_index,
+                    config.connection_count,
+                    config.key_space.key_count(),
+                )
+            }),
             rng: StdRng::seed_from_u64(worker_seed),
             connect_backoff: CONNECT_BACKOFF_MIN,
         }
@@ -256,7 +303,7 @@ impl Worker {
                 break;
             }
             let operation = self.config.workload.choose_operation(&mut self.rng);
-            let key_index = self.rng.gen_range(0..self.config.key_space.key_count());
+            let key_index = self.choose_key_index();
             let exchange = self.execute(operation, key_index).await;
             if measured {
                 exchange.record_with_latency(&mut stats, operation, Some(started.elapsed()));
@@ -314,7 +361,7 @@ impl Worker {
                     woken_at - timeline.run_start,
                 );
             let operation = self.config.workload.choose_operation(&mut self.rng);
-            let key_index = self.rng.gen_range(0..self.config.key_space.key_count());
+            let key_index = self.choose_key_index();
             let exchange = self.execute(operation, key_index).await;
             if due >= timeline.warmup_end {
                 exchange.record_with_latency(&mut stats, operation, Some(latency_start.elapsed()));
@@ -323,8 +370,44 @@ impl Worker {
         stats
     }
 
+    /// The key of the next request: any key, or in `cas` and `txn` one the worker owns.
+    fn choose_key_index(&mut self) -> u64 {
+        match &self.owned_keys {
+            Some(owned_keys) => owned_keys.choose_key_index(&mut self.rng),
+            None => self.rng.gen_range(0..self.config.key_space.key_count()),
+        }
+    }
+
+    /// `cas`, `txn`: reads every owned key once on the first URL and remembers its
+    /// `mod_revision` (absent keys: [`ABSENT_REVISION`]).
+    async fn learn_revisions(&mut self, deadline: Instant) {
+        let Some(owned_key_count) = self.owned_keys.as_ref().map(OwnedKeys::len) else {
+            return;
+        };
+        for slot in 0..owned_key_count {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let key_index = self
+                .owned_keys
+                .as_ref()
+                .expect("checked above")
+                .key_index(slot);
+            let (exchange, answer_body) = self.exchange(Operation::Get, key_index, None, 0).await;
+            let revision = match exchange.status {
+                Some(http::StatusCode::OK) => revision_of_read(&answer_body),
+                Some(http::StatusCode::NOT_FOUND) => Some(ABSENT_REVISION),
+                _ => None,
+            };
+            if let (Some(revision), Some(owned_keys)) = (revision, self.owned_keys.as_mut()) {
+                owned_keys.observe(key_index, revision);
+            }
+        }
+    }
+
     /// Sends one request on the right connection, opening it if needed, and judges the answer.
-    /// In a `lag` run, an acknowledged write is followed by its `min_id` read on a follower.
+    /// In a `lag` run, an acknowledged write is followed by its `min_id` read on a follower;
+    /// in `cas` and `txn` runs the answer updates the revisions of the keys written.
     async fn execute(&mut self, operation: Operation, key_index: u64) -> Exchange {
         let target_index = if operation.is_write() {
             0
@@ -333,7 +416,28 @@ impl Worker {
             self.read_target_cursor = (self.read_target_cursor + 1) % self.socket_addresses.len();
             target_index
         };
-        let (mut exchange, answer_body) = self.exchange(operation, key_index, target_index).await;
+        let txn_plan = match (operation, &self.owned_keys) {
+            (Operation::Txn, Some(owned_keys)) => Some(TxnPlan::draw(
+                owned_keys,
+                key_index,
+                self.config.key_space.key_count(),
+                &mut self.rng,
+            )),
+            _ => None,
+        };
+        let (mut exchange, answer_body) = self
+            .exchange(operation, key_index, txn_plan.as_ref(), target_index)
+            .await;
+        if let (Some(status), Some(owned_keys)) = (exchange.status, self.owned_keys.as_mut()) {
+            observe_conditional_answer(
+                owned_keys,
+                operation,
+                key_index,
+                txn_plan.as_ref(),
+                status,
+                &answer_body,
+            );
+        }
         let sampled = self.config.workload == Workload::Lag
             && exchange.outcome == Outcome::Ok
             && self.next_write_is_sampled();
@@ -448,13 +552,15 @@ impl Worker {
         &mut self,
         operation: Operation,
         key_index: u64,
+        txn_plan: Option<&TxnPlan>,
         target_index: usize,
     ) -> (Exchange, Bytes) {
-        let request = self.build_request(operation, key_index, target_index);
+        let request = self.build_request(operation, key_index, txn_plan, target_index);
         let request_timeout = self.config.request_timeout;
         let Ok((connection, reconnected)) = self.connection(target_index).await else {
             let exchange = Exchange {
                 outcome: Outcome::Failed(FailureKind::Connect),
+                status: None,
                 answered: false,
                 reconnected: false,
                 replication_lag: None,
@@ -478,6 +584,7 @@ impl Worker {
                 };
                 let exchange = Exchange {
                     outcome,
+                    status: Some(answer.status),
                     answered: true,
                     reconnected,
                     replication_lag: None,
@@ -491,6 +598,7 @@ impl Worker {
         self.connections[target_index] = None;
         let exchange = Exchange {
             outcome: Outcome::Failed(failure_kind),
+            status: None,
             answered: false,
             reconnected,
             replication_lag: None,
@@ -502,10 +610,14 @@ impl Worker {
         &self,
         operation: Operation,
         key_index: u64,
+        txn_plan: Option<&TxnPlan>,
         target_index: usize,
     ) -> http::Request<Full<Bytes>> {
         let key_space = &self.config.key_space;
-        let mut path_and_query = format!("/key/{}", key_space.key(key_index));
+        let mut path_and_query = match operation {
+            Operation::Txn => "/txn".to_string(),
+            _ => format!("/key/{}", key_space.key(key_index)),
+        };
         if let (true, Some(acks)) = (operation.is_write(), self.config.acks) {
             path_and_query.push_str("?acks=");
             path_and_query.push_str(acks.query_value());
@@ -517,15 +629,64 @@ impl Worker {
                 http::header::HOST,
                 self.config.targets[target_index].authority.as_str(),
             );
-        let body = if operation == Operation::Put {
+        if matches!(
+            operation,
+            Operation::Put | Operation::CasPut | Operation::Txn
+        ) {
             request_builder =
                 request_builder.header(http::header::CONTENT_TYPE, "application/json");
-            key_space.put_body(key_index)
-        } else {
-            Bytes::new()
+        }
+        let body = match operation {
+            Operation::Put => key_space.put_body(key_index),
+            Operation::CasPut => {
+                let revision = self
+                    .owned_keys
+                    .as_ref()
+                    .map_or(ABSENT_REVISION, |owned_keys| owned_keys.revision(key_index));
+                let (condition_name, condition_value) = cas_condition(revision);
+                request_builder = request_builder.header(condition_name, condition_value);
+                key_space.put_body(key_index)
+            }
+            Operation::Txn => txn_plan
+                .expect("a txn request is built from its plan")
+                .body(key_space),
+            Operation::Get | Operation::Delete => Bytes::new(),
         };
         request_builder
             .body(Full::new(body))
             .expect("ASCII keys and a parsed authority make a valid request")
+    }
+}
+
+/// `cas`, `txn`: what an answer to a conditional write says about the revisions of the owned
+/// keys it wrote. An answer that says nothing (an error status, a broken body) leaves them
+/// as they were.
+fn observe_conditional_answer(
+    owned_keys: &mut OwnedKeys,
+    operation: Operation,
+    key_index: u64,
+    txn_plan: Option<&TxnPlan>,
+    status: http::StatusCode,
+    answer_body: &[u8],
+) {
+    match (operation, txn_plan) {
+        (Operation::CasPut, _) => {
+            if let Some(revision) = revision_after_cas(status, answer_body) {
+                owned_keys.observe(key_index, revision);
+            }
+        }
+        (Operation::Txn, Some(txn_plan)) if status == http::StatusCode::OK => {
+            match txn_verdict(answer_body) {
+                Some(TxnVerdict::Succeeded { revision }) => {
+                    owned_keys.observe(txn_plan.compared_key_index, revision);
+                    owned_keys.observe(txn_plan.second_key_index, revision);
+                }
+                Some(TxnVerdict::CompareFailed { current_revision }) => {
+                    owned_keys.observe(txn_plan.compared_key_index, current_revision);
+                }
+                None => {}
+            }
+        }
+        _ => {}
     }
 }

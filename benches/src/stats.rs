@@ -21,6 +21,12 @@ pub struct OperationCounts {
     pub put: u64,
     /// DELETE requests.
     pub delete: u64,
+    /// Compare-and-set PUTs (`cas`). (Absent from reports older than the field.)
+    #[serde(default)]
+    pub cas_put: u64,
+    /// Transactions (`txn`). (Absent from reports older than the field.)
+    #[serde(default)]
+    pub txn: u64,
 }
 
 /// What one worker saw in one phase.
@@ -72,6 +78,8 @@ impl PhaseStats {
             Operation::Get => self.operation_counts.get += 1,
             Operation::Put => self.operation_counts.put += 1,
             Operation::Delete => self.operation_counts.delete += 1,
+            Operation::CasPut => self.operation_counts.cas_put += 1,
+            Operation::Txn => self.operation_counts.txn += 1,
         }
         match outcome {
             Outcome::Ok => self.ok_count += 1,
@@ -115,6 +123,8 @@ impl PhaseStats {
         self.operation_counts.get += other.operation_counts.get;
         self.operation_counts.put += other.operation_counts.put;
         self.operation_counts.delete += other.operation_counts.delete;
+        self.operation_counts.cas_put += other.operation_counts.cas_put;
+        self.operation_counts.txn += other.operation_counts.txn;
         self.replication_lag_histogram_us
             .add(&other.replication_lag_histogram_us)
             .expect("histograms with the same bounds always merge");
@@ -176,26 +186,35 @@ mod tests {
             Outcome::Ok,
             Some(Duration::from_micros(300)),
         );
+        second.record(
+            Operation::CasPut,
+            Outcome::Failed(FailureKind::ConditionFailed),
+            Some(Duration::from_micros(80)),
+        );
+        second.record(Operation::Txn, Outcome::Ok, Some(Duration::from_micros(90)));
         second.reconnect_count = 2;
         second.record_replication_lag(1, Ok(Duration::from_micros(700)));
         second.record_replication_lag(0, Err(FailureKind::Status5xx));
         first.record_replication_lag(0, Ok(Duration::from_micros(200)));
 
         first.merge(&second);
-        assert_eq!(first.request_count(), 4);
-        assert_eq!(first.success_count(), 3);
+        assert_eq!(first.request_count(), 6);
+        assert_eq!(first.success_count(), 4);
         assert_eq!(first.failure_counts.timeout, 1);
+        assert_eq!(first.failure_counts.condition_failed, 1);
         assert_eq!(first.reconnect_count, 2);
         assert_eq!(
             first.operation_counts,
             OperationCounts {
                 get: 2,
                 put: 1,
-                delete: 1
+                delete: 1,
+                cas_put: 1,
+                txn: 1,
             }
         );
-        // The timeout has no latency: three timed requests.
-        assert_eq!(first.latency_histogram_us.len(), 3);
+        // The timeout has no latency: five timed requests.
+        assert_eq!(first.latency_histogram_us.len(), 5);
         assert_eq!(first.latency_histogram_us.max(), 300);
         assert_eq!(first.replication_lag_histogram_us.len(), 2);
         assert_eq!(first.replication_lag_failure_counts.status_5xx, 1);

@@ -4,6 +4,9 @@
 //! first URL) the worker reads the same key from a follower (the other URLs, in turn) with
 //! `?min_id=<the write's id>`, which kvd answers once that follower has applied the write. The
 //! time from the leader's answer to the follower's is the replication lag of that write.
+//!
+//! `cas` and `txn` are conditional writes on keys each worker owns (see [`crate::conditional`]):
+//! a `PUT` with `If-Match`, and a `POST /txn` of one compare and four operations.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,8 +15,8 @@ use rand::Rng;
 
 use crate::BenchError;
 
-/// The request mix of a run, named on the command line as `put`, `get`, `delete`, `mixed:R`
-/// or `lag`.
+/// The request mix of a run, named on the command line as `put`, `get`, `delete`, `mixed:R`,
+/// `lag`, `cas` or `txn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
     /// Only `PUT /key/{key}`.
@@ -30,6 +33,12 @@ pub enum Workload {
     /// PUTs to the leader, each followed by a `min_id` read of the same key on a follower:
     /// the replication lag from the leader's acknowledgement to the follower's answer.
     Lag,
+    /// Only compare-and-set PUTs: `PUT /key/{key}` with `If-Match: "<mod_revision>"` of the
+    /// key's current revision, on keys the worker owns.
+    Cas,
+    /// Only `POST /txn`: compare an owned key's `mod_revision`, then put it and a second owned
+    /// key and get two keys, in one transaction.
+    Txn,
 }
 
 /// One request's verb.
@@ -41,20 +50,25 @@ pub enum Operation {
     Get,
     /// `DELETE /key/{key}`: a write.
     Delete,
+    /// `PUT /key/{key}` with `If-Match` (or `If-None-Match: *`): a conditional write.
+    CasPut,
+    /// `POST /txn`: one compare, two puts and two gets.
+    Txn,
 }
 
 impl Operation {
     /// Whether the operation changes the store (and so goes to the first URL and takes `acks`).
     pub fn is_write(self) -> bool {
-        matches!(self, Operation::Put | Operation::Delete)
+        !matches!(self, Operation::Get)
     }
 
     /// The HTTP method.
     pub fn method(self) -> http::Method {
         match self {
-            Operation::Put => http::Method::PUT,
+            Operation::Put | Operation::CasPut => http::Method::PUT,
             Operation::Get => http::Method::GET,
             Operation::Delete => http::Method::DELETE,
+            Operation::Txn => http::Method::POST,
         }
     }
 }
@@ -66,6 +80,8 @@ impl Workload {
             Workload::Put | Workload::Lag => Operation::Put,
             Workload::Get => Operation::Get,
             Workload::Delete => Operation::Delete,
+            Workload::Cas => Operation::CasPut,
+            Workload::Txn => Operation::Txn,
             Workload::Mixed { read_percent } => {
                 if rng.gen_range(0..100u8) < read_percent {
                     Operation::Get
@@ -79,6 +95,20 @@ impl Workload {
     /// Whether the workload ever writes, which decides whether a `--prefill` makes sense.
     pub fn writes(self) -> bool {
         !matches!(self, Workload::Get | Workload::Mixed { read_percent: 100 })
+    }
+
+    /// Whether each worker owns its keys and tracks their revisions (`cas`, `txn`).
+    pub fn owns_keys(self) -> bool {
+        matches!(self, Workload::Cas | Workload::Txn)
+    }
+
+    /// How many keys each worker must own at least: `txn` writes two in each request.
+    pub fn owned_key_count_min(self) -> u64 {
+        match self {
+            Workload::Cas => 1,
+            Workload::Txn => 2,
+            _ => 0,
+        }
     }
 }
 
@@ -94,6 +124,8 @@ impl FromStr for Workload {
             "get" => Ok(Workload::Get),
             "delete" => Ok(Workload::Delete),
             "lag" => Ok(Workload::Lag),
+            "cas" => Ok(Workload::Cas),
+            "txn" => Ok(Workload::Txn),
             _ => {
                 let read_percent_text = text.strip_prefix("mixed:").ok_or_else(invalid)?;
                 let read_percent: u8 = read_percent_text.parse().map_err(|_| invalid())?;
@@ -113,6 +145,8 @@ impl fmt::Display for Workload {
             Workload::Get => formatter.write_str("get"),
             Workload::Delete => formatter.write_str("delete"),
             Workload::Lag => formatter.write_str("lag"),
+            Workload::Cas => formatter.write_str("cas"),
+            Workload::Txn => formatter.write_str("txn"),
             Workload::Mixed { read_percent } => write!(formatter, "mixed:{read_percent}"),
         }
     }
@@ -157,6 +191,8 @@ mod tests {
             ("mixed:0", Workload::Mixed { read_percent: 0 }),
             ("mixed:100", Workload::Mixed { read_percent: 100 }),
             ("lag", Workload::Lag),
+            ("cas", Workload::Cas),
+            ("txn", Workload::Txn),
         ] {
             assert_eq!(text.parse::<Workload>().unwrap(), workload);
             assert_eq!(workload.to_string(), text);
@@ -169,6 +205,8 @@ mod tests {
             "mixed:101",
             "mixed:-1",
             "mixed:5.5",
+            "CAS",
+            "txn:4",
         ] {
             assert!(
                 matches!(
@@ -203,6 +241,8 @@ mod tests {
                 Operation::Delete
             );
             assert_eq!(Workload::Lag.choose_operation(&mut rng), Operation::Put);
+            assert_eq!(Workload::Cas.choose_operation(&mut rng), Operation::CasPut);
+            assert_eq!(Workload::Txn.choose_operation(&mut rng), Operation::Txn);
             let all_reads = Workload::Mixed { read_percent: 100 };
             assert_eq!(all_reads.choose_operation(&mut rng), Operation::Get);
             let no_reads = Workload::Mixed { read_percent: 0 };
@@ -218,5 +258,24 @@ mod tests {
         assert!(!Workload::Get.writes());
         assert!(Workload::Mixed { read_percent: 50 }.writes());
         assert!(Workload::Lag.writes());
+        assert!(Operation::CasPut.is_write() && Operation::Txn.is_write());
+        assert_eq!(Operation::CasPut.method(), http::Method::PUT);
+        assert_eq!(Operation::Txn.method(), http::Method::POST);
+        assert!(Workload::Cas.writes() && Workload::Txn.writes());
+    }
+
+    #[test]
+    fn only_conditional_workloads_own_keys() {
+        assert!(Workload::Cas.owns_keys() && Workload::Txn.owns_keys());
+        assert_eq!(Workload::Cas.owned_key_count_min(), 1);
+        assert_eq!(Workload::Txn.owned_key_count_min(), 2);
+        for workload in [
+            Workload::Put,
+            Workload::Get,
+            Workload::Delete,
+            Workload::Lag,
+        ] {
+            assert!(!workload.owns_keys(), "{workload}");
+        }
     }
 }
