@@ -6,9 +6,7 @@
 
 use std::path::Path;
 
-use kv_wal::{
-    AppendTicket, CompressReport, FrameBatch, SegmentInfo, SyncPolicy, WalStats, WatermarkWait,
-};
+use kv_wal::{AppendTicket, CompressReport, FrameBatch, SegmentInfo, WalStats, WatermarkWait};
 
 use crate::error::Result;
 use crate::store::Store;
@@ -72,13 +70,6 @@ impl Store {
     /// leader's frames.
     pub fn submit_leader_frames(&self, frames: &[u8]) -> Result<AppendTicket> {
         self.submit_frames(frames, self.wal().sync_policy())
-    }
-
-    /// Whether [`Store::submit`] writes and fsyncs before it returns (`SyncPolicy::Always`)
-    /// instead of handing back a ticket at once: a caller on an async runtime runs such a
-    /// submit where blocking is allowed.
-    pub fn submit_waits_for_disk(&self) -> bool {
-        self.wal().sync_policy() == SyncPolicy::Always
     }
 
     /// The log's segment files, oldest first.

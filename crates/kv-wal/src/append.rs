@@ -1,14 +1,18 @@
 //! The write path: queueing frames, writing them with one `write`, rolling segments.
 //!
 //! Writers encode frames into a pending buffer under the writer mutex. Who writes and fsyncs
-//! that buffer depends on the sync policy: the appending thread itself (`Always`, `Never`,
-//! `Interval`), or the committer thread (`committer.rs`, for `Batch`). Segments roll under the
-//! same mutex; the old segment is sealed and fsynced before the new one is created, so only the
-//! active segment ever holds unsynced bytes.
+//! that buffer depends on the sync policy: under `Never` and `Interval` the appending thread
+//! writes it at once (the committer fsyncs on the interval); under `Batch` and `Always` one
+//! commit at a time writes and fsyncs it (`commit_once`): an append that found the log idle
+//! writes its frames at once and its ticket fsyncs on the thread that waits on it (the write
+//! group's leader, `lead_commit`); everything else goes to the committer thread (`committer.rs`), which gives each queued `Always` append an fsync
+//! of its own. Segments roll under the same mutex; the old segment is sealed and fsynced before
+//! the new one is created, so only the active segment ever holds unsynced bytes.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
+use std::time::Instant;
 
 use crate::durability::Fsync;
 use crate::error::{Error, IoContext, Result};
@@ -22,16 +26,33 @@ use crate::segment_file::{
 use crate::segment_scan::SparseIndex;
 use crate::segments::Segment;
 use crate::shared::Shared;
-use crate::ticket::AppendTicket;
-use crate::writer::Writer;
+use crate::ticket::{AppendTicket, WriteGroup};
+use crate::watermark::Watermark;
+use crate::writer::{Leader, Writer};
 
 impl Shared {
     /// Writes the pending frames to the active segment with one `write`.
     pub(crate) fn flush_pending(&self, writer: &mut Writer) -> Result<()> {
-        if writer.pending.is_empty() {
+        let count = writer.pending_frames.len();
+        self.flush_frames(writer, count)
+    }
+
+    /// Writes the first `count` pending frames to the active segment with one `write` (the
+    /// committer gives each queued `Always` append its own); the rest stay queued.
+    pub(crate) fn flush_frames(&self, writer: &mut Writer, count: usize) -> Result<()> {
+        if count == 0 {
             return Ok(());
         }
         self.check_writable(writer)?;
+        if !writer.mark_pending && writer.mark_due() {
+            // An fsync completed since these frames were queued: room for its mark in front
+            // (appends queued on an idle log reserve it up front, which saves this move).
+            writer.pending.splice(0..0, [0u8; MARK_BYTES]);
+            for (_, offset) in &mut writer.pending_frames {
+                *offset += MARK_BYTES;
+            }
+            writer.mark_pending = true;
+        }
         if writer.mark_pending {
             // The placeholder at the front of the batch becomes the durability mark: what was
             // synced before this write.
@@ -42,22 +63,26 @@ impl Shared {
             writer.last_mark_claim = synced_through;
             writer.mark_pending = false;
         }
+        let split = writer
+            .pending_frames
+            .get(count)
+            .map_or(writer.pending.len(), |&(_, offset)| offset);
         let path = writer.active.path.clone();
         let written = writer
             .active_file
-            .write_all_at(&writer.pending, writer.write_offset)
+            .write_all_at(&writer.pending[..split], writer.write_offset)
             .at(&path);
         self.guarded(written)?;
         let base = writer.write_offset;
         {
             let mut index = lock(&writer.active.index);
             let index = index.get_or_insert_with(SparseIndex::default);
-            for &(id, offset) in &writer.pending_frames {
+            for &(id, offset) in &writer.pending_frames[..count] {
                 index.observe(id, base + offset as u64);
             }
         }
-        let last_id = writer.pending_last_id().expect("pending frames");
-        writer.write_offset += writer.pending.len() as u64;
+        let last_id = writer.pending_frames[count - 1].0;
+        writer.write_offset += split as u64;
         writer
             .active
             .end_offset
@@ -71,9 +96,22 @@ impl Shared {
             .allocated_bytes
             .fetch_max(writer.write_offset, Ordering::AcqRel);
         writer.active.last_id.store(last_id, Ordering::Release);
-        self.stats.on_write(writer.pending.len() as u64);
-        writer.pending.clear();
-        writer.pending_frames.clear();
+        self.stats.on_write(split as u64);
+        if count == writer.pending_frames.len() {
+            writer.pending.clear();
+            writer.pending_frames.clear();
+            writer.always_ends.clear();
+        } else {
+            writer.pending.drain(..split);
+            writer.pending_frames.drain(..count);
+            for (_, offset) in &mut writer.pending_frames {
+                *offset -= split;
+            }
+            writer.always_ends.retain(|&end| end > count);
+            for end in &mut writer.always_ends {
+                *end -= count;
+            }
+        }
         self.last.advance(last_id);
         Ok(())
     }
@@ -211,6 +249,9 @@ impl Shared {
             }
         }
         let first = writer.next_id;
+        // Nothing queued, no commit in flight or promised: this append may commit itself.
+        let idle =
+            writer.pending_frames.is_empty() && !writer.fsync_in_flight && writer.leader.is_none();
         for index in 0..count {
             self.reserve(&mut writer, frame_bytes(index) + MARK_BYTES)?;
             if writer.pending.is_empty() && writer.mark_due() {
@@ -240,45 +281,155 @@ impl Shared {
                 }
                 Ok(AppendTicket::done(first..=last))
             }
-            SyncPolicy::Batch => {
+            SyncPolicy::Batch | SyncPolicy::Always => {
+                if policy == SyncPolicy::Always {
+                    // Its own fsync, never shared with another `Always` append's.
+                    let end = writer.pending_frames.len();
+                    writer.always_ends.push_back(end);
+                }
+                let generation = self.durability.durable.generation();
+                if idle && self.inline_commit_when_idle && writer.pending_frames.len() == count {
+                    return self.lead_group(&mut writer, first..=last, policy, generation);
+                }
                 // Once `commit_wanted` is set the committer is bound to see it before it waits
                 // again (only it clears the flag, under this lock), so appenders queued behind
-                // the first one skip the notify, a `futex` syscall each.
-                if !writer.commit_wanted {
-                    writer.commit_wanted = true;
+                // the first one skip the notify, a `futex` syscall each; so do appenders queued
+                // behind a commit in flight, whose end wakes the committer if anything queued.
+                // A leader that has not begun its commit does not hold them up: the committer,
+                // woken, takes the group's commit from it.
+                if !writer.commit_wanted && !writer.fsync_in_flight {
                     self.commit_needed.notify_one();
                 }
+                writer.commit_wanted = true;
                 Ok(AppendTicket::pending(
                     first..=last,
                     self.durability.durable.clone(),
-                    self.durability.durable.generation(),
+                    generation,
                 ))
             }
-            SyncPolicy::Always => {
-                self.flush_pending(&mut writer)?;
-                let file = writer.active_file.clone();
-                let path = writer.active.path.clone();
-                let (segment, synced_offset) = (writer.active.clone(), writer.write_offset);
-                let generation = self.durability.durable.generation();
-                drop(writer);
-                crate::fail_point!(WAL_AFTER_WRITE_BEFORE_FSYNC)
-                    .at(&path)
-                    .map_err(|error| self.poison(error.to_string()))?;
+        }
+    }
+
+    /// Makes an append that found the log idle its write group's leader: its frames are
+    /// written at once (readers and followers see them, as under `Never`), and its ticket
+    /// fsyncs on the caller's thread when it is first waited on (`lead_commit`), after the
+    /// caller let go of its own locks. Appends arriving before then wake the committer, which
+    /// takes the group's commit over (`run_committer`).
+    fn lead_group(
+        self: &Arc<Self>,
+        writer: &mut Writer,
+        ids: std::ops::RangeInclusive<u64>,
+        policy: SyncPolicy,
+        generation: u64,
+    ) -> Result<AppendTicket> {
+        self.flush_pending(writer)?;
+        writer.leader_tokens += 1;
+        let token = writer.leader_tokens;
+        writer.leader = Some(Leader {
+            token,
+            own_fsync: policy == SyncPolicy::Always,
+        });
+        Ok(AppendTicket::leading(ids, self.clone(), token, generation))
+    }
+
+    /// One commit, by whoever holds it (`fsync_in_flight`, which this releases): writes the
+    /// queued frames — all of them, or through the first queued `Always` append, which gets
+    /// an fsync of its own; none with `own_fsync` (an `Always` leader's, whose frames are
+    /// written) — with one `write`, then `fdatasync`s what is written outside the lock, so
+    /// appends queue for the next round meanwhile. A truncation meanwhile (a new generation)
+    /// voids the target. `Ok(false)`: nothing needed an fsync.
+    pub(crate) fn commit_once<'a>(
+        &'a self,
+        mut writer: MutexGuard<'a, Writer>,
+        own_fsync: bool,
+    ) -> (MutexGuard<'a, Writer>, Result<bool>) {
+        let batch_frames = match own_fsync {
+            true => 0,
+            false => writer
+                .always_ends
+                .front()
+                .copied()
+                .unwrap_or(writer.pending_frames.len()),
+        };
+        if let Err(error) = self.flush_frames(&mut writer, batch_frames) {
+            writer.fsync_in_flight = false;
+            return (writer, Err(error));
+        }
+        writer.commit_wanted = !writer.pending_frames.is_empty();
+        writer.last_sync = Instant::now();
+        let target = self.last.get();
+        if target <= self.durability.durable.get() {
+            writer.fsync_in_flight = false;
+            return (writer, Ok(false));
+        }
+        let file = writer.active_file.clone();
+        let path = writer.active.path.clone();
+        let (segment, synced_offset) = (writer.active.clone(), writer.write_offset);
+        let generation = self.durability.durable.generation();
+        drop(writer);
+        let synced = crate::fail_point!(WAL_AFTER_WRITE_BEFORE_FSYNC)
+            .at(&path)
+            .map_err(|error| self.poison(error.to_string()))
+            .and_then(|()| {
                 let fsync = Fsync {
                     file: &*file,
                     path: &path,
-                    target: last,
+                    target,
                     generation: Some(generation),
-                    records: count as u64,
+                    records: (batch_frames as u64).max(1),
                     covers: Some((&segment, synced_offset)),
                 };
-                self.durability.sync(fsync, &self.stats)?;
-                self.durability.wait(last, generation)?;
-                crate::fail_point!(WAL_AFTER_FSYNC_BEFORE_ACK)
-                    .map_err(|error| self.poison(error.to_string()))?;
-                Ok(AppendTicket::done(first..=last))
+                self.durability.sync(fsync, &self.stats)
+            });
+        let mut writer = self.writer();
+        writer.fsync_in_flight = false;
+        if synced.is_ok() && self.durability.durable.generation() != generation {
+            writer.commit_wanted = true;
+        }
+        (writer, synced.map(|()| true))
+    }
+}
+
+impl WriteGroup for Shared {
+    fn durable(&self) -> Arc<Watermark> {
+        self.durability.durable.clone()
+    }
+
+    /// A leader's commit, on the thread that waits on its ticket (`token`: its leadership):
+    /// one round of the committer (`commit_once`), then the committer is woken if appends
+    /// queued behind it. Nothing if the committer took the group's commit over meanwhile.
+    /// Errors are latched in the log (and end its waiters); the ticket reads the outcome from
+    /// the durable watermark.
+    fn lead_commit(&self, token: u64) {
+        let mut writer = self.writer();
+        let Some(leader) = writer.leader.filter(|leader| leader.token == token) else {
+            return;
+        };
+        writer.leader = None;
+        writer.fsync_in_flight = true;
+        let (writer, committed) = self.commit_once(writer, leader.own_fsync);
+        if writer.commit_wanted || writer.closed {
+            self.commit_needed.notify_one();
+        }
+        drop(writer);
+        if let Ok(true) = committed {
+            self.stats.on_inline_commit();
+            if let Err(error) = crate::fail_point!(WAL_AFTER_FSYNC_BEFORE_ACK) {
+                self.poison(error.to_string());
             }
         }
+    }
+
+    /// A leader's ticket dropped before it was waited on: its commit goes to the committer
+    /// (unless the committer took it already).
+    fn abdicate(&self, token: u64) {
+        let mut writer = self.writer();
+        if writer.leader.is_none_or(|leader| leader.token != token) {
+            return;
+        }
+        writer.leader = None;
+        writer.commit_wanted = true;
+        self.commit_needed.notify_one();
     }
 }
 

@@ -1,11 +1,12 @@
 //! Group commit: the committer thread every log owns writes what `Batch` appenders queued and
 //! fsyncs it once for all of them; while one fdatasync runs, new appends queue up for the next.
+//! A queued `Always` append gets an fsync of its own: a round takes the frames up to the end of
+//! the first one queued. An append that finds the log idle commits itself (`append.rs`, its
+//! ticket); the committer waits for that commit once it runs, and takes it over if appends
+//! queue up before it begins.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use crate::durability::Fsync;
-use crate::error::IoContext;
 use crate::options::SyncPolicy;
 use crate::shared::Shared;
 
@@ -25,7 +26,8 @@ impl Shared {
             if self.durability.is_failed() || (writer.closed && !unsynced) {
                 return;
             }
-            if !(writer.commit_wanted || interval_due || writer.closed) {
+            let wanted = writer.commit_wanted || interval_due || writer.closed;
+            if !wanted || writer.fsync_in_flight {
                 writer = match interval {
                     Some(interval) => {
                         self.commit_needed
@@ -40,44 +42,19 @@ impl Shared {
                 };
                 continue;
             }
-            writer.commit_wanted = false;
-            let batch_records = writer.pending_frames.len() as u64;
-            if self.flush_pending(&mut writer).is_err() {
+            // A write group's leader that has not begun its commit: this round takes it over
+            // (its frames are written; an `Always` leader's round is its fsync alone), so
+            // appends queued behind a leader whose caller is slow to wait — or waits on
+            // another ticket first — are never stuck.
+            let own_fsync = writer.leader.take().is_some_and(|leader| leader.own_fsync);
+            writer.fsync_in_flight = true;
+            let committed;
+            (writer, committed) = self.commit_once(writer, own_fsync);
+            let Ok(synced) = committed else {
                 return;
-            }
-            let target = self.last.get();
-            writer.last_sync = Instant::now();
-            if target <= self.durability.durable.get() {
+            };
+            if !synced {
                 continue;
-            }
-            let file = writer.active_file.clone();
-            let path = writer.active.path.clone();
-            let (segment, synced_offset) = (writer.active.clone(), writer.write_offset);
-            let generation = self.durability.durable.generation();
-            drop(writer);
-            // The appenders are released (by the advance) before the committer takes the lock
-            // they are about to ask for. A truncation meanwhile (a new generation) voids this
-            // fsync's target.
-            let synced = crate::fail_point!(WAL_AFTER_WRITE_BEFORE_FSYNC)
-                .at(&path)
-                .map_err(|error| self.poison(error.to_string()))
-                .and_then(|()| {
-                    let fsync = Fsync {
-                        file: &*file,
-                        path: &path,
-                        target,
-                        generation: Some(generation),
-                        records: batch_records.max(1),
-                        covers: Some((&segment, synced_offset)),
-                    };
-                    self.durability.sync(fsync, &self.stats)
-                });
-            if synced.is_err() {
-                return;
-            }
-            writer = self.writer();
-            if self.durability.durable.generation() != generation {
-                writer.commit_wanted = true;
             }
             if let Err(error) = crate::fail_point!(WAL_AFTER_FSYNC_BEFORE_ACK) {
                 self.poison(error.to_string());

@@ -19,8 +19,9 @@ pub const SEGMENT_PREALLOCATION_BYTES_DEFAULT: u64 = 64 << 20;
 /// When an append's bytes reach stable storage, named by the syscall that runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncPolicy {
-    /// The appending thread writes and `fdatasync`s before the append returns: one fsync per
-    /// append call, never shared.
+    /// Every append call gets an `fdatasync` of its own, never shared, before it is
+    /// acknowledged: run by its own ticket when the log was idle, else by the committer,
+    /// one queued `Always` append per round.
     Always,
     /// Group commit (the default): appenders queue their frames; one committer writes everything
     /// queued with one `write` and one `fdatasync`, then releases every waiter. The append returns
@@ -156,6 +157,15 @@ pub struct WalOptions {
     /// preallocated segment's data are free space, not a torn tail (`docs/wal-format.md`,
     /// "Preallocated segments"). 0 turns preallocation off: segments grow as records arrive.
     pub segment_preallocation_bytes: u64,
+    /// When an append under [`SyncPolicy::Batch`] or [`SyncPolicy::Always`] finds the log
+    /// idle (no commit in flight, nothing queued), its ticket writes and `fdatasync`s its
+    /// records on the thread that first waits on it, as a write group's leader, instead of
+    /// handing them to the committer thread and waiting to be woken: one fsync and no thread
+    /// hops, the shortest path for a single writer. Appends that find a commit in flight queue
+    /// for the committer; appends queued before the leader begins wake the committer, which
+    /// takes the group's commit over. At most one commit at a time runs (default `true`;
+    /// `false`: the committer does every commit, and no ticket ever runs an fsync).
+    pub inline_commit_when_idle: bool,
     /// Where files live (default the real file system).
     pub file_system: Arc<dyn FileSystem>,
 }
@@ -182,6 +192,7 @@ impl Default for WalOptions {
             compress_records_above: None,
             compress_sealed_segments: None,
             segment_preallocation_bytes: SEGMENT_PREALLOCATION_BYTES_DEFAULT,
+            inline_commit_when_idle: true,
             file_system: Arc::new(StdFs),
         }
     }

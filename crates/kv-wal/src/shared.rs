@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub compress_sealed_segments: Option<SegmentCodec>,
     pub sync_policy: SyncPolicy,
     pub recovery_mode: RecoveryMode,
+    /// `WalOptions::inline_commit_when_idle`.
+    pub inline_commit_when_idle: bool,
     pub writer: Mutex<Writer>,
     pub commit_needed: Condvar,
     pub segments: RwLock<Vec<Arc<Segment>>>,

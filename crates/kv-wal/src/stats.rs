@@ -16,6 +16,7 @@ pub(crate) struct Stats {
     fsync_nanos: AtomicU64,
     fsync_batch_counts: [AtomicU64; FSYNC_BATCH_BOUNDS.len() + 1],
     fsync_batch_records: AtomicU64,
+    inline_commits: AtomicU64,
     segments_compressed: AtomicU64,
     compressed_bytes_before: AtomicU64,
     compressed_bytes_after: AtomicU64,
@@ -47,6 +48,10 @@ impl Stats {
                 .fetch_add(records, Ordering::Relaxed);
         }
     }
+    /// An appender committed its own records (it found the log idle).
+    pub fn on_inline_commit(&self) {
+        self.inline_commits.fetch_add(1, Ordering::Relaxed);
+    }
     /// A segment of `before` bytes was rewritten compressed in `after` bytes.
     pub fn on_compress(&self, before: u64, after: u64) {
         self.segments_compressed.fetch_add(1, Ordering::Relaxed);
@@ -66,6 +71,7 @@ impl Stats {
             fsync_seconds_total: load(&self.fsync_nanos) as f64 / 1e9,
             fsync_batch_counts: self.fsync_batch_counts.iter().map(load).collect(),
             fsync_batch_records_total: load(&self.fsync_batch_records),
+            inline_commits: load(&self.inline_commits),
             segments_compressed: load(&self.segments_compressed),
             compressed_bytes_before: load(&self.compressed_bytes_before),
             compressed_bytes_after: load(&self.compressed_bytes_after),
@@ -93,6 +99,9 @@ pub struct WalStats {
     pub fsync_batch_counts: Vec<u64>,
     /// Records made durable by counted fsyncs.
     pub fsync_batch_records_total: u64,
+    /// Commits an appender ran itself, finding the log idle (included in `fsyncs`; the rest
+    /// of the append fsyncs are the committer's).
+    pub inline_commits: u64,
     /// Sealed segments rewritten compressed by this process ([`crate::Wal::compress_sealed`]).
     pub segments_compressed: u64,
     /// Their plain bytes.

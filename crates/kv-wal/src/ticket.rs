@@ -10,20 +10,65 @@ use std::task::{Context, Poll};
 use crate::error::{Error, Result};
 use crate::watermark::{WaitError, Watermark, WatermarkWait};
 
+/// The log a leading ticket commits for (`append.rs` implements it), so a ticket needs no
+/// more of the log than this.
+pub(crate) trait WriteGroup: Send + Sync + std::fmt::Debug {
+    /// The durable-id watermark the ticket waits on.
+    fn durable(&self) -> Arc<Watermark>;
+    /// Runs the commit of the leader holding `token`, unless the committer took it over.
+    fn lead_commit(&self, token: u64);
+    /// The leader holding `token` goes away unwaited: its commit goes to the committer.
+    fn abdicate(&self, token: u64);
+}
+
 /// Ids assigned to an append, resolving when the append's sync policy is met.
 ///
 /// `.wait()` blocks the calling thread; `.await` suspends an async task. Dropping the ticket
 /// does not cancel the append: the records are in the log either way.
+///
+/// The ticket of an append that found the log idle (`Batch` or `Always`) leads its write
+/// group: its records were written in `submit`, and the first `.wait()` or poll
+/// `fdatasync`s them (with what queued behind them) on the calling thread — one fsync, blocking for its duration — instead of waiting to be woken by
+/// the committer thread. Appends queued before that first wait make the committer take the
+/// commit over (the ticket then only waits); dropped unwaited, it hands the commit to the
+/// committer. On an async runtime the fsync runs inside `poll`, on the worker thread.
 #[derive(Debug)]
 #[must_use = "the append is only durable once the ticket resolves"]
 pub struct AppendTicket {
     ids: RangeInclusive<u64>,
     wait: Option<WatermarkWait>,
+    /// The log whose commit this ticket leads, until it has run it.
+    lead: Option<(Arc<dyn WriteGroup>, u64)>,
 }
 
 impl AppendTicket {
     pub(crate) fn done(ids: RangeInclusive<u64>) -> AppendTicket {
-        AppendTicket { ids, wait: None }
+        AppendTicket {
+            ids,
+            wait: None,
+            lead: None,
+        }
+    }
+
+    /// The ticket of a write group's leader: it commits on the waiting thread, then waits for
+    /// `durable` as [`AppendTicket::pending`] does.
+    pub(crate) fn leading(
+        ids: RangeInclusive<u64>,
+        group: Arc<dyn WriteGroup>,
+        token: u64,
+        generation: u64,
+    ) -> AppendTicket {
+        let durable = group.durable();
+        let mut ticket = AppendTicket::pending(ids, durable, generation);
+        ticket.lead = Some((group, token));
+        ticket
+    }
+
+    /// Runs the leader's commit, once.
+    fn lead(&mut self) {
+        if let Some((group, token)) = self.lead.take() {
+            group.lead_commit(token);
+        }
     }
 
     /// Waits for `durable` to reach the last id, unless a truncation (a reset after
@@ -34,7 +79,11 @@ impl AppendTicket {
         generation: u64,
     ) -> AppendTicket {
         let wait = Some(durable.wait_in_generation(*ids.end(), generation));
-        AppendTicket { ids, wait }
+        AppendTicket {
+            ids,
+            wait,
+            lead: None,
+        }
     }
 
     /// The ids the records got.
@@ -43,9 +92,10 @@ impl AppendTicket {
     }
 
     /// Blocks until the sync policy is met; returns the ids.
-    pub fn wait(self) -> Result<RangeInclusive<u64>> {
+    pub fn wait(mut self) -> Result<RangeInclusive<u64>> {
+        self.lead();
         match &self.wait {
-            None => Ok(self.ids),
+            None => Ok(self.ids.clone()),
             Some(wait) => wait.block().map(|_| self.ids.clone()).map_err(wait_error),
         }
     }
@@ -64,6 +114,7 @@ impl Future for AppendTicket {
     type Output = Result<RangeInclusive<u64>>;
 
     fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        self.lead();
         let ids = self.ids.clone();
         match &mut self.wait {
             None => Poll::Ready(Ok(ids)),
@@ -72,6 +123,14 @@ impl Future for AppendTicket {
                 Poll::Ready(Err(error)) => Poll::Ready(Err(wait_error(error))),
                 Poll::Pending => Poll::Pending,
             },
+        }
+    }
+}
+
+impl Drop for AppendTicket {
+    fn drop(&mut self) {
+        if let Some((group, token)) = self.lead.take() {
+            group.abdicate(token);
         }
     }
 }

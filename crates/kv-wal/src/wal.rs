@@ -55,10 +55,19 @@ impl Wal {
         self.submit_with(payloads, policy)?.wait()
     }
 
-    /// Queues records and returns at once with a ticket holding their ids. The ticket resolves
-    /// when the log's sync policy is met: `.wait()` blocks the thread, `.await` suspends an async
-    /// task (no runtime needed by this crate). Under [`SyncPolicy::Always`] the fsync runs
-    /// before `submit` returns.
+    /// Queues records and returns at once with a ticket holding their ids (`submit` never
+    /// waits for the disk under `Batch` or `Always`). The ticket resolves when the log's sync
+    /// policy is met: `.wait()` blocks the thread, `.await` suspends an async task (no runtime
+    /// needed by this crate). An append under [`SyncPolicy::Batch`] or [`SyncPolicy::Always`]
+    /// that finds the log idle (no commit in flight, nothing queued) gets a ticket that leads
+    /// its write group ([`crate::WalOptions::inline_commit_when_idle`]): its frames are written
+    /// in `submit` and its first wait or poll `fdatasync`s them on the calling thread (with
+    /// whatever queued behind them), so a lone writer pays one fsync and no
+    /// thread hand-off; every other ticket waits for the committer thread (which also takes
+    /// over a leader's commit if appends queue before it begins). A ticket therefore blocks
+    /// for at most one `fdatasync` of its own, and one ticket at a time does: on an async
+    /// runtime that is one worker inside an fdatasync while the log is idle. Wait on (or drop)
+    /// a ticket after releasing your own locks.
     pub fn submit<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<AppendTicket> {
         self.submit_with(payloads, self.shared.sync_policy)
     }

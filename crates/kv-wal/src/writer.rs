@@ -2,6 +2,7 @@
 //! they go to. It lives behind one mutex in [`crate::shared::Shared`]; the write path that
 //! changes it is in `append.rs`, the group commit in `committer.rs`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,8 +22,20 @@ pub(crate) struct Writer {
     pub next_sequence: u64,
     /// Where the next frame goes in the active file.
     pub write_offset: u64,
-    /// A `Batch` appender is waiting for the committer.
+    /// A `Batch` or `Always` appender is waiting for the committer.
     pub commit_wanted: bool,
+    /// An append fsync is in flight: the committer's, or an appender's own (a write-group
+    /// leader's, `append.rs`). At most one at a time; appends queue behind it.
+    pub fsync_in_flight: bool,
+    /// A write group's leader: an append that found the log idle, its frames written, whose
+    /// ticket will run the commit when first waited on, unless the committer takes it over
+    /// first (`append.rs`, `committer.rs`). `None` once its commit began.
+    pub leader: Option<Leader>,
+    /// Tokens handed to leaders so far.
+    pub leader_tokens: u64,
+    /// For each queued `Always` append call, how many pending frames run through its last one:
+    /// the committer gives each its own fsync (`committer.rs`).
+    pub always_ends: VecDeque<usize>,
     pub last_sync: Instant,
     pub closed: bool,
     /// `pending` starts with room for a durability mark (filled in when it is written).
@@ -39,10 +52,16 @@ impl Writer {
         synced_through > self.last_mark_claim && synced_through > SEGMENT_HEADER_BYTES as u64
     }
 
-    pub(crate) fn pending_last_id(&self) -> Option<u64> {
-        self.pending_frames.last().map(|&(id, _)| id)
-    }
     pub(crate) fn active_has_records(&self) -> bool {
         !self.active.is_empty() || !self.pending_frames.is_empty()
     }
+}
+
+/// A write group's leader whose commit has not begun (`Writer::leader`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Leader {
+    /// Its ticket's claim: the commit is the ticket's while this is the log's leader.
+    pub token: u64,
+    /// An `Always` append: its commit is an fsync of what is written, taking nothing queued.
+    pub own_fsync: bool,
 }

@@ -27,23 +27,17 @@ pub struct Written {
 
 impl Node {
     /// [`Node::write_command`] on a task of its own, so a caller that goes away (a client
-    /// hanging up) cannot stop it half-way. When the store's submit waits for the disk
-    /// ([`kv_store::Store::submit_waits_for_disk`]: under `SyncPolicy::Always` the WAL fsyncs
-    /// inside the call) the write runs on the blocking pool instead of stalling an async
-    /// worker; otherwise on an ordinary task.
+    /// hanging up) cannot stop it half-way. Every sync policy takes the same path: the WAL's
+    /// submit never waits for the disk, and the ticket of a write that found the log idle
+    /// runs its one `fdatasync` when awaited (kv-wal's write-group leader; others are woken
+    /// by its committer thread), with no hop to the blocking pool.
     pub async fn write_to_completion(
         self: &Arc<Self>,
         command: Command,
         acks: Acks,
     ) -> Result<Written> {
         let node = self.clone();
-        let joined = if self.store.submit_waits_for_disk() {
-            let runtime = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || runtime.block_on(node.write_command(command, acks)))
-                .await
-        } else {
-            tokio::spawn(async move { node.write_command(command, acks).await }).await
-        };
+        let joined = tokio::spawn(async move { node.write_command(command, acks).await }).await;
         joined.map_err(|error| Error::Background(format!("write task failed: {error}")))?
     }
 

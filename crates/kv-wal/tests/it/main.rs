@@ -1,6 +1,7 @@
 //! kv-wal's integration tests: one binary, a module per concern.
 
 mod basics;
+mod commit_path;
 mod compressed;
 mod corruption;
 mod durability;

@@ -22,6 +22,7 @@ pub fn sim_options(fs: &SimFs, segment_bytes_max: u64) -> WalOptions {
         compress_records_above: None,
         compress_sealed_segments: None,
         segment_preallocation_bytes: kv_wal::SEGMENT_PREALLOCATION_BYTES_DEFAULT,
+        inline_commit_when_idle: true,
         file_system: Arc::new(fs.clone()),
     }
 }
