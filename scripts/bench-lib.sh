@@ -102,3 +102,17 @@ bench_start_kvd_leader() {
   bench_pids+=("$BENCH_PID")
   BENCH_ADDRESS="127.0.0.1:$port"
 }
+
+# bench_fsync_stats URL OUT: the node's fdatasync count, time and batch size sum from /metrics,
+# as one JSON object.
+bench_fsync_stats() {
+  curl -sS --max-time 5 "$1/metrics" | python3 -c '
+import json, sys
+values = {}
+for line in sys.stdin:
+    if line.startswith(("kvd_wal_fsyncs_total ", "kvd_wal_fsync_seconds_total ",
+                        "kvd_wal_fsync_batch_records_sum ")):
+        name, value = line.split()
+        values[name] = float(value)
+json.dump(values, sys.stdout)' >"$2"
+}
