@@ -272,6 +272,12 @@ fn render_store(out: &mut String, store: &Store, role_name: &str) {
     );
     gauge(
         out,
+        "kvd_store_history_links",
+        "History links held: each reaches one replaced value still in the log.",
+        store.history_links() as u64,
+    );
+    gauge(
+        out,
         "kvd_store_applied_id",
         "Id of the last entry applied to the map.",
         store.applied_id(),

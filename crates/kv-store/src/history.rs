@@ -11,7 +11,9 @@
 //!
 //! Retention (like etcd's compaction): links made more than `revisions_max` revisions ago are
 //! dropped, and the oldest links go first while the values they reach add up to more than
-//! `bytes_max`; the log's own compaction (snapshots, then purging) also takes old values away.
+//! `bytes_max`; the log's own compaction (snapshots, then purging) also takes old values away,
+//! and a purge drops the links made before the log's new first id with them (their values are
+//! gone, so they would only hold memory: `a_purge_forgets_the_history_links_it_made_unreadable`).
 //! A version whose link or record is gone is *compacted*: asked for, it is an error (410 over
 //! HTTP), never a wrong answer. A delete ends the key's history with it: a key created again
 //! starts at version 1.
@@ -93,6 +95,20 @@ impl History {
         let oldest_kept = revision.saturating_sub(options.revisions_max) + 1;
         while let Some(&(locator, link)) = self.links.get_min() {
             if locator.revision >= oldest_kept && self.bytes <= options.bytes_max {
+                break;
+            }
+            self.bytes -= u64::from(link.previous_bytes);
+            self.compacted_through = self.compacted_through.max(locator.revision);
+            self.links.remove(&locator);
+        }
+    }
+
+    /// Drops the links made by records before `first_id`, the log's first id once it was
+    /// purged: the values they reach were written earlier still, so the log no longer holds
+    /// them and the links would only take memory (the versions read as compacted either way).
+    pub fn forget_before(&mut self, first_id: u64) {
+        while let Some(&(locator, link)) = self.links.get_min() {
+            if locator.revision >= first_id {
                 break;
             }
             self.bytes -= u64::from(link.previous_bytes);

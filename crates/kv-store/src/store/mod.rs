@@ -284,7 +284,18 @@ impl Store {
     /// Removes WAL segments wholly before `before_id` (never past the newest snapshot: the
     /// caller checks). Returns the files removed.
     pub fn purge_wal_before(&self, before_id: u64) -> Result<Vec<PathBuf>> {
-        Ok(self.wal.purge_before(before_id)?)
+        let removed = self.wal.purge_before(before_id)?;
+        if !removed.is_empty() {
+            if let Some(first_id) = self.wal.first_id() {
+                write(&self.map).history.forget_before(first_id);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// How many history links the map holds (each reaches one replaced value in the log).
+    pub fn history_links(&self) -> usize {
+        read(&self.map).history.len()
     }
 
     /// Hands the command's op to the WAL and queues it for [`Store::apply_through`]; returns
