@@ -44,24 +44,8 @@ pub(crate) fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-/// Why bytes did not decode: what was malformed and where, in words. Every decoder in the
-/// crate (log entries, transactions, snapshots, the dedup table) fails with it; the store's
-/// errors carry it as their reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Malformed(String);
-
-impl From<String> for Malformed {
-    fn from(reason: String) -> Malformed {
-        Malformed(reason)
-    }
-}
-
-impl From<&str> for Malformed {
-    fn from(reason: &str) -> Malformed {
-        Malformed(reason.to_owned())
-    }
-}
+/// Why bytes did not decode: kv-wal's, so one type says it for the log and for the store.
+pub use kv_wal::Malformed;
 
 /// A cursor over an encoded record that fails with a description of what was missing.
 pub(crate) struct Reader<'a> {

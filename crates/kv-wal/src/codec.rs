@@ -6,6 +6,7 @@
 //! stable one-byte id for file headers ([`Codec::id`], [`Codec::from_id`]) and a name for
 //! flags and config files (`lz4`, `zstd`: [`std::fmt::Display`], [`std::str::FromStr`]).
 
+use crate::error::Malformed;
 use std::fmt;
 use std::str::FromStr;
 
@@ -60,7 +61,7 @@ impl Codec {
 
     /// Decompresses one block whose uncompressed length is `len`; fails on damaged input or a
     /// block of another length.
-    pub fn decompress(self, bytes: &[u8], len: usize) -> Result<Vec<u8>, String> {
+    pub fn decompress(self, bytes: &[u8], len: usize) -> Result<Vec<u8>, Malformed> {
         let out = match self {
             Codec::Lz4 => {
                 lz4_flex::block::decompress(bytes, len).map_err(|error| error.to_string())?
@@ -68,10 +69,9 @@ impl Codec {
             Codec::Zstd => zstd::bulk::decompress(bytes, len).map_err(|error| error.to_string())?,
         };
         if out.len() != len {
-            return Err(format!(
-                "block decompressed to {} bytes, {len} expected",
-                out.len()
-            ));
+            return Err(
+                format!("block decompressed to {} bytes, {len} expected", out.len()).into(),
+            );
         }
         Ok(out)
     }
@@ -87,15 +87,13 @@ impl fmt::Display for Codec {
 }
 
 impl FromStr for Codec {
-    type Err = String;
+    type Err = Malformed;
     /// Parses `lz4` or `zstd`.
-    fn from_str(text: &str) -> Result<Codec, String> {
+    fn from_str(text: &str) -> Result<Codec, Malformed> {
         match text.trim().to_ascii_lowercase().as_str() {
             "lz4" => Ok(Codec::Lz4),
             "zstd" => Ok(Codec::Zstd),
-            _ => Err(format!(
-                "unknown segment codec {text:?}: expected lz4 or zstd"
-            )),
+            _ => Err(format!("unknown segment codec {text:?}: expected lz4 or zstd").into()),
         }
     }
 }

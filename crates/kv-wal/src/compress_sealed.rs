@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use crate::codec::SegmentCodec;
 use crate::compressed_format::{self, CompressedLayout};
+use crate::error::Malformed;
 use crate::error::{IoContext, Result};
 use crate::frame;
 use crate::fs::read_range;
@@ -136,7 +137,7 @@ impl Wal {
             let reason = if changed {
                 CHANGED_MEANWHILE.to_owned()
             } else {
-                reason
+                reason.to_string()
             };
             report.skipped.push((segment.path.clone(), reason));
             return Ok(());
@@ -250,23 +251,20 @@ fn records_only(frames: &[u8], salt: u32) -> Vec<u8> {
 
 /// Checks a plain sealed segment whole before it is compressed: header, every frame, the seal,
 /// and that it ends where the log thinks it does.
-fn check_plain_sealed(bytes: &[u8], segment: &Segment) -> std::result::Result<(), String> {
+fn check_plain_sealed(bytes: &[u8], segment: &Segment) -> std::result::Result<(), Malformed> {
     let header = SegmentHeader::decode(bytes)?;
     if header.codec.is_some() || header.first_id != segment.first_id {
-        return Err("the header does not match the segment".to_owned());
+        return Err("the header does not match the segment".into());
     }
     if !lock(&segment.skips).is_empty() {
-        return Err("the segment has damage skipped at open".to_owned());
+        return Err("the segment has damage skipped at open".into());
     }
     let result = scan(bytes, segment.first_id, segment.salt, false);
     if let Some(damage) = result.damages.first() {
-        return Err(format!(
-            "damage at offset {}: {}",
-            damage.offset, damage.reason
-        ));
+        return Err(format!("damage at offset {}: {}", damage.offset, damage.reason).into());
     }
     if !result.sealed || result.clean_last_id != Some(segment.last_id()) {
-        return Err("the segment does not end with the seal the log expects".to_owned());
+        return Err("the segment does not end with the seal the log expects".into());
     }
     Ok(())
 }

@@ -18,6 +18,7 @@
 //! segment.
 
 use crate::codec::SegmentCodec;
+use crate::error::Malformed;
 use crate::frame::{self, Crc32c, FRAME_HEADER_BYTES, KIND_RECORD, RECORD_BYTES_MAX};
 use crate::segment_file::{SEAL_BYTES, SEGMENT_HEADER_BYTES};
 
@@ -119,12 +120,12 @@ fn encode_block(out: &mut Vec<u8>, codec: SegmentCodec, frames: &[u8], first_id:
 }
 
 /// Decodes a block header, checking everything but the CRC (which needs the body).
-pub(crate) fn decode_block_header(bytes: &[u8]) -> Result<BlockHeader, String> {
+pub(crate) fn decode_block_header(bytes: &[u8]) -> Result<BlockHeader, Malformed> {
     let Some(bytes) = bytes.get(..BLOCK_HEADER_BYTES) else {
-        return Err("no room for a block header".to_owned());
+        return Err("no room for a block header".into());
     };
     if bytes.iter().all(|&byte| byte == 0) {
-        return Err("zero-filled space where a block should start".to_owned());
+        return Err("zero-filled space where a block should start".into());
     }
     let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
     let long = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
@@ -137,25 +138,26 @@ pub(crate) fn decode_block_header(bytes: &[u8]) -> Result<BlockHeader, String> {
     };
     let last_id = long(24);
     if header.record_count == 0 || header.first_id == 0 {
-        return Err("block header has no records".to_owned());
+        return Err("block header has no records".into());
     }
     if header
         .first_id
         .checked_add(u64::from(header.record_count) - 1)
         != Some(last_id)
     {
-        return Err("block header ids do not add up".to_owned());
+        return Err("block header ids do not add up".into());
     }
     let frames_len = header.frames_len as usize;
     let frames_min = header.record_count as usize * FRAME_HEADER_BYTES;
     if frames_len > BLOCK_FRAMES_BYTES_MAX || frames_len < frames_min {
-        return Err(format!("block header length {frames_len} is impossible"));
+        return Err(format!("block header length {frames_len} is impossible").into());
     }
     if header.compressed_len as usize > compressed_len_max(frames_len) {
         return Err(format!(
             "block header compressed length {} is impossible",
             header.compressed_len
-        ));
+        )
+        .into());
     }
     Ok(header)
 }
@@ -172,13 +174,11 @@ pub(crate) fn read_block(
     codec: SegmentCodec,
     expected_first_id: u64,
     salt: u32,
-) -> Result<(Vec<u8>, BlockEntry), String> {
+) -> Result<(Vec<u8>, BlockEntry), Malformed> {
     let header = decode_block_header(bytes)?;
     let body_end = BLOCK_HEADER_BYTES + header.compressed_len as usize;
     let Some(body) = bytes.get(BLOCK_HEADER_BYTES..body_end) else {
-        return Err(format!(
-            "block of {body_end} bytes runs past the end of the data"
-        ));
+        return Err(format!("block of {body_end} bytes runs past the end of the data").into());
     };
     let mut crc = Crc32c::new();
     crc.update(&bytes[4..BLOCK_HEADER_BYTES]);
@@ -188,13 +188,15 @@ pub(crate) fn read_block(
         return Err(format!(
             "block CRC mismatch (stored {:#010x}, computed {computed:#010x})",
             header.crc
-        ));
+        )
+        .into());
     }
     if header.first_id != expected_first_id {
         return Err(format!(
             "block starts at id {} where {expected_first_id} was expected",
             header.first_id
-        ));
+        )
+        .into());
     }
     let frames = codec.decompress(body, header.frames_len as usize)?;
     check_frames(&frames, header.first_id, header.record_count, salt)?;
@@ -209,17 +211,18 @@ pub(crate) fn read_block(
     ))
 }
 
-fn check_frames(frames: &[u8], first_id: u64, count: u32, salt: u32) -> Result<(), String> {
+fn check_frames(frames: &[u8], first_id: u64, count: u32, salt: u32) -> Result<(), Malformed> {
     let mut position = 0;
     let mut expected = first_id;
     while position < frames.len() {
         let frame = frame::decode_salted(&frames[position..], salt)
-            .map_err(|error| format!("frame in block at {position}: {error}"))?;
+            .map_err(|error| Malformed::from(format!("frame in block at {position}: {error}")))?;
         if frame.kind != KIND_RECORD || frame.id != expected {
             return Err(format!(
                 "frame in block at {position} has id {} where {expected} was expected",
                 frame.id
-            ));
+            )
+            .into());
         }
         position += frame.encoded_len();
         expected += 1;
@@ -228,7 +231,8 @@ fn check_frames(frames: &[u8], first_id: u64, count: u32, salt: u32) -> Result<(
         return Err(format!(
             "block holds {} records, its header says {count}",
             expected - first_id
-        ));
+        )
+        .into());
     }
     Ok(())
 }
@@ -333,14 +337,14 @@ pub(crate) fn decode_layout(
     file_len: u64,
     first_id: u64,
     codec: SegmentCodec,
-) -> Result<CompressedLayout, String> {
+) -> Result<CompressedLayout, Malformed> {
     let footer_bytes = tail
         .len()
         .checked_sub(FOOTER_BYTES)
         .map(|at| &tail[at..])
         .ok_or_else(|| "file too short for a compressed segment footer".to_owned())?;
     if &footer_bytes[40..48] != FOOTER_MAGIC {
-        return Err("no block index footer at the end of the file".to_owned());
+        return Err("no block index footer at the end of the file".into());
     }
     let word = |at: usize| u32::from_le_bytes(footer_bytes[at..at + 4].try_into().expect("4"));
     let long = |at: usize| u64::from_le_bytes(footer_bytes[at..at + 8].try_into().expect("8"));
@@ -361,7 +365,8 @@ pub(crate) fn decode_layout(
         return Err(format!(
             "block index footer says {} blocks at offset {}, which does not fit the file",
             footer.block_count, footer.index_offset
-        ));
+        )
+        .into());
     }
     let index = &tail[(footer.index_offset - tail_offset) as usize..tail.len() - FOOTER_BYTES];
     let mut crc = Crc32c::new();
@@ -372,7 +377,8 @@ pub(crate) fn decode_layout(
     if computed != stored {
         return Err(format!(
             "block index CRC mismatch (stored {stored:#010x}, computed {computed:#010x})"
-        ));
+        )
+        .into());
     }
     let mut blocks = Vec::with_capacity(footer.block_count as usize);
     let mut next_offset = SEGMENT_HEADER_BYTES as u64;
@@ -390,7 +396,8 @@ pub(crate) fn decode_layout(
             return Err(format!(
                 "block index entry {} does not continue the one before it",
                 blocks.len()
-            ));
+            )
+            .into());
         }
         next_offset += block.stored_len();
         next_id = block.last_id() + 1;
@@ -401,7 +408,7 @@ pub(crate) fn decode_layout(
         || next_id - 1 != footer.last_id
         || next_id - first_id != footer.record_count
     {
-        return Err("block index does not add up to its footer".to_owned());
+        return Err("block index does not add up to its footer".into());
     }
     Ok(CompressedLayout {
         codec,

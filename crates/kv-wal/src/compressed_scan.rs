@@ -98,7 +98,7 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, codec: SegmentCodec, salt: u32) 
                 let resume = find_block(bytes, position + 1, data_end, expected, codec, salt);
                 result.damages.push(BlockDamage {
                     offset: position as u64,
-                    reason,
+                    reason: reason.to_string(),
                     first_missing_id: expected,
                     resume: resume.map(|(offset, id)| (offset as u64, id)),
                 });
@@ -113,7 +113,7 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, codec: SegmentCodec, salt: u32) 
         }
     }
     if let Err(reason) = footer {
-        check_unindexed_tail(bytes, &mut result, expected, reason);
+        check_unindexed_tail(bytes, &mut result, expected, reason.to_string());
     }
     result
 }
@@ -323,7 +323,10 @@ mod tests {
     #[test]
     fn zeros_and_every_single_bit_flip_are_rejected() {
         let zeros = vec![0u8; 4096];
-        assert!(decode_block_header(&zeros).unwrap_err().contains("zero"));
+        assert!(decode_block_header(&zeros)
+            .unwrap_err()
+            .to_string()
+            .contains("zero"));
         assert!(decode_layout(&zeros, 0, 4096, 1, SegmentCodec::Lz4).is_err());
         let (bytes, frames) = image(SegmentCodec::Lz4, 3, &payloads(4, 5));
         for bit in SEGMENT_HEADER_BYTES * 8..bytes.len() * 8 {

@@ -82,3 +82,22 @@ impl<T> IoContext<T> for io::Result<T> {
         })
     }
 }
+
+/// Why bytes or text did not decode: what was malformed and where, in words. The decoders of
+/// the log's formats (segment headers, compressed blocks, codecs), the text forms of the
+/// options and the fail point specs fail with it; kv-store's decoders too.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(String);
+
+impl From<String> for Malformed {
+    fn from(reason: String) -> Malformed {
+        Malformed(reason)
+    }
+}
+
+impl From<&str> for Malformed {
+    fn from(reason: &str) -> Malformed {
+        Malformed(reason.to_owned())
+    }
+}

@@ -37,6 +37,7 @@
 //! Tests that use fail points run the code under test in a child process: the registry is
 //! global, so one test's configuration would fire in every other test of the same process.
 
+use crate::error::Malformed;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -86,16 +87,18 @@ pub struct Trigger {
 }
 
 /// Parses a spec (`name=action[@N],…`; empty means none) into `(name, trigger)` pairs.
-pub fn parse(spec: &str) -> Result<Vec<(&'static str, Trigger)>, String> {
+pub fn parse(spec: &str) -> Result<Vec<(&'static str, Trigger)>, Malformed> {
     let mut parsed: Vec<(&'static str, Trigger)> = Vec::new();
     for entry in spec
         .split(',')
         .map(str::trim)
         .filter(|entry| !entry.is_empty())
     {
-        let (name, rule) = entry
-            .split_once('=')
-            .ok_or_else(|| format!("fail point entry {entry:?}: expected name=action[@N]"))?;
+        let (name, rule) = entry.split_once('=').ok_or_else(|| {
+            Malformed::from(format!(
+                "fail point entry {entry:?}: expected name=action[@N]"
+            ))
+        })?;
         let name = name.trim();
         let known_name = FAIL_POINT_NAMES
             .iter()
@@ -108,7 +111,7 @@ pub fn parse(spec: &str) -> Result<Vec<(&'static str, Trigger)>, String> {
                 )
             })?;
         if parsed.iter().any(|(seen, _)| *seen == known_name) {
-            return Err(format!("fail point {name:?} is configured twice"));
+            return Err(format!("fail point {name:?} is configured twice").into());
         }
         let (action, at_hit) = match rule.trim().split_once('@') {
             Some((action, at_hit)) => (action.trim(), Some(at_hit.trim())),
@@ -121,7 +124,8 @@ pub fn parse(spec: &str) -> Result<Vec<(&'static str, Trigger)>, String> {
             other => {
                 return Err(format!(
                     "fail point {name:?}: unknown action {other:?}: expected abort, error or off"
-                ))
+                )
+                .into())
             }
         };
         let at_hit = at_hit
@@ -129,7 +133,11 @@ pub fn parse(spec: &str) -> Result<Vec<(&'static str, Trigger)>, String> {
                 text.parse::<u64>()
                     .ok()
                     .filter(|&hit| hit >= 1)
-                    .ok_or_else(|| format!("fail point {name:?}: @{text} is not a hit number >= 1"))
+                    .ok_or_else(|| {
+                        Malformed::from(format!(
+                            "fail point {name:?}: @{text} is not a hit number >= 1"
+                        ))
+                    })
             })
             .transpose()?;
         parsed.push((known_name, Trigger { action, at_hit }));
@@ -139,7 +147,7 @@ pub fn parse(spec: &str) -> Result<Vec<(&'static str, Trigger)>, String> {
 
 /// Replaces the process's fail point configuration with `spec` (see the module docs); an empty
 /// spec turns every point off. Hit counters restart from zero. On error nothing changes.
-pub fn configure(spec: &str) -> Result<(), String> {
+pub fn configure(spec: &str) -> Result<(), Malformed> {
     REGISTRY.configure(spec)
 }
 
@@ -180,7 +188,7 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn configure(&self, spec: &str) -> Result<(), String> {
+    fn configure(&self, spec: &str) -> Result<(), Malformed> {
         let parsed = parse(spec)?;
         let mut points = self.points();
         *points = parsed

@@ -141,7 +141,7 @@ macro_rules! with_failpoints {
 pub use codec::{Codec, SegmentCodec, ZSTD_LEVEL};
 pub use compress_sealed::{CompressReport, INCOMPRESSIBLE};
 pub use compressed_format::BLOCK_FRAMES_BYTES_TARGET;
-pub use error::{Error, Result};
+pub use error::{Error, Malformed, Result};
 pub use frame::{FRAME_HEADER_BYTES, RECORD_BYTES_MAX};
 pub use options::{
     RecoveryMode, SyncPolicy, WalOptions, SEGMENT_BYTES_MAX_DEFAULT, SEGMENT_BYTES_MIN,

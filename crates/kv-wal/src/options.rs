@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::SegmentCodec;
+use crate::error::Malformed;
 use crate::fs::{FileSystem, StdFs};
 
 /// Default segment size: 64 MiB.
@@ -55,9 +56,9 @@ impl fmt::Display for SyncPolicy {
 }
 
 impl FromStr for SyncPolicy {
-    type Err = String;
+    type Err = Malformed;
     /// Parses `always`, `batch`, `interval:<ms>` or `never`.
-    fn from_str(text: &str) -> Result<SyncPolicy, String> {
+    fn from_str(text: &str) -> Result<SyncPolicy, Malformed> {
         match text.trim().to_ascii_lowercase().as_str() {
             "always" => Ok(SyncPolicy::Always),
             "batch" => Ok(SyncPolicy::Batch),
@@ -115,8 +116,8 @@ impl fmt::Display for RecoveryMode {
 }
 
 impl FromStr for RecoveryMode {
-    type Err = String;
-    fn from_str(text: &str) -> Result<RecoveryMode, String> {
+    type Err = Malformed;
+    fn from_str(text: &str) -> Result<RecoveryMode, Malformed> {
         match text.trim().to_ascii_lowercase().as_str() {
             "tolerate-torn-tail" => Ok(RecoveryMode::TolerateTornTail),
             "point-in-time" => Ok(RecoveryMode::PointInTime),
@@ -124,7 +125,7 @@ impl FromStr for RecoveryMode {
             "skip-corrupt" => Ok(RecoveryMode::SkipCorrupt),
             _ => Err(format!(
                 "unknown recovery mode {text:?}: expected tolerate-torn-tail, point-in-time, strict or skip-corrupt"
-            )),
+            ).into()),
         }
     }
 }

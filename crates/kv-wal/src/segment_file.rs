@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::codec::SegmentCodec;
+use crate::error::Malformed;
 use crate::frame::{self, crc32c, FRAME_HEADER_BYTES, KIND_MARK, KIND_SEAL};
 
 /// Bytes of the segment header.
@@ -101,26 +102,28 @@ impl SegmentHeader {
         bytes
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, String> {
+    pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, Malformed> {
         if bytes.len() < SEGMENT_HEADER_BYTES {
             return Err(format!(
                 "header is {} bytes, {SEGMENT_HEADER_BYTES} expected",
                 bytes.len()
-            ));
+            )
+            .into());
         }
         let bytes = &bytes[..SEGMENT_HEADER_BYTES];
         if &bytes[0..8] != SEGMENT_MAGIC {
             if bytes.iter().all(|&byte| byte == 0) {
-                return Err("header is zero-filled".to_owned());
+                return Err("header is zero-filled".into());
             }
-            return Err("bad magic: not a kv-wal segment".to_owned());
+            return Err("bad magic: not a kv-wal segment".into());
         }
         let stored = u32::from_le_bytes(bytes[44..48].try_into().expect("4 bytes"));
         let computed = crc32c(&bytes[..44]);
         if stored != computed {
             return Err(format!(
                 "header CRC mismatch (stored {stored:#010x}, computed {computed:#010x})"
-            ));
+            )
+            .into());
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         let flags = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
@@ -128,7 +131,7 @@ impl SegmentHeader {
             u8::try_from(id)
                 .ok()
                 .and_then(SegmentCodec::from_id)
-                .ok_or_else(|| format!("unknown segment codec id {id}"))
+                .ok_or_else(|| Malformed::from(format!("unknown segment codec id {id}")))
         };
         let (codec, salted) = match (version, flags) {
             (FORMAT_VERSION, 0) => (None, false),
@@ -136,15 +139,15 @@ impl SegmentHeader {
             (FORMAT_VERSION_COMPRESSED, codec) => (Some(codec_of(codec)?), false),
             (FORMAT_VERSION_SALTED_COMPRESSED, codec) => (Some(codec_of(codec)?), true),
             (FORMAT_VERSION | FORMAT_VERSION_SALTED | FORMAT_VERSION_PREALLOCATED, flags) => {
-                return Err(format!("unsupported header flags {flags:#x}"))
+                return Err(format!("unsupported header flags {flags:#x}").into())
             }
-            (version, _) => return Err(format!("unsupported format version {version}")),
+            (version, _) => return Err(format!("unsupported format version {version}").into()),
         };
         // Versions 1 and 2 have no salt: bytes 40..44 were reserved there.
         let salt = u32::from_le_bytes(bytes[40..44].try_into().expect("4 bytes"));
         let salt = if salted { salt } else { 0 };
         if salted && salt == 0 {
-            return Err("a salted segment header with salt 0".to_owned());
+            return Err("a salted segment header with salt 0".into());
         }
         let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         Ok(SegmentHeader {
@@ -304,6 +307,7 @@ mod tests {
         );
         assert!(SegmentHeader::decode(&[0u8; 48])
             .unwrap_err()
+            .to_string()
             .contains("zero"));
     }
 }

@@ -263,7 +263,7 @@ pub(crate) fn frames_through(
                 .map_err(|reason| crate::error::Error::Corrupt {
                     segment: segment.path.clone(),
                     offset: block.offset,
-                    reason,
+                    reason: reason.to_string(),
                 })?;
         let mut position = 0;
         while position < frames.len() {

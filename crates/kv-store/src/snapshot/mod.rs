@@ -113,7 +113,7 @@ impl Codec {
     /// Decompresses one block of `raw_len` bytes.
     pub fn decompress(self, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, Malformed> {
         match self.block_codec() {
-            Some(codec) => codec.decompress(stored, raw_len).map_err(Malformed::from),
+            Some(codec) => codec.decompress(stored, raw_len),
             None if stored.len() == raw_len => Ok(stored.to_vec()),
             None => Err(format!("block holds {} bytes, {raw_len} expected", stored.len()).into()),
         }

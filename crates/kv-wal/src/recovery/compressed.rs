@@ -14,6 +14,7 @@ use super::{corrupt, decide, Action, Damage, RecoveredSegment, Recovery, Step};
 use crate::codec::SegmentCodec;
 use crate::compressed_format::{self, CompressedLayout, FOOTER_BYTES};
 use crate::compressed_scan::{self, CompressedScan};
+use crate::error::Malformed;
 use crate::error::{IoContext, Result};
 use crate::fs::{read_exact_at, read_range, WalFile};
 use crate::plain_rewrite::write_plain_segment;
@@ -176,18 +177,18 @@ pub(crate) fn read_layout(
     file_len: u64,
     first_id: u64,
     codec: SegmentCodec,
-) -> std::result::Result<CompressedLayout, String> {
+) -> std::result::Result<CompressedLayout, Malformed> {
     if file_len < (SEGMENT_HEADER_BYTES + FOOTER_BYTES) as u64 {
-        return Err("file too short for a compressed segment".to_owned());
+        return Err("file too short for a compressed segment".into());
     }
     let mut footer = [0u8; FOOTER_BYTES];
     read_exact_at(file, &mut footer, file_len - FOOTER_BYTES as u64)
-        .map_err(|error| format!("reading the footer: {error}"))?;
+        .map_err(|error| Malformed::from(format!("reading the footer: {error}")))?;
     let index_offset = u64::from_le_bytes(footer[8..16].try_into().expect("8 bytes"));
     if index_offset < SEGMENT_HEADER_BYTES as u64 || index_offset > file_len - FOOTER_BYTES as u64 {
-        return Err("the footer's index offset is outside the file".to_owned());
+        return Err("the footer's index offset is outside the file".into());
     }
     let tail = read_range(file, index_offset, file_len - index_offset)
-        .map_err(|error| format!("reading the index: {error}"))?;
+        .map_err(|error| Malformed::from(format!("reading the index: {error}")))?;
     compressed_format::decode_layout(&tail, index_offset, file_len, first_id, codec)
 }

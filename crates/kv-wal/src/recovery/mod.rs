@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::compressed_format::CompressedLayout;
 use crate::compressed_scan;
+use crate::error::Malformed;
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{read_exact_at, read_range, FileSystem, WalFile};
 use crate::options::RecoveryMode;
@@ -184,7 +185,7 @@ impl Recovery<'_> {
                         || zeros_after_header(&*file, file_len).at(&entry.path)?);
                 drop(file);
                 let damage = Damage::BadHeader { torn_creation };
-                let step = self.whole_segment_damage(index, damage, reason)?;
+                let step = self.whole_segment_damage(index, damage, reason.to_string())?;
                 return Ok(step.unwrap_or(Step::Next));
             }
         };
@@ -296,43 +297,45 @@ fn check_header(
     log_id: u64,
     entry: &FoundSegment,
     previous_last_id: Option<u64>,
-) -> std::result::Result<SegmentHeader, String> {
+) -> std::result::Result<SegmentHeader, Malformed> {
     let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
     if file_len < SEGMENT_HEADER_BYTES as u64 {
-        return Err(format!(
-            "file is {file_len} bytes, shorter than a segment header"
-        ));
+        return Err(format!("file is {file_len} bytes, shorter than a segment header").into());
     }
-    read_exact_at(file, &mut bytes, 0).map_err(|error| format!("reading the header: {error}"))?;
+    read_exact_at(file, &mut bytes, 0)
+        .map_err(|error| Malformed::from(format!("reading the header: {error}")))?;
     let header = SegmentHeader::decode(&bytes)?;
     if header.codec.is_some() != entry.compressed {
         return Err(if entry.compressed {
-            "a .walz file with a plain segment header".to_owned()
+            "a .walz file with a plain segment header".into()
         } else {
-            "a .wal file with a compressed segment header".to_owned()
+            "a .wal file with a compressed segment header".into()
         });
     }
     if header.log_id != log_id {
         return Err(format!(
             "segment belongs to another log (log id {:#018x}, this log is {log_id:#018x})",
             header.log_id
-        ));
+        )
+        .into());
     }
     if header.sequence != entry.sequence || header.first_id != entry.first_id {
         return Err(format!(
             "header says sequence {} first id {}, the file name says sequence {} first id {}",
             header.sequence, header.first_id, entry.sequence, entry.first_id
-        ));
+        )
+        .into());
     }
     if header.first_id == 0 {
-        return Err("first id 0 is not a valid id".to_owned());
+        return Err("first id 0 is not a valid id".into());
     }
     if let Some(previous) = previous_last_id {
         if header.first_id <= previous {
             return Err(format!(
                 "first id {} overlaps the previous segment, which ends at id {previous}",
                 header.first_id
-            ));
+            )
+            .into());
         }
     }
     Ok(header)
