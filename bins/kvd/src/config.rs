@@ -15,8 +15,8 @@ use kv_wal::{
 };
 
 use crate::settings::{
-    merge, ByteSize, CompactionSettings, FollowerSettings, HttpSettings, LogFormat,
-    ReplicationSettings, RetentionSettings, Settings, WalSettings, MAX_SEGMENT_SIZE_ENV,
+    merge, ByteSize, ClusterSettings, CompactionSettings, FollowerSettings, HttpSettings,
+    LogFormat, ReplicationSettings, RetentionSettings, Settings, WalSettings, MAX_SEGMENT_SIZE_ENV,
 };
 
 /// The leader's default address.
@@ -71,13 +71,32 @@ pub struct NodeConfig {
     pub replication: NodeOptions,
     /// Key history and idempotent requests kept.
     pub retention: RetentionOptions,
+    /// The cluster: this node's URL and the failover clocks.
+    pub cluster: ClusterConfig,
     /// Log filter directives.
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
 }
 
+/// How the node takes part in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The URL peers reach this node at, if not `http://` + the bound listen address.
+    pub advertise_url: Option<String>,
+    /// The controller's clocks (checked: the lease ends before the session).
+    pub timing: kv_controller::Timing,
+}
+
 impl NodeConfig {
+    /// The node's id in the cluster: 0 for `kvd leader`, N for `kvd follower N`.
+    pub fn node_id(&self) -> u64 {
+        match self.role {
+            Role::Leader => 0,
+            Role::Follower { number, .. } => u64::from(number),
+        }
+    }
+
     /// The WAL's directory.
     pub fn wal_dir(&self) -> PathBuf {
         self.data_dir.join(WAL_DIR_NAME)
@@ -160,7 +179,9 @@ impl NodeConfig {
             segment_bytes_max >= SEGMENT_BYTES_MIN,
             "max segment size {segment_bytes_max} is below the minimum of {SEGMENT_BYTES_MIN} bytes"
         );
-        let replication = resolve_replication(settings.replication, settings.compaction, &role)?;
+        let mut replication =
+            resolve_replication(settings.replication, settings.compaction, &role)?;
+        let cluster = resolve_cluster(settings.cluster, &mut replication)?;
         Ok(NodeConfig {
             role,
             listen: settings.node.listen.unwrap_or(listen_default),
@@ -175,6 +196,7 @@ impl NodeConfig {
             http: resolve_http(settings.http)?,
             replication,
             retention: resolve_retention(settings.retention),
+            cluster,
             log_level: settings
                 .logging
                 .log_level
@@ -182,6 +204,49 @@ impl NodeConfig {
             log_format: settings.logging.log_format.unwrap_or_default(),
         })
     }
+}
+
+/// The cluster's settings: this node's URL, the controller's clocks (checked together), and
+/// the lag limit (`replication`'s: the leader's ISR rule, a follower's health).
+fn resolve_cluster(
+    cluster: ClusterSettings,
+    replication: &mut NodeOptions,
+) -> anyhow::Result<ClusterConfig> {
+    let defaults = kv_controller::Timing::default();
+    let millis =
+        |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
+    let election_timeout_min = millis(
+        cluster.election_timeout_ms,
+        defaults.raft_election_timeout_min,
+    );
+    let timing = kv_controller::Timing {
+        heartbeat_interval: millis(cluster.heartbeat_interval_ms, defaults.heartbeat_interval),
+        lease: millis(cluster.lease_ms, defaults.lease),
+        session_timeout: millis(cluster.session_timeout_ms, defaults.session_timeout),
+        raft_election_timeout_min: election_timeout_min,
+        raft_election_timeout_max: election_timeout_min
+            + (defaults.raft_election_timeout_max - defaults.raft_election_timeout_min),
+        ..defaults
+    };
+    timing.check().map_err(anyhow::Error::msg)?;
+    if let Some(url) = &cluster.advertise_url {
+        ensure!(
+            url.starts_with("http://") && url.len() > "http://".len(),
+            "invalid advertise URL {url:?}: expected http://HOST:PORT"
+        );
+    }
+    let leader = &mut replication.leader;
+    leader.lag_limit = millis(cluster.lag_limit_ms, leader.lag_limit);
+    ensure!(
+        !leader.lag_limit.is_zero(),
+        "lag limit must be more than 0 ms"
+    );
+    Ok(ClusterConfig {
+        advertise_url: cluster
+            .advertise_url
+            .map(|url| url.trim_end_matches('/').to_owned()),
+        timing,
+    })
 }
 
 /// History and dedup retention: what is set, over the store's defaults.

@@ -24,7 +24,25 @@ use anyhow::bail;
 #[cfg(feature = "fault-injection")]
 pub use corrupt_fetch::follower_transport;
 #[cfg(feature = "fault-injection")]
-pub use injection::{configure_from_env, wal_file_system};
+pub use injection::{configure_from_env, peer_dial, wal_file_system};
+
+/// Where this node connects for each peer address: without fault injection, nowhere else.
+#[cfg(not(feature = "fault-injection"))]
+pub fn peer_dial() -> anyhow::Result<std::collections::HashMap<String, String>> {
+    Ok(std::collections::HashMap::new())
+}
+
+/// `url` (`http://host:port/…`) with its address replaced as `dial` says.
+pub fn dialed_url(url: &str, dial: &std::collections::HashMap<String, String>) -> String {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match dial.get(authority) {
+        Some(via) => format!("http://{via}{path}"),
+        None => url.to_owned(),
+    }
+}
 
 /// The follower's transport to its leader: without fault injection, the HTTP one as it is.
 #[cfg(not(feature = "fault-injection"))]
@@ -127,6 +145,8 @@ mod tests {
             "KVD_FAULT_FSYNC_FAIL_AT",
             "KVD_FAULT_WRITE_FAIL_AT",
             "KVD_FAULT_CORRUPT_FETCH_EVERY",
+            "KVD_FAULT_FETCH_BLOCK_FILE",
+            "KVD_FAULT_PEER_ROUTES",
         ] {
             assert!(super::BUILT_IN.contains(&name), "{name}");
         }

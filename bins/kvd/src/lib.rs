@@ -12,6 +12,7 @@
 //! package, which cargo allows only for a package with a library. Nothing else uses it.
 
 mod cli;
+mod cluster;
 mod config;
 mod faults;
 mod logging;

@@ -1,18 +1,23 @@
-//! Running a node, leader or follower: open the store (replaying the WAL), take the
-//! replication role, serve the HTTP API (and, on a follower, run the fetch loop), and on
-//! SIGINT/SIGTERM stop accepting, let in-flight requests finish and sync the WAL.
+//! Running a node: open the store (replaying the WAL), open the controller and take the node's
+//! place in the cluster (`cluster::bootstrap`), serve the HTTP API, run the driver that keeps
+//! the node in the role the controller gives (`cluster::driver`), the fetch loop for whichever
+//! leader it follows and the maintenance task; on SIGINT/SIGTERM stop accepting, let in-flight
+//! requests finish, stop the rest and sync the WAL.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use kv_http::{AppState, HttpTransport};
+use kv_http::{AppState, ClusterState, HttpTransport};
 use kv_replication::{MaintenanceOptions, Node};
 use kv_store::{Store, StoreOptions, EPOCH_DEFAULT};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::cluster::bootstrap::{self, Identity};
+use crate::cluster::driver::Driver;
 use crate::config::{NodeConfig, Role};
 
 /// Runs the node until a shutdown signal; returns once the WAL is synced and closed.
@@ -27,17 +32,12 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         segment_bytes_max = config.segment_bytes_max,
         "opening the store"
     );
-    let role = match &config.role {
-        Role::Leader => kv_replication::Role::Leader,
-        Role::Follower { leader_url, .. } => kv_replication::Role::Follower {
-            leader_url: leader_url.clone(),
-        },
-    };
-    // A replica applies at open only what it knows committed; the rest waits for the cluster.
+    // A node applies at open only what it knows committed; the rest waits for the cluster
+    // (whatever role the controller gives it).
     let apply_limit = Node::apply_limit_at_open(
         &kv_wal::fs::StdFs,
         &config.data_dir,
-        &role,
+        &kv_replication::Role::NoLeader,
         config.replication.leader.write_quorum,
     )
     .context("cannot read the node's meta file")?;
@@ -62,30 +62,17 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         tracing::info!(path = %path.display(), applied_id, replayed = load.replayed_records, "loaded snapshot, replayed the log after it");
     }
     let store = Arc::new(store);
-    let node = match &config.role {
-        Role::Leader => {
-            Node::open_leader(store.clone(), &config.data_dir, config.replication.clone())
-        }
-        Role::Follower { leader_url, .. } => Node::open_follower(
-            store.clone(),
-            &config.data_dir,
-            leader_url.clone(),
-            config.replication.clone(),
-        ),
-    }
-    .context("cannot take the node's replication role")?;
     tracing::info!(
         keys = store.key_count(),
         applied_id = store.applied_id(),
         elapsed_ms = opening_started.elapsed().as_millis() as u64,
         "store ready"
     );
-    let node = Arc::new(node);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let served = runtime.block_on(serve(&config, node));
+    let served = runtime.block_on(serve(&config, store.clone()));
     drop(runtime);
     let closed = store.close().context("cannot sync and close the WAL");
     served?;
@@ -126,63 +113,200 @@ fn open_store(
     }
 }
 
-async fn serve(config: &NodeConfig, node: Arc<Node>) -> anyhow::Result<()> {
+/// How long a starting node waits to take its role from the controller before it announces
+/// its address anyway (a node that cannot reach the cluster still serves reads and status).
+const ROLE_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// Serves the node until a shutdown signal: binds, opens the controller, takes the node's
+/// place in the cluster (initialize, join, or neither), serves HTTP, runs the driver (the
+/// heartbeats and roles), the fetch loop and the maintenance task, and announces the address
+/// once the node took its role. On SIGINT/SIGTERM: stops accepting and lets requests in flight
+/// finish (the lease still renewed), then stops the driver, the fetch loop, the maintenance
+/// task and the controller, and saves the node's progress.
+async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
     // Signal handlers go in before the address is announced, so a signal sent as soon as the
     // node is up is a clean shutdown, not a kill.
-    let shutdown = ShutdownSignals::install()?;
+    let signals = ShutdownSignals::install()?;
+    let (signalled, signal_received) = watch::channel(false);
+    let signalled = Arc::new(signalled);
+    tokio::spawn({
+        let signalled = signalled.clone();
+        async move {
+            signals.received().await;
+            let _ = signalled.send(true);
+        }
+    });
+    // A fault-injection build checks its fetch fault's settings once, here.
+    crate::faults::follower_transport(
+        HttpTransport::new("http://127.0.0.1:1").map_err(anyhow::Error::msg)?,
+    )?;
     let listener = kv_http::bind(&config.listen).await?;
     let address = listener
         .local_addr()
         .context("cannot read the bound address")?;
     tracing::info!(%address, "listening on {address}");
-    // Also on stdout, for scripts and tests that need the port.
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {address}").context("cannot write to stdout")?;
-    stdout.flush().context("cannot write to stdout")?;
-    drop(stdout);
-
-    let (stop_replication, replication_stopped) = watch::channel(false);
-    let follower_loop = match &config.role {
-        Role::Leader => None,
-        Role::Follower { leader_url, .. } => {
-            let transport = HttpTransport::new(leader_url).map_err(anyhow::Error::msg)?;
-            // Wrapped by the corrupting fault in a fault-injection build (`faults.rs`).
-            let transport = crate::faults::follower_transport(transport)?;
-            tracing::info!(leader = %leader_url, "following");
-            let mut stopped = replication_stopped.clone();
-            let node = node.clone();
-            Some(tokio::spawn(async move {
-                node.run_follower(transport, async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })
-                .await;
-            }))
+    let identity = Identity::of(config, address);
+    // Where to connect for each peer: its own address (a fault build's tests may route links
+    // through proxies).
+    let dial = crate::faults::peer_dial()?;
+    let client = bootstrap::open_controller(config, &identity, dial.clone()).await?;
+    let controller = client.controller().clone();
+    bootstrap::initialize_if_new(config, &controller, &store).await?;
+    // The node starts following nobody; the controller's view gives it its role.
+    let node = Arc::new(
+        Node::open_controlled(
+            store.clone(),
+            &config.data_dir,
+            identity.node_id,
+            config.replication.clone(),
+        )
+        .context("cannot open the node's replication state")?,
+    );
+    let cluster = Arc::new(ClusterState::new(
+        identity.node_id,
+        identity.url.clone(),
+        client,
+        config.cluster.timing,
+    ));
+    let state =
+        Arc::new(AppState::new(node.clone(), config.http.clone()).with_cluster(cluster.clone()));
+    // Serve at once: peers' controllers talk to this one over HTTP.
+    let server = tokio::spawn(kv_http::serve(listener, state, {
+        let mut signal_received = signal_received.clone();
+        async move {
+            let _ = signal_received.wait_for(|stop| *stop).await;
         }
-    };
-    let maintenance = {
-        let mut stopped = replication_stopped.clone();
-        let options = MaintenanceOptions {
-            compress_sealed_segments: config.compress_sealed_segments.is_some(),
-            ..MaintenanceOptions::default()
-        };
-        tokio::spawn(node.clone().run_maintenance(options, async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }))
-    };
-    let state_node = node.clone();
-    let state = Arc::new(AppState::new(node, config.http.clone()));
-    let served = kv_http::serve(listener, state, shutdown.received()).await;
-    let _ = stop_replication.send(true);
-    let _ = maintenance.await;
-    if let Some(follower_loop) = follower_loop {
-        let _ = follower_loop.await;
+    }));
+    let joined =
+        bootstrap::join_if_new(config, &identity, cluster.client(), signal_received.clone()).await;
+    if let Err(error) = joined {
+        let _ = signalled.send(true);
+        let _ = server.await;
+        let _ = controller.shutdown().await;
+        return Err(error);
     }
-    if let Err(error) = state_node.persist_progress() {
+    tracing::info!(node_id = identity.node_id, url = %identity.url, "this node's identity");
+
+    // The driver, the fetch loop and the maintenance task stop once the server has drained.
+    let (stop_background, background_stopped) = watch::channel(false);
+    let background =
+        Background::start(config, &identity, &node, &cluster, dial, background_stopped);
+    announce_when_ready(
+        &address,
+        &cluster,
+        &identity,
+        background.ready.clone(),
+        signal_received,
+    )
+    .await?;
+
+    let served = server.await.context("the server task failed")?;
+    let _ = stop_background.send(true);
+    background.join().await;
+    if let Err(error) = controller.shutdown().await {
+        tracing::warn!(%error, "the controller did not stop cleanly");
+    }
+    if let Err(error) = node.persist_progress() {
         tracing::error!(%error, "cannot save the commit id and epoch");
     }
     served?;
     tracing::info!("all connections closed");
     Ok(())
+}
+
+/// The node's tasks besides the server: the driver (heartbeats and roles), the fetch loop, the
+/// URL announcement and the maintenance task.
+struct Background {
+    ready: watch::Receiver<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts them; they stop when `stopped` turns true.
+    fn start(
+        config: &NodeConfig,
+        identity: &Identity,
+        node: &Arc<Node>,
+        cluster: &Arc<ClusterState>,
+        dial: HashMap<String, String>,
+        stopped: watch::Receiver<bool>,
+    ) -> Background {
+        let until_stopped = |mut receiver: watch::Receiver<bool>| async move {
+            let _ = receiver.wait_for(|stop| *stop).await;
+        };
+        let driver = Driver::new(node.clone(), cluster.clone(), stopped.clone());
+        let ready = driver.ready();
+        let mut tasks = vec![tokio::spawn(driver.run())];
+        tasks.push(tokio::spawn(node.clone().run_replication(
+            move |leader_url: &str| {
+                follower_transport(&crate::faults::dialed_url(leader_url, &dial))
+            },
+            until_stopped(stopped.clone()),
+        )));
+        tasks.push(tokio::spawn({
+            let cluster = cluster.clone();
+            let identity = identity.clone();
+            let stopped = stopped.clone();
+            async move { bootstrap::announce_url(&identity, cluster.client(), stopped).await }
+        }));
+        let options = MaintenanceOptions {
+            compress_sealed_segments: config.compress_sealed_segments.is_some(),
+            ..MaintenanceOptions::default()
+        };
+        tasks.push(tokio::spawn(
+            node.clone()
+                .run_maintenance(options, until_stopped(stopped)),
+        ));
+        Background { ready, tasks }
+    }
+
+    /// Waits until every task ended.
+    async fn join(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Waits until the node took its role from the controller (or a signal came, or
+/// [`ROLE_WAIT_MAX`] passed), then announces its address on stdout, for scripts and tests.
+async fn announce_when_ready(
+    address: &std::net::SocketAddr,
+    cluster: &ClusterState,
+    identity: &Identity,
+    mut ready: watch::Receiver<bool>,
+    mut signal_seen: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        _ = ready.wait_for(|ready| *ready) => {}
+        _ = signal_seen.wait_for(|stop| *stop) => {}
+        _ = tokio::time::sleep(ROLE_WAIT_MAX) => {
+            tracing::warn!("no role from the controller yet; serving anyway");
+        }
+    }
+    if let Some(view) = cluster.view() {
+        tracing::info!(
+            epoch = view.leader_epoch,
+            leader = ?view.data_leader,
+            leads = view.data_leader == Some(identity.node_id),
+            "took the role the controller gives"
+        );
+    }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {address}").context("cannot write to stdout")?;
+    stdout.flush().context("cannot write to stdout")?;
+    Ok(())
+}
+
+/// The follower's transport to the leader at `leader_url`: kvd's HTTP transport (wrapped by
+/// the corrupting fault in a fault-injection build, `faults.rs`). The URL comes from the
+/// controller's metadata, where only `http://` URLs are admitted.
+fn follower_transport(leader_url: &str) -> impl kv_replication::Transport {
+    let transport = HttpTransport::new(leader_url).unwrap_or_else(|error| {
+        tracing::error!(%error, "the leader's URL is unusable; fetching from nowhere");
+        HttpTransport::new("http://127.0.0.1:1").expect("a valid URL")
+    });
+    crate::faults::follower_transport(transport).expect("checked at startup")
 }
 
 struct ShutdownSignals {

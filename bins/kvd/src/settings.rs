@@ -243,6 +243,38 @@ settings_group! {
 }
 
 settings_group! {
+    /// The cluster: how peers reach this node, and the failover clocks.
+    #[command(next_help_heading = "Cluster and failover")]
+    pub struct ClusterSettings {
+        /// The URL other nodes reach this node at, for data and controller traffic alike,
+        /// when it is not `http://` + the listen address (a proxy, a NAT, a host name)
+        /// [default: http://LISTEN-ADDRESS].
+        #[arg(long, env = "KVD_ADVERTISE_URL", value_name = "URL")]
+        pub advertise_url: Option<String>,
+        /// A follower that has not heard from its leader for this long answers /health with
+        /// 503; the leader takes a follower this far behind out of the in-sync replicas
+        /// [default: 2000].
+        #[arg(long, env = "KVD_LAG_LIMIT_MS", value_name = "MS")]
+        pub lag_limit_ms: Option<u64>,
+        /// How often every node heartbeats the active controller [default: 100].
+        #[arg(long, env = "KVD_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
+        pub heartbeat_interval_ms: Option<u64>,
+        /// How long the leader may acknowledge writes after sending a heartbeat the controller
+        /// answered with a lease; below the session timeout [default: 350].
+        #[arg(long, env = "KVD_LEASE_MS", value_name = "MS")]
+        pub lease_ms: Option<u64>,
+        /// A leader the active controller has not heard from for this long is replaced
+        /// [default: 550].
+        #[arg(long, env = "KVD_SESSION_TIMEOUT_MS", value_name = "MS")]
+        pub session_timeout_ms: Option<u64>,
+        /// A controller that hears no active controller for this long (plus up to 200 ms at
+        /// random) starts an election [default: 300].
+        #[arg(long, env = "KVD_ELECTION_TIMEOUT_MS", value_name = "MS")]
+        pub election_timeout_ms: Option<u64>,
+    }
+}
+
+settings_group! {
     /// Logs on stderr.
     #[command(next_help_heading = "Logging")]
     pub struct LogSettings {
@@ -288,6 +320,9 @@ pub struct Settings {
     /// History and idempotent requests.
     #[command(flatten)]
     pub retention: RetentionSettings,
+    /// The cluster and failover.
+    #[command(flatten)]
+    pub cluster: ClusterSettings,
     /// Logging.
     #[command(flatten)]
     pub logging: LogSettings,
@@ -305,6 +340,7 @@ impl Layer for Settings {
             replication: self.replication.or(lower.replication),
             compaction: self.compaction.or(lower.compaction),
             retention: self.retention.or(lower.retention),
+            cluster: self.cluster.or(lower.cluster),
             logging: self.logging.or(lower.logging),
             follower: self.follower.or(lower.follower),
         }
@@ -321,6 +357,7 @@ impl Settings {
             ReplicationSettings::KEYS,
             CompactionSettings::KEYS,
             RetentionSettings::KEYS,
+            ClusterSettings::KEYS,
             LogSettings::KEYS,
             FollowerSettings::KEYS,
         ]
@@ -339,6 +376,7 @@ impl Settings {
                 || absorb(&mut settings.replication, &key, &value)?
                 || absorb(&mut settings.compaction, &key, &value)?
                 || absorb(&mut settings.retention, &key, &value)?
+                || absorb(&mut settings.cluster, &key, &value)?
                 || absorb(&mut settings.logging, &key, &value)?
                 || absorb(&mut settings.follower, &key, &value)?;
             if !found {
@@ -361,6 +399,7 @@ impl Settings {
             self.replication.value_text(key),
             self.compaction.value_text(key),
             self.retention.value_text(key),
+            self.cluster.value_text(key),
             self.logging.value_text(key),
             self.follower.value_text(key),
         ]

@@ -347,11 +347,11 @@ async fn wait_for_meta(
 
 /// `GET /cluster_status`: the node's replication status, and with a controller its id, the
 /// controller (term, Raft leader, voters, learners, sessions on the active one) and the
-/// metadata (data leader, epoch, ISR, members, write quorum).
+/// newest metadata it knows (data leader, epoch, ISR, members, write quorum).
 pub fn cluster_status(state: &AppState) -> Response<Full<Bytes>> {
     let mut body = serde_json::to_value(state.node.cluster_status()).expect("serializes");
     if let (Some(cluster), Some(fields)) = (state.cluster.as_deref(), body.as_object_mut()) {
-        let meta = cluster.controller().meta();
+        let meta = cluster.newest_meta();
         fields.insert("node_id".into(), json!(cluster.node_id()));
         fields.insert("url".into(), json!(cluster.url()));
         fields.insert("data_leader".into(), json!(meta.data_leader));

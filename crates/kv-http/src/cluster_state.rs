@@ -3,7 +3,6 @@
 //! [`cluster_view`], the controller's metadata as the data plane takes it.
 
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use kv_controller::{ClusterMeta, Controller, NodeId, Timing};
 use kv_replication::{ClusterView, LeaderRef};
@@ -19,7 +18,6 @@ pub struct ClusterState {
     url: String,
     client: ControllerClient,
     timing: Timing,
-    lag_limit: Duration,
     learned: Mutex<Learned>,
 }
 
@@ -32,21 +30,18 @@ struct Learned {
 }
 
 impl ClusterState {
-    /// The cluster state of node `node_id`, reachable at `url`; a follower cut off from its
-    /// leader for longer than `lag_limit` reports itself unhealthy.
+    /// The cluster state of node `node_id`, reachable at `url`.
     pub fn new(
         node_id: NodeId,
         url: String,
         client: ControllerClient,
         timing: Timing,
-        lag_limit: Duration,
     ) -> ClusterState {
         ClusterState {
             node_id,
             url,
             client,
             timing,
-            lag_limit,
             learned: Mutex::new(Learned::default()),
         }
     }
@@ -76,11 +71,6 @@ impl ClusterState {
         &self.timing
     }
 
-    /// How long a follower may go without hearing its leader and still call itself healthy.
-    pub fn lag_limit(&self) -> Duration {
-        self.lag_limit
-    }
-
     /// Whether `meta` is newer (by [`ClusterMeta::version`]) than the view the data plane
     /// follows. The heartbeat replies and the node's own controller both offer metadata; the
     /// driver applies only ever-newer views, one at a time, so an ISR never goes back.
@@ -106,6 +96,16 @@ impl ClusterState {
     /// node's lease runs out.
     pub fn set_handing_over(&self, handing_over: bool) {
         self.learned().handing_over = handing_over;
+    }
+
+    /// The newest metadata this node knows: its controller's applied state, or the view it
+    /// took from the active controller if that is newer (a restarted or lagging controller).
+    pub fn newest_meta(&self) -> ClusterMeta {
+        let applied = self.controller().meta();
+        match self.view() {
+            Some(view) if view.version > applied.version => view,
+            _ => applied,
+        }
     }
 
     /// Whether a planned transfer away from this leader is under way.

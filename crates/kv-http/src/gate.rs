@@ -76,8 +76,10 @@ pub const MAX_STALENESS_MS_MAX: u64 = 24 * 3600 * 1000;
 /// - `?max_staleness_ms=N` — a follower answers only if it heard its leader within the last
 ///   N ms and held what it said then; else `503`;
 /// - no option — a follower answers from what it has (as stale as `/cluster_status` says);
-///   the leader answers only while its lease holds (a deposed leader answers `307` to the new
-///   one, or `503` while none is known): the leader's reads are linearizable.
+///   the leader answers only while its lease holds and its epoch's no-op is committed and
+///   applied (a deposed leader answers `307` to the new one, or `503` while none is known; a
+///   node the view names leader that does not lead yet, `503`): the leader's reads are
+///   linearizable.
 pub fn check_read(state: &AppState, parts: &Parts) -> Result<()> {
     let query = parts.uri.query().unwrap_or_default();
     let linearizable = match query_parameter(query, "linearizable")? {
@@ -97,20 +99,35 @@ pub fn check_read(state: &AppState, parts: &Parts) -> Result<()> {
         return Ok(());
     };
     let role = state.role();
+    let Some(view) = cluster.view() else {
+        // Starting: whether it leads, and what it may serve, comes with its first view.
+        return Err(Error::Unavailable(
+            "this node has not learned the cluster's metadata yet: retry".to_owned(),
+        ));
+    };
+    if role != NodeRole::Leader && view.data_leader == Some(cluster.node_id()) {
+        // Named leader but not leading yet (a restart: the epoch it led before is led again
+        // only as a new one, after its no-op): its map may miss writes it acknowledged.
+        return Err(Error::Unavailable(
+            "this node is taking up its leadership (its epoch's first entry is not committed \
+             yet): retry"
+                .to_owned(),
+        ));
+    }
     if role == NodeRole::Leader {
         if !cluster.handing_over() && state.node.linearizable_reads() {
             return Ok(());
         }
         // Not sure it still leads (a lease that ran out, a transfer under way, a no-op not yet
         // committed): the leader the view names, if another, answers.
-        return match cluster
-            .view()
-            .and_then(|view| view.leader_url().map(str::to_owned))
-        {
-            Some(url) if url != cluster.url() => Err(redirect_to(&url, parts)),
+        let other_leader = view
+            .data_leader
+            .filter(|leader| *leader != cluster.node_id());
+        return match other_leader.and_then(|_| view.leader_url()) {
+            Some(url) => Err(redirect_to(url, parts)),
             _ => Err(Error::Unavailable(
-                "this node cannot vouch that it still leads (its lease ran out, or it is \
-                 handing over): retry"
+                "this node cannot vouch that it still leads (its lease ran out, it is handing \
+                 over, or its epoch's first entry is not committed yet): retry"
                     .to_owned(),
             )),
         };

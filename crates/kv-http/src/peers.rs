@@ -56,6 +56,9 @@ pub struct PeerAnswer {
 #[derive(Debug, Default)]
 pub struct PeerClient {
     idle: Mutex<HashMap<String, Vec<SendRequest<Full<Bytes>>>>>,
+    /// Where to connect for a peer's `host:port` instead of that address (tests route each
+    /// link through its own fault-injecting proxy); empty: every peer at its own address.
+    dial: HashMap<String, String>,
 }
 
 /// `http://host:port[/prefix]` → (`host:port`, `/prefix` without a trailing slash).
@@ -77,6 +80,15 @@ impl PeerClient {
     /// A client with no connections yet.
     pub fn new() -> PeerClient {
         PeerClient::default()
+    }
+
+    /// A client that connects to `dial[host:port]` for a peer at `host:port` (and to the
+    /// peer's own address for one not in the map); the requests still name the peer.
+    pub fn with_dial(dial: HashMap<String, String>) -> PeerClient {
+        PeerClient {
+            dial,
+            ..PeerClient::default()
+        }
     }
 
     /// Sends `method {base_url}{path}` with a JSON `body` (when given) and `extra_header` (when
@@ -124,7 +136,10 @@ impl PeerClient {
         };
         let mut sender = match self.take_idle(authority) {
             Some(sender) => sender,
-            None => connect(authority).await?,
+            None => {
+                let address = self.dial.get(authority).map_or(authority, String::as_str);
+                connect(address).await?
+            }
         };
         sender
             .ready()

@@ -155,6 +155,8 @@ fn bad_settings_are_refused_with_their_name() {
         ),
         ("max_connections = \"many\"", "max_connections"),
         ("listen = [", "TOML parse error"),
+        ("lease_ms = 600", "session timeout"),
+        ("advertise_url = \"proxy:1\"", "advertise URL"),
     ] {
         let (_dir, path) = config_file(text);
         let sources = Sources {
@@ -183,7 +185,7 @@ fn bad_settings_are_refused_with_their_name() {
 /// test below insists every setting is here, so a new one cannot skip its conversion.
 #[allow(clippy::type_complexity)]
 #[rustfmt::skip]
-const EFFECTS: [(&str, &str, fn(&NodeConfig) -> String, &str); 32] = [
+const EFFECTS: [(&str, &str, fn(&NodeConfig) -> String, &str); 38] = [
     ("listen", "\"127.0.0.1:7\"", |c| c.listen.clone(), "127.0.0.1:7"),
     ("data_dir", "\"/x\"", |c| c.data_dir.display().to_string(), "/x"),
     ("max_segment_size", "\"1MiB\"", |c| c.segment_bytes_max.to_string(), "1048576"),
@@ -212,6 +214,12 @@ const EFFECTS: [(&str, &str, fn(&NodeConfig) -> String, &str); 32] = [
     ("history_bytes", "\"2K\"", |c| c.retention.history.bytes_max.to_string(), "2048"),
     ("dedup_max_entries", "19", |c| c.retention.dedup.entries_max.to_string(), "19"),
     ("dedup_max_age_secs", "20", |c| c.retention.dedup.age_max_ms.to_string(), "20000"),
+    ("advertise_url", "\"http://proxy:1/\"", |c| format!("{:?}", c.cluster.advertise_url), "Some(\"http://proxy:1\")"),
+    ("lag_limit_ms", "21", |c| format!("{:?}", c.replication.leader.lag_limit), "21ms"),
+    ("heartbeat_interval_ms", "50", |c| format!("{:?}", c.cluster.timing.heartbeat_interval), "50ms"),
+    ("lease_ms", "400", |c| format!("{:?}", c.cluster.timing.lease), "400ms"),
+    ("session_timeout_ms", "600", |c| format!("{:?}", c.cluster.timing.session_timeout), "600ms"),
+    ("election_timeout_ms", "400", |c| format!("{:?}", (c.cluster.timing.raft_election_timeout_min, c.cluster.timing.raft_election_timeout_max)), "(400ms, 600ms)"),
     ("log_level", "\"debug\"", |c| c.log_level.clone(), "debug"),
     ("log_format", "\"json\"", |c| format!("{:?}", c.log_format), "Json"),
     ("leader", "\"http://10.0.0.1:9\"", |c| format!("{:?}", c.role), "Follower { number: 1, leader_url: \"http://10.0.0.1:9\" }"),

@@ -1,15 +1,20 @@
 //! The follower's corrupting fault (a `fault-injection` build only):
 //! `KVD_FAULT_CORRUPT_FETCH_EVERY=N` flips a bit in the frames of every Nth fetch answer a
-//! follower receives, to prove it refuses damaged entries and fetches them again.
+//! follower receives, to prove it refuses damaged entries and fetches them again;
+//! `KVD_FAULT_FETCH_BLOCK_FILE=PATH` fails every fetch while a file exists at PATH (a follower
+//! alive but copying nothing, for the ISR and divergence tests).
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use kv_http::HttpTransport;
-use kv_replication::{FetchRequest, FetchResponse, SnapshotMeta, Transport, TransportError};
+use kv_replication::{
+    FetchRequest, FetchResponse, SnapshotMeta, Transport, TransportError, TransportErrorKind,
+};
 
-use super::injection::FAULT_CORRUPT_FETCH_EVERY_ENV;
+use super::injection::{FAULT_CORRUPT_FETCH_EVERY_ENV, FAULT_FETCH_BLOCK_FILE_ENV};
 
 /// The follower's transport: `inner`, wrapped so that it corrupts fetched batches when
 /// `KVD_FAULT_CORRUPT_FETCH_EVERY` asks for it (unset or 0: never).
@@ -18,6 +23,7 @@ pub fn follower_transport(inner: HttpTransport) -> anyhow::Result<CorruptingTran
         inner,
         corrupt_every: corrupt_fetch_every()?,
         fetches: AtomicU64::new(0),
+        block_file: std::env::var_os(FAULT_FETCH_BLOCK_FILE_ENV).map(PathBuf::from),
     })
 }
 
@@ -39,6 +45,23 @@ pub struct CorruptingTransport {
     inner: HttpTransport,
     corrupt_every: u64,
     fetches: AtomicU64,
+    block_file: Option<PathBuf>,
+}
+
+impl CorruptingTransport {
+    /// Fails while the block file exists.
+    fn blocked(&self) -> Result<(), TransportError> {
+        match &self.block_file {
+            Some(path) if path.exists() => Err(TransportError::new(
+                TransportErrorKind::Connect,
+                format!(
+                    "test fault: fetches blocked while {} exists",
+                    path.display()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Transport for CorruptingTransport {
@@ -46,6 +69,7 @@ impl Transport for CorruptingTransport {
         &self,
         timeout: Duration,
     ) -> Result<Option<SnapshotMeta>, TransportError> {
+        self.blocked()?;
         self.inner.snapshot_meta(timeout).await
     }
 
@@ -56,6 +80,7 @@ impl Transport for CorruptingTransport {
         len: u32,
         timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
+        self.blocked()?;
         self.inner
             .snapshot_chunk(applied_id, offset, len, timeout)
             .await
@@ -66,6 +91,7 @@ impl Transport for CorruptingTransport {
         request: &FetchRequest,
         timeout: Duration,
     ) -> Result<FetchResponse, TransportError> {
+        self.blocked()?;
         let mut response = self.inner.fetch(request, timeout).await?;
         if self.corrupt_every > 0 {
             if let FetchResponse::Entries { frames, .. } = &mut response {

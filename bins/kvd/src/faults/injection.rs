@@ -9,10 +9,15 @@
 //! - `KVD_FAULT_WRITE_FAIL_AT=N`: likewise the Nth write (or length change) of a WAL file.
 //! - `KVD_FAULT_CORRUPT_FETCH_EVERY=N`: a follower flips a bit in every Nth batch it fetches
 //!   (`corrupt_fetch.rs`: the follower transport `node.rs` uses is wrapped).
+//! - `KVD_FAULT_FETCH_BLOCK_FILE=PATH`: every fetch fails while a file exists at PATH.
+//! - `KVD_FAULT_PEER_ROUTES=HOST:PORT=HOST:PORT,…`: this node reaches the peer at the first
+//!   address by connecting to the second (a test's proxy for that link), for every node-to-node
+//!   request: fetches, snapshots, controller traffic ([`peer_dial`]).
 //!
 //! [`configure_from_env`] reads and checks them once at startup; [`wal_file_system`] is the file
 //! system the WAL opens with: the real one, wrapped in a [`FaultyFs`] when a fault is asked for.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context};
@@ -26,14 +31,37 @@ pub const FAULT_FSYNC_FAIL_AT_ENV: &str = "KVD_FAULT_FSYNC_FAIL_AT";
 pub const FAULT_WRITE_FAIL_AT_ENV: &str = "KVD_FAULT_WRITE_FAIL_AT";
 /// Env variable: every how many fetched batches a follower corrupts one (`corrupt_fetch.rs`).
 pub const FAULT_CORRUPT_FETCH_EVERY_ENV: &str = "KVD_FAULT_CORRUPT_FETCH_EVERY";
+/// A path: while a file exists there, every fetch of this follower fails (it stays alive and
+/// heartbeats the controller, but copies nothing: a follower too slow to keep up).
+pub const FAULT_FETCH_BLOCK_FILE_ENV: &str = "KVD_FAULT_FETCH_BLOCK_FILE";
+/// Env variable: `peer=dial,…` address pairs (see the module docs).
+pub const FAULT_PEER_ROUTES_ENV: &str = "KVD_FAULT_PEER_ROUTES";
 
 /// Every fault variable this build reads.
-pub const VARIABLES: [&str; 4] = [
+pub const VARIABLES: [&str; 6] = [
     FAILPOINTS_ENV,
     FAULT_FSYNC_FAIL_AT_ENV,
     FAULT_WRITE_FAIL_AT_ENV,
     FAULT_CORRUPT_FETCH_EVERY_ENV,
+    FAULT_FETCH_BLOCK_FILE_ENV,
+    FAULT_PEER_ROUTES_ENV,
 ];
+
+/// Where this node connects for each peer address (`KVD_FAULT_PEER_ROUTES`; empty unless set).
+pub fn peer_dial() -> anyhow::Result<HashMap<String, String>> {
+    let Some(text) = env_value(FAULT_PEER_ROUTES_ENV) else {
+        return Ok(HashMap::new());
+    };
+    let mut dial = HashMap::new();
+    for pair in text.split(',').filter(|pair| !pair.is_empty()) {
+        let Some((peer, via)) = pair.split_once('=') else {
+            bail!("{FAULT_PEER_ROUTES_ENV}: {pair:?} is not PEER=DIAL");
+        };
+        dial.insert(peer.to_owned(), via.to_owned());
+    }
+    tracing::warn!(?dial, "test fault: peers reached through other addresses");
+    Ok(dial)
+}
 
 /// The WAL's file system, chosen once by [`configure_from_env`].
 static WAL_FILE_SYSTEM: OnceLock<Arc<dyn FileSystem>> = OnceLock::new();

@@ -12,7 +12,7 @@ use std::time::Duration;
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Env variables kvd reads; cleared so the host's environment cannot change a test.
-const KVD_ENV: [&str; 18] = [
+const KVD_ENV: [&str; 24] = [
     "KVD_LISTEN",
     "KVD_DATA_DIR",
     "KVD_CONFIG",
@@ -28,6 +28,12 @@ const KVD_ENV: [&str; 18] = [
     "KVD_SHUTDOWN_TIMEOUT_MS",
     "KVD_LOG_FORMAT",
     "KVD_LEADER",
+    "KVD_ADVERTISE_URL",
+    "KVD_LAG_LIMIT_MS",
+    "KVD_HEARTBEAT_INTERVAL_MS",
+    "KVD_LEASE_MS",
+    "KVD_SESSION_TIMEOUT_MS",
+    "KVD_ELECTION_TIMEOUT_MS",
     "KVD_FAILPOINTS",
     "KVD_FAULT_FSYNC_FAIL_AT",
     "KVD_FAULT_WRITE_FAIL_AT",
@@ -67,6 +73,24 @@ impl TestRng {
     pub fn in_range(&mut self, range: std::ops::RangeInclusive<u64>) -> u64 {
         let span = range.end() - range.start() + 1;
         range.start() + self.next_u64() % span
+    }
+}
+
+/// A free port on 127.0.0.1 (for a node that keeps its address across restarts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The name of a cluster's node `index` (its data directory): `leader` for node 0 (`kvd
+/// leader`), `follower-N` for node N.
+pub fn node_name(index: usize) -> String {
+    if index == 0 {
+        "leader".to_owned()
+    } else {
+        format!("follower-{index}")
     }
 }
 
@@ -366,8 +390,22 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> std::io::Result<Answer> {
-    let mut stream = TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(DEADLINE))?;
+    request_within(address, method, path, headers, body, DEADLINE)
+}
+
+/// [`request`], giving up after `timeout` (to connect, to send, and for each read): a paused
+/// or cut-off node does not hold the test up.
+pub fn request_within(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect_timeout(&address, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));

@@ -7,6 +7,7 @@ mod cluster_crash;
 mod compressed_segments;
 mod crash_loop;
 mod durability;
+mod failover;
 mod fsync_failure;
 mod harness;
 mod nemesis;

@@ -129,9 +129,76 @@ fn sigterm_exits_zero_with_the_wal_synced() {
 
     let kvd = Kvd::start(&data_dir, &[], &[]);
     let (_, health) = kvd.json("GET", "/health", None);
-    assert_eq!(
-        (health["keys"].clone(), health["applied_id"].clone()),
-        (json!(20), json!(20))
-    );
+    // Everything is back and applied: the 20 writes and each epoch's first entry (the
+    // restarted leader leads a new epoch).
+    assert_eq!(health["keys"], json!(20), "{health}");
+    assert_eq!(health["applied_id"], health["last_id"], "{health}");
+    assert!(health["applied_id"].as_u64() >= Some(21), "{health}");
     assert!(kvd.stderr().contains("WAL recovered"), "{}", kvd.stderr());
+}
+
+/// A cluster's data directories from before the controller (a `node.meta`, a log, no
+/// `controller/`) open with their commands unchanged: `kvd leader` initializes the controller
+/// with `node.meta`'s cluster id and a first epoch above every epoch `node.meta` names, `kvd
+/// follower 1` joins it with the same cluster id, and every write is still there.
+#[test]
+fn a_data_directory_from_before_the_controller_keeps_its_data_cluster_id_and_epochs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let leader_dir = dir.path().join("leader");
+    let follower_dir = dir.path().join("follower-1");
+    let listen = format!("127.0.0.1:{}", crate::harness::free_port());
+    let leader_path = leader_dir.to_str().expect("UTF-8").to_owned();
+    let leader_args = ["leader", "--listen", &listen, "--data-dir", &leader_path];
+    let mut leader = Kvd::spawn(&leader_dir, &leader_args, &[]);
+    let mut follower = Kvd::start_follower(&follower_dir, &leader, &[], &[]);
+    let mut last_id = 0;
+    for index in 0..5 {
+        let (status, body) = leader.json(
+            "PUT",
+            &format!("/key/k{index}"),
+            Some(&json!({ "value": index }).to_string()),
+        );
+        assert_eq!(status, 200, "{body}");
+        last_id = body["id"].as_u64().expect("id");
+    }
+    let (_, status) = follower.json("GET", &format!("/key/k4?min_id={last_id}"), None);
+    assert_eq!(status["value"], 4, "{status}");
+    let (_, status) = leader.json("GET", "/cluster_status", None);
+    let cluster_id = status["cluster_id"]
+        .as_str()
+        .expect("cluster id")
+        .to_owned();
+    assert!(follower.terminate().success());
+    assert!(leader.terminate().success());
+    drop((leader, follower));
+
+    // What a node wrote before the controller: node.meta (format 1, no led_epoch) and its log.
+    for data_dir in [&leader_dir, &follower_dir] {
+        std::fs::remove_dir_all(data_dir.join("controller")).expect("remove controller/");
+        let meta = json!({"format": 1, "cluster_id": cluster_id, "epoch": 7, "commit_id": last_id});
+        std::fs::write(data_dir.join("node.meta"), meta.to_string()).expect("write node.meta");
+    }
+    let leader = Kvd::spawn(&leader_dir, &leader_args, &[]);
+    let follower = Kvd::start_follower(&follower_dir, &leader, &[], &[]);
+    let (_, status) = leader.json("GET", "/cluster_status", None);
+    assert_eq!(status["cluster_id"], cluster_id.as_str(), "{status}");
+    assert_eq!(status["role"], "leader", "{status}");
+    assert!(status["leader_epoch"].as_u64() > Some(7), "{status}");
+    let (status, body) = leader.json("PUT", "/key/after", Some(r#"{"value": "after"}"#));
+    assert_eq!(status, 200, "{body}");
+    let after_id = body["id"].as_u64().expect("id");
+    for kvd in [&leader, &follower] {
+        for index in 0..5 {
+            let path = format!("/key/k{index}?min_id={after_id}&wait_ms=20000");
+            assert_eq!(kvd.json("GET", &path, None).1["value"], index, "{path}");
+        }
+        let (_, status) = kvd.json("GET", "/cluster_status", None);
+        assert_eq!(status["cluster_id"], cluster_id.as_str(), "{status}");
+    }
+    let (_, status) = leader.json("GET", "/cluster_status", None);
+    let members = status["members"].as_array().map_or(0, Vec::len);
+    assert_eq!(
+        members, 2,
+        "the follower joined the migrated cluster: {status}"
+    );
 }

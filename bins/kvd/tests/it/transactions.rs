@@ -132,13 +132,28 @@ fn account(index: u64) -> String {
 /// Moves a random amount between two random accounts with one transaction conditional on
 /// both accounts' mod_revisions; retries a failed compare. Returns whether a transfer
 /// certainly applied (`false`: the leader went away and the outcome is unknown).
-fn transfer(address: SocketAddr, rng: &mut TestRng) -> Option<bool> {
+/// Moves `*address` to the node a 307 names (the controller moved the leadership); whether
+/// `answer` was one.
+fn followed_redirect(address: &mut SocketAddr, answer: &Answer) -> bool {
+    let target = answer
+        .header("location")
+        .filter(|_| answer.status == 307)
+        .and_then(|location| location.strip_prefix("http://"))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|authority| authority.parse().ok());
+    if let Some(target) = target {
+        *address = target;
+    }
+    target.is_some()
+}
+
+fn transfer(address: &mut SocketAddr, rng: &mut TestRng) -> Option<bool> {
     let from = rng.in_range(0..=ACCOUNTS - 1);
     let to = (from + rng.in_range(1..=ACCOUNTS - 1)) % ACCOUNTS;
     let amount = rng.in_range(1..=20) as i64;
     let read = json!({"success": [{"get": {"key": account(from)}}, {"get": {"key": account(to)}}]});
-    let answer = call(address, "POST", "/txn", &[], Some(&read.to_string()))?;
-    if answer.status != 200 {
+    let answer = call(*address, "POST", "/txn", &[], Some(&read.to_string()))?;
+    if followed_redirect(address, &answer) || answer.status != 200 {
         return None;
     }
     let read = answer.json();
@@ -155,7 +170,10 @@ fn transfer(address: SocketAddr, rng: &mut TestRng) -> Option<bool> {
             {"put": {"key": account(to), "value": value(&target) + amount}}
         ]
     });
-    let answer = call(address, "POST", "/txn", &[], Some(&transfer.to_string()))?;
+    let answer = call(*address, "POST", "/txn", &[], Some(&transfer.to_string()))?;
+    if followed_redirect(address, &answer) {
+        return None;
+    }
     match answer.status {
         200 => Some(answer.json()["succeeded"] == json!(true)),
         // The leader is shutting down or just restarted: unknown, try again.
@@ -271,6 +289,8 @@ fn transfers_keep_the_sum_on_the_leader_and_every_follower_across_kill_9() {
             let (done, stop) = (done.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut rng = TestRng::new(seed.wrapping_add(client));
+                // The leader's address, moved by 307s if the controller elects another.
+                let mut address = address;
                 let deadline = Instant::now() + 3 * DEADLINE;
                 let mut succeeded = 0;
                 while succeeded < TRANSFERS_PER_CLIENT && !stop.load(Ordering::Relaxed) {
@@ -278,7 +298,7 @@ fn transfers_keep_the_sum_on_the_leader_and_every_follower_across_kill_9() {
                         Instant::now() < deadline,
                         "client {client}: transfers not done in time"
                     );
-                    match transfer(address, &mut rng) {
+                    match transfer(&mut address, &mut rng) {
                         Some(true) => {
                             succeeded += 1;
                             done.fetch_add(1, Ordering::Relaxed);

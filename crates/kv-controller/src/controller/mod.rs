@@ -101,6 +101,9 @@ pub struct ControllerStatus {
     pub voters: BTreeSet<NodeId>,
     /// The controller learners.
     pub learners: BTreeSet<NodeId>,
+    /// Whether a change of the voters is half done (openraft's joint configuration: both the
+    /// old and the new voters must agree meanwhile, so the old set's majority is still needed).
+    pub voters_changing: bool,
     /// The last Raft log index.
     pub last_log_index: Option<u64>,
     /// The last applied Raft log index.
@@ -369,6 +372,7 @@ impl Controller {
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        let voters_changing = membership.get_joint_config().len() > 1;
         let meta = self.meta();
         let logic = lock(&self.inner.logic);
         ControllerStatus {
@@ -378,6 +382,7 @@ impl Controller {
             raft_leader: metrics.current_leader,
             voters,
             learners,
+            voters_changing,
             last_log_index: metrics.last_log_index,
             last_applied_index: metrics.last_applied.map(|log_id| log_id.index),
             active: logic.is_active(),

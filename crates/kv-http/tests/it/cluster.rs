@@ -65,13 +65,7 @@ async fn member(id: u64, seeds: &[&str]) -> Member {
     .expect("controller");
     let seeds = seeds.iter().map(|seed| seed.to_string()).collect();
     let client = ControllerClient::new(id, controller, peers, seeds, Duration::from_secs(2));
-    let cluster = Arc::new(ClusterState::new(
-        id,
-        url.clone(),
-        client,
-        timing(),
-        Duration::from_millis(2000),
-    ));
+    let cluster = Arc::new(ClusterState::new(id, url.clone(), client, timing()));
     let state = Arc::new(
         AppState::new(Arc::new(node), HttpOptions::default()).with_cluster(cluster.clone()),
     );
@@ -392,14 +386,15 @@ async fn reads_and_health_follow_the_view_and_the_lease() {
     let leader = member(0, &[]).await;
     let meta = initialized(&leader).await;
     let node = &leader.node.state.node;
-    // No view taken yet: unhealthy, no writes; reads answer from what the node has.
+    // No view taken yet: unhealthy, no writes, no reads (whether it leads, and so what it may
+    // serve, comes with the view).
     let (status, body) = leader.http(Method::GET, "/health", "").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     let answer = support::put(&leader.node, "/key/k", r#"{"value": 1}"#).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         support::get(&leader.node, "/key/k").await.status,
-        StatusCode::NOT_FOUND
+        StatusCode::SERVICE_UNAVAILABLE
     );
     // The view names it the leader: healthy, but no linearizable read before a lease.
     node.apply_cluster_view(&kv_http::cluster_view(&meta, 0))
@@ -502,4 +497,33 @@ async fn reads_and_health_follow_the_view_and_the_lease() {
         "{body}"
     );
     leader.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controllers_elect_a_new_active_one_over_http_when_it_stops() {
+    let mut members = three_members().await;
+    let first = members.remove(0);
+    first.stop().await;
+    let started = Instant::now();
+    loop {
+        let leaders: Vec<Option<u64>> = members
+            .iter()
+            .map(|member| member.controller().status().raft_leader)
+            .collect();
+        if leaders
+            .iter()
+            .all(|leader| leader.is_some_and(|id| id != 0))
+            && leaders[0] == leaders[1]
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no new controller leader: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for member in members {
+        member.stop().await;
+    }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::{exclusive, lock, progress_or_role_change, take_leadership, Node, RoleState};
 use crate::error::{Error, Result};
-use crate::leader::Membership;
+use crate::leader::{LeaderState, Membership};
 use crate::log_view::LogView;
 use crate::transport::Transport;
 use crate::view::{decide, ClusterView, Standing, ViewAction};
@@ -325,18 +325,30 @@ impl Node {
     pub fn staleness(&self) -> Option<Duration> {
         let now = Instant::now();
         match &*lock(&self.role) {
-            RoleState::Leader(leader) => leader.linearizable(now).then_some(Duration::ZERO),
+            RoleState::Leader(leader) => self
+                .leader_reads_linearizable(leader, now)
+                .then_some(Duration::ZERO),
             RoleState::Follower { state, .. } => state.staleness(now),
         }
     }
 
     /// Whether a read on this node now is linearizable: it leads, holds a valid lease, and its
-    /// epoch's no-op has committed (a legacy leader: whenever it leads).
+    /// epoch's no-op has committed and is applied — so is everything committed before it,
+    /// whoever acknowledged it (a legacy leader: whenever it leads).
     pub fn linearizable_reads(&self) -> bool {
         match &*lock(&self.role) {
-            RoleState::Leader(leader) => leader.linearizable(Instant::now()),
+            RoleState::Leader(leader) => self.leader_reads_linearizable(leader, Instant::now()),
             RoleState::Follower { .. } => false,
         }
+    }
+
+    /// [`LeaderState::linearizable`], and the map holds the epoch's no-op: the commit id moves
+    /// (under the role lock) a moment before the entries up to it are applied.
+    fn leader_reads_linearizable(&self, leader: &LeaderState, now: Instant) -> bool {
+        leader.linearizable(now)
+            && leader
+                .noop_id()
+                .is_none_or(|noop_id| self.store.applied_id() >= noop_id)
     }
 
     /// The lag limit (see [`crate::LeaderOptions::lag_limit`]).

@@ -18,19 +18,19 @@ use crate::harness::{Answer, TestRng};
 /// How clients find the node that takes writes and serves linearizable reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaderMode {
-    /// Today's kvd: node 0 leads until an operator promotes another; writes and leader reads go
-    /// only there (and fail while it is down).
+    /// Node 0 (`kvd leader`) only: writes and leader reads go there first (writes follow its
+    /// 307s; leader reads it answers with a 307 are dropped as unanswered). For comparison
+    /// runs: under failover node 0 leads only until its first fault.
     Fixed,
-    /// For failover: the node `/cluster_status` names as leader (the one claiming the role
-    /// with the highest epoch, or the one followers name), moved by every 307; looked up again
+    /// The default: the node `/cluster_status` names as leader (the one claiming the role with
+    /// the highest epoch, or the one followers name), moved by every 307; looked up again
     /// after any failure to reach it.
     Discover,
 }
 
-/// Appended to a leader read. When failover lands, a leader read must not be answered by a
-/// node that is no longer the leader: set this to the read option a follower answers with a
-/// 307 (and the client follows it). Today's kvd has none, and node 0 never stops leading.
-const LEADER_READ_QUERY: &str = "";
+/// Appended to a leader read: a node that does not lead (any more) answers it with a 307 (or a
+/// 503 while it cannot vouch that it leads), never from its own, possibly stale, state.
+const LEADER_READ_QUERY: &str = "?linearizable=true";
 
 /// A write waits for its quorum up to the acks timeout, then gets a 503: give it time for that.
 const WRITE_TIMEOUT: Duration = Duration::from_millis(ACKS_TIMEOUT_MS + 1500);
@@ -261,6 +261,17 @@ impl Client {
             Exchange::Answered(answer) => match answer.status {
                 200 => Outcome::Read(Some(read_value(&answer))),
                 404 => Outcome::Read(None),
+                307 => {
+                    // Not the leader: nothing was read; ask the one it names next time.
+                    let target = answer
+                        .header("location")
+                        .and_then(|url| self.shared.directory.node_of_url(url));
+                    if let (Some(target), LeaderMode::Discover) = (target, self.shared.leader_mode)
+                    {
+                        self.leader = target;
+                    }
+                    Outcome::Failed(format!("307 to {:?}", answer.header("location")))
+                }
                 status => Outcome::Unknown {
                     reason: format!("{status} {}", detail(&answer)),
                     id: None,

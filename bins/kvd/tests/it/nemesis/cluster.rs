@@ -2,11 +2,11 @@
 //! line it was first started with (every restart replays it exactly, as an operator's service
 //! manager would), and a [`Network`] of proxies between them.
 //!
-//! Today node 0 runs `kvd leader` and every other node `kvd follower N --leader <URL of its
-//! link to node 0>`. When failover lands, the same command lines stay valid (a node restarted
-//! with its original command takes the role the controller gives it); node-to-node URLs that
-//! new flags need (controller peers) are taken from [`Network::url`] in [`command_line`], so
-//! partitions cut them too.
+//! Node 0 runs `kvd leader` and every other node `kvd follower N --leader <URL of its link to
+//! node 0>`; a node restarted with its original command takes the role the controller gives
+//! it. Nodes reach each other at the addresses they announce (the controller's metadata); each
+//! node is told (`KVD_FAULT_PEER_ROUTES`, [`Network::routes`]) to connect to its link's proxy
+//! for each of them, so partitions cut the controller's traffic and the data's alike.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use serde_json::Value as Json;
 
 use super::http::{self, Exchange};
 use super::proxy::Network;
-use crate::harness::{Kvd, DEADLINE};
+use crate::harness::{free_port, node_name, Kvd, DEADLINE};
 
 /// Cluster settings a scenario chooses.
 #[derive(Debug, Clone)]
@@ -78,16 +78,7 @@ pub struct Cluster {
     dir: tempfile::TempDir,
 }
 
-/// A free port on 127.0.0.1 (the nodes keep theirs across restarts).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// Node `index`'s command line. Node 0 leads today; the others follow it through their link.
-/// (When failover lands and kvd takes controller peers, add them here from `network.url`.)
+/// Node `index`'s command line: node 0 `kvd leader`, the others followers joining through their link.
 pub fn command_line(
     index: usize,
     address: SocketAddr,
@@ -139,11 +130,7 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(index, address)| {
-                let name = if index == 0 {
-                    "leader".to_owned()
-                } else {
-                    format!("follower-{index}")
-                };
+                let name = node_name(index);
                 let data_dir = dir.path().join(&name);
                 Node {
                     args: command_line(index, *address, &data_dir, &network, options),
@@ -174,10 +161,16 @@ impl Cluster {
 
     /// Starts node `index` with its original command line.
     pub fn start_node(&mut self, index: usize) {
+        let addresses = self.addresses();
         let node = &mut self.nodes[index];
         assert!(node.process.is_none(), "{} is running", node.name);
         let args: Vec<&str> = node.args.iter().map(String::as_str).collect();
-        node.process = Some(Kvd::spawn(&node.data_dir, &args, &[]));
+        let routes = self.network.routes(index, &addresses);
+        node.process = Some(Kvd::spawn(
+            &node.data_dir,
+            &args,
+            &[("KVD_FAULT_PEER_ROUTES", &routes)],
+        ));
         node.paused = false;
     }
 
@@ -246,34 +239,6 @@ impl Cluster {
                 "the cluster did not settle within {deadline:?}; leader's last status: {last}"
             );
             std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until node `index`, just restarted, has committed and applied every entry its
-    /// log held at the restart: from then on everything acknowledged before the kill is
-    /// visible in its reads. Returns at once, with false, if the node came back as a follower
-    /// (after a failover: its log may be cut on divergence, and its reads are not checked for
-    /// linearizability anyway).
-    pub fn wait_until_caught_up(&self, index: usize) -> bool {
-        let until = Instant::now() + DEADLINE;
-        let address = self.nodes[index].address;
-        let mut last_id = None;
-        loop {
-            if let Some(status) = cluster_status(address) {
-                if status["role"] != "leader" {
-                    return false;
-                }
-                let held = *last_id.get_or_insert(status["last_id"].as_u64().unwrap_or(0));
-                if status["applied_id"].as_u64().unwrap_or(0) >= held {
-                    return true;
-                }
-            }
-            assert!(
-                Instant::now() < until,
-                "{} did not commit its log within {DEADLINE:?} after a restart",
-                self.nodes[index].name
-            );
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

@@ -47,6 +47,8 @@ pub struct NemesisOptions {
     pub quiet_ms: RangeInclusive<u64>,
     /// Nodes hit by one fault at most (a minority: the quorum must still be reachable).
     pub targets_max: usize,
+    /// Hit only the node leading at the time (one per fault): every fault is a failover.
+    pub leader_only: bool,
 }
 
 /// One fault as injected.
@@ -58,9 +60,6 @@ pub struct FaultRecord {
     pub leader_hit: bool,
     pub started: Nanos,
     pub healed: Nanos,
-    /// A restarted leader: from its restart until it had committed its whole log again (see
-    /// [`Cluster::wait_until_caught_up`]).
-    pub leader_catching_up: Option<(usize, Nanos, Nanos)>,
 }
 
 impl std::fmt::Display for FaultRecord {
@@ -74,16 +73,7 @@ impl std::fmt::Display for FaultRecord {
             self.kind.name(),
             self.nodes,
             if self.leader_hit { " (the leader)" } else { "" }
-        )?;
-        if let Some((_, from, to)) = self.leader_catching_up {
-            write!(
-                formatter,
-                "; restarted at {:.3} ms, applied its whole log again at {:.3} ms",
-                millis(from),
-                millis(to)
-            )?;
-        }
-        Ok(())
+        )
     }
 }
 
@@ -122,7 +112,7 @@ const COVERAGE_GRACE: Duration = Duration::from_secs(60);
 
 /// Runs faults until `duration` passes or `faults_max` were injected — but, on a slow machine,
 /// past `duration` (by [`COVERAGE_GRACE`] at most) until every node and every kind was hit
-/// once; leaves the cluster healed. `leader` says which node leads now (today: node 0).
+/// once; leaves the cluster healed. `leader` says which node leads now.
 pub fn run(
     cluster: &mut Cluster,
     options: &NemesisOptions,
@@ -144,13 +134,19 @@ pub fn run(
         let kind = options.kinds[kinds.next(rng)];
         let count = rng.in_range(1..=options.targets_max as u64) as usize;
         let mut nodes: Vec<usize> = Vec::new();
-        while nodes.len() < count {
-            let node = targets.next(rng);
-            if !nodes.contains(&node) {
-                nodes.push(node);
+        let leader_now = if options.leader_only {
+            let leader_now = wait_for_leader(&mut leader);
+            nodes.push(leader_now);
+            Some(leader_now)
+        } else {
+            while nodes.len() < count {
+                let node = targets.next(rng);
+                if !nodes.contains(&node) {
+                    nodes.push(node);
+                }
             }
-        }
-        let leader_now = leader();
+            leader()
+        };
         let started = clock.now();
         for &node in &nodes {
             match kind {
@@ -160,7 +156,6 @@ pub fn run(
             }
         }
         sleep_ms(rng, &options.hold_ms);
-        let restarted = clock.now();
         for &node in &nodes {
             match kind {
                 FaultKind::Kill => cluster.start_node(node),
@@ -170,22 +165,30 @@ pub fn run(
         }
         let healed = clock.now();
         let leader_hit = leader_now.filter(|leader| nodes.contains(leader));
-        let leader_catching_up = match (kind, leader_hit) {
-            (FaultKind::Kill, Some(leader)) if cluster.wait_until_caught_up(leader) => {
-                Some((leader, restarted, clock.now()))
-            }
-            _ => None,
-        };
         faults.push(FaultRecord {
             kind,
             leader_hit: leader_hit.is_some(),
             nodes,
             started,
             healed,
-            leader_catching_up,
         });
     }
     faults
+}
+
+/// The node `leader` names, once one does (an election may be under way).
+fn wait_for_leader(leader: &mut impl FnMut() -> Option<usize>) -> usize {
+    let started = Instant::now();
+    loop {
+        if let Some(node) = leader() {
+            return node;
+        }
+        assert!(
+            started.elapsed() < crate::harness::DEADLINE,
+            "no leader to hit within the deadline"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// For each fault: how long after it began the first write invoked after it was acknowledged
@@ -219,9 +222,9 @@ pub fn describe_durations(durations: &[Duration]) -> String {
     let mut sorted = durations.to_vec();
     sorted.sort_unstable();
     format!(
-        "median {:.0?}, max {:.0?} over {}",
-        sorted[sorted.len() / 2],
-        sorted[sorted.len() - 1],
+        "median {} ms, max {} ms over {}",
+        sorted[sorted.len() / 2].as_millis(),
+        sorted[sorted.len() - 1].as_millis(),
         sorted.len()
     )
 }

@@ -310,6 +310,19 @@ impl Network {
         self.link(from, to).url()
     }
 
+    /// `KVD_FAULT_PEER_ROUTES` for node `from`: every peer's address, and the proxy of the
+    /// link `from` reaches it through — so the controller's and the data's traffic between
+    /// nodes, which use the addresses the nodes announce, go through the links too.
+    pub fn routes(&self, from: usize, addresses: &[SocketAddr]) -> String {
+        addresses
+            .iter()
+            .enumerate()
+            .filter(|(to, _)| *to != from)
+            .map(|(to, address)| format!("{address}={}", self.link(from, to).address()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Cuts `node` off from every peer as `partition` says.
     pub fn isolate(&self, node: usize, partition: Partition) {
         for ((from, to), proxy) in &self.links {

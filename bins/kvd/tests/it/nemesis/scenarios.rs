@@ -6,17 +6,15 @@
 //! | `KVD_TEST_SEED` | fresh, printed | replays the run's choices (ops, keys, faults, timings) |
 //! | `KVD_NEMESIS_SECS` | 12 | how long the nemesis runs |
 //! | `KVD_NEMESIS_FAULTS` | 200 | faults at most |
+//! | `KVD_NEMESIS_FAILOVERS` | 20 | leader kills of `leader_kill_9_failovers_…` (it runs until done) |
 //! | `KVD_NEMESIS_CLIENTS` | per scenario | concurrent clients |
-//! | `KVD_NEMESIS_LEADER` | `fixed` | `discover`: clients find the leader by `/cluster_status` and 307s |
-//! | `KVD_NEMESIS_STRICT` | unset | `1`: also check the reads set aside for the known issue below |
+//! | `KVD_NEMESIS_LEADER` | `discover` | `discover`: clients find the leader by `/cluster_status` and 307s; `fixed`: node 0 first |
 //!
-//! **Known issue** (kvd today, `known_issues.rs`): a leader restarted after `kill -9` with a
-//! write quorum above 1 applies only up to the commit id its `node.meta` saved (every second),
-//! so until a follower fetches again its reads miss writes acknowledged before the kill. The
-//! nemesis measures each such window (restart → the leader applied its whole log again); the
-//! leader reads answered by that node inside it are set aside and checked separately: the run
-//! prints how many keys they would make non-linearizable, and fails on them only with
-//! `KVD_NEMESIS_STRICT=1`. Everything else is checked as usual.
+//! Leader reads carry `?linearizable=true`, so only the node that leads, with a lease and its
+//! epoch's first entry committed and applied, answers them; every one is checked. (Before the
+//! controller a leader restarted after `kill -9` with a write quorum above 1 served reads older
+//! than writes it had acknowledged; this suite found it, and `known_issues.rs` keeps the
+//! reproduction as a regression test.)
 //!
 //! ```text
 //! KVD_NEMESIS_SECS=600 cargo test -p kvd --release --test it nemesis::scenarios -- --nocapture --test-threads 1
@@ -33,7 +31,7 @@ use super::checker::{check_follower_reads, check_linearizable};
 use super::client::{discover_leader, Client, Directory, KeySpace, LeaderMode, Shared};
 use super::cluster::{Cluster, ClusterOptions};
 use super::faults::{self, describe_durations, FaultKind, NemesisOptions};
-use super::history::{Clock, Counts, Nanos, Op, Outcome, Record};
+use super::history::{Clock, Counts, Op, Outcome, Record};
 use super::proxy::Partition;
 use crate::harness::{base_seed, env_number, TestRng, DEADLINE};
 
@@ -54,12 +52,15 @@ struct Scenario {
     kinds: Vec<FaultKind>,
     targets_max: usize,
     hold_ms: std::ops::RangeInclusive<u64>,
+    /// Every fault hits the leader of the moment, this many times (`KVD_NEMESIS_FAILOVERS`
+    /// overrides it), however long it takes; `None`: faults for `KVD_NEMESIS_SECS`.
+    failovers: Option<u64>,
 }
 
 fn leader_mode() -> LeaderMode {
     match std::env::var("KVD_NEMESIS_LEADER").as_deref() {
-        Ok("discover") => LeaderMode::Discover,
-        Ok("fixed") | Err(_) => LeaderMode::Fixed,
+        Ok("discover") | Err(_) => LeaderMode::Discover,
+        Ok("fixed") => LeaderMode::Fixed,
         Ok(other) => panic!("KVD_NEMESIS_LEADER must be fixed or discover, not {other}"),
     }
 }
@@ -81,6 +82,7 @@ fn kill_9_of_any_node_of_3_with_write_quorum_2_keeps_every_key_linearizable() {
         kinds: vec![FaultKind::Kill],
         targets_max: 1,
         hold_ms: 100..=1200,
+        failovers: None,
     });
 }
 
@@ -94,6 +96,7 @@ fn sigstop_of_any_node_of_3_with_write_quorum_2_keeps_every_key_linearizable() {
         kinds: vec![FaultKind::Pause],
         targets_max: 1,
         hold_ms: 100..=1500,
+        failovers: None,
     });
 }
 
@@ -107,6 +110,7 @@ fn partitions_of_followers_and_of_the_leader_keep_every_key_linearizable() {
         kinds: PARTITIONS.to_vec(),
         targets_max: 1,
         hold_ms: 300..=2500,
+        failovers: None,
     });
 }
 
@@ -122,14 +126,40 @@ fn every_fault_on_5_nodes_with_write_quorum_3_keeps_every_key_linearizable() {
         kinds,
         targets_max: 2,
         hold_ms: 100..=1500,
+        failovers: None,
+    });
+}
+
+/// Issue 13's CI-sized failover run: `kill -9` of whichever node leads, 20 times (each held
+/// long enough for the controller to elect another: 1.5–2.5 s), under concurrent clients; every
+/// key's history must stay linearizable and every node agree after.
+#[test]
+fn leader_kill_9_failovers_keep_every_key_linearizable() {
+    run(Scenario {
+        name: "nemesis_leader_failovers_3_nodes",
+        nodes: 3,
+        write_quorum: 2,
+        clients: 4,
+        kinds: vec![FaultKind::Kill],
+        targets_max: 1,
+        hold_ms: 1500..=2500,
+        failovers: Some(20),
     });
 }
 
 fn run(scenario: Scenario) {
     let seed = base_seed(scenario.name);
     let mut rng = TestRng::new(seed);
-    let duration = Duration::from_secs(env_number("KVD_NEMESIS_SECS", SECS_DEFAULT));
-    let faults_max = env_number("KVD_NEMESIS_FAULTS", FAULTS_MAX_DEFAULT);
+    let failovers = scenario
+        .failovers
+        .map(|failovers| env_number("KVD_NEMESIS_FAILOVERS", failovers));
+    let duration = match failovers {
+        // As long as the failovers take: the count ends the run.
+        Some(_) => DEADLINE * 20,
+        None => Duration::from_secs(env_number("KVD_NEMESIS_SECS", SECS_DEFAULT)),
+    };
+    let faults_max =
+        failovers.unwrap_or_else(|| env_number("KVD_NEMESIS_FAULTS", FAULTS_MAX_DEFAULT));
     let clients = env_number("KVD_NEMESIS_CLIENTS", scenario.clients as u64) as usize;
     let leader_mode = leader_mode();
     let started = Instant::now();
@@ -166,6 +196,7 @@ fn run(scenario: Scenario) {
         hold_ms: scenario.hold_ms.clone(),
         quiet_ms: 200..=800,
         targets_max: scenario.targets_max,
+        leader_only: failovers.is_some(),
     };
     let faults = faults::run(
         &mut cluster,
@@ -195,7 +226,17 @@ fn run(scenario: Scenario) {
     let keys: BTreeSet<String> = records.iter().map(|record| record.key.clone()).collect();
     let mut divergent = Vec::new();
     for key in &keys {
-        let on_leader = reader.perform(key.clone(), Op::Get);
+        // A leader that cannot vouch for its lease for a moment answers 503, and the
+        // leadership may still move once after healing: ask again, whoever leads.
+        let until = Instant::now() + DEADLINE;
+        let on_leader = loop {
+            let record = reader.perform(key.clone(), Op::Get);
+            if matches!(record.outcome, Outcome::Read(_)) || Instant::now() > until {
+                break record;
+            }
+            records.push(record);
+            reader.discover_leader();
+        };
         for node in (0..scenario.nodes).filter(|node| *node != leader) {
             // Every follower has the whole log by now (the leader saw them all healthy) and
             // learns the commit id within a fetch: a 504 is retried within the deadline.
@@ -218,27 +259,7 @@ fn run(scenario: Scenario) {
         records.push(on_leader);
     }
 
-    // The known issue's windows (see the module doc).
-    let catching_up: Vec<(usize, Nanos, Nanos)> = faults
-        .iter()
-        .filter_map(|fault| fault.leader_catching_up)
-        .collect();
-    let set_aside = |record: &Record| {
-        record.op == Op::Get
-            && catching_up.iter().any(|(node, from, to)| {
-                record.node == *node && record.completed >= *from && record.invoked <= *to
-            })
-    };
-    let strict = std::env::var("KVD_NEMESIS_STRICT").is_ok_and(|value| value == "1");
-    let (checked, aside): (Vec<Record>, Vec<Record>) = if strict {
-        (records.clone(), Vec::new())
-    } else {
-        records
-            .iter()
-            .cloned()
-            .partition(|record| !set_aside(record))
-    };
-    let verdict = check_linearizable(&checked);
+    let verdict = check_linearizable(&records);
     let follower_problems = check_follower_reads(&records);
     let counts = Counts::of(&records);
     let windows = faults::unavailability(&faults, &records);
@@ -281,25 +302,6 @@ fn run(scenario: Scenario) {
         verdict.elapsed,
         cluster.network.connections_accepted()
     );
-    if !aside.is_empty() {
-        let with_them = check_linearizable(&records);
-        let windows: Vec<Duration> = catching_up
-            .iter()
-            .map(|(_, from, to)| Duration::from_nanos(to - from))
-            .collect();
-        println!(
-            "  known issue (stale reads on a restarted leader): {} leader reads were answered by \
-             a restarted leader before it applied its whole log (windows: {}); with them, {} \
-             keys are not linearizable (KVD_NEMESIS_STRICT=1 fails on them)",
-            aside.len(),
-            describe_durations(&windows),
-            with_them.violations.len(),
-        );
-        if let Some(first) = with_them.violations.first() {
-            println!("  the first of them:\n{first}");
-        }
-    }
-
     let mut failures = Vec::new();
     if !verdict.violations.is_empty() {
         failures.push(format!(
@@ -324,6 +326,10 @@ fn run(scenario: Scenario) {
             faults.iter().any(|fault| fault.leader_hit),
             "no fault hit the leader: run longer (KVD_NEMESIS_SECS)"
         );
+        if let Some(failovers) = failovers {
+            let leader_kills = faults.iter().filter(|fault| fault.leader_hit).count();
+            assert_eq!(leader_kills as u64, failovers, "every fault hit the leader");
+        }
         for kind in &scenario.kinds {
             assert!(
                 faults.iter().any(|fault| fault.kind == *kind),

@@ -1,0 +1,254 @@
+//! Who this node is and how it takes its place in a cluster (DESIGN.md "Bootstrap and
+//! identity"):
+//!
+//! - **Identity.** `kvd leader` is node 0, `kvd follower N` is node N. The id is stored in the
+//!   controller's state at first start (`controller/raft-state.json`) and checked at every
+//!   start after: a data directory of another node is refused.
+//! - **A node with controller state** never initializes and never joins again: it takes the
+//!   role the controller gives it, whatever command started it (`kvd leader` restarted after a
+//!   failover follows the new leader). If its URL changed, it tells the cluster.
+//! - **`kvd leader` with an empty controller** initializes a one-member cluster: a new cluster
+//!   id, or the one in `node.meta` (a data directory from before the controller), and a first
+//!   epoch above every epoch `node.meta` and the log used.
+//! - **`kvd follower N` with an empty controller** asks the `--leader` URL to join (the
+//!   request follows `421`s to the active controller), stores the cluster id it is admitted
+//!   to, and from then on refuses peers of any other cluster.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use kv_controller::{BootstrapSpec, Controller, ControllerOptions, ElectionPolicy};
+use kv_http::{ClientError, ControllerClient, HttpControllerTransport, JoinRequest, PeerClient};
+use kv_replication::NodeMeta;
+use kv_store::Store;
+use tokio::sync::watch;
+
+use crate::config::{NodeConfig, Role};
+
+/// This node as its peers know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// 0 for `kvd leader`, N for `kvd follower N`.
+    pub node_id: u64,
+    /// The URL peers reach it at: `--advertise-url`, else `http://` + the bound address.
+    pub url: String,
+    /// Whom to ask when nothing better is known: `--leader` of `kvd follower`.
+    pub seeds: Vec<String>,
+}
+
+impl Identity {
+    /// The identity of the node `config` describes, listening on `bound`.
+    pub fn of(config: &NodeConfig, bound: SocketAddr) -> Identity {
+        let url = config
+            .cluster
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"));
+        let seeds = match &config.role {
+            Role::Leader => Vec::new(),
+            Role::Follower { leader_url, .. } => {
+                vec![leader_url.trim_end_matches('/').to_owned()]
+            }
+        };
+        Identity {
+            node_id: config.node_id(),
+            url,
+            seeds,
+        }
+    }
+}
+
+/// How long one call to another node's controller endpoint may take.
+pub const CONTROLLER_REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+/// Pause between join attempts while no controller admits this node.
+const JOIN_RETRY: Duration = Duration::from_millis(500);
+
+/// Opens this node's controller (its files under `<data_dir>/controller/`, through kv-wal's
+/// file seam) with the HTTP transport, and the client that reaches the active controller; a
+/// peer's address in `dial` is reached by connecting to the address it maps to (tests).
+pub async fn open_controller(
+    config: &NodeConfig,
+    identity: &Identity,
+    dial: HashMap<String, String>,
+) -> anyhow::Result<ControllerClient> {
+    let peers = Arc::new(PeerClient::with_dial(dial));
+    let mut options =
+        ControllerOptions::new(identity.node_id, identity.url.clone(), &config.data_dir);
+    options.timing = config.cluster.timing;
+    options.election_policy = ElectionPolicy::CleanOnly;
+    let transport = Arc::new(HttpControllerTransport::new(peers.clone()));
+    let controller = Controller::open(options, transport)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the controller in {}",
+                config
+                    .data_dir
+                    .join(kv_controller::CONTROLLER_DIR)
+                    .display()
+            )
+        })?;
+    Ok(ControllerClient::new(
+        identity.node_id,
+        controller,
+        peers,
+        identity.seeds.clone(),
+        CONTROLLER_REQUEST_TIMEOUT,
+    ))
+}
+
+/// On `kvd leader` with an empty controller: creates the cluster, led by this node, in an epoch
+/// above any this data directory used, and records its id in `node.meta` (so the data plane
+/// and the controller name the same cluster). Does nothing for a node with controller state
+/// or a follower.
+pub async fn initialize_if_new(
+    config: &NodeConfig,
+    controller: &Controller,
+    store: &Store,
+) -> anyhow::Result<()> {
+    if controller.has_state() || config.role != Role::Leader {
+        return Ok(());
+    }
+    // The real file system, not the store's: a test's faulty disk counts the WAL's own work.
+    let fs = kv_wal::fs::StdFs;
+    let node_meta = NodeMeta::load(&fs, &config.data_dir)
+        .context("cannot read the node's meta file")?
+        .unwrap_or_default();
+    let cluster_id = match node_meta.cluster_id {
+        0 => rand::random::<u64>().max(1),
+        migrated => migrated,
+    };
+    let epoch_floor = node_meta.epoch.max(store.last_entry_epoch().unwrap_or(0));
+    let meta = controller
+        .initialize(BootstrapSpec {
+            cluster_id,
+            epoch_floor,
+            write_quorum: config.replication.leader.write_quorum as u32,
+        })
+        .await
+        .context("cannot initialize the cluster's controller")?;
+    if node_meta.cluster_id != cluster_id {
+        NodeMeta {
+            cluster_id,
+            ..node_meta
+        }
+        .store(&fs, &config.data_dir)
+        .context("cannot record the cluster id in the node's meta file")?;
+    }
+    tracing::info!(
+        cluster_id = %format!("{cluster_id:016x}"),
+        epoch = meta.leader_epoch,
+        migrated = node_meta.cluster_id != 0,
+        write_quorum = meta.write_quorum,
+        "initialized a new cluster, led by this node"
+    );
+    Ok(())
+}
+
+/// On `kvd follower N` with an empty controller: asks the seeds (and whoever they point at)
+/// to admit this node, until one does or `shutdown` turns true; then stores the cluster id.
+/// A refusal (another cluster, this id taken at another URL) is an error: the node must not
+/// run. Does nothing for a node with controller state or a leader.
+pub async fn join_if_new(
+    config: &NodeConfig,
+    identity: &Identity,
+    client: &ControllerClient,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let controller = client.controller();
+    if controller.has_state() || config.role == Role::Leader {
+        return Ok(());
+    }
+    let known_cluster_id = match controller.cluster_id() {
+        0 => NodeMeta::load(&kv_wal::fs::StdFs, &config.data_dir)
+            .context("cannot read the node's meta file")?
+            .map_or(0, |meta| meta.cluster_id),
+        known => known,
+    };
+    let request = JoinRequest {
+        id: identity.node_id,
+        url: identity.url.clone(),
+        cluster_id: known_cluster_id,
+        has_state: false,
+    };
+    let mut attempts = 0u64;
+    let reply = loop {
+        attempts += 1;
+        match client.join(&request).await {
+            Ok(reply) => break reply,
+            Err(ClientError::Refused { status, detail }) if status.is_client_error() => {
+                anyhow::bail!("the cluster refused this node's join: {detail}");
+            }
+            Err(error) => {
+                if attempts == 1 || attempts.is_power_of_two() {
+                    tracing::warn!(%error, attempts, seeds = ?identity.seeds, "cannot join the cluster yet; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => anyhow::bail!("stopped before joining the cluster"),
+            _ = tokio::time::sleep(JOIN_RETRY) => {}
+        }
+    };
+    controller
+        .adopt_cluster_id(reply.cluster_id)
+        .context("cannot store the cluster id")?;
+    tracing::info!(
+        cluster_id = %format!("{:016x}", reply.cluster_id),
+        node_id = identity.node_id,
+        url = %identity.url,
+        "joined the cluster"
+    );
+    Ok(())
+}
+
+/// Keeps the cluster's record of this node's URL in step with the one it runs with (an
+/// `--advertise-url` or a listen address that changed across a restart): the metadata and the
+/// controller quorum's membership move together. Retries until done or `shutdown`.
+pub async fn announce_url(
+    identity: &Identity,
+    client: &ControllerClient,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let controller = client.controller();
+    loop {
+        let meta = controller.meta();
+        if meta.url_of(identity.node_id) == Some(identity.url.as_str()) {
+            return;
+        }
+        if meta.is_bootstrapped() && meta.members.contains_key(&identity.node_id) {
+            let request = JoinRequest {
+                id: identity.node_id,
+                url: identity.url.clone(),
+                cluster_id: meta.cluster_id,
+                has_state: true,
+            };
+            let result = if client.is_active_here() {
+                kv_http::admit(controller, &request)
+                    .await
+                    .map(drop)
+                    .map_err(|error| error.to_string())
+            } else {
+                client
+                    .join(&request)
+                    .await
+                    .map(drop)
+                    .map_err(|error| error.to_string())
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(url = %identity.url, "told the cluster this node's new URL");
+                    return;
+                }
+                Err(error) => tracing::warn!(%error, "cannot announce this node's URL yet"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(JOIN_RETRY) => {}
+        }
+    }
+}

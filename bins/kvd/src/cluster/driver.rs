@@ -1,0 +1,381 @@
+//! The loop that keeps a node's data plane in step with the controller (the wiring side of
+//! `/work/failover-interface.md`):
+//!
+//! - **Heartbeats.** Every `heartbeat_interval`, the node's position goes to the active
+//!   controller (at home when this node is it). The reply's metadata is offered to the data
+//!   plane; its lease, counted from when the heartbeat was *sent* (`kv_controller::Lease`),
+//!   goes to the node as the data leader (`Node::grant_lease`; a refusal revokes it).
+//!   Heartbeats do not wait for each other (a few may be in flight), so one slow answer does not
+//!   let the lease run out while the controller could answer the next.
+//! - **The meta watch.** Every change the node's own controller applies is offered at once.
+//!   Both sources offer metadata; only a newer version (`ClusterMeta::version`) gets through,
+//!   one at a time, so the data plane never sees an ISR or a leader go back
+//!   (`Node::apply_cluster_view`: lead, follow, or follow nobody).
+//! - **Proposals.** On the leader, the ISR the data plane wants (`Node::wanted_isr`) is proposed
+//!   as `ChangeIsr` in its epoch, one change in flight. A node named leader of an epoch it led
+//!   before a restart asks to be elected again in a new one (`Node::wanted_reelection`).
+//! - **Transfer.** A planned transfer to another node, begun in this leader's epoch, stops the
+//!   leader's writes and linearizable reads (`Node::prepare_transfer`), waits until the target
+//!   holds the whole log, and proposes `TransferLeader`. The leader takes writes again
+//!   (`Node::cancel_transfer`) only once the view says the transfer was cancelled in its epoch —
+//!   never on an uncertain proposal: the transfer may have applied, and the new leader may
+//!   already hold a lease.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use kv_controller::{ApplyResult, ClusterMeta, Command, HeartbeatRequest, Lease, NodeId, Position};
+use kv_http::ClusterState;
+use kv_replication::{Node, Role};
+use tokio::sync::watch;
+
+/// Most heartbeats in flight at once.
+const HEARTBEATS_IN_FLIGHT_MAX: usize = 4;
+
+/// The driver of one node. Cheap to share.
+pub struct Driver {
+    node: Arc<Node>,
+    cluster: Arc<ClusterState>,
+    /// Held while a view is checked and applied: views reach the data plane one at a time.
+    applying: Mutex<()>,
+    /// This node's lease as the data leader, from the heartbeat replies.
+    lease: Mutex<Lease>,
+    isr_in_flight: AtomicBool,
+    heartbeats_in_flight: AtomicUsize,
+    /// The planned transfer this leader is carrying out: `(to, epoch)`.
+    transfer: Mutex<Option<(NodeId, u64)>>,
+    /// The epoch in which this node last asked to be elected again.
+    reelection: Mutex<Option<u64>>,
+    /// Whether the active controller has answered a heartbeat of this node yet.
+    heard_controller: AtomicBool,
+    /// True once the node took the role its first view gives it (and, as the leader, holds a
+    /// lease).
+    ready: watch::Sender<bool>,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Driver {
+    /// A driver for `node` in the cluster `cluster`; it stops when `shutdown` turns true.
+    pub fn new(
+        node: Arc<Node>,
+        cluster: Arc<ClusterState>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Driver> {
+        Arc::new(Driver {
+            node,
+            cluster,
+            applying: Mutex::new(()),
+            lease: Mutex::new(Lease::new()),
+            isr_in_flight: AtomicBool::new(false),
+            heartbeats_in_flight: AtomicUsize::new(0),
+            transfer: Mutex::new(None),
+            reelection: Mutex::new(None),
+            heard_controller: AtomicBool::new(false),
+            ready: watch::Sender::new(false),
+            shutdown,
+        })
+    }
+
+    /// Turns true once the node took its first role from the controller.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// Runs until shutdown: the meta watch and the heartbeat ticks.
+    pub async fn run(self: Arc<Self>) {
+        let watch_task = tokio::spawn(self.clone().watch_meta());
+        let mut ticks = tokio::time::interval(self.cluster.timing().heartbeat_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = ticks.tick() => {}
+            }
+            self.spawn_heartbeat();
+            self.propose_isr_change();
+            if let Some(view) = self.cluster.view() {
+                self.ask_for_reelection(&view);
+            }
+        }
+        watch_task.abort();
+        self.node.revoke_lease();
+    }
+
+    /// Offers every metadata change this node's controller applies.
+    async fn watch_meta(self: Arc<Self>) {
+        let mut applied = self.cluster.controller().subscribe();
+        loop {
+            let meta = applied.borrow_and_update().clone();
+            self.offer(&meta);
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Applies `meta` to the data plane if it is newer than the view it follows.
+    pub fn offer(self: &Arc<Self>, meta: &ClusterMeta) {
+        if !meta.is_bootstrapped() {
+            return;
+        }
+        let node_id = self.cluster.node_id();
+        {
+            let _applying = lock(&self.applying);
+            if !self.cluster.is_newer_view(meta) {
+                return;
+            }
+            let view = kv_http::cluster_view(meta, node_id);
+            if let Err(error) = self.node.apply_cluster_view(&view) {
+                tracing::error!(%error, epoch = meta.leader_epoch, "cannot take the role the controller gives");
+            }
+            let previous = self.cluster.view();
+            self.cluster.set_view(meta);
+            let new_epoch =
+                previous.is_none_or(|previous| previous.leader_epoch != meta.leader_epoch);
+            if meta.data_leader != Some(node_id) {
+                self.cluster.set_handing_over(false);
+            } else if new_epoch {
+                // A new leadership: ask for its lease now rather than at the next tick.
+                self.spawn_heartbeat();
+            }
+            tracing::debug!(version = meta.version, epoch = meta.leader_epoch, leader = ?meta.data_leader, isr = ?meta.isr, "took the controller's view");
+        }
+        self.follow_transfer(meta);
+        self.ask_for_reelection(meta);
+        self.update_ready();
+    }
+
+    /// Marks the node ready once it took the role the active controller's view gives (not
+    /// just its own controller's, which may be behind after a restart): the leader with a
+    /// lease, or not the leader.
+    fn update_ready(&self) {
+        if !self.heard_controller.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(view) = self.cluster.view() else {
+            return;
+        };
+        let role = self.node.role();
+        let role_taken = if view.data_leader == Some(self.cluster.node_id()) {
+            let lease = lock(&self.lease);
+            role == Role::Leader
+                && lease.epoch() == view.leader_epoch
+                && lease.is_valid(Instant::now())
+        } else {
+            role != Role::Leader
+        };
+        if role_taken {
+            self.ready
+                .send_if_modified(|ready| !std::mem::replace(ready, true));
+        }
+    }
+
+    /// Sends a heartbeat on a task of its own, unless too many are in flight.
+    fn spawn_heartbeat(self: &Arc<Self>) {
+        if self.heartbeats_in_flight.fetch_add(1, Ordering::AcqRel) >= HEARTBEATS_IN_FLIGHT_MAX {
+            self.heartbeats_in_flight.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let driver = self.clone();
+        tokio::spawn(async move {
+            driver.heartbeat().await;
+            driver.heartbeats_in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// One heartbeat: the position out, the metadata and the lease back.
+    async fn heartbeat(self: &Arc<Self>) {
+        let leads = self.node.role() == Role::Leader;
+        let leader_epoch = self.node.leader_epoch();
+        let position = self.node.position();
+        let request = HeartbeatRequest {
+            cluster_id: self.cluster.controller().cluster_id(),
+            node: self.cluster.node_id(),
+            leader_epoch,
+            position: Position {
+                epoch: position.epoch,
+                id: position.id,
+            },
+            caught_up: position.caught_up,
+        };
+        let sent_at = Instant::now();
+        let answered = tokio::time::timeout(
+            self.cluster.timing().session_timeout,
+            self.cluster.client().heartbeat(&request),
+        )
+        .await;
+        let reply = match answered {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "heartbeat not answered");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("heartbeat timed out");
+                return;
+            }
+        };
+        self.offer(&reply.meta);
+        self.heard_controller.store(true, Ordering::Release);
+        if leads {
+            let granted = reply.lease_ms.map(Duration::from_millis);
+            let (epoch, valid_until) = {
+                let mut lease = lock(&self.lease);
+                lease.on_reply(sent_at, leader_epoch, granted);
+                (lease.epoch(), lease.valid_until())
+            };
+            match valid_until {
+                Some(valid_until) => self.node.grant_lease(epoch, valid_until),
+                None => self.node.revoke_lease(),
+            }
+        }
+        self.update_ready();
+    }
+
+    /// On the leader: proposes the ISR the data plane wants, one change at a time.
+    fn propose_isr_change(self: &Arc<Self>) {
+        let node_id = self.cluster.node_id();
+        let Some(view) = self.cluster.view() else {
+            return;
+        };
+        if view.data_leader != Some(node_id) || self.isr_in_flight.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(isr) = self.node.wanted_isr() else {
+            return;
+        };
+        if isr == view.isr {
+            return;
+        }
+        self.isr_in_flight.store(true, Ordering::Release);
+        let command = Command::ChangeIsr {
+            sender: node_id,
+            leader_epoch: view.leader_epoch,
+            isr,
+        };
+        let driver = self.clone();
+        tokio::spawn(async move {
+            driver.propose(&command).await;
+            driver.isr_in_flight.store(false, Ordering::Release);
+        });
+    }
+
+    /// A node named leader of an epoch it led before a restart (faster than its session)
+    /// never leads that epoch twice: it asks to be elected again, in a new epoch, leading the
+    /// same ISR. Once per epoch while a proposal is in flight or applied; again after one that
+    /// did not get through.
+    fn ask_for_reelection(self: &Arc<Self>, meta: &ClusterMeta) {
+        let Some(epoch) = self.node.wanted_reelection() else {
+            return;
+        };
+        if epoch != meta.leader_epoch || meta.data_leader != Some(self.cluster.node_id()) {
+            return;
+        }
+        {
+            let mut asked = lock(&self.reelection);
+            if *asked == Some(epoch) {
+                return;
+            }
+            *asked = Some(epoch);
+        }
+        tracing::info!(
+            epoch,
+            "named leader of an epoch this node led before a restart: asking for a new one"
+        );
+        let command = Command::ElectLeader {
+            expected_epoch: epoch,
+            new_leader: Some(self.cluster.node_id()),
+            new_isr: meta.isr.clone(),
+            unclean: false,
+        };
+        let driver = self.clone();
+        tokio::spawn(async move {
+            if !driver.propose(&command).await {
+                // Ask again at the next view of this epoch.
+                *lock(&driver.reelection) = None;
+            }
+        });
+    }
+
+    /// Proposes `command` through the active controller and offers the resulting metadata;
+    /// whether it applied.
+    async fn propose(self: &Arc<Self>, command: &Command) -> bool {
+        match self.cluster.client().propose(command).await {
+            Ok(ApplyResult::Applied { meta }) => {
+                tracing::info!(%command, "applied");
+                self.offer(&meta);
+                true
+            }
+            Ok(ApplyResult::Rejected { rejection }) => {
+                tracing::info!(%command, %rejection, "refused by the controller");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%command, %error, "not proposed");
+                false
+            }
+        }
+    }
+
+    /// Carries out a planned transfer begun in this leader's epoch, and takes writes again once
+    /// the view shows it cancelled.
+    fn follow_transfer(self: &Arc<Self>, meta: &ClusterMeta) {
+        let node_id = self.cluster.node_id();
+        let leads = meta.data_leader == Some(node_id);
+        let mut carrying = lock(&self.transfer);
+        if let Some((_, epoch)) = *carrying {
+            if leads && meta.leader_epoch == epoch && meta.transfer.is_none() {
+                tracing::warn!(
+                    epoch,
+                    "the leadership transfer was cancelled: taking writes again"
+                );
+                self.node.cancel_transfer();
+                self.cluster.set_handing_over(false);
+                *carrying = None;
+            } else if meta.leader_epoch != epoch {
+                *carrying = None;
+            }
+        }
+        let Some(transfer) = meta.transfer else {
+            return;
+        };
+        if !leads || transfer.leader_epoch != meta.leader_epoch || carrying.is_some() {
+            return;
+        }
+        *carrying = Some((transfer.to, transfer.leader_epoch));
+        self.cluster.set_handing_over(true);
+        let (to, epoch) = (transfer.to, transfer.leader_epoch);
+        let timeout = self.cluster.timing().transfer_timeout;
+        tracing::info!(
+            to,
+            epoch,
+            "handing the leadership over: writes stop until it is done"
+        );
+        let driver = self.clone();
+        tokio::spawn(async move {
+            let command = match driver.node.prepare_transfer(to, timeout).await {
+                Ok(()) => Command::TransferLeader {
+                    sender: node_id,
+                    leader_epoch: epoch,
+                    to,
+                },
+                Err(error) => {
+                    tracing::warn!(%error, to, "cannot hand the leadership over: cancelling");
+                    Command::CancelTransfer {
+                        leader_epoch: epoch,
+                    }
+                }
+            };
+            // On no answer the controller cancels the transfer at its timeout.
+            driver.propose(&command).await;
+        });
+    }
+}

@@ -1,0 +1,8 @@
+//! kvd's part in a controlled cluster (issue 13): who the node is and how it takes its place
+//! (`bootstrap`: identity, initialize, join, its URL), and the loop that keeps its data plane
+//! in step with the controller (`driver`: heartbeats, leases, the meta watch, roles, ISR
+//! proposals, planned transfers). The controller itself is kv-controller's; its HTTP transport
+//! and endpoints are kv-http's.
+
+pub mod bootstrap;
+pub mod driver;

@@ -1,0 +1,433 @@
+//! A cluster of real kvd processes for the failover tests. Ports are chosen up front, so a node
+//! restarted with its original command gets its address back; node 0 runs `kvd leader`, node N
+//! `kvd follower N --leader <node 0>`, as the README starts them. The tests ask the nodes who
+//! leads (`/cluster_status`) and follow 307s, as any client would.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value as Json};
+
+use crate::harness::{free_port, node_name, request_within, Answer, Kvd, DEADLINE};
+
+/// Asserts that `answer` has `status`, showing its body otherwise; returns it.
+pub fn expect_status(answer: Answer, status: u16) -> Answer {
+    assert_eq!(
+        answer.status,
+        status,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    answer
+}
+
+/// How long one request to one node may take before the test counts it unanswered.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One node: its fixed address and data, its original command line, its process if running.
+pub struct Node {
+    pub address: SocketAddr,
+    pub data_dir: PathBuf,
+    pub args: Vec<String>,
+    /// While a file exists here, the node's fetches fail (`KVD_FAULT_FETCH_BLOCK_FILE`): it
+    /// stays alive and heartbeats, but copies nothing.
+    block_file: PathBuf,
+    process: Option<Kvd>,
+    /// Stopped by SIGSTOP: asked nothing until SIGCONT.
+    paused: bool,
+    /// The stderr of this node's earlier processes (kept when a process goes).
+    log: String,
+}
+
+/// The cluster. If a test fails, its data and every node's log are kept (the path is
+/// printed).
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Starts `size` nodes, each with `extra` on its command line, one after the other (each
+    /// start returns once the node announced its address, i.e. took its role).
+    pub fn start(size: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with(size, |_| extra.iter().map(|arg| arg.to_string()).collect())
+    }
+
+    /// Starts `size` nodes, node `i` with `extra(i)` on its command line.
+    pub fn start_with(size: usize, extra: impl Fn(usize) -> Vec<String>) -> Cluster {
+        Cluster::start_first(size, size, extra)
+    }
+
+    /// Makes `size` nodes (node `i` with `extra(i)` on its command line) and starts the first
+    /// `running` of them; the others can join later ([`Cluster::start_node`]).
+    pub fn start_first(
+        size: usize,
+        running: usize,
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("kvd-failover-")
+            .tempdir()
+            .expect("temp dir");
+        let addresses: Vec<SocketAddr> = (0..size)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect();
+        let leader_url = format!("http://{}", addresses[0]);
+        let nodes = addresses
+            .iter()
+            .enumerate()
+            .map(|(index, address)| {
+                let name = node_name(index);
+                let data_dir = dir.path().join(&name);
+                let mut args: Vec<String> = if index == 0 {
+                    vec!["leader".into()]
+                } else {
+                    vec![
+                        "follower".into(),
+                        index.to_string(),
+                        "--leader".into(),
+                        leader_url.clone(),
+                    ]
+                };
+                args.extend([
+                    "--listen".into(),
+                    address.to_string(),
+                    "--data-dir".into(),
+                    data_dir.display().to_string(),
+                ]);
+                args.extend(extra(index));
+                Node {
+                    address: *address,
+                    block_file: dir.path().join(format!("{name}.block")),
+                    data_dir,
+                    args,
+                    process: None,
+                    paused: false,
+                    log: String::new(),
+                }
+            })
+            .collect();
+        let mut cluster = Cluster {
+            nodes,
+            dir: Some(dir),
+        };
+        for index in 0..running {
+            cluster.start_node(index);
+        }
+        cluster.wait_until_formed();
+        cluster
+    }
+
+    /// Waits until the cluster is whole: every running node a member and in the ISR, and as
+    /// many controller voters as the controller keeps (an odd number, at most five) — before
+    /// that a dead leader may have no quorum to replace it.
+    pub fn wait_until_formed(&self) {
+        let size = (0..self.nodes.len())
+            .filter(|&index| self.is_running(index))
+            .count();
+        let voters_expected = if size.min(5).is_multiple_of(2) {
+            size.min(5) - 1
+        } else {
+            size.min(5)
+        };
+        let started = Instant::now();
+        loop {
+            let formed = self
+                .leader_now()
+                .and_then(|(leader, _)| self.status(leader))
+                .is_some_and(|status| {
+                    status["isr"].as_array().map(Vec::len) == Some(size)
+                        && status["controller"]["voters"].as_array().map(Vec::len)
+                            == Some(voters_expected)
+                        && status["controller"]["voters_changing"] == false
+                });
+            if formed {
+                return;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the cluster did not form within {DEADLINE:?}; statuses:\n{}",
+                self.statuses()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts node `index` with its original command line.
+    pub fn start_node(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        assert!(node.process.is_none(), "node {index} is running");
+        let args: Vec<&str> = node.args.iter().map(String::as_str).collect();
+        let block_file = node.block_file.display().to_string();
+        let env = [("KVD_FAULT_FETCH_BLOCK_FILE", block_file.as_str())];
+        node.process = Some(Kvd::spawn(&node.data_dir, &args, &env));
+    }
+
+    /// Makes node `index`'s fetches fail (`true`) or work again (`false`).
+    pub fn block_fetches(&self, index: usize, blocked: bool) {
+        let path = &self.nodes[index].block_file;
+        if blocked {
+            std::fs::write(path, b"").expect("create the block file");
+        } else {
+            std::fs::remove_file(path).expect("remove the block file");
+        }
+    }
+
+    /// Waits until `condition` holds for the status of the node leading (whichever it is at
+    /// the time); returns that status.
+    pub fn wait_for_leader_status(&self, what: &str, condition: impl Fn(&Json) -> bool) -> Json {
+        let started = Instant::now();
+        loop {
+            let status = self.leader_now().and_then(|(index, _)| self.status(index));
+            if let Some(status) = status.filter(|status| condition(status)) {
+                return status;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "no leader {what} within {DEADLINE:?}; statuses:\n{}",
+                self.statuses()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `condition` holds for node `index`'s status; returns that status.
+    pub fn wait_for_status(
+        &self,
+        index: usize,
+        what: &str,
+        condition: impl Fn(&Json) -> bool,
+    ) -> Json {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.status(index).filter(|status| condition(status)) {
+                return status;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "node {index}: not {what} within {DEADLINE:?}; statuses:\n{}",
+                self.statuses()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill_9(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        let mut process = node.process.take().expect("running");
+        node.log.push_str(&process.stderr());
+        process.kill_9();
+        node.paused = false;
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self, index: usize) -> std::process::ExitStatus {
+        let node = &mut self.nodes[index];
+        let mut process = node.process.take().expect("running");
+        node.log.push_str(&process.stderr());
+        process.terminate()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to node `index`. A stopped node is asked nothing (its
+    /// status is `None`) until it continues.
+    pub fn signal(&mut self, index: usize, signal: &str) {
+        self.nodes[index].paused = signal == "STOP";
+        let pid = self.nodes[index].process.as_ref().expect("running").pid();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    pub fn is_running(&self, index: usize) -> bool {
+        self.nodes[index].process.is_some()
+    }
+
+    pub fn url(&self, index: usize) -> String {
+        format!("http://{}", self.nodes[index].address)
+    }
+
+    /// The node a URL names.
+    pub fn index_of_url(&self, url: &str) -> Option<usize> {
+        let url = url.trim_end_matches('/');
+        (0..self.nodes.len()).find(|&index| self.url(index) == url)
+    }
+
+    /// Everything node `index` logged so far, across its processes.
+    pub fn log(&self, index: usize) -> String {
+        let node = &self.nodes[index];
+        let current = node.process.as_ref().map(Kvd::stderr).unwrap_or_default();
+        format!("{}{current}", node.log)
+    }
+
+    /// One request to node `index`, `Err` if it gives no answer within [`REQUEST_TIMEOUT`].
+    pub fn request(
+        &self,
+        index: usize,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<Answer> {
+        request_within(
+            self.nodes[index].address,
+            method,
+            path,
+            &[("Content-Type", "application/json")],
+            body.map(str::as_bytes),
+            REQUEST_TIMEOUT,
+        )
+    }
+
+    /// `PUT /key/{key}` `{"value": value}` (the path may carry a query).
+    pub fn put(&self, index: usize, key: &str, value: &Json) -> std::io::Result<Answer> {
+        let body = json!({ "value": value }).to_string();
+        self.request(index, "PUT", &format!("/key/{key}"), Some(&body))
+    }
+
+    /// Node `index`'s `/cluster_status`, if it answers.
+    pub fn status(&self, index: usize) -> Option<Json> {
+        if !self.is_running(index) || self.nodes[index].paused {
+            return None;
+        }
+        let answer = self.request(index, "GET", "/cluster_status", None).ok()?;
+        (answer.status == 200).then(|| answer.json())
+    }
+
+    /// The running node that leads with a lease, as its own status says, if one does now.
+    pub fn leader_now(&self) -> Option<(usize, u64)> {
+        (0..self.nodes.len()).find_map(|index| {
+            let status = self.status(index)?;
+            (status["role"] == "leader" && status["lease_valid"] == true)
+                .then(|| (index, status["leader_epoch"].as_u64().unwrap_or(0)))
+        })
+    }
+
+    /// Waits until a node other than `not` leads with a lease; returns it and its epoch.
+    pub fn wait_for_leader(&self, not: Option<usize>) -> (usize, u64) {
+        let started = Instant::now();
+        loop {
+            if let Some((index, epoch)) = self.leader_now() {
+                if Some(index) != not {
+                    return (index, epoch);
+                }
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "no leader (other than {not:?}) within {DEADLINE:?}; statuses:\n{}",
+                self.statuses()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Writes `key` = `value` through node `start`, following 307s and retrying 503s and
+    /// unanswered requests until one is acknowledged; returns the node that answered and the
+    /// write's id.
+    pub fn write(&self, start: usize, key: &str, value: &Json) -> (usize, u64) {
+        let started = Instant::now();
+        let mut index = start;
+        loop {
+            if self.nodes[index].paused {
+                index = (index + 1) % self.nodes.len();
+            }
+            match self.put(index, key, value) {
+                Ok(answer) if answer.status == 200 => {
+                    return (index, answer.json()["id"].as_u64().expect("id"));
+                }
+                Ok(answer) if answer.status == 307 => {
+                    let location = answer.header("location").expect("Location");
+                    let base = location.split("/key/").next().unwrap_or_default();
+                    index = self.index_of_url(base).unwrap_or(index);
+                    continue;
+                }
+                Ok(_) | Err(_) => {
+                    // Not now (an election, a dead node): ask whoever leads.
+                    if let Some((leader, _)) = self.leader_now() {
+                        index = leader;
+                    } else if !self.is_running(index) || self.nodes[index].paused {
+                        index = (index + 1) % self.nodes.len();
+                    }
+                }
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "no node took the write of {key} within {DEADLINE:?}; statuses:\n{}",
+                self.statuses()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET /key/{key}` on node `index` once it applied `min_id`: the value, `None` if absent.
+    /// A 503 (a leader not sure of its lease for a moment, a node taking up its role) is
+    /// retried until the deadline.
+    pub fn read_after(&self, index: usize, key: &str, min_id: u64) -> Option<Json> {
+        let path = format!("/key/{key}?min_id={min_id}&wait_ms=20000");
+        let started = Instant::now();
+        loop {
+            let answer =
+                request_within(self.nodes[index].address, "GET", &path, &[], None, DEADLINE)
+                    .unwrap_or_else(|error| panic!("GET {path} on node {index}: {error}"));
+            match answer.status {
+                200 => return Some(answer.json()["value"].clone()),
+                404 => return None,
+                503 if started.elapsed() < DEADLINE => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                status => panic!(
+                    "GET {path} on node {index} answered {status}: {}",
+                    String::from_utf8_lossy(&answer.body)
+                ),
+            }
+        }
+    }
+
+    /// `GET /key/{key}` on node `index` (see [`Cluster::read_after`]).
+    pub fn read(&self, index: usize, key: &str) -> Option<Json> {
+        self.read_after(index, key, 0)
+    }
+
+    /// Every running node's status, one line each, for failure messages.
+    pub fn statuses(&self) -> String {
+        (0..self.nodes.len())
+            .map(|index| match self.status(index) {
+                Some(status) => format!(
+                    "node {index}: role {} epoch {} leader {} isr {} lease {} controller leader {}",
+                    status["role"],
+                    status["leader_epoch"],
+                    status["data_leader"],
+                    status["isr"],
+                    status["lease_valid"],
+                    status["controller"]["raft_leader"]
+                ),
+                None => format!("node {index}: no answer"),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Some(dir) = self.dir.take() else {
+            return;
+        };
+        for index in 0..self.nodes.len() {
+            let _ = std::fs::write(
+                dir.path().join(format!("node-{index}.log")),
+                self.log(index),
+            );
+        }
+        eprintln!(
+            "failover test failed: data and logs kept in {}",
+            dir.keep().display()
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! Epochs never collide, and an old leader never keeps a history of its own: a leader's write
+//! that no follower copied (503 under `--write-quorum 2`) is cut from its log when it comes
+//! back — restarted with its original `kvd leader` — as a follower of the leader elected
+//! meanwhile; it never serves that write, before or after. Also when the new leader has
+//! compacted its log past the old leader's position, so that the old leader catches up by
+//! snapshot: the divergence is found (by epoch and id) before the snapshot is offered.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::cluster::{expect_status, Cluster};
+use crate::harness::DEADLINE;
+use crate::replication::read_wal;
+
+#[test]
+fn an_old_leaders_unacknowledged_write_is_cut_when_it_rejoins_and_never_served() {
+    cut_on_rejoin(false);
+}
+
+#[test]
+fn an_old_leader_behind_a_compacted_log_is_cut_before_it_installs_the_snapshot() {
+    cut_on_rejoin(true);
+}
+
+fn cut_on_rejoin(compact: bool) {
+    // A lag limit well above the test's steps: the followers stay in the ISR while they copy
+    // nothing, so the controller can elect one of them.
+    let extra = [
+        "--write-quorum",
+        "2",
+        "--acks-timeout-ms",
+        "500",
+        "--lag-limit-ms",
+        "10000",
+        "--max-segment-size",
+        "64K",
+        "--fetch-wait-ms",
+        "100",
+    ];
+    let mut cluster = Cluster::start(3, &extra);
+    let (old, old_epoch) = cluster.wait_for_leader(None);
+    let (_, first_id) = cluster.write(old, "k", &json!(1));
+    let followers: Vec<usize> = (0..3).filter(|&index| index != old).collect();
+    for &follower in &followers {
+        cluster.block_fetches(follower, true);
+    }
+    // A fetch sent before the block may still be held by the leader (up to the fetch wait, 100
+    // ms) and would carry the next write: wait until none was heard for longer than that.
+    cluster.wait_for_status(old, "without a fetch in flight", |status| {
+        status["followers"].as_array().is_some_and(|list| {
+            list.len() == 2
+                && list
+                    .iter()
+                    .all(|follower| follower["last_fetch_age_ms"].as_u64() > Some(400))
+        })
+    });
+    // Durable on the old leader only: not acknowledged (503 with its id), not committed. (A 503
+    // without an id wrote nothing: a lease that lapsed for a moment on a busy machine; again.)
+    let started = Instant::now();
+    let lost_id = loop {
+        let answer = expect_status(cluster.put(old, "k", &json!(2)).expect("an answer"), 503);
+        if let Some(id) = answer.json()["id"].as_u64() {
+            break id;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no write reached the old leader's log"
+        );
+    };
+    assert!(lost_id > first_id);
+    assert_eq!(
+        cluster.read(old, "k"),
+        Some(json!(1)),
+        "an uncommitted write is never read"
+    );
+    cluster.kill_9(old);
+    for &follower in &followers {
+        cluster.block_fetches(follower, false);
+    }
+
+    let (new, new_epoch) = cluster.wait_for_leader(Some(old));
+    assert!(new_epoch > old_epoch, "a new leader leads a new epoch");
+    let (_, new_id) = cluster.write(new, "k", &json!(3));
+    let mut last_id = new_id;
+    if compact {
+        // Enough to fill a few 64 KiB segments, then a snapshot: the segments it covers go,
+        // and the new leader's first id passes the old leader's log end.
+        for index in 0..300 {
+            let (_, id) = cluster.write(new, &format!("fill-{index}"), &json!("x".repeat(600)));
+            last_id = id;
+        }
+        let answer = cluster
+            .request(new, "POST", "/admin/snapshot", None)
+            .expect("answers");
+        expect_status(answer, 200);
+        let status = cluster.status(new).expect("answers");
+        assert!(
+            status["first_id"].as_u64() > Some(lost_id + 1),
+            "the new leader's log was not compacted past the old leader's: {status}"
+        );
+    }
+
+    // The old leader, back with `kvd leader`: a follower that never serves the cut write.
+    cluster.start_node(old);
+    let started = Instant::now();
+    loop {
+        let answer = cluster
+            .request(old, "GET", "/key/k", None)
+            .expect("answers");
+        let value = (answer.status == 200).then(|| answer.json()["value"].clone());
+        assert_ne!(
+            value,
+            Some(json!(2)),
+            "the old leader served a write no leader kept"
+        );
+        if value == Some(json!(3)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the old leader never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(cluster.read_after(old, "k", last_id), Some(json!(3)));
+    let status = cluster.status(old).expect("answers");
+    assert_eq!(status["role"], "follower", "{status}");
+    assert!(
+        status["leader_epoch"].as_u64() >= Some(new_epoch),
+        "{status}"
+    );
+    assert_eq!(
+        status["committed_truncations"], 0,
+        "only an uncommitted write was cut"
+    );
+    for index in 0..3 {
+        assert_eq!(
+            cluster.read_after(index, "k", last_id),
+            Some(json!(3)),
+            "node {index}"
+        );
+    }
+
+    // And its log holds the new leader's history: the cut write is gone from it.
+    assert!(cluster.terminate(old).success());
+    let log = read_wal(&cluster.nodes[old].data_dir);
+    assert!(
+        log.values()
+            .all(|(key, value)| !(key == "k" && *value == 2)),
+        "the cut write is still in the old leader's log"
+    );
+}

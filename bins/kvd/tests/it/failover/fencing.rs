@@ -1,0 +1,132 @@
+//! A leader that stops — paused (SIGSTOP) or killed (-9) — is replaced by the controller from
+//! the in-sync replicas, losing no write acknowledged under `--write-quorum 2`; a paused one,
+//! resumed, acknowledges nothing and answers no linearizable read (307 or 503) before it
+//! learns it was deposed, then follows.
+
+use std::time::Instant;
+
+use serde_json::{json, Value as Json};
+
+use super::cluster::Cluster;
+use super::load::{assert_holds_all, Writers};
+use crate::harness::DEADLINE;
+
+#[test]
+fn a_paused_leader_is_replaced_and_once_resumed_acknowledges_nothing_and_serves_no_stale_read() {
+    let mut cluster = Cluster::start(3, &["--write-quorum", "2"]);
+    let (old, old_epoch) = cluster.wait_for_leader(None);
+    let (_, a_id) = cluster.write(old, "a", &json!(1));
+
+    cluster.signal(old, "STOP");
+    let stopped = Instant::now();
+    let other = (old + 1) % 3;
+    let (new, b_id) = cluster.write(other, "b", &json!(2));
+    let unavailable = stopped.elapsed();
+    assert_ne!(new, old);
+    let new_epoch = cluster.status(new).expect("answers")["leader_epoch"]
+        .as_u64()
+        .expect("epoch");
+    assert!(new_epoch > old_epoch);
+    println!(
+        "SIGSTOP of the leader -> first acknowledged write on the new leader: {unavailable:?}"
+    );
+
+    // Resumed, it still believes it leads for a moment: it must acknowledge nothing (its
+    // lease ran out long ago, and the first fetch or heartbeat it hears names a newer epoch)
+    // and answer no linearizable read, until it follows.
+    cluster.signal(old, "CONT");
+    let resumed = Instant::now();
+    let mut answers: Vec<u16> = Vec::new();
+    loop {
+        let put = cluster.put(old, "c", &json!(3)).expect("an answer");
+        assert_ne!(
+            put.status,
+            200,
+            "the deposed leader acknowledged a write: {}",
+            body(&put.body)
+        );
+        let read = cluster
+            .request(old, "GET", "/key/b?linearizable=true", None)
+            .expect("an answer");
+        assert!(
+            matches!(read.status, 307 | 503),
+            "the deposed leader answered a linearizable read: {} {}",
+            read.status,
+            body(&read.body)
+        );
+        answers.extend([put.status, read.status]);
+        let status = cluster.status(old).expect("answers");
+        if status["role"] == "follower" && status["leader_epoch"].as_u64() >= Some(new_epoch) {
+            break;
+        }
+        assert!(
+            resumed.elapsed() < DEADLINE,
+            "the old leader never followed: {status}"
+        );
+    }
+    println!(
+        "the resumed leader followed after {:?}; its answers meanwhile: {answers:?}",
+        resumed.elapsed()
+    );
+    // A 307 from it names the new leader.
+    let put = cluster.put(old, "c", &json!(3)).expect("an answer");
+    assert_eq!(put.status, 307, "{}", body(&put.body));
+    assert_eq!(
+        put.header("location"),
+        Some(format!("{}/key/c", cluster.url(new)).as_str())
+    );
+    for index in 0..3 {
+        assert_eq!(
+            cluster.read_after(index, "a", b_id),
+            Some(json!(1)),
+            "node {index}"
+        );
+        assert_eq!(
+            cluster.read_after(index, "b", b_id),
+            Some(json!(2)),
+            "node {index}"
+        );
+    }
+    assert!(b_id > a_id);
+}
+
+fn body(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_killed_leader_loses_no_quorum_write_and_its_successor_comes_from_the_isr() {
+    let mut cluster = Cluster::start(3, &["--write-quorum", "2"]);
+    let writers = Writers::start(&cluster, 3, "");
+    for round in 0..2 {
+        writers.wait_for_more(200);
+        let (old, old_epoch) = cluster.wait_for_leader(None);
+        let status: Json = cluster.status(old).expect("answers");
+        let isr: Vec<u64> = serde_json::from_value(status["isr"].clone()).expect("isr");
+        let acked_before = writers.acked_count();
+        cluster.kill_9(old);
+        let killed = Instant::now();
+        writers.wait_for_more(1);
+        println!(
+            "round {round}: kill -9 of the leader (node {old}) -> first acknowledged write after \
+             it: {:?}",
+            killed.elapsed()
+        );
+        let (new, new_epoch) = cluster.wait_for_leader(Some(old));
+        assert!(new_epoch > old_epoch);
+        assert!(
+            isr.contains(&(new as u64)),
+            "node {new} is not in the ISR {isr:?}"
+        );
+        writers.wait_for_more(100);
+        assert!(writers.acked_count() > acked_before);
+        cluster.start_node(old);
+        cluster.wait_until_formed();
+    }
+    let acked = writers.stop();
+    let (leader, _) = cluster.wait_for_leader(None);
+    for index in 0..3 {
+        assert_holds_all(&cluster, index, &acked, &format!("leader {leader}"));
+    }
+    println!("{} acknowledged writes, all on every node", acked.len());
+}
