@@ -376,6 +376,12 @@ fn render_wal_stats(out: &mut String, store: &Store) {
         "fdatasync calls.",
         stats.fsyncs,
     );
+    counter(
+        out,
+        "kvd_wal_inline_commits_total",
+        "Commits a write ran itself, finding the log idle (the write-group leader; included in kvd_wal_fsyncs_total).",
+        stats.inline_commits,
+    );
     let _ = writeln!(out, "# HELP kvd_wal_fsync_seconds_total Time spent in fdatasync.\n# TYPE kvd_wal_fsync_seconds_total counter");
     let _ = writeln!(
         out,
