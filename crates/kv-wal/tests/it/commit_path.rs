@@ -4,17 +4,16 @@
 //! failed fsync acknowledges nothing queued behind it (issue 11 finding 2).
 
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use kv_wal::fs::{DirLock, FaultPlan, FaultyFs, FileSystem, WalFile};
+use kv_wal::fs::{FaultPlan, FaultyFs, FileSystem};
 use kv_wal::sim::{CrashMode, SimFs};
 use kv_wal::{Error, RecoveryMode, SyncPolicy, Wal, WalOptions};
 
-use crate::support::{collect, open_sim, payload, sim_dir};
+use crate::support::{collect, open_sim, payload, sim_dir, SyncHook, SyncHookFs};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -275,11 +274,7 @@ fn a_failed_leader_fsync_acknowledges_nothing_queued_behind_it() {
 /// A file system whose next `sync_data`, once armed, waits until released.
 fn held_fs(inner: Arc<dyn FileSystem>) -> (Arc<dyn FileSystem>, Arc<Hold>) {
     let hold = Arc::new(Hold::default());
-    let fs = HeldFs {
-        inner,
-        hold: hold.clone(),
-    };
-    (Arc::new(fs), hold)
+    (Arc::new(SyncHookFs::new(inner, hold.clone())), hold)
 }
 
 #[derive(Debug, Default)]
@@ -329,69 +324,8 @@ impl Hold {
     }
 }
 
-#[derive(Debug)]
-struct HeldFs {
-    inner: Arc<dyn FileSystem>,
-    hold: Arc<Hold>,
-}
-
-#[derive(Debug)]
-struct HeldFile {
-    inner: Arc<dyn WalFile>,
-    hold: Arc<Hold>,
-}
-
-impl WalFile for HeldFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.inner.write_all_at(buf, offset)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.hold.on_sync();
-        self.inner.sync_data()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn size_bytes(&self) -> std::io::Result<u64> {
-        self.inner.size_bytes()
-    }
-    fn allocate(&self, len: u64) -> std::io::Result<()> {
-        self.inner.allocate(len)
-    }
-}
-
-impl FileSystem for HeldFs {
-    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
-        self.inner.create_dir_all(path)
-    }
-    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
-        self.inner.list_dir(path)
-    }
-    fn open(&self, path: &Path) -> std::io::Result<Arc<dyn WalFile>> {
-        Ok(Arc::new(HeldFile {
-            inner: self.inner.open(path)?,
-            hold: self.hold.clone(),
-        }))
-    }
-    fn create_new(&self, path: &Path) -> std::io::Result<Arc<dyn WalFile>> {
-        Ok(Arc::new(HeldFile {
-            inner: self.inner.create_new(path)?,
-            hold: self.hold.clone(),
-        }))
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-        self.inner.sync_dir(path)
-    }
-    fn try_lock(&self, path: &Path) -> std::io::Result<Box<dyn DirLock>> {
-        self.inner.try_lock(path)
+impl SyncHook for Hold {
+    fn before_sync(&self) {
+        self.on_sync();
     }
 }

@@ -1,15 +1,14 @@
 //! Failed writes and fsyncs: the log poisons itself, refuses writes with a clear error, never
 //! retries an fsync, keeps serving reads, and loses nothing that was acknowledged.
 
-use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use kv_wal::fs::{DirLock, FaultPlan, FaultyFs, FileSystem, WalFile};
+use kv_wal::fs::{FaultPlan, FaultyFs};
 use kv_wal::sim::{CrashMode, SimFs};
 use kv_wal::{Error, RecoveryMode, SyncPolicy, Wal, WalOptions};
 
-use crate::support::{collect, open_sim, payload, sim_dir};
+use crate::support::{collect, open_sim, payload, sim_dir, SyncHook, SyncHookFs};
 
 fn open_faulty(
     fs: &SimFs,
@@ -198,72 +197,9 @@ impl FsyncGate {
     }
 }
 
-#[derive(Debug)]
-struct GatedFs {
-    inner: Arc<dyn FileSystem>,
-    gate: Arc<FsyncGate>,
-}
-
-#[derive(Debug)]
-struct GatedFile {
-    inner: Arc<dyn WalFile>,
-    gate: Arc<FsyncGate>,
-}
-
-impl WalFile for GatedFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.inner.write_all_at(buf, offset)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        let result = self.inner.sync_data();
-        self.gate.on_sync();
-        result
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn size_bytes(&self) -> std::io::Result<u64> {
-        self.inner.size_bytes()
-    }
-    /// Not a `set_len` of the log's: the file's own allocation, forwarded as it is.
-    fn allocate(&self, len: u64) -> std::io::Result<()> {
-        self.inner.allocate(len)
-    }
-}
-
-impl FileSystem for GatedFs {
-    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
-        self.inner.create_dir_all(path)
-    }
-    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
-        self.inner.list_dir(path)
-    }
-    fn open(&self, path: &Path) -> std::io::Result<Arc<dyn WalFile>> {
-        Ok(Arc::new(GatedFile {
-            inner: self.inner.open(path)?,
-            gate: self.gate.clone(),
-        }))
-    }
-    fn create_new(&self, path: &Path) -> std::io::Result<Arc<dyn WalFile>> {
-        Ok(Arc::new(GatedFile {
-            inner: self.inner.create_new(path)?,
-            gate: self.gate.clone(),
-        }))
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-        self.inner.sync_dir(path)
-    }
-    fn try_lock(&self, path: &Path) -> std::io::Result<Box<dyn DirLock>> {
-        self.inner.try_lock(path)
+impl SyncHook for FsyncGate {
+    fn after_sync(&self) {
+        self.on_sync();
     }
 }
 
@@ -295,10 +231,10 @@ fn a_later_fsync_from_another_path_never_acknowledges_a_failed_batch() {
         let options = WalOptions {
             segment_bytes_max: 1 << 20,
             sync_policy: SyncPolicy::Batch,
-            file_system: Arc::new(GatedFs {
-                inner: Arc::new(FaultyFs::new(Arc::new(fs.clone()), plan.clone())),
-                gate: gate.clone(),
-            }),
+            file_system: Arc::new(SyncHookFs::new(
+                Arc::new(FaultyFs::new(Arc::new(fs.clone()), plan.clone())),
+                gate.clone(),
+            )),
             ..WalOptions::default()
         };
         let wal = Arc::new(Wal::open(sim_dir(), options).expect("open").0);

@@ -354,3 +354,89 @@ impl FileSystem for HookFs {
         self.inner.try_lock(path)
     }
 }
+
+/// What a [`SyncHookFs`] runs around every `sync_data` of its files.
+pub trait SyncHook: std::fmt::Debug + Send + Sync {
+    /// Before the inner file's `sync_data`.
+    fn before_sync(&self) {}
+    /// After it.
+    fn after_sync(&self) {}
+}
+
+/// A file system whose files run a [`SyncHook`] around every `sync_data` (to hold an fsync,
+/// or to see a second one start while the first is held).
+#[derive(Debug)]
+pub struct SyncHookFs<H> {
+    inner: Arc<dyn FileSystem>,
+    hook: Arc<H>,
+}
+
+impl<H: SyncHook + 'static> SyncHookFs<H> {
+    pub fn new(inner: Arc<dyn FileSystem>, hook: Arc<H>) -> SyncHookFs<H> {
+        SyncHookFs { inner, hook }
+    }
+
+    fn wrap(&self, inner: Arc<dyn WalFile>) -> Arc<dyn WalFile> {
+        Arc::new(SyncHookFile {
+            inner,
+            hook: self.hook.clone(),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct SyncHookFile<H> {
+    inner: Arc<dyn WalFile>,
+    hook: Arc<H>,
+}
+
+impl<H: SyncHook> WalFile for SyncHookFile<H> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.hook.before_sync();
+        let result = self.inner.sync_data();
+        self.hook.after_sync();
+        result
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn size_bytes(&self) -> std::io::Result<u64> {
+        self.inner.size_bytes()
+    }
+    fn allocate(&self, len: u64) -> std::io::Result<()> {
+        self.inner.allocate(len)
+    }
+}
+
+impl<H: SyncHook + 'static> FileSystem for SyncHookFs<H> {
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+    fn open(&self, path: &Path) -> std::io::Result<Arc<dyn WalFile>> {
+        Ok(self.wrap(self.inner.open(path)?))
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Arc<dyn WalFile>> {
+        Ok(self.wrap(self.inner.create_new(path)?))
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+    fn try_lock(&self, path: &Path) -> std::io::Result<Box<dyn DirLock>> {
+        self.inner.try_lock(path)
+    }
+}
