@@ -1,7 +1,8 @@
 //! A leader that stops — paused (SIGSTOP) or killed (-9) — is replaced by the controller from
 //! the in-sync replicas, losing no write acknowledged under `--write-quorum 2`; a paused one,
 //! resumed, acknowledges nothing and answers no linearizable read (307 or 503) before it
-//! learns it was deposed, then follows.
+//! learns it was deposed, then follows. A leader restarted where no controller quorum can give
+//! it a new epoch answers reads 503.
 
 use std::time::Instant;
 
@@ -129,4 +130,40 @@ fn a_killed_leader_loses_no_quorum_write_and_its_successor_comes_from_the_isr() 
         assert_holds_all(&cluster, index, &acked, &format!("leader {leader}"));
     }
     println!("{} acknowledged writes, all on every node", acked.len());
+}
+
+#[test]
+fn a_restarted_leader_that_cannot_reach_the_controller_quorum_serves_no_read() {
+    // Three voters; the leader is killed while both followers are stopped, and restarted: its
+    // own controller still names it leader of the epoch it led, which it never leads again, and
+    // no quorum can give it a new one. It may hold less than it acknowledged (the commit id it
+    // saved lags by up to a second): it must answer reads 503, not from that state.
+    let mut cluster = Cluster::start(3, &["--write-quorum", "2"]);
+    let (old, _) = cluster.wait_for_leader(None);
+    let mut last = 0;
+    for value in 1..=20 {
+        cluster.write(old, "k", &json!(value));
+        last = value;
+    }
+    let followers: Vec<usize> = (0..3).filter(|&index| index != old).collect();
+    for &follower in &followers {
+        cluster.signal(follower, "STOP");
+    }
+    cluster.kill_9(old);
+    cluster.start_node(old);
+    for path in ["/key/k", "/key/k?linearizable=true"] {
+        let answer = cluster.request(old, "GET", path, None).expect("answers");
+        assert_eq!(
+            answer.status,
+            503,
+            "GET {path} on a restarted leader without a quorum: {}",
+            body(&answer.body)
+        );
+    }
+    for &follower in &followers {
+        cluster.signal(follower, "CONT");
+    }
+    // Together again: a leader (whichever) serves the last write.
+    let (leader, _) = cluster.wait_for_leader(None);
+    assert_eq!(cluster.read(leader, "k"), Some(json!(last)));
 }
