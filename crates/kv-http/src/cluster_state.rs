@@ -86,6 +86,15 @@ impl ClusterState {
         self.learned().view = Some(meta.clone());
     }
 
+    /// Whether the view the data plane follows names this node the data leader (`None`: no
+    /// view yet). Cheap: every read asks it.
+    pub fn view_names_me_leader(&self) -> Option<bool> {
+        self.learned()
+            .view
+            .as_ref()
+            .map(|view| view.data_leader == Some(self.node_id))
+    }
+
     /// The view the data plane follows, if it took one yet.
     pub fn view(&self) -> Option<ClusterMeta> {
         self.learned().view.clone()

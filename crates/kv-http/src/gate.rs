@@ -99,13 +99,13 @@ pub fn check_read(state: &AppState, parts: &Parts) -> Result<()> {
         return Ok(());
     };
     let role = state.role();
-    let Some(view) = cluster.view() else {
+    let Some(named_leader) = cluster.view_names_me_leader() else {
         // Starting: whether it leads, and what it may serve, comes with its first view.
         return Err(Error::Unavailable(
             "this node has not learned the cluster's metadata yet: retry".to_owned(),
         ));
     };
-    if role != NodeRole::Leader && view.data_leader == Some(cluster.node_id()) {
+    if role != NodeRole::Leader && named_leader {
         // Named leader but not leading yet (a restart: the epoch it led before is led again
         // only as a new one, after its no-op): its map may miss writes it acknowledged.
         return Err(Error::Unavailable(
@@ -120,10 +120,12 @@ pub fn check_read(state: &AppState, parts: &Parts) -> Result<()> {
         }
         // Not sure it still leads (a lease that ran out, a transfer under way, a no-op not yet
         // committed): the leader the view names, if another, answers.
+        let view = cluster.view();
         let other_leader = view
-            .data_leader
-            .filter(|leader| *leader != cluster.node_id());
-        return match other_leader.and_then(|_| view.leader_url()) {
+            .as_ref()
+            .filter(|view| view.data_leader.is_some_and(|id| id != cluster.node_id()))
+            .and_then(|view| view.leader_url());
+        return match other_leader {
             Some(url) => Err(redirect_to(url, parts)),
             _ => Err(Error::Unavailable(
                 "this node cannot vouch that it still leads (its lease ran out, it is handing \
