@@ -669,7 +669,14 @@ async fn followers_report_contact_catch_up_and_a_staleness_bound() {
     .await;
     // No fetch sent after the cut was answered: the bound covers the whole time since.
     assert!(follower.staleness().unwrap() >= cut_at.elapsed());
-    assert!(follower.leader_contact_age().unwrap() >= Duration::from_millis(150));
+    // The last answer heard may be of a fetch sent before the cut and answered just after it
+    // (a held fetch): the contact age then starts a little later than the cut, but it grows.
+    eventually("the contact age grows past the cut", || {
+        follower
+            .leader_contact_age()
+            .is_some_and(|age| age >= Duration::from_millis(150))
+    })
+    .await;
 }
 
 /// A follower asked by the leader of epoch E to install a snapshot installs only a snapshot

@@ -299,8 +299,8 @@ impl Store {
     }
 
     /// Hands the command's op to the WAL and queues it for [`Store::apply_through`]; returns
-    /// its id, ticket and outcome slot without waiting for the disk (except under
-    /// `SyncPolicy::Always`, where the WAL fsyncs inside the call).
+    /// its id, ticket and outcome slot without waiting for the disk, under every sync policy
+    /// (the WAL's commit path makes the entry durable; the ticket resolves once it is).
     ///
     /// A DELETE of a key that is neither in the map nor possibly set by a pending op fails
     /// with [`Error::KeyNotFound`] and writes nothing. A command whose request ids were
