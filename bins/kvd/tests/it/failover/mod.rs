@@ -9,7 +9,8 @@
 //!   snapshot path), never served;
 //! - `fencing`: a paused leader replaced, and once resumed acknowledging nothing and answering
 //!   no linearizable read; a killed leader under quorum writes losing nothing, its successor
-//!   from the ISR; a restarted leader without a controller quorum serving no read;
+//!   from the ISR, the one holding the most; a restarted leader without a controller quorum
+//!   serving no read;
 //! - `isr`: a follower that copies nothing leaves the ISR (acks go on) and comes back;
 //! - `membership`: join and removal of a node; a planned transfer under load, lossless.
 
