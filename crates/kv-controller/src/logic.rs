@@ -121,6 +121,10 @@ pub struct ControllerLogic {
     proposed: Option<(u64, Instant)>,
     /// The planned transfer seen, and since when.
     transfer_seen: Option<(NodeId, u64, Instant)>,
+    /// When the controller's own loop last ran, once it reports it ([`ControllerLogic::ran`]):
+    /// a longer gap than a few heartbeat intervals until the next call means this process
+    /// stalled (starved of CPU, stopped), and sessions are not charged for it.
+    ran_at: Option<Instant>,
 }
 
 impl ControllerLogic {
@@ -134,7 +138,45 @@ impl ControllerLogic {
             fenced: None,
             proposed: None,
             transfer_seen: None,
+            ran_at: None,
         }
+    }
+
+    /// The controller's loop runs at `now` (it wakes at least every heartbeat interval). From
+    /// the first call on, a stall of this process — a gap between calls of more than three
+    /// heartbeat intervals — moves every session's last heartbeat (and the activation) forward
+    /// by what exceeds that, so a controller that could not run does not expire the leader for
+    /// heartbeats it could not hear: a stalled single-node cluster keeps its leader instead of
+    /// going leaderless and electing it again. Waiting longer before an election is always
+    /// safe (the old leader's lease ends sooner still); under a steady overload the sessions
+    /// run slower, never stop.
+    pub fn ran(&mut self, now: Instant) {
+        if self.ran_at.is_none() {
+            self.ran_at = Some(now);
+        }
+        self.forgive_stall(now);
+    }
+
+    fn forgive_stall(&mut self, now: Instant) {
+        let Some(ran_at) = self.ran_at else {
+            return;
+        };
+        let allowed = self.timing.heartbeat_interval * 3;
+        let gap = now.saturating_duration_since(ran_at);
+        if gap > allowed && self.is_active() {
+            let stall = gap - allowed;
+            for session in self.sessions.values_mut() {
+                session.last_heard += stall;
+            }
+            if let Some(since) = &mut self.active_since {
+                *since += stall;
+            }
+            tracing::warn!(
+                stall_ms = stall.as_millis() as u64,
+                "controller: this process did not run for a while; sessions extended by it"
+            );
+        }
+        self.ran_at = Some(ran_at.max(now));
     }
 
     /// This controller became the active one (the Raft leader) at `now`: every session starts
@@ -178,6 +220,7 @@ impl ControllerLogic {
         if !self.is_active() || !meta.members.contains_key(&request.node) {
             return None;
         }
+        self.forgive_stall(now);
         // Expiry is decided by time, not by when the next tick runs: a heartbeat that arrives
         // after the session ran out must not revive the lease.
         self.fence_expired_leader(now, meta);
@@ -201,6 +244,7 @@ impl ControllerLogic {
         if !self.is_active() || !meta.is_bootstrapped() {
             return None;
         }
+        self.forgive_stall(now);
         self.fence_expired_leader(now, meta);
         let election_due = match meta.data_leader {
             Some(leader) => self.fenced == Some((leader, meta.leader_epoch)),

@@ -466,6 +466,7 @@ async fn drive(inner: std::sync::Weak<Inner>) {
         strong.cluster_id.store(meta.cluster_id, Ordering::Release);
         let (command, voters, deadline) = {
             let mut logic = lock(&strong.logic);
+            logic.ran(now);
             if leading && !logic.is_active() {
                 tracing::info!(node_id, "controller: active (every session starts now)");
                 logic.activate(now);

@@ -916,3 +916,55 @@ fn a_new_active_controller_starts_every_session_fresh() {
         Some(BTreeSet::from([0, 1, 2]))
     );
 }
+
+#[test]
+fn a_controller_that_stalled_does_not_charge_the_stall_to_the_leaders_session() {
+    let start = Instant::now();
+    let timing = Timing::default();
+    let meta = bootstrapped(0, &[0, 1], &[0, 1]);
+    let heartbeat = HeartbeatRequest {
+        cluster_id: 7,
+        node: 0,
+        leader_epoch: 1,
+        position: Position::default(),
+        caught_up: true,
+    };
+    for reports_its_runs in [false, true] {
+        let mut logic = ControllerLogic::new(timing, ElectionPolicy::CleanOnly);
+        logic.activate(start);
+        if reports_its_runs {
+            logic.ran(start);
+        }
+        assert!(logic.on_heartbeat(start, &meta, &heartbeat).is_some());
+        // The controller's process does not run for two seconds (starved, stopped); the first
+        // thing it does after is a tick.
+        let after = start + ms(2000);
+        let decision = logic.on_tick(after, &meta);
+        if !reports_its_runs {
+            // Without its runs reported (as in the simulation), two silent seconds are the
+            // leader's: it is replaced.
+            assert!(decision.is_some(), "an expired leader is replaced");
+            continue;
+        }
+        assert!(
+            decision.is_none(),
+            "a stall of the controller is not the leader's silence"
+        );
+        assert!(
+            logic
+                .on_heartbeat(after + ms(10), &meta, &heartbeat)
+                .is_some(),
+            "the leader's first heartbeat after the stall renews its lease"
+        );
+        // A silence the controller sees while running still expires the session.
+        for step in 1..=5 {
+            logic.ran(after + ms(100 * step));
+            assert!(logic.on_tick(after + ms(100 * step), &meta).is_none());
+        }
+        logic.ran(after + ms(700));
+        assert!(
+            logic.on_tick(after + ms(700), &meta).is_some(),
+            "a leader silent for longer than the session timeout is replaced"
+        );
+    }
+}
