@@ -407,11 +407,18 @@ fn a_put_retried_with_the_same_request_id_across_a_leader_kill_9_applies_once() 
     let answers: Arc<std::sync::Mutex<Vec<Option<Value>>>> =
         Arc::new(std::sync::Mutex::new(vec![None; REQUESTS as usize]));
     let answered = Arc::new(AtomicU64::new(0));
+    // The second half waits for the kill, so some requests always come after it (on a fast
+    // machine every write could otherwise be answered before the kill lands).
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..WRITERS)
         .map(|writer| {
             let (answers, answered) = (answers.clone(), answered.clone());
+            let killed = killed.clone();
             std::thread::spawn(move || {
                 for index in (writer..REQUESTS).step_by(WRITERS as usize) {
+                    while index >= REQUESTS / 2 && !killed.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                     let Some(answer) = call(address, "PUT", &path(index), &[], Some(&body(index)))
                     else {
                         return;
@@ -432,6 +439,7 @@ fn a_put_retried_with_the_same_request_id_across_a_leader_kill_9_applies_once() 
     // A snapshot in between carries the remembered requests too.
     let _ = call(address, "POST", "/compaction/run", &[], None);
     kvd.kill_9();
+    killed.store(true, Ordering::Release);
     for writer in writers {
         writer.join().expect("writer");
     }
