@@ -154,8 +154,9 @@ fn run(scenario: Scenario) {
         .failovers
         .map(|failovers| env_number("KVD_NEMESIS_FAILOVERS", failovers));
     let duration = match failovers {
-        // As long as the failovers take: the count ends the run.
-        Some(_) => DEADLINE * 20,
+        // As long as the failovers take: the count ends the run (a failover takes a few
+        // seconds; the bound, a deadline for each, only stops a run that is stuck).
+        Some(failovers) => DEADLINE * failovers.max(20) as u32,
         None => Duration::from_secs(env_number("KVD_NEMESIS_SECS", SECS_DEFAULT)),
     };
     let faults_max =
