@@ -54,14 +54,7 @@ fn a_log_cut_back_behind_its_snapshot_continues_after_it() {
     kvd.kill_9();
 
     // The power cut: the active segment loses its last few records (a torn tail).
-    let segment = files_with_suffix(&data_dir.join("wal"), ".wal")
-        .pop()
-        .expect("a segment");
-    // (A preallocated segment keeps its length: the lost bytes read as zeros.)
-    let mut bytes = std::fs::read(&segment).expect("segment");
-    let used = used_bytes(&bytes);
-    bytes[used - 300..used].fill(0);
-    std::fs::write(&segment, bytes).expect("cut");
+    zero_last_written_bytes(&data_dir, 300);
 
     let mut kvd = Kvd::start(&data_dir, &args, &[]);
     let id = put(&kvd, "after", "written after the cut");
@@ -151,6 +144,19 @@ fn start_expecting_exit(data_dir: &Path) -> (std::process::ExitStatus, String) {
         status,
         std::fs::read_to_string(&stderr_path).expect("stderr"),
     )
+}
+
+/// A power cut or torn write at the end of the newest segment: its last `count` written bytes
+/// become zeros. A preallocated segment keeps its length, so the bytes never written read as
+/// zeros, as they would on disk.
+fn zero_last_written_bytes(data_dir: &Path, count: usize) {
+    let segment = files_with_suffix(&data_dir.join("wal"), ".wal")
+        .pop()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    let used = used_bytes(&bytes);
+    bytes[used - count..used].fill(0);
+    std::fs::write(&segment, bytes).expect("cut");
 }
 
 /// How much of a segment file holds data: up to its last non-zero byte (a preallocated
@@ -258,15 +264,7 @@ fn a_value_holding_a_frame_never_yields_a_forged_record() {
     assert_eq!(answer.json()["id"], carrier_id);
     kvd.kill_9();
     // The torn write: the value's frame ends after the embedded frame, before its own end.
-    let segment = files_with_suffix(&data_dir.join("wal"), ".wal")
-        .pop()
-        .expect("a segment");
-    // In a preallocated segment the bytes a torn write never wrote are zeros, and the file
-    // keeps its length.
-    let mut bytes = std::fs::read(&segment).expect("segment");
-    let used = used_bytes(&bytes);
-    bytes[used - 2048..used].fill(0);
-    std::fs::write(&segment, bytes).expect("tear");
+    zero_last_written_bytes(&data_dir, 2048);
 
     for mode in ["tolerate-torn-tail", "skip-corrupt", "point-in-time"] {
         let copy = dir.path().join(mode);
