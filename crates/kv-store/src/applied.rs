@@ -50,9 +50,9 @@ impl AppliedState {
                     revision,
                     op_index: 0,
                 };
-                let (meta, old) = self.keys.put(key, value, locator);
-                if let Some(old) = &old {
-                    self.history.link(locator, old);
+                let (meta, replaced) = self.keys.put(key, value, locator);
+                if let Some(replaced) = replaced {
+                    self.history.link(locator, replaced);
                 }
                 respond.then(|| Outcome {
                     revision,
@@ -65,7 +65,7 @@ impl AppliedState {
                 })
             }
             Op::Delete { key } => {
-                let deleted = self.keys.delete(key).is_some();
+                let deleted = self.keys.delete(key);
                 respond.then(|| Outcome {
                     revision,
                     succeeded: true,
@@ -127,9 +127,9 @@ impl AppliedState {
                         revision,
                         op_index: txn.op_position(succeeded, index),
                     };
-                    let (meta, old) = self.keys.put(key, value, locator);
-                    if let Some(old) = &old {
-                        self.history.link(locator, old);
+                    let (meta, replaced) = self.keys.put(key, value, locator);
+                    if let Some(replaced) = replaced {
+                        self.history.link(locator, replaced);
                     }
                     OpResponse::Put {
                         key: key.clone(),
@@ -138,7 +138,7 @@ impl AppliedState {
                 }
                 TxnOp::Delete { key } => OpResponse::Delete {
                     key: key.clone(),
-                    deleted: self.keys.delete(key).is_some(),
+                    deleted: self.keys.delete(key),
                 },
                 TxnOp::Get { .. } | TxnOp::Range { .. } if !evaluate_reads => OpResponse::Elided,
                 TxnOp::Get { key } => OpResponse::Get {

@@ -18,7 +18,7 @@
 //! HTTP), never a wrong answer. A delete ends the key's history with it: a key created again
 //! starts at version 1.
 
-use crate::map::{KeyMeta, KeyValue, Locator};
+use crate::map::{KeyMeta, KeyValue, Locator, Replaced};
 use crate::value::Value;
 
 /// How much history is kept.
@@ -77,12 +77,12 @@ pub struct VersionChain {
 }
 
 impl History {
-    /// Records that the value at `new` replaced `old`.
-    pub fn link(&mut self, new: Locator, old: &KeyValue) {
-        let previous_bytes = u32::try_from(old.value_bytes().len()).unwrap_or(u32::MAX);
+    /// Records that the value at `new` replaced the one `replaced` names.
+    pub fn link(&mut self, new: Locator, replaced: Replaced) {
+        let previous_bytes = u32::try_from(replaced.value_bytes).unwrap_or(u32::MAX);
         self.bytes += u64::from(previous_bytes);
         let link = Link {
-            previous: old.locator(),
+            previous: replaced.locator,
             previous_bytes,
         };
         if let Some(replaced) = self.links.insert(new, link) {
@@ -225,8 +225,8 @@ mod tests {
     fn write(map: &mut KeyMap, history: &mut History, key: &[u8], revisions: &[u64]) {
         for &revision in revisions {
             let value = Value::raw(vec![0; 10]);
-            if let (_, Some(old)) = map.put(key, &value, at(revision)) {
-                history.link(at(revision), &old);
+            if let (_, Some(replaced)) = map.put(key, &value, at(revision)) {
+                history.link(at(revision), replaced);
             }
         }
     }

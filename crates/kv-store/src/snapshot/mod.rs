@@ -167,7 +167,7 @@ impl SnapshotView {
     }
 
     /// Every entry, in key order.
-    pub fn entries(&self) -> impl Iterator<Item = &KeyValue> {
+    pub fn entries(&self) -> impl Iterator<Item = KeyValue> + '_ {
         self.map.keys.iter()
     }
 }

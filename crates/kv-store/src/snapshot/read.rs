@@ -16,7 +16,7 @@ use crate::encoding::Malformed;
 use crate::encoding::Reader as FieldReader;
 use crate::epochs::EpochHistory;
 use crate::history::Link;
-use crate::map::{KeyValue, Locator};
+use crate::map::{cell_from_v1, cell_is_well_formed, Locator};
 
 struct Reader<R> {
     inner: R,
@@ -200,13 +200,14 @@ impl Loader {
             let cell = raw
                 .get(position + 4..position + 4 + cell_len)
                 .ok_or("truncated cell")?;
-            let entry = if self.header.version == VERSION_1 {
-                KeyValue::from_cell_v1(cell, self.header.applied_id)
+            if self.header.version == VERSION_1 {
+                let cell = cell_from_v1(cell, self.header.applied_id).ok_or("bad cell")?;
+                self.state.keys.insert(&cell);
+            } else if cell_is_well_formed(cell) {
+                self.state.keys.insert(cell);
             } else {
-                KeyValue::from_cell(cell)
+                return Err("bad cell".into());
             }
-            .ok_or("bad cell")?;
-            self.state.keys.insert(entry);
             self.keys_read += 1;
             position += 4 + cell_len;
         }

@@ -36,8 +36,7 @@ pub fn write_snapshot(
     blocks
         .out
         .write_bytes(&encode_epochs(view.epochs.starts()))?;
-    for entry in view.entries() {
-        let cell = entry.cell();
+    for cell in view.map.keys.cells() {
         blocks.push(KIND_DATA, &[&(cell.len() as u32).to_le_bytes(), cell])?;
     }
     blocks.finish_kind(KIND_DATA)?;
