@@ -9,7 +9,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use kv_replication::{
-    FetchRequest, FetchResponse, SnapshotMeta, Transport, TransportError, TransportErrorKind,
+    FetchRequest, FetchResponse, SnapshotMeta, StreamLink, Transport, TransportError,
+    TransportErrorKind,
 };
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -172,6 +173,20 @@ fn timed_out(what: &str, timeout: Duration) -> TransportError {
 }
 
 impl Transport for HttpTransport {
+    async fn open_stream(
+        &self,
+        opening: &FetchRequest,
+        timeout: Duration,
+    ) -> Result<Option<StreamLink>, TransportError> {
+        let path = format!("{}/replication/stream", self.prefix());
+        tokio::time::timeout(
+            timeout,
+            crate::stream::open(&self.authority, &path, opening),
+        )
+        .await
+        .map_err(|_| timed_out("no replication stream from the leader", timeout))?
+    }
+
     async fn snapshot_meta(
         &self,
         timeout: Duration,

@@ -58,6 +58,7 @@ mod route;
 mod server;
 mod service;
 mod state;
+mod stream;
 mod txn;
 mod values;
 mod writes;

@@ -54,10 +54,12 @@ pub enum Route<'a> {
     AdminTransferLeader,
     /// `/admin/members/{id}`: remove a node (DELETE).
     AdminMember(&'a str),
+    /// `/replication/stream`: a follower's replication stream (GET with `Upgrade`).
+    ReplicationStream,
 }
 
 /// Route names used as metric labels (and their index in metric arrays).
-pub const ROUTE_LABELS: [&str; 25] = [
+pub const ROUTE_LABELS: [&str; 26] = [
     "/key/{key}",
     "/key/{key}/history",
     "/key/{key}/versions",
@@ -82,6 +84,7 @@ pub const ROUTE_LABELS: [&str; 25] = [
     "/controller/join",
     "/admin/transfer-leader",
     "/admin/members/{id}",
+    "/replication/stream",
     "unknown",
 ];
 /// Index of the label for paths that match no route.
@@ -111,6 +114,7 @@ impl<'a> Route<'a> {
             "/health" => Some(Route::Health),
             "/metrics" => Some(Route::Metrics),
             "/replication/fetch" => Some(Route::ReplicationFetch),
+            "/replication/stream" => Some(Route::ReplicationStream),
             "/cluster_status" => Some(Route::ClusterStatus),
             "/replication/snapshot" => Some(Route::SnapshotMeta),
             "/admin/snapshot" => Some(Route::AdminSnapshot),
@@ -183,6 +187,7 @@ impl<'a> Route<'a> {
             Route::ControllerJoin => 21,
             Route::AdminTransferLeader => 22,
             Route::AdminMember(_) => 23,
+            Route::ReplicationStream => 24,
         }
     }
 }
@@ -252,6 +257,7 @@ mod tests {
             (Route::ControllerJoin, "/controller/join"),
             (Route::AdminTransferLeader, "/admin/transfer-leader"),
             (Route::AdminMember("3"), "/admin/members/{id}"),
+            (Route::ReplicationStream, "/replication/stream"),
         ] {
             assert_eq!(ROUTE_LABELS[route.label_index()], label);
         }

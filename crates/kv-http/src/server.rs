@@ -140,7 +140,9 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(state.options.header_read_timeout)
         .keep_alive(true);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(connection);
     let shutdown_started = async move {
         // Dropping the guard `wait_for` returns keeps this future `Send`.

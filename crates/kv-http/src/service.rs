@@ -18,6 +18,7 @@ use crate::idempotency;
 use crate::replication;
 use crate::route::{Route, ROUTE_LABEL_UNKNOWN};
 use crate::state::AppState;
+use crate::stream;
 use crate::txn;
 
 /// Answers one request. Never fails: every error is answered with its status and a JSON
@@ -49,7 +50,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let route = Route::from_path(parts.uri.path()).ok_or(Error::RouteNotFound)?;
     if !route.allows(&parts.method) {
         return Err(Error::MethodNotAllowed {
@@ -86,6 +87,7 @@ where
             Method::POST => replication::fetch(state, &parts, body).await,
             _ => replication::fetch_view(state, parts.uri.query().unwrap_or_default()).await,
         },
+        Route::ReplicationStream => stream::accept(&state.node, &mut parts),
         Route::ClusterStatus => Ok(cluster::cluster_status(state)),
         Route::SnapshotMeta => replication::snapshot_meta(state),
         Route::SnapshotChunk(applied_id) => {

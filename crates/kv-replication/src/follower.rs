@@ -245,6 +245,45 @@ impl FollowerState {
         self.epoch_first(step)
     }
 
+    /// Decides what to do with a push on a stream (see [`crate::stream`]) that should start at
+    /// `next_id`, the first id after what this follower has appended on the stream so far —
+    /// not its log's position, which may run ahead of what is written while appends are
+    /// queued. The stream keeps the order, so no answer here is a late one; a batch that does
+    /// not start at `next_id` is refused like a damaged one.
+    pub fn on_push(
+        &mut self,
+        now: Instant,
+        next_id: u64,
+        response: FetchResponse,
+        log: &impl LogView,
+    ) -> Step {
+        let request = FetchRequest {
+            next_id,
+            durable_id: log.durable_id().min(next_id - 1),
+            ..self.request(log)
+        };
+        let step = self.decide(now, &request, response);
+        self.epoch_first(step)
+    }
+
+    /// A stream's acknowledgement: what this follower holds durably, as a fetch from just
+    /// after it (durable entries are written, so their epochs are known even while later
+    /// appends are queued).
+    pub fn ack(&self, log: &impl LogView) -> FetchRequest {
+        let durable_id = log.durable_id();
+        let last_epoch = if durable_id == 0 {
+            0
+        } else {
+            log.epoch_at(durable_id).unwrap_or(0)
+        };
+        FetchRequest {
+            next_id: durable_id + 1,
+            last_epoch,
+            durable_id,
+            ..self.request(log)
+        }
+    }
+
     /// Wraps `step` in [`Step::PersistEpoch`] when the answer raised the leader epoch above
     /// the one on disk.
     fn epoch_first(&mut self, step: Step) -> Step {

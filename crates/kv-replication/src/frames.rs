@@ -61,3 +61,23 @@ pub fn describe_frames(frames: &[u8]) -> Result<Vec<FrameSummary>> {
 pub fn chunk_crc(chunk: &[u8]) -> u32 {
     kv_wal::frame::crc32c(chunk)
 }
+
+/// The id of the last frame of a batch read from this node's own log (already checked when
+/// read), found by walking the frame headers without checking CRCs again; `None` for an
+/// empty or truncated batch. A stream's leader uses it to know what it has sent.
+pub fn last_frame_id(frames: &[u8]) -> Option<u64> {
+    const HEADER: usize = kv_wal::frame::FRAME_HEADER_BYTES;
+    let mut offset = 0usize;
+    let mut last = None;
+    while frames.len() >= offset + HEADER {
+        let header = &frames[offset..offset + HEADER];
+        let len = u32::from_le_bytes(header[8..12].try_into().ok()?) as usize;
+        let end = offset.checked_add(HEADER)?.checked_add(len)?;
+        if end > frames.len() {
+            return None;
+        }
+        last = Some(u64::from_le_bytes(header[12..20].try_into().ok()?));
+        offset = end;
+    }
+    (offset == frames.len()).then_some(last).flatten()
+}

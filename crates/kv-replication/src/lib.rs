@@ -49,6 +49,7 @@ mod log_view;
 mod meta;
 mod node;
 pub mod protocol;
+pub mod stream;
 mod transport;
 pub mod view;
 
@@ -58,7 +59,7 @@ pub use compaction::{
 };
 pub use error::{Error, Result};
 pub use follower::{FollowerOptions, FollowerState, LinkState, Step};
-pub use frames::{check_frames, chunk_crc, describe_frames, FrameSummary};
+pub use frames::{check_frames, chunk_crc, describe_frames, last_frame_id, FrameSummary};
 pub use leader::{
     Acks, FetchDecision, FollowerHealth, FollowerStatus, LeaderOptions, LeaderState, Membership,
     LAG_LIMIT_DEFAULT,
@@ -71,7 +72,8 @@ pub use node::maintenance::{
     MaintenanceOptions, MAINTENANCE_CHECK_INTERVAL, PERSIST_PROGRESS_INTERVAL,
 };
 pub use node::status::{ClusterStatus, CompactionStatus, SnapshotSummary};
+pub use node::streaming::{LeaderStream, StreamStart};
 pub use node::{Node, NodeOptions, Role};
 pub use protocol::{DecodeError, FetchRequest, FetchResponse, SnapshotMeta};
-pub use transport::{Transport, TransportError, TransportErrorKind};
+pub use transport::{StreamLink, Transport, TransportError, TransportErrorKind};
 pub use view::{ClusterView, LeaderRef};

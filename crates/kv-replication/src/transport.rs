@@ -29,6 +29,29 @@ pub trait Transport: Send + Sync + 'static {
         len: u32,
         timeout: Duration,
     ) -> impl Future<Output = Result<Vec<u8>, TransportError>> + Send;
+    /// Opens a replication stream (see [`crate::stream`]) with `opening` as message 1, within
+    /// `timeout`. `Ok(None)`: this transport, or the leader, has no streams — the follower
+    /// fetches instead (the default).
+    fn open_stream(
+        &self,
+        opening: &FetchRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<StreamLink>, TransportError>> + Send {
+        let _ = (opening, timeout);
+        async { Ok(None) }
+    }
+}
+
+/// An open replication stream, as the follower's driver sees it: the transport moves the
+/// messages between these channels and the connection, and closes the connection when the
+/// link is dropped.
+#[derive(Debug)]
+pub struct StreamLink {
+    /// Messages to the leader: `(seq, acknowledgement)`.
+    pub to_leader: tokio::sync::mpsc::UnboundedSender<(u64, FetchRequest)>,
+    /// The leader's pushes, `(echo, answer)`, in order, or why the stream broke; closed when
+    /// the stream ends.
+    pub from_leader: tokio::sync::mpsc::Receiver<Result<(u64, FetchResponse), TransportError>>,
 }
 
 /// Why a transport call has no answer: what kind of failure, and what happened in words.

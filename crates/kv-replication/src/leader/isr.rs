@@ -48,6 +48,13 @@ impl Elected {
         }
         isr
     }
+
+    /// The members of [`Elected::maximal_isr`], without building the set (an addition in
+    /// flight may repeat a member): what every acknowledgement's commit rule walks.
+    pub(super) fn maximal_isr_members(&self) -> impl Iterator<Item = u64> + '_ {
+        let adding = self.in_flight.iter().flat_map(|(wanted, _)| wanted.iter());
+        self.membership.isr.iter().chain(adding).copied()
+    }
 }
 
 impl LeaderState {
@@ -122,9 +129,18 @@ impl LeaderState {
         Some(wanted)
     }
 
-    /// Forgets followers outside the maximal ISR not heard from for a while.
+    /// Forgets followers outside the maximal ISR not heard from for a while. Runs at most
+    /// every eighth of `follower_forget_after`, not at every fetch: its cost grows with the
+    /// followers, and a fetch's must not (a follower is forgotten at most that much later).
     pub(super) fn prune(&mut self, now: Instant) {
         let forget_after = self.options.follower_forget_after;
+        if self
+            .pruned_at
+            .is_some_and(|at| now.saturating_duration_since(at) < forget_after / 8)
+        {
+            return;
+        }
+        self.pruned_at = Some(now);
         let counted = self.maximal_isr();
         self.followers.retain(|node_id, progress| {
             counted.as_ref().is_some_and(|isr| isr.contains(node_id))

@@ -78,6 +78,8 @@ pub struct LeaderState {
     elected: Option<Box<Elected>>,
     /// A higher epoch heard in a fetch.
     deposed_by: Option<u64>,
+    /// When silent followers were last looked for ([`LeaderState::prune`]).
+    pruned_at: Option<Instant>,
 }
 
 impl LeaderState {
@@ -92,6 +94,7 @@ impl LeaderState {
             commit_id: 0,
             elected: None,
             deposed_by: None,
+            pruned_at: None,
         }
     }
 
@@ -275,6 +278,15 @@ impl LeaderState {
             .and_then(|elected| elected.transfer_to)
     }
 
+    /// The marks besides the commit id that an acknowledgement can move and a waiting write
+    /// may wait for (`acks=all`'s and `acks=quorum`'s under the controller); `None` for a
+    /// legacy leader, whose `acks=all` reads every live follower's durable id.
+    pub fn ack_marks(&self) -> Option<(u64, u64)> {
+        self.elected
+            .as_ref()
+            .map(|elected| (elected.held_by_isr, elected.held_by_quorum))
+    }
+
     /// Whether follower `node_id` holds `id` durably (as of its last fetch).
     pub fn follower_holds(&self, node_id: u64, id: u64) -> bool {
         self.followers
@@ -296,22 +308,52 @@ impl LeaderState {
         may_wait: bool,
         record: bool,
     ) -> FetchDecision {
+        if let Some(decision) = self.check_fetch(now, request, log, record) {
+            return decision;
+        }
+        let last_id = log.last_id();
+        if request.next_id > last_id {
+            if may_wait && request.commit_id >= self.commit_id {
+                return FetchDecision::Wait;
+            }
+            return FetchDecision::Respond(self.entries(log, Vec::new()));
+        }
+        match log.read_frames(request.next_id, request.bytes_max.max(1) as usize, last_id) {
+            Ok(frames) => FetchDecision::Respond(self.entries(log, frames)),
+            // The log changed under us (purged or truncated): the follower asks again.
+            Err(_) => FetchDecision::Respond(self.entries(log, Vec::new())),
+        }
+    }
+
+    /// Everything [`LeaderState::on_fetch`] does before it reads entries: the cluster and
+    /// epoch checks, the divergence and compaction checks, and (when `record`) the follower's
+    /// acknowledgement and the commit id it moves. `Some` is the answer when the fetch gets no
+    /// entries from here (another cluster, a deposing epoch, a cut, a snapshot to install);
+    /// `None` when the follower's log matches this one and entries may follow. A stream's
+    /// acknowledgements come through here alone (the stream pushes entries itself).
+    pub fn check_fetch(
+        &mut self,
+        now: Instant,
+        request: &FetchRequest,
+        log: &impl LogView,
+        record: bool,
+    ) -> Option<FetchDecision> {
         let cluster_id = self.cluster_id;
         let leader_epoch = self.epoch;
         let known_cluster = request.cluster_id == cluster_id;
         let new_empty_follower = request.cluster_id == 0 && request.next_id == 1;
         if !known_cluster && !new_empty_follower {
-            return FetchDecision::Respond(FetchResponse::ClusterMismatch {
+            return Some(FetchDecision::Respond(FetchResponse::ClusterMismatch {
                 leader_cluster_id: cluster_id,
                 leader_epoch,
-            });
+            }));
         }
         if record && request.leader_epoch > leader_epoch {
             self.deposed_by = Some(self.deposed_by.unwrap_or(0).max(request.leader_epoch));
             self.revoke_lease();
-            return FetchDecision::StepDown {
+            return Some(FetchDecision::StepDown {
                 epoch: request.leader_epoch,
-            };
+            });
         }
         let first_id = log.first_id();
         let last_id = log.last_id();
@@ -334,21 +376,21 @@ impl LeaderState {
             if record {
                 self.fetched(now, request.node_id, None, last_id);
             }
-            return FetchDecision::Respond(FetchResponse::Diverged {
+            return Some(FetchDecision::Respond(FetchResponse::Diverged {
                 cluster_id,
                 leader_epoch,
                 truncate_after,
-            });
+            }));
         }
         if request.next_id < first_id {
             if record {
                 self.fetched(now, request.node_id, None, last_id);
             }
-            return FetchDecision::Respond(FetchResponse::SnapshotNeeded {
+            return Some(FetchDecision::Respond(FetchResponse::SnapshotNeeded {
                 cluster_id,
                 leader_epoch,
                 first_id,
-            });
+            }));
         }
         // The follower's log matches through `previous`: its durable entries count.
         if record {
@@ -360,17 +402,7 @@ impl LeaderState {
             );
             self.recompute_commit(log.durable_id());
         }
-        if request.next_id > last_id {
-            if may_wait && request.commit_id >= self.commit_id {
-                return FetchDecision::Wait;
-            }
-            return FetchDecision::Respond(self.entries(log, Vec::new()));
-        }
-        match log.read_frames(request.next_id, request.bytes_max.max(1) as usize, last_id) {
-            Ok(frames) => FetchDecision::Respond(self.entries(log, frames)),
-            // The log changed under us (purged or truncated): the follower asks again.
-            Err(_) => FetchDecision::Respond(self.entries(log, Vec::new())),
-        }
+        None
     }
 
     /// Records a fetch of `node_id` that arrived at `now` (when it was recorded at all), with
@@ -402,7 +434,8 @@ impl LeaderState {
         }
     }
 
-    fn entries(&self, log: &impl LogView, frames: Vec<u8>) -> FetchResponse {
+    /// An answer with `frames` (possibly none) and this leader's commit id and log bounds.
+    pub fn entries(&self, log: &impl LogView, frames: Vec<u8>) -> FetchResponse {
         FetchResponse::Entries {
             cluster_id: self.cluster_id,
             leader_epoch: self.epoch,
@@ -432,13 +465,14 @@ impl LeaderState {
             }
             return self.commit_id;
         };
+        // The ISR's members only (a handful), each looked up: the cost of an
+        // acknowledgement does not grow with the followers outside the ISR.
         let floor = elected
-            .maximal_isr()
-            .iter()
-            .filter(|&&member| member != elected.node_id)
+            .maximal_isr_members()
+            .filter(|&member| member != elected.node_id)
             .map(|member| {
                 self.followers
-                    .get(member)
+                    .get(&member)
                     .map_or(0, |progress| progress.durable_id)
             })
             .fold(leader_durable_id, u64::min);

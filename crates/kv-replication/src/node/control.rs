@@ -267,7 +267,7 @@ impl Node {
     pub async fn prepare_transfer(&self, to: u64, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         let started = Instant::now();
-        let mut progress = self.progress.subscribe();
+        let mut progress = self.acknowledgements.subscribe();
         let mut role_changes = self.role_changes.subscribe();
         let leadership = *role_changes.borrow_and_update();
         let target = {

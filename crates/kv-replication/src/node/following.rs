@@ -7,13 +7,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::streaming::SessionEnd;
 use super::Node;
 use crate::error::{Error, Result};
 use crate::follower::{LinkState, Step};
 use crate::transport::Transport;
 
 /// How much longer than the fetch wait a follower gives the leader to answer.
-const FETCH_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
+pub(super) const FETCH_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 
 impl Node {
     /// Runs the follower's fetch loop over `transport` (to the leader this node follows)
@@ -40,27 +41,49 @@ impl Node {
                 .wait_for(|current| *current != generation)
                 .await;
         };
-        tokio::pin!(role_changed);
+        let mut role_changed = std::pin::pin!(role_changed);
         let fetch_timeout = self.options.follower.fetch_wait + FETCH_TIMEOUT_MARGIN;
         if self.with_follower(|_| ()).is_none() {
             tracing::error!("the fetch loop started on a leader");
             return;
         }
+        // Streams while the transport and the leader offer them; fetches otherwise.
+        let mut streams = true;
         loop {
-            // `None` once the role changed under the loop.
-            let Some(request) = self.with_follower(|state| state.request(&*self.store)) else {
-                return;
-            };
-            let sent_at = Instant::now();
-            let answer = tokio::select! {
-                _ = &mut role_changed => return,
-                answer = transport.fetch(&request, fetch_timeout) => answer,
-            };
-            let Some(step) = self.with_follower(|state| match answer {
-                Ok(response) => state.on_response(Instant::now(), &request, response, &*self.store),
-                Err(error) => state.on_failure(Instant::now(), error.to_string()),
-            }) else {
-                return;
+            let (step, sent_at) = if streams {
+                match self.stream_session(transport, &mut role_changed).await {
+                    SessionEnd::Unsupported => {
+                        tracing::info!("the leader offers no replication stream: fetching");
+                        streams = false;
+                        continue;
+                    }
+                    SessionEnd::RoleChanged => return,
+                    SessionEnd::Failed(error) => {
+                        tracing::error!(%error, "replication stopped");
+                        self.stop_link(error.to_string());
+                        return;
+                    }
+                    SessionEnd::Step(step, sent_at) => (step, sent_at),
+                }
+            } else {
+                // `None` once the role changed under the loop.
+                let Some(request) = self.with_follower(|state| state.request(&*self.store)) else {
+                    return;
+                };
+                let sent_at = Instant::now();
+                let answer = tokio::select! {
+                    _ = &mut role_changed => return,
+                    answer = transport.fetch(&request, fetch_timeout) => answer,
+                };
+                let Some(step) = self.with_follower(|state| match answer {
+                    Ok(response) => {
+                        state.on_response(Instant::now(), &request, response, &*self.store)
+                    }
+                    Err(error) => state.on_failure(Instant::now(), error.to_string()),
+                }) else {
+                    return;
+                };
+                (step, sent_at)
             };
             match self.perform(step, transport, sent_at).await {
                 Ok(None) => {}
@@ -196,7 +219,7 @@ impl Node {
 
     /// Tells the state machine what the answer to a request sent at `sent_at` let this
     /// follower apply (for its staleness bound).
-    fn applied_after(&self, sent_at: Instant, commit_id: u64) {
+    pub(super) fn applied_after(&self, sent_at: Instant, commit_id: u64) {
         let applied_id = self.store.applied_id();
         self.with_follower(|state| state.on_applied(sent_at, commit_id, applied_id));
     }

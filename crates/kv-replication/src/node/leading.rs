@@ -210,26 +210,17 @@ impl Node {
         let mut role_changes = self.role_changes.subscribe();
         loop {
             let may_wait = tokio::time::Instant::now() < deadline;
-            let (decision, commit_id) = match &mut *lock(&self.role) {
+            let (decision, commit_id, marks) = match &mut *lock(&self.role) {
                 RoleState::Leader(leader) => {
+                    let marks = leader.ack_marks();
                     let decision =
                         leader.on_fetch(Instant::now(), request, &*self.store, may_wait, record);
-                    (decision, leader.commit_id())
+                    (decision, leader.commit_id(), (marks, leader.ack_marks()))
                 }
-                RoleState::Follower {
-                    leader_url,
-                    epoch,
-                    state,
-                } => {
-                    return FetchResponse::NotLeader {
-                        leader_epoch: (*epoch).max(state.leader_epoch()),
-                        leader_url: leader_url.clone(),
-                    };
-                }
+                other => return other.not_leader_answer().expect("not a leader"),
             };
             if record {
-                self.publish_commit(commit_id);
-                self.progress.send_modify(|count| *count += 1);
+                self.after_acknowledgement(commit_id, marks);
             }
             match decision {
                 FetchDecision::Respond(response) => return response,

@@ -11,6 +11,8 @@
 //! - [`leading`]: the leader's driver — writes that wait for their acknowledgements, and the
 //!   long-polled fetch.
 //! - [`following`]: the follower's driver — the fetch loop over a [`crate::Transport`].
+//! - [`streaming`]: the replication stream (see [`crate::stream`]) — the leader's side of
+//!   one stream, and the follower's stream session inside its fetch loop.
 //! - [`snapshot_transfer`]: a follower downloading and installing the leader's snapshot, and
 //!   the leader serving it in chunks.
 //! - [`maintenance`]: snapshots and log compaction, and the background task that runs them.
@@ -25,6 +27,7 @@ pub mod leading;
 pub mod maintenance;
 pub mod snapshot_transfer;
 pub mod status;
+pub mod streaming;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -39,6 +42,7 @@ use crate::follower::{FollowerOptions, FollowerState};
 use crate::leader::{LeaderOptions, LeaderState, Membership};
 use crate::log_view::LogView;
 use crate::meta::NodeMeta;
+use crate::protocol::FetchResponse;
 
 /// The node's role.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +115,21 @@ impl RoleState {
         }
     }
 
+    /// A fetch's answer from a node that does not lead (`None`: it leads).
+    fn not_leader_answer(&self) -> Option<FetchResponse> {
+        match self {
+            RoleState::Leader(_) => None,
+            RoleState::Follower {
+                leader_url,
+                epoch,
+                state,
+            } => Some(FetchResponse::NotLeader {
+                leader_epoch: (*epoch).max(state.leader_epoch()),
+                leader_url: leader_url.clone(),
+            }),
+        }
+    }
+
     fn not_leader(&self) -> Error {
         match self {
             RoleState::Follower {
@@ -158,10 +177,17 @@ pub struct Node {
     role_changes: watch::Sender<u64>,
     commit: watch::Sender<u64>,
     applied: watch::Sender<u64>,
+    /// Bumped when what a waiting write may be acknowledged by moves other than the commit id
+    /// (a lease, the ISR's held marks; every acknowledgement under a legacy leader).
     progress: watch::Sender<u64>,
+    /// Bumped at every follower acknowledgement (a planned transfer waits for its target's).
+    acknowledgements: watch::Sender<u64>,
     options: NodeOptions,
     compaction: Mutex<CompactionHistory>,
 }
+
+/// [`LeaderState::ack_marks`] before and after an acknowledgement.
+type AckMarks = (Option<(u64, u64)>, Option<(u64, u64)>);
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -293,6 +319,7 @@ impl Node {
             commit: watch::Sender::new(commit_id),
             applied: watch::Sender::new(applied_id),
             progress: watch::Sender::new(0),
+            acknowledgements: watch::Sender::new(0),
             options,
             compaction: Mutex::new(CompactionHistory::default()),
         }
@@ -398,6 +425,19 @@ impl Node {
     }
 
     /// Raises the commit id and applies up to it (never past what is durable here).
+    /// After a follower's acknowledgement (a fetch, or an acknowledgement on a stream) moved
+    /// the leader's state: publishes the commit id, and wakes waiting writes only when the
+    /// marks they may also wait for moved (`marks`: before and after) — not every write at
+    /// every acknowledgement of every follower.
+    fn after_acknowledgement(&self, commit_id: u64, marks: AckMarks) {
+        self.publish_commit(commit_id);
+        let (before, after) = marks;
+        if before.is_none() || before != after {
+            self.progress.send_modify(|count| *count += 1);
+        }
+        self.acknowledgements.send_modify(|count| *count += 1);
+    }
+
     fn publish_commit(&self, commit_id: u64) {
         self.commit.send_if_modified(|current| {
             let raised = commit_id > *current;

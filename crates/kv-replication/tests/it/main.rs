@@ -8,4 +8,5 @@ mod fuzz_corpus;
 mod logic;
 mod nodes;
 mod simulation;
+mod stream_logic;
 mod support;

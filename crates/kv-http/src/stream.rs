@@ -1,0 +1,306 @@
+//! The replication stream over HTTP/1.1 (kv-replication's `stream` module is the protocol): a
+//! follower sends `GET /replication/stream` with `Connection: upgrade` and
+//! `Upgrade: kvd-replication/2`; the leader answers `101 Switching Protocols` and the
+//! connection becomes the stream — the follower's opening fetch and acknowledgements one way,
+//! the leader's pushes the other, each an envelope and a fetch-protocol body.
+//!
+//! The leader serves a stream on one task ([`serve`]) with a reader task beside it (reads are
+//! not cancel-safe, so they never race a push in a `select!`); the follower's side
+//! ([`open`]) moves messages between the connection and kv-replication's `StreamLink`
+//! channels on a reader and a writer task, so kv-replication never sees a socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use kv_replication::stream::{Envelope, ENVELOPE_BYTES, STREAM_PROTOCOL};
+use kv_replication::{
+    FetchRequest, FetchResponse, Node, StreamLink, StreamStart, TransportError, TransportErrorKind,
+    FETCH_WAIT_MAX,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+
+/// How long the leader waits for a stream's opening after the upgrade.
+const OPENING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the leader keeps a stream with no message from the follower (it answers
+/// heartbeats, which come at least every [`FETCH_WAIT_MAX`]).
+const SILENCE_MAX: Duration = Duration::from_secs(FETCH_WAIT_MAX.as_secs() * 2);
+/// How long one message may take to be written before the stream is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pushes the follower's reader may hold before it stops reading (the socket then holds the
+/// leader back).
+const PUSHES_BUFFERED: usize = 8;
+/// Buffer sizes of the stream's reader and writer.
+const BUFFER_BYTES: usize = 64 * 1024;
+
+/// `GET /replication/stream`: answers `101` and serves the stream on the upgraded connection.
+pub fn accept(node: &Arc<Node>, parts: &mut http::request::Parts) -> Result<Response<Full<Bytes>>> {
+    let asked = parts
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let upgrading = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if !upgrading || !asked.eq_ignore_ascii_case(STREAM_PROTOCOL) {
+        return Err(Error::BadFetch(format!(
+            "a replication stream needs `Connection: upgrade` and `Upgrade: {STREAM_PROTOCOL}` \
+             (asked: {asked:?})"
+        )));
+    }
+    let on_upgrade = parts
+        .extensions
+        .remove::<OnUpgrade>()
+        .ok_or_else(|| Error::BadFetch("this connection cannot be upgraded".to_owned()))?;
+    let node = node.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve(node, upgraded).await,
+            Err(error) => tracing::debug!(%error, "replication stream upgrade failed"),
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    response
+        .headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(STREAM_PROTOCOL));
+    Ok(response)
+}
+
+/// Serves one stream until it ends: the follower hangs up or goes silent, a write stalls,
+/// the stream's last message was sent, or the node stops leading.
+async fn serve(node: Arc<Node>, upgraded: Upgraded) {
+    let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+    let mut writer = BufWriter::with_capacity(BUFFER_BYTES, writer);
+    let mut messages = spawn_reader(
+        reader,
+        |body| FetchRequest::decode(body).map_err(|error| error.to_string()),
+        |detail| detail,
+    );
+    let opening = match tokio::time::timeout(OPENING_TIMEOUT, messages.recv()).await {
+        Ok(Some(Ok(opening))) => opening,
+        Ok(Some(Err(error))) => {
+            tracing::debug!(%error, "bad replication stream opening");
+            return;
+        }
+        Ok(None) | Err(_) => return,
+    };
+    let mut stream = match node.open_stream(&opening.1) {
+        StreamStart::Answer(answer) => {
+            let _ = write_message(&mut writer, opening.0, &answer.encode()).await;
+            return;
+        }
+        StreamStart::Stream(stream) => stream,
+    };
+    loop {
+        tokio::select! {
+            received = tokio::time::timeout(SILENCE_MAX, messages.recv()) => {
+                let (seq, ack) = match received {
+                    Ok(Some(Ok(message))) => message,
+                    Ok(Some(Err(error))) => {
+                        tracing::debug!(%error, "replication stream closed on a bad message");
+                        return;
+                    }
+                    Ok(None) => return,
+                    Err(_) => {
+                        tracing::debug!("replication stream closed: the follower went silent");
+                        return;
+                    }
+                };
+                if let Some(last) = stream.on_ack(seq, &ack) {
+                    let _ = write_message(&mut writer, seq, &last.encode()).await;
+                    return;
+                }
+            }
+            push = stream.next_push() => {
+                let Some((echo, answer)) = push else {
+                    return;
+                };
+                if write_message(&mut writer, echo, &answer.encode()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Opens a stream to the leader at `authority` (`path`: its `/replication/stream` with any
+/// prefix) and sends `opening` as message 1. `Ok(None)`: the leader has no streams (a build
+/// before them answers 404).
+pub async fn open(
+    authority: &str,
+    path: &str,
+    opening: &FetchRequest,
+) -> std::result::Result<Option<StreamLink>, TransportError> {
+    let connect_error = |detail: String| TransportError::new(TransportErrorKind::Connect, detail);
+    let socket = TcpStream::connect(authority).await.map_err(|error| {
+        connect_error(format!(
+            "cannot connect to the leader at {authority}: {error}"
+        ))
+    })?;
+    socket
+        .set_nodelay(true)
+        .map_err(|error| connect_error(format!("cannot set TCP_NODELAY: {error}")))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(socket))
+        .await
+        .map_err(|error| {
+            connect_error(format!("HTTP handshake with the leader failed: {error}"))
+        })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%error, "replication stream connection failed");
+        }
+    });
+    let request = Request::get(path)
+        .header(header::HOST, authority)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, STREAM_PROTOCOL)
+        .body(Full::new(Bytes::new()))
+        .map_err(|error| TransportError::new(TransportErrorKind::Address, error.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|error| connect_error(format!("request to the leader failed: {error}")))?;
+    match response.status() {
+        StatusCode::SWITCHING_PROTOCOLS => {}
+        StatusCode::NOT_FOUND => return Ok(None),
+        status => {
+            return Err(TransportError::new(
+                TransportErrorKind::Status,
+                format!("the leader answered {status} to a replication stream"),
+            ))
+        }
+    }
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(|error| connect_error(format!("replication stream upgrade failed: {error}")))?;
+    let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+    let mut writer = BufWriter::with_capacity(BUFFER_BYTES, writer);
+    write_message(&mut writer, 1, &opening.encode())
+        .await
+        .map_err(|error| connect_error(format!("cannot open the replication stream: {error}")))?;
+    let from_leader = spawn_reader(
+        reader,
+        |body| {
+            FetchResponse::decode(body)
+                .map_err(|error| TransportError::new(TransportErrorKind::Decode, error.to_string()))
+        },
+        |detail| TransportError::new(TransportErrorKind::Connect, detail),
+    );
+    let (to_leader, acks) = mpsc::unbounded_channel();
+    tokio::spawn(write_acks(writer, acks));
+    Ok(Some(StreamLink {
+        to_leader,
+        from_leader,
+    }))
+}
+
+/// Writes the follower's messages until its link is dropped, then closes the connection's
+/// sending side (the leader then ends the stream).
+async fn write_acks<W: AsyncWrite + Unpin>(
+    mut writer: BufWriter<W>,
+    mut acks: mpsc::UnboundedReceiver<(u64, FetchRequest)>,
+) {
+    while let Some((seq, ack)) = acks.recv().await {
+        if write_message(&mut writer, seq, &ack.encode())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Reads messages on a task of their own into a channel (bounded: a slow consumer stops the
+/// reading, and the socket then holds the sender back); a decode or read error is passed on
+/// (`io_error` makes the latter) and ends the reading. The task ends when the connection or
+/// the channel closes.
+fn spawn_reader<R, T, E, D, I>(
+    reader: R,
+    decode: D,
+    io_error: I,
+) -> mpsc::Receiver<std::result::Result<(u64, T), E>>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+    D: Fn(&[u8]) -> std::result::Result<T, E> + Send + 'static,
+    I: Fn(String) -> E + Send + 'static,
+{
+    let (sender, receiver) = mpsc::channel(PUSHES_BUFFERED);
+    tokio::spawn(async move {
+        let mut reader = BufReader::with_capacity(BUFFER_BYTES, reader);
+        loop {
+            let message = match read_message(&mut reader).await {
+                Ok(Some((seq, body))) => decode(&body).map(|decoded| (seq, decoded)),
+                Ok(None) => return,
+                Err(error) => Err(io_error(format!("replication stream broke: {error}"))),
+            };
+            let failed = message.is_err();
+            if sender.send(message).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+/// Reads one message; `None` at a clean end of the connection before a message.
+async fn read_message<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> std::io::Result<Option<(u64, Vec<u8>)>> {
+    let mut header = [0u8; ENVELOPE_BYTES];
+    match reader.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    let envelope = Envelope::decode(&header)
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))?;
+    let mut body = vec![0u8; envelope.body_len];
+    reader.read_exact(&mut body).await?;
+    Ok(Some((envelope.seq, body)))
+}
+
+/// Writes one message and flushes it, within [`WRITE_TIMEOUT`].
+async fn write_message<W: AsyncWrite + Unpin>(
+    writer: &mut BufWriter<W>,
+    seq: u64,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let envelope = Envelope {
+        seq,
+        body_len: body.len(),
+    }
+    .encode();
+    let write = async {
+        writer.write_all(&envelope).await?;
+        writer.write_all(body).await?;
+        writer.flush().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the stream's peer stopped reading",
+            ))
+        })
+}
