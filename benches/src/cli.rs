@@ -108,6 +108,12 @@ pub struct BenchArgs {
     #[arg(long = "lag-every", default_value_t = 1, value_name = "N")]
     pub lag_every: u64,
 
+    /// Open N replication streams to the first URL (the leader) as simulated followers that
+    /// acknowledge everything at once, for the whole run: the leader's cost per follower
+    /// without N processes. They never count for commits.
+    #[arg(long = "stream-followers", default_value_t = 0, value_name = "N")]
+    pub stream_followers: usize,
+
     /// PUT every key once before the warm-up, so GETs find their keys.
     #[arg(long = "prefill")]
     pub prefill: bool,
@@ -181,6 +187,8 @@ pub struct BenchConfig {
     pub lag_wait: Duration,
     /// `lag`: one acknowledged write in this many (per worker) gets a follower read.
     pub lag_every: u64,
+    /// Simulated followers on replication streams to the first target.
+    pub stream_followers: usize,
 }
 
 impl BenchArgs {
@@ -272,6 +280,7 @@ impl BenchArgs {
             allow_non_loopback: self.allow_non_loopback,
             lag_wait: self.lag_wait,
             lag_every: self.lag_every,
+            stream_followers: self.stream_followers,
         })
     }
 

@@ -28,6 +28,7 @@ pub mod conditional;
 pub mod connection;
 pub mod duration;
 pub mod error;
+pub mod followers;
 pub mod fsync_probe;
 pub mod keys;
 pub mod latency;

@@ -67,6 +67,8 @@ pub struct BenchReport {
     pub prefill: Option<PrefillReport>,
     /// `lag` workload only: leader acknowledgement to follower answer.
     pub replication_lag: Option<ReplicationLagReport>,
+    /// `--stream-followers`: what the simulated followers saw.
+    pub stream_followers: Option<crate::followers::FollowersReport>,
 }
 
 /// The follower reads of a `lag` run: for each acknowledged PUT, the time from the leader's
@@ -199,6 +201,7 @@ impl BenchReport {
                     })
                     .collect(),
             }),
+            stream_followers: None,
         }
     }
 
@@ -265,6 +268,22 @@ impl BenchReport {
             kinds.condition_failed,
             self.reconnects
         ));
+        if let Some(followers) = &self.stream_followers {
+            lines.push(format!(
+                "simulated stream followers: {} ({} pushes, {} with frames, {} frame bytes, {} \
+                 acks, {} failed{})",
+                followers.followers,
+                followers.pushes,
+                followers.batches,
+                followers.frame_bytes,
+                followers.acks,
+                followers.failures,
+                followers
+                    .first_failure
+                    .as_ref()
+                    .map_or_else(String::new, |reason| format!(": {reason}"))
+            ));
+        }
         if let Some(replication_lag) = &self.replication_lag {
             lines.push(format!(
                 "replication lag (leader ack -> follower min_id read, 1 write in {}): {}",

@@ -65,6 +65,12 @@ pub async fn run_benchmark(config: BenchConfig) -> Result<BenchReport, BenchErro
         None
     };
 
+    let followers = crate::followers::SimulatedFollowers::start(
+        &config.targets[0],
+        socket_addresses[0],
+        config.stream_followers,
+    )
+    .await?;
     let mut workers: Vec<Worker> = (0..config.connection_count)
         .map(|worker_index| Worker::new(worker_index, &config, &socket_addresses))
         .collect();
@@ -112,13 +118,17 @@ pub async fn run_benchmark(config: BenchConfig) -> Result<BenchReport, BenchErro
         }
         None => 0,
     };
-    Ok(BenchReport::new(
+    let mut report = BenchReport::new(
         &config,
         &measured_stats,
         elapsed,
         scheduled_not_sent,
         prefill_report,
-    ))
+    );
+    if config.stream_followers > 0 {
+        report.stream_followers = Some(followers.stop().await);
+    }
+    Ok(report)
 }
 
 /// PUTs every key once, spread over `connection_count` workers, bounded by

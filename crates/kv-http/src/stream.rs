@@ -84,15 +84,26 @@ pub fn accept(node: &Arc<Node>, parts: &mut http::request::Parts) -> Result<Resp
 }
 
 /// Serves one stream until it ends: the follower hangs up or goes silent, a write stalls,
-/// the stream's last message was sent, or the node stops leading.
+/// the stream's last message was sent, or the node stops leading. Then closes the connection
+/// (the follower sees the end at once, even while it still has messages to send).
 async fn serve(node: Arc<Node>, upgraded: Upgraded) {
     let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
     let mut writer = BufWriter::with_capacity(BUFFER_BYTES, writer);
-    let mut messages = spawn_reader(
+    let (mut messages, reading) = spawn_reader(
         reader,
         |body| FetchRequest::decode(body).map_err(|error| error.to_string()),
         |detail| detail,
     );
+    serve_messages(&node, &mut messages, &mut writer).await;
+    reading.abort();
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.shutdown()).await;
+}
+
+async fn serve_messages<W: AsyncWrite + Unpin>(
+    node: &Arc<Node>,
+    messages: &mut mpsc::Receiver<std::result::Result<(u64, FetchRequest), String>>,
+    writer: &mut BufWriter<W>,
+) {
     let opening = match tokio::time::timeout(OPENING_TIMEOUT, messages.recv()).await {
         Ok(Some(Ok(opening))) => opening,
         Ok(Some(Err(error))) => {
@@ -103,7 +114,7 @@ async fn serve(node: Arc<Node>, upgraded: Upgraded) {
     };
     let mut stream = match node.open_stream(&opening.1) {
         StreamStart::Answer(answer) => {
-            let _ = write_message(&mut writer, opening.0, &answer.encode()).await;
+            let _ = write_message(writer, opening.0, &answer.encode()).await;
             return;
         }
         StreamStart::Stream(stream) => stream,
@@ -124,7 +135,7 @@ async fn serve(node: Arc<Node>, upgraded: Upgraded) {
                     }
                 };
                 if let Some(last) = stream.on_ack(seq, &ack) {
-                    let _ = write_message(&mut writer, seq, &last.encode()).await;
+                    let _ = write_message(writer, seq, &last.encode()).await;
                     return;
                 }
             }
@@ -132,7 +143,7 @@ async fn serve(node: Arc<Node>, upgraded: Upgraded) {
                 let Some((echo, answer)) = push else {
                     return;
                 };
-                if write_message(&mut writer, echo, &answer.encode()).await.is_err() {
+                if write_message(writer, echo, &answer.encode()).await.is_err() {
                     return;
                 }
             }
@@ -195,7 +206,7 @@ pub async fn open(
     write_message(&mut writer, 1, &opening.encode())
         .await
         .map_err(|error| connect_error(format!("cannot open the replication stream: {error}")))?;
-    let from_leader = spawn_reader(
+    let (from_leader, _reading) = spawn_reader(
         reader,
         |body| {
             FetchResponse::decode(body)
@@ -231,12 +242,15 @@ async fn write_acks<W: AsyncWrite + Unpin>(
 /// Reads messages on a task of their own into a channel (bounded: a slow consumer stops the
 /// reading, and the socket then holds the sender back); a decode or read error is passed on
 /// (`io_error` makes the latter) and ends the reading. The task ends when the connection or
-/// the channel closes.
+/// the channel closes (or is aborted through the handle).
 fn spawn_reader<R, T, E, D, I>(
     reader: R,
     decode: D,
     io_error: I,
-) -> mpsc::Receiver<std::result::Result<(u64, T), E>>
+) -> (
+    mpsc::Receiver<std::result::Result<(u64, T), E>>,
+    tokio::task::JoinHandle<()>,
+)
 where
     R: AsyncRead + Unpin + Send + 'static,
     T: Send + 'static,
@@ -245,7 +259,7 @@ where
     I: Fn(String) -> E + Send + 'static,
 {
     let (sender, receiver) = mpsc::channel(PUSHES_BUFFERED);
-    tokio::spawn(async move {
+    let reading = tokio::spawn(async move {
         let mut reader = BufReader::with_capacity(BUFFER_BYTES, reader);
         loop {
             let message = match read_message(&mut reader).await {
@@ -259,7 +273,7 @@ where
             }
         }
     });
-    receiver
+    (receiver, reading)
 }
 
 /// Reads one message; `None` at a clean end of the connection before a message.

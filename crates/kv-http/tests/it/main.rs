@@ -7,4 +7,5 @@ mod conditional;
 mod fuzz_corpus;
 mod routes;
 mod server;
+mod stream;
 mod support;

@@ -253,6 +253,7 @@ impl Node {
             unsynced: VecDeque::new(),
             last_ack_at: opened_at,
             ack_every: self.options.follower.fetch_wait / 4,
+            commit_heard: 0,
         };
         let end = self
             .run_session(&mut link, &mut sent, &mut session, timeout, role_changed)
@@ -293,17 +294,26 @@ impl Node {
                     let failure = match received {
                         Ok(Some(Ok((echo, answer)))) => {
                             let sent_at = sent.echoed(echo);
+                            // A heartbeat: nothing to append and no newer commit id.
+                            let heartbeat = match &answer {
+                                FetchResponse::Entries { frames, commit_id, .. } => {
+                                    let newer = *commit_id > session.commit_heard;
+                                    session.commit_heard = session.commit_heard.max(*commit_id);
+                                    frames.is_empty() && !newer
+                                }
+                                _ => false,
+                            };
                             match self.on_pushed(answer, sent_at, session) {
                                 Ok(None) => {}
                                 Ok(Some(end)) => return end,
                                 Err(error) => return SessionEnd::Failed(error),
                             }
                             // Nothing to make durable: a heartbeat or a commit id. Answer
-                            // heartbeats (the leader's view of this follower, and this
-                            // follower's staleness bound, move with acknowledgements), not
-                            // every commit id of a busy stream.
+                            // heartbeats at once (the leader's view of this follower, and this
+                            // follower's staleness bound, move with acknowledgements), and
+                            // commit ids only now and then (not each one of a busy stream).
                             if session.unsynced.is_empty()
-                                && session.last_ack_at.elapsed() >= session.ack_every
+                                && (heartbeat || session.last_ack_at.elapsed() >= session.ack_every)
                             {
                                 self.send_ack(link, sent, session);
                             }
@@ -427,7 +437,9 @@ struct Session {
     unsynced: VecDeque<Unsynced>,
     /// When the last message went to the leader.
     last_ack_at: Instant,
-    /// How often a push with nothing to append is answered (a quarter of the fetch wait, the
-    /// leader's heartbeat being at most half of it).
+    /// How often a push carrying only a newer commit id is answered (a quarter of the fetch
+    /// wait); heartbeats are answered at once.
     ack_every: Duration,
+    /// The highest commit id pushed on this stream.
+    commit_heard: u64,
 }

@@ -1,0 +1,185 @@
+//! The replication stream over loopback (`GET /replication/stream`, kv-http's `stream.rs`),
+//! with the follower's side through `HttpTransport::open_stream`: pushes of written entries in
+//! order, acknowledgements that the leader records, a refused opening answered once and
+//! closed, and an upgrade refused without its headers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use kv_http::{HttpOptions, HttpTransport, NodeRole};
+use kv_replication::{check_frames, Acks, FetchRequest, FetchResponse, StreamLink, Transport};
+use kv_store::Op;
+use tokio::sync::oneshot;
+
+use crate::support::{call_with_headers, node_with, Node};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Served {
+    address: SocketAddr,
+    node: Node,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn serve_leader() -> Served {
+    let node = node_with(HttpOptions::default(), NodeRole::Leader);
+    let listener = kv_http::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(kv_http::serve(listener, node.state.clone(), async {
+        let _ = stopped.await;
+    }));
+    Served {
+        address,
+        node,
+        _stop: stop,
+    }
+}
+
+fn opening(next_id: u64, last_epoch: u64) -> FetchRequest {
+    FetchRequest {
+        cluster_id: 0,
+        node_id: 7,
+        leader_epoch: 0,
+        next_id,
+        last_epoch,
+        durable_id: next_id - 1,
+        commit_id: 0,
+        bytes_max: 1 << 20,
+        wait_ms: 200,
+    }
+}
+
+async fn open(served: &Served, opening: &FetchRequest) -> StreamLink {
+    let transport = HttpTransport::new(&format!("http://{}", served.address)).expect("url");
+    transport
+        .open_stream(opening, DEADLINE)
+        .await
+        .expect("opened")
+        .expect("the leader offers streams")
+}
+
+async fn next_push(link: &mut StreamLink) -> Option<(u64, FetchResponse)> {
+    tokio::time::timeout(DEADLINE, link.from_leader.recv())
+        .await
+        .expect("a push within the deadline")
+        .map(|message| message.expect("a good push"))
+}
+
+fn set(index: u64) -> Op {
+    Op::Set {
+        key: format!("k{index}").into_bytes(),
+        value: kv_store::Value::json(format!("{index}").into_bytes()),
+    }
+}
+
+/// A new follower's stream gets every entry the leader writes, in order and contiguous, with
+/// pushes echoing its latest message; its acknowledgement shows on the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_pushes_every_write_in_order_and_records_acknowledgements() {
+    let served = serve_leader().await;
+    let node = served.node.state.node.clone();
+    let mut link = open(&served, &opening(1, 0)).await;
+    let mut next_id = 1;
+    let mut cluster_id = 0;
+    let mut epoch = 0;
+    let writer = tokio::spawn(async move {
+        for index in 0..200 {
+            node.write(set(index), Acks::Leader).await.expect("write");
+        }
+    });
+    while next_id <= 200 {
+        let (echo, push) = next_push(&mut link).await.expect("the stream stays open");
+        assert_eq!(echo, 1, "only the opening was sent");
+        let FetchResponse::Entries {
+            frames,
+            cluster_id: leader_cluster,
+            leader_epoch,
+            ..
+        } = push
+        else {
+            panic!("expected entries, got {push:?}");
+        };
+        cluster_id = leader_cluster;
+        epoch = leader_epoch;
+        if !frames.is_empty() {
+            next_id = check_frames(&frames, next_id).expect("contiguous, checked frames") + 1;
+        }
+    }
+    writer.await.expect("writer");
+    let ack = FetchRequest {
+        cluster_id,
+        next_id,
+        last_epoch: epoch,
+        durable_id: next_id - 1,
+        ..opening(1, 0)
+    };
+    link.to_leader.send((2, ack)).expect("send the ack");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let status = served.node.state.node.cluster_status();
+        let held = status
+            .followers
+            .unwrap_or_default()
+            .iter()
+            .any(|follower| follower.node_id == 7 && follower.durable_id == next_id - 1);
+        if held {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader never recorded the acknowledgement"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The next push (a heartbeat at the latest) echoes the acknowledgement.
+    let (echo, _) = next_push(&mut link).await.expect("a heartbeat");
+    assert_eq!(echo, 2);
+}
+
+/// An opening the leader refuses (a log that parts from its own) gets that one answer, and
+/// the stream closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_opening_gets_one_answer_then_the_stream_closes() {
+    let served = serve_leader().await;
+    served
+        .node
+        .state
+        .node
+        .write(set(1), Acks::Leader)
+        .await
+        .expect("write");
+    let cluster_id = u64::from_str_radix(&served.node.state.node.cluster_status().cluster_id, 16)
+        .expect("hex cluster id");
+    let diverged = FetchRequest {
+        cluster_id,
+        ..opening(3, 9)
+    };
+    let mut link = open(&served, &diverged).await;
+    match next_push(&mut link).await {
+        Some((1, FetchResponse::Diverged { truncate_after, .. })) => {
+            assert!(truncate_after < 2, "{truncate_after}");
+        }
+        other => panic!("expected a cut, got {other:?}"),
+    }
+    assert!(next_push(&mut link).await.is_none(), "the stream closes");
+}
+
+/// Without `Connection: upgrade` and the protocol's name the route refuses, and says why.
+#[tokio::test]
+async fn a_stream_without_its_upgrade_headers_is_refused() {
+    let node = node_with(HttpOptions::default(), NodeRole::Leader);
+    let answer = call_with_headers(&node, Method::GET, "/replication/stream", &[], "").await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(answer.detail().contains("Upgrade"), "{}", answer.detail());
+    let answer = call_with_headers(
+        &node,
+        Method::GET,
+        "/replication/stream",
+        &[("connection", "upgrade"), ("upgrade", "websocket")],
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+}
