@@ -101,7 +101,7 @@ async fn serve(node: Arc<Node>, upgraded: Upgraded) {
 
 async fn serve_messages<W: AsyncWrite + Unpin>(
     node: &Arc<Node>,
-    messages: &mut mpsc::Receiver<std::result::Result<(u64, FetchRequest), String>>,
+    messages: &mut Messages<FetchRequest, String>,
     writer: &mut BufWriter<W>,
 ) {
     let opening = match tokio::time::timeout(OPENING_TIMEOUT, messages.recv()).await {
@@ -239,6 +239,9 @@ async fn write_acks<W: AsyncWrite + Unpin>(
     let _ = writer.shutdown().await;
 }
 
+/// Decoded messages (`(seq, body)`) or why the reading stopped.
+type Messages<T, E> = mpsc::Receiver<std::result::Result<(u64, T), E>>;
+
 /// Reads messages on a task of their own into a channel (bounded: a slow consumer stops the
 /// reading, and the socket then holds the sender back); a decode or read error is passed on
 /// (`io_error` makes the latter) and ends the reading. The task ends when the connection or
@@ -247,10 +250,7 @@ fn spawn_reader<R, T, E, D, I>(
     reader: R,
     decode: D,
     io_error: I,
-) -> (
-    mpsc::Receiver<std::result::Result<(u64, T), E>>,
-    tokio::task::JoinHandle<()>,
-)
+) -> (Messages<T, E>, tokio::task::JoinHandle<()>)
 where
     R: AsyncRead + Unpin + Send + 'static,
     T: Send + 'static,
