@@ -406,6 +406,7 @@ mod tests {
             "operations",
             "prefill",
             "replication_lag",
+            "stream_followers",
         ];
         let mut actual_fields: Vec<&str> = object.keys().map(String::as_str).collect();
         actual_fields.sort_unstable();
