@@ -26,7 +26,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kv_wal::failpoint;
 use serde_json::Value as Json;
@@ -462,9 +462,18 @@ fn check_after_restart(kvd: &Kvd, ledger: &mut Ledger, full: bool, context: &str
 
     let mut connection = Connection::open(kvd.address).expect("connect");
     let mut get = |key: &str| -> Option<String> {
-        let answer = connection
-            .send("GET", &format!("/key/{key}"), None)
-            .expect("GET");
+        // A 503 is kvd's "retry" (its lease lapsed: seen once under load 14, when the node's
+        // own controller was starved of CPU); anything else but 200 and 404 is a failure.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let answer = loop {
+            let answer = connection
+                .send("GET", &format!("/key/{key}"), None)
+                .expect("GET");
+            if answer.status != 503 || Instant::now() > deadline {
+                break answer;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         match answer.status {
             404 => None,
             200 => {
