@@ -117,13 +117,7 @@ impl Node {
         loop {
             step = match step {
                 Step::PersistEpoch { epoch, then } => {
-                    // On disk before anything of the new epoch is appended: a node promoted
-                    // later must start above every epoch it has followed.
-                    self.persist_progress()
-                        .map_err(|error| Error::RecordEpoch {
-                            epoch,
-                            source: Box::new(error),
-                        })?;
+                    self.record_epoch(epoch)?;
                     *then
                 }
                 Step::InstallSnapshot {
@@ -154,9 +148,7 @@ impl Node {
                     commit_id,
                     adopt_cluster,
                 } => {
-                    self.adopt(adopt_cluster)?;
-                    self.publish_commit(commit_id);
-                    self.applied_after(sent_at, commit_id);
+                    self.apply_answer(adopt_cluster, commit_id, Some(sent_at))?;
                     return Ok(None);
                 }
                 Step::Truncate { after_id } => {
@@ -171,6 +163,33 @@ impl Node {
                 Step::Stop { reason } => return Err(Error::ReplicationStopped { reason }),
             };
         }
+    }
+
+    /// Records `epoch`, the newest leader epoch heard, in the node's meta file: on disk before
+    /// anything of the new epoch is appended, so a node promoted later starts above every
+    /// epoch it has followed.
+    pub(super) fn record_epoch(&self, epoch: u64) -> Result<()> {
+        self.persist_progress().map_err(|error| Error::RecordEpoch {
+            epoch,
+            source: Box::new(error),
+        })
+    }
+
+    /// An answer with nothing to append: adopts its cluster if asked, applies up to its
+    /// commit id, and (with the send time the answer is known to be later than) notes it for
+    /// the staleness bound.
+    pub(super) fn apply_answer(
+        &self,
+        adopt_cluster: Option<u64>,
+        commit_id: u64,
+        sent_at: Option<Instant>,
+    ) -> Result<()> {
+        self.adopt(adopt_cluster)?;
+        self.publish_commit(commit_id);
+        if let Some(sent_at) = sent_at {
+            self.applied_after(sent_at, commit_id);
+        }
+        Ok(())
     }
 
     /// Downloads and installs the leader's snapshot. `None` once installed (fetch after it);

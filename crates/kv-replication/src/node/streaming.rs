@@ -364,11 +364,7 @@ impl Node {
         loop {
             step = match step {
                 Step::PersistEpoch { epoch, then } => {
-                    self.persist_progress()
-                        .map_err(|error| Error::RecordEpoch {
-                            epoch,
-                            source: Box::new(error),
-                        })?;
+                    self.record_epoch(epoch)?;
                     *then
                 }
                 Step::Append {
@@ -400,11 +396,7 @@ impl Node {
                     commit_id,
                     adopt_cluster,
                 } => {
-                    self.adopt(adopt_cluster)?;
-                    self.publish_commit(commit_id);
-                    if let Some(sent_at) = sent_at {
-                        self.applied_after(sent_at, commit_id);
-                    }
+                    self.apply_answer(adopt_cluster, commit_id, sent_at)?;
                     return Ok(None);
                 }
                 other => {
