@@ -250,6 +250,31 @@ fn render_replication(out: &mut String, node: &Node) {
             refused,
         );
     }
+    let streams = status.streams;
+    gauge(
+        out,
+        "kvd_replication_streams_open",
+        "Replication streams this node serves as the leader now.",
+        streams.open,
+    );
+    counter(
+        out,
+        "kvd_replication_stream_pushes_total",
+        "Pushes sent on replication streams (frames, commit ids, heartbeats).",
+        streams.pushes,
+    );
+    counter(
+        out,
+        "kvd_replication_stream_acks_total",
+        "Acknowledgements received on replication streams.",
+        streams.acks,
+    );
+    counter(
+        out,
+        "kvd_replication_stream_sessions_total",
+        "Replication streams this node opened to its leaders as a follower.",
+        streams.sessions,
+    );
     gauge(
         out,
         "kvd_replication_apply_lag_entries",

@@ -72,7 +72,7 @@ pub use node::maintenance::{
     MaintenanceOptions, MAINTENANCE_CHECK_INTERVAL, PERSIST_PROGRESS_INTERVAL,
 };
 pub use node::status::{ClusterStatus, CompactionStatus, SnapshotSummary};
-pub use node::streaming::{LeaderStream, StreamStart};
+pub use node::streaming::{LeaderStream, StreamCounts, StreamStart};
 pub use node::{Node, NodeOptions, Role};
 pub use protocol::{DecodeError, FetchRequest, FetchResponse, SnapshotMeta};
 pub use transport::{StreamLink, Transport, TransportError, TransportErrorKind};

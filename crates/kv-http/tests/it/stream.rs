@@ -136,6 +136,18 @@ async fn a_stream_pushes_every_write_in_order_and_records_acknowledgements() {
     // The next push (a heartbeat at the latest) echoes the acknowledgement.
     let (echo, _) = next_push(&mut link).await.expect("a heartbeat");
     assert_eq!(echo, 2);
+    let streams = served.node.state.node.cluster_status().streams;
+    assert_eq!(streams.open, 1, "{streams:?}");
+    assert!(streams.pushes >= 2 && streams.acks == 1, "{streams:?}");
+    drop(link);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while served.node.state.node.cluster_status().streams.open != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream outlived its follower"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// An opening the leader refuses (a log that parts from its own) gets that one answer, and

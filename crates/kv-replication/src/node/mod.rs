@@ -182,6 +182,8 @@ pub struct Node {
     progress: watch::Sender<u64>,
     /// Bumped at every follower acknowledgement (a planned transfer waits for its target's).
     acknowledgements: watch::Sender<u64>,
+    /// Replication stream counters.
+    streams: streaming::StreamCounters,
     options: NodeOptions,
     compaction: Mutex<CompactionHistory>,
 }
@@ -320,6 +322,7 @@ impl Node {
             applied: watch::Sender::new(applied_id),
             progress: watch::Sender::new(0),
             acknowledgements: watch::Sender::new(0),
+            streams: streaming::StreamCounters::default(),
             options,
             compaction: Mutex::new(CompactionHistory::default()),
         }

@@ -61,6 +61,8 @@ pub struct ClusterStatus {
     pub last_contact_age_ms: Option<u64>,
     /// Damaged batches refused (followers).
     pub corrupt_batches_refused: Option<u64>,
+    /// Replication stream counters (a leader's streams served, a follower's sessions).
+    pub streams: super::streaming::StreamCounts,
 }
 
 /// What `/compaction/status` shows.
@@ -176,6 +178,7 @@ impl Node {
             link: None,
             last_contact_age_ms: None,
             corrupt_batches_refused: None,
+            streams: self.streams.counts(),
         };
         match &*lock(&self.role) {
             RoleState::Leader(leader) => {

@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,40 @@ use crate::node::leading::FETCH_WAIT_MAX;
 use crate::protocol::{FetchRequest, FetchResponse};
 use crate::stream::{Push, PushContext, PushCursor, SentLog, StreamOptions};
 use crate::transport::{StreamLink, Transport};
+
+/// This node's replication stream counters, both sides (`/cluster_status`' `streams`,
+/// `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StreamCounts {
+    /// Leader: streams served now.
+    pub open: u64,
+    /// Leader: pushes sent.
+    pub pushes: u64,
+    /// Leader: acknowledgements received on streams.
+    pub acks: u64,
+    /// Follower: stream sessions opened to its leaders.
+    pub sessions: u64,
+}
+
+/// The counters behind [`StreamCounts`].
+#[derive(Debug, Default)]
+pub(super) struct StreamCounters {
+    open: AtomicU64,
+    pushes: AtomicU64,
+    acks: AtomicU64,
+    sessions: AtomicU64,
+}
+
+impl StreamCounters {
+    pub(super) fn counts(&self) -> StreamCounts {
+        StreamCounts {
+            open: self.open.load(Ordering::Relaxed),
+            pushes: self.pushes.load(Ordering::Relaxed),
+            acks: self.acks.load(Ordering::Relaxed),
+            sessions: self.sessions.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// The shortest heartbeat a stream pushes at, whatever the follower asks.
 const HEARTBEAT_MIN: Duration = Duration::from_millis(10);
@@ -69,6 +104,7 @@ impl Node {
                     .min(FETCH_WAIT_MAX)
                     .min(self.lag_limit() / 2)
                     .max(HEARTBEAT_MIN);
+                self.streams.open.fetch_add(1, Ordering::Relaxed);
                 StreamStart::Stream(Box::new(LeaderStream {
                     node: self.clone(),
                     cursor: PushCursor::new(
@@ -114,6 +150,7 @@ impl LeaderStream {
     /// The follower's message `seq` (an acknowledgement). `Some` is the stream's last message:
     /// send it, then close.
     pub fn on_ack(&mut self, seq: u64, ack: &FetchRequest) -> Option<FetchResponse> {
+        self.node.streams.acks.fetch_add(1, Ordering::Relaxed);
         self.cursor.on_ack(seq, ack);
         let answer = self.node.acknowledge(ack);
         self.ended |= answer.is_some();
@@ -145,6 +182,7 @@ impl LeaderStream {
                         self.ended = true;
                         return None;
                     }
+                    self.node.streams.pushes.fetch_add(1, Ordering::Relaxed);
                     return Some((self.cursor.echo(), answer));
                 }
                 Push::Reopen => {
@@ -198,6 +236,12 @@ impl LeaderStream {
     }
 }
 
+impl Drop for LeaderStream {
+    fn drop(&mut self) {
+        self.node.streams.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How a follower's stream session ended.
 pub(super) enum SessionEnd {
     /// The transport or the leader has no streams: fetch instead.
@@ -238,7 +282,10 @@ impl Node {
             opened = transport.open_stream(&opening, timeout) => opened,
         };
         let mut link = match opened {
-            Ok(Some(link)) => link,
+            Ok(Some(link)) => {
+                self.streams.sessions.fetch_add(1, Ordering::Relaxed);
+                link
+            }
             Ok(None) => return SessionEnd::Unsupported,
             Err(error) => {
                 let failure = error.to_string();
