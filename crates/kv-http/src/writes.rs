@@ -1,6 +1,6 @@
-//! Running a write to its outcome: submit on a task of its own, wait for the acknowledgements,
-//! wait for the outcome when the answer depends on it, and answer a retried request with the
-//! outcome its first submission got.
+//! Running a write to its outcome: submit (finished even if the client hangs up), wait for the
+//! acknowledgements, wait for the outcome when the answer depends on it, and answer a retried
+//! request with the outcome its first submission got.
 
 use std::time::Instant;
 
@@ -75,8 +75,9 @@ pub(crate) async fn execute(
     }
 }
 
-/// Runs the write on a task of its own, so a client that hangs up cannot stop it half-way
-/// (kv-replication's `Node::write_to_completion` picks the task).
+/// Runs the write so that a client that hangs up cannot stop it half-way (kv-replication's
+/// `Node::write_to_completion`: a write dropped after its submit is finished on a task of its
+/// own).
 async fn submit(state: &AppState, command: Command, acks: Acks) -> Result<Written> {
     Ok(state.node.write_to_completion(command, acks).await?)
 }

@@ -249,9 +249,13 @@ impl Shared {
             }
         }
         let first = writer.next_id;
-        // Nothing queued, no commit in flight or promised: this append may commit itself.
-        let idle =
-            writer.pending_frames.is_empty() && !writer.fsync_in_flight && writer.leader.is_none();
+        // Nothing queued, no commit in flight or promised, and no crowd of writers just
+        // released by the last commit (the committer gathers them, `committer.rs`): this
+        // append may commit itself.
+        let idle = writer.pending_frames.is_empty()
+            && !writer.fsync_in_flight
+            && writer.leader.is_none()
+            && !writer.expects_writers_back();
         for index in 0..count {
             self.reserve(&mut writer, frame_bytes(index) + MARK_BYTES)?;
             if writer.pending.is_empty() && writer.mark_due() {
@@ -298,6 +302,13 @@ impl Shared {
                 // A leader that has not begun its commit does not hold them up: the committer,
                 // woken, takes the group's commit from it.
                 if !writer.commit_wanted && !writer.fsync_in_flight {
+                    self.commit_needed.notify_one();
+                } else if writer.gather_until.is_some_and(|wanted| {
+                    policy == SyncPolicy::Always || writer.pending_frames.len() >= wanted
+                }) {
+                    // The committer gathers appends for its next commit: this one completes
+                    // the number it waits for (an `Always` append does not wait for others).
+                    writer.gather_until = None;
                     self.commit_needed.notify_one();
                 }
                 writer.commit_wanted = true;
@@ -366,7 +377,9 @@ impl Shared {
         let path = writer.active.path.clone();
         let (segment, synced_offset) = (writer.active.clone(), writer.write_offset);
         let generation = self.durability.durable.generation();
+        let durable_before = self.durability.durable.get();
         drop(writer);
+        let fsync_started = Instant::now();
         let synced = crate::fail_point!(WAL_AFTER_WRITE_BEFORE_FSYNC)
             .at(&path)
             .map_err(|error| self.poison(error.to_string()))
@@ -383,6 +396,11 @@ impl Shared {
             });
         let mut writer = self.writer();
         writer.fsync_in_flight = false;
+        if synced.is_ok() {
+            writer.last_fsync = fsync_started.elapsed();
+            writer.last_commit_end = Instant::now();
+            writer.last_commit_released = target.saturating_sub(durable_before);
+        }
         if synced.is_ok() && self.durability.durable.generation() != generation {
             writer.commit_wanted = true;
         }

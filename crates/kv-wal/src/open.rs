@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 
@@ -273,6 +273,10 @@ fn start(
         closed: false,
         mark_pending: false,
         last_mark_claim: 0,
+        last_commit_released: 0,
+        last_commit_end: Instant::now(),
+        last_fsync: Duration::ZERO,
+        gather_until: None,
     };
     let shared = Arc::new(Shared {
         dir: dir.clone(),

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::fs::WalFile;
 use crate::segment_file::SEGMENT_HEADER_BYTES;
@@ -42,6 +42,15 @@ pub(crate) struct Writer {
     pub mark_pending: bool,
     /// What the last durability mark written to the active segment claimed.
     pub last_mark_claim: u64,
+    /// Ids the last append commit made durable (its writers, released at once), when that
+    /// commit ended, and how long its fdatasync took: the committer's gathering
+    /// (`committer.rs`) expects that many writers back soon.
+    pub last_commit_released: u64,
+    pub last_commit_end: Instant,
+    pub last_fsync: Duration,
+    /// While the committer gathers appends for its next commit: how many queued frames end
+    /// the wait (the appender that queues the last of them wakes it).
+    pub gather_until: Option<usize>,
 }
 
 impl Writer {
@@ -50,6 +59,13 @@ impl Writer {
     pub(crate) fn mark_due(&self) -> bool {
         let synced_through = self.active.synced_through();
         synced_through > self.last_mark_claim && synced_through > SEGMENT_HEADER_BYTES as u64
+    }
+
+    /// Whether the last commit released enough writers lately for the committer to gather
+    /// them for the next (`committer.rs`): an append then queues rather than commit alone.
+    pub(crate) fn expects_writers_back(&self) -> bool {
+        self.last_commit_released >= crate::committer::GATHER_RELEASED_MIN
+            && self.last_commit_end.elapsed() < crate::committer::GATHER_WAIT_MAX
     }
 
     pub(crate) fn active_has_records(&self) -> bool {

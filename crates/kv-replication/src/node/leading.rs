@@ -16,6 +16,31 @@ use crate::protocol::{FetchRequest, FetchResponse};
 /// The longest a leader holds a fetch, whatever the follower asks.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(10);
 
+/// A submitted entry's wait for durability. Dropped before the wait ended (the caller of
+/// [`Node::write_to_completion`] went away), it spawns the rest of the commit on the current
+/// runtime: the entry becomes durable without it, but only a published commit applies it.
+struct DurableWait<'a> {
+    ticket: Option<kv_wal::AppendTicket>,
+    finisher: Option<&'a Arc<Node>>,
+}
+
+impl Drop for DurableWait<'_> {
+    fn drop(&mut self) {
+        let (Some(ticket), Some(node)) = (self.ticket.take(), self.finisher) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let node = node.clone();
+        runtime.spawn(async move {
+            if ticket.await.is_ok() {
+                node.publish_durable();
+            }
+        });
+    }
+}
+
 /// A write taken by [`Node::write_command`]: its entry id and where its outcome appears.
 #[derive(Debug)]
 pub struct Written {
@@ -26,19 +51,20 @@ pub struct Written {
 }
 
 impl Node {
-    /// [`Node::write_command`] on a task of its own, so a caller that goes away (a client
-    /// hanging up) cannot stop it half-way. Every sync policy takes the same path: the WAL's
-    /// submit never waits for the disk, and the ticket of a write that found the log idle
-    /// runs its one `fdatasync` when awaited (kv-wal's write-group leader; others are woken
-    /// by its committer thread), with no hop to the blocking pool.
+    /// [`Node::write_command`], finished even if the caller goes away half-way (a client
+    /// hanging up): once the entry is submitted, dropping this future hands the rest of the
+    /// commit — waiting for the entry to be durable, then publishing the commit id, which
+    /// applies it — to a task of its own. Otherwise the write runs on the caller's task, with
+    /// no task and no wake-up of its own per write. Every sync policy takes the same path:
+    /// the WAL's submit never waits for the disk, and the ticket of a write that found the log
+    /// idle runs its one `fdatasync` when awaited (kv-wal's write-group leader; others are
+    /// woken by its committer thread), with no hop to the blocking pool.
     pub async fn write_to_completion(
         self: &Arc<Self>,
         command: Command,
         acks: Acks,
     ) -> Result<Written> {
-        let node = self.clone();
-        let joined = tokio::spawn(async move { node.write_command(command, acks).await }).await;
-        joined.map_err(|error| Error::Background(format!("write task failed: {error}")))?
+        self.write_finished_by(command, acks, Some(self)).await
     }
 
     /// Writes `op` on the leader and waits for `acks`; returns its id. Cancel-safe in the sense
@@ -54,21 +80,48 @@ impl Node {
     /// unwritten. Under the controller, a leader without a lease waits for one (up to the acks
     /// timeout) before writing, and acknowledges only while its lease holds.
     pub async fn write_command(&self, command: Command, acks: Acks) -> Result<Written> {
+        self.write_finished_by(command, acks, None).await
+    }
+
+    /// [`Node::write_command`]; if `finisher` is given and the future is dropped after the
+    /// submit, before the entry was seen durable, a task on the current runtime finishes its
+    /// commit (see [`Node::write_to_completion`]).
+    async fn write_finished_by(
+        &self,
+        command: Command,
+        acks: Acks,
+        finisher: Option<&Arc<Node>>,
+    ) -> Result<Written> {
         let deadline = tokio::time::Instant::now() + self.options.acks_timeout;
         self.wait_for_lease(deadline).await?;
         let (submitted, leadership) = self.admit(command)?;
         let id = submitted.id;
-        submitted.ticket.await.map_err(kv_store::Error::from)?;
-        if let Ok(commit_id) =
-            self.with_leader(|leader| leader.recompute_commit(self.store.durable_id()))
-        {
-            self.publish_commit(commit_id);
-        }
+        let mut durable = DurableWait {
+            ticket: Some(submitted.ticket),
+            finisher,
+        };
+        let waited = match durable.ticket.as_mut() {
+            Some(ticket) => ticket.await,
+            None => unreachable!("the ticket is taken only here and in drop"),
+        };
+        durable.ticket = None;
+        waited.map_err(kv_store::Error::from)?;
+        self.publish_durable();
         let id = self.wait_for(id, leadership, acks, deadline).await?;
         Ok(Written {
             id,
             outcome: submitted.outcome,
         })
+    }
+
+    /// After an entry became durable here: recomputes the commit id (a single node commits
+    /// what it holds durably) and publishes it, which applies the entries up to it.
+    fn publish_durable(&self) {
+        if let Ok(commit_id) =
+            self.with_leader(|leader| leader.recompute_commit(self.store.durable_id()))
+        {
+            self.publish_commit(commit_id);
+        }
     }
 
     /// How long a write waits for its acknowledgements (`NodeOptions::acks_timeout`).

@@ -472,3 +472,35 @@ async fn an_acknowledged_write_is_visible_on_the_leader_when_it_returns() {
         handle.await.unwrap();
     }
 }
+
+/// A caller of `write_to_completion` that goes away after its entry was submitted (kv-http's
+/// PUT: a client hanging up) does not stop the write half-way: the entry is applied once
+/// durable, with no later write to carry it along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_dropped_while_waiting_for_the_disk_is_still_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = leader_node(dir.path(), options(1));
+    let mut dropped_waiting = None;
+    for attempt in 0..100 {
+        // An entry submitted beside the node, its ticket not yet waited on, leads the log's
+        // write group: the write below queues behind it for the committer thread, so its
+        // first poll finds it not yet durable (unless the committer is quicker: try again).
+        let held = leader
+            .store()
+            .submit(set(format!("held-{attempt}"), 1))
+            .unwrap();
+        let key = format!("dropped-{attempt}");
+        let write = leader.write_to_completion(set(key.clone(), 2).into(), Acks::Leader);
+        let polled_once = tokio::time::timeout(Duration::ZERO, write).await;
+        drop(held);
+        if polled_once.is_err() {
+            dropped_waiting = Some(key);
+            break;
+        }
+    }
+    let key = dropped_waiting.expect("a write still waiting for the disk at its first poll");
+    eventually("the dropped write is applied", || {
+        leader.store().get(key.as_bytes()).is_some()
+    })
+    .await;
+}
