@@ -213,13 +213,15 @@ pub(crate) fn key_write_answer(
     }
     let mut response = match outcome.responses.first() {
         Some(OpResponse::Put { key, meta }) => {
-            let body = serde_json::json!({
-                "status": "ok",
-                "id": executed.id,
-                "key": String::from_utf8_lossy(key),
-                "version": meta.version,
-            });
-            let mut response = json_response(StatusCode::OK, body.to_string().into_bytes());
+            // Written out rather than built as a `serde_json::Value` (a map, its entries and
+            // their strings: allocations on every PUT); only the key needs escaping.
+            let key = serde_json::to_string(&String::from_utf8_lossy(key))
+                .expect("a string always serializes");
+            let body = format!(
+                r#"{{"status":"ok","id":{},"key":{key},"version":{}}}"#,
+                executed.id, meta.version
+            );
+            let mut response = json_response(StatusCode::OK, body.into_bytes());
             response
                 .headers_mut()
                 .insert(header::ETAG, etag(meta.mod_revision));
