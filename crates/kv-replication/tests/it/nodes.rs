@@ -504,3 +504,97 @@ async fn a_write_dropped_while_waiting_for_the_disk_is_still_applied() {
     })
     .await;
 }
+
+/// A leader and a follower that both snapshot with nothing written since, so the seal before
+/// each snapshot and the purge after it leave each log without a record, go on replicating.
+/// Once the empty log's last id fell back to 0: the follower fetched from its next id with
+/// epoch 0 and the leader (whose own empty log also ended at 0) answered "diverged, truncate
+/// after 0", which the follower could not do (its log starts past its purge) and stopped on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_emptied_by_their_snapshots_go_on_replicating() {
+    fn open_large(dir: &std::path::Path) -> Arc<kv_store::Store> {
+        let mut options = kv_store::StoreOptions {
+            snapshot_dir: Some(dir.join("snapshots")),
+            ..kv_store::StoreOptions::default()
+        };
+        // One segment holds every write: only the seal before the snapshot ends it.
+        options.wal.segment_bytes_max = 64 << 20;
+        Arc::new(
+            kv_store::Store::open(dir.join("wal"), options)
+                .expect("open")
+                .0,
+        )
+    }
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut leader_options = options(1);
+    leader_options.leader.follower_down_after = Duration::from_secs(600);
+    let leader = Arc::new(
+        Node::open_leader(
+            open_large(leader_dir.path()),
+            leader_dir.path(),
+            leader_options,
+        )
+        .unwrap(),
+    );
+    let follower = Arc::new(
+        Node::open_follower(
+            open_large(follower_dir.path()),
+            follower_dir.path(),
+            "test://leader".to_owned(),
+            options(1),
+        )
+        .unwrap(),
+    );
+    let (stop, loop_handle) = spawn_follower(&follower, Direct::to(&leader));
+    // More than the 1 MiB a segment needs before a snapshot seals it.
+    let big = "x".repeat(8 << 10);
+    for index in 0..200u64 {
+        let op = kv_store::Op::Set {
+            key: format!("k{index}").into_bytes(),
+            value: Value::json(format!("\"{big}{index}\"")),
+        };
+        leader.write(op, Acks::Leader).await.unwrap();
+    }
+    assert!(follower.wait_applied(200, Duration::from_secs(20)).await);
+    eventually("the leader hears the follower hold id 200", || {
+        leader
+            .cluster_status()
+            .followers
+            .is_some_and(|followers| followers.iter().any(|follower| follower.next_id == 201))
+    })
+    .await;
+    for node in [&follower, &leader] {
+        let worker = node.clone();
+        let (info, purge) = tokio::task::spawn_blocking(move || worker.snapshot_and_compact())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.applied_id, 200);
+        assert!(!purge.segments_removed.is_empty(), "{purge:?}");
+        assert_eq!(
+            node.store().wal().first_id(),
+            None,
+            "the log holds no record"
+        );
+        assert_eq!(node.store().last_id(), 200);
+    }
+    // Fetches go on over the emptied logs; the next write reaches the follower.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    leader
+        .write(set("after".to_owned(), 1), Acks::Leader)
+        .await
+        .unwrap();
+    assert!(
+        follower.wait_applied(201, Duration::from_secs(10)).await,
+        "{:?}",
+        follower.cluster_status()
+    );
+    assert!(follower.store().get(b"k0").is_some());
+    assert!(!matches!(
+        follower.cluster_status().link,
+        Some(kv_replication::LinkState::Stopped { .. })
+    ));
+    let _ = stop.send(());
+    loop_handle.await.unwrap();
+}

@@ -270,9 +270,15 @@ impl Store {
         self.wal.file_system()
     }
 
-    /// The last id the store holds: in the log, or covered by its snapshot.
+    /// The last id the store holds: in the log, or covered by its snapshot. A log with no
+    /// record left (a seal, a snapshot and a purge took them all) still ends just before where
+    /// it starts: the snapshot the store was opened from or installed may be older than the
+    /// one that covered the purged records.
     pub fn last_id(&self) -> u64 {
-        self.wal.last_id().unwrap_or(0).max(self.snapshot_base())
+        self.wal
+            .last_id()
+            .unwrap_or_else(|| self.wal.start_id() - 1)
+            .max(self.snapshot_base())
     }
 
     /// The id the next entry gets (never inside the snapshot: opening and installing a

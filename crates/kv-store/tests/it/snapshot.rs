@@ -211,6 +211,50 @@ fn a_purged_log_without_a_valid_snapshot_is_refused() {
     }
 }
 
+/// Sealing the active segment, a snapshot and a purge can leave the log with no record at all
+/// (everything written is in the snapshot). The log still ends where it ended: its last id and
+/// that entry's epoch are what a follower's fetch carries (its position) and what a leader
+/// compares fetches with. They once fell back to the snapshot the store was opened from (0
+/// here), so a follower asked from id 0 with epoch 0 and its leader told it to drop everything.
+#[test]
+fn a_log_emptied_by_seal_snapshot_and_purge_still_ends_at_its_last_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for index in 0..10u32 {
+        store
+            .write_blocking(Op::Set {
+                key: format!("k{index}").into_bytes(),
+                value: Value::json(index.to_string()),
+            })
+            .unwrap();
+    }
+    let epoch = store.epoch();
+    assert!(store.seal_active_segment(0).unwrap());
+    let info = store.write_snapshot(Codec::Lz4, 1).unwrap();
+    assert_eq!(info.applied_id, 10);
+    assert!(!store.purge_wal_before(11).unwrap().is_empty());
+    assert_eq!(store.wal().first_id(), None, "no record is left in the log");
+    assert_eq!(store.first_id(), 11);
+    assert_eq!(store.next_id(), 11);
+    assert_eq!(store.last_id(), 10);
+    assert_eq!(store.epoch_at(10), Some(epoch));
+    assert_eq!(store.end_of_epoch(epoch), 10);
+    // The next write continues the log, and a reopened store agrees.
+    store
+        .write_blocking(Op::Set {
+            key: b"after".to_vec(),
+            value: Value::json("1"),
+        })
+        .unwrap();
+    assert_eq!(store.last_id(), 11);
+    store.close().unwrap();
+    drop(store);
+    let reopened = open(dir.path());
+    assert_eq!(reopened.last_id(), 11);
+    assert_eq!(reopened.epoch_at(10), Some(epoch));
+    assert_eq!(state(&reopened).len(), 11);
+}
+
 #[test]
 fn installing_a_snapshot_replaces_the_state_and_the_log_continues_after_it() {
     let source_dir = tempfile::tempdir().unwrap();
