@@ -6,7 +6,7 @@
 //! memory from an arena of their own, and the blocks freed in one arena are not reused by the
 //! others: 1M keys of 16 B with 100 B values written once left a release kvd at 192 MiB of RSS
 //! with glibc's default arenas, 159 MiB with `MALLOC_ARENA_MAX=1`, 155 MiB with jemalloc
-//! (Redis's allocator too): `docs/benchmarks.md`, "Memory per key".
+//! (Redis's allocator too): `docs/benchmarks.md`, "Memory per key against Redis".
 
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]

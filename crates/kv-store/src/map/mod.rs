@@ -7,12 +7,12 @@
 //! leaf's bound is the empty key, so every key has exactly one leaf it belongs in.
 //!
 //! That keeps the per-key cost near the cell's own bytes: 1M keys of 16 bytes with 100-byte
-//! values take ~130 B each in leaves and ~10 B each of leaf and index overhead, where a
-//! heap block per cell and a B-tree of pointers to them took ~200 (`docs/benchmarks.md`,
-//! "Memory per key"). Reads are `O(log n)`: the index finds the leaf, a binary search the
-//! cell. A reader takes a value out of the map by bumping the leaf's reference count
-//! ([`KeyValue`]), so the map lock is held only for the lookup and never while a value is
-//! copied or serialized.
+//! values take 130 B each in leaves (the cell and its offset) and ~7.5 B each of leaf and index
+//! overhead, where a heap block per cell and a B-tree of pointers to them took ~203
+//! (`docs/benchmarks.md`, "Memory per key against Redis"). Reads are `O(log n)`: the index
+//! finds the leaf, a binary search the cell. A reader takes a value out of the map by bumping
+//! the leaf's reference count ([`KeyValue`]), so the map lock is held only for the lookup and
+//! never while a value is copied or serialized.
 //!
 //! The index's nodes and the leaves are shared and copied on write, so [`KeyMap::clone`] is
 //! `O(1)`: a snapshot takes a frozen copy of the whole map under the read lock in well under a
