@@ -1,10 +1,11 @@
-//! The trivial server: hyper answering every request with one fixed small JSON body.
+//! The trivial server: hyper answering every request with one fixed JSON body.
 //!
 //! It does no work beyond HTTP parsing, so its throughput on this machine is the ceiling of
 //! any HTTP/1.1 server here, kvd included: the gap between the two is what kvd's own work
 //! (routing, JSON, the map, the log) costs. The bodies have the shapes of kvd's answers (a GET's
 //! `{"key","value"}`, a write's `{"status":"ok","id"}`) so kv-bench's checks accept them for
-//! every workload.
+//! every workload. With a value size ([`trivial_get_body`]) a GET's answer carries a value of
+//! that many bytes, so the ceiling of a GET of a large value is measured with the same body.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,9 +30,33 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
 
+/// The answer to a GET: [`TRIVIAL_RESPONSE_BODY`], or with `value_size` the same shape with a
+/// value of that many bytes (`{"key":"k","value":"vvv…"}`), as kvd answers a GET of such a value.
+pub fn trivial_get_body(value_size: Option<usize>) -> Bytes {
+    match value_size {
+        None => Bytes::from_static(TRIVIAL_RESPONSE_BODY.as_bytes()),
+        Some(value_size) => {
+            let mut body = Vec::with_capacity(value_size + 32);
+            body.extend_from_slice(br#"{"key":"k","value":""#);
+            body.resize(body.len() + value_size, b'v');
+            body.extend_from_slice(br#""}"#);
+            Bytes::from(body)
+        }
+    }
+}
+
 /// Accepts connections on `listener` and serves them until `shutdown` completes or
 /// [`ACCEPTED_CONNECTION_COUNT_MAX`] connections were accepted. Returns the accepted count.
 pub async fn serve_trivial(listener: TcpListener, shutdown: impl Future<Output = ()>) -> u64 {
+    serve_trivial_answering(listener, trivial_get_body(None), shutdown).await
+}
+
+/// [`serve_trivial`], answering GETs with `get_body` (see [`trivial_get_body`]).
+pub async fn serve_trivial_answering(
+    listener: TcpListener,
+    get_body: Bytes,
+    shutdown: impl Future<Output = ()>,
+) -> u64 {
     tokio::pin!(shutdown);
     let mut accepted_count = 0;
     while accepted_count < ACCEPTED_CONNECTION_COUNT_MAX {
@@ -50,11 +75,13 @@ pub async fn serve_trivial(listener: TcpListener, shutdown: impl Future<Output =
         accepted_count += 1;
         // Best effort: without it small answers may wait for Nagle's algorithm.
         let _ = tcp_stream.set_nodelay(true);
+        let get_body = get_body.clone();
         tokio::spawn(async move {
+            let service = service_fn(move |request| answer_trivially(request, get_body.clone()));
             // A client that goes away mid-request is normal at the end of a benchmark.
             let _ = http1::Builder::new()
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(tcp_stream), service_fn(answer_trivially))
+                .serve_connection(TokioIo::new(tcp_stream), service)
                 .await;
         });
     }
@@ -63,17 +90,20 @@ pub async fn serve_trivial(listener: TcpListener, shutdown: impl Future<Output =
 
 async fn answer_trivially(
     request: http::Request<Incoming>,
+    get_body: Bytes,
 ) -> Result<http::Response<Full<Bytes>>, Infallible> {
-    let body_text = match *request.method() {
-        http::Method::PUT | http::Method::DELETE => TRIVIAL_WRITE_RESPONSE_BODY,
-        _ => TRIVIAL_RESPONSE_BODY,
+    let body = match *request.method() {
+        http::Method::PUT | http::Method::DELETE => {
+            Bytes::from_static(TRIVIAL_WRITE_RESPONSE_BODY.as_bytes())
+        }
+        _ => get_body,
     };
     let _ = Limited::new(request.into_body(), REQUEST_BODY_BYTES_MAX)
         .collect()
         .await;
     let response = http::Response::builder()
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from_static(body_text.as_bytes())))
+        .body(Full::new(body))
         .expect("a constant response is valid");
     Ok(response)
 }
@@ -126,5 +156,28 @@ mod tests {
             1,
             "all requests shared one connection"
         );
+    }
+
+    #[test]
+    fn a_get_body_with_a_value_size_carries_a_value_of_that_size() {
+        assert_eq!(
+            trivial_get_body(None).as_ref(),
+            TRIVIAL_RESPONSE_BODY.as_bytes()
+        );
+        for value_size in [0, 1, 100, 65_536] {
+            let body = trivial_get_body(Some(value_size));
+            let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(parsed["key"], "k");
+            assert_eq!(parsed["value"].as_str().unwrap().len(), value_size);
+            assert_eq!(
+                classify_response(
+                    Operation::Get,
+                    http::StatusCode::OK,
+                    &body,
+                    BodyCheck::Shape
+                ),
+                Outcome::Ok
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `trivial-server`: the HTTP ceiling of this machine.
 //!
-//! A hyper HTTP/1.1 keep-alive server that answers every request with `{"key":"k","value":"v"}`.
+//! A hyper HTTP/1.1 keep-alive server that answers every request with `{"key":"k","value":"v"}`
+//! (GETs with a value of `--value-size` bytes if given; writes with `{"status":"ok","id":0}`).
 //! The first line on stdout is `listening on ADDR`, so scripts can bind port 0 and read the port
 //! back. It stops on SIGINT or SIGTERM, or when `--lifetime` has passed.
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use kv_bench::duration::parse_duration_text;
-use kv_bench::trivial_server::serve_trivial;
+use kv_bench::trivial_server::{serve_trivial_answering, trivial_get_body};
 
 /// The longest a trivial server may live.
 const LIFETIME_MAX: Duration = Duration::from_secs(24 * 3600);
@@ -30,6 +31,11 @@ struct TrivialServerArgs {
     /// Stop by itself after this long, e.g. 10m.
     #[arg(long = "lifetime", default_value = "1h", value_parser = parse_duration_text)]
     lifetime: Duration,
+
+    /// Answer GETs with a value of this many bytes (`{"key":"k","value":"vvv…"}`), as kvd
+    /// answers a GET of such a value [default: the one-byte value "v"].
+    #[arg(long = "value-size", value_name = "BYTES")]
+    value_size: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -82,6 +88,6 @@ async fn serve(arguments: TrivialServerArgs) -> std::io::Result<()> {
             }
         }
     };
-    serve_trivial(listener, shutdown).await;
+    serve_trivial_answering(listener, trivial_get_body(arguments.value_size), shutdown).await;
     Ok(())
 }
