@@ -17,14 +17,7 @@ use std::time::Duration;
 
 use crate::options::SyncPolicy;
 use crate::shared::Shared;
-use crate::writer::Writer;
-
-/// The longest the committer gathers appends before a commit (`gather_window`).
-pub(crate) const GATHER_WAIT_MAX: Duration = Duration::from_millis(1);
-
-/// The fewest writers a commit must have released for the next one to wait for them: with
-/// fewer, a wait would delay the next commit for little.
-pub(crate) const GATHER_RELEASED_MIN: u64 = 4;
+use crate::writer::{Writer, GATHER_RELEASED_MIN, GATHER_WAIT_MAX};
 
 /// Whether the committer waits before its next commit, and for how long and how many queued
 /// frames: when the last commit released at least [`GATHER_RELEASED_MIN`] writers less than

@@ -10,6 +10,14 @@ use crate::fs::WalFile;
 use crate::segment_file::SEGMENT_HEADER_BYTES;
 use crate::segments::Segment;
 
+/// The longest the committer gathers appends before a commit (`committer.rs`,
+/// `gather_window`).
+pub(crate) const GATHER_WAIT_MAX: Duration = Duration::from_millis(1);
+
+/// The fewest writers a commit must have released for the next one to wait for them: with
+/// fewer, a wait would delay the next commit for little (`committer.rs`).
+pub(crate) const GATHER_RELEASED_MIN: u64 = 4;
+
 /// The writer's state, behind one mutex.
 pub(crate) struct Writer {
     pub next_id: u64,
@@ -64,8 +72,8 @@ impl Writer {
     /// Whether the last commit released enough writers lately for the committer to gather
     /// them for the next (`committer.rs`): an append then queues rather than commit alone.
     pub(crate) fn expects_writers_back(&self) -> bool {
-        self.last_commit_released >= crate::committer::GATHER_RELEASED_MIN
-            && self.last_commit_end.elapsed() < crate::committer::GATHER_WAIT_MAX
+        self.last_commit_released >= GATHER_RELEASED_MIN
+            && self.last_commit_end.elapsed() < GATHER_WAIT_MAX
     }
 
     pub(crate) fn active_has_records(&self) -> bool {

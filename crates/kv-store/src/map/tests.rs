@@ -232,31 +232,7 @@ fn random_operations_match_a_btreemap() {
                 0..=44 => {
                     let len = rng.gen_range(0..=value_bytes_max);
                     let value = Value::raw(vec![rng.gen::<u8>(); len]);
-                    let previous = model.get(&key).map(|cell| {
-                        let layout = Layout::of(cell);
-                        (
-                            layout.meta,
-                            layout.locator(),
-                            cell.len() - layout.kind_at - 1,
-                        )
-                    });
-                    let (meta, replaced) = map.put(&key, &value, at(revision));
-                    let expected_meta = KeyMeta {
-                        version: previous.map_or(1, |(meta, ..)| meta.version + 1),
-                        create_revision: previous
-                            .map_or(revision, |(meta, ..)| meta.create_revision),
-                        mod_revision: revision,
-                    };
-                    assert_eq!(meta, expected_meta, "{context}");
-                    assert_eq!(
-                        replaced,
-                        previous.map(|(_, locator, value_bytes)| Replaced {
-                            locator,
-                            value_bytes
-                        }),
-                        "{context}"
-                    );
-                    model.insert(key.clone(), cell::encode(&key, &value, meta, 0));
+                    put_and_check(&mut map, &mut model, &key, &value, revision, &context);
                 }
                 45..=54 => {
                     let meta = KeyMeta {
@@ -284,24 +260,7 @@ fn random_operations_match_a_btreemap() {
                     let prefix = &key[..rng.gen_range(0..key.len())];
                     let after = rng.gen_bool(0.5).then_some(&key[..]);
                     let limit = rng.gen_range(0..50);
-                    let found: Vec<Vec<u8>> = map
-                        .scan_prefix(prefix, after, limit)
-                        .iter()
-                        .map(|entry| entry.cell().to_vec())
-                        .collect();
-                    let expected: Vec<Vec<u8>> = model
-                        .iter()
-                        .filter(|(model_key, _)| model_key.starts_with(prefix))
-                        .filter(|(model_key, _)| {
-                            after.is_none_or(|after| after < prefix || &model_key[..] > after)
-                        })
-                        .take(limit)
-                        .map(|(_, cell)| cell.clone())
-                        .collect();
-                    assert_eq!(
-                        found, expected,
-                        "{context}, scan {prefix:?} after {after:?}"
-                    );
+                    scan_and_check(&map, &model, prefix, after, limit, &context);
                 }
                 _ => {
                     frozen.push((map.clone(), model.clone()));
@@ -329,4 +288,66 @@ fn random_operations_match_a_btreemap() {
             );
         }
     }
+}
+
+/// A put into `map` and `model`, checking the metadata and the replaced cell it reports.
+fn put_and_check(
+    map: &mut KeyMap,
+    model: &mut Model,
+    key: &[u8],
+    value: &Value,
+    revision: u64,
+    context: &str,
+) {
+    let previous = model.get(key).map(|cell| {
+        let layout = Layout::of(cell);
+        (
+            layout.meta,
+            layout.locator(),
+            cell.len() - layout.kind_at - 1,
+        )
+    });
+    let (meta, replaced) = map.put(key, value, at(revision));
+    let expected_meta = KeyMeta {
+        version: previous.map_or(1, |(meta, ..)| meta.version + 1),
+        create_revision: previous.map_or(revision, |(meta, ..)| meta.create_revision),
+        mod_revision: revision,
+    };
+    assert_eq!(meta, expected_meta, "{context}");
+    assert_eq!(
+        replaced,
+        previous.map(|(_, locator, value_bytes)| Replaced {
+            locator,
+            value_bytes
+        }),
+        "{context}"
+    );
+    model.insert(key.to_vec(), cell::encode(key, value, meta, 0));
+}
+
+/// A prefix scan of `map` against the same scan of `model`.
+fn scan_and_check(
+    map: &KeyMap,
+    model: &Model,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    limit: usize,
+    context: &str,
+) {
+    let found: Vec<Vec<u8>> = map
+        .scan_prefix(prefix, after, limit)
+        .iter()
+        .map(|entry| entry.cell().to_vec())
+        .collect();
+    let expected: Vec<Vec<u8>> = model
+        .iter()
+        .filter(|(model_key, _)| model_key.starts_with(prefix))
+        .filter(|(model_key, _)| after.is_none_or(|after| after < prefix || &model_key[..] > after))
+        .take(limit)
+        .map(|(_, cell)| cell.clone())
+        .collect();
+    assert_eq!(
+        found, expected,
+        "{context}, scan {prefix:?} after {after:?}"
+    );
 }
