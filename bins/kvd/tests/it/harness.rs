@@ -77,11 +77,27 @@ impl TestRng {
 }
 
 /// A free port on 127.0.0.1 (for a node that keeps its address across restarts).
+///
+/// The port comes from below the kernel's ephemeral range (Linux's default is 32768–60999):
+/// a port the kernel picked for `bind(":0")` and that was then let go is free for the kernel
+/// to give again, as the source port of any outgoing connection (the tests open thousands),
+/// before kvd binds it — which made a cluster fail to start now and then ("Address already
+/// in use"). Ports from 20000 to 32767, walked from a place that depends on the process id and
+/// never handed out twice by one test process, are taken by nothing but a listener.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 32_768 - FIRST;
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % COUNT;
+    for _ in 0..COUNT {
+        let offset = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + offset) % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and 32767");
 }
 
 /// The name of a cluster's node `index` (its data directory): `leader` for node 0 (`kvd
