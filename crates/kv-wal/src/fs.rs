@@ -172,7 +172,7 @@ impl FileSystem for StdFs {
 /// Counters shared by a [`FaultyFs`] and the test that drives it.
 ///
 /// `fail_write_at(n)` makes the nth write from now fail (1 = the next one); likewise for
-/// fsyncs. A fault fires once; the counters keep counting.
+/// fsyncs. A fault fires once; the counters keep counting. `delay_syncs` makes the disk slow.
 #[derive(Debug, Default)]
 pub struct FaultPlan {
     writes: AtomicU64,
@@ -180,6 +180,7 @@ pub struct FaultPlan {
     fail_write_number: AtomicU64,
     fail_sync_number: AtomicU64,
     faults_fired: AtomicU64,
+    sync_delay_micros: AtomicU64,
 }
 
 impl FaultPlan {
@@ -196,6 +197,12 @@ impl FaultPlan {
     pub fn fail_sync_at(&self, n: u64) {
         let now = self.syncs.load(Ordering::SeqCst);
         self.fail_sync_number.store(now + n, Ordering::SeqCst);
+    }
+    /// Makes every `sync_data`/`sync_dir` from now take at least `delay` (a slow disk), so a
+    /// test can hold a commit in flight for as long as it needs.
+    pub fn delay_syncs(&self, delay: std::time::Duration) {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.sync_delay_micros.store(micros, Ordering::SeqCst);
     }
     /// Writes seen so far.
     pub fn writes(&self) -> u64 {
@@ -214,6 +221,10 @@ impl FaultPlan {
         self.maybe_fail(number, &self.fail_write_number, "write")
     }
     fn on_sync(&self) -> io::Result<()> {
+        let delay = self.sync_delay_micros.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(delay));
+        }
         let number = self.syncs.fetch_add(1, Ordering::SeqCst) + 1;
         self.maybe_fail(number, &self.fail_sync_number, "fsync")
     }
