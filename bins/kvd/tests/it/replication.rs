@@ -473,21 +473,40 @@ fn restarts_never_expose_uncommitted_entries() {
         "a restarted leader exposed an uncommitted entry: {status} {body}"
     );
 
-    // Follower 2 returns: the entry commits and becomes visible everywhere.
+    // Follower 2 returns. The entry commits and becomes visible everywhere — unless the
+    // controller makes follower 2, which never had it, the leader of a new epoch (it is in the
+    // ISR and holds everything committed): an `acks=leader` write survives what `N = 1`
+    // survives, and a cut uncommitted suffix may see its ids reused (docs/replication.md).
+    // Seen under heavy load (test machine at load 11): node 2 led epoch 2 and x stayed 1.
+    // Either way, every node ends with the same value, and 1 only under node 2's leadership.
     signal(cluster.follower(2), "CONT");
     let nodes = [&cluster.leader, cluster.follower(1), cluster.follower(2)];
-    for (index, kvd) in nodes.iter().enumerate() {
-        let answer = read_once_served(kvd, "x", uncommitted_id);
-        if answer != (200, json!({"key": "x", "value": 2})) {
-            for kvd in nodes {
-                eprintln!(
-                    "{}\n{}",
-                    kvd.json("GET", "/cluster_status", None).1,
-                    kvd.stderr()
-                );
-            }
-            panic!("node {index} answered {answer:?}");
+    let answers: Vec<(u16, Value)> = nodes
+        .iter()
+        .map(|kvd| read_once_served(kvd, "x", uncommitted_id))
+        .collect();
+    let report = || {
+        for kvd in nodes {
+            eprintln!(
+                "{}\n{}",
+                kvd.json("GET", "/cluster_status", None).1,
+                kvd.stderr()
+            );
         }
+    };
+    let two = (200, json!({"key": "x", "value": 2}));
+    let one = (200, json!({"key": "x", "value": 1}));
+    if answers.iter().all(|answer| *answer == two) {
+        return;
+    }
+    if !answers.iter().all(|answer| *answer == one) {
+        report();
+        panic!("the nodes disagree on x: {answers:?}");
+    }
+    let status = cluster.follower(2).json("GET", "/cluster_status", None).1;
+    if status["data_leader"] != 2 || status["leader_epoch"].as_u64() < Some(2) {
+        report();
+        panic!("the uncommitted x = 2 was cut without node 2 leading a new epoch: {status}");
     }
 }
 
