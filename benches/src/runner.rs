@@ -592,6 +592,7 @@ impl Worker {
                 } else {
                     classify_response(operation, answer.status, &answer.body, BodyCheck::Shape)
                 };
+                report_first_error_answer(&outcome, answer.status, &answer.body);
                 let exchange = Exchange {
                     outcome,
                     status: Some(answer.status),
@@ -698,5 +699,24 @@ fn observe_conditional_answer(
             }
         }
         _ => {}
+    }
+}
+
+/// Prints the first answer of this process that counts as an error status (4xx where not
+/// expected, 5xx, other), with the start of its body, on stderr: the counters say how many
+/// failed, this says why (kvd's 503s name their cause).
+fn report_first_error_answer(outcome: &Outcome, status: http::StatusCode, body: &[u8]) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static REPORTED: AtomicBool = AtomicBool::new(false);
+    let is_status_error = matches!(
+        outcome,
+        Outcome::Failed(FailureKind::Status4xx | FailureKind::Status5xx | FailureKind::StatusOther)
+    );
+    if is_status_error && !REPORTED.swap(true, Ordering::Relaxed) {
+        let shown = &body[..body.len().min(300)];
+        eprintln!(
+            "kv-bench: first error answer: {status} {}",
+            String::from_utf8_lossy(shown)
+        );
     }
 }
