@@ -22,7 +22,6 @@ use tokio::sync::watch;
 use super::{lock, Node, RoleState};
 use crate::error::{Error, Result};
 use crate::follower::Step;
-use crate::frames::last_frame_id;
 use crate::leader::FetchDecision;
 use crate::node::leading::FETCH_WAIT_MAX;
 use crate::protocol::{FetchRequest, FetchResponse};
@@ -422,14 +421,14 @@ impl Node {
                     self.adopt(adopt_cluster)?;
                     kv_wal::fail_point!(FOLLOWER_AFTER_FETCH_BEFORE_APPEND)
                         .map_err(Error::InjectedFault)?;
-                    let last_id = last_frame_id(&frames).ok_or(Error::EmptyBatch)?;
                     let ticket = self.store.submit_leader_frames(&frames).map_err(|source| {
                         Error::FollowerLog {
                             action: "append the leader's entries",
                             source,
                         }
                     })?;
-                    session.next_id = last_id + 1;
+                    // The append decoded the frames: its ticket has their ids.
+                    session.next_id = *ticket.ids().end() + 1;
                     session.unsynced.push_back(Unsynced {
                         ticket,
                         commit_id,
