@@ -116,3 +116,18 @@ for line in sys.stdin:
         values[name] = float(value)
 json.dump(values, sys.stdout)' >"$2"
 }
+
+# wait_writable URL: until a PUT to the node answers 200 (60 s): it has a leader and, with
+# --write-quorum 2, its ISR. The probe key is outside the benchmarks' key space.
+wait_writable() {
+  local deadline=$((SECONDS + 60))
+  until [[ $(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -X PUT \
+    -H 'Content-Type: application/json' -d '{"value":"ready"}' "$1/key/bench-ready" \
+    2>/dev/null) == 200 ]]; do
+    if ((SECONDS > deadline)); then
+      echo "bench: $1 did not accept a PUT within 60 s" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+}
