@@ -123,7 +123,9 @@ pub struct BenchArgs {
     #[arg(long = "verify-values")]
     pub verify_values: bool,
 
-    /// Before starting, wait up to this long for every URL to accept a TCP connection.
+    /// Before starting, wait up to this long for every URL to answer `GET /health` with 2xx
+    /// (a kvd node that leads, or follows a leader; a fresh leader answers 503 until its
+    /// controller has made it the leader).
     #[arg(long = "wait-ready", value_parser = parse_duration_text, value_name = "DURATION")]
     pub wait_ready: Option<Duration>,
 
@@ -177,7 +179,7 @@ pub struct BenchConfig {
     pub prefill: bool,
     /// Whether GET values are compared with what kv-bench writes.
     pub verify_values: bool,
-    /// How long to wait for the targets to accept connections.
+    /// How long to wait for the targets to answer `GET /health` with 2xx.
     pub wait_ready: Option<Duration>,
     /// Seed of the random choices.
     pub seed: u64,

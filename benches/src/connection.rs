@@ -109,25 +109,130 @@ impl Drop for HttpConnection {
     }
 }
 
-/// Tries to open a TCP connection to `socket_address` until one succeeds or `wait` has passed.
-/// Returns whether it succeeded. Polls with a backoff from 10 ms to 200 ms.
-pub async fn wait_until_accepting(socket_address: SocketAddr, wait: Duration) -> bool {
-    const ATTEMPT_COUNT_MAX: u32 = 100_000;
+/// The path [`wait_until_ready`] asks: kvd's health check (`200` once the node serves as a
+/// member of its cluster: a leader leading, a follower hearing its leader; `503` before).
+pub const READY_PATH: &str = "/health";
+
+/// Asks `GET /health` of `socket_address` (with `host` as the `Host` header) until it answers
+/// 2xx or `wait` has passed; returns `Ok(())`, or what the last attempt got. A kvd node that
+/// listens is not yet ready to take writes until its controller made it the leader (it
+/// answers `503` meanwhile); a server without a health check that answers every request 2xx
+/// (trivial-server) is ready once it answers. Polls with a backoff from 10 ms to 200 ms.
+pub async fn wait_until_ready(
+    socket_address: SocketAddr,
+    host: &str,
+    wait: Duration,
+) -> Result<(), String> {
     const BACKOFF_MIN: Duration = Duration::from_millis(10);
     const BACKOFF_MAX: Duration = Duration::from_millis(200);
     let deadline = tokio::time::Instant::now() + wait;
     let mut backoff = BACKOFF_MIN;
-    for _ in 0..ATTEMPT_COUNT_MAX {
+    loop {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let attempt = tokio::time::timeout(remaining, TcpStream::connect(socket_address)).await;
-        if let Ok(Ok(_tcp_stream)) = attempt {
-            return true;
-        }
+        let last = match tokio::time::timeout(remaining, ask_ready(socket_address, host, remaining))
+            .await
+        {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(what)) => what,
+            Err(_) => format!("no answer to GET {READY_PATH} in time"),
+        };
         if tokio::time::Instant::now() + backoff >= deadline {
-            return false;
+            return Err(last);
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
-    false
+}
+
+/// One readiness question: connect, `GET /health`, 2xx or why not.
+async fn ask_ready(
+    socket_address: SocketAddr,
+    host: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut connection = HttpConnection::connect(socket_address, timeout)
+        .await
+        .map_err(|error| match error {
+            ConnectError::Timeout => "the TCP connect timed out".to_owned(),
+            ConnectError::Failed(error) => format!("cannot connect: {error}"),
+        })?;
+    let request = http::Request::builder()
+        .method(http::Method::GET)
+        .uri(READY_PATH)
+        .header(http::header::HOST, host)
+        .body(Full::new(Bytes::new()))
+        .expect("a constant request is valid");
+    let answer = connection
+        .send(request)
+        .await
+        .map_err(|error| format!("GET {READY_PATH} failed: {error:?}"))?;
+    if answer.status.is_success() {
+        return Ok(());
+    }
+    let body = String::from_utf8_lossy(&answer.body);
+    let body: String = body.chars().take(200).collect();
+    Err(format!(
+        "GET {READY_PATH} answered {}: {body}",
+        answer.status
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A server answering its first `unready` requests 503, the rest 200, one per connection.
+    async fn health_server(unready: u32) -> (SocketAddr, Arc<AtomicU32>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let asked = Arc::new(AtomicU32::new(0));
+        let counter = asked.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = vec![0; 4096];
+                let _ = stream.read(&mut request).await;
+                let answer: &[u8] = if counter.fetch_add(1, Ordering::SeqCst) < unready {
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 13\r\nconnection: close\r\n\r\nno leader yet"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                };
+                let _ = stream.write_all(answer).await;
+            }
+        });
+        (address, asked)
+    }
+
+    #[tokio::test]
+    async fn ready_waits_past_503_answers_for_a_2xx() {
+        let (address, asked) = health_server(3).await;
+        let ready = wait_until_ready(address, "x", Duration::from_secs(10)).await;
+        assert_eq!(ready, Ok(()));
+        assert_eq!(asked.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_stays_unready_fails_with_its_last_answer() {
+        let (address, _) = health_server(u32::MAX).await;
+        let ready = wait_until_ready(address, "x", Duration::from_millis(300)).await;
+        let error = ready.unwrap_err();
+        assert!(
+            error.contains("503") && error.contains("no leader yet"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_fails_after_the_wait() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let started = std::time::Instant::now();
+        let ready = wait_until_ready(address, "x", Duration::from_millis(300)).await;
+        assert!(ready.unwrap_err().contains("cannot connect"));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 }

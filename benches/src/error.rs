@@ -60,13 +60,15 @@ pub enum BenchError {
         /// What is wrong.
         reason: String,
     },
-    /// A target did not accept a connection before the readiness deadline.
-    #[error("{url} did not accept a connection within {waited_ms} ms")]
+    /// A target did not answer `GET /health` with 2xx before the readiness deadline.
+    #[error("{url} was not ready (GET /health answering 2xx) within {waited_ms} ms: {last}")]
     NotReady {
-        /// The URL that stayed closed.
+        /// The URL that was not ready.
         url: String,
         /// How long kv-bench waited.
         waited_ms: u128,
+        /// What the last attempt got.
+        last: String,
     },
     /// A file or directory operation failed.
     #[error("I/O error on {path}: {source}")]

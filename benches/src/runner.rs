@@ -25,7 +25,7 @@ use crate::conditional::{
     cas_condition, revision_after_cas, revision_of_read, txn_verdict, OwnedKeys, TxnPlan,
     TxnVerdict, ABSENT_REVISION,
 };
-use crate::connection::{wait_until_accepting, HttpConnection};
+use crate::connection::{wait_until_ready, HttpConnection};
 use crate::outcome::{classify_response, BodyCheck, FailureKind, Outcome};
 use crate::report::{BenchReport, PrefillReport};
 use crate::schedule::{open_loop_latency_start_offset, OpenLoopSchedule};
@@ -48,10 +48,11 @@ pub async fn run_benchmark(config: BenchConfig) -> Result<BenchReport, BenchErro
     }
     if let Some(wait) = config.wait_ready {
         for (target, socket_address) in config.targets.iter().zip(&socket_addresses) {
-            if !wait_until_accepting(*socket_address, wait).await {
+            if let Err(last) = wait_until_ready(*socket_address, &target.authority, wait).await {
                 return Err(BenchError::NotReady {
                     url: target.url_text.clone(),
                     waited_ms: wait.as_millis(),
+                    last,
                 });
             }
         }
