@@ -163,7 +163,12 @@ impl Kvd {
     /// Starts kvd with exactly `args` (which must include `--data-dir data_dir` and a
     /// `--listen` address); returns once it has printed the address it listens on.
     pub fn spawn(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Kvd {
-        let stderr_path = data_dir.with_extension(format!("stderr-{}.log", std::process::id()));
+        // One file per process started: a restarted node's predecessor, dropped after it,
+        // removes its own file, not the new process's.
+        static SPAWNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let spawned = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr_path =
+            data_dir.with_extension(format!("stderr-{}-{spawned}.log", std::process::id()));
         let stderr = File::options()
             .create(true)
             .append(true)
