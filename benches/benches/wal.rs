@@ -21,6 +21,9 @@
 //! the compression ratio is printed), and `wal_read_sealed` iterates every record of the
 //! sealed segments, plain and compressed with each codec (original bytes per second).
 //!
+//! `crc32c` measures the frames' checksum, `kv_wal::frame::crc32c` (the CPU's CRC-32C
+//! instruction), against the slice-by-16 table the log used before, per record size.
+//!
 //! Logs live in fresh temporary directories under `KV_WAL_BENCH_DIR` if set, else under
 //! Cargo's per-target temporary directory (on the disk of the target directory). Point it at
 //! the disk you care about: a tmpfs makes every fsync free and proves nothing.
@@ -520,6 +523,33 @@ fn bench_sealed_compression(criterion: &mut Criterion) {
     group.finish();
 }
 
+/// The sizes the record checksum is measured at: a small kvd record, a page, and the 64 KiB
+/// and 1 MiB values of `docs/benchmarks.md`'s "How cost grows".
+const CRC_SIZES: [usize; 4] = [150, 4096, 64 << 10, 1 << 20];
+
+/// The CRC-32C of every frame (`kv_wal::frame::crc32c`, the CPU's CRC instruction) against the
+/// slice-by-16 table kv-wal used before (the `crc` crate), in bytes per second.
+fn bench_crc32c(criterion: &mut Criterion) {
+    const TABLE: crc::Crc<u32, crc::Table<16>> =
+        crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+    let mut group = criterion.benchmark_group("crc32c");
+    group
+        .sample_size(SAMPLE_COUNT)
+        .warm_up_time(WARM_UP_TIME)
+        .measurement_time(MEASUREMENT_TIME_CPU_BOUND);
+    for size in CRC_SIZES {
+        let bytes = payload(size);
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(format!("frame_crc32c_{size}B"), |bencher| {
+            bencher.iter(|| kv_wal::frame::crc32c(black_box(&bytes)))
+        });
+        group.bench_function(format!("table16_{size}B"), |bencher| {
+            bencher.iter(|| TABLE.checksum(black_box(&bytes)))
+        });
+    }
+    group.finish();
+}
+
 /// What `criterion_main!` would generate, without its undocumented public function: the
 /// probe first, so the disk's figure sits next to the appends it bounds.
 fn main() {
@@ -528,5 +558,6 @@ fn main() {
     bench_append(&mut criterion);
     bench_recovery(&mut criterion);
     bench_sealed_compression(&mut criterion);
+    bench_crc32c(&mut criterion);
     criterion.final_summary();
 }

@@ -22,11 +22,6 @@
 //! `Wal::append_frames` takes; the log re-seals frames with the salt of the segment they go
 //! to (a change of the CRC field only, `reseal`).
 
-use crc::{Crc, Table, CRC_32_ISCSI};
-
-/// CRC-32C with a slice-by-16 table (16 KiB of tables, several bytes per cycle).
-pub(crate) const CASTAGNOLI: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISCSI);
-
 /// Bytes of framing before each payload.
 pub const FRAME_HEADER_BYTES: usize = 20;
 
@@ -42,23 +37,22 @@ pub(crate) const KIND_SEAL: u8 = 0x53; // 'S'
 /// frames after the mark were written (`docs/wal-format.md`, "Durability marks").
 pub(crate) const KIND_MARK: u8 = 0x44; // 'D'
 
-static CRC32C_STREAMING: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISCSI);
-
-/// A CRC-32C computed over several pieces (same algorithm and table as the frames).
-pub struct Crc32c(crc::Digest<'static, u32, Table<16>>);
+/// A CRC-32C computed over several pieces (the same checksum as [`crc32c`] of their
+/// concatenation).
+pub struct Crc32c(u32);
 
 impl Crc32c {
     /// A fresh digest.
     pub fn new() -> Crc32c {
-        Crc32c(CRC32C_STREAMING.digest())
+        Crc32c(0)
     }
     /// Adds bytes.
     pub fn update(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
+        self.0 = ::crc32c::crc32c_append(self.0, bytes);
     }
     /// The CRC of everything added.
     pub fn finalize(self) -> u32 {
-        self.0.finalize()
+        self.0
     }
 }
 
@@ -75,8 +69,12 @@ impl std::fmt::Debug for Crc32c {
 }
 
 /// Computes the CRC-32C of `bytes` (exposed so embedders can check frames they ship).
+///
+/// CRC-32C (Castagnoli: reflected polynomial 0x82F63B78, initial value and final XOR
+/// 0xFFFFFFFF), computed with the CPU's CRC instruction where it has one (SSE 4.2, ARMv8),
+/// 6-7x faster than a slice-by-16 table from 1 KiB up (`docs/benchmarks.md`).
 pub fn crc32c(bytes: &[u8]) -> u32 {
-    CASTAGNOLI.checksum(bytes)
+    ::crc32c::crc32c(bytes)
 }
 
 /// `flags` bit: the stored payload is LZ4-compressed (lz4_flex block format with the
@@ -338,6 +336,39 @@ mod tests {
         digest.update(&bytes[..7]);
         digest.update(&bytes[7..]);
         assert_eq!(digest.finalize(), crc32c(bytes));
+    }
+
+    #[test]
+    fn crc32c_is_castagnoli() {
+        // The check value of CRC-32C (RFC 3720, B.4) and its known answers.
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(b""), 0);
+        assert_eq!(crc32c(&[0; 32]), 0x8A91_36AA);
+        assert_eq!(crc32c(&[0xFF; 32]), 0x62A8_AB43);
+    }
+
+    /// The table-driven CRC-32C the log used before its files were checked with the CPU's
+    /// instruction: every file written before must still check.
+    const TABLE: crc::Crc<u32, crc::Table<16>> =
+        crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+
+    proptest::proptest! {
+        #[test]
+        fn crc32c_agrees_with_the_table_it_replaced(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..5000),
+            cuts in proptest::collection::vec(0usize..5000, 0..4),
+        ) {
+            proptest::prop_assert_eq!(crc32c(&bytes), TABLE.checksum(&bytes));
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|cut| cut.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut digest = Crc32c::new();
+            let mut from = 0;
+            for cut in cuts.into_iter().chain([bytes.len()]) {
+                digest.update(&bytes[from..cut]);
+                from = cut;
+            }
+            proptest::prop_assert_eq!(digest.finalize(), TABLE.checksum(&bytes));
+        }
     }
 
     #[test]
