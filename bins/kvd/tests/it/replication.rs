@@ -443,8 +443,30 @@ fn restarts_never_expose_uncommitted_entries() {
         status["durable_id"].as_u64() == Some(uncommitted_id)
     });
     let read_x = |kvd: &Kvd| kvd.json("GET", "/key/x", None).1["value"].clone();
-    assert_eq!(read_x(cluster.follower(1)), 1);
-    assert_eq!(read_x(&cluster.leader), 1);
+    // What the running nodes believed, for a report (node 2 is stopped: not asked).
+    let running_report = |cluster: &Cluster| {
+        [&cluster.leader, cluster.follower(1)]
+            .map(|kvd| {
+                format!(
+                    "{}\n{}",
+                    kvd.json("GET", "/cluster_status", None).1,
+                    kvd.stderr()
+                )
+            })
+            .join("\n\n")
+    };
+    for (name, kvd) in [
+        ("follower 1", cluster.follower(1)),
+        ("the leader", &cluster.leader),
+    ] {
+        let value = read_x(kvd);
+        assert!(
+            value == json!(1),
+            "{name} exposed the uncommitted x = {value} (id {uncommitted_id}) before any \
+             restart:\n{}",
+            running_report(&cluster)
+        );
+    }
 
     // Restart follower 1 and the leader: the uncommitted entry stays invisible.
     let mut follower = cluster.followers[0].take().expect("follower 1");
