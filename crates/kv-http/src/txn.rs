@@ -298,9 +298,7 @@ fn parse_compare(item: &Json, place: &str, key: &KeyParser<'_>) -> Result<Compar
 /// `"value": <any JSON>` (stored as compact JSON), or `"value_base64": "<bytes>"` (raw).
 fn parse_value(members: &Map<String, Json>, place: &str) -> Result<Value> {
     match (members.get("value"), members.get("value_base64")) {
-        (Some(value), None) => Ok(Value::json(
-            serde_json::to_vec(value).expect("a JSON value always serializes"),
-        )),
+        (Some(value), None) => Ok(Value::json(crate::body::compact_json(value))),
         (None, Some(Json::String(encoded))) => base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .map(Value::raw)
