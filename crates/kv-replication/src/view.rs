@@ -101,6 +101,16 @@ pub enum ViewAction {
     },
 }
 
+/// Whether a node whose log ends at `last_id` and which recorded `committed_id` as committed
+/// may lead with the in-sync replicas `isr`: not when its log ends below that id (it lost
+/// committed entries: its damaged data was moved aside, a power cut took a tail under
+/// `--sync-policy never`, a point-in-time repair cut it) while another ISR member may hold
+/// them — leading, it would make its followers cut their logs back to its own. Alone in the
+/// ISR, nobody holds more: it may.
+pub fn may_lead(node_id: u64, last_id: u64, committed_id: u64, isr: &BTreeSet<u64>) -> bool {
+    last_id >= committed_id || isr.iter().all(|&id| id == node_id)
+}
+
 /// What a node at `standing`, which has led (or holds entries of) epochs up to
 /// `highest_epoch_led`, does with `view` (see the module for the rules).
 pub fn decide(standing: &Standing, highest_epoch_led: u64, view: &ClusterView) -> ViewAction {

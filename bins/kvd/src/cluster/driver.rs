@@ -270,8 +270,9 @@ impl Driver {
 
     /// A node named leader of an epoch it led before a restart (faster than its session)
     /// never leads that epoch twice: it asks to be elected again, in a new epoch, leading the
-    /// same ISR. Once per epoch while a proposal is in flight or applied; again after one that
-    /// did not get through.
+    /// same ISR — unless it lost committed entries (`Node::may_lead`): then it asks for a new
+    /// epoch led by whichever other ISR member the controller elects. Once per epoch while a
+    /// proposal is in flight or applied; again after one that did not get through.
     fn ask_for_reelection(self: &Arc<Self>, meta: &ClusterMeta) {
         let Some(epoch) = self.node.wanted_reelection() else {
             return;
@@ -286,15 +287,38 @@ impl Driver {
             }
             *asked = Some(epoch);
         }
-        tracing::info!(
-            epoch,
-            "named leader of an epoch this node led before a restart: asking for a new one"
-        );
-        let command = Command::ElectLeader {
-            expected_epoch: epoch,
-            new_leader: Some(self.cluster.node_id()),
-            new_isr: meta.isr.clone(),
-            unclean: false,
+        let node_id = self.cluster.node_id();
+        let command = if self.node.may_lead(&meta.isr) {
+            tracing::info!(
+                epoch,
+                "named leader of an epoch this node led before a restart: asking for a new one"
+            );
+            Command::ElectLeader {
+                expected_epoch: epoch,
+                new_leader: Some(node_id),
+                new_isr: meta.isr.clone(),
+                unclean: false,
+            }
+        } else {
+            // It lost committed entries another ISR member may hold: a new epoch without a
+            // leader and without this node in the ISR, so the controller elects the ISR member
+            // holding the most (this node rejoins the ISR once it caught up).
+            tracing::warn!(
+                epoch,
+                "named leader, but this node lost committed entries: asking the controller to \
+                 elect another in-sync replica"
+            );
+            Command::ElectLeader {
+                expected_epoch: epoch,
+                new_leader: None,
+                new_isr: meta
+                    .isr
+                    .iter()
+                    .copied()
+                    .filter(|&id| id != node_id)
+                    .collect(),
+                unclean: false,
+            }
         };
         let driver = self.clone();
         tokio::spawn(async move {

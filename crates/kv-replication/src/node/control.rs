@@ -20,6 +20,7 @@ use super::{exclusive, lock, progress_or_role_change, take_leadership, Node, Rol
 use crate::error::{Error, Result};
 use crate::leader::{LeaderState, Membership};
 use crate::log_view::LogView;
+use crate::meta::NodeMeta;
 use crate::transport::Transport;
 use crate::view::{decide, ClusterView, Standing, ViewAction};
 
@@ -88,6 +89,7 @@ impl Node {
         let action = self.change_role(|role, meta| {
             let standing = standing(role);
             let action = decide(&standing, super::highest_epoch_led(meta, &self.store), view);
+            let action = self.unless_it_lost_committed_entries(action, node_id, meta, view);
             let next = match &action {
                 ViewAction::Nothing => None,
                 ViewAction::UpdateLeader => {
@@ -170,6 +172,50 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// `action`, except that a node told to lead that may not ([`crate::view::may_lead`]: its
+    /// log lacks entries it recorded as committed, another ISR member may hold them) follows
+    /// nobody instead and asks the controller to elect another ([`Node::may_lead`]).
+    fn unless_it_lost_committed_entries(
+        &self,
+        action: ViewAction,
+        node_id: u64,
+        meta: &NodeMeta,
+        view: &ClusterView,
+    ) -> ViewAction {
+        let ViewAction::Lead { epoch } = action else {
+            return action;
+        };
+        let last_id = self.store.last_id();
+        if crate::view::may_lead(node_id, last_id, meta.commit_id, &view.isr) {
+            return action;
+        }
+        // Logged once per epoch (the same view comes with every heartbeat reply).
+        if *lock(&self.reelection_wanted) != Some(epoch) {
+            tracing::error!(
+            epoch,
+            last_id,
+            committed_id = meta.commit_id,
+            "named data leader, but this node's log ends below the id it recorded as committed \
+             (it lost committed entries): not leading, asking the controller to elect another \
+             in-sync replica"
+            );
+        }
+        ViewAction::CannotLead { epoch }
+    }
+
+    /// Whether this node may lead with the in-sync replicas `isr` ([`crate::view::may_lead`]):
+    /// not while its log ends below the commit id it recorded and another ISR member may hold
+    /// what it lacks. The wiring asks before it proposes this node's re-election: when it may
+    /// not, it proposes an election without it (a new epoch, no leader, the ISR without this
+    /// node) so the controller elects the ISR member holding the most.
+    pub fn may_lead(&self, isr: &BTreeSet<u64>) -> bool {
+        let Some(node_id) = self.node_id else {
+            return true;
+        };
+        let committed_id = lock(&self.meta).commit_id;
+        crate::view::may_lead(node_id, self.store.last_id(), committed_id, isr)
     }
 
     fn adopt_cluster(&self, cluster_id: u64) -> Result<()> {

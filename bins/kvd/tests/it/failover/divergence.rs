@@ -4,6 +4,8 @@
 //! meanwhile; it never serves that write, before or after. Also when the new leader has
 //! compacted its log past the old leader's position, so that the old leader catches up by
 //! snapshot: the divergence is found (by epoch and id) before the snapshot is offered.
+//! And a leader restarted without entries it knew committed (its damaged log moved aside)
+//! does not lead: the others never cut their logs back to its.
 
 use std::time::{Duration, Instant};
 
@@ -150,4 +152,86 @@ fn cut_on_rejoin(compact: bool) {
             .all(|(key, value)| !(key == "k" && *value == 2)),
         "the cut write is still in the old leader's log"
     );
+}
+
+/// The leader, started as `kvd follower 1`, is killed and its log damaged (a byte flipped in
+/// the middle of a segment), then restarted with its original command while the controller
+/// still names it leader. kvd moves a follower's damaged data aside to re-sync it from its
+/// leader, so it comes back empty: it must not lead that. Before, it asked for a new epoch
+/// of its own, got it, and the other two nodes cut their logs back to its empty one: every
+/// acknowledged write was gone from the whole cluster (2,000 of 2,000 keys in the manual run).
+#[test]
+fn a_leader_restarted_with_a_damaged_log_does_not_lead_the_empty_one_it_resyncs() {
+    // A session long enough that the restarted node is still the named leader when it is back.
+    let extra = ["--session-timeout-ms", "5000", "--max-segment-size", "64K"];
+    let mut cluster = Cluster::start(3, &extra);
+    let (leader, _) = cluster.wait_for_leader(None);
+    if leader != 1 {
+        let body = json!({ "to": 1 }).to_string();
+        let answer = cluster
+            .request(leader, "POST", "/admin/transfer-leader", Some(&body))
+            .expect("answers");
+        expect_status(answer, 200);
+    }
+    assert_eq!(cluster.wait_for_leader(None).0, 1);
+    let mut last_id = 0;
+    for index in 0..200 {
+        last_id = cluster
+            .write(1, &format!("k{index}"), &json!("x".repeat(500)))
+            .1;
+    }
+    for index in [0, 2] {
+        assert!(cluster.read_after(index, "k199", last_id).is_some());
+    }
+    // Node 1 records what it knows committed (every second); then it is killed and damaged.
+    let meta_path = cluster.nodes[1].data_dir.join("node.meta");
+    let started = Instant::now();
+    while committed_in(&meta_path) < last_id {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "node.meta never reached {last_id}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.kill_9(1);
+    let wal_dir = cluster.nodes[1].data_dir.join("wal");
+    let mut segments: Vec<_> = std::fs::read_dir(&wal_dir)
+        .expect("wal dir")
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
+        .collect();
+    segments.sort();
+    let mut bytes = std::fs::read(&segments[0]).expect("segment");
+    let used = bytes.len() - bytes.iter().rev().take_while(|&&byte| byte == 0).count();
+    bytes[used / 2] ^= 0x01;
+    std::fs::write(&segments[0], bytes).expect("damage");
+    cluster.start_node(1);
+    assert!(
+        cluster.log(1).contains("re-syncing from the leader"),
+        "{}",
+        cluster.log(1)
+    );
+
+    let (leader, _) = cluster.wait_for_leader(None);
+    let (_, after) = cluster.write(leader, "after", &json!(1));
+    for index in 0..3 {
+        for key in 0..200 {
+            assert_eq!(
+                cluster.read_after(index, &format!("k{key}"), after),
+                Some(json!("x".repeat(500))),
+                "node {index} lost k{key} (leader {leader}); statuses:\n{}",
+                cluster.statuses()
+            );
+        }
+    }
+}
+
+/// The commit id in a `node.meta` file (0 while it has none).
+fn committed_in(path: &std::path::Path) -> u64 {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|meta| meta["commit_id"].as_u64())
+        .unwrap_or(0)
 }
