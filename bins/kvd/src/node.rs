@@ -109,8 +109,28 @@ fn open_store(
             );
             Store::open(&wal_dir, options).with_context(context)
         }
+        Err(error) if error.is_damage() => Err(anyhow::anyhow!(
+            "{}: {error}\n{}",
+            context(),
+            damage_hint(config)
+        )),
         opened => opened.with_context(context),
     }
+}
+
+/// What an operator can do about damage a `kvd leader` node refuses to start on (the refusal
+/// names the file and the reason; this says how to go on).
+fn damage_hint(config: &NodeConfig) -> String {
+    format!(
+        "kvd: this node's data is damaged, and `kvd leader` does not repair it by itself \
+         (started with --recovery-mode {}). To start anyway, choose what to give up: \
+         `--recovery-mode skip-corrupt` skips the damaged records and keeps the rest; \
+         `--recovery-mode point-in-time` keeps everything before the damage and drops the rest \
+         (docs/wal-format.md, \"Recovery\"). In a cluster whose other nodes hold the data, \
+         move this node's wal/ and snapshots/ out of {} instead: it re-syncs from the leader",
+        config.recovery_mode,
+        config.data_dir.display()
+    )
 }
 
 /// How long a starting node waits to take its role from the controller before it announces

@@ -19,12 +19,15 @@ pub enum Error {
     },
     /// The log does not continue the snapshot the store starts from (or, with no snapshot,
     /// does not start at the beginning): ids are missing.
-    #[error("the WAL starts at id {wal_first_id} but {}: ids are missing", match snapshot_id { Some(id) => format!("the newest valid snapshot ends at id {id}"), None => "no valid snapshot covers the ids before it".to_owned() })]
+    #[error("the WAL starts at id {wal_first_id} but {}: ids are missing{}", match snapshot_id { Some(id) => format!("the newest valid snapshot ends at id {id}"), None => "no valid snapshot covers the ids before it".to_owned() }, if skipped.is_empty() { String::new() } else { format!(" (damaged snapshots skipped: {})", skipped.join("; ")) })]
     Gap {
         /// The WAL's first id.
         wal_first_id: u64,
         /// The snapshot's applied id, if one was loaded.
         snapshot_id: Option<u64>,
+        /// The snapshots skipped as damaged (newer than the one loaded), each with why: the
+        /// files that would have covered the missing ids.
+        skipped: Vec<String>,
     },
     /// Writing, reading or installing a snapshot failed.
     #[error(transparent)]

@@ -76,7 +76,7 @@ fn a_log_cut_back_behind_its_snapshot_continues_after_it() {
 
 /// Finding 6 as the review reproduced it: one flipped bit in the newest snapshot, the log after
 /// it empty (compacted). kvd loaded the previous snapshot and served 3 of 23 keys with only a
-/// warning; it must refuse to start, naming the gap.
+/// warning; it must refuse to start, naming the gap, the damaged snapshot and the way on.
 #[test]
 fn a_damaged_newest_snapshot_over_an_empty_log_refuses_to_start() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -110,6 +110,17 @@ fn a_damaged_newest_snapshot_over_an_empty_log_refuses_to_start() {
     assert!(
         stderr.contains("ids are missing") && stderr.contains("snapshot"),
         "{stderr}"
+    );
+    // The refusal names the damaged snapshot and how to start anyway (before, it said only
+    // "no valid snapshot covers the ids before it", and nothing of the recovery modes).
+    assert!(
+        stderr.contains(&newest.display().to_string()),
+        "the refusal does not name the damaged snapshot: {stderr}"
+    );
+    assert!(
+        stderr.contains("--recovery-mode skip-corrupt")
+            && stderr.contains("--recovery-mode point-in-time"),
+        "the refusal does not say how to recover: {stderr}"
     );
 }
 

@@ -42,6 +42,7 @@ pub(super) fn replay(
         return Err(Error::Gap {
             wal_first_id,
             snapshot_id: (base > 0).then_some(base),
+            skipped: Vec::new(),
         });
     }
     let mut replayed = start;

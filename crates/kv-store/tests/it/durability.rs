@@ -148,7 +148,8 @@ fn a_damaged_newest_snapshot_over_an_empty_log_is_refused() {
             error,
             Error::Gap {
                 wal_first_id: 24,
-                snapshot_id: Some(20)
+                snapshot_id: Some(20),
+                ..
             }
         ),
         "unexpected error: {error}"

@@ -202,10 +202,22 @@ fn a_purged_log_without_a_valid_snapshot_is_refused() {
     drop(store);
     std::fs::write(&info.path, b"garbage").unwrap();
     match Store::open(dir.path().join("wal"), options(dir.path())) {
-        Err(Error::Gap {
-            wal_first_id,
-            snapshot_id: None,
-        }) => assert!(wal_first_id > 1),
+        Err(
+            error @ Error::Gap {
+                wal_first_id,
+                snapshot_id: None,
+                ..
+            },
+        ) => {
+            assert!(wal_first_id > 1);
+            // The refusal names the damaged snapshot, so the operator knows which file to look
+            // at (before, it said only that no valid snapshot covered the ids).
+            let message = error.to_string();
+            assert!(
+                message.contains(&info.path.display().to_string()),
+                "{message}"
+            );
+        }
         Err(other) => panic!("expected a gap error, got {other}"),
         Ok(_) => panic!("opened a store with missing ids"),
     }
