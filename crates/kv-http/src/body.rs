@@ -19,6 +19,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    check_content_encoding(headers)?;
     let limit_bytes = options.body_bytes_max;
     let declared_bytes = headers
         .get(header::CONTENT_LENGTH)
@@ -38,6 +39,23 @@ where
         Ok(Err(error)) => Err(Error::BodyRead(error.to_string())),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
+}
+
+/// A body sent with a content coding other than `identity` is refused (415) before it is
+/// read: kvd does not decode bodies, and taking the coded bytes as they are would store (for a
+/// raw value) bytes the client did not mean.
+fn check_content_encoding(headers: &HeaderMap) -> Result<()> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let coded = text
+            .split(',')
+            .map(str::trim)
+            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
+        if coded {
+            return Err(Error::UnsupportedContentEncoding(text.into_owned()));
+        }
+    }
+    Ok(())
 }
 
 /// The `value` of a PUT body `{"value": …}`, as compact JSON text (object members keep their
@@ -319,5 +337,25 @@ mod tests {
         assert!(!accepts_octet_stream(&headers));
         headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         assert!(!accepts_octet_stream(&headers));
+    }
+
+    #[test]
+    fn a_coded_body_is_refused_and_identity_is_not() {
+        let mut headers = HeaderMap::new();
+        assert!(check_content_encoding(&headers).is_ok());
+        headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("Identity"),
+        );
+        assert!(check_content_encoding(&headers).is_ok());
+        for coded in ["gzip", "identity, br", "x-custom"] {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coded));
+            let error = check_content_encoding(&headers).unwrap_err();
+            assert_eq!(
+                error.status(),
+                http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{coded}"
+            );
+        }
     }
 }

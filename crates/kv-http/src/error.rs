@@ -31,6 +31,10 @@ pub enum Error {
         /// The configured limit.
         limit_bytes: u64,
     },
+    /// The body is sent with a content coding (`Content-Encoding: gzip`, …): kvd does not
+    /// decode bodies, and storing the coded bytes would keep a value the client did not mean.
+    #[error("request bodies with Content-Encoding {0:?} are not supported: send the body as it is (identity)")]
+    UnsupportedContentEncoding(String),
     /// The client did not send the whole body in time.
     #[error("request body not received within {timeout_ms} ms")]
     BodyReadTimeout {
@@ -237,6 +241,7 @@ impl Error {
             Error::TxnTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::MissingValue | Error::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedContentEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::BodyReadTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::KeyTooLong { .. } => StatusCode::URI_TOO_LONG,
             Error::RouteNotFound | Error::KeyNotFound => StatusCode::NOT_FOUND,

@@ -142,6 +142,12 @@ fn cases() -> Vec<Case> {
             "malformed JSON",
         ),
         case(
+            "a gzip-coded body (kvd decodes none: the coded bytes were stored as the value)",
+            put_request("/key/k", r#"{"value": 1}"#, "Content-Encoding: gzip\r\n"),
+            415,
+            "Content-Encoding",
+        ),
+        case(
             "missing value",
             put_request("/key/k", r#"{"valu": 1}"#, ""),
             422,
