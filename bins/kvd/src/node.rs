@@ -112,7 +112,7 @@ fn open_store(
         Err(error) if error.is_damage() => Err(anyhow::anyhow!(
             "{}: {error}\n{}",
             context(),
-            damage_hint(config)
+            damage_hint(config, &error)
         )),
         opened => opened.with_context(context),
     }
@@ -120,16 +120,27 @@ fn open_store(
 
 /// What an operator can do about damage a `kvd leader` node refuses to start on (the refusal
 /// names the file and the reason; this says how to go on).
-fn damage_hint(config: &NodeConfig) -> String {
+fn damage_hint(config: &NodeConfig, error: &kv_store::Error) -> String {
+    let resync = format!(
+        "in a cluster whose other nodes hold the data, move this node's wal/ and snapshots/ \
+         out of {}: it re-syncs from the leader",
+        config.data_dir.display()
+    );
+    if matches!(error, kv_store::Error::Gap { .. }) {
+        // The ids are in no file: no recovery mode brings them back.
+        return format!(
+            "kvd: this node's data is damaged, and `kvd leader` does not repair it by itself; \
+             --recovery-mode cannot help (the missing ids are in no file here): {resync}, or \
+             put back a good copy of the damaged snapshot"
+        );
+    }
     format!(
         "kvd: this node's data is damaged, and `kvd leader` does not repair it by itself \
          (started with --recovery-mode {}). To start anyway, choose what to give up: \
          `--recovery-mode skip-corrupt` skips the damaged records and keeps the rest; \
          `--recovery-mode point-in-time` keeps everything before the damage and drops the rest \
-         (docs/wal-format.md, \"Recovery\"). In a cluster whose other nodes hold the data, \
-         move this node's wal/ and snapshots/ out of {} instead: it re-syncs from the leader",
+         (docs/wal-format.md, \"Recovery\"); or, {resync}",
         config.recovery_mode,
-        config.data_dir.display()
     )
 }
 

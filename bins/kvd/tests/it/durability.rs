@@ -118,9 +118,53 @@ fn a_damaged_newest_snapshot_over_an_empty_log_refuses_to_start() {
         "the refusal does not name the damaged snapshot: {stderr}"
     );
     assert!(
+        stderr.contains("re-syncs from the leader") && stderr.contains("good copy"),
+        "the refusal does not say how to recover: {stderr}"
+    );
+}
+
+/// A `kvd leader` whose WAL has a bad record before good ones refuses to start (the default
+/// mode repairs only a torn tail), naming the segment, and says which recovery modes start it
+/// anyway and what each gives up (before, the recovery modes were mentioned nowhere).
+#[test]
+fn a_leader_refusing_a_damaged_log_names_the_segment_and_the_recovery_modes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("leader");
+    let mut kvd = Kvd::start(&data_dir, &[], &[]);
+    for index in 1..=40 {
+        put(&kvd, &format!("k{index}"), &format!("{index:0>200}"));
+    }
+    assert!(kvd.terminate().success());
+    let segment = files_with_suffix(&data_dir.join("wal"), ".wal")
+        .pop()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    let middle = used_bytes(&bytes) / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&segment, bytes).expect("damage");
+
+    let (status, stderr) = start_expecting_exit(&data_dir);
+    assert!(
+        !status.success(),
+        "kvd started over a damaged log: {stderr}"
+    );
+    assert!(
+        stderr.contains(&segment.display().to_string()),
+        "the refusal does not name the segment: {stderr}"
+    );
+    assert!(
         stderr.contains("--recovery-mode skip-corrupt")
             && stderr.contains("--recovery-mode point-in-time"),
         "the refusal does not say how to recover: {stderr}"
+    );
+    // And the hint holds: skip-corrupt starts it, with every record but the damaged one.
+    let kvd = Kvd::start(&data_dir, &["--recovery-mode", "skip-corrupt"], &[]);
+    let present = (1..=40)
+        .filter(|index| kvd.json("GET", &format!("/key/k{index}"), None).0 == 200)
+        .count();
+    assert_eq!(
+        present, 39,
+        "skip-corrupt keeps every record but the damaged one"
     );
 }
 
