@@ -50,17 +50,9 @@ impl NodeMeta {
     /// Reads the meta file; `None` when there is none.
     pub fn load(fs: &dyn FileSystem, data_dir: &Path) -> Result<Option<NodeMeta>> {
         let path = NodeMeta::path(data_dir);
-        let Some(bytes) = kv_wal::durable::read_file(fs, &path).map_err(Error::MetaIo)? else {
+        let Some(file) = read_meta_file(fs, &path)? else {
             return Ok(None);
         };
-        let file: MetaFile = serde_json::from_slice(&bytes)
-            .map_err(|error| Error::meta(&path, format!("not a node meta file: {error}")))?;
-        if file.format != META_FORMAT {
-            return Err(Error::meta(
-                &path,
-                format!("unsupported format {}", file.format),
-            ));
-        }
         let cluster_id = u64::from_str_radix(&file.cluster_id, 16)
             .map_err(|_| Error::meta(&path, format!("bad cluster id {:?}", file.cluster_id)))?;
         Ok(Some(NodeMeta {
@@ -69,6 +61,15 @@ impl NodeMeta {
             commit_id: file.commit_id,
             led_epoch: file.led_epoch.unwrap_or(file.epoch),
         }))
+    }
+
+    /// Whether the meta file in `data_dir` was written by a node under the controller (it
+    /// records `led_epoch`), as opposed to one from before the controller or none at all. A
+    /// data directory with such a file but no controller state lost its controller: it must not
+    /// start a new one (that would be a second controller for the same cluster).
+    pub fn written_under_controller(fs: &dyn FileSystem, data_dir: &Path) -> Result<bool> {
+        let path = NodeMeta::path(data_dir);
+        Ok(read_meta_file(fs, &path)?.is_some_and(|file| file.led_epoch.is_some()))
     }
 
     /// Writes the meta file atomically.
@@ -89,6 +90,21 @@ impl NodeMeta {
     }
 }
 
+fn read_meta_file(fs: &dyn FileSystem, path: &Path) -> Result<Option<MetaFile>> {
+    let Some(bytes) = kv_wal::durable::read_file(fs, path).map_err(Error::MetaIo)? else {
+        return Ok(None);
+    };
+    let file: MetaFile = serde_json::from_slice(&bytes)
+        .map_err(|error| Error::meta(path, format!("not a node meta file: {error}")))?;
+    if file.format != META_FORMAT {
+        return Err(Error::meta(
+            path,
+            format!("unsupported format {}", file.format),
+        ));
+    }
+    Ok(Some(file))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +114,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = kv_wal::fs::StdFs;
         assert_eq!(NodeMeta::load(&fs, dir.path()).unwrap(), None);
+        assert!(!NodeMeta::written_under_controller(&fs, dir.path()).unwrap());
         let meta = NodeMeta {
             cluster_id: 0xdead_beef_0000_0001,
             epoch: 7,
@@ -106,6 +123,7 @@ mod tests {
         };
         meta.store(&fs, dir.path()).unwrap();
         assert_eq!(NodeMeta::load(&fs, dir.path()).unwrap(), Some(meta));
+        assert!(NodeMeta::written_under_controller(&fs, dir.path()).unwrap());
         // A meta file from before `led_epoch` counts its epoch as led.
         std::fs::write(
             NodeMeta::path(dir.path()),
@@ -118,6 +136,7 @@ mod tests {
                 .map(|meta| meta.led_epoch),
             Some(4)
         );
+        assert!(!NodeMeta::written_under_controller(&fs, dir.path()).unwrap());
         std::fs::write(NodeMeta::path(dir.path()), "{not json").unwrap();
         assert!(matches!(
             NodeMeta::load(&fs, dir.path()),

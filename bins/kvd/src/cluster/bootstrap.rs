@@ -117,6 +117,7 @@ pub async fn initialize_if_new(
     let node_meta = NodeMeta::load(&fs, &config.data_dir)
         .context("cannot read the node's meta file")?
         .unwrap_or_default();
+    refuse_a_lost_controller(config, &node_meta)?;
     let cluster_id = match node_meta.cluster_id {
         0 => rand::random::<u64>().max(1),
         migrated => migrated,
@@ -146,6 +147,31 @@ pub async fn initialize_if_new(
         "initialized a new cluster, led by this node"
     );
     Ok(())
+}
+
+/// A `kvd leader` data directory whose `node.meta` was written under the controller but whose
+/// controller state is gone (deleted, or lost) lost its controller: migrating it as a data
+/// directory from before the controller would start a second controller for its cluster. It
+/// did: in a 3-node cluster, node 0 restarted without `controller/` led an epoch of its own,
+/// then took the other controller's log back, and no node could acknowledge a write again.
+fn refuse_a_lost_controller(config: &NodeConfig, node_meta: &NodeMeta) -> anyhow::Result<()> {
+    let under_controller = NodeMeta::written_under_controller(&kv_wal::fs::StdFs, &config.data_dir)
+        .context("cannot read the node's meta file")?;
+    if node_meta.cluster_id == 0 || !under_controller {
+        return Ok(());
+    }
+    let controller_dir = config.data_dir.join(kv_controller::CONTROLLER_DIR);
+    anyhow::bail!(
+        "{} has no controller state, but {} says this node was a member of cluster {:016x} \
+         under a controller (epoch {}): starting a new controller would split that cluster. \
+         Restore {} if you can. To make this node's data a new one-node cluster instead, move \
+         node.meta aside (the cluster's other nodes will refuse it as another cluster)",
+        controller_dir.display(),
+        NodeMeta::path(&config.data_dir).display(),
+        node_meta.cluster_id,
+        node_meta.epoch,
+        controller_dir.display(),
+    )
 }
 
 /// On `kvd follower N` with an empty controller: asks the seeds (and whoever they point at)

@@ -351,3 +351,47 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A `kvd leader` whose `controller/` is gone (deleted by mistake, lost) while its `node.meta`
+/// shows it ran under a controller refuses to start, naming both, instead of taking its data
+/// directory for one from before the controller and starting a new controller: in a 3-node
+/// cluster that made node 0 lead an epoch of its own, then take the other controller's log
+/// back, and no node acknowledged a write again (503 "holds no lease", for good). The way out
+/// the refusal gives — `node.meta` moved aside — starts it as a new cluster with its data.
+#[test]
+fn a_leader_that_lost_its_controller_state_refuses_to_start_a_new_controller() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("leader");
+    let mut kvd = Kvd::start(&data_dir, &[], &[]);
+    put(&kvd, "k", "v");
+    let (_, status) = kvd.json("GET", "/cluster_status", None);
+    let cluster_id = status["cluster_id"]
+        .as_str()
+        .expect("cluster id")
+        .to_owned();
+    assert!(kvd.terminate().success());
+    std::fs::remove_dir_all(data_dir.join("controller")).expect("remove controller/");
+
+    let (status, stderr) = start_expecting_exit(&data_dir);
+    assert!(!status.success(), "kvd started a new controller: {stderr}");
+    assert!(
+        stderr.contains("no controller state")
+            && stderr.contains(&cluster_id)
+            && stderr.contains("node.meta"),
+        "{stderr}"
+    );
+
+    std::fs::rename(data_dir.join("node.meta"), dir.path().join("node.meta.old")).expect("mv");
+    let kvd = Kvd::start(&data_dir, &[], &[]);
+    let (status, body) = kvd.json("GET", "/key/k", None);
+    assert_eq!(
+        (status, body["value"].clone()),
+        (200, serde_json::json!("v"))
+    );
+    let (_, status) = kvd.json("GET", "/cluster_status", None);
+    assert_ne!(
+        status["cluster_id"],
+        serde_json::json!(cluster_id),
+        "a new cluster"
+    );
+}
