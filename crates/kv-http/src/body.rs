@@ -42,20 +42,32 @@ where
 }
 
 /// A body sent with a content coding other than `identity` is refused (415) before it is
-/// read: kvd does not decode bodies, and taking the coded bytes as they are would store (for a
-/// raw value) bytes the client did not mean.
+/// read, and one with a transfer coding other than `chunked` (501, RFC 9112 §6.1; hyper takes
+/// only the chunks off): kvd does not decode bodies, and taking the coded bytes as they are
+/// would store (for a raw value) bytes the client did not mean.
 fn check_content_encoding(headers: &HeaderMap) -> Result<()> {
-    for value in headers.get_all(header::CONTENT_ENCODING) {
-        let text = String::from_utf8_lossy(value.as_bytes());
-        let coded = text
-            .split(',')
-            .map(str::trim)
-            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
-        if coded {
-            return Err(Error::UnsupportedContentEncoding(text.into_owned()));
-        }
+    if let Some(text) = coding_other_than(headers, header::CONTENT_ENCODING, "identity") {
+        return Err(Error::UnsupportedContentEncoding(text));
+    }
+    if let Some(text) = coding_other_than(headers, header::TRANSFER_ENCODING, "chunked") {
+        return Err(Error::UnsupportedTransferCoding(text));
     }
     Ok(())
+}
+
+/// The value of the first `name` header that lists a coding other than `allowed`.
+fn coding_other_than(
+    headers: &HeaderMap,
+    name: header::HeaderName,
+    allowed: &str,
+) -> Option<String> {
+    headers.get_all(name).iter().find_map(|value| {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        text.split(',')
+            .map(str::trim)
+            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(allowed))
+            .then(|| text.into_owned())
+    })
 }
 
 /// The `value` of a PUT body `{"value": …}`, as compact JSON text (object members keep their
@@ -357,5 +369,17 @@ mod tests {
                 "{coded}"
             );
         }
+        headers.remove(header::CONTENT_ENCODING);
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(check_content_encoding(&headers).is_ok());
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        let error = check_content_encoding(&headers).unwrap_err();
+        assert_eq!(error.status(), http::StatusCode::NOT_IMPLEMENTED);
     }
 }

@@ -35,6 +35,10 @@ pub enum Error {
     /// decode bodies, and storing the coded bytes would keep a value the client did not mean.
     #[error("request bodies with Content-Encoding {0:?} are not supported: send the body as it is (identity)")]
     UnsupportedContentEncoding(String),
+    /// The body is sent with a transfer coding other than `chunked` (`Transfer-Encoding:
+    /// gzip, chunked`): hyper takes the chunks off, kvd would store the still-coded bytes.
+    #[error("request bodies with Transfer-Encoding {0:?} are not supported: only chunked")]
+    UnsupportedTransferCoding(String),
     /// The client did not send the whole body in time.
     #[error("request body not received within {timeout_ms} ms")]
     BodyReadTimeout {
@@ -242,6 +246,7 @@ impl Error {
             Error::MissingValue | Error::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedContentEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             Error::BodyReadTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::KeyTooLong { .. } => StatusCode::URI_TOO_LONG,
             Error::RouteNotFound | Error::KeyNotFound => StatusCode::NOT_FOUND,

@@ -147,6 +147,17 @@ fn cases() -> Vec<Case> {
             415,
             "Content-Encoding",
         ),
+        Case {
+            closes: true,
+            ..case(
+                "a gzip transfer coding (hyper takes the chunks off, not the gzip)",
+                b"PUT /key/k HTTP/1.1\r\nHost: kvd\r\nTransfer-Encoding: gzip, chunked\r\n\
+                  Connection: close\r\n\r\nc\r\n{\"value\": 1}\r\n0\r\n\r\n"
+                    .to_vec(),
+                501,
+                "Transfer-Encoding",
+            )
+        },
         case(
             "missing value",
             put_request("/key/k", r#"{"valu": 1}"#, ""),
