@@ -86,6 +86,9 @@ pub struct ClusterConfig {
     pub advertise_url: Option<String>,
     /// The controller's clocks (checked: the lease ends before the session).
     pub timing: kv_controller::Timing,
+    /// `--write-quorum` when given (flag, env or file), `None` when defaulted: a cluster whose
+    /// write quorum differs is asked to take it (`SetWriteQuorum`) once this node is up.
+    pub write_quorum: Option<usize>,
 }
 
 impl NodeConfig {
@@ -179,9 +182,11 @@ impl NodeConfig {
             segment_bytes_max >= SEGMENT_BYTES_MIN,
             "max segment size {segment_bytes_max} is below the minimum of {SEGMENT_BYTES_MIN} bytes"
         );
+        let write_quorum_given = settings.replication.write_quorum;
         let mut replication =
             resolve_replication(settings.replication, settings.compaction, &role)?;
-        let cluster = resolve_cluster(settings.cluster, &mut replication)?;
+        let mut cluster = resolve_cluster(settings.cluster, &mut replication)?;
+        cluster.write_quorum = write_quorum_given.map(|_| replication.leader.write_quorum);
         Ok(NodeConfig {
             role,
             listen: settings.node.listen.unwrap_or(listen_default),
@@ -246,6 +251,7 @@ fn resolve_cluster(
             .advertise_url
             .map(|url| url.trim_end_matches('/').to_owned()),
         timing,
+        write_quorum: None,
     })
 }
 

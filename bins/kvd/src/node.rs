@@ -265,7 +265,8 @@ impl Background {
         let until_stopped = |mut receiver: watch::Receiver<bool>| async move {
             let _ = receiver.wait_for(|stop| *stop).await;
         };
-        let driver = Driver::new(node.clone(), cluster.clone(), stopped.clone());
+        let driver = Driver::new(node.clone(), cluster.clone(), stopped.clone())
+            .with_write_quorum(config.cluster.write_quorum);
         let ready = driver.ready();
         let mut tasks = vec![tokio::spawn(driver.run())];
         tasks.push(tokio::spawn(node.clone().run_replication(

@@ -47,6 +47,9 @@ pub struct Driver {
     transfer: Mutex<Option<(NodeId, u64)>>,
     /// The epoch in which this node last asked to be elected again.
     reelection: Mutex<Option<u64>>,
+    /// The write quorum this node was started with explicitly (`--write-quorum`), until the
+    /// cluster was asked to take it.
+    wanted_write_quorum: Mutex<Option<usize>>,
     /// Whether the active controller has answered a heartbeat of this node yet.
     heard_controller: AtomicBool,
     /// True once the node took the role its first view gives it (and, as the leader, holds a
@@ -77,10 +80,21 @@ impl Driver {
             heartbeats_in_flight: AtomicUsize::new(0),
             transfer: Mutex::new(None),
             reelection: Mutex::new(None),
+            wanted_write_quorum: Mutex::new(None),
             heard_controller: AtomicBool::new(false),
             ready: watch::Sender::new(false),
             shutdown,
         })
+    }
+
+    /// Asks the cluster, once, to take `write_quorum` (the `--write-quorum` this node was
+    /// started with) if its own differs. The cluster's write quorum is set when it is created
+    /// (`kvd leader`'s): before, a node restarted with another `--write-quorum` was silently
+    /// held to the old one (a cluster created with 1 and restarted with `--write-quorum 2` on
+    /// every node acknowledged writes the leader alone held).
+    pub fn with_write_quorum(self: Arc<Self>, write_quorum: Option<usize>) -> Arc<Self> {
+        *lock(&self.wanted_write_quorum) = write_quorum;
+        self
     }
 
     /// Turns true once the node took its first role from the controller.
@@ -150,6 +164,7 @@ impl Driver {
         }
         self.follow_transfer(meta);
         self.ask_for_reelection(meta);
+        self.propose_write_quorum(meta);
         self.update_ready();
     }
 
@@ -325,6 +340,35 @@ impl Driver {
             if !driver.propose(&command).await {
                 // Ask again at the next view of this epoch.
                 *lock(&driver.reelection) = None;
+            }
+        });
+    }
+
+    /// Proposes the write quorum this node was started with, once, if the cluster's differs
+    /// (see [`Driver::with_write_quorum`]); a refusal (more than the members) is logged.
+    fn propose_write_quorum(self: &Arc<Self>, meta: &ClusterMeta) {
+        let Some(wanted) = lock(&self.wanted_write_quorum).take() else {
+            return;
+        };
+        if meta.write_quorum as usize == wanted {
+            return;
+        }
+        tracing::warn!(
+            cluster = meta.write_quorum,
+            wanted,
+            "the cluster's write quorum differs from this node's --write-quorum: asking the \
+             controller to set it"
+        );
+        let command = Command::SetWriteQuorum {
+            write_quorum: wanted as u32,
+        };
+        let driver = self.clone();
+        tokio::spawn(async move {
+            if !driver.propose(&command).await {
+                tracing::warn!(
+                    wanted,
+                    "the cluster's write quorum stays as it was: see the refusal above"
+                );
             }
         });
     }

@@ -110,3 +110,30 @@ fn a_planned_transfer_under_load_loses_no_acknowledged_write() {
     }
     println!("{} acknowledged writes, all on every node", acked.len());
 }
+
+/// The cluster's write quorum is set when it is created (`kvd leader`'s `--write-quorum`).
+/// A node restarted with another `--write-quorum` asks the controller to take it: before, the
+/// flag was silently ignored (a cluster created with 1 and restarted with `--write-quorum 2`
+/// kept acknowledging writes the leader alone held). A node started without the flag changes
+/// nothing.
+#[test]
+fn a_node_restarted_with_another_write_quorum_sets_the_clusters() {
+    let mut cluster = Cluster::start(3, &[]);
+    let status = cluster.wait_for_leader_status("formed", |_| true);
+    assert_eq!(status["cluster_write_quorum"], json!(1), "{status}");
+    cluster.terminate(2);
+    cluster.nodes[2]
+        .args
+        .extend(["--write-quorum".to_owned(), "2".to_owned()]);
+    cluster.start_node(2);
+    let status = cluster.wait_for_leader_status("with write quorum 2", |status| {
+        status["cluster_write_quorum"] == json!(2) && status["write_quorum"] == json!(2)
+    });
+    println!("write quorum now: {}", status["cluster_write_quorum"]);
+    // Node 1, restarted without the flag, leaves it as it is.
+    cluster.terminate(1);
+    cluster.start_node(1);
+    cluster.wait_until_formed();
+    let status = cluster.wait_for_leader_status("formed again", |_| true);
+    assert_eq!(status["cluster_write_quorum"], json!(2), "{status}");
+}
