@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::streaming::SessionEnd;
-use super::Node;
+use super::{lock, Node};
 use crate::error::{Error, Result};
 use crate::follower::{LinkState, Step};
+use crate::meta::NodeMeta;
 use crate::transport::Transport;
 
 /// How much longer than the fetch wait a follower gives the leader to answer.
@@ -256,6 +257,25 @@ impl Node {
                 source,
             })?;
         self.applied.send_replace(self.store.applied_id());
+        self.forget_committed_after(after_id)
+    }
+
+    /// After a cut at `after_id` the leader asked for, what this node recorded as committed
+    /// above it is not in the history that survives (under `N = 1`, a failover to a follower
+    /// that had not copied it): the meta file's commit id comes down to the cut, so the node is
+    /// not taken for one that lost committed entries (`Node::may_lead`) and a restart applies
+    /// nothing of the next entries before the cluster says they are committed.
+    fn forget_committed_after(&self, after_id: u64) -> Result<()> {
+        let mut meta = lock(&self.meta);
+        if meta.commit_id <= after_id {
+            return Ok(());
+        }
+        let next = NodeMeta {
+            commit_id: after_id,
+            ..*meta
+        };
+        next.store(&**self.store.file_system(), &self.data_dir)?;
+        *meta = next;
         Ok(())
     }
 

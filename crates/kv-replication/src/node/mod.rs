@@ -497,8 +497,10 @@ impl Node {
         let epoch_heard = self
             .with_follower(|state| state.leader_epoch())
             .unwrap_or(0);
-        let applied_id = self.store.applied_id();
         let mut meta = lock(&self.meta);
+        // Read under the lock: a cut lowering the commit id (`forget_committed_after`) is never
+        // undone by an applied id read before it.
+        let applied_id = self.store.applied_id();
         if epoch_heard <= meta.epoch && applied_id <= meta.commit_id {
             return Ok(());
         }

@@ -848,3 +848,64 @@ async fn a_leader_that_lost_committed_entries_does_not_lead_again() {
     }
     assert!(node.may_lead(&BTreeSet::from([0, 1, 2])));
 }
+
+/// Under `N = 1` a failover to a follower that had not copied the leader's tail cuts that tail
+/// from the other followers, below what they had applied as committed (the documented loss of
+/// asynchronous replication). Such a follower records the cut as its commit id, so it has lost
+/// nothing in the history that survives and may lead at once ([`Node::may_lead`]). Before, the
+/// commit id it had saved stayed above its log until new writes passed it, and if the new
+/// leader died meanwhile it could not be elected: the cluster stayed leaderless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_back_by_a_new_leader_may_lead_the_history_that_survives() {
+    let mut cluster = Cluster::start(3, 1, options());
+    cluster.elect(Some(0));
+    let leader = cluster.node(0);
+    let mut last = 0;
+    for index in 0..5u64 {
+        last = leader
+            .write(set(format!("a{index}"), index), Acks::Leader)
+            .await
+            .unwrap();
+    }
+    for id in [1, 2] {
+        assert!(
+            cluster
+                .node(id)
+                .wait_applied(last, Duration::from_secs(10))
+                .await
+        );
+    }
+    // Node 2 stops copying; node 1 copies and applies the tail (committed under `N = 1`).
+    cluster.cut(0, 2);
+    for index in 0..5u64 {
+        last = leader
+            .write(set(format!("b{index}"), index), Acks::Leader)
+            .await
+            .unwrap();
+    }
+    let node1 = cluster.node(1);
+    assert!(node1.wait_applied(last, Duration::from_secs(10)).await);
+    node1.persist_progress().unwrap();
+    let node2_last = cluster.node(2).store().last_id();
+    assert!(node2_last < last);
+
+    // Node 0 dies; the controller elects node 2 (in the ISR, behind): node 1 is cut back.
+    cluster.kill(0).await;
+    drop(leader);
+    cluster.heal();
+    cluster.elect(Some(2));
+    let noop = node2_last + 1;
+    eventually("node 1 is cut back to node 2's history", || {
+        node1.store().last_id() == noop && node1.store().applied_id() == noop
+    })
+    .await;
+    assert!(
+        node1.may_lead(&BTreeSet::from([0, 1, 2])),
+        "{:?}",
+        node1.cluster_status()
+    );
+    // Node 2 dies too: node 1 is named leader and leads.
+    cluster.kill(2).await;
+    cluster.elect(Some(1));
+    assert_eq!(node1.role(), Role::Leader, "{:?}", node1.cluster_status());
+}
