@@ -37,7 +37,7 @@ pub(crate) const KIND_SEAL: u8 = 0x53; // 'S'
 /// frames after the mark were written (`docs/wal-format.md`, "Durability marks").
 pub(crate) const KIND_MARK: u8 = 0x44; // 'D'
 
-/// A CRC-32C computed over several pieces (the same checksum as [`crc32c`] of their
+/// A CRC-32C computed over several pieces (the same checksum as [`crc32c()`] of their
 /// concatenation).
 pub struct Crc32c(u32);
 
