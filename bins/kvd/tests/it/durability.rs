@@ -135,13 +135,7 @@ fn a_leader_refusing_a_damaged_log_names_the_segment_and_the_recovery_modes() {
         put(&kvd, &format!("k{index}"), &format!("{index:0>200}"));
     }
     assert!(kvd.terminate().success());
-    let segment = files_with_suffix(&data_dir.join("wal"), ".wal")
-        .pop()
-        .expect("a segment");
-    let mut bytes = std::fs::read(&segment).expect("segment");
-    let middle = used_bytes(&bytes) / 2;
-    bytes[middle] ^= 0x01;
-    std::fs::write(&segment, bytes).expect("damage");
+    let segment = flip_a_bit_in_the_middle_of_the_last_segment(&data_dir);
 
     let (status, stderr) = start_expecting_exit(&data_dir);
     assert!(
@@ -214,6 +208,20 @@ fn zero_last_written_bytes(data_dir: &Path, count: usize) {
     std::fs::write(&segment, bytes).expect("cut");
 }
 
+/// Damages the last WAL segment of the node in `data_dir`: one bit flipped in the middle of its
+/// records (not of the preallocated free space after them), so valid records follow the damage.
+/// Returns the segment's path.
+fn flip_a_bit_in_the_middle_of_the_last_segment(data_dir: &Path) -> PathBuf {
+    let segment = files_with_suffix(&data_dir.join("wal"), ".wal")
+        .pop()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    let middle = used_bytes(&bytes) / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&segment, bytes).expect("damage");
+    segment
+}
+
 /// How much of a segment file holds data: up to its last non-zero byte (a preallocated
 /// segment's free space after its records is zeros).
 fn used_bytes(bytes: &[u8]) -> usize {
@@ -244,14 +252,7 @@ fn a_follower_with_a_damaged_log_resyncs_from_its_leader() {
     assert_eq!(status, 200, "{body}");
     assert!(follower.terminate().success());
 
-    let segment = files_with_suffix(&follower_dir.join("wal"), ".wal")
-        .pop()
-        .expect("a segment");
-    let mut bytes = std::fs::read(&segment).expect("segment");
-    // The middle of the records, not of the segment's preallocated free space after them.
-    let middle = used_bytes(&bytes) / 2;
-    bytes[middle] ^= 0x01;
-    std::fs::write(&segment, bytes).expect("damage");
+    flip_a_bit_in_the_middle_of_the_last_segment(&follower_dir);
 
     let follower = Kvd::start_follower(&follower_dir, &leader, &[], &[]);
     assert!(
