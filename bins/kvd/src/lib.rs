@@ -37,10 +37,29 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // The whole chain of causes on one line; no backtrace noise for operators.
-            eprintln!("kvd: error: {error:#}");
+            eprintln!("kvd: error: {}", error_chain(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `error` and its causes joined with ": ", leaving out a cause whose text the message before
+/// it already ends with: several error types print their source inside their own message and
+/// also chain it, which printed "Address already in use (os error 98): Address already in use
+/// (os error 98)".
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -57,4 +76,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     #[cfg(feature = "fault-injection")]
     faults::configure_from_env()?;
     node::run_node(config)
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    use super::error_chain;
+
+    /// An error that prints its source in its own message and chains it too.
+    #[derive(Debug)]
+    struct WithSource {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for WithSource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "I/O error on x: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for WithSource {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_its_message_already_ends_with_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let error = anyhow::Error::new(WithSource { source: io }).context("cannot listen");
+        assert_eq!(
+            error_chain(&error),
+            "cannot listen: I/O error on x: Address already in use"
+        );
+    }
+
+    #[test]
+    fn distinct_causes_are_all_printed() {
+        let error = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(error_chain(&error), "outer: middle: inner");
+    }
 }
