@@ -136,8 +136,8 @@ impl<'a> Route<'a> {
     /// The methods the route answers, in `Allow` header form.
     pub fn allowed_methods(&self) -> &'static str {
         match self {
-            Route::Key(_) => "GET, PUT, DELETE",
-            Route::ReplicationFetch => "GET, POST",
+            Route::Key(_) => "GET, HEAD, PUT, DELETE",
+            Route::ReplicationFetch => "GET, HEAD, POST",
             Route::AdminSnapshot
             | Route::Txn
             | Route::CompactionRun
@@ -148,7 +148,7 @@ impl<'a> Route<'a> {
             | Route::ControllerJoin
             | Route::AdminTransferLeader => "POST",
             Route::AdminMember(_) => "DELETE",
-            _ => "GET",
+            _ => "GET, HEAD",
         }
     }
 

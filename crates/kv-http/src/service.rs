@@ -57,6 +57,11 @@ where
             allow: route.allowed_methods(),
         });
     }
+    // HEAD is GET without the body (RFC 9110, 9.3.2): the handlers answer it as a GET and
+    // hyper sends the head alone, its Content-Length included.
+    if parts.method == Method::HEAD {
+        parts.method = Method::GET;
+    }
     match route {
         Route::Key(encoded_key) => {
             let key = handlers::decode_key(encoded_key, state.options.key_bytes_max)?;

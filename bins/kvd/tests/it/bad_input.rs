@@ -390,9 +390,12 @@ fn every_bad_request_gets_its_exact_status_and_changes_nothing() {
         kvd.address,
         b"POST /key/k HTTP/1.1\r\nHost: kvd\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     );
-    assert_eq!(answer.header("allow").as_deref(), Some("GET, PUT, DELETE"));
+    assert_eq!(
+        answer.header("allow").as_deref(),
+        Some("GET, HEAD, PUT, DELETE")
+    );
     let answer = exchange(kvd.address, &put_request("/health", "{}", ""));
-    assert_eq!(answer.header("allow").as_deref(), Some("GET"));
+    assert_eq!(answer.header("allow").as_deref(), Some("GET, HEAD"));
     // And good requests still work.
     let (status, written) = kvd.json("PUT", "/key/after", Some(r#"{"value": [1, 2]}"#));
     assert_eq!(status, 200, "{written}");
@@ -400,4 +403,32 @@ fn every_bad_request_gets_its_exact_status_and_changes_nothing() {
         kvd.seed_json("GET", "/key/after", None),
         (200, json!({"key": "after", "value": [1, 2]}))
     );
+}
+
+/// HEAD is GET without the body (RFC 9110, 9.3.2): the same status and headers, the GET's
+/// Content-Length, no body bytes — and nothing changes (on `/key/…`, where the methods are
+/// GET, PUT and DELETE, a HEAD must not be taken for any of the others).
+#[test]
+fn head_answers_what_get_would_without_the_body() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kvd = Kvd::start(&dir.path().join("data"), &[], &[]);
+    let (status, written) = kvd.json("PUT", "/key/k", Some(r#"{"value": "some value"}"#));
+    assert_eq!(status, 200, "{written}");
+    let get = exchange(
+        kvd.address,
+        b"GET /key/k HTTP/1.1\r\nHost: kvd\r\nConnection: close\r\n\r\n",
+    );
+    for (path, status) in [("/key/k", 200), ("/key/absent", 404), ("/health", 200)] {
+        let request = format!("HEAD {path} HTTP/1.1\r\nHost: kvd\r\nConnection: close\r\n\r\n");
+        let head = exchange(kvd.address, request.as_bytes());
+        assert_eq!(head.statuses(), vec![status], "{path}: {}", head.text());
+        let text = head.text();
+        let (_, body) = text.split_once("\r\n\r\n").expect("a head");
+        assert!(body.is_empty(), "{path}: HEAD sent a body: {text}");
+        if path == "/key/k" {
+            assert_eq!(head.header("content-length"), get.header("content-length"));
+            assert_eq!(head.header("etag"), get.header("etag"));
+        }
+    }
+    assert_eq!(kvd.json("GET", "/key/k", None).1["value"], "some value");
 }

@@ -298,12 +298,12 @@ async fn unknown_routes_are_404() {
 async fn wrong_methods_are_405_with_allow() {
     let node = node();
     for (method, uri, allow) in [
-        (Method::POST, "/key/k", "GET, PUT, DELETE"),
-        (Method::PATCH, "/key/k", "GET, PUT, DELETE"),
-        (Method::PUT, "/segments", "GET"),
-        (Method::DELETE, "/keys", "GET"),
-        (Method::POST, "/health", "GET"),
-        (Method::PUT, "/metrics", "GET"),
+        (Method::POST, "/key/k", "GET, HEAD, PUT, DELETE"),
+        (Method::PATCH, "/key/k", "GET, HEAD, PUT, DELETE"),
+        (Method::PUT, "/segments", "GET, HEAD"),
+        (Method::DELETE, "/keys", "GET, HEAD"),
+        (Method::POST, "/health", "GET, HEAD"),
+        (Method::PUT, "/metrics", "GET, HEAD"),
     ] {
         let answer = call(&node, method.clone(), uri, "").await;
         assert_eq!(
