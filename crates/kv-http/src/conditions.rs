@@ -49,7 +49,7 @@ pub(crate) fn request_ids(
         };
         let text = String::from_utf8(bytes)
             .map_err(|_| Error::InvalidQuery(format!("{name} is not UTF-8")))?;
-        check_id(name, &text)?;
+        check_id(name, &text).map_err(Error::InvalidQuery)?;
         Ok(Some(text))
     };
     let header = match headers.get(&IDEMPOTENCY_KEY) {
@@ -58,10 +58,10 @@ pub(crate) fn request_ids(
             let text = value
                 .to_str()
                 .map_err(|_| {
-                    Error::InvalidQuery("Idempotency-Key is not visible ASCII".to_owned())
+                    Error::InvalidHeader("Idempotency-Key is not visible ASCII".to_owned())
                 })?
                 .to_owned();
-            check_id("Idempotency-Key", &text)?;
+            check_id("Idempotency-Key", &text).map_err(Error::InvalidHeader)?;
             Some(text)
         }
     };
@@ -87,11 +87,10 @@ pub(crate) fn request_ids(
     }
 }
 
-fn check_id(name: &str, text: &str) -> Result<()> {
+/// Why `text` is no request id (`name` is the parameter or header it came in), if it is not.
+fn check_id(name: &str, text: &str) -> std::result::Result<(), String> {
     if text.is_empty() || text.len() > REQUEST_ID_BYTES_MAX {
-        return Err(Error::InvalidQuery(format!(
-            "{name} must be 1 to {REQUEST_ID_BYTES_MAX} bytes"
-        )));
+        return Err(format!("{name} must be 1 to {REQUEST_ID_BYTES_MAX} bytes"));
     }
     Ok(())
 }
@@ -206,7 +205,7 @@ fn tag(headers: &HeaderMap, name: HeaderName) -> Result<Option<Tag>> {
         return Ok(None);
     };
     let bad = || {
-        Error::InvalidQuery(format!(
+        Error::InvalidHeader(format!(
             "{name} must be * or one entity tag \"<mod_revision>\" as GET sends in ETag"
         ))
     };

@@ -62,6 +62,9 @@ pub enum Error {
     /// A query parameter is malformed or out of range.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// A request header kvd reads (`If-Match`, `If-None-Match`, `Idempotency-Key`) is malformed.
+    #[error("invalid header: {0}")]
+    InvalidHeader(String),
     /// No route has this path.
     #[error("Not Found")]
     RouteNotFound,
@@ -233,6 +236,7 @@ impl Error {
             | Error::BodyRead(_)
             | Error::InvalidKey(_)
             | Error::InvalidQuery(_)
+            | Error::InvalidHeader(_)
             | Error::InvalidTxn(_) => StatusCode::BAD_REQUEST,
             Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Error::VersionConflict { .. } => StatusCode::CONFLICT,

@@ -131,6 +131,15 @@ async fn if_match_and_if_none_match_decide_at_apply_time() {
     for bad in ["\"1\", \"2\"", "\"abc\"", ""] {
         let answer = put_with(&node, "/key/k", &[("if-match", bad)], r#"{"value": 1}"#).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        // It names the header it is about (it said "invalid query" before).
+        let detail = answer.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            detail.starts_with("invalid header: if-match must be *"),
+            "{bad:?}: {detail}"
+        );
     }
     assert_eq!(footprint(&node), before);
 }
