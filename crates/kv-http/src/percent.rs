@@ -53,23 +53,50 @@ fn hex_value(byte: u8) -> Option<u8> {
     }
 }
 
-/// The decoded value of the first `name=value` pair in a query string, if present; a bad
-/// escape is an [`Error::InvalidQuery`].
+/// The decoded value of the `name=value` pair in a query string, if present. A bad escape is
+/// an [`Error::InvalidQuery`], and so is a name given twice (`?acks=all&acks=leader`): which
+/// one the client meant is not kvd's to guess (it took the first one before, silently).
 pub fn query_parameter(query: &str, name: &str) -> Result<Option<Vec<u8>>> {
+    let mut found = None;
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(key, true, Error::InvalidQuery)?.as_ref() == name.as_bytes() {
-            return Ok(Some(
-                percent_decode(value, true, Error::InvalidQuery)?.into_owned(),
-            ));
+        if percent_decode(key, true, Error::InvalidQuery)?.as_ref() != name.as_bytes() {
+            continue;
         }
+        if found.is_some() {
+            return Err(Error::InvalidQuery(format!(
+                "{name} is given more than once"
+            )));
+        }
+        found = Some(percent_decode(value, true, Error::InvalidQuery)?.into_owned());
     }
-    Ok(None)
+    Ok(found)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parameter_given_twice_is_refused() {
+        assert_eq!(
+            query_parameter("a=1&acks=all&b=2", "acks").unwrap(),
+            Some(b"all".to_vec())
+        );
+        assert_eq!(query_parameter("a=1", "acks").unwrap(), None);
+        for query in [
+            "acks=all&acks=leader",
+            "acks=all&acks=all",
+            "acks&acks=all",
+            "ac%6Bs=1&acks=2",
+        ] {
+            let error = query_parameter(query, "acks").unwrap_err();
+            assert!(
+                error.to_string().contains("acks is given more than once"),
+                "{query}: {error}"
+            );
+        }
+    }
 
     #[test]
     fn decodes_escapes_and_keeps_plain_text_borrowed() {

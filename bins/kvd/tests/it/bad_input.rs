@@ -136,6 +136,12 @@ fn cases() -> Vec<Case> {
     vec![
         case("malformed JSON", put_request("/key/k", "{", ""), 400, "malformed JSON"),
         case(
+            "a query parameter given twice",
+            put_request("/key/k?acks=all&acks=leader", r#"{"value": 1}"#, ""),
+            400,
+            "acks is given more than once",
+        ),
+        case(
             "trailing garbage",
             put_request("/key/k", r#"{"value": 1} trailing"#, ""),
             400,
