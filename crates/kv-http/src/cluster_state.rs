@@ -122,6 +122,17 @@ impl ClusterState {
         self.learned().handing_over
     }
 
+    /// [`ClusterState::view_names_me_leader`] and [`ClusterState::handing_over`] under one
+    /// lock (the read gate asks both on every read).
+    pub fn leadership_standing(&self) -> (Option<bool>, bool) {
+        let learned = self.learned();
+        let named = learned
+            .view
+            .as_ref()
+            .map(|view| view.data_leader == Some(self.node_id));
+        (named, learned.handing_over)
+    }
+
     fn learned(&self) -> MutexGuard<'_, Learned> {
         self.learned
             .lock()

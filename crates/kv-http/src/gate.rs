@@ -98,8 +98,15 @@ pub fn check_read(state: &AppState, parts: &Parts) -> Result<()> {
     let Some(cluster) = state.cluster.as_deref() else {
         return Ok(());
     };
+    let (named, handing_over) = cluster.leadership_standing();
+    // The common case first, with one look at the role: a leader that took a view, is not
+    // handing over, and may serve linearizable reads (its lease holds, its no-op is applied)
+    // answers — what the branches below decide for it too.
+    if named.is_some() && !handing_over && state.node.linearizable_reads() {
+        return Ok(());
+    }
     let role = state.role();
-    let Some(named_leader) = cluster.view_names_me_leader() else {
+    let Some(named_leader) = named else {
         // Starting: whether it leads, and what it may serve, comes with its first view.
         return Err(Error::Unavailable(
             "this node has not learned the cluster's metadata yet: retry".to_owned(),

@@ -82,13 +82,13 @@ pub async fn get_key(state: &AppState, key: &str, parts: &Parts) -> Result<Respo
         entry.value_bytes(),
         &parts.headers,
         |body| {
-            body.extend_from_slice(
-                format!(
-                    r#","version":{},"mod_revision":{},"create_revision":{}"#,
-                    meta.version, meta.mod_revision, meta.create_revision
-                )
-                .as_bytes(),
-            );
+            use std::io::Write as _;
+            write!(
+                body,
+                r#","version":{},"mod_revision":{},"create_revision":{}"#,
+                meta.version, meta.mod_revision, meta.create_revision
+            )
+            .expect("writing to a Vec cannot fail");
         },
     );
     response

@@ -57,6 +57,9 @@ fn hex_value(byte: u8) -> Option<u8> {
 /// an [`Error::InvalidQuery`], and so is a name given twice (`?acks=all&acks=leader`): which
 /// one the client meant is not kvd's to guess (it took the first one before, silently).
 pub fn query_parameter(query: &str, name: &str) -> Result<Option<Vec<u8>>> {
+    if query.is_empty() {
+        return Ok(None);
+    }
     let mut found = None;
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
