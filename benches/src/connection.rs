@@ -226,6 +226,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_server_that_never_answers_fails_after_the_wait() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        // Accepts, and holds every connection open without a word.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let started = std::time::Instant::now();
+        let ready = wait_until_ready(address, "x", Duration::from_millis(300)).await;
+        let error = ready.unwrap_err();
+        assert!(
+            error.contains("no answer to GET /health in time"),
+            "{error}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
     async fn a_closed_port_fails_after_the_wait() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();

@@ -183,7 +183,7 @@ fn write_compact(out: &mut Vec<u8>, value: &serde_json::Value) {
 
 /// A JSON string: quoted as is when nothing in it needs escaping (JSON escapes only `"`, `\`
 /// and the control characters below U+0020, as serde_json does), else serde_json's escaping.
-fn write_json_string(out: &mut Vec<u8>, text: &str) {
+pub(crate) fn write_json_string(out: &mut Vec<u8>, text: &str) {
     // No early exit: the whole scan vectorizes, and the common case reads every byte anyway.
     let needs_escaping = text.bytes().fold(false, |found, byte| {
         found | (byte < 0x20) | (byte == b'"') | (byte == b'\\')

@@ -86,15 +86,6 @@ impl ClusterState {
         self.learned().view = Some(meta.clone());
     }
 
-    /// Whether the view the data plane follows names this node the data leader (`None`: no
-    /// view yet). Cheap: every read asks it.
-    pub fn view_names_me_leader(&self) -> Option<bool> {
-        self.learned()
-            .view
-            .as_ref()
-            .map(|view| view.data_leader == Some(self.node_id))
-    }
-
     /// The view the data plane follows, if it took one yet.
     pub fn view(&self) -> Option<ClusterMeta> {
         self.learned().view.clone()
@@ -117,13 +108,9 @@ impl ClusterState {
         }
     }
 
-    /// Whether a planned transfer away from this leader is under way.
-    pub fn handing_over(&self) -> bool {
-        self.learned().handing_over
-    }
-
-    /// [`ClusterState::view_names_me_leader`] and [`ClusterState::handing_over`] under one
-    /// lock (the read gate asks both on every read).
+    /// Under one lock (the read gate asks on every read): whether the view this node took names
+    /// it the data leader (`None`: it took none yet), and whether a planned transfer away from
+    /// this leader is under way.
     pub fn leadership_standing(&self) -> (Option<bool>, bool) {
         let learned = self.learned();
         let named = learned

@@ -122,9 +122,6 @@ pub fn check_read(state: &AppState, parts: &Parts) -> Result<()> {
         ));
     }
     if role == NodeRole::Leader {
-        if !cluster.handing_over() && state.node.linearizable_reads() {
-            return Ok(());
-        }
         // Not sure it still leads (a lease that ran out, a transfer under way, a no-op not yet
         // committed): the leader the view names, if another, answers.
         let view = cluster.view();

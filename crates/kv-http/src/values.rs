@@ -36,7 +36,7 @@ pub(crate) fn value_response(
     }
     let mut body = Vec::with_capacity(value.len() + key.len() + 96);
     body.extend_from_slice(br#"{"key":"#);
-    serde_json::to_writer(&mut body, key).expect("writing to a Vec cannot fail");
+    body::write_json_string(&mut body, key);
     body.extend_from_slice(br#","value":"#);
     write_value(&mut body, kind, value);
     more_members(&mut body);
@@ -51,7 +51,7 @@ pub(crate) fn write_value(body: &mut Vec<u8>, kind: ValueKind, value: &[u8]) {
         // Stored as compact JSON text: spliced in as is.
         ValueKind::Json => body.extend_from_slice(value),
         ValueKind::Raw => match std::str::from_utf8(value) {
-            Ok(text) => serde_json::to_writer(&mut *body, text).expect("writing to a Vec"),
+            Ok(text) => body::write_json_string(body, text),
             Err(_) => {
                 let encoded = base64::engine::general_purpose::STANDARD.encode(value);
                 serde_json::to_writer(&mut *body, &encoded).expect("writing to a Vec");

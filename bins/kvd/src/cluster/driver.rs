@@ -303,17 +303,12 @@ impl Driver {
             *asked = Some(epoch);
         }
         let node_id = self.cluster.node_id();
-        let command = if self.node.may_lead(&meta.isr) {
+        let (new_leader, new_isr) = if self.node.may_lead(&meta.isr) {
             tracing::info!(
                 epoch,
                 "named leader of an epoch this node led before a restart: asking for a new one"
             );
-            Command::ElectLeader {
-                expected_epoch: epoch,
-                new_leader: Some(node_id),
-                new_isr: meta.isr.clone(),
-                unclean: false,
-            }
+            (Some(node_id), meta.isr.clone())
         } else {
             // It lost committed entries another ISR member may hold: a new epoch without a
             // leader and without this node in the ISR, so the controller elects the ISR member
@@ -323,17 +318,14 @@ impl Driver {
                 "named leader, but this node lost committed entries: asking the controller to \
                  elect another in-sync replica"
             );
-            Command::ElectLeader {
-                expected_epoch: epoch,
-                new_leader: None,
-                new_isr: meta
-                    .isr
-                    .iter()
-                    .copied()
-                    .filter(|&id| id != node_id)
-                    .collect(),
-                unclean: false,
-            }
+            let others = meta.isr.iter().copied().filter(|&id| id != node_id);
+            (None, others.collect())
+        };
+        let command = Command::ElectLeader {
+            expected_epoch: epoch,
+            new_leader,
+            new_isr,
+            unclean: false,
         };
         let driver = self.clone();
         tokio::spawn(async move {

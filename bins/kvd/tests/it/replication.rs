@@ -443,18 +443,6 @@ fn restarts_never_expose_uncommitted_entries() {
         status["durable_id"].as_u64() == Some(uncommitted_id)
     });
     let read_x = |kvd: &Kvd| kvd.json("GET", "/key/x", None).1["value"].clone();
-    // What the running nodes believed, for a report (node 2 is stopped: not asked).
-    let running_report = |cluster: &Cluster| {
-        [&cluster.leader, cluster.follower(1)]
-            .map(|kvd| {
-                format!(
-                    "{}\n{}",
-                    kvd.json("GET", "/cluster_status", None).1,
-                    kvd.stderr()
-                )
-            })
-            .join("\n\n")
-    };
     for (name, kvd) in [
         ("follower 1", cluster.follower(1)),
         ("the leader", &cluster.leader),
@@ -464,7 +452,8 @@ fn restarts_never_expose_uncommitted_entries() {
             value == json!(1),
             "{name} exposed the uncommitted x = {value} (id {uncommitted_id}) before any \
              restart:\n{}",
-            running_report(&cluster)
+            // Node 2 is stopped: not asked.
+            nodes_report(&[&cluster.leader, cluster.follower(1)])
         );
     }
 
@@ -474,17 +463,12 @@ fn restarts_never_expose_uncommitted_entries() {
     drop(follower);
     cluster.restart_follower(1);
     let value = read_x(cluster.follower(1));
-    if value != json!(1) {
-        // What each node believed, for the report (this failed once under heavy load).
-        let status_of = |kvd: &Kvd| kvd.json("GET", "/cluster_status", None).1;
-        panic!(
-            "a restarted follower exposed an uncommitted entry ({value}; uncommitted id \
-             {uncommitted_id}): follower 1 {} / leader {} / follower 1's log: {}",
-            status_of(cluster.follower(1)),
-            status_of(&cluster.leader),
-            cluster.follower(1).stderr()
-        );
-    }
+    assert!(
+        value == json!(1),
+        "a restarted follower exposed an uncommitted entry ({value}; uncommitted id \
+         {uncommitted_id}):\n{}",
+        nodes_report(&[cluster.follower(1), &cluster.leader])
+    );
     assert!(cluster.leader.terminate().success());
     cluster.restart_leader();
     // The restarted leader leads a new epoch whose first entry cannot commit without follower
@@ -507,29 +491,39 @@ fn restarts_never_expose_uncommitted_entries() {
         .iter()
         .map(|kvd| read_once_served(kvd, "x", uncommitted_id))
         .collect();
-    let report = || {
-        for kvd in nodes {
-            eprintln!(
-                "{}\n{}",
-                kvd.json("GET", "/cluster_status", None).1,
-                kvd.stderr()
-            );
-        }
-    };
     let two = (200, json!({"key": "x", "value": 2}));
     let one = (200, json!({"key": "x", "value": 1}));
     if answers.iter().all(|answer| *answer == two) {
         return;
     }
     if !answers.iter().all(|answer| *answer == one) {
-        report();
-        panic!("the nodes disagree on x: {answers:?}");
+        panic!(
+            "the nodes disagree on x: {answers:?}\n{}",
+            nodes_report(&nodes)
+        );
     }
     let status = cluster.follower(2).json("GET", "/cluster_status", None).1;
     if status["data_leader"] != 2 || status["leader_epoch"].as_u64() < Some(2) {
-        report();
-        panic!("the uncommitted x = 2 was cut without node 2 leading a new epoch: {status}");
+        panic!(
+            "the uncommitted x = 2 was cut without node 2 leading a new epoch: {status}\n{}",
+            nodes_report(&nodes)
+        );
     }
+}
+
+/// What each of `nodes` believes, for a failure report: its `/cluster_status` and its log.
+fn nodes_report(nodes: &[&Kvd]) -> String {
+    nodes
+        .iter()
+        .map(|kvd| {
+            format!(
+                "{}\n{}",
+                kvd.json("GET", "/cluster_status", None).1,
+                kvd.stderr()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// [`get_after`], retried while the node answers 503 (a leader taking up a new epoch).

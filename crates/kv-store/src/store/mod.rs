@@ -199,21 +199,14 @@ impl Store {
             }
             None => (Replayed::default(), 0),
         };
-        let replayed = replay(&wal, start, base, apply_limit, &retention).map_err(|error| {
-            // A gap names the damaged snapshots that would have covered it.
-            match error {
-                Error::Gap {
-                    wal_first_id,
-                    snapshot_id,
-                    ..
-                } => Error::Gap {
-                    wal_first_id,
-                    snapshot_id,
-                    skipped: load.skipped.iter().map(|(_, why)| why.clone()).collect(),
-                },
-                other => other,
-            }
-        })?;
+        let replayed =
+            replay(&wal, start, base, apply_limit, &retention).map_err(|mut error| {
+                // A gap names the damaged snapshots that would have covered it.
+                if let Error::Gap { skipped, .. } = &mut error {
+                    *skipped = load.skipped.iter().map(|(_, why)| why.clone()).collect();
+                }
+                error
+            })?;
         load.replayed_records = replayed.replayed_records;
         // The log must continue after the snapshot: when it lost records the snapshot holds (a
         // power cut under `interval`/`never`, a point-in-time repair, an install interrupted
