@@ -212,15 +212,24 @@ impl Cluster {
         }
     }
 
-    /// Waits until node `leader` sees every other node as a healthy follower and has committed
+    /// Waits until the leader sees every other node as a healthy follower and has committed
     /// its whole log (every write still waiting for its quorum included); returns its commit id.
+    /// It asks node `leader` first and follows the leadership if it moves meanwhile (after a
+    /// heal the controller may still elect another node once).
     pub fn wait_until_settled(&self, leader: usize, deadline: Duration) -> u64 {
         let until = Instant::now() + deadline;
-        let leader = self.nodes[leader].address;
+        let mut leader = self.nodes[leader].address;
         let followers = self.nodes.len() - 1;
         let mut last = Json::Null;
         loop {
             if let Some(status) = cluster_status(leader) {
+                // Not (or no longer) the leader: ask the one it names next time.
+                let named = status["data_leader"].as_u64().map(|id| id as usize);
+                if let Some(node) = named.and_then(|index| self.nodes.get(index)) {
+                    if status["role"] != "leader" {
+                        leader = node.address;
+                    }
+                }
                 let healthy = status["followers"].as_array().map_or(0, |list| {
                     list.iter()
                         .filter(|follower| follower["status"] == "healthy")
