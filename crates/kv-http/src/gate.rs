@@ -80,7 +80,44 @@ pub const MAX_STALENESS_MS_MAX: u64 = 24 * 3600 * 1000;
 ///   applied (a deposed leader answers `307` to the new one, or `503` while none is known; a
 ///   node the view names leader that does not lead yet, `503`): the leader's reads are
 ///   linearizable.
-pub fn check_read(state: &AppState, parts: &Parts) -> Result<()> {
+///
+/// A leader that is sure of everything but its lease (it lapsed: the controller's renewal is
+/// late, as when a starved CPU delays the heartbeat) waits up to [`READ_LEASE_WAIT`] for the
+/// renewal before answering `503`, as a write waits for one.
+pub async fn check_read(state: &AppState, parts: &Parts) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + READ_LEASE_WAIT;
+    loop {
+        match read_standing(state, parts)? {
+            ReadStanding::Serve => return Ok(()),
+            ReadStanding::AfterLease(refusal) => {
+                if !state.node.wait_linearizable_reads(deadline).await {
+                    // Deposed meanwhile, another leader named: answer as that node would.
+                    return match read_standing(state, parts)? {
+                        ReadStanding::Serve => Ok(()),
+                        ReadStanding::AfterLease(_) => Err(refusal),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// How long a leader unsure of its lease alone waits for it before a read gets `503`: its
+/// heartbeat asks for a renewal every 100 ms, so half a second covers a starved node's late
+/// renewals, and a leader cut off from the controller still answers well within a client's
+/// timeout.
+pub const READ_LEASE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What [`check_read`] decides without waiting.
+enum ReadStanding {
+    /// Read now.
+    Serve,
+    /// This node leads, is handing over nothing, and no other leader is named: read once it
+    /// may serve linearizable reads again; else answer the error.
+    AfterLease(Error),
+}
+
+fn read_standing(state: &AppState, parts: &Parts) -> Result<ReadStanding> {
     let query = parts.uri.query().unwrap_or_default();
     let linearizable = match query_parameter(query, "linearizable")? {
         None => false,
@@ -96,14 +133,14 @@ pub fn check_read(state: &AppState, parts: &Parts) -> Result<()> {
     };
     let max_staleness_ms = number_parameter(query, "max_staleness_ms", MAX_STALENESS_MS_MAX)?;
     let Some(cluster) = state.cluster.as_deref() else {
-        return Ok(());
+        return Ok(ReadStanding::Serve);
     };
     let (named, handing_over) = cluster.leadership_standing();
     // The common case first, with one look at the role: a leader that took a view, is not
     // handing over, and may serve linearizable reads (its lease holds, its no-op is applied)
     // answers — what the branches below decide for it too.
     if named.is_some() && !handing_over && state.node.linearizable_reads() {
-        return Ok(());
+        return Ok(ReadStanding::Serve);
     }
     let role = state.role();
     let Some(named_leader) = named else {
@@ -129,23 +166,25 @@ pub fn check_read(state: &AppState, parts: &Parts) -> Result<()> {
             .as_ref()
             .filter(|view| view.data_leader.is_some_and(|id| id != cluster.node_id()))
             .and_then(|view| view.leader_url());
+        let cannot_vouch = Error::Unavailable(
+            "this node cannot vouch that it still leads (its lease ran out, it is handing \
+             over, or its epoch's first entry is not committed yet): retry"
+                .to_owned(),
+        );
         return match other_leader {
             Some(url) => Err(redirect_to(url, parts)),
-            _ => Err(Error::Unavailable(
-                "this node cannot vouch that it still leads (its lease ran out, it is handing \
-                 over, or its epoch's first entry is not committed yet): retry"
-                    .to_owned(),
-            )),
+            None if handing_over => Err(cannot_vouch),
+            None => Ok(ReadStanding::AfterLease(cannot_vouch)),
         };
     }
     if linearizable {
-        return require_leader(state, parts);
+        return require_leader(state, parts).map(|()| ReadStanding::Serve);
     }
     let Some(max_ms) = max_staleness_ms else {
-        return Ok(());
+        return Ok(ReadStanding::Serve);
     };
     match state.node.staleness() {
-        Some(staleness) if staleness.as_millis() <= u128::from(max_ms) => Ok(()),
+        Some(staleness) if staleness.as_millis() <= u128::from(max_ms) => Ok(ReadStanding::Serve),
         staleness => Err(Error::Unavailable(format!(
             "this node cannot vouch for a staleness of at most {max_ms} ms (it may be {}): \
              read from the leader",

@@ -53,7 +53,7 @@ pub fn decode_key(encoded_key: &str, key_bytes_max: usize) -> Result<String> {
 /// read-your-writes on any node after a write that returned id N. With `version`, answers the
 /// value the key had at that version (`history.rs`).
 pub async fn get_key(state: &AppState, key: &str, parts: &Parts) -> Result<Response<Full<Bytes>>> {
-    crate::gate::check_read(state, parts)?;
+    crate::gate::check_read(state, parts).await?;
     let query = parts.uri.query().unwrap_or_default();
     if let Some(min_id) = number_parameter(query, "min_id", u64::MAX)? {
         let wait_ms = number_parameter(query, "wait_ms", MIN_ID_WAIT_MS_MAX)?

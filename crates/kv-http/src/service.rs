@@ -73,6 +73,7 @@ where
         }
         Route::KeyHistory(encoded_key) | Route::KeyVersions(encoded_key) => {
             let key = handlers::decode_key(encoded_key, state.options.key_bytes_max)?;
+            crate::gate::check_read(state, &parts).await?;
             let query = parts.uri.query().unwrap_or_default();
             match route {
                 Route::KeyHistory(_) => history::key_history(state, &key, query),
@@ -84,7 +85,10 @@ where
             idempotency::request_status(state, parts.uri.query().unwrap_or_default()).await
         }
         Route::DeduplicationStats => Ok(idempotency::deduplication_stats(state)),
-        Route::Keys => handlers::list_keys(state, parts.uri.query().unwrap_or_default()),
+        Route::Keys => {
+            crate::gate::check_read(state, &parts).await?;
+            handlers::list_keys(state, parts.uri.query().unwrap_or_default())
+        }
         Route::Segments => Ok(handlers::segments(state)),
         Route::Health => Ok(handlers::health(state)),
         Route::Metrics => Ok(handlers::metrics(state)),

@@ -499,6 +499,111 @@ async fn reads_and_health_follow_the_view_and_the_lease() {
     leader.stop().await;
 }
 
+/// A leader whose lease lapsed — the controller's renewal late, as when a starved CPU delays
+/// its heartbeat — waits for the renewal (up to `gate::READ_LEASE_WAIT`) and then answers a
+/// read, instead of a `503` at once; with no renewal it answers `503` after the wait, and a
+/// newer view naming another leader ends the wait with a `307`. `/keys` and a key's history
+/// read the map too: they follow the same rule (they answered from a lapsed leader's map).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_lapsed_waits_for_its_renewal_before_a_read() {
+    let leader = member(0, &[]).await;
+    let meta = initialized(&leader).await;
+    let node = leader.node.state.node.clone();
+    node.apply_cluster_view(&kv_http::cluster_view(&meta, 0))
+        .expect("view");
+    leader.cluster.set_view(&meta);
+    node.grant_lease(meta.leader_epoch, Instant::now() + Duration::from_secs(60));
+    let answer = support::put(&leader.node, "/key/k", r#"{"value": 1}"#).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.detail());
+    node.revoke_lease();
+
+    // Renewed 200 ms into the wait: every read answers, none before the renewal.
+    for path in ["/key/k", "/keys", "/key/k/history", "/key/k/versions"] {
+        let renewer = {
+            let node = node.clone();
+            let epoch = meta.leader_epoch;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                node.grant_lease(epoch, Instant::now() + Duration::from_secs(60));
+            })
+        };
+        let started = Instant::now();
+        let answer = support::get(&leader.node, path).await;
+        let waited = started.elapsed();
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.detail());
+        assert!(
+            waited >= Duration::from_millis(150),
+            "{path} answered after {waited:?}, before the lease was renewed"
+        );
+        renewer.await.expect("renewer");
+        node.revoke_lease();
+    }
+
+    // Never renewed: 503 after the wait, and for the other reads of the map too.
+    for path in ["/key/k", "/keys", "/key/k/history"] {
+        let started = Instant::now();
+        let answer = support::get(&leader.node, path).await;
+        let waited = started.elapsed();
+        assert_eq!(
+            answer.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{path}: {}",
+            answer.detail()
+        );
+        assert!(
+            answer.detail().contains("cannot vouch"),
+            "{}",
+            answer.detail()
+        );
+        assert!(
+            waited >= kv_http::READ_LEASE_WAIT - Duration::from_millis(50)
+                && waited < kv_http::READ_LEASE_WAIT * 3,
+            "{path} answered 503 after {waited:?}"
+        );
+    }
+
+    // A newer view naming another leader while a linearizable read waits: it goes there
+    // (307; a read without options would now answer from this follower's map).
+    let mut moved = meta.clone();
+    moved.data_leader = Some(1);
+    moved.leader_epoch += 1;
+    moved.version += 1;
+    moved.isr.insert(1);
+    moved.members.insert(
+        1,
+        kv_controller::Member {
+            id: 1,
+            url: "http://127.0.0.1:9".to_owned(),
+            voter: true,
+        },
+    );
+    let mover = {
+        let node = node.clone();
+        let cluster = leader.cluster.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            node.apply_cluster_view(&kv_http::cluster_view(&moved, 0))
+                .expect("view");
+            cluster.set_view(&moved);
+        })
+    };
+    let started = Instant::now();
+    let answer = support::get(&leader.node, "/key/k?linearizable=true").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::TEMPORARY_REDIRECT,
+        "{}",
+        answer.json()
+    );
+    assert!(
+        started.elapsed() < kv_http::READ_LEASE_WAIT,
+        "the redirect came only after the whole wait: {:?}",
+        started.elapsed()
+    );
+    mover.await.expect("mover");
+    leader.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controllers_elect_a_new_active_one_over_http_when_it_stops() {
     let mut members = three_members().await;

@@ -388,6 +388,41 @@ impl Node {
         }
     }
 
+    /// Waits (until `deadline`) for this leader to serve linearizable reads again
+    /// ([`Node::linearizable_reads`]): a lease renewed after it lapsed (a heartbeat delayed by
+    /// a starved CPU), the epoch's no-op applied. `false` at the deadline, and at once when
+    /// this node no longer leads or heard of a newer epoch: a lease for its epoch is then
+    /// never granted again. A renewed lease is still this epoch's (the controller grants
+    /// none to a superseded one), so a read after it is linearizable.
+    pub async fn wait_linearizable_reads(&self, deadline: tokio::time::Instant) -> bool {
+        let mut progress = self.progress.subscribe();
+        let mut role_changes = self.role_changes.subscribe();
+        let mut applied = self.applied.subscribe();
+        loop {
+            progress.borrow_and_update();
+            applied.borrow_and_update();
+            match &*lock(&self.role) {
+                RoleState::Leader(leader)
+                    if self.leader_reads_linearizable(leader, Instant::now()) =>
+                {
+                    return true
+                }
+                RoleState::Leader(leader) if leader.deposed_by().is_none() => {}
+                _ => return false,
+            }
+            let woken = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    _ = progress.changed() => {}
+                    _ = role_changes.changed() => {}
+                    _ = applied.changed() => {}
+                }
+            });
+            if woken.await.is_err() {
+                return false;
+            }
+        }
+    }
+
     /// [`LeaderState::linearizable`], and the map holds the epoch's no-op: the commit id moves
     /// (under the role lock) a moment before the entries up to it are applied.
     fn leader_reads_linearizable(&self, leader: &LeaderState, now: Instant) -> bool {
