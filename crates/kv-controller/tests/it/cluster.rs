@@ -512,6 +512,7 @@ async fn a_joined_node_keeps_its_cluster_id_across_a_restart_before_any_raft_ent
         .handle_raft(kv_controller::RaftMessage {
             cluster_id: 0x999,
             from: 7,
+            to: Some(1),
             request: kv_controller::RaftRequest::Vote(openraft::raft::VoteRequest::new(
                 openraft::Vote::new(1, 7),
                 None,
@@ -596,5 +597,38 @@ async fn a_refused_removal_leaves_the_controller_quorum_as_it_was() {
         .membership()
         .clone();
     assert!(membership.get_node(&2).is_none(), "{membership:?}");
+    cluster.shutdown().await;
+}
+
+/// A Raft message names the node it is for, and another node refuses it: a node answering at
+/// a member's old address (its URL reused) must not answer as that member, be counted as its
+/// vote or its copy of the log.
+#[tokio::test]
+async fn a_raft_message_for_another_node_is_refused() {
+    let cluster = Cluster::start(3, quiet()).await;
+    let node = cluster.nodes.get(&1).unwrap().clone();
+    let vote = |to| kv_controller::RaftMessage {
+        cluster_id: 0xabc,
+        from: 0,
+        to: Some(to),
+        request: kv_controller::RaftRequest::Vote(openraft::raft::VoteRequest::new(
+            openraft::Vote::new(100, 0),
+            None,
+        )),
+    };
+    let reply = node.handle_raft(vote(2)).await;
+    assert!(
+        matches!(reply, kv_controller::RaftReply::WrongNode { node_id: 1 }),
+        "{reply:?}"
+    );
+    assert!(
+        node.status().term < 100,
+        "the misdirected vote changed nothing"
+    );
+    let reply = node.handle_raft(vote(1)).await;
+    assert!(
+        matches!(reply, kv_controller::RaftReply::Vote(_)),
+        "{reply:?}"
+    );
     cluster.shutdown().await;
 }
