@@ -66,6 +66,28 @@ fn a_node_joins_a_running_cluster_and_is_removed_again() {
     });
     let controller = &status["controller"];
     assert!(!ids(controller, "voters").contains(&3) && !ids(controller, "learners").contains(&3));
+    // Node 3, still running, says it is no longer a member (before: /health 200, a silent
+    // replica outside the cluster, across restarts too).
+    let started = Instant::now();
+    let health = loop {
+        let health = cluster.request(3, "GET", "/health", None).expect("answers");
+        if health.status == 503 {
+            break health.json();
+        }
+        assert!(
+            started.elapsed() < crate::harness::DEADLINE,
+            "node 3 still healthy: {}",
+            String::from_utf8_lossy(&health.body)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        health["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a member"),
+        "{health}"
+    );
     assert!(cluster.terminate(3).success());
     // The three go on.
     let (_, after) = cluster.write(leader, "after", &json!(1));
