@@ -74,6 +74,30 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The state of a new log, written before anything else: refused beside entries or a
+/// snapshot, which mean the file was lost — and with it the vote (a node voting again in a
+/// term it voted in), the commit and purge marks and the index shift.
+fn new_state(fs: &dyn FileSystem, dir: &Path, wal: &Wal, node_id: NodeId) -> Result<RaftState> {
+    let snapshot = dir.join(crate::state_machine::SNAPSHOT_FILE);
+    if wal.last_id().is_some() || durable::read_file(fs, &snapshot)?.is_some() {
+        return Err(Error::Corrupt {
+            path: dir.join(RAFT_STATE_FILE),
+            reason: "missing, but the controller log or snapshot beside it is not empty: this \
+                     node's Raft vote is lost and it must not vote again. Restore the file; \
+                     or, if this node is a follower, treat its controller state as lost \
+                     (docs/controller.md, \"Lost controller state\")"
+                .to_owned(),
+        });
+    }
+    let state = RaftState {
+        format: STATE_FORMAT,
+        node_id,
+        ..RaftState::default()
+    };
+    durable::write_file_atomic(fs, dir, RAFT_STATE_FILE, &encode_state(&state)?)?;
+    Ok(state)
+}
+
 impl LogStore {
     /// Opens (or creates) the log of node `node_id` in `dir` (the controller directory).
     /// Fails if the directory belongs to another node.
@@ -100,17 +124,9 @@ impl LogStore {
                         configured: node_id,
                     });
                 }
-                state
+                Some(state)
             }
-            None => {
-                let state = RaftState {
-                    format: STATE_FORMAT,
-                    node_id,
-                    ..RaftState::default()
-                };
-                durable::write_file_atomic(&*fs, dir, RAFT_STATE_FILE, &encode_state(&state)?)?;
-                state
-            }
+            None => None,
         };
         let (wal, report) = Wal::open(
             dir.join(LOG_DIR),
@@ -124,6 +140,10 @@ impl LogStore {
         if !report.is_clean() {
             tracing::warn!(?report, "the controller log was repaired at open");
         }
+        let state = match state {
+            Some(state) => state,
+            None => new_state(&*fs, dir, &wal, node_id)?,
+        };
         let store = LogStore {
             shared: Arc::new(Shared {
                 dir: dir.to_owned(),

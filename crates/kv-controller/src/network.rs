@@ -5,7 +5,8 @@
 //! as JSON to `POST {url}/controller/raft`) and returns the peer's [`RaftReply`], which the
 //! peer produced with [`crate::Controller::handle_raft`]. Every message carries the sender's
 //! cluster id, and a node that knows its cluster refuses another's
-//! ([`RaftReply::ClusterMismatch`]). The in-memory transport of the tests is
+//! ([`RaftReply::ClusterMismatch`]); every message names the node it is for, and another
+//! node refuses it ([`RaftReply::WrongNode`]). The in-memory transport of the tests is
 //! [`crate::memory::MemoryNetwork`].
 
 use std::fmt;
@@ -48,6 +49,11 @@ pub struct RaftMessage {
     pub cluster_id: u64,
     /// The sender.
     pub from: NodeId,
+    /// The node it is for: another node refuses it ([`RaftReply::WrongNode`]), so a node
+    /// answering at a member's address never answers as that member. (`None` from a sender
+    /// that does not say.)
+    #[serde(default)]
+    pub to: Option<NodeId>,
     /// The RPC.
     pub request: RaftRequest,
 }
@@ -68,6 +74,11 @@ pub enum RaftReply {
     ClusterMismatch {
         /// The receiver's cluster id.
         cluster_id: u64,
+    },
+    /// The receiver is another node than the message is for: nothing was done.
+    WrongNode {
+        /// The receiver's node id.
+        node_id: NodeId,
     },
 }
 
@@ -139,6 +150,7 @@ impl Connection {
         let message = RaftMessage {
             cluster_id: self.network.cluster_id.load(Ordering::Acquire),
             from: self.network.from,
+            to: Some(self.target),
             request,
         };
         let reply = self
@@ -146,11 +158,20 @@ impl Connection {
             .transport
             .send(self.target, &self.url, message, option.hard_ttl())
             .await?;
-        if let RaftReply::ClusterMismatch { cluster_id } = reply {
-            return Err(TransportError::Unreachable(format!(
-                "node {} belongs to cluster {cluster_id:016x}",
-                self.target
-            )));
+        match reply {
+            RaftReply::ClusterMismatch { cluster_id } => {
+                return Err(TransportError::Unreachable(format!(
+                    "node {} belongs to cluster {cluster_id:016x}",
+                    self.target
+                )))
+            }
+            RaftReply::WrongNode { node_id } => {
+                return Err(TransportError::Unreachable(format!(
+                    "{} is node {node_id}, not node {}",
+                    self.url, self.target
+                )))
+            }
+            _ => {}
         }
         Ok(reply)
     }

@@ -157,7 +157,8 @@ pub enum AdmitError {
 
 /// Admits node `request.id` at `request.url` on the active controller `controller`: a member
 /// (and a learner of the controller quorum; promoted to voter once caught up). A retried join
-/// is harmless. An id already taken at another URL is refused, unless the node says it holds
+/// is harmless. A URL another member holds is refused (the controller's messages go by URL).
+/// An id already taken at another URL is refused, unless the node says it holds
 /// this cluster's controller state (`has_state`: its address changed), which moves the
 /// member's URL instead. A node of another cluster is refused.
 pub async fn admit(
@@ -190,6 +191,13 @@ pub async fn admit(
         {
             tracing::info!(id = request.id, old = %url, new = %request.url, "a member's URL changed");
             controller.update_url(request.id, &request.url).await?
+        }
+        Err(kv_controller::Error::Rejected(Rejection::UrlTaken { url, id })) => {
+            return Err(AdmitError::Refused(format!(
+                "node {} cannot join at {url}: that is node {id}'s URL. Start it at another \
+                 address, or remove node {id} first (DELETE /admin/members/{id})",
+                request.id
+            )));
         }
         Err(kv_controller::Error::Rejected(Rejection::MemberExists { url, .. })) => {
             return Err(AdmitError::Refused(format!(

@@ -33,18 +33,41 @@ pub(crate) fn redirect_to(leader_url: &str, parts: &Parts) -> Error {
 }
 
 /// Why this node is not healthy as a member of its cluster, if it is not: a follower that
-/// has not heard its leader for longer than the lag limit (its reads may be that stale), or
-/// a node that knows no leader.
+/// has not heard its leader for longer than the lag limit (its reads may be that stale), a
+/// leader that has held no lease from the controller for that long (cut off from it: another
+/// node likely leads), a node the cluster's metadata no longer lists (removed: it may still
+/// copy the leader's log, but it is nobody's replica), or a node that knows no leader.
 pub fn health_problem(state: &AppState) -> Option<String> {
     let cluster = state.cluster.as_deref()?;
     let Some(view) = cluster.view() else {
         return Some("this node has not learned the cluster's metadata yet".to_owned());
     };
+    let node_id = cluster.node_id();
+    if !view.members.contains_key(&node_id) {
+        return Some(format!(
+            "this node (id {node_id}) is not a member of the cluster (removed with DELETE \
+             /admin/members/{node_id}?): it counts for nothing and its reads may be stale. To \
+             rejoin, stop it, move its controller/ and node.meta aside, and start it again"
+        ));
+    }
     let Some(leader) = view.data_leader else {
         return Some("the cluster has no leader right now (an election is due)".to_owned());
     };
     match state.role() {
-        NodeRole::Leader => None,
+        NodeRole::Leader => {
+            let limit = state.node.lag_limit();
+            match state.node.leader_without_lease_for() {
+                Some(without) if without > limit => Some(format!(
+                    "this node leads epoch {} but has held no lease from the controller for {} \
+                     ms (lag limit {} ms): it may have been cut off, and another node elected; \
+                     it takes no writes and serves no reads",
+                    view.leader_epoch,
+                    without.as_millis(),
+                    limit.as_millis()
+                )),
+                _ => None,
+            }
+        }
         NodeRole::NoLeader => Some(format!(
             "this node follows no leader yet (the cluster names node {leader})"
         )),

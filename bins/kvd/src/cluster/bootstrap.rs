@@ -7,6 +7,8 @@
 //! - **A node with controller state** never initializes and never joins again: it takes the
 //!   role the controller gives it, whatever command started it (`kvd leader` restarted after a
 //!   failover follows the new leader). If its URL changed, it tells the cluster.
+//! - **A node that lost its controller state** (`node.meta` written under the controller, no
+//!   controller state) refuses to start, either role, before it serves a peer.
 //! - **`kvd leader` with an empty controller** initializes a one-member cluster: a new cluster
 //!   id, or the one in `node.meta` (a data directory from before the controller), and a first
 //!   epoch above every epoch `node.meta` and the log used.
@@ -103,13 +105,16 @@ pub async fn open_controller(
 /// On `kvd leader` with an empty controller: creates the cluster, led by this node, in an epoch
 /// above any this data directory used, and records its id in `node.meta` (so the data plane
 /// and the controller name the same cluster). Does nothing for a node with controller state
-/// or a follower.
+/// or a follower — but refuses, before this node serves any peer, a data directory of either
+/// role that lost its controller state ([`refuse_a_lost_controller`]).
 pub async fn initialize_if_new(
     config: &NodeConfig,
     controller: &Controller,
     store: &Store,
 ) -> anyhow::Result<()> {
-    if controller.has_state() || config.role != Role::Leader {
+    // A joined node keeps its cluster id in the controller's state before any Raft entry: one
+    // that has it (crashed right after its join) lost nothing.
+    if controller.has_state() || controller.cluster_id() != 0 {
         return Ok(());
     }
     // The real file system, not the store's: a test's faulty disk counts the WAL's own work.
@@ -118,6 +123,9 @@ pub async fn initialize_if_new(
         .context("cannot read the node's meta file")?
         .unwrap_or_default();
     refuse_a_lost_controller(config, &node_meta)?;
+    if config.role != Role::Leader {
+        return Ok(());
+    }
     let cluster_id = match node_meta.cluster_id {
         0 => rand::random::<u64>().max(1),
         migrated => migrated,
@@ -149,11 +157,21 @@ pub async fn initialize_if_new(
     Ok(())
 }
 
-/// A `kvd leader` data directory whose `node.meta` was written under the controller but whose
-/// controller state is gone (deleted, or lost) lost its controller: migrating it as a data
-/// directory from before the controller would start a second controller for its cluster. It
-/// did: in a 3-node cluster, node 0 restarted without `controller/` led an epoch of its own,
-/// then took the other controller's log back, and no node could acknowledge a write again.
+/// A data directory whose `node.meta` was written under the controller but whose controller
+/// state is gone (deleted, or lost) lost its controller, and must not run with an empty one:
+///
+/// - `kvd leader`: migrating it as a data directory from before the controller would start a
+///   second controller for its cluster. It did: in a 3-node cluster, node 0 restarted without
+///   `controller/` led an epoch of its own, then took the other controller's log back, and no
+///   node could acknowledge a write again.
+/// - `kvd follower N`: it would rejoin as the member (often a voter) it was, with an empty
+///   Raft log and vote: free to vote twice in a term, and to count toward a commit it does
+///   not hold. It did worse: the active controller's openraft core panicked on the follower's
+///   log going back ("follower log reversion is not allowed"), another node elected itself
+///   with the empty node's vote, and the node never learned the cluster's metadata again.
+///   The way out: remove the node from the cluster (`DELETE /admin/members/N` on a running
+///   node), move `node.meta` aside, start it again: it joins as a new member and copies the
+///   leader's data.
 fn refuse_a_lost_controller(config: &NodeConfig, node_meta: &NodeMeta) -> anyhow::Result<()> {
     let under_controller = NodeMeta::written_under_controller(&kv_wal::fs::StdFs, &config.data_dir)
         .context("cannot read the node's meta file")?;
@@ -161,16 +179,26 @@ fn refuse_a_lost_controller(config: &NodeConfig, node_meta: &NodeMeta) -> anyhow
         return Ok(());
     }
     let controller_dir = config.data_dir.join(kv_controller::CONTROLLER_DIR);
+    let way_out = match config.role {
+        Role::Leader => "starting a new controller would split that cluster. Restore it if you \
+             can. To make this node's data a new one-node cluster instead, move node.meta aside \
+             (the cluster's other nodes will refuse it as another cluster)"
+            .to_owned(),
+        Role::Follower { .. } => format!(
+            "rejoining with an empty controller could vote twice in a term and break the \
+             cluster's controller. Restore it if you can. Otherwise remove this node from the \
+             cluster first (DELETE /admin/members/{id} on a running node), then move node.meta \
+             aside and start it again: it joins as a new member and copies the leader's data",
+            id = config.node_id(),
+        ),
+    };
     anyhow::bail!(
         "{} has no controller state, but {} says this node was a member of cluster {:016x} \
-         under a controller (epoch {}): starting a new controller would split that cluster. \
-         Restore {} if you can. To make this node's data a new one-node cluster instead, move \
-         node.meta aside (the cluster's other nodes will refuse it as another cluster)",
+         under a controller (epoch {}): {way_out}",
         controller_dir.display(),
         NodeMeta::path(&config.data_dir).display(),
         node_meta.cluster_id,
         node_meta.epoch,
-        controller_dir.display(),
     )
 }
 

@@ -79,13 +79,21 @@ impl Controller {
     }
 
     /// Removes node `id`: from the controller quorum (voter or learner), then from the
-    /// metadata. Refused for the data leader (transfer first).
+    /// metadata. Refused for the data leader (transfer first), and whenever the metadata
+    /// would refuse it (too few members left for the write quorum, the last ISR member):
+    /// checked before the controller quorum changes, so a refusal changes nothing.
     pub async fn remove_member(&self, id: NodeId) -> Result<ClusterMeta> {
         let _change = self.inner.membership_change.lock().await;
-        if self.meta().data_leader == Some(id) {
-            return Err(Error::Rejected(crate::Rejection::IsDataLeader { id }));
-        }
         let membership = self.raft_membership();
+        let voters_after: BTreeSet<NodeId> = membership
+            .voter_ids()
+            .filter(|&voter| voter != id)
+            .collect();
+        let mut meta_after = self.meta();
+        meta_after.set_voters(&voters_after);
+        meta_after
+            .apply(&Command::RemoveMember { id }, &voters_after)
+            .into_result()?;
         if membership.voter_ids().any(|voter| voter == id) {
             self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
                 .await?;

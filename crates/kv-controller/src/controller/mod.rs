@@ -318,6 +318,10 @@ impl Controller {
                 cluster_id: self.cluster_id(),
             };
         }
+        let node_id = self.inner.options.node_id;
+        if message.to.is_some_and(|to| to != node_id) {
+            return RaftReply::WrongNode { node_id };
+        }
         let raft = &self.inner.raft;
         match message.request {
             RaftRequest::AppendEntries(request) => {

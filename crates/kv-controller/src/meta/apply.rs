@@ -63,6 +63,7 @@ impl ClusterMeta {
         voters: &BTreeSet<NodeId>,
     ) -> Result<(), Rejection> {
         check_url(url)?;
+        self.check_url_free(id, url)?;
         match self.members.get(&id) {
             Some(member) if member.url == url => Ok(()),
             Some(member) => Err(Rejection::MemberExists {
@@ -85,6 +86,7 @@ impl ClusterMeta {
 
     fn update_url(&mut self, id: NodeId, url: &str) -> Result<(), Rejection> {
         check_url(url)?;
+        self.check_url_free(id, url)?;
         let member = self
             .members
             .get_mut(&id)
@@ -324,6 +326,21 @@ impl ClusterMeta {
             });
         }
         Ok(())
+    }
+
+    /// `url` is no member's but `id`'s.
+    fn check_url_free(&self, id: NodeId, url: &str) -> Result<(), Rejection> {
+        match self
+            .members
+            .values()
+            .find(|member| member.id != id && member.url == url)
+        {
+            Some(holder) => Err(Rejection::UrlTaken {
+                url: url.to_owned(),
+                id: holder.id,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn check_members(&self, ids: &BTreeSet<NodeId>) -> Result<(), Rejection> {

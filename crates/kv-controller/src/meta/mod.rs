@@ -223,6 +223,15 @@ pub enum Rejection {
         /// Its URL.
         url: String,
     },
+    /// The URL is another member's: two members never share one (the controller's messages
+    /// go by URL).
+    #[error("{url} is node {id}'s URL: move or remove node {id} first")]
+    UrlTaken {
+        /// The URL.
+        url: String,
+        /// The member holding it.
+        id: NodeId,
+    },
     /// The data leader cannot be removed.
     #[error("node {id} is the data leader: transfer the leadership first")]
     IsDataLeader {

@@ -546,3 +546,61 @@ fn every_change_bumps_the_version_and_a_refusal_or_a_no_op_does_not() {
     let old: ClusterMeta = serde_json::from_value(json).unwrap();
     assert_eq!(old.version, 0);
 }
+
+/// Two members never share a URL: the controller's Raft messages go by URL, so a node started
+/// on a dead member's address (`kvd follower 3 --listen <node 2's>`) was admitted beside it
+/// and answered every Raft message meant for voter 2 — counted as that voter, and as itself
+/// once promoted, it could make a majority alone. A URL is freed by moving or removing the
+/// member that holds it.
+#[test]
+fn a_url_another_member_holds_is_refused() {
+    let meta = cluster();
+    refused(
+        &meta,
+        Command::AddMember {
+            id: 4,
+            url: "http://n2".into(),
+        },
+        Rejection::UrlTaken {
+            url: "http://n2".into(),
+            id: 2,
+        },
+    );
+    refused(
+        &meta,
+        Command::UpdateUrl {
+            id: 3,
+            url: "http://n1".into(),
+        },
+        Rejection::UrlTaken {
+            url: "http://n1".into(),
+            id: 1,
+        },
+    );
+    // A member keeps its own URL; a URL given up is free again.
+    assert_eq!(
+        applied(
+            &meta,
+            Command::UpdateUrl {
+                id: 3,
+                url: "http://n3".into()
+            }
+        ),
+        meta
+    );
+    let moved = applied(
+        &meta,
+        Command::UpdateUrl {
+            id: 3,
+            url: "http://n3b".into(),
+        },
+    );
+    let reused = applied(
+        &moved,
+        Command::AddMember {
+            id: 4,
+            url: "http://n3".into(),
+        },
+    );
+    assert_eq!(reused.url_of(4), Some("http://n3"));
+}

@@ -512,6 +512,7 @@ async fn a_joined_node_keeps_its_cluster_id_across_a_restart_before_any_raft_ent
         .handle_raft(kv_controller::RaftMessage {
             cluster_id: 0x999,
             from: 7,
+            to: Some(1),
             request: kv_controller::RaftRequest::Vote(openraft::raft::VoteRequest::new(
                 openraft::Vote::new(1, 7),
                 None,
@@ -549,5 +550,85 @@ async fn a_member_url_changes_in_the_metadata_and_in_the_raft_membership() {
             meta.url_of(2) == Some(moved)
         })
         .await;
+    cluster.shutdown().await;
+}
+
+/// A removal the metadata refuses (here: it would leave fewer members than the write quorum)
+/// changes nothing, in the controller quorum either. Before, the node was removed from the
+/// Raft voters first and the metadata refused after: `DELETE /admin/members/2` on a 3-node
+/// cluster with write quorum 3 answered 409, yet left 2 controller voters (no failure
+/// tolerated) and node 2 a data member outside the controller.
+#[tokio::test]
+async fn a_refused_removal_leaves_the_controller_quorum_as_it_was() {
+    let cluster = Cluster::start(3, quiet()).await;
+    propose(&cluster, Command::SetWriteQuorum { write_quorum: 3 }).await;
+    let leader = cluster.raft_leader().await;
+    let refused = leader.remove_member(2).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Rejected(kv_controller::Rejection::Invalid { .. }))
+        ),
+        "{refused:?}"
+    );
+    let membership = leader
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    assert_eq!(voters, BTreeSet::from([0, 1, 2]), "{membership:?}");
+    let meta = leader.meta();
+    assert!(
+        meta.members.get(&2).is_some_and(|member| member.voter),
+        "{meta:?}"
+    );
+    // Lowered first, the removal goes through: out of both.
+    propose(&cluster, Command::SetWriteQuorum { write_quorum: 2 }).await;
+    let meta = leader.remove_member(2).await.unwrap();
+    assert!(!meta.members.contains_key(&2), "{meta:?}");
+    let membership = leader
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone();
+    assert!(membership.get_node(&2).is_none(), "{membership:?}");
+    cluster.shutdown().await;
+}
+
+/// A Raft message names the node it is for, and another node refuses it: a node answering at
+/// a member's old address (its URL reused) must not answer as that member, be counted as its
+/// vote or its copy of the log.
+#[tokio::test]
+async fn a_raft_message_for_another_node_is_refused() {
+    let cluster = Cluster::start(3, quiet()).await;
+    let node = cluster.nodes.get(&1).unwrap().clone();
+    let vote = |to| kv_controller::RaftMessage {
+        cluster_id: 0xabc,
+        from: 0,
+        to: Some(to),
+        request: kv_controller::RaftRequest::Vote(openraft::raft::VoteRequest::new(
+            openraft::Vote::new(100, 0),
+            None,
+        )),
+    };
+    let reply = node.handle_raft(vote(2)).await;
+    assert!(
+        matches!(reply, kv_controller::RaftReply::WrongNode { node_id: 1 }),
+        "{reply:?}"
+    );
+    assert!(
+        node.status().term < 100,
+        "the misdirected vote changed nothing"
+    );
+    let reply = node.handle_raft(vote(1)).await;
+    assert!(
+        matches!(reply, kv_controller::RaftReply::Vote(_)),
+        "{reply:?}"
+    );
     cluster.shutdown().await;
 }

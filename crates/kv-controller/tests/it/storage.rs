@@ -162,3 +162,39 @@ async fn purging_inside_and_past_the_log_keeps_indexes_straight_across_restarts(
     store.truncate(log_id(3, 102)).await.unwrap();
     assert_eq!(indexes(&mut store).await, vec![(3, 101)]);
 }
+
+/// A log whose `raft-state.json` is gone lost its vote, its commit and purge marks and its
+/// index shift: opening it as if new (a fresh state beside the old entries) let the node vote
+/// again in a term it had voted in. It is refused, naming the file; so is a snapshot without
+/// it. A new directory still opens.
+#[tokio::test]
+async fn a_log_without_its_raft_state_is_refused() {
+    let fs = SimFs::new();
+    let mut store = open(&fs, 1);
+    store.save_vote(&Vote::new(3, 1)).await.unwrap();
+    store
+        .blocking_append((0..3).map(|index| entry(3, index)))
+        .await
+        .unwrap();
+    drop(store);
+    let state_path = Path::new("/data/controller/raft-state.json");
+    fs.remove_file(state_path).unwrap();
+    let reopened = LogStore::open(
+        Arc::new(fs.clone()) as Arc<dyn FileSystem>,
+        Path::new("/data/controller"),
+        1,
+    );
+    assert!(
+        matches!(&reopened, Err(kv_controller::Error::Corrupt { path, .. }) if path == state_path),
+        "{reopened:?}"
+    );
+    // Nothing was written in its place: the refusal repeats.
+    assert!(matches!(
+        kv_wal::durable::read_file(&fs, state_path),
+        Ok(None)
+    ));
+
+    let fresh = SimFs::new();
+    let store = open(&fresh, 1);
+    assert!(!store.has_state());
+}

@@ -632,3 +632,65 @@ async fn the_controllers_elect_a_new_active_one_over_http_when_it_stops() {
         member.stop().await;
     }
 }
+
+/// A leader that has held no lease for longer than the lag limit (cut off from the
+/// controller, which has likely elected another leader it cannot hear of) is unhealthy, and
+/// refuses a write at once. Before, a leader isolated by a partition answered `/health` 200
+/// `"role":"leader"` for as long as it lasted, and held every write for the whole acks
+/// timeout (5 s) before its 503: a client or load balancer trying it first found the new
+/// leader only that much later.
+#[tokio::test]
+async fn a_leader_without_a_lease_past_the_lag_limit_is_unhealthy_and_refuses_writes_at_once() {
+    let leader = member(0, &[]).await;
+    let meta = initialized(&leader).await;
+    let node = &leader.node.state.node;
+    node.apply_cluster_view(&kv_http::cluster_view(&meta, 0))
+        .expect("view");
+    leader.cluster.set_view(&meta);
+    node.grant_lease(
+        meta.leader_epoch,
+        Instant::now() + Duration::from_millis(50),
+    );
+    let answer = support::put(&leader.node, "/key/k", r#"{"value": 1}"#).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.detail());
+    let (status, body) = leader.http(Method::GET, "/health", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The lease is not renewed (no heartbeats here): past the lag limit, unhealthy.
+    let started = Instant::now();
+    let body = loop {
+        let (status, body) = leader.http(Method::GET, "/health", "").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still healthy: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        started.elapsed() + Duration::from_millis(50) >= node.lag_limit(),
+        "unhealthy before the lag limit"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no lease"),
+        "{body}"
+    );
+    let asked = Instant::now();
+    let answer = support::put(&leader.node, "/key/k", r#"{"value": 2}"#).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.detail().contains("no lease"), "{}", answer.detail());
+    assert!(
+        asked.elapsed() < node.acks_timeout(),
+        "held the write for the acks timeout: {:?}",
+        asked.elapsed()
+    );
+    // A new lease makes it healthy again.
+    node.grant_lease(meta.leader_epoch, Instant::now() + Duration::from_secs(60));
+    let (status, body) = leader.http(Method::GET, "/health", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    leader.stop().await;
+}

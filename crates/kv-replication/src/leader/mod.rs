@@ -27,7 +27,7 @@ pub use status::{FollowerHealth, FollowerStatus};
 
 use isr::Elected;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::log_view::LogView;
 use crate::protocol::{FetchRequest, FetchResponse};
@@ -197,6 +197,21 @@ impl LeaderState {
         if let Some(elected) = &mut self.elected {
             elected.lease_until = None;
         }
+    }
+
+    /// How long this leader has been without a valid lease at `now`: since its last lease
+    /// ended, or since it began to lead if it holds none (never granted, or revoked: the
+    /// controller refused it one). `None` while it holds one (and for a legacy leader, which
+    /// needs none).
+    pub fn without_lease_for(&self, now: Instant) -> Option<Duration> {
+        if self.lease_valid(now) {
+            return None;
+        }
+        let elected = self.elected.as_ref()?;
+        let lapsed_at = elected
+            .lease_until
+            .map_or(elected.since, |until| until.max(elected.since));
+        Some(now.saturating_duration_since(lapsed_at))
     }
 
     /// When the lease ends (`None`: no lease; a legacy leader needs none).

@@ -263,6 +263,15 @@ impl Node {
         let _ = self.with_leader(|leader| leader.revoke_lease());
     }
 
+    /// How long this node, leading, has been without a valid lease from the controller
+    /// ([`LeaderState::without_lease_for`]); `None` while it holds one or does not lead.
+    pub fn leader_without_lease_for(&self) -> Option<Duration> {
+        match &*lock(&self.role) {
+            RoleState::Leader(leader) => leader.without_lease_for(Instant::now()),
+            _ => None,
+        }
+    }
+
     /// What the heartbeat reports: the highest id held durably, the epoch of that entry, and
     /// whether this node is caught up with its leader (the leader itself: always).
     pub fn position(&self) -> Position {

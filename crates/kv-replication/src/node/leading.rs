@@ -155,12 +155,15 @@ impl Node {
     }
 
     /// Waits (until `deadline`) for this leader to hold a lease; at once for a legacy leader.
+    /// A leader without one for the lag limit (cut off from the controller, which has likely
+    /// elected another) waits no longer: the client may find the leader elsewhere.
     async fn wait_for_lease(&self, deadline: tokio::time::Instant) -> Result<()> {
         let mut progress = self.progress.subscribe();
         let mut role_changes = self.role_changes.subscribe();
+        let lag_limit = self.options.leader.lag_limit;
         loop {
             progress.borrow_and_update();
-            let epoch = match &*lock(&self.role) {
+            let (epoch, without_lease) = match &*lock(&self.role) {
                 RoleState::Leader(leader) if leader.lease_valid(Instant::now()) => return Ok(()),
                 RoleState::Leader(leader) if leader.deposed_by().is_some() => {
                     return Err(Error::Unavailable(format!(
@@ -168,14 +171,24 @@ impl Node {
                         leader.epoch()
                     )))
                 }
-                RoleState::Leader(leader) => leader.epoch(),
+                RoleState::Leader(leader) => (
+                    leader.epoch(),
+                    leader.without_lease_for(Instant::now()).unwrap_or_default(),
+                ),
                 other => return Err(other.not_leader()),
             };
-            if !progress_or_role_change(deadline, &mut progress, &mut role_changes).await {
-                return Err(Error::Unavailable(format!(
+            let no_lease = || {
+                Error::Unavailable(format!(
                     "this node leads epoch {epoch} but holds no lease from the controller \
                      (it may have been cut off from it); retry"
-                )));
+                ))
+            };
+            let Some(patience) = lag_limit.checked_sub(without_lease) else {
+                return Err(no_lease());
+            };
+            let until = deadline.min(tokio::time::Instant::now() + patience);
+            if !progress_or_role_change(until, &mut progress, &mut role_changes).await {
+                return Err(no_lease());
             }
         }
     }

@@ -66,6 +66,28 @@ fn a_node_joins_a_running_cluster_and_is_removed_again() {
     });
     let controller = &status["controller"];
     assert!(!ids(controller, "voters").contains(&3) && !ids(controller, "learners").contains(&3));
+    // Node 3, still running, says it is no longer a member (before: /health 200, a silent
+    // replica outside the cluster, across restarts too).
+    let started = Instant::now();
+    let health = loop {
+        let health = cluster.request(3, "GET", "/health", None).expect("answers");
+        if health.status == 503 {
+            break health.json();
+        }
+        assert!(
+            started.elapsed() < crate::harness::DEADLINE,
+            "node 3 still healthy: {}",
+            String::from_utf8_lossy(&health.body)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        health["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a member"),
+        "{health}"
+    );
     assert!(cluster.terminate(3).success());
     // The three go on.
     let (_, after) = cluster.write(leader, "after", &json!(1));
@@ -136,4 +158,88 @@ fn a_node_restarted_with_another_write_quorum_sets_the_clusters() {
     cluster.wait_until_formed();
     let status = cluster.wait_for_leader_status("formed again", |_| true);
     assert_eq!(status["cluster_write_quorum"], json!(2), "{status}");
+}
+
+/// A follower, a controller voter, restarted with its `controller/` deleted: before, it
+/// rejoined with an empty Raft log and vote — the active controller's openraft core panicked
+/// ("follower log reversion is not allowed"), the other node elected itself with the empty
+/// node's vote, and the node never learned the cluster's metadata again. It now refuses to
+/// start, naming what was lost; the documented way out works: remove it from the cluster,
+/// move `node.meta` aside, and it joins as a new member with every write.
+#[test]
+fn a_follower_that_lost_its_controller_state_refuses_to_start_until_removed() {
+    let mut cluster = Cluster::start(3, &[]);
+    let (leader, _) = cluster.wait_for_leader(None);
+    let (_, id) = cluster.write(leader, "before", &json!("kept"));
+    assert!(cluster.read_after(2, "before", id).is_some());
+    assert!(cluster.terminate(2).success());
+    let data_dir = cluster.nodes[2].data_dir.clone();
+    std::fs::remove_dir_all(data_dir.join("controller")).expect("remove controller/");
+
+    let (status, stderr) = run_until_exit(&cluster.nodes[2].args, &data_dir);
+    assert!(!status.success(), "started: {stderr}");
+    assert!(
+        stderr.contains("no controller state") && stderr.contains("DELETE /admin/members/2"),
+        "{stderr}"
+    );
+    // The cluster is untouched: writes go on, node 2 still a member.
+    let (leader, _) = cluster.write(leader, "while-refused", &json!(1));
+    let status = cluster.status(leader).expect("answers");
+    assert!(ids(&status, "members").contains(&2), "{status}");
+
+    // The way out: remove it, move node.meta aside, start it again.
+    let removed = cluster
+        .request(leader, "DELETE", "/admin/members/2", None)
+        .expect("answers");
+    expect_status(removed, 200);
+    std::fs::rename(data_dir.join("node.meta"), data_dir.join("node.meta.lost")).expect("mv");
+    cluster.start_node(2);
+    let (_, after) = cluster.write(leader, "after", &json!(2));
+    cluster.wait_for_leader_status("with node 2 back in its ISR", |status| {
+        ids(status, "isr").contains(&2)
+    });
+    assert_eq!(cluster.read_after(2, "before", id), Some(json!("kept")));
+    assert_eq!(cluster.read_after(2, "after", after), Some(json!(2)));
+    let panicked = (0..3).find(|&index| cluster.log(index).contains("panicked at"));
+    assert_eq!(
+        panicked,
+        None,
+        "{}",
+        panicked.map(|i| cluster.log(i)).unwrap_or_default()
+    );
+}
+
+/// Runs kvd with `args` until it exits (killed after the harness deadline: the test fails);
+/// its exit status and stderr.
+fn run_until_exit(
+    args: &[String],
+    data_dir: &std::path::Path,
+) -> (std::process::ExitStatus, String) {
+    let stderr_path = data_dir.with_extension("stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = crate::harness::kvd_command(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn kvd");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > crate::harness::DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "kvd kept running: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (
+        status,
+        std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+    )
 }
