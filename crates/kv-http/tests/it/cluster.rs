@@ -502,8 +502,9 @@ async fn reads_and_health_follow_the_view_and_the_lease() {
 /// A leader whose lease lapsed — the controller's renewal late, as when a starved CPU delays
 /// its heartbeat — waits for the renewal (up to `gate::READ_LEASE_WAIT`) and then answers a
 /// read, instead of a `503` at once; with no renewal it answers `503` after the wait, and a
-/// newer view naming another leader ends the wait with a `307`. `/keys` and a key's history
-/// read the map too: they follow the same rule (they answered from a lapsed leader's map).
+/// newer view naming another leader ends the wait with a `307`, and a leader without a lease
+/// for longer than the lag limit does not wait. `/keys` and a key's history read the map too:
+/// they follow the same rule (they answered from a lapsed leader's map).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_lease_lapsed_waits_for_its_renewal_before_a_read() {
     let leader = member(0, &[]).await;
@@ -512,10 +513,11 @@ async fn a_leader_whose_lease_lapsed_waits_for_its_renewal_before_a_read() {
     node.apply_cluster_view(&kv_http::cluster_view(&meta, 0))
         .expect("view");
     leader.cluster.set_view(&meta);
-    node.grant_lease(meta.leader_epoch, Instant::now() + Duration::from_secs(60));
+    let short_lease = Duration::from_millis(100);
+    node.grant_lease(meta.leader_epoch, Instant::now() + short_lease);
     let answer = support::put(&leader.node, "/key/k", r#"{"value": 1}"#).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.detail());
-    node.revoke_lease();
+    tokio::time::sleep(short_lease).await;
 
     // Renewed 200 ms into the wait: every read answers, none before the renewal.
     for path in ["/key/k", "/keys", "/key/k/history", "/key/k/versions"] {
@@ -524,7 +526,7 @@ async fn a_leader_whose_lease_lapsed_waits_for_its_renewal_before_a_read() {
             let epoch = meta.leader_epoch;
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                node.grant_lease(epoch, Instant::now() + Duration::from_secs(60));
+                node.grant_lease(epoch, Instant::now() + short_lease);
             })
         };
         let started = Instant::now();
@@ -536,11 +538,11 @@ async fn a_leader_whose_lease_lapsed_waits_for_its_renewal_before_a_read() {
             "{path} answered after {waited:?}, before the lease was renewed"
         );
         renewer.await.expect("renewer");
-        node.revoke_lease();
+        tokio::time::sleep(short_lease).await;
     }
 
     // Never renewed: 503 after the wait, and for the other reads of the map too.
-    for path in ["/key/k", "/keys", "/key/k/history"] {
+    for path in ["/key/k", "/keys"] {
         let started = Instant::now();
         let answer = support::get(&leader.node, path).await;
         let waited = started.elapsed();
@@ -562,7 +564,26 @@ async fn a_leader_whose_lease_lapsed_waits_for_its_renewal_before_a_read() {
         );
     }
 
-    // A newer view naming another leader while a linearizable read waits: it goes there
+    // Without a lease for longer than the lag limit (cut off from the controller), it waits
+    // no more: 503 at once, as a write.
+    while node
+        .leader_without_lease_for()
+        .is_none_or(|without| without <= node.lag_limit())
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let answer = support::get(&leader.node, "/key/k/history").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < kv_http::READ_LEASE_WAIT / 2,
+        "waited {:?} though cut off for longer than the lag limit",
+        started.elapsed()
+    );
+
+    node.grant_lease(meta.leader_epoch, Instant::now() + short_lease);
+    tokio::time::sleep(short_lease).await;
+    // Renewed, lapsed again: a newer view naming another leader while a linearizable read waits: it goes there
     // (307; a read without options would now answer from this follower's map).
     let mut moved = meta.clone();
     moved.data_leader = Some(1);

@@ -401,22 +401,28 @@ impl Node {
     /// ([`Node::linearizable_reads`]): a lease renewed after it lapsed (a heartbeat delayed by
     /// a starved CPU), the epoch's no-op applied. `false` at the deadline, and at once when
     /// this node no longer leads or heard of a newer epoch: a lease for its epoch is then
-    /// never granted again. A renewed lease is still this epoch's (the controller grants
-    /// none to a superseded one), so a read after it is linearizable.
+    /// never granted again; and at once for a leader without a lease for the lag limit (cut
+    /// off from the controller: a write waits no longer either). A renewed lease is still
+    /// this epoch's (the controller grants none to a superseded one), so a read after it is
+    /// linearizable.
     pub async fn wait_linearizable_reads(&self, deadline: tokio::time::Instant) -> bool {
         let mut progress = self.progress.subscribe();
         let mut role_changes = self.role_changes.subscribe();
         let mut applied = self.applied.subscribe();
+        let lag_limit = self.options.leader.lag_limit;
         loop {
             progress.borrow_and_update();
             applied.borrow_and_update();
+            let now = Instant::now();
             match &*lock(&self.role) {
-                RoleState::Leader(leader)
-                    if self.leader_reads_linearizable(leader, Instant::now()) =>
-                {
+                RoleState::Leader(leader) if self.leader_reads_linearizable(leader, now) => {
                     return true
                 }
-                RoleState::Leader(leader) if leader.deposed_by().is_none() => {}
+                RoleState::Leader(leader)
+                    if leader.deposed_by().is_none()
+                        && leader
+                            .without_lease_for(now)
+                            .is_none_or(|without| without <= lag_limit) => {}
                 _ => return false,
             }
             let woken = tokio::time::timeout_at(deadline, async {
