@@ -418,6 +418,50 @@ async fn a_retried_request_gets_the_first_answer_once() {
 }
 
 #[tokio::test]
+async fn a_retried_request_whose_write_failed_is_answered_as_replayed() {
+    let node = node();
+    put(&node, "/key/k", r#"{"value": 1}"#).await;
+    // 412 (If-Match), 409 (the v1.5 version) and a conditional DELETE's 404 are decided by the
+    // log: a retry gets the same answer, marked replayed like a retried success.
+    let stale = [("idempotency-key", "k-412"), ("if-match", "\"99\"")];
+    let version = "/key/k?client_id=c&request_id=r-409";
+    let absent = [("idempotency-key", "k-404"), ("if-none-match", "*")];
+    for (round, replayed) in [(0, None), (1, Some("true"))] {
+        let answers = [
+            put_with(&node, "/key/k", &stale, r#"{"value": 2}"#).await,
+            put(&node, version, r#"{"value": 2, "version": 1}"#).await,
+            call_with_headers(&node, Method::DELETE, "/key/gone", &absent, "").await,
+        ];
+        let statuses = answers.each_ref().map(|answer| answer.status);
+        assert_eq!(
+            statuses,
+            [
+                StatusCode::PRECONDITION_FAILED,
+                StatusCode::CONFLICT,
+                StatusCode::NOT_FOUND
+            ]
+        );
+        for answer in &answers {
+            let header = answer.headers.get("idempotent-replayed");
+            let header = header.map(|value| value.to_str().expect("ASCII"));
+            assert_eq!(header, replayed, "round {round}: a {}", answer.status);
+        }
+    }
+    assert_eq!(
+        node.state.store.log_status().next_id,
+        5,
+        "each applied once"
+    );
+    // The request status of the 409 does not invent the version the request gave.
+    let status = get(&node, "/request_status?client_id=c&request_id=r-409").await;
+    assert_eq!(
+        status.json()["result"],
+        json!({"detail": "Version conflict: the provided version is outdated",
+               "current_version": 1})
+    );
+}
+
+#[tokio::test]
 async fn request_status_and_deduplication_stats_answer_in_the_original_shapes() {
     let node = node();
     put(
