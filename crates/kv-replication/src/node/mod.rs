@@ -616,6 +616,25 @@ fn take_leadership(
     }
     persist_epoch(store, data_dir, meta, epoch, true)?;
     store.set_epoch(epoch);
+    let last_id = store.last_id();
+    if last_id < meta.commit_id {
+        // Allowed to lead without them (`view::may_lead`: alone in the ISR), it never hands
+        // their ids out again.
+        let skipped = store.skip_lost_ids(meta.commit_id)?;
+        tracing::error!(
+            epoch,
+            last_id,
+            committed_id = meta.commit_id,
+            next_id = store.next_id(),
+            "leading without entries this node recorded as committed: they are lost (no other \
+             in-sync replica may hold them){}",
+            if skipped {
+                "; their ids are not handed out again"
+            } else {
+                "; the log lost every record, so their ids are handed out again"
+            }
+        );
+    }
     let noop = store.submit(Op::Noop)?;
     let noop_id = noop.id;
     let mut leader = LeaderState::elected(
