@@ -643,3 +643,25 @@ async fn compaction_run_without_snapshots_is_an_error() {
     let answer = post(&node, "/compaction/run", "").await;
     assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+#[tokio::test]
+async fn a_snapshot_chunk_offset_no_file_can_reach_is_a_bad_query() {
+    let node = node_with_snapshots();
+    put(&node, "/key/k", r#"{"value": 1}"#).await;
+    let snapshot = post(&node, "/admin/snapshot", "").await.json();
+    let applied_id = snapshot["snapshot"]["applied_id"].as_u64().unwrap();
+    let size = snapshot["snapshot"]["size_bytes"].as_u64().unwrap();
+    let chunk = |offset: u64| format!("/replication/snapshot/{applied_id}?offset={offset}");
+    // Past the end: an empty chunk, as for any offset a file of this size can have.
+    let past = get(&node, &chunk(size + 1)).await;
+    assert_eq!((past.status, past.body.len()), (StatusCode::OK, 0));
+    // Past what a file offset can be (i64::MAX): 400 naming the limit, not a 500 from the read.
+    let answer = get(&node, &chunk(u64::MAX)).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        answer.detail()
+    );
+    assert!(answer.detail().contains("offset"), "{}", answer.detail());
+}
