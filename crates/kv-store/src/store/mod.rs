@@ -306,21 +306,6 @@ impl Store {
         Ok(removed)
     }
 
-    /// Makes new entries take ids above `lost_through` when the log lost entries up to it that
-    /// the caller knows were committed (a lone leader whose last segment was deleted or cut by
-    /// a power loss under `never`): ids once committed are never handed out again (clients
-    /// hold them as ETags and `min_id`s). Like the skip past a snapshot at open, the log goes
-    /// on after a gap. Only while the log still holds a record: a log that would then start
-    /// past its snapshot could not be opened again (the ids before it are missing), so a log
-    /// that lost everything keeps its ids. Returns whether the next id moved.
-    pub fn skip_lost_ids(&self, lost_through: u64) -> Result<bool> {
-        let _pending = lock(&self.pending);
-        if self.wal.first_id().is_none() {
-            return Ok(false);
-        }
-        Ok(self.wal.skip_to(lost_through.saturating_add(1))?)
-    }
-
     /// How many history links the map holds (each reaches one replaced value in the log).
     pub fn history_links(&self) -> usize {
         read(&self.map).history.len()
