@@ -665,3 +665,34 @@ async fn a_snapshot_chunk_offset_no_file_can_reach_is_a_bad_query() {
     );
     assert!(answer.detail().contains("offset"), "{}", answer.detail());
 }
+
+#[tokio::test]
+async fn integers_past_64_bits_are_stored_digit_for_digit() {
+    let node = node();
+    let big = "123456789012345678901234567890";
+    let answer = put(&node, "/key/big", &format!(r#"{{"value": {big}}}"#)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let read = get(&node, "/key/big").await;
+    assert!(
+        std::str::from_utf8(&read.body)
+            .unwrap()
+            .contains(&format!(r#""value":{big}"#)),
+        "{:?}",
+        read.body
+    );
+    // A transaction compares and writes the same digits.
+    let txn = format!(
+        r#"{{"compare": [{{"key": "big", "target": "value", "result": "=", "value": {big}}}],
+             "success": [{{"put": {{"key": "copy", "value": [{big}, 1.5]}}}}]}}"#
+    );
+    let answer = post(&node, "/txn", &txn).await;
+    assert_eq!(answer.json()["succeeded"], json!(true), "{}", answer.json());
+    let read = get(&node, "/key/copy").await;
+    assert!(
+        std::str::from_utf8(&read.body)
+            .unwrap()
+            .contains(&format!(r#""value":[{big},1.5]"#)),
+        "{:?}",
+        read.body
+    );
+}
