@@ -510,6 +510,20 @@ async fn request_status_and_deduplication_stats_answer_in_the_original_shapes() 
         .status,
         StatusCode::BAD_REQUEST
     );
+    // A bad idempotency_key is a bad query parameter (it is the header's key, given here).
+    for bad in [
+        "/request_status?idempotency_key=%FF",
+        "/request_status?idempotency_key=",
+        "/request_status?idempotency_key=k&client_id=c&request_id=r",
+    ] {
+        let answer = get(&node, bad).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(
+            answer.detail().starts_with("invalid query: "),
+            "{bad}: {}",
+            answer.detail()
+        );
+    }
     let answer = get(&node, "/deduplication_stats").await;
     assert_eq!(
         answer.json(),
