@@ -88,7 +88,7 @@ pub(crate) fn request_ids(
 }
 
 /// Why `text` is no request id (`name` is the parameter or header it came in), if it is not.
-fn check_id(name: &str, text: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_id(name: &str, text: &str) -> std::result::Result<(), String> {
     if text.is_empty() || text.len() > REQUEST_ID_BYTES_MAX {
         return Err(format!("{name} must be 1 to {REQUEST_ID_BYTES_MAX} bytes"));
     }

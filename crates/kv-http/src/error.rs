@@ -153,10 +153,10 @@ pub enum Error {
         revision: u64,
     },
     /// The body's `version` was not above the key's (the original project's v1.5 check).
-    #[error("Version conflict: provided version {provided} is outdated")]
+    #[error("{}", version_conflict_detail(*provided))]
     VersionConflict {
         /// The version the request gave (`None` when not known: a request status).
-        provided: u64,
+        provided: Option<u64>,
         /// The key's version then.
         current_version: u64,
     },
@@ -281,6 +281,15 @@ impl Error {
             Error::Store(kv_store::Error::KeyNotFound) => Error::KeyNotFound.to_string(),
             other => other.to_string(),
         }
+    }
+}
+
+/// The original's 409 detail; a request status, which does not keep the version the request
+/// gave, says so instead of naming a number.
+fn version_conflict_detail(provided: Option<u64>) -> String {
+    match provided {
+        Some(version) => format!("Version conflict: provided version {version} is outdated"),
+        None => "Version conflict: the provided version is outdated".to_owned(),
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::body;
 use crate::conditions::{form, request_ids, Condition, WriteConditions, IDEMPOTENT_REPLAYED};
-use crate::error::{etag, json_response, Error, Result};
+use crate::error::{error_response, etag, json_response, Error, Result};
 use crate::gate::require_leader;
 use crate::options::{KEYS_LIMIT_DEFAULT, KEYS_LIMIT_MAX};
 use crate::params::{acks_parameter, number_parameter};
@@ -191,8 +191,28 @@ fn op_key(op: &Op) -> &[u8] {
 }
 
 /// The answer to a key write of `form` from its outcome (the same for a retry: `replayed`
-/// adds `Idempotent-Replayed: true`). `provided_version` is the v1.5 body's, for the 409.
+/// adds `Idempotent-Replayed: true`, to a failure the log decided — 412, 409, a delete's 404 —
+/// as to a success). `provided_version` is the v1.5 body's, for the 409.
 pub(crate) fn key_write_answer(
+    form: u8,
+    provided_version: Option<u64>,
+    key: &str,
+    executed: &Executed,
+) -> Result<Response<Full<Bytes>>> {
+    let answer = decided_key_write_answer(form, provided_version, key, executed);
+    if !executed.replayed {
+        return answer;
+    }
+    let mut response = answer.unwrap_or_else(|decided| error_response(&decided));
+    response
+        .headers_mut()
+        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    Ok(response)
+}
+
+/// [`key_write_answer`] without the replay header: a success, or the failure the entry's
+/// outcome decided.
+fn decided_key_write_answer(
     form: u8,
     provided_version: Option<u64>,
     key: &str,
@@ -211,7 +231,7 @@ pub(crate) fn key_write_answer(
     if let Some(failed) = &outcome.failed_compare {
         return Err(condition_failed(form, provided_version, outcome, failed));
     }
-    let mut response = match outcome.responses.first() {
+    let response = match outcome.responses.first() {
         Some(OpResponse::Put { key, meta }) => {
             // Written out rather than built as a `serde_json::Value` (a map, its entries and
             // their strings: allocations on every PUT); only the key needs escaping.
@@ -240,11 +260,6 @@ pub(crate) fn key_write_answer(
             )))
         }
     };
-    if executed.replayed {
-        response
-            .headers_mut()
-            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-    }
     Ok(response)
 }
 
@@ -264,7 +279,7 @@ fn condition_failed(
     };
     match Condition::of(form, failed.index) {
         Some(Condition::Version) => Error::VersionConflict {
-            provided: provided_version.unwrap_or_default(),
+            provided: provided_version,
             current_version: current.map_or(0, |meta| meta.version),
         },
         Some(Condition::IfMatch) => Error::PreconditionFailed {

@@ -8,27 +8,46 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
-use crate::conditions::{form, request_ids};
+use crate::conditions::{check_id, form, request_ids};
 use crate::error::{error_response, json_response, Error, Result};
 use crate::handlers::key_write_answer;
 use crate::percent::query_parameter;
 use crate::state::AppState;
 use crate::txn::txn_answer;
 use crate::writes::Executed;
+use kv_store::RequestIds;
 
 /// `GET /request_status?client_id=C&request_id=R[&operation=SET|DELETE|TXN]` (or
 /// `?idempotency_key=K`): `{"processed":false}`, or `{"processed":true,"status_code":S,
 /// "id":N,"operation":…,"result":<the answer the request got>}`.
 pub async fn request_status(state: &AppState, query: &str) -> Result<Response<Full<Bytes>>> {
-    let mut headers = HeaderMap::new();
-    if let Some(key) = query_parameter(query, "idempotency_key")? {
-        let key = http::HeaderValue::from_bytes(&key)
-            .map_err(|_| Error::InvalidQuery("idempotency_key is not visible ASCII".to_owned()))?;
-        headers.insert(crate::conditions::IDEMPOTENCY_KEY, key);
-    }
-    let ids = request_ids(query, &headers, 0)?.ok_or_else(|| {
-        Error::InvalidQuery("give client_id and request_id, or idempotency_key".to_owned())
-    })?;
+    let ids = match query_parameter(query, "idempotency_key")? {
+        // The header's key as a query parameter: a bad one is a bad query, not a bad header.
+        Some(key) => {
+            if query_parameter(query, "client_id")?.is_some()
+                || query_parameter(query, "request_id")?.is_some()
+            {
+                return Err(Error::InvalidQuery(
+                    "give either client_id and request_id or idempotency_key, not both".to_owned(),
+                ));
+            }
+            let key = http::HeaderValue::from_bytes(&key)
+                .ok()
+                .and_then(|key| key.to_str().ok().map(str::to_owned))
+                .ok_or_else(|| {
+                    Error::InvalidQuery("idempotency_key is not visible ASCII".to_owned())
+                })?;
+            check_id("idempotency_key", &key).map_err(Error::InvalidQuery)?;
+            RequestIds {
+                client_id: String::new(),
+                request_id: key,
+                form: 0,
+            }
+        }
+        None => request_ids(query, &HeaderMap::new(), 0)?.ok_or_else(|| {
+            Error::InvalidQuery("give client_id and request_id, or idempotency_key".to_owned())
+        })?,
+    };
     let wanted = match query_parameter(query, "operation")? {
         None => None,
         Some(text) => Some(match text.to_ascii_uppercase().as_slice() {

@@ -44,6 +44,7 @@ mod compaction;
 mod conditions;
 mod controller_net;
 mod error;
+mod exact_json;
 mod gate;
 mod handlers;
 mod history;

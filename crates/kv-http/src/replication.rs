@@ -203,9 +203,9 @@ pub fn snapshot_chunk(
     let applied_id: u64 = applied_id
         .parse()
         .map_err(|_| Error::InvalidQuery(format!("snapshot id {applied_id:?} is not a number")))?;
-    let number = |name: &str, default: u64| number_or(query, name, default);
-    let offset = number("offset", 0)?;
-    let len = number("len", 1 << 20)?.min(SNAPSHOT_CHUNK_BYTES_MAX) as u32;
+    // A file offset is at most i64::MAX (`pread` refuses more).
+    let offset = number_parameter(query, "offset", i64::MAX as u64)?.unwrap_or(0);
+    let len = number_or(query, "len", 1 << 20)?.min(SNAPSHOT_CHUNK_BYTES_MAX) as u32;
     let chunk = state
         .node
         .snapshot_chunk(applied_id, offset, len)

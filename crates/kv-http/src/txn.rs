@@ -19,6 +19,7 @@ use serde_json::{Map, Value as Json};
 use crate::body;
 use crate::conditions::{form, request_ids, IDEMPOTENT_REPLAYED};
 use crate::error::{json_response, Error, Result};
+use crate::exact_json::{holds_a_double, ExactJson};
 use crate::gate::require_leader;
 use crate::options::KEYS_LIMIT_DEFAULT;
 use crate::params::acks_parameter;
@@ -182,6 +183,20 @@ fn write_text(body: &mut Vec<u8>, bytes: &[u8]) {
 /// [`Error::InvalidTxn`] naming where it is.
 pub(crate) fn parse_txn(bytes: &[u8], key_bytes_max: usize) -> Result<Txn> {
     let document: Json = serde_json::from_slice(bytes).map_err(body::json_error)?;
+    // Values keep integers past 64 bits digit for digit (`exact_json.rs`).
+    let exact = if holds_a_double(&document) {
+        let text =
+            std::str::from_utf8(bytes).map_err(|error| Error::MalformedJson(error.to_string()))?;
+        Some(ExactJson::parse(text).map_err(body::json_error)?)
+    } else {
+        None
+    };
+    let exact_items = |name: &str| -> &[ExactJson] {
+        exact
+            .as_ref()
+            .and_then(|document| document.member(name))
+            .map_or(&[], ExactJson::items)
+    };
     let Json::Object(mut members) = document else {
         return Err(invalid("the body must be a JSON object"));
     };
@@ -211,16 +226,24 @@ pub(crate) fn parse_txn(bytes: &[u8], key_bytes_max: usize) -> Result<Txn> {
         }
         Ok(key.as_bytes().to_vec())
     };
+    let exact_compares = exact_items("compare");
     let compares = compares
         .iter()
         .enumerate()
-        .map(|(index, item)| parse_compare(item, &format!("compare[{index}]"), &key))
+        .map(|(index, item)| {
+            let place = format!("compare[{index}]");
+            parse_compare(item, exact_compares.get(index), &place, &key)
+        })
         .collect::<Result<Vec<_>>>()?;
     let ops = |items: &[Json], branch: &str| -> Result<Vec<TxnOp>> {
+        let exact_ops = exact_items(branch);
         items
             .iter()
             .enumerate()
-            .map(|(index, item)| parse_op(item, &format!("{branch}[{index}]"), &key))
+            .map(|(index, item)| {
+                let place = format!("{branch}[{index}]");
+                parse_op(item, exact_ops.get(index), &place, &key)
+            })
             .collect()
     };
     Ok(Txn {
@@ -241,7 +264,13 @@ fn object<'a>(item: &'a Json, place: &str) -> Result<&'a Map<String, Json>> {
         .ok_or_else(|| invalid(format!("{place} must be an object")))
 }
 
-fn parse_compare(item: &Json, place: &str, key: &KeyParser<'_>) -> Result<Compare> {
+/// `exact` is the same compare read by [`ExactJson`], when the body holds a double.
+fn parse_compare(
+    item: &Json,
+    exact: Option<&ExactJson>,
+    place: &str,
+    key: &KeyParser<'_>,
+) -> Result<Compare> {
     let members = object(item, place)?;
     let known = [
         "key",
@@ -276,7 +305,7 @@ fn parse_compare(item: &Json, place: &str, key: &KeyParser<'_>) -> Result<Compar
         })
     };
     let target = match members.get("target").and_then(Json::as_str) {
-        Some("value" | "VALUE") => CompareTarget::Value(parse_value(members, place)?),
+        Some("value" | "VALUE") => CompareTarget::Value(parse_value(members, exact, place)?),
         Some("version" | "VERSION") => CompareTarget::Version(number("version")?),
         Some("create_revision" | "CREATE") => {
             CompareTarget::CreateRevision(number("create_revision")?)
@@ -295,10 +324,20 @@ fn parse_compare(item: &Json, place: &str, key: &KeyParser<'_>) -> Result<Compar
     })
 }
 
-/// `"value": <any JSON>` (stored as compact JSON), or `"value_base64": "<bytes>"` (raw).
-fn parse_value(members: &Map<String, Json>, place: &str) -> Result<Value> {
+/// `"value": <any JSON>` (stored as compact JSON; from `exact`, the same object read by
+/// [`ExactJson`], when given), or `"value_base64": "<bytes>"` (raw).
+fn parse_value(
+    members: &Map<String, Json>,
+    exact: Option<&ExactJson>,
+    place: &str,
+) -> Result<Value> {
     match (members.get("value"), members.get("value_base64")) {
-        (Some(value), None) => Ok(Value::json(crate::body::compact_json(value))),
+        (Some(value), None) => Ok(Value::json(
+            match exact.and_then(|exact| exact.member("value")) {
+                Some(exact) => exact.compact(),
+                None => crate::body::compact_json(value),
+            },
+        )),
         (None, Some(Json::String(encoded))) => base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .map(Value::raw)
@@ -309,7 +348,13 @@ fn parse_value(members: &Map<String, Json>, place: &str) -> Result<Value> {
     }
 }
 
-fn parse_op(item: &Json, place: &str, key: &KeyParser<'_>) -> Result<TxnOp> {
+/// `exact` is the same operation read by [`ExactJson`], when the body holds a double.
+fn parse_op(
+    item: &Json,
+    exact: Option<&ExactJson>,
+    place: &str,
+    key: &KeyParser<'_>,
+) -> Result<TxnOp> {
     let members = object(item, place)?;
     let mut entries = members.iter();
     let (Some((name, inner)), None) = (entries.next(), entries.next()) else {
@@ -339,7 +384,7 @@ fn parse_op(item: &Json, place: &str, key: &KeyParser<'_>) -> Result<TxnOp> {
     Ok(match name.as_str() {
         "put" => TxnOp::Put {
             key: key()?,
-            value: parse_value(inner, &place)?,
+            value: parse_value(inner, exact.and_then(|exact| exact.member(name)), &place)?,
         },
         "delete" => TxnOp::Delete { key: key()? },
         "get" => TxnOp::Get { key: key()? },

@@ -6,7 +6,7 @@
 //! is state like the map: every replica builds the same one by applying the same records, it
 //! is rebuilt by replay after a restart, carried in snapshots, and holds on a new leader after
 //! a failover. A record's request part also carries the leader's clock when it was written;
-//! entries are pruned by that time (older than `age_max_ms` before the newest request applied)
+//! entries are pruned by that time (older than `age_max_ms` before the last request applied)
 //! and by count (`entries_max`, oldest first), at apply time, so every replica prunes alike.
 //!
 //! What is remembered is what the log decided: a transaction whose compare failed is
@@ -24,7 +24,7 @@ use crate::outcome::Outcome;
 pub struct DedupOptions {
     /// Most requests remembered; beyond it the oldest are forgotten.
     pub entries_max: usize,
-    /// Requests older than this (by the leader's clock in their records, against the newest
+    /// Requests older than this (by the leader's clock in their records, against the last
     /// request applied) are forgotten.
     pub age_max_ms: u64,
 }
@@ -87,7 +87,9 @@ pub(crate) struct DedupTable {
     /// Keys in the order their records were applied, with the record's id, for pruning (an
     /// entry replaced later is skipped when its stale position comes up).
     order: imbl::Vector<(u64, RequestKey)>,
-    newest_timestamp_ms: u64,
+    /// The leader's clock in the last request applied: age is measured from it (not from the
+    /// newest stamp ever seen, which a clock that once ran ahead would keep far in the future).
+    last_timestamp_ms: u64,
     /// Entries pruned since the table was built (by replay or from a snapshot).
     pub pruned: u64,
     /// Pruning passes that removed something.
@@ -117,14 +119,14 @@ impl DedupTable {
     pub fn insert(&mut self, request: &RequestIds, record: RequestRecord, options: &DedupOptions) {
         let key = Arc::new((request.client_id.clone(), request.request_id.clone()));
         self.order.push_back((record.outcome.revision, key.clone()));
-        self.newest_timestamp_ms = self.newest_timestamp_ms.max(record.timestamp_ms);
+        self.last_timestamp_ms = record.timestamp_ms;
         self.entries.insert(key, Arc::new(record));
         self.inserted += 1;
         self.prune(options);
     }
 
     fn prune(&mut self, options: &DedupOptions) {
-        let oldest_kept_ms = self.newest_timestamp_ms.saturating_sub(options.age_max_ms);
+        let oldest_kept_ms = self.last_timestamp_ms.saturating_sub(options.age_max_ms);
         let mut removed = 0;
         while let Some((id, key)) = self.order.front() {
             let Some(record) = self.entries.get(key) else {
@@ -162,7 +164,7 @@ impl DedupTable {
             })
             .collect();
         put_u64(out, live.len() as u64);
-        put_u64(out, self.newest_timestamp_ms);
+        put_u64(out, self.last_timestamp_ms);
         for (_, key) in live {
             let record = &self.entries[key];
             put_bytes(out, key.0.as_bytes());
@@ -177,9 +179,9 @@ impl DedupTable {
     /// Reads entries written by [`DedupTable::encode`].
     pub fn decode(reader: &mut Reader<'_>) -> Result<DedupTable, Malformed> {
         let count = reader.u64("request count")?;
-        let newest_timestamp_ms = reader.u64("newest request time")?;
+        let last_timestamp_ms = reader.u64("last request time")?;
         let mut table = DedupTable {
-            newest_timestamp_ms,
+            last_timestamp_ms,
             ..DedupTable::default()
         };
         for _ in 0..count {
@@ -280,6 +282,38 @@ mod tests {
         assert_eq!(table.pruned, 4);
     }
 
+    /// The leader's clock stepped forward (a fast clock, then corrected): one request is
+    /// stamped far ahead. Requests stamped after the correction must still be remembered.
+    /// Before, age was measured from the newest stamp ever applied: once the stamped-ahead
+    /// request left the table (by count), every later request was older than "the newest minus
+    /// the age limit" and was forgotten the moment it was inserted, so each retry was applied
+    /// again until the real clock caught up with the jump.
+    #[test]
+    fn a_clock_that_jumped_ahead_once_does_not_forget_every_later_request() {
+        let options = DedupOptions {
+            entries_max: 2,
+            age_max_ms: 1_000,
+        };
+        let mut table = DedupTable::default();
+        table.insert(&request("before"), record(1, 10_000), &options);
+        table.insert(&request("ahead"), record(2, 10_000 + 3_600_000), &options);
+        table.insert(&request("after"), record(3, 10_100), &options);
+        table.insert(&request("later"), record(4, 10_200), &options);
+        assert!(
+            table.get("c", "ahead").is_none(),
+            "the oldest, past the count"
+        );
+        assert!(
+            table.get("c", "later").is_some(),
+            "forgotten as it was inserted"
+        );
+        assert!(table.get("c", "after").is_some());
+        // Age still prunes, measured from the last request applied.
+        table.insert(&request("much later"), record(5, 11_200), &options);
+        assert!(table.get("c", "after").is_none());
+        assert!(table.get("c", "later").is_some() && table.get("c", "much later").is_some());
+    }
+
     #[test]
     fn a_replaced_entry_is_pruned_by_its_newer_position() {
         let options = DedupOptions {
@@ -314,6 +348,6 @@ mod tests {
         assert_eq!(decoded.len(), 2);
         assert_eq!(decoded.get("c", "a"), table.get("c", "a"));
         assert_eq!(decoded.get("c", "b"), table.get("c", "b"));
-        assert_eq!(decoded.newest_timestamp_ms, 3);
+        assert_eq!(decoded.last_timestamp_ms, 3);
     }
 }

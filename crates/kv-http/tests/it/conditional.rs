@@ -418,6 +418,50 @@ async fn a_retried_request_gets_the_first_answer_once() {
 }
 
 #[tokio::test]
+async fn a_retried_request_whose_write_failed_is_answered_as_replayed() {
+    let node = node();
+    put(&node, "/key/k", r#"{"value": 1}"#).await;
+    // 412 (If-Match), 409 (the v1.5 version) and a conditional DELETE's 404 are decided by the
+    // log: a retry gets the same answer, marked replayed like a retried success.
+    let stale = [("idempotency-key", "k-412"), ("if-match", "\"99\"")];
+    let version = "/key/k?client_id=c&request_id=r-409";
+    let absent = [("idempotency-key", "k-404"), ("if-none-match", "*")];
+    for (round, replayed) in [(0, None), (1, Some("true"))] {
+        let answers = [
+            put_with(&node, "/key/k", &stale, r#"{"value": 2}"#).await,
+            put(&node, version, r#"{"value": 2, "version": 1}"#).await,
+            call_with_headers(&node, Method::DELETE, "/key/gone", &absent, "").await,
+        ];
+        let statuses = answers.each_ref().map(|answer| answer.status);
+        assert_eq!(
+            statuses,
+            [
+                StatusCode::PRECONDITION_FAILED,
+                StatusCode::CONFLICT,
+                StatusCode::NOT_FOUND
+            ]
+        );
+        for answer in &answers {
+            let header = answer.headers.get("idempotent-replayed");
+            let header = header.map(|value| value.to_str().expect("ASCII"));
+            assert_eq!(header, replayed, "round {round}: a {}", answer.status);
+        }
+    }
+    assert_eq!(
+        node.state.store.log_status().next_id,
+        5,
+        "each applied once"
+    );
+    // The request status of the 409 does not invent the version the request gave.
+    let status = get(&node, "/request_status?client_id=c&request_id=r-409").await;
+    assert_eq!(
+        status.json()["result"],
+        json!({"detail": "Version conflict: the provided version is outdated",
+               "current_version": 1})
+    );
+}
+
+#[tokio::test]
 async fn request_status_and_deduplication_stats_answer_in_the_original_shapes() {
     let node = node();
     put(
@@ -466,6 +510,20 @@ async fn request_status_and_deduplication_stats_answer_in_the_original_shapes() 
         .status,
         StatusCode::BAD_REQUEST
     );
+    // A bad idempotency_key is a bad query parameter (it is the header's key, given here).
+    for bad in [
+        "/request_status?idempotency_key=%FF",
+        "/request_status?idempotency_key=",
+        "/request_status?idempotency_key=k&client_id=c&request_id=r",
+    ] {
+        let answer = get(&node, bad).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(
+            answer.detail().starts_with("invalid query: "),
+            "{bad}: {}",
+            answer.detail()
+        );
+    }
     let answer = get(&node, "/deduplication_stats").await;
     assert_eq!(
         answer.json(),
@@ -598,4 +656,57 @@ async fn compaction_run_without_snapshots_is_an_error() {
     let node = node();
     let answer = post(&node, "/compaction/run", "").await;
     assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[tokio::test]
+async fn a_snapshot_chunk_offset_no_file_can_reach_is_a_bad_query() {
+    let node = node_with_snapshots();
+    put(&node, "/key/k", r#"{"value": 1}"#).await;
+    let snapshot = post(&node, "/admin/snapshot", "").await.json();
+    let applied_id = snapshot["snapshot"]["applied_id"].as_u64().unwrap();
+    let size = snapshot["snapshot"]["size_bytes"].as_u64().unwrap();
+    let chunk = |offset: u64| format!("/replication/snapshot/{applied_id}?offset={offset}");
+    // Past the end: an empty chunk, as for any offset a file of this size can have.
+    let past = get(&node, &chunk(size + 1)).await;
+    assert_eq!((past.status, past.body.len()), (StatusCode::OK, 0));
+    // Past what a file offset can be (i64::MAX): 400 naming the limit, not a 500 from the read.
+    let answer = get(&node, &chunk(u64::MAX)).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        answer.detail()
+    );
+    assert!(answer.detail().contains("offset"), "{}", answer.detail());
+}
+
+#[tokio::test]
+async fn integers_past_64_bits_are_stored_digit_for_digit() {
+    let node = node();
+    let big = "123456789012345678901234567890";
+    let answer = put(&node, "/key/big", &format!(r#"{{"value": {big}}}"#)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let read = get(&node, "/key/big").await;
+    assert!(
+        std::str::from_utf8(&read.body)
+            .unwrap()
+            .contains(&format!(r#""value":{big}"#)),
+        "{:?}",
+        read.body
+    );
+    // A transaction compares and writes the same digits.
+    let txn = format!(
+        r#"{{"compare": [{{"key": "big", "target": "value", "result": "=", "value": {big}}}],
+             "success": [{{"put": {{"key": "copy", "value": [{big}, 1.5]}}}}]}}"#
+    );
+    let answer = post(&node, "/txn", &txn).await;
+    assert_eq!(answer.json()["succeeded"], json!(true), "{}", answer.json());
+    let read = get(&node, "/key/copy").await;
+    assert!(
+        std::str::from_utf8(&read.body)
+            .unwrap()
+            .contains(&format!(r#""value":[{big},1.5]"#)),
+        "{:?}",
+        read.body
+    );
 }

@@ -595,9 +595,50 @@ fn follower_state(
     }
 }
 
+/// Most ids of lost committed entries a new leader fills with no-ops (about 40 bytes of log
+/// each: 1 Mi of them is ~40 MiB).
+const LOST_IDS_FILLED_MAX: u64 = 1 << 20;
+
+/// A leader whose log ends below the commit id it recorded (allowed to lead by
+/// [`crate::view::may_lead`] only alone in the ISR: nobody else may hold what it lost — a
+/// deleted last segment, a power cut under `never`) writes a no-op of its new epoch under
+/// each lost id, so that an id once committed never names another write (clients hold them
+/// as ETags and `min_id`s) while the log stays contiguous for followers. A gap larger than
+/// [`LOST_IDS_FILLED_MAX`] is not filled (its ids are handed out again); either way the loss
+/// is logged as an error.
+fn fill_lost_ids(store: &Store, meta: &NodeMeta, epoch: u64) -> Result<()> {
+    let last_id = store.last_id();
+    let lost = meta.commit_id.saturating_sub(last_id);
+    if lost == 0 {
+        return Ok(());
+    }
+    let filled = lost <= LOST_IDS_FILLED_MAX;
+    tracing::error!(
+        epoch,
+        last_id,
+        committed_id = meta.commit_id,
+        "leading without entries this node recorded as committed: they are lost (no other \
+         in-sync replica may hold them); {}",
+        if filled {
+            "their ids are filled with no-ops, never handed out again"
+        } else {
+            "too many to fill with no-ops: their ids are handed out again"
+        }
+    );
+    if filled {
+        for _ in 0..lost {
+            // Durable in order: the epoch's own no-op, written next and waited for, covers
+            // these.
+            let _filler = store.submit(Op::Noop)?;
+        }
+    }
+    Ok(())
+}
+
 /// The leader's side of a change to leadership under the controller: checks that `epoch` is
-/// new, persists it, stamps new entries with it, writes its no-op (the first entry of the
-/// epoch; commits count from it on) and starts the commit id at what this node knows
+/// new, persists it, stamps new entries with it, fills the ids of committed entries it lost with no-ops
+/// ([`fill_lost_ids`]), writes its no-op (its epoch's last entry before new writes; commits
+/// count from it on) and starts the commit id at what this node knows
 /// committed (never above what it holds durably).
 #[allow(clippy::too_many_arguments)]
 fn take_leadership(
@@ -616,6 +657,7 @@ fn take_leadership(
     }
     persist_epoch(store, data_dir, meta, epoch, true)?;
     store.set_epoch(epoch);
+    fill_lost_ids(store, meta, epoch)?;
     let noop = store.submit(Op::Noop)?;
     let noop_id = noop.id;
     let mut leader = LeaderState::elected(

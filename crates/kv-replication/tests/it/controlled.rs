@@ -849,6 +849,78 @@ async fn a_leader_that_lost_committed_entries_does_not_lead_again() {
     assert!(node.may_lead(&BTreeSet::from([0, 1, 2])));
 }
 
+/// A node alone in its ISR that lost committed entries (its last segment deleted, a power cut
+/// under `never`) leads anyway — nobody else may hold them — but never hands their ids out
+/// again: it fills them with no-ops of its new epoch, so its epoch's no-op and every later
+/// write come after the commit id it recorded, and the log stays contiguous for a follower
+/// catching up. Before, the log went on at its last id kept + 1, and an id a client had been
+/// answered (an `ETag`, a `min_id`) named another write: a stale `If-Match` on that revision
+/// could pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_leader_that_lost_committed_entries_never_reuses_their_ids() {
+    let mut cluster = Cluster::start(2, 1, options());
+    cluster.elect(Some(0));
+    let leader = cluster.node(0);
+    let first = leader
+        .write(set("k0".to_owned(), 0), Acks::All)
+        .await
+        .unwrap();
+    // Node 1 stops with a prefix of the log; the leader goes on alone in the ISR.
+    cluster.kill(1).await;
+    cluster.isr = BTreeSet::from([0]);
+    cluster.publish();
+    let mut last = first;
+    while leader.store().segments().len() < 3 || leader.store().segments()[2].first_id + 5 > last {
+        last = leader
+            .write(set(format!("k{last}"), last), Acks::Leader)
+            .await
+            .unwrap();
+    }
+    leader.persist_progress().unwrap();
+    let newest = leader.store().segments().last().unwrap().path.clone();
+    cluster.kill(0).await;
+    drop(leader);
+    // The newest segment is lost (deleted, or never synced under `never`); node.meta stays.
+    std::fs::remove_file(newest).unwrap();
+    cluster.open(0);
+    let node = cluster.node(0);
+    let kept = node.store().last_id();
+    assert!(first < kept && kept < last, "kept {kept} of {last}");
+    cluster.elect(Some(0));
+    assert_eq!(node.role(), Role::Leader, "alone in the ISR it leads");
+    let noop = node.store().last_id();
+    assert!(
+        noop > last,
+        "the epoch's no-op took id {noop}, at or below the committed id {last}"
+    );
+    let next = node
+        .write(set("after".to_owned(), 1), Acks::Leader)
+        .await
+        .unwrap();
+    assert!(
+        next > last,
+        "a write after the loss took id {next}, at or below the committed id {last}"
+    );
+    assert_eq!(value_of(&node, &format!("k{last}")), None, "lost");
+    // The follower catches up through the filled ids.
+    cluster.open(1);
+    cluster.publish();
+    let follower = cluster.node(1);
+    assert!(follower.wait_applied(next, Duration::from_secs(10)).await);
+    assert_eq!(value_of(&follower, "after"), Some(b"1".to_vec()));
+    assert_eq!(
+        value_of(&follower, &format!("k{kept}")),
+        value_of(&node, &format!("k{kept}"))
+    );
+    // The leader's log opens again.
+    cluster.kill(1).await;
+    drop(follower);
+    cluster.kill(0).await;
+    drop(node);
+    cluster.open(0);
+    assert_eq!(cluster.node(0).store().last_id(), next);
+}
+
 /// Under `N = 1` a failover to a follower that had not copied the leader's tail cuts that tail
 /// from the other followers, below what they had applied as committed (the documented loss of
 /// asynchronous replication). Such a follower records the cut as its commit id, so it has lost

@@ -16,7 +16,7 @@
 //!   kind 3: history;  raw = (revision:u64 op_index:u32 previous_revision:u64
 //!                     previous_op_index:u32 previous_bytes:u32)*       (28 bytes per link)
 //!   kind 4: requests; the raw bytes of all kind 4 blocks, in order, are the dedup table
-//!                     (`dedup.rs`): count:u64 newest_ms:u64 then per request client_id,
+//!                     (`dedup.rs`): count:u64 last_ms:u64 then per request client_id,
 //!                     request_id (len:u32 bytes), fingerprint:u64 form:u8 timestamp_ms:u64,
 //!                     outcome (`outcome.rs`)
 //!   kind 2: end;      raw = key_count:u64 data_block_count:u64 link_count:u64 request_count:u64

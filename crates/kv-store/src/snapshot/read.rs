@@ -65,6 +65,21 @@ fn parse_snapshot<R: Read>(
     path: &Path,
 ) -> Result<LoadedSnapshot, Malformed> {
     let header = read_header(&mut reader)?;
+    // A snapshot's name says its applied id (the newest is found by name): a file whose
+    // header says another one was renamed or copied in from elsewhere, and is no snapshot of
+    // this log at the id its name claims.
+    let named_id = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(super::parse_snapshot_file_name);
+    if let Some(named_id) = named_id.filter(|&named_id| named_id != header.applied_id) {
+        return Err(format!(
+            "the file name says applied id {named_id}, its header says {}: renamed or copied \
+             from another data directory",
+            header.applied_id
+        )
+        .into());
+    }
     let epochs = read_epochs(&mut reader, header.epoch_count)?;
     let mut loader = Loader {
         header,

@@ -174,6 +174,56 @@ fn a_snapshot_cut_or_damaged_anywhere_falls_back_and_says_so() {
     );
 }
 
+/// A snapshot file whose name does not say the applied id its header holds — one copied in
+/// from another data directory, or renamed — is not this log's snapshot at that id: it is
+/// skipped as damaged (and reported), never loaded. Before, a foreign `snapshot-…200.snap`
+/// holding applied id 81 was loaded as the newest: the store served the other node's keys
+/// and lost its own.
+#[test]
+fn a_snapshot_whose_name_is_not_its_applied_id_is_skipped() {
+    let foreign_dir = tempfile::tempdir().unwrap();
+    let foreign = open(foreign_dir.path());
+    foreign
+        .write_blocking(set("foreign", Value::json("1")))
+        .unwrap();
+    let foreign_snapshot = foreign.write_snapshot(Codec::Zstd, 5).unwrap();
+    drop(foreign);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for index in 0..50 {
+        store
+            .write_blocking(set(&format!("k{index}"), Value::json("2")))
+            .unwrap();
+    }
+    let own = store.write_snapshot(Codec::Zstd, 5).unwrap();
+    let model = state(&store);
+    store.close().unwrap();
+    drop(store);
+    let misnamed = dir
+        .path()
+        .join("snapshots")
+        .join(format!("snapshot-{:020}.snap", own.applied_id + 100));
+    std::fs::copy(&foreign_snapshot.path, &misnamed).unwrap();
+
+    let store = open(dir.path());
+    assert_eq!(state(&store), model);
+    let load = store.snapshot_load();
+    assert_eq!(
+        load.loaded.as_ref().map(|(_, id)| *id),
+        Some(own.applied_id)
+    );
+    assert_eq!(load.skipped.len(), 1, "{load:?}");
+    assert!(load.skipped[0].1.contains("name"), "{load:?}");
+}
+
+fn set(key: &str, value: Value) -> Op {
+    Op::Set {
+        key: key.as_bytes().to_vec(),
+        value,
+    }
+}
+
 fn read_snapshot_bytes(path: &Path, bytes: &[u8]) -> Result<(), String> {
     std::fs::write(path, bytes).unwrap();
     read_snapshot(&StdFs, path)
