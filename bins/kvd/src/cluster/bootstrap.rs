@@ -222,15 +222,17 @@ pub async fn join_if_new(
             .map_or(0, |meta| meta.cluster_id),
         known => known,
     };
-    let request = JoinRequest {
-        id: identity.node_id,
-        url: identity.url.clone(),
-        cluster_id: known_cluster_id,
-        has_state: false,
-    };
     let mut attempts = 0u64;
     let reply = loop {
         attempts += 1;
+        // Whether the controller quorum reached this node yet (a join whose answer was lost):
+        // then it is no longer a node without state.
+        let request = JoinRequest {
+            id: identity.node_id,
+            url: identity.url.clone(),
+            cluster_id: known_cluster_id,
+            has_state: controller.has_state(),
+        };
         match client.join(&request).await {
             Ok(reply) => break reply,
             Err(ClientError::Refused { status, detail }) if status.is_client_error() => {
