@@ -174,8 +174,10 @@ impl Connection {
                     self.url, self.target
                 )))
             }
+            // Not `Unreachable` (openraft backs off for it): a joining node adopts the
+            // cluster's id within one answer and should get the log at once.
             RaftReply::NotJoined => {
-                return Err(TransportError::Unreachable(format!(
+                return Err(TransportError::Network(format!(
                     "node {} at {} has not joined the cluster (yet)",
                     self.target, self.url
                 )))

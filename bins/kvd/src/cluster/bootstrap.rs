@@ -225,13 +225,14 @@ pub async fn join_if_new(
     let mut attempts = 0u64;
     let reply = loop {
         attempts += 1;
-        // Whether the controller quorum reached this node yet (a join whose answer was lost):
-        // then it is no longer a node without state.
+        // A node admitted before (its cluster id stored: it crashed before the controller
+        // quorum reached it, maybe restarted at another URL) or reached since (a join whose
+        // answer was lost) is that member, not a node that lost its state.
         let request = JoinRequest {
             id: identity.node_id,
             url: identity.url.clone(),
             cluster_id: known_cluster_id,
-            has_state: controller.has_state(),
+            has_state: controller.has_state() || controller.cluster_id() != 0,
         };
         match client.join(&request).await {
             Ok(reply) => break reply,
