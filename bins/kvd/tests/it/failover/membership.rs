@@ -85,7 +85,7 @@ fn a_node_joins_a_running_cluster_and_is_removed_again() {
         health["detail"]
             .as_str()
             .unwrap_or_default()
-            .contains("not a member"),
+            .contains("does not list it"),
         "{health}"
     );
     assert!(cluster.terminate(3).success());
