@@ -80,6 +80,9 @@ pub enum RaftReply {
         /// The receiver's node id.
         node_id: NodeId,
     },
+    /// The receiver has not been admitted to a cluster (no controller state, no cluster id):
+    /// nothing was done.
+    NotJoined,
 }
 
 /// Why a message got no reply.
@@ -169,6 +172,14 @@ impl Connection {
                 return Err(TransportError::Unreachable(format!(
                     "{} is node {node_id}, not node {}",
                     self.url, self.target
+                )))
+            }
+            // Not `Unreachable` (openraft backs off for it): a joining node adopts the
+            // cluster's id within one answer and should get the log at once.
+            RaftReply::NotJoined => {
+                return Err(TransportError::Network(format!(
+                    "node {} at {} has not joined the cluster (yet)",
+                    self.target, self.url
                 )))
             }
             _ => {}

@@ -184,6 +184,7 @@ pub async fn admit(
             request.id, request.cluster_id
         )));
     }
+    refuse_a_member_that_lost_its_state(controller, request)?;
     let meta = match controller.add_member(request.id, &request.url).await {
         Ok(meta) => meta,
         Err(kv_controller::Error::Rejected(Rejection::MemberExists { url, .. }))
@@ -212,6 +213,48 @@ pub async fn admit(
         cluster_id: ours,
         meta,
     })
+}
+
+/// A join without controller state from a member the controller quorum has already counted
+/// on — a voter, or a node it has replicated its log to — comes from a node that lost that
+/// state (a new disk, a deleted data directory): it must not pass for a retried join. Before,
+/// it did (same id, same URL): the empty node was a voter free to vote twice in a term, and
+/// the active controller's openraft core panicked on its log going back. A member that was
+/// admitted but never reached (its join's answer lost) joins again.
+fn refuse_a_member_that_lost_its_state(
+    controller: &Controller,
+    request: &JoinRequest,
+) -> std::result::Result<(), AdmitError> {
+    if request.has_state {
+        return Ok(());
+    }
+    // At another URL the join is refused anyway (an id taken).
+    let Some(member) = controller.meta().members.get(&request.id).cloned() else {
+        return Ok(());
+    };
+    if member.url != request.url {
+        return Ok(());
+    }
+    let replicated = controller
+        .raft()
+        .metrics()
+        .borrow()
+        .replication
+        .as_ref()
+        .and_then(|replication| replication.get(&request.id).cloned())
+        .flatten()
+        .is_some();
+    if !member.voter && !replicated {
+        return Ok(());
+    }
+    Err(AdmitError::Refused(format!(
+        "node {id} is a member ({role} of the controller quorum) but comes with no controller \
+         state: it lost its data directory. Remove it first (DELETE /admin/members/{id} on a \
+         running node), then start it again: it joins as a new member and copies the leader's \
+         data",
+        id = request.id,
+        role = if member.voter { "a voter" } else { "a learner" },
+    )))
 }
 
 /// The body of `POST /admin/transfer-leader` (optional).

@@ -48,9 +48,10 @@ pub struct JoinRequest {
     /// The cluster it belongs to already (0: none).
     #[serde(default)]
     pub cluster_id: u64,
-    /// Whether it holds this cluster's controller state already: a member whose address
-    /// changed announces its new URL this way (a node without state may not take over a
-    /// member's id at another URL).
+    /// Whether it holds this cluster's controller state already, or was admitted to it before
+    /// (its cluster id stored): a member whose address changed announces its new URL this way
+    /// (a node without state may not take over a member's id at another URL), and a member
+    /// the controller counted on that comes without it lost its data (refused).
     #[serde(default)]
     pub has_state: bool,
 }

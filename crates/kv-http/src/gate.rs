@@ -45,9 +45,10 @@ pub fn health_problem(state: &AppState) -> Option<String> {
     let node_id = cluster.node_id();
     if !view.members.contains_key(&node_id) {
         return Some(format!(
-            "this node (id {node_id}) is not a member of the cluster (removed with DELETE \
-             /admin/members/{node_id}?): it counts for nothing and its reads may be stale. To \
-             rejoin, stop it, move its controller/ and node.meta aside, and start it again"
+            "the cluster's metadata this node knows does not list it (id {node_id}): it is still \
+             catching up on its admission, or was removed (DELETE /admin/members/{node_id}) and \
+             counts for nothing, its reads possibly stale. To rejoin after a removal, stop it, \
+             move its controller/ and node.meta aside, and start it again"
         ));
     }
     let Some(leader) = view.data_leader else {

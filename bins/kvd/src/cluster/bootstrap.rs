@@ -222,15 +222,18 @@ pub async fn join_if_new(
             .map_or(0, |meta| meta.cluster_id),
         known => known,
     };
-    let request = JoinRequest {
-        id: identity.node_id,
-        url: identity.url.clone(),
-        cluster_id: known_cluster_id,
-        has_state: false,
-    };
     let mut attempts = 0u64;
     let reply = loop {
         attempts += 1;
+        // A node admitted before (its cluster id stored: it crashed before the controller
+        // quorum reached it, maybe restarted at another URL) or reached since (a join whose
+        // answer was lost) is that member, not a node that lost its state.
+        let request = JoinRequest {
+            id: identity.node_id,
+            url: identity.url.clone(),
+            cluster_id: known_cluster_id,
+            has_state: controller.has_state() || controller.cluster_id() != 0,
+        };
         match client.join(&request).await {
             Ok(reply) => break reply,
             Err(ClientError::Refused { status, detail }) if status.is_client_error() => {

@@ -322,6 +322,13 @@ impl Controller {
         if message.to.is_some_and(|to| to != node_id) {
             return RaftReply::WrongNode { node_id };
         }
+        // A node admitted to no cluster yet (starting, or its join refused) answers as nobody:
+        // its empty log must not pass for a member's — a node that lost its data directory,
+        // started again at its member's address, would otherwise vote and take the log before
+        // the cluster refuses its join.
+        if self.cluster_id() == 0 && !self.has_state() {
+            return RaftReply::NotJoined;
+        }
         let raft = &self.inner.raft;
         match message.request {
             RaftRequest::AppendEntries(request) => {

@@ -84,7 +84,8 @@ impl Cluster {
             .unwrap();
         assert_eq!((meta.data_leader, meta.leader_epoch), (Some(0), 1));
         for id in 1..size {
-            cluster.open(id).await;
+            // As kvd's join does: the cluster id first, then the controller reaches it.
+            cluster.open(id).await.adopt_cluster_id(0xabc).unwrap();
             first.add_member(id, &url(id)).await.unwrap();
             first.promote_voter(id).await.unwrap();
         }
@@ -626,6 +627,38 @@ async fn a_raft_message_for_another_node_is_refused() {
         "the misdirected vote changed nothing"
     );
     let reply = node.handle_raft(vote(1)).await;
+    assert!(
+        matches!(reply, kv_controller::RaftReply::Vote(_)),
+        "{reply:?}"
+    );
+    cluster.shutdown().await;
+}
+
+/// A node admitted to no cluster (no controller state, no cluster id) answers no Raft message:
+/// started at a member's address with an empty data directory, it would otherwise pass for
+/// that member (vote, take the log) before the cluster refuses its join. Once admitted
+/// (`adopt_cluster_id`) it answers.
+#[tokio::test]
+async fn a_node_admitted_nowhere_answers_no_raft_message() {
+    let mut cluster = Cluster::start(1, quiet()).await;
+    let empty = cluster.open(7).await;
+    let vote = || kv_controller::RaftMessage {
+        cluster_id: 0xabc,
+        from: 0,
+        to: Some(7),
+        request: kv_controller::RaftRequest::Vote(openraft::raft::VoteRequest::new(
+            openraft::Vote::new(100, 0),
+            None,
+        )),
+    };
+    let reply = empty.handle_raft(vote()).await;
+    assert!(
+        matches!(reply, kv_controller::RaftReply::NotJoined),
+        "{reply:?}"
+    );
+    assert!(!empty.has_state(), "the refused vote was not stored");
+    empty.adopt_cluster_id(0xabc).unwrap();
+    let reply = empty.handle_raft(vote()).await;
     assert!(
         matches!(reply, kv_controller::RaftReply::Vote(_)),
         "{reply:?}"

@@ -278,10 +278,22 @@ async fn joins_are_idempotent_and_refuse_another_cluster_or_a_taken_id() {
     let version = members[0].controller().meta().version;
     let reply = members[1]
         .client()
-        .join(&join(2, &members[2].url, 0xfeed, false))
+        .join(&join(2, &members[2].url, 0xfeed, true))
         .await
         .expect("a retried join");
     assert_eq!(reply.meta.version, version);
+    // The same member without controller state lost it (a new disk): refused, naming the way
+    // out, not taken for a retried join.
+    let refused = members[1]
+        .client()
+        .join(&join(2, &members[2].url, 0, false))
+        .await;
+    assert!(
+        matches!(&refused, Err(ClientError::Refused { status, detail })
+            if *status == StatusCode::CONFLICT && detail.contains("DELETE /admin/members/2")),
+        "{refused:?}"
+    );
+    assert_eq!(members[0].controller().meta().version, version);
     // Another cluster's node is refused.
     let refused = members[1]
         .client()
