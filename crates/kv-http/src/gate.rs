@@ -39,6 +39,12 @@ pub(crate) fn redirect_to(leader_url: &str, parts: &Parts) -> Error {
 /// copy the leader's log, but it is nobody's replica), or a node that knows no leader.
 pub fn health_problem(state: &AppState) -> Option<String> {
     let cluster = state.cluster.as_deref()?;
+    if let Some(failure) = cluster.controller().failure() {
+        return Some(format!(
+            "this node's controller member is down ({failure}): it no longer votes or keeps \
+             the controller's log; restart the node"
+        ));
+    }
     let Some(view) = cluster.view() else {
         return Some("this node has not learned the cluster's metadata yet".to_owned());
     };

@@ -112,6 +112,8 @@ pub struct ControllerStatus {
     pub active: bool,
     /// The data nodes' sessions (on the active controller only).
     pub sessions: Vec<SessionStatus>,
+    /// Why this node's Raft core stopped while the process runs ([`Controller::failure`]).
+    pub failure: Option<String>,
 }
 
 struct Inner {
@@ -398,7 +400,23 @@ impl Controller {
             last_applied_index: metrics.last_applied.map(|log_id| log_id.index),
             active: logic.is_active(),
             sessions: logic.sessions(Instant::now(), &meta),
+            failure: self.failure(),
         }
+    }
+
+    /// Why this node's Raft core stopped, if it did while the process runs (a fatal storage
+    /// error, a panic inside openraft, a shutdown): this member then no longer votes, keeps
+    /// the controller's log or answers its peers until the node restarts. `/health` reports it.
+    pub fn failure(&self) -> Option<String> {
+        let metrics = self.inner.raft.metrics();
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return Some(format!("its Raft core stopped: {fatal}"));
+        }
+        // A core that panicked publishes nothing more: its metrics' sender is gone.
+        metrics
+            .has_changed()
+            .is_err()
+            .then(|| "its Raft core stopped (a panic inside openraft?)".to_owned())
     }
 
     /// The underlying Raft handle (for metrics and tests).

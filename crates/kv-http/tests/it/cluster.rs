@@ -727,3 +727,44 @@ async fn a_leader_without_a_lease_past_the_lag_limit_is_unhealthy_and_refuses_wr
     assert_eq!(status, StatusCode::OK, "{body}");
     leader.stop().await;
 }
+
+/// A node whose controller member stopped while the process runs (a fatal error or a panic in
+/// openraft's core: helper-20 saw one kill node 0's, which ran on without it) says so: `/health`
+/// 503 naming it, and `/cluster_status` shows why. Before, the node answered `/health` 200 and
+/// nothing told the operator its controller vote was gone.
+#[tokio::test]
+async fn a_node_whose_controller_member_stopped_is_unhealthy() {
+    let leader = member(0, &[]).await;
+    let meta = initialized(&leader).await;
+    let node = &leader.node.state.node;
+    node.apply_cluster_view(&kv_http::cluster_view(&meta, 0))
+        .expect("view");
+    leader.cluster.set_view(&meta);
+    let (status, body) = leader.http(Method::GET, "/health", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = leader.http(Method::GET, "/cluster_status", "").await;
+    assert_eq!(
+        body["controller"]["failure"],
+        serde_json::Value::Null,
+        "{body}"
+    );
+
+    leader
+        .controller()
+        .raft()
+        .shutdown()
+        .await
+        .expect("the Raft core stops");
+    let (status, body) = leader.http(Method::GET, "/health", "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("controller member is down"),
+        "{body}"
+    );
+    let (_, body) = leader.http(Method::GET, "/cluster_status", "").await;
+    assert!(body["controller"]["failure"].as_str().is_some(), "{body}");
+    leader.stop().await;
+}
