@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body;
 
 use crate::error::{Error, Result};
-use crate::exact_json::{holds_a_double, ExactJson};
+use crate::json_text::{compact_json, holds_a_double, ExactJson};
 use crate::options::HttpOptions;
 
 /// Reads the whole body. A `Content-Length` over the limit fails before anything is read;
@@ -152,129 +152,9 @@ fn is_zero_quality(parameter: &str) -> bool {
 /// The media type of raw values.
 pub const OCTET_STREAM: &str = "application/octet-stream";
 
-/// `value` as compact JSON text, byte for byte what `serde_json::to_vec` gives (object members
-/// in their order), but a string that needs no escaping is copied whole: serde_json looks each
-/// byte of a string up in its escape table, which was a quarter of kvd's CPU time for PUTs of
-/// 64 KiB string values (`docs/benchmarks.md`). Nesting is bounded by the parser (128 levels).
-pub(crate) fn compact_json(value: &serde_json::Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_compact(&mut out, value);
-    out
-}
-
-fn write_compact(out: &mut Vec<u8>, value: &serde_json::Value) {
-    use serde_json::Value as Json;
-    match value {
-        Json::String(text) => write_json_string(out, text),
-        Json::Array(items) => {
-            out.push(b'[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                write_compact(out, item);
-            }
-            out.push(b']');
-        }
-        Json::Object(members) => {
-            out.push(b'{');
-            for (index, (name, member)) in members.iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                write_json_string(out, name);
-                out.push(b':');
-                write_compact(out, member);
-            }
-            out.push(b'}');
-        }
-        Json::Null | Json::Bool(_) | Json::Number(_) => {
-            serde_json::to_writer(&mut *out, value).expect("writing to a Vec cannot fail")
-        }
-    }
-}
-
-/// A JSON string: quoted as is when nothing in it needs escaping (JSON escapes only `"`, `\`
-/// and the control characters below U+0020, as serde_json does), else serde_json's escaping.
-pub(crate) fn write_json_string(out: &mut Vec<u8>, text: &str) {
-    // No early exit: the whole scan vectorizes, and the common case reads every byte anyway.
-    let needs_escaping = text.bytes().fold(false, |found, byte| {
-        found | (byte < 0x20) | (byte == b'"') | (byte == b'\\')
-    });
-    if needs_escaping {
-        serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
-        return;
-    }
-    out.reserve(text.len() + 2);
-    out.push(b'"');
-    out.extend_from_slice(text.as_bytes());
-    out.push(b'"');
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    /// Any JSON value: strings of any characters (escapes, controls, non-ASCII), nested.
-    fn json() -> impl Strategy<Value = serde_json::Value> {
-        let leaf = prop_oneof![
-            Just(serde_json::Value::Null),
-            any::<bool>().prop_map(serde_json::Value::Bool),
-            any::<i64>().prop_map(serde_json::Value::from),
-            any::<f64>()
-                .prop_filter("finite", |number| number.is_finite())
-                .prop_map(serde_json::Value::from),
-            any::<String>().prop_map(serde_json::Value::String),
-            "[ -~]{0,40}".prop_map(serde_json::Value::String),
-        ];
-        leaf.prop_recursive(4, 64, 8, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::Array),
-                prop::collection::vec((any::<String>(), inner), 0..8).prop_map(|members| {
-                    serde_json::Value::Object(members.into_iter().collect())
-                }),
-            ]
-        })
-    }
-
-    proptest! {
-        #[test]
-        fn compact_json_is_what_serde_json_writes(value in json()) {
-            prop_assert_eq!(compact_json(&value), serde_json::to_vec(&value).unwrap());
-        }
-
-        /// The path that keeps integers past 64 bits (`exact_json.rs`) writes every other
-        /// value as compact_json writes what serde_json reads from the same text (a double
-        /// read back may differ from the one written in its last bit: serde_json's parser is
-        /// not exactly rounded without its `float_roundtrip` feature).
-        #[test]
-        fn the_exact_path_writes_what_compact_json_writes(value in json()) {
-            let text = serde_json::to_string_pretty(&value).unwrap();
-            let read: serde_json::Value = serde_json::from_str(&text).unwrap();
-            prop_assert_eq!(ExactJson::parse(&text).unwrap().compact(), compact_json(&read));
-        }
-    }
-
-    #[test]
-    fn strings_are_escaped_only_where_json_needs_it() {
-        for text in [
-            "plain",
-            "",
-            "quote \" here",
-            "back\\slash",
-            "tab\there",
-            "\u{1}",
-            "\u{7f} é 日本",
-        ] {
-            let value = serde_json::Value::String(text.to_owned());
-            assert_eq!(
-                compact_json(&value),
-                serde_json::to_vec(&value).unwrap(),
-                "{text:?}"
-            );
-        }
-    }
 
     use http::HeaderValue;
 

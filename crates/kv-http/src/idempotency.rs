@@ -21,33 +21,7 @@ use kv_store::RequestIds;
 /// `?idempotency_key=K`): `{"processed":false}`, or `{"processed":true,"status_code":S,
 /// "id":N,"operation":…,"result":<the answer the request got>}`.
 pub async fn request_status(state: &AppState, query: &str) -> Result<Response<Full<Bytes>>> {
-    let ids = match query_parameter(query, "idempotency_key")? {
-        // The header's key as a query parameter: a bad one is a bad query, not a bad header.
-        Some(key) => {
-            if query_parameter(query, "client_id")?.is_some()
-                || query_parameter(query, "request_id")?.is_some()
-            {
-                return Err(Error::InvalidQuery(
-                    "give either client_id and request_id or idempotency_key, not both".to_owned(),
-                ));
-            }
-            let key = http::HeaderValue::from_bytes(&key)
-                .ok()
-                .and_then(|key| key.to_str().ok().map(str::to_owned))
-                .ok_or_else(|| {
-                    Error::InvalidQuery("idempotency_key is not visible ASCII".to_owned())
-                })?;
-            check_id("idempotency_key", &key).map_err(Error::InvalidQuery)?;
-            RequestIds {
-                client_id: String::new(),
-                request_id: key,
-                form: 0,
-            }
-        }
-        None => request_ids(query, &HeaderMap::new(), 0)?.ok_or_else(|| {
-            Error::InvalidQuery("give client_id and request_id, or idempotency_key".to_owned())
-        })?,
-    };
+    let ids = status_request_ids(query)?;
     let wanted = match query_parameter(query, "operation")? {
         None => None,
         Some(text) => Some(match text.to_ascii_uppercase().as_slice() {
@@ -122,6 +96,37 @@ pub async fn request_status(state: &AppState, query: &str) -> Result<Response<Fu
         "result": result,
     });
     Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
+}
+
+/// The ids `/request_status` asks about: `client_id` and `request_id`, or `idempotency_key`
+/// (the `Idempotency-Key` header's key given as a parameter: a bad one is a bad query).
+fn status_request_ids(query: &str) -> Result<RequestIds> {
+    Ok(match query_parameter(query, "idempotency_key")? {
+        Some(key) => {
+            if query_parameter(query, "client_id")?.is_some()
+                || query_parameter(query, "request_id")?.is_some()
+            {
+                return Err(Error::InvalidQuery(
+                    "give either client_id and request_id or idempotency_key, not both".to_owned(),
+                ));
+            }
+            let key = http::HeaderValue::from_bytes(&key)
+                .ok()
+                .and_then(|key| key.to_str().ok().map(str::to_owned))
+                .ok_or_else(|| {
+                    Error::InvalidQuery("idempotency_key is not visible ASCII".to_owned())
+                })?;
+            check_id("idempotency_key", &key).map_err(Error::InvalidQuery)?;
+            RequestIds {
+                client_id: String::new(),
+                request_id: key,
+                form: 0,
+            }
+        }
+        None => request_ids(query, &HeaderMap::new(), 0)?.ok_or_else(|| {
+            Error::InvalidQuery("give client_id and request_id, or idempotency_key".to_owned())
+        })?,
+    })
 }
 
 /// `GET /deduplication_stats`: the original's counters, plus the limits and what was pruned.

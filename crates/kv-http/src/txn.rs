@@ -19,8 +19,8 @@ use serde_json::{Map, Value as Json};
 use crate::body;
 use crate::conditions::{form, request_ids, IDEMPOTENT_REPLAYED};
 use crate::error::{json_response, Error, Result};
-use crate::exact_json::{holds_a_double, ExactJson};
 use crate::gate::require_leader;
+use crate::json_text::{compact_json, holds_a_double, ExactJson};
 use crate::options::KEYS_LIMIT_DEFAULT;
 use crate::params::acks_parameter;
 use crate::state::AppState;
@@ -183,7 +183,7 @@ fn write_text(body: &mut Vec<u8>, bytes: &[u8]) {
 /// [`Error::InvalidTxn`] naming where it is.
 pub(crate) fn parse_txn(bytes: &[u8], key_bytes_max: usize) -> Result<Txn> {
     let document: Json = serde_json::from_slice(bytes).map_err(body::json_error)?;
-    // Values keep integers past 64 bits digit for digit (`exact_json.rs`).
+    // Values keep integers past 64 bits digit for digit (`json_text.rs`).
     let exact = if holds_a_double(&document) {
         let text =
             std::str::from_utf8(bytes).map_err(|error| Error::MalformedJson(error.to_string()))?;
@@ -335,7 +335,7 @@ fn parse_value(
         (Some(value), None) => Ok(Value::json(
             match exact.and_then(|exact| exact.member("value")) {
                 Some(exact) => exact.compact(),
-                None => crate::body::compact_json(value),
+                None => compact_json(value),
             },
         )),
         (None, Some(Json::String(encoded))) => base64::engine::general_purpose::STANDARD

@@ -9,6 +9,7 @@ use kv_store::ValueKind;
 
 use crate::body::{self, OCTET_STREAM};
 use crate::error::json_response;
+use crate::json_text;
 
 /// A value's answer: its bytes for `Accept: application/octet-stream`, else
 /// `{"key":k,"value":v[,"encoding":"base64"]…}` with `more_members` appending the rest.
@@ -36,7 +37,7 @@ pub(crate) fn value_response(
     }
     let mut body = Vec::with_capacity(value.len() + key.len() + 96);
     body.extend_from_slice(br#"{"key":"#);
-    body::write_json_string(&mut body, key);
+    json_text::write_json_string(&mut body, key);
     body.extend_from_slice(br#","value":"#);
     write_value(&mut body, kind, value);
     more_members(&mut body);
@@ -51,7 +52,7 @@ pub(crate) fn write_value(body: &mut Vec<u8>, kind: ValueKind, value: &[u8]) {
         // Stored as compact JSON text: spliced in as is.
         ValueKind::Json => body.extend_from_slice(value),
         ValueKind::Raw => match std::str::from_utf8(value) {
-            Ok(text) => body::write_json_string(body, text),
+            Ok(text) => json_text::write_json_string(body, text),
             Err(_) => {
                 let encoded = base64::engine::general_purpose::STANDARD.encode(value);
                 serde_json::to_writer(&mut *body, &encoded).expect("writing to a Vec");

@@ -84,13 +84,12 @@ pub async fn open_controller(
     let transport = Arc::new(HttpControllerTransport::new(peers.clone()));
     let controller = Controller::open(options, transport)
         .await
-        .with_context(|| {
-            format!(
-                "cannot open the controller in {}",
-                config
-                    .data_dir
-                    .join(kv_controller::CONTROLLER_DIR)
-                    .display()
+        .map_err(|error| {
+            let controller_dir = config.data_dir.join(kv_controller::CONTROLLER_DIR);
+            anyhow::anyhow!(
+                "cannot open the controller in {}: {error:#}\n{}",
+                controller_dir.display(),
+                controller_damage_hint(config, &controller_dir)
             )
         })?;
     Ok(ControllerClient::new(
@@ -100,6 +99,21 @@ pub async fn open_controller(
         identity.seeds.clone(),
         CONTROLLER_REQUEST_TIMEOUT,
     ))
+}
+
+/// What an operator can do when the controller's files cannot be read (the error names the
+/// file and the reason; this says how to go on): the same way out as for a lost controller
+/// state (`refuse_a_lost_controller`).
+fn controller_damage_hint(config: &NodeConfig, controller_dir: &std::path::Path) -> String {
+    format!(
+        "kvd: this node's controller state is damaged, and kvd does not repair it. Restore {} \
+         from a copy if you can. To make this node's data a new one-node cluster instead, move \
+         {} and {} aside: the node starts with its keys under a new cluster id (the cluster's \
+         other nodes, if any, will refuse it as another cluster)",
+        controller_dir.display(),
+        controller_dir.display(),
+        NodeMeta::path(&config.data_dir).display(),
+    )
 }
 
 /// On `kvd leader` with an empty controller: creates the cluster, led by this node, in an epoch

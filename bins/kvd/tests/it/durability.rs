@@ -396,3 +396,46 @@ fn a_leader_that_lost_its_controller_state_refuses_to_start_a_new_controller() {
         "a new cluster"
     );
 }
+
+/// A damaged controller log (here a flipped byte in its first record) is refused with the file
+/// named and the way out; following it — moving controller/ and node.meta aside — starts the
+/// node as a new one-node cluster with its keys. Before, the refusal named the file but no way
+/// out, and a controller log cut short refused with openraft's "Failed to get log entries".
+#[test]
+fn a_leader_with_a_damaged_controller_log_names_it_and_the_way_out() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("leader");
+    let mut kvd = Kvd::start(&data_dir, &[], &[]);
+    put(&kvd, "k", "v");
+    assert!(kvd.terminate().success());
+    let log_dir = data_dir.join("controller").join("log");
+    let segment = files_with_suffix(&log_dir, ".wal")
+        .into_iter()
+        .next()
+        .expect("a controller log segment");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    bytes[100] ^= 0xff;
+    std::fs::write(&segment, &bytes).expect("write segment");
+
+    let (status, stderr) = start_expecting_exit(&data_dir);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&segment.display().to_string())
+            && stderr.contains("move")
+            && stderr.contains("node.meta"),
+        "{stderr}"
+    );
+
+    std::fs::rename(
+        data_dir.join("controller"),
+        dir.path().join("controller.old"),
+    )
+    .expect("mv");
+    std::fs::rename(data_dir.join("node.meta"), dir.path().join("node.meta.old")).expect("mv");
+    let kvd = Kvd::start(&data_dir, &[], &[]);
+    let (status, body) = kvd.json("GET", "/key/k", None);
+    assert_eq!(
+        (status, body["value"].clone()),
+        (200, serde_json::json!("v"))
+    );
+}

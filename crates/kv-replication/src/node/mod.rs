@@ -602,16 +602,19 @@ const LOST_IDS_FILLED_MAX: u64 = 1 << 20;
 /// A leader whose log ends below the commit id it recorded (allowed to lead by
 /// [`crate::view::may_lead`] only alone in the ISR: nobody else may hold what it lost — a
 /// deleted last segment, a power cut under `never`) writes a no-op of its new epoch under
-/// each lost id, so that an id once committed never names another write (clients hold them
-/// as ETags and `min_id`s) while the log stays contiguous for followers. A gap larger than
-/// [`LOST_IDS_FILLED_MAX`] is not filled (its ids are handed out again); either way the loss
-/// is logged as an error.
+/// each lost id the log would hand out again (none after a point-in-time repair, whose next
+/// id is past them), so that an id once committed never names another write (clients hold
+/// them as ETags and `min_id`s) while the log stays contiguous for followers. A gap larger
+/// than [`LOST_IDS_FILLED_MAX`] is not filled (its ids are handed out again); either way the
+/// loss is logged as an error.
 fn fill_lost_ids(store: &Store, meta: &NodeMeta, epoch: u64) -> Result<()> {
     let last_id = store.last_id();
-    let lost = meta.commit_id.saturating_sub(last_id);
-    if lost == 0 {
+    if meta.commit_id <= last_id {
         return Ok(());
     }
+    // The lost ids the log would hand out again: none when it already continues past them (a
+    // point-in-time repair moves its next id past every id it saw).
+    let lost = (meta.commit_id + 1).saturating_sub(store.next_id());
     let filled = lost <= LOST_IDS_FILLED_MAX;
     tracing::error!(
         epoch,
@@ -619,7 +622,9 @@ fn fill_lost_ids(store: &Store, meta: &NodeMeta, epoch: u64) -> Result<()> {
         committed_id = meta.commit_id,
         "leading without entries this node recorded as committed: they are lost (no other \
          in-sync replica may hold them); {}",
-        if filled {
+        if lost == 0 {
+            "the log already continues past their ids"
+        } else if filled {
             "their ids are filled with no-ops, never handed out again"
         } else {
             "too many to fill with no-ops: their ids are handed out again"
