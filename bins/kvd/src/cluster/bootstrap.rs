@@ -103,17 +103,31 @@ pub async fn open_controller(
 
 /// What an operator can do when the controller's files cannot be read (the error names the
 /// file and the reason; this says how to go on): the same way out as for a lost controller
-/// state (`refuse_a_lost_controller`).
+/// state (`refuse_a_lost_controller`), by role — a follower must leave the cluster before it
+/// joins again, or its join is refused (its id is a member at its own URL).
 fn controller_damage_hint(config: &NodeConfig, controller_dir: &std::path::Path) -> String {
-    format!(
-        "kvd: this node's controller state is damaged, and kvd does not repair it. Restore {} \
-         from a copy if you can. To make this node's data a new one-node cluster instead, move \
-         {} and {} aside: the node starts with its keys under a new cluster id (the cluster's \
-         other nodes, if any, will refuse it as another cluster)",
-        controller_dir.display(),
-        controller_dir.display(),
-        NodeMeta::path(&config.data_dir).display(),
-    )
+    let node_meta = NodeMeta::path(&config.data_dir);
+    match config.role {
+        Role::Leader => format!(
+            "kvd: this node's controller state is damaged, and kvd does not repair it. Restore \
+             {} from a copy if you can. To make this node's data a new one-node cluster \
+             instead, move {} and {} aside: the node starts with its keys under a new cluster \
+             id (the cluster's other nodes, if any, will refuse it as another cluster)",
+            controller_dir.display(),
+            controller_dir.display(),
+            node_meta.display(),
+        ),
+        Role::Follower { .. } => format!(
+            "kvd: this node's controller state is damaged, and kvd does not repair it. Restore \
+             {} from a copy if you can. Otherwise remove this node from the cluster first \
+             (DELETE /admin/members/{id} on a running node), then move {} and {} aside and \
+             start it again: it joins as a new member and copies the leader's data",
+            controller_dir.display(),
+            controller_dir.display(),
+            node_meta.display(),
+            id = config.node_id(),
+        ),
+    }
 }
 
 /// On `kvd leader` with an empty controller: creates the cluster, led by this node, in an epoch

@@ -184,6 +184,25 @@ fn a_follower_on_a_new_disk_is_refused_until_removed() {
     });
 }
 
+/// A follower whose controller log is damaged (a flipped byte) is refused with the file, and
+/// the way out a follower needs: before, the hint was the leader's (move `controller/` and
+/// `node.meta` aside to start a new one-node cluster), and a follower doing so was refused
+/// at its join (its id is a member at its own URL) without being removed first.
+#[test]
+fn a_follower_with_a_damaged_controller_log_is_refused_until_removed() {
+    lost_state_refused_until_removed(|data_dir| {
+        let log_dir = data_dir.join("controller").join("log");
+        let segment = std::fs::read_dir(&log_dir)
+            .expect("controller log")
+            .map(|entry| entry.expect("entry").path())
+            .find(|path| path.extension().is_some_and(|ext| ext == "wal"))
+            .expect("a controller log segment");
+        let mut bytes = std::fs::read(&segment).expect("read segment");
+        bytes[100] ^= 0xff;
+        std::fs::write(&segment, &bytes).expect("write segment");
+    });
+}
+
 fn lost_state_refused_until_removed(lose: impl Fn(&std::path::Path)) {
     let mut cluster = Cluster::start(3, &[]);
     let (leader, _) = cluster.wait_for_leader(None);
@@ -201,13 +220,18 @@ fn lost_state_refused_until_removed(lose: impl Fn(&std::path::Path)) {
     let status = cluster.status(leader).expect("answers");
     assert!(ids(&status, "members").contains(&2), "{status}");
 
-    // The way out: remove it, move node.meta aside (if any), start it again.
+    // The way out: remove it, move node.meta and controller/ aside (if any), start it again.
     let removed = cluster
         .request(leader, "DELETE", "/admin/members/2", None)
         .expect("answers");
     expect_status(removed, 200);
-    if data_dir.join("node.meta").exists() {
-        std::fs::rename(data_dir.join("node.meta"), data_dir.join("node.meta.lost")).expect("mv");
+    for (name, aside) in [
+        ("node.meta", "node.meta.lost"),
+        ("controller", "controller.lost"),
+    ] {
+        if data_dir.join(name).exists() {
+            std::fs::rename(data_dir.join(name), data_dir.join(aside)).expect("mv");
+        }
     }
     cluster.start_node(2);
     let (_, after) = cluster.write(leader, "after", &json!(2));
