@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
 use crate::frames::last_frame_id;
 use crate::leader::LeaderState;
 use crate::log_view::LogView;
@@ -138,6 +139,14 @@ impl PushContext {
         }
     }
 
+    fn snapshot_needed(&self, first_id: u64) -> FetchResponse {
+        FetchResponse::SnapshotNeeded {
+            cluster_id: self.cluster_id,
+            leader_epoch: self.leader_epoch,
+            first_id,
+        }
+    }
+
     fn entries(&self, log: &impl LogView, frames: Vec<u8>) -> FetchResponse {
         FetchResponse::Entries {
             cluster_id: self.cluster_id,
@@ -209,6 +218,11 @@ impl PushCursor {
             let frames =
                 match log.read_frames(self.next_to_send, self.options.batch_bytes_max, last_id) {
                     Ok(frames) => frames,
+                    // Only the snapshot holds the ids skipped (see `LeaderState::on_fetch`):
+                    // the stream's last message. A reopened stream met the same gap forever.
+                    Err(Error::LogGap { found_id, .. }) => {
+                        return self.sent(now, leader.snapshot_needed(found_id))
+                    }
                     Err(_) => return Push::Reopen,
                 };
             let Some(batch_last) = last_frame_id(&frames).filter(|&id| id >= self.next_to_send)

@@ -29,6 +29,7 @@ use isr::Elected;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
 use crate::log_view::LogView;
 use crate::protocol::{FetchRequest, FetchResponse};
 
@@ -335,6 +336,16 @@ impl LeaderState {
         }
         match log.read_frames(request.next_id, request.bytes_max.max(1) as usize, last_id) {
             Ok(frames) => FetchDecision::Respond(self.entries(log, frames)),
+            // The log skips the ids the follower needs next (it went on past a snapshot that
+            // covers them: opened behind its snapshot, a lost tail filled by none): only the
+            // snapshot has them. An empty answer here had the follower ask again forever.
+            Err(Error::LogGap { found_id, .. }) => {
+                FetchDecision::Respond(FetchResponse::SnapshotNeeded {
+                    cluster_id: self.cluster_id,
+                    leader_epoch: self.epoch,
+                    first_id: found_id,
+                })
+            }
             // The log changed under us (purged or truncated): the follower asks again.
             Err(_) => FetchDecision::Respond(self.entries(log, Vec::new())),
         }

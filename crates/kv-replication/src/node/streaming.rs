@@ -181,6 +181,8 @@ impl LeaderStream {
                         self.ended = true;
                         return None;
                     }
+                    // Anything but entries (a snapshot to install) is the stream's last message.
+                    self.ended = !matches!(answer, FetchResponse::Entries { .. });
                     self.node.streams.pushes.fetch_add(1, Ordering::Relaxed);
                     return Some((self.cursor.echo(), answer));
                 }

@@ -7,7 +7,7 @@ use kv_replication::{
     LeaderOptions, LeaderState, Step,
 };
 
-use crate::support::{payload, VecLog};
+use crate::support::{payload, GappedLog, VecLog};
 
 const CLUSTER: u64 = 0xc1;
 
@@ -586,4 +586,38 @@ fn a_failed_snapshot_install_backs_off_and_the_next_answer_resets() {
         after <= Duration::from_millis(100),
         "the backoff starts again: {after:?}"
     );
+}
+
+/// A fetch from inside a gap of the leader's log (ids it went on past because its snapshot
+/// covers them: a log opened behind its snapshot) is sent to the snapshot. Before, it got an
+/// empty answer, and the follower asked again forever (helper-21's report). Fetches from
+/// before or after the gap get entries as ever.
+#[test]
+fn a_fetch_inside_a_gap_of_the_leaders_log_is_sent_to_the_snapshot() {
+    let now = Instant::now();
+    let tags: Vec<(u64, &str)> = (0..10).map(|_| (1, "x")).collect();
+    let log = GappedLog::new(leader_log(&tags), 5..=7);
+    let mut leader = LeaderState::new(CLUSTER, 1, LeaderOptions::default());
+    let answer = |leader: &mut LeaderState, next_id| match leader.on_fetch(
+        now,
+        &request(10, next_id, 1, next_id - 1),
+        &log,
+        false,
+        true,
+    ) {
+        FetchDecision::Respond(response) => response,
+        other => panic!("{other:?}"),
+    };
+    let inside = answer(&mut leader, 5);
+    assert!(
+        matches!(inside, FetchResponse::SnapshotNeeded { first_id: 8, .. }),
+        "{inside:?}"
+    );
+    for next_id in [2, 9] {
+        let outside = answer(&mut leader, next_id);
+        let FetchResponse::Entries { frames, .. } = &outside else {
+            panic!("{outside:?}")
+        };
+        assert!(!frames.is_empty(), "{outside:?}");
+    }
 }

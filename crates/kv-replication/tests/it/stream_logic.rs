@@ -16,7 +16,7 @@ use kv_replication::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::{epoch_of, payload, seed_from_env, VecLog};
+use crate::support::{epoch_of, payload, seed_from_env, GappedLog, VecLog};
 
 const CLUSTER: u64 = 0x57e4;
 const MS: Duration = Duration::from_millis(1);
@@ -385,4 +385,23 @@ fn a_stream_run_against_a_model_copies_the_log_and_commits_it() {
         assert_eq!(leader.commit_id(), log.last_id(), "seed {seed}");
         assert_eq!(local.entries, log.entries, "seed {seed}");
     }
+}
+
+/// A stream whose next id falls inside a gap of the leader's log (see
+/// `logic::a_fetch_inside_a_gap_of_the_leaders_log_is_sent_to_the_snapshot`) ends with "install
+/// the snapshot", not a reopening: the reopened stream met the same gap, forever.
+#[test]
+fn a_stream_that_reaches_a_gap_of_the_leaders_log_sends_the_follower_to_the_snapshot() {
+    let start = Instant::now();
+    let log = GappedLog::new(leader_log(10), 5..=7);
+    let leader = elected(&[0], 1, start);
+    let mut cursor = PushCursor::new(&opening(1, 5, 1, 1 << 20), options(1 << 20, 4 << 20));
+    let push = cursor.next(start, &PushContext::of(&leader), &log);
+    assert!(
+        matches!(
+            push,
+            Push::Send(FetchResponse::SnapshotNeeded { first_id: 8, .. })
+        ),
+        "{push:?}"
+    );
 }

@@ -213,3 +213,56 @@ pub fn seed_from_env() -> u64 {
         .and_then(|seed| seed.parse().ok())
         .unwrap_or_else(rand::random)
 }
+
+/// A [`VecLog`] missing the ids of `gap`, as a log that went on past a snapshot covering them
+/// (opened behind its snapshot): reading from inside the gap fails as the store's log view
+/// does, with [`kv_replication::Error::LogGap`] naming the first id after it.
+pub struct GappedLog {
+    pub log: VecLog,
+    pub gap: std::ops::RangeInclusive<u64>,
+}
+
+impl GappedLog {
+    pub fn new(mut log: VecLog, gap: std::ops::RangeInclusive<u64>) -> GappedLog {
+        log.entries.retain(|(id, _, _)| !gap.contains(id));
+        GappedLog { log, gap }
+    }
+}
+
+impl LogView for GappedLog {
+    fn first_id(&self) -> u64 {
+        self.log.first_id()
+    }
+    fn last_id(&self) -> u64 {
+        self.log.last_id()
+    }
+    fn durable_id(&self) -> u64 {
+        self.log.durable_id()
+    }
+    fn epoch_at(&self, id: u64) -> Option<u64> {
+        self.log.epoch_at(id)
+    }
+    fn end_of_epoch(&self, epoch: u64) -> u64 {
+        self.log.end_of_epoch(epoch)
+    }
+    fn read_frames(
+        &self,
+        from_id: u64,
+        bytes_max: usize,
+        through_id: u64,
+    ) -> kv_replication::Result<Vec<u8>> {
+        if self.gap.contains(&from_id) {
+            return Err(kv_replication::Error::LogGap {
+                asked_id: from_id,
+                found_id: self.gap.end() + 1,
+            });
+        }
+        // Like the store's, a read stops at the gap.
+        let through_id = if from_id < *self.gap.start() {
+            through_id.min(self.gap.start() - 1)
+        } else {
+            through_id
+        };
+        self.log.read_frames(from_id, bytes_max, through_id)
+    }
+}
