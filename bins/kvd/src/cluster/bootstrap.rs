@@ -230,6 +230,51 @@ fn refuse_a_lost_controller(config: &NodeConfig, node_meta: &NodeMeta) -> anyhow
     )
 }
 
+/// A node that is its cluster's only member and whose log ends below the commit id its
+/// `node.meta` recorded lost acknowledged writes that no replica holds: under `batch` and
+/// `always` nothing is acknowledged before it is on disk, so only damage (a deleted or cut
+/// newest segment, a disk that lied) explains it. It refuses to start, as it does on any
+/// other damage, unless its recovery mode accepts losing data (`point-in-time`,
+/// `skip-corrupt`): then, leading, it fills the lost ids with no-ops (never handed out again).
+/// Under `interval`/`never` the loss is documented (the last interval of acknowledged writes)
+/// and it starts. A node with other members re-syncs from them instead: it does not lead
+/// while another in-sync replica exists (`kv_replication::view::may_lead`).
+pub fn refuse_lost_acknowledged_writes(
+    config: &NodeConfig,
+    controller: &Controller,
+    store: &Store,
+) -> anyhow::Result<()> {
+    use kv_wal::{RecoveryMode, SyncPolicy};
+    let node_id = config.node_id();
+    let alone = controller.meta().members.keys().all(|&id| id == node_id);
+    let losing_accepted = matches!(
+        config.recovery_mode,
+        RecoveryMode::PointInTime | RecoveryMode::SkipCorrupt
+    );
+    let acknowledged_only_durable =
+        matches!(config.sync_policy, SyncPolicy::Always | SyncPolicy::Batch);
+    if !alone || losing_accepted || !acknowledged_only_durable {
+        return Ok(());
+    }
+    let committed = NodeMeta::load(&kv_wal::fs::StdFs, &config.data_dir)
+        .context("cannot read the node's meta file")?
+        .map_or(0, |meta| meta.commit_id);
+    let last_id = store.last_id();
+    if last_id >= committed {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "this node's log ends at id {last_id}, but {} records id {committed} as committed: the \
+         acknowledged writes {}..={committed} are lost (a deleted or cut newest segment in {}?), \
+         and this node is its cluster's only member, so no replica holds them. Put the missing \
+         segment back if you can. To start without them, use --recovery-mode point-in-time: \
+         their ids are filled with no-ops, never handed out again",
+        NodeMeta::path(&config.data_dir).display(),
+        last_id + 1,
+        config.wal_dir().display(),
+    )
+}
+
 /// On `kvd follower N` with an empty controller: asks the seeds (and whoever they point at)
 /// to admit this node, until one does or `shutdown` turns true; then stores the cluster id.
 /// A refusal (another cluster, this id taken at another URL) is an error: the node must not
