@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::harness::{kvd_command, Kvd, DEADLINE};
+use crate::harness::Kvd;
 
 fn put(kvd: &Kvd, key: &str, value: &str) -> u64 {
     let (status, body) = kvd.json(
@@ -165,34 +165,9 @@ fn a_leader_refusing_a_damaged_log_names_the_segment_and_the_recovery_modes() {
 /// Runs `kvd leader` on `data_dir` and waits for it to exit (failing the test if it does not
 /// within the deadline); returns its status and what it printed on stderr.
 fn start_expecting_exit(data_dir: &Path) -> (std::process::ExitStatus, String) {
-    let stderr_path = data_dir.with_extension("stderr");
-    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
     let path = data_dir.to_str().expect("UTF-8 path");
-    let child = kvd_command(&["leader", "--listen", "127.0.0.1:0", "--data-dir", path])
-        .stdout(std::process::Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn kvd");
-    let mut child = child;
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "kvd kept running: {}",
-                std::fs::read_to_string(&stderr_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    (
-        status,
-        std::fs::read_to_string(&stderr_path).expect("stderr"),
-    )
+    let args = ["leader", "--listen", "127.0.0.1:0", "--data-dir", path].map(str::to_owned);
+    crate::harness::run_until_exit(&args, data_dir)
 }
 
 /// A power cut or torn write at the end of the newest segment: its last `count` written bytes

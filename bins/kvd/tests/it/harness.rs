@@ -477,3 +477,38 @@ pub fn env_number(name: &str, default: u64) -> u64 {
         Err(_) => default,
     }
 }
+
+/// Runs kvd with `args` until it exits (killed after the harness deadline: the test fails);
+/// its exit status and stderr.
+pub fn run_until_exit(
+    args: &[String],
+    data_dir: &std::path::Path,
+) -> (std::process::ExitStatus, String) {
+    let stderr_path = data_dir.with_extension("stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = kvd_command(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn kvd");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "kvd kept running: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (
+        status,
+        std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+    )
+}

@@ -157,6 +157,21 @@ async fn initialized(member: &Member) -> ClusterMeta {
         .expect("initialize")
 }
 
+/// Node 0 alone, initialized, with the controller's view naming it leader taken (no lease
+/// yet): the set-up of the read gate's and `/health`'s tests.
+async fn leading_member() -> (Member, ClusterMeta) {
+    let leader = member(0, &[]).await;
+    let meta = initialized(&leader).await;
+    leader
+        .node
+        .state
+        .node
+        .apply_cluster_view(&kv_http::cluster_view(&meta, 0))
+        .expect("view");
+    leader.cluster.set_view(&meta);
+    (leader, meta)
+}
+
 /// Node 0 initializes; 1 joins through 0, 2 through 1 (which is not the active controller:
 /// the join follows its 421); every node heartbeats until all three are voters.
 async fn three_members() -> Vec<Member> {
@@ -519,12 +534,8 @@ async fn reads_and_health_follow_the_view_and_the_lease() {
 /// they follow the same rule (they answered from a lapsed leader's map).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_lease_lapsed_waits_for_its_renewal_before_a_read() {
-    let leader = member(0, &[]).await;
-    let meta = initialized(&leader).await;
+    let (leader, meta) = leading_member().await;
     let node = leader.node.state.node.clone();
-    node.apply_cluster_view(&kv_http::cluster_view(&meta, 0))
-        .expect("view");
-    leader.cluster.set_view(&meta);
     let short_lease = Duration::from_millis(100);
     node.grant_lease(meta.leader_epoch, Instant::now() + short_lease);
     let answer = support::put(&leader.node, "/key/k", r#"{"value": 1}"#).await;
@@ -615,9 +626,12 @@ async fn a_leader_whose_lease_lapsed_waits_for_its_renewal_before_a_read() {
         let cluster = leader.cluster.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
+            // The view first: a read woken by the role change between the two would find the
+            // old view naming this node and answer 503 ("taking up its leadership"), a moment
+            // the driver's order (role, then view) leaves open; retried, it gets the 307.
+            cluster.set_view(&moved);
             node.apply_cluster_view(&kv_http::cluster_view(&moved, 0))
                 .expect("view");
-            cluster.set_view(&moved);
         })
     };
     let started = Instant::now();
@@ -674,12 +688,8 @@ async fn the_controllers_elect_a_new_active_one_over_http_when_it_stops() {
 /// leader only that much later.
 #[tokio::test]
 async fn a_leader_without_a_lease_past_the_lag_limit_is_unhealthy_and_refuses_writes_at_once() {
-    let leader = member(0, &[]).await;
-    let meta = initialized(&leader).await;
+    let (leader, meta) = leading_member().await;
     let node = &leader.node.state.node;
-    node.apply_cluster_view(&kv_http::cluster_view(&meta, 0))
-        .expect("view");
-    leader.cluster.set_view(&meta);
     node.grant_lease(
         meta.leader_epoch,
         Instant::now() + Duration::from_millis(50),
@@ -734,12 +744,7 @@ async fn a_leader_without_a_lease_past_the_lag_limit_is_unhealthy_and_refuses_wr
 /// nothing told the operator its controller vote was gone.
 #[tokio::test]
 async fn a_node_whose_controller_member_stopped_is_unhealthy() {
-    let leader = member(0, &[]).await;
-    let meta = initialized(&leader).await;
-    let node = &leader.node.state.node;
-    node.apply_cluster_view(&kv_http::cluster_view(&meta, 0))
-        .expect("view");
-    leader.cluster.set_view(&meta);
+    let (leader, _) = leading_member().await;
     let (status, body) = leader.http(Method::GET, "/health", "").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, body) = leader.http(Method::GET, "/cluster_status", "").await;

@@ -212,7 +212,7 @@ fn lost_state_refused_until_removed(lose: impl Fn(&std::path::Path)) {
     let data_dir = cluster.nodes[2].data_dir.clone();
     lose(&data_dir);
 
-    let (status, stderr) = run_until_exit(&cluster.nodes[2].args, &data_dir);
+    let (status, stderr) = crate::harness::run_until_exit(&cluster.nodes[2].args, &data_dir);
     assert!(!status.success(), "started: {stderr}");
     assert!(stderr.contains("DELETE /admin/members/2"), "{stderr}");
     // The cluster is untouched: writes go on, node 2 still a member, no panic anywhere.
@@ -247,39 +247,4 @@ fn lost_state_refused_until_removed(lose: impl Fn(&std::path::Path)) {
         "{}",
         panicked.map(|i| cluster.log(i)).unwrap_or_default()
     );
-}
-
-/// Runs kvd with `args` until it exits (killed after the harness deadline: the test fails);
-/// its exit status and stderr.
-fn run_until_exit(
-    args: &[String],
-    data_dir: &std::path::Path,
-) -> (std::process::ExitStatus, String) {
-    let stderr_path = data_dir.with_extension("stderr");
-    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = crate::harness::kvd_command(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn kvd");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if started.elapsed() > crate::harness::DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "kvd kept running: {}",
-                std::fs::read_to_string(&stderr_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    (
-        status,
-        std::fs::read_to_string(&stderr_path).unwrap_or_default(),
-    )
 }
