@@ -26,6 +26,10 @@ pub trait LogView {
     fn next_id(&self) -> u64 {
         self.last_id() + 1
     }
+    /// The applied id of the newest snapshot a follower may install from here (0: none).
+    fn newest_snapshot_id(&self) -> u64 {
+        0
+    }
 }
 
 impl LogView for Store {
@@ -56,5 +60,8 @@ impl LogView for Store {
     }
     fn next_id(&self) -> u64 {
         Store::next_id(self)
+    }
+    fn newest_snapshot_id(&self) -> u64 {
+        Store::newest_snapshot_id(self)
     }
 }

@@ -220,7 +220,9 @@ impl PushCursor {
                     Ok(frames) => frames,
                     // Only the snapshot holds the ids skipped (see `LeaderState::on_fetch`):
                     // the stream's last message. A reopened stream met the same gap forever.
-                    Err(Error::LogGap { found_id, .. }) => {
+                    Err(Error::LogGap { found_id, .. })
+                        if log.newest_snapshot_id() + 1 >= found_id =>
+                    {
                         return self.sent(now, leader.snapshot_needed(found_id))
                     }
                     Err(_) => return Push::Reopen,

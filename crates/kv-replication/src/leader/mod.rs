@@ -337,9 +337,11 @@ impl LeaderState {
         match log.read_frames(request.next_id, request.bytes_max.max(1) as usize, last_id) {
             Ok(frames) => FetchDecision::Respond(self.entries(log, frames)),
             // The log skips the ids the follower needs next (it went on past a snapshot that
-            // covers them: opened behind its snapshot, a lost tail filled by none): only the
-            // snapshot has them. An empty answer here had the follower ask again forever.
-            Err(Error::LogGap { found_id, .. }) => {
+            // covers them: opened behind its snapshot): only the snapshot has them. An empty
+            // answer here had the follower ask again forever. (A gap no snapshot covers — a
+            // point-in-time repair dropped those ids — still gets the empty answer: the newest
+            // snapshot would bring the follower back to the gap.)
+            Err(Error::LogGap { found_id, .. }) if log.newest_snapshot_id() + 1 >= found_id => {
                 FetchDecision::Respond(FetchResponse::SnapshotNeeded {
                     cluster_id: self.cluster_id,
                     leader_epoch: self.epoch,

@@ -613,6 +613,20 @@ fn a_fetch_inside_a_gap_of_the_leaders_log_is_sent_to_the_snapshot() {
         matches!(inside, FetchResponse::SnapshotNeeded { first_id: 8, .. }),
         "{inside:?}"
     );
+    // A gap no snapshot covers (a point-in-time repair dropped those ids): the newest
+    // snapshot would bring the follower back to it, so no snapshot is offered.
+    let uncovered = GappedLog {
+        snapshot_id: 3,
+        ..GappedLog::new(leader_log(&tags), 5..=7)
+    };
+    let answer_uncovered = leader.on_fetch(now, &request(10, 5, 1, 4), &uncovered, false, true);
+    assert!(
+        matches!(
+            answer_uncovered,
+            FetchDecision::Respond(FetchResponse::Entries { .. })
+        ),
+        "{answer_uncovered:?}"
+    );
     for next_id in [2, 9] {
         let outside = answer(&mut leader, next_id);
         let FetchResponse::Entries { frames, .. } = &outside else {

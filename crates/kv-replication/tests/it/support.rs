@@ -220,12 +220,20 @@ pub fn seed_from_env() -> u64 {
 pub struct GappedLog {
     pub log: VecLog,
     pub gap: std::ops::RangeInclusive<u64>,
+    /// The newest snapshot's applied id (the gap's end when it covers it).
+    pub snapshot_id: u64,
 }
 
 impl GappedLog {
+    /// `log` without the ids of `gap`, beside a snapshot that covers them.
     pub fn new(mut log: VecLog, gap: std::ops::RangeInclusive<u64>) -> GappedLog {
         log.entries.retain(|(id, _, _)| !gap.contains(id));
-        GappedLog { log, gap }
+        let snapshot_id = *gap.end();
+        GappedLog {
+            log,
+            gap,
+            snapshot_id,
+        }
     }
 }
 
@@ -244,6 +252,9 @@ impl LogView for GappedLog {
     }
     fn end_of_epoch(&self, epoch: u64) -> u64 {
         self.log.end_of_epoch(epoch)
+    }
+    fn newest_snapshot_id(&self) -> u64 {
+        self.snapshot_id
     }
     fn read_frames(
         &self,
