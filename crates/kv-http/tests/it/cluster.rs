@@ -172,6 +172,24 @@ async fn leading_member() -> (Member, ClusterMeta) {
     (leader, meta)
 }
 
+/// `meta`'s next view: node 1 (at an address nobody listens on) leads a new epoch.
+fn moved_to_node_1(meta: &ClusterMeta) -> ClusterMeta {
+    let mut moved = meta.clone();
+    moved.data_leader = Some(1);
+    moved.leader_epoch += 1;
+    moved.version += 1;
+    moved.isr.insert(1);
+    moved.members.insert(
+        1,
+        kv_controller::Member {
+            id: 1,
+            url: "http://127.0.0.1:9".to_owned(),
+            voter: true,
+        },
+    );
+    moved
+}
+
 /// Node 0 initializes; 1 joins through 0, 2 through 1 (which is not the active controller:
 /// the join follows its 421); every node heartbeats until all three are voters.
 async fn three_members() -> Vec<Member> {
@@ -461,19 +479,7 @@ async fn reads_and_health_follow_the_view_and_the_lease() {
     leader.cluster.set_handing_over(false);
     // A newer view names another leader: this node follows it; its reads may be stale, a
     // linearizable one goes there (307), and it cannot vouch for a staleness bound.
-    let mut moved = meta.clone();
-    moved.data_leader = Some(1);
-    moved.leader_epoch += 1;
-    moved.version += 1;
-    moved.isr.insert(1);
-    moved.members.insert(
-        1,
-        kv_controller::Member {
-            id: 1,
-            url: "http://127.0.0.1:9".to_owned(),
-            voter: true,
-        },
-    );
+    let moved = moved_to_node_1(&meta);
     assert!(leader.cluster.is_newer_view(&moved));
     node.apply_cluster_view(&kv_http::cluster_view(&moved, 0))
         .expect("view");
@@ -606,21 +612,10 @@ async fn a_leader_whose_lease_lapsed_waits_for_its_renewal_before_a_read() {
 
     node.grant_lease(meta.leader_epoch, Instant::now() + short_lease);
     tokio::time::sleep(short_lease).await;
-    // Renewed, lapsed again: a newer view naming another leader while a linearizable read waits: it goes there
-    // (307; a read without options would now answer from this follower's map).
-    let mut moved = meta.clone();
-    moved.data_leader = Some(1);
-    moved.leader_epoch += 1;
-    moved.version += 1;
-    moved.isr.insert(1);
-    moved.members.insert(
-        1,
-        kv_controller::Member {
-            id: 1,
-            url: "http://127.0.0.1:9".to_owned(),
-            voter: true,
-        },
-    );
+    // Renewed, lapsed again: a newer view naming another leader while a linearizable read
+    // waits: it goes there (307; a read without options would now answer from this
+    // follower's map).
+    let moved = moved_to_node_1(&meta);
     let mover = {
         let node = node.clone();
         let cluster = leader.cluster.clone();
