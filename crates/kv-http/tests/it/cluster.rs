@@ -768,3 +768,50 @@ async fn a_node_whose_controller_member_stopped_is_unhealthy() {
     assert!(body["controller"]["failure"].as_str().is_some(), "{body}");
     leader.stop().await;
 }
+
+/// A write that waits for its quorum (a follower in the ISR that never acknowledges) on a
+/// leader whose lease then runs out and is not renewed (cut off from the controller) stops
+/// waiting once the leader has been without a lease for the lag limit: a 503 with its id then,
+/// not at the acks timeout (helper-20's report: during a partition a write accepted just
+/// before it held its client for the whole 5 s).
+#[tokio::test]
+async fn a_write_waiting_for_its_quorum_stops_once_the_leader_is_without_a_lease_for_the_lag_limit()
+{
+    let leader = member(0, &[]).await;
+    let mut meta = initialized(&leader).await;
+    meta.write_quorum = 2;
+    meta.isr.insert(1);
+    meta.members.insert(
+        1,
+        kv_controller::Member {
+            id: 1,
+            url: "http://127.0.0.1:9".to_owned(),
+            voter: true,
+        },
+    );
+    let node = &leader.node.state.node;
+    node.apply_cluster_view(&kv_http::cluster_view(&meta, 0))
+        .expect("view");
+    leader.cluster.set_view(&meta);
+    node.grant_lease(
+        meta.leader_epoch,
+        Instant::now() + Duration::from_millis(200),
+    );
+    let started = Instant::now();
+    let answer = support::put(&leader.node, "/key/k", r#"{"value": 1}"#).await;
+    let waited = started.elapsed();
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.json()
+    );
+    assert!(answer.detail().contains("lease"), "{}", answer.detail());
+    assert!(
+        waited >= node.lag_limit() && waited < node.acks_timeout(),
+        "answered after {waited:?} (lag limit {:?}, acks timeout {:?})",
+        node.lag_limit(),
+        node.acks_timeout()
+    );
+    leader.stop().await;
+}

@@ -196,7 +196,8 @@ impl Node {
     /// Waits until the write `id` has what `acks` asks for, while this node keeps the
     /// leadership it wrote `id` in (`leadership`: the role generation then); after a role
     /// change the commit id is no longer this leadership's, so nothing can be acknowledged any
-    /// more.
+    /// more. Gives up at `deadline` (the acks timeout), or sooner once this leader has been
+    /// without a lease for the lag limit.
     async fn wait_for(
         &self,
         id: u64,
@@ -213,6 +214,7 @@ impl Node {
             commit_id: self.commit_id(),
             waited_ms: started.elapsed().as_millis() as u64,
         };
+        let lag_limit = self.options.leader.lag_limit;
         loop {
             commits.borrow_and_update();
             progress.borrow_and_update();
@@ -220,9 +222,18 @@ impl Node {
                 return Err(stepped_down());
             }
             let durable_id = self.store.durable_id();
-            let Ok((done, commit_id)) = self.with_leader(|leader| {
-                let done = leader.acknowledged(Instant::now(), id, acks, durable_id);
-                (done, leader.commit_id())
+            let Ok((done, commit_id, give_up_at)) = self.with_leader(|leader| {
+                let now = Instant::now();
+                let done = leader.acknowledged(now, id, acks, durable_id);
+                // A leader without a lease for the lag limit (cut off from the controller,
+                // which has likely elected another) acknowledges nothing more: the write stops
+                // waiting then, not at the acks timeout (a lease granted meanwhile wakes the
+                // wait and moves this on). None for a legacy leader, which needs no lease.
+                let give_up_at = match leader.without_lease_for(now) {
+                    Some(without) => Some(now + lag_limit.saturating_sub(without)),
+                    None => leader.lease_until().map(|until| until + lag_limit),
+                };
+                (done, leader.commit_id(), give_up_at)
             }) else {
                 return Err(stepped_down());
             };
@@ -234,7 +245,10 @@ impl Node {
                 self.publish_commit(commit_id);
                 return Ok(id);
             }
-            let changed = tokio::time::timeout_at(deadline, async {
+            let until = give_up_at.map_or(deadline, |at| {
+                deadline.min(tokio::time::Instant::from_std(at))
+            });
+            let changed = tokio::time::timeout_at(until, async {
                 tokio::select! {
                     _ = commits.changed() => {}
                     _ = progress.changed() => {}
