@@ -190,6 +190,16 @@ fn moved_to_node_1(meta: &ClusterMeta) -> ClusterMeta {
     moved
 }
 
+/// `member`'s `/health` answers 503 with a reason containing `reason`.
+async fn expect_unhealthy(member: &Member, reason: &str) {
+    let (status, body) = member.http(Method::GET, "/health", "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap_or_default().contains(reason),
+        "{body}"
+    );
+}
+
 /// Node 0 initializes; 1 joins through 0, 2 through 1 (which is not the active controller:
 /// the join follows its 421); every node heartbeats until all three are voters.
 async fn three_members() -> Vec<Member> {
@@ -499,15 +509,7 @@ async fn reads_and_health_follow_the_view_and_the_lease() {
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(answer.detail().contains("staleness"), "{}", answer.detail());
     // A follower that never heard its leader: unhealthy.
-    let (status, body) = leader.http(Method::GET, "/health", "").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("not heard"),
-        "{body}"
-    );
+    expect_unhealthy(&leader, "not heard").await;
     // A view with no leader: writes and linearizable reads answer 503, not a 307 to nowhere.
     let mut leaderless = moved.clone();
     leaderless.data_leader = None;
@@ -520,15 +522,7 @@ async fn reads_and_health_follow_the_view_and_the_lease() {
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     let answer = support::get(&leader.node, "/key/k?linearizable=true").await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-    let (status, body) = leader.http(Method::GET, "/health", "").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("no leader"),
-        "{body}"
-    );
+    expect_unhealthy(&leader, "no leader").await;
     leader.stop().await;
 }
 
@@ -755,15 +749,7 @@ async fn a_node_whose_controller_member_stopped_is_unhealthy() {
         .shutdown()
         .await
         .expect("the Raft core stops");
-    let (status, body) = leader.http(Method::GET, "/health", "").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("controller member is down"),
-        "{body}"
-    );
+    expect_unhealthy(&leader, "controller member is down").await;
     let (_, body) = leader.http(Method::GET, "/cluster_status", "").await;
     assert!(body["controller"]["failure"].as_str().is_some(), "{body}");
     leader.stop().await;
