@@ -208,11 +208,25 @@ impl LeaderState {
         if self.lease_valid(now) {
             return None;
         }
+        Some(now.saturating_duration_since(self.lease_lapse()?))
+    }
+
+    /// When this leader counts as cut off from the controller (which has likely elected
+    /// another): `lag_limit` after its lease ends — or, holding none, after its leadership
+    /// began. A write or a read waits for a lease no later than this, and a write for its
+    /// acknowledgements neither. `None` for a legacy leader, which needs no lease.
+    pub fn cut_off_at(&self, lag_limit: Duration) -> Option<Instant> {
+        Some(self.lease_lapse()? + lag_limit)
+    }
+
+    /// When the lease ends or ended (the leadership's start while none was granted).
+    fn lease_lapse(&self) -> Option<Instant> {
         let elected = self.elected.as_ref()?;
-        let lapsed_at = elected
-            .lease_until
-            .map_or(elected.since, |until| until.max(elected.since));
-        Some(now.saturating_duration_since(lapsed_at))
+        Some(
+            elected
+                .lease_until
+                .map_or(elected.since, |until| until.max(elected.since)),
+        )
     }
 
     /// When the lease ends (`None`: no lease; a legacy leader needs none).

@@ -420,9 +420,7 @@ impl Node {
                 }
                 RoleState::Leader(leader)
                     if leader.deposed_by().is_none()
-                        && leader
-                            .without_lease_for(now)
-                            .is_none_or(|without| without <= lag_limit) => {}
+                        && leader.cut_off_at(lag_limit).is_none_or(|at| now <= at) => {}
                 _ => return false,
             }
             let woken = tokio::time::timeout_at(deadline, async {

@@ -163,7 +163,7 @@ impl Node {
         let lag_limit = self.options.leader.lag_limit;
         loop {
             progress.borrow_and_update();
-            let (epoch, without_lease) = match &*lock(&self.role) {
+            let (epoch, cut_off_at) = match &*lock(&self.role) {
                 RoleState::Leader(leader) if leader.lease_valid(Instant::now()) => return Ok(()),
                 RoleState::Leader(leader) if leader.deposed_by().is_some() => {
                     return Err(Error::Unavailable(format!(
@@ -171,24 +171,19 @@ impl Node {
                         leader.epoch()
                     )))
                 }
-                RoleState::Leader(leader) => (
-                    leader.epoch(),
-                    leader.without_lease_for(Instant::now()).unwrap_or_default(),
-                ),
+                RoleState::Leader(leader) => (leader.epoch(), leader.cut_off_at(lag_limit)),
                 other => return Err(other.not_leader()),
             };
-            let no_lease = || {
-                Error::Unavailable(format!(
+            let until = cut_off_at.map_or(deadline, |at| {
+                deadline.min(tokio::time::Instant::from_std(at))
+            });
+            if until <= tokio::time::Instant::now()
+                || !progress_or_role_change(until, &mut progress, &mut role_changes).await
+            {
+                return Err(Error::Unavailable(format!(
                     "this node leads epoch {epoch} but holds no lease from the controller \
                      (it may have been cut off from it); retry"
-                ))
-            };
-            let Some(patience) = lag_limit.checked_sub(without_lease) else {
-                return Err(no_lease());
-            };
-            let until = deadline.min(tokio::time::Instant::now() + patience);
-            if !progress_or_role_change(until, &mut progress, &mut role_changes).await {
-                return Err(no_lease());
+                )));
             }
         }
     }
@@ -223,17 +218,11 @@ impl Node {
             }
             let durable_id = self.store.durable_id();
             let Ok((done, commit_id, give_up_at)) = self.with_leader(|leader| {
-                let now = Instant::now();
-                let done = leader.acknowledged(now, id, acks, durable_id);
-                // A leader without a lease for the lag limit (cut off from the controller,
-                // which has likely elected another) acknowledges nothing more: the write stops
-                // waiting then, not at the acks timeout (a lease granted meanwhile wakes the
-                // wait and moves this on). None for a legacy leader, which needs no lease.
-                let give_up_at = match leader.without_lease_for(now) {
-                    Some(without) => Some(now + lag_limit.saturating_sub(without)),
-                    None => leader.lease_until().map(|until| until + lag_limit),
-                };
-                (done, leader.commit_id(), give_up_at)
+                let done = leader.acknowledged(Instant::now(), id, acks, durable_id);
+                // Cut off from the controller, a leader acknowledges nothing more: the write
+                // stops waiting then, not at the acks timeout (a lease granted meanwhile wakes
+                // the wait and moves this on).
+                (done, leader.commit_id(), leader.cut_off_at(lag_limit))
             }) else {
                 return Err(stepped_down());
             };

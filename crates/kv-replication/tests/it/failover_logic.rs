@@ -597,14 +597,19 @@ fn silent_followers_outside_the_isr_are_forgotten() {
     );
 }
 
-/// How long a leader has been without a lease (what `/health` and a write's wait go by): from
+/// How long a leader has been without a lease (what `/health` goes by), and when it counts as
+/// cut off (what the waits go by): from
 /// when its leadership began until the first grant, from when its last lease ended after.
 #[test]
 fn a_leader_counts_how_long_it_has_been_without_a_lease() {
     let now = Instant::now();
     let mut leader = leader(&[0], 1, 1, now);
     assert_eq!(leader.without_lease_for(now + 30 * MS), Some(30 * MS));
+    assert_eq!(leader.cut_off_at(500 * MS), Some(now + 500 * MS));
     leader.grant_lease(now + 100 * MS);
     assert_eq!(leader.without_lease_for(now + 50 * MS), None);
     assert_eq!(leader.without_lease_for(now + 250 * MS), Some(150 * MS));
+    // Cut off (what the waits for a lease and for acknowledgements go by): the lag limit
+    // after the lease ends.
+    assert_eq!(leader.cut_off_at(500 * MS), Some(now + 600 * MS));
 }
