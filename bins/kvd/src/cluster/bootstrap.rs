@@ -102,32 +102,43 @@ pub async fn open_controller(
 }
 
 /// What an operator can do when the controller's files cannot be read (the error names the
-/// file and the reason; this says how to go on): the same way out as for a lost controller
-/// state (`refuse_a_lost_controller`), by role — a follower must leave the cluster before it
-/// joins again, or its join is refused (its id is a member at its own URL).
+/// file and the reason; this says how to go on): the way out of a lost controller state
+/// ([`controller_way_out`]), moving `controller/` aside too.
 fn controller_damage_hint(config: &NodeConfig, controller_dir: &std::path::Path) -> String {
-    let node_meta = NodeMeta::path(&config.data_dir);
+    let aside = format!(
+        "{} and {}",
+        controller_dir.display(),
+        NodeMeta::path(&config.data_dir).display()
+    );
+    format!(
+        "kvd: this node's controller state is damaged, and kvd does not repair it. {}",
+        controller_way_out(config, &aside)
+    )
+}
+
+/// How to go on from a controller state lost or damaged, by role, `aside` naming what to move
+/// out of the way: a leader's data becomes a new one-node cluster; a follower must leave its
+/// cluster first, or its join is refused (its id is a member at its own URL).
+fn controller_way_out(config: &NodeConfig, aside: &str) -> String {
     match config.role {
         Role::Leader => format!(
-            "kvd: this node's controller state is damaged, and kvd does not repair it. Restore \
-             {} from a copy if you can. To make this node's data a new one-node cluster \
-             instead, move {} and {} aside: the node starts with its keys under a new cluster \
-             id (the cluster's other nodes, if any, will refuse it as another cluster)",
-            controller_dir.display(),
-            controller_dir.display(),
-            node_meta.display(),
+            "Restore it from a copy if you can. To make this node's data a new one-node cluster \
+             instead, move {aside} aside: the node starts with its keys under a new cluster id \
+             (the cluster's other nodes, if any, will refuse it as another cluster)"
         ),
         Role::Follower { .. } => format!(
-            "kvd: this node's controller state is damaged, and kvd does not repair it. Restore \
-             {} from a copy if you can. Otherwise remove this node from the cluster first \
-             (DELETE /admin/members/{id} on a running node), then move {} and {} aside and \
+            "Restore it from a copy if you can. Otherwise remove this node from the cluster \
+             first (DELETE /admin/members/{id} on a running node), then move {aside} aside and \
              start it again: it joins as a new member and copies the leader's data",
-            controller_dir.display(),
-            controller_dir.display(),
-            node_meta.display(),
             id = config.node_id(),
         ),
     }
+}
+
+/// Whether this node was admitted to a cluster: it has controller state, or at least the
+/// cluster id its join stored (it crashed before the controller quorum reached it).
+fn admitted(controller: &Controller) -> bool {
+    controller.has_state() || controller.cluster_id() != 0
 }
 
 /// On `kvd leader` with an empty controller: creates the cluster, led by this node, in an epoch
@@ -140,9 +151,8 @@ pub async fn initialize_if_new(
     controller: &Controller,
     store: &Store,
 ) -> anyhow::Result<()> {
-    // A joined node keeps its cluster id in the controller's state before any Raft entry: one
-    // that has it (crashed right after its join) lost nothing.
-    if controller.has_state() || controller.cluster_id() != 0 {
+    // A joined node that crashed right after its join (no Raft entry yet) lost nothing.
+    if admitted(controller) {
         return Ok(());
     }
     // The real file system, not the store's: a test's faulty disk counts the WAL's own work.
@@ -207,26 +217,21 @@ fn refuse_a_lost_controller(config: &NodeConfig, node_meta: &NodeMeta) -> anyhow
         return Ok(());
     }
     let controller_dir = config.data_dir.join(kv_controller::CONTROLLER_DIR);
-    let way_out = match config.role {
-        Role::Leader => "starting a new controller would split that cluster. Restore it if you \
-             can. To make this node's data a new one-node cluster instead, move node.meta aside \
-             (the cluster's other nodes will refuse it as another cluster)"
-            .to_owned(),
-        Role::Follower { .. } => format!(
+    let danger = match config.role {
+        Role::Leader => "starting a new controller would split that cluster",
+        Role::Follower { .. } => {
             "rejoining with an empty controller could vote twice in a term and break the \
-             cluster's controller. Restore it if you can. Otherwise remove this node from the \
-             cluster first (DELETE /admin/members/{id} on a running node), then move node.meta \
-             aside and start it again: it joins as a new member and copies the leader's data",
-            id = config.node_id(),
-        ),
+             cluster's controller"
+        }
     };
     anyhow::bail!(
         "{} has no controller state, but {} says this node was a member of cluster {:016x} \
-         under a controller (epoch {}): {way_out}",
+         under a controller (epoch {}): {danger}. {}",
         controller_dir.display(),
         NodeMeta::path(&config.data_dir).display(),
         node_meta.cluster_id,
         node_meta.epoch,
+        controller_way_out(config, "node.meta"),
     )
 }
 
@@ -305,7 +310,7 @@ pub async fn join_if_new(
             id: identity.node_id,
             url: identity.url.clone(),
             cluster_id: known_cluster_id,
-            has_state: controller.has_state() || controller.cluster_id() != 0,
+            has_state: admitted(controller),
         };
         match client.join(&request).await {
             Ok(reply) => break reply,
