@@ -123,10 +123,15 @@ pub(crate) enum Condition {
 
 impl WriteConditions {
     /// `If-Match` and `If-None-Match` from the headers (`version` comes from the body).
+    /// A tag no key carries (`"0"`: revisions start at 1) is taken as RFC 9110 says of a tag
+    /// that matches nothing, the absent key included: `If-Match: "0"` never holds (it
+    /// created an absent key before, read as etcd's "mod_revision = 0"), and `If-None-Match:
+    /// "0"` always holds (it failed on an absent key before), so it is no condition at all.
     pub fn from_headers(headers: &HeaderMap) -> Result<WriteConditions> {
+        let if_none_match = tag(headers, http::header::IF_NONE_MATCH)?;
         Ok(WriteConditions {
             if_match: tag(headers, http::header::IF_MATCH)?,
-            if_none_match: tag(headers, http::header::IF_NONE_MATCH)?,
+            if_none_match: if_none_match.filter(|tag| *tag != Tag::Revision(0)),
             version: None,
         })
     }
@@ -160,6 +165,10 @@ impl WriteConditions {
         let mut compares = Vec::new();
         match self.if_match {
             Some(Tag::Any) => compares.push(compare(Relation::Greater, CompareTarget::Version(0))),
+            // No key is at revision 0 (an absent key compares as 0): nothing is below it.
+            Some(Tag::Revision(0)) => {
+                compares.push(compare(Relation::Less, CompareTarget::ModRevision(0)))
+            }
             Some(Tag::Revision(revision)) => compares.push(compare(
                 Relation::Equal,
                 CompareTarget::ModRevision(revision),

@@ -142,6 +142,38 @@ async fn if_match_and_if_none_match_decide_at_apply_time() {
         );
     }
     assert_eq!(footprint(&node), before);
+
+    // "0" is no key's tag (RFC 9110): If-Match "0" never holds, not even on an absent key
+    // (it created one before); If-None-Match "0" always holds, on an absent key too (it was
+    // 412 there before).
+    let zero = put_with(
+        &node,
+        "/key/none",
+        &[("if-match", "\"0\"")],
+        r#"{"value": 1}"#,
+    )
+    .await;
+    assert_eq!(zero.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(get(&node, "/key/none").await.status, StatusCode::NOT_FOUND);
+    let zero = put_with(&node, "/key/k", &[("if-match", "0")], r#"{"value": 1}"#).await;
+    assert_eq!(zero.status, StatusCode::PRECONDITION_FAILED);
+    let zero = put_with(
+        &node,
+        "/key/zero",
+        &[("if-none-match", "\"0\"")],
+        r#"{"value": 1}"#,
+    )
+    .await;
+    assert_eq!(zero.status, StatusCode::OK, "{:?}", zero.body);
+    let zero = put_with(
+        &node,
+        "/key/zero",
+        &[("if-none-match", "\"0\"")],
+        r#"{"value": 2}"#,
+    )
+    .await;
+    assert_eq!(zero.status, StatusCode::OK, "{:?}", zero.body);
+    call(&node, Method::DELETE, "/key/zero", "").await;
 }
 
 #[tokio::test]
