@@ -128,6 +128,9 @@ pub(crate) struct CompactionHistory {
     pub(crate) interval_since: Option<std::time::Instant>,
     /// The last [`COMPACTION_RUNS_KEPT`] snapshots written, oldest first.
     pub(crate) runs: std::collections::VecDeque<CompactionRun>,
+    /// The first id after a gap of the log that a follower reached and no snapshot covered
+    /// (0: none): a snapshot is due once one can cover it.
+    pub(crate) gap_to_cover: u64,
 }
 
 /// Compaction runs `/compaction/status` lists (the original project kept 10).

@@ -174,6 +174,8 @@ pub struct PushCursor {
     /// The number of the follower's last message.
     echo: u64,
     pushes: u64,
+    /// The first id after a gap of the log that the follower reached and no snapshot covers.
+    uncovered_gap: Option<u64>,
 }
 
 impl PushCursor {
@@ -190,7 +192,15 @@ impl PushCursor {
             in_flight_bytes: 0,
             echo: 1,
             pushes: 0,
+            uncovered_gap: None,
         }
+    }
+
+    /// The first id after a gap of the log that [`PushCursor::next`] reached and no snapshot
+    /// covered (it answered [`Push::Reopen`]): a snapshot through the id before it lets the
+    /// follower past.
+    pub fn uncovered_gap(&self) -> Option<u64> {
+        self.uncovered_gap
     }
 
     /// An acknowledgement (message `seq`): the batches it holds durably leave the window.
@@ -224,6 +234,13 @@ impl PushCursor {
                         if log.newest_snapshot_id() + 1 >= found_id =>
                     {
                         return self.sent(now, leader.snapshot_needed(found_id))
+                    }
+                    // No snapshot covers the gap yet (a point-in-time repair dropped those
+                    // ids): the caller has one taken ([`PushCursor::uncovered_gap`]) and the
+                    // follower's next stream is sent to it.
+                    Err(Error::LogGap { found_id, .. }) => {
+                        self.uncovered_gap = Some(found_id);
+                        return Push::Reopen;
                     }
                     Err(_) => return Push::Reopen,
                 };

@@ -81,6 +81,8 @@ pub struct LeaderState {
     deposed_by: Option<u64>,
     /// When silent followers were last looked for ([`LeaderState::prune`]).
     pruned_at: Option<Instant>,
+    /// The first id after a gap of the log a fetch reached that no snapshot covered.
+    uncovered_gap: Option<u64>,
 }
 
 impl LeaderState {
@@ -96,6 +98,7 @@ impl LeaderState {
             elected: None,
             deposed_by: None,
             pruned_at: None,
+            uncovered_gap: None,
         }
     }
 
@@ -352,9 +355,7 @@ impl LeaderState {
             Ok(frames) => FetchDecision::Respond(self.entries(log, frames)),
             // The log skips the ids the follower needs next (it went on past a snapshot that
             // covers them: opened behind its snapshot): only the snapshot has them. An empty
-            // answer here had the follower ask again forever. (A gap no snapshot covers — a
-            // point-in-time repair dropped those ids — still gets the empty answer: the newest
-            // snapshot would bring the follower back to the gap.)
+            // answer here had the follower ask again forever.
             Err(Error::LogGap { found_id, .. }) if log.newest_snapshot_id() + 1 >= found_id => {
                 FetchDecision::Respond(FetchResponse::SnapshotNeeded {
                     cluster_id: self.cluster_id,
@@ -362,9 +363,22 @@ impl LeaderState {
                     first_id: found_id,
                 })
             }
+            // A gap no snapshot covers yet (a point-in-time repair dropped those ids; the
+            // newest snapshot would bring the follower back to it): the follower asks again,
+            // and the caller has a snapshot taken ([`LeaderState::take_uncovered_gap`]).
+            Err(Error::LogGap { found_id, .. }) => {
+                self.uncovered_gap = Some(found_id);
+                FetchDecision::Respond(self.entries(log, Vec::new()))
+            }
             // The log changed under us (purged or truncated): the follower asks again.
             Err(_) => FetchDecision::Respond(self.entries(log, Vec::new())),
         }
+    }
+
+    /// The first id after a gap of the log that a fetch reached and no snapshot covered, once:
+    /// a snapshot through the id before it lets the follower past.
+    pub fn take_uncovered_gap(&mut self) -> Option<u64> {
+        self.uncovered_gap.take()
     }
 
     /// Everything [`LeaderState::on_fetch`] does before it reads entries: the cluster and

@@ -279,15 +279,24 @@ impl Node {
         let mut role_changes = self.role_changes.subscribe();
         loop {
             let may_wait = tokio::time::Instant::now() < deadline;
-            let (decision, commit_id, marks) = match &mut *lock(&self.role) {
+            let (decision, commit_id, marks, gap) = match &mut *lock(&self.role) {
                 RoleState::Leader(leader) => {
                     let marks = leader.ack_marks();
                     let decision =
                         leader.on_fetch(Instant::now(), request, &*self.store, may_wait, record);
-                    (decision, leader.commit_id(), (marks, leader.ack_marks()))
+                    let marks = (marks, leader.ack_marks());
+                    (
+                        decision,
+                        leader.commit_id(),
+                        marks,
+                        leader.take_uncovered_gap(),
+                    )
                 }
                 other => return other.not_leader_answer().expect("not a leader"),
             };
+            if let Some(first_id_after) = gap {
+                self.cover_gap(first_id_after);
+            }
             if record {
                 self.after_acknowledgement(commit_id, marks);
             }

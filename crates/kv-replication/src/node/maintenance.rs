@@ -117,23 +117,26 @@ impl Node {
         if self.store.snapshot_dir().is_none() {
             return false;
         }
-        let by_time = {
+        let (by_time, gap_to_cover) = {
             let mut state = lock(&self.compaction);
             if state.automatic_off {
                 return false;
             }
             let since = *state.interval_since.get_or_insert_with(Instant::now);
-            state
+            let by_time = state
                 .interval_set
                 .unwrap_or(options.snapshot_interval)
-                .is_some_and(|interval| since.elapsed() >= interval)
+                .is_some_and(|interval| since.elapsed() >= interval);
+            (by_time, state.gap_to_cover)
         };
         let newest = self.store.newest_snapshot_id();
         let applied = self.store.applied_id();
         if applied <= newest {
             return false;
         }
-        if by_time {
+        // A follower waits at a gap no snapshot covers: one through the id before its end does.
+        let covers_the_gap = gap_to_cover > newest + 1 && applied + 1 >= gap_to_cover;
+        if by_time || covers_the_gap {
             return true;
         }
         let wal_bytes_after: u64 = self
@@ -149,6 +152,24 @@ impl Node {
             wal_bytes_after,
             self.store.live_bytes(),
         )
+    }
+
+    /// Has the maintenance task take a snapshot that covers a gap of the log a follower
+    /// reached (`first_id_after` is the first id after it) as soon as one can: the ids in it
+    /// are nowhere but in a snapshot (a point-in-time repair dropped them), and without one the
+    /// follower stays at the gap.
+    pub(crate) fn cover_gap(&self, first_id_after: u64) {
+        let mut state = lock(&self.compaction);
+        if first_id_after > state.gap_to_cover {
+            state.gap_to_cover = first_id_after;
+            tracing::warn!(
+                first_id_after,
+                newest_snapshot = self.store.newest_snapshot_id(),
+                automatic_snapshots = !state.automatic_off,
+                "a follower reached a gap of this log that no snapshot covers (ids dropped by a \
+                 point-in-time repair): the next automatic snapshot covers it"
+            );
+        }
     }
 
     /// Turns automatic snapshots on or off and sets the time trigger (`Some(None)`: off), as

@@ -187,6 +187,9 @@ impl LeaderStream {
                     return Some((self.cursor.echo(), answer));
                 }
                 Push::Reopen => {
+                    if let Some(first_id_after) = self.cursor.uncovered_gap() {
+                        self.node.cover_gap(first_id_after);
+                    }
                     self.ended = true;
                     return None;
                 }

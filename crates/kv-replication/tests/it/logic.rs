@@ -613,8 +613,10 @@ fn a_fetch_inside_a_gap_of_the_leaders_log_is_sent_to_the_snapshot() {
         matches!(inside, FetchResponse::SnapshotNeeded { first_id: 8, .. }),
         "{inside:?}"
     );
+    assert_eq!(leader.take_uncovered_gap(), None);
     // A gap no snapshot covers (a point-in-time repair dropped those ids): the newest
-    // snapshot would bring the follower back to it, so no snapshot is offered.
+    // snapshot would bring the follower back to it, so no snapshot is offered; the leader asks
+    // for one that covers it (through id 7), once.
     let uncovered = GappedLog {
         snapshot_id: 3,
         ..GappedLog::new(leader_log(&tags), 5..=7)
@@ -627,6 +629,8 @@ fn a_fetch_inside_a_gap_of_the_leaders_log_is_sent_to_the_snapshot() {
         ),
         "{answer_uncovered:?}"
     );
+    assert_eq!(leader.take_uncovered_gap(), Some(8));
+    assert_eq!(leader.take_uncovered_gap(), None);
     for next_id in [2, 9] {
         let outside = answer(&mut leader, next_id);
         let FetchResponse::Entries { frames, .. } = &outside else {

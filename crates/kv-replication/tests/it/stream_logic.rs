@@ -404,4 +404,15 @@ fn a_stream_that_reaches_a_gap_of_the_leaders_log_sends_the_follower_to_the_snap
         ),
         "{push:?}"
     );
+    assert_eq!(cursor.uncovered_gap(), None);
+    // No snapshot covers the gap (a point-in-time repair dropped those ids): the stream ends
+    // and names the gap, for the caller to have a snapshot through id 7 taken.
+    let uncovered = GappedLog {
+        snapshot_id: 3,
+        ..GappedLog::new(leader_log(10), 5..=7)
+    };
+    let mut cursor = PushCursor::new(&opening(1, 5, 1, 1 << 20), options(1 << 20, 4 << 20));
+    let push = cursor.next(start, &PushContext::of(&leader), &uncovered);
+    assert!(matches!(push, Push::Reopen), "{push:?}");
+    assert_eq!(cursor.uncovered_gap(), Some(8));
 }
