@@ -127,26 +127,42 @@ pub fn is_octet_stream(headers: &HeaderMap) -> bool {
         .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case(OCTET_STREAM))
 }
 
-/// Whether the request's `Accept` names `application/octet-stream` (with a non-zero quality).
+/// Whether the request's `Accept` asks for raw bytes: it names `application/octet-stream` with
+/// a quality above 0 and at least the quality it gives JSON (`application/json`, else
+/// `application/*`, else `*/*`: the most specific range decides, RFC 9110 12.5.1; a tie goes
+/// to the type named). Before, any non-zero quality chose raw bytes, even below JSON's
+/// (`application/octet-stream;q=0.1, application/json`).
 pub fn accepts_octet_stream(headers: &HeaderMap) -> bool {
-    headers
+    // The best quality per specificity: [octet-stream], and JSON's [exact, application/*, */*].
+    let mut raw: Option<f32> = None;
+    let mut json: [Option<f32>; 3] = [None; 3];
+    let ranges = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|media_range| {
-            let mut parts = media_range.split(';');
-            let media_type = parts.next().unwrap_or_default().trim();
-            media_type.eq_ignore_ascii_case(OCTET_STREAM)
-                && !parts.any(|parameter| is_zero_quality(parameter.trim()))
-        })
-}
-
-fn is_zero_quality(parameter: &str) -> bool {
-    parameter
-        .strip_prefix("q=")
-        .and_then(|quality| quality.trim().parse::<f32>().ok())
-        .is_some_and(|quality| quality == 0.0)
+        .flat_map(|value| value.split(','));
+    for media_range in ranges {
+        let mut parts = media_range.split(';');
+        let media_type = parts.next().unwrap_or_default().trim();
+        let quality = parts
+            .filter_map(|parameter| parameter.trim().strip_prefix("q="))
+            .find_map(|quality| quality.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let slot = if media_type.eq_ignore_ascii_case(OCTET_STREAM) {
+            &mut raw
+        } else if media_type.eq_ignore_ascii_case("application/json") {
+            &mut json[0]
+        } else if media_type.eq_ignore_ascii_case("application/*") {
+            &mut json[1]
+        } else if media_type == "*/*" {
+            &mut json[2]
+        } else {
+            continue;
+        };
+        *slot = Some(slot.map_or(quality, |best: f32| best.max(quality)));
+    }
+    let json = json.into_iter().flatten().next().unwrap_or(0.0);
+    raw.is_some_and(|raw| raw > 0.0 && raw >= json)
 }
 
 /// The media type of raw values.
@@ -253,6 +269,26 @@ mod tests {
         assert!(!accepts_octet_stream(&headers));
         headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         assert!(!accepts_octet_stream(&headers));
+        // Qualities decide, the most specific range JSON matches counting for it.
+        for (accept, raw) in [
+            ("application/octet-stream;q=0.1, application/json", false),
+            ("application/octet-stream;q=0.5, */*", false),
+            (
+                "application/octet-stream;q=0.5, application/*;q=0.4, */*",
+                true,
+            ),
+            ("application/json;q=0.5, application/octet-stream", true),
+            ("application/json, application/octet-stream", true),
+            (
+                "application/octet-stream; q=0.9, application/json; q=0.8",
+                true,
+            ),
+            ("application/octet-stream;q=0.001, text/html", true),
+            ("application/octet-stream;q=x", true),
+        ] {
+            headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+            assert_eq!(accepts_octet_stream(&headers), raw, "{accept}");
+        }
     }
 
     #[test]
