@@ -72,6 +72,12 @@ pub fn health_problem(state: &AppState) -> Option<String> {
                     without.as_millis(),
                     limit.as_millis()
                 )),
+                _ if state.node.leader_taking_up() => Some(format!(
+                    "this node is taking up its leadership of epoch {} (no lease from the \
+                     controller yet, or its epoch's first entry not applied yet): it serves no \
+                     reads and acknowledges no writes yet",
+                    view.leader_epoch
+                )),
                 _ => None,
             }
         }

@@ -451,17 +451,19 @@ async fn reads_and_health_follow_the_view_and_the_lease() {
         support::get(&leader.node, "/key/k").await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    // The view names it the leader: healthy, but no linearizable read before a lease.
+    // The view names it the leader, but before its first lease it serves no read: unhealthy
+    // too (it answered 200 there before, while every read answered 503).
     node.apply_cluster_view(&kv_http::cluster_view(&meta, 0))
         .expect("view");
     leader.cluster.set_view(&meta);
-    let (status, _) = leader.http(Method::GET, "/health", "").await;
-    assert_eq!(status, StatusCode::OK);
+    expect_unhealthy(&leader, "taking up its leadership").await;
     assert_eq!(
         support::get(&leader.node, "/key/k").await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
     node.grant_lease(meta.leader_epoch, Instant::now() + Duration::from_secs(60));
+    let (status, body) = leader.http(Method::GET, "/health", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let answer = support::put(&leader.node, "/key/k", r#"{"value": 1}"#).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.detail());
     assert_eq!(
@@ -733,7 +735,12 @@ async fn a_leader_without_a_lease_past_the_lag_limit_is_unhealthy_and_refuses_wr
 /// nothing told the operator its controller vote was gone.
 #[tokio::test]
 async fn a_node_whose_controller_member_stopped_is_unhealthy() {
-    let (leader, _) = leading_member().await;
+    let (leader, meta) = leading_member().await;
+    leader
+        .node
+        .state
+        .node
+        .grant_lease(meta.leader_epoch, Instant::now() + Duration::from_secs(60));
     let (status, body) = leader.http(Method::GET, "/health", "").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, body) = leader.http(Method::GET, "/cluster_status", "").await;

@@ -232,6 +232,14 @@ impl LeaderState {
         )
     }
 
+    /// Whether this leader, elected by the controller, has not been granted a lease in its
+    /// epoch yet (a legacy leader needs none: false).
+    pub fn awaits_its_first_lease(&self) -> bool {
+        self.elected
+            .as_ref()
+            .is_some_and(|elected| elected.lease_until.is_none())
+    }
+
     /// When the lease ends (`None`: no lease; a legacy leader needs none).
     pub fn lease_until(&self) -> Option<Instant> {
         self.elected

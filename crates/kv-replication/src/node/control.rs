@@ -263,6 +263,21 @@ impl Node {
         let _ = self.with_leader(|leader| leader.revoke_lease());
     }
 
+    /// Whether this node leads but has not taken up its leadership yet: the controller has
+    /// granted it no lease in its epoch, or its epoch's no-op is not applied. It serves no
+    /// reads and acknowledges no writes meanwhile (a restarted leader: tens of milliseconds).
+    pub fn leader_taking_up(&self) -> bool {
+        match &*lock(&self.role) {
+            RoleState::Leader(leader) => {
+                leader.awaits_its_first_lease()
+                    || leader
+                        .noop_id()
+                        .is_some_and(|noop_id| self.store.applied_id() < noop_id)
+            }
+            _ => false,
+        }
+    }
+
     /// How long this node, leading, has been without a valid lease from the controller
     /// ([`LeaderState::without_lease_for`]); `None` while it holds one or does not lead.
     pub fn leader_without_lease_for(&self) -> Option<Duration> {
