@@ -235,7 +235,7 @@ impl PushCursor {
                     {
                         return self.sent(now, leader.snapshot_needed(found_id))
                     }
-                    // No snapshot covers the gap yet (a point-in-time repair dropped those
+                    // No snapshot covers the gap yet (a repair of the log dropped those
                     // ids): the caller has one taken ([`PushCursor::uncovered_gap`]) and the
                     // follower's next stream is sent to it.
                     Err(Error::LogGap { found_id, .. }) => {

@@ -371,9 +371,10 @@ impl LeaderState {
                     first_id: found_id,
                 })
             }
-            // A gap no snapshot covers yet (a point-in-time repair dropped those ids; the
-            // newest snapshot would bring the follower back to it): the follower asks again,
-            // and the caller has a snapshot taken ([`LeaderState::take_uncovered_gap`]).
+            // A gap no snapshot covers yet (a point-in-time or skip-corrupt repair dropped
+            // those ids; the newest snapshot would bring the follower back to it): the
+            // follower asks again, and the caller has a snapshot taken
+            // ([`LeaderState::take_uncovered_gap`]).
             Err(Error::LogGap { found_id, .. }) => {
                 self.uncovered_gap = Some(found_id);
                 FetchDecision::Respond(self.entries(log, Vec::new()))
