@@ -152,6 +152,7 @@ impl Driver {
             }
             let previous = self.cluster.view();
             self.cluster.set_view(meta);
+            self.campaign_while_listed(meta);
             let new_epoch =
                 previous.is_none_or(|previous| previous.leader_epoch != meta.leader_epoch);
             if meta.data_leader != Some(node_id) {
@@ -166,6 +167,21 @@ impl Driver {
         self.ask_for_reelection(meta);
         self.propose_write_quorum(meta);
         self.update_ready();
+    }
+
+    /// Stops this node's controller member from standing for election while the newest
+    /// metadata does not list the node (removed: it never applied its own removal if it was
+    /// cut off or behind, and would campaign for as long as it runs; or still joining, when
+    /// it is no voter yet and campaigns for nothing anyway), and lets it again once listed.
+    fn campaign_while_listed(&self, meta: &ClusterMeta) {
+        let listed = meta.members.contains_key(&self.cluster.node_id());
+        if self.cluster.controller().set_campaigning(listed) {
+            if listed {
+                tracing::info!(version = meta.version, "listed in the cluster's metadata: this node's controller member stands for election again");
+            } else {
+                tracing::warn!(version = meta.version, "the cluster's metadata no longer lists this node: its controller member stops standing for election");
+            }
+        }
     }
 
     /// Marks the node ready once it took the role the active controller's view gives (not

@@ -114,6 +114,9 @@ pub struct ControllerStatus {
     pub sessions: Vec<SessionStatus>,
     /// Why this node's Raft core stopped while the process runs ([`Controller::failure`]).
     pub failure: Option<String>,
+    /// Whether this member stands for election when its leader goes silent (false once the
+    /// cluster's metadata no longer lists the node: [`Controller::set_campaigning`]).
+    pub campaigning: bool,
 }
 
 struct Inner {
@@ -125,6 +128,8 @@ struct Inner {
     cluster_id: Arc<AtomicU64>,
     wake: Notify,
     stopping: AtomicBool,
+    /// Whether this member may stand for election ([`Controller::set_campaigning`]).
+    campaigning: AtomicBool,
     membership_change: tokio::sync::Mutex<()>,
     driver: Mutex<Option<JoinHandle<()>>>,
 }
@@ -215,6 +220,7 @@ impl Controller {
                 cluster_id,
                 wake: Notify::new(),
                 stopping: AtomicBool::new(false),
+                campaigning: AtomicBool::new(true),
                 membership_change: tokio::sync::Mutex::new(()),
                 driver: Mutex::new(None),
             }),
@@ -401,6 +407,7 @@ impl Controller {
             active: logic.is_active(),
             sessions: logic.sessions(Instant::now(), &meta),
             failure: self.failure(),
+            campaigning: self.campaigning(),
         }
     }
 
@@ -417,6 +424,24 @@ impl Controller {
             .has_changed()
             .is_err()
             .then(|| "its Raft core stopped (a panic inside openraft?)".to_owned())
+    }
+
+    /// Lets this member stand for election when its leader goes silent, or not. A node the
+    /// cluster's newest metadata no longer lists (removed while it was cut off or behind, so it
+    /// never applied its own removal) would otherwise stand for election forever: every
+    /// election timeout a new term, vote requests to every member and log lines, for as long as
+    /// the process runs. It still answers votes and takes entries. Returns whether it changed.
+    pub fn set_campaigning(&self, allowed: bool) -> bool {
+        if self.inner.campaigning.swap(allowed, Ordering::AcqRel) == allowed {
+            return false;
+        }
+        self.inner.raft.runtime_config().elect(allowed);
+        true
+    }
+
+    /// Whether this member may stand for election ([`Controller::set_campaigning`]).
+    pub fn campaigning(&self) -> bool {
+        self.inner.campaigning.load(Ordering::Acquire)
     }
 
     /// The underlying Raft handle (for metrics and tests).

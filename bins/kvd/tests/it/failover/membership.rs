@@ -100,6 +100,42 @@ fn a_node_joins_a_running_cluster_and_is_removed_again() {
     }
 }
 
+/// A node removed while it was stopped (SIGSTOP: it never got the controller entry that
+/// removes it) stops standing for the controller's election once it hears the cluster's
+/// newest metadata. Before, it stood for election for as long as it ran: a new term every
+/// election timeout (term 18 after 20 s in a by-hand run), vote requests to every member and
+/// about ten log lines a second; the members rejected it, so nothing else changed.
+#[test]
+fn a_node_removed_while_stopped_stops_standing_for_election() {
+    let mut cluster = Cluster::start(3, &[]);
+    let (leader, _) = cluster.wait_for_leader(None);
+    let removed = (leader + 1) % 3;
+    let asked = 3 - leader - removed;
+    cluster.signal(removed, "STOP");
+    let answer = cluster
+        .request(asked, "DELETE", &format!("/admin/members/{removed}"), None)
+        .expect("answers");
+    expect_status(answer, 200);
+    cluster.wait_for_leader_status("without the removed node", |status| {
+        !ids(status, "members").contains(&(removed as u64))
+    });
+    cluster.signal(removed, "CONT");
+    let status = cluster.wait_for_status(removed, "out of the election", |status| {
+        status["controller"]["campaigning"] == json!(false)
+    });
+    let term = status["controller"]["term"].as_u64();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let later = cluster.status(removed).expect("answers");
+    assert_eq!(
+        later["controller"]["term"].as_u64(),
+        term,
+        "the removed node still stands for election: {later}"
+    );
+    // The other two go on, under the same controller leader.
+    let (_, after) = cluster.write(leader, "after", &json!(1));
+    assert_eq!(cluster.read_after(asked, "after", after), Some(json!(1)));
+}
+
 #[test]
 fn a_planned_transfer_under_load_loses_no_acknowledged_write() {
     // The default write quorum (1, asynchronous): the hand-over itself makes it lossless.
