@@ -33,9 +33,12 @@ pub(crate) async fn execute(
     acks: Acks,
     need_outcome: bool,
 ) -> Result<Executed> {
-    let mut resubmitted = false;
+    // Only a request with ids may be submitted a second time (below): a copy for that, and
+    // otherwise the value moves into the log (a 1 MiB value was cloned on every PUT).
+    let mut spare = command.request.is_some().then(|| command.clone());
+    let mut command = command;
     loop {
-        match submit(state, command.clone(), acks).await {
+        match submit(state, command, acks).await {
             Ok(Written { id, outcome }) => {
                 let outcome = match outcome.get() {
                     Some(outcome) => Some(outcome),
@@ -63,8 +66,10 @@ pub(crate) async fn execute(
                     }
                     // The first submission's entry was cut (it never committed): this one is
                     // the request's only chance, once.
-                    None if !resubmitted => resubmitted = true,
-                    None => return Err(cut_away(state, id)),
+                    None => match spare.take() {
+                        Some(again) => command = again,
+                        None => return Err(cut_away(state, id)),
+                    },
                 }
             }
             Err(Error::Store(kv_store::Error::RequestMismatch { id })) => {
