@@ -127,7 +127,7 @@ pub enum Error {
     BadFetch(String),
     /// A controller call reached a node that is not the active controller; the body names
     /// the one that is, if known (421).
-    #[error("this node is not the active controller; ask node {leader_id:?} at {leader_url:?}")]
+    #[error("this node is not the active controller; {}", ask_the_active_controller(*leader_id, leader_url.as_deref()))]
     NotController {
         /// The active controller.
         leader_id: Option<u64>,
@@ -359,6 +359,16 @@ pub fn error_response(error: &Error) -> Response<Full<Bytes>> {
     response
 }
 
+/// The end of a 421's detail: where to ask instead, in plain words (`ask node 0 at
+/// http://127.0.0.1:8000`), or that no active controller is known yet.
+fn ask_the_active_controller(leader_id: Option<u64>, leader_url: Option<&str>) -> String {
+    match (leader_id, leader_url) {
+        (Some(id), Some(url)) => format!("ask node {id} at {url}"),
+        (Some(id), None) => format!("ask node {id}"),
+        (None, _) => "no active controller is known yet: retry".to_owned(),
+    }
+}
+
 /// The `ETag` of a value written at `mod_revision`: `"<mod_revision>"`.
 pub(crate) fn etag(mod_revision: u64) -> HeaderValue {
     use std::io::Write as _;
@@ -390,5 +400,26 @@ mod tests {
         assert_eq!(etag(0), "\"0\"");
         assert_eq!(etag(169_963), "\"169963\"");
         assert_eq!(etag(u64::MAX), "\"18446744073709551615\"");
+    }
+
+    #[test]
+    fn a_421_names_the_active_controller_in_plain_words() {
+        // Before, the detail was Rust's debug text: `ask node Some(0) at Some("http://…")`.
+        let named = Error::NotController {
+            leader_id: Some(0),
+            leader_url: Some("http://127.0.0.1:8000".to_owned()),
+        };
+        assert_eq!(
+            named.to_string(),
+            "this node is not the active controller; ask node 0 at http://127.0.0.1:8000"
+        );
+        let unknown = Error::NotController {
+            leader_id: None,
+            leader_url: None,
+        };
+        assert_eq!(
+            unknown.to_string(),
+            "this node is not the active controller; no active controller is known yet: retry"
+        );
     }
 }
