@@ -77,11 +77,14 @@ pub enum Error {
     /// The key is not in the store.
     #[error("Key not found")]
     KeyNotFound,
-    /// A write reached a node that is not the leader.
-    #[error("this node is a follower; send writes to the leader at {leader_url}")]
+    /// A write reached a node that is not the leader, or a read one that cannot serve it as
+    /// asked (`?linearizable=true` on a follower, a leader that may have been replaced).
+    #[error("{}", redirect_detail(*read, leader_url))]
     NotLeader {
         /// The leader's base URL.
         leader_url: String,
+        /// A read (`GET`/`HEAD`) is redirected, not a write: the detail says so.
+        read: bool,
         /// Where the client should resend this request.
         location: String,
     },
@@ -212,6 +215,7 @@ impl From<kv_replication::Error> for Error {
                 Error::NotLeader {
                     location: leader_url.clone(),
                     leader_url,
+                    read: false,
                 }
             }
             kv_replication::Error::Busy(detail) => Error::Busy(detail),
@@ -357,6 +361,19 @@ pub fn error_response(error: &Error) -> Response<Full<Bytes>> {
         _ => {}
     }
     response
+}
+
+/// A 307's detail: where to send the request instead, and why (the seed project's text for a
+/// write sent to a follower).
+fn redirect_detail(read: bool, leader_url: &str) -> String {
+    if read {
+        format!(
+            "this node cannot serve this read as asked (a linearizable read, or it may no longer \
+             lead); read from the leader at {leader_url}"
+        )
+    } else {
+        format!("this node is a follower; send writes to the leader at {leader_url}")
+    }
 }
 
 /// The end of a 421's detail: where to ask instead, in plain words (`ask node 0 at
