@@ -182,6 +182,8 @@ impl NodeConfig {
             segment_bytes_max >= SEGMENT_BYTES_MIN,
             "max segment size {segment_bytes_max} is below the minimum of {SEGMENT_BYTES_MIN} bytes"
         );
+        let listen = settings.node.listen.unwrap_or(listen_default);
+        check_listen_address(&listen)?;
         let write_quorum_given = settings.replication.write_quorum;
         let mut replication =
             resolve_replication(settings.replication, settings.compaction, &role)?;
@@ -189,7 +191,7 @@ impl NodeConfig {
         cluster.write_quorum = write_quorum_given.map(|_| replication.leader.write_quorum);
         Ok(NodeConfig {
             role,
-            listen: settings.node.listen.unwrap_or(listen_default),
+            listen,
             data_dir: settings.node.data_dir.unwrap_or(data_dir_default),
             segment_bytes_max,
             sync_policy: wal.sync_policy.unwrap_or_default(),
@@ -253,6 +255,20 @@ fn resolve_cluster(
         timing,
         write_quorum: None,
     })
+}
+
+/// A listen address must be `HOST:PORT` (`127.0.0.1:8000`, `localhost:8000`, `[::1]:8000`):
+/// checked here, before the node makes its data directory, rather than when it binds after
+/// opening (and, on a first start, creating) its store.
+fn check_listen_address(listen: &str) -> anyhow::Result<()> {
+    let host_and_port = listen
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    ensure!(
+        host_and_port,
+        "invalid listen address {listen:?}: expected HOST:PORT, e.g. 127.0.0.1:8000"
+    );
+    Ok(())
 }
 
 /// History and dedup retention: what is set, over the store's defaults.

@@ -16,7 +16,7 @@ use kv_store::{Store, StoreOptions, EPOCH_DEFAULT};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::cluster::bootstrap::{self, Identity};
+use crate::cluster::bootstrap::{self, Identity, JoinOutcome};
 use crate::cluster::driver::Driver;
 use crate::config::{NodeConfig, Role};
 
@@ -211,11 +211,15 @@ async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
     }));
     let joined =
         bootstrap::join_if_new(config, &identity, cluster.client(), signal_received.clone()).await;
-    if let Err(error) = joined {
+    if !matches!(joined, Ok(JoinOutcome::Member)) {
+        // Refused (an error), or stopped by a signal while no seed answered (a wrong
+        // `--leader`, a cluster not up yet): a clean stop, exit status 0 as any SIGINT.
         let _ = signalled.send(true);
         let _ = server.await;
         let _ = controller.shutdown().await;
-        return Err(error);
+        joined?;
+        tracing::info!("stopped before joining the cluster");
+        return Ok(());
     }
     tracing::info!(node_id = identity.node_id, url = %identity.url, "this node's identity");
 

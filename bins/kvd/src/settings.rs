@@ -160,10 +160,12 @@ settings_group! {
     /// Replication: the leader's quorum and the followers' fetch loop.
     #[command(next_help_heading = "Replication")]
     pub struct ReplicationSettings {
-        /// Leader: nodes (the leader included) that must hold a write durably before it is
-        /// acknowledged with `acks=quorum` (the default acks). 1 = asynchronous replication;
-        /// with 3 nodes, 2 survives the loss of any one node without losing an acknowledged
-        /// write [default: 1].
+        /// The cluster's write quorum (a node started with it asks the cluster to take it):
+        /// nodes (the leader included) that must hold a write durably before it is
+        /// acknowledged when the write gives no `acks` (every member of an in-sync replica set
+        /// of at least this many; `acks=quorum` asks for at least 2). 1 = asynchronous
+        /// replication; with 3 nodes, 2 survives the loss of any one node without losing an
+        /// acknowledged write [default: 1].
         #[arg(long, env = "KVD_WRITE_QUORUM", value_name = "N")]
         pub write_quorum: Option<usize>,
         /// Leader: how long a write waits for its acknowledgements before answering 503 with
@@ -292,7 +294,10 @@ settings_group! {
     /// What only a follower takes (`kvd follower` has these flags; a leader refuses them in
     /// the config file).
     pub struct FollowerSettings {
-        /// The leader's base URL [default: http://127.0.0.1:8000].
+        /// The base URL of the cluster's leader (or of any member) that a new follower asks
+        /// to join; once it has joined, a follower follows whichever leader the controller
+        /// names, and asks here only when no member it knows answers
+        /// [default: http://127.0.0.1:8000].
         #[arg(long, env = "KVD_LEADER", value_name = "URL")]
         pub leader: Option<String>,
     }

@@ -77,11 +77,14 @@ pub enum Error {
     /// The key is not in the store.
     #[error("Key not found")]
     KeyNotFound,
-    /// A write reached a node that is not the leader.
-    #[error("this node is a follower; send writes to the leader at {leader_url}")]
+    /// A write reached a node that is not the leader, or a read one that cannot serve it as
+    /// asked (`?linearizable=true` on a follower, a leader that may have been replaced).
+    #[error("{}", redirect_detail(*read, leader_url))]
     NotLeader {
         /// The leader's base URL.
         leader_url: String,
+        /// A read (`GET`/`HEAD`) is redirected, not a write: the detail says so.
+        read: bool,
         /// Where the client should resend this request.
         location: String,
     },
@@ -127,7 +130,7 @@ pub enum Error {
     BadFetch(String),
     /// A controller call reached a node that is not the active controller; the body names
     /// the one that is, if known (421).
-    #[error("this node is not the active controller; ask node {leader_id:?} at {leader_url:?}")]
+    #[error("this node is not the active controller; {}", ask_the_active_controller(*leader_id, leader_url.as_deref()))]
     NotController {
         /// The active controller.
         leader_id: Option<u64>,
@@ -212,6 +215,7 @@ impl From<kv_replication::Error> for Error {
                 Error::NotLeader {
                     location: leader_url.clone(),
                     leader_url,
+                    read: false,
                 }
             }
             kv_replication::Error::Busy(detail) => Error::Busy(detail),
@@ -359,6 +363,29 @@ pub fn error_response(error: &Error) -> Response<Full<Bytes>> {
     response
 }
 
+/// A 307's detail: where to send the request instead, and why (the seed project's text for a
+/// write sent to a follower).
+fn redirect_detail(read: bool, leader_url: &str) -> String {
+    if read {
+        format!(
+            "this node cannot serve this read as asked (a linearizable read, or it may no longer \
+             lead); read from the leader at {leader_url}"
+        )
+    } else {
+        format!("this node is a follower; send writes to the leader at {leader_url}")
+    }
+}
+
+/// The end of a 421's detail: where to ask instead, in plain words (`ask node 0 at
+/// http://127.0.0.1:8000`), or that no active controller is known yet.
+fn ask_the_active_controller(leader_id: Option<u64>, leader_url: Option<&str>) -> String {
+    match (leader_id, leader_url) {
+        (Some(id), Some(url)) => format!("ask node {id} at {url}"),
+        (Some(id), None) => format!("ask node {id}"),
+        (None, _) => "no active controller is known yet: retry".to_owned(),
+    }
+}
+
 /// The `ETag` of a value written at `mod_revision`: `"<mod_revision>"`.
 pub(crate) fn etag(mod_revision: u64) -> HeaderValue {
     use std::io::Write as _;
@@ -390,5 +417,26 @@ mod tests {
         assert_eq!(etag(0), "\"0\"");
         assert_eq!(etag(169_963), "\"169963\"");
         assert_eq!(etag(u64::MAX), "\"18446744073709551615\"");
+    }
+
+    #[test]
+    fn a_421_names_the_active_controller_in_plain_words() {
+        // Before, the detail was Rust's debug text: `ask node Some(0) at Some("http://…")`.
+        let named = Error::NotController {
+            leader_id: Some(0),
+            leader_url: Some("http://127.0.0.1:8000".to_owned()),
+        };
+        assert_eq!(
+            named.to_string(),
+            "this node is not the active controller; ask node 0 at http://127.0.0.1:8000"
+        );
+        let unknown = Error::NotController {
+            leader_id: None,
+            leader_url: None,
+        };
+        assert_eq!(
+            unknown.to_string(),
+            "this node is not the active controller; no active controller is known yet: retry"
+        );
     }
 }

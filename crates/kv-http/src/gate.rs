@@ -28,6 +28,7 @@ pub(crate) fn redirect_to(leader_url: &str, parts: &Parts) -> Error {
     let location = format!("{}{path_and_query}", leader_url.trim_end_matches('/'));
     Error::NotLeader {
         leader_url: leader_url.to_owned(),
+        read: matches!(parts.method, http::Method::GET | http::Method::HEAD),
         location,
     }
 }
@@ -229,5 +230,42 @@ fn read_standing(state: &AppState, parts: &Parts) -> Result<ReadStanding> {
                 staleness.as_millis()
             ))
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: http::Method, uri: &str) -> Parts {
+        let (parts, ()) = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .expect("a request")
+            .into_parts();
+        parts
+    }
+
+    #[test]
+    fn a_redirected_read_is_not_told_to_send_writes() {
+        // Before, `GET /key/k?linearizable=true` on a follower got "this node is a follower;
+        // send writes to the leader at …": the seed's text for writes, wrong for a read.
+        let read = redirect_to(
+            "http://127.0.0.1:8000",
+            &parts(http::Method::GET, "/key/k?linearizable=true"),
+        );
+        assert!(matches!(read, Error::NotLeader { ref location, .. }
+            if location == "http://127.0.0.1:8000/key/k?linearizable=true"));
+        assert_eq!(
+            read.to_string(),
+            "this node cannot serve this read as asked (a linearizable read, or it may no longer \
+             lead); read from the leader at http://127.0.0.1:8000"
+        );
+        let write = redirect_to("http://127.0.0.1:8000", &parts(http::Method::PUT, "/key/k"));
+        assert_eq!(
+            write.to_string(),
+            "this node is a follower; send writes to the leader at http://127.0.0.1:8000"
+        );
     }
 }

@@ -280,6 +280,15 @@ pub fn refuse_lost_acknowledged_writes(
     )
 }
 
+/// How [`join_if_new`] ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinOutcome {
+    /// The node is a member: it joined now, or was one already (or is `kvd leader`).
+    Member,
+    /// SIGINT/SIGTERM came before any seed admitted the node: a clean stop, not an error.
+    StoppedBeforeJoining,
+}
+
 /// On `kvd follower N` with an empty controller: asks the seeds (and whoever they point at)
 /// to admit this node, until one does or `shutdown` turns true; then stores the cluster id.
 /// A refusal (another cluster, this id taken at another URL) is an error: the node must not
@@ -289,10 +298,10 @@ pub async fn join_if_new(
     identity: &Identity,
     client: &ControllerClient,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<JoinOutcome> {
     let controller = client.controller();
     if controller.has_state() || config.role == Role::Leader {
-        return Ok(());
+        return Ok(JoinOutcome::Member);
     }
     let known_cluster_id = match controller.cluster_id() {
         0 => NodeMeta::load(&kv_wal::fs::StdFs, &config.data_dir)
@@ -324,7 +333,7 @@ pub async fn join_if_new(
             }
         }
         tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => anyhow::bail!("stopped before joining the cluster"),
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(JoinOutcome::StoppedBeforeJoining),
             _ = tokio::time::sleep(JOIN_RETRY) => {}
         }
     };
@@ -337,7 +346,7 @@ pub async fn join_if_new(
         url = %identity.url,
         "joined the cluster"
     );
-    Ok(())
+    Ok(JoinOutcome::Member)
 }
 
 /// Keeps the cluster's record of this node's URL in step with the one it runs with (an

@@ -181,6 +181,35 @@ fn bad_settings_are_refused_with_their_name() {
     assert!(error.to_string().contains("MAX_SEGMENT_SIZE"));
 }
 
+#[test]
+fn a_listen_address_that_is_not_host_and_port_is_refused_before_anything_starts() {
+    // Before, `kvd leader --listen 8000` made the data directory and a new log, then failed
+    // to bind ("invalid socket address").
+    for listen in ["8000", ":8000", "nonsense", "127.0.0.1:99999", "127.0.0.1:"] {
+        let sources = Sources {
+            command_line: Settings::from_toml(&format!("listen = {listen:?}")).unwrap(),
+            ..Sources::default()
+        };
+        let error = resolve(None, sources).expect_err(listen).to_string();
+        assert!(
+            error.contains("invalid listen address"),
+            "{listen}: {error}"
+        );
+    }
+    for listen in [
+        "127.0.0.1:0",
+        "localhost:8000",
+        "[::1]:8000",
+        "0.0.0.0:8001",
+    ] {
+        let sources = Sources {
+            command_line: Settings::from_toml(&format!("listen = {listen:?}")).unwrap(),
+            ..Sources::default()
+        };
+        assert_eq!(leader(sources).listen, listen);
+    }
+}
+
 /// What each setting changes in the resolved configuration, set through the config file. The
 /// test below insists every setting is here, so a new one cannot skip its conversion.
 #[allow(clippy::type_complexity)]

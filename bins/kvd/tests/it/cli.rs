@@ -1,6 +1,6 @@
 //! The command line itself: help, validation, the follower's not-yet state.
 
-use crate::harness::kvd_command;
+use crate::harness::{free_port, kvd_command, request, wait_with_deadline, DEADLINE};
 
 fn output(args: &[&str]) -> (bool, String, String) {
     run(kvd_command(args))
@@ -93,6 +93,60 @@ fn the_tests_run_a_fault_build_which_refuses_a_fault_variable_it_does_not_know()
     let (success, _, stderr) = output_with_env(&["leader"], ("KVD_FAULT_FSYNC_FAIL", "3"));
     assert!(
         !success && stderr.contains("KVD_FAULT_FSYNC_FAIL is not a fault variable"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_follower_stopped_by_sigint_before_it_joined_exits_cleanly() {
+    // A new user's `kvd follower 1 --leader URL` with a URL nothing answers at keeps asking to
+    // join; Ctrl-C then is a clean stop (exit status 0), as it is once the node has joined.
+    // Before, it exited 1 with "kvd: error: stopped before joining the cluster".
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("follower-1");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let stderr_path = dir.path().join("stderr.log");
+    let child = kvd_command(&[
+        "follower",
+        "1",
+        "--listen",
+        &listen,
+        "--data-dir",
+        data_dir.to_str().expect("UTF-8 path"),
+        "--leader",
+        &nobody,
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+    .spawn()
+    .expect("spawn kvd");
+    let address = listen.parse().expect("address");
+    let started = std::time::Instant::now();
+    // It serves (503: it has not learned the cluster's metadata) while it retries the join.
+    loop {
+        let answer = request(address, "GET", "/health", &[], None);
+        if answer.is_ok_and(|answer| answer.status == 503) {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "kvd did not serve: {}",
+            std::fs::read_to_string(&stderr_path).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(signalled.success(), "kill -INT failed");
+    let status = wait_with_deadline(child);
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        stderr.contains("stopped before joining the cluster") && !stderr.contains("kvd: error"),
         "{stderr}"
     );
 }
