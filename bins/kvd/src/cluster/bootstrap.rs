@@ -235,6 +235,40 @@ fn refuse_a_lost_controller(config: &NodeConfig, node_meta: &NodeMeta) -> anyhow
     )
 }
 
+/// A data directory whose `node.meta` names another cluster than its controller state (a
+/// `node.meta` copied from another node's directory, or edited) mixes two clusters' files: its
+/// data plane would refuse every view the controller gives, and the node would serve nothing
+/// for as long as it ran. It refuses to start, naming both, until the two agree.
+pub fn refuse_mixed_cluster_ids(
+    config: &NodeConfig,
+    controller: &Controller,
+) -> anyhow::Result<()> {
+    let controller_id = controller.cluster_id();
+    let node_meta = NodeMeta::load(&kv_wal::fs::StdFs, &config.data_dir)
+        .context("cannot read the node's meta file")?
+        .unwrap_or_default();
+    if controller_id == 0 || node_meta.cluster_id == 0 || node_meta.cluster_id == controller_id {
+        return Ok(());
+    }
+    let controller_dir = config.data_dir.join(kv_controller::CONTROLLER_DIR);
+    anyhow::bail!(
+        "{} says this node belongs to cluster {:016x}, but its controller state in {} is of \
+         cluster {controller_id:016x}: the data directory mixes two clusters' files (a node.meta \
+         copied from another node, or edited?). Put back this node's own node.meta. {}",
+        NodeMeta::path(&config.data_dir).display(),
+        node_meta.cluster_id,
+        controller_dir.display(),
+        controller_way_out(
+            config,
+            &format!(
+                "{} and {}",
+                controller_dir.display(),
+                NodeMeta::path(&config.data_dir).display()
+            )
+        ),
+    )
+}
+
 /// A node that is its cluster's only member and whose log ends below the commit id its
 /// `node.meta` recorded lost acknowledged writes that no replica holds: under `batch` and
 /// `always` nothing is acknowledged before it is on disk, so only damage (a deleted or cut

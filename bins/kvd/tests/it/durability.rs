@@ -502,3 +502,42 @@ fn a_follower_reaching_a_gap_a_repair_left_in_the_leaders_log_installs_a_snapsho
         assert!((1..40).contains(&lost), "{mode}: {lost} keys lost");
     }
 }
+
+/// A data directory whose `node.meta` names another cluster than its `controller/` (a
+/// `node.meta` copied from another node's directory, or edited by hand) mixes two clusters'
+/// files: it refuses to start, naming both ids and the way out. Before, it started, served
+/// nothing ("this node follows no leader yet") and logged "controller view refused" for as long
+/// as it ran.
+#[test]
+fn a_node_meta_of_another_cluster_than_its_controller_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("leader");
+    let mut kvd = Kvd::start(&data_dir, &[], &[]);
+    put(&kvd, "k", "v");
+    assert!(kvd.terminate().success());
+    let meta_path = data_dir.join("node.meta");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).expect("node.meta")).expect("JSON");
+    let own = meta["cluster_id"]
+        .as_str()
+        .expect("a cluster id")
+        .to_owned();
+    meta["cluster_id"] = json!("1111111111111111");
+    std::fs::write(&meta_path, meta.to_string()).expect("write node.meta");
+
+    let (status, stderr) = start_expecting_exit(&data_dir);
+    assert!(
+        !status.success(),
+        "started with two clusters' files: {stderr}"
+    );
+    assert!(
+        stderr.contains("1111111111111111") && stderr.contains(&own) && stderr.contains("aside"),
+        "{stderr}"
+    );
+    // Put back, it starts with its data.
+    meta["cluster_id"] = json!(own);
+    std::fs::write(&meta_path, meta.to_string()).expect("write node.meta");
+    let kvd = Kvd::start(&data_dir, &[], &[]);
+    let (status, body) = kvd.json("GET", "/key/k", None);
+    assert_eq!((status, body["value"].clone()), (200, json!("v")));
+}
