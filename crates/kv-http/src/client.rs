@@ -15,8 +15,10 @@ use kv_replication::{
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-/// Largest fetch response accepted (the protocol's frame limit plus its header).
-const FETCH_RESPONSE_BYTES_MAX: usize = kv_replication::protocol::FRAMES_BYTES_MAX as usize + 4096;
+/// Largest fetch response accepted (the protocol's limit on a response's frames — a batch, or
+/// one frame larger than a batch — plus its header).
+const FETCH_RESPONSE_BYTES_MAX: usize =
+    kv_replication::protocol::RESPONSE_FRAMES_BYTES_MAX as usize + 4096;
 
 /// Fetches from a leader at an `http://host:port` URL.
 #[derive(Debug)]

@@ -26,8 +26,18 @@ pub const PROTOCOL_VERSION: u8 = 2;
 pub const REQUEST_BYTES: usize = 4 + 1 + 7 * 8 + 4 + 4;
 /// Longest leader URL a "not the leader" answer carries.
 pub const LEADER_URL_BYTES_MAX: usize = 2048;
-/// Largest batch of frames a response may carry (64 MiB).
+/// Largest batch of frames a follower may ask for (64 MiB): the leader cuts a batch there.
 pub const FRAMES_BYTES_MAX: u32 = 64 << 20;
+/// Most frame bytes a response may carry: a batch of at most [`FRAMES_BYTES_MAX`], or the one
+/// frame a batch always holds when that frame alone is larger (a log record may be up to
+/// kv-wal's [`kv_wal::RECORD_BYTES_MAX`]). A follower refusing such a frame would never get
+/// past it.
+pub const RESPONSE_FRAMES_BYTES_MAX: u32 =
+    (kv_wal::RECORD_BYTES_MAX + kv_wal::FRAME_HEADER_BYTES) as u32;
+const _: () = assert!(RESPONSE_FRAMES_BYTES_MAX >= FRAMES_BYTES_MAX);
+const _: () = assert!(
+    (RESPONSE_FRAMES_BYTES_MAX as usize) == kv_wal::RECORD_BYTES_MAX + kv_wal::FRAME_HEADER_BYTES
+);
 const REQUEST_MAGIC: &[u8; 4] = b"KVRQ";
 const RESPONSE_MAGIC: &[u8; 4] = b"KVRS";
 
@@ -360,7 +370,7 @@ impl FetchResponse {
                 let first_id = reader.u64("first id")?;
                 let last_id = reader.u64("last id")?;
                 let len = reader.u32("frames length")?;
-                if len > FRAMES_BYTES_MAX {
+                if len > RESPONSE_FRAMES_BYTES_MAX {
                     return Err(DecodeError(format!("{len} frame bytes exceed the limit")));
                 }
                 let frames = reader.take(len as usize, "frames")?.to_vec();

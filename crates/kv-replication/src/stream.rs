@@ -27,13 +27,16 @@ use crate::error::Error;
 use crate::frames::last_frame_id;
 use crate::leader::LeaderState;
 use crate::log_view::LogView;
-use crate::protocol::{DecodeError, FetchRequest, FetchResponse, FRAMES_BYTES_MAX};
+use crate::protocol::{
+    DecodeError, FetchRequest, FetchResponse, FRAMES_BYTES_MAX, RESPONSE_FRAMES_BYTES_MAX,
+};
 
 /// Bytes of a message's envelope.
 pub const ENVELOPE_BYTES: usize = 12;
-/// Largest body a stream message may have: a batch of frames at the protocol's limit plus the
-/// answer's fields.
-pub const STREAM_BODY_BYTES_MAX: usize = FRAMES_BYTES_MAX as usize + 4096;
+/// Largest body a stream message may have: the most frame bytes a response may carry (a
+/// batch, or one frame larger than a batch) plus the answer's fields.
+pub const STREAM_BODY_BYTES_MAX: usize = RESPONSE_FRAMES_BYTES_MAX as usize + 4096;
+const _: () = assert!(STREAM_BODY_BYTES_MAX < u32::MAX as usize);
 /// The protocol name a follower asks for in its `Upgrade` header (kv-http's
 /// `GET /replication/stream`).
 pub const STREAM_PROTOCOL: &str = "kvd-replication/2";

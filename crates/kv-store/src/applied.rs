@@ -11,7 +11,7 @@ use crate::entry::Op;
 use crate::history::{History, HistoryOptions};
 use crate::map::{KeyMap, Locator};
 use crate::outcome::{FailedCompare, OpResponse, Outcome};
-use crate::txn::{Txn, TxnOp};
+use crate::txn::{Txn, TxnOp, RANGE_VALUE_BYTES_MAX};
 
 /// Retention settings the apply step follows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -120,6 +120,7 @@ impl AppliedState {
             });
         let succeeded = failed_compare.is_none();
         let mut responses = Vec::new();
+        let mut range_bytes_left = RANGE_VALUE_BYTES_MAX;
         for (index, op) in txn.branch(succeeded).iter().enumerate() {
             let response = match op {
                 TxnOp::Put { key, value } => {
@@ -146,15 +147,7 @@ impl AppliedState {
                     found: self.keys.get(key),
                 },
                 TxnOp::Range { prefix, limit } => {
-                    let limit = *limit as usize;
-                    let mut found = self.keys.scan_prefix(prefix, None, limit.saturating_add(1));
-                    let more = found.len() > limit;
-                    found.truncate(limit);
-                    OpResponse::Range {
-                        prefix: prefix.clone(),
-                        found,
-                        more,
-                    }
+                    range(&self.keys, prefix, *limit as usize, &mut range_bytes_left)
                 }
             };
             if respond {
@@ -167,5 +160,35 @@ impl AppliedState {
             failed_compare,
             responses,
         })
+    }
+}
+
+/// A range of a transaction: the first `limit` keys with `prefix`, stopped before the value
+/// that would take the transaction's ranges past `bytes_left` (what is left of
+/// [`RANGE_VALUE_BYTES_MAX`]); `more` when keys with the prefix were left out either way.
+fn range(keys: &KeyMap, prefix: &[u8], limit: usize, bytes_left: &mut usize) -> OpResponse {
+    let mut found = keys.scan_prefix(prefix, None, limit.saturating_add(1));
+    let mut more = found.len() > limit;
+    found.truncate(limit);
+    let within = found
+        .iter()
+        .take_while(
+            |cell| match bytes_left.checked_sub(cell.value_bytes().len()) {
+                Some(left) => {
+                    *bytes_left = left;
+                    true
+                }
+                None => false,
+            },
+        )
+        .count();
+    if within < found.len() {
+        found.truncate(within);
+        more = true;
+    }
+    OpResponse::Range {
+        prefix: prefix.to_vec(),
+        found,
+        more,
     }
 }

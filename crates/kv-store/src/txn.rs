@@ -23,6 +23,10 @@ pub const TXN_COMPARES_MAX: usize = 128;
 pub const TXN_OPS_MAX: usize = 128;
 /// Largest `limit` of a range operation.
 pub const RANGE_LIMIT_MAX: u32 = 10_000;
+/// Most value bytes a transaction's ranges return between them (64 MiB, `/history`'s default
+/// budget too): a range stops before the value that would pass it and reports `more`, so one
+/// request cannot make the node hold its whole data set as an answer.
+pub const RANGE_VALUE_BYTES_MAX: usize = 64 << 20;
 
 /// A transaction: if every compare holds, the `success` operations run, else the `failure`
 /// ones; all at one revision (the record's id).

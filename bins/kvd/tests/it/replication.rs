@@ -570,3 +570,42 @@ fn a_data_directory_of_another_node_is_refused() {
         "the refusal names both ids: {stderr}"
     );
 }
+
+/// A value over the replication protocol's 64 MiB batch (`FRAMES_BYTES_MAX`) but within
+/// `--max-body-bytes` is one log record the leader ships alone: the follower takes it (before,
+/// it refused every push of it as a message over 64 MiB + 4 KiB, retried forever and never
+/// got past it), and the write after it too.
+#[test]
+fn a_value_larger_than_a_replication_batch_reaches_the_followers() {
+    let cluster = Cluster::start(&["--max-body-bytes", "80MiB"], &[], 1);
+    let value: Vec<u8> = (0..65u32 << 20)
+        .map(|index| (index % 251) as u8 ^ (index >> 20) as u8)
+        .collect();
+    let written = crate::harness::request(
+        cluster.leader.address,
+        "PUT",
+        "/key/large",
+        &[("Content-Type", "application/octet-stream")],
+        Some(&value),
+    )
+    .expect("PUT the large value");
+    assert_eq!(written.status, 200, "{}", written.json());
+    let (status, after) = put(&cluster.leader, "after", &json!(1));
+    assert_eq!(status, 200, "{after}");
+    let after_id = after["id"].as_u64().expect("id");
+    let follower = cluster.follower(1);
+    assert_eq!(
+        get_after(follower, "after", after_id),
+        (200, json!({"key": "after", "value": 1}))
+    );
+    let read = crate::harness::request(
+        follower.address,
+        "GET",
+        "/key/large",
+        &[("Accept", "application/octet-stream")],
+        None,
+    )
+    .expect("GET the large value");
+    assert_eq!(read.status, 200);
+    assert!(read.body == value, "the follower's copy differs");
+}

@@ -47,8 +47,17 @@ use crate::map::KeyValue;
 
 /// Bytes of cells per block before compression.
 pub const SNAPSHOT_BLOCK_BYTES: usize = 256 * 1024;
-/// Largest stored or raw block accepted when reading (a bad length never allocates more).
-const BLOCK_BYTES_MAX: u32 = 64 << 20;
+/// Largest raw block accepted when reading (a bad length never allocates more). A block is cut
+/// once it holds [`SNAPSHOT_BLOCK_BYTES`], so it holds less than that plus one item, and the
+/// largest item is the cell of one value: its key and value came in one log record (at most
+/// kv-wal's `RECORD_BYTES_MAX`, 256 MiB; kvd takes values up to `--max-body-bytes`), plus a
+/// few varints. (This was 64 MiB: a snapshot holding a larger value could not be read back.)
+const BLOCK_RAW_BYTES_MAX: usize = SNAPSHOT_BLOCK_BYTES + kv_wal::frame::RECORD_BYTES_MAX + 1024;
+/// Largest stored block accepted: a raw block at its limit that did not compress (LZ4 and zstd
+/// grow such bytes by well under 1/64 plus a constant: the bound kv-wal's compressed segments
+/// use too).
+const BLOCK_STORED_BYTES_MAX: usize = BLOCK_RAW_BYTES_MAX + BLOCK_RAW_BYTES_MAX / 64 + 1024;
+const _: () = assert!(BLOCK_STORED_BYTES_MAX < u32::MAX as usize);
 const MAGIC: &[u8; 8] = b"KVSNAP\0\x01";
 const VERSION: u32 = 2;
 /// The first format: cells without revisions, no history or requests.

@@ -7,8 +7,9 @@ use kv_wal::durable::FileReader;
 use kv_wal::fs::FileSystem;
 
 use super::{
-    crc, Codec, LoadedSnapshot, SnapshotError, BLOCK_BYTES_MAX, BLOCK_HEADER_BYTES, HEADER_BYTES,
-    KIND_DATA, KIND_END, KIND_HISTORY, KIND_REQUESTS, LINK_BYTES, MAGIC, VERSION, VERSION_1,
+    crc, Codec, LoadedSnapshot, SnapshotError, BLOCK_HEADER_BYTES, BLOCK_RAW_BYTES_MAX,
+    BLOCK_STORED_BYTES_MAX, HEADER_BYTES, KIND_DATA, KIND_END, KIND_HISTORY, KIND_REQUESTS,
+    LINK_BYTES, MAGIC, VERSION, VERSION_1,
 };
 use crate::applied::AppliedState;
 use crate::dedup::DedupTable;
@@ -176,7 +177,7 @@ fn read_block<R: Read>(reader: &mut Reader<R>) -> Result<(u8, Vec<u8>, u64), Mal
     let (kind, block_codec) = (block_header[0], block_header[1]);
     let raw_len = half(&block_header, 4);
     let stored_len = half(&block_header, 8);
-    if raw_len > BLOCK_BYTES_MAX || stored_len > BLOCK_BYTES_MAX {
+    if raw_len as usize > BLOCK_RAW_BYTES_MAX || stored_len as usize > BLOCK_STORED_BYTES_MAX {
         return Err(format!("block at byte {block_offset}: implausible length").into());
     }
     let stored = reader.exact(stored_len as usize, "block")?;

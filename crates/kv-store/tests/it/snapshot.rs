@@ -515,3 +515,51 @@ fn a_purge_forgets_the_history_links_it_made_unreadable() {
     let again = store.key_history(b"k7", 100, true).unwrap().unwrap();
     assert_eq!(again.versions[..2], history.versions[..2]);
 }
+
+/// A value over 64 MiB (kvd takes up to `--max-body-bytes`, and a log record may hold up to
+/// 256 MiB) makes a snapshot block larger than 64 MiB: the snapshot is read back, with every
+/// codec, incompressible bytes included. Before, the reader refused any block over 64 MiB as
+/// an implausible length, so a node that wrote such a snapshot and purged its log could not
+/// open again.
+#[test]
+fn a_value_larger_than_64_mib_survives_a_snapshot_and_a_restart() {
+    let mut state_word = 0x9E37_79B9_7F4A_7C15u64;
+    let large: Vec<u8> = (0..(64 << 20) + 1)
+        .map(|_| {
+            state_word ^= state_word << 13;
+            state_word ^= state_word >> 7;
+            state_word ^= state_word << 17;
+            state_word as u8
+        })
+        .collect();
+    for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .write_blocking(set("small", Value::json("1")))
+            .unwrap();
+        store
+            .write_blocking(set("large", Value::raw(large.clone())))
+            .unwrap();
+        store
+            .write_blocking(set("after", Value::json("2")))
+            .unwrap();
+        let info = store.write_snapshot(codec, 2).unwrap();
+        store.purge_wal_before(info.applied_id + 1).unwrap();
+        store.close().unwrap();
+        drop(store);
+        let store = open(dir.path());
+        let load = store.snapshot_load();
+        assert_eq!(
+            load.loaded.as_ref().map(|(_, id)| *id),
+            Some(info.applied_id),
+            "codec {codec}: the snapshot is loaded"
+        );
+        let restored = state(&store);
+        assert_eq!(restored.len(), 3, "codec {codec}");
+        assert!(
+            restored.get(b"large".as_slice()) == Some(&Value::raw(large.clone())),
+            "codec {codec}: the large value is back byte for byte"
+        );
+    }
+}
