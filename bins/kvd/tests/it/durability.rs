@@ -372,6 +372,16 @@ fn a_leader_that_lost_its_controller_state_refuses_to_start_a_new_controller() {
     );
 }
 
+/// The data directory of a `kvd leader` under `dir` that wrote `k` = `"v"` and stopped
+/// cleanly.
+fn stopped_after_writing_k(dir: &Path) -> PathBuf {
+    let data_dir = dir.join("leader");
+    let mut kvd = Kvd::start(&data_dir, &[], &[]);
+    put(&kvd, "k", "v");
+    assert!(kvd.terminate().success());
+    data_dir
+}
+
 /// A damaged controller log (here a flipped byte in its first record) is refused with the file
 /// named and the way out; following it — moving controller/ and node.meta aside — starts the
 /// node as a new one-node cluster with its keys. Before, the refusal named the file but no way
@@ -379,10 +389,7 @@ fn a_leader_that_lost_its_controller_state_refuses_to_start_a_new_controller() {
 #[test]
 fn a_leader_with_a_damaged_controller_log_names_it_and_the_way_out() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data_dir = dir.path().join("leader");
-    let mut kvd = Kvd::start(&data_dir, &[], &[]);
-    put(&kvd, "k", "v");
-    assert!(kvd.terminate().success());
+    let data_dir = stopped_after_writing_k(dir.path());
     let log_dir = data_dir.join("controller").join("log");
     let segment = files_with_suffix(&log_dir, ".wal")
         .into_iter()
@@ -511,10 +518,7 @@ fn a_follower_reaching_a_gap_a_repair_left_in_the_leaders_log_installs_a_snapsho
 #[test]
 fn a_node_meta_of_another_cluster_than_its_controller_refuses_to_start() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data_dir = dir.path().join("leader");
-    let mut kvd = Kvd::start(&data_dir, &[], &[]);
-    put(&kvd, "k", "v");
-    assert!(kvd.terminate().success());
+    let data_dir = stopped_after_writing_k(dir.path());
     let meta_path = data_dir.join("node.meta");
     let mut meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&meta_path).expect("node.meta")).expect("JSON");

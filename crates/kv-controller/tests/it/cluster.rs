@@ -156,6 +156,17 @@ impl Cluster {
 }
 
 /// Proposes on whichever node is the controller leader, retrying through leader changes.
+/// The Raft membership `controller` has applied (voters, learners and their addresses).
+fn raft_membership(controller: &Controller) -> openraft::Membership<u64, openraft::BasicNode> {
+    controller
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone()
+}
+
 async fn propose(cluster: &Cluster, command: Command) -> ClusterMeta {
     let started = Instant::now();
     loop {
@@ -534,13 +545,7 @@ async fn a_member_url_changes_in_the_metadata_and_in_the_raft_membership() {
     let moved = "http://node-2-moved";
     let meta = leader.update_url(2, moved).await.unwrap();
     assert_eq!(meta.url_of(2), Some(moved));
-    let membership = leader
-        .raft()
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .clone();
+    let membership = raft_membership(&leader);
     assert_eq!(
         membership.get_node(&2).map(|node| node.addr.as_str()),
         Some(moved)
@@ -572,13 +577,7 @@ async fn a_refused_removal_leaves_the_controller_quorum_as_it_was() {
         ),
         "{refused:?}"
     );
-    let membership = leader
-        .raft()
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .clone();
+    let membership = raft_membership(&leader);
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     assert_eq!(voters, BTreeSet::from([0, 1, 2]), "{membership:?}");
     let meta = leader.meta();
@@ -590,13 +589,7 @@ async fn a_refused_removal_leaves_the_controller_quorum_as_it_was() {
     propose(&cluster, Command::SetWriteQuorum { write_quorum: 2 }).await;
     let meta = leader.remove_member(2).await.unwrap();
     assert!(!meta.members.contains_key(&2), "{meta:?}");
-    let membership = leader
-        .raft()
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .clone();
+    let membership = raft_membership(&leader);
     assert!(membership.get_node(&2).is_none(), "{membership:?}");
     cluster.shutdown().await;
 }

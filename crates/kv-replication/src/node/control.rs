@@ -269,10 +269,7 @@ impl Node {
     pub fn leader_taking_up(&self) -> bool {
         match &*lock(&self.role) {
             RoleState::Leader(leader) => {
-                leader.awaits_its_first_lease()
-                    || leader
-                        .noop_id()
-                        .is_some_and(|noop_id| self.store.applied_id() < noop_id)
+                leader.awaits_its_first_lease() || !self.noop_applied(leader)
             }
             _ => false,
         }
@@ -454,10 +451,14 @@ impl Node {
     /// [`LeaderState::linearizable`], and the map holds the epoch's no-op: the commit id moves
     /// (under the role lock) a moment before the entries up to it are applied.
     fn leader_reads_linearizable(&self, leader: &LeaderState, now: Instant) -> bool {
-        leader.linearizable(now)
-            && leader
-                .noop_id()
-                .is_none_or(|noop_id| self.store.applied_id() >= noop_id)
+        leader.linearizable(now) && self.noop_applied(leader)
+    }
+
+    /// Whether `leader`'s epoch no-op is applied here (a legacy leader has none: true).
+    fn noop_applied(&self, leader: &LeaderState) -> bool {
+        leader
+            .noop_id()
+            .is_none_or(|noop_id| self.store.applied_id() >= noop_id)
     }
 
     /// The lag limit (see [`crate::LeaderOptions::lag_limit`]).
