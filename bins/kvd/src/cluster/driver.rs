@@ -20,6 +20,8 @@
 //!   (`Node::cancel_transfer`) only once the view says the transfer was cancelled in its epoch —
 //!   never on an uncertain proposal: the transfer may have applied, and the new leader may
 //!   already hold a lease.
+//! - **A failed disk.** A leader whose log refuses writes (a failed write or `fdatasync`)
+//!   begins that transfer itself, to the ISR member holding the most of its log.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,6 +49,9 @@ pub struct Driver {
     transfer: Mutex<Option<(NodeId, u64)>>,
     /// The epoch in which this node last asked to be elected again.
     reelection: Mutex<Option<u64>>,
+    /// When this leader, its log refusing writes, last asked to hand its leadership over (or
+    /// said it could not), and in which epoch.
+    hand_over: Mutex<Option<(u64, Instant)>>,
     /// The write quorum this node was started with explicitly (`--write-quorum`), until the
     /// cluster was asked to take it.
     wanted_write_quorum: Mutex<Option<usize>>,
@@ -80,6 +85,7 @@ impl Driver {
             heartbeats_in_flight: AtomicUsize::new(0),
             transfer: Mutex::new(None),
             reelection: Mutex::new(None),
+            hand_over: Mutex::new(None),
             wanted_write_quorum: Mutex::new(None),
             heard_controller: AtomicBool::new(false),
             ready: watch::Sender::new(false),
@@ -117,6 +123,7 @@ impl Driver {
             self.propose_isr_change();
             if let Some(view) = self.cluster.view() {
                 self.ask_for_reelection(&view);
+                self.hand_over_if_the_log_failed(&view);
             }
         }
         watch_task.abort();
@@ -349,6 +356,53 @@ impl Driver {
                 // Ask again at the next view of this epoch.
                 *lock(&driver.reelection) = None;
             }
+        });
+    }
+
+    /// A leader whose log refuses writes (a write or `fdatasync` failed: kv-wal never retries,
+    /// and nothing more is durable here until a restart) hands its leadership to the ISR
+    /// member holding the most of its log by a planned transfer (`BeginTransfer`, then
+    /// `follow_transfer`), so the cluster takes writes again without losing one; etcd and
+    /// Kafka likewise take a leader with a failed disk out of service. Asked once per transfer
+    /// timeout while no transfer is pending (a cancelled one is asked again). With no other
+    /// ISR member heard from, nothing can take over: it says so at the same pace.
+    fn hand_over_if_the_log_failed(self: &Arc<Self>, meta: &ClusterMeta) {
+        let node_id = self.cluster.node_id();
+        if meta.data_leader != Some(node_id) || meta.transfer.is_some() {
+            return;
+        }
+        let Some((reason, successor)) = self.node.log_failed_successor(&meta.isr) else {
+            return;
+        };
+        let now = Instant::now();
+        {
+            let mut asked = lock(&self.hand_over);
+            let pace = self.cluster.timing().transfer_timeout;
+            if asked.is_some_and(|(epoch, at)| {
+                epoch == meta.leader_epoch && now.saturating_duration_since(at) < pace
+            }) {
+                return;
+            }
+            *asked = Some((meta.leader_epoch, now));
+        }
+        let Some(to) = successor else {
+            tracing::error!(
+                %reason,
+                isr = ?meta.isr,
+                "this leader's log refuses writes and no other in-sync replica is there to take \
+                 over: writes stop until it is restarted"
+            );
+            return;
+        };
+        tracing::error!(
+            %reason,
+            to,
+            epoch = meta.leader_epoch,
+            "this leader's log refuses writes: handing the leadership to node {to}"
+        );
+        let driver = self.clone();
+        tokio::spawn(async move {
+            driver.propose(&Command::BeginTransfer { to }).await;
         });
     }
 

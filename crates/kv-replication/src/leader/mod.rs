@@ -328,6 +328,21 @@ impl LeaderState {
             .map(|elected| (elected.held_by_isr, elected.held_by_quorum))
     }
 
+    /// Of `candidates`, the follower that holds the most of this log durably (as of its last
+    /// fetch; ties to the lower id), among those heard from within the lag limit of `now`;
+    /// `None` if none was.
+    pub fn most_advanced_of(&self, candidates: &BTreeSet<u64>, now: Instant) -> Option<u64> {
+        let lag_limit = self.options.lag_limit;
+        candidates
+            .iter()
+            .filter_map(|node_id| Some((*node_id, self.followers.get(node_id)?)))
+            .filter(|(_, progress)| {
+                now.saturating_duration_since(progress.last_fetch_at) <= lag_limit
+            })
+            .max_by(|(a, pa), (b, pb)| pa.durable_id.cmp(&pb.durable_id).then(b.cmp(a)))
+            .map(|(node_id, _)| node_id)
+    }
+
     /// Whether follower `node_id` holds `id` durably (as of its last fetch).
     pub fn follower_holds(&self, node_id: u64, id: u64) -> bool {
         self.followers

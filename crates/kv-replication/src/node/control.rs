@@ -205,6 +205,26 @@ impl Node {
         ViewAction::CannotLead { epoch }
     }
 
+    /// On a leader whose log refuses writes (a write or `fdatasync` failed and kv-wal latched
+    /// it: nothing more can be made durable here until a restart), why, and the member of
+    /// `isr` other than this node that holds the most of its log (heard from within the lag
+    /// limit; `None` if none was): the wiring hands the leadership to it by a planned transfer
+    /// (`Command::BeginTransfer`), which waits until it holds this whole log, so the cluster
+    /// takes writes again without losing one. `None` while the log takes writes or this node
+    /// does not lead.
+    pub fn log_failed_successor(&self, isr: &BTreeSet<u64>) -> Option<(String, Option<u64>)> {
+        let reason = self.store.log_status().poisoned?;
+        let others: BTreeSet<u64> = isr
+            .iter()
+            .copied()
+            .filter(|&id| Some(id) != self.node_id)
+            .collect();
+        let successor = self
+            .with_leader(|leader| leader.most_advanced_of(&others, Instant::now()))
+            .ok()?;
+        Some((reason, successor))
+    }
+
     /// Whether this node may lead with the in-sync replicas `isr` ([`crate::view::may_lead`]):
     /// not while its log ends below the commit id it recorded and another ISR member may hold
     /// what it lacks. The wiring asks before it proposes this node's re-election: when it may

@@ -233,6 +233,43 @@ fn wanted_isr_follows_the_lag_limit_one_change_at_a_time() {
     assert_eq!(strangers.wanted_isr(start), None);
 }
 
+/// The successor a leader whose log failed hands over to: of the candidates, the one holding
+/// the most (the lower id on a tie), among those heard from within the lag limit.
+#[test]
+fn a_failed_leaders_successor_holds_the_most_and_was_heard_from_lately() {
+    let start = Instant::now();
+    let log = log_of(0, 6);
+    let mut leader = leader(&[0, 1, 2, 3], 1, 1, start);
+    let all = BTreeSet::from([1, 2, 3]);
+    assert_eq!(
+        leader.most_advanced_of(&all, start),
+        None,
+        "nobody heard yet"
+    );
+    answer(&mut leader, start, &fetch(1, 4, 2, 3), &log);
+    answer(&mut leader, start, &fetch(2, 6, 2, 5), &log);
+    answer(&mut leader, start, &fetch(3, 6, 2, 5), &log);
+    assert_eq!(
+        leader.most_advanced_of(&all, start),
+        Some(2),
+        "a tie: the lower id"
+    );
+    assert_eq!(
+        leader.most_advanced_of(&BTreeSet::from([1, 3]), start),
+        Some(3),
+        "only the candidates"
+    );
+    // Node 1 catches up and the others go silent past the lag limit: node 1 alone counts.
+    let later = start + 150 * MS;
+    answer(&mut leader, later, &fetch(1, 8, 2, 7), &log);
+    assert_eq!(leader.most_advanced_of(&all, later), Some(1));
+    assert_eq!(
+        leader.most_advanced_of(&BTreeSet::from([2, 3]), later),
+        None,
+        "silent for longer than the lag limit"
+    );
+}
+
 /// The lease gate: nothing is acknowledged without a lease for the epoch, or after it ends;
 /// a fetch from a follower that knows a newer epoch deposes the leader (a debugging view does
 /// not), which then acknowledges nothing and takes no lease.

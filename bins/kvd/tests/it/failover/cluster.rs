@@ -35,6 +35,8 @@ pub struct Node {
     /// stays alive and heartbeats, but copies nothing.
     block_file: PathBuf,
     process: Option<Kvd>,
+    /// Env variables of this node's processes besides the block file's (a fault, say).
+    pub env: Vec<(String, String)>,
     /// Stopped by SIGSTOP: asked nothing until SIGCONT.
     paused: bool,
     /// The stderr of this node's earlier processes (kept when a process goes).
@@ -66,6 +68,16 @@ impl Cluster {
         size: usize,
         running: usize,
         extra: impl Fn(usize) -> Vec<String>,
+    ) -> Cluster {
+        Cluster::start_first_with_env(size, running, extra, |_| Vec::new())
+    }
+
+    /// [`Cluster::start_first`], node `i`'s processes with the env variables `env(i)`.
+    pub fn start_first_with_env(
+        size: usize,
+        running: usize,
+        extra: impl Fn(usize) -> Vec<String>,
+        env: impl Fn(usize) -> Vec<(String, String)>,
     ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("kvd-failover-")
@@ -104,6 +116,7 @@ impl Cluster {
                     data_dir,
                     args,
                     process: None,
+                    env: env(index),
                     paused: false,
                     log: String::new(),
                 }
@@ -161,7 +174,12 @@ impl Cluster {
         assert!(node.process.is_none(), "node {index} is running");
         let args: Vec<&str> = node.args.iter().map(String::as_str).collect();
         let block_file = node.block_file.display().to_string();
-        let env = [("KVD_FAULT_FETCH_BLOCK_FILE", block_file.as_str())];
+        let mut env = vec![("KVD_FAULT_FETCH_BLOCK_FILE", block_file.as_str())];
+        env.extend(
+            node.env
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        );
         node.process = Some(Kvd::spawn(&node.data_dir, &args, &env));
     }
 

@@ -5,6 +5,7 @@
 //! - `scenarios`: a dead leader replaced with no operator, 307s that follow the leader, nodes
 //!   restarted with their original commands (`kvd leader` included), epochs never led twice,
 //!   `/health` of a follower cut off from its leader;
+//! - `disk`: a leader whose disk fails hands its leadership over, losing nothing;
 //! - `divergence`: an old leader's unacknowledged suffix cut when it rejoins (also by the
 //!   snapshot path), never served;
 //! - `fencing`: a paused leader replaced, and once resumed acknowledging nothing and answering
@@ -15,6 +16,7 @@
 //! - `membership`: join and removal of a node; a planned transfer under load, lossless.
 
 pub mod cluster;
+mod disk;
 mod divergence;
 mod fencing;
 mod isr;

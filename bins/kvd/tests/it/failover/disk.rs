@@ -1,0 +1,94 @@
+//! A leader whose disk fails: its log refuses writes from the failed `fdatasync` on (kv-wal
+//! never retries one), so it hands its leadership to the in-sync replica holding the most of
+//! its log, which takes the writes with none acknowledged lost.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+use super::cluster::Cluster;
+use super::load::{assert_holds_all, Writers};
+use crate::harness::DEADLINE;
+
+/// Node 0's WAL fails this fsync or write (counted from its start: open, its epoch's no-op
+/// and the writes before it; three writers at about one fsync and one write per group commit
+/// reach it in a second or two).
+const LEADER_FAULTS: [(&str, &str); 2] = [
+    ("KVD_FAULT_FSYNC_FAIL_AT", "120"),
+    ("KVD_FAULT_WRITE_FAIL_AT", "120"),
+];
+
+#[test]
+fn a_leader_whose_disk_fails_hands_its_leadership_over_and_loses_no_acknowledged_write() {
+    for (variable, at) in LEADER_FAULTS {
+        println!("node 0 with {variable}={at}");
+        hand_over_after(variable, at);
+    }
+}
+
+fn hand_over_after(variable: &str, at: &str) {
+    let fault = vec![(variable.to_owned(), at.to_owned())];
+    let mut cluster = Cluster::start_first_with_env(
+        3,
+        3,
+        |_| Vec::new(),
+        |index| {
+            if index == 0 {
+                fault.clone()
+            } else {
+                Vec::new()
+            }
+        },
+    );
+    let (leader, epoch) = cluster.wait_for_leader(None);
+    assert_eq!(leader, 0);
+    // The default write quorum (1): a write is acknowledged once the leader alone holds it,
+    // so only the hand-over's wait for the successor keeps the last ones.
+    let writers = Writers::start(&cluster, 3, "");
+    let started = Instant::now();
+    let failed_at = loop {
+        let health = cluster.request(0, "GET", "/health", None);
+        if let Ok(answer) = health {
+            let detail = answer.json()["detail"].as_str().unwrap_or("").to_owned();
+            if answer.status == 503 && detail.contains("the WAL refuses writes") {
+                println!("node 0: {detail}");
+                break Instant::now();
+            }
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "node 0's WAL did not fail within {DEADLINE:?} ({} writes acknowledged)",
+            writers.acked_count()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let acked_at_failure = writers.acked_count();
+    let (successor, new_epoch) = cluster.wait_for_leader(Some(0));
+    println!(
+        "node {successor} leads epoch {new_epoch} {:?} after node 0's WAL failed",
+        failed_at.elapsed()
+    );
+    assert!(new_epoch > epoch);
+    writers.wait_for_more(100);
+    println!(
+        "{} writes acknowledged by the failure, {} in all",
+        acked_at_failure,
+        writers.acked_count()
+    );
+    let acked = writers.stop();
+    for index in 1..3 {
+        assert_holds_all(&cluster, index, &acked, "after the hand-over");
+    }
+    // The old leader follows, its log still refusing writes: unhealthy, saying why.
+    let health = cluster.request(0, "GET", "/health", None).expect("answers");
+    assert_eq!(health.status, 503);
+    let status: Json = cluster.status(0).expect("answers");
+    assert_eq!(status["role"], "follower", "{status}");
+
+    // Restarted on a healthy disk, it copies what it missed and holds every write.
+    cluster.nodes[0].env.clear();
+    cluster.terminate(0);
+    cluster.start_node(0);
+    cluster.wait_until_formed();
+    assert_holds_all(&cluster, 0, &acked, "node 0 restarted");
+}
