@@ -264,6 +264,9 @@ impl Error {
             Error::Store(kv_store::Error::Wal(WalError::RecordTooLarge { .. })) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            Error::Store(kv_store::Error::Wal(WalError::OutOfSpace(_))) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             Error::Store(kv_store::Error::Wal(WalError::Poisoned(_) | WalError::Closed)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

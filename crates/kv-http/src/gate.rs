@@ -188,12 +188,18 @@ fn read_standing(state: &AppState, parts: &Parts) -> Result<ReadStanding> {
     };
     if role != NodeRole::Leader && named_leader {
         // Named leader but not leading yet (a restart: the epoch it led before is led again
-        // only as a new one, after its no-op): its map may miss writes it acknowledged.
-        return Err(Error::Unavailable(
-            "this node is taking up its leadership (its epoch's first entry is not committed \
-             yet): retry"
+        // only as a new one, after its no-op — which a full disk holds up): its map may miss
+        // writes it acknowledged.
+        let detail = match state.store.log_status().out_of_space {
+            Some(reason) => format!(
+                "this node is taking up its leadership, but its disk is full ({reason}): \
+                 retry once there is room"
+            ),
+            None => "this node is taking up its leadership (its epoch's first entry is not \
+                     committed yet): retry"
                 .to_owned(),
-        ));
+        };
+        return Err(Error::Unavailable(detail));
     }
     if role == NodeRole::Leader {
         // Not sure it still leads (a lease that ran out, a transfer under way, a no-op not yet

@@ -404,6 +404,10 @@ pub fn health(state: &AppState) -> Response<Full<Bytes>> {
     let detail = log
         .poisoned
         .map(|reason| format!("the WAL refuses writes: {reason}"))
+        .or_else(|| {
+            log.out_of_space
+                .map(|reason| format!("the disk is full: {reason}"))
+        })
         .or_else(|| crate::gate::health_problem(state));
     let body = HealthBody {
         status: if detail.is_some() {

@@ -16,8 +16,8 @@ use kv_replication::Node;
 /// Method labels; anything else counts as `other`.
 const METHOD_LABELS: [&str; 5] = ["GET", "PUT", "DELETE", "POST", "other"];
 /// Every status the service answers with; anything else counts under the last slot.
-const STATUSES: [u16; 17] = [
-    200, 307, 400, 404, 405, 408, 409, 410, 412, 413, 414, 422, 500, 503, 504, 431, 0,
+const STATUSES: [u16; 18] = [
+    200, 307, 400, 404, 405, 408, 409, 410, 412, 413, 414, 422, 500, 503, 504, 507, 431, 0,
 ];
 /// Upper bounds of the latency histogram, in microseconds.
 const LATENCY_BOUNDS_MICROS: [u64; 16] = [

@@ -203,6 +203,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is the node's own log finding no room on its disk (`kv_wal::Error::OutOfSpace`:
+    /// for the leader's entries on a follower, for a new leader's no-op): nothing was
+    /// appended, and the same step succeeds once there is room.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(
+            self,
+            Error::FollowerLog {
+                source: kv_store::Error::Wal(kv_wal::Error::OutOfSpace(_)),
+                ..
+            } | Error::Store(kv_store::Error::Wal(kv_wal::Error::OutOfSpace(_)))
+        )
+    }
+
     pub(crate) fn meta(path: &Path, reason: impl Into<String>) -> Error {
         Error::Meta {
             path: path.to_owned(),

@@ -22,6 +22,9 @@ pub struct LogStatus {
     pub next_id: u64,
     /// Why the log refuses writes, once an I/O failure poisoned it.
     pub poisoned: Option<String>,
+    /// Why the last try at a new segment found no room on the disk, while no later one
+    /// succeeded: writes that need a new segment fail meanwhile (`kv_wal::Error::OutOfSpace`).
+    pub out_of_space: Option<String>,
 }
 
 impl Store {
@@ -112,6 +115,7 @@ impl Store {
             durable_id: wal.durable_id(),
             next_id: wal.next_id(),
             poisoned: wal.poisoned(),
+            out_of_space: wal.out_of_space(),
         }
     }
 }

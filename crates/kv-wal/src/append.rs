@@ -9,7 +9,7 @@
 //! of its own. Segments roll under the same mutex; the old segment is sealed and fsynced before
 //! the new one is created, so only the active segment ever holds unsynced bytes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
@@ -135,16 +135,33 @@ impl Shared {
         self.flush_pending(writer)?;
         let old = writer.active.clone();
         if old.is_empty() {
+            // Its replacement takes its sequence, so it goes first (two files of one sequence
+            // are damage at open); without room for the replacement the log has no active
+            // segment left, and is poisoned.
             let removed = self.fs.remove_file(&old.path).at(&old.path);
             self.guarded(removed)?;
             let sequence = old.sequence;
-            let segment = self.create_segment(writer, sequence, first_id)?;
+            let (path, header, file) =
+                self.new_segment_file(sequence, first_id)
+                    .map_err(|error| match error {
+                        Error::OutOfSpace(reason) => self.poison(reason),
+                        other => other,
+                    })?;
+            let segment = self.install_segment(writer, sequence, first_id, path, header, file);
             let mut segments = self.segments_write();
             segments.pop();
             segments.push(segment);
             return Ok(());
         }
         let last_id = old.last_id();
+        // The new segment comes first, so a disk without room for it fails the roll before
+        // the old one is sealed (`Error::OutOfSpace`: the log stays as it was and takes
+        // writes again once there is room). The old segment's frames are durable before a
+        // newer segment exists: a crash between the two leaves it whole and clean, and
+        // recovery keeps it as an earlier segment without its seal.
+        self.sync_sealing(writer, last_id)?;
+        let sequence = writer.next_sequence;
+        let (path, header, file) = self.new_segment_file(sequence, first_id)?;
         if old.allocated_bytes() > writer.write_offset {
             // A sealed segment ends with its seal: the free space goes first, durably, so a
             // power cut can never leave a seal followed by zeros.
@@ -170,8 +187,7 @@ impl Shared {
         old.allocated_bytes
             .store(writer.write_offset + SEAL_BYTES as u64, Ordering::Release);
         old.sealed.store(true, Ordering::Release);
-        let sequence = writer.next_sequence;
-        let segment = self.create_segment(writer, sequence, first_id)?;
+        let segment = self.install_segment(writer, sequence, first_id, path, header, file);
         self.segments_write().push(segment);
         Ok(())
     }
@@ -196,12 +212,56 @@ impl Shared {
         sequence: u64,
         first_id: u64,
     ) -> Result<Arc<Segment>> {
+        let (path, header, file) = self.new_segment_file(sequence, first_id)?;
+        Ok(self.install_segment(writer, sequence, first_id, path, header, file))
+    }
+
+    /// Creates and fsyncs a new segment file (and fsyncs the directory), not yet installed.
+    /// A file system out of space (`ENOSPC`, `EDQUOT`) fails it with [`Error::OutOfSpace`]
+    /// after removing what it created, and leaves the log writable: nothing was written to
+    /// the log. Any other failure poisons the log.
+    fn new_segment_file(
+        &self,
+        sequence: u64,
+        first_id: u64,
+    ) -> Result<(PathBuf, SegmentHeader, Arc<dyn WalFile>)> {
         let path = segment_path(&self.dir, sequence, first_id);
         let allocated_bytes = self.preallocated_segment_bytes;
         let header =
             SegmentHeader::new_active(self.log_id, sequence, first_id, allocated_bytes > 0);
-        let created = create_segment_file(&*self.fs, &self.dir, &path, &header, allocated_bytes);
-        let file = self.guarded(created)?;
+        match create_segment_file(&*self.fs, &self.dir, &path, &header, allocated_bytes) {
+            Ok(file) => {
+                *lock(&self.out_of_space) = None;
+                Ok((path, header, file))
+            }
+            Err(Error::Io { path, source }) if is_out_of_space(&source) => {
+                // What the failed creation left (a header, part of the allocation) goes, so
+                // the space is there for the next try; a file left by a failed removal is an
+                // empty segment, which open replaces.
+                let _ = self.fs.remove_file(&path);
+                let reason = format!(
+                    "no room for a new log segment ({}: {source}); the write was not \
+                     appended, and writes are taken again once there is room",
+                    path.display()
+                );
+                *lock(&self.out_of_space) = Some(reason.clone());
+                Err(Error::OutOfSpace(reason))
+            }
+            Err(error) => Err(self.poison(error.to_string())),
+        }
+    }
+
+    /// Makes a new segment file the active segment; returns it for the segment list.
+    fn install_segment(
+        &self,
+        writer: &mut Writer,
+        sequence: u64,
+        first_id: u64,
+        path: PathBuf,
+        header: SegmentHeader,
+        file: Arc<dyn WalFile>,
+    ) -> Arc<Segment> {
+        let allocated_bytes = self.preallocated_segment_bytes;
         let segment = Arc::new(Segment::empty(
             sequence,
             first_id,
@@ -215,7 +275,7 @@ impl Shared {
         writer.last_mark_claim = 0;
         writer.next_sequence = sequence + 1;
         writer.next_id = first_id;
-        Ok(segment)
+        segment
     }
 
     /// Queues encoded frames (`encode_into` appends frame `index` with id `id`, sealed with the
@@ -256,20 +316,7 @@ impl Shared {
             && !writer.fsync_in_flight
             && writer.leader.is_none()
             && !writer.expects_writers_back();
-        for index in 0..count {
-            self.reserve(&mut writer, frame_bytes(index) + MARK_BYTES)?;
-            if writer.pending.is_empty() && writer.mark_due() {
-                // Room for a durability mark, written in front of the batch (`flush_pending`).
-                writer.pending.resize(MARK_BYTES, 0);
-                writer.mark_pending = true;
-            }
-            let id = writer.next_id;
-            let offset = writer.pending.len();
-            let salt = writer.active.salt;
-            encode_into(index, id, salt, &mut writer.pending);
-            writer.pending_frames.push((id, offset));
-            writer.next_id += 1;
-        }
+        self.queue_frames(&mut writer, count, &frame_bytes, &encode_into)?;
         let last = writer.next_id - 1;
         self.stats.on_append(count as u64);
         match policy {
@@ -319,6 +366,46 @@ impl Shared {
                 ))
             }
         }
+    }
+
+    /// Encodes an append's `count` frames into the pending buffer under their ids, rolling the
+    /// segment where they do not fit.
+    fn queue_frames(
+        &self,
+        writer: &mut Writer,
+        count: usize,
+        frame_bytes: &impl Fn(usize) -> usize,
+        encode_into: &impl Fn(usize, u64, u32, &mut Vec<u8>),
+    ) -> Result<()> {
+        if count > 1 {
+            // A batch that does not fit what is left of the segment rolls before its first
+            // frame, so a roll that finds no room fails it whole.
+            let batch_bytes = (0..count)
+                .map(|index| frame_bytes(index) + MARK_BYTES)
+                .sum();
+            self.reserve(writer, batch_bytes)?;
+        }
+        for index in 0..count {
+            match self.reserve(writer, frame_bytes(index) + MARK_BYTES) {
+                Ok(()) => {}
+                // The frames of this append before it went into the old segment (a batch
+                // larger than a segment): it cannot fail whole any more.
+                Err(Error::OutOfSpace(reason)) if index > 0 => return Err(self.poison(reason)),
+                Err(error) => return Err(error),
+            }
+            if writer.pending.is_empty() && writer.mark_due() {
+                // Room for a durability mark, written in front of the batch (`flush_pending`).
+                writer.pending.resize(MARK_BYTES, 0);
+                writer.mark_pending = true;
+            }
+            let id = writer.next_id;
+            let offset = writer.pending.len();
+            let salt = writer.active.salt;
+            encode_into(index, id, salt, &mut writer.pending);
+            writer.pending_frames.push((id, offset));
+            writer.next_id += 1;
+        }
+        Ok(())
     }
 
     /// Makes an append that found the log idle its write group's leader: its frames are
@@ -449,6 +536,14 @@ impl WriteGroup for Shared {
         writer.commit_wanted = true;
         self.commit_needed.notify_one();
     }
+}
+
+/// Whether an I/O error says the file system has no room (or the user no quota) left.
+pub(crate) fn is_out_of_space(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 pub(crate) fn create_segment_file(

@@ -35,6 +35,12 @@ pub enum Error {
     /// so the log latches instead. Reads keep working. Reopen the log to recover.
     #[error("the log refuses writes after an earlier I/O failure: {0}")]
     Poisoned(String),
+    /// The file system had no room for a new segment (`ENOSPC`, or `EDQUOT`): the append
+    /// that needed it was not made (none of its records is in the log) and the log stays
+    /// writable: a later append tries again, and succeeds once there is room. Appends that fit
+    /// the active segment's preallocated space never need room of their own.
+    #[error("the log is out of disk space: {0}")]
+    OutOfSpace(String),
     /// A record is larger than [`crate::RECORD_BYTES_MAX`].
     #[error("record of {len} bytes exceeds the limit of {max} bytes")]
     RecordTooLarge {

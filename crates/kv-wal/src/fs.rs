@@ -181,6 +181,9 @@ pub struct FaultPlan {
     fail_sync_number: AtomicU64,
     faults_fired: AtomicU64,
     sync_delay_micros: AtomicU64,
+    /// While a file exists at this path, the file system is full: allocations fail with
+    /// `ENOSPC` (see [`FaultPlan::full_while_exists`]).
+    full_while: std::sync::Mutex<Option<std::path::PathBuf>>,
 }
 
 impl FaultPlan {
@@ -203,6 +206,29 @@ impl FaultPlan {
     pub fn delay_syncs(&self, delay: std::time::Duration) {
         let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
         self.sync_delay_micros.store(micros, Ordering::SeqCst);
+    }
+    /// Makes the file system full while a file exists at `path`: every `allocate` (a new
+    /// segment's preallocation) fails with `ENOSPC`, allocating nothing, as a full disk's
+    /// `fallocate` does. A test creates and removes the file to fill and free the disk, from
+    /// this process or another.
+    pub fn full_while_exists(&self, path: std::path::PathBuf) {
+        *self
+            .full_while
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(path);
+    }
+    fn on_allocate(&self) -> io::Result<()> {
+        let full = self
+            .full_while
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .is_some_and(|path| path.exists());
+        if full {
+            self.faults_fired.fetch_add(1, Ordering::SeqCst);
+            return Err(io::Error::from_raw_os_error(28));
+        }
+        Ok(())
     }
     /// Writes seen so far.
     pub fn writes(&self) -> u64 {
@@ -278,6 +304,9 @@ impl WalFile for FaultyFile {
     }
     /// Not counted as a write: fault plans count the writes that carry data.
     fn allocate(&self, len: u64) -> io::Result<()> {
+        if self.inner.size_bytes()? < len {
+            self.plan.on_allocate()?;
+        }
         self.inner.allocate(len)
     }
 }

@@ -183,12 +183,17 @@ fn choose_active(
         let segment = segments.last().expect("segment").clone();
         let file = fs.open(&segment.path).at(&segment.path)?;
         if segment.preallocated {
-            // Recovery may have cut it: appends go into allocated space again.
-            file.allocate(preallocated_segment_bytes)
-                .at(&segment.path)?;
-            segment
-                .allocated_bytes
-                .fetch_max(preallocated_segment_bytes, Ordering::AcqRel);
+            // Recovery may have cut it: appends go into allocated space again. A full disk
+            // leaves it as long as it is (appends past its end grow it).
+            match file.allocate(preallocated_segment_bytes) {
+                Ok(()) => {
+                    segment
+                        .allocated_bytes
+                        .fetch_max(preallocated_segment_bytes, Ordering::AcqRel);
+                }
+                Err(error) if crate::append::is_out_of_space(&error) => {}
+                Err(error) => return Err(error).at(&segment.path),
+            }
         }
         // Bytes a crashed process left in the page cache become durable before new ones go
         // after them (and the allocation with them).
@@ -294,6 +299,7 @@ fn start(
         segments: RwLock::new(segments),
         last: Arc::new(Watermark::new(last_id)),
         durability: Durability::new(last_id),
+        out_of_space: Mutex::new(None),
         truncations: AtomicU64::new(0),
         maintenance: Mutex::new(()),
         compressing: Mutex::new(()),

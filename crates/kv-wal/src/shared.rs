@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     pub last: Arc<Watermark>,
     /// The durable id, the failure latch and the fsyncs in flight.
     pub durability: Durability,
+    /// Why the last try at a new segment found no room (cleared by the next that succeeds):
+    /// appends needing a new segment fail with `Error::OutOfSpace` meanwhile.
+    pub out_of_space: Mutex<Option<String>>,
     /// Bumped by every truncation, so iterators notice.
     pub truncations: AtomicU64,
     /// Held while segment files are replaced or removed (truncation, purging, the last step of

@@ -324,6 +324,12 @@ impl Wal {
         self.shared.durability.failure()
     }
 
+    /// Why the last try at a new segment found no room on the file system, while no later
+    /// one succeeded ([`Error::OutOfSpace`]): appends that need a new segment fail meanwhile.
+    pub fn out_of_space(&self) -> Option<String> {
+        crate::mutex::lock(&self.shared.out_of_space).clone()
+    }
+
     /// Writes and fsyncs everything, stops the committer and refuses further appends. Reads keep
     /// working. Idempotent; also run (ignoring errors) on drop.
     pub fn close(&self) -> Result<()> {

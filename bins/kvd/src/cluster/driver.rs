@@ -34,6 +34,8 @@ use tokio::sync::watch;
 
 /// Most heartbeats in flight at once.
 const HEARTBEATS_IN_FLIGHT_MAX: usize = 4;
+/// How often a view the node could not take for want of disk space is tried again.
+const VIEW_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The driver of one node. Cheap to share.
 pub struct Driver {
@@ -49,6 +51,9 @@ pub struct Driver {
     transfer: Mutex<Option<(NodeId, u64)>>,
     /// The epoch in which this node last asked to be elected again.
     reelection: Mutex<Option<u64>>,
+    /// When the current view was last tried, while it could not be taken for want of disk
+    /// space.
+    view_without_room: Mutex<Option<Instant>>,
     /// When this leader, its log refusing writes, last asked to hand its leadership over (or
     /// said it could not), and in which epoch.
     hand_over: Mutex<Option<(u64, Instant)>>,
@@ -86,6 +91,7 @@ impl Driver {
             transfer: Mutex::new(None),
             reelection: Mutex::new(None),
             hand_over: Mutex::new(None),
+            view_without_room: Mutex::new(None),
             wanted_write_quorum: Mutex::new(None),
             heard_controller: AtomicBool::new(false),
             ready: watch::Sender::new(false),
@@ -125,6 +131,7 @@ impl Driver {
                 self.ask_for_reelection(&view);
                 self.hand_over_if_the_log_failed(&view);
             }
+            self.retry_view_without_room();
         }
         watch_task.abort();
         self.node.revoke_lease();
@@ -153,10 +160,7 @@ impl Driver {
             if !self.cluster.is_newer_view(meta) {
                 return;
             }
-            let view = kv_http::cluster_view(meta, node_id);
-            if let Err(error) = self.node.apply_cluster_view(&view) {
-                tracing::error!(%error, epoch = meta.leader_epoch, "cannot take the role the controller gives");
-            }
+            self.apply_view(meta);
             let previous = self.cluster.view();
             self.cluster.set_view(meta);
             self.campaign_while_listed(meta);
@@ -174,6 +178,43 @@ impl Driver {
         self.ask_for_reelection(meta);
         self.propose_write_quorum(meta);
         self.update_ready();
+    }
+
+    /// Hands `meta` to the data plane (under `applying`). A view the node could not take for
+    /// want of disk space (a new leader's no-op with no room in its log) is taken again at
+    /// the ticks until it goes through ([`Driver::retry_view_without_room`]); any other
+    /// refusal is final for that view.
+    fn apply_view(&self, meta: &ClusterMeta) {
+        let view = kv_http::cluster_view(meta, self.cluster.node_id());
+        let applied = self.node.apply_cluster_view(&view);
+        let mut retry = lock(&self.view_without_room);
+        match applied {
+            Ok(()) => *retry = None,
+            Err(error) if error.is_out_of_space() => {
+                if retry.is_none() {
+                    tracing::error!(%error, epoch = meta.leader_epoch, "cannot take the role the controller gives for want of disk space: trying again until there is room");
+                }
+                *retry = Some(Instant::now());
+            }
+            Err(error) => {
+                *retry = None;
+                tracing::error!(%error, epoch = meta.leader_epoch, "cannot take the role the controller gives");
+            }
+        }
+    }
+
+    /// Takes the current view again, once per [`VIEW_RETRY_INTERVAL`], while the last try
+    /// found no room on the disk.
+    fn retry_view_without_room(self: &Arc<Self>) {
+        let due = lock(&self.view_without_room)
+            .is_some_and(|tried| tried.elapsed() >= VIEW_RETRY_INTERVAL);
+        if !due {
+            return;
+        }
+        let _applying = lock(&self.applying);
+        if let Some(view) = self.cluster.view() {
+            self.apply_view(&view);
+        }
     }
 
     /// Stops this node's controller member from standing for election while the newest

@@ -7,6 +7,8 @@
 //! - `KVD_FAULT_FSYNC_FAIL_AT=N`: the Nth fsync the WAL runs (`fdatasync` of a segment or
 //!   `fsync` of the directory, counted from process start, the ones open runs included) fails.
 //! - `KVD_FAULT_WRITE_FAIL_AT=N`: likewise the Nth write (or length change) of a WAL file.
+//! - `KVD_FAULT_DISK_FULL_FILE=PATH`: while a file exists at PATH, the WAL's disk is full: a
+//!   new segment's allocation fails with `ENOSPC` (`FaultPlan::full_while_exists`).
 //! - `KVD_FAULT_CORRUPT_FETCH_EVERY=N`: a follower flips a bit in every Nth batch it fetches
 //!   (`corrupt_fetch.rs`: the follower transport `node.rs` uses is wrapped).
 //! - `KVD_FAULT_FETCH_BLOCK_FILE=PATH`: every fetch fails while a file exists at PATH.
@@ -29,6 +31,8 @@ pub const FAILPOINTS_ENV: &str = "KVD_FAILPOINTS";
 pub const FAULT_FSYNC_FAIL_AT_ENV: &str = "KVD_FAULT_FSYNC_FAIL_AT";
 /// Env variable: the number of the WAL file write that fails.
 pub const FAULT_WRITE_FAIL_AT_ENV: &str = "KVD_FAULT_WRITE_FAIL_AT";
+/// A path: while a file exists there, the WAL's disk has no room for a new segment.
+pub const FAULT_DISK_FULL_FILE_ENV: &str = "KVD_FAULT_DISK_FULL_FILE";
 /// Env variable: every how many fetched batches a follower corrupts one (`corrupt_fetch.rs`).
 pub const FAULT_CORRUPT_FETCH_EVERY_ENV: &str = "KVD_FAULT_CORRUPT_FETCH_EVERY";
 /// A path: while a file exists there, every fetch of this follower fails (it stays alive and
@@ -38,10 +42,11 @@ pub const FAULT_FETCH_BLOCK_FILE_ENV: &str = "KVD_FAULT_FETCH_BLOCK_FILE";
 pub const FAULT_PEER_ROUTES_ENV: &str = "KVD_FAULT_PEER_ROUTES";
 
 /// Every fault variable this build reads.
-pub const VARIABLES: [&str; 6] = [
+pub const VARIABLES: [&str; 7] = [
     FAILPOINTS_ENV,
     FAULT_FSYNC_FAIL_AT_ENV,
     FAULT_WRITE_FAIL_AT_ENV,
+    FAULT_DISK_FULL_FILE_ENV,
     FAULT_CORRUPT_FETCH_EVERY_ENV,
     FAULT_FETCH_BLOCK_FILE_ENV,
     FAULT_PEER_ROUTES_ENV,
@@ -80,23 +85,29 @@ pub fn configure_from_env() -> anyhow::Result<()> {
     }
     let fsync_fail_at = hit_number(FAULT_FSYNC_FAIL_AT_ENV)?;
     let write_fail_at = hit_number(FAULT_WRITE_FAIL_AT_ENV)?;
-    let file_system: Arc<dyn FileSystem> = if fsync_fail_at.is_none() && write_fail_at.is_none() {
-        Arc::new(StdFs)
-    } else {
-        let plan = FaultPlan::new();
-        if let Some(number) = fsync_fail_at {
-            plan.fail_sync_at(number);
-        }
-        if let Some(number) = write_fail_at {
-            plan.fail_write_at(number);
-        }
-        tracing::warn!(
-            fsync_fail_at,
-            write_fail_at,
-            "the WAL runs on a faulty file system: test use only"
-        );
-        Arc::new(FaultyFs::new(Arc::new(StdFs), plan))
-    };
+    let disk_full_file = env_value(FAULT_DISK_FULL_FILE_ENV);
+    let file_system: Arc<dyn FileSystem> =
+        if fsync_fail_at.is_none() && write_fail_at.is_none() && disk_full_file.is_none() {
+            Arc::new(StdFs)
+        } else {
+            let plan = FaultPlan::new();
+            if let Some(number) = fsync_fail_at {
+                plan.fail_sync_at(number);
+            }
+            if let Some(number) = write_fail_at {
+                plan.fail_write_at(number);
+            }
+            if let Some(path) = &disk_full_file {
+                plan.full_while_exists(path.into());
+            }
+            tracing::warn!(
+                fsync_fail_at,
+                write_fail_at,
+                disk_full_file,
+                "the WAL runs on a faulty file system: test use only"
+            );
+            Arc::new(FaultyFs::new(Arc::new(StdFs), plan))
+        };
     // A second call keeps the first choice: the env does not change while the process runs.
     let _ = WAL_FILE_SYSTEM.set(file_system);
     Ok(())

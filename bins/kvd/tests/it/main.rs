@@ -6,6 +6,7 @@ mod cli;
 mod cluster_crash;
 mod compressed_segments;
 mod crash_loop;
+mod disk_full;
 mod durability;
 mod failover;
 mod fsync_failure;

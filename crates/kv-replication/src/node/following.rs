@@ -16,6 +16,8 @@ use crate::transport::Transport;
 
 /// How much longer than the fetch wait a follower gives the leader to answer.
 pub(super) const FETCH_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
+/// How long a follower whose disk is full waits before asking for the leader's entries again.
+pub(super) const OUT_OF_SPACE_RETRY: Duration = Duration::from_secs(1);
 
 impl Node {
     /// Runs the follower's fetch loop over `transport` (to the leader this node follows)
@@ -59,6 +61,12 @@ impl Node {
                         continue;
                     }
                     SessionEnd::RoleChanged => return,
+                    SessionEnd::Failed(error) if error.is_out_of_space() => {
+                        if !self.wait_for_room(&error, &mut role_changed).await {
+                            return;
+                        }
+                        continue;
+                    }
                     SessionEnd::Failed(error) => {
                         tracing::error!(%error, "replication stopped");
                         self.stop_link(error.to_string());
@@ -94,12 +102,33 @@ impl Node {
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
+                Err(error) if error.is_out_of_space() => {
+                    if !self.wait_for_room(&error, &mut role_changed).await {
+                        return;
+                    }
+                }
                 Err(error) => {
                     tracing::error!(%error, "replication stopped");
                     self.stop_link(error.to_string());
                     return;
                 }
             }
+        }
+    }
+
+    /// The follower's disk has no room for the leader's entries: nothing was appended, so it
+    /// asks again from where its log ends after [`OUT_OF_SPACE_RETRY`] (a full disk is no
+    /// reason to stop for good, as a failed write or `fdatasync` is). False if the role
+    /// changed meanwhile.
+    async fn wait_for_room(
+        &self,
+        error: &Error,
+        role_changed: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> bool {
+        tracing::warn!(%error, "no room for the leader's entries: trying again in {OUT_OF_SPACE_RETRY:?}");
+        tokio::select! {
+            _ = role_changed.as_mut() => false,
+            _ = tokio::time::sleep(OUT_OF_SPACE_RETRY) => true,
         }
     }
 

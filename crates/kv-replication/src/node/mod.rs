@@ -641,9 +641,9 @@ fn fill_lost_ids(store: &Store, meta: &NodeMeta, epoch: u64) -> Result<()> {
 }
 
 /// The leader's side of a change to leadership under the controller: checks that `epoch` is
-/// new, persists it, stamps new entries with it, fills the ids of committed entries it lost with no-ops
+/// new, stamps new entries with it, fills the ids of committed entries it lost with no-ops
 /// ([`fill_lost_ids`]), writes its no-op (its epoch's last entry before new writes; commits
-/// count from it on) and starts the commit id at what this node knows
+/// count from it on), persists the epoch as led, and starts the commit id at what this node knows
 /// committed (never above what it holds durably).
 #[allow(clippy::too_many_arguments)]
 fn take_leadership(
@@ -660,10 +660,23 @@ fn take_leadership(
     if epoch <= highest {
         return Err(Error::StaleEpoch { epoch, highest });
     }
-    persist_epoch(store, data_dir, meta, epoch, true)?;
+    // The no-op goes to the log before the meta file records the epoch as led: a log without
+    // room for it (`kv_wal::Error::OutOfSpace`: nothing appended) leaves the epoch unused, so
+    // the same view can be taken again once there is room, instead of each try using up an
+    // epoch. Nothing of the epoch leaves this node before the meta file records it (the role
+    // is installed after), and an epoch whose no-op reached the log counts as led
+    // (`highest_epoch_led`) even if recording it fails.
+    let previous_epoch = store.epoch();
     store.set_epoch(epoch);
-    fill_lost_ids(store, meta, epoch)?;
-    let noop = store.submit(Op::Noop)?;
+    let submitted = fill_lost_ids(store, meta, epoch).and_then(|()| Ok(store.submit(Op::Noop)?));
+    let noop = match submitted {
+        Ok(noop) => noop,
+        Err(error) => {
+            store.set_epoch(previous_epoch);
+            return Err(error);
+        }
+    };
+    persist_epoch(store, data_dir, meta, epoch, true)?;
     let noop_id = noop.id;
     let mut leader = LeaderState::elected(
         meta.cluster_id,

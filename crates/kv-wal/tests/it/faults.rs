@@ -117,6 +117,72 @@ fn failure_while_rolling_a_segment_poisons_and_keeps_sealed_data() {
     );
 }
 
+/// A file system with no room for a new segment: the append that needs one fails with
+/// `OutOfSpace`, none of its records in the log and its ids not taken; the log is not poisoned
+/// (reads go on, and it opens again on the full disk, its last segment reused); once there is
+/// room the next append rolls, and everything appended is there after a power cut.
+#[test]
+fn a_full_disk_refuses_the_append_that_needs_a_segment_and_takes_writes_once_freed() {
+    let fs = SimFs::new();
+    let plan = FaultPlan::new();
+    let flags = tempfile::tempdir().unwrap();
+    let full = flags.path().join("full");
+    plan.full_while_exists(full.clone());
+    let wal = open_faulty(&fs, &plan, SyncPolicy::Batch, 4096);
+    for id in 1..=10 {
+        assert_eq!(wal.append(&payload(id, 64)).unwrap(), id);
+    }
+    std::fs::write(&full, b"").unwrap();
+    let mut next = 11;
+    let reason = loop {
+        match wal.append(&payload(next, 64)) {
+            Ok(got) => assert_eq!(got, next),
+            Err(Error::OutOfSpace(reason)) => break reason,
+            Err(other) => panic!("append {next}: {other}"),
+        }
+        next += 1;
+        assert!(next < 1000, "the segment never filled");
+    };
+    println!("append {next}: {reason}");
+    assert!(reason.contains("No space left on device"), "{reason}");
+    assert_eq!(wal.poisoned(), None);
+    assert_eq!(wal.out_of_space(), Some(reason));
+    // Refused again, taking no id; a batch as well, whole; reads go on.
+    assert!(matches!(
+        wal.append(&payload(next, 64)),
+        Err(Error::OutOfSpace(_))
+    ));
+    assert!(matches!(
+        wal.append_batch(&[payload(next, 64), payload(next + 1, 64)]),
+        Err(Error::OutOfSpace(_))
+    ));
+    assert_eq!(wal.next_id(), next);
+    assert_eq!(wal.read(next - 1).unwrap(), Some(payload(next - 1, 64)));
+    // Reopened on the full disk: it opens, holds everything, and still refuses.
+    drop(wal);
+    let wal = open_faulty(&fs, &plan, SyncPolicy::Batch, 4096);
+    assert_eq!(wal.next_id(), next);
+    assert!(matches!(
+        wal.append(&payload(next, 64)),
+        Err(Error::OutOfSpace(_))
+    ));
+    // Room again: the same append goes through, and the log rolls on.
+    std::fs::remove_file(&full).unwrap();
+    let last = next + 150;
+    for id in next..=last {
+        assert_eq!(wal.append(&payload(id, 64)).unwrap(), id);
+    }
+    assert_eq!(wal.out_of_space(), None);
+    assert!(wal.segments().len() >= 3, "{:?}", wal.segments());
+    drop(wal);
+    fs.crash(CrashMode::DropUnsynced);
+    let (wal, report) = open_sim(&fs, 4096, RecoveryMode::TolerateTornTail).unwrap();
+    assert_eq!(collect(&wal, 1).len() as u64, last, "{report}");
+    for id in [1, next - 1, next, last] {
+        assert_eq!(wal.read(id).unwrap(), Some(payload(id, 64)));
+    }
+}
+
 #[test]
 fn failures_during_truncation_leave_old_or_new_log() {
     for fail_at in 1..=6 {
