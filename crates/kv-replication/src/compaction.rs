@@ -120,6 +120,10 @@ pub(crate) struct CompactionHistory {
     pub(crate) last_purge: Option<PurgeReport>,
     /// Snapshots installed from the leader.
     pub(crate) snapshots_installed: u64,
+    /// Automatic snapshots that failed, since the process started.
+    pub(crate) snapshots_failed: u64,
+    /// Why the last automatic snapshot failed, while none succeeded since.
+    pub(crate) last_snapshot_failure: Option<String>,
     /// Automatic snapshots are off (`POST /compaction/configure?enabled=false`).
     pub(crate) automatic_off: bool,
     /// The time trigger set at run time, over [`CompactionOptions::snapshot_interval`].

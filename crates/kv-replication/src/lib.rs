@@ -69,7 +69,8 @@ pub use meta::{NodeMeta, META_FILE_NAME};
 pub use node::control::Position;
 pub use node::leading::{Written, FETCH_WAIT_MAX};
 pub use node::maintenance::{
-    MaintenanceOptions, MAINTENANCE_CHECK_INTERVAL, PERSIST_PROGRESS_INTERVAL,
+    MaintenanceOptions, MAINTENANCE_CHECK_INTERVAL, PERSIST_PROGRESS_INTERVAL, SNAPSHOT_RETRY_MAX,
+    SNAPSHOT_RETRY_MIN,
 };
 pub use node::status::{ClusterStatus, CompactionStatus, SnapshotSummary};
 pub use node::streaming::{LeaderStream, StreamCounts, StreamStart};

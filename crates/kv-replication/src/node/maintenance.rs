@@ -18,6 +18,11 @@ use crate::error::{Error, Result};
 /// How often the maintenance task checks the snapshot policy (and compresses sealed segments,
 /// when on): the WAL written between two checks adds to the disk use the policy allows.
 pub const MAINTENANCE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// The pause after a failed automatic snapshot; it doubles with each failure in a row, up to
+/// [`SNAPSHOT_RETRY_MAX`].
+pub const SNAPSHOT_RETRY_MIN: Duration = Duration::from_secs(1);
+/// The longest pause between automatic snapshots that keep failing.
+pub const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(60);
 /// How often the maintenance task saves the applied commit id and the epoch heard in
 /// `node.meta`.
 pub const PERSIST_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -49,7 +54,8 @@ impl Node {
     /// `check_interval`, save the progress (every `persist_interval`), compress sealed
     /// segments (if on; a blocking task, appends and reads go on), and write a snapshot and
     /// compact the log when the policy says so. Failures are logged and retried at the next
-    /// check. Saving the progress one last time at shutdown is the caller's (after the other
+    /// check; a failed snapshot after a pause that doubles ([`SNAPSHOT_RETRY_MIN`] to
+    /// [`SNAPSHOT_RETRY_MAX`]). Saving the progress one last time at shutdown is the caller's (after the other
     /// loops stopped).
     pub async fn run_maintenance(
         self: Arc<Self>,
@@ -58,6 +64,8 @@ impl Node {
     ) {
         tokio::pin!(shutdown);
         let mut last_persisted = Instant::now();
+        // After a failed snapshot: when the next may start, and the pause before it.
+        let mut retry: Option<(Instant, Duration)> = None;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -77,11 +85,28 @@ impl Node {
                     tracing::error!(%error, "segment compression task failed");
                 }
             }
-            if !self.snapshot_due() {
+            if retry.is_some_and(|(next, _)| Instant::now() < next) || !self.snapshot_due() {
                 continue;
             }
-            if let Err(error) = self.snapshot_and_compact_in_background().await {
-                tracing::error!(%error, "snapshot failed");
+            match self.snapshot_and_compact_in_background().await {
+                Ok(_) => {
+                    retry = None;
+                    lock(&self.compaction).last_snapshot_failure = None;
+                }
+                Err(error) => {
+                    // A snapshot that cannot be written (a full disk: it needs room for a
+                    // second copy of the data before the first goes) would otherwise be tried
+                    // at every check, writing up to the free space each time.
+                    let pause = retry.map_or(SNAPSHOT_RETRY_MIN, |(_, pause)| {
+                        (pause * 2).min(SNAPSHOT_RETRY_MAX)
+                    });
+                    retry = Some((Instant::now() + pause, pause));
+                    let mut state = lock(&self.compaction);
+                    state.snapshots_failed += 1;
+                    state.last_snapshot_failure = Some(error.to_string());
+                    drop(state);
+                    tracing::error!(%error, "snapshot failed: trying again in {pause:?}");
+                }
             }
         }
     }

@@ -78,6 +78,12 @@ pub struct CompactionStatus {
     pub snapshots_written: u64,
     /// Snapshots installed from the leader by this process.
     pub snapshots_installed: u64,
+    /// Automatic snapshots that failed in this process (a full disk, say): each is tried again
+    /// after a pause that doubles, from [`crate::SNAPSHOT_RETRY_MIN`] to
+    /// [`crate::SNAPSHOT_RETRY_MAX`].
+    pub snapshots_failed: u64,
+    /// Why the last automatic snapshot failed, while none succeeded since.
+    pub last_snapshot_failure: Option<String>,
     /// The WAL's first id, segment count and bytes.
     pub wal_first_id: u64,
     /// Segments in the WAL.
@@ -235,6 +241,8 @@ impl Node {
             last_purge: state.last_purge.clone(),
             snapshots_written: state.snapshots_written,
             snapshots_installed: state.snapshots_installed,
+            snapshots_failed: state.snapshots_failed,
+            last_snapshot_failure: state.last_snapshot_failure.clone(),
             wal_first_id: LogView::first_id(&*self.store),
             wal_segments: segments.len(),
             wal_bytes: segments.iter().map(|segment| segment.size_bytes).sum(),

@@ -613,3 +613,56 @@ async fn logs_emptied_by_their_snapshots_go_on_replicating() {
     let _ = stop.send(());
     loop_handle.await.unwrap();
 }
+
+/// An automatic snapshot that cannot be written (its directory replaced by a file here; a full
+/// disk alike) is tried again after a pause that doubles — not at every maintenance check,
+/// writing up to the free space each time — and `/compaction/status` says why; once it can
+/// be written, it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_snapshot_is_tried_again_after_a_growing_pause_not_at_every_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node_options = options(1);
+    node_options.compaction.snapshot_interval = Some(Duration::from_millis(1));
+    let leader = leader_node(dir.path(), node_options);
+    leader
+        .write(set("a".to_owned(), 1), Acks::Leader)
+        .await
+        .unwrap();
+    let snapshot_dir = dir.path().join("snapshots");
+    let _ = std::fs::remove_dir_all(&snapshot_dir);
+    std::fs::write(&snapshot_dir, b"not a directory").unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let maintenance = tokio::spawn(leader.clone().run_maintenance(
+        kv_replication::MaintenanceOptions {
+            check_interval: Duration::from_millis(5),
+            ..kv_replication::MaintenanceOptions::default()
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // 2.5 s of checks every 5 ms: tries at about 0, 1 and 3 s.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let status = leader.compaction_status();
+    println!(
+        "{} failed tries in 2.5 s: {:?}",
+        status.snapshots_failed, status.last_snapshot_failure
+    );
+    assert!(
+        (1..=3).contains(&status.snapshots_failed),
+        "{} tries",
+        status.snapshots_failed
+    );
+    assert!(status.last_snapshot_failure.is_some());
+    assert_eq!(status.snapshots_written, 0);
+    // Writable again: the next try writes it, and the failure is no longer reported.
+    std::fs::remove_file(&snapshot_dir).unwrap();
+    std::fs::create_dir(&snapshot_dir).unwrap();
+    eventually("a snapshot once it can be written", || {
+        leader.compaction_status().snapshots_written >= 1
+    })
+    .await;
+    assert_eq!(leader.compaction_status().last_snapshot_failure, None);
+    let _ = stop.send(());
+    maintenance.await.unwrap();
+}
