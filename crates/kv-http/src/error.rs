@@ -300,12 +300,83 @@ fn version_conflict_detail(provided: Option<u64>) -> String {
     }
 }
 
+/// Whether `error` is the log refusing writes as a state of the node (not of the request).
+fn refused_by_the_log(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Store(kv_store::Error::Wal(
+            WalError::Poisoned(_) | WalError::Closed | WalError::OutOfSpace(_)
+        ))
+    )
+}
+
+/// At most one log line a second for the log's refusals ([`refused_by_the_log`]).
+static STATE_ERRORS: LogRate = LogRate::new();
+
+/// Lets one event a second through and counts the ones held back.
+struct LogRate {
+    /// When the last event was let through, and the events held back since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl LogRate {
+    const fn new() -> LogRate {
+        LogRate {
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(held back since the last one)` if this event is let through.
+    fn admit(&self) -> Option<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state
+            .0
+            .is_some_and(|last| last.elapsed() < std::time::Duration::from_secs(1))
+        {
+            state.1 += 1;
+            return None;
+        }
+        let held_back = state.1;
+        *state = (Some(std::time::Instant::now()), 0);
+        Some(held_back)
+    }
+}
+
+#[cfg(test)]
+mod log_rate_tests {
+    use super::LogRate;
+
+    #[test]
+    fn one_event_a_second_goes_through_and_the_rest_are_counted() {
+        let rate = LogRate::new();
+        assert_eq!(rate.admit(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(rate.admit(), None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1_050));
+        assert_eq!(rate.admit(), Some(5));
+        assert_eq!(rate.admit(), None);
+    }
+}
+
 /// The response for `error`: its status, `{"detail": …}`, and the headers the status needs.
 pub fn error_response(error: &Error) -> Response<Full<Bytes>> {
     let status = error.status();
     // An unavailable cluster (an election, a stale follower) is expected, not an error here.
     if status.is_server_error() && !matches!(error, Error::Unavailable(_)) {
-        tracing::error!(%error, "request failed");
+        if refused_by_the_log(error) {
+            // The node's state, the same for every write until it changes (a poisoned log, a
+            // full disk): said at most once a second, not once per request — a client retrying
+            // against a full disk would otherwise fill it further with log lines.
+            if let Some(suppressed) = STATE_ERRORS.admit() {
+                tracing::error!(%error, similar_before = suppressed, "request failed");
+            }
+        } else {
+            tracing::error!(%error, "request failed");
+        }
     }
     let body = match error {
         Error::AcksTimeout { id, commit_id, .. } => {

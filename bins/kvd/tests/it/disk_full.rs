@@ -54,10 +54,18 @@ fn a_full_disk_refuses_writes_with_507_and_takes_them_again_once_there_is_room()
     let detail = body["detail"].as_str().expect("detail");
     assert!(detail.contains("out of disk space"), "{detail}");
     assert!(detail.contains("No space left on device"), "{detail}");
-    for attempt in 0..3 {
+    let refused_at = std::time::Instant::now();
+    for attempt in 0..50 {
         let answer = put(&mut connection, &format!("later-{attempt}"), 0);
         assert_eq!(answer.status, 507, "{}", answer.json());
     }
+    // Said at most once a second, not once per refused request.
+    let lines = kvd.stderr().matches("request failed").count() as u64;
+    assert!(
+        lines <= refused_at.elapsed().as_secs() + 2,
+        "{lines} lines for 51 refused writes in {:?}",
+        refused_at.elapsed()
+    );
     let health = connection.send("GET", "/health", None).expect("health");
     assert_eq!(health.status, 503);
     let health = health.json();
