@@ -6,8 +6,10 @@
 //! commit at a time writes and fsyncs it (`commit_once`): an append that found the log idle
 //! writes its frames at once and its ticket fsyncs on the thread that waits on it (the write
 //! group's leader, `lead_commit`); everything else goes to the committer thread (`committer.rs`), which gives each queued `Always` append an fsync
-//! of its own. Segments roll under the same mutex; the old segment is sealed and fsynced before
-//! the new one is created, so only the active segment ever holds unsynced bytes.
+//! of its own. Segments roll under the same mutex: the old segment's frames are fsynced, the new
+//! segment is created (a full disk fails the roll here, with nothing changed), then the old one
+//! is sealed and fsynced and the new one installed, so only the active segment ever holds
+//! unsynced bytes.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

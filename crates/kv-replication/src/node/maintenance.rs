@@ -89,10 +89,7 @@ impl Node {
                 continue;
             }
             match self.snapshot_and_compact_in_background().await {
-                Ok(_) => {
-                    retry = None;
-                    lock(&self.compaction).last_snapshot_failure = None;
-                }
+                Ok(_) => retry = None,
                 Err(error) => {
                     // A snapshot that cannot be written (a full disk: it needs room for a
                     // second copy of the data before the first goes) would otherwise be tried
@@ -314,6 +311,7 @@ impl Node {
         state.running = false;
         if let Ok((info, purge)) = &result {
             state.snapshots_written += 1;
+            state.last_snapshot_failure = None;
             state.last_snapshot = Some(info.clone());
             state.last_purge = Some(purge.clone());
             state.interval_since = Some(Instant::now());
