@@ -95,7 +95,10 @@ impl Node {
                 (step, sent_at)
             };
             match self.perform(step, transport, sent_at).await {
-                Ok(None) => {}
+                // The next fetch at once, after a yield: an in-process transport may answer
+                // without ever waiting, and a loop that never yields is never dropped when its
+                // runtime shuts down.
+                Ok(None) => tokio::task::yield_now().await,
                 Ok(Some(delay)) => {
                     tokio::select! {
                         _ = &mut role_changed => return,

@@ -320,6 +320,10 @@ impl Node {
                         }
                     })
                     .await;
+                    // Once per round, whatever woke it: while the runtime shuts down, timers
+                    // and wake-ups may all be ready at once, and a loop that never yields is
+                    // never dropped (a test's runtime once waited for it for ever).
+                    tokio::task::yield_now().await;
                 }
             }
         }
