@@ -155,7 +155,66 @@ impl LogStore {
         };
         let last = store.read_last_log_id()?;
         *lock(&store.shared.last_log_id) = last;
+        store.check_state_against_log()?;
         Ok(store)
+    }
+
+    /// Refuses a `raft-state.json` that its log proves impossible (a hand edit, a file of
+    /// another directory): openraft saves the vote before it writes an entry of that term and
+    /// commits only entries it holds, so a vote below the last entry's term (or none beside
+    /// entries) or a committed id that is not the entry at its index cannot come from a crash.
+    /// Before, such a node started: with no vote it voted again in a term it had voted in; with
+    /// a vote or commit mark that disagreed with the log its Raft core never committed again
+    /// (the data plane waited for its role for ever).
+    fn check_state_against_log(&self) -> Result<()> {
+        let state = lock(&self.shared.state).clone();
+        let impossible = |reason: String| Error::Corrupt {
+            path: self.shared.dir.join(RAFT_STATE_FILE),
+            reason: format!(
+                "{reason}: the file does not belong with the log beside it (edited, or copied \
+                 from elsewhere?)"
+            ),
+        };
+        let vote_term = state.vote.map(|vote| vote.leader_id.term);
+        let newest_term = [self.last_log_id(), state.committed]
+            .into_iter()
+            .flatten()
+            .map(|log_id| log_id.leader_id.term)
+            .max();
+        if let Some(newest_term) = newest_term {
+            if vote_term.is_none_or(|vote_term| vote_term < newest_term) {
+                let vote = vote_term.map_or("no vote".to_owned(), |term| {
+                    format!("a vote in term {term}")
+                });
+                return Err(impossible(format!(
+                    "it holds {vote}, below term {newest_term} of the log's entries: this \
+                     node's vote is lost and it must not vote again"
+                )));
+            }
+        }
+        let Some(committed) = state.committed else {
+            return Ok(());
+        };
+        let first_live = state.last_purged.map_or(0, |purged| purged.index + 1);
+        let last_live = self.last_log_id().map(|log_id| log_id.index);
+        if committed.index < first_live || last_live.is_none_or(|last| committed.index > last) {
+            // Purged (a snapshot covers it), or past the log's end: openraft refuses the
+            // latter unless a snapshot covers it.
+            return Ok(());
+        }
+        let held = self
+            .wal_id_checked(committed.index)
+            .map(|wal_id| self.read_entry(wal_id))
+            .transpose()?
+            .map(|entry| entry.log_id);
+        if held != Some(committed) {
+            return Err(impossible(format!(
+                "its committed log id {committed} is not the log's entry at index {} ({})",
+                committed.index,
+                held.map_or("none".to_owned(), |log_id| log_id.to_string())
+            )));
+        }
+        Ok(())
     }
 
     /// Whether this log holds anything (a vote, an entry, a purge mark): a node with state
@@ -189,6 +248,13 @@ impl LogStore {
         index + 1 - lock(&self.shared.state).shift
     }
 
+    /// [`Self::wal_id`], `None` where the shift puts `index` before the WAL's first id.
+    fn wal_id_checked(&self, index: u64) -> Option<u64> {
+        (index + 1)
+            .checked_sub(lock(&self.shared.state).shift)
+            .filter(|&wal_id| wal_id > 0)
+    }
+
     fn purged_index(&self) -> Option<u64> {
         lock(&self.shared.state)
             .last_purged
@@ -204,7 +270,14 @@ impl LogStore {
         let Some(last_wal_id) = self.shared.wal.last_id() else {
             return Ok(purged);
         };
-        let last_index = (last_wal_id + shift).checked_sub(1);
+        let shift_error = |reason: String| Error::Corrupt {
+            path: self.shared.dir.join(RAFT_STATE_FILE),
+            reason: format!("its shift {shift} does not fit the log beside it: {reason}"),
+        };
+        let last_index = last_wal_id
+            .checked_add(shift)
+            .ok_or_else(|| shift_error(format!("WAL id {last_wal_id} + shift overflows")))?
+            .checked_sub(1);
         let live = match (last_index, purged) {
             (None, _) => false,
             (Some(index), Some(purged)) => index > purged.index,
@@ -214,6 +287,15 @@ impl LogStore {
             return Ok(purged);
         }
         let entry = self.read_entry(last_wal_id)?;
+        // The shift is what maps WAL ids to Raft indexes: the last record must hold the index
+        // it maps to, or every read and append after would be misnumbered.
+        if Some(entry.log_id.index) != last_index {
+            return Err(shift_error(format!(
+                "the log's last record, WAL id {last_wal_id}, holds raft index {}, not {}",
+                entry.log_id.index,
+                last_index.unwrap_or(0)
+            )));
+        }
         Ok(Some(entry.log_id))
     }
 

@@ -92,11 +92,14 @@ async fn votes_entries_and_marks_survive_a_power_loss_once_reported_durable() {
 async fn a_conflicting_suffix_is_truncated_crash_safely_and_replaced() {
     let fs = SimFs::new();
     let mut store = open(&fs, 1);
+    // As openraft does, every entry's term is voted for before the entry is written.
+    store.save_vote(&Vote::new(2, 0)).await.unwrap();
     store
         .blocking_append((0..6).map(|index| entry(2, index)))
         .await
         .unwrap();
     // A new leader's log differs from index 3 on.
+    store.save_vote(&Vote::new(4, 0)).await.unwrap();
     store.truncate(log_id(2, 3)).await.unwrap();
     assert_eq!(
         store.get_log_state().await.unwrap().last_log_id,
@@ -120,6 +123,7 @@ async fn a_conflicting_suffix_is_truncated_crash_safely_and_replaced() {
 async fn purging_inside_and_past_the_log_keeps_indexes_straight_across_restarts() {
     let fs = SimFs::new();
     let mut store = open(&fs, 1);
+    store.save_vote(&Vote::new(1, 0)).await.unwrap();
     store
         .blocking_append((0..10).map(|index| entry(1, index)))
         .await
@@ -134,7 +138,9 @@ async fn purging_inside_and_past_the_log_keeps_indexes_straight_across_restarts(
         indexes(&mut store).await,
         (5..10).map(|index| (1, index)).collect::<Vec<_>>()
     );
-    // A snapshot installed from the leader purges past the end: the log continues at 101.
+    // A snapshot installed from the leader of term 3 purges past the end: the log continues
+    // at 101.
+    store.save_vote(&Vote::new(3, 0)).await.unwrap();
     store.purge(log_id(3, 100)).await.unwrap();
     assert_eq!(
         store.get_log_state().await.unwrap().last_log_id,
@@ -197,4 +203,71 @@ async fn a_log_without_its_raft_state_is_refused() {
     let fresh = SimFs::new();
     let store = open(&fresh, 1);
     assert!(!store.has_state());
+}
+
+/// A `raft-state.json` that its log proves impossible — a hand edit, or a file copied from
+/// another directory — is refused at open, naming the file, and nothing on disk changes: no
+/// vote beside entries (the node would vote again in a term it voted in), a vote below the
+/// entries' term, a committed log id that is not the entry at its index, a shift that maps
+/// the last record to another index. Before, the first started and voted afresh, the next two
+/// started with a Raft core that never committed again (kvd waited for its role for ever and
+/// did not stop on SIGTERM), and a shift of `u64::MAX` overflowed (a panic in a debug build).
+#[tokio::test]
+async fn a_raft_state_its_log_proves_impossible_is_refused() {
+    let pristine = SimFs::new();
+    let mut store = open(&pristine, 1);
+    store.save_vote(&Vote::new(3, 1)).await.unwrap();
+    store
+        .blocking_append((0..4).map(|index| entry(3, index)))
+        .await
+        .unwrap();
+    store.save_committed(Some(log_id(3, 2))).await.unwrap();
+    drop(store);
+    let state_path = Path::new("/data/controller/raft-state.json");
+    let state: serde_json::Value =
+        serde_json::from_slice(&pristine.read_file(state_path).unwrap()).unwrap();
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 6] = [
+        ("no vote", |state| state["vote"] = serde_json::Value::Null),
+        ("vote below the log's term", |state| {
+            state["vote"]["leader_id"]["term"] = 2.into()
+        }),
+        ("committed id of another term", |state| {
+            state["committed"]["leader_id"]["term"] = 2.into()
+        }),
+        ("committed term above the vote", |state| {
+            state["committed"]["leader_id"]["term"] = 7.into()
+        }),
+        ("shift off by one", |state| state["shift"] = 1.into()),
+        ("shift that overflows", |state| {
+            state["shift"] = u64::MAX.into()
+        }),
+    ];
+    for (case, edit) in edits {
+        let fs = pristine.fork();
+        let mut edited = state.clone();
+        edit(&mut edited);
+        let bytes = serde_json::to_vec_pretty(&edited).unwrap();
+        fs.write_file_durably(state_path, &bytes).unwrap();
+        let opened = LogStore::open(
+            Arc::new(fs.clone()) as Arc<dyn FileSystem>,
+            Path::new("/data/controller"),
+            1,
+        );
+        assert!(
+            matches!(&opened, Err(kv_controller::Error::Corrupt { path, .. }) if path == state_path),
+            "{case}: {opened:?}"
+        );
+        assert_eq!(
+            fs.read_file(state_path).unwrap(),
+            bytes,
+            "{case}: rewritten"
+        );
+    }
+    // The file as written opens, with every entry.
+    let mut store = open(&pristine, 1);
+    assert_eq!(
+        indexes(&mut store).await,
+        (0..4).map(|index| (3, index)).collect::<Vec<_>>()
+    );
 }
