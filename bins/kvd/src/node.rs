@@ -184,6 +184,7 @@ async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
     let controller = client.controller().clone();
     bootstrap::initialize_if_new(config, &controller, &store).await?;
     bootstrap::refuse_mixed_cluster_ids(config, &controller)?;
+    bootstrap::refuse_an_epoch_the_controller_never_gave(config, &controller)?;
     bootstrap::refuse_lost_acknowledged_writes(config, &controller, &store)?;
     // The node starts following nobody; the controller's view gives it its role.
     let node = Arc::new(

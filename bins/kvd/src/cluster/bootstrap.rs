@@ -269,6 +269,38 @@ pub fn refuse_mixed_cluster_ids(
     )
 }
 
+/// A node that is its cluster's only member and whose `node.meta` records an epoch above the
+/// controller's: epochs come only from the controller, and alone its controller applied every
+/// one it gave, so the file was edited or copied from another directory. The data plane never
+/// goes back to a lower epoch, so it ignored every view the controller gave and the node
+/// served no write for as long as it ran, with no error ("no leader is known right now"). It
+/// refuses to start, naming the file and both epochs. With other members the controller here
+/// may lag the cluster's, and nothing local tells an edit from a lag.
+pub fn refuse_an_epoch_the_controller_never_gave(
+    config: &NodeConfig,
+    controller: &Controller,
+) -> anyhow::Result<()> {
+    let meta = controller.meta();
+    let node_id = config.node_id();
+    let alone = !meta.members.is_empty() && meta.members.keys().all(|&id| id == node_id);
+    let node_meta = NodeMeta::load(&kv_wal::fs::StdFs, &config.data_dir)
+        .context("cannot read the node's meta file")?
+        .unwrap_or_default();
+    if !alone || node_meta.epoch <= meta.leader_epoch {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} records leader epoch {}, but the controller of this one-member cluster is at epoch \
+         {}: epochs come only from the controller, so the file was edited or copied from \
+         another data directory. Put back this node's own node.meta (or set its \"epoch\" to at \
+         most {})",
+        NodeMeta::path(&config.data_dir).display(),
+        node_meta.epoch,
+        meta.leader_epoch,
+        meta.leader_epoch,
+    )
+}
+
 /// A node that is its cluster's only member and whose log ends below the commit id its
 /// `node.meta` recorded lost acknowledged writes that no replica holds: under `batch` and
 /// `always` nothing is acknowledged before it is on disk, so only damage (a deleted or cut

@@ -545,3 +545,45 @@ fn a_node_meta_of_another_cluster_than_its_controller_refuses_to_start() {
     let (status, body) = kvd.json("GET", "/key/k", None);
     assert_eq!((status, body["value"].clone()), (200, json!("v")));
 }
+
+/// A lone leader whose `node.meta` records an epoch the controller never gave (edited by hand,
+/// or copied from another node's directory) refuses to start, naming the file and both epochs,
+/// and changes nothing. Before, it started and served no write for as long as it ran ("no
+/// leader is known right now", `role: none`): its data plane never goes back to a lower
+/// epoch, so it ignored every view of the controller's epoch 1. Put back, it starts.
+#[test]
+fn a_lone_leader_whose_node_meta_records_an_epoch_from_nowhere_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = stopped_after_writing_k(dir.path());
+    let meta_path = data_dir.join("node.meta");
+    let pristine = std::fs::read(&meta_path).expect("node.meta");
+    let mut meta: serde_json::Value = serde_json::from_slice(&pristine).expect("JSON");
+    let epoch = meta["epoch"].as_u64().expect("an epoch");
+    meta["epoch"] = json!(epoch + 8);
+    let edited = meta.to_string();
+    std::fs::write(&meta_path, &edited).expect("write node.meta");
+
+    let (status, stderr) = start_expecting_exit(&data_dir);
+    assert!(
+        !status.success(),
+        "started with an epoch from nowhere: {stderr}"
+    );
+    assert!(
+        stderr.contains(&meta_path.display().to_string())
+            && stderr.contains(&format!("epoch {}", epoch + 8))
+            && stderr.contains(&format!("epoch {epoch}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&meta_path).expect("node.meta"),
+        edited,
+        "node.meta rewritten while refusing"
+    );
+
+    std::fs::write(&meta_path, &pristine).expect("put node.meta back");
+    let kvd = Kvd::start(&data_dir, &[], &[]);
+    put(&kvd, "after", "w");
+    let (status, body) = kvd.json("GET", "/key/k", None);
+    assert_eq!((status, body["value"].clone()), (200, json!("v")));
+}
