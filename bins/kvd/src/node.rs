@@ -32,6 +32,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         segment_bytes_max = config.segment_bytes_max,
         "opening the store"
     );
+    crate::writable::refuse_unwritable_directories(&config)?;
     // A node applies at open only what it knows committed; the rest waits for the cluster
     // (whatever role the controller gives it).
     let apply_limit = Node::apply_limit_at_open(

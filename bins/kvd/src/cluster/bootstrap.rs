@@ -86,10 +86,13 @@ pub async fn open_controller(
         .await
         .map_err(|error| {
             let controller_dir = config.data_dir.join(kv_controller::CONTROLLER_DIR);
+            let hint = match access_denied(&error) {
+                true => access_hint(&controller_dir),
+                false => controller_damage_hint(config, &controller_dir),
+            };
             anyhow::anyhow!(
-                "cannot open the controller in {}: {error:#}\n{}",
+                "cannot open the controller in {}: {error:#}\n{hint}",
                 controller_dir.display(),
-                controller_damage_hint(config, &controller_dir)
             )
         })?;
     Ok(ControllerClient::new(
@@ -99,6 +102,32 @@ pub async fn open_controller(
         identity.seeds.clone(),
         CONTROLLER_REQUEST_TIMEOUT,
     ))
+}
+
+/// Whether opening the controller failed because this process may not read or write one of
+/// its files (permissions, a read-only mount): nothing is damaged then.
+fn access_denied(error: &kv_controller::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(io_error) = error.downcast_ref::<std::io::Error>() {
+            return crate::writable::denied(io_error);
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// What to do when the controller's files could not be read for want of access: fix the
+/// access. Before, the hint was the damage one ("move controller/ aside"), which for a node of
+/// a larger cluster turns a permission problem into a lost member.
+fn access_hint(controller_dir: &std::path::Path) -> String {
+    format!(
+        "kvd: it may not read or write this node's controller files: nothing is damaged and \
+         nothing was changed. Give the user running kvd read and write access to {} and \
+         everything in it (or mount the file system read-write) and start again; do not move \
+         it aside",
+        controller_dir.display()
+    )
 }
 
 /// What an operator can do when the controller's files cannot be read (the error names the
