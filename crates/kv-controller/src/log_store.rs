@@ -133,6 +133,9 @@ impl LogStore {
             WalOptions {
                 segment_bytes_max: LOG_SEGMENT_BYTES,
                 sync_policy: SyncPolicy::Batch,
+                // Every entry was acknowledged to the leader once synced: a whole last entry
+                // that does not check (a bit flip) is refused, never cut as a torn tail.
+                refuse_whole_damaged_tail: true,
                 file_system: fs.clone(),
                 ..WalOptions::default()
             },

@@ -271,3 +271,58 @@ async fn a_raft_state_its_log_proves_impossible_is_refused() {
         (0..4).map(|index| (3, index)).collect::<Vec<_>>()
     );
 }
+
+/// A bit flipped in the log's last entry — an entry this node acknowledged to its leader once
+/// it was synced — is refused at open, naming the segment, and the segment is left as it is.
+/// Before, kv-wal's default recovery took it for a torn write and cut it: the node came back
+/// without an entry it had acknowledged (a committed entry a majority no longer held), or, on
+/// a one-node `kvd leader` whose commit mark was behind, without its cluster's `Bootstrap`
+/// ("has not learned the cluster's metadata yet", for ever). An unfinished write at the end
+/// (the file cut inside the last entry) is still cut.
+#[tokio::test]
+async fn a_bit_flip_in_the_last_entry_is_refused_not_cut() {
+    let pristine = SimFs::new();
+    let mut store = open(&pristine, 1);
+    store.save_vote(&Vote::new(3, 1)).await.unwrap();
+    store
+        .blocking_append((0..3).map(|index| entry(3, index)))
+        .await
+        .unwrap();
+    drop(store);
+    let log_dir = Path::new("/data/controller/log");
+    let segment = pristine
+        .list_dir(log_dir)
+        .unwrap()
+        .into_iter()
+        .find(|name| name.ends_with(".wal"))
+        .map(|name| log_dir.join(name))
+        .expect("a segment");
+    let bytes = pristine.read_file(&segment).unwrap();
+    let last_url = bytes
+        .windows(9)
+        .position(|window| window == b"http://n2")
+        .expect("the last entry's URL");
+
+    let flipped = pristine.fork();
+    let mut damaged = bytes.clone();
+    damaged[last_url + 7] ^= 0x01;
+    flipped.write_file_durably(&segment, &damaged).unwrap();
+    let opened = LogStore::open(
+        Arc::new(flipped.clone()) as Arc<dyn FileSystem>,
+        Path::new("/data/controller"),
+        1,
+    );
+    assert!(
+        matches!(&opened, Err(kv_controller::Error::Log(kv_wal::Error::Corrupt { segment: path, .. })) if *path == segment),
+        "{:?}",
+        opened.map(|store| store.last_log_id())
+    );
+    assert_eq!(flipped.read_file(&segment).unwrap(), damaged, "rewritten");
+
+    let torn = pristine.fork();
+    let data_end = bytes.iter().rposition(|&byte| byte != 0).unwrap() + 1;
+    torn.write_file_durably(&segment, &bytes[..data_end - 5])
+        .unwrap();
+    let mut store = open(&torn, 1);
+    assert_eq!(indexes(&mut store).await, vec![(3, 0), (3, 1)]);
+}
