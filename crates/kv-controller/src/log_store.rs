@@ -98,6 +98,42 @@ fn new_state(fs: &dyn FileSystem, dir: &Path, wal: &Wal, node_id: NodeId) -> Res
     Ok(state)
 }
 
+/// Refuses a `log/` without a segment (or gone) beside a `raft-state.json` that holds a vote,
+/// a commit or a purge mark: the log's first segment is created before the state file is
+/// written, and the active segment is never purged, so its entries — acknowledged to a leader
+/// — are lost. Before, the WAL created a new empty log there (the directory changed) and
+/// openraft refused later ("Failed to get log entries"), or, with nothing committed yet, the
+/// node came back without the entries it had acknowledged.
+fn refuse_a_lost_log(fs: &dyn FileSystem, dir: &Path, state: &RaftState) -> Result<()> {
+    let holds_something =
+        state.vote.is_some() || state.committed.is_some() || state.last_purged.is_some();
+    let log_dir = dir.join(LOG_DIR);
+    let names = match fs.list_dir(&log_dir) {
+        Ok(names) => names,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => return Err(Error::io(&log_dir, error)),
+    };
+    let has_segment = names
+        .iter()
+        .any(|name| name.ends_with(".wal") || name.ends_with(".walz"));
+    if !holds_something || has_segment {
+        return Ok(());
+    }
+    Err(Error::Corrupt {
+        path: log_dir,
+        reason: format!(
+            "no log segment, but {} beside it holds this node's vote and marks (committed {}): \
+             the entries it acknowledged are lost. Restore the log; or, if this node is a \
+             follower, treat its controller state as lost (docs/controller.md, \"Lost \
+             controller state\")",
+            RAFT_STATE_FILE,
+            state
+                .committed
+                .map_or("none".to_owned(), |log_id| log_id.to_string())
+        ),
+    })
+}
+
 impl LogStore {
     /// Opens (or creates) the log of node `node_id` in `dir` (the controller directory).
     /// Fails if the directory belongs to another node.
@@ -128,6 +164,9 @@ impl LogStore {
             }
             None => None,
         };
+        if let Some(state) = &state {
+            refuse_a_lost_log(&*fs, dir, state)?;
+        }
         let (wal, report) = Wal::open(
             dir.join(LOG_DIR),
             WalOptions {

@@ -326,3 +326,39 @@ async fn a_bit_flip_in_the_last_entry_is_refused_not_cut() {
     let mut store = open(&torn, 1);
     assert_eq!(indexes(&mut store).await, vec![(3, 0), (3, 1)]);
 }
+
+/// A controller `log/` emptied of its segments (deleted by mistake) beside a `raft-state.json`
+/// that holds a vote and a commit mark is refused at open, naming the directory, and nothing
+/// is created there. Before, the WAL created a new empty log in its place and open succeeded:
+/// openraft refused later with "Failed to get log entries" (the directory already changed),
+/// or with nothing committed yet the node came back without the entries it acknowledged.
+#[tokio::test]
+async fn a_raft_state_without_its_log_is_refused_and_nothing_is_created() {
+    let fs = SimFs::new();
+    let mut store = open(&fs, 1);
+    store.save_vote(&Vote::new(3, 1)).await.unwrap();
+    store
+        .blocking_append((0..3).map(|index| entry(3, index)))
+        .await
+        .unwrap();
+    store.save_committed(Some(log_id(3, 2))).await.unwrap();
+    drop(store);
+    let log_dir = Path::new("/data/controller/log");
+    for name in fs.list_dir(log_dir).unwrap() {
+        fs.remove_file(&log_dir.join(name)).unwrap();
+    }
+    let opened = LogStore::open(
+        Arc::new(fs.clone()) as Arc<dyn FileSystem>,
+        Path::new("/data/controller"),
+        1,
+    );
+    assert!(
+        matches!(&opened, Err(kv_controller::Error::Corrupt { path, .. }) if path == log_dir),
+        "{:?}",
+        opened.map(|store| store.last_log_id())
+    );
+    assert!(
+        fs.list_dir(log_dir).unwrap().is_empty(),
+        "created a new log"
+    );
+}
