@@ -36,6 +36,10 @@ pub const LOG_DIR: &str = "log";
 /// Segment size of the controller's log: small, so purges after snapshots free space.
 const LOG_SEGMENT_BYTES: u64 = 1 << 20;
 const STATE_FORMAT: u32 = 1;
+/// The highest Raft term a saved vote may hold. A term grows by one per election, so no
+/// cluster comes near it; a vote above it was edited, and openraft's next election (term + 1)
+/// would overflow (a panic in a debug build, the term wrapping back to 0 in a release one).
+const VOTE_TERM_MAX: u64 = 1 << 62;
 
 /// Everything durable about the log that is not an entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +222,11 @@ impl LogStore {
             ),
         };
         let vote_term = state.vote.map(|vote| vote.leader_id.term);
+        if let Some(term) = vote_term.filter(|&term| term > VOTE_TERM_MAX) {
+            return Err(impossible(format!(
+                "its vote is in term {term}, above any term a cluster reaches ({VOTE_TERM_MAX})"
+            )));
+        }
         let newest_term = [self.last_log_id(), state.committed]
             .into_iter()
             .flatten()

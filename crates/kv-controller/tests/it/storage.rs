@@ -209,9 +209,12 @@ async fn a_log_without_its_raft_state_is_refused() {
 /// another directory — is refused at open, naming the file, and nothing on disk changes: no
 /// vote beside entries (the node would vote again in a term it voted in), a vote below the
 /// entries' term, a committed log id that is not the entry at its index, a shift that maps
-/// the last record to another index. Before, the first started and voted afresh, the next two
-/// started with a Raft core that never committed again (kvd waited for its role for ever and
-/// did not stop on SIGTERM), and a shift of `u64::MAX` overflowed (a panic in a debug build).
+/// the last record to another index, a vote term no election can follow (`u64::MAX`: openraft
+/// adds one for its next election). Before, the node with no vote started and voted afresh,
+/// those whose vote or commit mark disagreed with the log started with a Raft core that never
+/// committed again (kvd waited for its role for ever and did not stop on SIGTERM), the vote of
+/// term `u64::MAX` started (its next election overflows), and a shift of `u64::MAX` overflowed
+/// (a panic in a debug build).
 #[tokio::test]
 async fn a_raft_state_its_log_proves_impossible_is_refused() {
     let pristine = SimFs::new();
@@ -227,7 +230,10 @@ async fn a_raft_state_its_log_proves_impossible_is_refused() {
     let state: serde_json::Value =
         serde_json::from_slice(&pristine.read_file(state_path).unwrap()).unwrap();
     type Edit = fn(&mut serde_json::Value);
-    let edits: [(&str, Edit); 6] = [
+    let edits: [(&str, Edit); 7] = [
+        ("vote term that cannot grow", |state| {
+            state["vote"]["leader_id"]["term"] = u64::MAX.into()
+        }),
         ("no vote", |state| state["vote"] = serde_json::Value::Null),
         ("vote below the log's term", |state| {
             state["vote"]["leader_id"]["term"] = 2.into()
