@@ -693,3 +693,34 @@ fn a_data_directory_kvd_may_not_write_is_refused_naming_it() {
     let (status, body) = kvd.json("GET", "/key/k", None);
     assert_eq!((status, body["value"].clone()), (200, json!("v")));
 }
+
+/// A bit flipped in the last entry of a lone leader's controller log (synced, acknowledged,
+/// committed) is refused, naming the segment and the flip, and the segment is left as it was.
+/// Before, kv-wal's default recovery cut the entry as a torn tail — the segment rewritten —
+/// and only then did openraft refuse ("Failed to get log entries"); with the saved commit
+/// mark behind, the node started without the entry.
+#[test]
+fn a_bit_flip_in_the_controller_logs_last_entry_is_refused_with_nothing_changed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = stopped_after_writing_k(dir.path());
+    let segment = files_with_suffix(&data_dir.join("controller").join("log"), ".wal")
+        .pop()
+        .expect("a controller log segment");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let data_end = bytes.iter().rposition(|&byte| byte != 0).expect("data") + 1;
+    // Inside the last entry's JSON, which ends its record.
+    bytes[data_end - 10] ^= 0x04;
+    std::fs::write(&segment, &bytes).expect("write segment");
+
+    let (status, stderr) = start_expecting_exit(&data_dir);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&segment.display().to_string()) && stderr.contains("bit flip"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&segment).expect("read segment"),
+        bytes,
+        "the segment changed while refusing"
+    );
+}
