@@ -18,6 +18,7 @@ mod faults;
 mod logging;
 mod node;
 mod settings;
+mod writable;
 
 #[cfg(test)]
 mod precedence_tests;

@@ -32,6 +32,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         segment_bytes_max = config.segment_bytes_max,
         "opening the store"
     );
+    crate::writable::refuse_unwritable_directories(&config)?;
     // A node applies at open only what it knows committed; the rest waits for the cluster
     // (whatever role the controller gives it).
     let apply_limit = Node::apply_limit_at_open(
@@ -184,6 +185,7 @@ async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
     let controller = client.controller().clone();
     bootstrap::initialize_if_new(config, &controller, &store).await?;
     bootstrap::refuse_mixed_cluster_ids(config, &controller)?;
+    bootstrap::refuse_an_epoch_the_controller_never_gave(config, &controller)?;
     bootstrap::refuse_lost_acknowledged_writes(config, &controller, &store)?;
     // The node starts following nobody; the controller's view gives it its role.
     let node = Arc::new(

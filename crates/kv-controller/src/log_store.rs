@@ -36,6 +36,10 @@ pub const LOG_DIR: &str = "log";
 /// Segment size of the controller's log: small, so purges after snapshots free space.
 const LOG_SEGMENT_BYTES: u64 = 1 << 20;
 const STATE_FORMAT: u32 = 1;
+/// The highest Raft term a saved vote may hold. A term grows by one per election, so no
+/// cluster comes near it; a vote above it was edited, and openraft's next election (term + 1)
+/// would overflow (a panic in a debug build, the term wrapping back to 0 in a release one).
+const VOTE_TERM_MAX: u64 = 1 << 62;
 
 /// Everything durable about the log that is not an entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +102,42 @@ fn new_state(fs: &dyn FileSystem, dir: &Path, wal: &Wal, node_id: NodeId) -> Res
     Ok(state)
 }
 
+/// Refuses a `log/` without a segment (or gone) beside a `raft-state.json` that holds a vote,
+/// a commit or a purge mark: the log's first segment is created before the state file is
+/// written, and the active segment is never purged, so its entries — acknowledged to a leader
+/// — are lost. Before, the WAL created a new empty log there (the directory changed) and
+/// openraft refused later ("Failed to get log entries"), or, with nothing committed yet, the
+/// node came back without the entries it had acknowledged.
+fn refuse_a_lost_log(fs: &dyn FileSystem, dir: &Path, state: &RaftState) -> Result<()> {
+    let holds_something =
+        state.vote.is_some() || state.committed.is_some() || state.last_purged.is_some();
+    let log_dir = dir.join(LOG_DIR);
+    let names = match fs.list_dir(&log_dir) {
+        Ok(names) => names,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => return Err(Error::io(&log_dir, error)),
+    };
+    let has_segment = names
+        .iter()
+        .any(|name| name.ends_with(".wal") || name.ends_with(".walz"));
+    if !holds_something || has_segment {
+        return Ok(());
+    }
+    Err(Error::Corrupt {
+        path: log_dir,
+        reason: format!(
+            "no log segment, but {} beside it holds this node's vote and marks (committed {}): \
+             the entries it acknowledged are lost. Restore the log; or, if this node is a \
+             follower, treat its controller state as lost (docs/controller.md, \"Lost \
+             controller state\")",
+            RAFT_STATE_FILE,
+            state
+                .committed
+                .map_or("none".to_owned(), |log_id| log_id.to_string())
+        ),
+    })
+}
+
 impl LogStore {
     /// Opens (or creates) the log of node `node_id` in `dir` (the controller directory).
     /// Fails if the directory belongs to another node.
@@ -128,11 +168,17 @@ impl LogStore {
             }
             None => None,
         };
+        if let Some(state) = &state {
+            refuse_a_lost_log(&*fs, dir, state)?;
+        }
         let (wal, report) = Wal::open(
             dir.join(LOG_DIR),
             WalOptions {
                 segment_bytes_max: LOG_SEGMENT_BYTES,
                 sync_policy: SyncPolicy::Batch,
+                // Every entry was acknowledged to the leader once synced: a whole last entry
+                // that does not check (a bit flip) is refused, never cut as a torn tail.
+                refuse_whole_damaged_tail: true,
                 file_system: fs.clone(),
                 ..WalOptions::default()
             },
@@ -155,7 +201,71 @@ impl LogStore {
         };
         let last = store.read_last_log_id()?;
         *lock(&store.shared.last_log_id) = last;
+        store.check_state_against_log()?;
         Ok(store)
+    }
+
+    /// Refuses a `raft-state.json` that its log proves impossible (a hand edit, a file of
+    /// another directory): openraft saves the vote before it writes an entry of that term and
+    /// commits only entries it holds, so a vote below the last entry's term (or none beside
+    /// entries) or a committed id that is not the entry at its index cannot come from a crash.
+    /// Before, such a node started: with no vote it voted again in a term it had voted in; with
+    /// a vote or commit mark that disagreed with the log its Raft core never committed again
+    /// (the data plane waited for its role for ever).
+    fn check_state_against_log(&self) -> Result<()> {
+        let state = lock(&self.shared.state).clone();
+        let impossible = |reason: String| Error::Corrupt {
+            path: self.shared.dir.join(RAFT_STATE_FILE),
+            reason: format!(
+                "{reason}: the file does not belong with the log beside it (edited, or copied \
+                 from elsewhere?)"
+            ),
+        };
+        let vote_term = state.vote.map(|vote| vote.leader_id.term);
+        if let Some(term) = vote_term.filter(|&term| term > VOTE_TERM_MAX) {
+            return Err(impossible(format!(
+                "its vote is in term {term}, above any term a cluster reaches ({VOTE_TERM_MAX})"
+            )));
+        }
+        let newest_term = [self.last_log_id(), state.committed]
+            .into_iter()
+            .flatten()
+            .map(|log_id| log_id.leader_id.term)
+            .max();
+        if let Some(newest_term) = newest_term {
+            if vote_term.is_none_or(|vote_term| vote_term < newest_term) {
+                let vote = vote_term.map_or("no vote".to_owned(), |term| {
+                    format!("a vote in term {term}")
+                });
+                return Err(impossible(format!(
+                    "it holds {vote}, below term {newest_term} of the log's entries: this \
+                     node's vote is lost and it must not vote again"
+                )));
+            }
+        }
+        let Some(committed) = state.committed else {
+            return Ok(());
+        };
+        let first_live = state.last_purged.map_or(0, |purged| purged.index + 1);
+        let last_live = self.last_log_id().map(|log_id| log_id.index);
+        if committed.index < first_live || last_live.is_none_or(|last| committed.index > last) {
+            // Purged (a snapshot covers it), or past the log's end: openraft refuses the
+            // latter unless a snapshot covers it.
+            return Ok(());
+        }
+        let held = self
+            .wal_id_checked(committed.index)
+            .map(|wal_id| self.read_entry(wal_id))
+            .transpose()?
+            .map(|entry| entry.log_id);
+        if held != Some(committed) {
+            return Err(impossible(format!(
+                "its committed log id {committed} is not the log's entry at index {} ({})",
+                committed.index,
+                held.map_or("none".to_owned(), |log_id| log_id.to_string())
+            )));
+        }
+        Ok(())
     }
 
     /// Whether this log holds anything (a vote, an entry, a purge mark): a node with state
@@ -189,6 +299,13 @@ impl LogStore {
         index + 1 - lock(&self.shared.state).shift
     }
 
+    /// [`Self::wal_id`], `None` where the shift puts `index` before the WAL's first id.
+    fn wal_id_checked(&self, index: u64) -> Option<u64> {
+        (index + 1)
+            .checked_sub(lock(&self.shared.state).shift)
+            .filter(|&wal_id| wal_id > 0)
+    }
+
     fn purged_index(&self) -> Option<u64> {
         lock(&self.shared.state)
             .last_purged
@@ -204,7 +321,14 @@ impl LogStore {
         let Some(last_wal_id) = self.shared.wal.last_id() else {
             return Ok(purged);
         };
-        let last_index = (last_wal_id + shift).checked_sub(1);
+        let shift_error = |reason: String| Error::Corrupt {
+            path: self.shared.dir.join(RAFT_STATE_FILE),
+            reason: format!("its shift {shift} does not fit the log beside it: {reason}"),
+        };
+        let last_index = last_wal_id
+            .checked_add(shift)
+            .ok_or_else(|| shift_error(format!("WAL id {last_wal_id} + shift overflows")))?
+            .checked_sub(1);
         let live = match (last_index, purged) {
             (None, _) => false,
             (Some(index), Some(purged)) => index > purged.index,
@@ -214,6 +338,15 @@ impl LogStore {
             return Ok(purged);
         }
         let entry = self.read_entry(last_wal_id)?;
+        // The shift is what maps WAL ids to Raft indexes: the last record must hold the index
+        // it maps to, or every read and append after would be misnumbered.
+        if Some(entry.log_id.index) != last_index {
+            return Err(shift_error(format!(
+                "the log's last record, WAL id {last_wal_id}, holds raft index {}, not {}",
+                entry.log_id.index,
+                last_index.unwrap_or(0)
+            )));
+        }
         Ok(Some(entry.log_id))
     }
 

@@ -56,7 +56,7 @@ impl Wal {
         let found = recovery::list_segments(&*fs, &dir, &mut report)?;
         let log_id = read_or_create_log_id(&*fs, &dir, found.is_empty(), &mut report)?;
         let recovered =
-            recovery::recover(&*fs, log_id, &found, options.recovery_mode, &mut report)?;
+            recovery::recover(&*fs, log_id, &found, recovery_rules(&options), &mut report)?;
         // A truncation a crash interrupted says up to which id the log held records: ids are
         // never handed out below it, even when the crash left no segment at all.
         let marked = read_small_file(&*fs, &dir.join(TRUNCATE_MARKER_FILE))?
@@ -317,4 +317,12 @@ fn start(
         shared,
         committer: Mutex::new(Some(committer)),
     })
+}
+
+/// What recovery needs of the options.
+fn recovery_rules(options: &WalOptions) -> recovery::Rules {
+    recovery::Rules {
+        mode: options.recovery_mode,
+        refuse_whole_damaged_tail: options.refuse_whole_damaged_tail,
+    }
 }

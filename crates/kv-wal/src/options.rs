@@ -140,6 +140,17 @@ pub struct WalOptions {
     pub sync_policy: SyncPolicy,
     /// What open does with damage (default [`RecoveryMode::TolerateTornTail`]).
     pub recovery_mode: RecoveryMode,
+    /// Whether a damaged last record that is whole — its frame complete, its CRC failing, and
+    /// no sector-aligned stretch of it all zeros — is refused instead of cut as a torn tail
+    /// (default `false`: cut, as every mode's table says). A write the disk did not finish
+    /// leaves a frame cut short or a zeroed sector (`docs/wal-format.md`, "Assumptions about
+    /// the disk"), so a whole frame that does not check is a bit flip in synced data, and
+    /// cutting it silently drops a record that may have been acknowledged — etcd's WAL refuses
+    /// it too (a CRC mismatch that `isTornEntry` does not explain). For logs where that is a
+    /// safety problem and not only a loss (the controller's Raft log: an entry this node
+    /// acknowledged to its leader). The cost: a torn write that left garbage, not zeros, is
+    /// refused too.
+    pub refuse_whole_damaged_tail: bool,
     /// The id of the first record of a *new* log (default 1; ignored for an existing log).
     pub first_id: u64,
     /// Payloads of at least this many bytes are stored LZ4-compressed (when that makes them
@@ -189,6 +200,7 @@ impl Default for WalOptions {
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             sync_policy: SyncPolicy::default(),
             recovery_mode: RecoveryMode::default(),
+            refuse_whole_damaged_tail: false,
             first_id: 1,
             compress_records_above: None,
             compress_sealed_segments: None,

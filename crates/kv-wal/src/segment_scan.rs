@@ -64,6 +64,10 @@ pub(crate) struct FrameDamage {
     /// what is wrong, so this is damage with records after it, never a torn tail. They are
     /// evidence only — never served — but their ids are never handed out again.
     pub inside_extent_last_id: Option<u64>,
+    /// Whether the damage is a whole frame (its declared extent within the segment) whose CRC
+    /// fails while no sector-aligned stretch of it is all zeros: not what an unfinished write
+    /// leaves, but a bit flip ([`crate::WalOptions::refuse_whole_damaged_tail`]).
+    pub whole_frame_flipped: bool,
 }
 
 /// A region readers must jump over (SkipCorrupt mode): `[from, to)`.
@@ -121,6 +125,7 @@ impl ScanResult {
             good_records: self.all_records,
             zero_sector: false,
             inside_extent_last_id: None,
+            whole_frame_flipped: false,
         });
     }
 }
@@ -149,6 +154,7 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, salt: u32, free_tail: bool) -> S
             break;
         }
         let damaged = !result.damages.is_empty();
+        let mut crc_failed = false;
         let (problem, resume_from) = match frame::decode_salted(&bytes[position..], salt) {
             Ok(frame) if frame.kind != KIND_SEAL && frame.id == expected_id => {
                 if frame.kind == KIND_RECORD {
@@ -189,6 +195,7 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, salt: u32, free_tail: bool) -> S
                 (reason, position + frame.encoded_len())
             }
             Err(error) => {
+                crc_failed = matches!(error, FrameError::CrcMismatch { .. });
                 let resume_from = position + resume_distance(&bytes[position..], &error);
                 (error.to_string(), resume_from)
             }
@@ -207,6 +214,9 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, salt: u32, free_tail: bool) -> S
         damage.zeroed_to_end = bytes[position..].iter().all(|&byte| byte == 0);
         let stretch_end = resume.map_or(bytes.len(), |(offset, _)| offset);
         damage.zero_sector = holds_zero_sector(bytes, position, stretch_end);
+        damage.whole_frame_flipped = crc_failed
+            && resume_from <= bytes.len()
+            && !any_sector_chunk_zero(bytes, position, resume_from);
         match resume {
             Some((offset, id)) => {
                 position = offset;
@@ -216,6 +226,21 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, salt: u32, free_tail: bool) -> S
         }
     }
     result
+}
+
+/// Whether some piece of `bytes[from..to]` between sector boundaries (the first and last
+/// clipped to the range) is all zeros: what a frame whose write the disk did not finish
+/// leaves (etcd's `isTornEntry`).
+fn any_sector_chunk_zero(bytes: &[u8], from: usize, to: usize) -> bool {
+    let mut start = from;
+    while start < to {
+        let end = ((start / SECTOR_BYTES + 1) * SECTOR_BYTES).min(to);
+        if bytes[start..end].iter().all(|&byte| byte == 0) {
+            return true;
+        }
+        start = end;
+    }
+    false
 }
 
 /// Whether `bytes[from..to]` holds what a sector the disk never got leaves: zeros from `from`

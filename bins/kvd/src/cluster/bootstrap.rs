@@ -86,10 +86,13 @@ pub async fn open_controller(
         .await
         .map_err(|error| {
             let controller_dir = config.data_dir.join(kv_controller::CONTROLLER_DIR);
+            let hint = match access_denied(&error) {
+                true => access_hint(&controller_dir),
+                false => controller_damage_hint(config, &controller_dir),
+            };
             anyhow::anyhow!(
-                "cannot open the controller in {}: {error:#}\n{}",
+                "cannot open the controller in {}: {error:#}\n{hint}",
                 controller_dir.display(),
-                controller_damage_hint(config, &controller_dir)
             )
         })?;
     Ok(ControllerClient::new(
@@ -99,6 +102,32 @@ pub async fn open_controller(
         identity.seeds.clone(),
         CONTROLLER_REQUEST_TIMEOUT,
     ))
+}
+
+/// Whether opening the controller failed because this process may not read or write one of
+/// its files (permissions, a read-only mount): nothing is damaged then.
+fn access_denied(error: &kv_controller::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(io_error) = error.downcast_ref::<std::io::Error>() {
+            return crate::writable::denied(io_error);
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// What to do when the controller's files could not be read for want of access: fix the
+/// access. Before, the hint was the damage one ("move controller/ aside"), which for a node of
+/// a larger cluster turns a permission problem into a lost member.
+fn access_hint(controller_dir: &std::path::Path) -> String {
+    format!(
+        "kvd: it may not read or write this node's controller files: nothing is damaged and \
+         nothing was changed. Give the user running kvd read and write access to {} and \
+         everything in it (or mount the file system read-write) and start again; do not move \
+         it aside",
+        controller_dir.display()
+    )
 }
 
 /// What an operator can do when the controller's files cannot be read (the error names the
@@ -266,6 +295,38 @@ pub fn refuse_mixed_cluster_ids(
                 NodeMeta::path(&config.data_dir).display()
             )
         ),
+    )
+}
+
+/// A node that is its cluster's only member and whose `node.meta` records an epoch above the
+/// controller's: epochs come only from the controller, and alone its controller applied every
+/// one it gave, so the file was edited or copied from another directory. The data plane never
+/// goes back to a lower epoch, so it ignored every view the controller gave and the node
+/// served no write for as long as it ran, with no error ("no leader is known right now"). It
+/// refuses to start, naming the file and both epochs. With other members the controller here
+/// may lag the cluster's, and nothing local tells an edit from a lag.
+pub fn refuse_an_epoch_the_controller_never_gave(
+    config: &NodeConfig,
+    controller: &Controller,
+) -> anyhow::Result<()> {
+    let meta = controller.meta();
+    let node_id = config.node_id();
+    let alone = !meta.members.is_empty() && meta.members.keys().all(|&id| id == node_id);
+    let node_meta = NodeMeta::load(&kv_wal::fs::StdFs, &config.data_dir)
+        .context("cannot read the node's meta file")?
+        .unwrap_or_default();
+    if !alone || node_meta.epoch <= meta.leader_epoch {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} records leader epoch {}, but the controller of this one-member cluster is at epoch \
+         {}: epochs come only from the controller, so the file was edited or copied from \
+         another data directory. Put back this node's own node.meta (or set its \"epoch\" to at \
+         most {})",
+        NodeMeta::path(&config.data_dir).display(),
+        node_meta.epoch,
+        meta.leader_epoch,
+        meta.leader_epoch,
     )
 }
 

@@ -545,3 +545,182 @@ fn a_node_meta_of_another_cluster_than_its_controller_refuses_to_start() {
     let (status, body) = kvd.json("GET", "/key/k", None);
     assert_eq!((status, body["value"].clone()), (200, json!("v")));
 }
+
+/// A lone leader whose `node.meta` records an epoch the controller never gave (edited by hand,
+/// or copied from another node's directory) refuses to start, naming the file and both epochs,
+/// and changes nothing. Before, it started and served no write for as long as it ran ("no
+/// leader is known right now", `role: none`): its data plane never goes back to a lower
+/// epoch, so it ignored every view of the controller's epoch 1. Put back, it starts.
+#[test]
+fn a_lone_leader_whose_node_meta_records_an_epoch_from_nowhere_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = stopped_after_writing_k(dir.path());
+    let meta_path = data_dir.join("node.meta");
+    let pristine = std::fs::read(&meta_path).expect("node.meta");
+    let mut meta: serde_json::Value = serde_json::from_slice(&pristine).expect("JSON");
+    let epoch = meta["epoch"].as_u64().expect("an epoch");
+    meta["epoch"] = json!(epoch + 8);
+    let edited = meta.to_string();
+    std::fs::write(&meta_path, &edited).expect("write node.meta");
+
+    let (status, stderr) = start_expecting_exit(&data_dir);
+    assert!(
+        !status.success(),
+        "started with an epoch from nowhere: {stderr}"
+    );
+    assert!(
+        stderr.contains(&meta_path.display().to_string())
+            && stderr.contains(&format!("epoch {}", epoch + 8))
+            && stderr.contains(&format!("epoch {epoch}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&meta_path).expect("node.meta"),
+        edited,
+        "node.meta rewritten while refusing"
+    );
+
+    std::fs::write(&meta_path, &pristine).expect("put node.meta back");
+    let kvd = Kvd::start(&data_dir, &[], &[]);
+    put(&kvd, "after", "w");
+    let (status, body) = kvd.json("GET", "/key/k", None);
+    assert_eq!((status, body["value"].clone()), (200, json!("v")));
+}
+
+/// Makes `directory` refuse this process's writes: `chmod 555`, and for root (which permission
+/// bits do not stop) the immutable attribute. `None` when neither works here (then the caller
+/// has nothing to test); the guard gives the directory back.
+fn deny_writes(directory: &Path) -> Option<WritesDenied> {
+    use std::os::unix::fs::PermissionsExt;
+    let guard = WritesDenied(directory.to_owned());
+    std::fs::set_permissions(directory, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    let writable = |directory: &Path| {
+        let probe = directory.join("probe");
+        let created = std::fs::File::create(&probe).is_ok();
+        let _ = std::fs::remove_file(&probe);
+        created
+    };
+    if writable(directory) {
+        let _ = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(directory)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    (!writable(directory)).then_some(guard)
+}
+
+struct WritesDenied(PathBuf);
+
+impl Drop for WritesDenied {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+/// Every file under `directory` with its bytes.
+fn file_contents(directory: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(directory).expect("read dir").flatten() {
+        if entry.file_type().expect("type").is_dir() {
+            files.extend(file_contents(&entry.path()));
+        } else {
+            files.push((entry.path(), std::fs::read(entry.path()).expect("read")));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// A data directory kvd may not write (here `controller/`: permissions or a read-only mount)
+/// is refused at start, naming the directory and the way out, with nothing changed. Before,
+/// the node started, its controller's Raft core stopped on "raft-state.json.tmp: Permission
+/// denied", and it served no write for as long as it ran ("no leader is known right now");
+/// a `controller/raft-state.json` it may not read was called damaged, with "move controller/
+/// aside" as the way out — for a member of a larger cluster, a permission problem turned into
+/// a lost member. (Skipped where neither `chmod` nor `chattr` can deny this process writes.)
+#[test]
+fn a_data_directory_kvd_may_not_write_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = stopped_after_writing_k(dir.path());
+    let controller_dir = data_dir.join("controller");
+    let before = file_contents(&data_dir);
+    {
+        let Some(_denied) = deny_writes(&controller_dir) else {
+            eprintln!("skipped: this process cannot be denied writes");
+            return;
+        };
+        let (status, stderr) = start_expecting_exit(&data_dir);
+        assert!(!status.success(), "started: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot write in {}", controller_dir.display()))
+                && stderr.contains("write access")
+                && !stderr.contains("aside")
+                && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(
+        file_contents(&data_dir),
+        before,
+        "files changed while refusing"
+    );
+
+    // Unreadable (only where permission bits stop this process): not called damage.
+    let state = controller_dir.join("raft-state.json");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+        if std::fs::read(&state).is_err() {
+            let (status, stderr) = start_expecting_exit(&data_dir);
+            assert!(!status.success(), "started: {stderr}");
+            assert!(
+                stderr.contains("read and write access") && !stderr.contains("aside"),
+                "{stderr}"
+            );
+        }
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+
+    let kvd = Kvd::start(&data_dir, &[], &[]);
+    let (status, body) = kvd.json("GET", "/key/k", None);
+    assert_eq!((status, body["value"].clone()), (200, json!("v")));
+}
+
+/// A bit flipped in the last entry of a lone leader's controller log (synced, acknowledged,
+/// committed) is refused, naming the segment and the flip, and the segment is left as it was.
+/// Before, kv-wal's default recovery cut the entry as a torn tail — the segment rewritten —
+/// and only then did openraft refuse ("Failed to get log entries"); with the saved commit
+/// mark behind, the node started without the entry.
+#[test]
+fn a_bit_flip_in_the_controller_logs_last_entry_is_refused_with_nothing_changed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = stopped_after_writing_k(dir.path());
+    let segment = files_with_suffix(&data_dir.join("controller").join("log"), ".wal")
+        .pop()
+        .expect("a controller log segment");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let data_end = bytes.iter().rposition(|&byte| byte != 0).expect("data") + 1;
+    // Inside the last entry's JSON, which ends its record.
+    bytes[data_end - 10] ^= 0x04;
+    std::fs::write(&segment, &bytes).expect("write segment");
+
+    let (status, stderr) = start_expecting_exit(&data_dir);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&segment.display().to_string()) && stderr.contains("bit flip"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&segment).expect("read segment"),
+        bytes,
+        "the segment changed while refusing"
+    );
+}

@@ -92,11 +92,14 @@ async fn votes_entries_and_marks_survive_a_power_loss_once_reported_durable() {
 async fn a_conflicting_suffix_is_truncated_crash_safely_and_replaced() {
     let fs = SimFs::new();
     let mut store = open(&fs, 1);
+    // As openraft does, every entry's term is voted for before the entry is written.
+    store.save_vote(&Vote::new(2, 0)).await.unwrap();
     store
         .blocking_append((0..6).map(|index| entry(2, index)))
         .await
         .unwrap();
     // A new leader's log differs from index 3 on.
+    store.save_vote(&Vote::new(4, 0)).await.unwrap();
     store.truncate(log_id(2, 3)).await.unwrap();
     assert_eq!(
         store.get_log_state().await.unwrap().last_log_id,
@@ -120,6 +123,7 @@ async fn a_conflicting_suffix_is_truncated_crash_safely_and_replaced() {
 async fn purging_inside_and_past_the_log_keeps_indexes_straight_across_restarts() {
     let fs = SimFs::new();
     let mut store = open(&fs, 1);
+    store.save_vote(&Vote::new(1, 0)).await.unwrap();
     store
         .blocking_append((0..10).map(|index| entry(1, index)))
         .await
@@ -134,7 +138,9 @@ async fn purging_inside_and_past_the_log_keeps_indexes_straight_across_restarts(
         indexes(&mut store).await,
         (5..10).map(|index| (1, index)).collect::<Vec<_>>()
     );
-    // A snapshot installed from the leader purges past the end: the log continues at 101.
+    // A snapshot installed from the leader of term 3 purges past the end: the log continues
+    // at 101.
+    store.save_vote(&Vote::new(3, 0)).await.unwrap();
     store.purge(log_id(3, 100)).await.unwrap();
     assert_eq!(
         store.get_log_state().await.unwrap().last_log_id,
@@ -197,4 +203,168 @@ async fn a_log_without_its_raft_state_is_refused() {
     let fresh = SimFs::new();
     let store = open(&fresh, 1);
     assert!(!store.has_state());
+}
+
+/// A `raft-state.json` that its log proves impossible — a hand edit, or a file copied from
+/// another directory — is refused at open, naming the file, and nothing on disk changes: no
+/// vote beside entries (the node would vote again in a term it voted in), a vote below the
+/// entries' term, a committed log id that is not the entry at its index, a shift that maps
+/// the last record to another index, a vote term no election can follow (`u64::MAX`: openraft
+/// adds one for its next election). Before, the node with no vote started and voted afresh,
+/// those whose vote or commit mark disagreed with the log started with a Raft core that never
+/// committed again (kvd waited for its role for ever and did not stop on SIGTERM), the vote of
+/// term `u64::MAX` started (its next election overflows), and a shift of `u64::MAX` overflowed
+/// (a panic in a debug build).
+#[tokio::test]
+async fn a_raft_state_its_log_proves_impossible_is_refused() {
+    let pristine = SimFs::new();
+    let mut store = open(&pristine, 1);
+    store.save_vote(&Vote::new(3, 1)).await.unwrap();
+    store
+        .blocking_append((0..4).map(|index| entry(3, index)))
+        .await
+        .unwrap();
+    store.save_committed(Some(log_id(3, 2))).await.unwrap();
+    drop(store);
+    let state_path = Path::new("/data/controller/raft-state.json");
+    let state: serde_json::Value =
+        serde_json::from_slice(&pristine.read_file(state_path).unwrap()).unwrap();
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 7] = [
+        ("vote term that cannot grow", |state| {
+            state["vote"]["leader_id"]["term"] = u64::MAX.into()
+        }),
+        ("no vote", |state| state["vote"] = serde_json::Value::Null),
+        ("vote below the log's term", |state| {
+            state["vote"]["leader_id"]["term"] = 2.into()
+        }),
+        ("committed id of another term", |state| {
+            state["committed"]["leader_id"]["term"] = 2.into()
+        }),
+        ("committed term above the vote", |state| {
+            state["committed"]["leader_id"]["term"] = 7.into()
+        }),
+        ("shift off by one", |state| state["shift"] = 1.into()),
+        ("shift that overflows", |state| {
+            state["shift"] = u64::MAX.into()
+        }),
+    ];
+    for (case, edit) in edits {
+        let fs = pristine.fork();
+        let mut edited = state.clone();
+        edit(&mut edited);
+        let bytes = serde_json::to_vec_pretty(&edited).unwrap();
+        fs.write_file_durably(state_path, &bytes).unwrap();
+        let opened = LogStore::open(
+            Arc::new(fs.clone()) as Arc<dyn FileSystem>,
+            Path::new("/data/controller"),
+            1,
+        );
+        assert!(
+            matches!(&opened, Err(kv_controller::Error::Corrupt { path, .. }) if path == state_path),
+            "{case}: {opened:?}"
+        );
+        assert_eq!(
+            fs.read_file(state_path).unwrap(),
+            bytes,
+            "{case}: rewritten"
+        );
+    }
+    // The file as written opens, with every entry.
+    let mut store = open(&pristine, 1);
+    assert_eq!(
+        indexes(&mut store).await,
+        (0..4).map(|index| (3, index)).collect::<Vec<_>>()
+    );
+}
+
+/// A bit flipped in the log's last entry — an entry this node acknowledged to its leader once
+/// it was synced — is refused at open, naming the segment, and the segment is left as it is.
+/// Before, kv-wal's default recovery took it for a torn write and cut it: the node came back
+/// without an entry it had acknowledged (a committed entry a majority no longer held), or, on
+/// a one-node `kvd leader` whose commit mark was behind, without its cluster's `Bootstrap`
+/// ("has not learned the cluster's metadata yet", for ever). An unfinished write at the end
+/// (the file cut inside the last entry) is still cut.
+#[tokio::test]
+async fn a_bit_flip_in_the_last_entry_is_refused_not_cut() {
+    let pristine = SimFs::new();
+    let mut store = open(&pristine, 1);
+    store.save_vote(&Vote::new(3, 1)).await.unwrap();
+    store
+        .blocking_append((0..3).map(|index| entry(3, index)))
+        .await
+        .unwrap();
+    drop(store);
+    let log_dir = Path::new("/data/controller/log");
+    let segment = pristine
+        .list_dir(log_dir)
+        .unwrap()
+        .into_iter()
+        .find(|name| name.ends_with(".wal"))
+        .map(|name| log_dir.join(name))
+        .expect("a segment");
+    let bytes = pristine.read_file(&segment).unwrap();
+    let last_url = bytes
+        .windows(9)
+        .position(|window| window == b"http://n2")
+        .expect("the last entry's URL");
+
+    let flipped = pristine.fork();
+    let mut damaged = bytes.clone();
+    damaged[last_url + 7] ^= 0x01;
+    flipped.write_file_durably(&segment, &damaged).unwrap();
+    let opened = LogStore::open(
+        Arc::new(flipped.clone()) as Arc<dyn FileSystem>,
+        Path::new("/data/controller"),
+        1,
+    );
+    assert!(
+        matches!(&opened, Err(kv_controller::Error::Log(kv_wal::Error::Corrupt { segment: path, .. })) if *path == segment),
+        "{:?}",
+        opened.map(|store| store.last_log_id())
+    );
+    assert_eq!(flipped.read_file(&segment).unwrap(), damaged, "rewritten");
+
+    let torn = pristine.fork();
+    let data_end = bytes.iter().rposition(|&byte| byte != 0).unwrap() + 1;
+    torn.write_file_durably(&segment, &bytes[..data_end - 5])
+        .unwrap();
+    let mut store = open(&torn, 1);
+    assert_eq!(indexes(&mut store).await, vec![(3, 0), (3, 1)]);
+}
+
+/// A controller `log/` emptied of its segments (deleted by mistake) beside a `raft-state.json`
+/// that holds a vote and a commit mark is refused at open, naming the directory, and nothing
+/// is created there. Before, the WAL created a new empty log in its place and open succeeded:
+/// openraft refused later with "Failed to get log entries" (the directory already changed),
+/// or with nothing committed yet the node came back without the entries it acknowledged.
+#[tokio::test]
+async fn a_raft_state_without_its_log_is_refused_and_nothing_is_created() {
+    let fs = SimFs::new();
+    let mut store = open(&fs, 1);
+    store.save_vote(&Vote::new(3, 1)).await.unwrap();
+    store
+        .blocking_append((0..3).map(|index| entry(3, index)))
+        .await
+        .unwrap();
+    store.save_committed(Some(log_id(3, 2))).await.unwrap();
+    drop(store);
+    let log_dir = Path::new("/data/controller/log");
+    for name in fs.list_dir(log_dir).unwrap() {
+        fs.remove_file(&log_dir.join(name)).unwrap();
+    }
+    let opened = LogStore::open(
+        Arc::new(fs.clone()) as Arc<dyn FileSystem>,
+        Path::new("/data/controller"),
+        1,
+    );
+    assert!(
+        matches!(&opened, Err(kv_controller::Error::Corrupt { path, .. }) if path == log_dir),
+        "{:?}",
+        opened.map(|store| store.last_log_id())
+    );
+    assert!(
+        fs.list_dir(log_dir).unwrap().is_empty(),
+        "created a new log"
+    );
 }

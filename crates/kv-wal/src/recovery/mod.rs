@@ -100,6 +100,8 @@ struct Recovery<'a> {
     fs: &'a dyn FileSystem,
     log_id: u64,
     mode: RecoveryMode,
+    /// [`crate::WalOptions::refuse_whole_damaged_tail`].
+    refuse_whole_damaged_tail: bool,
     found: &'a [FoundSegment],
     report: &'a mut RecoveryReport,
     kept: Vec<RecoveredSegment>,
@@ -115,18 +117,26 @@ pub(crate) fn corrupt(segment: &Path, offset: u64, reason: impl Into<String>) ->
     }
 }
 
-/// Checks `found` (sorted by sequence) under `mode`, repairing per the mode.
+/// The options that decide what recovery does about damage.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rules {
+    pub mode: RecoveryMode,
+    pub refuse_whole_damaged_tail: bool,
+}
+
+/// Checks `found` (sorted by sequence) under `rules`, repairing per the mode.
 pub(crate) fn recover(
     fs: &dyn FileSystem,
     log_id: u64,
     found: &[FoundSegment],
-    mode: RecoveryMode,
+    rules: Rules,
     report: &mut RecoveryReport,
 ) -> Result<Recovered> {
     let mut recovery = Recovery {
         fs,
         log_id,
-        mode,
+        mode: rules.mode,
+        refuse_whole_damaged_tail: rules.refuse_whole_damaged_tail,
         found,
         report,
         kept: Vec::new(),

@@ -122,7 +122,7 @@ impl Recovery<'_> {
         for damage in &result.damages {
             // Records inside a damaged record's bad extent were durable: their ids never return.
             self.see_id(damage.inside_extent_last_id.unwrap_or(0));
-            let kind = classify(damage, position, result.synced_through);
+            let kind = self.classify(damage, position, result.synced_through);
             match decide(self.mode, kind, position) {
                 Action::CutTail => {
                     cut_at = Some(damage);
@@ -286,24 +286,31 @@ impl Recovery<'_> {
     }
 }
 
-/// What a damage found by the scan is. Damage with nothing valid after it is a torn tail.
-/// Damage in the last segment at or after the offset its durability marks prove synced, whose
-/// damaged stretch holds a zero-filled sector, is one too, even with valid frames after it: the
-/// page cache may write back a later page and not an earlier one, so a power cut can leave any
-/// subset of unsynced pages (the lost ones read as zeros) — and nothing there was acknowledged
-/// under `Always` or `Batch` (`docs/wal-format.md`, "Durability marks").
-fn classify(damage: &FrameDamage, position: Position, synced_through: u64) -> Damage {
-    match damage.resume {
-        None if damage.inside_extent_last_id.is_some() => Damage::BadFrame,
-        None => Damage::TornTail,
-        Some(_)
-            if position == Position::Last
-                && damage.offset >= synced_through
-                && damage.zero_sector =>
-        {
-            Damage::TornTail
+impl Recovery<'_> {
+    /// What a damage found by the scan is. Damage with nothing valid after it is a torn tail.
+    /// Damage in the last segment at or after the offset its durability marks prove synced, whose
+    /// damaged stretch holds a zero-filled sector, is one too, even with valid frames after it: the
+    /// page cache may write back a later page and not an earlier one, so a power cut can leave any
+    /// subset of unsynced pages (the lost ones read as zeros) — and nothing there was acknowledged
+    /// under `Always` or `Batch` (`docs/wal-format.md`, "Durability marks"). With
+    /// `refuse_whole_damaged_tail`, a whole frame whose CRC fails with no zeroed sector in it is
+    /// not one either: a bit flip ([`crate::WalOptions::refuse_whole_damaged_tail`]).
+    fn classify(&self, damage: &FrameDamage, position: Position, synced_through: u64) -> Damage {
+        match damage.resume {
+            None if damage.inside_extent_last_id.is_some() => Damage::BadFrame,
+            None if self.refuse_whole_damaged_tail && damage.whole_frame_flipped => {
+                Damage::BadFrame
+            }
+            None => Damage::TornTail,
+            Some(_)
+                if position == Position::Last
+                    && damage.offset >= synced_through
+                    && damage.zero_sector =>
+            {
+                Damage::TornTail
+            }
+            Some(_) => Damage::BadFrame,
         }
-        Some(_) => Damage::BadFrame,
     }
 }
 
@@ -314,6 +321,10 @@ fn refusal(mode: RecoveryMode, kind: Damage, position: Position, damage: &FrameD
     }
     let why = match (kind, position) {
         (_, Position::Earlier) => "it is not in the last segment, so it is not a torn tail",
+        _ if damage.resume.is_none() && damage.whole_frame_flipped => {
+            "the whole record is there and no sector of it is zero: a bit flip in synced data, \
+             not a write the disk did not finish, so it is not cut as a torn tail"
+        }
         _ => "valid records follow it, so it is not a torn tail",
     };
     format!("{} ({why})", damage.reason)

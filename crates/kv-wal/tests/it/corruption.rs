@@ -777,3 +777,79 @@ fn a_flipped_length_in_synced_data_is_refused_not_cut() {
         }
     }
 }
+
+/// `WalOptions::refuse_whole_damaged_tail`: a bit flipped in the last record — the whole
+/// frame there, its CRC failing, no zeroed sector in it — is refused, naming the segment,
+/// with nothing changed on disk; by default it is cut as a torn tail (the record dropped, as
+/// the table says). What an unfinished write leaves is still cut with the option on: the
+/// record's last sector-aligned stretch zeroed (a sector the disk never got), or the record
+/// cut short at the end of the data.
+#[test]
+fn a_whole_last_record_that_does_not_check_is_refused_when_asked() {
+    let strict_tail = |fs: &SimFs| {
+        Wal::open(
+            crate::support::sim_dir(),
+            kv_wal::WalOptions {
+                refuse_whole_damaged_tail: true,
+                ..crate::support::sim_options(fs, 1 << 20)
+            },
+        )
+    };
+    // Records until the last one crosses a sector boundary (so a write of it can be torn).
+    let fs = SimFs::new();
+    let (wal, _) = open_sim(&fs, 1 << 20, RecoveryMode::TolerateTornTail).unwrap();
+    let segment = segment_files(&fs).pop().expect("a segment");
+    let mut count = 0;
+    let (bytes, last, last_end) = loop {
+        count += 1;
+        wal.append(&payload(count, 100)).unwrap();
+        let bytes = fs.read_file(&segment).unwrap();
+        let last = record_offset(&bytes, count as usize - 1);
+        let last_end = last + FRAME_HEADER_BYTES + 100;
+        if count >= 5 && last / 512 != (last_end - 1) / 512 {
+            break (bytes, last, last_end);
+        }
+    };
+    drop(wal);
+
+    let flipped = fs.fork();
+    let mut damaged = bytes.clone();
+    damaged[last + FRAME_HEADER_BYTES + 50] ^= 0x10;
+    flipped.write_file_durably(&segment, &damaged).unwrap();
+    let refused = strict_tail(&flipped.fork());
+    assert!(
+        matches!(&refused, Err(Error::Corrupt { segment: path, offset, reason })
+            if *path == segment && *offset == last as u64 && reason.contains("bit flip")),
+        "{:?}",
+        refused.map(|(_, report)| report.to_string())
+    );
+    let refused_copy = flipped.fork();
+    let _ = strict_tail(&refused_copy);
+    assert_eq!(
+        refused_copy.read_file(&segment).unwrap(),
+        damaged,
+        "changed while refusing"
+    );
+    // The default cuts it: record 20 gone.
+    let (wal, report) = open_sim(&flipped, 1 << 20, RecoveryMode::TolerateTornTail).unwrap();
+    assert!(report.torn_tail.is_some());
+    assert_eq!(wal.last_id(), Some(count - 1));
+
+    // Unfinished writes are still cut with the option: the sector after the boundary the
+    // record crosses never written (zeros), or the file cut inside the record.
+    let mut zeroed = bytes.clone();
+    zeroed[(last_end - 1) / 512 * 512..last_end].fill(0);
+    for (case, damaged) in [
+        ("zeroed last sector", zeroed),
+        ("file cut inside it", bytes[..last_end - 30].to_vec()),
+    ] {
+        let torn = fs.fork();
+        torn.write_file_durably(&segment, &damaged).unwrap();
+        let (wal, report) = strict_tail(&torn).unwrap_or_else(|error| panic!("{case}: {error}"));
+        assert!(report.torn_tail.is_some(), "{case}: {report}");
+        assert_eq!(wal.last_id(), Some(count - 1), "{case}");
+        for (id, record) in collect(&wal, 1) {
+            assert_eq!(record, payload(id, 100), "{case}");
+        }
+    }
+}

@@ -18,6 +18,7 @@ pub fn sim_options(fs: &SimFs, segment_bytes_max: u64) -> WalOptions {
         segment_bytes_max,
         sync_policy: SyncPolicy::Batch,
         recovery_mode: RecoveryMode::TolerateTornTail,
+        refuse_whole_damaged_tail: false,
         first_id: 1,
         compress_records_above: None,
         compress_sealed_segments: None,
