@@ -33,6 +33,20 @@ fn open(fs: &SimFs, node: u64) -> LogStore {
     .unwrap()
 }
 
+/// Node 1's log on `fs` with its vote in term 3 and `entries` entries of term 3 (indexes 0..),
+/// `committed` through index `c` if given, closed.
+async fn voted_log(fs: &SimFs, entries: u64, committed: Option<u64>) {
+    let mut store = open(fs, 1);
+    store.save_vote(&Vote::new(3, 1)).await.unwrap();
+    store
+        .blocking_append((0..entries).map(|index| entry(3, index)))
+        .await
+        .unwrap();
+    if let Some(index) = committed {
+        store.save_committed(Some(log_id(3, index))).await.unwrap();
+    }
+}
+
 async fn indexes(store: &mut LogStore) -> Vec<(u64, u64)> {
     store
         .try_get_log_entries(0..u64::MAX)
@@ -176,13 +190,7 @@ async fn purging_inside_and_past_the_log_keeps_indexes_straight_across_restarts(
 #[tokio::test]
 async fn a_log_without_its_raft_state_is_refused() {
     let fs = SimFs::new();
-    let mut store = open(&fs, 1);
-    store.save_vote(&Vote::new(3, 1)).await.unwrap();
-    store
-        .blocking_append((0..3).map(|index| entry(3, index)))
-        .await
-        .unwrap();
-    drop(store);
+    voted_log(&fs, 3, None).await;
     let state_path = Path::new("/data/controller/raft-state.json");
     fs.remove_file(state_path).unwrap();
     let reopened = LogStore::open(
@@ -218,14 +226,7 @@ async fn a_log_without_its_raft_state_is_refused() {
 #[tokio::test]
 async fn a_raft_state_its_log_proves_impossible_is_refused() {
     let pristine = SimFs::new();
-    let mut store = open(&pristine, 1);
-    store.save_vote(&Vote::new(3, 1)).await.unwrap();
-    store
-        .blocking_append((0..4).map(|index| entry(3, index)))
-        .await
-        .unwrap();
-    store.save_committed(Some(log_id(3, 2))).await.unwrap();
-    drop(store);
+    voted_log(&pristine, 4, Some(2)).await;
     let state_path = Path::new("/data/controller/raft-state.json");
     let state: serde_json::Value =
         serde_json::from_slice(&pristine.read_file(state_path).unwrap()).unwrap();
@@ -288,13 +289,7 @@ async fn a_raft_state_its_log_proves_impossible_is_refused() {
 #[tokio::test]
 async fn a_bit_flip_in_the_last_entry_is_refused_not_cut() {
     let pristine = SimFs::new();
-    let mut store = open(&pristine, 1);
-    store.save_vote(&Vote::new(3, 1)).await.unwrap();
-    store
-        .blocking_append((0..3).map(|index| entry(3, index)))
-        .await
-        .unwrap();
-    drop(store);
+    voted_log(&pristine, 3, None).await;
     let log_dir = Path::new("/data/controller/log");
     let segment = pristine
         .list_dir(log_dir)
@@ -341,14 +336,7 @@ async fn a_bit_flip_in_the_last_entry_is_refused_not_cut() {
 #[tokio::test]
 async fn a_raft_state_without_its_log_is_refused_and_nothing_is_created() {
     let fs = SimFs::new();
-    let mut store = open(&fs, 1);
-    store.save_vote(&Vote::new(3, 1)).await.unwrap();
-    store
-        .blocking_append((0..3).map(|index| entry(3, index)))
-        .await
-        .unwrap();
-    store.save_committed(Some(log_id(3, 2))).await.unwrap();
-    drop(store);
+    voted_log(&fs, 3, Some(2)).await;
     let log_dir = Path::new("/data/controller/log");
     for name in fs.list_dir(log_dir).unwrap() {
         fs.remove_file(&log_dir.join(name)).unwrap();
