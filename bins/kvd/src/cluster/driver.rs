@@ -34,6 +34,8 @@ use tokio::sync::watch;
 
 /// Most heartbeats in flight at once.
 const HEARTBEATS_IN_FLIGHT_MAX: usize = 4;
+/// How often a node that records an epoch above the cluster's says so again.
+const AHEAD_OF_THE_CLUSTER_REPEAT: Duration = Duration::from_secs(10);
 /// How often a view the node could not take for want of disk space is tried again.
 const VIEW_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -51,6 +53,8 @@ pub struct Driver {
     transfer: Mutex<Option<(NodeId, u64)>>,
     /// The epoch in which this node last asked to be elected again.
     reelection: Mutex<Option<u64>>,
+    /// When this node last said it records an epoch above the cluster's.
+    said_ahead: Mutex<Option<Instant>>,
     /// When the current view was last tried, while it could not be taken for want of disk
     /// space.
     view_without_room: Mutex<Option<Instant>>,
@@ -92,6 +96,7 @@ impl Driver {
             reelection: Mutex::new(None),
             hand_over: Mutex::new(None),
             view_without_room: Mutex::new(None),
+            said_ahead: Mutex::new(None),
             wanted_write_quorum: Mutex::new(None),
             heard_controller: AtomicBool::new(false),
             ready: watch::Sender::new(false),
@@ -304,6 +309,7 @@ impl Driver {
         };
         self.offer(&reply.meta);
         self.heard_controller.store(true, Ordering::Release);
+        self.say_if_ahead_of_the_cluster(&reply.meta);
         if leads {
             let granted = reply.lease_ms.map(Duration::from_millis);
             let (epoch, valid_until) = {
@@ -317,6 +323,31 @@ impl Driver {
             }
         }
         self.update_ready();
+    }
+
+    /// A node that follows no one while it records an epoch above the active controller's
+    /// (an answer to its heartbeat, read linearizably) can never take a role: epochs come only
+    /// from the controller, so its `node.meta` is damaged, edited or from another run of the
+    /// cluster. Said as an error every [`AHEAD_OF_THE_CLUSTER_REPEAT`] (and on `/health`)
+    /// rather than leaving the node silently roleless.
+    fn say_if_ahead_of_the_cluster(&self, meta: &ClusterMeta) {
+        let recorded = self.node.leader_epoch();
+        if self.node.role() != Role::NoLeader || recorded <= meta.leader_epoch {
+            return;
+        }
+        let mut said = lock(&self.said_ahead);
+        if said.is_some_and(|at| at.elapsed() < AHEAD_OF_THE_CLUSTER_REPEAT) {
+            return;
+        }
+        *said = Some(Instant::now());
+        tracing::error!(
+            recorded,
+            cluster_epoch = meta.leader_epoch,
+            "this node records an epoch above the cluster's, which only the controller gives: \
+             its node.meta is damaged, edited or from another run of the cluster, and it takes \
+             no role. Stop it, remove it from the cluster (DELETE /admin/members/N on a running \
+             node), move its controller/ and node.meta aside and start it again"
+        );
     }
 
     /// On the leader: proposes the ISR the data plane wants, one change at a time.

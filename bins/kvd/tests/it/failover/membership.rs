@@ -3,12 +3,13 @@
 //! `DELETE /admin/members/{id}` removes it; `POST /admin/transfer-leader` moves the leadership
 //! under load with no acknowledged write lost.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value as Json};
 
 use super::cluster::{expect_status, Cluster};
 use super::load::{assert_holds_all, Writers};
+use crate::harness::DEADLINE;
 
 fn ids(status: &serde_json::Value, field: &str) -> Vec<u64> {
     match field {
@@ -283,4 +284,49 @@ fn lost_state_refused_until_removed(lose: impl Fn(&std::path::Path)) {
         "{}",
         panicked.map(|i| cluster.log(i)).unwrap_or_default()
     );
+}
+
+/// A follower whose `node.meta` records an epoch above the cluster's (edited, damaged, or from
+/// another run of the cluster) can take no role — epochs come only from the controller — and
+/// says so on `/health` and in its log, naming node.meta and the way out, instead of sitting
+/// roleless without a word (helper-24's finding: `role: none`, out of the ISR, 404s, no
+/// warning).
+#[test]
+fn a_follower_whose_node_meta_records_an_epoch_from_nowhere_says_so() {
+    let mut cluster = Cluster::start(3, &[]);
+    let (leader, epoch) = cluster.wait_for_leader(None);
+    let follower = (leader + 1) % 3;
+    assert!(cluster.terminate(follower).success());
+    let meta_path = cluster.nodes[follower].data_dir.join("node.meta");
+    let mut meta: Json =
+        serde_json::from_slice(&std::fs::read(&meta_path).expect("node.meta")).expect("JSON");
+    meta["epoch"] = json!(epoch + 8);
+    std::fs::write(&meta_path, meta.to_string()).expect("edit node.meta");
+    cluster.start_node(follower);
+    let started = Instant::now();
+    loop {
+        let health = cluster
+            .request(follower, "GET", "/health", None)
+            .expect("answers");
+        let detail = health.json()["detail"].as_str().unwrap_or("").to_owned();
+        if detail.contains("node.meta") {
+            assert_eq!(health.status, 503);
+            assert!(detail.contains(&format!("epoch {}", epoch + 8)), "{detail}");
+            println!("{detail}");
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "/health never named node.meta: {detail}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let said = Instant::now();
+    while !cluster
+        .log(follower)
+        .contains("records an epoch above the cluster's")
+    {
+        assert!(said.elapsed() < DEADLINE, "{}", cluster.log(follower));
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
