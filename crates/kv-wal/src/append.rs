@@ -6,10 +6,10 @@
 //! commit at a time writes and fsyncs it (`commit_once`): an append that found the log idle
 //! writes its frames at once and its ticket fsyncs on the thread that waits on it (the write
 //! group's leader, `lead_commit`); everything else goes to the committer thread (`committer.rs`), which gives each queued `Always` append an fsync
-//! of its own. Segments roll under the same mutex: the old segment's frames are fsynced, the new
-//! segment is created (a full disk fails the roll here, with nothing changed), then the old one
-//! is sealed and fsynced and the new one installed, so only the active segment ever holds
-//! unsynced bytes.
+//! of its own. Segments roll under the same mutex: the new segment's file is made under a
+//! temporary name (a full disk fails the roll here, with nothing changed), the old segment is
+//! sealed and fsynced, and only then does the new one take its name and become active, so only
+//! the last segment ever holds unsynced bytes.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -137,31 +137,24 @@ impl Shared {
         self.flush_pending(writer)?;
         let old = writer.active.clone();
         if old.is_empty() {
-            // Its replacement takes its sequence, so it goes first (two files of one sequence
-            // are damage at open); without room for the replacement the log has no active
-            // segment left, and is poisoned.
+            // Its replacement takes its sequence: made first under its temporary name (no
+            // room: the empty one stays active), named once the empty one is gone.
+            let sequence = old.sequence;
+            let (path, header, file) = self.new_segment_file(sequence, first_id)?;
             let removed = self.fs.remove_file(&old.path).at(&old.path);
             self.guarded(removed)?;
-            let sequence = old.sequence;
-            let (path, header, file) =
-                self.new_segment_file(sequence, first_id)
-                    .map_err(|error| match error {
-                        Error::OutOfSpace(reason) => self.poison(reason),
-                        other => other,
-                    })?;
-            let segment = self.install_segment(writer, sequence, first_id, path, header, file);
+            let segment = self.install_segment(writer, sequence, first_id, path, header, file)?;
             let mut segments = self.segments_write();
             segments.pop();
             segments.push(segment);
             return Ok(());
         }
         let last_id = old.last_id();
-        // The new segment comes first, so a disk without room for it fails the roll before
-        // the old one is sealed (`Error::OutOfSpace`: the log stays as it was and takes
-        // writes again once there is room). The old segment's frames are durable before a
-        // newer segment exists: a crash between the two leaves it whole and clean, and
-        // recovery keeps it as an earlier segment without its seal.
-        self.sync_sealing(writer, last_id)?;
+        // The new segment's file comes first, under a temporary name, so a disk without room
+        // for it fails the roll before the old one is sealed (`Error::OutOfSpace`: the log
+        // stays as it was and takes writes again once there is room). It takes its name only
+        // once the old one's seal is durable: until then a crash leaves the old one last, and
+        // whatever of its seal did not reach the disk is a torn tail (open removes `.tmp`).
         let sequence = writer.next_sequence;
         let (path, header, file) = self.new_segment_file(sequence, first_id)?;
         if old.allocated_bytes() > writer.write_offset {
@@ -189,7 +182,7 @@ impl Shared {
         old.allocated_bytes
             .store(writer.write_offset + SEAL_BYTES as u64, Ordering::Release);
         old.sealed.store(true, Ordering::Release);
-        let segment = self.install_segment(writer, sequence, first_id, path, header, file);
+        let segment = self.install_segment(writer, sequence, first_id, path, header, file)?;
         self.segments_write().push(segment);
         Ok(())
     }
@@ -215,13 +208,14 @@ impl Shared {
         first_id: u64,
     ) -> Result<Arc<Segment>> {
         let (path, header, file) = self.new_segment_file(sequence, first_id)?;
-        Ok(self.install_segment(writer, sequence, first_id, path, header, file))
+        self.install_segment(writer, sequence, first_id, path, header, file)
     }
 
-    /// Creates and fsyncs a new segment file (and fsyncs the directory), not yet installed.
-    /// A file system out of space (`ENOSPC`, `EDQUOT`) fails it with [`Error::OutOfSpace`]
-    /// after removing what it created, and leaves the log writable: nothing was written to
-    /// the log. Any other failure poisons the log.
+    /// Creates and fsyncs a new segment file under a temporary name (`<name>.tmp`, which open
+    /// removes), not yet installed ([`Shared::install_segment`] names it). A file system out
+    /// of space (`ENOSPC`, `EDQUOT`) fails it with [`Error::OutOfSpace`] after removing what
+    /// it created, and leaves the log writable: nothing was written to the log. Any other
+    /// failure poisons the log. Returns the segment's final path.
     fn new_segment_file(
         &self,
         sequence: u64,
@@ -231,16 +225,16 @@ impl Shared {
         let allocated_bytes = self.preallocated_segment_bytes;
         let header =
             SegmentHeader::new_active(self.log_id, sequence, first_id, allocated_bytes > 0);
-        match create_segment_file(&*self.fs, &self.dir, &path, &header, allocated_bytes) {
+        let temp_path = temp_segment_path(&path);
+        match create_segment_file(&*self.fs, &self.dir, &temp_path, &header, allocated_bytes) {
             Ok(file) => {
                 *lock(&self.out_of_space) = None;
                 Ok((path, header, file))
             }
-            Err(Error::Io { path, source }) if is_out_of_space(&source) => {
+            Err(Error::Io { source, .. }) if is_out_of_space(&source) => {
                 // What the failed creation left (a header, part of the allocation) goes, so
-                // the space is there for the next try; a file left by a failed removal is an
-                // empty segment, which open replaces.
-                let _ = self.fs.remove_file(&path);
+                // the space is there for the next try (open removes it otherwise).
+                let _ = self.fs.remove_file(&temp_path);
                 let reason = format!(
                     "no room for a new log segment ({}: {source}); the write was not \
                      appended, and writes are taken again once there is room",
@@ -253,7 +247,8 @@ impl Shared {
         }
     }
 
-    /// Makes a new segment file the active segment; returns it for the segment list.
+    /// Gives a new segment file ([`Shared::new_segment_file`]) its name, durably, and makes
+    /// it the active segment; returns it for the segment list. A failure poisons the log.
     fn install_segment(
         &self,
         writer: &mut Writer,
@@ -262,7 +257,13 @@ impl Shared {
         path: PathBuf,
         header: SegmentHeader,
         file: Arc<dyn WalFile>,
-    ) -> Arc<Segment> {
+    ) -> Result<Arc<Segment>> {
+        let renamed = self
+            .fs
+            .rename(&temp_segment_path(&path), &path)
+            .at(&path)
+            .and_then(|()| self.fs.sync_dir(&self.dir).at(&self.dir));
+        self.guarded(renamed)?;
         let allocated_bytes = self.preallocated_segment_bytes;
         let segment = Arc::new(Segment::empty(
             sequence,
@@ -277,7 +278,7 @@ impl Shared {
         writer.last_mark_claim = 0;
         writer.next_sequence = sequence + 1;
         writer.next_id = first_id;
-        segment
+        Ok(segment)
     }
 
     /// Queues encoded frames (`encode_into` appends frame `index` with id `id`, sealed with the
@@ -538,6 +539,13 @@ impl WriteGroup for Shared {
         writer.commit_wanted = true;
         self.commit_needed.notify_one();
     }
+}
+
+/// Where a new segment file is made before it takes `path` (`.tmp`: open removes it).
+fn temp_segment_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
 }
 
 /// Whether an I/O error says the file system has no room (or the user no quota) left.
