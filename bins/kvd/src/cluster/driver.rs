@@ -34,6 +34,8 @@ use tokio::sync::watch;
 
 /// Most heartbeats in flight at once.
 const HEARTBEATS_IN_FLIGHT_MAX: usize = 4;
+/// How long a roleless node records an epoch above the cluster's before it says so.
+const AHEAD_OF_THE_CLUSTER_FOR: Duration = Duration::from_secs(2);
 /// How often a node that records an epoch above the cluster's says so again.
 const AHEAD_OF_THE_CLUSTER_REPEAT: Duration = Duration::from_secs(10);
 /// How often a view the node could not take for want of disk space is tried again.
@@ -53,8 +55,9 @@ pub struct Driver {
     transfer: Mutex<Option<(NodeId, u64)>>,
     /// The epoch in which this node last asked to be elected again.
     reelection: Mutex<Option<u64>>,
-    /// When this node last said it records an epoch above the cluster's.
-    said_ahead: Mutex<Option<Instant>>,
+    /// Since when this roleless node records an epoch above the active controller's, and when
+    /// it last said so.
+    ahead_of_the_cluster: Mutex<(Option<Instant>, Option<Instant>)>,
     /// When the current view was last tried, while it could not be taken for want of disk
     /// space.
     view_without_room: Mutex<Option<Instant>>,
@@ -96,7 +99,7 @@ impl Driver {
             reelection: Mutex::new(None),
             hand_over: Mutex::new(None),
             view_without_room: Mutex::new(None),
-            said_ahead: Mutex::new(None),
+            ahead_of_the_cluster: Mutex::new((None, None)),
             wanted_write_quorum: Mutex::new(None),
             heard_controller: AtomicBool::new(false),
             ready: watch::Sender::new(false),
@@ -328,18 +331,27 @@ impl Driver {
     /// A node that follows no one while it records an epoch above the active controller's
     /// (an answer to its heartbeat, read linearizably) can never take a role: epochs come only
     /// from the controller, so its `node.meta` is damaged, edited or from another run of the
-    /// cluster. Said as an error every [`AHEAD_OF_THE_CLUSTER_REPEAT`] (and on `/health`)
-    /// rather than leaving the node silently roleless.
+    /// cluster. Said as an error once it lasted [`AHEAD_OF_THE_CLUSTER_FOR`], then every
+    /// [`AHEAD_OF_THE_CLUSTER_REPEAT`] (and on `/health`), rather than leaving the node
+    /// silently roleless.
     fn say_if_ahead_of_the_cluster(&self, meta: &ClusterMeta) {
         let recorded = self.node.leader_epoch();
+        let mut ahead = lock(&self.ahead_of_the_cluster);
         if self.node.role() != Role::NoLeader || recorded <= meta.leader_epoch {
+            ahead.0 = None;
             return;
         }
-        let mut said = lock(&self.said_ahead);
-        if said.is_some_and(|at| at.elapsed() < AHEAD_OF_THE_CLUSTER_REPEAT) {
+        // Only when it lasts: an answer sent before this node heard of a newer epoch (from
+        // its leader or its own controller) may arrive just after.
+        let since = *ahead.0.get_or_insert_with(Instant::now);
+        if since.elapsed() < AHEAD_OF_THE_CLUSTER_FOR
+            || ahead
+                .1
+                .is_some_and(|said| said.elapsed() < AHEAD_OF_THE_CLUSTER_REPEAT)
+        {
             return;
         }
-        *said = Some(Instant::now());
+        ahead.1 = Some(Instant::now());
         tracing::error!(
             recorded,
             cluster_epoch = meta.leader_epoch,
