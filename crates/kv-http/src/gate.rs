@@ -82,19 +82,23 @@ pub fn health_problem(state: &AppState) -> Option<String> {
                 _ => None,
             }
         }
-        NodeRole::NoLeader if state.node.leader_epoch() > view.leader_epoch => Some(format!(
-            "this node records epoch {}, above the cluster's epoch {} (node {leader} leads): \
-             epochs come only from the controller, so this node's node.meta is damaged, edited \
-             or from another run of the cluster, and the node takes no role. A follower's way \
-             out: stop it, remove it from the cluster (DELETE /admin/members/{node_id} on a \
-             running node), move its controller/ and node.meta aside and start it again: it \
-             rejoins and copies the data (node 0: docs/controller.md, \"Lost controller state\")",
-            state.node.leader_epoch(),
-            view.leader_epoch
-        )),
-        NodeRole::NoLeader => Some(format!(
-            "this node follows no leader yet (the cluster names node {leader})"
-        )),
+        NodeRole::NoLeader => {
+            let recorded = state.node.leader_epoch();
+            Some(if recorded > view.leader_epoch {
+                format!(
+                    "this node records epoch {recorded}, above the cluster's epoch {} (node \
+                     {leader} leads): epochs come only from the controller, so this node's \
+                     node.meta is damaged, edited or from another run of the cluster, and the \
+                     node takes no role. A follower's way out: stop it, remove it from the \
+                     cluster (DELETE /admin/members/{node_id} on a running node), move its \
+                     controller/ and node.meta aside and start it again: it rejoins and copies \
+                     the data (node 0: docs/controller.md, \"Lost controller state\")",
+                    view.leader_epoch
+                )
+            } else {
+                format!("this node follows no leader yet (the cluster names node {leader})")
+            })
+        }
         NodeRole::Follower { .. } => {
             let limit = state.node.lag_limit();
             match state.node.leader_contact_age() {

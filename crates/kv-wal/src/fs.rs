@@ -212,16 +212,10 @@ impl FaultPlan {
     /// `fallocate` does. A test creates and removes the file to fill and free the disk, from
     /// this process or another.
     pub fn full_while_exists(&self, path: std::path::PathBuf) {
-        *self
-            .full_while
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(path);
+        *crate::mutex::lock(&self.full_while) = Some(path);
     }
     fn on_allocate(&self) -> io::Result<()> {
-        let full = self
-            .full_while
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        let full = crate::mutex::lock(&self.full_while)
             .as_ref()
             .is_some_and(|path| path.exists());
         if full {

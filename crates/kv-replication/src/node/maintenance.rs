@@ -55,8 +55,8 @@ impl Node {
     /// segments (if on; a blocking task, appends and reads go on), and write a snapshot and
     /// compact the log when the policy says so. Failures are logged and retried at the next
     /// check; a failed snapshot after a pause that doubles ([`SNAPSHOT_RETRY_MIN`] to
-    /// [`SNAPSHOT_RETRY_MAX`]). Saving the progress one last time at shutdown is the caller's (after the other
-    /// loops stopped).
+    /// [`SNAPSHOT_RETRY_MAX`]). Saving the progress one last time at shutdown is the caller's
+    /// (after the other loops stopped).
     pub async fn run_maintenance(
         self: Arc<Self>,
         options: MaintenanceOptions,
