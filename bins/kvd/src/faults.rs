@@ -24,7 +24,7 @@ use anyhow::bail;
 #[cfg(feature = "fault-injection")]
 pub use corrupt_fetch::follower_transport;
 #[cfg(feature = "fault-injection")]
-pub use injection::{configure_from_env, peer_dial, wal_file_system};
+pub use injection::{configure_from_env, controller_file_system, peer_dial, wal_file_system};
 
 /// Where this node connects for each peer address: without fault injection, nowhere else.
 #[cfg(not(feature = "fault-injection"))]

@@ -72,6 +72,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether a file write found the disk full (`ENOSPC`, `EDQUOT`): nothing was written,
+    /// and the same write succeeds once there is room (see [`crate::room`]).
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Error::Log(error) => error.is_out_of_space(),
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io {
             path: path.into(),

@@ -36,6 +36,7 @@ pub mod memory;
 pub mod meta;
 pub mod network;
 pub mod raft_types;
+pub mod room;
 pub mod state_machine;
 mod timing;
 

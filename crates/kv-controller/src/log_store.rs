@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::meta::NodeId;
 use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::room::Room;
 
 /// The state file's name.
 pub const RAFT_STATE_FILE: &str = "raft-state.json";
@@ -63,7 +64,11 @@ struct Shared {
     fs: Arc<dyn FileSystem>,
     wal: Wal,
     state: Mutex<RaftState>,
+    /// Held while `raft-state.json` is rewritten: one update at a time, without holding
+    /// `state` (its readers must not wait on the disk, which on a full one takes long).
+    state_write: Mutex<()>,
     last_log_id: Mutex<Option<LogId>>,
+    room: Room,
 }
 
 /// The controller's Raft log storage (and its reader: clones share everything).
@@ -196,7 +201,9 @@ impl LogStore {
                 fs,
                 wal,
                 state: Mutex::new(state),
+                state_write: Mutex::new(()),
                 last_log_id: Mutex::new(None),
+                room: Room::default(),
             }),
         };
         let last = store.read_last_log_id()?;
@@ -397,19 +404,28 @@ impl LogStore {
         Ok(entries)
     }
 
-    /// Applies `change` to the durable state and writes it atomically; the memory copy
-    /// changes only once the file is durable.
+    /// The wait for room of this store's writes (a full disk: [`crate::room`]).
+    pub fn room(&self) -> &Room {
+        &self.shared.room
+    }
+
+    /// Applies `change` to the durable state and writes it atomically, waiting for room on a
+    /// full disk; the memory copy changes only once the file is durable (readers see the
+    /// previous state until then, and do not wait for the write).
     fn update_state(&self, change: impl FnOnce(&mut RaftState)) -> Result<()> {
-        let mut state = lock(&self.shared.state);
-        let mut next = state.clone();
+        let _writing = lock(&self.shared.state_write);
+        let mut next = lock(&self.shared.state).clone();
         change(&mut next);
-        durable::write_file_atomic(
-            &*self.shared.fs,
-            &self.shared.dir,
-            RAFT_STATE_FILE,
-            &encode_state(&next)?,
-        )?;
-        *state = next;
+        let bytes = encode_state(&next)?;
+        self.shared.room.retry(RAFT_STATE_FILE, || {
+            Ok(durable::write_file_atomic(
+                &*self.shared.fs,
+                &self.shared.dir,
+                RAFT_STATE_FILE,
+                &bytes,
+            )?)
+        })?;
+        *lock(&self.shared.state) = next;
         Ok(())
     }
 
@@ -434,8 +450,11 @@ impl LogStore {
             .map(serde_json::to_vec)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| Error::Raft(format!("encoding an entry: {error}")))?;
-        // Batch policy: returns once an fsync covers the records.
-        self.shared.wal.append_batch(&payloads)?;
+        // Batch policy: returns once an fsync covers the records. A full disk appends nothing
+        // (`kv_wal::Error::OutOfSpace`, the log stays writable): wait for room and try again.
+        self.shared.room.retry("the controller's log", || {
+            Ok(self.shared.wal.append_batch(&payloads)?)
+        })?;
         *lock(&self.shared.last_log_id) = Some(last);
         Ok(())
     }

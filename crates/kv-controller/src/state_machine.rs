@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::meta::{ApplyResult, ClusterMeta, NodeId};
 use crate::raft_types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::room::Room;
 
 /// The snapshot file's name.
 pub const SNAPSHOT_FILE: &str = "snapshot.json";
@@ -49,6 +50,7 @@ struct Shared {
     fs: Arc<dyn FileSystem>,
     applied: Mutex<Applied>,
     published: watch::Sender<ClusterMeta>,
+    room: Room,
 }
 
 /// The controller's state machine (clones share it; a clone is also its snapshot builder).
@@ -110,6 +112,7 @@ impl StateMachineStore {
                 fs,
                 applied: Mutex::new(applied),
                 published,
+                room: Room::default(),
             }),
         })
     }
@@ -143,15 +146,23 @@ impl StateMachineStore {
         lock(&self.shared.applied).snapshot.is_some()
     }
 
+    /// The wait for room of this store's writes (a full disk: [`crate::room`]).
+    pub fn room(&self) -> &Room {
+        &self.shared.room
+    }
+
+    /// Writes the snapshot file atomically, waiting for room on a full disk.
     fn write_snapshot(&self, file: &SnapshotFile) -> Result<()> {
         let bytes =
             serde_json::to_vec_pretty(file).map_err(|error| Error::Raft(error.to_string()))?;
-        Ok(durable::write_file_atomic(
-            &*self.shared.fs,
-            &self.shared.dir,
-            SNAPSHOT_FILE,
-            &bytes,
-        )?)
+        self.shared.room.retry("the controller's snapshot", || {
+            Ok(durable::write_file_atomic(
+                &*self.shared.fs,
+                &self.shared.dir,
+                SNAPSHOT_FILE,
+                &bytes,
+            )?)
+        })
     }
 
     async fn write_snapshot_off_thread(&self, file: &SnapshotFile) -> Result<(), StorageError> {

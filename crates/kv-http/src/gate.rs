@@ -46,6 +46,12 @@ pub fn health_problem(state: &AppState) -> Option<String> {
              the controller's log; restart the node"
         ));
     }
+    if let Some(waiting) = cluster.controller().waiting_for_room() {
+        return Some(format!(
+            "this node's controller member is {waiting}: it takes no part in the controller's \
+             Raft until there is room, and goes on by itself then (free space on this disk)"
+        ));
+    }
     let Some(view) = cluster.view() else {
         return Some("this node has not learned the cluster's metadata yet".to_owned());
     };
@@ -203,8 +209,13 @@ fn read_standing(state: &AppState, parts: &Parts) -> Result<ReadStanding> {
     if role != NodeRole::Leader && named_leader {
         // Named leader but not leading yet (a restart: the epoch it led before is led again
         // only as a new one, after its no-op — which a full disk holds up): its map may miss
-        // writes it acknowledged.
-        let detail = match state.store.log_status().out_of_space {
+        // writes it acknowledged. Its controller member may be what waits for room (to save
+        // its vote or commit mark).
+        let out_of_space = state.store.log_status().out_of_space.or_else(|| {
+            let waiting = cluster.controller().waiting_for_room()?;
+            Some(format!("its controller member is {waiting}"))
+        });
+        let detail = match out_of_space {
             Some(reason) => format!(
                 "this node is taking up its leadership, but its disk is full ({reason}): \
                  retry once there is room"

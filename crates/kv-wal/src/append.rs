@@ -17,7 +17,7 @@ use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
 use crate::durability::Fsync;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{is_out_of_space, Error, IoContext, Result};
 use crate::fs::{FileSystem, WalFile};
 use crate::mutex::lock;
 use crate::options::SyncPolicy;
@@ -546,14 +546,6 @@ fn temp_segment_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".tmp");
     PathBuf::from(name)
-}
-
-/// Whether an I/O error says the file system has no room (or the user no quota) left.
-pub(crate) fn is_out_of_space(error: &std::io::Error) -> bool {
-    matches!(
-        error.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-    )
 }
 
 pub(crate) fn create_segment_file(

@@ -89,6 +89,27 @@ impl<T> IoContext<T> for io::Result<T> {
     }
 }
 
+impl Error {
+    /// Whether the file system had no room (or the user no quota) left: [`Error::OutOfSpace`],
+    /// or an I/O error saying so (`ENOSPC`, `EDQUOT`) — what a caller may wait out and retry,
+    /// unlike [`Error::Poisoned`].
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Error::OutOfSpace(_) => true,
+            Error::Io { source, .. } => is_out_of_space(source),
+            _ => false,
+        }
+    }
+}
+
+/// Whether an I/O error says the file system has no room (or the user no quota) left.
+pub(crate) fn is_out_of_space(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// Why bytes or text did not decode: what was malformed and where, in words. The decoders of
 /// the log's formats (segment headers, compressed blocks, codecs), the text forms of the
 /// options and the fail point specs fail with it; kv-store's decoders too.

@@ -208,13 +208,15 @@ impl FaultPlan {
         self.sync_delay_micros.store(micros, Ordering::SeqCst);
     }
     /// Makes the file system full while a file exists at `path`: every `allocate` (a new
-    /// segment's preallocation) fails with `ENOSPC`, allocating nothing, as a full disk's
-    /// `fallocate` does. A test creates and removes the file to fill and free the disk, from
-    /// this process or another.
+    /// segment's preallocation) and every write or length change that would grow a file past
+    /// its size fails with `ENOSPC`, changing nothing, as on a full disk. Writes into space a
+    /// file already has (a preallocated segment's) still succeed. A test creates and removes
+    /// the file to fill and free the disk, from this process or another.
     pub fn full_while_exists(&self, path: std::path::PathBuf) {
         *crate::mutex::lock(&self.full_while) = Some(path);
     }
-    fn on_allocate(&self) -> io::Result<()> {
+    /// Fails a file's growth while the disk is full (see [`FaultPlan::full_while_exists`]).
+    fn on_grow(&self) -> io::Result<()> {
         let full = crate::mutex::lock(&self.full_while)
             .as_ref()
             .is_some_and(|path| path.exists());
@@ -282,6 +284,9 @@ impl WalFile for FaultyFile {
         self.inner.read_at(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if offset + buf.len() as u64 > self.inner.size_bytes()? {
+            self.plan.on_grow()?;
+        }
         self.plan.on_write()?;
         self.inner.write_all_at(buf, offset)
     }
@@ -290,6 +295,9 @@ impl WalFile for FaultyFile {
         self.inner.sync_data()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        if len > self.inner.size_bytes()? {
+            self.plan.on_grow()?;
+        }
         self.plan.on_write()?;
         self.inner.set_len(len)
     }
@@ -299,7 +307,7 @@ impl WalFile for FaultyFile {
     /// Not counted as a write: fault plans count the writes that carry data.
     fn allocate(&self, len: u64) -> io::Result<()> {
         if self.inner.size_bytes()? < len {
-            self.plan.on_allocate()?;
+            self.plan.on_grow()?;
         }
         self.inner.allocate(len)
     }

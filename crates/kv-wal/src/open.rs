@@ -191,7 +191,7 @@ fn choose_active(
                         .allocated_bytes
                         .fetch_max(preallocated_segment_bytes, Ordering::AcqRel);
                 }
-                Err(error) if crate::append::is_out_of_space(&error) => {}
+                Err(error) if crate::error::is_out_of_space(&error) => {}
                 Err(error) => return Err(error).at(&segment.path),
             }
         }

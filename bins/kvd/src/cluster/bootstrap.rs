@@ -81,6 +81,10 @@ pub async fn open_controller(
         ControllerOptions::new(identity.node_id, identity.url.clone(), &config.data_dir);
     options.timing = config.cluster.timing;
     options.election_policy = ElectionPolicy::CleanOnly;
+    #[cfg(feature = "fault-injection")]
+    {
+        options.file_system = crate::faults::controller_file_system();
+    }
     let transport = Arc::new(HttpControllerTransport::new(peers.clone()));
     let controller = Controller::open(options, transport)
         .await

@@ -7,8 +7,10 @@
 //! - `KVD_FAULT_FSYNC_FAIL_AT=N`: the Nth fsync the WAL runs (`fdatasync` of a segment or
 //!   `fsync` of the directory, counted from process start, the ones open runs included) fails.
 //! - `KVD_FAULT_WRITE_FAIL_AT=N`: likewise the Nth write (or length change) of a WAL file.
-//! - `KVD_FAULT_DISK_FULL_FILE=PATH`: while a file exists at PATH, the WAL's disk is full: a
-//!   new segment's allocation fails with `ENOSPC` (`FaultPlan::full_while_exists`).
+//! - `KVD_FAULT_DISK_FULL_FILE=PATH`: while a file exists at PATH, the node's disk is full: a
+//!   new segment's allocation, and any write that would grow a file, fails with `ENOSPC`
+//!   (`FaultPlan::full_while_exists`) — in the WAL and in the controller's files
+//!   ([`controller_file_system`]).
 //! - `KVD_FAULT_CORRUPT_FETCH_EVERY=N`: a follower flips a bit in every Nth batch it fetches
 //!   (`corrupt_fetch.rs`: the follower transport `node.rs` uses is wrapped).
 //! - `KVD_FAULT_FETCH_BLOCK_FILE=PATH`: every fetch fails while a file exists at PATH.
@@ -18,6 +20,8 @@
 //!
 //! [`configure_from_env`] reads and checks them once at startup; [`wal_file_system`] is the file
 //! system the WAL opens with: the real one, wrapped in a [`FaultyFs`] when a fault is asked for.
+//! [`controller_file_system`] is the controller's: faulty only for a full disk (the counted
+//! write and fsync faults are the WAL's alone).
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -70,6 +74,8 @@ pub fn peer_dial() -> anyhow::Result<HashMap<String, String>> {
 
 /// The WAL's file system, chosen once by [`configure_from_env`].
 static WAL_FILE_SYSTEM: OnceLock<Arc<dyn FileSystem>> = OnceLock::new();
+/// The controller's, likewise.
+static CONTROLLER_FILE_SYSTEM: OnceLock<Arc<dyn FileSystem>> = OnceLock::new();
 
 /// Reads the fault env variables, configures the fail points and picks the WAL's file system.
 /// Fails on a malformed value, so a typo never silently runs a test without its fault.
@@ -110,7 +116,25 @@ pub fn configure_from_env() -> anyhow::Result<()> {
         };
     // A second call keeps the first choice: the env does not change while the process runs.
     let _ = WAL_FILE_SYSTEM.set(file_system);
+    let controller_file_system: Arc<dyn FileSystem> = match &disk_full_file {
+        Some(path) => {
+            let plan = FaultPlan::new();
+            plan.full_while_exists(path.into());
+            Arc::new(FaultyFs::new(Arc::new(StdFs), plan))
+        }
+        None => Arc::new(StdFs),
+    };
+    let _ = CONTROLLER_FILE_SYSTEM.set(controller_file_system);
     Ok(())
+}
+
+/// The file system the controller's files are written through: the real one unless a full
+/// disk was asked for.
+pub fn controller_file_system() -> Arc<dyn FileSystem> {
+    CONTROLLER_FILE_SYSTEM
+        .get()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(StdFs))
 }
 
 /// The file system the WAL opens with: the real one unless a fault was asked for.

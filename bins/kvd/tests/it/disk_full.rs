@@ -1,9 +1,10 @@
-//! A full disk under the real binary: `KVD_FAULT_DISK_FULL_FILE` makes the WAL's disk full
-//! while a file exists (a new segment's allocation fails with `ENOSPC`, as `fallocate` on a
-//! full disk does). Writes that fit the active segment's preallocated space go on; the first
-//! that needs a new segment, and every one after it, gets `507` and is not applied; `/health`
-//! says the disk is full; reads go on; and once there is room, writes are taken again without
-//! a restart, nothing acknowledged lost — also by a node restarted while the disk was full.
+//! A full disk under the real binary: `KVD_FAULT_DISK_FULL_FILE` makes the node's disk full
+//! while a file exists (a new segment's allocation, or a write that grows a file, fails with
+//! `ENOSPC`, as on a full disk). Writes that fit the active segment's preallocated space go
+//! on; the first that needs a new segment, and every one after it, gets `507` and is not
+//! applied; `/health` says the disk is full; reads go on; and once there is room, writes are
+//! taken again without a restart, nothing acknowledged lost — also by a node restarted while
+//! the disk was full.
 
 use serde_json::json;
 
@@ -90,9 +91,10 @@ fn a_full_disk_refuses_writes_with_507_and_takes_them_again_once_there_is_room()
     check_reads(&kvd, &acknowledged, "full");
     drop(connection);
 
-    // Restarted on the full disk: it starts, but cannot write its new epoch's first entry
-    // (the no-op that lets a leader vouch for its reads), so it answers 503 saying why; the
-    // view is tried again every second.
+    // Restarted on the full disk: it starts, but cannot save its controller's vote or commit
+    // mark (its member waits for room) or write its new epoch's first entry (the no-op that
+    // lets a leader vouch for its reads), so it answers 503 saying why; both are tried again
+    // every second.
     assert!(kvd.terminate().success(), "{}", kvd.stderr());
     let kvd = Kvd::start(&data_dir, &args, &env);
     let (status, body) = kvd.json("GET", "/key/before-0", None);

@@ -114,6 +114,9 @@ pub struct ControllerStatus {
     pub sessions: Vec<SessionStatus>,
     /// Why this node's Raft core stopped while the process runs ([`Controller::failure`]).
     pub failure: Option<String>,
+    /// What this member's storage waits for room to write on a full disk
+    /// ([`Controller::waiting_for_room`]).
+    pub waiting_for_room: Option<String>,
     /// Whether this member stands for election when its leader goes silent (false once the
     /// cluster's metadata no longer lists the node: [`Controller::set_campaigning`]).
     pub campaigning: bool,
@@ -407,6 +410,7 @@ impl Controller {
             active: logic.is_active(),
             sessions: logic.sessions(Instant::now(), &meta),
             failure: self.failure(),
+            waiting_for_room: self.waiting_for_room(),
             campaigning: self.campaigning(),
         }
     }
@@ -424,6 +428,17 @@ impl Controller {
             .has_changed()
             .is_err()
             .then(|| "its Raft core stopped (a panic inside openraft?)".to_owned())
+    }
+
+    /// What this member's storage waits for room to write, if anything: on a full disk its
+    /// Raft core waits ([`crate::room`]), taking no part in the controller's Raft until there
+    /// is room again. `/health` reports it.
+    pub fn waiting_for_room(&self) -> Option<String> {
+        self.inner
+            .log
+            .room()
+            .waiting()
+            .or_else(|| self.inner.state_machine.room().waiting())
     }
 
     /// Lets this member stand for election when its leader goes silent, or not. A node the
@@ -449,9 +464,12 @@ impl Controller {
         &self.inner.raft
     }
 
-    /// Stops the driver and Raft; the stores close when the last clone is dropped.
+    /// Stops the driver and Raft; the stores close when the last clone is dropped. A storage
+    /// write waiting for room on a full disk gives up (the Raft core waits on it).
     pub async fn shutdown(&self) -> Result<()> {
         self.inner.stopping.store(true, Ordering::Release);
+        self.inner.log.room().close();
+        self.inner.state_machine.room().close();
         self.inner.wake.notify_one();
         let driver = lock(&self.inner.driver).take();
         if let Some(driver) = driver {

@@ -356,3 +356,85 @@ async fn a_raft_state_without_its_log_is_refused_and_nothing_is_created() {
         "created a new log"
     );
 }
+
+/// Node 1's log on `fs` behind a disk that is full while `full` exists.
+fn open_on_a_disk_full_while(fs: &SimFs, full: &Path) -> LogStore {
+    let plan = kv_wal::fs::FaultPlan::new();
+    plan.full_while_exists(full.to_owned());
+    let faulty = kv_wal::fs::FaultyFs::new(Arc::new(fs.clone()), plan);
+    LogStore::open(
+        Arc::new(faulty) as Arc<dyn FileSystem>,
+        Path::new("/data/controller"),
+        1,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_full_disk_a_vote_waits_for_room_and_is_saved_once_there_is_some() {
+    // Before, the failed write went to openraft as a storage error, which stops the Raft core
+    // for good (`kvd`'s `failover::disk::when_every_disk_fills_…` shows the cluster's side).
+    let fs = SimFs::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let full = scratch.path().join("full");
+    let mut store = open_on_a_disk_full_while(&fs, &full);
+    store.save_vote(&Vote::new(1, 1)).await.unwrap();
+    std::fs::write(&full, b"").unwrap();
+    let mut saving = store.clone();
+    let save = tokio::spawn(async move { saving.save_vote(&Vote::new(2, 1)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !save.is_finished(),
+        "the vote was not written: it must wait"
+    );
+    let waiting = store.room().waiting().expect("the store says it waits");
+    assert!(waiting.contains("raft-state.json"), "{waiting}");
+    assert_eq!(
+        store.vote(),
+        Some(Vote::new(1, 1)),
+        "not durable, not current"
+    );
+
+    std::fs::remove_file(&full).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), save)
+        .await
+        .expect("saved within a retry or two once there is room")
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.room().waiting(), None);
+    drop(store);
+    fs.crash(CrashMode::DropUnsynced);
+    assert_eq!(open(&fs, 1).vote(), Some(Vote::new(2, 1)), "durable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waiting_for_room_fails_once_the_store_closes() {
+    let fs = SimFs::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let full = scratch.path().join("full");
+    let store = open_on_a_disk_full_while(&fs, &full);
+    std::fs::write(&full, b"").unwrap();
+    let mut saving = store.clone();
+    let save = tokio::spawn(async move { saving.save_committed(Some(log_id(1, 0))).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !save.is_finished(),
+        "the mark was not written: it must wait"
+    );
+    store.room().close();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(2), save)
+        .await
+        .expect("closing ends the wait at once")
+        .unwrap();
+    let error = result.expect_err("nothing was written");
+    assert!(error.to_string().contains("No space left"), "{error}");
+    // A closed store does not wait again.
+    let mut store = store;
+    let again = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        store.save_vote(&Vote::new(1, 1)),
+    )
+    .await
+    .expect("no wait once closed");
+    assert!(again.is_err());
+}

@@ -92,3 +92,97 @@ fn hand_over_after(variable: &str, at: &str) {
     cluster.wait_until_formed();
     assert_holds_all(&cluster, 0, &acked, "node 0 restarted");
 }
+
+/// Every node's disk fills at once (replicas of the same data fill alike), with a follower
+/// paused so the controller must commit an ISR change: each controller member's write of its
+/// Raft state finds no room. Before, that was fatal to openraft — every member's Raft core
+/// stopped ("restart the node"), and the cluster took no write even once space was freed.
+/// Now a member waits for room (`/health` says so) and the cluster goes on by itself once the
+/// disks have room: a write is taken, nothing acknowledged is lost, and no node restarted.
+#[test]
+fn when_every_disk_fills_the_controller_waits_for_room_and_the_cluster_goes_on_once_there_is_some()
+{
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let full = scratch.path().join("every-disk-is-full");
+    let full_env = full.display().to_string();
+    let mut cluster = Cluster::start_first_with_env(
+        3,
+        3,
+        |_| Vec::new(),
+        |_| vec![("KVD_FAULT_DISK_FULL_FILE".to_owned(), full_env.clone())],
+    );
+    let (leader, _) = cluster.wait_for_leader(None);
+    let writers = Writers::start(&cluster, 2, "");
+    writers.wait_for_more(50);
+
+    std::fs::write(&full, b"").expect("fill the disks");
+    let paused = (leader + 1) % 3;
+    cluster.signal(paused, "STOP");
+    let others: Vec<usize> = (0..3).filter(|&index| index != paused).collect();
+    let started = Instant::now();
+    let (waiting, waiter) = loop {
+        let details: Vec<(usize, String)> = others
+            .iter()
+            .filter_map(|&index| {
+                let answer = cluster.request(index, "GET", "/health", None).ok()?;
+                let detail = answer.json()["detail"].as_str().unwrap_or("").to_owned();
+                Some((index, detail))
+            })
+            .collect();
+        assert!(
+            !details.iter().any(|(_, detail)| detail.contains("is down")),
+            "a controller member stopped on the full disk: {details:?}"
+        );
+        if let Some((index, detail)) = details
+            .iter()
+            .find(|(_, detail)| detail.contains("waiting for disk space"))
+        {
+            break (detail.clone(), *index);
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no controller member found the disk full within {DEADLINE:?}: {details:?}\n{}",
+            cluster.statuses()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!("with the disks full, node {waiter}: {waiting}");
+    // Full for a while: the members stay up, waiting.
+    std::thread::sleep(Duration::from_secs(2));
+    for &index in &others {
+        let status = cluster.status(index).expect("answers");
+        assert_eq!(
+            status["controller"]["failure"],
+            Json::Null,
+            "node {index}: {status}"
+        );
+    }
+
+    // A waiting member does not hold its node's shutdown up: SIGTERM ends the wait.
+    let asked = Instant::now();
+    let exit = cluster.terminate(waiter);
+    println!(
+        "node {waiter}, waiting for room, exited {exit} {:?} after SIGTERM",
+        asked.elapsed()
+    );
+
+    std::fs::remove_file(&full).expect("free the disks");
+    cluster.signal(paused, "CONT");
+    cluster.start_node(waiter);
+    let freed_at = Instant::now();
+    let acked_when_freed = writers.acked_count();
+    writers.wait_for_more(50);
+    println!(
+        "50 more writes acknowledged {:?} after the disks had room ({acked_when_freed} before)",
+        freed_at.elapsed()
+    );
+    let acked = writers.stop();
+    cluster.wait_until_formed();
+    for index in 0..3 {
+        assert_holds_all(&cluster, index, &acked, "after the disks had room");
+        let health = cluster
+            .request(index, "GET", "/health", None)
+            .expect("answers");
+        assert_eq!(health.status, 200, "node {index}: {}", health.json());
+    }
+}
