@@ -102,6 +102,13 @@ impl Store {
         Ok(self.wal().compress_sealed()?)
     }
 
+    /// Whether a new log segment fits on the disk again after one found no room (see
+    /// [`kv_wal::Wal::check_room`]; blocking, a probe file's allocation while the log lacks
+    /// room, nothing otherwise).
+    pub fn check_room(&self) -> Result<bool> {
+        Ok(self.wal().check_room()?)
+    }
+
     /// The log's counters (appends, writes, fsyncs, group-commit batch sizes).
     pub fn wal_stats(&self) -> WalStats {
         self.wal().stats()

@@ -247,6 +247,33 @@ impl Shared {
         }
     }
 
+    /// [`crate::Wal::check_room`].
+    pub(crate) fn check_room(&self) -> Result<bool> {
+        if lock(&self.out_of_space).is_none() {
+            return Ok(true);
+        }
+        let path = self.dir.join(ROOM_PROBE_FILE);
+        let probe = || -> std::io::Result<()> {
+            let _ = self.fs.remove_file(&path);
+            let file = self.fs.create_new(&path)?;
+            file.allocate(
+                self.preallocated_segment_bytes
+                    .max(SEGMENT_HEADER_BYTES as u64),
+            )
+        };
+        let probed = probe();
+        let removed = self.fs.remove_file(&path);
+        match probed {
+            Ok(()) => {
+                removed.at(&path)?;
+                *lock(&self.out_of_space) = None;
+                Ok(true)
+            }
+            Err(error) if is_out_of_space(&error) => Ok(false),
+            Err(error) => Err(error).at(&path),
+        }
+    }
+
     /// Gives a new segment file ([`Shared::new_segment_file`]) its name, durably, and makes
     /// it the active segment; returns it for the segment list. A failure poisons the log.
     fn install_segment(
@@ -540,6 +567,9 @@ impl WriteGroup for Shared {
         self.commit_needed.notify_one();
     }
 }
+
+/// The file [`Shared::check_room`] preallocates and removes (`.tmp`: open removes it).
+const ROOM_PROBE_FILE: &str = "room-probe.tmp";
 
 /// Where a new segment file is made before it takes `path` (`.tmp`: open removes it).
 fn temp_segment_path(path: &Path) -> PathBuf {

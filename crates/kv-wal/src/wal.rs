@@ -330,6 +330,18 @@ impl Wal {
         crate::mutex::lock(&self.shared.out_of_space).clone()
     }
 
+    /// While the last try at a new segment found no room ([`Wal::out_of_space`]), tries
+    /// whether one fits now, without waiting for an append that needs it: a probe file is
+    /// made and preallocated as a new segment would be (under a `.tmp` name, which open
+    /// removes), then removed; if it fit, the shortage is forgotten. So `/health` stops
+    /// saying the disk is full once it is not, even when no write comes that needs a segment
+    /// (a load balancer that drains an unhealthy node would otherwise keep it drained).
+    /// Returns whether a new segment fits as far as the log knows: `true` at once when it
+    /// never lacked room. Blocking file work: call it off the async workers.
+    pub fn check_room(&self) -> Result<bool> {
+        self.shared.check_room()
+    }
+
     /// Writes and fsyncs everything, stops the committer and refuses further appends. Reads keep
     /// working. Idempotent; also run (ignoring errors) on drop.
     pub fn close(&self) -> Result<()> {

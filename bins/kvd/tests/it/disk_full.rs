@@ -212,3 +212,54 @@ fn a_follower_whose_disk_fills_catches_up_once_there_is_room() {
     let (status, health) = follower.json("GET", "/health", None);
     assert_eq!(status, 200, "{health}");
 }
+
+/// A leader whose disk had no room for a segment reports itself healthy again within about a
+/// second of space being freed, with no write coming: the maintenance task probes for room
+/// (`kv_wal::Wal::check_room`). Before, only a write that needed a new segment cleared the
+/// shortage, so `/health` said "the disk is full" after the space was freed — and a load
+/// balancer that takes unhealthy nodes out of rotation would keep that one out for good.
+#[test]
+fn a_leader_says_it_is_healthy_once_its_disk_has_room_without_a_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let full = dir.path().join("disk-is-full");
+    let full_env = full.display().to_string();
+    let env = [("KVD_FAULT_DISK_FULL_FILE", full_env.as_str())];
+    let kvd = Kvd::start(
+        &dir.path().join("leader"),
+        &["--max-segment-size", "4K"],
+        &env,
+    );
+    std::fs::write(&full, b"").expect("fill the disk");
+    let mut connection = Connection::open(kvd.address).expect("connect");
+    let refused = (0..WRITES_MAX).any(|index| {
+        let body = json!({ "value": index }).to_string();
+        let answer = connection
+            .send("PUT", &format!("/key/k{index}"), Some(&body))
+            .expect("PUT");
+        answer.status == 507
+    });
+    assert!(refused, "the disk never filled");
+    let (status, health) = kvd.json("GET", "/health", None);
+    assert_eq!(status, 503, "{health}");
+
+    std::fs::remove_file(&full).expect("free the disk");
+    let freed = std::time::Instant::now();
+    loop {
+        let (status, health) = kvd.json("GET", "/health", None);
+        if status == 200 {
+            break;
+        }
+        assert!(
+            freed.elapsed() < crate::harness::DEADLINE,
+            "still unhealthy {:?} after the disk had room, with no write: {health}",
+            freed.elapsed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    println!("healthy {:?} after the disk had room", freed.elapsed());
+    assert!(
+        kvd.stderr().contains("room for a new log segment again"),
+        "{}",
+        kvd.stderr()
+    );
+}

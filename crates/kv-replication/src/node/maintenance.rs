@@ -76,6 +76,7 @@ impl Node {
                 if let Err(error) = self.persist_progress() {
                     tracing::error!(%error, "cannot save the commit id and epoch");
                 }
+                self.clone().check_room().await;
             }
             if options.compress_sealed_segments {
                 let worker = self.clone();
@@ -105,6 +106,21 @@ impl Node {
                     tracing::error!(%error, "snapshot failed: trying again in {pause:?}");
                 }
             }
+        }
+    }
+
+    /// While the log found no room for a new segment, whether one fits now (a probe, off the
+    /// async workers): so the node stops reporting a full disk once space is freed, without
+    /// waiting for a write that needs a segment (`kv_wal::Wal::check_room`).
+    async fn check_room(self: Arc<Self>) {
+        if self.store.log_status().out_of_space.is_none() {
+            return;
+        }
+        match tokio::task::spawn_blocking(move || self.store.check_room()).await {
+            Ok(Ok(true)) => tracing::info!("the disk has room for a new log segment again"),
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "cannot check the disk for room"),
+            Err(error) => tracing::error!(%error, "the check for room failed"),
         }
     }
 

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use kv_wal::fs::{FaultPlan, FaultyFs};
+use kv_wal::fs::{FaultPlan, FaultyFs, FileSystem};
 use kv_wal::sim::{CrashMode, SimFs};
 use kv_wal::{Error, RecoveryMode, SyncPolicy, Wal, WalOptions};
 
@@ -181,6 +181,43 @@ fn a_full_disk_refuses_the_append_that_needs_a_segment_and_takes_writes_once_fre
     for id in [1, next - 1, next, last] {
         assert_eq!(wal.read(id).unwrap(), Some(payload(id, 64)));
     }
+}
+
+/// A log that found no room for a segment learns that it has room again from `check_room`,
+/// with no append: a probe file preallocated as a segment would be, then removed. Before,
+/// only an append that needed a segment cleared `out_of_space` (so a leader's `/health` said
+/// "the disk is full" after space was freed, for as long as no such write came).
+#[test]
+fn check_room_finds_room_again_without_an_append_and_leaves_no_probe() {
+    let fs = SimFs::new();
+    let plan = FaultPlan::new();
+    let flags = tempfile::tempdir().unwrap();
+    let full = flags.path().join("full");
+    plan.full_while_exists(full.clone());
+    let wal = open_faulty(&fs, &plan, SyncPolicy::Batch, 4096);
+    assert!(wal.check_room().unwrap(), "never lacked room");
+    std::fs::write(&full, b"").unwrap();
+    let mut next = 1;
+    while wal.append(&payload(next, 64)).is_ok() {
+        next += 1;
+        assert!(next < 1000, "the segment never filled");
+    }
+    assert!(wal.out_of_space().is_some());
+    let listing = |wal: &Wal| {
+        let mut names = fs.list_dir(wal.dir()).unwrap();
+        names.sort();
+        names
+    };
+    let before = listing(&wal);
+    assert!(!wal.check_room().unwrap(), "still full");
+    assert!(wal.out_of_space().is_some());
+    assert_eq!(listing(&wal), before, "the probe is gone");
+
+    std::fs::remove_file(&full).unwrap();
+    assert!(wal.check_room().unwrap());
+    assert_eq!(wal.out_of_space(), None);
+    assert_eq!(listing(&wal), before, "the probe is gone");
+    assert_eq!(wal.append(&payload(next, 64)).unwrap(), next);
 }
 
 /// A power cut at any fsync of a roll (the new segment's file, the old one's shrink, its seal,
