@@ -1,23 +1,141 @@
-//! Structured logs on stderr, as text or JSON, filtered by `--log-level`.
+//! Structured logs on stderr, as text or JSON, filtered by `--log-level` — and openraft's
+//! repeated warnings and errors thinned out.
+//!
+//! openraft logs some failures at every attempt: with one controller voter down, the active
+//! controller logs "timeout while confirming leadership for read request" at ERROR for every
+//! data node heartbeat it confirms (about a thousand lines a minute on a three-node cluster),
+//! and its replication to the dead voter four lines per retry. Each of openraft's WARN and
+//! ERROR log statements is let through once per [`OPENRAFT_REPEAT_EVERY`]; kvd's own lines and
+//! openraft's INFO and below are not touched (kvd rate-limits its own repeated lines where it
+//! logs them).
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tracing_subscriber::EnvFilter;
+use tracing::callsite::Identifier;
+use tracing::{Level, Metadata, Subscriber};
+use tracing_subscriber::filter::{DynFilterFn, EnvFilter};
+use tracing_subscriber::layer::{Filter, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 use crate::settings::LogFormat;
+
+/// How often one of openraft's WARN or ERROR log statements may print.
+pub const OPENRAFT_REPEAT_EVERY: Duration = Duration::from_secs(10);
 
 /// Installs the global subscriber.
 pub fn init(log_level: &str, log_format: LogFormat) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(log_level)
         .with_context(|| format!("invalid log level {log_level:?}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let installed = match log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let layer = match log_format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
     };
-    installed.map_err(|error| anyhow::anyhow!("cannot install the logger: {error}"))
+    tracing_subscriber::registry()
+        .with(
+            layer
+                .with_filter(filter)
+                .with_filter(openraft_repeats(OPENRAFT_REPEAT_EVERY)),
+        )
+        .try_init()
+        .map_err(|error| anyhow::anyhow!("cannot install the logger: {error}"))
+}
+
+/// A filter that lets each of openraft's WARN and ERROR log statements through at most once
+/// per `every`, and everything else through.
+pub fn openraft_repeats<S: Subscriber>(every: Duration) -> impl Filter<S> {
+    let printed: Mutex<HashMap<Identifier, Instant>> = Mutex::default();
+    DynFilterFn::new(move |metadata: &Metadata<'_>, _| {
+        let repeatable = metadata.is_event()
+            && metadata.target().starts_with("openraft")
+            && *metadata.level() <= Level::WARN;
+        if !repeatable {
+            return true;
+        }
+        let now = Instant::now();
+        let mut printed = printed.lock().unwrap_or_else(PoisonError::into_inner);
+        match printed.get(&metadata.callsite()) {
+            Some(at) if now.duration_since(*at) < every => false,
+            _ => {
+                printed.insert(metadata.callsite(), now);
+                true
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+
+    use super::openraft_repeats;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lines_printed(every: Duration, log: impl Fn()) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_filter(openraft_repeats(every));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, log);
+        let bytes = captured.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn an_openraft_warning_or_error_repeated_prints_once_per_period_and_the_rest_always() {
+        let printed = lines_printed(Duration::from_secs(60), || {
+            for attempt in 0..50 {
+                tracing::error!(target: "openraft::core::raft_core", attempt, "timeout while confirming leadership");
+                tracing::warn!(target: "openraft::replication", attempt, "error replication to target");
+                tracing::info!(target: "openraft::core", attempt, "openraft info");
+                tracing::error!(attempt, "kvd's own error");
+            }
+        });
+        let count = |text: &str| printed.matches(text).count();
+        assert_eq!(count("timeout while confirming leadership"), 1, "{printed}");
+        assert_eq!(count("error replication to target"), 1, "{printed}");
+        assert_eq!(count("openraft info"), 50);
+        assert_eq!(count("kvd's own error"), 50);
+    }
+
+    #[test]
+    fn an_openraft_error_prints_again_once_the_period_is_over() {
+        let printed = lines_printed(Duration::from_millis(50), || {
+            for attempt in 0..6 {
+                // One log statement: twice at once, then after the period.
+                tracing::error!(target: "openraft::core::raft_core", attempt, "repeated");
+                if attempt % 2 == 1 {
+                    std::thread::sleep(Duration::from_millis(80));
+                }
+            }
+        });
+        assert_eq!(printed.matches("repeated").count(), 3, "{printed}");
+    }
 }
