@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
+use std::process::ExitStatus;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -157,7 +158,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write() {
             );
         }
     }
-    let final_check = start_kvd(&data_dir, &[]);
+    let final_check = start_kvd(&data_dir, &[]).expect("kvd starts");
     check_after_restart(&final_check, &mut ledger, true, "final");
     println!(
         "seed {seed}: {cycle} kill -9 cycles, {} acknowledged writes, {} in-flight writes \
@@ -212,7 +213,7 @@ fn crashes_at_each_wal_fail_point_lose_no_acknowledged_write() {
             *hits_by_point.entry(point).or_default() += 1;
         }
     }
-    let final_check = start_kvd(&data_dir, &[]);
+    let final_check = start_kvd(&data_dir, &[]).expect("kvd starts");
     check_after_restart(&final_check, &mut ledger, true, "final");
     println!(
         "seed {seed}: aborts by fail point {hits_by_point:?}; {} acknowledged writes, {} \
@@ -234,7 +235,7 @@ fn crashes_at_each_wal_fail_point_lose_no_acknowledged_write() {
 /// `kvd leader` on `data_dir` with [`KVD_ARGS`], always on the same port (chosen at the first
 /// start, kept beside the data directory): a node that comes back at another address tells the
 /// controller, whose log appends would count as hits of the fail points meant for the writes.
-fn start_kvd(data_dir: &Path, env: &[(&str, &str)]) -> Kvd {
+fn start_kvd(data_dir: &Path, env: &[(&str, &str)]) -> Result<Kvd, (ExitStatus, String)> {
     let port_file = data_dir.with_extension("port");
     let port = match std::fs::read_to_string(&port_file) {
         Ok(text) => text.trim().parse().expect("a port"),
@@ -248,7 +249,7 @@ fn start_kvd(data_dir: &Path, env: &[(&str, &str)]) -> Kvd {
     let path = data_dir.to_str().expect("UTF-8 path");
     let mut args = vec!["leader", "--listen", &listen, "--data-dir", path];
     args.extend_from_slice(&KVD_ARGS);
-    Kvd::spawn(data_dir, &args, env)
+    Kvd::try_spawn(data_dir, &args, env)
 }
 
 /// One cycle: start kvd (on whatever the last crash left), check it, write until it dies.
@@ -258,7 +259,24 @@ fn run_cycle(data_dir: &Path, cycle: u64, seed: u64, crash: Crash, ledger: &mut 
         Crash::FailPoint { point, hit } => format!("{point}=abort@{hit}"),
         Crash::Kill9 { .. } => String::new(),
     };
-    let mut kvd = start_kvd(data_dir, &[("KVD_FAILPOINTS", &spec)]);
+    let mut kvd = match start_kvd(data_dir, &[("KVD_FAILPOINTS", &spec)]) {
+        Ok(kvd) => kvd,
+        Err((status, stderr)) => {
+            // The fail point's hit came during the start: a crash there is one too (a roll
+            // interrupted at its last step leaves the old segment last and full, and the
+            // start's own entry — the leader's no-op — rolls again). The next start checks.
+            let Crash::FailPoint { point, hit } = crash else {
+                panic!("{context}: kvd did not start ({status:?})\n{stderr}");
+            };
+            let announcement = format!("fail point {point}: abort at hit {hit}");
+            assert!(
+                status.signal() == Some(SIGABRT) && stderr.contains(&announcement),
+                "{context}: kvd did not start ({status:?})\n{stderr}"
+            );
+            println!("{context}: aborted at the fail point while starting");
+            return;
+        }
+    };
     let full = cycle % FULL_CHECK_EVERY_CYCLES == FULL_CHECK_EVERY_CYCLES - 1;
     let recovered_id = check_after_restart(&kvd, ledger, full, &context);
 

@@ -163,6 +163,18 @@ impl Kvd {
     /// Starts kvd with exactly `args` (which must include `--data-dir data_dir` and a
     /// `--listen` address); returns once it has printed the address it listens on.
     pub fn spawn(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Kvd {
+        Kvd::try_spawn(data_dir, args, env)
+            .unwrap_or_else(|(status, stderr)| panic!("kvd did not start ({status:?}):\n{stderr}"))
+    }
+
+    /// [`Kvd::spawn`], or how kvd exited before it announced its address (a fail point that
+    /// aborts during the start), with its stderr. Fails if it neither announces nor exits
+    /// within [`DEADLINE`].
+    pub fn try_spawn(
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Kvd, (ExitStatus, String)> {
         // One file per process started: a restarted node's predecessor, dropped after it,
         // removes its own file, not the new process's.
         static SPAWNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -190,21 +202,31 @@ impl Kvd {
                 }
             }
         });
-        let address = match receiver.recv_timeout(DEADLINE) {
-            Ok(address) => address,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "kvd did not start:\n{}",
-                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
-                );
+        let stderr_of = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+        let started = std::time::Instant::now();
+        let address = loop {
+            match receiver.recv_timeout(Duration::from_millis(50)) {
+                Ok(address) => break address,
+                Err(error) if started.elapsed() < DEADLINE => {
+                    if let Some(status) = child.try_wait().expect("wait for kvd") {
+                        return Err((status, stderr_of(&stderr_path)));
+                    }
+                    if error == mpsc::RecvTimeoutError::Disconnected {
+                        // Its stdout closed: it is exiting.
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("kvd did not start:\n{}", stderr_of(&stderr_path));
+                }
             }
         };
-        Kvd {
+        Ok(Kvd {
             child: Some(child),
             address,
             stderr_path,
-        }
+        })
     }
 
     pub fn pid(&self) -> u32 {
