@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tracing::callsite::Identifier;
+use tracing::subscriber::Interest;
 use tracing::{Level, Metadata, Subscriber};
 use tracing_subscriber::filter::{DynFilterFn, EnvFilter};
 use tracing_subscriber::layer::{Filter, SubscriberExt};
@@ -51,12 +52,14 @@ pub fn init(log_level: &str, log_format: LogFormat) -> anyhow::Result<()> {
 /// A filter that lets each of openraft's WARN and ERROR log statements through at most once
 /// per `every`, and everything else through.
 pub fn openraft_repeats<S: Subscriber>(every: Duration) -> impl Filter<S> {
+    fn repeatable(metadata: &Metadata<'_>) -> bool {
+        metadata.is_event()
+            && metadata.target().starts_with("openraft")
+            && *metadata.level() <= Level::WARN
+    }
     let printed: Mutex<HashMap<Identifier, Instant>> = Mutex::default();
     DynFilterFn::new(move |metadata: &Metadata<'_>, _| {
-        let repeatable = metadata.is_event()
-            && metadata.target().starts_with("openraft")
-            && *metadata.level() <= Level::WARN;
-        if !repeatable {
+        if !repeatable(metadata) {
             return true;
         }
         let now = Instant::now();
@@ -68,6 +71,12 @@ pub fn openraft_repeats<S: Subscriber>(every: Duration) -> impl Filter<S> {
                 true
             }
         }
+    })
+    // Every other call site is decided once, by the other filters alone (a disabled `debug!`
+    // in a hot path stays free).
+    .with_callsite_filter(|metadata| match repeatable(metadata) {
+        true => Interest::sometimes(),
+        false => Interest::always(),
     })
 }
 
