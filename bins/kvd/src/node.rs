@@ -349,9 +349,12 @@ fn follower_transport(leader_url: &str) -> impl kv_replication::Transport {
     crate::faults::follower_transport(transport).expect("checked at startup")
 }
 
+/// The signals that stop kvd gracefully: SIGINT, SIGTERM, and SIGHUP (the terminal it ran in
+/// closed), whose default action would kill it on the spot.
 struct ShutdownSignals {
     interrupt: Signal,
     terminate: Signal,
+    hangup: Signal,
 }
 
 impl ShutdownSignals {
@@ -359,6 +362,7 @@ impl ShutdownSignals {
         Ok(ShutdownSignals {
             interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
         })
     }
 
@@ -366,6 +370,7 @@ impl ShutdownSignals {
         let name = tokio::select! {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",
+            _ = self.hangup.recv() => "SIGHUP",
         };
         tracing::info!(
             signal = name,

@@ -242,8 +242,14 @@ impl Kvd {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.stop_with("TERM")
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `HUP`) and waits for the exit, failing after
+    /// [`DEADLINE`].
+    pub fn stop_with(&mut self, signal: &str) -> ExitStatus {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{signal}"), &self.pid().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");

@@ -107,6 +107,18 @@ fn kill_9_during_writes_loses_no_acknowledged_write() {
 
 #[test]
 fn sigterm_exits_zero_with_the_wal_synced() {
+    stops_with_the_wal_synced("TERM");
+}
+
+/// SIGHUP (the terminal kvd ran in closed) stops it as SIGTERM does. Before, it killed kvd on
+/// the spot (the default action): no drain, and under `--sync-policy never` the writes the OS
+/// had not yet written back were at the mercy of a power cut.
+#[test]
+fn sighup_stops_as_sigterm_does() {
+    stops_with_the_wal_synced("HUP");
+}
+
+fn stops_with_the_wal_synced(signal: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().join("leader");
     // `never` leaves syncing to shutdown: the data is only safe if SIGTERM syncs the WAL.
@@ -119,11 +131,11 @@ fn sigterm_exits_zero_with_the_wal_synced() {
         );
         assert_eq!(status, 200);
     }
-    let status = kvd.terminate();
+    let status = kvd.stop_with(signal);
     assert!(status.success(), "exit status {status}\n{}", kvd.stderr());
     let stderr = kvd.stderr();
     assert!(
-        stderr.contains("SIGTERM") && stderr.contains("WAL synced and closed"),
+        stderr.contains(&format!("SIG{signal}")) && stderr.contains("WAL synced and closed"),
         "{stderr}"
     );
 
