@@ -18,10 +18,9 @@ use anyhow::Context;
 use tracing::callsite::Identifier;
 use tracing::subscriber::Interest;
 use tracing::{Level, Metadata, Subscriber};
-use tracing_subscriber::filter::{DynFilterFn, EnvFilter};
-use tracing_subscriber::layer::{Filter, SubscriberExt};
+use tracing_subscriber::layer::{self, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::Layer;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::settings::LogFormat;
 
@@ -32,52 +31,73 @@ pub const OPENRAFT_REPEAT_EVERY: Duration = Duration::from_secs(10);
 pub fn init(log_level: &str, log_format: LogFormat) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(log_level)
         .with_context(|| format!("invalid log level {log_level:?}"))?;
-    let layer = tracing_subscriber::fmt::layer()
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let layer = match log_format {
-        LogFormat::Text => layer.boxed(),
-        LogFormat::Json => layer.json().flatten_event(true).boxed(),
+    let repeats = OpenraftRepeats::new(OPENRAFT_REPEAT_EVERY);
+    let installed = match log_format {
+        LogFormat::Text => builder.finish().with(repeats).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(repeats)
+            .try_init(),
     };
-    tracing_subscriber::registry()
-        .with(
-            layer
-                .with_filter(filter)
-                .with_filter(openraft_repeats(OPENRAFT_REPEAT_EVERY)),
-        )
-        .try_init()
-        .map_err(|error| anyhow::anyhow!("cannot install the logger: {error}"))
+    installed.map_err(|error| anyhow::anyhow!("cannot install the logger: {error}"))
 }
 
-/// A filter that lets each of openraft's WARN and ERROR log statements through at most once
-/// per `every`, and everything else through.
-pub fn openraft_repeats<S: Subscriber>(every: Duration) -> impl Filter<S> {
+/// A global filter layer that lets each of openraft's WARN and ERROR log statements through at
+/// most once per period, and everything else through. Global, not a per-layer filter: with
+/// tracing-subscriber's per-layer filters a call site whose interest is cached as `always`
+/// skips `enabled`, and the event is judged by a stale decision about another one — kvd's own
+/// "shutting down" line went missing that way (tokio-rs/tracing#2519).
+pub struct OpenraftRepeats {
+    every: Duration,
+    printed: Mutex<HashMap<Identifier, Instant>>,
+}
+
+impl OpenraftRepeats {
+    /// Lets each of openraft's WARN and ERROR statements print once per `every`.
+    pub fn new(every: Duration) -> OpenraftRepeats {
+        OpenraftRepeats {
+            every,
+            printed: Mutex::default(),
+        }
+    }
+
     fn repeatable(metadata: &Metadata<'_>) -> bool {
         metadata.is_event()
             && metadata.target().starts_with("openraft")
             && *metadata.level() <= Level::WARN
     }
-    let printed: Mutex<HashMap<Identifier, Instant>> = Mutex::default();
-    DynFilterFn::new(move |metadata: &Metadata<'_>, _| {
-        if !repeatable(metadata) {
+}
+
+impl<S: Subscriber> Layer<S> for OpenraftRepeats {
+    /// Every other call site is decided once, by the other filters alone (a disabled `debug!`
+    /// in a hot path stays free).
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        match OpenraftRepeats::repeatable(metadata) {
+            true => Interest::sometimes(),
+            false => Interest::always(),
+        }
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>, _: layer::Context<'_, S>) -> bool {
+        if !OpenraftRepeats::repeatable(metadata) {
             return true;
         }
         let now = Instant::now();
-        let mut printed = printed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut printed = self.printed.lock().unwrap_or_else(PoisonError::into_inner);
         match printed.get(&metadata.callsite()) {
-            Some(at) if now.duration_since(*at) < every => false,
+            Some(at) if now.duration_since(*at) < self.every => false,
             _ => {
                 printed.insert(metadata.callsite(), now);
                 true
             }
         }
-    })
-    // Every other call site is decided once, by the other filters alone (a disabled `debug!`
-    // in a hot path stays free).
-    .with_callsite_filter(|metadata| match repeatable(metadata) {
-        true => Interest::sometimes(),
-        false => Interest::always(),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -87,9 +107,8 @@ mod tests {
     use std::time::Duration;
 
     use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::Layer;
 
-    use super::openraft_repeats;
+    use super::OpenraftRepeats;
 
     #[derive(Clone, Default)]
     struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -107,11 +126,11 @@ mod tests {
     fn lines_printed(every: Duration, log: impl Fn()) -> String {
         let captured = Captured::default();
         let writer = captured.clone();
-        let layer = tracing_subscriber::fmt::layer()
+        let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
             .with_ansi(false)
-            .with_filter(openraft_repeats(every));
-        let subscriber = tracing_subscriber::registry().with(layer);
+            .finish()
+            .with(OpenraftRepeats::new(every));
         tracing::subscriber::with_default(subscriber, log);
         let bytes = captured.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
