@@ -1,6 +1,7 @@
 //! Failed writes and fsyncs: the log poisons itself, refuses writes with a clear error, never
 //! retries an fsync, keeps serving reads, and loses nothing that was acknowledged.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,17 @@ fn failure_while_rolling_a_segment_poisons_and_keeps_sealed_data() {
     );
 }
 
+/// A log (4 KiB segments, `batch`) on `fs` behind a disk that is full while the returned path
+/// exists (in the returned directory, kept alive by the caller).
+fn open_on_a_disk_that_fills(fs: &SimFs) -> (Wal, Arc<FaultPlan>, tempfile::TempDir, PathBuf) {
+    let plan = FaultPlan::new();
+    let flags = tempfile::tempdir().unwrap();
+    let full = flags.path().join("full");
+    plan.full_while_exists(full.clone());
+    let wal = open_faulty(fs, &plan, SyncPolicy::Batch, 4096);
+    (wal, plan, flags, full)
+}
+
 /// A file system with no room for a new segment: the append that needs one fails with
 /// `OutOfSpace`, none of its records in the log and its ids not taken; the log is not poisoned
 /// (reads go on, and it opens again on the full disk, its last segment reused); once there is
@@ -124,11 +136,7 @@ fn failure_while_rolling_a_segment_poisons_and_keeps_sealed_data() {
 #[test]
 fn a_full_disk_refuses_the_append_that_needs_a_segment_and_takes_writes_once_freed() {
     let fs = SimFs::new();
-    let plan = FaultPlan::new();
-    let flags = tempfile::tempdir().unwrap();
-    let full = flags.path().join("full");
-    plan.full_while_exists(full.clone());
-    let wal = open_faulty(&fs, &plan, SyncPolicy::Batch, 4096);
+    let (wal, plan, _flags, full) = open_on_a_disk_that_fills(&fs);
     for id in 1..=10 {
         assert_eq!(wal.append(&payload(id, 64)).unwrap(), id);
     }
@@ -190,11 +198,7 @@ fn a_full_disk_refuses_the_append_that_needs_a_segment_and_takes_writes_once_fre
 #[test]
 fn check_room_finds_room_again_without_an_append_and_leaves_no_probe() {
     let fs = SimFs::new();
-    let plan = FaultPlan::new();
-    let flags = tempfile::tempdir().unwrap();
-    let full = flags.path().join("full");
-    plan.full_while_exists(full.clone());
-    let wal = open_faulty(&fs, &plan, SyncPolicy::Batch, 4096);
+    let (wal, _plan, _flags, full) = open_on_a_disk_that_fills(&fs);
     assert!(wal.check_room().unwrap(), "never lacked room");
     std::fs::write(&full, b"").unwrap();
     let mut next = 1;
