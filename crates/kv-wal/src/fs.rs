@@ -215,6 +215,10 @@ impl FaultPlan {
     pub fn full_while_exists(&self, path: std::path::PathBuf) {
         *crate::mutex::lock(&self.full_while) = Some(path);
     }
+    /// Whether a full disk was asked for at all (a file's size is read only then).
+    fn fills(&self) -> bool {
+        crate::mutex::lock(&self.full_while).is_some()
+    }
     /// Fails a file's growth while the disk is full (see [`FaultPlan::full_while_exists`]).
     fn on_grow(&self) -> io::Result<()> {
         let full = crate::mutex::lock(&self.full_while)
@@ -284,7 +288,7 @@ impl WalFile for FaultyFile {
         self.inner.read_at(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if offset + buf.len() as u64 > self.inner.size_bytes()? {
+        if self.plan.fills() && offset + buf.len() as u64 > self.inner.size_bytes()? {
             self.plan.on_grow()?;
         }
         self.plan.on_write()?;
@@ -295,7 +299,7 @@ impl WalFile for FaultyFile {
         self.inner.sync_data()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        if len > self.inner.size_bytes()? {
+        if self.plan.fills() && len > self.inner.size_bytes()? {
             self.plan.on_grow()?;
         }
         self.plan.on_write()?;
