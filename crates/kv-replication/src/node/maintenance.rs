@@ -95,9 +95,7 @@ impl Node {
                     // A snapshot that cannot be written (a full disk: it needs room for a
                     // second copy of the data before the first goes) would otherwise be tried
                     // at every check, writing up to the free space each time.
-                    let pause = retry.map_or(SNAPSHOT_RETRY_MIN, |(_, pause)| {
-                        (pause * 2).min(SNAPSHOT_RETRY_MAX)
-                    });
+                    let pause = snapshot_retry_pause(retry.map(|(_, pause)| pause));
                     retry = Some((Instant::now() + pause, pause));
                     let mut state = lock(&self.compaction);
                     state.snapshots_failed += 1;
@@ -395,6 +393,15 @@ impl Node {
     }
 }
 
+/// The pause before the next automatic snapshot after one failed, given the pause before the
+/// failed one if it followed a failure too: [`SNAPSHOT_RETRY_MIN`], doubling, at most
+/// [`SNAPSHOT_RETRY_MAX`].
+fn snapshot_retry_pause(previous: Option<Duration>) -> Duration {
+    previous.map_or(SNAPSHOT_RETRY_MIN, |pause| {
+        (pause * 2).min(SNAPSHOT_RETRY_MAX)
+    })
+}
+
 /// Nice value of background threads (snapshots): 0 is normal, 19 the lowest priority.
 const BACKGROUND_NICE: i32 = 19;
 
@@ -407,5 +414,29 @@ fn lower_this_threads_priority() {
         if let Err(error) = rustix::process::setpriority_process(Some(thread), BACKGROUND_NICE) {
             tracing::warn!(%error, "cannot lower the snapshot thread's priority");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{snapshot_retry_pause, SNAPSHOT_RETRY_MAX, SNAPSHOT_RETRY_MIN};
+
+    #[test]
+    fn a_failing_snapshot_waits_twice_as_long_each_time_up_to_a_minute() {
+        let mut pauses = Vec::new();
+        let mut pause = None;
+        for _ in 0..10 {
+            let next = snapshot_retry_pause(pause);
+            pauses.push(next.as_secs());
+            pause = Some(next);
+        }
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
+        assert_eq!(snapshot_retry_pause(None), SNAPSHOT_RETRY_MIN);
+        assert_eq!(
+            snapshot_retry_pause(Some(Duration::from_secs(59))),
+            SNAPSHOT_RETRY_MAX
+        );
     }
 }
