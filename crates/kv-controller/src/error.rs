@@ -72,17 +72,11 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether a file write found the disk full (`ENOSPC`, `EDQUOT`): nothing was written,
-    /// and the same write succeeds once there is room (see [`crate::room`]).
+    /// Whether a write through kv-wal (the log, or a file rewritten by `kv_wal::durable`)
+    /// found the disk full (`ENOSPC`, `EDQUOT`): nothing was written, and the same write
+    /// succeeds once there is room (see [`crate::room`]). kv-wal's own check decides.
     pub fn is_out_of_space(&self) -> bool {
-        match self {
-            Error::Log(error) => error.is_out_of_space(),
-            Error::Io { source, .. } => matches!(
-                source.kind(),
-                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-            ),
-            _ => false,
-        }
+        matches!(self, Error::Log(error) if error.is_out_of_space())
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {

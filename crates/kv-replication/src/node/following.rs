@@ -61,16 +61,11 @@ impl Node {
                         continue;
                     }
                     SessionEnd::RoleChanged => return,
-                    SessionEnd::Failed(error) if error.is_out_of_space() => {
-                        if !self.wait_for_room(&error, &mut role_changed).await {
+                    SessionEnd::Failed(error) => {
+                        if !self.goes_on_after(error, &mut role_changed).await {
                             return;
                         }
                         continue;
-                    }
-                    SessionEnd::Failed(error) => {
-                        tracing::error!(%error, "replication stopped");
-                        self.stop_link(error.to_string());
-                        return;
                     }
                     SessionEnd::Step(step, sent_at) => (step, sent_at),
                 }
@@ -105,29 +100,29 @@ impl Node {
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
-                Err(error) if error.is_out_of_space() => {
-                    if !self.wait_for_room(&error, &mut role_changed).await {
+                Err(error) => {
+                    if !self.goes_on_after(error, &mut role_changed).await {
                         return;
                     }
-                }
-                Err(error) => {
-                    tracing::error!(%error, "replication stopped");
-                    self.stop_link(error.to_string());
-                    return;
                 }
             }
         }
     }
 
-    /// The follower's disk has no room for the leader's entries: nothing was appended, so it
-    /// asks again from where its log ends after [`OUT_OF_SPACE_RETRY`] (a full disk is no
-    /// reason to stop for good, as a failed write or `fdatasync` is). False if the role
-    /// changed meanwhile.
-    async fn wait_for_room(
+    /// Whether the fetch loop goes on after `error`. The follower's disk having no room for
+    /// the leader's entries, nothing was appended: it asks again from where its log ends after
+    /// [`OUT_OF_SPACE_RETRY`] (a full disk is no reason to stop for good) — false if the role
+    /// changed meanwhile. Any other error stops replication (a failed write or `fdatasync`).
+    async fn goes_on_after(
         &self,
-        error: &Error,
+        error: Error,
         role_changed: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> bool {
+        if !error.is_out_of_space() {
+            tracing::error!(%error, "replication stopped");
+            self.stop_link(error.to_string());
+            return false;
+        }
         tracing::warn!(%error, "no room for the leader's entries: trying again in {OUT_OF_SPACE_RETRY:?}");
         tokio::select! {
             _ = role_changed.as_mut() => false,
