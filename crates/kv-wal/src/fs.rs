@@ -184,7 +184,14 @@ pub struct FaultPlan {
     /// While a file exists at this path, the file system is full: allocations fail with
     /// `ENOSPC` (see [`FaultPlan::full_while_exists`]).
     full_while: std::sync::Mutex<Option<std::path::PathBuf>>,
+    /// While a file exists at this path, the disk does not answer: every change waits (see
+    /// [`FaultPlan::stall_while_exists`]).
+    stall_while: std::sync::Mutex<Option<std::path::PathBuf>>,
 }
+
+/// How often a stalled change looks again whether the disk answers
+/// ([`FaultPlan::stall_while_exists`]).
+const STALL_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl FaultPlan {
     /// A plan that injects nothing until told to.
@@ -215,6 +222,29 @@ impl FaultPlan {
     pub fn full_while_exists(&self, path: std::path::PathBuf) {
         *crate::mutex::lock(&self.full_while) = Some(path);
     }
+    /// Makes the disk stop answering while a file exists at `path`, as a hung device or a
+    /// frozen file system (`fsfreeze`) does: every write, length change, allocation, `fsync`,
+    /// file creation, rename and removal waits, without failing, until the file is removed;
+    /// reads still answer (the page cache). A test creates and removes the file to hang and
+    /// release the disk, from this process or another.
+    pub fn stall_while_exists(&self, path: std::path::PathBuf) {
+        *crate::mutex::lock(&self.stall_while) = Some(path);
+    }
+    /// Waits while the disk is stalled (see [`FaultPlan::stall_while_exists`]); at once when
+    /// no stall was asked for.
+    fn wait_while_stalled(&self) {
+        let Some(path) = crate::mutex::lock(&self.stall_while).clone() else {
+            return;
+        };
+        let mut counted = false;
+        while path.exists() {
+            if !counted {
+                self.faults_fired.fetch_add(1, Ordering::SeqCst);
+                counted = true;
+            }
+            std::thread::sleep(STALL_POLL);
+        }
+    }
     /// Whether a full disk was asked for at all (a file's size is read only then).
     fn fills(&self) -> bool {
         crate::mutex::lock(&self.full_while).is_some()
@@ -243,10 +273,12 @@ impl FaultPlan {
         self.faults_fired.load(Ordering::SeqCst)
     }
     fn on_write(&self) -> io::Result<()> {
+        self.wait_while_stalled();
         let number = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
         self.maybe_fail(number, &self.fail_write_number, "write")
     }
     fn on_sync(&self) -> io::Result<()> {
+        self.wait_while_stalled();
         let delay = self.sync_delay_micros.load(Ordering::SeqCst);
         if delay > 0 {
             std::thread::sleep(std::time::Duration::from_micros(delay));
@@ -310,6 +342,7 @@ impl WalFile for FaultyFile {
     }
     /// Not counted as a write: fault plans count the writes that carry data.
     fn allocate(&self, len: u64) -> io::Result<()> {
+        self.plan.wait_while_stalled();
         if self.inner.size_bytes()? < len {
             self.plan.on_grow()?;
         }
@@ -332,6 +365,7 @@ impl FileSystem for FaultyFs {
         }))
     }
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+        self.plan.wait_while_stalled();
         let inner = self.inner.create_new(path)?;
         Ok(Arc::new(FaultyFile {
             inner,
@@ -339,9 +373,11 @@ impl FileSystem for FaultyFs {
         }))
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.plan.wait_while_stalled();
         self.inner.remove_file(path)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.plan.wait_while_stalled();
         self.inner.rename(from, to)
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {

@@ -11,6 +11,11 @@
 //!   new segment's allocation, and any write that would grow a file, fails with `ENOSPC`
 //!   (`FaultPlan::full_while_exists`) — in the WAL and in the controller's files
 //!   ([`controller_file_system`]).
+//! - `KVD_FAULT_DISK_STALL_FILE=PATH`: while a file exists at PATH, the node's disk does not
+//!   answer, as a hung device or a frozen file system: every write, `fsync`, allocation,
+//!   creation, rename and removal waits until the file is removed
+//!   (`FaultPlan::stall_while_exists`) — in the WAL, `node.meta`, snapshots and the
+//!   controller's files alike.
 //! - `KVD_FAULT_CORRUPT_FETCH_EVERY=N`: a follower flips a bit in every Nth batch it fetches
 //!   (`corrupt_fetch.rs`: the follower transport `node.rs` uses is wrapped).
 //! - `KVD_FAULT_FETCH_BLOCK_FILE=PATH`: every fetch fails while a file exists at PATH.
@@ -20,8 +25,8 @@
 //!
 //! [`configure_from_env`] reads and checks them once at startup; [`wal_file_system`] is the file
 //! system the WAL opens with: the real one, wrapped in a [`FaultyFs`] when a fault is asked for.
-//! [`controller_file_system`] is the controller's: faulty only for a full disk (the counted
-//! write and fsync faults are the WAL's alone).
+//! [`controller_file_system`] is the controller's: faulty only for a full or stalled disk (the
+//! counted write and fsync faults are the WAL's alone).
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -37,6 +42,8 @@ pub const FAULT_FSYNC_FAIL_AT_ENV: &str = "KVD_FAULT_FSYNC_FAIL_AT";
 pub const FAULT_WRITE_FAIL_AT_ENV: &str = "KVD_FAULT_WRITE_FAIL_AT";
 /// A path: while a file exists there, the WAL's disk has no room for a new segment.
 pub const FAULT_DISK_FULL_FILE_ENV: &str = "KVD_FAULT_DISK_FULL_FILE";
+/// A path: while a file exists there, the node's disk does not answer (every change waits).
+pub const FAULT_DISK_STALL_FILE_ENV: &str = "KVD_FAULT_DISK_STALL_FILE";
 /// Env variable: every how many fetched batches a follower corrupts one (`corrupt_fetch.rs`).
 pub const FAULT_CORRUPT_FETCH_EVERY_ENV: &str = "KVD_FAULT_CORRUPT_FETCH_EVERY";
 /// A path: while a file exists there, every fetch of this follower fails (it stays alive and
@@ -46,11 +53,12 @@ pub const FAULT_FETCH_BLOCK_FILE_ENV: &str = "KVD_FAULT_FETCH_BLOCK_FILE";
 pub const FAULT_PEER_ROUTES_ENV: &str = "KVD_FAULT_PEER_ROUTES";
 
 /// Every fault variable this build reads.
-pub const VARIABLES: [&str; 7] = [
+pub const VARIABLES: [&str; 8] = [
     FAILPOINTS_ENV,
     FAULT_FSYNC_FAIL_AT_ENV,
     FAULT_WRITE_FAIL_AT_ENV,
     FAULT_DISK_FULL_FILE_ENV,
+    FAULT_DISK_STALL_FILE_ENV,
     FAULT_CORRUPT_FETCH_EVERY_ENV,
     FAULT_FETCH_BLOCK_FILE_ENV,
     FAULT_PEER_ROUTES_ENV,
@@ -91,45 +99,43 @@ pub fn configure_from_env() -> anyhow::Result<()> {
     }
     let fsync_fail_at = hit_number(FAULT_FSYNC_FAIL_AT_ENV)?;
     let write_fail_at = hit_number(FAULT_WRITE_FAIL_AT_ENV)?;
-    let disk_full_file = env_value(FAULT_DISK_FULL_FILE_ENV);
+    let disk = DiskFaults {
+        full_file: env_value(FAULT_DISK_FULL_FILE_ENV),
+        stall_file: env_value(FAULT_DISK_STALL_FILE_ENV),
+    };
     let file_system: Arc<dyn FileSystem> =
-        if fsync_fail_at.is_none() && write_fail_at.is_none() && disk_full_file.is_none() {
+        if fsync_fail_at.is_none() && write_fail_at.is_none() && disk.is_none() {
             Arc::new(StdFs)
         } else {
-            let plan = FaultPlan::new();
+            let plan = disk.plan();
             if let Some(number) = fsync_fail_at {
                 plan.fail_sync_at(number);
             }
             if let Some(number) = write_fail_at {
                 plan.fail_write_at(number);
             }
-            if let Some(path) = &disk_full_file {
-                plan.full_while_exists(path.into());
-            }
             tracing::warn!(
                 fsync_fail_at,
                 write_fail_at,
-                disk_full_file,
+                disk_full_file = disk.full_file,
+                disk_stall_file = disk.stall_file,
                 "the WAL runs on a faulty file system: test use only"
             );
             Arc::new(FaultyFs::new(Arc::new(StdFs), plan))
         };
     // A second call keeps the first choice: the env does not change while the process runs.
     let _ = WAL_FILE_SYSTEM.set(file_system);
-    let controller_file_system: Arc<dyn FileSystem> = match &disk_full_file {
-        Some(path) => {
-            let plan = FaultPlan::new();
-            plan.full_while_exists(path.into());
-            Arc::new(FaultyFs::new(Arc::new(StdFs), plan))
-        }
-        None => Arc::new(StdFs),
+    let controller_file_system: Arc<dyn FileSystem> = if disk.is_none() {
+        Arc::new(StdFs)
+    } else {
+        Arc::new(FaultyFs::new(Arc::new(StdFs), disk.plan()))
     };
     let _ = CONTROLLER_FILE_SYSTEM.set(controller_file_system);
     Ok(())
 }
 
 /// The file system the controller's files are written through: the real one unless a full
-/// disk was asked for.
+/// or stalled disk was asked for.
 pub fn controller_file_system() -> Arc<dyn FileSystem> {
     CONTROLLER_FILE_SYSTEM
         .get()
@@ -143,6 +149,32 @@ pub fn wal_file_system() -> Arc<dyn FileSystem> {
         .get()
         .cloned()
         .unwrap_or_else(|| Arc::new(StdFs))
+}
+
+/// The faults of the whole disk, which the WAL's file system and the controller's share.
+struct DiskFaults {
+    /// `KVD_FAULT_DISK_FULL_FILE`.
+    full_file: Option<String>,
+    /// `KVD_FAULT_DISK_STALL_FILE`.
+    stall_file: Option<String>,
+}
+
+impl DiskFaults {
+    fn is_none(&self) -> bool {
+        self.full_file.is_none() && self.stall_file.is_none()
+    }
+
+    /// A plan with these faults (and no counted ones).
+    fn plan(&self) -> Arc<FaultPlan> {
+        let plan = FaultPlan::new();
+        if let Some(path) = &self.full_file {
+            plan.full_while_exists(path.into());
+        }
+        if let Some(path) = &self.stall_file {
+            plan.stall_while_exists(path.into());
+        }
+        plan
+    }
 }
 
 fn env_value(name: &str) -> Option<String> {

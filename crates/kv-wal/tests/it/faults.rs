@@ -224,6 +224,56 @@ fn check_room_finds_room_again_without_an_append_and_leaves_no_probe() {
     assert_eq!(wal.append(&payload(next, 64)).unwrap(), next);
 }
 
+/// A disk that stops answering (`FaultPlan::stall_while_exists`, as a hung device or a frozen
+/// file system): an append waits, neither acknowledged nor failed, the log not poisoned and
+/// reads answering meanwhile; once the disk answers again the append completes, durable, and
+/// later appends follow. The stall is what kvd's end-to-end test of a leader whose disk hangs
+/// (`failover::disk::a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write`)
+/// builds on.
+#[test]
+fn an_append_on_a_stalled_disk_waits_and_completes_durable_once_the_disk_answers() {
+    let fs = SimFs::new();
+    let plan = FaultPlan::new();
+    let flags = tempfile::tempdir().unwrap();
+    let stalled = flags.path().join("stalled");
+    plan.stall_while_exists(stalled.clone());
+    let wal = Arc::new(open_faulty(&fs, &plan, SyncPolicy::Batch, 64 * 1024));
+    for id in 1..=5 {
+        assert_eq!(wal.append(&payload(id, 64)).unwrap(), id);
+    }
+    assert_eq!(plan.faults_fired(), 0);
+    std::fs::write(&stalled, b"").unwrap();
+    let appender = {
+        let wal = wal.clone();
+        std::thread::spawn(move || wal.append(&payload(6, 64)))
+    };
+    let started = Instant::now();
+    while plan.faults_fired() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the append never reached the disk"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !appender.is_finished(),
+        "the append returned while the disk did not answer"
+    );
+    assert_eq!(wal.durable_id(), 5);
+    assert_eq!(wal.poisoned(), None);
+    assert_eq!(wal.read(5).unwrap(), Some(payload(5, 64)));
+
+    std::fs::remove_file(&stalled).unwrap();
+    assert_eq!(appender.join().unwrap().unwrap(), 6);
+    assert_eq!(wal.durable_id(), 6);
+    assert_eq!(wal.append(&payload(7, 64)).unwrap(), 7);
+    drop(wal);
+    fs.crash(CrashMode::DropUnsynced);
+    let (wal, report) = open_sim(&fs, 64 * 1024, RecoveryMode::TolerateTornTail).unwrap();
+    assert_eq!(collect(&wal, 1).len(), 7, "{report}");
+}
+
 /// A power cut at any fsync of a roll (the new segment's file, the old one's shrink, its seal,
 /// the directory), each failing and then torn in several ways: the log opens again, with every
 /// acknowledged record. A roll once named the new segment before the old one's seal was
