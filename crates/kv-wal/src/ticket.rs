@@ -86,6 +86,13 @@ impl AppendTicket {
         }
     }
 
+    /// Whether waiting on this ticket runs its write group's `fdatasync` on the waiting thread
+    /// (the append found the log idle), blocking it for the fsync's duration — on an async
+    /// runtime, the worker thread that polls it.
+    pub fn leads_its_group(&self) -> bool {
+        self.lead.is_some()
+    }
+
     /// The ids the records got.
     pub fn ids(&self) -> RangeInclusive<u64> {
         self.ids.clone()

@@ -58,7 +58,8 @@ impl Node {
     /// no task and no wake-up of its own per write. Every sync policy takes the same path:
     /// the WAL's submit never waits for the disk, and the ticket of a write that found the log
     /// idle runs its one `fdatasync` when awaited (kv-wal's write-group leader; others are
-    /// woken by its committer thread), with no hop to the blocking pool.
+    /// woken by its committer thread), with no hop to the blocking pool — after one yield
+    /// when replication streams are open, so they push the frames before that fsync.
     pub async fn write_to_completion(
         self: &Arc<Self>,
         command: Command,
@@ -100,6 +101,21 @@ impl Node {
             ticket: Some(submitted.ticket),
             finisher,
         };
+        // A ticket that leads its write group runs its `fdatasync` inside the poll below,
+        // blocking this worker for the fsync. Its frames are written already, and the streams
+        // they woke wait in this worker's queue — the first in tokio's LIFO slot, which no
+        // other worker steals — until the poll returns: the followers would get the frames
+        // only after the leader's fsync. A yield lets the streams push first (this task goes
+        // to the back of the queue and another worker is woken to take it), so the followers'
+        // writes and fsyncs overlap the leader's (kv-replication's `nodes::the_streams_push_a_write_before_the_leaders_fsync`).
+        if durable
+            .ticket
+            .as_ref()
+            .is_some_and(|ticket| ticket.leads_its_group())
+            && self.streams.any_open()
+        {
+            tokio::task::yield_now().await;
+        }
         let waited = match durable.ticket.as_mut() {
             Some(ticket) => ticket.await,
             None => unreachable!("the ticket is taken only here and in drop"),

@@ -52,6 +52,11 @@ pub(super) struct StreamCounters {
 }
 
 impl StreamCounters {
+    /// Whether this leader serves a stream now.
+    pub(super) fn any_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed) > 0
+    }
+
     pub(super) fn counts(&self) -> StreamCounts {
         StreamCounts {
             open: self.open.load(Ordering::Relaxed),
