@@ -187,6 +187,9 @@ pub struct FaultPlan {
     /// While a file exists at this path, the disk does not answer: every change waits (see
     /// [`FaultPlan::stall_while_exists`]).
     stall_while: std::sync::Mutex<Option<std::path::PathBuf>>,
+    /// While a file exists at this path, every `fsync` waits; writes still land in the page
+    /// cache (see [`FaultPlan::stall_syncs_while_exists`]).
+    stall_syncs_while: std::sync::Mutex<Option<std::path::PathBuf>>,
 }
 
 /// How often a stalled change looks again whether the disk answers
@@ -230,10 +233,21 @@ impl FaultPlan {
     pub fn stall_while_exists(&self, path: std::path::PathBuf) {
         *crate::mutex::lock(&self.stall_while) = Some(path);
     }
+    /// Makes every `fsync` wait while a file exists at `path`, as a device that stopped
+    /// completing writes does once the page cache takes them no more: `write`s return (into
+    /// the page cache), `fdatasync` and a directory's `fsync` never do until the file is
+    /// removed.
+    pub fn stall_syncs_while_exists(&self, path: std::path::PathBuf) {
+        *crate::mutex::lock(&self.stall_syncs_while) = Some(path);
+    }
     /// Waits while the disk is stalled (see [`FaultPlan::stall_while_exists`]); at once when
     /// no stall was asked for.
     fn wait_while_stalled(&self) {
-        let Some(path) = crate::mutex::lock(&self.stall_while).clone() else {
+        self.wait_while_flagged(&self.stall_while);
+    }
+    /// Waits while a file exists at the path in `flag`, if any, counting one fault per wait.
+    fn wait_while_flagged(&self, flag: &std::sync::Mutex<Option<std::path::PathBuf>>) {
+        let Some(path) = crate::mutex::lock(flag).clone() else {
             return;
         };
         let mut counted = false;
@@ -279,6 +293,7 @@ impl FaultPlan {
     }
     fn on_sync(&self) -> io::Result<()> {
         self.wait_while_stalled();
+        self.wait_while_flagged(&self.stall_syncs_while);
         let delay = self.sync_delay_micros.load(Ordering::SeqCst);
         if delay > 0 {
             std::thread::sleep(std::time::Duration::from_micros(delay));

@@ -16,6 +16,9 @@
 //!   creation, rename and removal waits until the file is removed
 //!   (`FaultPlan::stall_while_exists`) — in the WAL, `node.meta`, snapshots and the
 //!   controller's files alike.
+//! - `KVD_FAULT_FSYNC_STALL_FILE=PATH`: likewise, but only `fsync`s wait; writes land in the
+//!   page cache (`FaultPlan::stall_syncs_while_exists`): a device that stopped completing
+//!   writes.
 //! - `KVD_FAULT_CORRUPT_FETCH_EVERY=N`: a follower flips a bit in every Nth batch it fetches
 //!   (`corrupt_fetch.rs`: the follower transport `node.rs` uses is wrapped).
 //! - `KVD_FAULT_FETCH_BLOCK_FILE=PATH`: every fetch fails while a file exists at PATH.
@@ -44,6 +47,8 @@ pub const FAULT_WRITE_FAIL_AT_ENV: &str = "KVD_FAULT_WRITE_FAIL_AT";
 pub const FAULT_DISK_FULL_FILE_ENV: &str = "KVD_FAULT_DISK_FULL_FILE";
 /// A path: while a file exists there, the node's disk does not answer (every change waits).
 pub const FAULT_DISK_STALL_FILE_ENV: &str = "KVD_FAULT_DISK_STALL_FILE";
+/// A path: while a file exists there, the node's `fsync`s do not return.
+pub const FAULT_FSYNC_STALL_FILE_ENV: &str = "KVD_FAULT_FSYNC_STALL_FILE";
 /// Env variable: every how many fetched batches a follower corrupts one (`corrupt_fetch.rs`).
 pub const FAULT_CORRUPT_FETCH_EVERY_ENV: &str = "KVD_FAULT_CORRUPT_FETCH_EVERY";
 /// A path: while a file exists there, every fetch of this follower fails (it stays alive and
@@ -53,12 +58,13 @@ pub const FAULT_FETCH_BLOCK_FILE_ENV: &str = "KVD_FAULT_FETCH_BLOCK_FILE";
 pub const FAULT_PEER_ROUTES_ENV: &str = "KVD_FAULT_PEER_ROUTES";
 
 /// Every fault variable this build reads.
-pub const VARIABLES: [&str; 8] = [
+pub const VARIABLES: [&str; 9] = [
     FAILPOINTS_ENV,
     FAULT_FSYNC_FAIL_AT_ENV,
     FAULT_WRITE_FAIL_AT_ENV,
     FAULT_DISK_FULL_FILE_ENV,
     FAULT_DISK_STALL_FILE_ENV,
+    FAULT_FSYNC_STALL_FILE_ENV,
     FAULT_CORRUPT_FETCH_EVERY_ENV,
     FAULT_FETCH_BLOCK_FILE_ENV,
     FAULT_PEER_ROUTES_ENV,
@@ -102,6 +108,7 @@ pub fn configure_from_env() -> anyhow::Result<()> {
     let disk = DiskFaults {
         full_file: env_value(FAULT_DISK_FULL_FILE_ENV),
         stall_file: env_value(FAULT_DISK_STALL_FILE_ENV),
+        fsync_stall_file: env_value(FAULT_FSYNC_STALL_FILE_ENV),
     };
     let file_system: Arc<dyn FileSystem> =
         if fsync_fail_at.is_none() && write_fail_at.is_none() && disk.is_none() {
@@ -119,6 +126,7 @@ pub fn configure_from_env() -> anyhow::Result<()> {
                 write_fail_at,
                 disk_full_file = disk.full_file,
                 disk_stall_file = disk.stall_file,
+                fsync_stall_file = disk.fsync_stall_file,
                 "the WAL runs on a faulty file system: test use only"
             );
             Arc::new(FaultyFs::new(Arc::new(StdFs), plan))
@@ -157,11 +165,13 @@ struct DiskFaults {
     full_file: Option<String>,
     /// `KVD_FAULT_DISK_STALL_FILE`.
     stall_file: Option<String>,
+    /// `KVD_FAULT_FSYNC_STALL_FILE`.
+    fsync_stall_file: Option<String>,
 }
 
 impl DiskFaults {
     fn is_none(&self) -> bool {
-        self.full_file.is_none() && self.stall_file.is_none()
+        self.full_file.is_none() && self.stall_file.is_none() && self.fsync_stall_file.is_none()
     }
 
     /// A plan with these faults (and no counted ones).
@@ -172,6 +182,9 @@ impl DiskFaults {
         }
         if let Some(path) = &self.stall_file {
             plan.stall_while_exists(path.into());
+        }
+        if let Some(path) = &self.fsync_stall_file {
+            plan.stall_syncs_while_exists(path.into());
         }
         plan
     }

@@ -227,7 +227,7 @@ fn check_room_finds_room_again_without_an_append_and_leaves_no_probe() {
 /// A disk that stops answering (`FaultPlan::stall_while_exists`, as a hung device or a frozen
 /// file system): an append waits, neither acknowledged nor failed, the log not poisoned and
 /// reads answering meanwhile; once the disk answers again the append completes, durable, and
-/// later appends follow. The stall is what kvd's end-to-end test of a leader whose disk hangs
+/// later appends follow. Likewise when only the fsyncs hang (`stall_syncs_while_exists`). The stall is what kvd's end-to-end test of a leader whose disk hangs
 /// (`failover::disk::a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write`)
 /// builds on.
 #[test]
@@ -268,10 +268,39 @@ fn an_append_on_a_stalled_disk_waits_and_completes_durable_once_the_disk_answers
     assert_eq!(appender.join().unwrap().unwrap(), 6);
     assert_eq!(wal.durable_id(), 6);
     assert_eq!(wal.append(&payload(7, 64)).unwrap(), 7);
+
+    // Only the fsyncs hang (`stall_syncs_while_exists`): the append's record is written —
+    // readable, as followers read it — but not durable until the fsync returns.
+    let fsync_stalled = flags.path().join("fsync-stalled");
+    plan.stall_syncs_while_exists(fsync_stalled.clone());
+    std::fs::write(&fsync_stalled, b"").unwrap();
+    let fired = plan.faults_fired();
+    let appender = {
+        let wal = wal.clone();
+        std::thread::spawn(move || wal.append(&payload(8, 64)))
+    };
+    let started = Instant::now();
+    while plan.faults_fired() == fired {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the fsync never began"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !appender.is_finished(),
+        "the append returned before its fsync"
+    );
+    assert_eq!(wal.read(8).unwrap(), Some(payload(8, 64)));
+    assert_eq!(wal.durable_id(), 7);
+    std::fs::remove_file(&fsync_stalled).unwrap();
+    assert_eq!(appender.join().unwrap().unwrap(), 8);
+    assert_eq!(wal.durable_id(), 8);
     drop(wal);
     fs.crash(CrashMode::DropUnsynced);
     let (wal, report) = open_sim(&fs, 64 * 1024, RecoveryMode::TolerateTornTail).unwrap();
-    assert_eq!(collect(&wal, 1).len(), 7, "{report}");
+    assert_eq!(collect(&wal, 1).len(), 8, "{report}");
 }
 
 /// A power cut at any fsync of a roll (the new segment's file, the old one's shrink, its seal,

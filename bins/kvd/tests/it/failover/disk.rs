@@ -93,55 +93,69 @@ fn hand_over_after(variable: &str, at: &str) {
     assert_holds_all(&cluster, 0, &acked, "node 0 restarted");
 }
 
-/// A leader whose disk stops answering — a hung device, a frozen file system
-/// (`KVD_FAULT_DISK_STALL_FILE`: every write, `fsync`, creation and rename of the node waits) —
-/// is alive and reachable, yet completes no write. The cluster must not wait on it: another
-/// node leads within a few sessions, the writes go on, nothing acknowledged is lost, and once
-/// the disk answers again the old leader follows and holds every write. Tried twice: with the
-/// data leader a plain member of the controller quorum, whose session heartbeats need no disk,
-/// and with the data leader the controller's Raft leader as well, whose Raft log then waits
-/// too. (Found by hand with `fsfreeze` on loop-mounted ext4 file systems; this test makes it
-/// a guarantee.)
+/// A leader whose disk stops answering — a hung device, a frozen file system — is alive and
+/// reachable, yet completes no write. The cluster must not wait on it: another node leads
+/// within a few sessions, the writes go on, nothing acknowledged is lost, and once the disk
+/// answers again the old leader follows and holds every write. Two kinds of hang:
+/// `KVD_FAULT_DISK_STALL_FILE` (every write, `fsync`, creation and rename of the node waits,
+/// as under `fsfreeze`) and `KVD_FAULT_FSYNC_STALL_FILE` (writes land in the page cache, only
+/// the `fsync`s never return); each with the data leader a plain member of the controller
+/// quorum, whose session heartbeats need no disk, and with the data leader the controller's
+/// Raft leader as well, whose Raft log then waits too. (Found by hand with `fsfreeze` on
+/// loop-mounted ext4 file systems; this test makes it a guarantee.)
 #[test]
 fn a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write() {
     let scratch = tempfile::tempdir().expect("temp dir");
-    let stall_file = |index: usize| scratch.path().join(format!("node-{index}-disk-hangs"));
+    let hang_file =
+        |index: usize, kind: &str| scratch.path().join(format!("node-{index}-{kind}-hangs"));
     let cluster = Cluster::start_first_with_env(
         3,
         3,
         |_| vec!["--write-quorum".to_owned(), "2".to_owned()],
         |index| {
-            vec![(
-                "KVD_FAULT_DISK_STALL_FILE".to_owned(),
-                stall_file(index).display().to_string(),
-            )]
+            vec![
+                (
+                    "KVD_FAULT_DISK_STALL_FILE".to_owned(),
+                    hang_file(index, "disk").display().to_string(),
+                ),
+                (
+                    "KVD_FAULT_FSYNC_STALL_FILE".to_owned(),
+                    hang_file(index, "fsync").display().to_string(),
+                ),
+            ]
         },
     );
     let writers = Writers::start(&cluster, 3, "");
-    for also_controller_leader in [false, true] {
+    let rounds = [
+        (false, "disk"),
+        (true, "fsync"),
+        (false, "fsync"),
+        (true, "disk"),
+    ];
+    for (also_controller_leader, kind) in rounds {
         let (leader, epoch) = lead_as(&cluster, also_controller_leader);
         writers.wait_for_more(50);
         let acked_before = writers.acked_count();
-        std::fs::write(stall_file(leader), b"").expect("hang the disk");
+        std::fs::write(hang_file(leader, kind), b"").expect("hang the disk");
         let hung_at = Instant::now();
         let (successor, new_epoch) = cluster.wait_for_leader(Some(leader));
         let replaced_after = hung_at.elapsed();
         assert!(new_epoch > epoch);
         writers.wait_for_more(100);
         println!(
-            "node {leader} (controller leader too: {also_controller_leader}): its disk hung \
+            "node {leader} (controller leader too: {also_controller_leader}): its {kind} hung \
              after {acked_before} writes; node {successor} led epoch {new_epoch} after \
              {replaced_after:?}, 100 more writes by {:?}",
             hung_at.elapsed()
         );
-        std::fs::remove_file(stall_file(leader)).expect("the disk answers again");
+        std::fs::remove_file(hang_file(leader, kind)).expect("the disk answers again");
         cluster.wait_until_formed();
         let status = cluster.status(leader).expect("answers once its disk does");
         assert_eq!(status["role"], "follower", "{status}");
     }
     let acked = writers.stop();
     for index in 0..3 {
-        assert_holds_all(&cluster, index, &acked, "after both disks answered again");
+        assert_holds_all(&cluster, index, &acked, "after every disk answered again");
     }
 }
 
