@@ -233,10 +233,9 @@ impl FaultPlan {
     pub fn stall_while_exists(&self, path: std::path::PathBuf) {
         *crate::mutex::lock(&self.stall_while) = Some(path);
     }
-    /// Makes every `fsync` wait while a file exists at `path`, as a device that stopped
-    /// completing writes does once the page cache takes them no more: `write`s return (into
-    /// the page cache), `fdatasync` and a directory's `fsync` never do until the file is
-    /// removed.
+    /// Makes every `fsync` wait while a file exists at `path`, as on a device that stopped
+    /// completing writes while the page cache still takes them: `write`s return, `fdatasync`
+    /// and a directory's `fsync` do not until the file is removed.
     pub fn stall_syncs_while_exists(&self, path: std::path::PathBuf) {
         *crate::mutex::lock(&self.stall_syncs_while) = Some(path);
     }

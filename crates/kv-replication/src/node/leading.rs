@@ -107,7 +107,8 @@ impl Node {
         // other worker steals — until the poll returns: the followers would get the frames
         // only after the leader's fsync. A yield lets the streams push first (this task goes
         // to the back of the queue and another worker is woken to take it), so the followers'
-        // writes and fsyncs overlap the leader's (kv-replication's `nodes::the_streams_push_a_write_before_the_leaders_fsync`).
+        // writes and fsyncs overlap the leader's (tests/it/nodes.rs,
+        // `the_streams_push_a_write_before_the_leaders_fsync`).
         if durable
             .ticket
             .as_ref()
