@@ -120,6 +120,27 @@ fn follower_node(dir: &std::path::Path, options: NodeOptions) -> Arc<Node> {
     )
 }
 
+/// A store in `dir` whose disk takes the faults of the returned plan.
+fn open_on_a_faulty_disk(
+    dir: &std::path::Path,
+) -> (Arc<kv_store::Store>, Arc<kv_wal::fs::FaultPlan>) {
+    let plan = kv_wal::fs::FaultPlan::new();
+    let mut store_options = kv_store::StoreOptions {
+        snapshot_dir: Some(dir.join("snapshots")),
+        ..kv_store::StoreOptions::default()
+    };
+    store_options.wal.file_system = Arc::new(kv_wal::fs::FaultyFs::new(
+        Arc::new(kv_wal::fs::StdFs),
+        plan.clone(),
+    ));
+    let store = Arc::new(
+        kv_store::Store::open(dir.join("wal"), store_options)
+            .expect("open")
+            .0,
+    );
+    (store, plan)
+}
+
 fn options(write_quorum: usize) -> NodeOptions {
     let mut options = NodeOptions::default();
     options.leader.write_quorum = write_quorum;
@@ -482,20 +503,7 @@ async fn a_write_dropped_while_waiting_for_the_disk_is_still_applied() {
     // A slow disk (every fsync 20 ms): the commit that makes the write durable is surely still
     // in flight at the write's first poll. On a quiet machine the committer thread, on the
     // other core, otherwise finished a real fsync before that poll now and then.
-    let plan = kv_wal::fs::FaultPlan::new();
-    let mut store_options = kv_store::StoreOptions {
-        snapshot_dir: Some(dir.path().join("snapshots")),
-        ..kv_store::StoreOptions::default()
-    };
-    store_options.wal.file_system = Arc::new(kv_wal::fs::FaultyFs::new(
-        Arc::new(kv_wal::fs::StdFs),
-        plan.clone(),
-    ));
-    let store = Arc::new(
-        kv_store::Store::open(dir.path().join("wal"), store_options)
-            .expect("open")
-            .0,
-    );
+    let (store, plan) = open_on_a_faulty_disk(dir.path());
     let leader = Arc::new(Node::open_leader(store, dir.path(), options(1)).expect("open leader"));
     plan.delay_syncs(Duration::from_millis(20));
     let mut dropped_waiting = None;
@@ -534,20 +542,7 @@ async fn a_write_dropped_while_waiting_for_the_disk_is_still_applied() {
 async fn the_streams_push_a_write_before_the_leaders_fsync() {
     const FSYNC: Duration = Duration::from_millis(600);
     let dir = tempfile::tempdir().unwrap();
-    let plan = kv_wal::fs::FaultPlan::new();
-    let mut store_options = kv_store::StoreOptions {
-        snapshot_dir: Some(dir.path().join("snapshots")),
-        ..kv_store::StoreOptions::default()
-    };
-    store_options.wal.file_system = Arc::new(kv_wal::fs::FaultyFs::new(
-        Arc::new(kv_wal::fs::StdFs),
-        plan.clone(),
-    ));
-    let store = Arc::new(
-        kv_store::Store::open(dir.path().join("wal"), store_options)
-            .expect("open")
-            .0,
-    );
+    let (store, plan) = open_on_a_faulty_disk(dir.path());
     let leader = Arc::new(Node::open_leader(store, dir.path(), options(1)).expect("open leader"));
     let opening = FetchRequest {
         cluster_id: 0,

@@ -243,23 +243,7 @@ fn an_append_on_a_stalled_disk_waits_and_completes_durable_once_the_disk_answers
     }
     assert_eq!(plan.faults_fired(), 0);
     std::fs::write(&stalled, b"").unwrap();
-    let appender = {
-        let wal = wal.clone();
-        std::thread::spawn(move || wal.append(&payload(6, 64)))
-    };
-    let started = Instant::now();
-    while plan.faults_fired() == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the append never reached the disk"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        !appender.is_finished(),
-        "the append returned while the disk did not answer"
-    );
+    let appender = append_held_by_the_stall(&wal, &plan, 6);
     assert_eq!(wal.durable_id(), 5);
     assert_eq!(wal.poisoned(), None);
     assert_eq!(wal.read(5).unwrap(), Some(payload(5, 64)));
@@ -274,24 +258,7 @@ fn an_append_on_a_stalled_disk_waits_and_completes_durable_once_the_disk_answers
     let fsync_stalled = flags.path().join("fsync-stalled");
     plan.stall_syncs_while_exists(fsync_stalled.clone());
     std::fs::write(&fsync_stalled, b"").unwrap();
-    let fired = plan.faults_fired();
-    let appender = {
-        let wal = wal.clone();
-        std::thread::spawn(move || wal.append(&payload(8, 64)))
-    };
-    let started = Instant::now();
-    while plan.faults_fired() == fired {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the fsync never began"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        !appender.is_finished(),
-        "the append returned before its fsync"
-    );
+    let appender = append_held_by_the_stall(&wal, &plan, 8);
     assert_eq!(wal.read(8).unwrap(), Some(payload(8, 64)));
     assert_eq!(wal.durable_id(), 7);
     std::fs::remove_file(&fsync_stalled).unwrap();
@@ -301,6 +268,34 @@ fn an_append_on_a_stalled_disk_waits_and_completes_durable_once_the_disk_answers
     fs.crash(CrashMode::DropUnsynced);
     let (wal, report) = open_sim(&fs, 64 * 1024, RecoveryMode::TolerateTornTail).unwrap();
     assert_eq!(collect(&wal, 1).len(), 8, "{report}");
+}
+
+/// Appends record `id` on a thread of its own, waits until the stalled disk holds it (a stall
+/// fault fired), and checks that it is still held 200 ms later; returns the appending thread.
+fn append_held_by_the_stall(
+    wal: &Arc<Wal>,
+    plan: &FaultPlan,
+    id: u64,
+) -> std::thread::JoinHandle<kv_wal::Result<u64>> {
+    let fired = plan.faults_fired();
+    let appender = {
+        let wal = wal.clone();
+        std::thread::spawn(move || wal.append(&payload(id, 64)))
+    };
+    let started = Instant::now();
+    while plan.faults_fired() == fired {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "append {id} never reached the stall"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !appender.is_finished(),
+        "append {id} returned while the disk did not answer"
+    );
+    appender
 }
 
 /// A power cut at any fsync of a roll (the new segment's file, the old one's shrink, its seal,
