@@ -14,6 +14,7 @@
 mod cli;
 mod cluster;
 mod config;
+mod disk_watch;
 mod faults;
 mod logging;
 mod node;

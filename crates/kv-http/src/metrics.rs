@@ -413,6 +413,8 @@ fn render_wal_stats(out: &mut String, store: &Store) {
         "kvd_wal_fsync_seconds_total {}",
         stats.fsync_seconds_total
     );
+    let _ = writeln!(out, "# HELP kvd_wal_disk_wait_seconds How long the oldest write or fdatasync of the log still in flight has waited for the disk (0: none).\n# TYPE kvd_wal_disk_wait_seconds gauge");
+    let _ = writeln!(out, "kvd_wal_disk_wait_seconds {}", stats.disk_wait_seconds);
     let name = "kvd_wal_fsync_batch_records";
     let _ = writeln!(
         out,

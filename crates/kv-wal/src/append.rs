@@ -70,10 +70,12 @@ impl Shared {
             .get(count)
             .map_or(writer.pending.len(), |&(_, offset)| offset);
         let path = writer.active.path.clone();
+        let busy = self.stats.disk_busy(crate::stats::DiskOp::Write);
         let written = writer
             .active_file
             .write_all_at(&writer.pending[..split], writer.write_offset)
             .at(&path);
+        drop(busy);
         self.guarded(written)?;
         let base = writer.write_offset;
         {

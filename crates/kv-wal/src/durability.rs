@@ -130,7 +130,9 @@ impl Durability {
             fsyncs.count += 1;
         }
         let started = Instant::now();
+        let busy = stats.disk_busy(crate::stats::DiskOp::Sync);
         let synced = file.sync_data().at(path);
+        drop(busy);
         let mut fsyncs = lock(&self.fsyncs);
         fsyncs.count -= 1;
         if let Err(error) = synced {

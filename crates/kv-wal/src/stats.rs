@@ -1,7 +1,8 @@
 //! Counters the log keeps about itself, for metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// Upper bounds of the group-commit batch-size histogram (records per fsync).
 pub const FSYNC_BATCH_BOUNDS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
@@ -20,9 +21,73 @@ pub(crate) struct Stats {
     segments_compressed: AtomicU64,
     compressed_bytes_before: AtomicU64,
     compressed_bytes_after: AtomicU64,
+    /// When the segment write in flight began ([`now_nanos`]; 0: none).
+    write_started: AtomicU64,
+    /// When the append `fdatasync` in flight began (0: none).
+    sync_started: AtomicU64,
+}
+
+/// Which disk operation [`Stats::disk_busy`] tracks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DiskOp {
+    /// A write of frames to the active segment.
+    Write,
+    /// An append's `fdatasync`.
+    Sync,
+}
+
+/// Nanoseconds on a monotonic clock that starts at 1 the first time it is read.
+fn now_nanos() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1
+}
+
+/// Clears its operation's start time when the operation returns (see [`Stats::disk_busy`]).
+pub(crate) struct DiskBusy<'a> {
+    slot: &'a AtomicU64,
+    started: u64,
+}
+
+impl Drop for DiskBusy<'_> {
+    fn drop(&mut self) {
+        if self.started != 0 {
+            let _ =
+                self.slot
+                    .compare_exchange(self.started, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Stats {
+    /// Records that a write or an `fdatasync` begins, until the returned guard drops, so that
+    /// [`WalStats::disk_wait_seconds`] shows how long the disk has kept one waiting. The
+    /// oldest of each kind is kept (another of the same kind at the same time is not tracked).
+    pub fn disk_busy(&self, op: DiskOp) -> DiskBusy<'_> {
+        let slot = match op {
+            DiskOp::Write => &self.write_started,
+            DiskOp::Sync => &self.sync_started,
+        };
+        let now = now_nanos();
+        let started = match slot.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => now,
+            Err(_) => 0,
+        };
+        DiskBusy { slot, started }
+    }
+
+    /// How long the oldest tracked write or `fdatasync` in flight has been waiting.
+    fn disk_wait(&self) -> Duration {
+        let now = now_nanos();
+        [&self.write_started, &self.sync_started]
+            .iter()
+            .map(|slot| slot.load(Ordering::Acquire))
+            .filter(|&started| started != 0)
+            .map(|started| Duration::from_nanos(now.saturating_sub(started)))
+            .max()
+            .unwrap_or_default()
+    }
+
     pub fn on_append(&self, records: u64) {
         self.append_calls.fetch_add(1, Ordering::Relaxed);
         self.records_appended.fetch_add(records, Ordering::Relaxed);
@@ -75,6 +140,7 @@ impl Stats {
             segments_compressed: load(&self.segments_compressed),
             compressed_bytes_before: load(&self.compressed_bytes_before),
             compressed_bytes_after: load(&self.compressed_bytes_after),
+            disk_wait_seconds: self.disk_wait().as_secs_f64(),
         }
     }
 }
@@ -108,4 +174,7 @@ pub struct WalStats {
     pub compressed_bytes_before: u64,
     /// Their compressed bytes.
     pub compressed_bytes_after: u64,
+    /// How long the oldest write of frames or append `fdatasync` still in flight has been
+    /// waiting for the disk (0 when none is): a hung or very slow disk shows here.
+    pub disk_wait_seconds: f64,
 }

@@ -279,6 +279,8 @@ async fn metrics_count_requests_and_show_the_wal() {
         "kvd_wal_records_appended_total 1",
         // The PUT found the log idle: it ran its own commit (the write-group leader).
         "kvd_wal_inline_commits_total 1",
+        // Nothing is waiting for the disk.
+        "kvd_wal_disk_wait_seconds 0",
         r#"kvd_wal_fsync_batch_records_bucket{le="+Inf"} 1"#,
         r#"kvd_node_info{role="leader"} 1"#,
     ] {

@@ -227,7 +227,8 @@ fn check_room_finds_room_again_without_an_append_and_leaves_no_probe() {
 /// A disk that stops answering (`FaultPlan::stall_while_exists`, as a hung device or a frozen
 /// file system): an append waits, neither acknowledged nor failed, the log not poisoned and
 /// reads answering meanwhile; once the disk answers again the append completes, durable, and
-/// later appends follow. Likewise when only the fsyncs hang (`stall_syncs_while_exists`). The stall is what kvd's end-to-end test of a leader whose disk hangs
+/// later appends follow. Likewise when only the fsyncs hang (`stall_syncs_while_exists`).
+/// Meanwhile `WalStats::disk_wait_seconds` shows how long the disk has kept the append waiting. The stall is what kvd's end-to-end test of a leader whose disk hangs
 /// (`failover::disk::a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write`)
 /// builds on.
 #[test]
@@ -264,6 +265,11 @@ fn an_append_on_a_stalled_disk_waits_and_completes_durable_once_the_disk_answers
     std::fs::remove_file(&fsync_stalled).unwrap();
     assert_eq!(appender.join().unwrap().unwrap(), 8);
     assert_eq!(wal.durable_id(), 8);
+    assert_eq!(
+        wal.stats().disk_wait_seconds,
+        0.0,
+        "no wait once the disk answers"
+    );
     drop(wal);
     fs.crash(CrashMode::DropUnsynced);
     let (wal, report) = open_sim(&fs, 64 * 1024, RecoveryMode::TolerateTornTail).unwrap();
@@ -295,6 +301,8 @@ fn append_held_by_the_stall(
         !appender.is_finished(),
         "append {id} returned while the disk did not answer"
     );
+    let waited = wal.stats().disk_wait_seconds;
+    assert!(waited >= 0.2, "the stats show the disk's wait: {waited} s");
     appender
 }
 

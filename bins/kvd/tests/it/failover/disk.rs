@@ -152,6 +152,13 @@ fn a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write() {
         cluster.wait_until_formed();
         let status = cluster.status(leader).expect("answers once its disk does");
         assert_eq!(status["role"], "follower", "{status}");
+        // The node could not answer meanwhile; its log says why (`disk_watch.rs`).
+        let log = cluster.log(leader);
+        assert!(
+            log.contains("the disk has not completed a write or fdatasync of the WAL")
+                && log.contains("the disk answers again"),
+            "node {leader}'s log does not say its disk hung:\n{log}"
+        );
     }
     let acked = writers.stop();
     for index in 0..3 {

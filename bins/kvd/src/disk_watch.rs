@@ -1,0 +1,139 @@
+//! The disk watch: a thread of its own that says in the log when the disk keeps the WAL
+//! waiting. A node whose disk hangs stops answering altogether — its WAL's writes and
+//! `fdatasync`s run on the async runtime's workers, which the hung disk holds, so `/health`,
+//! `/metrics` and the heartbeats stop with them (`docs/reliability.md`) — and the log is then
+//! the only place that says why. The thread reads `WalStats::disk_wait_seconds` (atomics, no
+//! lock a hung write could hold) a few times a second and warns once the oldest write or
+//! `fdatasync` in flight has waited [`WARN_AFTER`], again every [`REPEAT`] while it lasts, and
+//! says when the disk answers again.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kv_store::Store;
+
+/// How long a write or `fdatasync` may wait before the watch warns (etcd warns of a WAL sync
+/// slower than a second too).
+pub const WARN_AFTER: Duration = Duration::from_secs(1);
+/// How often the warning repeats while the wait lasts.
+const REPEAT: Duration = Duration::from_secs(10);
+/// How often the watch looks.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// The running watch; dropping it stops the thread.
+pub struct DiskWatch {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DiskWatch {
+    /// Starts watching `store`'s log.
+    pub fn start(store: Arc<Store>) -> std::io::Result<DiskWatch> {
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("kvd-disk-watch".to_owned())
+            .spawn(move || watch(&store, &stopped))?;
+        Ok(DiskWatch {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for DiskWatch {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn watch(store: &Store, stopped: &mpsc::Receiver<()>) {
+    let mut watch = Watch::default();
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECK_EVERY) {
+        let waited = Duration::from_secs_f64(store.wal_stats().disk_wait_seconds.max(0.0));
+        match watch.look(waited, Instant::now()) {
+            Some(Said::Waiting(waited)) => tracing::warn!(
+                waited_ms = waited.as_millis() as u64,
+                "the disk has not completed a write or fdatasync of the WAL for {:.1} s: \
+                 writes wait, and this node answers nothing (HTTP, heartbeats) until the disk \
+                 does; its leadership, if any, passes to another node",
+                waited.as_secs_f64()
+            ),
+            Some(Said::Answered(longest)) => tracing::info!(
+                waited_ms = longest.as_millis() as u64,
+                "the disk answers again"
+            ),
+            None => {}
+        }
+    }
+}
+
+/// What the watch says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Said {
+    /// The disk has kept a write or fsync waiting this long.
+    Waiting(Duration),
+    /// A wait that was warned of ended; the longest seen.
+    Answered(Duration),
+}
+
+/// The watch's memory: when it last warned, and the longest wait of the warned stretch.
+#[derive(Debug, Default)]
+struct Watch {
+    warned_at: Option<Instant>,
+    longest: Duration,
+}
+
+impl Watch {
+    /// What to say, if anything, now that the oldest write or fsync in flight has waited
+    /// `waited` (zero: none in flight).
+    fn look(&mut self, waited: Duration, now: Instant) -> Option<Said> {
+        if waited < WARN_AFTER {
+            self.warned_at.take()?;
+            let longest = std::mem::take(&mut self.longest);
+            return Some(Said::Answered(longest));
+        }
+        self.longest = self.longest.max(waited);
+        if self
+            .warned_at
+            .is_some_and(|warned| now.duration_since(warned) < REPEAT)
+        {
+            return None;
+        }
+        self.warned_at = Some(now);
+        Some(Said::Waiting(waited))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_past_a_second_is_said_again_every_ten_seconds_and_its_end_once() {
+        let mut watch = Watch::default();
+        let start = Instant::now();
+        let at = |millis: u64| start + Duration::from_millis(millis);
+        assert_eq!(watch.look(Duration::ZERO, at(0)), None);
+        assert_eq!(watch.look(Duration::from_millis(900), at(900)), None);
+        let second = Duration::from_secs(1);
+        assert_eq!(watch.look(second, at(1_000)), Some(Said::Waiting(second)));
+        assert_eq!(watch.look(second * 5, at(5_000)), None);
+        assert_eq!(
+            watch.look(second * 11, at(11_000)),
+            Some(Said::Waiting(second * 11))
+        );
+        assert_eq!(watch.look(second * 12, at(12_000)), None);
+        assert_eq!(
+            watch.look(Duration::ZERO, at(12_250)),
+            Some(Said::Answered(second * 12))
+        );
+        assert_eq!(watch.look(Duration::ZERO, at(12_500)), None);
+        // A new wait is said at once, whenever the last one was.
+        assert_eq!(watch.look(second, at(13_000)), Some(Said::Waiting(second)));
+    }
+}
