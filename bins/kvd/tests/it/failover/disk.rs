@@ -136,6 +136,7 @@ fn a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write() {
         let (leader, epoch) = lead_as(&cluster, also_controller_leader);
         writers.wait_for_more(50);
         let acked_before = writers.acked_count();
+        let said_before = disk_watch_lines(&cluster.log(leader));
         std::fs::write(hang_file(leader, kind), b"").expect("hang the disk");
         let hung_at = Instant::now();
         let (successor, new_epoch) = cluster.wait_for_leader(Some(leader));
@@ -152,18 +153,36 @@ fn a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write() {
         cluster.wait_until_formed();
         let status = cluster.status(leader).expect("answers once its disk does");
         assert_eq!(status["role"], "follower", "{status}");
-        // The node could not answer meanwhile; its log says why (`disk_watch.rs`).
-        let log = cluster.log(leader);
-        assert!(
-            log.contains("the disk has not completed a write or fdatasync of the WAL")
-                && log.contains("the disk answers again"),
-            "node {leader}'s log does not say its disk hung:\n{log}"
-        );
+        // The node could not answer meanwhile; its log says why (`disk_watch.rs`, which
+        // looks every 250 ms: the line of the disk's answer may come just after).
+        let said = Instant::now();
+        loop {
+            let log = cluster.log(leader);
+            let (warned, answered) = disk_watch_lines(&log);
+            if warned > said_before.0 && answered > said_before.1 {
+                break;
+            }
+            assert!(
+                said.elapsed() < DEADLINE,
+                "node {leader}'s log does not say its disk hung:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     let acked = writers.stop();
     for index in 0..3 {
         assert_holds_all(&cluster, index, &acked, "after every disk answered again");
     }
+}
+
+/// How many times a node's log said its disk kept a write waiting, and that the disk
+/// answered again (`disk_watch.rs`).
+fn disk_watch_lines(log: &str) -> (usize, usize) {
+    (
+        log.matches("the disk has not completed a write or fdatasync of the WAL")
+            .count(),
+        log.matches("the disk answers again").count(),
+    )
 }
 
 /// Moves the data leadership so that the leader is (`true`) or is not (`false`) the
