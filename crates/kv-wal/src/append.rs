@@ -70,7 +70,9 @@ impl Shared {
             .get(count)
             .map_or(writer.pending.len(), |&(_, offset)| offset);
         let path = writer.active.path.clone();
-        let busy = self.stats.disk_busy(crate::stats::DiskOp::Write);
+        let busy = self
+            .stats
+            .disk_busy(crate::stats::DiskOp::Write, std::time::Instant::now());
         let written = writer
             .active_file
             .write_all_at(&writer.pending[..split], writer.write_offset)

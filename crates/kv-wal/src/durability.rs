@@ -130,7 +130,7 @@ impl Durability {
             fsyncs.count += 1;
         }
         let started = Instant::now();
-        let busy = stats.disk_busy(crate::stats::DiskOp::Sync);
+        let busy = stats.disk_busy(crate::stats::DiskOp::Sync, started);
         let synced = file.sync_data().at(path);
         drop(busy);
         let mut fsyncs = lock(&self.fsyncs);

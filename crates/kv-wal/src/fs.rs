@@ -183,13 +183,33 @@ pub struct FaultPlan {
     sync_delay_micros: AtomicU64,
     /// While a file exists at this path, the file system is full: allocations fail with
     /// `ENOSPC` (see [`FaultPlan::full_while_exists`]).
-    full_while: std::sync::Mutex<Option<std::path::PathBuf>>,
+    full_while: FileFlag,
     /// While a file exists at this path, the disk does not answer: every change waits (see
     /// [`FaultPlan::stall_while_exists`]).
-    stall_while: std::sync::Mutex<Option<std::path::PathBuf>>,
+    stall_while: FileFlag,
     /// While a file exists at this path, every `fsync` waits; writes still land in the page
     /// cache (see [`FaultPlan::stall_syncs_while_exists`]).
-    stall_syncs_while: std::sync::Mutex<Option<std::path::PathBuf>>,
+    stall_syncs_while: FileFlag,
+}
+
+/// A fault that holds while a file exists at a path a test chose (none: never).
+#[derive(Debug, Default)]
+struct FileFlag(std::sync::Mutex<Option<std::path::PathBuf>>);
+
+impl FileFlag {
+    fn set(&self, path: std::path::PathBuf) {
+        *crate::mutex::lock(&self.0) = Some(path);
+    }
+    /// Whether a path was set at all.
+    fn is_set(&self) -> bool {
+        crate::mutex::lock(&self.0).is_some()
+    }
+    /// Whether the fault holds now: the file exists.
+    fn holds(&self) -> bool {
+        crate::mutex::lock(&self.0)
+            .as_ref()
+            .is_some_and(|path| path.exists())
+    }
 }
 
 /// How often a stalled change looks again whether the disk answers
@@ -223,7 +243,7 @@ impl FaultPlan {
     /// file already has (a preallocated segment's) still succeed. A test creates and removes
     /// the file to fill and free the disk, from this process or another.
     pub fn full_while_exists(&self, path: std::path::PathBuf) {
-        *crate::mutex::lock(&self.full_while) = Some(path);
+        self.full_while.set(path);
     }
     /// Makes the disk stop answering while a file exists at `path`, as a hung device or a
     /// frozen file system (`fsfreeze`) does: every write, length change, allocation, `fsync`,
@@ -231,43 +251,36 @@ impl FaultPlan {
     /// reads still answer (the page cache). A test creates and removes the file to hang and
     /// release the disk, from this process or another.
     pub fn stall_while_exists(&self, path: std::path::PathBuf) {
-        *crate::mutex::lock(&self.stall_while) = Some(path);
+        self.stall_while.set(path);
     }
     /// Makes every `fsync` wait while a file exists at `path`, as on a device that stopped
     /// completing writes while the page cache still takes them: `write`s return, `fdatasync`
     /// and a directory's `fsync` do not until the file is removed.
     pub fn stall_syncs_while_exists(&self, path: std::path::PathBuf) {
-        *crate::mutex::lock(&self.stall_syncs_while) = Some(path);
+        self.stall_syncs_while.set(path);
     }
     /// Waits while the disk is stalled (see [`FaultPlan::stall_while_exists`]); at once when
     /// no stall was asked for.
     fn wait_while_stalled(&self) {
         self.wait_while_flagged(&self.stall_while);
     }
-    /// Waits while a file exists at the path in `flag`, if any, counting one fault per wait.
-    fn wait_while_flagged(&self, flag: &std::sync::Mutex<Option<std::path::PathBuf>>) {
-        let Some(path) = crate::mutex::lock(flag).clone() else {
+    /// Waits while `flag` holds, counting one fault per wait.
+    fn wait_while_flagged(&self, flag: &FileFlag) {
+        if !flag.holds() {
             return;
-        };
-        let mut counted = false;
-        while path.exists() {
-            if !counted {
-                self.faults_fired.fetch_add(1, Ordering::SeqCst);
-                counted = true;
-            }
+        }
+        self.faults_fired.fetch_add(1, Ordering::SeqCst);
+        while flag.holds() {
             std::thread::sleep(STALL_POLL);
         }
     }
     /// Whether a full disk was asked for at all (a file's size is read only then).
     fn fills(&self) -> bool {
-        crate::mutex::lock(&self.full_while).is_some()
+        self.full_while.is_set()
     }
     /// Fails a file's growth while the disk is full (see [`FaultPlan::full_while_exists`]).
     fn on_grow(&self) -> io::Result<()> {
-        let full = crate::mutex::lock(&self.full_while)
-            .as_ref()
-            .is_some_and(|path| path.exists());
-        if full {
+        if self.full_while.holds() {
             self.faults_fired.fetch_add(1, Ordering::SeqCst);
             return Err(io::Error::from_raw_os_error(28));
         }

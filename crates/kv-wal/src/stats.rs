@@ -21,7 +21,7 @@ pub(crate) struct Stats {
     segments_compressed: AtomicU64,
     compressed_bytes_before: AtomicU64,
     compressed_bytes_after: AtomicU64,
-    /// When the segment write in flight began ([`now_nanos`]; 0: none).
+    /// When the segment write in flight began ([`nanos_at`]; 0: none).
     write_started: AtomicU64,
     /// When the append `fdatasync` in flight began (0: none).
     sync_started: AtomicU64,
@@ -36,11 +36,12 @@ pub(crate) enum DiskOp {
     Sync,
 }
 
-/// Nanoseconds on a monotonic clock that starts at 1 the first time it is read.
-fn now_nanos() -> u64 {
+/// `at` in nanoseconds on a monotonic scale that starts at 1 the first time it is used (0
+/// stands for "none" in the slots).
+fn nanos_at(at: Instant) -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
-    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1
+    let base = *BASE.get_or_init(|| at);
+    u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX - 1) + 1
 }
 
 /// Clears its operation's start time when the operation returns (see [`Stats::disk_busy`]).
@@ -60,15 +61,16 @@ impl Drop for DiskBusy<'_> {
 }
 
 impl Stats {
-    /// Records that a write or an `fdatasync` begins, until the returned guard drops, so that
-    /// [`WalStats::disk_wait_seconds`] shows how long the disk has kept one waiting. The
-    /// oldest of each kind is kept (another of the same kind at the same time is not tracked).
-    pub fn disk_busy(&self, op: DiskOp) -> DiskBusy<'_> {
+    /// Records that a write or an `fdatasync` began at `started`, until the returned guard
+    /// drops, so that [`WalStats::disk_wait_seconds`] shows how long the disk has kept one
+    /// waiting. The oldest of each kind is kept (another of the same kind at the same time is
+    /// not tracked).
+    pub fn disk_busy(&self, op: DiskOp, started: Instant) -> DiskBusy<'_> {
         let slot = match op {
             DiskOp::Write => &self.write_started,
             DiskOp::Sync => &self.sync_started,
         };
-        let now = now_nanos();
+        let now = nanos_at(started);
         let started = match slot.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed) {
             Ok(_) => now,
             Err(_) => 0,
@@ -78,7 +80,7 @@ impl Stats {
 
     /// How long the oldest tracked write or `fdatasync` in flight has been waiting.
     fn disk_wait(&self) -> Duration {
-        let now = now_nanos();
+        let now = nanos_at(Instant::now());
         [&self.write_started, &self.sync_started]
             .iter()
             .map(|slot| slot.load(Ordering::Acquire))

@@ -342,6 +342,22 @@ impl Cluster {
         }
     }
 
+    /// Asks leader `from` to hand its leadership to node `to` (`POST /admin/transfer-leader`),
+    /// expects 200, and waits until `to` leads with a lease; returns its epoch.
+    pub fn transfer_leadership(&self, from: usize, to: usize) -> u64 {
+        let body = json!({ "to": to }).to_string();
+        let answer = self
+            .request(from, "POST", "/admin/transfer-leader", Some(&body))
+            .expect("answers");
+        expect_status(answer, 200);
+        let (leader, epoch) = self.wait_for_leader(Some(from));
+        assert_eq!(
+            leader, to,
+            "the transfer named node {to}, node {leader} leads"
+        );
+        epoch
+    }
+
     /// Writes `key` = `value` through node `start`, following 307s and retrying 503s and
     /// unanswered requests until one is acknowledged; returns the node that answered and the
     /// write's id.

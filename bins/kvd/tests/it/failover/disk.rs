@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 
-use super::cluster::{expect_status, Cluster};
+use super::cluster::Cluster;
 use super::load::{assert_holds_all, Writers};
 use crate::harness::DEADLINE;
 
@@ -201,14 +201,7 @@ fn lead_as(cluster: &Cluster, controller_leader: bool) -> (usize, u64) {
     if wanted == leader {
         return (leader, epoch);
     }
-    let body = json!({ "to": wanted }).to_string();
-    let answer = cluster
-        .request(leader, "POST", "/admin/transfer-leader", Some(&body))
-        .expect("answers");
-    expect_status(answer, 200);
-    let (now, epoch) = cluster.wait_for_leader(Some(leader));
-    assert_eq!(now, wanted);
-    (now, epoch)
+    (wanted, cluster.transfer_leadership(leader, wanted))
 }
 
 /// Every node's disk fills at once (replicas of the same data fill alike), with a follower

@@ -167,11 +167,7 @@ fn a_leader_restarted_with_a_damaged_log_does_not_lead_the_empty_one_it_resyncs(
     let mut cluster = Cluster::start(3, &extra);
     let (leader, _) = cluster.wait_for_leader(None);
     if leader != 1 {
-        let body = json!({ "to": 1 }).to_string();
-        let answer = cluster
-            .request(leader, "POST", "/admin/transfer-leader", Some(&body))
-            .expect("answers");
-        expect_status(answer, 200);
+        cluster.transfer_leadership(leader, 1);
     }
     assert_eq!(cluster.wait_for_leader(None).0, 1);
     let mut last_id = 0;
