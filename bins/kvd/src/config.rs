@@ -118,6 +118,9 @@ impl NodeConfig {
             recovery_mode: self.recovery_mode,
             compress_records_above: self.compress_records_above,
             compress_sealed_segments: self.compress_sealed_segments,
+            // A whole last record whose CRC fails is a bit flip in synced, maybe acknowledged
+            // data, not a torn write: refused (a follower re-syncs), never cut silently.
+            refuse_whole_damaged_tail: true,
             // A fault build: the real file system, or a faulty one when a test asks
             // (`faults.rs`). A default build: the real one, from the defaults.
             #[cfg(feature = "fault-injection")]

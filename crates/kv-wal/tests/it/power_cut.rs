@@ -10,7 +10,9 @@ use kv_wal::{Error, RecoveryMode, SyncPolicy, Wal};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::{collect, data_end, open_sim, payload, seed_from_env, segment_files};
+use crate::support::{
+    collect, data_end, open_sim, payload, seed_from_env, segment_files, sim_dir, sim_options,
+};
 
 const SEGMENT_BYTES: u64 = 64 << 10;
 
@@ -111,7 +113,39 @@ fn power_cut_campaign_never_loses_an_acknowledged_record() {
     }
 }
 
+/// The campaign again with `refuse_whole_damaged_tail` on (as kvd opens its data log), on a
+/// disk whose unwritten sectors read as zeros (`DropUnsynced` and `LoseUnsyncedPages`; not
+/// `TearUnsynced`, whose garbage-filled last sector is the availability cost that option
+/// documents): no power cut may leave what it refuses as a bit flip, so every reopen must
+/// succeed with every acknowledged record.
+#[test]
+fn power_cut_campaign_refusing_flipped_tails_opens_every_cut_of_a_zero_filling_disk() {
+    let base = seed_from_env(0x0bad_f11b);
+    let cases = campaign_cases();
+    println!(
+        "power-cut campaign refusing flipped tails: seeds {base}..{} (KV_TEST_SEED, KV_WAL_POWER_CUT_CASES)",
+        base + cases
+    );
+    let crashes: u64 = (0..cases)
+        .map(|case| run_case_with(base.wrapping_add(case), Campaign::RefuseFlippedTails).crashes)
+        .sum();
+    assert!(crashes > 0, "no power cut");
+}
+
 fn run_case(seed: u64) -> kv_wal::sim::CrashStats {
+    run_case_with(seed, Campaign::Default)
+}
+
+/// How a campaign opens the log and which power cuts it makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Campaign {
+    /// The default options; every kind of power cut.
+    Default,
+    /// `refuse_whole_damaged_tail` on; only the cuts of a disk that zero-fills.
+    RefuseFlippedTails,
+}
+
+fn run_case_with(seed: u64, campaign: Campaign) -> kv_wal::sim::CrashStats {
     let mut rng = StdRng::seed_from_u64(seed);
     let fs = SimFs::new();
     // Every record appended: id -> payload; and the ids acknowledged as durable.
@@ -120,7 +154,12 @@ fn run_case(seed: u64) -> kv_wal::sim::CrashStats {
     let mut since_open: Vec<u64> = Vec::new();
     for round in 0..6 {
         let context = format!("seed {seed}, round {round}");
-        let (wal, report) = open_sim(&fs, SEGMENT_BYTES, RecoveryMode::TolerateTornTail)
+        let options = kv_wal::WalOptions {
+            recovery_mode: RecoveryMode::TolerateTornTail,
+            refuse_whole_damaged_tail: campaign == Campaign::RefuseFlippedTails,
+            ..sim_options(&fs, SEGMENT_BYTES)
+        };
+        let (wal, report) = Wal::open(sim_dir(), options)
             .unwrap_or_else(|error| panic!("{context}: refused: {error}"));
         let served: BTreeMap<u64, Vec<u8>> = collect(&wal, 1).into_iter().collect();
         for id in &acknowledged {
@@ -157,7 +196,7 @@ fn run_case(seed: u64) -> kv_wal::sim::CrashStats {
         );
         let mode = match rng.gen_range(0..4) {
             0 => CrashMode::DropUnsynced,
-            1 => CrashMode::TearUnsynced { seed: rng.gen() },
+            1 if campaign == Campaign::Default => CrashMode::TearUnsynced { seed: rng.gen() },
             _ => CrashMode::LoseUnsyncedPages { seed: rng.gen() },
         };
         fs.crash(mode);
