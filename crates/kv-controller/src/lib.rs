@@ -37,6 +37,7 @@ pub mod meta;
 pub mod network;
 pub mod raft_types;
 pub mod room;
+mod state_file;
 pub mod state_machine;
 mod timing;
 

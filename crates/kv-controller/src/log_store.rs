@@ -36,7 +36,9 @@ pub const RAFT_STATE_FILE: &str = "raft-state.json";
 pub const LOG_DIR: &str = "log";
 /// Segment size of the controller's log: small, so purges after snapshots free space.
 const LOG_SEGMENT_BYTES: u64 = 1 << 20;
-const STATE_FORMAT: u32 = 1;
+/// The format written: format 1 sealed with its CRC-32C (`state_file.rs`); format 1 files are
+/// still read.
+const STATE_FORMAT: u32 = 2;
 /// The highest Raft term a saved vote may hold. A term grows by one per election, so no
 /// cluster comes near it; a vote above it was edited, and openraft's next election (term + 1)
 /// would overflow (a panic in a debug build, the term wrapping back to 0 in a release one).
@@ -152,17 +154,14 @@ impl LogStore {
         let state_path = dir.join(RAFT_STATE_FILE);
         let state = match durable::read_file(&*fs, &state_path)? {
             Some(bytes) => {
-                let state: RaftState =
-                    serde_json::from_slice(&bytes).map_err(|error| Error::Corrupt {
-                        path: state_path.clone(),
-                        reason: error.to_string(),
-                    })?;
-                if state.format != STATE_FORMAT {
-                    return Err(Error::Corrupt {
-                        path: state_path,
-                        reason: format!("unsupported format {}", state.format),
-                    });
-                }
+                let mut state: RaftState = crate::state_file::decode(
+                    &state_path,
+                    &bytes,
+                    STATE_FORMAT,
+                    |state: &RaftState| state.format,
+                )?;
+                // Written back (sealed) in this format from now on.
+                state.format = STATE_FORMAT;
                 if state.node_id != node_id {
                     return Err(Error::NodeIdMismatch {
                         stored: state.node_id,
@@ -492,7 +491,7 @@ impl LogStore {
 }
 
 fn encode_state(state: &RaftState) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(state).map_err(|error| Error::Raft(error.to_string()))
+    crate::state_file::encode(state)
 }
 
 fn write_error(error: Error) -> StorageError {

@@ -25,7 +25,9 @@ use crate::room::Room;
 
 /// The snapshot file's name.
 pub const SNAPSHOT_FILE: &str = "snapshot.json";
-const SNAPSHOT_FORMAT: u32 = 1;
+/// The format written: format 1 sealed with its CRC-32C (`state_file.rs`); format 1 files are
+/// still read.
+const SNAPSHOT_FORMAT: u32 = 2;
 
 /// The snapshot file: openraft's description and the metadata at its last log id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,17 +76,14 @@ impl StateMachineStore {
         let path = dir.join(SNAPSHOT_FILE);
         let snapshot = match durable::read_file(&*fs, &path)? {
             Some(bytes) => {
-                let file: SnapshotFile =
-                    serde_json::from_slice(&bytes).map_err(|error| Error::Corrupt {
-                        path: path.clone(),
-                        reason: error.to_string(),
-                    })?;
-                if file.format != SNAPSHOT_FORMAT {
-                    return Err(Error::Corrupt {
-                        path,
-                        reason: format!("unsupported format {}", file.format),
-                    });
-                }
+                let mut file: SnapshotFile = crate::state_file::decode(
+                    &path,
+                    &bytes,
+                    SNAPSHOT_FORMAT,
+                    |file: &SnapshotFile| file.format,
+                )?;
+                // Written back (sealed) in this format from now on.
+                file.format = SNAPSHOT_FORMAT;
                 Some(file)
             }
             None => None,
@@ -153,8 +152,7 @@ impl StateMachineStore {
 
     /// Writes the snapshot file atomically, waiting for room on a full disk.
     fn write_snapshot(&self, file: &SnapshotFile) -> Result<()> {
-        let bytes =
-            serde_json::to_vec_pretty(file).map_err(|error| Error::Raft(error.to_string()))?;
+        let bytes = crate::state_file::encode(file)?;
         self.shared.room.retry("the controller's snapshot", || {
             Ok(durable::write_file_atomic(
                 &*self.shared.fs,

@@ -12,7 +12,9 @@ use crate::error::{Error, Result};
 
 /// Name of the file in the data directory.
 pub const META_FILE_NAME: &str = "node.meta";
-const META_FORMAT: u32 = 1;
+/// The format written: format 1 sealed with its CRC-32C ([`kv_wal::sealed_json`]); format 1
+/// files (from before the seal) are still read.
+const META_FORMAT: u32 = 2;
 
 /// What a node remembers about its cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,8 +86,9 @@ impl NodeMeta {
         })
         .map_err(|error| Error::meta(&path, error.to_string()))?;
         text.push('\n');
+        let sealed = kv_wal::sealed_json::seal(text.as_bytes());
         kv_wal::durable::create_dir_all_durable(fs, data_dir).map_err(Error::MetaIo)?;
-        kv_wal::durable::write_file_atomic(fs, data_dir, META_FILE_NAME, text.as_bytes())
+        kv_wal::durable::write_file_atomic(fs, data_dir, META_FILE_NAME, &sealed)
             .map_err(Error::MetaIo)
     }
 }
@@ -94,14 +97,11 @@ fn read_meta_file(fs: &dyn FileSystem, path: &Path) -> Result<Option<MetaFile>> 
     let Some(bytes) = kv_wal::durable::read_file(fs, path).map_err(Error::MetaIo)? else {
         return Ok(None);
     };
+    let seal = kv_wal::sealed_json::check(&bytes).map_err(|reason| Error::meta(path, reason))?;
     let file: MetaFile = serde_json::from_slice(&bytes)
         .map_err(|error| Error::meta(path, format!("not a node meta file: {error}")))?;
-    if file.format != META_FORMAT {
-        return Err(Error::meta(
-            path,
-            format!("unsupported format {}", file.format),
-        ));
-    }
+    kv_wal::sealed_json::check_format(file.format, seal, META_FORMAT)
+        .map_err(|reason| Error::meta(path, reason))?;
     Ok(Some(file))
 }
 
@@ -142,6 +142,37 @@ mod tests {
             NodeMeta::load(&fs, dir.path()),
             Err(Error::Meta { .. })
         ));
+    }
+
+    /// `node.meta` is sealed with its CRC-32C: every single-bit flip of it is refused, naming
+    /// the file (before, a flipped digit of an epoch or commit id was read as written: an epoch
+    /// moved up kept a follower from ever following, a commit id moved up made a leader claim
+    /// lost writes).
+    #[test]
+    fn every_single_bit_flip_of_node_meta_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = kv_wal::fs::StdFs;
+        let meta = NodeMeta {
+            cluster_id: 0xdead_beef_0000_0001,
+            epoch: 7,
+            commit_id: 40,
+            led_epoch: 5,
+        };
+        meta.store(&fs, dir.path()).unwrap();
+        let path = NodeMeta::path(dir.path());
+        let sealed = std::fs::read(&path).unwrap();
+        for bit in 0..sealed.len() * 8 {
+            let mut damaged = sealed.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            std::fs::write(&path, &damaged).unwrap();
+            match NodeMeta::load(&fs, dir.path()) {
+                Err(Error::Meta { path: named, .. }) => assert_eq!(named, path),
+                other => panic!(
+                    "bit {bit}: {other:?} from {}",
+                    String::from_utf8_lossy(&damaged)
+                ),
+            }
+        }
     }
 
     /// `node.meta` goes through the durable-file seam: a power cut at any point of a store

@@ -87,6 +87,7 @@ mod plain_rewrite;
 mod read;
 mod recovery;
 mod report;
+pub mod sealed_json;
 mod segment_file;
 mod segment_scan;
 mod segments;

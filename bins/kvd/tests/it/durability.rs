@@ -593,7 +593,8 @@ fn a_follower_reaching_a_gap_a_repair_left_in_the_leaders_log_installs_a_snapsho
 }
 
 /// A data directory whose `node.meta` names another cluster than its `controller/` (a
-/// `node.meta` copied from another node's directory, or edited by hand) mixes two clusters'
+/// `node.meta` copied from another node's directory; one edited by hand is refused by its
+/// checksum first, `a_flipped_bit_in_a_state_file_is_refused_naming_it`) mixes two clusters'
 /// files: it refuses to start, naming both ids and the way out. Before, it started, served
 /// nothing ("this node follows no leader yet") and logged "controller view refused" for as long
 /// as it ran.
@@ -609,7 +610,7 @@ fn a_node_meta_of_another_cluster_than_its_controller_refuses_to_start() {
         .expect("a cluster id")
         .to_owned();
     meta["cluster_id"] = json!("1111111111111111");
-    std::fs::write(&meta_path, meta.to_string()).expect("write node.meta");
+    crate::harness::write_resealed_json(&meta_path, meta.clone());
 
     let (status, stderr) = start_expecting_exit(&data_dir);
     assert!(
@@ -622,14 +623,54 @@ fn a_node_meta_of_another_cluster_than_its_controller_refuses_to_start() {
     );
     // Put back, it starts with its data.
     meta["cluster_id"] = json!(own);
-    std::fs::write(&meta_path, meta.to_string()).expect("write node.meta");
+    crate::harness::write_resealed_json(&meta_path, meta);
     let kvd = Kvd::start(&data_dir, &[], &[]);
     let (status, body) = kvd.json("GET", "/key/k", None);
     assert_eq!((status, body["value"].clone()), (200, json!("v")));
 }
 
-/// A lone leader whose `node.meta` records an epoch the controller never gave (edited by hand,
-/// or copied from another node's directory) refuses to start, naming the file and both epochs,
+/// A bit flipped in `node.meta` or the controller's `raft-state.json` — here in a digit, which
+/// still parses — is refused at start, naming the file and its checksum, and the file is left
+/// as it was; put back, the node starts with its data. Before, the digit was read as written
+/// (a commit id, an epoch, a vote's term: `0x31` `1` and `0x33` `3` are one bit apart).
+#[test]
+fn a_flipped_bit_in_a_state_file_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = stopped_after_writing_k(dir.path());
+    for (file, field) in [
+        (data_dir.join("node.meta"), "\"epoch\": "),
+        (
+            data_dir.join("controller").join("raft-state.json"),
+            "\"term\": ",
+        ),
+    ] {
+        let pristine = std::fs::read(&file).expect("state file");
+        let digit = pristine
+            .windows(field.len())
+            .position(|window| window == field.as_bytes())
+            .expect("the field")
+            + field.len();
+        let mut damaged = pristine.clone();
+        damaged[digit] ^= 0x02;
+        assert!(damaged[digit].is_ascii_digit(), "still a digit");
+        std::fs::write(&file, &damaged).expect("write");
+
+        let (status, stderr) = start_expecting_exit(&data_dir);
+        assert!(!status.success(), "{}: {stderr}", file.display());
+        assert!(
+            stderr.contains(&file.display().to_string()) && stderr.contains("crc32c"),
+            "{stderr}"
+        );
+        assert_eq!(std::fs::read(&file).expect("read"), damaged, "rewritten");
+        std::fs::write(&file, &pristine).expect("put back");
+    }
+    let kvd = Kvd::start(&data_dir, &[], &[]);
+    let (status, body) = kvd.json("GET", "/key/k", None);
+    assert_eq!((status, body["value"].clone()), (200, json!("v")));
+}
+
+/// A lone leader whose `node.meta` records an epoch the controller never gave (copied from
+/// another node's directory, its checksum intact) refuses to start, naming the file and both epochs,
 /// and changes nothing. Before, it started and served no write for as long as it ran ("no
 /// leader is known right now", `role: none`): its data plane never goes back to a lower
 /// epoch, so it ignored every view of the controller's epoch 1. Put back, it starts.
@@ -642,8 +683,8 @@ fn a_lone_leader_whose_node_meta_records_an_epoch_from_nowhere_refuses_to_start(
     let mut meta: serde_json::Value = serde_json::from_slice(&pristine).expect("JSON");
     let epoch = meta["epoch"].as_u64().expect("an epoch");
     meta["epoch"] = json!(epoch + 8);
-    let edited = meta.to_string();
-    std::fs::write(&meta_path, &edited).expect("write node.meta");
+    let edited =
+        String::from_utf8(crate::harness::write_resealed_json(&meta_path, meta)).expect("UTF-8");
 
     let (status, stderr) = start_expecting_exit(&data_dir);
     assert!(

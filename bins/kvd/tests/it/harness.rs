@@ -540,3 +540,13 @@ pub fn run_until_exit(
         std::fs::read_to_string(&stderr_path).unwrap_or_default(),
     )
 }
+
+/// Writes `value` — a node's JSON state file as read (`node.meta`), edited — to `path`
+/// sealed again with its CRC-32C, as a node writes it (`kv_wal::sealed_json`): what a file
+/// copied from another directory looks like, which the checksum alone does not refuse.
+pub fn write_resealed_json(path: &std::path::Path, mut value: serde_json::Value) -> Vec<u8> {
+    value.as_object_mut().expect("an object").remove("crc32c");
+    let sealed = kv_wal::sealed_json::seal(&serde_json::to_vec_pretty(&value).expect("JSON"));
+    std::fs::write(path, &sealed).expect("write the file");
+    sealed
+}

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kv_controller::raft_types::{Entry, LogId, Vote};
-use kv_controller::{Command, LogStore};
+use kv_controller::{Command, LogStore, StateMachineStore};
 use kv_wal::fs::FileSystem;
 use kv_wal::sim::{CrashMode, SimFs};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
@@ -254,7 +254,9 @@ async fn a_raft_state_its_log_proves_impossible_is_refused() {
         let fs = pristine.fork();
         let mut edited = state.clone();
         edit(&mut edited);
-        let bytes = serde_json::to_vec_pretty(&edited).unwrap();
+        // Sealed again, as a file copied from another directory would be: what refuses it is
+        // the log, not the checksum.
+        let bytes = resealed(edited);
         fs.write_file_durably(state_path, &bytes).unwrap();
         let opened = LogStore::open(
             Arc::new(fs.clone()) as Arc<dyn FileSystem>,
@@ -262,7 +264,7 @@ async fn a_raft_state_its_log_proves_impossible_is_refused() {
             1,
         );
         assert!(
-            matches!(&opened, Err(kv_controller::Error::Corrupt { path, .. }) if path == state_path),
+            matches!(&opened, Err(kv_controller::Error::Corrupt { path, reason }) if path == state_path && !reason.contains("crc32c")),
             "{case}: {opened:?}"
         );
         assert_eq!(
@@ -277,6 +279,123 @@ async fn a_raft_state_its_log_proves_impossible_is_refused() {
         indexes(&mut store).await,
         (0..4).map(|index| (3, index)).collect::<Vec<_>>()
     );
+}
+
+/// `value`, a state file's JSON as read, sealed again without its old checksum (what a
+/// node writes).
+fn resealed(mut value: serde_json::Value) -> Vec<u8> {
+    value.as_object_mut().expect("an object").remove("crc32c");
+    kv_wal::sealed_json::seal(&serde_json::to_vec_pretty(&value).unwrap())
+}
+
+/// The controller's two JSON state files, `raft-state.json` and `snapshot.json`, are sealed
+/// with their CRC-32C: every single-bit flip of either is refused at open, naming the file,
+/// and nothing is rewritten. Before, a flipped digit was read as written — a vote's term
+/// moved down (3 to 2 is one bit) let the node vote a second time in term 3, a flipped
+/// epoch or member id in the snapshot was believed.
+#[tokio::test]
+async fn every_single_bit_flip_of_a_controller_state_file_is_refused() {
+    let pristine = SimFs::new();
+    voted_log(&pristine, 2, Some(1)).await;
+    install_a_snapshot(&pristine).await;
+    let controller = Path::new("/data/controller");
+    for name in ["raft-state.json", "snapshot.json"] {
+        let path = controller.join(name);
+        let sealed = pristine.read_file(&path).unwrap();
+        assert!(
+            String::from_utf8_lossy(&sealed).contains("\"crc32c\": \""),
+            "{name} is not sealed"
+        );
+        let fs = pristine.fork();
+        for bit in 0..sealed.len() * 8 {
+            let mut damaged = sealed.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            fs.write_file_durably(&path, &damaged).unwrap();
+            let shared = Arc::new(fs.clone()) as Arc<dyn FileSystem>;
+            let opened = match name {
+                "raft-state.json" => LogStore::open(shared, controller, 1).map(drop),
+                _ => StateMachineStore::open(shared, controller).map(drop),
+            };
+            assert!(
+                matches!(&opened, Err(kv_controller::Error::Corrupt { path: named, .. }) if *named == path),
+                "{name}, bit {bit}: {opened:?}"
+            );
+            assert_eq!(fs.read_file(&path).unwrap(), damaged, "{name}: rewritten");
+        }
+    }
+    assert!(open_both(&pristine).is_ok());
+}
+
+/// Files from before the seal (format 1, no checksum) still open, and are written back sealed
+/// (format 2) the next time they change; a format-2 file without its checksum is refused.
+#[tokio::test]
+async fn state_files_from_before_the_seal_open_and_are_sealed_when_written_again() {
+    let pristine = SimFs::new();
+    voted_log(&pristine, 2, Some(1)).await;
+    install_a_snapshot(&pristine).await;
+    let controller = Path::new("/data/controller");
+    let unsealed = |fs: &SimFs, name: &str, format: u64| {
+        let path = controller.join(name);
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&fs.read_file(&path).unwrap()).unwrap();
+        value.as_object_mut().unwrap().remove("crc32c");
+        value["format"] = format.into();
+        fs.write_file_durably(&path, &serde_json::to_vec_pretty(&value).unwrap())
+            .unwrap();
+    };
+    let old = pristine.fork();
+    unsealed(&old, "raft-state.json", 1);
+    unsealed(&old, "snapshot.json", 1);
+    let mut store = open(&old, 1);
+    assert_eq!(indexes(&mut store).await, vec![(3, 0), (3, 1)]);
+    store.save_vote(&Vote::new(4, 1)).await.unwrap();
+    let rewritten =
+        String::from_utf8(old.read_file(&controller.join("raft-state.json")).unwrap()).unwrap();
+    assert!(
+        rewritten.contains("\"format\": 2") && rewritten.contains("\"crc32c\": \""),
+        "{rewritten}"
+    );
+    drop(store);
+    assert!(open_both(&old).is_ok());
+
+    for name in ["raft-state.json", "snapshot.json"] {
+        let fs = pristine.fork();
+        unsealed(&fs, name, 2);
+        let opened = open_both(&fs);
+        assert!(
+            matches!(&opened, Err(kv_controller::Error::Corrupt { reason, .. }) if reason.contains("has none")),
+            "{name}: {opened:?}"
+        );
+    }
+}
+
+/// Installs a snapshot of an empty cluster state at log id (3, 1) in the controller on `fs`.
+async fn install_a_snapshot(fs: &SimFs) {
+    use openraft::storage::RaftStateMachine;
+    let mut machine = StateMachineStore::open(
+        Arc::new(fs.clone()) as Arc<dyn FileSystem>,
+        Path::new("/data/controller"),
+    )
+    .unwrap();
+    let meta = openraft::SnapshotMeta {
+        last_log_id: Some(log_id(3, 1)),
+        last_membership: Default::default(),
+        snapshot_id: "test".to_owned(),
+    };
+    let state = serde_json::to_vec(&kv_controller::ClusterMeta::default()).unwrap();
+    machine
+        .install_snapshot(&meta, Box::new(std::io::Cursor::new(state)))
+        .await
+        .unwrap();
+}
+
+/// Opens node 1's log and the state machine on `fs`, as the controller does.
+fn open_both(fs: &SimFs) -> kv_controller::Result<()> {
+    let dir = Path::new("/data/controller");
+    let shared = Arc::new(fs.clone()) as Arc<dyn FileSystem>;
+    LogStore::open(shared.clone(), dir, 1)?;
+    StateMachineStore::open(shared, dir)?;
+    Ok(())
 }
 
 /// A bit flipped in the log's last entry — an entry this node acknowledged to its leader once

@@ -301,7 +301,7 @@ fn a_follower_whose_node_meta_records_an_epoch_from_nowhere_says_so() {
     let mut meta: Json =
         serde_json::from_slice(&std::fs::read(&meta_path).expect("node.meta")).expect("JSON");
     meta["epoch"] = json!(epoch + 8);
-    std::fs::write(&meta_path, meta.to_string()).expect("edit node.meta");
+    crate::harness::write_resealed_json(&meta_path, meta);
     cluster.start_node(follower);
     let started = Instant::now();
     loop {
