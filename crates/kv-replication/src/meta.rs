@@ -109,19 +109,25 @@ fn read_meta_file(fs: &dyn FileSystem, path: &Path) -> Result<Option<MetaFile>> 
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip_and_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = kv_wal::fs::StdFs;
-        assert_eq!(NodeMeta::load(&fs, dir.path()).unwrap(), None);
-        assert!(!NodeMeta::written_under_controller(&fs, dir.path()).unwrap());
+    /// A meta with every field set, stored in `data_dir`.
+    fn stored_sample(data_dir: &Path) -> NodeMeta {
         let meta = NodeMeta {
             cluster_id: 0xdead_beef_0000_0001,
             epoch: 7,
             commit_id: 40,
             led_epoch: 5,
         };
-        meta.store(&fs, dir.path()).unwrap();
+        meta.store(&kv_wal::fs::StdFs, data_dir).unwrap();
+        meta
+    }
+
+    #[test]
+    fn round_trip_and_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = kv_wal::fs::StdFs;
+        assert_eq!(NodeMeta::load(&fs, dir.path()).unwrap(), None);
+        assert!(!NodeMeta::written_under_controller(&fs, dir.path()).unwrap());
+        let meta = stored_sample(dir.path());
         assert_eq!(NodeMeta::load(&fs, dir.path()).unwrap(), Some(meta));
         assert!(NodeMeta::written_under_controller(&fs, dir.path()).unwrap());
         // A meta file from before `led_epoch` counts its epoch as led.
@@ -152,13 +158,7 @@ mod tests {
     fn every_single_bit_flip_of_node_meta_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let fs = kv_wal::fs::StdFs;
-        let meta = NodeMeta {
-            cluster_id: 0xdead_beef_0000_0001,
-            epoch: 7,
-            commit_id: 40,
-            led_epoch: 5,
-        };
-        meta.store(&fs, dir.path()).unwrap();
+        stored_sample(dir.path());
         let path = NodeMeta::path(dir.path());
         let sealed = std::fs::read(&path).unwrap();
         for bit in 0..sealed.len() * 8 {

@@ -129,12 +129,7 @@ fn a_damaged_newest_snapshot_over_an_empty_log_refuses_to_start() {
 #[test]
 fn a_leader_refusing_a_damaged_log_names_the_segment_and_the_recovery_modes() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data_dir = dir.path().join("leader");
-    let mut kvd = Kvd::start(&data_dir, &[], &[]);
-    for index in 1..=40 {
-        put(&kvd, &format!("k{index}"), &format!("{index:0>200}"));
-    }
-    assert!(kvd.terminate().success());
+    let data_dir = stopped_after_writing_40_keys(dir.path());
     let segment = flip_a_bit_in_the_middle_of_the_last_segment(&data_dir);
 
     let (status, stderr) = start_expecting_exit(&data_dir);
@@ -199,6 +194,30 @@ fn flip_a_bit_in_the_middle_of_the_last_segment(data_dir: &Path) -> PathBuf {
     segment
 }
 
+/// A `kvd leader` in `dir/leader` that took `k1`..`k40` (values of 200 B) and stopped.
+fn stopped_after_writing_40_keys(dir: &Path) -> PathBuf {
+    let data_dir = dir.join("leader");
+    let mut kvd = Kvd::start(&data_dir, &[], &[]);
+    for index in 1..=40 {
+        put(&kvd, &format!("k{index}"), &format!("{index:0>200}"));
+    }
+    assert!(kvd.terminate().success());
+    data_dir
+}
+
+/// Flips a bit near the end of the last record of the node in `data_dir` (inside `k40`'s value
+/// after [`stopped_after_writing_40_keys`]); returns the segment's path and its new bytes.
+fn flip_a_bit_in_the_last_record(data_dir: &Path) -> (PathBuf, Vec<u8>) {
+    let segment = files_with_suffix(&data_dir.join("wal"), ".wal")
+        .pop()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let data_end = used_bytes(&bytes);
+    bytes[data_end - 10] ^= 0x04;
+    std::fs::write(&segment, &bytes).expect("write segment");
+    (segment, bytes)
+}
+
 /// How much of a segment file holds data: up to its last non-zero byte (a preallocated
 /// segment's free space after its records is zeros).
 fn used_bytes(bytes: &[u8]) -> usize {
@@ -218,20 +237,8 @@ fn used_bytes(bytes: &[u8]) -> usize {
 #[test]
 fn a_bit_flip_in_the_data_logs_last_record_is_refused_with_nothing_changed() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data_dir = dir.path().join("leader");
-    let mut kvd = Kvd::start(&data_dir, &[], &[]);
-    for index in 1..=40 {
-        put(&kvd, &format!("k{index}"), &format!("{index:0>200}"));
-    }
-    assert!(kvd.terminate().success());
-    let segment = files_with_suffix(&data_dir.join("wal"), ".wal")
-        .pop()
-        .expect("a segment");
-    let mut bytes = std::fs::read(&segment).expect("read segment");
-    // Inside k40's value, which ends the last record.
-    let data_end = used_bytes(&bytes);
-    bytes[data_end - 10] ^= 0x04;
-    std::fs::write(&segment, &bytes).expect("write segment");
+    let data_dir = stopped_after_writing_40_keys(dir.path());
+    let (segment, bytes) = flip_a_bit_in_the_last_record(&data_dir);
 
     let (status, stderr) = start_expecting_exit(&data_dir);
     assert!(
@@ -280,13 +287,7 @@ fn a_follower_with_a_damaged_log_resyncs_from_its_leader() {
 #[test]
 fn a_follower_with_a_bit_flip_in_its_last_record_resyncs_from_its_leader() {
     follower_resyncs_after(|data_dir| {
-        let segment = files_with_suffix(&data_dir.join("wal"), ".wal")
-            .pop()
-            .expect("a segment");
-        let mut bytes = std::fs::read(&segment).expect("read segment");
-        let data_end = used_bytes(&bytes);
-        bytes[data_end - 10] ^= 0x04;
-        std::fs::write(&segment, &bytes).expect("write segment");
+        flip_a_bit_in_the_last_record(data_dir);
     });
 }
 
@@ -456,6 +457,15 @@ fn a_leader_that_lost_its_controller_state_refuses_to_start_a_new_controller() {
 
 /// The data directory of a `kvd leader` under `dir` that wrote `k` = `"v"` and stopped
 /// cleanly.
+/// Starts `kvd leader` on `data_dir`, which [`stopped_after_writing_k`] made, and checks it
+/// serves `k`; returns it running.
+fn starts_serving_k(data_dir: &Path) -> Kvd {
+    let kvd = Kvd::start(data_dir, &[], &[]);
+    let (status, body) = kvd.json("GET", "/key/k", None);
+    assert_eq!((status, body["value"].clone()), (200, json!("v")));
+    kvd
+}
+
 fn stopped_after_writing_k(dir: &Path) -> PathBuf {
     let data_dir = dir.join("leader");
     let mut kvd = Kvd::start(&data_dir, &[], &[]);
@@ -624,9 +634,7 @@ fn a_node_meta_of_another_cluster_than_its_controller_refuses_to_start() {
     // Put back, it starts with its data.
     meta["cluster_id"] = json!(own);
     crate::harness::write_resealed_json(&meta_path, meta);
-    let kvd = Kvd::start(&data_dir, &[], &[]);
-    let (status, body) = kvd.json("GET", "/key/k", None);
-    assert_eq!((status, body["value"].clone()), (200, json!("v")));
+    starts_serving_k(&data_dir);
 }
 
 /// A bit flipped in `node.meta` or the controller's `raft-state.json` — here in a digit, which
@@ -664,14 +672,12 @@ fn a_flipped_bit_in_a_state_file_is_refused_naming_it() {
         assert_eq!(std::fs::read(&file).expect("read"), damaged, "rewritten");
         std::fs::write(&file, &pristine).expect("put back");
     }
-    let kvd = Kvd::start(&data_dir, &[], &[]);
-    let (status, body) = kvd.json("GET", "/key/k", None);
-    assert_eq!((status, body["value"].clone()), (200, json!("v")));
+    starts_serving_k(&data_dir);
 }
 
 /// A lone leader whose `node.meta` records an epoch the controller never gave (copied from
-/// another node's directory, its checksum intact) refuses to start, naming the file and both epochs,
-/// and changes nothing. Before, it started and served no write for as long as it ran ("no
+/// another node's directory, its checksum intact) refuses to start, naming the file and both
+/// epochs, and changes nothing. Before, it started and served no write for as long as it ran ("no
 /// leader is known right now", `role: none`): its data plane never goes back to a lower
 /// epoch, so it ignored every view of the controller's epoch 1. Put back, it starts.
 #[test]
@@ -705,10 +711,8 @@ fn a_lone_leader_whose_node_meta_records_an_epoch_from_nowhere_refuses_to_start(
     );
 
     std::fs::write(&meta_path, &pristine).expect("put node.meta back");
-    let kvd = Kvd::start(&data_dir, &[], &[]);
+    let kvd = starts_serving_k(&data_dir);
     put(&kvd, "after", "w");
-    let (status, body) = kvd.json("GET", "/key/k", None);
-    assert_eq!((status, body["value"].clone()), (200, json!("v")));
 }
 
 /// Makes `directory` refuse this process's writes: `chmod 555`, and for root (which permission
@@ -812,9 +816,7 @@ fn a_data_directory_kvd_may_not_write_is_refused_naming_it() {
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     }
 
-    let kvd = Kvd::start(&data_dir, &[], &[]);
-    let (status, body) = kvd.json("GET", "/key/k", None);
-    assert_eq!((status, body["value"].clone()), (200, json!("v")));
+    starts_serving_k(&data_dir);
 }
 
 /// A bit flipped in the last entry of a lone leader's controller log (synced, acknowledged,

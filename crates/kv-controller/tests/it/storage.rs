@@ -295,9 +295,7 @@ fn resealed(mut value: serde_json::Value) -> Vec<u8> {
 /// epoch or member id in the snapshot was believed.
 #[tokio::test]
 async fn every_single_bit_flip_of_a_controller_state_file_is_refused() {
-    let pristine = SimFs::new();
-    voted_log(&pristine, 2, Some(1)).await;
-    install_a_snapshot(&pristine).await;
+    let pristine = with_both_state_files().await;
     let controller = Path::new("/data/controller");
     for name in ["raft-state.json", "snapshot.json"] {
         let path = controller.join(name);
@@ -330,9 +328,7 @@ async fn every_single_bit_flip_of_a_controller_state_file_is_refused() {
 /// (format 2) the next time they change; a format-2 file without its checksum is refused.
 #[tokio::test]
 async fn state_files_from_before_the_seal_open_and_are_sealed_when_written_again() {
-    let pristine = SimFs::new();
-    voted_log(&pristine, 2, Some(1)).await;
-    install_a_snapshot(&pristine).await;
+    let pristine = with_both_state_files().await;
     let controller = Path::new("/data/controller");
     let unsealed = |fs: &SimFs, name: &str, format: u64| {
         let path = controller.join(name);
@@ -367,6 +363,15 @@ async fn state_files_from_before_the_seal_open_and_are_sealed_when_written_again
             "{name}: {opened:?}"
         );
     }
+}
+
+/// A controller directory with both JSON state files: node 1's log (two entries of term 3,
+/// the first committed) and a snapshot at (3, 1).
+async fn with_both_state_files() -> SimFs {
+    let fs = SimFs::new();
+    voted_log(&fs, 2, Some(1)).await;
+    install_a_snapshot(&fs).await;
+    fs
 }
 
 /// Installs a snapshot of an empty cluster state at log id (3, 1) in the controller on `fs`.
