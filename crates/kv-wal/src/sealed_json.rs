@@ -187,6 +187,24 @@ mod tests {
         assert!(check_format(1, Seal::Matches, 2).is_err());
     }
 
+    proptest::proptest! {
+        /// Any bytes — garbage around a seal's member, or a file cut inside it — are checked
+        /// without a panic.
+        #[test]
+        fn any_bytes_are_checked_without_a_panic(
+            prefix in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            digits in "[0-9a-f]{0,9}",
+            suffix in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+        ) {
+            let mut bytes = prefix;
+            bytes.extend_from_slice(MEMBER);
+            bytes.extend_from_slice(digits.as_bytes());
+            bytes.extend_from_slice(&suffix);
+            let _ = check(&bytes);
+            let _ = check(&bytes[..bytes.len() / 2]);
+        }
+    }
+
     #[test]
     fn an_edited_value_is_refused_naming_both_checksums() {
         let sealed = seal(&serde_json::to_vec_pretty(&file()).unwrap());
