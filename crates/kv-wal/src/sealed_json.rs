@@ -88,7 +88,7 @@ pub fn check(bytes: &[u8]) -> Result<Seal, String> {
 pub fn check_format(found: u32, seal: Seal, sealed_format: u32) -> Result<(), String> {
     match seal {
         Seal::Matches if found == sealed_format => Ok(()),
-        Seal::Absent if found + 1 == sealed_format => Ok(()),
+        Seal::Absent if found.checked_add(1) == Some(sealed_format) => Ok(()),
         Seal::Absent if found == sealed_format => Err(format!(
             "format {found} files end with a crc32c checksum and this one has none: the file \
              is damaged or was edited"
@@ -185,6 +185,9 @@ mod tests {
             .unwrap_err()
             .contains("unsupported format 3"));
         assert!(check_format(1, Seal::Matches, 2).is_err());
+        // An edited format at the top of the range is refused, not overflowed.
+        assert!(check_format(u32::MAX, Seal::Absent, 2).is_err());
+        assert!(check_format(u32::MAX, Seal::Matches, 2).is_err());
     }
 
     proptest::proptest! {
