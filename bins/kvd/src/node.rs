@@ -41,7 +41,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         &kv_replication::Role::NoLeader,
         config.replication.leader.write_quorum,
     )
-    .context("cannot read the node's meta file")?;
+    .context(crate::cluster::bootstrap::NODE_META_UNREADABLE)?;
     let options = StoreOptions {
         wal: config.wal_options(),
         epoch: EPOCH_DEFAULT,

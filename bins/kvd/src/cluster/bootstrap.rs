@@ -188,11 +188,7 @@ pub async fn initialize_if_new(
     if admitted(controller) {
         return Ok(());
     }
-    // The real file system, not the store's: a test's faulty disk counts the WAL's own work.
-    let fs = kv_wal::fs::StdFs;
-    let node_meta = NodeMeta::load(&fs, &config.data_dir)
-        .context("cannot read the node's meta file")?
-        .unwrap_or_default();
+    let node_meta = load_node_meta(config)?;
     refuse_a_lost_controller(config, &node_meta)?;
     if config.role != Role::Leader {
         return Ok(());
@@ -215,7 +211,8 @@ pub async fn initialize_if_new(
             cluster_id,
             ..node_meta
         }
-        .store(&fs, &config.data_dir)
+        // The real file system, not the store's: a test's faulty disk counts the WAL's own work.
+        .store(&kv_wal::fs::StdFs, &config.data_dir)
         .context("cannot record the cluster id in the node's meta file")?;
     }
     tracing::info!(
@@ -245,7 +242,7 @@ pub async fn initialize_if_new(
 ///   leader's data.
 fn refuse_a_lost_controller(config: &NodeConfig, node_meta: &NodeMeta) -> anyhow::Result<()> {
     let under_controller = NodeMeta::written_under_controller(&kv_wal::fs::StdFs, &config.data_dir)
-        .context("cannot read the node's meta file")?;
+        .context(NODE_META_UNREADABLE)?;
     if node_meta.cluster_id == 0 || !under_controller {
         return Ok(());
     }
@@ -277,9 +274,7 @@ pub fn refuse_mixed_cluster_ids(
     controller: &Controller,
 ) -> anyhow::Result<()> {
     let controller_id = controller.cluster_id();
-    let node_meta = NodeMeta::load(&kv_wal::fs::StdFs, &config.data_dir)
-        .context("cannot read the node's meta file")?
-        .unwrap_or_default();
+    let node_meta = load_node_meta(config)?;
     if controller_id == 0 || node_meta.cluster_id == 0 || node_meta.cluster_id == controller_id {
         return Ok(());
     }
@@ -316,9 +311,7 @@ pub fn refuse_an_epoch_the_controller_never_gave(
     let meta = controller.meta();
     let node_id = config.node_id();
     let alone = !meta.members.is_empty() && meta.members.keys().all(|&id| id == node_id);
-    let node_meta = NodeMeta::load(&kv_wal::fs::StdFs, &config.data_dir)
-        .context("cannot read the node's meta file")?
-        .unwrap_or_default();
+    let node_meta = load_node_meta(config)?;
     if !alone || node_meta.epoch <= meta.leader_epoch {
         return Ok(());
     }
@@ -494,4 +487,19 @@ pub async fn announce_url(
             _ = tokio::time::sleep(JOIN_RETRY) => {}
         }
     }
+}
+
+/// What a node that cannot read its `node.meta` says, with the way out when the file is
+/// damaged: the node rebuilds what it holds from `controller/`, its log and the cluster
+/// (`durability::a_flipped_bit_in_a_state_file_is_refused_naming_it` follows it).
+pub const NODE_META_UNREADABLE: &str = "cannot read the node's meta file (node.meta holds this \
+     node's cluster id, epochs and saved commit id; if it is damaged and controller/ is intact, \
+     moving it aside starts the node with them rebuilt from controller/, its log and the cluster)";
+
+/// The node's `node.meta` (the default when there is none yet), read from the real file system:
+/// a test's faulty disk counts the WAL's own work.
+fn load_node_meta(config: &NodeConfig) -> anyhow::Result<NodeMeta> {
+    Ok(NodeMeta::load(&kv_wal::fs::StdFs, &config.data_dir)
+        .context(NODE_META_UNREADABLE)?
+        .unwrap_or_default())
 }

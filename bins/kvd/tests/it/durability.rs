@@ -637,20 +637,23 @@ fn a_node_meta_of_another_cluster_than_its_controller_refuses_to_start() {
     starts_serving_k(&data_dir);
 }
 
-/// A bit flipped in `node.meta` or the controller's `raft-state.json` — here in a digit, which
-/// still parses — is refused at start, naming the file and its checksum, and the file is left
-/// as it was; put back, the node starts with its data. Before, the digit was read as written
-/// (a commit id, an epoch, a vote's term: `0x31` `1` and `0x33` `3` are one bit apart).
+/// A bit flipped in the controller's `raft-state.json` or in `node.meta` — here in a digit,
+/// which still parses — is refused at start, naming the file and its checksum, and the file is
+/// left as it was; put back, the node starts with its data. For `node.meta` the refusal names
+/// the way out, and it holds: moved aside, the node starts with its data and writes a new one.
+/// Before, the digit was read as written (a commit id, an epoch, a vote's term: `0x31` `1` and
+/// `0x33` `3` are one bit apart).
 #[test]
 fn a_flipped_bit_in_a_state_file_is_refused_naming_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = stopped_after_writing_k(dir.path());
+    let node_meta = data_dir.join("node.meta");
     for (file, field) in [
-        (data_dir.join("node.meta"), "\"epoch\": "),
         (
             data_dir.join("controller").join("raft-state.json"),
             "\"term\": ",
         ),
+        (node_meta.clone(), "\"epoch\": "),
     ] {
         let pristine = std::fs::read(&file).expect("state file");
         let digit = pristine
@@ -670,9 +673,16 @@ fn a_flipped_bit_in_a_state_file_is_refused_naming_it() {
             "{stderr}"
         );
         assert_eq!(std::fs::read(&file).expect("read"), damaged, "rewritten");
-        std::fs::write(&file, &pristine).expect("put back");
+        if file == node_meta {
+            assert!(stderr.contains("moving it aside"), "{stderr}");
+        } else {
+            std::fs::write(&file, &pristine).expect("put back");
+        }
     }
-    starts_serving_k(&data_dir);
+    std::fs::rename(&node_meta, dir.path().join("node.meta.damaged")).expect("move aside");
+    let kvd = starts_serving_k(&data_dir);
+    put(&kvd, "after", "w");
+    assert!(node_meta.exists(), "no new node.meta");
 }
 
 /// A lone leader whose `node.meta` records an epoch the controller never gave (copied from
