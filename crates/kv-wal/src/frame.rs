@@ -288,6 +288,38 @@ pub(crate) fn decode_salted(bytes: &[u8], salt: u32) -> Result<Frame<'_>, FrameE
     })
 }
 
+/// Largest payload [`header_bit_flip_explains`] searches: above it, a damaged frame is judged
+/// by its zeroed sectors alone.
+pub(crate) const HEADER_FLIP_SEARCH_BYTES_MAX: usize = 1 << 20;
+
+/// Whether flipping one bit of the 20 header bytes of the damaged frame at the start of `bytes`
+/// (sealed with `salt`) makes it a frame that decodes within `bytes`: its CRC field, kind, flags,
+/// length or id flipped in synced data. A write the disk did not finish leaves whole sectors
+/// unwritten (zeros, or what was there), never one bit off; so where this holds the damage is
+/// a bit flip even when its length, flipped, points past the data or into zeroed free space.
+/// Frames whose payload would exceed [`HEADER_FLIP_SEARCH_BYTES_MAX`] are not searched.
+pub(crate) fn header_bit_flip_explains(bytes: &[u8], salt: u32) -> bool {
+    let Some(header) = bytes.get(..FRAME_HEADER_BYTES) else {
+        return false;
+    };
+    if header.iter().all(|&byte| byte == 0) {
+        return false;
+    }
+    let mut candidate = Vec::new();
+    (0..FRAME_HEADER_BYTES * 8).any(|bit| {
+        let mut fixed: [u8; FRAME_HEADER_BYTES] = header.try_into().expect("20 bytes");
+        fixed[bit / 8] ^= 1 << (bit % 8);
+        let len = u32::from_le_bytes(fixed[8..12].try_into().expect("4 bytes")) as usize;
+        if len > HEADER_FLIP_SEARCH_BYTES_MAX || FRAME_HEADER_BYTES + len > bytes.len() {
+            return false;
+        }
+        candidate.clear();
+        candidate.extend_from_slice(&fixed);
+        candidate.extend_from_slice(&bytes[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len]);
+        decode_salted(&candidate, salt).is_ok()
+    })
+}
+
 /// Decodes a run of data frames (as shipped by [`crate::Wal::read_frames`]), checking each CRC
 /// and that ids increase by one. Returns the frames, or the offset and reason of the first bad
 /// one.

@@ -65,8 +65,9 @@ pub(crate) struct FrameDamage {
     /// evidence only — never served — but their ids are never handed out again.
     pub inside_extent_last_id: Option<u64>,
     /// Whether the damage is a whole frame (its declared extent within the segment) whose CRC
-    /// fails while no sector-aligned stretch of it is all zeros: not what an unfinished write
-    /// leaves, but a bit flip ([`crate::WalOptions::refuse_whole_damaged_tail`]).
+    /// fails while no sector-aligned stretch of it is all zeros, or a frame that one bit flipped
+    /// back in its header makes whole (`frame::header_bit_flip_explains`): not what an
+    /// unfinished write leaves, but a bit flip ([`crate::WalOptions::refuse_whole_damaged_tail`]).
     pub whole_frame_flipped: bool,
 }
 
@@ -214,9 +215,10 @@ pub(crate) fn scan(bytes: &[u8], first_id: u64, salt: u32, free_tail: bool) -> S
         damage.zeroed_to_end = bytes[position..].iter().all(|&byte| byte == 0);
         let stretch_end = resume.map_or(bytes.len(), |(offset, _)| offset);
         damage.zero_sector = holds_zero_sector(bytes, position, stretch_end);
-        damage.whole_frame_flipped = crc_failed
+        damage.whole_frame_flipped = (crc_failed
             && resume_from <= bytes.len()
-            && !any_sector_chunk_zero(bytes, position, resume_from);
+            && !any_sector_chunk_zero(bytes, position, resume_from))
+            || frame::header_bit_flip_explains(&bytes[position..], salt);
         match resume {
             Some((offset, id)) => {
                 position = offset;

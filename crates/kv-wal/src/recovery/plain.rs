@@ -322,8 +322,9 @@ fn refusal(mode: RecoveryMode, kind: Damage, position: Position, damage: &FrameD
     let why = match (kind, position) {
         (_, Position::Earlier) => "it is not in the last segment, so it is not a torn tail",
         _ if damage.resume.is_none() && damage.whole_frame_flipped => {
-            "the whole record is there and no sector of it is zero: a bit flip in synced data, \
-             not a write the disk did not finish, so it is not cut as a torn tail"
+            "the whole record is there (no sector of it is zero, or one bit flipped back in its \
+             header makes it check): a bit flip in synced data, not a write the disk did not \
+             finish, so it is not cut as a torn tail"
         }
         _ => "valid records follow it, so it is not a torn tail",
     };

@@ -852,4 +852,27 @@ fn a_whole_last_record_that_does_not_check_is_refused_when_asked() {
             assert_eq!(record, payload(id, 100), "{case}");
         }
     }
+
+    // Every bit of the last record's header, flipped, is refused as a flip too — its kind,
+    // flags, length and id as well as its CRC. Before, a flipped kind or flag byte, or a length
+    // pointing into the preallocated zeros after the data or past the file, read as a frame
+    // cut short and was cut, the record with it.
+    for bit in 0..FRAME_HEADER_BYTES * 8 {
+        let mut damaged = bytes.clone();
+        damaged[last + bit / 8] ^= 1 << (bit % 8);
+        let flipped = fs.fork();
+        flipped.write_file_durably(&segment, &damaged).unwrap();
+        let refused = strict_tail(&flipped);
+        assert!(
+            matches!(&refused, Err(Error::Corrupt { offset, reason, .. })
+                if *offset == last as u64 && reason.contains("bit flip")),
+            "header bit {bit}: {:?}",
+            refused.map(|(_, report)| report.to_string())
+        );
+        assert_eq!(
+            flipped.read_file(&segment).unwrap(),
+            damaged,
+            "bit {bit}: changed"
+        );
+    }
 }
