@@ -270,6 +270,44 @@ fn a_bit_flip_in_the_data_logs_last_record_is_refused_with_nothing_changed() {
     );
 }
 
+/// A bit flipped in the *length* of a lone leader's last record, so that it points into the
+/// preallocated zeros after the data, is refused as a flip too, the file unchanged. Before,
+/// the frame's extent held a zeroed stretch — what a write the disk did not finish leaves —
+/// and recovery cut the acknowledged record as a torn tail.
+#[test]
+fn a_flipped_length_in_the_data_logs_last_record_is_refused_with_nothing_changed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = stopped_after_writing_40_keys(dir.path());
+    let segment = files_with_suffix(&data_dir.join("wal"), ".wal")
+        .pop()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let last = last_frame_offset(&bytes);
+    // Bit 4 of the length's second byte: 4,096 bytes longer, into the free space.
+    bytes[last + 9] ^= 0x10;
+    std::fs::write(&segment, &bytes).expect("write segment");
+
+    let (status, stderr) = start_expecting_exit(&data_dir);
+    assert!(!status.success(), "started over a flipped length: {stderr}");
+    assert!(
+        stderr.contains(&segment.display().to_string()) && stderr.contains("bit flip"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&segment).expect("read"), bytes, "rewritten");
+}
+
+/// Where the last frame of a segment starts: frames follow the 48-byte header, each 20 bytes of
+/// framing and its length (bytes 8..12 of the frame), until the zeros of the free space.
+fn last_frame_offset(bytes: &[u8]) -> usize {
+    let (mut offset, mut last) = (48, 48);
+    while offset + 20 <= bytes.len() && bytes[offset..offset + 20].iter().any(|&byte| byte != 0) {
+        last = offset;
+        let len = u32::from_le_bytes(bytes[offset + 8..offset + 12].try_into().expect("4 bytes"));
+        offset += 20 + len as usize;
+    }
+    last
+}
+
 /// Repair from a replica: a follower whose log is damaged in the middle (valid records after
 /// the damage: the default recovery mode refuses it) moves its data aside and re-syncs from
 /// the leader, instead of refusing to start until an operator deletes its directory.
