@@ -154,14 +154,12 @@ impl LogStore {
         let state_path = dir.join(RAFT_STATE_FILE);
         let state = match durable::read_file(&*fs, &state_path)? {
             Some(bytes) => {
-                let mut state: RaftState = crate::state_file::decode(
+                let state: RaftState = crate::state_file::decode(
                     &state_path,
                     &bytes,
                     STATE_FORMAT,
-                    |state: &RaftState| state.format,
+                    |state: &mut RaftState| &mut state.format,
                 )?;
-                // Written back (sealed) in this format from now on.
-                state.format = STATE_FORMAT;
                 if state.node_id != node_id {
                     return Err(Error::NodeIdMismatch {
                         stored: state.node_id,

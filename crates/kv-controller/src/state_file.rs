@@ -16,20 +16,23 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 }
 
 /// The file at `path` read from `bytes`: its seal checked, its JSON parsed, and its format
-/// (`format` of the parsed value) one this version reads — `sealed_format`, sealed, or the one
-/// before it, written before the seal.
+/// (the field `format` points to) one this version reads — `sealed_format`, sealed, or the one
+/// before it, written before the seal. The value comes back with `sealed_format` in that field:
+/// it is written back sealed from then on.
 pub(crate) fn decode<T: DeserializeOwned>(
     path: &Path,
     bytes: &[u8],
     sealed_format: u32,
-    format: impl FnOnce(&T) -> u32,
+    format: impl FnOnce(&mut T) -> &mut u32,
 ) -> Result<T> {
     let corrupt = |reason: String| Error::Corrupt {
         path: path.to_owned(),
         reason,
     };
     let seal = kv_wal::sealed_json::check(bytes).map_err(corrupt)?;
-    let value: T = serde_json::from_slice(bytes).map_err(|error| corrupt(error.to_string()))?;
-    kv_wal::sealed_json::check_format(format(&value), seal, sealed_format).map_err(corrupt)?;
+    let mut value: T = serde_json::from_slice(bytes).map_err(|error| corrupt(error.to_string()))?;
+    let found = format(&mut value);
+    kv_wal::sealed_json::check_format(*found, seal, sealed_format).map_err(corrupt)?;
+    *found = sealed_format;
     Ok(value)
 }

@@ -75,17 +75,12 @@ impl StateMachineStore {
             .map_err(|error| Error::io(dir, error))?;
         let path = dir.join(SNAPSHOT_FILE);
         let snapshot = match durable::read_file(&*fs, &path)? {
-            Some(bytes) => {
-                let mut file: SnapshotFile = crate::state_file::decode(
-                    &path,
-                    &bytes,
-                    SNAPSHOT_FORMAT,
-                    |file: &SnapshotFile| file.format,
-                )?;
-                // Written back (sealed) in this format from now on.
-                file.format = SNAPSHOT_FORMAT;
-                Some(file)
-            }
+            Some(bytes) => Some(crate::state_file::decode(
+                &path,
+                &bytes,
+                SNAPSHOT_FORMAT,
+                |file: &mut SnapshotFile| &mut file.format,
+            )?),
             None => None,
         };
         let applied = match &snapshot {

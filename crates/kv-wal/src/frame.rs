@@ -351,6 +351,35 @@ pub fn decode_all(mut bytes: &[u8]) -> Result<Vec<Frame<'_>>, (usize, String)> {
 mod tests {
     use super::*;
 
+    /// A kind byte flipped in a frame followed by zeros is explained by one header bit; a
+    /// frame whose payload is above the search's limit is not searched, and a frame cut by
+    /// zeros (a torn write) or all zeros is never explained.
+    #[test]
+    fn one_flipped_header_bit_is_found_up_to_the_search_limit() {
+        let salt = 0x5eed_0001;
+        for (payload_len, searched) in [
+            (100, true),
+            (HEADER_FLIP_SEARCH_BYTES_MAX, true),
+            (HEADER_FLIP_SEARCH_BYTES_MAX + 1, false),
+        ] {
+            let mut bytes = Vec::new();
+            encode(&mut bytes, KIND_RECORD, 9, &vec![b'v'; payload_len], salt);
+            bytes.extend_from_slice(&[0; 4096]);
+            bytes[4] ^= 0x02;
+            assert!(decode_salted(&bytes, salt).is_err());
+            assert_eq!(
+                header_bit_flip_explains(&bytes, salt),
+                searched,
+                "payload of {payload_len} bytes"
+            );
+        }
+        let mut torn = Vec::new();
+        encode(&mut torn, KIND_RECORD, 9, &[b'v'; 1000], salt);
+        torn[FRAME_HEADER_BYTES + 512..].fill(0);
+        assert!(!header_bit_flip_explains(&torn, salt));
+        assert!(!header_bit_flip_explains(&[0; 64], salt));
+    }
+
     #[test]
     fn round_trip() {
         let bytes = encode_record(7, b"hello");

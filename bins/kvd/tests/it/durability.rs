@@ -205,17 +205,42 @@ fn stopped_after_writing_40_keys(dir: &Path) -> PathBuf {
     data_dir
 }
 
-/// Flips a bit near the end of the last record of the node in `data_dir` (inside `k40`'s value
-/// after [`stopped_after_writing_40_keys`]); returns the segment's path and its new bytes.
-fn flip_a_bit_in_the_last_record(data_dir: &Path) -> (PathBuf, Vec<u8>) {
-    let segment = files_with_suffix(&data_dir.join("wal"), ".wal")
-        .pop()
-        .expect("a segment");
+/// Flips a bit 10 bytes before the end of the data of the newest segment in `log_dir` (the
+/// data log's `wal/` or the controller's `log/`): inside the last record's payload (`k40`'s
+/// value after [`stopped_after_writing_40_keys`]). Returns the segment's path.
+fn flip_a_bit_in_the_last_record(log_dir: &Path) -> PathBuf {
+    let segment = files_with_suffix(log_dir, ".wal").pop().expect("a segment");
     let mut bytes = std::fs::read(&segment).expect("read segment");
     let data_end = used_bytes(&bytes);
     bytes[data_end - 10] ^= 0x04;
     std::fs::write(&segment, &bytes).expect("write segment");
-    (segment, bytes)
+    segment
+}
+
+/// Starts `kvd leader` on `data_dir` expecting a refusal: it must exit with a failure, name
+/// `file`, say each of `words`, and leave `file` as it was. Returns what it printed.
+fn refuses_naming(data_dir: &Path, file: &Path, words: &[&str]) -> String {
+    let before = std::fs::read(file).expect("read the damaged file");
+    let (status, stderr) = start_expecting_exit(data_dir);
+    assert!(!status.success(), "kvd started: {stderr}");
+    assert!(
+        stderr.contains(&file.display().to_string()),
+        "the refusal does not name {}: {stderr}",
+        file.display()
+    );
+    for word in words {
+        assert!(
+            stderr.contains(word),
+            "the refusal does not say {word:?}: {stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(file).expect("read the damaged file"),
+        before,
+        "{} changed while refusing",
+        file.display()
+    );
+    stderr
 }
 
 /// How much of a segment file holds data: up to its last non-zero byte (a preallocated
@@ -238,25 +263,11 @@ fn used_bytes(bytes: &[u8]) -> usize {
 fn a_bit_flip_in_the_data_logs_last_record_is_refused_with_nothing_changed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = stopped_after_writing_40_keys(dir.path());
-    let (segment, bytes) = flip_a_bit_in_the_last_record(&data_dir);
-
-    let (status, stderr) = start_expecting_exit(&data_dir);
-    assert!(
-        !status.success(),
-        "kvd started over a flipped last record: {stderr}"
-    );
-    assert!(
-        stderr.contains(&segment.display().to_string()) && stderr.contains("bit flip"),
-        "the refusal does not name the segment and the flip: {stderr}"
-    );
-    assert!(
-        stderr.contains("--recovery-mode point-in-time"),
-        "the refusal does not say how to start anyway: {stderr}"
-    );
-    assert_eq!(
-        std::fs::read(&segment).expect("read segment"),
-        bytes,
-        "the segment changed while refusing"
+    let segment = flip_a_bit_in_the_last_record(&data_dir.join("wal"));
+    refuses_naming(
+        &data_dir,
+        &segment,
+        &["bit flip", "--recovery-mode point-in-time"],
     );
 
     let kvd = Kvd::start(&data_dir, &["--recovery-mode", "point-in-time"], &[]);
@@ -286,14 +297,7 @@ fn a_flipped_length_in_the_data_logs_last_record_is_refused_with_nothing_changed
     // Bit 4 of the length's second byte: 4,096 bytes longer, into the free space.
     bytes[last + 9] ^= 0x10;
     std::fs::write(&segment, &bytes).expect("write segment");
-
-    let (status, stderr) = start_expecting_exit(&data_dir);
-    assert!(!status.success(), "started over a flipped length: {stderr}");
-    assert!(
-        stderr.contains(&segment.display().to_string()) && stderr.contains("bit flip"),
-        "{stderr}"
-    );
-    assert_eq!(std::fs::read(&segment).expect("read"), bytes, "rewritten");
+    refuses_naming(&data_dir, &segment, &["bit flip"]);
 }
 
 /// Where the last frame of a segment starts: frames follow the 48-byte header, each 20 bytes of
@@ -325,7 +329,7 @@ fn a_follower_with_a_damaged_log_resyncs_from_its_leader() {
 #[test]
 fn a_follower_with_a_bit_flip_in_its_last_record_resyncs_from_its_leader() {
     follower_resyncs_after(|data_dir| {
-        flip_a_bit_in_the_last_record(data_dir);
+        flip_a_bit_in_the_last_record(&data_dir.join("wal"));
     });
 }
 
@@ -704,13 +708,7 @@ fn a_flipped_bit_in_a_state_file_is_refused_naming_it() {
         assert!(damaged[digit].is_ascii_digit(), "still a digit");
         std::fs::write(&file, &damaged).expect("write");
 
-        let (status, stderr) = start_expecting_exit(&data_dir);
-        assert!(!status.success(), "{}: {stderr}", file.display());
-        assert!(
-            stderr.contains(&file.display().to_string()) && stderr.contains("crc32c"),
-            "{stderr}"
-        );
-        assert_eq!(std::fs::read(&file).expect("read"), damaged, "rewritten");
+        let stderr = refuses_naming(&data_dir, &file, &["crc32c"]);
         if file == node_meta {
             assert!(stderr.contains("moving it aside"), "{stderr}");
         } else {
@@ -876,24 +874,7 @@ fn a_data_directory_kvd_may_not_write_is_refused_naming_it() {
 fn a_bit_flip_in_the_controller_logs_last_entry_is_refused_with_nothing_changed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = stopped_after_writing_k(dir.path());
-    let segment = files_with_suffix(&data_dir.join("controller").join("log"), ".wal")
-        .pop()
-        .expect("a controller log segment");
-    let mut bytes = std::fs::read(&segment).expect("read segment");
-    let data_end = bytes.iter().rposition(|&byte| byte != 0).expect("data") + 1;
     // Inside the last entry's JSON, which ends its record.
-    bytes[data_end - 10] ^= 0x04;
-    std::fs::write(&segment, &bytes).expect("write segment");
-
-    let (status, stderr) = start_expecting_exit(&data_dir);
-    assert!(!status.success(), "{stderr}");
-    assert!(
-        stderr.contains(&segment.display().to_string()) && stderr.contains("bit flip"),
-        "{stderr}"
-    );
-    assert_eq!(
-        std::fs::read(&segment).expect("read segment"),
-        bytes,
-        "the segment changed while refusing"
-    );
+    let segment = flip_a_bit_in_the_last_record(&data_dir.join("controller").join("log"));
+    refuses_naming(&data_dir, &segment, &["bit flip"]);
 }

@@ -91,22 +91,8 @@ fn campaign_cases() -> u64 {
 /// runs a long campaign (`KV_TEST_SEED` picks the first seed).
 #[test]
 fn power_cut_campaign_never_loses_an_acknowledged_record() {
-    let base = seed_from_env(0x00c0_ffee);
-    let cases = campaign_cases();
-    println!(
-        "power-cut campaign: seeds {base}..{} (KV_TEST_SEED, KV_WAL_POWER_CUT_CASES)",
-        base + cases
-    );
-    let fs_stats = (0..cases).fold((0, 0, 0), |(non_prefix, syncs_failed, crashes), case| {
-        let stats = run_case(base.wrapping_add(case));
-        (
-            non_prefix + stats.non_prefix_losses,
-            syncs_failed + stats.syncs_failed,
-            crashes + stats.crashes,
-        )
-    });
-    println!("power-cut campaign: (non-prefix losses, failed fsyncs, crashes) = {fs_stats:?}");
-    if cases >= 16 {
+    let fs_stats = campaign("power-cut campaign", 0x00c0_ffee, Campaign::Default);
+    if campaign_cases() >= 16 {
         // A fault that never fires proves nothing (a single replayed seed may not fire both).
         assert!(fs_stats.0 > 0, "no power cut lost a page before a kept one");
         assert!(fs_stats.1 > 0, "no fsync failed");
@@ -120,20 +106,34 @@ fn power_cut_campaign_never_loses_an_acknowledged_record() {
 /// succeed with every acknowledged record.
 #[test]
 fn power_cut_campaign_refusing_flipped_tails_opens_every_cut_of_a_zero_filling_disk() {
-    let base = seed_from_env(0x0bad_f11b);
-    let cases = campaign_cases();
-    println!(
-        "power-cut campaign refusing flipped tails: seeds {base}..{} (KV_TEST_SEED, KV_WAL_POWER_CUT_CASES)",
-        base + cases
+    let (_, _, crashes) = campaign(
+        "power-cut campaign refusing flipped tails",
+        0x0bad_f11b,
+        Campaign::RefuseFlippedTails,
     );
-    let crashes: u64 = (0..cases)
-        .map(|case| run_case_with(base.wrapping_add(case), Campaign::RefuseFlippedTails).crashes)
-        .sum();
     assert!(crashes > 0, "no power cut");
 }
 
-fn run_case(seed: u64) -> kv_wal::sim::CrashStats {
-    run_case_with(seed, Campaign::Default)
+/// Runs `campaign_cases()` cases of `campaign` from the seed `KV_TEST_SEED` (default
+/// `default_seed`), printing the seeds and the totals; returns the non-prefix losses, the
+/// failed fsyncs and the crashes of all cases.
+fn campaign(name: &str, default_seed: u64, campaign: Campaign) -> (u64, u64, u64) {
+    let base = seed_from_env(default_seed);
+    let cases = campaign_cases();
+    println!(
+        "{name}: seeds {base}..{} (KV_TEST_SEED, KV_WAL_POWER_CUT_CASES)",
+        base + cases
+    );
+    let totals = (0..cases).fold((0, 0, 0), |(non_prefix, syncs_failed, crashes), case| {
+        let stats = run_case(base.wrapping_add(case), campaign);
+        (
+            non_prefix + stats.non_prefix_losses,
+            syncs_failed + stats.syncs_failed,
+            crashes + stats.crashes,
+        )
+    });
+    println!("{name}: (non-prefix losses, failed fsyncs, crashes) = {totals:?}");
+    totals
 }
 
 /// How a campaign opens the log and which power cuts it makes.
@@ -145,7 +145,7 @@ enum Campaign {
     RefuseFlippedTails,
 }
 
-fn run_case_with(seed: u64, campaign: Campaign) -> kv_wal::sim::CrashStats {
+fn run_case(seed: u64, campaign: Campaign) -> kv_wal::sim::CrashStats {
     let mut rng = StdRng::seed_from_u64(seed);
     let fs = SimFs::new();
     // Every record appended: id -> payload; and the ids acknowledged as durable.
