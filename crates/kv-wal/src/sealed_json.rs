@@ -14,7 +14,7 @@
 //! sealed format without a seal — so damage to the member's own key is caught too, and every
 //! single-bit flip of a sealed file is refused.
 
-use crate::frame::crc32c;
+use crate::frame::{crc32c, Crc32c};
 
 /// The member [`seal`] adds, as it appears in the text (the value follows in quotes).
 const MEMBER: &[u8] = br#""crc32c": ""#;
@@ -70,9 +70,12 @@ pub fn check(bytes: &[u8]) -> Result<Seal, String> {
         )?;
     let stored = u32::from_str_radix(std::str::from_utf8(digits).expect("hex digits"), 16)
         .expect("8 hex digits fit a u32");
-    let mut zeroed = bytes.to_vec();
-    zeroed[digits_at..digits_at + DIGITS].fill(b'0');
-    let computed = crc32c(&zeroed);
+    // The CRC of the text with the digits as zeros, without copying it.
+    let mut digest = Crc32c::new();
+    digest.update(&bytes[..digits_at]);
+    digest.update(&[b'0'; DIGITS]);
+    digest.update(&bytes[digits_at + DIGITS..]);
+    let computed = digest.finalize();
     if computed != stored {
         return Err(format!(
             "its crc32c checksum does not match its contents (stored {stored:08x}, computed \
