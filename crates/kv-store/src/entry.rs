@@ -79,6 +79,17 @@ impl Op {
         }
     }
 
+    /// The bytes of keys and values the op carries — what its entry's size grows with (a
+    /// transaction's every key and value, compared, read or written).
+    pub fn carried_bytes(&self) -> usize {
+        match self {
+            Op::Set { key, value } => key.len() + value.bytes.len(),
+            Op::Delete { key } => key.len(),
+            Op::Txn(txn) => txn.carried_bytes(),
+            Op::Noop => 0,
+        }
+    }
+
     fn code(&self) -> u8 {
         match self {
             Op::Set { .. } => OP_SET,
@@ -397,6 +408,29 @@ mod tests {
                 },
             ],
         })
+    }
+
+    /// `carried_bytes` counts every key and value byte: the rest of an encoded entry is the
+    /// fixed overhead of its header, lengths and operation codes.
+    #[test]
+    fn carried_bytes_are_the_entrys_size_but_its_fixed_overhead() {
+        let big = Value::raw(vec![7; 100_000]);
+        let cases = [
+            (Op::Noop, 0),
+            (set(b"key", big.clone()), 3 + 100_000),
+            (Op::Delete { key: b"k".to_vec() }, 1),
+            // Compares a (with 2 value bytes), b, "" and d: 5; puts a = [1]: 4; deletes b: 1;
+            // gets a: 1; the range over p/: 2.
+            (a_transaction(), 5 + 4 + 1 + 1 + 2),
+        ];
+        for (op, carried) in cases {
+            assert_eq!(op.carried_bytes(), carried, "{op:?}");
+            let encoded = LogEntry::new(1, op).encode().len();
+            assert!(
+                encoded >= carried && encoded - carried < 128,
+                "encoded {encoded}, carried {carried}"
+            );
+        }
     }
 
     #[test]

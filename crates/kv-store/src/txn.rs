@@ -146,6 +146,24 @@ pub enum TxnInvalid {
 }
 
 impl Txn {
+    /// The bytes of keys, prefixes and values the transaction carries (see
+    /// [`crate::Op::carried_bytes`]).
+    pub fn carried_bytes(&self) -> usize {
+        let compares = self.compares.iter().map(|compare| {
+            compare.key.len()
+                + match &compare.target {
+                    CompareTarget::Value(value) => value.bytes.len(),
+                    _ => 0,
+                }
+        });
+        let ops = self.success.iter().chain(&self.failure).map(|op| match op {
+            TxnOp::Put { key, value } => key.len() + value.bytes.len(),
+            TxnOp::Delete { key } | TxnOp::Get { key } => key.len(),
+            TxnOp::Range { prefix, .. } => prefix.len(),
+        });
+        compares.chain(ops).sum()
+    }
+
     /// Checks the limits and that no branch writes a key twice.
     pub fn check(&self) -> Result<(), TxnInvalid> {
         let limits = [

@@ -129,7 +129,7 @@ impl Shared {
             + frame_bytes as u64
             + SEAL_BYTES as u64;
         if projected > self.segment_bytes_max && writer.active_has_records() {
-            let first_id = writer.next_id;
+            let first_id = writer.next_id.get();
             self.roll(writer, first_id)?;
         }
         Ok(())
@@ -308,7 +308,7 @@ impl Shared {
         writer.write_offset = SEGMENT_HEADER_BYTES as u64;
         writer.last_mark_claim = 0;
         writer.next_sequence = sequence + 1;
-        writer.next_id = first_id;
+        writer.next_id.set(first_id);
         Ok(segment)
     }
 
@@ -331,18 +331,18 @@ impl Shared {
         self.check_writable(&writer)?;
         crate::fail_point!(WAL_BEFORE_APPEND).at(&self.dir)?;
         if let Some(first_id) = first_id {
-            if first_id < writer.next_id {
+            if first_id < writer.next_id.get() {
                 return Err(Error::IdConflict {
                     first_id,
-                    next_id: writer.next_id,
+                    next_id: writer.next_id.get(),
                 });
             }
-            if first_id > writer.next_id {
+            if first_id > writer.next_id.get() {
                 // The history continues after a gap: start a segment whose header says so.
                 self.roll(&mut writer, first_id)?;
             }
         }
-        let first = writer.next_id;
+        let first = writer.next_id.get();
         // Nothing queued, no commit in flight or promised, and no crowd of writers just
         // released by the last commit (the committer gathers them, `committer.rs`): this
         // append may commit itself.
@@ -351,7 +351,7 @@ impl Shared {
             && writer.leader.is_none()
             && !writer.expects_writers_back();
         self.queue_frames(&mut writer, count, &frame_bytes, &encode_into)?;
-        let last = writer.next_id - 1;
+        let last = writer.next_id.get() - 1;
         self.stats.on_append(count as u64);
         match policy {
             SyncPolicy::Never => {
@@ -432,12 +432,12 @@ impl Shared {
                 writer.pending.resize(MARK_BYTES, 0);
                 writer.mark_pending = true;
             }
-            let id = writer.next_id;
+            let id = writer.next_id.get();
             let offset = writer.pending.len();
             let salt = writer.active.salt;
             encode_into(index, id, salt, &mut writer.pending);
             writer.pending_frames.push((id, offset));
-            writer.next_id += 1;
+            writer.next_id.set(id + 1);
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use crate::shared::Shared;
 use crate::stats::Stats;
 use crate::wal::Wal;
 use crate::watermark::Watermark;
-use crate::writer::Writer;
+use crate::writer::{NextId, Writer};
 
 /// The segment appends go to after open, and where in it.
 struct Active {
@@ -261,6 +261,8 @@ fn start(
         .find(|segment| !segment.is_empty())
         .map_or(active.segment.first_id - 1, |segment| segment.last_id());
     let next_sequence = active.segment.sequence + 1;
+    let next_id = NextId::new(next_id);
+    let published_next_id = next_id.published();
     let writer = Writer {
         next_id,
         pending: Vec::new(),
@@ -295,6 +297,7 @@ fn start(
         recovery_mode: options.recovery_mode,
         inline_commit_when_idle: options.inline_commit_when_idle,
         writer: Mutex::new(writer),
+        next_id: published_next_id,
         commit_needed: Condvar::new(),
         segments: RwLock::new(segments),
         last: Arc::new(Watermark::new(last_id)),

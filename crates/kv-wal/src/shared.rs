@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     /// `WalOptions::inline_commit_when_idle`.
     pub inline_commit_when_idle: bool,
     pub writer: Mutex<Writer>,
+    /// The writer's next id, read without its lock (`writer.rs`, [`crate::writer::NextId`]).
+    pub next_id: Arc<AtomicU64>,
     pub commit_needed: Condvar,
     pub segments: RwLock<Vec<Arc<Segment>>>,
     /// Last id written (readable).

@@ -93,6 +93,15 @@ impl AppendTicket {
         self.lead.is_some()
     }
 
+    /// Runs the write group's `fdatasync` now, on this thread, if this ticket leads its group
+    /// (see [`AppendTicket::leads_its_group`]); otherwise does nothing (the committer thread
+    /// syncs). Either way the ticket still resolves only once the records are durable: a
+    /// caller on an async runtime can run the blocking part where it chooses (a thread of the
+    /// blocking pool, `block_in_place`) and then await the rest without blocking a worker.
+    pub fn commit_now(&mut self) {
+        self.lead();
+    }
+
     /// The ids the records got.
     pub fn ids(&self) -> RangeInclusive<u64> {
         self.ids.clone()

@@ -33,7 +33,7 @@ impl Wal {
         let mut writer = shared.writer();
         shared.check_writable(&writer)?;
         shared.flush_pending(&mut writer)?;
-        if after_id >= writer.next_id - 1 {
+        if after_id >= writer.next_id.get() - 1 {
             return Ok(());
         }
         let marked = write_file_atomic(
@@ -104,7 +104,7 @@ impl Wal {
         } else {
             self.cut_plain_after(writer, &target, after_id)?;
         }
-        let last_id = writer.next_id - 1;
+        let last_id = writer.next_id.get() - 1;
         shared.last.reset(last_id);
         // Always a new generation: appends still waiting for ids that were just dropped end
         // with `Error::Truncated` instead of waiting for ids that now mean other records.
@@ -161,7 +161,7 @@ impl Wal {
         writer.write_offset = image_len;
         writer.last_mark_claim = 0;
         writer.next_sequence = target.sequence + 1;
-        writer.next_id = last_id + 1;
+        writer.next_id.set(last_id + 1);
         Ok(segment)
     }
 
@@ -208,7 +208,7 @@ impl Wal {
         writer.active_file = file;
         writer.write_offset = cut;
         writer.next_sequence = target.sequence + 1;
-        writer.next_id = last_id + 1;
+        writer.next_id.set(last_id + 1);
         Ok(())
     }
 

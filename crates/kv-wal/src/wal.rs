@@ -188,7 +188,7 @@ impl Wal {
         let mut writer = shared.writer();
         shared.check_writable(&writer)?;
         shared.flush_pending(&mut writer)?;
-        if next_id <= writer.next_id {
+        if next_id <= writer.next_id.get() {
             return Ok(false);
         }
         shared.roll(&mut writer, next_id)?;
@@ -207,7 +207,7 @@ impl Wal {
         if !writer.active_has_records() || bytes < min_bytes {
             return Ok(false);
         }
-        let first_id = writer.next_id;
+        let first_id = writer.next_id.get();
         shared.roll(&mut writer, first_id)?;
         Ok(true)
     }
@@ -270,7 +270,9 @@ impl Wal {
 
     /// The id the next append will get.
     pub fn next_id(&self) -> u64 {
-        self.shared.writer().next_id
+        self.shared
+            .next_id
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The highest id known to be on stable storage (0 when none).

@@ -3,6 +3,7 @@
 //! changes it is in `append.rs`, the group commit in `committer.rs`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,9 +19,41 @@ pub(crate) const GATHER_WAIT_MAX: Duration = Duration::from_millis(1);
 /// fewer, a wait would delay the next commit for little (`committer.rs`).
 pub(crate) const GATHER_RELEASED_MIN: u64 = 4;
 
+/// The id the next record gets, and a copy of it readers take without the writer's lock
+/// ([`crate::Wal::next_id`]): a write holds the lock for its whole `write` — a second or more
+/// for a record of tens of MiB on a slow disk — and `/health`, `/metrics` and the node's
+/// heartbeat ask for the next id.
+pub(crate) struct NextId {
+    value: u64,
+    published: Arc<AtomicU64>,
+}
+
+impl NextId {
+    pub fn new(value: u64) -> NextId {
+        NextId {
+            value,
+            published: Arc::new(AtomicU64::new(value)),
+        }
+    }
+
+    pub fn get(&self) -> u64 {
+        self.value
+    }
+
+    pub fn set(&mut self, value: u64) {
+        self.value = value;
+        self.published.store(value, Ordering::Release);
+    }
+
+    /// The copy, for readers without the lock.
+    pub fn published(&self) -> Arc<AtomicU64> {
+        self.published.clone()
+    }
+}
+
 /// The writer's state, behind one mutex.
 pub(crate) struct Writer {
-    pub next_id: u64,
+    pub next_id: NextId,
     /// Encoded frames not yet written.
     pub pending: Vec<u8>,
     /// (id, offset within `pending`) of each pending frame.

@@ -22,6 +22,12 @@
 //!   already hold a lease.
 //! - **A failed disk.** A leader whose log refuses writes (a failed write or `fdatasync`)
 //!   begins that transfer itself, to the ISR member holding the most of its log.
+//! - **A hung disk.** A node whose disk has kept a write or `fdatasync` of its WAL waiting
+//!   [`DISK_HUNG_AFTER`] sends no heartbeat until the disk answers: its session expires and
+//!   the controller fences it as it would a dead node (a leader is replaced). The node keeps
+//!   running meanwhile — a large write's work is off the async workers — so without this a
+//!   leader whose disk hung under one would hold its lease, and take no write, for as long as
+//!   the hang lasts.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +46,10 @@ const AHEAD_OF_THE_CLUSTER_FOR: Duration = Duration::from_secs(2);
 const AHEAD_OF_THE_CLUSTER_REPEAT: Duration = Duration::from_secs(10);
 /// How often a view the node could not take for want of disk space is tried again.
 const VIEW_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the disk may keep a write or `fdatasync` of the WAL waiting before the node stops
+/// heartbeating. Well above what a healthy disk takes for the largest record (a 65 MiB one
+/// syncs in about a second on a slow disk); etcd warns of a WAL sync over one second.
+pub const DISK_HUNG_AFTER: Duration = Duration::from_secs(5);
 
 /// The driver of one node. Cheap to share.
 pub struct Driver {
@@ -69,6 +79,8 @@ pub struct Driver {
     wanted_write_quorum: Mutex<Option<usize>>,
     /// Whether the active controller has answered a heartbeat of this node yet.
     heard_controller: AtomicBool,
+    /// Whether the node is silent because its disk hangs ([`DISK_HUNG_AFTER`]).
+    silent_for_disk: AtomicBool,
     /// True once the node took the role its first view gives it (and, as the leader, holds a
     /// lease).
     ready: watch::Sender<bool>,
@@ -102,6 +114,7 @@ impl Driver {
             ahead_of_the_cluster: Mutex::new((None, None)),
             wanted_write_quorum: Mutex::new(None),
             heard_controller: AtomicBool::new(false),
+            silent_for_disk: AtomicBool::new(false),
             ready: watch::Sender::new(false),
             shutdown,
         })
@@ -133,7 +146,9 @@ impl Driver {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 _ = ticks.tick() => {}
             }
-            self.spawn_heartbeat();
+            if !self.disk_hangs() {
+                self.spawn_heartbeat();
+            }
             self.propose_isr_change();
             if let Some(view) = self.cluster.view() {
                 self.ask_for_reelection(&view);
@@ -266,6 +281,27 @@ impl Driver {
     }
 
     /// Sends a heartbeat on a task of its own, unless too many are in flight.
+    /// Whether the disk has kept a write or `fdatasync` of the WAL waiting
+    /// [`DISK_HUNG_AFTER`] (read from atomics: no lock a hung write could hold); says so when
+    /// that starts and ends.
+    fn disk_hangs(&self) -> bool {
+        let waited = self.node.store().wal_stats().disk_wait_seconds.max(0.0);
+        let hangs = waited >= DISK_HUNG_AFTER.as_secs_f64();
+        if hangs != self.silent_for_disk.swap(hangs, Ordering::AcqRel) {
+            if hangs {
+                tracing::error!(
+                    waited_ms = (waited * 1e3) as u64,
+                    "the disk has kept a write or fdatasync of the WAL waiting: not renewing \
+                     this node's session until it answers (the controller fences this node as \
+                     it would a dead one; a leader is replaced)"
+                );
+            } else {
+                tracing::warn!("the disk answers again: heartbeating the controller again");
+            }
+        }
+        hangs
+    }
+
     fn spawn_heartbeat(self: &Arc<Self>) {
         if self.heartbeats_in_flight.fetch_add(1, Ordering::AcqRel) >= HEARTBEATS_IN_FLIGHT_MAX {
             self.heartbeats_in_flight.fetch_sub(1, Ordering::AcqRel);

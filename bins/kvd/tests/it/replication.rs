@@ -20,6 +20,7 @@ pub(crate) struct Cluster {
     pub(crate) leader: Kvd,
     leader_port: u16,
     leader_args: Vec<String>,
+    leader_env: Vec<(String, String)>,
     followers: Vec<Option<Kvd>>,
     follower_ports: Vec<u16>,
     follower_args: Vec<String>,
@@ -27,10 +28,24 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     pub(crate) fn start(leader_args: &[&str], follower_args: &[&str], followers: usize) -> Cluster {
+        Cluster::start_with_leader_env(leader_args, &[], follower_args, followers)
+    }
+
+    /// [`Cluster::start`] with the leader's environment (kept across its restarts) given too.
+    pub(crate) fn start_with_leader_env(
+        leader_args: &[&str],
+        leader_env: &[(&str, &str)],
+        follower_args: &[&str],
+        followers: usize,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().to_owned();
         let leader_args: Vec<String> = leader_args.iter().map(|arg| arg.to_string()).collect();
-        let leader = start_leader(&root, "127.0.0.1:0", &leader_args);
+        let leader_env: Vec<(String, String)> = leader_env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        let leader = start_leader(&root, "127.0.0.1:0", &leader_args, &leader_env);
         let leader_port = leader.address.port();
         let mut cluster = Cluster {
             _dir: dir,
@@ -38,6 +53,7 @@ impl Cluster {
             leader,
             leader_port,
             leader_args,
+            leader_env,
             followers: Vec::new(),
             follower_ports: Vec::new(),
             follower_args: follower_args.iter().map(|arg| arg.to_string()).collect(),
@@ -82,6 +98,7 @@ impl Cluster {
             &self.root,
             &format!("127.0.0.1:{}", self.leader_port),
             &self.leader_args,
+            &self.leader_env,
         );
     }
 
@@ -101,12 +118,16 @@ impl Cluster {
     }
 }
 
-fn start_leader(root: &Path, listen: &str, extra: &[String]) -> Kvd {
+fn start_leader(root: &Path, listen: &str, extra: &[String], env: &[(String, String)]) -> Kvd {
     let data_dir = root.join("leader");
     let path = data_dir.to_str().expect("UTF-8").to_owned();
     let mut args = vec!["leader", "--listen", listen, "--data-dir", &path];
     args.extend(extra.iter().map(String::as_str));
-    Kvd::spawn(&data_dir, &args, &[])
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    Kvd::spawn(&data_dir, &args, &env)
 }
 
 /// `PUT /key/{key}` on `kvd`, following a 307 once, as `curl -L` would: on a busy machine the
@@ -383,7 +404,7 @@ pub(crate) fn read_wal(data_dir: &Path) -> std::collections::BTreeMap<u64, (Stri
 #[test]
 fn a_follower_fed_corrupted_batches_refuses_them_and_recovers_from_the_leader() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let leader = start_leader(dir.path(), "127.0.0.1:0", &[]);
+    let leader = start_leader(dir.path(), "127.0.0.1:0", &[], &[]);
     for index in 0..100 {
         assert_eq!(put(&leader, &format!("k{index}"), &json!(index)).0, 200);
     }
@@ -544,7 +565,7 @@ fn read_once_served(kvd: &Kvd, key: &str, min_id: u64) -> (u16, Value) {
 #[test]
 fn a_data_directory_of_another_node_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let leader = start_leader(dir.path(), "127.0.0.1:0", &[]);
+    let leader = start_leader(dir.path(), "127.0.0.1:0", &[], &[]);
     let (_, written) = put(&leader, "a", &json!(1));
     let id = written["id"].as_u64().expect("id");
     let follower_dir = dir.path().join("follower-1");
@@ -575,9 +596,21 @@ fn a_data_directory_of_another_node_is_refused() {
 /// `--max-body-bytes` is one log record the leader ships alone: the follower takes it (before,
 /// it refused every push of it as a message over 64 MiB + 4 KiB, retried forever and never
 /// got past it), and the write after it too.
+///
+/// The leader runs one async worker (`TOKIO_WORKER_THREADS=1`), and its controller session
+/// lasts 550 ms: the write's own work — compressing, checksumming, writing and syncing 65 MiB,
+/// over a second in this debug build — runs off the workers, so the leader keeps
+/// heartbeating meanwhile and is not fenced for a write it is making. Before, that work held
+/// the worker, the session expired and the PUT ended 503 "stopped leading" (every run with
+/// one worker; CI saw it once with two).
 #[test]
 fn a_value_larger_than_a_replication_batch_reaches_the_followers() {
-    let cluster = Cluster::start(&["--max-body-bytes", "80MiB"], &[], 1);
+    let cluster = Cluster::start_with_leader_env(
+        &["--max-body-bytes", "80MiB"],
+        &[("TOKIO_WORKER_THREADS", "1")],
+        &[],
+        1,
+    );
     let value: Vec<u8> = (0..65u32 << 20)
         .map(|index| (index % 251) as u8 ^ (index >> 20) as u8)
         .collect();
@@ -589,7 +622,14 @@ fn a_value_larger_than_a_replication_batch_reaches_the_followers() {
         Some(&value),
     )
     .expect("PUT the large value");
-    assert_eq!(written.status, 200, "{}", written.json());
+    assert_eq!(
+        written.status,
+        200,
+        "{}\nleader:\n{}\nfollower:\n{}",
+        written.json(),
+        cluster.leader.stderr(),
+        cluster.follower(1).stderr()
+    );
     let (status, after) = put(&cluster.leader, "after", &json!(1));
     assert_eq!(status, 200, "{after}");
     let after_id = after["id"].as_u64().expect("id");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::streaming::SessionEnd;
-use super::{lock, Node};
+use super::{lock, off_the_workers, Node, LARGE_WORK_BYTES};
 use crate::error::{Error, Result};
 use crate::follower::{LinkState, Step};
 use crate::meta::NodeMeta;
@@ -249,19 +249,37 @@ impl Node {
     /// durable here, and applies up to `commit_id`.
     async fn append(&self, frames: &[u8], commit_id: u64) -> Result<()> {
         kv_wal::fail_point!(FOLLOWER_AFTER_FETCH_BEFORE_APPEND).map_err(Error::InjectedFault)?;
-        let ticket =
-            self.store
-                .submit_leader_frames(frames)
-                .map_err(|source| Error::FollowerLog {
-                    action: "append the leader's entries",
-                    source,
-                })?;
+        let ticket = self.append_leaders_frames(frames)?;
         ticket.await.map_err(|error| Error::FollowerLog {
             action: "make the leader's entries durable",
             source: error.into(),
         })?;
         self.publish_commit(commit_id);
         Ok(())
+    }
+
+    /// Appends the leader's `frames` to this follower's log; returns the WAL's ticket. A batch
+    /// of [`LARGE_WORK_BYTES`] or more is checked, written and — when its ticket leads its
+    /// write group — synced [`off_the_workers`], so the ticket's await then only waits.
+    pub(super) fn append_leaders_frames(&self, frames: &[u8]) -> Result<kv_wal::AppendTicket> {
+        let append = || {
+            self.store
+                .submit_leader_frames(frames)
+                .map_err(|source| Error::FollowerLog {
+                    action: "append the leader's entries",
+                    source,
+                })
+        };
+        if frames.len() < LARGE_WORK_BYTES {
+            return append();
+        }
+        let ticket = off_the_workers(|| {
+            let mut ticket = append()?;
+            ticket.commit_now();
+            Ok::<_, Error>(ticket)
+        })?;
+        self.wrote_large_entries_through(*ticket.ids().end());
+        Ok(ticket)
     }
 
     /// Tells the state machine what the answer to a request sent at `sent_at` let this

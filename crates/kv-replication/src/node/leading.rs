@@ -2,12 +2,15 @@
 //! follower's fetch is answered by [`LeaderState::on_fetch`] — at once, or held (the long
 //! poll) until new entries or a new commit id, up to its wait.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_store::{Command, Op, OutcomeSlot};
 
-use super::{lock, progress_or_role_change, shared, Node, RoleState};
+use super::{
+    lock, off_the_workers, progress_or_role_change, shared, Node, RoleState, LARGE_WORK_BYTES,
+};
 use crate::error::{Error, Result};
 use crate::leader::{Acks, FetchDecision};
 use crate::log_view::LogView;
@@ -95,7 +98,12 @@ impl Node {
     ) -> Result<Written> {
         let deadline = tokio::time::Instant::now() + self.options.acks_timeout;
         self.wait_for_lease(deadline).await?;
-        let (submitted, leadership) = self.admit(command)?;
+        let large = command.op.carried_bytes() >= LARGE_WORK_BYTES;
+        let (submitted, leadership) = if large {
+            self.admit_large(command)?
+        } else {
+            self.admit(command)?
+        };
         let id = submitted.id;
         let mut durable = DurableWait {
             ticket: Some(submitted.ticket),
@@ -118,7 +126,12 @@ impl Node {
             tokio::task::yield_now().await;
         }
         let waited = match durable.ticket.as_mut() {
-            Some(ticket) => ticket.await,
+            Some(ticket) => {
+                if large {
+                    off_the_workers(|| ticket.commit_now());
+                }
+                ticket.await
+            }
             None => unreachable!("the ticket is taken only here and in drop"),
         };
         durable.ticket = None;
@@ -144,6 +157,18 @@ impl Node {
     /// How long a write waits for its acknowledgements (`NodeOptions::acks_timeout`).
     pub fn acks_timeout(&self) -> Duration {
         self.options.acks_timeout
+    }
+
+    /// [`Node::admit`] for a command of [`LARGE_WORK_BYTES`] or more: off the workers, and
+    /// known to readers as large from before its frames are written until its id is recorded.
+    fn admit_large(&self, command: Command) -> Result<(kv_store::Submitted, u64)> {
+        self.large_writes_in_flight.fetch_add(1, Ordering::AcqRel);
+        let admitted = off_the_workers(|| self.admit(command));
+        if let Ok((submitted, _)) = &admitted {
+            self.wrote_large_entries_through(submitted.id);
+        }
+        self.large_writes_in_flight.fetch_sub(1, Ordering::AcqRel);
+        admitted
     }
 
     /// Checks that this node takes writes (it leads, was not deposed, prepares no transfer)

@@ -30,6 +30,7 @@ pub mod status;
 pub mod streaming;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -186,6 +187,15 @@ pub struct Node {
     streams: streaming::StreamCounters,
     options: NodeOptions,
     compaction: Mutex<CompactionHistory>,
+    /// No entry above this id carries [`LARGE_WORK_BYTES`] or more: reading or applying
+    /// entries up to it may be work of a second, done [`off_the_workers`]. Raised by every
+    /// large write and every large batch appended; at open, the log's last id (the sizes of
+    /// the entries already held are not known), so a follower's catch-up reads and the first
+    /// applies go off the workers too.
+    large_entries_through: AtomicU64,
+    /// Large writes being submitted, whose ids are not known yet (their frames may be read
+    /// before [`Node::wrote_large_entries_through`] records them).
+    large_writes_in_flight: AtomicU64,
 }
 
 /// [`LeaderState::ack_marks`] before and after an acknowledgement.
@@ -211,6 +221,28 @@ async fn progress_or_role_change(
     })
     .await
     .is_ok()
+}
+
+/// A write or a batch of the leader's frames carrying at least this many bytes has its WAL
+/// work — encoding, compressing, checksumming, writing, and the `fdatasync` its ticket may run
+/// — done [`off_the_workers`]: tens of MiB take a second or more, and a worker held that long
+/// stops the node's heartbeats (its session expires after 550 ms of silence, and the
+/// controller fences a leader busy with a write). Below it the work takes microseconds, and a
+/// hand-off to another thread would cost more than it saves.
+pub const LARGE_WORK_BYTES: usize = 1 << 20;
+
+/// Runs `work`, which blocks for long, without holding up the async runtime: on a
+/// multi-threaded runtime the calling worker hands its queue and the I/O and timer drivers
+/// to another thread for the duration (`tokio::task::block_in_place`); elsewhere — a
+/// current-thread runtime, no runtime — it runs in place.
+fn off_the_workers<R>(work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
 }
 
 fn shared<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -309,6 +341,7 @@ impl Node {
         options: NodeOptions,
     ) -> Node {
         let applied_id = store.applied_id();
+        let large_entries_through = AtomicU64::new(store.last_id());
         Node {
             store,
             data_dir: data_dir.to_owned(),
@@ -325,7 +358,20 @@ impl Node {
             streams: streaming::StreamCounters::default(),
             options,
             compaction: Mutex::new(CompactionHistory::default()),
+            large_entries_through,
+            large_writes_in_flight: AtomicU64::new(0),
         }
+    }
+
+    /// Records that the entries through `id` include one of [`LARGE_WORK_BYTES`] or more.
+    fn wrote_large_entries_through(&self, id: u64) {
+        self.large_entries_through.fetch_max(id, Ordering::Release);
+    }
+
+    /// Whether the entries from `id` on may include one of [`LARGE_WORK_BYTES`] or more.
+    fn may_be_large_from(&self, id: u64) -> bool {
+        self.large_writes_in_flight.load(Ordering::Acquire) > 0
+            || id <= self.large_entries_through.load(Ordering::Acquire)
     }
 
     /// Replaces the role by what `change` makes of it, with writes held off (no write admitted
@@ -454,7 +500,11 @@ impl Node {
             raised
         });
         let through = self.commit_id().min(self.store.durable_id());
-        let applied = self.store.apply_through(through);
+        let applied = if self.may_be_large_from(self.store.applied_id() + 1) {
+            off_the_workers(|| self.store.apply_through(through))
+        } else {
+            self.store.apply_through(through)
+        };
         self.applied.send_if_modified(|current| {
             let raised = applied > *current;
             if raised {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use kv_wal::AppendTicket;
 use tokio::sync::watch;
 
-use super::{lock, Node, RoleState};
+use super::{lock, off_the_workers, Node, RoleState};
 use crate::error::{Error, Result};
 use crate::follower::Step;
 use crate::leader::FetchDecision;
@@ -176,9 +176,12 @@ impl LeaderStream {
             };
             // Frames are read outside the role lock; a role change before the read is seen
             // below, and a follower's truncation only ever comes after one.
-            let push = self
-                .cursor
-                .next(Instant::now(), &context, &*self.node.store);
+            let store = &*self.node.store;
+            let push = if self.node.may_be_large_from(self.cursor.next_to_send()) {
+                off_the_workers(|| self.cursor.next(Instant::now(), &context, store))
+            } else {
+                self.cursor.next(Instant::now(), &context, store)
+            };
             match push {
                 Push::Send(answer) => {
                     if *self.role_changes.borrow() != self.generation {
@@ -431,12 +434,7 @@ impl Node {
                     self.adopt(adopt_cluster)?;
                     kv_wal::fail_point!(FOLLOWER_AFTER_FETCH_BEFORE_APPEND)
                         .map_err(Error::InjectedFault)?;
-                    let ticket = self.store.submit_leader_frames(&frames).map_err(|source| {
-                        Error::FollowerLog {
-                            action: "append the leader's entries",
-                            source,
-                        }
-                    })?;
+                    let ticket = self.append_leaders_frames(&frames)?;
                     // The append decoded the frames: its ticket has their ids.
                     session.next_id = *ticket.ids().end() + 1;
                     session.unsynced.push_back(Unsynced {

@@ -48,6 +48,37 @@ fn an_append_on_an_idle_log_commits_itself() {
     }
 }
 
+/// `commit_now` runs a leading ticket's fsync on the calling thread — the blocking part an
+/// async caller moves off its runtime's workers — and the ticket then resolves at its first
+/// poll, without blocking. A ticket that does not lead (queued behind a commit in flight) is
+/// left to the committer.
+#[test]
+fn commit_now_runs_a_leading_tickets_fsync_on_the_calling_thread() {
+    let fs = SimFs::new();
+    let wal = open_with(Arc::new(fs.clone()), SyncPolicy::Batch, true);
+    let before = wal.stats();
+    let mut ticket = wal.submit(&[payload(1, 64)]).expect("submit");
+    assert!(ticket.leads_its_group());
+    assert_eq!(wal.durable_id(), 0, "written, not yet synced");
+    ticket.commit_now();
+    assert!(!ticket.leads_its_group());
+    assert_eq!(wal.durable_id(), 1, "synced by commit_now");
+    let stats = wal.stats();
+    assert_eq!(stats.inline_commits - before.inline_commits, 1);
+    assert_eq!(stats.fsyncs - before.fsyncs, 1);
+    let mut context = Context::from_waker(Waker::noop());
+    assert_eq!(
+        Pin::new(&mut ticket).poll(&mut context).map(|ids| ids.ok()),
+        std::task::Poll::Ready(Some(1..=1)),
+        "resolved at its first poll"
+    );
+    assert_eq!(wal.stats().fsyncs - before.fsyncs, 1, "no second fsync");
+    drop(wal);
+    fs.crash(CrashMode::DropUnsynced);
+    let (wal, _) = open_sim(&fs, 1 << 20, RecoveryMode::Strict).unwrap();
+    assert_eq!(collect(&wal, 1).len(), 1);
+}
+
 #[test]
 fn without_inline_commits_the_committer_does_every_commit() {
     let fs = SimFs::new();

@@ -300,6 +300,32 @@ impl Cluster {
         )
     }
 
+    /// `PUT /key/{key}` with the raw bytes `value` (`application/octet-stream`), given
+    /// [`DEADLINE`] to answer: a value of tens of MiB takes a while.
+    pub fn put_raw(&self, index: usize, key: &str, value: &[u8]) -> std::io::Result<Answer> {
+        request_within(
+            self.nodes[index].address,
+            "PUT",
+            &format!("/key/{key}"),
+            &[("Content-Type", "application/octet-stream")],
+            Some(value),
+            DEADLINE,
+        )
+    }
+
+    /// `GET {path}` on node `index` for raw bytes (`Accept: application/octet-stream`), given
+    /// [`DEADLINE`] to answer.
+    pub fn get_raw(&self, index: usize, path: &str) -> std::io::Result<Answer> {
+        request_within(
+            self.nodes[index].address,
+            "GET",
+            path,
+            &[("Accept", "application/octet-stream")],
+            None,
+            DEADLINE,
+        )
+    }
+
     /// `PUT /key/{key}` `{"value": value}` (the path may carry a query).
     pub fn put(&self, index: usize, key: &str, value: &Json) -> std::io::Result<Answer> {
         let body = json!({ "value": value }).to_string();

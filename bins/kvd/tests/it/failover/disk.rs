@@ -175,6 +175,68 @@ fn a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write() {
     }
 }
 
+/// A leader whose disk hangs while the only write is a large one is replaced all the same.
+/// The large write's `fdatasync` hangs off the async workers, so the node keeps running and
+/// could keep heartbeating the controller — holding its lease, taking no write, for as long
+/// as the disk hangs. It goes silent instead once the disk has kept the write waiting
+/// `DISK_HUNG_AFTER` (5 s; `kvd/src/cluster/driver.rs`), and the controller fences it as it
+/// would a dead node. Once the disk answers it follows the new leader and holds its writes.
+#[test]
+fn a_leader_whose_disk_hangs_under_a_large_write_is_replaced() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let hang_file = |index: usize| scratch.path().join(format!("node-{index}-fsync-hangs"));
+    let cluster = Cluster::start_first_with_env(
+        3,
+        3,
+        |_| {
+            ["--write-quorum", "2", "--max-body-bytes", "8MiB"]
+                .map(str::to_owned)
+                .to_vec()
+        },
+        |index| {
+            vec![(
+                "KVD_FAULT_FSYNC_STALL_FILE".to_owned(),
+                hang_file(index).display().to_string(),
+            )]
+        },
+    );
+    let (leader, epoch) = lead_as(&cluster, false);
+    std::fs::write(hang_file(leader), b"").expect("hang the disk");
+    let hung_at = Instant::now();
+    let (successor, new_epoch, status) = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            cluster
+                .put_raw(leader, "large", &vec![7u8; 2 << 20])
+                .map(|answer| answer.status)
+        });
+        let (successor, new_epoch) = cluster.wait_for_leader(Some(leader));
+        std::fs::remove_file(hang_file(leader)).expect("the disk answers again");
+        (successor, new_epoch, writer.join().expect("the writer"))
+    });
+    println!(
+        "node {leader}'s disk hung under a 2 MiB write; node {successor} led epoch {new_epoch} \
+         after {:?}",
+        hung_at.elapsed()
+    );
+    assert!(new_epoch > epoch);
+    let log = cluster.log(leader);
+    assert!(
+        log.contains("not renewing this node's session"),
+        "node {leader}'s log does not say why it went silent:\n{log}"
+    );
+    // The large write was never acknowledged: no answer in time, or an error.
+    assert!(!matches!(status, Ok(200)), "{status:?}");
+    let (written_on, id) = cluster.write(successor, "after", &serde_json::json!(1));
+    assert_eq!(written_on, successor);
+    cluster.wait_until_formed();
+    let status = cluster.status(leader).expect("answers once its disk does");
+    assert_eq!(status["role"], "follower", "{status}");
+    assert_eq!(
+        cluster.read_after(leader, "after", id),
+        Some(serde_json::json!(1))
+    );
+}
+
 /// How many times a node's log said its disk kept a write waiting, and that the disk
 /// answered again (`disk_watch.rs`).
 fn disk_watch_lines(log: &str) -> (usize, usize) {
@@ -296,4 +358,55 @@ fn when_every_disk_fills_the_controller_waits_for_room_and_the_cluster_goes_on_o
             .expect("answers");
         assert_eq!(health.status, 200, "node {index}: {}", health.json());
     }
+}
+
+/// A leader busy with a large write — compressing, checksumming, writing and syncing a 65 MiB
+/// value, over a second of work in this debug build — keeps its session, and so its
+/// leadership: the work runs off the async workers, and its heartbeats go on meanwhile. So do
+/// the followers' as they append the value. Every node runs one async worker
+/// (`TOKIO_WORKER_THREADS=1`), and the data leader is not the controller's Raft leader (whose
+/// own stalls the controller forgives). Before, the write held the leader's one worker, its
+/// session expired after 550 ms of silence, the controller fenced it and the PUT ended 503
+/// "stopped leading" (CI saw this once with two workers).
+#[test]
+fn a_leader_busy_with_a_large_write_keeps_its_leadership() {
+    let cluster = Cluster::start_first_with_env(
+        3,
+        3,
+        |_| vec!["--max-body-bytes".to_owned(), "80MiB".to_owned()],
+        |_| vec![("TOKIO_WORKER_THREADS".to_owned(), "1".to_owned())],
+    );
+    let (leader, epoch) = lead_as(&cluster, false);
+    let value: Vec<u8> = (0..65u32 << 20)
+        .map(|index| (index % 251) as u8 ^ (index >> 20) as u8)
+        .collect();
+    let written = cluster
+        .put_raw(leader, "large", &value)
+        .expect("PUT the large value");
+    assert_eq!(
+        written.status,
+        200,
+        "{}\n{}",
+        String::from_utf8_lossy(&written.body),
+        cluster.log(leader)
+    );
+    let id = written.json()["id"].as_u64().expect("id");
+    assert_eq!(
+        cluster.leader_now(),
+        Some((leader, epoch)),
+        "{}",
+        cluster.statuses()
+    );
+    for index in 0..3 {
+        let read = cluster
+            .get_raw(index, &format!("/key/large?min_id={id}&wait_ms=20000"))
+            .expect("GET the large value");
+        assert_eq!(read.status, 200, "node {index}");
+        assert!(read.body == value, "node {index}'s copy differs");
+    }
+    let log = cluster.log(leader);
+    assert!(
+        !log.contains("session expired"),
+        "the leader's session expired:\n{log}"
+    );
 }
