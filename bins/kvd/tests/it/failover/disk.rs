@@ -201,6 +201,12 @@ fn a_leader_whose_disk_hangs_under_a_large_write_is_replaced() {
         },
     );
     let (leader, epoch) = lead_as(&cluster, false);
+    // The new leader settles first: its epoch's no-op committed, and the commit saved in its
+    // `node.meta` by the maintenance task (every second) — that `fdatasync` runs on a worker
+    // holding the meta lock the heartbeat reads, and, hung, would stall the node as any small
+    // write does (the other test above). Here the large write is all the disk is asked for.
+    cluster.write(leader, "settled", &serde_json::json!(0));
+    std::thread::sleep(Duration::from_millis(2500));
     std::fs::write(hang_file(leader), b"").expect("hang the disk");
     let hung_at = Instant::now();
     let (successor, new_epoch, status) = std::thread::scope(|scope| {
