@@ -280,7 +280,6 @@ impl Driver {
         }
     }
 
-    /// Sends a heartbeat on a task of its own, unless too many are in flight.
     /// Whether the disk has kept a write or `fdatasync` of the WAL waiting
     /// [`DISK_HUNG_AFTER`] (read from atomics: no lock a hung write could hold); says so when
     /// that starts and ends.
@@ -302,6 +301,7 @@ impl Driver {
         hangs
     }
 
+    /// Sends a heartbeat on a task of its own, unless too many are in flight.
     fn spawn_heartbeat(self: &Arc<Self>) {
         if self.heartbeats_in_flight.fetch_add(1, Ordering::AcqRel) >= HEARTBEATS_IN_FLIGHT_MAX {
             self.heartbeats_in_flight.fetch_sub(1, Ordering::AcqRel);
