@@ -228,7 +228,7 @@ async fn follow(
         }
         seq += 1;
         report.acks += 1;
-        if link.to_leader.send((seq, ack.clone())).is_err() {
+        if !link.to_leader.send(seq, &ack) {
             fail(&mut report, "the stream's writer stopped".to_owned());
             return report;
         }

@@ -6,8 +6,9 @@
 //!
 //! The leader serves a stream on one task ([`serve`]) with a reader task beside it (reads are
 //! not cancel-safe, so they never race a push in a `select!`); the follower's side
-//! ([`open`]) moves messages between the connection and kv-replication's `StreamLink`
-//! channels on a reader and a writer task, so kv-replication never sees a socket.
+//! ([`open`]) reads pushes into kv-replication's `StreamLink` on a reader task and writes the
+//! follower's messages through a `SocketSink` (at once, from the session's own task), so
+//! kv-replication never sees a socket.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,25 +202,163 @@ pub async fn open(
     let upgraded = hyper::upgrade::on(response)
         .await
         .map_err(|error| connect_error(format!("replication stream upgrade failed: {error}")))?;
+    let decode = |body: &[u8]| {
+        FetchResponse::decode(body)
+            .map_err(|error| TransportError::new(TransportErrorKind::Decode, error.to_string()))
+    };
+    let read_error = |detail| TransportError::new(TransportErrorKind::Connect, detail);
+    // The connection is the TCP socket it was made on: the follower's messages are written to
+    // it from the session's own task (`SocketSink`).
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let (reader, writer) = parts.io.into_inner().into_split();
+            let sink = SocketSink::start(writer);
+            if !sink.send_message(1, &opening.encode()) {
+                return Err(connect_error(
+                    "cannot open the replication stream: the connection closed".to_owned(),
+                ));
+            }
+            // What hyper read past the `101` is the stream's first bytes.
+            let reader = std::io::Cursor::new(parts.read_buf).chain(reader);
+            let (from_leader, _reading) = spawn_reader(reader, decode, read_error);
+            return Ok(Some(StreamLink {
+                to_leader: Box::new(sink),
+                from_leader,
+            }));
+        }
+        Err(upgraded) => upgraded,
+    };
     let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
     let mut writer = BufWriter::with_capacity(BUFFER_BYTES, writer);
     write_message(&mut writer, 1, &opening.encode())
         .await
         .map_err(|error| connect_error(format!("cannot open the replication stream: {error}")))?;
-    let (from_leader, _reading) = spawn_reader(
-        reader,
-        |body| {
-            FetchResponse::decode(body)
-                .map_err(|error| TransportError::new(TransportErrorKind::Decode, error.to_string()))
-        },
-        |detail| TransportError::new(TransportErrorKind::Connect, detail),
-    );
+    let (from_leader, _reading) = spawn_reader(reader, decode, read_error);
     let (to_leader, acks) = mpsc::unbounded_channel();
     tokio::spawn(write_acks(writer, acks));
     Ok(Some(StreamLink {
-        to_leader,
+        to_leader: Box::new(to_leader),
         from_leader,
     }))
+}
+
+/// The follower's sending side of a stream on its TCP socket ([`kv_replication::AckSink`]):
+/// each message is written at once from the caller's task (`try_write`), or, when the socket
+/// has not taken everything before it, queued for a flusher task that writes as the socket
+/// drains (within [`WRITE_TIMEOUT`], or the sending side closes). So an acknowledgement wakes
+/// no task: handed to a writer task, it waited in the worker's LIFO slot behind the session's
+/// next `fdatasync`, one follower fsync late. Dropped, it shuts the socket's sending side (the
+/// leader then ends the stream).
+#[derive(Debug)]
+struct SocketSink {
+    shared: Arc<SinkShared>,
+    queued: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Debug)]
+struct SinkShared {
+    socket: tokio::net::tcp::OwnedWriteHalf,
+    /// Bytes the socket has not taken yet, in order; closed after a write failed.
+    queue: std::sync::Mutex<(Vec<u8>, bool)>,
+}
+
+impl SocketSink {
+    fn start(socket: tokio::net::tcp::OwnedWriteHalf) -> SocketSink {
+        let shared = Arc::new(SinkShared {
+            socket,
+            queue: std::sync::Mutex::new((Vec::new(), false)),
+        });
+        let queued = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(flush_queued(Arc::downgrade(&shared), queued.clone()));
+        SocketSink { shared, queued }
+    }
+
+    /// Writes or queues message `seq`; false once the sending side is closed.
+    fn send_message(&self, seq: u64, body: &[u8]) -> bool {
+        let envelope = Envelope {
+            seq,
+            body_len: body.len(),
+        }
+        .encode();
+        let mut message = Vec::with_capacity(envelope.len() + body.len());
+        message.extend_from_slice(&envelope);
+        message.extend_from_slice(body);
+        let mut queue = lock(&self.shared.queue);
+        let (bytes, closed) = &mut *queue;
+        if *closed {
+            return false;
+        }
+        if bytes.is_empty() {
+            match self.shared.socket.try_write(&message) {
+                Ok(written) if written == message.len() => return true,
+                Ok(written) => bytes.extend_from_slice(&message[written..]),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    bytes.extend_from_slice(&message)
+                }
+                Err(_) => {
+                    *closed = true;
+                    return false;
+                }
+            }
+        } else {
+            bytes.extend_from_slice(&message);
+        }
+        drop(queue);
+        self.queued.notify_one();
+        true
+    }
+}
+
+impl kv_replication::AckSink for SocketSink {
+    fn send(&self, seq: u64, ack: &FetchRequest) -> bool {
+        self.send_message(seq, &ack.encode())
+    }
+}
+
+impl Drop for SocketSink {
+    fn drop(&mut self) {
+        // The flusher wakes, finds the sink gone, and ends.
+        self.queued.notify_one();
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Writes what a [`SocketSink`] queued as its socket drains, until the sink is dropped or a
+/// write fails or times out (the sending side then closes).
+async fn flush_queued(sink: std::sync::Weak<SinkShared>, queued: Arc<tokio::sync::Notify>) {
+    loop {
+        queued.notified().await;
+        loop {
+            let Some(shared) = sink.upgrade() else {
+                return;
+            };
+            if lock(&shared.queue).0.is_empty() {
+                break;
+            }
+            let writable = tokio::time::timeout(WRITE_TIMEOUT, shared.socket.writable()).await;
+            let mut queue = lock(&shared.queue);
+            let (bytes, closed) = &mut *queue;
+            if !matches!(writable, Ok(Ok(()))) {
+                *closed = true;
+                return;
+            }
+            match shared.socket.try_write(bytes) {
+                Ok(written) => {
+                    bytes.drain(..written);
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    *closed = true;
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Writes the follower's messages until its link is dropped, then closes the connection's

@@ -76,5 +76,5 @@ pub use node::status::{ClusterStatus, CompactionStatus, SnapshotSummary};
 pub use node::streaming::{LeaderStream, StreamCounts, StreamStart};
 pub use node::{Node, NodeOptions, Role};
 pub use protocol::{DecodeError, FetchRequest, FetchResponse, SnapshotMeta};
-pub use transport::{StreamLink, Transport, TransportError, TransportErrorKind};
+pub use transport::{AckSink, StreamLink, Transport, TransportError, TransportErrorKind};
 pub use view::{ClusterView, LeaderRef};

@@ -42,13 +42,30 @@ pub trait Transport: Send + Sync + 'static {
     }
 }
 
+/// Where a follower's stream messages to its leader go: each sent in order, without waiting.
+/// kv-http's writes each message to the socket at once, from the caller's own task, and queues
+/// it only behind what the socket has not taken yet: an acknowledgement then wakes no task,
+/// and a woken writer task could wait in the worker's LIFO slot (which no other tokio worker
+/// steals) behind the session's next `fdatasync`, one follower fsync late. A channel is one
+/// (its receiver's task writes).
+pub trait AckSink: Send + Sync + std::fmt::Debug {
+    /// Sends message `seq` (an acknowledgement); false once the sending side is closed.
+    fn send(&self, seq: u64, ack: &FetchRequest) -> bool;
+}
+
+impl AckSink for tokio::sync::mpsc::UnboundedSender<(u64, FetchRequest)> {
+    fn send(&self, seq: u64, ack: &FetchRequest) -> bool {
+        tokio::sync::mpsc::UnboundedSender::send(self, (seq, ack.clone())).is_ok()
+    }
+}
+
 /// An open replication stream, as the follower's driver sees it: the transport moves the
-/// messages between these channels and the connection, and closes the connection when the
-/// link is dropped.
+/// messages between these and the connection, and closes the connection when the link is
+/// dropped.
 #[derive(Debug)]
 pub struct StreamLink {
     /// Messages to the leader: `(seq, acknowledgement)`.
-    pub to_leader: tokio::sync::mpsc::UnboundedSender<(u64, FetchRequest)>,
+    pub to_leader: Box<dyn AckSink>,
     /// The leader's pushes, `(echo, answer)`, in order, or why the stream broke; closed when
     /// the stream ends.
     pub from_leader: tokio::sync::mpsc::Receiver<Result<(u64, FetchResponse), TransportError>>,

@@ -472,7 +472,7 @@ impl Node {
         session.last_ack_at = now;
         let seq = sent.sent(now);
         // A closed link shows up as the pushes ending.
-        let _ = link.to_leader.send((seq, ack));
+        let _ = link.to_leader.send(seq, &ack);
     }
 }
 
