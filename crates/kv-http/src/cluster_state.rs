@@ -121,9 +121,7 @@ impl ClusterState {
     }
 
     fn learned(&self) -> MutexGuard<'_, Learned> {
-        self.learned
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.learned)
     }
 }
 

@@ -4,7 +4,7 @@
 //! (the Raft leader) — at home when this node is it, else over HTTP, following the
 //! `421 Misdirected Request` answers (`{"leader_id","leader_url"}`) of nodes that are not.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use kv_controller::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::lock;
 use crate::peers::{json_bytes, PeerAnswer, PeerClient, PeerError};
 
 /// The header a node puts on the requests it sends its peers: a forwarded admin call that
@@ -408,12 +409,6 @@ impl ControllerClient {
         }
         Err(ClientError::NoController(failures.join("; ")))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A `200` answer's JSON, or the refusal it carries.

@@ -328,10 +328,7 @@ impl LogRate {
 
     /// `Some(held back since the last one)` if this event is let through.
     fn admit(&self) -> Option<u64> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = crate::lock(&self.state);
         if state
             .0
             .is_some_and(|last| last.elapsed() < std::time::Duration::from_secs(1))

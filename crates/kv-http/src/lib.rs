@@ -64,6 +64,14 @@ mod txn;
 mod values;
 mod writes;
 
+/// Locks `mutex`, taking the data of a holder that panicked as it is (nothing here leaves a
+/// half-made change behind a lock).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub use body::OCTET_STREAM;
 pub use client::HttpTransport;
 pub use cluster::{admit, controller_error, AdmitError};

@@ -160,9 +160,7 @@ impl PeerClient {
     }
 
     fn idle(&self) -> MutexGuard<'_, HashMap<String, Vec<SendRequest<Full<Bytes>>>>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.idle)
     }
 
     /// An idle connection to `authority` that is still open, if any.

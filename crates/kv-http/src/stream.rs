@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::lock;
 
 /// How long the leader waits for a stream's opening after the upgrade.
 const OPENING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -207,37 +208,25 @@ pub async fn open(
             .map_err(|error| TransportError::new(TransportErrorKind::Decode, error.to_string()))
     };
     let read_error = |detail| TransportError::new(TransportErrorKind::Connect, detail);
-    // The connection is the TCP socket it was made on: the follower's messages are written to
-    // it from the session's own task (`SocketSink`).
-    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let (reader, writer) = parts.io.into_inner().into_split();
-            let sink = SocketSink::start(writer);
-            if !sink.send_message(1, &opening.encode()) {
-                return Err(connect_error(
-                    "cannot open the replication stream: the connection closed".to_owned(),
-                ));
-            }
-            // What hyper read past the `101` is the stream's first bytes.
-            let reader = std::io::Cursor::new(parts.read_buf).chain(reader);
-            let (from_leader, _reading) = spawn_reader(reader, decode, read_error);
-            return Ok(Some(StreamLink {
-                to_leader: Box::new(sink),
-                from_leader,
-            }));
-        }
-        Err(upgraded) => upgraded,
-    };
-    let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
-    let mut writer = BufWriter::with_capacity(BUFFER_BYTES, writer);
-    write_message(&mut writer, 1, &opening.encode())
-        .await
-        .map_err(|error| connect_error(format!("cannot open the replication stream: {error}")))?;
+    // The connection is the TCP socket `open` made (`TokioIo<TcpStream>`, handed to hyper
+    // above): the follower's messages are written to it from the session's own task.
+    let parts = upgraded.downcast::<TokioIo<TcpStream>>().map_err(|_| {
+        connect_error(
+            "the upgraded replication stream is not the TCP connection it was opened on".to_owned(),
+        )
+    })?;
+    let (reader, writer) = parts.io.into_inner().into_split();
+    let sink = SocketSink::start(writer);
+    if !sink.send_message(1, &opening.encode()) {
+        return Err(connect_error(
+            "cannot open the replication stream: the connection closed".to_owned(),
+        ));
+    }
+    // What hyper read past the `101` is the stream's first bytes.
+    let reader = std::io::Cursor::new(parts.read_buf).chain(reader);
     let (from_leader, _reading) = spawn_reader(reader, decode, read_error);
-    let (to_leader, acks) = mpsc::unbounded_channel();
-    tokio::spawn(write_acks(writer, acks));
     Ok(Some(StreamLink {
-        to_leader: Box::new(to_leader),
+        to_leader: Box::new(sink),
         from_leader,
     }))
 }
@@ -322,12 +311,6 @@ impl Drop for SocketSink {
     }
 }
 
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Writes what a [`SocketSink`] queued as its socket drains, until the sink is dropped or a
 /// write fails or times out (the sending side then closes).
 async fn flush_queued(sink: std::sync::Weak<SinkShared>, queued: Arc<tokio::sync::Notify>) {
@@ -359,23 +342,6 @@ async fn flush_queued(sink: std::sync::Weak<SinkShared>, queued: Arc<tokio::sync
             }
         }
     }
-}
-
-/// Writes the follower's messages until its link is dropped, then closes the connection's
-/// sending side (the leader then ends the stream).
-async fn write_acks<W: AsyncWrite + Unpin>(
-    mut writer: BufWriter<W>,
-    mut acks: mpsc::UnboundedReceiver<(u64, FetchRequest)>,
-) {
-    while let Some((seq, ack)) = acks.recv().await {
-        if write_message(&mut writer, seq, &ack.encode())
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
-    let _ = writer.shutdown().await;
 }
 
 /// Decoded messages (`(seq, body)`) or why the reading stopped.
@@ -456,4 +422,41 @@ async fn write_message<W: AsyncWrite + Unpin>(
                 "the stream's peer stopped reading",
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Messages the socket cannot take at once are queued and written, whole and in order, as
+    /// the peer reads; dropping the sink then ends the connection's sending side.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_socket_sink_queues_what_the_socket_cannot_take_and_keeps_the_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (_client_reader, client_writer) = client.into_split();
+        let sink = SocketSink::start(client_writer);
+        // The peer reads nothing yet: 64 MiB is more than any socket buffer takes.
+        let body = |seq: u64| vec![seq as u8; 256 << 10];
+        let count = 256u64;
+        for seq in 1..=count {
+            assert!(sink.send_message(seq, &body(seq)), "message {seq}");
+        }
+        assert!(
+            !lock(&sink.shared.queue).0.is_empty(),
+            "the socket took everything: the queue was not exercised"
+        );
+        let mut reader = BufReader::new(&mut server);
+        for seq in 1..=count {
+            let (got_seq, got_body) = read_message(&mut reader).await.unwrap().expect("a message");
+            assert_eq!(got_seq, seq);
+            assert!(got_body == body(seq), "message {seq} arrived changed");
+        }
+        drop(sink);
+        let end = tokio::time::timeout(WRITE_TIMEOUT, read_message(&mut reader)).await;
+        assert!(matches!(end, Ok(Ok(None))), "no end of stream: {end:?}");
+    }
 }

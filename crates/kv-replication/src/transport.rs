@@ -44,19 +44,12 @@ pub trait Transport: Send + Sync + 'static {
 
 /// Where a follower's stream messages to its leader go: each sent in order, without waiting.
 /// kv-http's writes each message to the socket at once, from the caller's own task, and queues
-/// it only behind what the socket has not taken yet: an acknowledgement then wakes no task,
-/// and a woken writer task could wait in the worker's LIFO slot (which no other tokio worker
-/// steals) behind the session's next `fdatasync`, one follower fsync late. A channel is one
-/// (its receiver's task writes).
+/// it only behind what the socket has not taken yet: an acknowledgement then wakes no task (a
+/// woken writer task could wait in the worker's LIFO slot, which no other tokio worker steals,
+/// behind the session's next `fdatasync`: one follower fsync late).
 pub trait AckSink: Send + Sync + std::fmt::Debug {
     /// Sends message `seq` (an acknowledgement); false once the sending side is closed.
     fn send(&self, seq: u64, ack: &FetchRequest) -> bool;
-}
-
-impl AckSink for tokio::sync::mpsc::UnboundedSender<(u64, FetchRequest)> {
-    fn send(&self, seq: u64, ack: &FetchRequest) -> bool {
-        tokio::sync::mpsc::UnboundedSender::send(self, (seq, ack.clone())).is_ok()
-    }
 }
 
 /// An open replication stream, as the follower's driver sees it: the transport moves the

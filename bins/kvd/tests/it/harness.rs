@@ -76,6 +76,14 @@ impl TestRng {
     }
 }
 
+/// A value of `mib` MiB over the replication protocol's 64 MiB batch when `mib` is 65: bytes
+/// that vary with their offset and their MiB, so a copy shifted or cut anywhere differs.
+pub fn large_value(mib: u32) -> Vec<u8> {
+    (0..mib << 20)
+        .map(|index| (index % 251) as u8 ^ (index >> 20) as u8)
+        .collect()
+}
+
 /// A free port on 127.0.0.1 (for a node that keeps its address across restarts).
 ///
 /// The port comes from below the kernel's ephemeral range (Linux's default is 32768–60999):

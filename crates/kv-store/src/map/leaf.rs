@@ -175,10 +175,7 @@ mod tests {
     /// range's (growing, shrinking, equal; empty ranges and cells; at the start, middle, end).
     #[test]
     fn splice_matches_vec_splice() {
-        let seed: u64 = std::env::var("KV_STORE_SEED")
-            .map(|text| text.parse().expect("KV_STORE_SEED must be a u64"))
-            .unwrap_or_else(|_| rand::random());
-        println!("splice_matches_vec_splice: seed {seed} (replay with KV_STORE_SEED={seed})");
+        let seed = crate::map::tests::base_seed("splice_matches_vec_splice");
         let mut rng = StdRng::seed_from_u64(seed);
         let mut leaf = Leaf::default();
         let mut model: Vec<u8> = Vec::new();

@@ -9,6 +9,15 @@ use crate::value::ValueKind;
 /// The model of a map: each key's cell.
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
+/// A randomized test's seed: `KV_STORE_SEED` when set, else fresh; printed for a replay.
+pub(super) fn base_seed(test_name: &str) -> u64 {
+    let seed: u64 = std::env::var("KV_STORE_SEED")
+        .map(|text| text.parse().expect("KV_STORE_SEED must be a u64"))
+        .unwrap_or_else(|_| rand::random());
+    println!("{test_name}: seed {seed} (replay with KV_STORE_SEED={seed})");
+    seed
+}
+
 fn keys(entries: &[KeyValue]) -> Vec<&[u8]> {
     entries.iter().map(KeyValue::key).collect()
 }
@@ -213,10 +222,7 @@ fn a_cell_larger_than_a_leaf_lives_alone() {
 /// cells after every step (the clones against the model as it was when they were taken).
 #[test]
 fn random_operations_match_a_btreemap() {
-    let seed: u64 = std::env::var("KV_STORE_SEED")
-        .map(|text| text.parse().expect("KV_STORE_SEED must be a u64"))
-        .unwrap_or_else(|_| rand::random());
-    println!("random_operations_match_a_btreemap: seed {seed} (replay with KV_STORE_SEED={seed})");
+    let seed = base_seed("random_operations_match_a_btreemap");
     for case in 0..12u64 {
         let mut rng = StdRng::seed_from_u64(seed.wrapping_add(case));
         let context = format!("seed {}", seed.wrapping_add(case));
