@@ -64,7 +64,7 @@ impl Node {
         // off, and take the role change path (which does) only when the role changes.
         let quick = {
             let role = lock(&self.role);
-            let highest_led = super::highest_epoch_led(&lock(&self.meta), &self.store);
+            let highest_led = super::highest_epoch_led(&self.meta.get(), &self.store);
             decide(&standing(&role), highest_led, view)
         };
         match quick {
@@ -234,12 +234,12 @@ impl Node {
         let Some(node_id) = self.node_id else {
             return true;
         };
-        let committed_id = lock(&self.meta).commit_id;
+        let committed_id = self.meta.get().commit_id;
         crate::view::may_lead(node_id, self.store.last_id(), committed_id, isr)
     }
 
     fn adopt_cluster(&self, cluster_id: u64) -> Result<()> {
-        let current = lock(&self.meta).cluster_id;
+        let current = self.meta.get().cluster_id;
         if current == cluster_id {
             return Ok(());
         }
@@ -326,7 +326,7 @@ impl Node {
     /// `leader_epoch`).
     pub fn leader_epoch(&self) -> u64 {
         let role_epoch = lock(&self.role).epoch();
-        role_epoch.max(lock(&self.meta).epoch)
+        role_epoch.max(self.meta.get().epoch)
     }
 
     /// On the leader: the ISR it wants the controller to apply (propose

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::streaming::SessionEnd;
-use super::{lock, off_the_workers, Node, LARGE_WORK_BYTES};
+use super::{off_the_workers, Node, LARGE_WORK_BYTES};
 use crate::error::{Error, Result};
 use crate::follower::{LinkState, Step};
 use crate::meta::NodeMeta;
@@ -195,9 +195,9 @@ impl Node {
 
     /// Records `epoch`, the newest leader epoch heard, in the node's meta file: on disk before
     /// anything of the new epoch is appended, so a node promoted later starts above every
-    /// epoch it has followed.
+    /// epoch it has followed. The save waits on the disk, off the async workers.
     pub(super) fn record_epoch(&self, epoch: u64) -> Result<()> {
-        self.persist_progress().map_err(|error| Error::RecordEpoch {
+        off_the_workers(|| self.persist_progress()).map_err(|error| Error::RecordEpoch {
             epoch,
             source: Box::new(error),
         })
@@ -311,7 +311,7 @@ impl Node {
     /// not taken for one that lost committed entries (`Node::may_lead`) and a restart applies
     /// nothing of the next entries before the cluster says they are committed.
     fn forget_committed_after(&self, after_id: u64) -> Result<()> {
-        let mut meta = lock(&self.meta);
+        let mut meta = self.meta.write();
         if meta.commit_id <= after_id {
             return Ok(());
         }

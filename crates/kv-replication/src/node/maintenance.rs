@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{lock, Node};
+use super::{lock, off_the_workers, Node};
 use crate::compaction::{
     purge_point, CompactionControl, CompactionRun, PurgeReport, COMPACTION_RUNS_KEPT,
 };
@@ -73,7 +73,9 @@ impl Node {
             }
             if last_persisted.elapsed() >= options.persist_interval {
                 last_persisted = Instant::now();
-                if let Err(error) = self.persist_progress() {
+                // Off the async workers: the save waits on the disk, which may take seconds to
+                // answer, and the node's heartbeats must go on meanwhile.
+                if let Err(error) = off_the_workers(|| self.persist_progress()) {
                     tracing::error!(%error, "cannot save the commit id and epoch");
                 }
                 self.clone().check_room().await;

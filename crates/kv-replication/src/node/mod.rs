@@ -25,6 +25,7 @@ pub mod control;
 pub mod following;
 pub mod leading;
 pub mod maintenance;
+mod saved_meta;
 pub mod snapshot_transfer;
 pub mod status;
 pub mod streaming;
@@ -44,6 +45,7 @@ use crate::leader::{LeaderOptions, LeaderState, Membership};
 use crate::log_view::LogView;
 use crate::meta::NodeMeta;
 use crate::protocol::FetchResponse;
+use saved_meta::SavedMeta;
 
 /// The node's role.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,13 +160,13 @@ impl RoleState {
 
 /// A store with its replication role.
 ///
-/// Lock order: `admission` before `role` before `meta` (a role change persists the epoch
-/// under all three).
+/// Lock order: `admission` before `role` before `meta`'s writer (a role change persists the
+/// epoch under all three); `meta`'s readers wait for no writer.
 #[derive(Debug)]
 pub struct Node {
     store: Arc<Store>,
     data_dir: std::path::PathBuf,
-    meta: Mutex<NodeMeta>,
+    meta: SavedMeta,
     /// Held (shared) by a write from its role check to its submit, and exclusively by a role
     /// change: no write admitted under one role reaches the log under another.
     admission: RwLock<()>,
@@ -345,7 +347,7 @@ impl Node {
         Node {
             store,
             data_dir: data_dir.to_owned(),
-            meta: Mutex::new(meta),
+            meta: SavedMeta::new(meta),
             admission: RwLock::new(()),
             role: Mutex::new(role),
             node_id,
@@ -385,7 +387,7 @@ impl Node {
         let _admission = exclusive(&self.admission);
         let mut role = lock(&self.role);
         let (next, value) = {
-            let mut meta = lock(&self.meta);
+            let mut meta = self.meta.write();
             change(&mut role, &mut meta)?
         };
         let Some(next) = next else {
@@ -542,12 +544,14 @@ impl Node {
 
     /// Saves the highest leader epoch heard and the applied (committed) id in the node's meta
     /// file, if they moved. The maintenance task calls it every second and kvd at shutdown;
-    /// the follower loop calls it as soon as it hears a new epoch.
+    /// the follower loop calls it as soon as it hears a new epoch. It waits on the disk: an
+    /// async caller runs it [`off_the_workers`]. Readers of the meta do not wait for it
+    /// ([`SavedMeta`]).
     pub fn persist_progress(&self) -> Result<()> {
         let epoch_heard = self
             .with_follower(|state| state.leader_epoch())
             .unwrap_or(0);
-        let mut meta = lock(&self.meta);
+        let mut meta = self.meta.write();
         // Read under the lock: a cut lowering the commit id (`forget_committed_after`) is never
         // undone by an applied id read before it.
         let applied_id = self.store.applied_id();
@@ -583,7 +587,7 @@ impl Node {
         let Some(cluster_id) = cluster_id else {
             return Ok(());
         };
-        let mut meta = lock(&self.meta);
+        let mut meta = self.meta.write();
         if meta.cluster_id == cluster_id {
             return Ok(());
         }

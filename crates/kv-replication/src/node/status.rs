@@ -153,7 +153,7 @@ impl Node {
         let now = Instant::now();
         let store = &self.store;
         let last_id = LogView::last_id(&**store);
-        let meta = *lock(&self.meta);
+        let meta = self.meta.get();
         let mut status = ClusterStatus {
             role: "leader",
             node_id: self.node_id,

@@ -1,0 +1,125 @@
+//! The node's meta file as the node knows it: one writer at a time across the file's write
+//! and `fsync`, and readers that never wait for the disk.
+//!
+//! Saving `node.meta` waits on the disk (a write, an `fsync`, a rename and the directory's
+//! `fsync`), and a disk can take seconds to answer. The heartbeat's epoch
+//! ([`super::Node::leader_epoch`]), the controller view's quick check
+//! ([`super::Node::apply_cluster_view`], under the role lock) and `/cluster_status` only read
+//! what was last saved: they read [`SavedMeta::get`], a copy under a lock no disk operation is
+//! made under. Writers take [`SavedMeta::write`], which serializes them as the one lock did
+//! before; the copy follows when a writer lets go.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::{Mutex, MutexGuard};
+
+use super::lock;
+use crate::meta::NodeMeta;
+
+/// See the module docs.
+#[derive(Debug)]
+pub(super) struct SavedMeta {
+    /// Held by a writer from its read of the meta to the end of its save.
+    writing: Mutex<NodeMeta>,
+    /// What the last writer left: what the file holds once a save has returned.
+    copy: Mutex<NodeMeta>,
+}
+
+impl SavedMeta {
+    pub(super) fn new(meta: NodeMeta) -> SavedMeta {
+        SavedMeta {
+            writing: Mutex::new(meta),
+            copy: Mutex::new(meta),
+        }
+    }
+
+    /// The meta as last saved, without waiting for a save in progress.
+    pub(super) fn get(&self) -> NodeMeta {
+        *lock(&self.copy)
+    }
+
+    /// The meta for changing (after a successful save; see [`NodeMeta::store`]), one writer at
+    /// a time; readers see the change once the writer is dropped.
+    pub(super) fn write(&self) -> MetaWriter<'_> {
+        MetaWriter {
+            meta: lock(&self.writing),
+            copy: &self.copy,
+        }
+    }
+}
+
+/// A writer of [`SavedMeta`]: publishes what it holds to the readers when dropped.
+pub(super) struct MetaWriter<'a> {
+    meta: MutexGuard<'a, NodeMeta>,
+    copy: &'a Mutex<NodeMeta>,
+}
+
+impl Deref for MetaWriter<'_> {
+    type Target = NodeMeta;
+    fn deref(&self) -> &NodeMeta {
+        &self.meta
+    }
+}
+
+impl DerefMut for MetaWriter<'_> {
+    fn deref_mut(&mut self) -> &mut NodeMeta {
+        &mut self.meta
+    }
+}
+
+impl Drop for MetaWriter<'_> {
+    fn drop(&mut self) {
+        *lock(self.copy) = *self.meta;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_reader_does_not_wait_for_a_writer_and_sees_its_change_once_it_is_done() {
+        let saved = SavedMeta::new(NodeMeta {
+            epoch: 3,
+            ..NodeMeta::default()
+        });
+        let (held, hold) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let saved = &saved;
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(move || {
+                let mut meta = saved.write();
+                meta.epoch = 4;
+                held.send(()).expect("send");
+                // A save that waits on the disk.
+                released.recv().expect("released");
+            });
+            hold.recv().expect("the writer holds the meta");
+            assert_eq!(saved.get().epoch, 3, "the copy is what was saved before");
+            release.send(()).expect("send");
+            writer.join().expect("the writer");
+        });
+        assert_eq!(saved.get().epoch, 4);
+        assert_eq!(saved.write().epoch, 4);
+    }
+
+    #[test]
+    fn writers_take_turns() {
+        let saved = SavedMeta::new(NodeMeta::default());
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..100 {
+                        let mut meta = saved.write();
+                        let seen = meta.commit_id;
+                        std::thread::sleep(Duration::from_micros(10));
+                        meta.commit_id = seen + 1;
+                    }
+                });
+            }
+        });
+        assert_eq!(saved.get().commit_id, 400);
+    }
+}
