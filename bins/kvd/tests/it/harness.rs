@@ -241,6 +241,33 @@ impl Kvd {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Sends signal `name` (`STOP`, `CONT`, …); after `STOP`, returns once every thread of
+    /// the process has stopped (a test that went on before then could see the node act after
+    /// it was "stopped").
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}");
+        if name != "STOP" {
+            return;
+        }
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let states = thread_states(pid);
+            if states.chars().all(|state| state == 'T') {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kvd {pid}'s threads did not stop: {states}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// SIGKILL: no chance to sync or clean up.
     pub fn kill_9(&mut self) {
         let mut child = self.child.take().expect("running");
@@ -557,4 +584,18 @@ pub fn write_resealed_json(path: &std::path::Path, mut value: serde_json::Value)
     let sealed = kv_wal::sealed_json::seal(&serde_json::to_vec_pretty(&value).expect("JSON"));
     std::fs::write(path, &sealed).expect("write the file");
     sealed
+}
+
+/// The state letter of each thread of process `pid` (`/proc/PID/task/*/stat`): `T` stopped,
+/// `S` sleeping, `R` running, …; "gone" if there is no such process.
+pub fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "gone".to_owned();
+    };
+    tasks
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            stat.rsplit_once(") ")?.1.chars().next()
+        })
+        .collect()
 }

@@ -3,7 +3,6 @@
 //! quorum of 2, no acknowledged write is lost when the leader dies.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -173,11 +172,7 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 pub(crate) fn signal(kvd: &Kvd, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &kvd.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    kvd.signal(name);
 }
 
 #[test]
@@ -472,7 +467,8 @@ fn restarts_never_expose_uncommitted_entries() {
         assert!(
             value == json!(1),
             "{name} exposed the uncommitted x = {value} (id {uncommitted_id}) before any \
-             restart:\n{}",
+             restart; the stopped follower's threads are in the states {:?}:\n{}",
+            crate::harness::thread_states(cluster.follower(2).pid()),
             // Node 2 is stopped: not asked.
             nodes_report(&[&cluster.leader, cluster.follower(1)])
         );

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
@@ -253,12 +252,11 @@ impl Cluster {
     /// status is `None`) until it continues.
     pub fn signal(&mut self, index: usize, signal: &str) {
         self.nodes[index].paused = signal == "STOP";
-        let pid = self.nodes[index].process.as_ref().expect("running").pid();
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} {pid}");
+        self.nodes[index]
+            .process
+            .as_ref()
+            .expect("running")
+            .signal(signal);
     }
 
     pub fn is_running(&self, index: usize) -> bool {
