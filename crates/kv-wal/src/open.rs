@@ -271,6 +271,7 @@ fn start(
         active_file: active.file,
         next_sequence,
         write_offset: active.write_offset,
+        zeroed_through: 0,
         commit_wanted: false,
         fsync_in_flight: false,
         leader: None,

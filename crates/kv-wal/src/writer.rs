@@ -63,6 +63,10 @@ pub(crate) struct Writer {
     pub next_sequence: u64,
     /// Where the next frame goes in the active file.
     pub write_offset: u64,
+    /// In a preallocated active segment, how far its free space has been written with zeros
+    /// ahead of the appends (`append.rs`, `zero_ahead`); at or below `write_offset`: not at
+    /// all. Reset to 0 whenever the active segment or its end changes.
+    pub zeroed_through: u64,
     /// A `Batch` or `Always` appender is waiting for the committer.
     pub commit_wanted: bool,
     /// An append fsync is in flight: the committer's, or an appender's own (a write-group

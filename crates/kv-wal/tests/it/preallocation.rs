@@ -265,3 +265,184 @@ fn without_preallocation_segments_append_and_a_log_can_switch_either_way() {
         assert_eq!(bytes, payload(id, 60), "record {id}");
     }
 }
+
+/// One write a [`RecordingFs`] saw: the file, where, how long, and whether it was zeros
+/// written ahead (`write_zeros`) or data.
+#[derive(Debug, Clone)]
+struct SeenWrite {
+    path: std::path::PathBuf,
+    offset: u64,
+    len: u64,
+    zeros: bool,
+    /// The file's length when it was made.
+    file_len: u64,
+}
+
+/// A file system that records every write of its files, forwarding everything to `inner`.
+#[derive(Debug, Clone)]
+struct RecordingFs {
+    inner: SimFs,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<SeenWrite>>>,
+}
+
+#[derive(Debug)]
+struct RecordingFile {
+    inner: std::sync::Arc<dyn kv_wal::fs::WalFile>,
+    path: std::path::PathBuf,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<SeenWrite>>>,
+}
+
+impl RecordingFile {
+    fn record(&self, offset: u64, len: u64, zeros: bool) -> std::io::Result<()> {
+        let file_len = self.inner.size_bytes()?;
+        self.seen.lock().unwrap().push(SeenWrite {
+            path: self.path.clone(),
+            offset,
+            len,
+            zeros,
+            file_len,
+        });
+        Ok(())
+    }
+}
+
+impl kv_wal::fs::WalFile for RecordingFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.record(offset, buf.len() as u64, false)?;
+        self.inner.write_all_at(buf, offset)
+    }
+    fn write_zeros(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.record(offset, len, true)?;
+        self.inner.write_zeros(offset, len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn size_bytes(&self) -> std::io::Result<u64> {
+        self.inner.size_bytes()
+    }
+    fn allocate(&self, len: u64) -> std::io::Result<()> {
+        self.inner.allocate(len)
+    }
+}
+
+impl kv_wal::fs::FileSystem for RecordingFs {
+    fn create_dir_all(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &std::path::Path) -> std::io::Result<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+    fn open(
+        &self,
+        path: &std::path::Path,
+    ) -> std::io::Result<std::sync::Arc<dyn kv_wal::fs::WalFile>> {
+        Ok(std::sync::Arc::new(RecordingFile {
+            inner: self.inner.open(path)?,
+            path: path.to_owned(),
+            seen: self.seen.clone(),
+        }))
+    }
+    fn create_new(
+        &self,
+        path: &std::path::Path,
+    ) -> std::io::Result<std::sync::Arc<dyn kv_wal::fs::WalFile>> {
+        Ok(std::sync::Arc::new(RecordingFile {
+            inner: self.inner.create_new(path)?,
+            path: path.to_owned(),
+            seen: self.seen.clone(),
+        }))
+    }
+    fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+    fn try_lock(&self, path: &std::path::Path) -> std::io::Result<Box<dyn kv_wal::fs::DirLock>> {
+        self.inner.try_lock(path)
+    }
+}
+
+/// The free space just past the data of a preallocated segment is written with zeros ahead
+/// of the appends, a chunk at a time (so their `fdatasync`s land in written space, not in
+/// "unwritten" extents each commit would convert): every zero write starts at or past every
+/// byte of data written to that file so far and ends within the file, a log of 3 MiB in 1 KiB
+/// records keeps at least 256 KiB of zeros ahead of its data after every append (or to the
+/// end of the preallocation), the zeros are a small number of chunks, and a log without
+/// preallocation writes none. What reopening finds is the same records.
+#[test]
+fn the_free_space_past_the_data_is_written_with_zeros_ahead_of_the_appends() {
+    for preallocation in [8u64 << 20, 0] {
+        let recording = RecordingFs {
+            inner: SimFs::new(),
+            seen: Default::default(),
+        };
+        let options = WalOptions {
+            segment_preallocation_bytes: preallocation,
+            file_system: std::sync::Arc::new(recording.clone()),
+            ..crate::support::sim_options(&recording.inner, 64 << 20)
+        };
+        let (wal, _) = Wal::open(crate::support::sim_dir(), options.clone()).unwrap();
+        let mut appended_through = Vec::new();
+        for id in 1..=3072 {
+            wal.append(&payload(id, 1024)).unwrap();
+            let segment = wal.segments().pop().unwrap();
+            appended_through.push((segment.size_bytes, segment.allocated_bytes));
+        }
+        drop(wal);
+        let seen = recording.seen.lock().unwrap().clone();
+        let zeros: Vec<&SeenWrite> = seen.iter().filter(|write| write.zeros).collect();
+        if preallocation == 0 {
+            assert!(zeros.is_empty(), "{zeros:?}");
+            continue;
+        }
+        // Never over data, never past the file's end.
+        let mut data_end = std::collections::HashMap::new();
+        for write in &seen {
+            let end = data_end.entry(write.path.clone()).or_insert(0u64);
+            if write.zeros {
+                assert!(
+                    write.offset >= *end,
+                    "zeros over data: {write:?}, data to {end}"
+                );
+                assert!(write.offset + write.len <= write.file_len, "{write:?}");
+            } else {
+                *end = (*end).max(write.offset + write.len);
+            }
+        }
+        // Ahead of every append: the zeros cover 256 KiB past the data (or to the end).
+        let mut zeroed_to = 0;
+        let mut zero_writes = zeros.iter();
+        for (size, allocated) in appended_through {
+            while zeroed_to < (size + (256 << 10)).min(allocated) {
+                let write = zero_writes.next().unwrap_or_else(|| {
+                    panic!("no zeros ahead of data ending at {size} (zeroed to {zeroed_to})")
+                });
+                assert!(write.offset <= zeroed_to.max(size), "{write:?}");
+                zeroed_to = write.offset + write.len;
+            }
+        }
+        // In chunks: 3 MiB of data, a few chunks of zeros.
+        assert!(zeros.len() <= 8, "{} zero writes", zeros.len());
+        let (wal, report) = Wal::open(
+            crate::support::sim_dir(),
+            WalOptions {
+                recovery_mode: RecoveryMode::Strict,
+                ..options
+            },
+        )
+        .unwrap();
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(collect(&wal, 1).len(), 3072);
+    }
+}
