@@ -612,9 +612,9 @@ impl WriteGroup for Shared {
 }
 
 /// How far past the active segment's data [`Shared::zero_ahead`] writes zeros.
-const ZERO_AHEAD_BYTES: u64 = 1 << 20;
+const ZERO_AHEAD_BYTES: u64 = 256 << 10;
 /// [`Shared::zero_ahead`] writes more zeros once fewer than this many are left past the data.
-const ZERO_AHEAD_MIN_BYTES: u64 = 256 << 10;
+const ZERO_AHEAD_MIN_BYTES: u64 = 128 << 10;
 
 /// The file [`Shared::check_room`] preallocates and removes (`.tmp`: open removes it).
 const ROOM_PROBE_FILE: &str = "room-probe.tmp";
