@@ -184,21 +184,10 @@ fn a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write() {
 #[test]
 fn a_leader_whose_disk_hangs_under_a_large_write_is_replaced() {
     let scratch = tempfile::tempdir().expect("temp dir");
-    let hang_file = |index: usize| scratch.path().join(format!("node-{index}-fsync-hangs"));
-    let cluster = Cluster::start_first_with_env(
-        3,
-        3,
-        |_| {
-            ["--write-quorum", "2", "--max-body-bytes", "8MiB"]
-                .map(str::to_owned)
-                .to_vec()
-        },
-        |index| {
-            vec![(
-                "KVD_FAULT_FSYNC_STALL_FILE".to_owned(),
-                hang_file(index).display().to_string(),
-            )]
-        },
+    let hang_file = |index: usize| fsync_stall_file(scratch.path(), index);
+    let cluster = start_with_fsync_stalls(
+        scratch.path(),
+        &["--write-quorum", "2", "--max-body-bytes", "8MiB"],
     );
     let (leader, epoch) = lead_as(&cluster, false);
     // The new leader settles first: its epoch's no-op committed, and the commit saved in its
@@ -394,12 +383,7 @@ fn a_leader_busy_with_a_large_write_keeps_its_leadership() {
         cluster.log(leader)
     );
     let id = written.json()["id"].as_u64().expect("id");
-    assert_eq!(
-        cluster.leader_now(),
-        Some((leader, epoch)),
-        "{}",
-        cluster.statuses()
-    );
+    assert_kept_its_leadership(&cluster, leader, epoch);
     for index in 0..3 {
         let read = cluster
             .get_raw(index, &format!("/key/large?min_id={id}&wait_ms=20000"))
@@ -407,14 +391,7 @@ fn a_leader_busy_with_a_large_write_keeps_its_leadership() {
         assert_eq!(read.status, 200, "node {index}");
         assert!(read.body == value, "node {index}'s copy differs");
     }
-    // The controller's Raft leader (another node) says so when it fences a leader.
-    for index in 0..3 {
-        let log = cluster.log(index);
-        assert!(
-            !log.contains("the data leader's session expired"),
-            "node {index} saw the leader's session expire:\n{log}"
-        );
-    }
+    assert_kept_its_leadership(&cluster, leader, epoch);
 }
 
 /// A leader whose disk stalls for a moment — shorter than `DISK_HUNG_AFTER` (5 s), after
@@ -429,18 +406,8 @@ fn a_leader_busy_with_a_large_write_keeps_its_leadership() {
 #[test]
 fn a_leader_whose_disk_stalls_while_it_saves_its_meta_file_keeps_its_leadership() {
     let scratch = tempfile::tempdir().expect("temp dir");
-    let stall_file = |index: usize| scratch.path().join(format!("node-{index}-fsync-stalls"));
-    let cluster = Cluster::start_first_with_env(
-        3,
-        3,
-        |_| vec!["--write-quorum".to_owned(), "2".to_owned()],
-        |index| {
-            vec![(
-                "KVD_FAULT_FSYNC_STALL_FILE".to_owned(),
-                stall_file(index).display().to_string(),
-            )]
-        },
-    );
+    let stall_file = |index: usize| fsync_stall_file(scratch.path(), index);
+    let cluster = start_with_fsync_stalls(scratch.path(), &["--write-quorum", "2"]);
     let (leader, epoch) = lead_as(&cluster, false);
     cluster.write(leader, "settled", &serde_json::json!(0));
     std::thread::sleep(Duration::from_millis(1500));
@@ -489,6 +456,42 @@ fn a_leader_whose_disk_stalls_while_it_saves_its_meta_file_keeps_its_leadership(
         saved_before >= id || saved_during < id,
         "the save of commit {id} was not held by the stall"
     );
+    assert_kept_its_leadership(&cluster, leader, epoch);
+    let (written_on, _) = cluster.write(leader, "after", &serde_json::json!(2));
+    assert_eq!(written_on, leader);
+}
+
+/// The commit id a node's `node.meta` holds.
+fn saved_commit_id(data_dir: &std::path::Path) -> u64 {
+    let text = std::fs::read(data_dir.join("node.meta")).expect("read node.meta");
+    let meta: Json = serde_json::from_slice(&text).expect("node.meta is JSON");
+    meta["commit_id"].as_u64().expect("commit_id")
+}
+
+/// Three nodes with `args`, node `i`'s `fsync`s stalled while [`fsync_stall_file`]`(dir, i)`
+/// exists (`KVD_FAULT_FSYNC_STALL_FILE`).
+fn start_with_fsync_stalls(dir: &std::path::Path, args: &[&str]) -> Cluster {
+    Cluster::start_first_with_env(
+        3,
+        3,
+        |_| args.iter().map(|arg| arg.to_string()).collect(),
+        |index| {
+            vec![(
+                "KVD_FAULT_FSYNC_STALL_FILE".to_owned(),
+                fsync_stall_file(dir, index).display().to_string(),
+            )]
+        },
+    )
+}
+
+/// While a file exists here, node `index`'s `fsync`s wait ([`start_with_fsync_stalls`]).
+fn fsync_stall_file(dir: &std::path::Path, index: usize) -> std::path::PathBuf {
+    dir.join(format!("node-{index}-fsync-stalls"))
+}
+
+/// Node `leader` still leads `epoch` with a lease, and no node's log says its session expired
+/// (the controller's Raft leader says so when it fences a data leader).
+fn assert_kept_its_leadership(cluster: &Cluster, leader: usize, epoch: u64) {
     assert_eq!(
         cluster.leader_now(),
         Some((leader, epoch)),
@@ -502,13 +505,4 @@ fn a_leader_whose_disk_stalls_while_it_saves_its_meta_file_keeps_its_leadership(
             "node {index} saw the leader's session expire:\n{log}"
         );
     }
-    let (written_on, _) = cluster.write(leader, "after", &serde_json::json!(2));
-    assert_eq!(written_on, leader);
-}
-
-/// The commit id a node's `node.meta` holds.
-fn saved_commit_id(data_dir: &std::path::Path) -> u64 {
-    let text = std::fs::read(data_dir.join("node.meta")).expect("read node.meta");
-    let meta: Json = serde_json::from_slice(&text).expect("node.meta is JSON");
-    meta["commit_id"].as_u64().expect("commit_id")
 }
