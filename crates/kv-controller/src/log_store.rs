@@ -16,7 +16,9 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use kv_wal::durable;
 use kv_wal::fs::FileSystem;
@@ -71,6 +73,10 @@ struct Shared {
     state_write: Mutex<()>,
     last_log_id: Mutex<Option<LogId>>,
     room: Room,
+    /// When the oldest storage write in flight began, in nanoseconds after `opened` plus one
+    /// (0: none in flight): what [`LogStore::disk_wait`] reads.
+    write_started: AtomicU64,
+    opened: Instant,
 }
 
 /// The controller's Raft log storage (and its reader: clones share everything).
@@ -201,6 +207,8 @@ impl LogStore {
                 state_write: Mutex::new(()),
                 last_log_id: Mutex::new(None),
                 room: Room::default(),
+                write_started: AtomicU64::new(0),
+                opened: Instant::now(),
             }),
         };
         let last = store.read_last_log_id()?;
@@ -406,6 +414,42 @@ impl LogStore {
         &self.shared.room
     }
 
+    /// How long the oldest storage write in flight (an append, a truncation, a purge, the
+    /// vote or the commit mark, with their `fsync`s) has waited; zero when none is. Read from
+    /// an atomic: no lock a hung write could hold.
+    pub fn disk_wait(&self) -> Duration {
+        match self.shared.write_started.load(Ordering::Acquire) {
+            0 => Duration::ZERO,
+            started => self
+                .shared
+                .opened
+                .elapsed()
+                .saturating_sub(Duration::from_nanos(started - 1)),
+        }
+    }
+
+    /// Runs the storage write `work` off the async workers, counted in
+    /// [`LogStore::disk_wait`] while it runs.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            let started = shared.opened.elapsed().as_nanos() as u64 + 1;
+            let oldest = shared
+                .write_started
+                .compare_exchange(0, started, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+            let result = work();
+            if oldest {
+                shared.write_started.store(0, Ordering::Release);
+            }
+            result
+        })
+        .await
+    }
+
     /// Applies `change` to the durable state and writes it atomically, waiting for room on a
     /// full disk; the memory copy changes only once the file is durable (readers see the
     /// previous state until then, and do not wait for the write).
@@ -549,7 +593,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let store = self.clone();
         let vote = *vote;
-        blocking(move || store.update_state(|state| state.vote = Some(vote)))
+        self.blocking(move || store.update_state(|state| state.vote = Some(vote)))
             .await
             .map_err(|error| StorageIOError::write_vote(&error).into())
     }
@@ -560,7 +604,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let store = self.clone();
-        blocking(move || store.update_state(|state| state.committed = committed))
+        self.blocking(move || store.update_state(|state| state.committed = committed))
             .await
             .map_err(write_error)
     }
@@ -580,7 +624,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let store = self.clone();
-        match blocking(move || store.append_blocking(entries)).await {
+        match self.blocking(move || store.append_blocking(entries)).await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -594,14 +638,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let store = self.clone();
-        blocking(move || store.truncate_blocking(log_id))
+        self.blocking(move || store.truncate_blocking(log_id))
             .await
             .map_err(write_error)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let store = self.clone();
-        blocking(move || store.purge_blocking(log_id))
+        self.blocking(move || store.purge_blocking(log_id))
             .await
             .map_err(write_error)
     }

@@ -146,7 +146,9 @@ impl Driver {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 _ = ticks.tick() => {}
             }
-            if !self.disk_hangs() {
+            let disk_hangs = self.disk_hangs();
+            self.cluster.controller().set_node_disk_hung(disk_hangs);
+            if !disk_hangs {
                 self.spawn_heartbeat();
             }
             self.propose_isr_change();

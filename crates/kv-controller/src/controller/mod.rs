@@ -31,6 +31,12 @@ use crate::timing::Timing;
 /// The controller's directory inside the node's data directory.
 pub const CONTROLLER_DIR: &str = "controller";
 
+/// How long the disk may keep a write of this member's Raft storage (its log, vote or commit
+/// mark, with their `fsync`s) waiting before the member steps aside
+/// ([`Controller::stepped_aside`]). These writes are small: a healthy disk, even in a slow
+/// phase, completes them in well under a second.
+pub const LOG_HUNG_AFTER: Duration = Duration::from_secs(2);
+
 /// How a [`Controller`] is set up.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
@@ -133,6 +139,10 @@ struct Inner {
     stopping: AtomicBool,
     /// Whether this member may stand for election ([`Controller::set_campaigning`]).
     campaigning: AtomicBool,
+    /// Whether this member stepped aside for a hung disk ([`Controller::stepped_aside`]).
+    aside: AtomicBool,
+    /// Whether the node says its own disk hangs ([`Controller::set_node_disk_hung`]).
+    node_disk_hung: AtomicBool,
     membership_change: tokio::sync::Mutex<()>,
     driver: Mutex<Option<JoinHandle<()>>>,
 }
@@ -224,6 +234,8 @@ impl Controller {
                 wake: Notify::new(),
                 stopping: AtomicBool::new(false),
                 campaigning: AtomicBool::new(true),
+                aside: AtomicBool::new(false),
+                node_disk_hung: AtomicBool::new(false),
                 membership_change: tokio::sync::Mutex::new(()),
                 driver: Mutex::new(None),
             }),
@@ -450,8 +462,33 @@ impl Controller {
         if self.inner.campaigning.swap(allowed, Ordering::AcqRel) == allowed {
             return false;
         }
-        self.inner.raft.runtime_config().elect(allowed);
+        let aside = self.inner.aside.load(Ordering::Acquire);
+        self.inner.raft.runtime_config().elect(allowed && !aside);
         true
+    }
+
+    /// Whether this member stepped aside: it sends no Raft heartbeats and stands for no
+    /// election, because the disk has kept a write of its Raft storage waiting
+    /// [`LOG_HUNG_AFTER`] or because the node says its disk hangs
+    /// ([`Controller::set_node_disk_hung`]), until the disk answers. (A member waiting for
+    /// room on a full disk does not: it waits, as [`Controller::waiting_for_room`] says.) A
+    /// Raft leader on a hung disk commits nothing — no fence, no election of a new data
+    /// leader — yet its heartbeats, which need no disk, would keep the other members from
+    /// electing another for as long as the disk hangs; silent, it is replaced within an
+    /// election timeout.
+    pub fn stepped_aside(&self) -> bool {
+        self.inner.aside.load(Ordering::Acquire)
+    }
+
+    /// The node's word on its own disk: `true` while the disk has kept a write of the node's
+    /// data log waiting past the node's limit (kvd's `DISK_HUNG_AFTER`). The member steps
+    /// aside meanwhile ([`Controller::stepped_aside`]): the Raft log is on the same disk, and
+    /// a hung write on a runtime worker may hold up the very tasks (Raft's core among them)
+    /// that would notice its own.
+    pub fn set_node_disk_hung(&self, hung: bool) {
+        if self.inner.node_disk_hung.swap(hung, Ordering::AcqRel) != hung {
+            self.inner.step_aside_while_the_disk_hangs();
+        }
     }
 
     /// Whether this member may stand for election ([`Controller::set_campaigning`]).
@@ -510,6 +547,33 @@ fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) ->
     }
 }
 
+impl Inner {
+    /// Steps aside while the disk hangs, and back once it answers
+    /// ([`Controller::stepped_aside`]); says so at each change.
+    fn step_aside_while_the_disk_hangs(&self) {
+        let waited = self.log.disk_wait();
+        let node_says = self.node_disk_hung.load(Ordering::Acquire);
+        let hangs = node_says || (waited >= LOG_HUNG_AFTER && self.log.room().waiting().is_none());
+        if self.aside.swap(hangs, Ordering::AcqRel) == hangs {
+            return;
+        }
+        let config = self.raft.runtime_config();
+        config.heartbeat(!hangs);
+        config.elect(!hangs && self.campaigning.load(Ordering::Acquire));
+        if hangs {
+            tracing::error!(
+                raft_storage_waited_ms = waited.as_millis() as u64,
+                node_says = node_says,
+                "controller: the disk hangs (a write of this member's Raft storage or of the \
+                 node's log waits): no Raft heartbeats and no candidacy until it answers (the \
+                 other members elect another leader if this one led)"
+            );
+        } else {
+            tracing::warn!("controller: the disk answers again: taking part in the Raft again");
+        }
+    }
+}
+
 /// The active controller's loop: follows Raft leadership (activating the logic fresh when
 /// this node becomes leader), runs the logic's ticks at its deadlines, and proposes what it
 /// decides.
@@ -529,6 +593,7 @@ async fn drive(inner: std::sync::Weak<Inner>) {
         if strong.stopping.load(Ordering::Acquire) {
             return;
         }
+        strong.step_aside_while_the_disk_hangs();
         let now = Instant::now();
         let leading = {
             let metrics = metrics.borrow();

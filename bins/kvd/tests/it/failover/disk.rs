@@ -149,6 +149,12 @@ fn a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write() {
              {replaced_after:?}, 100 more writes by {:?}",
             hung_at.elapsed()
         );
+        if also_controller_leader && kind == "fsync" {
+            // Its Raft heartbeats need no disk and could keep it the controller's leader,
+            // committing nothing, for as long as the disk hangs: its member steps aside once
+            // the node's log or its Raft storage has waited long enough.
+            wait_for_log_line(&cluster, leader, "controller: the disk hangs");
+        }
         std::fs::remove_file(hang_file(leader, kind)).expect("the disk answers again");
         cluster.wait_until_formed();
         let status = cluster.status(leader).expect("answers once its disk does");
@@ -504,5 +510,18 @@ fn assert_kept_its_leadership(cluster: &Cluster, leader: usize, epoch: u64) {
             !log.contains("the data leader's session expired"),
             "node {index} saw the leader's session expire:\n{log}"
         );
+    }
+}
+
+/// Waits until node `index`'s log holds `line` (within [`DEADLINE`]).
+fn wait_for_log_line(cluster: &Cluster, index: usize, line: &str) {
+    let started = Instant::now();
+    while !cluster.log(index).contains(line) {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "node {index}'s log does not say \"{line}\":\n{}",
+            cluster.log(index)
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
