@@ -469,7 +469,7 @@ impl Controller {
 
     /// Whether this member stepped aside: it sends no Raft heartbeats and stands for no
     /// election, because the disk has kept a write of its Raft storage waiting
-    /// [`LOG_HUNG_AFTER`] or because the node says its disk hangs
+    /// `LOG_HUNG_AFTER` or because the node says its disk hangs
     /// ([`Controller::set_node_disk_hung`]), until the disk answers. (A member waiting for
     /// room on a full disk does not: it waits, as [`Controller::waiting_for_room`] says.) A
     /// Raft leader on a hung disk commits nothing — no fence, no election of a new data

@@ -545,8 +545,8 @@ impl Node {
     /// Saves the highest leader epoch heard and the applied (committed) id in the node's meta
     /// file, if they moved. The maintenance task calls it every second and kvd at shutdown;
     /// the follower loop calls it as soon as it hears a new epoch. It waits on the disk: an
-    /// async caller runs it [`off_the_workers`]. Readers of the meta do not wait for it
-    /// ([`SavedMeta`]).
+    /// async caller runs it off the workers (`off_the_workers`). Readers of the meta do not
+    /// wait for it (`SavedMeta`).
     pub fn persist_progress(&self) -> Result<()> {
         let epoch_heard = self
             .with_follower(|state| state.leader_epoch())
