@@ -297,6 +297,7 @@ impl Controller {
     /// controller proposes: elsewhere the answer is [`Error::NotLeader`] naming it, and the
     /// caller forwards.
     pub async fn propose(&self, command: Command) -> Result<ApplyResult> {
+        self.unless_stepped_aside()?;
         match self.inner.raft.client_write(command).await {
             Ok(response) => Ok(response.data),
             Err(error) => Err(write_error(error)),
@@ -308,6 +309,8 @@ impl Controller {
     /// and answers with the applied metadata and, for the data leader, a lease.
     pub async fn heartbeat(&self, request: HeartbeatRequest) -> Result<HeartbeatReply> {
         self.check_cluster(request.cluster_id)?;
+        // Confirming the leadership sends Raft heartbeats, which the step aside must stop.
+        self.unless_stepped_aside()?;
         if let Err(error) = self.inner.raft.ensure_linearizable().await {
             return Err(match error.forward_to_leader() {
                 Some(forward) => not_leader(forward),
@@ -480,6 +483,21 @@ impl Controller {
         self.inner.aside.load(Ordering::Acquire)
     }
 
+    /// "Not the active controller" while this member stepped aside
+    /// ([`Controller::stepped_aside`]): it takes no proposal and answers no heartbeat. Both
+    /// would send Raft messages (confirming the leadership for a heartbeat is a round of Raft
+    /// heartbeats, which `enable_heartbeat` does not stop), and those keep the other members
+    /// from electing another leader.
+    fn unless_stepped_aside(&self) -> Result<()> {
+        if self.stepped_aside() {
+            return Err(Error::NotLeader {
+                leader_id: None,
+                leader_url: None,
+            });
+        }
+        Ok(())
+    }
+
     /// The node's word on its own disk: `true` while the disk has kept a write of the node's
     /// data log waiting past the node's limit (kvd's `DISK_HUNG_AFTER`). The member steps
     /// aside meanwhile ([`Controller::stepped_aside`]): the Raft log is on the same disk, and
@@ -624,7 +642,8 @@ async fn drive(inner: std::sync::Weak<Inner>) {
             (command, voters, deadline)
         };
         let idle = in_flight.as_ref().is_none_or(|task| task.is_finished());
-        if idle && (command.is_some() || voters.is_some()) {
+        let aside = strong.aside.load(Ordering::Acquire);
+        if idle && !aside && (command.is_some() || voters.is_some()) {
             let controller = Controller {
                 inner: strong.clone(),
             };
