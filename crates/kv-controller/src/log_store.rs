@@ -16,12 +16,12 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kv_wal::durable;
 use kv_wal::fs::FileSystem;
+use kv_wal::BusySince;
 use kv_wal::{SyncPolicy, Wal, WalOptions};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageIOError};
@@ -73,10 +73,8 @@ struct Shared {
     state_write: Mutex<()>,
     last_log_id: Mutex<Option<LogId>>,
     room: Room,
-    /// When the oldest storage write in flight began, in nanoseconds after `opened` plus one
-    /// (0: none in flight): what [`LogStore::disk_wait`] reads.
-    write_started: AtomicU64,
-    opened: Instant,
+    /// The oldest storage write in flight: what [`LogStore::disk_wait`] reads.
+    writes: BusySince,
 }
 
 /// The controller's Raft log storage (and its reader: clones share everything).
@@ -207,8 +205,7 @@ impl LogStore {
                 state_write: Mutex::new(()),
                 last_log_id: Mutex::new(None),
                 room: Room::default(),
-                write_started: AtomicU64::new(0),
-                opened: Instant::now(),
+                writes: BusySince::default(),
             }),
         };
         let last = store.read_last_log_id()?;
@@ -418,14 +415,7 @@ impl LogStore {
     /// vote or the commit mark, with their `fsync`s) has waited; zero when none is. Read from
     /// an atomic: no lock a hung write could hold.
     pub fn disk_wait(&self) -> Duration {
-        match self.shared.write_started.load(Ordering::Acquire) {
-            0 => Duration::ZERO,
-            started => self
-                .shared
-                .opened
-                .elapsed()
-                .saturating_sub(Duration::from_nanos(started - 1)),
-        }
+        self.shared.writes.waited()
     }
 
     /// Runs the storage write `work` off the async workers, counted in
@@ -435,19 +425,12 @@ impl LogStore {
         work: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let shared = self.shared.clone();
-        blocking(move || {
-            let started = shared.opened.elapsed().as_nanos() as u64 + 1;
-            let oldest = shared
-                .write_started
-                .compare_exchange(0, started, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok();
-            let result = work();
-            if oldest {
-                shared.write_started.store(0, Ordering::Release);
-            }
-            result
+        tokio::task::spawn_blocking(move || {
+            let _busy = shared.writes.begin_at(Instant::now());
+            work()
         })
         .await
+        .map_err(|error| Error::Raft(format!("storage task failed: {error}")))?
     }
 
     /// Applies `change` to the durable state and writes it atomically, waiting for room on a
@@ -542,15 +525,6 @@ fn write_error(error: Error) -> StorageError {
 
 fn read_error(error: Error) -> StorageError {
     StorageIOError::read_logs(&error).into()
-}
-
-/// Runs blocking file work off the async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|error| Error::Raft(format!("storage task failed: {error}")))?
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

@@ -362,14 +362,22 @@ struct FaultyFile {
     plan: Arc<FaultPlan>,
 }
 
+impl FaultyFile {
+    /// Fails a change that would make the file longer than `end` while the disk is full.
+    fn fail_growth_past(&self, end: u64) -> io::Result<()> {
+        if self.plan.fills() && end > self.inner.size_bytes()? {
+            self.plan.on_grow()?;
+        }
+        Ok(())
+    }
+}
+
 impl WalFile for FaultyFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.inner.read_at(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.plan.fills() && offset + buf.len() as u64 > self.inner.size_bytes()? {
-            self.plan.on_grow()?;
-        }
+        self.fail_growth_past(offset + buf.len() as u64)?;
         self.plan.on_write()?;
         self.inner.write_all_at(buf, offset)
     }
@@ -378,9 +386,7 @@ impl WalFile for FaultyFile {
         self.inner.sync_data()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        if self.plan.fills() && len > self.inner.size_bytes()? {
-            self.plan.on_grow()?;
-        }
+        self.fail_growth_past(len)?;
         self.plan.on_write()?;
         self.inner.set_len(len)
     }
@@ -390,17 +396,13 @@ impl WalFile for FaultyFile {
     /// Not counted as a write: fault plans count the writes that carry data.
     fn write_zeros(&self, offset: u64, len: u64) -> io::Result<()> {
         self.plan.wait_while_stalled();
-        if self.plan.fills() && offset + len > self.inner.size_bytes()? {
-            self.plan.on_grow()?;
-        }
+        self.fail_growth_past(offset + len)?;
         self.inner.write_zeros(offset, len)
     }
     /// Not counted as a write: fault plans count the writes that carry data.
     fn allocate(&self, len: u64) -> io::Result<()> {
         self.plan.wait_while_stalled();
-        if self.inner.size_bytes()? < len {
-            self.plan.on_grow()?;
-        }
+        self.fail_growth_past(len)?;
         self.inner.allocate(len)
     }
 }

@@ -152,7 +152,7 @@ pub use read::{FrameBatch, Record, WalIter};
 pub use report::{Dropped, Hole, RecoveryReport, TornTail};
 pub use segment_file::{SEAL_BYTES, SEGMENT_HEADER_BYTES};
 pub use segments::SegmentInfo;
-pub use stats::{WalStats, FSYNC_BATCH_BOUNDS};
+pub use stats::{Busy, BusySince, WalStats, FSYNC_BATCH_BOUNDS};
 pub use ticket::AppendTicket;
 pub use wal::Wal;
 pub use watermark::{WaitError, Watermark, WatermarkWait};

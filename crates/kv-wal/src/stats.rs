@@ -21,10 +21,10 @@ pub(crate) struct Stats {
     segments_compressed: AtomicU64,
     compressed_bytes_before: AtomicU64,
     compressed_bytes_after: AtomicU64,
-    /// When the segment write in flight began ([`nanos_at`]; 0: none).
-    write_started: AtomicU64,
-    /// When the append `fdatasync` in flight began (0: none).
-    sync_started: AtomicU64,
+    /// The segment write in flight.
+    write_busy: BusySince,
+    /// The append `fdatasync` in flight.
+    sync_busy: BusySince,
 }
 
 /// Which disk operation [`Stats::disk_busy`] tracks.
@@ -44,13 +44,53 @@ fn nanos_at(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX - 1) + 1
 }
 
-/// Clears its operation's start time when the operation returns (see [`Stats::disk_busy`]).
-pub(crate) struct DiskBusy<'a> {
+/// Since when the oldest disk operation of one kind still in flight has been waiting: each
+/// operation holds a [`Busy`] from [`BusySince::begin_at`] while it runs (only the oldest of
+/// overlapping ones is tracked), and [`BusySince::waited`] reads the wait from one atomic — no
+/// lock a hung operation could hold. The log's own writes and `fdatasync`s use it
+/// ([`WalStats::disk_wait_seconds`]), and so can other stores on the same disk (the
+/// controller's Raft storage).
+#[derive(Debug, Default)]
+pub struct BusySince {
+    /// When the tracked operation began ([`nanos_at`]; 0: none).
+    started: AtomicU64,
+}
+
+impl BusySince {
+    /// Marks an operation that began at `started` as in flight until the guard drops (also
+    /// when it unwinds).
+    pub fn begin_at(&self, started: Instant) -> Busy<'_> {
+        let now = nanos_at(started);
+        let started =
+            match self
+                .started
+                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => now,
+                Err(_) => 0,
+            };
+        Busy {
+            slot: &self.started,
+            started,
+        }
+    }
+
+    /// How long the oldest tracked operation in flight has waited; zero when none is.
+    pub fn waited(&self) -> Duration {
+        match self.started.load(Ordering::Acquire) {
+            0 => Duration::ZERO,
+            started => Duration::from_nanos(nanos_at(Instant::now()).saturating_sub(started)),
+        }
+    }
+}
+
+/// Clears its operation's start time when the operation returns (see [`BusySince`]).
+pub struct Busy<'a> {
     slot: &'a AtomicU64,
     started: u64,
 }
 
-impl Drop for DiskBusy<'_> {
+impl Drop for Busy<'_> {
     fn drop(&mut self) {
         if self.started != 0 {
             let _ =
@@ -65,29 +105,16 @@ impl Stats {
     /// drops, so that [`WalStats::disk_wait_seconds`] shows how long the disk has kept one
     /// waiting. The oldest of each kind is kept (another of the same kind at the same time is
     /// not tracked).
-    pub fn disk_busy(&self, op: DiskOp, started: Instant) -> DiskBusy<'_> {
-        let slot = match op {
-            DiskOp::Write => &self.write_started,
-            DiskOp::Sync => &self.sync_started,
-        };
-        let now = nanos_at(started);
-        let started = match slot.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed) {
-            Ok(_) => now,
-            Err(_) => 0,
-        };
-        DiskBusy { slot, started }
+    pub fn disk_busy(&self, op: DiskOp, started: Instant) -> Busy<'_> {
+        match op {
+            DiskOp::Write => self.write_busy.begin_at(started),
+            DiskOp::Sync => self.sync_busy.begin_at(started),
+        }
     }
 
     /// How long the oldest tracked write or `fdatasync` in flight has been waiting.
     fn disk_wait(&self) -> Duration {
-        let now = nanos_at(Instant::now());
-        [&self.write_started, &self.sync_started]
-            .iter()
-            .map(|slot| slot.load(Ordering::Acquire))
-            .filter(|&started| started != 0)
-            .map(|started| Duration::from_nanos(now.saturating_sub(started)))
-            .max()
-            .unwrap_or_default()
+        self.write_busy.waited().max(self.sync_busy.waited())
     }
 
     pub fn on_append(&self, records: u64) {
@@ -179,4 +206,43 @@ pub struct WalStats {
     /// How long the oldest write of frames or append `fdatasync` still in flight has been
     /// waiting for the disk (0 when none is): a hung or very slow disk shows here.
     pub disk_wait_seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The oldest operation in flight is the one measured; its end (a return or a panic)
+    /// clears the wait, and a younger one that overlapped it is not tracked.
+    #[test]
+    fn busy_since_measures_the_oldest_operation_until_it_ends_or_unwinds() {
+        let busy = BusySince::default();
+        assert_eq!(busy.waited(), Duration::ZERO);
+        let started = Instant::now() - Duration::from_secs(3);
+        let oldest = busy.begin_at(started);
+        let younger = busy.begin_at(Instant::now());
+        assert!(
+            busy.waited() >= Duration::from_secs(3),
+            "{:?}",
+            busy.waited()
+        );
+        drop(younger);
+        assert!(
+            busy.waited() >= Duration::from_secs(3),
+            "{:?}",
+            busy.waited()
+        );
+        drop(oldest);
+        assert_eq!(busy.waited(), Duration::ZERO);
+        let unwound = std::panic::catch_unwind(|| {
+            let _busy = busy.begin_at(started);
+            panic!("a storage write failed");
+        });
+        assert!(unwound.is_err());
+        assert_eq!(
+            busy.waited(),
+            Duration::ZERO,
+            "a panic left the operation in flight"
+        );
+    }
 }

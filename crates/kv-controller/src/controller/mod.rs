@@ -465,8 +465,7 @@ impl Controller {
         if self.inner.campaigning.swap(allowed, Ordering::AcqRel) == allowed {
             return false;
         }
-        let aside = self.inner.aside.load(Ordering::Acquire);
-        self.inner.raft.runtime_config().elect(allowed && !aside);
+        self.inner.allow_elections();
         true
     }
 
@@ -566,6 +565,14 @@ fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) ->
 }
 
 impl Inner {
+    /// Lets openraft start elections here while this member may campaign and has not stepped
+    /// aside ([`Controller::set_campaigning`], [`Controller::stepped_aside`]).
+    fn allow_elections(&self) {
+        let allowed =
+            self.campaigning.load(Ordering::Acquire) && !self.aside.load(Ordering::Acquire);
+        self.raft.runtime_config().elect(allowed);
+    }
+
     /// Steps aside while the disk hangs, and back once it answers
     /// ([`Controller::stepped_aside`]); says so at each change.
     fn step_aside_while_the_disk_hangs(&self) {
@@ -575,9 +582,8 @@ impl Inner {
         if self.aside.swap(hangs, Ordering::AcqRel) == hangs {
             return;
         }
-        let config = self.raft.runtime_config();
-        config.heartbeat(!hangs);
-        config.elect(!hangs && self.campaigning.load(Ordering::Acquire));
+        self.raft.runtime_config().heartbeat(!hangs);
+        self.allow_elections();
         if hangs {
             tracing::error!(
                 raft_storage_waited_ms = waited.as_millis() as u64,

@@ -96,8 +96,17 @@ mod tests {
                 // A save that waits on the disk.
                 released.recv().expect("released");
             });
+            // Dropped if the test fails here, which releases the writer.
+            let release = release;
             hold.recv().expect("the writer holds the meta");
-            assert_eq!(saved.get().epoch, 3, "the copy is what was saved before");
+            // Read on a thread of its own: a reader that waited for the writer fails the test
+            // instead of hanging it.
+            let (read, reading) = mpsc::channel();
+            scope.spawn(move || read.send(saved.get().epoch));
+            let epoch = reading
+                .recv_timeout(Duration::from_secs(5))
+                .expect("a reader waited for the writer's save");
+            assert_eq!(epoch, 3, "the copy is what was saved before");
             release.send(()).expect("send");
             writer.join().expect("the writer");
         });
