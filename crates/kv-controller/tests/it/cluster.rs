@@ -658,3 +658,69 @@ async fn a_node_admitted_nowhere_answers_no_raft_message() {
     );
     cluster.shutdown().await;
 }
+
+/// A Raft leader whose node says its disk hangs steps aside: it answers proposals and data
+/// heartbeats "not the active controller" (confirming its leadership for a heartbeat would
+/// send Raft heartbeats), sends no Raft heartbeats, and the two others elect a leader among
+/// themselves, which takes proposals. Once the disk answers it takes part again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_leader_whose_disk_hangs_steps_aside_and_the_others_elect_a_leader() {
+    let mut cluster = Cluster::start(3, quiet()).await;
+    let hung = cluster.raft_leader().await;
+    let term_before = hung.status().term;
+    hung.set_node_disk_hung(true);
+    assert!(hung.stepped_aside());
+    assert!(matches!(
+        hung.propose(Command::SetWriteQuorum { write_quorum: 2 })
+            .await,
+        Err(Error::NotLeader {
+            leader_id: None,
+            ..
+        })
+    ));
+    let heartbeat = HeartbeatRequest {
+        cluster_id: 0xabc,
+        node: 1,
+        leader_epoch: 1,
+        position: Position::default(),
+        caught_up: true,
+    };
+    assert!(matches!(
+        hung.heartbeat(heartbeat.clone()).await,
+        Err(Error::NotLeader {
+            leader_id: None,
+            ..
+        })
+    ));
+    // The others elect a leader without it (it is still reachable: only its silence does it).
+    let started = Instant::now();
+    let successor = loop {
+        let other = cluster
+            .nodes
+            .values()
+            .find(|node| node.node_id() != hung.node_id() && node.status().raft_state == "Leader");
+        if let Some(other) = other {
+            break other.clone();
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no other controller led within {DEADLINE:?} of the leader stepping aside"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(successor.status().term > term_before);
+    let meta = successor
+        .propose(Command::SetWriteQuorum { write_quorum: 2 })
+        .await
+        .expect("the new leader takes a proposal")
+        .into_result()
+        .unwrap();
+    assert_eq!(meta.write_quorum, 2);
+    hung.set_node_disk_hung(false);
+    assert!(!hung.stepped_aside());
+    cluster
+        .converge("write quorum 2", |meta| meta.write_quorum == 2)
+        .await;
+    drop((hung, successor));
+    cluster.shutdown().await;
+}
