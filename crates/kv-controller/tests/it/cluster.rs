@@ -665,7 +665,7 @@ async fn a_node_admitted_nowhere_answers_no_raft_message() {
 /// themselves, which takes proposals. Once the disk answers it takes part again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raft_leader_whose_disk_hangs_steps_aside_and_the_others_elect_a_leader() {
-    let mut cluster = Cluster::start(3, quiet()).await;
+    let cluster = Cluster::start(3, quiet()).await;
     let hung = cluster.raft_leader().await;
     let term_before = hung.status().term;
     hung.set_node_disk_hung(true);
