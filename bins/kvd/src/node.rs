@@ -17,6 +17,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::cluster::bootstrap::{self, Identity, JoinOutcome};
+use crate::cluster::claim::ClaimWatch;
 use crate::cluster::driver::Driver;
 use crate::config::{NodeConfig, Role};
 
@@ -32,6 +33,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         segment_bytes_max = config.segment_bytes_max,
         "opening the store"
     );
+    crate::cluster::claim::refuse_a_claimed_node(&config)?;
     crate::writable::refuse_unwritable_directories(&config)?;
     // A node applies at open only what it knows committed; the rest waits for the cluster
     // (whatever role the controller gives it).
@@ -200,6 +202,8 @@ async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
         )
         .context("cannot open the node's replication state")?,
     );
+    // A `kvd leader` that lost its data stops once its old cluster claims it.
+    let claim = ClaimWatch::start(config, &identity, &controller, &node, signalled.clone());
     let cluster = Arc::new(ClusterState::new(
         identity.node_id,
         identity.url.clone(),
@@ -251,6 +255,7 @@ async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
     if let Err(error) = node.persist_progress() {
         tracing::error!(%error, "cannot save the commit id and epoch");
     }
+    claim.finish().await?;
     served?;
     tracing::info!("all connections closed");
     Ok(())

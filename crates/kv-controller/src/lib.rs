@@ -42,7 +42,7 @@ pub mod state_machine;
 mod timing;
 
 pub use controller::{
-    BootstrapSpec, Controller, ControllerOptions, ControllerStatus, CONTROLLER_DIR,
+    BootstrapSpec, Controller, ControllerOptions, ControllerStatus, ForeignClaim, CONTROLLER_DIR,
 };
 pub use error::{Error, Result};
 pub use log_store::LogStore;

@@ -2,7 +2,10 @@
 //! [`ControllerLogic`] while this node is the Raft leader (the active controller), and serves
 //! proposals, heartbeats, Raft RPCs, membership changes and status.
 
+mod claim;
 mod membership;
+
+pub use claim::ForeignClaim;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -145,6 +148,8 @@ struct Inner {
     node_disk_hung: AtomicBool,
     membership_change: tokio::sync::Mutex<()>,
     driver: Mutex<Option<JoinHandle<()>>>,
+    /// Another cluster's claim on this node ([`Controller::claimed`]).
+    claimed: watch::Sender<Option<ForeignClaim>>,
 }
 
 /// A running controller. Cheap to clone.
@@ -238,6 +243,7 @@ impl Controller {
                 node_disk_hung: AtomicBool::new(false),
                 membership_change: tokio::sync::Mutex::new(()),
                 driver: Mutex::new(None),
+                claimed: watch::Sender::new(None),
             }),
         };
         let driver = tokio::spawn(drive(Arc::downgrade(&controller.inner)));
@@ -340,6 +346,7 @@ impl Controller {
     /// `POST /controller/raft`).
     pub async fn handle_raft(&self, message: RaftMessage) -> RaftReply {
         if self.check_cluster(message.cluster_id).is_err() {
+            self.note_a_claim(&message);
             return RaftReply::ClusterMismatch {
                 cluster_id: self.cluster_id(),
             };

@@ -464,6 +464,65 @@ async fn the_active_controller_fails_the_data_leader_over_to_the_most_advanced_i
     cluster.shutdown().await;
 }
 
+/// A Raft message of cluster 0x999 for node `to`, as that cluster's node 7 sends it.
+fn vote_of_another_cluster(cluster_id: u64, to: Option<u64>) -> kv_controller::RaftMessage {
+    kv_controller::RaftMessage {
+        cluster_id,
+        from: 7,
+        to,
+        request: kv_controller::RaftRequest::Vote(openraft::raft::VoteRequest::new(
+            openraft::Vote::new(1, 7),
+            None,
+        )),
+    }
+}
+
+/// A node alone in its cluster (`kvd leader` initialized on an empty disk) records another
+/// cluster's Raft message for its own id as that cluster's claim on it — what a member that
+/// lost its data hears from its old cluster — and still refuses the message. A message for
+/// another id, from a sender without a cluster, or reaching a node of a cluster with other
+/// members records nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_alone_in_its_cluster_records_another_clusters_claim_on_it() {
+    let alone = Cluster::start(1, quiet()).await;
+    let node = alone.nodes[&0].clone();
+    let claimed = node.claimed();
+    for ignored in [
+        vote_of_another_cluster(0x999, Some(3)),
+        vote_of_another_cluster(0, Some(0)),
+        vote_of_another_cluster(0x999, None),
+    ] {
+        node.handle_raft(ignored).await;
+    }
+    assert_eq!(*claimed.borrow(), None);
+    let reply = node
+        .handle_raft(vote_of_another_cluster(0x999, Some(0)))
+        .await;
+    assert!(matches!(
+        reply,
+        kv_controller::RaftReply::ClusterMismatch { cluster_id: 0xabc }
+    ));
+    let claim = kv_controller::ForeignClaim {
+        cluster_id: 0x999,
+        from: 7,
+        ours: 0xabc,
+    };
+    assert_eq!(*claimed.borrow(), Some(claim));
+    // The first claim stays.
+    node.handle_raft(vote_of_another_cluster(0x777, Some(0)))
+        .await;
+    assert_eq!(*node.claimed().borrow(), Some(claim));
+    alone.shutdown().await;
+
+    let three = Cluster::start(3, quiet()).await;
+    for node in three.nodes.values() {
+        let to = Some(node.node_id());
+        node.handle_raft(vote_of_another_cluster(0x999, to)).await;
+        assert_eq!(*node.claimed().borrow(), None, "node {to:?}");
+    }
+    three.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_of_another_cluster_is_refused() {
     let mut first = Cluster::start(1, quiet()).await;

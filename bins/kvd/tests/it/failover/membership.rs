@@ -330,3 +330,75 @@ fn a_follower_whose_node_meta_records_an_epoch_from_nowhere_says_so() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `kvd leader` started with its command on an empty data directory (a new disk, a deleted
+/// directory) after its cluster failed over initializes a one-member cluster at node 0's
+/// address. Before, it ran on as that second cluster: it took writes there, and answered
+/// "not found" for keys the first cluster acknowledged (found by trying it by hand:
+/// `rm -rf` of the leader's directory, `kill -9`, the same command again). Now the first
+/// Raft message of its old cluster's controller makes it stop, naming that cluster and the
+/// ways out, and it refuses to start from that directory again; the old cluster runs on, and
+/// the machine rejoins it as a new member once node 0 is removed.
+#[test]
+fn a_leader_on_a_new_disk_stops_once_its_old_cluster_claims_it() {
+    let mut cluster = Cluster::start(3, &[]);
+    let (leader, _) = cluster.wait_for_leader(None);
+    let (_, id) = cluster.write(leader, "before", &json!("kept"));
+    let status = cluster.status(leader).expect("answers");
+    let cluster_id = status["cluster_id"]
+        .as_str()
+        .expect("a cluster id")
+        .to_owned();
+    cluster.kill_9(0);
+    let (leader, _) = cluster.wait_for_leader(Some(0));
+    let data_dir = cluster.nodes[0].data_dir.clone();
+    std::fs::remove_dir_all(&data_dir).expect("remove node 0's data directory");
+
+    let started = Instant::now();
+    let (status, stderr) = crate::harness::run_until_exit(&cluster.nodes[0].args, &data_dir);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Cluster {cluster_id} counts this node (node 0 at http://{}",
+            cluster.nodes[0].address
+        )) && stderr.contains("DELETE /admin/members/0"),
+        "{stderr}"
+    );
+    eprintln!("node 0 stopped {:?} after its start", started.elapsed());
+    let (status, stderr) = crate::harness::run_until_exit(&cluster.nodes[0].args, &data_dir);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("refusing to start")
+            && stderr.contains("claimed-by-another-cluster")
+            && stderr.contains(&format!("Cluster {cluster_id} counts this node")),
+        "{stderr}"
+    );
+
+    // The old cluster ran on meanwhile.
+    let (leader, _) = cluster.write(leader, "while-refused", &json!(1));
+    // The way out: remove node 0, move its directory aside, start the machine as node 3.
+    let removed = cluster
+        .request(leader, "DELETE", "/admin/members/0", None)
+        .expect("answers");
+    expect_status(removed, 200);
+    std::fs::rename(&data_dir, data_dir.with_extension("lost")).expect("move aside");
+    let leader_url = cluster.url(leader);
+    let node = &mut cluster.nodes[0];
+    node.args = [
+        "follower",
+        "3",
+        "--leader",
+        &leader_url,
+        "--listen",
+        &node.address.to_string(),
+        "--data-dir",
+        &node.data_dir.display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    cluster.start_node(0);
+    assert_eq!(cluster.read_after(0, "before", id), Some(json!("kept")));
+    cluster.wait_for_leader_status("with node 3 in its ISR", |status| {
+        ids(status, "isr").contains(&3)
+    });
+}
