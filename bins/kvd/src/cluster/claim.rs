@@ -8,9 +8,10 @@
 //! the new cluster refuses; kv-controller records the first one as a claim
 //! ([`kv_controller::Controller::claimed`]), and here the node:
 //!
-//! 1. revokes its lease, so no write in flight is acknowledged from then on;
-//! 2. writes [`CLAIM_FILE`] into its data directory (durably): the claim and the way out;
-//! 3. stops as on SIGTERM and exits with that text as its error.
+//! 1. revokes its lease (a write that completes before a heartbeat renews it is answered 503);
+//! 2. writes [`CLAIM_FILE`] into its data directory (durably): the claim and the ways out;
+//! 3. stops as on SIGTERM — no new request is read, those in flight finish — and exits with
+//!    that text as its error.
 //!
 //! Started again from that directory, it refuses before it opens anything
 //! ([`refuse_a_claimed_node`]), until the operator chose a way out (the text names both):
@@ -19,12 +20,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::task::JoinHandle;
-
 use anyhow::Context;
 use kv_controller::{Controller, ForeignClaim};
 use kv_replication::Node;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::cluster::bootstrap::Identity;
 use crate::config::NodeConfig;

@@ -2,8 +2,9 @@
 //! (`bootstrap`: identity, initialize, join, its URL), and the loop that keeps its data plane
 //! in step with the controller (`driver`: heartbeats, leases, the meta watch, roles, ISR
 //! proposals, planned transfers), and what a `kvd leader` that lost its data does once its old
-//! cluster claims it (`claim`: it stops, and refuses to start again until the operator chose). The controller itself is kv-controller's; its HTTP transport
-//! and endpoints are kv-http's.
+//! cluster claims it (`claim`: it stops, and refuses to start again until the operator
+//! chose). The controller itself is kv-controller's; its HTTP transport and endpoints are
+//! kv-http's.
 
 pub mod bootstrap;
 pub mod claim;
