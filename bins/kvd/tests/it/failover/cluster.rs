@@ -244,8 +244,10 @@ impl Cluster {
     pub fn terminate(&mut self, index: usize) -> std::process::ExitStatus {
         let node = &mut self.nodes[index];
         let mut process = node.process.take().expect("running");
+        let status = process.terminate();
+        // After the exit: what it logged while stopping is kept too.
         node.log.push_str(&process.stderr());
-        process.terminate()
+        status
     }
 
     /// Sends `signal` (`STOP`, `CONT`) to node `index`. A stopped node is asked nothing (its
