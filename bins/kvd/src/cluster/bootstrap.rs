@@ -395,6 +395,15 @@ pub async fn join_if_new(
     if controller.has_state() || config.role == Role::Leader {
         return Ok(JoinOutcome::Member);
     }
+    // Asking itself, it would retry for ever: nobody there can admit it.
+    if !identity.seeds.is_empty() && identity.seeds.iter().all(|seed| *seed == identity.url) {
+        anyhow::bail!(
+            "--leader {} is this node's own address: a follower joins its cluster through \
+             another node (the leader's, or any member's), e.g. --leader http://127.0.0.1:8000 \
+             for a `kvd leader` started with the defaults",
+            identity.url
+        );
+    }
     let known_cluster_id = match controller.cluster_id() {
         0 => NodeMeta::load(&kv_wal::fs::StdFs, &config.data_dir)
             .context("cannot read the node's meta file")?

@@ -84,6 +84,32 @@ fn a_follower_refuses_a_leader_url_it_cannot_use() {
     );
 }
 
+/// `kvd follower N --leader URL` with its own address as the URL (a slip with ports, say
+/// `--listen 127.0.0.1:8001 --leader http://127.0.0.1:8001`) is refused at once, saying so.
+/// Before, it asked itself to join for ever, logging "not the active controller".
+#[test]
+fn a_follower_whose_leader_url_is_its_own_address_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("follower-1");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = [
+        "follower",
+        "1",
+        "--listen",
+        &listen,
+        "--data-dir",
+        data_dir.to_str().expect("UTF-8 path"),
+        "--leader",
+        &format!("http://{listen}/"),
+    ]
+    .map(str::to_owned);
+    let (status, stderr) = crate::harness::run_until_exit(&args, &data_dir);
+    assert!(
+        !status.success() && stderr.contains("is this node's own address"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn the_tests_run_a_fault_build_which_refuses_a_fault_variable_it_does_not_know() {
     // The fault variables work only in a build with the `fault-injection` feature; kvd's
