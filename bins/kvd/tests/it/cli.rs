@@ -84,6 +84,23 @@ fn a_follower_refuses_a_leader_url_it_cannot_use() {
     );
 }
 
+/// `kvd follower 1` listening on `listen` with `data_dir`, joining through `leader`.
+fn follower_1_args(listen: &str, data_dir: &std::path::Path, leader: &str) -> Vec<String> {
+    let data_dir = data_dir.to_str().expect("UTF-8 path");
+    [
+        "follower",
+        "1",
+        "--listen",
+        listen,
+        "--data-dir",
+        data_dir,
+        "--leader",
+        leader,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// `kvd follower N --leader URL` with its own address as the URL (a slip with ports, say
 /// `--listen 127.0.0.1:8001 --leader http://127.0.0.1:8001`) is refused at once, saying so.
 /// Before, it asked itself to join for ever, logging "not the active controller".
@@ -92,17 +109,7 @@ fn a_follower_whose_leader_url_is_its_own_address_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().join("follower-1");
     let listen = format!("127.0.0.1:{}", free_port());
-    let args = [
-        "follower",
-        "1",
-        "--listen",
-        &listen,
-        "--data-dir",
-        data_dir.to_str().expect("UTF-8 path"),
-        "--leader",
-        &format!("http://{listen}/"),
-    ]
-    .map(str::to_owned);
+    let args = follower_1_args(&listen, &data_dir, &format!("http://{listen}/"));
     let (status, stderr) = crate::harness::run_until_exit(&args, &data_dir);
     assert!(
         !status.success() && stderr.contains("is this node's own address"),
@@ -134,20 +141,12 @@ fn a_follower_stopped_by_sigint_before_it_joined_exits_cleanly() {
     let listen = format!("127.0.0.1:{port}");
     let nobody = format!("http://127.0.0.1:{}", free_port());
     let stderr_path = dir.path().join("stderr.log");
-    let child = kvd_command(&[
-        "follower",
-        "1",
-        "--listen",
-        &listen,
-        "--data-dir",
-        data_dir.to_str().expect("UTF-8 path"),
-        "--leader",
-        &nobody,
-    ])
-    .stdout(std::process::Stdio::null())
-    .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-    .spawn()
-    .expect("spawn kvd");
+    let args = follower_1_args(&listen, &data_dir, &nobody);
+    let child = kvd_command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn kvd");
     let address = listen.parse().expect("address");
     let started = std::time::Instant::now();
     // It serves (503: it has not learned the cluster's metadata) while it retries the join.
