@@ -36,15 +36,13 @@ pub const CLAIM_FILE: &str = "claimed-by-another-cluster";
 /// ([`CLAIM_FILE`]), with the recorded text: how it came about and the ways out.
 pub fn refuse_a_claimed_node(config: &NodeConfig) -> anyhow::Result<()> {
     let path = config.data_dir.join(CLAIM_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
+    let Some(text) = kv_wal::durable::read_file(&kv_wal::fs::StdFs, &path)? else {
+        return Ok(());
     };
     anyhow::bail!(
         "refusing to start: {} records that another cluster claims this node. {}",
         path.display(),
-        text.trim_end()
+        String::from_utf8_lossy(&text).trim_end()
     )
 }
 

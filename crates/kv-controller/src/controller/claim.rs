@@ -33,11 +33,17 @@ impl Controller {
     /// its own cluster's only member.
     pub(super) fn note_a_claim(&self, message: &RaftMessage) {
         let node_id = self.inner.options.node_id;
-        let ours = self.cluster_id();
-        if message.cluster_id == 0 || message.cluster_id == ours || message.to != Some(node_id) {
+        if message.cluster_id == 0
+            || message.to != Some(node_id)
+            || self.inner.claimed.borrow().is_some()
+        {
             return;
         }
-        if !self.meta().members.keys().eq([&node_id]) {
+        // Alone in its cluster: the metadata names the cluster and only this node (a node
+        // that joined but has no metadata yet lists no member).
+        let meta = self.meta();
+        let ours = meta.cluster_id;
+        if message.cluster_id == ours || !meta.members.keys().eq([&node_id]) {
             return;
         }
         let claim = ForeignClaim {

@@ -464,7 +464,8 @@ async fn the_active_controller_fails_the_data_leader_over_to_the_most_advanced_i
     cluster.shutdown().await;
 }
 
-/// A Raft message of cluster 0x999 for node `to`, as that cluster's node 7 sends it.
+/// A Raft vote request of cluster `cluster_id` for node `to`, as that cluster's node 7 sends
+/// it.
 fn vote_of_another_cluster(cluster_id: u64, to: Option<u64>) -> kv_controller::RaftMessage {
     kv_controller::RaftMessage {
         cluster_id,
@@ -580,15 +581,7 @@ async fn a_joined_node_keeps_its_cluster_id_across_a_restart_before_any_raft_ent
     ));
     // Another cluster's Raft traffic is refused from the start.
     let reply = joiner
-        .handle_raft(kv_controller::RaftMessage {
-            cluster_id: 0x999,
-            from: 7,
-            to: Some(1),
-            request: kv_controller::RaftRequest::Vote(openraft::raft::VoteRequest::new(
-                openraft::Vote::new(1, 7),
-                None,
-            )),
-        })
+        .handle_raft(vote_of_another_cluster(0x999, Some(1)))
         .await;
     assert!(matches!(
         reply,
