@@ -12,7 +12,9 @@ use super::LeaderState;
 pub enum FollowerHealth {
     /// Fetching, and close behind.
     Healthy,
-    /// Fetching, but far behind.
+    /// Fetching, but far behind, or behind for the lag limit (so out of the ISR, or on its
+    /// way out): a follower that cannot write, say on a full disk, lacks few entries but
+    /// holds nothing new.
     Lagging,
     /// Not heard from within the down timeout.
     Down,
@@ -62,7 +64,9 @@ impl LeaderState {
                 };
                 let status = if age >= self.options.follower_down_after {
                     FollowerHealth::Down
-                } else if lag_entries > self.options.follower_lagging_entries {
+                } else if lag_entries > self.options.follower_lagging_entries
+                    || behind_for >= self.options.lag_limit
+                {
                     FollowerHealth::Lagging
                 } else {
                     FollowerHealth::Healthy

@@ -217,6 +217,35 @@ fn other_clusters_compacted_logs_and_waits() {
 }
 
 #[test]
+fn a_follower_behind_for_the_lag_limit_is_lagging_however_few_entries_it_lacks() {
+    // A follower whose disk is full keeps fetching and holds nothing new: a few large
+    // entries behind, it leaves the ISR after the lag limit, and its status says so.
+    let start = Instant::now();
+    let log = leader_log(&[(1, "a"), (1, "b")]);
+    let mut leader = LeaderState::new(
+        CLUSTER,
+        1,
+        LeaderOptions {
+            write_quorum: 1,
+            follower_down_after: Duration::from_secs(5),
+            lag_limit: Duration::from_secs(2),
+            ..LeaderOptions::default()
+        },
+    );
+    respond(&mut leader, start, &request(1, 2, 1, 1), &log);
+    let fetched_at = start + Duration::from_millis(1_500);
+    respond(&mut leader, fetched_at, &request(1, 2, 1, 1), &log);
+    let within = leader.followers(fetched_at, 2);
+    assert_eq!(within[0].lag_entries, 1);
+    assert_eq!(within[0].status, FollowerHealth::Healthy, "{within:?}");
+    let past_the_limit = start + Duration::from_millis(2_500);
+    respond(&mut leader, past_the_limit, &request(1, 2, 1, 1), &log);
+    let statuses = leader.followers(past_the_limit, 2);
+    assert_eq!(statuses[0].lag_ms, 2_500);
+    assert_eq!(statuses[0].status, FollowerHealth::Lagging, "{statuses:?}");
+}
+
+#[test]
 fn follower_health_comes_from_fetch_times_and_lag() {
     let start = Instant::now();
     let log = leader_log(&[(1, "a"), (1, "b")]);
