@@ -120,6 +120,16 @@ fn open_store(
             context(),
             damage_hint(config, &error)
         )),
+        Err(kv_store::Error::Wal(error)) if error.is_out_of_space() => Err(anyhow::anyhow!(
+            "{}: {error}\nkvd: the disk is full, and a new log segment takes {} bytes of it up \
+             front (--max-segment-size, at most {} MiB): free space on the disk, or start with \
+             a smaller --max-segment-size",
+            context(),
+            config
+                .segment_bytes_max
+                .min(kv_wal::SEGMENT_PREALLOCATION_BYTES_DEFAULT),
+            kv_wal::SEGMENT_PREALLOCATION_BYTES_DEFAULT >> 20,
+        )),
         opened => opened.with_context(context),
     }
 }

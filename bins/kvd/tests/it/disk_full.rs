@@ -263,3 +263,45 @@ fn a_leader_says_it_is_healthy_once_its_disk_has_room_without_a_write() {
         kvd.stderr()
     );
 }
+
+/// A new node on a disk without room for its first segment (preallocated whole) does not
+/// start, and says what to do: free space, or a smaller `--max-segment-size`. Before, it said
+/// only "No space left on device".
+#[test]
+fn a_new_node_on_a_full_disk_says_what_would_let_it_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("leader");
+    let full = dir.path().join("disk-is-full");
+    std::fs::write(&full, b"").expect("fill the disk");
+    let args: Vec<String> = [
+        "leader",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir.to_str().expect("utf-8 path"),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let (status, stderr) = crate::harness::run_until_exit_with_env(
+        &args,
+        &data_dir,
+        &[(
+            "KVD_FAULT_DISK_FULL_FILE",
+            full.to_str().expect("utf-8 path"),
+        )],
+    );
+    println!("{stderr}");
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(
+        stderr.contains("takes 67108864 bytes of it up front")
+            && stderr.contains("a smaller --max-segment-size"),
+        "{stderr}"
+    );
+
+    // With room, the same directory opens (what the failed start left is no damage).
+    std::fs::remove_file(&full).expect("free the disk");
+    let kvd = crate::harness::Kvd::start(&data_dir, &[], &[]);
+    let (status, body) = kvd.json("PUT", "/key/k", Some(r#"{"value":1}"#));
+    assert_eq!(status, 200, "{body}");
+}

@@ -547,10 +547,20 @@ pub fn run_until_exit(
     args: &[String],
     data_dir: &std::path::Path,
 ) -> (std::process::ExitStatus, String) {
+    run_until_exit_with_env(args, data_dir, &[])
+}
+
+/// [`run_until_exit`] with environment variables set for kvd.
+pub fn run_until_exit_with_env(
+    args: &[String],
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String) {
     let stderr_path = data_dir.with_extension("stderr");
     let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut child = kvd_command(&args)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(stderr)
         .spawn()
