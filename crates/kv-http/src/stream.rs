@@ -93,22 +93,30 @@ async fn serve(node: Arc<Node>, upgraded: Upgraded) {
     let mut writer = BufWriter::with_capacity(BUFFER_BYTES, writer);
     let (mut messages, reading) = spawn_reader(
         reader,
-        |body| FetchRequest::decode(body).map_err(|error| error.to_string()),
-        |detail| detail,
+        |body| FetchRequest::decode(body).map_err(|error| Inbound::Bad(error.to_string())),
+        Inbound::Broke,
     );
     serve_messages(&node, &mut messages, &mut writer).await;
     reading.abort();
     let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.shutdown()).await;
 }
 
+/// Why the leader stopped reading a follower's stream.
+enum Inbound {
+    /// A message that does not decode.
+    Bad(String),
+    /// The connection broke (reset by the follower, say).
+    Broke(String),
+}
+
 async fn serve_messages<W: AsyncWrite + Unpin>(
     node: &Arc<Node>,
-    messages: &mut Messages<FetchRequest, String>,
+    messages: &mut Messages<FetchRequest, Inbound>,
     writer: &mut BufWriter<W>,
 ) {
     let opening = match tokio::time::timeout(OPENING_TIMEOUT, messages.recv()).await {
         Ok(Some(Ok(opening))) => opening,
-        Ok(Some(Err(error))) => {
+        Ok(Some(Err(Inbound::Bad(error) | Inbound::Broke(error)))) => {
             tracing::debug!(%error, "bad replication stream opening");
             return;
         }
@@ -126,11 +134,21 @@ async fn serve_messages<W: AsyncWrite + Unpin>(
             received = tokio::time::timeout(SILENCE_MAX, messages.recv()) => {
                 let (seq, ack) = match received {
                     Ok(Some(Ok(message))) => message,
-                    Ok(Some(Err(error))) => {
+                    Ok(Some(Err(Inbound::Bad(error)))) => {
                         tracing::debug!(%error, "replication stream closed on a bad message");
                         return;
                     }
-                    Ok(None) => return,
+                    // The follower hung up (it stopped, or crashed): it leaves the ISR
+                    // unless it opens another stream at once.
+                    Ok(Some(Err(Inbound::Broke(error)))) => {
+                        tracing::debug!(%error, "replication stream broke");
+                        stream.follower_hung_up();
+                        return;
+                    }
+                    Ok(None) => {
+                        stream.follower_hung_up();
+                        return;
+                    }
                     Err(_) => {
                         tracing::debug!("replication stream closed: the follower went silent");
                         return;
@@ -145,7 +163,12 @@ async fn serve_messages<W: AsyncWrite + Unpin>(
                 let Some((echo, answer)) = push else {
                     return;
                 };
-                if write_message(writer, echo, &answer.encode()).await.is_err() {
+                if let Err(error) = write_message(writer, echo, &answer.encode()).await {
+                    // A connection the follower closed or reset; not one it stopped reading
+                    // (that follower is slow, and leaves the ISR after the lag limit).
+                    if error.kind() != std::io::ErrorKind::TimedOut {
+                        stream.follower_hung_up();
+                    }
                     return;
                 }
             }

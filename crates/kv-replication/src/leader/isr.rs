@@ -4,7 +4,7 @@
 //! caught up.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::LeaderState;
 
@@ -96,14 +96,25 @@ impl LeaderState {
         }
         let recent = |at: Instant| now.saturating_duration_since(at) <= lag_limit;
         let mut wanted = BTreeSet::from([elected.node_id]);
+        let mut hung_up = Vec::new();
         for &member in &elected.membership.isr {
-            let caught_up_at = self
-                .followers
-                .get(&member)
+            let progress = self.followers.get(&member);
+            let caught_up_at = progress
                 .and_then(|progress| progress.caught_up_at)
                 .unwrap_or(elected.since)
                 .max(elected.since);
-            if member == elected.node_id || recent(caught_up_at) {
+            if member == elected.node_id || !recent(caught_up_at) {
+                if member == elected.node_id {
+                    wanted.insert(member);
+                }
+                continue;
+            }
+            if progress
+                .and_then(|progress| progress.hung_up_at)
+                .is_some_and(|at| now.saturating_duration_since(at) >= HUNG_UP_GRACE)
+            {
+                hung_up.push(member);
+            } else {
                 wanted.insert(member);
             }
         }
@@ -117,9 +128,29 @@ impl LeaderState {
                 && elected.membership.members.contains(&node_id)
                 && progress.durable_id >= must_hold
                 && progress.caught_up_at.is_some_and(recent)
-                && recent(progress.last_fetch_at);
+                && recent(progress.last_fetch_at)
+                && progress.hung_up_at.is_none();
             if joins {
                 wanted.insert(node_id);
+            }
+        }
+        // A member that hung up leaves before the lag limit only while the ISR keeps
+        // `max(N, 2)` members without it: what lets writes go on at once. Below that, its
+        // leaving would let no write through sooner, and would leave the controller fewer
+        // nodes to elect should this leader fail: it leaves after the lag limit, as one that
+        // went silent does.
+        let floor = quorum.max(2);
+        // Those holding the most stay first (the better successors), the lower id on a tie.
+        hung_up.sort_by_key(|member| {
+            let durable_id = self
+                .followers
+                .get(member)
+                .map_or(0, |progress| progress.durable_id);
+            (std::cmp::Reverse(durable_id), *member)
+        });
+        for member in hung_up {
+            if wanted.len() < floor {
+                wanted.insert(member);
             }
         }
         if wanted == elected.membership.isr {
@@ -127,6 +158,30 @@ impl LeaderState {
         }
         elected.in_flight = Some((wanted.clone(), now));
         Some(wanted)
+    }
+
+    /// Records that `node_id` opened a replication stream (its opening fetch was recorded);
+    /// returns the stream's number, for [`LeaderState::stream_hung_up`].
+    pub fn stream_opened(&mut self, node_id: u64) -> u64 {
+        self.followers.get_mut(&node_id).map_or(0, |progress| {
+            progress.streams_opened += 1;
+            progress.streams_opened
+        })
+    }
+
+    /// Records that the follower `node_id` hung up its stream number `stream` at `now` (the
+    /// connection ended or broke on its side). If that was its newest stream and it fetches
+    /// nothing within [`HUNG_UP_GRACE`], the follower leaves the ISR ([`LeaderState::wanted_isr`])
+    /// then, not after the lag limit, as long as the ISR keeps `max(N, 2)` members without it:
+    /// a follower that stopped or crashed closed its connection, so writes need not wait the
+    /// lag limit out for it. A follower that goes silent without closing (paused, cut off, its
+    /// machine gone) still leaves after the lag limit.
+    pub fn stream_hung_up(&mut self, node_id: u64, stream: u64, now: Instant) {
+        if let Some(progress) = self.followers.get_mut(&node_id) {
+            if progress.streams_opened == stream && progress.last_fetch_at <= now {
+                progress.hung_up_at = Some(now);
+            }
+        }
     }
 
     /// Forgets followers outside the maximal ISR not heard from for a while. Runs at most
@@ -148,3 +203,7 @@ impl LeaderState {
         });
     }
 }
+
+/// How long a follower that hung up its stream has to open another (a follower ends its stream
+/// itself to retry after a failure, or to cut its log) before it leaves the ISR.
+pub const HUNG_UP_GRACE: Duration = Duration::from_millis(100);

@@ -21,7 +21,7 @@ mod isr;
 mod options;
 mod status;
 
-pub use isr::Membership;
+pub use isr::{Membership, HUNG_UP_GRACE};
 pub use options::{Acks, LeaderOptions, LAG_LIMIT_DEFAULT};
 pub use status::{FollowerHealth, FollowerStatus};
 
@@ -47,6 +47,11 @@ struct Progress {
     /// The leader's last id when this follower's previous fetch arrived.
     leader_last_at_fetch: u64,
     fetches: u64,
+    /// Replication streams this follower opened: the number of its newest.
+    streams_opened: u64,
+    /// When the follower hung up its newest stream, if it has fetched nothing since: it
+    /// stopped, or crashed ([`LeaderState::stream_hung_up`]).
+    hung_up_at: Option<Instant>,
 }
 
 /// What to do with a fetch.
@@ -447,6 +452,8 @@ impl LeaderState {
                 caught_up_at: None,
                 leader_last_at_fetch: u64::MAX,
                 fetches: 0,
+                streams_opened: 0,
+                hung_up_at: None,
             });
             progress.next_id = request.next_id;
             progress.fetches += 1;
@@ -498,6 +505,7 @@ impl LeaderState {
         }
         let previous_fetch_at = progress.last_fetch_at;
         progress.last_fetch_at = now;
+        progress.hung_up_at = None;
         let previous_target = std::mem::replace(&mut progress.leader_last_at_fetch, last_id);
         let Some(durable_id) = durable_id else {
             return;

@@ -92,6 +92,9 @@ pub struct LeaderStream {
     commits: watch::Receiver<u64>,
     role_changes: watch::Receiver<u64>,
     ended: bool,
+    /// The follower's node id, and the number of this stream among those it opened.
+    follower: u64,
+    number: u64,
 }
 
 impl Node {
@@ -104,6 +107,9 @@ impl Node {
         match self.acknowledge(opening) {
             Some(answer) => StreamStart::Answer(answer),
             None => {
+                let number = self
+                    .with_leader(|leader| leader.stream_opened(opening.node_id))
+                    .unwrap_or(0);
                 let heartbeat = Duration::from_millis(u64::from(opening.wait_ms))
                     .min(FETCH_WAIT_MAX)
                     .min(self.lag_limit() / 2)
@@ -119,6 +125,8 @@ impl Node {
                     commits,
                     role_changes,
                     ended: false,
+                    follower: opening.node_id,
+                    number,
                 }))
             }
         }
@@ -159,6 +167,15 @@ impl LeaderStream {
         let answer = self.node.acknowledge(ack);
         self.ended |= answer.is_some();
         answer
+    }
+
+    /// The follower hung up: its side of the connection ended or broke. It leaves the ISR
+    /// unless it opens another stream within [`crate::HUNG_UP_GRACE`]
+    /// ([`crate::LeaderState::stream_hung_up`]).
+    pub fn follower_hung_up(&self) {
+        let _ = self.node.with_leader(|leader| {
+            leader.stream_hung_up(self.follower, self.number, Instant::now());
+        });
     }
 
     /// The next push, `(echo, answer)`, once there is one; `None` once the stream is over

@@ -233,6 +233,94 @@ fn wanted_isr_follows_the_lag_limit_one_change_at_a_time() {
     assert_eq!(strangers.wanted_isr(start), None);
 }
 
+/// A follower that hung up its stream (it stopped, or crashed: its connection ended) leaves
+/// the ISR once it has not opened another for `HUNG_UP_GRACE`, not after the lag limit (10 s
+/// here), while the ISR keeps `max(N, 2)` members without it; the end of a stream it already
+/// replaced, or one followed by a fetch, changes nothing. Before, writes under `--write-quorum 2` waited out the lag limit for a follower
+/// that had stopped.
+#[test]
+fn a_follower_that_hung_up_its_stream_leaves_the_isr_without_waiting_the_lag_limit() {
+    use kv_replication::HUNG_UP_GRACE;
+    let start = Instant::now();
+    let log = log_of(0, 3);
+    let mut leader = LeaderState::elected(
+        CLUSTER,
+        2,
+        0,
+        1,
+        Membership {
+            isr: BTreeSet::from([0, 1, 2]),
+            members: (0..5).collect(),
+            write_quorum: 2,
+        },
+        LeaderOptions {
+            lag_limit: Duration::from_secs(10),
+            ..LeaderOptions::default()
+        },
+        start,
+    );
+    for follower in [1, 2] {
+        answer(&mut leader, start, &fetch(follower, 5, 2, 4), &log);
+    }
+    let first_of_1 = leader.stream_opened(1);
+    let first_of_2 = leader.stream_opened(2);
+    // Follower 2 replaced its stream before the leader saw the first one end: it stays.
+    answer(&mut leader, start + MS, &fetch(2, 5, 2, 4), &log);
+    let second_of_2 = leader.stream_opened(2);
+    assert_ne!(first_of_2, second_of_2);
+    leader.stream_hung_up(2, first_of_2, start + 2 * MS);
+    // Follower 1 hangs up its only stream.
+    leader.stream_hung_up(1, first_of_1, start + 2 * MS);
+    assert_eq!(leader.wanted_isr(start + 2 * MS), None, "within the grace");
+    let after_grace = start + 2 * MS + HUNG_UP_GRACE;
+    assert_eq!(
+        leader.wanted_isr(after_grace),
+        Some(BTreeSet::from([0, 2])),
+        "follower 1 leaves, follower 2 stays"
+    );
+    // Until the removal is applied follower 1 still counts; then writes go on without it.
+    assert_eq!(leader.maximal_isr(), Some(BTreeSet::from([0, 1, 2])));
+    leader.set_membership(Membership {
+        isr: BTreeSet::from([0, 2]),
+        members: (0..5).collect(),
+        write_quorum: 2,
+    });
+    // Back: a fetch (a new stream's opening) clears the hang-up, and it joins again.
+    let back = after_grace + 10 * MS;
+    answer(&mut leader, back, &fetch(1, 5, 2, 4), &log);
+    answer(&mut leader, back, &fetch(2, 5, 2, 4), &log);
+    assert_eq!(leader.wanted_isr(back), Some(BTreeSet::from([0, 1, 2])));
+    // A hang-up followed by a fetch within the grace (a follower that ends its stream to
+    // retry, and fetches) does not remove it.
+    leader.set_membership(Membership {
+        isr: BTreeSet::from([0, 1, 2]),
+        members: (0..5).collect(),
+        write_quorum: 2,
+    });
+    let stream = leader.stream_opened(1);
+    leader.stream_hung_up(1, stream, back + MS);
+    answer(&mut leader, back + 2 * MS, &fetch(1, 5, 2, 4), &log);
+    answer(&mut leader, back + 2 * MS, &fetch(2, 5, 2, 4), &log);
+    assert_eq!(leader.wanted_isr(back + 2 * MS + HUNG_UP_GRACE), None);
+    // Both hang up, follower 2 holding more: follower 1 leaves, follower 2 stays until the
+    // lag limit — the ISR keeps `max(N, 2)` members, so the controller still has a node to
+    // elect if this leader fails, the one holding the most.
+    let mut log = log;
+    log.append(2, payload(2, "more"));
+    log.sync();
+    let both = back + 10 * MS;
+    answer(&mut leader, both, &fetch(1, 5, 2, 4), &log);
+    answer(&mut leader, both, &fetch(2, 6, 2, 5), &log);
+    for follower in [1, 2] {
+        let stream = leader.stream_opened(follower);
+        leader.stream_hung_up(follower, stream, both);
+    }
+    assert_eq!(
+        leader.wanted_isr(both + HUNG_UP_GRACE),
+        Some(BTreeSet::from([0, 2]))
+    );
+}
+
 /// The successor a leader whose log failed hands over to: of the candidates, the one holding
 /// the most (the lower id on a tie), among those heard from within the lag limit.
 #[test]
