@@ -103,10 +103,11 @@ impl LeaderState {
                 .and_then(|progress| progress.caught_up_at)
                 .unwrap_or(elected.since)
                 .max(elected.since);
-            if member == elected.node_id || !recent(caught_up_at) {
-                if member == elected.node_id {
-                    wanted.insert(member);
-                }
+            if member == elected.node_id {
+                wanted.insert(member);
+                continue;
+            }
+            if !recent(caught_up_at) {
                 continue;
             }
             if progress

@@ -236,8 +236,8 @@ fn wanted_isr_follows_the_lag_limit_one_change_at_a_time() {
 /// A follower that hung up its stream (it stopped, or crashed: its connection ended) leaves
 /// the ISR once it has not opened another for `HUNG_UP_GRACE`, not after the lag limit (10 s
 /// here), while the ISR keeps `max(N, 2)` members without it; the end of a stream it already
-/// replaced, or one followed by a fetch, changes nothing. Before, writes under `--write-quorum 2` waited out the lag limit for a follower
-/// that had stopped.
+/// replaced, or one followed by a fetch, changes nothing. Before, writes under
+/// `--write-quorum 2` waited out the lag limit for a follower that had stopped.
 #[test]
 fn a_follower_that_hung_up_its_stream_leaves_the_isr_without_waiting_the_lag_limit() {
     use kv_replication::HUNG_UP_GRACE;
