@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::cluster::bootstrap::{self, Identity, JoinOutcome};
 use crate::cluster::claim::ClaimWatch;
 use crate::cluster::driver::Driver;
+use crate::cluster::stop;
 use crate::config::{NodeConfig, Role};
 
 /// Runs the node until a shutdown signal; returns once the WAL is synced and closed.
@@ -173,13 +174,22 @@ const ROLE_WAIT_MAX: Duration = Duration::from_secs(10);
 async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
     // Signal handlers go in before the address is announced, so a signal sent as soon as the
     // node is up is a clean shutdown, not a kill.
-    let signals = ShutdownSignals::install()?;
+    let mut signals = ShutdownSignals::install()?;
     let (signalled, signal_received) = watch::channel(false);
     let signalled = Arc::new(signalled);
+    // Set once the node has taken its place (its driver runs): a leader then hands its
+    // leadership over before it stops (`cluster/stop.rs`); a second signal stops at once.
+    let serving: Arc<OnceLock<(Arc<AppState>, Arc<Driver>)>> = Arc::default();
     tokio::spawn({
-        let signalled = signalled.clone();
+        let (signalled, serving) = (signalled.clone(), serving.clone());
         async move {
             signals.received().await;
+            if let Some((state, driver)) = serving.get() {
+                tokio::select! {
+                    () = stop::hand_over_before_stopping(state, driver) => {}
+                    () = signals.received() => {}
+                }
+            }
             let _ = signalled.send(true);
         }
     });
@@ -223,7 +233,7 @@ async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
     let state =
         Arc::new(AppState::new(node.clone(), config.http.clone()).with_cluster(cluster.clone()));
     // Serve at once: peers' controllers talk to this one over HTTP.
-    let server = tokio::spawn(kv_http::serve(listener, state, {
+    let server = tokio::spawn(kv_http::serve(listener, state.clone(), {
         let mut signal_received = signal_received.clone();
         async move {
             let _ = signal_received.wait_for(|stop| *stop).await;
@@ -247,6 +257,7 @@ async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
     let (stop_background, background_stopped) = watch::channel(false);
     let background =
         Background::start(config, &identity, &node, &cluster, dial, background_stopped);
+    let _ = serving.set((state, background.driver.clone()));
     announce_when_ready(
         &address,
         &cluster,
@@ -275,6 +286,7 @@ async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
 /// URL announcement and the maintenance task.
 struct Background {
     ready: watch::Receiver<bool>,
+    driver: Arc<Driver>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -294,12 +306,19 @@ impl Background {
         let driver = Driver::new(node.clone(), cluster.clone(), stopped.clone())
             .with_write_quorum(config.cluster.write_quorum);
         let ready = driver.ready();
-        let mut tasks = vec![tokio::spawn(driver.run())];
+        let mut tasks = vec![tokio::spawn(driver.clone().run())];
+        let (stopped_or_stopping, stopping) =
+            (until_stopped(stopped.clone()), driver.until_stopping());
         tasks.push(tokio::spawn(node.clone().run_replication(
             move |leader_url: &str| {
                 follower_transport(&crate::faults::dialed_url(leader_url, &dial))
             },
-            until_stopped(stopped.clone()),
+            async move {
+                tokio::select! {
+                    () = stopped_or_stopping => {}
+                    () = stopping => {}
+                }
+            },
         )));
         tasks.push(tokio::spawn({
             let cluster = cluster.clone();
@@ -315,7 +334,11 @@ impl Background {
             node.clone()
                 .run_maintenance(options, until_stopped(stopped)),
         ));
-        Background { ready, tasks }
+        Background {
+            ready,
+            driver,
+            tasks,
+        }
     }
 
     /// Waits until every task ended.
@@ -384,7 +407,7 @@ impl ShutdownSignals {
         })
     }
 
-    async fn received(mut self) {
+    async fn received(&mut self) {
         let name = tokio::select! {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",

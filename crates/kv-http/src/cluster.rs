@@ -86,6 +86,9 @@ pub enum ControllerEndpoint {
     Propose,
     /// `POST /controller/join`: a node asks to join (see [`admit`]).
     Join,
+    /// `POST /controller/campaign`: a stopping Raft leader asks this member to stand for
+    /// election at once (`{"cluster_id": …}`, its own cluster's).
+    Campaign,
 }
 
 /// Answers a controller endpoint: the JSON body in, this node's controller's JSON answer out
@@ -134,8 +137,61 @@ where
                 })?;
             Ok(json_ok(&reply))
         }
+        ControllerEndpoint::Campaign => {
+            let request: CampaignRequest = parse_json(&bytes)?;
+            let cluster_id = controller.meta().cluster_id;
+            if request.cluster_id != cluster_id {
+                return Err(Error::ClusterConflict(format!(
+                    "asked to stand for election in cluster {:016x}; this node is in cluster \
+                     {cluster_id:016x}",
+                    request.cluster_id
+                )));
+            }
+            controller.campaign().await.map_err(controller_error)?;
+            Ok(json_ok(&json!({"status": "ok"})))
+        }
     }
 }
+
+/// The body of `POST /controller/campaign`.
+#[derive(Debug, serde::Serialize, Deserialize)]
+pub struct CampaignRequest {
+    /// The asking node's cluster.
+    pub cluster_id: u64,
+}
+
+/// Asks the member at `url` to stand for election at once (`POST /controller/campaign`);
+/// `Err` says why it did not answer yes.
+pub async fn ask_to_campaign(cluster: &ClusterState, url: &str) -> std::result::Result<(), String> {
+    let request = CampaignRequest {
+        cluster_id: cluster.controller().meta().cluster_id,
+    };
+    let answer = cluster
+        .client()
+        .peers()
+        .send(
+            http::Method::POST,
+            url,
+            crate::controller_net::paths::CAMPAIGN,
+            Some(Bytes::from(crate::peers::json_bytes(&request))),
+            CAMPAIGN_TIMEOUT,
+            None,
+        )
+        .await
+        .map_err(|error| error.to_string())?;
+    if answer.status.is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        ))
+    }
+}
+
+/// How long [`ask_to_campaign`] waits for the answer.
+const CAMPAIGN_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|error| Error::MalformedJson(error.to_string()))
@@ -323,6 +379,24 @@ where
             deadline.as_millis()
         ))),
     }
+}
+
+/// Moves the data leadership off this node as `POST /admin/transfer-leader` without a body
+/// does (to the live ISR member holding the most), through the same handler, so it is
+/// forwarded to the active controller like any such request: the answer's status and body.
+/// kvd calls it when a leader stops.
+pub async fn transfer_leadership_away(state: &AppState) -> (StatusCode, String) {
+    use http_body_util::BodyExt as _;
+    let request = http::Request::post("/admin/transfer-leader")
+        .body(Full::new(Bytes::new()))
+        .expect("a valid request");
+    let response = crate::service::handle(state, request).await;
+    let status = response.status();
+    let body = match response.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// How much longer than the transfer timeout `POST /admin/transfer-leader` waits for the

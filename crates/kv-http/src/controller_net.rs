@@ -33,6 +33,8 @@ pub mod paths {
     pub const PROPOSE: &str = "/controller/propose";
     /// A new node asks to join.
     pub const JOIN: &str = "/controller/join";
+    /// A stopping Raft leader asks a member to stand for election.
+    pub const CAMPAIGN: &str = "/controller/campaign";
 }
 
 /// Most `421` hints a call follows before giving up for this round.

@@ -74,7 +74,7 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
 
 pub use body::OCTET_STREAM;
 pub use client::HttpTransport;
-pub use cluster::{admit, controller_error, AdmitError};
+pub use cluster::{admit, ask_to_campaign, controller_error, transfer_leadership_away, AdmitError};
 pub use cluster_state::{cluster_view, ClusterState};
 pub use conditions::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use controller_net::{

@@ -56,10 +56,12 @@ pub enum Route<'a> {
     AdminMember(&'a str),
     /// `/replication/stream`: a follower's replication stream (GET with `Upgrade`).
     ReplicationStream,
+    /// `/controller/campaign`: a stopping Raft leader asks this member to stand (POST).
+    ControllerCampaign,
 }
 
 /// Route names used as metric labels (and their index in metric arrays).
-pub const ROUTE_LABELS: [&str; 26] = [
+pub const ROUTE_LABELS: [&str; 27] = [
     "/key/{key}",
     "/key/{key}/history",
     "/key/{key}/versions",
@@ -85,6 +87,7 @@ pub const ROUTE_LABELS: [&str; 26] = [
     "/admin/transfer-leader",
     "/admin/members/{id}",
     "/replication/stream",
+    "/controller/campaign",
     "unknown",
 ];
 /// Index of the label for paths that match no route.
@@ -128,6 +131,7 @@ impl<'a> Route<'a> {
             "/controller/heartbeat" => Some(Route::ControllerHeartbeat),
             "/controller/propose" => Some(Route::ControllerPropose),
             "/controller/join" => Some(Route::ControllerJoin),
+            "/controller/campaign" => Some(Route::ControllerCampaign),
             "/admin/transfer-leader" => Some(Route::AdminTransferLeader),
             _ => None,
         }
@@ -146,6 +150,7 @@ impl<'a> Route<'a> {
             | Route::ControllerHeartbeat
             | Route::ControllerPropose
             | Route::ControllerJoin
+            | Route::ControllerCampaign
             | Route::AdminTransferLeader => "POST",
             Route::AdminMember(_) => "DELETE",
             _ => "GET, HEAD",
@@ -188,6 +193,7 @@ impl<'a> Route<'a> {
             Route::AdminTransferLeader => 22,
             Route::AdminMember(_) => 23,
             Route::ReplicationStream => 24,
+            Route::ControllerCampaign => 25,
         }
     }
 }
@@ -258,6 +264,7 @@ mod tests {
             (Route::AdminTransferLeader, "/admin/transfer-leader"),
             (Route::AdminMember("3"), "/admin/members/{id}"),
             (Route::ReplicationStream, "/replication/stream"),
+            (Route::ControllerCampaign, "/controller/campaign"),
         ] {
             assert_eq!(ROUTE_LABELS[route.label_index()], label);
         }

@@ -120,6 +120,9 @@ where
         Route::ControllerJoin => {
             cluster::controller_endpoint(state, &parts, body, ControllerEndpoint::Join).await
         }
+        Route::ControllerCampaign => {
+            cluster::controller_endpoint(state, &parts, body, ControllerEndpoint::Campaign).await
+        }
         Route::AdminTransferLeader => cluster::admin_transfer_leader(state, &parts, body).await,
         Route::AdminMember(id) => cluster::admin_remove_member(state, &parts, id).await,
     }

@@ -81,6 +81,9 @@ pub struct Driver {
     heard_controller: AtomicBool,
     /// Whether the node is silent because its disk hangs ([`DISK_HUNG_AFTER`]).
     silent_for_disk: AtomicBool,
+    /// Whether the node is stopping ([`Driver::stopping`]): a hand-over it makes takes it out
+    /// of the ISR, and it copies no leader's log any more.
+    stopping: watch::Sender<bool>,
     /// True once the node took the role its first view gives it (and, as the leader, holds a
     /// lease).
     ready: watch::Sender<bool>,
@@ -106,6 +109,7 @@ impl Driver {
             applying: Mutex::new(()),
             lease: Mutex::new(Lease::new()),
             isr_in_flight: AtomicBool::new(false),
+            stopping: watch::Sender::new(false),
             heartbeats_in_flight: AtomicUsize::new(0),
             transfer: Mutex::new(None),
             reelection: Mutex::new(None),
@@ -128,6 +132,22 @@ impl Driver {
     pub fn with_write_quorum(self: Arc<Self>, write_quorum: Option<usize>) -> Arc<Self> {
         *lock(&self.wanted_write_quorum) = write_quorum;
         self
+    }
+
+    /// Marks the node as stopping: a planned transfer it makes from now on takes it out of the
+    /// ISR with the hand-over (`Command::TransferLeader::leaving`), and its replication stops
+    /// ([`Driver::until_stopping`]) — a node that handed over and followed its successor for
+    /// the moment before it exits would be caught up, and taken back into the ISR it left.
+    pub fn stopping(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once the node is stopping ([`Driver::stopping`]).
+    pub fn until_stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        }
     }
 
     /// Turns true once the node took its first role from the controller.
@@ -618,6 +638,7 @@ impl Driver {
                     sender: node_id,
                     leader_epoch: epoch,
                     to,
+                    leaving: *driver.stopping.borrow(),
                 },
                 Err(error) => {
                     tracing::warn!(%error, to, "cannot hand the leadership over: cancelling");

@@ -3,9 +3,11 @@
 //! in step with the controller (`driver`: heartbeats, leases, the meta watch, roles, ISR
 //! proposals, planned transfers), and what a `kvd leader` that lost its data does once its old
 //! cluster claims it (`claim`: it stops, and refuses to start again until the operator
-//! chose). The controller itself is kv-controller's; its HTTP transport and endpoints are
+//! chose), and how a leader stops (`stop`: it hands its leadership over first). The controller
+//! itself is kv-controller's; its HTTP transport and endpoints are
 //! kv-http's.
 
 pub mod bootstrap;
 pub mod claim;
 pub mod driver;
+pub mod stop;

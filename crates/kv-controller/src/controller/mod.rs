@@ -489,6 +489,27 @@ impl Controller {
         self.inner.aside.load(Ordering::Acquire)
     }
 
+    /// Starts a Raft election on this member at once (openraft's `Trigger::elect`), as a
+    /// stopping Raft leader asks of the node it handed the data leadership to: openraft 0.9
+    /// has no leader transfer, and the stopping leader — whose leadership, not yet refreshed
+    /// by any vote, is no lease to it — grants the vote if this member's log is as long as
+    /// its own. Refused by a member that stepped aside for a hung disk; a no-op on the Raft
+    /// leader.
+    pub async fn campaign(&self) -> Result<()> {
+        self.unless_stepped_aside()?;
+        self.inner
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|fatal| Error::Raft(fatal.to_string()))
+    }
+
+    /// The Raft leader this member knows, if any.
+    pub fn raft_leader(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
     /// "Not the active controller" while this member stepped aside
     /// ([`Controller::stepped_aside`]): it takes no proposal and answers no heartbeat. Both
     /// would send Raft messages (confirming the leadership for a heartbeat is a round of Raft

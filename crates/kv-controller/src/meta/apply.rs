@@ -50,7 +50,8 @@ impl ClusterMeta {
                 sender,
                 leader_epoch,
                 to,
-            } => self.transfer_leader(*sender, *leader_epoch, *to),
+                leaving,
+            } => self.transfer_leader(*sender, *leader_epoch, *to, *leaving),
             Command::CancelTransfer { leader_epoch } => self.cancel_transfer(*leader_epoch),
             Command::SetWriteQuorum { write_quorum } => self.set_write_quorum(*write_quorum),
         }
@@ -141,6 +142,7 @@ impl ClusterMeta {
         sender: NodeId,
         leader_epoch: u64,
         to: NodeId,
+        leaving: bool,
     ) -> Result<(), Rejection> {
         self.check_leader_request(sender, leader_epoch)?;
         match self.transfer {
@@ -153,6 +155,10 @@ impl ClusterMeta {
         self.data_leader = Some(to);
         self.leader_epoch += 1;
         self.transfer = None;
+        let floor = (self.write_quorum as usize).max(2);
+        if leaving && self.isr.len() > floor {
+            self.isr.remove(&sender);
+        }
         Ok(())
     }
 

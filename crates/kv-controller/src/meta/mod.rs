@@ -153,7 +153,7 @@ pub enum Command {
     },
     /// Step two: the data leader, no longer taking writes and with `to` caught up, hands over.
     /// Applies only in the leader's current epoch, from the leader itself, with the transfer
-    /// begun; bumps the epoch by one, the ISR unchanged.
+    /// begun; bumps the epoch by one, the ISR unchanged — unless the sender is `leaving`.
     TransferLeader {
         /// Who asks (the current leader).
         sender: NodeId,
@@ -161,6 +161,11 @@ pub enum Command {
         leader_epoch: u64,
         /// The node taking over.
         to: NodeId,
+        /// The sender is stopping: it leaves the ISR with the hand-over, as long as the ISR
+        /// keeps `max(write quorum, 2)` members without it (the others hold every committed
+        /// id). Else the new leader takes it out after the lag limit.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        leaving: bool,
     },
     /// Abandons a planned transfer (the target died, or it took too long).
     CancelTransfer {

@@ -314,6 +314,7 @@ fn a_planned_transfer_takes_two_steps_from_the_leader_and_bumps_the_epoch_once()
         sender,
         leader_epoch,
         to,
+        leaving: false,
     };
     // Step two without step one is refused: the leader must have stopped writes first.
     refused(&meta, transfer(0, 5, 1), Rejection::NoTransfer);
@@ -603,4 +604,34 @@ fn a_url_another_member_holds_is_refused() {
         },
     );
     assert_eq!(reused.url_of(4), Some("http://n3"));
+}
+
+/// A leader that hands over because it is stopping leaves the ISR with the hand-over, while
+/// the ISR keeps `max(write quorum, 2)` members without it: the new leader need not wait the
+/// lag limit out for a node that will not fetch from it.
+#[test]
+fn a_leaving_leader_leaves_the_isr_with_its_hand_over_while_enough_remain() {
+    let begun = applied(&cluster(), Command::BeginTransfer { to: 1 });
+    let leaving = |meta: &ClusterMeta| Command::TransferLeader {
+        sender: 0,
+        leader_epoch: meta.leader_epoch,
+        to: 1,
+        leaving: true,
+    };
+    let done = applied(&begun, leaving(&begun));
+    assert_eq!((done.data_leader, done.isr), (Some(1), set(&[1, 2])));
+    // With a write quorum of 3, removing it would leave too few: it stays.
+    let strict = applied(&cluster(), Command::SetWriteQuorum { write_quorum: 3 });
+    let begun = applied(&strict, Command::BeginTransfer { to: 1 });
+    let done = applied(&begun, leaving(&begun));
+    assert_eq!((done.data_leader, done.isr), (Some(1), set(&[0, 1, 2])));
+    // The flag is left out of the command's JSON when false (older logs read the same).
+    let json = serde_json::to_string(&Command::TransferLeader {
+        sender: 0,
+        leader_epoch: 5,
+        to: 1,
+        leaving: false,
+    })
+    .expect("json");
+    assert!(!json.contains("leaving"), "{json}");
 }
