@@ -177,8 +177,8 @@ async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install()?;
     let (signalled, signal_received) = watch::channel(false);
     let signalled = Arc::new(signalled);
-    // Set once the node has taken its place (its driver runs): a leader then hands its
-    // leadership over before it stops (`cluster/stop.rs`); a second signal stops at once.
+    // Set once the node has taken its place (its driver runs): the node then hands its
+    // leaderships over before it stops (`cluster/stop.rs`); a second signal stops at once.
     let serving: Arc<OnceLock<(Arc<AppState>, Arc<Driver>)>> = Arc::default();
     tokio::spawn({
         let (signalled, serving) = (signalled.clone(), serving.clone());
@@ -307,7 +307,8 @@ impl Background {
             .with_write_quorum(config.cluster.write_quorum);
         let ready = driver.ready();
         let mut tasks = vec![tokio::spawn(driver.clone().run())];
-        let (stopped_or_stopping, stopping) =
+        // Replication also ends as soon as the node begins to stop (`Driver::stopping`).
+        let (background_stops, node_stops) =
             (until_stopped(stopped.clone()), driver.until_stopping());
         tasks.push(tokio::spawn(node.clone().run_replication(
             move |leader_url: &str| {
@@ -315,8 +316,8 @@ impl Background {
             },
             async move {
                 tokio::select! {
-                    () = stopped_or_stopping => {}
-                    () = stopping => {}
+                    () = background_stops => {}
+                    () = node_stops => {}
                 }
             },
         )));

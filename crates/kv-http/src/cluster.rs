@@ -381,24 +381,6 @@ where
     }
 }
 
-/// Moves the data leadership off this node as `POST /admin/transfer-leader` without a body
-/// does (to the live ISR member holding the most), through the same handler, so it is
-/// forwarded to the active controller like any such request: the answer's status and body.
-/// kvd calls it when a leader stops.
-pub async fn transfer_leadership_away(state: &AppState) -> (StatusCode, String) {
-    use http_body_util::BodyExt as _;
-    let request = http::Request::post("/admin/transfer-leader")
-        .body(Full::new(Bytes::new()))
-        .expect("a valid request");
-    let response = crate::service::handle(state, request).await;
-    let status = response.status();
-    let body = match response.into_body().collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(never) => match never {},
-    };
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 /// How much longer than the transfer timeout `POST /admin/transfer-leader` waits for the
 /// outcome (the active controller cancels a transfer at the timeout).
 const TRANSFER_ANSWER_MARGIN: Duration = Duration::from_secs(2);

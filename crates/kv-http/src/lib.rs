@@ -74,7 +74,7 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
 
 pub use body::OCTET_STREAM;
 pub use client::HttpTransport;
-pub use cluster::{admit, ask_to_campaign, controller_error, transfer_leadership_away, AdmitError};
+pub use cluster::{admit, ask_to_campaign, controller_error, AdmitError};
 pub use cluster_state::{cluster_view, ClusterState};
 pub use conditions::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use controller_net::{
@@ -96,5 +96,5 @@ pub use peers::{PeerAnswer, PeerClient, PeerError};
 pub use replication::FETCH_REQUEST_BYTES_MAX;
 pub use route::Route;
 pub use server::{bind, serve};
-pub use service::handle;
+pub use service::{handle, transfer_leadership_away};
 pub use state::{AppState, NodeRole};

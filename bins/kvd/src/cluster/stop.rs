@@ -4,6 +4,8 @@
 //! successor, a write gap as long as after a `kill -9` (1.4–1.6 s on a test machine). On
 //! SIGTERM (or SIGINT, SIGHUP) a node first:
 //!
+//! 0. stops copying any leader's log ([`Driver::stopping`]): having handed over, it would
+//!    follow its successor for the moment before it exits and be taken back into the ISR;
 //! 1. if it is the data leader, hands that over by a planned transfer to the live ISR member
 //!    holding the most (as `POST /admin/transfer-leader` does), marked as leaving: it leaves
 //!    the ISR with the hand-over while enough members remain, so `--write-quorum N` writes do
