@@ -174,25 +174,11 @@ const ROLE_WAIT_MAX: Duration = Duration::from_secs(10);
 async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
     // Signal handlers go in before the address is announced, so a signal sent as soon as the
     // node is up is a clean shutdown, not a kill.
-    let mut signals = ShutdownSignals::install()?;
+    let signals = ShutdownSignals::install()?;
     let (signalled, signal_received) = watch::channel(false);
     let signalled = Arc::new(signalled);
-    // Set once the node has taken its place (its driver runs): the node then hands its
-    // leaderships over before it stops (`cluster/stop.rs`); a second signal stops at once.
-    let serving: Arc<OnceLock<(Arc<AppState>, Arc<Driver>)>> = Arc::default();
-    tokio::spawn({
-        let (signalled, serving) = (signalled.clone(), serving.clone());
-        async move {
-            signals.received().await;
-            if let Some((state, driver)) = serving.get() {
-                tokio::select! {
-                    () = stop::hand_over_before_stopping(state, driver) => {}
-                    () = signals.received() => {}
-                }
-            }
-            let _ = signalled.send(true);
-        }
-    });
+    let serving: Serving = Arc::default();
+    tokio::spawn(stop_on_signal(signals, signalled.clone(), serving.clone()));
     // A fault-injection build checks its fetch fault's settings once, here.
     crate::faults::follower_transport(
         HttpTransport::new("http://127.0.0.1:1").map_err(anyhow::Error::msg)?,
@@ -280,6 +266,27 @@ async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
     served?;
     tracing::info!("all connections closed");
     Ok(())
+}
+
+/// Set once the node has taken its place (its driver runs): the node then hands its
+/// leaderships over before it stops (`cluster/stop.rs`).
+type Serving = Arc<OnceLock<(Arc<AppState>, Arc<Driver>)>>;
+
+/// Waits for the first shutdown signal; then, once the node serves, hands its leaderships over
+/// (a second signal cuts that short) and tells the node to stop (`signalled`).
+async fn stop_on_signal(
+    mut signals: ShutdownSignals,
+    signalled: Arc<watch::Sender<bool>>,
+    serving: Serving,
+) {
+    signals.received().await;
+    if let Some((state, driver)) = serving.get() {
+        tokio::select! {
+            () = stop::hand_over_before_stopping(state, driver) => {}
+            () = signals.received() => {}
+        }
+    }
+    let _ = signalled.send(true);
 }
 
 /// The node's tasks besides the server: the driver (heartbeats and roles), the fetch loop, the
