@@ -220,18 +220,10 @@ fn other_clusters_compacted_logs_and_waits() {
 fn a_follower_behind_for_the_lag_limit_is_lagging_however_few_entries_it_lacks() {
     // A follower whose disk is full keeps fetching and holds nothing new: a few large
     // entries behind, it leaves the ISR after the lag limit, and its status says so.
+    // The defaults: a 2 s lag limit, down after 5 s, lagging past 10,000 entries.
+    let mut leader = LeaderState::new(CLUSTER, 1, LeaderOptions::default());
     let start = Instant::now();
     let log = leader_log(&[(1, "a"), (1, "b")]);
-    let mut leader = LeaderState::new(
-        CLUSTER,
-        1,
-        LeaderOptions {
-            write_quorum: 1,
-            follower_down_after: Duration::from_secs(5),
-            lag_limit: Duration::from_secs(2),
-            ..LeaderOptions::default()
-        },
-    );
     respond(&mut leader, start, &request(1, 2, 1, 1), &log);
     let fetched_at = start + Duration::from_millis(1_500);
     respond(&mut leader, fetched_at, &request(1, 2, 1, 1), &log);

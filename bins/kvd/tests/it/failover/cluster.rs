@@ -49,11 +49,33 @@ pub struct Cluster {
     dir: Option<tempfile::TempDir>,
 }
 
+/// `--write-quorum 2` with a 30 s lag limit and acknowledgement timeout: a write that waits
+/// the lag limit out for a node takes 30 s, so a test tells a prompt ISR change from it.
+pub const QUORUM_2_LAG_LIMIT_30_S: [&str; 6] = [
+    "--write-quorum",
+    "2",
+    "--lag-limit-ms",
+    "30000",
+    "--acks-timeout-ms",
+    "30000",
+];
+
 impl Cluster {
     /// Starts `size` nodes, each with `extra` on its command line, one after the other (each
     /// start returns once the node announced its address, i.e. took its role).
     pub fn start(size: usize, extra: &[&str]) -> Cluster {
         Cluster::start_with(size, |_| extra.iter().map(|arg| arg.to_string()).collect())
+    }
+
+    /// [`Cluster::start`], then waits until a leader has every node in its ISR; returns the
+    /// cluster, the leader and its epoch.
+    pub fn start_in_sync(size: usize, extra: &[&str]) -> (Cluster, usize, u64) {
+        let cluster = Cluster::start(size, extra);
+        let (leader, epoch) = cluster.wait_for_leader(None);
+        cluster.wait_for_leader_status("with every node in its ISR", |status| {
+            status["isr"].as_array().map_or(0, Vec::len) == size
+        });
+        (cluster, leader, epoch)
     }
 
     /// Starts `size` nodes, node `i` with `extra(i)` on its command line.

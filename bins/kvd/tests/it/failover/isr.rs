@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::cluster::Cluster;
+use super::cluster::{Cluster, QUORUM_2_LAG_LIMIT_30_S};
 use crate::harness::DEADLINE;
 
 fn isr_of(status: &serde_json::Value) -> Vec<u64> {
@@ -90,19 +90,7 @@ fn a_follower_that_copies_nothing_leaves_the_isr_so_acks_all_writes_go_on_then_r
 /// paused or cut off still leaves after the lag limit (the test above).
 #[test]
 fn a_follower_that_stops_leaves_the_isr_at_once_so_quorum_writes_go_on() {
-    let extra = [
-        "--write-quorum",
-        "2",
-        "--lag-limit-ms",
-        "30000",
-        "--acks-timeout-ms",
-        "30000",
-    ];
-    let mut cluster = Cluster::start(3, &extra);
-    let (leader, _) = cluster.wait_for_leader(None);
-    cluster.wait_for_leader_status("with all three in its ISR", |status| {
-        isr_of(status).len() == 3
-    });
+    let (mut cluster, leader, _) = Cluster::start_in_sync(3, &QUORUM_2_LAG_LIMIT_30_S);
     cluster.write(leader, "before", &json!(0));
     for (round, stopped) in [(leader + 1) % 3, (leader + 2) % 3].into_iter().enumerate() {
         if round == 0 {

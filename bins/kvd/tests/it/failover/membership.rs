@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 
-use super::cluster::{expect_status, Cluster};
+use super::cluster::{expect_status, Cluster, QUORUM_2_LAG_LIMIT_30_S};
 use super::load::{assert_holds_all, Writers};
 use crate::harness::DEADLINE;
 
@@ -413,19 +413,7 @@ fn a_leader_on_a_new_disk_stops_once_its_old_cluster_claims_it() {
 /// successor then waited the lag limit (30 s here) out for the stopped node.
 #[test]
 fn a_leader_stopped_with_sigterm_hands_its_leaderships_over_first() {
-    let extra = [
-        "--write-quorum",
-        "2",
-        "--lag-limit-ms",
-        "30000",
-        "--acks-timeout-ms",
-        "30000",
-    ];
-    let mut cluster = Cluster::start(3, &extra);
-    let (leader, epoch) = cluster.wait_for_leader(None);
-    cluster.wait_for_leader_status("with all three in its ISR", |status| {
-        ids(status, "isr").len() == 3
-    });
+    let (mut cluster, leader, epoch) = Cluster::start_in_sync(3, &QUORUM_2_LAG_LIMIT_30_S);
     let (_, id) = cluster.write(leader, "before", &json!(1));
     let led_the_controller = cluster
         .status(leader)
