@@ -126,10 +126,8 @@ fn open_store(
              front (--max-segment-size, at most {} MiB): free space on the disk, or start with \
              a smaller --max-segment-size",
             context(),
-            config
-                .segment_bytes_max
-                .min(kv_wal::SEGMENT_PREALLOCATION_BYTES_DEFAULT),
-            kv_wal::SEGMENT_PREALLOCATION_BYTES_DEFAULT >> 20,
+            options.wal.preallocated_segment_bytes(),
+            options.wal.segment_preallocation_bytes >> 20,
         )),
         opened => opened.with_context(context),
     }

@@ -221,7 +221,7 @@ pub async fn admit(
     controller: &Controller,
     request: &JoinRequest,
 ) -> std::result::Result<JoinReply, AdmitError> {
-    let leader_id = controller.raft().metrics().borrow().current_leader;
+    let leader_id = controller.raft_leader();
     if leader_id != Some(controller.node_id()) {
         return Err(AdmitError::Controller(kv_controller::Error::NotLeader {
             leader_id,

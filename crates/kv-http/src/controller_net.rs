@@ -330,7 +330,7 @@ impl ControllerClient {
 
     /// The URL of the Raft leader this node's controller knows, from the metadata.
     fn raft_leader_url(&self) -> Option<String> {
-        let leader = self.controller.raft().metrics().borrow().current_leader?;
+        let leader = self.controller.raft_leader()?;
         self.controller.meta().url_of(leader).map(str::to_owned)
     }
 

@@ -456,3 +456,37 @@ fn a_leader_stopped_with_sigterm_hands_its_leaderships_over_first() {
         "{successor_log}"
     );
 }
+
+/// `POST /controller/campaign` (a stopping Raft leader's request that another member stand)
+/// answers its own cluster only: another cluster's id gets 409 and a body without one 400,
+/// and neither starts an election; its own cluster's id on the Raft leader is a no-op.
+#[test]
+fn a_campaign_request_from_another_cluster_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kvd = crate::harness::Kvd::start(&dir.path().join("leader"), &[], &[]);
+    let term = |kvd: &crate::harness::Kvd| {
+        let (_, status) = kvd.json("GET", "/cluster_status", None);
+        (
+            status["controller"]["term"].clone(),
+            status["controller"]["raft_leader"].clone(),
+        )
+    };
+    let (_, status) = kvd.json("GET", "/cluster_status", None);
+    let cluster_id = u64::from_str_radix(status["cluster_id"].as_str().expect("cluster_id"), 16)
+        .expect("a hex cluster id");
+    let before = term(&kvd);
+    let ask = |body: &str| kvd.json("POST", "/controller/campaign", Some(body));
+    let (code, answer) = ask(&json!({ "cluster_id": cluster_id ^ 1 }).to_string());
+    assert_eq!(code, 409, "{answer}");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("this node is in cluster")),
+        "{answer}"
+    );
+    let (code, answer) = ask("{}");
+    assert_eq!(code, 400, "{answer}");
+    let (code, answer) = ask(&json!({ "cluster_id": cluster_id }).to_string());
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(term(&kvd), before, "no election");
+}
