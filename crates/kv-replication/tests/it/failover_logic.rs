@@ -34,6 +34,21 @@ fn log_of(old: u64, new: u64) -> VecLog {
 }
 
 fn leader(isr: &[u64], write_quorum: usize, noop_id: u64, now: Instant) -> LeaderState {
+    let options = LeaderOptions {
+        lag_limit: 100 * MS,
+        ..LeaderOptions::default()
+    };
+    leader_with(isr, write_quorum, noop_id, now, options)
+}
+
+/// [`leader`] with `options`: node 0 leading epoch 2 of members 0–4.
+fn leader_with(
+    isr: &[u64],
+    write_quorum: usize,
+    noop_id: u64,
+    now: Instant,
+    options: LeaderOptions,
+) -> LeaderState {
     LeaderState::elected(
         CLUSTER,
         2,
@@ -44,10 +59,7 @@ fn leader(isr: &[u64], write_quorum: usize, noop_id: u64, now: Instant) -> Leade
             members: (0..5).collect(),
             write_quorum,
         },
-        LeaderOptions {
-            lag_limit: 100 * MS,
-            ..LeaderOptions::default()
-        },
+        options,
         now,
     )
 }
@@ -243,22 +255,11 @@ fn a_follower_that_hung_up_its_stream_leaves_the_isr_without_waiting_the_lag_lim
     use kv_replication::HUNG_UP_GRACE;
     let start = Instant::now();
     let log = log_of(0, 3);
-    let mut leader = LeaderState::elected(
-        CLUSTER,
-        2,
-        0,
-        1,
-        Membership {
-            isr: BTreeSet::from([0, 1, 2]),
-            members: (0..5).collect(),
-            write_quorum: 2,
-        },
-        LeaderOptions {
-            lag_limit: Duration::from_secs(10),
-            ..LeaderOptions::default()
-        },
-        start,
-    );
+    let options = LeaderOptions {
+        lag_limit: Duration::from_secs(10),
+        ..LeaderOptions::default()
+    };
+    let mut leader = leader_with(&[0, 1, 2], 2, 1, start, options);
     for follower in [1, 2] {
         answer(&mut leader, start, &fetch(follower, 5, 2, 4), &log);
     }
@@ -684,22 +685,11 @@ fn views_decide_roles_by_epoch() {
 fn silent_followers_outside_the_isr_are_forgotten() {
     let start = Instant::now();
     let log = log_of(0, 2);
-    let mut leader = LeaderState::elected(
-        CLUSTER,
-        2,
-        0,
-        1,
-        Membership {
-            isr: BTreeSet::from([0, 1]),
-            members: (0..5).collect(),
-            write_quorum: 1,
-        },
-        LeaderOptions {
-            follower_forget_after: 1_000 * MS,
-            ..LeaderOptions::default()
-        },
-        start,
-    );
+    let options = LeaderOptions {
+        follower_forget_after: 1_000 * MS,
+        ..LeaderOptions::default()
+    };
+    let mut leader = leader_with(&[0, 1], 1, 1, start, options);
     answer(&mut leader, start, &fetch(1, 4, 2, 3), &log);
     answer(&mut leader, start, &fetch(2, 4, 2, 3), &log);
     let heard = |leader: &LeaderState, now| -> Vec<(u64, Option<bool>)> {

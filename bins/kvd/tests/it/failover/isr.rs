@@ -47,18 +47,12 @@ fn a_follower_that_copies_nothing_leaves_the_isr_so_acks_all_writes_go_on_then_r
     // once it has not heard its leader for the lag limit (its failed fetches close its stream,
     // so it may have left the ISR sooner: `a_follower_that_stops_leaves_the_isr_at_once…`).
     cluster.write(leader, "during", &json!(1));
-    while cluster
-        .request(slow, "GET", "/health", None)
-        .expect("answers")
-        .status
-        != 503
-    {
-        assert!(
-            blocked.elapsed() < DEADLINE,
-            "the follower that copies nothing never said so"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_health(
+        &cluster,
+        slow,
+        503,
+        "the follower that copies nothing never said so",
+    );
 
     // Copying again: it catches up and is taken back into the ISR.
     cluster.block_fetches(slow, false);
@@ -67,17 +61,25 @@ fn a_follower_that_copies_nothing_leaves_the_isr_so_acks_all_writes_go_on_then_r
     });
     let (_, id) = cluster.write(leader, "after?acks=all", &json!(2));
     assert_eq!(cluster.read_after(slow, "after", id), Some(json!(2)));
+    wait_for_health(
+        &cluster,
+        slow,
+        200,
+        "the follower never reported healthy again",
+    );
+}
+
+/// Waits until node `index` answers `/health` with `status` (fails with `never` after the
+/// harness deadline).
+fn wait_for_health(cluster: &Cluster, index: usize, status: u16, never: &str) {
     let started = Instant::now();
     while cluster
-        .request(slow, "GET", "/health", None)
+        .request(index, "GET", "/health", None)
         .expect("answers")
         .status
-        != 200
+        != status
     {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the follower never reported healthy again"
-        );
+        assert!(started.elapsed() < DEADLINE, "{never}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
