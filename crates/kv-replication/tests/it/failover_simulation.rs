@@ -112,7 +112,7 @@ struct SimNode {
     next_heartbeat: u64,
     reelection: Option<u64>,
     writes: Vec<PendingWrite>,
-    /// The newest snapshot this node took (as leader): its id.
+    /// The newest snapshot this node took (as leader) or installed (as follower): its id.
     snapshot_id: Option<u64>,
     written: u64,
     /// Applied entries checked against the model up to here; committed ones modeled up to.
@@ -898,6 +898,9 @@ impl Simulation {
             Some(log) => {
                 node.applied_id = log.durable_id;
                 node.checked_through = log.durable_id;
+                // The installed snapshot is this node's newest (`Store::install_snapshot`): it
+                // offers it in turn, should it lead (its log starts after it).
+                node.snapshot_id = Some(log.durable_id);
                 node.log = log;
                 self.counts.snapshots_installed += 1;
             }
