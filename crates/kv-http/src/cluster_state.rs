@@ -140,5 +140,6 @@ pub fn cluster_view(meta: &ClusterMeta, node_id: NodeId) -> ClusterView {
         isr: meta.isr.clone(),
         members: meta.members.keys().copied().collect(),
         write_quorum: meta.write_quorum as usize,
+        version: meta.version,
     }
 }

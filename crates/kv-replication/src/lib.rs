@@ -61,8 +61,8 @@ pub use error::{Error, Result};
 pub use follower::{FollowerOptions, FollowerState, LinkState, Step};
 pub use frames::{check_frames, chunk_crc, describe_frames, last_frame_id, FrameSummary};
 pub use leader::{
-    Acks, FetchDecision, FollowerHealth, FollowerStatus, LeaderOptions, LeaderState, Membership,
-    HUNG_UP_GRACE, LAG_LIMIT_DEFAULT,
+    Acks, FetchDecision, FollowerHealth, FollowerStatus, IsrChange, LeaderOptions, LeaderState,
+    Membership, HUNG_UP_GRACE, LAG_LIMIT_DEFAULT,
 };
 pub use log_view::LogView;
 pub use meta::{NodeMeta, META_FILE_NAME};

@@ -37,6 +37,10 @@ pub struct ClusterView {
     /// `N`: the ISR must have at least this many members for a write to be acknowledged
     /// (`N = 1`: the leader alone).
     pub write_quorum: usize,
+    /// The version of the controller's metadata the view was taken from: it grows with every
+    /// change, so of two views the later has the higher. The leader decides its ISR changes
+    /// against it ([`crate::IsrChange::based_on`]).
+    pub version: u64,
 }
 
 /// The data leader: its node id and base URL.

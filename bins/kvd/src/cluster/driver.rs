@@ -429,17 +429,15 @@ impl Driver {
         if view.data_leader != Some(node_id) || self.isr_in_flight.load(Ordering::Acquire) {
             return;
         }
-        let Some(isr) = self.node.wanted_isr() else {
+        let Some(change) = self.node.wanted_isr() else {
             return;
         };
-        if isr == view.isr {
-            return;
-        }
         self.isr_in_flight.store(true, Ordering::Release);
         let command = Command::ChangeIsr {
             sender: node_id,
             leader_epoch: view.leader_epoch,
-            isr,
+            isr: change.isr,
+            expected_version: Some(change.based_on),
         };
         let driver = self.clone();
         tokio::spawn(async move {

@@ -44,7 +44,8 @@ impl ClusterMeta {
                 sender,
                 leader_epoch,
                 isr,
-            } => self.change_isr(*sender, *leader_epoch, isr),
+                expected_version,
+            } => self.change_isr(*sender, *leader_epoch, isr, *expected_version),
             Command::BeginTransfer { to } => self.begin_transfer(*to),
             Command::TransferLeader {
                 sender,
@@ -96,14 +97,22 @@ impl ClusterMeta {
         Ok(())
     }
 
-    /// The leader of `leader_epoch` sets its ISR (KIP-841: only the current epoch's leader).
+    /// The leader of `leader_epoch` sets its ISR (KIP-841: only the current epoch's leader,
+    /// against the metadata version it decided on).
     fn change_isr(
         &mut self,
         sender: NodeId,
         leader_epoch: u64,
         isr: &BTreeSet<NodeId>,
+        expected_version: Option<u64>,
     ) -> Result<(), Rejection> {
         self.check_leader_request(sender, leader_epoch)?;
+        if let Some(expected) = expected_version.filter(|&expected| expected != self.version) {
+            return Err(Rejection::StaleVersion {
+                expected,
+                current: self.version,
+            });
+        }
         if !isr.contains(&sender) {
             return Err(Rejection::Invalid {
                 detail: format!("the ISR must keep its leader {sender}"),

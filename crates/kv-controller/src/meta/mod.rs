@@ -9,7 +9,9 @@
 //!   current epoch (`expected_epoch`), so two controllers racing cannot both elect;
 //! - a data leader is elected only from the ISR (unless an election says `unclean` out loud);
 //! - the ISR changes only at the current data leader's request, in its current epoch, and
-//!   always keeps that leader (a deposed leader can never shrink the ISR to commit alone).
+//!   always keeps that leader (a deposed leader can never shrink the ISR to commit alone); the
+//!   request names the metadata version it was decided against, and a late or repeated one
+//!   changes nothing (the leader counts a member it asked to add until it knows the outcome).
 
 mod apply;
 
@@ -135,7 +137,8 @@ pub enum Command {
         unclean: bool,
     },
     /// The data leader's request to shrink or grow the ISR (KIP-841): applies only if
-    /// `leader_epoch` is current and `sender` is its leader; the leader stays in the ISR.
+    /// `leader_epoch` is current and `sender` is its leader, and the metadata is still at
+    /// `expected_version`; the leader stays in the ISR.
     ChangeIsr {
         /// Who asks.
         sender: NodeId,
@@ -143,6 +146,13 @@ pub enum Command {
         leader_epoch: u64,
         /// The new ISR.
         isr: BTreeSet<NodeId>,
+        /// The metadata version ([`ClusterMeta::version`]) the change was decided against
+        /// (KIP-841's partition epoch): a request that arrives after anything else changed —
+        /// late, or twice — changes nothing, so the leader, which counts an addition from the
+        /// moment it asks for it, knows once it hears a later version that no request of its
+        /// can still apply. `None` (a log written before the check): unchecked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected_version: Option<u64>,
     },
     /// Step one of a planned leadership transfer: records that the leader should hand over to
     /// `to` (an ISR member). The leader then stops taking writes, waits until `to` holds its
@@ -198,6 +208,16 @@ pub enum Rejection {
         /// The epoch in the command.
         expected: u64,
         /// The current epoch.
+        current: u64,
+    },
+    /// The metadata changed since the version the command was decided against.
+    #[error(
+        "stale metadata: the command is for version {expected}, the current version is {current}"
+    )]
+    StaleVersion {
+        /// The version in the command.
+        expected: u64,
+        /// The current version.
         current: u64,
     },
     /// Only the current data leader may send this command.

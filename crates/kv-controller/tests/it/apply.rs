@@ -38,6 +38,7 @@ fn cluster() -> ClusterMeta {
             sender: 0,
             leader_epoch: 5,
             isr: set(&[0, 1, 2]),
+            expected_version: None,
         },
         Command::SetWriteQuorum { write_quorum: 2 },
     ];
@@ -236,6 +237,7 @@ fn isr_changes_need_the_current_leader_in_its_current_epoch_and_keep_it() {
         sender,
         leader_epoch,
         isr: set(isr),
+        expected_version: None,
     };
     // A deposed leader (old epoch) cannot shrink the ISR to commit alone (KIP-841).
     refused(
@@ -291,6 +293,52 @@ fn isr_changes_need_the_current_leader_in_its_current_epoch_and_keep_it() {
         Rejection::StaleEpoch {
             expected: 5,
             current: 6,
+        },
+    );
+}
+
+#[test]
+fn an_isr_change_applies_only_at_the_version_it_was_decided_against() {
+    let meta = cluster();
+    let change = |isr: &[u64], version| Command::ChangeIsr {
+        sender: 0,
+        leader_epoch: 5,
+        isr: set(isr),
+        expected_version: Some(version),
+    };
+    let at = meta.version;
+    refused(
+        &meta,
+        change(&[0, 1, 2, 3], at - 1),
+        Rejection::StaleVersion {
+            expected: at - 1,
+            current: at,
+        },
+    );
+    let grown = applied(&meta, change(&[0, 1, 2, 3], at));
+    assert_eq!(
+        (grown.isr.clone(), grown.version),
+        (set(&[0, 1, 2, 3]), at + 1)
+    );
+    // The leader shrank it since: the same request, arriving again (late, or retried), must
+    // not add node 3 back behind the leader's back.
+    let shrunk = applied(&grown, change(&[0, 1, 2], at + 1));
+    refused(
+        &shrunk,
+        change(&[0, 1, 2, 3], at),
+        Rejection::StaleVersion {
+            expected: at,
+            current: at + 2,
+        },
+    );
+    // Any other change moves the version too: a request decided before it is refused.
+    let quorum = applied(&meta, Command::SetWriteQuorum { write_quorum: 3 });
+    refused(
+        &quorum,
+        change(&[0, 1], at),
+        Rejection::StaleVersion {
+            expected: at,
+            current: at + 1,
         },
     );
 }

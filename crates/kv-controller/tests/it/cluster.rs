@@ -191,6 +191,7 @@ async fn three_controllers_survive_the_loss_of_the_raft_leader_and_a_restart_fro
             sender: 0,
             leader_epoch: 1,
             isr: BTreeSet::from([0, 1, 2]),
+            expected_version: None,
         },
     )
     .await;
@@ -386,6 +387,7 @@ async fn the_active_controller_fails_the_data_leader_over_to_the_most_advanced_i
             sender: 0,
             leader_epoch: 1,
             isr: BTreeSet::from([0, 1, 2]),
+            expected_version: None,
         },
     )
     .await;

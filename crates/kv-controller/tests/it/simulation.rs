@@ -77,10 +77,22 @@ struct Node {
     /// Leader side: when each follower last fetched, whether it was caught up, and how many
     /// entries it then held.
     fetched: BTreeMap<u64, (Instant, bool, usize)>,
-    pending_isr: Option<(BTreeSet<u64>, Instant)>,
+    pending_isr: Option<PendingIsr>,
     acked_through: usize,
     /// Lease validity segments, for the overlap check.
     lease_segments: Vec<(Instant, Instant)>,
+}
+
+/// The leader's ISR requests against one metadata version, outcome unknown (kv-replication's
+/// `InFlight`).
+#[derive(Debug)]
+struct PendingIsr {
+    /// The newest ISR asked for.
+    isr: BTreeSet<u64>,
+    /// Every member any of them would add: each counts until a later version shows the outcome.
+    adding: BTreeSet<u64>,
+    based_on: u64,
+    since: Instant,
 }
 
 impl Node {
@@ -140,6 +152,7 @@ impl Sim {
             sender: 0,
             leader_epoch: 1,
             isr: (0..node_count).collect(),
+            expected_version: None,
         });
         for command in &commands {
             meta.apply(command, &voters).into_result().unwrap();
@@ -293,11 +306,19 @@ impl Sim {
                 if !state.runs(now) {
                     return;
                 }
-                if meta.leader_epoch >= state.known.leader_epoch {
+                if meta.version >= state.known.version {
                     if meta.leader_epoch > state.known.leader_epoch {
-                        state.pending_isr = None;
                         state.fetched.clear();
                         state.acked_through = 0;
+                    }
+                    // A later version: every request decided against an earlier one applied,
+                    // or never will.
+                    if state
+                        .pending_isr
+                        .as_ref()
+                        .is_some_and(|pending| meta.version > pending.based_on)
+                    {
+                        state.pending_isr = None;
                     }
                     state.known = meta;
                 }
@@ -476,8 +497,8 @@ impl Sim {
             return;
         }
         let mut isr = node.known.isr.clone();
-        if let Some((pending, _)) = &node.pending_isr {
-            isr.extend(pending.iter().copied());
+        if let Some(pending) = &node.pending_isr {
+            isr.extend(pending.adding.iter().copied());
         }
         if (isr.len() as u32) < WRITE_QUORUM {
             return;
@@ -508,8 +529,8 @@ impl Sim {
         if !node.lease.is_valid(now) {
             return;
         }
-        if let Some((_, since)) = &node.pending_isr {
-            if now < *since + ms(200) {
+        if let Some(pending) = &node.pending_isr {
+            if now < pending.since + ms(200) {
                 return;
             }
         }
@@ -523,16 +544,30 @@ impl Sim {
                 }
             }
         }
-        if wanted == node.known.isr {
-            node.pending_isr = None;
-            return;
-        }
+        // No outcome yet: ask again against the same version (with nothing to change now, the
+        // same request, so that it applies or is refused).
+        let wanted = match &node.pending_isr {
+            Some(pending) if wanted == node.known.isr => pending.isr.clone(),
+            _ if wanted == node.known.isr => return,
+            _ => wanted,
+        };
+        let based_on = node.known.version;
         let command = Command::ChangeIsr {
             sender: leader,
             leader_epoch: node.known.leader_epoch,
             isr: wanted.clone(),
+            expected_version: Some(based_on),
         };
-        node.pending_isr = Some((wanted, now));
+        let mut adding: BTreeSet<u64> = wanted.difference(&node.known.isr).copied().collect();
+        if let Some(pending) = node.pending_isr.take() {
+            adding.extend(pending.adding);
+        }
+        node.pending_isr = Some(PendingIsr {
+            isr: wanted,
+            adding,
+            based_on,
+            since: now,
+        });
         if self.active.is_some() && !node.cut_from_controller {
             if let Some(delay) = self.commit_delay() {
                 self.at(delay, Event::Apply { command });
@@ -642,6 +677,7 @@ fn bootstrapped(epoch_floor: u64, members: &[u64], isr: &[u64]) -> ClusterMeta {
         sender: 0,
         leader_epoch: epoch_floor + 1,
         isr: isr.iter().copied().collect(),
+        expected_version: None,
     });
     for command in &commands {
         meta.apply(command, &voters).into_result().unwrap();

@@ -382,6 +382,7 @@ async fn admin_calls_on_any_node_reach_the_active_controller() {
             sender: 0,
             leader_epoch: 1,
             isr: BTreeSet::from([0, 1]),
+            expected_version: None,
         })
         .await
         .expect("proposed");

@@ -17,6 +17,35 @@ pub struct Membership {
     pub members: BTreeSet<u64>,
     /// `N`: the ISR must have at least this many members for a write to be acknowledged.
     pub write_quorum: usize,
+    /// The version of the controller's metadata this was read from
+    /// ([`crate::ClusterView::version`]): an ISR change is decided against it.
+    pub version: u64,
+}
+
+/// An ISR change the leader asks the controller for ([`LeaderState::wanted_isr`]): propose
+/// `Command::ChangeIsr{sender, leader_epoch, isr, expected_version: Some(based_on)}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrChange {
+    /// The ISR wanted.
+    pub isr: BTreeSet<u64>,
+    /// The metadata version the change was decided against: the controller applies it only
+    /// while its metadata is still at that version (KIP-841's partition epoch), so a request
+    /// that arrives late, or twice, changes nothing.
+    pub based_on: u64,
+}
+
+/// The ISR changes asked for against one metadata version, whose outcome is not known yet.
+#[derive(Debug)]
+pub(super) struct InFlight {
+    /// The newest change asked for.
+    pub(super) isr: BTreeSet<u64>,
+    /// Every member any of them would add: each counts for commits until the outcome is known,
+    /// since the controller may have applied (or may yet apply) any of them.
+    pub(super) adding: BTreeSet<u64>,
+    /// The version they were decided against.
+    pub(super) based_on: u64,
+    /// When the newest was asked for.
+    pub(super) asked_at: Instant,
 }
 
 /// The state of a leader elected by the controller.
@@ -28,8 +57,8 @@ pub(super) struct Elected {
     /// When the leadership began (the baseline of an ISR member never heard from).
     pub(super) since: Instant,
     pub(super) membership: Membership,
-    /// The ISR change proposed and not yet applied, and when it was asked for.
-    pub(super) in_flight: Option<(BTreeSet<u64>, Instant)>,
+    /// The ISR changes asked for whose outcome is not known yet.
+    pub(super) in_flight: Option<InFlight>,
     pub(super) lease_until: Option<Instant>,
     /// Highest id held at once by every maximal-ISR member of an ISR of at least `N`.
     pub(super) held_by_isr: u64,
@@ -42,30 +71,33 @@ pub(super) struct Elected {
 impl Elected {
     /// The applied ISR plus the members whose addition is in flight.
     pub(super) fn maximal_isr(&self) -> BTreeSet<u64> {
-        let mut isr = self.membership.isr.clone();
-        if let Some((wanted, _)) = &self.in_flight {
-            isr.extend(wanted.iter().copied());
-        }
-        isr
+        self.maximal_isr_members().collect()
     }
 
     /// The members of [`Elected::maximal_isr`], without building the set (an addition in
     /// flight may repeat a member): what every acknowledgement's commit rule walks.
     pub(super) fn maximal_isr_members(&self) -> impl Iterator<Item = u64> + '_ {
-        let adding = self.in_flight.iter().flat_map(|(wanted, _)| wanted.iter());
+        let adding = self
+            .in_flight
+            .iter()
+            .flat_map(|in_flight| in_flight.adding.iter());
         self.membership.isr.iter().chain(adding).copied()
     }
 }
 
 impl LeaderState {
-    /// Applies the controller's ISR and write quorum (same epoch). An ISR change in flight
-    /// ends when the applied ISR is the one asked for.
+    /// Applies the controller's ISR and write quorum (same epoch), unless it is older than the
+    /// one applied (views arrive out of order). The ISR changes in flight end with a newer
+    /// version: each was applied, or can no longer be.
     pub fn set_membership(&mut self, membership: Membership) {
         if let Some(elected) = &mut self.elected {
+            if membership.version < elected.membership.version {
+                return;
+            }
             if elected
                 .in_flight
                 .as_ref()
-                .is_some_and(|(wanted, _)| *wanted == membership.isr)
+                .is_some_and(|in_flight| membership.version > in_flight.based_on)
             {
                 elected.in_flight = None;
             }
@@ -77,23 +109,53 @@ impl LeaderState {
     /// The ISR this leader wants the controller to apply, or `None` (KIP-841): without the
     /// members that have not caught up with its log for longer than the lag limit (or never
     /// fetched since it leads), with the members outside it that caught up — they hold every
-    /// id the ISR was ever counted for — and fetch. One change is in flight at a time (until
-    /// the controller applies it, or for a lag limit); until a removal is applied the member
-    /// still counts, and an addition counts from the moment it is asked for.
-    pub fn wanted_isr(&mut self, now: Instant) -> Option<BTreeSet<u64>> {
+    /// id the ISR was ever counted for — and fetch. One change is in flight at a time: until
+    /// the leader hears metadata newer than the version the change was decided against (the
+    /// change was applied, or can no longer be), or for a lag limit — then it asks again
+    /// against the same version. Until a removal is applied the member still counts; an
+    /// addition counts from the moment it is asked for until its outcome is known, even if a
+    /// later request no longer asks for it (the controller may have applied the first).
+    pub fn wanted_isr(&mut self, now: Instant) -> Option<IsrChange> {
         let lag_limit = self.options.lag_limit;
-        let quorum = self.options.write_quorum;
-        let commit_id = self.commit_id;
-        let elected = self.elected.as_mut()?;
+        let elected = self.elected.as_ref()?;
         if self.deposed_by.is_some() {
             return None;
         }
-        if let Some((_, asked_at)) = &elected.in_flight {
-            if now.saturating_duration_since(*asked_at) < lag_limit {
+        if let Some(in_flight) = &elected.in_flight {
+            if now.saturating_duration_since(in_flight.asked_at) < lag_limit {
                 return None;
             }
-            elected.in_flight = None;
         }
+        let wanted = self.isr_wanted_now(now);
+        let elected = self.elected.as_mut()?;
+        // No outcome for a lag limit (the request or the answer was lost): ask again, against
+        // the same version. With nothing to change now, ask for the change in flight again,
+        // so that it applies or is refused and its additions stop counting.
+        let isr = match (&elected.in_flight, wanted) {
+            (_, Some(wanted)) => wanted,
+            (Some(in_flight), None) => in_flight.isr.clone(),
+            (None, None) => return None,
+        };
+        let based_on = elected.membership.version;
+        let mut adding: BTreeSet<u64> = isr.difference(&elected.membership.isr).copied().collect();
+        if let Some(in_flight) = elected.in_flight.take() {
+            adding.extend(in_flight.adding);
+        }
+        elected.in_flight = Some(InFlight {
+            isr: isr.clone(),
+            adding,
+            based_on,
+            asked_at: now,
+        });
+        Some(IsrChange { isr, based_on })
+    }
+
+    /// The ISR this leader would have now, if it differs from the applied one.
+    fn isr_wanted_now(&self, now: Instant) -> Option<BTreeSet<u64>> {
+        let lag_limit = self.options.lag_limit;
+        let quorum = self.options.write_quorum;
+        let commit_id = self.commit_id;
+        let elected = self.elected.as_ref()?;
         let recent = |at: Instant| now.saturating_duration_since(at) <= lag_limit;
         let mut wanted = BTreeSet::from([elected.node_id]);
         let mut hung_up = Vec::new();
@@ -154,11 +216,7 @@ impl LeaderState {
                 wanted.insert(member);
             }
         }
-        if wanted == elected.membership.isr {
-            return None;
-        }
-        elected.in_flight = Some((wanted.clone(), now));
-        Some(wanted)
+        (wanted != elected.membership.isr).then_some(wanted)
     }
 
     /// Records that `node_id` opened a replication stream (its opening fetch was recorded);

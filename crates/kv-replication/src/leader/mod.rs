@@ -21,7 +21,7 @@ mod isr;
 mod options;
 mod status;
 
-pub use isr::{Membership, HUNG_UP_GRACE};
+pub use isr::{IsrChange, Membership, HUNG_UP_GRACE};
 pub use options::{Acks, LeaderOptions, LAG_LIMIT_DEFAULT};
 pub use status::{FollowerHealth, FollowerStatus};
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::{exclusive, lock, progress_or_role_change, take_leadership, Node, RoleState};
 use crate::error::{Error, Result};
-use crate::leader::{LeaderState, Membership};
+use crate::leader::{IsrChange, LeaderState, Membership};
 use crate::log_view::LogView;
 use crate::meta::NodeMeta;
 use crate::transport::Transport;
@@ -59,6 +59,7 @@ impl Node {
             isr: view.isr.clone(),
             members: view.members.clone(),
             write_quorum: view.write_quorum.max(1),
+            version: view.version,
         };
         // The same view comes with every heartbeat reply: decide first without holding writes
         // off, and take the role change path (which does) only when the role changes.
@@ -72,10 +73,9 @@ impl Node {
             ViewAction::UpdateLeader => {
                 if self
                     .with_leader(|leader| {
-                        let changed = leader.isr() != Some(&membership.isr)
-                            || leader.write_quorum() != membership.write_quorum;
+                        let before = (leader.maximal_isr(), leader.write_quorum());
                         leader.set_membership(membership.clone());
-                        changed
+                        before != (leader.maximal_isr(), leader.write_quorum())
                     })
                     .unwrap_or(false)
                 {
@@ -329,10 +329,11 @@ impl Node {
         role_epoch.max(self.meta.get().epoch)
     }
 
-    /// On the leader: the ISR it wants the controller to apply (propose
-    /// `Command::ChangeIsr{sender, leader_epoch, isr}`), or `None`. One change is in flight at
-    /// a time; the applied ISR comes back through [`Node::apply_cluster_view`].
-    pub fn wanted_isr(&self) -> Option<BTreeSet<u64>> {
+    /// On the leader: the ISR change it wants the controller to apply (propose
+    /// `Command::ChangeIsr{sender, leader_epoch, isr, expected_version: Some(based_on)}`), or
+    /// `None`. One change is in flight at a time; the outcome comes back through
+    /// [`Node::apply_cluster_view`].
+    pub fn wanted_isr(&self) -> Option<IsrChange> {
         self.with_leader(|leader| leader.wanted_isr(Instant::now()))
             .ok()
             .flatten()

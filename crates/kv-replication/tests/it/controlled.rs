@@ -103,6 +103,9 @@ struct Cluster {
     leader: Option<u64>,
     isr: BTreeSet<u64>,
     write_quorum: usize,
+    /// The metadata last published and its version (bumped when the metadata changes).
+    published: (u64, Option<u64>, BTreeSet<u64>, usize),
+    version: u64,
     tasks: BTreeMap<
         u64,
         (
@@ -131,6 +134,8 @@ impl Cluster {
             leader: None,
             isr: (0..size).collect(),
             write_quorum,
+            published: (0, None, BTreeSet::new(), 0),
+            version: 0,
             tasks: BTreeMap::new(),
         };
         for id in 0..size {
@@ -194,11 +199,17 @@ impl Cluster {
             isr: self.isr.clone(),
             members: (0..self.dirs.len() as u64).collect(),
             write_quorum: self.write_quorum,
+            version: self.version,
         }
     }
 
     /// Hands the current view to every running node.
-    fn publish(&self) {
+    fn publish(&mut self) {
+        let metadata = (self.epoch, self.leader, self.isr.clone(), self.write_quorum);
+        if metadata != self.published {
+            self.published = metadata;
+            self.version += 1;
+        }
         let nodes: Vec<(u64, Arc<Node>)> = self
             .net
             .nodes
@@ -540,7 +551,7 @@ async fn a_cut_off_follower_leaves_the_isr_through_the_controller_and_comes_back
     let started = Instant::now();
     let wanted = Mutex::new(None);
     eventually("the leader wants follower 2 out", || {
-        *wanted.lock().unwrap() = leader.wanted_isr();
+        *wanted.lock().unwrap() = leader.wanted_isr().map(|change| change.isr);
         wanted.lock().unwrap().is_some()
     })
     .await;
@@ -564,7 +575,7 @@ async fn a_cut_off_follower_leaves_the_isr_through_the_controller_and_comes_back
     let node2 = cluster.node(2);
     eventually("node 2 catches up", || node2.store().applied_id() >= 3).await;
     eventually("the leader wants follower 2 back", || {
-        *wanted.lock().unwrap() = leader.wanted_isr();
+        *wanted.lock().unwrap() = leader.wanted_isr().map(|change| change.isr);
         wanted.lock().unwrap().is_some()
     })
     .await;

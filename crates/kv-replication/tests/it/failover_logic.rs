@@ -58,10 +58,26 @@ fn leader_with(
             isr: isr.iter().copied().collect(),
             members: (0..5).collect(),
             write_quorum,
+            version: 1,
         },
         options,
         now,
     )
+}
+
+/// The controller's membership of members 0–4 at metadata `version`.
+fn membership(isr: &[u64], write_quorum: usize, version: u64) -> Membership {
+    Membership {
+        isr: isr.iter().copied().collect(),
+        members: (0..5).collect(),
+        write_quorum,
+        version,
+    }
+}
+
+/// The ISR `leader` asks for at `now`, if any.
+fn wanted(leader: &mut LeaderState, now: Instant) -> Option<BTreeSet<u64>> {
+    leader.wanted_isr(now).map(|change| change.isr)
 }
 
 fn fetch(node_id: u64, next_id: u64, last_epoch: u64, durable_id: u64) -> FetchRequest {
@@ -177,19 +193,72 @@ fn an_isr_change_in_flight_counts_additions_at_once_and_removals_until_applied()
     assert_eq!(leader.commit_id(), 1);
     let later = start + 150 * MS;
     answer(&mut leader, later, &fetch(2, 5, 2, 4), &log);
-    let wanted = leader.wanted_isr(later).expect("a change");
-    assert_eq!(wanted, BTreeSet::from([0, 2]));
+    let change = leader.wanted_isr(later).expect("a change");
+    assert_eq!(change.isr, BTreeSet::from([0, 2]));
+    assert_eq!(
+        change.based_on, 1,
+        "decided against the version the leader holds"
+    );
     assert_eq!(leader.maximal_isr(), Some(BTreeSet::from([0, 1, 2])));
     // Follower 1 still counts: nothing more commits.
     assert_eq!(leader.recompute_commit(4), 1);
     // Applied: follower 1 no longer counts.
-    leader.set_membership(Membership {
-        isr: wanted,
-        members: (0..5).collect(),
-        write_quorum: 2,
-    });
+    leader.set_membership(membership(&[0, 2], 2, 2));
     assert_eq!(leader.recompute_commit(4), 4);
     assert_eq!(leader.maximal_isr(), Some(BTreeSet::from([0, 2])));
+}
+
+/// An addition asked for counts until the leader hears a later metadata version — however
+/// long that takes, and even once the leader no longer wants it: the controller may have
+/// applied it without the leader hearing (the answer was lost, the leader is cut off from the
+/// controller), and may elect the member added. Before, the addition stopped counting after a
+/// lag limit, and a leader cut off from the controller committed entries that the member,
+/// elected next, lacked: a follower applied entries the new leader then cut (the failover
+/// simulation, seed 2804641021986048037).
+#[test]
+fn an_addition_in_flight_counts_until_a_later_version_shows_its_outcome() {
+    let start = Instant::now();
+    let mut log = log_of(0, 3);
+    let mut leader = leader(&[0, 1], 2, 1, start);
+    // Follower 2 (outside the ISR) caught up: the leader asks to add it.
+    answer(&mut leader, start, &fetch(1, 5, 2, 4), &log);
+    answer(&mut leader, start, &fetch(2, 5, 2, 4), &log);
+    assert_eq!(wanted(&mut leader, start), Some(BTreeSet::from([0, 1, 2])));
+    assert_eq!(leader.recompute_commit(4), 4);
+    // No word from the controller; follower 2 goes silent, follower 1 keeps up.
+    for step in 1..=3u32 {
+        log.append(2, payload(2, &format!("more-{step}")));
+        log.sync();
+        let last = log.last_id();
+        answer(
+            &mut leader,
+            start + step * 50 * MS,
+            &fetch(1, last + 1, 2, last),
+            &log,
+        );
+    }
+    let late = start + 160 * MS;
+    // After a lag limit the leader asks again — the same change, against the same version,
+    // since it no longer wants follower 2 yet cannot know whether the first request applied.
+    let again = leader.wanted_isr(late).expect("asked again");
+    assert_eq!((again.isr, again.based_on), (BTreeSet::from([0, 1, 2]), 1));
+    assert_eq!(leader.maximal_isr(), Some(BTreeSet::from([0, 1, 2])));
+    assert_eq!(
+        leader.recompute_commit(log.last_id()),
+        4,
+        "follower 2 holds only 4, and may be in the controller's ISR"
+    );
+    // An older view (views arrive out of order) changes nothing.
+    leader.set_membership(membership(&[0, 1], 2, 0));
+    assert_eq!(leader.maximal_isr(), Some(BTreeSet::from([0, 1, 2])));
+    assert_eq!(leader.isr(), Some(&BTreeSet::from([0, 1])));
+    // The same version again (a repeated view) leaves the addition counting.
+    leader.set_membership(membership(&[0, 1], 2, 1));
+    assert_eq!(leader.recompute_commit(log.last_id()), 4);
+    // A later version without it: the request was refused and never applies now.
+    leader.set_membership(membership(&[0, 1], 2, 2));
+    assert_eq!(leader.maximal_isr(), Some(BTreeSet::from([0, 1])));
+    assert_eq!(leader.recompute_commit(log.last_id()), log.last_id());
 }
 
 /// The ISR the leader wants: a member not caught up for the lag limit (or never heard since
@@ -202,7 +271,7 @@ fn wanted_isr_follows_the_lag_limit_one_change_at_a_time() {
     let mut log = log_of(0, 3);
     let mut leader = leader(&[0, 1, 2], 2, 1, start);
     // Within the lag limit nobody leaves, even unheard.
-    assert_eq!(leader.wanted_isr(start + 50 * MS), None);
+    assert_eq!(wanted(&mut leader, start + 50 * MS), None);
     // Follower 1 keeps up one batch behind under load (Kafka's rule); follower 2 is silent.
     for step in 1..=4u32 {
         let now = start + step * 40 * MS;
@@ -212,8 +281,8 @@ fn wanted_isr_follows_the_lag_limit_one_change_at_a_time() {
         answer(&mut leader, now, &fetch(1, durable + 1, 2, durable), &log);
     }
     let now = start + 160 * MS;
-    assert_eq!(leader.wanted_isr(now), Some(BTreeSet::from([0, 1])));
-    assert_eq!(leader.wanted_isr(now), None, "one change in flight");
+    assert_eq!(wanted(&mut leader, now), Some(BTreeSet::from([0, 1])));
+    assert_eq!(wanted(&mut leader, now), None, "one change in flight");
     // Not applied within a lag limit: asked again.
     let last = log.last_id();
     answer(
@@ -223,26 +292,25 @@ fn wanted_isr_follows_the_lag_limit_one_change_at_a_time() {
         &log,
     );
     assert_eq!(
-        leader.wanted_isr(now + 101 * MS),
+        wanted(&mut leader, now + 101 * MS),
         Some(BTreeSet::from([0, 1]))
     );
-    leader.set_membership(Membership {
-        isr: BTreeSet::from([0, 1]),
-        members: (0..5).collect(),
-        write_quorum: 2,
-    });
+    leader.set_membership(membership(&[0, 1], 2, 2));
     // Follower 2 comes back behind: it does not join until it holds what the ISR held.
     let now = now + 200 * MS;
     let last = log.last_id();
     answer(&mut leader, now, &fetch(1, last + 1, 2, last), &log);
     answer(&mut leader, now, &fetch(2, 2, 2, 1), &log);
-    assert_eq!(leader.wanted_isr(now), None);
+    assert_eq!(wanted(&mut leader, now), None);
     answer(&mut leader, now + MS, &fetch(2, last + 1, 2, last), &log);
-    assert_eq!(leader.wanted_isr(now + MS), Some(BTreeSet::from([0, 1, 2])));
+    assert_eq!(
+        wanted(&mut leader, now + MS),
+        Some(BTreeSet::from([0, 1, 2]))
+    );
     // A node that is not a member never joins.
     let mut strangers = self::leader(&[0], 1, 1, start);
     answer(&mut strangers, start, &fetch(9, 5, 2, 4), &log);
-    assert_eq!(strangers.wanted_isr(start), None);
+    assert_eq!(wanted(&mut strangers, start), None);
 }
 
 /// A follower that hung up its stream (it stopped, or crashed: its connection ended) leaves
@@ -272,37 +340,33 @@ fn a_follower_that_hung_up_its_stream_leaves_the_isr_without_waiting_the_lag_lim
     leader.stream_hung_up(2, first_of_2, start + 2 * MS);
     // Follower 1 hangs up its only stream.
     leader.stream_hung_up(1, first_of_1, start + 2 * MS);
-    assert_eq!(leader.wanted_isr(start + 2 * MS), None, "within the grace");
+    assert_eq!(
+        wanted(&mut leader, start + 2 * MS),
+        None,
+        "within the grace"
+    );
     let after_grace = start + 2 * MS + HUNG_UP_GRACE;
     assert_eq!(
-        leader.wanted_isr(after_grace),
+        wanted(&mut leader, after_grace),
         Some(BTreeSet::from([0, 2])),
         "follower 1 leaves, follower 2 stays"
     );
     // Until the removal is applied follower 1 still counts; then writes go on without it.
     assert_eq!(leader.maximal_isr(), Some(BTreeSet::from([0, 1, 2])));
-    leader.set_membership(Membership {
-        isr: BTreeSet::from([0, 2]),
-        members: (0..5).collect(),
-        write_quorum: 2,
-    });
+    leader.set_membership(membership(&[0, 2], 2, 2));
     // Back: a fetch (a new stream's opening) clears the hang-up, and it joins again.
     let back = after_grace + 10 * MS;
     answer(&mut leader, back, &fetch(1, 5, 2, 4), &log);
     answer(&mut leader, back, &fetch(2, 5, 2, 4), &log);
-    assert_eq!(leader.wanted_isr(back), Some(BTreeSet::from([0, 1, 2])));
+    assert_eq!(wanted(&mut leader, back), Some(BTreeSet::from([0, 1, 2])));
     // A hang-up followed by a fetch within the grace (a follower that ends its stream to
     // retry, and fetches) does not remove it.
-    leader.set_membership(Membership {
-        isr: BTreeSet::from([0, 1, 2]),
-        members: (0..5).collect(),
-        write_quorum: 2,
-    });
+    leader.set_membership(membership(&[0, 1, 2], 2, 3));
     let stream = leader.stream_opened(1);
     leader.stream_hung_up(1, stream, back + MS);
     answer(&mut leader, back + 2 * MS, &fetch(1, 5, 2, 4), &log);
     answer(&mut leader, back + 2 * MS, &fetch(2, 5, 2, 4), &log);
-    assert_eq!(leader.wanted_isr(back + 2 * MS + HUNG_UP_GRACE), None);
+    assert_eq!(wanted(&mut leader, back + 2 * MS + HUNG_UP_GRACE), None);
     // Both hang up, follower 2 holding more: follower 1 leaves, follower 2 stays until the
     // lag limit — the ISR keeps `max(N, 2)` members, so the controller still has a node to
     // elect if this leader fails, the one holding the most.
@@ -317,7 +381,7 @@ fn a_follower_that_hung_up_its_stream_leaves_the_isr_without_waiting_the_lag_lim
         leader.stream_hung_up(follower, stream, both);
     }
     assert_eq!(
-        leader.wanted_isr(both + HUNG_UP_GRACE),
+        wanted(&mut leader, both + HUNG_UP_GRACE),
         Some(BTreeSet::from([0, 2]))
     );
 }
@@ -406,7 +470,7 @@ fn acknowledgement_needs_a_lease_and_ends_with_a_newer_epoch() {
     );
     assert_eq!(leader.deposed_by(), Some(3));
     assert_eq!(
-        leader.wanted_isr(now + 10 * MS),
+        wanted(&mut leader, now + 10 * MS),
         None,
         "a deposed leader proposes nothing"
     );
@@ -590,6 +654,7 @@ fn view(leader: Option<u64>, epoch: u64) -> ClusterView {
         isr: BTreeSet::from([0, 1]),
         members: BTreeSet::from([0, 1, 2]),
         write_quorum: 2,
+        version: epoch,
     }
 }
 

@@ -41,6 +41,7 @@ fn elected(isr: &[u64], write_quorum: usize, now: Instant) -> LeaderState {
             isr: isr.iter().copied().collect::<BTreeSet<u64>>(),
             members: (0..4).collect(),
             write_quorum,
+            version: 1,
         },
         LeaderOptions::default(),
         now,
