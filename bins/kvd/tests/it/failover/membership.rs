@@ -457,6 +457,39 @@ fn a_leader_stopped_with_sigterm_hands_its_leaderships_over_first() {
     );
 }
 
+/// A leader stopped with SIGTERM while every other node is paused (SIGSTOP) has nobody to hand
+/// over to: the transfer and the controller's hand-over each give up at their bound (1 s), the
+/// node says so and exits anyway — a stop never hangs on its peers — and once the others
+/// resume they elect a successor holding every acknowledged write.
+#[test]
+fn a_leader_stopped_while_the_others_are_paused_gives_up_its_hand_over_and_exits() {
+    let (mut cluster, leader, _) = Cluster::start_in_sync(3, &QUORUM_2_LAG_LIMIT_30_S);
+    let (_, id) = cluster.write(leader, "before", &json!(1));
+    let others: Vec<usize> = (0..3).filter(|&index| index != leader).collect();
+    for &other in &others {
+        cluster.signal(other, "STOP");
+    }
+    let stopping = Instant::now();
+    assert!(cluster.terminate(leader).success());
+    let took = stopping.elapsed();
+    let log = cluster.log(leader);
+    println!("the leader exited {took:?} after the SIGTERM, its peers paused");
+    assert!(
+        log.contains("the hand-over did not finish in time; stopping anyway")
+            || log.contains("could not hand the leadership over; stopping anyway"),
+        "{log}"
+    );
+    // Two steps of at most a second each, and the stop itself: far below this unless a step
+    // waited on a paused peer without its bound.
+    assert!(took < Duration::from_secs(10), "{took:?}: {log}");
+    for &other in &others {
+        cluster.signal(other, "CONT");
+    }
+    let (successor, _) = cluster.wait_for_leader(Some(leader));
+    assert_eq!(cluster.read_after(successor, "before", id), Some(json!(1)));
+    cluster.write(successor, "after", &json!(2));
+}
+
 /// `POST /controller/campaign` (a stopping Raft leader's request that another member stand)
 /// answers its own cluster only: another cluster's id gets 409 and a body without one 400,
 /// and neither starts an election; its own cluster's id on the Raft leader is a no-op.
