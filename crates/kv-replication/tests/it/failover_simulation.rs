@@ -2,9 +2,11 @@
 //! [`LeaderState`], [`FollowerState`], [`decide`] for the controller's views — under a
 //! simulated controller that keeps sessions from heartbeats, grants leases, fences an expired
 //! leader and elects the ISR member with the highest `(epoch, id)`, applies the leader's ISR
-//! changes conditionally on its epoch (KIP-841) and re-elects a restarted leader that asks. A
-//! network between all of them delays, reorders, drops and duplicates messages and is cut into
-//! partitions; nodes crash (process crash or power loss), pause and restart; the controller
+//! changes conditionally on its epoch and metadata version (KIP-841) and re-elects a restarted
+//! leader that asks. A network between all of them delays, reorders, drops and duplicates
+//! messages and is cut into partitions; nodes crash (process crash or power loss: a crashed
+//! follower's leader sees its connection end, and may drop it from the ISR at once), pause and
+//! restart; the controller
 //! itself moves (every session starts fresh); leaders compact their logs and followers install
 //! snapshots. Clients write to whichever node leads.
 //!
@@ -240,6 +242,8 @@ struct Counts {
     committed_truncations: u64,
     snapshots_installed: u64,
     refused_answers: u64,
+    /// Followers whose crash closed their connection to a leader that noticed.
+    hang_ups: u64,
 }
 
 impl std::ops::AddAssign for Counts {
@@ -261,6 +265,7 @@ impl std::ops::AddAssign for Counts {
         self.committed_truncations += other.committed_truncations;
         self.snapshots_installed += other.snapshots_installed;
         self.refused_answers += other.refused_answers;
+        self.hang_ups += other.hang_ups;
     }
 }
 
@@ -416,6 +421,7 @@ impl Simulation {
     fn crash(&mut self, index: usize, power_loss: bool) {
         let now = self.now;
         let restart_at = now + self.rng.gen_range(50..1_500);
+        self.hang_up(index);
         let node = &mut self.nodes[index];
         node.alive = false;
         node.restart_at = restart_at;
@@ -438,6 +444,30 @@ impl Simulation {
         };
         node.outstanding = None;
         node.reelection = None;
+    }
+
+    /// A crashed follower's connection to its leader ends (the kernel closes it): a leader it
+    /// can reach notices, as kv-http's stream does (`LeaderState::stream_hung_up`), and may
+    /// take it out of the ISR before the lag limit.
+    fn hang_up(&mut self, index: usize) {
+        let Role::Follower {
+            leader: Some(leader),
+            ..
+        } = self.nodes[index].role
+        else {
+            return;
+        };
+        let follower = self.nodes[index].id;
+        if leader == follower || self.cut(End::Node(follower), End::Node(leader)) {
+            return;
+        }
+        let instant = self.instant(self.now);
+        let source = &mut self.nodes[leader as usize];
+        if let (true, Role::Leader(state)) = (source.alive, &mut source.role) {
+            let stream = state.stream_opened(follower);
+            state.stream_hung_up(follower, stream, instant);
+            self.counts.hang_ups += 1;
+        }
     }
 
     fn node_tick(&mut self, index: usize) {
@@ -1264,4 +1294,5 @@ fn covered(total: &Counts) -> bool {
         && total.truncations > 0
         && total.snapshots_installed > 0
         && total.depositions + total.stepped_down_writes > 0
+        && total.hang_ups > 0
 }
