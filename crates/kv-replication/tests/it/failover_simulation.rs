@@ -6,9 +6,8 @@
 //! leader that asks. A network between all of them delays, reorders, drops and duplicates
 //! messages and is cut into partitions; nodes crash (process crash or power loss: a crashed
 //! follower's leader sees its connection end, and may drop it from the ISR at once), pause and
-//! restart; the controller
-//! itself moves (every session starts fresh); leaders compact their logs and followers install
-//! snapshots. Clients write to whichever node leads.
+//! restart; the controller itself moves (every session starts fresh); leaders compact their
+//! logs and followers install snapshots. Clients write to whichever node leads.
 //!
 //! Checked against a model, after every event: at most one node acknowledges writes in an
 //! epoch, and no write is acknowledged in an epoch once a later one began (leases);
