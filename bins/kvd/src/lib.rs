@@ -76,7 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = config::resolve(invocation.follower_id.as_deref(), sources)?;
     logging::init(&config.log_level, config.log_format)?;
     #[cfg(feature = "fault-injection")]
-    faults::configure_from_env()?;
+    faults::configure_from_env(config::in_the_wal_dir)?;
     node::run_node(config)
 }
 

@@ -210,7 +210,13 @@ pub struct FaultPlan {
     /// While a file exists at this path, every `fsync` waits; writes still land in the page
     /// cache (see [`FaultPlan::stall_syncs_while_exists`]).
     stall_syncs_while: FileFlag,
+    /// The paths whose writes and syncs are counted (and failed): all when `None` (see
+    /// [`FaultPlan::count_only`]).
+    counted: std::sync::Mutex<Option<PathFilter>>,
 }
+
+/// Which paths a [`FaultPlan`] counts.
+pub type PathFilter = fn(&Path) -> bool;
 
 /// A fault that holds while a file exists at a path a test chose (none: never).
 #[derive(Debug, Default)]
@@ -245,6 +251,17 @@ impl FaultPlan {
     pub fn fail_write_at(&self, n: u64) {
         let now = self.writes.load(Ordering::SeqCst);
         self.fail_write_number.store(now + n, Ordering::SeqCst);
+    }
+    /// Counts writes and syncs, and fails the numbered ones, only for the files opened and the
+    /// directories synced at paths `filter` accepts (a program whose other files share the
+    /// file system: their syncs would take the number meant for the log's). The other paths
+    /// still stall, fill and slow down as asked.
+    pub fn count_only(&self, filter: PathFilter) {
+        *crate::mutex::lock(&self.counted) = Some(filter);
+    }
+    /// Whether writes and syncs at `path` are counted.
+    fn counts(&self, path: &Path) -> bool {
+        crate::mutex::lock(&self.counted).is_none_or(|filter| filter(path))
     }
     /// Fails the `n`th `sync_data`/`sync_dir` from now (`n >= 1`).
     pub fn fail_sync_at(&self, n: u64) {
@@ -318,17 +335,23 @@ impl FaultPlan {
     pub fn faults_fired(&self) -> u64 {
         self.faults_fired.load(Ordering::SeqCst)
     }
-    fn on_write(&self) -> io::Result<()> {
+    fn on_write(&self, counted: bool) -> io::Result<()> {
         self.wait_while_stalled();
+        if !counted {
+            return Ok(());
+        }
         let number = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
         self.maybe_fail(number, &self.fail_write_number, "write")
     }
-    fn on_sync(&self) -> io::Result<()> {
+    fn on_sync(&self, counted: bool) -> io::Result<()> {
         self.wait_while_stalled();
         self.wait_while_flagged(&self.stall_syncs_while);
         let delay = self.sync_delay_micros.load(Ordering::SeqCst);
         if delay > 0 {
             std::thread::sleep(std::time::Duration::from_micros(delay));
+        }
+        if !counted {
+            return Ok(());
         }
         let number = self.syncs.fetch_add(1, Ordering::SeqCst) + 1;
         self.maybe_fail(number, &self.fail_sync_number, "fsync")
@@ -360,6 +383,8 @@ impl FaultyFs {
 struct FaultyFile {
     inner: Arc<dyn WalFile>,
     plan: Arc<FaultPlan>,
+    /// Whether its writes and syncs are counted ([`FaultPlan::count_only`]).
+    counted: bool,
 }
 
 impl FaultyFile {
@@ -378,16 +403,16 @@ impl WalFile for FaultyFile {
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.fail_growth_past(offset + buf.len() as u64)?;
-        self.plan.on_write()?;
+        self.plan.on_write(self.counted)?;
         self.inner.write_all_at(buf, offset)
     }
     fn sync_data(&self) -> io::Result<()> {
-        self.plan.on_sync()?;
+        self.plan.on_sync(self.counted)?;
         self.inner.sync_data()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.fail_growth_past(len)?;
-        self.plan.on_write()?;
+        self.plan.on_write(self.counted)?;
         self.inner.set_len(len)
     }
     fn size_bytes(&self) -> io::Result<u64> {
@@ -419,6 +444,7 @@ impl FileSystem for FaultyFs {
         Ok(Arc::new(FaultyFile {
             inner,
             plan: self.plan.clone(),
+            counted: self.plan.counts(path),
         }))
     }
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
@@ -427,6 +453,7 @@ impl FileSystem for FaultyFs {
         Ok(Arc::new(FaultyFile {
             inner,
             plan: self.plan.clone(),
+            counted: self.plan.counts(path),
         }))
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -438,7 +465,7 @@ impl FileSystem for FaultyFs {
         self.inner.rename(from, to)
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.plan.on_sync()?;
+        self.plan.on_sync(self.plan.counts(path))?;
         self.inner.sync_dir(path)
     }
     fn try_lock(&self, path: &Path) -> io::Result<Box<dyn DirLock>> {

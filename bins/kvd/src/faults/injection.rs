@@ -29,7 +29,8 @@
 //! [`configure_from_env`] reads and checks them once at startup; [`wal_file_system`] is the file
 //! system the WAL opens with: the real one, wrapped in a [`FaultyFs`] when a fault is asked for.
 //! [`controller_file_system`] is the controller's: faulty only for a full or stalled disk (the
-//! counted write and fsync faults are the WAL's alone).
+//! counted write and fsync faults are the WAL's alone: `node.meta` and snapshots go through the
+//! WAL's file system, uncounted).
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -91,9 +92,11 @@ static WAL_FILE_SYSTEM: OnceLock<Arc<dyn FileSystem>> = OnceLock::new();
 /// The controller's, likewise.
 static CONTROLLER_FILE_SYSTEM: OnceLock<Arc<dyn FileSystem>> = OnceLock::new();
 
-/// Reads the fault env variables, configures the fail points and picks the WAL's file system.
-/// Fails on a malformed value, so a typo never silently runs a test without its fault.
-pub fn configure_from_env() -> anyhow::Result<()> {
+/// Reads the fault env variables, configures the fail points and picks the WAL's file system,
+/// whose counted write and fsync faults count only the paths `counted` accepts (the log's:
+/// `node.meta` and snapshots share the file system). Fails on a malformed value, so a typo
+/// never silently runs a test without its fault.
+pub fn configure_from_env(counted: kv_wal::fs::PathFilter) -> anyhow::Result<()> {
     if let Some(spec) = env_value(FAILPOINTS_ENV) {
         kv_wal::failpoint::configure(&spec)
             .map_err(anyhow::Error::msg)
@@ -115,6 +118,7 @@ pub fn configure_from_env() -> anyhow::Result<()> {
             Arc::new(StdFs)
         } else {
             let plan = disk.plan();
+            plan.count_only(counted);
             if let Some(number) = fsync_fail_at {
                 plan.fail_sync_at(number);
             }

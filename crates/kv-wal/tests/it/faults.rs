@@ -507,3 +507,37 @@ fn a_later_fsync_from_another_path_never_acknowledges_a_failed_batch() {
         );
     }
 }
+
+/// A plan that counts only some paths (`FaultPlan::count_only`): the writes and syncs of
+/// other files — and the syncs of other directories — neither take the fault's number nor
+/// fail, so a fault meant for the log lands on the log however the program's other files'
+/// syncs interleave with it (kvd's `node.meta` shares the log's file system; a fault counted
+/// over both once fired on `node.meta`, and the log a test waited on never failed).
+#[test]
+fn a_plan_counting_only_some_paths_leaves_the_others_uncounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan::new();
+    plan.count_only(|path| path.extension().is_some_and(|extension| extension == "log"));
+    let fs = FaultyFs::new(Arc::new(kv_wal::fs::StdFs), plan.clone());
+    let log = fs.create_new(&dir.path().join("a.log")).unwrap();
+    let other = fs.create_new(&dir.path().join("node.meta")).unwrap();
+    plan.fail_sync_at(2);
+    plan.fail_write_at(2);
+    log.write_all_at(b"one", 0).unwrap();
+    log.sync_data().unwrap();
+    for _ in 0..3 {
+        other.write_all_at(b"meta", 0).unwrap();
+        other.sync_data().unwrap();
+        fs.sync_dir(dir.path()).unwrap();
+    }
+    assert_eq!(
+        (plan.writes(), plan.syncs(), plan.faults_fired()),
+        (1, 1, 0)
+    );
+    assert!(
+        log.write_all_at(b"two", 3).is_err(),
+        "the log's second write"
+    );
+    assert!(log.sync_data().is_err(), "the log's second sync");
+    assert_eq!(plan.faults_fired(), 2);
+}
