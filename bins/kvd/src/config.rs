@@ -29,6 +29,8 @@ pub const FOLLOWER_PORT_BASE: u16 = 8000;
 pub const LEADER_URL_DEFAULT: &str = "http://127.0.0.1:8000";
 /// The WAL's directory inside a node's data directory.
 pub const WAL_DIR_NAME: &str = "wal";
+/// The snapshots' directory inside a node's data directory.
+pub const SNAPSHOT_DIR_NAME: &str = "snapshots";
 
 /// Whether `path` is the WAL's directory or a file in it (`DATA_DIR/wal`): what the counted
 /// write and fsync faults count (`faults::configure_from_env`). `node.meta` and snapshots
@@ -41,8 +43,6 @@ pub fn in_the_wal_dir(path: &std::path::Path) -> bool {
     let wal = std::ffi::OsStr::new(WAL_DIR_NAME);
     path.file_name() == Some(wal) || path.parent().and_then(std::path::Path::file_name) == Some(wal)
 }
-/// The snapshots' directory inside a node's data directory.
-pub const SNAPSHOT_DIR_NAME: &str = "snapshots";
 
 /// Which node this is.
 #[derive(Debug, Clone, PartialEq, Eq)]
