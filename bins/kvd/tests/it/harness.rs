@@ -121,11 +121,16 @@ pub fn node_name(index: usize) -> String {
 /// A `kvd` command with a clean environment and the given arguments.
 pub fn kvd_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kvd"));
+    without_kvd_env(&mut command);
+    command.env("KVD_LOG_LEVEL", "info").args(args);
+    command
+}
+
+/// Removes from `command`'s environment every variable kvd reads (it may start kvd itself).
+pub fn without_kvd_env(command: &mut Command) {
     for name in KVD_ENV {
         command.env_remove(name);
     }
-    command.env("KVD_LOG_LEVEL", "info").args(args);
-    command
 }
 
 /// A running `kvd leader`.

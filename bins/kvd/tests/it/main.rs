@@ -14,6 +14,7 @@ mod harness;
 mod nemesis;
 mod replication;
 mod restart;
+mod run_cluster;
 mod slow_clients;
 mod snapshots;
 mod transactions;
