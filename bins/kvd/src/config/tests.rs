@@ -285,3 +285,34 @@ fn every_setting_reaches_the_configuration_and_its_default_differs() {
         );
     }
 }
+
+/// The counted faults count the WAL's directory and the files in it, and nothing beside them
+/// on the same file system (`node.meta`, the controller's files, snapshots).
+#[cfg(feature = "fault-injection")]
+#[test]
+fn only_the_wal_directory_and_its_files_are_in_the_wal_dir() {
+    use std::path::Path;
+
+    use super::in_the_wal_dir;
+
+    let data = Path::new("/data/leader");
+    assert!(in_the_wal_dir(&data.join("wal")));
+    assert!(in_the_wal_dir(
+        &data.join("wal/00000000000000000001-00000000000000000001.wal")
+    ));
+    assert!(in_the_wal_dir(&data.join("wal/wal.meta")));
+    assert!(in_the_wal_dir(Path::new("wal/wal.lock")));
+    for outside in [
+        "node.meta",
+        "node.meta.tmp",
+        "controller/log/wal.meta",
+        "controller/log/00000000000000000001-00000000000000000001.wal",
+        "controller/raft-state.json",
+        "snapshots/00000000000000000100.snap",
+        "wal-old/x.wal",
+        "",
+    ] {
+        assert!(!in_the_wal_dir(&data.join(outside)), "{outside}");
+    }
+    assert!(!in_the_wal_dir(data));
+}

@@ -8,7 +8,7 @@
 
 use serde_json::json;
 
-use crate::harness::{Connection, Kvd};
+use crate::harness::{assert_detail_contains, Connection, Kvd};
 
 /// Writes tried before giving up on the disk filling.
 const WRITES_MAX: usize = 400;
@@ -99,12 +99,7 @@ fn a_full_disk_refuses_writes_with_507_and_takes_them_again_once_there_is_room()
     let kvd = Kvd::start(&data_dir, &args, &env);
     let (status, body) = kvd.json("GET", "/key/before-0", None);
     assert_eq!(status, 503, "{body}");
-    assert!(
-        body["detail"]
-            .as_str()
-            .is_some_and(|detail| detail.contains("its disk is full")),
-        "{body}"
-    );
+    assert_detail_contains(&body, "its disk is full");
     let (status, health) = kvd.json("GET", "/health", None);
     assert_eq!(status, 503, "{health}");
 

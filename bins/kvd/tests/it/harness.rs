@@ -335,6 +335,13 @@ impl Kvd {
     }
 }
 
+/// Asserts that an error answer's `detail` contains `text` (the answer printed if not).
+#[track_caller]
+pub fn assert_detail_contains(body: &serde_json::Value, text: &str) {
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(text), "no {text:?} in the detail of {body}");
+}
+
 /// `body` with only the members the seed project's answers had (see [`Kvd::seed_json`]).
 pub fn seed_members(body: serde_json::Value) -> serde_json::Value {
     match body {

@@ -9,7 +9,7 @@ use serde_json::{json, Value as Json};
 
 use super::cluster::{expect_status, Cluster, QUORUM_2_LAG_LIMIT_30_S};
 use super::load::{assert_holds_all, Writers};
-use crate::harness::DEADLINE;
+use crate::harness::{assert_detail_contains, DEADLINE};
 
 fn ids(status: &serde_json::Value, field: &str) -> Vec<u64> {
     match field {
@@ -82,13 +82,7 @@ fn a_node_joins_a_running_cluster_and_is_removed_again() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    assert!(
-        health["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("does not list it"),
-        "{health}"
-    );
+    assert_detail_contains(&health, "does not list it");
     assert!(cluster.terminate(3).success());
     // The three go on.
     let (_, after) = cluster.write(leader, "after", &json!(1));
@@ -511,12 +505,7 @@ fn a_campaign_request_from_another_cluster_is_refused() {
     let ask = |body: &str| kvd.json("POST", "/controller/campaign", Some(body));
     let (code, answer) = ask(&json!({ "cluster_id": cluster_id ^ 1 }).to_string());
     assert_eq!(code, 409, "{answer}");
-    assert!(
-        answer["detail"]
-            .as_str()
-            .is_some_and(|detail| detail.contains("this node is in cluster")),
-        "{answer}"
-    );
+    assert_detail_contains(&answer, "this node is in cluster");
     let (code, answer) = ask("{}");
     assert_eq!(code, 400, "{answer}");
     let (code, answer) = ask(&json!({ "cluster_id": cluster_id }).to_string());
