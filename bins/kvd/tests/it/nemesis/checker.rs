@@ -13,7 +13,12 @@
 //!   history (Jepsen's and etcd's treatment), and a DELETE of that kind may find the key absent;
 //! - a definite failure (4xx — a DELETE's 404 included — a 503 without an id, a refused
 //!   connection) wrote nothing and is left out;
-//! - a leader read is `Read(Some(v))` or `Read(None)` (404); a read with no answer is left out.
+//! - a leader read is `Read(Some(v))` or `Read(None)` (404); a read with no answer is left out;
+//! - a compare-and-set (`PUT` with `If-Match` on the revision at which the key held `e`, every
+//!   value being written once) acknowledged is `Cas` that must find `e` and writes its value;
+//!   of unknown outcome, `Cas` that writes only if it finds `e`, its response at the end; refused
+//!   with 412, `CasRefused`, which must not find `e` (kvd decides `If-Match` when it applies
+//!   the write, in the log's order, so a 412 is an observation like a read).
 //!
 //! Every process of the checker's history is one operation (a process id per operation), so a
 //! client whose request timed out and who went on with the next one never pairs a call with the
@@ -44,6 +49,18 @@ pub enum RegisterOp {
         must_exist: bool,
     },
     Read(Option<Value>),
+    /// A compare-and-set of `new` if the key holds `expected`: acknowledged (`must_apply`),
+    /// it must have found `expected`; of unknown outcome, it writes `new` if it finds
+    /// `expected` (and may never have happened: its response goes at the end).
+    Cas {
+        expected: Value,
+        new: Value,
+        must_apply: bool,
+    },
+    /// A compare-and-set refused (412): the key did not hold `expected` when it was decided.
+    CasRefused {
+        expected: Value,
+    },
 }
 
 /// One key of kvd: a register that may be absent.
@@ -63,6 +80,15 @@ impl Specification for KeyRegister {
             RegisterOp::Delete { must_exist } if must_exist && state.is_none() => (false, None),
             RegisterOp::Delete { .. } => (true, None),
             RegisterOp::Read(value) => (value == *state, *state),
+            RegisterOp::Cas {
+                expected,
+                new,
+                must_apply,
+            } => match *state == Some(expected) {
+                true => (true, Some(new)),
+                false => (!must_apply, *state),
+            },
+            RegisterOp::CasRefused { expected } => (*state != Some(expected), *state),
         }
     }
 }
@@ -80,6 +106,31 @@ pub fn register_op(record: &Record) -> Option<(RegisterOp, bool)> {
             Some((RegisterOp::Delete { must_exist: false }, false))
         }
         (Op::Get, Outcome::Read(value)) => Some((RegisterOp::Read(*value), true)),
+        (Op::Cas { expected, new, .. }, Outcome::Written { .. }) => {
+            let must_apply = true;
+            Some((
+                RegisterOp::Cas {
+                    expected,
+                    new,
+                    must_apply,
+                },
+                true,
+            ))
+        }
+        (Op::Cas { expected, new, .. }, Outcome::Unknown { .. }) => {
+            let must_apply = false;
+            Some((
+                RegisterOp::Cas {
+                    expected,
+                    new,
+                    must_apply,
+                },
+                false,
+            ))
+        }
+        (Op::Cas { expected, .. }, Outcome::Failed(_)) if record.is_refused_cas() => {
+            Some((RegisterOp::CasRefused { expected }, true))
+        }
         _ => None,
     }
 }
@@ -212,10 +263,7 @@ pub fn check_follower_reads(records: &[Record]) -> Vec<String> {
     for records in by_key(records).into_values() {
         let puts: HashMap<Value, &Record> = records
             .iter()
-            .filter_map(|record| match record.op {
-                Op::Put(value) => Some((value, *record)),
-                _ => None,
-            })
+            .filter_map(|record| Some((record.written_value()?, *record)))
             .collect();
         // The acknowledged writes, by id: what a node that applied id N must reflect.
         let mut acknowledged: Vec<(u64, &Record)> = records
@@ -342,6 +390,106 @@ mod tests {
     fn follower_get(value: Option<Value>, min_id: u64, from_ms: u64, to_ms: u64) -> Record {
         let op = Op::FollowerGet { node: 1, min_id };
         record(3, op, from_ms, to_ms, Outcome::Read(value))
+    }
+
+    /// A compare-and-set of `new` if the key holds `expected` (at revision `expected`'s id:
+    /// these tests give each value the id equal to it).
+    fn cas(expected: Value, new: Value, from_ms: u64, to_ms: u64, outcome: Outcome) -> Record {
+        let op = Op::Cas {
+            expected,
+            revision: expected,
+            new,
+        };
+        record(4, op, from_ms, to_ms, outcome)
+    }
+
+    fn refused() -> Outcome {
+        Outcome::Failed("412 precondition failed".to_owned())
+    }
+
+    fn unknown() -> Outcome {
+        Outcome::Unknown {
+            reason: "timeout".to_owned(),
+            id: None,
+        }
+    }
+
+    #[test]
+    fn a_compare_and_set_must_find_its_value_and_a_refused_one_must_not() {
+        let written = |id| Outcome::Written { id };
+        // W1 |--|  CAS 1→2 ok |--|  R2 |--|
+        let history = [
+            put(1, 0, 1, 1),
+            cas(1, 2, 2, 3, written(2)),
+            get(Some(2), 4, 5),
+        ];
+        assert!(linearizable(&history));
+        // W1 |--|  W3 |--|  CAS 1→2 ok |--|: acknowledged although the key held 3 (two
+        // clients' updates overwriting each other).
+        let history = [
+            put(1, 0, 1, 1),
+            put(3, 2, 3, 3),
+            cas(1, 2, 4, 5, written(4)),
+        ];
+        assert!(!linearizable(&history));
+        // ... unless W3 overlaps it and may come after.
+        let history = [
+            put(1, 0, 1, 1),
+            put(3, 2, 6, 3),
+            cas(1, 2, 4, 5, written(4)),
+        ];
+        assert!(linearizable(&history));
+        // Two acknowledged compare-and-sets from the same value: only one can find it.
+        let history = [
+            put(1, 0, 1, 1),
+            cas(1, 2, 2, 5, written(2)),
+            cas(1, 3, 2, 5, written(3)),
+        ];
+        assert!(!linearizable(&history));
+        // W1 |--|  CAS 1→2 refused |--|: the key held 1 all along.
+        let history = [put(1, 0, 1, 1), cas(1, 2, 2, 3, refused())];
+        assert!(!linearizable(&history));
+        // Refused after another write: fine, and it wrote nothing.
+        let history = [
+            put(1, 0, 1, 1),
+            put(3, 2, 3, 3),
+            cas(1, 2, 4, 5, refused()),
+            get(Some(3), 6, 7),
+        ];
+        assert!(linearizable(&history));
+        let history = [
+            put(1, 0, 1, 1),
+            put(3, 2, 3, 3),
+            cas(1, 2, 4, 5, refused()),
+            get(Some(2), 6, 7),
+        ];
+        assert!(!linearizable(&history));
+    }
+
+    #[test]
+    fn a_compare_and_set_of_unknown_outcome_applies_only_where_it_finds_its_value() {
+        // W1 |--|  CAS 1→2 ? |--|  R2 |--|  R2 |--|: it took effect.
+        let history = [
+            put(1, 0, 1, 1),
+            cas(1, 2, 2, 3, unknown()),
+            get(Some(2), 4, 5),
+        ];
+        assert!(linearizable(&history));
+        // ... or never.
+        let history = [
+            put(1, 0, 1, 1),
+            cas(1, 2, 2, 3, unknown()),
+            get(Some(1), 4, 5),
+        ];
+        assert!(linearizable(&history));
+        // It cannot have written 2 over 3: the key never held 1 after W3.
+        let history = [
+            put(1, 0, 1, 1),
+            put(3, 2, 3, 3),
+            cas(1, 2, 4, 5, unknown()),
+            get(Some(2), 6, 7),
+        ];
+        assert!(!linearizable(&history));
     }
 
     fn linearizable(records: &[Record]) -> bool {

@@ -1,8 +1,11 @@
-//! A client: a thread doing PUT, DELETE and GET on a small set of keys, one operation at a
-//! time, recording each (see [`super::history`]). Values are unique per run. Writes and
-//! linearizable reads go to the node the client takes as the leader; reads on followers carry
-//! `?min_id=` the highest id acknowledged to this client.
+//! A client: a thread doing PUT, compare-and-set (`PUT` with `If-Match`), DELETE and GET on a
+//! small set of keys, one operation at a time, recording each (see [`super::history`]). Values
+//! are unique per run. Writes and linearizable reads go to the node the client takes as the
+//! leader; reads on followers carry `?min_id=` the highest id acknowledged to this client. A
+//! compare-and-set expects the value and revision this client last saw the key at (its leader
+//! read's `mod_revision`, or its own acknowledged write's id).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -121,6 +124,8 @@ pub struct Client {
     /// The highest id acknowledged to this client: `min_id` of its follower reads.
     session_id: u64,
     sequence: u64,
+    /// Per key, the value and revision this client last saw it at.
+    seen: HashMap<String, (Value, u64)>,
     records: Vec<Record>,
 }
 
@@ -135,6 +140,7 @@ impl Client {
             leader_suspect: shared.leader_mode == LeaderMode::Discover,
             session_id: 0,
             sequence: 0,
+            seen: HashMap::new(),
             records: Vec::new(),
             shared,
         }
@@ -152,10 +158,15 @@ impl Client {
             let key = self.shared.keys.pick(&mut self.rng);
             let nodes = self.shared.directory.nodes.len() as u64;
             let op = match self.rng.in_range(0..=99) {
-                0..=39 => {
-                    self.sequence += 1;
-                    Op::Put(((self.id as Value) << 40) | self.sequence)
-                }
+                0..=29 => Op::Put(self.next_value()),
+                30..=39 => match self.seen.get(&key) {
+                    Some(&(expected, revision)) => Op::Cas {
+                        expected,
+                        revision,
+                        new: self.next_value(),
+                    },
+                    None => Op::Put(self.next_value()),
+                },
                 40..=49 => Op::Delete,
                 50..=84 => Op::Get,
                 _ if nodes == 1 => Op::Get,
@@ -186,21 +197,47 @@ impl Client {
         self.records
     }
 
+    /// A value no operation of the run wrote before.
+    fn next_value(&mut self) -> Value {
+        self.sequence += 1;
+        ((self.id as Value) << 40) | self.sequence
+    }
+
     /// One operation, recorded.
     pub fn perform(&mut self, key: String, op: Op) -> Record {
         let invoked = self.shared.clock.now();
         let (node, outcome) = match op {
-            Op::Put(_) | Op::Delete => self.write(&key, op),
+            Op::Put(_) | Op::Delete | Op::Cas { .. } => self.write(&key, op),
             Op::Get => {
                 let path = format!("/key/{key}{LEADER_READ_QUERY}");
                 let node = self.leader;
-                (node, self.read(node, &path, READ_TIMEOUT))
+                let (outcome, revision) = self.read(node, &path, READ_TIMEOUT);
+                match (&outcome, revision) {
+                    (Outcome::Read(Some(value)), Some(revision)) => {
+                        self.seen.insert(key.clone(), (*value, revision));
+                    }
+                    (Outcome::Read(None), _) => {
+                        self.seen.remove(&key);
+                    }
+                    _ => {}
+                }
+                (node, outcome)
             }
             Op::FollowerGet { node, min_id } => {
                 let path = format!("/key/{key}?min_id={min_id}&wait_ms={FOLLOWER_READ_WAIT_MS}");
-                (node, self.read(node, &path, FOLLOWER_READ_TIMEOUT))
+                (node, self.read(node, &path, FOLLOWER_READ_TIMEOUT).0)
             }
         };
+        // An acknowledged write's id is the key's revision after it.
+        match (op, &outcome) {
+            (Op::Put(value) | Op::Cas { new: value, .. }, Outcome::Written { id }) => {
+                self.seen.insert(key.clone(), (value, *id));
+            }
+            (Op::Delete, Outcome::Written { .. }) => {
+                self.seen.remove(&key);
+            }
+            _ => {}
+        }
         Record {
             client: self.id,
             node,
@@ -215,14 +252,29 @@ impl Client {
     fn write(&mut self, key: &str, op: Op) -> (usize, Outcome) {
         let path = format!("/key/{key}");
         let (method, body) = match op {
-            Op::Put(value) => ("PUT", Some(format!("{{\"value\":{value}}}"))),
+            Op::Put(value) | Op::Cas { new: value, .. } => {
+                ("PUT", Some(format!("{{\"value\":{value}}}")))
+            }
             _ => ("DELETE", None),
         };
+        let if_match = match op {
+            Op::Cas { revision, .. } => Some(format!("\"{revision}\"")),
+            _ => None,
+        };
+        let headers: Vec<(&str, &str)> = if_match
+            .iter()
+            .map(|value| ("If-Match", value.as_str()))
+            .collect();
         let mut node = self.leader;
         for _ in 0..=REDIRECTS_MAX {
-            let exchange =
-                self.connections
-                    .send(node, method, &path, body.as_deref(), WRITE_TIMEOUT);
+            let exchange = self.connections.send(
+                node,
+                method,
+                &path,
+                &headers,
+                body.as_deref(),
+                WRITE_TIMEOUT,
+            );
             let answer = match exchange {
                 Exchange::Answered(answer) => answer,
                 Exchange::NotSent(reason) => {
@@ -256,10 +308,22 @@ impl Client {
         (node, Outcome::Failed("too many redirects".to_owned()))
     }
 
-    fn read(&mut self, node: usize, path: &str, timeout: Duration) -> Outcome {
-        match self.connections.send(node, "GET", path, None, timeout) {
+    /// A GET's outcome, and the key's revision (`mod_revision`) when it was found.
+    fn read(&mut self, node: usize, path: &str, timeout: Duration) -> (Outcome, Option<u64>) {
+        let exchange = self.connections.send(node, "GET", path, &[], None, timeout);
+        if let Exchange::Answered(answer) = &exchange {
+            if answer.status == 200 {
+                let (value, revision) = read_value(answer);
+                return (Outcome::Read(Some(value)), revision);
+            }
+        }
+        (self.read_failure(node, exchange), None)
+    }
+
+    /// The outcome of a GET that did not answer 200.
+    fn read_failure(&mut self, node: usize, exchange: Exchange) -> Outcome {
+        match exchange {
             Exchange::Answered(answer) => match answer.status {
-                200 => Outcome::Read(Some(read_value(&answer))),
                 404 => Outcome::Read(None),
                 307 => {
                     // Not the leader: nothing was read; ask the one it names next time.
@@ -359,13 +423,12 @@ fn write_outcome(answer: &Answer) -> Outcome {
     }
 }
 
-/// The value a GET answered; a value that is not one of ours (every write is a number) reads
-/// as one nobody wrote, and the checker reports it.
-fn read_value(answer: &Answer) -> Value {
-    serde_json::from_slice::<Json>(&answer.body)
-        .ok()
-        .and_then(|body| body["value"].as_u64())
-        .unwrap_or(Value::MAX)
+/// The value a GET answered, and its `mod_revision`; a value that is not one of ours (every
+/// write is a number) reads as one nobody wrote, and the checker reports it.
+fn read_value(answer: &Answer) -> (Value, Option<u64>) {
+    let body = serde_json::from_slice::<Json>(&answer.body).unwrap_or(Json::Null);
+    let value = body["value"].as_u64().unwrap_or(Value::MAX);
+    (value, body["mod_revision"].as_u64())
 }
 
 fn detail(answer: &Answer) -> String {

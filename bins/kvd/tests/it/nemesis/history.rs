@@ -34,6 +34,14 @@ pub enum Op {
     Put(Value),
     /// `DELETE /key/{key}`.
     Delete,
+    /// `PUT /key/{key}` of `new` with `If-Match: "<revision>"`, the revision at which the key
+    /// held `expected` (from a leader read or an acknowledged write): a compare-and-set. Every
+    /// value is written once, so "the key is at that revision" is "the key holds `expected`".
+    Cas {
+        expected: Value,
+        revision: u64,
+        new: Value,
+    },
     /// `GET /key/{key}` on the node taken as the leader: checked for linearizability.
     Get,
     /// `GET /key/{key}?min_id=N` on a follower: not linearizable by design, checked only for
@@ -80,7 +88,21 @@ impl Record {
     }
 
     pub fn is_write(&self) -> bool {
-        matches!(self.op, Op::Put(_) | Op::Delete)
+        matches!(self.op, Op::Put(_) | Op::Delete | Op::Cas { .. })
+    }
+
+    /// The value this operation writes, if it writes one.
+    pub fn written_value(&self) -> Option<Value> {
+        match self.op {
+            Op::Put(value) | Op::Cas { new: value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    /// A compare-and-set refused because the key was not at its revision (412): it wrote
+    /// nothing, and says the key did not hold the expected value when it was decided.
+    pub fn is_refused_cas(&self) -> bool {
+        matches!((self.op, &self.outcome), (Op::Cas { .. }, Outcome::Failed(reason)) if reason.starts_with("412"))
     }
 
     /// A write that may have taken effect (acknowledged or unknown).
@@ -95,6 +117,11 @@ impl fmt::Display for Record {
         let op = match self.op {
             Op::Put(value) => format!("PUT {value:#x}"),
             Op::Delete => "DELETE".to_owned(),
+            Op::Cas {
+                expected,
+                revision,
+                new,
+            } => format!("PUT {new:#x} if {expected:#x} (If-Match \"{revision}\")"),
             Op::Get => "GET (leader)".to_owned(),
             Op::FollowerGet { node, min_id } => format!("GET n{node} min_id={min_id}"),
         };
@@ -138,6 +165,9 @@ pub struct Counts {
     pub writes_ok: u64,
     pub writes_failed: u64,
     pub writes_unknown: u64,
+    /// Of the writes: compare-and-sets acknowledged, and refused (412).
+    pub cas_ok: u64,
+    pub cas_refused: u64,
     pub reads_ok: u64,
     pub reads_not_found: u64,
     pub reads_failed: u64,
@@ -150,9 +180,20 @@ impl Counts {
         let mut counts = Counts::default();
         for record in records {
             match (record.op, &record.outcome) {
-                (Op::Put(_) | Op::Delete, Outcome::Written { .. }) => counts.writes_ok += 1,
-                (Op::Put(_) | Op::Delete, Outcome::Failed(_)) => counts.writes_failed += 1,
-                (Op::Put(_) | Op::Delete, _) => counts.writes_unknown += 1,
+                (Op::Cas { .. }, Outcome::Written { .. }) => counts.cas_ok += 1,
+                (Op::Cas { .. }, Outcome::Failed(_)) if record.is_refused_cas() => {
+                    counts.cas_refused += 1
+                }
+                _ => {}
+            }
+            match (record.op, &record.outcome) {
+                (Op::Put(_) | Op::Delete | Op::Cas { .. }, Outcome::Written { .. }) => {
+                    counts.writes_ok += 1
+                }
+                (Op::Put(_) | Op::Delete | Op::Cas { .. }, Outcome::Failed(_)) => {
+                    counts.writes_failed += 1
+                }
+                (Op::Put(_) | Op::Delete | Op::Cas { .. }, _) => counts.writes_unknown += 1,
                 (Op::Get, Outcome::Read(Some(_))) => counts.reads_ok += 1,
                 (Op::Get, Outcome::Read(None)) => counts.reads_not_found += 1,
                 (Op::Get, _) => counts.reads_failed += 1,
@@ -168,11 +209,14 @@ impl fmt::Display for Counts {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             formatter,
-            "writes: {} acknowledged, {} failed, {} unknown; leader reads: {} values, {} \
-             not-found, {} failed/timed out; follower reads: {} answered, {} failed/timed out",
+            "writes: {} acknowledged, {} failed, {} unknown (compare-and-sets: {} acknowledged, \
+             {} refused); leader reads: {} values, {} not-found, {} failed/timed out; follower \
+             reads: {} answered, {} failed/timed out",
             self.writes_ok,
             self.writes_failed,
             self.writes_unknown,
+            self.cas_ok,
+            self.cas_refused,
             self.reads_ok,
             self.reads_not_found,
             self.reads_failed,

@@ -36,6 +36,7 @@ impl Connections {
         node: usize,
         method: &str,
         path: &str,
+        headers: &[(&str, &str)],
         body: Option<&str>,
         timeout: Duration,
     ) -> Exchange {
@@ -53,7 +54,13 @@ impl Connections {
                 Err(error) => return Exchange::NotSent(format!("connect: {error}")),
             },
         };
-        let exchange = exchange(stream, self.addresses[node], method, path, body, timeout);
+        let request = Request {
+            method,
+            path,
+            headers,
+            body,
+        };
+        let exchange = exchange(stream, self.addresses[node], &request, timeout);
         let keep = match &exchange {
             Exchange::Answered(answer) => !answer
                 .header("connection")
@@ -76,14 +83,15 @@ pub fn once(
     timeout: Duration,
 ) -> Exchange {
     match connect(address, timeout) {
-        Ok(stream) => exchange(
-            &mut BufReader::new(stream),
-            address,
-            method,
-            path,
-            body,
-            timeout,
-        ),
+        Ok(stream) => {
+            let request = Request {
+                method,
+                path,
+                headers: &[],
+                body,
+            };
+            exchange(&mut BufReader::new(stream), address, &request, timeout)
+        }
         Err(error) => Exchange::NotSent(format!("connect: {error}")),
     }
 }
@@ -94,12 +102,18 @@ fn connect(address: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream>
     Ok(stream)
 }
 
+/// What to send.
+struct Request<'a> {
+    method: &'a str,
+    path: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+    body: Option<&'a str>,
+}
+
 fn exchange(
     stream: &mut BufReader<TcpStream>,
     address: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
+    request: &Request<'_>,
     timeout: Duration,
 ) -> Exchange {
     let socket = stream.get_ref();
@@ -109,12 +123,20 @@ fn exchange(
     {
         return Exchange::NotSent(format!("socket: {error}"));
     }
+    let Request {
+        method,
+        path,
+        headers,
+        body,
+    } = request;
     let body = body.unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n"
     );
+    for (name, value) in *headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let request = format!("{head}Content-Length: {}\r\n\r\n{body}", body.len());
     if let Err(error) = stream.get_mut().write_all(request.as_bytes()) {
         return Exchange::Lost(format!("send: {error}"));
     }
