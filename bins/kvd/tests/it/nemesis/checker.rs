@@ -106,26 +106,17 @@ pub fn register_op(record: &Record) -> Option<(RegisterOp, bool)> {
             Some((RegisterOp::Delete { must_exist: false }, false))
         }
         (Op::Get, Outcome::Read(value)) => Some((RegisterOp::Read(*value), true)),
-        (Op::Cas { expected, new, .. }, Outcome::Written { .. }) => {
-            let must_apply = true;
+        // Acknowledged, it applied and its response is known; of unknown outcome, neither.
+        (Op::Cas { expected, new, .. }, Outcome::Written { .. } | Outcome::Unknown { .. }) => {
+            let known = matches!(record.outcome, Outcome::Written { .. });
+            let must_apply = known;
             Some((
                 RegisterOp::Cas {
                     expected,
                     new,
                     must_apply,
                 },
-                true,
-            ))
-        }
-        (Op::Cas { expected, new, .. }, Outcome::Unknown { .. }) => {
-            let must_apply = false;
-            Some((
-                RegisterOp::Cas {
-                    expected,
-                    new,
-                    must_apply,
-                },
-                false,
+                known,
             ))
         }
         (Op::Cas { expected, .. }, Outcome::Failed(_)) if record.is_refused_cas() => {
@@ -450,46 +441,33 @@ mod tests {
         let history = [put(1, 0, 1, 1), cas(1, 2, 2, 3, refused())];
         assert!(!linearizable(&history));
         // Refused after another write: fine, and it wrote nothing.
-        let history = [
+        assert!(linearizable(&cas_after_another_write(refused(), Some(3))));
+        assert!(!linearizable(&cas_after_another_write(refused(), Some(2))));
+    }
+
+    /// W1 |--|  W3 |--|  CAS 1→2 (`outcome`) |--|  R |--| (reading `read`).
+    fn cas_after_another_write(outcome: Outcome, read: Option<Value>) -> [Record; 4] {
+        [
             put(1, 0, 1, 1),
             put(3, 2, 3, 3),
-            cas(1, 2, 4, 5, refused()),
-            get(Some(3), 6, 7),
-        ];
-        assert!(linearizable(&history));
-        let history = [
-            put(1, 0, 1, 1),
-            put(3, 2, 3, 3),
-            cas(1, 2, 4, 5, refused()),
-            get(Some(2), 6, 7),
-        ];
-        assert!(!linearizable(&history));
+            cas(1, 2, 4, 5, outcome),
+            get(read, 6, 7),
+        ]
     }
 
     #[test]
     fn a_compare_and_set_of_unknown_outcome_applies_only_where_it_finds_its_value() {
-        // W1 |--|  CAS 1→2 ? |--|  R2 |--|  R2 |--|: it took effect.
-        let history = [
-            put(1, 0, 1, 1),
-            cas(1, 2, 2, 3, unknown()),
-            get(Some(2), 4, 5),
-        ];
-        assert!(linearizable(&history));
-        // ... or never.
-        let history = [
-            put(1, 0, 1, 1),
-            cas(1, 2, 2, 3, unknown()),
-            get(Some(1), 4, 5),
-        ];
-        assert!(linearizable(&history));
+        // W1 |--|  CAS 1→2 ? |--|  R |--|: it took effect (R2), or never (R1).
+        for read in [2, 1] {
+            let history = [
+                put(1, 0, 1, 1),
+                cas(1, 2, 2, 3, unknown()),
+                get(Some(read), 4, 5),
+            ];
+            assert!(linearizable(&history), "read {read}");
+        }
         // It cannot have written 2 over 3: the key never held 1 after W3.
-        let history = [
-            put(1, 0, 1, 1),
-            put(3, 2, 3, 3),
-            cas(1, 2, 4, 5, unknown()),
-            get(Some(2), 6, 7),
-        ];
-        assert!(!linearizable(&history));
+        assert!(!linearizable(&cas_after_another_write(unknown(), Some(2))));
     }
 
     fn linearizable(records: &[Record]) -> bool {
