@@ -1,13 +1,19 @@
 //! The nemesis: injects one fault at a time (or two at once on larger clusters) into a
 //! running cluster, holds it, heals it, and logs what it did and when on the run's clock.
 //! Targets and kinds are drawn from shuffled rounds, so every node (the leader included) and
-//! every kind of fault is hit within a few faults, in a seeded order.
+//! every kind of fault is hit within a few faults, in a seeded order. With transfers on, half
+//! the faults come 0–150 ms after the nemesis asked for a planned leadership transfer to a
+//! random node (`POST /admin/transfer-leader`), so faults land on transfers under way: the
+//! leader or the target killed, paused or cut off while the leader waits for the target.
 
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cluster::Cluster;
 use super::history::{Clock, Nanos, Outcome, Record};
+use super::http::{self, Exchange};
 use super::proxy::Partition;
 use crate::harness::TestRng;
 
@@ -49,6 +55,19 @@ pub struct NemesisOptions {
     pub targets_max: usize,
     /// Hit only the node leading at the time (one per fault): every fault is a failover.
     pub leader_only: bool,
+    /// Ask for a leadership transfer just before half the faults.
+    pub transfers: bool,
+}
+
+/// How long the nemesis waits for a transfer's answer (kvd cancels one after 5 s).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A leadership transfer the nemesis asked for just before a fault.
+#[derive(Debug, Clone)]
+pub struct TransferRecord {
+    pub to: usize,
+    /// The status answered (`"200"`, `"409 …"`, `"503 …"`), or why none came.
+    pub answer: String,
 }
 
 /// One fault as injected.
@@ -60,6 +79,7 @@ pub struct FaultRecord {
     pub leader_hit: bool,
     pub started: Nanos,
     pub healed: Nanos,
+    pub transfer: Option<TransferRecord>,
 }
 
 impl std::fmt::Display for FaultRecord {
@@ -73,7 +93,15 @@ impl std::fmt::Display for FaultRecord {
             self.kind.name(),
             self.nodes,
             if self.leader_hit { " (the leader)" } else { "" }
-        )
+        )?;
+        match &self.transfer {
+            Some(transfer) => write!(
+                formatter,
+                ", just after asking a transfer to node {}: {}",
+                transfer.to, transfer.answer
+            ),
+            None => Ok(()),
+        }
     }
 }
 
@@ -112,7 +140,8 @@ const COVERAGE_GRACE: Duration = Duration::from_secs(60);
 
 /// Runs faults until `duration` passes or `faults_max` were injected — but, on a slow machine,
 /// past `duration` (by [`COVERAGE_GRACE`] at most) until every node and every kind was hit
-/// once; leaves the cluster healed. `leader` says which node leads now.
+/// once and, with transfers on, one transfer completed; leaves the cluster healed. `leader`
+/// says which node leads now.
 pub fn run(
     cluster: &mut Cluster,
     options: &NemesisOptions,
@@ -125,9 +154,13 @@ pub fn run(
     let mut kinds = Rounds::new(options.kinds.len());
     let mut targets = Rounds::new(cluster.nodes.len());
     let mut faults = Vec::new();
+    let mut transfers = Vec::new();
+    let transfers_done = Arc::new(AtomicUsize::new(0));
     while (faults.len() as u64) < options.faults_max {
         let now = Instant::now();
-        if now >= until && (faults.len() >= coverage || now >= until + COVERAGE_GRACE) {
+        let covered = faults.len() >= coverage
+            && (!options.transfers || transfers_done.load(Ordering::SeqCst) > 0);
+        if now >= until && (covered || now >= until + COVERAGE_GRACE) {
             break;
         }
         sleep_ms(rng, &options.quiet_ms);
@@ -147,6 +180,25 @@ pub fn run(
             }
             leader()
         };
+        if options.transfers && rng.in_range(0..=1) == 0 {
+            // To a node that does not lead (one that does answers 409).
+            let size = cluster.nodes.len() as u64;
+            let to = match leader_now {
+                Some(leader) => (leader + rng.in_range(1..=size - 1) as usize) % size as usize,
+                None => rng.in_range(0..=size - 1) as usize,
+            };
+            let via = cluster.nodes[rng.in_range(0..=size - 1) as usize].address;
+            let done = transfers_done.clone();
+            let asking = std::thread::spawn(move || {
+                let answer = ask_transfer(via, to);
+                if answer == "200" {
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+                answer
+            });
+            transfers.push((faults.len(), to, asking));
+            sleep_ms(rng, &(0..=150));
+        }
         let started = clock.now();
         for &node in &nodes {
             match kind {
@@ -171,9 +223,29 @@ pub fn run(
             nodes,
             started,
             healed,
+            transfer: None,
         });
     }
+    for (index, to, asking) in transfers {
+        let answer = asking.join().expect("the transfer's thread");
+        faults[index].transfer = Some(TransferRecord { to, answer });
+    }
     faults
+}
+
+/// Asks node `via` to move the leadership to node `to`; what it answered.
+fn ask_transfer(via: std::net::SocketAddr, to: usize) -> String {
+    let body = format!("{{\"to\": {to}}}");
+    let path = "/admin/transfer-leader";
+    match http::once(via, "POST", path, Some(&body), TRANSFER_TIMEOUT) {
+        Exchange::Answered(answer) if answer.status == 200 => "200".to_owned(),
+        Exchange::Answered(answer) => {
+            let body = String::from_utf8_lossy(&answer.body).into_owned();
+            format!("{} {body}", answer.status)
+        }
+        Exchange::NotSent(reason) => format!("not sent ({reason})"),
+        Exchange::Lost(reason) => format!("no answer ({reason})"),
+    }
 }
 
 /// The node `leader` names, once one does (an election may be under way).

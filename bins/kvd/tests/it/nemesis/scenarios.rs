@@ -10,6 +10,10 @@
 //! | `KVD_NEMESIS_CLIENTS` | per scenario | concurrent clients |
 //! | `KVD_NEMESIS_LEADER` | `discover` | `discover`: clients find the leader by `/cluster_status` and 307s; `fixed`: node 0 first |
 //!
+//! The kill scenario and the five-node one ask for a planned leadership transfer to a random
+//! node just before half their faults (`faults.rs`), so the faults also land on transfers under
+//! way.
+//!
 //! Leader reads carry `?linearizable=true`, so only the node that leads, with a lease and its
 //! epoch's first entry committed and applied, answers them; every one is checked. (Before the
 //! controller a leader restarted after `kill -9` with a write quorum above 1 served reads older
@@ -22,7 +26,7 @@
 //!
 //! Thread timing is not replayed: a seed gives the same plan, not the same interleaving.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +59,8 @@ struct Scenario {
     /// Every fault hits the leader of the moment, this many times (`KVD_NEMESIS_FAILOVERS`
     /// overrides it), however long it takes; `None`: faults for `KVD_NEMESIS_SECS`.
     failovers: Option<u64>,
+    /// Half the faults come just after a planned leadership transfer was asked for.
+    transfers: bool,
 }
 
 fn leader_mode() -> LeaderMode {
@@ -83,6 +89,7 @@ fn kill_9_of_any_node_of_3_with_write_quorum_2_keeps_every_key_linearizable() {
         targets_max: 1,
         hold_ms: 100..=1200,
         failovers: None,
+        transfers: true,
     });
 }
 
@@ -97,6 +104,7 @@ fn sigstop_of_any_node_of_3_with_write_quorum_2_keeps_every_key_linearizable() {
         targets_max: 1,
         hold_ms: 100..=1500,
         failovers: None,
+        transfers: false,
     });
 }
 
@@ -111,6 +119,7 @@ fn partitions_of_followers_and_of_the_leader_keep_every_key_linearizable() {
         targets_max: 1,
         hold_ms: 300..=2500,
         failovers: None,
+        transfers: false,
     });
 }
 
@@ -127,6 +136,7 @@ fn every_fault_on_5_nodes_with_write_quorum_3_keeps_every_key_linearizable() {
         targets_max: 2,
         hold_ms: 100..=1500,
         failovers: None,
+        transfers: true,
     });
 }
 
@@ -144,6 +154,7 @@ fn leader_kill_9_failovers_keep_every_key_linearizable() {
         targets_max: 1,
         hold_ms: 1500..=2500,
         failovers: Some(20),
+        transfers: false,
     });
 }
 
@@ -198,6 +209,7 @@ fn run(scenario: Scenario) {
         quiet_ms: 200..=800,
         targets_max: scenario.targets_max,
         leader_only: failovers.is_some(),
+        transfers: scenario.transfers,
     };
     let faults = faults::run(
         &mut cluster,
@@ -296,6 +308,25 @@ fn run(scenario: Scenario) {
             describe_durations(&hit(false)),
         );
     }
+    let transfers: Vec<&faults::TransferRecord> = faults
+        .iter()
+        .filter_map(|fault| fault.transfer.as_ref())
+        .collect();
+    let transfers_done = transfers
+        .iter()
+        .filter(|transfer| transfer.answer == "200")
+        .count();
+    if scenario.transfers {
+        let mut answers: BTreeMap<&str, usize> = BTreeMap::new();
+        for transfer in &transfers {
+            let status = transfer.answer.split(' ').next().unwrap_or_default();
+            *answers.entry(status).or_default() += 1;
+        }
+        println!(
+            "  transfers asked just before a fault: {}, answered {answers:?}",
+            transfers.len()
+        );
+    }
     println!(
         "  checked {} keys, {} operations, in {:.1?}; {} connections through the proxies",
         verdict.keys_checked,
@@ -331,6 +362,10 @@ fn run(scenario: Scenario) {
             let leader_kills = faults.iter().filter(|fault| fault.leader_hit).count();
             assert_eq!(leader_kills as u64, failovers, "every fault hit the leader");
         }
+        assert!(
+            !scenario.transfers || transfers_done > 0,
+            "no transfer completed: run longer (KVD_NEMESIS_SECS)"
+        );
         for kind in &scenario.kinds {
             assert!(
                 faults.iter().any(|fault| fault.kind == *kind),
