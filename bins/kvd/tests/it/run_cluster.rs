@@ -18,7 +18,10 @@ use crate::harness::{self, free_port, request, without_kvd_env};
 /// for the nodes to announce themselves plus 30 s for the followers to join).
 const UP_WITHIN: Duration = Duration::from_secs(90);
 
-/// `scripts/run-cluster` running with `FOLLOWERS=2` on three consecutive ports: its stdout and
+/// How many nodes the script runs: its default, the leader and three followers.
+const NODES: u16 = 4;
+
+/// `scripts/run-cluster` running with its defaults on [`NODES`] consecutive ports: its stdout and
 /// stderr, line by line, and the pids of the nodes it started. Dropped while running: the
 /// nodes (each in a session of its own) and the script are killed, so a failed test leaves
 /// nothing running.
@@ -38,7 +41,7 @@ impl RunCluster {
         without_kvd_env(&mut command);
         command
             .env("KVD_BIN", env!("CARGO_BIN_EXE_kvd"))
-            .env("FOLLOWERS", "2")
+            .env_remove("FOLLOWERS")
             .env("PORT_BASE", port_base.to_string())
             .env("DATA_DIR", data_dir)
             .env("KVD_LOG_LEVEL", "info")
@@ -69,7 +72,12 @@ impl RunCluster {
             node_pids: Vec::new(),
         };
         cluster.wait_for_line("run-cluster: the cluster is up.");
-        assert_eq!(cluster.node_pids.len(), 3, "{:#?}", cluster.seen);
+        assert_eq!(
+            cluster.node_pids.len(),
+            NODES as usize,
+            "{:#?}",
+            cluster.seen
+        );
         cluster
     }
 
@@ -140,15 +148,16 @@ fn signal(name: &str, pid: u32) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
-/// Three consecutive free ports, none of them handed out to another test of this process.
-fn three_free_ports() -> u16 {
+/// The first of [`NODES`] consecutive free ports, none of them handed out to another test of
+/// this process.
+fn consecutive_free_ports() -> u16 {
     for _ in 0..100 {
         let base = free_port();
-        if base < 32_766 && free_port() == base + 1 && free_port() == base + 2 {
+        if base < 32_768 - NODES && (1..NODES).all(|offset| free_port() == base + offset) {
             return base;
         }
     }
-    panic!("no three consecutive free ports");
+    panic!("no {NODES} consecutive free ports");
 }
 
 fn address(port: u16) -> SocketAddr {
@@ -208,7 +217,7 @@ fn leader_port_other_than(port: u16, not: u16) -> u16 {
 fn the_readme_cluster_survives_its_leaders_death_and_comes_back_whole_after_ctrl_c() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().join("data");
-    let base = three_free_ports();
+    let base = consecutive_free_ports();
 
     // First run: a fresh cluster; the walk-through's PUT on the leader's port, read on a
     // follower.
@@ -243,7 +252,7 @@ fn the_readme_cluster_survives_its_leaders_death_and_comes_back_whole_after_ctrl
     assert_eq!(status, 200, "{third}");
     let third_id = third["id"].as_u64().expect("id");
     assert!(third_id > second_id && second_id > first_id);
-    for port in [base, base + 1, base + 2] {
+    for port in base..base + NODES {
         assert_eq!(value_on(port, "key6", third_id), json!("myvalue"));
         assert_eq!(
             value_on(port, "key7", third_id),
