@@ -65,6 +65,8 @@ impl RunCluster {
                 }
             });
         }
+        // Only the readers hold a sender now: the channel ends when the script's output does.
+        drop(sender);
         let mut cluster = RunCluster {
             script: Some(script),
             lines,
