@@ -7,7 +7,9 @@
 //! and its replication to the dead voter four lines per retry. Each of openraft's WARN and
 //! ERROR log statements is let through once per [`OPENRAFT_REPEAT_EVERY`]; kvd's own lines and
 //! openraft's INFO and below are not touched (kvd rate-limits its own repeated lines where it
-//! logs them).
+//! logs them). And openraft reports two normal events as errors, which are not printed at all
+//! ([`OPENRAFT_ROUTINE`]): a member that has not finished joining yet, at every start of a
+//! new node, and the pending requests of a controller that stops, at every clean stop.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -16,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tracing::callsite::Identifier;
-use tracing::subscriber::Interest;
-use tracing::{Level, Metadata, Subscriber};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::layer::{self, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -26,6 +28,18 @@ use crate::settings::LogFormat;
 
 /// How often one of openraft's WARN or ERROR log statements may print.
 pub const OPENRAFT_REPEAT_EVERY: Duration = Duration::from_secs(10);
+
+/// openraft's WARN and ERROR lines that report a normal event, never printed: the target they
+/// come from (a prefix) and a text one of their fields holds.
+pub const OPENRAFT_ROUTINE: [(&str, &str); 2] = [
+    // The leader replicates to a member that asked to join before that member's controller
+    // opens (it does once the join's answer arrives): every join, for a moment. kvd's
+    // `TransportError` text; a node that never joins says so on its own side.
+    ("openraft", "has not joined the cluster (yet)"),
+    // A request still pending when kvd shuts its controller down: "failure receiving rx from
+    // RaftCore" and "error when …recv_msg", with the core's result `Stopped`.
+    ("openraft::raft::raft_inner", "Stopped"),
+];
 
 /// Installs the global subscriber.
 pub fn init(log_level: &str, log_format: LogFormat) -> anyhow::Result<()> {
@@ -49,7 +63,8 @@ pub fn init(log_level: &str, log_format: LogFormat) -> anyhow::Result<()> {
 }
 
 /// A global filter layer that lets each of openraft's WARN and ERROR log statements through at
-/// most once per period, and everything else through. Global, not a per-layer filter: with
+/// most once per period, none of its routine ones ([`OPENRAFT_ROUTINE`], which do not count
+/// towards the period), and everything else through. Global, not a per-layer filter: with
 /// tracing-subscriber's per-layer filters a call site whose interest is cached as `always`
 /// skips `enabled`, and the event is judged by a stale decision about another one — kvd's own
 /// "shutting down" line went missing that way (tokio-rs/tracing#2519).
@@ -75,18 +90,17 @@ impl OpenraftRepeats {
 }
 
 impl<S: Subscriber> Layer<S> for OpenraftRepeats {
-    /// Every other call site is decided once, by the other filters alone (a disabled `debug!`
-    /// in a hot path stays free).
-    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
-        match OpenraftRepeats::repeatable(metadata) {
-            true => Interest::sometimes(),
-            false => Interest::always(),
-        }
-    }
-
-    fn enabled(&self, metadata: &Metadata<'_>, _: layer::Context<'_, S>) -> bool {
+    /// Judged per event, with its fields: a routine line is dropped before it counts.
+    fn event_enabled(&self, event: &Event<'_>, _: layer::Context<'_, S>) -> bool {
+        let metadata = event.metadata();
         if !OpenraftRepeats::repeatable(metadata) {
             return true;
+        }
+        let routine = OPENRAFT_ROUTINE.iter().any(|(target, text)| {
+            metadata.target().starts_with(target) && fields_contain(event, text)
+        });
+        if routine {
+            return false;
         }
         let now = Instant::now();
         let mut printed = self.printed.lock().unwrap_or_else(PoisonError::into_inner);
@@ -98,6 +112,25 @@ impl<S: Subscriber> Layer<S> for OpenraftRepeats {
             }
         }
     }
+}
+
+/// Whether one of `event`'s fields (its message included) holds `text`.
+fn fields_contain(event: &Event<'_>, text: &str) -> bool {
+    struct Contains<'a> {
+        text: &'a str,
+        found: bool,
+    }
+    impl Visit for Contains<'_> {
+        fn record_str(&mut self, _: &Field, value: &str) {
+            self.found |= value.contains(self.text);
+        }
+        fn record_debug(&mut self, _: &Field, value: &dyn std::fmt::Debug) {
+            self.found |= !self.found && format!("{value:?}").contains(self.text);
+        }
+    }
+    let mut visitor = Contains { text, found: false };
+    event.record(&mut visitor);
+    visitor.found
 }
 
 #[cfg(test)]
@@ -151,6 +184,38 @@ mod tests {
         assert_eq!(count("error replication to target"), 1, "{printed}");
         assert_eq!(count("openraft info"), 50);
         assert_eq!(count("kvd's own error"), 50);
+    }
+
+    #[test]
+    fn openrafts_routine_errors_are_not_printed_and_do_not_hide_the_next_real_one() {
+        let printed = lines_printed(Duration::from_secs(60), || {
+            for _ in 0..3 {
+                let not_joined = "NetworkError: kv_controller::network::TransportError: network: \
+                                  node 1 at http://127.0.0.1:8001 has not joined the cluster (yet)";
+                tracing::error!(target: "openraft::replication", err = %not_joined, "RPCError");
+                tracing::warn!(
+                    target: "openraft::replication",
+                    "error replication to target=1 error={not_joined}"
+                );
+                tracing::error!(
+                    target: "openraft::raft::raft_inner",
+                    core_result = ?Err::<(), _>("Stopped"),
+                    "failure receiving rx from RaftCore"
+                );
+            }
+            // The same statement with a real error still prints, once.
+            for _ in 0..3 {
+                let refused = "Unreachable node: cannot connect to 127.0.0.1:8001";
+                tracing::error!(target: "openraft::replication", err = %refused, "RPCError");
+            }
+            // "Stopped" elsewhere in openraft is not routine.
+            tracing::error!(target: "openraft::core", error = "Stopped", "a storage failure");
+        });
+        let count = |text: &str| printed.matches(text).count();
+        assert_eq!(count("has not joined"), 0, "{printed}");
+        assert_eq!(count("failure receiving rx"), 0, "{printed}");
+        assert_eq!(count("cannot connect"), 1, "{printed}");
+        assert_eq!(count("a storage failure"), 1, "{printed}");
     }
 
     #[test]
