@@ -383,8 +383,9 @@ impl Cluster {
             }
             assert!(
                 started.elapsed() < DEADLINE,
-                "no leader (other than {not:?}) within {DEADLINE:?}; statuses:\n{}",
-                self.statuses()
+                "no leader (other than {not:?}) within {DEADLINE:?}; statuses:\n{}\n{}",
+                self.statuses(),
+                self.warnings()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -471,6 +472,26 @@ impl Cluster {
     /// `GET /key/{key}` on node `index` (see [`Cluster::read_after`]).
     pub fn read(&self, index: usize, key: &str) -> Option<Json> {
         self.read_after(index, key, 0)
+    }
+
+    /// Every node's last warnings and errors (its WARN and ERROR log lines, 40 at most), for
+    /// failure messages: which node said what went wrong.
+    pub fn warnings(&self) -> String {
+        const LINES_MAX: usize = 40;
+        (0..self.nodes.len())
+            .map(|index| {
+                let log = self.log(index);
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+                    .collect();
+                let shown = &lines[lines.len().saturating_sub(LINES_MAX)..];
+                format!(
+                    "node {index}'s warnings and errors:\n{}\n",
+                    shown.join("\n")
+                )
+            })
+            .collect()
     }
 
     /// Every running node's status, one line each, for failure messages.

@@ -381,27 +381,15 @@ fn a_leader_busy_with_a_large_write_keeps_its_leadership() {
     let written = cluster
         .put_raw(leader, "large", &value)
         .expect("PUT the large value");
-    // On a failure, every node's warnings and errors: which side fell silent (the leader's
-    // heartbeats, or the controller's answers while it appended the value as a follower).
-    let warnings = || -> String {
-        (0..3)
-            .map(|index| {
-                let log = cluster.log(index);
-                let lines: Vec<&str> = log
-                    .lines()
-                    .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
-                    .collect();
-                format!("node {index}:\n{}\n", lines.join("\n"))
-            })
-            .collect()
-    };
+    // On a failure, every node's warnings and errors too: which side fell silent (the
+    // leader's heartbeats, or the controller's answers while it appended the value).
     assert_eq!(
         written.status,
         200,
         "{}\n{}\n{}",
         String::from_utf8_lossy(&written.body),
         cluster.log(leader),
-        warnings()
+        cluster.warnings()
     );
     let id = written.json()["id"].as_u64().expect("id");
     assert_kept_its_leadership(&cluster, leader, epoch);
