@@ -209,9 +209,27 @@ fn a_leader_whose_disk_hangs_under_a_large_write_is_replaced() {
                 .put_raw(leader, "large", &vec![7u8; 2 << 20])
                 .map(|answer| answer.status)
         });
-        let (successor, new_epoch) = cluster.wait_for_leader(Some(leader));
+        let replaced = loop {
+            match cluster.leader_now() {
+                Some((index, epoch)) if index != leader => break Some((index, epoch)),
+                _ if hung_at.elapsed() > DEADLINE => break None,
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
         std::fs::remove_file(hang_file(leader)).expect("the disk answers again");
-        (successor, new_epoch, writer.join().expect("the writer"))
+        let status = writer.join().expect("the writer");
+        // On a failure, what the write got (it may never have reached the stalled fsync)
+        // and what each node said.
+        let Some((successor, new_epoch)) = replaced else {
+            panic!(
+                "node {leader} still leads {DEADLINE:?} after its disk hung; the large \
+                 write got {status:?}; statuses:\n{}\n{}\nnode {leader}'s log:\n{}",
+                cluster.statuses(),
+                cluster.warnings(),
+                cluster.log(leader)
+            );
+        };
+        (successor, new_epoch, status)
     });
     println!(
         "node {leader}'s disk hung under a 2 MiB write; node {successor} led epoch {new_epoch} \
