@@ -251,11 +251,7 @@ impl Kvd {
     /// it was "stopped").
     pub fn signal(&self, name: &str) {
         let pid = self.pid();
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} {pid}");
+        send_signal(pid, name);
         if name != "STOP" {
             return;
         }
@@ -288,11 +284,7 @@ impl Kvd {
     /// Sends `signal` (`TERM`, `INT`, `HUP`) and waits for the exit, failing after
     /// [`DEADLINE`].
     pub fn stop_with(&mut self, signal: &str) -> ExitStatus {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
+        send_signal(self.pid(), signal);
         wait_with_deadline(self.child.take().expect("running"))
     }
 
@@ -333,6 +325,15 @@ impl Kvd {
         let (status, body) = self.json(method, path, body);
         (status, seed_members(body))
     }
+}
+
+/// Sends signal `name` (`TERM`, `KILL`, `STOP`, …) to process `pid`; fails if `kill` does.
+pub fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}");
 }
 
 /// Asserts that an error answer's `detail` contains `text` (the answer printed if not).

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{self, free_port, request, without_kvd_env};
+use crate::harness::{self, free_port, request, send_signal, without_kvd_env};
 
 /// How long one run of the script may take to say the cluster is up (its own waits are 30 s
 /// for the nodes to announce themselves plus 30 s for the followers to join).
@@ -115,7 +115,7 @@ impl RunCluster {
     /// Sends SIGINT (what Ctrl-C sends) and waits for the script to stop its nodes and exit.
     fn interrupt(&mut self) {
         let script = self.script.as_ref().expect("running");
-        signal("INT", script.id());
+        send_signal(script.id(), "INT");
         self.wait_for_line("run-cluster: stopped");
         let status = harness::wait_with_deadline(self.script.take().expect("running"));
         assert!(status.success(), "run-cluster exited {status:?}");
@@ -140,14 +140,6 @@ impl Drop for RunCluster {
             let _ = script.wait();
         }
     }
-}
-
-fn signal(name: &str, pid: u32) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name} {pid}");
 }
 
 /// The first of [`NODES`] consecutive free ports, none of them handed out to another test of
@@ -231,7 +223,7 @@ fn the_readme_cluster_survives_its_leaders_death_and_comes_back_whole_after_ctrl
 
     // The leader node dies: run-cluster says so and keeps the others running, and they fail
     // over.
-    signal("KILL", cluster.node_pids[0]);
+    send_signal(cluster.node_pids[0], "KILL");
     let report = cluster.wait_for_line("run-cluster: leader (pid");
     assert!(report.contains("exited"), "{report}");
     let new_leader = leader_port_other_than(base + 1, base);

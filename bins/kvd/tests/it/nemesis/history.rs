@@ -179,19 +179,15 @@ impl Counts {
     pub fn of(records: &[Record]) -> Counts {
         let mut counts = Counts::default();
         for record in records {
+            let cas = matches!(record.op, Op::Cas { .. });
             match (record.op, &record.outcome) {
-                (Op::Cas { .. }, Outcome::Written { .. }) => counts.cas_ok += 1,
-                (Op::Cas { .. }, Outcome::Failed(_)) if record.is_refused_cas() => {
-                    counts.cas_refused += 1
+                (_, Outcome::Written { .. }) if record.is_write() => {
+                    counts.writes_ok += 1;
+                    counts.cas_ok += u64::from(cas);
                 }
-                _ => {}
-            }
-            match (record.op, &record.outcome) {
-                (Op::Put(_) | Op::Delete | Op::Cas { .. }, Outcome::Written { .. }) => {
-                    counts.writes_ok += 1
-                }
-                (Op::Put(_) | Op::Delete | Op::Cas { .. }, Outcome::Failed(_)) => {
-                    counts.writes_failed += 1
+                (_, Outcome::Failed(_)) if record.is_write() => {
+                    counts.writes_failed += 1;
+                    counts.cas_refused += u64::from(record.is_refused_cas());
                 }
                 (Op::Put(_) | Op::Delete | Op::Cas { .. }, _) => counts.writes_unknown += 1,
                 (Op::Get, Outcome::Read(Some(_))) => counts.reads_ok += 1,
