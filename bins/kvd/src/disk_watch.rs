@@ -59,8 +59,8 @@ fn watch(store: &Store, stopped: &mpsc::Receiver<()>) {
             Some(Said::Waiting(waited)) => tracing::warn!(
                 waited_ms = waited.as_millis() as u64,
                 "the disk has not completed a write or fdatasync of the WAL for {:.1} s: \
-                 writes wait, and this node answers nothing (HTTP, heartbeats) until the disk \
-                 does; its leadership, if any, passes to another node",
+                 writes wait, and this node may answer nothing (HTTP, heartbeats) until the \
+                 disk does; its leadership, if any, passes to another node",
                 waited.as_secs_f64()
             ),
             Some(Said::Answered(longest)) => tracing::info!(

@@ -175,7 +175,17 @@ impl Shared {
 
     /// Seals the active segment (write, seal, fsync) and starts a new one at `first_id`. An
     /// empty active segment is replaced instead of sealed.
+    ///
+    /// The whole roll counts as a write in flight ([`crate::stats::Stats::disk_busy`]): the
+    /// new file's creation, allocation and `fsync`, the old one's shrink and seal, the renames
+    /// and the directory's `fsync`s all wait on the disk, with every append behind them, and a
+    /// disk that hangs at any of them must show in `WalStats::disk_wait_seconds` as it does
+    /// in an append's own write or `fdatasync` (kvd's leader goes silent on it and is
+    /// replaced).
     pub(crate) fn roll(&self, writer: &mut Writer, first_id: u64) -> Result<()> {
+        let _busy = self
+            .stats
+            .disk_busy(crate::stats::DiskOp::Write, std::time::Instant::now());
         self.flush_pending(writer)?;
         let old = writer.active.clone();
         if old.is_empty() {
@@ -242,13 +252,17 @@ impl Shared {
         self.durability.sync(fsync, &self.stats)
     }
 
-    /// Creates, fsyncs and installs a new active segment (and fsyncs the directory).
+    /// Creates, fsyncs and installs a new active segment (and fsyncs the directory); a write
+    /// in flight for the disk's wait, as [`Shared::roll`].
     pub(crate) fn create_segment(
         &self,
         writer: &mut Writer,
         sequence: u64,
         first_id: u64,
     ) -> Result<Arc<Segment>> {
+        let _busy = self
+            .stats
+            .disk_busy(crate::stats::DiskOp::Write, std::time::Instant::now());
         let (path, header, file) = self.new_segment_file(sequence, first_id)?;
         self.install_segment(writer, sequence, first_id, path, header, file)
     }

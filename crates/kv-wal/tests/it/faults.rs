@@ -244,7 +244,7 @@ fn an_append_on_a_stalled_disk_waits_and_completes_durable_once_the_disk_answers
     }
     assert_eq!(plan.faults_fired(), 0);
     std::fs::write(&stalled, b"").unwrap();
-    let appender = append_held_by_the_stall(&wal, &plan, 6);
+    let appender = append_held_by_the_stall(&wal, &plan, 6, 64);
     assert_eq!(wal.durable_id(), 5);
     assert_eq!(wal.poisoned(), None);
     assert_eq!(wal.read(5).unwrap(), Some(payload(5, 64)));
@@ -259,7 +259,7 @@ fn an_append_on_a_stalled_disk_waits_and_completes_durable_once_the_disk_answers
     let fsync_stalled = flags.path().join("fsync-stalled");
     plan.stall_syncs_while_exists(fsync_stalled.clone());
     std::fs::write(&fsync_stalled, b"").unwrap();
-    let appender = append_held_by_the_stall(&wal, &plan, 8);
+    let appender = append_held_by_the_stall(&wal, &plan, 8, 64);
     assert_eq!(wal.read(8).unwrap(), Some(payload(8, 64)));
     assert_eq!(wal.durable_id(), 7);
     std::fs::remove_file(&fsync_stalled).unwrap();
@@ -276,17 +276,51 @@ fn an_append_on_a_stalled_disk_waits_and_completes_durable_once_the_disk_answers
     assert_eq!(collect(&wal, 1).len(), 8, "{report}");
 }
 
-/// Appends record `id` on a thread of its own, waits until the stalled disk holds it (a stall
-/// fault fired), and checks that it is still held 200 ms later; returns the appending thread.
+/// An append that rolls the log to a new segment while the disk's fsyncs hang: the roll
+/// waits (the new segment's file is fsynced before the old one is sealed), and
+/// `WalStats::disk_wait_seconds` shows the wait as it does an append's own fsync — kvd's
+/// leader goes silent on it (`DISK_HUNG_AFTER`) and is replaced. Before, a roll's file
+/// creation, allocation, renames and directory fsyncs were not counted: a leader whose disk
+/// hung just as a write filled the segment (or under any write larger than what was left of
+/// it) kept its lease, and every write waited, for as long as the disk hung.
+#[test]
+fn an_append_that_rolls_the_segment_on_a_stalled_disk_shows_the_disks_wait() {
+    // Fits a segment of its own, not what is left of one holding five records.
+    const ROLLING_BYTES: usize = 64 * 1024 - 256;
+    let fs = SimFs::new();
+    let plan = FaultPlan::new();
+    let flags = tempfile::tempdir().unwrap();
+    let wal = Arc::new(open_faulty(&fs, &plan, SyncPolicy::Batch, 64 * 1024));
+    for id in 1..=5 {
+        assert_eq!(wal.append(&payload(id, 64)).unwrap(), id);
+    }
+    let segments = wal.segments().len();
+    let fsync_stalled = flags.path().join("fsync-stalled");
+    plan.stall_syncs_while_exists(fsync_stalled.clone());
+    std::fs::write(&fsync_stalled, b"").unwrap();
+    // More than the segment has left: the append rolls first.
+    let appender = append_held_by_the_stall(&wal, &plan, 6, ROLLING_BYTES);
+    std::fs::remove_file(&fsync_stalled).unwrap();
+    assert_eq!(appender.join().unwrap().unwrap(), 6);
+    assert_eq!(wal.segments().len(), segments + 1, "the append rolled");
+    assert_eq!(wal.durable_id(), 6);
+    assert_eq!(wal.stats().disk_wait_seconds, 0.0);
+    assert_eq!(wal.read(6).unwrap(), Some(payload(6, ROLLING_BYTES)));
+}
+
+/// Appends record `id` (`bytes` long) on a thread of its own, waits until the stalled disk
+/// holds it (a stall fault fired), and checks that it is still held 200 ms later, with
+/// `WalStats::disk_wait_seconds` showing the wait; returns the appending thread.
 fn append_held_by_the_stall(
     wal: &Arc<Wal>,
     plan: &FaultPlan,
     id: u64,
+    bytes: usize,
 ) -> std::thread::JoinHandle<kv_wal::Result<u64>> {
     let fired = plan.faults_fired();
     let appender = {
         let wal = wal.clone();
-        std::thread::spawn(move || wal.append(&payload(id, 64)))
+        std::thread::spawn(move || wal.append(&payload(id, bytes)))
     };
     let started = Instant::now();
     while plan.faults_fired() == fired {

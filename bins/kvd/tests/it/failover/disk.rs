@@ -189,12 +189,26 @@ fn a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write() {
 /// would a dead node. Once the disk answers it follows the new leader and holds its writes.
 #[test]
 fn a_leader_whose_disk_hangs_under_a_large_write_is_replaced() {
+    leader_whose_disk_hangs_under_a_large_write_is_replaced(&[]);
+}
+
+/// Likewise when the large write rolls the log to a new segment (it does not fit in what is
+/// left of the active one), so the disk hangs in the roll: the new segment file's `fsync`,
+/// before the old one is sealed. The roll's waits were not counted as the disk's
+/// (`WalStats::disk_wait_seconds`): the leader kept its lease, every write waiting, for as
+/// long as its disk hung (10 s in a try by hand, with a 65 MiB write into 64 MiB segments).
+#[test]
+fn a_leader_whose_disk_hangs_as_a_large_write_rolls_the_log_is_replaced() {
+    leader_whose_disk_hangs_under_a_large_write_is_replaced(&["--max-segment-size", "2MiB"]);
+}
+
+/// The two tests above: a 2 MiB write on a leader whose `fsync`s hang, started with `args`.
+fn leader_whose_disk_hangs_under_a_large_write_is_replaced(args: &[&str]) {
     let scratch = tempfile::tempdir().expect("temp dir");
     let hang_file = |index: usize| fsync_stall_file(scratch.path(), index);
-    let cluster = start_with_fsync_stalls(
-        scratch.path(),
-        &["--write-quorum", "2", "--max-body-bytes", "8MiB"],
-    );
+    let mut all_args = vec!["--write-quorum", "2", "--max-body-bytes", "8MiB"];
+    all_args.extend_from_slice(args);
+    let cluster = start_with_fsync_stalls(scratch.path(), &all_args);
     let (leader, epoch) = lead_as(&cluster, false);
     // The new leader settles first: its epoch's no-op committed, and the commit saved in its
     // `node.meta` by the maintenance task (every second). Here the large write is all the
