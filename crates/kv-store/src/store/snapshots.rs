@@ -96,6 +96,8 @@ impl Store {
         *lock(&self.epochs) = snapshot.epochs;
         let mut map = write(&self.map);
         *map = snapshot.map;
+        self.sizes.map_changed(&map);
+        self.sizes.pending_changed(&pending);
         self.applied_id
             .store(snapshot.applied_id, Ordering::Release);
         self.snapshot_base
@@ -134,6 +136,7 @@ impl Store {
         self.remove_snapshots_after(after_id)?;
         self.wal.truncate_after(after_id)?;
         pending.retain(|(id, _)| *id <= after_id);
+        self.sizes.pending_changed(&pending);
         lock(&self.epochs).truncate_after(after_id);
         if let Some((start, base)) = rebuild_from {
             // Rebuild what stays applied; what was pending stays pending.
@@ -144,6 +147,8 @@ impl Store {
             self.applied_id.store(rebuilt.applied_id, Ordering::Release);
             self.snapshot_base.store(base, Ordering::Release);
             *pending = rebuilt.pending;
+            self.sizes.map_changed(&current);
+            self.sizes.pending_changed(&pending);
         }
         Ok(())
     }

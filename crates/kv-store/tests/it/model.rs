@@ -147,9 +147,13 @@ fn random_ops_with_reopen_match_a_btreemap() {
                     );
                 }
                 _ => {
+                    // The live bytes kept up with every change as the map rebuilt at open
+                    // counts them.
+                    let live_bytes = store.live_bytes();
                     store.close().expect("close");
                     drop(store);
                     store = open(dir.path(), segment_bytes_max);
+                    assert_eq!(store.live_bytes(), live_bytes, "{context}: live bytes");
                     assert_eq!(store.applied_id(), last_id, "{context}: applied id");
                     assert!(store.wal().next_id() > last_id, "{context}: next id");
                     assert_same_state(&store, &model, &context);
