@@ -526,8 +526,8 @@ impl Store {
         read(&self.map).keys.scan_prefix(prefix, after, limit)
     }
 
-    /// How many keys the applied map holds (without waiting for an apply under way: see
-    /// [`Sizes`]).
+    /// How many keys the applied map holds, without waiting for an apply under way (a
+    /// large value's holds the map for as long as it copies the value in).
     pub fn key_count(&self) -> usize {
         self.sizes.keys.load(Ordering::Acquire)
     }
