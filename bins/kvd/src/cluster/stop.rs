@@ -16,7 +16,8 @@
 //!    after it exits.
 //!
 //! etcd hands its leadership over on stop, and Kafka's controlled shutdown moves leadership
-//! first. Each step is bounded; a second signal stops at once.
+//! first. Each step is bounded; a second signal stops at once. The cluster's only member has
+//! nothing to hand over and skips both.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,13 @@ pub async fn hand_over_before_stopping(state: &AppState, driver: &Driver) {
     let Some(cluster) = state.cluster.as_deref() else {
         return;
     };
+    // A lone node has nobody to hand anything to: it stops as it is, and says nothing of it
+    // (before, every Ctrl-C of a lone `kvd leader` warned that "no live ISR member" took it).
+    let controller = cluster.controller();
+    let own = controller.node_id();
+    if !controller.meta().members.keys().any(|&id| id != own) {
+        return;
+    }
     if matches!(state.node.role(), kv_replication::Role::Leader) {
         match tokio::time::timeout(HAND_OVER_WAIT_MAX, kv_http::transfer_leadership_away(state))
             .await
