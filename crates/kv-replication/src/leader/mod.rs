@@ -291,6 +291,31 @@ impl LeaderState {
         }
     }
 
+    /// Why a write under `acks` is not written now, if it is not: under `N >= 2` an ISR of
+    /// fewer than `N` members — counting the additions asked for — commits nothing, so the
+    /// write would only wait out the acks timeout and answer 503 with its outcome unknown (it
+    /// commits if a follower catches up and rejoins later). The node waits for the ISR instead
+    /// and, if it does not grow in time, refuses the write with nothing written, as Kafka
+    /// answers `NOT_ENOUGH_REPLICAS` under `min.insync.replicas`. `acks=leader` asks for no
+    /// commit and is taken; so is `acks=quorum` under `N = 1` (the entry commits under `N`;
+    /// only the second copy it also asks for may be missing).
+    pub fn too_few_in_sync(&self, acks: Acks) -> Option<String> {
+        let elected = self.elected.as_ref()?;
+        let quorum = self.options.write_quorum;
+        if acks == Acks::Leader || quorum < 2 {
+            return None;
+        }
+        let isr: Vec<u64> = elected.maximal_isr().into_iter().collect();
+        (isr.len() < quorum).then(|| {
+            format!(
+                "not enough in-sync replicas: the write quorum is {quorum} but the ISR is {isr:?} \
+                 ({} node(s)); nothing was written — retry once a follower has caught up and \
+                 rejoined the ISR",
+                isr.len()
+            )
+        })
+    }
+
     /// What a write waits for under `acks`, for error messages.
     pub fn describe(&self, acks: Acks) -> String {
         let quorum = self.options.write_quorum;

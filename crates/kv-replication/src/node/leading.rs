@@ -19,6 +19,10 @@ use crate::protocol::{FetchRequest, FetchResponse};
 /// The longest a leader holds a fetch, whatever the follower asks.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(10);
 
+/// How often a write waiting for enough in-sync replicas looks again without being woken
+/// (`Node::wait_for_in_sync`).
+const IN_SYNC_RECHECK: Duration = Duration::from_millis(50);
+
 /// A submitted entry's wait for durability. Dropped before the wait ended (the caller of
 /// [`Node::write_to_completion`] went away), it spawns the rest of the commit on the current
 /// runtime: the entry becomes durable without it, but only a published commit applies it.
@@ -98,11 +102,12 @@ impl Node {
     ) -> Result<Written> {
         let deadline = tokio::time::Instant::now() + self.options.acks_timeout;
         self.wait_for_lease(deadline).await?;
+        self.wait_for_in_sync(&command, acks, deadline).await?;
         let large = command.op.carried_bytes() >= LARGE_WORK_BYTES;
         let (submitted, leadership) = if large {
-            self.admit_large(command)?
+            self.admit_large(command, acks)?
         } else {
-            self.admit(command)?
+            self.admit(command, acks)?
         };
         let id = submitted.id;
         let mut durable = DurableWait {
@@ -161,9 +166,9 @@ impl Node {
 
     /// [`Node::admit`] for a command of [`LARGE_WORK_BYTES`] or more: off the workers, and
     /// known to readers as large from before its frames are written until its id is recorded.
-    fn admit_large(&self, command: Command) -> Result<(kv_store::Submitted, u64)> {
+    fn admit_large(&self, command: Command, acks: Acks) -> Result<(kv_store::Submitted, u64)> {
         self.large_writes_in_flight.fetch_add(1, Ordering::AcqRel);
-        let admitted = off_the_workers(|| self.admit(command));
+        let admitted = off_the_workers(|| self.admit(command, acks));
         if let Ok((submitted, _)) = &admitted {
             self.wrote_large_entries_through(submitted.id);
         }
@@ -171,13 +176,14 @@ impl Node {
         admitted
     }
 
-    /// Checks that this node takes writes (it leads, was not deposed, prepares no transfer)
-    /// and submits `command`, with role changes held off in between; returns the submitted
-    /// entry and the role generation it was written under.
-    fn admit(&self, command: Command) -> Result<(kv_store::Submitted, u64)> {
+    /// Checks that this node takes writes (it leads, was not deposed, prepares no transfer,
+    /// has enough in-sync replicas for `acks`: [`LeaderState::too_few_in_sync`]) and submits
+    /// `command`, with role changes held off in between; returns the submitted entry and the
+    /// role generation it was written under.
+    fn admit(&self, command: Command, acks: Acks) -> Result<(kv_store::Submitted, u64)> {
         let _admission = shared(&self.admission);
         let leadership = *self.role_changes.borrow();
-        match &*lock(&self.role) {
+        let too_few_in_sync = match &*lock(&self.role) {
             RoleState::Leader(leader) => {
                 if let Some(epoch) = leader.deposed_by() {
                     return Err(Error::Unavailable(format!(
@@ -190,10 +196,66 @@ impl Node {
                         "leadership is being transferred to node {to}; retry"
                     )));
                 }
+                leader.too_few_in_sync(acks)
             }
             other => return Err(other.not_leader()),
+        };
+        // The ISR shrank since `wait_for_in_sync` found it large enough (a retry passes, as
+        // there).
+        if let Some(reason) = too_few_in_sync {
+            if !self.is_retry(&command) {
+                return Err(Error::Unavailable(reason));
+            }
         }
         Ok((self.store.submit(command)?, leadership))
+    }
+
+    /// Waits (until `deadline`) until this leader's ISR is large enough for a write under
+    /// `acks` to commit ([`LeaderState::too_few_in_sync`]): the followers of a cluster just
+    /// formed, or of a follower catching up, join it within moments. If it is not by then,
+    /// the write is refused with nothing written — rather than written, left to wait out the
+    /// acks timeout and answered with its outcome unknown (it would commit whenever a follower
+    /// came back). A retry of a request already in the log goes on: the submit answers it with
+    /// the first one's outcome.
+    async fn wait_for_in_sync(
+        &self,
+        command: &Command,
+        acks: Acks,
+        deadline: tokio::time::Instant,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let mut progress = self.progress.subscribe();
+        let mut role_changes = self.role_changes.subscribe();
+        loop {
+            progress.borrow_and_update();
+            role_changes.borrow_and_update();
+            let Some(reason) = self.with_leader(|leader| leader.too_few_in_sync(acks))? else {
+                return Ok(());
+            };
+            if self.is_retry(command) {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "{reason} (waited {} ms)",
+                    started.elapsed().as_millis()
+                )));
+            }
+            // An ISR change arrives with the controller's view (progress); an addition the
+            // leader asks for counts at once, and is looked for now and then.
+            let recheck = (now + IN_SYNC_RECHECK).min(deadline);
+            progress_or_role_change(recheck, &mut progress, &mut role_changes).await;
+        }
+    }
+
+    /// Whether `command` repeats a request already in the log (see
+    /// [`kv_store::Store::is_repeated_request`]).
+    fn is_retry(&self, command: &Command) -> bool {
+        command
+            .request
+            .as_ref()
+            .is_some_and(|ids| self.store.is_repeated_request(ids))
     }
 
     /// Waits (until `deadline`) for this leader to hold a lease; at once for a legacy leader.

@@ -592,6 +592,85 @@ async fn a_cut_off_follower_leaves_the_isr_through_the_controller_and_comes_back
     assert!(node2.position().caught_up);
 }
 
+/// Under `N = 3`, while the ISR has two members a write that needs a commit waits for the
+/// third — and goes on once it is back within the acks timeout — or else is refused with
+/// nothing written ("not enough in-sync replicas", Kafka's `NOT_ENOUGH_REPLICAS`);
+/// `acks=leader`, which asks for no commit, is taken, and a retry of a request already in the
+/// log is answered as a repeat. Before, the write was appended, waited out the timeout and
+/// was answered 503 with its outcome unknown: it committed whenever the follower came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_cannot_commit_for_want_of_in_sync_replicas_is_refused_with_nothing_written() {
+    let mut options = options();
+    // Each refusal waits it out; the write that waits has this long for the follower.
+    options.acks_timeout = Duration::from_millis(2000);
+    let mut cluster = Cluster::start(3, 3, options);
+    cluster.elect(Some(0));
+    let leader = cluster.node(0);
+    let written = leader
+        .write(set("a".to_owned(), 1), Acks::WriteQuorum)
+        .await
+        .unwrap();
+    cluster.cut(0, 2);
+    cluster.isr = BTreeSet::from([0, 1]);
+    cluster.publish();
+    let last_id = leader.store().last_id();
+    for acks in [Acks::WriteQuorum, Acks::All] {
+        match leader.write(set("b".to_owned(), 2), acks).await {
+            Err(Error::Unavailable(detail)) => assert!(
+                detail.contains("not enough in-sync replicas")
+                    && detail.contains("[0, 1]")
+                    && detail.contains("waited"),
+                "{detail}"
+            ),
+            other => panic!("{acks:?}: {other:?}"),
+        }
+    }
+    assert_eq!(leader.store().last_id(), last_id, "nothing was written");
+    // Durable on the leader is all `acks=leader` asks: taken, and committed later.
+    let uncommitted = leader
+        .write(set("c".to_owned(), 3), Acks::Leader)
+        .await
+        .unwrap();
+    assert_eq!(uncommitted, last_id + 1);
+    // A retry of a request already in the log is not refused for want of replicas: the store
+    // answers it as a repeat of the first one (kv-http then waits for that one's outcome,
+    // which commits once the follower is back).
+    let request = || kv_store::Command {
+        op: set("e".to_owned(), 5),
+        request: Some(kv_store::RequestIds {
+            client_id: "client".to_owned(),
+            request_id: "request-1".to_owned(),
+            form: 0,
+        }),
+    };
+    let first = leader.write_command(request(), Acks::Leader).await.unwrap();
+    match leader.write_command(request(), Acks::WriteQuorum).await {
+        Err(Error::Store(kv_store::Error::DuplicateRequest { id, .. })) => {
+            assert_eq!(id, first.id)
+        }
+        other => panic!("the retry: {other:?}"),
+    }
+
+    // A write that waits while the follower catches up and rejoins goes on.
+    let waiting = tokio::spawn({
+        let leader = leader.clone();
+        async move {
+            leader
+                .write(set("d".to_owned(), 4), Acks::WriteQuorum)
+                .await
+        }
+    });
+    cluster.heal();
+    let node2 = cluster.node(2);
+    eventually("node 2 catches up", || node2.store().last_id() >= first.id).await;
+    assert!(!waiting.is_finished(), "{:?}", waiting.await);
+    cluster.isr = BTreeSet::from([0, 1, 2]);
+    cluster.publish();
+    let after = waiting.await.unwrap().unwrap();
+    assert!(after > first.id && first.id > uncommitted && uncommitted > written);
+    assert_eq!(value_of(&leader, "c"), Some(b"3".to_vec()));
+}
+
 /// A planned transfer: the leader stops taking writes, returns once the target holds its
 /// whole log, and the target leads the next epoch with every acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,22 @@ impl Store {
         }
     }
 
+    /// Whether `ids` were submitted before — pending, or remembered by the dedup table: a
+    /// retry, which [`Store::submit`] answers with the first submission's outcome.
+    pub fn is_repeated_request(&self, ids: &RequestIds) -> bool {
+        let same = |request: &RequestMeta| {
+            request.ids.client_id == ids.client_id && request.ids.request_id == ids.request_id
+        };
+        let pending = lock(&self.pending);
+        pending
+            .iter()
+            .any(|(_, pending)| pending.request.as_ref().is_some_and(same))
+            || read(&self.map)
+                .requests
+                .get(&ids.client_id, &ids.request_id)
+                .is_some()
+    }
+
     /// What the dedup table remembers of `(client_id, request_id)`, if anything.
     pub fn request_record(&self, client_id: &str, request_id: &str) -> Option<RequestRecord> {
         self.applied_state()
