@@ -305,15 +305,22 @@ impl LeaderState {
         if acks == Acks::Leader || quorum < 2 {
             return None;
         }
+        // Counted without building the set: every write asks.
+        let isr = &elected.membership.isr;
+        let adding = elected
+            .in_flight
+            .as_ref()
+            .map_or(0, |in_flight| in_flight.adding.difference(isr).count());
+        if isr.len() + adding >= quorum {
+            return None;
+        }
         let isr: Vec<u64> = elected.maximal_isr().into_iter().collect();
-        (isr.len() < quorum).then(|| {
-            format!(
-                "not enough in-sync replicas: the write quorum is {quorum} but the ISR is {isr:?} \
-                 ({} node(s)); nothing was written — retry once a follower has caught up and \
-                 rejoined the ISR",
-                isr.len()
-            )
-        })
+        Some(format!(
+            "not enough in-sync replicas: the write quorum is {quorum} but the ISR is {isr:?} \
+             ({} node(s)); nothing was written — retry once a follower has caught up and \
+             rejoined the ISR",
+            isr.len()
+        ))
     }
 
     /// What a write waits for under `acks`, for error messages.

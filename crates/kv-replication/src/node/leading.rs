@@ -23,6 +23,14 @@ pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(10);
 /// (`Node::wait_for_in_sync`).
 const IN_SYNC_RECHECK: Duration = Duration::from_millis(50);
 
+/// What [`Node::admit`] made of a command.
+enum Admission {
+    /// Written: the entry, and the role generation it was written under.
+    Submitted(kv_store::Submitted, u64),
+    /// Not written: the ISR is too small for the write's `acks` to commit it.
+    TooFewInSync(Command),
+}
+
 /// A submitted entry's wait for durability. Dropped before the wait ended (the caller of
 /// [`Node::write_to_completion`] went away), it spawns the rest of the commit on the current
 /// runtime: the entry becomes durable without it, but only a published commit applies it.
@@ -102,12 +110,21 @@ impl Node {
     ) -> Result<Written> {
         let deadline = tokio::time::Instant::now() + self.options.acks_timeout;
         self.wait_for_lease(deadline).await?;
-        self.wait_for_in_sync(&command, acks, deadline).await?;
         let large = command.op.carried_bytes() >= LARGE_WORK_BYTES;
-        let (submitted, leadership) = if large {
-            self.admit_large(command, acks)?
-        } else {
-            self.admit(command, acks)?
+        let mut command = command;
+        let (submitted, leadership) = loop {
+            let admission = if large {
+                self.admit_large(command, acks)?
+            } else {
+                self.admit(command, acks)?
+            };
+            match admission {
+                Admission::Submitted(submitted, leadership) => break (submitted, leadership),
+                Admission::TooFewInSync(unwritten) => {
+                    self.wait_for_in_sync(&unwritten, acks, deadline).await?;
+                    command = unwritten;
+                }
+            }
         };
         let id = submitted.id;
         let mut durable = DurableWait {
@@ -166,21 +183,22 @@ impl Node {
 
     /// [`Node::admit`] for a command of [`LARGE_WORK_BYTES`] or more: off the workers, and
     /// known to readers as large from before its frames are written until its id is recorded.
-    fn admit_large(&self, command: Command, acks: Acks) -> Result<(kv_store::Submitted, u64)> {
+    fn admit_large(&self, command: Command, acks: Acks) -> Result<Admission> {
         self.large_writes_in_flight.fetch_add(1, Ordering::AcqRel);
         let admitted = off_the_workers(|| self.admit(command, acks));
-        if let Ok((submitted, _)) = &admitted {
+        if let Ok(Admission::Submitted(submitted, _)) = &admitted {
             self.wrote_large_entries_through(submitted.id);
         }
         self.large_writes_in_flight.fetch_sub(1, Ordering::AcqRel);
         admitted
     }
 
-    /// Checks that this node takes writes (it leads, was not deposed, prepares no transfer,
-    /// has enough in-sync replicas for `acks`: [`LeaderState::too_few_in_sync`]) and submits
-    /// `command`, with role changes held off in between; returns the submitted entry and the
-    /// role generation it was written under.
-    fn admit(&self, command: Command, acks: Acks) -> Result<(kv_store::Submitted, u64)> {
+    /// Checks that this node takes writes (it leads, was not deposed, prepares no transfer)
+    /// and submits `command`, with role changes held off in between; returns the submitted
+    /// entry and the role generation it was written under — or the command unwritten, when
+    /// the ISR is too small for `acks` ([`LeaderState::too_few_in_sync`]; the caller waits
+    /// for it, `Node::wait_for_in_sync`), unless it repeats a request already in the log.
+    fn admit(&self, command: Command, acks: Acks) -> Result<Admission> {
         let _admission = shared(&self.admission);
         let leadership = *self.role_changes.borrow();
         let too_few_in_sync = match &*lock(&self.role) {
@@ -196,27 +214,26 @@ impl Node {
                         "leadership is being transferred to node {to}; retry"
                     )));
                 }
-                leader.too_few_in_sync(acks)
+                leader.too_few_in_sync(acks).is_some()
             }
             other => return Err(other.not_leader()),
         };
-        // The ISR shrank since `wait_for_in_sync` found it large enough (a retry passes, as
-        // there).
-        if let Some(reason) = too_few_in_sync {
-            if !self.is_retry(&command) {
-                return Err(Error::Unavailable(reason));
-            }
+        if too_few_in_sync && !self.is_retry(&command) {
+            return Ok(Admission::TooFewInSync(command));
         }
-        Ok((self.store.submit(command)?, leadership))
+        Ok(Admission::Submitted(
+            self.store.submit(command)?,
+            leadership,
+        ))
     }
 
     /// Waits (until `deadline`) until this leader's ISR is large enough for a write under
-    /// `acks` to commit ([`LeaderState::too_few_in_sync`]): the followers of a cluster just
-    /// formed, or of a follower catching up, join it within moments. If it is not by then,
-    /// the write is refused with nothing written — rather than written, left to wait out the
-    /// acks timeout and answered with its outcome unknown (it would commit whenever a follower
-    /// came back). A retry of a request already in the log goes on: the submit answers it with
-    /// the first one's outcome.
+    /// `acks` to commit ([`LeaderState::too_few_in_sync`]), after [`Node::admit`] found it too
+    /// small: the followers of a cluster just formed, or a follower catching up, join it
+    /// within moments. If it is not by then, the write is refused with nothing written —
+    /// rather than written, left to wait out the acks timeout and answered with its outcome
+    /// unknown (it would commit whenever a follower came back). A retry of a request already
+    /// in the log goes on: the submit answers it with the first one's outcome.
     async fn wait_for_in_sync(
         &self,
         command: &Command,
