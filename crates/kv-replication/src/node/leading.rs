@@ -221,6 +221,15 @@ impl Node {
         if too_few_in_sync && !self.is_retry(&command) {
             return Ok(Admission::TooFewInSync(command));
         }
+        // A write that needed a commit found the ISR large enough: the shortage is over
+        // (`acks=leader` asks nothing of the ISR, and says nothing of it).
+        if !too_few_in_sync
+            && acks != Acks::Leader
+            && self.short_of_in_sync_flag.load(Ordering::Acquire)
+        {
+            *lock(&self.short_of_in_sync) = None;
+            self.short_of_in_sync_flag.store(false, Ordering::Release);
+        }
         Ok(Admission::Submitted(
             self.store.submit(command)?,
             leadership,
@@ -232,8 +241,11 @@ impl Node {
     /// small: the followers of a cluster just formed, or a follower catching up, join it
     /// within moments. If it is not by then, the write is refused with nothing written —
     /// rather than written, left to wait out the acks timeout and answered with its outcome
-    /// unknown (it would commit whenever a follower came back). A retry of a request already
-    /// in the log goes on: the submit answers it with the first one's outcome.
+    /// unknown (it would commit whenever a follower came back). Once the ISR has been too
+    /// small for longer than a write waits (the acks timeout) under this leadership, writes are
+    /// refused at once until one finds it large enough again, as Kafka refuses under
+    /// `min.insync.replicas`: a follower gone that long is not about to be back. A retry of a
+    /// request already in the log goes on: the submit answers it with the first one's outcome.
     async fn wait_for_in_sync(
         &self,
         command: &Command,
@@ -241,6 +253,7 @@ impl Node {
         deadline: tokio::time::Instant,
     ) -> Result<()> {
         let started = Instant::now();
+        let short_for = self.short_of_in_sync_for(started);
         let mut progress = self.progress.subscribe();
         let mut role_changes = self.role_changes.subscribe();
         loop {
@@ -251,6 +264,12 @@ impl Node {
             };
             if self.is_retry(command) {
                 return Ok(());
+            }
+            if short_for >= self.options.acks_timeout {
+                return Err(Error::Unavailable(format!(
+                    "{reason} (it has been too small for {} ms: refused at once)",
+                    short_for.as_millis()
+                )));
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -264,6 +283,22 @@ impl Node {
             let recheck = (now + IN_SYNC_RECHECK).min(deadline);
             progress_or_role_change(recheck, &mut progress, &mut role_changes).await;
         }
+    }
+
+    /// How long writes have found the ISR too small under this role generation, as of `now`
+    /// (zero for the first, which starts the count).
+    fn short_of_in_sync_for(&self, now: Instant) -> Duration {
+        let generation = *self.role_changes.borrow();
+        let mut short = lock(&self.short_of_in_sync);
+        let since = match *short {
+            Some((since, of)) if of == generation => since,
+            _ => {
+                *short = Some((now, generation));
+                self.short_of_in_sync_flag.store(true, Ordering::Release);
+                now
+            }
+        };
+        now.saturating_duration_since(since)
     }
 
     /// Whether `command` repeats a request already in the log (see

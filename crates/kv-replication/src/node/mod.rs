@@ -31,7 +31,7 @@ pub mod status;
 pub mod streaming;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -198,6 +198,12 @@ pub struct Node {
     /// Large writes being submitted, whose ids are not known yet (their frames may be read
     /// before [`Node::wrote_large_entries_through`] records them).
     large_writes_in_flight: AtomicU64,
+    /// Since when, and under which role generation, writes have found the ISR too small to
+    /// commit them (`Node::wait_for_in_sync`); `None` once one found it large enough.
+    short_of_in_sync: Mutex<Option<(Instant, u64)>>,
+    /// Whether `short_of_in_sync` is set: the one thing a write reads of it when the ISR is
+    /// large enough.
+    short_of_in_sync_flag: AtomicBool,
 }
 
 /// [`LeaderState::ack_marks`] before and after an acknowledgement.
@@ -362,6 +368,8 @@ impl Node {
             compaction: Mutex::new(CompactionHistory::default()),
             large_entries_through,
             large_writes_in_flight: AtomicU64::new(0),
+            short_of_in_sync: Mutex::new(None),
+            short_of_in_sync_flag: AtomicBool::new(false),
         }
     }
 

@@ -594,41 +594,79 @@ async fn a_cut_off_follower_leaves_the_isr_through_the_controller_and_comes_back
 
 /// Under `N = 3`, while the ISR has two members a write that needs a commit waits for the
 /// third — and goes on once it is back within the acks timeout — or else is refused with
-/// nothing written ("not enough in-sync replicas", Kafka's `NOT_ENOUGH_REPLICAS`);
-/// `acks=leader`, which asks for no commit, is taken, and a retry of a request already in the
-/// log is answered as a repeat. Before, the write was appended, waited out the timeout and
-/// was answered 503 with its outcome unknown: it committed whenever the follower came back.
+/// nothing written ("not enough in-sync replicas", Kafka's `NOT_ENOUGH_REPLICAS`); once the
+/// ISR has been short that long, writes are refused at once until one finds it whole again.
+/// `acks=leader`, which asks for no commit, is taken, and a retry of a request already in
+/// the log is answered as a repeat. Before, the write was appended, waited out the timeout
+/// and was answered 503 with its outcome unknown: it committed whenever the follower came
+/// back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_cannot_commit_for_want_of_in_sync_replicas_is_refused_with_nothing_written() {
     let mut options = options();
-    // Each refusal waits it out; the write that waits has this long for the follower.
+    // Each refusal after a wait waits it out; a write that waits has this long.
     options.acks_timeout = Duration::from_millis(2000);
     let mut cluster = Cluster::start(3, 3, options);
     cluster.elect(Some(0));
     let leader = cluster.node(0);
-    let written = leader
+    let node2 = cluster.node(2);
+    leader
         .write(set("a".to_owned(), 1), Acks::WriteQuorum)
         .await
         .unwrap();
-    cluster.cut(0, 2);
-    cluster.isr = BTreeSet::from([0, 1]);
-    cluster.publish();
-    let last_id = leader.store().last_id();
-    for acks in [Acks::WriteQuorum, Acks::All] {
-        match leader.write(set("b".to_owned(), 2), acks).await {
-            Err(Error::Unavailable(detail)) => assert!(
-                detail.contains("not enough in-sync replicas")
-                    && detail.contains("[0, 1]")
-                    && detail.contains("waited"),
-                "{detail}"
-            ),
-            other => panic!("{acks:?}: {other:?}"),
+    let shrink = |cluster: &mut Cluster| {
+        cluster.cut(0, 2);
+        cluster.isr = BTreeSet::from([0, 1]);
+        cluster.publish();
+    };
+    let refused = |written: kv_replication::Result<u64>, how: &str| match written {
+        Err(Error::Unavailable(detail)) => assert!(
+            detail.contains("not enough in-sync replicas")
+                && detail.contains("[0, 1]")
+                && detail.contains(how),
+            "{detail}"
+        ),
+        other => panic!("{other:?}"),
+    };
+
+    // A write that waits while the follower catches up and rejoins goes on.
+    shrink(&mut cluster);
+    let waiting = tokio::spawn({
+        let leader = leader.clone();
+        async move {
+            leader
+                .write(set("b".to_owned(), 2), Acks::WriteQuorum)
+                .await
         }
-    }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cluster.heal();
+    eventually("node 2 catches up", || {
+        node2.store().last_id() == leader.store().last_id()
+    })
+    .await;
+    assert!(!waiting.is_finished(), "{:?}", waiting.await);
+    cluster.isr = BTreeSet::from([0, 1, 2]);
+    cluster.publish();
+    waiting.await.unwrap().unwrap();
+
+    // Short again: the first write waits the whole acks timeout, the next is refused at once
+    // (`acks=all` too); nothing is written.
+    shrink(&mut cluster);
+    let last_id = leader.store().last_id();
+    refused(
+        leader
+            .write(set("c".to_owned(), 3), Acks::WriteQuorum)
+            .await,
+        "waited",
+    );
+    refused(
+        leader.write(set("c".to_owned(), 3), Acks::All).await,
+        "refused at once",
+    );
     assert_eq!(leader.store().last_id(), last_id, "nothing was written");
-    // Durable on the leader is all `acks=leader` asks: taken, and committed later.
+    // Durable on the leader is all `acks=leader` asks: taken (and committed later).
     let uncommitted = leader
-        .write(set("c".to_owned(), 3), Acks::Leader)
+        .write(set("d".to_owned(), 4), Acks::Leader)
         .await
         .unwrap();
     assert_eq!(uncommitted, last_id + 1);
@@ -651,24 +689,23 @@ async fn a_write_that_cannot_commit_for_want_of_in_sync_replicas_is_refused_with
         other => panic!("the retry: {other:?}"),
     }
 
-    // A write that waits while the follower catches up and rejoins goes on.
-    let waiting = tokio::spawn({
-        let leader = leader.clone();
-        async move {
-            leader
-                .write(set("d".to_owned(), 4), Acks::WriteQuorum)
-                .await
-        }
-    });
+    // Whole again: writes commit, the acknowledged-by-the-leader ones with them, and the
+    // next shortage starts its count over (its first write waits).
     cluster.heal();
-    let node2 = cluster.node(2);
     eventually("node 2 catches up", || node2.store().last_id() >= first.id).await;
-    assert!(!waiting.is_finished(), "{:?}", waiting.await);
     cluster.isr = BTreeSet::from([0, 1, 2]);
     cluster.publish();
-    let after = waiting.await.unwrap().unwrap();
-    assert!(after > first.id && first.id > uncommitted && uncommitted > written);
-    assert_eq!(value_of(&leader, "c"), Some(b"3".to_vec()));
+    let after = leader
+        .write(set("f".to_owned(), 6), Acks::WriteQuorum)
+        .await
+        .unwrap();
+    assert!(after > first.id && first.id > uncommitted);
+    assert_eq!(value_of(&leader, "d"), Some(b"4".to_vec()));
+    shrink(&mut cluster);
+    refused(
+        leader.write(set("g".to_owned(), 7), Acks::Quorum).await,
+        "waited",
+    );
 }
 
 /// A planned transfer: the leader stops taking writes, returns once the target holds its
