@@ -300,27 +300,32 @@ impl LeaderState {
     /// commit and is taken; so is `acks=quorum` under `N = 1` (the entry commits under `N`;
     /// only the second copy it also asks for may be missing).
     pub fn too_few_in_sync(&self, acks: Acks) -> Option<String> {
-        let elected = self.elected.as_ref()?;
+        if acks == Acks::Leader || !self.isr_short() {
+            return None;
+        }
         let quorum = self.options.write_quorum;
-        if acks == Acks::Leader || quorum < 2 {
-            return None;
-        }
-        // Counted without building the set: every write asks.
-        let isr = &elected.membership.isr;
-        let adding = elected
-            .in_flight
-            .as_ref()
-            .map_or(0, |in_flight| in_flight.adding.difference(isr).count());
-        if isr.len() + adding >= quorum {
-            return None;
-        }
-        let isr: Vec<u64> = elected.maximal_isr().into_iter().collect();
+        let isr: Vec<u64> = self.maximal_isr().unwrap_or_default().into_iter().collect();
         Some(format!(
             "not enough in-sync replicas: the write quorum is {quorum} but the ISR is {isr:?} \
              ({} node(s)); nothing was written — retry once a follower has caught up and \
              rejoined the ISR",
             isr.len()
         ))
+    }
+
+    /// Whether the ISR, with the additions asked for, has fewer members than `N >= 2` asks
+    /// ([`LeaderState::too_few_in_sync`]); counted without building the set: every write asks.
+    pub fn isr_short(&self) -> bool {
+        let Some(elected) = &self.elected else {
+            return false;
+        };
+        let quorum = self.options.write_quorum;
+        let isr = &elected.membership.isr;
+        let adding = elected
+            .in_flight
+            .as_ref()
+            .map_or(0, |in_flight| in_flight.adding.difference(isr).count());
+        quorum >= 2 && isr.len() + adding < quorum
     }
 
     /// What a write waits for under `acks`, for error messages.

@@ -71,14 +71,20 @@ impl Node {
         match quick {
             ViewAction::Nothing => return Ok(()),
             ViewAction::UpdateLeader => {
-                if self
+                let (changed, short) = self
                     .with_leader(|leader| {
                         let before = (leader.maximal_isr(), leader.write_quorum());
                         leader.set_membership(membership.clone());
-                        before != (leader.maximal_isr(), leader.write_quorum())
+                        let after = (leader.maximal_isr(), leader.write_quorum());
+                        (before != after, leader.isr_short())
                     })
-                    .unwrap_or(false)
-                {
+                    .unwrap_or((false, true));
+                if !short {
+                    // Whole again, even with no write to see it: a later shortage is a new
+                    // one (its first write waits; `Node::wait_for_in_sync`).
+                    self.end_in_sync_shortage();
+                }
+                if changed {
                     self.recompute_and_publish();
                 }
                 return Ok(());

@@ -223,12 +223,8 @@ impl Node {
         }
         // A write that needed a commit found the ISR large enough: the shortage is over
         // (`acks=leader` asks nothing of the ISR, and says nothing of it).
-        if !too_few_in_sync
-            && acks != Acks::Leader
-            && self.short_of_in_sync_flag.load(Ordering::Acquire)
-        {
-            *lock(&self.short_of_in_sync) = None;
-            self.short_of_in_sync_flag.store(false, Ordering::Release);
+        if !too_few_in_sync && acks != Acks::Leader {
+            self.end_in_sync_shortage();
         }
         Ok(Admission::Submitted(
             self.store.submit(command)?,
@@ -299,6 +295,14 @@ impl Node {
             }
         };
         now.saturating_duration_since(since)
+    }
+
+    /// The ISR is large enough again: the next shortage's first write waits again.
+    pub(super) fn end_in_sync_shortage(&self) {
+        if self.short_of_in_sync_flag.load(Ordering::Acquire) {
+            *lock(&self.short_of_in_sync) = None;
+            self.short_of_in_sync_flag.store(false, Ordering::Release);
+        }
     }
 
     /// Whether `command` repeats a request already in the log (see

@@ -706,6 +706,18 @@ async fn a_write_that_cannot_commit_for_want_of_in_sync_replicas_is_refused_with
         leader.write(set("g".to_owned(), 7), Acks::Quorum).await,
         "waited",
     );
+    // Whole again with no write to see it, then short again: a new shortage, whose first
+    // write waits.
+    cluster.heal();
+    cluster.isr = BTreeSet::from([0, 1, 2]);
+    cluster.publish();
+    shrink(&mut cluster);
+    refused(
+        leader
+            .write(set("h".to_owned(), 8), Acks::WriteQuorum)
+            .await,
+        "waited",
+    );
 }
 
 /// A planned transfer: the leader stops taking writes, returns once the target holds its
