@@ -66,6 +66,10 @@ pub enum Error {
     /// Bad options.
     #[error("invalid controller options: {0}")]
     InvalidOptions(String),
+    /// A planned transfer to the most advanced live ISR member was asked for, and there is
+    /// none (the data leader is the only live member of the ISR).
+    #[error("no live ISR member to transfer the leadership to")]
+    NoTransferTarget,
     /// Raft failed in another way (it is shutting down, a membership change is in progress, …).
     #[error("raft: {0}")]
     Raft(String),

@@ -47,6 +47,7 @@ pub fn controller_error(error: kv_controller::Error) -> Error {
         E::ClusterMismatch { .. }
         | E::Rejected(_)
         | E::InvalidOptions(_)
+        | E::NoTransferTarget
         | E::AlreadyInitialized => Error::ClusterConflict(error.to_string()),
         E::Raft(_) => Error::Unavailable(error.to_string()),
         E::Io { .. } | E::Log(_) | E::Corrupt { .. } | E::NodeIdMismatch { .. } => {

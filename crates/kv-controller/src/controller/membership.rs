@@ -125,11 +125,7 @@ impl Controller {
                     })
                     .max_by(|a, b| a.position.cmp(&b.position).then(b.node.cmp(&a.node)))
                     .map(|session| session.node)
-                    .ok_or_else(|| {
-                        Error::InvalidOptions(
-                            "no live ISR member to transfer the leadership to".to_owned(),
-                        )
-                    })?
+                    .ok_or(Error::NoTransferTarget)?
             }
         };
         Ok(self

@@ -376,6 +376,17 @@ async fn joins_are_idempotent_and_refuse_another_cluster_or_a_taken_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_calls_on_any_node_reach_the_active_controller() {
     let members = three_members().await;
+    // A transfer with no target named goes to the most advanced live ISR member; with none
+    // (no data plane runs here: no member is live), the answer says just that — it said
+    // "invalid controller options: …" before.
+    let (status, body) = members[2]
+        .http(Method::POST, "/admin/transfer-leader", "")
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        body["detail"], "no live ISR member to transfer the leadership to",
+        "{body}"
+    );
     let result = members[0]
         .client()
         .propose(&Command::ChangeIsr {
