@@ -162,11 +162,7 @@ fn a_follower_stopped_by_sigint_before_it_joined_exits_cleanly() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let signalled = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(signalled.success(), "kill -INT failed");
+    crate::harness::send_signal(child.id(), "INT");
     let status = wait_with_deadline(child);
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     assert!(status.success(), "{status}: {stderr}");

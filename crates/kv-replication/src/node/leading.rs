@@ -121,7 +121,7 @@ impl Node {
             match admission {
                 Admission::Submitted(submitted, leadership) => break (submitted, leadership),
                 Admission::TooFewInSync(unwritten) => {
-                    self.wait_for_in_sync(&unwritten, acks, deadline).await?;
+                    self.wait_for_in_sync(acks, deadline).await?;
                     command = unwritten;
                 }
             }
@@ -201,7 +201,7 @@ impl Node {
     fn admit(&self, command: Command, acks: Acks) -> Result<Admission> {
         let _admission = shared(&self.admission);
         let leadership = *self.role_changes.borrow();
-        let too_few_in_sync = match &*lock(&self.role) {
+        let isr_short = match &*lock(&self.role) {
             RoleState::Leader(leader) => {
                 if let Some(epoch) = leader.deposed_by() {
                     return Err(Error::Unavailable(format!(
@@ -214,17 +214,14 @@ impl Node {
                         "leadership is being transferred to node {to}; retry"
                     )));
                 }
-                leader.too_few_in_sync(acks).is_some()
+                leader.isr_short()
             }
             other => return Err(other.not_leader()),
         };
-        if too_few_in_sync && !self.is_retry(&command) {
-            return Ok(Admission::TooFewInSync(command));
-        }
-        // A write that needed a commit found the ISR large enough: the shortage is over
-        // (`acks=leader` asks nothing of the ISR, and says nothing of it).
-        if !too_few_in_sync && acks != Acks::Leader {
+        if !isr_short {
             self.end_in_sync_shortage();
+        } else if acks != Acks::Leader && !self.is_retry(&command) {
+            return Ok(Admission::TooFewInSync(command));
         }
         Ok(Admission::Submitted(
             self.store.submit(command)?,
@@ -240,14 +237,10 @@ impl Node {
     /// unknown (it would commit whenever a follower came back). Once the ISR has been too
     /// small for longer than a write waits (the acks timeout) under this leadership, writes are
     /// refused at once until one finds it large enough again, as Kafka refuses under
-    /// `min.insync.replicas`: a follower gone that long is not about to be back. A retry of a
-    /// request already in the log goes on: the submit answers it with the first one's outcome.
-    async fn wait_for_in_sync(
-        &self,
-        command: &Command,
-        acks: Acks,
-        deadline: tokio::time::Instant,
-    ) -> Result<()> {
+    /// `min.insync.replicas`: a follower gone that long is not about to be back. (A retry of a
+    /// request already in the log never gets here: `admit` lets it through to the submit,
+    /// which answers it with the first one's outcome.)
+    async fn wait_for_in_sync(&self, acks: Acks, deadline: tokio::time::Instant) -> Result<()> {
         let started = Instant::now();
         let short_for = self.short_of_in_sync_for(started);
         let mut progress = self.progress.subscribe();
@@ -258,9 +251,6 @@ impl Node {
             let Some(reason) = self.with_leader(|leader| leader.too_few_in_sync(acks))? else {
                 return Ok(());
             };
-            if self.is_retry(command) {
-                return Ok(());
-            }
             if short_for >= self.options.acks_timeout {
                 return Err(Error::Unavailable(format!(
                     "{reason} (it has been too small for {} ms: refused at once)",

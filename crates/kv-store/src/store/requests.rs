@@ -15,11 +15,10 @@ impl Store {
         op: &Op,
     ) -> Result<()> {
         let fingerprint = op.fingerprint(ids.form);
-        let earlier = pending.iter_mut().rev().find(|(_, pending)| {
-            pending.request.as_ref().is_some_and(|request| {
-                request.ids.client_id == ids.client_id && request.ids.request_id == ids.request_id
-            })
-        });
+        let earlier = pending
+            .iter_mut()
+            .rev()
+            .find(|(_, pending)| is_request(pending, ids));
         let (id, same, outcome) = match earlier {
             Some((id, pending)) => {
                 let request = pending.request.as_ref().expect("matched a request");
@@ -56,13 +55,8 @@ impl Store {
     /// Whether `ids` were submitted before — pending, or remembered by the dedup table: a
     /// retry, which [`Store::submit`] answers with the first submission's outcome.
     pub fn is_repeated_request(&self, ids: &RequestIds) -> bool {
-        let same = |request: &RequestMeta| {
-            request.ids.client_id == ids.client_id && request.ids.request_id == ids.request_id
-        };
         let pending = lock(&self.pending);
-        pending
-            .iter()
-            .any(|(_, pending)| pending.request.as_ref().is_some_and(same))
+        pending.iter().any(|(_, pending)| is_request(pending, ids))
             || read(&self.map)
                 .requests
                 .get(&ids.client_id, &ids.request_id)
@@ -104,4 +98,11 @@ impl Store {
             options: self.retention().dedup,
         }
     }
+}
+
+/// Whether the pending op carries the request `ids` (its client and request ids).
+fn is_request(pending: &PendingOp, ids: &RequestIds) -> bool {
+    pending.request.as_ref().is_some_and(|request| {
+        request.ids.client_id == ids.client_id && request.ids.request_id == ids.request_id
+    })
 }

@@ -374,20 +374,24 @@ impl Cluster {
 
     /// Waits until a node other than `not` leads with a lease; returns it and its epoch.
     pub fn wait_for_leader(&self, not: Option<usize>) -> (usize, u64) {
-        let started = Instant::now();
-        loop {
-            if let Some((index, epoch)) = self.leader_now() {
-                if Some(index) != not {
-                    return (index, epoch);
-                }
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
+        self.leader_within(not).unwrap_or_else(|| {
+            panic!(
                 "no leader (other than {not:?}) within {DEADLINE:?}; statuses:\n{}\n{}",
                 self.statuses(),
                 self.warnings()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            )
+        })
+    }
+
+    /// [`Cluster::wait_for_leader`], `None` after [`DEADLINE`] (the caller says why).
+    pub fn leader_within(&self, not: Option<usize>) -> Option<(usize, u64)> {
+        let started = Instant::now();
+        loop {
+            match self.leader_now() {
+                Some((index, epoch)) if Some(index) != not => return Some((index, epoch)),
+                _ if started.elapsed() >= DEADLINE => return None,
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
         }
     }
 

@@ -223,13 +223,7 @@ fn leader_whose_disk_hangs_under_a_large_write_is_replaced(args: &[&str]) {
                 .put_raw(leader, "large", &vec![7u8; 2 << 20])
                 .map(|answer| answer.status)
         });
-        let replaced = loop {
-            match cluster.leader_now() {
-                Some((index, epoch)) if index != leader => break Some((index, epoch)),
-                _ if hung_at.elapsed() > DEADLINE => break None,
-                _ => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
+        let replaced = cluster.leader_within(Some(leader));
         std::fs::remove_file(hang_file(leader)).expect("the disk answers again");
         let status = writer.join().expect("the writer");
         // On a failure, what the write got (it may never have reached the stalled fsync)
