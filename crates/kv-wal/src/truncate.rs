@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::compressed_format;
 use crate::durable::write_file_atomic;
@@ -16,6 +17,7 @@ use crate::recovery::RecoveredSegment;
 use crate::segment_file::SegmentHeader;
 use crate::segment_scan::scan;
 use crate::segments::Segment;
+use crate::stats::DiskOp;
 use crate::wal::Wal;
 use crate::writer::Writer;
 
@@ -25,12 +27,18 @@ impl Wal {
     /// completes the marked truncation, the new one. The next append gets `after_id + 1`: the
     /// caller is replacing the suffix with another history's records for the same ids, as Raft
     /// and Kafka followers do. Ids of records that were never truncated are never reused.
+    ///
+    /// The whole truncation counts as a write in flight ([`crate::WalStats::disk_wait_seconds`]),
+    /// as a segment roll does: the marker, the cut, the removals and the directory `fsync`s
+    /// all wait on the disk, with every append behind them.
     pub fn truncate_after(&self, after_id: u64) -> Result<()> {
         let shared = &self.shared;
         // Both locks are held from the marker to its removal: an append acknowledged while the
         // marker is still there would be cut again by the open that completes the marker.
         let _maintenance = lock(&shared.maintenance);
         let mut writer = shared.writer();
+        // From here on, not while the locks were awaited (a compaction can hold them for long).
+        let _busy = shared.stats.disk_busy(DiskOp::Write, Instant::now());
         shared.check_writable(&writer)?;
         shared.flush_pending(&mut writer)?;
         if after_id >= writer.next_id.get() - 1 {
@@ -215,7 +223,10 @@ impl Wal {
     }
 
     /// Removes whole segments whose records all precede `before_id` (after a snapshot): log
-    /// compaction. The active segment is never removed. Returns the paths removed.
+    /// compaction. The active segment is never removed. Returns the paths removed. Each
+    /// removal and the directory `fsync` count as a write in flight, as a truncation does (each
+    /// on its own: a purge of many segments that goes on removing them is not a disk that
+    /// stopped answering).
     pub fn purge_before(&self, before_id: u64) -> Result<Vec<PathBuf>> {
         let shared = &self.shared;
         let _maintenance = lock(&shared.maintenance);
@@ -233,10 +244,12 @@ impl Wal {
         };
         let mut removed = Vec::with_capacity(purged.len());
         for segment in purged {
+            let _busy = shared.stats.disk_busy(DiskOp::Write, Instant::now());
             shared.remove_segment_files(&segment)?;
             removed.push(segment.path.clone());
         }
         if !removed.is_empty() {
+            let _busy = shared.stats.disk_busy(DiskOp::Write, Instant::now());
             shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
         }
         Ok(removed)

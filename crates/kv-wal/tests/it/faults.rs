@@ -317,27 +317,91 @@ fn append_held_by_the_stall(
     id: u64,
     bytes: usize,
 ) -> std::thread::JoinHandle<kv_wal::Result<u64>> {
+    let wal_for_append = wal.clone();
+    held_by_the_stall(wal, plan, &format!("append {id}"), move || {
+        wal_for_append.append(&payload(id, bytes))
+    })
+}
+
+/// Runs `operation` on a thread of its own, waits until the stalled disk holds it (a stall
+/// fault fired), and checks that it is still held 200 ms later, with
+/// `WalStats::disk_wait_seconds` showing the wait; returns the thread.
+fn held_by_the_stall<T: Send + 'static>(
+    wal: &Arc<Wal>,
+    plan: &FaultPlan,
+    what: &str,
+    operation: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     let fired = plan.faults_fired();
-    let appender = {
-        let wal = wal.clone();
-        std::thread::spawn(move || wal.append(&payload(id, bytes)))
-    };
+    let thread = std::thread::spawn(operation);
     let started = Instant::now();
     while plan.faults_fired() == fired {
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "append {id} never reached the stall"
+            "{what} never reached the stall"
         );
         std::thread::sleep(Duration::from_millis(1));
     }
     std::thread::sleep(Duration::from_millis(200));
     assert!(
-        !appender.is_finished(),
-        "append {id} returned while the disk did not answer"
+        !thread.is_finished(),
+        "{what} returned while the disk did not answer"
     );
     let waited = wal.stats().disk_wait_seconds;
-    assert!(waited >= 0.2, "the stats show the disk's wait: {waited} s");
-    appender
+    assert!(
+        waited >= 0.2,
+        "the stats show the disk's wait for {what}: {waited} s"
+    );
+    thread
+}
+
+/// A truncation (a follower dropping a diverged suffix) and a purge (compaction dropping old
+/// segments) on a disk that stopped answering: each waits, and `WalStats::disk_wait_seconds`
+/// shows the wait as it does an append's — the marker file, the cut, the removals and the
+/// directory `fsync`s all wait on the disk. Before, neither counted: a follower whose disk
+/// hung as it truncated, or a node whose disk hung under compaction, showed no wait, and
+/// kvd's disk watch said nothing.
+#[test]
+fn a_truncation_or_a_purge_on_a_stalled_disk_shows_the_disks_wait() {
+    let fs = SimFs::new();
+    let plan = FaultPlan::new();
+    let flags = tempfile::tempdir().unwrap();
+    let wal = Arc::new(open_faulty(&fs, &plan, SyncPolicy::Batch, 1024));
+    for id in 1..=40 {
+        assert_eq!(wal.append(&payload(id, 64)).unwrap(), id);
+    }
+    let segments = wal.segments().len();
+    assert!(segments >= 4, "{segments} segments");
+    let stalled = flags.path().join("stalled");
+    plan.stall_while_exists(stalled.clone());
+
+    std::fs::write(&stalled, b"").unwrap();
+    let truncation = {
+        let wal = wal.clone();
+        held_by_the_stall(&wal.clone(), &plan, "the truncation", move || {
+            wal.truncate_after(30)
+        })
+    };
+    std::fs::remove_file(&stalled).unwrap();
+    truncation.join().unwrap().unwrap();
+    assert_eq!(wal.last_id(), Some(30));
+    assert_eq!(wal.stats().disk_wait_seconds, 0.0);
+
+    std::fs::write(&stalled, b"").unwrap();
+    let purge = {
+        let wal = wal.clone();
+        held_by_the_stall(&wal.clone(), &plan, "the purge", move || {
+            wal.purge_before(20)
+        })
+    };
+    std::fs::remove_file(&stalled).unwrap();
+    assert!(
+        !purge.join().unwrap().unwrap().is_empty(),
+        "segments purged"
+    );
+    assert_eq!(wal.stats().disk_wait_seconds, 0.0);
+    assert_eq!(wal.append(&payload(31, 64)).unwrap(), 31);
+    assert_eq!(wal.read(25).unwrap(), Some(payload(25, 64)));
 }
 
 /// A power cut at any fsync of a roll (the new segment's file, the old one's shrink, its seal,
