@@ -1,11 +1,11 @@
 //! The disk watch: a thread of its own that says in the log when the disk keeps the WAL
-//! waiting. A node whose disk hangs stops answering altogether — its WAL's writes and
-//! `fdatasync`s run on the async runtime's workers, which the hung disk holds, so `/health`,
-//! `/metrics` and the heartbeats stop with them (`docs/reliability.md`) — and the log is then
-//! the only place that says why. The thread reads `WalStats::disk_wait_seconds` (atomics, no
-//! lock a hung write could hold) a few times a second and warns once the oldest write or
-//! `fdatasync` in flight has waited [`WARN_AFTER`], again every [`REPEAT`] while it lasts, and
-//! says when the disk answers again.
+//! waiting. The node goes on answering meanwhile — an append queues rather than wait for
+//! another's write, so a hung disk holds only the thread whose write or `fdatasync` it is
+//! (`docs/reliability.md`) — and `/health` says the node is unavailable from the same point
+//! ([`kv_http::DISK_SLOW_AFTER`]); the log says it once and when it ends. The thread reads
+//! `WalStats::disk_wait_seconds` (atomics, no lock a hung write could hold) a few times a
+//! second and warns once the oldest write or `fdatasync` in flight has waited [`WARN_AFTER`],
+//! again every [`REPEAT`] while it lasts, and says when the disk answers again.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use kv_store::Store;
 
 /// How long a write or `fdatasync` may wait before the watch warns (etcd warns of a WAL sync
-/// slower than a second too).
-pub const WARN_AFTER: Duration = Duration::from_secs(1);
+/// slower than a second too); `/health` turns 503 at the same point.
+pub const WARN_AFTER: Duration = kv_http::DISK_SLOW_AFTER;
 /// How often the warning repeats while the wait lasts.
 const REPEAT: Duration = Duration::from_secs(10);
 /// How often the watch looks.
@@ -59,8 +59,8 @@ fn watch(store: &Store, stopped: &mpsc::Receiver<()>) {
             Some(Said::Waiting(waited)) => tracing::warn!(
                 waited_ms = waited.as_millis() as u64,
                 "the disk has not completed a write or fdatasync of the WAL for {:.1} s: \
-                 writes wait, and this node may answer nothing (HTTP, heartbeats) until the \
-                 disk does; its leadership, if any, passes to another node",
+                 writes wait until the disk does (/health answers 503 meanwhile); its \
+                 leadership, if any, passes to another node",
                 waited.as_secs_f64()
             ),
             Some(Said::Answered(longest)) => tracing::info!(

@@ -205,6 +205,7 @@ impl From<kv_replication::Error> for Error {
         match error {
             kv_replication::Error::Store(error) => Error::Store(error),
             kv_replication::Error::AcksTimeout { id, commit_id, .. }
+            | kv_replication::Error::NotDurable { id, commit_id, .. }
             | kv_replication::Error::SteppedDown { id, commit_id, .. } => Error::AcksTimeout {
                 id,
                 commit_id,

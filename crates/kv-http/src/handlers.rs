@@ -397,7 +397,12 @@ struct HealthBody<'a> {
     keys: usize,
 }
 
-/// `GET /health`: 200 while the node can take writes, 503 once its WAL refuses them.
+/// How long a write or `fdatasync` of the WAL may wait for the disk before `/health` says the
+/// node is unavailable (kvd's disk watch warns at the same point).
+pub const DISK_SLOW_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `GET /health`: 200 while the node can take writes, 503 once its WAL refuses them or its
+/// disk keeps a write waiting [`DISK_SLOW_AFTER`].
 pub fn health(state: &AppState) -> Response<Full<Bytes>> {
     let store = &state.store;
     let log = store.log_status();
@@ -407,6 +412,16 @@ pub fn health(state: &AppState) -> Response<Full<Bytes>> {
         .or_else(|| {
             log.out_of_space
                 .map(|reason| format!("the disk is full: {reason}"))
+        })
+        .or_else(|| {
+            (log.disk_wait >= DISK_SLOW_AFTER).then(|| {
+                format!(
+                    "the disk has kept a write or fdatasync of the WAL waiting {} ms: writes \
+                     wait for it (in a cluster, a leader whose disk keeps one waiting a few \
+                     seconds stops renewing its lease, and another node takes over)",
+                    log.disk_wait.as_millis()
+                )
+            })
         })
         .or_else(|| crate::gate::health_problem(state));
     let body = HealthBody {

@@ -83,6 +83,7 @@ pub use controller_net::{
 };
 pub use error::{error_response, Error, Result};
 pub use gate::READ_LEASE_WAIT;
+pub use handlers::DISK_SLOW_AFTER;
 pub use history::{
     HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, VERSIONS_LIMIT_DEFAULT, VERSIONS_LIMIT_MAX,
 };

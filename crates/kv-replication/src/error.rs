@@ -52,6 +52,23 @@ pub enum Error {
         /// How long the write had waited.
         waited_ms: u64,
     },
+    /// The write is in this node's log, but the disk did not make it durable within the
+    /// acks timeout (a disk that hangs, or is that slow): nothing was acknowledged, and the
+    /// entry commits — its write taking effect — if the disk completes it and this node still
+    /// leads; a client retries with an idempotency key to learn which.
+    #[error(
+        "entry {id} was written to this node's log, but its disk has not made it durable \
+         within {waited_ms} ms: its outcome is unknown (it takes effect if the disk completes \
+         it while this node leads)"
+    )]
+    NotDurable {
+        /// The entry's id.
+        id: u64,
+        /// The commit id this node knows now.
+        commit_id: u64,
+        /// How long the write had waited.
+        waited_ms: u64,
+    },
     /// `acks=` named no known level.
     #[error("unknown acks {text:?}: expected leader, quorum or all")]
     UnknownAcks {

@@ -25,6 +25,9 @@ pub struct LogStatus {
     /// Why the last try at a new segment found no room on the disk, while no later one
     /// succeeded: writes that need a new segment fail meanwhile (`kv_wal::Error::OutOfSpace`).
     pub out_of_space: Option<String>,
+    /// How long the oldest write or `fdatasync` of the log in flight has waited for the disk
+    /// (zero: none; `kv_wal::WalStats::disk_wait_seconds`).
+    pub disk_wait: std::time::Duration,
 }
 
 impl Store {
@@ -123,6 +126,7 @@ impl Store {
             next_id: wal.next_id(),
             poisoned: wal.poisoned(),
             out_of_space: wal.out_of_space(),
+            disk_wait: std::time::Duration::from_secs_f64(wal.stats().disk_wait_seconds.max(0.0)),
         }
     }
 }

@@ -4,12 +4,17 @@
 //! that buffer depends on the sync policy: under `Never` and `Interval` the appending thread
 //! writes it at once (the committer fsyncs on the interval); under `Batch` and `Always` one
 //! commit at a time writes and fsyncs it (`commit_once`): an append that found the log idle
-//! writes its frames at once and its ticket fsyncs on the thread that waits on it (the write
-//! group's leader, `lead_commit`); everything else goes to the committer thread (`committer.rs`), which gives each queued `Always` append an fsync
-//! of its own. Segments roll under the same mutex: the new segment's file is made under a
-//! temporary name (a full disk fails the roll here, with nothing changed), the old segment is
-//! sealed and fsynced, and only then does the new one take its name and become active, so only
-//! the last segment ever holds unsynced bytes.
+//! leads its write group, and its ticket writes and fsyncs on the thread that waits on it
+//! (`lead_commit`); everything else goes to the committer thread (`committer.rs`), which gives
+//! each queued `Always` append an fsync of its own. A commit's `write`, like its `fdatasync`,
+//! runs with the mutex released (`write_unlocked`, one at a time, `Writer::writing`): an
+//! append never waits on the disk for another's write — a disk that hangs holds the thread
+//! whose commit it is, and appends queue meanwhile (kvd's async workers submit; a hung disk
+//! once held every one of them). Segments roll under the mutex, after any such write has
+//! ended (`Shared::settle`): the new segment's file is made under a temporary name (a full
+//! disk fails the roll here, with nothing changed), the old segment is sealed and fsynced, and
+//! only then does the new one take its name and become active, so only the last segment ever
+//! holds unsynced bytes.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -33,17 +38,66 @@ use crate::watermark::Watermark;
 use crate::writer::{Leader, Writer};
 
 impl Shared {
-    /// Writes the pending frames to the active segment with one `write`.
+    /// Writes the pending frames to the active segment with one `write`, under the lock.
     pub(crate) fn flush_pending(&self, writer: &mut Writer) -> Result<()> {
         let count = writer.pending_frames.len();
         self.flush_frames(writer, count)
     }
 
     /// Writes the first `count` pending frames to the active segment with one `write` (the
-    /// committer gives each queued `Always` append its own); the rest stay queued.
+    /// committer gives each queued `Always` append its own), under the lock: for the rarer
+    /// paths that change the file under it anyway (a roll, a truncation, the `Never` and
+    /// `Interval` policies, an explicit sync), after [`Shared::settle`]. The rest stay queued.
     pub(crate) fn flush_frames(&self, writer: &mut Writer, count: usize) -> Result<()> {
-        if count == 0 {
+        debug_assert!(
+            !writer.writing,
+            "a flush under the lock while a write is under way"
+        );
+        let Some(batch) = self.take_batch(writer, count)? else {
             return Ok(());
+        };
+        let written = self.write_batch(&writer.active_file, &batch);
+        self.record_written(writer, batch, written)
+    }
+
+    /// Writes the first `count` pending frames as [`Shared::flush_frames`] does, but with the
+    /// lock released for the `write` itself (and the zeros ahead), so that appends queue
+    /// meanwhile instead of waiting on the disk — a disk that hangs holds this thread, never
+    /// the appenders (which, in kvd, are the async runtime's workers). Waits first for a
+    /// write under way; anything that would change the file under the lock waits for this one
+    /// ([`Shared::settle`]). For the commits of the hot path: the committer's, and a write
+    /// group leader's.
+    pub(crate) fn write_unlocked<'a>(
+        &'a self,
+        writer: MutexGuard<'a, Writer>,
+        count: impl FnOnce(&Writer) -> usize,
+    ) -> (MutexGuard<'a, Writer>, Result<()>) {
+        let mut writer = self.settle(writer);
+        let count = count(&writer);
+        let batch = match self.take_batch(&mut writer, count) {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return (writer, Ok(())),
+            Err(error) => return (writer, Err(error)),
+        };
+        writer.writing = true;
+        let file = writer.active_file.clone();
+        drop(writer);
+        let written = self.write_batch(&file, &batch);
+        let mut writer = self.writer();
+        writer.writing = false;
+        if writer.settling > 0 {
+            self.write_done.notify_all();
+        }
+        let recorded = self.record_written(&mut writer, batch, written);
+        (writer, recorded)
+    }
+
+    /// Takes the first `count` pending frames out of the queue to be written (with the
+    /// durability mark in front when one is due), and reserves their place in the active file:
+    /// `write_offset` moves past them. `None`: nothing to write.
+    fn take_batch(&self, writer: &mut Writer, count: usize) -> Result<Option<Batch>> {
+        if count == 0 {
+            return Ok(None);
         }
         self.check_writable(writer)?;
         if !writer.mark_pending && writer.mark_due() {
@@ -69,48 +123,17 @@ impl Shared {
             .pending_frames
             .get(count)
             .map_or(writer.pending.len(), |&(_, offset)| offset);
-        let path = writer.active.path.clone();
-        let busy = self
-            .stats
-            .disk_busy(crate::stats::DiskOp::Write, std::time::Instant::now());
-        let written = writer
-            .active_file
-            .write_all_at(&writer.pending[..split], writer.write_offset)
-            .at(&path);
-        drop(busy);
-        self.guarded(written)?;
-        let base = writer.write_offset;
-        {
-            let mut index = lock(&writer.active.index);
-            let index = index.get_or_insert_with(SparseIndex::default);
-            for &(id, offset) in &writer.pending_frames[..count] {
-                index.observe(id, base + offset as u64);
-            }
-        }
-        let last_id = writer.pending_frames[count - 1].0;
-        writer.write_offset += split as u64;
-        writer
-            .active
-            .end_offset
-            .store(writer.write_offset, Ordering::Release);
-        writer
-            .active
-            .file_bytes
-            .store(writer.write_offset, Ordering::Release);
-        writer
-            .active
-            .allocated_bytes
-            .fetch_max(writer.write_offset, Ordering::AcqRel);
-        writer.active.last_id.store(last_id, Ordering::Release);
-        self.stats.on_write(split as u64);
-        self.zero_ahead(writer);
-        if count == writer.pending_frames.len() {
-            writer.pending.clear();
-            writer.pending_frames.clear();
+        let (bytes, frames) = if count == writer.pending_frames.len() {
             writer.always_ends.clear();
+            (
+                std::mem::take(&mut writer.pending),
+                std::mem::take(&mut writer.pending_frames),
+            )
         } else {
-            writer.pending.drain(..split);
-            writer.pending_frames.drain(..count);
+            let rest = writer.pending.split_off(split);
+            let rest_frames = writer.pending_frames.split_off(count);
+            let bytes = std::mem::replace(&mut writer.pending, rest);
+            let frames = std::mem::replace(&mut writer.pending_frames, rest_frames);
             for (_, offset) in &mut writer.pending_frames {
                 *offset -= split;
             }
@@ -118,14 +141,88 @@ impl Shared {
             for end in &mut writer.always_ends {
                 *end -= count;
             }
+            (bytes, frames)
+        };
+        let offset = writer.write_offset;
+        writer.write_offset += bytes.len() as u64;
+        let zeros = self.zeros_ahead(writer);
+        Ok(Some(Batch {
+            bytes,
+            frames,
+            offset,
+            zeros,
+        }))
+    }
+
+    /// The `write` of a batch (and of the zeros ahead of it), timed as the disk's wait.
+    fn write_batch(&self, file: &Arc<dyn WalFile>, batch: &Batch) -> BatchWritten {
+        let busy = self
+            .stats
+            .disk_busy(crate::stats::DiskOp::Write, std::time::Instant::now());
+        let data = file.write_all_at(&batch.bytes, batch.offset);
+        // A failed zero write is no log failure (nothing was lost): the segment just gets no
+        // more of it.
+        let zeros = match (&data, batch.zeros) {
+            (Ok(()), Some((from, to))) => Some(file.write_zeros(from, to - from).is_ok()),
+            _ => None,
+        };
+        drop(busy);
+        BatchWritten { data, zeros }
+    }
+
+    /// Makes a written batch visible: the segment's end, its index and the `last` watermark
+    /// move past it. A failed write poisons the log.
+    fn record_written(
+        &self,
+        writer: &mut Writer,
+        batch: Batch,
+        written: BatchWritten,
+    ) -> Result<()> {
+        let path = writer.active.path.clone();
+        self.guarded(written.data.at(&path))?;
+        let Batch {
+            mut bytes,
+            frames,
+            offset: base,
+            zeros,
+        } = batch;
+        {
+            let mut index = lock(&writer.active.index);
+            let index = index.get_or_insert_with(SparseIndex::default);
+            for &(id, offset) in &frames {
+                index.observe(id, base + offset as u64);
+            }
+        }
+        let last_id = frames.last().expect("a batch has frames").0;
+        let end = base + bytes.len() as u64;
+        writer.active.end_offset.store(end, Ordering::Release);
+        writer.active.file_bytes.store(end, Ordering::Release);
+        writer
+            .active
+            .allocated_bytes
+            .fetch_max(end, Ordering::AcqRel);
+        writer.active.last_id.store(last_id, Ordering::Release);
+        self.stats.on_write(bytes.len() as u64);
+        if let (Some(ok), Some((_, to))) = (written.zeros, zeros) {
+            writer.zeroed_through = if ok {
+                to
+            } else {
+                writer.active.allocated_bytes()
+            };
+        }
+        if writer.pending.is_empty() && writer.pending.capacity() < bytes.capacity() {
+            // The queue's buffer went with the batch: give it back for the next appends.
+            bytes.clear();
+            writer.pending = bytes;
         }
         self.last.advance(last_id);
         Ok(())
     }
 
     /// Keeps the free space just past the active segment's data written with zeros, a chunk
-    /// at a time: when fewer than [`ZERO_AHEAD_MIN_BYTES`] are left, writes zeros up to
-    /// [`ZERO_AHEAD_BYTES`] past the data (within the preallocation). Fallocated space is
+    /// at a time: when fewer than [`ZERO_AHEAD_MIN_BYTES`] are left past `write_offset`, the
+    /// range to write zeros into, up to [`ZERO_AHEAD_BYTES`] past it (within the
+    /// preallocation); written with the batch ([`Shared::write_batch`]). Fallocated space is
     /// "unwritten" on ext4: the first write into a block of it makes the next `fdatasync`
     /// convert the extent — a synchronous metadata write, on every commit that reaches a new
     /// 4 KiB block (measured with `fsync-probe`: ~110 µs per `fdatasync` either way with 128 B
@@ -134,9 +231,8 @@ impl Shared {
     /// the commit that carries the chunk pays it (and the chunk's bytes) once, and the commits
     /// after it write into written space. (Zeroing a block or two per commit instead converts
     /// on every commit: measured slower than not zeroing.) No byte changes value — free space
-    /// reads as zeros already — so recovery finds the same; a failed zero write is no log
-    /// failure (nothing was lost): this segment just gets no more of it.
-    fn zero_ahead(&self, writer: &mut Writer) {
+    /// reads as zeros already — so recovery finds the same.
+    fn zeros_ahead(&self, writer: &Writer) -> Option<(u64, u64)> {
         let end = writer.write_offset;
         let allocated = writer.active.allocated_bytes();
         let from = writer.zeroed_through.max(end);
@@ -144,20 +240,12 @@ impl Shared {
             || from >= allocated
             || writer.zeroed_through >= end + ZERO_AHEAD_MIN_BYTES
         {
-            return;
+            return None;
         }
         let to = (end + ZERO_AHEAD_BYTES)
             .next_multiple_of(4096)
             .min(allocated);
-        let busy = self
-            .stats
-            .disk_busy(crate::stats::DiskOp::Write, std::time::Instant::now());
-        let written = writer.active_file.write_zeros(from, to - from);
-        drop(busy);
-        writer.zeroed_through = match written {
-            Ok(()) => to,
-            Err(_) => allocated,
-        };
+        Some((from, to))
     }
 
     /// Makes room for a frame of `frame_bytes`, rolling the segment if it would overflow.
@@ -183,6 +271,7 @@ impl Shared {
     /// in an append's own write or `fdatasync` (kvd's leader goes silent on it and is
     /// replaced).
     pub(crate) fn roll(&self, writer: &mut Writer, first_id: u64) -> Result<()> {
+        debug_assert!(!writer.writing, "a roll while a write is under way");
         let _busy = self
             .stats
             .disk_busy(crate::stats::DiskOp::Write, std::time::Instant::now());
@@ -383,6 +472,11 @@ impl Shared {
         let mut writer = self.writer();
         self.check_writable(&writer)?;
         crate::fail_point!(WAL_BEFORE_APPEND).at(&self.dir)?;
+        if writer.writing && self.changes_the_file(&writer, count, &frame_bytes, first_id, policy) {
+            // Only an append that writes under the lock waits for the write under way.
+            writer = self.settle(writer);
+            self.check_writable(&writer)?;
+        }
         if let Some(first_id) = first_id {
             if first_id < writer.next_id.get() {
                 return Err(Error::IdConflict {
@@ -427,7 +521,7 @@ impl Shared {
                 }
                 let generation = self.durability.durable.generation();
                 if idle && self.inline_commit_when_idle && writer.pending_frames.len() == count {
-                    return self.lead_group(&mut writer, first..=last, policy, generation);
+                    return Ok(self.lead_group(&mut writer, first..=last, policy, generation));
                 }
                 // Once `commit_wanted` is set the committer is bound to see it before it waits
                 // again (only it clears the flag, under this lock), so appenders queued behind
@@ -495,10 +589,12 @@ impl Shared {
         Ok(())
     }
 
-    /// Makes an append that found the log idle its write group's leader: its frames are
-    /// written at once (readers and followers see them, as under `Never`), and its ticket
-    /// fsyncs on the caller's thread when it is first waited on (`lead_commit`), after the
-    /// caller let go of its own locks. Appends arriving before then wake the committer, which
+    /// Makes an append that found the log idle its write group's leader: its frames stay
+    /// queued, and its ticket writes and fsyncs them on the caller's thread when it is first
+    /// waited on (`lead_commit`) — or writes them sooner, without the fsync, when asked to
+    /// (`lead_write`: kvd's leader, so that its streams push the frames to the followers
+    /// during its fsync) — after the caller let go of its own locks: a disk that hangs then
+    /// holds that thread alone. Appends arriving before the commit wake the committer, which
     /// takes the group's commit over (`run_committer`).
     fn lead_group(
         self: &Arc<Self>,
@@ -506,37 +602,65 @@ impl Shared {
         ids: std::ops::RangeInclusive<u64>,
         policy: SyncPolicy,
         generation: u64,
-    ) -> Result<AppendTicket> {
-        self.flush_pending(writer)?;
+    ) -> AppendTicket {
         writer.leader_tokens += 1;
         let token = writer.leader_tokens;
         writer.leader = Some(Leader {
             token,
             own_fsync: policy == SyncPolicy::Always,
+            last_id: *ids.end(),
         });
-        Ok(AppendTicket::leading(ids, self.clone(), token, generation))
+        AppendTicket::leading(ids, self.clone(), token, generation)
+    }
+
+    /// Whether an append of `count` frames (`frame_bytes` each) writes to or changes the
+    /// active file under the lock: it rolls the segment (it does not fit, or it continues
+    /// after a gap), or its policy writes at once (`Never`, `Interval`).
+    fn changes_the_file(
+        &self,
+        writer: &Writer,
+        count: usize,
+        frame_bytes: &impl Fn(usize) -> usize,
+        first_id: Option<u64>,
+        policy: SyncPolicy,
+    ) -> bool {
+        if matches!(policy, SyncPolicy::Never | SyncPolicy::Interval(_))
+            || first_id.is_some_and(|first_id| first_id != writer.next_id.get())
+        {
+            return true;
+        }
+        let bytes: u64 = (0..count)
+            .map(|index| (frame_bytes(index) + MARK_BYTES) as u64)
+            .sum();
+        writer.write_offset + writer.pending.len() as u64 + bytes + SEAL_BYTES as u64
+            > self.segment_bytes_max
     }
 
     /// One commit, by whoever holds it (`fsync_in_flight`, which this releases): writes the
     /// queued frames — all of them, or through the first queued `Always` append, which gets
-    /// an fsync of its own; none with `own_fsync` (an `Always` leader's, whose frames are
-    /// written) — with one `write`, then `fdatasync`s what is written outside the lock, so
-    /// appends queue for the next round meanwhile. A truncation meanwhile (a new generation)
+    /// an fsync of its own; none with `own_fsync` (an `Always` leader's, whose frames were
+    /// written first, `lead_commit`) — with one `write`, then `fdatasync`s what is written,
+    /// both outside the lock ([`Shared::write_unlocked`]), so appends queue for the next round
+    /// meanwhile. A truncation meanwhile (a new generation)
     /// voids the target. `Ok(false)`: nothing needed an fsync.
     pub(crate) fn commit_once<'a>(
         &'a self,
-        mut writer: MutexGuard<'a, Writer>,
+        writer: MutexGuard<'a, Writer>,
         own_fsync: bool,
     ) -> (MutexGuard<'a, Writer>, Result<bool>) {
-        let batch_frames = match own_fsync {
-            true => 0,
-            false => writer
-                .always_ends
-                .front()
-                .copied()
-                .unwrap_or(writer.pending_frames.len()),
-        };
-        if let Err(error) = self.flush_frames(&mut writer, batch_frames) {
+        let mut batch_frames = 0;
+        let (mut writer, written) = self.write_unlocked(writer, |writer| {
+            batch_frames = match own_fsync {
+                true => 0,
+                false => writer
+                    .always_ends
+                    .front()
+                    .copied()
+                    .unwrap_or(writer.pending_frames.len()),
+            };
+            batch_frames
+        });
+        if let Err(error) = written {
             writer.fsync_in_flight = false;
             return (writer, Err(error));
         }
@@ -599,6 +723,17 @@ impl WriteGroup for Shared {
         };
         writer.leader = None;
         writer.fsync_in_flight = true;
+        if leader.own_fsync {
+            // An `Always` leader's frames are written first, alone: its fsync is its own.
+            let written;
+            (writer, written) =
+                self.write_unlocked(writer, |writer| frames_through(writer, leader.last_id));
+            if written.is_err() {
+                writer.fsync_in_flight = false;
+                drop(writer);
+                return;
+            }
+        }
         let (writer, committed) = self.commit_once(writer, leader.own_fsync);
         if writer.commit_wanted || writer.closed {
             self.commit_needed.notify_one();
@@ -610,6 +745,17 @@ impl WriteGroup for Shared {
                 self.poison(error.to_string());
             }
         }
+    }
+
+    /// A leader's frames written now, before its commit, on this thread (the lock released
+    /// for the `write`); nothing if its commit began or they are written already.
+    fn lead_write(&self, token: u64) {
+        let writer = self.writer();
+        let Some(leader) = writer.leader.filter(|leader| leader.token == token) else {
+            return;
+        };
+        // A write failure is latched in the log; the commit reports it.
+        let _ = self.write_unlocked(writer, |writer| frames_through(writer, leader.last_id));
     }
 
     /// A leader's ticket dropped before it was waited on: its commit goes to the committer
@@ -625,9 +771,34 @@ impl WriteGroup for Shared {
     }
 }
 
-/// How far past the active segment's data [`Shared::zero_ahead`] writes zeros.
+/// How many of the queued frames have ids up to `last_id`.
+fn frames_through(writer: &Writer, last_id: u64) -> usize {
+    writer
+        .pending_frames
+        .partition_point(|&(id, _)| id <= last_id)
+}
+
+/// Queued frames taken out to be written ([`Shared::take_batch`]).
+struct Batch {
+    bytes: Vec<u8>,
+    /// (id, offset within `bytes`) of each frame.
+    frames: Vec<(u64, usize)>,
+    /// Where `bytes` go in the active file.
+    offset: u64,
+    /// Zeros to write past them, `[from, to)` ([`Shared::zeros_ahead`]).
+    zeros: Option<(u64, u64)>,
+}
+
+/// How a batch's `write`s went ([`Shared::write_batch`]).
+struct BatchWritten {
+    data: std::io::Result<()>,
+    /// Whether the zeros were written, if any were to be.
+    zeros: Option<bool>,
+}
+
+/// How far past the active segment's data [`Shared::zeros_ahead`] writes zeros.
 const ZERO_AHEAD_BYTES: u64 = 256 << 10;
-/// [`Shared::zero_ahead`] writes more zeros once fewer than this many are left past the data.
+/// [`Shared::zeros_ahead`] writes more zeros once fewer than this many are left past the data.
 const ZERO_AHEAD_MIN_BYTES: u64 = 128 << 10;
 
 /// The file [`Shared::check_room`] preallocates and removes (`.tmp`: open removes it).

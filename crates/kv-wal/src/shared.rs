@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     /// The writer's next id, read without its lock (`writer.rs`, [`crate::writer::NextId`]).
     pub next_id: Arc<AtomicU64>,
     pub commit_needed: Condvar,
+    /// Signalled when a write without the lock ends (`Writer::writing`).
+    pub write_done: Condvar,
     pub segments: RwLock<Vec<Arc<Segment>>>,
     /// Last id written (readable).
     pub last: Arc<Watermark>,
@@ -65,6 +67,21 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     pub(crate) fn writer(&self) -> MutexGuard<'_, Writer> {
         lock(&self.writer)
+    }
+
+    /// Waits (the lock released meanwhile) until no write of queued frames is under way
+    /// without the lock (`Writer::writing`), for whoever is about to write to or change the
+    /// active file under the lock.
+    pub(crate) fn settle<'a>(&self, mut writer: MutexGuard<'a, Writer>) -> MutexGuard<'a, Writer> {
+        while writer.writing {
+            writer.settling += 1;
+            writer = self
+                .write_done
+                .wait(writer)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            writer.settling -= 1;
+        }
+        writer
     }
 
     pub(crate) fn segments_read(&self) -> RwLockReadGuard<'_, Vec<Arc<Segment>>> {

@@ -17,6 +17,8 @@ pub(crate) trait WriteGroup: Send + Sync + std::fmt::Debug {
     fn durable(&self) -> Arc<Watermark>;
     /// Runs the commit of the leader holding `token`, unless the committer took it over.
     fn lead_commit(&self, token: u64);
+    /// Writes the frames of the leader holding `token` (no fsync), unless its commit began.
+    fn lead_write(&self, token: u64);
     /// The leader holding `token` goes away unwaited: its commit goes to the committer.
     fn abdicate(&self, token: u64);
 }
@@ -64,6 +66,13 @@ impl AppendTicket {
         ticket
     }
 
+    /// Writes the leader's frames now (no fsync), once, unless its commit began.
+    fn lead_write(&mut self) {
+        if let Some((group, token)) = &self.lead {
+            group.lead_write(*token);
+        }
+    }
+
     /// Runs the leader's commit, once.
     fn lead(&mut self) {
         if let Some((group, token)) = self.lead.take() {
@@ -100,6 +109,17 @@ impl AppendTicket {
     /// blocking pool, `block_in_place`) and then await the rest without blocking a worker.
     pub fn commit_now(&mut self) {
         self.lead();
+    }
+
+    /// Writes this ticket's records to the log file now, on this thread — readable, and sent
+    /// on by kvd's replication streams — if it leads its write group and its commit has not
+    /// begun; its `fdatasync` still runs when it is waited on ([`AppendTicket::commit_now`]).
+    /// Otherwise does nothing: the records are written by the commit that takes them. A
+    /// leader's records are written by its commit anyway; this lets a caller have them
+    /// written sooner, where it chooses (kvd's leader: before it yields to its streams, so
+    /// the followers' writes overlap its fsync).
+    pub fn write_now(&mut self) {
+        self.lead_write();
     }
 
     /// The ids the records got.

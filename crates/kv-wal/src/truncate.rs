@@ -36,7 +36,7 @@ impl Wal {
         // Both locks are held from the marker to its removal: an append acknowledged while the
         // marker is still there would be cut again by the open that completes the marker.
         let _maintenance = lock(&shared.maintenance);
-        let mut writer = shared.writer();
+        let mut writer = shared.settle(shared.writer());
         // From here on, not while the locks were awaited (a compaction can hold them for long).
         let _busy = shared.stats.disk_busy(DiskOp::Write, Instant::now());
         shared.check_writable(&writer)?;
@@ -64,7 +64,7 @@ impl Wal {
     /// Completes a truncation (open finishing a marked one).
     pub(crate) fn truncate_after_inner(&self, after_id: u64) -> Result<()> {
         let _maintenance = lock(&self.shared.maintenance);
-        let mut writer = self.shared.writer();
+        let mut writer = self.shared.settle(self.shared.writer());
         self.cut_locked(&mut writer, after_id)
     }
 

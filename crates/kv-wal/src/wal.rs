@@ -154,7 +154,7 @@ impl Wal {
     /// Writes and fsyncs everything appended so far; returns the durable id.
     pub fn sync(&self) -> Result<u64> {
         let shared = &self.shared;
-        let mut writer = shared.writer();
+        let mut writer = shared.settle(shared.writer());
         shared.flush_pending(&mut writer)?;
         shared.check_writable(&writer)?;
         let target = shared.last.get();
@@ -185,7 +185,7 @@ impl Wal {
     /// record never takes an id the snapshot already covers.
     pub fn skip_to(&self, next_id: u64) -> Result<bool> {
         let shared = &self.shared;
-        let mut writer = shared.writer();
+        let mut writer = shared.settle(shared.writer());
         shared.check_writable(&writer)?;
         shared.flush_pending(&mut writer)?;
         if next_id <= writer.next_id.get() {
@@ -201,7 +201,7 @@ impl Wal {
     /// it to let [`Wal::purge_before`] reclaim it. The seal is fsynced like a roll.
     pub fn seal_active(&self, min_bytes: u64) -> Result<bool> {
         let shared = &self.shared;
-        let mut writer = shared.writer();
+        let mut writer = shared.settle(shared.writer());
         shared.check_writable(&writer)?;
         let bytes = writer.write_offset + writer.pending.len() as u64;
         if !writer.active_has_records() || bytes < min_bytes {

@@ -64,9 +64,19 @@ pub(crate) struct Writer {
     /// Where the next frame goes in the active file.
     pub write_offset: u64,
     /// In a preallocated active segment, how far its free space has been written with zeros
-    /// ahead of the appends (`append.rs`, `zero_ahead`); at or below `write_offset`: not at
+    /// ahead of the appends (`append.rs`, `zeros_ahead`); at or below `write_offset`: not at
     /// all. Reset to 0 whenever the active segment or its end changes.
     pub zeroed_through: u64,
+    /// A write of queued frames to the active file is under way without the lock
+    /// (`append.rs`, `write_unlocked`): `write_offset` already counts its bytes, the segment's
+    /// end and the `last` watermark do not yet. Only one at a time; whatever else writes to or
+    /// changes the active file (a roll, a truncation, a flush under the lock) first waits for
+    /// it to end (`Shared::settle`). Appends do not: they queue, so an append never waits on
+    /// the disk for another's write.
+    pub writing: bool,
+    /// Threads waiting for that write to end (`Shared::settle`): only then is its end
+    /// signalled (a `futex` syscall).
+    pub settling: u32,
     /// A `Batch` or `Always` appender is waiting for the committer.
     pub commit_wanted: bool,
     /// An append fsync is in flight: the committer's, or an appender's own (a write-group
@@ -123,6 +133,8 @@ impl Writer {
 pub(crate) struct Leader {
     /// Its ticket's claim: the commit is the ticket's while this is the log's leader.
     pub token: u64,
-    /// An `Always` append: its commit is an fsync of what is written, taking nothing queued.
+    /// An `Always` append: its commit is an fsync of its own frames, taking nothing else queued.
     pub own_fsync: bool,
+    /// The last id of its frames (the first queued: it found the log idle).
+    pub last_id: u64,
 }

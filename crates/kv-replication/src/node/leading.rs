@@ -108,7 +108,8 @@ impl Node {
         acks: Acks,
         finisher: Option<&Arc<Node>>,
     ) -> Result<Written> {
-        let deadline = tokio::time::Instant::now() + self.options.acks_timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.options.acks_timeout;
         self.wait_for_lease(deadline).await?;
         let large = command.op.carried_bytes() >= LARGE_WORK_BYTES;
         let mut command = command;
@@ -131,28 +132,47 @@ impl Node {
             ticket: Some(submitted.ticket),
             finisher,
         };
-        // A ticket that leads its write group runs its `fdatasync` inside the poll below,
-        // blocking this worker for the fsync. Its frames are written already, and the streams
-        // they woke wait in this worker's queue — the first in tokio's LIFO slot, which no
-        // other worker steals — until the poll returns: the followers would get the frames
-        // only after the leader's fsync. A yield lets the streams push first (this task goes
-        // to the back of the queue and another worker is woken to take it), so the followers'
-        // writes and fsyncs overlap the leader's (tests/it/nodes.rs,
-        // `the_streams_push_a_write_before_the_leaders_fsync`).
-        if durable
-            .ticket
-            .as_ref()
-            .is_some_and(|ticket| ticket.leads_its_group())
-            && self.streams.any_open()
-        {
-            tokio::task::yield_now().await;
+        // A ticket that leads its write group writes its frames and runs its `fdatasync`
+        // inside the poll below, blocking this worker for them (no lock held: a disk that
+        // hangs there holds this worker alone, and the other writes queue). With streams open
+        // its frames are written first, and the streams they wake wait in this worker's queue
+        // — the first in tokio's LIFO slot, which no other worker steals — until the poll
+        // returns: the followers would get the frames only after the leader's fsync. A yield
+        // lets the streams push first (this task goes to the back of the queue and another
+        // worker is woken to take it), so the followers' writes and fsyncs overlap the
+        // leader's (tests/it/nodes.rs, `the_streams_push_a_write_before_the_leaders_fsync`).
+        let streams_open = self.streams.any_open();
+        if let Some(ticket) = durable.ticket.as_mut() {
+            if ticket.leads_its_group() && (streams_open || large) {
+                if large {
+                    off_the_workers(|| ticket.write_now());
+                } else {
+                    ticket.write_now();
+                }
+                if streams_open {
+                    tokio::task::yield_now().await;
+                }
+            }
         }
         let waited = match durable.ticket.as_mut() {
             Some(ticket) => {
                 if large {
                     off_the_workers(|| ticket.commit_now());
                 }
-                ticket.await
+                // A disk that hangs holds the ticket: the write ends at the acks timeout all
+                // the same, its outcome unknown (dropping `durable` hands the rest of the
+                // commit to a task of its own when there is a finisher).
+                match tokio::time::timeout_at(deadline, ticket).await {
+                    Ok(waited) => waited,
+                    Err(_) => {
+                        return Err(Error::NotDurable {
+                            id,
+                            commit_id: self.commit_id(),
+                            waited_ms: u64::try_from(started.elapsed().as_millis())
+                                .unwrap_or(u64::MAX),
+                        })
+                    }
+                }
             }
             None => unreachable!("the ticket is taken only here and in drop"),
         };

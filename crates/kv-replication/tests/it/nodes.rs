@@ -766,3 +766,87 @@ async fn a_failing_snapshot_is_tried_again_after_a_growing_pause_not_at_every_ch
     let _ = stop.send(());
     maintenance.await.unwrap();
 }
+
+/// A leader whose disk stops answering keeps answering writes: the write whose `write` the
+/// disk holds keeps the worker that polls it, and the next write queues behind it and ends at
+/// the acks timeout, its outcome unknown (`Error::NotDurable`), rather than wait for the disk
+/// on the other worker. Before, the WAL wrote under its writer lock, the next write's submit
+/// waited for that lock — on the second of the two workers — and the node answered nothing
+/// until the disk did. Once the disk answers, both writes commit.
+#[test]
+fn a_write_on_a_disk_that_hangs_ends_at_the_acks_timeout_and_holds_no_other_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = tempfile::tempdir().unwrap();
+    let stalled = flags.path().join("stalled");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (store, plan) = open_on_a_faulty_disk(dir.path());
+    let mut node_options = options(1);
+    node_options.acks_timeout = Duration::from_millis(500);
+    let leader = Arc::new(Node::open_leader(store, dir.path(), node_options).expect("open leader"));
+    let write = |key: &str| {
+        let leader = leader.clone();
+        let command = set(key.to_owned(), 1).into();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            let _ = sender.send(leader.write_command(command, Acks::Leader).await);
+        });
+        receiver
+    };
+    write("before")
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a write before the hang")
+        .expect("written");
+
+    plan.stall_while_exists(stalled.clone());
+    std::fs::write(&stalled, b"").unwrap();
+    let fired = plan.faults_fired();
+    let held = write("held");
+    let started = Instant::now();
+    while plan.faults_fired() == fired && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        plan.faults_fired() > fired,
+        "the first write never reached the disk"
+    );
+    let queued = write("queued").recv_timeout(Duration::from_secs(3));
+    let read = {
+        let leader = leader.clone();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            let _ = sender.send(leader.store().get(b"before").is_some());
+        });
+        receiver.recv_timeout(Duration::from_secs(3))
+    };
+    std::fs::remove_file(&stalled).unwrap();
+    let queued = queued.expect("the second write answered while the disk hung");
+    match queued {
+        Err(kv_replication::Error::NotDurable { waited_ms, .. }) => {
+            assert!(waited_ms >= 500, "waited {waited_ms} ms")
+        }
+        other => panic!("the second write while the disk hung: {other:?}"),
+    }
+    assert_eq!(
+        read,
+        Ok(true),
+        "a task on the runtime ran while the disk hung"
+    );
+
+    held.recv_timeout(Duration::from_secs(10))
+        .expect("the held write ends once the disk answers")
+        .expect("the held write is acknowledged");
+    write("after")
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a write after the hang")
+        .expect("written");
+    for key in ["before", "held", "queued", "after"] {
+        assert!(
+            leader.store().get(key.as_bytes()).is_some(),
+            "{key} applied"
+        );
+    }
+}

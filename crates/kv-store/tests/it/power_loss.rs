@@ -194,7 +194,7 @@ fn power_loss_mid_group_commit_tears_the_tail_and_loses_nothing_acknowledged() {
                 continue;
             }
 
-            // Hold the committer's fsync, submit, wait until some of it is written, crash.
+            // Hold the fsyncs, submit, wait until some of it is written, crash.
             fs.gate.set_closed(true);
             let mut model = model;
             let in_flight_count = rng.gen_range(1..=IN_FLIGHT_OPS_MAX);
@@ -210,7 +210,11 @@ fn power_loss_mid_group_commit_tears_the_tail_and_loses_nothing_acknowledged() {
                     }
                 };
                 history.push((submitted.id, op));
-                tickets.push(submitted.ticket);
+                let mut ticket = submitted.ticket;
+                // A write group leader's frames wait for its ticket to write them (the ones
+                // after it go to the committer): written now, fsync held by the gate.
+                ticket.write_now();
+                tickets.push(ticket);
             }
             let first_in_flight_id = history[acknowledged].0;
             store

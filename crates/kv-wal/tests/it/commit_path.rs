@@ -196,19 +196,34 @@ fn a_leading_ticket_dropped_unwaited_leaves_the_commit_to_the_committer() {
     assert_eq!(wal.stats().inline_commits, 0);
 }
 
-/// The leader fsyncs when its ticket is waited on, not inside `submit`: a caller can queue
-/// under its own lock and wait after releasing it. Its record is written in `submit`.
+/// The leader writes and fsyncs when its ticket is waited on, not inside `submit`: a caller
+/// can queue under its own lock and wait after releasing it, so a disk that hangs holds the
+/// waiting thread and never the caller's lock (kvd's store and node take theirs around the
+/// submit). `write_now` writes the record sooner — readable, as a follower's fetch reads it —
+/// without the fsync.
 #[test]
-fn a_leader_commits_when_waited_on_not_in_submit() {
+fn a_leader_writes_and_commits_when_waited_on_not_in_submit() {
     let wal = open_with(Arc::new(SimFs::new()), SyncPolicy::Batch, true);
-    let leading = wal.submit(&[b"first"]).unwrap();
+    let mut leading = wal.submit(&[b"first"]).unwrap();
     assert_eq!(wal.durable_id(), 0, "submit itself does not fsync");
-    // ... but it writes: the log holds the record (a follower's fetch may see it) before any
-    // wait, as it would after the committer's write.
-    assert_eq!(wal.last_id(), Some(1));
+    assert_eq!(wal.last_id(), None, "nor write");
+    assert_eq!(wal.next_id(), 2);
+    leading.write_now();
+    assert_eq!(wal.last_id(), Some(1), "written");
+    assert_eq!(wal.read(1).unwrap(), Some(b"first".to_vec()));
+    assert_eq!(wal.durable_id(), 0, "not synced");
+    leading.write_now();
+    assert_eq!(wal.stats().writes, 1, "written once");
     assert_eq!(leading.wait().unwrap(), 1..=1);
     assert_eq!(wal.durable_id(), 1);
     assert_eq!(wal.stats().inline_commits, 1);
+
+    // Without `write_now`, the wait writes and syncs.
+    let leading = wal.submit(&[b"second"]).unwrap();
+    assert_eq!(wal.last_id(), Some(1));
+    assert_eq!(leading.wait().unwrap(), 2..=2);
+    assert_eq!(wal.read(2).unwrap(), Some(b"second".to_vec()));
+    assert_eq!(wal.durable_id(), 2);
 }
 
 /// Appends queued behind a leader that has not begun its commit are not held up by it: the

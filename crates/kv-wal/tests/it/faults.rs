@@ -355,6 +355,66 @@ fn held_by_the_stall<T: Send + 'static>(
     thread
 }
 
+/// Appends on a disk that stopped answering queue without waiting for it, whoever's write it
+/// holds: a write group leader's (on the thread that waits on its ticket) or the committer's.
+/// kvd's async workers submit under the store's and the node's locks; before, the write ran
+/// under the log's writer lock, so the next append — and every worker that reached the locks
+/// after it — waited for the disk too, and a node whose disk hung answered nothing at all.
+#[test]
+fn appends_queue_while_the_disk_holds_another_write() {
+    for committer_writes in [false, true] {
+        let fs = SimFs::new();
+        let plan = FaultPlan::new();
+        let flags = tempfile::tempdir().unwrap();
+        let wal = Arc::new(open_faulty(&fs, &plan, SyncPolicy::Batch, 64 * 1024));
+        assert_eq!(wal.append(&payload(1, 64)).unwrap(), 1);
+        let stalled = flags.path().join("stalled");
+        plan.stall_while_exists(stalled.clone());
+        std::fs::write(&stalled, b"").unwrap();
+        let (held, unwaited_leader) = if committer_writes {
+            // A leader not yet waited on: the next append hands the group's commit, and its
+            // write, to the committer thread.
+            let leading = wal.submit(&[payload(2, 64)]).unwrap();
+            assert!(leading.leads_its_group());
+            let held = append_held_by_the_stall(&wal, &plan, 3, 64);
+            (held, Some(leading))
+        } else {
+            // The leader's write, on the thread that waits on its ticket.
+            (append_held_by_the_stall(&wal, &plan, 2, 64), None)
+        };
+        let next = if committer_writes { 4 } else { 3 };
+        let (sender, receiver) = std::sync::mpsc::channel();
+        {
+            let wal = wal.clone();
+            std::thread::spawn(move || sender.send(wal.submit(&[payload(next, 64)])));
+        }
+        let queued = receiver
+            .recv_timeout(Duration::from_secs(2))
+            .unwrap_or_else(|_| {
+                panic!("committer writes {committer_writes}: the append waited for the disk")
+            })
+            .unwrap();
+        assert_eq!(queued.ids(), next..=next);
+        assert_eq!(wal.next_id(), next + 1);
+        assert!(wal.durable_id() < next);
+
+        std::fs::remove_file(&stalled).unwrap();
+        held.join().unwrap().unwrap();
+        assert_eq!(queued.wait().unwrap(), next..=next);
+        if let Some(leading) = unwaited_leader {
+            assert_eq!(leading.wait().unwrap(), 2..=2);
+        }
+        assert_eq!(wal.durable_id(), next);
+        for id in 1..=next {
+            assert_eq!(wal.read(id).unwrap(), Some(payload(id, 64)), "record {id}");
+        }
+        drop(wal);
+        fs.crash(CrashMode::DropUnsynced);
+        let (wal, report) = open_sim(&fs, 64 * 1024, RecoveryMode::TolerateTornTail).unwrap();
+        assert_eq!(collect(&wal, 1).len() as u64, next, "{report}");
+    }
+}
+
 /// A truncation (a follower dropping a diverged suffix) and a purge (compaction dropping old
 /// segments) on a disk that stopped answering: each waits, and `WalStats::disk_wait_seconds`
 /// shows the wait as it does an append's — the marker file, the cut, the removals and the

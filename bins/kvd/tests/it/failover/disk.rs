@@ -149,6 +149,33 @@ fn a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write() {
              {replaced_after:?}, 100 more writes by {:?}",
             hung_at.elapsed()
         );
+        // The node answers while its disk hangs, and says so: the hung disk holds the thread
+        // whose write or fsync it is, not the node (before, it held every async worker —
+        // appends waited behind the hung write — and nothing answered: no `/health`, no
+        // `/metrics`).
+        let health = cluster
+            .request(leader, "GET", "/health", None)
+            .unwrap_or_else(|error| {
+                panic!("node {leader}'s /health while its {kind} hangs: {error}")
+            });
+        let detail = health.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(health.status, 503, "{detail}");
+        assert!(
+            detail.contains("the disk has kept a write or fdatasync of the WAL waiting"),
+            "{detail}"
+        );
+        let metrics = cluster
+            .request(leader, "GET", "/metrics", None)
+            .expect("/metrics while the disk hangs");
+        let waited: f64 = String::from_utf8_lossy(&metrics.body)
+            .lines()
+            .find_map(|line| line.strip_prefix("kvd_wal_disk_wait_seconds "))
+            .and_then(|value| value.parse().ok())
+            .expect("the disk's wait in /metrics");
+        assert!(waited >= 1.0, "kvd_wal_disk_wait_seconds {waited}");
         if also_controller_leader && kind == "fsync" {
             // Its Raft heartbeats need no disk and could keep it the controller's leader,
             // committing nothing, for as long as the disk hangs: its member steps aside once
@@ -159,8 +186,8 @@ fn a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write() {
         cluster.wait_until_formed();
         let status = cluster.status(leader).expect("answers once its disk does");
         assert_eq!(status["role"], "follower", "{status}");
-        // The node could not answer meanwhile; its log says why (`disk_watch.rs`, which
-        // looks every 250 ms: the line of the disk's answer may come just after).
+        // Its log says why too (`disk_watch.rs`, which looks every 250 ms: the line of the
+        // disk's answer may come just after).
         let said = Instant::now();
         loop {
             let log = cluster.log(leader);
