@@ -772,7 +772,7 @@ impl WriteGroup for Shared {
 }
 
 /// How many of the queued frames have ids up to `last_id`.
-fn frames_through(writer: &Writer, last_id: u64) -> usize {
+pub(crate) fn frames_through(writer: &Writer, last_id: u64) -> usize {
     writer
         .pending_frames
         .partition_point(|&(id, _)| id <= last_id)
