@@ -718,6 +718,47 @@ async fn a_write_that_cannot_commit_for_want_of_in_sync_replicas_is_refused_with
             .await,
         "waited",
     );
+
+    // A write waiting for the ISR ends as soon as the node stops leading — told it does not
+    // lead, not refused at the timeout — with nothing written.
+    cluster.heal();
+    cluster.isr = BTreeSet::from([0, 1, 2]);
+    cluster.publish();
+    shrink(&mut cluster);
+    let last_id = leader.store().last_id();
+    let waiting = tokio::spawn({
+        let leader = leader.clone();
+        async move {
+            leader
+                .write(set("i".to_owned(), 9), Acks::WriteQuorum)
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "{:?}", waiting.await);
+    let deposed = Instant::now();
+    cluster.elect(Some(1));
+    let written = waiting.await.unwrap();
+    assert!(
+        deposed.elapsed() < Duration::from_millis(1000),
+        "the wait ended {:?} after the node stopped leading",
+        deposed.elapsed()
+    );
+    assert!(
+        matches!(written, Err(Error::NotLeader { .. })),
+        "{written:?}"
+    );
+    // Nothing was written: what node 0 holds past its log as it was is node 1's (its epoch's
+    // no-op, copied as its follower now).
+    for id in last_id + 1..=leader.store().last_id() {
+        assert_eq!(
+            leader.store().epoch_at(id),
+            Some(cluster.epoch),
+            "entry {id}"
+        );
+    }
+    assert_eq!(value_of(&leader, "i"), None);
+    assert_eq!(value_of(&cluster.node(1), "i"), None);
 }
 
 /// A planned transfer: the leader stops taking writes, returns once the target holds its
