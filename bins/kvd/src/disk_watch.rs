@@ -1,11 +1,20 @@
 //! The disk watch: a thread of its own that says in the log when the disk keeps the WAL
-//! waiting. The node goes on answering meanwhile — an append queues rather than wait for
+//! waiting, and keeps the async runtime listening meanwhile.
+//!
+//! The node goes on answering while its disk hangs: an append queues rather than wait for
 //! another's write, so a hung disk holds only the thread whose write or `fdatasync` it is
-//! (`docs/reliability.md`) — and `/health` says the node is unavailable from the same point
-//! ([`kv_http::DISK_SLOW_AFTER`]); the log says it once and when it ends. The thread reads
-//! `WalStats::disk_wait_seconds` (atomics, no lock a hung write could hold) a few times a
-//! second and warns once the oldest write or `fdatasync` in flight has waited [`WARN_AFTER`],
-//! again every [`REPEAT`] while it lasts, and says when the disk answers again.
+//! (`docs/reliability.md`), and `/health` says the node is unavailable from the same point as
+//! the warning ([`kv_http::DISK_SLOW_AFTER`]). That thread may be an async worker — a write
+//! group leader's commit runs inside its poll — and tokio parks an idle worker on a condition
+//! variable while another holds its I/O driver: a worker that took the driver, then ran the
+//! write that hung, leaves the idle ones asleep with nobody polling the driver, and the node
+//! takes no connection until the disk answers. So while a WAL operation has waited
+//! [`NUDGE_AFTER`], the watch spawns an empty task on the runtime every look: it wakes a parked
+//! worker, which parks again on the free driver.
+//!
+//! The thread reads `WalStats::disk_wait_seconds` (atomics, no lock a hung write could hold)
+//! every [`CHECK_EVERY`], warns once the oldest write or `fdatasync` in flight has waited
+//! [`WARN_AFTER`], again every [`REPEAT`] while it lasts, and says when the disk answers again.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -20,7 +29,10 @@ pub const WARN_AFTER: Duration = kv_http::DISK_SLOW_AFTER;
 /// How often the warning repeats while the wait lasts.
 const REPEAT: Duration = Duration::from_secs(10);
 /// How often the watch looks.
-const CHECK_EVERY: Duration = Duration::from_millis(250);
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How long a WAL operation may wait before the watch wakes the runtime at every look
+/// (a healthy `fdatasync` takes well under this).
+pub const NUDGE_AFTER: Duration = Duration::from_millis(100);
 
 /// The running watch; dropping it stops the thread.
 pub struct DiskWatch {
@@ -29,12 +41,12 @@ pub struct DiskWatch {
 }
 
 impl DiskWatch {
-    /// Starts watching `store`'s log.
-    pub fn start(store: Arc<Store>) -> std::io::Result<DiskWatch> {
+    /// Starts watching `store`'s log, waking `runtime` while its disk keeps it waiting.
+    pub fn start(store: Arc<Store>, runtime: tokio::runtime::Handle) -> std::io::Result<DiskWatch> {
         let (stop, stopped) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("kvd-disk-watch".to_owned())
-            .spawn(move || watch(&store, &stopped))?;
+            .spawn(move || watch(&store, &runtime, &stopped))?;
         Ok(DiskWatch {
             stop: Some(stop),
             thread: Some(thread),
@@ -51,10 +63,14 @@ impl Drop for DiskWatch {
     }
 }
 
-fn watch(store: &Store, stopped: &mpsc::Receiver<()>) {
+fn watch(store: &Store, runtime: &tokio::runtime::Handle, stopped: &mpsc::Receiver<()>) {
     let mut watch = Watch::default();
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECK_EVERY) {
         let waited = Duration::from_secs_f64(store.wal_stats().disk_wait_seconds.max(0.0));
+        if waited >= NUDGE_AFTER {
+            // Wakes a parked worker (the module docs say why); it runs this and parks again.
+            drop(runtime.spawn(async {}));
+        }
         match watch.look(waited, Instant::now()) {
             Some(Said::Waiting(waited)) => tracing::warn!(
                 waited_ms = waited.as_millis() as u64,

@@ -72,12 +72,12 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         elapsed_ms = opening_started.elapsed().as_millis() as u64,
         "store ready"
     );
-    let disk_watch = crate::disk_watch::DiskWatch::start(store.clone())
-        .context("cannot start the disk watch thread")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let disk_watch = crate::disk_watch::DiskWatch::start(store.clone(), runtime.handle().clone())
+        .context("cannot start the disk watch thread")?;
     let served = runtime.block_on(serve(&config, store.clone()));
     drop(runtime);
     let closed = store.close().context("cannot sync and close the WAL");

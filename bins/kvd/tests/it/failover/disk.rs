@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use super::cluster::Cluster;
 use super::load::{assert_holds_all, Writers};
-use crate::harness::DEADLINE;
+use crate::harness::{request_within, Kvd, DEADLINE};
 
 /// Node 0's WAL fails this fsync or write (counted from its start: open, its epoch's no-op
 /// and the writes before it; three writers at about one fsync and one write per group commit
@@ -206,6 +206,86 @@ fn a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write() {
     for index in 0..3 {
         assert_holds_all(&cluster, index, &acked, "after every disk answered again");
     }
+}
+
+/// A lone leader whose disk hangs under a single small write — one client, then nothing —
+/// keeps answering: `/health` says why (503), a second write ends at the acks timeout with
+/// 503, and once the disk answers both writes and the node go on. The write's `write` holds
+/// the worker that polls it, and the other worker, idle, was parked where no event reaches it
+/// (tokio parks an idle worker on a condition variable while another holds the I/O driver):
+/// with nobody polling the driver the node took no connection at all until the disk answered,
+/// every request timing out, even after the WAL stopped holding appends behind the hung write.
+/// kvd's disk watch now wakes the runtime while a WAL operation waits (`disk_watch.rs`), and
+/// a woken worker takes the driver.
+#[test]
+fn a_lone_leader_whose_disk_hangs_under_one_write_keeps_answering() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stalled = dir.path().join("disk-hangs");
+    let stalled_env = stalled.display().to_string();
+    let kvd = Kvd::start(
+        &dir.path().join("node"),
+        &["--acks-timeout-ms", "2000"],
+        &[("KVD_FAULT_DISK_STALL_FILE", stalled_env.as_str())],
+    );
+    let put = |key: &str, timeout: Duration| {
+        let body = serde_json::json!({ "value": key }).to_string();
+        request_within(
+            kvd.address,
+            "PUT",
+            &format!("/key/{key}"),
+            &[("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+            timeout,
+        )
+    };
+    assert_eq!(put("before", DEADLINE).expect("a write").status, 200);
+    std::fs::write(&stalled, b"").expect("hang the disk");
+    std::thread::scope(|scope| {
+        let held = scope.spawn(|| put("held", DEADLINE));
+        std::thread::sleep(Duration::from_millis(1500));
+        let health = request_within(
+            kvd.address,
+            "GET",
+            "/health",
+            &[],
+            None,
+            Duration::from_secs(3),
+        );
+        let queued = put("queued", Duration::from_secs(10));
+        std::fs::remove_file(&stalled).expect("the disk answers again");
+        let health = health.unwrap_or_else(|error| {
+            panic!("/health while the disk hangs: {error}\n{}", kvd.stderr())
+        });
+        let detail = health.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(health.status, 503, "{detail}");
+        assert!(
+            detail.contains("the disk has kept a write or fdatasync of the WAL waiting"),
+            "{detail}"
+        );
+        let queued = queued.expect("the second write is answered while the disk hangs");
+        assert_eq!(queued.status, 503, "{}", queued.json());
+        let held = held.join().expect("the first write's thread");
+        if let Err(error) = held {
+            panic!("the first write got no answer once the disk answered: {error}");
+        }
+    });
+    let after = Instant::now();
+    loop {
+        match put("after", Duration::from_secs(5)) {
+            Ok(answer) if answer.status == 200 => break,
+            other => assert!(
+                after.elapsed() < DEADLINE,
+                "no write taken after the disk answered: {:?}",
+                other.map(|answer| answer.json())
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = kvd.request("GET", "/key/before", None);
+    assert_eq!(before.status, 200);
 }
 
 /// A leader whose disk hangs while the only write is a large one is replaced all the same.
