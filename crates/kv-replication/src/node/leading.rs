@@ -141,17 +141,14 @@ impl Node {
         // lets the streams push first (this task goes to the back of the queue and another
         // worker is woken to take it), so the followers' writes and fsyncs overlap the
         // leader's (tests/it/nodes.rs, `the_streams_push_a_write_before_the_leaders_fsync`).
-        let streams_open = self.streams.any_open();
         if let Some(ticket) = durable.ticket.as_mut() {
-            if ticket.leads_its_group() && (streams_open || large) {
+            if ticket.leads_its_group() && self.streams.any_open() {
                 if large {
                     off_the_workers(|| ticket.write_now());
                 } else {
                     ticket.write_now();
                 }
-                if streams_open {
-                    tokio::task::yield_now().await;
-                }
+                tokio::task::yield_now().await;
             }
         }
         let waited = match durable.ticket.as_mut() {
