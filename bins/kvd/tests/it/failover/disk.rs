@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use super::cluster::Cluster;
 use super::load::{assert_holds_all, Writers};
-use crate::harness::{request_within, Kvd, DEADLINE};
+use crate::harness::{request_within, Answer, Kvd, DEADLINE};
 
 /// Node 0's WAL fails this fsync or write (counted from its start: open, its epoch's no-op
 /// and the writes before it; three writers at about one fsync and one write per group commit
@@ -239,15 +239,7 @@ fn a_lone_leader_whose_disk_hangs_under_one_write_keeps_answering() {
         let health = health.unwrap_or_else(|error| {
             panic!("/health while the disk hangs: {error}\n{}", kvd.stderr())
         });
-        let detail = health.json()["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        assert_eq!(health.status, 503, "{detail}");
-        assert!(
-            detail.contains("the disk has kept a write or fdatasync of the WAL waiting"),
-            "{detail}"
-        );
+        assert_health_says_the_disk_hangs(&health);
         let queued = queued.expect("the second write is answered while the disk hangs");
         assert_eq!(queued.status, 503, "{}", queued.json());
         let held = held.join().expect("the first write's thread");
@@ -359,15 +351,7 @@ fn assert_answers_while_its_disk_hangs(cluster: &Cluster, index: usize, kind: &s
     let health = cluster
         .request(index, "GET", "/health", None)
         .unwrap_or_else(|error| panic!("node {index}'s /health while its {kind} hangs: {error}"));
-    let detail = health.json()["detail"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert_eq!(health.status, 503, "{detail}");
-    assert!(
-        detail.contains("the disk has kept a write or fdatasync of the WAL waiting"),
-        "{detail}"
-    );
+    assert_health_says_the_disk_hangs(&health);
     let metrics = cluster
         .request(index, "GET", "/metrics", None)
         .expect("/metrics while the disk hangs");
@@ -377,6 +361,19 @@ fn assert_answers_while_its_disk_hangs(cluster: &Cluster, index: usize, kind: &s
         .and_then(|value| value.parse().ok())
         .expect("the disk's wait in /metrics");
     assert!(waited >= 1.0, "kvd_wal_disk_wait_seconds {waited}");
+}
+
+/// A `/health` answer of a node whose disk hangs: 503, saying so.
+fn assert_health_says_the_disk_hangs(health: &Answer) {
+    let detail = health.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(health.status, 503, "{detail}");
+    assert!(
+        detail.contains("the disk has kept a write or fdatasync of the WAL waiting"),
+        "{detail}"
+    );
 }
 
 /// How many times a node's log said its disk kept a write waiting, and that the disk
