@@ -611,6 +611,10 @@ impl Driver {
                 self.cluster.set_handing_over(false);
                 *carrying = None;
             } else if meta.leader_epoch != epoch {
+                // The transfer's epoch is over, whoever leads now: a node elected again (the
+                // target fell out of the ISR, or died) is not handing anything over, and
+                // would otherwise refuse every read as "handing over" for as long as it led.
+                self.cluster.set_handing_over(false);
                 *carrying = None;
             }
         }
