@@ -250,15 +250,18 @@ impl Shared {
 
     /// Makes room for a frame of `frame_bytes`, rolling the segment if it would overflow.
     pub(crate) fn reserve(&self, writer: &mut Writer, frame_bytes: usize) -> Result<()> {
-        let projected = writer.write_offset
-            + writer.pending.len() as u64
-            + frame_bytes as u64
-            + SEAL_BYTES as u64;
-        if projected > self.segment_bytes_max && writer.active_has_records() {
+        if self.overflows(writer, frame_bytes) && writer.active_has_records() {
             let first_id = writer.next_id.get();
             self.roll(writer, first_id)?;
         }
         Ok(())
+    }
+
+    /// Whether `bytes` more, after what is written and queued, would leave no room for the
+    /// active segment's seal.
+    fn overflows(&self, writer: &Writer, bytes: usize) -> bool {
+        writer.write_offset + writer.pending.len() as u64 + bytes as u64 + SEAL_BYTES as u64
+            > self.segment_bytes_max
     }
 
     /// Seals the active segment (write, seal, fsync) and starts a new one at `first_id`. An
@@ -561,10 +564,7 @@ impl Shared {
         if count > 1 {
             // A batch that does not fit what is left of the segment rolls before its first
             // frame, so a roll that finds no room fails it whole.
-            let batch_bytes = (0..count)
-                .map(|index| frame_bytes(index) + MARK_BYTES)
-                .sum();
-            self.reserve(writer, batch_bytes)?;
+            self.reserve(writer, batch_bytes(count, frame_bytes))?;
         }
         for index in 0..count {
             match self.reserve(writer, frame_bytes(index) + MARK_BYTES) {
@@ -624,35 +624,28 @@ impl Shared {
         first_id: Option<u64>,
         policy: SyncPolicy,
     ) -> bool {
-        if matches!(policy, SyncPolicy::Never | SyncPolicy::Interval(_))
-            || first_id.is_some_and(|first_id| first_id != writer.next_id.get())
-        {
-            return true;
-        }
-        let bytes: u64 = (0..count)
-            .map(|index| (frame_bytes(index) + MARK_BYTES) as u64)
-            .sum();
-        writer.write_offset + writer.pending.len() as u64 + bytes + SEAL_BYTES as u64
-            > self.segment_bytes_max
+        matches!(policy, SyncPolicy::Never | SyncPolicy::Interval(_))
+            || first_id.is_some_and(|first_id| first_id > writer.next_id.get())
+            || self.overflows(writer, batch_bytes(count, frame_bytes))
     }
 
     /// One commit, by whoever holds it (`fsync_in_flight`, which this releases): writes the
     /// queued frames — all of them, or through the first queued `Always` append, which gets
-    /// an fsync of its own; none with `own_fsync` (an `Always` leader's, whose frames were
-    /// written first, `lead_commit`) — with one `write`, then `fdatasync`s what is written,
-    /// both outside the lock ([`Shared::write_unlocked`]), so appends queue for the next round
-    /// meanwhile. A truncation meanwhile (a new generation)
-    /// voids the target. `Ok(false)`: nothing needed an fsync.
+    /// an fsync of its own; with `always_leader_through`, an `Always` leader's own frames
+    /// (those still queued: `AppendTicket::write_now` may have written them) — with one
+    /// `write`, then `fdatasync`s what is written, both outside the lock
+    /// ([`Shared::write_unlocked`]), so appends queue for the next round meanwhile. A
+    /// truncation meanwhile (a new generation) voids the target. `Ok(false)`: nothing needed an fsync.
     pub(crate) fn commit_once<'a>(
         &'a self,
         writer: MutexGuard<'a, Writer>,
-        own_fsync: bool,
+        always_leader_through: Option<u64>,
     ) -> (MutexGuard<'a, Writer>, Result<bool>) {
         let mut batch_frames = 0;
         let (mut writer, written) = self.write_unlocked(writer, |writer| {
-            batch_frames = match own_fsync {
-                true => 0,
-                false => writer
+            batch_frames = match always_leader_through {
+                Some(last_id) => frames_through(writer, last_id),
+                None => writer
                     .always_ends
                     .front()
                     .copied()
@@ -723,18 +716,7 @@ impl WriteGroup for Shared {
         };
         writer.leader = None;
         writer.fsync_in_flight = true;
-        if leader.own_fsync {
-            // An `Always` leader's frames are written first, alone: its fsync is its own.
-            let written;
-            (writer, written) =
-                self.write_unlocked(writer, |writer| frames_through(writer, leader.last_id));
-            if written.is_err() {
-                writer.fsync_in_flight = false;
-                drop(writer);
-                return;
-            }
-        }
-        let (writer, committed) = self.commit_once(writer, leader.own_fsync);
+        let (writer, committed) = self.commit_once(writer, leader.always_through());
         if writer.commit_wanted || writer.closed {
             self.commit_needed.notify_one();
         }
@@ -771,8 +753,16 @@ impl WriteGroup for Shared {
     }
 }
 
+/// The bytes `count` frames (`frame_bytes` each) take in a segment, each with room for a
+/// durability mark: what [`Shared::reserve`] checks a batch against.
+fn batch_bytes(count: usize, frame_bytes: &impl Fn(usize) -> usize) -> usize {
+    (0..count)
+        .map(|index| frame_bytes(index) + MARK_BYTES)
+        .sum()
+}
+
 /// How many of the queued frames have ids up to `last_id`.
-pub(crate) fn frames_through(writer: &Writer, last_id: u64) -> usize {
+fn frames_through(writer: &Writer, last_id: u64) -> usize {
     writer
         .pending_frames
         .partition_point(|&(id, _)| id <= last_id)

@@ -86,17 +86,17 @@ impl Shared {
                 }
             }
             gathered = false;
-            // A write group's leader that has not begun its commit: this round takes it over,
-            // so appends queued behind a leader whose caller is slow to wait — or waits on
-            // another ticket first — are never stuck. An `Always` leader's round is its fsync
-            // alone: of its frames as written already (`AppendTicket::write_now`), or with
-            // them as the round's batch (they are the first queued, its own `always_ends`).
-            let own_fsync = writer.leader.take().is_some_and(|leader| {
-                leader.own_fsync && crate::append::frames_through(&writer, leader.last_id) == 0
-            });
+            // A write group's leader that has not begun its commit: this round takes it over
+            // (an `Always` leader's round is its own frames and their fsync alone), so appends
+            // queued behind a leader whose caller is slow to wait — or waits on another ticket
+            // first — are never stuck.
+            let always_leader_through = writer
+                .leader
+                .take()
+                .and_then(|leader| leader.always_through());
             writer.fsync_in_flight = true;
             let committed;
-            (writer, committed) = self.commit_once(writer, own_fsync);
+            (writer, committed) = self.commit_once(writer, always_leader_through);
             let Ok(synced) = committed else {
                 return;
             };

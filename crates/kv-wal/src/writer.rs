@@ -138,3 +138,11 @@ pub(crate) struct Leader {
     /// The last id of its frames (the first queued: it found the log idle).
     pub last_id: u64,
 }
+
+impl Leader {
+    /// For an `Always` leader, the last id of the frames its commit writes (those still
+    /// queued) and fsyncs alone (`Shared::commit_once`).
+    pub(crate) fn always_through(&self) -> Option<u64> {
+        self.own_fsync.then_some(self.last_id)
+    }
+}

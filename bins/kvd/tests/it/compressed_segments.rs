@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{Kvd, DEADLINE};
+use crate::harness::{metric_value, Kvd, DEADLINE};
 
 const KEY_COUNT: u64 = 2_000;
 
@@ -109,10 +109,7 @@ fn sealed_segments_are_compressed_in_the_background_and_read_after_a_restart() {
         original as f64 / on_disk as f64
     );
     let metrics = String::from_utf8(kvd.request("GET", "/metrics", None).body).expect("UTF-8");
-    let compressed_gauge = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("kvd_wal_segments_compressed "))
-        .and_then(|value| value.trim().parse::<usize>().ok())
+    let compressed_gauge: usize = metric_value(&metrics, "kvd_wal_segments_compressed")
         .expect("kvd_wal_segments_compressed in /metrics");
     assert!(compressed_gauge >= sealed.len(), "{metrics}");
     check_all(&kvd);

@@ -379,6 +379,14 @@ pub fn wait_with_deadline(mut child: Child) -> ExitStatus {
         .expect("wait")
 }
 
+/// The value of the unlabelled metric `name` in a `/metrics` answer's text, if it is there.
+pub fn metric_value<T: std::str::FromStr>(metrics: &str, name: &str) -> Option<T> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String)>,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{request, Kvd, DEADLINE};
+use crate::harness::{metric_value, request, Kvd, DEADLINE};
 
 const SLOWLORIS_CONNECTIONS: usize = 300;
 const SLOWLORIS_SECS_DEFAULT: u64 = 30;
@@ -199,11 +199,11 @@ fn open_files_limit() -> u64 {
 /// `kvd_http_connections_open` from `/metrics`.
 fn connections_open(kvd: &Kvd) -> u64 {
     let answer = kvd.request("GET", "/metrics", None);
-    String::from_utf8_lossy(&answer.body)
-        .lines()
-        .find_map(|line| line.strip_prefix("kvd_http_connections_open "))
-        .and_then(|value| value.trim().parse().ok())
-        .expect("kvd_http_connections_open")
+    metric_value(
+        &String::from_utf8_lossy(&answer.body),
+        "kvd_http_connections_open",
+    )
+    .expect("kvd_http_connections_open")
 }
 
 /// Waits until `condition` holds, failing after [`DEADLINE`].

@@ -628,16 +628,15 @@ async fn a_write_that_cannot_commit_for_want_of_in_sync_replicas_is_refused_with
         other => panic!("{other:?}"),
     };
 
+    // A quorum write on a task of its own, to wait for the ISR while the test goes on.
+    let write_waiting = |key: &str, value| {
+        let (leader, key) = (leader.clone(), key.to_owned());
+        tokio::spawn(async move { leader.write(set(key, value), Acks::WriteQuorum).await })
+    };
+
     // A write that waits while the follower catches up and rejoins goes on.
     shrink(&mut cluster);
-    let waiting = tokio::spawn({
-        let leader = leader.clone();
-        async move {
-            leader
-                .write(set("b".to_owned(), 2), Acks::WriteQuorum)
-                .await
-        }
-    });
+    let waiting = write_waiting("b", 2);
     tokio::time::sleep(Duration::from_millis(100)).await;
     cluster.heal();
     eventually("node 2 catches up", || {
@@ -726,14 +725,7 @@ async fn a_write_that_cannot_commit_for_want_of_in_sync_replicas_is_refused_with
     cluster.publish();
     shrink(&mut cluster);
     let last_id = leader.store().last_id();
-    let waiting = tokio::spawn({
-        let leader = leader.clone();
-        async move {
-            leader
-                .write(set("i".to_owned(), 9), Acks::WriteQuorum)
-                .await
-        }
-    });
+    let waiting = write_waiting("i", 9);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiting.is_finished(), "{:?}", waiting.await);
     let deposed = Instant::now();

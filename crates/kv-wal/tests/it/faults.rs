@@ -317,23 +317,25 @@ fn append_held_by_the_stall(
     id: u64,
     bytes: usize,
 ) -> std::thread::JoinHandle<kv_wal::Result<u64>> {
-    let wal_for_append = wal.clone();
-    held_by_the_stall(wal, plan, &format!("append {id}"), move || {
-        wal_for_append.append(&payload(id, bytes))
+    held_by_the_stall(wal, plan, &format!("append {id}"), move |wal| {
+        wal.append(&payload(id, bytes))
     })
 }
 
-/// Runs `operation` on a thread of its own, waits until the stalled disk holds it (a stall
-/// fault fired), and checks that it is still held 200 ms later, with
+/// Runs `operation` on `wal` on a thread of its own, waits until the stalled disk holds it (a
+/// stall fault fired), and checks that it is still held 200 ms later, with
 /// `WalStats::disk_wait_seconds` showing the wait; returns the thread.
 fn held_by_the_stall<T: Send + 'static>(
     wal: &Arc<Wal>,
     plan: &FaultPlan,
     what: &str,
-    operation: impl FnOnce() -> T + Send + 'static,
+    operation: impl FnOnce(&Wal) -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
     let fired = plan.faults_fired();
-    let thread = std::thread::spawn(operation);
+    let thread = {
+        let wal = wal.clone();
+        std::thread::spawn(move || operation(&wal))
+    };
     let started = Instant::now();
     while plan.faults_fired() == fired {
         assert!(
@@ -397,9 +399,27 @@ fn appends_queue_while_the_disk_holds_another_write() {
         assert_eq!(queued.ids(), next..=next);
         assert_eq!(wal.next_id(), next + 1);
         assert!(wal.durable_id() < next);
+        // What changes the file under the lock — here a roll — waits for the write under way
+        // before it touches the file (`Shared::settle`).
+        let fired = plan.faults_fired();
+        let sealing = {
+            let wal = wal.clone();
+            std::thread::spawn(move || wal.seal_active(0))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!sealing.is_finished(), "the roll did not wait");
+        assert_eq!(
+            plan.faults_fired(),
+            fired,
+            "the roll touched the file meanwhile"
+        );
 
         std::fs::remove_file(&stalled).unwrap();
         held.join().unwrap().unwrap();
+        assert!(
+            sealing.join().unwrap().unwrap(),
+            "the roll sealed the segment"
+        );
         assert_eq!(queued.wait().unwrap(), next..=next);
         if let Some(leading) = unwaited_leader {
             assert_eq!(leading.wait().unwrap(), 2..=2);
@@ -436,24 +456,14 @@ fn a_truncation_or_a_purge_on_a_stalled_disk_shows_the_disks_wait() {
     plan.stall_while_exists(stalled.clone());
 
     std::fs::write(&stalled, b"").unwrap();
-    let truncation = {
-        let wal = wal.clone();
-        held_by_the_stall(&wal.clone(), &plan, "the truncation", move || {
-            wal.truncate_after(30)
-        })
-    };
+    let truncation = held_by_the_stall(&wal, &plan, "the truncation", |wal| wal.truncate_after(30));
     std::fs::remove_file(&stalled).unwrap();
     truncation.join().unwrap().unwrap();
     assert_eq!(wal.last_id(), Some(30));
     assert_eq!(wal.stats().disk_wait_seconds, 0.0);
 
     std::fs::write(&stalled, b"").unwrap();
-    let purge = {
-        let wal = wal.clone();
-        held_by_the_stall(&wal.clone(), &plan, "the purge", move || {
-            wal.purge_before(20)
-        })
-    };
+    let purge = held_by_the_stall(&wal, &plan, "the purge", |wal| wal.purge_before(20));
     std::fs::remove_file(&stalled).unwrap();
     assert!(
         !purge.join().unwrap().unwrap().is_empty(),

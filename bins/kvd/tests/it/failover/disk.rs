@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use super::cluster::Cluster;
 use super::load::{assert_holds_all, Writers};
-use crate::harness::{request_within, Answer, Kvd, DEADLINE};
+use crate::harness::{metric_value, request_within, Answer, Kvd, DEADLINE};
 
 /// Node 0's WAL fails this fsync or write (counted from its start: open, its epoch's no-op
 /// and the writes before it; three writers at about one fsync and one write per group commit
@@ -169,7 +169,7 @@ fn a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write() {
         cluster.wait_until_formed();
         let status = cluster.status(leader).expect("answers once its disk does");
         assert_eq!(status["role"], "follower", "{status}");
-        // Its log says why too (`disk_watch.rs`, which looks every 250 ms: the line of the
+        // Its log says why too (`disk_watch.rs`, which looks every 100 ms: the line of the
         // disk's answer may come just after).
         let said = Instant::now();
         loop {
@@ -241,7 +241,12 @@ fn a_lone_leader_whose_disk_hangs_under_one_write_keeps_answering() {
         });
         assert_health_says_the_disk_hangs(&health);
         let queued = queued.expect("the second write is answered while the disk hangs");
-        assert_eq!(queued.status, 503, "{}", queued.json());
+        let body = queued.json();
+        assert_eq!(queued.status, 503, "{body}");
+        // Ended at the acks timeout, its outcome unknown, naming its entry.
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("has not made it durable within"), "{body}");
+        assert!(body["id"].as_u64().is_some(), "{body}");
         let held = held.join().expect("the first write's thread");
         if let Err(error) = held {
             panic!("the first write got no answer once the disk answered: {error}");
@@ -355,11 +360,11 @@ fn assert_answers_while_its_disk_hangs(cluster: &Cluster, index: usize, kind: &s
     let metrics = cluster
         .request(index, "GET", "/metrics", None)
         .expect("/metrics while the disk hangs");
-    let waited: f64 = String::from_utf8_lossy(&metrics.body)
-        .lines()
-        .find_map(|line| line.strip_prefix("kvd_wal_disk_wait_seconds "))
-        .and_then(|value| value.parse().ok())
-        .expect("the disk's wait in /metrics");
+    let waited: f64 = metric_value(
+        &String::from_utf8_lossy(&metrics.body),
+        "kvd_wal_disk_wait_seconds",
+    )
+    .expect("the disk's wait in /metrics");
     assert!(waited >= 1.0, "kvd_wal_disk_wait_seconds {waited}");
 }
 
