@@ -9,7 +9,7 @@ use serde_json::{json, Value as Json};
 
 use super::cluster::{expect_status, Cluster, QUORUM_2_LAG_LIMIT_30_S};
 use super::load::{assert_holds_all, Writers};
-use crate::harness::{assert_detail_contains, DEADLINE};
+use crate::harness::{assert_detail_contains, request_within, DEADLINE};
 
 fn ids(status: &serde_json::Value, field: &str) -> Vec<u64> {
     match field {
@@ -162,6 +162,67 @@ fn a_planned_transfer_under_load_loses_no_acknowledged_write() {
         assert_holds_all(&cluster, index, &acked, "after the transfer");
     }
     println!("{} acknowledged writes, all on every node", acked.len());
+}
+
+/// A leader killed (`kill -9`) while it hands its leadership to a node that cannot catch up,
+/// and started again at once, is named leader of the epoch it led before: it asks to be
+/// elected again in a new one (it never leads an epoch twice), and the old epoch's transfer
+/// ends with it. Before, the driver forgot the transfer but left the node "handing over": it
+/// took writes and refused every read 503 for as long as it led (found by the nemesis kill -9
+/// scenario in CI).
+#[test]
+fn a_leader_elected_again_over_its_own_transfer_serves_reads() {
+    // Sessions long enough that the restarted leader is back before anyone replaces it; the
+    // target copies nothing (its fetches fail) but stays in the ISR.
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--session-timeout-ms",
+            "8000",
+            "--lease-ms",
+            "1000",
+            "--lag-limit-ms",
+            "30000",
+        ],
+    );
+    let (leader, epoch) = cluster.wait_for_leader(None);
+    let to = (leader + 1) % 3;
+    cluster.block_fetches(to, true);
+    let (_, id) = cluster.write(leader, "k", &json!(1));
+    // The transfer waits for `to` to hold the whole log, which it never does: the request is
+    // answered only when the leader dies.
+    let address = cluster.nodes[leader].address;
+    let body = json!({ "to": to }).to_string();
+    let asking = std::thread::spawn(move || {
+        request_within(
+            address,
+            "POST",
+            "/admin/transfer-leader",
+            &[],
+            Some(body.as_bytes()),
+            DEADLINE,
+        )
+    });
+    cluster.wait_for_status(leader, "handing over", |status| {
+        status["transfer"]["to"] == json!(to) && status["leader_epoch"] == json!(epoch)
+    });
+    cluster.kill_9(leader);
+    let _ = asking.join();
+    cluster.start_node(leader);
+    let status = cluster.wait_for_leader_status("in a new epoch", |status| {
+        status["leader_epoch"].as_u64() > Some(epoch)
+    });
+    assert_eq!(
+        status["data_leader"],
+        json!(leader),
+        "the restarted leader was not elected again: {status}"
+    );
+    assert_eq!(status["transfer"], Json::Null, "{status}");
+    // It serves a linearizable read (before: 503 "handing over" until DEADLINE).
+    assert_eq!(cluster.read_after(leader, "k", id), Some(json!(1)));
+    let (_, after) = cluster.write(leader, "after", &json!(2));
+    cluster.block_fetches(to, false);
+    assert_eq!(cluster.read_after(to, "after", after), Some(json!(2)));
 }
 
 /// The cluster's write quorum is set when it is created (`kvd leader`'s `--write-quorum`).
