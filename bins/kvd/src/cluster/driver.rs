@@ -10,7 +10,10 @@
 //! - **The meta watch.** Every change the node's own controller applies is offered at once.
 //!   Both sources offer metadata; only a newer version (`ClusterMeta::version`) gets through,
 //!   one at a time, so the data plane never sees an ISR or a leader go back
-//!   (`Node::apply_cluster_view`: lead, follow, or follow nobody).
+//!   (`Node::apply_cluster_view`: lead, follow, or follow nobody). Applying a view may wait on
+//!   the disk (a new epoch is recorded in `node.meta`): a view offered meanwhile waits its
+//!   turn, not its caller, so a disk that hangs under a role change holds one thread, not the
+//!   async workers behind it.
 //! - **Proposals.** On the leader, the ISR the data plane wants (`Node::wanted_isr`) is proposed
 //!   as `ChangeIsr` in its epoch, one change in flight. A node named leader of an epoch it led
 //!   before a restart asks to be elected again in a new one (`Node::wanted_reelection`).
@@ -56,7 +59,13 @@ pub struct Driver {
     node: Arc<Node>,
     cluster: Arc<ClusterState>,
     /// Held while a view is checked and applied: views reach the data plane one at a time.
+    /// Never waited for: applying a view may wait on the disk (`Node::apply_cluster_view`
+    /// records a new epoch), and the heartbeats and proposals that offer views run on the
+    /// async workers.
     applying: Mutex<()>,
+    /// The newest view offered while another was being applied: taken after it, or at the
+    /// next tick.
+    offered_meanwhile: Mutex<Option<ClusterMeta>>,
     /// This node's lease as the data leader, from the heartbeat replies.
     lease: Mutex<Lease>,
     isr_in_flight: AtomicBool,
@@ -96,6 +105,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The lock if it is free now.
+fn try_lock<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match mutex.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 impl Driver {
     /// A driver for `node` in the cluster `cluster`; it stops when `shutdown` turns true.
     pub fn new(
@@ -107,6 +125,7 @@ impl Driver {
             node,
             cluster,
             applying: Mutex::new(()),
+            offered_meanwhile: Mutex::new(None),
             lease: Mutex::new(Lease::new()),
             isr_in_flight: AtomicBool::new(false),
             stopping: watch::Sender::new(false),
@@ -177,6 +196,10 @@ impl Driver {
                 self.hand_over_if_the_log_failed(&view);
             }
             self.retry_view_without_room();
+            let kept = lock(&self.offered_meanwhile).take();
+            if let Some(meta) = kept {
+                self.offer(&meta);
+            }
         }
         watch_task.abort();
         self.node.revoke_lease();
@@ -194,16 +217,42 @@ impl Driver {
         }
     }
 
-    /// Applies `meta` to the data plane if it is newer than the view it follows.
+    /// Applies `meta` to the data plane if it is newer than the view it follows. While another
+    /// view is being applied, `meta` waits its turn instead of its caller
+    /// ([`Driver::offered_meanwhile`]).
     pub fn offer(self: &Arc<Self>, meta: &ClusterMeta) {
         if !meta.is_bootstrapped() {
             return;
         }
+        if !self.offer_now(meta) {
+            self.keep_for_later(meta);
+            return;
+        }
+        while let Some(meta) = lock(&self.offered_meanwhile).take() {
+            if !self.offer_now(&meta) {
+                self.keep_for_later(&meta);
+                return;
+            }
+        }
+    }
+
+    /// Keeps `meta` to offer once the view being applied is in, unless a newer one is kept.
+    fn keep_for_later(&self, meta: &ClusterMeta) {
+        let mut kept = lock(&self.offered_meanwhile);
+        if kept.as_ref().is_none_or(|kept| kept.version < meta.version) {
+            *kept = Some(meta.clone());
+        }
+    }
+
+    /// [`Driver::offer`] unless another view is being applied (then false, nothing done).
+    fn offer_now(self: &Arc<Self>, meta: &ClusterMeta) -> bool {
         let node_id = self.cluster.node_id();
         {
-            let _applying = lock(&self.applying);
+            let Some(_applying) = try_lock(&self.applying) else {
+                return false;
+            };
             if !self.cluster.is_newer_view(meta) {
-                return;
+                return true;
             }
             self.apply_view(meta);
             let previous = self.cluster.view();
@@ -223,6 +272,7 @@ impl Driver {
         self.ask_for_reelection(meta);
         self.propose_write_quorum(meta);
         self.update_ready();
+        true
     }
 
     /// Hands `meta` to the data plane (under `applying`). A view the node could not take for
@@ -256,7 +306,10 @@ impl Driver {
         if !due {
             return;
         }
-        let _applying = lock(&self.applying);
+        // Another view being applied takes this one's place.
+        let Some(_applying) = try_lock(&self.applying) else {
+            return;
+        };
         if let Some(view) = self.cluster.view() {
             self.apply_view(&view);
         }

@@ -16,7 +16,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{exclusive, lock, progress_or_role_change, take_leadership, Node, RoleState};
+use super::{
+    exclusive, lock, off_the_workers, persist_epoch, progress_or_role_change, take_leadership,
+    Node, RoleState,
+};
 use crate::error::{Error, Result};
 use crate::leader::{IsrChange, LeaderState, Membership};
 use crate::log_view::LogView;
@@ -89,8 +92,25 @@ impl Node {
                 }
                 return Ok(());
             }
-            _ => {}
+            ViewAction::Follow { epoch, .. } | ViewAction::CannotLead { epoch } => {
+                // A new epoch is recorded before the role change, which then records nothing
+                // while it holds the locks every request takes: a disk that hangs in this
+                // `fsync` holds the thread applying the view, not the node.
+                off_the_workers(|| self.record_view_epoch(epoch))?;
+            }
+            ViewAction::Lead { .. } => {}
         }
+        // A new leader's meta file and no-op wait on the disk too.
+        off_the_workers(|| self.change_role_for_view(view, node_id, membership))
+    }
+
+    /// [`Node::apply_cluster_view`]'s role change, with writes held off.
+    fn change_role_for_view(
+        &self,
+        view: &ClusterView,
+        node_id: u64,
+        membership: Membership,
+    ) -> Result<()> {
         let mut noop = None;
         let action = self.change_role(|role, meta| {
             let standing = standing(role);
@@ -242,6 +262,16 @@ impl Node {
         };
         let committed_id = self.meta.get().commit_id;
         crate::view::may_lead(node_id, self.store.last_id(), committed_id, isr)
+    }
+
+    /// Records `epoch`, a view's, as heard in the meta file if it is new, holding only the
+    /// meta's writer (see [`Node::apply_cluster_view`]).
+    fn record_view_epoch(&self, epoch: u64) -> Result<()> {
+        let mut meta = self.meta.write();
+        if epoch <= meta.epoch {
+            return Ok(());
+        }
+        persist_epoch(&self.store, &self.data_dir, &mut meta, epoch, false)
     }
 
     fn adopt_cluster(&self, cluster_id: u64) -> Result<()> {
