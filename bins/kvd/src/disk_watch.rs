@@ -15,6 +15,14 @@
 //! The thread reads `WalStats::disk_wait_seconds` (atomics, no lock a hung write could hold)
 //! every [`CHECK_EVERY`], warns once the oldest write or `fdatasync` in flight has waited
 //! [`WARN_AFTER`], again every [`REPEAT`] while it lasts, and says when the disk answers again.
+//!
+//! A stopping node does not wait for a hung disk either. A clean stop ends with the WAL's
+//! last `fdatasync` and the node's saved progress, each waiting on the disk, and a SIGTERM to a
+//! node whose disk hangs waited for as long as the hang lasted. Once the node stops and a
+//! WAL operation has waited [`STOP_WAITS_FOR_THE_DISK_AT_MOST`], the watch ends the process
+//! (exit status 1) as a `kill -9` would: nothing acknowledged is lost (an acknowledged write
+//! was durable, or under `never`/`interval` in the page cache, before its answer), and the
+//! next start's recovery reads the log's tail as after any crash.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -22,6 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kv_store::Store;
+use tokio::sync::watch;
 
 /// How long a write or `fdatasync` may wait before the watch warns (etcd warns of a WAL sync
 /// slower than a second too); `/health` turns 503 at the same point.
@@ -34,6 +43,11 @@ const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// (a healthy `fdatasync` takes well under this).
 pub const NUDGE_AFTER: Duration = Duration::from_millis(100);
 
+/// How long a WAL operation may keep a stopping node waiting before the watch ends the
+/// process: the wait after which a running node stops heartbeating (its leadership has passed
+/// to another node by then).
+pub const STOP_WAITS_FOR_THE_DISK_AT_MOST: Duration = crate::cluster::driver::DISK_HUNG_AFTER;
+
 /// The running watch; dropping it stops the thread.
 pub struct DiskWatch {
     stop: Option<mpsc::Sender<()>>,
@@ -41,12 +55,17 @@ pub struct DiskWatch {
 }
 
 impl DiskWatch {
-    /// Starts watching `store`'s log, waking `runtime` while its disk keeps it waiting.
-    pub fn start(store: Arc<Store>, runtime: tokio::runtime::Handle) -> std::io::Result<DiskWatch> {
+    /// Starts watching `store`'s log, waking `runtime` while its disk keeps it waiting, and
+    /// ending the process if the disk keeps it waiting once `node_stopping` turns true.
+    pub fn start(
+        store: Arc<Store>,
+        runtime: tokio::runtime::Handle,
+        node_stopping: watch::Receiver<bool>,
+    ) -> std::io::Result<DiskWatch> {
         let (stop, stopped) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("kvd-disk-watch".to_owned())
-            .spawn(move || watch(&store, &runtime, &stopped))?;
+            .spawn(move || watch(&store, &runtime, &stopped, &node_stopping))?;
         Ok(DiskWatch {
             stop: Some(stop),
             thread: Some(thread),
@@ -63,10 +82,25 @@ impl Drop for DiskWatch {
     }
 }
 
-fn watch(store: &Store, runtime: &tokio::runtime::Handle, stopped: &mpsc::Receiver<()>) {
+fn watch(
+    store: &Store,
+    runtime: &tokio::runtime::Handle,
+    stopped: &mpsc::Receiver<()>,
+    node_stopping: &watch::Receiver<bool>,
+) {
     let mut watch = Watch::default();
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECK_EVERY) {
         let waited = Duration::from_secs_f64(store.wal_stats().disk_wait_seconds.max(0.0));
+        if *node_stopping.borrow() && waited >= STOP_WAITS_FOR_THE_DISK_AT_MOST {
+            tracing::error!(
+                waited_ms = waited.as_millis() as u64,
+                "stopping, but the disk has kept a write or fdatasync of the WAL waiting {:.1} \
+                 s: exiting without closing the log, as a kill -9 would (nothing acknowledged \
+                 is lost; the next start recovers the log's tail)",
+                waited.as_secs_f64()
+            );
+            std::process::exit(1);
+        }
         if waited >= NUDGE_AFTER {
             // Wakes a parked worker (the module docs say why); it runs this and parks again.
             drop(runtime.spawn(async {}));

@@ -76,9 +76,15 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let disk_watch = crate::disk_watch::DiskWatch::start(store.clone(), runtime.handle().clone())
-        .context("cannot start the disk watch thread")?;
-    let served = runtime.block_on(serve(&config, store.clone()));
+    // True once the node stops (a signal, a claim, a refused join).
+    let (stopping, _) = watch::channel(false);
+    let disk_watch = crate::disk_watch::DiskWatch::start(
+        store.clone(),
+        runtime.handle().clone(),
+        stopping.subscribe(),
+    )
+    .context("cannot start the disk watch thread")?;
+    let served = runtime.block_on(serve(&config, store.clone(), stopping));
     drop(runtime);
     let closed = store.close().context("cannot sync and close the WAL");
     drop(disk_watch);
@@ -169,11 +175,15 @@ const ROLE_WAIT_MAX: Duration = Duration::from_secs(10);
 /// once the node took its role. On SIGINT/SIGTERM: stops accepting and lets requests in flight
 /// finish (the lease still renewed), then stops the driver, the fetch loop, the maintenance
 /// task and the controller, and saves the node's progress.
-async fn serve(config: &NodeConfig, store: Arc<Store>) -> anyhow::Result<()> {
+async fn serve(
+    config: &NodeConfig,
+    store: Arc<Store>,
+    signalled: watch::Sender<bool>,
+) -> anyhow::Result<()> {
     // Signal handlers go in before the address is announced, so a signal sent as soon as the
     // node is up is a clean shutdown, not a kill.
     let signals = ShutdownSignals::install()?;
-    let (signalled, signal_received) = watch::channel(false);
+    let signal_received = signalled.subscribe();
     let signalled = Arc::new(signalled);
     let serving: Serving = Arc::default();
     tokio::spawn(stop_on_signal(signals, signalled.clone(), serving.clone()));

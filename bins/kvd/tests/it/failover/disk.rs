@@ -220,7 +220,7 @@ fn a_lone_leader_whose_disk_hangs_under_one_write_keeps_answering() {
     };
     assert_eq!(put("before", DEADLINE).expect("a write").status, 200);
     std::fs::write(&stalled, b"").expect("hang the disk");
-    std::thread::scope(|scope| {
+    let queued_id = std::thread::scope(|scope| {
         let held = scope.spawn(|| put("held", DEADLINE));
         std::thread::sleep(Duration::from_millis(1500));
         let health = request_within(
@@ -243,12 +243,26 @@ fn a_lone_leader_whose_disk_hangs_under_one_write_keeps_answering() {
         // Ended at the acks timeout, its outcome unknown, naming its entry.
         let detail = body["detail"].as_str().unwrap_or_default();
         assert!(detail.contains("has not made it durable within"), "{body}");
-        assert!(body["id"].as_u64().is_some(), "{body}");
+        let queued_id = body["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no id: {body}"));
         let held = held.join().expect("the first write's thread");
         if let Err(error) = held {
             panic!("the first write got no answer once the disk answered: {error}");
         }
+        queued_id
     });
+    // The queued write, whose outcome was unknown, took effect once the disk completed it,
+    // with no later write to carry it: the node kept leading (the hang was shorter than
+    // `DISK_HUNG_AFTER`), and a task finished its commit for the request that gave up.
+    let queued = kvd.request("GET", &format!("/key/queued?min_id={queued_id}"), None);
+    assert_eq!(
+        queued.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&queued.body)
+    );
+    assert_eq!(queued.json()["value"], serde_json::json!("queued"));
     let after = Instant::now();
     loop {
         match put("after", Duration::from_secs(5)) {
@@ -263,6 +277,70 @@ fn a_lone_leader_whose_disk_hangs_under_one_write_keeps_answering() {
     }
     let before = kvd.request("GET", "/key/before", None);
     assert_eq!(before.status, 200);
+}
+
+/// A node stopped (SIGTERM) while its disk hangs under a write exits once the disk has kept
+/// the WAL waiting `STOP_WAITS_FOR_THE_DISK_AT_MOST` (5 s), with status 1 and saying why, as a
+/// `kill -9` would; started again once the disk answers, it holds every acknowledged write.
+/// Before, the stop waited for the disk for as long as the hang lasted (the WAL's last
+/// `fdatasync`, the node's saved progress): the node could not be stopped but by SIGKILL.
+#[test]
+fn a_node_stopped_while_its_disk_hangs_exits_without_waiting_for_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stalled = dir.path().join("disk-hangs");
+    let stalled_env = stalled.display().to_string();
+    let data_dir = dir.path().join("node");
+    let mut kvd = Kvd::start(
+        &data_dir,
+        &[],
+        &[("KVD_FAULT_DISK_STALL_FILE", stalled_env.as_str())],
+    );
+    let put = |address, key: &str| {
+        let body = serde_json::json!({ "value": key }).to_string();
+        request_within(
+            address,
+            "PUT",
+            &format!("/key/{key}"),
+            &[("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+            DEADLINE,
+        )
+    };
+    assert_eq!(put(kvd.address, "before").expect("a write").status, 200);
+    std::fs::write(&stalled, b"").expect("hang the disk");
+    let address = kvd.address;
+    let held = std::thread::spawn(move || put(address, "held"));
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    // Fails the test if kvd has not exited within `DEADLINE` (30 s).
+    let status = kvd.terminate();
+    let took = asked.elapsed();
+    let log = kvd.stderr();
+    std::fs::remove_file(&stalled).expect("the disk answers again");
+    println!("stopped {took:?} after SIGTERM, its disk hung: {status}");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("exiting without closing the log"),
+        "the log does not say why it exited:\n{log}"
+    );
+    // The held write's outcome is unknown: its answer, if any, is not a success.
+    if let Ok(answer) = held.join().expect("the held write's thread") {
+        assert_ne!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    let kvd = Kvd::start(&data_dir, &[], &[]);
+    let before = kvd.request("GET", "/key/before", None);
+    assert_eq!(
+        before.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&before.body)
+    );
+    assert_eq!(put(kvd.address, "after").expect("a write").status, 200);
 }
 
 /// A follower whose `fsync`s hang is told of a new leader while they do (a planned transfer
