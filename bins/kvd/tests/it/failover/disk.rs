@@ -106,25 +106,8 @@ fn hand_over_after(variable: &str, at: &str) {
 #[test]
 fn a_leader_whose_disk_hangs_is_replaced_and_loses_no_acknowledged_write() {
     let scratch = tempfile::tempdir().expect("temp dir");
-    let hang_file =
-        |index: usize, kind: &str| scratch.path().join(format!("node-{index}-{kind}-hangs"));
-    let cluster = Cluster::start_first_with_env(
-        3,
-        3,
-        |_| vec!["--write-quorum".to_owned(), "2".to_owned()],
-        |index| {
-            vec![
-                (
-                    "KVD_FAULT_DISK_STALL_FILE".to_owned(),
-                    hang_file(index, "disk").display().to_string(),
-                ),
-                (
-                    "KVD_FAULT_FSYNC_STALL_FILE".to_owned(),
-                    hang_file(index, "fsync").display().to_string(),
-                ),
-            ]
-        },
-    );
+    let hang_file = |index: usize, kind: &str| hang_file(scratch.path(), index, kind);
+    let cluster = start_with_hangs(scratch.path(), &["--write-quorum", "2"]);
     let writers = Writers::start(&cluster, 3, "");
     let rounds = [
         (false, "disk"),
@@ -343,56 +326,60 @@ fn a_node_stopped_while_its_disk_hangs_exits_without_waiting_for_it() {
     assert_eq!(put(kvd.address, "after").expect("a write").status, 200);
 }
 
-/// A follower whose `fsync`s hang is told of a new leader while they do (a planned transfer
+/// A follower whose disk hangs is told of a new leader while it does (a planned transfer
 /// between the other two, the view in a heartbeat's answer): taking the new epoch means
 /// recording it in `node.meta`, whose `fsync` hangs too. Before, the role change recorded it
 /// holding the locks every request takes (the node's admission, role and meta locks), and the
 /// node answered nothing — no `/health`, no `/cluster_status` — until its disk did; this is
 /// the fencing view a hung node that is also the controller's Raft leader applies itself
-/// (found in CI). The node now records the epoch before it takes those locks, and takes no
-/// view while its disk keeps the WAL waiting.
+/// (found in CI). The node now records the epoch before it takes those locks, off the async
+/// workers, and its driver never waits for a view being applied (the next heartbeat's answer
+/// brings the view again). Both kinds of hang: only the `fsync`s, then every write too.
 #[test]
 fn a_follower_whose_disk_hangs_as_the_leadership_moves_keeps_answering() {
     let scratch = tempfile::tempdir().expect("temp dir");
-    let cluster = start_with_fsync_stalls(scratch.path(), &[]);
-    // The data leader is the controller's Raft leader: the hung follower is a plain member,
-    // which hears of the new epoch from the active controller's answers.
-    let (leader, epoch) = lead_as(&cluster, true);
-    let hung = (0..3).find(|&index| index != leader).expect("3 nodes");
-    let to = 3 - leader - hung;
-    cluster.write(leader, "before", &serde_json::json!(1));
-    std::fs::write(fsync_stall_file(scratch.path(), hung), b"").expect("hang the fsyncs");
-    let hung_at = Instant::now();
-    // A write the follower copies: its log's `fdatasync` hangs under it.
-    let (_, during) = cluster.write(leader, "during", &serde_json::json!(2));
-    let new_epoch = cluster.transfer_leadership(leader, to);
-    assert!(new_epoch > epoch);
-    // Its heartbeats (every 100 ms) bring the new view within moments, and the next ones
-    // bring it again for as long as the node heartbeats (until `DISK_HUNG_AFTER`, 5 s).
-    while hung_at.elapsed() < Duration::from_millis(4500) {
-        for path in ["/health", "/cluster_status"] {
-            if let Err(error) = cluster.request(hung, "GET", path, None) {
-                panic!(
-                    "node {hung}, its fsyncs hung {:?} ago, gave no answer to {path}: \
-                     {error}\n{}",
-                    hung_at.elapsed(),
-                    cluster.log(hung)
-                );
+    let cluster = start_with_hangs(scratch.path(), &[]);
+    for kind in ["fsync", "disk"] {
+        // The data leader is the controller's Raft leader: the hung follower is a plain
+        // member, which hears of the new epoch from the active controller's answers.
+        let (leader, epoch) = lead_as(&cluster, true);
+        let hung = (0..3).find(|&index| index != leader).expect("3 nodes");
+        let to = 3 - leader - hung;
+        cluster.write(leader, "before", &serde_json::json!(1));
+        std::fs::write(hang_file(scratch.path(), hung, kind), b"").expect("hang the disk");
+        let hung_at = Instant::now();
+        // A write the follower copies: its log's write or `fdatasync` hangs under it.
+        let (_, during) = cluster.write(leader, "during", &serde_json::json!(kind));
+        let new_epoch = cluster.transfer_leadership(leader, to);
+        assert!(new_epoch > epoch);
+        // Its heartbeats (every 100 ms) bring the new view within moments, and the next ones
+        // bring it again for as long as the node heartbeats (until `DISK_HUNG_AFTER`, 5 s).
+        while hung_at.elapsed() < Duration::from_millis(4500) {
+            for path in ["/health", "/cluster_status"] {
+                if let Err(error) = cluster.request(hung, "GET", path, None) {
+                    panic!(
+                        "node {hung}, its {kind} hung {:?} ago, gave no answer to {path}: \
+                         {error}\n{}",
+                        hung_at.elapsed(),
+                        cluster.log(hung)
+                    );
+                }
             }
+            std::thread::sleep(Duration::from_millis(300));
         }
-        std::thread::sleep(Duration::from_millis(300));
+        assert_answers_while_its_disk_hangs(&cluster, hung, kind);
+        std::fs::remove_file(hang_file(scratch.path(), hung, kind))
+            .expect("the disk answers again");
+        cluster.wait_until_formed();
+        let status = cluster.wait_for_status(hung, "following the new leader", |status| {
+            status["role"] == "follower" && status["leader_epoch"].as_u64() >= Some(new_epoch)
+        });
+        println!("node {hung}, its {kind} hung, after the disk answered: {status}");
+        assert_eq!(
+            cluster.read_after(hung, "during", during),
+            Some(serde_json::json!(kind))
+        );
     }
-    assert_answers_while_its_disk_hangs(&cluster, hung, "fsync");
-    std::fs::remove_file(fsync_stall_file(scratch.path(), hung)).expect("the disk answers again");
-    cluster.wait_until_formed();
-    let status = cluster.wait_for_status(hung, "following the new leader", |status| {
-        status["role"] == "follower" && status["leader_epoch"].as_u64() >= Some(new_epoch)
-    });
-    println!("node {hung} after its disk answered: {status}");
-    assert_eq!(
-        cluster.read_after(hung, "during", during),
-        Some(serde_json::json!(2))
-    );
 }
 
 /// A leader whose disk hangs while the only write is a large one is replaced all the same.
@@ -762,6 +749,34 @@ fn start_with_fsync_stalls(dir: &std::path::Path, args: &[&str]) -> Cluster {
             )]
         },
     )
+}
+
+/// Three nodes with `args`, node `i`'s disk hanging while [`hang_file`]`(dir, i, "disk")`
+/// exists (`KVD_FAULT_DISK_STALL_FILE`: every write, `fsync`, creation and rename waits) and
+/// its `fsync`s while [`hang_file`]`(dir, i, "fsync")` does (`KVD_FAULT_FSYNC_STALL_FILE`).
+fn start_with_hangs(dir: &std::path::Path, args: &[&str]) -> Cluster {
+    Cluster::start_first_with_env(
+        3,
+        3,
+        |_| args.iter().map(|arg| arg.to_string()).collect(),
+        |index| {
+            vec![
+                (
+                    "KVD_FAULT_DISK_STALL_FILE".to_owned(),
+                    hang_file(dir, index, "disk").display().to_string(),
+                ),
+                (
+                    "KVD_FAULT_FSYNC_STALL_FILE".to_owned(),
+                    hang_file(dir, index, "fsync").display().to_string(),
+                ),
+            ]
+        },
+    )
+}
+
+/// See [`start_with_hangs`]; `kind` is `disk` or `fsync`.
+fn hang_file(dir: &std::path::Path, index: usize, kind: &str) -> std::path::PathBuf {
+    dir.join(format!("node-{index}-{kind}-hangs"))
 }
 
 /// While a file exists here, node `index`'s `fsync`s wait ([`start_with_fsync_stalls`]).
