@@ -47,6 +47,11 @@ impl Node {
     /// as leader takes ISR and write-quorum changes. Named leader of an epoch it already used,
     /// it follows nobody and [`Node::wanted_reelection`] says so. Fails on a view of another
     /// cluster or node, or when the epoch cannot be recorded.
+    ///
+    /// A role change waits on the disk — the epoch recorded in the meta file, a new leader's
+    /// no-op — off the async workers; a new epoch to follow is recorded before the change
+    /// takes the locks that writes and role reads wait on, so a disk that hangs there holds
+    /// the calling thread alone.
     pub fn apply_cluster_view(&self, view: &ClusterView) -> Result<()> {
         let Some(node_id) = self.node_id else {
             return Err(Error::NotControlled);

@@ -160,8 +160,9 @@ impl RoleState {
 
 /// A store with its replication role.
 ///
-/// Lock order: `admission` before `role` before `meta`'s writer (a role change persists the
-/// epoch under all three); `meta`'s readers wait for no writer.
+/// Lock order: `admission` before `role` before `meta`'s writer (taking the leadership
+/// persists the epoch under all three; a follower's new epoch is recorded before, under the
+/// writer alone, `Node::apply_cluster_view`); `meta`'s readers wait for no writer.
 #[derive(Debug)]
 pub struct Node {
     store: Arc<Store>,
