@@ -54,6 +54,13 @@ impl Store {
         held.max(self.snapshot_base())
     }
 
+    /// Whether a submit writes its records to the log file itself, holding the log's locks
+    /// while the disk takes them (`interval`/`never`; under `always`/`batch` the commit writes
+    /// them, on whichever thread waits on its ticket or on the log's committer).
+    pub fn submit_writes(&self) -> bool {
+        !self.wal().sync_policy().is_durable_on_return()
+    }
+
     /// Consecutive frames from `from_id`, in the form replication ships them (see
     /// [`kv_wal::Wal::read_frames`]): at most `bytes_max` bytes (at least one frame), no id past
     /// `through_id`. `None` when there is nothing to read.

@@ -114,11 +114,13 @@ impl Node {
         let large = command.op.carried_bytes() >= LARGE_WORK_BYTES;
         let mut command = command;
         let (submitted, leadership) = loop {
+            let turn = self.submit_turn(deadline).await?;
             let admission = if large {
                 self.admit_large(command, acks)?
             } else {
                 self.admit(command, acks)?
             };
+            drop(turn);
             match admission {
                 Admission::Submitted(submitted, leadership) => break (submitted, leadership),
                 Admission::TooFewInSync(unwritten) => {
@@ -200,6 +202,27 @@ impl Node {
 
     /// [`Node::admit`] for a command of [`LARGE_WORK_BYTES`] or more: off the workers, and
     /// known to readers as large from before its frames are written until its id is recorded.
+    /// This write's turn to submit where submits write to the disk ([`Node::submit_turns`]),
+    /// waited for until `deadline`: past it, nothing is written and the write is refused
+    /// (503) — the disk has kept the writes before it waiting.
+    async fn submit_turn(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>> {
+        let Some(turns) = &self.submit_turns else {
+            return Ok(None);
+        };
+        let started = tokio::time::Instant::now();
+        match tokio::time::timeout_at(deadline, turns.lock()).await {
+            Ok(turn) => Ok(Some(turn)),
+            Err(_) => Err(Error::Unavailable(format!(
+                "the disk has kept the writes before this one waiting {} ms: nothing of it \
+                 was written; retry",
+                started.elapsed().as_millis()
+            ))),
+        }
+    }
+
     fn admit_large(&self, command: Command, acks: Acks) -> Result<Admission> {
         self.large_writes_in_flight.fetch_add(1, Ordering::AcqRel);
         let admitted = off_the_workers(|| self.admit(command, acks));

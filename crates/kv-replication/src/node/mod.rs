@@ -205,6 +205,11 @@ pub struct Node {
     /// Whether `short_of_in_sync` is set: the one thing a write reads of it when the ISR is
     /// large enough.
     short_of_in_sync_flag: AtomicBool,
+    /// Under `interval`/`never`, where a submit writes to the disk holding the log's locks
+    /// (`Store::submit_writes`), the leader's writes take turns here to submit: one whose
+    /// disk hangs holds its own worker, and the writes behind it wait without one (on the
+    /// log's locks they would hold every worker, and the node would answer nothing).
+    submit_turns: Option<tokio::sync::Mutex<()>>,
 }
 
 /// [`LeaderState::ack_marks`] before and after an acknowledgement.
@@ -351,6 +356,7 @@ impl Node {
     ) -> Node {
         let applied_id = store.applied_id();
         let large_entries_through = AtomicU64::new(store.last_id());
+        let submit_turns = store.submit_writes().then(|| tokio::sync::Mutex::new(()));
         Node {
             store,
             data_dir: data_dir.to_owned(),
@@ -371,6 +377,7 @@ impl Node {
             large_writes_in_flight: AtomicU64::new(0),
             short_of_in_sync: Mutex::new(None),
             short_of_in_sync_flag: AtomicBool::new(false),
+            submit_turns,
         }
     }
 

@@ -262,6 +262,94 @@ fn a_lone_leader_whose_disk_hangs_under_one_write_keeps_answering() {
     assert_eq!(before.status, 200);
 }
 
+/// A lone leader under `--sync-policy interval:100` or `never`, where a write reaches the disk
+/// inside its submit, holding the log's locks: its disk hangs under one write while two more
+/// arrive. The node keeps answering (`/health` 503 saying so, reads), the two writes behind
+/// the hung one are refused at the acks timeout with nothing written, and once the disk
+/// answers the first is acknowledged and the node takes writes again. Before, the writes
+/// behind it waited for the log's locks on the other async workers, and the node answered
+/// nothing until the disk did.
+#[test]
+fn a_lone_leader_writing_on_submit_whose_disk_hangs_keeps_answering() {
+    for policy in ["interval:100", "never"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stalled = dir.path().join("disk-hangs");
+        let stalled_env = stalled.display().to_string();
+        let kvd = Kvd::start(
+            &dir.path().join("node"),
+            &["--sync-policy", policy, "--acks-timeout-ms", "2000"],
+            &[("KVD_FAULT_DISK_STALL_FILE", stalled_env.as_str())],
+        );
+        let put = |key: &str| {
+            let body = serde_json::json!({ "value": key }).to_string();
+            request_within(
+                kvd.address,
+                "PUT",
+                &format!("/key/{key}"),
+                &[("Content-Type", "application/json")],
+                Some(body.as_bytes()),
+                DEADLINE,
+            )
+        };
+        assert_eq!(put("before").expect("a write").status, 200);
+        std::fs::write(&stalled, b"").expect("hang the disk");
+        let answers: Vec<_> = std::thread::scope(|scope| {
+            let writes: Vec<_> = ["w1", "w2", "w3"]
+                .into_iter()
+                .map(|key| {
+                    let write = scope.spawn(move || (key, put(key)));
+                    std::thread::sleep(Duration::from_millis(50));
+                    write
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(1200));
+            let asked = |path: &str| {
+                request_within(kvd.address, "GET", path, &[], None, Duration::from_secs(3))
+                    .unwrap_or_else(|error| {
+                        panic!(
+                            "{policy}: {path} while the disk hangs: {error}\n{}",
+                            kvd.stderr()
+                        )
+                    })
+            };
+            assert_health_says_the_disk_hangs(&asked("/health"));
+            assert_eq!(asked("/key/before").status, 200, "{policy}");
+            // The writes behind the hung one end at the acks timeout (2 s).
+            std::thread::sleep(Duration::from_millis(1500));
+            std::fs::remove_file(&stalled).expect("the disk answers again");
+            writes
+                .into_iter()
+                .map(|write| write.join().expect("a write's thread"))
+                .collect()
+        });
+        let mut taken = Vec::new();
+        for (key, answer) in answers {
+            let answer = answer.unwrap_or_else(|error| panic!("{policy}: {key}: {error}"));
+            let body = answer.json();
+            match answer.status {
+                200 => taken.push(key),
+                503 => {
+                    let detail = body["detail"].as_str().unwrap_or_default();
+                    assert!(
+                        detail.contains("nothing of it was written"),
+                        "{policy}: {body}"
+                    );
+                    let read = kvd.request("GET", &format!("/key/{key}"), None);
+                    assert_eq!(read.status, 404, "{policy}: {key} was refused yet written");
+                }
+                status => panic!("{policy}: {key} answered {status}: {body}"),
+            }
+        }
+        println!("{policy}: taken once the disk answered: {taken:?}");
+        assert_eq!(
+            taken.len(),
+            1,
+            "{policy}: one write held by the disk, two refused"
+        );
+        assert_eq!(put("after").expect("a write").status, 200, "{policy}");
+    }
+}
+
 /// A node stopped (SIGTERM) while its disk hangs under a write exits once the disk has kept
 /// the WAL waiting `STOP_WAITS_FOR_THE_DISK_AT_MOST` (5 s), with status 1 and saying why, as a
 /// `kill -9` would; started again once the disk answers, it holds every acknowledged write.
