@@ -61,6 +61,13 @@ impl Store {
         !self.wal().sync_policy().is_durable_on_return()
     }
 
+    /// The bytes appends may still add to the log's active segment before it rolls (a hint:
+    /// [`kv_wal::Wal::active_room`]). A roll waits on the disk inside a submit, holding the
+    /// store's and the log's locks.
+    pub fn active_segment_room(&self) -> u64 {
+        self.wal().active_room()
+    }
+
     /// Consecutive frames from `from_id`, in the form replication ships them (see
     /// [`kv_wal::Wal::read_frames`]): at most `bytes_max` bytes (at least one frame), no id past
     /// `through_id`. `None` when there is nothing to read.

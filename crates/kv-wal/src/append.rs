@@ -257,6 +257,17 @@ impl Shared {
         Ok(())
     }
 
+    /// Publishes the bytes appends may still add to the active segment
+    /// ([`Shared::active_room`]): after every change to what is written or queued in it.
+    pub(crate) fn note_room(&self, writer: &Writer) {
+        let room = room_left(
+            self.segment_bytes_max,
+            writer.write_offset,
+            writer.pending.len(),
+        );
+        self.active_room.store(room, Ordering::Release);
+    }
+
     /// Whether `bytes` more, after what is written and queued, would leave no room for the
     /// active segment's seal.
     fn overflows(&self, writer: &Writer, bytes: usize) -> bool {
@@ -450,6 +461,7 @@ impl Shared {
         writer.active = segment.clone();
         writer.active_file = file;
         writer.write_offset = SEGMENT_HEADER_BYTES as u64;
+        self.note_room(writer);
         writer.zeroed_through = 0;
         writer.last_mark_claim = 0;
         writer.next_sequence = sequence + 1;
@@ -586,6 +598,7 @@ impl Shared {
             writer.pending_frames.push((id, offset));
             writer.next_id.set(id + 1);
         }
+        self.note_room(writer);
         Ok(())
     }
 
@@ -759,6 +772,12 @@ fn batch_bytes(count: usize, frame_bytes: &impl Fn(usize) -> usize) -> usize {
     (0..count)
         .map(|index| frame_bytes(index) + MARK_BYTES)
         .sum()
+}
+
+/// The bytes appends may add to a segment of `segment_bytes_max` holding `written` bytes and
+/// `queued` more before it rolls (its seal's room kept).
+pub(crate) fn room_left(segment_bytes_max: u64, written: u64, queued: usize) -> u64 {
+    segment_bytes_max.saturating_sub(written + queued as u64 + SEAL_BYTES as u64)
 }
 
 /// How many of the queued frames have ids up to `last_id`.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::append::create_segment_file;
+use crate::append::{create_segment_file, room_left};
 use crate::durability::Durability;
 use crate::durable::{create_dir_all_durable, write_file_atomic};
 use crate::error::{Error, IoContext, Result};
@@ -305,6 +305,7 @@ fn start(
         write_done: Condvar::new(),
         segments: RwLock::new(segments),
         last: Arc::new(Watermark::new(last_id)),
+        active_room: AtomicU64::new(room_left(options.segment_bytes_max, active.write_offset, 0)),
         durability: Durability::new(last_id),
         out_of_space: Mutex::new(None),
         truncations: AtomicU64::new(0),

@@ -39,6 +39,9 @@ pub(crate) struct Shared {
     pub segments: RwLock<Vec<Arc<Segment>>>,
     /// Last id written (readable).
     pub last: Arc<Watermark>,
+    /// The bytes appends may still add to the active segment before it rolls, as of the last
+    /// change (`Shared::note_room`): read without the writer lock ([`crate::Wal::active_room`]).
+    pub active_room: AtomicU64,
     /// The durable id, the failure latch and the fsyncs in flight.
     pub durability: Durability,
     /// Why the last try at a new segment found no room (cleared by the next that succeeds):

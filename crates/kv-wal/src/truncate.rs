@@ -167,6 +167,7 @@ impl Wal {
         writer.active = segment.clone();
         writer.active_file = rewrite.file;
         writer.write_offset = image_len;
+        self.shared.note_room(writer);
         writer.zeroed_through = 0;
         writer.last_mark_claim = 0;
         writer.next_sequence = target.sequence + 1;
@@ -216,6 +217,7 @@ impl Wal {
         writer.active = target.clone();
         writer.active_file = file;
         writer.write_offset = cut;
+        self.shared.note_room(writer);
         writer.zeroed_through = 0;
         writer.next_sequence = target.sequence + 1;
         writer.next_id.set(last_id + 1);

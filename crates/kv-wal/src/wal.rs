@@ -285,6 +285,16 @@ impl Wal {
         &self.shared.last
     }
 
+    /// The bytes appends may still add to the active segment before it rolls (a roll waits on
+    /// the disk holding the writer lock: a caller may want to know one is near), as of the
+    /// last append, roll or truncation. Read without any lock, so a hint: appends under way
+    /// may have taken some of it.
+    pub fn active_room(&self) -> u64 {
+        self.shared
+            .active_room
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The durable watermark: wait on it to learn when ids reach stable storage.
     pub fn durable_watermark(&self) -> &Arc<Watermark> {
         &self.shared.durability.durable

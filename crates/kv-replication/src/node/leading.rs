@@ -10,6 +10,7 @@ use kv_store::{Command, Op, OutcomeSlot};
 
 use super::{
     lock, off_the_workers, progress_or_role_change, shared, Node, RoleState, LARGE_WORK_BYTES,
+    ROLL_NEAR_BYTES,
 };
 use crate::error::{Error, Result};
 use crate::leader::{Acks, FetchDecision};
@@ -114,9 +115,16 @@ impl Node {
         let large = command.op.carried_bytes() >= LARGE_WORK_BYTES;
         let mut command = command;
         let (submitted, leadership) = loop {
-            let turn = self.submit_turn(deadline).await?;
+            // A submit that may roll the segment waits on the disk for it, under the store's
+            // and the log's locks: off the workers (the write a hung disk holds already has
+            // one), and in turn.
+            let may_roll = self.store.active_segment_room() < ROLL_NEAR_BYTES;
+            let own_turn = large || may_roll || self.store.submit_writes();
+            let turn = self.submit_turn(deadline, own_turn).await?;
             let admission = if large {
                 self.admit_large(command, acks)?
+            } else if may_roll {
+                off_the_workers(|| self.admit(command, acks))?
             } else {
                 self.admit(command, acks)?
             };
@@ -202,18 +210,22 @@ impl Node {
 
     /// [`Node::admit`] for a command of [`LARGE_WORK_BYTES`] or more: off the workers, and
     /// known to readers as large from before its frames are written until its id is recorded.
-    /// This write's turn to submit where submits write to the disk ([`Node::submit_turns`]),
-    /// waited for until `deadline`: past it, nothing is written and the write is refused
-    /// (503) — the disk has kept the writes before it waiting.
+    /// This write's turn to submit ([`Node::submit_turns`]) if it takes its `own_turn` (its
+    /// submit may wait on the disk or hold the store's locks for long: a large write, a write
+    /// under `interval`/`never`, a write that may roll the segment) or another write holds
+    /// its turn (then on the same locks, soon), waited for until `deadline`: past it, nothing
+    /// is written and the write is refused (503) — the disk has kept the writes before it
+    /// waiting. Other writes take no turn.
     async fn submit_turn(
         &self,
         deadline: tokio::time::Instant,
+        own_turn: bool,
     ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>> {
-        let Some(turns) = &self.submit_turns else {
+        if !own_turn && self.submit_turns.try_lock().is_ok() {
             return Ok(None);
-        };
+        }
         let started = tokio::time::Instant::now();
-        match tokio::time::timeout_at(deadline, turns.lock()).await {
+        match tokio::time::timeout_at(deadline, self.submit_turns.lock()).await {
             Ok(turn) => Ok(Some(turn)),
             Err(_) => Err(Error::Unavailable(format!(
                 "the disk has kept the writes before this one waiting {} ms: nothing of it \

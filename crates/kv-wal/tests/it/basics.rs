@@ -44,6 +44,66 @@ fn append_read_iterate_reopen_on_disk() {
     assert_eq!(wal.read(77).unwrap(), Some(payload(77, 50)));
 }
 
+/// `Wal::active_room` (what kvd reads, without a lock, to know a roll is near) shrinks with
+/// every append by at least its payload, grows back at each roll, never claims room the
+/// segment lacks, and is right again after a reopen and a truncation.
+#[test]
+fn the_active_segments_room_shrinks_with_appends_and_comes_back_at_each_roll() {
+    let fs = SimFs::new();
+    let (wal, _) = open_sim(&fs, 1024, RecoveryMode::TolerateTornTail).unwrap();
+    let mut room = wal.active_room();
+    assert!(room > 900 && room < 1024, "a new segment's room: {room}");
+    let mut rolls = 0;
+    for id in 1..=60u64 {
+        let segments = wal.segments().len();
+        assert_eq!(wal.append(&payload(id, 100)).unwrap(), id);
+        let now = wal.active_room();
+        if wal.segments().len() > segments {
+            rolls += 1;
+            assert!(now > room, "a roll brings the room back: {room} -> {now}");
+        } else {
+            assert!(
+                now + 100 <= room,
+                "an append of 100 B took {} B",
+                room - now
+            );
+        }
+        let active = wal
+            .segments()
+            .into_iter()
+            .find(|segment| segment.is_active)
+            .unwrap();
+        assert!(
+            now + active.size_bytes <= 1024,
+            "room {now} past a segment of {} B",
+            active.size_bytes
+        );
+        room = now;
+    }
+    assert!(rolls >= 5, "{rolls} rolls");
+    wal.truncate_after(30).unwrap();
+    let active = wal
+        .segments()
+        .into_iter()
+        .find(|segment| segment.is_active)
+        .unwrap();
+    let after_cut = wal.active_room();
+    assert!(after_cut + active.size_bytes <= 1024 && after_cut + active.size_bytes > 900);
+    wal.close().unwrap();
+    drop(wal);
+    let (wal, _) = open_sim(&fs, 1024, RecoveryMode::TolerateTornTail).unwrap();
+    let active = wal
+        .segments()
+        .into_iter()
+        .find(|segment| segment.is_active)
+        .unwrap();
+    let reopened = wal.active_room();
+    assert!(
+        reopened + active.size_bytes <= 1024 && reopened + active.size_bytes > 900,
+        "{reopened}"
+    );
+}
+
 #[test]
 fn a_second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -350,6 +350,105 @@ fn a_lone_leader_writing_on_submit_whose_disk_hangs_keeps_answering() {
     }
 }
 
+/// A lone leader whose disk hangs as its writes reach the end of the active segment (64 KiB
+/// here, 8 KB values): one write's `write` hangs on its worker, the next must roll the
+/// segment, which waits for that write under the store's and the log's locks, and a third
+/// comes behind. The node keeps answering; every write gets an answer (taken once the disk
+/// answers, its outcome unknown at the acks timeout, or refused with nothing written); the
+/// roll happens once the disk answers. Before, the rolling submit waited on the second
+/// worker and the third on the store's lock: the node answered nothing until the disk did.
+#[test]
+fn a_lone_leader_whose_disk_hangs_as_a_write_rolls_the_segment_keeps_answering() {
+    const SEGMENT: u64 = 64 << 10;
+    const VALUE: usize = 8000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stalled = dir.path().join("disk-hangs");
+    let stalled_env = stalled.display().to_string();
+    let kvd = Kvd::start(
+        &dir.path().join("node"),
+        &["--max-segment-size", "64KiB", "--acks-timeout-ms", "2000"],
+        &[("KVD_FAULT_DISK_STALL_FILE", stalled_env.as_str())],
+    );
+    let value = "x".repeat(VALUE);
+    let put = |key: &str| {
+        let body = serde_json::json!({ "value": value }).to_string();
+        request_within(
+            kvd.address,
+            "PUT",
+            &format!("/key/{key}"),
+            &[("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+            DEADLINE,
+        )
+    };
+    let segments = || kvd.request("GET", "/segments", None).json();
+    // Fill the active segment until fewer than three more values fit.
+    for index in 0.. {
+        assert!(index < 50, "the segment never filled: {}", segments());
+        assert_eq!(put(&format!("k{index}")).expect("a write").status, 200);
+        let listed = segments();
+        let active = listed["segments"]
+            .as_array()
+            .and_then(|all| all.iter().find(|segment| segment["is_active"] == true))
+            .and_then(|segment| segment["size"].as_u64())
+            .expect("the active segment's size");
+        if SEGMENT - active < 3 * VALUE as u64 {
+            break;
+        }
+    }
+    let before = segments()["total_segments"].as_u64().expect("a count");
+    std::fs::write(&stalled, b"").expect("hang the disk");
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let writes: Vec<_> = ["w1", "w2", "w3"]
+            .into_iter()
+            .map(|key| {
+                let write = scope.spawn(move || (key, put(key)));
+                std::thread::sleep(Duration::from_millis(50));
+                write
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1200));
+        let asked = |path: &str| {
+            request_within(kvd.address, "GET", path, &[], None, Duration::from_secs(3))
+                .unwrap_or_else(|error| {
+                    panic!("{path} while the disk hangs: {error}\n{}", kvd.stderr())
+                })
+        };
+        assert_health_says_the_disk_hangs(&asked("/health"));
+        assert_eq!(asked("/key/k0").status, 200);
+        std::thread::sleep(Duration::from_millis(1500));
+        std::fs::remove_file(&stalled).expect("the disk answers again");
+        writes
+            .into_iter()
+            .map(|write| write.join().expect("a write's thread"))
+            .collect()
+    });
+    for (key, answer) in answers {
+        let answer = answer.unwrap_or_else(|error| panic!("{key}: no answer: {error}"));
+        let body = answer.json();
+        println!("{key}: {} {body}", answer.status);
+        match answer.status {
+            200 => {}
+            503 if body["detail"]
+                .as_str()
+                .is_some_and(|detail| detail.contains("nothing of it was written")) =>
+            {
+                let read = kvd.request("GET", &format!("/key/{key}"), None);
+                assert_eq!(read.status, 404, "{key} was refused yet written");
+            }
+            // Its outcome unknown: in the log, committed once the disk answered.
+            503 => assert!(body["id"].as_u64().is_some(), "{key}: {body}"),
+            status => panic!("{key} answered {status}: {body}"),
+        }
+    }
+    assert_eq!(put("after").expect("a write").status, 200);
+    let after = segments()["total_segments"].as_u64().expect("a count");
+    assert!(
+        after > before,
+        "no roll: {before} segments before, {after} after"
+    );
+}
+
 /// A node stopped (SIGTERM) while its disk hangs under a write exits once the disk has kept
 /// the WAL waiting `STOP_WAITS_FOR_THE_DISK_AT_MOST` (5 s), with status 1 and saying why, as a
 /// `kill -9` would; started again once the disk answers, it holds every acknowledged write.
