@@ -208,8 +208,6 @@ impl Node {
         self.options.acks_timeout
     }
 
-    /// [`Node::admit`] for a command of [`LARGE_WORK_BYTES`] or more: off the workers, and
-    /// known to readers as large from before its frames are written until its id is recorded.
     /// This write's turn to submit ([`Node::submit_turns`]) if it takes its `own_turn` (its
     /// submit may wait on the disk or hold the store's locks for long: a large write, a write
     /// under `interval`/`never`, a write that may roll the segment) or another write holds
@@ -235,6 +233,8 @@ impl Node {
         }
     }
 
+    /// [`Node::admit`] for a command of [`LARGE_WORK_BYTES`] or more: off the workers, and
+    /// known to readers as large from before its frames are written until its id is recorded.
     fn admit_large(&self, command: Command, acks: Acks) -> Result<Admission> {
         self.large_writes_in_flight.fetch_add(1, Ordering::AcqRel);
         let admitted = off_the_workers(|| self.admit(command, acks));
