@@ -190,17 +190,7 @@ fn a_lone_leader_whose_disk_hangs_under_one_write_keeps_answering() {
         &["--acks-timeout-ms", "2000"],
         &[("KVD_FAULT_DISK_STALL_FILE", stalled_env.as_str())],
     );
-    let put = |key: &str, timeout: Duration| {
-        let body = serde_json::json!({ "value": key }).to_string();
-        request_within(
-            kvd.address,
-            "PUT",
-            &format!("/key/{key}"),
-            &[("Content-Type", "application/json")],
-            Some(body.as_bytes()),
-            timeout,
-        )
-    };
+    let put = |key: &str, timeout: Duration| put_value(kvd.address, key, key, timeout);
     assert_eq!(put("before", DEADLINE).expect("a write").status, 200);
     std::fs::write(&stalled, b"").expect("hang the disk");
     let queued_id = std::thread::scope(|scope| {
@@ -280,48 +270,9 @@ fn a_lone_leader_writing_on_submit_whose_disk_hangs_keeps_answering() {
             &["--sync-policy", policy, "--acks-timeout-ms", "2000"],
             &[("KVD_FAULT_DISK_STALL_FILE", stalled_env.as_str())],
         );
-        let put = |key: &str| {
-            let body = serde_json::json!({ "value": key }).to_string();
-            request_within(
-                kvd.address,
-                "PUT",
-                &format!("/key/{key}"),
-                &[("Content-Type", "application/json")],
-                Some(body.as_bytes()),
-                DEADLINE,
-            )
-        };
+        let put = |key: &str| put_value(kvd.address, key, key, DEADLINE);
         assert_eq!(put("before").expect("a write").status, 200);
-        std::fs::write(&stalled, b"").expect("hang the disk");
-        let answers: Vec<_> = std::thread::scope(|scope| {
-            let writes: Vec<_> = ["w1", "w2", "w3"]
-                .into_iter()
-                .map(|key| {
-                    let write = scope.spawn(move || (key, put(key)));
-                    std::thread::sleep(Duration::from_millis(50));
-                    write
-                })
-                .collect();
-            std::thread::sleep(Duration::from_millis(1200));
-            let asked = |path: &str| {
-                request_within(kvd.address, "GET", path, &[], None, Duration::from_secs(3))
-                    .unwrap_or_else(|error| {
-                        panic!(
-                            "{policy}: {path} while the disk hangs: {error}\n{}",
-                            kvd.stderr()
-                        )
-                    })
-            };
-            assert_health_says_the_disk_hangs(&asked("/health"));
-            assert_eq!(asked("/key/before").status, 200, "{policy}");
-            // The writes behind the hung one end at the acks timeout (2 s).
-            std::thread::sleep(Duration::from_millis(1500));
-            std::fs::remove_file(&stalled).expect("the disk answers again");
-            writes
-                .into_iter()
-                .map(|write| write.join().expect("a write's thread"))
-                .collect()
-        });
+        let answers = three_writes_into_a_hang(&kvd, &stalled, "before", policy, &put);
         let mut taken = Vec::new();
         for (key, answer) in answers {
             let answer = answer.unwrap_or_else(|error| panic!("{policy}: {key}: {error}"));
@@ -370,17 +321,7 @@ fn a_lone_leader_whose_disk_hangs_as_a_write_rolls_the_segment_keeps_answering()
         &[("KVD_FAULT_DISK_STALL_FILE", stalled_env.as_str())],
     );
     let value = "x".repeat(VALUE);
-    let put = |key: &str| {
-        let body = serde_json::json!({ "value": value }).to_string();
-        request_within(
-            kvd.address,
-            "PUT",
-            &format!("/key/{key}"),
-            &[("Content-Type", "application/json")],
-            Some(body.as_bytes()),
-            DEADLINE,
-        )
-    };
+    let put = |key: &str| put_value(kvd.address, key, &value, DEADLINE);
     let segments = || kvd.request("GET", "/segments", None).json();
     // Fill the active segment until fewer than three more values fit.
     for index in 0.. {
@@ -397,32 +338,7 @@ fn a_lone_leader_whose_disk_hangs_as_a_write_rolls_the_segment_keeps_answering()
         }
     }
     let before = segments()["total_segments"].as_u64().expect("a count");
-    std::fs::write(&stalled, b"").expect("hang the disk");
-    let answers: Vec<_> = std::thread::scope(|scope| {
-        let writes: Vec<_> = ["w1", "w2", "w3"]
-            .into_iter()
-            .map(|key| {
-                let write = scope.spawn(move || (key, put(key)));
-                std::thread::sleep(Duration::from_millis(50));
-                write
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(1200));
-        let asked = |path: &str| {
-            request_within(kvd.address, "GET", path, &[], None, Duration::from_secs(3))
-                .unwrap_or_else(|error| {
-                    panic!("{path} while the disk hangs: {error}\n{}", kvd.stderr())
-                })
-        };
-        assert_health_says_the_disk_hangs(&asked("/health"));
-        assert_eq!(asked("/key/k0").status, 200);
-        std::thread::sleep(Duration::from_millis(1500));
-        std::fs::remove_file(&stalled).expect("the disk answers again");
-        writes
-            .into_iter()
-            .map(|write| write.join().expect("a write's thread"))
-            .collect()
-    });
+    let answers = three_writes_into_a_hang(&kvd, &stalled, "k0", "batch", &put);
     for (key, answer) in answers {
         let answer = answer.unwrap_or_else(|error| panic!("{key}: no answer: {error}"));
         let body = answer.json();
@@ -449,6 +365,68 @@ fn a_lone_leader_whose_disk_hangs_as_a_write_rolls_the_segment_keeps_answering()
     );
 }
 
+/// `PUT /key/{key}` `{"value": value}` to the node at `address`, given `timeout` to answer.
+fn put_value(
+    address: std::net::SocketAddr,
+    key: &str,
+    value: &str,
+    timeout: Duration,
+) -> std::io::Result<Answer> {
+    let body = serde_json::json!({ "value": value }).to_string();
+    request_within(
+        address,
+        "PUT",
+        &format!("/key/{key}"),
+        &[("Content-Type", "application/json")],
+        Some(body.as_bytes()),
+        timeout,
+    )
+}
+
+/// Hangs `kvd`'s disk (`stalled` is its `KVD_FAULT_DISK_STALL_FILE`) and sends three writes,
+/// `w1` to `w3`, 50 ms apart (`put`); 1.2 s in, checks that the node answers `/health` (503,
+/// the disk) and a read of `readable`; lets the disk answer 1.5 s later (the writes waiting
+/// behind the hung one end at a 2 s acks timeout meanwhile); returns each write's answer.
+/// `what` names the case in failure messages.
+fn three_writes_into_a_hang(
+    kvd: &Kvd,
+    stalled: &std::path::Path,
+    readable: &str,
+    what: &str,
+    put: &(dyn Fn(&str) -> std::io::Result<Answer> + Sync),
+) -> Vec<(&'static str, std::io::Result<Answer>)> {
+    std::fs::write(stalled, b"").expect("hang the disk");
+    std::thread::scope(|scope| {
+        let writes: Vec<_> = ["w1", "w2", "w3"]
+            .into_iter()
+            .map(|key| {
+                let write = scope.spawn(move || (key, put(key)));
+                std::thread::sleep(Duration::from_millis(50));
+                write
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1200));
+        let asked = |path: &str| {
+            request_within(kvd.address, "GET", path, &[], None, Duration::from_secs(3))
+                .unwrap_or_else(|error| {
+                    panic!(
+                        "{what}: {path} while the disk hangs: {error}\n{}",
+                        kvd.stderr()
+                    )
+                })
+        };
+        assert_health_says_the_disk_hangs(&asked("/health"));
+        let read = asked(&format!("/key/{readable}"));
+        assert_eq!(read.status, 200, "{what}: a read while the disk hangs");
+        std::thread::sleep(Duration::from_millis(1500));
+        std::fs::remove_file(stalled).expect("the disk answers again");
+        writes
+            .into_iter()
+            .map(|write| write.join().expect("a write's thread"))
+            .collect()
+    })
+}
+
 /// A node stopped (SIGTERM) while its disk hangs under a write exits once the disk has kept
 /// the WAL waiting `STOP_WAITS_FOR_THE_DISK_AT_MOST` (5 s), with status 1 and saying why, as a
 /// `kill -9` would; started again once the disk answers, it holds every acknowledged write.
@@ -465,17 +443,7 @@ fn a_node_stopped_while_its_disk_hangs_exits_without_waiting_for_it() {
         &[],
         &[("KVD_FAULT_DISK_STALL_FILE", stalled_env.as_str())],
     );
-    let put = |address, key: &str| {
-        let body = serde_json::json!({ "value": key }).to_string();
-        request_within(
-            address,
-            "PUT",
-            &format!("/key/{key}"),
-            &[("Content-Type", "application/json")],
-            Some(body.as_bytes()),
-            DEADLINE,
-        )
-    };
+    let put = |address, key: &str| put_value(address, key, key, DEADLINE);
     assert_eq!(put(kvd.address, "before").expect("a write").status, 200);
     std::fs::write(&stalled, b"").expect("hang the disk");
     let address = kvd.address;
