@@ -260,19 +260,22 @@ impl Shared {
     /// Publishes the bytes appends may still add to the active segment
     /// ([`Shared::active_room`]): after every change to what is written or queued in it.
     pub(crate) fn note_room(&self, writer: &Writer) {
-        let room = room_left(
+        self.active_room.store(self.room(writer), Ordering::Release);
+    }
+
+    /// The bytes appends may still add to the active segment, after what is written and
+    /// queued, leaving room for its seal.
+    fn room(&self, writer: &Writer) -> u64 {
+        room_left(
             self.segment_bytes_max,
             writer.write_offset,
             writer.pending.len(),
-        );
-        self.active_room.store(room, Ordering::Release);
+        )
     }
 
-    /// Whether `bytes` more, after what is written and queued, would leave no room for the
-    /// active segment's seal.
+    /// Whether `bytes` more (at least one) would leave no room for the active segment's seal.
     fn overflows(&self, writer: &Writer, bytes: usize) -> bool {
-        writer.write_offset + writer.pending.len() as u64 + bytes as u64 + SEAL_BYTES as u64
-            > self.segment_bytes_max
+        bytes as u64 > self.room(writer)
     }
 
     /// Seals the active segment (write, seal, fsync) and starts a new one at `first_id`. An

@@ -97,25 +97,26 @@ impl Node {
                 }
                 return Ok(());
             }
-            ViewAction::Follow { epoch, .. } | ViewAction::CannotLead { epoch } => {
-                // A new epoch is recorded before the role change, which then records nothing
-                // while it holds the locks every request takes: a disk that hangs in this
-                // `fsync` holds the thread applying the view, not the node.
-                off_the_workers(|| self.record_view_epoch(epoch))?;
-            }
-            ViewAction::Lead { .. } => {}
+            _ => {}
         }
-        // A new leader's meta file and no-op wait on the disk too.
-        off_the_workers(|| self.change_role_for_view(view, node_id, membership))
+        // A role change waits on the disk — a new epoch recorded, a new leader's no-op — off
+        // the workers.
+        off_the_workers(|| self.change_role_for_view(&quick, view, node_id, membership))
     }
 
-    /// [`Node::apply_cluster_view`]'s role change, with writes held off.
+    /// [`Node::apply_cluster_view`]'s role change, with writes held off. A new epoch to follow
+    /// (`quick`'s) is recorded first, so the change records nothing while it holds the locks
+    /// every request takes: a disk that hangs in that `fsync` holds this thread, not the node.
     fn change_role_for_view(
         &self,
+        quick: &ViewAction,
         view: &ClusterView,
         node_id: u64,
         membership: Membership,
     ) -> Result<()> {
+        if let ViewAction::Follow { epoch, .. } | ViewAction::CannotLead { epoch } = quick {
+            self.record_view_epoch(*epoch)?;
+        }
         let mut noop = None;
         let action = self.change_role(|role, meta| {
             let standing = standing(role);

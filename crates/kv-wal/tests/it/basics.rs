@@ -6,7 +6,7 @@ use std::time::Duration;
 use kv_wal::sim::SimFs;
 use kv_wal::{Error, RecoveryMode, SyncPolicy, Wal, WalOptions};
 
-use crate::support::{collect, open_sim, payload, segment_files};
+use crate::support::{collect, open_sim, payload, segment_files, sim_dir, sim_options};
 
 #[test]
 fn append_read_iterate_reopen_on_disk() {
@@ -44,63 +44,73 @@ fn append_read_iterate_reopen_on_disk() {
     assert_eq!(wal.read(77).unwrap(), Some(payload(77, 50)));
 }
 
-/// `Wal::active_room` (what kvd reads, without a lock, to know a roll is near) shrinks with
-/// every append by at least its payload, grows back at each roll, never claims room the
-/// segment lacks, and is right again after a reopen and a truncation.
+/// `Wal::active_room` (what kvd reads, without a lock, to know a roll is near) is what the
+/// active segment has left for appends: with nothing queued, the segment's size plus its room
+/// is the same (the segment less its seal's room) after every append, every roll, an early
+/// seal, truncations into a plain and a compressed segment, and a reopen — and an append
+/// takes at least its payload from it.
 #[test]
 fn the_active_segments_room_shrinks_with_appends_and_comes_back_at_each_roll() {
     let fs = SimFs::new();
-    let (wal, _) = open_sim(&fs, 1024, RecoveryMode::TolerateTornTail).unwrap();
+    let options = WalOptions {
+        compress_sealed_segments: Some(kv_wal::SegmentCodec::Lz4),
+        ..sim_options(&fs, 1024)
+    };
+    let (wal, _) = Wal::open(sim_dir(), options.clone()).unwrap();
+    let active_size = |wal: &Wal| {
+        wal.segments()
+            .into_iter()
+            .find(|segment| segment.is_active)
+            .unwrap()
+            .size_bytes
+    };
+    let whole = wal.active_room() + active_size(&wal);
+    assert!(
+        whole > 900 && whole < 1024,
+        "a segment's room for appends: {whole}"
+    );
     let mut room = wal.active_room();
-    assert!(room > 900 && room < 1024, "a new segment's room: {room}");
     let mut rolls = 0;
     for id in 1..=60u64 {
         let segments = wal.segments().len();
         assert_eq!(wal.append(&payload(id, 100)).unwrap(), id);
         let now = wal.active_room();
+        assert_eq!(now + active_size(&wal), whole, "after append {id}");
         if wal.segments().len() > segments {
             rolls += 1;
-            assert!(now > room, "a roll brings the room back: {room} -> {now}");
         } else {
-            assert!(
-                now + 100 <= room,
-                "an append of 100 B took {} B",
-                room - now
-            );
+            assert!(now + 100 <= room, "append {id} took {} B", room - now);
         }
-        let active = wal
-            .segments()
-            .into_iter()
-            .find(|segment| segment.is_active)
-            .unwrap();
-        assert!(
-            now + active.size_bytes <= 1024,
-            "room {now} past a segment of {} B",
-            active.size_bytes
-        );
         room = now;
     }
     assert!(rolls >= 5, "{rolls} rolls");
-    wal.truncate_after(30).unwrap();
-    let active = wal
-        .segments()
-        .into_iter()
-        .find(|segment| segment.is_active)
-        .unwrap();
-    let after_cut = wal.active_room();
-    assert!(after_cut + active.size_bytes <= 1024 && after_cut + active.size_bytes > 900);
+    // Into the active segment, then into an older one, compressed, each leaving its segment a
+    // size other than the one before it (the room moves).
+    assert!(wal.compress_sealed().unwrap().segments_compressed > 0);
+    for after_id in [58, 27] {
+        let before = active_size(&wal);
+        wal.truncate_after(after_id).unwrap();
+        assert_ne!(active_size(&wal), before, "a truncation after {after_id}");
+        assert_eq!(
+            wal.active_room() + active_size(&wal),
+            whole,
+            "after a truncation after {after_id}"
+        );
+    }
+    assert!(wal.seal_active(0).unwrap());
+    assert_eq!(
+        wal.active_room() + active_size(&wal),
+        whole,
+        "after an early seal"
+    );
+    assert_eq!(wal.append(&payload(28, 100)).unwrap(), 28);
     wal.close().unwrap();
     drop(wal);
-    let (wal, _) = open_sim(&fs, 1024, RecoveryMode::TolerateTornTail).unwrap();
-    let active = wal
-        .segments()
-        .into_iter()
-        .find(|segment| segment.is_active)
-        .unwrap();
-    let reopened = wal.active_room();
-    assert!(
-        reopened + active.size_bytes <= 1024 && reopened + active.size_bytes > 900,
-        "{reopened}"
+    let (wal, _) = Wal::open(sim_dir(), options).unwrap();
+    assert_eq!(
+        wal.active_room() + active_size(&wal),
+        whole,
+        "after a reopen"
     );
 }
 
