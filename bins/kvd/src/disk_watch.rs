@@ -1,5 +1,5 @@
-//! The disk watch: a thread of its own that says in the log when the disk keeps the WAL
-//! waiting, and keeps the async runtime listening meanwhile.
+//! The disk watch: a thread of its own that says in the log when the disk keeps the WAL (or a
+//! save of the node's meta file) waiting, and keeps the async runtime listening meanwhile.
 //!
 //! The node goes on answering while its disk hangs: an append queues rather than wait for
 //! another's write, so a hung disk holds only the thread whose write or `fdatasync` it is
@@ -12,24 +12,28 @@
 //! [`NUDGE_AFTER`], the watch spawns an empty task on the runtime every look: it wakes a parked
 //! worker, which parks again on the free driver.
 //!
-//! The thread reads `WalStats::disk_wait_seconds` (atomics, no lock a hung write could hold)
-//! every [`CHECK_EVERY`], warns once the oldest write or `fdatasync` in flight has waited
-//! [`WARN_AFTER`], again every [`REPEAT`] while it lasts, and says when the disk answers again.
+//! The thread reads `WalStats::disk_wait_seconds` and, once the node is open, how long its meta
+//! file's save in flight has waited (`Node::meta_saves`; atomics, no lock a hung write could
+//! hold) every [`CHECK_EVERY`], warns once the longer has waited [`WARN_AFTER`], again every
+//! [`REPEAT`] while it lasts, and says when the disk answers again. A meta save waits under the
+//! meta's writer, which a role change takes: a node whose disk hangs there keeps its old role
+//! meanwhile, and says so.
 //!
 //! A stopping node does not wait for a hung disk either. A clean stop ends with the WAL's
 //! last `fdatasync` and the node's saved progress, each waiting on the disk, and a SIGTERM to a
 //! node whose disk hangs waited for as long as the hang lasted. Once the node stops and a
-//! WAL operation has waited [`STOP_WAITS_FOR_THE_DISK_AT_MOST`], the watch ends the process
+//! WAL operation or a meta save has waited [`STOP_WAITS_FOR_THE_DISK_AT_MOST`], the watch ends the process
 //! (exit status 1) as a `kill -9` would: nothing acknowledged is lost (an acknowledged write
 //! was durable, or under `never`/`interval` in the page cache, before its answer), and the
 //! next start's recovery reads the log's tail as after any crash.
 
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kv_store::Store;
+use kv_wal::BusySince;
 use tokio::sync::watch;
 
 /// How long a write or `fdatasync` may wait before the watch warns (etcd warns of a WAL sync
@@ -52,6 +56,8 @@ pub const STOP_WAITS_FOR_THE_DISK_AT_MOST: Duration = crate::cluster::driver::DI
 pub struct DiskWatch {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// The node's record of its meta file's save in flight, once the node is open.
+    meta_saves: Arc<OnceLock<Arc<BusySince>>>,
 }
 
 impl DiskWatch {
@@ -63,13 +69,24 @@ impl DiskWatch {
         node_stopping: watch::Receiver<bool>,
     ) -> std::io::Result<DiskWatch> {
         let (stop, stopped) = mpsc::channel();
+        let meta_saves = Arc::new(OnceLock::new());
+        let waits = DiskWaits {
+            store,
+            meta_saves: meta_saves.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("kvd-disk-watch".to_owned())
-            .spawn(move || watch(&store, &runtime, &stopped, &node_stopping))?;
+            .spawn(move || watch(&waits, &runtime, &stopped, &node_stopping))?;
         Ok(DiskWatch {
             stop: Some(stop),
             thread: Some(thread),
+            meta_saves,
         })
+    }
+
+    /// Watches the saves of the node's meta file too (`Node::meta_saves`), from now on.
+    pub fn watch_meta_saves(&self, saves: Arc<BusySince>) {
+        let _ = self.meta_saves.set(saves);
     }
 }
 
@@ -82,21 +99,43 @@ impl Drop for DiskWatch {
     }
 }
 
+/// What the watch reads: the log's oldest operation in flight, and the meta file's save.
+struct DiskWaits {
+    store: Arc<Store>,
+    meta_saves: Arc<OnceLock<Arc<BusySince>>>,
+}
+
+impl DiskWaits {
+    /// The longer wait, and what waits.
+    fn longest(&self) -> (Duration, &'static str) {
+        let wal = Duration::from_secs_f64(self.store.wal_stats().disk_wait_seconds.max(0.0));
+        let meta = self
+            .meta_saves
+            .get()
+            .map_or(Duration::ZERO, |saves| saves.waited());
+        if meta > wal {
+            (meta, "a save of the node's meta file")
+        } else {
+            (wal, "a write or fdatasync of the WAL")
+        }
+    }
+}
+
 fn watch(
-    store: &Store,
+    waits: &DiskWaits,
     runtime: &tokio::runtime::Handle,
     stopped: &mpsc::Receiver<()>,
     node_stopping: &watch::Receiver<bool>,
 ) {
     let mut watch = Watch::default();
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECK_EVERY) {
-        let waited = Duration::from_secs_f64(store.wal_stats().disk_wait_seconds.max(0.0));
+        let (waited, what) = waits.longest();
         if *node_stopping.borrow() && waited >= STOP_WAITS_FOR_THE_DISK_AT_MOST {
             tracing::error!(
                 waited_ms = waited.as_millis() as u64,
-                "stopping, but the disk has kept a write or fdatasync of the WAL waiting {:.1} \
-                 s: exiting without closing the log, as a kill -9 would (nothing acknowledged \
-                 is lost; the next start recovers the log's tail)",
+                "stopping, but the disk has kept {what} waiting {:.1} s: exiting without \
+                 closing the log, as a kill -9 would (nothing acknowledged is lost; the next \
+                 start recovers the log's tail)",
                 waited.as_secs_f64()
             );
             std::process::exit(1);
@@ -108,9 +147,9 @@ fn watch(
         match watch.look(waited, Instant::now()) {
             Some(Said::Waiting(waited)) => tracing::warn!(
                 waited_ms = waited.as_millis() as u64,
-                "the disk has not completed a write or fdatasync of the WAL for {:.1} s: \
-                 writes wait until the disk does (/health answers 503 meanwhile); its \
-                 leadership, if any, passes to another node",
+                "the disk has not completed {what} for {:.1} s: writes wait until the disk \
+                 does (/health answers 503 meanwhile); its leadership, if any, passes to \
+                 another node",
                 waited.as_secs_f64()
             ),
             Some(Said::Answered(longest)) => tracing::info!(

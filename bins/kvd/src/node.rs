@@ -84,7 +84,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         stopping.subscribe(),
     )
     .context("cannot start the disk watch thread")?;
-    let served = runtime.block_on(serve(&config, store.clone(), stopping));
+    let served = runtime.block_on(serve(&config, store.clone(), stopping, &disk_watch));
     drop(runtime);
     let closed = store.close().context("cannot sync and close the WAL");
     drop(disk_watch);
@@ -179,6 +179,7 @@ async fn serve(
     config: &NodeConfig,
     store: Arc<Store>,
     signalled: watch::Sender<bool>,
+    disk_watch: &crate::disk_watch::DiskWatch,
 ) -> anyhow::Result<()> {
     // Signal handlers go in before the address is announced, so a signal sent as soon as the
     // node is up is a clean shutdown, not a kill.
@@ -206,16 +207,7 @@ async fn serve(
     bootstrap::refuse_mixed_cluster_ids(config, &controller)?;
     bootstrap::refuse_an_epoch_the_controller_never_gave(config, &controller)?;
     bootstrap::refuse_lost_acknowledged_writes(config, &controller, &store)?;
-    // The node starts following nobody; the controller's view gives it its role.
-    let node = Arc::new(
-        Node::open_controlled(
-            store.clone(),
-            &config.data_dir,
-            identity.node_id,
-            config.replication.clone(),
-        )
-        .context("cannot open the node's replication state")?,
-    );
+    let node = open_node(config, &store, identity.node_id, disk_watch)?;
     // A `kvd leader` that lost its data stops once its old cluster claims it.
     let claim = ClaimWatch::start(config, &identity, &controller, &node, signalled.clone());
     let cluster = Arc::new(ClusterState::new(
@@ -274,6 +266,25 @@ async fn serve(
     served?;
     tracing::info!("all connections closed");
     Ok(())
+}
+
+/// Opens the node's replication state: it starts following nobody, the controller's view
+/// gives it its role. The disk watch watches its meta file's saves from then on.
+fn open_node(
+    config: &NodeConfig,
+    store: &Arc<Store>,
+    node_id: u64,
+    disk_watch: &crate::disk_watch::DiskWatch,
+) -> anyhow::Result<Arc<Node>> {
+    let node = Node::open_controlled(
+        store.clone(),
+        &config.data_dir,
+        node_id,
+        config.replication.clone(),
+    )
+    .context("cannot open the node's replication state")?;
+    disk_watch.watch_meta_saves(node.meta_saves());
+    Ok(Arc::new(node))
 }
 
 /// Set once the node has taken its place (its driver runs): the node then hands its

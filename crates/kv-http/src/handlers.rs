@@ -423,6 +423,18 @@ pub fn health(state: &AppState) -> Response<Full<Bytes>> {
                 )
             })
         })
+        .or_else(|| {
+            let waited = state.node.meta_save_wait();
+            (waited >= DISK_SLOW_AFTER).then(|| {
+                format!(
+                    "the disk has kept a save of the node's meta file (node.meta) waiting {} \
+                     ms: the node's role changes wait for it (in a cluster, a node whose disk \
+                     keeps one waiting a few seconds stops renewing its lease, and a leader is \
+                     replaced)",
+                    waited.as_millis()
+                )
+            })
+        })
         .or_else(|| crate::gate::health_problem(state));
     let body = HealthBody {
         status: if detail.is_some() {

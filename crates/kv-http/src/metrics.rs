@@ -281,6 +281,12 @@ fn render_replication(out: &mut String, node: &Node) {
         "Entries held durably here but not yet applied (awaiting commit).",
         status.last_id.saturating_sub(status.applied_id),
     );
+    let _ = writeln!(out, "# HELP kvd_node_meta_save_wait_seconds How long the save of the node's meta file (node.meta) still in flight has waited for the disk (0: none).\n# TYPE kvd_node_meta_save_wait_seconds gauge");
+    let _ = writeln!(
+        out,
+        "kvd_node_meta_save_wait_seconds {}",
+        node.meta_save_wait().as_secs_f64()
+    );
 }
 
 fn render_store(out: &mut String, store: &Store, role_name: &str) {

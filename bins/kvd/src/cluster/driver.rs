@@ -25,8 +25,8 @@
 //!   already hold a lease.
 //! - **A failed disk.** A leader whose log refuses writes (a failed write or `fdatasync`)
 //!   begins that transfer itself, to the ISR member holding the most of its log.
-//! - **A hung disk.** A node whose disk has kept a write or `fdatasync` of its WAL waiting
-//!   [`DISK_HUNG_AFTER`] sends no heartbeat until the disk answers: its session expires and
+//! - **A hung disk.** A node whose disk has kept a write or `fdatasync` of its WAL, or a save
+//!   of its meta file (`Node::meta_save_wait`), waiting [`DISK_HUNG_AFTER`] sends no heartbeat until the disk answers: its session expires and
 //!   the controller fences it as it would a dead node (a leader is replaced). The node keeps
 //!   running meanwhile — a large write's work is off the async workers — so without this a
 //!   leader whose disk hung under one would hold its lease, and take no write, for as long as
@@ -49,8 +49,8 @@ const AHEAD_OF_THE_CLUSTER_FOR: Duration = Duration::from_secs(2);
 const AHEAD_OF_THE_CLUSTER_REPEAT: Duration = Duration::from_secs(10);
 /// How often a view the node could not take for want of disk space is tried again.
 const VIEW_RETRY_INTERVAL: Duration = Duration::from_secs(1);
-/// How long the disk may keep a write or `fdatasync` of the WAL waiting before the node stops
-/// heartbeating. Well above what a healthy disk takes for the largest record (a 65 MiB one
+/// How long the disk may keep a write or `fdatasync` of the WAL (or a save of the meta file)
+/// waiting before the node stops heartbeating. Well above what a healthy disk takes for the largest record (a 65 MiB one
 /// syncs in about a second on a slow disk); etcd warns of a WAL sync over one second.
 pub const DISK_HUNG_AFTER: Duration = Duration::from_secs(5);
 
@@ -355,19 +355,21 @@ impl Driver {
         }
     }
 
-    /// Whether the disk has kept a write or `fdatasync` of the WAL waiting
-    /// [`DISK_HUNG_AFTER`] (read from atomics: no lock a hung write could hold); says so when
-    /// that starts and ends.
+    /// Whether the disk has kept a write or `fdatasync` of the WAL, or a save of the node's
+    /// meta file, waiting [`DISK_HUNG_AFTER`] (read from atomics: no lock a hung write could
+    /// hold); says so when that starts and ends.
     fn disk_hangs(&self) -> bool {
-        let waited = self.node.store().wal_stats().disk_wait_seconds.max(0.0);
-        let hangs = waited >= DISK_HUNG_AFTER.as_secs_f64();
+        let wal = self.node.store().wal_stats().disk_wait_seconds.max(0.0);
+        let meta = self.node.meta_save_wait().as_secs_f64();
+        let hangs = wal.max(meta) >= DISK_HUNG_AFTER.as_secs_f64();
         if hangs != self.silent_for_disk.swap(hangs, Ordering::AcqRel) {
             if hangs {
                 tracing::error!(
-                    waited_ms = (waited * 1e3) as u64,
-                    "the disk has kept a write or fdatasync of the WAL waiting: not renewing \
-                     this node's session until it answers (the controller fences this node as \
-                     it would a dead one; a leader is replaced)"
+                    wal_waited_ms = (wal * 1e3) as u64,
+                    meta_waited_ms = (meta * 1e3) as u64,
+                    "the disk has kept a write or fdatasync of the WAL, or a save of node.meta, \
+                     waiting: not renewing this node's session until it answers (the \
+                     controller fences this node as it would a dead one; a leader is replaced)"
                 );
             } else {
                 tracing::warn!("the disk answers again: heartbeating the controller again");

@@ -134,7 +134,7 @@ impl Node {
                     let known_commit = meta.commit_id.max(self.commit_id());
                     let (leader, ticket) = take_leadership(
                         &self.store,
-                        &self.data_dir,
+                        &self.meta_files(),
                         meta,
                         node_id,
                         *epoch,
@@ -277,7 +277,7 @@ impl Node {
         if epoch <= meta.epoch {
             return Ok(());
         }
-        persist_epoch(&self.store, &self.data_dir, &mut meta, epoch, false)
+        persist_epoch(&self.meta_files(), &mut meta, epoch, false)
     }
 
     fn adopt_cluster(&self, cluster_id: u64) -> Result<()> {

@@ -319,7 +319,7 @@ impl Node {
             commit_id: after_id,
             ..*meta
         };
-        next.store(&**self.store.file_system(), &self.data_dir)?;
+        self.meta_files().save(&next)?;
         *meta = next;
         Ok(())
     }

@@ -45,7 +45,7 @@ use crate::leader::{LeaderOptions, LeaderState, Membership};
 use crate::log_view::LogView;
 use crate::meta::NodeMeta;
 use crate::protocol::FetchResponse;
-use saved_meta::SavedMeta;
+use saved_meta::{MetaFiles, SavedMeta};
 
 /// The node's role.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,7 +318,13 @@ impl Node {
         if meta.cluster_id == 0 {
             meta.cluster_id = rand::random::<u64>().max(1);
         }
-        persist_epoch(&store, data_dir, &mut meta, epoch, true)?;
+        // Nothing reads how long this save waits: the node is not open yet.
+        let files = MetaFiles {
+            fs: &**store.file_system(),
+            data_dir,
+            saving: &kv_wal::BusySince::default(),
+        };
+        persist_epoch(&files, &mut meta, epoch, true)?;
         store.set_epoch(epoch);
         let mut leader = LeaderState::new(meta.cluster_id, epoch, options.leader.clone());
         leader.restore_commit(meta.commit_id.min(store.durable_id()));
@@ -439,7 +445,7 @@ impl Node {
         epoch: u64,
     ) -> Result<RoleState> {
         if epoch > meta.epoch {
-            persist_epoch(&self.store, &self.data_dir, meta, epoch, false)?;
+            persist_epoch(&self.meta_files(), meta, epoch, false)?;
         }
         let state = follower_state(
             &self.store,
@@ -484,6 +490,28 @@ impl Node {
     /// The store.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// How long the disk has kept the save of the node's meta file in flight waiting (zero:
+    /// none), as `kv_wal::WalStats::disk_wait_seconds` tells it of the log's writes: read from
+    /// an atomic, never waiting for the save. A save waits under the meta's writer, which a
+    /// role change takes, so a node whose meta save hangs keeps its old role meanwhile.
+    pub fn meta_save_wait(&self) -> Duration {
+        self.meta.saving().waited()
+    }
+
+    /// The record [`Node::meta_save_wait`] reads, for a watch that reads it without the node.
+    pub fn meta_saves(&self) -> Arc<kv_wal::BusySince> {
+        self.meta.saving().clone()
+    }
+
+    /// Where saves of the meta file go, marked in flight for [`Node::meta_save_wait`].
+    fn meta_files(&self) -> MetaFiles<'_> {
+        MetaFiles {
+            fs: &**self.store.file_system(),
+            data_dir: &self.data_dir,
+            saving: self.meta.saving(),
+        }
     }
 
     /// The role.
@@ -587,7 +615,7 @@ impl Node {
         let mut next = *meta;
         next.epoch = next.epoch.max(epoch_heard);
         next.commit_id = next.commit_id.max(applied_id);
-        next.store(&**self.store.file_system(), &self.data_dir)?;
+        self.meta_files().save(&next)?;
         *meta = next;
         Ok(())
     }
@@ -621,7 +649,7 @@ impl Node {
             cluster_id,
             ..*meta
         };
-        next.store(&**self.store.file_system(), &self.data_dir)?;
+        self.meta_files().save(&next)?;
         *meta = next;
         tracing::info!(cluster_id = %format!("{cluster_id:016x}"), "joined the cluster");
         Ok(())
@@ -641,19 +669,13 @@ fn highest_epoch_led(meta: &NodeMeta, store: &Store) -> u64 {
 
 /// Records `epoch` in the meta file (before anything of it is written or followed), and as led
 /// when this node leads it.
-fn persist_epoch(
-    store: &Store,
-    data_dir: &Path,
-    meta: &mut NodeMeta,
-    epoch: u64,
-    led: bool,
-) -> Result<()> {
+fn persist_epoch(files: &MetaFiles, meta: &mut NodeMeta, epoch: u64, led: bool) -> Result<()> {
     let mut next = *meta;
     next.epoch = next.epoch.max(epoch);
     if led {
         next.led_epoch = next.led_epoch.max(epoch);
     }
-    next.store(&**store.file_system(), data_dir)?;
+    files.save(&next)?;
     *meta = next;
     Ok(())
 }
@@ -728,7 +750,7 @@ fn fill_lost_ids(store: &Store, meta: &NodeMeta, epoch: u64) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn take_leadership(
     store: &Store,
-    data_dir: &Path,
+    files: &MetaFiles,
     meta: &mut NodeMeta,
     node_id: u64,
     epoch: u64,
@@ -756,7 +778,7 @@ fn take_leadership(
             return Err(error);
         }
     };
-    persist_epoch(store, data_dir, meta, epoch, true)?;
+    persist_epoch(files, meta, epoch, true)?;
     let noop_id = noop.id;
     let mut leader = LeaderState::elected(
         meta.cluster_id,

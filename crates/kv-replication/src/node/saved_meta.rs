@@ -8,11 +8,22 @@
 //! what was last saved: they read [`SavedMeta::get`], a copy under a lock no disk operation is
 //! made under. Writers take [`SavedMeta::write`], which serializes them as the one lock did
 //! before; the copy follows when a writer lets go.
+//!
+//! Every save goes through [`MetaFiles::save`], which marks it in flight
+//! ([`SavedMeta::saving`]) so that a save the disk keeps waiting shows
+//! ([`super::Node::meta_save_wait`]): in `/health`, and to kvd's disk watch and driver, as the
+//! log's own writes do.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::{Mutex, MutexGuard};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use kv_wal::fs::FileSystem;
+use kv_wal::BusySince;
 
 use super::lock;
+use crate::error::Result;
 use crate::meta::NodeMeta;
 
 /// See the module docs.
@@ -22,6 +33,8 @@ pub(super) struct SavedMeta {
     writing: Mutex<NodeMeta>,
     /// What the last writer left: what the file holds once a save has returned.
     copy: Mutex<NodeMeta>,
+    /// Since when the save in flight has waited for the disk ([`MetaFiles::save`]).
+    saving: Arc<BusySince>,
 }
 
 impl SavedMeta {
@@ -29,7 +42,13 @@ impl SavedMeta {
         SavedMeta {
             writing: Mutex::new(meta),
             copy: Mutex::new(meta),
+            saving: Arc::default(),
         }
+    }
+
+    /// The record of the save in flight, if any: how long the disk has kept it waiting.
+    pub(super) fn saving(&self) -> &Arc<BusySince> {
+        &self.saving
     }
 
     /// The meta as last saved, without waiting for a save in progress.
@@ -69,6 +88,22 @@ impl DerefMut for MetaWriter<'_> {
 impl Drop for MetaWriter<'_> {
     fn drop(&mut self) {
         *lock(self.copy) = *self.meta;
+    }
+}
+
+/// Where the node's meta file is saved, and the record a save in flight is marked in.
+pub(super) struct MetaFiles<'a> {
+    pub(super) fs: &'a dyn FileSystem,
+    pub(super) data_dir: &'a Path,
+    pub(super) saving: &'a BusySince,
+}
+
+impl MetaFiles<'_> {
+    /// Saves `meta` (atomically: [`NodeMeta::store`]), marked in flight from its first write
+    /// to its directory's `fsync`.
+    pub(super) fn save(&self, meta: &NodeMeta) -> Result<()> {
+        let _saving = self.saving.begin_at(Instant::now());
+        meta.store(self.fs, self.data_dir)
     }
 }
 
@@ -112,6 +147,43 @@ mod tests {
         });
         assert_eq!(saved.get().epoch, 4);
         assert_eq!(saved.write().epoch, 4);
+    }
+
+    /// A save marks itself in flight for as long as the disk keeps it (here an `fsync` that
+    /// hangs until a file is removed), and clears the mark once it returns.
+    #[test]
+    fn a_save_the_disk_keeps_waiting_shows_its_wait_until_it_returns() {
+        use kv_wal::fs::{FaultPlan, FaultyFs};
+        use kv_wal::sim::SimFs;
+        let scratch = tempfile::tempdir().expect("temp dir");
+        let stall = scratch.path().join("stall");
+        let plan = FaultPlan::new();
+        plan.stall_syncs_while_exists(stall.clone());
+        let sim = SimFs::new();
+        let faulty = FaultyFs::new(Arc::new(sim.clone()), plan);
+        let saving = BusySince::default();
+        let data_dir = Path::new("/node");
+        let files = MetaFiles {
+            fs: &faulty,
+            data_dir,
+            saving: &saving,
+        };
+        let meta = NodeMeta {
+            epoch: 4,
+            ..NodeMeta::default()
+        };
+        assert_eq!(saving.waited(), Duration::ZERO);
+        std::fs::write(&stall, b"").expect("hang the fsyncs");
+        std::thread::scope(|scope| {
+            let save = scope.spawn(|| files.save(&meta));
+            std::thread::sleep(Duration::from_millis(300));
+            let waited = saving.waited();
+            std::fs::remove_file(&stall).expect("the disk answers");
+            assert!(waited >= Duration::from_millis(250), "{waited:?}");
+            save.join().expect("the save").expect("saved");
+        });
+        assert_eq!(saving.waited(), Duration::ZERO);
+        assert_eq!(NodeMeta::load(&sim, data_dir).expect("read"), Some(meta));
     }
 
     #[test]

@@ -489,22 +489,31 @@ fn a_node_stopped_while_its_disk_hangs_exits_without_waiting_for_it() {
 /// the fencing view a hung node that is also the controller's Raft leader applies itself
 /// (found in CI). The node now records the epoch before it takes those locks, off the async
 /// workers, and its driver never waits for a view being applied (the next heartbeat's answer
-/// brings the view again). Both kinds of hang: only the `fsync`s, then every write too.
+/// brings the view again). Both kinds of hang: only the `fsync`s, then every write too, each
+/// with a write the follower copies into its hung log (if it fetches it before the view comes;
+/// under load it may not); then once with no write, so that only the meta file's save hangs:
+/// `/health` says so (before, it blamed the leader: "this follower has not heard from its
+/// leader yet", the save being no WAL operation), and a stop does not wait for it.
 #[test]
 fn a_follower_whose_disk_hangs_as_the_leadership_moves_keeps_answering() {
     let scratch = tempfile::tempdir().expect("temp dir");
-    let cluster = start_with_hangs(scratch.path(), &[]);
-    for kind in ["fsync", "disk"] {
+    let mut cluster = start_with_hangs(scratch.path(), &[]);
+    for (kind, copies_a_write) in [("fsync", true), ("disk", true), ("fsync", false)] {
         // The data leader is the controller's Raft leader: the hung follower is a plain
         // member, which hears of the new epoch from the active controller's answers.
         let (leader, epoch) = lead_as(&cluster, true);
         let hung = (0..3).find(|&index| index != leader).expect("3 nodes");
         let to = 3 - leader - hung;
-        cluster.write(leader, "before", &serde_json::json!(1));
+        let (_, before) = cluster.write(leader, "before", &serde_json::json!(1));
+        // Copied before the hang: nothing is left for the follower to fetch.
+        cluster.wait_for_status(hung, "holding the leader's log", |status| {
+            status["applied_id"].as_u64() >= Some(before)
+        });
         std::fs::write(hang_file(scratch.path(), hung, kind), b"").expect("hang the disk");
         let hung_at = Instant::now();
         // A write the follower copies: its log's write or `fdatasync` hangs under it.
-        let (_, during) = cluster.write(leader, "during", &serde_json::json!(kind));
+        let during =
+            copies_a_write.then(|| cluster.write(leader, "during", &serde_json::json!(kind)).1);
         let new_epoch = cluster.transfer_leadership(leader, to);
         assert!(new_epoch > epoch);
         // Its heartbeats (every 100 ms) bring the new view within moments, and the next ones
@@ -522,19 +531,78 @@ fn a_follower_whose_disk_hangs_as_the_leadership_moves_keeps_answering() {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
-        assert_answers_while_its_disk_hangs(&cluster, hung, kind);
+        let waited = assert_says_what_its_hung_disk_holds(&cluster, hung, kind);
+        if !copies_a_write {
+            assert!(waited.meta >= 1.0, "no meta save hangs: {waited:?}");
+            // A stop saves the node's progress, behind the hung save: it exits at once the
+            // save has waited `STOP_WAITS_FOR_THE_DISK_AT_MOST` (5 s) instead (before, it
+            // waited for the disk, however long).
+            let exit = cluster.terminate(hung);
+            let log = cluster.log(hung);
+            assert_eq!(exit.code(), Some(1), "{log}");
+            assert!(
+                log.contains("stopping, but the disk has kept a save of the node's meta file"),
+                "the log does not say why it exited:\n{log}"
+            );
+        }
         std::fs::remove_file(hang_file(scratch.path(), hung, kind))
             .expect("the disk answers again");
+        if !cluster.is_running(hung) {
+            cluster.start_node(hung);
+        }
         cluster.wait_until_formed();
         let status = cluster.wait_for_status(hung, "following the new leader", |status| {
             status["role"] == "follower" && status["leader_epoch"].as_u64() >= Some(new_epoch)
         });
-        println!("node {hung}, its {kind} hung, after the disk answered: {status}");
-        assert_eq!(
-            cluster.read_after(hung, "during", during),
-            Some(serde_json::json!(kind))
-        );
+        println!("node {hung}, its {kind} hung ({waited:?}), after the disk answered: {status}");
+        if let Some(during) = during {
+            assert_eq!(
+                cluster.read_after(hung, "during", during),
+                Some(serde_json::json!(kind))
+            );
+        }
     }
+}
+
+/// How long a node's disk has kept its log's oldest operation and its meta file's save
+/// waiting, from `/metrics` (seconds).
+#[derive(Debug)]
+struct DiskWaits {
+    wal: f64,
+    meta: f64,
+}
+
+/// Asks node `index`, whose disk hangs (`kind`), for `/health` and `/metrics`: a 503 naming
+/// what waits — the log's write or `fdatasync` when one has waited a second, else the meta
+/// file's save — as `/metrics` tells it. The waits.
+fn assert_says_what_its_hung_disk_holds(cluster: &Cluster, index: usize, kind: &str) -> DiskWaits {
+    let health = cluster
+        .request(index, "GET", "/health", None)
+        .unwrap_or_else(|error| panic!("node {index}'s /health while its {kind} hangs: {error}"));
+    let metrics = cluster
+        .request(index, "GET", "/metrics", None)
+        .expect("/metrics while the disk hangs");
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    let waited = DiskWaits {
+        wal: metric_value(&metrics, "kvd_wal_disk_wait_seconds").expect("the log's wait"),
+        // Absent before the node said it: the assertions below fail.
+        meta: metric_value(&metrics, "kvd_node_meta_save_wait_seconds").unwrap_or(0.0),
+    };
+    if waited.wal >= 1.0 {
+        assert_health_says_the_disk_hangs(&health);
+    } else {
+        let detail = health.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(health.status, 503, "{detail} ({waited:?})");
+        assert!(
+            detail.contains("the disk has kept a save of the node's meta file (node.meta) waiting"),
+            "{detail} ({waited:?})"
+        );
+        assert!(waited.meta >= 1.0, "{waited:?}");
+    }
+    waited
 }
 
 /// A leader whose disk hangs while the only write is a large one is replaced all the same.
