@@ -2,6 +2,7 @@
 //! controller and the way to the active one, the metadata its data plane follows; and
 //! [`cluster_view`], the controller's metadata as the data plane takes it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use kv_controller::{ClusterMeta, Controller, NodeId, Timing};
@@ -19,12 +20,20 @@ pub struct ClusterState {
     client: ControllerClient,
     timing: Timing,
     learned: Mutex<Learned>,
+    /// Whether the newest metadata heard names another node the data leader: what a write
+    /// checks first, without the lock ([`ClusterState::other_leader_url`]).
+    other_leads: AtomicBool,
 }
 
 #[derive(Debug, Default)]
 struct Learned {
     /// The newest metadata applied to the data plane.
     view: Option<ClusterMeta>,
+    /// The newest metadata offered to the data plane, recorded before it is applied: applying
+    /// a view may wait on the disk (a new epoch is recorded in `node.meta` first), and a
+    /// leader the newest view replaced sends requests to the new one meanwhile
+    /// ([`ClusterState::other_leader_url`]).
+    heard: Option<ClusterMeta>,
     /// A planned transfer away from this leader is under way.
     handing_over: bool,
 }
@@ -43,6 +52,7 @@ impl ClusterState {
             client,
             timing,
             learned: Mutex::new(Learned::default()),
+            other_leads: AtomicBool::new(false),
         }
     }
 
@@ -83,12 +93,62 @@ impl ClusterState {
 
     /// Records `meta` as the view the data plane now follows.
     pub fn set_view(&self, meta: &ClusterMeta) {
-        self.learned().view = Some(meta.clone());
+        let mut learned = self.learned();
+        learned.view = Some(meta.clone());
+        self.note_newest(&learned);
     }
 
     /// The view the data plane follows, if it took one yet.
     pub fn view(&self) -> Option<ClusterMeta> {
         self.learned().view.clone()
+    }
+
+    /// Records `meta` as heard, about to be applied to the data plane (if newer than what was
+    /// heard before).
+    pub fn set_heard(&self, meta: &ClusterMeta) {
+        let mut learned = self.learned();
+        if learned
+            .heard
+            .as_ref()
+            .is_none_or(|heard| meta.version > heard.version)
+        {
+            learned.heard = Some(meta.clone());
+        }
+        self.note_newest(&learned);
+    }
+
+    /// The newest metadata heard or applied.
+    fn newest(learned: &Learned) -> Option<&ClusterMeta> {
+        match (&learned.heard, &learned.view) {
+            (Some(heard), Some(view)) if heard.version > view.version => Some(heard),
+            (_, Some(view)) => Some(view),
+            (heard, None) => heard.as_ref(),
+        }
+    }
+
+    fn note_newest(&self, learned: &Learned) {
+        let other_leads = Self::newest(learned)
+            .and_then(|newest| newest.data_leader)
+            .is_some_and(|leader| leader != self.node_id);
+        self.other_leads.store(other_leads, Ordering::Release);
+    }
+
+    /// The URL of the data leader the newest metadata this node has heard names — applied
+    /// or still being applied — when that is another node: a node that takes itself for the
+    /// leader but cannot vouch for it (its lease, a transfer) sends requests there. Views only
+    /// move forward, so a newer one naming another node means this node's leadership ended,
+    /// even while its role change waits on a hung disk.
+    pub fn other_leader_url(&self) -> Option<String> {
+        if !self.other_leads.load(Ordering::Acquire) {
+            return None;
+        }
+        let learned = self.learned();
+        let newest = Self::newest(&learned)?;
+        newest
+            .data_leader
+            .filter(|&leader| leader != self.node_id)
+            .and_then(|_| newest.leader_url())
+            .map(str::to_owned)
     }
 
     /// Marks this leader as handing its leadership over (a planned transfer): it answers no

@@ -4,6 +4,7 @@
 
 use http::request::Parts;
 
+use crate::cluster_state::ClusterState;
 use crate::error::{Error, Result};
 use crate::params::number_parameter;
 use crate::percent::query_parameter;
@@ -11,11 +12,32 @@ use crate::state::{AppState, NodeRole};
 
 pub(crate) fn require_leader(state: &AppState, parts: &Parts) -> Result<()> {
     match state.role() {
-        NodeRole::Leader => Ok(()),
+        // Replaced, though its role change has not gone through (it may wait on a hung disk).
+        NodeRole::Leader => match state
+            .cluster
+            .as_deref()
+            .and_then(ClusterState::other_leader_url)
+        {
+            Some(leader_url) => Err(redirect_to(&leader_url, parts)),
+            None => Ok(()),
+        },
         NodeRole::NoLeader => Err(Error::Unavailable(
             "no leader is known right now (an election is under way); retry".to_owned(),
         )),
         NodeRole::Follower { leader_url } => Err(redirect_to(&leader_url, parts)),
+    }
+}
+
+/// A write refused with nothing written ([`Error::Unavailable`]: no lease, a transfer under
+/// way) by a node the newest view it heard replaced: the 307 to the new leader instead, which
+/// takes it. A write that waited for a lease from before that view came ends here.
+pub(crate) fn or_to_the_new_leader(state: &AppState, parts: &Parts, error: Error) -> Error {
+    match (&error, state.cluster.as_deref()) {
+        (Error::Unavailable(_), Some(cluster)) => match cluster.other_leader_url() {
+            Some(leader_url) => redirect_to(&leader_url, parts),
+            None => error,
+        },
+        _ => error,
     }
 }
 
@@ -229,18 +251,14 @@ fn read_standing(state: &AppState, parts: &Parts) -> Result<ReadStanding> {
     if role == NodeRole::Leader {
         // Not sure it still leads (a lease that ran out, a transfer under way, a no-op not yet
         // committed): the leader the view names, if another, answers.
-        let view = cluster.view();
-        let other_leader = view
-            .as_ref()
-            .filter(|view| view.data_leader.is_some_and(|id| id != cluster.node_id()))
-            .and_then(|view| view.leader_url());
+        let other_leader = cluster.other_leader_url();
         let cannot_vouch = Error::Unavailable(
             "this node cannot vouch that it still leads (its lease ran out, it is handing \
              over, or its epoch's first entry is not committed yet): retry"
                 .to_owned(),
         );
         return match other_leader {
-            Some(url) => Err(redirect_to(url, parts)),
+            Some(url) => Err(redirect_to(&url, parts)),
             None if handing_over => Err(cannot_vouch),
             None => Ok(ReadStanding::AfterLease(cannot_vouch)),
         };

@@ -173,7 +173,9 @@ async fn write_key(
     let request = request_ids(query, &parts.headers, form)?;
     let need_outcome = !conditions.is_empty();
     let key = String::from_utf8_lossy(op_key(&op)).into_owned();
-    let executed = execute(state, Command { op, request }, acks, need_outcome).await?;
+    let executed = execute(state, Command { op, request }, acks, need_outcome)
+        .await
+        .map_err(|error| crate::gate::or_to_the_new_leader(state, parts, error))?;
     key_write_answer(form, conditions.version, &key, &executed)
 }
 

@@ -48,7 +48,9 @@ where
         op: Op::Txn(txn),
         request,
     };
-    let executed = execute(state, command, acks, true).await?;
+    let executed = execute(state, command, acks, true)
+        .await
+        .map_err(|error| crate::gate::or_to_the_new_leader(state, parts, error))?;
     txn_answer(&executed)
 }
 

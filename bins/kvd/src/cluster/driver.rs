@@ -254,6 +254,9 @@ impl Driver {
             if !self.cluster.is_newer_view(meta) {
                 return true;
             }
+            // Heard before it is applied, which may wait on the disk (a new epoch is recorded
+            // first): a leader it replaces sends requests to the new one meanwhile.
+            self.cluster.set_heard(meta);
             self.apply_view(meta);
             let previous = self.cluster.view();
             self.cluster.set_view(meta);

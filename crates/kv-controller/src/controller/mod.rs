@@ -304,6 +304,7 @@ impl Controller {
     /// caller forwards.
     pub async fn propose(&self, command: Command) -> Result<ApplyResult> {
         self.unless_stepped_aside()?;
+        self.unless_another_leads()?;
         match self.inner.raft.client_write(command).await {
             Ok(response) => Ok(response.data),
             Err(error) => Err(write_error(error)),
@@ -317,6 +318,7 @@ impl Controller {
         self.check_cluster(request.cluster_id)?;
         // Confirming the leadership sends Raft heartbeats, which the step aside must stop.
         self.unless_stepped_aside()?;
+        self.unless_another_leads()?;
         if let Err(error) = self.inner.raft.ensure_linearizable().await {
             return Err(match error.forward_to_leader() {
                 Some(forward) => not_leader(forward),
@@ -508,6 +510,29 @@ impl Controller {
     /// The Raft leader this member knows, if any.
     pub fn raft_leader(&self) -> Option<NodeId> {
         self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// "Not the active controller", naming the leader, when this member's Raft metrics (a
+    /// watch: never waiting for the Raft core) name another member the leader. The core would
+    /// say the same, but only once it takes the call: a core held by a hung write of its
+    /// storage takes none until the write completes, or this member steps aside
+    /// (`LOG_HUNG_AFTER`, 2 s) — and every heartbeat and proposal of this node to the active
+    /// controller asks its own member first (`ControllerClient`), so a node whose disk hung
+    /// heard no new view for those 2 s.
+    fn unless_another_leads(&self) -> Result<()> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        match metrics.current_leader {
+            Some(leader) if leader != self.inner.options.node_id => Err(Error::NotLeader {
+                leader_id: Some(leader),
+                leader_url: metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&leader)
+                    .map(|node| node.addr.clone()),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// "Not the active controller" while this member stepped aside

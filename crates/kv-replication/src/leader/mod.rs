@@ -186,6 +186,15 @@ impl LeaderState {
         self.deposed_by
     }
 
+    /// Another leader's `epoch`, above this one's, has begun (a follower or the controller's
+    /// view says so): this leader acknowledges nothing from now on.
+    pub fn depose(&mut self, epoch: u64) {
+        if epoch > self.epoch {
+            self.deposed_by = Some(self.deposed_by.unwrap_or(0).max(epoch));
+            self.revoke_lease();
+        }
+    }
+
     /// The controller's lease for this epoch: acknowledge until `valid_until`. Extends,
     /// never shortens; ignored once deposed.
     pub fn grant_lease(&mut self, valid_until: Instant) {
@@ -471,8 +480,7 @@ impl LeaderState {
             }));
         }
         if record && request.leader_epoch > leader_epoch {
-            self.deposed_by = Some(self.deposed_by.unwrap_or(0).max(request.leader_epoch));
-            self.revoke_lease();
+            self.depose(request.leader_epoch);
             return Some(FetchDecision::StepDown {
                 epoch: request.leader_epoch,
             });

@@ -115,6 +115,7 @@ impl Node {
         membership: Membership,
     ) -> Result<()> {
         if let ViewAction::Follow { epoch, .. } | ViewAction::CannotLead { epoch } = quick {
+            self.depose_for_view(*epoch);
             self.record_view_epoch(*epoch)?;
         }
         let mut noop = None;
@@ -268,6 +269,25 @@ impl Node {
         };
         let committed_id = self.meta.get().commit_id;
         crate::view::may_lead(node_id, self.store.last_id(), committed_id, isr)
+    }
+
+    /// A leader a view replaces (`epoch`, above its own, has begun) acknowledges nothing from
+    /// now on, and the writes waiting on it end (they are refused, or end with their outcome
+    /// unknown) — at once, in memory, before the role change records the epoch, which may
+    /// wait on a hung disk.
+    fn depose_for_view(&self, epoch: u64) {
+        let deposed = self.with_leader(|leader| {
+            let before = leader.deposed_by();
+            leader.depose(epoch);
+            leader.deposed_by() != before
+        });
+        if matches!(deposed, Ok(true)) {
+            tracing::info!(
+                epoch,
+                "a newer epoch has begun: this leader takes no more writes"
+            );
+            self.progress.send_modify(|count| *count += 1);
+        }
     }
 
     /// Records `epoch`, a view's, as heard in the meta file if it is new, holding only the

@@ -13,7 +13,7 @@ use kv_replication::{
     SnapshotMeta, Transport, TransportError, TransportErrorKind,
 };
 
-use crate::support::{chunk_of, eventually, open, set};
+use crate::support::{chunk_of, eventually, open, open_on_a_faulty_disk, set};
 
 const CLUSTER: u64 = 0xc0de;
 
@@ -523,6 +523,73 @@ async fn a_leader_told_of_a_newer_epoch_by_a_fetch_stops_acknowledging_at_once()
     cluster.heal();
     cluster.elect(Some(1));
     assert_eq!(leader.role(), Role::Follower { leader_url: url(1) });
+}
+
+/// A leader a view replaces stops taking writes at once — a write waiting for a lease ends
+/// "a newer epoch has begun" — even while recording the new epoch in `node.meta` hangs on the
+/// disk: the role change waits for the record, the deposition does not. Before, the write
+/// waited out the lag limit ("holds no lease") however soon the view came, and kv-http could
+/// send it on to the new leader only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_a_view_replaces_refuses_writes_at_once_even_while_its_disk_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = tempfile::tempdir().unwrap();
+    let stalled = flags.path().join("stalled");
+    let (store, plan) = open_on_a_faulty_disk(dir.path());
+    let node = Arc::new(Node::open_controlled(store, dir.path(), 0, options()).unwrap());
+    let view = |epoch: u64, leader: u64| ClusterView {
+        cluster_id: CLUSTER,
+        node_id: 0,
+        leader_epoch: epoch,
+        leader: Some(LeaderRef {
+            id: leader,
+            url: url(leader),
+        }),
+        isr: BTreeSet::from([0, 1]),
+        members: BTreeSet::from([0, 1]),
+        write_quorum: 1,
+        version: epoch,
+    };
+    node.apply_cluster_view(&view(1, 0)).expect("lead epoch 1");
+    assert_eq!(node.role(), Role::Leader);
+    // No lease: the write waits for one (up to the lag limit).
+    let waiting = tokio::spawn({
+        let node = node.clone();
+        async move { node.write(set("a".to_owned(), 1), Acks::Leader).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "the write waits for a lease");
+    plan.stall_while_exists(stalled.clone());
+    std::fs::write(&stalled, b"").unwrap();
+    let applying = std::thread::spawn({
+        let node = node.clone();
+        move || node.apply_cluster_view(&view(2, 1))
+    });
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the write ends while the disk hangs")
+        .unwrap();
+    let took = started.elapsed();
+    eventually("the new epoch's record waits on the disk", || {
+        node.meta_save_wait() > Duration::ZERO
+    })
+    .await;
+    std::fs::remove_file(&stalled).unwrap();
+    assert!(
+        matches!(&outcome, Err(Error::Unavailable(detail)) if detail.contains("a newer epoch has begun")),
+        "{outcome:?}"
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "the write ended {took:?} after the view"
+    );
+    applying
+        .join()
+        .unwrap()
+        .expect("the view is applied once the disk answers");
+    assert_eq!(node.role(), Role::Follower { leader_url: url(1) });
+    assert_eq!(node.leader_epoch(), 2);
 }
 
 /// `N = 2` of 3 with one follower cut off: writes wait only until the leader's wanted ISR

@@ -11,7 +11,7 @@ use kv_replication::{
 };
 use kv_store::Value;
 
-use crate::support::{chunk_of, eventually, open, set};
+use crate::support::{chunk_of, eventually, open, open_on_a_faulty_disk, set};
 
 /// Calls the leader directly; corrupts the response of the fetches numbered in `corrupt`.
 struct Direct {
@@ -118,27 +118,6 @@ fn follower_node(dir: &std::path::Path, options: NodeOptions) -> Arc<Node> {
         Node::open_follower(open(dir), dir, "test://leader".to_owned(), options)
             .expect("open follower"),
     )
-}
-
-/// A store in `dir` whose disk takes the faults of the returned plan.
-fn open_on_a_faulty_disk(
-    dir: &std::path::Path,
-) -> (Arc<kv_store::Store>, Arc<kv_wal::fs::FaultPlan>) {
-    let plan = kv_wal::fs::FaultPlan::new();
-    let mut store_options = kv_store::StoreOptions {
-        snapshot_dir: Some(dir.join("snapshots")),
-        ..kv_store::StoreOptions::default()
-    };
-    store_options.wal.file_system = Arc::new(kv_wal::fs::FaultyFs::new(
-        Arc::new(kv_wal::fs::StdFs),
-        plan.clone(),
-    ));
-    let store = Arc::new(
-        kv_store::Store::open(dir.join("wal"), store_options)
-            .expect("open")
-            .0,
-    );
-    (store, plan)
 }
 
 fn options(write_quorum: usize) -> NodeOptions {

@@ -16,6 +16,27 @@ pub fn open(dir: &std::path::Path) -> Arc<Store> {
     Arc::new(Store::open(dir.join("wal"), options).expect("open store").0)
 }
 
+/// A store in `dir` whose disk takes the faults of the returned plan.
+pub fn open_on_a_faulty_disk(
+    dir: &std::path::Path,
+) -> (Arc<kv_store::Store>, Arc<kv_wal::fs::FaultPlan>) {
+    let plan = kv_wal::fs::FaultPlan::new();
+    let mut store_options = kv_store::StoreOptions {
+        snapshot_dir: Some(dir.join("snapshots")),
+        ..kv_store::StoreOptions::default()
+    };
+    store_options.wal.file_system = Arc::new(kv_wal::fs::FaultyFs::new(
+        Arc::new(kv_wal::fs::StdFs),
+        plan.clone(),
+    ));
+    let store = Arc::new(
+        kv_store::Store::open(dir.join("wal"), store_options)
+            .expect("open")
+            .0,
+    );
+    (store, plan)
+}
+
 /// Waits (up to 10 s) until `condition` holds.
 pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

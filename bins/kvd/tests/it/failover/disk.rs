@@ -579,14 +579,10 @@ fn assert_says_what_its_hung_disk_holds(cluster: &Cluster, index: usize, kind: &
     let health = cluster
         .request(index, "GET", "/health", None)
         .unwrap_or_else(|error| panic!("node {index}'s /health while its {kind} hangs: {error}"));
-    let metrics = cluster
-        .request(index, "GET", "/metrics", None)
-        .expect("/metrics while the disk hangs");
-    let metrics = String::from_utf8_lossy(&metrics.body);
     let waited = DiskWaits {
-        wal: metric_value(&metrics, "kvd_wal_disk_wait_seconds").expect("the log's wait"),
+        wal: metric_of(cluster, index, "kvd_wal_disk_wait_seconds").expect("the log's wait"),
         // Absent before the node said it: the assertions below fail.
-        meta: metric_value(&metrics, "kvd_node_meta_save_wait_seconds").unwrap_or(0.0),
+        meta: metric_of(cluster, index, "kvd_node_meta_save_wait_seconds").unwrap_or(0.0),
     };
     if waited.wal >= 1.0 {
         assert_health_says_the_disk_hangs(&health);
@@ -694,15 +690,16 @@ fn assert_answers_while_its_disk_hangs(cluster: &Cluster, index: usize, kind: &s
         .request(index, "GET", "/health", None)
         .unwrap_or_else(|error| panic!("node {index}'s /health while its {kind} hangs: {error}"));
     assert_health_says_the_disk_hangs(&health);
+    let waited = metric_of(cluster, index, "kvd_wal_disk_wait_seconds").expect("the log's wait");
+    assert!(waited >= 1.0, "kvd_wal_disk_wait_seconds {waited}");
+}
+
+/// Gauge `name` of node `index`'s `/metrics` (asked while its disk may hang: it must answer).
+fn metric_of(cluster: &Cluster, index: usize, name: &str) -> Option<f64> {
     let metrics = cluster
         .request(index, "GET", "/metrics", None)
-        .expect("/metrics while the disk hangs");
-    let waited: f64 = metric_value(
-        &String::from_utf8_lossy(&metrics.body),
-        "kvd_wal_disk_wait_seconds",
-    )
-    .expect("the disk's wait in /metrics");
-    assert!(waited >= 1.0, "kvd_wal_disk_wait_seconds {waited}");
+        .unwrap_or_else(|error| panic!("node {index}'s /metrics: {error}"));
+    metric_value(&String::from_utf8_lossy(&metrics.body), name)
 }
 
 /// A `/health` answer of a node whose disk hangs: 503, saying so.
@@ -1036,4 +1033,109 @@ fn wait_for_log_line(cluster: &Cluster, index: usize, line: &str) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A leader whose disk hangs while it hands its leadership over (a planned transfer, asked of
+/// another node) is replaced all the same — the transfer needs nothing of its disk — but
+/// taking the new epoch means recording it in `node.meta`, whose save hangs: its role stays
+/// the old leader's for as long as the disk does. It sends writes and reads to the new leader
+/// meanwhile (307), from the newest view it heard (`ClusterState::other_leader_url`), as any
+/// node the view no longer names does, and a write that waited for its lease ends at once
+/// (`Node::depose_for_view`; kv-replication's
+/// `controlled::a_leader_a_view_replaces_refuses_writes_at_once_even_while_its_disk_hangs`).
+/// Before, it answered 503 ("… holds no lease …", "… cannot vouch that it still leads …") for
+/// as long as its disk hung: the nemesis's clients, which ask again the node they take for the
+/// leader on a 503, took no write for 6.8 s
+/// (`nemesis::scenarios::disk_hangs_of_any_node_of_3_with_write_quorum_2_keep_every_key_linearizable`).
+#[test]
+fn a_leader_whose_disk_hangs_as_it_hands_over_sends_requests_to_the_new_leader() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let cluster = start_with_hangs(scratch.path(), &[]);
+    // The data leader is a plain controller member: the transfer commits without its disk.
+    let (leader, epoch) = lead_as(&cluster, false);
+    let to = (0..3).find(|&index| index != leader).expect("3 nodes");
+    let (_, before) = cluster.write(leader, "before", &serde_json::json!(1));
+    cluster.wait_for_status(to, "holding the leader's log", |status| {
+        status["applied_id"].as_u64() >= Some(before)
+    });
+    std::fs::write(hang_file(scratch.path(), leader, "disk"), b"").expect("hang the disk");
+    let hung_at = Instant::now();
+    let body = serde_json::json!({ "to": to }).to_string();
+    let answer = cluster
+        .request(to, "POST", "/admin/transfer-leader", Some(&body))
+        .expect("the transfer's answer");
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let (new_leader, new_epoch) = cluster.wait_for_leader(Some(leader));
+    let led_at = Instant::now();
+    assert_eq!((new_leader, new_epoch > epoch), (to, true));
+    let to_url = cluster.url(to);
+    let sent_on = |answer: &Answer| {
+        answer.status == 307
+            && answer
+                .header("location")
+                .is_some_and(|location| location.starts_with(&to_url))
+    };
+    // Within moments of the new view (a heartbeat's answer brings it, every 100 ms), for the
+    // rest of the hang: a write and a linearizable read are sent to the new leader.
+    let mut sent_on_at = None;
+    while hung_at.elapsed() < Duration::from_millis(4500) {
+        let write = cluster.put(leader, "during", &serde_json::json!(2));
+        let read = cluster.request(leader, "GET", "/key/before?linearizable=true", None);
+        match (write, read) {
+            (Ok(write), Ok(read)) if sent_on(&write) && sent_on(&read) => {
+                sent_on_at.get_or_insert(hung_at.elapsed());
+            }
+            (write, read) => {
+                let describe = |answer: std::io::Result<Answer>| match answer {
+                    Ok(answer) => format!(
+                        "{} {}",
+                        answer.status,
+                        String::from_utf8_lossy(&answer.body)
+                    ),
+                    Err(error) => error.to_string(),
+                };
+                assert!(
+                    sent_on_at.is_none() && led_at.elapsed() < Duration::from_secs(1),
+                    "node {leader}, replaced by node {to} {:?} ago, its disk hung {:?} ago: \
+                     the write got {}, the read {}",
+                    led_at.elapsed(),
+                    hung_at.elapsed(),
+                    describe(write),
+                    describe(read)
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sent_on_at = sent_on_at.expect("sent on");
+    // The view comes with the next heartbeat's answer: the node's heartbeats no longer wait
+    // for its own controller member, whose Raft core a hung write of its storage holds
+    // (`Controller::unless_another_leads`; before, 1.5 s after the new leader was named).
+    let led_after = led_at.duration_since(hung_at);
+    assert!(
+        sent_on_at <= led_after + Duration::from_secs(1),
+        "sent on {sent_on_at:?} after the hang, node {to} led {led_after:?} after it"
+    );
+    let meta_waited =
+        metric_of(&cluster, leader, "kvd_node_meta_save_wait_seconds").expect("the save's wait");
+    println!(
+        "node {leader} sent requests on to node {to} {sent_on_at:?} after its disk hung \
+         (node {to} led {:?} after); its meta save had waited {meta_waited} s",
+        led_at.duration_since(hung_at)
+    );
+    assert!(meta_waited >= 1.0, "{meta_waited}");
+    std::fs::remove_file(hang_file(scratch.path(), leader, "disk")).expect("the disk answers");
+    cluster.wait_for_status(leader, "following the new leader", |status| {
+        status["role"] == "follower" && status["leader_epoch"].as_u64() >= Some(new_epoch)
+    });
+    let (_, after) = cluster.write(to, "after", &serde_json::json!(3));
+    assert_eq!(
+        cluster.read_after(leader, "after", after),
+        Some(serde_json::json!(3))
+    );
 }

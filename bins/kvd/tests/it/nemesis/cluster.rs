@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
+use super::faults::Hang;
 use super::http::{self, Exchange};
 use super::proxy::Network;
 use crate::harness::{free_port, node_name, Kvd, DEADLINE};
@@ -51,6 +52,10 @@ pub struct Node {
     paused: bool,
     /// The stderr of every process of this node so far (kept when a process goes).
     log: String,
+    /// While a file exists here, every write of the node waits (`KVD_FAULT_DISK_STALL_FILE`).
+    disk_hang: PathBuf,
+    /// While a file exists here, every `fsync` of the node waits (`KVD_FAULT_FSYNC_STALL_FILE`).
+    fsync_hang: PathBuf,
 }
 
 impl Node {
@@ -132,6 +137,8 @@ impl Cluster {
             .map(|(index, address)| {
                 let name = node_name(index);
                 let data_dir = dir.path().join(&name);
+                let disk_hang = dir.path().join(format!("{name}.disk-hang"));
+                let fsync_hang = dir.path().join(format!("{name}.fsync-hang"));
                 Node {
                     args: command_line(index, *address, &data_dir, &network, options),
                     data_dir,
@@ -140,6 +147,8 @@ impl Cluster {
                     process: None,
                     paused: false,
                     log: String::new(),
+                    disk_hang,
+                    fsync_hang,
                 }
             })
             .collect();
@@ -166,12 +175,32 @@ impl Cluster {
         assert!(node.process.is_none(), "{} is running", node.name);
         let args: Vec<&str> = node.args.iter().map(String::as_str).collect();
         let routes = self.network.routes(index, &addresses);
+        let disk_hang = node.disk_hang.display().to_string();
+        let fsync_hang = node.fsync_hang.display().to_string();
         node.process = Some(Kvd::spawn(
             &node.data_dir,
             &args,
-            &[("KVD_FAULT_PEER_ROUTES", &routes)],
+            &[
+                ("KVD_FAULT_PEER_ROUTES", &routes),
+                ("KVD_FAULT_DISK_STALL_FILE", &disk_hang),
+                ("KVD_FAULT_FSYNC_STALL_FILE", &fsync_hang),
+            ],
         ));
         node.paused = false;
+    }
+
+    /// Makes node `index`'s disk hang as `hang` says (`true`), or answer again (`false`).
+    pub fn hang_disk(&self, index: usize, hang: Hang, hung: bool) {
+        let node = &self.nodes[index];
+        let path = match hang {
+            Hang::Disk => &node.disk_hang,
+            Hang::Fsync => &node.fsync_hang,
+        };
+        if hung {
+            std::fs::write(path, b"").expect("create the hang file");
+        } else {
+            std::fs::remove_file(path).expect("remove the hang file");
+        }
     }
 
     /// `kill -9`: no chance to sync or save anything.
@@ -199,9 +228,17 @@ impl Cluster {
         node.paused = false;
     }
 
-    /// Undoes every fault: the network heals, paused nodes resume, dead nodes restart.
+    /// Undoes every fault: the network heals, disks answer, paused nodes resume, dead nodes
+    /// restart.
     pub fn heal(&mut self) {
         self.network.heal();
+        for node in &self.nodes {
+            for path in [&node.disk_hang, &node.fsync_hang] {
+                if path.exists() {
+                    std::fs::remove_file(path).expect("remove the hang file");
+                }
+            }
+        }
         for index in 0..self.nodes.len() {
             if self.nodes[index].paused {
                 self.resume(index);

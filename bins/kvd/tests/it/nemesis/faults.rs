@@ -26,6 +26,18 @@ pub enum FaultKind {
     Pause,
     /// Cut off from every peer through the proxies, then healed.
     Partition(Partition),
+    /// Its disk stops answering (kvd's fault-injection build), then answers again: every
+    /// write and `fsync` waits ([`Hang::Disk`]), or only the `fsync`s ([`Hang::Fsync`]).
+    DiskHang(Hang),
+}
+
+/// Which of a node's disk operations a [`FaultKind::DiskHang`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hang {
+    /// Every write, `fsync`, creation, rename and removal (`KVD_FAULT_DISK_STALL_FILE`).
+    Disk,
+    /// Only the `fsync`s: writes still reach the page cache (`KVD_FAULT_FSYNC_STALL_FILE`).
+    Fsync,
 }
 
 impl FaultKind {
@@ -37,6 +49,8 @@ impl FaultKind {
             FaultKind::Partition(Partition::BlackHole) => "partition (black hole)".to_owned(),
             FaultKind::Partition(Partition::Deafen) => "partition (one way)".to_owned(),
             FaultKind::Partition(Partition::Slow(delay)) => format!("slow links ({delay:?})"),
+            FaultKind::DiskHang(Hang::Disk) => "disk hang (every write)".to_owned(),
+            FaultKind::DiskHang(Hang::Fsync) => "disk hang (fsyncs)".to_owned(),
         }
     }
 }
@@ -212,6 +226,7 @@ pub fn run(
                 FaultKind::Kill => cluster.kill(node),
                 FaultKind::Pause => cluster.pause(node),
                 FaultKind::Partition(partition) => cluster.network.isolate(node, partition),
+                FaultKind::DiskHang(hang) => cluster.hang_disk(node, hang, true),
             }
         }
         sleep_ms(rng, &options.hold_ms);
@@ -220,6 +235,7 @@ pub fn run(
                 FaultKind::Kill => cluster.start_node(node),
                 FaultKind::Pause => cluster.resume(node),
                 FaultKind::Partition(_) => cluster.network.heal(),
+                FaultKind::DiskHang(hang) => cluster.hang_disk(node, hang, false),
             }
         }
         let healed = clock.now();

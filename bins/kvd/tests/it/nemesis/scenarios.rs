@@ -10,7 +10,7 @@
 //! | `KVD_NEMESIS_CLIENTS` | per scenario | concurrent clients |
 //! | `KVD_NEMESIS_LEADER` | `discover` | `discover`: clients find the leader by `/cluster_status` and 307s; `fixed`: node 0 first |
 //!
-//! The kill scenario and the five-node one ask for a planned leadership transfer to a random
+//! The kill scenario, the disk-hang one and the five-node one ask for a planned leadership transfer to a random
 //! node just before half their faults (`faults.rs`), so the faults also land on transfers under
 //! way.
 //!
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use super::checker::{check_follower_reads, check_linearizable};
 use super::client::{discover_leader, Client, Directory, KeySpace, LeaderMode, Shared};
 use super::cluster::{Cluster, ClusterOptions};
-use super::faults::{self, describe_durations, FaultKind, NemesisOptions};
+use super::faults::{self, describe_durations, FaultKind, Hang, NemesisOptions};
 use super::history::{Clock, Counts, Op, Outcome, Record};
 use super::proxy::Partition;
 use crate::harness::{base_seed, env_number, TestRng, DEADLINE};
@@ -135,6 +135,30 @@ fn every_fault_on_5_nodes_with_write_quorum_3_keeps_every_key_linearizable() {
         kinds,
         targets_max: 2,
         hold_ms: 100..=1500,
+        failovers: None,
+        transfers: true,
+    });
+}
+
+/// Disks that stop answering — every write, or only the `fsync`s — on any node, the leader
+/// included, for 0.5–8 s: past 5 s a node goes silent on purpose and a leader is replaced
+/// (`DISK_HUNG_AFTER`), so some holds end in a failover with the old leader's writes still
+/// waiting on its disk, completed there once it answers (after its leadership passed) and cut
+/// when it follows; shorter ones leave writes to end 503 with their outcome unknown. Half the
+/// faults land on a planned transfer under way.
+#[test]
+fn disk_hangs_of_any_node_of_3_with_write_quorum_2_keep_every_key_linearizable() {
+    run(Scenario {
+        name: "nemesis_disk_hangs_3_nodes",
+        nodes: 3,
+        write_quorum: 2,
+        clients: 4,
+        kinds: vec![
+            FaultKind::DiskHang(Hang::Disk),
+            FaultKind::DiskHang(Hang::Fsync),
+        ],
+        targets_max: 1,
+        hold_ms: 500..=8000,
         failovers: None,
         transfers: true,
     });
@@ -307,6 +331,10 @@ fn run(scenario: Scenario) {
             describe_durations(&hit(true)),
             describe_durations(&hit(false)),
         );
+    }
+    for (fault, window) in faults.iter().zip(&windows) {
+        let window = window.map_or("none".to_owned(), |window| format!("{window:.1?}"));
+        println!("    {fault}; first acknowledged write after it: {window}");
     }
     let transfers: Vec<&faults::TransferRecord> = faults
         .iter()
