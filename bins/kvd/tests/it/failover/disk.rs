@@ -1046,7 +1046,7 @@ fn wait_for_log_line(cluster: &Cluster, index: usize, line: &str) {
 /// Before, it answered 503 ("… holds no lease …", "… cannot vouch that it still leads …") for
 /// as long as its disk hung: the nemesis's clients, which ask again the node they take for the
 /// leader on a 503, took no write for 6.8 s
-/// (`nemesis::scenarios::disk_hangs_of_any_node_of_3_with_write_quorum_2_keep_every_key_linearizable`).
+/// (`nemesis::scenarios::disk_faults_of_any_node_of_3_with_write_quorum_2_keep_every_key_linearizable`).
 #[test]
 fn a_leader_whose_disk_hangs_as_it_hands_over_sends_requests_to_the_new_leader() {
     let scratch = tempfile::tempdir().expect("temp dir");

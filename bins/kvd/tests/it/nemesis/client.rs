@@ -413,7 +413,8 @@ fn write_outcome(answer: &Answer) -> Outcome {
         },
         // A 503 without an id (a poisoned or closed log): nothing was written.
         (503, None) => Outcome::Failed(format!("503 {}", detail(answer))),
-        (status, _) if (400..500).contains(&status) => {
+        // 507: a full disk refused it, nothing appended (docs/http-api.md).
+        (status, _) if (400..500).contains(&status) || status == 507 => {
             Outcome::Failed(format!("{status} {}", detail(answer)))
         }
         (status, _) => Outcome::Unknown {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use super::faults::Hang;
+use super::faults::DiskFault;
 use super::http::{self, Exchange};
 use super::proxy::Network;
 use crate::harness::{free_port, node_name, Kvd, DEADLINE};
@@ -52,10 +52,8 @@ pub struct Node {
     paused: bool,
     /// The stderr of every process of this node so far (kept when a process goes).
     log: String,
-    /// While a file exists here, every write of the node waits (`KVD_FAULT_DISK_STALL_FILE`).
-    disk_hang: PathBuf,
-    /// While a file exists here, every `fsync` of the node waits (`KVD_FAULT_FSYNC_STALL_FILE`).
-    fsync_hang: PathBuf,
+    /// Where the file that turns each [`DiskFault`] on goes (`DiskFault::ALL`'s order).
+    disk_faults: [PathBuf; 3],
 }
 
 impl Node {
@@ -137,8 +135,8 @@ impl Cluster {
             .map(|(index, address)| {
                 let name = node_name(index);
                 let data_dir = dir.path().join(&name);
-                let disk_hang = dir.path().join(format!("{name}.disk-hang"));
-                let fsync_hang = dir.path().join(format!("{name}.fsync-hang"));
+                let disk_faults = DiskFault::ALL
+                    .map(|fault| dir.path().join(format!("{name}.{fault:?}").to_lowercase()));
                 Node {
                     args: command_line(index, *address, &data_dir, &network, options),
                     data_dir,
@@ -147,8 +145,7 @@ impl Cluster {
                     process: None,
                     paused: false,
                     log: String::new(),
-                    disk_hang,
-                    fsync_hang,
+                    disk_faults,
                 }
             })
             .collect();
@@ -175,31 +172,26 @@ impl Cluster {
         assert!(node.process.is_none(), "{} is running", node.name);
         let args: Vec<&str> = node.args.iter().map(String::as_str).collect();
         let routes = self.network.routes(index, &addresses);
-        let disk_hang = node.disk_hang.display().to_string();
-        let fsync_hang = node.fsync_hang.display().to_string();
-        node.process = Some(Kvd::spawn(
-            &node.data_dir,
-            &args,
-            &[
-                ("KVD_FAULT_PEER_ROUTES", &routes),
-                ("KVD_FAULT_DISK_STALL_FILE", &disk_hang),
-                ("KVD_FAULT_FSYNC_STALL_FILE", &fsync_hang),
-            ],
-        ));
+        let paths = node
+            .disk_faults
+            .clone()
+            .map(|path| path.display().to_string());
+        let mut env = vec![("KVD_FAULT_PEER_ROUTES", routes.as_str())];
+        for (fault, path) in DiskFault::ALL.iter().zip(&paths) {
+            env.push((fault.variable(), path.as_str()));
+        }
+        node.process = Some(Kvd::spawn(&node.data_dir, &args, &env));
         node.paused = false;
     }
 
-    /// Makes node `index`'s disk hang as `hang` says (`true`), or answer again (`false`).
-    pub fn hang_disk(&self, index: usize, hang: Hang, hung: bool) {
-        let node = &self.nodes[index];
-        let path = match hang {
-            Hang::Disk => &node.disk_hang,
-            Hang::Fsync => &node.fsync_hang,
-        };
-        if hung {
-            std::fs::write(path, b"").expect("create the hang file");
+    /// Turns `fault` on (`true`) or off (`false`) for node `index`'s disk.
+    pub fn disk_fault(&self, index: usize, fault: DiskFault, on: bool) {
+        let at = DiskFault::ALL.iter().position(|each| *each == fault);
+        let path = &self.nodes[index].disk_faults[at.expect("every fault is in ALL")];
+        if on {
+            std::fs::write(path, b"").expect("create the fault's file");
         } else {
-            std::fs::remove_file(path).expect("remove the hang file");
+            std::fs::remove_file(path).expect("remove the fault's file");
         }
     }
 
@@ -228,15 +220,13 @@ impl Cluster {
         node.paused = false;
     }
 
-    /// Undoes every fault: the network heals, disks answer, paused nodes resume, dead nodes
+    /// Undoes every fault: the network heals, disks recover, paused nodes resume, dead nodes
     /// restart.
     pub fn heal(&mut self) {
         self.network.heal();
         for node in &self.nodes {
-            for path in [&node.disk_hang, &node.fsync_hang] {
-                if path.exists() {
-                    std::fs::remove_file(path).expect("remove the hang file");
-                }
+            for path in node.disk_faults.iter().filter(|path| path.exists()) {
+                std::fs::remove_file(path).expect("remove the fault's file");
             }
         }
         for index in 0..self.nodes.len() {

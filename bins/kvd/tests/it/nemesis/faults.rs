@@ -26,18 +26,36 @@ pub enum FaultKind {
     Pause,
     /// Cut off from every peer through the proxies, then healed.
     Partition(Partition),
-    /// Its disk stops answering (kvd's fault-injection build), then answers again: every
-    /// write and `fsync` waits ([`Hang::Disk`]), or only the `fsync`s ([`Hang::Fsync`]).
-    DiskHang(Hang),
+    /// Its disk fails as [`DiskFault`] says (kvd's fault-injection build), then recovers.
+    Disk(DiskFault),
 }
 
-/// Which of a node's disk operations a [`FaultKind::DiskHang`] holds.
+/// What a [`FaultKind::Disk`] does to a node's disk, while a file exists (kvd's fault build
+/// watches it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hang {
-    /// Every write, `fsync`, creation, rename and removal (`KVD_FAULT_DISK_STALL_FILE`).
-    Disk,
-    /// Only the `fsync`s: writes still reach the page cache (`KVD_FAULT_FSYNC_STALL_FILE`).
-    Fsync,
+pub enum DiskFault {
+    /// Stops answering: every write, `fsync`, creation, rename and removal waits
+    /// (`KVD_FAULT_DISK_STALL_FILE`).
+    Hang,
+    /// Only the `fsync`s wait: writes still reach the page cache
+    /// (`KVD_FAULT_FSYNC_STALL_FILE`).
+    FsyncHang,
+    /// Full: whatever would grow a file fails with `ENOSPC`, nothing changed
+    /// (`KVD_FAULT_DISK_FULL_FILE`).
+    Full,
+}
+
+impl DiskFault {
+    pub const ALL: [DiskFault; 3] = [DiskFault::Hang, DiskFault::FsyncHang, DiskFault::Full];
+
+    /// The fault build's variable naming the file that turns this fault on.
+    pub fn variable(self) -> &'static str {
+        match self {
+            DiskFault::Hang => "KVD_FAULT_DISK_STALL_FILE",
+            DiskFault::FsyncHang => "KVD_FAULT_FSYNC_STALL_FILE",
+            DiskFault::Full => "KVD_FAULT_DISK_FULL_FILE",
+        }
+    }
 }
 
 impl FaultKind {
@@ -49,8 +67,9 @@ impl FaultKind {
             FaultKind::Partition(Partition::BlackHole) => "partition (black hole)".to_owned(),
             FaultKind::Partition(Partition::Deafen) => "partition (one way)".to_owned(),
             FaultKind::Partition(Partition::Slow(delay)) => format!("slow links ({delay:?})"),
-            FaultKind::DiskHang(Hang::Disk) => "disk hang (every write)".to_owned(),
-            FaultKind::DiskHang(Hang::Fsync) => "disk hang (fsyncs)".to_owned(),
+            FaultKind::Disk(DiskFault::Hang) => "disk hang (every write)".to_owned(),
+            FaultKind::Disk(DiskFault::FsyncHang) => "disk hang (fsyncs)".to_owned(),
+            FaultKind::Disk(DiskFault::Full) => "disk full".to_owned(),
         }
     }
 }
@@ -226,7 +245,7 @@ pub fn run(
                 FaultKind::Kill => cluster.kill(node),
                 FaultKind::Pause => cluster.pause(node),
                 FaultKind::Partition(partition) => cluster.network.isolate(node, partition),
-                FaultKind::DiskHang(hang) => cluster.hang_disk(node, hang, true),
+                FaultKind::Disk(fault) => cluster.disk_fault(node, fault, true),
             }
         }
         sleep_ms(rng, &options.hold_ms);
@@ -235,7 +254,7 @@ pub fn run(
                 FaultKind::Kill => cluster.start_node(node),
                 FaultKind::Pause => cluster.resume(node),
                 FaultKind::Partition(_) => cluster.network.heal(),
-                FaultKind::DiskHang(hang) => cluster.hang_disk(node, hang, false),
+                FaultKind::Disk(fault) => cluster.disk_fault(node, fault, false),
             }
         }
         let healed = clock.now();

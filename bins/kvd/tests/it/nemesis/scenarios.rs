@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use super::checker::{check_follower_reads, check_linearizable};
 use super::client::{discover_leader, Client, Directory, KeySpace, LeaderMode, Shared};
 use super::cluster::{Cluster, ClusterOptions};
-use super::faults::{self, describe_durations, FaultKind, Hang, NemesisOptions};
+use super::faults::{self, describe_durations, DiskFault, FaultKind, NemesisOptions};
 use super::history::{Clock, Counts, Op, Outcome, Record};
 use super::proxy::Partition;
 use crate::harness::{base_seed, env_number, TestRng, DEADLINE};
@@ -140,23 +140,21 @@ fn every_fault_on_5_nodes_with_write_quorum_3_keeps_every_key_linearizable() {
     });
 }
 
-/// Disks that stop answering — every write, or only the `fsync`s — on any node, the leader
-/// included, for 0.5–8 s: past 5 s a node goes silent on purpose and a leader is replaced
-/// (`DISK_HUNG_AFTER`), so some holds end in a failover with the old leader's writes still
-/// waiting on its disk, completed there once it answers (after its leadership passed) and cut
-/// when it follows; shorter ones leave writes to end 503 with their outcome unknown. Half the
-/// faults land on a planned transfer under way.
+/// Disks that stop answering — every write, or only the `fsync`s — or fill up, on any node,
+/// the leader included, for 0.5–8 s. Past 5 s a hung node goes silent on purpose and a leader
+/// is replaced (`DISK_HUNG_AFTER`), so some hangs end in a failover with the old leader's
+/// writes still waiting on its disk, completed there once it answers (after its leadership
+/// passed) and cut when it follows; shorter ones leave writes to end 503 with their outcome
+/// unknown. A full leader refuses writes with nothing appended (507) and a full follower
+/// copies nothing until it has room. Half the faults land on a planned transfer under way.
 #[test]
-fn disk_hangs_of_any_node_of_3_with_write_quorum_2_keep_every_key_linearizable() {
+fn disk_faults_of_any_node_of_3_with_write_quorum_2_keep_every_key_linearizable() {
     run(Scenario {
-        name: "nemesis_disk_hangs_3_nodes",
+        name: "nemesis_disk_faults_3_nodes",
         nodes: 3,
         write_quorum: 2,
         clients: 4,
-        kinds: vec![
-            FaultKind::DiskHang(Hang::Disk),
-            FaultKind::DiskHang(Hang::Fsync),
-        ],
+        kinds: DiskFault::ALL.map(FaultKind::Disk).to_vec(),
         targets_max: 1,
         hold_ms: 500..=8000,
         failovers: None,
