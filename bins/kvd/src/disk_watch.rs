@@ -22,10 +22,10 @@
 //! A stopping node does not wait for a hung disk either. A clean stop ends with the WAL's
 //! last `fdatasync` and the node's saved progress, each waiting on the disk, and a SIGTERM to a
 //! node whose disk hangs waited for as long as the hang lasted. Once the node stops and a
-//! WAL operation or a meta save has waited [`STOP_WAITS_FOR_THE_DISK_AT_MOST`], the watch ends the process
-//! (exit status 1) as a `kill -9` would: nothing acknowledged is lost (an acknowledged write
-//! was durable, or under `never`/`interval` in the page cache, before its answer), and the
-//! next start's recovery reads the log's tail as after any crash.
+//! WAL operation or a meta save has waited [`STOP_WAITS_FOR_THE_DISK_AT_MOST`], the watch
+//! ends the process (exit status 1) as a `kill -9` would: nothing acknowledged is lost (an
+//! acknowledged write was durable, or under `never`/`interval` in the page cache, before its
+//! answer), and the next start's recovery reads the log's tail as after any crash.
 
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};

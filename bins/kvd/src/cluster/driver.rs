@@ -26,8 +26,9 @@
 //! - **A failed disk.** A leader whose log refuses writes (a failed write or `fdatasync`)
 //!   begins that transfer itself, to the ISR member holding the most of its log.
 //! - **A hung disk.** A node whose disk has kept a write or `fdatasync` of its WAL, or a save
-//!   of its meta file (`Node::meta_save_wait`), waiting [`DISK_HUNG_AFTER`] sends no heartbeat until the disk answers: its session expires and
-//!   the controller fences it as it would a dead node (a leader is replaced). The node keeps
+//!   of its meta file (`Node::meta_save_wait`), waiting [`DISK_HUNG_AFTER`] sends no
+//!   heartbeat until the disk answers: its session expires and the controller fences it as it
+//!   would a dead node (a leader is replaced). The node keeps
 //!   running meanwhile — a large write's work is off the async workers — so without this a
 //!   leader whose disk hung under one would hold its lease, and take no write, for as long as
 //!   the hang lasts.
@@ -50,8 +51,9 @@ const AHEAD_OF_THE_CLUSTER_REPEAT: Duration = Duration::from_secs(10);
 /// How often a view the node could not take for want of disk space is tried again.
 const VIEW_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the disk may keep a write or `fdatasync` of the WAL (or a save of the meta file)
-/// waiting before the node stops heartbeating. Well above what a healthy disk takes for the largest record (a 65 MiB one
-/// syncs in about a second on a slow disk); etcd warns of a WAL sync over one second.
+/// waiting before the node stops heartbeating. Well above what a healthy disk takes for the
+/// largest record (a 65 MiB one syncs in about a second on a slow disk); etcd warns of a WAL
+/// sync over one second.
 pub const DISK_HUNG_AFTER: Duration = Duration::from_secs(5);
 
 /// The driver of one node. Cheap to share.

@@ -10,9 +10,9 @@
 //! | `KVD_NEMESIS_CLIENTS` | per scenario | concurrent clients |
 //! | `KVD_NEMESIS_LEADER` | `discover` | `discover`: clients find the leader by `/cluster_status` and 307s; `fixed`: node 0 first |
 //!
-//! The kill scenario, the disk-hang one and the five-node one ask for a planned leadership transfer to a random
-//! node just before half their faults (`faults.rs`), so the faults also land on transfers under
-//! way.
+//! The kill scenario, the disk-fault one and the five-node one ask for a planned leadership
+//! transfer to a random node just before half their faults (`faults.rs`), so the faults also
+//! land on transfers under way.
 //!
 //! Leader reads carry `?linearizable=true`, so only the node that leads, with a lease and its
 //! epoch's first entry committed and applied, answers them; every one is checked. (Before the
