@@ -436,9 +436,8 @@ impl Node {
                 self.publish_commit(commit_id);
                 return Ok(id);
             }
-            let until = give_up_at.map_or(deadline, |at| {
-                deadline.min(tokio::time::Instant::from_std(at))
-            });
+            let cut_off = give_up_at.map(tokio::time::Instant::from_std);
+            let until = cut_off.map_or(deadline, |at| deadline.min(at));
             let changed = tokio::time::timeout_at(until, async {
                 tokio::select! {
                     _ = commits.changed() => {}
@@ -448,9 +447,19 @@ impl Node {
             })
             .await;
             if changed.is_err() {
+                // Given up before the acks timeout: the leader has held no lease for the lag
+                // limit (perhaps from before this write, so it waited no time at all).
+                let gave_up_cut_off = cut_off.is_some_and(|at| at < deadline);
                 let Ok(wanted) = self.with_leader(|leader| {
                     let mut wanted = leader.describe(acks);
-                    if !leader.lease_valid(Instant::now()) {
+                    if gave_up_cut_off {
+                        wanted.push_str(&format!(
+                            " while holding a lease (this node has held none for the lag \
+                             limit, {} ms: it may have been cut off from the controller, \
+                             which may have elected another leader)",
+                            lag_limit.as_millis()
+                        ));
+                    } else if !leader.lease_valid(Instant::now()) {
                         wanted.push_str(" while holding a lease (this node holds none now)");
                     }
                     wanted

@@ -525,6 +525,41 @@ async fn a_leader_told_of_a_newer_epoch_by_a_fetch_stops_acknowledging_at_once()
     assert_eq!(leader.role(), Role::Follower { leader_url: url(1) });
 }
 
+/// A write waiting for its acknowledgements on a leader whose lease ran out gives up the lag
+/// limit after the lease's end, before the acks timeout, and its answer says why. Before, it
+/// said "… while holding a lease (this node holds none now)" — or nothing, had a lease come
+/// meanwhile — and "within 0 ms" when the lag limit had passed before the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_a_leader_cut_off_for_the_lag_limit_ends_saying_so() {
+    let mut options = options();
+    options.leader.lag_limit = Duration::from_millis(300);
+    let mut cluster = Cluster::start(2, 2, options);
+    cluster.elect(Some(0));
+    let node = cluster.node(0);
+    assert_eq!(
+        node.write(set("a".to_owned(), 1), Acks::WriteQuorum)
+            .await
+            .unwrap(),
+        2
+    );
+    // A new epoch with a short lease, and the follower cut off: nothing can commit.
+    cluster.cut(0, 1);
+    cluster.epoch += 1;
+    cluster.publish();
+    node.grant_lease(cluster.epoch, Instant::now() + Duration::from_millis(200));
+    let started = Instant::now();
+    let outcome = node.write(set("b".to_owned(), 2), Acks::WriteQuorum).await;
+    let took = started.elapsed();
+    match &outcome {
+        Err(Error::AcksTimeout { wanted, .. }) => assert!(
+            wanted.contains("this node has held none for the lag limit, 300 ms"),
+            "{outcome:?}"
+        ),
+        _ => panic!("{outcome:?}"),
+    }
+    assert!(took < Duration::from_secs(5), "gave up after {took:?}");
+}
+
 /// A leader a view replaces stops taking writes at once — a write waiting for a lease ends
 /// "a newer epoch has begun" — even while recording the new epoch in `node.meta` hangs on the
 /// disk: the role change waits for the record, the deposition does not. Before, the write
