@@ -220,17 +220,23 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether this is the node's own log finding no room on its disk (`kv_wal::Error::OutOfSpace`:
-    /// for the leader's entries on a follower, for a new leader's no-op): nothing was
-    /// appended, and the same step succeeds once there is room.
+    /// Whether this is the node's disk finding no room: its own log (`kv_wal::Error::OutOfSpace`:
+    /// for the leader's entries on a follower, for a new leader's no-op; nothing was
+    /// appended), or a save of its meta file (a new epoch heard, followed or led; the file is
+    /// replaced whole, so the old one stands). The same step succeeds once there is room.
+    /// Before, a meta save that found the disk full stopped a follower's replication for good,
+    /// and a node named leader then never took the role (the nemesis's disk faults).
     pub fn is_out_of_space(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::FollowerLog {
                 source: kv_store::Error::Wal(kv_wal::Error::OutOfSpace(_)),
                 ..
-            } | Error::Store(kv_store::Error::Wal(kv_wal::Error::OutOfSpace(_)))
-        )
+            }
+            | Error::Store(kv_store::Error::Wal(kv_wal::Error::OutOfSpace(_))) => true,
+            Error::MetaIo(error) => error.is_out_of_space(),
+            Error::RecordEpoch { source, .. } => source.is_out_of_space(),
+            _ => false,
+        }
     }
 
     pub(crate) fn meta(path: &Path, reason: impl Into<String>) -> Error {

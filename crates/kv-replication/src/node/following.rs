@@ -123,7 +123,7 @@ impl Node {
             self.stop_link(error.to_string());
             return false;
         }
-        tracing::warn!(%error, "no room for the leader's entries: trying again in {OUT_OF_SPACE_RETRY:?}");
+        tracing::warn!(%error, "no room on the disk for the leader's entries or the epoch's record: trying again in {OUT_OF_SPACE_RETRY:?}");
         tokio::select! {
             _ = role_changed.as_mut() => false,
             _ = tokio::time::sleep(OUT_OF_SPACE_RETRY) => true,
