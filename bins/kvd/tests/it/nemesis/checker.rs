@@ -171,17 +171,22 @@ const KEY_CHECK_TIME_MAX: Duration = Duration::from_secs(60);
 /// [`KEY_CHECK_TIME_MAX`] counts as a violation, saying so (its search goes on, abandoned, on a
 /// thread of its own until the process ends).
 pub fn check_linearizable(records: &[Record]) -> Verdict {
+    check_linearizable_within(records, KEY_CHECK_TIME_MAX)
+}
+
+/// [`check_linearizable`] with `limit` for each key.
+fn check_linearizable_within(records: &[Record], limit: Duration) -> Verdict {
     let started = Instant::now();
     let mut verdict = Verdict::default();
     for (key, records) in by_key(records) {
-        let Some((linearizable, operations)) = decided_within(&records, KEY_CHECK_TIME_MAX) else {
+        let Some((linearizable, operations)) = decided_within(&records, limit) else {
             let unknown = records
                 .iter()
                 .filter(|record| matches!(record.outcome, Outcome::Unknown { .. }))
                 .count();
             verdict.violations.push(format!(
-                "key {key}: the checker did not decide within {KEY_CHECK_TIME_MAX:?} ({} \
-                 operations, {unknown} of unknown outcome)",
+                "key {key}: the checker did not decide within {limit:?} ({} operations, \
+                 {unknown} of unknown outcome)",
                 records.len()
             ));
             continue;
@@ -719,8 +724,16 @@ mod tests {
         history.push(get(Some(1_000_000), 2, 3));
         let records: Vec<&Record> = history.iter().collect();
         let started = Instant::now();
-        assert_eq!(decided_within(&records, Duration::from_millis(1)), None);
+        let verdict = check_linearizable_within(&history, Duration::from_millis(1));
         assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            verdict.violations,
+            vec![format!(
+                "key {KEY}: the checker did not decide within 1ms ({} operations, \
+                 {UNKNOWN_WRITES} of unknown outcome)",
+                history.len()
+            )]
+        );
         let decided = decided_within(&records, Duration::from_secs(60));
         println!(
             "{UNKNOWN_WRITES} unknown writes and a phantom read decided in {:?}",
