@@ -42,6 +42,8 @@ use kv_http::ClusterState;
 use kv_replication::{Node, Role};
 use tokio::sync::watch;
 
+use super::turns::Turns;
+
 /// Most heartbeats in flight at once.
 const HEARTBEATS_IN_FLIGHT_MAX: usize = 4;
 /// How long a roleless node records an epoch above the cluster's before it says so.
@@ -60,14 +62,11 @@ pub const DISK_HUNG_AFTER: Duration = Duration::from_secs(5);
 pub struct Driver {
     node: Arc<Node>,
     cluster: Arc<ClusterState>,
-    /// Held while a view is checked and applied: views reach the data plane one at a time.
-    /// Never waited for: applying a view may wait on the disk (`Node::apply_cluster_view`
-    /// records a new epoch), and the heartbeats and proposals that offer views run on the
-    /// async workers.
-    applying: Mutex<()>,
-    /// The newest view offered while another was being applied: taken after it, or at the
-    /// next tick.
-    offered_meanwhile: Mutex<Option<ClusterMeta>>,
+    /// Views reach the data plane one at a time, their turn never waited for: applying a view
+    /// may wait on the disk (`Node::apply_cluster_view` records a new epoch), and the
+    /// heartbeats and proposals that offer views run on the async workers. The newest view
+    /// offered while another was being applied is taken after it.
+    views: Turns<ClusterMeta>,
     /// This node's lease as the data leader, from the heartbeat replies.
     lease: Mutex<Lease>,
     isr_in_flight: AtomicBool,
@@ -107,15 +106,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The lock if it is free now.
-fn try_lock<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
-    match mutex.try_lock() {
-        Ok(guard) => Some(guard),
-        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-        Err(std::sync::TryLockError::WouldBlock) => None,
-    }
-}
-
 impl Driver {
     /// A driver for `node` in the cluster `cluster`; it stops when `shutdown` turns true.
     pub fn new(
@@ -126,8 +116,7 @@ impl Driver {
         Arc::new(Driver {
             node,
             cluster,
-            applying: Mutex::new(()),
-            offered_meanwhile: Mutex::new(None),
+            views: Turns::new(|meta: &ClusterMeta| meta.version),
             lease: Mutex::new(Lease::new()),
             isr_in_flight: AtomicBool::new(false),
             stopping: watch::Sender::new(false),
@@ -198,8 +187,8 @@ impl Driver {
                 self.hand_over_if_the_log_failed(&view);
             }
             self.retry_view_without_room();
-            let kept = lock(&self.offered_meanwhile).take();
-            if let Some(meta) = kept {
+            // A view kept while `retry_view_without_room` held the turn.
+            if let Some(meta) = self.views.take_kept() {
                 self.offer(&meta);
             }
         }
@@ -220,67 +209,44 @@ impl Driver {
     }
 
     /// Applies `meta` to the data plane if it is newer than the view it follows. While another
-    /// view is being applied, `meta` waits its turn instead of its caller
-    /// ([`Driver::offered_meanwhile`]).
+    /// view is being applied, `meta` waits its turn instead of its caller ([`Turns::offer`]).
     pub fn offer(self: &Arc<Self>, meta: &ClusterMeta) {
         if !meta.is_bootstrapped() {
             return;
         }
-        if !self.offer_now(meta) {
-            self.keep_for_later(meta);
+        self.views
+            .offer(meta, |applying, meta| self.take_view(applying, meta));
+    }
+
+    /// [`Driver::offer`] with the turn (`applying`), let go of once the view is in.
+    fn take_view(self: &Arc<Self>, applying: MutexGuard<'_, ()>, meta: &ClusterMeta) {
+        let node_id = self.cluster.node_id();
+        if !self.cluster.is_newer_view(meta) {
             return;
         }
-        while let Some(meta) = lock(&self.offered_meanwhile).take() {
-            if !self.offer_now(&meta) {
-                self.keep_for_later(&meta);
-                return;
-            }
+        // Heard before it is applied, which may wait on the disk (a new epoch is recorded
+        // first): a leader it replaces sends requests to the new one meanwhile.
+        self.cluster.set_heard(meta);
+        self.apply_view(meta);
+        let previous = self.cluster.view();
+        self.cluster.set_view(meta);
+        self.campaign_while_listed(meta);
+        let new_epoch = previous.is_none_or(|previous| previous.leader_epoch != meta.leader_epoch);
+        if meta.data_leader != Some(node_id) {
+            self.cluster.set_handing_over(false);
+        } else if new_epoch {
+            // A new leadership: ask for its lease now rather than at the next tick.
+            self.spawn_heartbeat();
         }
-    }
-
-    /// Keeps `meta` to offer once the view being applied is in, unless a newer one is kept.
-    fn keep_for_later(&self, meta: &ClusterMeta) {
-        let mut kept = lock(&self.offered_meanwhile);
-        if kept.as_ref().is_none_or(|kept| kept.version < meta.version) {
-            *kept = Some(meta.clone());
-        }
-    }
-
-    /// [`Driver::offer`] unless another view is being applied (then false, nothing done).
-    fn offer_now(self: &Arc<Self>, meta: &ClusterMeta) -> bool {
-        let node_id = self.cluster.node_id();
-        {
-            let Some(_applying) = try_lock(&self.applying) else {
-                return false;
-            };
-            if !self.cluster.is_newer_view(meta) {
-                return true;
-            }
-            // Heard before it is applied, which may wait on the disk (a new epoch is recorded
-            // first): a leader it replaces sends requests to the new one meanwhile.
-            self.cluster.set_heard(meta);
-            self.apply_view(meta);
-            let previous = self.cluster.view();
-            self.cluster.set_view(meta);
-            self.campaign_while_listed(meta);
-            let new_epoch =
-                previous.is_none_or(|previous| previous.leader_epoch != meta.leader_epoch);
-            if meta.data_leader != Some(node_id) {
-                self.cluster.set_handing_over(false);
-            } else if new_epoch {
-                // A new leadership: ask for its lease now rather than at the next tick.
-                self.spawn_heartbeat();
-            }
-            tracing::debug!(version = meta.version, epoch = meta.leader_epoch, leader = ?meta.data_leader, isr = ?meta.isr, "took the controller's view");
-        }
+        tracing::debug!(version = meta.version, epoch = meta.leader_epoch, leader = ?meta.data_leader, isr = ?meta.isr, "took the controller's view");
+        drop(applying);
         self.follow_transfer(meta);
         self.ask_for_reelection(meta);
         self.propose_write_quorum(meta);
         self.update_ready();
-        true
     }
 
-    /// Hands `meta` to the data plane (under `applying`). A view the node could not take for
+    /// Hands `meta` to the data plane (with the views' turn). A view the node could not take for
     /// want of disk space (a new leader's no-op with no room in its log) is taken again at
     /// the ticks until it goes through ([`Driver::retry_view_without_room`]); any other
     /// refusal is final for that view.
@@ -312,7 +278,7 @@ impl Driver {
             return;
         }
         // Another view being applied takes this one's place.
-        let Some(_applying) = try_lock(&self.applying) else {
+        let Some(_applying) = self.views.try_turn() else {
             return;
         };
         if let Some(view) = self.cluster.view() {

@@ -3,7 +3,8 @@
 //! in step with the controller (`driver`: heartbeats, leases, the meta watch, roles, ISR
 //! proposals, planned transfers), and what a `kvd leader` that lost its data does once its old
 //! cluster claims it (`claim`: it stops, and refuses to start again until the operator
-//! chose), and how a leader stops (`stop`: it hands its leadership over first). The controller
+//! chose), and how a leader stops (`stop`: it hands its leadership over first), and how the
+//! driver applies views one at a time without waiting or losing one (`turns`). The controller
 //! itself is kv-controller's; its HTTP transport and endpoints are
 //! kv-http's.
 
@@ -11,3 +12,4 @@ pub mod bootstrap;
 pub mod claim;
 pub mod driver;
 pub mod stop;
+pub mod turns;

@@ -230,8 +230,12 @@ impl Kvd {
                     }
                 }
                 Err(_) => {
+                    let stacks = thread_stacks(child.id());
                     let _ = child.kill();
-                    panic!("kvd did not start:\n{}", stderr_of(&stderr_path));
+                    panic!(
+                        "kvd did not start:\n{}\nits threads:\n{stacks}",
+                        stderr_of(&stderr_path)
+                    );
                 }
             }
         };
@@ -615,6 +619,26 @@ pub fn write_resealed_json(path: &std::path::Path, mut value: serde_json::Value)
     let sealed = kv_wal::sealed_json::seal(&serde_json::to_vec_pretty(&value).expect("JSON"));
     std::fs::write(path, &sealed).expect("write the file");
     sealed
+}
+
+/// Every thread's stack of process `pid`, as gdb prints it (what a process that hangs was
+/// waiting for), or why there is none (no gdb on the machine).
+pub fn thread_stacks(pid: u32) -> String {
+    let output = Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-nx",
+            "-ex",
+            "thread apply all bt",
+        ])
+        .stdin(Stdio::null())
+        .output();
+    match output {
+        Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+        Err(error) => format!("no stacks (cannot run gdb: {error})"),
+    }
 }
 
 /// The state letter of each thread of process `pid` (`/proc/PID/task/*/stat`): `T` stopped,
