@@ -86,7 +86,9 @@ impl RunCluster {
     /// Waits for a line that starts with `prefix` and returns it; fails on the script's exit
     /// or after [`UP_WITHIN`].
     fn wait_for_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + UP_WITHIN;
+        let started = Instant::now();
+        let deadline = started + UP_WITHIN;
+        let mut output_ended = false;
         while Instant::now() < deadline {
             match self.lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => {
@@ -106,10 +108,25 @@ impl RunCluster {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    output_ended = true;
+                    break;
+                }
             }
         }
-        panic!("no line {prefix:?} from run-cluster: {:#?}", self.seen);
+        // Which of the two it was, and whether the script still runs, for a failure seen once
+        // in a full run (no "stopping" line after a SIGINT; not reproduced alone).
+        let script_runs = self
+            .script
+            .as_mut()
+            .is_some_and(|script| matches!(script.try_wait(), Ok(None)));
+        panic!(
+            "no line {prefix:?} from run-cluster after {:.1} s (its output {}; the script {}): {:#?}",
+            started.elapsed().as_secs_f64(),
+            if output_ended { "ended" } else { "goes on" },
+            if script_runs { "still runs" } else { "exited" },
+            self.seen
+        );
     }
 
     /// Sends SIGINT (what Ctrl-C sends) and waits for the script to stop its nodes and exit.
