@@ -1010,8 +1010,9 @@ fn assert_kept_its_leadership(cluster: &Cluster, leader: usize, epoch: u64) {
     assert_eq!(
         cluster.leader_now(),
         Some((leader, epoch)),
-        "{}",
-        cluster.statuses()
+        "{}\n{}",
+        cluster.statuses(),
+        cluster.warnings()
     );
     for index in 0..3 {
         let log = cluster.log(index);
