@@ -33,6 +33,7 @@
 //!   leader whose disk hung under one would hold its lease, and take no write, for as long as
 //!   the hang lasts.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -250,7 +251,7 @@ impl Driver {
     /// want of disk space (a new leader's no-op with no room in its log) is taken again at
     /// the ticks until it goes through ([`Driver::retry_view_without_room`]); any other
     /// refusal is final for that view.
-    fn apply_view(&self, meta: &ClusterMeta) {
+    fn apply_view(self: &Arc<Self>, meta: &ClusterMeta) {
         let view = kv_http::cluster_view(meta, self.cluster.node_id());
         let applied = self.node.apply_cluster_view(&view);
         let mut retry = lock(&self.view_without_room);
@@ -261,6 +262,8 @@ impl Driver {
                     tracing::error!(%error, epoch = meta.leader_epoch, "cannot take the role the controller gives for want of disk space: trying again until there is room");
                 }
                 *retry = Some(Instant::now());
+                drop(retry);
+                self.hand_over_without_room(meta);
             }
             Err(error) => {
                 *retry = None;
@@ -484,20 +487,16 @@ impl Driver {
         if epoch != meta.leader_epoch || meta.data_leader != Some(self.cluster.node_id()) {
             return;
         }
-        {
-            let mut asked = lock(&self.reelection);
-            if *asked == Some(epoch) {
-                return;
-            }
-            *asked = Some(epoch);
+        if *lock(&self.reelection) == Some(epoch) {
+            return;
         }
         let node_id = self.cluster.node_id();
-        let (new_leader, new_isr) = if self.node.may_lead(&meta.isr) {
+        if self.node.may_lead(&meta.isr) {
             tracing::info!(
                 epoch,
                 "named leader of an epoch this node led before a restart: asking for a new one"
             );
-            (Some(node_id), meta.isr.clone())
+            self.propose_election(epoch, Some(node_id), meta.isr.clone());
         } else {
             // It lost committed entries another ISR member may hold: a new epoch without a
             // leader and without this node in the ISR, so the controller elects the ISR member
@@ -507,9 +506,65 @@ impl Driver {
                 "named leader, but this node lost committed entries: asking the controller to \
                  elect another in-sync replica"
             );
-            let others = meta.isr.iter().copied().filter(|&id| id != node_id);
-            (None, others.collect())
-        };
+            self.propose_election(epoch, None, self.isr_without_this_node(meta));
+        }
+    }
+
+    /// A node named leader that cannot take the role for want of disk space (its epoch's no-op
+    /// or the epoch's record in `node.meta` found no room) asks the controller, once per
+    /// epoch, to elect another in-sync replica in a new epoch without this node in the ISR —
+    /// as a Kafka broker whose log directory fails gives up its leaderships. A full disk may
+    /// stay full until an operator makes room, and the controller takes the node for the
+    /// leader meanwhile: before, the cluster took no write until then (a planned transfer to a
+    /// node whose disk was full: 9.8 s without a write in the disk-fault nemesis). The node
+    /// follows the new leader once it has room, and rejoins the ISR once it caught up. Alone
+    /// in the ISR, it keeps trying until there is room: no other node holds every
+    /// acknowledged write.
+    fn hand_over_without_room(self: &Arc<Self>, meta: &ClusterMeta) {
+        if meta.data_leader != Some(self.cluster.node_id()) {
+            return;
+        }
+        let others = self.isr_without_this_node(meta);
+        if others.is_empty() {
+            return;
+        }
+        if *lock(&self.reelection) != Some(meta.leader_epoch) {
+            tracing::warn!(
+                epoch = meta.leader_epoch,
+                isr = ?others,
+                "named leader, but this node's disk has no room: asking the controller to elect \
+                 another in-sync replica"
+            );
+        }
+        self.propose_election(meta.leader_epoch, None, others);
+    }
+
+    /// The newest view's ISR without this node.
+    fn isr_without_this_node(&self, meta: &ClusterMeta) -> BTreeSet<NodeId> {
+        let node_id = self.cluster.node_id();
+        meta.isr
+            .iter()
+            .copied()
+            .filter(|&id| id != node_id)
+            .collect()
+    }
+
+    /// Proposes a new epoch after `epoch` led by `new_leader` (`None`: the controller elects
+    /// the ISR member holding the most) with `new_isr`, once per epoch unless the proposal
+    /// fails (then again at the next view of that epoch).
+    fn propose_election(
+        self: &Arc<Self>,
+        epoch: u64,
+        new_leader: Option<NodeId>,
+        new_isr: BTreeSet<NodeId>,
+    ) {
+        {
+            let mut asked = lock(&self.reelection);
+            if *asked == Some(epoch) {
+                return;
+            }
+            *asked = Some(epoch);
+        }
         let command = Command::ElectLeader {
             expected_epoch: epoch,
             new_leader,
@@ -519,7 +574,6 @@ impl Driver {
         let driver = self.clone();
         tokio::spawn(async move {
             if !driver.propose(&command).await {
-                // Ask again at the next view of this epoch.
                 *lock(&driver.reelection) = None;
             }
         });

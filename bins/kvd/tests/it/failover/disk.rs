@@ -1155,16 +1155,17 @@ fn a_leader_whose_disk_hangs_as_it_hands_over_sends_requests_to_the_new_leader()
     );
 }
 
-/// A node named leader while its disk is full takes the role once there is room. Its epoch's
-/// no-op fits its preallocated segment, but recording the epoch in `node.meta` finds no room.
-/// That refusal was final for the view: the node went on following the old leader while the
-/// controller took it for the leader, and the cluster took no write however long after the
-/// disk had room (the nemesis's disk faults in CI: the cluster did not settle within 30 s,
-/// seed 1796645746480985621). A meta save that finds the disk full now counts as out of space
-/// (`kv_replication::Error::is_out_of_space`): the view is taken again every second, and once
-/// there is room the node leads — in a new epoch it asks for, its no-op having used the first.
+/// A node named leader while its disk is full hands the leadership to another in-sync replica
+/// instead of keeping the cluster without a leader until there is room. Its epoch's no-op fits
+/// its preallocated segment, but recording the epoch in `node.meta` finds no room. That
+/// refusal was first final for the view (the cluster took no write however long after the disk
+/// had room: the nemesis's disk faults in CI, seed 1796645746480985621), then taken again every
+/// second, leading once there was room (`e34ab64`) — but a full disk may stay full until an
+/// operator acts, and the cluster took no write meanwhile (9.8 s in a disk-fault nemesis run).
+/// The node now asks the controller to elect another ISR member in a new epoch without it
+/// (`Driver::hand_over_without_room`); once its disk has room it follows and catches up.
 #[test]
-fn a_node_named_leader_while_its_disk_is_full_leads_once_there_is_room() {
+fn a_node_named_leader_while_its_disk_is_full_hands_the_leadership_to_another_in_sync_replica() {
     let scratch = tempfile::tempdir().expect("temp dir");
     let full = |index: usize| scratch.path().join(format!("node-{index}-disk-full"));
     let cluster = Cluster::start_first_with_env(
@@ -1192,35 +1193,46 @@ fn a_node_named_leader_while_its_disk_is_full_leads_once_there_is_room() {
     });
     std::fs::write(full(to), b"").expect("fill the disk");
     let body = serde_json::json!({ "to": to }).to_string();
+    let asked = Instant::now();
     let transfer = cluster
         .request(leader, "POST", "/admin/transfer-leader", Some(&body))
         .expect("the transfer's answer");
-    println!(
-        "transfer to node {to}, its disk full: {} {}",
-        transfer.status,
-        String::from_utf8_lossy(&transfer.body)
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    std::fs::remove_file(full(to)).expect("room again");
-    let freed = Instant::now();
     assert_eq!(
         transfer.status,
         200,
         "{}",
         String::from_utf8_lossy(&transfer.body)
     );
-    let (by, after) = cluster.write(leader, "after", &serde_json::json!(2));
+    // Taken while the target's disk is still full (`Cluster::write` retries until it is, or
+    // fails the test at its deadline).
+    let (by, during) = cluster.write(leader, "during", &serde_json::json!(2));
+    let taken_after = asked.elapsed();
     let (now_leading, now_epoch) = cluster.wait_for_leader(None);
     println!(
-        "a write taken by node {by} {:?} after the disk had room; node {now_leading} leads \
-         epoch {now_epoch}",
-        freed.elapsed()
+        "transfer to node {to}, its disk full: a write taken by node {by} {taken_after:?} after \
+         the transfer was asked; node {now_leading} leads epoch {now_epoch} (epoch {epoch} before)"
     );
+    assert!(full(to).exists(), "the disk had room before the write");
+    assert_ne!(now_leading, to);
     assert!(now_epoch > epoch + 1, "epoch {epoch}, now {now_epoch}");
+    assert!(
+        cluster
+            .log(to)
+            .contains("asking the controller to elect another in-sync replica"),
+        "{}",
+        cluster.log(to)
+    );
+    // Room again: the node follows the new leader and holds every write.
+    std::fs::remove_file(full(to)).expect("room again");
+    let (_, after) = cluster.write(now_leading, "after", &serde_json::json!(3));
     for index in 0..3 {
         assert_eq!(
-            cluster.read_after(index, "after", after),
+            cluster.read_after(index, "during", during),
             Some(serde_json::json!(2))
+        );
+        assert_eq!(
+            cluster.read_after(index, "after", after),
+            Some(serde_json::json!(3))
         );
     }
 }
