@@ -397,12 +397,34 @@ impl Cluster {
 
     /// Asks leader `from` to hand its leadership to node `to` (`POST /admin/transfer-leader`),
     /// expects 200, and waits until `to` leads with a lease; returns its epoch.
+    /// A 503 (no active controller answered: an election in the controller's Raft, a member
+    /// slow to answer on a loaded machine) is asked again, as a client would; a refusal on a
+    /// second try that says the transfer is under way or done counts as asked (the first may
+    /// have reached the controller before its answer was lost).
     pub fn transfer_leadership(&self, from: usize, to: usize) -> u64 {
         let body = json!({ "to": to }).to_string();
-        let answer = self
-            .request(from, "POST", "/admin/transfer-leader", Some(&body))
-            .expect("answers");
-        expect_status(answer, 200);
+        let started = Instant::now();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let answer = self
+                .request(from, "POST", "/admin/transfer-leader", Some(&body))
+                .expect("answers");
+            let detail = String::from_utf8_lossy(&answer.body).into_owned();
+            let asked_before = tries > 1
+                && (detail.contains(&format!(
+                    "a leadership transfer to node {to} is in progress"
+                )) || detail.contains(&format!("node {to} already leads")));
+            if answer.status == 200 || asked_before {
+                break;
+            }
+            assert!(
+                answer.status == 503 && started.elapsed() < DEADLINE,
+                "the transfer to node {to} (try {tries}): {} {detail}",
+                answer.status
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let (leader, epoch) = self.wait_for_leader(Some(from));
         assert_eq!(
             leader, to,
