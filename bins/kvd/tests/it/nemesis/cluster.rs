@@ -244,6 +244,12 @@ impl Cluster {
     /// It asks node `leader` first and follows the leadership if it moves meanwhile (after a
     /// heal the controller may still elect another node once).
     pub fn wait_until_settled(&self, leader: usize, deadline: Duration) -> u64 {
+        self.try_wait_until_settled(leader, deadline)
+            .unwrap_or_else(|failure| panic!("{failure}"))
+    }
+
+    /// [`Cluster::wait_until_settled`], or why it did not settle (every node's status).
+    pub fn try_wait_until_settled(&self, leader: usize, deadline: Duration) -> Result<u64, String> {
         let until = Instant::now() + deadline;
         let mut leader = self.nodes[leader].address;
         let followers = self.nodes.len() - 1;
@@ -265,15 +271,26 @@ impl Cluster {
                 let commit_id = status["commit_id"].as_u64();
                 if let Some(commit_id) = commit_id {
                     if healthy >= followers && Some(commit_id) == status["last_id"].as_u64() {
-                        return commit_id;
+                        return Ok(commit_id);
                     }
                 }
                 last = status;
             }
-            assert!(
-                Instant::now() < until,
-                "the cluster did not settle within {deadline:?}; leader's last status: {last}"
-            );
+            if Instant::now() >= until {
+                let statuses: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|node| match cluster_status(node.address) {
+                        Some(status) => format!("{}: {status}", node.name),
+                        None => format!("{}: no answer", node.name),
+                    })
+                    .collect();
+                return Err(format!(
+                    "the cluster did not settle within {deadline:?}; leader's last status: \
+                     {last}\nevery node now:\n{}",
+                    statuses.join("\n")
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

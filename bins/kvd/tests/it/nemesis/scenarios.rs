@@ -257,7 +257,17 @@ fn run(scenario: Scenario) {
         reader.discover_leader();
     }
     let leader = reader.leader();
-    let commit_id = cluster.wait_until_settled(leader, DEADLINE);
+    let commit_id = match cluster.try_wait_until_settled(leader, DEADLINE) {
+        Ok(commit_id) => commit_id,
+        Err(failure) => {
+            let kept = cluster.keep_for_post_mortem();
+            panic!(
+                "{failure}\n(every node's data and log kept in {}; seed {})",
+                kept.display(),
+                seed
+            );
+        }
+    };
     let keys: BTreeSet<String> = records.iter().map(|record| record.key.clone()).collect();
     let mut divergent = Vec::new();
     for key in &keys {
