@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use super::cluster::Cluster;
+use super::cluster::{expect_status, Cluster};
 use super::load::{assert_holds_all, Writers};
 use crate::harness::{metric_value, request_within, Answer, Kvd, DEADLINE};
 
@@ -1062,14 +1062,11 @@ fn a_leader_whose_disk_hangs_as_it_hands_over_sends_requests_to_the_new_leader()
     std::fs::write(hang_file(scratch.path(), leader, "disk"), b"").expect("hang the disk");
     let hung_at = Instant::now();
     let body = serde_json::json!({ "to": to }).to_string();
-    let answer = cluster
-        .request(to, "POST", "/admin/transfer-leader", Some(&body))
-        .expect("the transfer's answer");
-    assert_eq!(
-        answer.status,
+    expect_status(
+        cluster
+            .request(to, "POST", "/admin/transfer-leader", Some(&body))
+            .expect("the transfer's answer"),
         200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
     );
     let (new_leader, new_epoch) = cluster.wait_for_leader(Some(leader));
     let led_at = Instant::now();
@@ -1194,14 +1191,11 @@ fn a_node_named_leader_while_its_disk_is_full_hands_the_leadership_to_another_in
     std::fs::write(full(to), b"").expect("fill the disk");
     let body = serde_json::json!({ "to": to }).to_string();
     let asked = Instant::now();
-    let transfer = cluster
-        .request(leader, "POST", "/admin/transfer-leader", Some(&body))
-        .expect("the transfer's answer");
-    assert_eq!(
-        transfer.status,
+    expect_status(
+        cluster
+            .request(leader, "POST", "/admin/transfer-leader", Some(&body))
+            .expect("the transfer's answer"),
         200,
-        "{}",
-        String::from_utf8_lossy(&transfer.body)
     );
     // Taken while the target's disk is still full (`Cluster::write` retries until it is, or
     // fails the test at its deadline).
