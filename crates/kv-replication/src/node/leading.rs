@@ -144,19 +144,29 @@ impl Node {
         };
         // A ticket that leads its write group writes its frames and runs its `fdatasync`
         // inside the poll below, blocking this worker for them (no lock held: a disk that
-        // hangs there holds this worker alone, and the other writes queue). With streams open
-        // its frames are written first, and the streams they wake wait in this worker's queue
-        // — the first in tokio's LIFO slot, which no other worker steals — until the poll
-        // returns: the followers would get the frames only after the leader's fsync. A yield
-        // lets the streams push first (this task goes to the back of the queue and another
-        // worker is woken to take it), so the followers' writes and fsyncs overlap the
-        // leader's (tests/it/nodes.rs, `the_streams_push_a_write_before_the_leaders_fsync`).
+        // hangs there holds this worker alone, and the other writes queue). It yields once
+        // before that poll:
+        // - with streams open its frames are written first, and the streams they wake wait in
+        //   this worker's queue — the first in tokio's LIFO slot, which no other worker
+        //   steals — until the poll returns: without the yield the followers would get the
+        //   frames only after the leader's fsync; with it they push first, so the followers'
+        //   writes and fsyncs overlap the leader's (tests/it/nodes.rs,
+        //   `the_streams_push_a_write_before_the_leaders_fsync`);
+        // - the other writes ready on this worker append meanwhile and queue behind this one,
+        //   and the committer thread takes them in one group: without it, on a runtime with a
+        //   single worker (a one-CPU machine) no other write could append until the fsync
+        //   ended, each then found the log idle, and every write paid an fsync of its own
+        //   (`writes_ready_together_on_a_single_worker_share_an_fsync`).
+        // tokio's `yield_now` defers the wake until the worker finds its queue empty, so
+        // alone (one client) it costs no wake-up of another thread.
         if let Some(ticket) = durable.ticket.as_mut() {
-            if ticket.leads_its_group() && self.streams.any_open() {
-                if large {
-                    off_the_workers(|| ticket.write_now());
-                } else {
-                    ticket.write_now();
+            if ticket.leads_its_group() {
+                if self.streams.any_open() {
+                    if large {
+                        off_the_workers(|| ticket.write_now());
+                    } else {
+                        ticket.write_now();
+                    }
                 }
                 tokio::task::yield_now().await;
             }
