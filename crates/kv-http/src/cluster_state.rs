@@ -151,6 +151,13 @@ impl ClusterState {
             .map(str::to_owned)
     }
 
+    /// Whether the newest metadata this node has heard — applied, or still being applied (a
+    /// role change that waits on the disk) — names it the data leader.
+    pub fn named_leader(&self) -> bool {
+        let learned = self.learned();
+        Self::newest(&learned).is_some_and(|newest| newest.data_leader == Some(self.node_id))
+    }
+
     /// Marks this leader as handing its leadership over (a planned transfer): it answers no
     /// read as linearizable until that ends, since the new leader may take writes before this
     /// node's lease runs out.

@@ -24,6 +24,19 @@ pub(crate) fn require_leader(state: &AppState, parts: &Parts) -> Result<()> {
         NodeRole::NoLeader => Err(Error::Unavailable(
             "no leader is known right now (an election is under way); retry".to_owned(),
         )),
+        // Named the leader by the newest view it heard, its role change under way (recording
+        // the new epoch may wait on the disk): not a 307 to the leader it followed, which
+        // would send the request straight back here.
+        NodeRole::Follower { .. }
+            if state
+                .cluster
+                .as_deref()
+                .is_some_and(ClusterState::named_leader) =>
+        {
+            Err(Error::Unavailable(
+                "this node is named the leader and is taking up the role: retry".to_owned(),
+            ))
+        }
         NodeRole::Follower { leader_url } => Err(redirect_to(&leader_url, parts)),
     }
 }

@@ -58,6 +58,12 @@ const VIEW_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// largest record (a 65 MiB one syncs in about a second on a slow disk); etcd warns of a WAL
 /// sync over one second.
 pub const DISK_HUNG_AFTER: Duration = Duration::from_secs(5);
+/// How long the disk may keep a node named the data leader from recording its new epoch (the
+/// save of `node.meta` before it takes the role, `Node::apply_cluster_view`) before the node
+/// stops heartbeating, so that the controller elects another leader instead of waiting for
+/// this one: the point where `/health` calls the disk slow. A healthy save takes
+/// milliseconds, and the cluster takes no write until the named leader takes its role.
+const TAKING_OVER_HUNG_AFTER: Duration = kv_http::DISK_SLOW_AFTER;
 
 /// The driver of one node. Cheap to share.
 pub struct Driver {
@@ -330,14 +336,28 @@ impl Driver {
     }
 
     /// Whether the disk has kept a write or `fdatasync` of the WAL, or a save of the node's
-    /// meta file, waiting [`DISK_HUNG_AFTER`] (read from atomics: no lock a hung write could
-    /// hold); says so when that starts and ends.
+    /// meta file, waiting [`DISK_HUNG_AFTER`] — or, for a node named the data leader that has
+    /// not taken the role yet, kept the save recording its new epoch waiting
+    /// [`TAKING_OVER_HUNG_AFTER`] (read from atomics and locks no hung write holds); says so
+    /// when that starts and ends.
     fn disk_hangs(&self) -> bool {
         let wal = self.node.store().wal_stats().disk_wait_seconds.max(0.0);
         let meta = self.node.meta_save_wait().as_secs_f64();
-        let hangs = wal.max(meta) >= DISK_HUNG_AFTER.as_secs_f64();
+        let hung = wal.max(meta) >= DISK_HUNG_AFTER.as_secs_f64();
+        let taking_over = !hung
+            && meta >= TAKING_OVER_HUNG_AFTER.as_secs_f64()
+            && self.cluster.named_leader()
+            && self.node.role() != Role::Leader;
+        let hangs = hung || taking_over;
         if hangs != self.silent_for_disk.swap(hangs, Ordering::AcqRel) {
-            if hangs {
+            if taking_over {
+                tracing::error!(
+                    meta_waited_ms = (meta * 1e3) as u64,
+                    "named the data leader, but the disk has kept the save of node.meta that \
+                     records the new epoch waiting: not renewing this node's session until it \
+                     answers (the controller fences this node and elects another leader)"
+                );
+            } else if hangs {
                 tracing::error!(
                     wal_waited_ms = (wal * 1e3) as u64,
                     meta_waited_ms = (meta * 1e3) as u64,

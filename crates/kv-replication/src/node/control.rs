@@ -73,7 +73,7 @@ impl Node {
         // off, and take the role change path (which does) only when the role changes.
         let quick = {
             let role = lock(&self.role);
-            let highest_led = super::highest_epoch_led(&self.meta.get(), &self.store);
+            let highest_led = self.highest_epoch_led(&self.meta.get());
             decide(&standing(&role), highest_led, view)
         };
         match quick {
@@ -118,10 +118,17 @@ impl Node {
             self.depose_for_view(*epoch);
             self.record_view_epoch(*epoch)?;
         }
+        if let ViewAction::Lead { epoch } = quick {
+            // Not an epoch it will not take (`Node::unless_it_lost_committed_entries`).
+            let commit_id = self.meta.get().commit_id;
+            if crate::view::may_lead(node_id, self.store.last_id(), commit_id, &view.isr) {
+                self.claim_epoch(*epoch)?;
+            }
+        }
         let mut noop = None;
         let action = self.change_role(|role, meta| {
             let standing = standing(role);
-            let action = decide(&standing, super::highest_epoch_led(meta, &self.store), view);
+            let action = decide(&standing, self.highest_epoch_led(meta), view);
             let action = self.unless_it_lost_committed_entries(action, node_id, meta, view);
             let next = match &action {
                 ViewAction::Nothing => None,
@@ -133,16 +140,20 @@ impl Node {
                 }
                 ViewAction::Lead { epoch } => {
                     let known_commit = meta.commit_id.max(self.commit_id());
+                    let claim = *lock(&self.epoch_claim);
                     let (leader, ticket) = take_leadership(
                         &self.store,
                         &self.meta_files(),
                         meta,
+                        claim,
                         node_id,
                         *epoch,
                         known_commit,
                         membership.clone(),
                         &self.options.leader,
                     )?;
+                    // Its no-op is in the log: the claim is used.
+                    *lock(&self.epoch_claim) = None;
                     noop = Some(ticket);
                     Some(RoleState::Leader(Box::new(leader)))
                 }
@@ -288,6 +299,33 @@ impl Node {
             );
             self.progress.send_modify(|count| *count += 1);
         }
+    }
+
+    /// Records `epoch`, which a view names this node leader of, as led in the meta file before
+    /// the role change takes it, holding only the meta's writer: a disk that hangs in that
+    /// save holds the thread applying the view, while the node goes on answering in its old
+    /// role (before, the save ran under the role change's locks, and the node answered nothing
+    /// until the disk did). Until the epoch's no-op reaches the log the claim is unused
+    /// ([`super::EpochClaim`]), so the role change may still take that epoch.
+    fn claim_epoch(&self, epoch: u64) -> Result<()> {
+        let mut meta = self.meta.write();
+        let claim = *lock(&self.epoch_claim);
+        if self.highest_epoch_led(&meta) >= epoch {
+            // Led already; the role change refuses it.
+            return Ok(());
+        }
+        if claim.is_some_and(|claim| claim.epoch == epoch) && meta.led_epoch == epoch {
+            return Ok(());
+        }
+        let led_before = meta.led_epoch;
+        persist_epoch(&self.meta_files(), &mut meta, epoch, true)?;
+        *lock(&self.epoch_claim) = Some(super::EpochClaim { epoch, led_before });
+        Ok(())
+    }
+
+    /// [`super::highest_epoch_led`] counting no epoch this process claimed and has not used.
+    fn highest_epoch_led(&self, meta: &NodeMeta) -> u64 {
+        super::highest_epoch_led(meta, &self.store, *lock(&self.epoch_claim))
     }
 
     /// Records `epoch`, a view's, as heard in the meta file if it is new, holding only the

@@ -160,9 +160,9 @@ impl RoleState {
 
 /// A store with its replication role.
 ///
-/// Lock order: `admission` before `role` before `meta`'s writer (taking the leadership
-/// persists the epoch under all three; a follower's new epoch is recorded before, under the
-/// writer alone, `Node::apply_cluster_view`); `meta`'s readers wait for no writer.
+/// Lock order: `admission` before `role` before `meta`'s writer (a new epoch — to follow, or
+/// claimed to lead — is recorded before the role change, under the writer alone,
+/// `Node::apply_cluster_view`); `meta`'s readers wait for no writer.
 #[derive(Debug)]
 pub struct Node {
     store: Arc<Store>,
@@ -176,6 +176,9 @@ pub struct Node {
     node_id: Option<u64>,
     /// The epoch this node was named leader of but may not lead (it led it before a restart).
     reelection_wanted: Mutex<Option<u64>>,
+    /// An epoch this process recorded as led in `node.meta` before taking it, of which nothing
+    /// has reached the log yet ([`EpochClaim`]).
+    epoch_claim: Mutex<Option<EpochClaim>>,
     /// Bumped at every role change, so a held fetch, a waiting write or a fetch loop started
     /// for the old role notices at once.
     role_changes: watch::Sender<u64>,
@@ -381,6 +384,7 @@ impl Node {
             role: Mutex::new(role),
             node_id,
             reelection_wanted: Mutex::new(None),
+            epoch_claim: Mutex::new(None),
             role_changes: watch::Sender::new(0),
             commit: watch::Sender::new(commit_id),
             applied: watch::Sender::new(applied_id),
@@ -662,9 +666,26 @@ fn next_epoch(meta: &NodeMeta, store: &Store) -> u64 {
 }
 
 /// The highest epoch this node has led or holds entries of: under the controller it may lead
-/// only above.
-fn highest_epoch_led(meta: &NodeMeta, store: &Store) -> u64 {
-    meta.led_epoch.max(store.last_entry_epoch().unwrap_or(0))
+/// only above. An epoch `claim`ed by this process and still unused does not count.
+fn highest_epoch_led(meta: &NodeMeta, store: &Store, claim: Option<EpochClaim>) -> u64 {
+    let led = match claim {
+        Some(claim) if claim.epoch == meta.led_epoch => claim.led_before,
+        _ => meta.led_epoch,
+    };
+    led.max(store.last_entry_epoch().unwrap_or(0))
+}
+
+/// An epoch a node named its leader records as led in `node.meta` before it takes the role,
+/// off the locks every request takes (`Node::claim_epoch`): a disk that hangs in that save
+/// holds the thread applying the view, not the node. Until the epoch's first entry is
+/// submitted the claim is unused, and this process may still take that epoch (its view again,
+/// once a full disk has room); a restart forgets the claim, and the epoch then counts as led
+/// (nothing of it may have left this node, but the node cannot tell).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EpochClaim {
+    epoch: u64,
+    /// `led_epoch` before the claim.
+    led_before: u64,
 }
 
 /// Records `epoch` in the meta file (before anything of it is written or followed), and as led
@@ -752,22 +773,24 @@ fn take_leadership(
     store: &Store,
     files: &MetaFiles,
     meta: &mut NodeMeta,
+    claim: Option<EpochClaim>,
     node_id: u64,
     epoch: u64,
     known_commit: u64,
     membership: Membership,
     options: &LeaderOptions,
 ) -> Result<(LeaderState, kv_wal::AppendTicket)> {
-    let highest = highest_epoch_led(meta, store);
+    let highest = highest_epoch_led(meta, store, claim);
     if epoch <= highest {
         return Err(Error::StaleEpoch { epoch, highest });
     }
-    // The no-op goes to the log before the meta file records the epoch as led: a log without
-    // room for it (`kv_wal::Error::OutOfSpace`: nothing appended) leaves the epoch unused, so
-    // the same view can be taken again once there is room, instead of each try using up an
-    // epoch. Nothing of the epoch leaves this node before the meta file records it (the role
-    // is installed after), and an epoch whose no-op reached the log counts as led
-    // (`highest_epoch_led`) even if recording it fails.
+    // The node claims the epoch before (`EpochClaim`: recorded as led off its locks). A log
+    // without room for the no-op (`kv_wal::Error::OutOfSpace`: nothing appended) leaves the
+    // claim unused, so the same view can be taken again once there is room, instead of each
+    // try using up an epoch. Unclaimed, the no-op goes to the log before the meta file
+    // records the epoch as led, for the same reason. Nothing of the epoch leaves this node
+    // before the meta file records it (the role is installed after), and an epoch whose no-op
+    // reached the log counts as led (`highest_epoch_led`) even if recording it fails.
     let previous_epoch = store.epoch();
     store.set_epoch(epoch);
     let submitted = fill_lost_ids(store, meta, epoch).and_then(|()| Ok(store.submit(Op::Noop)?));
@@ -778,7 +801,10 @@ fn take_leadership(
             return Err(error);
         }
     };
-    persist_epoch(files, meta, epoch, true)?;
+    if meta.led_epoch < epoch {
+        // Not claimed before (`EpochClaim`): recorded here, under the caller's locks.
+        persist_epoch(files, meta, epoch, true)?;
+    }
     let noop_id = noop.id;
     let mut leader = LeaderState::elected(
         meta.cluster_id,
