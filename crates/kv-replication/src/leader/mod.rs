@@ -396,9 +396,14 @@ impl LeaderState {
 
     /// Whether follower `node_id` holds `id` durably (as of its last fetch).
     pub fn follower_holds(&self, node_id: u64, id: u64) -> bool {
+        self.follower_durable_id(node_id) >= id
+    }
+
+    /// The last id follower `node_id` holds durably, as of its last fetch (0 if unknown).
+    pub fn follower_durable_id(&self, node_id: u64) -> u64 {
         self.followers
             .get(&node_id)
-            .is_some_and(|progress| progress.durable_id >= id)
+            .map_or(0, |progress| progress.durable_id)
     }
 
     /// Handles a fetch: checks the cluster and the follower's epoch, that the follower's log

@@ -450,10 +450,13 @@ impl Node {
     /// [`Error::Unavailable`], retryable), waits until `to` holds this leader's whole log
     /// durably (its fetch acknowledges the last id), then returns, writes still refused: the
     /// wiring proposes `Command::TransferLeader` and the new view makes this node a follower
-    /// (or [`Node::cancel_transfer`] takes writes again). On timeout or a role change, writes
-    /// are taken again and the error says why.
+    /// (or [`Node::cancel_transfer`] takes writes again). On timeout, on a role change, or
+    /// once `to` has acknowledged nothing new for half the lag limit while behind (a healthy
+    /// follower's held fetch answers within that; one whose disk hangs never does: writes
+    /// stopped for the whole `timeout` before), writes are taken again and the error says why.
     pub async fn prepare_transfer(&self, to: u64, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let stall_max = self.options.leader.lag_limit / 2;
         let started = Instant::now();
         let mut progress = self.acknowledgements.subscribe();
         let mut role_changes = self.role_changes.subscribe();
@@ -469,21 +472,41 @@ impl Node {
             target,
             "preparing a leadership transfer: writes stopped"
         );
+        // The target's durable id, and since when it has not moved.
+        let mut held = (0, tokio::time::Instant::now());
         loop {
             if *role_changes.borrow_and_update() != leadership {
                 return Err(Error::Unavailable(
                     "this node stopped leading while preparing the transfer".to_owned(),
                 ));
             }
-            if self.with_leader(|leader| leader.follower_holds(to, target))? {
+            let durable_id = self.with_leader(|leader| leader.follower_durable_id(to))?;
+            if durable_id >= target {
                 tracing::info!(to, target, "the transfer target holds the whole log");
                 return Ok(());
             }
-            if !progress_or_role_change(deadline, &mut progress, &mut role_changes).await {
+            if durable_id > held.0 {
+                held = (durable_id, tokio::time::Instant::now());
+            }
+            let stalled_at = held.1 + stall_max;
+            let wake = deadline.min(stalled_at);
+            if !progress_or_role_change(wake, &mut progress, &mut role_changes).await {
+                let now = tokio::time::Instant::now();
+                if now < deadline && now < stalled_at {
+                    continue;
+                }
                 self.cancel_transfer();
+                let why = if now >= deadline {
+                    format!("did not catch up with id {target}")
+                } else {
+                    format!(
+                        "acknowledged nothing new for {} ms (it holds id {durable_id} of \
+                         {target})",
+                        stall_max.as_millis()
+                    )
+                };
                 return Err(Error::Unavailable(format!(
-                    "node {to} did not catch up with id {target} within {} ms: transfer \
-                     abandoned, writes resumed",
+                    "node {to} {why}: transfer abandoned after {} ms, writes resumed",
                     started.elapsed().as_millis()
                 )));
             }

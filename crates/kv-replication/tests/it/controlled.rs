@@ -907,6 +907,59 @@ async fn a_planned_transfer_stops_writes_until_the_target_holds_everything() {
         .is_ok());
 }
 
+/// A planned transfer to a node that stops acknowledging (its disk hangs, it is cut off) is
+/// abandoned once the target has acknowledged nothing new for half the lag limit, not at the
+/// transfer's whole timeout: writes stop while the leader waits. Before, they stopped for the
+/// whole timeout (the controller's `transfer_timeout`, 5 s): 6.5–7.1 s without an
+/// acknowledged write in a disk-fault nemesis run when a transfer's target hung before it
+/// caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_a_node_that_stops_acknowledging_is_abandoned_at_half_the_lag_limit() {
+    let mut cluster = Cluster::start(3, 1, options());
+    cluster.elect(Some(0));
+    let leader = cluster.node(0);
+    let first = leader
+        .write(set("first".to_owned(), 1), Acks::Leader)
+        .await
+        .unwrap();
+    eventually("node 2 holds the first write", || {
+        cluster.node(2).position().id >= first
+    })
+    .await;
+    cluster.cut(0, 2);
+    leader
+        .write(set("unseen".to_owned(), 1), Acks::Leader)
+        .await
+        .unwrap();
+    let lag_limit = options().leader.lag_limit;
+    let timeout = Duration::from_secs(60);
+    let started = Instant::now();
+    let prepared = tokio::time::timeout(timeout / 2, leader.prepare_transfer(2, timeout)).await;
+    let error = match prepared {
+        Ok(Err(error)) => error,
+        Ok(Ok(())) => panic!("the transfer went ahead to a node that never caught up"),
+        Err(_) => panic!(
+            "writes stopped for {:?} waiting for a target that acknowledged nothing",
+            started.elapsed()
+        ),
+    };
+    println!("abandoned after {:?}: {error}", started.elapsed());
+    assert!(matches!(error, Error::Unavailable(_)), "{error}");
+    assert!(
+        error.to_string().contains("acknowledged nothing new"),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() >= lag_limit / 2,
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(leader
+        .write(set("again".to_owned(), 1), Acks::Leader)
+        .await
+        .is_ok());
+}
+
 /// What a follower reports: its last contact with the leader, whether it is caught up, and
 /// how stale its reads may be — bounded while it hears the leader, unbounded once cut off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
