@@ -1178,25 +1178,10 @@ fn a_node_named_leader_while_its_disk_is_full_hands_the_leadership_to_another_in
     );
     // The data leader and the target are plain controller members: the controller's Raft
     // needs no room on the target's disk.
-    let (leader, epoch) = lead_as(&cluster, false);
-    let raft_leader = cluster.status(leader).expect("the leader answers")["controller"]
-        ["raft_leader"]
-        .as_u64()
-        .expect("a Raft leader") as usize;
-    let to = 3 - leader - raft_leader;
-    let (_, before) = cluster.write(leader, "before", &serde_json::json!(1));
-    cluster.wait_for_status(to, "holding the leader's log", |status| {
-        status["applied_id"].as_u64() >= Some(before)
-    });
-    std::fs::write(full(to), b"").expect("fill the disk");
-    let body = serde_json::json!({ "to": to }).to_string();
-    let asked = Instant::now();
-    expect_status(
-        cluster
-            .request(leader, "POST", "/admin/transfer-leader", Some(&body))
-            .expect("the transfer's answer"),
-        200,
-    );
+    let (leader, epoch, to, asked) =
+        transfer_to_a_plain_member_after(&cluster, "before", &serde_json::json!(1), |to| {
+            std::fs::write(full(to), b"").expect("fill the disk")
+        });
     // Taken while the target's disk is still full (`Cluster::write` retries until it is, or
     // fails the test at its deadline).
     let (by, during) = cluster.write(leader, "during", &serde_json::json!(2));
@@ -1249,27 +1234,15 @@ fn a_node_named_leader_while_its_disk_hangs_keeps_answering_and_the_cluster_writ
     for (round, kind) in ["disk", "fsync"].into_iter().enumerate() {
         // The data leader and the target are plain controller members: the controller's Raft
         // does not wait on the target's disk.
-        let (leader, epoch) = lead_as(&cluster, false);
-        let raft_leader = cluster.status(leader).expect("the leader answers")["controller"]
-            ["raft_leader"]
-            .as_u64()
-            .expect("a Raft leader") as usize;
-        let to = 3 - leader - raft_leader;
         let before_key = format!("before-{round}");
-        let (_, before) = cluster.write(leader, &before_key, &serde_json::json!(kind));
-        cluster.wait_for_status(to, "holding the leader's log", |status| {
-            status["applied_id"].as_u64() >= Some(before)
-        });
-        let hang = hang_file(scratch.path(), to, kind);
-        std::fs::write(&hang, b"").expect("hang the disk");
-        let body = serde_json::json!({ "to": to }).to_string();
-        let asked = Instant::now();
-        expect_status(
-            cluster
-                .request(leader, "POST", "/admin/transfer-leader", Some(&body))
-                .expect("the transfer's answer"),
-            200,
+        let hang = |to| hang_file(scratch.path(), to, kind);
+        let (leader, epoch, to, asked) = transfer_to_a_plain_member_after(
+            &cluster,
+            &before_key,
+            &serde_json::json!(kind),
+            |to| std::fs::write(hang(to), b"").expect("hang the disk"),
         );
+        let hang = hang(to);
         let during_key = format!("during-{round}");
         let (by, during, taken_after) = std::thread::scope(|scope| {
             let answers = scope.spawn(|| {
@@ -1317,6 +1290,38 @@ fn a_node_named_leader_while_its_disk_hangs_keeps_answering_and_the_cluster_writ
             );
         }
     }
+}
+
+/// Makes the data leader a plain controller member (not the controller's Raft leader), writes
+/// `key` and waits until the other plain member holds it, applies `fault` to that member, and
+/// asks a planned transfer to it (200). The leader, its epoch before, the target, and when the
+/// transfer was asked.
+fn transfer_to_a_plain_member_after(
+    cluster: &Cluster,
+    key: &str,
+    value: &serde_json::Value,
+    fault: impl FnOnce(usize),
+) -> (usize, u64, usize, Instant) {
+    let (leader, epoch) = lead_as(cluster, false);
+    let raft_leader = cluster.status(leader).expect("the leader answers")["controller"]
+        ["raft_leader"]
+        .as_u64()
+        .expect("a Raft leader") as usize;
+    let to = 3 - leader - raft_leader;
+    let (_, before) = cluster.write(leader, key, value);
+    cluster.wait_for_status(to, "holding the leader's log", |status| {
+        status["applied_id"].as_u64() >= Some(before)
+    });
+    fault(to);
+    let body = serde_json::json!({ "to": to }).to_string();
+    let asked = Instant::now();
+    expect_status(
+        cluster
+            .request(leader, "POST", "/admin/transfer-leader", Some(&body))
+            .expect("the transfer's answer"),
+        200,
+    );
+    (leader, epoch, to, asked)
 }
 
 /// How soon a write must be taken after a transfer names a node whose disk hangs: below
