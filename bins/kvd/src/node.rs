@@ -72,10 +72,18 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         elapsed_ms = opening_started.elapsed().as_millis() as u64,
         "store ready"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = async_workers() {
+        builder.worker_threads(workers);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    tracing::info!(
+        workers = runtime.metrics().num_workers(),
+        "async runtime started"
+    );
     // True once the node stops (a signal, a claim, a refused join).
     let (stopping, _) = watch::channel(false);
     let disk_watch = crate::disk_watch::DiskWatch::start(
@@ -445,4 +453,21 @@ impl ShutdownSignals {
             "shutting down: no new connections, finishing requests in flight"
         );
     }
+}
+
+/// Async worker threads at least: a write whose disk hangs holds the worker that polls it (a
+/// write group's leader runs its `fdatasync` inside its poll, `docs/wal-format.md`), and the
+/// node answers — `/health`, reads, a 503 for the writes behind it, its heartbeats — on
+/// another. tokio starts one worker per CPU, so on a one-CPU machine a hung disk froze the
+/// whole node (the `failover::disk` tests fail with one worker).
+const ASYNC_WORKERS_MIN: usize = 2;
+
+/// How many async workers to start: one per CPU, at least [`ASYNC_WORKERS_MIN`]; `None` (tokio's
+/// own choice) when `TOKIO_WORKER_THREADS` sets it.
+fn async_workers() -> Option<usize> {
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        return None;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    Some(cpus.max(ASYNC_WORKERS_MIN))
 }

@@ -1327,3 +1327,40 @@ fn transfer_to_a_plain_member_after(
 /// How soon a write must be taken after a transfer names a node whose disk hangs: below
 /// kvd's `DISK_HUNG_AFTER` (5 s), the silence that has such a node fenced.
 const NAMED_LEADER_HANG_WRITE_WITHIN: Duration = Duration::from_secs(4);
+
+/// On a one-CPU machine kvd still runs two async workers: a write group's leader runs its
+/// `fdatasync` on the worker that polls it, and with a single worker a hung disk froze the
+/// whole node (the hung-disk tests above fail with `TOKIO_WORKER_THREADS=1`: no `/health`, no
+/// heartbeats). tokio starts one worker per CPU; `taskset -c 0` gives kvd one CPU.
+#[test]
+fn kvd_on_one_cpu_runs_two_async_workers() {
+    use std::io::{BufRead, Read};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("node").display().to_string();
+    let mut child = std::process::Command::new("taskset")
+        .args(["-c", "0", env!("CARGO_BIN_EXE_kvd"), "leader"])
+        .args(["--listen", "127.0.0.1:0", "--data-dir", &data])
+        .env_remove("TOKIO_WORKER_THREADS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("taskset runs kvd (util-linux)");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("kvd's first line");
+    let _ = child.kill();
+    let mut log = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log);
+    let _ = child.wait();
+    assert!(first.starts_with("listening on "), "{first}\n{log}");
+    let started = log
+        .lines()
+        .find(|line| line.contains("async runtime started"))
+        .unwrap_or_else(|| panic!("no 'async runtime started' line:\n{log}"));
+    assert!(started.contains("workers=2"), "kvd on one CPU: {started}");
+}
