@@ -314,11 +314,12 @@ fn refuse_a_member_that_lost_its_state(
     )))
 }
 
-/// The body of `POST /admin/transfer-leader` (optional).
-#[derive(Debug, Default, Deserialize)]
+/// The body of `POST /admin/transfer-leader`, when there is one: `to` is then required (a
+/// `null` or missing `to` is a 400, not "any node": that is what no body asks).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TransferBody {
-    to: Option<NodeId>,
+    to: NodeId,
 }
 
 /// `POST /admin/transfer-leader` (body `{"to": id}`, optional: default the most caught-up
@@ -335,16 +336,16 @@ where
 {
     let cluster = cluster_of(state)?;
     let bytes = body::read_body(body, &parts.headers, &state.options).await?;
-    let request: TransferBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-        TransferBody::default()
+    let to = if bytes.iter().all(u8::is_ascii_whitespace) {
+        None
     } else {
-        parse_json(&bytes)?
+        Some(parse_json::<TransferBody>(&bytes)?.to)
     };
     if !cluster.client().is_active_here() {
         return forward(cluster, parts, Some(bytes)).await;
     }
     let controller = cluster.controller();
-    let meta = match controller.transfer_leader(request.to).await {
+    let meta = match controller.transfer_leader(to).await {
         Err(kv_controller::Error::NotLeader { .. }) => {
             return forward(cluster, parts, Some(bytes)).await
         }

@@ -52,8 +52,14 @@ pub(crate) fn request_ids(
         check_id(name, &text).map_err(Error::InvalidQuery)?;
         Ok(Some(text))
     };
-    let header = match headers.get(&IDEMPOTENCY_KEY) {
+    let mut values = headers.get_all(&IDEMPOTENCY_KEY).iter();
+    let header = match values.next() {
         None => None,
+        Some(_) if values.next().is_some() => {
+            return Err(Error::InvalidHeader(
+                "Idempotency-Key is given more than once".to_owned(),
+            ))
+        }
         Some(value) => {
             let text = value
                 .to_str()
@@ -127,10 +133,17 @@ impl WriteConditions {
     /// that matches nothing, the absent key included: `If-Match: "0"` never holds (it
     /// created an absent key before, read as etcd's "mod_revision = 0"), and `If-None-Match:
     /// "0"` always holds (it failed on an absent key before), so it is no condition at all.
+    /// `If-Match` compares strongly (RFC 9110, 13.1.1): a weak tag (`W/"7"`) matches nothing,
+    /// as `"0"` (kvd sends only strong ones); `If-None-Match` compares weakly, so `W/"7"`
+    /// there is `"7"`.
     pub fn from_headers(headers: &HeaderMap) -> Result<WriteConditions> {
-        let if_none_match = tag(headers, http::header::IF_NONE_MATCH)?;
+        let if_none_match = tag(headers, http::header::IF_NONE_MATCH)?.map(|(tag, _)| tag);
+        let if_match = tag(headers, http::header::IF_MATCH)?.map(|(tag, weak)| match weak {
+            true => Tag::Revision(0),
+            false => tag,
+        });
         Ok(WriteConditions {
-            if_match: tag(headers, http::header::IF_MATCH)?,
+            if_match,
             if_none_match: if_none_match.filter(|tag| *tag != Tag::Revision(0)),
             version: None,
         })
@@ -206,9 +219,10 @@ impl Condition {
     }
 }
 
-/// One `If-Match`/`If-None-Match` header: `*`, or one entity tag `"<digits>"` (`W/` and bare
-/// digits accepted). A list of tags is a 400: kvd's values have one tag each.
-fn tag(headers: &HeaderMap, name: HeaderName) -> Result<Option<Tag>> {
+/// One `If-Match`/`If-None-Match` header: `*`, or one entity tag `"<digits>"` (bare digits
+/// accepted), and whether it was weak (`W/"<digits>"`). A list of tags is a 400: kvd's values
+/// have one tag each.
+fn tag(headers: &HeaderMap, name: HeaderName) -> Result<Option<(Tag, bool)>> {
     let mut values = headers.get_all(&name).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -223,9 +237,12 @@ fn tag(headers: &HeaderMap, name: HeaderName) -> Result<Option<Tag>> {
     }
     let text = value.to_str().map_err(|_| bad())?.trim();
     if text == "*" {
-        return Ok(Some(Tag::Any));
+        return Ok(Some((Tag::Any, false)));
     }
-    let text = text.strip_prefix("W/").unwrap_or(text);
+    let (text, weak) = match text.strip_prefix("W/") {
+        Some(text) => (text, true),
+        None => (text, false),
+    };
     let digits = text
         .strip_prefix('"')
         .and_then(|text| text.strip_suffix('"'))
@@ -235,7 +252,7 @@ fn tag(headers: &HeaderMap, name: HeaderName) -> Result<Option<Tag>> {
     }
     digits
         .parse()
-        .map(|revision| Some(Tag::Revision(revision)))
+        .map(|revision| Some((Tag::Revision(revision), weak)))
         .map_err(|_| bad())
 }
 
@@ -250,8 +267,9 @@ mod tests {
         for (text, expected) in [
             ("*", Tag::Any),
             ("\"12\"", Tag::Revision(12)),
-            ("W/\"7\"", Tag::Revision(7)),
             ("3", Tag::Revision(3)),
+            // A weak tag never matches under If-Match's strong comparison.
+            ("W/\"7\"", Tag::Revision(0)),
         ] {
             headers.insert(http::header::IF_MATCH, HeaderValue::from_static(text));
             assert_eq!(
@@ -259,6 +277,18 @@ mod tests {
                 Some(expected)
             );
         }
+        headers.clear();
+        headers.insert(
+            http::header::IF_NONE_MATCH,
+            HeaderValue::from_static("W/\"7\""),
+        );
+        assert_eq!(
+            WriteConditions::from_headers(&headers)
+                .unwrap()
+                .if_none_match,
+            Some(Tag::Revision(7)),
+            "If-None-Match compares weakly"
+        );
         for text in ["\"1\", \"2\"", "\"x\"", "\"\"", "-1"] {
             headers.insert(http::header::IF_NONE_MATCH, HeaderValue::from_static(text));
             assert!(WriteConditions::from_headers(&headers).is_err(), "{text}");

@@ -49,10 +49,15 @@ pub enum Error {
     #[error("could not read request body: {0}")]
     BodyRead(String),
     /// The key is longer than the limit.
-    #[error("key of {key_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
+    #[error(
+        "key of {}{key_bytes} bytes exceeds the limit of {limit_bytes} bytes",
+        if *.at_least { "at least " } else { "" }
+    )]
     KeyTooLong {
-        /// The key's length (after percent-decoding, or a lower bound).
+        /// The key's length after percent-decoding, or a lower bound of it.
         key_bytes: usize,
+        /// `key_bytes` is a lower bound: the key was refused before it was decoded.
+        at_least: bool,
         /// The configured limit.
         limit_bytes: usize,
     },
@@ -363,8 +368,14 @@ mod log_rate_tests {
 /// The response for `error`: its status, `{"detail": …}`, and the headers the status needs.
 pub fn error_response(error: &Error) -> Response<Full<Bytes>> {
     let status = error.status();
-    // An unavailable cluster (an election, a stale follower) is expected, not an error here.
-    if status.is_server_error() && !matches!(error, Error::Unavailable(_)) {
+    // An unavailable cluster (an election, a stale follower) is expected, not an error here;
+    // nor is a 5xx the client asked for: a read-your-writes wait it bounded that ran out
+    // (504), a transfer coding it chose that HTTP servers need not know (501).
+    let expected = matches!(
+        error,
+        Error::Unavailable(_) | Error::NotYetApplied { .. } | Error::UnsupportedTransferCoding(_)
+    );
+    if status.is_server_error() && !expected {
         if refused_by_the_log(error) {
             // The node's state, the same for every write until it changes (a poisoned log, a
             // full disk): said at most once a second, not once per request — a client retrying

@@ -114,12 +114,20 @@ pub fn health_problem(state: &AppState) -> Option<String> {
                     without.as_millis(),
                     limit.as_millis()
                 )),
-                _ if state.node.leader_taking_up() => Some(format!(
-                    "this node is taking up its leadership of epoch {} (no lease from the \
-                     controller yet, or its epoch's first entry not applied yet): it serves no \
-                     reads and acknowledges no writes yet",
-                    view.leader_epoch
-                )),
+                _ if state.node.leader_taking_up() => Some(match state.node.isr_shortage() {
+                    Some(shortage) => format!(
+                        "this node leads epoch {} but its epoch's first entry cannot commit: \
+                         {shortage}; it serves no reads and acknowledges no writes until a \
+                         follower catches up and joins the ISR",
+                        view.leader_epoch
+                    ),
+                    None => format!(
+                        "this node is taking up its leadership of epoch {} (no lease from the \
+                         controller yet, or its epoch's first entry not applied yet): it serves \
+                         no reads and acknowledges no writes yet",
+                        view.leader_epoch
+                    ),
+                }),
                 _ => None,
             }
         }
@@ -265,11 +273,15 @@ fn read_standing(state: &AppState, parts: &Parts) -> Result<ReadStanding> {
         // Not sure it still leads (a lease that ran out, a transfer under way, a no-op not yet
         // committed): the leader the view names, if another, answers.
         let other_leader = cluster.other_leader_url();
-        let cannot_vouch = Error::Unavailable(
-            "this node cannot vouch that it still leads (its lease ran out, it is handing \
-             over, or its epoch's first entry is not committed yet): retry"
+        let cannot_vouch = Error::Unavailable(match state.node.isr_shortage() {
+            Some(shortage) if state.node.leader_taking_up() => format!(
+                "this node leads, but its epoch's first entry cannot commit: {shortage}: \
+                 retry once a follower has caught up and joined the ISR"
+            ),
+            _ => "this node cannot vouch that it still leads (its lease ran out, it is \
+                  handing over, or its epoch's first entry is not committed yet): retry"
                 .to_owned(),
-        );
+        });
         return match other_leader {
             Some(url) => Err(redirect_to(&url, parts)),
             None if handing_over => Err(cannot_vouch),

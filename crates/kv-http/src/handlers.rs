@@ -27,17 +27,19 @@ use crate::writes::{execute, Executed};
 /// Decodes the key of `/key/{key}`: percent-decoded, non-empty, at most `key_bytes_max`
 /// bytes, UTF-8.
 pub fn decode_key(encoded_key: &str, key_bytes_max: usize) -> Result<String> {
-    let too_long = |key_bytes| Error::KeyTooLong {
+    let too_long = |key_bytes, at_least| Error::KeyTooLong {
         key_bytes,
+        at_least,
         limit_bytes: key_bytes_max,
     };
-    // Every decoded byte takes at most three encoded ones: reject huge keys before decoding.
+    // Every decoded byte takes at most three encoded ones: reject huge keys before decoding
+    // (their decoded length is then only known to be at least a third of the encoded one).
     if encoded_key.len() / 3 > key_bytes_max {
-        return Err(too_long(encoded_key.len() / 3));
+        return Err(too_long(encoded_key.len().div_ceil(3), true));
     }
     let key = percent_decode(encoded_key, false, Error::InvalidKey)?;
     if key.len() > key_bytes_max {
-        return Err(too_long(key.len()));
+        return Err(too_long(key.len(), false));
     }
     if key.is_empty() {
         return Err(Error::InvalidKey("the key must not be empty".to_owned()));
@@ -55,9 +57,12 @@ pub fn decode_key(encoded_key: &str, key_bytes_max: usize) -> Result<String> {
 pub async fn get_key(state: &AppState, key: &str, parts: &Parts) -> Result<Response<Full<Bytes>>> {
     crate::gate::check_read(state, parts).await?;
     let query = parts.uri.query().unwrap_or_default();
-    if let Some(min_id) = number_parameter(query, "min_id", u64::MAX)? {
-        let wait_ms = number_parameter(query, "wait_ms", MIN_ID_WAIT_MS_MAX)?
-            .unwrap_or(MIN_ID_WAIT_MS_DEFAULT);
+    // Every parameter is checked before the wait: a bad one is refused at once.
+    let min_id = number_parameter(query, "min_id", u64::MAX)?;
+    let wait_ms = number_parameter(query, "wait_ms", MIN_ID_WAIT_MS_MAX)?;
+    let version = number_parameter(query, "version", u64::MAX)?;
+    if let Some(min_id) = min_id {
+        let wait_ms = wait_ms.unwrap_or(MIN_ID_WAIT_MS_DEFAULT);
         let started = std::time::Instant::now();
         if !state
             .node
@@ -70,8 +75,12 @@ pub async fn get_key(state: &AppState, key: &str, parts: &Parts) -> Result<Respo
                 waited_ms: started.elapsed().as_millis() as u64,
             });
         }
+    } else if wait_ms.is_some() {
+        return Err(Error::InvalidQuery(
+            "wait_ms is how long to wait for min_id: give min_id too".to_owned(),
+        ));
     }
-    if let Some(version) = number_parameter(query, "version", u64::MAX)? {
+    if let Some(version) = version {
         return crate::history::get_version(state, key, version, &parts.headers);
     }
     let entry = state.store.get(key.as_bytes()).ok_or(Error::KeyNotFound)?;

@@ -83,6 +83,10 @@ fn put_request(path: &str, body: &str, extra_headers: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+fn get_request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: kvd\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
 /// The node's visible state: what must not change.
 fn footprint(kvd: &Kvd) -> (Json, Json, Json, Json) {
     let (status, health) = kvd.json("GET", "/health", None);
@@ -140,6 +144,40 @@ fn cases() -> Vec<Case> {
             put_request("/key/k?acks=all&acks=leader", r#"{"value": 1}"#, ""),
             400,
             "acks is given more than once",
+        ),
+        case(
+            "a header kvd reads given twice (the first was taken before)",
+            put_request(
+                "/key/k",
+                r#"{"value": 1}"#,
+                "Idempotency-Key: a\r\nIdempotency-Key: b\r\n",
+            ),
+            400,
+            "Idempotency-Key is given more than once",
+        ),
+        case(
+            "a wait_ms that is no integer, without min_id (it was not read before: 200)",
+            get_request("/key/sentinel?wait_ms=abc"),
+            400,
+            "wait_ms",
+        ),
+        case(
+            "a wait_ms without min_id (it waits for nothing)",
+            get_request("/key/sentinel?wait_ms=10"),
+            400,
+            "give min_id too",
+        ),
+        case(
+            "a min_id not applied within its wait_ms",
+            get_request("/key/sentinel?min_id=999999&wait_ms=10"),
+            504,
+            "999999",
+        ),
+        case(
+            "a bad version after a min_id (refused before the wait)",
+            get_request("/key/sentinel?min_id=999999&wait_ms=30000&version=x"),
+            400,
+            "version",
         ),
         case(
             "trailing garbage",
@@ -402,6 +440,15 @@ fn every_bad_request_gets_its_exact_status_and_changes_nothing() {
     );
     let answer = exchange(kvd.address, &put_request("/health", "{}", ""));
     assert_eq!(answer.header("allow").as_deref(), Some("GET, HEAD"));
+    // Each of these is the client's doing, none a fault of the node's: nothing is logged as
+    // an error (the 504 of a min_id wait and the 501 of a transfer coding were).
+    let errors: Vec<_> = kvd
+        .stderr()
+        .lines()
+        .filter(|line| line.contains("ERROR"))
+        .map(str::to_owned)
+        .collect();
+    assert!(errors.is_empty(), "logged as errors: {errors:#?}");
     // And good requests still work.
     let (status, written) = kvd.json("PUT", "/key/after", Some(r#"{"value": [1, 2]}"#));
     assert_eq!(status, 200, "{written}");

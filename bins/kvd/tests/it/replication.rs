@@ -436,6 +436,45 @@ fn a_follower_fed_corrupted_batches_refuses_them_and_recovers_from_the_leader() 
     );
 }
 
+/// A leader alone under `--write-quorum 2` commits nothing, its epoch's first entry included,
+/// until a follower joins its ISR: `/health` and its reads say so, naming the quorum and the
+/// ISR (they blamed a lease, a transfer or "taking up its leadership" before, which a quorum
+/// larger than the cluster left in place for good), and once a follower has joined it takes
+/// writes and serves reads.
+#[test]
+fn a_leader_alone_under_a_write_quorum_of_2_says_its_isr_is_too_small_until_a_follower_joins() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let leader = Kvd::start(
+        &dir.path().join("leader"),
+        &["--write-quorum", "2", "--acks-timeout-ms", "500"],
+        &[],
+    );
+    let shortage = "the write quorum is 2 but the ISR is [0] (1 node(s))";
+    let detail = |answer: &Value| answer["detail"].as_str().unwrap_or_default().to_owned();
+    wait_until("the leader's /health names its ISR shortage", || {
+        let (status, health) = leader.json("GET", "/health", None);
+        status == 503 && health.to_string().contains(shortage)
+    });
+    let (status, read) = leader.json("GET", "/key/x", None);
+    assert_eq!(status, 503, "{read}");
+    assert!(detail(&read).contains(shortage), "{read}");
+    let (status, written) = put(&leader, "x", &json!(1));
+    assert_eq!(status, 503, "{written}");
+    assert!(
+        detail(&written).contains(&format!("not enough in-sync replicas: {shortage}")),
+        "{written}"
+    );
+
+    let _follower = Kvd::start_follower(&dir.path().join("follower-1"), &leader, &[], &[]);
+    wait_until("a write once the follower joined", || {
+        put(&leader, "x", &json!(2)).0 == 200
+    });
+    let (status, read) = leader.json("GET", "/key/x", None);
+    assert_eq!((status, &read["value"]), (200, &json!(2)), "{read}");
+    let (status, health) = leader.json("GET", "/health", None);
+    assert_eq!(status, 200, "{health}");
+}
+
 #[test]
 fn restarts_never_expose_uncommitted_entries() {
     // Write quorum 3 of 3: with follower 2 stopped nothing new commits.

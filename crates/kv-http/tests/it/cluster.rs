@@ -420,10 +420,21 @@ async fn admin_calls_on_any_node_reach_the_active_controller() {
         .http(Method::POST, "/admin/transfer-leader", r#"{"to": 2}"#)
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    let (status, _) = members[2]
-        .http(Method::POST, "/admin/transfer-leader", r#"{"to": "x"}"#)
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A body must name the target: `null` or no `to` is a 400 (they asked for any node,
+    // as no body does, before), and nothing moves.
+    for body in [
+        r#"{"to": "x"}"#,
+        r#"{"to": null}"#,
+        "{}",
+        r#"{"to": 1, "why": 2}"#,
+    ] {
+        let (status, answer) = members[2]
+            .http(Method::POST, "/admin/transfer-leader", body)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+    }
+    let meta = members[2].controller().meta();
+    assert_eq!((meta.data_leader, meta.transfer), (Some(0), None));
     // Removing the data leader is refused; removing node 2, sent to node 1, works.
     let (status, body) = members[1]
         .http(Method::DELETE, "/admin/members/0", "")

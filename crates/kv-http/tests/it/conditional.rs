@@ -174,6 +174,36 @@ async fn if_match_and_if_none_match_decide_at_apply_time() {
     .await;
     assert_eq!(zero.status, StatusCode::OK, "{:?}", zero.body);
     call(&node, Method::DELETE, "/key/zero", "").await;
+
+    // If-Match compares strongly: a weak tag matches nothing, not even the current
+    // revision's (it was taken as the strong tag before); If-None-Match compares weakly, so
+    // W/"N" is "N" there.
+    let current = put(&node, "/key/weak", r#"{"value": 1}"#).await.json()["id"].clone();
+    let weak_tag = format!("W/\"{current}\"");
+    for header in ["if-match", "if-none-match"] {
+        let weak = put_with(
+            &node,
+            "/key/weak",
+            &[(header, weak_tag.as_str())],
+            r#"{"value": 2}"#,
+        )
+        .await;
+        assert_eq!(
+            weak.status,
+            StatusCode::PRECONDITION_FAILED,
+            "{header}: {weak_tag}"
+        );
+        weak.assert_has(json!({"mod_revision": current, "version": 1}));
+    }
+    let strong = format!("\"{current}\"");
+    let answer = put_with(
+        &node,
+        "/key/weak",
+        &[("if-match", strong.as_str())],
+        r#"{"value": 3}"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -447,6 +477,29 @@ async fn a_retried_request_gets_the_first_answer_once() {
     )
     .await;
     assert_eq!(both.status, StatusCode::BAD_REQUEST);
+    // Two Idempotency-Key headers are 400, as a parameter given twice (before, the first was
+    // taken and the second ignored).
+    let next_id = node.state.store.log_status().next_id;
+    let twice = put_with(
+        &node,
+        "/key/k",
+        &[("idempotency-key", "zz1"), ("idempotency-key", "zz2")],
+        r#"{"value": 1}"#,
+    )
+    .await;
+    assert_eq!(twice.status, StatusCode::BAD_REQUEST);
+    assert!(
+        twice
+            .detail()
+            .contains("Idempotency-Key is given more than once"),
+        "{}",
+        twice.detail()
+    );
+    assert_eq!(
+        node.state.store.log_status().next_id,
+        next_id,
+        "nothing written"
+    );
 }
 
 #[tokio::test]
@@ -701,6 +754,20 @@ async fn a_snapshot_chunk_offset_no_file_can_reach_is_a_bad_query() {
     // Past the end: an empty chunk, as for any offset a file of this size can have.
     let past = get(&node, &chunk(size + 1)).await;
     assert_eq!((past.status, past.body.len()), (StatusCode::OK, 0));
+    // Also at the very end of the file offsets (a read from 2^63 - 8192 on asked for an end
+    // past them: "Invalid argument", a 500, before).
+    for offset in [i64::MAX as u64 - 8192, i64::MAX as u64 - 1, i64::MAX as u64] {
+        let last = get(&node, &chunk(offset)).await;
+        assert_eq!(
+            (last.status, last.body.len()),
+            (StatusCode::OK, 0),
+            "offset {offset}: {:?}",
+            last.body
+        );
+    }
+    // A chunk in the middle still reads what is there, no more than asked.
+    let part = get(&node, &format!("{}&len=3", chunk(1))).await;
+    assert_eq!((part.status, part.body.len()), (StatusCode::OK, 3));
     // Past what a file offset can be (i64::MAX): 400 naming the limit, not a 500 from the read.
     let answer = get(&node, &chunk(u64::MAX)).await;
     assert_eq!(

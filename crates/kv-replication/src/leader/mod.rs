@@ -309,15 +309,26 @@ impl LeaderState {
     /// commit and is taken; so is `acks=quorum` under `N = 1` (the entry commits under `N`;
     /// only the second copy it also asks for may be missing).
     pub fn too_few_in_sync(&self, acks: Acks) -> Option<String> {
-        if acks == Acks::Leader || !self.isr_short() {
+        if acks == Acks::Leader {
+            return None;
+        }
+        let shortage = self.isr_shortage()?;
+        Some(format!(
+            "not enough in-sync replicas: {shortage}; nothing was written — retry once a \
+             follower has caught up and rejoined the ISR"
+        ))
+    }
+
+    /// When the ISR is too small to commit anything ([`LeaderState::isr_short`]): "the write
+    /// quorum is N but the ISR is [..] (M node(s))".
+    pub fn isr_shortage(&self) -> Option<String> {
+        if !self.isr_short() {
             return None;
         }
         let quorum = self.options.write_quorum;
         let isr: Vec<u64> = self.maximal_isr().unwrap_or_default().into_iter().collect();
         Some(format!(
-            "not enough in-sync replicas: the write quorum is {quorum} but the ISR is {isr:?} \
-             ({} node(s)); nothing was written — retry once a follower has caught up and \
-             rejoined the ISR",
+            "the write quorum is {quorum} but the ISR is {isr:?} ({} node(s))",
             isr.len()
         ))
     }

@@ -395,6 +395,16 @@ impl Node {
         }
     }
 
+    /// Why this leader commits nothing, if its ISR is too small for the write quorum
+    /// ([`LeaderState::isr_shortage`]): its epoch's first entry waits for that too, so it
+    /// serves no reads until a follower catches up and joins the ISR.
+    pub fn isr_shortage(&self) -> Option<String> {
+        match &*lock(&self.role) {
+            RoleState::Leader(leader) => leader.isr_shortage(),
+            _ => None,
+        }
+    }
+
     /// How long this node, leading, has been without a valid lease from the controller
     /// ([`LeaderState::without_lease_for`]); `None` while it holds one or does not lead.
     pub fn leader_without_lease_for(&self) -> Option<Duration> {

@@ -147,9 +147,16 @@ impl Node {
             use std::io::Read;
             let mut file = kv_wal::durable::FileReader::open(&**self.store.file_system(), &path)
                 .map_err(std::io::Error::other)?;
+            // Past the end the chunk is empty, read or not: a read there near 2^63 would ask
+            // the kernel for an end offset past the largest file offset (EINVAL, a 500).
+            let remaining = file.len_bytes()?.saturating_sub(offset);
+            if remaining == 0 {
+                return Ok(Vec::new());
+            }
             file.seek_to(offset);
-            let mut chunk = Vec::with_capacity(len as usize);
-            file.take(u64::from(len)).read_to_end(&mut chunk)?;
+            let take = remaining.min(u64::from(len));
+            let mut chunk = Vec::with_capacity(take as usize);
+            file.take(take).read_to_end(&mut chunk)?;
             Ok(chunk)
         };
         Some(read())
