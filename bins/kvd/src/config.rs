@@ -252,10 +252,9 @@ fn resolve_cluster(
     };
     timing.check().map_err(anyhow::Error::msg)?;
     if let Some(url) = &cluster.advertise_url {
-        ensure!(
-            url.starts_with("http://") && url.len() > "http://".len(),
-            "invalid advertise URL {url:?}: expected http://HOST:PORT"
-        );
+        check_node_url(url).map_err(|why| {
+            anyhow::anyhow!("invalid advertise URL {url:?}: expected http://HOST:PORT ({why})")
+        })?;
     }
     let leader = &mut replication.leader;
     leader.lag_limit = millis(cluster.lag_limit_ms, leader.lag_limit);
@@ -331,11 +330,39 @@ fn resolve_role(follower_id: Option<&str>, follower: FollowerSettings) -> anyhow
     let leader_url = follower
         .leader
         .unwrap_or_else(|| LEADER_URL_DEFAULT.to_owned());
-    ensure!(
-        leader_url.starts_with("http://") && leader_url.len() > "http://".len(),
-        "invalid leader URL {leader_url:?}: expected http://HOST:PORT (TLS is not supported yet)"
-    );
+    check_node_url(&leader_url).map_err(|why| {
+        anyhow::anyhow!(
+            "invalid leader URL {leader_url:?}: expected http://HOST:PORT ({why}; TLS is not \
+             supported yet)"
+        )
+    })?;
     Ok(Role::Follower { number, leader_url })
+}
+
+/// Why `url` cannot be a node's address, if it cannot: `http://HOST:PORT` with a port from 1
+/// to 65535 and nothing after it but one `/` — kvd serves its API at the root, so a path would
+/// send every peer's request (and every 307 to the leader) where nothing answers.
+fn check_node_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err("the scheme must be http://".to_owned());
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#']) {
+        return Err("no path, query or fragment: kvd serves its API at /".to_owned());
+    }
+    if authority.contains('@') {
+        return Err("no user name or password".to_owned());
+    }
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return Err("the port is missing".to_owned());
+    };
+    if host.is_empty() {
+        return Err("the host is missing".to_owned());
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(()),
+        _ => Err(format!("{port:?} is not a port from 1 to 65535")),
+    }
 }
 
 fn resolve_http(http: HttpSettings) -> anyhow::Result<HttpOptions> {

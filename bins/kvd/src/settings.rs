@@ -249,8 +249,8 @@ settings_group! {
     #[command(next_help_heading = "Cluster and failover")]
     pub struct ClusterSettings {
         /// The URL other nodes reach this node at, for data and controller traffic alike,
-        /// when it is not `http://` + the listen address (a proxy, a NAT, a host name)
-        /// [default: http://LISTEN-ADDRESS].
+        /// when it is not `http://` + the listen address (a proxy, a NAT, a host name):
+        /// `http://HOST:PORT`, no path [default: http://LISTEN-ADDRESS].
         #[arg(long, env = "KVD_ADVERTISE_URL", value_name = "URL")]
         pub advertise_url: Option<String>,
         /// A follower that has not heard from its leader for this long answers /health with
@@ -294,9 +294,9 @@ settings_group! {
     /// What only a follower takes (`kvd follower` has these flags; a leader refuses them in
     /// the config file).
     pub struct FollowerSettings {
-        /// The base URL of the cluster's leader (or of any member) that a new follower asks
-        /// to join; once it has joined, a follower follows whichever leader the controller
-        /// names, and asks here only when no member it knows answers
+        /// The URL (`http://HOST:PORT`) of the cluster's leader (or of any member) that a
+        /// new follower asks to join; once it has joined, a follower follows whichever leader
+        /// the controller names, and asks here only when no member it knows answers
         /// [default: http://127.0.0.1:8000].
         #[arg(long, env = "KVD_LEADER", value_name = "URL")]
         pub leader: Option<String>,

@@ -70,6 +70,18 @@ pub enum Error {
     /// none (the data leader is the only live member of the ISR).
     #[error("no live ISR member to transfer the leadership to")]
     NoTransferTarget,
+    /// A planned transfer to `node` was asked for, and the active controller has not heard
+    /// from it within the session timeout: it is down or cut off, and could not take over.
+    #[error(
+        "node {node} is not live (the active controller last heard from it {silent_ms} ms ago, \
+         beyond the session timeout): the leadership cannot be transferred to it"
+    )]
+    TransferTargetDown {
+        /// The target asked for.
+        node: NodeId,
+        /// How long ago its last heartbeat arrived.
+        silent_ms: u64,
+    },
     /// Raft failed in another way (it is shutting down, a membership change is in progress, …).
     #[error("raft: {0}")]
     Raft(String),

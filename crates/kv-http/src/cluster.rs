@@ -48,6 +48,7 @@ pub fn controller_error(error: kv_controller::Error) -> Error {
         | E::Rejected(_)
         | E::InvalidOptions(_)
         | E::NoTransferTarget
+        | E::TransferTargetDown { .. }
         | E::AlreadyInitialized => Error::ClusterConflict(error.to_string()),
         E::Raft(_) => Error::Unavailable(error.to_string()),
         E::Io { .. } | E::Log(_) | E::Corrupt { .. } | E::NodeIdMismatch { .. } => {

@@ -323,7 +323,10 @@ impl ControllerClient {
             kv_controller::Error::ClusterMismatch { .. }
             | kv_controller::Error::Rejected(_)
             | kv_controller::Error::InvalidOptions(_)
-            | kv_controller::Error::NoTransferTarget => Err(ClientError::Local(error.to_string())),
+            | kv_controller::Error::NoTransferTarget
+            | kv_controller::Error::TransferTargetDown { .. } => {
+                Err(ClientError::Local(error.to_string()))
+            }
             // Raft is stopping or busy here: another node may still answer.
             _ => Ok(self.raft_leader_url()),
         }

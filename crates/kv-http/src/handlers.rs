@@ -64,11 +64,19 @@ pub async fn get_key(state: &AppState, key: &str, parts: &Parts) -> Result<Respo
     if let Some(min_id) = min_id {
         let wait_ms = wait_ms.unwrap_or(MIN_ID_WAIT_MS_DEFAULT);
         let started = std::time::Instant::now();
-        if !state
-            .node
-            .wait_applied(min_id, Duration::from_millis(wait_ms))
-            .await
-        {
+        let applied = tokio::select! {
+            applied = state.node.wait_applied(min_id, Duration::from_millis(wait_ms)) => applied,
+            // A wait may outlast the shutdown's drain: the client gets an answer, not a
+            // dropped connection.
+            () = state.stopped() => {
+                return Err(Error::Unavailable(format!(
+                    "this node is shutting down (it had applied id {}, not yet {min_id}): \
+                     read from another node",
+                    state.store.applied_id()
+                )))
+            }
+        };
+        if !applied {
             return Err(Error::NotYetApplied {
                 min_id,
                 applied_id: state.store.applied_id(),

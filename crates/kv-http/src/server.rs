@@ -65,6 +65,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    state.stopping.send_replace(true);
     let _ = shutdown_sender.send(true);
     let open_connections = connections.len();
     tracing::info!(open_connections, "stopped accepting; draining connections");

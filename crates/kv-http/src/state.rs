@@ -27,6 +27,9 @@ pub struct AppState {
     /// The node's controller and what it learned of the cluster (`None`: a node run without
     /// a controller, as in kv-http's own tests).
     pub cluster: Option<Arc<ClusterState>>,
+    /// Set once the server stops accepting ([`crate::serve`]'s shutdown): a request that
+    /// would wait longer than the drain (a `min_id` read) ends then, answered 503.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -38,7 +41,14 @@ impl AppState {
             options,
             metrics: Metrics::default(),
             cluster: None,
+            stopping: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Resolves once the server has begun to shut down.
+    pub(crate) async fn stopped(&self) {
+        let mut stopping = self.stopping.subscribe();
+        let _ = stopping.wait_for(|&stopping| stopping).await.map(drop);
     }
 
     /// The same state, as a member of a controlled cluster.

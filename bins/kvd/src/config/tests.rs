@@ -316,3 +316,37 @@ fn only_the_wal_directory_and_its_files_are_in_the_wal_dir() {
     }
     assert!(!in_the_wal_dir(data));
 }
+
+/// A node's address (`--advertise-url`, `--leader`) is `http://HOST:PORT` and nothing more:
+/// a path was taken before, and a node advertising one got no controller message and sent
+/// every redirect to a 404 once it led.
+#[test]
+fn a_node_url_is_http_host_and_port_with_no_path() {
+    use super::check_node_url;
+
+    for good in [
+        "http://127.0.0.1:8000",
+        "http://127.0.0.1:8000/",
+        "http://kvd-2.internal:18001",
+        "http://[::1]:8000",
+    ] {
+        assert_eq!(check_node_url(good), Ok(()), "{good}");
+    }
+    for (bad, why) in [
+        ("http://127.0.0.1:8000/x", "no path"),
+        ("http://127.0.0.1:8000/x/", "no path"),
+        ("http://127.0.0.1:8000?a=1", "no path, query"),
+        ("http://127.0.0.1:8000#f", "fragment"),
+        ("http://127.0.0.1", "port is missing"),
+        ("http://127.0.0.1:", "not a port"),
+        ("http://127.0.0.1:0", "not a port"),
+        ("http://127.0.0.1:65536", "not a port"),
+        ("http://:8000", "host is missing"),
+        ("http://user@127.0.0.1:8000", "user name"),
+        ("https://127.0.0.1:8000", "scheme"),
+        ("http://", "port is missing"),
+    ] {
+        let error = check_node_url(bad).expect_err(bad);
+        assert!(error.contains(why), "{bad}: {error}");
+    }
+}

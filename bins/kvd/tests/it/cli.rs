@@ -70,13 +70,40 @@ fn bad_settings_fail_before_anything_starts() {
 
 #[test]
 fn a_follower_refuses_a_leader_url_it_cannot_use() {
-    for url in ["https://127.0.0.1:8000", "ftp://x", "http://"] {
-        let (success, _, stderr) = output(&["follower", "1", "--leader", url]);
-        assert!(
-            !success && stderr.contains("invalid leader URL"),
-            "{url}: {stderr}"
-        );
+    // Each on an ephemeral port and its own data directory: a URL taken by mistake starts a
+    // node, which fails the test rather than hold it up (or write into the working directory).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let path = data_dir.to_str().expect("UTF-8 path");
+    let refusal = |role: &[&str], flag: &str, url: &str| -> String {
+        let args = [
+            role,
+            &["--listen", "127.0.0.1:0", "--data-dir", path, flag, url],
+        ]
+        .concat();
+        match crate::harness::Kvd::try_spawn(&data_dir, &args, &[]) {
+            Ok(_) => panic!("kvd started with {flag} {url}"),
+            Err((_, stderr)) => stderr,
+        }
+    };
+    for url in [
+        "https://127.0.0.1:8000",
+        "ftp://x",
+        "http://",
+        // A path, or no port, was taken before.
+        "http://127.0.0.1:8000/x",
+        "http://127.0.0.1",
+    ] {
+        let stderr = refusal(&["follower", "1"], "--leader", url);
+        assert!(stderr.contains("invalid leader URL"), "{url}: {stderr}");
     }
+    // The same for the address a node gives its peers (with a path, a node started before and
+    // got no controller message; once it led, every 307 to it ended in a 404).
+    let stderr = refusal(&["leader"], "--advertise-url", "http://127.0.0.1:8000/x");
+    assert!(
+        stderr.contains("invalid advertise URL") && stderr.contains("no path"),
+        "{stderr}"
+    );
     let (success, _, stderr) = output(&["follower", "follower-0"]);
     assert!(
         !success && stderr.contains("invalid follower id"),

@@ -105,6 +105,52 @@ fn kill_9_during_writes_loses_no_acknowledged_write() {
     );
 }
 
+/// A read waiting for a `min_id` (up to 30 s) when SIGTERM comes is answered 503 at once,
+/// and the node stops without waiting for it. Before, it held the shutdown for the whole
+/// 10 s drain, and its client then got no answer at all (the connection dropped).
+#[test]
+fn sigterm_answers_a_read_waiting_for_its_min_id_and_stops_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut kvd = Kvd::start(&dir.path().join("leader"), &[], &[]);
+    let (status, _) = kvd.json("PUT", "/key/k", Some(r#"{"value": 1}"#));
+    assert_eq!(status, 200);
+    let address = kvd.address;
+    let waiting = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let answer = request(
+            address,
+            "GET",
+            "/key/k?min_id=999999&wait_ms=30000",
+            &[],
+            None,
+        )
+        .map(|answer| {
+            (
+                answer.status,
+                String::from_utf8_lossy(&answer.body).into_owned(),
+            )
+        });
+        (answer, started.elapsed())
+    });
+    // Time for the read to arrive and wait.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let stopping = std::time::Instant::now();
+    let status = kvd.stop_with("TERM");
+    let stopped_in = stopping.elapsed();
+    let (answer, answered_in) = waiting.join().expect("reader");
+    assert!(status.success(), "exit status {status}\n{}", kvd.stderr());
+    match answer {
+        Ok((503, body)) if body.contains("shutting down") => {}
+        other => panic!("the waiting read got {other:?} after {answered_in:?}"),
+    }
+    // Well inside the 10 s drain (and the read's 30 s): generous for a loaded machine.
+    assert!(
+        stopped_in < std::time::Duration::from_secs(8),
+        "stopped in {stopped_in:?}"
+    );
+    println!("the waiting read answered after {answered_in:?}; kvd stopped in {stopped_in:?}");
+}
+
 #[test]
 fn sigterm_exits_zero_with_the_wal_synced() {
     stops_with_the_wal_synced("TERM");

@@ -113,20 +113,33 @@ impl Controller {
     /// member this active controller knows. The data leader completes it.
     pub async fn transfer_leader(&self, to: Option<NodeId>) -> Result<ClusterMeta> {
         let meta = self.meta();
+        let sessions = lock(&self.inner.logic).sessions(Instant::now(), &meta);
         let to = match to {
-            Some(to) => to,
-            None => {
-                let sessions = lock(&self.inner.logic).sessions(Instant::now(), &meta);
-                sessions
+            Some(to) => {
+                // A member the active controller has not heard from within the session
+                // timeout cannot take over: refused here rather than begun, the leader's
+                // writes stopped, and cancelled at the transfer timeout (an epoch spent).
+                // A node that is no member is the transfer's own refusal to give.
+                if let Some(down) = sessions
                     .iter()
-                    .filter(|session| session.live && session.heard)
-                    .filter(|session| {
-                        meta.isr.contains(&session.node) && Some(session.node) != meta.data_leader
-                    })
-                    .max_by(|a, b| a.position.cmp(&b.position).then(b.node.cmp(&a.node)))
-                    .map(|session| session.node)
-                    .ok_or(Error::NoTransferTarget)?
+                    .find(|session| session.node == to && !session.live)
+                {
+                    return Err(Error::TransferTargetDown {
+                        node: to,
+                        silent_ms: down.last_heard_age_ms,
+                    });
+                }
+                to
             }
+            None => sessions
+                .iter()
+                .filter(|session| session.live && session.heard)
+                .filter(|session| {
+                    meta.isr.contains(&session.node) && Some(session.node) != meta.data_leader
+                })
+                .max_by(|a, b| a.position.cmp(&b.position).then(b.node.cmp(&a.node)))
+                .map(|session| session.node)
+                .ok_or(Error::NoTransferTarget)?,
         };
         Ok(self
             .propose(Command::BeginTransfer { to })

@@ -463,6 +463,37 @@ async fn the_active_controller_fails_the_data_leader_over_to_the_most_advanced_i
         .lease_ms
         .is_some());
     println!("data-leader failover after the last heartbeat: {failover:?}");
+
+    // Node 1, in the ISR, falls silent past the session timeout while the new leader goes on:
+    // a transfer to it is refused at once, nothing begun (it was begun before: the leader's
+    // writes stopped until the transfer timed out, an epoch spent). Heard again, it is taken.
+    let silent_since = Instant::now();
+    while silent_since.elapsed() < timing.session_timeout + Duration::from_millis(500) {
+        let leader = cluster.raft_leader().await;
+        let _ = leader
+            .heartbeat(heartbeat(2, 2, Position { epoch: 2, id: 11 }))
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader = cluster.raft_leader().await;
+    match leader.transfer_leader(Some(1)).await {
+        Err(Error::TransferTargetDown { node: 1, silent_ms }) => {
+            assert!(
+                silent_ms >= timing.session_timeout.as_millis() as u64,
+                "{silent_ms}"
+            )
+        }
+        other => panic!("a transfer to a silent node: {other:?}"),
+    }
+    assert_eq!(leader.meta().transfer, None, "nothing begun");
+    let _ = leader
+        .heartbeat(heartbeat(1, 2, Position { epoch: 2, id: 11 }))
+        .await;
+    let meta = leader
+        .transfer_leader(Some(1))
+        .await
+        .expect("a transfer to a live node");
+    assert_eq!(meta.transfer.map(|transfer| transfer.to), Some(1));
     cluster.shutdown().await;
 }
 
