@@ -92,7 +92,13 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         stopping.subscribe(),
     )
     .context("cannot start the disk watch thread")?;
-    let served = runtime.block_on(serve(&config, store.clone(), stopping, &disk_watch));
+    let served = runtime.block_on(serve(
+        &config,
+        store.clone(),
+        &report,
+        stopping,
+        &disk_watch,
+    ));
     drop(runtime);
     let closed = store.close().context("cannot sync and close the WAL");
     drop(disk_watch);
@@ -106,12 +112,26 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
 /// that does not continue its snapshot) repairs itself from its leader: the damaged files are
 /// moved into `damaged-<unix ms>/` in the data directory and the store starts empty, to be
 /// filled by replication. A leader refuses to start instead: it has no one to copy from.
+///
+/// A follower never keeps a copy a lossy recovery mode (`skip-corrupt`, `point-in-time`) made:
+/// its log with a hole, or cut short with ids skipped, would serve older values of the keys it
+/// lost and count as in sync, the cluster's copy never fetched again. It opens in the default
+/// mode, so damage moves its data aside as above, and the loss is the cluster's to repair.
 fn open_store(
     config: &NodeConfig,
-    options: StoreOptions,
+    mut options: StoreOptions,
 ) -> anyhow::Result<(Store, kv_wal::RecoveryReport)> {
     let wal_dir = config.wal_dir();
     let context = || format!("cannot open the store in {}", wal_dir.display());
+    if matches!(config.role, Role::Follower { .. }) && config.recovery_mode.may_lose_records() {
+        tracing::warn!(
+            recovery_mode = %config.recovery_mode,
+            "a follower does not repair its log by losing records: damaged data is moved aside \
+             and re-synced from the leader instead (the recovery mode is for a node with no \
+             replica to copy from)"
+        );
+        options.wal.recovery_mode = kv_wal::RecoveryMode::default();
+    }
     match Store::open(&wal_dir, options.clone()) {
         Err(error) if error.is_damage() && matches!(config.role, Role::Follower { .. }) => {
             let moved_to = kv_store::repair::quarantine(
@@ -151,8 +171,7 @@ fn open_store(
 /// names the file and the reason; this says how to go on).
 fn damage_hint(config: &NodeConfig, error: &kv_store::Error) -> String {
     let resync = format!(
-        "in a cluster whose other nodes hold the data, move this node's wal/ and snapshots/ \
-         out of {}: it re-syncs from the leader",
+        "move this node's wal/ and snapshots/ out of {}: it re-syncs from the leader",
         config.data_dir.display()
     );
     if matches!(error, kv_store::Error::Gap { .. }) {
@@ -165,10 +184,12 @@ fn damage_hint(config: &NodeConfig, error: &kv_store::Error) -> String {
     }
     format!(
         "kvd: this node's data is damaged, and `kvd leader` does not repair it by itself \
-         (started with --recovery-mode {}). To start anyway, choose what to give up: \
+         (started with --recovery-mode {}). If other nodes of its cluster hold the data, {resync}, \
+         losing nothing (a node with other members refuses the modes below: its copy would miss \
+         what they hold). If it is its cluster's only node, choose what to give up: \
          `--recovery-mode skip-corrupt` skips the damaged records and keeps the rest; \
          `--recovery-mode point-in-time` keeps everything before the damage and drops the rest \
-         (docs/wal-format.md, \"Recovery\"); or, {resync}",
+         (docs/wal-format.md, \"Recovery\")",
         config.recovery_mode,
     )
 }
@@ -186,6 +207,7 @@ const ROLE_WAIT_MAX: Duration = Duration::from_secs(10);
 async fn serve(
     config: &NodeConfig,
     store: Arc<Store>,
+    report: &kv_wal::RecoveryReport,
     signalled: watch::Sender<bool>,
     disk_watch: &crate::disk_watch::DiskWatch,
 ) -> anyhow::Result<()> {
@@ -215,6 +237,7 @@ async fn serve(
     bootstrap::refuse_mixed_cluster_ids(config, &controller)?;
     bootstrap::refuse_an_epoch_the_controller_never_gave(config, &controller)?;
     bootstrap::refuse_lost_acknowledged_writes(config, &controller, &store)?;
+    bootstrap::refuse_a_lossy_repair_among_other_members(config, &controller, report)?;
     let node = open_node(config, &store, identity.node_id, disk_watch)?;
     // A `kvd leader` that lost its data stops once its old cluster claims it.
     let claim = ClaimWatch::start(config, &identity, &controller, &node, signalled.clone());

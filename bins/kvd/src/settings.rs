@@ -110,7 +110,9 @@ settings_group! {
         pub sync_policy: Option<SyncPolicy>,
         /// What opening the WAL does with damage: `tolerate-torn-tail` (cut an incomplete tail
         /// after a crash), `point-in-time` (keep everything before the first bad record),
-        /// `strict` (refuse to start), `skip-corrupt` (skip bad records, report the holes)
+        /// `strict` (refuse to start), `skip-corrupt` (skip bad records, report the holes).
+        /// The two that lose records are for a cluster's only node: a follower re-syncs
+        /// damaged data instead, and a `kvd leader` with other members refuses them
         /// [default: tolerate-torn-tail].
         #[arg(long, env = "KVD_RECOVERY_MODE", value_name = "MODE")]
         #[serde(default, deserialize_with = "from_text")]

@@ -101,6 +101,12 @@ impl RecoveryMode {
     pub fn scans_all_segments(&self) -> bool {
         !matches!(self, RecoveryMode::TolerateTornTail)
     }
+
+    /// Whether open may drop records that were whole once (`PointInTime`, `SkipCorrupt`):
+    /// what an operator chooses for a log no replica can make whole again.
+    pub fn may_lose_records(&self) -> bool {
+        matches!(self, RecoveryMode::PointInTime | RecoveryMode::SkipCorrupt)
+    }
 }
 
 impl fmt::Display for RecoveryMode {

@@ -341,13 +341,10 @@ pub fn refuse_lost_acknowledged_writes(
     controller: &Controller,
     store: &Store,
 ) -> anyhow::Result<()> {
-    use kv_wal::{RecoveryMode, SyncPolicy};
+    use kv_wal::SyncPolicy;
     let node_id = config.node_id();
     let alone = controller.meta().members.keys().all(|&id| id == node_id);
-    let losing_accepted = matches!(
-        config.recovery_mode,
-        RecoveryMode::PointInTime | RecoveryMode::SkipCorrupt
-    );
+    let losing_accepted = config.recovery_mode.may_lose_records();
     let acknowledged_only_durable =
         matches!(config.sync_policy, SyncPolicy::Always | SyncPolicy::Batch);
     if !alone || losing_accepted || !acknowledged_only_durable {
@@ -369,6 +366,48 @@ pub fn refuse_lost_acknowledged_writes(
         NodeMeta::path(&config.data_dir).display(),
         last_id + 1,
         config.wal_dir().display(),
+    )
+}
+
+/// A `kvd leader` node whose log a recovery mode repaired by losing records (a hole skipped, or
+/// everything after the damage dropped) refuses to start when its cluster has other members:
+/// they hold what it lost, and with the loss kept it would count as in sync, serve the lost
+/// keys' older values and could lead with them missing (a `kvd follower` never keeps such a
+/// copy: `node::open_store`). Moving its data aside makes it re-sync instead. A node that is
+/// its cluster's only member keeps the repair: it has no one to copy from.
+pub fn refuse_a_lossy_repair_among_other_members(
+    config: &NodeConfig,
+    controller: &Controller,
+    report: &kv_wal::RecoveryReport,
+) -> anyhow::Result<()> {
+    let holes: Vec<String> = report
+        .holes
+        .iter()
+        .filter(|hole| hole.first_missing_id <= hole.last_missing_id)
+        .map(|hole| format!("{}..={}", hole.first_missing_id, hole.last_missing_id))
+        .collect();
+    let lost = match &report.dropped {
+        Some(dropped) => format!(
+            "dropped everything from {}:{} on ({} later record(s))",
+            dropped.segment.display(),
+            dropped.offset,
+            dropped.records_dropped
+        ),
+        None if !holes.is_empty() => format!("skipped the ids {}", holes.join(", ")),
+        None => return Ok(()),
+    };
+    let members = controller.meta().members.len();
+    if members <= 1 {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "--recovery-mode {} repaired this node's log and {lost}; this node is one of the {members} \
+         members of its cluster, whose other nodes hold what it lost: kept, the loss would serve \
+         older values of the keys it lost (and could lead without them). Move this node's wal/ \
+         and snapshots/ out of {} and start it again without --recovery-mode: it re-syncs from \
+         the leader, losing nothing",
+        config.recovery_mode,
+        config.data_dir.display(),
     )
 }
 

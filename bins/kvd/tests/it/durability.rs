@@ -317,9 +317,22 @@ fn last_frame_offset(bytes: &[u8]) -> usize {
 /// the leader, instead of refusing to start until an operator deletes its directory.
 #[test]
 fn a_follower_with_a_damaged_log_resyncs_from_its_leader() {
-    follower_resyncs_after(|data_dir| {
+    follower_resyncs_after(&[], |data_dir| {
         flip_a_bit_in_the_middle_of_the_last_segment(data_dir);
     });
+}
+
+/// A follower started with a recovery mode that loses records re-syncs all the same: it never
+/// keeps a copy with a hole, or cut short with ids skipped. Before, `skip-corrupt` kept the
+/// hole and counted as in sync (serving the lost keys' older values, even under `min_id`), and
+/// `point-in-time` left a gap its fetches could never fill (replication stopped for good).
+#[test]
+fn a_follower_started_with_a_recovery_mode_that_loses_records_resyncs_instead() {
+    for mode in ["skip-corrupt", "point-in-time"] {
+        follower_resyncs_after(&["--recovery-mode", mode], |data_dir| {
+            flip_a_bit_in_the_middle_of_the_last_segment(data_dir);
+        });
+    }
 }
 
 /// The same for a bit flipped in a follower's last record: refused as a flip, not cut as a torn
@@ -328,14 +341,14 @@ fn a_follower_with_a_damaged_log_resyncs_from_its_leader() {
 /// to the leader (counted for `--write-quorum`) gone until then.
 #[test]
 fn a_follower_with_a_bit_flip_in_its_last_record_resyncs_from_its_leader() {
-    follower_resyncs_after(|data_dir| {
+    follower_resyncs_after(&[], |data_dir| {
         flip_a_bit_in_the_last_record(&data_dir.join("wal"));
     });
 }
 
 /// A follower that took 40 writes is stopped, `damage` is done to its data directory, and it
 /// is started again: it must say it re-syncs, keep the damaged data aside, and serve every key.
-fn follower_resyncs_after(damage: impl FnOnce(&Path)) {
+fn follower_resyncs_after(restart_args: &[&str], damage: impl FnOnce(&Path)) {
     let dir = tempfile::tempdir().expect("temp dir");
     let leader = Kvd::start(&dir.path().join("leader"), &[], &[]);
     let follower_dir = dir.path().join("follower");
@@ -354,7 +367,7 @@ fn follower_resyncs_after(damage: impl FnOnce(&Path)) {
 
     damage(&follower_dir);
 
-    let follower = Kvd::start_follower(&follower_dir, &leader, &[], &[]);
+    let follower = Kvd::start_follower(&follower_dir, &leader, restart_args, &[]);
     assert!(
         follower.stderr().contains("re-syncing from the leader"),
         "{}",
@@ -378,6 +391,70 @@ fn follower_resyncs_after(damage: impl FnOnce(&Path)) {
     }
     let (status, _) = follower.json("GET", "/key/after-repair", None);
     assert_eq!(status, 200);
+}
+
+/// Node 0 (`kvd leader`) among other members, its log damaged, started with a recovery mode
+/// that loses records: it refuses, naming the loss and the way out, since the others hold what
+/// it would lose; with its `wal/` and `snapshots/` moved aside it re-syncs and serves every
+/// key. Before, `skip-corrupt` started it with a hole, back in the ISR at once: it served a
+/// written key as absent (under `min_id` too) and, once it led, under `?linearizable=true`.
+#[test]
+fn a_leader_node_among_other_members_refuses_a_repair_that_loses_records() {
+    for mode in ["skip-corrupt", "point-in-time"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("leader");
+        let mut leader = Kvd::start(&data_dir, &[], &[]);
+        let port = leader.address.port();
+        let follower = Kvd::start_follower(&dir.path().join("follower"), &leader, &[], &[]);
+        let mut last_id = 0;
+        for index in 1..=40 {
+            last_id = put(&leader, &format!("k{index}"), &format!("{index:0>200}"));
+        }
+        let caught_up = format!("/key/k40?min_id={last_id}&wait_ms=20000");
+        assert_eq!(follower.json("GET", &caught_up, None).0, 200);
+        // A clean stop hands the leadership to the follower, once it is in the ISR.
+        let started = std::time::Instant::now();
+        while leader.json("GET", "/cluster_status", None).1["isr"] != json!([0, 1]) {
+            assert!(
+                started.elapsed() < crate::harness::DEADLINE,
+                "{mode}: no ISR of 2"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(leader.terminate().success());
+        flip_a_bit_in_the_middle_of_the_last_segment(&data_dir);
+
+        let path = data_dir.to_str().expect("UTF-8 path");
+        let listen = format!("127.0.0.1:{port}");
+        let node_0 = ["leader", "--listen", &listen, "--data-dir", path];
+        let repairing = [&node_0[..], &["--recovery-mode", mode]].concat();
+        let stderr = match Kvd::try_spawn(&data_dir, &repairing, &[]) {
+            Ok(_) => panic!("{mode}: node 0 started with a lossy repair among other members"),
+            Err((_, stderr)) => stderr,
+        };
+        assert!(
+            stderr.contains("one of the 2 members") && stderr.contains("re-syncs from the leader"),
+            "{mode}: {stderr}"
+        );
+
+        for name in ["wal", "snapshots"] {
+            let aside = dir.path().join(format!("{name}-aside"));
+            if data_dir.join(name).exists() {
+                std::fs::rename(data_dir.join(name), aside).expect("move aside");
+            }
+        }
+        let leader = Kvd::spawn(&data_dir, &node_0, &[]);
+        let next = put(&follower, "after-repair", "yes");
+        for index in 1..=40 {
+            let (status, body) = leader.json(
+                "GET",
+                &format!("/key/k{index}?min_id={next}&wait_ms=20000"),
+                None,
+            );
+            assert_eq!(status, 200, "{mode}: k{index}: {body}");
+            assert_eq!(body["value"], format!("{index:0>200}"), "{mode}: k{index}");
+        }
+    }
 }
 
 /// Finding 3 as the review reproduced it: a raw value holding a well-formed frame (a SET of
