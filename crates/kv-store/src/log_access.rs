@@ -14,7 +14,7 @@ use crate::store::Store;
 /// The log's ids and health, as `/health` and `/metrics` show them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogStatus {
-    /// The last id written (`None`: none yet).
+    /// The last id written, in the log or the snapshot it starts after (`None`: none yet).
     pub last_id: Option<u64>,
     /// The highest id on stable storage.
     pub durable_id: u64,
@@ -135,7 +135,9 @@ impl Store {
     pub fn log_status(&self) -> LogStatus {
         let wal = self.wal();
         LogStatus {
-            last_id: wal.last_id(),
+            // The store's: a log a snapshot emptied (every entry purged) still ends at the
+            // snapshot's id, as `/cluster_status` says; the log's own would be `None`.
+            last_id: Some(self.last_id()).filter(|&id| id > 0),
             durable_id: wal.durable_id(),
             next_id: wal.next_id(),
             poisoned: wal.poisoned(),
