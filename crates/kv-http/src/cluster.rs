@@ -398,7 +398,7 @@ pub async fn admin_remove_member(
     let cluster = cluster_of(state)?;
     let id: NodeId = id
         .parse()
-        .map_err(|_| Error::InvalidQuery(format!("node id {id:?} is not a number")))?;
+        .map_err(|_| Error::InvalidPath(format!("node id {id:?} is not a number")))?;
     if !cluster.client().is_active_here() {
         return forward(cluster, parts, None).await;
     }

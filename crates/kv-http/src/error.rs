@@ -67,6 +67,9 @@ pub enum Error {
     /// A query parameter is malformed or out of range.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// A path segment that names something (a member's id, a snapshot's id) is malformed.
+    #[error("invalid path: {0}")]
+    InvalidPath(String),
     /// A request header kvd reads (`If-Match`, `If-None-Match`, `Idempotency-Key`) is malformed.
     #[error("invalid header: {0}")]
     InvalidHeader(String),
@@ -246,6 +249,7 @@ impl Error {
             | Error::BodyRead(_)
             | Error::InvalidKey(_)
             | Error::InvalidQuery(_)
+            | Error::InvalidPath(_)
             | Error::InvalidHeader(_)
             | Error::InvalidTxn(_) => StatusCode::BAD_REQUEST,
             Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,

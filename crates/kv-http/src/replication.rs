@@ -55,11 +55,23 @@ where
 pub async fn fetch_view(state: &AppState, query: &str) -> Result<Response<Full<Bytes>>> {
     let number = |name: &str, default: u64| number_or(query, name, default);
     let cluster_id = match query_parameter(query, "cluster_id")? {
-        None => state.node.cluster_status().cluster_id.clone(),
-        Some(text) => String::from_utf8_lossy(&text).into_owned(),
+        // This node's own (none yet: 0).
+        None => u64::from_str_radix(&state.node.cluster_status().cluster_id, 16).unwrap_or(0),
+        // As /cluster_status shows it; anything else was taken as "no cluster id" before.
+        Some(text) => std::str::from_utf8(&text)
+            .ok()
+            .filter(|text| (1..=16).contains(&text.len()))
+            .and_then(|text| u64::from_str_radix(text, 16).ok())
+            .ok_or_else(|| {
+                Error::InvalidQuery(format!(
+                    "cluster_id {:?} is not a cluster id (1 to 16 hex digits, as /cluster_status \
+                     shows it)",
+                    String::from_utf8_lossy(&text)
+                ))
+            })?,
     };
     let request = FetchRequest {
-        cluster_id: u64::from_str_radix(&cluster_id, 16).unwrap_or(0),
+        cluster_id,
         node_id: number("node_id", 0)?,
         leader_epoch: 0,
         next_id: number("next_id", 1)?,
@@ -202,7 +214,7 @@ pub fn snapshot_chunk(
 ) -> Result<Response<Full<Bytes>>> {
     let applied_id: u64 = applied_id
         .parse()
-        .map_err(|_| Error::InvalidQuery(format!("snapshot id {applied_id:?} is not a number")))?;
+        .map_err(|_| Error::InvalidPath(format!("snapshot id {applied_id:?} is not a number")))?;
     // A file offset is at most i64::MAX (`pread` refuses more).
     let offset = number_parameter(query, "offset", i64::MAX as u64)?.unwrap_or(0);
     let len = number_or(query, "len", 1 << 20)?.min(SNAPSHOT_CHUNK_BYTES_MAX) as u32;

@@ -300,13 +300,46 @@ fn parse_compare(
         }
     };
     let number = |name: &str| -> Result<u64> {
-        members.get(name).and_then(Json::as_u64).ok_or_else(|| {
-            invalid(format!(
-                "{place}: \"{name}\" must be a non-negative integer"
-            ))
-        })
+        match members.get(name) {
+            None => Err(invalid(format!(
+                "{place}: the target {name:?} needs its operand \"{name}\""
+            ))),
+            Some(operand) => operand.as_u64().ok_or_else(|| {
+                invalid(format!(
+                    "{place}: \"{name}\" must be a non-negative integer"
+                ))
+            }),
+        }
     };
-    let target = match members.get("target").and_then(Json::as_str) {
+    let target_name = members.get("target").and_then(Json::as_str);
+    // One operand, the target's own: another target's was ignored before, and a compare
+    // carrying two reads as asking for both.
+    let own: &[&str] = match target_name {
+        Some("value" | "VALUE") => &["value", "value_base64"],
+        Some("version" | "VERSION") => &["version"],
+        Some("create_revision" | "CREATE") => &["create_revision"],
+        Some("mod_revision" | "MOD") => &["mod_revision"],
+        _ => &[],
+    };
+    let operands = [
+        "value",
+        "value_base64",
+        "version",
+        "create_revision",
+        "mod_revision",
+    ];
+    if let (Some(target), Some(other)) = (
+        target_name,
+        operands
+            .iter()
+            .find(|name| !own.contains(name) && members.contains_key(**name)),
+    ) {
+        return Err(invalid(format!(
+            "{place}: \"{other}\" is no operand of the target {target:?} (a compare has one \
+             target and its one operand)"
+        )));
+    }
+    let target = match target_name {
         Some("value" | "VALUE") => CompareTarget::Value(parse_value(members, exact, place)?),
         Some("version" | "VERSION") => CompareTarget::Version(number("version")?),
         Some("create_revision" | "CREATE") => {

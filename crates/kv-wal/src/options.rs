@@ -64,12 +64,19 @@ impl FromStr for SyncPolicy {
             "batch" => Ok(SyncPolicy::Batch),
             "never" => Ok(SyncPolicy::Never),
             other => {
-                let milliseconds = other
-                    .strip_prefix("interval:")
-                    .and_then(|ms| ms.parse::<u64>().ok())
-                    .filter(|&ms| ms > 0)
-                    .ok_or_else(|| {
-                        format!("unknown sync policy {text:?}: expected always, batch, interval:<ms> (ms > 0) or never")
+                let Some(ms) = other.strip_prefix("interval:") else {
+                    return Err(format!(
+                        "unknown sync policy {text:?}: expected always, batch, interval:<ms> \
+                         (ms > 0) or never"
+                    )
+                    .into());
+                };
+                let milliseconds =
+                    ms.parse::<u64>().ok().filter(|&ms| ms > 0).ok_or_else(|| {
+                        format!(
+                            "sync policy {text:?}: the interval must be a whole number of \
+                             milliseconds above 0"
+                        )
                     })?;
                 Ok(SyncPolicy::Interval(Duration::from_millis(milliseconds)))
             }
@@ -227,8 +234,13 @@ mod tests {
             let policy: SyncPolicy = text.parse().unwrap();
             assert_eq!(policy.to_string(), text);
         }
-        assert!("interval:0".parse::<SyncPolicy>().is_err());
-        assert!("sometimes".parse::<SyncPolicy>().is_err());
+        // A known policy with a bad interval says so (it was "unknown sync policy").
+        for bad in ["interval:0", "interval:x", "interval:"] {
+            let error = bad.parse::<SyncPolicy>().unwrap_err().to_string();
+            assert!(error.contains("the interval must be"), "{bad}: {error}");
+        }
+        let error = "sometimes".parse::<SyncPolicy>().unwrap_err().to_string();
+        assert!(error.contains("unknown sync policy"), "{error}");
         for text in [
             "tolerate-torn-tail",
             "point-in-time",

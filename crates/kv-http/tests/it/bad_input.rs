@@ -340,3 +340,40 @@ async fn bad_queries_are_400() {
     }
     assert_eq!(get(&node, "/keys?limit=10000").await.status, StatusCode::OK);
 }
+
+/// The fetch view's `cluster_id` is 1 to 16 hex digits, as `/cluster_status` shows it: anything
+/// else is a bad query (`zz` was taken as "no cluster id" and answered with entries before).
+#[tokio::test]
+async fn a_fetch_view_with_a_cluster_id_that_is_no_id_is_400() {
+    let node = node();
+    put(&node, "/key/k", r#"{"value": 1}"#).await;
+    for bad in ["zz", "", "00000000000000001", "-1"] {
+        assert_rejected(
+            &node,
+            Method::GET,
+            &format!("/replication/fetch?cluster_id={bad}&next_id=1"),
+            "",
+            StatusCode::BAD_REQUEST,
+            "is not a cluster id",
+        )
+        .await;
+    }
+    let view = get(&node, "/replication/fetch?next_id=1").await;
+    assert_eq!(view.status, StatusCode::OK, "{:?}", view.body);
+}
+
+/// A path segment that names something and is malformed is an invalid path, not a query
+/// (it said "invalid query: snapshot id \"abc\" is not a number").
+#[tokio::test]
+async fn a_malformed_id_in_a_path_is_an_invalid_path() {
+    let node = node();
+    assert_rejected(
+        &node,
+        Method::GET,
+        "/replication/snapshot/abc",
+        "",
+        StatusCode::BAD_REQUEST,
+        "invalid path: snapshot id \"abc\" is not a number",
+    )
+    .await;
+}

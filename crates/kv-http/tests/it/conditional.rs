@@ -394,6 +394,30 @@ async fn bad_transactions_are_refused_unwritten() {
         let answer = post(&node, "/txn", body).await;
         assert_eq!(answer.status, status, "{body}");
     }
+    // A compare has one operand, its target's: another target's was ignored before, and a
+    // missing one was called "not a non-negative integer".
+    for (compare, detail) in [
+        (
+            r#"{"key": "a", "target": "mod_revision", "result": "=", "version": 1, "mod_revision": 2}"#,
+            r#""version" is no operand of the target "mod_revision""#,
+        ),
+        (
+            r#"{"key": "a", "target": "value", "result": "=", "value": 1, "create_revision": 2}"#,
+            r#""create_revision" is no operand of the target "value""#,
+        ),
+        (
+            r#"{"key": "a", "target": "mod_revision", "result": "="}"#,
+            r#"the target "mod_revision" needs its operand "mod_revision""#,
+        ),
+    ] {
+        let answer = post(&node, "/txn", &format!(r#"{{"compare": [{compare}]}}"#)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{compare}");
+        assert!(
+            answer.detail().contains(detail),
+            "{compare}: {}",
+            answer.detail()
+        );
+    }
     let ops: Vec<String> = (0..129)
         .map(|index| format!(r#"{{"get": {{"key": "k{index}"}}}}"#))
         .collect();
