@@ -174,6 +174,18 @@ fn damage_hint(config: &NodeConfig, error: &kv_store::Error) -> String {
         "move this node's wal/ and snapshots/ out of {}: it re-syncs from the leader",
         config.data_dir.display()
     );
+    if let kv_store::Error::Wal(kv_wal::Error::Corrupt { segment, .. }) = error {
+        if segment.file_name() == Some(std::ffi::OsStr::new("wal.meta")) {
+            // Every mode reads the log's identity first: no mode gets past it.
+            return format!(
+                "kvd: this node's data is damaged, and `kvd leader` does not repair it by \
+                 itself; --recovery-mode cannot help (every mode needs the log's identity file \
+                 to tell its segments from another log's): {resync}, or put back a good copy \
+                 of {}",
+                segment.display()
+            );
+        }
+    }
     if matches!(error, kv_store::Error::Gap { .. }) {
         // The ids are in no file: no recovery mode brings them back.
         return format!(

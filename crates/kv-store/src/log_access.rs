@@ -138,7 +138,9 @@ impl Store {
             // The store's: a log a snapshot emptied (every entry purged) still ends at the
             // snapshot's id, as `/cluster_status` says; the log's own would be `None`.
             last_id: Some(self.last_id()).filter(|&id| id > 0),
-            durable_id: wal.durable_id(),
+            // Never below the snapshot the store rests on (itself on stable storage): a
+            // follower that just installed one said 0.
+            durable_id: wal.durable_id().max(self.snapshot_base()),
             next_id: wal.next_id(),
             poisoned: wal.poisoned(),
             out_of_space: wal.out_of_space(),

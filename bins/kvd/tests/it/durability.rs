@@ -413,6 +413,26 @@ fn follower_resyncs_after(restart_args: &[&str], damage: impl FnOnce(&Path)) {
     assert_eq!(status, 200);
 }
 
+/// A damaged `wal.meta` (the log's identity) is refused in every mode, and the refusal says so
+/// rather than point at a recovery mode: it suggested `skip-corrupt`, which refuses it too.
+#[test]
+fn a_damaged_log_identity_file_is_refused_without_offering_a_recovery_mode() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = stopped_after_writing_40_keys(dir.path());
+    let meta = data_dir.join("wal").join("wal.meta");
+    let mut bytes = std::fs::read(&meta).expect("wal.meta");
+    bytes[14] ^= 0x01;
+    std::fs::write(&meta, bytes).expect("damage");
+    let (status, stderr) = start_expecting_exit(&data_dir);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("wal.meta")
+            && stderr.contains("--recovery-mode cannot help")
+            && !stderr.contains("`--recovery-mode skip-corrupt` skips"),
+        "{stderr}"
+    );
+}
+
 /// Node 0 (`kvd leader`) among other members, its log damaged, started with a recovery mode
 /// that loses records: it refuses, naming the loss and the way out, since the others hold what
 /// it would lose; with its `wal/` and `snapshots/` moved aside it re-syncs and serves every

@@ -349,10 +349,14 @@ fn installing_a_snapshot_replaces_the_state_and_the_log_continues_after_it() {
     assert_eq!(state(&target), state(&source));
     assert_eq!(target.next_id(), 51);
     assert_eq!(target.last_id(), 50);
-    // The log holds nothing after the snapshot: its status still ends at the snapshot's id
-    // (it said `None` — kvd's /health "last_id": null, its gauge 0 — beside a durable id of 50).
+    // The log holds nothing after the snapshot: its status still ends at the snapshot's id,
+    // durably (it said `None` — kvd's /health "last_id": null, its gauge 0 — and a durable
+    // id of 0 after an install).
     let status = target.log_status();
-    assert_eq!((status.last_id, status.next_id), (Some(50), 51));
+    assert_eq!(
+        (status.last_id, status.durable_id, status.next_id),
+        (Some(50), 50, 51)
+    );
     // The leader's next entries continue the log after the snapshot.
     let frames = source
         .wal()
