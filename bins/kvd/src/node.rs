@@ -174,8 +174,13 @@ fn damage_hint(config: &NodeConfig, error: &kv_store::Error) -> String {
         "move this node's wal/ and snapshots/ out of {}: it re-syncs from the leader",
         config.data_dir.display()
     );
-    if let kv_store::Error::Wal(kv_wal::Error::Corrupt { segment, .. }) = error {
-        if segment.file_name() == Some(std::ffi::OsStr::new("wal.meta")) {
+    if let kv_store::Error::Wal(kv_wal::Error::Corrupt {
+        segment, reason, ..
+    }) = error
+    {
+        if segment.file_name() == Some(std::ffi::OsStr::new("wal.meta"))
+            && reason.contains("identity file")
+        {
             // Every mode reads the log's identity first: no mode gets past it.
             return format!(
                 "kvd: this node's data is damaged, and `kvd leader` does not repair it by \

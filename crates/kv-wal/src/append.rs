@@ -299,6 +299,9 @@ impl Shared {
             // room: the empty one stays active), named once the empty one is gone.
             let sequence = old.sequence;
             let (path, header, file) = self.new_segment_file(sequence, first_id)?;
+            // Until the replacement is named, the newest segment is the one before.
+            let lowered = self.record_newest_sequence(sequence - 1);
+            self.guarded(lowered)?;
             let removed = self.fs.remove_file(&old.path).at(&old.path);
             self.guarded(removed)?;
             let segment = self.install_segment(writer, sequence, first_id, path, header, file)?;
@@ -451,7 +454,8 @@ impl Shared {
             .fs
             .rename(&temp_segment_path(&path), &path)
             .at(&path)
-            .and_then(|()| self.fs.sync_dir(&self.dir).at(&self.dir));
+            .and_then(|()| self.fs.sync_dir(&self.dir).at(&self.dir))
+            .and_then(|()| self.record_newest_sequence(sequence));
         self.guarded(renamed)?;
         let allocated_bytes = self.preallocated_segment_bytes;
         let segment = Arc::new(Segment::empty(

@@ -15,12 +15,12 @@ use crate::durable::{create_dir_all_durable, write_file_atomic};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{DirLock, FileSystem, WalFile};
 use crate::meta::{
-    decode_marker, decode_meta, encode_meta, read_small_file, LOCK_FILE, META_FILE,
+    decode_marker, decode_meta, encode_meta, read_small_file, LogMeta, LOCK_FILE, META_FILE,
     TRUNCATE_MARKER_FILE,
 };
 use crate::options::{WalOptions, SEGMENT_BYTES_MIN};
 use crate::recovery::{self, Recovered};
-use crate::report::RecoveryReport;
+use crate::report::{Dropped, RecoveryReport};
 use crate::segment_file::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::segments::Segment;
 use crate::shared::Shared;
@@ -54,16 +54,43 @@ impl Wal {
             ..RecoveryReport::default()
         };
         let found = recovery::list_segments(&*fs, &dir, &mut report)?;
-        let log_id = read_or_create_log_id(&*fs, &dir, found.is_empty(), &mut report)?;
-        let recovered =
-            recovery::recover(&*fs, log_id, &found, recovery_rules(&options), &mut report)?;
+        let meta = read_or_create_meta(&*fs, &dir, found.is_empty(), &mut report)?;
+        let log_id = meta.log_id;
         // A truncation a crash interrupted says up to which id the log held records: ids are
         // never handed out below it, even when the crash left no segment at all.
-        let marked = read_small_file(&*fs, &dir.join(TRUNCATE_MARKER_FILE))?
-            .and_then(|bytes| decode_marker(&bytes));
+        let marker = read_small_file(&*fs, &dir.join(TRUNCATE_MARKER_FILE))?;
+        let marked = marker.as_deref().and_then(decode_marker);
+        // A marked truncation may have removed the newest segments on purpose.
+        let newest_recorded = meta.newest_sequence.filter(|_| marker.is_none());
+        let missing = missing_newest(&found, newest_recorded);
+        if let Some(reason) = &missing {
+            if !options.recovery_mode.may_lose_records() {
+                return Err(recovery::corrupt(&dir.join(META_FILE), 0, reason.clone()));
+            }
+        }
+        let rules = recovery::Rules {
+            newest_recorded,
+            ..recovery_rules(&options)
+        };
+        let recovered = recovery::recover(&*fs, log_id, &found, rules, &mut report)?;
+        if let Some(reason) = missing {
+            report.dropped.get_or_insert(Dropped {
+                segment: dir.join(META_FILE),
+                offset: 0,
+                reason,
+                records_dropped: 0,
+                segments_removed: Vec::new(),
+            });
+        }
         let first_id = options
             .first_id
             .max(marked.map_or(0, |after_id| after_id + 1));
+        // The newest segment that stays through `choose_active` is recorded before it
+        // removes or creates any: an empty last one it replaces is not.
+        let surviving = surviving_newest(&recovered);
+        if meta.newest_sequence != Some(surviving) {
+            write_file_atomic(&*fs, &dir, META_FILE, &encode_meta(log_id, surviving))?;
+        }
         let (segments, active, next_id) = choose_active(
             &*fs,
             &dir,
@@ -74,7 +101,12 @@ impl Wal {
         )?;
         fs.sync_dir(&dir).at(&dir)?;
         let wal = start(&dir, &options, log_id, segments, active, next_id, dir_lock)?;
+        wal.shared
+            .newest_recorded
+            .store(surviving, Ordering::Release);
         wal.finish_marked_truncation(&mut report)?;
+        let active_sequence = wal.shared.writer().active.sequence;
+        wal.shared.record_newest_sequence(active_sequence)?;
         report.segments = wal.shared.segments_read().len();
         report.first_id = wal.first_id();
         report.last_id = wal.last_id();
@@ -124,13 +156,42 @@ fn lock_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Box<dyn DirLock>> {
     })
 }
 
-/// The log's identity from `wal.meta`; a new one for a new log (no segments yet).
-fn read_or_create_log_id(
+/// Why the newest segments `wal.meta` records are not all there, if they are not: deleted or
+/// lost files (a crash never removes a named segment), whose records may have been
+/// acknowledged.
+fn missing_newest(
+    found: &[recovery::FoundSegment],
+    newest_recorded: Option<u64>,
+) -> Option<String> {
+    let recorded = newest_recorded?;
+    let newest_found = found.last().map_or(0, |segment| segment.sequence);
+    (newest_found < recorded).then(|| {
+        format!(
+            "the newest segment(s), sequence {}..={recorded}, are missing: wal.meta records that \
+             segment {recorded} was created (a deleted or lost file, not a crash)",
+            newest_found + 1
+        )
+    })
+}
+
+/// The newest segment that survives [`choose_active`]: the last kept, unless it is empty and
+/// unsealed (replaced by a new one of the same sequence); 0 for none.
+fn surviving_newest(recovered: &Recovered) -> u64 {
+    match recovered.segments.last() {
+        Some(last) if last.last_id < last.first_id && !last.sealed => last.sequence - 1,
+        Some(last) => last.sequence,
+        None => 0,
+    }
+}
+
+/// The log's identity (and newest segment) from `wal.meta`; a new one for a new log (no
+/// segments yet).
+fn read_or_create_meta(
     fs: &dyn FileSystem,
     dir: &Path,
     no_segments: bool,
     report: &mut RecoveryReport,
-) -> Result<u64> {
+) -> Result<LogMeta> {
     let meta_path = dir.join(META_FILE);
     match read_small_file(fs, &meta_path)? {
         Some(bytes) => decode_meta(&bytes).ok_or_else(|| Error::Corrupt {
@@ -140,9 +201,12 @@ fn read_or_create_log_id(
         }),
         None if no_segments => {
             let log_id = rand::thread_rng().gen_range(1..u64::MAX);
-            write_file_atomic(fs, dir, META_FILE, &encode_meta(log_id))?;
+            write_file_atomic(fs, dir, META_FILE, &encode_meta(log_id, 0))?;
             report.created = true;
-            Ok(log_id)
+            Ok(LogMeta {
+                log_id,
+                newest_sequence: Some(0),
+            })
         }
         None => Err(Error::Corrupt {
             segment: meta_path,
@@ -312,6 +376,7 @@ fn start(
         maintenance: Mutex::new(()),
         compressing: Mutex::new(()),
         stats: Stats::default(),
+        newest_recorded: AtomicU64::new(0),
         _lock: dir_lock,
     });
     let committer = {
@@ -332,5 +397,6 @@ fn recovery_rules(options: &WalOptions) -> recovery::Rules {
     recovery::Rules {
         mode: options.recovery_mode,
         refuse_whole_damaged_tail: options.refuse_whole_damaged_tail,
+        newest_recorded: None,
     }
 }

@@ -56,6 +56,9 @@ pub(crate) struct Shared {
     /// One compression pass at a time.
     pub compressing: Mutex<()>,
     pub stats: Stats,
+    /// The newest segment `wal.meta` records as created ([`Shared::record_newest_sequence`]);
+    /// 0 before the first record.
+    pub newest_recorded: AtomicU64,
     pub _lock: Box<dyn DirLock>,
 }
 
@@ -106,6 +109,35 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Records in `wal.meta` that segment `sequence` is the newest whose creation completed
+    /// (its header durable, its name in the directory), so that open refuses a log whose
+    /// newest segments are gone or zeroed instead of taking their loss for a crash. Raised
+    /// after a new segment is named; lowered before a newest segment is removed on purpose
+    /// (an empty one replaced) and after a truncation (which a marker covers meanwhile).
+    /// Under the writer lock. A failure to raise it is not an error: the record only stays
+    /// lower, and open checks less; a failure to lower it is (`Error::Io`).
+    pub(crate) fn record_newest_sequence(&self, sequence: u64) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let recorded = self.newest_recorded.load(Ordering::Acquire);
+        if recorded == sequence {
+            return Ok(());
+        }
+        let written = crate::durable::write_file_atomic(
+            &*self.fs,
+            &self.dir,
+            crate::meta::META_FILE,
+            &crate::meta::encode_meta(self.log_id, sequence),
+        );
+        match written {
+            Ok(()) => {
+                self.newest_recorded.store(sequence, Ordering::Release);
+                Ok(())
+            }
+            Err(_) if sequence > recorded => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 
     /// Whether `segment` is still one of the log's segments (not replaced or removed).

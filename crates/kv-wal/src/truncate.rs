@@ -77,7 +77,11 @@ impl Wal {
         shared.truncations.fetch_add(1, Ordering::AcqRel);
         let result = self.cut_segments(writer, after_id);
         shared.truncations.fetch_add(1, Ordering::AcqRel);
-        shared.guarded(result)
+        shared.guarded(result)?;
+        // The newest segment is the one the cut left active (a marker covered the removals
+        // until now: open does not take them for lost segments).
+        let recorded = shared.record_newest_sequence(writer.active.sequence);
+        shared.guarded(recorded)
     }
 
     fn cut_segments(&self, writer: &mut Writer, after_id: u64) -> Result<()> {

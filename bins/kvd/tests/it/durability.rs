@@ -413,6 +413,34 @@ fn follower_resyncs_after(restart_args: &[&str], damage: impl FnOnce(&Path)) {
     assert_eq!(status, 200);
 }
 
+/// The same after a `kill -9`, when `node.meta`'s commit id (saved once a second) may not know
+/// the newest writes: the log records its newest segment itself, so a lone leader whose newest
+/// segment is gone refuses to start all the same. Before, within that second it started
+/// without the segment's acknowledged writes and no error (a damaged-files exploration: 1,600
+/// writes of 64 KiB segments).
+#[test]
+fn a_lone_leader_killed_then_missing_its_newest_segment_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("leader");
+    let mut kvd = Kvd::start(&data_dir, &["--max-segment-size", "4096"], &[]);
+    for index in 0..120 {
+        put(&kvd, &format!("k{index}"), &"v".repeat(40));
+    }
+    kvd.kill_9();
+    let segments = files_with_suffix(&data_dir.join("wal"), ".wal");
+    assert!(segments.len() >= 3, "{segments:?}");
+    std::fs::remove_file(segments.last().expect("a segment")).expect("remove the newest");
+    let (status, stderr) = start_expecting_exit(&data_dir);
+    assert!(
+        !status.success(),
+        "started without its newest segment: {stderr}"
+    );
+    assert!(
+        stderr.contains("are missing: wal.meta records that segment"),
+        "{stderr}"
+    );
+}
+
 /// A damaged `wal.meta` (the log's identity) is refused in every mode, and the refusal says so
 /// rather than point at a recovery mode: it suggested `skip-corrupt`, which refuses it too.
 #[test]
@@ -702,8 +730,12 @@ fn a_lone_leader_whose_newest_segment_is_gone_refuses_to_start_until_told_to_los
         !status.success(),
         "started without the acknowledged writes: {stderr}"
     );
+    // The log itself says so now (wal.meta records its newest segment); node.meta's commit
+    // id said it before, and says it still where the log cannot (a segment lost before it was
+    // recorded).
     assert!(
-        stderr.contains(&format!("..={last} are lost")) && stderr.contains("point-in-time"),
+        stderr.contains("are missing: wal.meta records that segment")
+            && stderr.contains("point-in-time"),
         "{stderr}"
     );
 

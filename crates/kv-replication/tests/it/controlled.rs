@@ -1207,8 +1207,16 @@ async fn a_lone_leader_that_lost_committed_entries_never_reuses_their_ids() {
     let newest = leader.store().segments().last().unwrap().path.clone();
     cluster.kill(0).await;
     drop(leader);
-    // The newest segment is lost (deleted, or never synced under `never`); node.meta stays.
+    // The newest segment is lost (deleted); node.meta stays. The log refuses to open without
+    // it until told to go on (`point-in-time`, as kvd's refusal names): then it records the
+    // segments it kept, and opens from there.
     std::fs::remove_file(newest).unwrap();
+    {
+        let dir = cluster.dirs[0].path();
+        let (store, report) = crate::support::open_in_mode(dir, kv_wal::RecoveryMode::PointInTime);
+        assert!(report.dropped.is_some(), "{report}");
+        store.close().unwrap();
+    }
     cluster.open(0);
     let node = cluster.node(0);
     let kept = node.store().last_id();

@@ -8,12 +8,22 @@ use kv_store::{Op, Store, StoreOptions, Value};
 
 /// A store in `dir` (WAL and snapshots), with small segments so compaction has some to drop.
 pub fn open(dir: &std::path::Path) -> Arc<Store> {
+    open_in_mode(dir, kv_wal::RecoveryMode::default()).0
+}
+
+/// [`open`] under `mode`, with its recovery report.
+pub fn open_in_mode(
+    dir: &std::path::Path,
+    mode: kv_wal::RecoveryMode,
+) -> (Arc<Store>, kv_wal::RecoveryReport) {
     let mut options = StoreOptions {
         snapshot_dir: Some(dir.join("snapshots")),
         ..StoreOptions::default()
     };
     options.wal.segment_bytes_max = 8192;
-    Arc::new(Store::open(dir.join("wal"), options).expect("open store").0)
+    options.wal.recovery_mode = mode;
+    let (store, report) = Store::open(dir.join("wal"), options).expect("open store");
+    (Arc::new(store), report)
 }
 
 /// A store in `dir` whose disk takes the faults of the returned plan.

@@ -102,6 +102,8 @@ struct Recovery<'a> {
     mode: RecoveryMode,
     /// [`crate::WalOptions::refuse_whole_damaged_tail`].
     refuse_whole_damaged_tail: bool,
+    /// [`Rules::newest_recorded`].
+    newest_recorded: Option<u64>,
     found: &'a [FoundSegment],
     report: &'a mut RecoveryReport,
     kept: Vec<RecoveredSegment>,
@@ -122,6 +124,10 @@ pub(crate) fn corrupt(segment: &Path, offset: u64, reason: impl Into<String>) ->
 pub(crate) struct Rules {
     pub mode: RecoveryMode,
     pub refuse_whole_damaged_tail: bool,
+    /// The newest segment `wal.meta` records as created (`None`: not recorded, or a marked
+    /// truncation may have removed segments): a segment at or below it was whole once, so a
+    /// bad header there is damage, never a torn creation.
+    pub newest_recorded: Option<u64>,
 }
 
 /// Checks `found` (sorted by sequence) under `rules`, repairing per the mode.
@@ -137,6 +143,7 @@ pub(crate) fn recover(
         log_id,
         mode: rules.mode,
         refuse_whole_damaged_tail: rules.refuse_whole_damaged_tail,
+        newest_recorded: rules.newest_recorded,
         found,
         report,
         kept: Vec::new(),
@@ -190,7 +197,12 @@ impl Recovery<'_> {
             Err(reason) => {
                 // A crash while the segment was created: no longer than its header, or (a
                 // preallocated one) nothing but zeros after it. Either way it holds no record.
+                // Not one `wal.meta` records as created: that one was whole once, and is
+                // damaged now (deleted data, a zeroed file), its records maybe acknowledged.
                 let torn_creation = self.position(index) == Position::Last
+                    && self
+                        .newest_recorded
+                        .is_none_or(|recorded| entry.sequence > recorded)
                     && (file_len <= SEGMENT_HEADER_BYTES as u64
                         || zeros_after_header(&*file, file_len).at(&entry.path)?);
                 drop(file);

@@ -545,6 +545,16 @@ fn cut_at_every_offset(format: Format) {
         let fs = written_log_in(format);
         let bytes = fs.read_file(&path).unwrap();
         fs.write_file_durably(&path, &bytes[..cut]).unwrap();
+        if cut < SEGMENT_HEADER_BYTES {
+            // A segment `wal.meta` records as created had its header on disk before it was
+            // named: a cut into the header is damage, not a crash while it was created (it
+            // was removed as one before, and its records were gone without an error).
+            match open_sim(&fs, SEGMENT_BYTES, RecoveryMode::TolerateTornTail) {
+                Err(Error::Corrupt { segment, .. }) => assert_eq!(segment, path, "cut at {cut}"),
+                other => panic!("cut at {cut}: {:?}", other.map(|(_, report)| report)),
+            }
+            continue;
+        }
         let (wal, report) = open_sim(&fs, SEGMENT_BYTES, RecoveryMode::TolerateTornTail)
             .unwrap_or_else(|error| panic!("cut at {cut}: {error}"));
         let records = collect(&wal, 1);
@@ -874,5 +884,105 @@ fn a_whole_last_record_that_does_not_check_is_refused_when_asked() {
             damaged,
             "bit {bit}: changed"
         );
+    }
+}
+
+/// The newest segment deleted, emptied or zeroed — a file lost, not a crash: `wal.meta`
+/// records the newest segment whose creation completed, so the default and strict modes refuse,
+/// naming the loss, and the modes that may lose records go on saying what they lost. Before,
+/// the default mode took a deleted newest segment for a log that ended earlier, and an
+/// emptied or zeroed one for a crash while it was created (and removed it): its records,
+/// maybe acknowledged, were gone without an error. A segment not yet recorded (a crash
+/// during a roll) is still a torn creation (`power_loss` and the torn-creation cases).
+#[test]
+fn a_lost_newest_segment_is_refused_not_taken_for_a_crash() {
+    use kv_wal::fs::FileSystem;
+    type Damage = fn(&SimFs, &std::path::Path);
+    let damages: [(&str, Damage, &str); 3] = [
+        (
+            "deleted",
+            |fs, path| {
+                fs.remove_file(path).unwrap();
+                fs.sync_dir(&crate::support::sim_dir()).unwrap();
+            },
+            "are missing: wal.meta records that segment",
+        ),
+        (
+            "emptied",
+            |fs, path| fs.write_file_durably(path, &[]).unwrap(),
+            "shorter than a segment header",
+        ),
+        (
+            "zeroed",
+            |fs, path| {
+                let len = fs.read_file(path).unwrap().len();
+                fs.write_file_durably(path, &vec![0; len]).unwrap();
+            },
+            "",
+        ),
+    ];
+    for (name, damage, reason_part) in damages {
+        let fs = written_log();
+        let newest = last_segment(&fs);
+        assert!(
+            first_id_of(&newest) <= RECORD_COUNT,
+            "the newest holds records"
+        );
+        damage(&fs, &newest);
+        for mode in [RecoveryMode::TolerateTornTail, RecoveryMode::Strict] {
+            match open_sim(&fs.fork(), SEGMENT_BYTES, mode) {
+                Err(Error::Corrupt { reason, .. }) => {
+                    assert!(reason.contains(reason_part), "{name}, {mode}: {reason}")
+                }
+                other => panic!(
+                    "{name}, {mode}: {:?}",
+                    other.map(|(wal, report)| (wal.last_id(), report))
+                ),
+            }
+        }
+        for mode in [RecoveryMode::PointInTime, RecoveryMode::SkipCorrupt] {
+            let (wal, report) = open_sim(&fs.fork(), SEGMENT_BYTES, mode)
+                .unwrap_or_else(|error| panic!("{name}, {mode}: {error}"));
+            assert!(
+                !report.is_clean(),
+                "{name}, {mode}: the loss unreported: {report}"
+            );
+            assert!(wal.last_id() < Some(RECORD_COUNT), "{name}, {mode}");
+        }
+    }
+}
+
+/// A log whose `wal.meta` is in the first format (the identity alone, no newest segment) opens
+/// as before, and is recorded from then on: a newest segment deleted after that is refused.
+#[test]
+fn a_log_of_the_first_meta_format_is_recorded_from_its_next_open() {
+    use kv_wal::fs::FileSystem;
+    let fs = written_log();
+    let meta_path = crate::support::sim_dir().join("wal.meta");
+    let meta = fs.read_file(&meta_path).unwrap();
+    assert_eq!(meta.len(), 32, "this version writes the second format");
+    // The first format: magic, version 1, log id, CRC-32C of what precedes it.
+    let mut first = meta[..8].to_vec();
+    first.extend_from_slice(&1u32.to_le_bytes());
+    first.extend_from_slice(&meta[12..20]);
+    let crc = kv_wal::frame::crc32c(&first);
+    first.extend_from_slice(&crc.to_le_bytes());
+    fs.write_file_durably(&meta_path, &first).unwrap();
+    // Without a record, a deleted newest segment cannot be told from a shorter log.
+    let unrecorded = fs.fork();
+    unrecorded.remove_file(&last_segment(&unrecorded)).unwrap();
+    let (wal, report) =
+        open_sim(&unrecorded, SEGMENT_BYTES, RecoveryMode::TolerateTornTail).unwrap();
+    assert!(wal.last_id() < Some(RECORD_COUNT), "{report}");
+    // Opened once, it is recorded.
+    let (wal, _) = open_sim(&fs, SEGMENT_BYTES, RecoveryMode::TolerateTornTail).unwrap();
+    assert_eq!(wal.last_id(), Some(RECORD_COUNT));
+    wal.close().unwrap();
+    drop(wal);
+    assert_eq!(fs.read_file(&meta_path).unwrap().len(), 32);
+    fs.remove_file(&last_segment(&fs)).unwrap();
+    match open_sim(&fs, SEGMENT_BYTES, RecoveryMode::TolerateTornTail) {
+        Err(Error::Corrupt { reason, .. }) => assert!(reason.contains("missing"), "{reason}"),
+        other => panic!("{:?}", other.map(|(wal, report)| (wal.last_id(), report))),
     }
 }
