@@ -245,6 +245,15 @@ impl PushCursor {
                         self.uncovered_gap = Some(found_id);
                         return Push::Reopen;
                     }
+                    // Damage where the follower reads: as `LeaderState::on_fetch` answers it.
+                    Err(Error::Store(error)) if error.is_damage() => {
+                        let newest = log.newest_snapshot_id();
+                        if newest >= self.next_to_send {
+                            return self.sent(now, leader.snapshot_needed(newest + 1));
+                        }
+                        self.uncovered_gap = Some(self.next_to_send + 1);
+                        return Push::Reopen;
+                    }
                     Err(_) => return Push::Reopen,
                 };
             let Some(batch_last) = last_frame_id(&frames).filter(|&id| id >= self.next_to_send)

@@ -219,3 +219,63 @@ fn a_follower_behind_a_compacted_log_installs_the_leaders_snapshot() {
     let (_, cluster) = follower.json("GET", "/cluster_status", None);
     assert_eq!(cluster["link"]["state"], "connected", "{cluster}");
 }
+
+/// A sealed segment the disk corrupts under the running leader, past its newest snapshot: a
+/// follower that must read it gets past it through a new snapshot (the leader's map, applied
+/// before the damage, is whole), and serves every key. Before, the leader closed the stream at
+/// the damaged record and the follower asked again forever ("the leader closed the replication
+/// stream", a damaged-files exploration).
+#[test]
+fn a_follower_reaching_a_segment_damaged_under_the_running_leader_gets_past_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let leader_dir = dir.path().join("leader");
+    let leader = Kvd::start(&leader_dir, &["--max-segment-size", "16KiB"], &[]);
+    for index in 0..500 {
+        put(&leader, &format!("k{index}"), index);
+    }
+    let (status, answer) = leader.json("POST", "/admin/snapshot", None);
+    assert_eq!(status, 200, "{answer}");
+    let snapshot_id = answer["snapshot"]["applied_id"]
+        .as_u64()
+        .expect("applied id");
+    let mut last_id = 0;
+    for index in 500..2_000 {
+        last_id = put(&leader, &format!("k{index}"), index);
+    }
+    // A sealed segment wholly after the snapshot, damaged in the middle of its records.
+    let mut segments: Vec<_> = std::fs::read_dir(leader_dir.join("wal"))
+        .expect("wal dir")
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "wal"))
+        .collect();
+    segments.sort();
+    segments.pop(); // the active one
+    let first_id_of = |path: &std::path::Path| -> u64 {
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        name.split('-').nth(1).unwrap().parse().unwrap()
+    };
+    let damaged = segments
+        .iter()
+        .find(|path| first_id_of(path) > snapshot_id + 1)
+        .expect("a sealed segment after the snapshot");
+    let mut bytes = std::fs::read(damaged).expect("segment");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(damaged, bytes).expect("damage");
+
+    let follower = Kvd::start_follower(&dir.path().join("follower-1"), &leader, &[], &[]);
+    let (status, body) = follower.json(
+        "GET",
+        &format!(
+            "/key/k1999?min_id={last_id}&wait_ms={}",
+            DEADLINE.as_millis()
+        ),
+        None,
+    );
+    assert_eq!((status, &body["value"]), (200, &json!(1999)), "{body}");
+    for index in (0..2_000).step_by(97) {
+        let (status, body) = follower.json("GET", &format!("/key/k{index}"), None);
+        assert_eq!((status, &body["value"]), (200, &json!(index)), "k{index}");
+    }
+}

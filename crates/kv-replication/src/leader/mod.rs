@@ -461,6 +461,22 @@ impl LeaderState {
                 self.uncovered_gap = Some(found_id);
                 FetchDecision::Respond(self.entries(log, Vec::new()))
             }
+            // The log is damaged where the follower reads (a segment the disk corrupted under
+            // the running leader; its map, applied before, is whole): the newest snapshot gets
+            // the follower past the damage if it covers the id, or the caller has one taken.
+            // Before, the follower asked again forever.
+            Err(Error::Store(error)) if error.is_damage() => {
+                let newest = log.newest_snapshot_id();
+                if newest >= request.next_id {
+                    return FetchDecision::Respond(FetchResponse::SnapshotNeeded {
+                        cluster_id: self.cluster_id,
+                        leader_epoch: self.epoch,
+                        first_id: newest + 1,
+                    });
+                }
+                self.uncovered_gap = Some(request.next_id + 1);
+                FetchDecision::Respond(self.entries(log, Vec::new()))
+            }
             // The log changed under us (purged or truncated): the follower asks again.
             Err(_) => FetchDecision::Respond(self.entries(log, Vec::new())),
         }

@@ -204,8 +204,9 @@ impl Node {
                 first_id_after,
                 newest_snapshot = self.store.newest_snapshot_id(),
                 automatic_snapshots = !state.automatic_off,
-                "a follower reached a gap of this log that no snapshot covers (ids dropped by a \
-                 point-in-time repair): the next automatic snapshot covers it"
+                "a follower reached ids of this log it cannot read and no snapshot covers (ids \
+                 a repair dropped, or a segment damaged under the running node — a restart \
+                 will refuse it): the next automatic snapshot covers them"
             );
         }
     }
