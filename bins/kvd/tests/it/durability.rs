@@ -366,6 +366,23 @@ fn a_follower_with_a_bit_flip_in_its_last_record_resyncs_from_its_leader() {
     });
 }
 
+/// `kvd` serves `k1`..`k40` (values of 200 B) once it has applied `min_id`.
+fn serves_the_40_keys(kvd: &Kvd, min_id: u64, context: &str) {
+    for index in 1..=40 {
+        let (status, body) = kvd.json(
+            "GET",
+            &format!("/key/k{index}?min_id={min_id}&wait_ms=20000"),
+            None,
+        );
+        assert_eq!(status, 200, "{context}: k{index}: {body}");
+        assert_eq!(
+            body["value"],
+            format!("{index:0>200}"),
+            "{context}: k{index}"
+        );
+    }
+}
+
 /// A follower that took 40 writes is stopped, `damage` is done to its data directory, and it
 /// is started again: it must say it re-syncs, keep the damaged data aside, and serve every key.
 fn follower_resyncs_after(restart_args: &[&str], damage: impl FnOnce(&Path)) {
@@ -400,15 +417,7 @@ fn follower_resyncs_after(restart_args: &[&str], damage: impl FnOnce(&Path)) {
         .collect();
     assert_eq!(quarantined.len(), 1, "the damaged data is kept aside");
     let next = put(&leader, "after-repair", "yes");
-    for index in 1..=40 {
-        let (status, body) = follower.json(
-            "GET",
-            &format!("/key/k{index}?min_id={next}&wait_ms=20000"),
-            None,
-        );
-        assert_eq!(status, 200, "k{index}: {body}");
-        assert_eq!(body["value"], format!("{index:0>200}"));
-    }
+    serves_the_40_keys(&follower, next, "the re-synced follower");
     let (status, _) = follower.json("GET", "/key/after-repair", None);
     assert_eq!(status, 200);
 }
@@ -516,15 +525,7 @@ fn a_leader_node_among_other_members_refuses_a_repair_that_loses_records() {
         // machine, the hand-over timed out — the controller elects node 1 once node 0, its
         // committed entries gone, declines to lead).
         let next = put_on_the_leader(&[&follower, &leader], "after-repair", "yes");
-        for index in 1..=40 {
-            let (status, body) = leader.json(
-                "GET",
-                &format!("/key/k{index}?min_id={next}&wait_ms=20000"),
-                None,
-            );
-            assert_eq!(status, 200, "{mode}: k{index}: {body}");
-            assert_eq!(body["value"], format!("{index:0>200}"), "{mode}: k{index}");
-        }
+        serves_the_40_keys(&leader, next, mode);
     }
 }
 
