@@ -50,7 +50,19 @@ impl Wal {
             TRUNCATE_MARKER_FILE,
             &encode_marker(after_id),
         );
-        shared.guarded(marked)?;
+        match marked {
+            // No room for the marker: nothing was cut, and the log takes writes as before (a
+            // follower asks for the cut again). Before, the failure poisoned the log.
+            Err(error) if error.is_out_of_space() => {
+                let temp = shared.dir.join(format!("{TRUNCATE_MARKER_FILE}.tmp"));
+                let _ = shared.fs.remove_file(&temp);
+                return Err(crate::Error::OutOfSpace(format!(
+                    "no room for the truncation's marker ({error}): nothing was cut after id \
+                     {after_id}; the cut can be made once there is room"
+                )));
+            }
+            marked => shared.guarded(marked)?,
+        }
         self.cut_locked(&mut writer, after_id)?;
         let marker = shared.dir.join(TRUNCATE_MARKER_FILE);
         let removed = shared
@@ -196,12 +208,21 @@ impl Wal {
         };
         file.set_len(cut).at(&target.path)?;
         if target.preallocated {
-            // The cut leaves zeros behind it: free space, allocated again.
+            // The cut leaves zeros behind it: free space, allocated again. On a full disk the
+            // cut gave the space back and none is there to take again: the segment stays as
+            // long as its data, as open leaves it (appends past its end grow it, refused as out
+            // of space while the disk is full). Before, the failed allocation poisoned the log:
+            // a follower cut back during a full disk stopped replicating until restarted.
             let allocated_bytes = shared.preallocated_segment_bytes;
-            file.allocate(allocated_bytes).at(&target.path)?;
-            target
-                .allocated_bytes
-                .store(allocated_bytes.max(cut), Ordering::Release);
+            match file.allocate(allocated_bytes) {
+                Ok(()) => target
+                    .allocated_bytes
+                    .store(allocated_bytes.max(cut), Ordering::Release),
+                Err(error) if crate::error::is_out_of_space(&error) => {
+                    target.allocated_bytes.store(cut, Ordering::Release)
+                }
+                Err(error) => return Err(error).at(&target.path),
+            }
         } else {
             target.allocated_bytes.store(cut, Ordering::Release);
         }

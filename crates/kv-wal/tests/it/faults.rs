@@ -709,3 +709,39 @@ fn a_plan_counting_only_some_paths_leaves_the_others_uncounted() {
     assert!(log.sync_data().is_err(), "the log's second sync");
     assert_eq!(plan.faults_fired(), 2);
 }
+
+/// A truncation on a full disk — a follower cut back by a new leader while its disk is full:
+/// there is no room for the truncation's marker, so nothing is cut and the call says
+/// `OutOfSpace`; the log is not poisoned, keeps every record, and makes the cut once there is
+/// room (kvd's follower asks again every second). Before, the failed marker poisoned the log,
+/// and the follower stopped replicating until restarted. (A cut whose marker fits but whose
+/// preallocated segment cannot be allocated again keeps the segment as long as its data, as
+/// open does, rather than poison the log.)
+#[test]
+fn a_truncation_on_a_full_disk_does_not_poison_the_log() {
+    let fs = SimFs::new();
+    let (wal, _plan, _flags, full) = open_on_a_disk_that_fills(&fs);
+    for id in 1..=20 {
+        assert_eq!(wal.append(&payload(id, 64)).unwrap(), id);
+    }
+    std::fs::write(&full, b"").unwrap();
+    match wal.truncate_after(15) {
+        Err(Error::OutOfSpace(reason)) => assert!(reason.contains("nothing was cut"), "{reason}"),
+        other => panic!("a cut on a full disk: {other:?}"),
+    }
+    assert_eq!(wal.poisoned(), None);
+    assert_eq!(wal.next_id(), 21);
+    assert_eq!(wal.read(20).unwrap(), Some(payload(20, 64)));
+    std::fs::remove_file(&full).unwrap();
+    wal.truncate_after(15).expect("the cut, once there is room");
+    assert_eq!(wal.next_id(), 16);
+    for id in 16..=60 {
+        assert_eq!(wal.append(&payload(id + 1000, 64)).unwrap(), id);
+    }
+    drop(wal);
+    fs.crash(CrashMode::DropUnsynced);
+    let (wal, report) = open_sim(&fs, 4096, RecoveryMode::TolerateTornTail).unwrap();
+    assert_eq!(wal.last_id(), Some(60), "{report}");
+    assert_eq!(wal.read(15).unwrap(), Some(payload(15, 64)));
+    assert_eq!(wal.read(16).unwrap(), Some(payload(1016, 64)));
+}
