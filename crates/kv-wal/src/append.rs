@@ -336,6 +336,23 @@ impl Shared {
             .active_file
             .write_all_at(&seal, writer.write_offset)
             .at(&old.path);
+        if let Err(error) = &sealed {
+            if error.is_out_of_space() {
+                // The disk filled after the new file was made: the seal grows the shrunk old
+                // segment and finds no room. The roll fails as one without room for the new
+                // segment does (`Error::OutOfSpace`, the log not poisoned): the new file goes,
+                // the old one stays active, unsealed and as long as its data (what a crash
+                // here leaves), and the next append rolls again once there is room. Before,
+                // it poisoned the log: a follower stopped replicating until restarted.
+                let _ = self.fs.remove_file(&temp_segment_path(&path));
+                let reason = format!(
+                    "no room to seal the full log segment ({error}); the write was not \
+                     appended, and writes are taken again once there is room"
+                );
+                *lock(&self.out_of_space) = Some(reason.clone());
+                return Err(Error::OutOfSpace(reason));
+            }
+        }
         self.guarded(sealed)?;
         self.sync_sealing(writer, last_id)?;
         old.file_bytes

@@ -745,3 +745,63 @@ fn a_truncation_on_a_full_disk_does_not_poison_the_log() {
     assert_eq!(wal.read(15).unwrap(), Some(payload(15, 64)));
     assert_eq!(wal.read(16).unwrap(), Some(payload(1016, 64)));
 }
+
+/// A disk that fills in the middle of a roll — after the new segment's file was made, before
+/// the old one's seal is written (the seal grows the old file, shrunk to its data): the roll
+/// fails with `OutOfSpace`, the log is not poisoned, and once there is room the next append
+/// rolls and everything appended is there after a power cut. Before, the failed seal poisoned
+/// the log: a disk-fault nemesis run (seed 1796677037292142524) left a follower that stopped
+/// replicating until restarted.
+#[test]
+fn a_disk_that_fills_during_a_roll_does_not_poison_the_log() {
+    let fs = SimFs::new();
+    let plan = FaultPlan::new();
+    let flags = tempfile::tempdir().unwrap();
+    let (full, stalled) = (flags.path().join("full"), flags.path().join("stalled"));
+    plan.full_while_exists(full.clone());
+    plan.stall_syncs_while_exists(stalled.clone());
+    // `never`: the only syncs are a roll's, and the first of them (the new file's) stalls.
+    let wal = Arc::new(open_faulty(&fs, &plan, SyncPolicy::Never, 4096));
+    std::fs::write(&stalled, b"").unwrap();
+    let appender = {
+        let wal = wal.clone();
+        std::thread::spawn(move || {
+            let mut appended = 0;
+            for id in 1..=1000 {
+                match wal.append(&payload(id, 64)) {
+                    Ok(got) => appended = got,
+                    Err(error) => return (appended, Some(error)),
+                }
+            }
+            (appended, None)
+        })
+    };
+    let started = Instant::now();
+    while plan.faults_fired() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no roll stalled"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The new segment's file is made and waits on its sync: the disk fills, then answers.
+    std::fs::write(&full, b"").unwrap();
+    std::fs::remove_file(&stalled).unwrap();
+    let (appended, error) = appender.join().unwrap();
+    match error {
+        Some(Error::OutOfSpace(reason)) => println!("after {appended}: {reason}"),
+        other => panic!("after {appended}: {other:?}"),
+    }
+    assert_eq!(wal.poisoned(), None);
+    assert_eq!(wal.next_id(), appended + 1);
+    std::fs::remove_file(&full).unwrap();
+    let last = appended + 100;
+    for id in appended + 1..=last {
+        assert_eq!(wal.append(&payload(id, 64)).unwrap(), id);
+    }
+    wal.sync().unwrap();
+    drop(wal);
+    fs.crash(CrashMode::DropUnsynced);
+    let (wal, report) = open_sim(&fs, 4096, RecoveryMode::TolerateTornTail).unwrap();
+    assert_eq!(collect(&wal, 1).len() as u64, last, "{report}");
+}
