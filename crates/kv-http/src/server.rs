@@ -10,7 +10,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
@@ -32,7 +32,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let connection_slots = Arc::new(Semaphore::new(state.options.connections_max.max(1)));
-    let (shutdown_sender, shutdown_receiver) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -51,9 +50,8 @@ pub async fn serve(
             (slot, accepted) = accept => match accepted {
                 Ok((stream, _peer)) => {
                     let state = state.clone();
-                    let shutdown = shutdown_receiver.clone();
                     connections.spawn(async move {
-                        serve_connection(stream, state, shutdown).await;
+                        serve_connection(stream, state).await;
                         drop(slot);
                     });
                 }
@@ -65,8 +63,8 @@ pub async fn serve(
         }
     }
     drop(listener);
+    // Connections close once idle; requests that would outwait the drain end now.
     state.stopping.send_replace(true);
-    let _ = shutdown_sender.send(true);
     let open_connections = connections.len();
     tracing::info!(open_connections, "stopped accepting; draining connections");
     let drained = tokio::time::timeout(state.options.shutdown_drain_timeout, async {
@@ -124,11 +122,7 @@ fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    state: Arc<AppState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn serve_connection(stream: TcpStream, state: Arc<AppState>) {
     let _ = stream.set_nodelay(true);
     state.metrics.connection_opened();
     let service_state = state.clone();
@@ -145,10 +139,7 @@ async fn serve_connection(
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
-    let shutdown_started = async move {
-        // Dropping the guard `wait_for` returns keeps this future `Send`.
-        let _ = shutdown.wait_for(|&stopping| stopping).await.map(drop);
-    };
+    let shutdown_started = state.stopped();
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = shutdown_started => {

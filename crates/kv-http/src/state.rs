@@ -45,9 +45,10 @@ impl AppState {
         }
     }
 
-    /// Resolves once the server has begun to shut down.
+    /// Resolves once the server has begun to shut down (at once if it has).
     pub(crate) async fn stopped(&self) {
         let mut stopping = self.stopping.subscribe();
+        // Dropping the guard `wait_for` returns keeps this future `Send`.
         let _ = stopping.wait_for(|&stopping| stopping).await.map(drop);
     }
 
