@@ -55,6 +55,17 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let (store, report) = open_store(&config, options)?;
     if report.is_clean() {
         tracing::info!(%report, "WAL recovered");
+    } else if report.torn_tail.is_none()
+        && report.holes.is_empty()
+        && report.dropped.is_none()
+        && report.removed_files.is_empty()
+    {
+        // Only damage among records the newest snapshot covers (`WalOptions::needed_from`):
+        // nothing was changed, and nothing the node needs was lost.
+        tracing::warn!(
+            %report,
+            "WAL recovered past damage among records the newest snapshot covers: those records              cannot be read (a follower that needs them gets the snapshot), every later one is served"
+        );
     } else {
         tracing::warn!(%report, "WAL recovered after repairing damage");
     }

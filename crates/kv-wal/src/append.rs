@@ -37,6 +37,23 @@ use crate::ticket::{AppendTicket, WriteGroup};
 use crate::watermark::Watermark;
 use crate::writer::{Leader, Writer};
 
+/// Refuses `count` records from id `start` if they pass the last id: the next id after the
+/// last record must be a `u64` too. Past it, ids would wrap to 0 and reuse the first ones
+/// (before, a release build did so and a reopen lost the records; a debug build panicked).
+fn check_id_room(start: u64, count: usize) -> Result<()> {
+    if start.checked_add(count as u64).is_none() {
+        return Err(Error::InvalidArgument(format!(
+            "record ids end at {}: {count} record(s) from id {start} do not fit",
+            u64::MAX - 1
+        )));
+    }
+    Ok(())
+}
+
+/// What an `Error::OutOfSpace` of an append says after its cause.
+const NOT_APPENDED_RETRY: &str =
+    "; the write was not appended, and writes are taken again once there is room";
+
 impl Shared {
     /// Writes the pending frames to the active segment with one `write`, under the lock.
     pub(crate) fn flush_pending(&self, writer: &mut Writer) -> Result<()> {
@@ -345,10 +362,8 @@ impl Shared {
                 // here leaves), and the next append rolls again once there is room. Before,
                 // it poisoned the log: a follower stopped replicating until restarted.
                 let _ = self.fs.remove_file(&temp_segment_path(&path));
-                let reason = format!(
-                    "no room to seal the full log segment ({error}); the write was not \
-                     appended, and writes are taken again once there is room"
-                );
+                let reason =
+                    format!("no room to seal the full log segment ({error}){NOT_APPENDED_RETRY}");
                 *lock(&self.out_of_space) = Some(reason.clone());
                 return Err(Error::OutOfSpace(reason));
             }
@@ -418,8 +433,7 @@ impl Shared {
                 // the space is there for the next try (open removes it otherwise).
                 let _ = self.fs.remove_file(&temp_path);
                 let reason = format!(
-                    "no room for a new log segment ({}: {source}); the write was not \
-                     appended, and writes are taken again once there is room",
+                    "no room for a new log segment ({}: {source}){NOT_APPENDED_RETRY}",
                     path.display()
                 );
                 *lock(&self.out_of_space) = Some(reason.clone());
@@ -516,6 +530,7 @@ impl Shared {
             writer = self.settle(writer);
             self.check_writable(&writer)?;
         }
+        check_id_room(first_id.unwrap_or(writer.next_id.get()), count)?;
         if let Some(first_id) = first_id {
             if first_id < writer.next_id.get() {
                 return Err(Error::IdConflict {
@@ -606,8 +621,17 @@ impl Shared {
             match self.reserve(writer, frame_bytes(index) + MARK_BYTES) {
                 Ok(()) => {}
                 // The frames of this append before it went into the old segment (a batch
-                // larger than a segment): it cannot fail whole any more.
-                Err(Error::OutOfSpace(reason)) if index > 0 => return Err(self.poison(reason)),
+                // larger than a segment): it cannot fail whole any more. Said as it is (before,
+                // the poison repeated the out-of-space text: "the write was not appended, and
+                // writes are taken again once there is room", both untrue here).
+                Err(Error::OutOfSpace(reason)) if index > 0 => {
+                    let cause = reason.strip_suffix(NOT_APPENDED_RETRY).unwrap_or(&reason);
+                    return Err(self.poison(format!(
+                        "a batch larger than a segment filled one and found no room for the \
+                         next: its first {index} record(s) are in the log, the rest are not; \
+                         the log takes no more writes until it is opened again ({cause})"
+                    )));
+                }
                 Err(error) => return Err(error),
             }
             if writer.pending.is_empty() && writer.mark_due() {

@@ -64,7 +64,9 @@ pub enum Error {
     #[error("the WAL directory {0} is in use by another process")]
     Locked(PathBuf),
     /// The log was truncated under the operation: an iterator reading it, or an append whose
-    /// records were dropped before they became durable.
+    /// records were dropped before they became durable. An append whose records all lie at or
+    /// below the cut is kept and ends acknowledged; a batch the cut splits ends `Truncated`
+    /// with its records up to the cut still in the log.
     #[error("the log was truncated under this operation")]
     Truncated,
     /// The log has been closed.

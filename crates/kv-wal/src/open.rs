@@ -18,7 +18,7 @@ use crate::meta::{
     decode_marker, decode_meta, encode_meta, read_small_file, LogMeta, LOCK_FILE, META_FILE,
     TRUNCATE_MARKER_FILE,
 };
-use crate::options::{WalOptions, SEGMENT_BYTES_MIN};
+use crate::options::{SyncPolicy, WalOptions, SEGMENT_BYTES_MIN};
 use crate::recovery::{self, Recovered};
 use crate::report::{Dropped, RecoveryReport};
 use crate::segment_file::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
@@ -137,10 +137,18 @@ fn check_options(options: &WalOptions) -> Result<()> {
             options.segment_bytes_max
         )));
     }
-    if options.first_id == 0 {
+    if options.sync_policy == SyncPolicy::Interval(std::time::Duration::ZERO) {
+        // The committer would wake at once, over and over (`interval:0` does not parse).
         return Err(Error::InvalidArgument(
-            "ids start at 1; first_id 0 is invalid".to_owned(),
+            "the interval of SyncPolicy::Interval must be above 0".to_owned(),
         ));
+    }
+    if options.first_id == 0 || options.first_id == u64::MAX {
+        return Err(Error::InvalidArgument(format!(
+            "ids run from 1 to {}; first_id {} is invalid",
+            u64::MAX - 1,
+            options.first_id
+        )));
     }
     Ok(())
 }
@@ -397,6 +405,7 @@ fn recovery_rules(options: &WalOptions) -> recovery::Rules {
     recovery::Rules {
         mode: options.recovery_mode,
         refuse_whole_damaged_tail: options.refuse_whole_damaged_tail,
+        needed_from: options.needed_from,
         newest_recorded: None,
     }
 }

@@ -164,6 +164,16 @@ pub struct WalOptions {
     /// acknowledged to its leader). The cost: a torn write that left garbage, not zeros, is
     /// refused too.
     pub refuse_whole_damaged_tail: bool,
+    /// The first id the caller needs the log to read (default 0: every id). Records below it
+    /// are ones whose effect the caller holds elsewhere (kvd passes the id after its newest
+    /// snapshot's), kept only to be handed out again, to a follower catching up. In the
+    /// default mode, damage with whole records after it (a bit flip, not a torn write) whose
+    /// records all lie below this id does not stop the open: every record is kept, a reader
+    /// that would cross the damage fails with [`crate::Error::Corrupt`] (the report's
+    /// `unreadable` lists the ids), and the records after it are read as usual. Other modes
+    /// ignore it. Reading a sealed segment found damaged after open behaves the same,
+    /// whatever this says.
+    pub needed_from: u64,
     /// The id of the first record of a *new* log (default 1; ignored for an existing log).
     pub first_id: u64,
     /// Payloads of at least this many bytes are stored LZ4-compressed (when that makes them
@@ -214,6 +224,7 @@ impl Default for WalOptions {
             sync_policy: SyncPolicy::default(),
             recovery_mode: RecoveryMode::default(),
             refuse_whole_damaged_tail: false,
+            needed_from: 0,
             first_id: 1,
             compress_records_above: None,
             compress_sealed_segments: None,

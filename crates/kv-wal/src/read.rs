@@ -10,6 +10,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::frame::{self, FRAME_HEADER_BYTES};
 use crate::fs::WalFile;
 use crate::segment_file::SEGMENT_HEADER_BYTES;
+use crate::segment_scan::Fence;
 use crate::segments::{build_index, Segment};
 use crate::shared::Shared;
 use crate::wal::Wal;
@@ -74,6 +75,9 @@ struct SegmentReader {
     buffer: Vec<u8>,
     buffer_start: u64,
     compressed: Option<BlockCursor>,
+    /// Damage this reader may not cross ([`crate::segment_scan::Fence`]): it began before
+    /// where whole records resume after it.
+    stop_at: Option<Fence>,
 }
 
 /// Where a reader is in a compressed segment: the frames of the current block, decompressed.
@@ -109,20 +113,22 @@ impl SegmentReader {
                     frames: Vec::new(),
                     position: 0,
                 }),
+                stop_at: None,
             });
         }
-        let offset = {
+        let (offset, stop_at) = {
             let mut index = segment
                 .index
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if index.is_none() {
-                *index = Some(build_index(&*file, &segment)?);
-            }
-            index
-                .as_ref()
-                .and_then(|index| index.seek(id))
-                .map_or(SEGMENT_HEADER_BYTES as u64, |(_, offset)| offset)
+            let index = match &mut *index {
+                Some(index) => index,
+                built => built.insert(build_index(&*file, &segment)?),
+            };
+            let offset = index
+                .seek(id)
+                .map_or(SEGMENT_HEADER_BYTES as u64, |(_, offset)| offset);
+            (offset, index.fence_before(id).cloned())
         };
         Ok(SegmentReader {
             segment,
@@ -131,6 +137,7 @@ impl SegmentReader {
             buffer: Vec::new(),
             buffer_start: 0,
             compressed: None,
+            stop_at,
         })
     }
 
@@ -187,6 +194,20 @@ impl SegmentReader {
         }
         if self.offset >= end {
             return Ok(None);
+        }
+        if let Some(fence) = self
+            .stop_at
+            .as_ref()
+            .filter(|fence| self.offset >= fence.damage_offset)
+        {
+            return Err(Error::Corrupt {
+                segment: self.segment.path.clone(),
+                offset: fence.damage_offset,
+                reason: format!(
+                    "{} (the log opened past this damage: its segment is read from id {} on)",
+                    fence.reason, fence.resume_id
+                ),
+            });
         }
         let available = end - self.offset;
         self.fill(FRAME_HEADER_BYTES.min(available as usize), end)?;
@@ -414,13 +435,15 @@ impl Iterator for WalIter {
     }
 }
 
-/// The offset just past record `after_id` in `segment` (for truncation).
+/// The offset just past record `after_id` in `segment` (for truncation): where the record
+/// after it starts. Read from there, so a cut just before where whole records resume after
+/// damage the log opened past ([`crate::segment_scan::Fence`]) is found without crossing it.
 pub(crate) fn offset_after(
     file: Arc<dyn WalFile>,
     segment: &Arc<Segment>,
     after_id: u64,
 ) -> Result<u64> {
-    let mut reader = SegmentReader::new(segment.clone(), file, after_id)?;
+    let mut reader = SegmentReader::new(segment.clone(), file, after_id + 1)?;
     while let Some((offset, id, bytes)) = reader.next_frame()? {
         if id == after_id {
             return Ok(offset + bytes.len() as u64);

@@ -79,6 +79,13 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
     /// Holes skipped ([`RecoveryMode::SkipCorrupt`]).
     pub holes: Vec<Hole>,
+    /// Damage the default mode opened past because it lies before
+    /// [`crate::WalOptions::needed_from`]: in each segment listed, the ids
+    /// `first_missing_id..=last_missing_id` (from the first damage to where whole records
+    /// resume) cannot be read — reading them, or iterating across them, fails with
+    /// [`crate::Error::Corrupt`] — and every record after them is kept and read (the records
+    /// before the damage too).
+    pub unreadable: Vec<Hole>,
     /// What was dropped ([`RecoveryMode::PointInTime`]).
     pub dropped: Option<Dropped>,
     /// Files removed: leftover temporaries, a segment whose creation was torn.
@@ -90,7 +97,10 @@ pub struct RecoveryReport {
 impl RecoveryReport {
     /// True when open found no damage at all.
     pub fn is_clean(&self) -> bool {
-        self.torn_tail.is_none() && self.holes.is_empty() && self.dropped.is_none()
+        self.torn_tail.is_none()
+            && self.holes.is_empty()
+            && self.unreadable.is_empty()
+            && self.dropped.is_none()
     }
 }
 
@@ -129,6 +139,17 @@ impl fmt::Display for RecoveryReport {
                 hole.segment.display(),
                 hole.offset,
                 hole.reason
+            )?;
+        }
+        for fenced in &self.unreadable {
+            write!(
+                f,
+                "; opened past damage below the ids needed: ids {}..={} unreadable at {}:{} ({})",
+                fenced.first_missing_id,
+                fenced.last_missing_id,
+                fenced.segment.display(),
+                fenced.offset,
+                fenced.reason
             )?;
         }
         if let Some(dropped) = &self.dropped {

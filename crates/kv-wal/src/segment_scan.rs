@@ -17,6 +17,51 @@ pub(crate) const INDEX_INTERVAL_BYTES: u64 = 16 * 1024;
 pub(crate) struct SparseIndex {
     entries: Vec<(u64, u64)>,
     last_offset: Option<u64>,
+    /// Damage with whole records after it that the log opened past: reading starts at
+    /// `resume_id` or later, or fails.
+    fence: Option<Fence>,
+}
+
+/// Damage in a segment that readers may not cross: whole records resume after it, and only
+/// they are read ([`crate::WalOptions::needed_from`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fence {
+    /// Where the first damage starts: a reader that began before `resume_id` stops here.
+    pub damage_offset: u64,
+    /// The first id a reader cannot reach: the one after the last whole record before the
+    /// damage.
+    pub first_unreadable_id: u64,
+    /// What is wrong there.
+    pub reason: String,
+    /// After the last damage, the first whole record and where it starts: every frame from
+    /// here to the segment's end checks.
+    pub resume_id: u64,
+    pub resume_offset: u64,
+}
+
+impl Fence {
+    /// The fence a scan's damage puts up in a segment whose first id is `first_id`, if every
+    /// damage has whole records after it (`None` when there is no damage; `Err` with the
+    /// first damage that has none).
+    pub fn of(damages: &[FrameDamage], first_id: u64) -> Result<Option<Fence>, &FrameDamage> {
+        let Some(first) = damages.first() else {
+            return Ok(None);
+        };
+        if let Some(unresumed) = damages.iter().find(|damage| damage.resume.is_none()) {
+            return Err(unresumed);
+        }
+        let (resume_offset, resume_id) = damages
+            .last()
+            .and_then(|damage| damage.resume)
+            .expect("every damage resumes");
+        Ok(Some(Fence {
+            damage_offset: first.offset,
+            first_unreadable_id: first.good_last_id.map_or(first_id, |last| last + 1),
+            reason: first.reason.clone(),
+            resume_id,
+            resume_offset,
+        }))
+    }
 }
 
 impl SparseIndex {
@@ -30,15 +75,43 @@ impl SparseIndex {
             self.last_offset = Some(offset);
         }
     }
-    /// The offset of the greatest indexed id `<= id`, if any.
+    /// The offset of the greatest indexed id `<= id`, if any; past a [`Fence`], never before
+    /// where whole records resume.
     pub fn seek(&self, id: u64) -> Option<(u64, u64)> {
         let position = self.entries.partition_point(|&(indexed, _)| indexed <= id);
-        position.checked_sub(1).map(|index| self.entries[index])
+        let entry = position.checked_sub(1).map(|index| self.entries[index]);
+        match &self.fence {
+            Some(fence)
+                if id >= fence.resume_id
+                    && entry.is_none_or(|(_, offset)| offset < fence.resume_offset) =>
+            {
+                Some((fence.resume_id, fence.resume_offset))
+            }
+            _ => entry,
+        }
+    }
+    /// Puts up `fence` (replacing any).
+    pub fn set_fence(&mut self, fence: Option<Fence>) {
+        self.fence = fence;
+    }
+    /// The fence a reader of `id` stops at: `Some` when `id` lies before where whole records
+    /// resume after damage.
+    pub fn fence_before(&self, id: u64) -> Option<&Fence> {
+        self.fence.as_ref().filter(|fence| id < fence.resume_id)
     }
     /// Drops entries for ids above `id` (after a truncation).
     pub fn truncate_after(&mut self, id: u64) {
         self.entries.retain(|&(indexed, _)| indexed <= id);
         self.last_offset = self.entries.last().map(|&(_, offset)| offset);
+        // A cut before the damage removes it. (A cut inside it cannot be found, and a cut
+        // just before where whole records resume keeps it.)
+        if self
+            .fence
+            .as_ref()
+            .is_some_and(|fence| id < fence.first_unreadable_id)
+        {
+            self.fence = None;
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use crate::error::{IoContext, Result};
 use crate::fs::{read_range, WalFile};
 use crate::recovery::{corrupt, RecoveredSegment};
 use crate::segment_file::SEGMENT_HEADER_BYTES;
-use crate::segment_scan::{scan, SkipRange, SparseIndex};
+use crate::segment_scan::{scan, Fence, SkipRange, SparseIndex};
 
 /// One segment file as the running log sees it. Shared with readers.
 #[derive(Debug)]
@@ -184,23 +184,30 @@ impl From<RecoveredSegment> for Segment {
 }
 
 /// An index over one segment, built by scanning it (for sealed segments not scanned at open).
+/// Damage with whole records after it, up to the seal, fences the index
+/// ([`crate::segment_scan::Fence`]): the records from where they resume are read, a reader of
+/// an earlier id stops at the damage with [`crate::Error::Corrupt`].
 pub(crate) fn build_index(file: &dyn WalFile, segment: &Segment) -> Result<SparseIndex> {
     let end = segment.end_offset();
     let bytes = read_range(file, 0, end).at(&segment.path)?;
     let result = scan(&bytes, segment.first_id, segment.salt, false);
-    if let Some(damage) = result.damages.first() {
-        return Err(corrupt(&segment.path, damage.offset, damage.reason.clone()));
-    }
-    if result.clean_last_id.unwrap_or(segment.first_id - 1) != segment.last_id() {
-        return Err(corrupt(
-            &segment.path,
-            result.clean_end,
-            format!(
-                "segment ends at id {:?} but its seal says {}",
-                result.clean_last_id,
-                segment.last_id()
+    let fence = Fence::of(&result.damages, segment.first_id)
+        .map_err(|damage| corrupt(&segment.path, damage.offset, damage.reason.clone()))?;
+    if result.all_last_id.unwrap_or(segment.first_id - 1) != segment.last_id() {
+        let (offset, reason) = match result.damages.first() {
+            Some(damage) => (damage.offset, damage.reason.clone()),
+            None => (
+                result.clean_end,
+                format!(
+                    "segment ends at id {:?} but its seal says {}",
+                    result.clean_last_id,
+                    segment.last_id()
+                ),
             ),
-        ));
+        };
+        return Err(corrupt(&segment.path, offset, reason));
     }
-    Ok(result.index)
+    let mut index = result.index;
+    index.set_fence(fence);
+    Ok(index)
 }

@@ -44,6 +44,10 @@ impl Wal {
         if after_id >= writer.next_id.get() - 1 {
             return Ok(());
         }
+        // Where the cut goes is found before anything changes: a cut inside damage the log
+        // opened past (`WalOptions::needed_from`) fails here with `Error::Corrupt`, the log as
+        // it was. Before, it failed after the marker and poisoned the log.
+        self.find_cut(after_id)?;
         let marked = write_file_atomic(
             &*shared.fs,
             &shared.dir,
@@ -71,6 +75,27 @@ impl Wal {
             .at(&marker)
             .and_then(|()| shared.fs.sync_dir(&shared.dir).at(&shared.dir));
         shared.guarded(removed)
+    }
+
+    /// Reads where a cut after `after_id` goes in the plain segment that holds it, changing
+    /// nothing: what [`Wal::cut_plain_after`] will do, checked first.
+    fn find_cut(&self, after_id: u64) -> Result<()> {
+        let target = {
+            let segments = self.shared.segments_read();
+            segments
+                .iter()
+                .rev()
+                .find(|segment| segment.first_id <= after_id)
+                .cloned()
+        };
+        let Some(target) = target else {
+            return Ok(());
+        };
+        if target.compressed.is_some() || after_id >= target.last_id() {
+            return Ok(());
+        }
+        let file = self.shared.fs.open(&target.path).at(&target.path)?;
+        crate::read::offset_after(file, &target, after_id).map(|_| ())
     }
 
     /// Completes a truncation (open finishing a marked one).
@@ -125,17 +150,26 @@ impl Wal {
             // both; open keeps the plain one, and the marker finishes the truncation.
             let segment = self.rewrite_plain_through(writer, &target, after_id)?;
             *segments.last_mut().expect("the target") = segment;
+            drop(segments);
         } else {
+            drop(segments);
             self.cut_plain_after(writer, &target, after_id)?;
         }
         let last_id = writer.next_id.get() - 1;
         shared.last.reset(last_id);
         // Always a new generation: appends still waiting for ids that were just dropped end
-        // with `Error::Truncated` instead of waiting for ids that now mean other records.
-        shared
-            .durability
-            .durable
-            .reset(shared.durability.durable.get().min(last_id));
+        // with `Error::Truncated` instead of waiting for ids that now mean other records. Every
+        // record kept is durable now — in the cut segment, which the cut fsynced with the
+        // frames flushed before it, or in a sealed one — so the durable id is the new last id,
+        // and appends waiting for kept ids end acknowledged (before, they ended `Truncated`
+        // with their records in the log, and a caller that retried wrote them twice).
+        shared.durability.durable.reset(last_id);
+        if last_id < after_id {
+            // The cut fell in a gap of ids the log skipped (`skip_to`: a snapshot covers
+            // them): they stay skipped, and the log goes on at `after_id + 1` in a new segment.
+            // Before, the next append took the first id of the gap.
+            shared.roll(writer, after_id + 1)?;
+        }
         Ok(())
     }
 

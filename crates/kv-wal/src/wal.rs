@@ -184,6 +184,12 @@ impl Wal {
     /// hold (installed from a leader, or the log cut back by a power loss) — so that a new
     /// record never takes an id the snapshot already covers.
     pub fn skip_to(&self, next_id: u64) -> Result<bool> {
+        if next_id == u64::MAX {
+            return Err(Error::InvalidArgument(format!(
+                "record ids end at {}: the log cannot continue at {next_id}",
+                u64::MAX - 1
+            )));
+        }
         let shared = &self.shared;
         let mut writer = shared.settle(shared.writer());
         shared.check_writable(&writer)?;
@@ -355,12 +361,25 @@ impl Wal {
     }
 
     /// Writes and fsyncs everything, stops the committer and refuses further appends. Reads keep
-    /// working. Idempotent; also run (ignoring errors) on drop.
+    /// working. Idempotent; also run (ignoring errors) on drop. On a poisoned log whose
+    /// default policy acknowledges appends before they are durable ([`SyncPolicy::Interval`],
+    /// [`SyncPolicy::Never`]), it fails with [`Error::Poisoned`] when records appended are not
+    /// durable: their appends returned, and they may be gone after a restart (before, it said
+    /// `Ok(())`). Under `Batch` and `Always` the appends the failure stopped were refused.
     pub fn close(&self) -> Result<()> {
-        let result = if self.poisoned().is_none() {
-            self.sync().map(|_| ())
-        } else {
-            Ok(())
+        let acknowledges_early = matches!(
+            self.shared.sync_policy,
+            SyncPolicy::Interval(_) | SyncPolicy::Never
+        );
+        let result = match self.poisoned() {
+            None => self.sync().map(|_| ()),
+            Some(reason)
+                if acknowledges_early
+                    && self.shared.last.get() > self.shared.durability.durable.get() =>
+            {
+                Err(Error::Poisoned(reason))
+            }
+            Some(_) => Ok(()),
         };
         {
             let mut writer = self.shared.writer();

@@ -35,12 +35,35 @@ struct Waiters {
     failure: Option<String>,
 }
 
+/// How many past resets a watermark remembers ([`Generations`]): a wait bound to an older
+/// generation than these ends with [`WaitError::Reset`], as every one did before.
+const RESETS_REMEMBERED: usize = 64;
+
+/// The current generation and the values the last resets set, oldest first: `values[i]` is
+/// what the reset that began generation `current - values.len() + 1 + i` set.
+#[derive(Debug, Default)]
+struct Generations {
+    current: u64,
+    values: std::collections::VecDeque<u64>,
+}
+
+impl Generations {
+    /// The lowest value any reset since `generation` set (`None`: not remembered).
+    fn floor_since(&self, generation: u64) -> Option<u64> {
+        let since = self.current.checked_sub(generation)?;
+        if since as usize > self.values.len() {
+            return None;
+        }
+        self.values.iter().rev().take(since as usize).copied().min()
+    }
+}
+
 /// A monotonic id with waiters.
 #[derive(Debug, Default)]
 pub struct Watermark {
     value: AtomicU64,
     /// Bumped by every reset; guards advances that race with one.
-    generation: Mutex<u64>,
+    generation: Mutex<Generations>,
     waiters: Mutex<Waiters>,
 }
 
@@ -72,18 +95,24 @@ impl Watermark {
     }
 
     /// Sets the value, even backwards (after a truncation), and starts a new generation so
-    /// that advances computed before the reset are ignored.
+    /// that advances computed before the reset are ignored. A wait bound to an earlier
+    /// generation whose target is at most `value` (and at most what every reset since set)
+    /// ends reached: what it waited for was kept ([`Watermark::wait_in_generation`]).
     pub(crate) fn reset(&self, value: u64) {
         {
-            let mut generation = self.generation_lock();
-            *generation += 1;
+            let mut generations = self.generation_lock();
+            generations.current += 1;
+            generations.values.push_back(value);
+            if generations.values.len() > RESETS_REMEMBERED {
+                generations.values.pop_front();
+            }
             self.value.store(value, Ordering::Release);
         }
         // Everyone re-checks: waits bound to the old generation end.
         self.wake(u64::MAX);
     }
 
-    fn generation_lock(&self) -> MutexGuard<'_, u64> {
+    fn generation_lock(&self) -> MutexGuard<'_, Generations> {
         self.generation
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -91,7 +120,7 @@ impl Watermark {
 
     /// The current generation (changes at every [`Watermark::reset`]).
     pub(crate) fn generation(&self) -> u64 {
-        *self.generation_lock()
+        self.generation_lock().current
     }
 
     /// [`Watermark::advance`], unless a reset happened since `generation` was read: an fsync
@@ -99,7 +128,7 @@ impl Watermark {
     pub(crate) fn advance_in_generation(&self, value: u64, generation: u64) {
         let raised = {
             let current = self.generation_lock();
-            *current == generation && self.value.fetch_max(value, Ordering::AcqRel) < value
+            current.current == generation && self.value.fetch_max(value, Ordering::AcqRel) < value
         };
         if raised {
             self.wake(value);
@@ -143,8 +172,15 @@ impl Watermark {
         generation: Option<u64>,
         waiters: &Waiters,
     ) -> Option<Result<u64, WaitError>> {
-        if generation.is_some_and(|generation| generation != self.generation()) {
-            return Some(Err(WaitError::Reset));
+        if let Some(generation) = generation {
+            let generations = self.generation_lock();
+            if generation != generations.current {
+                // Reached only if every reset since kept the target (a truncation after it).
+                return Some(match generations.floor_since(generation) {
+                    Some(floor) if target <= floor => Ok(floor),
+                    _ => Err(WaitError::Reset),
+                });
+            }
         }
         let value = self.get();
         if value >= target {
@@ -365,5 +401,24 @@ mod tests {
             thread.join().unwrap(),
             Err(WaitError::Failed("disk gone".to_owned()))
         );
+    }
+
+    /// A wait bound to a generation ends reached when every reset since kept its target, and
+    /// `Reset` once one went below it, or when the generation is too old to be remembered.
+    #[test]
+    fn a_wait_across_resets_ends_by_the_lowest_value_they_set() {
+        let watermark = Arc::new(Watermark::new(4));
+        let generation = watermark.generation();
+        let in_generation = |target| watermark.wait_in_generation(target, generation).block();
+        watermark.reset(9);
+        assert_eq!(in_generation(8), Ok(9));
+        assert_eq!(in_generation(10), Err(WaitError::Reset));
+        watermark.reset(6);
+        assert_eq!(in_generation(6), Ok(6));
+        assert_eq!(in_generation(7), Err(WaitError::Reset));
+        for value in 0..RESETS_REMEMBERED as u64 {
+            watermark.reset(100 + value);
+        }
+        assert_eq!(in_generation(1), Err(WaitError::Reset));
     }
 }

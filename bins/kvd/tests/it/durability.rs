@@ -1031,3 +1031,74 @@ fn a_bit_flip_in_the_controller_logs_last_entry_is_refused_with_nothing_changed(
     let segment = flip_a_bit_in_the_last_record(&data_dir.join("controller").join("log"));
     refuses_naming(&data_dir, &segment, &["bit flip"]);
 }
+
+/// Offsets of the record frames (kind `R`) of a segment image: frames follow the 48-byte
+/// header, each 20 bytes of framing and its length (bytes 8..12 of the frame), until the zeros
+/// of the free space.
+fn record_frame_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut offset = 48;
+    while offset + 20 <= bytes.len() && bytes[offset..offset + 20].iter().any(|&byte| byte != 0) {
+        if bytes[offset + 4] == b'R' {
+            offsets.push(offset);
+        }
+        let len = u32::from_le_bytes(bytes[offset + 8..offset + 12].try_into().expect("4 bytes"));
+        offset += 20 + len as usize;
+    }
+    offsets
+}
+
+/// A bit flipped in a record of a lone leader's log that its snapshot covers — in the segment
+/// that also holds the records after the snapshot — no longer stops the node: the snapshot
+/// holds that record's effect, so the log opens past the damage (its records before where whole
+/// ones resume unreadable, the rest served), says so in its recovery report, and every key is
+/// there with its value; the segment is left as it was. Before, the default recovery refused
+/// ("valid records follow it, so it is not a torn tail") and its hint, `point-in-time`, would
+/// have dropped every record after the flip.
+#[test]
+fn a_lone_leader_with_a_bit_flip_its_snapshot_covers_starts_with_every_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("leader");
+    let mut kvd = Kvd::start(&data_dir, &[], &[]);
+    for index in 1..=20 {
+        put(&kvd, &format!("k{index}"), &format!("{index:0>200}"));
+    }
+    let (status, body) = kvd.json("POST", "/admin/snapshot", None);
+    assert_eq!(status, 200, "{body}");
+    let snapshot_id = body["snapshot"]["applied_id"].as_u64().expect("applied id");
+    let mut last_id = 0;
+    for index in 21..=40 {
+        last_id = put(&kvd, &format!("k{index}"), &format!("{index:0>200}"));
+    }
+    assert!(kvd.terminate().success());
+
+    // One segment holds every record (the active one was too small to be sealed before the
+    // snapshot): flip a byte in the payload of the fifth record, which the snapshot covers.
+    let segments = files_with_suffix(&data_dir.join("wal"), ".wal");
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let segment = segments[0].clone();
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let records = record_frame_offsets(&bytes);
+    assert!(
+        records.len() as u64 >= last_id - 1,
+        "{} records",
+        records.len()
+    );
+    bytes[records[4] + 20 + 10] ^= 0x04;
+    std::fs::write(&segment, &bytes).expect("write segment");
+
+    let kvd = Kvd::start(&data_dir, &[], &[]);
+    serves_the_40_keys(&kvd, last_id, "after the restart");
+    let id = put(&kvd, "after", "written after the restart");
+    assert!(id > last_id && id > snapshot_id, "id {id}");
+    let log = kvd.stderr();
+    assert!(
+        log.contains("unreadable") && log.contains(&segment.display().to_string()),
+        "the recovery report does not tell the damage: {log}"
+    );
+    let kept = records[5];
+    assert!(
+        std::fs::read(&segment).expect("read segment")[..kept] == bytes[..kept],
+        "the records up to the damaged one were changed"
+    );
+}

@@ -185,23 +185,57 @@ impl Sizes {
     }
 }
 
+/// Reads the newest snapshot in `snapshot_dir` that is whole, noting the damaged ones skipped.
+/// Reads only: it may run before the WAL's lock is taken.
+fn load_newest_snapshot(
+    fs: &dyn kv_wal::fs::FileSystem,
+    snapshot_dir: &Path,
+) -> Result<(Option<snapshot::LoadedSnapshot>, SnapshotLoad)> {
+    let mut load = SnapshotLoad::default();
+    for (_, path) in snapshot::list_snapshots(fs, snapshot_dir)? {
+        match snapshot::read_snapshot(fs, &path) {
+            Ok(snapshot) => return Ok((Some(snapshot), load)),
+            Err(error) => load.skipped.push((path, error.to_string())),
+        }
+    }
+    Ok((None, load))
+}
+
 impl Store {
     /// Opens (or creates) the WAL in `dir` and rebuilds the map by replaying every record.
     /// Returns the WAL's recovery report for the caller to log.
+    ///
+    /// With a snapshot directory, the newest valid snapshot is read first, and the WAL opens
+    /// knowing it needs only the records after it ([`kv_wal::WalOptions::needed_from`]):
+    /// damage among the records the snapshot covers, with whole records after it, does not
+    /// stop the open (reading those records fails; a follower that needs them gets the
+    /// snapshot).
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<(Store, RecoveryReport)> {
-        let (wal, report) = Wal::open(dir, options.wal)?;
         let apply_limit = options.apply_limit.unwrap_or(u64::MAX);
         let retention = options.retention;
-        let store = match options.snapshot_dir {
-            None => Store::from_wal(wal, options.epoch, apply_limit, retention)?,
-            Some(snapshot_dir) => Store::from_snapshot_and_wal(
-                snapshot_dir,
-                wal,
-                options.epoch,
-                apply_limit,
-                retention,
-            )?,
+        let Some(snapshot_dir) = options.snapshot_dir else {
+            let (wal, report) = Wal::open(dir, options.wal)?;
+            let store = Store::from_wal(wal, options.epoch, apply_limit, retention)?;
+            return Ok((store, report));
         };
+        let fs = options.wal.file_system.clone();
+        let (loaded, load) = load_newest_snapshot(&*fs, &snapshot_dir)?;
+        let needed_from = loaded
+            .as_ref()
+            .map_or(0, |snapshot| snapshot.applied_id + 1);
+        let wal_options = WalOptions {
+            needed_from: options.wal.needed_from.max(needed_from),
+            ..options.wal
+        };
+        let (wal, report) = Wal::open(dir, wal_options)?;
+        let store = Store::from_loaded_snapshot(
+            snapshot_dir,
+            (loaded, load),
+            wal,
+            options.epoch,
+            apply_limit,
+            retention,
+        )?;
         Ok((store, report))
     }
 
@@ -215,20 +249,21 @@ impl Store {
         apply_limit: u64,
         retention: RetentionOptions,
     ) -> Result<Store> {
-        let mut load = SnapshotLoad::default();
-        let fs = wal.file_system().clone();
-        snapshot::remove_temporaries(&*fs, &snapshot_dir)?;
-        let listed = snapshot::list_snapshots(&*fs, &snapshot_dir)?;
-        let mut loaded = None;
-        for (_, path) in listed {
-            match snapshot::read_snapshot(&*fs, &path) {
-                Ok(snapshot) => {
-                    loaded = Some(snapshot);
-                    break;
-                }
-                Err(error) => load.skipped.push((path, error.to_string())),
-            }
-        }
+        let loaded = load_newest_snapshot(&**wal.file_system(), &snapshot_dir)?;
+        Store::from_loaded_snapshot(snapshot_dir, loaded, wal, epoch, apply_limit, retention)
+    }
+
+    /// [`Store::from_snapshot_and_wal`] with the snapshot already read.
+    fn from_loaded_snapshot(
+        snapshot_dir: PathBuf,
+        (loaded, mut load): (Option<snapshot::LoadedSnapshot>, SnapshotLoad),
+        wal: Wal,
+        epoch: u64,
+        apply_limit: u64,
+        retention: RetentionOptions,
+    ) -> Result<Store> {
+        // Under the WAL's lock: temporaries of another process's snapshot are never removed.
+        snapshot::remove_temporaries(&**wal.file_system(), &snapshot_dir)?;
         let (start, base) = match loaded {
             Some(snapshot) => {
                 load.loaded = Some((snapshot.path.clone(), snapshot.applied_id));

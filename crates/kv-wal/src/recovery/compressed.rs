@@ -77,7 +77,7 @@ impl Recovery<'_> {
                 self.keep_compressed(index, scanned.layout, file_len, header.salt);
                 Ok(Step::Next)
             }
-            Action::Refuse | Action::RemoveFile | Action::CutTail => Err(corrupt(
+            Action::Refuse | Action::RemoveFile | Action::CutTail | Action::Fence => Err(corrupt(
                 &entry.path,
                 damage.offset,
                 format!("{} (in a compressed segment)", damage.reason),

@@ -18,6 +18,9 @@ pub(crate) enum Damage {
     /// A frame does not check (or has an id out of order) and valid frames follow it in the
     /// segment: a torn write cannot leave valid frames after itself, so this is not a tail.
     BadFrame,
+    /// A [`Damage::BadFrame`] whose records all lie below
+    /// [`crate::WalOptions::needed_from`]: the caller holds their effect elsewhere.
+    BadFrameNotNeeded,
     /// A frame does not check and nothing valid follows it: the segment's end is torn.
     TornTail,
     /// A block of a compressed segment, or its index (`only_index`: every block reads).
@@ -49,6 +52,9 @@ pub(crate) enum Action {
     RewritePlain,
     /// Report a hole and go on past it.
     SkipOver,
+    /// Keep every record; readers may not cross the damage: the segment is read from where
+    /// whole records resume after it ([`crate::WalOptions::needed_from`]).
+    Fence,
 }
 
 /// What `mode` does about `damage` at `position`.
@@ -72,6 +78,7 @@ pub(crate) fn decide(mode: RecoveryMode, damage: Damage, position: Position) -> 
             _,
         ) => RemoveFile,
         (TornTail, TolerateTornTail | PointInTime | SkipCorrupt, Position::Last) => CutTail,
+        (BadFrameNotNeeded, TolerateTornTail, _) => Fence,
         (_, Strict | TolerateTornTail, _) => Refuse,
         (BadBlock { only_index: true }, PointInTime, _) => RewritePlain,
         (_, PointInTime, _) => DropFromHere,
@@ -96,11 +103,21 @@ mod tests {
             RecoveryMode::SkipCorrupt,
         ];
         // (damage, position, [tolerate-torn-tail, point-in-time, strict, skip-corrupt])
-        let rows: [(Damage, Position, [Action; 4]); 9] = [
+        let rows: [(Damage, Position, [Action; 4]); 11] = [
             (TornTail, Last, [CutTail, CutTail, Refuse, CutTail]),
             (TornTail, Earlier, [Refuse, DropFromHere, Refuse, SkipOver]),
             (BadFrame, Last, [Refuse, DropFromHere, Refuse, SkipOver]),
             (BadFrame, Earlier, [Refuse, DropFromHere, Refuse, SkipOver]),
+            (
+                BadFrameNotNeeded,
+                Last,
+                [Fence, DropFromHere, Refuse, SkipOver],
+            ),
+            (
+                BadFrameNotNeeded,
+                Earlier,
+                [Fence, DropFromHere, Refuse, SkipOver],
+            ),
             (
                 SequenceGap,
                 Earlier,

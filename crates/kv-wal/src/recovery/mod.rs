@@ -102,6 +102,8 @@ struct Recovery<'a> {
     mode: RecoveryMode,
     /// [`crate::WalOptions::refuse_whole_damaged_tail`].
     refuse_whole_damaged_tail: bool,
+    /// [`crate::WalOptions::needed_from`].
+    needed_from: u64,
     /// [`Rules::newest_recorded`].
     newest_recorded: Option<u64>,
     found: &'a [FoundSegment],
@@ -124,6 +126,8 @@ pub(crate) fn corrupt(segment: &Path, offset: u64, reason: impl Into<String>) ->
 pub(crate) struct Rules {
     pub mode: RecoveryMode,
     pub refuse_whole_damaged_tail: bool,
+    /// [`crate::WalOptions::needed_from`].
+    pub needed_from: u64,
     /// The newest segment `wal.meta` records as created (`None`: not recorded, or a marked
     /// truncation may have removed segments): a segment at or below it was whole once, so a
     /// bad header there is damage, never a torn creation.
@@ -143,6 +147,7 @@ pub(crate) fn recover(
         log_id,
         mode: rules.mode,
         refuse_whole_damaged_tail: rules.refuse_whole_damaged_tail,
+        needed_from: rules.needed_from,
         newest_recorded: rules.newest_recorded,
         found,
         report,
@@ -279,7 +284,7 @@ impl Recovery<'_> {
                 });
                 Ok(Some(Step::Next))
             }
-            Action::Refuse | Action::CutTail | Action::RewritePlain => {
+            Action::Refuse | Action::CutTail | Action::RewritePlain | Action::Fence => {
                 Err(corrupt(&entry.path, 0, reason))
             }
         }

@@ -9,7 +9,7 @@ use crate::fs::{read_exact_at, read_range, WalFile};
 use crate::options::RecoveryMode;
 use crate::report::{Dropped, Hole, TornTail};
 use crate::segment_file::{decode_seal, SegmentHeader, SEAL_BYTES, SEGMENT_HEADER_BYTES};
-use crate::segment_scan::{scan, FrameDamage, ScanResult, SkipRange, SparseIndex};
+use crate::segment_scan::{scan, Fence, FrameDamage, ScanResult, SkipRange, SparseIndex};
 
 /// A segment file being recovered.
 struct ScannedFile<'a> {
@@ -31,8 +31,39 @@ struct Kept {
     sealed: bool,
     /// Damage was dropped from here on (`PointInTime`): the segment is cut and recovery stops.
     stop: bool,
-    /// Damage was skipped over (`SkipCorrupt`): every readable frame is kept.
+    /// Damage was skipped over (`SkipCorrupt`), or fenced (damage below
+    /// [`crate::WalOptions::needed_from`]): every readable frame is kept.
     skipped: bool,
+}
+
+impl Kept {
+    /// What the undamaged prefix of a scan keeps.
+    fn clean(result: &ScanResult) -> Kept {
+        Kept {
+            end: result.clean_end,
+            last_id: result.clean_last_id,
+            records: result.clean_records,
+            sealed: result.sealed && result.damages.is_empty(),
+            stop: false,
+            skipped: false,
+        }
+    }
+
+    /// Once every damage is decided: a cut keeps what precedes it (valid-looking frames after
+    /// the damage go too); damage skipped over or fenced keeps every readable frame.
+    fn settle(&mut self, cut_at: Option<&FrameDamage>, result: &ScanResult) {
+        if let Some(damage) = cut_at {
+            self.end = damage.offset;
+            self.last_id = damage.good_last_id;
+            self.records = damage.good_records;
+            self.sealed = false;
+        } else if self.skipped {
+            self.end = result.all_end;
+            self.last_id = result.all_last_id;
+            self.records = result.all_records;
+            self.sealed = result.sealed;
+        }
+    }
 }
 
 impl Recovery<'_> {
@@ -104,17 +135,11 @@ impl Recovery<'_> {
         // The free space of a preallocated segment is neither data nor damage.
         let data_len = result.data_len(file.len);
         let position = self.position(index);
-        let mut kept = Kept {
-            end: result.clean_end,
-            last_id: result.clean_last_id,
-            records: result.clean_records,
-            sealed: result.sealed && result.damages.is_empty(),
-            stop: false,
-            skipped: false,
-        };
+        let mut kept = Kept::clean(&result);
         let mut frame_index = result.index.clone();
         let mut skips = Vec::new();
         let mut cut_at: Option<&FrameDamage> = None;
+        let mut fenced: Vec<FrameDamage> = Vec::new();
         let mut good_before = result.clean_last_id.unwrap_or(
             self.previous_last_id()
                 .unwrap_or(entry.first_id.saturating_sub(1)),
@@ -150,24 +175,24 @@ impl Recovery<'_> {
                     self.report.holes.push(hole);
                     skips.extend(skip);
                 }
+                Action::Fence => {
+                    kept.skipped = true;
+                    fenced.push(damage.clone());
+                }
                 Action::Refuse | Action::RemoveFile | Action::RewritePlain => {
                     let reason = refusal(self.mode, kind, position, damage);
                     return Err(corrupt(&entry.path, damage.offset, reason));
                 }
             }
         }
-        if let Some(damage) = cut_at {
-            // Everything from the damage on goes, valid-looking frames after it included.
-            kept.end = damage.offset;
-            kept.last_id = damage.good_last_id;
-            kept.records = damage.good_records;
-            kept.sealed = false;
+        kept.settle(cut_at, &result);
+        if cut_at.is_some() {
             frame_index.truncate_after(kept.last_id.unwrap_or(0));
-        } else if kept.skipped {
-            kept.end = result.all_end;
-            kept.last_id = result.all_last_id;
-            kept.records = result.all_records;
-            kept.sealed = result.sealed;
+        }
+        self.fence(index, &fenced, &mut frame_index);
+        // Free space after its data: zeros the scan read as a preallocated segment's.
+        if position == Position::Earlier && !kept.sealed && !kept.stop && data_len < file.len {
+            self.unsealed_end(index, &mut kept)?;
         }
         let mut allocated_bytes = file.len;
         if !kept.sealed && kept.end < data_len && (position == Position::Last || kept.stop) {
@@ -191,6 +216,83 @@ impl Recovery<'_> {
             return Ok(Step::Stop);
         }
         Ok(Step::Next)
+    }
+
+    /// Puts up the fence the `fenced` damages of `found[index]` make, if any, and reports what
+    /// it makes unreadable.
+    fn fence(&mut self, index: usize, fenced: &[FrameDamage], frame_index: &mut SparseIndex) {
+        let entry = &self.found[index];
+        if let Ok(Some(fence)) = Fence::of(fenced, entry.first_id) {
+            self.report.unreadable.push(Hole {
+                segment: entry.path.clone(),
+                offset: fence.damage_offset,
+                first_missing_id: fence.first_unreadable_id,
+                last_missing_id: fence.resume_id - 1,
+                reason: fence.reason.clone(),
+            });
+            frame_index.set_fence(Some(fence));
+        }
+    }
+
+    /// Checks where a segment before the last that has no seal but free space after its data
+    /// ends. A crash during a roll of a version that named the new segment before sealing the
+    /// old one leaves one (free space and all) ending where the next segment begins; a repair
+    /// at open that left a gap of ids after it (a torn tail cut, a point-in-time drop, the ids
+    /// inside a damaged record's extent skipped) cut it to its data first. A gap after one
+    /// with free space means its end was zeroed — the seal and the records before it — into
+    /// what reads as free space: damage, which the mode decides like a torn tail that is not
+    /// the log's ([`Damage::TornTail`], [`Position::Earlier`]). Before, every mode, `Strict`
+    /// included, opened such a log clean without those records. (An end cut off at a frame
+    /// boundary, the file shortened, still looks like such a repair.)
+    fn unsealed_end(&mut self, index: usize, kept: &mut Kept) -> Result<()> {
+        let entry = &self.found[index];
+        let last = kept.last_id.unwrap_or(entry.first_id - 1);
+        let Some(next) = self.found.get(index + 1) else {
+            return Ok(());
+        };
+        let reported = self.report.holes.last().is_some_and(|hole| {
+            hole.segment == entry.path && hole.last_missing_id + 1 >= next.first_id
+        });
+        if last.saturating_add(1) >= next.first_id || reported {
+            return Ok(());
+        }
+        let reason = format!(
+            "the segment ends at id {last} without its seal, and the next one starts at id {}: \
+             ids {}..={} are missing",
+            next.first_id,
+            last + 1,
+            next.first_id - 1
+        );
+        match decide(self.mode, Damage::TornTail, Position::Earlier) {
+            Action::DropFromHere => {
+                let removed = self.remove_later(index)?;
+                self.report.dropped = Some(Dropped {
+                    segment: entry.path.clone(),
+                    offset: kept.end,
+                    reason,
+                    records_dropped: 0,
+                    segments_removed: removed,
+                });
+                kept.stop = true;
+            }
+            Action::SkipOver => self.report.holes.push(Hole {
+                segment: entry.path.clone(),
+                offset: kept.end,
+                first_missing_id: last + 1,
+                last_missing_id: next.first_id - 1,
+                reason,
+            }),
+            _ => {
+                let reason = match self.mode {
+                    RecoveryMode::TolerateTornTail => format!(
+                        "{reason} (it is not in the last segment, so it is not a torn tail)"
+                    ),
+                    _ => reason,
+                };
+                return Err(corrupt(&entry.path, kept.end, reason));
+            }
+        }
+        Ok(())
     }
 
     /// Keeps a scanned segment as `kept` says (`data_len`: the file's length without the free
@@ -309,6 +411,8 @@ impl Recovery<'_> {
             {
                 Damage::TornTail
             }
+            // Every record it makes unreadable lies below what the caller needs.
+            Some((_, resume_id)) if resume_id <= self.needed_from => Damage::BadFrameNotNeeded,
             Some(_) => Damage::BadFrame,
         }
     }

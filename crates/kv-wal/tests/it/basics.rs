@@ -551,3 +551,86 @@ fn skip_to_moves_the_next_id_forward_for_good() {
     let ids: Vec<u64> = collect(&wal, 1).into_iter().map(|(id, _)| id).collect();
     assert_eq!(ids, vec![1, 2, 3, 100]);
 }
+
+/// Record ids end at `u64::MAX - 1` (the next id after the last record is a `u64` too): an
+/// append, a batch, frames from a peer or a `skip_to` that would go past it is refused with
+/// `InvalidArgument`, nothing written, the log as it was. Before, a release build handed out
+/// id 0 and then ids already taken, and a reopen lost the records with a clean report; a debug
+/// build panicked (found by a new user embedding kv-wal).
+#[test]
+fn record_ids_end_below_u64_max_and_never_wrap() {
+    let fs = SimFs::new();
+    let refused = Wal::open(
+        sim_dir(),
+        WalOptions {
+            first_id: u64::MAX,
+            ..sim_options(&fs, 4096)
+        },
+    );
+    assert!(matches!(refused, Err(Error::InvalidArgument(_))));
+    // (And a zero interval, which made the committer spin when idle.)
+    let refused = Wal::open(
+        sim_dir(),
+        WalOptions {
+            sync_policy: SyncPolicy::Interval(Duration::ZERO),
+            ..sim_options(&fs, 4096)
+        },
+    );
+    assert!(matches!(refused, Err(Error::InvalidArgument(_))));
+    let top = u64::MAX - 1;
+    let (wal, _) = Wal::open(
+        sim_dir(),
+        WalOptions {
+            first_id: top - 2,
+            ..sim_options(&fs, 4096)
+        },
+    )
+    .unwrap();
+    // A batch that would reach u64::MAX fails whole.
+    let batch = [
+        payload(1, 40),
+        payload(2, 40),
+        payload(3, 40),
+        payload(4, 40),
+    ];
+    let refused = wal.append_batch(&batch);
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(_))),
+        "{refused:?}"
+    );
+    assert_eq!(wal.last_id(), None);
+    for id in top - 2..=top {
+        assert_eq!(wal.append(&payload(id, 40)).unwrap(), id);
+    }
+    for _ in 0..2 {
+        let refused = wal.append(&payload(0, 40));
+        assert!(
+            matches!(refused, Err(Error::InvalidArgument(_))),
+            "{refused:?}"
+        );
+    }
+    let refused = wal.append_frames(
+        &kv_wal::frame::encode_record(u64::MAX, b"x"),
+        SyncPolicy::Batch,
+    );
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(_))),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        wal.skip_to(u64::MAX),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(wal.next_id(), u64::MAX);
+    assert_eq!(wal.durable_id(), top);
+    drop(wal);
+    let (wal, report) = open_sim(&fs, 4096, RecoveryMode::Strict).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(
+        collect(&wal, 1),
+        (top - 2..=top)
+            .map(|id| (id, payload(id, 40)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(wal.next_id(), u64::MAX);
+}

@@ -805,3 +805,69 @@ fn a_disk_that_fills_during_a_roll_does_not_poison_the_log() {
     let (wal, report) = open_sim(&fs, 4096, RecoveryMode::TolerateTornTail).unwrap();
     assert_eq!(collect(&wal, 1).len() as u64, last, "{report}");
 }
+
+/// `close` on a log whose background `fsync` failed after appends returned (`interval`) says
+/// so: `Error::Poisoned`, since those records may be gone after a restart. Before, it returned
+/// `Ok(())` and no call ever told the caller (found by a new user embedding kv-wal).
+#[test]
+fn close_fails_when_a_background_fsync_failed_after_the_appends_returned() {
+    let fs = SimFs::new();
+    let plan = FaultPlan::new();
+    let wal = open_faulty(
+        &fs,
+        &plan,
+        SyncPolicy::Interval(Duration::from_millis(20)),
+        1 << 20,
+    );
+    assert_eq!(wal.append(&payload(1, 64)).unwrap(), 1);
+    wal.sync().unwrap();
+    plan.fail_sync_at(1);
+    for id in 2..=6 {
+        assert_eq!(wal.append(&payload(id, 64)).unwrap(), id);
+    }
+    let started = Instant::now();
+    while wal.poisoned().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the interval fsync never ran"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(wal.durable_id(), 1);
+    let closed = wal.close();
+    assert!(matches!(closed, Err(Error::Poisoned(_))), "{closed:?}");
+    // Under `batch` the append the failure stopped was refused: closing says nothing more.
+    let fs = SimFs::new();
+    let plan = FaultPlan::new();
+    let wal = open_faulty(&fs, &plan, SyncPolicy::Batch, 1 << 20);
+    assert_eq!(wal.append(&payload(1, 64)).unwrap(), 1);
+    plan.fail_sync_at(1);
+    assert!(matches!(
+        wal.append(&payload(2, 64)),
+        Err(Error::Poisoned(_))
+    ));
+    assert!(wal.close().is_ok());
+}
+
+/// A batch larger than a segment that finds no room for its next segment halfway has part of
+/// its records in the log, so it poisons the log — and says so: how many went in, that the
+/// log takes no writes until reopened. Before, the poison repeated the out-of-space text
+/// ("the write was not appended, and writes are taken again once there is room"), both untrue
+/// (found by a new user embedding kv-wal).
+#[test]
+fn a_batch_split_by_a_full_disk_says_what_went_in() {
+    let fs = SimFs::new();
+    let (wal, _plan, _flags, full) = open_on_a_disk_that_fills(&fs);
+    // The batch starts in the empty (preallocated) active segment and fills it.
+    std::fs::write(&full, b"").unwrap();
+    let batch: Vec<Vec<u8>> = (1..=80).map(|id| payload(id, 100)).collect();
+    let failed = wal.append_batch(&batch);
+    let Err(Error::Poisoned(reason)) = failed else {
+        panic!("{failed:?}");
+    };
+    assert!(
+        reason.contains("record(s) are in the log") && reason.contains("until it is opened again"),
+        "{reason}"
+    );
+    assert!(!reason.contains("the write was not appended"), "{reason}");
+}

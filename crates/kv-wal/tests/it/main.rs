@@ -7,6 +7,7 @@ mod corruption;
 mod durability;
 mod failpoints;
 mod faults;
+mod fenced;
 mod fuzz_corpus;
 mod model;
 mod power_cut;

@@ -19,6 +19,7 @@ pub fn sim_options(fs: &SimFs, segment_bytes_max: u64) -> WalOptions {
         sync_policy: SyncPolicy::Batch,
         recovery_mode: RecoveryMode::TolerateTornTail,
         refuse_whole_damaged_tail: false,
+        needed_from: 0,
         first_id: 1,
         compress_records_above: None,
         compress_sealed_segments: None,
@@ -67,6 +68,21 @@ pub fn segment_files(fs: &SimFs) -> Vec<PathBuf> {
         .collect();
     names.sort();
     names.into_iter().map(|name| sim_dir().join(name)).collect()
+}
+
+/// Offsets of the record frames in a segment image, in order: frames are walked by their
+/// length fields, and the log's other frames (durability marks, the seal) are left out.
+pub fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut at = kv_wal::SEGMENT_HEADER_BYTES;
+    while at + kv_wal::FRAME_HEADER_BYTES <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        if bytes[at + 4] == b'R' {
+            offsets.push(at);
+        }
+        at += kv_wal::FRAME_HEADER_BYTES + len;
+    }
+    offsets
 }
 
 /// Where the data of a segment image ends: past its last frame (walked by the frames' length

@@ -231,3 +231,77 @@ fn a_new_log_directory_is_fsynced_in_its_parent() {
         );
     }
 }
+
+/// A cut that falls in a gap of ids the log skipped (`skip_to`, for a snapshot that covers
+/// them) keeps them skipped: the next append gets `after_id + 1`, as `truncate_after` says, and
+/// after a reopen too. Before, it got the gap's first id — an id the snapshot covers (found by
+/// a new user embedding kv-wal).
+#[test]
+fn a_cut_into_skipped_ids_never_hands_them_out() {
+    let fs = SimFs::new();
+    let (wal, _) = open_sim(&fs, 4096, RecoveryMode::TolerateTornTail).unwrap();
+    for id in 1..=5 {
+        assert_eq!(wal.append(&payload(id, 40)).unwrap(), id);
+    }
+    assert!(wal.skip_to(10).unwrap());
+    for id in 10..=12 {
+        assert_eq!(wal.append(&payload(id, 40)).unwrap(), id);
+    }
+    wal.truncate_after(8).unwrap();
+    assert_eq!(wal.next_id(), 9);
+    assert_eq!(wal.append(&payload(9, 40)).unwrap(), 9);
+    let expected: Vec<(u64, Vec<u8>)> = [1, 2, 3, 4, 5, 9]
+        .into_iter()
+        .map(|id| (id, payload(id, 40)))
+        .collect();
+    assert_eq!(collect(&wal, 1), expected);
+    drop(wal);
+    let (wal, report) = open_sim(&fs, 4096, RecoveryMode::Strict).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(collect(&wal, 1), expected);
+    assert_eq!(wal.next_id(), 10);
+}
+
+/// Appends waiting for their fsync while a truncation cuts after their ids end acknowledged
+/// (their records were kept, and are durable); the one whose id the cut dropped ends
+/// `Error::Truncated`. Before, every waiter ended `Truncated`, though the kept records stayed
+/// in the log and survived a reopen: a caller that retried wrote them twice (found by a new
+/// user embedding kv-wal).
+#[test]
+fn appends_the_cut_keeps_end_acknowledged_and_only_dropped_ones_end_truncated() {
+    let fs = SimFs::new();
+    let plan = kv_wal::fs::FaultPlan::new();
+    let options = WalOptions {
+        file_system: Arc::new(kv_wal::fs::FaultyFs::new(
+            Arc::new(fs.clone()),
+            plan.clone(),
+        )),
+        ..sim_options(&fs, 1 << 20)
+    };
+    let wal = Arc::new(Wal::open(sim_dir(), options).unwrap().0);
+    assert_eq!(wal.append(b"a").unwrap(), 1);
+    // A slow disk: the commits stay in flight while the truncation comes.
+    plan.delay_syncs(Duration::from_millis(300));
+    let append = |payload: &'static [u8]| {
+        let wal = wal.clone();
+        let handle = std::thread::spawn(move || wal.append(payload));
+        std::thread::sleep(Duration::from_millis(30));
+        handle
+    };
+    let kept = append(b"b");
+    let dropped = append(b"c");
+    wal.truncate_after(2).unwrap();
+    assert_eq!(kept.join().unwrap().unwrap(), 2);
+    let dropped = dropped.join().unwrap();
+    assert!(matches!(dropped, Err(Error::Truncated)), "{dropped:?}");
+    assert_eq!(wal.durable_id(), 2);
+    plan.delay_syncs(Duration::ZERO);
+    assert_eq!(wal.append(b"d").unwrap(), 3);
+    drop(wal);
+    let (wal, report) = open_sim(&fs, 1 << 20, RecoveryMode::Strict).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(
+        collect(&wal, 1),
+        vec![(1, b"a".to_vec()), (2, b"b".to_vec()), (3, b"d".to_vec())]
+    );
+}
