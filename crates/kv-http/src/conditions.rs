@@ -5,7 +5,7 @@
 
 use http::{HeaderMap, HeaderName};
 use kv_store::dedup::REQUEST_ID_BYTES_MAX;
-use kv_store::{Compare, CompareTarget, Relation, RequestIds};
+use kv_store::{Compare, CompareTarget, KeyMeta, Relation, RequestIds};
 
 use crate::error::{Error, Result};
 use crate::percent::query_parameter;
@@ -200,6 +200,30 @@ impl WriteConditions {
             compares.push(compare(Relation::Less, CompareTarget::Version(version)));
         }
         compares
+    }
+}
+
+impl WriteConditions {
+    /// For a read of the key's current value (`current`: its meta, `None` when absent), as
+    /// RFC 9110 (13.2.2) orders them: the `If-Match` that does not hold, named (a 412), else
+    /// whether `If-None-Match` matches (a 304 for a GET or HEAD).
+    pub fn on_read(&self, current: Option<KeyMeta>) -> std::result::Result<bool, String> {
+        let matches = |tag: Tag| match tag {
+            Tag::Any => current.is_some(),
+            Tag::Revision(revision) => current.is_some_and(|meta| meta.mod_revision == revision),
+        };
+        if let Some(tag) = self.if_match.filter(|tag| !matches(*tag)) {
+            let wanted = match tag {
+                Tag::Any => "the key to exist".to_owned(),
+                Tag::Revision(revision) => format!("mod_revision {revision}"),
+            };
+            let is = match current {
+                Some(meta) => format!("it is at mod_revision {}", meta.mod_revision),
+                None => "it does not exist".to_owned(),
+            };
+            return Err(format!("If-Match wanted {wanted}; {is}"));
+        }
+        Ok(self.if_none_match.is_some_and(matches))
     }
 }
 

@@ -61,6 +61,15 @@ pub async fn get_key(state: &AppState, key: &str, parts: &Parts) -> Result<Respo
     let min_id = number_parameter(query, "min_id", u64::MAX)?;
     let wait_ms = number_parameter(query, "wait_ms", MIN_ID_WAIT_MS_MAX)?;
     let version = number_parameter(query, "version", u64::MAX)?;
+    // RFC 9110's conditional GET (before, both headers were ignored on reads).
+    let conditions = WriteConditions::from_headers(&parts.headers)?;
+    if version.is_some() && !conditions.is_empty() {
+        return Err(Error::InvalidHeader(
+            "If-Match and If-None-Match apply to the key's current value, not to a ?version= \
+             read"
+                .to_owned(),
+        ));
+    }
     if let Some(min_id) = min_id {
         let wait_ms = wait_ms.unwrap_or(MIN_ID_WAIT_MS_DEFAULT);
         let started = std::time::Instant::now();
@@ -91,8 +100,25 @@ pub async fn get_key(state: &AppState, key: &str, parts: &Parts) -> Result<Respo
     if let Some(version) = version {
         return crate::history::get_version(state, key, version, &parts.headers);
     }
-    let entry = state.store.get(key.as_bytes()).ok_or(Error::KeyNotFound)?;
+    let entry = state.store.get(key.as_bytes());
+    let current = entry.as_ref().map(|entry| entry.meta());
+    let not_modified = conditions
+        .on_read(current)
+        .map_err(|detail| Error::PreconditionFailed {
+            detail,
+            current,
+            revision: state.store.applied_id(),
+        })?;
+    let entry = entry.ok_or(Error::KeyNotFound)?;
     let meta = entry.meta();
+    if not_modified {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+            .headers_mut()
+            .insert(header::ETAG, etag(meta.mod_revision));
+        return Ok(response);
+    }
     let mut response = value_response(
         key,
         entry.value_kind(),
@@ -245,7 +271,16 @@ fn decided_key_write_answer(
         } else {
             serde_json::json!({"status": "ok", "id": executed.id})
         };
-        return Ok(json_response(StatusCode::OK, body.to_string().into_bytes()));
+        let mut response = json_response(StatusCode::OK, body.to_string().into_bytes());
+        if form == form::PUT {
+            // An unconditional PUT sets the key's mod_revision to its id whatever else
+            // happens: its ETag is known before it applies (a conditional one may yet fail).
+            // Before, the answer had none, unlike the same write's later replay.
+            response
+                .headers_mut()
+                .insert(header::ETAG, etag(executed.id));
+        }
+        return Ok(response);
     };
     if let Some(failed) = &outcome.failed_compare {
         return Err(condition_failed(form, provided_version, outcome, failed));

@@ -36,6 +36,15 @@ where
 {
     require_leader(state, parts)?;
     let acks = acks_parameter(parts)?;
+    // A transaction's conditions are its compares; the headers would be silently ignored
+    // (before, a txn sent with a failing If-Match was applied).
+    for name in [http::header::IF_MATCH, http::header::IF_NONE_MATCH] {
+        if parts.headers.contains_key(&name) {
+            return Err(Error::InvalidHeader(format!(
+                "{name} does not apply to POST /txn: put the condition in its compare"
+            )));
+        }
+    }
     let bytes = body::read_body(body, &parts.headers, &state.options).await?;
     let txn = parse_txn(&bytes, state.options.key_bytes_max)?;
     txn.check().map_err(|invalid| match invalid {

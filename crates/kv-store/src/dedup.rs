@@ -76,6 +76,44 @@ pub struct RequestRecord {
     pub outcome: Outcome,
 }
 
+/// The clock a leader stamps idempotent requests with: the log's, not its own wall clock.
+///
+/// Pruning measures a request's age against the stamp of the last request applied, so stamps
+/// of successive leaders must agree: a new leader whose wall clock ran ahead of its
+/// predecessor's by more than the age limit made every node forget, at its first idempotent
+/// write, every request the old leader had remembered seconds before — and a retry of one was
+/// applied again (found by a new user with a node under `faketime`). The clock follows the
+/// newest stamp the node has read from the log (replayed, applied, from a snapshot) and runs on
+/// from it at the rate of this node's monotonic clock; only a node whose log holds no stamp
+/// yet takes its wall clock. The stamp of a node restarted after a pause continues from the
+/// last one it read, so requests are remembered longer by the time it was down, never shorter.
+#[derive(Debug, Default)]
+pub(crate) struct RequestClock {
+    anchor: Option<(u64, std::time::Instant)>,
+}
+
+impl RequestClock {
+    fn now_ms(&self) -> Option<u64> {
+        self.anchor
+            .map(|(ms, at)| ms.saturating_add(at.elapsed().as_millis() as u64))
+    }
+
+    /// A stamp read from the log: the clock follows it when it is ahead.
+    pub fn observe(&mut self, ms: u64) {
+        if self.now_ms().is_none_or(|now| ms > now) {
+            self.anchor = Some((ms, std::time::Instant::now()));
+        }
+    }
+
+    /// The stamp for a new request (`wall_ms`: this node's wall clock, used only before any
+    /// stamp was read).
+    pub fn stamp(&mut self, wall_ms: u64) -> u64 {
+        let ms = self.now_ms().unwrap_or(wall_ms);
+        self.anchor = Some((ms, std::time::Instant::now()));
+        ms
+    }
+}
+
 /// `(client_id, request_id)`, shared between the table and its order.
 type RequestKey = Arc<(String, String)>;
 
@@ -108,6 +146,11 @@ impl DedupTable {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The stamp of the last request applied (0: none).
+    pub fn last_timestamp_ms(&self) -> u64 {
+        self.last_timestamp_ms
     }
 
     /// Every entry, in no particular order.
@@ -349,5 +392,27 @@ mod tests {
         assert_eq!(decoded.get("c", "a"), table.get("c", "a"));
         assert_eq!(decoded.get("c", "b"), table.get("c", "b"));
         assert_eq!(decoded.last_timestamp_ms, 3);
+    }
+
+    /// The clock follows a stamp read from the log when it is ahead, runs on from it, and
+    /// takes the wall clock only before any stamp was read.
+    #[test]
+    fn the_request_clock_runs_on_from_the_logs_stamps() {
+        let mut clock = RequestClock::default();
+        assert_eq!(
+            clock.stamp(5_000),
+            5_000,
+            "no stamp read yet: the wall clock"
+        );
+        let mut clock = RequestClock::default();
+        clock.observe(1_000);
+        let first = clock.stamp(9_999_999);
+        assert!((1_000..1_000 + 60_000).contains(&first), "{first}");
+        // A stamp behind the clock is not followed; one ahead of it is.
+        clock.observe(500);
+        assert!(clock.stamp(0) >= first);
+        clock.observe(100_000);
+        let later = clock.stamp(0);
+        assert!((100_000..100_000 + 60_000).contains(&later), "{later}");
     }
 }

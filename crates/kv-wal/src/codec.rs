@@ -10,6 +10,10 @@ use crate::error::Malformed;
 use std::fmt;
 use std::str::FromStr;
 
+/// The largest block [`Codec::decompress`] accepts: above any record (`RECORD_BYTES_MAX`) or
+/// block kvd writes.
+pub const BLOCK_BYTES_MAX: usize = 1 << 30;
+
 /// A block compression codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Codec {
@@ -44,7 +48,7 @@ impl Codec {
         }
     }
 
-    /// Compresses one block (zstd at [`ZSTD_LEVEL`]).
+    /// Compresses one block (zstd at [`ZSTD_LEVEL`]). Blocks are at most [`BLOCK_BYTES_MAX`].
     pub fn compress(self, bytes: &[u8]) -> Vec<u8> {
         self.compress_at_level(bytes, ZSTD_LEVEL)
     }
@@ -60,8 +64,19 @@ impl Codec {
     }
 
     /// Decompresses one block whose uncompressed length is `len`; fails on damaged input or a
-    /// block of another length.
+    /// block of another length, and on a `len` no block of `bytes` can have — past
+    /// [`BLOCK_BYTES_MAX`], or for LZ4 past 255 times the input — before allocating it (before,
+    /// a huge `len` panicked or aborted the process on the allocation).
     pub fn decompress(self, bytes: &[u8], len: usize) -> Result<Vec<u8>, Malformed> {
+        let lz4_bound = bytes.len().saturating_mul(255).saturating_add(64);
+        if len > BLOCK_BYTES_MAX || (self == Codec::Lz4 && len > lz4_bound) {
+            return Err(format!(
+                "a {}-byte {self} block cannot hold {len} bytes (blocks are at most \
+                 {BLOCK_BYTES_MAX} bytes)",
+                bytes.len()
+            )
+            .into());
+        }
         let out = match self {
             Codec::Lz4 => {
                 lz4_flex::block::decompress(bytes, len).map_err(|error| error.to_string())?
@@ -101,6 +116,17 @@ impl FromStr for Codec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_length_no_block_can_have_is_refused_before_it_is_allocated() {
+        for codec in [Codec::Lz4, Codec::Zstd] {
+            let stored = codec.compress(b"tiny");
+            for len in [usize::MAX, BLOCK_BYTES_MAX + 1, 1 << 40] {
+                assert!(codec.decompress(&stored, len).is_err(), "{codec} {len}");
+            }
+        }
+        assert!(Codec::Lz4.decompress(&[0u8; 4], 1 << 20).is_err());
+    }
 
     #[test]
     fn codecs_parse_print_and_round_trip() {

@@ -132,9 +132,25 @@ impl WalFile for StdFile {
     }
 }
 
+/// The lock file and the directory holding it, both locked while held.
 #[derive(Debug)]
-struct StdLock(#[allow(dead_code)] fs::File);
+struct StdLock {
+    _file: fs::File,
+    _dir: Option<fs::File>,
+}
 impl DirLock for StdLock {}
+
+/// Locks `file` exclusively, failing at once if another holder has it.
+fn try_lock_exclusive(file: &fs::File) -> io::Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "locked by another process",
+        )),
+        Err(fs::TryLockError::Error(error)) => Err(error),
+    }
+}
 
 impl FileSystem for StdFs {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -178,14 +194,28 @@ impl FileSystem for StdFs {
             .create(true)
             .truncate(false)
             .open(path)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Box::new(StdLock(file))),
-            Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "locked by another process",
-            )),
-            Err(fs::TryLockError::Error(error)) => Err(error),
-        }
+        try_lock_exclusive(&file)?;
+        // The directory too: a lock file deleted while held (a "stale lock" cleaned up by
+        // hand) leaves its holder locking a file no longer there, and a second opener would
+        // lock a new one — two logs writing one directory. Before, it did (found by a new user
+        // embedding kv-wal). The file stays locked as well, for builds that lock only it.
+        let dir = match path.parent() {
+            Some(parent) => {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                let dir = fs::File::open(parent)?;
+                try_lock_exclusive(&dir)?;
+                Some(dir)
+            }
+            None => None,
+        };
+        Ok(Box::new(StdLock {
+            _file: file,
+            _dir: dir,
+        }))
     }
 }
 

@@ -487,12 +487,19 @@ fn restarts_never_expose_uncommitted_entries() {
         1
     );
     signal(cluster.follower(2), "STOP");
-    let (status, written) =
-        cluster
-            .leader
-            .json("PUT", "/key/x?acks=leader", Some(r#"{"value": 2}"#));
-    assert_eq!(status, 200, "{written}");
+    let answer = cluster
+        .leader
+        .request("PUT", "/key/x?acks=leader", Some(r#"{"value": 2}"#));
+    let written: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
+    assert_eq!(answer.status, 200, "{written}");
     let uncommitted_id = written["id"].as_u64().expect("id");
+    // The ETag of an unconditional PUT is its id, known before it applies (before, an
+    // `acks=leader` answer had none).
+    assert_eq!(
+        answer.header("etag"),
+        Some(format!("\"{uncommitted_id}\"").as_str()),
+        "{written}"
+    );
     wait_until("follower 1 holds the uncommitted entry", || {
         let (_, status) = cluster.follower(1).json("GET", "/cluster_status", None);
         status["durable_id"].as_u64() == Some(uncommitted_id)

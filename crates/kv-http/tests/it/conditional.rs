@@ -833,3 +833,53 @@ async fn integers_past_64_bits_are_stored_digit_for_digit() {
         read.body
     );
 }
+
+/// RFC 9110's conditional GET: `If-None-Match` with the current ETag (or `*` on a present key)
+/// is 304 with the ETag and no body; an `If-Match` that does not hold is 412 naming why; a bad
+/// tag is 400; neither applies to a `?version=` read (400). `POST /txn` refuses both headers
+/// (its conditions are its compares). Before, every one was ignored: 200 with the body, and a
+/// transaction sent with a failing `If-Match` was applied (found by a new user).
+#[tokio::test]
+async fn reads_honour_their_conditions_and_transactions_refuse_them() {
+    let node = node();
+    put(&node, "/key/k", r#"{"value": 1}"#).await;
+    let get_with = |headers: &'static [(&'static str, &'static str)], uri: &'static str| {
+        call_with_headers(&node, Method::GET, uri, headers, "")
+    };
+    let unchanged = get_with(&[("if-none-match", "\"1\"")], "/key/k").await;
+    assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(unchanged.header("etag"), "\"1\"");
+    assert!(unchanged.body.is_empty());
+    let any = get_with(&[("if-none-match", "*")], "/key/k").await;
+    assert_eq!(any.status, StatusCode::NOT_MODIFIED);
+    let changed = get_with(&[("if-none-match", "\"7\"")], "/key/k").await;
+    assert_eq!(changed.status, StatusCode::OK);
+    changed.assert_has(json!({"value": 1}));
+    let held = get_with(&[("if-match", "\"1\"")], "/key/k").await;
+    assert_eq!(held.status, StatusCode::OK);
+    let stale = get_with(&[("if-match", "\"7\"")], "/key/k").await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(stale.header("etag"), "\"1\"");
+    assert!(
+        stale.detail().contains("mod_revision 7"),
+        "{}",
+        stale.detail()
+    );
+    let absent = get_with(&[("if-match", "*")], "/key/absent").await;
+    assert_eq!(absent.status, StatusCode::PRECONDITION_FAILED);
+    let absent = get_with(&[("if-none-match", "*")], "/key/absent").await;
+    assert_eq!(absent.status, StatusCode::NOT_FOUND);
+    let bad = get_with(&[("if-match", "garbage")], "/key/k").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let versioned = get_with(&[("if-none-match", "\"1\"")], "/key/k?version=1").await;
+    assert_eq!(versioned.status, StatusCode::BAD_REQUEST);
+
+    let txn = r#"{"compare": [], "success": [{"put": {"key": "k", "value": 2}}]}"#;
+    let refused =
+        call_with_headers(&node, Method::POST, "/txn", &[("if-match", "\"9\"")], txn).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.detail().contains("compare"), "{}", refused.detail());
+    get(&node, "/key/k")
+        .await
+        .assert_has(json!({"value": 1, "version": 1}));
+}

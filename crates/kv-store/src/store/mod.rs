@@ -30,7 +30,7 @@ use std::time::Instant;
 use kv_wal::{AppendTicket, RecoveryReport, SyncPolicy, Wal, WalOptions};
 
 use crate::applied::{AppliedState, RetentionOptions};
-use crate::dedup::{RequestIds, RequestMeta};
+use crate::dedup::{RequestClock, RequestIds, RequestMeta};
 use crate::encoding::Malformed;
 use crate::entry::{LogEntry, Op};
 use crate::epochs::EpochHistory;
@@ -147,6 +147,9 @@ pub struct Store {
     /// none), kept so the snapshot policy need not list the directory.
     newest_snapshot: AtomicU64,
     snapshot_load: SnapshotLoad,
+    /// What idempotent requests are stamped with ([`RequestClock`]); guarded like the pending
+    /// queue (used under it).
+    request_clock: Mutex<RequestClock>,
 }
 
 /// How many keys and live bytes the applied map holds and how many ops wait to be applied, as
@@ -306,7 +309,13 @@ impl Store {
         snapshot_load: SnapshotLoad,
         retention: RetentionOptions,
     ) -> Store {
+        let mut request_clock = RequestClock::default();
+        let last_stamp = replayed.map.requests.last_timestamp_ms();
+        if last_stamp > 0 {
+            request_clock.observe(last_stamp);
+        }
         Store {
+            request_clock: Mutex::new(request_clock),
             wal,
             epoch: AtomicU64::new(epoch),
             sizes: Sizes::of(&replayed.map, &replayed.pending),
@@ -410,7 +419,7 @@ impl Store {
             op,
             request: request.map(|ids| RequestMeta {
                 ids,
-                timestamp_ms: unix_ms_now(),
+                timestamp_ms: lock(&self.request_clock).stamp(unix_ms_now()),
             }),
         };
         let ticket = self.wal.submit(&[entry.encode()])?;
@@ -511,7 +520,11 @@ impl Store {
             return self.applied_id();
         }
         let mut map = write(&self.map);
+        let mut request_clock = lock(&self.request_clock);
         for (id, pending) in pending.drain(..ready) {
+            if let Some(request) = &pending.request {
+                request_clock.observe(request.timestamp_ms);
+            }
             let outcome = map.apply(
                 id,
                 &pending.op,
@@ -655,7 +668,7 @@ pub(crate) struct RequestCounters {
     pub mismatches: AtomicU64,
 }
 
-/// The leader's clock, for the request part of a record.
+/// This node's wall clock: the first stamp of a log that holds none ([`RequestClock`]).
 fn unix_ms_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

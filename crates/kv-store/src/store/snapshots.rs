@@ -96,6 +96,10 @@ impl Store {
         *lock(&self.epochs) = snapshot.epochs;
         let mut map = write(&self.map);
         *map = snapshot.map;
+        let last_stamp = map.requests.last_timestamp_ms();
+        if last_stamp > 0 {
+            lock(&self.request_clock).observe(last_stamp);
+        }
         self.sizes.map_changed(&map);
         self.sizes.pending_changed(&pending);
         self.applied_id

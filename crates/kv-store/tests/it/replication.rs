@@ -1,7 +1,7 @@
 //! What replication needs from the store: appending a leader's frames, the epoch history, and
 //! truncating a diverged suffix (rebuilding the map when applied entries go).
 
-use kv_store::{LogEntry, Op, Store, StoreOptions, Value};
+use kv_store::{Command, LogEntry, Op, RequestIds, RequestMeta, Store, StoreOptions, Value};
 use kv_wal::SyncPolicy;
 
 fn set(key: &str, value: &str) -> Op {
@@ -111,4 +111,58 @@ fn truncating_only_pending_entries_keeps_the_map() {
     store.apply_through(2);
     assert!(store.get(b"b").is_some());
     assert!(store.get(b"c").is_none());
+}
+
+/// A node that becomes leader stamps its idempotent requests with the log's clock, not its
+/// own: the previous leader stamped a request two hours behind this node's wall clock (the
+/// clocks disagree), and this node's first request of its own must not make every node
+/// forget it (the default age is one hour). Before, the new request carried this node's wall
+/// clock, the old one was pruned as two hours old on every node, and a retry of it was applied
+/// again (found by a new user running one node under `faketime`).
+#[test]
+fn a_new_leaders_requests_keep_its_predecessors_remembered_whatever_their_clocks_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let two_hours_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 2 * 3_600_000;
+    let ids = |request_id: &str| RequestIds {
+        client_id: "c".to_owned(),
+        request_id: request_id.to_owned(),
+        form: 0,
+    };
+    let from_the_old_leader = LogEntry {
+        epoch: 1,
+        op: set("k", "1"),
+        request: Some(RequestMeta {
+            ids: ids("r1"),
+            timestamp_ms: two_hours_ago,
+        }),
+    };
+    let ticket = store
+        .submit_frames(&frames(1, &[from_the_old_leader]), SyncPolicy::Batch)
+        .unwrap();
+    ticket.wait().unwrap();
+    store.apply_through(1);
+    assert!(store.is_repeated_request(&ids("r1")));
+    // This node leads now and takes a request of its own.
+    store.set_epoch(2);
+    let command = Command {
+        op: set("k", "2"),
+        request: Some(ids("r2")),
+    };
+    let submitted = store.submit(command).unwrap();
+    submitted.ticket.wait().unwrap();
+    store.apply_through(submitted.id);
+    assert!(
+        store.is_repeated_request(&ids("r1")),
+        "the old leader's request was forgotten"
+    );
+    let stamped = store.request_record("c", "r2").unwrap().timestamp_ms;
+    assert!(
+        stamped < two_hours_ago + 60_000,
+        "stamped with this node's wall clock: {stamped} vs {two_hours_ago}"
+    );
 }

@@ -122,6 +122,13 @@ fn a_second_open_of_the_same_directory_is_refused() {
         Wal::open(dir.path(), WalOptions::default()),
         Err(Error::Locked(_))
     ));
+    // Also once the lock file was deleted as a "stale lock" (the directory is locked too):
+    // before, the second open succeeded, and both logs wrote the same ids.
+    std::fs::remove_file(dir.path().join("wal.lock")).unwrap();
+    assert!(matches!(
+        Wal::open(dir.path(), WalOptions::default()),
+        Err(Error::Locked(_))
+    ));
 }
 
 #[test]
