@@ -148,21 +148,37 @@ pub fn health_problem(state: &AppState) -> Option<String> {
                 format!("this node follows no leader yet (the cluster names node {leader})")
             })
         }
-        NodeRole::Follower { .. } => {
-            let limit = state.node.lag_limit();
-            match state.node.leader_contact_age() {
-                None => Some(format!(
-                    "this follower has not heard from its leader (node {leader}) yet"
-                )),
-                Some(age) if age > limit => Some(format!(
-                    "this follower has not heard from its leader (node {leader}) for {} ms \
-                     (lag limit {} ms): its reads may be that stale",
-                    age.as_millis(),
-                    limit.as_millis()
-                )),
-                Some(_) => None,
-            }
-        }
+        NodeRole::Follower { .. } => follower_health_problem(state, leader),
+    }
+}
+
+/// Why a follower is not ready: it has not heard from its leader within the lag limit, or the
+/// controller has not confirmed within it that its leader still leads.
+fn follower_health_problem(state: &AppState, leader: impl std::fmt::Display) -> Option<String> {
+    let limit = state.node.lag_limit();
+    match state.node.leader_contact_age() {
+        None => Some(format!(
+            "this follower has not heard from its leader (node {leader}) yet"
+        )),
+        Some(age) if age > limit => Some(format!(
+            "this follower has not heard from its leader (node {leader}) for {} ms \
+             (lag limit {} ms): its reads may be that stale",
+            age.as_millis(),
+            limit.as_millis()
+        )),
+        Some(_) => match state.node.leader_confirmation_age() {
+            // Its leader answers, but the controller has not said for that long that
+            // it still leads: cut off together, it may follow a deposed leader.
+            Some(age) if age > limit => Some(format!(
+                "the controller has not confirmed for {} ms (lag limit {} ms) that \
+                 this follower's leader (node {leader}) still leads: cut off with it, \
+                 this follower may follow a deposed leader, and its reads may be that \
+                 stale",
+                age.as_millis(),
+                limit.as_millis()
+            )),
+            _ => None,
+        },
     }
 }
 
@@ -174,7 +190,8 @@ pub const MAX_STALENESS_MS_MAX: u64 = 24 * 3600 * 1000;
 /// - `?linearizable=true` — only the leader answers, while its lease holds (a follower
 ///   answers `307` to the leader);
 /// - `?max_staleness_ms=N` — a follower answers only if it heard its leader within the last
-///   N ms and held what it said then; else `503`;
+///   N ms and held what it said then, and (under the controller) the controller confirmed
+///   within the last N ms that its leader still leads; else `503`;
 /// - no option — a follower answers from what it has (as stale as `/cluster_status` says);
 ///   the leader answers only while its lease holds and its epoch's no-op is committed and
 ///   applied (a deposed leader answers `307` to the new one, or `503` while none is known; a

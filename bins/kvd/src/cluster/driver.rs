@@ -420,6 +420,11 @@ impl Driver {
         self.offer(&reply.meta);
         self.heard_controller.store(true, Ordering::Release);
         self.say_if_ahead_of_the_cluster(&reply.meta);
+        if !leads && reply.meta.data_leader.is_some() {
+            // The active controller names this epoch's leader as of at least `sent_at`: a
+            // follower of it bounds its staleness by this too.
+            self.node.confirm_leader(reply.meta.leader_epoch, sent_at);
+        }
         if leads {
             let granted = reply.lease_ms.map(Duration::from_millis);
             let (epoch, valid_until) = {

@@ -528,6 +528,26 @@ impl Node {
         let _ = self.with_leader(|leader| leader.set_transfer(None));
     }
 
+    /// The active controller answered a heartbeat this node sent at `sent_at`, naming `epoch`
+    /// the current leader epoch: a follower of that epoch knows its leader still led then
+    /// ([`crate::follower::FollowerState::confirm_leader`]).
+    pub fn confirm_leader(&self, epoch: u64, sent_at: Instant) {
+        if let RoleState::Follower { state, .. } = &mut *lock(&self.role) {
+            state.confirm_leader(epoch, sent_at);
+        }
+    }
+
+    /// A follower under the controller: how long ago the controller last confirmed its leader
+    /// still leads (`None`: never for its epoch, not under the controller, or this node leads).
+    pub fn leader_confirmation_age(&self) -> Option<Duration> {
+        match &*lock(&self.role) {
+            RoleState::Follower { state, .. } => state
+                .leader_confirmed_at()
+                .map(|at| Instant::now().saturating_duration_since(at)),
+            RoleState::Leader(_) => None,
+        }
+    }
+
     /// A follower: how long ago its leader last answered a fetch (`None`: never, or this node
     /// leads). `/health` is not ready past [`Node::lag_limit`].
     pub fn leader_contact_age(&self) -> Option<Duration> {
@@ -540,9 +560,10 @@ impl Node {
     }
 
     /// How stale a read of this node's map may be: a follower, the time since it sent the last
-    /// fetch whose answer's commit id it had applied (`?max_staleness_ms=N` is served when
-    /// this is at most N); a leader with a valid lease and its no-op committed, zero. `None`:
-    /// it cannot vouch for any bound.
+    /// fetch whose answer's commit id it had applied, or since the controller last confirmed
+    /// its leader, whichever is older (`?max_staleness_ms=N` is served when this is at most
+    /// N); a leader with a valid lease and its no-op committed, zero. `None`: it cannot vouch
+    /// for any bound.
     pub fn staleness(&self) -> Option<Duration> {
         let now = Instant::now();
         match &*lock(&self.role) {
