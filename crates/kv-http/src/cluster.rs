@@ -342,13 +342,18 @@ where
     } else {
         Some(parse_json::<TransferBody>(&bytes)?.to)
     };
+    // Forwarded, the answer comes once the transfer is done: up to its timeout and margin
+    // (before, the forward gave up after the controller request timeout, 500 ms, and a
+    // transfer that took longer, done or cancelled, was answered "no active controller
+    // answered").
+    let answer_within = cluster.timing().transfer_timeout + TRANSFER_ANSWER_MARGIN;
     if !cluster.client().is_active_here() {
-        return forward(cluster, parts, Some(bytes)).await;
+        return forward(cluster, parts, Some(bytes), answer_within).await;
     }
     let controller = cluster.controller();
     let meta = match controller.transfer_leader(to).await {
         Err(kv_controller::Error::NotLeader { .. }) => {
-            return forward(cluster, parts, Some(bytes)).await
+            return forward(cluster, parts, Some(bytes), answer_within).await
         }
         other => other.map_err(controller_error)?,
     };
@@ -400,10 +405,12 @@ pub async fn admin_remove_member(
         .parse()
         .map_err(|_| Error::InvalidPath(format!("node id {id:?} is not a number")))?;
     if !cluster.client().is_active_here() {
-        return forward(cluster, parts, None).await;
+        return forward(cluster, parts, None, Duration::ZERO).await;
     }
     let meta = match cluster.controller().remove_member(id).await {
-        Err(kv_controller::Error::NotLeader { .. }) => return forward(cluster, parts, None).await,
+        Err(kv_controller::Error::NotLeader { .. }) => {
+            return forward(cluster, parts, None, Duration::ZERO).await
+        }
         other => other.map_err(controller_error)?,
     };
     Ok(json_ok(&json!({
@@ -419,6 +426,7 @@ async fn forward(
     cluster: &ClusterState,
     parts: &Parts,
     body: Option<Bytes>,
+    answer_within: Duration,
 ) -> Result<Response<Full<Bytes>>> {
     if parts.headers.contains_key(FORWARDED_HEADER) {
         let metrics = cluster.controller().raft().metrics().borrow().clone();
@@ -435,7 +443,7 @@ async fn forward(
         .map_or(parts.uri.path(), |path_and_query| path_and_query.as_str());
     let answer = cluster
         .client()
-        .forward(parts.method.clone(), path, body)
+        .forward(parts.method.clone(), path, body, answer_within)
         .await
         .map_err(client_error)?;
     Ok(json_response(answer.status, answer.body.to_vec()))

@@ -301,16 +301,29 @@ impl ControllerClient {
     /// Sends `method path` with `body` to the active controller and returns its answer as is
     /// (admin calls made on another node), marked with [`crate::FORWARDED_HEADER`] so the
     /// receiver never forwards it again.
+    ///
+    /// `answer_within`: how long the call may take to be answered (at least the request
+    /// timeout) — an admin call that answers only once done, as a leadership transfer does,
+    /// needs longer than a heartbeat.
     pub async fn forward(
         &self,
         method: Method,
         path: &str,
         body: Option<Bytes>,
+        answer_within: Duration,
     ) -> Result<PeerAnswer, ClientError> {
         let hint = self.raft_leader_url();
         let header = Some((FORWARDED_HEADER, "1"));
-        self.call_remote(method, path, body.map(|body| body.to_vec()), hint, header)
-            .await
+        let timeout = answer_within.max(self.request_timeout);
+        self.call_remote_within(
+            method,
+            path,
+            body.map(|body| body.to_vec()),
+            hint,
+            header,
+            timeout,
+        )
+        .await
     }
 
     /// The hint a local refusal gives (`None` when the local controller knows no leader), or
@@ -371,6 +384,21 @@ impl ControllerClient {
         hint: Option<String>,
         extra_header: Option<(&'static str, &'static str)>,
     ) -> Result<PeerAnswer, ClientError> {
+        let timeout = self.request_timeout;
+        self.call_remote_within(method, path, body, hint, extra_header, timeout)
+            .await
+    }
+
+    /// [`ControllerClient::call_remote`], each try given `timeout`.
+    async fn call_remote_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        hint: Option<String>,
+        extra_header: Option<(&'static str, &'static str)>,
+        timeout: Duration,
+    ) -> Result<PeerAnswer, ClientError> {
         let body = body.map(Bytes::from);
         let mut queue = self.candidates(hint);
         let mut tried: Vec<String> = Vec::new();
@@ -388,7 +416,7 @@ impl ControllerClient {
                     &url,
                     path,
                     body.clone(),
-                    self.request_timeout,
+                    timeout,
                     extra_header,
                 )
                 .await;
