@@ -55,11 +55,7 @@ pub fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let (store, report) = open_store(&config, options)?;
     if report.is_clean() {
         tracing::info!(%report, "WAL recovered");
-    } else if report.torn_tail.is_none()
-        && report.holes.is_empty()
-        && report.dropped.is_none()
-        && report.removed_files.is_empty()
-    {
+    } else if !report.changed_the_log() {
         // Only damage among records the newest snapshot covers (`WalOptions::needed_from`):
         // nothing was changed, and nothing the node needs was lost.
         tracing::warn!(

@@ -261,6 +261,7 @@ impl ControllerClient {
                 Some(json_bytes(request)),
                 hint,
                 None,
+                self.request_timeout,
             )
             .await?;
         decode(&answer)
@@ -279,6 +280,7 @@ impl ControllerClient {
                 Some(json_bytes(command)),
                 hint,
                 None,
+                self.request_timeout,
             )
             .await?;
         decode::<ProposeReply>(&answer).map(ApplyResult::from)
@@ -293,6 +295,7 @@ impl ControllerClient {
                 Some(json_bytes(request)),
                 None,
                 None,
+                self.request_timeout,
             )
             .await?;
         decode(&answer)
@@ -315,7 +318,7 @@ impl ControllerClient {
         let hint = self.raft_leader_url();
         let header = Some((FORWARDED_HEADER, "1"));
         let timeout = answer_within.max(self.request_timeout);
-        self.call_remote_within(
+        self.call_remote(
             method,
             path,
             body.map(|body| body.to_vec()),
@@ -374,23 +377,9 @@ impl ControllerClient {
         candidates
     }
 
-    /// Sends the request to the candidates in turn, following `421` hints; returns the first
-    /// answer that is not a `421`.
+    /// Sends the request to the candidates in turn, each try given `timeout`, following `421`
+    /// hints; returns the first answer that is not a `421`.
     async fn call_remote(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-        hint: Option<String>,
-        extra_header: Option<(&'static str, &'static str)>,
-    ) -> Result<PeerAnswer, ClientError> {
-        let timeout = self.request_timeout;
-        self.call_remote_within(method, path, body, hint, extra_header, timeout)
-            .await
-    }
-
-    /// [`ControllerClient::call_remote`], each try given `timeout`.
-    async fn call_remote_within(
         &self,
         method: Method,
         path: &str,

@@ -40,7 +40,7 @@ use crate::writer::{Leader, Writer};
 /// Refuses `count` records from id `start` if they pass the last id: the next id after the
 /// last record must be a `u64` too. Past it, ids would wrap to 0 and reuse the first ones
 /// (before, a release build did so and a reopen lost the records; a debug build panicked).
-fn check_id_room(start: u64, count: usize) -> Result<()> {
+pub(crate) fn check_id_room(start: u64, count: usize) -> Result<()> {
     if start.checked_add(count as u64).is_none() {
         return Err(Error::InvalidArgument(format!(
             "record ids end at {}: {count} record(s) from id {start} do not fit",

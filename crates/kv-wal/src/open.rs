@@ -143,14 +143,13 @@ fn check_options(options: &WalOptions) -> Result<()> {
             "the interval of SyncPolicy::Interval must be above 0".to_owned(),
         ));
     }
-    if options.first_id == 0 || options.first_id == u64::MAX {
-        return Err(Error::InvalidArgument(format!(
-            "ids run from 1 to {}; first_id {} is invalid",
-            u64::MAX - 1,
-            options.first_id
-        )));
+    if options.first_id == 0 {
+        return Err(Error::InvalidArgument(
+            "ids start at 1; first_id 0 is invalid".to_owned(),
+        ));
     }
-    Ok(())
+    // The first record must fit (no id past `u64::MAX - 1`).
+    crate::append::check_id_room(options.first_id, 1)
 }
 
 fn lock_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Box<dyn DirLock>> {

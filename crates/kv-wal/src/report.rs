@@ -102,6 +102,16 @@ impl RecoveryReport {
             && self.unreadable.is_empty()
             && self.dropped.is_none()
     }
+
+    /// True when open repaired something — cut a torn tail, skipped holes, dropped records,
+    /// removed files — as opposed to finding only damage it opened past (`unreadable`), which
+    /// changes nothing.
+    pub fn changed_the_log(&self) -> bool {
+        self.torn_tail.is_some()
+            || !self.holes.is_empty()
+            || self.dropped.is_some()
+            || !self.removed_files.is_empty()
+    }
 }
 
 impl fmt::Display for RecoveryReport {

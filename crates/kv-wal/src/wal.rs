@@ -184,12 +184,8 @@ impl Wal {
     /// hold (installed from a leader, or the log cut back by a power loss) — so that a new
     /// record never takes an id the snapshot already covers.
     pub fn skip_to(&self, next_id: u64) -> Result<bool> {
-        if next_id == u64::MAX {
-            return Err(Error::InvalidArgument(format!(
-                "record ids end at {}: the log cannot continue at {next_id}",
-                u64::MAX - 1
-            )));
-        }
+        // The next record must fit (no id past `u64::MAX - 1`).
+        crate::append::check_id_room(next_id, 1)?;
         let shared = &self.shared;
         let mut writer = shared.settle(shared.writer());
         shared.check_writable(&writer)?;

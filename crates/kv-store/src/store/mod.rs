@@ -520,10 +520,10 @@ impl Store {
             return self.applied_id();
         }
         let mut map = write(&self.map);
-        let mut request_clock = lock(&self.request_clock);
         for (id, pending) in pending.drain(..ready) {
             if let Some(request) = &pending.request {
-                request_clock.observe(request.timestamp_ms);
+                // Only idempotent requests touch the clock: nothing more per plain write.
+                lock(&self.request_clock).observe(request.timestamp_ms);
             }
             let outcome = map.apply(
                 id,
