@@ -55,5 +55,8 @@ pub use logic::{
 pub use meta::{
     ApplyResult, ClusterMeta, Command, Member, NodeId, PendingTransfer, Rejection, VOTERS_MAX,
 };
-pub use network::{ControllerTransport, RaftMessage, RaftReply, RaftRequest, TransportError};
+pub use network::{
+    ControllerTransport, PreVoteRequest, PreVoteResponse, RaftMessage, RaftReply, RaftRequest,
+    TransportError,
+};
 pub use timing::Timing;

@@ -304,6 +304,13 @@ impl LogStore {
         *lock(&self.shared.last_log_id)
     }
 
+    /// The last log id as openraft counts it: the last entry's, or the last purged one if
+    /// that is later (a snapshot installed past the entries).
+    pub fn last_known_log_id(&self) -> Option<LogId> {
+        let last_purged = lock(&self.shared.state).last_purged;
+        self.last_log_id().max(last_purged)
+    }
+
     fn wal_id(&self, index: u64) -> u64 {
         index + 1 - lock(&self.shared.state).shift
     }
@@ -556,7 +563,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged_log_id = lock(&self.shared.state).last_purged;
         Ok(LogState {
             last_purged_log_id,
-            last_log_id: self.last_log_id().max(last_purged_log_id),
+            last_log_id: self.last_known_log_id(),
         })
     }
 

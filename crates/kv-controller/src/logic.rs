@@ -261,8 +261,12 @@ impl ControllerLogic {
     }
 
     /// The latest instant by which [`ControllerLogic::on_tick`] should run again (a session
-    /// expiry, a retry, a transfer timeout). `None` when inactive.
-    pub fn next_deadline(&self, meta: &ClusterMeta) -> Option<Instant> {
+    /// expiry, a retry of an election not yet applied, a transfer timeout), after `now` — the
+    /// instant of the tick that just ran, which acted on everything due by then. `None` when
+    /// inactive or nothing is due. An election proposed in an earlier epoch applied and is no
+    /// deadline; anything else past is waiting for something that wakes the loop on its own
+    /// (a proposal's answer, a heartbeat), so it is left out: the loop never spins on it.
+    pub fn next_deadline(&self, meta: &ClusterMeta, now: Instant) -> Option<Instant> {
         let active_since = self.active_since?;
         let leader_expiry = meta
             .data_leader
@@ -272,11 +276,16 @@ impl ControllerLogic {
             });
         let retry = self
             .proposed
+            .filter(|&(epoch, _)| epoch == meta.leader_epoch)
             .map(|(_, at)| at + self.timing.session_timeout);
         let transfer = self
             .transfer_seen
             .map(|(_, _, since)| since + self.timing.transfer_timeout);
-        [leader_expiry, retry, transfer].into_iter().flatten().min()
+        [leader_expiry, retry, transfer]
+            .into_iter()
+            .flatten()
+            .filter(|&deadline| deadline > now)
+            .min()
     }
 
     /// Learners to promote so the controller quorum grows, an odd number of voters at a time,

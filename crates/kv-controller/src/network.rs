@@ -24,7 +24,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, LogId};
 use serde::{Deserialize, Serialize};
 
 use crate::meta::NodeId;
@@ -40,6 +40,30 @@ pub enum RaftRequest {
     Vote(VoteRequest<NodeId>),
     /// A chunk of a snapshot.
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A member that hears no leader asks whether this one would vote for it, before it
+    /// raises its term ([`PreVoteRequest`]).
+    PreVote(PreVoteRequest),
+}
+
+/// The question of a member that hears no leader, before it stands for election: would you
+/// vote for me? (The Raft thesis' pre-vote, §9.6; etcd's `PreVote`.) Nothing changes on
+/// either side: only once a majority says yes does the member raise its term and ask for
+/// votes. A member cut off from the others therefore keeps its term, and when it comes back
+/// its term does not depose the leader the others kept (openraft 0.9 has no pre-vote of its
+/// own, and steps down at any higher term in an answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreVoteRequest {
+    /// The asking member's last log id (or last purged one).
+    pub last_log_id: Option<LogId<NodeId>>,
+}
+
+/// The answer to a [`PreVoteRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreVoteResponse {
+    /// Whether this member would vote: it is not the leader, has heard from none within the
+    /// leader lease (openraft's: the longest election timeout), and its log is no longer than
+    /// the asker's.
+    pub granted: bool,
 }
 
 /// A Raft RPC with its envelope.
@@ -70,6 +94,8 @@ pub enum RaftReply {
     InstallSnapshot(
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
+    /// To a `PreVote`.
+    PreVote(PreVoteResponse),
     /// The receiver belongs to another cluster: nothing was done.
     ClusterMismatch {
         /// The receiver's cluster id.
@@ -130,6 +156,29 @@ pub(crate) struct Connection {
     url: String,
 }
 
+impl Network {
+    /// Asks member `target` at `url` a [`PreVoteRequest`]; no answer within `timeout`, or
+    /// any other answer, counts as a refusal.
+    pub(crate) async fn pre_vote(
+        &self,
+        target: NodeId,
+        url: &str,
+        request: PreVoteRequest,
+        timeout: Duration,
+    ) -> bool {
+        let connection = Connection {
+            network: self.clone(),
+            target,
+            url: url.to_owned(),
+        };
+        let reply = connection.call(RaftRequest::PreVote(request), timeout);
+        matches!(
+            reply.await,
+            Ok(RaftReply::PreVote(PreVoteResponse { granted: true }))
+        )
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
@@ -148,7 +197,7 @@ impl Connection {
     async fn call(
         &self,
         request: RaftRequest,
-        option: &RPCOption,
+        timeout: Duration,
     ) -> Result<RaftReply, TransportError> {
         let message = RaftMessage {
             cluster_id: self.network.cluster_id.load(Ordering::Acquire),
@@ -159,7 +208,7 @@ impl Connection {
         let reply = self
             .network
             .transport
-            .send(self.target, &self.url, message, option.hard_ttl())
+            .send(self.target, &self.url, message, timeout)
             .await?;
         match reply {
             RaftReply::ClusterMismatch { cluster_id } => {
@@ -217,7 +266,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
-        match self.call(RaftRequest::AppendEntries(rpc), &option).await {
+        match self
+            .call(RaftRequest::AppendEntries(rpc), option.hard_ttl())
+            .await
+        {
             Ok(RaftReply::AppendEntries(Ok(response))) => Ok(response),
             Ok(RaftReply::AppendEntries(Err(error))) => Err(self.remote(error)),
             Ok(reply) => Err(unexpected(&reply)),
@@ -230,7 +282,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
-        match self.call(RaftRequest::InstallSnapshot(rpc), &option).await {
+        match self
+            .call(RaftRequest::InstallSnapshot(rpc), option.hard_ttl())
+            .await
+        {
             Ok(RaftReply::InstallSnapshot(Ok(response))) => Ok(response),
             Ok(RaftReply::InstallSnapshot(Err(error))) => Err(self.remote(error)),
             Ok(reply) => Err(unexpected(&reply)),
@@ -243,7 +298,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcError> {
-        match self.call(RaftRequest::Vote(rpc), &option).await {
+        match self.call(RaftRequest::Vote(rpc), option.hard_ttl()).await {
             Ok(RaftReply::Vote(Ok(response))) => Ok(response),
             Ok(RaftReply::Vote(Err(error))) => Err(self.remote(error)),
             Ok(reply) => Err(unexpected(&reply)),

@@ -4,6 +4,7 @@
 
 mod claim;
 mod membership;
+mod pre_vote;
 
 pub use claim::ForeignClaim;
 
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use kv_wal::fs::{FileSystem, StdFs};
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::AppendEntriesResponse;
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
@@ -148,8 +150,14 @@ struct Inner {
     node_disk_hung: AtomicBool,
     membership_change: tokio::sync::Mutex<()>,
     driver: Mutex<Option<JoinHandle<()>>>,
+    /// The candidate loop ([`pre_vote::stand_when_the_leader_is_silent`]).
+    candidate: Mutex<Option<JoinHandle<()>>>,
     /// Another cluster's claim on this node ([`Controller::claimed`]).
     claimed: watch::Sender<Option<ForeignClaim>>,
+    /// The controllers' network (pre-votes go through it).
+    network: Network,
+    /// When this member last heard from a leader and stands for election next.
+    election: Mutex<pre_vote::ElectionTimer>,
 }
 
 /// A running controller. Cheap to clone.
@@ -206,6 +214,9 @@ impl Controller {
             election_timeout_max: timing.raft_election_timeout_max.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_every_entries),
             max_in_snapshot_log_to_keep: options.snapshot_every_entries,
+            // Elections start from this member's candidate loop, after a pre-vote
+            // (`pre_vote`).
+            enable_elect: false,
             ..openraft::Config::default()
         }
         .validate()
@@ -222,7 +233,7 @@ impl Controller {
         let raft = Raft::new(
             node_id,
             Arc::new(config),
-            network,
+            network.clone(),
             log.clone(),
             state_machine.clone(),
         )
@@ -243,11 +254,19 @@ impl Controller {
                 node_disk_hung: AtomicBool::new(false),
                 membership_change: tokio::sync::Mutex::new(()),
                 driver: Mutex::new(None),
+                candidate: Mutex::new(None),
                 claimed: watch::Sender::new(None),
+                network,
+                election: Mutex::new(pre_vote::ElectionTimer::starting(
+                    timing.raft_election_timeout_min,
+                )),
             }),
         };
-        let driver = tokio::spawn(drive(Arc::downgrade(&controller.inner)));
+        let weak = Arc::downgrade(&controller.inner);
+        let driver = tokio::spawn(drive(weak.clone()));
         *lock(&controller.inner.driver) = Some(driver);
+        let candidate = tokio::spawn(pre_vote::stand_when_the_leader_is_silent(weak));
+        *lock(&controller.inner.candidate) = Some(candidate);
         Ok(controller)
     }
 
@@ -367,11 +386,30 @@ impl Controller {
         let raft = &self.inner.raft;
         match message.request {
             RaftRequest::AppendEntries(request) => {
-                RaftReply::AppendEntries(raft.append_entries(request).await)
+                let reply = raft.append_entries(request).await;
+                // Any answer but "higher vote" accepted the sender as the leader.
+                if matches!(&reply, Ok(answer) if !matches!(answer, AppendEntriesResponse::HigherVote(_)))
+                {
+                    self.inner.heard_from_leader();
+                }
+                RaftReply::AppendEntries(reply)
             }
-            RaftRequest::Vote(request) => RaftReply::Vote(raft.vote(request).await),
+            RaftRequest::Vote(request) => {
+                let reply = raft.vote(request).await;
+                if matches!(&reply, Ok(answer) if answer.vote_granted) {
+                    self.inner.heard_from_leader();
+                }
+                RaftReply::Vote(reply)
+            }
             RaftRequest::InstallSnapshot(request) => {
-                RaftReply::InstallSnapshot(raft.install_snapshot(request).await)
+                let reply = raft.install_snapshot(request).await;
+                if reply.is_ok() {
+                    self.inner.heard_from_leader();
+                }
+                RaftReply::InstallSnapshot(reply)
+            }
+            RaftRequest::PreVote(request) => {
+                RaftReply::PreVote(self.inner.answer_pre_vote(&request))
             }
         }
     }
@@ -471,11 +509,7 @@ impl Controller {
     /// election timeout a new term, vote requests to every member and log lines, for as long as
     /// the process runs. It still answers votes and takes entries. Returns whether it changed.
     pub fn set_campaigning(&self, allowed: bool) -> bool {
-        if self.inner.campaigning.swap(allowed, Ordering::AcqRel) == allowed {
-            return false;
-        }
-        self.inner.allow_elections();
-        true
+        self.inner.campaigning.swap(allowed, Ordering::AcqRel) != allowed
     }
 
     /// Whether this member stepped aside: it sends no Raft heartbeats and stands for no
@@ -582,6 +616,11 @@ impl Controller {
         if let Some(driver) = driver {
             let _ = driver.await;
         }
+        let candidate = lock(&self.inner.candidate).take();
+        if let Some(candidate) = candidate {
+            candidate.abort();
+            let _ = candidate.await;
+        }
         self.inner.raft.shutdown().await.map_err(raft_error)
     }
 
@@ -618,14 +657,6 @@ fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) ->
 }
 
 impl Inner {
-    /// Lets openraft start elections here while this member may campaign and has not stepped
-    /// aside ([`Controller::set_campaigning`], [`Controller::stepped_aside`]).
-    fn allow_elections(&self) {
-        let allowed =
-            self.campaigning.load(Ordering::Acquire) && !self.aside.load(Ordering::Acquire);
-        self.raft.runtime_config().elect(allowed);
-    }
-
     /// Steps aside while the disk hangs, and back once it answers
     /// ([`Controller::stepped_aside`]); says so at each change.
     fn step_aside_while_the_disk_hangs(&self) {
@@ -636,7 +667,6 @@ impl Inner {
             return;
         }
         self.raft.runtime_config().heartbeat(!hangs);
-        self.allow_elections();
         if hangs {
             tracing::error!(
                 raft_storage_waited_ms = waited.as_millis() as u64,
@@ -695,7 +725,7 @@ async fn drive(inner: std::sync::Weak<Inner>) {
                 None
             };
             let deadline = logic
-                .next_deadline(&meta)
+                .next_deadline(&meta, now)
                 .unwrap_or(now + tick_max)
                 .min(now + tick_max);
             (command, voters, deadline)

@@ -809,3 +809,47 @@ async fn a_raft_leader_whose_disk_hangs_steps_aside_and_the_others_elect_a_leade
     drop((hung, successor));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_and_back_leaves_the_leader_and_its_term_alone() {
+    // Without a pre-vote a member that hears no leader stands for election every election
+    // timeout, raising its term each time; back, its higher term answers the leader's next
+    // heartbeat and deposes it (openraft steps down on any higher vote): a needless election
+    // and, for the data plane, no lease meanwhile. With one, the cut-off member asks first
+    // whether the others would vote for it — they still hear their leader and refuse — and
+    // never raises its term, so the leader keeps leading when the cut heals.
+    let cluster = Cluster::start(3, quiet()).await;
+    let leader = cluster.raft_leader().await;
+    let term = leader.status().term;
+    let member = cluster
+        .nodes
+        .keys()
+        .copied()
+        .find(|&id| id != leader.node_id())
+        .unwrap();
+    cluster.network.isolate(member, 0..3);
+    // Several election timeouts (300–500 ms after the leader's lease of 500 ms).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let cut_off = &cluster.nodes[&member];
+    assert_eq!(
+        cut_off.status().term,
+        term,
+        "the cut-off member raised its term: {:?}",
+        cut_off.status()
+    );
+    cluster.network.heal();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = leader.status();
+    assert_eq!(
+        (after.raft_state.as_str(), after.term),
+        ("Leader", term),
+        "the leader was deposed when the member came back: {after:?}"
+    );
+    let back = cluster.nodes[&member].status();
+    assert_eq!(
+        (back.raft_leader, back.term),
+        (Some(leader.node_id()), term),
+        "the member follows the leader again: {back:?}"
+    );
+    cluster.shutdown().await;
+}

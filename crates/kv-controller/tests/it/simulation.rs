@@ -795,7 +795,7 @@ fn a_fenced_leader_that_comes_back_gets_no_lease_and_the_most_advanced_isr_membe
         "the session still runs"
     );
     assert_eq!(
-        logic.next_deadline(&meta),
+        logic.next_deadline(&meta, start + ms(540)),
         Some(start + timing.session_timeout)
     );
     // The leader's heartbeat comes in after the session ran out: fenced, no lease.
@@ -827,6 +827,19 @@ fn a_fenced_leader_that_comes_back_gets_no_lease_and_the_most_advanced_isr_membe
         logic.on_heartbeat(start + ms(600), &meta, &next),
         Some(timing.lease)
     );
+    // Once the election applied, its retry is no deadline: the controller's loop sleeps until
+    // the new leader's session could run out, not until an instant already past (its loop
+    // spun at a whole core after every failover, for as long as it stayed active).
+    for later in (700..3000).step_by(100) {
+        let now = start + ms(later);
+        logic.on_heartbeat(now, &meta, &next);
+        assert_eq!(logic.on_tick(now, &meta), None);
+        assert_eq!(
+            logic.next_deadline(&meta, now),
+            Some(now + timing.session_timeout),
+            "at +{later} ms"
+        );
+    }
 }
 
 #[test]
