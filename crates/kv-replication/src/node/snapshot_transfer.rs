@@ -41,8 +41,9 @@ impl Node {
         }
         let part_name = self.download(transport, &dir, meta).await?;
         let store = self.store.clone();
+        let keep = self.options.compaction.snapshots_kept;
         let applied_id = tokio::task::spawn_blocking(move || {
-            install_download(&store, &dir, &part_name, meta.applied_id)
+            install_download(&store, &dir, &part_name, meta.applied_id, keep)
         })
         .await
         .map_err(|error| {
@@ -164,8 +165,15 @@ impl Node {
 }
 
 /// Checks the downloaded snapshot `part_name` in `dir` whole (a damaged one is deleted, to be
-/// downloaded again), moves it into place and installs it. Blocking.
-fn install_download(store: &Store, dir: &Path, part_name: &str, applied_id: u64) -> Result<u64> {
+/// downloaded again), moves it into place and installs it, keeping the newest `keep`
+/// snapshots. Blocking.
+fn install_download(
+    store: &Store,
+    dir: &Path,
+    part_name: &str,
+    applied_id: u64,
+    keep: usize,
+) -> Result<u64> {
     let fs = store.file_system().clone();
     let part_path = dir.join(part_name);
     if let Err(source) = kv_store::snapshot::verify_snapshot(&*fs, &part_path) {
@@ -181,6 +189,6 @@ fn install_download(store: &Store, dir: &Path, part_name: &str, applied_id: u64)
             }
         })?;
     store
-        .install_snapshot(&final_path)
+        .install_snapshot(&final_path, keep)
         .map_err(|source| Error::SnapshotInstall { source })
 }

@@ -85,8 +85,17 @@ impl Store {
     /// Replaces the whole state with the snapshot at `path`, which must already be in the
     /// snapshot directory (durably): the log is emptied and continues after the snapshot's
     /// applied id. A follower too far behind a compacted log does this. A crash at any point
-    /// reopens to the snapshot plus whatever the log holds after it.
-    pub fn install_snapshot(&self, path: &Path) -> Result<u64> {
+    /// reopens to the snapshot plus whatever the log holds after it. Then deletes all but the
+    /// newest `keep` snapshots, as [`Store::write_snapshot`] does: a follower that installs
+    /// snapshots (and is killed before it writes one of its own) otherwise kept every one.
+    /// The install stands if that deletion fails; the next snapshot written deletes again.
+    pub fn install_snapshot(&self, path: &Path, keep: usize) -> Result<u64> {
+        let applied_id = self.install_snapshot_only(path)?;
+        let _ = self.prune_snapshots(keep.max(1));
+        Ok(applied_id)
+    }
+
+    fn install_snapshot_only(&self, path: &Path) -> Result<u64> {
         let snapshot = snapshot::read_snapshot(&**self.wal.file_system(), path)?;
         let mut pending = lock(&self.pending);
         self.wal.truncate_after(0)?;

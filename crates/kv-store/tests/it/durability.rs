@@ -56,7 +56,7 @@ fn a_write_after_installing_a_snapshot_gets_an_id_past_it_and_survives_a_restart
     std::fs::create_dir_all(&snapshot_dir).unwrap();
     let installed = snapshot_dir.join(info.path.file_name().unwrap());
     std::fs::copy(&info.path, &installed).unwrap();
-    assert_eq!(follower.install_snapshot(&installed).unwrap(), 30);
+    assert_eq!(follower.install_snapshot(&installed, 2).unwrap(), 30);
 
     assert_eq!(follower.next_id(), 31);
     let id = follower.write_blocking(set("after", 1)).unwrap();

@@ -333,20 +333,28 @@ fn installing_a_snapshot_replaces_the_state_and_the_log_continues_after_it() {
 
     let target_dir = tempfile::tempdir().unwrap();
     let target = open(target_dir.path());
-    target
-        .write_blocking(Op::Set {
-            key: b"old".to_vec(),
-            value: Value::json("1"),
-        })
-        .unwrap();
+    for value in ["1", "2"] {
+        target
+            .write_blocking(Op::Set {
+                key: b"old".to_vec(),
+                value: Value::json(value),
+            })
+            .unwrap();
+        target.write_snapshot(Codec::Zstd, 5).unwrap();
+    }
+    assert_eq!(target.snapshots().len(), 2, "two of its own");
     let installed = target_dir
         .path()
         .join("snapshots")
         .join(info.path.file_name().unwrap());
     std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
     std::fs::copy(&info.path, &installed).unwrap();
-    assert_eq!(target.install_snapshot(&installed).unwrap(), 50);
+    assert_eq!(target.install_snapshot(&installed, 2).unwrap(), 50);
     assert_eq!(state(&target), state(&source));
+    // Only the newest two are kept, as when it writes one (before, an install kept them all:
+    // a follower killed after each install grew its snapshot directory by one every time).
+    let kept: Vec<u64> = target.snapshots().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(kept, [50, 2]);
     assert_eq!(target.next_id(), 51);
     assert_eq!(target.last_id(), 50);
     // The log holds nothing after the snapshot: its status still ends at the snapshot's id,

@@ -611,7 +611,7 @@ fn versions_transactions_and_requests_match_a_model_across_restarts_and_installs
                     std::fs::create_dir_all(installed.parent().expect("parent")).expect("mkdir");
                     std::fs::copy(&info.path, &installed).expect("copy");
                     assert_eq!(
-                        target.install_snapshot(&installed).expect("install"),
+                        target.install_snapshot(&installed, 2).expect("install"),
                         info.applied_id
                     );
                     store.close().expect("close");
