@@ -219,14 +219,19 @@ impl NodeConfig {
             replication,
             retention: resolve_retention(settings.retention),
             cluster,
-            log_level: settings
-                .logging
-                .log_level
-                .unwrap_or_else(|| "info".to_owned()),
+            log_level: crate::logging::check_levels(
+                settings
+                    .logging
+                    .log_level
+                    .unwrap_or_else(|| "info".to_owned()),
+            )?,
             log_format: settings.logging.log_format.unwrap_or_default(),
         })
     }
 }
+
+/// The longest clock kvd takes (`--election-timeout-ms`, `--lease-ms`, ...): a day.
+const CLOCK_MS_MAX: u64 = 24 * 3600 * 1000;
 
 /// The cluster's settings: this node's URL, the controller's clocks (checked together), and
 /// the lag limit (`replication`'s: the leader's ISR rule, a follower's health).
@@ -235,16 +240,32 @@ fn resolve_cluster(
     replication: &mut NodeOptions,
 ) -> anyhow::Result<ClusterConfig> {
     let defaults = kv_controller::Timing::default();
-    let millis =
-        |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
+    // A clock past a day is a typo, and near `u64::MAX` ms one overflows the instants it is
+    // added to (and the election timeout's spread added to it).
+    let millis = |name: &str, value: Option<u64>, default: Duration| match value {
+        Some(ms) if ms > CLOCK_MS_MAX => {
+            bail!("{name} must be at most {CLOCK_MS_MAX} ms (a day), not {ms}")
+        }
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Ok(default),
+    };
     let election_timeout_min = millis(
+        "election timeout",
         cluster.election_timeout_ms,
         defaults.raft_election_timeout_min,
-    );
+    )?;
     let timing = kv_controller::Timing {
-        heartbeat_interval: millis(cluster.heartbeat_interval_ms, defaults.heartbeat_interval),
-        lease: millis(cluster.lease_ms, defaults.lease),
-        session_timeout: millis(cluster.session_timeout_ms, defaults.session_timeout),
+        heartbeat_interval: millis(
+            "heartbeat interval",
+            cluster.heartbeat_interval_ms,
+            defaults.heartbeat_interval,
+        )?,
+        lease: millis("lease", cluster.lease_ms, defaults.lease)?,
+        session_timeout: millis(
+            "session timeout",
+            cluster.session_timeout_ms,
+            defaults.session_timeout,
+        )?,
         raft_election_timeout_min: election_timeout_min,
         raft_election_timeout_max: election_timeout_min
             + (defaults.raft_election_timeout_max - defaults.raft_election_timeout_min),
@@ -257,7 +278,7 @@ fn resolve_cluster(
         })?;
     }
     let leader = &mut replication.leader;
-    leader.lag_limit = millis(cluster.lag_limit_ms, leader.lag_limit);
+    leader.lag_limit = millis("lag limit", cluster.lag_limit_ms, leader.lag_limit)?;
     ensure!(
         !leader.lag_limit.is_zero(),
         "lag limit must be more than 0 ms"
@@ -386,6 +407,11 @@ fn resolve_http(http: HttpSettings) -> anyhow::Result<HttpOptions> {
     ensure!(
         options.connections_max >= 1,
         "max connections must be at least 1"
+    );
+    ensure!(
+        options.connections_max <= tokio::sync::Semaphore::MAX_PERMITS,
+        "max connections must be at most {}",
+        tokio::sync::Semaphore::MAX_PERMITS
     );
     ensure!(
         options.key_bytes_max >= 1,

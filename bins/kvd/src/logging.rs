@@ -62,6 +62,30 @@ pub fn init(log_level: &str, log_format: LogFormat) -> anyhow::Result<()> {
     installed.map_err(|error| anyhow::anyhow!("cannot install the logger: {error}"))
 }
 
+/// The level names `--log-level` takes, alone or after `target=`.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Refuses a `--log-level` directive that is a bare word but no level name: `EnvFilter` reads
+/// `warning` or `loud` as a target's name, enabling only that (non-existent) target, and kvd
+/// then logged nothing at all, its errors included. `target=level` directives and level names
+/// pass (any case); a target with no level (`kv_http`, "everything from it") is refused too,
+/// since it would silence every other target.
+pub(crate) fn check_levels(log_level: String) -> anyhow::Result<String> {
+    for directive in log_level.split(',').map(str::trim) {
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, level)| level);
+        if !LEVELS.iter().any(|name| name.eq_ignore_ascii_case(level)) {
+            anyhow::bail!(
+                "invalid log level {log_level:?}: {directive:?} names no level (expected one of \
+                 {}, or TARGET=LEVEL directives, e.g. info,kv_http=debug)",
+                LEVELS.join(", ")
+            );
+        }
+    }
+    Ok(log_level)
+}
+
 /// A global filter layer that lets each of openraft's WARN and ERROR log statements through at
 /// most once per period, none of its routine ones ([`OPENRAFT_ROUTINE`], which do not count
 /// towards the period), and everything else through. Global, not a per-layer filter: with

@@ -347,7 +347,7 @@ fn render_wal(out: &mut String, store: &Store) {
     gauge(
         out,
         "kvd_wal_segment_bytes",
-        "Bytes of the WAL's segment files on disk.",
+        "Bytes of records in the WAL's segment files (not the space preallocated ahead of the active segment's end).",
         segments.iter().map(|segment| segment.size_bytes).sum(),
     );
     gauge(

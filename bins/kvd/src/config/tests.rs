@@ -148,6 +148,18 @@ fn bad_settings_are_refused_with_their_name() {
         ("colour = \"blue\"", "unknown field"),
         ("leader = \"http://x\"", "followers only"),
         ("max_connections = 0", "at least 1"),
+        (
+            "max_connections = 9223372036854775807",
+            "at most 2305843009213693951",
+        ),
+        (
+            "election_timeout_ms = 9223372036854775807",
+            "election timeout must be at most",
+        ),
+        ("lease_ms = 86400001", "lease must be at most 86400000 ms"),
+        ("lag_limit_ms = 100000000000", "lag limit must be at most"),
+        ("log_level = \"warning\"", "\"warning\" names no level"),
+        ("log_level = \"info,kv_http\"", "\"kv_http\" names no level"),
         ("header_read_timeout_ms = 0", "more than 0"),
         (
             "compress_sealed_segments = \"gzip\"",

@@ -273,3 +273,73 @@ fn the_readme_cluster_survives_its_leaders_death_and_comes_back_whole_after_ctrl
     }
     cluster.interrupt();
 }
+
+/// A terminal closed under the script (SIGHUP, and its output gone with it) stops every node,
+/// as Ctrl-C does. Before, the script's cleanup began with an `echo` to the dead terminal;
+/// under `set -e` the failed write ended it before it signalled the nodes, which ran on,
+/// orphaned, holding their ports and data directories (the next run: "the WAL directory is in
+/// use by another process"; found by a new-user exploration, 3 of 3).
+#[test]
+fn a_closed_terminal_stops_every_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = consecutive_free_ports();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/run-cluster");
+    let mut command = Command::new(script);
+    without_kvd_env(&mut command);
+    command
+        .env("KVD_BIN", env!("CARGO_BIN_EXE_kvd"))
+        .env("FOLLOWERS", "1")
+        .env("PORT_BASE", base.to_string())
+        .env("DATA_DIR", dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut script = command.spawn().expect("run scripts/run-cluster");
+    let mut stdout = BufReader::new(script.stdout.take().expect("stdout"));
+    let mut node_pids = Vec::new();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + UP_WITHIN;
+    loop {
+        let mut line = String::new();
+        let read = stdout
+            .read_line(&mut line)
+            .expect("read the script's output");
+        assert!(read > 0 && Instant::now() < deadline, "{seen:#?}");
+        print!("{line}");
+        if let Some((_, rest)) = line
+            .split_once(" (pid ")
+            .filter(|_| line.contains(") listening on "))
+        {
+            node_pids.push(rest.split(')').next().unwrap().to_owned());
+        }
+        let up = line.starts_with("run-cluster: Ctrl-C stops every node");
+        seen.push(line);
+        if up {
+            break;
+        }
+    }
+    assert_eq!(node_pids.len(), 2, "{seen:#?}");
+    // The terminal goes away: nobody reads the output any more, and the script gets SIGHUP.
+    drop(stdout);
+    send_signal(script.id(), "HUP");
+    harness::wait_with_deadline(script);
+    let deadline = Instant::now() + harness::DEADLINE;
+    // A node that exited may linger as a zombie until whoever adopted it reaps it.
+    let running = || {
+        node_pids
+            .iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").starts_with(" Z"))
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    while !running().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let orphans = running();
+    for pid in &orphans {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+    assert!(orphans.is_empty(), "nodes still running: {orphans:?}");
+}
