@@ -440,7 +440,13 @@ impl FollowerState {
         self.leader_epoch = self.leader_epoch.max(leader_epoch);
         let adopt_cluster = (self.cluster_id == 0).then_some(cluster_id);
         self.cluster_id = cluster_id;
+        // Answered, but the failures in a row are not over: every retry of a snapshot that
+        // cannot be downloaded or installed (a full disk, say) comes back here first, and
+        // resetting them made the backoff its first delay for ever — ~23 downloads a second
+        // of the leader's snapshot. Entries after the install end them.
+        let failures = self.failures;
         self.connected(now);
+        self.failures = failures;
         Step::InstallSnapshot {
             leader_first_id: first_id,
             leader_epoch,
@@ -586,7 +592,9 @@ impl FollowerState {
     }
 
     /// A snapshot download or install failed: retry later with backoff (the partial download
-    /// is kept and resumed).
+    /// is kept and resumed), growing with the failures in a row until an answer with entries
+    /// (after an install) ends them — the leader's "snapshot needed" before each retry does
+    /// not.
     pub fn on_snapshot_failure(&mut self, now: Instant, error: String) -> Step {
         self.failed(now, error)
     }

@@ -557,10 +557,10 @@ fn a_new_leader_epoch_is_recorded_before_anything_of_it_is_done() {
 }
 
 /// The fallback after a failed snapshot download or install (it was the driver's): back off
-/// as for a failed fetch, growing with failures in a row, and start again from the first
-/// delay once the leader answers.
+/// as for a failed fetch, growing with failures in a row — the leader's "snapshot needed"
+/// before each retry included — and start again from the first delay once entries come.
 #[test]
-fn a_failed_snapshot_install_backs_off_and_the_next_answer_resets() {
+fn a_failed_snapshot_install_backs_off_more_each_time_until_entries_come() {
     let now = Instant::now();
     let log = VecLog::new();
     let options = FollowerOptions {
@@ -595,12 +595,32 @@ fn a_failed_snapshot_install_backs_off_and_the_next_answer_resets() {
             }
         );
     }
+    // Each retry asks the leader first, which answers "snapshot needed" again: that does not
+    // end the failures (it did, and a follower that could not store the snapshot — a full
+    // disk — downloaded it ~23 times a second from the leader, for ever).
     assert!(matches!(
         follower.on_response(now, &request, snapshot_needed, &log),
         Step::InstallSnapshot { .. }
     ));
     assert_eq!(*follower.link(), kv_replication::LinkState::Connected);
     let Step::Retry { after } = follower.on_snapshot_failure(now, "again".to_owned()) else {
+        panic!("a failed install is retried");
+    };
+    assert!(
+        after >= Duration::from_millis(500),
+        "the backoff keeps growing: {after:?}"
+    );
+    // Installed: the leader's entries after the snapshot end the failures.
+    let entries = FetchResponse::Entries {
+        cluster_id: CLUSTER,
+        leader_epoch: 1,
+        commit_id: 0,
+        first_id: 50,
+        last_id: 0,
+        frames: Vec::new(),
+    };
+    follower.on_response(now, &request, entries, &log);
+    let Step::Retry { after } = follower.on_snapshot_failure(now, "once more".to_owned()) else {
         panic!("a failed install is retried");
     };
     assert!(
