@@ -391,6 +391,23 @@ impl ControllerLogic {
             }
         }
         let old_leader = meta.data_leader;
+        // Active for less than a session timeout, this controller waits until it has heard
+        // every ISR member (or that long has passed, and an unheard one is gone): one it has
+        // not heard yet may hold more than any it has — elected from the first heartbeats, a
+        // leader restarted at once on a disk that lost its log's tail led again over
+        // followers holding 62–84 acknowledged writes more, which they then cut (found by a
+        // rolling-restart exploration) — or be dead, and kept in the new ISR it held every
+        // commit of the new epoch until the lag limit dropped it. (With a leader named, its
+        // session cannot expire before that long anyway: this waits only when the cluster
+        // was leaderless as this controller took over.)
+        let unheard = meta.isr.iter().any(|&id| {
+            Some(id) != old_leader
+                && !self.sessions.contains_key(&id)
+                && self.presumed_live(id, now)
+        });
+        if unheard {
+            return None;
+        }
         let best_of = |ids: &mut dyn Iterator<Item = NodeId>| -> Option<NodeId> {
             ids.filter(|&id| Some(id) != old_leader)
                 .filter_map(|id| {

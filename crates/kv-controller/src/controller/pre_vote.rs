@@ -143,8 +143,17 @@ pub(super) async fn stand_when_the_leader_is_silent(inner: Weak<Inner>) {
             return;
         }
         let now = Instant::now();
-        if lock(&strong.election).due > now {
+        let due = lock(&strong.election).due;
+        if due > now {
             continue; // heard from a leader meanwhile
+        }
+        if now > due + strong.leader_lease() {
+            // Woken far past its date: this process stalled (stopped, starved). Listen first,
+            // as a member just started does: the messages that waited meanwhile — a leader's
+            // heartbeat, a stopping leader's hand-over to a peer — come in before this member
+            // stands and competes with them.
+            strong.put_off_election();
+            continue;
         }
         let (sets, voter) = strong.voter_sets();
         if !strong.may_stand(voter) {

@@ -944,19 +944,47 @@ fn an_election_leaves_members_whose_sessions_ran_out_out_of_the_new_isr() {
             unclean: false
         }
     );
-    // Just after it became active, a member not heard yet is kept (it may be alive).
+    // Just after it became active, with the cluster leaderless, it waits until it has heard
+    // every ISR member, or a session timeout has passed: an unheard member may hold more than
+    // any heard, or be gone. (Before, it elected node 2 at once and kept all five.)
     let mut logic = ControllerLogic::new(timing, ElectionPolicy::CleanOnly);
     logic.activate(start);
-    logic.on_heartbeat(start + ms(10), &meta, &heartbeat(2, 12));
-    let at = start + ms(20);
-    let mut expired = meta.clone();
-    expired.data_leader = None;
+    let mut leaderless = meta.clone();
+    leaderless.data_leader = None;
+    logic.on_heartbeat(start + ms(10), &leaderless, &heartbeat(2, 12));
+    assert_eq!(logic.on_tick(start + ms(20), &leaderless), None);
+    logic.on_heartbeat(start + ms(100), &leaderless, &heartbeat(1, 11));
+    logic.on_heartbeat(start + ms(500), &leaderless, &heartbeat(1, 11));
+    logic.on_heartbeat(start + ms(500), &leaderless, &heartbeat(2, 12));
+    assert_eq!(logic.on_tick(start + ms(540), &leaderless), None);
+    // A session timeout after it took over: 0, 3 and 4, never heard, are gone.
     assert_eq!(
-        logic.on_tick(at, &expired),
+        logic.on_tick(start + timing.session_timeout, &leaderless),
         Some(Command::ElectLeader {
             expected_epoch: 1,
             new_leader: Some(2),
-            new_isr: BTreeSet::from([0, 1, 2, 3, 4]),
+            new_isr: BTreeSet::from([1, 2]),
+            unclean: false
+        })
+    );
+    // A member heard first with less — a node restarted at once on a disk that lost its log's
+    // tail — is not elected over members heard a moment later holding more. (Before, node 0
+    // was elected at once and the others cut the acknowledged writes it lacked.)
+    let mut logic = ControllerLogic::new(timing, ElectionPolicy::CleanOnly);
+    logic.activate(start);
+    let three = bootstrapped(0, &[0, 1, 2], &[0, 1, 2]);
+    let mut leaderless = three.clone();
+    leaderless.data_leader = None;
+    logic.on_heartbeat(start + ms(10), &leaderless, &heartbeat(0, 2774));
+    assert_eq!(logic.on_tick(start + ms(20), &leaderless), None);
+    logic.on_heartbeat(start + ms(60), &leaderless, &heartbeat(1, 2836));
+    logic.on_heartbeat(start + ms(70), &leaderless, &heartbeat(2, 2836));
+    assert_eq!(
+        logic.on_tick(start + ms(80), &leaderless),
+        Some(Command::ElectLeader {
+            expected_epoch: 1,
+            new_leader: Some(1),
+            new_isr: BTreeSet::from([0, 1, 2]),
             unclean: false
         })
     );
