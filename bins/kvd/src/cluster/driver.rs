@@ -501,16 +501,10 @@ impl Driver {
     }
 
     /// A node named leader of an epoch it led before a restart (faster than its session)
-    /// never leads that epoch twice: it asks for a new epoch whose leader the controller
-    /// elects — the live ISR member holding the most, itself when none holds more (the usual
-    /// restart after a crash) — and the same ISR; unless it lost committed entries
-    /// (`Node::may_lead`): then without itself in the ISR. It no longer names itself: its
-    /// `node.meta` commit id lags the log by up to a second, so a node whose disk lost the
-    /// log's tail (a power cut under `never`, a disk that drops written data) passed
-    /// `may_lead`, led the new epoch, and the followers holding 62–84 acknowledged writes more
-    /// cut them (a rolling-restart exploration, 3 of 3 with the restart 50 ms after the kill).
-    /// Once per epoch while a proposal is in flight or applied; again after one that did not
-    /// get through.
+    /// never leads that epoch twice: it asks to be elected again, in a new epoch, leading the
+    /// same ISR — unless it lost committed entries (`Node::may_lead`): then it asks for a new
+    /// epoch led by whichever other ISR member the controller elects. Once per epoch while a
+    /// proposal is in flight or applied; again after one that did not get through.
     fn ask_for_reelection(self: &Arc<Self>, meta: &ClusterMeta) {
         let Some(epoch) = self.node.wanted_reelection() else {
             return;
@@ -525,11 +519,9 @@ impl Driver {
         if self.node.may_lead(&meta.isr) {
             tracing::info!(
                 epoch,
-                node_id,
-                "named leader of an epoch this node led before a restart: asking for a new one, \
-                 led by the in-sync replica holding the most"
+                "named leader of an epoch this node led before a restart: asking for a new one"
             );
-            self.propose_election(epoch, None, meta.isr.clone());
+            self.propose_election(epoch, Some(node_id), meta.isr.clone());
         } else {
             // It lost committed entries another ISR member may hold: a new epoch without a
             // leader and without this node in the ISR, so the controller elects the ISR member
