@@ -286,6 +286,13 @@ fn read_standing(state: &AppState, parts: &Parts) -> Result<ReadStanding> {
         };
         return Err(Error::Unavailable(detail));
     }
+    if role != NodeRole::Leader && state.node.awaits_role_after_leading() {
+        // Led before its restart, re-elected through a leaderless epoch: its map may miss
+        // writes it acknowledged until it leads again or follows the leader elected instead.
+        return Err(Error::Unavailable(
+            "this node led before its restart and takes up its new role: retry".to_owned(),
+        ));
+    }
     if role == NodeRole::Leader {
         // Not sure it still leads (a lease that ran out, a transfer under way, a no-op not yet
         // committed): the leader the view names, if another, answers.

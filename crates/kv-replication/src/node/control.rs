@@ -191,6 +191,8 @@ impl Node {
             ViewAction::UpdateLeader => self.recompute_and_publish(),
             ViewAction::Lead { epoch } => {
                 *lock(&self.reelection_wanted) = None;
+                self.awaits_role_after_leading
+                    .store(false, std::sync::atomic::Ordering::Release);
                 tracing::info!(epoch, "the controller named this node the data leader");
                 // Once the no-op is durable, a leader that needs no follower (`N = 1`) commits
                 // it without waiting for a write or a fetch. One fsync, once per epoch.
@@ -200,6 +202,8 @@ impl Node {
                 self.recompute_and_publish();
             }
             ViewAction::CannotLead { epoch } => {
+                self.awaits_role_after_leading
+                    .store(true, std::sync::atomic::Ordering::Release);
                 let mut wanted = lock(&self.reelection_wanted);
                 if *wanted != Some(epoch) {
                     tracing::warn!(
@@ -212,6 +216,10 @@ impl Node {
             }
             ViewAction::Follow { leader_url, epoch } => {
                 *lock(&self.reelection_wanted) = None;
+                if leader_url.is_some() {
+                    self.awaits_role_after_leading
+                        .store(false, std::sync::atomic::Ordering::Release);
+                }
                 tracing::info!(epoch, leader = ?leader_url, "following");
             }
         }
@@ -450,10 +458,21 @@ impl Node {
     }
 
     /// The epoch this node was named leader of but may not lead, having led it before a
-    /// restart: propose `Command::ElectLeader{expected_epoch: epoch, new_leader: Some(this
-    /// node), new_isr: the view's ISR}` so it leads a new epoch.
+    /// restart: propose `Command::ElectLeader{expected_epoch: epoch, ...}` for a new epoch
+    /// (kvd names no leader unless this node is alone in the ISR: the controller elects the
+    /// member holding the most).
     pub fn wanted_reelection(&self) -> Option<u64> {
         *lock(&self.reelection_wanted)
+    }
+
+    /// Whether this node, named leader of an epoch it led before a restart, has not yet led a
+    /// new epoch or followed a leader. Its map holds only what its `node.meta` recorded as
+    /// committed (saved once a second), so it may miss writes it acknowledged before the
+    /// restart: it serves no read meanwhile, not even through the leaderless epoch its
+    /// re-election may pass through.
+    pub fn awaits_role_after_leading(&self) -> bool {
+        self.awaits_role_after_leading
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A planned transfer to node `to`: stops taking writes (new ones get

@@ -176,6 +176,9 @@ pub struct Node {
     node_id: Option<u64>,
     /// The epoch this node was named leader of but may not lead (it led it before a restart).
     reelection_wanted: Mutex<Option<u64>>,
+    /// Set when this node was named leader of an epoch it led before a restart, until it leads
+    /// a new epoch or follows a leader ([`Node::awaits_role_after_leading`]).
+    awaits_role_after_leading: std::sync::atomic::AtomicBool,
     /// An epoch this process recorded as led in `node.meta` before taking it, of which nothing
     /// has reached the log yet ([`EpochClaim`]).
     epoch_claim: Mutex<Option<EpochClaim>>,
@@ -384,6 +387,7 @@ impl Node {
             role: Mutex::new(role),
             node_id,
             reelection_wanted: Mutex::new(None),
+            awaits_role_after_leading: std::sync::atomic::AtomicBool::new(false),
             epoch_claim: Mutex::new(None),
             role_changes: watch::Sender::new(0),
             commit: watch::Sender::new(commit_id),

@@ -231,3 +231,71 @@ fn committed_in(path: &std::path::Path) -> u64 {
         .and_then(|meta| meta["commit_id"].as_u64())
         .unwrap_or(0)
 }
+
+/// A leader restarted at once on a disk that lost its log's tail — zeroed from a page
+/// boundary, as a power cut under `never` or a disk that drops written data leaves it — and
+/// whose `node.meta` commit id lags (it is saved once a second) passes `may_lead`: it must
+/// still not lead the followers that hold more. Before, being named leader of the epoch it
+/// led before the restart, it asked for a new epoch led by itself, got it, and the followers
+/// cut every acknowledged write past its shortened log (a rolling-restart exploration: 62–84
+/// writes, 3 of 3). Now it asks the controller to elect the in-sync replica holding the most.
+#[test]
+fn a_leader_restarted_at_once_on_a_log_that_lost_its_tail_does_not_lead_those_holding_more() {
+    // A session long enough that the restarted node is still the named leader when it is back.
+    let extra = ["--session-timeout-ms", "5000", "--write-quorum", "2"];
+    let mut cluster = Cluster::start(3, &extra);
+    let (leader, _) = cluster.wait_for_leader(None);
+    if leader != 1 {
+        cluster.transfer_leadership(leader, 1);
+    }
+    assert_eq!(cluster.wait_for_leader(None).0, 1);
+    let mut last_id = 0;
+    for index in 0..200 {
+        last_id = cluster
+            .write(1, &format!("k{index}"), &json!("x".repeat(200)))
+            .1;
+    }
+    cluster.kill_9(1);
+    // Its node.meta lags: it recorded an early commit id (as it may, up to a second behind).
+    let data_dir = cluster.nodes[1].data_dir.clone();
+    let fs = kv_wal::fs::StdFs;
+    let mut meta = kv_replication::NodeMeta::load(&fs, &data_dir)
+        .expect("node.meta")
+        .expect("node.meta");
+    meta.commit_id = 1;
+    meta.store(&fs, &data_dir).expect("node.meta");
+    // The disk lost the log's tail: zeros from a page boundary halfway through what it held.
+    let wal_dir = cluster.nodes[1].data_dir.join("wal");
+    let mut segments: Vec<_> = std::fs::read_dir(&wal_dir)
+        .expect("wal dir")
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
+        .collect();
+    segments.sort();
+    let newest = segments.last().expect("a segment");
+    let mut bytes = std::fs::read(newest).expect("segment");
+    let used = bytes.len() - bytes.iter().rev().take_while(|&&byte| byte == 0).count();
+    let from = used / 2 / 4096 * 4096;
+    assert!(from > 0 && from < used, "{from} of {used}");
+    bytes[from..used].fill(0);
+    std::fs::write(newest, bytes).expect("zero the tail");
+    cluster.start_node(1);
+
+    let (leader, _) = cluster.wait_for_leader(None);
+    let (_, after) = cluster.write(leader, "after", &json!(1));
+    assert!(
+        after > last_id,
+        "ids handed out again: {after} <= {last_id}"
+    );
+    for index in 0..3 {
+        for key in 0..200 {
+            assert_eq!(
+                cluster.read_after(index, &format!("k{key}"), after),
+                Some(json!("x".repeat(200))),
+                "node {index} lost k{key} (leader {leader}); statuses:\n{}",
+                cluster.statuses()
+            );
+        }
+    }
+}
