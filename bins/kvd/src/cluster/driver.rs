@@ -327,7 +327,9 @@ impl Driver {
                 && lease.epoch() == view.leader_epoch
                 && lease.is_valid(Instant::now())
         } else {
-            role != Role::Leader
+            // A node that led before its restart and is being re-elected (a leaderless epoch
+            // between) has its role once it leads again or follows the leader elected.
+            role != Role::Leader && !self.node.awaits_role_after_leading()
         };
         if role_taken {
             self.ready
