@@ -162,20 +162,8 @@ fn cut_on_rejoin(compact: bool) {
 /// acknowledged write was gone from the whole cluster (2,000 of 2,000 keys in the manual run).
 #[test]
 fn a_leader_restarted_with_a_damaged_log_does_not_lead_the_empty_one_it_resyncs() {
-    // A session long enough that the restarted node is still the named leader when it is back.
-    let extra = ["--session-timeout-ms", "5000", "--max-segment-size", "64K"];
-    let mut cluster = Cluster::start(3, &extra);
-    let (leader, _) = cluster.wait_for_leader(None);
-    if leader != 1 {
-        cluster.transfer_leadership(leader, 1);
-    }
-    assert_eq!(cluster.wait_for_leader(None).0, 1);
-    let mut last_id = 0;
-    for index in 0..200 {
-        last_id = cluster
-            .write(1, &format!("k{index}"), &json!("x".repeat(500)))
-            .1;
-    }
+    let value = json!("x".repeat(500));
+    let (mut cluster, last_id) = node_1_leading_200_keys(&["--max-segment-size", "64K"], &value);
     for index in [0, 2] {
         assert!(cluster.read_after(index, "k199", last_id).is_some());
     }
@@ -190,14 +178,7 @@ fn a_leader_restarted_with_a_damaged_log_does_not_lead_the_empty_one_it_resyncs(
         std::thread::sleep(Duration::from_millis(50));
     }
     cluster.kill_9(1);
-    let wal_dir = cluster.nodes[1].data_dir.join("wal");
-    let mut segments: Vec<_> = std::fs::read_dir(&wal_dir)
-        .expect("wal dir")
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
-        .collect();
-    segments.sort();
+    let segments = wal_segments(&cluster.nodes[1].data_dir);
     let mut bytes = std::fs::read(&segments[0]).expect("segment");
     let used = bytes.len() - bytes.iter().rev().take_while(|&&byte| byte == 0).count();
     bytes[used / 2] ^= 0x01;
@@ -211,11 +192,53 @@ fn a_leader_restarted_with_a_damaged_log_does_not_lead_the_empty_one_it_resyncs(
 
     let (leader, _) = cluster.wait_for_leader(None);
     let (_, after) = cluster.write(leader, "after", &json!(1));
+    assert_every_node_holds_the_200_keys(&cluster, leader, after, &value);
+}
+
+/// Three nodes whose controller keeps a restarted node named leader for 5 s (its session),
+/// with `extra`; node 1 leads and took `k0`..`k199` = `value`. The cluster and the last id.
+fn node_1_leading_200_keys(extra: &[&str], value: &serde_json::Value) -> (Cluster, u64) {
+    let mut args = vec!["--session-timeout-ms", "5000"];
+    args.extend_from_slice(extra);
+    let cluster = Cluster::start(3, &args);
+    let (leader, _) = cluster.wait_for_leader(None);
+    if leader != 1 {
+        cluster.transfer_leadership(leader, 1);
+    }
+    assert_eq!(cluster.wait_for_leader(None).0, 1);
+    let mut last_id = 0;
+    for index in 0..200 {
+        last_id = cluster.write(1, &format!("k{index}"), value).1;
+    }
+    (cluster, last_id)
+}
+
+/// The WAL segment files in `data_dir`'s `wal/`, oldest first.
+fn wal_segments(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut segments: Vec<_> = std::fs::read_dir(data_dir.join("wal"))
+        .expect("wal dir")
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// Every node holds `k0`..`k199` = `value` once it has applied `after`.
+fn assert_every_node_holds_the_200_keys(
+    cluster: &Cluster,
+    leader: usize,
+    after: u64,
+    value: &serde_json::Value,
+) {
     for index in 0..3 {
         for key in 0..200 {
             assert_eq!(
-                cluster.read_after(index, &format!("k{key}"), after),
-                Some(json!("x".repeat(500))),
+                cluster
+                    .read_after(index, &format!("k{key}"), after)
+                    .as_ref(),
+                Some(value),
                 "node {index} lost k{key} (leader {leader}); statuses:\n{}",
                 cluster.statuses()
             );
@@ -241,20 +264,8 @@ fn committed_in(path: &std::path::Path) -> u64 {
 /// writes, 3 of 3). Now it asks the controller to elect the in-sync replica holding the most.
 #[test]
 fn a_leader_restarted_at_once_on_a_log_that_lost_its_tail_does_not_lead_those_holding_more() {
-    // A session long enough that the restarted node is still the named leader when it is back.
-    let extra = ["--session-timeout-ms", "5000", "--write-quorum", "2"];
-    let mut cluster = Cluster::start(3, &extra);
-    let (leader, _) = cluster.wait_for_leader(None);
-    if leader != 1 {
-        cluster.transfer_leadership(leader, 1);
-    }
-    assert_eq!(cluster.wait_for_leader(None).0, 1);
-    let mut last_id = 0;
-    for index in 0..200 {
-        last_id = cluster
-            .write(1, &format!("k{index}"), &json!("x".repeat(200)))
-            .1;
-    }
+    let value = json!("x".repeat(200));
+    let (mut cluster, last_id) = node_1_leading_200_keys(&["--write-quorum", "2"], &value);
     cluster.kill_9(1);
     // Its node.meta lags: it recorded an early commit id (as it may, up to a second behind).
     let data_dir = cluster.nodes[1].data_dir.clone();
@@ -265,14 +276,7 @@ fn a_leader_restarted_at_once_on_a_log_that_lost_its_tail_does_not_lead_those_ho
     meta.commit_id = 1;
     meta.store(&fs, &data_dir).expect("node.meta");
     // The disk lost the log's tail: zeros from a page boundary halfway through what it held.
-    let wal_dir = cluster.nodes[1].data_dir.join("wal");
-    let mut segments: Vec<_> = std::fs::read_dir(&wal_dir)
-        .expect("wal dir")
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
-        .collect();
-    segments.sort();
+    let segments = wal_segments(&cluster.nodes[1].data_dir);
     let newest = segments.last().expect("a segment");
     let mut bytes = std::fs::read(newest).expect("segment");
     let used = bytes.len() - bytes.iter().rev().take_while(|&&byte| byte == 0).count();
@@ -288,14 +292,5 @@ fn a_leader_restarted_at_once_on_a_log_that_lost_its_tail_does_not_lead_those_ho
         after > last_id,
         "ids handed out again: {after} <= {last_id}"
     );
-    for index in 0..3 {
-        for key in 0..200 {
-            assert_eq!(
-                cluster.read_after(index, &format!("k{key}"), after),
-                Some(json!("x".repeat(200))),
-                "node {index} lost k{key} (leader {leader}); statuses:\n{}",
-                cluster.statuses()
-            );
-        }
-    }
+    assert_every_node_holds_the_200_keys(&cluster, leader, after, &value);
 }
